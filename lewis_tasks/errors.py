@@ -1,0 +1,61 @@
+"""The one error tree of LEWIS tasks.
+
+::
+
+    LewisError
+     ├── ConfigError        a setting is missing, unknown, of the wrong type or out of range
+     ├── InvalidInput       a request is malformed or over a cap; never retried
+     │    └── OutOfScope    a target resolves outside the operator's allowlist
+     ├── TransientError     the network or a service hiccupped; retried with backoff
+     │    └── BrokerUnavailable
+     ├── StorageError       the database refused or lost a write
+     └── RedeliveryLimitExceeded  a task kept killing its worker; failed instead of looping
+
+Every message is meant for a person: it names the bad key, token or cap.
+"""
+
+from __future__ import annotations
+
+
+class LewisError(Exception):
+    """Root of every error LEWIS raises on purpose."""
+
+
+class ConfigError(LewisError):
+    """A setting is unknown, of the wrong type, out of range, or its file unreadable."""
+
+
+class InvalidInput(LewisError):
+    """The caller's request cannot be run as given. Retrying will not help."""
+
+
+class OutOfScope(InvalidInput):
+    """A target lies (or resolves) outside the configured scope allowlist."""
+
+
+class TransientError(LewisError):
+    """A passing failure of the network or a service; worth retrying with backoff."""
+
+
+class BrokerUnavailable(TransientError):
+    """The Redis broker did not answer."""
+
+
+class StorageError(LewisError):
+    """The database refused or lost a write."""
+
+
+class RedeliveryLimitExceeded(LewisError):
+    """A task was delivered more times than the cap: it keeps killing its worker."""
+
+
+__all__ = [
+    "LewisError",
+    "ConfigError",
+    "InvalidInput",
+    "OutOfScope",
+    "TransientError",
+    "BrokerUnavailable",
+    "StorageError",
+    "RedeliveryLimitExceeded",
+]

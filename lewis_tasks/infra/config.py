@@ -1,0 +1,434 @@
+"""Settings: read once, typed, frozen.
+
+Precedence, lowest first: the defaults below ← a YAML file (``lewis.yaml`` in the working
+directory, or the path in ``LEWIS_CONFIG``) ← ``LEWIS_<SECTION>_<KEY>`` environment variables
+(``LEWIS_NETWORK_MAX_CONNECTIONS=200``; lists are comma-separated). Section names hold no
+underscore, so the first ``_`` after the section splits section from key.
+
+The YAML file may use the guide's layout (a top-level ``performance:`` holding ``cache``,
+``database``, ``network``, ``memory``, ``monitoring``); those sub-sections are lifted to the
+top level. No other module reads the environment: everything goes through :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str | int, key: str = "size") -> int:
+    """Bytes in ``text`` ("512MB", "2GB", "1048576"); binary multiples, as the guide means."""
+    if isinstance(text, bool):
+        raise ConfigError(f"setting {key}: expected a size like '512MB', got {text!r}")
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ConfigError(f"setting {key}: expected a size like '512MB', got {text!r}")
+    unit = (m.group(2) or "").upper().replace("I", "").rstrip("B") or ""
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def _opt(default: Any, *, minimum: float | None = None, maximum: float | None = None,
+         choices: tuple[str, ...] | None = None, size: bool = False, secret: bool = False) -> Any:
+    meta = {"minimum": minimum, "maximum": maximum, "choices": choices, "size": size,
+            "secret": secret}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    url: str = _opt("", secret=True)  # empty: the embedded stack's private redis
+    result_backend: str = _opt("", secret=True)  # empty: the broker's Redis
+    visibility_timeout: int = _opt(3600, minimum=1)  # must exceed every hard time limit
+    pool_limit: int = _opt(10, minimum=1)  # broker_pool_limit
+    max_connections: int = _opt(200, minimum=1)  # redis_max_connections (redis-py caps 100)
+    result_expires: int = _opt(86400, minimum=1)
+    connect_timeout: float = _opt(3.0, minimum=0.1)
+
+
+@dataclass(frozen=True)
+class PerformanceSettings:
+    max_workers: int = _opt(16, minimum=1)  # cap on worker processes the supervisor/scaler runs
+    max_concurrent_scans: int = _opt(10, minimum=1)  # scans running at once, cluster-wide
+    thread_pool_size: int = _opt(20, minimum=1)  # threads of an io worker on the threads pool
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    enabled: bool = _opt(True)
+    backend: str = _opt("redis", choices=("redis",))
+    url: str = _opt("", secret=True)  # empty: the broker's Redis
+    default_ttl: int = _opt(3600, minimum=1)
+    max_memory: int = _opt("512MB", size=True, minimum=1)
+    namespace: str = _opt("lewis:cache")
+    local_lru_size: int = _opt(4096, minimum=0)  # in-process LRU in front of Redis
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = _opt("", secret=True)  # empty: SQLite under the stack home
+    pool_size: int = _opt(20, minimum=1)
+    max_overflow: int = _opt(30, minimum=0)
+    pool_timeout: int = _opt(30, minimum=1)
+    pool_recycle: int = _opt(3600, minimum=1)
+    echo_sql: bool = _opt(False)
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    connection_timeout: float = _opt(30.0, minimum=0.01)
+    read_timeout: float = _opt(60.0, minimum=0.01)
+    keep_alive: bool = _opt(True)
+    max_connections: int = _opt(100, minimum=1)
+    limit_per_host: int = _opt(20, minimum=0)
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    max_heap_size: int = _opt("2GB", size=True, minimum=1)  # cpu children recycled above it
+    gc_threshold: float = _opt(0.8, minimum=0.0, maximum=1.0)  # gc.collect past this share
+    cleanup_interval: int = _opt(300, minimum=1)  # seconds between housekeeping runs
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    metrics_interval: int = _opt(10, minimum=1)
+    health_check_interval: float = _opt(30.0, minimum=0.1)  # the heartbeat's period
+    performance_logging: bool = _opt(True)  # one timed line per finished task
+    ping_timeout: float = _opt(2.0, minimum=0.05)
+    retention: int = _opt(7 * 86400, minimum=60)  # seconds heartbeats and metrics are kept
+
+
+@dataclass(frozen=True)
+class ScopeSettings:
+    allow: tuple[str, ...] = _opt(["127.0.0.0/8", "::1", "localhost"])
+
+
+@dataclass(frozen=True)
+class WorkersSettings:
+    io_pool: str = _opt("threads", choices=("threads", "prefork", "solo"))
+    io_concurrency: int = _opt(0, minimum=0)  # 0: cores (prefork) / thread_pool_size (threads)
+    io_prefetch_multiplier: int = _opt(4, minimum=1)
+    cpu_concurrency: int = _opt(0, minimum=0)  # 0: cores
+    cpu_max_tasks_per_child: int = _opt(200, minimum=1)
+    control_concurrency: int = _opt(1, minimum=1)
+    shutdown_timeout: float = _opt(10.0, minimum=0.0)  # soft shutdown (drain) seconds
+
+
+@dataclass(frozen=True)
+class TasksSettings:
+    soft_time_limit: int = _opt(300, minimum=1)
+    time_limit: int = _opt(360, minimum=1)
+    max_redeliveries: int = _opt(3, minimum=0)
+    retry_backoff_max: int = _opt(60, minimum=1)
+    max_retries: int = _opt(3, minimum=0)
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    max_hosts: int = _opt(4096, minimum=1)  # hosts one CIDR may expand to
+    max_ports_total: int = _opt(1_048_576, minimum=1)  # hosts × ports in one scan
+    chunk_ports: int = _opt(8192, minimum=1)  # ports per chunk task
+    concurrency: int = _opt(4096, minimum=1)  # connects in flight per process
+    timeout: float = _opt(1.0, minimum=0.01)  # per connect
+    retries: int = _opt(1, minimum=0)  # re-tries of a timed-out connect
+    banner_timeout: float = _opt(2.0, minimum=0.01)
+    max_rate: int = _opt(0, minimum=0)  # default connections/s per host, 0: unlimited
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    max_urls: int = _opt(100_000, minimum=1)
+    chunk_size: int = _opt(2000, minimum=1)
+    max_body_bytes: int = _opt("1MB", size=True, minimum=1)
+    max_redirects: int = _opt(5, minimum=0)
+    retries: int = _opt(2, minimum=0)
+
+
+@dataclass(frozen=True)
+class LoadtestSettings:
+    max_duration: float = _opt(60.0, minimum=0.1)
+    max_concurrency: int = _opt(1000, minimum=1)
+    max_rate: int = _opt(100_000, minimum=1)
+    max_requests: int = _opt(5_000_000, minimum=1)
+    max_workers: int = _opt(16, minimum=1)
+
+
+@dataclass(frozen=True)
+class ProfilingSettings:
+    max_seconds: float = _opt(60.0, minimum=0.1)
+    top_n: int = _opt(25, minimum=1)
+    max_iterations: int = _opt(100_000, minimum=1)
+    max_concurrent: int = _opt(64, minimum=1)
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    home: str = _opt(".lewis")  # where the embedded stack keeps redis data, sqlite, stack.json
+    flower_port: int = _opt(0, minimum=0, maximum=65535)  # 0: a free port
+    flower_user: str = _opt("")
+    flower_password: str = _opt("", secret=True)
+    beat_lock_timeout: int = _opt(15, minimum=2)  # a dead beat's lock expires after this
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    performance: PerformanceSettings = field(default_factory=PerformanceSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    scope: ScopeSettings = field(default_factory=ScopeSettings)
+    workers: WorkersSettings = field(default_factory=WorkersSettings)
+    tasks: TasksSettings = field(default_factory=TasksSettings)
+    scan: ScanSettings = field(default_factory=ScanSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    loadtest: LoadtestSettings = field(default_factory=LoadtestSettings)
+    profiling: ProfilingSettings = field(default_factory=ProfilingSettings)
+    stack: StackSettings = field(default_factory=StackSettings)
+
+    @property
+    def home(self) -> Path:
+        return Path(self.stack.home).expanduser().resolve()
+
+    @property
+    def result_backend(self) -> str:
+        return self.broker.result_backend or self.broker.url
+
+    @property
+    def cache_url(self) -> str:
+        return self.cache.url or self.broker.url
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting as plain data, secrets and URL passwords masked, for logs and `lewis config`."""
+        out: dict[str, Any] = {}
+        for sec in dataclasses.fields(self):
+            obj = getattr(self, sec.name)
+            out[sec.name] = {}
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                if f.metadata.get("secret") and value:
+                    value = redact_url(value) if "://" in str(value) else "***"
+                out[sec.name][f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """``redis://:secret@host:1/0`` → ``redis://:***@host:1/0``; secrets never reach a log."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+_HINTS = typing.get_type_hints(Settings)
+SECTIONS: dict[str, type] = {f.name: _HINTS[f.name] for f in dataclasses.fields(Settings)}
+_GUIDE_NESTED = ("cache", "database", "network", "memory", "monitoring")
+
+
+def _coerce(key: str, f: dataclasses.Field[Any], hint: Any, raw: Any) -> Any:
+    meta = f.metadata
+    if meta.get("size"):
+        value: Any = parse_size(raw, key)
+    elif hint is bool:
+        if isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on"):
+            value = True
+        elif isinstance(raw, str) and raw.strip().lower() in ("0", "false", "no", "off", ""):
+            value = False
+        else:
+            raise ConfigError(f"setting {key}: expected true or false, got {raw!r}")
+    elif hint is int:
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+            raise ConfigError(f"setting {key}: expected an integer, got {raw!r}")
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"setting {key}: expected an integer, got {raw!r}") from None
+    elif hint is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ConfigError(f"setting {key}: expected a number, got {raw!r}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"setting {key}: expected a number, got {raw!r}") from None
+    elif hint is str:
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise ConfigError(f"setting {key}: expected a string, got {raw!r}")
+        value = str(raw)
+    elif typing.get_origin(hint) is tuple:
+        if isinstance(raw, str):
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) for x in raw):
+            raise ConfigError(f"setting {key}: expected a list of strings, got {raw!r}")
+        value = tuple(raw)
+    else:  # pragma: no cover - a field type this loader does not know is a bug here
+        raise ConfigError(f"setting {key}: unsupported type {hint!r}")
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    if lo is not None and value < lo:
+        raise ConfigError(f"setting {key}: must be ≥ {lo}, got {raw!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"setting {key}: must be ≤ {hi}, got {raw!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"setting {key}: must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    perf = data.get("performance")
+    if isinstance(perf, dict):  # the guide's layout: lift nested sections to the top
+        perf = dict(perf)
+        for name in _GUIDE_NESTED:
+            if name in perf:
+                nested = perf.pop(name)
+                if not isinstance(nested, dict):
+                    raise ConfigError(f"setting performance.{name}: expected a mapping")
+                data.setdefault(name, {})
+                data[name] = {**nested, **(data[name] or {})}
+        data["performance"] = perf
+    return data
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    layer: dict[str, dict[str, Any]] = {}
+    skip = {"LEWIS_CONFIG", "LEWIS_TEST_REDIS_URL", "LEWIS_TEST_DATABASE_URL"}
+    for name, value in env.items():
+        if not name.startswith("LEWIS_") or name in skip:
+            continue
+        rest = name[len("LEWIS_"):].lower()
+        section, _, key = rest.partition("_")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"environment {name}: unknown setting "
+                              f"(sections: {', '.join(SECTIONS)})")
+        layer.setdefault(section, {})[key] = value
+    return layer
+
+
+def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None = None,
+                  cwd: str | Path | None = None) -> Settings:
+    """Build :class:`Settings` from defaults, the YAML file and the environment; raise ConfigError."""
+    env = os.environ if env is None else env
+    base = Path(cwd) if cwd else Path.cwd()
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is None and env.get("LEWIS_CONFIG"):
+        path = env["LEWIS_CONFIG"]
+    if path is not None:
+        layers.append((str(path), _read_yaml(base / Path(path))))
+    elif (base / "lewis.yaml").is_file():
+        layers.append(("lewis.yaml", _read_yaml(base / "lewis.yaml")))
+    layers.append(("environment", _env_layer(env)))
+
+    merged: dict[str, dict[str, Any]] = {}
+    for origin, layer in layers:
+        for section, values in layer.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"{origin}: unknown section {section!r} "
+                                  f"(sections: {', '.join(SECTIONS)})")
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"setting {section}: expected a mapping, got {values!r}")
+            merged.setdefault(section, {}).update(values)
+
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for key, raw in merged.get(section, {}).items():
+            if key not in fields:
+                raise ConfigError(f"setting {section}.{key}: unknown key "
+                                  f"(known: {', '.join(fields)})")
+            kwargs[key] = _coerce(f"{section}.{key}", fields[key], hints[key], raw)
+        for name, f in fields.items():  # size defaults are written as text
+            if name not in kwargs and f.metadata.get("size") and isinstance(f.default, str):
+                kwargs[name] = parse_size(f.default, f"{section}.{name}")
+        built[section] = cls(**kwargs)
+    settings = Settings(**built)
+    return _resolve(settings, base)
+
+
+def _resolve(settings: Settings, base: Path) -> Settings:
+    """Fill what the embedded stack provides: its broker (from stack.json) and SQLite file."""
+    home = Path(settings.stack.home).expanduser()
+    if not home.is_absolute():
+        home = (base / home).resolve()
+    stack = replace_section(settings, "stack", home=str(home))
+    broker, database = stack.broker, stack.database
+    if not broker.url:
+        info = read_stack_file(home)
+        if info and info.get("broker_url"):
+            broker = dataclasses.replace(broker, url=info["broker_url"])
+    if not database.url:
+        database = dataclasses.replace(database, url=f"sqlite:///{home / 'lewis.db'}")
+    if settings.tasks.soft_time_limit > settings.tasks.time_limit:
+        raise ConfigError("setting tasks.soft_time_limit: must not exceed tasks.time_limit "
+                          f"({settings.tasks.soft_time_limit} > {settings.tasks.time_limit})")
+    return dataclasses.replace(stack, broker=broker, database=database)
+
+
+def replace_section(settings: Settings, section: str, **changes: Any) -> Settings:
+    """A copy of ``settings`` with some keys of one section changed (settings are frozen)."""
+    return dataclasses.replace(
+        settings, **{section: dataclasses.replace(getattr(settings, section), **changes)})
+
+
+def stack_file(home: Path) -> Path:
+    return home / "stack.json"
+
+
+def read_stack_file(home: Path) -> dict[str, Any] | None:
+    """What a running ``lewis up`` wrote about itself, or None."""
+    try:
+        data = json.loads(stack_file(home).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, loaded on first use."""
+    global _settings
+    if _settings is None:
+        _settings = load_settings()
+    return _settings
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Install (or with None, forget) the process's settings; tests and the CLI use it."""
+    global _settings
+    _settings = settings
+
+
+__all__ = ["Settings", "load_settings", "get_settings", "set_settings", "parse_size",
+           "redact_url", "replace_section", "read_stack_file", "stack_file"]
