@@ -125,7 +125,7 @@ class Scope:
             raise InvalidInput(f"{address!r} is not an IP address")
         reason = never_allowed(addr)
         if reason:
-            raise OutOfScope(f"{addr} is out of scope: {reason}s are never allowed")
+            raise OutOfScope(f"{addr} is out of scope: {reason}es are never allowed")
         if via is not None and self.allows_name(via):
             return addr
         if not self.allows_address(addr):

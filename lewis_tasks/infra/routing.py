@@ -1,0 +1,39 @@
+"""The one routing table: which queue each task runs on.
+
+Task names are ``lewis.<area>.<verb>``. Patterns are Celery globs, matched in order, so the
+specific io entries of an area come before that area's catch-all.
+"""
+
+from __future__ import annotations
+
+IO, CPU, CONTROL = "io", "cpu", "control"
+QUEUES: tuple[str, ...] = (IO, CPU, CONTROL)
+
+ROUTES: dict[str, str] = {
+    # io: network-bound work on the persistent event loop
+    "lewis.scan.chunk": IO,
+    "lewis.http.fetch_chunk": IO,
+    "lewis.http.loadtest_part": IO,
+    "lewis.bench.io_*": IO,
+    # cpu: merging, reports, profiling, CPU benchmarks
+    "lewis.scan.*": CPU,
+    "lewis.http.*": CPU,
+    "lewis.profile.*": CPU,
+    "lewis.bench.*": CPU,
+    # control: beat jobs, never behind a backlog
+    "lewis.control.*": CONTROL,
+}
+
+
+def queue_for(task_name: str) -> str:
+    """The queue ``task_name`` is routed to (cpu when no pattern matches)."""
+    from fnmatch import fnmatchcase
+
+    for pattern, queue in ROUTES.items():
+        if fnmatchcase(task_name, pattern):
+            return queue
+    return CPU
+
+
+def celery_routes() -> dict[str, dict[str, str]]:
+    return {pattern: {"queue": queue, "routing_key": queue} for pattern, queue in ROUTES.items()}
