@@ -1,0 +1,46 @@
+"""The periodic jobs, as data: name → task, interval (from settings) and queue.
+
+Read by the Celery app (``beat_schedule`` option) and run by the one leading beat
+(``lewis_tasks.infra.beat.LeaderScheduler``). Each job fires at the start of its wall-clock
+slot and receives ``slot=<int>`` so a run is keyed by the interval it belongs to.
+Later jobs (metrics, alerts, scaling) are added here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lewis_tasks.infra.config import Settings
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    name: str
+    task: str
+    seconds: float
+    queue: str = "control"
+
+
+def jobs(settings: Settings) -> list[PeriodicJob]:
+    return [
+        # Ping every worker through the broker; record liveness and round trip.
+        PeriodicJob("heartbeat", "lewis.control.heartbeat", settings.monitoring.health_check_interval),
+        # Drop heartbeats older than the retention, and other expired bookkeeping.
+        PeriodicJob("cleanup", "lewis.control.cleanup", float(settings.memory.cleanup_interval)),
+    ]
+
+
+def periodic_jobs(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The jobs in Celery's ``beat_schedule`` form."""
+    from lewis_tasks.infra.beat import every
+
+    return {
+        job.name: {
+            "task": job.task,
+            "schedule": every(job.seconds),
+            # A job older than its own interval is stale: the next slot will run it afresh.
+            "options": {"queue": job.queue, "expires": job.seconds},
+        }
+        for job in jobs(settings)
+    }

@@ -1,0 +1,92 @@
+"""``lewis``: the command line. A click group; each area adds its commands in its own module.
+
+Exit codes are named (:class:`Exit`): a bad setting or bad input is 2, an unreachable broker
+is 3, and every LewisError prints one line — never a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import BrokerUnavailable, ConfigError, InvalidInput, LewisError, TransientError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    FAILURE = 1  # the work ran and failed
+    USAGE = 2  # bad arguments, bad settings, bad input: fix the command
+    UNAVAILABLE = 3  # broker / stack not reachable
+    INTERRUPTED = 130
+
+
+def fail(message: str, code: Exit) -> None:
+    click.echo(f"lewis: {message}", err=True)
+    sys.exit(int(code))
+
+
+def handle_errors(func: F) -> F:
+    """Turn LewisErrors into one readable line and the matching exit code."""
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            fail(f"configuration error: {exc}", Exit.USAGE)
+        except InvalidInput as exc:
+            fail(f"invalid input: {exc}", Exit.USAGE)
+        except (BrokerUnavailable, TransientError) as exc:
+            fail(str(exc), Exit.UNAVAILABLE)
+        except LewisError as exc:
+            fail(str(exc), Exit.FAILURE)
+        except KeyboardInterrupt:
+            fail("interrupted", Exit.INTERRUPTED)
+    return wrapper  # type: ignore[return-value]
+
+
+class LewisGroup(click.Group):
+    """A group whose every command gets :func:`handle_errors`, and settings loaded up front."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return handle_errors(super().invoke)(ctx)
+
+
+@click.group(cls=LewisGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lewis-tasks")
+def cli() -> None:
+    """LEWIS tasks: distributed scans, HTTP batches, load tests, profiling and benchmarks on
+    Celery + Redis. `lewis up` runs the whole stack on this machine."""
+    from ..infra.config import get_settings
+
+    get_settings()  # a bad setting stops every command here, with exit code 2
+
+
+def _register() -> None:
+    from . import db, stack, workers  # noqa: F401  (each module adds its commands to `cli`)
+
+    for optional in ("scan", "http", "profile"):
+        try:
+            __import__(f"{__name__}.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{optional}":
+                raise
+
+
+_register()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="lewis",
+                 standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0

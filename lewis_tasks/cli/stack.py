@@ -1,0 +1,174 @@
+"""``lewis up``, ``lewis down``, ``lewis status``, ``lewis config``: the stack as a whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..errors import BrokerUnavailable, LewisError
+from . import Exit, cli
+
+
+@cli.command()
+@click.option("--detach", "-d", is_flag=True, help="Run in the background; `lewis down` stops it.")
+@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for readiness.")
+def up(detach: bool, timeout: float) -> None:
+    """Run the whole stack here: Redis (unless LEWIS_BROKER_URL is set), io, cpu and control
+    workers, beat and Flower, SQLite under the stack home. Ctrl-C stops everything."""
+    from ..infra.config import get_settings, read_stack_file
+    from ..infra.supervisor import Stack
+
+    settings = get_settings()
+    if detach:
+        _up_detached(settings.home, timeout)
+        return
+    stack = Stack(settings)
+    click.echo(f"starting the LEWIS stack in {settings.home}")
+    try:
+        stack.start(ready_timeout=timeout, on_step=click.echo)
+        info = read_stack_file(settings.home) or {}
+        click.echo(f"ready in {time.time() - info.get('started_at', time.time()):.1f}s — "
+                   "`lewis status` in another terminal; Ctrl-C stops the stack")
+        stack.supervise()
+    finally:
+        click.echo("stopping the stack…")
+        stack.stop(on_step=click.echo)
+
+
+def _up_detached(home: Any, timeout: float) -> None:
+    from ..infra.config import read_stack_file
+
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "stack.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", "up",
+                                 "--timeout", str(timeout)],
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + timeout + 5
+    while time.monotonic() < deadline:
+        info = read_stack_file(home)
+        if info and info.get("ready") and info.get("supervisor_pid") == proc.pid:
+            click.echo(log_path.read_text().strip())
+            click.echo(f"stack running in the background (pid {proc.pid}); `lewis down` stops it")
+            return
+        if proc.poll() is not None:
+            raise LewisError(f"the stack failed to start:\n{log_path.read_text().strip()[-2000:]}")
+        time.sleep(0.3)
+    raise LewisError(f"the stack was not ready within {timeout:.0f}s; see {log_path}")
+
+
+@cli.command()
+def down() -> None:
+    """Stop a stack started with `lewis up --detach`."""
+    from ..infra.config import get_settings
+    from ..infra.supervisor import stop_detached
+
+    home = get_settings().home
+    pid = stop_detached(home)
+    if pid is None:
+        click.echo(f"no stack is running from {home}")
+    else:
+        click.echo(f"stack (pid {pid}) stopped")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--timeout", default=1.5, show_default=True, help="Seconds to wait for pings.")
+def status(as_json: bool, timeout: float) -> None:
+    """Broker, workers per queue, queue depth (ready + unacked), beat and the last heartbeat."""
+    report = collect_status(timeout)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        click.echo(format_status(report))
+    if not report["broker"]["up"]:
+        sys.exit(int(Exit.UNAVAILABLE))
+
+
+def collect_status(timeout: float) -> dict[str, Any]:
+    from ..infra.beat import leader
+    from ..infra.broker import ping_workers, queue_depths, workers_by_queue
+    from ..infra.config import get_settings, redact_url
+    from ..infra.redis_client import get_redis
+
+    settings = get_settings()
+    url = settings.broker.url
+    if not url:
+        raise BrokerUnavailable(f"no stack is running from {settings.home} and LEWIS_BROKER_URL "
+                                "is not set; `lewis up` starts one")
+    report: dict[str, Any] = {"broker": {"url": redact_url(url), "up": False}}
+    client = get_redis(url, timeout=min(2.0, settings.broker.connect_timeout))
+    started = time.perf_counter()
+    try:
+        client.ping()
+    except Exception as exc:
+        report["broker"]["error"] = _short(exc)
+        return report
+    report["broker"].update(up=True, ping_ms=round((time.perf_counter() - started) * 1000, 2))
+    from ..infra.celery_app import app
+
+    pings = ping_workers(app, timeout=timeout)
+    by_queue = workers_by_queue(pings)
+    depths = queue_depths(client)
+    report["queues"] = {q: {**d.to_dict(), "workers": by_queue.get(q, [])} for q, d in depths.items()}
+    report["workers"] = [p.to_dict() for p in pings]
+    holder, ttl = leader(client)
+    report["beat"] = {"alive": holder is not None, "leader": holder, "lease_left_s": round(ttl, 1)}
+    report["heartbeat"] = _last_heartbeat()
+    return report
+
+
+def _last_heartbeat() -> dict[str, Any] | None:
+    try:
+        from ..storage import heartbeats
+        from ..storage.db import get_engine, session_scope
+
+        with session_scope(get_engine()) as session:
+            return heartbeats.last_heartbeat(session)
+    except Exception as exc:  # status must print even if the database is unreachable
+        return {"error": _short(exc)}
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+def format_status(report: dict[str, Any]) -> str:
+    b = report["broker"]
+    if not b["up"]:
+        return f"broker   {b['url']}  DOWN ({b.get('error', 'no answer')})"
+    lines = [f"broker   {b['url']}  up ({b['ping_ms']} ms)", "",
+             f"{'queue':<9}{'ready':>7}{'unacked':>9}  workers"]
+    for q, row in report["queues"].items():
+        names = ", ".join(row["workers"]) or "none online"
+        lines.append(f"{q:<9}{row['ready']:>7}{row['unacked']:>9}  {len(row['workers'])}  {names}")
+    beat = report["beat"]
+    lines.append("")
+    lines.append(f"beat     {'alive, leader ' + beat['leader'] if beat['alive'] else 'NOT RUNNING'}"
+                 + (f" (lease {beat['lease_left_s']}s left)" if beat["alive"] else ""))
+    hb = report.get("heartbeat")
+    if not hb:
+        lines.append("heartbeat none recorded yet")
+    elif "error" in hb:
+        lines.append(f"heartbeat unavailable ({hb['error']})")
+    else:
+        ago = time.time() - hb["recorded_at"]
+        lines.append(f"heartbeat {ago:.0f}s ago: {hb['workers']} workers answered"
+                     + (f", rtt max {hb['rtt_ms_max']:.1f} ms" if hb.get("rtt_ms_max") else ""))
+    return "\n".join(lines)
+
+
+@cli.command("config")
+def show_config() -> None:
+    """Print the effective settings as JSON (secrets masked)."""
+    from ..infra.config import get_settings
+
+    click.echo(json.dumps(get_settings().redacted(), indent=2))

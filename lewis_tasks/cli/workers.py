@@ -1,0 +1,60 @@
+"""``lewis worker``, ``lewis beat``, ``lewis flower``: exec the real Celery processes."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from . import cli
+
+PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True,
+                "help_option_names": ["-h", "--help"]}
+
+
+def _exec(argv: list[str], env: dict[str, str] | None = None) -> None:
+    from ..infra.config import get_settings
+    from ..errors import ConfigError
+
+    if not get_settings().broker.url:
+        raise ConfigError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
+                          "`lewis up` (its broker is then found by itself)")
+    os.execvpe(argv[0], argv, {**os.environ, **(env or {})})
+
+
+@cli.command(context_settings=PASS_THROUGH)
+@click.argument("profile", type=click.Choice(["io", "cpu", "control"]))
+@click.pass_context
+def worker(ctx: click.Context, profile: str) -> None:
+    """Start a worker of PROFILE (io, cpu or control); extra options go to `celery worker`."""
+    from workers import worker_argv
+
+    from ..infra.config import get_settings
+
+    _exec(worker_argv(profile, get_settings(), extra=ctx.args))
+
+
+@cli.command(context_settings=PASS_THROUGH)
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """Start a beat; only one leads at a time, the others stand by and take over if it dies."""
+    from workers import beat_argv
+
+    from ..infra.config import get_settings
+
+    _exec(beat_argv(get_settings(), extra=ctx.args))
+
+
+@cli.command(context_settings=PASS_THROUGH)
+@click.option("--port", type=int, default=None, help="Port (default: stack.flower_port or 5555).")
+@click.pass_context
+def flower(ctx: click.Context, port: int | None) -> None:
+    """Start the Flower monitor on 127.0.0.1 (basic auth from stack.flower_user/password)."""
+    from workers import flower_argv
+    from workers.profiles import flower_env
+
+    from ..infra.config import get_settings
+
+    settings = get_settings()
+    _exec(flower_argv(settings, port or settings.stack.flower_port or 5555, extra=ctx.args),
+          env=flower_env(settings))

@@ -1,0 +1,125 @@
+"""One persistent asyncio event loop per worker process, and one aiohttp session on it.
+
+Celery has no asyncio pool, and ``asyncio.run()`` per task throws away the loop together with
+every client bound to it. Instead each process runs ONE loop in a daemon thread, created on
+first use; tasks (from any pool thread) hand it coroutines with :func:`run`. Concurrency within
+a task comes from gather/semaphores on that loop; with the threads pool, tasks of several
+threads share it too. The loop is recreated in a forked child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LoopRuntime:
+    """An event loop running forever in a daemon thread, plus the objects that live on it."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        try:
+            import uvloop  # type: ignore[import-not-found]
+
+            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        except ImportError:
+            self.loop = asyncio.new_event_loop()
+        self._session: Any = None
+        self._session_lock: asyncio.Lock | None = None
+        self.thread = threading.Thread(target=self._run, name="lewis-aio-loop", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for its result (from any thread but the loop's)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    async def session(self) -> Any:
+        """The process's aiohttp session, created on first use with the scope-guarded connector."""
+        if self._session is None or self._session.closed:
+            if self._session_lock is None:
+                self._session_lock = asyncio.Lock()
+            async with self._session_lock:
+                if self._session is None or self._session.closed:
+                    self._session = await _new_session()
+        return self._session
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.loop.is_closed():
+            return
+
+        async def _close() -> None:
+            if self._session is not None and not self._session.closed:
+                await self._session.close()
+
+        if self.thread.is_alive():
+            try:
+                self.run(_close(), timeout)
+            except Exception as exc:  # closing is best effort on the way out
+                log.debug("closing the aiohttp session: %s", exc)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout)
+
+
+async def _new_session() -> Any:
+    from ..domain.httpclient import create_session
+    from ..domain.scope import Scope
+    from .config import get_settings
+
+    s = get_settings()
+    return create_session(
+        Scope.from_allow(s.scope.allow),
+        max_connections=s.network.max_connections,
+        limit_per_host=s.network.limit_per_host,
+        connect_timeout=s.network.connection_timeout,
+        read_timeout=s.network.read_timeout,
+        keep_alive=s.network.keep_alive,
+    )
+
+
+_runtime: LoopRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> LoopRuntime:
+    """This process's loop runtime, started on first use (and again in a forked child)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            _runtime = LoopRuntime()
+        return _runtime
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run ``coro`` on this process's persistent loop and return its result."""
+    return runtime().run(coro, timeout)
+
+
+def reset_after_fork() -> None:
+    global _runtime
+    with _runtime_lock:
+        _runtime = None  # the parent's loop thread does not exist in the child
+
+
+def shutdown() -> None:
+    global _runtime
+    with _runtime_lock:
+        rt, _runtime = _runtime, None
+    if rt is not None and rt.pid == os.getpid():
+        rt.close()

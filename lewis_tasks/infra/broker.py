@@ -1,0 +1,105 @@
+"""Broker probes: true queue depth on Redis, and worker liveness through the broker.
+
+Queue depth on kombu's Redis transport is not one ``LLEN``: messages of priority > 0 sit in
+sub-lists (``<queue>\\x06\\x16<pri>``), and delivered-but-unacked messages (prefetched or
+running) sit in the ``unacked`` hash until acked or restored. Scaling on a plain LLEN
+under-counts; :func:`queue_depths` reports ready and unacked separately.
+
+Liveness is a ``ping`` broadcast that round-trips through the broker (a live PID proves
+nothing: workers have stopped consuming after a reconnect and kept running).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from celery import Celery
+
+from .routing import QUEUES
+
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+UNACKED_KEY = "unacked"
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    queue: str
+    ready: int
+    unacked: int
+
+    @property
+    def total(self) -> int:
+        return self.ready + self.unacked
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"queue": self.queue, "ready": self.ready, "unacked": self.unacked,
+                "total": self.total}
+
+
+def queue_depths(client: redis.Redis, queues: Iterable[str] = QUEUES) -> dict[str, QueueDepth]:
+    """Ready (all priority sub-lists) and unacked messages per queue."""
+    queues = list(queues)
+    pipe = client.pipeline(transaction=False)
+    for q in queues:
+        for pri in PRIORITY_STEPS:
+            pipe.llen(q if pri == 0 else f"{q}{PRIORITY_SEP}{pri}")
+    lengths = pipe.execute()
+    ready = {q: sum(lengths[i * len(PRIORITY_STEPS):(i + 1) * len(PRIORITY_STEPS)])
+             for i, q in enumerate(queues)}
+    unacked = dict.fromkeys(queues, 0)
+    for _tag, raw in client.hscan_iter(UNACKED_KEY, count=1000):
+        queue = _queue_of_unacked(raw)
+        if queue in unacked:
+            unacked[queue] += 1
+    return {q: QueueDepth(q, ready[q], unacked[q]) for q in queues}
+
+
+def _queue_of_unacked(raw: bytes) -> str | None:
+    try:
+        payload, exchange, routing_key = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    info = (payload.get("properties") or {}).get("delivery_info") or {}
+    return info.get("routing_key") or routing_key or exchange
+
+
+@dataclass(frozen=True)
+class WorkerPing:
+    worker: str
+    rtt_ms: float
+    queues: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"worker": self.worker, "rtt_ms": round(self.rtt_ms, 3), "queues": list(self.queues)}
+
+
+def ping_workers(app: Celery, timeout: float = 1.0, with_queues: bool = True) -> list[WorkerPing]:
+    """Every worker that answers a broker round-trip ping within ``timeout``, with its queues."""
+    rtts: dict[str, float] = {}
+    sent = time.perf_counter()
+
+    def on_reply(reply: dict[str, Any]) -> None:
+        for name in reply:
+            rtts.setdefault(name, (time.perf_counter() - sent) * 1000)
+
+    app.control.broadcast("ping", reply=True, timeout=timeout, callback=on_reply)
+    queues: dict[str, tuple[str, ...]] = {}
+    if with_queues and rtts:
+        replies = app.control.inspect(timeout=timeout, destination=list(rtts)).active_queues() or {}
+        queues = {w: tuple(sorted(q["name"] for q in qs)) for w, qs in replies.items()}
+    return [WorkerPing(w, rtts[w], queues.get(w, ())) for w in sorted(rtts)]
+
+
+def workers_by_queue(pings: Iterable[WorkerPing]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {q: [] for q in QUEUES}
+    for ping in pings:
+        for q in ping.queues:
+            out.setdefault(q, []).append(ping.worker)
+    return out

@@ -1,0 +1,101 @@
+"""The Celery app: every option set in one place, each with its reason.
+
+Workers start it with ``celery -A lewis_tasks.infra.celery_app worker`` (see ``workers/``);
+producers import :data:`app`. Settings are read once, at import.
+"""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from celery import Celery
+
+from .config import Settings, get_settings
+from .routing import CPU, QUEUES, celery_routes
+
+TASK_MODULES = [
+    "lewis_tasks.tasks.control",
+    "lewis_tasks.tasks.scan",
+    "lewis_tasks.tasks.http",
+    "lewis_tasks.tasks.profile",
+    "lewis_tasks.tasks.bench",
+]
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    """The Celery options LEWIS uses, derived from ``settings``; nothing else is changed."""
+    transport = {
+        # Redis has no acks: an unacked message comes back after this; it must outlive every task.
+        "visibility_timeout": settings.broker.visibility_timeout,
+        "socket_timeout": 30,
+        "socket_connect_timeout": settings.broker.connect_timeout,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+        "health_check_interval": 25,
+        "max_connections": settings.broker.max_connections,
+    }
+    return {
+        "broker_url": settings.broker.url or None,
+        "result_backend": settings.result_backend or None,
+        # JSON only, on the wire and in results: no pickle anywhere.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        # At-least-once: ack after the task ran; a dead child's message is requeued
+        # (LewisTask caps how often, so a task that always kills its worker ends as failed).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_prefetch_multiplier": 1,  # long tasks: no worker hoards messages (io overrides)
+        "task_soft_time_limit": settings.tasks.soft_time_limit,
+        "task_time_limit": settings.tasks.time_limit,
+        "task_track_started": True,  # `lewis status` and handles can tell queued from running
+        "result_expires": settings.broker.result_expires,
+        "result_extended": True,  # task name and args in the result: Flower and handles read them
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {k: v for k, v in transport.items()
+                                             if k != "visibility_timeout"},
+        # redis-py caps a pool at 100 by default; size both pools explicitly.
+        "broker_pool_limit": settings.broker.pool_limit,
+        "redis_max_connections": settings.broker.max_connections,
+        "redis_socket_connect_timeout": settings.broker.connect_timeout,
+        "redis_socket_timeout": 30,
+        "redis_retry_on_timeout": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.broker.connect_timeout,
+        # Queues and routing: one table (routing.py); unknown names go to cpu.
+        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
+        "task_default_queue": CPU,
+        "task_default_routing_key": CPU,
+        "task_create_missing_queues": False,
+        "task_routes": celery_routes(),
+        # Drains: in-flight tasks get this long to finish on a warm shutdown.
+        "worker_soft_shutdown_timeout": settings.workers.shutdown_timeout,
+        "worker_enable_soft_shutdown_on_idle": False,
+        # Beat: our leader-elected scheduler (infra/beat.py) over the jobs in beat_schedule.py.
+        "beat_scheduler": "lewis_tasks.infra.beat:LeaderScheduler",
+        "beat_max_loop_interval": max(1.0, settings.stack.beat_lock_timeout / 3),
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A configured Celery app; tests build their own from test settings."""
+    settings = settings or get_settings()
+    celery_app = Celery("lewis_tasks", include=TASK_MODULES, task_cls="lewis_tasks.infra.task:LewisTask")
+    celery_app.conf.update(celery_config(settings))
+    from beat_schedule import periodic_jobs
+
+    celery_app.conf.beat_schedule = periodic_jobs(settings)
+    return celery_app
+
+
+app = create_app()
+
+from . import signals  # noqa: E402,F401  (connects the worker signal handlers)

@@ -1,0 +1,77 @@
+"""Worker lifecycle hooks: refuse unsafe start-ups, and give each process its own clients."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from ..errors import ConfigError
+from .config import get_settings
+from .redis_client import get_redis, reset_clients
+
+log = logging.getLogger(__name__)
+
+
+def check_visibility_timeout(app: Celery, visibility_timeout: int | None = None) -> None:
+    """ConfigError unless the broker's visibility timeout exceeds every task's hard time limit.
+
+    A task running past it is handed to a second worker while the first still runs it.
+    """
+    vt = visibility_timeout or get_settings().broker.visibility_timeout
+    default = app.conf.task_time_limit or 0
+    worst_name, worst = "task_time_limit", default
+    for name, task in app.tasks.items():
+        limit = getattr(task, "time_limit", None) or default
+        if limit > worst:
+            worst_name, worst = name, limit
+    if not worst:
+        raise ConfigError("no hard time limit is set (tasks.time_limit): a stuck task would be "
+                          "redelivered forever")
+    if worst >= vt:
+        raise ConfigError(
+            f"setting broker.visibility_timeout: {vt}s must exceed the largest hard time limit "
+            f"({worst_name}: {worst}s), or a running task is delivered again to another worker")
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    app = sender.app if sender is not None else None
+    if app is None:
+        return
+    settings = get_settings()
+    if not settings.broker.url:
+        raise ConfigError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
+                          "`lewis up`")
+    check_visibility_timeout(app)
+    from .redis_server import eviction_warning
+
+    try:
+        warning = eviction_warning(get_redis())
+    except Exception:  # an unreachable broker is reported by Celery's own retry loop
+        warning = None
+    if warning:
+        log.warning(warning)
+
+
+@signals.worker_process_init.connect
+def _on_child_start(**_: Any) -> None:
+    # A forked child must not reuse the parent's sockets, engines or event loop.
+    reset_clients()
+    from . import aio
+
+    aio.reset_after_fork()
+    try:
+        from ..storage.db import dispose_after_fork
+    except ImportError:  # storage not installed in this build
+        return
+    dispose_after_fork()
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    from . import aio
+
+    aio.shutdown()

@@ -1,0 +1,251 @@
+"""The embedded stack: one supervisor process that runs everything ``lewis up`` promises.
+
+With no ``LEWIS_BROKER_URL`` it starts a private redis-server (AOF, noeviction, a random
+password) under the stack home; then migrates the database and starts the io, cpu and control
+workers, beat and Flower as child processes. It writes ``<home>/stack.json`` (mode 0600: it
+holds the broker password) so every other ``lewis`` command finds the stack by itself.
+
+Children die with the supervisor (PR_SET_PDEATHSIG), a child that exits on its own is
+restarted with backoff, and SIGINT/SIGTERM shut everything down warm, in order: Flower and
+beat, then workers (they finish or hand back their tasks), then Redis. Nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, LewisError
+from .config import Settings, read_stack_file, redact_url, stack_file
+from .redis_server import EmbeddedRedis, free_port, pid_alive
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+
+    def start(self) -> None:
+        log_file = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
+                                            stdout=log_file, stderr=subprocess.STDOUT,
+                                            start_new_session=True, preexec_fn=_die_with_parent)
+        finally:
+            log_file.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    python: str = sys.executable
+    redis: EmbeddedRedis | None = None
+    children: list[Child] = field(default_factory=list)
+    broker_url: str = ""
+    flower_url: str = ""
+    _stopping: bool = False
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home
+
+    def _check_not_running(self) -> None:
+        info = read_stack_file(self.home)
+        if info and pid_alive(int(info.get("supervisor_pid", 0))):
+            raise ConfigError(f"a stack is already running from {self.home} (pid "
+                              f"{info['supervisor_pid']}); `lewis down` stops it")
+
+    def start(self, ready_timeout: float = 60.0, on_step: Callable[[str], None] = print) -> None:
+        """Start every part, wait until all workers answer pings, write stack.json."""
+        from workers import beat_argv, flower_argv, worker_argv
+        from workers.profiles import flower_env
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._check_not_running()
+        logs = self.home / "logs"
+        logs.mkdir(exist_ok=True)
+        self.broker_url = self.settings.broker.url
+        if not self.broker_url:
+            self.redis = EmbeddedRedis(self.home / "redis", password=secrets.token_urlsafe(24))
+            self.redis.start()
+            self.broker_url = self.redis.url
+            on_step(f"redis    {redact_url(self.broker_url)}  (pid {self.redis.process.pid}, "  # type: ignore[union-attr]
+                    f"data {self.home / 'redis'}, AOF on, noeviction)")
+        env = {**os.environ, "LEWIS_BROKER_URL": self.broker_url,
+               "LEWIS_DATABASE_URL": self.settings.database.url,
+               "LEWIS_STACK_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        self._migrate(env)
+        on_step(f"database {redact_url(self.settings.database.url)}  (migrated)")
+        port = self.settings.stack.flower_port or free_port()
+        self.flower_url = f"http://127.0.0.1:{port}"
+        specs = [(p, worker_argv(p, self.settings, python=self.python), env)
+                 for p in ("io", "cpu", "control")]
+        specs.append(("beat", beat_argv(self.settings, python=self.python), env))
+        specs.append(("flower", flower_argv(self.settings, port, python=self.python),
+                      {**env, **flower_env(self.settings)}))
+        for name, argv, child_env in specs:
+            child = Child(name, argv, child_env, logs / f"{name}.log")
+            child.start()
+            self.children.append(child)
+        self._write_stack_file(ready=False)
+        self._wait_ready(ready_timeout)
+        for child in self.children:
+            on_step(f"{child.name:<8} pid {child.pid}  log {child.log_path}")
+        on_step(f"flower   {self.flower_url}")
+        self._write_stack_file(ready=True)
+
+    def _migrate(self, env: dict[str, str]) -> None:
+        result = subprocess.run([self.python, "-m", "lewis_tasks.cli", "db", "upgrade"], env=env,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise LewisError(f"database migration failed: {result.stderr.strip()[-500:]}")
+
+    def _wait_ready(self, timeout: float) -> None:
+        from celery import Celery
+
+        probe = Celery("lewis-probe", broker=self.broker_url)
+        want = {"io", "cpu", "control"}
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                for child in self.children:
+                    if child.process is not None and child.process.poll() is not None:
+                        raise LewisError(f"{child.name} exited at start (code "
+                                         f"{child.process.returncode}); see {child.log_path}")
+                replies = probe.control.ping(timeout=0.5) or []
+                names = {next(iter(r)).split("-", 1)[0] for r in replies}
+                if want <= names:
+                    return
+                time.sleep(0.3)
+        finally:
+            probe.close()
+        raise LewisError(f"workers did not answer within {timeout:.0f}s; see {self.home / 'logs'}")
+
+    def _write_stack_file(self, ready: bool) -> None:
+        data: dict[str, Any] = {
+            "supervisor_pid": os.getpid(),
+            "home": str(self.home),
+            "broker_url": self.broker_url,
+            "embedded_redis": self.redis is not None,
+            "database_url": self.settings.database.url,
+            "flower_url": self.flower_url,
+            "processes": {c.name: c.pid for c in self.children},
+            "started_at": time.time(),
+            "ready": ready,
+        }
+        path = stack_file(self.home)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+
+    def supervise(self, poll: float = 0.5) -> None:
+        """Block until a stop is requested, restarting children that die (with backoff)."""
+        def request_stop(signum: int, _frame: Any) -> None:
+            self._stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        while not self._stopping:
+            now = time.monotonic()
+            for child in self.children:
+                if child.alive() or now < child.next_start:
+                    continue
+                if child.process is not None and child.next_start == 0.0:
+                    delay = min(30.0, 2.0 ** min(child.restarts, 5))
+                    log.warning("%s exited (code %s); restarting in %.0fs", child.name,
+                                child.process.returncode, delay)
+                    child.next_start = now + delay
+                    continue
+                child.restarts += 1
+                child.next_start = 0.0
+                child.start()
+                self._write_stack_file(ready=True)
+            if self.redis is not None and self.redis.process and self.redis.process.poll() is not None:
+                log.error("the embedded redis-server exited; stopping the stack")
+                break
+            time.sleep(poll)
+
+    def stop(self, on_step: Callable[[str], None] = print) -> None:
+        """Warm shutdown in order; SIGKILL whatever outlives its grace period."""
+        grace = self.settings.workers.shutdown_timeout + 10
+        order = [["flower", "beat"], ["io", "cpu", "control"]]
+        for group in order:
+            members = [c for c in self.children if c.name in group and c.alive()]
+            for child in members:
+                child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            deadline = time.monotonic() + grace
+            for child in members:
+                try:
+                    child.process.wait(max(0.1, deadline - time.monotonic()))  # type: ignore[union-attr]
+                except subprocess.TimeoutExpired:
+                    on_step(f"{child.name} did not stop in {grace:.0f}s; killing it")
+                    _kill_group(child.process.pid)  # type: ignore[union-attr]
+                    child.process.wait()  # type: ignore[union-attr]
+                _kill_group(child.process.pid)  # type: ignore[union-attr]  # stray grandchildren
+        if self.redis is not None:
+            self.redis.stop()
+        with contextlib.suppress(FileNotFoundError):
+            info = read_stack_file(self.home)
+            if info and info.get("supervisor_pid") == os.getpid():
+                stack_file(self.home).unlink()
+        on_step("stack stopped")
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def stop_detached(home: Path, timeout: float = 90.0) -> int | None:
+    """SIGTERM the supervisor recorded in ``home``'s stack.json and wait for it; its pid, or None."""
+    info = read_stack_file(home)
+    if not info:
+        return None
+    pid = int(info.get("supervisor_pid", 0))
+    if not pid or not pid_alive(pid):
+        stack_file(home).unlink(missing_ok=True)
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return pid
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.2)
+    raise LewisError(f"stack supervisor pid {pid} did not stop within {timeout:.0f}s")

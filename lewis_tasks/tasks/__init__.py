@@ -1,0 +1,1 @@
+"""Thin Celery tasks: validate input, call domain, persist, return a small JSON result."""

@@ -1,0 +1,1 @@
+"""Tasks of the bench area (filled in by its issue)."""

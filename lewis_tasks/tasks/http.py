@@ -1,0 +1,1 @@
+"""Tasks of the http area (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Tasks of the profile area (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Tasks of the scan area (filled in by its issue)."""

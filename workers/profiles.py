@@ -1,0 +1,84 @@
+"""Worker profiles: how an io, cpu or control worker is started.
+
+Each profile turns settings into a ``celery worker`` command line. ``lewis worker PROFILE``
+and ``python -m workers PROFILE`` exec it, so signals (warm shutdown on SIGTERM) reach Celery
+directly. Extra arguments pass through to ``celery worker`` unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+
+from lewis_tasks.infra.config import Settings
+
+APP = "lewis_tasks.infra.celery_app"
+PROFILES = ("io", "cpu", "control")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_options(profile: str, settings: Settings) -> list[str]:
+    """The ``celery worker`` options of ``profile`` (no executable, no extra arguments)."""
+    w = settings.workers
+    if profile == "io":
+        # Network-bound: tasks wait on the process's one event loop; threads keep many in
+        # flight per process (prefork would give one per child). Chosen by bench/ (BENCHMARKS.md).
+        pool = w.io_pool
+        if pool == "threads":
+            concurrency = w.io_concurrency or settings.performance.thread_pool_size
+        elif pool == "prefork":
+            concurrency = w.io_concurrency or _cores()
+        else:
+            concurrency = 1
+        opts = ["-Q", "io", "-P", pool, "-c", str(concurrency),
+                "--prefetch-multiplier", str(w.io_prefetch_multiplier)]
+    elif profile == "cpu":
+        max_kib = settings.memory.max_heap_size // 1024
+        opts = ["-Q", "cpu", "-P", "prefork", "-c", str(w.cpu_concurrency or _cores()),
+                "--prefetch-multiplier", "1", "-O", "fair",
+                "--max-tasks-per-child", str(w.cpu_max_tasks_per_child),
+                "--max-memory-per-child", str(max_kib)]
+    elif profile == "control":
+        # Threads, not solo: the consumer must answer pings while a beat job runs.
+        opts = ["-Q", "control", "-P", "threads", "-c", str(max(2, w.control_concurrency)),
+                "--prefetch-multiplier", "1"]
+    else:
+        raise ValueError(f"unknown worker profile {profile!r} (profiles: {', '.join(PROFILES)})")
+    return opts
+
+
+def worker_argv(profile: str, settings: Settings, extra: Sequence[str] = (),
+                python: str | None = None) -> list[str]:
+    """The full command line that starts a ``profile`` worker."""
+    argv = [python or sys.executable, "-m", "celery", "-A", APP, "worker",
+            *worker_options(profile, settings), "--without-gossip", "--without-mingle",
+            "-l", "INFO"]
+    if not any(a in ("-n", "--hostname") or a.startswith("--hostname=") for a in extra):
+        argv += ["-n", f"{profile}-{uuid.uuid4().hex[:6]}@%h"]
+    return argv + list(extra)
+
+
+def beat_argv(settings: Settings, extra: Sequence[str] = (), python: str | None = None) -> list[str]:
+    return [python or sys.executable, "-m", "celery", "-A", APP, "beat", "-l", "INFO",
+            "--scheduler", "lewis_tasks.infra.beat:LeaderScheduler", *extra]
+
+
+def flower_argv(settings: Settings, port: int, extra: Sequence[str] = (),
+                python: str | None = None) -> list[str]:
+    argv = [python or sys.executable, "-m", "celery", "-A", APP, "flower",
+            "--address=127.0.0.1", f"--port={port}"]
+    if settings.stack.flower_user and settings.stack.flower_password:
+        # Flower reads FLOWER_BASIC_AUTH from the environment: a password on argv would show in ps.
+        pass
+    return argv + list(extra)
+
+
+def flower_env(settings: Settings) -> dict[str, str]:
+    if settings.stack.flower_user and settings.stack.flower_password:
+        return {"FLOWER_BASIC_AUTH": f"{settings.stack.flower_user}:{settings.stack.flower_password}"}
+    return {}
