@@ -131,7 +131,15 @@ def _last_heartbeat() -> dict[str, Any] | None:
         from ..storage.db import get_engine, session_scope
 
         with session_scope(get_engine()) as session:
-            return heartbeats.last_heartbeat(session)
+            rows = heartbeats.latest_heartbeats(session)
+            if not rows:
+                return None
+            last_slot = max(r.slot for r in rows)
+            current = [r for r in rows if r.slot == last_slot]
+            rtts = [r.rtt_ms for r in current if r.rtt_ms is not None]
+            return {"slot": last_slot,
+                    "recorded_at": max(r.recorded_at for r in current).timestamp(),
+                    "workers": len(current), "rtt_ms_max": max(rtts) if rtts else None}
     except Exception as exc:  # status must print even if the database is unreachable
         return {"error": _short(exc)}
 

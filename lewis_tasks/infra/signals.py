@@ -44,6 +44,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     if not settings.broker.url:
         raise ConfigError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
                           "`lewis up`")
+    app.loader.import_default_modules()  # every task, so every time limit, is known
     check_visibility_timeout(app)
     from .redis_server import eviction_warning
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -35,7 +36,7 @@ def cleanup(slot: int | None = None) -> dict[str, Any]:
     from ..storage import heartbeats
     from ..storage.db import get_engine, session_scope
 
-    cutoff = time.time() - get_settings().monitoring.retention
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=get_settings().monitoring.retention)
     with session_scope(get_engine()) as session:
         removed = heartbeats.prune_heartbeats(session, older_than=cutoff)
     return {"slot": slot, "removed": removed}
