@@ -1,0 +1,236 @@
+"""The one HTTP client session of an io worker process, with the SSRF guard built in.
+
+Every connection the session opens passes the scope at connect time, never as a pre-check
+of URL text: the resolver checks each address a name resolves to (with the name, so an
+allowlisted hostname vouches for its addresses), and the socket factory — the last step
+before ``connect()``, reached by IP-literal URLs that skip the resolver — checks the
+address once more. ``localhost`` aliases resolve to loopback without asking DNS (RFC 6761),
+proxies from the environment are ignored, and only http/https are spoken.
+
+Failures are sorted into a few error classes (:func:`classify_error`) shared by the batch
+fetcher and the load generator, so a result names *what* went wrong in one word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from ..errors import InvalidInput, OutOfScope
+from .scope import IPAddress, Scope, parse_ip
+
+SCHEMES = frozenset({"http", "https"})
+
+# Error classes: one word per way a URL can fail.
+TIMEOUT = "timeout"
+CONNECTION_REFUSED = "connection_refused"
+TLS = "tls"
+TOO_LARGE = "too_large"
+OUT_OF_SCOPE = "out_of_scope"
+INVALID_URL = "invalid_url"
+INVALID_REQUEST = "invalid_request"
+TOO_MANY_REDIRECTS = "too_many_redirects"
+CONNECTION_ERROR = "connection_error"
+#: Worth another try (for idempotent methods): the network may answer next time.
+TRANSIENT = frozenset({TIMEOUT, CONNECTION_REFUSED, CONNECTION_ERROR})
+
+_LOCALHOST_ADDRS = ("127.0.0.1", "::1")
+
+
+def is_localhost_alias(host: str) -> bool:
+    """True for the names that always mean this machine: localhost, LOCALHOST., *.localhost…"""
+    name = host.lower().rstrip(".")
+    return name in ("localhost", "localhost.localdomain") or name.endswith(".localhost")
+
+
+class ScopedResolver(AbstractResolver):
+    """Resolves names like the system does, then refuses the lot if any address is out of scope.
+
+    Addresses that only an allowlisted *name* admits are remembered, so the socket factory
+    lets exactly those through too.
+    """
+
+    def __init__(self, scope: Scope, inner: AbstractResolver | None = None) -> None:
+        self._scope = scope
+        self._inner = inner or DefaultResolver()
+        self.vouched: set[IPAddress] = set()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        literal = parse_ip(host)  # 0x7f000001, 127.1 …: glibc would read them as addresses
+        if literal is not None:
+            results = [_result(host, literal, port)]
+        elif is_localhost_alias(host):
+            results = [_result(host, parse_ip(a), port) for a in _LOCALHOST_ADDRS]  # type: ignore[arg-type]
+            host = "localhost"
+        else:
+            results = await self._inner.resolve(host, port, family)
+        for result in results:
+            addr = self._scope.check_address(result["host"], via=host)
+            if not self._scope.allows_address(addr):
+                self.vouched.add(addr)
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _result(hostname: str, addr: IPAddress, port: int) -> ResolveResult:
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    return ResolveResult(hostname=hostname, host=str(addr), port=port, family=family,
+                         proto=0, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+
+
+def guarded_socket_factory(scope: Scope, resolver: ScopedResolver) -> Callable[[Any], socket.socket]:
+    """A TCPConnector socket factory that refuses to create a socket for an out-of-scope peer."""
+
+    def create(addr_info: Any) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        addr = parse_ip(str(sockaddr[0]))
+        if addr is None or (addr not in resolver.vouched and not scope.allows_address(addr)):
+            scope.check_address(str(sockaddr[0]))  # raises OutOfScope with the reason
+            raise OutOfScope(f"{sockaddr[0]} is out of scope")
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return create
+
+
+class ScopedConnector(aiohttp.TCPConnector):
+    """A TCPConnector that speaks plain http/https only (no ws://, no tcp://)."""
+
+    allowed_protocol_schema_set = SCHEMES
+
+
+def create_session(scope: Scope, *, max_connections: int, limit_per_host: int,
+                   connect_timeout: float, read_timeout: float, keep_alive: bool,
+                   verify_tls: bool = True) -> aiohttp.ClientSession:
+    """The io worker's session: keep-alive pool, timeouts, timing traces and the SSRF guard.
+
+    Call it on the loop that will use it (from a coroutine, or with the loop running):
+    aiohttp binds the session to that loop for good.
+    """
+    asyncio.get_running_loop()  # fail here, not at the first request, when called off-loop
+    if max_connections < 1:
+        raise InvalidInput(f"max_connections must be ≥ 1, not {max_connections}")
+    resolver = ScopedResolver(scope)
+    connector = ScopedConnector(
+        limit=max_connections,
+        limit_per_host=max(0, limit_per_host),
+        resolver=resolver,
+        socket_factory=guarded_socket_factory(scope, resolver),
+        force_close=not keep_alive,
+        ssl=verify_tls,
+        ttl_dns_cache=10,
+    )
+    # No total: a caller bounds the whole exchange itself (fetch_all per URL, loadgen per run);
+    # pool waits are not connect time, so only sock_connect/sock_read are set.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        trust_env=False,  # HTTP(S)_PROXY and netrc from the environment are ignored
+        cookie_jar=aiohttp.DummyCookieJar(),  # no cookies carried between unrelated tasks
+        trace_configs=[_timing_trace()],
+        raise_for_status=False,
+    )
+
+
+class HopTimings:
+    """Monotonic marks of one request, filled by the session's trace hooks when passed as
+    ``trace_request_ctx``; seconds, None when the phase did not happen (reused connection)."""
+
+    __slots__ = ("dns", "connect", "_dns_start", "_connect_start")
+
+    def __init__(self) -> None:
+        self.dns: float | None = None
+        self.connect: float | None = None
+        self._dns_start = 0.0
+        self._connect_start = 0.0
+
+
+def _timing_trace() -> aiohttp.TraceConfig:
+    config = aiohttp.TraceConfig()
+
+    def hook(action: Callable[[HopTimings], None]) -> Callable[..., Any]:
+        async def on_signal(_session: Any, ctx: SimpleNamespace, _params: Any) -> None:
+            marks = ctx.trace_request_ctx
+            if marks is not None:
+                action(marks)
+        return on_signal
+
+    def dns_start(m: HopTimings) -> None:
+        m._dns_start = time.perf_counter()
+
+    def dns_end(m: HopTimings) -> None:
+        m.dns = time.perf_counter() - m._dns_start
+
+    def connect_start(m: HopTimings) -> None:
+        m._connect_start = time.perf_counter()
+
+    def connect_end(m: HopTimings) -> None:
+        m.connect = time.perf_counter() - m._connect_start
+
+    config.on_dns_resolvehost_start.append(hook(dns_start))
+    config.on_dns_resolvehost_end.append(hook(dns_end))
+    config.on_connection_create_start.append(hook(connect_start))
+    config.on_connection_create_end.append(hook(connect_end))
+    config.freeze()
+    return config
+
+
+def classify_error(exc: BaseException) -> tuple[str, str]:
+    """(error class, a message a person understands) for an exception from a request."""
+    chain = _causes(exc)
+    for link in chain:
+        if isinstance(link, OutOfScope):
+            return OUT_OF_SCOPE, str(link)
+    for link in chain:
+        if isinstance(link, InvalidInput):
+            return INVALID_URL, str(link)
+        if isinstance(link, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
+            return INVALID_URL, f"invalid URL: {link}"
+        if isinstance(link, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
+            return TLS, f"TLS certificate refused: {link}"
+        if isinstance(link, aiohttp.ClientSSLError | ssl.SSLError):
+            return TLS, f"TLS failed: {link}"
+        if isinstance(link, ConnectionRefusedError):
+            return CONNECTION_REFUSED, f"connection refused: {_where(exc)}"
+        if isinstance(link, asyncio.TimeoutError | TimeoutError):
+            return TIMEOUT, f"timed out: {_where(exc) or link}"
+        if isinstance(link, aiohttp.ClientResponseError) and "Got more than" in str(link.message):
+            return TOO_LARGE, f"response headers too large: {link.message}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return CONNECTION_ERROR, f"cannot resolve {exc.host}: {exc.os_error}"
+    return CONNECTION_ERROR, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain and len(chain) < 8:
+        chain.append(link)
+        link = link.__cause__ or (link.__context__ if not link.__suppress_context__ else None)
+    return chain
+
+
+def _where(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"{exc.host}:{exc.port}"
+    return str(exc)
+
+
+__all__ = [
+    "create_session", "classify_error", "is_localhost_alias", "ScopedResolver",
+    "ScopedConnector", "guarded_socket_factory", "HopTimings", "SCHEMES", "TRANSIENT",
+    "TIMEOUT", "CONNECTION_REFUSED", "TLS", "TOO_LARGE", "OUT_OF_SCOPE", "INVALID_URL",
+    "INVALID_REQUEST", "TOO_MANY_REDIRECTS", "CONNECTION_ERROR",
+]

@@ -1,0 +1,227 @@
+"""fetch_all against real loopback servers: answers, redirects, caps, misbehaving servers, SSRF."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from support.httpservers import ServerThread, body_of, free_port, serving
+
+from lewis_tasks.domain.httpclient import create_session
+from lewis_tasks.domain.httpfetch import (
+    HttpOutcome,
+    HttpRequest,
+    fetch_all,
+    normalise_url,
+    summarise,
+)
+from lewis_tasks.domain.scope import Scope
+from lewis_tasks.errors import InvalidInput
+
+LOOPBACK = Scope.from_allow(["127.0.0.0/8"])
+NARROW = Scope.from_allow(["127.0.0.2/32"])
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[ServerThread]:
+    with serving() as thread:
+        thread.start("app", "127.0.0.1")
+        thread.start("app", "127.0.0.2")
+        thread.start("stall", "127.0.0.2")
+        thread.start("trickle", "127.0.0.2", interval=0.5)
+        thread.start("slow_headers", "127.0.0.2", interval=0.5)
+        yield thread
+
+
+@pytest.fixture(scope="module")
+def app1(servers: ServerThread) -> str:
+    return servers.servers[0].url
+
+
+@pytest.fixture(scope="module")
+def app2(servers: ServerThread) -> str:
+    return servers.servers[1].url
+
+
+def fetch(requests: Sequence[Any], scope: Scope = LOOPBACK, *, read_timeout: float = 5,
+          **options: Any) -> list[HttpOutcome]:
+    settings: dict[str, Any] = {"concurrency": 8, "max_body_bytes": 1 << 20, "max_redirects": 5,
+                                "retries": 0, "total_timeout": 10.0, "backoff": 0.01}
+    settings.update(options)
+
+    async def main() -> list[HttpOutcome]:
+        session = create_session(scope, max_connections=20, limit_per_host=10, connect_timeout=2,
+                                 read_timeout=read_timeout, keep_alive=True)
+        async with session:
+            return await fetch_all(session, requests, **settings)
+    return asyncio.run(main())
+
+
+def test_answer_fields(app2: str) -> None:
+    [outcome] = fetch([app2 + "/bytes/1000"])
+    assert outcome.ok and outcome.status == 200 and outcome.attempts == 1
+    assert outcome.bytes == 1000 and not outcome.truncated
+    assert outcome.sha256 == hashlib.sha256(body_of(1000)).hexdigest()
+    headers = dict(outcome.headers)
+    assert headers["server"] == "lewis-test" and headers["content-length"] == "1000"
+    t = outcome.timings
+    assert t.connect_ms is not None and t.ttfb_ms is not None
+    assert 0 <= t.connect_ms <= t.ttfb_ms + t.connect_ms <= t.total_ms + 1
+
+
+def test_redirect_chain_is_followed_and_recorded(app2: str) -> None:
+    [outcome] = fetch([app2 + "/redirect/3"])
+    assert outcome.status == 200 and outcome.final_url == app2 + "/redirect/0"
+    assert [hop.status for hop in outcome.redirects] == [302, 302, 302]
+    assert [hop.location for hop in outcome.redirects] == ["/redirect/2", "/redirect/1", "/redirect/0"]
+
+
+def test_redirects_are_capped(app2: str) -> None:
+    [outcome] = fetch([app2 + "/redirect/10"], max_redirects=3)
+    assert outcome.error == "too_many_redirects" and len(outcome.redirects) == 4
+
+
+def test_body_cap_truncates_and_flags(app2: str) -> None:
+    [big, small] = fetch([app2 + "/big/300000", app2 + "/bytes/100"], max_body_bytes=100_000)
+    assert big.ok and big.truncated and big.bytes == 100_000
+    assert big.sha256 == hashlib.sha256(body_of(300_000)[:100_000]).hexdigest()
+    assert small.bytes == 100 and not small.truncated
+
+
+def test_head_and_post(app2: str) -> None:
+    head, post = fetch([{"url": app2 + "/bytes/50", "method": "head"},
+                        {"url": app2 + "/echo", "method": "POST", "body": "ping",
+                         "headers": {"X-Probe": "1"}}])
+    assert head.status == 200 and head.bytes == 0 and head.method == "HEAD"
+    assert post.status == 200 and post.method == "POST"
+    # the echo server's JSON carries what it received; its hash proves the body made it
+    assert post.bytes > 0 and dict(post.headers)["content-type"].startswith("application/json")
+
+
+def test_303_turns_post_into_get(app2: str) -> None:
+    [outcome] = fetch([{"url": f"{app2}/to?code=303&url=/status/201", "method": "POST", "body": "x"}])
+    assert outcome.status == 201 and outcome.redirects[0].status == 303
+
+
+def test_misbehaving_servers_time_out_within_budget_and_the_batch_goes_on(
+        servers: ServerThread, app2: str) -> None:
+    stall, trickle, slow = (s.url for s in servers.servers[2:5])
+    # read timeout 1 s never fires on a server that sends something every 0.5 s: only the
+    # per-URL budget (2 s) stops the trickle and the slow headers
+    outcomes = fetch([stall + "/", trickle + "/", slow + "/", app2 + "/"],
+                     read_timeout=1.0, total_timeout=2.0)
+    assert [o.error for o in outcomes] == ["timeout", "timeout", "timeout", None]
+    assert outcomes[1].message == "no complete answer within 2 s"
+    assert outcomes[2].message == "no complete answer within 2 s"
+    assert outcomes[3].status == 200
+
+
+def test_loop_and_session_stay_usable_after_timeouts(servers: ServerThread, app2: str) -> None:
+    stall = servers.servers[2].url
+
+    async def main() -> list[HttpOutcome]:
+        session = create_session(LOOPBACK, max_connections=2, limit_per_host=2, connect_timeout=1,
+                                 read_timeout=5, keep_alive=True)
+        async with session:
+            options = {"concurrency": 2, "max_body_bytes": 1000, "max_redirects": 0, "retries": 0}
+            first = await fetch_all(session, [stall + "/a", stall + "/b"], total_timeout=0.5, **options)
+            # both pool slots were busy with the stalled requests; they must be free again
+            second = await fetch_all(session, [app2 + "/", app2 + "/"], total_timeout=5, **options)
+            return first + second
+    assert [o.error or o.status for o in asyncio.run(main())] == ["timeout", "timeout", 200, 200]
+
+
+def test_transient_failures_are_retried_for_idempotent_methods_only(
+        servers: ServerThread, app2: str) -> None:
+    # (aiohttp itself resends an idempotent request once when the connection drops, so the
+    # server may see more tries than `attempts`, which counts ours)
+    [retried] = fetch([app2 + "/flaky/a/2"], retries=2)
+    assert retried.status == 200 and retried.attempts in (2, 3)
+    [exhausted] = fetch([app2 + "/flaky/b/50"], retries=2)
+    assert exhausted.error == "connection_error" and exhausted.attempts == 3
+    [post] = fetch([{"url": app2 + "/flaky/c/1", "method": "POST", "body": "x"}], retries=2)
+    assert post.error == "connection_error" and post.attempts == 1
+    assert servers.servers[1].hits["/flaky/c/1"] == 1
+
+
+def test_refused_connection(app2: str) -> None:
+    [outcome] = fetch([f"http://127.0.0.2:{free_port('127.0.0.2')}/"], retries=1)
+    assert outcome.error == "connection_refused" and outcome.attempts == 2
+
+
+@pytest.mark.parametrize("bad, error", [
+    ("not a url", "invalid_url"), ("ftp://127.0.0.2/", "invalid_url"),
+    ("file:///etc/passwd", "invalid_url"), ("gopher://127.0.0.2:70/", "invalid_url"),
+    ("http://", "invalid_url"), ("http://a b/", "invalid_url"), ("http://[::1/", "invalid_url"),
+    ({"url": "http://127.0.0.2/", "method": "DELETE"}, "invalid_request"),
+    ({"url": "http://127.0.0.2/", "headers": {"X\r\nY": "1"}}, "invalid_request"),
+])
+def test_malformed_requests_are_per_url_errors(app2: str, bad: Any, error: str) -> None:
+    outcomes = fetch([bad, app2 + "/"])
+    assert outcomes[0].error == error and outcomes[0].message
+    assert outcomes[1].status == 200
+
+
+SPELLINGS = ["127.0.0.1", "2130706433", "0x7f000001", "127.1", "[::ffff:127.0.0.1]", "localhost",
+             "LOCALHOST.", "localhost.localdomain"]
+
+
+@pytest.mark.parametrize("host", SPELLINGS)
+def test_out_of_scope_by_any_spelling(servers: ServerThread, host: str) -> None:
+    target = servers.servers[0]
+    before = sum(target.hits.values())
+    [outcome] = fetch([f"http://{host}:{target.port}/"], NARROW)
+    assert outcome.error == "out_of_scope", outcome.message
+    assert sum(target.hits.values()) == before
+
+
+@pytest.mark.parametrize("host", SPELLINGS)
+def test_redirect_out_of_scope_is_refused_at_the_hop(servers: ServerThread, app2: str,
+                                                     host: str) -> None:
+    target = servers.servers[0]
+    before = sum(target.hits.values())
+    refused, allowed = fetch([f"{app2}/to?url=http://{host}:{target.port}/",
+                              f"{app2}/to?url={app2}/status/204"], NARROW)
+    assert refused.error == "out_of_scope", refused.message
+    assert [hop.status for hop in refused.redirects] == [302]
+    assert sum(target.hits.values()) == before
+    assert allowed.status == 204 and allowed.final_url == app2 + "/status/204"
+
+
+def test_redirect_to_another_scheme_is_refused(app2: str) -> None:
+    [outcome] = fetch([f"{app2}/to?url=file:///etc/passwd"])
+    assert outcome.error == "invalid_url" and "file://" in (outcome.message or "")
+
+
+def test_progress_callback_order_and_json(app2: str) -> None:
+    seen: list[int] = []
+    urls = [f"{app2}/bytes/{n}" for n in range(30)]
+    outcomes = fetch(urls, on_result=lambda o: seen.append(o.index), concurrency=4)
+    assert sorted(seen) == list(range(30))
+    assert [o.index for o in outcomes] == list(range(30))
+    assert [o.bytes for o in outcomes] == list(range(30))
+    data = json.loads(json.dumps([o.to_dict() for o in outcomes]))
+    assert data[5]["sha256"] == hashlib.sha256(body_of(5)).hexdigest()
+    assert summarise(outcomes) == {"total": 30, "ok": 30, "statuses": {"200": 30}, "errors": {}}
+
+
+def test_request_parsing() -> None:
+    assert str(normalise_url("http://0x7f000001:8/x")) == "http://127.0.0.1:8/x"
+    assert str(normalise_url("http://[::ffff:127.0.0.1]/")) == "http://127.0.0.1/"
+    request = HttpRequest.parse({"url": "http://127.1/", "method": "post", "body": "é"})
+    assert (request.url, request.method, request.body) == ("http://127.0.0.1/", "POST", "é".encode())
+    with pytest.raises(InvalidInput, match="PATCH"):
+        HttpRequest.parse({"url": "http://127.0.0.1/", "method": "PATCH"})
+    with pytest.raises(InvalidInput, match="ftp://"):
+        HttpRequest.parse("ftp://127.0.0.1/")
+    with pytest.raises(InvalidInput, match="GET request carries no body"):
+        HttpRequest.parse({"url": "http://127.0.0.1/", "body": "x"})
+
+
+def test_bad_batch_options_are_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match="concurrency"):
+        fetch(["http://127.0.0.1/"], concurrency=0)
