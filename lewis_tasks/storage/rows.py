@@ -1,0 +1,120 @@
+"""Generic row operations every repository module shares: one upsert, one counter bump, one get.
+
+The upsert is the dialect's own ``INSERT … ON CONFLICT`` (SQLite and PostgreSQL both), so an
+idempotent write is one statement and safe under concurrency; ``RETURNING`` tells the caller
+which rows it actually inserted or changed, which is how "was this new?" is answered without
+a racy read-before-write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import Table, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from .models import Base
+
+M = TypeVar("M", bound=Base)
+
+# Bound parameters per statement: SQLite allows 32766, PostgreSQL 65535; stay under both.
+_MAX_PARAMS = 30_000
+
+
+def primary_key(model: type[Base]) -> list[str]:
+    """Names of the model's primary-key columns, in order."""
+    return [c.name for c in _table(model).primary_key.columns]
+
+
+def upsert(session: Session, model: type[Base], rows: Iterable[Mapping[str, Any]], *,
+           on: Sequence[str] | None = None,
+           update_cols: Sequence[str] | Literal["row"] = (),
+           only_changed: bool = False,
+           where: ColumnElement[bool] | None = None) -> list[tuple[Any, ...]]:
+    """Insert ``rows``; on a conflict over ``on`` (default: the primary key) update ``update_cols``.
+
+    ``update_cols=()`` keeps the existing row (DO NOTHING); ``"row"`` updates every column the
+    row gives except the key. ``only_changed`` skips updates that would change nothing;
+    ``where`` adds a condition on the existing row (the table's columns). Returns the primary
+    keys of the rows inserted or updated, so a no-op write returns ``[]``.
+    """
+    table = _table(model)
+    keys = list(on or primary_key(model))
+    pk_cols = [table.c[name] for name in primary_key(model)]
+    touched: list[tuple[Any, ...]] = []
+    for batch in _batches(_dedupe(rows, keys, keep_last=update_cols != ()), keys):
+        stmt = _insert(session, table).values(batch)
+        cols = [c for c in batch[0] if c not in keys] if update_cols == "row" else update_cols
+        if cols:
+            condition = where
+            if only_changed:
+                changed = or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in cols))
+                condition = changed if condition is None else condition & changed
+            stmt = stmt.on_conflict_do_update(index_elements=keys,
+                                              set_={c: stmt.excluded[c] for c in cols},
+                                              where=condition)
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+        touched.extend(tuple(r) for r in session.execute(stmt.returning(*pk_cols)))
+    return touched
+
+
+def increment(session: Session, model: type[Base], key: Mapping[str, Any],
+              **deltas: int | float) -> int:
+    """Add ``deltas`` to counters of the row at ``key`` in one UPDATE (no lost updates); rows hit."""
+    table = _table(model)
+    if not deltas:
+        return 0
+    stmt = (update(table)
+            .where(*(table.c[name] == value for name, value in key.items()))
+            .values({name: table.c[name] + delta for name, delta in deltas.items()}))
+    return int(session.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
+
+
+def fetch(session: Session, model: type[M], *key: Any) -> M | None:
+    """The row with primary key ``key``, freshly read (not a stale copy from the session)."""
+    return session.get(model, key if len(key) > 1 else key[0], populate_existing=True)
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def _insert(session: Session, table: Table) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"upsert: database {dialect!r} is not supported "
+                              "(SQLite and PostgreSQL are)")
+
+
+def _dedupe(rows: Iterable[Mapping[str, Any]], keys: Sequence[str],
+            keep_last: bool) -> list[dict[str, Any]]:
+    # One statement may not hit the same row twice (PostgreSQL refuses): keep one per key.
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        ident = tuple(row[k] for k in keys)
+        if keep_last or ident not in seen:
+            seen[ident] = dict(row)
+    return list(seen.values())
+
+
+def _batches(rows: list[dict[str, Any]], keys: Sequence[str]) -> Iterable[list[dict[str, Any]]]:
+    # A multi-row VALUES needs the same columns in every row: group by column set, then cut.
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    for columns, group in groups.items():
+        size = max(1, _MAX_PARAMS // max(1, len(columns)))
+        for start in range(0, len(group), size):
+            yield group[start:start + size]
+
+
+__all__ = ["upsert", "increment", "fetch", "primary_key"]

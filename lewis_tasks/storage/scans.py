@@ -1,0 +1,179 @@
+"""Scans, their chunks, the ports they found and the findings ranked from them.
+
+Every write is keyed by the scan id (and chunk index, host, port, title), so a chunk task or a
+merge callback that runs twice changes nothing: :func:`record_chunk` bumps the scan's progress
+counters only when it is the first to record that chunk, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .models import Finding, Scan, ScanChunk, ScanPort, utcnow
+from .rows import fetch, increment, upsert
+
+TERMINAL = ("done", "failed", "cancelled")
+_PORT_FIELDS = ("state", "service", "product", "version", "banner", "detail")
+_FINDING_FIELDS = ("severity", "score", "service", "cve_ids", "detail")
+
+
+@dataclass(frozen=True)
+class ScanProgress:
+    """How far a scan has come, readable while its chunks still run."""
+
+    scan_id: str
+    status: str
+    chunks_total: int
+    chunks_done: int
+    ports_total: int
+    ports_done: int
+    open_count: int
+
+    @property
+    def fraction(self) -> float:
+        """Share of ports done, 0.0–1.0 (1.0 for an empty scan)."""
+        return min(1.0, self.ports_done / self.ports_total) if self.ports_total else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fraction": self.fraction}
+
+
+def upsert_scan(session: Session, scan_id: str, *, request: Mapping[str, Any] | None = None,
+                chunks_total: int = 0, ports_total: int = 0, status: str = "running",
+                chunks: Iterable[Mapping[str, Any]] = ()) -> bool:
+    """Create the scan (and its planned chunks: ``chunk_index``, ``host``, ``ports``) once.
+
+    A second call with the same id changes nothing and returns False: the first plan wins.
+    """
+    row = {"id": scan_id, "created_at": utcnow(), "status": status,
+           "request": dict(request) if request is not None else None,
+           "chunks_total": chunks_total, "ports_total": ports_total}
+    created = bool(upsert(session, Scan, [row]))
+    plan = [{"scan_id": scan_id, "chunk_index": c["chunk_index"], "host": c.get("host"),
+             "ports": c.get("ports"), "status": "pending"} for c in chunks]
+    upsert(session, ScanChunk, plan)
+    return created
+
+
+def record_chunk(session: Session, scan_id: str, chunk_index: int, result: Mapping[str, Any], *,
+                 ports_scanned: int, open_ports: Sequence[Mapping[str, Any]] = (),
+                 task_id: str | None = None, host: str | None = None) -> bool:
+    """Store a finished chunk and its open ports, and advance the scan's counters.
+
+    Returns False, and changes nothing, when that chunk was already recorded (a redelivered
+    or duplicated task). The scan row must exist (:func:`upsert_scan` first).
+    """
+    row = {"scan_id": scan_id, "chunk_index": chunk_index, "status": "done",
+           "result": dict(result), "task_id": task_id, "finished_at": utcnow()}
+    if host is not None:
+        row["host"] = host
+    done_cols = [k for k in row if k not in ("scan_id", "chunk_index")]
+    first = upsert(session, ScanChunk, [row], update_cols=done_cols,
+                   where=ScanChunk.status != "done")
+    if not first:
+        return False
+    inserted = {(host, port) for _, host, port in
+                upsert(session, ScanPort, _port_rows(scan_id, open_ports))}
+    opened = sum(1 for p in open_ports if p.get("state", "open") == "open"
+                 and (p["host"], int(p["port"])) in inserted)
+    increment(session, Scan, {"id": scan_id}, chunks_done=1, ports_done=ports_scanned,
+              open_count=opened)
+    return True
+
+
+def upsert_ports(session: Session, scan_id: str, ports: Iterable[Mapping[str, Any]]) -> int:
+    """Add or refresh ports of a scan (e.g. after service identification); rows changed."""
+    return len(upsert(session, ScanPort, _port_rows(scan_id, ports),
+                      update_cols=[f for f in _PORT_FIELDS], only_changed=True))
+
+
+def upsert_findings(session: Session, scan_id: str, findings: Iterable[Mapping[str, Any]]) -> int:
+    """Add or refresh findings keyed (scan, host, port, title); rows inserted or changed."""
+    rows = [{"scan_id": scan_id, "host": f["host"], "port": f.get("port") or 0,
+             "title": f["title"], "severity": f["severity"], "score": f.get("score"),
+             "service": f.get("service"), "cve_ids": list(f.get("cve_ids") or []),
+             "detail": f.get("detail"), "created_at": utcnow()} for f in findings]
+    return len(upsert(session, Finding, rows, on=["scan_id", "host", "port", "title"],
+                      update_cols=list(_FINDING_FIELDS), only_changed=True))
+
+
+def set_scan_status(session: Session, scan_id: str, status: str, *,
+                    summary: Mapping[str, Any] | None = None, error: str | None = None) -> bool:
+    """Move a scan to ``status``; a terminal status stamps ``finished_at`` once. False: no scan."""
+    values: dict[str, Any] = {"status": status}
+    if summary is not None:
+        values["summary"] = dict(summary)
+    if error is not None:
+        values["error"] = error
+    stmt = update(Scan).where(Scan.id == scan_id).values(values)
+    hit = bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    if hit and status in TERMINAL:
+        session.execute(update(Scan).where(Scan.id == scan_id, Scan.finished_at.is_(None))
+                        .values(finished_at=utcnow()))
+    return hit
+
+
+def scan_progress(session: Session, scan_id: str) -> ScanProgress | None:
+    """The scan's counters, or None if there is no such scan."""
+    scan = fetch(session, Scan, scan_id)
+    if scan is None:
+        return None
+    return ScanProgress(scan.id, scan.status, scan.chunks_total, scan.chunks_done,
+                        scan.ports_total, scan.ports_done, scan.open_count)
+
+
+def get_scan(session: Session, scan_id: str) -> Scan | None:
+    """One scan row, or None."""
+    return fetch(session, Scan, scan_id)
+
+
+def list_scans(session: Session, *, status: str | None = None, limit: int = 50) -> list[Scan]:
+    """Scans, newest first (uses idx_scans_created_at)."""
+    stmt = select(Scan)
+    if status is not None:
+        stmt = stmt.where(Scan.status == status)
+    return list(session.scalars(stmt.order_by(Scan.created_at.desc(), Scan.id).limit(limit)))
+
+
+def pending_chunks(session: Session, scan_id: str) -> list[int]:
+    """Indexes of the scan's planned chunks not recorded yet."""
+    stmt = (select(ScanChunk.chunk_index)
+            .where(ScanChunk.scan_id == scan_id, ScanChunk.status != "done")
+            .order_by(ScanChunk.chunk_index))
+    return list(session.scalars(stmt))
+
+
+def list_scan_ports(session: Session, scan_id: str, state: str | None = "open") -> list[ScanPort]:
+    """A scan's ports (default: the open ones), by host then port."""
+    stmt = select(ScanPort).where(ScanPort.scan_id == scan_id)
+    if state is not None:
+        stmt = stmt.where(ScanPort.state == state)
+    return list(session.scalars(stmt.order_by(ScanPort.host, ScanPort.port)))
+
+
+def list_findings(session: Session, *, scan_id: str | None = None,
+                  severities: Sequence[str] | None = None, limit: int = 1000) -> list[Finding]:
+    """Findings, highest score first (uses idx_findings_severity when filtering by severity)."""
+    stmt = select(Finding)
+    if scan_id is not None:
+        stmt = stmt.where(Finding.scan_id == scan_id)
+    if severities:
+        stmt = stmt.where(Finding.severity.in_(list(severities)))
+    order = (Finding.score.desc().nulls_last(), Finding.host, Finding.port, Finding.title)
+    return list(session.scalars(stmt.order_by(*order).limit(limit)))
+
+
+def _port_rows(scan_id: str, ports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"scan_id": scan_id, "host": p["host"], "port": int(p["port"]),
+             "state": p.get("state", "open"),
+             **{f: p.get(f) for f in _PORT_FIELDS if f != "state"}} for p in ports]
+
+
+__all__ = ["ScanProgress", "upsert_scan", "record_chunk", "upsert_ports", "upsert_findings",
+           "set_scan_status", "scan_progress", "get_scan", "list_scans", "pending_chunks",
+           "list_scan_ports", "list_findings", "TERMINAL"]

@@ -1,0 +1,156 @@
+"""Vulnerability data: CVEs and the CPE version ranges they affect.
+
+:func:`import_vulnerabilities` takes plain records (parsed from NVD feeds by the domain layer)
+and upserts them: an unchanged CVE is left alone, a changed one is updated, and each CVE's
+ranges are synchronised by a digest of their values, so importing the same feed twice writes
+nothing. Vendor and product are stored lower-case, as CPE compares them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from ..errors import InvalidInput
+from .models import Vulnerability, VulnMatch
+from .rows import fetch, upsert
+
+CVE_FIELDS = ("description", "cvss_version", "cvss_vector", "cvss_score", "severity",
+              "published", "modified")
+RANGE_FIELDS = ("version_exact", "version_start_including", "version_start_excluding",
+                "version_end_including", "version_end_excluding")
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an import changed; all zeros for a re-import of the same data."""
+
+    cves_seen: int = 0
+    cves_written: int = 0
+    ranges_added: int = 0
+    ranges_removed: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CandidateRange:
+    """One CPE range of a CVE, with the CVE's score: the input of version matching."""
+
+    cve_id: str
+    vendor: str
+    product: str
+    version_exact: str | None
+    version_start_including: str | None
+    version_start_excluding: str | None
+    version_end_including: str | None
+    version_end_excluding: str | None
+    cvss_score: float | None
+    cvss_vector: str | None
+    severity: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def import_vulnerabilities(session: Session, records: Iterable[Any],
+                           batch_size: int = 500) -> ImportSummary:
+    """Upsert CVE records (mappings, or objects with ``to_dict()``) and their ``matches``.
+
+    A record needs ``cve_id``; ``matches`` lists ranges with ``vendor``, ``product`` and the
+    ``version_*`` bounds. Ranges a CVE no longer lists are removed.
+    """
+    seen = written = added = removed = 0
+    batch: list[dict[str, Any]] = []
+    for record in records:
+        batch.append(_normalise(record))
+        if len(batch) >= batch_size:
+            w, a, r = _import_batch(session, batch)
+            seen, written, added, removed = seen + len(batch), written + w, added + a, removed + r
+            batch = []
+    if batch:
+        w, a, r = _import_batch(session, batch)
+        seen, written, added, removed = seen + len(batch), written + w, added + a, removed + r
+    return ImportSummary(seen, written, added, removed)
+
+
+def candidate_ranges(session: Session, vendor: str, product: str) -> list[CandidateRange]:
+    """Every range recorded for ``vendor``/``product`` (uses idx_vuln_matches_vendor_product)."""
+    stmt = (select(VulnMatch, Vulnerability)
+            .join(Vulnerability, Vulnerability.cve_id == VulnMatch.cve_id)
+            .where(VulnMatch.vendor == vendor.lower(), VulnMatch.product == product.lower())
+            .order_by(VulnMatch.cve_id, VulnMatch.id))
+    return [CandidateRange(m.cve_id, m.vendor, m.product,
+                           *(getattr(m, f) for f in RANGE_FIELDS),
+                           v.cvss_score, v.cvss_vector, v.severity)
+            for m, v in session.execute(stmt).tuples()]
+
+
+def get_vulnerability(session: Session, cve_id: str) -> Vulnerability | None:
+    """One CVE, or None."""
+    return fetch(session, Vulnerability, cve_id)
+
+
+def _import_batch(session: Session, batch: list[dict[str, Any]]) -> tuple[int, int, int]:
+    cves = [{"cve_id": r["cve_id"], **{f: r.get(f) for f in CVE_FIELDS}} for r in batch]
+    written = len(upsert(session, Vulnerability, cves, update_cols=list(CVE_FIELDS),
+                         only_changed=True))
+    wanted = {r["match_key"]: r for rec in batch for r in rec["matches"]}
+    ids = [r["cve_id"] for r in batch]
+    have = set(session.scalars(select(VulnMatch.match_key).where(VulnMatch.cve_id.in_(ids))))
+    stale = have - wanted.keys()
+    if stale:
+        session.execute(delete(VulnMatch).where(VulnMatch.match_key.in_(stale)))
+    added = len(upsert(session, VulnMatch, [r for k, r in wanted.items() if k not in have],
+                       on=["match_key"]))
+    return written, added, len(stale)
+
+
+def _normalise(record: Any) -> dict[str, Any]:
+    data = record.to_dict() if hasattr(record, "to_dict") else record
+    if not isinstance(data, Mapping) or not data.get("cve_id"):
+        raise InvalidInput(f"vulnerability record without a cve_id: {str(record)[:120]!r}")
+    cve_id = str(data["cve_id"]).upper()
+    out: dict[str, Any] = {"cve_id": cve_id, **{f: data.get(f) for f in CVE_FIELDS}}
+    for name in ("published", "modified"):
+        out[name] = _timestamp(out[name], cve_id, name)
+    if out["cvss_score"] is not None:
+        out["cvss_score"] = float(out["cvss_score"])
+    out["matches"] = [_range(cve_id, m) for m in data.get("matches") or ()]
+    return out
+
+
+def _range(cve_id: str, match: Mapping[str, Any]) -> dict[str, Any]:
+    if not match.get("vendor") or not match.get("product"):
+        raise InvalidInput(f"{cve_id}: a match range needs vendor and product, got {dict(match)}")
+    row = {"cve_id": cve_id, "vendor": str(match["vendor"]).lower(),
+           "product": str(match["product"]).lower(),
+           **{f: (str(match[f]) if match.get(f) not in (None, "") else None)
+              for f in RANGE_FIELDS}}
+    row["match_key"] = hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()
+    return row
+
+
+def _timestamp(value: Any, cve_id: str, name: str) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        stamp = value
+    else:
+        try:
+            stamp = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(f"{cve_id}: {name} is not an ISO 8601 time: {value!r}") from None
+    if stamp is not None and stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)  # NVD writes UTC without saying so
+    return stamp
+
+
+__all__ = ["ImportSummary", "CandidateRange", "import_vulnerabilities", "candidate_ranges",
+           "get_vulnerability"]
