@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -39,4 +40,85 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.flushdb()
+        client.close()
+
+
+# --- the LEWIS app against the test Redis -------------------------------------------------
+
+WORKER_DB = 1  # embedded workers live in Redis db 1: `redis_client` wipes db 0 only
+
+
+def with_db(url: str, db: int) -> str:
+    base, _, tail = url.rpartition("/")
+    return f"{base}/{db}" if tail.isdigit() else f"{url.rstrip('/')}/{db}"
+
+
+def test_env(redis_url: str, home: Path, **extra: str) -> dict[str, str]:
+    """The LEWIS_* environment of a test stack: its Redis, its SQLite, short intervals."""
+    env = {
+        "LEWIS_BROKER_URL": with_db(redis_url, WORKER_DB),
+        "LEWIS_DATABASE_URL": f"sqlite:///{home / 'lewis.db'}",
+        "LEWIS_STACK_HOME": str(home),
+        "LEWIS_BROKER_VISIBILITY_TIMEOUT": "60",
+        "LEWIS_TASKS_TIME_LIMIT": "40",
+        "LEWIS_TASKS_SOFT_TIME_LIMIT": "30",
+        "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "1",
+        "LEWIS_MONITORING_PING_TIMEOUT": "0.5",
+        "LEWIS_STACK_BEAT_LOCK_TIMEOUT": "3",
+        "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def lewis_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Process settings pointing at the test Redis (db 1) and a fresh migrated SQLite."""
+    from lewis_tasks.infra import config
+    from lewis_tasks.infra.celery_app import app, configure_app
+    from lewis_tasks.infra.redis_client import reset_clients
+    from lewis_tasks.storage.migrate import upgrade
+
+    home = tmp_path_factory.mktemp("lewis-home")
+    settings = config.load_settings(env=test_env(redis_url, home))
+    previous = config.get_settings()
+    config.set_settings(settings)
+    reset_clients()
+    configure_app(app, settings)
+    upgrade(settings.database.url)
+    try:
+        yield settings
+    finally:
+        config.set_settings(previous)
+        reset_clients()
+        configure_app(app, previous)
+
+
+@pytest.fixture(scope="session")
+def celery_app(lewis_settings: Any) -> Any:  # overrides celery.contrib.pytest's test app
+    from celery.contrib.testing import tasks  # noqa: F401  (registers celery.ping for start_worker)
+    from lewis_tasks.infra.celery_app import app
+
+    app.loader.import_default_modules()
+    return app
+
+
+@pytest.fixture(scope="session")
+def celery_worker_pool() -> str:
+    return "threads"
+
+
+@pytest.fixture(scope="session")
+def celery_worker_parameters() -> dict[str, Any]:
+    return {"queues": ("io", "cpu", "control"), "concurrency": 4,
+            "perform_ping_check": True, "shutdown_timeout": 10.0}
+
+
+@pytest.fixture
+def worker_redis(lewis_settings: Any) -> Iterator[redis.Redis]:
+    """A client on the embedded worker's Redis db (not wiped: the worker's bindings live there)."""
+    client = redis.Redis.from_url(lewis_settings.broker.url)
+    try:
+        yield client
+    finally:
         client.close()

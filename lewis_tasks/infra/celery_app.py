@@ -85,15 +85,25 @@ def celery_config(settings: Settings) -> dict[str, object]:
     }
 
 
-def create_app(settings: Settings | None = None) -> Celery:
-    """A configured Celery app; tests build their own from test settings."""
-    settings = settings or get_settings()
-    celery_app = Celery("lewis_tasks", include=TASK_MODULES, task_cls="lewis_tasks.infra.task:LewisTask")
-    celery_app.conf.update(celery_config(settings))
+def configure_app(celery_app: Celery, settings: Settings) -> Celery:
+    """Apply ``settings`` to ``celery_app`` (again, when tests swap settings); drops old pools."""
     from beat_schedule import periodic_jobs
 
+    celery_app.conf.update(celery_config(settings))
     celery_app.conf.beat_schedule = periodic_jobs(settings)
+    if celery_app._pool is not None:  # connections to the previous broker
+        celery_app._pool.force_close_all()
+        celery_app._pool = None
+    celery_app._backend_cache = None  # the previous result backend
+    celery_app._local.__dict__.pop("backend", None)
     return celery_app
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """The configured Celery app."""
+    celery_app = Celery("lewis_tasks", include=TASK_MODULES,
+                        task_cls="lewis_tasks.infra.task:LewisTask")
+    return configure_app(celery_app, settings or get_settings())
 
 
 app = create_app()

@@ -6,6 +6,7 @@ import datetime as dt
 import time
 from typing import Any
 
+from ..errors import InvalidInput
 from ..infra.broker import ping_workers
 from ..infra.celery_app import app
 from ..infra.config import get_settings
@@ -21,6 +22,8 @@ def heartbeat(slot: int | None = None) -> dict[str, Any]:
     interval = settings.monitoring.health_check_interval
     if slot is None:
         slot = int(time.time() // interval)
+    elif isinstance(slot, bool) or not isinstance(slot, int):
+        raise InvalidInput(f"heartbeat slot must be an integer, got {slot!r}")
     pings = ping_workers(app, timeout=settings.monitoring.ping_timeout)
     new = 0
     with session_scope(get_engine()) as session:
