@@ -53,7 +53,7 @@ def with_db(url: str, db: int) -> str:
     return f"{base}/{db}" if tail.isdigit() else f"{url.rstrip('/')}/{db}"
 
 
-def test_env(redis_url: str, home: Path, **extra: str) -> dict[str, str]:
+def stack_env(redis_url: str, home: Path, **extra: str) -> dict[str, str]:
     """The LEWIS_* environment of a test stack: its Redis, its SQLite, short intervals."""
     env = {
         "LEWIS_BROKER_URL": with_db(redis_url, WORKER_DB),
@@ -80,7 +80,7 @@ def lewis_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     from lewis_tasks.storage.migrate import upgrade
 
     home = tmp_path_factory.mktemp("lewis-home")
-    settings = config.load_settings(env=test_env(redis_url, home))
+    settings = config.load_settings(env=stack_env(redis_url, home))
     previous = config.get_settings()
     config.set_settings(settings)
     reset_clients()

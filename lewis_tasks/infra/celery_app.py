@@ -27,6 +27,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
     transport = {
         # Redis has no acks: an unacked message comes back after this; it must outlive every task.
         "visibility_timeout": settings.broker.visibility_timeout,
+        # Sweep for abandoned (dead worker) messages every tenth of it; kombu's default
+        # (10 s × throttle 10) would leave a killed worker's task parked for minutes.
+        "unacked_restore_interval": max(1, min(10, settings.broker.visibility_timeout // 10)),
+        "unacked_restore_throttle": 1,
         "socket_timeout": 30,
         "socket_connect_timeout": settings.broker.connect_timeout,
         "socket_keepalive": True,

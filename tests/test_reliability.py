@@ -1,0 +1,65 @@
+"""At-least-once with nothing lost, proven with real worker subprocesses and kill -9."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lewis_tasks.errors import RedeliveryLimitExceeded
+from lewis_tasks.producer import submit
+from tests.conftest import stack_env
+from tests.support.procs import kill_group, lewis_process, wait_for, worker_names
+
+pytestmark = pytest.mark.slow
+
+FAST_RECOVERY = {
+    # a killed worker's task comes back after the visibility timeout: keep it short here
+    "LEWIS_BROKER_VISIBILITY_TIMEOUT": "6",
+    "LEWIS_TASKS_TIME_LIMIT": "5",
+    "LEWIS_TASKS_SOFT_TIME_LIMIT": "4",
+    "LEWIS_TASKS_MAX_REDELIVERIES": "2",
+}
+
+
+def _worker(name: str, redis_url: str, home: Path) -> Any:
+    env = stack_env(redis_url, home, **FAST_RECOVERY)
+    return lewis_process(["worker", "cpu", "-c", "1", "-I", "tests.support.killtasks",
+                          "-n", f"{name}@%h"], env, home / f"{name}.log")
+
+
+def test_kill_9_mid_task_redelivers_and_records_once(
+        redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any, celery_app: Any) -> None:
+    worker_redis.delete("test:records", "test:starts:k1", "test:completions:k1", "test:running:k1")
+    # Given a cpu worker running a 3-second task
+    with _worker("victim", redis_url, tmp_path) as victim:
+        wait_for(lambda: any(n.startswith("victim@") for n in worker_names(celery_app)), 30,
+                 what="the victim worker")
+        handle = submit("lewis.testing.record", args=["k1", 3.0])
+        wait_for(lambda: worker_redis.exists("test:running:k1"), 20, what="the task to start")
+        # When the whole worker is killed with SIGKILL in the middle of it
+        kill_group(victim)
+    assert not worker_redis.hexists("test:records", "k1")
+    # Then a fresh worker gets the task back (after the visibility timeout) and finishes it
+    with _worker("rescuer", redis_url, tmp_path):
+        assert handle.wait(timeout=60) == "k1"
+    assert int(worker_redis.get("test:starts:k1")) == 2
+    assert int(worker_redis.get("test:completions:k1")) == 1
+    assert worker_redis.hlen("test:records") == 1
+
+
+def test_task_that_always_kills_its_worker_fails_after_the_cap(
+        redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any, celery_app: Any) -> None:
+    worker_redis.delete("test:starts:k2")
+    with _worker("host", redis_url, tmp_path):
+        wait_for(lambda: any(n.startswith("host@") for n in worker_names(celery_app)), 30,
+                 what="the worker")
+        # Given a task that SIGKILLs the pool child running it, every time
+        handle = submit("lewis.testing.suicide", args=["k2"])
+        # Then it ends as failed with the cap named, instead of looping forever
+        with pytest.raises(RedeliveryLimitExceeded, match="max_redeliveries=2"):
+            handle.wait(timeout=90)
+        assert int(worker_redis.get("test:starts:k2")) == 3  # cap + 1 runs, then refused
+        # and the worker is still alive and answering
+        assert any(n.startswith("host@") for n in worker_names(celery_app, timeout=1.0))
