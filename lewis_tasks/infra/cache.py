@@ -328,7 +328,7 @@ def cached(ttl: int | None = None, key: str | Callable[..., str] | None = None,
                 cache_key = store.make_key(name, *bound.arguments.values())
             hit = store.get(cache_key, _MISS, local=local)
             if hit is not _MISS:
-                return hit  # type: ignore[no-any-return]
+                return hit
             value = func(*args, **kwargs)
             store.set(cache_key, value, ttl, local=local)
             return value

@@ -88,10 +88,11 @@ def candidate_ranges(session: Session, vendor: str, product: str) -> list[Candid
             .join(Vulnerability, Vulnerability.cve_id == VulnMatch.cve_id)
             .where(VulnMatch.vendor == vendor.lower(), VulnMatch.product == product.lower())
             .order_by(VulnMatch.cve_id, VulnMatch.id))
-    return [CandidateRange(m.cve_id, m.vendor, m.product,
-                           *(getattr(m, f) for f in RANGE_FIELDS),
-                           v.cvss_score, v.cvss_vector, v.severity)
-            for m, v in session.execute(stmt).tuples()]
+    return [CandidateRange(cve_id=m.cve_id, vendor=m.vendor, product=m.product,
+                           **{f: getattr(m, f) for f in RANGE_FIELDS},
+                           cvss_score=v.cvss_score, cvss_vector=v.cvss_vector,
+                           severity=v.severity)
+            for m, v in session.execute(stmt)]
 
 
 def get_vulnerability(session: Session, cve_id: str) -> Vulnerability | None:
