@@ -1,0 +1,292 @@
+"""Service identification on open ports: banner grab, light probes, a signature table.
+
+Per port: connect and wait up to ``banner_timeout`` for the server to speak first (ssh, ftp,
+smtp, imap, pop3, mysql, telnet do). A silent port gets the light probes at once, each on its
+own connection, in parallel — an HTTP ``HEAD``, a Redis ``PING``, a memcached ``version``, a
+PostgreSQL ``SSLRequest`` then startup packet, and an empty line — and the first answer that a
+signature recognises names the service. Follow-ups on the same connection fill in what the
+first answer leaves open: ``INFO server`` for a Redis that answered ``PING`` without AUTH (its
+version), ``EHLO`` for a bare ``220`` greeting (smtp answers 250; otherwise it is ftp — a case
+``nmap -sV`` leaves unnamed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .scope import IPAddress, Scope
+
+UNKNOWN = "unknown"
+_BANNER_CHARS = 160
+_READ_BYTES = 4096
+_PG_SSL_REQUEST = struct.pack("!II", 8, 80877103)
+_PG_STARTUP = (lambda body: struct.pack("!I", len(body) + 4) + body)(
+    struct.pack("!I", 196608) + b"user\x00lewis\x00database\x00lewis\x00\x00")
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """What runs on one port, as far as its answers tell."""
+
+    port: int
+    name: str
+    product: str | None = None
+    version: str | None = None
+    banner: str = ""  # printable excerpt of the first answer
+    probe: str = ""  # what drew that answer: banner, http, redis, memcached, postgresql, ...
+    extra: Mapping[str, str | bool | int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"port": self.port, "name": self.name, "product": self.product,
+                "version": self.version, "banner": self.banner, "probe": self.probe,
+                "extra": dict(self.extra)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ServiceInfo:
+        return cls(int(data["port"]), str(data["name"]),  # type: ignore[call-overload]
+                   data.get("product"), data.get("version"),  # type: ignore[arg-type]
+                   str(data.get("banner") or ""), str(data.get("probe") or ""),
+                   dict(data.get("extra") or {}))  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A regex over a server's answer. Named groups ``product``/``version`` fill those fields."""
+
+    name: str
+    pattern: re.Pattern[bytes]
+    product: str | None = None
+    probes: frozenset[str] | None = None  # answers to which probes it applies; None: any
+    extra: Mapping[str, str | bool | int] = field(default_factory=dict)
+
+
+def _sig(name: str, regex: bytes, product: str | None = None, probes: str | None = None,
+         **extra: str | bool | int) -> Signature:
+    return Signature(name, re.compile(regex, re.DOTALL), product,
+                     frozenset(probes.split()) if probes else None, extra)
+
+
+_HTTP = rb"^HTTP/1\.[01] \d{3}.*?\r\nServer: "
+# First match wins: specific before generic within each service.
+SIGNATURES: tuple[Signature, ...] = (
+    _sig("ssh", rb"^SSH-[\d.]+-OpenSSH_(?P<version>[\w.]+)", "OpenSSH"),
+    _sig("ssh", rb"^SSH-[\d.]+-dropbear_(?P<version>[\w.]+)", "Dropbear sshd"),
+    _sig("ssh", rb"^SSH-[\d.]+-(?P<product>[^\s\r\n]+)"),
+    _sig("smtp", rb"^220[ -]\S+ ESMTP Exim (?P<version>[\w.]+)", "Exim"),
+    _sig("smtp", rb"^220[ -]\S+ ESMTP Postfix", "Postfix smtpd"),
+    _sig("smtp", rb"^220[ -]\S+ ESMTP Sendmail (?P<version>[\w.]+)", "Sendmail"),
+    _sig("smtp", rb"^220[ -][^\r\n]*\bE?SMTP\b"),
+    _sig("ftp", rb"^220[ -][^\r\n]*\(vsFTPd (?P<version>[\d.]+)\)", "vsftpd"),
+    _sig("ftp", rb"^220[ -]ProFTPD (?P<version>[\d.]+[a-z]?\d*)", "ProFTPD"),
+    _sig("ftp", rb"^220[ -][^\r\n]*Pure-FTPd", "Pure-FTPd"),
+    _sig("ftp", rb"^220[ -][^\r\n]*FileZilla Server(?: version)? (?P<version>[\d.]+\w*)",
+         "FileZilla ftpd"),
+    _sig("ftp", rb"^220[ -][^\r\n]*\bftp\b|^220[ -][^\r\n]*\bFTP\b"),
+    _sig("ftp", rb"^220[ -]?", probes="banner", confirm="ehlo"),  # bare greeting: ask EHLO
+    _sig("mysql", rb"^.\x00\x00\x00\x0a5\.5\.5-(?P<version>[\d.]+)-MariaDB", "MariaDB"),
+    _sig("mysql", rb"^.\x00\x00\x00\x0a(?P<version>[\d.]+)[^\x00]*-MariaDB", "MariaDB"),
+    _sig("mysql", rb"^.\x00\x00\x00\x0a(?P<version>\d+\.\d+\.\d+)[^\x00]*\x00", "MySQL"),
+    _sig("mysql", rb"^.\x00\x00\x00\xff..Host .{0,80} is not allowed to connect to this "
+                  rb"(?P<product>MySQL|MariaDB) server"),
+    _sig("imap", rb"^\* OK [^\r\n]*Dovecot", "Dovecot imapd"),
+    _sig("imap", rb"^\* OK [^\r\n]*Courier-IMAP", "Courier Imapd"),
+    _sig("imap", rb"^\* OK [^\r\n]*IMAP4"),
+    _sig("pop3", rb"^\+OK [^\r\n]*Dovecot", "Dovecot pop3d", probes="banner"),
+    _sig("pop3", rb"^\+OK", probes="banner"),
+    _sig("telnet", rb"^\xff[\xfa-\xfe]"),
+    _sig("vnc", rb"^RFB (?P<version>\d{3}\.\d{3})"),
+    _sig("nats", rb'^INFO \{[^\r\n]*"server_id"[^\r\n]*"version":"(?P<version>[\d.]+)"', "NATS"),
+    _sig("http", _HTTP + rb"Apache/(?P<version>[\d.]+)", "Apache httpd"),
+    _sig("http", _HTTP + rb"nginx/(?P<version>[\d.]+)", "nginx"),
+    _sig("http", _HTTP + rb"Microsoft-IIS/(?P<version>[\d.]+)", "Microsoft IIS httpd"),
+    _sig("http", _HTTP + rb"lighttpd/(?P<version>[\d.]+)", "lighttpd"),
+    _sig("http", _HTTP + rb"(?P<product>[^\r\n/ ]+)(?:/(?P<version>[\w.\-]+))?"),
+    _sig("http", rb"^HTTP/1\.[01] \d{3}"),
+    _sig("redis", rb"^\+PONG", "Redis", probes="redis", auth_required=False),
+    _sig("redis", rb"^-NOAUTH", "Redis", probes="redis http generic memcached",
+         auth_required=True),
+    _sig("redis", rb"^-DENIED Redis", "Redis", auth_required=True, protected_mode=True),
+    _sig("redis", rb"^-ERR operation not permitted", "Redis", probes="redis",
+         auth_required=True),
+    _sig("redis", rb"^-ERR (?:unknown command|wrong number of arguments)", "Redis",
+         probes="http generic memcached"),
+    _sig("memcached", rb"^VERSION (?P<version>[\d.]+)", "memcached", probes="memcached"),
+    _sig("postgresql", rb"^(?:R\x00\x00\x00[\x08-\x30]\x00\x00\x00[\x00-\x0c]|E\x00\x00..S"
+                       rb"(?:FATAL|ERROR))", "PostgreSQL", probes="postgresql"),
+)
+_REDIS_VERSION = re.compile(rb"redis_version:(?P<version>[\d.]+)")
+_PROBES: tuple[tuple[str, bytes], ...] = (
+    ("http", b"HEAD / HTTP/1.0\r\n\r\n"),
+    ("redis", b"PING\r\n"),
+    ("memcached", b"version\r\n"),
+    ("postgresql", _PG_SSL_REQUEST),
+    ("generic", b"\r\n\r\n"),
+)
+
+
+def match_answer(port: int, data: bytes, probe: str = "banner") -> ServiceInfo | None:
+    """The service ``data`` (an answer to ``probe``) reveals, from the table; None if none does."""
+    found = _match(data, probe)
+    if found is None:
+        return None
+    sig, m = found
+    groups = m.groupdict()
+    extra = {k: v for k, v in sig.extra.items() if k != "confirm"}
+    return ServiceInfo(port, sig.name, _text(groups.get("product")) or sig.product,
+                       _text(groups.get("version")), excerpt(data), probe, extra)
+
+
+def _match(data: bytes, probe: str) -> tuple[Signature, re.Match[bytes]] | None:
+    for sig in SIGNATURES:
+        if sig.probes is not None and probe not in sig.probes:
+            continue
+        m = sig.pattern.search(data)
+        if m is not None:
+            return sig, m
+    return None
+
+
+def excerpt(data: bytes) -> str:
+    """The first line-ish of an answer, printable, for people to read in a report."""
+    text = data[: _BANNER_CHARS * 2].decode("latin-1")
+    printable = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text.rstrip("\r\n"))
+    return printable[:_BANNER_CHARS]
+
+
+async def identify_services(address: str | IPAddress, ports: Iterable[int], *, scope: Scope,
+                            concurrency: int = 64, banner_timeout: float = 2.0,
+                            probe_timeout: float | None = None) -> list[ServiceInfo]:
+    """Identify the service on each of ``ports`` (open ones), at most ``concurrency`` at once."""
+    host = str(scope.check_address(address))
+    limit = asyncio.Semaphore(max(1, concurrency))
+    wait = banner_timeout if probe_timeout is None else probe_timeout
+
+    async def one(port: int) -> ServiceInfo:
+        async with limit:
+            return await identify_service(host, port, banner_timeout=banner_timeout,
+                                          probe_timeout=wait)
+
+    return list(await asyncio.gather(*(one(p) for p in sorted(set(ports)))))
+
+
+async def identify_service(host: str, port: int, *, banner_timeout: float,
+                           probe_timeout: float) -> ServiceInfo:
+    """One port: banner first, then the probes in parallel. ``host`` must be scope-checked."""
+    data = b""
+    conn = await _connect(host, port, banner_timeout)
+    if conn is not None:
+        reader, writer = conn
+        try:
+            data = await _read(reader, banner_timeout)
+            if data:
+                return await _from_banner(port, data, reader, writer, probe_timeout)
+        finally:
+            _close(writer)
+    tasks = {name: asyncio.ensure_future(_probe(host, port, name, payload, probe_timeout))
+             for name, payload in _PROBES}
+    answers: list[tuple[str, bytes]] = []
+    try:
+        for finished in asyncio.as_completed(list(tasks.values())):
+            info, name, answer = await finished
+            if info is not None:
+                # A redis answering the HTTP probe names itself but says less than its
+                # own probe will (AUTH, version): wait for that one, it is as quick.
+                own = tasks.get(info.name)
+                if own is not None and info.probe != info.name:
+                    better = (await own)[0]
+                    if better is not None and better.name == info.name:
+                        return better
+                return info
+            if answer:
+                answers.append((name, answer))
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+    if answers:
+        name, answer = answers[0]
+        return ServiceInfo(port, UNKNOWN, banner=excerpt(answer), probe=name)
+    return ServiceInfo(port, UNKNOWN, probe="none" if conn is None else "silent")
+
+
+async def _from_banner(port: int, data: bytes, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, timeout: float) -> ServiceInfo:
+    found = _match(data, "banner")
+    if found is None:
+        return ServiceInfo(port, UNKNOWN, banner=excerpt(data), probe="banner")
+    info = match_answer(port, data, "banner")
+    assert info is not None
+    if found[0].extra.get("confirm") == "ehlo":  # a bare "220": smtp answers EHLO with 250
+        answer = await _ask(reader, writer, b"EHLO lewis.invalid\r\n", timeout)
+        if answer.startswith(b"250"):
+            return ServiceInfo(port, "smtp", banner=info.banner, probe="banner+ehlo")
+        return ServiceInfo(port, "ftp", banner=info.banner, probe="banner+ehlo",
+                           extra={"bare_greeting": True})
+    return info
+
+
+async def _probe(host: str, port: int, name: str, payload: bytes,
+                 timeout: float) -> tuple[ServiceInfo | None, str, bytes]:
+    conn = await _connect(host, port, timeout)
+    if conn is None:
+        return None, name, b""
+    reader, writer = conn
+    try:
+        answer = await _ask(reader, writer, payload, timeout)
+        if name == "postgresql" and answer == b"S":
+            return ServiceInfo(port, "postgresql", "PostgreSQL", None, "S", name,
+                               {"ssl": True}), name, answer
+        if name == "postgresql" and answer == b"N":  # no TLS: a startup packet confirms it
+            answer = await _ask(reader, writer, _PG_STARTUP, timeout)
+        info = match_answer(port, answer, name) if answer else None
+        if info is not None and info.name == "redis" and info.extra.get("auth_required") is False:
+            found = _REDIS_VERSION.search(await _ask(reader, writer, b"INFO server\r\n", timeout))
+            if found:
+                info = ServiceInfo(port, info.name, info.product, found.group("version").decode(),
+                                   info.banner, info.probe, info.extra)
+        return info, name, answer
+    finally:
+        _close(writer)
+
+
+async def _connect(host: str, port: int,
+                   timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except OSError:  # TimeoutError included
+        return None
+
+
+async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes,
+               timeout: float) -> bytes:
+    try:
+        writer.write(payload)
+        await asyncio.wait_for(writer.drain(), timeout)
+    except OSError:  # TimeoutError included
+        return b""
+    return await _read(reader, timeout)
+
+
+async def _read(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    try:
+        return await asyncio.wait_for(reader.read(_READ_BYTES), timeout)
+    except OSError:  # TimeoutError included
+        return b""
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode("latin-1") if raw else None
+
+
+__all__ = ["ServiceInfo", "Signature", "SIGNATURES", "UNKNOWN", "match_answer", "excerpt",
+           "identify_services", "identify_service"]
