@@ -21,7 +21,7 @@ from . import Exit, cli
 def up(detach: bool, timeout: float) -> None:
     """Run the whole stack here: Redis (unless LEWIS_BROKER_URL is set), io, cpu and control
     workers, beat and Flower, SQLite under the stack home. Ctrl-C stops everything."""
-    from ..infra.config import get_settings, read_stack_file
+    from ..infra.config import get_settings
     from ..infra.supervisor import Stack
 
     settings = get_settings()
@@ -30,11 +30,11 @@ def up(detach: bool, timeout: float) -> None:
         return
     stack = Stack(settings)
     click.echo(f"starting the LEWIS stack in {settings.home}")
+    began = time.monotonic()
     try:
         stack.start(ready_timeout=timeout, on_step=click.echo)
-        info = read_stack_file(settings.home) or {}
-        click.echo(f"ready in {time.time() - info.get('started_at', time.time()):.1f}s — "
-                   "`lewis status` in another terminal; Ctrl-C stops the stack")
+        click.echo(f"ready in {time.monotonic() - began:.1f}s — `lewis status` in another "
+                   "terminal; Ctrl-C stops the stack")
         stack.supervise()
     finally:
         click.echo("stopping the stack…")
