@@ -1,0 +1,212 @@
+"""docker-compose.yml names only real `lewis` commands and real LEWIS_* settings.
+
+No Docker engine runs here, so the file is checked the way compose would read it: YAML with
+anchors, ``${VAR…}`` interpolated from docker/env.example, each command walked through the
+click group, each service's LEWIS_* environment loaded by the settings loader (which refuses
+unknown names and bad values).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import yaml
+
+from lewis_tasks.infra.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+ENV_EXAMPLE = ROOT / "docker" / "env.example"
+APP_IMAGE = "lewis-tasks:latest"
+WORKERS = ("worker-io", "worker-cpu", "worker-control")
+REQUIRED = {"redis", "cache", "postgres", "migrate", *WORKERS, "beat", "flower"}
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}"
+                  r"|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable syntax: $$, ${V}, ${V:-default}, ${V-default}, ${V:?err}, ${V?err}."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(4)
+        op, arg = m.group(2), m.group(3)
+        value = env.get(name)
+        if op in (":-", "-"):
+            return value if value or (op == "-" and value is not None) else arg
+        if op in (":?", "?") and not value:
+            raise AssertionError(f"compose needs ${{{name}}} ({arg}); docker/env.example "
+                                 "must set it")
+        return value or ""
+    return _VAR.sub(one, text)
+
+
+def _walk(node: Any, env: dict[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [_walk(x, env) for x in node]
+    if isinstance(node, dict):
+        return {k: _walk(v, env) for k, v in node.items()}
+    return node
+
+
+def example_env() -> dict[str, str]:
+    env = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            env[name.strip()] = value.split("#")[0].strip()
+    return env
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return _walk(raw["services"], example_env())
+
+
+def app_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in services.items() if s.get("image") == APP_IMAGE}
+
+
+def resolve_command(argv: list[str]) -> click.Context:
+    """The click context `argv` would run in; fails on an unknown command or bad arguments."""
+    from lewis_tasks.cli import cli
+
+    assert argv[0] == "lewis", f"{argv}: app services run the `lewis` entry point"
+    cmd: click.Command = cli
+    ctx = click.Context(cli, info_name="lewis")
+    args, name = argv[1:], "lewis"
+    while isinstance(cmd, click.Group):
+        name, sub, args = cmd.resolve_command(ctx, args)  # UsageError if unknown
+        assert sub is not None and name is not None, argv
+        parent, cmd = ctx, sub
+        ctx = click.Context(cmd, info_name=name, parent=parent)
+    return cmd.make_context(name, list(args), parent=ctx.parent)
+
+
+def test_every_required_service_is_there(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) >= REQUIRED
+
+
+def test_every_app_command_is_a_real_lewis_command(services: dict[str, dict[str, Any]]) -> None:
+    apps = app_services(services)
+    assert set(apps) == REQUIRED - {"redis", "cache", "postgres"}
+    seen = {}
+    for name, service in apps.items():
+        ctx = resolve_command(service["command"])
+        seen[name] = (ctx.command_path, dict(ctx.params))
+    assert seen["worker-io"] == ("lewis worker", {"profile": "io"})
+    assert seen["worker-cpu"] == ("lewis worker", {"profile": "cpu"})
+    assert seen["worker-control"] == ("lewis worker", {"profile": "control"})
+    assert seen["migrate"][0] == "lewis db upgrade"
+    assert seen["beat"][0] == "lewis beat"
+    assert seen["flower"][0] == "lewis flower"
+
+
+def test_the_command_walk_rejects_what_is_not_real() -> None:
+    with pytest.raises(click.UsageError):
+        resolve_command(["lewis", "wrker", "io"])
+    with pytest.raises(click.BadParameter):
+        resolve_command(["lewis", "worker", "gpu"])
+
+
+def test_every_lewis_variable_is_a_real_setting(services: dict[str, dict[str, Any]],
+                                                tmp_path: Path) -> None:
+    for name, service in services.items():
+        env = {k: str(v) for k, v in (service.get("environment") or {}).items()
+               if k.startswith("LEWIS_")}
+        if not env:
+            continue
+        settings = load_settings(env=env, cwd=tmp_path)  # ConfigError on any unknown name
+        if name not in app_services(services):
+            continue
+        assert urlsplit(settings.broker.url).hostname == "redis", name
+        assert urlsplit(settings.cache_url).hostname == "cache", name
+        assert settings.database.url.startswith("postgresql+psycopg://"), name
+        assert urlsplit(settings.database.url).hostname == "postgres", name
+        replicas = 8  # a generous scale-out must still fit postgres' connection limit
+        per_process = settings.database.pool_size + settings.database.max_overflow
+        assert per_process * replicas <= _pg_max_connections(services), name
+
+
+def _pg_max_connections(services: dict[str, dict[str, Any]]) -> int:
+    command = services["postgres"].get("command") or []
+    for arg in command:
+        if arg.startswith("max_connections="):
+            return int(arg.split("=", 1)[1])
+    return 100
+
+
+def test_workers_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
+    for name in (*WORKERS, "beat"):
+        service = services[name]
+        assert "container_name" not in service and "ports" not in service, name
+        assert "hostname" not in service, name  # each replica needs its own Celery node name
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["migrate"]["restart"] == "no"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for service in services.values():
+        assert set(service.get("depends_on") or {}) <= set(services)
+
+
+def test_broker_redis_keeps_messages_and_cache_redis_is_bounded(
+        services: dict[str, dict[str, Any]]) -> None:
+    broker = shlex.split(services["redis"]["command"][-1])
+    assert "--appendonly" in broker and broker[broker.index("--appendonly") + 1] == "yes"
+    assert broker[broker.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "requirepass" in services["redis"]["command"][-1]
+    cache = shlex.split(services["cache"]["command"][-1])
+    assert cache[cache.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert cache[cache.index("--maxmemory") + 1] == "$LEWIS_CACHE_MAX_MEMORY"
+    assert services["cache"]["environment"]["LEWIS_CACHE_MAX_MEMORY"] == \
+        services["worker-io"]["environment"]["LEWIS_CACHE_MAX_MEMORY"]
+
+
+def test_flower_requires_auth_and_publishes_on_loopback_only(
+        services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    flower = services["flower"]
+    env = {k: v for k, v in flower["environment"].items() if k.startswith("LEWIS_")}
+    stack = load_settings(env=env, cwd=tmp_path).stack
+    assert stack.flower_user and stack.flower_password
+    ctx = resolve_command(flower["command"])
+    assert [p.split(":") for p in flower["ports"]] == [["127.0.0.1", "5555", str(ctx.params["port"])]]
+
+
+def test_secrets_come_from_variables_not_the_file(raw: dict[str, Any]) -> None:
+    envs = [raw["x-lewis-env"], *((s.get("environment") or {}) for s in raw["services"].values())]
+    urls = 0
+    for env in envs:
+        for key, value in env.items():
+            if "PASSWORD" in key:
+                assert str(value).startswith("${"), f"{key} is a literal"
+            m = re.match(r"^[a-z+]+://[^:/@]*:(.*)@[^@]+$", str(value))
+            if m:
+                urls += 1
+                assert m.group(1).startswith("${"), f"{key}: the URL's password is a literal"
+    assert urls >= 4  # broker, result backend, cache, database
+
+
+def test_the_image_installs_the_package_with_postgres() -> None:
+    dockerfile = DOCKERFILE.read_text()
+    assert 'pip install ".[postgres]"' in dockerfile
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r"^postgres\s*=", pyproject, re.M)
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is missing"
