@@ -164,10 +164,10 @@ def benchmark_function(
 ) -> BenchmarkStats:
     """Call ``func(*args, **kwargs)`` ``iterations`` times after ``warmup`` untimed calls."""
     iterations = _check_count("iterations", iterations, limits)
-    if warmup:
-        warmup = _check_count("warmup", warmup, limits)
-    elif warmup != 0:
+    if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup < 0:
         raise InvalidInput(f"warmup must be 0 or more, got {warmup!r}")
+    if warmup != 0:
+        warmup = _check_count("warmup", warmup, limits)
     _check_seconds(max_seconds, limits)
     kwargs = dict(kwargs or {})
     deadline = time.perf_counter() + max_seconds

@@ -96,7 +96,8 @@ def recommend(
 
 def queue_wait_findings(trend: Mapping[str, Sequence[float]], *,
                         floor: float = 1.0) -> list[Recommendation]:
-    """A finding per queue whose wait grows: rising least-squares slope, up by half, over ``floor``.
+    """A finding per queue whose wait grows: the least-squares line rises, and the latest wait
+    is at least ``floor`` seconds and 1.5 × the line's start (so one past blip does not count).
 
     Needs at least 3 samples per queue; critical once the latest wait is 10 × ``floor``.
     """
@@ -106,7 +107,7 @@ def queue_wait_findings(trend: Mapping[str, Sequence[float]], *,
         if len(waits) < 3:
             continue
         first, last = _fitted_ends(waits)
-        if last <= first or waits[-1] < floor or last < 1.5 * max(first, 0.0):
+        if last <= first or waits[-1] < floor or waits[-1] < 1.5 * max(first, 0.0):
             continue
         severity = "critical" if waits[-1] >= 10 * floor else "warning"
         out.append(Recommendation(

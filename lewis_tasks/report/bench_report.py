@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, TypeGuard
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
@@ -92,10 +92,10 @@ def render_report(runs: Iterable[Mapping[str, Any]], html_path: str | os.PathLik
     by_series: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
     for run in parsed:
         by_series[run.series].append(run)
-    png = render_png(by_series)
     for target in (Path(html_path), Path(png_path)):
         if not target.parent.is_dir():
             raise InvalidInput(f"cannot write {str(target)!r}: no directory {str(target.parent)!r}")
+    png = render_png(by_series)
     _write(Path(png_path), png)
     page = Template(resources.files(__package__).joinpath("bench_report.html").read_text("utf-8"))
     chart = (f'<img class="chart" alt="throughput and latency over runs, per queue" '
@@ -190,8 +190,7 @@ def _latest_table(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> st
 
 
 def _delta(runs: Sequence[Run]) -> str:
-    values = [r.metrics.get("throughput_per_s") for r in runs]
-    values = [float(v) for v in values if _is_number(v)]
+    values = [float(v) for r in runs if _is_number(v := r.metrics.get("throughput_per_s"))]
     if len(values) < 2 or values[-2] == 0:
         return _td("—", num=True)
     change = values[-1] / values[-2] - 1
@@ -228,7 +227,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
