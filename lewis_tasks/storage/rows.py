@@ -45,7 +45,7 @@ def upsert(session: Session, model: type[Base], rows: Iterable[Mapping[str, Any]
     keys = list(on or primary_key(model))
     pk_cols = [table.c[name] for name in primary_key(model)]
     touched: list[tuple[Any, ...]] = []
-    for batch in _batches(_dedupe(rows, keys, keep_last=update_cols != ()), keys):
+    for batch in _batches(_dedupe(rows, keys, keep_last=bool(update_cols)), keys):
         stmt = _insert(session, table).values(batch)
         cols = [c for c in batch[0] if c not in keys] if update_cols == "row" else update_cols
         if cols:
