@@ -56,7 +56,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_prefetch_multiplier": 1,  # long tasks: no worker hoards messages (io overrides)
         "task_soft_time_limit": settings.tasks.soft_time_limit,
         "task_time_limit": settings.tasks.time_limit,
-        "task_track_started": True,  # `lewis status` and handles can tell queued from running
+        # No STARTED state: it costs every task one more backend write and publish; progress
+        # of long jobs is kept by the jobs themselves (scan/batch progress rows).
+        "task_track_started": False,
         "result_expires": settings.broker.result_expires,
         "result_extended": True,  # task name and args in the result: Flower and handles read them
         "broker_transport_options": transport,

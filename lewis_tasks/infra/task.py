@@ -2,13 +2,16 @@
 
 It adds what Celery leaves to us:
 
-* a cap on deliveries: each start increments a Redis counter keyed by task id and retry
-  number; past ``tasks.max_redeliveries`` the task fails with RedeliveryLimitExceeded instead
-  of running again (``task_reject_on_worker_lost`` would otherwise requeue a task that always
-  kills its worker forever);
+* a cap on deliveries: kombu marks every message it puts back (worker lost, visibility
+  timeout) as redelivered; each such start increments a Redis counter keyed by task id and
+  retry number, and past ``tasks.max_redeliveries`` the task fails with
+  RedeliveryLimitExceeded instead of running again (``task_reject_on_worker_lost`` would
+  otherwise requeue a task that always kills its worker forever). A first delivery costs no
+  Redis round trip;
 * typed error handling: InvalidInput fails at once with its message, TransientError is
   retried with exponential backoff;
-* one timed log line per finished task, and a per-task run counter for the metrics.
+* one timed log line per finished task, and for tasks with ``count_runs`` (beat jobs) a run
+  counter per task name in Redis.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class LewisTask(Task):  # type: ignore[misc]
     retry_backoff = True
     retry_jitter = True
     typing = True
+    count_runs = False
 
     @property
     def retry_backoff_max(self) -> int:  # type: ignore[override]
@@ -50,7 +54,10 @@ class LewisTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         if not request.called_directly and not request.is_eager and request.id:
-            self._count_delivery(request.id, request.retries or 0)
+            if (request.delivery_info or {}).get("redelivered"):
+                self._count_redelivery(request.id, request.retries or 0)
+            if self.count_runs:
+                self._count_run()
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -63,27 +70,32 @@ class LewisTask(Task):  # type: ignore[misc]
                 log.info("task %s[%s] %s in %.3fs", self.name, request.id, outcome,
                          time.perf_counter() - started)
 
-    def _count_delivery(self, task_id: str, retries: int) -> None:
+    def _count_redelivery(self, task_id: str, retries: int) -> None:
         settings = get_settings()
         key = DELIVERIES_KEY.format(task_id=task_id, retries=retries)
         try:
             pipe = get_redis().pipeline(transaction=False)
             pipe.incr(key)
             pipe.expire(key, settings.broker.visibility_timeout * 4)
-            pipe.hincrby(RUNS_KEY, self.name, 1)
             count = int(pipe.execute()[0])
         except redis.RedisError as exc:  # the cap is a safety net; never fail a task for it
-            log.warning("delivery count for %s unavailable: %s", task_id, exc)
+            log.warning("redelivery count for %s unavailable: %s", task_id, exc)
             return
         cap = settings.tasks.max_redeliveries
-        if count > cap + 1:
+        if count > cap:
             raise RedeliveryLimitExceeded(
-                f"task {self.name}[{task_id}] was delivered {count} times (cap: "
+                f"task {self.name}[{task_id}] was delivered {count + 1} times (cap: "
                 f"tasks.max_redeliveries={cap}); it probably kills its worker, so it fails instead "
                 "of running again")
 
+    def _count_run(self) -> None:
+        try:
+            get_redis().hincrby(RUNS_KEY, self.name, 1)
+        except redis.RedisError as exc:
+            log.warning("run count of %s unavailable: %s", self.name, exc)
 
-def deliveries(task_id: str, retries: int = 0) -> int:
-    """How many times ``task_id`` started (0 if never or expired)."""
+
+def redeliveries(task_id: str, retries: int = 0) -> int:
+    """How many times ``task_id`` was delivered again after its first delivery."""
     value = get_redis().get(DELIVERIES_KEY.format(task_id=task_id, retries=retries))
     return int(value) if value else 0

@@ -12,7 +12,7 @@ from ..infra.celery_app import app
 from ..infra.config import get_settings
 
 
-@app.task(name="lewis.control.heartbeat")
+@app.task(name="lewis.control.heartbeat", count_runs=True)
 def heartbeat(slot: int | None = None) -> dict[str, Any]:
     """Ping every worker through the broker; record who answered and how fast, once per slot."""
     from ..storage import heartbeats
@@ -33,7 +33,7 @@ def heartbeat(slot: int | None = None) -> dict[str, Any]:
     return {"slot": slot, "workers": [p.to_dict() for p in pings], "new": new}
 
 
-@app.task(name="lewis.control.cleanup")
+@app.task(name="lewis.control.cleanup", count_runs=True)
 def cleanup(slot: int | None = None) -> dict[str, Any]:
     """Drop heartbeats older than the retention window."""
     from ..storage import heartbeats
