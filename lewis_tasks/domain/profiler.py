@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, TransientError
 from .callables import Limits, Registry, qualified_name, require_within
 from .memsites import AllocationSite, MemoryProfile, MemoryWatch, clip, format_bytes
 
@@ -37,6 +37,7 @@ _THIS_FILE = __file__
 _SET_ASYNC_EXC = ctypes.pythonapi.PyThreadState_SetAsyncExc
 _SET_ASYNC_EXC.argtypes = (ctypes.c_ulong, ctypes.py_object)
 _SET_ASYNC_EXC.restype = ctypes.c_int
+_TRACING = threading.Lock()  # one memory-traced profile per process at a time
 _TRACEBACK_CHARS = 16_000  # results travel as JSON through Redis: keep the tail, where it failed
 
 
@@ -167,6 +168,7 @@ def profile_call(
     require_within("max_seconds", max_seconds, limits.max_seconds if limits else None,
                    "profiling.max_seconds")
     top_n = int(require_within("top_n", top_n, limits.top_n if limits else None, "profiling.top_n"))
+    require_within("sample_interval", sample_interval, None, "")
     if not callable(func):
         raise InvalidInput(f"{func!r} is not callable")
     target = Path(pstats_path) if pstats_path is not None else None
@@ -174,7 +176,47 @@ def profile_call(
         raise InvalidInput(f"pstats_path {str(target)!r}: directory {str(target.parent)!r} does not exist")
     kwargs = dict(kwargs or {})
 
-    memory = MemoryWatch(top_n, sample_interval) if trace_memory else None
+    # tracemalloc is process-wide: two memory-traced profiles at once would spoil each other
+    if trace_memory and not _TRACING.acquire(timeout=max_seconds):
+        raise TransientError("another memory-traced profile is running in this process")
+    try:
+        outcome = _run(func, args, kwargs, max_seconds, top_n if trace_memory else 0, sample_interval)
+    finally:
+        if trace_memory:
+            _TRACING.release()
+    profiler, exception = outcome.profiler, outcome.exception
+
+    stats = pstats.Stats(profiler)
+    rows = [_row(key, value) for key, value in stats.stats.items()  # type: ignore[attr-defined]
+            if key[0] != _THIS_FILE and "_lsprof.Profiler" not in key[2]]
+    written = _dump(profiler, target) if target is not None else None
+    return ProfileReport(
+        name=name or qualified_name(func), started_at=outcome.started_at,
+        wall_seconds=outcome.wall, cpu_seconds=outcome.cpu, thread_cpu_seconds=outcome.thread_cpu,
+        total_calls=stats.total_calls, primitive_calls=stats.prim_calls,  # type: ignore[attr-defined]
+        by_cumulative=tuple(sorted(rows, key=lambda r: r.cumtime, reverse=True)[:top_n]),
+        by_tottime=tuple(sorted(rows, key=lambda r: r.tottime, reverse=True)[:top_n]),
+        memory=outcome.memory,
+        exception=ExceptionInfo.of(exception) if exception is not None else None,
+        timed_out=isinstance(exception, DeadlineExceeded), max_seconds=float(max_seconds),
+        pstats_path=written)
+
+
+@dataclass
+class _Outcome:
+    profiler: cProfile.Profile
+    exception: BaseException | None
+    started_at: float
+    wall: float
+    cpu: float
+    thread_cpu: float
+    memory: MemoryProfile | None
+
+
+def _run(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
+         max_seconds: float, memory_top_n: int, sample_interval: float) -> _Outcome:
+    """Call ``func`` once under the profilers and the deadline; ``memory_top_n=0``: no tracemalloc."""
+    memory = MemoryWatch(memory_top_n, sample_interval) if memory_top_n else None
     watch = _Deadline(threading.get_ident(), memory, min(sample_interval, max_seconds))
     profiler = cProfile.Profile()
     exception: BaseException | None = None
@@ -197,28 +239,18 @@ def profile_call(
                 exception, result = exc, None
             watch.disarm(drain=not isinstance(exception, DeadlineExceeded))
         except DeadlineExceeded:
-            pass  # fired as the call ended and landed in the bookkeeping above: the call's outcome stands
+            pass  # fired as the call ended and landed in the bookkeeping above: the outcome stands
+    except BaseException:  # KeyboardInterrupt, SystemExit: leave tracemalloc as it was found
+        if memory:
+            memory.finish()
+        raise
     finally:
         watch.disarm(drain=False)
     wall, cpu, thread_cpu = (time.perf_counter() - t0, time.process_time() - c0,
                              time.thread_time() - th0)
     memory_profile = memory.finish() if memory else None
     del result  # kept alive until the memory snapshot above, so it counts as retained
-
-    stats = pstats.Stats(profiler)
-    rows = [_row(key, value) for key, value in stats.stats.items()  # type: ignore[attr-defined]
-            if key[0] != _THIS_FILE and "_lsprof.Profiler" not in key[2]]
-    written = _dump(profiler, target) if target is not None else None
-    return ProfileReport(
-        name=name or qualified_name(func), started_at=started_at, wall_seconds=wall, cpu_seconds=cpu,
-        thread_cpu_seconds=thread_cpu,
-        total_calls=stats.total_calls, primitive_calls=stats.prim_calls,  # type: ignore[attr-defined]
-        by_cumulative=tuple(sorted(rows, key=lambda r: r.cumtime, reverse=True)[:top_n]),
-        by_tottime=tuple(sorted(rows, key=lambda r: r.tottime, reverse=True)[:top_n]),
-        memory=memory_profile,
-        exception=ExceptionInfo.of(exception) if exception is not None else None,
-        timed_out=isinstance(exception, DeadlineExceeded), max_seconds=float(max_seconds),
-        pstats_path=written)
+    return _Outcome(profiler, exception, started_at, wall, cpu, thread_cpu, memory_profile)
 
 
 class _Deadline(threading.Thread):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pstats
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -189,6 +190,34 @@ def test_tracemalloc_left_as_found() -> None:
         assert report.memory is not None and report.memory.current_sites[0].size_bytes >= 16 * MiB
     finally:
         tracemalloc.stop()
+
+
+def test_interrupt_propagates_and_leaves_tracemalloc_off() -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile_call(interrupted, top_n=3, max_seconds=5)
+    assert not tracemalloc.is_tracing()
+
+
+def test_memory_traced_profiles_in_two_threads_take_turns() -> None:
+    def keep_big_slowly() -> bytearray:
+        kept = _keep_big()
+        time.sleep(0.3)  # long enough for the two calls to overlap, were they not serialised
+        return kept
+
+    reports: list = []
+    threads = [threading.Thread(target=lambda: reports.append(
+        profile_call(keep_big_slowly, top_n=3, max_seconds=10))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(reports) == 2 and all(r.ok for r in reports)
+    assert all(r.memory.current_sites[0].size_bytes >= 16 * MiB for r in reports)
+    assert all(r.memory.retained_bytes < 20 * MiB for r in reports)  # not the other's 16 MiB too
+    assert not tracemalloc.is_tracing()
 
 
 @pytest.mark.parametrize(
