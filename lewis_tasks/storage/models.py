@@ -178,6 +178,7 @@ class Vulnerability(Base):
     severity: Mapped[str | None] = mapped_column(String(16))
     published: Mapped[dt.datetime | None]
     modified: Mapped[dt.datetime | None]
+    detail: Mapped[dict[str, Any] | None]  # e.g. the full CVSS metric (the feed's own score)
 
 
 class VulnMatch(Base):
@@ -197,6 +198,7 @@ class VulnMatch(Base):
     version_start_excluding: Mapped[str | None] = mapped_column(String(64))
     version_end_including: Mapped[str | None] = mapped_column(String(64))
     version_end_excluding: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any] | None]  # CPE version/update as written, vulnerable, platforms
 
 
 class Heartbeat(Base):

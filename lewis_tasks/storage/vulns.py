@@ -4,6 +4,10 @@
 and upserts them: an unchanged CVE is left alone, a changed one is updated, and each CVE's
 ranges are synchronised by a digest of their values, so importing the same feed twice writes
 nothing. Vendor and product are stored lower-case, as CPE compares them.
+
+Two record layouts are accepted: the flat one below (``cvss_score``, ``matches`` with
+``version_*`` bounds) and the domain's :class:`~lewis_tasks.domain.vulns.CveRecord`
+(``cvss`` metric, ``ranges``), which :func:`cve_records_for` gives back intact for matching.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from ..domain.vulns import CveRecord
 from ..errors import InvalidInput
 from .models import Vulnerability, VulnMatch
 from .rows import fetch, upsert
 
 CVE_FIELDS = ("description", "cvss_version", "cvss_vector", "cvss_score", "severity",
-              "published", "modified")
+              "published", "modified", "detail")
 RANGE_FIELDS = ("version_exact", "version_start_including", "version_start_excluding",
                 "version_end_including", "version_end_excluding")
+_BOUNDS = ("start_including", "start_excluding", "end_including", "end_excluding")
+_RANGE_DETAIL = ("version", "update", "vulnerable", "platforms")  # the domain's CPE fields
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,43 @@ def get_vulnerability(session: Session, cve_id: str) -> Vulnerability | None:
     return fetch(session, Vulnerability, cve_id)
 
 
+def cve_records_for(session: Session, vendor: str, product: str) -> list[CveRecord]:
+    """The CVEs with a range on ``vendor``/``product``, as domain records (all their ranges),
+    ready for :func:`lewis_tasks.domain.vulns.find_cves`."""
+    ids = select(VulnMatch.cve_id).where(VulnMatch.vendor == vendor.lower(),
+                                         VulnMatch.product == product.lower())
+    cves = session.scalars(select(Vulnerability).where(Vulnerability.cve_id.in_(ids))
+                           .order_by(Vulnerability.cve_id)).all()
+    ranges: dict[str, list[dict[str, Any]]] = {}
+    for m in session.scalars(select(VulnMatch).where(VulnMatch.cve_id.in_(ids))
+                             .order_by(VulnMatch.id)):
+        ranges.setdefault(m.cve_id, []).append(_domain_range(m))
+    return [CveRecord.from_dict({
+        "cve_id": v.cve_id, "description": v.description or "",
+        "cvss": (v.detail or {}).get("cvss") or _cvss_from_columns(v),
+        "ranges": ranges.get(v.cve_id, []),
+        "published": v.published.isoformat() if v.published else None,
+        "last_modified": v.modified.isoformat() if v.modified else None}) for v in cves]
+
+
+def _domain_range(m: VulnMatch) -> dict[str, Any]:
+    detail = m.detail or {}
+    return {"cve_id": m.cve_id, "vendor": m.vendor, "product": m.product,
+            "version": detail.get("version", m.version_exact or "*"),
+            "update": detail.get("update", "*"),
+            **{b: getattr(m, f"version_{b}") for b in _BOUNDS},
+            "vulnerable": detail.get("vulnerable", True),
+            "platforms": detail.get("platforms", [])}
+
+
+def _cvss_from_columns(v: Vulnerability) -> dict[str, Any] | None:
+    if not v.cvss_vector or v.cvss_score is None:
+        return None
+    return {"version": v.cvss_version or "", "vector": v.cvss_vector,
+            "base_score": v.cvss_score, "severity": (v.severity or "").lower(),
+            "feed_score": None}
+
+
 def _import_batch(session: Session, batch: list[dict[str, Any]]) -> tuple[int, int, int]:
     cves = [{"cve_id": r["cve_id"], **{f: r.get(f) for f in CVE_FIELDS}} for r in batch]
     written = len(upsert(session, Vulnerability, cves, update_cols=list(CVE_FIELDS),
@@ -121,21 +165,38 @@ def _normalise(record: Any) -> dict[str, Any]:
         raise InvalidInput(f"vulnerability record without a cve_id: {str(record)[:120]!r}")
     cve_id = str(data["cve_id"]).upper()
     out: dict[str, Any] = {"cve_id": cve_id, **{f: data.get(f) for f in CVE_FIELDS}}
+    cvss = data.get("cvss")
+    if isinstance(cvss, Mapping):  # the domain's layout: one CVSS metric
+        out.update(cvss_version=cvss.get("version"), cvss_vector=cvss.get("vector"),
+                   cvss_score=cvss.get("base_score"), severity=cvss.get("severity"),
+                   detail={**(out["detail"] or {}), "cvss": dict(cvss)})
+    if out["modified"] is None:
+        out["modified"] = data.get("last_modified")
     for name in ("published", "modified"):
         out[name] = _timestamp(out[name], cve_id, name)
     if out["cvss_score"] is not None:
         out["cvss_score"] = float(out["cvss_score"])
-    out["matches"] = [_range(cve_id, m) for m in data.get("matches") or ()]
+    ranges = data.get("matches") or data.get("ranges") or ()
+    out["matches"] = [_range(cve_id, m) for m in ranges]
     return out
 
 
 def _range(cve_id: str, match: Mapping[str, Any]) -> dict[str, Any]:
     if not match.get("vendor") or not match.get("product"):
         raise InvalidInput(f"{cve_id}: a match range needs vendor and product, got {dict(match)}")
+    version = match.get("version")
+    exact = match.get("version_exact")
+    if exact is None and version not in (None, "", "*", "-"):
+        exact = version  # a CPE naming one version
     row = {"cve_id": cve_id, "vendor": str(match["vendor"]).lower(),
-           "product": str(match["product"]).lower(),
-           **{f: (str(match[f]) if match.get(f) not in (None, "") else None)
-              for f in RANGE_FIELDS}}
+           "product": str(match["product"]).lower(), "version_exact": exact,
+           **{f"version_{b}": match.get(f"version_{b}", match.get(b)) for b in _BOUNDS}}
+    for field in RANGE_FIELDS:
+        row[field] = str(row[field]) if row[field] not in (None, "") else None
+    detail = {k: match[k] for k in _RANGE_DETAIL if k in match}
+    if "platforms" in detail:
+        detail["platforms"] = list(detail["platforms"])
+    row["detail"] = detail or None
     row["match_key"] = hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()
     return row
 
@@ -154,4 +215,4 @@ def _timestamp(value: Any, cve_id: str, name: str) -> dt.datetime | None:
 
 
 __all__ = ["ImportSummary", "CandidateRange", "import_vulnerabilities", "candidate_ranges",
-           "get_vulnerability"]
+           "cve_records_for", "get_vulnerability"]

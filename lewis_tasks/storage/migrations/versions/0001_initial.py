@@ -137,6 +137,7 @@ def upgrade() -> None:
         sa.Column("severity", _str(16), nullable=True),
         sa.Column("published", _ts(), nullable=True),
         sa.Column("modified", _ts(), nullable=True),
+        sa.Column("detail", _json(), nullable=True),
         _pk("vulnerabilities", "cve_id"),
     )
 
@@ -152,6 +153,7 @@ def upgrade() -> None:
         sa.Column("version_start_excluding", _str(64), nullable=True),
         sa.Column("version_end_including", _str(64), nullable=True),
         sa.Column("version_end_excluding", _str(64), nullable=True),
+        sa.Column("detail", _json(), nullable=True),
         _fk("vuln_matches", "cve_id", "vulnerabilities", "cve_id"),
         _pk("vuln_matches", "id"),
         sa.UniqueConstraint("match_key", name="uq_vuln_matches_match_key"),
