@@ -68,6 +68,7 @@ _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 _FD_HEADROOM = 64  # descriptors left for the rest of the process (Redis, logs, sessions)
 _RESOURCE_GIVE_UP = 5.0  # seconds of nothing but resource errors before failing the scan
 _MAX_REPROBES = 3  # self-connect re-probes of one port before calling it closed
+_STOP_CHECK = 0.1  # seconds between looks at the stop flag while waiting
 
 
 class ConnectLimiter(Protocol):
@@ -392,6 +393,8 @@ class _ConnectLoop:
             horizon = min(horizon, self.next_ask)
         if self.resource_since is not None:
             horizon = min(horizon, now + 0.01)
+        if self.stop is not None:  # a cancelled scan must notice soon, whatever it waits for
+            horizon = min(horizon, now + _STOP_CHECK)
         return max(0.0, horizon - now)
 
     def _out_of_resources(self, exc: OSError) -> None:

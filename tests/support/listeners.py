@@ -26,7 +26,7 @@ import random
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,8 +181,12 @@ class ListenerSet:
 
 
 def start_listeners(count: int = 300, *, host: str = "127.0.0.1", banner_share: float = 1 / 3,
-                    seed: int | None = None, low: int = 1025, high: int = 65535) -> ListenerSet:
-    """Bind ``count`` random free ports on ``host`` (loopback only) and serve them on a thread."""
+                    seed: int | None = None, low: int = 1025, high: int = 65535,
+                    services: Sequence[Service] = CATALOGUE) -> ListenerSet:
+    """Bind ``count`` random free ports on ``host`` (loopback only) and serve them on a thread.
+
+    The first ``banner_share`` of them (in random order) speak ``services``, cycling.
+    """
     if not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"listeners bind to loopback only, not {host}")
     rng = random.Random(seed)
@@ -208,7 +212,7 @@ def start_listeners(count: int = 300, *, host: str = "127.0.0.1", banner_share: 
     ports = list(socks)
     rng.shuffle(ports)
     with_service = round(count * banner_share)
-    listeners = {port: Listener(port, CATALOGUE[i % len(CATALOGUE)] if i < with_service else None)
+    listeners = {port: Listener(port, services[i % len(services)] if i < with_service else None)
                  for i, port in enumerate(ports)}
 
     loop = asyncio.new_event_loop()
