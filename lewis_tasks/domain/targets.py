@@ -149,7 +149,8 @@ def resolve_hosts(targets: Sequence[Target], scope: Scope) -> list[ScanHost]:
     seen: set[str] = set()
     for target in targets:
         if target.hostname is not None:
-            pairs = [(str(a), target.hostname) for a in scope.resolve(target.hostname)]
+            pairs: list[tuple[str, str | None]] = [
+                (str(a), target.hostname) for a in scope.resolve(target.hostname)]
         else:
             pairs = [(str(scope.check_address(a)), None) for a in target.addresses]
         for address, name in pairs:
@@ -166,7 +167,7 @@ async def resolve_hosts_async(targets: Sequence[Target], scope: Scope) -> list[S
     for target in targets:
         if target.hostname is not None:
             found = await scope.resolve_async(target.hostname)
-            pairs = [(str(a), target.hostname) for a in found]
+            pairs: list[tuple[str, str | None]] = [(str(a), target.hostname) for a in found]
         else:
             pairs = [(str(scope.check_address(a)), None) for a in target.addresses]
         for address, name in pairs:

@@ -202,7 +202,9 @@ def _exact_match(version: str, exact: str, update: str) -> bool:
     if update == "-":
         return False
     base = re.match(r"\d+(?:\.\d+)*", version)  # update "*": 8.9p1 is a release of 8.9
-    return bool(base) and base.group(0) != version and compare_versions(base.group(0), exact) == 0
+    if base is None or base.group(0) == version:
+        return False
+    return compare_versions(base.group(0), exact) == 0
 
 
 # ---------------------------------------------------------------- CVSS

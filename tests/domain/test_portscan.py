@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -155,7 +156,7 @@ def test_self_connects_are_never_reported_open(monkeypatch: pytest.MonkeyPatch,
     real_open = portscan._open_socket
     bound = 0
 
-    def open_bound(family: int):  # type: ignore[no-untyped-def]
+    def open_bound(family: int) -> Any:
         nonlocal bound
         sock = real_open(family)
         if bind_every_time or bound == 0:

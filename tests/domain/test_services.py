@@ -21,7 +21,12 @@ from tests.support.listeners import CATALOGUE, ListenerSet, Service, running_lis
 
 ADDRESS = "127.77.0.3"
 SCOPE = Scope.from_allow()
-FAST = {"banner_timeout": 0.3, "concurrency": 128}
+
+
+def identify(address: str, ports: list[int]) -> list[ServiceInfo]:
+    """Short timeouts: loopback answers in microseconds; silent ports cost the timeout."""
+    return asyncio.run(identify_services(address, ports, scope=SCOPE, banner_timeout=0.3,
+                                         concurrency=128))
 
 
 @pytest.mark.parametrize("answer, probe, expected", [
@@ -101,7 +106,7 @@ def listeners() -> Iterator[ListenerSet]:
 
 @pytest.fixture(scope="module")
 def identified(listeners: ListenerSet) -> dict[int, ServiceInfo]:
-    found = asyncio.run(identify_services(ADDRESS, listeners.ports, scope=SCOPE, **FAST))
+    found = identify(ADDRESS, listeners.ports)
     return {info.port: info for info in found}
 
 
@@ -131,14 +136,14 @@ def test_a_bare_220_is_ftp_unless_it_speaks_smtp() -> None:
     ftp = Service("ftp", banner=b"220 \r\n", default_reply=b"530 Please login.\r\n")
     with running_listeners(2, host="127.77.0.4", banner_share=1.0, seed=1,
                            services=(smtp, ftp)) as two:
-        found = asyncio.run(identify_services("127.77.0.4", two.ports, scope=SCOPE, **FAST))
+        found = identify("127.77.0.4", two.ports)
     names = {info.port: info.name for info in found}
     expected = {p: item.service.name for p, item in two.listeners.items() if item.service}
     assert names == expected and sorted(names.values()) == ["ftp", "smtp"]
 
 
 def test_a_closed_port_is_unknown_without_answers() -> None:
-    found = asyncio.run(identify_services("127.77.0.5", [9], scope=SCOPE, **FAST))
+    found = identify("127.77.0.5", [9])
     assert (found[0].name, found[0].probe) == (UNKNOWN, "none")
 
 

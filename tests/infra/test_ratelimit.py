@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import redis
@@ -81,7 +82,7 @@ def test_default_burst_is_a_tenth_of_a_second(redis_client: redis.Redis) -> None
 
 
 @pytest.mark.parametrize("kwargs", [{"rate": 0}, {"rate": -5}, {"rate": 10, "burst": 0}])
-def test_bad_limits_are_invalid_input(redis_client: redis.Redis, kwargs: dict[str, int]) -> None:
+def test_bad_limits_are_invalid_input(redis_client: redis.Redis, kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput):
         RedisTokenBucket(redis_client, **kwargs)
 

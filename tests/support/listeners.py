@@ -26,7 +26,7 @@ import random
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,7 +249,8 @@ def running_listeners(count: int = 300, **kwargs: object) -> Iterator[ListenerSe
         listeners.close()
 
 
-def _handler(service: Service | None):  # type: ignore[no-untyped-def]
+def _handler(service: Service | None) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                                Awaitable[None]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             if service is not None and service.banner:
