@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from support.httpservers import RunningServer, ServerThread, free_port, serving
 
 from lewis_tasks.domain.httpclient import (
     CONNECTION_REFUSED,
@@ -27,6 +26,7 @@ from lewis_tasks.domain.httpclient import (
 )
 from lewis_tasks.domain.scope import Scope
 from lewis_tasks.errors import OutOfScope
+from tests.support.httpservers import RunningServer, ServerThread, free_port, serving
 
 T = TypeVar("T")
 NARROW = Scope.from_allow(["127.0.0.2/32"])

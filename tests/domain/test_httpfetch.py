@@ -9,7 +9,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from support.httpservers import ServerThread, body_of, free_port, serving
 
 from lewis_tasks.domain.httpclient import create_session
 from lewis_tasks.domain.httpfetch import (
@@ -21,6 +20,7 @@ from lewis_tasks.domain.httpfetch import (
 )
 from lewis_tasks.domain.scope import Scope
 from lewis_tasks.errors import InvalidInput
+from tests.support.httpservers import ServerThread, body_of, free_port, serving
 
 LOOPBACK = Scope.from_allow(["127.0.0.0/8"])
 NARROW = Scope.from_allow(["127.0.0.2/32"])
@@ -47,7 +47,7 @@ def app2(servers: ServerThread) -> str:
     return servers.servers[1].url
 
 
-def fetch(requests: Sequence[Any], scope: Scope = LOOPBACK, *, read_timeout: float = 5,
+def fetch(requests: Sequence[Any], scope: Scope = LOOPBACK, *, read_timeout: float | None = 5,
           **options: Any) -> list[HttpOutcome]:
     settings: dict[str, Any] = {"concurrency": 8, "max_body_bytes": 1 << 20, "max_redirects": 5,
                                 "retries": 0, "total_timeout": 10.0, "backoff": 0.01}
@@ -71,6 +71,12 @@ def test_answer_fields(app2: str) -> None:
     t = outcome.timings
     assert t.connect_ms is not None and t.ttfb_ms is not None
     assert 0 <= t.connect_ms <= t.ttfb_ms + t.connect_ms <= t.total_ms + 1
+
+
+def test_a_reused_connection_has_no_connect_time(app2: str) -> None:
+    first, second = fetch([app2 + "/", app2 + "/"], concurrency=1)
+    assert first.timings.connect_ms is not None
+    assert second.timings.connect_ms is None and second.timings.ttfb_ms is not None
 
 
 def test_redirect_chain_is_followed_and_recorded(app2: str) -> None:
@@ -107,13 +113,14 @@ def test_303_turns_post_into_get(app2: str) -> None:
     assert outcome.status == 201 and outcome.redirects[0].status == 303
 
 
+@pytest.mark.parametrize("read_timeout", [1.0, None])
 def test_misbehaving_servers_time_out_within_budget_and_the_batch_goes_on(
-        servers: ServerThread, app2: str) -> None:
+        servers: ServerThread, app2: str, read_timeout: float | None) -> None:
     stall, trickle, slow = (s.url for s in servers.servers[2:5])
-    # read timeout 1 s never fires on a server that sends something every 0.5 s: only the
-    # per-URL budget (2 s) stops the trickle and the slow headers
+    # a read timeout of 1 s never fires on a server that sends something every 0.5 s (and
+    # None never fires at all): only the per-URL budget (2 s) stops them
     outcomes = fetch([stall + "/", trickle + "/", slow + "/", app2 + "/"],
-                     read_timeout=1.0, total_timeout=2.0)
+                     read_timeout=read_timeout, total_timeout=2.0)
     assert [o.error for o in outcomes] == ["timeout", "timeout", "timeout", None]
     assert outcomes[1].message == "no complete answer within 2 s"
     assert outcomes[2].message == "no complete answer within 2 s"
