@@ -234,3 +234,24 @@ def test_cancelling_the_scan_stops_its_thread() -> None:
 def test_an_empty_port_list_is_an_empty_result() -> None:
     result = scan_ports_blocking("127.0.0.1", [], scope=SCOPE)
     assert result.ports_total == 0 and result.open == () and result.closed_count == 0
+
+
+def test_no_false_opens_across_the_ephemeral_range_of_127_0_0_1() -> None:
+    # Given the range where the kernel picks our own source ports (32768-60999 here), on the
+    # address our sockets come from, so self-connects can happen for real
+    before = listening_ports("127.0.0.1")
+    result = scan_ports_blocking("127.0.0.1", range(32768, 61000), scope=SCOPE, timeout=1.0)
+    after = listening_ports("127.0.0.1")
+    # Then every port reported open was listening (before or after: others come and go),
+    # and none listening throughout was reported closed (filtered would be a full backlog)
+    assert set(result.open) <= before | after
+    assert all(result.state_of(p) != CLOSED for p in before & after if 32768 <= p < 61000)
+
+
+def test_ipv6_loopback_scans_exactly() -> None:
+    with running_listeners(8, host="::1", seed=9) as six:
+        ports = list(range(50000, 50500)) + six.ports
+        wildcard = listening_ports("::1")
+        result = scan_ports_blocking("::1", ports, scope=SCOPE)
+    assert set(six.ports) <= set(result.open) <= set(six.ports) | wildcard
+    assert result.address == "::1" and result.filtered == ()
