@@ -1,0 +1,262 @@
+"""Load-test one endpoint from one process: closed loop or open loop, latency in a histogram.
+
+Closed loop: ``concurrency`` coroutines each send, wait for the answer, send again.
+Open loop: requests are *scheduled* at ``rate`` per second and each latency is measured from
+its intended send time, so a server that stalls is charged for the requests that had to
+wait (no coordinated omission); ``concurrency`` then caps requests in flight.
+
+The hot loop is a fixed pool of coroutines — no task per request — sharing one histogram,
+one status counter and the caller's session. Parts run on many processes merge exactly with
+:meth:`LoadResult.merge`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from ..errors import InvalidInput, OutOfScope
+from . import httpclient as hc
+from .histogram import LatencyHistogram
+from .httprequest import normalise_url
+
+LOAD_METHODS = frozenset({"GET", "HEAD", "POST"})
+UNFINISHED = "unfinished"  # error class: still in flight when the run's time was up
+_DRAIN_GRACE = 2.0  # seconds in-flight requests get after the deadline before cancellation
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One run (or a merge of parts): counts, bytes and the latency histogram (µs)."""
+
+    url: str
+    method: str
+    mode: str  # "closed" or "open"
+    concurrency: int
+    rate: float | None
+    started_at: float  # wall clock, seconds since the epoch
+    duration_s: float
+    requests: int  # answered (any status)
+    bytes: int
+    status_counts: Mapping[str, int] = field(default_factory=dict)
+    errors: Mapping[str, int] = field(default_factory=dict)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    parts: int = 1
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "method": self.method, "mode": self.mode,
+                "concurrency": self.concurrency, "rate": self.rate,
+                "started_at": self.started_at, "duration_s": self.duration_s,
+                "requests": self.requests, "rps": round(self.rps, 1), "bytes": self.bytes,
+                "status_counts": dict(self.status_counts), "errors": dict(self.errors),
+                "parts": self.parts, "latency_ms": self.latency.summary(),
+                "histogram": self.latency.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoadResult:
+        """The result :meth:`to_dict` gave (say, from a part task's JSON)."""
+        try:
+            return cls(str(data["url"]), str(data["method"]), str(data["mode"]),
+                       int(data["concurrency"]), None if data["rate"] is None else float(data["rate"]),
+                       float(data["started_at"]), float(data["duration_s"]),
+                       int(data["requests"]), int(data["bytes"]),
+                       {str(k): int(v) for k, v in data["status_counts"].items()},
+                       {str(k): int(v) for k, v in data["errors"].items()},
+                       LatencyHistogram.from_dict(data["histogram"]), int(data.get("parts", 1)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidInput(f"malformed load test result: {exc!r}") from None
+
+    @classmethod
+    def merge(cls, parts: Iterable[LoadResult]) -> LoadResult:
+        """Parts run side by side (same start) as one result: counts add, histograms merge
+        exactly, the duration is the longest part's."""
+        parts = list(parts)
+        if not parts:
+            raise InvalidInput("nothing to merge: no load test parts")
+        first = parts[0]
+        rates = [p.rate for p in parts]
+        return cls(first.url, first.method, first.mode, sum(p.concurrency for p in parts),
+                   None if None in rates else sum(r for r in rates if r is not None),
+                   min(p.started_at for p in parts), max(p.duration_s for p in parts),
+                   sum(p.requests for p in parts), sum(p.bytes for p in parts),
+                   _add(p.status_counts for p in parts), _add(p.errors for p in parts),
+                   LatencyHistogram.merged(p.latency for p in parts),
+                   sum(p.parts for p in parts))
+
+
+def _add(counters: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for counter in counters:
+        for key, n in counter.items():
+            total[key] = total.get(key, 0) + n
+    return dict(sorted(total.items()))
+
+
+def check_load(*, concurrency: int, duration: float | None, requests: int | None,
+               rate: float | None, method: str, max_duration: float, max_concurrency: int,
+               max_rate: float, max_requests: int) -> None:
+    """InvalidInput naming the cap or parameter if this run may not go ahead."""
+    if method not in LOAD_METHODS:
+        raise InvalidInput(f"method {method!r} is not one of {', '.join(sorted(LOAD_METHODS))}")
+    if not 1 <= concurrency <= max_concurrency:
+        raise InvalidInput(f"concurrency {concurrency} is outside 1..{max_concurrency} (max_concurrency)")
+    if duration is None and requests is None:
+        raise InvalidInput("give a duration or a number of requests")
+    if duration is not None and not 0 < duration <= max_duration:
+        raise InvalidInput(f"duration {duration:g}s is outside (0, {max_duration:g}s] (max_duration)")
+    if requests is not None and not 1 <= requests <= max_requests:
+        raise InvalidInput(f"requests {requests} is outside 1..{max_requests} (max_requests)")
+    if rate is not None and not 0 < rate <= max_rate:
+        raise InvalidInput(f"rate {rate:g}/s is outside (0, {max_rate:g}/s] (max_rate)")
+
+
+async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency: int,
+                       duration: float | None = None, requests: int | None = None,
+                       rate: float | None = None, method: str = "GET",
+                       start_at: float | None = None, max_duration: float = 60.0,
+                       max_concurrency: int = 1000, max_rate: float = 100_000,
+                       max_requests: int = 5_000_000,
+                       on_progress: Callable[[dict[str, Any]], None] | None = None,
+                       progress_interval: float = 1.0,
+                       drain_grace: float = _DRAIN_GRACE) -> LoadResult:
+    """Load ``url`` for ``duration`` seconds or ``requests`` requests (whichever ends first).
+
+    Without ``rate``: closed loop at ``concurrency``. With it: open loop at ``rate``/s.
+    ``start_at`` (wall clock) makes parts on many processes start together; the run never
+    outlasts ``max_duration`` (+ a short drain). OutOfScope if the target is refused.
+    """
+    method = method.upper()
+    check_load(concurrency=concurrency, duration=duration, requests=requests, rate=rate,
+               method=method, max_duration=max_duration, max_concurrency=max_concurrency,
+               max_rate=max_rate, max_requests=max_requests)
+    target = normalise_url(url)
+    if start_at is not None:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+    run = _Run(session, method, target, concurrency, requests, rate,
+               duration if duration is not None else max_duration, drain_grace)
+    ticker = asyncio.create_task(_report(run, on_progress, progress_interval)) if on_progress else None
+    try:
+        await run.go()
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+    if run.refused is not None:
+        raise OutOfScope(f"load test refused: {run.refused}")
+    return LoadResult(str(target), method, "closed" if rate is None else "open", concurrency,
+                      rate, run.started_at, run.elapsed, run.answered, run.bytes,
+                      {str(k): n for k, n in sorted(run.statuses.items())},
+                      dict(sorted(run.errors.items())), run.latency)
+
+
+class _Run:
+    """The state one run's worker coroutines share (single-threaded: no locks needed)."""
+
+    def __init__(self, session: aiohttp.ClientSession, method: str, target: Any,
+                 concurrency: int, requests: int | None, rate: float | None,
+                 seconds: float, grace: float) -> None:
+        self.session, self.method, self.target = session, method, target
+        self.concurrency, self.rate, self.seconds, self.grace = concurrency, rate, seconds, grace
+        self.limit = requests if requests is not None else 1 << 62
+        self.issued = self.answered = self.bytes = 0
+        self.statuses: dict[int, int] = {}
+        self.errors: dict[str, int] = {}
+        self.latency = LatencyHistogram()
+        self.refused: str | None = None
+        self.started_at = time.time()
+        self.t0 = time.perf_counter()
+        self.deadline = self.t0 + seconds
+        self.elapsed = 0.0
+
+    async def go(self) -> None:
+        self.started_at, self.t0 = time.time(), time.perf_counter()
+        self.deadline = self.t0 + self.seconds
+        worker = self._closed if self.rate is None else self._open
+        tasks = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+        _, pending = await asyncio.wait(tasks, timeout=self.seconds + self.grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        self.elapsed = min(time.perf_counter(), self.deadline + self.grace) - self.t0
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]  # a bug, not a network error
+
+    async def _closed(self) -> None:
+        request, method, target = self.session.request, self.method, self.target
+        record, statuses, perf = self.latency.record, self.statuses, time.perf_counter
+        deadline, limit = self.deadline, self.limit
+        while self.issued < limit and self.refused is None:
+            sent = perf()
+            if sent >= deadline:
+                return
+            self.issued += 1
+            try:
+                async with request(method, target, allow_redirects=False) as resp:
+                    status = resp.status
+                    size = len(await resp.read())
+            except asyncio.CancelledError:
+                self.errors[UNFINISHED] = self.errors.get(UNFINISHED, 0) + 1
+                raise
+            except Exception as exc:
+                self._failed(exc)
+                continue
+            record(int((perf() - sent) * 1_000_000))
+            statuses[status] = statuses.get(status, 0) + 1
+            self.answered += 1
+            self.bytes += size
+
+    async def _open(self) -> None:
+        request, method, target = self.session.request, self.method, self.target
+        record, statuses, perf = self.latency.record, self.statuses, time.perf_counter
+        deadline, limit, t0 = self.deadline, self.limit, self.t0
+        interval = 1.0 / self.rate  # type: ignore[operator]
+        while self.issued < limit and self.refused is None:
+            intended = t0 + self.issued * interval
+            if intended >= deadline:
+                return
+            self.issued += 1
+            wait = intended - perf()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                async with request(method, target, allow_redirects=False) as resp:
+                    status = resp.status
+                    size = len(await resp.read())
+            except asyncio.CancelledError:
+                self.errors[UNFINISHED] = self.errors.get(UNFINISHED, 0) + 1
+                raise
+            except Exception as exc:
+                self._failed(exc)
+                continue
+            record(int((perf() - intended) * 1_000_000))  # from when it *should* have gone
+            statuses[status] = statuses.get(status, 0) + 1
+            self.answered += 1
+            self.bytes += size
+
+    def _failed(self, exc: Exception) -> None:
+        error, message = hc.classify_error(exc)
+        self.errors[error] = self.errors.get(error, 0) + 1
+        if error in (hc.OUT_OF_SCOPE, hc.INVALID_URL):
+            self.refused = message  # every further request would be refused too: stop
+
+
+async def _report(run: _Run, on_progress: Callable[[dict[str, Any]], None], every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        elapsed = time.perf_counter() - run.t0
+        on_progress({"elapsed_s": round(elapsed, 3), "requests": run.answered,
+                     "errors": sum(run.errors.values()),
+                     "rps": round(run.answered / elapsed, 1) if elapsed > 0 else 0.0})
+
+
+__all__ = ["run_loadtest", "check_load", "LoadResult", "LOAD_METHODS", "UNFINISHED"]

@@ -1,0 +1,159 @@
+"""run_loadtest against real loopback servers: counts, open-loop latency, caps, merging.
+
+Latency assertions are lower bounds that follow from the schedule and the server's injected
+delay, so a slow machine can only make them hold more easily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lewis_tasks.domain.histogram import MAX_RELATIVE_ERROR, LatencyHistogram
+from lewis_tasks.domain.httpclient import create_session
+from lewis_tasks.domain.loadgen import LoadResult, run_loadtest
+from lewis_tasks.domain.scope import Scope
+from lewis_tasks.errors import InvalidInput, OutOfScope
+from tests.support.httpservers import ServerThread, free_port, serving
+
+LOOPBACK = Scope.from_allow(["127.0.0.0/8"])
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[ServerThread]:
+    with serving() as thread:
+        thread.start("app", "127.0.0.1")
+        thread.start("stall", "127.0.0.1")
+        yield thread
+
+
+@pytest.fixture(scope="module")
+def app(servers: ServerThread) -> str:
+    return servers.servers[0].url
+
+
+def load(url: str, scope: Scope = LOOPBACK, parts: int = 1, **options: Any) -> list[LoadResult]:
+    """``parts`` load tests side by side on one session (as N processes would, but in one)."""
+    async def main() -> list[LoadResult]:
+        session = create_session(scope, max_connections=100, limit_per_host=0, connect_timeout=2,
+                                 read_timeout=None, keep_alive=True)
+        async with session:
+            return list(await asyncio.gather(*(run_loadtest(session, url, **options)
+                                               for _ in range(parts))))
+    return asyncio.run(main())
+
+
+def test_closed_loop_counts_every_request(app: str) -> None:
+    [result] = load(app + "/bytes/100", concurrency=10, requests=200)
+    assert result.mode == "closed" and result.requests == 200
+    assert result.status_counts == {"200": 200} and result.errors == {}
+    assert result.bytes == 200 * 100 and result.latency.count == 200
+    assert result.rps > 0 and result.latency.min > 0
+
+
+def test_duration_bounds_a_closed_loop(app: str) -> None:
+    [result] = load(app + "/", concurrency=4, duration=0.5)
+    assert result.requests > 0 and result.duration_s >= 0.5
+    assert sum(result.status_counts.values()) == result.requests == result.latency.count
+
+
+def test_open_loop_charges_queueing_to_latency(app: str) -> None:
+    # Given a server that takes ≥ 50 ms per answer and one connection (capacity ≤ 20/s)
+    # When requests are scheduled at 40/s
+    [result] = load(app + "/delay/50", concurrency=1, rate=40, requests=20)
+    # Then request k, due at 25k ms, cannot end before 50(k+1) ms: latency ≥ 50 + 25k ms,
+    # far above the 50 ms service time a closed loop would report
+    assert result.mode == "open" and result.requests == 20
+    assert result.latency.max >= 525_000
+    assert result.latency.percentile(50) >= 275_000 * (1 - MAX_RELATIVE_ERROR)
+    [closed] = load(app + "/delay/50", concurrency=1, requests=5)
+    assert closed.latency.min >= 50_000  # the service time itself is honest in both
+
+
+def test_open_loop_keeps_to_its_schedule(app: str) -> None:
+    [result] = load(app + "/", concurrency=10, rate=100, requests=30)
+    # the 30th request is not due before 290 ms, however fast the server
+    assert result.requests == 30 and result.duration_s >= 0.29
+
+
+def test_open_loop_stops_at_the_duration(app: str) -> None:
+    [result] = load(app + "/", concurrency=5, rate=50, duration=0.3)
+    assert 1 <= result.requests <= 15  # due times 0, 20 … 280 ms
+
+
+def test_refused_connections_are_counted_as_errors() -> None:
+    [result] = load(f"http://127.0.0.1:{free_port()}/", concurrency=2, requests=10)
+    assert result.requests == 0 and result.errors == {"connection_refused": 10}
+    assert result.latency.count == 0
+
+
+def test_stalled_requests_are_cut_at_the_deadline(servers: ServerThread) -> None:
+    stall = servers.servers[1].url
+    [result] = load(stall + "/", concurrency=3, duration=0.3, drain_grace=0.2)
+    assert result.requests == 0 and result.errors == {"unfinished": 3}
+    assert result.duration_s >= 0.5
+
+
+def test_out_of_scope_target_is_refused(servers: ServerThread, app: str) -> None:
+    server = servers.servers[0]
+    before = sum(server.hits.values())
+    for host in ("127.0.0.1", "localhost", "2130706433", "[::ffff:127.0.0.1]"):
+        with pytest.raises(OutOfScope):
+            load(f"http://{host}:{server.port}/", Scope.from_allow(["127.0.0.2/32"]),
+                 concurrency=4, requests=100)
+    assert sum(server.hits.values()) == before
+
+
+@pytest.mark.parametrize("options, cap", [
+    ({"concurrency": 2000, "requests": 1}, "max_concurrency"),
+    ({"concurrency": 0, "requests": 1}, "max_concurrency"),
+    ({"concurrency": 1, "duration": 61.0}, "max_duration"),
+    ({"concurrency": 1, "requests": 10, "max_requests": 5}, "max_requests"),
+    ({"concurrency": 1, "requests": 1, "rate": 10**6}, "max_rate"),
+    ({"concurrency": 1}, "duration or a number of requests"),
+    ({"concurrency": 1, "requests": 1, "method": "DELETE"}, "DELETE"),
+])
+def test_caps_and_bad_parameters_are_invalid_input(app: str, options: dict[str, Any],
+                                                   cap: str) -> None:
+    with pytest.raises(InvalidInput, match=cap):
+        load(app + "/", **options)
+
+
+def test_bad_url_is_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match="ftp://"):
+        load("ftp://127.0.0.1/", concurrency=1, requests=1)
+
+
+def test_parts_start_together_and_merge_exactly(app: str) -> None:
+    start_at = time.time() + 0.3
+    parts = load(app + "/bytes/10", parts=3, concurrency=4, requests=50, start_at=start_at)
+    assert all(part.started_at >= start_at for part in parts)
+    merged = LoadResult.merge(parts)
+    assert merged.requests == 150 and merged.parts == 3 and merged.concurrency == 12
+    assert merged.bytes == 1500 and merged.status_counts == {"200": 150}
+    assert merged.latency == LatencyHistogram.merged(p.latency for p in parts)
+    assert merged.duration_s == max(p.duration_s for p in parts)
+    # through JSON, as part tasks return them
+    again = LoadResult.merge(LoadResult.from_dict(json.loads(json.dumps(p.to_dict()))) for p in parts)
+    assert again == merged
+    summary = merged.to_dict()["latency_ms"]
+    assert set(summary) >= {"p50_ms", "p90_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms"}
+
+
+def test_progress_is_reported(app: str) -> None:
+    seen: list[dict[str, Any]] = []
+    load(app + "/", concurrency=2, duration=0.35, on_progress=seen.append, progress_interval=0.1)
+    assert seen and {"elapsed_s", "requests", "errors", "rps"} <= set(seen[-1])
+    assert seen[-1]["requests"] >= seen[0]["requests"]
+
+
+def test_merge_of_nothing_and_malformed_dicts() -> None:
+    with pytest.raises(InvalidInput):
+        LoadResult.merge([])
+    with pytest.raises(InvalidInput, match="malformed"):
+        LoadResult.from_dict({"url": "x"})
