@@ -12,14 +12,13 @@ from typing import Any
 
 import pytest
 
-from lewis_tasks.domain import portscan
+from lewis_tasks.domain import connectloop
 from lewis_tasks.domain.portscan import (
     CLOSED,
     FILTERED,
     OPEN,
     PortScanResult,
     ScanProgress,
-    is_self_connect,
     scan_ports,
     scan_ports_blocking,
 )
@@ -132,28 +131,13 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_a_socket_connected_to_itself_is_recognised() -> None:
-    port = _free_port()
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.connect(("127.0.0.1", port))  # TCP simultaneous open with itself
-        assert is_self_connect(sock)
-    with socket.create_connection(("127.0.0.1", _listening_port())) as other:
-        assert not is_self_connect(other)
-
-
-def _listening_port() -> int:
-    return next(iter(listening_ports("127.0.0.1")))
-
-
 @pytest.mark.parametrize("bind_every_time", [False, True])
 def test_self_connects_are_never_reported_open(monkeypatch: pytest.MonkeyPatch,
                                                bind_every_time: bool) -> None:
     # Given the kernel hands the scanner's socket the very port it scans (forced here by
     # binding it; in a real scan it happens now and then in the ephemeral range)
     port = _free_port()
-    real_open = portscan._open_socket
+    real_open = connectloop._open_socket
     bound = 0
 
     def open_bound(family: int) -> Any:
@@ -165,7 +149,7 @@ def test_self_connects_are_never_reported_open(monkeypatch: pytest.MonkeyPatch,
             bound += 1
         return sock
 
-    monkeypatch.setattr(portscan, "_open_socket", open_bound)
+    monkeypatch.setattr(connectloop, "_open_socket", open_bound)
     result = scan_ports_blocking("127.0.0.1", [port], scope=SCOPE, timeout=1.0)
     # Then the port, where nothing listens, is closed, and the false open was counted
     assert result.open == () and result.state_of(port) == CLOSED
