@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from lewis_tasks.errors import InvalidInput, TransientError
 from lewis_tasks.infra.barrier import RedisBarrier
@@ -102,6 +104,7 @@ def test_single_party_and_bad_parameters(redis_client: redis.Redis) -> None:
 
 
 def test_redis_down_is_transient() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2,
+                       retry=Retry(NoBackoff(), 0))
     with pytest.raises(TransientError, match="Redis failed"):
         RedisBarrier(dead, "k", 2, 0.5).wait()
