@@ -204,7 +204,7 @@ async def _fetch_one(session: aiohttp.ClientSession, slot: int, index: int, item
         error, message = failed.error, failed.message
     except TimeoutError:
         error, message = hc.TIMEOUT, f"no complete answer within {budget:g} s"
-    total = _ms(time.perf_counter() - started)
+    total = round((time.perf_counter() - started) * 1000, 3)
     return HttpOutcome(index, request.url, request.method, redirects=tuple(hops),
                        timings=Timings(total_ms=total), error=error, message=message,
                        attempts=attempt)
@@ -245,8 +245,8 @@ async def _follow(session: aiohttp.ClientSession, index: int, request: HttpReque
             size, digest, truncated = await _read_capped(resp, max_body)
             selected = tuple((name, resp.headers[name][:_MAX_HEADER_VALUE])
                              for name in SELECTED_HEADERS if name in resp.headers)
-            timings = Timings(_ms(marks.dns), _ms(marks.connect), _ms(ttfb),
-                              _ms(time.perf_counter() - started))
+            timings = Timings(_ms(marks.dns), _ms(marks.connect), round(ttfb * 1000, 3),
+                              round((time.perf_counter() - started) * 1000, 3))
             final = str(url) if hops else request.url
             return HttpOutcome(index, request.url, request.method, final, resp.status,
                                tuple(hops), timings, size, digest, truncated, selected,

@@ -134,7 +134,7 @@ def test_loop_and_session_stay_usable_after_timeouts(servers: ServerThread, app2
         session = create_session(LOOPBACK, max_connections=2, limit_per_host=2, connect_timeout=1,
                                  read_timeout=5, keep_alive=True)
         async with session:
-            options = {"concurrency": 2, "max_body_bytes": 1000, "max_redirects": 0, "retries": 0}
+            options: dict[str, Any] = {"concurrency": 2, "max_body_bytes": 1000, "max_redirects": 0, "retries": 0}
             first = await fetch_all(session, [stall + "/a", stall + "/b"], total_timeout=0.5, **options)
             # both pool slots were busy with the stalled requests; they must be free again
             second = await fetch_all(session, [app2 + "/", app2 + "/"], total_timeout=5, **options)
