@@ -132,6 +132,8 @@ async def fetch_all(session: aiohttp.ClientSession,
         async with asyncio.TaskGroup() as group:
             for slot in range(min(concurrency, len(items))):
                 group.create_task(work(slot))
+    except BaseExceptionGroup as failed:  # on_result raised: the caller gets that error itself
+        raise failed.exceptions[0] from None
     finally:
         sweeping.cancel()
     return [r for r in results if r is not None]

@@ -149,6 +149,8 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
     finally:
         if ticker is not None:
             ticker.cancel()
+    if ticker is not None and ticker.done() and not ticker.cancelled() and ticker.exception():
+        raise ticker.exception()  # type: ignore[misc]  # on_progress failed
     if run.refused is not None:
         raise OutOfScope(f"load test refused: {run.refused}")
     return LoadResult(str(target), method, "closed" if rate is None else "open", concurrency,

@@ -19,7 +19,7 @@ from lewis_tasks.domain.httpfetch import (
     summarise,
 )
 from lewis_tasks.domain.scope import Scope
-from lewis_tasks.errors import InvalidInput
+from lewis_tasks.errors import InvalidInput, TransientError
 from tests.support.httpservers import ServerThread, body_of, free_port, serving
 
 LOOPBACK = Scope.from_allow(["127.0.0.0/8"])
@@ -214,6 +214,13 @@ def test_progress_callback_order_and_json(app2: str) -> None:
     data = json.loads(json.dumps([o.to_dict() for o in outcomes]))
     assert data[5]["sha256"] == hashlib.sha256(body_of(5)).hexdigest()
     assert summarise(outcomes) == {"total": 30, "ok": 30, "statuses": {"200": 30}, "errors": {}}
+
+
+def test_a_failing_progress_callback_fails_the_batch_with_its_own_error(app2: str) -> None:
+    def broken(outcome: HttpOutcome) -> None:
+        raise TransientError("progress store unavailable")
+    with pytest.raises(TransientError, match="progress store"):
+        fetch([app2 + "/", app2 + "/"], on_result=broken)
 
 
 def test_request_parsing() -> None:

@@ -18,7 +18,7 @@ from lewis_tasks.domain.histogram import MAX_RELATIVE_ERROR, LatencyHistogram
 from lewis_tasks.domain.httpclient import create_session
 from lewis_tasks.domain.loadgen import LoadResult, run_loadtest
 from lewis_tasks.domain.scope import Scope
-from lewis_tasks.errors import InvalidInput, OutOfScope
+from lewis_tasks.errors import InvalidInput, OutOfScope, TransientError
 from tests.support.httpservers import ServerThread, free_port, serving
 
 LOOPBACK = Scope.from_allow(["127.0.0.0/8"])
@@ -150,6 +150,13 @@ def test_progress_is_reported(app: str) -> None:
     load(app + "/", concurrency=2, duration=0.35, on_progress=seen.append, progress_interval=0.1)
     assert seen and {"elapsed_s", "requests", "errors", "rps"} <= set(seen[-1])
     assert seen[-1]["requests"] >= seen[0]["requests"]
+
+
+def test_a_failing_progress_callback_is_raised(app: str) -> None:
+    def broken(progress: dict[str, Any]) -> None:
+        raise TransientError("progress store unavailable")
+    with pytest.raises(TransientError, match="progress store"):
+        load(app + "/", concurrency=1, duration=0.3, on_progress=broken, progress_interval=0.05)
 
 
 def test_merge_of_nothing_and_malformed_dicts() -> None:
