@@ -11,8 +11,8 @@ import time
 
 from celery import Celery
 
-URL = os.environ["BENCH_BROKER_URL"]
-app = Celery("baseline", broker=URL, backend=URL)
+app = Celery("baseline", broker=os.environ["BENCH_BROKER_URL"],
+             backend=os.environ.get("BENCH_BACKEND_URL", os.environ["BENCH_BROKER_URL"]))
 
 
 @app.task(name="baseline.noop")

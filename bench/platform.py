@@ -1,0 +1,144 @@
+"""Platform benchmarks: LEWIS beside bare Celery defaults, same Redis, same run.
+
+* latency — sequential submit → result round trips of a no-op (p50 / p99);
+* drain — N no-ops pushed at once, time until the last result is written, 2 worker processes;
+* enqueue — tasks/s one producer gets into Redis: `apply_async` per task vs `submit_many`;
+* io_wait — 2,000 tasks that each wait 50 ms (ideal 0.5 s at 200-way concurrency).
+
+Completion is counted with DBSIZE on a results-only Redis db: a result key is written when a
+task ends, and DBSIZE costs O(1), so the counting does not slow what it measures.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from celery import Celery
+from lewis_tasks.producer.base import submit_many
+
+from .harness import (
+    baseline_worker_argv,
+    db_url,
+    lewis_env,
+    lewis_worker_argv,
+    percentile,
+    processes,
+    wait_results,
+    wait_workers,
+)
+
+# db layout of the private Redis: each system gets a broker db and a results-only db
+LEWIS_BROKER, LEWIS_RESULTS, BASE_BROKER, BASE_RESULTS = 1, 2, 3, 4
+
+
+class System:
+    """One side of the comparison: how to start its workers and talk to it."""
+
+    def __init__(self, name: str, server: Any, home: Path) -> None:
+        self.name = name
+        self.server = server
+        self.home = home
+        if name == "lewis":
+            self.broker, self.results = db_url(server, LEWIS_BROKER), db_url(server, LEWIS_RESULTS)
+            self.env = lewis_env(self.broker, home, LEWIS_BROKER_RESULT_BACKEND=self.results,
+                                 LEWIS_WORKERS_IO_CONCURRENCY="100")
+            self.app = _lewis_app(self.broker, self.results)
+        else:
+            self.broker, self.results = db_url(server, BASE_BROKER), db_url(server, BASE_RESULTS)
+            self.env = {**lewis_env(self.broker, home), "BENCH_BROKER_URL": self.broker,
+                        "BENCH_BACKEND_URL": self.results}
+            self.app = Celery("baseline", broker=self.broker, backend=self.results)
+        self.results_client = redis.Redis.from_url(self.results)
+        self.broker_client = redis.Redis.from_url(self.broker)
+
+    def task(self, kind: str) -> tuple[str, str]:
+        """(task name, queue) for 'noop_io', 'noop_cpu' or 'sleep'."""
+        if self.name == "lewis":
+            return {"noop_io": ("lewis.bench.io_noop", "io"), "noop_cpu": ("lewis.bench.noop", "cpu"),
+                    "sleep": ("lewis.bench.io_sleep", "io")}[kind]
+        return {"noop_io": ("baseline.noop", "celery"), "noop_cpu": ("baseline.noop", "celery"),
+                "sleep": ("baseline.sleep", "celery")}[kind]
+
+    def workers(self, kind: str) -> list[list[str]]:
+        """Two worker processes' command lines for a workload."""
+        if self.name == "lewis":
+            if kind == "noop_cpu":
+                return [lewis_worker_argv("cpu", "-c", "2")]  # one cpu worker: 2 pool processes
+            return [lewis_worker_argv("io"), lewis_worker_argv("io")]
+        if kind == "sleep":  # Celery's own answer to IO: the threads pool
+            return [baseline_worker_argv("-P", "threads", "-c", "100") for _ in range(2)]
+        return [baseline_worker_argv("-c", "2")]  # defaults: prefork, 2 children
+
+    def reset(self) -> None:
+        self.broker_client.flushdb()
+        self.results_client.flushdb()
+
+
+def _lewis_app(broker: str, results: str) -> Celery:
+    from lewis_tasks.infra.celery_app import configure_app
+    from lewis_tasks.infra.config import load_settings
+
+    settings = load_settings(env={"LEWIS_BROKER_URL": broker, "LEWIS_BROKER_RESULT_BACKEND": results})
+    app = Celery("lewis-bench-producer")
+    return configure_app(app, settings)
+
+
+def bench_latency(system: System, samples: int = 400) -> dict[str, Any]:
+    name, queue = system.task("noop_io")
+    system.reset()
+    with processes(system.workers("noop_io")[:1], system.env, f"{system.name}-latency"):
+        wait_workers(system.app, 1)
+        for _ in range(30):  # warm-up: connections, result consumer subscription
+            system.app.send_task(name, queue=queue).get(timeout=10)
+        rtts = []
+        for _ in range(samples):
+            began = time.perf_counter()
+            system.app.send_task(name, queue=queue).get(timeout=10, interval=0.0005)
+            rtts.append((time.perf_counter() - began) * 1000)
+    return {"p50_ms": percentile(rtts, 50), "p99_ms": percentile(rtts, 99), "samples": samples}
+
+
+def bench_drain(system: System, kind: str, count: int = 10_000) -> dict[str, Any]:
+    name, queue = system.task(kind)
+    system.reset()
+    argvs = system.workers(kind)
+    with processes(argvs, system.env, f"{system.name}-drain-{kind}"):
+        wait_workers(system.app, len(argvs))
+        began = time.monotonic()
+        submit_many(name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000)
+        ended = wait_results(system.results_client, 0, count, timeout=count / 50)
+    return {"tasks_per_s": count / (ended - began), "tasks": count, "seconds": ended - began}
+
+
+def bench_enqueue(system: System, count: int = 5_000, batched: bool = False) -> dict[str, Any]:
+    name, queue = system.task("noop_cpu")
+    system.reset()
+    began = time.perf_counter()
+    if batched:
+        submit_many(name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000)
+    else:
+        for _ in range(count):
+            system.app.send_task(name, queue=queue)
+    seconds = time.perf_counter() - began
+    queued = system.broker_client.llen(queue)
+    system.reset()
+    if queued != count:
+        raise RuntimeError(f"{system.name}: {queued} of {count} messages reached the queue")
+    return {"tasks_per_s": count / seconds, "tasks": count}
+
+
+def bench_io_wait(system: System, count: int = 2_000, wait: float = 0.05) -> dict[str, Any]:
+    name, queue = system.task("sleep")
+    system.reset()
+    argvs = system.workers("sleep")
+    with processes(argvs, system.env, f"{system.name}-iowait"):
+        wait_workers(system.app, len(argvs))
+        began = time.monotonic()
+        submit_many(name, (((wait,), {}) for _ in range(count)), app=system.app, queue=queue,
+                    batch=2000)
+        ended = wait_results(system.results_client, 0, count, timeout=120)
+    return {"seconds": ended - began, "tasks": count, "ideal_s": count * wait / 200}

@@ -1,0 +1,89 @@
+"""Render BENCHMARKS.md from the stored suite results (bench/results/*.json)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .harness import median
+
+HEADER = """# Benchmarks
+
+Measured by `bench/`, side by side with the anchors of `../shared/ANCHORS.md`, in one run on
+this machine; medians of the runs shown. Reproduce everything with:
+
+    .venv/bin/python -m bench.run            # all suites, 3 runs each (~10 min)
+    .venv/bin/python -m bench.run platform   # one suite
+
+The machine is shared and has 2 cores: treat differences under ~15 % as noise.
+"""
+
+
+def _med(samples: list[dict[str, Any]], key: str) -> float:
+    return median([s[key] for s in samples])
+
+
+def render_platform(data: dict[str, Any]) -> str:
+    r = data["results"]
+    m = data["machine"]
+
+    def pair(bench: str, key: str) -> tuple[float, float]:
+        return _med(r[bench]["lewis"], key), _med(r[bench]["baseline"], key)
+
+    lat50, base50 = pair("latency", "p50_ms")
+    lat99, base99 = pair("latency", "p99_ms")
+    dio, dbase = pair("drain_io", "tasks_per_s")
+    dcpu, dbase2 = pair("drain_cpu", "tasks_per_s")
+    enq, enq_base = pair("enqueue", "tasks_per_s")
+    batched = _med(r["enqueue_batched"]["lewis"], "tasks_per_s")
+    iow, iow_base = pair("io_wait", "seconds")
+    rows = [
+        ("Round trip p50 (ms), no-op, sequential", f"{lat50:.2f}", f"{base50:.2f}", f"{lat50 / base50:.2f}", "≤ 1.5 (huey 0.9)"),
+        ("Round trip p99 (ms)", f"{lat99:.2f}", f"{base99:.2f}", f"{lat99 / base99:.2f}", "≤ 3 (huey 1.7)"),
+        ("Drain, io queue (tasks/s), 2 io worker processes", f"{dio:,.0f}", f"{dbase:,.0f}", f"{dio / dbase:.2f}", "> 1,650 (huey 4,080)"),
+        ("Drain, cpu queue (tasks/s), 1 worker × 2 children", f"{dcpu:,.0f}", f"{dbase2:,.0f}", f"{dcpu / dbase2:.2f}", "> 1,650"),
+        ("Enqueue, one `send_task` per task (tasks/s)", f"{enq:,.0f}", f"{enq_base:,.0f}", f"{enq / enq_base:.2f}", "~2k"),
+        ("Enqueue, `submit_many` pipelined (tasks/s)", f"{batched:,.0f}", f"{enq_base:,.0f}", f"{batched / enq_base:.1f}", "≥ 10,000"),
+        ("2,000 tasks × 50 ms wait (s), ideal 0.5", f"{iow:.2f}", f"{iow_base:.2f}", f"{iow / iow_base:.2f}", "≤ 1 (taskiq 0.68, Celery threads 2.8)"),
+    ]
+    lines = [
+        "## Platform: the task system itself",
+        "",
+        f"{m['when']} · {m['cpu']} · {m['cores']} cores · {m['memory_gb']} GB · Python {m['python']} · "
+        + " · ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"Medians of {data['runs']} runs. *Baseline* is bare Celery with its defaults (prefork "
+        "`-c 2`, results on; for the 50 ms waits, Celery's threads pool, 2 × 100 threads) on the "
+        "same private Redis in the same run; *LEWIS* is `lewis worker io|cpu` as shipped, io "
+        "workers with 100 threads each (`LEWIS_WORKERS_IO_CONCURRENCY=100`).",
+        "",
+        "| measure | LEWIS | bare Celery | ratio | goal / anchor |",
+        "|---|---:|---:|---:|---|",
+        *[f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows],
+        "",
+        "How: latency = 400 sequential `send_task(...).get()` after 30 warm-up calls; drain = "
+        "10,000 no-ops pushed at once with `submit_many` into running workers, timed until the "
+        "last result key exists (DBSIZE on a results-only db); enqueue = 5,000 `send_task` calls "
+        "with no worker running, and 50,000 through `submit_many`; 50 ms waits = 2,000 tasks "
+        "pushed at once, timed until the last result.",
+    ]
+    return "\n".join(lines)
+
+
+def write_markdown(results_dir: Path, out: Path) -> None:
+    parts = [HEADER]
+    for path in sorted(results_dir.glob("*.json")):
+        suite = path.stem
+        data = json.loads(path.read_text())
+        if suite == "platform":
+            parts.append(render_platform(data))
+        else:
+            try:
+                parts.append(importlib.import_module(f"bench.{suite}").render(data))
+            except (ModuleNotFoundError, AttributeError):
+                continue
+    extra = results_dir / "notes.md"
+    if extra.exists():
+        parts.append(extra.read_text())
+    out.write_text("\n\n".join(p.strip() for p in parts) + "\n")
