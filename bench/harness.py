@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-
 from celery import Celery
+
 from lewis_tasks.infra.redis_server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[1]

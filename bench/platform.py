@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-
 from celery import Celery
+
 from lewis_tasks.producer.base import submit_many
 
 from .harness import (

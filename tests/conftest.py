@@ -97,6 +97,7 @@ def lewis_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="session")
 def celery_app(lewis_settings: Any) -> Any:  # overrides celery.contrib.pytest's test app
     from celery.contrib.testing import tasks  # noqa: F401  (registers celery.ping for start_worker)
+
     from lewis_tasks.infra.celery_app import app
 
     app.loader.import_default_modules()

@@ -13,8 +13,8 @@ PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True,
 
 
 def _exec(argv: list[str], env: dict[str, str] | None = None) -> None:
-    from ..infra.config import get_settings
     from ..errors import ConfigError
+    from ..infra.config import get_settings
 
     if not get_settings().broker.url:
         raise ConfigError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "

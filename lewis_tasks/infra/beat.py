@@ -24,7 +24,6 @@ from datetime import timedelta
 from typing import Any
 
 import redis
-
 from celery import beat, schedules
 
 from .config import get_settings

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-
 from celery import Celery
 
 from .routing import QUEUES

@@ -6,9 +6,8 @@ producers import :data:`app`. Settings are read once, at import.
 
 from __future__ import annotations
 
-from kombu import Queue
-
 from celery import Celery
+from kombu import Queue
 
 from .config import Settings, get_settings
 from .routing import CPU, QUEUES, celery_routes

@@ -17,9 +17,10 @@ import json
 import os
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -124,7 +125,7 @@ class WorkersSettings:
     io_concurrency: int = _opt(0, minimum=0)  # 0: cores (prefork) / thread_pool_size (threads)
     io_prefetch_multiplier: int = _opt(4, minimum=1)
     cpu_concurrency: int = _opt(0, minimum=0)  # 0: cores
-    cpu_max_tasks_per_child: int = _opt(200, minimum=1)
+    cpu_max_tasks_per_child: int = _opt(1000, minimum=1)  # memory recycling does the rest
     control_concurrency: int = _opt(1, minimum=1)
     shutdown_timeout: float = _opt(10.0, minimum=0.0)  # soft shutdown (drain) seconds
 

@@ -40,6 +40,10 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     app = sender.app if sender is not None else None
     if app is None:
         return
+    # Celery logs two INFO lines per task (received, succeeded); LewisTask logs one timed line
+    # (monitoring.performance_logging). Failures still reach the log at ERROR.
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings()
     if not settings.broker.url:
         raise ConfigError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "

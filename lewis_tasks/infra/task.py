@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import redis
-
 from celery import Task
 
 from ..errors import RedeliveryLimitExceeded, TransientError
