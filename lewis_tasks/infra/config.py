@@ -158,6 +158,9 @@ class HttpSettings:
     max_body_bytes: int = _opt("1MB", size=True, minimum=1)
     max_redirects: int = _opt(5, minimum=0)
     retries: int = _opt(2, minimum=0)
+    # one URL's whole budget (connection wait, redirects, retries, body): a stalling server
+    # costs at most this, and chunks are sized so their worst case fits tasks.soft_time_limit
+    timeout: float = _opt(30.0, minimum=0.1)
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,9 @@ class LoadtestSettings:
     max_rate: int = _opt(100_000, minimum=1)
     max_requests: int = _opt(5_000_000, minimum=1)
     max_workers: int = _opt(16, minimum=1)
+    # how long the parts of a distributed run wait for each other at the start barrier; the
+    # part's time limit covers it, so it also bounds max_duration below the visibility timeout
+    barrier_timeout: float = _opt(20.0, minimum=1.0)
 
 
 @dataclass(frozen=True)
