@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from lewis_tasks.producer.base import submit_many
+from lewis_tasks.producer.base import submit, submit_many
 
 from .harness import (
     baseline_worker_argv,
@@ -73,6 +73,17 @@ class System:
             return [baseline_worker_argv("-P", "threads", "-c", "100") for _ in range(2)]
         return [baseline_worker_argv("-c", "2")]  # defaults: prefork, 2 children
 
+    def send(self, name: str, queue: str) -> Any:
+        """Submit one task the way each system's users do: LEWIS `submit`, Celery `send_task`."""
+        if self.name == "lewis":
+            return submit(name, app=self.app, queue=queue)
+        return self.app.send_task(name, queue=queue)
+
+    def wait(self, handle: Any) -> Any:
+        if self.name == "lewis":
+            return handle.wait(timeout=10, interval=0.0005)
+        return handle.get(timeout=10, interval=0.0005)
+
     def reset(self) -> None:
         self.broker_client.flushdb()
         self.results_client.flushdb()
@@ -93,11 +104,11 @@ def bench_latency(system: System, samples: int = 400) -> dict[str, Any]:
     with processes(system.workers("noop_io")[:1], system.env, f"{system.name}-latency"):
         wait_workers(system.app, 1)
         for _ in range(30):  # warm-up: connections, result consumer subscription
-            system.app.send_task(name, queue=queue).get(timeout=10)
+            system.wait(system.send(name, queue))
         rtts = []
         for _ in range(samples):
             began = time.perf_counter()
-            system.app.send_task(name, queue=queue).get(timeout=10, interval=0.0005)
+            system.wait(system.send(name, queue))
             rtts.append((time.perf_counter() - began) * 1000)
     return {"p50_ms": percentile(rtts, 50), "p99_ms": percentile(rtts, 99), "samples": samples}
 
@@ -122,7 +133,7 @@ def bench_enqueue(system: System, count: int = 5_000, batched: bool = False) -> 
         submit_many(name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000)
     else:
         for _ in range(count):
-            system.app.send_task(name, queue=queue)
+            system.send(name, queue)
     seconds = time.perf_counter() - began
     queued = system.broker_client.llen(queue)
     system.reset()

@@ -10,6 +10,7 @@ from celery import Celery
 from kombu import Queue
 
 from .config import Settings, get_settings
+from .result_backend import backend_url
 from .routing import CPU, QUEUES, celery_routes
 
 TASK_MODULES = [
@@ -39,7 +40,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
     }
     return {
         "broker_url": settings.broker.url or None,
-        "result_backend": settings.result_backend or None,
+        # Celery's Redis backend with a one-round-trip result store (result_backend.py).
+        "result_backend": backend_url(settings.result_backend) if settings.result_backend else None,
         # JSON only, on the wire and in results: no pickle anywhere.
         "task_serializer": "json",
         "result_serializer": "json",
