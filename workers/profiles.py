@@ -69,16 +69,13 @@ def beat_argv(settings: Settings, extra: Sequence[str] = (), python: str | None 
 
 
 def flower_argv(settings: Settings, port: int, extra: Sequence[str] = (),
-                python: str | None = None) -> list[str]:
-    argv = [python or sys.executable, "-m", "celery", "-A", APP, "flower",
-            "--address=127.0.0.1", f"--port={port}"]
-    if settings.stack.flower_user and settings.stack.flower_password:
-        # Flower reads FLOWER_BASIC_AUTH from the environment: a password on argv would show in ps.
-        pass
-    return argv + list(extra)
+                python: str | None = None, address: str = "127.0.0.1") -> list[str]:
+    return [python or sys.executable, "-m", "celery", "-A", APP, "flower",
+            f"--address={address}", f"--port={port}", *extra]
 
 
 def flower_env(settings: Settings) -> dict[str, str]:
+    """Basic auth through FLOWER_BASIC_AUTH: a password on argv would show in `ps`."""
     if settings.stack.flower_user and settings.stack.flower_password:
         return {"FLOWER_BASIC_AUTH": f"{settings.stack.flower_user}:{settings.stack.flower_password}"}
     return {}

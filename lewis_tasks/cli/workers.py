@@ -47,14 +47,16 @@ def beat(ctx: click.Context) -> None:
 
 @cli.command(context_settings=PASS_THROUGH)
 @click.option("--port", type=int, default=None, help="Port (default: stack.flower_port or 5555).")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Address to bind; widen it (e.g. 0.0.0.0 in a container) only behind auth.")
 @click.pass_context
-def flower(ctx: click.Context, port: int | None) -> None:
-    """Start the Flower monitor on 127.0.0.1 (basic auth from stack.flower_user/password)."""
+def flower(ctx: click.Context, port: int | None, address: str) -> None:
+    """Start the Flower monitor (basic auth from stack.flower_user/password)."""
     from workers import flower_argv
     from workers.profiles import flower_env
 
     from ..infra.config import get_settings
 
     settings = get_settings()
-    _exec(flower_argv(settings, port or settings.stack.flower_port or 5555, extra=ctx.args),
-          env=flower_env(settings))
+    _exec(flower_argv(settings, port or settings.stack.flower_port or 5555, extra=ctx.args,
+                      address=address), env=flower_env(settings))
