@@ -1,1 +1,350 @@
-"""Tasks of the http area (filled in by its issue)."""
+"""HTTP batches and load tests as tasks: chunks and parts on io, merges on cpu.
+
+A batch is a chord: ``fetch_chunk`` tasks (io) fetch their slice of the URLs on the worker
+process's persistent loop with its one session, persisting per-URL rows as they finish (so
+progress moves while a chunk runs), and ``merge`` (cpu) sums the chunks and closes the batch.
+
+A load test is a chord too: ``loadtest_part`` tasks (io) meet at a Redis barrier so N parts
+on N io processes start together, each returns its LoadResult with its histogram, and
+``loadtest_merge`` (cpu) merges the histograms exactly and persists the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..domain.histogram import LatencyHistogram
+from ..domain.httpclient import TIMEOUT, create_session
+from ..domain.httpfetch import HttpOutcome, fetch_all, summarise
+from ..domain.loadgen import LoadResult, run_loadtest
+from ..domain.scope import Scope
+from ..errors import InvalidInput
+from ..infra import aio
+from ..infra.barrier import RedisBarrier
+from ..infra.celery_app import app
+from ..infra.config import get_settings
+from ..infra.redis_client import get_redis
+from ..infra.task import LewisTask
+from .httplimits import BARRIER_LEAD, check_loadtest, chunk_seconds, loadtest_budget, url_budget
+
+FLUSH_EVERY = 0.5  # seconds between writes of a running chunk's finished URLs (progress)
+PROGRESS_KEY = "lewis:loadtest:{run}:progress"  # hash: part → its last progress line (JSON)
+PROCESSES_KEY = "lewis:loadtest:{run}:processes"  # hash: worker process → the part it runs
+BARRIER_KEY = "lewis:loadtest:{run}:barrier"
+
+
+def process_id() -> str:
+    """This worker process, as ``host:pid`` (prefork children and thread workers alike)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+@app.task(name="lewis.http.fetch_chunk")
+def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Fetch ``requests`` (indexes ``start``…) of batch ``batch_id``; rows persisted once each."""
+    _check_batch_id(batch_id)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise InvalidInput(f"start must be an index ≥ 0, not {start!r}")
+    if not isinstance(requests, list) or not requests:
+        raise InvalidInput("a chunk needs a non-empty list of requests")
+    if not isinstance(options, Mapping):
+        raise InvalidInput("options must be a mapping")
+    settings = get_settings()
+    budget = url_budget(settings, options.get("timeout"))
+    total = int(options.get("total") or start + len(requests))
+    began = time.monotonic()
+    _save_batch(batch_id, total, options.get("request"))
+
+    finished: deque[HttpOutcome] = deque()  # appended on the loop thread, drained here
+    done: dict[int, HttpOutcome] = {}
+    future = asyncio.run_coroutine_threadsafe(
+        _fetch(requests, budget, finished.append), aio.runtime().loop)
+    deadline = began + chunk_seconds(settings)  # thread pools enforce no time limit: we do
+    new = 0
+    while True:
+        try:
+            future.result(timeout=FLUSH_EVERY)
+            break
+        except concurrent.futures.TimeoutError:
+            new += _persist(batch_id, start, finished, done)
+            if time.monotonic() > deadline:
+                future.cancel()
+                break
+    new += _persist(batch_id, start, finished, done)
+    missing = [_out_of_time(i, requests[i], deadline - began) for i in range(len(requests))
+               if i not in done]
+    if missing:
+        finished.extend(missing)
+        new += _persist(batch_id, start, finished, done)
+    outcomes = [done[i] for i in range(len(requests))]
+    latency = LatencyHistogram()
+    for outcome in outcomes:
+        if outcome.ok:
+            latency.record(int(outcome.timings.total_ms * 1000))
+    return {"batch_id": batch_id, "start": start, "count": len(outcomes), "new": new,
+            "summary": summarise(outcomes), "bytes": sum(o.bytes for o in outcomes),
+            "latency": latency.to_dict(), "process": process_id(),
+            "seconds": round(time.monotonic() - began, 3)}
+
+
+async def _fetch(requests: list[Any], budget: float,
+                 on_result: Callable[[HttpOutcome], None]) -> list[HttpOutcome]:
+    settings = get_settings()
+    session = await aio.runtime().session()
+    return await fetch_all(session, requests, concurrency=settings.network.max_connections,
+                           max_body_bytes=settings.http.max_body_bytes,
+                           max_redirects=settings.http.max_redirects,
+                           retries=settings.http.retries, total_timeout=budget,
+                           on_result=on_result)
+
+
+def _out_of_time(index: int, item: Any, seconds: float) -> HttpOutcome:
+    url = str(item.get("url", "")) if isinstance(item, Mapping) else str(item)
+    method = str(item.get("method") or "GET") if isinstance(item, Mapping) else "GET"
+    return HttpOutcome(index, url, method, error=TIMEOUT, attempts=0,
+                       message=f"the chunk's time ({seconds:.0f} s) ran out before this URL")
+
+
+def _row(start: int, outcome: HttpOutcome) -> dict[str, Any]:
+    return {"idx": start + outcome.index, "url": outcome.url, "final_url": outcome.final_url,
+            "method": outcome.method, "status": outcome.status, "error_class": outcome.error,
+            "error": outcome.message, "bytes": outcome.bytes, "sha256": outcome.sha256,
+            "truncated": outcome.truncated, "timings": outcome.timings.to_dict(),
+            "redirects": [hop.to_dict() for hop in outcome.redirects],
+            "headers": dict(outcome.headers)}
+
+
+def _persist(batch_id: str, start: int, finished: deque[HttpOutcome],
+             done: dict[int, HttpOutcome]) -> int:
+    """Store what finished since the last call; how many rows were new."""
+    from ..storage.db import get_engine, session_scope
+    from ..storage.http import save_http_results
+
+    rows = []
+    while finished:
+        outcome = finished.popleft()
+        if outcome.index not in done:
+            done[outcome.index] = outcome
+            rows.append(_row(start, outcome))
+    if not rows:
+        return 0
+    with session_scope(get_engine()) as session:
+        return save_http_results(session, batch_id, rows)
+
+
+def _save_batch(batch_id: str, total: int, request: Any) -> None:
+    from ..storage.db import get_engine, session_scope
+    from ..storage.http import save_http_batch
+
+    with session_scope(get_engine()) as session:  # every chunk: whichever runs first creates it
+        save_http_batch(session, batch_id, total=total,
+                        request=request if isinstance(request, Mapping) else None)
+
+
+@app.task(name="lewis.http.merge")
+def merge(results: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
+    """Chord callback: the chunks' counts and latencies summed, the batch closed. Idempotent."""
+    from ..storage.db import get_engine, session_scope
+    from ..storage.http import finish_http_batch, get_http_batch
+
+    _check_batch_id(batch_id)
+    if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
+        raise InvalidInput("merge needs the list of chunk results")
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    latency = LatencyHistogram()
+    for chunk in sorted(results, key=lambda r: int(r.get("start", 0))):
+        for key, n in chunk["summary"]["statuses"].items():
+            statuses[key] = statuses.get(key, 0) + int(n)
+        for key, n in chunk["summary"]["errors"].items():
+            errors[key] = errors.get(key, 0) + int(n)
+        latency.merge(LatencyHistogram.from_dict(chunk["latency"]))
+    with session_scope(get_engine()) as session:
+        batch = get_http_batch(session, batch_id)
+        if batch is None:
+            raise InvalidInput(f"no HTTP batch {batch_id!r}")
+        summary = {"total": batch.total, "done": batch.done, "ok": batch.ok,
+                   "failed": batch.failed, "statuses": dict(sorted(statuses.items())),
+                   "errors": dict(sorted(errors.items())),
+                   "bytes": sum(int(r.get("bytes", 0)) for r in results),
+                   "latency_ms": latency.summary(), "chunks": len(results),
+                   "processes": sorted({str(r.get("process")) for r in results}),
+                   "slowest_chunk_s": max((float(r.get("seconds", 0)) for r in results), default=0.0)}
+        finish_http_batch(session, batch_id, status="done", summary=summary)
+    return {"batch_id": batch_id, **summary}
+
+
+@app.task(name="lewis.http.abort")
+def abort(failed_task_id: str, kind: str, run_id: str) -> dict[str, Any]:
+    """Errback of a failed batch or load test chord: record the run as failed, with why."""
+    from ..storage.db import get_engine, session_scope
+    from ..storage.http import finish_http_batch
+    from ..storage.runs import save_loadtest
+
+    reason = _failure_of(failed_task_id)
+    with session_scope(get_engine()) as session:
+        if kind == "batch":
+            finish_http_batch(session, run_id, status="failed", summary={"error": reason})
+        elif kind == "loadtest":
+            save_loadtest(session, run_id, status="failed", result={"error": reason},
+                          finished_at=_now())
+        else:
+            raise InvalidInput(f"abort: unknown kind {kind!r}")
+    return {"kind": kind, "id": run_id, "error": reason}
+
+
+def _failure_of(task_id: str, patience: float = 5.0) -> str:
+    """Why ``task_id`` failed; Celery calls errbacks just before it stores the failure."""
+    give_up = time.monotonic() + patience
+    while True:
+        result = app.AsyncResult(task_id)
+        if result.state == "FAILURE" or time.monotonic() > give_up:
+            failure = result.result
+            return str(failure) if isinstance(failure, BaseException) else "a part failed"
+        time.sleep(0.05)
+
+
+def _check_batch_id(batch_id: Any) -> None:
+    if not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64:
+        raise InvalidInput(f"batch id must be a string of 1..64 characters, not {batch_id!r}")
+
+
+# --- load tests ------------------------------------------------------------------------------
+
+class LoadtestPartTask(LewisTask):
+    """Time limits that cover the barrier, the longest allowed run and its drain, read from
+    the settings each time (a part is checked against the visibility timeout at start-up)."""
+
+    @property
+    def soft_time_limit(self) -> float:  # type: ignore[override]
+        return loadtest_budget(get_settings()).time_limits(None)[0]
+
+    @property
+    def time_limit(self) -> float:  # type: ignore[override]
+        return loadtest_budget(get_settings()).time_limits(None)[1]
+
+
+@app.task(name="lewis.http.loadtest_part", bind=True, base=LoadtestPartTask)
+def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
+                  spec: dict[str, Any]) -> dict[str, Any]:
+    """One part of load test ``run_id``: wait for the other parts, then load the URL.
+
+    Parts belong on different io processes: a part that arrives in a process already running
+    another part of the run is handed back to the queue (at most ``2 × parts`` times), so an
+    idle process takes it; past that it runs here, sharing the loop, and says so.
+    """
+    _check_part(run_id, part, parts, spec)
+    settings = get_settings()
+    budget = loadtest_budget(settings)
+    check_loadtest(settings, concurrency=spec["concurrency"], duration=spec.get("duration"),
+                   requests=spec.get("requests"), rate=spec.get("rate"), workers=1,
+                   method=spec.get("method", "GET"))
+    client = get_redis()
+    ttl = int(budget.time_limits(None)[1]) + 60
+    shared = False
+    if parts > 1:
+        me, key = process_id(), PROCESSES_KEY.format(run=run_id)
+        pipe = client.pipeline(transaction=True)
+        pipe.hsetnx(key, me, part)
+        pipe.hget(key, me)
+        pipe.expire(key, ttl)
+        _, holder, _ = pipe.execute()
+        if int(holder) != part:  # this process runs another part of the run already
+            bounces = self.request.retries or 0
+            if bounces < 2 * parts:
+                raise self.retry(countdown=0, max_retries=2 * parts)
+            shared = True
+    barrier = RedisBarrier(client, BARRIER_KEY.format(run=run_id), parties=parts,
+                           timeout=budget.barrier, lead=BARRIER_LEAD)
+    start_at = barrier.wait(party=f"{self.request.id or run_id}:{part}")
+    progress_key = PROGRESS_KEY.format(run=run_id)
+
+    def report(line: dict[str, Any]) -> None:  # on the loop, once a second: one HSET
+        client.hset(progress_key, str(part), json.dumps(line))
+        client.expire(progress_key, ttl)
+
+    run_for = spec.get("duration")
+    result = aio.run(_load(spec, start_at, budget.max_duration, report),
+                     timeout=budget.time_limits(run_for)[0])
+    report({"elapsed_s": round(result.duration_s, 3), "requests": result.requests,
+            "errors": sum(result.errors.values()), "rps": round(result.rps, 1), "done": True})
+    return {**result.to_dict(), "part": part, "process": process_id(), "shared": shared}
+
+
+async def _load(spec: Mapping[str, Any], start_at: float, max_duration: float,
+                report: Callable[[dict[str, Any]], None]) -> LoadResult:
+    """The run on this process's loop, with a session of its own sized to the part's
+    concurrency: the shared session's per-host limit would throttle it, and a load test
+    must not starve the batches sharing that pool."""
+    settings = get_settings()
+    lt = settings.loadtest
+    session = create_session(Scope.from_allow(settings.scope.allow),
+                             max_connections=int(spec["concurrency"]), limit_per_host=0,
+                             connect_timeout=settings.network.connection_timeout,
+                             read_timeout=None, keep_alive=settings.network.keep_alive)
+    async with session:
+        return await run_loadtest(session, str(spec["url"]), concurrency=int(spec["concurrency"]),
+                                  duration=spec.get("duration"), requests=spec.get("requests"),
+                                  rate=spec.get("rate"), method=str(spec.get("method", "GET")),
+                                  start_at=start_at, max_duration=max_duration,
+                                  max_concurrency=lt.max_concurrency, max_rate=lt.max_rate,
+                                  max_requests=lt.max_requests, on_progress=report)
+
+
+def _check_part(run_id: Any, part: Any, parts: Any, spec: Any) -> None:
+    if not isinstance(run_id, str) or not 0 < len(run_id) <= 64:
+        raise InvalidInput(f"run id must be a string of 1..64 characters, not {run_id!r}")
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise InvalidInput(f"parts must be a whole number ≥ 1, not {parts!r}")
+    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < parts:
+        raise InvalidInput(f"part must be in 0..{parts - 1}, not {part!r}")
+    if not isinstance(spec, Mapping) or "url" not in spec or "concurrency" not in spec:
+        raise InvalidInput("a part's spec needs at least url and concurrency")
+
+
+@app.task(name="lewis.http.loadtest_merge")
+def loadtest_merge(results: list[dict[str, Any]], run_id: str,
+                   request: dict[str, Any]) -> dict[str, Any]:
+    """Chord callback: the parts as one result (histograms merged bucket by bucket, never
+    percentiles averaged), persisted once; a second run returns the stored result."""
+    from ..storage.db import get_engine, session_scope
+    from ..storage.models import Loadtest
+    from ..storage.runs import get_run, save_loadtest
+
+    if not isinstance(results, list) or not results:
+        raise InvalidInput("loadtest_merge needs the list of part results")
+    parts = sorted(results, key=lambda r: int(r.get("part", 0)))
+    merged = LoadResult.merge(LoadResult.from_dict(p) for p in parts)
+    processes = sorted({str(p.get("process")) for p in parts})
+    result = {**merged.to_dict(), "run_id": run_id, "processes": processes,
+              "shared_process": len(processes) < len(parts),
+              "by_part": [{"part": p.get("part"), "process": p.get("process"),
+                           "requests": p["requests"], "rps": p["rps"],
+                           "p50_ms": p["latency_ms"]["p50_ms"], "p99_ms": p["latency_ms"]["p99_ms"]}
+                          for p in parts]}
+    with session_scope(get_engine()) as session:
+        stored = get_run(session, Loadtest, run_id)
+        if stored is not None and stored.status == "done" and stored.result:
+            return dict(stored.result)
+        save_loadtest(session, run_id, status="done", request=dict(request or {}),
+                      result=result, finished_at=_now())
+    return result
+
+
+def _now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+__all__ = ["fetch_chunk", "merge", "abort", "loadtest_part", "loadtest_merge", "process_id",
+           "PROGRESS_KEY"]

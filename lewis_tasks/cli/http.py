@@ -1,0 +1,237 @@
+"""``lewis http`` (fetch a batch of URLs) and ``lewis loadtest`` (load one endpoint).
+
+Both submit to the running stack, show a live progress line when stdout is a terminal, then a
+final table (or JSON with ``--json``). ``lewis http`` exits 1 when some URL failed;
+``lewis loadtest`` exits 1 when no request was answered at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+import click
+
+from ..errors import InvalidInput
+from . import Exit, cli
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+TICK = 0.25  # seconds between progress polls
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``10s``, ``1m``, ``500ms``, ``1.5h`` or a bare number of seconds."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise InvalidInput(f"{text!r} is not a duration (like 10s, 1m, 500ms)")
+    return float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
+
+
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except InvalidInput as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+
+
+def read_requests(stream: IO[str]) -> list[Any]:
+    """One request per line: a URL, or a JSON object ``{"url", "method", "headers", "body"}``;
+    blank lines and ``#`` comments are skipped."""
+    items: list[Any] = []
+    for number, line in enumerate(stream, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("{"):
+            try:
+                items.append(json.loads(text))
+            except ValueError as exc:
+                raise InvalidInput(f"line {number}: not a JSON object: {exc}") from None
+        else:
+            items.append(text)
+    return items
+
+
+def _live(ready: Callable[[], bool], line: Callable[[], str]) -> None:
+    """Redraw a progress line until ``ready()``, only when stdout is a terminal."""
+    tty = sys.stdout.isatty()
+    width = 0
+    while not ready():
+        if tty:
+            text = line()
+            click.echo("\r" + text.ljust(width), nl=False)
+            width = len(text)
+        time.sleep(TICK)
+    if tty and width:
+        click.echo("\r" + " " * width + "\r", nl=False)
+
+
+@cli.command("http")
+@click.argument("urls", nargs=-1)
+@click.option("-f", "--file", "source", type=click.File("r"),
+              help="Read requests from FILE ('-': stdin): a URL or a JSON object per line.")
+@click.option("--timeout", type=DURATION, default=None,
+              help="Each URL's budget, all hops and retries (default: http.timeout).")
+@click.option("--limit", default=200, show_default=True,
+              help="Rows in the table (failed rows first when there are more).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary and every URL as JSON.")
+def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float | None,
+                 limit: int, as_json: bool) -> None:
+    """Fetch URLs on the io workers: status, time, bytes and SHA-256 of each, or why not."""
+    from ..producer.http import submit_http_batch
+
+    requests: list[Any] = list(urls)
+    if source is not None:
+        requests += read_requests(source)
+    if not requests:
+        raise InvalidInput("give URLs, or -f FILE with one per line")
+    began = time.monotonic()
+    handle = submit_http_batch(requests, timeout=timeout)
+
+    def line() -> str:
+        p = handle.progress()
+        rate = p["done"] / max(1e-9, time.monotonic() - began)
+        return (f"{p['done']:,}/{p['total']:,} URLs · {p['ok']:,} answered · "
+                f"{p['failed']:,} failed · {rate:,.0f} URLs/s")
+
+    _live(handle.ready, line)
+    summary = handle.wait()
+    seconds = time.monotonic() - began
+    if as_json:
+        rows = _all_rows(handle)
+        click.echo(json.dumps({"batch_id": handle.id, "seconds": round(seconds, 3),
+                               "summary": summary, "results": rows}, indent=1))
+    else:
+        if summary["total"] <= limit:
+            rows = handle.result(limit=limit)
+        else:
+            rows = handle.result(limit=limit, failed_only=True)
+        click.echo(format_batch(summary, rows, seconds))
+    if summary["failed"]:
+        sys.exit(int(Exit.FAILURE))
+
+
+def _all_rows(handle: Any, page: int = 1000) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    while True:
+        chunk = handle.result(offset=len(rows), limit=page)
+        rows += chunk
+        if len(chunk) < page:
+            return rows
+
+
+def _counts(counter: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v:,}" for k, v in counter.items()) or "none"
+
+
+def format_batch(summary: dict[str, Any], rows: Iterable[dict[str, Any]], seconds: float) -> str:
+    """The final table of ``lewis http``: one line per URL, then the totals."""
+    lines = [f"{'#':>5}  {'status':>6}  {'time ms':>9}  {'bytes':>9}  {'sha256':<12}  url / error"]
+    shown = 0
+    for row in rows:
+        shown += 1
+        total_ms = (row.get("timings") or {}).get("total_ms")
+        status = str(row["status"]) if row["status"] is not None else "-"
+        detail = row["url"]
+        if row.get("error_class"):
+            detail += f"  [{row['error_class']}] {row.get('error') or ''}"
+        elif row.get("redirects"):
+            detail += f"  → {row.get('final_url')} ({len(row['redirects'])} redirects)"
+        if row.get("truncated"):
+            detail += "  (body truncated)"
+        lines.append(f"{row['index']:>5}  {status:>6}  "
+                     f"{'-' if total_ms is None else f'{total_ms:,.1f}':>9}  "
+                     f"{row.get('bytes') or 0:>9,}  {(row.get('sha256') or '-')[:12]:<12}  {detail}")
+    if shown < summary["total"]:
+        lines.append(f"  … {summary['total'] - shown:,} more rows (--json shows every URL)")
+    lat = summary.get("latency_ms") or {}
+    lines += [
+        "",
+        f"{summary['total']:,} URLs in {seconds:.2f} s ({summary['total'] / max(seconds, 1e-9):,.0f} URLs/s): "
+        f"{summary['ok']:,} answered ({_counts(summary['statuses'])}), "
+        f"{summary['failed']:,} failed ({_counts(summary['errors'])})",
+        f"time per answered URL: p50 {lat.get('p50_ms', 0):,.1f} ms · p99 {lat.get('p99_ms', 0):,.1f} ms"
+        f" · max {lat.get('max_ms', 0):,.1f} ms · {summary['chunks']} chunks on "
+        f"{len(summary['processes'])} process(es)",
+    ]
+    return "\n".join(lines)
+
+
+@cli.command("loadtest")
+@click.argument("url")
+@click.option("-c", "--concurrency", type=int, default=10, show_default=True,
+              help="Connections in flight, in total over the workers.")
+@click.option("-d", "--duration", type=DURATION, default=None,
+              help="How long, like 10s, 1m, 500ms (default 10s unless --requests).")
+@click.option("-n", "--requests", "count", type=int, default=None,
+              help="Stop after this many requests (in total).")
+@click.option("-R", "--rate", type=float, default=None,
+              help="Open loop: requests per second in total, latency from the intended send time.")
+@click.option("-w", "--workers", type=int, default=1, show_default=True,
+              help="io worker processes to spread the load over (they start together).")
+@click.option("-m", "--method", default="GET", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the merged result as JSON.")
+def loadtest_command(url: str, concurrency: int, duration: float | None, count: int | None,
+                     rate: float | None, workers: int, method: str, as_json: bool) -> None:
+    """Load-test URL from the io workers: requests/s, latency percentiles, status codes."""
+    from ..producer.http import submit_loadtest
+
+    if duration is None and count is None:
+        duration = 10.0
+    handle = submit_loadtest(url, concurrency=concurrency, duration=duration, requests=count,
+                             rate=rate, workers=workers, method=method)
+
+    def line() -> str:
+        p = handle.progress()
+        if not p["reporting"]:
+            return f"waiting for {p['parts']} part(s) to start together…"
+        return (f"{p['elapsed_s']:.1f} s · {p['requests']:,} requests · {p['rps']:,.0f} req/s · "
+                f"{p['errors']:,} errors · {p['reporting']}/{p['parts']} parts")
+
+    _live(handle.ready, line)
+    result = handle.wait()
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+    else:
+        click.echo(format_loadtest(result))
+    if result["requests"] == 0:
+        sys.exit(int(Exit.FAILURE))
+
+
+def format_loadtest(result: dict[str, Any]) -> str:
+    """The final table of ``lewis loadtest``."""
+    lat = result["latency_ms"]
+    mode = ("closed loop" if result["mode"] == "closed"
+            else f"open loop at {result['rate']:,.0f} req/s")
+    processes = len(result.get("processes") or [])
+    rows = [
+        ("url", f"{result['method']} {result['url']}"),
+        ("load", f"{mode}, {result['concurrency']} connections, {result['parts']} part(s) on "
+                 f"{processes} process(es){' (shared!)' if result.get('shared_process') else ''}"),
+        ("requests", f"{result['requests']:,} in {result['duration_s']:.2f} s"),
+        ("rps", f"{result['rps']:,.1f}"),
+        ("latency ms", "  ".join(f"{name} {lat[key]:,.2f}" for name, key in (
+            ("p50", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"),
+            ("p99.9", "p99.9_ms"), ("max", "max_ms")))),
+        ("bytes", f"{result['bytes']:,}"),
+        ("status", _counts(result["status_counts"])),
+        ("errors", _counts(result["errors"])),
+    ]
+    return "\n".join(f"{name:<11} {value}" for name, value in rows)
+
+
+__all__ = ["http_command", "loadtest_command", "parse_duration", "read_requests",
+           "format_batch", "format_loadtest"]

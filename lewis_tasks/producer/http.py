@@ -1,0 +1,238 @@
+"""Submitting HTTP batches and load tests: checked against the caps, then sent as chords.
+
+A request that cannot be fetched (malformed URL, unsupported scheme) is that URL's error
+and the batch goes on; a request that cannot be run at all (too many URLs, a load test over
+a ``loadtest.*`` cap, a target outside the scope) is an InvalidInput before anything is
+enqueued.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery, chord
+from celery.exceptions import ChordError
+from celery.result import AsyncResult
+
+from ..domain.httpclient import is_localhost_alias
+from ..domain.httprequest import HttpRequest, normalise_url
+from ..domain.scope import Scope, parse_ip
+from ..errors import InvalidInput
+from ..infra.config import Settings, get_settings
+from ..tasks.http import PROGRESS_KEY
+from ..tasks.httplimits import (
+    check_batch_size,
+    check_loadtest,
+    chunk_size,
+    loadtest_budget,
+    split,
+    url_budget,
+)
+from .base import _app, _require_broker
+
+
+@dataclass
+class _ChordHandle:
+    """What both handles share: the chord's callback result and its parts' task ids."""
+
+    id: str
+    task_id: str
+    part_ids: list[str]
+    app: Celery
+
+    @property
+    def async_result(self) -> AsyncResult:
+        return AsyncResult(self.task_id, app=self.app)
+
+    def ready(self) -> bool:
+        return bool(self.async_result.ready())
+
+    def wait(self, timeout: float | None = None, interval: float = 0.1) -> dict[str, Any]:
+        """The merged result; a failed part's own error (InvalidInput, OutOfScope…) re-raised."""
+        try:
+            return dict(self.async_result.get(timeout=timeout, interval=interval, propagate=True))
+        except ChordError:
+            for part_id in self.part_ids:
+                part = AsyncResult(part_id, app=self.app)
+                if part.failed() and isinstance(part.result, BaseException):
+                    raise part.result from None
+            raise
+
+
+@dataclass
+class HttpBatchHandle(_ChordHandle):
+    """A submitted batch: ``wait()`` for its summary, ``progress()`` while it runs,
+    ``result()`` for its per-URL rows (from the database)."""
+
+    total: int = 0
+    chunks: int = 0
+
+    def progress(self) -> dict[str, Any]:
+        """total, done, ok, failed and status, as persisted so far."""
+        from ..storage.db import get_engine, session_scope
+        from ..storage.http import get_http_batch
+
+        with session_scope(get_engine()) as session:
+            batch = get_http_batch(session, self.id)
+            if batch is None:  # no chunk has started yet
+                return {"total": self.total, "done": 0, "ok": 0, "failed": 0, "status": "pending"}
+            return {"total": batch.total, "done": batch.done, "ok": batch.ok,
+                    "failed": batch.failed, "status": batch.status}
+
+    def result(self, *, offset: int = 0, limit: int = 1000,
+               failed_only: bool = False) -> list[dict[str, Any]]:
+        """A page of per-URL outcomes in request order (error_class/error set when one failed)."""
+        from ..storage.db import get_engine, session_scope
+        from ..storage.http import get_http_results
+
+        with session_scope(get_engine()) as session:
+            rows = get_http_results(session, self.id, offset=offset, limit=limit,
+                                    failed_only=failed_only)
+            return [{"index": r.idx, "url": r.url, "final_url": r.final_url, "method": r.method,
+                     "status": r.status, "error_class": r.error_class, "error": r.error,
+                     "bytes": r.bytes, "sha256": r.sha256, "truncated": r.truncated,
+                     "timings": r.timings, "redirects": r.redirects, "headers": r.headers}
+                    for r in rows]
+
+
+@dataclass
+class LoadtestHandle(_ChordHandle):
+    """A submitted load test: ``wait()`` for the merged result, ``progress()`` while it runs."""
+
+    workers: int = 1
+    request: dict[str, Any] = field(default_factory=dict)
+
+    def progress(self) -> dict[str, Any]:
+        """Requests, errors and rate summed over the parts that reported (once a second)."""
+        from ..infra.redis_client import get_redis
+
+        raw = get_redis(self.app.conf.broker_url).hgetall(PROGRESS_KEY.format(run=self.id))
+        lines = [json.loads(v) for v in raw.values()]
+        return {"parts": self.workers, "reporting": len(lines),
+                "elapsed_s": max((line["elapsed_s"] for line in lines), default=0.0),
+                "requests": sum(line["requests"] for line in lines),
+                "errors": sum(line["errors"] for line in lines),
+                "rps": round(sum(line["rps"] for line in lines), 1)}
+
+    def result(self) -> dict[str, Any] | None:
+        """The persisted run (status, request, result), or None before it ended."""
+        from ..storage.db import get_engine, session_scope
+        from ..storage.models import Loadtest
+        from ..storage.runs import get_run
+
+        with session_scope(get_engine()) as session:
+            run = get_run(session, Loadtest, self.id)
+            if run is None:
+                return None
+            return {"id": run.id, "status": run.status, "request": run.request,
+                    "result": run.result, "finished_at": run.finished_at}
+
+
+def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest], *,
+                      timeout: float | None = None, app: Celery | None = None) -> HttpBatchHandle:
+    """Fetch every request (a URL, or ``{"url", "method", "headers", "body"}``) on the io
+    workers, in chunks; ``timeout`` is each URL's budget (default and cap: http.timeout)."""
+    app = _app(app)
+    _require_broker(app)
+    settings = get_settings()
+    items = [_wire(i, item) for i, item in enumerate(requests)]
+    check_batch_size(settings, len(items))
+    budget = url_budget(settings, timeout)
+    size = chunk_size(settings, budget)
+    batch_id = uuid.uuid4().hex
+    options = {"timeout": budget, "total": len(items),
+               "request": {"urls": len(items), "timeout": budget, "chunk_size": size}}
+    header = [app.signature("lewis.http.fetch_chunk",
+                            args=(batch_id, start, items[start:start + size], options),
+                            task_id=uuid.uuid4().hex)
+              for start in range(0, len(items), size)]
+    callback = app.signature("lewis.http.merge", kwargs={"batch_id": batch_id})
+    callback.link_error(app.signature("lewis.http.abort",
+                                      kwargs={"kind": "batch", "run_id": batch_id}))
+    result = chord(header, app=app)(callback)
+    return HttpBatchHandle(batch_id, result.id, [s.id for s in header], app,
+                           total=len(items), chunks=len(header))
+
+
+def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None,
+                    requests: int | None = None, rate: float | None = None, workers: int = 1,
+                    method: str = "GET", app: Celery | None = None) -> LoadtestHandle:
+    """Load ``url`` from ``workers`` io processes at once: ``concurrency``, ``requests`` and
+    ``rate`` are totals, split between them; ``duration`` in seconds. Closed loop without
+    ``rate``, open loop (latency from the intended send time) with it."""
+    app = _app(app)
+    _require_broker(app)
+    settings = get_settings()
+    method = str(method).upper()
+    check_loadtest(settings, concurrency=concurrency, duration=duration, requests=requests,
+                   rate=rate, workers=workers, method=method)
+    target = str(normalise_url(url))
+    _check_scope(settings, target)
+    run_id = uuid.uuid4().hex
+    request = {"url": target, "method": method, "concurrency": concurrency,
+               "duration": duration, "requests": requests, "rate": rate, "workers": workers}
+    soft, hard = loadtest_budget(settings).time_limits(duration)
+    shares = split(concurrency, workers)
+    counts = split(requests, workers) if requests is not None else [None] * workers
+    header = []
+    for part in range(workers):
+        spec = {"url": target, "method": method, "concurrency": shares[part],
+                "duration": duration, "requests": counts[part],
+                "rate": None if rate is None else rate / workers}
+        header.append(app.signature("lewis.http.loadtest_part",
+                                    args=(run_id, part, workers, spec), task_id=uuid.uuid4().hex,
+                                    soft_time_limit=soft, time_limit=hard))
+    callback = app.signature("lewis.http.loadtest_merge",
+                             kwargs={"run_id": run_id, "request": request})
+    callback.link_error(app.signature("lewis.http.abort",
+                                      kwargs={"kind": "loadtest", "run_id": run_id}))
+    result = chord(header, app=app)(callback)
+    return LoadtestHandle(run_id, result.id, [s.id for s in header], app, workers=workers,
+                          request=request)
+
+
+def _wire(index: int, item: Any) -> Any:
+    """A request as JSON for the message; bad URLs pass through to become per-URL errors."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, HttpRequest):
+        item = {"url": item.url, "method": item.method, "headers": dict(item.headers),
+                "body": item.body}
+    if isinstance(item, Mapping):
+        wired = dict(item)
+        body = wired.get("body")
+        if isinstance(body, bytes | bytearray):
+            try:
+                wired["body"] = bytes(body).decode()
+            except UnicodeDecodeError:
+                raise InvalidInput(f"request {index}: the body is not UTF-8 text") from None
+        if wired.get("headers") is not None and isinstance(wired["headers"], Mapping):
+            wired["headers"] = {str(k): str(v) for k, v in wired["headers"].items()}
+        try:
+            json.dumps(wired)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"request {index} is not plain data (URL, method, headers, "
+                               "body as text)") from None
+        return wired
+    return str(item)
+
+
+def _check_scope(settings: Settings, url: str) -> None:
+    """OutOfScope now for a target whose address is plain to see (an IP literal or a
+    localhost alias); names are checked at connect time by the worker's session anyway."""
+    from yarl import URL
+
+    host = URL(url).raw_host or ""
+    scope = Scope.from_allow(settings.scope.allow)
+    if parse_ip(host) is not None:
+        scope.check_address(host)
+    elif is_localhost_alias(host):
+        for addr in ("127.0.0.1", "::1"):
+            scope.check_address(addr, via="localhost")
+
+
+__all__ = ["submit_http_batch", "submit_loadtest", "HttpBatchHandle", "LoadtestHandle"]

@@ -1,0 +1,132 @@
+"""How long HTTP work may take, and the caps it is checked against before anything is enqueued.
+
+Both sides need the same numbers: the producer to cut a batch into chunks and refuse an
+over-cap load test, the tasks to bound their own run. Redis has no real acks, so every time
+limit here stays below ``broker.visibility_timeout`` (the worker refuses to start otherwise);
+a load test longer than that leaves room for is refused with the reason named.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..domain.loadgen import LOAD_METHODS
+from ..errors import InvalidInput
+from ..infra.config import Settings
+
+BARRIER_LEAD = 0.5  # seconds between the last part arriving and the common start
+DRAIN = 2.0  # loadgen gives in-flight requests this long after the deadline
+SLACK = 5.0  # start-up, session, persisting and returning, beyond the work itself
+HARD_GAP = 5.0  # hard time limit after the soft one
+FLUSH_TICK = 0.2  # a URL overruns its budget by at most the fetcher's watchdog tick (0.1 s)
+
+
+def url_budget(settings: Settings, timeout: float | None = None) -> float:
+    """Seconds one URL may take (every hop and retry): ``timeout`` or ``http.timeout``."""
+    budget = settings.http.timeout if timeout is None else float(timeout)
+    if not 0 < budget <= settings.http.timeout:
+        raise InvalidInput(f"timeout {budget:g}s is outside (0, {settings.http.timeout:g}s] "
+                           "(http.timeout)")
+    return min(budget, chunk_seconds(settings))
+
+
+def chunk_seconds(settings: Settings) -> float:
+    """How long one chunk task may fetch: its soft time limit less the slack to persist."""
+    return max(1.0, settings.tasks.soft_time_limit - SLACK)
+
+
+def chunk_size(settings: Settings, budget: float) -> int:
+    """URLs per chunk: ``http.chunk_size``, fewer if a chunk of URLs that all stall (each
+    using its whole ``budget``, ``network.max_connections`` at a time) would outrun the
+    chunk's time limit."""
+    waves = max(1, math.floor(chunk_seconds(settings) / (budget + FLUSH_TICK)))
+    return max(1, min(settings.http.chunk_size, settings.network.max_connections * waves))
+
+
+def check_batch_size(settings: Settings, count: int) -> None:
+    """InvalidInput unless 1 ≤ ``count`` ≤ ``http.max_urls``."""
+    if count < 1:
+        raise InvalidInput("an HTTP batch needs at least one URL")
+    if count > settings.http.max_urls:
+        raise InvalidInput(f"{count} URLs is over the cap http.max_urls={settings.http.max_urls}")
+
+
+@dataclass(frozen=True)
+class LoadtestBudget:
+    """Seconds a load-test part may spend: barrier, the run, its drain and the slack."""
+
+    barrier: float
+    max_duration: float  # the longest run allowed: loadtest.max_duration or the broker's room
+
+    def time_limits(self, duration: float | None) -> tuple[float, float]:
+        """(soft, hard) time limit of a part running ``duration`` s (None: up to the maximum)."""
+        run = self.max_duration if duration is None else min(duration, self.max_duration)
+        soft = self.barrier + BARRIER_LEAD + run + DRAIN + SLACK
+        return soft, soft + HARD_GAP
+
+
+def loadtest_budget(settings: Settings) -> LoadtestBudget:
+    """The budget of a part under ``settings``; the hard limit of the longest run stays a
+    second below ``broker.visibility_timeout``."""
+    barrier = settings.loadtest.barrier_timeout
+    room = (settings.broker.visibility_timeout - 1 - HARD_GAP - SLACK - DRAIN - BARRIER_LEAD
+            - barrier)
+    return LoadtestBudget(barrier, min(settings.loadtest.max_duration, room))
+
+
+def check_loadtest(settings: Settings, *, concurrency: int, duration: float | None,
+                   requests: int | None, rate: float | None, workers: int, method: str) -> None:
+    """InvalidInput naming the cap (a ``loadtest.*`` setting) or the parameter that is off."""
+    lt = settings.loadtest
+    for name, value in (("concurrency", concurrency), ("workers", workers), ("requests", requests)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidInput(f"{name} must be a whole number, not {value!r}")
+    for name, number in (("duration", duration), ("rate", rate)):
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)
+                                   or not math.isfinite(number)):
+            raise InvalidInput(f"{name} must be a number of {'seconds' if name == 'duration' else 'requests/s'}, "
+                               f"not {number!r}")
+    if method.upper() not in LOAD_METHODS:
+        raise InvalidInput(f"method {method!r} is not one of {', '.join(sorted(LOAD_METHODS))}")
+    if workers < 1 or workers > lt.max_workers:
+        raise InvalidInput(f"workers {workers} is outside 1..{lt.max_workers} (loadtest.max_workers)")
+    if concurrency < 1 or concurrency > lt.max_concurrency:
+        raise InvalidInput(f"concurrency {concurrency} is outside 1..{lt.max_concurrency} "
+                           "(loadtest.max_concurrency)")
+    if concurrency < workers:
+        raise InvalidInput(f"concurrency {concurrency} cannot be split over {workers} workers "
+                           "(each needs at least 1)")
+    if duration is None and requests is None:
+        raise InvalidInput("give a duration or a number of requests")
+    budget = loadtest_budget(settings)
+    if duration is not None:
+        if duration <= 0 or duration > lt.max_duration:
+            raise InvalidInput(f"duration {duration:g}s is outside (0, {lt.max_duration:g}s] "
+                               "(loadtest.max_duration)")
+        if duration > budget.max_duration:
+            raise InvalidInput(
+                f"duration {duration:g}s does not fit: broker.visibility_timeout="
+                f"{settings.broker.visibility_timeout}s leaves {max(0.0, budget.max_duration):g}s "
+                f"for a run after the start barrier (loadtest.barrier_timeout={budget.barrier:g}s)")
+    elif budget.max_duration <= 0:
+        raise InvalidInput(f"no load test fits in broker.visibility_timeout="
+                           f"{settings.broker.visibility_timeout}s")
+    if requests is not None:
+        if requests < 1 or requests > lt.max_requests:
+            raise InvalidInput(f"requests {requests} is outside 1..{lt.max_requests} "
+                               "(loadtest.max_requests)")
+        if requests < workers:
+            raise InvalidInput(f"requests {requests} cannot be split over {workers} workers")
+    if rate is not None and (rate <= 0 or rate > lt.max_rate):
+        raise InvalidInput(f"rate {rate:g}/s is outside (0, {lt.max_rate}/s] (loadtest.max_rate)")
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` cut into ``parts`` whole shares that differ by at most one."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+__all__ = ["url_budget", "chunk_seconds", "chunk_size", "check_batch_size", "LoadtestBudget",
+           "loadtest_budget", "check_loadtest", "split", "BARRIER_LEAD", "DRAIN"]

@@ -1,0 +1,265 @@
+"""HTTP batches and load tests end to end: producer → embedded worker → loopback servers → DB.
+
+The scope tests narrow the allowlist to 127.0.0.2/32, so a server on 127.0.0.1 sits outside
+it: every spelling of it, and every redirect to it, must be refused per URL while the rest of
+the batch goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lewis_tasks.domain.histogram import LatencyHistogram
+from lewis_tasks.errors import InvalidInput, OutOfScope
+from lewis_tasks.infra import aio, config
+from lewis_tasks.producer.base import submit
+from lewis_tasks.producer.http import submit_http_batch, submit_loadtest
+from tests.support.httpservers import RunningServer, ServerThread, free_port, serving, sha256_of
+
+WAIT = 60
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[ServerThread]:
+    with serving() as thread:
+        thread.start("app", "127.0.0.1")  # outside the narrowed scope
+        thread.start("app", "127.0.0.2")  # inside it
+        thread.start("stall", "127.0.0.1")
+        yield thread
+
+
+def outside(servers: ServerThread) -> RunningServer:
+    return servers.servers[0]
+
+
+def inside(servers: ServerThread) -> RunningServer:
+    return servers.servers[1]
+
+
+def stall(servers: ServerThread) -> RunningServer:
+    return servers.servers[2]
+
+
+@pytest.fixture
+def swap_settings(lewis_settings: Any) -> Iterator[Any]:
+    """Change sections of the process settings for one test (the embedded worker reads them
+    too); the io loop's session is rebuilt so it takes a new scope."""
+    def swap(section: str, **changes: Any) -> Any:
+        settings = config.replace_section(config.get_settings(), section, **changes)
+        config.set_settings(settings)
+        aio.shutdown()
+        return settings
+
+    try:
+        yield swap
+    finally:
+        config.set_settings(lewis_settings)
+        aio.shutdown()
+
+
+def test_a_batch_gives_each_url_its_outcome_persisted_once(celery_worker: Any,
+                                                           servers: ServerThread) -> None:
+    base = inside(servers).url
+    urls = [f"{base}/bytes/512", f"{base}/status/404", f"{base}/redirect/2",
+            f"http://127.0.0.2:{free_port('127.0.0.2')}/", "ftp://127.0.0.2/file", "not a url",
+            {"url": f"{base}/echo", "method": "POST", "body": "hi"}]
+    # When the batch runs
+    handle = submit_http_batch(urls)
+    summary = handle.wait(timeout=WAIT)
+    # Then every URL has its outcome, in order, and the batch counts them once
+    assert (summary["total"], summary["done"], summary["ok"], summary["failed"]) == (7, 7, 4, 3)
+    assert summary["statuses"] == {"200": 3, "404": 1}
+    assert summary["errors"] == {"connection_refused": 1, "invalid_url": 2}
+    rows = handle.result()
+    assert [r["index"] for r in rows] == list(range(7))
+    assert (rows[0]["status"], rows[0]["bytes"], rows[0]["sha256"]) == (200, 512, sha256_of(512))
+    assert rows[1]["status"] == 404 and rows[1]["error_class"] is None
+    assert len(rows[2]["redirects"]) == 2 and rows[2]["final_url"].endswith("/redirect/0")
+    assert [r["error_class"] for r in rows[3:6]] == ["connection_refused", "invalid_url",
+                                                     "invalid_url"]
+    assert "ftp" in rows[4]["error"]
+    assert rows[6]["status"] == 200 and rows[6]["method"] == "POST"
+    assert handle.progress() == {"total": 7, "done": 7, "ok": 4, "failed": 3, "status": "done"}
+
+    # When a chunk is delivered again, and the merge runs again
+    again = submit("lewis.http.fetch_chunk",
+                   args=[handle.id, 0, urls, {"total": 7}]).wait(timeout=WAIT)
+    merged = submit("lewis.http.merge", args=[[again]],
+                    kwargs={"batch_id": handle.id}).wait(timeout=WAIT)
+    # Then no row is stored twice and the counters stand
+    assert again["new"] == 0 and again["count"] == 7
+    assert handle.progress()["done"] == 7 and len(handle.result()) == 7
+    assert {k: merged[k] for k in ("total", "done", "ok", "failed", "statuses", "errors")} == \
+        {k: summary[k] for k in ("total", "done", "ok", "failed", "statuses", "errors")}
+
+
+def test_a_stalling_server_times_out_within_its_budget_while_progress_moves(
+        celery_worker: Any, servers: ServerThread) -> None:
+    fast = [f"{inside(servers).url}/bytes/{n}" for n in range(10)]
+    stuck = [f"{stall(servers).url}/never", f"{stall(servers).url}/again"]
+    # Given a batch where two URLs hit a server that accepts and never answers
+    handle = submit_http_batch(fast + stuck, timeout=3)
+    # Then the answered URLs show in the progress before the stalled ones give up
+    seen = []
+    while not handle.ready():
+        seen.append(handle.progress())
+    assert any(10 <= p["done"] < 12 for p in seen), seen[-3:]
+    summary = handle.wait(timeout=WAIT)
+    assert summary["errors"] == {"timeout": 2} and summary["ok"] == 10
+    rows = handle.result(failed_only=True)
+    assert [r["index"] for r in rows] == [10, 11]
+    assert all(r["timings"]["total_ms"] >= 3000 for r in rows)  # the budget, not sooner
+    assert all("3 s" in r["error"] for r in rows)
+    # And the worker stays healthy: the next batch is served
+    assert submit_http_batch(fast[:2]).wait(timeout=WAIT)["ok"] == 2
+
+
+SPELLINGS = ["127.0.0.1", "2130706433", "0x7f000001", "0x7f.1", "[::ffff:127.0.0.1]",
+             "localhost", "LOCALHOST."]
+
+
+def test_out_of_scope_urls_are_refused_one_by_one_and_the_batch_goes_on(
+        celery_worker: Any, servers: ServerThread, swap_settings: Any) -> None:
+    # Given a scope that only allows 127.0.0.2, and a server on 127.0.0.1
+    swap_settings("scope", allow=("127.0.0.2/32",))
+    target = outside(servers)
+    before = sum(target.hits.values())
+    spelled = [f"http://{host}:{target.port}/" for host in SPELLINGS]
+    via_redirect = [f"{inside(servers).url}/to?url=http://127.0.0.1:{target.port}/",
+                    f"{inside(servers).url}/to?url=http://2130706433:{target.port}/&code=307"]
+    # When a batch mixes them with an allowed URL
+    handle = submit_http_batch([f"{inside(servers).url}/", *spelled, *via_redirect])
+    summary = handle.wait(timeout=WAIT)
+    # Then the allowed URL is fetched, every other is refused, and 127.0.0.1 sees nothing
+    rows = handle.result()
+    assert rows[0]["status"] == 200
+    refused = rows[1:]
+    assert [r["error_class"] for r in refused] == ["out_of_scope"] * len(refused), \
+        [(r["url"], r["error"]) for r in refused]
+    assert all(len(r["redirects"]) == 1 for r in refused[-2:])
+    assert summary["ok"] == 1 and summary["failed"] == len(refused)
+    assert sum(target.hits.values()) == before
+
+
+def test_an_over_cap_batch_is_refused_before_anything_is_enqueued(
+        lewis_settings: Any, worker_redis: Any, swap_settings: Any) -> None:
+    swap_settings("http", max_urls=5)
+    queued = worker_redis.llen("io")
+    with pytest.raises(InvalidInput, match=r"http\.max_urls=5"):
+        submit_http_batch([f"http://127.0.0.1:1/{i}" for i in range(6)])
+    with pytest.raises(InvalidInput, match="at least one URL"):
+        submit_http_batch([])
+    with pytest.raises(InvalidInput, match=r"http\.timeout"):
+        submit_http_batch(["http://127.0.0.1:1/"], timeout=10_000)
+    assert worker_redis.llen("io") == queued
+
+
+@pytest.mark.parametrize(("options", "cap"), [
+    ({"concurrency": 10**6, "duration": 1}, "loadtest.max_concurrency"),
+    ({"concurrency": 1, "duration": 10**6}, "loadtest.max_duration"),
+    ({"concurrency": 1, "duration": 1, "rate": 10**9}, "loadtest.max_rate"),
+    ({"concurrency": 1, "requests": 10**9}, "loadtest.max_requests"),
+    ({"concurrency": 100, "duration": 1, "workers": 99}, "loadtest.max_workers"),
+    ({"concurrency": 1, "duration": 50}, "broker.visibility_timeout"),  # 60 s in tests
+    ({"concurrency": 1}, "a duration or a number of requests"),
+    ({"concurrency": 1, "duration": 1, "workers": 2}, "cannot be split over 2 workers"),
+])
+def test_an_over_cap_load_test_is_refused_naming_the_cap(
+        lewis_settings: Any, worker_redis: Any, options: dict[str, Any], cap: str) -> None:
+    queued = worker_redis.llen("io")
+    with pytest.raises(InvalidInput, match=cap.replace(".", r"\.")):
+        submit_loadtest("http://127.0.0.1:1/", **options)
+    assert worker_redis.llen("io") == queued
+
+
+def test_a_load_test_target_outside_the_scope_is_refused_before_enqueue(
+        lewis_settings: Any, swap_settings: Any) -> None:
+    swap_settings("scope", allow=("127.0.0.2/32",))
+    for url in ("http://127.0.0.1:8080/", "http://0x7f000001:8080/", "http://localhost:8080/"):
+        with pytest.raises(OutOfScope):
+            submit_loadtest(url, concurrency=1, duration=1)
+    with pytest.raises(InvalidInput, match="only http"):
+        submit_loadtest("gopher://127.0.0.2/", concurrency=1, duration=1)
+
+
+def test_a_two_part_load_test_merges_its_histograms_exactly(
+        celery_worker: Any, servers: ServerThread) -> None:
+    # Given a server that answers after 20 ms, loaded by 2 parts of 2 connections each
+    handle = submit_loadtest(f"{inside(servers).url}/delay/20", concurrency=4, requests=60,
+                             workers=2)
+    result = handle.wait(timeout=WAIT)
+    parts = [submit_result(part_id) for part_id in handle.part_ids]
+    # Then the merge holds every request of every part, bucket for bucket
+    assert [p["requests"] for p in parts] == [30, 30]
+    assert result["requests"] == 60 == result["latency_ms"]["count"]
+    assert result["status_counts"] == {"200": 60} and result["errors"] == {}
+    merged = LatencyHistogram.merged(LatencyHistogram.from_dict(p["histogram"]) for p in parts)
+    assert LatencyHistogram.from_dict(result["histogram"]) == merged
+    assert result["parts"] == 2 and result["concurrency"] == 4
+    # And the latencies are sane: none below the server's own delay, ordered percentiles
+    lat = result["latency_ms"]
+    assert 20 <= lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    # And the run is stored once: merging again returns what was stored
+    stored = handle.result()
+    assert stored is not None and stored["status"] == "done"
+    assert stored["result"]["requests"] == 60
+    again = submit("lewis.http.loadtest_merge", args=[parts],
+                   kwargs={"run_id": handle.id, "request": {}}).wait(timeout=WAIT)
+    assert again == stored["result"]
+
+
+def submit_result(task_id: str) -> dict[str, Any]:
+    from celery.result import AsyncResult
+
+    from lewis_tasks.infra.celery_app import app
+
+    return dict(AsyncResult(task_id, app=app).get(timeout=WAIT))
+
+
+def test_a_failed_chunk_marks_the_batch_failed(celery_worker: Any, lewis_settings: Any) -> None:
+    from celery import chord
+
+    from lewis_tasks.infra.celery_app import app
+    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.http import get_http_batch, save_http_batch
+
+    with session_scope(get_engine()) as session:
+        save_http_batch(session, "doomed", total=1)
+    # Given a chord whose only chunk is malformed (start is not an index)
+    callback = app.signature("lewis.http.merge", kwargs={"batch_id": "doomed"})
+    callback.link_error(app.signature("lewis.http.abort",
+                                      kwargs={"kind": "batch", "run_id": "doomed"}))
+    result = chord([app.signature("lewis.http.fetch_chunk",
+                                  args=("doomed", -1, ["http://127.0.0.1:1/"], {}))])(callback)
+    with pytest.raises(Exception, match="start must be an index"):
+        result.get(timeout=WAIT)
+    # Then the errback records the batch as failed, with the reason
+    from tests.support.procs import wait_for
+
+    def failed() -> bool:
+        with session_scope(get_engine()) as session:
+            batch = get_http_batch(session, "doomed")
+            return batch is not None and batch.status == "failed"
+
+    wait_for(failed, WAIT, what="the batch to be marked failed")
+    with session_scope(get_engine()) as session:
+        batch = get_http_batch(session, "doomed")
+        assert batch is not None and "start must be an index" in batch.summary["error"]
+
+
+def test_chunks_and_parts_fit_their_time_limits(lewis_settings: Any) -> None:
+    from lewis_tasks.tasks.httplimits import chunk_seconds, chunk_size, loadtest_budget
+
+    # A chunk whose URLs all stall, max_connections at a time, ends within its time limit
+    per_wave = lewis_settings.network.max_connections
+    for budget in (0.5, 3.0, 10.0, 25.0):
+        size = chunk_size(lewis_settings, budget)
+        waves = -(-size // per_wave)
+        assert size >= 1 and (waves == 1 or waves * (budget + 0.1) <= chunk_seconds(lewis_settings))
+    assert chunk_size(lewis_settings, 0.01) == lewis_settings.http.chunk_size
+    # The longest load test part ends before the broker would hand it to another worker
+    soft, hard = loadtest_budget(lewis_settings).time_limits(None)
+    assert soft < hard < lewis_settings.broker.visibility_timeout
