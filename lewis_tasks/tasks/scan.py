@@ -1,1 +1,412 @@
-"""Tasks of the scan area (filled in by its issue)."""
+"""Scan tasks: ``lewis.scan.chunk`` (io) scans one host × port range; ``lewis.scan.merge`` (cpu,
+the chord's callback) turns every chunk's open ports into ranked findings; ``lewis.scan.fail``
+(the callback's errback) marks a scan whose chord failed.
+
+Idempotent throughout: a chunk already recorded is not scanned again (a redelivery returns at
+once), :func:`~lewis_tasks.storage.scans.record_chunk` moves the counters once, and the merge
+upserts findings keyed (scan, host, port, title) with titles that depend on the service only,
+so a second merge writes nothing. Progress inside a running chunk is published to a Redis hash
+(``LIVE_KEY``) for :meth:`~lewis_tasks.producer.scan.ScanHandle.progress`; the database holds
+the counters of finished chunks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import resource
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from ..domain.findings import LEVELS, Finding, level_rank
+from ..domain.portscan import ScanProgress
+from ..domain.scanjob import ChunkOutcome, OpenPort, assess_ports, max_chunk_ports, run_chunk
+from ..domain.scope import Scope
+from ..domain.services import ServiceInfo
+from ..domain.targets import ScanChunk, Target, resolve_hosts_async
+from ..domain.vulns import CveRecord, cpe_products
+from ..errors import InvalidInput, TransientError
+from ..infra import aio
+from ..infra.cache import cached, get_cache, key_part
+from ..infra.celery_app import app
+from ..infra.config import Settings, get_settings
+from ..infra.redis_client import get_redis
+from ..infra.task import LewisTask
+
+log = logging.getLogger(__name__)
+
+# Shares of tasks.soft_time_limit. Chunks are sized so their worst-case port scan takes at
+# most SCAN_SHARE of it; scan plus identification must end by WORK_SHARE (identification is
+# cut short there); the rest is for resolving, the database and the broker.
+SCAN_SHARE = 0.5
+WORK_SHARE = 0.8
+LIVE_KEY = "lewis:scan:{scan_id}:live"  # hash: chunk index → "ports done,open so far"
+LIVE_TTL = 86400
+PROGRESS_INTERVAL = 0.5
+FILTERED_LISTED = 1000  # filtered ports listed per chunk result (the count is always kept)
+VULN_CACHE_TTL = 3600
+
+
+# ---------------------------------------------------------------- sizing (also the producer's)
+
+
+def io_slots(settings: Settings) -> int:
+    """How many chunk tasks one io worker process may run at once."""
+    w = settings.workers
+    if w.io_pool == "threads":
+        return max(1, w.io_concurrency or settings.performance.thread_pool_size)
+    return 1  # prefork: each child is a process of its own; solo: one at a time
+
+
+def chunk_ports_for(settings: Settings, rate: float | None) -> int:
+    """Ports per chunk: ``scan.chunk_ports``, less if the worst case would outlive the budget.
+
+    The worst case assumes every slot of the io process scans at once (each then gets its
+    share of ``scan.concurrency``) and every port is filtered.
+    """
+    s = settings.scan
+    share = max(1, s.concurrency // io_slots(settings))
+    fits = max_chunk_ports(settings.tasks.soft_time_limit * SCAN_SHARE, concurrency=share,
+                           timeout=s.timeout, retries=s.retries, rate=rate)
+    return max(1, min(s.chunk_ports, fits))
+
+
+# ---------------------------------------------------------------- per-process resources
+
+_state_lock = threading.Lock()
+_state: dict[str, Any] = {"pid": None}
+
+
+def _process_state() -> dict[str, Any]:
+    """This process's scan executor, progress publisher and running-chunk count (fork-safe)."""
+    with _state_lock:
+        if _state["pid"] != os.getpid():
+            slots = io_slots(get_settings())
+            _state.update(pid=os.getpid(), active=0, fd_raised=False,
+                          executor=ThreadPoolExecutor(slots + 1, thread_name_prefix="lewis-scan"),
+                          publisher=ThreadPoolExecutor(1, thread_name_prefix="lewis-progress"))
+        return _state
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Lift this process's soft RLIMIT_NOFILE to the hard limit (the scanner keeps its in-flight
+    connects under the free descriptors − 64, so the soft limit bounds its speed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:  # e.g. above fs.nr_open: keep what we have
+            log.warning("could not raise RLIMIT_NOFILE from %d to %d: %s", soft, target, exc)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+@contextmanager
+def _running_chunk() -> Iterator[int]:
+    """Count this chunk among the process's running ones; yields how many run now."""
+    state = _process_state()
+    with _state_lock:
+        if not state["fd_raised"]:
+            raise_fd_limit()
+            state["fd_raised"] = True
+        state["active"] += 1
+        running = state["active"]
+    try:
+        yield running
+    finally:
+        with _state_lock:
+            state["active"] -= 1
+
+
+# ---------------------------------------------------------------- lewis.scan.chunk
+
+
+@app.task(name="lewis.scan.chunk", bind=True)
+def chunk(self: LewisTask, scan_id: str, index: int, chunk: Mapping[str, Any],
+          options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Scan one chunk (a host and its port range), identify its services, record it once."""
+    from ..storage import scans
+    from ..storage.db import get_engine, session_scope
+
+    part, rate, identify = _chunk_input(scan_id, index, chunk, options or {})
+    with session_scope(get_engine()) as session:
+        if scans.get_scan(session, scan_id) is None:
+            raise InvalidInput(f"scan {scan_id!r}: no such scan (submit it with submit_scan)")
+        if index not in scans.pending_chunks(session, scan_id):
+            return {"scan_id": scan_id, "chunk": index, "recorded": False}  # a redelivery
+    settings = get_settings()
+    outcome = _scan(scan_id, index, part, rate, identify, settings)
+    result = _chunk_result(part, outcome)
+    with session_scope(get_engine()) as session:
+        recorded = scans.record_chunk(session, scan_id, index, result,
+                                      ports_scanned=part.port_count,
+                                      open_ports=_port_rows(part, outcome),
+                                      task_id=self.request.id, host=part.address)
+    _forget_live(scan_id, index)
+    return {"scan_id": scan_id, "chunk": index, "recorded": recorded,
+            "address": part.address, "open": result["open"], "filtered": result["filtered"]}
+
+
+def _chunk_input(scan_id: Any, index: Any, chunk: Any,
+                 options: Mapping[str, Any]) -> tuple[ScanChunk, float | None, bool]:
+    if not isinstance(scan_id, str) or not scan_id:
+        raise InvalidInput(f"scan id must be a non-empty string, got {scan_id!r}")
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise InvalidInput(f"chunk index must be an integer ≥ 0, got {index!r}")
+    if not isinstance(chunk, Mapping) or "address" not in chunk or "ports" not in chunk:
+        raise InvalidInput(f"chunk must be a mapping with address and ports, got {chunk!r}")
+    part = ScanChunk.from_dict(dict(chunk))  # parse_ports names a bad spec
+    rate = options.get("rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                             or rate <= 0):
+        raise InvalidInput(f"rate must be a number of connections per second > 0, got {rate!r}")
+    return part, (float(rate) if rate is not None else None), bool(options.get("services", True))
+
+
+def _scan(scan_id: str, index: int, part: ScanChunk, rate: float | None, identify: bool,
+          settings: Settings) -> ChunkOutcome:
+    s = settings.scan
+    scope = Scope.from_allow(settings.scope.allow)
+    soft = settings.tasks.soft_time_limit
+    deadline = time.monotonic() + soft * WORK_SHARE
+    limiter = None
+    if rate:
+        from ..infra.ratelimit import RedisTokenBucket
+
+        limiter = RedisTokenBucket(get_redis(), rate).for_host(part.address)
+    state = _process_state()
+    publish = _live_publisher(scan_id, index, state["publisher"])
+    with _running_chunk() as running:
+        try:
+            return aio.run(_resolve_and_run(part, scope, deadline, settings, limiter, identify,
+                                            max(64, s.concurrency // running), publish,
+                                            state["executor"]),
+                           timeout=soft * (WORK_SHARE + 1) / 2)
+        except FutureTimeout:
+            raise TransientError(f"scan chunk {index} of {part.address}: still running after "
+                                 f"{soft * (WORK_SHARE + 1) / 2:.0f} s; stopped") from None
+
+
+async def _resolve_and_run(part: ScanChunk, scope: Scope, deadline: float, settings: Settings,
+                           limiter: Any, identify: bool, concurrency: int, publish: Any,
+                           executor: ThreadPoolExecutor) -> ChunkOutcome:
+    # Checked again here, on the worker's own scope: the producer's may differ, and a name may
+    # have moved since it was resolved. The scan then connects to the checked address only.
+    if part.hostname is not None:
+        await resolve_hosts_async([Target(part.hostname, hostname=part.hostname)], scope)
+    checked = scope.check_address(part.address, via=part.hostname)
+    only = Scope((ipaddress.ip_network(checked),), ())
+    s = settings.scan
+    return await run_chunk(str(checked), part.port_list(), scope=only, deadline=deadline,
+                           concurrency=concurrency, timeout=s.timeout, retries=s.retries,
+                           limiter=limiter, identify=identify, banner_timeout=s.banner_timeout,
+                           identify_concurrency=s.identify_concurrency, on_progress=publish,
+                           progress_interval=PROGRESS_INTERVAL, executor=executor)
+
+
+def _chunk_result(part: ScanChunk, outcome: ChunkOutcome) -> dict[str, Any]:
+    scan = outcome.scan
+    return {"address": part.address, "hostname": part.hostname, "ports": part.ports,
+            "ports_total": scan.ports_total, "open": list(scan.open),
+            "filtered": len(scan.filtered), "filtered_ports": list(scan.filtered[:FILTERED_LISTED]),
+            "closed": scan.closed_count, "retried": scan.retried,
+            "self_connects": scan.self_connects, "unidentified": list(outcome.unidentified),
+            "seconds": round(outcome.seconds, 3)}
+
+
+def _port_rows(part: ScanChunk, outcome: ChunkOutcome) -> list[dict[str, Any]]:
+    named = {s.port: s for s in outcome.services}
+    rows = []
+    for port in outcome.scan.open:
+        info = named.get(port) or ServiceInfo(port, "unknown", probe="not identified")
+        rows.append({"host": part.address, "port": port, "state": "open", "service": info.name,
+                     "product": info.product, "version": info.version, "banner": info.banner,
+                     "detail": {"probe": info.probe, "extra": dict(info.extra),
+                                "hostname": part.hostname}})
+    return rows
+
+
+def _live_publisher(scan_id: str, index: int, publisher: ThreadPoolExecutor) -> Any:
+    key = LIVE_KEY.format(scan_id=scan_id)
+
+    def write(progress: ScanProgress) -> None:
+        try:
+            pipe = get_redis().pipeline(transaction=False)
+            pipe.hset(key, str(index), f"{progress.done},{progress.open}")
+            pipe.expire(key, LIVE_TTL)
+            pipe.execute()
+        except redis.RedisError as exc:  # progress is a nicety; the scan goes on without it
+            log.debug("live progress of scan %s not published: %s", scan_id, exc)
+
+    def publish(progress: ScanProgress) -> None:  # on the event loop: hand the write off
+        publisher.submit(write, progress)
+
+    return publish
+
+
+def _forget_live(scan_id: str, index: int) -> None:
+    try:
+        get_redis().hdel(LIVE_KEY.format(scan_id=scan_id), str(index))
+    except redis.RedisError as exc:
+        log.debug("live progress of scan %s not cleared: %s", scan_id, exc)
+
+
+# ---------------------------------------------------------------- vulnerability lookups
+
+
+@cached(ttl=VULN_CACHE_TTL, local=True,
+        key=lambda cpe: get_cache().make_key("vulns:cpe", key_part(cpe)))
+def _records_for_cpe(cpe: str) -> list[dict[str, Any]]:
+    from ..storage import vulns
+    from ..storage.db import get_engine, session_scope
+
+    vendor, _, product = cpe.partition(":")
+    with session_scope(get_engine()) as session:
+        return [r.to_dict() for r in vulns.cve_records_for(session, vendor, product)]
+
+
+def cve_records(product: str | None) -> list[CveRecord]:
+    """Candidate CVEs of an identified product: this process's LRU, then the Redis cache, then
+    the database (the guide's cached_vulnerability_lookup). A Redis outage only costs lookups."""
+    records: dict[str, CveRecord] = {}
+    for cpe in cpe_products(product):
+        for data in _records_for_cpe(cpe):
+            record = CveRecord.from_dict(data)
+            records.setdefault(record.cve_id, record)
+    return list(records.values())
+
+
+def invalidate_vulnerability_cache() -> int:
+    """Drop cached CVE lookups (after an import); other processes' LRUs expire within seconds."""
+    return get_cache().invalidate("vulns:*")
+
+
+# ---------------------------------------------------------------- lewis.scan.merge / fail
+
+
+@app.task(name="lewis.scan.merge")
+def merge(_header_results: Any = None, scan_id: str = "") -> dict[str, Any]:
+    """Chord callback: findings from every recorded chunk, persisted once; the scan is done."""
+    from ..storage import scans, targets
+    from ..storage.db import get_engine, session_scope
+
+    if not isinstance(scan_id, str) or not scan_id:
+        raise InvalidInput(f"scan id must be a non-empty string, got {scan_id!r}")
+    with session_scope(get_engine()) as session:
+        scan = scans.get_scan(session, scan_id)
+        if scan is None:
+            raise InvalidInput(f"scan {scan_id!r}: no such scan")
+        missing = scans.pending_chunks(session, scan_id)
+        if missing:
+            raise TransientError(f"scan {scan_id}: {len(missing)} chunks not recorded yet "
+                                 f"(first: {missing[0]})")
+        ports = [OpenPort(row.host, _service(row), (row.detail or {}).get("hostname"))
+                 for row in scans.list_scan_ports(session, scan_id)]
+        chunk_results = _chunk_results(session, scan_id)
+        request, first = scan.request or {}, scan.status != "done"
+    findings = assess_ports(ports, cve_records)  # lookups outside the transaction
+    summary = _summary(chunk_results, ports, findings)
+    with session_scope(get_engine()) as session:
+        scans.upsert_findings(session, scan_id, [_finding_row(f) for f in findings])
+        scans.set_scan_status(session, scan_id, "done", summary=summary)
+        done = scans.get_scan(session, scan_id)
+        values = [t["value"] for t in request.get("target_rows") or ()]
+        # only the first merge stamps the targets: a re-merge must not move last_scanned back
+        if first and values and done is not None and done.finished_at is not None:
+            targets.mark_scanned(session, values, when=done.finished_at)
+    return {"scan_id": scan_id, "status": "done", **summary}
+
+
+_DEPENDENCY = re.compile(r"Dependency (\S+) raised")
+
+
+def chord_cause(exc: BaseException) -> BaseException:
+    """The chunk's own error behind a ChordError ("Dependency <id> raised …"), when its
+    result is still stored; else ``exc`` itself."""
+    from celery.exceptions import ChordError
+    from celery.result import AsyncResult
+
+    found = _DEPENDENCY.search(str(exc)) if isinstance(exc, ChordError) else None
+    if found is not None:
+        try:
+            cause = AsyncResult(found.group(1), app=app).result
+        except Exception:  # a backend hiccup: the ChordError still says what happened
+            return exc
+        if isinstance(cause, BaseException):
+            return cause
+    return exc
+
+
+@app.task(name="lewis.scan.fail")
+def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
+    """Errback of the merge: the chord failed (a chunk gave up, or the merge did); say why."""
+    from celery.result import AsyncResult
+
+    from ..storage import scans
+    from ..storage.db import get_engine, session_scope
+
+    cause = AsyncResult(task_id, app=app).result if task_id else None
+    if isinstance(cause, BaseException):
+        cause = chord_cause(cause)
+    with session_scope(get_engine()) as session:
+        scan = scans.get_scan(session, scan_id)
+        if scan is None or scan.status == "done":
+            return {"scan_id": scan_id, "status": scan.status if scan else None}
+        missing = scans.pending_chunks(session, scan_id)
+        reason = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else \
+            "the scan's chord failed"
+        error = reason + (f" ({len(missing)} of {scan.chunks_total} chunks unfinished)"
+                          if missing else "")
+        scans.set_scan_status(session, scan_id, "failed", error=error[:2000])
+    return {"scan_id": scan_id, "status": "failed", "error": error}
+
+
+def _service(row: Any) -> ServiceInfo:
+    detail = row.detail or {}
+    return ServiceInfo(row.port, row.service or "unknown", row.product, row.version,
+                       row.banner or "", detail.get("probe", ""), dict(detail.get("extra") or {}))
+
+
+def _chunk_results(session: Any, scan_id: str) -> list[dict[str, Any]]:
+    # storage.scans has no reader for chunk rows; their results hold the closed/filtered counts
+    from sqlalchemy import select
+
+    from ..storage.models import ScanChunk as ChunkRow
+
+    stmt = select(ChunkRow.result).where(ChunkRow.scan_id == scan_id).order_by(ChunkRow.chunk_index)
+    return [r or {} for r in session.scalars(stmt)]
+
+
+def _summary(chunks: list[dict[str, Any]], ports: list[OpenPort],
+             findings: list[Finding]) -> dict[str, Any]:
+    by_severity = {level: 0 for level in reversed(LEVELS)}
+    for f in findings:
+        by_severity[f.severity] = by_severity.get(f.severity, 0) + 1
+    return {"hosts": len({c.get("address") for c in chunks}), "open": len(ports),
+            "filtered": sum(int(c.get("filtered") or 0) for c in chunks),
+            "closed": sum(int(c.get("closed") or 0) for c in chunks),
+            "unidentified": sum(len(c.get("unidentified") or ()) for c in chunks),
+            "findings": len(findings), "by_severity": by_severity,
+            "worst": max((f.severity for f in findings), key=level_rank, default=None)}
+
+
+def _finding_row(f: Finding) -> dict[str, Any]:
+    # Keyed by the first reason (the service's rule, or "Open port: …"), not the display
+    # title, which names the worst CVE: new vulnerability data then updates the same row.
+    return {"host": f.address, "port": f.port, "title": f.reasons[0][:255],
+            "severity": f.severity, "score": f.score, "service": f.service,
+            "cve_ids": f.cve_ids, "detail": f.to_dict()}
+
+
+__all__ = ["chunk", "merge", "fail", "chord_cause", "chunk_ports_for", "io_slots", "cve_records",
+           "invalidate_vulnerability_cache", "raise_fd_limit", "LIVE_KEY", "SCAN_SHARE",
+           "WORK_SHARE"]

@@ -1,0 +1,204 @@
+"""``lewis scan``, ``lewis scans list|show``, ``lewis vulns import``.
+
+``lewis scan`` submits, then (unless ``--no-wait``) shows a live progress bar when stdout is a
+terminal and ends with a findings table — or, with ``--json``, the scan id, per host the open
+ports with service/product/version, and the findings with severity and CVE ids. Bad targets
+and port specs exit 2 naming the bad token (nothing is enqueued). Ctrl-C stops waiting, not
+the scan: its id is printed so ``lewis scans show`` can pick it up.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import Exit, cli
+
+_SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": "cyan",
+                   "info": None}
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("-p", "--ports", "ports", default="top1000", show_default=True,
+              help="Port spec: 22,80,443 · 1-1024 · - (all) · top100 / topN.")
+@click.option("--rate", type=float, default=None,
+              help="Connections per second per host, across all workers (nmap --max-rate).")
+@click.option("--no-services", is_flag=True, help="Skip service identification (like nmap without -sV).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-wait", is_flag=True, help="Submit, print the scan id, return at once.")
+@click.option("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
+def scan(targets: tuple[str, ...], ports: str, rate: float | None, no_services: bool,
+         as_json: bool, no_wait: bool, timeout: float | None) -> None:
+    """Scan TARGET… (addresses, CIDR blocks, hostnames) inside the configured scope."""
+    from ..producer.scan import submit_scan
+
+    handle = submit_scan(list(targets), ports=ports, rate=rate, services=not no_services)
+    if no_wait:
+        click.echo(json.dumps({"scan_id": handle.id}) if as_json else handle.id)
+        return
+    live = sys.stdout.isatty() and not as_json
+    try:
+        report = _wait_with_bar(handle, timeout) if live else handle.wait(timeout=timeout)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; scan {handle.id} goes on — `lewis scans show "
+                   f"{handle.id}`", err=True)
+        sys.exit(int(Exit.INTERRUPTED))
+    except TimeoutError as exc:
+        click.echo(f"lewis: {exc}; `lewis scans show {handle.id}` later", err=True)
+        sys.exit(int(Exit.FAILURE))
+    _print_report(report, as_json)
+
+
+def _wait_with_bar(handle: Any, timeout: float | None) -> Any:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    width = max(10, min(40, shutil.get_terminal_size((80, 20)).columns - 60))
+    while True:
+        p = handle.progress()
+        filled = int(p.fraction * width)
+        click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] {p.fraction * 100:5.1f}%  "
+                   f"chunks {p.chunks_done}/{p.chunks_total}  ports {p.ports_done:,}/"
+                   f"{p.ports_total:,}  open {p.open_count}", nl=False)
+        if p.status != "running":
+            click.echo("")
+            return handle.wait(timeout=0)
+        if deadline is not None and time.monotonic() >= deadline:
+            click.echo("")
+            raise TimeoutError(f"scan {handle.id} still running after {timeout:g} s")
+        time.sleep(0.2)
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    s = report.summary
+    click.echo(f"scan {report.scan_id}: {report.status} — {s.get('hosts', 0)} hosts, "
+               f"{s.get('open', 0)} open, {s.get('filtered', 0)} filtered, "
+               f"{s.get('closed', 0)} closed")
+    if report.error:
+        click.echo(f"error: {report.error}")
+    if not report.findings:
+        click.echo("no open ports, no findings")
+        return
+    rows = [(f["severity"], f"{_host(f['host'])}:{f['port']}", _service(f), _cves(f["cve_ids"]))
+            for f in report.findings]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(_HEADERS, widths, strict=True)).rstrip())
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+        cells[0] = click.style(cells[0], fg=_SEVERITY_STYLE.get(row[0]))
+        click.echo("  ".join(cells).rstrip())
+
+
+_HEADERS = ("SEVERITY", "HOST:PORT", "SERVICE", "CVE")
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _service(f: dict[str, Any]) -> str:
+    what = " ".join(p for p in (f.get("product"), f.get("version")) if p)
+    return f"{f.get('service') or 'unknown'}" + (f" ({what})" if what else "")
+
+
+def _cves(ids: list[str], shown: int = 3) -> str:
+    if len(ids) <= shown:
+        return ", ".join(ids)
+    return ", ".join(ids[:shown]) + f" +{len(ids) - shown}"
+
+
+# ---------------------------------------------------------------- lewis scans
+
+
+@cli.group()
+def scans() -> None:
+    """Past and running scans."""
+
+
+@scans.command("list")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--status", default=None, help="Only scans in this status (running, done, failed).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_scans(limit: int, status: str | None, as_json: bool) -> None:
+    """The newest scans: id, status, progress, open ports, worst finding."""
+    from ..storage import scans as repo
+    from ..storage.db import get_engine, session_scope
+
+    with session_scope(get_engine()) as session:
+        rows = repo.list_scans(session, status=status, limit=limit)
+    items: list[dict[str, Any]] = [{"scan_id": r.id, "status": r.status,
+              "created_at": r.created_at.isoformat(),
+              "targets": (r.request or {}).get("targets"), "ports": (r.request or {}).get("ports"),
+              "chunks": f"{r.chunks_done}/{r.chunks_total}", "open": r.open_count,
+              "worst": (r.summary or {}).get("worst")} for r in rows]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no scans yet")
+        return
+    for i in items:
+        targets = " ".join(i["targets"] or [])
+        click.echo(f"{i['scan_id']}  {i['status']:<8} {i['created_at'][:19]}  "
+                   f"chunks {i['chunks']:<7} open {i['open']:<5} worst {i['worst'] or '-':<8} "
+                   f"{targets} -p {i['ports']}")
+
+
+@scans.command("show")
+@click.argument("scan_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show_scan(scan_id: str, as_json: bool) -> None:
+    """One scan's report (as far as it has come, if it still runs)."""
+    from ..errors import InvalidInput
+    from ..producer.scanreport import load_scan_report
+
+    report = load_scan_report(scan_id)
+    if report is None:
+        raise InvalidInput(f"scan {scan_id!r}: no such scan (`lewis scans list` shows them)")
+    _print_report(report, as_json)
+
+
+# ---------------------------------------------------------------- lewis vulns
+
+
+@cli.group()
+def vulns() -> None:
+    """Vulnerability data (NVD CVE JSON 2.0 feeds)."""
+
+
+@vulns.command("import")
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--sample", is_flag=True, help="Also import the sample feed shipped with LEWIS.")
+def import_feeds(files: tuple[Path, ...], sample: bool) -> None:
+    """Load NVD CVE JSON 2.0 feed FILEs; importing the same data again changes nothing."""
+    from ..domain.vulns import load_feed, sample_records
+    from ..errors import InvalidInput
+    from ..infra.config import get_settings
+    from ..storage import vulns as repo
+    from ..storage.db import get_engine, session_scope
+    from ..storage.migrate import upgrade
+    from ..tasks.scan import invalidate_vulnerability_cache
+
+    if not files and not sample:
+        raise InvalidInput("nothing to import: give feed FILEs, or --sample")
+    feeds = [(str(f), load_feed(f)) for f in files]  # every file parsed before any write
+    if sample:
+        feeds.append(("sample feed", list(sample_records())))
+    upgrade(get_settings().database.url)
+    changed = False
+    for name, records in feeds:
+        with session_scope(get_engine()) as session:
+            done = repo.import_vulnerabilities(session, records)
+        changed = changed or bool(done.cves_written or done.ranges_added or done.ranges_removed)
+        click.echo(f"{name}: {done.cves_seen} CVEs, {done.cves_written} written, "
+                   f"{done.ranges_added} ranges added, {done.ranges_removed} removed")
+    if changed:
+        invalidate_vulnerability_cache()

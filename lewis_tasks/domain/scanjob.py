@@ -1,0 +1,164 @@
+"""The pure parts of a distributed scan job: chunk sizing, one chunk's work, the findings.
+
+* :func:`max_chunk_ports` — how many ports one chunk may hold so that its worst case (every
+  port silent, each connect retried, every attempt waiting for a rate permit) still fits the
+  seconds it is given. A chunk task that outlives its time limit is killed and redelivered,
+  so sizing is what keeps a filtered target from hanging a worker.
+* :func:`run_chunk` — the connect scan of one address's ports (:func:`.portscan.scan_ports`),
+  then service identification of the open ones (:mod:`.services`), both inside one deadline:
+  ports still unnamed when it comes are reported ``unknown`` (probe ``"deadline"``) instead of
+  making the task overrun. Under a rate limit every identification connect takes a permit too.
+* :func:`assess_ports` — one ranked finding per open port, CVEs looked up per product through
+  a caller-supplied function (the caller decides how lookups are cached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from ..errors import TransientError
+from .findings import Finding, assess, rank_findings
+from .portscan import ConnectLimiter, PortScanResult, ScanProgress, scan_ports
+from .scope import Scope
+from .services import UNKNOWN, ServiceInfo, identify_service
+from .vulns import CveRecord, find_cves
+
+# Connections one identification may open: the banner wait, then five light probes.
+IDENTIFY_CONNECTS = 6
+_MIN_WAIT = 0.005  # never re-ask a rate limiter sooner than this
+
+
+def max_chunk_ports(seconds: float, *, concurrency: int, timeout: float, retries: int,
+                    rate: float | None = None) -> int:
+    """The most ports a chunk may hold so that scanning it takes at most ``seconds``.
+
+    Worst case: every port is filtered, so each takes ``retries + 1`` attempts of ``timeout``
+    seconds, ``concurrency`` at a time; with a ``rate`` (connects/s) every attempt also waits
+    for a permit. Both costs are added (an upper bound), plus one timeout for the last wave.
+    """
+    attempts = retries + 1
+    per_port = attempts * timeout / max(1, concurrency)
+    if rate:
+        per_port += attempts / rate
+    usable = seconds - timeout
+    if usable <= 0:
+        return 1
+    return max(1, math.floor(usable / per_port))
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """What one chunk found: every port's state, and the service on each open one."""
+
+    scan: PortScanResult
+    services: tuple[ServiceInfo, ...]
+    unidentified: tuple[int, ...]  # open ports the deadline left unnamed
+    seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"scan": self.scan.to_dict(), "services": [s.to_dict() for s in self.services],
+                "unidentified": list(self.unidentified), "seconds": round(self.seconds, 4)}
+
+
+async def run_chunk(address: str, ports: Iterable[int], *, scope: Scope, deadline: float,
+                    concurrency: int = 4096, timeout: float = 1.0, retries: int = 1,
+                    limiter: ConnectLimiter | None = None, identify: bool = True,
+                    banner_timeout: float = 2.0, identify_concurrency: int = 256,
+                    on_progress: Callable[[ScanProgress], None] | None = None,
+                    progress_interval: float = 0.5,
+                    executor: Executor | None = None) -> ChunkOutcome:
+    """Scan ``ports`` of ``address``, then identify the open ones, all before ``deadline``.
+
+    ``deadline`` is a ``time.monotonic()`` instant. A port scan still running then raises
+    TransientError (the task is retried); identification is cut short instead.
+    """
+    started = time.monotonic()
+    try:
+        result = await asyncio.wait_for(
+            scan_ports(address, ports, scope=scope, concurrency=concurrency, timeout=timeout,
+                       retries=retries, limiter=limiter, on_progress=on_progress,
+                       progress_interval=progress_interval, executor=executor),
+            max(0.0, deadline - started))
+    except TimeoutError:
+        raise TransientError(f"scan of {address}: the port scan did not finish within its "
+                             f"{deadline - started:.1f} s budget") from None
+    services: tuple[ServiceInfo, ...] = ()
+    unnamed: tuple[int, ...] = ()
+    if identify and result.open:
+        services = await identify_before(address, result.open, scope=scope, deadline=deadline,
+                                         banner_timeout=banner_timeout,
+                                         concurrency=identify_concurrency, limiter=limiter)
+        unnamed = tuple(s.port for s in services if s.probe == "deadline")
+    return ChunkOutcome(result, services, unnamed, time.monotonic() - started)
+
+
+async def identify_before(address: str, ports: Sequence[int], *, scope: Scope, deadline: float,
+                          banner_timeout: float, concurrency: int,
+                          limiter: ConnectLimiter | None = None) -> tuple[ServiceInfo, ...]:
+    """:func:`.services.identify_service` on each port, ``concurrency`` at once, until ``deadline``.
+
+    Ports not identified by then come back ``unknown`` with probe ``"deadline"``.
+    """
+    host = str(scope.check_address(address))
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(port: int) -> ServiceInfo:
+        async with gate:
+            if limiter is not None:
+                await take_permits(limiter, IDENTIFY_CONNECTS)
+            return await identify_service(host, port, banner_timeout=banner_timeout,
+                                          probe_timeout=banner_timeout)
+
+    tasks = {port: asyncio.ensure_future(one(port)) for port in sorted(set(ports))}
+    left = deadline - time.monotonic()
+    if left > 0:
+        await asyncio.wait(tasks.values(), timeout=left)
+    found: list[ServiceInfo] = []
+    for port, task in tasks.items():
+        if task.done() and not task.cancelled() and task.exception() is None:
+            found.append(task.result())
+        else:
+            task.cancel()
+            found.append(ServiceInfo(port, UNKNOWN, probe="deadline"))
+    await asyncio.gather(*tasks.values(), return_exceptions=True)  # let cancelled ones close
+    return tuple(found)
+
+
+async def take_permits(limiter: ConnectLimiter, count: int) -> None:
+    """Wait until ``limiter`` granted ``count`` connects (its blocking calls off the loop)."""
+    need = count
+    while need > 0:
+        granted, wait = await asyncio.to_thread(limiter.acquire, need)
+        need -= max(0, int(granted))
+        if need > 0:
+            await asyncio.sleep(max(_MIN_WAIT, float(wait)))
+
+
+@dataclass(frozen=True)
+class OpenPort:
+    """An open port as the scan recorded it: where, and the service found on it."""
+
+    address: str
+    service: ServiceInfo
+    hostname: str | None = None
+
+
+def assess_ports(ports: Iterable[OpenPort],
+                 records_for: Callable[[str | None], Sequence[CveRecord]]) -> list[Finding]:
+    """One finding per open port, ranked; ``records_for(product)`` gives the candidate CVEs."""
+    findings = []
+    for item in ports:
+        info = item.service
+        records = records_for(info.product) if info.product and info.version else ()
+        findings.append(assess(item.address, info, find_cves(info.product, info.version, records),
+                               item.hostname))
+    return rank_findings(findings)
+
+
+__all__ = ["IDENTIFY_CONNECTS", "max_chunk_ports", "ChunkOutcome", "run_chunk",
+           "identify_before", "take_permits", "OpenPort", "assess_ports"]

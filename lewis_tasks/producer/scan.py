@@ -1,0 +1,232 @@
+"""Submitting a scan: ``submit_scan(...) -> ScanHandle``.
+
+Everything that can be refused is refused before anything is enqueued or written: targets and
+the port spec are parsed (InvalidInput naming the bad token), every address is resolved and
+checked by the scope (OutOfScope), the plan is checked against ``scan.max_ports_total`` and the
+number of running scans against ``performance.max_concurrent_scans`` (refused, not queued:
+the caller sees at once why, and the running scans are listed by ``lewis scans list``). Then
+the scan row and its planned chunks are written (idempotent upserts keyed by the scan id), and
+the chord is sent: chunk tasks on the io queue, the merge on the cpu queue. Under a rate limit
+the chunks of one host run one after another (a chain inside the chord): the rate is per host,
+so running them side by side would only stretch each past its time limit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, chain, chord
+from celery.result import AsyncResult
+
+from ..domain.scope import Scope
+from ..domain.targets import (
+    ScanChunk,
+    Target,
+    parse_ports,
+    parse_targets,
+    plan_chunks,
+    resolve_hosts,
+)
+from ..errors import BrokerUnavailable, InvalidInput, LewisError
+from ..infra.config import Settings, get_settings
+from ..storage.scans import TERMINAL, ScanProgress
+from .base import _app, _require_broker
+from .scanreport import ScanReport, load_scan_report, read_progress
+
+DEFAULT_PORTS = "top1000"
+
+
+@dataclass
+class ScanHandle:
+    """A submitted scan: its progress while it runs, its report when it is done."""
+
+    id: str
+    app: Celery
+    merge_id: str | None = None  # the chord callback's task id (None for a scan looked up by id)
+
+    def progress(self) -> ScanProgress:
+        """Chunks done/total, ports done/total and open ports so far (finished chunks from the
+        database, running ones from their live counters)."""
+        return read_progress(self.id)
+
+    def done(self) -> bool:
+        return self.progress().status in TERMINAL
+
+    def wait(self, timeout: float | None = None, interval: float = 0.2) -> ScanReport:
+        """Block until the scan is done and return its report; raise why if it failed.
+
+        TimeoutError if it is still running after ``timeout`` seconds (it keeps running).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.progress().status
+            if status == "done":
+                return self.result()
+            self._raise_failure(status)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"scan {self.id} still running after {timeout:g} s")
+            time.sleep(interval)
+
+    def result(self) -> ScanReport:
+        """The scan's report as stored now (complete once :meth:`wait` returned)."""
+        report = load_scan_report(self.id)
+        if report is None:
+            raise InvalidInput(f"scan {self.id!r}: no such scan")
+        return report
+
+    def _raise_failure(self, status: str) -> None:
+        if self.merge_id is not None:
+            merged = AsyncResult(self.merge_id, app=self.app)
+            if merged.state == "FAILURE":
+                cause = merged.result
+                if isinstance(cause, BaseException):
+                    from ..tasks.scan import chord_cause
+
+                    raise chord_cause(cause)
+        if status in TERMINAL:  # failed or cancelled
+            report = self.result()
+            raise LewisError(f"scan {self.id} {status}: {report.error or 'no reason recorded'}")
+
+
+def scan_handle(scan_id: str, *, app: Celery | None = None) -> ScanHandle:
+    """A handle on a scan submitted earlier (by this process or any other)."""
+    return ScanHandle(scan_id, _app(app))
+
+
+def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
+                rate: float | None = None, *, services: bool = True,
+                app: Celery | None = None) -> ScanHandle:
+    """Scan ``targets`` (addresses, CIDRs, hostnames) on ``ports`` (an nmap-style spec).
+
+    ``rate`` caps connects per second per host across every worker (default
+    ``scan.max_rate`` if set); ``services=False`` skips service identification (like nmap
+    without ``-sV``). Refusals (InvalidInput, OutOfScope) happen before anything is enqueued.
+    """
+    settings = get_settings()
+    tokens = [targets] if isinstance(targets, str) else list(targets)
+    parsed = parse_targets(tokens, max_hosts=settings.scan.max_hosts)
+    port_list = parse_ports(ports)
+    rate = _rate(rate, settings)
+    hosts = resolve_hosts(parsed, Scope.from_allow(settings.scope.allow))
+    from ..tasks.scan import chunk_ports_for
+
+    chunks = plan_chunks(hosts, port_list, chunk_ports=chunk_ports_for(settings, rate),
+                         max_ports_total=settings.scan.max_ports_total)
+    app = _app(app)
+    _require_broker(app)
+    scan_id = uuid.uuid4().hex
+    request = {"targets": tokens, "ports": ports, "rate": rate, "services": services,
+               "hosts": [h.to_dict() for h in hosts], "target_rows": _target_rows(parsed)}
+    _record(scan_id, request, chunks, settings)
+    try:
+        merge_id = _send(app, scan_id, chunks, {"rate": rate, "services": services})
+    except Exception as exc:  # the broker refused: say so, and leave no scan "running"
+        _mark_failed(scan_id, f"not enqueued: {exc}")
+        raise BrokerUnavailable(f"scan {scan_id}: could not enqueue its tasks ({exc})") from exc
+    return ScanHandle(scan_id, app, merge_id)
+
+
+def _rate(rate: float | None, settings: Settings) -> float | None:
+    if rate is None:
+        return float(settings.scan.max_rate) if settings.scan.max_rate else None
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+        raise InvalidInput(f"rate {rate!r}: connections per second must be a number above 0")
+    return float(rate)
+
+
+def _target_rows(targets: Sequence[Target]) -> list[dict[str, str]]:
+    rows = []
+    for t in targets:
+        if t.hostname is not None:
+            rows.append({"value": t.hostname, "kind": "hostname"})
+        elif "/" in t.text:
+            rows.append({"value": t.text, "kind": "cidr"})
+        else:
+            rows.append({"value": t.addresses[0], "kind": "ip"})
+    return rows
+
+
+def _record(scan_id: str, request: dict[str, Any], chunks: Sequence[ScanChunk],
+            settings: Settings) -> None:
+    from ..storage import scans, targets
+    from ..storage.db import get_engine, session_scope
+
+    with session_scope(get_engine()) as session:
+        _check_running(session, settings)
+        scans.upsert_scan(session, scan_id, request=request, chunks_total=len(chunks),
+                          ports_total=sum(c.port_count for c in chunks),
+                          chunks=[{"chunk_index": i, "host": c.address,
+                                   "ports": c.ports.split(",")} for i, c in enumerate(chunks)])
+        targets.upsert_targets(session, [(r["value"], r["kind"])
+                                         for r in request["target_rows"]])
+
+
+def _check_running(session: Any, settings: Settings) -> None:
+    from ..storage import scans
+
+    cap = settings.performance.max_concurrent_scans
+    # A scan older than the result lifetime can never complete (its chord's results are gone):
+    # it no longer holds a slot.
+    horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.broker.result_expires)
+    running = [s for s in scans.list_scans(session, status="running", limit=cap + 50)
+               if s.created_at >= horizon]
+    if len(running) >= cap:
+        raise InvalidInput(f"{len(running)} scans are running, the cap is {cap} "
+                           "(performance.max_concurrent_scans); wait for one to finish")
+
+
+def _send(app: Celery, scan_id: str, chunks: Sequence[ScanChunk],
+          options: dict[str, Any]) -> str:
+    def part(index: int, c: ScanChunk) -> Any:
+        return app.signature("lewis.scan.chunk", args=(scan_id, index, c.to_dict(), options),
+                             immutable=True)
+
+    parts = [part(i, c) for i, c in enumerate(chunks)]
+    header: list[Any] = parts
+    if options.get("rate"):
+        by_host: dict[str, list[Any]] = {}
+        for sig, c in zip(parts, chunks, strict=True):
+            by_host.setdefault(c.address, []).append(sig)
+        header = [chain(*sigs) if len(sigs) > 1 else sigs[0] for sigs in by_host.values()]
+    body = app.signature("lewis.scan.merge", kwargs={"scan_id": scan_id})
+    body.link_error(app.signature("lewis.scan.fail", kwargs={"scan_id": scan_id}))
+    result = chord(header, app=app)(body)
+    _unsubscribe(app, result)
+    return str(result.id)
+
+
+def _unsubscribe(app: Celery, result: Any) -> None:
+    # Sending subscribes this process to every task's result channel (Redis backend), and the
+    # canvas keeps the header's results as waiters; nobody here waits on them (the handle reads
+    # the database), and at interpreter exit their __del__ would try to unsubscribe from a
+    # Redis client that is already gone. Unsubscribe now, while it is alive.
+    consumer = getattr(app.backend, "result_consumer", None)
+    if consumer is None:
+        return
+    seen: set[str] = set()
+    todo = [result]
+    while todo:
+        item = todo.pop()
+        if item is None or item.id in seen:
+            continue
+        seen.add(item.id)
+        consumer.cancel_for(item.id)
+        todo.extend(getattr(item, "results", None) or ())
+        todo.append(getattr(item, "parent", None))
+
+
+def _mark_failed(scan_id: str, error: str) -> None:
+    from ..storage import scans
+    from ..storage.db import get_engine, session_scope
+
+    with session_scope(get_engine()) as session:
+        scans.set_scan_status(session, scan_id, "failed", error=error[:2000])
+
+
+__all__ = ["ScanHandle", "ScanReport", "submit_scan", "scan_handle", "load_scan_report",
+           "DEFAULT_PORTS"]

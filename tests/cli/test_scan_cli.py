@@ -1,0 +1,160 @@
+"""`lewis scan`, `lewis scans`, `lewis vulns import`: exit codes, one-line errors, the JSON shape."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from lewis_tasks.cli import cli
+from lewis_tasks.domain.vulns import find_cves, sample_records
+from lewis_tasks.infra import config
+from lewis_tasks.producer.scan import scan_handle
+from lewis_tasks.storage import vulns
+from lewis_tasks.storage.db import get_engine, session_scope
+from lewis_tasks.tasks.scan import invalidate_vulnerability_cache
+from tests.support.listeners import CATALOGUE, ListenerSet, running_listeners
+from tests.support.procs import ROOT, lewis_env
+
+ADDRESS = "127.88.3.1"
+SSH, REDIS = CATALOGUE[0], CATALOGUE[4]  # OpenSSH 8.9p1; Redis answering PING without AUTH
+
+
+def lewis(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lewis_tasks.cli", *args], cwd=ROOT,
+                          env=lewis_env(env), capture_output=True, text=True, timeout=120)
+
+
+# ---------------------------------------------------------------- without a stack
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["scan", "300.1.2.3"], "'300.1.2.3'"),
+    (["scan", "127.0.0.1", "-p", "22,x"], "'x'"),
+    (["scan", "127.0.0.1", "-p", "70000"], "'70000'"),
+    (["scan", "127.0.0.1", "10.0.0.1"], "10.0.0.1 is out of scope"),
+    (["scan", "127.0.0.1", "--rate", "0"], "rate 0.0"),
+])
+def test_bad_input_exits_2_naming_the_bad_token(tmp_path: Path, args: list[str],
+                                                named: str) -> None:
+    result = lewis(*args, env={"LEWIS_STACK_HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lewis: invalid input:") and named in lines[0]
+
+
+def test_scan_without_a_stack_says_how_to_get_one(tmp_path: Path) -> None:
+    result = lewis("scan", "127.0.0.1", "-p", "22", env={"LEWIS_STACK_HOME": str(tmp_path)})
+    assert result.returncode == 1 and "lewis up" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_vulns_import_counts_and_a_second_import_changes_nothing(tmp_path: Path) -> None:
+    env = {"LEWIS_STACK_HOME": str(tmp_path)}
+    feed = tmp_path / "feed.json"
+    feed.write_bytes((Path(ROOT) / "lewis_tasks/domain/data/nvd-sample.json").read_bytes())
+    first = lewis("vulns", "import", str(feed), env=env)
+    assert first.returncode == 0, first.stderr
+    assert f"{len(sample_records())} CVEs, {len(sample_records())} written" in first.stdout
+    again = lewis("vulns", "import", str(feed), "--sample", env=env)
+    assert again.returncode == 0
+    assert again.stdout.count("0 written, 0 ranges added, 0 removed") == 2
+
+
+def test_vulns_import_of_a_bad_file_exits_2_naming_it_and_writes_nothing(tmp_path: Path) -> None:
+    env = {"LEWIS_STACK_HOME": str(tmp_path)}
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"vulnerabilities": [{"nope": 1}]}')
+    result = lewis("vulns", "import", str(bad), "--sample", env=env)
+    assert result.returncode == 2 and "broken.json" in result.stderr
+    assert not (tmp_path / "lewis.db").exists()  # parsed everything before touching the database
+    assert lewis("vulns", "import", env=env).returncode == 2  # nothing named
+
+
+# ---------------------------------------------------------------- against the embedded worker
+
+
+@pytest.fixture(scope="module")
+def listeners() -> Iterator[ListenerSet]:
+    with running_listeners(3, host=ADDRESS, seed=9, banner_share=2 / 3,
+                           services=(SSH, REDIS)) as running:
+        yield running
+
+
+@pytest.fixture
+def stack(lewis_settings: Any, celery_worker: Any) -> Iterator[None]:
+    with session_scope(get_engine()) as session:
+        vulns.import_vulnerabilities(session, sample_records())
+    invalidate_vulnerability_cache()
+    previous = config.get_settings()
+    config.set_settings(config.replace_section(previous, "scan", banner_timeout=1.0))
+    try:
+        yield
+    finally:
+        config.set_settings(previous)
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def port_of(listeners: ListenerSet, service: Any) -> int:
+    return next(p for p, item in listeners.listeners.items() if item.service is service)
+
+
+def test_scan_json_has_hosts_ports_services_and_findings(listeners: ListenerSet,
+                                                         stack: None) -> None:
+    result = run("scan", ADDRESS, "-p", ",".join(map(str, listeners.ports)), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["status"] == "done" and len(data["scan_id"]) == 32
+    (host,) = data["hosts"]
+    assert host["address"] == ADDRESS
+    by_port = {p["port"]: p for p in host["open_ports"]}
+    assert sorted(by_port) == listeners.ports
+    ssh = by_port[port_of(listeners, SSH)]
+    assert (ssh["service"], ssh["product"], ssh["version"]) == ("ssh", "OpenSSH", "8.9p1")
+    assert by_port[port_of(listeners, REDIS)]["service"] == "redis"
+    findings = {f["port"]: f for f in data["findings"]}
+    assert set(findings) == set(listeners.ports)
+    assert data["findings"][0]["severity"] == "critical"
+    assert findings[port_of(listeners, REDIS)]["severity"] == "critical"
+    assert findings[port_of(listeners, SSH)]["cve_ids"] == [
+        r.cve_id for r in find_cves("OpenSSH", "8.9p1", sample_records())]
+    assert {"severity", "host", "port", "service", "product", "version", "cve_ids"} <= set(
+        data["findings"][0])
+    # and `lewis scans show ID --json` gives the same report
+    shown = run("scans", "show", data["scan_id"], "--json")
+    assert shown.exit_code == 0 and json.loads(shown.output) == data
+
+
+def test_scan_table_and_scans_list(listeners: ListenerSet, stack: None) -> None:
+    result = run("scan", ADDRESS, "-p", str(port_of(listeners, REDIS)))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("scan ") and "1 open" in lines[0]
+    assert lines[1].split() == ["SEVERITY", "HOST:PORT", "SERVICE", "CVE"]
+    assert lines[2].startswith("critical") and f"{ADDRESS}:{port_of(listeners, REDIS)}" in lines[2]
+    scan_id = lines[0].split()[1].rstrip(":")
+    listed = json.loads(run("scans", "list", "--json", "--limit", "5").output)
+    assert any(item["scan_id"] == scan_id and item["status"] == "done" for item in listed)
+
+
+def test_no_wait_prints_the_id_and_the_scan_goes_on(listeners: ListenerSet, stack: None) -> None:
+    result = run("scan", ADDRESS, "-p", str(listeners.ports[0]), "--no-wait", "--json",
+                 "--no-services")
+    assert result.exit_code == 0
+    scan_id = json.loads(result.output)["scan_id"]
+    report = scan_handle(scan_id).wait(timeout=60)
+    assert report.open_ports() == {ADDRESS: [listeners.ports[0]]}
+
+
+def test_show_of_an_unknown_scan_exits_2(lewis_settings: Any) -> None:
+    result = CliRunner().invoke(cli, ["scans", "show", "no-such-scan"])
+    assert result.exit_code == 2 and "no such scan" in result.output

@@ -1,0 +1,95 @@
+"""What submit_scan refuses, it refuses before anything reaches the queue or the database.
+
+No worker runs in this module, so a message that slipped through would still sit in its queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from lewis_tasks.errors import InvalidInput, OutOfScope
+from lewis_tasks.infra import config
+from lewis_tasks.infra.broker import queue_depths
+from lewis_tasks.producer.scan import submit_scan
+from lewis_tasks.storage import scans
+from lewis_tasks.storage.db import get_engine, session_scope
+from lewis_tasks.storage.models import Scan
+
+
+@contextmanager
+def settings_changed(section: str, **values: Any) -> Iterator[None]:
+    previous = config.get_settings()
+    config.set_settings(config.replace_section(previous, section, **values))
+    try:
+        yield
+    finally:
+        config.set_settings(previous)
+
+
+def state(worker_redis: Any) -> tuple[dict[str, int], int]:
+    """Messages waiting or unacked per queue, and scan rows."""
+    with session_scope(get_engine()) as session:
+        rows = int(session.scalar(select(func.count()).select_from(Scan)) or 0)
+    return {q: d.total for q, d in queue_depths(worker_redis).items()}, rows
+
+
+@pytest.mark.parametrize(("targets", "ports", "error", "named"), [
+    (["127.0.0.1", "10.9.8.7"], "22", OutOfScope, "10.9.8.7"),
+    (["0.0.0.0"], "22", OutOfScope, "0.0.0.0"),
+    (["300.1.2.3"], "22", InvalidInput, "'300.1.2.3'"),
+    (["127.0.0.1", "bad_host!"], "22", InvalidInput, "'bad_host!'"),
+    (["127.0.0.1"], "22,99999", InvalidInput, "'99999'"),
+    (["127.0.0.1"], "80-20", InvalidInput, "'80-20'"),
+    (["127.0.0.1"], "top0", InvalidInput, "'top0'"),
+])
+def test_bad_and_out_of_scope_input_is_refused_naming_the_token(
+        lewis_settings: Any, worker_redis: Any, targets: list[str], ports: str,
+        error: type[Exception], named: str) -> None:
+    before = state(worker_redis)
+    with pytest.raises(error, match=named.replace(".", r"\.")):
+        submit_scan(targets, ports=ports)
+    assert state(worker_redis) == before
+
+
+def test_a_rate_of_zero_is_refused(lewis_settings: Any, worker_redis: Any) -> None:
+    before = state(worker_redis)
+    with pytest.raises(InvalidInput, match="rate"):
+        submit_scan("127.0.0.1", ports="22", rate=0)
+    assert state(worker_redis) == before
+
+
+def test_over_cap_scans_are_refused_with_the_cap_named(lewis_settings: Any,
+                                                       worker_redis: Any) -> None:
+    before = state(worker_redis)
+    with settings_changed("scan", max_ports_total=1000), \
+            pytest.raises(InvalidInput, match=r"over the cap of 1000 \(scan\.max_ports_total\)"):
+        submit_scan(["127.0.0.1", "127.0.0.2"], ports="1-600")
+    with pytest.raises(InvalidInput, match=r"scan\.max_hosts"):
+        submit_scan("127.0.0.0/16", ports="22")
+    assert state(worker_redis) == before
+
+
+def test_past_max_concurrent_scans_a_new_scan_is_refused(lewis_settings: Any, worker_redis: Any,
+                                                         celery_app: Any) -> None:
+    with session_scope(get_engine()) as session:
+        running = len(scans.list_scans(session, status="running", limit=1000))
+    first = None
+    with settings_changed("performance", max_concurrent_scans=running + 1):
+        try:
+            # Given as many running scans as the cap allows (no worker: this one stays running)
+            first = submit_scan("127.0.0.1", ports="22", services=False)
+            before = state(worker_redis)
+            # Then the next one is refused, naming the cap, and nothing more is queued
+            with pytest.raises(InvalidInput, match=r"cap is \d+ \(performance\.max_concurrent_scans\)"):
+                submit_scan("127.0.0.1", ports="22")
+            assert state(worker_redis) == before
+        finally:
+            celery_app.control.purge()
+            if first is not None:
+                with session_scope(get_engine()) as session:
+                    scans.set_scan_status(session, first.id, "cancelled", error="test over")
