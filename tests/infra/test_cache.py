@@ -230,6 +230,7 @@ def test_after_a_failure_redis_is_left_alone_for_retry_after(own_redis: Embedded
 
 def test_redis_refusing_a_write_is_not_an_outage(own_redis: EmbeddedRedis,
                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="lewis_tasks.infra.cache")
     client = redis.Redis.from_url(own_redis.url)
     cache = Cache(own_redis.url, namespace="t")
     client.config_set("maxmemory", "1")  # noeviction + full: every write is refused with OOM
