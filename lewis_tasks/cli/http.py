@@ -90,7 +90,8 @@ def _live(ready: Callable[[], bool], line: Callable[[], str]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and every URL as JSON.")
 def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float | None,
                  limit: int, as_json: bool) -> None:
-    """Fetch URLs on the io workers: status, time, bytes and SHA-256 of each, or why not."""
+    """Fetch URLs on the io workers: status, time, bytes and SHA-256 of each, or why not.
+    Exits 1 when some URL failed (refused, timed out, out of scope…)."""
     from ..producer.http import submit_http_batch
 
     requests: list[Any] = list(urls)
@@ -156,7 +157,8 @@ def format_batch(summary: dict[str, Any], rows: Iterable[dict[str, Any]], second
                      f"{'-' if total_ms is None else f'{total_ms:,.1f}':>9}  "
                      f"{row.get('bytes') or 0:>9,}  {(row.get('sha256') or '-')[:12]:<12}  {detail}")
     if shown < summary["total"]:
-        lines.append(f"  … {summary['total'] - shown:,} more rows (--json shows every URL)")
+        lines.append(f"  … the failed URLs only, {summary['total'] - shown:,} more (--json "
+                     "shows every URL)")
     lat = summary.get("latency_ms") or {}
     lines += [
         "",
@@ -186,7 +188,8 @@ def format_batch(summary: dict[str, Any], rows: Iterable[dict[str, Any]], second
 @click.option("--json", "as_json", is_flag=True, help="Print the merged result as JSON.")
 def loadtest_command(url: str, concurrency: int, duration: float | None, count: int | None,
                      rate: float | None, workers: int, method: str, as_json: bool) -> None:
-    """Load-test URL from the io workers: requests/s, latency percentiles, status codes."""
+    """Load-test URL from the io workers: requests/s, latency percentiles, status codes.
+    Exits 1 when no request was answered."""
     from ..producer.http import submit_loadtest
 
     if duration is None and count is None:

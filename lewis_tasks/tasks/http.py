@@ -225,11 +225,11 @@ class LoadtestPartTask(LewisTask):
     the settings each time (a part is checked against the visibility timeout at start-up)."""
 
     @property
-    def soft_time_limit(self) -> float:  # type: ignore[override]
+    def soft_time_limit(self) -> float:
         return loadtest_budget(get_settings()).time_limits(None)[0]
 
     @property
-    def time_limit(self) -> float:  # type: ignore[override]
+    def time_limit(self) -> float:
         return loadtest_budget(get_settings()).time_limits(None)[1]
 
 
@@ -277,7 +277,8 @@ def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
                      timeout=budget.time_limits(run_for)[0])
     report({"elapsed_s": round(result.duration_s, 3), "requests": result.requests,
             "errors": sum(result.errors.values()), "rps": round(result.rps, 1), "done": True})
-    return {**result.to_dict(), "part": part, "process": process_id(), "shared": shared}
+    return {**result.to_dict(), "part": part, "process": process_id(), "shared": shared,
+            "handed_back": self.request.retries or 0}
 
 
 async def _load(spec: Mapping[str, Any], start_at: float, max_duration: float,
@@ -327,6 +328,7 @@ def loadtest_merge(results: list[dict[str, Any]], run_id: str,
     processes = sorted({str(p.get("process")) for p in parts})
     result = {**merged.to_dict(), "run_id": run_id, "processes": processes,
               "shared_process": len(processes) < len(parts),
+              "handed_back": sum(int(p.get("handed_back", 0)) for p in parts),
               "by_part": [{"part": p.get("part"), "process": p.get("process"),
                            "requests": p["requests"], "rps": p["rps"],
                            "p50_ms": p["latency_ms"]["p50_ms"], "p99_ms": p["latency_ms"]["p99_ms"]}

@@ -63,7 +63,7 @@ def swap_settings(lewis_settings: Any) -> Iterator[Any]:
 def test_a_batch_gives_each_url_its_outcome_persisted_once(celery_worker: Any,
                                                            servers: ServerThread) -> None:
     base = inside(servers).url
-    urls = [f"{base}/bytes/512", f"{base}/status/404", f"{base}/redirect/2",
+    urls: list[Any] = [f"{base}/bytes/512", f"{base}/status/404", f"{base}/redirect/2",
             f"http://127.0.0.2:{free_port('127.0.0.2')}/", "ftp://127.0.0.2/file", "not a url",
             {"url": f"{base}/echo", "method": "POST", "body": "hi"}]
     # When the batch runs
@@ -199,6 +199,10 @@ def test_a_two_part_load_test_merges_its_histograms_exactly(
     merged = LatencyHistogram.merged(LatencyHistogram.from_dict(p["histogram"]) for p in parts)
     assert LatencyHistogram.from_dict(result["histogram"]) == merged
     assert result["parts"] == 2 and result["concurrency"] == 4
+    # And with one io process here, the second part was handed back 2 × 2 times looking for
+    # another process, then ran beside the first and says so
+    assert result["processes"] == [parts[0]["process"]] and result["shared_process"]
+    assert result["handed_back"] == 4 and sorted(p["shared"] for p in parts) == [False, True]
     # And the latencies are sane: none below the server's own delay, ordered percentiles
     lat = result["latency_ms"]
     assert 20 <= lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
@@ -247,7 +251,8 @@ def test_a_failed_chunk_marks_the_batch_failed(celery_worker: Any, lewis_setting
     wait_for(failed, WAIT, what="the batch to be marked failed")
     with session_scope(get_engine()) as session:
         batch = get_http_batch(session, "doomed")
-        assert batch is not None and "start must be an index" in batch.summary["error"]
+        assert batch is not None and batch.summary is not None
+        assert "start must be an index" in batch.summary["error"]
 
 
 def test_chunks_and_parts_fit_their_time_limits(lewis_settings: Any) -> None:

@@ -1,0 +1,319 @@
+"""Suite "http": HTTP batches and load tests through the running stack, beside the anchors.
+
+One private nginx (1 worker, a 512-byte file, access log off, keep-alive unlimited) serves
+everything. Per run, interleaved so drift hits every side alike:
+
+* batch — 20,000 GETs with ``submit_http_batch`` through the stack (``lewis up`` plus a second
+  ``lewis worker io``: 2 io processes), timed from submit to the merged summary (rows
+  persisted), beside ``bench/rawhttp.py``: one aiohttp process, 100 coroutines, limit 100;
+* load — ``submit_loadtest -c 100 -d 10s --workers 2`` beside ``wrk -t2 -c100 -d10s`` and
+  locust (FastHttpUser, 100 users, headless, 1 process);
+* latency at the same offered load — our open loop at the rate our closed loop reached,
+  beside wrk paced to that rate (fixed per-connection delay in a Lua script; wrk has no open
+  loop, so its achieved rate is reported too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .harness import LOGS, ROOT, median
+from .run import machine
+
+BATCH = 20_000
+LIMIT = 100
+DURATION = 10.0
+PAGE = "index.html"
+
+
+@contextlib.contextmanager
+def nginx(tmp: Path) -> Iterator[str]:
+    """A private nginx on a free loopback port serving a 512-byte file; its URL."""
+    from lewis_tasks.infra.redis_server import free_port
+
+    root = tmp / "nginx"
+    (root / "www").mkdir(parents=True)
+    (root / "www" / PAGE).write_bytes(bytes(range(256)) * 2)
+    # nginx started by root serves as "nobody": let it reach the file (and nothing else)
+    for path, mode in ((tmp, 0o711), (root, 0o711), (root / "www", 0o755), (root / "www" / PAGE, 0o644)):
+        path.chmod(mode)
+    port = free_port()
+    temps = " ".join(f"{kind}_temp_path {root / kind};" for kind in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (root / "nginx.conf").write_text(f"""
+worker_processes 1;
+pid {root / 'nginx.pid'};
+error_log {root / 'error.log'} warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  {temps}
+  server {{ listen 127.0.0.1:{port}; root {root / 'www'}; }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-p", str(root), "-c", str(root / "nginx.conf"),
+                             "-e", str(root / "error.log"), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/{PAGE}"
+    try:
+        _wait_http(url)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_http(url: str, timeout: float = 10.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310  (loopback only)
+                if resp.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def stack(tmp: Path) -> Iterator[list[int]]:
+    """``lewis up --detach`` in a private home plus a second io worker; the io pids.
+
+    This process's settings and Celery app are pointed at that stack for the submits.
+    """
+    from lewis_tasks.infra import config
+    from lewis_tasks.infra.celery_app import app, configure_app
+    from lewis_tasks.infra.redis_client import reset_clients
+
+    home = tmp / "stack"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEWIS_")}
+    env.update({"LEWIS_STACK_HOME": str(home), "PYTHONPATH": str(ROOT),
+                # the anchor's limit: 100 connections per process, none per host
+                "LEWIS_NETWORK_MAX_CONNECTIONS": str(LIMIT), "LEWIS_NETWORK_LIMIT_PER_HOST": "0"})
+    lewis = [sys.executable, "-m", "lewis_tasks.cli"]
+    subprocess.run([*lewis, "up", "--detach"], env=env, cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    extra = None
+    previous = config.get_settings()
+    try:
+        with open(LOGS / "http-io2.log", "wb") as log:
+            extra = subprocess.Popen([*lewis, "worker", "io", "-n", "io-second@%h"], env=env,
+                                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        settings = config.load_settings(env=env)
+        config.set_settings(settings)
+        reset_clients()
+        configure_app(app, settings)
+        _wait_io_workers(app, 2)
+        info = config.read_stack_file(home) or {}
+        yield [int(info["processes"]["io"]), extra.pid]
+    finally:
+        if extra is not None:
+            extra.terminate()
+            extra.wait(30)
+        subprocess.run([*lewis, "down"], env=env, cwd=ROOT, check=False,
+                       stdout=subprocess.DEVNULL)
+        config.set_settings(previous)
+        reset_clients()
+        configure_app(app, previous)
+
+
+def _wait_io_workers(app: Any, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = [n for r in app.control.ping(timeout=0.5) or [] for n in r if n.startswith("io-")]
+        if len(names) >= count:
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"{count} io workers did not answer within {timeout:.0f}s")
+
+
+def bench_batch(url: str) -> dict[str, Any]:
+    from lewis_tasks.producer.http import submit_http_batch
+
+    began = time.perf_counter()
+    handle = submit_http_batch([url] * BATCH)
+    summary = handle.wait(timeout=600)
+    seconds = time.perf_counter() - began
+    if summary["ok"] != BATCH:
+        raise RuntimeError(f"batch: {summary['failed']} of {BATCH} failed: {summary['errors']}")
+    return {"rps": BATCH / seconds, "seconds": seconds, "chunks": summary["chunks"],
+            "processes": len(summary["processes"]), "p50_ms": summary["latency_ms"]["p50_ms"],
+            "p99_ms": summary["latency_ms"]["p99_ms"]}
+
+
+def bench_raw(url: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "bench.rawhttp", url, str(BATCH),
+                          "--limit", str(LIMIT)], cwd=ROOT, check=True, capture_output=True,
+                         text=True)
+    data = json.loads(out.stdout)
+    if data["ok"] != BATCH:
+        raise RuntimeError(f"raw aiohttp: {data['errors']} errors")
+    return {"rps": data["rps"], "seconds": data["seconds"]}
+
+
+def bench_loadtest(url: str, rate: float | None = None) -> dict[str, Any]:
+    from lewis_tasks.producer.http import submit_loadtest
+
+    handle = submit_loadtest(url, concurrency=LIMIT, duration=DURATION, rate=rate, workers=2)
+    result = handle.wait(timeout=DURATION + 120)
+    lat = result["latency_ms"]
+    return {"rps": result["rps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
+            "requests": result["requests"], "errors": sum(result["errors"].values()),
+            "processes": len(result["processes"]), "handed_back": result.get("handed_back", 0)}
+
+
+_WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def bench_wrk(url: str, connections: int = LIMIT, delay_ms: int | None = None) -> dict[str, Any]:
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{DURATION:.0f}s", "--latency"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        if delay_ms is not None:  # each connection waits this long before each request
+            script.write(f"function delay()\n  return {delay_ms}\nend\n")
+            argv += ["-s", script.name]
+    try:
+        out = subprocess.run([*argv, url], check=True, capture_output=True, text=True).stdout
+    finally:
+        os.unlink(script.name)
+    latency = {f"p{p}_ms": float(v) * _UNIT_MS[u] for p, v, u in _WRK_LATENCY.findall(out)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, **latency}
+
+
+def bench_locust(url: str, tmp: Path) -> dict[str, Any]:
+    locust = shutil.which("locust", path=str(Path(sys.executable).parent))
+    if locust is None:
+        return {"rps": float("nan"), "missing": True}
+    locustfile = tmp / "locustfile.py"
+    path = "/" + url.split("/", 3)[3]
+    locustfile.write_text(
+        "from locust import FastHttpUser, task\n\n\n"
+        "class Hammer(FastHttpUser):\n"
+        f"    @task\n    def page(self):\n        self.client.get({path!r})\n")
+    prefix = tmp / "locust"
+    host = url.split("/" + PAGE)[0]
+    subprocess.run([locust, "-f", str(locustfile), "--headless", "-u", str(LIMIT), "-r",
+                    str(LIMIT), "-t", f"{DURATION:.0f}s", "--host", host, "--csv", str(prefix),
+                    "--only-summary", "--loglevel", "WARNING"], check=True,
+                   capture_output=True, cwd=tmp)
+    import csv
+
+    with open(f"{prefix}_stats.csv") as fh:
+        rows = {row["Name"]: row for row in csv.DictReader(fh)}
+    total = rows["Aggregated"]
+    return {"rps": float(total["Requests/s"]), "p50_ms": float(total["50%"]),
+            "p99_ms": float(total["99%"]), "failures": int(total["Failure Count"])}
+
+
+def run(runs: int) -> dict[str, Any]:
+    results: dict[str, list[dict[str, Any]]] = {}
+
+    def record(name: str, value: dict[str, Any]) -> dict[str, Any]:
+        results.setdefault(name, []).append(value)
+        shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in value.items()}
+        print(f"  {name:<14} {json.dumps(shown)}", flush=True)
+        return value
+
+    with tempfile.TemporaryDirectory(prefix="lewis-bench-http-") as tmp_name:
+        tmp = Path(tmp_name)
+        with nginx(tmp) as url, stack(tmp) as io_pids:
+            bench_batch(url)  # warm-up: imports, sessions, connections, DB
+            bench_raw(url)
+            for _ in range(runs):
+                record("batch_ours", bench_batch(url))
+                record("batch_raw", bench_raw(url))
+                ours = record("load_ours", bench_loadtest(url))
+                record("load_wrk", bench_wrk(url))
+                record("load_locust", bench_locust(url, tmp))
+                for name, rate in (("paced", round(ours["rps"])), ("half", round(ours["rps"] / 2))):
+                    record(f"{name}_ours", {**bench_loadtest(url, rate=rate), "offered": rate})
+                    # wrk: 100 connections, each pausing d ms before each request, d set so
+                    # that 100 / (d + ~0.3 ms) ≈ the offered rate
+                    delay = max(1, round(LIMIT * 1000 / rate - 0.3))
+                    record(f"{name}_wrk", {**bench_wrk(url, delay_ms=delay), "offered": rate,
+                                           "delay_ms": delay})
+    return {"machine": machine(), "runs": runs, "io_processes": len(io_pids),
+            "batch": BATCH, "limit": LIMIT, "duration_s": DURATION, "results": results}
+
+
+def _med(data: dict[str, Any], name: str, key: str) -> float:
+    return median([s[key] for s in data["results"][name]])
+
+
+def render(data: dict[str, Any]) -> str:
+    m = data["machine"]
+
+    def med(name: str, key: str) -> float:
+        return _med(data, name, key)
+
+    ours, raw = med("batch_ours", "rps"), med("batch_raw", "rps")
+    procs = data["io_processes"]
+    load, wrk, locust = med("load_ours", "rps"), med("load_wrk", "rps"), med("load_locust", "rps")
+    rows = [
+        (f"Batch of {data['batch']:,} GETs (req/s), {procs} io processes, rows persisted",
+         f"{ours:,.0f}", f"raw aiohttp 1 process: {raw:,.0f}", f"{ours / raw:.2f}", "≥ 1.5"),
+        ("… per io process", f"{ours / procs:,.0f}", f"{raw:,.0f}", f"{ours / procs / raw:.2f}",
+         "≥ 0.9"),
+        (f"Load test -c{data['limit']} {data['duration_s']:.0f}s, 2 workers (req/s)",
+         f"{load:,.0f}", f"locust FastHttpUser: {locust:,.0f}", f"{load / locust:.2f}", "≥ 1.5"),
+        ("… beside wrk -t2 -c100 (req/s)", f"{load:,.0f}", f"wrk: {wrk:,.0f}", f"{load / wrk:.2f}",
+         "— (C; anchor 65k)"),
+    ]
+    for name, label in (("paced", "the rate our closed loop reached"), ("half", "half that rate")):
+        offered, wrk_rate = med(f"{name}_ours", "offered"), med(f"{name}_wrk", "rps")
+        for q in ("p50", "p99"):
+            ours_q, wrk_q = med(f"{name}_ours", f"{q}_ms"), med(f"{name}_wrk", f"{q}_ms")
+            rows.append((f"{q} open loop at {label}: {offered:,.0f} req/s (ours reached "
+                         f"{med(f'{name}_ours', 'rps'):,.0f}; paced wrk {wrk_rate:,.0f})",
+                         f"{ours_q:.2f} ms", f"wrk: {wrk_q:.2f} ms", f"{ours_q / wrk_q:.2f}", "≤ 1.2"))
+    closed = data["results"]["load_ours"]
+    lines = [
+        "## HTTP: batches and load tests",
+        "",
+        f"{m['when']} · {m['cpu']} · {m['cores']} cores · Python {m['python']} · "
+        + " · ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"Medians of {data['runs']} runs, all against one private nginx (1 worker, 512-byte file, "
+        "access log off, keep-alive unlimited) on the same 2 cores as every client.",
+        "",
+        "| measure | LEWIS | anchor (same run) | ratio | goal |",
+        "|---|---:|---:|---:|---|",
+        *[f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows],
+        "",
+        f"How: *batch* = `submit_http_batch` of {data['batch']:,} copies of the URL into `lewis up "
+        f"--detach` plus a second `lewis worker io` ({procs} io processes, threads pool, "
+        f"`network.max_connections={data['limit']}`, no per-host limit), timed from submit until "
+        "`wait()` returns the merged summary (every row persisted in SQLite first); *raw* = "
+        f"`bench/rawhttp.py`, one process, {data['limit']} coroutines on one session with "
+        f"`TCPConnector(limit={data['limit']})`. *Load test* = `submit_loadtest(url, "
+        f"concurrency={data['limit']}, duration={data['duration_s']:.0f}, workers=2)` closed loop, "
+        "rate from the merged result; wrk `-t2 -c100 -d10s`; locust "
+        "`--headless -u 100 -r 100 -t 10s` with one FastHttpUser GETting the file. *Same offered "
+        "load*: our open loop (`rate=` what the closed loop reached; latency from the intended "
+        "send time) beside wrk with 100 connections each pausing d ms (Lua `delay()`) so its "
+        "rate comes near; wrk has no open loop, so its latency is from the actual send. "
+        f"Parts landed on {closed[-1]['processes']} distinct io processes in the last run "
+        f"(handed back: {sum(r['handed_back'] for r in closed)} times over all runs).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(1), indent=1))
