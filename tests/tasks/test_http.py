@@ -7,6 +7,7 @@ the batch goes on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,7 @@ def servers() -> Iterator[ServerThread]:
         thread.start("app", "127.0.0.1")  # outside the narrowed scope
         thread.start("app", "127.0.0.2")  # inside it
         thread.start("stall", "127.0.0.1")
+        thread.start("trickle", "127.0.0.1", interval=0.2)
         yield thread
 
 
@@ -41,6 +43,10 @@ def inside(servers: ServerThread) -> RunningServer:
 
 def stall(servers: ServerThread) -> RunningServer:
     return servers.servers[2]
+
+
+def trickle(servers: ServerThread) -> RunningServer:
+    return servers.servers[3]
 
 
 @pytest.fixture
@@ -96,16 +102,18 @@ def test_a_batch_gives_each_url_its_outcome_persisted_once(celery_worker: Any,
         {k: summary[k] for k in ("total", "done", "ok", "failed", "statuses", "errors")}
 
 
-def test_a_stalling_server_times_out_within_its_budget_while_progress_moves(
+def test_stalling_servers_time_out_within_their_budget_while_progress_moves(
         celery_worker: Any, servers: ServerThread) -> None:
     fast = [f"{inside(servers).url}/bytes/{n}" for n in range(10)]
-    stuck = [f"{stall(servers).url}/never", f"{stall(servers).url}/again"]
-    # Given a batch where two URLs hit a server that accepts and never answers
+    stuck = [f"{stall(servers).url}/never", f"{trickle(servers).url}/drip"]
+    # Given a batch where one URL hits a server that accepts and never answers, and one a
+    # server that trickles its body a byte at a time
     handle = submit_http_batch(fast + stuck, timeout=3)
     # Then the answered URLs show in the progress before the stalled ones give up
     seen = []
     while not handle.ready():
         seen.append(handle.progress())
+        time.sleep(0.05)
     assert any(10 <= p["done"] < 12 for p in seen), seen[-3:]
     summary = handle.wait(timeout=WAIT)
     assert summary["errors"] == {"timeout": 2} and summary["ok"] == 10
