@@ -33,7 +33,14 @@ from ..infra.celery_app import app
 from ..infra.config import get_settings
 from ..infra.redis_client import get_redis
 from ..infra.task import LewisTask
-from .httplimits import BARRIER_LEAD, check_loadtest, chunk_seconds, loadtest_budget, url_budget
+from .httplimits import (
+    BARRIER_LEAD,
+    check_batch_size,
+    check_loadtest,
+    chunk_seconds,
+    loadtest_budget,
+    url_budget,
+)
 
 FLUSH_EVERY = 0.5  # seconds between writes of a running chunk's finished URLs (progress)
 PROGRESS_KEY = "lewis:loadtest:{run}:progress"  # hash: part → its last progress line (JSON)
@@ -59,6 +66,7 @@ def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[st
     if not isinstance(options, Mapping):
         raise InvalidInput("options must be a mapping")
     settings = get_settings()
+    check_batch_size(settings, len(requests))
     budget = url_budget(settings, options.get("timeout"))
     total = int(options.get("total") or start + len(requests))
     began = time.monotonic()
