@@ -354,7 +354,17 @@ def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
     from ..storage import scans
     from ..storage.db import get_engine, session_scope
 
-    cause = AsyncResult(task_id, app=app).result if task_id else None
+    cause = None
+    if task_id:
+        # Celery calls a chord's errbacks just before it stores the callback's failure: give
+        # the store a moment, so the scan records the real reason (and a waiting handle that
+        # sees "failed" finds the failure stored).
+        failed = AsyncResult(task_id, app=app)
+        for _ in range(50):
+            if failed.state == "FAILURE":
+                break
+            time.sleep(0.1)
+        cause = failed.result
     if isinstance(cause, BaseException):
         cause = chord_cause(cause)
     with session_scope(get_engine()) as session:
