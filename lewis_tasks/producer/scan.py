@@ -113,7 +113,7 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
     port_list = parse_ports(ports)
     rate = _rate(rate, settings)
     hosts = resolve_hosts(parsed, Scope.from_allow(settings.scope.allow))
-    from ..tasks.scan import chunk_ports_for
+    from ..tasks.scanprocess import chunk_ports_for
 
     chunks = plan_chunks(hosts, port_list, chunk_ports=chunk_ports_for(settings, rate),
                          max_ports_total=settings.scan.max_ports_total)

@@ -14,117 +14,36 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
-import resource
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
 from typing import Any
 
 import redis
 
 from ..domain.findings import LEVELS, Finding, level_rank
 from ..domain.portscan import ScanProgress
-from ..domain.scanjob import ChunkOutcome, OpenPort, assess_ports, max_chunk_ports, run_chunk
+from ..domain.scanjob import ChunkOutcome, OpenPort, assess_ports, run_chunk
 from ..domain.scope import Scope
 from ..domain.services import ServiceInfo
 from ..domain.targets import ScanChunk, Target, resolve_hosts_async
-from ..domain.vulns import CveRecord, cpe_products
 from ..errors import InvalidInput, TransientError
 from ..infra import aio
-from ..infra.cache import cached, get_cache, key_part
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
 from ..infra.redis_client import get_redis
 from ..infra.task import LewisTask
+from .scanprocess import WORK_SHARE, process_state, running_chunk
+from .vulnlookup import cve_records
 
 log = logging.getLogger(__name__)
 
-# Shares of tasks.soft_time_limit. Chunks are sized so their worst-case port scan takes at
-# most SCAN_SHARE of it; scan plus identification must end by WORK_SHARE (identification is
-# cut short there); the rest is for resolving, the database and the broker.
-SCAN_SHARE = 0.5
-WORK_SHARE = 0.8
 LIVE_KEY = "lewis:scan:{scan_id}:live"  # hash: chunk index → "ports done,open so far"
 LIVE_TTL = 86400
 PROGRESS_INTERVAL = 0.5
 FILTERED_LISTED = 1000  # filtered ports listed per chunk result (the count is always kept)
-VULN_CACHE_TTL = 3600
-
-
-# ---------------------------------------------------------------- sizing (also the producer's)
-
-
-def io_slots(settings: Settings) -> int:
-    """How many chunk tasks one io worker process may run at once."""
-    w = settings.workers
-    if w.io_pool == "threads":
-        return max(1, w.io_concurrency or settings.performance.thread_pool_size)
-    return 1  # prefork: each child is a process of its own; solo: one at a time
-
-
-def chunk_ports_for(settings: Settings, rate: float | None) -> int:
-    """Ports per chunk: ``scan.chunk_ports``, less if the worst case would outlive the budget.
-
-    The worst case assumes every slot of the io process scans at once (each then gets its
-    share of ``scan.concurrency``) and every port is filtered.
-    """
-    s = settings.scan
-    share = max(1, s.concurrency // io_slots(settings))
-    fits = max_chunk_ports(settings.tasks.soft_time_limit * SCAN_SHARE, concurrency=share,
-                           timeout=s.timeout, retries=s.retries, rate=rate)
-    return max(1, min(s.chunk_ports, fits))
-
-
-# ---------------------------------------------------------------- per-process resources
-
-_state_lock = threading.Lock()
-_state: dict[str, Any] = {"pid": None}
-
-
-def _process_state() -> dict[str, Any]:
-    """This process's scan executor, progress publisher and running-chunk count (fork-safe)."""
-    with _state_lock:
-        if _state["pid"] != os.getpid():
-            slots = io_slots(get_settings())
-            _state.update(pid=os.getpid(), active=0, fd_raised=False,
-                          executor=ThreadPoolExecutor(slots + 1, thread_name_prefix="lewis-scan"),
-                          publisher=ThreadPoolExecutor(1, thread_name_prefix="lewis-progress"))
-        return _state
-
-
-def raise_fd_limit() -> tuple[int, int]:
-    """Lift this process's soft RLIMIT_NOFILE to the hard limit (the scanner keeps its in-flight
-    connects under the free descriptors − 64, so the soft limit bounds its speed)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:  # e.g. above fs.nr_open: keep what we have
-            log.warning("could not raise RLIMIT_NOFILE from %d to %d: %s", soft, target, exc)
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-@contextmanager
-def _running_chunk() -> Iterator[int]:
-    """Count this chunk among the process's running ones; yields how many run now."""
-    state = _process_state()
-    with _state_lock:
-        if not state["fd_raised"]:
-            raise_fd_limit()
-            state["fd_raised"] = True
-        state["active"] += 1
-        running = state["active"]
-    try:
-        yield running
-    finally:
-        with _state_lock:
-            state["active"] -= 1
 
 
 # ---------------------------------------------------------------- lewis.scan.chunk
@@ -183,9 +102,9 @@ def _scan(scan_id: str, index: int, part: ScanChunk, rate: float | None, identif
         from ..infra.ratelimit import RedisTokenBucket
 
         limiter = RedisTokenBucket(get_redis(), rate).for_host(part.address)
-    state = _process_state()
+    state = process_state()
     publish = _live_publisher(scan_id, index, state["publisher"])
-    with _running_chunk() as running:
+    with running_chunk() as running:
         try:
             return aio.run(_resolve_and_run(part, scope, deadline, settings, limiter, identify,
                                             max(64, s.concurrency // running), publish,
@@ -258,36 +177,6 @@ def _forget_live(scan_id: str, index: int) -> None:
         get_redis().hdel(LIVE_KEY.format(scan_id=scan_id), str(index))
     except redis.RedisError as exc:
         log.debug("live progress of scan %s not cleared: %s", scan_id, exc)
-
-
-# ---------------------------------------------------------------- vulnerability lookups
-
-
-@cached(ttl=VULN_CACHE_TTL, local=True,
-        key=lambda cpe: get_cache().make_key("vulns:cpe", key_part(cpe)))
-def _records_for_cpe(cpe: str) -> list[dict[str, Any]]:
-    from ..storage import vulns
-    from ..storage.db import get_engine, session_scope
-
-    vendor, _, product = cpe.partition(":")
-    with session_scope(get_engine()) as session:
-        return [r.to_dict() for r in vulns.cve_records_for(session, vendor, product)]
-
-
-def cve_records(product: str | None) -> list[CveRecord]:
-    """Candidate CVEs of an identified product: this process's LRU, then the Redis cache, then
-    the database (the guide's cached_vulnerability_lookup). A Redis outage only costs lookups."""
-    records: dict[str, CveRecord] = {}
-    for cpe in cpe_products(product):
-        for data in _records_for_cpe(cpe):
-            record = CveRecord.from_dict(data)
-            records.setdefault(record.cve_id, record)
-    return list(records.values())
-
-
-def invalidate_vulnerability_cache() -> int:
-    """Drop cached CVE lookups (after an import); other processes' LRUs expire within seconds."""
-    return get_cache().invalidate("vulns:*")
 
 
 # ---------------------------------------------------------------- lewis.scan.merge / fail
@@ -417,6 +306,4 @@ def _finding_row(f: Finding) -> dict[str, Any]:
             "cve_ids": f.cve_ids, "detail": f.to_dict()}
 
 
-__all__ = ["chunk", "merge", "fail", "chord_cause", "chunk_ports_for", "io_slots", "cve_records",
-           "invalidate_vulnerability_cache", "raise_fd_limit", "LIVE_KEY", "SCAN_SHARE",
-           "WORK_SHARE"]
+__all__ = ["chunk", "merge", "fail", "chord_cause", "LIVE_KEY"]
