@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,26 @@ class WorkerPing:
         return {"worker": self.worker, "rtt_ms": round(self.rtt_ms, 3), "queues": list(self.queues)}
 
 
+def broadcast(app: Celery, command: str, *, timeout: float, arguments: dict[str, Any] | None = None,
+              destination: list[str] | None = None, limit: int | None = None,
+              callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """``{worker: reply}`` of a remote-control broadcast, sent on a connection of its own.
+
+    Its own, because on kombu's Redis transport a broadcast that ends by timeout (as one to
+    workers not yet known must) leaves a read pending on its connection, and the replies to the
+    next broadcast on it come late or not at all (seen here: every second ping on a shared
+    connection answered by nobody).
+    """
+    with app.connection_for_write() as connection:
+        replies = app.control.broadcast(
+            command, arguments=arguments or {}, destination=destination, reply=True,
+            timeout=timeout, limit=limit, connection=connection, callback=callback) or []
+    out: dict[str, Any] = {}
+    for reply in replies:
+        out.update(reply)
+    return out
+
+
 def ping_workers(app: Celery, timeout: float = 1.0, with_queues: bool = True) -> list[WorkerPing]:
     """Every worker that answers a broker round-trip ping within ``timeout``, with its queues."""
     rtts: dict[str, float] = {}
@@ -88,10 +108,11 @@ def ping_workers(app: Celery, timeout: float = 1.0, with_queues: bool = True) ->
         for name in reply:
             rtts.setdefault(name, (time.perf_counter() - sent) * 1000)
 
-    app.control.broadcast("ping", reply=True, timeout=timeout, callback=on_reply)
+    broadcast(app, "ping", timeout=timeout, callback=on_reply)
     queues: dict[str, tuple[str, ...]] = {}
     if with_queues and rtts:
-        replies = app.control.inspect(timeout=timeout, destination=list(rtts)).active_queues() or {}
+        replies = broadcast(app, "active_queues", timeout=timeout, destination=list(rtts),
+                            limit=len(rtts))
         queues = {w: tuple(sorted(q["name"] for q in qs)) for w, qs in replies.items()}
     return [WorkerPing(w, rtts[w], queues.get(w, ())) for w in sorted(rtts)]
 

@@ -235,10 +235,10 @@ def _store(settings: Any, queues: Sequence[str], latency: Sequence[QueueLatency]
 
 def queue_consumers(app: Celery, timeout: float) -> dict[str, list[str]]:
     """Live workers per queue, from one ``active_queues`` broadcast on a connection of its own
-    (see :func:`lewis_tasks.tasks.profile.broadcast_replies` for why)."""
-    from ..tasks.profile import broadcast_replies
+    (see :func:`lewis_tasks.infra.broker.broadcast` for why)."""
+    from ..infra.broker import broadcast
 
-    replies = broadcast_replies("active_queues", timeout=timeout, celery_app=app)
+    replies = broadcast(app, "active_queues", timeout=timeout)
     out: dict[str, list[str]] = {}
     for worker, queues in sorted(replies.items()):
         for queue in queues or ():

@@ -29,6 +29,7 @@ from ..domain.callables import Limits
 from ..domain.diagnostics import aggregate, collect_system, diagnose_worker
 from ..domain.profiler import profile_call
 from ..errors import InvalidInput
+from ..infra.broker import broadcast
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
 from ..report.runs import record_benchmark_run
@@ -168,27 +169,6 @@ def pool_figures(consumer: Any, settings: Settings) -> tuple[int | None, int, in
     return (int(size) if size else None), len(worker_state.active_requests), recycle
 
 
-def broadcast_replies(command: str, *, timeout: float, arguments: dict[str, Any] | None = None,
-                      destination: list[str] | None = None, limit: int | None = None,
-                      celery_app: Any = None) -> dict[str, Any]:
-    """``{worker: reply}`` of a remote-control broadcast, sent on a connection of its own.
-
-    Its own, because on kombu's Redis transport a broadcast that ends by timeout (as one to
-    workers not yet known must) leaves a read pending on its connection, and the replies to the
-    next broadcast on it come late or not at all (seen here: every second ping on a shared
-    connection answered by nobody).
-    """
-    celery_app = celery_app or app
-    with celery_app.connection_for_write() as connection:
-        replies = celery_app.control.broadcast(
-            command, arguments=arguments or {}, destination=destination, reply=True,
-            timeout=timeout, limit=limit, connection=connection) or []
-    out: dict[str, Any] = {}
-    for reply in replies:
-        out.update(reply)
-    return out
-
-
 @app.task(name="lewis.profile.diagnose", bind=True)
 def diagnose(self: Any, worker: str | None = None, interval: float = 0.2) -> dict[str, Any]:
     """Diagnose every live worker (or ``worker``) through the broker; one stored cluster report.
@@ -206,12 +186,12 @@ def diagnose(self: Any, worker: str | None = None, interval: float = 0.2) -> dic
     if worker is not None and not isinstance(worker, str):
         raise InvalidInput(f"worker must be a worker name, got {worker!r}")
     wait = settings.monitoring.ping_timeout
-    live = sorted(broadcast_replies("ping", timeout=wait))
+    live = sorted(broadcast(app, "ping", timeout=wait))
     if worker is not None:
         if worker not in live:
             raise InvalidInput(f"no live worker named {worker!r}; live: {', '.join(live) or 'none'}")
         live = [worker]
-    replies = broadcast_replies(DIAGNOSE_COMMAND, arguments={"interval": float(interval)},
+    replies = broadcast(app, DIAGNOSE_COMMAND, arguments={"interval": float(interval)},
                                 destination=live, limit=len(live), timeout=interval + wait + 2.0)
     by_worker: dict[str, Any] = dict.fromkeys(live)
     errors: dict[str, str] = {}
@@ -275,5 +255,5 @@ def bench_run(self: Any, target: str, iterations: int | None = None, warmup: int
     return {**stored, "kind": kind, "worker": self.request.hostname, "stats": stats.to_dict()}
 
 
-__all__ = ["DIAGNOSE_COMMAND", "bench_run", "broadcast_replies", "call_arguments", "diagnose",
+__all__ = ["DIAGNOSE_COMMAND", "bench_run", "call_arguments", "diagnose",
            "lewis_diagnose", "limits_of", "pool_figures", "profile_run", "run_seconds"]
