@@ -1,23 +1,27 @@
 """LEWIS tasks: the distributed task-queue workers of the LEWIS security platform.
 
-The public producer API is importable from here (loaded on first use, so importing a domain
-module stays free of Celery)::
+The producer API is importable from here, loaded on first use (so importing a domain module
+stays free of Celery)::
 
-    from lewis_tasks import submit, submit_many, TaskHandle
+    from lewis_tasks import submit_scan, submit_http_batch, submit_loadtest, submit_profile
+
+    report = submit_scan(["127.0.0.1"], ports="1-1024").wait(timeout=120)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_PRODUCER_NAMES = {"TaskHandle", "submit", "submit_many", "wait_all"}
-
-__all__ = sorted(_PRODUCER_NAMES)
-
 
 def __getattr__(name: str) -> Any:
-    if name in _PRODUCER_NAMES:
-        from . import producer
+    from . import producer
 
+    if name in producer.__all__:
         return getattr(producer, name)
     raise AttributeError(f"module 'lewis_tasks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    from . import producer
+
+    return list(producer.__all__)

@@ -1,7 +1,37 @@
-"""The producer API: submit work, get handles. Each area adds its ``submit_*`` here."""
+"""The producer API: submit work, get handles to wait on, watch and read it.
+
+Loaded lazily, name by name, so importing one area never pulls in another.
+"""
 
 from __future__ import annotations
 
-from .base import TaskHandle, submit, submit_many, wait_all
+import importlib
+from typing import Any
 
-__all__ = ["TaskHandle", "submit", "submit_many", "wait_all"]
+_EXPORTS: dict[str, str] = {
+    # any task
+    "TaskHandle": "base", "submit": "base", "submit_many": "base", "wait_all": "base",
+    # scans
+    "submit_scan": "scan", "ScanHandle": "scan", "ScanReport": "scan",
+    # HTTP batches and load tests
+    "submit_http_batch": "http", "HttpBatchHandle": "http",
+    "submit_loadtest": "http", "LoadtestHandle": "http",
+    # profiling, diagnostics, benchmarks
+    "submit_profile": "profile", "ProfileHandle": "profile",
+    "submit_diagnose": "profile", "DiagnoseHandle": "profile",
+    "submit_benchmark": "profile", "BenchmarkHandle": "profile",
+    "benchmark_cluster": "clusterbench", "ClusterBenchmark": "clusterbench",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__
