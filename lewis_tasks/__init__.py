@@ -10,18 +10,18 @@ stays free of Celery)::
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    from . import producer
-
+    # import_module, not `from . import producer`: the latter asks this very hook for
+    # "producer" before the submodule is loaded, and recurses.
+    producer = importlib.import_module(f"{__name__}.producer")
     if name in producer.__all__:
         return getattr(producer, name)
-    raise AttributeError(f"module 'lewis_tasks' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    from . import producer
-
-    return list(producer.__all__)
+    return list(importlib.import_module(f"{__name__}.producer").__all__)
