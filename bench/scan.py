@@ -185,6 +185,13 @@ def _nmap_versions(truth: dict[int, Any], ours: dict[str, str]) -> dict[str, Any
             "lewis_named": sum(1 for p in ports if ours.get(str(p), "unknown") != "unknown")}
 
 
+def _disagreements(disagree: dict[str, dict[str, str]]) -> str:
+    pairs: dict[tuple[str, str], int] = {}
+    for v in disagree.values():
+        pairs[(v["nmap"], str(v["lewis"]))] = pairs.get((v["nmap"], str(v["lewis"])), 0) + 1
+    return "; ".join(f"{n} ports: nmap `{a}`, LEWIS `{b}`" for (a, b), n in sorted(pairs.items()))
+
+
 def render(data: dict[str, Any]) -> str:
     m, c, sv = data["machine"], data["correctness"], data["nmap_sv"]
     ours = median([r["seconds"] for r in data["speed"]["lewis"]])
@@ -233,6 +240,10 @@ def render(data: dict[str, Any]) -> str:
         "before and after). Bare = `scan_ports_blocking` over 1–65535 in the benchmark process. "
         f"`nmap -sT -sV` ran once, on the {sv['ports']} listeners that speak a service; names "
         "compared only where nmap's came from a probe (not its port table)"
-        + (f"; disagreements: {json.dumps(sv['disagree'])}." if sv["disagree"] else "."),
+        + (f"; where they disagree ({_disagreements(sv['disagree'])})"
+           + (", LEWIS's name is the fixture's truth — it names all "
+              f"{c['fixture_ports']} listeners as the fixture says."
+              if c["services_agree_with_fixture"] == c["fixture_ports"] else ".")
+           if sv["disagree"] else "."),
     ]
     return "\n".join(lines)
