@@ -48,6 +48,10 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     if not settings.broker.url:
         raise ConfigError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
                           "`lewis up`")
+    if settings.broker.url.startswith("redis://"):
+        # Workers consume through kombu's Redis transport minus a client object per operation
+        # (transport.py). Only workers: Flower and producers keep the stock scheme they know.
+        app.conf.broker_transport = "lewis_tasks.infra.transport:Transport"
     app.loader.import_default_modules()  # every task, so every time limit, is known
     check_visibility_timeout(app)
     from .redis_server import eviction_warning
