@@ -118,16 +118,6 @@ def celery_worker(celery_app: Any, celery_includes: Any, celery_worker_pool: Any
     with worker.start_worker(celery_app, pool=celery_worker_pool,
                              **celery_worker_parameters) as w:
         yield w
-    # Tasks sent from inside this process (the chord's errback, by the in-process worker's
-    # threads, each with its own backend) leave result subscriptions behind; drop them while
-    # Redis is up, or garbage collection at exit retries unsubscribing for ~40 s.
-    import gc
-
-    from celery.backends.redis import ResultConsumer
-
-    for consumer in [o for o in gc.get_objects() if isinstance(o, ResultConsumer)]:
-        for key in list(consumer.subscribed_to):
-            consumer.cancel_for(key.decode().removeprefix("celery-task-meta-"))
 
 
 def test_scan_gives_exactly_the_open_set_with_services_and_findings(scanned: Any,
