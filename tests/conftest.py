@@ -75,7 +75,7 @@ def stack_env(redis_url: str, home: Path, **extra: str) -> dict[str, str]:
 def lewis_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Process settings pointing at the test Redis (db 1) and a fresh migrated SQLite."""
     from lewis_tasks.infra import config
-    from lewis_tasks.infra.celery_app import app, configure_app
+    from lewis_tasks.infra.celery_app import app, configure_app, release_result_subscriptions
     from lewis_tasks.infra.redis_client import reset_clients
     from lewis_tasks.storage.migrate import upgrade
 
@@ -89,32 +89,10 @@ def lewis_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         yield settings
     finally:
-        _drop_result_subscriptions()
+        release_result_subscriptions()
         config.set_settings(previous)
         reset_clients()
         configure_app(app, previous)
-
-
-def _drop_result_subscriptions() -> None:
-    """Unsubscribe every result consumer while Redis is still up, then detach its pubsub.
-
-    Results waited on in this process (and by the in-process worker's threads, each with its
-    own backend) stay subscribed; garbage collection after Redis is gone would otherwise
-    retry unsubscribing for ~40 s at exit.
-    """
-    import gc
-
-    from celery.backends.redis import ResultConsumer
-
-    for consumer in [o for o in gc.get_objects() if isinstance(o, ResultConsumer)]:
-        try:
-            for key in list(consumer.subscribed_to):
-                consumer.cancel_for(key.decode().removeprefix("celery-task-meta-"))
-            if consumer._pubsub is not None:
-                consumer._pubsub.close()
-        except Exception:  # best effort on the way out
-            pass
-        consumer._pubsub = None
 
 
 @pytest.fixture(scope="session")

@@ -89,4 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  standalone_mode=True)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    finally:
+        if "lewis_tasks.infra.celery_app" in sys.modules:  # only if this command used Celery
+            from ..infra.celery_app import release_result_subscriptions
+
+            release_result_subscriptions()
     return 0

@@ -106,6 +106,28 @@ def configure_app(celery_app: Celery, settings: Settings) -> Celery:
     return celery_app
 
 
+def release_result_subscriptions() -> None:
+    """Unsubscribe every result consumer of this process and detach its pubsub connection.
+
+    A producer that waited on results stays subscribed to their channels; without this, the
+    garbage collection of those results at interpreter exit tries to UNSUBSCRIBE on a
+    half-torn-down (or, in tests, already stopped) Redis and prints tracebacks or retries.
+    """
+    import gc
+
+    from celery.backends.redis import ResultConsumer
+
+    for consumer in [o for o in gc.get_objects() if isinstance(o, ResultConsumer)]:
+        try:
+            for key in list(consumer.subscribed_to):
+                consumer.cancel_for(key.decode().removeprefix("celery-task-meta-"))
+            if consumer._pubsub is not None:
+                consumer._pubsub.close()
+        except Exception:  # best effort on the way out
+            pass
+        consumer._pubsub = None
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """The configured Celery app."""
     celery_app = Celery("lewis_tasks", include=TASK_MODULES,

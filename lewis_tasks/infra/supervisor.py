@@ -108,7 +108,8 @@ class Stack:
                "LEWIS_DATABASE_URL": self.settings.database.url,
                "LEWIS_STACK_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         self._migrate(env)
-        on_step(f"database {redact_url(self.settings.database.url)}  (migrated)")
+        on_step(f"database {redact_url(self.settings.database.url)}  (migrated, sample CVE feed "
+                "loaded)")
         port = self.settings.stack.flower_port or free_port()
         self.flower_url = f"http://127.0.0.1:{port}"
         specs = [(p, worker_argv(p, self.settings, python=self.python), env)
@@ -128,10 +129,13 @@ class Stack:
         self._write_stack_file(ready=True)
 
     def _migrate(self, env: dict[str, str]) -> None:
-        result = subprocess.run([self.python, "-m", "lewis_tasks.cli", "db", "upgrade"], env=env,
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise LewisError(f"database migration failed: {result.stderr.strip()[-500:]}")
+        """Schema to the newest revision, and the shipped sample CVE feed (a no-op when present)."""
+        for step, args in (("database migration", ["db", "upgrade"]),
+                           ("sample vulnerability import", ["vulns", "import", "--sample"])):
+            result = subprocess.run([self.python, "-m", "lewis_tasks.cli", *args], env=env,
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise LewisError(f"{step} failed: {result.stderr.strip()[-500:]}")
 
     def _wait_ready(self, timeout: float) -> None:
         from celery import Celery
