@@ -42,7 +42,7 @@ class System:
         self.name = name
         self.server = server
         self.home = home
-        if name == "lewis":
+        if name.startswith("lewis"):
             self.broker, self.results = db_url(server, LEWIS_BROKER), db_url(server, LEWIS_RESULTS)
             self.env = lewis_env(self.broker, home, LEWIS_BROKER_RESULT_BACKEND=self.results,
                                  LEWIS_WORKERS_IO_CONCURRENCY="100")
@@ -57,7 +57,7 @@ class System:
 
     def task(self, kind: str) -> tuple[str, str]:
         """(task name, queue) for 'noop_io', 'noop_cpu' or 'sleep'."""
-        if self.name == "lewis":
+        if self.name.startswith("lewis"):
             return {"noop_io": ("lewis.bench.io_noop", "io"), "noop_cpu": ("lewis.bench.noop", "cpu"),
                     "sleep": ("lewis.bench.io_sleep", "io")}[kind]
         return {"noop_io": ("baseline.noop", "celery"), "noop_cpu": ("baseline.noop", "celery"),
@@ -65,6 +65,8 @@ class System:
 
     def workers(self, kind: str) -> list[list[str]]:
         """Two worker processes' command lines for a workload."""
+        if self.name == "lewis_prefork":  # the io profile on prefork: the pool choice's other side
+            return [lewis_worker_argv("io", "-P", "prefork", "-c", "2") for _ in range(2)]
         if self.name == "lewis":
             if kind == "noop_cpu":
                 return [lewis_worker_argv("cpu", "-c", "2")]  # one cpu worker: 2 pool processes
@@ -75,12 +77,12 @@ class System:
 
     def send(self, name: str, queue: str) -> Any:
         """Submit one task the way each system's users do: LEWIS `submit`, Celery `send_task`."""
-        if self.name == "lewis":
+        if self.name.startswith("lewis"):
             return submit(name, app=self.app, queue=queue)
         return self.app.send_task(name, queue=queue)
 
     def wait(self, handle: Any) -> Any:
-        if self.name == "lewis":
+        if self.name.startswith("lewis"):
             return handle.wait(timeout=10, interval=0.0005)
         return handle.get(timeout=10, interval=0.0005)
 

@@ -75,6 +75,11 @@ def run_platform(runs: int) -> dict[str, Any]:
                     record(bench, name, func(system))
             record("enqueue_batched", "lewis",
                    plat.bench_enqueue(systems["lewis"], count=50_000, batched=True))
+            # the io pool choice: the same io profile on prefork (2 workers x 2 children)
+            prefork = plat.System("lewis_prefork", server, Path(tmp))
+            record("io_pool_drain", "prefork", plat.bench_drain(prefork, "noop_io"))
+            record("io_pool_wait", "prefork", plat.bench_io_wait(prefork, count=400))
+            record("io_pool_wait", "threads", plat.bench_io_wait(systems["lewis"], count=400))
     return {"machine": machine(), "runs": runs, "results": results}
 
 
