@@ -11,24 +11,25 @@ routing table. Canvas (chords, groups) still goes through Celery's own publish.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import kombu.exceptions
 import redis
 from celery import Celery
 from celery.result import AsyncResult
 from kombu.utils.json import dumps as json_dumps
 
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
+from ..infra.broker import PRIORITY_SEP
 from ..infra.config import redact_url
 from ..infra.routing import queue_for
-
-PRIORITY_SEP = "\x06\x16"
 
 
 @dataclass
@@ -72,6 +73,24 @@ def _require_broker(app: Celery) -> None:
                          "`lewis up` (other commands then find it by themselves)")
 
 
+@contextlib.contextmanager
+def publishing(app: Celery) -> Iterator[None]:
+    """Turn a broker that cannot be reached while publishing into one readable BrokerUnavailable.
+
+    For every way of sending (our pushes, Celery's ``send_task``, chords): redis-py, kombu and
+    the socket layer each raise their own connection errors.
+    """
+    try:
+        yield
+    except BrokerUnavailable:
+        raise
+    except (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError,
+            ConnectionError, TimeoutError) as exc:
+        raise BrokerUnavailable(f"broker {redact_url(str(app.conf.broker_url))} is unreachable: "
+                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                                ) from exc
+
+
 def submit(name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
            app: Celery | None = None, **options: Any) -> TaskHandle:
     """Send task ``name`` to its queue (from the routing table) and return its handle."""
@@ -79,14 +98,15 @@ def submit(name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None
     _require_broker(app)
     queue = options.pop("queue", None) or queue_for(name)
     priority = int(options.pop("priority", 0) or 0)
-    if options:  # eta, countdown, expires, link…: Celery's publish knows them all
-        result = app.send_task(name, args=list(args), kwargs=dict(kwargs or {}), queue=queue,
-                               priority=priority, **options)
-        return TaskHandle(result.id, name, app)
-    task_id = str(uuid.uuid4())
-    message = _message(app, name, task_id, args, kwargs or {}, queue, _origin(), priority)
-    _subscribe_result(app, task_id)
-    _push(app, _queue_key(queue, priority), [message])
+    with publishing(app):
+        if options:  # eta, countdown, expires, link…: Celery's publish knows them all
+            result = app.send_task(name, args=list(args), kwargs=dict(kwargs or {}),
+                                   queue=queue, priority=priority, **options)
+            return TaskHandle(result.id, name, app)
+        task_id = str(uuid.uuid4())
+        message = _message(app, name, task_id, args, kwargs or {}, queue, _origin(), priority)
+        _subscribe_result(app, task_id)
+        _push(app, _queue_key(queue, priority), [message])
     return TaskHandle(task_id, name, app)
 
 
@@ -103,15 +123,16 @@ def submit_many(name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any
     origin = _origin()
     handles: list[TaskHandle] = []
     pending: list[str] = []
-    for args, kwargs in calls:
-        task_id = str(uuid.uuid4())
-        pending.append(_message(app, name, task_id, args, kwargs, queue, origin, priority))
-        handles.append(TaskHandle(task_id, name, app))
-        if len(pending) >= batch:
+    with publishing(app):
+        for args, kwargs in calls:
+            task_id = str(uuid.uuid4())
+            pending.append(_message(app, name, task_id, args, kwargs, queue, origin, priority))
+            handles.append(TaskHandle(task_id, name, app))
+            if len(pending) >= batch:
+                _push(app, key, pending)
+                pending = []
+        if pending:
             _push(app, key, pending)
-            pending = []
-    if pending:
-        _push(app, key, pending)
     return handles
 
 
