@@ -97,13 +97,9 @@ def baseline_worker_argv(*extra: str) -> list[str]:
 
 
 def wait_workers(app: Celery, count: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        replies = app.control.ping(timeout=0.5) or []
-        if len(replies) >= count:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{count} workers did not answer within {timeout}s (see bench/logs)")
+    from lewis_tasks.infra.broker import wait_for_workers
+
+    wait_for_workers(app, lambda names: len(names) >= count, timeout)
 
 
 def wait_results(client: redis.Redis, baseline_keys: int, count: int, timeout: float,

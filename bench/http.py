@@ -135,13 +135,9 @@ def stack(tmp: Path) -> Iterator[list[int]]:
 
 
 def _wait_io_workers(app: Any, count: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        names = [n for r in app.control.ping(timeout=0.5) or [] for n in r if n.startswith("io-")]
-        if len(names) >= count:
-            return
-        time.sleep(0.3)
-    raise RuntimeError(f"{count} io workers did not answer within {timeout:.0f}s")
+    from lewis_tasks.infra.broker import wait_for_workers
+
+    wait_for_workers(app, lambda names: sum(n.startswith("io-") for n in names) >= count, timeout)
 
 
 def bench_batch(url: str) -> dict[str, Any]:

@@ -47,16 +47,15 @@ def test_bad_input_fails_readably_and_the_worker_lives(celery_worker: Any) -> No
     assert submit("lewis.control.heartbeat", kwargs={"slot": 1}).wait(timeout=20)["slot"] == 1
 
 
-def test_queue_depth_counts_ready_priority_and_unacked(worker_redis: Any) -> None:
+def test_queue_depth_counts_ready_priority_and_unacked(redis_client: Any) -> None:
     import json
 
-    worker_redis.delete("io", "io\x06\x163", "unacked")
-    worker_redis.lpush("io", "a", "b")
-    worker_redis.lpush("io\x06\x163", "c")
-    payload = {"properties": {"delivery_info": {"exchange": "", "routing_key": "io"}}}
-    worker_redis.hset("unacked", "tag1", json.dumps([payload, "", "io"]))
-    try:
-        depth = queue_depths(worker_redis)["io"]
-        assert (depth.ready, depth.unacked, depth.total) == (3, 1, 4)
-    finally:
-        worker_redis.delete("io", "io\x06\x163", "unacked")
+    # (on the wiped test db, never the live workers' queues)
+    redis_client.lpush("depth-q", "a", "b")
+    redis_client.lpush("depth-q\x06\x163", "c")
+    payload = {"properties": {"delivery_info": {"exchange": "", "routing_key": "depth-q"}}}
+    redis_client.hset("unacked", "tag1", json.dumps([payload, "", "depth-q"]))
+    other = {"properties": {"delivery_info": {"exchange": "", "routing_key": "elsewhere"}}}
+    redis_client.hset("unacked", "tag2", json.dumps([other, "", "elsewhere"]))
+    depth = queue_depths(redis_client, ["depth-q"])["depth-q"]
+    assert (depth.ready, depth.unacked, depth.total) == (3, 1, 4)

@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 
+from lewis_tasks.errors import ConfigError
 from lewis_tasks.infra.config import Settings
 
 APP = "lewis_tasks.infra.celery_app"
@@ -39,7 +40,12 @@ def worker_options(profile: str, settings: Settings) -> list[str]:
                 "--prefetch-multiplier", str(w.io_prefetch_multiplier)]
     elif profile == "cpu":
         max_kib = settings.memory.max_heap_size // 1024
-        opts = ["-Q", "cpu", "-P", "prefork", "-c", str(w.cpu_concurrency or _cores()),
+        # one child per core, never more than performance.max_workers
+        children = w.cpu_concurrency or min(_cores(), settings.performance.max_workers)
+        if children > settings.performance.max_workers:
+            raise ConfigError(f"setting workers.cpu_concurrency: {children} exceeds "
+                              f"performance.max_workers={settings.performance.max_workers}")
+        opts = ["-Q", "cpu", "-P", "prefork", "-c", str(children),
                 "--prefetch-multiplier", "1", "-O", "fair",
                 "--max-tasks-per-child", str(w.cpu_max_tasks_per_child),
                 "--max-memory-per-child", str(max_kib)]

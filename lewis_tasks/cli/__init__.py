@@ -48,6 +48,16 @@ def handle_errors(func: F) -> F:
             fail(str(exc), Exit.FAILURE)
         except KeyboardInterrupt:
             fail("interrupted", Exit.INTERRUPTED)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+                SystemExit):
+            raise  # click's own usage errors and exits already speak for themselves
+        except Exception as exc:
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None and (ctx.find_root().obj or {}).get("traceback"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            fail(f"unexpected {type(exc).__name__}: {first} (`lewis --traceback …` shows where)",
+                 Exit.FAILURE)
     return wrapper  # type: ignore[return-value]
 
 
@@ -60,11 +70,14 @@ class LewisGroup(click.Group):
 
 @click.group(cls=LewisGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lewis-tasks")
-def cli() -> None:
+@click.option("--traceback", is_flag=True, help="Show the full traceback of an unexpected error.")
+@click.pass_context
+def cli(ctx: click.Context, traceback: bool) -> None:
     """LEWIS tasks: distributed scans, HTTP batches, load tests, profiling and benchmarks on
     Celery + Redis. `lewis up` runs the whole stack on this machine."""
     from ..infra.config import get_settings
 
+    ctx.obj = {"traceback": traceback}
     get_settings()  # a bad setting stops every command here, with exit code 2
 
 

@@ -29,6 +29,7 @@ def up(detach: bool, timeout: float) -> None:
         _up_detached(settings.home, timeout)
         return
     stack = Stack(settings)
+    stack.check_not_running()
     click.echo(f"starting the LEWIS stack in {settings.home}")
     began = time.monotonic()
     try:
@@ -61,7 +62,12 @@ def _up_detached(home: Any, timeout: float) -> None:
         if proc.poll() is not None:
             raise LewisError(f"the stack failed to start:\n{log_path.read_text().strip()[-2000:]}")
         time.sleep(0.3)
-    raise LewisError(f"the stack was not ready within {timeout:.0f}s; see {log_path}")
+    proc.terminate()  # the supervisor stops what it started; nothing is left half-up
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    raise LewisError(f"the stack was not ready within {timeout:.0f}s and was stopped; see {log_path}")
 
 
 @cli.command()
@@ -81,13 +87,23 @@ def down() -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--timeout", default=1.5, show_default=True, help="Seconds to wait for pings.")
-def status(as_json: bool, timeout: float) -> None:
+@click.option("--watch", is_flag=True,
+              help="Refresh every monitoring.metrics_interval seconds until Ctrl-C.")
+def status(as_json: bool, timeout: float, watch: bool) -> None:
     """Broker, workers per queue, queue depth (ready + unacked), beat and the last heartbeat."""
-    report = collect_status(timeout)
-    if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
-    else:
-        click.echo(format_status(report))
+    from ..infra.config import get_settings
+
+    while True:
+        report = collect_status(timeout)
+        if as_json:
+            click.echo(json.dumps(report, indent=2, default=str))
+        else:
+            if watch and sys.stdout.isatty():
+                click.clear()
+            click.echo(format_status(report))
+        if not watch:
+            break
+        time.sleep(get_settings().monitoring.metrics_interval)
     if not report["broker"]["up"]:
         sys.exit(int(Exit.UNAVAILABLE))
 

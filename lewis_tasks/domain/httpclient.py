@@ -26,7 +26,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from ..errors import InvalidInput, OutOfScope
-from .scope import IPAddress, Scope, parse_ip
+from .scope import LOCALHOST_ADDRESSES, IPAddress, Scope, is_localhost_alias, parse_ip
 
 SCHEMES = frozenset({"http", "https"})
 
@@ -43,13 +43,6 @@ CONNECTION_ERROR = "connection_error"
 #: Worth another try (for idempotent methods): the network may answer next time.
 TRANSIENT = frozenset({TIMEOUT, CONNECTION_REFUSED, CONNECTION_ERROR})
 
-_LOCALHOST_ADDRS = ("127.0.0.1", "::1")
-
-
-def is_localhost_alias(host: str) -> bool:
-    """True for the names that always mean this machine: localhost, LOCALHOST., *.localhost…"""
-    name = host.lower().rstrip(".")
-    return name in ("localhost", "localhost.localdomain") or name.endswith(".localhost")
 
 
 class ScopedResolver(AbstractResolver):
@@ -70,7 +63,7 @@ class ScopedResolver(AbstractResolver):
         if literal is not None:
             results = [_result(host, literal, port)]
         elif is_localhost_alias(host):
-            results = [_result(host, parse_ip(a), port) for a in _LOCALHOST_ADDRS]  # type: ignore[arg-type]
+            results = [_result(host, parse_ip(a), port) for a in LOCALHOST_ADDRESSES]  # type: ignore[arg-type]
             host = "localhost"
         else:
             marks = _HOP.get()

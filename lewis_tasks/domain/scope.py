@@ -30,7 +30,18 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_ALLOW: tuple[str, ...] = ("127.0.0.0/8", "::1", "localhost")
+LOCALHOST_ADDRESSES: tuple[str, ...] = ("127.0.0.1", "::1")
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def is_localhost_alias(host: str) -> bool:
+    """True for the names that always mean this machine: localhost, LOCALHOST., *.localhost…
+
+    They resolve to loopback without asking the system resolver (RFC 6761): a hosts file or a
+    DNS search domain must not be able to point "localhost" anywhere else.
+    """
+    name = host.lower().rstrip(".")
+    return name in ("localhost", "localhost.localdomain") or name.endswith(".localhost")
 
 
 def parse_ip(text: str) -> IPAddress | None:
@@ -136,13 +147,16 @@ class Scope:
 
     def resolve(self, host: str, port: int = 0) -> list[IPAddress]:
         """Every address ``host`` resolves to, each checked; OutOfScope if any is outside."""
-        return self._checked(host, _getaddrinfo_sync(host, port))
+        name = "localhost" if is_localhost_alias(host) else host
+        return self._checked(name, _getaddrinfo_sync(host, port))
 
     async def resolve_async(self, host: str, port: int = 0) -> list[IPAddress]:
         """:meth:`resolve` on the running event loop's resolver."""
         addr = parse_ip(host)
         if addr is not None:
             return [self.check_address(addr)]
+        if is_localhost_alias(host):
+            return self._checked("localhost", LOCALHOST_ADDRESSES)
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -165,6 +179,8 @@ def _getaddrinfo_sync(host: str, port: int) -> list[str]:
     addr = parse_ip(host)
     if addr is not None:
         return [str(addr)]
+    if is_localhost_alias(host):
+        return list(LOCALHOST_ADDRESSES)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -184,4 +200,5 @@ def _is_hostname_pattern(text: str) -> bool:
     return True
 
 
-__all__ = ["Scope", "DEFAULT_ALLOW", "IPAddress", "IPNetwork", "parse_ip", "unmap", "never_allowed"]
+__all__ = ["Scope", "DEFAULT_ALLOW", "LOCALHOST_ADDRESSES", "IPAddress", "IPNetwork", "parse_ip",
+           "unmap", "never_allowed", "is_localhost_alias"]

@@ -10,7 +10,6 @@ threads share it too. The loop is recreated in a forked child.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import threading
@@ -46,7 +45,9 @@ class LoopRuntime:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)
-        except concurrent.futures.TimeoutError:
+        except BaseException:
+            # Timeout, soft time limit, Ctrl-C…: the task is over, so is its coroutine. Left
+            # running on the shared loop it would keep scanning or fetching after a retry.
             future.cancel()
             raise
 

@@ -117,6 +117,30 @@ def ping_workers(app: Celery, timeout: float = 1.0, with_queues: bool = True) ->
     return [WorkerPing(w, rtts[w], queues.get(w, ())) for w in sorted(rtts)]
 
 
+def live_workers(app: Celery, timeout: float = 0.5) -> set[str]:
+    """Names of the workers answering a ping now (one broadcast on its own connection)."""
+    return set(broadcast(app, "ping", timeout=timeout))
+
+
+def wait_for_workers(app: Celery, ready: Callable[[set[str]], bool], timeout: float,
+                     check: Callable[[], None] | None = None, poll: float = 0.3) -> set[str]:
+    """Ping until ``ready(names)`` holds; TimeoutError after ``timeout`` seconds.
+
+    ``check`` runs between pings and may raise (e.g. a child process that already died).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if check is not None:
+            check()
+        names = live_workers(app)
+        if ready(names):
+            return names
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"workers not ready within {timeout:.0f}s (answering: "
+                               f"{', '.join(sorted(names)) or 'none'})")
+        time.sleep(poll)
+
+
 def workers_by_queue(pings: Iterable[WorkerPing]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {q: [] for q in QUEUES}
     for ping in pings:

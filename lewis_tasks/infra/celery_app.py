@@ -61,7 +61,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # of long jobs is kept by the jobs themselves (scan/batch progress rows).
         "task_track_started": False,
         "result_expires": settings.broker.result_expires,
-        "result_extended": True,  # task name and args in the result: Flower and handles read them
+        # Not extended: arguments (HTTP headers and bodies, say) stay out of stored results.
+        "result_extended": False,
         "broker_transport_options": transport,
         "result_backend_transport_options": {k: v for k, v in transport.items()
                                              if k != "visibility_timeout"},

@@ -54,7 +54,7 @@ def _opt(default: Any, *, minimum: float | None = None, maximum: float | None = 
 class BrokerSettings:
     url: str = _opt("", secret=True)  # empty: the embedded stack's private redis
     result_backend: str = _opt("", secret=True)  # empty: the broker's Redis
-    visibility_timeout: int = _opt(3600, minimum=1)  # must exceed every hard time limit
+    visibility_timeout: int = _opt(600, minimum=1)  # > every hard time limit; a dead worker's task returns after it
     pool_limit: int = _opt(10, minimum=1)  # broker_pool_limit
     max_connections: int = _opt(200, minimum=1)  # redis_max_connections (redis-py caps 100)
     result_expires: int = _opt(86400, minimum=1)
@@ -123,7 +123,7 @@ class ScopeSettings:
 class WorkersSettings:
     io_pool: str = _opt("threads", choices=("threads", "prefork", "solo"))
     io_concurrency: int = _opt(0, minimum=0)  # 0: cores (prefork) / thread_pool_size (threads)
-    io_prefetch_multiplier: int = _opt(4, minimum=1)
+    io_prefetch_multiplier: int = _opt(1, minimum=1)  # long tasks: no hoarding (DESIGN)
     cpu_concurrency: int = _opt(0, minimum=0)  # 0: cores
     cpu_max_tasks_per_child: int = _opt(1000, minimum=1)  # memory recycling does the rest
     control_concurrency: int = _opt(1, minimum=1)

@@ -7,6 +7,7 @@ evicts keys (``noeviction``): a broker that drops messages to save memory loses 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -19,6 +20,19 @@ from pathlib import Path
 from ..errors import ConfigError, TransientError
 
 log = logging.getLogger(__name__)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """(In a child, between fork and exec) ask the kernel to SIGTERM us when our parent dies,
+    so a SIGKILLed supervisor or test run leaves no redis-server or worker behind."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):  # not Linux: the supervisor's shutdown still stops them
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def find_redis_server() -> str:
@@ -83,12 +97,13 @@ class EmbeddedRedis:
         if self.password:
             # Passed on stdin-free config: a command-line secret would show in `ps`.
             conf = self.data_dir / "redis-auth.conf"
-            conf.write_text(f"requirepass {self.password}\n")
-            conf.chmod(0o600)
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"requirepass {self.password}\n")
             cmd.insert(1, str(conf))
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

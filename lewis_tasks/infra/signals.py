@@ -84,3 +84,31 @@ def _on_shutdown(**_: Any) -> None:
     from . import aio
 
     aio.shutdown()
+
+
+_GC_CHECK_EVERY = 16  # tasks between RSS checks: a check costs ~20 µs, a task far more
+_tasks_since_check = 0
+
+
+@signals.task_postrun.connect
+def _collect_when_near_the_heap_limit(**_: Any) -> None:
+    """Run the garbage collector once RSS passes ``memory.gc_threshold`` × ``max_heap_size``.
+
+    Children are recycled past ``max_heap_size``; collecting a little before that reclaims
+    cyclic garbage so a child is recycled for real growth, not for garbage it could free.
+    """
+    global _tasks_since_check
+    _tasks_since_check += 1
+    if _tasks_since_check < _GC_CHECK_EVERY:
+        return
+    _tasks_since_check = 0
+    import gc
+
+    import psutil
+
+    memory = get_settings().memory
+    rss = psutil.Process().memory_info().rss
+    if rss > memory.gc_threshold * memory.max_heap_size:
+        freed = gc.collect()
+        log.info("RSS %.0f MiB past memory.gc_threshold (%.0f%% of %.0f MiB): collected %d objects",
+                 rss / 2**20, memory.gc_threshold * 100, memory.max_heap_size / 2**20, freed)

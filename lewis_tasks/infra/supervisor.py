@@ -13,7 +13,6 @@ beat, then workers (they finish or hand back their tasks), then Redis. Nothing i
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -29,17 +28,9 @@ from typing import Any
 
 from ..errors import ConfigError, LewisError
 from .config import Settings, read_stack_file, redact_url, stack_file
-from .redis_server import EmbeddedRedis, free_port, pid_alive
+from .redis_server import EmbeddedRedis, die_with_parent, free_port, pid_alive
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
 
 @dataclass
 class Child:
@@ -56,7 +47,7 @@ class Child:
         try:
             self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
                                             stdout=log_file, stderr=subprocess.STDOUT,
-                                            start_new_session=True, preexec_fn=_die_with_parent)
+                                            start_new_session=True, preexec_fn=die_with_parent)
         finally:
             log_file.close()
 
@@ -82,7 +73,7 @@ class Stack:
     def home(self) -> Path:
         return self.settings.home
 
-    def _check_not_running(self) -> None:
+    def check_not_running(self) -> None:
         info = read_stack_file(self.home)
         if info and pid_alive(int(info.get("supervisor_pid", 0))):
             raise ConfigError(f"a stack is already running from {self.home} (pid "
@@ -94,7 +85,7 @@ class Stack:
         from workers.profiles import flower_env
 
         self.home.mkdir(parents=True, exist_ok=True)
-        self._check_not_running()
+        self.check_not_running()
         logs = self.home / "logs"
         logs.mkdir(exist_ok=True)
         self.broker_url = self.settings.broker.url
@@ -140,23 +131,24 @@ class Stack:
     def _wait_ready(self, timeout: float) -> None:
         from celery import Celery
 
+        from .broker import wait_for_workers
+
+        def children_alive() -> None:
+            for child in self.children:
+                if child.process is not None and child.process.poll() is not None:
+                    raise LewisError(f"{child.name} exited at start (code "
+                                     f"{child.process.returncode}); see {child.log_path}")
+
         probe = Celery("lewis-probe", broker=self.broker_url)
         want = {"io", "cpu", "control"}
-        deadline = time.monotonic() + timeout
         try:
-            while time.monotonic() < deadline:
-                for child in self.children:
-                    if child.process is not None and child.process.poll() is not None:
-                        raise LewisError(f"{child.name} exited at start (code "
-                                         f"{child.process.returncode}); see {child.log_path}")
-                replies = probe.control.ping(timeout=0.5) or []
-                names = {next(iter(r)).split("-", 1)[0] for r in replies}
-                if want <= names:
-                    return
-                time.sleep(0.3)
+            wait_for_workers(probe, lambda names: want <= {n.split("-", 1)[0] for n in names},
+                             timeout, check=children_alive)
+        except TimeoutError:
+            raise LewisError(f"workers did not answer within {timeout:.0f}s; see "
+                             f"{self.home / 'logs'}") from None
         finally:
             probe.close()
-        raise LewisError(f"workers did not answer within {timeout:.0f}s; see {self.home / 'logs'}")
 
     def _write_stack_file(self, ready: bool) -> None:
         data: dict[str, Any] = {

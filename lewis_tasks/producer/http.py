@@ -18,9 +18,8 @@ from celery import Celery, chord
 from celery.exceptions import ChordError
 from celery.result import AsyncResult
 
-from ..domain.httpclient import is_localhost_alias
 from ..domain.httprequest import HttpRequest, normalise_url
-from ..domain.scope import Scope, parse_ip
+from ..domain.scope import Scope, is_localhost_alias, parse_ip
 from ..errors import InvalidInput
 from ..infra.config import Settings, get_settings
 from ..tasks.http import PROGRESS_KEY

@@ -26,10 +26,10 @@ import redis
 from ..domain.findings import LEVELS, Finding, level_rank
 from ..domain.portscan import ScanProgress
 from ..domain.scanjob import ChunkOutcome, OpenPort, assess_ports, run_chunk
-from ..domain.scope import Scope
+from ..domain.scope import Scope, parse_ip
 from ..domain.services import ServiceInfo
 from ..domain.targets import ScanChunk, Target, resolve_hosts_async
-from ..errors import InvalidInput, TransientError
+from ..errors import InvalidInput, OutOfScope, TransientError
 from ..infra import aio
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
@@ -121,8 +121,16 @@ async def _resolve_and_run(part: ScanChunk, scope: Scope, deadline: float, setti
     # Checked again here, on the worker's own scope: the producer's may differ, and a name may
     # have moved since it was resolved. The scan then connects to the checked address only.
     if part.hostname is not None:
-        await resolve_hosts_async([Target(part.hostname, hostname=part.hostname)], scope)
-    checked = scope.check_address(part.address, via=part.hostname)
+        hosts = await resolve_hosts_async([Target(part.hostname, hostname=part.hostname)], scope)
+        resolved = {parse_ip(h.address) for h in hosts}
+        if parse_ip(part.address) not in resolved:
+            # A name vouches only for its own addresses: a chunk naming "localhost" with
+            # another address must not borrow the name's standing.
+            raise OutOfScope(f"{part.address} is not an address of {part.hostname} "
+                             f"({', '.join(sorted(h.address for h in hosts))})")
+        checked = scope.check_address(part.address, via=part.hostname)
+    else:
+        checked = scope.check_address(part.address)
     only = Scope((ipaddress.ip_network(checked),), ())
     s = settings.scan
     return await run_chunk(str(checked), part.port_list(), scope=only, deadline=deadline,

@@ -49,4 +49,6 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
 
 
 def worker_names(app, timeout: float = 0.5) -> set[str]:  # type: ignore[no-untyped-def]
-    return {name for reply in (app.control.ping(timeout=timeout) or []) for name in reply}
+    from lewis_tasks.infra.broker import live_workers
+
+    return live_workers(app, timeout)

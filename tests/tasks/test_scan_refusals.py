@@ -93,3 +93,33 @@ def test_past_max_concurrent_scans_a_new_scan_is_refused(lewis_settings: Any, wo
             if first is not None:
                 with session_scope(get_engine()) as session:
                     scans.set_scan_status(session, first.id, "cancelled", error="test over")
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "192.0.2.7", "::ffff:10.0.0.5"])
+def test_a_chunk_cannot_borrow_a_names_standing_for_another_address(lewis_settings: Any,
+                                                                     address: str) -> None:
+    # Given a hand-made chunk message that pairs the allowed name "localhost" with a foreign
+    # address (anyone who can publish to the broker could send one)
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lewis_tasks.domain.scope import Scope
+    from lewis_tasks.domain.targets import ScanChunk
+    from lewis_tasks.tasks.scan import _resolve_and_run
+
+    part = ScanChunk(address=address, hostname="localhost", ports="22", port_count=1)
+    scope = Scope.from_allow(lewis_settings.scope.allow)
+    # Then the worker refuses it before any connection, naming both
+    with ThreadPoolExecutor(1) as executor, \
+            pytest.raises(OutOfScope, match="is not an address of localhost"):
+        asyncio.run(_resolve_and_run(part, scope, deadline=1e18, settings=lewis_settings,
+                                     limiter=None, identify=False, concurrency=1,
+                                     publish=None, executor=executor))
+
+
+def test_localhost_means_loopback_whatever_the_resolver_says() -> None:
+    from lewis_tasks.domain.scope import DEFAULT_ALLOW, Scope
+
+    scope = Scope.from_allow(DEFAULT_ALLOW)
+    for name in ("localhost", "LOCALHOST.", "api.localhost", "localhost.localdomain"):
+        assert {str(a) for a in scope.resolve(name)} == {"127.0.0.1", "::1"}

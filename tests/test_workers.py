@@ -1,0 +1,51 @@
+"""Worker profiles turn settings into `celery worker` command lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from lewis_tasks.infra.config import load_settings
+from workers import worker_argv, worker_options
+
+
+def _opt(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_cpu_profile_recycles_children_by_count_and_memory() -> None:
+    s = load_settings(env={"LEWIS_MEMORY_MAX_HEAP_SIZE": "512MB",
+                           "LEWIS_WORKERS_CPU_MAX_TASKS_PER_CHILD": "77",
+                           "LEWIS_WORKERS_CPU_CONCURRENCY": "3"})
+    opts = worker_options("cpu", s)
+    assert _opt(opts, "-P") == "prefork" and _opt(opts, "-c") == "3"
+    assert _opt(opts, "--max-memory-per-child") == str(512 * 1024)  # KiB, as Celery wants
+    assert _opt(opts, "--max-tasks-per-child") == "77"
+    assert _opt(opts, "--prefetch-multiplier") == "1" and _opt(opts, "-Q") == "cpu"
+
+
+def test_io_profile_uses_threads_sized_by_settings() -> None:
+    s = load_settings(env={"LEWIS_WORKERS_IO_CONCURRENCY": "150"})
+    opts = worker_options("io", s)
+    assert (_opt(opts, "-P"), _opt(opts, "-c"), _opt(opts, "-Q")) == ("threads", "150", "io")
+    s = load_settings(env={"LEWIS_PERFORMANCE_THREAD_POOL_SIZE": "33"})
+    assert _opt(worker_options("io", s), "-c") == "33"  # the guide's thread_pool_size
+
+
+def test_control_profile_can_answer_pings_while_busy() -> None:
+    opts = worker_options("control", load_settings(env={}))
+    assert _opt(opts, "-P") == "threads" and int(_opt(opts, "-c")) >= 2
+
+
+def test_extra_options_pass_through_and_names_are_unique() -> None:
+    s = load_settings(env={})
+    a = worker_argv("io", s, extra=["--loglevel", "DEBUG"])
+    b = worker_argv("io", s)
+    assert a[-2:] == ["--loglevel", "DEBUG"]
+    assert _opt(a, "-n") != _opt(b, "-n") and _opt(a, "-n").startswith("io-")
+    named = worker_argv("io", s, extra=["-n", "mine@%h"])
+    assert named.count("-n") == 1
+
+
+def test_unknown_profile_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown worker profile"):
+        worker_options("gpu", load_settings(env={}))
