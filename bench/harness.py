@@ -28,11 +28,10 @@ def median(values: Sequence[float]) -> float:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+    """The same interpolated percentile `lewis bench` reports (one definition for both)."""
+    from lewis_tasks.domain.benchstats import percentile as interpolated
+
+    return interpolated(values, q) if values else float("nan")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,27 +26,13 @@ SUITES = ("platform", "scan", "http", "profiling")
 
 
 def machine() -> dict[str, Any]:
-    from importlib.metadata import version
+    """This machine and the package versions, in the shape BENCHMARKS.md shows."""
+    from lewis_tasks.domain.benchstats import machine_info
 
-    import psutil
-
-    def v(pkg: str) -> str:
-        try:
-            return version(pkg)
-        except Exception:
-            return "-"
-
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "os": platform.platform(),
-            "versions": {p: v(p) for p in ("celery", "kombu", "redis", "aiohttp", "sqlalchemy")},
+    info = machine_info(("celery", "kombu", "redis", "aiohttp", "sqlalchemy"))
+    return {"cpu": info.cpu_model, "cores": info.cores_logical,
+            "memory_gb": round(info.memory_total_bytes / 2**30, 1), "python": info.python,
+            "os": info.os, "versions": dict(info.packages),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
