@@ -144,7 +144,8 @@ def bench_enqueue(system: System, count: int = 5_000, batched: bool = False) -> 
     return {"tasks_per_s": count / seconds, "tasks": count}
 
 
-def bench_io_wait(system: System, count: int = 2_000, wait: float = 0.05) -> dict[str, Any]:
+def bench_io_wait(system: System, count: int = 2_000, wait: float = 0.05,
+                  pack: int = 1) -> dict[str, Any]:
     name, queue = system.task("sleep")
     system.reset()
     argvs = system.workers("sleep")
@@ -152,6 +153,6 @@ def bench_io_wait(system: System, count: int = 2_000, wait: float = 0.05) -> dic
         wait_workers(system.app, len(argvs))
         began = time.monotonic()
         submit_many(name, (((wait,), {}) for _ in range(count)), app=system.app, queue=queue,
-                    batch=2000)
+                    batch=2000, pack=pack)
         ended = wait_results(system.results_client, 0, count, timeout=120)
     return {"seconds": ended - began, "tasks": count, "ideal_s": count * wait / 200}

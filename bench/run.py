@@ -60,6 +60,8 @@ def run_platform(runs: int) -> dict[str, Any]:
                     record(bench, name, func(system))
             record("enqueue_batched", "lewis",
                    plat.bench_enqueue(systems["lewis"], count=50_000, batched=True))
+            # the same 2,000 independent waits, 50 calls to a message (submit_many(pack=50))
+            record("io_wait_packed", "lewis", plat.bench_io_wait(systems["lewis"], pack=50))
             # the io pool choice: the same io profile on prefork (2 workers x 2 children)
             prefork = plat.System("lewis_prefork", server, Path(tmp))
             record("io_pool_drain", "prefork", plat.bench_drain(prefork, "noop_io"))

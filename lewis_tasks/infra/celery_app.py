@@ -19,6 +19,7 @@ TASK_MODULES = [
     "lewis_tasks.tasks.http",
     "lewis_tasks.tasks.profile",
     "lewis_tasks.tasks.bench",
+    "lewis_tasks.tasks.iobatch",
 ]
 
 

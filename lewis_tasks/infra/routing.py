@@ -7,6 +7,11 @@ specific io entries of an area come before that area's catch-all.
 from __future__ import annotations
 
 IO, CPU, CONTROL = "io", "cpu", "control"
+
+# The envelope that carries packed calls of an async io task (tasks/iobatch.py), and how many
+# calls one envelope may carry; producers and workers agree on both.
+PACKED_TASK = "lewis.io.batch"
+MAX_PACK = 1000
 QUEUES: tuple[str, ...] = (IO, CPU, CONTROL)
 
 ROUTES: dict[str, str] = {
@@ -15,6 +20,7 @@ ROUTES: dict[str, str] = {
     "lewis.http.fetch_chunk": IO,
     "lewis.http.loadtest_part": IO,
     "lewis.bench.io_*": IO,
+    "lewis.io.*": IO,  # packed io calls (tasks/iobatch.py)
     # cpu: merging, reports, profiling, CPU benchmarks
     "lewis.scan.*": CPU,
     "lewis.http.*": CPU,

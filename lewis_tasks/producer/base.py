@@ -29,7 +29,7 @@ from kombu.utils.json import dumps as json_dumps
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.broker import PRIORITY_SEP
 from ..infra.config import redact_url
-from ..infra.routing import queue_for
+from ..infra.routing import MAX_PACK, PACKED_TASK, queue_for
 
 
 @dataclass
@@ -112,25 +112,44 @@ def submit(name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None
 
 def submit_many(name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]], *,
                 app: Celery | None = None, queue: str | None = None, batch: int = 1000,
-                priority: int = 0) -> list[TaskHandle]:
-    """Enqueue one task per ``(args, kwargs)`` in ``calls``, pipelined ``batch`` at a time."""
+                priority: int = 0, pack: int = 1) -> list[TaskHandle]:
+    """Enqueue one task per ``(args, kwargs)`` in ``calls``, pipelined ``batch`` messages at a time.
+
+    ``pack > 1`` (async io tasks only, see tasks/iobatch.py) puts up to ``pack`` calls in one
+    message; each call keeps its own id, handle and result.
+    """
     app = _app(app)
     _require_broker(app)
     queue = queue or queue_for(name)
-    if batch < 1:
-        raise InvalidInput(f"batch must be ≥ 1, got {batch}")
+    if batch < 1 or not 1 <= pack <= MAX_PACK:
+        raise InvalidInput(f"batch must be ≥ 1 and pack within 1..{MAX_PACK}, got batch={batch}, "
+                           f"pack={pack}")
     key = _queue_key(queue, priority)
     origin = _origin()
     handles: list[TaskHandle] = []
     pending: list[str] = []
+    packed: list[list[Any]] = []
+
+    def flush_pack() -> None:
+        pending.append(_message(app, PACKED_TASK, str(uuid.uuid4()), [name, packed[:]], {},
+                                queue, origin, priority))
+        packed.clear()
+
     with publishing(app):
         for args, kwargs in calls:
             task_id = str(uuid.uuid4())
-            pending.append(_message(app, name, task_id, args, kwargs, queue, origin, priority))
             handles.append(TaskHandle(task_id, name, app))
+            if pack > 1:
+                packed.append([task_id, list(args), dict(kwargs)])
+                if len(packed) >= pack:
+                    flush_pack()
+            else:
+                pending.append(_message(app, name, task_id, args, kwargs, queue, origin, priority))
             if len(pending) >= batch:
                 _push(app, key, pending)
                 pending = []
+        if packed:
+            flush_pack()
         if pending:
             _push(app, key, pending)
     return handles

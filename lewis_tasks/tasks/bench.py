@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from ..errors import InvalidInput
-from ..infra import aio
 from ..infra.celery_app import app
+from .iobatch import io_task
 
 MAX_SLEEP = 10.0
 
@@ -26,9 +26,9 @@ def io_noop(*_args: object) -> None:
     """Nothing, on the io queue."""
 
 
-@app.task(name="lewis.bench.io_sleep")
-def io_sleep(seconds: float) -> float:
+@io_task(name="lewis.bench.io_sleep")
+async def io_sleep(seconds: float) -> float:
     """Wait ``seconds`` on the process's event loop (not in the pool thread's own sleep)."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_SLEEP:
         raise InvalidInput(f"seconds must be a number in [0, {MAX_SLEEP}], got {seconds!r}")
-    return aio.run(asyncio.sleep(seconds, result=float(seconds)))
+    return await asyncio.sleep(seconds, result=float(seconds))
