@@ -3,12 +3,13 @@
 A profile or benchmark request names an entry here; any other name is refused (InvalidInput
 listing these), so a message can never make a worker import and run an arbitrary dotted path.
 Entries are the project's own tasks that are safe to run inline (the ``lewis.bench`` no-ops
-and ``io_sleep``, whose wait runs on the process's event loop) and the CPU-bound workloads of
+and ``io_sleep``, whose coroutine body a profile runs on a private loop in the profiled thread) and the CPU-bound workloads of
 :mod:`lewis_tasks.domain.workloads`, shaped like the platform's merge and match steps.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..domain import workloads
 from ..domain.callables import Registry
 from ..infra.celery_app import app
 from . import bench  # noqa: F401  (defines the lewis.bench tasks looked up below)
+from .iobatch import ASYNC_BODIES
 
 PROFILABLE = Registry("profilable task")
 BENCHMARKABLE = Registry("benchmark target")
@@ -30,6 +32,11 @@ def _task_function(task_name: str) -> Callable[..., Any]:
     profile shows this one frame above the task's function.
     """
     def run_task_inline(*args: Any, **kwargs: Any) -> Any:
+        body = ASYNC_BODIES.get(task_name)
+        if body is not None:
+            # An async io task's body would run on the worker's loop thread, out of the
+            # profiler's sight; here it runs on a private loop in this (profiled) thread.
+            return asyncio.run(body(*args, **kwargs))
         return app.tasks[task_name].run(*args, **kwargs)
 
     run_task_inline.__qualname__ = f"run_task_inline[{task_name}]"
