@@ -2,26 +2,33 @@
 
 Both submit to the running stack, show a live progress line when stdout is a terminal, then a
 final table (or JSON with ``--json``). ``lewis http`` exits 1 when some URL failed;
-``lewis loadtest`` exits 1 when no request was answered at all.
+``lewis loadtest`` exits 1 when no request was answered at all. Neither waits forever: past
+``--wait`` (by default, as long as the work may take at worst) they say so in one line and
+exit 3.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, TransientError
 from . import Exit, cli
+
+if TYPE_CHECKING:
+    from ..infra.config import Settings
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 TICK = 0.25  # seconds between progress polls
+WAIT_MARGIN = 15.0  # s beyond the work's own limits: queueing, the merge, the result's return
 
 
 def parse_duration(text: str) -> float:
@@ -65,11 +72,55 @@ def read_requests(stream: IO[str]) -> list[Any]:
     return items
 
 
-def _live(ready: Callable[[], bool], line: Callable[[], str]) -> None:
-    """Redraw a progress line until ``ready()``, only when stdout is a terminal."""
+def batch_wait(settings: Settings, count: int, timeout: float | None) -> float:
+    """How long ``lewis http`` waits by default for ``count`` URLs of ``timeout`` s each: as
+    if one io slot ran the chunks one after another, every URL using its whole budget."""
+    from ..tasks.httplimits import FLUSH_TICK, SLACK, chunk_seconds, chunk_size, url_budget
+
+    budget = url_budget(settings, timeout)
+    size = chunk_size(settings, budget)
+    waves = -(-min(size, count) // settings.network.max_connections)
+    per_chunk = min(chunk_seconds(settings), waves * (budget + FLUSH_TICK)) + SLACK
+    return float(math.ceil(-(-count // size) * per_chunk + WAIT_MARGIN))
+
+
+def loadtest_wait(settings: Settings, duration: float | None) -> float:
+    """How long ``lewis loadtest`` waits by default: a part's hard time limit (start barrier,
+    the run, its drain and slack) plus a margin for the merge."""
+    from ..tasks.httplimits import loadtest_budget
+
+    return float(math.ceil(loadtest_budget(settings).time_limits(duration)[1] + WAIT_MARGIN))
+
+
+def _finish(handle: Any, line: Callable[[], str], started: Callable[[], bool], seconds: float,
+            what: str) -> dict[str, Any]:
+    """The handle's result, with the live line meanwhile; after ``seconds`` a TransientError
+    saying what is missing (one line and exit 3 on the command line)."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    deadline = time.monotonic() + seconds
+    _live(handle.ready, line, deadline)
+    try:
+        return handle.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except ResultTimeout:
+        pass
+    try:
+        begun = started()
+    except Exception:  # the progress store is down too: say what we know, the wait ran out
+        begun = False
+    if begun:
+        raise TransientError(f"the {what} did not finish within {seconds:g} s (it may still "
+                             "be running: raise --wait, or see `lewis status`)")
+    raise TransientError(f"no io worker answered within {seconds:g} s; is the stack up? "
+                         "(`lewis status`)")
+
+
+def _live(ready: Callable[[], bool], line: Callable[[], str], deadline: float) -> None:
+    """Redraw a progress line until ``ready()`` or the deadline (time.monotonic), only when
+    stdout is a terminal."""
     tty = sys.stdout.isatty()
     width = 0
-    while not ready():
+    while not ready() and time.monotonic() < deadline:
         if tty:
             text = line()
             click.echo("\r" + text.ljust(width), nl=False)
@@ -88,10 +139,15 @@ def _live(ready: Callable[[], bool], line: Callable[[], str]) -> None:
 @click.option("--limit", default=200, show_default=True,
               help="Rows in the table (failed rows first when there are more).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and every URL as JSON.")
+@click.option("--wait", "wait_s", type=DURATION, default=None,
+              help="Give up waiting after this long, exit 3 (default: the batch's worst case, "
+                   "from its size and the timeout).")
 def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float | None,
-                 limit: int, as_json: bool) -> None:
+                 limit: int, as_json: bool, wait_s: float | None) -> None:
     """Fetch URLs on the io workers: status, time, bytes and SHA-256 of each, or why not.
-    Exits 1 when some URL failed (refused, timed out, out of scope…)."""
+    Exits 1 when some URL failed (refused, timed out, out of scope…), 3 when no result
+    came within --wait."""
+    from ..infra.config import get_settings
     from ..producer.http import submit_http_batch
 
     requests: list[Any] = list(urls)
@@ -99,6 +155,9 @@ def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float |
         requests += read_requests(source)
     if not requests:
         raise InvalidInput("give URLs, or -f FILE with one per line")
+    _check_wait(wait_s)
+    if wait_s is None:
+        wait_s = batch_wait(get_settings(), len(requests), timeout)
     began = time.monotonic()
     handle = submit_http_batch(requests, timeout=timeout)
 
@@ -108,8 +167,8 @@ def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float |
         return (f"{p['done']:,}/{p['total']:,} URLs · {p['ok']:,} answered · "
                 f"{p['failed']:,} failed · {rate:,.0f} URLs/s")
 
-    _live(handle.ready, line)
-    summary = handle.wait()
+    summary = _finish(handle, line, lambda: handle.progress()["status"] != "pending", wait_s,
+                      "batch")
     seconds = time.monotonic() - began
     if as_json:
         rows = _all_rows(handle)
@@ -186,14 +245,20 @@ def format_batch(summary: dict[str, Any], rows: Iterable[dict[str, Any]], second
               help="io worker processes to spread the load over (they start together).")
 @click.option("-m", "--method", default="GET", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the merged result as JSON.")
+@click.option("--wait", "wait_s", type=DURATION, default=None,
+              help="Give up waiting after this long, exit 3 (default: the start barrier, the "
+                   "run and its drain, plus a margin).")
 def loadtest_command(url: str, concurrency: int, duration: float | None, count: int | None,
-                     rate: float | None, workers: int, method: str, as_json: bool) -> None:
+                     rate: float | None, workers: int, method: str, as_json: bool,
+                     wait_s: float | None) -> None:
     """Load-test URL from the io workers: requests/s, latency percentiles, status codes.
-    Exits 1 when no request was answered."""
+    Exits 1 when no request was answered, 3 when no result came within --wait."""
+    from ..infra.config import get_settings
     from ..producer.http import submit_loadtest
 
     if duration is None and count is None:
         duration = 10.0
+    _check_wait(wait_s)
     handle = submit_loadtest(url, concurrency=concurrency, duration=duration, requests=count,
                              rate=rate, workers=workers, method=method)
 
@@ -204,14 +269,21 @@ def loadtest_command(url: str, concurrency: int, duration: float | None, count: 
         return (f"{p['elapsed_s']:.1f} s · {p['requests']:,} requests · {p['rps']:,.0f} req/s · "
                 f"{p['errors']:,} errors · {p['reporting']}/{p['parts']} parts")
 
-    _live(handle.ready, line)
-    result = handle.wait()
+    if wait_s is None:
+        wait_s = loadtest_wait(get_settings(), duration)
+    result = _finish(handle, line, lambda: bool(handle.progress()["reporting"]), wait_s,
+                     "load test")
     if as_json:
         click.echo(json.dumps(result, indent=1))
     else:
         click.echo(format_loadtest(result))
     if result["requests"] == 0:
         sys.exit(int(Exit.FAILURE))
+
+
+def _check_wait(seconds: float | None) -> None:
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidInput(f"--wait must be a duration > 0, not {seconds:g}")
 
 
 def format_loadtest(result: dict[str, Any]) -> str:
@@ -237,4 +309,4 @@ def format_loadtest(result: dict[str, Any]) -> str:
 
 
 __all__ = ["http_command", "loadtest_command", "parse_duration", "read_requests",
-           "format_batch", "format_loadtest"]
+           "format_batch", "format_loadtest", "batch_wait", "loadtest_wait"]

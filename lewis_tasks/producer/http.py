@@ -3,7 +3,7 @@
 A request that cannot be fetched (malformed URL, unsupported scheme) is that URL's error
 and the batch goes on; a request that cannot be run at all (too many URLs, a load test over
 a ``loadtest.*`` cap, a target outside the scope) is an InvalidInput before anything is
-enqueued.
+enqueued; a broker that cannot be reached is a BrokerUnavailable.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..tasks.httplimits import (
     split,
     url_budget,
 )
-from .base import _app, _require_broker
+from .base import _app, _require_broker, publishing
 
 
 @dataclass
@@ -152,7 +152,9 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
     callback = app.signature("lewis.http.merge", kwargs={"batch_id": batch_id})
     callback.link_error(app.signature("lewis.http.abort",
                                       kwargs={"kind": "batch", "run_id": batch_id}))
-    result = chord(header, app=app)(callback)
+    with publishing(app):  # a broker that is down: one BrokerUnavailable, not kombu's own
+        _reach_broker(app)
+        result = chord(header, app=app)(callback)
     return HttpBatchHandle(batch_id, result.id, [s.id for s in header], app,
                            total=len(items), chunks=len(header))
 
@@ -189,9 +191,19 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
                              kwargs={"run_id": run_id, "request": request})
     callback.link_error(app.signature("lewis.http.abort",
                                       kwargs={"kind": "loadtest", "run_id": run_id}))
-    result = chord(header, app=app)(callback)
+    with publishing(app):
+        _reach_broker(app)
+        result = chord(header, app=app)(callback)
     return LoadtestHandle(run_id, result.id, [s.id for s in header], app, workers=workers,
                           request=request)
+
+
+def _reach_broker(app: Celery) -> None:
+    """One PING first: a chord subscribes to its result before it publishes, and Celery's
+    result backend retries a dead Redis for ~20 s, then gives up with a RuntimeError."""
+    from ..infra.redis_client import get_redis
+
+    get_redis(app.conf.broker_url).ping()
 
 
 def _wire(index: int, item: Any) -> Any:

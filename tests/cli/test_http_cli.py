@@ -135,3 +135,49 @@ def test_request_files_take_urls_json_lines_and_comments(tmp_path: Path) -> None
     with source.open() as stream, pytest.raises(InvalidInput, match="line 1"):
         read_requests(stream)
 
+
+
+# --- no io worker: a bounded wait, one line, exit 3 -------------------------------------------
+
+@pytest.fixture
+def unconsumed(worker_redis: Any) -> Iterator[None]:
+    """Nothing consumes the io queue here: drop what the test enqueued, so a later test's
+    worker does not run it."""
+    before = set(worker_redis.lrange("io", 0, -1))
+    yield
+    for message in set(worker_redis.lrange("io", 0, -1)) - before:
+        worker_redis.lrem("io", 0, message)
+
+
+@pytest.mark.parametrize("command", [
+    ["http", "http://127.0.0.1:1/", "--wait", "1"],
+    ["loadtest", "http://127.0.0.1:1/", "-n", "1", "--wait", "1s"],
+])
+def test_without_an_io_worker_the_wait_ends_in_one_line_and_exit_3(
+        lewis_settings: Any, unconsumed: None, command: list[str]) -> None:
+    result = lewis(*command)
+    assert result.exit_code == 3, result.output
+    assert result.output.strip() == ("lewis: no io worker answered within 1 s; is the stack up? "
+                                     "(`lewis status`)")
+
+
+def test_a_bad_wait_exits_2(lewis_settings: Any) -> None:
+    for command in (["http", "http://127.0.0.1:1/"], ["loadtest", "http://127.0.0.1:1/"]):
+        result = lewis(*command, "--wait", "0")
+        assert result.exit_code == 2 and "--wait must be a duration > 0" in result.output
+
+
+def test_default_waits_cover_the_work_at_its_worst(lewis_settings: Any) -> None:
+    from lewis_tasks.cli.http import batch_wait, loadtest_wait
+    from lewis_tasks.tasks.httplimits import chunk_size, loadtest_budget, url_budget
+
+    s = lewis_settings
+    # A load test: its part's hard time limit (barrier, run, drain, slack) and then some
+    for duration in (0.5, 10.0, None):
+        assert loadtest_wait(s, duration) > loadtest_budget(s).time_limits(duration)[1]
+    assert loadtest_wait(s, 0.5) < loadtest_wait(s, 10.0) <= loadtest_wait(s, None)
+    # A batch: every URL may use its whole budget; more URLs (more chunks) wait longer
+    one = batch_wait(s, 1, None)
+    assert one > url_budget(s, None) and batch_wait(s, 1, 1.0) < one
+    size = chunk_size(s, url_budget(s, None))
+    assert batch_wait(s, 3 * size, None) > batch_wait(s, size, None) >= one

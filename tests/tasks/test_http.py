@@ -276,3 +276,142 @@ def test_chunks_and_parts_fit_their_time_limits(lewis_settings: Any) -> None:
     # The longest load test part ends before the broker would hand it to another worker
     soft, hard = loadtest_budget(lewis_settings).time_limits(None)
     assert soft < hard < lewis_settings.broker.visibility_timeout
+
+
+# --- load-test progress: off the loop, never fatal -------------------------------------------
+
+def test_a_part_whose_progress_cannot_be_written_still_runs_and_returns(
+        celery_worker: Any, servers: ServerThread, worker_redis: Any) -> None:
+    from lewis_tasks.tasks.http import PROGRESS_KEY
+
+    # Given a run whose progress hash cannot take an HSET (the key holds a string: WRONGTYPE)
+    run_id = f"progress-broken-{time.monotonic_ns()}"
+    key = PROGRESS_KEY.format(run=run_id)
+    worker_redis.set(key, "not a hash", ex=120)
+    spec = {"url": f"{inside(servers).url}/", "concurrency": 2, "duration": 1.5}
+    # When a part runs long enough for the once-a-second progress line, and its final line
+    result = submit("lewis.http.loadtest_part", args=[run_id, 0, 1, spec]).wait(timeout=WAIT)
+    # Then the part still loads the URL and returns its result; progress is simply missing
+    assert result["requests"] > 0 and result["errors"] == {}
+    assert worker_redis.type(key) == b"string"
+    worker_redis.delete(key)
+
+
+def test_a_part_leaves_its_final_progress_line(celery_worker: Any, servers: ServerThread,
+                                               worker_redis: Any) -> None:
+    import json
+
+    from lewis_tasks.tasks.http import PROGRESS_KEY
+
+    run_id = f"progress-ok-{time.monotonic_ns()}"
+    spec = {"url": f"{inside(servers).url}/", "concurrency": 1, "requests": 5}
+    result = submit("lewis.http.loadtest_part", args=[run_id, 0, 1, spec]).wait(timeout=WAIT)
+    key = PROGRESS_KEY.format(run=run_id)
+    line = json.loads(worker_redis.hget(key, "0"))
+    assert line["done"] is True and line["requests"] == result["requests"] == 5
+    assert worker_redis.ttl(key) > 0
+    worker_redis.delete(key)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(1, thread_name_prefix="test-progress")
+    yield executor
+    executor.shutdown(wait=True)
+
+
+def test_progress_lines_are_written_latest_first_with_a_ttl(redis_client: Any,
+                                                            one_thread: Any) -> None:
+    import json
+    import threading
+
+    from lewis_tasks.tasks.http import ProgressWriter
+
+    writer = ProgressWriter(redis_client, "progress:test", "3", 60, one_thread)
+    # Given the writer's thread busy, lines published meanwhile are coalesced: the newest wins
+    gate = threading.Event()
+    one_thread.submit(gate.wait, 30)
+    before = _hset_calls(redis_client)
+    for n in range(5):
+        writer.publish({"requests": n})
+    gate.set()
+    writer.flush(30)
+    assert json.loads(redis_client.hget("progress:test", "3")) == {"requests": 4}
+    assert _hset_calls(redis_client) - before == 1
+    assert 0 < redis_client.ttl("progress:test") <= 60
+    # And a later line replaces it
+    writer.publish({"requests": 9, "done": True})
+    writer.flush(30)
+    assert json.loads(redis_client.hget("progress:test", "3"))["done"] is True
+
+
+def _hset_calls(client: Any) -> int:
+    return int(client.info("commandstats").get("cmdstat_hset", {}).get("calls", 0))
+
+
+def test_publishing_progress_never_waits_for_redis_nor_raises(
+        servers: ServerThread, one_thread: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+    import threading
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from lewis_tasks.tasks.http import ProgressWriter
+
+    # Given a "Redis" that accepts connections and never answers, and one that refuses them
+    silent = redis.Redis(host="127.0.0.1", port=stall(servers).port, socket_timeout=0.5,
+                         socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    refused = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5,
+                          retry=Retry(NoBackoff(), 0))
+    writers = [ProgressWriter(client, "progress:x", "0", 60, one_thread)
+               for client in (silent, refused)]
+    ours = "lewis_tasks.tasks.http"
+
+    async def on_the_loop() -> None:
+        for n in range(3):
+            for writer in writers:
+                writer.publish({"requests": n})  # as the load generator's ticker does
+            await asyncio.sleep(0)
+
+    gate = threading.Event()
+    one_thread.submit(gate.wait, 30)  # the writes' thread is held: publish must not need it
+    connections = stall(servers).hits["connections"]
+    with caplog.at_level(logging.DEBUG, logger=ours):
+        # When progress is published from a coroutine
+        asyncio.run(on_the_loop())
+        # Then publish returned without touching either server, and raised nothing
+        assert stall(servers).hits["connections"] == connections
+        assert [r for r in caplog.records if r.name == ours] == []
+        gate.set()
+        for writer in writers:
+            writer.flush(30)
+        # And once written (and failed) elsewhere, each writer warned once
+        for writer in writers:  # more failures: debug lines only
+            writer.publish({"requests": 9})
+            writer.flush(30)
+    records = [r for r in caplog.records if r.name == ours]
+    warnings = [r for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("not published" in r.getMessage() for r in warnings)
+    assert len(records) == 4
+    silent.close()
+    refused.close()
+
+
+def test_a_broker_that_is_down_is_one_broker_unavailable(lewis_settings: Any) -> None:
+    from celery import Celery
+
+    from lewis_tasks.errors import BrokerUnavailable
+    from lewis_tasks.infra.celery_app import configure_app
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    app = configure_app(Celery("lewis-dead-broker", set_as_current=False),
+                        config.replace_section(lewis_settings, "broker", url=dead))
+    with pytest.raises(BrokerUnavailable, match="unreachable"):
+        submit_http_batch(["http://127.0.0.1:1/"], app=app)
+    with pytest.raises(BrokerUnavailable, match="unreachable"):
+        submit_loadtest("http://127.0.0.1:1/", concurrency=1, requests=1, app=app)
