@@ -72,7 +72,8 @@ class System:
                 return [lewis_worker_argv("cpu", "-c", "2")]  # one cpu worker: 2 pool processes
             return [lewis_worker_argv("io"), lewis_worker_argv("io")]
         if kind == "sleep":  # Celery's own answer to IO: the threads pool
-            return [baseline_worker_argv("-P", "threads", "-c", "100") for _ in range(2)]
+            return [baseline_worker_argv("-P", "threads", "-c", "100", "-n", f"base{i}@%h")
+                    for i in range(2)]
         return [baseline_worker_argv("-c", "2")]  # defaults: prefork, 2 children
 
     def send(self, name: str, queue: str) -> Any:
