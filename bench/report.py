@@ -74,9 +74,10 @@ def render_platform(data: dict[str, Any]) -> str:
         "session, and any number of waits in flight on them; prefork would give one loop per "
         "child and one task in flight per child. The io profile therefore runs threads.",
         "",
-        "How: latency = 400 sequential `send_task(...).get()` after 30 warm-up calls; drain = "
+        "How: latency = 400 sequential round trips after 30 warm-up calls (LEWIS "
+        "`submit(...).wait()`, Celery `send_task(...).get()`); drain = "
         "10,000 no-ops pushed at once with `submit_many` into running workers, timed until the "
-        "last result key exists (DBSIZE on a results-only db); enqueue = 5,000 `send_task` calls "
+        "last result key exists (DBSIZE on a results-only db); enqueue = 5,000 single submits "
         "with no worker running, and 50,000 through `submit_many`; 50 ms waits = 2,000 tasks "
         "pushed at once, timed until the last result; packed = `submit_many(..., pack=50)`: "
         "each task keeps its own id, handle and stored result, 50 travel in one message "
