@@ -145,31 +145,28 @@ def _split_tokens(tokens: Iterable[str]) -> list[str]:
 
 def resolve_hosts(targets: Sequence[Target], scope: Scope) -> list[ScanHost]:
     """Every address of ``targets``, each checked by ``scope``; OutOfScope names the first refused."""
-    hosts: list[ScanHost] = []
-    seen: set[str] = set()
-    for target in targets:
-        if target.hostname is not None:
-            pairs: list[tuple[str, str | None]] = [
-                (str(a), target.hostname) for a in scope.resolve(target.hostname)]
-        else:
-            pairs = [(str(scope.check_address(a)), None) for a in target.addresses]
-        for address, name in pairs:
-            if address not in seen:
-                seen.add(address)
-                hosts.append(ScanHost(address, name))
-    return hosts
+    return _unique_hosts(
+        [(str(a), t.hostname) for a in scope.resolve(t.hostname)] if t.hostname is not None
+        else [(str(scope.check_address(a)), None) for a in t.addresses]
+        for t in targets)
 
 
 async def resolve_hosts_async(targets: Sequence[Target], scope: Scope) -> list[ScanHost]:
     """:func:`resolve_hosts` on the running loop's resolver (no blocking getaddrinfo)."""
+    groups: list[list[tuple[str, str | None]]] = []
+    for t in targets:
+        if t.hostname is not None:
+            groups.append([(str(a), t.hostname) for a in await scope.resolve_async(t.hostname)])
+        else:
+            groups.append([(str(scope.check_address(a)), None) for a in t.addresses])
+    return _unique_hosts(groups)
+
+
+def _unique_hosts(groups: Iterable[Sequence[tuple[str, str | None]]]) -> list[ScanHost]:
+    """Each address once, in order, tagged with the first name it came from."""
     hosts: list[ScanHost] = []
     seen: set[str] = set()
-    for target in targets:
-        if target.hostname is not None:
-            found = await scope.resolve_async(target.hostname)
-            pairs: list[tuple[str, str | None]] = [(str(a), target.hostname) for a in found]
-        else:
-            pairs = [(str(scope.check_address(a)), None) for a in target.addresses]
+    for pairs in groups:
         for address, name in pairs:
             if address not in seen:
                 seen.add(address)
