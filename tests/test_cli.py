@@ -60,8 +60,8 @@ def test_worker_without_any_broker_says_how_to_get_one(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
-    env = {"LEWIS_STACK_HOME": str(tmp_path / "stack"), "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "1",
-           "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2"}
+    env = {"LEWIS_STACK_HOME": str(tmp_path / "stack"), "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "2",
+           "LEWIS_MONITORING_PING_TIMEOUT": "0.5", "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2"}
     up = lewis("up", "--detach", "--timeout", "90", env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     info = json.loads((tmp_path / "stack" / "stack.json").read_text())

@@ -398,6 +398,12 @@ def _resolve(settings: Settings, base: Path) -> Settings:
             broker = dataclasses.replace(broker, url=info["broker_url"])
     if not database.url:
         database = dataclasses.replace(database, url=f"sqlite:///{home / 'lewis.db'}")
+    if settings.monitoring.ping_timeout >= settings.monitoring.health_check_interval:
+        # a heartbeat waits out its ping; longer than its period, heartbeats would pile up
+        raise ConfigError(
+            "setting monitoring.ping_timeout: must be shorter than "
+            f"monitoring.health_check_interval ({settings.monitoring.ping_timeout} >= "
+            f"{settings.monitoring.health_check_interval})")
     if settings.tasks.soft_time_limit > settings.tasks.time_limit:
         raise ConfigError("setting tasks.soft_time_limit: must not exceed tasks.time_limit "
                           f"({settings.tasks.soft_time_limit} > {settings.tasks.time_limit})")

@@ -71,6 +71,8 @@ def test_environment_beats_file_beats_defaults(tmp_path: Path) -> None:
     ({"LEWIS_NETWORK_MAXCONNECTIONS": "1"}, "network.maxconnections: unknown key"),
     ({"LEWIS_TASKS_SOFT_TIME_LIMIT": "500", "LEWIS_TASKS_TIME_LIMIT": "100"},
      "tasks.soft_time_limit: must not exceed tasks.time_limit"),
+    ({"LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "1"},  # the default ping waits 2 s
+     "monitoring.ping_timeout: must be shorter than monitoring.health_check_interval"),
 ])
 def test_a_bad_value_names_the_key_and_the_problem(env: dict[str, str], message: str,
                                                    tmp_path: Path) -> None:
