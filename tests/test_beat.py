@@ -16,12 +16,13 @@ from tests.support.procs import kill_group, lewis_process, wait_for
 
 
 def test_only_one_lease_holder_and_takeover_after_expiry(redis_client: redis.Redis) -> None:
-    first, second = LeaderLease(redis_client, ttl=0.5), LeaderLease(redis_client, ttl=0.5)
+    # (a 3 s lease: long enough that a stalled test machine cannot expire it between calls)
+    first, second = LeaderLease(redis_client, ttl=3), LeaderLease(redis_client, ttl=3)
     assert first.acquire_or_renew()
     assert not second.acquire_or_renew()
     assert first.acquire_or_renew()  # the owner renews
     assert leader(redis_client)[0] == first.token
-    time.sleep(0.7)  # the owner stops renewing (it died)
+    time.sleep(3.3)  # the owner stops renewing (it died)
     assert second.acquire_or_renew()
     assert not first.acquire_or_renew()  # the old owner cannot steal it back
     second.release()
