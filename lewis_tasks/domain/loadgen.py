@@ -198,34 +198,19 @@ class _Run:
                 raise task.exception()  # type: ignore[misc]  # a bug, not a network error
 
     async def _closed(self) -> None:
-        request, method, target = self.session.request, self.method, self.target
-        record, statuses, perf = self.latency.record, self.statuses, time.perf_counter
-        deadline, limit = self.deadline, self.limit
+        perf, deadline, limit = time.perf_counter, self.deadline, self.limit
+        held = b""
         while self.issued < limit and self.refused is None:
             sent = perf()
             if sent >= deadline:
                 return
             self.issued += 1
-            try:
-                async with request(method, target, allow_redirects=False) as resp:
-                    status = resp.status
-                    size, held = await _discard(resp.content)
-            except asyncio.CancelledError:
-                self.errors[UNFINISHED] = self.errors.get(UNFINISHED, 0) + 1
-                raise
-            except Exception as exc:
-                self._failed(exc)
-                continue
-            record(int((perf() - sent) * 1_000_000))
-            statuses[status] = statuses.get(status, 0) + 1
-            self.answered += 1
-            self.bytes += size
+            held = await self._request(sent, held)
 
     async def _open(self) -> None:
-        request, method, target = self.session.request, self.method, self.target
-        record, statuses, perf = self.latency.record, self.statuses, time.perf_counter
-        deadline, limit, t0 = self.deadline, self.limit, self.t0
+        perf, deadline, limit, t0 = time.perf_counter, self.deadline, self.limit, self.t0
         interval = 1.0 / self.rate  # type: ignore[operator]
+        held = b""
         while self.issued < limit and self.refused is None:
             intended = t0 + self.issued * interval
             if intended >= deadline:
@@ -234,20 +219,27 @@ class _Run:
             wait = intended - perf()
             if wait > 0:
                 await asyncio.sleep(wait)
-            try:
-                async with request(method, target, allow_redirects=False) as resp:
-                    status = resp.status
-                    size, held = await _discard(resp.content)
-            except asyncio.CancelledError:
-                self.errors[UNFINISHED] = self.errors.get(UNFINISHED, 0) + 1
-                raise
-            except Exception as exc:
-                self._failed(exc)
-                continue
-            record(int((perf() - intended) * 1_000_000))  # from when it *should* have gone
-            statuses[status] = statuses.get(status, 0) + 1
-            self.answered += 1
-            self.bytes += size
+            held = await self._request(intended, held)  # latency from when it *should* have gone
+
+    async def _request(self, started: float, held: bytes) -> bytes:
+        """One request, its latency recorded from ``started``. Returns the body chunk the
+        worker holds until its next response (``held`` again if this one failed; see _discard)."""
+        try:
+            async with self.session.request(self.method, self.target,
+                                            allow_redirects=False) as resp:
+                status = resp.status
+                size, held = await _discard(resp.content)
+        except asyncio.CancelledError:
+            self.errors[UNFINISHED] = self.errors.get(UNFINISHED, 0) + 1
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            return held
+        self.latency.record(int((time.perf_counter() - started) * 1_000_000))
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.answered += 1
+        self.bytes += size
+        return held
 
     def _failed(self, exc: Exception) -> None:
         error, message = hc.classify_error(exc)
