@@ -281,11 +281,12 @@ def render(data: dict[str, Any]) -> str:
                          f"{med(f'{name}_ours', 'rps'):,.0f}; paced wrk {wrk_rate:,.0f})",
                          f"{ours_q:.2f} ms", f"wrk: {wrk_q:.2f} ms", f"{ours_q / wrk_q:.2f}", "≤ 1.2"))
     closed = data["results"]["load_ours"]
+    from .report import machine_line
+
     lines = [
         "## HTTP: batches and load tests",
         "",
-        f"{m['when']} · {m['cpu']} · {m['cores']} cores · Python {m['python']} · "
-        + " · ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        machine_line(m),
         f"Medians of {data['runs']} runs, all against one private nginx (1 worker, 512-byte file, "
         "access log off, keep-alive unlimited) on the same 2 cores as every client.",
         "",

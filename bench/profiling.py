@@ -94,10 +94,12 @@ def render(data: dict[str, Any]) -> str:
             f"({ours / plain:.2f}×) | {ours / bare:.2f} | {bare_mem:.1f} ({bare_mem / plain:.1f}×) "
             f"| {mem:.1f} ({mem / plain:.1f}×) | {mem / bare_mem:.2f} | "
             f"{med(name, 'ours', 'total_ms'):.1f} / {med(name, 'ours_mem', 'total_ms'):.1f} |")
+    from .report import machine_line
+
     lines = [
         "## Profiling: what `lewis profile` costs",
         "",
-        f"{m['when']} · {m['cpu']} · {m['cores']} cores · Python {m['python']}",
+        machine_line(m),
         f"Medians of {data['runs']} runs, each the median of {data['calls']} calls per mode, "
         "modes interleaved, all in one process (`bench/profiling.py`). *Plain* is the registered "
         "workload called bare; the anchor is the same call under a bare `cProfile.Profile()."

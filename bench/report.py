@@ -25,6 +25,16 @@ def _med(samples: list[dict[str, Any]], key: str) -> float:
     return median([s[key] for s in samples])
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """The one line every suite's section opens with: when, on what, with which versions."""
+    parts = [m["when"], m["cpu"], f"{m['cores']} cores"]
+    if m.get("memory_gb"):
+        parts.append(f"{m['memory_gb']} GB")
+    parts.append(f"Python {m['python']}")
+    parts += [f"{k} {v}" for k, v in m.get("versions", {}).items()]
+    return " · ".join(parts)
+
+
 def render_platform(data: dict[str, Any]) -> str:
     r = data["results"]
     m = data["machine"]
@@ -54,8 +64,7 @@ def render_platform(data: dict[str, Any]) -> str:
     lines = [
         "## Platform: the task system itself",
         "",
-        f"{m['when']} · {m['cpu']} · {m['cores']} cores · {m['memory_gb']} GB · Python {m['python']} · "
-        + " · ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        machine_line(m),
         f"Medians of {data['runs']} runs. *Baseline* is bare Celery with its defaults (prefork "
         "`-c 2`, results on; for the 50 ms waits, Celery's threads pool, 2 × 100 threads) on the "
         "same private Redis in the same run; *LEWIS* is `lewis worker io|cpu` as shipped, io "

@@ -220,11 +220,12 @@ def render(data: dict[str, Any]) -> str:
          f"{c['seconds_with_services']:.1f}", f"-sV on {sv['ports']} ports: {sv['seconds']:.0f}",
          "", "—"),
     ]
+    from .report import machine_line
+
     lines = [
         "## Scan: distributed port scan beside nmap",
         "",
-        f"{m['when']} · {m['cpu']} · {m['cores']} cores · Python {m['python']}. Medians of "
-        f"{n} interleaved runs.",
+        f"{machine_line(m)}. Medians of {n} interleaved runs.",
         "",
         "| measure | LEWIS | nmap | ratio | goal / anchor |",
         "|---|---:|---:|---:|---|",
