@@ -98,3 +98,19 @@ def redeliveries(task_id: str, retries: int = 0) -> int:
     """How many times ``task_id`` was delivered again after its first delivery."""
     value = get_redis().get(DELIVERIES_KEY.format(task_id=task_id, retries=retries))
     return int(value) if value else 0
+
+
+def stored_failure(app: Any, task_id: str, patience: float = 5.0) -> BaseException | None:
+    """The exception ``task_id`` failed with, or None.
+
+    For errbacks: Celery calls them just before it stores the failure, so this gives the
+    store up to ``patience`` seconds.
+    """
+    from celery.result import AsyncResult
+
+    result = AsyncResult(task_id, app=app)
+    give_up = time.monotonic() + patience
+    while result.state != "FAILURE" and time.monotonic() < give_up:
+        time.sleep(0.05)
+    failure = result.result
+    return failure if isinstance(failure, BaseException) else None

@@ -36,7 +36,7 @@ from ..infra.barrier import RedisBarrier
 from ..infra.celery_app import app
 from ..infra.config import get_settings
 from ..infra.redis_client import get_redis
-from ..infra.task import LewisTask
+from ..infra.task import LewisTask, stored_failure
 from .httplimits import (
     BARRIER_LEAD,
     check_batch_size,
@@ -218,15 +218,10 @@ def abort(failed_task_id: str, kind: str, run_id: str) -> dict[str, Any]:
     return {"kind": kind, "id": run_id, "error": reason}
 
 
-def _failure_of(task_id: str, patience: float = 5.0) -> str:
-    """Why ``task_id`` failed; Celery calls errbacks just before it stores the failure."""
-    give_up = time.monotonic() + patience
-    while True:
-        result = app.AsyncResult(task_id)
-        if result.state == "FAILURE" or time.monotonic() > give_up:
-            failure = result.result
-            return str(failure) if isinstance(failure, BaseException) else "a part failed"
-        time.sleep(0.05)
+def _failure_of(task_id: str) -> str:
+    """Why ``task_id`` failed, in words."""
+    failure = stored_failure(app, task_id)
+    return str(failure) if failure is not None else "a part failed"
 
 
 def _check_batch_id(batch_id: Any) -> None:

@@ -34,7 +34,7 @@ from ..infra import aio
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
 from ..infra.redis_client import get_redis
-from ..infra.task import LewisTask
+from ..infra.task import LewisTask, stored_failure
 from .scanprocess import WORK_SHARE, process_state, running_chunk
 from .vulnlookup import cve_records
 
@@ -246,23 +246,12 @@ def chord_cause(exc: BaseException) -> BaseException:
 @app.task(name="lewis.scan.fail")
 def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
     """Errback of the merge: the chord failed (a chunk gave up, or the merge did); say why."""
-    from celery.result import AsyncResult
-
     from ..storage import scans
     from ..storage.db import get_engine, session_scope
 
-    cause = None
-    if task_id:
-        # Celery calls a chord's errbacks just before it stores the callback's failure: give
-        # the store a moment, so the scan records the real reason (and a waiting handle that
-        # sees "failed" finds the failure stored).
-        failed = AsyncResult(task_id, app=app)
-        for _ in range(50):
-            if failed.state == "FAILURE":
-                break
-            time.sleep(0.1)
-        cause = failed.result
-    if isinstance(cause, BaseException):
+    # waiting for the stored failure also means a handle that sees "failed" finds it stored
+    cause = stored_failure(app, task_id) if task_id else None
+    if cause is not None:
         cause = chord_cause(cause)
     with session_scope(get_engine()) as session:
         scan = scans.get_scan(session, scan_id)
