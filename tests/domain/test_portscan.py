@@ -24,6 +24,7 @@ from lewis_tasks.domain.portscan import (
 )
 from lewis_tasks.domain.scope import Scope
 from lewis_tasks.errors import InvalidInput, OutOfScope
+from lewis_tasks.infra.redis_server import free_port
 from tests.support.listeners import ListenerSet, blackhole_port, listening_ports, running_listeners
 
 # A loopback address of its own: only our listeners and wildcard (0.0.0.0 / ::) ones answer.
@@ -125,18 +126,12 @@ def test_retries_zero_gives_up_after_one_timeout() -> None:
     assert result.state_of(silent) == FILTERED and result.retried == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.parametrize("bind_every_time", [False, True])
 def test_self_connects_are_never_reported_open(monkeypatch: pytest.MonkeyPatch,
                                                bind_every_time: bool) -> None:
     # Given the kernel hands the scanner's socket the very port it scans (forced here by
     # binding it; in a real scan it happens now and then in the ephemeral range)
-    port = _free_port()
+    port = free_port()
     real_open = connectloop._open_socket
     bound = 0
 

@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from lewis_tasks.infra.redis_server import free_port  # noqa: F401  (tests import it from here)
+
 T = TypeVar("T")
 LOOPBACK = ("127.", "::1")
 PATTERN = bytes(range(256))
@@ -238,13 +240,6 @@ async def _start_raw(kind: str, host: str, port: int, interval: float) -> Runnin
     return server
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (connects to it are refused)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:
