@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import os
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import redis
 
 from ..domain.histogram import LatencyHistogram
 from ..domain.httpclient import TIMEOUT, create_session
@@ -35,6 +31,7 @@ from ..infra import aio
 from ..infra.barrier import RedisBarrier
 from ..infra.celery_app import app
 from ..infra.config import get_settings
+from ..infra.progress import ProgressWriter
 from ..infra.redis_client import get_redis
 from ..infra.task import LewisTask, stored_failure
 from .httplimits import (
@@ -288,69 +285,6 @@ def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
     progress.flush(FINAL_LINE_WAIT)
     return {**result.to_dict(), "part": part, "process": process_id(), "shared": shared,
             "handed_back": self.request.retries or 0}
-
-
-class ProgressWriter:
-    """One field of a Redis hash kept at the latest progress line, written off the event loop.
-
-    :meth:`publish` is called on the io loop every task of the process shares, so it never
-    blocks and never raises: the HSET goes to ``executor`` (the process's one-thread progress
-    publisher, which the scan chunks' live progress uses too), a line still waiting there is
-    replaced rather than queued behind, and a failed write is logged once — a progress line
-    must never stall the loop nor fail the work it reports on.
-    """
-
-    def __init__(self, client: redis.Redis, key: str, field: str, ttl: int,
-                 executor: concurrent.futures.Executor) -> None:
-        self._client, self._key, self._field, self._ttl = client, key, field, ttl
-        self._executor = executor
-        self._lock = threading.Lock()
-        self._line: str | None = None  # the newest line not yet handed to Redis
-        self._queued = False  # a write of ``_line`` is waiting in the executor
-        self._failed = False
-
-    def publish(self, line: Mapping[str, Any]) -> None:
-        """Write ``line`` (JSON) soon, from any thread; returns at once."""
-        text = json.dumps(line)
-        with self._lock:
-            self._line = text
-            if self._queued:
-                return
-            self._queued = True
-        try:
-            self._executor.submit(self._write)
-        except RuntimeError as exc:  # the executor shut down: the process is on its way out
-            log.debug("progress %s[%s] not published: %s", self._key, self._field, exc)
-
-    def flush(self, timeout: float) -> None:
-        """Wait up to ``timeout`` s for the lines published so far (call it off the loop)."""
-        try:
-            self._executor.submit(_nothing).result(timeout)  # one thread: runs after them
-        except (concurrent.futures.TimeoutError, RuntimeError):
-            log.debug("progress %s[%s] still being written after %g s", self._key,
-                      self._field, timeout)
-
-    def _write(self) -> None:
-        with self._lock:
-            text, self._line, self._queued = self._line, None, False
-        if text is None:
-            return
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hset(self._key, self._field, text)
-            pipe.expire(self._key, self._ttl)
-            pipe.execute()
-        except Exception as exc:  # logged here: a future nobody reads would swallow it
-            if not self._failed:
-                self._failed = True
-                log.warning("progress %s[%s] not published (%s); the work goes on, further "
-                            "failures are logged at debug level", self._key, self._field, exc)
-            else:
-                log.debug("progress %s[%s] not published: %s", self._key, self._field, exc)
-
-
-def _nothing() -> None:
-    return None
 
 
 async def _load(spec: Mapping[str, Any], start_at: float, max_duration: float,

@@ -33,6 +33,7 @@ from ..errors import InvalidInput, OutOfScope, TransientError
 from ..infra import aio
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
+from ..infra.progress import ProgressWriter
 from ..infra.redis_client import get_redis
 from ..infra.task import LewisTask, stored_failure
 from .scanprocess import WORK_SHARE, process_state, running_chunk
@@ -163,19 +164,13 @@ def _port_rows(part: ScanChunk, outcome: ChunkOutcome) -> list[dict[str, Any]]:
 
 
 def _live_publisher(scan_id: str, index: int, publisher: ThreadPoolExecutor) -> Any:
-    key = LIVE_KEY.format(scan_id=scan_id)
+    """Publish a running chunk's "done,open" counts off the event loop (the readers'
+    format: producer.scanreport); a Redis hiccup only makes the bar coarser."""
+    writer = ProgressWriter(get_redis(), LIVE_KEY.format(scan_id=scan_id), str(index), LIVE_TTL,
+                            publisher)
 
-    def write(progress: ScanProgress) -> None:
-        try:
-            pipe = get_redis().pipeline(transaction=False)
-            pipe.hset(key, str(index), f"{progress.done},{progress.open}")
-            pipe.expire(key, LIVE_TTL)
-            pipe.execute()
-        except redis.RedisError as exc:  # progress is a nicety; the scan goes on without it
-            log.debug("live progress of scan %s not published: %s", scan_id, exc)
-
-    def publish(progress: ScanProgress) -> None:  # on the event loop: hand the write off
-        publisher.submit(write, progress)
+    def publish(progress: ScanProgress) -> None:
+        writer.publish(f"{progress.done},{progress.open}")
 
     return publish
 

@@ -327,7 +327,7 @@ def test_progress_lines_are_written_latest_first_with_a_ttl(redis_client: Any,
     import json
     import threading
 
-    from lewis_tasks.tasks.http import ProgressWriter
+    from lewis_tasks.infra.progress import ProgressWriter
 
     writer = ProgressWriter(redis_client, "progress:test", "3", 60, one_thread)
     # Given the writer's thread busy, lines published meanwhile are coalesced: the newest wins
@@ -361,7 +361,7 @@ def test_publishing_progress_never_waits_for_redis_nor_raises(
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from lewis_tasks.tasks.http import ProgressWriter
+    from lewis_tasks.infra.progress import ProgressWriter
 
     # Given a "Redis" that accepts connections and never answers, and one that refuses them
     silent = redis.Redis(host="127.0.0.1", port=stall(servers).port, socket_timeout=0.5,
@@ -370,7 +370,7 @@ def test_publishing_progress_never_waits_for_redis_nor_raises(
                           retry=Retry(NoBackoff(), 0))
     writers = [ProgressWriter(client, "progress:x", "0", 60, one_thread)
                for client in (silent, refused)]
-    ours = "lewis_tasks.tasks.http"
+    ours = "lewis_tasks.infra.progress"  # where ProgressWriter logs
 
     async def on_the_loop() -> None:
         for n in range(3):
