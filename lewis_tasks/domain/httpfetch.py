@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +46,9 @@ class RedirectHop:
 
 @dataclass(frozen=True)
 class Timings:
-    """Milliseconds; dns/connect/ttfb of the last hop (None when a pooled connection was
-    reused), total for the whole URL including redirects and retries."""
+    """Milliseconds; dns/connect/ttfb of the last hop (dns and connect None when a pooled
+    connection was reused; ttfb from the connection being ready to the response headers, so
+    the three add up), total for the whole URL including redirects and retries."""
 
     dns_ms: float | None = None
     connect_ms: float | None = None
@@ -106,68 +108,177 @@ async def fetch_all(session: aiohttp.ClientSession,
     """One HttpOutcome per request, in order; at most ``concurrency`` in flight.
 
     ``total_timeout`` bounds each URL (hops and retries included); ``on_result`` is called
-    as each URL finishes, for progress.
+    as each URL finishes, for progress. A one-off :class:`FetchPool`.
     """
-    for name, value, low in (("concurrency", concurrency, 1), ("max_body_bytes", max_body_bytes, 0),
-                             ("max_redirects", max_redirects, 0), ("retries", retries, 0)):
-        if value < low:
-            raise InvalidInput(f"{name} must be ≥ {low}, not {value}")
-    if total_timeout <= 0:
-        raise InvalidInput(f"total_timeout must be > 0, not {total_timeout}")
-    items = list(requests)
-    results: list[HttpOutcome | None] = [None] * len(items)
-    todo = iter(range(len(items)))
-    watchdog = _Watchdog(total_timeout)
-    options = (max_body_bytes, max_redirects, retries, watchdog, backoff)
+    pool = FetchPool(session, concurrency=concurrency, max_body_bytes=max_body_bytes,
+                     max_redirects=max_redirects, retries=retries, backoff=backoff)
+    return await pool.fetch(requests, total_timeout=total_timeout, on_result=on_result)
 
-    async def work(slot: int) -> None:
-        for i in todo:  # one shared iterator: each index is taken by exactly one worker
-            outcome = await _fetch_one(session, slot, i, items[i], *options)
-            results[i] = outcome
-            if on_result is not None:
-                on_result(outcome)
 
-    sweeping = asyncio.create_task(watchdog.run())
-    try:
-        async with asyncio.TaskGroup() as group:
-            for slot in range(min(concurrency, len(items))):
-                group.create_task(work(slot))
-    except BaseExceptionGroup as failed:  # on_result raised: the caller gets that error itself
-        raise failed.exceptions[0] from None
-    finally:
-        sweeping.cancel()
-    return [r for r in results if r is not None]
+class FetchPool:
+    """``concurrency`` fetchers on one session, shared by every batch handed to :meth:`fetch`.
+
+    Batches given at the same time queue in arrival order, so the first finishes first, and
+    at most ``concurrency`` requests are ever in flight: several batches (a worker process's
+    chunks) never queue inside the connector for its connections, which costs a future and a
+    wake-up per request. Fetchers start with work and end when the queue is empty.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, *, concurrency: int, max_body_bytes: int,
+                 max_redirects: int, retries: int, backoff: float = 0.1) -> None:
+        for name, value, low in (("concurrency", concurrency, 1),
+                                 ("max_body_bytes", max_body_bytes, 0),
+                                 ("max_redirects", max_redirects, 0), ("retries", retries, 0)):
+            if value < low:
+                raise InvalidInput(f"{name} must be ≥ {low}, not {value}")
+        self.session = session
+        self.concurrency = concurrency
+        self._options = (max_body_bytes, max_redirects, retries, backoff)
+        self._queue: deque[tuple[_Job, int]] = deque()
+        self._fetchers = 0
+        self._slots = iter(range(1 << 62))  # a watchdog key per fetcher ever started
+        self._watchdog = _Watchdog()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a fetcher."""
+        return len(self._queue)
+
+    async def fetch(self, requests: Iterable[str | Mapping[str, Any] | HttpRequest], *,
+                    total_timeout: float,
+                    on_result: Callable[[HttpOutcome], None] | None = None) -> list[HttpOutcome]:
+        """One HttpOutcome per request, in order, each URL within ``total_timeout`` seconds of
+        its start. Cancelling this call drops its queued requests and ends its in-flight ones."""
+        if total_timeout <= 0:
+            raise InvalidInput(f"total_timeout must be > 0, not {total_timeout}")
+        items = list(requests)
+        if not items:
+            return []
+        job = _Job(items, total_timeout, on_result, asyncio.get_running_loop().create_future())
+        self._queue.extend((job, i) for i in range(len(items)))
+        self._watchdog.start(total_timeout)
+        for _ in range(min(self.concurrency - self._fetchers, len(items))):
+            self._fetchers += 1
+            asyncio.create_task(self._fetcher(next(self._slots)))
+        try:
+            return await job.done
+        finally:
+            if not job.done.done() or job.done.cancelled():
+                job.cancel(self._watchdog)
+
+    async def _fetcher(self, slot: int) -> None:
+        max_body, max_redirects, retries, backoff = self._options
+        me = asyncio.current_task()
+        assert me is not None
+        try:
+            while self._queue:
+                job, i = self._queue.popleft()
+                if job.done.done():  # cancelled, or on_result failed: skip what is left
+                    continue
+                job.running.add(slot)
+                try:
+                    outcome = await _fetch_one(self.session, me, slot, i, job.items[i],
+                                               max_body, max_redirects, retries,
+                                               self._watchdog, job.budget, backoff)
+                finally:
+                    job.running.discard(slot)
+                job.finish(i, outcome)
+        finally:
+            self._fetchers -= 1
+            if not self._fetchers:
+                self._watchdog.stop()
+
+
+class _Job:
+    """One :meth:`FetchPool.fetch` call: its requests, their outcomes and its future."""
+
+    __slots__ = ("items", "budget", "on_result", "done", "results", "left", "running")
+
+    def __init__(self, items: list[Any], budget: float,
+                 on_result: Callable[[HttpOutcome], None] | None,
+                 done: asyncio.Future[list[HttpOutcome]]) -> None:
+        self.items, self.budget, self.on_result, self.done = items, budget, on_result, done
+        self.results: list[HttpOutcome | None] = [None] * len(items)
+        self.left = len(items)
+        self.running: set[int] = set()  # fetcher slots working on this job now
+
+    def finish(self, index: int, outcome: HttpOutcome) -> None:
+        if self.done.done():
+            return
+        self.results[index] = outcome
+        self.left -= 1
+        if self.on_result is not None:
+            try:
+                self.on_result(outcome)
+            except BaseException as exc:  # the caller gets that error itself
+                self.done.set_exception(exc)
+                return
+        if not self.left:
+            self.done.set_result(self.results)  # type: ignore[arg-type]
+
+    def cancel(self, watchdog: _Watchdog) -> None:
+        """End this job's in-flight requests now (their fetchers move on); queued ones are
+        skipped when reached."""
+        if not self.done.done():
+            self.done.cancel()
+        for slot in list(self.running):
+            watchdog.expire(slot)
 
 
 class _Watchdog:
-    """Ends a URL's work when its budget is spent, by expiring that URL's ``asyncio.timeout``.
+    """Ends a URL's work when its budget is spent, by cancelling the fetcher working on it.
 
-    One sweep per tick over the URLs in flight replaces a timer per URL, which cost ~15 % of
-    a small request's CPU. A URL overruns its budget by at most one tick (≤ 0.1 s).
+    One sweep per tick over the URLs in flight replaces a timer (or an ``asyncio.timeout``)
+    per URL, which cost ~15 % of a small request's CPU. The fetcher tells its own cancel from
+    anyone else's by the slot's flag. A URL overruns its budget by at most one tick
+    (≤ 0.1 s). The sweep runs only while a pool has fetchers.
     """
 
-    def __init__(self, budget: float) -> None:
-        self.budget = budget
-        self.tick = min(0.1, max(0.005, budget / 10))
-        self.in_flight: dict[int, tuple[float, asyncio.Timeout]] = {}  # slot → (deadline, cm)
+    def __init__(self) -> None:
+        self.tick = 0.1
+        self.in_flight: dict[int, tuple[float, asyncio.Task[Any]]] = {}  # slot → (deadline, task)
+        self.fired: set[int] = set()  # slots whose URL this watchdog ended
+        self._task: asyncio.Task[None] | None = None
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+    def start(self, budget: float) -> None:
+        self.tick = min(self.tick if self._task else 0.1, max(0.005, budget / 10))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def arm(self, slot: int, deadline: float, task: asyncio.Task[Any]) -> None:
+        self.in_flight[slot] = (deadline, task)
+
+    def disarm(self, slot: int) -> bool:
+        """Forget the slot's URL; whether this watchdog cancelled it."""
+        self.in_flight.pop(slot, None)
+        if slot in self.fired:
+            self.fired.discard(slot)
+            return True
+        return False
+
+    def expire(self, slot: int) -> None:
+        entry = self.in_flight.pop(slot, None)
+        if entry is not None:
+            self.fired.add(slot)
+            entry[1].cancel()
+
+    async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.tick)
-            now = loop.time()
-            overdue = [slot for slot, (deadline, _) in self.in_flight.items() if deadline <= now]
-            for slot in overdue:
-                _, cm = self.in_flight.pop(slot)
-                if not cm.expired():
-                    cm.reschedule(now)  # the timeout's own machinery cancels that work
+            now = time.perf_counter()
+            for slot in [s for s, (deadline, _) in self.in_flight.items() if deadline <= now]:
+                self.expire(slot)
 
 
-async def _fetch_one(session: aiohttp.ClientSession, slot: int, index: int, item: Any,
-                     max_body: int, max_redirects: int, retries: int, watchdog: _Watchdog,
-                     backoff: float) -> HttpOutcome:
+async def _fetch_one(session: aiohttp.ClientSession, task: asyncio.Task[Any], slot: int,
+                     index: int, item: Any, max_body: int, max_redirects: int, retries: int,
+                     watchdog: _Watchdog, budget: float, backoff: float) -> HttpOutcome:
     started = time.perf_counter()
-    budget = watchdog.budget
     try:
         request = HttpRequest.parse(item)
     except InvalidInput as exc:
@@ -181,30 +292,32 @@ async def _fetch_one(session: aiohttp.ClientSession, slot: int, index: int, item
         return HttpOutcome(index, url, method, error=error, message=str(exc), attempts=0)
     attempt = 0
     hops: list[RedirectHop] = []  # of the current attempt, kept when it fails
+    watchdog.arm(slot, started + budget, task)
     try:
-        async with asyncio.timeout(None) as cm:  # expired by the watchdog, not a timer
-            watchdog.in_flight[slot] = (asyncio.get_running_loop().time() + budget, cm)
+        while True:
+            attempt += 1
+            hops = []
             try:
-                while True:
-                    attempt += 1
-                    hops = []
-                    try:
-                        return await _follow(session, index, request, max_body, max_redirects,
-                                             started, attempt, hops)
-                    except _Failed:
-                        raise
-                    except Exception as exc:
-                        error, message = hc.classify_error(exc)
-                        if (error not in hc.TRANSIENT or request.method not in IDEMPOTENT
-                                or attempt > retries):
-                            raise _Failed(error, message) from exc
-                        pause = backoff * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
-                        await asyncio.sleep(pause)
-            finally:
-                watchdog.in_flight.pop(slot, None)
+                outcome = await _follow(session, index, request, max_body, max_redirects,
+                                        started, attempt, hops)
+                if watchdog.disarm(slot):  # ended in the same step as the sweep fired
+                    task.uncancel()
+                return outcome
+            except _Failed:
+                raise
+            except Exception as exc:
+                error, message = hc.classify_error(exc)
+                if (error not in hc.TRANSIENT or request.method not in IDEMPOTENT
+                        or attempt > retries):
+                    raise _Failed(error, message) from exc
+                pause = backoff * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
+                await asyncio.sleep(pause)
     except _Failed as failed:
+        watchdog.disarm(slot)
         error, message = failed.error, failed.message
-    except TimeoutError:
+    except asyncio.CancelledError:
+        if not watchdog.disarm(slot) or task.uncancel() > 0:
+            raise  # not (only) the watchdog: the fetcher itself is being stopped
         error, message = hc.TIMEOUT, f"no complete answer within {budget:g} s"
     total = round((time.perf_counter() - started) * 1000, 3)
     return HttpOutcome(index, request.url, request.method, redirects=tuple(hops),
@@ -245,9 +358,11 @@ async def _follow(session: aiohttp.ClientSession, index: int, request: HttpReque
                 url = target
                 continue
             size, digest, truncated = await _read_capped(resp, max_body)
-            selected = tuple((name, resp.headers[name][:_MAX_HEADER_VALUE])
-                             for name in SELECTED_HEADERS if name in resp.headers)
-            timings = Timings(_ms(marks.dns), _ms(marks.connect), round(ttfb * 1000, 3),
+            got = resp.headers
+            selected = tuple((name, got[name][:_MAX_HEADER_VALUE])
+                             for name in SELECTED_HEADERS if name in got)
+            ttfb -= (marks.dns or 0.0) + (marks.connect or 0.0)  # phases of their own
+            timings = Timings(_ms(marks.dns), _ms(marks.connect), round(max(0.0, ttfb) * 1000, 3),
                               round((time.perf_counter() - started) * 1000, 3))
             final = str(url) if hops else request.url
             return HttpOutcome(index, request.url, request.method, final, resp.status,
@@ -297,5 +412,5 @@ def summarise(outcomes: Sequence[HttpOutcome]) -> dict[str, Any]:
             "statuses": statuses, "errors": errors}
 
 
-__all__ = ["fetch_all", "normalise_url", "summarise", "HttpRequest", "HttpOutcome",
+__all__ = ["fetch_all", "FetchPool", "normalise_url", "summarise", "HttpRequest", "HttpOutcome",
            "RedirectHop", "Timings", "METHODS", "IDEMPOTENT", "SELECTED_HEADERS"]

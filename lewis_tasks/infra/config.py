@@ -102,6 +102,8 @@ class NetworkSettings:
 class MemorySettings:
     max_heap_size: int = _opt("2GB", size=True, minimum=1)  # cpu children recycled above it
     gc_threshold: float = _opt(0.8, minimum=0.0, maximum=1.0)  # gc.collect past this share
+    # allocations between young-generation collections in a worker (Python's default: 700)
+    gc_young_threshold: int = _opt(50_000, minimum=100)
     cleanup_interval: int = _opt(300, minimum=1)  # seconds between housekeeping runs
 
 

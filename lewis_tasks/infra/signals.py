@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -62,6 +63,20 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         warning = None
     if warning:
         log.warning(warning)
+    tune_gc(settings.memory.gc_young_threshold)
+
+
+def tune_gc(young: int) -> None:
+    """Collect garbage less often, and never scan what start-up built.
+
+    With Python's 700 allocations per young collection, a worker holding thousands of live
+    results (a chunk's URL outcomes) walks them over and over: ~10 % of an HTTP batch's CPU.
+    Everything alive once the worker has imported its tasks lives for good, so it is frozen
+    out of every collection (and prefork children keep sharing those pages).
+    """
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(young, middle, old)
+    gc.freeze()
 
 
 @signals.worker_process_init.connect

@@ -14,11 +14,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from .models import HttpBatch, HttpResult, utcnow
-from .rows import fetch, increment, upsert
+from .rows import fetch, increment, insert_new, json_text, upsert
 from .scans import TERMINAL
 
 RESULT_FIELDS = ("url", "final_url", "method", "status", "error_class", "error", "bytes",
                  "sha256", "truncated", "timings", "redirects", "headers")
+_JSON_FIELDS = frozenset({"timings", "redirects", "headers"})
+_DEFAULTS = {"method": "GET", "truncated": False}
+_COLUMNS = ("batch_id", "idx", *RESULT_FIELDS)
 
 
 def save_http_batch(session: Session, batch_id: str, *, total: int,
@@ -33,18 +36,33 @@ def save_http_results(session: Session, batch_id: str,
                       results: Iterable[Mapping[str, Any]]) -> int:
     """Store results (each with ``idx`` and ``url``); returns how many were new.
 
-    A result counts as failed when it carries an ``error_class``, else as ok.
+    A result counts as failed when it carries an ``error_class``, else as ok. The rows go in
+    by the driver's executemany (:func:`~.rows.insert_new`): ok and failed ones apart, so the
+    two row counts are the counters' moves without reading a row back.
     """
-    rows = [{"batch_id": batch_id, "idx": int(r["idx"]),
-             **{f: r.get(f) for f in RESULT_FIELDS if f in r}} for r in results]
-    for row in rows:
-        row.setdefault("method", "GET")
-        row.setdefault("truncated", False)
-    new = {idx for _, idx in upsert(session, HttpResult, rows)}
-    failed = sum(1 for r in rows if r["idx"] in new and r.get("error_class"))
-    increment(session, HttpBatch, {"id": batch_id}, done=len(new), ok=len(new) - failed,
-              failed=failed)
-    return len(new)
+    ok: dict[int, tuple[Any, ...]] = {}
+    failed: dict[int, tuple[Any, ...]] = {}
+    for r in results:
+        idx = int(r["idx"])
+        values = (batch_id, idx, *(_value(r, name) for name in RESULT_FIELDS))
+        (failed if r.get("error_class") else ok).setdefault(idx, values)
+    for idx in ok.keys() & failed.keys():  # one index twice in a call: the first one stands
+        del failed[idx]
+    new_ok = insert_new(session, HttpResult, _COLUMNS, list(ok.values()))
+    new_failed = insert_new(session, HttpResult, _COLUMNS, list(failed.values()))
+    new = new_ok + new_failed
+    if new:
+        increment(session, HttpBatch, {"id": batch_id}, done=new, ok=new_ok, failed=new_failed)
+    return new
+
+
+def _value(result: Mapping[str, Any], name: str) -> Any:
+    value = result.get(name, _DEFAULTS.get(name))
+    if name in _JSON_FIELDS:
+        return json_text(value)
+    if name == "truncated":
+        return bool(value)
+    return value
 
 
 def finish_http_batch(session: Session, batch_id: str, *, status: str = "done",

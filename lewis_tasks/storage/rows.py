@@ -8,9 +8,12 @@ a racy read-before-write.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from typing import Any, Literal, TypeVar
 
+import orjson
 from sqlalchemy import Table, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -63,6 +66,55 @@ def upsert(session: Session, model: type[Base], rows: Iterable[Mapping[str, Any]
             stmt = stmt.on_conflict_do_nothing(index_elements=keys)
         touched.extend(tuple(r) for r in session.execute(stmt.returning(*pk_cols), batch))
     return touched
+
+
+def insert_new(session: Session, model: type[Base], columns: Sequence[str],
+               values: Sequence[Sequence[Any]]) -> int:
+    """Insert rows given as value tuples in ``columns`` order, skipping every row whose key
+    exists already; how many were inserted.
+
+    The bulk path for rows that arrive by the thousand (a batch's per-URL results): multi-row
+    ``INSERT … VALUES (…), (…) ON CONFLICT DO NOTHING`` statements of up to ``_MAX_PARAMS``
+    parameters, their row counts the answer. Nothing is done per row on the way — no ORM, no
+    bind processors — so values must be database-ready: JSON columns as text
+    (:func:`json_text`), booleans as bool. One statement, not the driver's executemany: that
+    steps the statement once per row and gives up the GIL at each step, and in an io worker
+    whose event loop wants the GIL back every few microseconds each of those handoffs cost
+    more than the insert itself (~4× less CPU per row on SQLite than :func:`upsert`).
+    """
+    if not values:
+        return 0
+    table = _table(model)
+    bind = session.connection()
+    dialect = bind.dialect
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
+    if mark is None or dialect.name not in ("sqlite", "postgresql"):
+        raise NotImplementedError(f"insert_new: database {dialect.name!r} "
+                                  f"(paramstyle {dialect.paramstyle}) is not supported")
+    for name in columns:
+        table.c[name]  # KeyError for a column the table does not have, before any SQL
+    quote = dialect.identifier_preparer.quote
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) VALUES "
+    row = f"({', '.join([mark] * len(columns))})"
+    step = max(1, _MAX_PARAMS // len(columns))
+    inserted = 0
+    for start in range(0, len(values), step):
+        part = values[start:start + step]
+        sql = f"{head}{', '.join([row] * len(part))} ON CONFLICT DO NOTHING"
+        params = tuple(chain.from_iterable(part))
+        inserted += int(bind.exec_driver_sql(sql, params).rowcount or 0)
+    return inserted
+
+
+def json_text(value: Any) -> str | None:
+    """``value`` as JSON text for :func:`insert_new` (None stays SQL NULL, as the models'
+    ``none_as_null`` columns store it)."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # what orjson refuses (ints past 64 bits, non-str keys) json still takes
+        return json.dumps(value, separators=(",", ":"))
 
 
 def increment(session: Session, model: type[Base], key: Mapping[str, Any],
@@ -120,4 +172,4 @@ def _batches(rows: list[dict[str, Any]], keys: Sequence[str]) -> Iterable[list[d
             yield group[start:start + size]
 
 
-__all__ = ["upsert", "increment", "fetch", "primary_key"]
+__all__ = ["upsert", "insert_new", "json_text", "increment", "fetch", "primary_key"]

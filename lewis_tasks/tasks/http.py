@@ -16,6 +16,7 @@ import concurrent.futures
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from typing import Any
 
 from ..domain.histogram import LatencyHistogram
 from ..domain.httpclient import TIMEOUT, create_session
-from ..domain.httpfetch import HttpOutcome, fetch_all, summarise
+from ..domain.httpfetch import FetchPool, HttpOutcome, summarise
 from ..domain.loadgen import LoadResult, run_loadtest
 from ..domain.scope import Scope
 from ..errors import InvalidInput
@@ -111,13 +112,24 @@ def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[st
 
 async def _fetch(requests: list[Any], budget: float,
                  on_result: Callable[[HttpOutcome], None]) -> list[HttpOutcome]:
-    settings = get_settings()
+    pool = await _process_pool()
+    return await pool.fetch(requests, total_timeout=budget, on_result=on_result)
+
+
+_pool: FetchPool | None = None  # touched on the loop thread only
+
+
+async def _process_pool() -> FetchPool:
+    """The process's one FetchPool on its one session: the chunks running in this process
+    share ``network.max_connections`` fetchers, first chunk first."""
+    global _pool
     session = await aio.runtime().session()
-    return await fetch_all(session, requests, concurrency=settings.network.max_connections,
-                           max_body_bytes=settings.http.max_body_bytes,
-                           max_redirects=settings.http.max_redirects,
-                           retries=settings.http.retries, total_timeout=budget,
-                           on_result=on_result)
+    if _pool is None or _pool.session is not session:  # first use, or a new session/process
+        settings = get_settings()
+        _pool = FetchPool(session, concurrency=settings.network.max_connections,
+                          max_body_bytes=settings.http.max_body_bytes,
+                          max_redirects=settings.http.max_redirects, retries=settings.http.retries)
+    return _pool
 
 
 def _out_of_time(index: int, item: Any, seconds: float) -> HttpOutcome:
@@ -154,13 +166,24 @@ def _persist(batch_id: str, start: int, finished: deque[HttpOutcome],
         return save_http_results(session, batch_id, rows)
 
 
+_saved_batches: deque[str] = deque(maxlen=256)  # batches this process has created already
+_saved_lock = threading.Lock()  # pool threads share the deque (`in` must not race an append)
+
+
 def _save_batch(batch_id: str, total: int, request: Any) -> None:
+    """Create the batch row: whichever chunk runs first does; the rest of a process's chunks
+    skip the write (and the database lock it takes)."""
     from ..storage.db import get_engine, session_scope
     from ..storage.http import save_http_batch
 
-    with session_scope(get_engine()) as session:  # every chunk: whichever runs first creates it
+    with _saved_lock:
+        if batch_id in _saved_batches:
+            return
+    with session_scope(get_engine()) as session:
         save_http_batch(session, batch_id, total=total,
                         request=request if isinstance(request, Mapping) else None)
+    with _saved_lock:
+        _saved_batches.append(batch_id)
 
 
 @app.task(name="lewis.http.merge")

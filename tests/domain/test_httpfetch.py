@@ -239,3 +239,107 @@ def test_request_parsing() -> None:
 def test_bad_batch_options_are_invalid_input() -> None:
     with pytest.raises(InvalidInput, match="concurrency"):
         fetch(["http://127.0.0.1/"], concurrency=0)
+
+
+# --- one pool shared by several batches (a worker process's chunks) -------------------------
+
+async def _counting_server() -> tuple[Any, str, dict[str, int]]:
+    """An in-loop server whose /slow answers after 20 ms and /stall never; it counts requests
+    in flight and their peak."""
+    from aiohttp import web
+
+    seen = {"now": 0, "peak": 0}
+
+    async def slow(_: web.Request) -> web.Response:
+        seen["now"] += 1
+        seen["peak"] = max(seen["peak"], seen["now"])
+        try:
+            await asyncio.sleep(0.02)
+        finally:
+            seen["now"] -= 1
+        return web.Response(text="ok")
+
+    async def stall(_: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/stall", stall)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
+    await runner.setup()
+    port = free_port("127.0.0.1")
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}", seen
+
+
+def test_a_pool_shares_its_fetchers_between_batches_first_come_first_served() -> None:
+    from lewis_tasks.domain.httpfetch import FetchPool
+
+    async def main() -> tuple[int, list[str]]:
+        runner, base, seen = await _counting_server()
+        session = create_session(LOOPBACK, max_connections=50, limit_per_host=0,
+                                 connect_timeout=2, read_timeout=5, keep_alive=True)
+        finished: list[str] = []
+        try:
+            async with session:
+                pool = FetchPool(session, concurrency=4, max_body_bytes=1000, max_redirects=0,
+                                 retries=0)
+
+                async def batch(name: str) -> list[HttpOutcome]:
+                    outcomes = await pool.fetch([base + "/slow"] * 12, total_timeout=5)
+                    finished.append(name)
+                    return outcomes
+                a, b = await asyncio.gather(batch("a"), batch("b"))
+                assert [o.status for o in a + b] == [200] * 24
+                assert pool.queued == 0
+        finally:
+            await runner.cleanup()
+        return seen["peak"], finished
+
+    peak, finished = asyncio.run(main())
+    assert peak == 4  # the pool's concurrency, not 4 per batch, and all of it used
+    assert finished == ["a", "b"]  # queued in arrival order: the first batch ends first
+
+
+def test_cancelling_one_batch_frees_the_pool_for_the_next() -> None:
+    from lewis_tasks.domain.httpfetch import FetchPool
+
+    async def main() -> list[HttpOutcome]:
+        runner, base, _ = await _counting_server()
+        session = create_session(LOOPBACK, max_connections=50, limit_per_host=0,
+                                 connect_timeout=2, read_timeout=None, keep_alive=True)
+        try:
+            async with session:
+                pool = FetchPool(session, concurrency=2, max_body_bytes=1000, max_redirects=0,
+                                 retries=0)
+                stalled = asyncio.create_task(pool.fetch([base + "/stall"] * 6, total_timeout=600))
+                await asyncio.sleep(0.2)  # both fetchers now wait on the stalling server
+                following = asyncio.create_task(pool.fetch([base + "/slow"] * 3, total_timeout=600))
+                stalled.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await stalled
+                # without the cancel this would wait out the 600 s budgets of six stalls
+                return await asyncio.wait_for(following, 30)
+        finally:
+            await runner.cleanup()
+
+    assert [o.status for o in asyncio.run(main())] == [200, 200, 200]
+
+
+def test_a_failing_progress_callback_fails_that_batch_only(app2: str) -> None:
+    from lewis_tasks.domain.httpfetch import FetchPool
+
+    def boom(_: HttpOutcome) -> None:
+        raise RuntimeError("progress sink broke")
+
+    async def main() -> list[HttpOutcome]:
+        session = create_session(LOOPBACK, max_connections=10, limit_per_host=0,
+                                 connect_timeout=2, read_timeout=5, keep_alive=True)
+        async with session:
+            pool = FetchPool(session, concurrency=2, max_body_bytes=1000, max_redirects=0, retries=0)
+            with pytest.raises(RuntimeError, match="progress sink broke"):
+                await pool.fetch([app2 + "/"] * 4, total_timeout=5, on_result=boom)
+            return await pool.fetch([app2 + "/"] * 3, total_timeout=5)
+
+    assert [o.status for o in asyncio.run(main())] == [200, 200, 200]
