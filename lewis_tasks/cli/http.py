@@ -247,7 +247,8 @@ def format_batch(summary: dict[str, Any], rows: Iterable[dict[str, Any]], second
 @click.option("--json", "as_json", is_flag=True, help="Print the merged result as JSON.")
 @click.option("--wait", "wait_s", type=DURATION, default=None,
               help="Give up waiting after this long, exit 3 (default: the start barrier, the "
-                   "run and its drain, plus a margin).")
+                   "run and its drain, plus a margin). Parts that could no longer finish "
+                   "within it expire unstarted.")
 def loadtest_command(url: str, concurrency: int, duration: float | None, count: int | None,
                      rate: float | None, workers: int, method: str, as_json: bool,
                      wait_s: float | None) -> None:
@@ -255,12 +256,21 @@ def loadtest_command(url: str, concurrency: int, duration: float | None, count: 
     Exits 1 when no request was answered, 3 when no result came within --wait."""
     from ..infra.config import get_settings
     from ..producer.http import submit_loadtest
+    from ..tasks.httplimits import loadtest_budget
 
     if duration is None and count is None:
         duration = 10.0
     _check_wait(wait_s)
+    settings = get_settings()
+    if wait_s is None:
+        wait_s = loadtest_wait(settings, duration)
+    # parts that have not started while a run could still end within --wait expire unrun:
+    # giving up waiting must not leave a load test queued to hit its target later
+    start_within = max(settings.loadtest.barrier_timeout,
+                       wait_s - loadtest_budget(settings).time_limits(duration)[1])
     handle = submit_loadtest(url, concurrency=concurrency, duration=duration, requests=count,
-                             rate=rate, workers=workers, method=method)
+                             rate=rate, workers=workers, method=method,
+                             start_within=start_within)
 
     def line() -> str:
         p = handle.progress()
@@ -269,8 +279,6 @@ def loadtest_command(url: str, concurrency: int, duration: float | None, count: 
         return (f"{p['elapsed_s']:.1f} s · {p['requests']:,} requests · {p['rps']:,.0f} req/s · "
                 f"{p['errors']:,} errors · {p['reporting']}/{p['parts']} parts")
 
-    if wait_s is None:
-        wait_s = loadtest_wait(get_settings(), duration)
     result = _finish(handle, line, lambda: bool(handle.progress()["reporting"]), wait_s,
                      "load test")
     if as_json:

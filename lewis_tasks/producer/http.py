@@ -9,9 +9,11 @@ enqueued; a broker that cannot be reached is a BrokerUnavailable.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery, chord
@@ -20,7 +22,7 @@ from celery.result import AsyncResult
 
 from ..domain.httprequest import HttpRequest, normalise_url
 from ..domain.scope import Scope, is_localhost_alias, parse_ip
-from ..errors import InvalidInput
+from ..errors import InvalidInput, TransientError
 from ..infra.config import Settings, get_settings
 from ..tasks.http import PROGRESS_KEY
 from ..tasks.httplimits import (
@@ -59,6 +61,9 @@ class _ChordHandle:
                 part = AsyncResult(part_id, app=self.app)
                 if part.failed() and isinstance(part.result, BaseException):
                     raise part.result from None
+                if part.state == "REVOKED":
+                    raise TransientError(f"part {part_id} never ran: it expired waiting in the "
+                                         "queue (io workers busy or absent)") from None
             raise
 
 
@@ -161,10 +166,15 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
 
 def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None,
                     requests: int | None = None, rate: float | None = None, workers: int = 1,
-                    method: str = "GET", app: Celery | None = None) -> LoadtestHandle:
+                    method: str = "GET", start_within: float | None = None,
+                    app: Celery | None = None) -> LoadtestHandle:
     """Load ``url`` from ``workers`` io processes at once: ``concurrency``, ``requests`` and
     ``rate`` are totals, split between them; ``duration`` in seconds. Closed loop without
-    ``rate``, open loop (latency from the intended send time) with it."""
+    ``rate``, open loop (latency from the intended send time) with it.
+
+    Parts not started within ``start_within`` seconds (default ``loadtest.barrier_timeout``)
+    expire unrun — a load test that waited in a busy queue must not hit its target later,
+    when nobody is watching any more — and the run is recorded as failed, saying so."""
     app = _app(app)
     _require_broker(app)
     settings = get_settings()
@@ -177,6 +187,11 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
     request = {"url": target, "method": method, "concurrency": concurrency,
                "duration": duration, "requests": requests, "rate": rate, "workers": workers}
     soft, hard = loadtest_budget(settings).time_limits(duration)
+    if start_within is None:
+        start_within = settings.loadtest.barrier_timeout
+    if not (math.isfinite(start_within) and start_within > 0):
+        raise InvalidInput(f"start_within must be a number of seconds > 0, not {start_within!r}")
+    expires = datetime.now(UTC) + timedelta(seconds=start_within)
     shares = split(concurrency, workers)
     counts = split(requests, workers) if requests is not None else [None] * workers
     header = []
@@ -186,7 +201,7 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
                 "rate": None if rate is None else rate / workers}
         header.append(app.signature("lewis.http.loadtest_part",
                                     args=(run_id, part, workers, spec), task_id=uuid.uuid4().hex,
-                                    soft_time_limit=soft, time_limit=hard))
+                                    soft_time_limit=soft, time_limit=hard, expires=expires))
     callback = app.signature("lewis.http.loadtest_merge",
                              kwargs={"run_id": run_id, "request": request})
     callback.link_error(app.signature("lewis.http.abort",

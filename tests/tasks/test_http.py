@@ -223,6 +223,33 @@ def test_a_two_part_load_test_merges_its_histograms_exactly(
     assert again == stored["result"]
 
 
+def test_a_load_test_that_waited_past_its_start_window_never_hits_the_target(
+        celery_app: Any, servers: ServerThread) -> None:
+    from celery.contrib.testing.worker import start_worker
+
+    from lewis_tasks.errors import TransientError
+
+    # Given a load test submitted while no io worker is there to start it
+    path = "/expiry-probe"
+    handle = submit_loadtest(f"{inside(servers).url}{path}", concurrency=2, requests=10,
+                             workers=2, start_within=0.3)
+    time.sleep(0.8)
+    # When a worker turns up after the parts' start window closed
+    with start_worker(celery_app, pool="threads", concurrency=2, queues=("io", "cpu"),
+                      perform_ping_check=False, shutdown_timeout=10.0):
+        # Then the wait says the parts expired unrun, and the target saw not one request
+        with pytest.raises(TransientError, match="expired waiting in the queue"):
+            handle.wait(timeout=WAIT)
+        assert inside(servers).hits[path] == 0
+        # And the run is recorded as failed (the chord's errback ran on the worker)
+        deadline = time.monotonic() + WAIT
+        while (stored := handle.result()) is None or stored["status"] != "failed":
+            assert time.monotonic() < deadline, f"run still {stored}"
+            time.sleep(0.1)
+    with pytest.raises(InvalidInput, match="start_within"):
+        submit_loadtest(f"{inside(servers).url}/", concurrency=1, requests=1, start_within=0)
+
+
 def submit_result(task_id: str) -> dict[str, Any]:
     from celery.result import AsyncResult
 
