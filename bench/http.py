@@ -3,9 +3,10 @@
 One private nginx (1 worker, a 512-byte file, access log off, keep-alive unlimited) serves
 everything. Per run, interleaved so drift hits every side alike:
 
-* batch — 20,000 GETs with ``submit_http_batch`` through the stack (``lewis up`` plus a second
-  ``lewis worker io``: 2 io processes), timed from submit to the merged summary (rows
-  persisted), beside ``bench/rawhttp.py``: one aiohttp process, 100 coroutines, limit 100;
+* batch — 20,000 GETs with ``submit_http_batch`` through the stack, timed from submit to the
+  merged summary (rows persisted): first with ``lewis up``'s one io process (the task
+  system's cost per process), then with a second ``lewis worker io`` added (2 io processes),
+  each beside ``bench/rawhttp.py``: one aiohttp process, 100 coroutines, limit 100;
 * load — ``submit_loadtest -c 100 -d 10s --workers 2`` beside ``wrk -t2 -c100 -d10s`` and
   locust (FastHttpUser, 100 users, headless, 1 process);
 * latency at the same offered load — our open loop at the rate our closed loop reached,
@@ -321,8 +322,10 @@ def render(data: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---|",
         *[f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows],
         "",
-        f"How: *batch* = `submit_http_batch` of {data['batch']:,} copies of the URL into `lewis up "
-        f"--detach` plus a second `lewis worker io` ({procs} io processes, threads pool, "
+        f"How: *batch* = `submit_http_batch` of {data['batch']:,} copies of the URL, first into "
+        "`lewis up --detach` alone (one io process: the task system's own cost, raw aiohttp "
+        "measured right after each run), then with a second `lewis worker io` added "
+        f"({procs} io processes, threads pool, "
         f"`network.max_connections={data['limit']}`, no per-host limit), timed from submit until "
         "`wait()` returns the merged summary (every row persisted in SQLite first); *raw* = "
         f"`bench/rawhttp.py`, one process, {data['limit']} coroutines on one session with "
