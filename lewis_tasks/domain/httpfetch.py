@@ -136,6 +136,7 @@ class FetchPool:
         self._options = (max_body_bytes, max_redirects, retries, backoff)
         self._queue: deque[tuple[_Job, int]] = deque()
         self._fetchers = 0
+        self._running: set[asyncio.Task[None]] = set()
         self._slots = iter(range(1 << 62))  # a watchdog key per fetcher ever started
         self._watchdog = _Watchdog()
 
@@ -159,7 +160,9 @@ class FetchPool:
         self._watchdog.start(total_timeout)
         for _ in range(min(self.concurrency - self._fetchers, len(items))):
             self._fetchers += 1
-            asyncio.create_task(self._fetcher(next(self._slots)))
+            fetcher = asyncio.create_task(self._fetcher(next(self._slots)))
+            self._running.add(fetcher)  # the loop holds tasks weakly: keep them alive
+            fetcher.add_done_callback(self._running.discard)
         try:
             return await job.done
         finally:
