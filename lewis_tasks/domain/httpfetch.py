@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import random
 import time
 from collections import deque
@@ -137,7 +138,7 @@ class FetchPool:
         self._queue: deque[tuple[_Job, int]] = deque()
         self._fetchers = 0
         self._running: set[asyncio.Task[None]] = set()
-        self._slots = iter(range(1 << 62))  # a watchdog key per fetcher ever started
+        self._slots = itertools.count()  # a watchdog key per fetcher ever started
         self._watchdog = _Watchdog()
 
     @property

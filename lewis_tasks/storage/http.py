@@ -37,19 +37,17 @@ def save_http_results(session: Session, batch_id: str,
     """Store results (each with ``idx`` and ``url``); returns how many were new.
 
     A result counts as failed when it carries an ``error_class``, else as ok. The rows go in
-    by the driver's executemany (:func:`~.rows.insert_new`): ok and failed ones apart, so the
-    two row counts are the counters' moves without reading a row back.
+    by multi-row INSERTs (:func:`~.rows.insert_new`), ok and failed ones apart, so the two
+    row counts are the counters' moves without reading a row back. An index given twice in
+    one call: the first one stands.
     """
-    ok: dict[int, tuple[Any, ...]] = {}
-    failed: dict[int, tuple[Any, ...]] = {}
+    rows: dict[int, tuple[bool, tuple[Any, ...]]] = {}
     for r in results:
         idx = int(r["idx"])
         values = (batch_id, idx, *(_value(r, name) for name in RESULT_FIELDS))
-        (failed if r.get("error_class") else ok).setdefault(idx, values)
-    for idx in ok.keys() & failed.keys():  # one index twice in a call: the first one stands
-        del failed[idx]
-    new_ok = insert_new(session, HttpResult, _COLUMNS, list(ok.values()))
-    new_failed = insert_new(session, HttpResult, _COLUMNS, list(failed.values()))
+        rows.setdefault(idx, (bool(r.get("error_class")), values))
+    new_ok = insert_new(session, HttpResult, _COLUMNS, [v for bad, v in rows.values() if not bad])
+    new_failed = insert_new(session, HttpResult, _COLUMNS, [v for bad, v in rows.values() if bad])
     new = new_ok + new_failed
     if new:
         increment(session, HttpBatch, {"id": batch_id}, done=new, ok=new_ok, failed=new_failed)
