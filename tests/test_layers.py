@@ -1,5 +1,5 @@
 """Imports point one way (DESIGN.md): domain/ never reaches Celery, Redis, SQLAlchemy or infra;
-storage/ never reaches Celery or infra beyond settings."""
+storage/ never reaches Celery or infra beyond settings; producer/ never imports tasks/."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ FORBIDDEN = {
     "domain": ("celery", "kombu", "redis", "sqlalchemy", "alembic", "lewis_tasks.infra",
                "lewis_tasks.storage", "lewis_tasks.tasks", "lewis_tasks.cli", "lewis_tasks.producer"),
     "storage": ("celery", "kombu", "lewis_tasks.tasks", "lewis_tasks.cli", "lewis_tasks.producer"),
+    # producers name tasks by string; what they share with them (planning, keys) lives in infra
+    "producer": ("lewis_tasks.tasks", "lewis_tasks.cli"),
 }
 
 

@@ -75,7 +75,7 @@ def read_requests(stream: IO[str]) -> list[Any]:
 def batch_wait(settings: Settings, count: int, timeout: float | None) -> float:
     """How long ``lewis http`` waits by default for ``count`` URLs of ``timeout`` s each: as
     if one io slot ran the chunks one after another, every URL using its whole budget."""
-    from ..tasks.httplimits import FLUSH_TICK, SLACK, chunk_seconds, chunk_size, url_budget
+    from ..infra.planning import FLUSH_TICK, SLACK, chunk_seconds, chunk_size, url_budget
 
     budget = url_budget(settings, timeout)
     size = chunk_size(settings, budget)
@@ -87,7 +87,7 @@ def batch_wait(settings: Settings, count: int, timeout: float | None) -> float:
 def loadtest_wait(settings: Settings, duration: float | None) -> float:
     """How long ``lewis loadtest`` waits by default: a part's hard time limit (start barrier,
     the run, its drain and slack) plus a margin for the merge."""
-    from ..tasks.httplimits import loadtest_budget
+    from ..infra.planning import loadtest_budget
 
     return float(math.ceil(loadtest_budget(settings).time_limits(duration)[1] + WAIT_MARGIN))
 
@@ -255,8 +255,8 @@ def loadtest_command(url: str, concurrency: int, duration: float | None, count: 
     """Load-test URL from the io workers: requests/s, latency percentiles, status codes.
     Exits 1 when no request was answered, 3 when no result came within --wait."""
     from ..infra.config import get_settings
+    from ..infra.planning import loadtest_budget
     from ..producer.http import submit_loadtest
-    from ..tasks.httplimits import loadtest_budget
 
     if duration is None and count is None:
         duration = 10.0

@@ -18,6 +18,10 @@ import redis
 
 log = logging.getLogger(__name__)
 
+# Where progress lives; the tasks write these hashes and the producers' handles read them.
+SCAN_LIVE_KEY = "lewis:scan:{scan_id}:live"  # hash: chunk index → "ports done,open so far"
+LOADTEST_PROGRESS_KEY = "lewis:loadtest:{run}:progress"  # hash: part → its last line (JSON)
+
 
 class ProgressWriter:
     """One field of a Redis hash kept at the latest progress line, written off the event loop.
@@ -76,10 +80,6 @@ class ProgressWriter:
                             "failures are logged at debug level", self._key, self._field, exc)
             else:
                 log.debug("progress %s[%s] not published: %s", self._key, self._field, exc)
-
-
-def _nothing() -> None:
-    return None
 
 
 def _nothing() -> None:

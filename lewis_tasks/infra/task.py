@@ -17,6 +17,7 @@ It adds what Celery leaves to us:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -114,3 +115,23 @@ def stored_failure(app: Any, task_id: str, patience: float = 5.0) -> BaseExcepti
         time.sleep(0.05)
     failure = result.result
     return failure if isinstance(failure, BaseException) else None
+
+
+_DEPENDENCY = re.compile(r"Dependency (\S+) raised")
+
+
+def chord_cause(app: Any, exc: BaseException) -> BaseException:
+    """The part's own error behind a ChordError ("Dependency <id> raised …"), when its
+    result is still stored; else ``exc`` itself."""
+    from celery.exceptions import ChordError
+    from celery.result import AsyncResult
+
+    found = _DEPENDENCY.search(str(exc)) if isinstance(exc, ChordError) else None
+    if found is not None:
+        try:
+            cause = AsyncResult(found.group(1), app=app).result
+        except Exception:  # a backend hiccup: the ChordError still says what happened
+            return exc
+        if isinstance(cause, BaseException):
+            return cause
+    return exc

@@ -24,8 +24,7 @@ from ..domain.httprequest import HttpRequest, normalise_url
 from ..domain.scope import Scope, is_localhost_alias, parse_ip
 from ..errors import InvalidInput, TransientError
 from ..infra.config import Settings, get_settings
-from ..tasks.http import PROGRESS_KEY
-from ..tasks.httplimits import (
+from ..infra.planning import (
     check_batch_size,
     check_loadtest,
     chunk_size,
@@ -33,6 +32,7 @@ from ..tasks.httplimits import (
     split,
     url_budget,
 )
+from ..infra.progress import LOADTEST_PROGRESS_KEY
 from .base import _app, _require_broker, publishing
 
 
@@ -114,7 +114,7 @@ class LoadtestHandle(_ChordHandle):
         """Requests, errors and rate summed over the parts that reported (once a second)."""
         from ..infra.redis_client import get_redis
 
-        raw = get_redis(self.app.conf.broker_url).hgetall(PROGRESS_KEY.format(run=self.id))
+        raw = get_redis(self.app.conf.broker_url).hgetall(LOADTEST_PROGRESS_KEY.format(run=self.id))
         lines = [json.loads(v) for v in raw.values()]
         return {"parts": self.workers, "reporting": len(lines),
                 "elapsed_s": max((line["elapsed_s"] for line in lines), default=0.0),

@@ -34,6 +34,7 @@ from ..domain.targets import (
 )
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.config import Settings, get_settings
+from ..infra.task import chord_cause
 from ..storage.scans import TERMINAL, ScanProgress
 from .base import _app, _require_broker
 from .scanreport import ScanReport, load_scan_report, read_progress
@@ -85,9 +86,7 @@ class ScanHandle:
             if merged.state == "FAILURE":
                 cause = merged.result
                 if isinstance(cause, BaseException):
-                    from ..tasks.scan import chord_cause
-
-                    raise chord_cause(cause)
+                    raise chord_cause(self.app, cause)
         if status in TERMINAL:  # failed or cancelled
             report = self.result()
             raise LewisError(f"scan {self.id} {status}: {report.error or 'no reason recorded'}")
@@ -113,7 +112,7 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
     port_list = parse_ports(ports)
     rate = _rate(rate, settings)
     hosts = resolve_hosts(parsed, Scope.from_allow(settings.scope.allow))
-    from ..tasks.scanprocess import chunk_ports_for
+    from ..infra.planning import chunk_ports_for
 
     chunks = plan_chunks(hosts, port_list, chunk_ports=chunk_ports_for(settings, rate),
                          max_ports_total=settings.scan.max_ports_total)

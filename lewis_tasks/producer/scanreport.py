@@ -1,7 +1,7 @@
 """A scan as the caller reads it back: live progress, and the report from the database.
 
 :func:`read_progress` adds to the database counters (finished chunks) what running chunks
-published in Redis (``tasks.scan.LIVE_KEY``), so a progress bar moves inside a long chunk; a
+published in Redis (``infra.progress.SCAN_LIVE_KEY``), so a progress bar moves inside a long chunk; a
 Redis hiccup only makes it coarser. :func:`load_scan_report` gives per host the open ports
 with service/product/version and the findings ranked most severe first.
 """
@@ -92,11 +92,11 @@ def read_progress(scan_id: str) -> ScanProgress:
 
 
 def _live(scan_id: str) -> dict[int, str]:
+    from ..infra.progress import SCAN_LIVE_KEY
     from ..infra.redis_client import get_redis
-    from ..tasks.scan import LIVE_KEY
 
     try:
-        raw = get_redis().hgetall(LIVE_KEY.format(scan_id=scan_id))
+        raw = get_redis().hgetall(SCAN_LIVE_KEY.format(scan_id=scan_id))
     except (redis.RedisError, OSError) as exc:
         log.debug("live progress of scan %s unavailable: %s", scan_id, exc)
         return {}

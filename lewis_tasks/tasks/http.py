@@ -32,10 +32,7 @@ from ..infra import aio
 from ..infra.barrier import RedisBarrier
 from ..infra.celery_app import app
 from ..infra.config import get_settings
-from ..infra.progress import ProgressWriter
-from ..infra.redis_client import get_redis
-from ..infra.task import LewisTask, stored_failure
-from .httplimits import (
+from ..infra.planning import (
     BARRIER_LEAD,
     check_batch_size,
     check_loadtest,
@@ -43,12 +40,14 @@ from .httplimits import (
     loadtest_budget,
     url_budget,
 )
+from ..infra.progress import LOADTEST_PROGRESS_KEY, ProgressWriter
+from ..infra.redis_client import get_redis
+from ..infra.task import LewisTask, stored_failure
 from .scanprocess import process_state
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 0.5  # seconds between writes of a running chunk's finished URLs (progress)
-PROGRESS_KEY = "lewis:loadtest:{run}:progress"  # hash: part → its last progress line (JSON)
 PROCESSES_KEY = "lewis:loadtest:{run}:processes"  # hash: worker process → the part it runs
 BARRIER_KEY = "lewis:loadtest:{run}:barrier"
 FINAL_LINE_WAIT = 2.0  # seconds a part waits for its last progress line to be written
@@ -297,7 +296,7 @@ def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
     barrier = RedisBarrier(client, BARRIER_KEY.format(run=run_id), parties=parts,
                            timeout=budget.barrier, lead=BARRIER_LEAD)
     start_at = barrier.wait(party=f"{self.request.id or run_id}:{part}")
-    progress = ProgressWriter(client, PROGRESS_KEY.format(run=run_id), str(part), ttl,
+    progress = ProgressWriter(client, LOADTEST_PROGRESS_KEY.format(run=run_id), str(part), ttl,
                               process_state()["publisher"])
     run_for = spec.get("duration")
     result = aio.run(_load(spec, start_at, budget.max_duration, progress.publish),
@@ -378,4 +377,4 @@ def _now() -> Any:
 
 
 __all__ = ["fetch_chunk", "merge", "abort", "loadtest_part", "loadtest_merge", "process_id",
-           "PROGRESS_KEY", "ProgressWriter"]
+           "ProgressWriter"]

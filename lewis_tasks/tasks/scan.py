@@ -6,15 +6,14 @@ Idempotent throughout: a chunk already recorded is not scanned again (a redelive
 once), :func:`~lewis_tasks.storage.scans.record_chunk` moves the counters once, and the merge
 upserts findings keyed (scan, host, port, title) with titles that depend on the service only,
 so a second merge writes nothing. Progress inside a running chunk is published to a Redis hash
-(``LIVE_KEY``) for :meth:`~lewis_tasks.producer.scan.ScanHandle.progress`; the database holds
-the counters of finished chunks.
+(``infra.progress.SCAN_LIVE_KEY``) for :meth:`~lewis_tasks.producer.scan.ScanHandle.progress`;
+the database holds the counters of finished chunks.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -33,15 +32,15 @@ from ..errors import InvalidInput, OutOfScope, TransientError
 from ..infra import aio
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
-from ..infra.progress import ProgressWriter
+from ..infra.planning import WORK_SHARE
+from ..infra.progress import SCAN_LIVE_KEY, ProgressWriter
 from ..infra.redis_client import get_redis
-from ..infra.task import LewisTask, stored_failure
-from .scanprocess import WORK_SHARE, process_state, running_chunk
+from ..infra.task import LewisTask, chord_cause, stored_failure
+from .scanprocess import process_state, running_chunk
 from .vulnlookup import cve_records
 
 log = logging.getLogger(__name__)
 
-LIVE_KEY = "lewis:scan:{scan_id}:live"  # hash: chunk index → "ports done,open so far"
 LIVE_TTL = 86400
 PROGRESS_INTERVAL = 0.5
 FILTERED_LISTED = 1000  # filtered ports listed per chunk result (the count is always kept)
@@ -166,7 +165,7 @@ def _port_rows(part: ScanChunk, outcome: ChunkOutcome) -> list[dict[str, Any]]:
 def _live_publisher(scan_id: str, index: int, publisher: ThreadPoolExecutor) -> Any:
     """Publish a running chunk's "done,open" counts off the event loop (the readers'
     format: producer.scanreport); a Redis hiccup only makes the bar coarser."""
-    writer = ProgressWriter(get_redis(), LIVE_KEY.format(scan_id=scan_id), str(index), LIVE_TTL,
+    writer = ProgressWriter(get_redis(), SCAN_LIVE_KEY.format(scan_id=scan_id), str(index), LIVE_TTL,
                             publisher)
 
     def publish(progress: ScanProgress) -> None:
@@ -177,7 +176,7 @@ def _live_publisher(scan_id: str, index: int, publisher: ThreadPoolExecutor) -> 
 
 def _forget_live(scan_id: str, index: int) -> None:
     try:
-        get_redis().hdel(LIVE_KEY.format(scan_id=scan_id), str(index))
+        get_redis().hdel(SCAN_LIVE_KEY.format(scan_id=scan_id), str(index))
     except redis.RedisError as exc:
         log.debug("live progress of scan %s not cleared: %s", scan_id, exc)
 
@@ -218,26 +217,6 @@ def merge(_header_results: Any = None, scan_id: str = "") -> dict[str, Any]:
     return {"scan_id": scan_id, "status": "done", **summary}
 
 
-_DEPENDENCY = re.compile(r"Dependency (\S+) raised")
-
-
-def chord_cause(exc: BaseException) -> BaseException:
-    """The chunk's own error behind a ChordError ("Dependency <id> raised …"), when its
-    result is still stored; else ``exc`` itself."""
-    from celery.exceptions import ChordError
-    from celery.result import AsyncResult
-
-    found = _DEPENDENCY.search(str(exc)) if isinstance(exc, ChordError) else None
-    if found is not None:
-        try:
-            cause = AsyncResult(found.group(1), app=app).result
-        except Exception:  # a backend hiccup: the ChordError still says what happened
-            return exc
-        if isinstance(cause, BaseException):
-            return cause
-    return exc
-
-
 @app.task(name="lewis.scan.fail")
 def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
     """Errback of the merge: the chord failed (a chunk gave up, or the merge did); say why."""
@@ -247,7 +226,7 @@ def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
     # waiting for the stored failure also means a handle that sees "failed" finds it stored
     cause = stored_failure(app, task_id) if task_id else None
     if cause is not None:
-        cause = chord_cause(cause)
+        cause = chord_cause(app, cause)
     with session_scope(get_engine()) as session:
         scan = scans.get_scan(session, scan_id)
         if scan is None or scan.status == "done":
@@ -298,4 +277,4 @@ def _finding_row(f: Finding) -> dict[str, Any]:
             "cve_ids": f.cve_ids, "detail": f.to_dict()}
 
 
-__all__ = ["chunk", "merge", "fail", "chord_cause", "LIVE_KEY"]
+__all__ = ["chunk", "merge", "fail"]

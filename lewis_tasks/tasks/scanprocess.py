@@ -1,7 +1,6 @@
-"""What a scanning process keeps, and how big a chunk may be.
+"""What a scanning process keeps (chunk sizing lives in :mod:`lewis_tasks.infra.planning`).
 
-Chunk sizing (also used by the producer when it plans a scan) and the per-process resources
-of the chunk task: a thread pool the connect loops run in (sized to the io pool's slots, so a
+The per-process resources of the chunk task: a thread pool the connect loops run in (sized to the io pool's slots, so a
 chunk never queues behind others and eats its budget waiting), a one-thread publisher for
 live progress, the count of chunks running here (they share ``scan.concurrency``), and the
 soft RLIMIT_NOFILE lifted to the hard limit once.
@@ -18,40 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from ..domain.scanjob import max_chunk_ports
-from ..infra.config import Settings, get_settings
+from ..infra.config import get_settings
+from ..infra.planning import io_slots
 
 log = logging.getLogger(__name__)
-
-# Shares of tasks.soft_time_limit. Chunks are sized so their worst-case port scan takes at
-# most SCAN_SHARE of it; scan plus identification must end by WORK_SHARE (identification is
-# cut short there); the rest is for resolving, the database and the broker.
-SCAN_SHARE = 0.5
-WORK_SHARE = 0.8
-
-
-def io_slots(settings: Settings) -> int:
-    """How many chunk tasks one io worker process may run at once."""
-    w = settings.workers
-    if w.io_pool == "threads":
-        return max(1, w.io_concurrency or settings.performance.thread_pool_size)
-    return 1  # prefork: each child is a process of its own; solo: one at a time
-
-
-def chunk_ports_for(settings: Settings, rate: float | None) -> int:
-    """Ports per chunk: ``scan.chunk_ports``, less if the worst case would outlive the budget.
-
-    The worst case assumes every slot of the io process scans at once (each then gets its
-    share of ``scan.concurrency``) and every port is filtered.
-    """
-    s = settings.scan
-    share = max(1, s.concurrency // io_slots(settings))
-    fits = max_chunk_ports(settings.tasks.soft_time_limit * SCAN_SHARE, concurrency=share,
-                           timeout=s.timeout, retries=s.retries, rate=rate)
-    return max(1, min(s.chunk_ports, fits))
-
-
-# ---------------------------------------------------------------- per-process resources
 
 _state_lock = threading.Lock()
 _state: dict[str, Any] = {"pid": None}
@@ -99,5 +68,4 @@ def running_chunk() -> Iterator[int]:
 
 
 
-__all__ = ["SCAN_SHARE", "WORK_SHARE", "io_slots", "chunk_ports_for", "process_state",
-           "raise_fd_limit", "running_chunk"]
+__all__ = ["process_state", "raise_fd_limit", "running_chunk"]

@@ -169,7 +169,7 @@ def test_a_bad_wait_exits_2(lewis_settings: Any) -> None:
 
 def test_default_waits_cover_the_work_at_its_worst(lewis_settings: Any) -> None:
     from lewis_tasks.cli.http import batch_wait, loadtest_wait
-    from lewis_tasks.tasks.httplimits import chunk_size, loadtest_budget, url_budget
+    from lewis_tasks.infra.planning import chunk_size, loadtest_budget, url_budget
 
     s = lewis_settings
     # A load test: its part's hard time limit (barrier, run, drain, slack) and then some

@@ -291,7 +291,7 @@ def test_a_failed_chunk_marks_the_batch_failed(celery_worker: Any, lewis_setting
 
 
 def test_chunks_and_parts_fit_their_time_limits(lewis_settings: Any) -> None:
-    from lewis_tasks.tasks.httplimits import chunk_seconds, chunk_size, loadtest_budget
+    from lewis_tasks.infra.planning import chunk_seconds, chunk_size, loadtest_budget
 
     # A chunk whose URLs all stall, max_connections at a time, ends within its time limit
     per_wave = lewis_settings.network.max_connections
@@ -309,7 +309,7 @@ def test_chunks_and_parts_fit_their_time_limits(lewis_settings: Any) -> None:
 
 def test_a_part_whose_progress_cannot_be_written_still_runs_and_returns(
         celery_worker: Any, servers: ServerThread, worker_redis: Any) -> None:
-    from lewis_tasks.tasks.http import PROGRESS_KEY
+    from lewis_tasks.infra.progress import LOADTEST_PROGRESS_KEY as PROGRESS_KEY
 
     # Given a run whose progress hash cannot take an HSET (the key holds a string: WRONGTYPE)
     run_id = f"progress-broken-{time.monotonic_ns()}"
@@ -328,7 +328,7 @@ def test_a_part_leaves_its_final_progress_line(celery_worker: Any, servers: Serv
                                                worker_redis: Any) -> None:
     import json
 
-    from lewis_tasks.tasks.http import PROGRESS_KEY
+    from lewis_tasks.infra.progress import LOADTEST_PROGRESS_KEY as PROGRESS_KEY
 
     run_id = f"progress-ok-{time.monotonic_ns()}"
     spec = {"url": f"{inside(servers).url}/", "concurrency": 1, "requests": 5}

@@ -1,4 +1,7 @@
-"""How long HTTP work may take, and the caps it is checked against before anything is enqueued.
+"""Planning shared by producers and tasks: how work is cut and how long it may take.
+
+HTTP: how long batches and load tests may take, and the caps they are checked against
+before anything is enqueued. Scans: how many ports a chunk holds.
 
 Both sides need the same numbers: the producer to cut a batch into chunks and refuse an
 over-cap load test, the tasks to bound their own run. Redis has no real acks, so every time
@@ -12,8 +15,9 @@ import math
 from dataclasses import dataclass
 
 from ..domain.loadgen import LOAD_METHODS
+from ..domain.scanjob import max_chunk_ports
 from ..errors import InvalidInput
-from ..infra.config import Settings
+from .config import Settings
 
 BARRIER_LEAD = 0.5  # seconds between the last part arriving and the common start
 DRAIN = 2.0  # loadgen gives in-flight requests this long after the deadline
@@ -128,5 +132,36 @@ def split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+# --- scans --------------------------------------------------------------------------------
+
+# Shares of tasks.soft_time_limit. Chunks are sized so their worst-case port scan takes at
+# most SCAN_SHARE of it; scan plus identification must end by WORK_SHARE (identification is
+# cut short there); the rest is for resolving, the database and the broker.
+SCAN_SHARE = 0.5
+WORK_SHARE = 0.8
+
+
+def io_slots(settings: Settings) -> int:
+    """How many chunk tasks one io worker process may run at once."""
+    w = settings.workers
+    if w.io_pool == "threads":
+        return max(1, w.io_concurrency or settings.performance.thread_pool_size)
+    return 1  # prefork: each child is a process of its own; solo: one at a time
+
+
+def chunk_ports_for(settings: Settings, rate: float | None) -> int:
+    """Ports per chunk: ``scan.chunk_ports``, less if the worst case would outlive the budget.
+
+    The worst case assumes every slot of the io process scans at once (each then gets its
+    share of ``scan.concurrency``) and every port is filtered.
+    """
+    s = settings.scan
+    share = max(1, s.concurrency // io_slots(settings))
+    fits = max_chunk_ports(settings.tasks.soft_time_limit * SCAN_SHARE, concurrency=share,
+                           timeout=s.timeout, retries=s.retries, rate=rate)
+    return max(1, min(s.chunk_ports, fits))
+
+
 __all__ = ["url_budget", "chunk_seconds", "chunk_size", "check_batch_size", "LoadtestBudget",
-           "loadtest_budget", "check_loadtest", "split", "BARRIER_LEAD", "DRAIN"]
+           "loadtest_budget", "check_loadtest", "split", "BARRIER_LEAD", "DRAIN", "SCAN_SHARE",
+           "WORK_SHARE", "io_slots", "chunk_ports_for"]
