@@ -34,9 +34,9 @@ def up(detach: bool, timeout: float) -> None:
     began = time.monotonic()
     try:
         stack.start(ready_timeout=timeout, on_step=click.echo)
-        click.echo(f"ready in {time.monotonic() - began:.1f}s — `lewis status` in another "
-                   "terminal; Ctrl-C stops the stack")
-        stack.supervise()
+        stack.supervise(on_ready=lambda: click.echo(
+            f"ready in {time.monotonic() - began:.1f}s — `lewis status` in another terminal; "
+            "Ctrl-C stops the stack"))
     finally:
         click.echo("stopping the stack…")
         stack.stop(on_step=click.echo)

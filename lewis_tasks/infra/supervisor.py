@@ -169,13 +169,18 @@ class Stack:
             json.dump(data, fh, indent=2)
         os.replace(tmp, path)
 
-    def supervise(self, poll: float = 0.5) -> None:
-        """Block until a stop is requested, restarting children that die (with backoff)."""
+    def supervise(self, poll: float = 0.5, on_ready: Callable[[], None] | None = None) -> None:
+        """Block until a stop is requested, restarting children that die (with backoff).
+
+        ``on_ready`` runs once SIGINT/SIGTERM request a warm stop: a Ctrl-C right after the
+        "ready" line it prints is a stop like any other, not a KeyboardInterrupt."""
         def request_stop(signum: int, _frame: Any) -> None:
             self._stopping = True
 
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
+        if on_ready is not None:
+            on_ready()
         while not self._stopping:
             now = time.monotonic()
             for child in self.children:
