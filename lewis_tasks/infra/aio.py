@@ -84,12 +84,15 @@ async def _new_session() -> Any:
     from .config import get_settings
 
     s = get_settings()
+    # The session serves batch URLs, each ended by its budget (≤ http.timeout): a read
+    # timeout at least that long never fires first, and costs a timer per read on the loop.
+    read_timeout = s.network.read_timeout if s.network.read_timeout < s.http.timeout else None
     return create_session(
         Scope.from_allow(s.scope.allow),
         max_connections=s.network.max_connections,
         limit_per_host=s.network.limit_per_host,
         connect_timeout=s.network.connection_timeout,
-        read_timeout=s.network.read_timeout,
+        read_timeout=read_timeout,
         keep_alive=s.network.keep_alive,
     )
 

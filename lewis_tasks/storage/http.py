@@ -7,7 +7,7 @@ were really new, in the same transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -19,7 +19,6 @@ from .scans import TERMINAL
 
 RESULT_FIELDS = ("url", "final_url", "method", "status", "error_class", "error", "bytes",
                  "sha256", "truncated", "timings", "redirects", "headers")
-_JSON_FIELDS = frozenset({"timings", "redirects", "headers"})
 _DEFAULTS = {"method": "GET", "truncated": False}
 _COLUMNS = ("batch_id", "idx", *RESULT_FIELDS)
 
@@ -34,33 +33,37 @@ def save_http_batch(session: Session, batch_id: str, *, total: int,
 
 def save_http_results(session: Session, batch_id: str,
                       results: Iterable[Mapping[str, Any]]) -> int:
-    """Store results (each with ``idx`` and ``url``); returns how many were new.
+    """Store results (mappings with ``idx``, ``url`` and any of RESULT_FIELDS); returns how
+    many were new. See :func:`save_http_rows`."""
+    return save_http_rows(session, batch_id,
+                          ((int(r["idx"]), *(r.get(name, _DEFAULTS.get(name)) for name in RESULT_FIELDS))
+                           for r in results))
+
+
+def save_http_rows(session: Session, batch_id: str, rows: Iterable[Sequence[Any]]) -> int:
+    """Store results given as ``(idx, *RESULT_FIELDS)`` tuples (JSON fields as Python values);
+    returns how many were new.
 
     A result counts as failed when it carries an ``error_class``, else as ok. The rows go in
     by multi-row INSERTs (:func:`~.rows.insert_new`), ok and failed ones apart, so the two
     row counts are the counters' moves without reading a row back. An index given twice in
-    one call: the first one stands.
+    one call: the first one stands. The tuple form is the io worker's path: no dict per row.
     """
-    rows: dict[int, tuple[bool, tuple[Any, ...]]] = {}
-    for r in results:
-        idx = int(r["idx"])
-        values = (batch_id, idx, *(_value(r, name) for name in RESULT_FIELDS))
-        rows.setdefault(idx, (bool(r.get("error_class")), values))
-    new_ok = insert_new(session, HttpResult, _COLUMNS, [v for bad, v in rows.values() if not bad])
-    new_failed = insert_new(session, HttpResult, _COLUMNS, [v for bad, v in rows.values() if bad])
+    ok: dict[int, tuple[Any, ...]] = {}
+    failed: dict[int, tuple[Any, ...]] = {}
+    for (idx, url, final_url, method, status, error_class, error, size, sha256, truncated,
+         timings, redirects, headers) in rows:
+        if idx in ok or idx in failed:
+            continue
+        (failed if error_class else ok)[idx] = (
+            batch_id, idx, url, final_url, method or "GET", status, error_class, error, size,
+            sha256, bool(truncated), json_text(timings), json_text(redirects), json_text(headers))
+    new_ok = insert_new(session, HttpResult, _COLUMNS, list(ok.values()))
+    new_failed = insert_new(session, HttpResult, _COLUMNS, list(failed.values()))
     new = new_ok + new_failed
     if new:
         increment(session, HttpBatch, {"id": batch_id}, done=new, ok=new_ok, failed=new_failed)
     return new
-
-
-def _value(result: Mapping[str, Any], name: str) -> Any:
-    value = result.get(name, _DEFAULTS.get(name))
-    if name in _JSON_FIELDS:
-        return json_text(value)
-    if name == "truncated":
-        return bool(value)
-    return value
 
 
 def finish_http_batch(session: Session, batch_id: str, *, status: str = "done",
@@ -92,5 +95,5 @@ def get_http_results(session: Session, batch_id: str, *, offset: int = 0,
     return list(session.scalars(stmt.order_by(HttpResult.idx).offset(offset).limit(limit)))
 
 
-__all__ = ["save_http_batch", "save_http_results", "finish_http_batch", "get_http_batch",
+__all__ = ["save_http_batch", "save_http_results", "save_http_rows", "finish_http_batch", "get_http_batch",
            "get_http_results"]

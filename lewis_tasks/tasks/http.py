@@ -138,20 +138,21 @@ def _out_of_time(index: int, item: Any, seconds: float) -> HttpOutcome:
                        message=f"the chunk's time ({seconds:.0f} s) ran out before this URL")
 
 
-def _row(start: int, outcome: HttpOutcome) -> dict[str, Any]:
-    return {"idx": start + outcome.index, "url": outcome.url, "final_url": outcome.final_url,
-            "method": outcome.method, "status": outcome.status, "error_class": outcome.error,
-            "error": outcome.message, "bytes": outcome.bytes, "sha256": outcome.sha256,
-            "truncated": outcome.truncated, "timings": outcome.timings.to_dict(),
-            "redirects": [hop.to_dict() for hop in outcome.redirects],
-            "headers": dict(outcome.headers)}
+def _row(start: int, o: HttpOutcome) -> tuple[Any, ...]:
+    """The outcome as storage's ``(idx, *RESULT_FIELDS)`` tuple."""
+    t = o.timings
+    return (start + o.index, o.url, o.final_url, o.method, o.status, o.error, o.message,
+            o.bytes, o.sha256, o.truncated,
+            {"dns_ms": t.dns_ms, "connect_ms": t.connect_ms, "ttfb_ms": t.ttfb_ms,
+             "total_ms": t.total_ms},
+            [hop.to_dict() for hop in o.redirects], dict(o.headers))
 
 
 def _persist(batch_id: str, start: int, finished: deque[HttpOutcome],
              done: dict[int, HttpOutcome]) -> int:
     """Store what finished since the last call; how many rows were new."""
     from ..storage.db import get_engine, session_scope
-    from ..storage.http import save_http_results
+    from ..storage.http import save_http_rows
 
     rows = []
     while finished:
@@ -162,7 +163,7 @@ def _persist(batch_id: str, start: int, finished: deque[HttpOutcome],
     if not rows:
         return 0
     with session_scope(get_engine()) as session:
-        return save_http_results(session, batch_id, rows)
+        return save_http_rows(session, batch_id, rows)
 
 
 _saved_batches: deque[str] = deque(maxlen=256)  # batches this process has created already

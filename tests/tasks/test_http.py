@@ -125,6 +125,21 @@ def test_stalling_servers_time_out_within_their_budget_while_progress_moves(
     assert submit_http_batch(fast[:2]).wait(timeout=WAIT)["ok"] == 2
 
 
+def test_a_read_timeout_shorter_than_the_budget_still_ends_a_silent_read(
+        celery_worker: Any, servers: ServerThread, swap_settings: Any) -> None:
+    # Given network.read_timeout well under the URL's budget (the io session drops its read
+    # timer only when the budget would always end a stall first)
+    swap_settings("network", read_timeout=0.3)
+    # When a URL hits a server that never answers
+    handle = submit_http_batch([f"{stall(servers).url}/never"], timeout=20)
+    summary = handle.wait(timeout=WAIT)
+    # Then the read timeout ended it, not the 20 s budget
+    assert summary["errors"] == {"timeout": 1}
+    (row,) = handle.result()
+    assert row["error"].startswith("timed out"), row["error"]
+    assert "20 s" not in row["error"]
+
+
 SPELLINGS = ["127.0.0.1", "2130706433", "0x7f000001", "0x7f.1", "[::ffff:127.0.0.1]",
              "localhost", "LOCALHOST."]
 
