@@ -304,7 +304,9 @@ def format_loadtest(result: dict[str, Any]) -> str:
         ("url", f"{result['method']} {result['url']}"),
         ("load", f"{mode}, {result['concurrency']} connections, {result['parts']} part(s) on "
                  f"{processes} process(es){' (shared!)' if result.get('shared_process') else ''}"),
-        ("requests", f"{result['requests']:,} in {result['duration_s']:.2f} s"),
+        ("requests", f"{result['requests']:,} in {result['duration_s']:.2f} s"
+                     + (f" (+{result['warmup']:,} uncounted, opening the connections first)"
+                        if result.get("warmup") else "")),
         ("rps", f"{result['rps']:,.1f}"),
         ("latency ms", "  ".join(f"{name} {lat[key]:,.2f}" for name, key in (
             ("p50", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"),

@@ -3,7 +3,14 @@
 Closed loop: ``concurrency`` coroutines each send, wait for the answer, send again.
 Open loop: requests are *scheduled* at ``rate`` per second and each latency is measured from
 its intended send time, so a server that stalls is charged for the requests that had to
-wait (no coordinated omission); ``concurrency`` then caps requests in flight.
+wait (no coordinated omission); ``concurrency`` then caps requests in flight. Sends are
+paced by a :class:`~.pacer.Pacer` (microsecond wake-ups), not the loop's millisecond timers,
+so the schedule is the client's and not the timer's.
+
+Before the clock starts, the run opens its connections the way wrk does, by one request per
+connection (GET and HEAD runs only: those are safe to repeat; a POST run's first requests
+open them inside the run). These warm-up answers are not counted; ``warmup`` says how many
+there were.
 
 The hot loop is a fixed pool of coroutines — no task per request — sharing one histogram,
 one status counter and the caller's session. Parts run on many processes merge exactly with
@@ -25,12 +32,15 @@ from ..errors import InvalidInput, OutOfScope
 from . import httpclient as hc
 from .histogram import LatencyHistogram
 from .httprequest import normalise_url
+from .pacer import Pacer
 
 log = logging.getLogger(__name__)
 
 LOAD_METHODS = frozenset({"GET", "HEAD", "POST"})
 UNFINISHED = "unfinished"  # error class: still in flight when the run's time was up
 _DRAIN_GRACE = 2.0  # seconds in-flight requests get after the deadline before cancellation
+_WARMUP_SECONDS = 1.0  # at most, when no start time gives the run its own lead
+SAFE_METHODS = frozenset({"GET", "HEAD"})  # warm-up requests are sent only for these
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class LoadResult:
     errors: Mapping[str, int] = field(default_factory=dict)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     parts: int = 1
+    warmup: int = 0  # uncounted requests that opened connections before the clock started
 
     @property
     def rps(self) -> float:
@@ -61,7 +72,7 @@ class LoadResult:
                 "started_at": self.started_at, "duration_s": self.duration_s,
                 "requests": self.requests, "rps": round(self.rps, 1), "bytes": self.bytes,
                 "status_counts": dict(self.status_counts), "errors": dict(self.errors),
-                "parts": self.parts, "latency_ms": self.latency.summary(),
+                "parts": self.parts, "warmup": self.warmup, "latency_ms": self.latency.summary(),
                 "histogram": self.latency.to_dict()}
 
     @classmethod
@@ -74,7 +85,8 @@ class LoadResult:
                        int(data["requests"]), int(data["bytes"]),
                        {str(k): int(v) for k, v in data["status_counts"].items()},
                        {str(k): int(v) for k, v in data["errors"].items()},
-                       LatencyHistogram.from_dict(data["histogram"]), int(data.get("parts", 1)))
+                       LatencyHistogram.from_dict(data["histogram"]), int(data.get("parts", 1)),
+                       int(data.get("warmup", 0)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInput(f"malformed load test result: {exc!r}") from None
 
@@ -93,7 +105,7 @@ class LoadResult:
                    sum(p.requests for p in parts), sum(p.bytes for p in parts),
                    _add(p.status_counts for p in parts), _add(p.errors for p in parts),
                    LatencyHistogram.merged(p.latency for p in parts),
-                   sum(p.parts for p in parts))
+                   sum(p.parts for p in parts), sum(p.warmup for p in parts))
 
 
 def _add(counters: Iterable[Mapping[str, int]]) -> dict[str, int]:
@@ -145,6 +157,10 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
                method=method, max_duration=max_duration, max_concurrency=max_concurrency,
                max_rate=max_rate, max_requests=max_requests)
     target = normalise_url(url)
+    warmed = 0
+    if method in SAFE_METHODS:  # within the lead a common start time leaves, if there is one
+        lead = _WARMUP_SECONDS if start_at is None else min(_WARMUP_SECONDS, start_at - time.time())
+        warmed = await _warm_up(session, method, target, concurrency, lead)
     if start_at is not None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
     run = _Run(session, method, target, concurrency, requests, rate,
@@ -160,7 +176,27 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
     return LoadResult(str(target), method, "closed" if rate is None else "open", concurrency,
                       rate, run.started_at, run.elapsed, run.answered, run.bytes,
                       {str(k): n for k, n in sorted(run.statuses.items())},
-                      dict(sorted(run.errors.items())), run.latency)
+                      dict(sorted(run.errors.items())), run.latency, warmup=warmed)
+
+
+async def _warm_up(session: aiohttp.ClientSession, method: str, target: Any, connections: int,
+                   seconds: float) -> int:
+    """Open up to ``connections`` keep-alive connections, one request each, within ``seconds``;
+    how many answered. Failures are left for the run itself to count."""
+    if seconds <= 0:
+        return 0
+
+    async def one() -> None:
+        async with session.request(method, target, allow_redirects=False) as resp:
+            await _discard(resp.content)
+
+    tasks = [asyncio.create_task(one()) for _ in range(connections)]
+    done, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    return sum(1 for task in done if task.exception() is None)
 
 
 class _Run:
@@ -181,17 +217,23 @@ class _Run:
         self.t0 = time.perf_counter()
         self.deadline = self.t0 + seconds
         self.elapsed = 0.0
+        self.pacer: Pacer | None = None
 
     async def go(self) -> None:
         self.started_at, self.t0 = time.time(), time.perf_counter()
         self.deadline = self.t0 + self.seconds
         worker = self._closed if self.rate is None else self._open
+        self.pacer = Pacer() if self.rate is not None else None
         tasks = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
-        _, pending = await asyncio.wait(tasks, timeout=self.seconds + self.grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=self.seconds + self.grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        finally:
+            if self.pacer is not None:
+                self.pacer.close()
         self.elapsed = min(time.perf_counter(), self.deadline + self.grace) - self.t0
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
@@ -208,7 +250,7 @@ class _Run:
             held = await self._request(sent, held)
 
     async def _open(self) -> None:
-        perf, deadline, limit, t0 = time.perf_counter, self.deadline, self.limit, self.t0
+        deadline, limit, t0, until = self.deadline, self.limit, self.t0, self.pacer.until  # type: ignore[union-attr]
         interval = 1.0 / self.rate  # type: ignore[operator]
         held = b""
         while self.issued < limit and self.refused is None:
@@ -216,9 +258,7 @@ class _Run:
             if intended >= deadline:
                 return
             self.issued += 1
-            wait = intended - perf()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await until(intended)  # at once when behind the schedule
             held = await self._request(intended, held)  # latency from when it *should* have gone
 
     async def _request(self, started: float, held: bytes) -> bytes:

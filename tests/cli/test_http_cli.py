@@ -82,13 +82,14 @@ def test_loadtest_json_has_rate_percentiles_and_codes(celery_worker: Any, server
     assert set(data["latency_ms"]) >= {"p50_ms", "p90_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms"}
     assert set(data["status_counts"]) == {"200"} and data["errors"] == {}
     assert data["latency_ms"]["count"] == data["requests"]
+    assert data["warmup"] == 2  # one uncounted request per connection before the clock
 
 
 def test_loadtest_table_and_open_loop(celery_worker: Any, server: str) -> None:
     result = lewis("loadtest", f"{server}/", "-c", "2", "-n", "20", "--rate", "200")
     assert result.exit_code == 0, result.output
     rows = dict(line.split(None, 1) for line in result.output.splitlines())
-    assert rows["requests"].startswith("20 in")
+    assert rows["requests"].startswith("20 in") and "+2 uncounted" in rows["requests"]
     assert "open loop at 200 req/s" in rows["load"]
     assert rows["status"] == "200: 20" and rows["errors"] == "none"
     assert "p99.9" in rows["latency"]

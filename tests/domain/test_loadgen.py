@@ -88,6 +88,21 @@ def test_open_loop_stops_at_the_duration(app: str) -> None:
     assert 1 <= result.requests <= 15  # due times 0, 20 … 280 ms
 
 
+def test_connections_open_before_the_clock_with_one_uncounted_request_each(
+        servers: ServerThread, app: str) -> None:
+    server = servers.servers[0]
+    got, echoed = server.hits["/bytes/37"], server.hits["/echo"]
+    # When a GET run starts, its 4 connections are opened first, one request each
+    [result] = load(app + "/bytes/37", concurrency=4, requests=20)
+    # Then those 4 are the warm-up, outside the counts; the server saw them all
+    assert result.requests == 20 and result.warmup == 4 and result.latency.count == 20
+    assert server.hits["/bytes/37"] - got == 24
+    # And a POST run (not safe to repeat) sends exactly the requests it counts
+    [posted] = load(app + "/echo", concurrency=4, requests=20, method="POST")
+    assert posted.requests == 20 and posted.warmup == 0
+    assert server.hits["/echo"] - echoed == 20
+
+
 def test_refused_connections_are_counted_as_errors() -> None:
     [result] = load(f"http://127.0.0.1:{free_port()}/", concurrency=2, requests=10)
     assert result.requests == 0 and result.errors == {"connection_refused": 10}
@@ -137,6 +152,7 @@ def test_parts_start_together_and_merge_exactly(app: str) -> None:
     assert all(part.started_at >= start_at for part in parts)
     merged = LoadResult.merge(parts)
     assert merged.requests == 150 and merged.parts == 3 and merged.concurrency == 12
+    assert merged.warmup == 12  # each part opened its 4 connections before the start
     assert merged.bytes == 1500 and merged.status_counts == {"200": 150}
     assert merged.latency == LatencyHistogram.merged(p.latency for p in parts)
     assert merged.duration_s == max(p.duration_s for p in parts)
