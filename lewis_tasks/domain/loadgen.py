@@ -191,12 +191,20 @@ async def _warm_up(session: aiohttp.ClientSession, method: str, target: Any, con
             await _discard(resp.content)
 
     tasks = [asyncio.create_task(one()) for _ in range(connections)]
-    done, pending = await asyncio.wait(tasks, timeout=seconds)
+    try:
+        await asyncio.wait(tasks, timeout=seconds)
+    finally:
+        await _cancel(tasks)
+    return sum(1 for task in tasks if not task.cancelled() and task.exception() is None)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel those still running and wait until they have stopped."""
+    pending = [task for task in tasks if not task.done()]
     for task in pending:
         task.cancel()
     if pending:
         await asyncio.wait(pending)
-    return sum(1 for task in done if task.exception() is None)
 
 
 class _Run:
@@ -226,12 +234,9 @@ class _Run:
         self.pacer = Pacer() if self.rate is not None else None
         tasks = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
         try:
-            _, pending = await asyncio.wait(tasks, timeout=self.seconds + self.grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-        finally:
+            await asyncio.wait(tasks, timeout=self.seconds + self.grace)
+        finally:  # the time is up, or the run itself was cancelled: no worker goes on
+            await _cancel(tasks)
             if self.pacer is not None:
                 self.pacer.close()
         self.elapsed = min(time.perf_counter(), self.deadline + self.grace) - self.t0

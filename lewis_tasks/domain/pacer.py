@@ -111,15 +111,13 @@ class Pacer:
             self._arm(waiting[0][0])
 
     def close(self) -> None:
-        """Stop the timer and release the waiters still queued."""
+        """Stop the timer; waiters still queued are cancelled (nobody goes on after the run)."""
         if self._fd >= 0:
             self._loop.remove_reader(self._fd)
             os.close(self._fd)
             self._fd = -1
         while self._waiting:
-            future = self._waiting.pop()[2]
-            if not future.done():
-                future.set_result(None)
+            self._waiting.pop()[2].cancel()
 
 
 __all__ = ["Pacer"]

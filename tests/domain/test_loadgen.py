@@ -103,6 +103,32 @@ def test_connections_open_before_the_clock_with_one_uncounted_request_each(
     assert server.hits["/echo"] - echoed == 20
 
 
+@pytest.mark.parametrize("rate", [None, 200])
+def test_a_cancelled_run_sends_nothing_more(servers: ServerThread, app: str,
+                                            rate: float | None) -> None:
+    server = servers.servers[0]
+    path = f"/bytes/{41 if rate is None else 43}"
+
+    async def main() -> tuple[int, int]:
+        session = create_session(LOOPBACK, max_connections=10, limit_per_host=0,
+                                 connect_timeout=2, read_timeout=None, keep_alive=True)
+        async with session:
+            run = asyncio.ensure_future(run_loadtest(session, app + path, concurrency=4,
+                                                     duration=30, rate=rate))
+            await asyncio.sleep(1.5)  # past the warm-up, well into the run
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            at_cancel = server.hits[path]
+            await asyncio.sleep(0.3)
+            return at_cancel, server.hits[path]
+
+    # When a run is cancelled (its task's time limit, Ctrl-C)
+    at_cancel, later = asyncio.run(main())
+    # Then it had been sending, and no worker of it sends again
+    assert at_cancel > 4 and later == at_cancel
+
+
 def test_refused_connections_are_counted_as_errors() -> None:
     [result] = load(f"http://127.0.0.1:{free_port()}/", concurrency=2, requests=10)
     assert result.requests == 0 and result.errors == {"connection_refused": 10}
