@@ -120,13 +120,14 @@ def test_a_cancelled_run_sends_nothing_more(servers: ServerThread, app: str,
             with pytest.raises(asyncio.CancelledError):
                 await run
             at_cancel = server.hits[path]
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.5)
             return at_cancel, server.hits[path]
 
     # When a run is cancelled (its task's time limit, Ctrl-C)
     at_cancel, later = asyncio.run(main())
-    # Then it had been sending, and no worker of it sends again
-    assert at_cancel > 4 and later == at_cancel
+    # Then it had been sending, and no worker of it sends again: the server sees at most the
+    # 4 requests that were already on the wire (a run left going sends hundreds meanwhile)
+    assert at_cancel > 4 and later - at_cancel <= 4
 
 
 def test_refused_connections_are_counted_as_errors() -> None:
