@@ -64,7 +64,7 @@ class Timings(NamedTuple):
 class HttpOutcome(NamedTuple):
     """What one URL of a batch gave: an answer (``status``) or an ``error`` class and message."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the position in the batch; hides tuple.index()
     url: str
     method: str
     final_url: str | None = None

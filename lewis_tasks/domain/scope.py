@@ -162,7 +162,7 @@ class Scope:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise InvalidInput(f"cannot resolve {host!r}: {exc.strerror}") from None
-        return self._checked(host, [info[4][0] for info in infos])
+        return self._checked(host, [str(info[4][0]) for info in infos])
 
     def _checked(self, host: str, addresses: Sequence[str]) -> list[IPAddress]:
         seen: list[IPAddress] = []

@@ -26,7 +26,7 @@ class LoopRuntime:
     def __init__(self) -> None:
         self.pid = os.getpid()
         try:
-            import uvloop  # type: ignore[import-not-found]
+            import uvloop  # type: ignore[import-not-found, unused-ignore]
 
             self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         except ImportError:

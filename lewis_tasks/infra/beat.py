@@ -47,7 +47,7 @@ return 0
 """
 
 
-class AlignedSchedule(schedules.schedule):  # type: ignore[misc]
+class AlignedSchedule(schedules.schedule):  # type: ignore[misc, unused-ignore]
     """Due once per wall-clock slot of ``run_every`` seconds, at the slot's start."""
 
     def slot_of(self, when: float) -> int:
@@ -90,7 +90,7 @@ def leader(client: redis.Redis) -> tuple[str | None, float]:
     return holder.decode(), max(0.0, pttl / 1000)
 
 
-class LeaderScheduler(beat.Scheduler):  # type: ignore[misc]
+class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
     """Fires periodic jobs only while holding the beat lease; otherwise waits as a standby."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

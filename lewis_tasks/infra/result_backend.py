@@ -36,7 +36,7 @@ return 1
 """
 
 
-class LewisRedisBackend(RedisBackend):  # type: ignore[misc]
+class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
     """RedisBackend whose task results are stored by one atomic script call."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

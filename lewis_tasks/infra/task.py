@@ -34,7 +34,7 @@ DELIVERIES_KEY = "lewis:deliveries:{task_id}:{retries}"
 RUNS_KEY = "lewis:stats:runs"
 
 
-class LewisTask(Task):  # type: ignore[misc]
+class LewisTask(Task):  # type: ignore[misc, unused-ignore]
     """Base task: redelivery cap, backoff on TransientError, one log line per run."""
 
     autoretry_for = (TransientError,)
@@ -44,11 +44,11 @@ class LewisTask(Task):  # type: ignore[misc]
     count_runs = False
 
     @property
-    def retry_backoff_max(self) -> int:  # type: ignore[override]
+    def retry_backoff_max(self) -> int:  # type: ignore[override, unused-ignore]
         return get_settings().tasks.retry_backoff_max
 
     @property
-    def max_retries(self) -> int:  # type: ignore[override]
+    def max_retries(self) -> int:  # type: ignore[override, unused-ignore]
         return get_settings().tasks.max_retries
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
     _shared_client: Any = None
     _shared_client_pool: Any = None
 
@@ -31,5 +31,5 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return self._shared_client
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):  # type: ignore[misc, unused-ignore]
     Channel = Channel

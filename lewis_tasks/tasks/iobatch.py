@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from celery import states
@@ -26,7 +26,7 @@ from ..infra import aio
 from ..infra.celery_app import app
 from ..infra.routing import MAX_PACK, PACKED_TASK
 
-AsyncBody = Callable[..., Awaitable[Any]]
+AsyncBody = Callable[..., Coroutine[Any, Any, Any]]
 ASYNC_BODIES: dict[str, AsyncBody] = {}
 
 
