@@ -311,6 +311,9 @@ def format_loadtest(result: dict[str, Any]) -> str:
         ("latency ms", "  ".join(f"{name} {lat[key]:,.2f}" for name, key in (
             ("p50", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"),
             ("p99.9", "p99.9_ms"), ("max", "max_ms")))),
+        *([("service ms", "  ".join(f"{name} {result['service_ms'][key]:,.2f}" for name, key in (
+            ("p50", "p50_ms"), ("p99", "p99_ms"), ("max", "max_ms")))
+            + "  (from the actual send)")] if result["mode"] == "open" and "service_ms" in result else []),
         ("bytes", f"{result['bytes']:,}"),
         ("status", _counts(result["status_counts"])),
         ("errors", _counts(result["errors"])),

@@ -61,6 +61,14 @@ class LoadResult:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     parts: int = 1
     warmup: int = 0  # uncounted requests that opened connections before the clock started
+    # Open loop only: latency from each request's *actual* send, which leaves out the time it
+    # waited for its turn (what wrk and most closed-loop tools report; wrk2 calls it
+    # "uncorrected"). In a closed loop the two are one and the same: ``latency``.
+    service: LatencyHistogram | None = None
+
+    @property
+    def service_latency(self) -> LatencyHistogram:
+        return self.latency if self.service is None else self.service
 
     @property
     def rps(self) -> float:
@@ -73,7 +81,9 @@ class LoadResult:
                 "requests": self.requests, "rps": round(self.rps, 1), "bytes": self.bytes,
                 "status_counts": dict(self.status_counts), "errors": dict(self.errors),
                 "parts": self.parts, "warmup": self.warmup, "latency_ms": self.latency.summary(),
-                "histogram": self.latency.to_dict()}
+                "histogram": self.latency.to_dict(),
+                "service_ms": self.service_latency.summary(),
+                **({} if self.service is None else {"service_histogram": self.service.to_dict()})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoadResult:
@@ -86,7 +96,9 @@ class LoadResult:
                        {str(k): int(v) for k, v in data["status_counts"].items()},
                        {str(k): int(v) for k, v in data["errors"].items()},
                        LatencyHistogram.from_dict(data["histogram"]), int(data.get("parts", 1)),
-                       int(data.get("warmup", 0)))
+                       int(data.get("warmup", 0)),
+                       LatencyHistogram.from_dict(data["service_histogram"])
+                       if data.get("service_histogram") is not None else None)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInput(f"malformed load test result: {exc!r}") from None
 
@@ -105,7 +117,9 @@ class LoadResult:
                    sum(p.requests for p in parts), sum(p.bytes for p in parts),
                    _add(p.status_counts for p in parts), _add(p.errors for p in parts),
                    LatencyHistogram.merged(p.latency for p in parts),
-                   sum(p.parts for p in parts), sum(p.warmup for p in parts))
+                   sum(p.parts for p in parts), sum(p.warmup for p in parts),
+                   None if any(p.service is None for p in parts)
+                   else LatencyHistogram.merged(p.service for p in parts if p.service is not None))
 
 
 def _add(counters: Iterable[Mapping[str, int]]) -> dict[str, int]:
@@ -176,7 +190,8 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
     return LoadResult(str(target), method, "closed" if rate is None else "open", concurrency,
                       rate, run.started_at, run.elapsed, run.answered, run.bytes,
                       {str(k): n for k, n in sorted(run.statuses.items())},
-                      dict(sorted(run.errors.items())), run.latency, warmup=warmed)
+                      dict(sorted(run.errors.items())), run.latency, warmup=warmed,
+                      service=run.service)
 
 
 async def _warm_up(session: aiohttp.ClientSession, method: str, target: Any, connections: int,
@@ -220,6 +235,7 @@ class _Run:
         self.statuses: dict[int, int] = {}
         self.errors: dict[str, int] = {}
         self.latency = LatencyHistogram()
+        self.service = LatencyHistogram() if rate is not None else None
         self.refused: str | None = None
         self.started_at = time.time()
         self.t0 = time.perf_counter()
@@ -264,9 +280,10 @@ class _Run:
                 return
             self.issued += 1
             await until(intended)  # at once when behind the schedule
-            held = await self._request(intended, held)  # latency from when it *should* have gone
+            # latency from when it *should* have gone; service time from when it went
+            held = await self._request(intended, held, time.perf_counter())
 
-    async def _request(self, started: float, held: bytes) -> bytes:
+    async def _request(self, started: float, held: bytes, sent: float | None = None) -> bytes:
         """One request, its latency recorded from ``started``. Returns the body chunk the
         worker holds until its next response (``held`` again if this one failed; see _discard)."""
         try:
@@ -280,7 +297,10 @@ class _Run:
         except Exception as exc:
             self._failed(exc)
             return held
-        self.latency.record(int((time.perf_counter() - started) * 1_000_000))
+        answered = time.perf_counter()
+        self.latency.record(int((answered - started) * 1_000_000))
+        if sent is not None:
+            self.service.record(int((answered - sent) * 1_000_000))  # type: ignore[union-attr]
         self.statuses[status] = self.statuses.get(status, 0) + 1
         self.answered += 1
         self.bytes += size

@@ -93,6 +93,7 @@ def test_loadtest_table_and_open_loop(celery_worker: Any, server: str) -> None:
     assert "open loop at 200 req/s" in rows["load"]
     assert rows["status"] == "200: 20" and rows["errors"] == "none"
     assert "p99.9" in rows["latency"]
+    assert "p99" in rows["service"] and "actual send" in rows["service"]
 
 
 def test_loadtest_with_no_answer_exits_1(celery_worker: Any) -> None:

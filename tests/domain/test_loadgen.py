@@ -73,8 +73,23 @@ def test_open_loop_charges_queueing_to_latency(app: str) -> None:
     assert result.mode == "open" and result.requests == 20
     assert result.latency.max >= 525_000
     assert result.latency.percentile(50) >= 275_000 * (1 - MAX_RELATIVE_ERROR)
+    # And the service time (from each actual send, as wrk measures) leaves that wait out
+    assert result.service is not None and result.service.count == 20
+    assert result.service.min >= 50_000
+    assert result.service.percentile(50) < result.latency.percentile(50) / 2
     [closed] = load(app + "/delay/50", concurrency=1, requests=5)
     assert closed.latency.min >= 50_000  # the service time itself is honest in both
+    assert closed.service is None and closed.service_latency is closed.latency
+    assert closed.to_dict()["service_ms"] == closed.to_dict()["latency_ms"]
+
+
+def test_open_loop_parts_merge_their_service_times_too(app: str) -> None:
+    parts = load(app + "/bytes/10", parts=2, concurrency=2, rate=200, requests=20)
+    merged = LoadResult.merge(parts)
+    assert merged.service == LatencyHistogram.merged(p.service for p in parts if p.service)
+    assert merged.service is not None and merged.service.count == 40
+    again = LoadResult.merge(LoadResult.from_dict(json.loads(json.dumps(p.to_dict()))) for p in parts)
+    assert again == merged
 
 
 def test_open_loop_keeps_to_its_schedule(app: str) -> None:
