@@ -95,7 +95,9 @@ class Pacer:
         seconds = int(when)
         value = self._spec.it_value
         value.tv_sec, value.tv_nsec = seconds, max(1, int((when - seconds) * 1e9))
-        _LIBC.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None)
+        if _LIBC.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None):
+            # never seen; should the kernel refuse, the loop's own timer still wakes the waiter
+            self._loop.call_later(max(0.0, when - time.perf_counter()), self._fire)
 
     def _fire(self) -> None:
         with contextlib.suppress(BlockingIOError):  # the expiry count; reading clears readiness

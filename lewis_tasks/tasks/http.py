@@ -140,11 +140,8 @@ def _out_of_time(index: int, item: Any, seconds: float) -> HttpOutcome:
 
 def _row(start: int, o: HttpOutcome) -> tuple[Any, ...]:
     """The outcome as storage's ``(idx, *RESULT_FIELDS)`` tuple."""
-    t = o.timings
     return (start + o.index, o.url, o.final_url, o.method, o.status, o.error, o.message,
-            o.bytes, o.sha256, o.truncated,
-            {"dns_ms": t.dns_ms, "connect_ms": t.connect_ms, "ttfb_ms": t.ttfb_ms,
-             "total_ms": t.total_ms},
+            o.bytes, o.sha256, o.truncated, o.timings.to_dict(),
             [hop.to_dict() for hop in o.redirects], dict(o.headers))
 
 
