@@ -23,8 +23,16 @@ FAST_RECOVERY = {
 }
 
 
-def _worker(name: str, redis_url: str, home: Path) -> Any:
-    env = stack_env(redis_url, home, **FAST_RECOVERY)
+# A pool child that dies mid-task may be reported lost only after Celery's worker_lost_wait
+# (10 s; billiard's _join_exited_workers); with a hard limit under that, a loaded machine
+# sometimes ended the task as TimeLimitExceeded first (seen once in CI). Tests of children
+# that die use limits above it.
+LOST_CHILD = {**FAST_RECOVERY, "LEWIS_TASKS_TIME_LIMIT": "15", "LEWIS_TASKS_SOFT_TIME_LIMIT": "14",
+              "LEWIS_BROKER_VISIBILITY_TIMEOUT": "16"}
+
+
+def _worker(name: str, redis_url: str, home: Path, limits: dict[str, str] = FAST_RECOVERY) -> Any:
+    env = stack_env(redis_url, home, **limits)
     return lewis_process(["worker", "cpu", "-c", "1", "-I", "tests.support.killtasks",
                           "-n", f"{name}@%h"], env, home / f"{name}.log")
 
@@ -52,7 +60,7 @@ def test_kill_9_mid_task_redelivers_and_records_once(
 def test_task_that_always_kills_its_worker_fails_after_the_cap(
         redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any, celery_app: Any) -> None:
     worker_redis.delete("test:starts:k2")
-    with _worker("host", redis_url, tmp_path):
+    with _worker("host", redis_url, tmp_path, LOST_CHILD):
         wait_for(lambda: any(n.startswith("host@") for n in worker_names(celery_app)), 30,
                  what="the worker")
         # Given a task that SIGKILLs the pool child running it, every time
