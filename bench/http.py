@@ -9,9 +9,11 @@ everything. Per run, interleaved so drift hits every side alike:
   each beside ``bench/rawhttp.py``: one aiohttp process, 100 coroutines, limit 100;
 * load — ``submit_loadtest -c 100 -d 10s --workers 2`` beside ``wrk -t2 -c100 -d10s`` and
   locust (FastHttpUser, 100 users, headless, 1 process);
-* latency at the same offered load — our open loop at the rate our closed loop reached,
-  beside wrk paced to that rate (fixed per-connection delay in a Lua script; wrk has no open
-  loop, so its achieved rate is reported too).
+* latency at the same offered load — our open loop at the rate our closed loop reached, and
+  at half of it, beside wrk paced to that rate (fixed per-connection delay in a Lua script;
+  wrk has no open loop, so its achieved rate is reported too). Ours is given twice: from each
+  request's intended send (the product's figure, no coordinated omission) and from its actual
+  send (the run's service-time histogram), which is how wrk times its requests.
 """
 
 from __future__ import annotations
