@@ -300,6 +300,10 @@ def format_loadtest(result: dict[str, Any]) -> str:
     mode = ("closed loop" if result["mode"] == "closed"
             else f"open loop at {result['rate']:,.0f} req/s")
     processes = len(result.get("processes") or [])
+    # an open loop's latency from each actual send (a closed loop's is the latency row itself)
+    service = ([("service ms", _percentiles(result["service_ms"], ("p50", "p99", "max"))
+                 + "  (from the actual send)")]
+               if result["mode"] == "open" and "service_ms" in result else [])
     rows = [
         ("url", f"{result['method']} {result['url']}"),
         ("load", f"{mode}, {result['concurrency']} connections, {result['parts']} part(s) on "
@@ -308,17 +312,18 @@ def format_loadtest(result: dict[str, Any]) -> str:
                      + (f" (+{result['warmup']:,} uncounted, opening the connections first)"
                         if result.get("warmup") else "")),
         ("rps", f"{result['rps']:,.1f}"),
-        ("latency ms", "  ".join(f"{name} {lat[key]:,.2f}" for name, key in (
-            ("p50", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"),
-            ("p99.9", "p99.9_ms"), ("max", "max_ms")))),
-        *([("service ms", "  ".join(f"{name} {result['service_ms'][key]:,.2f}" for name, key in (
-            ("p50", "p50_ms"), ("p99", "p99_ms"), ("max", "max_ms")))
-            + "  (from the actual send)")] if result["mode"] == "open" and "service_ms" in result else []),
+        ("latency ms", _percentiles(lat, ("p50", "p90", "p95", "p99", "p99.9", "max"))),
+        *service,
         ("bytes", f"{result['bytes']:,}"),
         ("status", _counts(result["status_counts"])),
         ("errors", _counts(result["errors"])),
     ]
     return "\n".join(f"{name:<11} {value}" for name, value in rows)
+
+
+def _percentiles(summary: dict[str, Any], names: Iterable[str]) -> str:
+    """``p50 0.42  p99 1.30 …`` from a histogram summary (its ``<name>_ms`` keys)."""
+    return "  ".join(f"{name} {summary[f'{name}_ms']:,.2f}" for name in names)
 
 
 __all__ = ["http_command", "loadtest_command", "parse_duration", "read_requests",

@@ -374,5 +374,4 @@ def _now() -> Any:
     return dt.datetime.now(dt.UTC)
 
 
-__all__ = ["fetch_chunk", "merge", "abort", "loadtest_part", "loadtest_merge", "process_id",
-           "ProgressWriter"]
+__all__ = ["fetch_chunk", "merge", "abort", "loadtest_part", "loadtest_merge", "process_id"]
