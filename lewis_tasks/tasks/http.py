@@ -1,11 +1,8 @@
 """HTTP batches and load tests as tasks: chunks and parts on io, merges on cpu.
 
 A batch is a chord: ``fetch_chunk`` tasks (io) fetch their slice of the URLs on the worker
-process's persistent loop with its one session and ship the finished outcomes every
-``FLUSH_EVERY`` seconds to ``store_rows`` (cpu), which persists them once each (so progress
-moves while a chunk runs); ``merge`` (cpu) waits until every row is stored, sums the chunks and
-closes the batch. The io process only fetches: storing rows there cost it a fifth of its
-throughput, every row's Python work taken from the one GIL its event loop needs.
+process's persistent loop with its one session, persisting per-URL rows as they finish (so
+progress moves while a chunk runs), and ``merge`` (cpu) sums the chunks and closes the batch.
 
 A load test is a chord too: ``loadtest_part`` tasks (io) meet at a Redis barrier so N parts
 on N io processes start together, each returns its LoadResult with its histogram, and
@@ -27,10 +24,10 @@ from typing import Any
 
 from ..domain.histogram import LatencyHistogram
 from ..domain.httpclient import TIMEOUT, create_session
-from ..domain.httpfetch import FetchPool, HttpOutcome, decode_outcomes, encode_outcomes, summarise
+from ..domain.httpfetch import FetchPool, HttpOutcome, summarise
 from ..domain.loadgen import LoadResult, run_loadtest
 from ..domain.scope import Scope
-from ..errors import InvalidInput, StorageError
+from ..errors import InvalidInput
 from ..infra import aio
 from ..infra.barrier import RedisBarrier
 from ..infra.celery_app import app
@@ -50,9 +47,7 @@ from .scanprocess import process_state
 
 log = logging.getLogger(__name__)
 
-FLUSH_EVERY = 0.5  # seconds between shipments of a running chunk's finished URLs (progress)
-STORE_GRACE = 2.0  # seconds merge polls, in the task, for the last shipments to be stored
-STORE_POLL = 0.02  # … and how often it looks
+FLUSH_EVERY = 0.5  # seconds between writes of a running chunk's finished URLs (progress)
 PROCESSES_KEY = "lewis:loadtest:{run}:processes"  # hash: worker process → the part it runs
 BARRIER_KEY = "lewis:loadtest:{run}:barrier"
 FINAL_LINE_WAIT = 2.0  # seconds a part waits for its last progress line to be written
@@ -67,10 +62,10 @@ def process_id() -> str:
 
 @app.task(name="lewis.http.fetch_chunk")
 def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[str, Any]) -> dict[str, Any]:
-    """Fetch ``requests`` (indexes ``start``…) of batch ``batch_id``; every outcome is shipped
-    to ``store_rows`` once (a redelivered chunk ships again; storing is idempotent)."""
+    """Fetch ``requests`` (indexes ``start``…) of batch ``batch_id``; rows persisted once each."""
     _check_batch_id(batch_id)
-    _check_start(start)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise InvalidInput(f"start must be an index ≥ 0, not {start!r}")
     if not isinstance(requests, list) or not requests:
         raise InvalidInput("a chunk needs a non-empty list of requests")
     if not isinstance(options, Mapping):
@@ -87,28 +82,30 @@ def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[st
     future = asyncio.run_coroutine_threadsafe(
         _fetch(requests, budget, finished.append), aio.runtime().loop)
     deadline = began + chunk_seconds(settings)  # thread pools enforce no time limit: we do
-    stores: list[str] = []  # ids of the store_rows tasks that carry this chunk's outcomes
+    new = 0
     while True:
         try:
             future.result(timeout=FLUSH_EVERY)
             break
         except concurrent.futures.TimeoutError:
-            _ship(batch_id, start, finished, done, stores)
+            new += _persist(batch_id, start, finished, done)
             if time.monotonic() > deadline:
                 future.cancel()
                 break
+    new += _persist(batch_id, start, finished, done)
     missing = [_out_of_time(i, requests[i], deadline - began) for i in range(len(requests))
                if i not in done]
-    finished.extend(missing)
-    _ship(batch_id, start, finished, done, stores)
+    if missing:
+        finished.extend(missing)
+        new += _persist(batch_id, start, finished, done)
     outcomes = [done[i] for i in range(len(requests))]
     latency = LatencyHistogram()
     for outcome in outcomes:
         if outcome.ok:
             latency.record(int(outcome.timings.total_ms * 1000))
-    return {"batch_id": batch_id, "start": start, "count": len(outcomes),
+    return {"batch_id": batch_id, "start": start, "count": len(outcomes), "new": new,
             "summary": summarise(outcomes), "bytes": sum(o.bytes for o in outcomes),
-            "latency": latency.to_dict(), "process": process_id(), "stores": stores,
+            "latency": latency.to_dict(), "process": process_id(),
             "seconds": round(time.monotonic() - began, 3)}
 
 
@@ -148,37 +145,22 @@ def _row(start: int, o: HttpOutcome) -> tuple[Any, ...]:
             [hop.to_dict() for hop in o.redirects], dict(o.headers))
 
 
-def _ship(batch_id: str, start: int, finished: deque[HttpOutcome],
-          done: dict[int, HttpOutcome], stores: list[str]) -> None:
-    """Send what finished since the last call to ``store_rows``, each index once; the store
-    task's id is added to ``stores``."""
-    outcomes = []
+def _persist(batch_id: str, start: int, finished: deque[HttpOutcome],
+             done: dict[int, HttpOutcome]) -> int:
+    """Store what finished since the last call; how many rows were new."""
+    from ..storage.db import get_engine, session_scope
+    from ..storage.http import save_http_rows
+
+    rows = []
     while finished:
         outcome = finished.popleft()
         if outcome.index not in done:
             done[outcome.index] = outcome
-            outcomes.append(outcome)
-    if outcomes:
-        stores.append(store_rows.apply_async((batch_id, start, encode_outcomes(outcomes))).id)
-
-
-@app.task(name="lewis.http.store_rows")
-def store_rows(batch_id: str, start: int, outcomes: str) -> dict[str, Any]:
-    """Persist outcomes a chunk shipped (:func:`encode_outcomes` text), indexes from ``start``;
-    a row already stored is skipped and the batch's counters move by the new rows only."""
-    from ..storage.db import get_engine, session_scope
-    from ..storage.http import get_http_batch, save_http_rows
-
-    _check_batch_id(batch_id)
-    _check_start(start)
-    if not isinstance(outcomes, str):
-        raise InvalidInput("outcomes must be the JSON text a chunk shipped")
-    rows = [_row(start, o) for o in decode_outcomes(outcomes)]
+            rows.append(_row(start, outcome))
+    if not rows:
+        return 0
     with session_scope(get_engine()) as session:
-        if get_http_batch(session, batch_id) is None:
-            raise InvalidInput(f"no HTTP batch {batch_id!r}")
-        new = save_http_rows(session, batch_id, rows)
-    return {"batch_id": batch_id, "start": start, "count": len(rows), "new": new}
+        return save_http_rows(session, batch_id, rows)
 
 
 _saved_batches: deque[str] = deque(maxlen=256)  # batches this process has created already
@@ -201,17 +183,15 @@ def _save_batch(batch_id: str, total: int, request: Any) -> None:
         _saved_batches.append(batch_id)
 
 
-@app.task(name="lewis.http.merge", bind=True)
-def merge(self: LewisTask, results: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
-    """Chord callback: once every row is stored, the chunks' counts and latencies summed and
-    the batch closed. Idempotent."""
+@app.task(name="lewis.http.merge")
+def merge(results: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
+    """Chord callback: the chunks' counts and latencies summed, the batch closed. Idempotent."""
     from ..storage.db import get_engine, session_scope
     from ..storage.http import finish_http_batch, get_http_batch
 
     _check_batch_id(batch_id)
     if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
         raise InvalidInput("merge needs the list of chunk results")
-    _wait_stored(self, batch_id, [str(i) for r in results for i in r.get("stores") or ()])
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}
     latency = LatencyHistogram()
@@ -234,44 +214,6 @@ def merge(self: LewisTask, results: list[dict[str, Any]], batch_id: str) -> dict
                    "slowest_chunk_s": max((float(r.get("seconds", 0)) for r in results), default=0.0)}
         finish_http_batch(session, batch_id, status="done", summary=summary)
     return {"batch_id": batch_id, **summary}
-
-
-def _wait_stored(task: LewisTask, batch_id: str, stores: list[str]) -> None:
-    """Return once every row of the batch is stored.
-
-    The chunks' last shipments reach the cpu queue just before this merge does, so they are
-    usually being stored as it starts: it polls for up to STORE_GRACE seconds. A longer wait
-    (a backlog on the cpu queue) is a retry, which frees this process meanwhile, with pauses
-    growing to 30 s. A failed store task (``stores``: their ids) fails the merge at once with
-    its reason, and so does a wait past ``tasks.soft_time_limit``: StorageError, and the
-    batch is marked failed.
-    """
-    from ..storage.db import get_engine, session_scope
-    from ..storage.http import get_http_batch
-
-    give_up = time.monotonic() + STORE_GRACE
-    while True:
-        with session_scope(get_engine()) as session:
-            batch = get_http_batch(session, batch_id)
-            if batch is None:
-                raise InvalidInput(f"no HTTP batch {batch_id!r}")
-            total, stored = batch.total, batch.done
-        if stored >= total or time.monotonic() >= give_up:
-            break
-        time.sleep(STORE_POLL)
-    if stored >= total:
-        return
-    for store_id in stores:
-        failure = stored_failure(app, store_id, patience=0)
-        if failure is not None:
-            raise StorageError(f"batch {batch_id}: {total - stored} of {total} rows not stored; "
-                               f"store task {store_id} failed: {failure}")
-    tries = task.request.retries or 0
-    pauses = [STORE_GRACE + min(2.0 ** n, 30.0) for n in range(64)]
-    limit = next(n for n in range(64) if sum(pauses[:n]) >= get_settings().tasks.soft_time_limit)
-    missing = StorageError(f"batch {batch_id}: {total - stored} of {total} rows were never "
-                           "stored (see the lewis.http.store_rows failures; is a cpu worker up?)")
-    raise task.retry(exc=missing, countdown=pauses[tries] - STORE_GRACE, max_retries=limit)
 
 
 @app.task(name="lewis.http.abort")
@@ -302,11 +244,6 @@ def _failure_of(task_id: str) -> str:
 def _check_batch_id(batch_id: Any) -> None:
     if not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64:
         raise InvalidInput(f"batch id must be a string of 1..64 characters, not {batch_id!r}")
-
-
-def _check_start(start: Any) -> None:
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise InvalidInput(f"start must be an index ≥ 0, not {start!r}")
 
 
 # --- load tests ------------------------------------------------------------------------------
@@ -437,4 +374,4 @@ def _now() -> Any:
     return dt.datetime.now(dt.UTC)
 
 
-__all__ = ["fetch_chunk", "store_rows", "merge", "abort", "loadtest_part", "loadtest_merge", "process_id"]
+__all__ = ["fetch_chunk", "merge", "abort", "loadtest_part", "loadtest_merge", "process_id"]

@@ -95,11 +95,8 @@ def test_a_batch_gives_each_url_its_outcome_persisted_once(celery_worker: Any,
                    args=[handle.id, 0, urls, {"total": 7}]).wait(timeout=WAIT)
     merged = submit("lewis.http.merge", args=[[again]],
                     kwargs={"batch_id": handle.id}).wait(timeout=WAIT)
-    stores = [submit_result(task_id) for task_id in again["stores"]]
-    # Then the chunk shipped all 7 outcomes again, none of them was stored twice, and the
-    # counters stand
-    assert again["count"] == 7 and sum(s["count"] for s in stores) == 7
-    assert sum(s["new"] for s in stores) == 0
+    # Then no row is stored twice and the counters stand
+    assert again["new"] == 0 and again["count"] == 7
     assert handle.progress()["done"] == 7 and len(handle.result()) == 7
     assert {k: merged[k] for k in ("total", "done", "ok", "failed", "statuses", "errors")} == \
         {k: summary[k] for k in ("total", "done", "ok", "failed", "statuses", "errors")}
@@ -306,90 +303,6 @@ def test_a_failed_chunk_marks_the_batch_failed(celery_worker: Any, lewis_setting
         batch = get_http_batch(session, "doomed")
         assert batch is not None and batch.summary is not None
         assert "start must be an index" in batch.summary["error"]
-
-
-def _new_batch(batch_id: str, total: int) -> None:
-    from lewis_tasks.storage.db import get_engine, session_scope
-    from lewis_tasks.storage.http import save_http_batch
-
-    with session_scope(get_engine()) as session:
-        save_http_batch(session, batch_id, total=total)
-
-
-def _shipment(count: int) -> str:
-    from lewis_tasks.domain.httpfetch import HttpOutcome, encode_outcomes
-
-    return encode_outcomes([HttpOutcome(i, f"http://127.0.0.1/{i}", "GET", status=200)
-                            for i in range(count)])
-
-
-@pytest.mark.parametrize("grace", [2.0, 0.05])  # rows arrive within the merge's poll; after it
-def test_the_merge_waits_for_rows_still_being_stored(celery_worker: Any, monkeypatch: Any,
-                                                     grace: float) -> None:
-    from lewis_tasks.tasks import http as tasks_http
-
-    monkeypatch.setattr(tasks_http, "STORE_GRACE", grace)
-    batch_id = f"late-rows-{grace}-{time.monotonic_ns()}"
-    _new_batch(batch_id, 3)
-    # Given a merge that starts before the chunk's last shipment is stored
-    merged = submit("lewis.http.merge", args=[[]], kwargs={"batch_id": batch_id})
-    time.sleep(0.5)
-    submit("lewis.http.store_rows", args=[batch_id, 0, _shipment(3)]).wait(timeout=WAIT)
-    # Then the merge closes the batch only with every row counted
-    summary = merged.wait(timeout=WAIT)
-    assert (summary["total"], summary["done"], summary["ok"]) == (3, 3, 3)
-
-
-def test_a_failed_store_fails_the_merge_and_the_batch_with_its_reason(
-        celery_worker: Any, monkeypatch: Any) -> None:
-    from lewis_tasks.infra.celery_app import app
-    from lewis_tasks.storage.db import get_engine, session_scope
-    from lewis_tasks.storage.http import get_http_batch
-    from lewis_tasks.tasks import http as tasks_http
-    from tests.support.procs import wait_for
-
-    monkeypatch.setattr(tasks_http, "STORE_GRACE", 0.05)
-    batch_id = f"lost-rows-{time.monotonic_ns()}"
-    _new_batch(batch_id, 2)
-    # Given a shipment no store task can read (rows written by some other version)
-    broken = submit("lewis.http.store_rows", args=[batch_id, 0, '{"schema": 1, "outcomes": []}'])
-    with pytest.raises(InvalidInput, match="different versions"):
-        broken.wait(timeout=WAIT)
-    # When the batch's merge runs with that store among its chunk's shipments
-    callback = app.signature("lewis.http.merge", kwargs={"batch_id": batch_id})
-    callback.link_error(app.signature("lewis.http.abort",
-                                      kwargs={"kind": "batch", "run_id": batch_id}))
-    began = time.monotonic()
-    chunk = {"start": 0, "count": 2, "stores": [broken.id], "summary": {"statuses": {}, "errors": {}},
-             "latency": {}}
-    result = callback.clone(args=([chunk],)).apply_async()
-    # Then it fails at once (not after tasks.soft_time_limit) naming the store's reason
-    with pytest.raises(Exception, match="2 of 2 rows not stored.*different versions"):
-        result.get(timeout=WAIT)
-    assert time.monotonic() - began < 20
-
-    def failed() -> bool:
-        with session_scope(get_engine()) as session:
-            batch = get_http_batch(session, batch_id)
-            return batch is not None and batch.status == "failed"
-
-    wait_for(failed, WAIT, what="the batch to be marked failed")
-
-
-@pytest.mark.parametrize(("args", "match"), [
-    (["no-such-batch", 0, None], "no HTTP batch"),
-    (["b", -1, "{}"], "start must be an index"),
-    (["b", 0, {"outcomes": []}], "JSON text a chunk shipped"),
-    (["b", 0, "[1, 2"], "not JSON"),
-])
-def test_store_rows_refuses_bad_input_with_a_clear_error(celery_worker: Any, args: list[Any],
-                                                         match: str) -> None:
-    if args[0] == "no-such-batch":
-        args = [args[0], 0, _shipment(1)]
-    else:
-        _new_batch("b", 1)
-    with pytest.raises(InvalidInput, match=match):
-        submit("lewis.http.store_rows", args=args).wait(timeout=WAIT)
 
 
 def test_chunks_and_parts_fit_their_time_limits(lewis_settings: Any) -> None:
