@@ -13,7 +13,11 @@ everything. Per run, interleaved so drift hits every side alike:
   at half of it, beside wrk paced to that rate (fixed per-connection delay in a Lua script;
   wrk has no open loop, so its achieved rate is reported too). Ours is given twice: from each
   request's intended send (the product's figure, no coordinated omission) and from its actual
-  send (the run's service-time histogram), which is how wrk times its requests.
+  send (the run's service-time histogram), which is how wrk times its requests; at half the
+  rate also from two plain processes running the same load generator without Celery
+  (``bench/openloop.py``), which separates the task system's share from the client's own;
+* CPU per URL of every process during the batches (io workers, nginx, the rest of the stack;
+  the raw script's client), and from it the ceiling this machine's cores put on a batch.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .harness import LOGS, ROOT, median
 from .run import machine
@@ -40,9 +44,14 @@ DURATION = 10.0
 PAGE = "index.html"
 
 
+class Nginx(NamedTuple):
+    url: str
+    pid: int  # the master; its worker is its child
+
+
 @contextlib.contextmanager
-def nginx(tmp: Path) -> Iterator[str]:
-    """A private nginx on a free loopback port serving a 512-byte file; its URL."""
+def nginx(tmp: Path) -> Iterator[Nginx]:
+    """A private nginx on a free loopback port serving a 512-byte file."""
     from lewis_tasks.infra.redis_server import free_port
 
     root = tmp / "nginx"
@@ -72,10 +81,40 @@ http {{
     url = f"http://127.0.0.1:{port}/{PAGE}"
     try:
         _wait_http(url)
-        yield url
+        yield Nginx(url, proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) used so far by ``pid`` and its children."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:  # gone, or not Linux
+        return total
+    return total + sum(cpu_seconds(int(child)) for child in children)
+
+
+class CpuMeter:
+    """CPU seconds that given processes (with their children) use between start and stop."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self.before = self._read()
+
+    def _read(self) -> dict[str, float]:
+        return {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids.items()}
+
+    def per_url(self, urls: int) -> dict[str, float]:
+        """µs of CPU per URL for each group since this meter was made."""
+        after = self._read()
+        return {f"{name}_cpu_us": (after[name] - self.before[name]) * 1e6 / urls
+                for name in self.pids}
 
 
 def _wait_http(url: str, timeout: float = 10.0) -> None:
@@ -101,6 +140,16 @@ class Stack:
         self.lewis = [sys.executable, "-m", "lewis_tasks.cli"]
         self.extra: list[subprocess.Popen[bytes]] = []
         self.io_pids: list[int] = []
+        self.supervisor = 0  # `lewis up`: its children are the stack's processes
+
+    def other_pids(self) -> list[int]:
+        """Every process `lewis up` runs but the io worker: cpu and control workers, beat,
+        Flower, the embedded Redis (:func:`cpu_seconds` adds their children)."""
+        try:
+            children = Path(f"/proc/{self.supervisor}/task/{self.supervisor}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in children.split() if int(pid) not in self.io_pids]
 
     def add_io_worker(self) -> int:
         """Start one more ``lewis worker io`` and wait until it answers; its pid."""
@@ -144,6 +193,7 @@ def stack(tmp: Path) -> Iterator[Stack]:
         configure_app(app, settings)
         _wait_io_workers(app, 1)
         info = config.read_stack_file(home) or {}
+        running.supervisor = int(info["supervisor_pid"])
         running.io_pids.append(int(info["processes"]["io"]))
         yield running
     finally:
@@ -164,28 +214,46 @@ def _wait_io_workers(app: Any, count: int, timeout: float = 60.0) -> None:
     wait_for_workers(app, lambda names: sum(n.startswith("io-") for n in names) >= count, timeout)
 
 
-def bench_batch(url: str) -> dict[str, Any]:
+def bench_batch(url: str, cpu: dict[str, list[int]] | None = None) -> dict[str, Any]:
     from lewis_tasks.producer.http import submit_http_batch
 
+    meter = CpuMeter(cpu or {})
     began = time.perf_counter()
     handle = submit_http_batch([url] * BATCH)
     summary = handle.wait(timeout=600)
     seconds = time.perf_counter() - began
+    used = meter.per_url(BATCH)
     if summary["ok"] != BATCH:
         raise RuntimeError(f"batch: {summary['failed']} of {BATCH} failed: {summary['errors']}")
     return {"rps": BATCH / seconds, "seconds": seconds, "chunks": summary["chunks"],
             "processes": len(summary["processes"]), "p50_ms": summary["latency_ms"]["p50_ms"],
-            "p99_ms": summary["latency_ms"]["p99_ms"]}
+            "p99_ms": summary["latency_ms"]["p99_ms"], **used}
 
 
-def bench_raw(url: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "bench.rawhttp", url, str(BATCH),
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _raw(url: str, count: int) -> tuple[dict[str, Any], float]:
+    before = _children_cpu()
+    out = subprocess.run([sys.executable, "-m", "bench.rawhttp", url, str(count),
                           "--limit", str(LIMIT)], cwd=ROOT, check=True, capture_output=True,
                          text=True)
-    data = json.loads(out.stdout)
+    return json.loads(out.stdout), _children_cpu() - before
+
+
+def bench_raw(url: str, cpu: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """The raw script; its client CPU per URL leaves out its start-up (a 1-URL run's CPU)."""
+    _, startup = _raw(url, 1)
+    meter = CpuMeter(cpu or {})
+    data, used = _raw(url, BATCH)
     if data["ok"] != BATCH:
         raise RuntimeError(f"raw aiohttp: {data['errors']} errors")
-    return {"rps": data["rps"], "seconds": data["seconds"]}
+    return {"rps": data["rps"], "seconds": data["seconds"],
+            "client_cpu_us": max(0.0, used - startup) * 1e6 / BATCH, **meter.per_url(BATCH)}
 
 
 def bench_loadtest(url: str, rate: float | None = None) -> dict[str, Any]:
@@ -198,6 +266,23 @@ def bench_loadtest(url: str, rate: float | None = None) -> dict[str, Any]:
             "service_p50_ms": service["p50_ms"], "service_p99_ms": service["p99_ms"],
             "requests": result["requests"], "errors": sum(result["errors"].values()),
             "processes": len(result["processes"]), "handed_back": result.get("handed_back", 0)}
+
+
+def bench_plain(url: str, rate: float, processes: int = 2) -> dict[str, Any]:
+    """``bench/openloop.py`` in ``processes`` plain processes started together, the rate and
+    LIMIT connections split between them: the load generator without Celery."""
+    from lewis_tasks.domain.loadgen import LoadResult
+
+    start_at = time.time() + 3.0  # imports and warm-up come first
+    argv = [sys.executable, "-m", "bench.openloop", url, str(rate / processes),
+            str(LIMIT // processes), str(DURATION), str(start_at)]
+    procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+             for _ in range(processes)]
+    parts = [json.loads(proc.communicate(timeout=DURATION + 60)[0]) for proc in procs]
+    merged = LoadResult.merge(LoadResult.from_dict(p) for p in parts).to_dict()
+    lat, service = merged["latency_ms"], merged["service_ms"]
+    return {"rps": merged["rps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
+            "service_p50_ms": service["p50_ms"], "service_p99_ms": service["p99_ms"]}
 
 
 _WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
@@ -255,17 +340,22 @@ def run(runs: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="lewis-bench-http-") as tmp_name:
         tmp = Path(tmp_name)
-        with nginx(tmp) as url, stack(tmp) as running:
+        with nginx(tmp) as server, stack(tmp) as running:
+            url = server.url
             bench_batch(url)  # warm-up: imports, sessions, connections, DB
             bench_raw(url)
+            # CPU per URL, by process group: what caps a 2-core machine (see render)
+            ours_cpu = {"io": running.io_pids, "nginx": [server.pid],
+                        "rest": running.other_pids()}
+            raw_cpu = {"nginx": [server.pid]}
             for _ in range(runs):  # the task system's cost: one io process beside raw aiohttp
-                record("batch_one", bench_batch(url))
-                record("batch_raw_one", bench_raw(url))
+                record("batch_one", bench_batch(url, ours_cpu))
+                record("batch_raw_one", bench_raw(url, raw_cpu))
             running.add_io_worker()
             bench_batch(url)  # warm-up of the second process
             for _ in range(runs):
-                record("batch_ours", bench_batch(url))
-                record("batch_raw", bench_raw(url))
+                record("batch_ours", bench_batch(url, ours_cpu))
+                record("batch_raw", bench_raw(url, raw_cpu))
                 ours = record("load_ours", bench_loadtest(url))
                 record("load_wrk", bench_wrk(url))
                 record("load_locust", bench_locust(url, tmp))
@@ -276,6 +366,8 @@ def run(runs: int) -> dict[str, Any]:
                     delay = max(1, round(LIMIT * 1000 / rate - 0.3))
                     record(f"{name}_wrk", {**bench_wrk(url, delay_ms=delay), "offered": rate,
                                            "delay_ms": delay})
+                    if name == "half":  # the same generator in plain processes: no Celery
+                        record("half_plain", {**bench_plain(url, rate), "offered": rate})
     return {"machine": machine(), "runs": runs, "io_processes": len(running.io_pids),
             "batch": BATCH, "limit": LIMIT, "duration_s": DURATION, "results": results}
 
@@ -307,6 +399,23 @@ def render(data: dict[str, Any]) -> str:
         ("… with one io process (the task system's cost)", f"{one:,.0f}",
          f"raw aiohttp 1 process: {raw_one:,.0f}",
          f"{one / raw_one:.2f} (paired {paired('batch_one', 'batch_raw_one'):.2f})", "≥ 0.9"),
+    ]
+    cores = int(m.get("cores") or 2)
+    cpu = all("io_cpu_us" in r for r in data["results"]["batch_ours"] + data["results"]["batch_one"])
+    if cpu:
+        io_one, client = med("batch_one", "io_cpu_us"), med("batch_raw_one", "client_cpu_us")
+        io2, nginx2, rest2 = (med("batch_ours", f"{k}_cpu_us") for k in ("io", "nginx", "rest"))
+        ceiling = cores * 1e6 / (io2 + nginx2 + rest2)
+        need = cores * 1e6 / (1.5 * raw) - nginx2 - rest2
+        rows += [
+            ("CPU per URL (µs) in the io process, one io process", f"{io_one:.0f}",
+             f"raw script's client: {client:.0f}", f"{io_one / client:.2f}", "—"),
+            (f"Ceiling on {cores} cores: {cores} s of CPU per s ÷ (io {io2:.0f} + nginx {nginx2:.0f} "
+             f"+ rest of the stack {rest2:.0f} µs per URL, 2 io processes)", f"{ceiling:,.0f}",
+             f"raw aiohttp 1 process: {raw:,.0f}", f"{ceiling / raw:.2f}", "≥ 1.5 needs io ≤ "
+             f"{need:.0f} µs/URL"),
+        ]
+    rows += [
         (f"Load test -c{data['limit']} {data['duration_s']:.0f}s, 2 workers (req/s)",
          f"{load:,.0f}", f"locust FastHttpUser: {locust:,.0f}", f"{load / locust:.2f}", "≥ 1.5"),
         ("… beside wrk -t2 -c100 (req/s)", f"{load:,.0f}", f"wrk: {wrk:,.0f}", f"{load / wrk:.2f}",
@@ -324,6 +433,12 @@ def render(data: dict[str, Any]) -> str:
                 rows.append((f"… {q} of the same run timed from each actual send, as wrk times",
                              f"{service_q:.2f} ms", f"wrk: {wrk_q:.2f} ms",
                              f"{service_q / wrk_q:.2f}", "≤ 1.2"))
+    if data["results"].get("half_plain"):
+        for q in ("p50", "p99"):
+            plain_q, half_wrk = med("half_plain", f"{q}_ms"), med("half_wrk", f"{q}_ms")
+            rows.append((f"… {q} at half that rate from 2 plain processes running the same load "
+                         "generator (no Celery)", f"{plain_q:.2f} ms", f"wrk: {half_wrk:.2f} ms",
+                         f"{plain_q / half_wrk:.2f}", "—"))
     closed = data["results"]["load_ours"]
     from .report import machine_line
 
@@ -361,6 +476,13 @@ def render(data: dict[str, Any]) -> str:
         "coordinated omission); half that rate shows the client's own latency. "
         f"Parts landed on {closed[-1]['processes']} distinct io processes in the last run "
         f"(handed back: {sum(r['handed_back'] for r in closed)} times over all runs).",
+        "",
+        "*CPU per URL*: user + system CPU seconds from /proc of each process and its children "
+        "(every thread) over the batch, divided by its URLs; *io* is the io worker processes, "
+        "*rest of the stack* every other process `lewis up` runs (cpu and control workers, "
+        "beat, Flower, the embedded Redis); the raw script's client CPU leaves out its start-up "
+        "(the CPU of a 1-URL run). The *ceiling* is what no scheduler can beat on this machine: "
+        "every core busy with nothing but this batch's per-URL work.",
     ]
     return "\n".join(lines)
 
