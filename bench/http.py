@@ -17,7 +17,9 @@ everything. Per run, interleaved so drift hits every side alike:
   rate also from two plain processes running the same load generator without Celery
   (``bench/openloop.py``), which separates the task system's share from the client's own;
 * CPU per URL of every process during the batches (io workers, nginx, the rest of the stack;
-  the raw script's client), and from it the ceiling this machine's cores put on a batch.
+  the raw script's client), and from it the ceiling this machine's cores put on a batch;
+* last, the one-process batch again on a second stack with ``http.row_writer=true`` (rows
+  stored by a helper process beside the io process), beside raw aiohttp.
 """
 
 from __future__ import annotations
@@ -168,8 +170,10 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(tmp: Path) -> Iterator[Stack]:
-    """``lewis up --detach`` (one io process) in a private home; more io workers on demand.
+def stack(tmp: Path, name: str = "stack",
+          overrides: dict[str, str] | None = None) -> Iterator[Stack]:
+    """``lewis up --detach`` (one io process) in a private home ``tmp/name``, with ``overrides``
+    (``LEWIS_…`` settings) in its environment; more io workers on demand.
 
     This process's settings and Celery app are pointed at that stack for the submits.
     """
@@ -177,11 +181,12 @@ def stack(tmp: Path) -> Iterator[Stack]:
     from lewis_tasks.infra.celery_app import app, configure_app
     from lewis_tasks.infra.redis_client import reset_clients
 
-    home = tmp / "stack"
+    home = tmp / name
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEWIS_")}
     env.update({"LEWIS_STACK_HOME": str(home), "PYTHONPATH": str(ROOT),
                 # the anchor's limit: 100 connections per process, none per host
-                "LEWIS_NETWORK_MAX_CONNECTIONS": str(LIMIT), "LEWIS_NETWORK_LIMIT_PER_HOST": "0"})
+                "LEWIS_NETWORK_MAX_CONNECTIONS": str(LIMIT), "LEWIS_NETWORK_LIMIT_PER_HOST": "0",
+                **(overrides or {})})
     running = Stack(home, env)
     subprocess.run([*running.lewis, "up", "--detach"], env=env, cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
@@ -340,35 +345,45 @@ def run(runs: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="lewis-bench-http-") as tmp_name:
         tmp = Path(tmp_name)
-        with nginx(tmp) as server, stack(tmp) as running:
+        with nginx(tmp) as server:
             url = server.url
-            bench_batch(url)  # warm-up: imports, sessions, connections, DB
-            bench_raw(url)
-            # CPU per URL, by process group: what caps a 2-core machine (see render)
-            ours_cpu = {"io": running.io_pids, "nginx": [server.pid],
-                        "rest": running.other_pids()}
             raw_cpu = {"nginx": [server.pid]}
-            for _ in range(runs):  # the task system's cost: one io process beside raw aiohttp
-                record("batch_one", bench_batch(url, ours_cpu))
-                record("batch_raw_one", bench_raw(url, raw_cpu))
-            running.add_io_worker()
-            bench_batch(url)  # warm-up of the second process
-            for _ in range(runs):
-                record("batch_ours", bench_batch(url, ours_cpu))
-                record("batch_raw", bench_raw(url, raw_cpu))
-                ours = record("load_ours", bench_loadtest(url))
-                record("load_wrk", bench_wrk(url))
-                record("load_locust", bench_locust(url, tmp))
-                for name, rate in (("paced", round(ours["rps"])), ("half", round(ours["rps"] / 2))):
-                    record(f"{name}_ours", {**bench_loadtest(url, rate=rate), "offered": rate})
-                    # wrk: 100 connections, each pausing d ms before each request, d set so
-                    # that 100 / (d + ~0.3 ms) ≈ the offered rate
-                    delay = max(1, round(LIMIT * 1000 / rate - 0.3))
-                    record(f"{name}_wrk", {**bench_wrk(url, delay_ms=delay), "offered": rate,
-                                           "delay_ms": delay})
-                    if name == "half":  # the same generator in plain processes: no Celery
-                        record("half_plain", {**bench_plain(url, rate), "offered": rate})
-    return {"machine": machine(), "runs": runs, "io_processes": len(running.io_pids),
+            with stack(tmp) as running:
+                bench_batch(url)  # warm-up: imports, sessions, connections, DB
+                bench_raw(url)
+                # CPU per URL, by process group: what caps a 2-core machine (see render)
+                ours_cpu = {"io": running.io_pids, "nginx": [server.pid],
+                            "rest": running.other_pids()}
+                for _ in range(runs):  # the task system's cost: one io process beside raw aiohttp
+                    record("batch_one", bench_batch(url, ours_cpu))
+                    record("batch_raw_one", bench_raw(url, raw_cpu))
+                running.add_io_worker()
+                bench_batch(url)  # warm-up of the second process
+                for _ in range(runs):
+                    record("batch_ours", bench_batch(url, ours_cpu))
+                    record("batch_raw", bench_raw(url, raw_cpu))
+                    ours = record("load_ours", bench_loadtest(url))
+                    record("load_wrk", bench_wrk(url))
+                    record("load_locust", bench_locust(url, tmp))
+                    for name, rate in (("paced", round(ours["rps"])), ("half", round(ours["rps"] / 2))):
+                        record(f"{name}_ours", {**bench_loadtest(url, rate=rate), "offered": rate})
+                        # wrk: 100 connections, each pausing d ms before each request, d set so
+                        # that 100 / (d + ~0.3 ms) ≈ the offered rate
+                        delay = max(1, round(LIMIT * 1000 / rate - 0.3))
+                        record(f"{name}_wrk", {**bench_wrk(url, delay_ms=delay), "offered": rate,
+                                               "delay_ms": delay})
+                        if name == "half":  # the same generator in plain processes: no Celery
+                            record("half_plain", {**bench_plain(url, rate), "offered": rate})
+                io_processes = len(running.io_pids)
+            # the same one-process batch with the rows stored by a writer process beside it
+            with stack(tmp, "stack-writer", {"LEWIS_HTTP_ROW_WRITER": "true"}) as writing:
+                bench_batch(url)
+                writer_cpu = {"io": writing.io_pids, "nginx": [server.pid],
+                              "rest": writing.other_pids()}
+                for _ in range(runs):
+                    record("batch_writer", bench_batch(url, writer_cpu))
+                    record("batch_raw_writer", bench_raw(url, raw_cpu))
+    return {"machine": machine(), "runs": runs, "io_processes": io_processes,
             "batch": BATCH, "limit": LIMIT, "duration_s": DURATION, "results": results}
 
 
@@ -400,6 +415,12 @@ def render(data: dict[str, Any]) -> str:
          f"raw aiohttp 1 process: {raw_one:,.0f}",
          f"{one / raw_one:.2f} (paired {paired('batch_one', 'batch_raw_one'):.2f})", "≥ 0.9"),
     ]
+    if data["results"].get("batch_writer"):
+        writer, raw_writer = med("batch_writer", "rps"), med("batch_raw_writer", "rps")
+        rows.append(("… with one io process and `http.row_writer=true` (rows stored by a "
+                     "helper process)", f"{writer:,.0f}", f"raw aiohttp 1 process: {raw_writer:,.0f}",
+                     f"{writer / raw_writer:.2f} (paired "
+                     f"{paired('batch_writer', 'batch_raw_writer'):.2f})", "≥ 0.9"))
     cores = int(m.get("cores") or 2)
     cpu = all("io_cpu_us" in r for r in data["results"]["batch_ours"] + data["results"]["batch_one"])
     if cpu:

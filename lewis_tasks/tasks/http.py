@@ -43,6 +43,7 @@ from ..infra.planning import (
 from ..infra.progress import LOADTEST_PROGRESS_KEY, ProgressWriter
 from ..infra.redis_client import get_redis
 from ..infra.task import LewisTask, stored_failure
+from .rowwriter import row, row_writer
 from .scanprocess import process_state
 
 log = logging.getLogger(__name__)
@@ -138,29 +139,25 @@ def _out_of_time(index: int, item: Any, seconds: float) -> HttpOutcome:
                        message=f"the chunk's time ({seconds:.0f} s) ran out before this URL")
 
 
-def _row(start: int, o: HttpOutcome) -> tuple[Any, ...]:
-    """The outcome as storage's ``(idx, *RESULT_FIELDS)`` tuple."""
-    return (start + o.index, o.url, o.final_url, o.method, o.status, o.error, o.message,
-            o.bytes, o.sha256, o.truncated, o.timings.to_dict(),
-            [hop.to_dict() for hop in o.redirects], dict(o.headers))
-
-
 def _persist(batch_id: str, start: int, finished: deque[HttpOutcome],
              done: dict[int, HttpOutcome]) -> int:
     """Store what finished since the last call; how many rows were new."""
-    from ..storage.db import get_engine, session_scope
-    from ..storage.http import save_http_rows
-
-    rows = []
+    outcomes = []
     while finished:
         outcome = finished.popleft()
         if outcome.index not in done:
             done[outcome.index] = outcome
-            rows.append(_row(start, outcome))
-    if not rows:
+            outcomes.append(outcome)
+    if not outcomes:
         return 0
+    settings = get_settings()
+    if settings.http.row_writer:
+        return row_writer(settings.database).store(batch_id, start, outcomes)
+    from ..storage.db import get_engine, session_scope
+    from ..storage.http import save_http_rows
+
     with session_scope(get_engine()) as session:
-        return save_http_rows(session, batch_id, rows)
+        return save_http_rows(session, batch_id, [row(start, o) for o in outcomes])
 
 
 _saved_batches: deque[str] = deque(maxlen=256)  # batches this process has created already

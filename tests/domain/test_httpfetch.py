@@ -14,6 +14,8 @@ from lewis_tasks.domain.httpclient import create_session
 from lewis_tasks.domain.httpfetch import (
     HttpOutcome,
     HttpRequest,
+    decode_outcomes,
+    encode_outcomes,
     fetch_all,
     normalise_url,
     summarise,
@@ -221,6 +223,43 @@ def test_a_failing_progress_callback_fails_the_batch_with_its_own_error(app2: st
         raise TransientError("progress store unavailable")
     with pytest.raises(TransientError, match="progress store"):
         fetch([app2 + "/", app2 + "/"], on_result=broken)
+
+
+def test_outcomes_travel_as_json_and_come_back_equal(app2: str) -> None:
+    # Given outcomes of every shape: an answer with headers, a redirect chain, a truncated
+    # body, a POST, a refused connection and a malformed URL
+    outcomes = fetch([app2 + "/bytes/100", app2 + "/redirect/2", app2 + "/big/3000",
+                      {"url": app2 + "/echo", "method": "POST", "body": "hi"},
+                      f"http://127.0.0.2:{free_port('127.0.0.2')}/", "not a url"],
+                     max_body_bytes=1000)
+    assert outcomes[1].redirects and outcomes[2].truncated and outcomes[4].error
+    # When they are shipped as text and read back
+    text = encode_outcomes(outcomes)
+    # Then the text is plain JSON and every outcome comes back equal, nested types included
+    assert json.loads(text)["outcomes"][0][1] == app2 + "/bytes/100"
+    back = decode_outcomes(text)
+    assert back == outcomes
+    assert type(back[1].redirects[0]).__name__ == "RedirectHop" and back[0].timings.total_ms > 0
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("not json", "not JSON"),
+    ('{"outcomes": 3}', "list of outcomes"),
+    ('{"schema": {"outcome": ["index"]}, "outcomes": []}', "different versions"),
+])
+def test_shipped_outcomes_that_are_not_ours_are_refused_with_the_reason(text: str, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        decode_outcomes(text)
+
+
+def test_a_malformed_shipped_outcome_is_named() -> None:
+    good = json.loads(encode_outcomes([HttpOutcome(0, "http://127.0.0.1/", "GET", status=200)]))
+    bad = dict(good, outcomes=[*good["outcomes"], [1, "short"], ])
+    with pytest.raises(InvalidInput, match="outcome 1 is malformed: 2 fields"):
+        decode_outcomes(json.dumps(bad))
+    negative = dict(good, outcomes=[[-1, *good["outcomes"][0][1:]]])
+    with pytest.raises(InvalidInput, match="outcome 0 is malformed: index -1"):
+        decode_outcomes(json.dumps(negative))
 
 
 def test_request_parsing() -> None:

@@ -1,0 +1,197 @@
+"""A batch's per-URL rows written by a helper process, so the io process only fetches.
+
+An io worker process runs every fetch on one event loop, and that loop needs the GIL. Writing
+rows in the same process (building each row, binding its parameters, the transaction) took
+that GIL from the loop for ~15 % of the process's time. Handing the work to a Celery task
+cost more than it saved: a message envelope, events, a result and a pool hand-off per flush
+(~20 µs per row on a machine whose cores were already busy).
+
+So each io worker process starts ONE writer process (``python -m lewis_tasks.tasks.rowwriter``)
+on first use and talks to it over a pipe: length-prefixed JSON frames (orjson, no pickle).
+The io side encodes a flush's outcomes in one C call and waits for the reply on its chunk
+thread; the writer decodes them, stores them with the same repository function, and answers
+how many rows were new, so exactly-once counters, progress and the chunk's result are what
+they were. The writer reads nothing but its pipe and exits when the pipe closes (its worker
+process ended) or on a frame it cannot parse.
+
+Failures stay per call: an error in the writer comes back as :class:`StorageError` with its
+message and the writer goes on; a writer that died is started again once for the same call
+(storing is idempotent, so a half-written flush is safe to send twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import IO, Any
+
+import orjson
+
+from ..domain.httpfetch import HttpOutcome, decode_outcomes, encode_outcomes
+from ..errors import InvalidInput, LewisError, StorageError
+from ..infra.config import DatabaseSettings
+
+_HEADER = struct.Struct(">I")  # frame length, big-endian
+MAX_FRAME = 256 << 20  # a flush of a 100k-URL chunk with long URLs stays far below
+
+
+def _write_frame(stream: IO[bytes], payload: bytes) -> None:
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> bytes | None:
+    """The next frame, or None at a clean end of the stream."""
+    head = stream.read(_HEADER.size)
+    if not head:
+        return None
+    if len(head) < _HEADER.size:
+        raise EOFError("the pipe closed inside a frame header")
+    (size,) = _HEADER.unpack(head)
+    if size > MAX_FRAME:
+        raise InvalidInput(f"a frame of {size} bytes is over the {MAX_FRAME}-byte cap")
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError("the pipe closed inside a frame")
+    return payload
+
+
+class RowWriter:
+    """The io process's side: one writer process, shared by the process's chunk threads."""
+
+    def __init__(self, database: DatabaseSettings) -> None:
+        self.database = database
+        self.pid = os.getpid()  # the process that owns the pipe (a forked child starts anew)
+        self._lock = threading.Lock()  # one request on the pipe at a time
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def store(self, batch_id: str, start: int, outcomes: Sequence[HttpOutcome]) -> int:
+        """Store ``outcomes`` (indexes from ``start``); how many rows were new."""
+        # a line of JSON for the batch, then the outcomes as they encode (no JSON in JSON)
+        request = orjson.dumps({"batch_id": batch_id, "start": start}) + b"\n" + \
+            encode_outcomes(outcomes)
+        with self._lock:
+            try:
+                reply = self._call(request)
+            except (OSError, EOFError, ValueError) as exc:  # the writer died: once more, anew
+                self._stop()
+                try:
+                    reply = self._call(request)
+                except (OSError, EOFError, ValueError) as again:
+                    self._stop()
+                    raise StorageError(f"the row writer process failed twice: {exc}; {again}") from again
+        if "error" in reply:
+            raise StorageError(f"row writer: {reply['error']}")
+        return int(reply["new"])
+
+    def _call(self, request: bytes) -> dict[str, Any]:
+        proc = self._started()
+        assert proc.stdin is not None and proc.stdout is not None
+        _write_frame(proc.stdin, request)
+        payload = _read_frame(proc.stdout)
+        if payload is None:
+            raise EOFError(f"the row writer exited (code {proc.poll()})")
+        reply = orjson.loads(payload)
+        if not isinstance(reply, dict):
+            raise ValueError(f"the row writer answered {reply!r}")
+        return reply
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "lewis_tasks.tasks.rowwriter"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+            assert self._proc.stdin is not None
+            _write_frame(self._proc.stdin,
+                         orjson.dumps({"database": dataclasses.asdict(self.database)}))
+        return self._proc
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):  # a pipe whose reader is gone already
+                    stream.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        """Stop the writer: its pipe closes, it finishes the request in hand and exits."""
+        with self._lock:
+            self._stop()
+
+
+def row(start: int, o: HttpOutcome) -> tuple[Any, ...]:
+    """The outcome as storage's ``(idx, *RESULT_FIELDS)`` tuple."""
+    return (start + o.index, o.url, o.final_url, o.method, o.status, o.error, o.message,
+            o.bytes, o.sha256, o.truncated, o.timings.to_dict(),
+            [hop.to_dict() for hop in o.redirects], dict(o.headers))
+
+
+_writer: RowWriter | None = None
+_writer_lock = threading.Lock()
+
+
+def row_writer(database: DatabaseSettings) -> RowWriter:
+    """This process's writer for ``database`` (a new one after a fork or a settings change)."""
+    global _writer
+    with _writer_lock:
+        if _writer is None or _writer.pid != os.getpid() or _writer.database != database:
+            if _writer is not None and _writer.pid == os.getpid():
+                _writer.close()
+            _writer = RowWriter(database)
+        return _writer
+
+
+def close_row_writer() -> None:
+    global _writer
+    with _writer_lock:
+        if _writer is not None and _writer.pid == os.getpid():
+            _writer.close()
+        _writer = None
+
+
+# --- the writer process ----------------------------------------------------------------------
+
+def serve(inp: IO[bytes], out: IO[bytes]) -> None:
+    """Answer store requests from ``inp`` until it closes; the first frame is the database."""
+    from ..storage.db import get_engine, session_scope
+    from ..storage.http import save_http_rows
+
+    first = _read_frame(inp)
+    if first is None:
+        return
+    database = DatabaseSettings(**orjson.loads(first)["database"])
+    engine = get_engine(database)
+    while (payload := _read_frame(inp)) is not None:
+        try:
+            head, _, outcomes = payload.partition(b"\n")
+            request = orjson.loads(head)
+            start = request["start"]
+            rows = [row(start, o) for o in decode_outcomes(outcomes)]
+            with session_scope(engine) as session:
+                new = save_http_rows(session, request["batch_id"], rows)
+            reply: dict[str, Any] = {"new": new}
+        except Exception as exc:  # answered, not fatal: the next request may well succeed
+            reply = {"error": str(exc) if isinstance(exc, LewisError) else
+                     f"{type(exc).__name__}: {exc}"}
+        _write_frame(out, orjson.dumps(reply))
+
+
+def main() -> None:
+    serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    main()
