@@ -103,6 +103,8 @@ def configure_app(celery_app: Celery, settings: Settings) -> Celery:
     if celery_app._pool is not None:  # connections to the previous broker
         celery_app._pool.force_close_all()
         celery_app._pool = None
+        # the producer pool (publishing, broadcasts) was drawn from it: drawn anew when needed
+        celery_app.amqp._producer_pool = None
     celery_app._backend_cache = None  # the previous result backend
     celery_app._local.__dict__.pop("backend", None)
     return celery_app

@@ -1,0 +1,27 @@
+"""The Celery app reconfigured at run time: it must follow its new broker everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+
+def test_an_app_pointed_at_another_broker_publishes_and_broadcasts_there(
+        lewis_settings: Any) -> None:
+    from lewis_tasks.infra import config
+    from lewis_tasks.infra.celery_app import configure_app, create_app
+
+    app = create_app(lewis_settings)  # a private app: the process's own is left alone
+    # Given an app that has broadcast and published through its first broker
+    assert app.control.ping(timeout=0.05) == []
+    first = lewis_settings.broker.url
+    second = first.rsplit("/", 1)[0] + "/3"
+    redis.Redis.from_url(second).delete("cpu")
+    # When it is pointed at another broker (a stack stopped, another one started)
+    configure_app(app, config.replace_section(lewis_settings, "broker", url=second))
+    # Then it broadcasts (its old producer pool was closed) and publishes to the new one
+    assert app.control.ping(timeout=0.05) == []
+    app.send_task("lewis.test.moved", queue="cpu")
+    assert redis.Redis.from_url(second).llen("cpu") == 1
+    redis.Redis.from_url(second).delete("cpu")
