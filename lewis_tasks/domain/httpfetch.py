@@ -445,7 +445,7 @@ def decode_outcomes(text: str | bytes) -> list[HttpOutcome]:
         raise InvalidInput("shipped outcomes must be an object with a list of outcomes")
     if data.get("schema") != WIRE_SCHEMA:
         raise InvalidInput(f"shipped outcomes have fields {data.get('schema')!r}; this version "
-                           f"reads {WIRE_SCHEMA!r} (io and cpu workers of different versions?)")
+                           f"reads {WIRE_SCHEMA!r} (written by another version?)")
     width = len(HttpOutcome._fields)
     out = []
     for n, row in enumerate(data["outcomes"]):
@@ -480,5 +480,6 @@ def summarise(outcomes: Sequence[HttpOutcome]) -> dict[str, Any]:
             "statuses": statuses, "errors": errors}
 
 
-__all__ = ["fetch_all", "FetchPool", "encode_outcomes", "decode_outcomes", "normalise_url", "summarise", "HttpRequest", "HttpOutcome",
-           "RedirectHop", "Timings", "METHODS", "IDEMPOTENT", "SELECTED_HEADERS"]
+__all__ = ["fetch_all", "FetchPool", "encode_outcomes", "decode_outcomes", "normalise_url",
+           "summarise", "HttpRequest", "HttpOutcome", "RedirectHop", "Timings", "METHODS",
+           "IDEMPOTENT", "SELECTED_HEADERS"]

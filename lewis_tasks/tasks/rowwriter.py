@@ -85,7 +85,8 @@ class RowWriter:
                     reply = self._call(request)
                 except (OSError, EOFError, ValueError) as again:
                     self._stop()
-                    raise StorageError(f"the row writer process failed twice: {exc}; {again}") from again
+                    raise StorageError(f"the row writer process failed twice: {exc}; "
+                                       f"{again}") from again
         if "error" in reply:
             raise StorageError(f"row writer: {reply['error']}")
         return int(reply["new"])

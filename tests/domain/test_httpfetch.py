@@ -245,7 +245,7 @@ def test_outcomes_travel_as_json_and_come_back_equal(app2: str) -> None:
 @pytest.mark.parametrize(("text", "match"), [
     ("not json", "not JSON"),
     ('{"outcomes": 3}', "list of outcomes"),
-    ('{"schema": {"outcome": ["index"]}, "outcomes": []}', "different versions"),
+    ('{"schema": {"outcome": ["index"]}, "outcomes": []}', "another version"),
 ])
 def test_shipped_outcomes_that_are_not_ours_are_refused_with_the_reason(text: str, match: str) -> None:
     with pytest.raises(InvalidInput, match=match):
