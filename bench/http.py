@@ -89,17 +89,23 @@ http {{
         proc.wait(10)
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (none when it is gone, or not on Linux)."""
+    try:
+        return [int(child) for child in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system, every thread) used so far by ``pid`` and its children."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:  # gone, or not Linux
-        return total
-    return total + sum(cpu_seconds(int(child)) for child in children)
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children(pid))
 
 
 class CpuMeter:
@@ -147,11 +153,7 @@ class Stack:
     def other_pids(self) -> list[int]:
         """Every process `lewis up` runs but the io worker: cpu and control workers, beat,
         Flower, the embedded Redis (:func:`cpu_seconds` adds their children)."""
-        try:
-            children = Path(f"/proc/{self.supervisor}/task/{self.supervisor}/children").read_text()
-        except OSError:
-            return []
-        return [int(pid) for pid in children.split() if int(pid) not in self.io_pids]
+        return [pid for pid in children(self.supervisor) if pid not in self.io_pids]
 
     def add_io_worker(self) -> int:
         """Start one more ``lewis worker io`` and wait until it answers; its pid."""
@@ -266,10 +268,7 @@ def bench_loadtest(url: str, rate: float | None = None) -> dict[str, Any]:
 
     handle = submit_loadtest(url, concurrency=LIMIT, duration=DURATION, rate=rate, workers=2)
     result = handle.wait(timeout=DURATION + 120)
-    lat, service = result["latency_ms"], result["service_ms"]
-    return {"rps": result["rps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
-            "service_p50_ms": service["p50_ms"], "service_p99_ms": service["p99_ms"],
-            "requests": result["requests"], "errors": sum(result["errors"].values()),
+    return {**_latencies(result), "requests": result["requests"], "errors": sum(result["errors"].values()),
             "processes": len(result["processes"]), "handed_back": result.get("handed_back", 0)}
 
 
@@ -284,9 +283,13 @@ def bench_plain(url: str, rate: float, processes: int = 2) -> dict[str, Any]:
     procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
              for _ in range(processes)]
     parts = [json.loads(proc.communicate(timeout=DURATION + 60)[0]) for proc in procs]
-    merged = LoadResult.merge(LoadResult.from_dict(p) for p in parts).to_dict()
-    lat, service = merged["latency_ms"], merged["service_ms"]
-    return {"rps": merged["rps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
+    return _latencies(LoadResult.merge(LoadResult.from_dict(p) for p in parts).to_dict())
+
+
+def _latencies(result: dict[str, Any]) -> dict[str, Any]:
+    """rps, and p50/p99 from the intended and from the actual send, of a load test result."""
+    lat, service = result["latency_ms"], result["service_ms"]
+    return {"rps": result["rps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
             "service_p50_ms": service["p50_ms"], "service_p99_ms": service["p99_ms"]}
 
 

@@ -43,7 +43,7 @@ from ..infra.planning import (
 from ..infra.progress import LOADTEST_PROGRESS_KEY, ProgressWriter
 from ..infra.redis_client import get_redis
 from ..infra.task import LewisTask, stored_failure
-from .rowwriter import row, row_writer
+from .rowwriter import row_writer
 from .scanprocess import process_state
 
 log = logging.getLogger(__name__)
@@ -154,10 +154,10 @@ def _persist(batch_id: str, start: int, finished: deque[HttpOutcome],
     if settings.http.row_writer:
         return row_writer(settings.database).store(batch_id, start, outcomes)
     from ..storage.db import get_engine, session_scope
-    from ..storage.http import save_http_rows
+    from ..storage.http import save_http_outcomes
 
     with session_scope(get_engine()) as session:
-        return save_http_rows(session, batch_id, [row(start, o) for o in outcomes])
+        return save_http_outcomes(session, batch_id, start, outcomes)
 
 
 _saved_batches: deque[str] = deque(maxlen=256)  # batches this process has created already

@@ -133,13 +133,6 @@ class RowWriter:
             self._stop()
 
 
-def row(start: int, o: HttpOutcome) -> tuple[Any, ...]:
-    """The outcome as storage's ``(idx, *RESULT_FIELDS)`` tuple."""
-    return (start + o.index, o.url, o.final_url, o.method, o.status, o.error, o.message,
-            o.bytes, o.sha256, o.truncated, o.timings.to_dict(),
-            [hop.to_dict() for hop in o.redirects], dict(o.headers))
-
-
 _writer: RowWriter | None = None
 _writer_lock = threading.Lock()
 
@@ -168,7 +161,7 @@ def close_row_writer() -> None:
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     """Answer store requests from ``inp`` until it closes; the first frame is the database."""
     from ..storage.db import get_engine, session_scope
-    from ..storage.http import save_http_rows
+    from ..storage.http import save_http_outcomes
 
     first = _read_frame(inp)
     if first is None:
@@ -179,10 +172,9 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
         try:
             head, _, outcomes = payload.partition(b"\n")
             request = orjson.loads(head)
-            start = request["start"]
-            rows = [row(start, o) for o in decode_outcomes(outcomes)]
+            stored = decode_outcomes(outcomes)
             with session_scope(engine) as session:
-                new = save_http_rows(session, request["batch_id"], rows)
+                new = save_http_outcomes(session, request["batch_id"], request["start"], stored)
             reply: dict[str, Any] = {"new": new}
         except Exception as exc:  # answered, not fatal: the next request may well succeed
             reply = {"error": str(exc) if isinstance(exc, LewisError) else
