@@ -122,8 +122,7 @@ def _expand_network(text: str, max_hosts: int) -> tuple[str, ...]:
     if count > max_hosts:
         raise InvalidInput(f"target {text!r}: {count} hosts, over the cap of {max_hosts} "
                            f"(scan.max_hosts)")
-    hosts = list(net.hosts()) if count < net.num_addresses else list(net)
-    return tuple(str(h) for h in hosts)
+    return tuple(str(h) for h in net.hosts())  # only after the cap: never enumerate a /64
 
 
 def _is_hostname(name: str) -> bool:
