@@ -172,7 +172,9 @@ def compare_versions(a: str, b: str) -> int:
             return -1 if x < y else 1
         if isinstance(x, str) and isinstance(y, str):
             return _compare_words(x, y)
-        return _word_vs_number(x, y)
+        # A letter where the other has a number: a pre-release word or a letter release ("1.0a")
+        # sorts before the numbered one ("1.0.1").
+        return -1 if isinstance(x, str) else 1
     if len(ta) == len(tb):
         return 0
     longer, sign = (ta, 1) if len(ta) > len(tb) else (tb, -1)
@@ -186,12 +188,6 @@ def _compare_words(x: str, y: str) -> int:
     if px != py:
         return -1 if px else 1
     return -1 if x < y else 1
-
-
-def _word_vs_number(x: int | str, y: int | str) -> int:
-    # A letter where the other has a number: a pre-release word or a letter release ("1.0a")
-    # sorts before the numbered one ("1.0.1").
-    return -1 if isinstance(x, str) else 1
 
 
 def _exact_match(version: str, exact: str, update: str) -> bool:
@@ -233,9 +229,10 @@ def _pick_cvss(metrics: Mapping[str, Any]) -> Cvss | None:
         vector = data.get("vectorString")
         if not vector:
             continue
-        score, severity = score_vector(vector, data.get("version", version))
+        declared = str(data.get("version", version))  # the metric's own word over its list's
+        score, severity = score_vector(vector, declared)
         feed = data.get("baseScore")
-        return Cvss(str(data.get("version", version)), vector, score, severity,
+        return Cvss(declared, vector, score, severity,
                     None if feed is None else float(feed))
     return None
 
@@ -297,7 +294,7 @@ def _parse_match(cve_id: str, match: Mapping[str, Any], platforms: tuple[str, ..
     return CpeRange(cve_id, parts[3], parts[4], parts[5], parts[6],
                     match.get("versionStartIncluding"), match.get("versionStartExcluding"),
                     match.get("versionEndIncluding"), match.get("versionEndExcluding"),
-                    bool(match.get("vulnerable", True)), platforms)
+                    True, platforms)  # vulnerable: the others were dropped above
 
 
 def load_feed(path: str | Path) -> list[CveRecord]:
