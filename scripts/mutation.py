@@ -17,7 +17,6 @@ Exit status: 0 when every module meets its goal (or ``--min-score``), 1 when one
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import os
 import shutil
