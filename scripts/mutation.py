@@ -98,8 +98,17 @@ class Result:
 
 def load_modules() -> dict[str, Module]:
     table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["lewis"]["mutation"]
-    return {path: Module(path, tuple(spec["tests"]), float(spec["goal"]))
+    return {path: Module(path, _expand(spec["tests"]), float(spec["goal"]))
             for path, spec in table.items()}
+
+
+def _expand(patterns: list[str]) -> tuple[str, ...]:
+    """Test files named outright or by a glob (``tests/domain/test_scope*.py``), sorted, once each."""
+    found: list[str] = []
+    for pattern in patterns:
+        matches = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(pattern)) or [pattern]
+        found.extend(m for m in matches if m not in found)
+    return tuple(found)
 
 
 def load_equivalents() -> list[Equivalent]:
@@ -126,7 +135,8 @@ def run_module(module: Module, *, functions: list[str], children: int, log: Path
     """One fresh mutmut run of ``module`` against its own tests; mutmut's chatter goes to ``log``."""
     shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     (ROOT / "mutants").mkdir()
-    names = [f"{module.dotted}.x_{f}__mutmut_*" if "__mutmut_" not in f else f for f in functions]
+    names = [f if "__mutmut_" in f else f"{module.dotted}.{_mangled(f)}__mutmut_*"
+             for f in functions]
     started = time.monotonic()
     with log.open("w") as out:
         code = subprocess.call(
@@ -152,18 +162,29 @@ def diff_of(mutant: str, module: Module) -> tuple[str, str]:
     return " ".join(was), " ".join(now)
 
 
+def _mangled(function: str) -> str:
+    """mutmut's name for a function: ``x_parse_target``, or ``xǁClassǁmethod`` for a method."""
+    if "." in function and "ǁ" not in function:
+        function = "ǁ".join(function.split(".", 1))  # Class.method works too
+    return f"xǁ{function}" if "ǁ" in function else f"x_{function}"
+
+
 def function_of(mutant: str) -> str:
-    return mutant.rpartition(".")[2].partition("__mutmut_")[0].removeprefix("x_")
+    """``x_parse_target`` → ``parse_target``; ``xǁLatencyHistogramǁrecord`` → ``LatencyHistogramǁrecord``."""
+    name = mutant.rpartition(".")[2].partition("__mutmut_")[0]
+    return name.removeprefix("x_") if name.startswith("x_") else name.removeprefix("xǁ")
 
 
-def collect(module: Module, equivalents: list[Equivalent]) -> Result:
+def collect(module: Module, equivalents: list[Equivalent], functions: list[str]) -> Result:
     meta = json.loads((ROOT / "mutants" / f"{module.source}.meta").read_text())
     result = Result(module)
     for mutant, code in sorted(meta["exit_code_by_key"].items(), key=lambda kv: _order(kv[0])):
         if code is None:
             continue  # not run: outside --function
         result.by_status.setdefault(_STATUS.get(code, "suspicious"), []).append(mutant)
-    mine = [e for e in equivalents if e.module == module.source]
+    chosen = {function_of(f"m.{_mangled(f)}__mutmut_0") for f in functions}
+    mine = [e for e in equivalents
+            if e.module == module.source and (not chosen or e.function in chosen)]
     claimed: set[Equivalent] = set()
     for mutant in result.by_status.get("survived", []):
         was, now = diff_of(mutant, module)
@@ -225,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ci", action="store_true",
                         help=f"the CI gate: {', '.join(CI_MODULES)} against its goal")
     parser.add_argument("--function", action="append", default=[], metavar="NAME",
-                        help="only mutants of this function (repeatable; for iterating)")
+                        help="only mutants of this function, e.g. parse_target or "
+                             "LatencyHistogram.merge (repeatable; for iterating)")
     parser.add_argument("--show", action="store_true",
                         help="print each surviving / timed-out / untested mutant's change")
     parser.add_argument("--children", type=int, default=1,
@@ -240,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     for module in chosen:
         log = ROOT / "mutants" / "run.log"
         seconds = run_module(module, functions=args.function, children=args.children, log=log)
-        result = collect(module, equivalents)
+        result = collect(module, equivalents, args.function)
         result.seconds = seconds
         report(result, show=args.show)
         goal = args.min_score if args.min_score is not None else module.goal
