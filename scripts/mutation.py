@@ -45,9 +45,10 @@ from mutmut.__main__ import cli
 cli(["run", "--max-children", sys.argv[3], *sys.argv[4:]])
 """
 
-# mutmut's exit codes of a mutant's test run → the four outcomes we report (mutmut.stats).
-_STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "untested", 33: "untested",
-           36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}
+# mutmut's names for a mutant's outcome → ours; any other (suspicious, segfault, skipped, …)
+# is reported under mutmut's own name and, like these three, does not count as killed.
+_RENAMED = {"no tests": "untested", "check was interrupted by user": "interrupted"}
+_MAIN = ("killed", "survived", "timeout", "untested")
 
 
 @dataclass(frozen=True)
@@ -176,12 +177,15 @@ def function_of(mutant: str) -> str:
 
 
 def collect(module: Module, equivalents: list[Equivalent], functions: list[str]) -> Result:
+    from mutmut.stats import status_by_exit_code
+
     meta = json.loads((ROOT / "mutants" / f"{module.source}.meta").read_text())
     result = Result(module)
     for mutant, code in sorted(meta["exit_code_by_key"].items(), key=lambda kv: _order(kv[0])):
         if code is None:
             continue  # not run: outside --function
-        result.by_status.setdefault(_STATUS.get(code, "suspicious"), []).append(mutant)
+        status = status_by_exit_code[code]
+        result.by_status.setdefault(_RENAMED.get(status, status), []).append(mutant)
     chosen = {function_of(f"m.{_mangled(f)}__mutmut_0") for f in functions}
     mine = [e for e in equivalents
             if e.module == module.source and (not chosen or e.function in chosen)]
@@ -224,13 +228,14 @@ def report(result: Result, *, show: bool) -> None:
     print(f"  mutants {result.total}: killed {result.count('killed')}, "
           f"survived {result.count('survived')} ({len(result.equivalent)} equivalent), "
           f"timed out {result.count('timeout')}, untested {result.count('untested')}"
-          + (f", suspicious {result.count('suspicious')}" if result.count("suspicious") else ""))
+          + "".join(f", {status} {len(names)}" for status, names in result.by_status.items()
+                    if status not in _MAIN))
     print(f"  score {result.score:.1f} % of non-equivalent mutants killed (goal {m.goal:g} %), "
           f"{result.seconds:.0f} s")
     for line in result.stale:
         print(f"  STALE equivalent entry: {line}")
     if show:
-        for status in ("survived", "timeout", "untested", "suspicious"):
+        for status in [s for s in result.by_status if s != "killed"]:
             for mutant in result.by_status.get(status, []):
                 if mutant in result.equivalent:
                     continue
