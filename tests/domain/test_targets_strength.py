@@ -64,6 +64,13 @@ def test_names_breaking_rfc1123_are_refused_naming_the_token(token: str) -> None
     assert refused(token) == (f"target {token!r}: not an IP address, CIDR block or hostname")
 
 
+@pytest.mark.parametrize("token", ["10.0.0.0/24/8", "::1%lo/128/8", "fe80::1%eth0/120/64"])
+def test_a_block_with_two_slashes_is_no_cidr(token: str) -> None:
+    # Split at the first slash: the rest is no prefix, even where the zone index (%lo) would
+    # let the part before the last slash pass for an address.
+    assert refused(token) == f"target {token!r}: not a CIDR block (expected ADDRESS/PREFIX)"
+
+
 def test_an_empty_target_says_so() -> None:
     assert refused(" \t ") == "target '': empty"
 
