@@ -144,8 +144,9 @@ def test_the_declared_version_decides_the_parser() -> None:
     with pytest.raises(InvalidInput) as err:
         parse_cve(cve("CVE-2099-0010", metrics={"cvssMetricV2": [metric(V2, version="3.1")]}),
                   source="nvd-2099.json")
-    assert str(err.value).startswith(f"nvd-2099.json: CVE-2099-0010: CVSS vector {V2!r}: "
-                                     "Malformed CVSS3 vector")
+    message = str(err.value)
+    assert message.startswith(f"nvd-2099.json: CVE-2099-0010: CVSS vector {V2!r}: ")
+    assert "CVSS3" in message  # the cvss package's own words follow
 
 
 # ---------------------------------------------------------------- feeds
