@@ -26,6 +26,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "lewis_tasks"
@@ -33,7 +34,8 @@ EQUIVALENT_FILE = ROOT / "tests" / "mutation-equivalent.toml"
 CI_MODULES = ("domain/scope.py",)
 
 # Runs inside the child: mutmut reads its config once into a module global, so narrowing it
-# there (before the CLI starts) is how one pyproject serves a per-module run.
+# there (before the CLI starts) is how one pyproject serves a per-module run. It leans on
+# mutmut's _load_config/_config, which is why mutmut is pinned (3.8.1).
 _CHILD = """
 import sys
 import mutmut.configuration as conf
@@ -127,9 +129,14 @@ def pick(modules: dict[str, Module], names: list[str]) -> list[Module]:
         hits = [m for p, m in modules.items()
                 if key in (p, p.removesuffix(".py")) or Path(p).stem == key or Path(p).name == key]
         if len(hits) != 1:
-            raise SystemExit(f"mutation: unknown module {name!r}; known: {', '.join(modules)}")
+            _die(f"unknown module {name!r}; known: {', '.join(modules)}")
         chosen.append(hits[0])
     return chosen
+
+
+def _die(message: str) -> NoReturn:
+    print(f"mutation: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def run_module(module: Module, *, functions: list[str], children: int, log: Path) -> float:
@@ -145,7 +152,7 @@ def run_module(module: Module, *, functions: list[str], children: int, log: Path
              *names], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     if code != 0:
-        raise SystemExit(f"mutation: mutmut failed on {module.source} (exit {code}); see {log}")
+        _die(f"mutmut failed on {module.source} (exit {code}); see {log}")
     return time.monotonic() - started
 
 
