@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis
 from celery import Celery
@@ -28,6 +29,16 @@ def _info(home: Path) -> dict[str, Any]:
         return dict(json.loads((home / "stack.json").read_text()))
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
+
+
+def _redis_pid(supervisor: int) -> int | None:
+    """The supervisor's redis-server child, if one runs."""
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(supervisor).children():
+            with contextlib.suppress(psutil.Error):
+                if child.name() == "redis-server" and child.status() != psutil.STATUS_ZOMBIE:
+                    return int(child.pid)
+    return None
 
 
 def _answers(url: str) -> bool:
@@ -65,7 +76,7 @@ def test_up_restarts_a_killed_redis_on_its_port_password_and_data(tmp_path: Path
                      what="the stack to be ready")
             assert up.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
             info = _info(home)
-            url, old_pid = info["broker_url"], info["processes"]["redis"]
+            url, old_pid = info["broker_url"], _redis_pid(up.pid)
             app = Celery("restart-test", broker=url, backend=url)
             # Given finished work, queued work and a key written before the crash
             client = redis.Redis.from_url(url)
@@ -78,11 +89,11 @@ def test_up_restarts_a_killed_redis_on_its_port_password_and_data(tmp_path: Path
             # When the embedded redis-server is killed with SIGKILL
             os.kill(old_pid, signal.SIGKILL)
             # Then the supervisor starts it again, on the same port with the same password
-            wait_for(lambda: up.poll() is not None or _answers(url) and _info(home).get(
-                "processes", {}).get("redis") not in (None, old_pid), 120,
-                what="redis to come back")
+            wait_for(lambda: up.poll() is not None or _answers(url) and _redis_pid(up.pid)
+                     not in (None, old_pid), 120, what="redis to come back")
             assert up.poll() is None, "the stack stopped when its redis died"
-            assert _info(home)["broker_url"] == url
+            info = _info(home)
+            assert info["broker_url"] == url and info["processes"]["redis"] == _redis_pid(up.pid)
             with pytest.raises(redis.AuthenticationError):
                 port = redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]
                 redis.Redis(host="127.0.0.1", port=port).ping()
