@@ -5,11 +5,13 @@ down, then restarted on the same port from the same data directory. Every worker
 be running, finish its in-flight task with its result stored, and consume new tasks.
 
 The outage lasts ``LEWIS_TEST_OUTAGE_S`` seconds (default 30, the issue's figure). Two
-failures need it long: kombu's crash on a closed connection (transport.py) needs Redis still
-down once redis-py's reconnect attempts inside the consumer's last read are spent — any
-outage longer than about a second, 3 s reproduce it — while Celery's result store gives up
-after 20 retries one second apart, so only an outage past ~20 s plus the task's remaining
-run shows a task that ran but was recorded as failed. 30 s covers both.
+failures hide behind it. kombu's crash on a closed connection (transport.py) needs Redis
+still down when the consumer's read fails and redis-py makes its one immediate reconnect
+(``Retry(NoBackoff(), 1)``, from kombu's ``retry_on_timeout``): any real outage; 3 s crashed
+the old io worker here. Celery's result store gives up after 20 retries one second apart
+(its Redis backend's ``retry_policy``), so only an outage past ~20 s plus the task's remaining
+run shows a task that ran but was recorded as failed. 30 s covers both; a shorter value
+still exercises the first.
 """
 
 from __future__ import annotations
