@@ -51,12 +51,13 @@ def _answers(url: str) -> bool:
         client.close()
 
 
-def _send(app: Celery, count: int, label: str) -> list[str]:
+def _send(app: Celery, count: int, label: str, task: str = "lewis.bench.noop",
+          args: tuple[Any, ...] = ()) -> list[str]:
     ids = []
     for i in range(count):
         queue = QUEUES[i % len(QUEUES)]
         task_id = f"{label}-{queue}-{uuid.uuid4().hex[:8]}"
-        app.send_task("lewis.bench.noop", queue=queue, routing_key=queue, task_id=task_id)
+        app.send_task(task, args=args, queue=queue, routing_key=queue, task_id=task_id)
         ids.append(task_id)
     return ids
 
@@ -69,7 +70,10 @@ def test_up_restarts_a_killed_redis_on_its_port_password_and_data(tmp_path: Path
     home = tmp_path / "stack"
     env = {"LEWIS_STACK_HOME": str(home), "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "2",
            "LEWIS_MONITORING_PING_TIMEOUT": "0.5", "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2",
-           "LEWIS_STACK_BEAT_LOCK_TIMEOUT": "3"}
+           "LEWIS_STACK_BEAT_LOCK_TIMEOUT": "3",
+           # a task cut off by the crash comes back after the visibility timeout: keep it short
+           "LEWIS_BROKER_VISIBILITY_TIMEOUT": "30", "LEWIS_TASKS_TIME_LIMIT": "20",
+           "LEWIS_TASKS_SOFT_TIME_LIMIT": "15"}
     with lewis_process(["up", "--timeout", "120"], env, tmp_path / "up.log") as up:
         try:
             wait_for(lambda: _info(home).get("ready") or up.poll() is not None, 150,
@@ -84,6 +88,10 @@ def test_up_restarts_a_killed_redis_on_its_port_password_and_data(tmp_path: Path
             client.set("before-the-crash", "kept")
             done_before = _send(app, 6, "done")
             wait_for(lambda: _succeeded(app, done_before), 120, what="the first tasks")
+            # and tasks running on every worker when Redis dies, more waiting behind them
+            running = _send(app, 3, "running", "lewis.bench.io_sleep", (3,))
+            wait_for(lambda: client.hlen("unacked") >= 3, 30, what="tasks to be running")
+            queued = _send(app, 30, "queued", "lewis.bench.io_sleep", (0.1,))
             client.close()
             app.close()
             # When the embedded redis-server is killed with SIGKILL
@@ -105,6 +113,9 @@ def test_up_restarts_a_killed_redis_on_its_port_password_and_data(tmp_path: Path
             after = _send(app, 6, "after")
             wait_for(lambda: _succeeded(app, after), 180, what="tasks sent after the restart")
             assert _succeeded(app, done_before)  # results from before the crash survived
+            # nothing was lost: what ran or waited at the crash completes too
+            wait_for(lambda: _succeeded(app, running + queued), 180,
+                     what="tasks running or queued at the crash")
             app.close()
             status = _status(env)
             assert status["beat"]["alive"], status
