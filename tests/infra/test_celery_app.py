@@ -25,3 +25,16 @@ def test_an_app_pointed_at_another_broker_publishes_and_broadcasts_there(
     app.send_task("lewis.test.moved", queue="cpu")
     assert redis.Redis.from_url(second).llen("cpu") == 1
     redis.Redis.from_url(second).delete("cpu")
+
+
+def test_only_workers_store_results_until_redis_is_back(lewis_settings: Any) -> None:
+    from lewis_tasks.infra.celery_app import WORKER_TRANSPORT, configure_worker, create_app
+
+    producer = create_app(lewis_settings)
+    assert producer.backend.retry_policy["max_retries"] == 20  # a command fails on an outage
+    worker = create_app(lewis_settings)
+    worker.backend  # noqa: B018  (built before worker_init: must not keep the old policy)
+    configure_worker(worker, lewis_settings)
+    assert worker.backend.retry_policy["max_retries"] is None  # a finished task's result waits
+    assert worker.conf.broker_transport == WORKER_TRANSPORT
+    assert producer.conf.broker_transport != WORKER_TRANSPORT
