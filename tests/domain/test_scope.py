@@ -9,7 +9,7 @@ from lewis_tasks.errors import InvalidInput, OutOfScope
 
 
 @pytest.mark.parametrize("spelling", ["127.0.0.1", "2130706433", "0x7f000001", "0x7f.1", "127.1",
-                                      "0177.0.0.1", "::ffff:127.0.0.1", "[::ffff:7f00:1]", "::127.0.0.1"])
+                                      "0177.0.0.1", "::ffff:127.0.0.1", "[::ffff:7f00:1]", "127.0.0.1."])
 def test_every_spelling_of_loopback_is_the_same_address(spelling: str) -> None:
     assert str(parse_ip(spelling)) == "127.0.0.1"
 
