@@ -12,6 +12,7 @@ to this client and another to a browser or proxy is refused, not guessed at.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from .scope import IPAddress, parse_ip, unmap
 from .urlhost import Base, Host, url_host
 
 METHODS = frozenset({"GET", "HEAD", "POST"})
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 9110)
 
 
 def normalise_url(text: str | URL) -> URL:
@@ -127,7 +129,7 @@ class HttpRequest:
             raise InvalidInput("headers must be a mapping of name to value")
         headers = tuple((str(k), str(v)) for k, v in raw_headers.items())
         for name, value in headers:
-            if not name or any(c in name for c in ":\r\n ") or any(c in value for c in "\r\n"):
+            if not _TOKEN.fullmatch(name) or any(c in value for c in "\r\n") or not _encodes(value):
                 raise InvalidInput(f"header {name!r} is malformed")
         body = item.get("body")
         if isinstance(body, str):
@@ -141,6 +143,14 @@ class HttpRequest:
         if body is not None and method != "POST":
             raise InvalidInput(f"a {method} request carries no body")
         return cls(str(normalise_url(str(item.get("url", "")))), method, headers, body)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)
