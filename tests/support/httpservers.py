@@ -13,8 +13,9 @@ client code on any other loop can use them. Servers bind to loopback only (127.0
   trickle       sends headers then one body byte every ``interval`` seconds
   slow_headers  sends the status line, then one header line every ``interval`` s, forever
   huge_headers  answers with a 20 kB header line (over any client's header limit)
-  sink          counts every connection it accepts (``hits["connections"]``), then answers
-                200 to whatever arrives: the forbidden peer of the SSRF tests
+  sink          counts every connection it accepts (``hits["connections"]``) and every
+                request on it (``hits["requests"]``), answering 200 and keeping the
+                connection open: the forbidden peer of the SSRF tests
 
 Run standalone for a benchmark: ``python tests/support/httpservers.py --port 8080``.
 """
@@ -207,11 +208,11 @@ async def _start_raw(kind: str, host: str, port: int, interval: float) -> Runnin
         server.hits["connections"] += 1
         try:
             if kind == "sink":  # counted above, at accept: a connection is already a hit
-                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n"
-                             b"Connection: close\r\n\r\nreached")
-                await writer.drain()
-                return
+                while True:  # keep-alive, so a pooled connection's requests count too
+                    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                    server.hits["requests"] += 1
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nreached")
+                    await writer.drain()
             await reader.readuntil(b"\r\n\r\n")
             if kind == "stall":
                 await asyncio.Event().wait()
