@@ -109,8 +109,8 @@ def parse_host(text: str) -> Host:
         raise InvalidInput("empty host")
     try:
         domain = unquote_to_bytes(text).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"host {text!r}: percent-escapes that are not UTF-8") from None
+    except UnicodeError:  # escapes that are not UTF-8, or a lone surrogate in the text
+        raise InvalidInput(f"host {text!r}: not UTF-8 text") from None
     ascii_domain = domain_to_ascii(domain)
     bad = sorted({c for c in ascii_domain if c in _FORBIDDEN_DOMAIN})
     if bad:

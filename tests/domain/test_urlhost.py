@@ -41,7 +41,8 @@ def test_the_url_standard_reading(url: str, host: object) -> None:
     ("http://[::1/", "must end with ']'"),
     ("http://user@/", "empty host"),
     ("http://h:65536/", "is not a port number"),
-    ("http://%ff.test/", "percent-escapes that are not UTF-8"),
+    ("http://%ff.test/", "not UTF-8 text"),
+    ("http://\udc80.test/", "not UTF-8 text"),
     ("ftp://127.0.0.1/", "not an http(s) URL"),
     ("/relative", "nothing to resolve it against"),
 ])
