@@ -184,20 +184,30 @@ def test_a_subset_through_a_real_io_worker(celery_worker: Any, lewis_settings: A
     from lewis_tasks.infra import aio, config
     from lewis_tasks.producer.http import submit_http_batch
 
-    config.set_settings(config.replace_section(config.get_settings(), "scope",
-                                               allow=(f"{ALLOWED_HOST}/32",)))
-    aio.shutdown()  # the worker's session is rebuilt with the narrowed scope
+    # Given the worker's settings: scope 127.0.0.2 only, URLs capped at 200 characters
+    settings = config.replace_section(config.get_settings(), "scope", allow=(f"{ALLOWED_HOST}/32",))
+    config.set_settings(config.replace_section(settings, "http", max_url_length=200))
+    aio.shutdown()  # the worker's session and fetchers are rebuilt with them
     before = stage.hits
+    allowed = stage.allowed.url
+    too_long = f"{allowed}/status/204?q=" + "x" * (201 - len(f"{allowed}/status/204?q="))
+    secret = f"http://mallory:0p3n-s3same@{allowed.removeprefix('http://')}/status/203"
     try:
         direct = [stage.fill(t) for t in WORKER_SUBSET]
         redirected = [stage.via_redirect(u, code) for u, code in zip(direct, CODES * 3, strict=False)]
-        handle = submit_http_batch([stage.allowed.url + "/", *direct, *redirected])
+        # When a batch mixes them with an allowed URL, one over the cap and one with a password
+        handle = submit_http_batch([allowed + "/", too_long, secret, *direct, *redirected])
         summary = handle.wait(timeout=60)
         rows = handle.result()
     finally:
         config.set_settings(lewis_settings)
         aio.shutdown()
+    # Then the worker refused each per URL, stored no password, and no forbidden server was hit
     assert rows[0]["status"] == 200
-    assert [(r["url"], r["error_class"]) for r in rows[1:] if r["error_class"] not in REFUSED] == []
-    assert summary["failed"] == len(direct) + len(redirected)
+    assert (rows[1]["error_class"], rows[1]["error"]) == (
+        INVALID_URL, "the URL is 201 characters long, over the cap of 200")
+    assert rows[2]["status"] == 203 and "0p3n-s3same" not in str(rows[2])
+    assert rows[2]["url"].startswith("http://mallory:***@")
+    assert [(r["url"], r["error_class"]) for r in rows[3:] if r["error_class"] not in REFUSED] == []
+    assert summary["failed"] == 1 + len(direct) + len(redirected)
     assert stage.hits == before
