@@ -195,8 +195,11 @@ def test_a_subset_through_a_real_io_worker(celery_worker: Any, lewis_settings: A
     try:
         direct = [stage.fill(t) for t in WORKER_SUBSET]
         redirected = [stage.via_redirect(u, code) for u, code in zip(direct, CODES * 3, strict=False)]
-        # When a batch mixes them with an allowed URL, one over the cap and one with a password
-        handle = submit_http_batch([allowed + "/", too_long, secret, *direct, *redirected])
+        # When a batch mixes them with an allowed URL, one over the cap, one with a password
+        # and a POST whose body no bytes can say (a lone surrogate)
+        unsayable = {"url": allowed + "/echo", "method": "POST", "body": "caf\udce9"}
+        handle = submit_http_batch([allowed + "/", too_long, secret, unsayable, *direct,
+                                    *redirected], timeout=30)
         summary = handle.wait(timeout=60)
         rows = handle.result()
     finally:
@@ -208,6 +211,8 @@ def test_a_subset_through_a_real_io_worker(celery_worker: Any, lewis_settings: A
         INVALID_URL, "the URL is 201 characters long, over the cap of 200")
     assert rows[2]["status"] == 203 and "0p3n-s3same" not in str(rows[2])
     assert rows[2]["url"].startswith("http://mallory:***@")
-    assert [(r["url"], r["error_class"]) for r in rows[3:] if r["error_class"] not in REFUSED] == []
-    assert summary["failed"] == 1 + len(direct) + len(redirected)
+    assert (rows[3]["error_class"], rows[3]["error"]) == (
+        "invalid_request", "the body is not encodable text: surrogates not allowed at position 3")
+    assert [(r["url"], r["error_class"]) for r in rows[4:] if r["error_class"] not in REFUSED] == []
+    assert summary["failed"] == 2 + len(direct) + len(redirected)
     assert stage.hits == before
