@@ -60,6 +60,8 @@ def parse_ip(text: str) -> IPAddress | None:
             return unmap(ipaddress.IPv6Address(text.split("%", 1)[0]))
         except ValueError:
             return None
+    if not ends_in_number(text):  # a name (and no exception raised to find that out)
+        return None
     try:
         return ipaddress.IPv4Address(text)
     except ValueError:

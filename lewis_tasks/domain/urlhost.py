@@ -79,6 +79,11 @@ def _two_slashes(text: str) -> bool:
 
 def _host_part(host_and_port: str, text: str) -> str:
     """The host of ``host[:port]``: up to the first ``:`` outside brackets."""
+    if "[" not in host_and_port:  # the common case: no IPv6 literal, no brackets to track
+        host, colon, port = host_and_port.partition(":")
+        if colon and port and (not port.isascii() or not port.isdigit() or int(port) > 65535):
+            raise InvalidInput(f"{text!r}: port {port!r} is not a port number")
+        return host
     inside = False
     for i, c in enumerate(host_and_port):
         if c == "[":
@@ -116,6 +121,10 @@ def parse_host(text: str) -> Host:
     if bad:
         raise InvalidInput(f"host {text!r}: forbidden character(s) {''.join(bad)!r}")
     if ends_in_number(ascii_domain):
+        try:
+            return ipaddress.IPv4Address(ascii_domain)  # plain dotted decimal, the usual case
+        except ValueError:
+            pass
         address = parse_ipv4(ascii_domain)
         if address is None:
             raise InvalidInput(f"host {text!r}: ends in a number but is not an IPv4 address")
