@@ -21,6 +21,7 @@ from yarl import URL
 
 from ..errors import InvalidInput
 from .httpclient import SCHEMES
+from .redact import redact_url
 from .scope import IPAddress, parse_ip, unmap
 from .urlhost import Base, Host, url_host
 
@@ -33,23 +34,30 @@ def normalise_url(text: str | URL) -> URL:
 
     Numeric host spellings (``2130706433``, ``0x7f.1``, ``[::ffff:127.0.0.1]``) become the
     address they mean, so the guard and the result both show the real peer. A URL whose host
-    the URL Standard reads differently is refused.
+    the URL Standard reads differently is refused. Messages quote the URL with its
+    credentials masked: they are shown and stored.
     """
-    if isinstance(text, str):
-        return _normalise_text(text)
-    return _normalise(str(text))
+    try:
+        if isinstance(text, str):
+            return _normalise_text(text)
+        return _normalise(str(text))
+    except InvalidInput as exc:
+        raise InvalidInput(redact_url(str(exc))) from None
 
 
 def resolve_location(base: URL, location: str) -> URL:
     """The URL a redirect's ``Location`` points to from ``base``, normalised; InvalidInput if
     it is malformed or its host reads differently under the URL Standard."""
     try:
-        target = base.join(URL(location))
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"{location!r} is not a URL: {exc}") from None
-    url = _normalise(str(target))
-    base_host = parse_ip(base.raw_host or "") or (base.raw_host or "")
-    _same_host(location, _yarl_host(url), url_host(location, Base(base.scheme, base_host)))
+        try:
+            target = base.join(URL(location))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"{location!r} is not a URL: {exc}") from None
+        url = _normalise(str(target))
+        base_host = parse_ip(base.raw_host or "") or (base.raw_host or "")
+        _same_host(location, _yarl_host(url), url_host(location, Base(base.scheme, base_host)))
+    except InvalidInput as exc:
+        raise InvalidInput(redact_url(str(exc))) from None
     return url
 
 

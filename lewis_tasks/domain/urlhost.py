@@ -70,7 +70,12 @@ def url_host(text: str, base: Base | None = None) -> Host:
     end = _AUTHORITY_END.search(rest)
     authority = rest[:end.start()] if end else rest
     host_and_port = authority.rpartition("@")[2]  # the last @ ends the userinfo
-    return parse_host(_host_part(host_and_port, text))
+    try:
+        return parse_host(_host_part(host_and_port, text))
+    except InvalidInput as exc:
+        if str(exc).startswith(repr(text)):
+            raise
+        raise InvalidInput(f"{text!r}: {exc}") from None
 
 
 def _two_slashes(text: str) -> bool:

@@ -124,3 +124,14 @@ def test_redact_url_masks_every_userinfo() -> None:
     assert redact_url("see 'https://tok@h:1/x' and http://a:b@c@d/") == \
         "see 'https://***@h:1/x' and http://a:***@d/"
     assert redact_url("http://h/p@q?x=@y") == "http://h/p@q?x=@y"  # no userinfo: untouched
+
+
+@pytest.mark.parametrize("url", ["http://eve:tops3cret@exa mple.test/", "ftp://eve:tops3cret@h/",
+                                 "http://eve:tops3cret@1.2.3.4.5/", "http://eve:tops3cret@h:99999/"])
+def test_refusals_quote_the_url_with_its_password_masked(url: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        normalise_url(url)
+    assert "tops3cret" not in str(refused.value) and "eve:***@" in str(refused.value)
+    with pytest.raises(InvalidInput) as refused:
+        resolve_location(URL("http://127.0.0.2/"), url)
+    assert "tops3cret" not in str(refused.value) and "eve:***@" in str(refused.value)
