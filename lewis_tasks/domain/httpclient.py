@@ -6,8 +6,8 @@ allowlisted hostname vouches for its addresses), and the socket factory — the 
 before ``connect()``, reached by IP-literal URLs that skip the resolver — checks the
 address once more, on behalf of the request being connected and no other: a name's
 permission never outlives its request, and an out-of-scope literal is refused before the
-connection pool is even asked. ``localhost`` aliases resolve to loopback without asking DNS (RFC 6761),
-proxies from the environment are ignored, and only http/https are spoken.
+connection pool is even asked. ``localhost`` aliases resolve to loopback without asking DNS
+(RFC 6761), proxies from the environment are ignored, and only http/https are spoken.
 
 Failures are sorted into a few error classes (:func:`classify_error`) shared by the batch
 fetcher and the load generator, so a result names *what* went wrong in one word.

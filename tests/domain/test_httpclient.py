@@ -277,3 +277,27 @@ def test_the_resolver_keeps_nothing_between_requests() -> None:
         await resolver.close()
         return state
     assert set(asyncio.run(main())) == {"_scope", "_inner"}
+
+
+def test_the_connector_refuses_an_out_of_scope_literal_before_its_pool(servers: ServerThread) -> None:
+    # Given a connector whose socket factory guards nothing (plain sockets), so only the
+    # connector's own look at the request's host stands in the way
+    target = outside(servers)
+    before = sum(target.hits.values())
+
+    async def main() -> list[tuple[str, str]]:
+        connector = ScopedConnector(NARROW, resolver=ScopedResolver(NARROW))
+        seen = []
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for host in ("127.0.0.1", "[::ffff:7f00:1]", "[::1]"):
+                try:
+                    await session.get(f"http://{host}:{target.port}/")
+                    seen.append(("", "fetched"))
+                except Exception as exc:
+                    seen.append(classify_error(exc))
+        return seen
+    results = asyncio.run(main())
+    assert [error for error, _ in results] == [OUT_OF_SCOPE] * 3, results
+    assert results[0][1] == "127.0.0.1 is out of scope: not in the allowlist 127.0.0.2/32"
+    assert results[2][1].startswith("::1 is out of scope")
+    assert sum(target.hits.values()) == before
