@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import InvalidInput, TransientError
-from .scope import IPAddress
+from ..errors import InvalidInput, OutOfScope, TransientError
+from .scope import IPAddress, never_allowed, unmap
 
 _STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _LINGER_RST = struct.pack("ii", 1, 0)  # close → RST: no TIME_WAIT here, no half-open peer
@@ -110,6 +110,9 @@ class ConnectLoop:
         if concurrency < 1 or timeout <= 0 or retries < 0:
             raise InvalidInput(f"scan parameters: concurrency {concurrency} must be ≥ 1, "
                                f"timeout {timeout} > 0, retries {retries} ≥ 0")
+        reason = never_allowed(unmap(address))  # the last line of defence, whatever the scope
+        if reason:
+            raise OutOfScope(f"{address} is out of scope: {reason}es are never allowed")
         self.address = str(address)
         self.family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         self.ports = sorted(set(ports))

@@ -4,8 +4,10 @@ Every connection the session opens passes the scope at connect time, never as a 
 of URL text: the resolver checks each address a name resolves to (with the name, so an
 allowlisted hostname vouches for its addresses), and the socket factory — the last step
 before ``connect()``, reached by IP-literal URLs that skip the resolver — checks the
-address once more. ``localhost`` aliases resolve to loopback without asking DNS (RFC 6761),
-proxies from the environment are ignored, and only http/https are spoken.
+address once more, on behalf of the request being connected and no other: a name's
+permission never outlives its request, and an out-of-scope literal is refused before the
+connection pool is even asked. ``localhost`` aliases resolve to loopback without asking DNS
+(RFC 6761), proxies from the environment are ignored, and only http/https are spoken.
 
 Failures are sorted into a few error classes (:func:`classify_error`) shared by the batch
 fetcher and the load generator, so a result names *what* went wrong in one word.
@@ -48,14 +50,13 @@ TRANSIENT = frozenset({TIMEOUT, CONNECTION_REFUSED, CONNECTION_ERROR})
 class ScopedResolver(AbstractResolver):
     """Resolves names like the system does, then refuses the lot if any address is out of scope.
 
-    Addresses that only an allowlisted *name* admits are remembered, so the socket factory
-    lets exactly those through too.
+    It keeps nothing between requests: what a name's resolution allowed is decided again, for
+    that request alone, by the socket factory (:func:`guarded_socket_factory`).
     """
 
     def __init__(self, scope: Scope, inner: AbstractResolver | None = None) -> None:
         self._scope = scope
         self._inner = inner or DefaultResolver()
-        self.vouched: set[IPAddress] = set()
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
@@ -64,7 +65,6 @@ class ScopedResolver(AbstractResolver):
             results = [_result(host, literal, port)]
         elif is_localhost_alias(host):
             results = [_result(host, parse_ip(a), port) for a in LOCALHOST_ADDRESSES]  # type: ignore[arg-type]
-            host = "localhost"
         else:
             marks = _HOP.get()
             started = time.perf_counter()
@@ -72,9 +72,7 @@ class ScopedResolver(AbstractResolver):
             if marks is not None:
                 marks.dns = time.perf_counter() - started
         for result in results:
-            addr = self._scope.check_address(result["host"], via=host)
-            if not self._scope.allows_address(addr):
-                self.vouched.add(addr)
+            self._scope.check_peer(result["host"], host)
         return results
 
     async def close(self) -> None:
@@ -87,15 +85,18 @@ def _result(hostname: str, addr: IPAddress, port: int) -> ResolveResult:
                          proto=0, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
 
 
-def guarded_socket_factory(scope: Scope, resolver: ScopedResolver) -> Callable[[Any], socket.socket]:
-    """A TCPConnector socket factory that refuses to create a socket for an out-of-scope peer."""
+def guarded_socket_factory(scope: Scope) -> Callable[[Any], socket.socket]:
+    """A TCPConnector socket factory that refuses to create a socket for an out-of-scope peer.
+
+    The peer is checked as the address the socket will connect to, on behalf of the request
+    being connected (:class:`ScopedConnector` names its host): an allowlisted name vouches
+    for its own addresses in its own request, never for a later request to a literal.
+    Never-allowed classes are refused here too, whatever vouches for them.
+    """
 
     def create(addr_info: Any) -> socket.socket:
         family, type_, proto, _, sockaddr = addr_info
-        addr = parse_ip(str(sockaddr[0]))
-        if addr is None or (addr not in resolver.vouched and not scope.allows_address(addr)):
-            scope.check_address(str(sockaddr[0]))  # raises OutOfScope with the reason
-            raise OutOfScope(f"{sockaddr[0]} is out of scope")
+        scope.check_peer(str(sockaddr[0]), _PEER_HOST.get())
         marks = _HOP.get()
         if marks is not None:
             marks.connect_started = time.perf_counter()
@@ -105,17 +106,50 @@ def guarded_socket_factory(scope: Scope, resolver: ScopedResolver) -> Callable[[
 
 
 class ScopedConnector(aiohttp.TCPConnector):
-    """A TCPConnector that speaks plain http/https only (no ws://, no tcp://) and times the
-    connections it opens for requests that carry :class:`HopTimings`."""
+    """A TCPConnector that speaks plain http/https only (no ws://, no tcp://), connects each
+    request on its own host's authority, and times the connections it opens for requests that
+    carry :class:`HopTimings`."""
 
     allowed_protocol_schema_set = SCHEMES
 
-    async def connect(self, *args: Any, **kwargs: Any) -> Any:
-        connection = await super().connect(*args, **kwargs)
+    def __init__(self, scope: Scope, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._scope = scope
+        self._literals: dict[str, OutOfScope | None] = {}  # IP-literal host → refusal, if any
+
+    async def connect(self, req: Any, *args: Any, **kwargs: Any) -> Any:
+        if req.proxy is not None:  # the socket would go to the proxy, vouched for by the target
+            raise OutOfScope(f"proxy {req.proxy} refused: LEWIS connects directly, never through one")
+        host = req.url.raw_host
+        self._check_literal(host)  # before the pool: no pooled connection serves a refused peer
+        token = _PEER_HOST.set(host)
+        try:
+            connection = await super().connect(req, *args, **kwargs)
+        finally:
+            _PEER_HOST.reset(token)
         marks = _HOP.get()
         if marks is not None and marks.connect_started is not None:  # a new socket was made
             marks.connect = time.perf_counter() - marks.connect_started
         return connection
+
+    def _check_literal(self, host: str | None) -> None:
+        """OutOfScope for a host that is an address outside the scope (cached per host)."""
+        if host is None:
+            return
+        try:
+            refusal = self._literals[host]
+        except KeyError:
+            refusal = None
+            if parse_ip(host) is not None:
+                try:
+                    self._scope.check_peer(host, None)
+                except OutOfScope as exc:
+                    refusal = exc
+            if len(self._literals) >= 4096:
+                self._literals.clear()
+            self._literals[host] = refusal
+        if refusal is not None:
+            raise OutOfScope(str(refusal))
 
 
 def create_session(scope: Scope, *, max_connections: int, limit_per_host: int,
@@ -130,12 +164,12 @@ def create_session(scope: Scope, *, max_connections: int, limit_per_host: int,
     asyncio.get_running_loop()  # fail here, not at the first request, when called off-loop
     if max_connections < 1:
         raise InvalidInput(f"max_connections must be ≥ 1, not {max_connections}")
-    resolver = ScopedResolver(scope)
     connector = ScopedConnector(
+        scope,
         limit=max_connections,
         limit_per_host=max(0, limit_per_host),
-        resolver=resolver,
-        socket_factory=guarded_socket_factory(scope, resolver),
+        resolver=ScopedResolver(scope),
+        socket_factory=guarded_socket_factory(scope),
         force_close=not keep_alive,
         ssl=verify_tls,
         ttl_dns_cache=10,
@@ -175,6 +209,9 @@ def stop_timing(token: Any) -> None:
 
 
 _HOP: ContextVar[HopTimings | None] = ContextVar("lewis_http_hop", default=None)
+# The host of the request being connected: set by ScopedConnector.connect for the socket
+# factory below it (the same task, or tasks it starts, which copy the context).
+_PEER_HOST: ContextVar[str | None] = ContextVar("lewis_http_peer_host", default=None)
 
 
 def classify_error(exc: BaseException) -> tuple[str, str]:

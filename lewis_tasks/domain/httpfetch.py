@@ -4,7 +4,8 @@
 from :func:`~lewis_tasks.domain.httpclient.create_session`. Redirects are followed here,
 one hop at a time, so the session's scope guard checks every hop's addresses. Each URL has
 one time budget covering its hops and retries; a URL that fails becomes an ``HttpOutcome``
-with an error class, and the batch goes on.
+with an error class, and the batch goes on. Outcomes show URLs with their credentials masked
+(:func:`~.redact.redact_url`): they are stored and printed.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from typing import Any, NamedTuple
 import aiohttp
 import orjson
 from multidict import istr
-from yarl import URL
 
 from ..errors import InvalidInput
 from . import httpclient as hc
-from .httprequest import METHODS, HttpRequest, normalise_url
+from .httprequest import METHODS, HttpRequest, normalise_url, resolve_location
+from .redact import redact_url
 
 IDEMPOTENT = frozenset({"GET", "HEAD"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -37,6 +38,7 @@ _MAX_HEADER_VALUE = 1024
 _SELECTED_KEYS = tuple((name, istr(name)) for name in SELECTED_HEADERS)
 _CONTENT_ENCODING = istr("Content-Encoding")
 _DROP_CROSS_ORIGIN = frozenset({"authorization", "cookie", "proxy-authorization"})
+MAX_URL_LENGTH = 8192  # characters; the default of http.max_url_length
 
 
 # The result types are NamedTuples, not frozen dataclasses: a batch builds one per URL on the
@@ -109,14 +111,16 @@ async def fetch_all(session: aiohttp.ClientSession,
                     requests: Iterable[str | Mapping[str, Any] | HttpRequest], *,
                     concurrency: int, max_body_bytes: int, max_redirects: int, retries: int,
                     total_timeout: float, on_result: Callable[[HttpOutcome], None] | None = None,
-                    backoff: float = 0.1) -> list[HttpOutcome]:
+                    backoff: float = 0.1,
+                    max_url_length: int = MAX_URL_LENGTH) -> list[HttpOutcome]:
     """One HttpOutcome per request, in order; at most ``concurrency`` in flight.
 
     ``total_timeout`` bounds each URL (hops and retries included); ``on_result`` is called
     as each URL finishes, for progress. A one-off :class:`FetchPool`.
     """
     pool = FetchPool(session, concurrency=concurrency, max_body_bytes=max_body_bytes,
-                     max_redirects=max_redirects, retries=retries, backoff=backoff)
+                     max_redirects=max_redirects, retries=retries, backoff=backoff,
+                     max_url_length=max_url_length)
     return await pool.fetch(requests, total_timeout=total_timeout, on_result=on_result)
 
 
@@ -130,15 +134,17 @@ class FetchPool:
     """
 
     def __init__(self, session: aiohttp.ClientSession, *, concurrency: int, max_body_bytes: int,
-                 max_redirects: int, retries: int, backoff: float = 0.1) -> None:
+                 max_redirects: int, retries: int, backoff: float = 0.1,
+                 max_url_length: int = MAX_URL_LENGTH) -> None:
         for name, value, low in (("concurrency", concurrency, 1),
                                  ("max_body_bytes", max_body_bytes, 0),
-                                 ("max_redirects", max_redirects, 0), ("retries", retries, 0)):
+                                 ("max_redirects", max_redirects, 0), ("retries", retries, 0),
+                                 ("max_url_length", max_url_length, 1)):
             if value < low:
                 raise InvalidInput(f"{name} must be ≥ {low}, not {value}")
         self.session = session
         self.concurrency = concurrency
-        self._options = (max_body_bytes, max_redirects, retries, backoff)
+        self._options = (max_body_bytes, max_redirects, retries, backoff, max_url_length)
         self._queue: deque[tuple[_Job, int]] = deque()
         self._fetchers = 0
         self._running: set[asyncio.Task[None]] = set()
@@ -175,7 +181,7 @@ class FetchPool:
                 job.cancel(self._watchdog)
 
     async def _fetcher(self, slot: int) -> None:
-        max_body, max_redirects, retries, backoff = self._options
+        max_body, max_redirects, retries, backoff, max_url = self._options
         me = asyncio.current_task()
         assert me is not None
         try:
@@ -187,7 +193,7 @@ class FetchPool:
                 try:
                     outcome = await _fetch_one(self.session, me, slot, i, job.items[i],
                                                max_body, max_redirects, retries,
-                                               self._watchdog, job.budget, backoff)
+                                               self._watchdog, job.budget, backoff, max_url)
                 finally:
                     job.running.discard(slot)
                 job.finish(i, outcome)
@@ -285,19 +291,24 @@ class _Watchdog:
 
 async def _fetch_one(session: aiohttp.ClientSession, task: asyncio.Task[Any], slot: int,
                      index: int, item: Any, max_body: int, max_redirects: int, retries: int,
-                     watchdog: _Watchdog, budget: float, backoff: float) -> HttpOutcome:
+                     watchdog: _Watchdog, budget: float, backoff: float,
+                     max_url: int) -> HttpOutcome:
     started = time.perf_counter()
     try:
+        _check_length(_url_of(item), max_url)
         request = HttpRequest.parse(item)
     except InvalidInput as exc:
         url = _url_of(item)
         try:  # was it the URL, or the rest of the request?
+            _check_length(url, max_url)
             normalise_url(url)
             error = hc.INVALID_REQUEST
         except InvalidInput:
             error = hc.INVALID_URL
         method = str(item.get("method") or "GET") if isinstance(item, Mapping) else "GET"
-        return HttpOutcome(index, url, method, error=error, message=str(exc), attempts=0)
+        shown = url if len(url) <= max_url else url[:max_url] + "…"
+        return HttpOutcome(index, redact_url(shown), method, error=error,
+                           message=redact_url(str(exc)), attempts=0)
     attempt = 0
     hops: list[RedirectHop] = []  # of the current attempt, kept when it fails
     watchdog.arm(slot, started + budget, task)
@@ -307,7 +318,7 @@ async def _fetch_one(session: aiohttp.ClientSession, task: asyncio.Task[Any], sl
             hops = []
             try:
                 outcome = await _follow(session, index, request, max_body, max_redirects,
-                                        started, attempt, hops)
+                                        max_url, started, attempt, hops)
                 if watchdog.disarm(slot):  # ended in the same step as the sweep fired
                     task.uncancel()
                 return outcome
@@ -328,13 +339,18 @@ async def _fetch_one(session: aiohttp.ClientSession, task: asyncio.Task[Any], sl
             raise  # not (only) the watchdog: the fetcher itself is being stopped
         error, message = hc.TIMEOUT, f"no complete answer within {budget:g} s"
     total = _ms(time.perf_counter() - started)
-    return HttpOutcome(index, request.url, request.method, redirects=tuple(hops),
-                       timings=Timings(total_ms=total), error=error, message=message,
-                       attempts=attempt)
+    return HttpOutcome(index, redact_url(request.url), request.method, redirects=tuple(hops),
+                       timings=Timings(total_ms=total), error=error,
+                       message=redact_url(message), attempts=attempt)
+
+
+def _check_length(url: str, cap: int) -> None:
+    if len(url) > cap:
+        raise InvalidInput(f"the URL is {len(url):,} characters long, over the cap of {cap:,}")
 
 
 async def _follow(session: aiohttp.ClientSession, index: int, request: HttpRequest,
-                  max_body: int, max_redirects: int, started: float, attempt: int,
+                  max_body: int, max_redirects: int, max_url: int, started: float, attempt: int,
                   hops: list[RedirectHop]) -> HttpOutcome:
     url, method, body = normalise_url(request.url), request.method, request.body
     headers = dict(request.headers) if request.headers else None
@@ -351,13 +367,16 @@ async def _follow(session: aiohttp.ClientSession, index: int, request: HttpReque
             ttfb = time.perf_counter() - sent
             location = resp.headers.get("Location")
             if resp.status in REDIRECTS and location:
-                hops.append(RedirectHop(str(url), resp.status, location))
+                hops.append(RedirectHop(redact_url(str(url)), resp.status,
+                                        redact_url(location[:max_url])))
                 if len(hops) > max_redirects:
                     raise _Failed(hc.TOO_MANY_REDIRECTS, f"more than {max_redirects} redirects")
                 try:
-                    target = normalise_url(url.join(URL(location)))
+                    _check_length(location, max_url)
+                    target = resolve_location(url, location)
+                    _check_length(str(target), max_url)
                 except (InvalidInput, ValueError) as exc:
-                    raise _Failed(hc.INVALID_URL, f"redirect to {location!r}: {exc}") from None
+                    raise _Failed(hc.INVALID_URL, f"redirect to {location[:200]!r}: {exc}") from None
                 if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
                     method = "GET" if method != "HEAD" else "HEAD"
                     body = None
@@ -375,8 +394,8 @@ async def _follow(session: aiohttp.ClientSession, index: int, request: HttpReque
             ttfb -= (marks.dns or 0.0) + (marks.connect or 0.0)  # phases of their own
             timings = Timings(_ms_if(marks.dns), _ms_if(marks.connect), _ms(max(0.0, ttfb)),
                               _ms(time.perf_counter() - started))
-            final = str(url) if hops else request.url
-            return HttpOutcome(index, request.url, request.method, final, resp.status,
+            final = redact_url(str(url) if hops else request.url)
+            return HttpOutcome(index, redact_url(request.url), request.method, final, resp.status,
                                tuple(hops), timings, size, digest, truncated, tuple(selected),
                                attempts=attempt)
 

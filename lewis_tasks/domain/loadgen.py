@@ -33,6 +33,7 @@ from . import httpclient as hc
 from .histogram import LatencyHistogram
 from .httprequest import normalise_url
 from .pacer import Pacer
+from .redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +187,8 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
         if ticker is not None:
             ticker.cancel()
     if run.refused is not None:
-        raise OutOfScope(f"load test refused: {run.refused}")
-    return LoadResult(str(target), method, "closed" if rate is None else "open", concurrency,
+        raise OutOfScope(f"load test refused: {redact_url(run.refused)}")
+    return LoadResult(redact_url(str(target)), method, "closed" if rate is None else "open", concurrency,
                       rate, run.started_at, run.elapsed, run.answered, run.bytes,
                       {str(k): n for k, n in sorted(run.statuses.items())},
                       dict(sorted(run.errors.items())), run.latency, warmup=warmed,

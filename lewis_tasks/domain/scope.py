@@ -6,13 +6,18 @@ connect time, by the scanner's and the HTTP client's resolvers — never on the 
 
 Rules, in order:
 
-1. The address text is normalised first: IPv4-mapped and IPv4-compatible IPv6
-   (``::ffff:10.0.0.1``), decimal (``2130706433``), hex (``0x7f.1``), octal and short
-   (``127.1``) IPv4 forms all become the plain address they mean.
+1. The address text is normalised first: IPv4-mapped IPv6 (``::ffff:10.0.0.1``, which the
+   kernel connects as IPv4), decimal (``2130706433``), hex (``0x7f.1``), octal and short
+   (``127.1``) IPv4 forms all become the plain address they mean. The numeric forms are read
+   by the URL Standard's IPv4 parser (:mod:`.urlhost`), the one reading every check shares.
+   Every other IPv6 form that embeds IPv4 — compatible ``::a.b.c.d``, 6to4 ``2002::/16``,
+   NAT64 ``64:ff9b::/96``, Teredo ``2001::/32`` — is the IPv6 address it is: the socket
+   connects there, so that is what is checked. ``%`` is a zone id only in IPv6 text.
 2. Unspecified (``0.0.0.0``, ``::``), multicast and broadcast addresses are always refused.
 3. An address inside an allowed CIDR is allowed.
 4. A hostname on the allowlist by name allows the addresses it resolves to (the operator
-   vouched for that name); any other name's addresses must pass rule 3 on their own.
+   vouched for that name) — for the request that asked for that name only
+   (:meth:`Scope.check_peer`); any other name's addresses must pass rule 3 on their own.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidInput, OutOfScope
+from .urlhost import ends_in_number, parse_ipv4
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -49,30 +55,30 @@ def parse_ip(text: str) -> IPAddress | None:
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    if "%" in text:  # zone index (fe80::1%eth0): the scope id never widens the address
-        text = text.split("%", 1)[0]
-    try:
-        addr: IPAddress = ipaddress.ip_address(text)
-    except ValueError:
-        addr = None  # type: ignore[assignment]
-        if text and all(c in "0123456789abcdefxABCDEFX." for c in text) and text[0].isdigit():
-            try:  # the libc forms: 2130706433, 0x7f000001, 0177.0.0.1, 127.1
-                addr = ipaddress.IPv4Address(socket.inet_aton(text))
-            except OSError:
-                return None
-        if addr is None:
+    if ":" in text:  # IPv6; a zone index (fe80::1%eth0) never widens the address
+        try:
+            return unmap(ipaddress.IPv6Address(text.split("%", 1)[0]))
+        except ValueError:
             return None
-    return unmap(addr)
+    if not ends_in_number(text):  # a name (and no exception raised to find that out)
+        return None
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        pass
+    # the legacy forms 2130706433, 0x7f000001, 0177.0.0.1, 127.1; "%" is no zone id here:
+    # "127%1" and "127.0.0.1%2e.evil.com" are not addresses
+    return parse_ipv4(text)
 
 
 def unmap(addr: IPAddress) -> IPAddress:
-    """IPv4 carried inside IPv6 (mapped ``::ffff:a.b.c.d`` or compatible ``::a.b.c.d``) → IPv4."""
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return addr.ipv4_mapped
-        packed = addr.packed
-        if packed[:12] == bytes(12) and int(addr) > 1:  # ::a.b.c.d, but not :: or ::1
-            return ipaddress.IPv4Address(packed[12:])
+    """IPv4-mapped IPv6 (``::ffff:a.b.c.d``) → the IPv4 address the kernel connects to.
+
+    Only the mapped form: a socket connects IPv4-compatible (``::a.b.c.d``), 6to4, NAT64 and
+    Teredo addresses as IPv6, to wherever IPv6 routes them.
+    """
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
     return addr
 
 
@@ -129,6 +135,22 @@ class Scope:
             return False
         return any(addr in net for net in self.networks if net.version == addr.version)
 
+    def check_peer(self, address: str | IPAddress, host: str | None) -> IPAddress:
+        """The last check before ``connect()``: ``address`` is where the socket goes, ``host``
+        the host of the request it is for. Only a *name* vouches for its addresses, and only
+        for its own request: an IP literal (or no host) vouches for nothing. Never-allowed
+        classes are refused first, whatever the name. OutOfScope, else the address."""
+        addr = parse_ip(address) if isinstance(address, str) else unmap(address)
+        if addr is None:
+            raise OutOfScope(f"{address!r} is not an IP address; refused")
+        reason = never_allowed(addr)
+        if reason:
+            raise OutOfScope(f"{addr} is out of scope: {reason}es are never allowed")
+        via = None
+        if host is not None and parse_ip(host) is None:
+            via = "localhost" if is_localhost_alias(host) else host
+        return self.check_address(addr, via=via)
+
     def check_address(self, address: str | IPAddress, via: str | None = None) -> IPAddress:
         """The normalised address if LEWIS may connect to it; else OutOfScope naming it."""
         addr = parse_ip(address) if isinstance(address, str) else unmap(address)
@@ -146,9 +168,11 @@ class Scope:
         return addr
 
     def resolve(self, host: str, port: int = 0) -> list[IPAddress]:
-        """Every address ``host`` resolves to, each checked; OutOfScope if any is outside."""
-        name = "localhost" if is_localhost_alias(host) else host
-        return self._checked(name, _getaddrinfo_sync(host, port))
+        """Every address ``host`` resolves to, each checked; OutOfScope if any is outside.
+
+        Address literals and localhost aliases are answered here, never by the system
+        resolver (a hosts file must not move "localhost")."""
+        return self._checked(host, _getaddrinfo_sync(host, port))
 
     async def resolve_async(self, host: str, port: int = 0) -> list[IPAddress]:
         """:meth:`resolve` on the running event loop's resolver."""
@@ -156,7 +180,7 @@ class Scope:
         if addr is not None:
             return [self.check_address(addr)]
         if is_localhost_alias(host):
-            return self._checked("localhost", LOCALHOST_ADDRESSES)
+            return self._checked(host, LOCALHOST_ADDRESSES)
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -167,7 +191,7 @@ class Scope:
     def _checked(self, host: str, addresses: Sequence[str]) -> list[IPAddress]:
         seen: list[IPAddress] = []
         for text in addresses:
-            addr = self.check_address(text, via=host)
+            addr = self.check_peer(text, host)
             if addr not in seen:
                 seen.append(addr)
         if not seen:
@@ -189,13 +213,18 @@ def _getaddrinfo_sync(host: str, port: int) -> list[str]:
 
 
 def _is_hostname_pattern(text: str) -> bool:
-    labels = text.rstrip(".").split(".")
+    """RFC 1123 host names (labels of 1–63 letters, digits and inner hyphens, 253 characters
+    in all), with ``*`` allowed as the first label."""
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > 253 or ends_in_number(name):  # 1.2.3.4.5 is no name
+        return False
+    labels = name.split(".")
     for i, label in enumerate(labels):
         if label == "*" and i == 0:
             continue
         if not label or len(label) > 63 or label.startswith("-") or label.endswith("-"):
             return False
-        if not all(c.isalnum() or c == "-" for c in label):
+        if not all(c.isascii() and (c.isalnum() or c == "-") for c in label):
             return False
     return True
 

@@ -21,6 +21,7 @@ from celery.exceptions import ChordError
 from celery.result import AsyncResult
 
 from ..domain.httprequest import HttpRequest, normalise_url
+from ..domain.redact import redact_url
 from ..domain.scope import Scope, is_localhost_alias, parse_ip
 from ..errors import InvalidInput, TransientError
 from ..infra.config import Settings, get_settings
@@ -184,7 +185,7 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
     target = str(normalise_url(url))
     _check_scope(settings, target)
     run_id = uuid.uuid4().hex
-    request = {"url": target, "method": method, "concurrency": concurrency,
+    request = {"url": redact_url(target), "method": method, "concurrency": concurrency,
                "duration": duration, "requests": requests, "rate": rate, "workers": workers}
     soft, hard = loadtest_budget(settings).time_limits(duration)
     if start_within is None:

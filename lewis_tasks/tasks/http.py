@@ -26,6 +26,7 @@ from ..domain.histogram import LatencyHistogram
 from ..domain.httpclient import TIMEOUT, create_session
 from ..domain.httpfetch import FetchPool, HttpOutcome, summarise
 from ..domain.loadgen import LoadResult, run_loadtest
+from ..domain.redact import redact_url
 from ..domain.scope import Scope
 from ..errors import InvalidInput
 from ..infra import aio
@@ -128,13 +129,16 @@ async def _process_pool() -> FetchPool:
         settings = get_settings()
         _pool = FetchPool(session, concurrency=settings.network.max_connections,
                           max_body_bytes=settings.http.max_body_bytes,
-                          max_redirects=settings.http.max_redirects, retries=settings.http.retries)
+                          max_redirects=settings.http.max_redirects, retries=settings.http.retries,
+                          max_url_length=settings.http.max_url_length)
     return _pool
 
 
 def _out_of_time(index: int, item: Any, seconds: float) -> HttpOutcome:
     url = str(item.get("url", "")) if isinstance(item, Mapping) else str(item)
     method = str(item.get("method") or "GET") if isinstance(item, Mapping) else "GET"
+    cap = get_settings().http.max_url_length
+    url = redact_url(url if len(url) <= cap else url[:cap] + "…")
     return HttpOutcome(index, url, method, error=TIMEOUT, attempts=0,
                        message=f"the chunk's time ({seconds:.0f} s) ran out before this URL")
 

@@ -7,11 +7,13 @@ spelling 127.0.0.1 must be refused before a byte reaches that server.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver
 
 from lewis_tasks.domain.httpclient import (
     CONNECTION_REFUSED,
@@ -19,9 +21,11 @@ from lewis_tasks.domain.httpclient import (
     OUT_OF_SCOPE,
     TLS,
     TOO_LARGE,
+    ScopedConnector,
     ScopedResolver,
     classify_error,
     create_session,
+    guarded_socket_factory,
     is_localhost_alias,
 )
 from lewis_tasks.domain.scope import Scope
@@ -181,3 +185,119 @@ def test_session_must_be_created_on_a_running_loop() -> None:
     with pytest.raises(RuntimeError):
         create_session(NARROW, max_connections=1, limit_per_host=1, connect_timeout=1,
                        read_timeout=1, keep_alive=True)
+
+
+# --- a name's permission belongs to its own request (issue 12, item 1) ---------------------
+
+def test_a_name_opens_its_addresses_for_its_own_requests_only(servers: ServerThread) -> None:
+    # Given a scope that names localhost but allows only 127.0.0.2 by address
+    scope = Scope.from_allow(["127.0.0.2/32", "localhost"])
+    target = outside(servers)  # on 127.0.0.1: reachable by the name only
+    port = target.port
+
+    async def use(session: aiohttp.ClientSession) -> list[tuple[int | None, str | None, str]]:
+        seen = []
+        for url in [f"http://localhost:{port}/", f"http://127.0.0.1:{port}/",
+                    f"http://[::ffff:127.0.0.1]:{port}/", f"http://[::ffff:7f00:1]:{port}/",
+                    f"http://[::1]:{port}/", f"http://localhost:{port}/"]:
+            try:
+                async with session.get(url, allow_redirects=False) as resp:
+                    seen.append((resp.status, None, await resp.text()))
+            except Exception as exc:
+                seen.append((None, *classify_error(exc)))
+        return seen
+
+    before = sum(target.hits.values())
+    # When the name is fetched (a keep-alive connection stays in the pool), then the address
+    # it resolved to is asked for by literal spellings, on the same session
+    first, *literals, again = run_with_session(scope, use)
+    # Then the name is answered, before and after, and every literal is refused
+    assert first[:1] == again[:1] == (200,), (first, again)
+    assert [r[1] for r in literals] == [OUT_OF_SCOPE] * len(literals), literals
+    assert "127.0.0.1 is out of scope: not in the allowlist 127.0.0.2/32" in literals[0][2]
+    assert sum(target.hits.values()) == before + 2  # the two by name, nothing else
+
+
+@pytest.mark.parametrize("answers", [["0.0.0.0"], ["224.0.0.1"], ["::"], ["255.255.255.255"],
+                                     ["0.0.0.0", "::"]])
+def test_the_socket_factory_refuses_never_allowed_peers_whatever_names_them(
+        servers: ServerThread, answers: list[str]) -> None:
+    # Given a resolver that is no guard at all: it answers never-allowed addresses for a name
+    # the allowlist names, so only the socket factory stands between the name and connect()
+    class Lying(AbstractResolver):
+        async def resolve(self, host: str, port: int = 0, family: Any = 0) -> list[Any]:
+            return [{"hostname": host, "host": a, "port": port, "proto": 0, "flags": 0,
+                     "family": socket.AF_INET6 if ":" in a else socket.AF_INET} for a in answers]
+
+        async def close(self) -> None:
+            pass
+
+    scope = Scope.from_allow(["0.0.0.0/0", "::/0", "*.lab.test"])
+    target = outside(servers)
+    before = sum(target.hits.values())
+
+    async def main() -> tuple[str, str]:
+        connector = ScopedConnector(scope, resolver=Lying(),
+                                    socket_factory=guarded_socket_factory(scope))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            try:
+                await session.get(f"http://db.lab.test:{target.port}/")
+            except Exception as exc:
+                return classify_error(exc)
+        return "", "fetched"
+    error, message = asyncio.run(main())
+    # Then no address gets a socket (0.0.0.0 and :: would reach the server on loopback)
+    assert message != "fetched" and sum(target.hits.values()) == before
+    if len(answers) == 1:  # (happy eyeballs over several refused peers loses the class)
+        assert error == OUT_OF_SCOPE, message
+        assert message.startswith(f"{answers[0]} is out of scope: "), message
+        assert message.endswith("es are never allowed"), message
+
+
+def test_a_proxy_is_refused_rather_than_vouched_for(servers: ServerThread) -> None:
+    proxy, target = servers.servers[2], inside(servers)
+    before = sum(proxy.hits.values())
+
+    async def use(session: aiohttp.ClientSession) -> tuple[str, str]:
+        try:
+            await session.get(target.url + "/", proxy=proxy.url)
+        except Exception as exc:
+            return classify_error(exc)
+        return "", "fetched"
+    error, message = run_with_session(Scope.from_allow(["127.0.0.2/32", "127.0.0.3/32"]), use)
+    assert error == OUT_OF_SCOPE and message.startswith(f"proxy {proxy.url} refused"), message
+    assert sum(proxy.hits.values()) == before
+
+
+def test_the_resolver_keeps_nothing_between_requests() -> None:
+    async def main() -> dict[str, Any]:
+        resolver = ScopedResolver(Scope.from_allow(["localhost"]))
+        await resolver.resolve("localhost", 80)
+        state = dict(vars(resolver))
+        await resolver.close()
+        return state
+    assert set(asyncio.run(main())) == {"_scope", "_inner"}
+
+
+def test_the_connector_refuses_an_out_of_scope_literal_before_its_pool(servers: ServerThread) -> None:
+    # Given a connector whose socket factory guards nothing (plain sockets), so only the
+    # connector's own look at the request's host stands in the way
+    target = outside(servers)
+    before = sum(target.hits.values())
+
+    async def main() -> list[tuple[str, str]]:
+        connector = ScopedConnector(NARROW, resolver=ScopedResolver(NARROW))
+        seen = []
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for host in ("127.0.0.1", "[::ffff:7f00:1]", "[::1]"):
+                try:
+                    await session.get(f"http://{host}:{target.port}/")
+                    seen.append(("", "fetched"))
+                except Exception as exc:
+                    seen.append(classify_error(exc))
+        return seen
+    results = asyncio.run(main())
+    assert [error for error, _ in results] == [OUT_OF_SCOPE] * 3, results
+    assert results[0][1] == "127.0.0.1 is out of scope: not in the allowlist 127.0.0.2/32"
+    assert results[2][1].startswith("::1 is out of scope")
+    assert sum(target.hits.values()) == before

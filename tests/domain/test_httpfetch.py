@@ -7,11 +7,13 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from lewis_tasks.domain.httpclient import create_session
 from lewis_tasks.domain.httpfetch import (
+    FetchPool,
     HttpOutcome,
     HttpRequest,
     decode_outcomes,
@@ -382,3 +384,97 @@ def test_a_failing_progress_callback_fails_that_batch_only(app2: str) -> None:
             return await pool.fetch([app2 + "/"] * 3, total_timeout=5)
 
     assert [o.status for o in asyncio.run(main())] == [200, 200, 200]
+
+
+# --- bad input is a per-URL outcome at once (issue 12, items 4 and 10) ---------------------
+
+def test_a_body_that_cannot_be_encoded_is_invalid_request_at_once(app2: str) -> None:
+    # Given a POST whose body holds a lone surrogate (no UTF-8 bytes say it), beside a good one
+    bad = {"url": app2 + "/echo", "method": "POST", "body": "caf\udce9"}
+    good = {"url": app2 + "/echo", "method": "POST", "body": "café"}
+    # When the batch runs with a long budget
+    refused, answered = fetch([bad, good], total_timeout=30.0)
+    # Then the bad one is refused without a request and well inside its budget
+    assert refused.error == "invalid_request" and refused.attempts == 0
+    assert refused.message == "the body is not encodable text: surrogates not allowed at position 3"
+    assert refused.timings.total_ms == 0.0
+    assert answered.status == 200 and answered.bytes > 0
+
+
+@pytest.mark.parametrize("header", [{"X-Bad": "a\udcffb"}, {"X-\udcff": "v"}, {"X-Bäd": "v"}])
+def test_headers_that_cannot_be_sent_are_invalid_request(app2: str, header: dict[str, str]) -> None:
+    [outcome] = fetch([{"url": app2 + "/echo", "headers": header}])
+    assert (outcome.error, outcome.attempts) == ("invalid_request", 0)
+    assert "is malformed" in (outcome.message or "")
+
+
+def test_a_url_over_the_length_cap_is_invalid_url(app2: str) -> None:
+    base = app2 + "/status/204?q="
+    at_cap = base + "x" * (300 - len(base))
+    over = at_cap + "y"
+    # a cap of 300 characters: exactly 300 is fetched, 301 is refused before any request
+    fits, refused = fetch([at_cap, over], max_url_length=300)
+    assert fits.status == 204
+    assert (refused.error, refused.attempts) == ("invalid_url", 0)
+    assert refused.message == "the URL is 301 characters long, over the cap of 300"
+    assert refused.url == over[:300] + "…"  # the stored text stays within the cap
+
+
+def test_a_redirect_over_the_length_cap_is_invalid_url(app2: str) -> None:
+    # Given redirects to relative Locations that make URLs just within and just over the cap
+    fits_at = 300 - len(app2)
+    fits, refused = fetch([f"{app2}/long/{fits_at}", f"{app2}/long/{fits_at + 1}"],
+                          max_url_length=300)
+    # Then the one within is followed, and the one over is refused at the hop
+    assert fits.status == 204 and len(fits.final_url or "") == 300
+    assert refused.error == "invalid_url" and refused.status is None
+    assert refused.message is not None
+    assert refused.message.endswith("the URL is 301 characters long, over the cap of 300")
+    assert len(refused.redirects[0].location) == fits_at + 1
+
+
+def test_the_default_url_length_cap_is_8_kib() -> None:
+    assert FetchPool.__init__.__kwdefaults__["max_url_length"] == 8192  # type: ignore[index]
+    with pytest.raises(InvalidInput, match="max_url_length must be ≥ 1, not 0"):
+        fetch(["http://127.0.0.2/"], max_url_length=0)
+
+
+def test_credentials_in_urls_are_masked_in_outcomes(app2: str) -> None:
+    # Given URLs that carry a password, a bare token, and a redirect that hands one on
+    host = app2.removeprefix("http://")
+    urls = [f"http://alice:s3cr3t-pw@{host}/status/200",
+            f"http://t0ken-xyz@{host}/redirect/1",
+            f"{app2}/to?url={quote(f'http://bob:hunter22@{host}/status/201')}",
+            f"http://carol:pa55word@{host}:bad/"]
+    outcomes = fetch(urls)
+    # Then no secret survives in anything an outcome would store or print
+    shown = json.dumps([o.to_dict() for o in outcomes])
+    for secret in ("s3cr3t-pw", "t0ken-xyz", "hunter22", "pa55word"):
+        assert secret not in shown
+    assert outcomes[0].url == f"http://alice:***@{host}/status/200" and outcomes[0].status == 200
+    assert outcomes[1].url == f"http://***@{host}/redirect/1"
+    assert outcomes[1].final_url == f"http://***@{host}/redirect/0"  # same origin: still sent
+    assert outcomes[2].redirects[0].location == f"http://bob:***@{host}/status/201"
+    assert outcomes[2].final_url == f"http://bob:***@{host}/status/201"
+    assert outcomes[3].error == "invalid_url" and outcomes[3].url.startswith("http://carol:***@")
+
+
+@pytest.mark.parametrize("location", [
+    "http://127.0.0.2:1\\\\@127.0.0.1:2/",  # \\ ends the authority for a browser
+    "/\\\\127.0.0.1:2/",  # path-absolute to yarl, a new authority to a browser
+    "\\\\\\\\127.0.0.1:2/",
+    "http://127%251:2/",
+    "http://127.0.0.1%252e.evil.test:2/",
+    "http://ex%2541mple.test/",
+    "http://1.2.3.4.5/",
+    "http://0x100000000/",
+])
+def test_a_redirect_whose_host_two_parsers_read_differently_is_refused(
+        servers: ServerThread, app2: str, location: str) -> None:
+    target = servers.servers[0]
+    before = sum(target.hits.values())
+    [outcome] = fetch([f"{app2}/to?url={location}"])  # the default scope: 127/8 allowed
+    assert outcome.error == "invalid_url", (outcome.error, outcome.message)
+    assert outcome.message is not None and outcome.message.startswith("redirect to ")
+    assert outcome.status is None and len(outcome.redirects) == 1
+    assert sum(target.hits.values()) == before

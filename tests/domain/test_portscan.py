@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -179,6 +181,20 @@ def test_out_of_scope_addresses_are_refused_before_any_packet() -> None:
         asyncio.run(scan_ports("127.0.0.1", [80], scope=narrow))
     with pytest.raises(OutOfScope):
         scan_ports_blocking("0.0.0.0", [80], scope=Scope.from_allow(["0.0.0.0/0"]))
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255",
+                                     "::ffff:0.0.0.0"])
+def test_the_connect_loop_itself_refuses_never_allowed_addresses(address: str) -> None:
+    # The scope check before it is the first line; the loop that opens the sockets is the
+    # second, and takes no scope at all: these classes are refused whatever anyone allowed.
+    listening = ipaddress.ip_address(address)
+    with pytest.raises(OutOfScope, match=f"^{re.escape(str(listening))} is out of scope: .*es are never allowed"):
+        connectloop.ConnectLoop(listening, [free_port("127.0.0.1")], concurrency=1, timeout=0.1,
+                                retries=0, limiter=None, on_progress=None, progress_interval=1)
+    assert connectloop.ConnectLoop(ipaddress.ip_address("127.0.0.1"), [80], concurrency=1,
+                                   timeout=0.1, retries=0, limiter=None, on_progress=None,
+                                   progress_interval=1).address == "127.0.0.1"
 
 
 @pytest.mark.parametrize("kwargs", [{"concurrency": 0}, {"timeout": 0}, {"retries": -1}])

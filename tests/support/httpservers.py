@@ -7,11 +7,15 @@ client code on any other loop can use them. Servers bind to loopback only (127.0
 ``kind``s:
   app           aiohttp app: ``/``, ``/bytes/{n}``, ``/big/{n}`` (streamed), ``/status/{code}``,
                 ``/redirect/{n}``, ``/to?url=..&code=..``, ``/delay/{ms}``, ``/echo``,
+                ``/long/{n}`` (redirects to a Location of n characters),
                 ``/flaky/{key}/{n}`` (drops the first n connections for a key)
   stall         accepts, reads, never answers
   trickle       sends headers then one body byte every ``interval`` seconds
   slow_headers  sends the status line, then one header line every ``interval`` s, forever
   huge_headers  answers with a 20 kB header line (over any client's header limit)
+  sink          counts every connection it accepts (``hits["connections"]``) and every
+                request on it (``hits["requests"]``), answering 200 and keeping the
+                connection open: the forbidden peer of the SSRF tests
 
 Run standalone for a benchmark: ``python tests/support/httpservers.py --port 8080``.
 """
@@ -104,6 +108,11 @@ def build_app(server: RunningServer | None = None) -> web.Application:
         code = int(request.query.get("code", "302"))
         return web.Response(status=code, headers={"Location": request.query["url"]})
 
+    async def long_location(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        head = "/status/204?q="
+        return web.Response(status=302, headers={"Location": head + "z" * (n - len(head))})
+
     async def delay(request: web.Request) -> web.Response:
         await asyncio.sleep(int(request.match_info["ms"]) / 1000)
         return web.Response(text="late")
@@ -128,6 +137,7 @@ def build_app(server: RunningServer | None = None) -> web.Application:
     app.router.add_route("*", "/redirect/{n}", redirect)
     app.router.add_route("*", "/to", to)
     app.router.add_get("/delay/{ms}", delay)
+    app.router.add_get("/long/{n}", long_location)
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/flaky/{key}/{n}", drop_first)
     return app
@@ -197,6 +207,12 @@ async def _start_raw(kind: str, host: str, port: int, interval: float) -> Runnin
         handlers.add(task)
         server.hits["connections"] += 1
         try:
+            if kind == "sink":  # counted above, at accept: a connection is already a hit
+                while True:  # keep-alive, so a pooled connection's requests count too
+                    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                    server.hits["requests"] += 1
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nreached")
+                    await writer.drain()
             await reader.readuntil(b"\r\n\r\n")
             if kind == "stall":
                 await asyncio.Event().wait()
@@ -218,7 +234,8 @@ async def _start_raw(kind: str, host: str, port: int, interval: float) -> Runnin
                 await writer.drain()
             else:
                 raise ValueError(f"unknown server kind {kind!r}")
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError,
+                asyncio.LimitOverrunError, TimeoutError):
             pass
         finally:
             handlers.discard(task)
