@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..domain.redact import redact_url
 from ..errors import ConfigError
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -245,11 +246,6 @@ class Settings:
                     value = redact_url(value) if "://" in str(value) else "***"
                 out[sec.name][f.name] = list(value) if isinstance(value, tuple) else value
         return out
-
-
-def redact_url(url: str) -> str:
-    """``redis://:secret@host:1/0`` → ``redis://:***@host:1/0``; secrets never reach a log."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 _HINTS = typing.get_type_hints(Settings)
