@@ -150,7 +150,9 @@ def run_module(module: Module, *, functions: list[str], children: int, log: Path
         code = subprocess.call(
             [sys.executable, "-c", _CHILD, module.source, ",".join(module.tests), str(children),
              *names], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+            # property tests run a few hundred examples per mutant, not the suite's 10,000:
+            # every mutant reruns them, and the 10 s per-test timeout would kill clean runs
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "LEWIS_PROPERTY_EXAMPLES": "300"})
     if code != 0:
         _die(f"mutmut failed on {module.source} (exit {code}); see {log}")
     return time.monotonic() - started
