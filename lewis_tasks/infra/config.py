@@ -211,7 +211,8 @@ class StackSettings:
     flower_port: int = _opt(0, minimum=0, maximum=65535)  # 0: a free port
     flower_user: str = _opt("")
     flower_password: str = _opt("", secret=True)
-    beat_lock_timeout: int = _opt(15, minimum=2)  # a dead beat's lock expires after this
+    # a dead beat's lease expires after at most this (and at most the shortest job interval)
+    beat_lock_timeout: int = _opt(15, minimum=2)
 
 
 @dataclass(frozen=True)
