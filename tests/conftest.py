@@ -48,6 +48,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
                 item.add_marker(pytest.mark.slow)
+                item.add_marker(pytest.mark.timeout(1800))  # ten times the examples of `ci`
 
 
 @pytest.fixture(scope="session")
