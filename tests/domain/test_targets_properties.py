@@ -141,9 +141,13 @@ def test_any_text_is_a_target_within_the_cap_or_invalid_input(token: str, max_ho
     except InvalidInput:
         return
     assert (target.hostname is None) != (not target.addresses)  # one or the other
+    # nothing but ASCII is read as a digit or a letter ('١٠/٢٤', 'K' for 'k'); an IPv6 zone
+    # id after '%' is the scope's business
+    assert token.strip().split("%", 1)[0].isascii()
     if target.hostname is not None:
         name = target.hostname
-        assert name.isascii() and 0 < len(name) <= 253 and name == name.lower()
+        assert name == token.strip().lower().rstrip(".")  # the name typed, not a look-alike
+        assert 0 < len(name) <= 253
         assert all(0 < len(label) <= 63 for label in name.split("."))
         assert not all(label.isdigit() for label in name.split("."))
     else:
