@@ -152,7 +152,7 @@ def run_module(module: Module, *, functions: list[str], children: int, log: Path
              *names], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             # property tests run a few hundred examples per mutant, not the suite's 10,000:
             # every mutant reruns them, and the 10 s per-test timeout would kill clean runs
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "LEWIS_PROPERTY_EXAMPLES": "300"})
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_PROFILE": "mutation"})
     if code != 0:
         _die(f"mutmut failed on {module.source} (exit {code}); see {log}")
     return time.monotonic() - started

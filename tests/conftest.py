@@ -19,16 +19,20 @@ from hypothesis import settings as hypothesis_settings
 from lewis_tasks.infra.redis_server import EmbeddedRedis
 
 # --- property tests (Hypothesis) ------------------------------------------------------------
-# `ci` (the default): 10,000 examples per property test, no per-example deadline (a shared
-# machine stalls). `slow`: ten times more; chosen by a run that selects slow tests (`-m slow`),
-# which then also selects the property tests. HYPOTHESIS_PROFILE or --hypothesis-profile
-# override both. A test's own @settings(max_examples=...) wins over any profile.
+# `ci` (the default): 2,000 examples per property test — 20 of them make ~70,000 examples a
+# run, the scope guard's five at five times the profile (10,000 each; test_scope_properties),
+# in about a minute on 2 idle cores. `slow`: 100,000 per test; chosen by a run that selects
+# slow tests (`-m slow`), which then also selects the property tests. HYPOTHESIS_PROFILE or
+# --hypothesis-profile override both; `mutation` is scripts/mutation's (every mutant reruns
+# them). No per-example deadline: a shared machine stalls.
 _PROPERTY_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
-hypothesis_settings.register_profile("ci", max_examples=10_000, deadline=None,
+hypothesis_settings.register_profile("ci", max_examples=2_000, deadline=None,
                                      suppress_health_check=_PROPERTY_HEALTH, print_blob=True)
 hypothesis_settings.register_profile("slow", max_examples=100_000, deadline=None,
                                      suppress_health_check=_PROPERTY_HEALTH, print_blob=True)
 hypothesis_settings.register_profile("dev", max_examples=200, deadline=None)
+hypothesis_settings.register_profile("mutation", max_examples=60, deadline=None,
+                                     suppress_health_check=_PROPERTY_HEALTH)
 
 
 def _selects_slow(config: pytest.Config) -> bool:

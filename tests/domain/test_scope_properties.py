@@ -3,18 +3,16 @@
 Over arbitrary text and over generated spellings of addresses and URLs: only LEWIS's own
 error types escape, every spelling of an address means that address, and nothing outside
 the scope is ever accepted — by the checks alone or through URL parsing. Each property runs
-10,000 examples by default and 100,000 under ``-m slow``; all are pure functions, no I/O.
+10,000 examples by default and 500,000 under ``-m slow``; all are pure functions, no I/O.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import string
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,26 +22,18 @@ from lewis_tasks.domain.scope import Scope, parse_ip
 from lewis_tasks.domain.urlhost import Base, url_host
 from lewis_tasks.errors import InvalidInput, OutOfScope
 
-# LEWIS_PROPERTY_EXAMPLES lowers FAST for the mutation run (scripts/mutation), not the suite
-FAST, SLOW = int(os.environ.get("LEWIS_PROPERTY_EXAMPLES", "10000")), 100_000
 T = TypeVar("T")
 IPv4 = ipaddress.IPv4Address
 IPv6 = ipaddress.IPv6Address
 
 
-# The SLOW twin runs only when asked for by marker (`-m slow`): a plain run skips it.
-ONLY_WITH_SLOW = pytest.mark.skipif("'slow' not in config.getoption('markexpr', '')",
-                                    reason=f"{SLOW:,} examples: run with -m slow")
-
-
 def properties(*strategies: st.SearchStrategy[Any]) -> Callable[[Callable[..., None]], Any]:
-    """The test twice: FAST examples in the default run, SLOW ones under ``-m slow``."""
-    def wrap(check: Callable[..., None]) -> tuple[Any, Any]:
-        def run(n: int) -> Any:
-            return settings(max_examples=n, deadline=None, database=None,
-                            suppress_health_check=list(HealthCheck))(given(*strategies)(check))
-        slow = pytest.mark.slow(ONLY_WITH_SLOW(pytest.mark.timeout(3600)(run(SLOW))))
-        return run(FAST), slow
+    """A property test at five times the run's Hypothesis profile (tests/conftest.py: 10,000
+    examples by default, 500,000 under ``-m slow``): the scope guard is what LEWIS may touch,
+    and these are cheap. No example database (the corpus is the code)."""
+    def wrap(check: Callable[..., None]) -> Any:
+        return settings(max_examples=5 * settings.default.max_examples, database=None,
+                        suppress_health_check=list(HealthCheck))(given(*strategies)(check))
     return wrap
 
 
@@ -220,7 +210,7 @@ def _address_checks(drawn: tuple[Scope, tuple[str, Any], str | None]) -> None:
         assert inside(scope, accepted) or vouched
 
 
-test_address_checks, test_address_checks_slow = _address_checks
+test_address_checks = _address_checks
 
 
 def allowlist(b: Bytes) -> list[str]:
@@ -248,7 +238,7 @@ def _allowlists_parse_or_say_why(entries: list[str]) -> None:
                for name in scope.hostnames)
 
 
-test_allowlists_parse_or_say_why, test_allowlists_parse_or_say_why_slow = _allowlists_parse_or_say_why
+test_allowlists_parse_or_say_why = _allowlists_parse_or_say_why
 
 
 # --- URLs ---------------------------------------------------------------------------------
@@ -287,8 +277,7 @@ def _urls_normalise_or_say_why_and_agree(drawn: tuple[Any, str]) -> None:
     assert same_host(parse_ip(target.raw_host or "") or target.raw_host, standard)
 
 
-test_urls_normalise_or_say_why_and_agree, test_urls_normalise_or_say_why_and_agree_slow = \
-    _urls_normalise_or_say_why_and_agree
+test_urls_normalise_or_say_why_and_agree = _urls_normalise_or_say_why_and_agree
 
 
 def request_item(b: Bytes) -> Any:
@@ -322,7 +311,7 @@ def _requests_parse_or_say_why(item: Any) -> None:
     assert request.body is None or isinstance(request.body, bytes)
 
 
-test_requests_parse_or_say_why, test_requests_parse_or_say_why_slow = _requests_parse_or_say_why
+test_requests_parse_or_say_why = _requests_parse_or_say_why
 
 
 SECRET_CHARS = "".join(c for c in NOISE if c not in "/?#@\\ \t") + ":é€\udc80😀"
@@ -344,5 +333,4 @@ def _credentials_never_survive_redaction(drawn: tuple[str, str, str, str]) -> No
         assert redact_url(f"https://{secret}@{host}{tail}") == f"https://***@{host}{tail}"
 
 
-test_credentials_never_survive_redaction, test_credentials_never_survive_redaction_slow = \
-    _credentials_never_survive_redaction
+test_credentials_never_survive_redaction = _credentials_never_survive_redaction

@@ -1,7 +1,7 @@
 """Properties of target and port-spec parsing, over any text: only InvalidInput escapes,
 nothing out of range is accepted, and specs and chunks survive their round trips.
 
-Examples per test come from the Hypothesis profile (tests/conftest.py: 10,000 by default,
+Examples per test come from the Hypothesis profile (tests/conftest.py: 2,000 by default,
 100,000 under ``-m slow``).
 """
 
