@@ -46,8 +46,13 @@ def is_localhost_alias(host: str) -> bool:
     They resolve to loopback without asking the system resolver (RFC 6761): a hosts file or a
     DNS search domain must not be able to point "localhost" anywhere else.
     """
-    name = host.lower().rstrip(".")
+    name = _name(host)
     return name in ("localhost", "localhost.localdomain") or name.endswith(".localhost")
+
+
+def _name(host: str) -> str:
+    """A host name as compared: case folded, without the trailing dot(s) of a rooted name."""
+    return host.lower().rstrip(".")
 
 
 def parse_ip(text: str) -> IPAddress | None:
@@ -57,17 +62,14 @@ def parse_ip(text: str) -> IPAddress | None:
         text = text[1:-1]
     if ":" in text:  # IPv6; a zone index (fe80::1%eth0) never widens the address
         try:
-            return unmap(ipaddress.IPv6Address(text.split("%", 1)[0]))
+            return unmap(ipaddress.IPv6Address(text.partition("%")[0]))
         except ValueError:
             return None
     if not ends_in_number(text):  # a name (and no exception raised to find that out)
         return None
-    try:
-        return ipaddress.IPv4Address(text)
-    except ValueError:
-        pass
-    # the legacy forms 2130706433, 0x7f000001, 0177.0.0.1, 127.1; "%" is no zone id here:
-    # "127%1" and "127.0.0.1%2e.evil.com" are not addresses
+    # the dotted quad and the legacy forms 2130706433, 0x7f000001, 0177.0.0.1, 127.1, read
+    # as a browser reads them; "%" is no zone id here: "127%1" and "127.0.0.1%2e.evil.com"
+    # are not addresses
     return parse_ipv4(text)
 
 
@@ -117,16 +119,20 @@ class Scope:
             except ValueError:
                 if not _is_hostname_pattern(entry):
                     raise InvalidInput(f"scope entry {entry!r}: not a CIDR, address or hostname") from None
-                hostnames.append(entry.lower().rstrip("."))
+                hostnames.append(_name(entry))
                 continue
-            if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
-                base = unmap(net.network_address)
-                net = ipaddress.ip_network(f"{base}/{max(0, net.prefixlen - 96)}", strict=False)
+            # ::ffff:10.0.0.0/104 is 10.0.0.0/8. A network address is mapped only with a
+            # prefix of 96 or more (a shorter one clears the last bit of ffff), so ::ffff:0:0/95
+            # stays the IPv6 range it is, which holds no address a socket connects as IPv4.
+            if isinstance(net, ipaddress.IPv6Network):
+                base = net.network_address.ipv4_mapped
+                if base is not None:
+                    net = ipaddress.IPv4Network((base, net.prefixlen - 96))
             networks.append(net)
         return cls(tuple(networks), tuple(hostnames))
 
     def allows_name(self, host: str) -> bool:
-        host = host.lower().rstrip(".")
+        host = _name(host)
         return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.hostnames)
 
     def allows_address(self, addr: IPAddress) -> bool:
@@ -139,17 +145,17 @@ class Scope:
         """The last check before ``connect()``: ``address`` is where the socket goes, ``host``
         the host of the request it is for. Only a *name* vouches for its addresses, and only
         for its own request: an IP literal (or no host) vouches for nothing. Never-allowed
-        classes are refused first, whatever the name. OutOfScope, else the address."""
-        addr = parse_ip(address) if isinstance(address, str) else unmap(address)
-        if addr is None:
-            raise OutOfScope(f"{address!r} is not an IP address; refused")
-        reason = never_allowed(addr)
-        if reason:
-            raise OutOfScope(f"{addr} is out of scope: {reason}es are never allowed")
+        classes are refused first, whatever the name (by :meth:`check_address`). OutOfScope,
+        else the address: text that is no address is refused here, not reported as bad input."""
+        if isinstance(address, str):
+            addr = parse_ip(address)
+            if addr is None:
+                raise OutOfScope(f"{address!r} is not an IP address; refused")
+            address = addr
         via = None
         if host is not None and parse_ip(host) is None:
             via = "localhost" if is_localhost_alias(host) else host
-        return self.check_address(addr, via=via)
+        return self.check_address(address, via=via)
 
     def check_address(self, address: str | IPAddress, via: str | None = None) -> IPAddress:
         """The normalised address if LEWIS may connect to it; else OutOfScope naming it."""
@@ -172,21 +178,26 @@ class Scope:
 
         Address literals and localhost aliases are answered here, never by the system
         resolver (a hosts file must not move "localhost")."""
-        return self._checked(host, _getaddrinfo_sync(host, port))
+        answer = _local_answer(host)
+        if answer is None:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                raise _unresolvable(host, exc) from None
+            answer = [str(info[4][0]) for info in infos]
+        return self._checked(host, answer)
 
     async def resolve_async(self, host: str, port: int = 0) -> list[IPAddress]:
         """:meth:`resolve` on the running event loop's resolver."""
-        addr = parse_ip(host)
-        if addr is not None:
-            return [self.check_address(addr)]
-        if is_localhost_alias(host):
-            return self._checked(host, LOCALHOST_ADDRESSES)
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise InvalidInput(f"cannot resolve {host!r}: {exc.strerror}") from None
-        return self._checked(host, [str(info[4][0]) for info in infos])
+        answer = _local_answer(host)
+        if answer is None:
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                raise _unresolvable(host, exc) from None
+            answer = [str(info[4][0]) for info in infos]
+        return self._checked(host, answer)
 
     def _checked(self, host: str, addresses: Sequence[str]) -> list[IPAddress]:
         seen: list[IPAddress] = []
@@ -199,23 +210,25 @@ class Scope:
         return seen
 
 
-def _getaddrinfo_sync(host: str, port: int) -> list[str]:
+def _local_answer(host: str) -> list[str] | None:
+    """The addresses of an address literal or a localhost alias, answered here so the system
+    resolver is never asked; None for any other name."""
     addr = parse_ip(host)
     if addr is not None:
         return [str(addr)]
     if is_localhost_alias(host):
         return list(LOCALHOST_ADDRESSES)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise InvalidInput(f"cannot resolve {host!r}: {exc.strerror}") from None
-    return [str(info[4][0]) for info in infos]
+    return None
+
+
+def _unresolvable(host: str, exc: socket.gaierror) -> InvalidInput:
+    return InvalidInput(f"cannot resolve {host!r}: {exc.strerror}")
 
 
 def _is_hostname_pattern(text: str) -> bool:
     """RFC 1123 host names (labels of 1–63 letters, digits and inner hyphens, 253 characters
     in all), with ``*`` allowed as the first label."""
-    name = text[:-1] if text.endswith(".") else text
+    name = text.removesuffix(".")
     if not name or len(name) > 253 or ends_in_number(name):  # 1.2.3.4.5 is no name
         return False
     labels = name.split(".")
