@@ -117,6 +117,9 @@ class Scope:
             try:
                 net = ipaddress.ip_network(entry, strict=False)
             except ValueError:
+                if _name(entry) == "*":  # every name would vouch: DNS would decide the scope
+                    raise InvalidInput(f"scope entry {entry!r}: a wildcard needs a domain "
+                                       "(*.lab.example); list CIDRs to widen the scope") from None
                 if not _is_hostname_pattern(entry):
                     raise InvalidInput(f"scope entry {entry!r}: not a CIDR, address or hostname") from None
                 hostnames.append(_name(entry))

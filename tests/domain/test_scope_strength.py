@@ -105,12 +105,20 @@ def test_a_bad_name_is_refused_with_a_trailing_dot_or_after_a_wildcard(entry: st
     assert str(refused.value) == f"scope entry {entry!r}: not a CIDR, address or hostname"
 
 
-def test_a_bare_wildcard_vouches_for_every_name_but_never_for_no_name() -> None:
-    scope = Scope.from_allow(["*"])
-    assert scope.check_peer("10.3.3.3", "any.host.test") == addr("10.3.3.3")
-    for host in (None, "10.3.3.3", "[fd00::3]"):  # no name, or a literal: nothing vouches
-        with pytest.raises(OutOfScope, match=r"^10\.3\.3\.3 is out of scope: not in the allowlist "
-                                             r"\(empty\)$"):
+@pytest.mark.parametrize("entry", ["*", "*.", " * "])
+def test_a_bare_wildcard_is_refused_since_dns_would_decide_the_scope(entry: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        Scope.from_allow(["10.0.0.0/8", entry])
+    assert str(refused.value) == (f"scope entry {entry.strip()!r}: a wildcard needs a domain "
+                                  "(*.lab.example); list CIDRs to widen the scope")
+
+
+def test_a_wildcard_name_vouches_for_its_names_only_never_for_no_name() -> None:
+    scope = Scope.from_allow(["*.lab.test"])
+    assert scope.check_peer("10.3.3.3", "any.lab.test") == addr("10.3.3.3")
+    for host in (None, "10.3.3.3", "[fd00::3]", "lab.test", "any.lab.test.evil"):
+        with pytest.raises(OutOfScope, match=r"^10\.3\.3\.3 .*is out of scope: not in the "
+                                             r"allowlist \(empty\)$"):
             scope.check_peer("10.3.3.3", host)
 
 
