@@ -31,3 +31,34 @@ def suicide(key: str) -> None:
     """Kill the process that runs it, every time (like a task that always runs out of memory)."""
     get_redis().incr(f"test:starts:{key}")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --- the chaos ledger: tasks that count their own runs in a Redis outside the fault -------
+
+TALLY_STARTS, TALLY_RUNS = "chaos:starts", "chaos:runs"
+TALLY_RECORDS, TALLY_WHERE, TALLY_DONE = "chaos:records", "chaos:where", "chaos:done"
+
+
+@app.task(name="lewis.testing.tally")
+def tally(ledger_url: str, key: str, seconds: float) -> str:
+    """The chaos load's unit of work (sent to the io or the cpu queue): count a start and where
+    it runs, work, then record the result once (HSETNX) and the completion time. The ledger is
+    a Redis of its own: a broker fault never touches the count."""
+    client = get_redis(ledger_url)
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(TALLY_STARTS, key, 1)
+    pipe.hset(TALLY_WHERE, key, os.getpid())
+    pipe.execute()
+    time.sleep(seconds)
+    pipe.hsetnx(TALLY_RECORDS, key, f"done by {os.getpid()}")
+    pipe.hincrby(TALLY_RUNS, key, 1)
+    pipe.rpush(TALLY_DONE, f"{time.time():.3f} {key}")
+    pipe.execute()
+    return key
+
+
+@app.task(name="lewis.testing.poison")
+def poison(ledger_url: str, key: str) -> None:
+    """Count a start in the ledger, then kill the process that runs it, every time."""
+    get_redis(ledger_url).hincrby(TALLY_STARTS, key, 1)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,56 @@
+"""The chaos suite: faults on the real stack, and what they cost.
+
+    python -m bench.chaos                  # every experiment, full length (~10 min)
+    python -m bench.chaos --short          # the shortened forms the tests run
+    python -m bench.chaos io_kill beats2   # some of them
+
+Per experiment it prints tasks submitted, completed, lost, run more than once (and whether
+the duplicate runs were harmless), and the recovery time beside the configured timeout it
+must stay within; full runs write ``bench/results/chaos.json`` and the Chaos section of
+BENCHMARKS.md. Worker logs of the last run stay in ``bench/logs/chaos/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+COMMAND = "python -m bench.chaos"
+
+
+def render(data: dict[str, Any]) -> str:
+    """The Chaos section of BENCHMARKS.md from a stored run."""
+    from ..report import machine_line
+
+    rows = []
+    for r in data["results"]:
+        recovery = "never" if r["recovery_s"] is None else f"{r['recovery_s']:.1f} s"
+        dup = (f"{r['rerun']} ({r['duplicates']} completed twice), "
+               f"{'harmless' if r['harmless'] else '**harmful**'}")
+        lost = f"{r['lost']}" + (f" (≤ {r['allowed_lost']} allowed)" if r["allowed_lost"] else "")
+        verdict = "ok" if r["passed"] else "**FAILED**"
+        rows.append(f"| {r['experiment']} | {r['faults']} | {r['submitted']} | {r['completed']} "
+                    f"| {lost} | {dup} | {recovery} / {r['bound_s']:.0f} s ({r['bound_name']}) "
+                    f"| {verdict} | {'; '.join(r['notes'])} | `{COMMAND} {r['key']}` |")
+    return "\n".join([
+        "## Chaos: faults under load",
+        "",
+        machine_line(data["machine"]),
+        f"Branch state: {data.get('code', 'main')}. Each experiment runs on loopback on real "
+        "processes (`lewis worker`, `lewis beat`, `lewis up`, redis-server) with the short "
+        "recovery settings of `bench/chaos/cluster.py` (visibility timeout 6 s for io, 16 s for "
+        "cpu, time limits below them, `tasks.max_redeliveries` 2, heartbeat every 1 s, beat "
+        "lease 3 s). Every task has an id and records its runs in a ledger Redis outside the "
+        "fault (starts, completed runs, one HSETNX record); *lost* = submitted − completed; "
+        "*run > 1* = ids started more than once (how many completed twice); *harmless* = "
+        "each completed id still holds exactly one record. Recovery: worker kills, from the "
+        "kill to the completion of the tasks it interrupted (worst of the kills); broker "
+        "faults, from the fault's end until every worker answers a ping and a task completed; "
+        "beats, from the kill to the new leader's first heartbeat; poison, from submit to its "
+        "failure. Submits the broker refused during an outage (the caller got "
+        "BrokerUnavailable) are not counted as submitted.",
+        "",
+        "| experiment | faults | submitted | completed | lost | run > 1 | recovery / bound "
+        "| verdict | notes | command |",
+        "|---|---:|---:|---:|---:|---|---|---|---|---|",
+        *rows,
+    ])

@@ -1,0 +1,225 @@
+"""The fault experiments on one real cluster: kill workers and pool children, kill and pause
+the broker, under a steady load; each returns its :class:`Figures`.
+
+Every experiment is bounded: its faults, then the load stops and the backlog gets a fixed
+patience to drain; what has not completed by then is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..harness import LOGS as BENCH_LOGS
+from .cluster import (
+    LOST_CHILD,
+    BrokerRedis,
+    Respawning,
+    answering,
+    broker,
+    broker_env,
+    group_pids,
+    pool_children,
+    producing_for,
+    until,
+    wait_answering,
+)
+from .ledger import Figures, Ledger, SteadyLoad, ledger_redis, tally_sender, wait_drained
+
+LOGS = BENCH_LOGS / "chaos"
+
+
+@dataclass
+class Cluster:
+    """A broker we break, the ledger, and io, cpu and control workers on the chaos tasks."""
+
+    home: Path
+    redis: BrokerRedis
+    ledger: Ledger
+    app: Any
+    env: dict[str, str]  # the io and control workers' (and the producer's)
+    cpu_env: dict[str, str]  # pool children die: limits above worker_lost_wait
+    workers: dict[str, Respawning] = field(default_factory=dict)
+
+    def visibility(self, env: dict[str, str] | None = None) -> float:
+        return float((env or self.env)["LEWIS_BROKER_VISIBILITY_TIMEOUT"])
+
+    def sweep(self, env: dict[str, str] | None = None) -> float:
+        """kombu's restore interval for abandoned messages (celery_app.py)."""
+        return max(1.0, min(10.0, self.visibility(env) // 10))
+
+    def names(self) -> set[str]:
+        return {w.current for w in self.workers.values()}
+
+
+@contextlib.contextmanager
+def cluster(profiles: tuple[str, ...] = ("io", "io", "cpu", "control"),
+            startup: float = 60.0, logs: Path = LOGS) -> Iterator[Cluster]:
+    """Start the broker, the ledger and one worker per entry of ``profiles``; yield when all
+    answer pings. Workers are named ``<profile><index>-<generation>``; their logs (kept after
+    the run) go to ``logs``."""
+    from lewis_tasks.storage.migrate import upgrade
+
+    logs.mkdir(parents=True, exist_ok=True)
+    for old in logs.glob("*.log"):
+        old.unlink()
+    with contextlib.ExitStack() as stack:
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lewis-chaos-")))
+        redis = stack.enter_context(broker(home))
+        ledger = stack.enter_context(ledger_redis())
+        env = broker_env(redis.url, home)
+        cpu_env = broker_env(redis.url, home, **LOST_CHILD)
+        app = stack.enter_context(producing_for(env))
+        upgrade(env["LEWIS_DATABASE_URL"])
+        found = Cluster(home, redis, ledger, app, env, cpu_env)
+        try:
+            for i, profile in enumerate(profiles):
+                w = Respawning(profile, f"{profile}{i}-", cpu_env if profile == "cpu" else env,
+                               logs)
+                w.start()
+                found.workers[f"{profile}{i}"] = w
+            wait_answering(app, found.names(), startup)
+            yield found
+        finally:
+            for w in found.workers.values():
+                w.close()
+
+
+def _drain(c: Cluster, load: SteadyLoad, patience: float) -> set[str]:
+    load.stop()
+    submitted = set(load.submitted)
+    wait_drained(c.ledger, submitted, patience)
+    return submitted
+
+
+def io_worker_kill(c: Cluster, kills: int = 5, every: float = 6.0, rate: float = 10.0,
+                   seconds: float = 1.0, victim: str = "io1") -> Figures:
+    """kill -9 one io worker (its whole process) mid-task ``kills`` times under a steady io
+    load, starting it again each time; its tasks come back after the visibility timeout."""
+    c.ledger.clear()
+    target = c.workers[victim]
+    recoveries, notes = [], []
+    with SteadyLoad(tally_sender(c.ledger, "io", seconds, "io-kill"), rate) as load:
+        for _ in range(kills):
+            time.sleep(every)
+            assert target.process is not None
+            interrupted = c.ledger.running_on(group_pids(target.process))
+            fault = time.time()
+            target.kill()
+            target.start()
+            if not interrupted:
+                notes.append("a kill found no task running")
+                continue
+            done = until(lambda keys=interrupted: c.ledger.last_completion_of(keys) is not None,
+                         c.visibility() + c.sweep() + 30)
+            last = c.ledger.last_completion_of(interrupted)
+            recoveries.append(None if done is None or last is None else last - fault)
+        submitted = _drain(c, load, c.visibility() + c.sweep() + 30)
+    return _figures(c, "io worker kill -9", submitted, load, kills, recoveries,
+                    bound=c.visibility() + c.sweep() + seconds,
+                    bound_name="visibility timeout + sweep + task", notes=notes)
+
+
+def cpu_child_kill(c: Cluster, kills: int = 5, every: float = 4.0, rate: float = 1.5,
+                   seconds: float = 1.0, victim: str = "cpu2") -> Figures:
+    """kill -9 a prefork pool child mid-task ``kills`` times under a steady cpu load; Celery
+    sees the worker lost and requeues the task (task_reject_on_worker_lost)."""
+    c.ledger.clear()
+    target = c.workers[victim]
+    recoveries, notes = [], []
+    with SteadyLoad(tally_sender(c.ledger, "cpu", seconds, "cpu-kill"), rate) as load:
+        for _ in range(kills):
+            time.sleep(every)
+            assert target.process is not None
+            busy: dict[int, set[str]] = {}
+            for pid in pool_children(target.process):
+                # a task killed before is left alone: three kills make any task a poison
+                fresh = {k for k in c.ledger.running_on({pid}) if c.ledger.starts(k) == 1}
+                if fresh:
+                    busy[pid] = fresh
+            if not busy:
+                notes.append("a kill found no child busy")
+                continue
+            pid = random.choice(sorted(busy))
+            fault = time.time()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            done = until(lambda keys=busy[pid]: c.ledger.last_completion_of(keys) is not None,
+                         c.visibility(c.cpu_env) + 30)
+            last = c.ledger.last_completion_of(busy[pid])
+            recoveries.append(None if done is None or last is None else last - fault)
+        submitted = _drain(c, load, c.visibility(c.cpu_env) + 30)
+    # Celery notices a lost child within worker_lost_wait (10 s), then the task runs again
+    return _figures(c, "cpu pool child kill -9", submitted, load, kills, recoveries,
+                    bound=c.visibility(c.cpu_env), bound_name="cpu visibility timeout",
+                    notes=notes)
+
+
+def redis_kill(c: Cluster, down: float = 3.0, before: float = 4.0, after: float = 6.0,
+               rate: float = 5.0, seconds: float = 0.3) -> Figures:
+    """kill -9 the broker under io and cpu load, restart it ``down`` seconds later on the same
+    port and AOF; workers must reconnect and nothing accepted may be lost."""
+    return _broker_fault(c, "redis kill -9", before, after, rate, seconds,
+                         fault=lambda: c.redis.outage(down))
+
+
+def redis_pause(c: Cluster, paused: float = 7.0, before: float = 4.0, after: float = 6.0,
+                rate: float = 5.0, seconds: float = 0.3) -> Figures:
+    """SIGSTOP the broker for ``paused`` seconds (longer than the clients' socket timeouts)
+    under load, then SIGCONT."""
+    return _broker_fault(c, f"redis SIGSTOP {paused:.0f}s", before, after, rate, seconds,
+                         fault=lambda: c.redis.stall(paused))
+
+
+def _broker_fault(c: Cluster, name: str, before: float, after: float, rate: float,
+                  seconds: float, fault: Any, patience: float = 60.0) -> Figures:
+    c.ledger.clear()
+    io = SteadyLoad(tally_sender(c.ledger, "io", seconds, "io"), rate)
+    cpu = SteadyLoad(tally_sender(c.ledger, "cpu", seconds, "cpu"), rate)
+    with io, cpu:
+        time.sleep(before)
+        began = time.time()
+        fault()
+        ended = time.time()
+        # recovered: every worker answers through the broker again and a task completed since
+        answered: float | None = None
+        while time.time() < ended + max(after, patience):
+            if answered is None and c.names() <= answering(c.app):
+                answered = time.time()
+            if time.time() >= ended + after:
+                io.stop()
+                cpu.stop()
+                if answered is not None:
+                    break
+            time.sleep(0.5)
+    drain = c.visibility(c.cpu_env) + c.sweep() + 30
+    submitted = _drain(c, io, drain) | _drain(c, cpu, drain)
+    first = c.ledger.first_completion_after(ended)
+    recovery = None if answered is None or first is None else max(answered, first) - ended
+    alive = answering(c.app)
+    notes = [f"fault lasted {ended - began:.1f}s"]
+    if not c.names() <= alive:
+        notes.append(f"not answering after: {', '.join(sorted(c.names() - alive))}")
+    figures = _figures(c, name, submitted, io, 1, [recovery], bound=c.visibility(),
+                       bound_name="visibility timeout", notes=notes)
+    figures.refused += cpu.refused
+    return figures
+
+
+def _figures(c: Cluster, name: str, submitted: set[str], load: SteadyLoad, faults: int,
+             recoveries: list[float | None], bound: float, bound_name: str,
+             notes: list[str]) -> Figures:
+    figures = c.ledger.figures(name, submitted)
+    figures.faults, figures.refused, figures.notes = faults, load.refused, notes
+    figures.bound_s, figures.bound_name = bound, bound_name
+    figures.recovery_s = (None if not recoveries or any(r is None for r in recoveries)
+                          else max(r for r in recoveries if r is not None))
+    return figures
