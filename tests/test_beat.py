@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from bench.chaos.leaders import heartbeat_runs as _runs
 from lewis_tasks.infra.beat import LEADER_KEY, AlignedSchedule, LeaderLease, leader
 from tests.conftest import stack_env
 from tests.support.procs import kill_group, lewis_process, wait_for
@@ -88,7 +89,3 @@ def test_two_beats_fire_each_slot_once_and_the_standby_takes_over(
     assert runs == len(slots), f"{runs} heartbeat runs for {len(slots)} slots"
     assert all(r.worker.startswith("ctl@") for r in rows)
 
-
-def _runs(client: redis.Redis) -> int:
-    value = client.hget("lewis:stats:runs", "lewis.control.heartbeat")
-    return int(value) if value else 0

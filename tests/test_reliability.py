@@ -7,28 +7,13 @@ from typing import Any
 
 import pytest
 
+from bench.chaos.cluster import FAST_RECOVERY, LOST_CHILD
 from lewis_tasks.errors import RedeliveryLimitExceeded
 from lewis_tasks.producer import submit
 from tests.conftest import stack_env
 from tests.support.procs import kill_group, lewis_process, wait_for, worker_names
 
 pytestmark = pytest.mark.slow
-
-FAST_RECOVERY = {
-    # a killed worker's task comes back after the visibility timeout: keep it short here
-    "LEWIS_BROKER_VISIBILITY_TIMEOUT": "6",
-    "LEWIS_TASKS_TIME_LIMIT": "5",
-    "LEWIS_TASKS_SOFT_TIME_LIMIT": "4",
-    "LEWIS_TASKS_MAX_REDELIVERIES": "2",
-}
-
-
-# A pool child that dies mid-task may be reported lost only after Celery's worker_lost_wait
-# (10 s; billiard's _join_exited_workers); with a hard limit under that, a loaded machine
-# sometimes ended the task as TimeLimitExceeded first (seen once in CI). Tests of children
-# that die use limits above it.
-LOST_CHILD = {**FAST_RECOVERY, "LEWIS_TASKS_TIME_LIMIT": "15", "LEWIS_TASKS_SOFT_TIME_LIMIT": "14",
-              "LEWIS_BROKER_VISIBILITY_TIMEOUT": "16"}
 
 
 def _worker(name: str, redis_url: str, home: Path, limits: dict[str, str] = FAST_RECOVERY) -> Any:

@@ -5,73 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
-from typing import Any
 
 from .ledger import Figures
-
-# name → (profiles of the cluster it needs, full run, short run)
-Runner = Callable[[Any], Figures]
-
-
-def experiments(short: bool) -> dict[str, tuple[tuple[str, ...], Runner]]:
-    from .experiments import cpu_child_kill, io_worker_kill, redis_kill, redis_pause
-    from .leaders import beat_failover, poison_task
-
-    main = ("io", "io", "cpu", "control")
-    return {
-        "io_kill": (main, lambda c: io_worker_kill(c, kills=2 if short else 8)),
-        "cpu_kill": (main, lambda c: cpu_child_kill(c, kills=2 if short else 8)),
-        "poison": (main, lambda c: poison_task(c, neighbours=6 if short else 20)),
-        "redis_kill": (main, lambda c: redis_kill(c, down=3.0 if short else 5.0)),
-        # longer than every client timeout: the app's Redis clients (5 s), kombu's (30 s)
-        "redis_pause": (main, lambda c: redis_pause(c, paused=7.0 if short else 35.0)),
-        "beats2": (("control",), lambda c: beat_failover(c, beats=2, kills=1 if short else 3)),
-        "beats3": (("control",), lambda c: beat_failover(c, beats=3, kills=1 if short else 3)),
-    }
-
-
-def embedded(short: bool) -> Figures:
-    from .leaders import embedded_redis_kill
-
-    return embedded_redis_kill(down_patience=20.0 if short else 60.0)
-
-
-NAMES = ("io_kill", "cpu_kill", "poison", "redis_kill", "redis_pause", "redis_kill_embedded",
-         "beats2", "beats3")
-
-
-def run_experiments(names: list[str], short: bool,
-                    on_result: Callable[[str, Figures], None] = lambda n, f: None) -> list[Figures]:
-    """Run ``names`` in order, one cluster for consecutive experiments that share its shape;
-    a broker experiment comes last on its cluster (it may leave workers dead)."""
-    from .experiments import cluster
-
-    table = experiments(short)
-    out: list[Figures] = []
-    i = 0
-    while i < len(names):
-        if names[i] == "redis_kill_embedded":
-            figures = embedded(short)
-            figures.key = names[i]
-            on_result(names[i], figures)
-            out.append(figures)
-            i += 1
-            continue
-        profiles = table[names[i]][0]
-        group = [names[i]]
-        while (i + len(group) < len(names) and names[i + len(group)] in table
-               and table[names[i + len(group)]][0] == profiles
-               and not names[i + len(group) - 1].startswith("redis_")):
-            group.append(names[i + len(group)])
-        with cluster(profiles) as c:
-            for name in group:
-                figures = table[name][1](c)
-                figures.key = name
-                on_result(name, figures)
-                out.append(figures)
-        i += len(group)
-    return out
+from .suite import NAMES, run_experiments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown experiment(s) {', '.join(unknown)} (experiments: {', '.join(NAMES)})")
     began = time.monotonic()
 
-    def show(name: str, figures: Figures) -> None:
+    def show(figures: Figures) -> None:
         print(f"{time.monotonic() - began:6.0f}s  {figures.line()}", flush=True)
 
     results = run_experiments(args.names, args.short, show)

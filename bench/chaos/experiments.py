@@ -164,19 +164,19 @@ def cpu_child_kill(c: Cluster, kills: int = 5, every: float = 4.0, rate: float =
 
 
 def redis_kill(c: Cluster, down: float = 3.0, before: float = 4.0, after: float = 6.0,
-               rate: float = 5.0, seconds: float = 0.3) -> Figures:
+               rate: float = 5.0, seconds: float = 0.3, patience: float = 60.0) -> Figures:
     """kill -9 the broker under io and cpu load, restart it ``down`` seconds later on the same
     port and AOF; workers must reconnect and nothing accepted may be lost."""
     return _broker_fault(c, "redis kill -9", before, after, rate, seconds,
-                         fault=lambda: c.redis.outage(down))
+                         fault=lambda: c.redis.outage(down), patience=patience)
 
 
 def redis_pause(c: Cluster, paused: float = 7.0, before: float = 4.0, after: float = 6.0,
-                rate: float = 5.0, seconds: float = 0.3) -> Figures:
+                rate: float = 5.0, seconds: float = 0.3, patience: float = 60.0) -> Figures:
     """SIGSTOP the broker for ``paused`` seconds (longer than the clients' socket timeouts)
     under load, then SIGCONT."""
     return _broker_fault(c, f"redis SIGSTOP {paused:.0f}s", before, after, rate, seconds,
-                         fault=lambda: c.redis.stall(paused))
+                         fault=lambda: c.redis.stall(paused), patience=patience)
 
 
 def _broker_fault(c: Cluster, name: str, before: float, after: float, rate: float,
@@ -200,8 +200,10 @@ def _broker_fault(c: Cluster, name: str, before: float, after: float, rate: floa
                 if answered is not None:
                     break
             time.sleep(0.5)
-    drain = c.visibility(c.cpu_env) + c.sweep() + 30
-    submitted = _drain(c, io, drain) | _drain(c, cpu, drain)
+    io.stop()
+    cpu.stop()
+    submitted = set(io.submitted) | set(cpu.submitted)
+    wait_drained(c.ledger, submitted, c.visibility(c.cpu_env) + c.sweep() + patience / 2)
     first = c.ledger.first_completion_after(ended)
     recovery = None if answered is None or first is None else max(answered, first) - ended
     alive = answering(c.app)

@@ -177,7 +177,9 @@ def embedded_redis_kill(down_patience: float = 60.0, before: float = 4.0, after:
                             break
                     time.sleep(0.5)
             submitted = set(load.submitted)
-            until(lambda: results.completed(submitted) == submitted, 30, interval=0.5)
+            if supervisor.poll() is None:  # else nothing runs them any more
+                until(lambda: results.completed(submitted) == submitted, down_patience,
+                      interval=0.5)
             exited = supervisor.poll()
             if exited is None:
                 figures = results.figures("embedded redis kill -9 (lewis up)", submitted)

@@ -1,0 +1,89 @@
+"""The chaos suite's experiments, shortened (``python -m bench.chaos --short``), as tests.
+
+One real cluster (broker redis-server, two io workers, a cpu worker, a control worker) serves
+the worker-kill, poison and beat experiments, then takes the broker faults last: a broker
+fault may leave its workers dead. Figures come from a ledger Redis outside the faults
+(bench/chaos/ledger.py). Recovery within the configured timeouts is what the bench reports;
+here the experiments only have to recover (no timed assertions on a shared machine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.chaos.experiments import Cluster, cluster
+from bench.chaos.ledger import Figures
+from bench.chaos.suite import experiments, run_embedded
+
+pytestmark = pytest.mark.slow
+
+SHORT = experiments(short=True)
+FAULTS_BRANCH = ("branch `faults`: io/control workers die on a broker outage with tasks in "
+                 "flight (kombu AttributeError 'NoneType' … 'hostname')")
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with cluster(logs=Path(tmp_path_factory.mktemp("chaos-logs"))) as running:
+        yield running
+
+
+def no_loss(figures: Figures) -> None:
+    assert figures.submitted > 0, figures.line()
+    assert figures.lost <= figures.allowed_lost, figures.line()
+    assert figures.harmless, figures.line()
+    assert figures.recovery_s is not None, figures.line()
+
+
+def test_io_worker_killed_mid_task_loses_nothing(chaos: Cluster) -> None:
+    figures = SHORT["io_kill"](chaos)
+    no_loss(figures)
+    assert figures.rerun >= 1, figures.line()  # the kill did interrupt work, which ran again
+
+
+def test_cpu_pool_child_killed_mid_task_loses_nothing(chaos: Cluster) -> None:
+    figures = SHORT["cpu_kill"](chaos)
+    no_loss(figures)
+    assert figures.rerun >= 1, figures.line()
+
+
+def test_poison_task_fails_after_the_cap_and_its_neighbours_complete(chaos: Cluster) -> None:
+    figures = SHORT["poison"](chaos)
+    no_loss(figures)  # the poison is accounted for as failed with the cap named
+    assert any("started 3×" in n for n in figures.notes), figures.line()
+
+
+@pytest.fixture(scope="module")
+def three_beats(chaos: Cluster) -> Figures:
+    return SHORT["beats3"](chaos)
+
+
+def test_three_beats_with_the_leader_killed_never_fire_a_slot_twice(three_beats: Figures) -> None:
+    assert three_beats.completed > 0 and three_beats.recovery_s is not None, three_beats.line()
+    assert three_beats.duplicates == 0 and three_beats.harmless, three_beats.line()
+
+
+@pytest.mark.xfail(strict=True, reason="branch `input`: a beat failover skips up to "
+                                       "lease/interval slots today (3 here), at most one after "
+                                       "the fix")
+def test_three_beats_failover_skips_at_most_one_slot(three_beats: Figures) -> None:
+    assert three_beats.lost <= three_beats.faults, three_beats.line()
+
+
+def test_redis_paused_past_the_app_client_timeout_loses_nothing(chaos: Cluster) -> None:
+    # 7 s: past the app's own Redis clients (5 s), not kombu's 30 s (the bench pauses 35 s)
+    no_loss(SHORT["redis_pause"](chaos))
+
+
+@pytest.mark.xfail(strict=True, reason=FAULTS_BRANCH)
+def test_redis_killed_and_restarted_under_load_loses_nothing(chaos: Cluster) -> None:
+    no_loss(SHORT["redis_kill"](chaos))
+
+
+@pytest.mark.xfail(strict=True, reason="branch `faults`: `lewis up` stops the whole stack "
+                                       "when its embedded redis-server dies")
+def test_lewis_up_restarts_its_killed_redis_and_loses_nothing() -> None:
+    no_loss(run_embedded(short=True))
