@@ -65,8 +65,14 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # Not extended: arguments (HTTP headers and bodies, say) stay out of stored results.
         "result_extended": False,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {k: v for k, v in transport.items()
-                                             if k != "visibility_timeout"},
+        "result_backend_transport_options": {
+            **{k: v for k, v in transport.items() if k != "visibility_timeout"},
+            # Storing a result retries until Redis is back, however long it is away: Celery's
+            # default gives up after 20 retries (~20 s) and records the task as failed with a
+            # ConnectionError once Redis returns, although it ran (issue 12, item 7).
+            "retry_policy": {"max_retries": None, "interval_start": 0, "interval_step": 1,
+                             "interval_max": 2},
+        },
         # redis-py caps a pool at 100 by default; size both pools explicitly.
         "broker_pool_limit": settings.broker.pool_limit,
         "redis_max_connections": settings.broker.max_connections,

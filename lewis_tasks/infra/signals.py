@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Celery, signals
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LewisError
 from .config import get_settings
 from .redis_client import get_redis, reset_clients
 
@@ -22,21 +25,67 @@ def check_visibility_timeout(app: Celery, visibility_timeout: int | None = None)
     """
     vt = visibility_timeout or get_settings().broker.visibility_timeout
     default = app.conf.task_time_limit or 0
-    worst_name, worst = "task_time_limit", default
+    worst_name, worst = "tasks.time_limit", default
     for name, task in app.tasks.items():
         limit = getattr(task, "time_limit", None) or default
         if limit > worst:
-            worst_name, worst = name, limit
+            worst_name, worst = f"the time limit of task {name}", limit
     if not worst:
         raise ConfigError("no hard time limit is set (tasks.time_limit): a stuck task would be "
                           "redelivered forever")
     if worst >= vt:
         raise ConfigError(
-            f"setting broker.visibility_timeout: {vt}s must exceed the largest hard time limit "
-            f"({worst_name}: {worst}s), or a running task is delivered again to another worker")
+            f"setting broker.visibility_timeout ({vt:g}s) must exceed every hard time limit, "
+            f"but {worst_name} is {worst:g}s: a running task would be delivered again to "
+            "another worker")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+USAGE_EXIT = 2  # the CLI's Exit.USAGE (cli/__init__.py): a bad setting; fix it, do not retry
+FAILURE_EXIT = 1
+
+
+def exit_on_failure(func: F) -> F:
+    """Make a start-up signal handler's failure end the process, with one line on stderr.
+
+    Celery calls signal handlers through ``Signal.send``, which logs and swallows every
+    ``Exception``: a check raised there would let the worker start anyway (issue 12). It does
+    not catch ``SystemExit``, and ``worker_init`` runs before the pool and the consumer start,
+    so the worker exits before it consumes anything. A bad setting exits 2, like every other
+    ``lewis`` command; anything else 1.
+    """
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            _exit(f"configuration error: {exc}", USAGE_EXIT)
+        except Exception as exc:
+            kind = "" if isinstance(exc, LewisError) else f"{type(exc).__name__}: "
+            log.exception("worker start-up failed")
+            _exit(f"worker start-up failed: {kind}{exc}", FAILURE_EXIT)
+    return wrapper  # type: ignore[return-value]
+
+
+def _exit(message: str, code: int) -> None:
+    line = " ".join(message.split())  # one line, whatever the message held
+    print(f"lewis: {line}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def startup_checks(app: Celery) -> None:
+    """Every check a worker must pass before it consumes; ConfigError names the setting."""
+    settings = get_settings()
+    if not settings.broker.url:
+        raise ConfigError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
+                          "`lewis up`")
+    app.loader.import_default_modules()  # every task, so every time limit, is known
+    check_visibility_timeout(app)
 
 
 @signals.worker_init.connect
+@exit_on_failure
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     app = sender.app if sender is not None else None
     if app is None:
@@ -46,15 +95,12 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings()
-    if not settings.broker.url:
-        raise ConfigError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
-                          "`lewis up`")
+    startup_checks(app)
     if settings.broker.url.startswith("redis://"):
-        # Workers consume through kombu's Redis transport minus a client object per operation
-        # (transport.py). Only workers: Flower and producers keep the stock scheme they know.
+        # Workers consume through kombu's Redis transport minus a client object per operation,
+        # and survive a broker outage with a task in flight (transport.py). Only workers:
+        # Flower and producers keep the stock scheme they know.
         app.conf.broker_transport = "lewis_tasks.infra.transport:Transport"
-    app.loader.import_default_modules()  # every task, so every time limit, is known
-    check_visibility_timeout(app)
     from .redis_server import eviction_warning
 
     try:
@@ -80,8 +126,10 @@ def tune_gc(young: int) -> None:
 
 
 @signals.worker_process_init.connect
+@exit_on_failure
 def _on_child_start(**_: Any) -> None:
-    # A forked child must not reuse the parent's sockets, engines or event loop.
+    # A forked child must not reuse the parent's sockets, engines or event loop: one that could
+    # not drop them exits (the pool starts another) rather than share them with its parent.
     reset_clients()
     from . import aio
 

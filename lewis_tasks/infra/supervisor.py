@@ -8,6 +8,10 @@ holds the broker password) so every other ``lewis`` command finds the stack by i
 Children die with the supervisor (PR_SET_PDEATHSIG), a child that exits on its own is
 restarted with backoff, and SIGINT/SIGTERM shut everything down warm, in order: Flower and
 beat, then workers (they finish or hand back their tasks), then Redis. Nothing is left behind.
+
+The embedded redis-server is restarted the same way when it dies, on the same port, with the
+same password and AOF directory: the URL every process holds stays valid, workers and beat
+reconnect by themselves (transport.py), and what the AOF had reaches them again.
 """
 
 from __future__ import annotations
@@ -32,6 +36,48 @@ from .redis_server import EmbeddedRedis, die_with_parent, free_port, pid_alive
 
 log = logging.getLogger(__name__)
 
+REDIS_START_TIMEOUT = 60.0  # seconds: a large AOF takes a while to load before PING answers
+RESTART_CAP = 30.0  # seconds: the longest wait before restarting a process that died
+HEALTHY_AFTER = 60.0  # seconds: a process up this long has recovered; its backoff starts over
+
+
+@dataclass
+class Backoff:
+    """When to restart a process that died: 1 s, 2 s, 4 s … up to ``cap`` while it keeps dying,
+    and from 1 s again once a run lasted ``healthy_after`` seconds.
+
+    Without the reset, a worker that crashed five times in a week waited the full cap after
+    every later crash, for the life of the stack. ``clock`` is injectable for tests.
+    """
+
+    cap: float = RESTART_CAP
+    healthy_after: float = HEALTHY_AFTER
+    clock: Callable[[], float] = time.monotonic
+    restarts: int = 0  # consecutive restarts since the last healthy run
+    started_at: float | None = None
+    due: float | None = None  # when the pending restart may happen; None: none pending
+
+    def started(self) -> None:
+        self.started_at = self.clock()
+        self.due = None
+
+    def died(self) -> float:
+        """Record a death once; the delay before the restart (``due`` holds its time)."""
+        now = self.clock()
+        if self.due is not None:
+            return max(0.0, self.due - now)
+        if self.started_at is not None and now - self.started_at >= self.healthy_after:
+            self.restarts = 0
+        delay = min(self.cap, 2.0 ** min(self.restarts, 16))
+        self.restarts += 1
+        self.due = now + delay
+        return delay
+
+    def ready(self) -> bool:
+        """True once a recorded death's delay has passed."""
+        return self.due is not None and self.clock() >= self.due
+
+
 @dataclass
 class Child:
     name: str
@@ -39,8 +85,11 @@ class Child:
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    next_start: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+    @property
+    def restarts(self) -> int:
+        return self.backoff.restarts
 
     def start(self) -> None:
         log_file = self.log_path.open("ab")
@@ -50,6 +99,7 @@ class Child:
                                             start_new_session=True, preexec_fn=die_with_parent)
         finally:
             log_file.close()
+        self.backoff.started()
 
     @property
     def pid(self) -> int | None:
@@ -65,6 +115,7 @@ class Stack:
     python: str = sys.executable
     redis: EmbeddedRedis | None = None
     children: list[Child] = field(default_factory=list)
+    redis_backoff: Backoff = field(default_factory=Backoff)
     broker_url: str = ""
     flower_url: str = ""
     _stopping: bool = False
@@ -92,6 +143,7 @@ class Stack:
         if not self.broker_url:
             self.redis = EmbeddedRedis(self.home / "redis", password=secrets.token_urlsafe(24))
             self.redis.start()
+            self.redis_backoff.started()
             self.broker_url = self.redis.url
             on_step(f"redis    {redact_url(self.broker_url)}  (pid {self.redis.process.pid}, "  # type: ignore[union-attr]
                     f"data {self.home / 'redis'}, AOF on, noeviction)")
@@ -158,7 +210,8 @@ class Stack:
             "embedded_redis": self.redis is not None,
             "database_url": self.settings.database.url,
             "flower_url": self.flower_url,
-            "processes": {c.name: c.pid for c in self.children},
+            "processes": {**({"redis": self.redis.process.pid} if self.redis and self.redis.process
+                             else {}), **{c.name: c.pid for c in self.children}},
             "started_at": time.time(),
             "ready": ready,
         }
@@ -182,24 +235,48 @@ class Stack:
         if on_ready is not None:
             on_ready()
         while not self._stopping:
-            now = time.monotonic()
+            self._tend_redis()
             for child in self.children:
-                if child.alive() or now < child.next_start:
-                    continue
-                if child.process is not None and child.next_start == 0.0:
-                    delay = min(30.0, 2.0 ** min(child.restarts, 5))
-                    log.warning("%s exited (code %s); restarting in %.0fs", child.name,
-                                child.process.returncode, delay)
-                    child.next_start = now + delay
-                    continue
-                child.restarts += 1
-                child.next_start = 0.0
-                child.start()
-                self._write_stack_file(ready=True)
-            if self.redis is not None and self.redis.process and self.redis.process.poll() is not None:
-                log.error("the embedded redis-server exited; stopping the stack")
-                break
+                self._tend(child)
             time.sleep(poll)
+
+    def _tend(self, child: Child) -> None:
+        """Restart ``child`` if it died and its backoff delay has passed."""
+        if child.alive() or child.process is None:
+            return
+        if not child.backoff.ready():
+            if child.backoff.due is None:
+                delay = child.backoff.died()
+                log.warning("%s exited (code %s); restarting in %.0fs", child.name,
+                            child.process.returncode, delay)
+            return
+        child.start()
+        self._write_stack_file(ready=True)
+
+    def _tend_redis(self) -> None:
+        """Restart the embedded redis-server on its port, password and data if it died."""
+        redis = self.redis
+        if redis is None or (redis.process is not None and redis.process.poll() is None):
+            return
+        backoff = self.redis_backoff
+        if not backoff.ready():
+            if backoff.due is None:
+                code = redis.process.returncode if redis.process is not None else None
+                delay = backoff.died()
+                log.error("the embedded redis-server exited (code %s); restarting it on port "
+                          "%d in %.0fs", code, redis.port, delay)
+            return
+        try:
+            redis.start(timeout=REDIS_START_TIMEOUT)
+        except LewisError as exc:  # the port taken meanwhile, a damaged AOF: try again later
+            backoff.started()  # a failed start is a run that died at once
+            redis.process = None
+            log.error("the embedded redis-server did not restart: %s", exc)
+            return
+        backoff.started()
+        log.warning("the embedded redis-server is back on port %d (pid %d)", redis.port,
+                    redis.process.pid)  # type: ignore[union-attr]
+        self._write_stack_file(ready=True)
 
     def stop(self, on_step: Callable[[str], None] = print) -> None:
         """Warm shutdown in order; SIGKILL whatever outlives its grace period."""

@@ -33,6 +33,13 @@ def suicide(key: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@app.task(name="lewis.testing.nap")
+def nap(key: str, seconds: float) -> str:
+    """Sleep ``seconds`` and return ``key``; touches no Redis (only its result is stored)."""
+    time.sleep(seconds)
+    return key
+
+
 # --- the chaos ledger: tasks that count their own runs in a Redis outside the fault -------
 
 TALLY_STARTS, TALLY_RUNS = "chaos:starts", "chaos:runs"
