@@ -31,9 +31,11 @@ def experiments(short: bool) -> dict[str, Runner]:
                                           between=2.0 if short else 5.0),
         # longer than every client timeout: the app's Redis clients (5 s), kombu's (30 s)
         "redis_pause": lambda c: redis_pause(c, paused=7.0 if short else 35.0,
-                                             before=2.0 if short else 4.0, patience=patience),
+                                             before=2.0 if short else 4.0,
+                                             after=3.0 if short else 6.0, patience=patience),
         "redis_kill": lambda c: redis_kill(c, down=3.0 if short else 5.0,
-                                           before=2.0 if short else 4.0, patience=patience),
+                                           before=2.0 if short else 4.0,
+                                           after=3.0 if short else 6.0, patience=patience),
     }
 
 
