@@ -64,9 +64,6 @@ def test_three_beats_with_the_leader_killed_never_fire_a_slot_twice(three_beats:
     assert three_beats.duplicates == 0 and three_beats.harmless, three_beats.line()
 
 
-@pytest.mark.xfail(strict=True, reason="branch `input`: a beat failover skips up to "
-                                       "lease/interval slots today (3 here), at most one after "
-                                       "the fix")
 def test_three_beats_failover_skips_at_most_one_slot(three_beats: Figures) -> None:
     # on main before branch `input`: 3 slots skipped per failover (lease 3 s, 1 s slots)
     assert three_beats.lost <= three_beats.faults, three_beats.line()
