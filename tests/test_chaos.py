@@ -37,15 +37,18 @@ def no_loss(figures: Figures) -> None:
 
 
 def test_io_worker_killed_mid_task_loses_nothing(chaos: Cluster) -> None:
-    figures = SHORT["io_kill"](chaos)
-    no_loss(figures)
-    assert figures.rerun >= 1, figures.line()  # the kill did interrupt work, which ran again
+    tasks, scans = SHORT["io_kill"](chaos)
+    no_loss(tasks)
+    assert tasks.rerun >= 1, tasks.line()  # the kill did interrupt work, which ran again
+    no_loss(scans)  # every scan done, right ports, its rows stored once
 
 
-def test_cpu_pool_child_killed_mid_task_loses_nothing(chaos: Cluster) -> None:
-    figures = SHORT["cpu_kill"](chaos)
-    no_loss(figures)
-    assert figures.rerun >= 1, figures.line()
+def test_cpu_pool_child_killed_mid_task_and_mid_merge_loses_nothing(chaos: Cluster) -> None:
+    tasks, scans = SHORT["cpu_kill"](chaos)
+    no_loss(tasks)
+    assert tasks.rerun >= 1, tasks.line()
+    no_loss(scans)  # the scan whose merge died is merged again: done, findings stored once
+    assert scans.faults == 1, scans.line()
 
 
 def test_poison_task_fails_after_the_cap_and_its_neighbours_complete(chaos: Cluster) -> None:

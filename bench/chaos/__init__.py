@@ -30,12 +30,13 @@ def render(data: dict[str, Any]) -> str:
         verdict = "ok" if r["passed"] else "**FAILED**"
         rows.append(f"| {r['experiment']} | {r['faults']} | {r['submitted']} | {r['completed']} "
                     f"| {lost} | {dup} | {recovery} / {r['bound_s']:.0f} s ({r['bound_name']}) "
-                    f"| {verdict} | {'; '.join(r['notes'])} | `{COMMAND} {r['key']}` |")
+                    f"| {verdict} | {'; '.join(r['notes'])} | `{COMMAND} {r['key']}` "
+                    f"at {r.get('code', '?').split(' ')[0]} |")
     return "\n".join([
         "## Chaos: faults under load",
         "",
         machine_line(data["machine"]),
-        f"Branch state: {data.get('code', 'main')}. Each experiment runs on loopback on real "
+        "Each experiment runs on loopback on real "
         "processes (`lewis worker`, `lewis beat`, `lewis up`, redis-server) with the short "
         "recovery settings of `bench/chaos/cluster.py` (visibility timeout 6 s for io, 16 s for "
         "cpu, time limits below them, `tasks.max_redeliveries` 2, heartbeat every 1 s, beat "

@@ -43,9 +43,17 @@ def _store(results: list[Figures]) -> None:
 
     code = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
-    data = {"machine": machine(), "code": code, "results": [f.to_dict() for f in results]}
+    path = RESULTS / "chaos.json"
+    # a run of some experiments replaces their rows and keeps the others' last figures
+    old = json.loads(path.read_text()) if path.exists() else {"results": []}
+    kept = [{"code": old.get("code", "?"), **r} for r in old["results"]]
+    fresh = [{**f.to_dict(), "code": code} for f in results]
+    rerun = {r["key"] for r in fresh}
+    merged = [r for r in kept if r.get("key") not in rerun] + fresh
+    merged.sort(key=lambda r: NAMES.index(r["key"]) if r.get("key") in NAMES else len(NAMES))
+    data = {"machine": machine(), "results": merged}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "chaos.json").write_text(json.dumps(data, indent=1))
+    path.write_text(json.dumps(data, indent=1))
     write_markdown(RESULTS, ROOT / "BENCHMARKS.md")
     print("wrote bench/results/chaos.json and BENCHMARKS.md")
 

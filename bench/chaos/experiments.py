@@ -66,8 +66,6 @@ def cluster(profiles: tuple[str, ...] = ("io", "io", "cpu", "control"),
     """Start the broker, the ledger and one worker per entry of ``profiles``; yield when all
     answer pings. Workers are named ``<profile><index>-<generation>``; their logs (kept after
     the run) go to ``logs``."""
-    from lewis_tasks.storage.migrate import upgrade
-
     logs.mkdir(parents=True, exist_ok=True)
     for old in logs.glob("*.log"):
         old.unlink()
@@ -75,10 +73,11 @@ def cluster(profiles: tuple[str, ...] = ("io", "io", "cpu", "control"),
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lewis-chaos-")))
         redis = stack.enter_context(broker(home))
         ledger = stack.enter_context(ledger_redis())
-        env = broker_env(redis.url, home)
+        # a silent listener holds a scan chunk for 2 × the banner timeout: well inside 5 s
+        env = broker_env(redis.url, home, LEWIS_SCAN_BANNER_TIMEOUT="1")
         cpu_env = broker_env(redis.url, home, **LOST_CHILD)
         app = stack.enter_context(producing_for(env))
-        upgrade(env["LEWIS_DATABASE_URL"])
+        _migrate(env)
         found = Cluster(home, redis, ledger, app, env, cpu_env)
         try:
             for i, profile in enumerate(profiles):
@@ -93,6 +92,20 @@ def cluster(profiles: tuple[str, ...] = ("io", "io", "cpu", "control"),
                 w.close()
 
 
+def _migrate(env: dict[str, str]) -> None:
+    """The schema and the sample CVE feed, as `lewis up` prepares them (scans need both)."""
+    from lewis_tasks.domain.vulns import sample_records
+    from lewis_tasks.storage import vulns
+    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.migrate import upgrade
+    from lewis_tasks.tasks.vulnlookup import invalidate_vulnerability_cache
+
+    upgrade(env["LEWIS_DATABASE_URL"])
+    with session_scope(get_engine()) as session:
+        vulns.import_vulnerabilities(session, sample_records())
+    invalidate_vulnerability_cache()
+
+
 def _drain(c: Cluster, load: SteadyLoad, patience: float) -> set[str]:
     load.stop()
     submitted = set(load.submitted)
@@ -101,13 +114,18 @@ def _drain(c: Cluster, load: SteadyLoad, patience: float) -> set[str]:
 
 
 def io_worker_kill(c: Cluster, kills: int = 5, every: float = 6.0, rate: float = 10.0,
-                   seconds: float = 1.0, victim: str = "io1") -> Figures:
+                   seconds: float = 1.0, victim: str = "io1",
+                   scan_every: float = 2.0) -> list[Figures]:
     """kill -9 one io worker (its whole process) mid-task ``kills`` times under a steady io
-    load, starting it again each time; its tasks come back after the visibility timeout."""
+    load and a scan every ``scan_every`` seconds, starting it again each time; its tasks and
+    scan chunks come back after the visibility timeout. Two rows: the tasks, the scans."""
+    from .scans import ScanLoad, scan_figures, scan_targets
+
     c.ledger.clear()
     target = c.workers[victim]
     recoveries, notes = [], []
-    with SteadyLoad(tally_sender(c.ledger, "io", seconds, "io-kill"), rate) as load:
+    with scan_targets() as listeners, ScanLoad(listeners, scan_every) as scans, \
+            SteadyLoad(tally_sender(c.ledger, "io", seconds, "io-kill"), rate) as load:
         for _ in range(kills):
             time.sleep(every)
             assert target.process is not None
@@ -122,45 +140,100 @@ def io_worker_kill(c: Cluster, kills: int = 5, every: float = 6.0, rate: float =
                          c.visibility() + c.sweep() + 30)
             last = c.ledger.last_completion_of(interrupted)
             recoveries.append(None if done is None or last is None else last - fault)
+        scans.stop()
         submitted = _drain(c, load, c.visibility() + c.sweep() + 30)
-    return _figures(c, "io worker kill -9", submitted, load, kills, recoveries,
-                    bound=c.visibility() + c.sweep() + seconds,
-                    bound_name="visibility timeout + sweep + task", notes=notes)
+        scanned = scan_figures("io worker kill -9: scans", scans, c.visibility() + c.sweep() + 30)
+    bound = c.visibility() + c.sweep() + seconds
+    tasks = _figures(c, "io worker kill -9", submitted, load, kills, recoveries, bound=bound,
+                     bound_name="visibility timeout + sweep + task", notes=notes)
+    scanned.faults, scanned.recovery_s = kills, tasks.recovery_s
+    scanned.bound_s, scanned.bound_name = bound, tasks.bound_name
+    return [tasks, scanned]
 
 
 def cpu_child_kill(c: Cluster, kills: int = 5, every: float = 4.0, rate: float = 1.5,
-                   seconds: float = 1.0, victim: str = "cpu2") -> Figures:
-    """kill -9 a prefork pool child mid-task ``kills`` times under a steady cpu load; Celery
-    sees the worker lost and requeues the task (task_reject_on_worker_lost)."""
+                   seconds: float = 1.0, victim: str = "cpu2",
+                   scan_every: float = 2.0) -> list[Figures]:
+    """kill -9 a prefork pool child ``kills`` times under a steady cpu load and a scan every
+    ``scan_every`` seconds: every other kill lands in the middle of a scan's merge (armed
+    in tests/support/killtasks.py), the rest on a child running a task. Celery sees the child
+    lost and requeues its task (task_reject_on_worker_lost). Two rows: tasks, scans."""
+    from .scans import ScanLoad, scan_figures, scan_targets
+
     c.ledger.clear()
     target = c.workers[victim]
-    recoveries, notes = [], []
-    with SteadyLoad(tally_sender(c.ledger, "cpu", seconds, "cpu-kill"), rate) as load:
-        for _ in range(kills):
+    recoveries: list[float | None] = []
+    merges: list[float | None] = []
+    notes: list[str] = []
+    with scan_targets() as listeners, ScanLoad(listeners, scan_every) as scans, \
+            SteadyLoad(tally_sender(c.ledger, "cpu", seconds, "cpu-kill"), rate) as load:
+        for n in range(kills):
             time.sleep(every)
             assert target.process is not None
-            busy: dict[int, set[str]] = {}
-            for pid in pool_children(target.process):
-                # a task killed before is left alone: three kills make any task a poison
-                fresh = {k for k in c.ledger.running_on({pid}) if c.ledger.starts(k) == 1}
-                if fresh:
-                    busy[pid] = fresh
-            if not busy:
-                notes.append("a kill found no child busy")
-                continue
-            pid = random.choice(sorted(busy))
-            fault = time.time()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            done = until(lambda keys=busy[pid]: c.ledger.last_completion_of(keys) is not None,
-                         c.visibility(c.cpu_env) + 30)
-            last = c.ledger.last_completion_of(busy[pid])
-            recoveries.append(None if done is None or last is None else last - fault)
+            if n % 2:
+                merges.append(_kill_mid_merge(c))
+            else:
+                recoveries.append(_kill_busy_child(c, pool_children(target.process), notes))
+        scans.stop()
         submitted = _drain(c, load, c.visibility(c.cpu_env) + 30)
+        scanned = scan_figures("cpu pool child kill -9: scans (mid-merge)", scans,
+                               c.visibility(c.cpu_env) + 30)
     # Celery notices a lost child within worker_lost_wait (10 s), then the task runs again
-    return _figures(c, "cpu pool child kill -9", submitted, load, kills, recoveries,
-                    bound=c.visibility(c.cpu_env), bound_name="cpu visibility timeout",
-                    notes=notes)
+    bound = c.visibility(c.cpu_env)
+    tasks = _figures(c, "cpu pool child kill -9", submitted, load, len(recoveries), recoveries,
+                     bound=bound, bound_name="cpu visibility timeout", notes=notes)
+    scanned.faults = len(merges)
+    scanned.rerun += sum(1 for m in merges if m is not None)  # each killed merge ran again
+    scanned.recovery_s = (None if not merges or None in merges
+                          else max(m for m in merges if m is not None))
+    scanned.bound_s, scanned.bound_name = bound, tasks.bound_name
+    return [tasks, scanned]
+
+
+def _kill_busy_child(c: Cluster, children: list[int], notes: list[str]) -> float | None:
+    """kill -9 a child running a task (one never killed before: three kills make any task a
+    poison); seconds until the task it ran completed again, None if it never did."""
+    busy: dict[int, set[str]] = {}
+    for pid in children:
+        fresh = {k for k in c.ledger.running_on({pid}) if c.ledger.starts(k) == 1}
+        if fresh:
+            busy[pid] = fresh
+    if not busy:
+        notes.append("a kill found no child busy")
+        return 0.0
+    pid = random.choice(sorted(busy))
+    fault = time.time()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    until(lambda: c.ledger.last_completion_of(busy[pid]) is not None,
+          c.visibility(c.cpu_env) + 30)
+    last = c.ledger.last_completion_of(busy[pid])
+    return None if last is None else last - fault
+
+
+def _kill_mid_merge(c: Cluster) -> float | None:
+    """Arm the next merge to die in its middle; seconds from that death until its scan is done."""
+    import redis
+
+    from lewis_tasks.storage import scans
+    from lewis_tasks.storage.db import get_engine, session_scope
+    from tests.support.killtasks import KILL_MERGE_KEY, KILLED_MERGE_KEY
+
+    client = redis.Redis.from_url(c.env["LEWIS_BROKER_URL"], decode_responses=True)
+    client.delete(KILLED_MERGE_KEY)
+    client.set(KILL_MERGE_KEY, "1")
+    if until(lambda: client.exists(KILLED_MERGE_KEY), 30) is None:
+        client.delete(KILL_MERGE_KEY)
+        return None
+    when, scan_id = str(client.get(KILLED_MERGE_KEY)).split(" ", 1)
+
+    def done() -> bool:
+        with session_scope(get_engine()) as session:
+            scan = scans.get_scan(session, scan_id)
+            return scan is not None and scan.status == "done"
+
+    finished = until(done, c.visibility(c.cpu_env) + 30, interval=0.2)
+    return None if finished is None else finished - float(when)
 
 
 def redis_kill(c: Cluster, down: float = 3.0, before: float = 4.0, after: float = 6.0,

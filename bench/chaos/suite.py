@@ -9,7 +9,7 @@ from typing import Any
 
 from .ledger import Figures
 
-Runner = Callable[[Any], Figures]
+Runner = Callable[[Any], "Figures | list[Figures]"]
 
 NAMES = ("io_kill", "cpu_kill", "poison", "beats2", "beats3", "redis_pause", "redis_kill",
          "redis_kill_embedded")
@@ -23,7 +23,7 @@ def experiments(short: bool) -> dict[str, Runner]:
     patience = 20.0 if short else 60.0
     return {
         "io_kill": lambda c: io_worker_kill(c, kills=1 if short else 8, every=4.0),
-        "cpu_kill": lambda c: cpu_child_kill(c, kills=1 if short else 8, every=3.0),
+        "cpu_kill": lambda c: cpu_child_kill(c, kills=2 if short else 8, every=3.0),
         "poison": lambda c: poison_task(c, neighbours=6 if short else 20),
         "beats2": lambda c: beat_failover(c, beats=2, kills=1 if short else 3,
                                           between=2.0 if short else 5.0),
@@ -54,10 +54,11 @@ def run_experiments(names: list[str], short: bool,
     table = experiments(short)
     out: list[Figures] = []
 
-    def record(name: str, figures: Figures) -> None:
-        figures.key = name
-        on_result(figures)
-        out.append(figures)
+    def record(name: str, result: Figures | list[Figures]) -> None:
+        for figures in result if isinstance(result, list) else [result]:
+            figures.key = name
+            on_result(figures)
+            out.append(figures)
 
     pending = list(names)
     while pending:

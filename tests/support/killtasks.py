@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 from lewis_tasks.infra.celery_app import app
 from lewis_tasks.infra.redis_client import get_redis
@@ -69,3 +70,30 @@ def poison(ledger_url: str, key: str) -> None:
     """Count a start in the ledger, then kill the process that runs it, every time."""
     get_redis(ledger_url).hincrby(TALLY_STARTS, key, 1)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --- a kill -9 in the middle of a scan merge, on demand ------------------------------------
+
+KILL_MERGE_KEY = "test:kill-merge"  # set it, and the next merge's pool child dies mid-merge
+KILLED_MERGE_KEY = "test:killed-merge"  # "<time> <scan id>" of the merge that died
+
+
+def _merges_die_when_armed() -> None:
+    """Fault injection at an exact point: after the merge read every chunk and before it
+    stored the findings, the child SIGKILLs itself (once per arming). A merge is too short to
+    hit from outside; this is the kill -9 landing there."""
+    from lewis_tasks.storage import scans
+
+    store = scans.upsert_findings
+
+    def upsert_findings(session: Any, scan_id: str, findings: Any) -> int:
+        client = get_redis()
+        if client.getdel(KILL_MERGE_KEY):
+            client.set(KILLED_MERGE_KEY, f"{time.time():.3f} {scan_id}")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return store(session, scan_id, findings)
+
+    scans.upsert_findings = upsert_findings  # type: ignore[assignment]
+
+
+_merges_die_when_armed()
