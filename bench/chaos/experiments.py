@@ -21,6 +21,7 @@ from typing import Any
 from ..harness import LOGS as BENCH_LOGS
 from .cluster import (
     LOST_CHILD,
+    SCANNING,
     BrokerRedis,
     Respawning,
     answering,
@@ -73,8 +74,7 @@ def cluster(profiles: tuple[str, ...] = ("io", "io", "cpu", "control"),
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lewis-chaos-")))
         redis = stack.enter_context(broker(home))
         ledger = stack.enter_context(ledger_redis())
-        # a silent listener holds a scan chunk for 2 × the banner timeout: well inside 5 s
-        env = broker_env(redis.url, home, LEWIS_SCAN_BANNER_TIMEOUT="1")
+        env = broker_env(redis.url, home, **SCANNING)
         cpu_env = broker_env(redis.url, home, **LOST_CHILD)
         app = stack.enter_context(producing_for(env))
         _migrate(env)
@@ -126,9 +126,13 @@ def io_worker_kill(c: Cluster, kills: int = 5, every: float = 6.0, rate: float =
     recoveries, notes = [], []
     with scan_targets() as listeners, ScanLoad(listeners, scan_every) as scans, \
             SteadyLoad(tally_sender(c.ledger, "io", seconds, "io-kill"), rate) as load:
-        for _ in range(kills):
+        for n in range(kills):
             time.sleep(every)
             assert target.process is not None
+            if n % 2 == 0:  # every other kill waits (a while) for a scan chunk on the victim
+                chunks = until(lambda: _running(c, target.current, "lewis.scan.chunk"), every)
+                if chunks is None:
+                    notes.append("a kill found no scan chunk running")
             interrupted = c.ledger.running_on(group_pids(target.process))
             fault = time.time()
             target.kill()
@@ -149,6 +153,16 @@ def io_worker_kill(c: Cluster, kills: int = 5, every: float = 6.0, rate: float =
     scanned.faults, scanned.recovery_s = kills, tasks.recovery_s
     scanned.bound_s, scanned.bound_name = bound, tasks.bound_name
     return [tasks, scanned]
+
+
+def _running(c: Cluster, worker: str, task: str) -> bool:
+    """True if ``worker`` (a name before the @) reports ``task`` among its active tasks."""
+    try:
+        active = c.app.control.inspect(timeout=0.5).active() or {}
+    except Exception:  # the broker hiccuped: not seen
+        return False
+    return any(t.get("name") == task for name, tasks in active.items()
+               if name.split("@")[0] == worker for t in tasks or ())
 
 
 def cpu_child_kill(c: Cluster, kills: int = 5, every: float = 4.0, rate: float = 1.5,

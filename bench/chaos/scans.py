@@ -100,8 +100,7 @@ def scan_figures(name: str, load: ScanLoad, patience: float) -> Figures:
             chunks = [c.task_id for c in session.scalars(
                 select(ScanChunk).where(ScanChunk.scan_id == handle.id))]
         again = any(t is not None and redeliveries(t) > 0 for t in chunks)
-        figures.rerun += again
-        figures.duplicates += again
+        figures.rerun += again  # (whether the killed run had finished, a scan cannot tell)
         if ports != len(truth) or found != len(truth):
             figures.harmless = False
             figures.notes.append(f"scan {handle.id[:8]}: {ports} port rows, {found} findings "
