@@ -73,7 +73,7 @@ def test_three_beats_failover_skips_at_most_one_slot(three_beats: Figures) -> No
 
 
 def test_redis_paused_past_the_app_client_timeout_loses_nothing(chaos: Cluster) -> None:
-    # 7 s: past the app's own Redis clients (5 s), not kombu's 30 s (the bench pauses 35 s)
+    # 6 s: past the app's own Redis clients (5 s), not kombu's 30 s (the bench pauses 35 s)
     no_loss(SHORT["redis_pause"](chaos))
 
 

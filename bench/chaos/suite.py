@@ -21,21 +21,20 @@ def experiments(short: bool) -> dict[str, Runner]:
     from .leaders import beat_failover, poison_task
 
     patience = 20.0 if short else 60.0
+    before, after = (1.5, 2.0) if short else (4.0, 6.0)  # load before and after a broker fault
     return {
-        "io_kill": lambda c: io_worker_kill(c, kills=1 if short else 8, every=4.0),
+        "io_kill": lambda c: io_worker_kill(c, kills=1 if short else 8, every=3.0 if short else 4.0),
         "cpu_kill": lambda c: cpu_child_kill(c, kills=2 if short else 8, every=3.0),
         "poison": lambda c: poison_task(c, neighbours=6 if short else 20),
         "beats2": lambda c: beat_failover(c, beats=2, kills=1 if short else 3,
-                                          between=2.0 if short else 5.0),
+                                          between=1.0 if short else 5.0),
         "beats3": lambda c: beat_failover(c, beats=3, kills=1 if short else 3,
-                                          between=2.0 if short else 5.0),
+                                          between=1.0 if short else 5.0),
         # longer than every client timeout: the app's Redis clients (5 s), kombu's (30 s)
-        "redis_pause": lambda c: redis_pause(c, paused=7.0 if short else 35.0,
-                                             before=2.0 if short else 4.0,
-                                             after=3.0 if short else 6.0, patience=patience),
-        "redis_kill": lambda c: redis_kill(c, down=3.0 if short else 5.0,
-                                           before=2.0 if short else 4.0,
-                                           after=3.0 if short else 6.0, patience=patience),
+        "redis_pause": lambda c: redis_pause(c, paused=6.0 if short else 35.0, before=before,
+                                             after=after, patience=patience),
+        "redis_kill": lambda c: redis_kill(c, down=2.0 if short else 5.0, before=before,
+                                           after=after, patience=patience),
     }
 
 
@@ -43,7 +42,7 @@ def run_embedded(short: bool) -> Figures:
     from .leaders import embedded_redis_kill
 
     return embedded_redis_kill(down_patience=20.0 if short else 60.0,
-                               before=2.0 if short else 4.0)
+                               before=1.5 if short else 4.0, after=2.0 if short else 6.0)
 
 
 def run_experiments(names: list[str], short: bool,
