@@ -28,9 +28,12 @@ def render(data: dict[str, Any]) -> str:
                f"{'harmless' if r['harmless'] else '**harmful**'}")
         lost = f"{r['lost']}" + (f" (≤ {r['allowed_lost']} allowed)" if r["allowed_lost"] else "")
         verdict = "ok" if r["passed"] else "**FAILED**"
+        notes = list(r["notes"])
+        if r.get("refused"):
+            notes.append(f"{r['refused']} submits refused while the broker was down")
         rows.append(f"| {r['experiment']} | {r['faults']} | {r['submitted']} | {r['completed']} "
                     f"| {lost} | {dup} | {recovery} / {r['bound_s']:.0f} s ({r['bound_name']}) "
-                    f"| {verdict} | {'; '.join(r['notes'])} | `{COMMAND} {r['key']}` "
+                    f"| {verdict} | {'; '.join(notes)} | `{COMMAND} {r['key']}` "
                     f"at {r.get('code', '?').split(' ')[0]} |")
     return "\n".join([
         "## Chaos: faults under load",
@@ -38,12 +41,20 @@ def render(data: dict[str, Any]) -> str:
         machine_line(data["machine"]),
         "Each experiment runs on loopback on real "
         "processes (`lewis worker`, `lewis beat`, `lewis up`, redis-server) with the short "
-        "recovery settings of `bench/chaos/cluster.py` (visibility timeout 6 s for io, 16 s for "
-        "cpu, time limits below them, `tasks.max_redeliveries` 2, heartbeat every 1 s, beat "
-        "lease 3 s). Every task has an id and records its runs in a ledger Redis outside the "
+        "recovery settings of `bench/chaos/cluster.py` (visibility timeout 10 s for io and "
+        "control, 16 s for cpu, hard time limits 1 s below, `tasks.max_redeliveries` 2, "
+        "heartbeat every 1 s, beat lock timeout 3 s); the cluster is two io workers, a cpu "
+        "worker (2 children) and a control worker on a redis-server of its own (AOF on), "
+        "`lewis up` for the embedded case. Every task has an id and records its runs in a ledger Redis outside the "
         "fault (starts, completed runs, one HSETNX record); *lost* = submitted − completed; "
         "*run > 1* = ids started more than once (how many completed twice); *harmless* = "
-        "each completed id still holds exactly one record. Recovery: worker kills, from the "
+        "each completed id still holds exactly one record. Scans (real `lewis.scan` jobs of 48 "
+        "ports on loopback listeners, one every 2 s beside the task load) count as completed "
+        "when done with exactly the kernel's open ports, as harmless when their port rows and "
+        "findings are stored once; their *run > 1* counts scans with a chunk delivered again "
+        "or a merge killed and run again. In the cpu experiment every other kill lands in a "
+        "merge (after it read the chunks, before it stored the findings; armed in "
+        "tests/support/killtasks.py). Recovery: worker kills, from the "
         "kill to the completion of the tasks it interrupted (worst of the kills); broker "
         "faults, from the fault's end until every worker answers a ping and a task completed; "
         "beats, from the kill to the new leader's first heartbeat; poison, from submit to its "

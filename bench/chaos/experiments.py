@@ -307,7 +307,8 @@ def _figures(c: Cluster, name: str, submitted: set[str], load: SteadyLoad, fault
              recoveries: list[float | None], bound: float, bound_name: str,
              notes: list[str]) -> Figures:
     figures = c.ledger.figures(name, submitted)
-    figures.faults, figures.refused, figures.notes = faults, load.refused, notes
+    figures.faults, figures.refused = faults, load.refused
+    figures.notes = notes + figures.notes
     figures.bound_s, figures.bound_name = bound, bound_name
     figures.recovery_s = (None if not recoveries or any(r is None for r in recoveries)
                           else max(r for r in recoveries if r is not None))

@@ -119,8 +119,11 @@ def poison_task(c: Cluster, neighbours: int = 10, seconds: float = 0.5,
     try:
         handle.wait(timeout=(cap + 1) * visibility + 30)
         notes.append("the poison task succeeded?")
-    except RedeliveryLimitExceeded:
+    except RedeliveryLimitExceeded as exc:
         failed_at = time.time()
+        if f"max_redeliveries={cap}" not in str(exc):
+            notes.append(f"the failure does not name the cap: {exc}")
+            failed_at = None
     except Exception as exc:  # a timeout, or another failure: the cap did not do its work
         notes.append(f"poison ended as {type(exc).__name__}")
     wait_drained(c.ledger, submitted, 30)
@@ -129,6 +132,7 @@ def poison_task(c: Cluster, neighbours: int = 10, seconds: float = 0.5,
     figures.submitted += 1
     figures.completed += failed_at is not None  # accounted for: failed, with the cap named
     figures.rerun += starts > 1
+    figures.faults = starts  # every start of the poison killed the child running it
     figures.harmless = figures.harmless and starts <= cap + 1
     figures.recovery_s = None if failed_at is None else failed_at - fault
     figures.bound_s, figures.bound_name = (cap + 1) * visibility, "(cap + 1) × visibility timeout"
@@ -136,7 +140,7 @@ def poison_task(c: Cluster, neighbours: int = 10, seconds: float = 0.5,
     if c.workers[worker].current not in answering(c.app):
         notes.append("its worker no longer answers")
         figures.recovery_s = None
-    figures.notes = notes
+    figures.notes = notes + figures.notes
     return figures
 
 

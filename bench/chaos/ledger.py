@@ -33,6 +33,7 @@ from tests.support.killtasks import (
 )
 
 TALLY = "lewis.testing.tally"
+TASK_IDS = "chaos:task-ids"  # id → Celery task id, written by the producer
 
 
 @dataclass
@@ -84,7 +85,8 @@ class Ledger:
         self.client = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
 
     def clear(self) -> None:
-        self.client.delete(TALLY_STARTS, TALLY_RUNS, TALLY_RECORDS, TALLY_WHERE, TALLY_DONE)
+        self.client.delete(TALLY_STARTS, TALLY_RUNS, TALLY_RECORDS, TALLY_WHERE, TALLY_DONE,
+                           TASK_IDS)
 
     def starts(self, key: str) -> int:
         return int(self.client.hget(TALLY_STARTS, key) or 0)
@@ -111,7 +113,15 @@ class Ledger:
         runs = {k: int(v) for k, v in self.client.hgetall(TALLY_RUNS).items()}
         records = self.completed()
         completed = records & submitted
-        return Figures(name, submitted=len(submitted), completed=len(completed),
+        lost = submitted - completed
+        notes = []
+        if lost:  # where they were lost: before any run, or in a run that never completed
+            never = sum(1 for k in lost if not starts.get(k))
+            example = sorted(lost)[0]
+            notes.append(f"lost: {never} never started, {len(lost) - never} started and "
+                         f"never completed (e.g. {example}, task "
+                         f"{self.client.hget(TASK_IDS, example)})")
+        return Figures(name, submitted=len(submitted), completed=len(completed), notes=notes,
                        rerun=sum(1 for k in submitted if starts.get(k, 0) > 1),
                        duplicates=sum(1 for k in submitted if runs.get(k, 0) > 1),
                        harmless=all(runs.get(k, 0) >= 1 for k in completed)
@@ -150,7 +160,8 @@ def tally_sender(ledger: Ledger, queue: str, seconds: float, prefix: str) -> Sen
 
     def send(n: int) -> str:
         key = f"{prefix}-{n}"
-        submit_many(TALLY, [((ledger.url, key, seconds), {})], queue=queue)
+        [handle] = submit_many(TALLY, [((ledger.url, key, seconds), {})], queue=queue)
+        ledger.client.hset(TASK_IDS, key, handle.id)  # to find a lost one in the worker logs
         return key
 
     return send

@@ -27,13 +27,6 @@ def record(key: str, seconds: float) -> str:
     return key
 
 
-@app.task(name="lewis.testing.suicide")
-def suicide(key: str) -> None:
-    """Kill the process that runs it, every time (like a task that always runs out of memory)."""
-    get_redis().incr(f"test:starts:{key}")
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 @app.task(name="lewis.testing.nap")
 def nap(key: str, seconds: float) -> str:
     """Sleep ``seconds`` and return ``key``; touches no Redis (only its result is stored)."""
