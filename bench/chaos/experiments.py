@@ -303,12 +303,35 @@ def _broker_fault(c: Cluster, name: str, before: float, after: float, rate: floa
     return figures
 
 
+def _where_lost(c: Cluster, keys: set[str]) -> str:
+    """Where the broker holds the lost tasks' messages now: still unacked (never restored),
+    in a queue, or nowhere (the message itself is gone)."""
+    import redis
+
+    from .ledger import TASK_IDS
+
+    ids = {c.ledger.client.hget(TASK_IDS, k) for k in keys} - {None}
+    client = redis.Redis.from_url(c.env["LEWIS_BROKER_URL"])
+    try:
+        unacked = sum(1 for raw in client.hvals("unacked") if any(i.encode() in raw for i in ids))
+        queued = sum(1 for q in ("io", "cpu") for raw in client.lrange(q, 0, -1)
+                     if any(i.encode() in raw for i in ids))
+    except redis.RedisError as exc:
+        return f"broker unreadable: {exc}"
+    finally:
+        client.close()
+    return (f"their messages now: {unacked} unacked, {queued} queued, "
+            f"{len(ids) - unacked - queued} nowhere")
+
+
 def _figures(c: Cluster, name: str, submitted: set[str], load: SteadyLoad, faults: int,
              recoveries: list[float | None], bound: float, bound_name: str,
              notes: list[str]) -> Figures:
     figures = c.ledger.figures(name, submitted)
     figures.faults, figures.refused = faults, load.refused
     figures.notes = notes + figures.notes
+    if figures.lost:
+        figures.notes.append(_where_lost(c, submitted - c.ledger.completed()))
     figures.bound_s, figures.bound_name = bound, bound_name
     figures.recovery_s = (None if not recoveries or any(r is None for r in recoveries)
                           else max(r for r in recoveries if r is not None))
