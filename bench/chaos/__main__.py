@@ -47,7 +47,13 @@ def _store(results: list[Figures]) -> None:
     # a run of some experiments replaces their rows and keeps the others' last figures
     old = json.loads(path.read_text()) if path.exists() else {"results": []}
     kept = [{"code": old.get("code", "?"), **r} for r in old["results"]]
-    fresh = [{**f.to_dict(), "code": code} for f in results]
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    previous = {r["key"]: r for r in kept if r.get("key")}
+    fresh = [{**f.to_dict(), "code": code, "when": when} for f in results]
+    for row in fresh:  # earlier runs stay visible: a fault that loses tasks now and then
+        old_row = previous.get(row["key"])
+        if old_row is not None and old_row["experiment"] == row["experiment"]:
+            row["history"] = [*old_row.get("history", []), _compact(old_row)]
     rerun = {r["key"] for r in fresh}
     merged = [r for r in kept if r.get("key") not in rerun] + fresh
     merged.sort(key=lambda r: NAMES.index(r["key"]) if r.get("key") in NAMES else len(NAMES))
@@ -56,6 +62,10 @@ def _store(results: list[Figures]) -> None:
     path.write_text(json.dumps(data, indent=1))
     write_markdown(RESULTS, ROOT / "BENCHMARKS.md")
     print("wrote bench/results/chaos.json and BENCHMARKS.md")
+
+
+def _compact(row: dict[str, object]) -> dict[str, object]:
+    return {k: row.get(k) for k in ("when", "code", "submitted", "lost", "rerun", "passed")}
 
 
 if __name__ == "__main__":
