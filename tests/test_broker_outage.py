@@ -63,6 +63,8 @@ def _result(app: Celery, task_id: str) -> Any:
 
 def test_every_worker_survives_a_redis_outage_with_tasks_in_flight(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
+    with contextlib.closing(redis.Redis.from_url(server.url)) as admin:
+        admin.config_set("appendfsync", "always")  # every delivery is on disk when Redis dies
     env = stack_env(server.url, tmp_path, **LIMITS)
     broker = env["LEWIS_BROKER_URL"]
     logs = {p: tmp_path / f"{p}.log" for p in PROFILES}
@@ -87,7 +89,6 @@ def test_every_worker_survives_a_redis_outage_with_tasks_in_flight(tmp_path: Pat
                      and not any(client.llen(p) for p in PROFILES), 30,
                      what="every task to be delivered")
             client.close()
-            time.sleep(1.5)  # the AOF is fsynced every second: the deliveries are on disk
             # When Redis is killed, stays down, and comes back on the same port and data
             os.kill(server.process.pid, signal.SIGKILL)  # type: ignore[union-attr]
             server.process.wait()  # type: ignore[union-attr]

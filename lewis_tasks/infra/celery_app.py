@@ -65,14 +65,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # Not extended: arguments (HTTP headers and bodies, say) stay out of stored results.
         "result_extended": False,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {
-            **{k: v for k, v in transport.items() if k != "visibility_timeout"},
-            # Storing a result retries until Redis is back, however long it is away: Celery's
-            # default gives up after 20 retries (~20 s) and records the task as failed with a
-            # ConnectionError once Redis returns, although it ran (issue 12, item 7).
-            "retry_policy": {"max_retries": None, "interval_start": 0, "interval_step": 1,
-                             "interval_max": 2},
-        },
+        "result_backend_transport_options": {k: v for k, v in transport.items()
+                                             if k != "visibility_timeout"},
         # redis-py caps a pool at 100 by default; size both pools explicitly.
         "broker_pool_limit": settings.broker.pool_limit,
         "redis_max_connections": settings.broker.max_connections,
@@ -114,6 +108,28 @@ def configure_app(celery_app: Celery, settings: Settings) -> Celery:
     celery_app._backend_cache = None  # the previous result backend
     celery_app._local.__dict__.pop("backend", None)
     return celery_app
+
+
+# A worker stores a result until Redis is back, however long it is away: Celery's default
+# gives up after 20 retries one second apart and, once Redis returns, records the task as
+# failed with a ConnectionError although it ran (issue 12, item 7). Producers keep the
+# default: a command must fail on a broker outage, not wait for it.
+WORKER_RESULT_RETRY = {"max_retries": None, "interval_start": 0, "interval_step": 1,
+                       "interval_max": 2}
+WORKER_TRANSPORT = "lewis_tasks.infra.transport:Transport"
+
+
+def configure_worker(celery_app: Celery, settings: Settings) -> None:
+    """The options only a worker process gets (called at worker_init, before anything runs)."""
+    if settings.broker.url.startswith("redis://"):
+        # kombu's Redis transport minus a client object per operation, surviving a broker
+        # outage with a task in flight (transport.py). Flower and producers keep the stock one.
+        celery_app.conf.broker_transport = WORKER_TRANSPORT
+    options = dict(celery_app.conf.result_backend_transport_options or {})
+    celery_app.conf.result_backend_transport_options = {**options,
+                                                        "retry_policy": WORKER_RESULT_RETRY}
+    celery_app._backend_cache = None  # a backend built before this would keep the old policy
+    celery_app._local.__dict__.pop("backend", None)
 
 
 def release_result_subscriptions() -> None:

@@ -96,11 +96,9 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings()
     startup_checks(app)
-    if settings.broker.url.startswith("redis://"):
-        # Workers consume through kombu's Redis transport minus a client object per operation,
-        # and survive a broker outage with a task in flight (transport.py). Only workers:
-        # Flower and producers keep the stock scheme they know.
-        app.conf.broker_transport = "lewis_tasks.infra.transport:Transport"
+    from .celery_app import configure_worker
+
+    configure_worker(app, settings)
     from .redis_server import eviction_warning
 
     try:

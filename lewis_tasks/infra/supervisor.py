@@ -210,8 +210,7 @@ class Stack:
             "embedded_redis": self.redis is not None,
             "database_url": self.settings.database.url,
             "flower_url": self.flower_url,
-            "processes": {**({"redis": self.redis.process.pid} if self.redis and self.redis.process
-                             else {}), **{c.name: c.pid for c in self.children}},
+            "processes": self._pids(),
             "started_at": time.time(),
             "ready": ready,
         }
@@ -221,6 +220,13 @@ class Stack:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2)
         os.replace(tmp, path)
+
+    def _pids(self) -> dict[str, int | None]:
+        """Every process of the stack by name, the embedded redis-server first."""
+        pids: dict[str, int | None] = {}
+        if self.redis is not None and self.redis.process is not None:
+            pids["redis"] = self.redis.process.pid
+        return {**pids, **{c.name: c.pid for c in self.children}}
 
     def supervise(self, poll: float = 0.5, on_ready: Callable[[], None] | None = None) -> None:
         """Block until a stop is requested, restarting children that die (with backoff).

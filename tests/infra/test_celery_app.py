@@ -12,11 +12,14 @@ def test_an_app_pointed_at_another_broker_publishes_and_broadcasts_there(
     from lewis_tasks.infra import config
     from lewis_tasks.infra.celery_app import configure_app, create_app
 
-    app = create_app(lewis_settings)  # a private app: the process's own is left alone
+    # A private app on a db of its own: Celery's app.pool is kombu's process-wide pool for the
+    # broker URL, so reconfiguring an app on the session app's URL closed that app's pool too
+    # ("Acquire on closed pool" in later tests of the same run).
+    base = lewis_settings.broker.url.rsplit("/", 1)[0]
+    first, second = f"{base}/2", f"{base}/3"
+    app = create_app(config.replace_section(lewis_settings, "broker", url=first))
     # Given an app that has broadcast and published through its first broker
     assert app.control.ping(timeout=0.05) == []
-    first = lewis_settings.broker.url
-    second = first.rsplit("/", 1)[0] + "/3"
     redis.Redis.from_url(second).delete("cpu")
     # When it is pointed at another broker (a stack stopped, another one started)
     configure_app(app, config.replace_section(lewis_settings, "broker", url=second))
@@ -25,3 +28,16 @@ def test_an_app_pointed_at_another_broker_publishes_and_broadcasts_there(
     app.send_task("lewis.test.moved", queue="cpu")
     assert redis.Redis.from_url(second).llen("cpu") == 1
     redis.Redis.from_url(second).delete("cpu")
+
+
+def test_only_workers_store_results_until_redis_is_back(lewis_settings: Any) -> None:
+    from lewis_tasks.infra.celery_app import WORKER_TRANSPORT, configure_worker, create_app
+
+    producer = create_app(lewis_settings)
+    assert producer.backend.retry_policy["max_retries"] == 20  # a command fails on an outage
+    worker = create_app(lewis_settings)
+    worker.backend  # noqa: B018  (built before worker_init: must not keep the old policy)
+    configure_worker(worker, lewis_settings)
+    assert worker.backend.retry_policy["max_retries"] is None  # a finished task's result waits
+    assert worker.conf.broker_transport == WORKER_TRANSPORT
+    assert producer.conf.broker_transport != WORKER_TRANSPORT
