@@ -44,9 +44,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _selects_slow(config):  # `-m slow` runs the property tests too, with more examples
-        for item in items:
-            if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+    slow = _selects_slow(config)
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            # 10,000 examples took up to 45 s on a busy 2-core machine: past the 120 s default
+            # only when it is busier still; `slow` runs ten times as many
+            item.add_marker(pytest.mark.timeout(1800 if slow else 600))
+            if slow:  # `-m slow` runs the property tests too, with more examples
                 item.add_marker(pytest.mark.slow)
 
 

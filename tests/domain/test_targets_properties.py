@@ -141,9 +141,13 @@ def test_any_text_is_a_target_within_the_cap_or_invalid_input(token: str, max_ho
     except InvalidInput:
         return
     assert (target.hostname is None) != (not target.addresses)  # one or the other
+    # nothing but ASCII is read as a digit or a letter ('١٠/٢٤', 'K' for 'k'); an IPv6 zone
+    # id after '%' is the scope's business
+    assert token.strip().split("%", 1)[0].isascii()
     if target.hostname is not None:
         name = target.hostname
-        assert name.isascii() and 0 < len(name) <= 253 and name == name.lower()
+        assert name == token.strip().lower().rstrip(".")  # the name typed, not a look-alike
+        assert 0 < len(name) <= 253
         assert all(0 < len(label) <= 63 for label in name.split("."))
         assert not all(label.isdigit() for label in name.split("."))
     else:
@@ -162,24 +166,25 @@ def test_every_address_parses_to_itself(addr: ipaddress.IPv4Address | ipaddress.
         assert parse_target(spelling, max_hosts=1).addresses == (str(addr),)
 
 
-@given(st.one_of(st.ip_addresses(v=4).map(lambda a: (a, 32)), st.ip_addresses(v=6).map(lambda a: (a, 128))),
+@given(st.one_of(st.integers(0, 2**32 - 1).map(lambda n: (ipaddress.IPv4Address(n), 32)),
+                 st.integers(2**96, 2**128 - 1).map(lambda n: (ipaddress.IPv6Address(n), 128))),
        st.integers(0, 8), st.integers(1, 256))
 def test_a_block_expands_to_its_hosts_or_is_refused_over_the_cap(
         base: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], host_bits: int,
         max_hosts: int) -> None:
-    addr, width = base
-    assume(addr.version == 4 or (addr not in ipaddress.ip_network("::/96")
-                                 and addr.ipv4_mapped is None))
+    addr, width = base  # (no IPv6 below 2**96: IPv4 embedded in IPv6 is the scope's business)
     prefix = width - host_bits
     net = ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
+    # hosts: IPv4 blocks skip network and broadcast, IPv6 ones the subnet-router anycast
+    count = net.num_addresses - (2 if width == 32 and prefix < 31 else
+                                 1 if width == 128 and prefix < 127 else 0)
     try:
         target = parse_target(f"{addr}/{prefix}", max_hosts=max_hosts)
     except InvalidInput as exc:
-        assert "over the cap" in str(exc)
-        assert net.num_addresses - 2 > max_hosts or net.num_addresses > max_hosts
+        assert "over the cap" in str(exc) and count > max_hosts
         return
     hosts = [ipaddress.ip_address(a) for a in target.addresses]
-    assert 0 < len(hosts) <= max_hosts and all(h in net for h in hosts)
+    assert len(hosts) == count <= max_hosts and all(h in net for h in hosts)
     assert hosts == sorted(set(hosts))
     if net.version == 4 and prefix < 31:  # network and broadcast are not hosts
         assert net.network_address not in hosts and net.broadcast_address not in hosts
@@ -187,7 +192,7 @@ def test_a_block_expands_to_its_hosts_or_is_refused_over_the_cap(
 
 @given(st.lists(st.one_of(st.text(max_size=12), st.ip_addresses().map(str),
                           st.builds("{}/{}".format, st.ip_addresses(v=4),
-                                    st.integers(26, 32))), max_size=4),
+                                    st.integers(26, 32))), max_size=3),
        st.integers(1, 600))
 def test_many_tokens_together_never_pass_the_cap(tokens: list[str], max_hosts: int) -> None:
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lewis_tasks.errors import ConfigError
@@ -38,6 +38,13 @@ def workdir() -> Iterator[Path]:
     """A directory without lewis.yaml or stack.json (module-scoped: Hypothesis reuses it)."""
     with tempfile.TemporaryDirectory() as name:
         yield Path(name)
+
+
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's when built with it: faster
+# The tests that write and parse a file per example run a fifth of the profile's examples
+# (read when this module is imported, after tests/conftest.py loaded the profile): PyYAML's
+# pure-Python parser made 10,000 of them take over a minute on a busy 2-core machine.
+FILE_EXAMPLES = settings(max_examples=max(100, settings.default.max_examples // 5))
 
 
 def _env_name(section: str, key: str) -> str:
@@ -145,6 +152,7 @@ def test_valid_values_survive_the_environment_unchanged(values: dict[tuple[str, 
     _assert_in_range(settings)
 
 
+@FILE_EXAMPLES
 @given(values=valid_values())
 def test_valid_values_survive_a_yaml_file_unchanged(values: dict[tuple[str, str], Any],
                                                     workdir: Path) -> None:
@@ -152,7 +160,7 @@ def test_valid_values_survive_a_yaml_file_unchanged(values: dict[tuple[str, str]
     for (section, key), value in values.items():
         document.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
     path = workdir / "values.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path.write_text(yaml.dump(document, Dumper=_DUMPER))
     settings = load_settings(env={}, path=path, cwd=workdir)
     for (section, key), value in values.items():
         assert getattr(getattr(settings, section), key) == value, (section, key)
@@ -167,6 +175,7 @@ SECTION_NAMES = st.one_of(st.sampled_from([*SECTIONS, "performance"]), st.text(m
 KEY_NAMES = st.one_of(st.sampled_from(sorted({k for _, k, _, _ in FIELDS})), st.text(max_size=6))
 
 
+@FILE_EXAMPLES
 @given(document=st.one_of(
     YAML_VALUES,
     st.dictionaries(SECTION_NAMES, st.one_of(YAML_VALUES, st.dictionaries(
@@ -178,7 +187,7 @@ KEY_NAMES = st.one_of(st.sampled_from(sorted({k for _, k, _, _ in FIELDS})), st.
 def test_any_yaml_document_loads_in_range_settings_or_is_a_config_error(document: Any,
                                                                         workdir: Path) -> None:
     path = workdir / "any.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path.write_text(yaml.dump(document, Dumper=_DUMPER))
     try:
         settings = load_settings(env={}, path=path, cwd=workdir)
     except ConfigError as exc:
@@ -187,6 +196,7 @@ def test_any_yaml_document_loads_in_range_settings_or_is_a_config_error(document
     _assert_in_range(settings)
 
 
+@FILE_EXAMPLES
 @given(raw=st.binary(max_size=64))
 @example(raw=b"network:\n  max_connections: \xff\n")
 @example(raw=b"[" * 3000)
