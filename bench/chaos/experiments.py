@@ -115,7 +115,7 @@ def _drain(c: Cluster, load: SteadyLoad, patience: float) -> set[str]:
 
 def io_worker_kill(c: Cluster, kills: int = 5, every: float = 6.0, rate: float = 10.0,
                    seconds: float = 1.0, victim: str = "io1",
-                   scan_every: float = 2.0) -> list[Figures]:
+                   scan_every: float = 2.0, slack: float = 30.0) -> list[Figures]:
     """kill -9 one io worker (its whole process) mid-task ``kills`` times under a steady io
     load and a scan every ``scan_every`` seconds, starting it again each time; its tasks and
     scan chunks come back after the visibility timeout. Two rows: the tasks, the scans."""
@@ -141,12 +141,13 @@ def io_worker_kill(c: Cluster, kills: int = 5, every: float = 6.0, rate: float =
                 notes.append("a kill found no task running")
                 continue
             done = until(lambda keys=interrupted: c.ledger.last_completion_of(keys) is not None,
-                         c.visibility() + c.sweep() + 30)
+                         c.visibility() + c.sweep() + slack)
             last = c.ledger.last_completion_of(interrupted)
             recoveries.append(None if done is None or last is None else last - fault)
         scans.stop()
-        submitted = _drain(c, load, c.visibility() + c.sweep() + 30)
-        scanned = scan_figures("io worker kill -9: scans", scans, c.visibility() + c.sweep() + 30)
+        # what can still complete has by then: a lost task costs this wait, no more
+        submitted = _drain(c, load, c.visibility() + c.sweep() + slack)
+        scanned = scan_figures("io worker kill -9: scans", scans, c.visibility() + c.sweep() + slack)
     bound = c.visibility() + c.sweep() + seconds
     tasks = _figures(c, "io worker kill -9", submitted, load, kills, recoveries, bound=bound,
                      bound_name="visibility timeout + sweep + task", notes=notes)

@@ -23,7 +23,8 @@ def experiments(short: bool) -> dict[str, Runner]:
     patience = 20.0 if short else 60.0
     before, after = (1.5, 2.0) if short else (4.0, 6.0)  # load before and after a broker fault
     return {
-        "io_kill": lambda c: io_worker_kill(c, kills=1 if short else 8, every=3.0 if short else 4.0),
+        "io_kill": lambda c: io_worker_kill(c, kills=1 if short else 8, every=3.0 if short else 4.0,
+                                      slack=8.0 if short else 30.0),
         "cpu_kill": lambda c: cpu_child_kill(c, kills=2 if short else 8, every=3.0),
         "poison": lambda c: poison_task(c, neighbours=6 if short else 20),
         "beats2": lambda c: beat_failover(c, beats=2, kills=1 if short else 3,
