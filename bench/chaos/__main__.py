@@ -48,11 +48,11 @@ def _store(results: list[Figures]) -> None:
     old = json.loads(path.read_text()) if path.exists() else {"results": []}
     kept = [{"code": old.get("code", "?"), **r} for r in old["results"]]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    previous = {r["key"]: r for r in kept if r.get("key")}
+    previous = {(r.get("key"), r["experiment"]): r for r in kept}
     fresh = [{**f.to_dict(), "code": code, "when": when} for f in results]
     for row in fresh:  # earlier runs stay visible: a fault that loses tasks now and then
-        old_row = previous.get(row["key"])
-        if old_row is not None and old_row["experiment"] == row["experiment"]:
+        old_row = previous.get((row["key"], row["experiment"]))
+        if old_row is not None:
             row["history"] = [*old_row.get("history", []), _compact(old_row)]
     rerun = {r["key"] for r in fresh}
     merged = [r for r in kept if r.get("key") not in rerun] + fresh
