@@ -43,8 +43,8 @@ def no_loss(figures: Figures) -> None:
 
 # Lost tasks found by the chaos suite and not fixed yet (BENCHMARKS.md, Chaos): a message a
 # worker took with BRPOP is recorded as unacked only a round trip later (kombu's Redis
-# transport); a kill in between loses it. 6 tasks lost in 24 io kills (three full runs),
-# and 1–2 in two of four full redis kill -9 runs. The loss assertions run and report
+# transport); a kill in between loses it. 1–3 tasks lost in each of four full io kill runs
+# (8 kills each), 1–2 in two of five full redis kill -9 runs. The loss assertions run and report
 # XFAIL/XPASS; not strict, since most runs lose nothing.
 BRPOP_WINDOW = pytest.mark.xfail(strict=False, reason=(
     "kombu's Redis transport loses a message taken by BRPOP and not yet recorded as unacked "
