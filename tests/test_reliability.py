@@ -7,28 +7,12 @@ from typing import Any
 
 import pytest
 
-from lewis_tasks.errors import RedeliveryLimitExceeded
+from bench.chaos.cluster import FAST_RECOVERY
 from lewis_tasks.producer import submit
 from tests.conftest import stack_env
 from tests.support.procs import kill_group, lewis_process, wait_for, worker_names
 
 pytestmark = pytest.mark.slow
-
-FAST_RECOVERY = {
-    # a killed worker's task comes back after the visibility timeout: keep it short here
-    "LEWIS_BROKER_VISIBILITY_TIMEOUT": "6",
-    "LEWIS_TASKS_TIME_LIMIT": "5",
-    "LEWIS_TASKS_SOFT_TIME_LIMIT": "4",
-    "LEWIS_TASKS_MAX_REDELIVERIES": "2",
-}
-
-
-# A pool child that dies mid-task may be reported lost only after Celery's worker_lost_wait
-# (10 s; billiard's _join_exited_workers); with a hard limit under that, a loaded machine
-# sometimes ended the task as TimeLimitExceeded first (seen once in CI). Tests of children
-# that die use limits above it.
-LOST_CHILD = {**FAST_RECOVERY, "LEWIS_TASKS_TIME_LIMIT": "15", "LEWIS_TASKS_SOFT_TIME_LIMIT": "14",
-              "LEWIS_BROKER_VISIBILITY_TIMEOUT": "16"}
 
 
 def _worker(name: str, redis_url: str, home: Path, limits: dict[str, str] = FAST_RECOVERY) -> Any:
@@ -57,17 +41,5 @@ def test_kill_9_mid_task_redelivers_and_records_once(
     assert worker_redis.hlen("test:records") == 1
 
 
-def test_task_that_always_kills_its_worker_fails_after_the_cap(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any, celery_app: Any) -> None:
-    worker_redis.delete("test:starts:k2")
-    with _worker("host", redis_url, tmp_path, LOST_CHILD):
-        wait_for(lambda: any(n.startswith("host@") for n in worker_names(celery_app)), 30,
-                 what="the worker")
-        # Given a task that SIGKILLs the pool child running it, every time
-        handle = submit("lewis.testing.suicide", args=["k2"])
-        # Then it ends as failed with the cap named, instead of looping forever
-        with pytest.raises(RedeliveryLimitExceeded, match="max_redeliveries=2"):
-            handle.wait(timeout=90)
-        assert int(worker_redis.get("test:starts:k2")) == 3  # cap + 1 runs, then refused
-        # and the worker is still alive and answering
-        assert any(n.startswith("host@") for n in worker_names(celery_app, timeout=1.0))
+# The task that always kills its worker (fails after the cap, never loops, its neighbours
+# complete, the worker stays up) is the chaos suite's poison experiment: tests/test_chaos.py.
