@@ -6,8 +6,11 @@ producers import :data:`app`. Settings are read once, at import.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import Queue
+from kombu import pools as kombu_pools
 
 from .config import Settings, get_settings
 from .result_backend import backend_url
@@ -94,6 +97,17 @@ def celery_config(settings: Settings) -> dict[str, object]:
     }
 
 
+def _drop_pool(pool: Any) -> None:
+    """Close ``pool`` and take it out of kombu's process-wide registry, where ``app.pool``
+    looks pools up by broker URL: a closed pool left there is handed to the next app (or this
+    one, pointed back) on that URL, and every publish fails with 'Acquire on closed pool'."""
+    pool.force_close_all()
+    for group in (kombu_pools.connections, kombu_pools.producers):
+        for key, value in list(group.items()):
+            if value is pool or getattr(value, "connections", None) is pool:
+                dict.__delitem__(group, key)  # keys are stored hashed (EqualityDict)
+
+
 def configure_app(celery_app: Celery, settings: Settings) -> Celery:
     """Apply ``settings`` to ``celery_app`` (again, when tests swap settings); drops old pools."""
     from beat_schedule import periodic_jobs
@@ -101,7 +115,7 @@ def configure_app(celery_app: Celery, settings: Settings) -> Celery:
     celery_app.conf.update(celery_config(settings))
     celery_app.conf.beat_schedule = periodic_jobs(settings)
     if celery_app._pool is not None:  # connections to the previous broker
-        celery_app._pool.force_close_all()
+        _drop_pool(celery_app._pool)
         celery_app._pool = None
         # the producer pool (publishing, broadcasts) was drawn from it: drawn anew when needed
         celery_app.amqp._producer_pool = None

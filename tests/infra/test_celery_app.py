@@ -30,6 +30,30 @@ def test_an_app_pointed_at_another_broker_publishes_and_broadcasts_there(
     redis.Redis.from_url(second).delete("cpu")
 
 
+def test_an_app_pointed_away_and_back_publishes_on_its_first_broker_again(
+        lewis_settings: Any) -> None:
+    from lewis_tasks.infra import config
+    from lewis_tasks.infra.celery_app import configure_app, create_app
+
+    base = lewis_settings.broker.url.rsplit("/", 1)[0]
+    first, second = f"{base}/4", f"{base}/5"
+    app = create_app(config.replace_section(lewis_settings, "broker", url=first))
+    other = create_app(config.replace_section(lewis_settings, "broker", url=first))
+    # Given two apps that have published on one broker (kombu keeps one pool per broker URL)
+    assert app.control.ping(timeout=0.05) == [] and other.control.ping(timeout=0.05) == []
+    # When one is pointed at another broker and back (a test or a bench borrowing the app)
+    configure_app(app, config.replace_section(lewis_settings, "broker", url=second))
+    configure_app(app, config.replace_section(lewis_settings, "broker", url=first))
+    configure_app(other, config.replace_section(lewis_settings, "broker", url=first))
+    # Then both publish there again: the pool closed on the way out is not handed back
+    redis.Redis.from_url(first).delete("cpu")
+    app.send_task("lewis.test.back", queue="cpu")
+    other.send_task("lewis.test.back", queue="cpu")
+    assert app.control.ping(timeout=0.05) == []
+    assert redis.Redis.from_url(first).llen("cpu") == 2
+    redis.Redis.from_url(first).delete("cpu")
+
+
 def test_only_workers_store_results_until_redis_is_back(lewis_settings: Any) -> None:
     from lewis_tasks.infra.celery_app import WORKER_TRANSPORT, configure_worker, create_app
 
