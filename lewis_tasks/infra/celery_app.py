@@ -108,11 +108,26 @@ def _drop_pool(pool: Any) -> None:
                 dict.__delitem__(group, key)  # keys are stored hashed (EqualityDict)
 
 
+def _rebind_task_defaults(celery_app: Celery, config: dict[str, object]) -> None:
+    """Celery copies ``task_time_limit`` and its kin onto each task class when the app is
+    finalized; settings swapped later would leave the tasks on the old values (a worker then
+    checks and enforces limits nobody configured). A task still holding the old setting's
+    value gets the new one; a task's own value stays."""
+    if not celery_app.finalized:
+        return
+    for task in celery_app.tasks.values():
+        for attr, key in type(task).from_config:
+            if key in config and getattr(task, attr, None) == celery_app.conf.get(key):
+                setattr(type(task), attr, config[key])
+
+
 def configure_app(celery_app: Celery, settings: Settings) -> Celery:
     """Apply ``settings`` to ``celery_app`` (again, when tests swap settings); drops old pools."""
     from beat_schedule import periodic_jobs
 
-    celery_app.conf.update(celery_config(settings))
+    config = celery_config(settings)
+    _rebind_task_defaults(celery_app, config)
+    celery_app.conf.update(config)
     celery_app.conf.beat_schedule = periodic_jobs(settings)
     if celery_app._pool is not None:  # connections to the previous broker
         _drop_pool(celery_app._pool)
