@@ -13,8 +13,42 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from lewis_tasks.infra.redis_server import EmbeddedRedis
+
+# --- property tests (Hypothesis) ------------------------------------------------------------
+# `ci` (the default): 10,000 examples per property test, no per-example deadline (a shared
+# machine stalls). `slow`: ten times more; chosen by a run that selects slow tests (`-m slow`),
+# which then also selects the property tests. HYPOTHESIS_PROFILE or --hypothesis-profile
+# override both. A test's own @settings(max_examples=...) wins over any profile.
+_PROPERTY_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
+hypothesis_settings.register_profile("ci", max_examples=10_000, deadline=None,
+                                     suppress_health_check=_PROPERTY_HEALTH, print_blob=True)
+hypothesis_settings.register_profile("slow", max_examples=100_000, deadline=None,
+                                     suppress_health_check=_PROPERTY_HEALTH, print_blob=True)
+hypothesis_settings.register_profile("dev", max_examples=200, deadline=None)
+
+
+def _selects_slow(config: pytest.Config) -> bool:
+    expr = str(config.getoption("markexpr", "") or "")
+    return "slow" in expr and "not slow" not in expr
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # before the hypothesis plugin's own pytest_configure, which applies --hypothesis-profile
+    profile = os.environ.get("HYPOTHESIS_PROFILE") or ("slow" if _selects_slow(config) else "ci")
+    hypothesis_settings.load_profile(profile)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _selects_slow(config):  # `-m slow` runs the property tests too, with more examples
+        for item in items:
+            if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+                item.add_marker(pytest.mark.slow)
+                item.add_marker(pytest.mark.timeout(1800))  # ten times the examples of `ci`
 
 
 @pytest.fixture(scope="session")

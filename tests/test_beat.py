@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +13,15 @@ from typing import Any
 import pytest
 import redis
 
-from lewis_tasks.infra.beat import LEADER_KEY, AlignedSchedule, LeaderLease, leader
+from lewis_tasks.infra.beat import (
+    LEADER_KEY,
+    MIN_LEASE,
+    SLOT_KEY,
+    AlignedSchedule,
+    LeaderLease,
+    leader,
+    lease_timing,
+)
 from tests.conftest import stack_env
 from tests.support.procs import kill_group, lewis_process, wait_for
 
@@ -68,7 +79,7 @@ def test_two_beats_fire_each_slot_once_and_the_standby_takes_over(
         # When the leader dies
         victim = beat_a if f":{beat_a.pid}:" in first_leader else beat_b
         kill_group(victim)
-        # Then the standby takes the lease within the lock timeout and keeps firing
+        # Then the standby takes the lease and keeps firing
         wait_for(lambda: (leader(worker_redis)[0] or first_leader) != first_leader, 15,
                  what="the standby to take over")
         runs_at_takeover = _runs(worker_redis)
@@ -87,6 +98,90 @@ def test_two_beats_fire_each_slot_once_and_the_standby_takes_over(
     assert len(slots) >= 7
     assert runs == len(slots), f"{runs} heartbeat runs for {len(slots)} slots"
     assert all(r.worker.startswith("ctl@") for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("beats", [2, 3])
+def test_a_killed_leader_costs_at_most_one_slot_and_no_slot_is_sent_twice(
+        beats: int, redis_url: str, tmp_path: Path, worker_redis: Any) -> None:
+    # No worker consumes: every heartbeat any beat sends stays in the control queue, with its
+    # slot, and that queue is the record counted here (not the clock). 1 s slots and a 3 s
+    # lock timeout: today's fixed 3 s lease cost three slots per failover.
+    env = stack_env(redis_url, tmp_path)
+    _clear_control_queue(worker_redis)
+    worker_redis.delete(LEADER_KEY)
+    procs: list[Any] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            for i in range(beats):
+                procs.append(stack.enter_context(
+                    lewis_process(["beat"], env, tmp_path / f"beat-{i}.log")))
+            # Given N beats, one leading and sending a heartbeat each slot
+            wait_for(lambda: len(_sent_slots(worker_redis)) >= 3, 40, what="3 heartbeats")
+            for _ in range(beats - 1):  # kill every leader but the last beat standing
+                holder = leader(worker_redis)[0]
+                assert holder is not None
+                victim = next(p for p in procs if f":{p.pid}:" in holder)
+                # When the leader is killed (-9) just after it sent a slot
+                sent = len(_sent_slots(worker_redis))
+                wait_for(lambda s=sent: len(_sent_slots(worker_redis)) > s, 10,
+                         interval=0.02, what="the leader's next heartbeat")
+                kill_group(victim)
+                # Then another beat takes over and sends the following slots
+                wait_for(lambda h=holder: (leader(worker_redis)[0] or h) != h, 15,
+                         what="a standby to take over")
+                sent = len(_sent_slots(worker_redis))
+                wait_for(lambda s=sent: len(_sent_slots(worker_redis)) >= s + 3, 20,
+                         what="heartbeats from the new leader")
+        slots = _sent_slots(worker_redis)
+    finally:
+        _clear_control_queue(worker_redis)
+    # no slot was sent twice, and no more than one slot in a row is missing anywhere
+    assert len(slots) == len(set(slots)), f"slots sent twice: {sorted(slots)}"
+    ordered = sorted(slots)
+    gaps = [b - a - 1 for a, b in zip(ordered, ordered[1:], strict=False) if b - a > 1]
+    assert max(gaps, default=0) <= 1, f"slots skipped {gaps} in {ordered}"
+
+
+def _sent_slots(client: redis.Redis, task: str = "lewis.control.heartbeat") -> list[int]:
+    """The ``slot`` of every ``task`` message waiting in the control queue (any priority)."""
+    slots = []
+    for key in client.scan_iter(match="control*"):
+        if client.type(key) != b"list":
+            continue
+        for raw in client.lrange(key, 0, -1):
+            message = json.loads(raw)
+            if message["headers"].get("task") != task:
+                continue
+            _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            slots.append(int(kwargs["slot"]))
+    return slots
+
+
+def _clear_control_queue(client: redis.Redis) -> None:
+    for key in list(client.scan_iter(match="control*")):
+        if client.type(key) == b"list":
+            client.delete(key)
+
+
+def test_the_lease_is_no_longer_than_the_shortest_interval() -> None:
+    # 15 s lock timeout, 5 s heartbeats: today's lease outlived three slots
+    timing = lease_timing(15, [5.0, 300.0])
+    assert timing.ttl == 5.0 and timing.renew_every < timing.ttl / 2
+    # a failover (the dead leader's lease running out + one standby poll) fits in < 2 slots
+    assert timing.ttl + timing.standby_poll < 2 * 5.0
+    assert lease_timing(3, [30.0]).ttl == 3.0  # the lock timeout still caps it
+    assert lease_timing(15, [0.2]).ttl == MIN_LEASE  # never shorter than a busy machine needs
+
+
+def test_a_slot_is_claimed_by_one_beat_only(redis_client: redis.Redis) -> None:
+    first, second = LeaderLease(redis_client, ttl=3), LeaderLease(redis_client, ttl=3)
+    assert first.claim_slot("heartbeat", 100, 1.0)
+    assert not second.claim_slot("heartbeat", 100, 1.0)  # a takeover within the same slot
+    assert not first.claim_slot("heartbeat", 100, 1.0)  # a late second tick of the same beat
+    assert second.slot_owner("heartbeat", 100) == first.token
+    assert second.claim_slot("heartbeat", 101, 1.0) and second.claim_slot("cleanup", 100, 300)
+    assert 60_000 < redis_client.pttl(SLOT_KEY.format(job="heartbeat", slot=100)) <= 62_000
 
 
 def _runs(client: redis.Redis) -> int:

@@ -7,6 +7,7 @@ is 3, and every LewisError prints one line — never a traceback.
 from __future__ import annotations
 
 import enum
+import math
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import BrokerUnavailable, ConfigError, InvalidInput, LewisError, TransientError
+from ..infra.config import MAX_NUMBER
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,6 +61,26 @@ def handle_errors(func: F) -> F:
             fail(f"unexpected {type(exc).__name__}: {first} (`lewis --traceback …` shows where)",
                  Exit.FAILURE)
     return wrapper  # type: ignore[return-value]
+
+
+class Seconds(click.FloatRange):
+    """A ``--timeout``-like number of seconds: finite and ≥ 0. Click's FLOAT takes '-1', 'nan'
+    and 'inf', and a NaN deadline compares false with every clock reading: it never passes."""
+
+    name = "number"
+
+    def __init__(self) -> None:
+        super().__init__(min=0.0, max=float(MAX_NUMBER))  # as settings: OS timers overflow past it
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return number
+
+
+SECONDS = Seconds()
 
 
 class LewisGroup(click.Group):

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput, TransientError
-from . import cli
+from . import SECONDS, cli
 
 WAIT_SLACK = 30.0  # seconds of queueing allowed on top of a run's own bound
 
@@ -79,9 +79,9 @@ def _run_bound(max_seconds: float | None) -> float:
 @click.option("--no-memory", is_flag=True, help="Skip tracemalloc (less overhead, no allocation sites).")
 @click.option("--pstats", "pstats_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also save the raw profile here (open with `python -m pstats` or snakeviz).")
-@click.option("--max-seconds", type=float, default=None,
+@click.option("--max-seconds", type=SECONDS, default=None,
               help="Stop the run after this long (cap: profiling.max_seconds).")
-@click.option("--timeout", type=float, default=None, help="Seconds to wait for the result.")
+@click.option("--timeout", type=SECONDS, default=None, help="Seconds to wait for the result.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def profile_command(task: str, args: tuple[str, ...], kwarg_pairs: tuple[str, ...],
                     top_n: int | None, no_memory: bool, pstats_file: Path | None,
@@ -117,9 +117,9 @@ def profile_command(task: str, args: tuple[str, ...], kwarg_pairs: tuple[str, ..
 
 @cli.command("diagnose")
 @click.option("--worker", default=None, metavar="NAME", help="Only this worker (as `lewis status` names it).")
-@click.option("--interval", type=float, default=0.2, show_default=True,
+@click.option("--interval", type=SECONDS, default=0.2, show_default=True,
               help="Seconds each worker samples CPU over.")
-@click.option("--timeout", type=float, default=60.0, show_default=True,
+@click.option("--timeout", type=SECONDS, default=60.0, show_default=True,
               help="Seconds to wait for the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def diagnose_command(worker: str | None, interval: float, timeout: float, as_json: bool) -> None:
@@ -169,7 +169,7 @@ def bench_group() -> None:
 @click.option("--http-concurrency", type=int, default=100, show_default=True)
 @click.option("--duration", type=float, default=5.0, show_default=True,
               help="Seconds of the http load test.")
-@click.option("--max-seconds", type=float, default=None,
+@click.option("--max-seconds", type=SECONDS, default=None,
               help="Bound of each measurement (cap: profiling.max_seconds).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_run(suite: str, args: tuple[str, ...], kwarg_pairs: tuple[str, ...],

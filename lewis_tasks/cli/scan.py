@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from . import Exit, cli
+from . import SECONDS, Exit, cli
 
 _SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": "cyan",
                    "info": None}
@@ -33,7 +33,7 @@ _SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": 
 @click.option("--no-services", is_flag=True, help="Skip service identification (like nmap without -sV).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-wait", is_flag=True, help="Submit, print the scan id, return at once.")
-@click.option("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
+@click.option("--timeout", type=SECONDS, default=None, help="Give up waiting after this many seconds.")
 def scan(targets: tuple[str, ...], ports: str, rate: float | None, no_services: bool,
          as_json: bool, no_wait: bool, timeout: float | None) -> None:
     """Scan TARGET… (addresses, CIDR blocks, hostnames) inside the configured scope."""

@@ -12,12 +12,13 @@ from typing import Any
 import click
 
 from ..errors import BrokerUnavailable, LewisError
-from . import Exit, cli
+from . import SECONDS, Exit, cli
 
 
 @cli.command()
 @click.option("--detach", "-d", is_flag=True, help="Run in the background; `lewis down` stops it.")
-@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for readiness.")
+@click.option("--timeout", type=SECONDS, default=90.0, show_default=True,
+              help="Seconds to wait for readiness.")
 def up(detach: bool, timeout: float) -> None:
     """Run the whole stack here: Redis (unless LEWIS_BROKER_URL is set), io, cpu and control
     workers, beat and Flower, SQLite under the stack home. Ctrl-C stops everything."""
@@ -86,7 +87,8 @@ def down() -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--timeout", default=1.5, show_default=True, help="Seconds to wait for pings.")
+@click.option("--timeout", type=SECONDS, default=1.5, show_default=True,
+              help="Seconds to wait for pings.")
 @click.option("--watch", is_flag=True,
               help="Refresh every monitoring.metrics_interval seconds until Ctrl-C.")
 def status(as_json: bool, timeout: float, watch: bool) -> None:

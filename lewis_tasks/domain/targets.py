@@ -23,6 +23,19 @@ MAX_PORT = 65535
 _HOSTNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit()`` also takes '١٢٣' (which int() reads as 123) and
+    '²' (which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+def _bounded_int(text: str, ceiling: int) -> int:
+    """``int(text)`` of a decimal, or ``ceiling + 1`` when it is longer than any number up to
+    ``ceiling`` (int() refuses past 4300 digits, and a long one says no more)."""
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= len(str(ceiling)) else ceiling + 1
+
+
 @dataclass(frozen=True)
 class Target:
     """One parsed target token: its addresses, or a hostname to resolve at scan time."""
@@ -96,7 +109,8 @@ def parse_target(token: str, *, max_hosts: int) -> Target:
     addr = parse_ip(text)
     if addr is not None:
         return Target(text, (str(addr),))
-    name = text.lower().rstrip(".")
+    # ASCII first: lower() would turn the Kelvin sign into 'k' and pass a name never typed
+    name = text.lower().rstrip(".") if text.isascii() else ""
     if not _is_hostname(name):
         raise InvalidInput(f"target {text!r}: not an IP address, CIDR block or hostname")
     return Target(text, hostname=name)
@@ -105,10 +119,10 @@ def parse_target(token: str, *, max_hosts: int) -> Target:
 def _expand_network(text: str, max_hosts: int) -> tuple[str, ...]:
     base, _, prefix = text.partition("/")
     addr = parse_ip(base)
-    if addr is None or not prefix.isdigit():
+    if addr is None or not _is_decimal(prefix):
         raise InvalidInput(f"target {text!r}: not a CIDR block (expected ADDRESS/PREFIX)")
     try:
-        net = ipaddress.ip_network(f"{addr}/{int(prefix)}", strict=False)
+        net = ipaddress.ip_network(f"{addr}/{_bounded_int(prefix, 128)}", strict=False)
     except ValueError:
         raise InvalidInput(f"target {text!r}: prefix /{prefix} is too long for "
                            f"IPv{addr.version}") from None
@@ -129,7 +143,7 @@ def _is_hostname(name: str) -> bool:
     if not name or len(name) > 253:
         return False
     labels = name.split(".")
-    if all(label.isdigit() for label in labels):
+    if all(_is_decimal(label) for label in labels):
         return False  # 300.1.1.1 and friends are broken addresses, not names
     return all(0 < len(label) <= 63 and not label.startswith("-") and not label.endswith("-")
                and set(label) <= _HOSTNAME_CHARS for label in labels)
@@ -201,7 +215,7 @@ def _parse_port_token(token: str, spec: str) -> Iterable[int]:
     if lowered.startswith("top"):
         count = lowered[3:].lstrip("-")
         ranked = ranked_top_ports()
-        if not count.isdigit() or not 1 <= int(count) <= len(ranked):
+        if not _is_decimal(count) or not 1 <= _bounded_int(count, len(ranked)) <= len(ranked):
             raise InvalidInput(f"port spec {spec!r}: bad token {token!r} "
                                f"(topN takes N from 1 to {len(ranked)})")
         return ranked[: int(count)]
@@ -219,10 +233,10 @@ def _parse_port_token(token: str, spec: str) -> Iterable[int]:
 
 def _port_number(text: str, token: str, spec: str) -> int:
     text = text.strip()
-    if not text.isdigit():
+    if not _is_decimal(text):
         raise InvalidInput(f"port spec {spec!r}: bad token {token!r} "
                            "(expected N, N-M, N-, -M, - or topN)")
-    port = int(text)
+    port = _bounded_int(text, MAX_PORT)
     if not 1 <= port <= MAX_PORT:
         raise InvalidInput(f"port spec {spec!r}: bad token {token!r} "
                            f"(ports run from 1 to {MAX_PORT})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import typing
@@ -24,8 +25,13 @@ from typing import Any
 
 from ..errors import ConfigError
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+# ASCII digits only: \d would take '١٢' and int() would read it as 12
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE | re.ASCII)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+# The largest number any setting takes unless its key says less: no count or duration LEWIS
+# uses comes near it, and a timeout far beyond it overflows the OS's timer types (~9.2e9 s).
+MAX_NUMBER = 10**9
+MAX_SIZE = 2**50  # bytes (1 PiB): sizes are checked against this instead
 
 
 def parse_size(text: str | int, key: str = "size") -> int:
@@ -38,13 +44,17 @@ def parse_size(text: str | int, key: str = "size") -> int:
     if not m:
         raise ConfigError(f"setting {key}: expected a size like '512MB', got {text!r}")
     unit = (m.group(2) or "").upper().replace("I", "").rstrip("B") or ""
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    number = float(m.group(1)) * _SIZE_UNITS[unit]
+    if not number <= MAX_SIZE:  # also inf, from a few hundred digits
+        raise ConfigError(f"setting {key}: must be ≤ {MAX_SIZE} bytes, got {text!r}")
+    return int(number)
 
 
 def _opt(default: Any, *, minimum: float | None = None, maximum: float | None = None,
-         choices: tuple[str, ...] | None = None, size: bool = False, secret: bool = False) -> Any:
+         choices: tuple[str, ...] | None = None, size: bool = False, secret: bool = False,
+         schemes: tuple[str, ...] | None = None) -> Any:
     meta = {"minimum": minimum, "maximum": maximum, "choices": choices, "size": size,
-            "secret": secret}
+            "secret": secret, "schemes": schemes}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -52,8 +62,10 @@ def _opt(default: Any, *, minimum: float | None = None, maximum: float | None = 
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    url: str = _opt("", secret=True)  # empty: the embedded stack's private redis
-    result_backend: str = _opt("", secret=True)  # empty: the broker's Redis
+    # empty: the embedded stack's private redis
+    url: str = _opt("", secret=True, schemes=("redis", "rediss"))
+    # empty: the broker's Redis
+    result_backend: str = _opt("", secret=True, schemes=("redis", "rediss", "unix"))
     visibility_timeout: int = _opt(600, minimum=1)  # > every hard time limit; a dead worker's task returns after it
     pool_limit: int = _opt(10, minimum=1)  # broker_pool_limit
     max_connections: int = _opt(200, minimum=1)  # redis_max_connections (redis-py caps 100)
@@ -72,7 +84,8 @@ class PerformanceSettings:
 class CacheSettings:
     enabled: bool = _opt(True)
     backend: str = _opt("redis", choices=("redis",))
-    url: str = _opt("", secret=True)  # empty: the broker's Redis
+    # empty: the broker's Redis
+    url: str = _opt("", secret=True, schemes=("redis", "rediss", "unix"))
     default_ttl: int = _opt(3600, minimum=1)
     max_memory: int = _opt("512MB", size=True, minimum=1)
     namespace: str = _opt("lewis:cache")
@@ -198,7 +211,8 @@ class StackSettings:
     flower_port: int = _opt(0, minimum=0, maximum=65535)  # 0: a free port
     flower_user: str = _opt("")
     flower_password: str = _opt("", secret=True)
-    beat_lock_timeout: int = _opt(15, minimum=2)  # a dead beat's lock expires after this
+    # a dead beat's lease expires after at most this (and at most the shortest job interval)
+    beat_lock_timeout: int = _opt(15, minimum=2)
 
 
 @dataclass(frozen=True)
@@ -253,6 +267,10 @@ def redact_url(url: str) -> str:
 _HINTS = typing.get_type_hints(Settings)
 SECTIONS: dict[str, type] = {f.name: _HINTS[f.name] for f in dataclasses.fields(Settings)}
 _GUIDE_NESTED = ("cache", "database", "network", "memory", "monitoring")
+# each section's fields and resolved type hints, once (get_type_hints was 3/4 of a load)
+_SECTION_FIELDS: dict[str, tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]] = {
+    name: ({f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls))
+    for name, cls in SECTIONS.items()}
 
 
 def _coerce(key: str, f: dataclasses.Field[Any], hint: Any, raw: Any) -> Any:
@@ -268,20 +286,8 @@ def _coerce(key: str, f: dataclasses.Field[Any], hint: Any, raw: Any) -> Any:
             value = False
         else:
             raise ConfigError(f"setting {key}: expected true or false, got {raw!r}")
-    elif hint is int:
-        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-            raise ConfigError(f"setting {key}: expected an integer, got {raw!r}")
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"setting {key}: expected an integer, got {raw!r}") from None
-    elif hint is float:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-            raise ConfigError(f"setting {key}: expected a number, got {raw!r}")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"setting {key}: expected a number, got {raw!r}") from None
+    elif hint in (int, float):
+        value = _number(key, hint, raw)
     elif hint is str:
         if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
             raise ConfigError(f"setting {key}: expected a string, got {raw!r}")
@@ -295,6 +301,8 @@ def _coerce(key: str, f: dataclasses.Field[Any], hint: Any, raw: Any) -> Any:
     else:  # pragma: no cover - a field type this loader does not know is a bug here
         raise ConfigError(f"setting {key}: unsupported type {hint!r}")
     lo, hi = meta.get("minimum"), meta.get("maximum")
+    if hi is None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        hi = MAX_SIZE if meta.get("size") else MAX_NUMBER
     if lo is not None and value < lo:
         raise ConfigError(f"setting {key}: must be ≥ {lo}, got {raw!r}")
     if hi is not None and value > hi:
@@ -302,20 +310,53 @@ def _coerce(key: str, f: dataclasses.Field[Any], hint: Any, raw: Any) -> Any:
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"setting {key}: must be one of {', '.join(choices)}, got {raw!r}")
+    schemes = meta.get("schemes")
+    if schemes and value:
+        _check_scheme(key, value, schemes)
     return value
+
+
+def _number(key: str, hint: type, raw: Any) -> int | float:
+    """An int or a finite float from YAML or environment text; never NaN, inf or '١٢'."""
+    what = "an integer" if hint is int else "a number"
+    allowed: tuple[type, ...] = (int, str) if hint is int else (int, float, str)
+    # int() and float() read any Unicode digits ('١٢' is 12): only ASCII text is a number here
+    if (isinstance(raw, bool) or not isinstance(raw, allowed)
+            or (isinstance(raw, str) and not raw.isascii())):
+        raise ConfigError(f"setting {key}: expected {what}, got {raw!r}")
+    try:
+        value = hint(raw)
+    except (ValueError, OverflowError):  # OverflowError: an int too large for a float
+        raise ConfigError(f"setting {key}: expected {what}, got {raw!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN compares false with every bound, so it would pass them all
+        raise ConfigError(f"setting {key}: expected a finite number, got {raw!r}")
+    return value
+
+
+def _check_scheme(key: str, url: str, schemes: tuple[str, ...]) -> None:
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in schemes:
+        raise ConfigError(f"setting {key}: {redact_url(url)!r} is not a Redis URL "
+                          f"(expected {' or '.join(s + '://' for s in schemes)})")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                          f"at offset {exc.start})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path}: not valid YAML ({exc})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"config file {path}: nested too deeply to be settings") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: the top level must be a mapping")
     perf = data.get("performance")
@@ -324,17 +365,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         for name in _GUIDE_NESTED:
             if name in perf:
                 nested = perf.pop(name)
+                top = data.get(name) or {}
                 if not isinstance(nested, dict):
                     raise ConfigError(f"setting performance.{name}: expected a mapping")
-                data.setdefault(name, {})
-                data[name] = {**nested, **(data[name] or {})}
+                if not isinstance(top, dict):
+                    raise ConfigError(f"setting {name}: expected a mapping, got {top!r}")
+                data[name] = {**nested, **top}
         data["performance"] = perf
     return data
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     layer: dict[str, dict[str, Any]] = {}
-    skip = {"LEWIS_CONFIG", "LEWIS_TEST_REDIS_URL", "LEWIS_TEST_DATABASE_URL"}
+    # not settings: the file's path, the test suite's services, the set-up script's own knobs
+    # (scripts/_venv.sh: where the venv lives and which extras it installs)
+    skip = {"LEWIS_CONFIG", "LEWIS_TEST_REDIS_URL", "LEWIS_TEST_DATABASE_URL", "LEWIS_VENV",
+            "LEWIS_EXTRAS"}
     for name, value in env.items():
         if not name.startswith("LEWIS_") or name in skip:
             continue
@@ -375,8 +421,7 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
 
     built: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
+        fields, hints = _SECTION_FIELDS[section]
         kwargs: dict[str, Any] = {}
         for key, raw in merged.get(section, {}).items():
             if key not in fields:

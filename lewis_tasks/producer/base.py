@@ -25,6 +25,8 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 from kombu.utils.json import dumps as json_dumps
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.broker import PRIORITY_SEP
@@ -71,6 +73,31 @@ def _require_broker(app: Celery) -> None:
     if not app.conf.broker_url:
         raise LewisError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
                          "`lewis up` (other commands then find it by themselves)")
+
+
+def reach_broker(app: Celery, timeout: float) -> None:
+    """One PING of the broker, ``timeout`` seconds for connect and reply and no retry:
+    BrokerUnavailable in one line within ``timeout``. Producers that write rows before they
+    publish ask this first, since Celery's publish and result backend retry a dead Redis for
+    ~20 s and end in a multi-line RuntimeError."""
+    url = str(app.conf.broker_url)
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                  retry=Retry(NoBackoff(), 0))
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise BrokerUnavailable(f"broker {redact_url(url)} is unreachable (no answer within "
+                                f"{timeout:g} s): {_first_line(exc)}") from None
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"broker {redact_url(url)} refused a PING: "
+                                f"{_first_line(exc)}") from None
+    finally:
+        client.close()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.config import Settings, get_settings
 from ..infra.task import chord_cause
 from ..storage.scans import TERMINAL, ScanProgress
-from .base import _app, _require_broker
+from .base import _app, _require_broker, reach_broker
 from .scanreport import ScanReport, load_scan_report, read_progress
 
 DEFAULT_PORTS = "top1000"
@@ -118,6 +118,8 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
                          max_ports_total=settings.scan.max_ports_total)
     app = _app(app)
     _require_broker(app)
+    # a dead broker is found before the scan row is written: no row says "failed: not enqueued"
+    reach_broker(app, settings.monitoring.ping_timeout)
     scan_id = uuid.uuid4().hex
     request = {"targets": tokens, "ports": ports, "rate": rate, "services": services,
                "hosts": [h.to_dict() for h in hosts], "target_rows": _target_rows(parsed)}

@@ -199,3 +199,43 @@ def test_over_cap_scans_are_refused_naming_the_cap() -> None:
     assert "4000" in str(err.value) and "3999" in str(err.value)
     with pytest.raises(InvalidInput):
         plan_chunks(hosts, [1], chunk_ports=0, max_ports_total=10)
+
+
+# ---------------------------------------------------------------- non-ASCII digits and long numbers
+
+
+@pytest.mark.parametrize("spec, token", [
+    ("١٢٣", "'١٢٣'"),  # Arabic-Indic digits: str.isdigit() is true and int() reads 123
+    ("²", "'²'"),  # superscript two: isdigit() is true and int() raises ValueError
+    ("22-٨٠", "'22-٨٠'"),
+    ("top١٠٠", "'top١٠٠'"),
+    ("top²", "'top²'"),
+    ("9" * 5000, "ports run from 1 to 65535"),  # int() refuses past 4300 digits
+    ("top" + "9" * 5000, "topN takes N"),
+    ("0" * 40 + "80-" + "0" * 40 + "81", None),  # leading zeros are still the number
+])
+def test_port_specs_take_ascii_digits_only(spec: str, token: str | None) -> None:
+    if token is None:
+        assert parse_ports(spec) == [80, 81]
+        return
+    with pytest.raises(InvalidInput) as err:
+        parse_ports(spec)
+    assert token in str(err.value)
+
+
+@pytest.mark.parametrize("token", ["10.0.0.0/٢٤", "10.0.0.0/²", "::1/١٢٨"])
+def test_cidr_prefixes_take_ascii_digits_only(token: str) -> None:
+    with pytest.raises(InvalidInput, match="not a CIDR block"):
+        parse_target(token, max_hosts=1000)
+
+
+def test_a_prefix_of_thousands_of_digits_is_too_long_not_a_crash() -> None:
+    with pytest.raises(InvalidInput, match="too long for IPv4"):
+        parse_target("10.0.0.0/" + "9" * 5000, max_hosts=1000)
+    assert parse_target("10.0.0.0/" + "0" * 50 + "32", max_hosts=1).addresses == ("10.0.0.0",)
+
+
+def test_a_hostname_is_ascii_as_typed() -> None:
+    # 'K' (Kelvin sign) lowercases to 'k': the name scanned must be the name given
+    with pytest.raises(InvalidInput, match="not an IP address, CIDR block or hostname"):
+        parse_target("\u212aali.example", max_hosts=1)

@@ -110,3 +110,92 @@ def test_a_running_stack_is_found_without_flags(tmp_path: Path) -> None:
     # an explicit broker always wins over the stack file
     s = load_settings(env={"LEWIS_BROKER_URL": "redis://127.0.0.1:9/0"}, cwd=tmp_path)
     assert s.broker.url == "redis://127.0.0.1:9/0"
+
+
+# ---------------------------------------------------------------- numbers that are not numbers
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    # NaN compares false with every bound: it passed ≥ 0.01 and reached the sockets
+    ({"LEWIS_NETWORK_READ_TIMEOUT": "nan"}, "network.read_timeout: expected a finite number"),
+    ({"LEWIS_NETWORK_READ_TIMEOUT": "NaN"}, "network.read_timeout: expected a finite number"),
+    ({"LEWIS_SCAN_TIMEOUT": "inf"}, "scan.timeout: expected a finite number"),
+    ({"LEWIS_HTTP_TIMEOUT": "-Infinity"}, "http.timeout: expected a finite number"),
+    ({"LEWIS_MEMORY_GC_THRESHOLD": "nan"}, "memory.gc_threshold: expected a finite number"),
+    ({"LEWIS_NETWORK_CONNECTION_TIMEOUT": "1e999"}, "network.connection_timeout: expected a finite"),
+    # past any timer the OS keeps (time.sleep and Event.wait overflow near 9.2e9 s)
+    ({"LEWIS_STACK_BEAT_LOCK_TIMEOUT": "99999999999999"}, "stack.beat_lock_timeout: must be ≤"),
+    ({"LEWIS_MONITORING_RETENTION": "1" + "0" * 30}, "monitoring.retention: must be ≤"),
+    ({"LEWIS_LOADTEST_MAX_DURATION": "1e300"}, "loadtest.max_duration: must be ≤"),
+    ({"LEWIS_MEMORY_MAX_HEAP_SIZE": "9" * 400 + "GB"}, "memory.max_heap_size: must be ≤"),
+    ({"LEWIS_CACHE_MAX_MEMORY": "99999999TB"}, "cache.max_memory: must be ≤"),
+    # int() and float() read any Unicode digits: '١٢' would be 12
+    ({"LEWIS_NETWORK_MAX_CONNECTIONS": "١٢"}, "network.max_connections: expected an integer"),
+    ({"LEWIS_NETWORK_READ_TIMEOUT": "٣.٥"}, "network.read_timeout: expected a number"),
+    ({"LEWIS_CACHE_MAX_MEMORY": "٥١٢MB"}, "cache.max_memory: expected a size"),
+])
+def test_nan_infinities_huge_and_unicode_numbers_are_refused(env: dict[str, str], message: str,
+                                                              tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env=env, cwd=tmp_path)
+
+
+def test_yaml_nan_infinity_and_huge_integers_are_refused(tmp_path: Path) -> None:
+    for text, message in [("network:\n  read_timeout: .nan\n", "expected a finite number"),
+                          ("scan:\n  timeout: .inf\n", "expected a finite number"),
+                          # float(10**400) raises OverflowError
+                          (f"scan:\n  timeout: {10**400}\n", "scan.timeout: expected a number"),
+                          (f"scan:\n  retries: {10**400}\n", "scan.retries: must be ≤")]:
+        (tmp_path / "lewis.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_settings(env={}, cwd=tmp_path)
+
+
+# ---------------------------------------------------------------- files, URLs, foreign variables
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    (tmp_path / "lewis.yaml").write_bytes(b"network:\n  max_connections: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"config file .*lewis.yaml: not UTF-8 text \(byte 0xff"):
+        load_settings(env={}, cwd=tmp_path)
+
+
+def test_a_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "lewis.yaml").write_text("network: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_settings(env={}, cwd=tmp_path)
+
+
+def test_a_section_beside_the_guides_layout_must_be_a_mapping(tmp_path: Path) -> None:
+    (tmp_path / "lewis.yaml").write_text("cache: [1]\nperformance:\n  cache:\n    enabled: true\n")
+    with pytest.raises(ConfigError, match="setting cache: expected a mapping"):
+        load_settings(env={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(("key", "url"), [
+    ("LEWIS_BROKER_URL", "amqp://guest:pw@127.0.0.1:5672//"),
+    ("LEWIS_BROKER_URL", "foo://127.0.0.1:1/0"),
+    ("LEWIS_BROKER_URL", "127.0.0.1:6379"),
+    ("LEWIS_BROKER_URL", "unix:///tmp/redis.sock"),  # kombu has no such transport
+    ("LEWIS_BROKER_RESULT_BACKEND", "rpc://"),
+    ("LEWIS_CACHE_URL", "memcached://127.0.0.1:11211"),
+])
+def test_an_unknown_url_scheme_names_the_key(key: str, url: str, tmp_path: Path) -> None:
+    setting = key[len("LEWIS_"):].lower().replace("_", ".", 1)
+    with pytest.raises(ConfigError, match=f"setting {setting}: .* is not a Redis URL") as err:
+        load_settings(env={key: url}, cwd=tmp_path)
+    assert "pw" not in str(err.value)  # a password in a refused URL is masked too
+
+
+def test_redis_urls_of_every_supported_scheme_load(tmp_path: Path) -> None:
+    s = load_settings(env={"LEWIS_BROKER_URL": "rediss://:pw@127.0.0.1:6380/0",
+                           "LEWIS_BROKER_RESULT_BACKEND": "unix:///tmp/r.sock?db=1",
+                           "LEWIS_CACHE_URL": "REDIS://127.0.0.1:6379/2"}, cwd=tmp_path)
+    assert s.broker.url.startswith("rediss://") and s.result_backend.startswith("unix://")
+
+
+def test_the_setup_scripts_own_variables_are_not_settings(tmp_path: Path) -> None:
+    # scripts/_venv.sh reads LEWIS_VENV and LEWIS_EXTRAS; a user who sets them runs lewis too
+    s = load_settings(env={"LEWIS_VENV": "/opt/venv", "LEWIS_EXTRAS": "dev,postgres"},
+                      cwd=tmp_path)
+    assert s == load_settings(env={}, cwd=tmp_path)
