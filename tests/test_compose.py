@@ -164,6 +164,32 @@ def test_workers_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
         assert set(service.get("depends_on") or {}) <= set(services)
 
 
+def health_command(service: dict[str, Any]) -> list[str]:
+    """The healthcheck's argv as the container would run it (CMD, or CMD-SHELL through sh
+    with ``$(hostname)`` standing for the container's host name)."""
+    test = service["healthcheck"]["test"]
+    if test[0] == "CMD":
+        return list(test[1:])
+    assert test[0] == "CMD-SHELL" and len(test) == 2, test
+    return shlex.split(test[1].replace("$(hostname)", "container-host"))
+
+
+def test_workers_and_beat_have_lewis_health_checks(services: dict[str, dict[str, Any]]) -> None:
+    for name in (*WORKERS, "beat"):
+        check = services[name].get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        argv = health_command(services[name])
+        ctx = resolve_command(argv)
+        assert ctx.command_path == "lewis health", (name, argv)
+        if name == "beat":
+            assert ctx.params["beat"] is True
+        else:  # this container's worker, by its host name (Celery's %h in the node name)
+            assert ctx.params["worker_name"] == "container-host", (name, argv)
+        # the probe's own deadline (0.8 s) fits the healthcheck's timeout
+        assert float(str(check["timeout"]).rstrip("s")) > ctx.params["timeout"], name
+        assert check.get("retries", 3) >= 2, name
+
+
 def test_broker_redis_keeps_messages_and_cache_redis_is_bounded(
         services: dict[str, dict[str, Any]]) -> None:
     broker = shlex.split(services["redis"]["command"][-1])

@@ -1,0 +1,87 @@
+"""Presence records on the broker: who is in the fleet, what it consumes, whether it drains.
+
+Every worker (from its consumer's event loop, :mod:`.fleet_worker`) and every beat (from its
+tick) writes a small record with a time-to-live of a few periods: a member that stops writing
+(dead, hung, cut off) drops out by itself. Reading them is one SCAN and one MGET on plain
+redis-py, without Celery: ``lewis health`` answers within a probe's second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from ..domain.fleet import BeatView, WorkerRecord
+
+LEADER_KEY = "lewis:beat:leader"  # the beat lease (beat.py, which imports Celery: a probe must not)
+WORKER_KEY = "lewis:fleet:worker:{name}"
+BEAT_KEY = "lewis:fleet:beat:{token}"
+PRESENCE_PERIOD = 2.0  # seconds between a member's writes
+PRESENCE_TTL = 3 * PRESENCE_PERIOD + 1  # two missed writes and the member is gone
+
+
+def presence_period(health_check_interval: float) -> float:
+    """Write at least every :data:`PRESENCE_PERIOD` s (sooner if the heartbeat is faster)."""
+    return max(0.2, min(PRESENCE_PERIOD, health_check_interval))
+
+
+def write_worker(client: redis.Redis, record: WorkerRecord, period: float = PRESENCE_PERIOD) -> None:
+    payload = {**record.to_dict(), "at": time.time()}
+    client.set(WORKER_KEY.format(name=record.name), json.dumps(payload),
+               px=int((3 * period + 1) * 1000))
+
+
+def forget_worker(client: redis.Redis, name: str) -> None:
+    client.delete(WORKER_KEY.format(name=name))
+
+
+def write_beat(client: redis.Redis, token: str, role: str, ttl: float) -> None:
+    client.set(BEAT_KEY.format(token=token), json.dumps({"token": token, "role": role,
+                                                         "at": time.time()}),
+               px=max(1, int(ttl * 1000)))
+
+
+def forget_beat(client: redis.Redis, token: str) -> None:
+    client.delete(BEAT_KEY.format(token=token))
+
+
+def _read(client: redis.Redis, pattern: str) -> list[dict[str, Any]]:
+    keys = sorted(client.scan_iter(match=pattern, count=500))
+    if not keys:
+        return []
+    out = []
+    for raw in client.mget(keys):
+        if raw is None:  # expired between SCAN and MGET
+            continue
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            out.append(data)
+    return out
+
+
+def read_workers(client: redis.Redis) -> list[WorkerRecord]:
+    records = []
+    for data in _read(client, WORKER_KEY.format(name="*")):
+        try:
+            records.append(WorkerRecord.from_dict(data))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return sorted(records, key=lambda r: r.name)
+
+
+def read_beat(client: redis.Redis) -> BeatView:
+    holder = client.get(LEADER_KEY)
+    beats = tuple(sorted(str(d.get("token")) for d in _read(client, BEAT_KEY.format(token="*"))
+                         if d.get("token")))
+    return BeatView(leader=holder.decode() if isinstance(holder, bytes) else holder, beats=beats)
+
+
+__all__ = ["LEADER_KEY", "WORKER_KEY", "BEAT_KEY", "PRESENCE_PERIOD", "PRESENCE_TTL", "presence_period",
+           "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers",
+           "read_beat"]

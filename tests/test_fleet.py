@@ -1,0 +1,102 @@
+"""The fleet with real worker and beat subprocesses: `lewis health` answers, `lewis drain`
+lets the running task finish and leaves the queue to others."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lewis_tasks.infra.broker import queue_depths
+from tests.conftest import stack_env
+from tests.support.procs import ROOT, lewis_env, lewis_process, wait_for
+
+pytestmark = pytest.mark.slow
+
+HOST = socket.gethostname()
+TASKS = "tests.support.fleettasks"
+
+
+def lewis(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str]:
+    done = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", *args], cwd=ROOT,
+                          env=lewis_env(env), capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout + done.stderr
+
+
+def io_worker(name: str, env: dict[str, str], home: Path, *extra: str) -> Any:
+    return lewis_process(["worker", "io", "-I", TASKS, "-n", f"{name}@%h", *extra], env,
+                         home / f"{name}.log")
+
+
+@pytest.fixture
+def fleet_redis(worker_redis: Any) -> Any:
+    """The worker db without presence records or queued messages of earlier tests."""
+    def wipe() -> None:
+        for key in worker_redis.scan_iter("lewis:fleet:*"):
+            worker_redis.delete(key)
+        worker_redis.delete("io", "lewis:beat:leader")
+    wipe()
+    yield worker_redis
+    wipe()
+
+
+def test_health_exit_codes_follow_workers_queues_and_beat(
+        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    env = stack_env(redis_url, tmp_path)
+    # Given no worker at all: down
+    code, out = lewis(env, "health")
+    assert code == 2 and "no worker" in out, out
+    # and a broker that does not answer: down, at once
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead = stack_env(f"redis://127.0.0.1:{closed.getsockname()[1]}/0", tmp_path)
+    code, out = lewis(dead, "health", "--queue", "io")
+    closed.close()
+    assert code == 2 and "does not answer" in out, out
+    with io_worker("hio", env, tmp_path, "-c", "2"):
+        # When an io worker is up
+        wait_for(lambda: lewis(env, "health", "--worker", f"hio@{HOST}")[0] == 0, 60,
+                 what="the io worker's presence")
+        # Then io is healthy, the worker and its host answer, cpu has nobody
+        assert lewis(env, "health", "--queue", "io")[0] == 0
+        assert lewis(env, "health", "--worker", HOST)[0] == 0
+        assert lewis(env, "health", "--worker", f"nobody@{HOST}")[0] == 2
+        assert lewis(env, "health", "--queue", "cpu")[0] == 2
+        code, out = lewis(env, "health")
+        assert code == 1 and "queue cpu: no worker" in out and "beat: NOT RUNNING" in out, out
+        assert lewis(env, "health", "--beat")[0] == 2
+        with lewis_process(["beat"], env, tmp_path / "beat.log"):
+            wait_for(lambda: lewis(env, "health", "--beat")[0] == 0, 60, what="a beat leading")
+
+
+def test_drain_finishes_the_running_task_exits_warm_and_leaves_the_queue(
+        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any,
+        celery_app: Any) -> None:
+    env = stack_env(redis_url, tmp_path)
+    job = "drain"
+    fleet_redis.delete(f"test:who:{job}", f"test:started:{job}")
+    with io_worker("drainme", env, tmp_path, "-c", "1") as proc:
+        name = f"drainme@{HOST}"
+        wait_for(lambda: lewis(env, "health", "--worker", name)[0] == 0, 60, what="the worker")
+        # Given a worker running a 4-second task, with three more queued behind it
+        for index in range(4):
+            celery_app.send_task("lewis.testing.who", args=[job, index, 4.0], queue="io")
+        wait_for(lambda: fleet_redis.llen(f"test:started:{job}") >= 1, 30, what="the first task")
+        # When it is drained (and the drain waits for it to exit)
+        code, out = lewis(env, "drain", "--worker", name, "--timeout", "60")
+        assert code == 0, out
+        assert "exits when idle" in out and "drained: 1 worker(s) exited" in out, out
+        # Then the worker exited warm, with code 0
+        assert proc.wait(30) == 0
+    # the running task finished (not killed, not requeued), nothing else started
+    assert fleet_redis.lrange(f"test:who:{job}", 0, -1) == [f"{name} 0".encode()]
+    assert fleet_redis.llen(f"test:started:{job}") == 1
+    # and the three others are still queued, for the workers that remain
+    depth = queue_depths(fleet_redis, ["io"])["io"]
+    assert (depth.ready, depth.unacked) == (3, 0)
+    log = (tmp_path / "drainme.log").read_text()
+    assert "drained: every accepted task finished" in log
