@@ -75,6 +75,11 @@ def read_workers(client: redis.Redis) -> list[WorkerRecord]:
     return sorted(records, key=lambda r: r.name)
 
 
+def slots_online(client: redis.Redis, queue: str) -> int:
+    """Task slots (threads or children) of the workers taking new work from ``queue`` now."""
+    return sum(w.concurrency for w in read_workers(client) if queue in w.consuming)
+
+
 def read_beat(client: redis.Redis) -> BeatView:
     holder = client.get(LEADER_KEY)
     beats = tuple(sorted(str(d.get("token")) for d in _read(client, BEAT_KEY.format(token="*"))
@@ -83,5 +88,5 @@ def read_beat(client: redis.Redis) -> BeatView:
 
 
 __all__ = ["LEADER_KEY", "WORKER_KEY", "BEAT_KEY", "PRESENCE_PERIOD", "PRESENCE_TTL", "presence_period",
-           "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers",
+           "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers", "slots_online",
            "read_beat"]

@@ -114,7 +114,9 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
     hosts = resolve_hosts(parsed, Scope.from_allow(settings.scope.allow))
     from ..infra.planning import chunk_ports_for
 
-    chunks = plan_chunks(hosts, port_list, chunk_ports=chunk_ports_for(settings, rate),
+    size = chunk_ports_for(settings, rate, hosts=len(hosts), ports=len(set(port_list)),
+                           slots_online=_io_slots_online())
+    chunks = plan_chunks(hosts, port_list, chunk_ports=size,
                          max_ports_total=settings.scan.max_ports_total)
     app = _app(app)
     _require_broker(app)
@@ -130,6 +132,19 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
         _mark_failed(scan_id, f"not enqueued: {exc}")
         raise BrokerUnavailable(f"scan {scan_id}: could not enqueue its tasks ({exc})") from exc
     return ScanHandle(scan_id, app, merge_id)
+
+
+def _io_slots_online() -> int:
+    """io slots of the workers online (their presence records); 0 if the broker cannot say."""
+    import redis
+
+    from ..infra.fleet import slots_online
+    from ..infra.redis_client import get_redis
+
+    try:
+        return slots_online(get_redis(), "io")
+    except (redis.RedisError, OSError):
+        return 0  # the broker check right after says what is wrong
 
 
 def _rate(rate: float | None, settings: Settings) -> float | None:
