@@ -140,8 +140,23 @@ def test_every_lewis_variable_is_a_real_setting(services: dict[str, dict[str, An
         assert settings.database.url.startswith("postgresql+psycopg://"), name
         assert urlsplit(settings.database.url).hostname == "postgres", name
         replicas = 8  # a generous scale-out must still fit postgres' connection limit
-        per_process = settings.database.pool_size + settings.database.max_overflow
+        per_process = _peak_connections(settings, name)
         assert per_process * replicas <= _pg_max_connections(services), name
+
+
+def _peak_connections(settings: Any, service: str) -> int:
+    """The most connections one container of ``service`` opens: its role's pool (every cpu
+    child has one) or the explicit pool_size + max_overflow."""
+    from lewis_tasks.storage.db import pool_for
+    from workers import worker_options
+
+    role = service.removeprefix("worker-") if service.startswith("worker-") else "command"
+    size, overflow = pool_for(settings.database, role)
+    processes = 1
+    if role == "cpu":
+        opts = worker_options("cpu", settings)
+        processes = int(opts[opts.index("-c") + 1])
+    return (size + overflow) * processes
 
 
 def _pg_max_connections(services: dict[str, dict[str, Any]]) -> int:

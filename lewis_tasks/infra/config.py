@@ -95,8 +95,10 @@ class CacheSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = _opt("", secret=True)  # empty: SQLite under the stack home
-    pool_size: int = _opt(20, minimum=1)
-    max_overflow: int = _opt(30, minimum=0)
+    # 0: by process role (storage/db.py ROLE_POOLS: io 1+3, cpu child / control / command 1+1);
+    # a number sizes every process alike, with max_overflow more opened for bursts
+    pool_size: int = _opt(0, minimum=0)
+    max_overflow: int = _opt(0, minimum=0)
     pool_timeout: int = _opt(30, minimum=1)
     pool_recycle: int = _opt(3600, minimum=1)
     echo_sql: bool = _opt(False)

@@ -99,6 +99,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     from .celery_app import configure_worker
 
     configure_worker(app, settings)
+    _size_database_pools(app)
     from .redis_server import eviction_warning
 
     try:
@@ -108,6 +109,16 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     if warning:
         log.warning(warning)
     tune_gc(settings.memory.gc_young_threshold)
+
+
+def _size_database_pools(app: Celery) -> None:
+    """Database pools sized for what this worker consumes (storage/db.py ROLE_POOLS); prefork
+    children inherit the role."""
+    try:
+        from ..storage.db import role_for_queues, set_role
+    except ImportError:  # storage not installed in this build
+        return
+    set_role(role_for_queues(app.amqp.queues.consume_from))
 
 
 def tune_gc(young: int) -> None:
