@@ -100,3 +100,24 @@ def test_drain_finishes_the_running_task_exits_warm_and_leaves_the_queue(
     assert (depth.ready, depth.unacked) == (3, 0)
     log = (tmp_path / "drainme.log").read_text()
     assert "drained: every accepted task finished" in log
+
+
+def test_a_worker_whose_visibility_timeout_differs_from_the_cluster_refuses_to_start(
+        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    env = stack_env(redis_url, tmp_path)  # visibility timeout 60 s
+    with io_worker("agreed", env, tmp_path, "-c", "1"):
+        wait_for(lambda: lewis(env, "health", "--worker", f"agreed@{HOST}")[0] == 0, 60,
+                 what="the first worker")
+        # When a second host's worker starts with another visibility timeout
+        other = stack_env(redis_url, tmp_path, LEWIS_BROKER_VISIBILITY_TIMEOUT="61")
+        code, out = lewis(other, "worker", "io", "-n", "odd@%h", timeout=90)
+        # Then it exits 2 with one line naming the setting and both values
+        assert code == 2, out[-2000:]
+        ours = [line for line in out.splitlines() if line.startswith("lewis:")]
+        assert len(ours) == 1, out[-2000:]
+        assert "broker.visibility_timeout (61s)" in ours[0] and "(60s on agreed@" in ours[0]
+        assert "Traceback" not in out
+        # and the same setting starts
+        with io_worker("same", env, tmp_path, "-c", "1"):
+            wait_for(lambda: lewis(env, "health", "--worker", f"same@{HOST}")[0] == 0, 60,
+                     what="a worker that agrees")

@@ -32,6 +32,7 @@ class WorkerRecord:
     state: str = UP
     pid: int = 0
     concurrency: int = 0
+    visibility_timeout: int = 0  # its broker.visibility_timeout: every host must agree
 
     @property
     def host(self) -> str:
@@ -50,11 +51,13 @@ class WorkerRecord:
     def from_dict(cls, data: dict[str, Any]) -> WorkerRecord:
         return cls(name=str(data["name"]), queues=tuple(str(q) for q in data.get("queues") or ()),
                    state=str(data.get("state") or UP), pid=int(data.get("pid") or 0),
-                   concurrency=int(data.get("concurrency") or 0))
+                   concurrency=int(data.get("concurrency") or 0),
+                   visibility_timeout=int(data.get("visibility_timeout") or 0))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "queues": list(self.queues), "state": self.state,
-                "pid": self.pid, "concurrency": self.concurrency}
+                "pid": self.pid, "concurrency": self.concurrency,
+                "visibility_timeout": self.visibility_timeout}
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,12 @@ class Verdict:
     def line(self) -> str:
         word = {Health.HEALTHY: "healthy", Health.DEGRADED: "degraded", Health.DOWN: "down"}
         return word[self.health] + (": " + "; ".join(self.reasons) if self.reasons else "")
+
+
+def disagreeing(workers: Iterable[WorkerRecord], visibility_timeout: int) -> list[WorkerRecord]:
+    """Workers whose visibility timeout is not ``visibility_timeout`` (records that do not say
+    are left out)."""
+    return [w for w in workers if w.visibility_timeout and w.visibility_timeout != visibility_timeout]
 
 
 def by_queue(workers: Iterable[WorkerRecord], queues: Sequence[str]) -> dict[str, list[str]]:
@@ -146,4 +155,4 @@ def beat_health(beat: BeatView) -> Verdict:
 
 
 __all__ = ["Health", "WorkerRecord", "BeatView", "Verdict", "by_queue", "cluster_health",
-           "queue_health", "worker_health", "beat_health", "UP", "DRAINING"]
+           "queue_health", "worker_health", "beat_health", "disagreeing", "UP", "DRAINING"]

@@ -66,7 +66,9 @@ class BrokerSettings:
     url: str = _opt("", secret=True, schemes=("redis", "rediss"))
     # empty: the broker's Redis
     result_backend: str = _opt("", secret=True, schemes=("redis", "rediss", "unix"))
-    visibility_timeout: int = _opt(600, minimum=1)  # > every hard time limit; a dead worker's task returns after it
+    # a dead worker's task returns after it, so it must exceed every hard time limit; 0: derived,
+    # the longest hard limit + VISIBILITY_MARGIN (390 s by default). Every host must agree.
+    visibility_timeout: int = _opt(0, minimum=0)
     pool_limit: int = _opt(10, minimum=1)  # broker_pool_limit
     max_connections: int = _opt(200, minimum=1)  # redis_max_connections (redis-py caps 100)
     result_expires: int = _opt(86400, minimum=1)
@@ -460,7 +462,27 @@ def _resolve(settings: Settings, base: Path) -> Settings:
     if settings.tasks.soft_time_limit > settings.tasks.time_limit:
         raise ConfigError("setting tasks.soft_time_limit: must not exceed tasks.time_limit "
                           f"({settings.tasks.soft_time_limit} > {settings.tasks.time_limit})")
+    if not broker.visibility_timeout:
+        broker = dataclasses.replace(broker, visibility_timeout=derived_visibility_timeout(settings))
     return dataclasses.replace(stack, broker=broker, database=database)
+
+
+# A load-test part's hard limit beyond its run and barrier (planning.py: BARRIER_LEAD + DRAIN
+# + SLACK + HARD_GAP = 12.5 s), and the room left after the longest hard limit before a
+# message is handed out again (the kill, the ack and a loaded machine's delays).
+LOADTEST_PART_OVERHEAD = 12.5
+VISIBILITY_MARGIN = 30
+
+
+def derived_visibility_timeout(settings: Settings) -> int:
+    """The shortest safe visibility timeout: the longest hard time limit any task gets
+    (``tasks.time_limit``, or a load-test part of ``loadtest.max_duration``) + the margin.
+
+    A host that dies holding tasks has them redelivered after this, not after a fixed 600 s.
+    """
+    lt = settings.loadtest
+    part = math.ceil(lt.barrier_timeout + lt.max_duration + LOADTEST_PART_OVERHEAD)
+    return min(MAX_NUMBER, max(settings.tasks.time_limit, part) + VISIBILITY_MARGIN)
 
 
 def replace_section(settings: Settings, section: str, **changes: Any) -> Settings:

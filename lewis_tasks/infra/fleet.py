@@ -80,6 +80,32 @@ def slots_online(client: redis.Redis, queue: str) -> int:
     return sum(w.concurrency for w in read_workers(client) if queue in w.consuming)
 
 
+def check_cluster_agreement(url: str, visibility_timeout: int, timeout: float = 2.0) -> None:
+    """ConfigError if a live worker of this broker runs with another visibility timeout.
+
+    With two values in one cluster, a task running longer than the shorter one is handed to
+    a second worker by the hosts using it. An unreachable broker is not judged here (the
+    worker's own connection retries report it).
+    """
+    from ..domain.fleet import disagreeing
+    from ..errors import ConfigError
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        others = disagreeing(read_workers(client), visibility_timeout)
+    except (redis.RedisError, OSError):
+        return
+    finally:
+        client.close()
+    if others:
+        first = others[0]
+        raise ConfigError(
+            f"setting broker.visibility_timeout ({visibility_timeout}s) differs from the "
+            f"cluster's ({first.visibility_timeout}s on {first.name}"
+            f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}): every host must use "
+            "the same, or a long task is delivered again to a second worker")
+
+
 def read_beat(client: redis.Redis) -> BeatView:
     holder = client.get(LEADER_KEY)
     beats = tuple(sorted(str(d.get("token")) for d in _read(client, BEAT_KEY.format(token="*"))
@@ -88,5 +114,5 @@ def read_beat(client: redis.Redis) -> BeatView:
 
 
 __all__ = ["LEADER_KEY", "WORKER_KEY", "BEAT_KEY", "PRESENCE_PERIOD", "PRESENCE_TTL", "presence_period",
-           "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers", "slots_online",
+           "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers", "slots_online", "check_cluster_agreement",
            "read_beat"]

@@ -50,7 +50,8 @@ def _record(consumer: Any) -> WorkerRecord:
     queues = _state["queues"] if _state["draining"] else consuming
     return WorkerRecord(name=consumer.hostname, queues=tuple(queues),
                         state=DRAINING if _state["draining"] else UP, pid=os.getpid(),
-                        concurrency=int(getattr(consumer.controller, "concurrency", 0) or 0))
+                        concurrency=int(getattr(consumer.controller, "concurrency", 0) or 0),
+                        visibility_timeout=get_settings().broker.visibility_timeout)
 
 
 def publish(consumer: Any) -> None:

@@ -82,6 +82,9 @@ def startup_checks(app: Celery) -> None:
                           "`lewis up`")
     app.loader.import_default_modules()  # every task, so every time limit, is known
     check_visibility_timeout(app)
+    from .fleet import check_cluster_agreement
+
+    check_cluster_agreement(settings.broker.url, settings.broker.visibility_timeout)
 
 
 @signals.worker_init.connect
