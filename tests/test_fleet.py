@@ -121,3 +121,31 @@ def test_a_worker_whose_visibility_timeout_differs_from_the_cluster_refuses_to_s
         with io_worker("same", env, tmp_path, "-c", "1"):
             wait_for(lambda: lewis(env, "health", "--worker", f"same@{HOST}")[0] == 0, 60,
                      what="a worker that agrees")
+
+
+def test_flower_on_a_public_address_without_auth_refuses_to_start(tmp_path: Path,
+                                                                  redis_url: str) -> None:
+    env = stack_env(redis_url, tmp_path)
+    code, out = lewis(env, "flower", "--address", "0.0.0.0", "--port", "1")
+    assert code == 2 and "without auth" in out and "--unsafe-no-auth" in out, out
+    code, out = lewis(env, "flower", "--address", "::", "--port", "1")
+    assert code == 2 and "without auth" in out, out
+
+
+def test_scan_without_an_io_worker_says_so_at_once_and_waits_only_if_asked(
+        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    env = stack_env(redis_url, tmp_path)
+    assert lewis(env, "db", "upgrade")[0] == 0
+    # Given only a cpu worker online
+    with lewis_process(["worker", "cpu", "-c", "1", "-n", "onlycpu@%h"], env,
+                       tmp_path / "cpu.log"):
+        wait_for(lambda: lewis(env, "health", "--queue", "cpu")[0] == 0, 60, what="the cpu worker")
+        # When a scan is asked for: it is refused at once, nothing enqueued
+        code, out = lewis(env, "scan", "127.0.0.1", "-p", "80", "--no-wait")
+        assert code == 3 and "no io worker is online" in out, out
+        assert fleet_redis.llen("io") == 0
+        # and with --wait-for-workers it is submitted and waits in the queue
+        code, out = lewis(env, "scan", "127.0.0.1", "-p", "80", "--no-wait",
+                          "--wait-for-workers")
+        assert code == 0 and "no io worker is online" in out, out
+        assert fleet_redis.llen("io") == 1

@@ -75,6 +75,45 @@ class _Down(Exception):
     pass
 
 
+def require_workers(queue: str, *, wait: bool) -> None:
+    """Refuse at once (exit 3) when no worker takes new work from ``queue``; with ``wait``,
+    say so on stderr and go on (the work waits in the queue for one).
+
+    Presence records answer first (one Redis round trip); without any, a broker ping with
+    ``monitoring.ping_timeout`` settles it (workers of a version without records).
+    """
+    from ..errors import BrokerUnavailable
+    from ..infra.config import get_settings
+
+    settings = get_settings()
+    if not settings.broker.url:
+        return  # the submit itself says there is no broker
+    try:
+        workers, _ = _read_fleet(settings.monitoring.ping_timeout)
+    except _Down:
+        return  # the submit's own broker check reports it
+    if any(queue in w.consuming for w in workers):
+        return
+    if not workers and _answers_ping(queue):  # no records at all: workers of an older version
+        return
+    message = (f"no {queue} worker is online (`lewis status`; start one with "
+               f"`lewis worker {queue}`)")
+    if wait:
+        click.echo(f"lewis: {message}; submitting anyway, the work waits in the queue", err=True)
+        return
+    raise BrokerUnavailable(f"{message}; nothing was submitted (--wait-for-workers submits "
+                            "and waits for one)")
+
+
+def _answers_ping(queue: str) -> bool:
+    from ..infra.broker import ping_workers
+    from ..infra.celery_app import app
+    from ..infra.config import get_settings
+
+    pings = ping_workers(app, timeout=get_settings().monitoring.ping_timeout)
+    return any(queue in p.queues for p in pings)
+
+
 def _read_fleet(timeout: float) -> tuple[list[Any], Any]:
     import redis
 
