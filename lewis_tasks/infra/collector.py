@@ -85,7 +85,7 @@ def _workers(latest: dict[str, tuple[float, float]], pings: list[WorkerPing], no
         if host is None or not name.startswith(("lewis_worker_", "celery_worker_tasks")):
             continue
         row = out.setdefault(host, {"up": False, "last_report": 0.0, "queues": []})
-        row[name.removeprefix("lewis_worker_")] = value
+        row[name.removeprefix("lewis_worker_").removeprefix("celery_worker_")] = value
         row["last_report"] = max(row["last_report"], ts)
     pinged = {p.worker: p for p in pings}
     for host, ping in pinged.items():
