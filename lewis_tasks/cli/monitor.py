@@ -79,3 +79,47 @@ def metrics(name: str | None, window: str, labels: tuple[str, ...], as_json: boo
                f"sum {stats.sum:.6g}{unit}")
     click.echo(f"  min {stats.min:.6g}{unit}  avg {stats.avg:.6g}{unit}  max {stats.max:.6g}{unit}")
     click.echo(f"  p50 {stats.p50:.6g}{unit}  p95 {stats.p95:.6g}{unit}  p99 {stats.p99:.6g}{unit}")
+
+
+def metrics_status(client: object) -> dict[str, object]:
+    """The collector's last roll-up for `lewis status`: rates per queue, runtimes per task."""
+    from ..infra.config import get_settings
+    from ..infra.metrics_store import MetricStore
+
+    m = get_settings().monitoring
+    try:
+        snap = MetricStore(client, m.metrics_interval, m.retention,  # type: ignore[arg-type]
+                           m.max_label_sets).snapshot()
+    except Exception as exc:  # status prints even if the store is unreadable
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    if not snap:
+        return {}
+    return {"collected_at": snap.get("ts"),
+            "rates": {q: {"done_per_s": r.get("done_per_s", 0.0),
+                          "failed_per_s": r.get("failed_per_s", 0.0)}
+                      for q, r in snap.get("queues", {}).items()},
+            "tasks": snap.get("tasks", {})}
+
+
+def format_metrics_status(report: dict[str, object]) -> list[str]:
+    """Lines for `lewis status`: the monitor's URL, per-queue rates, per-task runtimes."""
+    lines = [f"monitor  {report.get('monitor') or 'not running'}"]
+    metrics = report.get("metrics") or {}
+    assert isinstance(metrics, dict)
+    if "error" in metrics:
+        return [*lines, f"metrics  unavailable ({metrics['error']})"]
+    if not metrics:
+        return [*lines, "metrics  none collected yet (the beat's metrics job fills them)"]
+    ago = time.time() - float(metrics.get("collected_at") or 0)
+    lines.append(f"metrics  collected {ago:.0f}s ago; last minute:")
+    lines.append(f"{'queue':<9}{'done/s':>9}{'failed/s':>10}")
+    for queue, rate in sorted(metrics["rates"].items()):
+        lines.append(f"{queue:<9}{rate['done_per_s']:>9.2f}{rate['failed_per_s']:>10.2f}")
+    tasks = metrics.get("tasks") or {}
+    if tasks:
+        lines.append(f"{'task':<36}{'done':>7}{'failed':>8}{'p50 ms':>9}{'p95 ms':>9}")
+        for name, t in sorted(tasks.items()):
+            p50, p95 = t.get("runtime_p50"), t.get("runtime_p95")
+            lines.append(f"{name[:35]:<36}{t.get('succeeded', 0):>7}{t.get('failed', 0):>8}"
+                         + (f"{p50 * 1000:>9.1f}{p95 * 1000:>9.1f}" if p50 is not None else ""))
+    return lines
