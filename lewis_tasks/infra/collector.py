@@ -35,14 +35,19 @@ def collect(app: Celery, store: MetricStore, *, ping_timeout: float, now: float 
     now = time.time() if now is None else now
     interval = store.interval
     depths = queue_depths(store.client)
+    # depths first, on their own: the ping below waits out its timeout, and a queue filling
+    # up should be visible at once, not a ping later
+    batch = MetricBatch()
+    for queue, depth in depths.items():
+        _gauge(batch, "celery_queue_length", depth.ready, now, queue_name=queue)
+        _gauge(batch, "lewis_queue_unacked", depth.unacked, now, queue_name=queue)
+    store.write(batch, now=now)
     pings = pinger() if pinger is not None else ping_workers(app, timeout=ping_timeout)
     by_queue = workers_by_queue(pings)
     latest = store.latest()
     workers = _workers(latest, pings, now, DOWN_AFTER_INTERVALS * interval)
     batch = MetricBatch()
-    for queue, depth in depths.items():
-        _gauge(batch, "celery_queue_length", depth.ready, now, queue_name=queue)
-        _gauge(batch, "lewis_queue_unacked", depth.unacked, now, queue_name=queue)
+    for queue in depths:
         _gauge(batch, "celery_active_worker_count", len(by_queue.get(queue, [])), now,
                queue_name=queue)
     for hostname, info in workers.items():

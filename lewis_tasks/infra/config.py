@@ -115,6 +115,7 @@ class MonitoringSettings:
     ping_timeout: float = _opt(2.0, minimum=0.05)
     retention: int = _opt(3600, minimum=60)  # seconds heartbeats and metrics are kept (guide: 1 h)
     # --- metrics (issue 14): the worker reporters, the collector and `lewis monitor`
+    reporting: bool = _opt(True)  # false: workers and producers count nothing (bench A/B)
     report_interval: float = _opt(2.0, minimum=0.1)  # seconds between a reporter's Redis writes
     max_label_sets: int = _opt(2000, minimum=1)  # label sets per metric; more fold into one
     monitor_port: int = _opt(0, minimum=0, maximum=65535)  # `lewis monitor`/`lewis up`; 0: free

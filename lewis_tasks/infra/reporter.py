@@ -271,9 +271,20 @@ def uninstall() -> None:
         reporter.stop()
 
 
+def _enabled() -> bool:
+    from .config import get_settings
+
+    try:
+        return get_settings().monitoring.reporting
+    except Exception:  # no readable settings: nothing to report to
+        return False
+
+
 def note_sent(name: str, queue: str, n: int = 1) -> None:
     """Count ``n`` messages of task ``name`` sent to ``queue`` by this process."""
-    reporter = current() or _producer_reporter()
+    reporter = current()
+    if reporter is None and _enabled():
+        reporter = _producer_reporter()
     if reporter is not None:
         reporter.count("sent", name, queue, n)
 
@@ -305,6 +316,8 @@ def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     global _hostname
     _hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    if not _enabled():
+        return
 
     def active() -> int:
         from celery.worker import state
@@ -316,7 +329,8 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_process_init.connect(weak=False)
 def _on_child_start(**_: Any) -> None:
-    install(_hostname or socket.gethostname(), system=False)
+    if _enabled():
+        install(_hostname or socket.gethostname(), system=False)
 
 
 @signals.worker_process_shutdown.connect(weak=False)

@@ -105,10 +105,26 @@ class MonitorView:
         history["depth"] = depth
         snap = reading.snapshot
         return {"ts": time.time(), "read_at": reading.at, "stale": stale, "error": self.error,
-                "interval": interval, "totals": totals, "queues": snap.get("queues", {}),
+                "interval": interval, "totals": totals, "queues": _queues(reading),
                 "workers": snap.get("workers", {}), "tasks": snap.get("tasks", {}),
                 "recent": snap.get("recent", {}), "snapshot_ts": snap.get("ts"),
                 "history": history}
+
+
+def _queues(reading: Reading) -> dict[str, Any]:
+    """The snapshot's queues with the newest depth gauges: the collector writes depths
+    before it pings the workers, so they are fresher than the snapshot written after."""
+    queues = {q: dict(row) for q, row in reading.snapshot.get("queues", {}).items()}
+    fields = {"celery_queue_length": "ready", "lewis_queue_unacked": "unacked"}
+    for series, (value, _) in reading.gauges.items():
+        name, labels = parse_series(series)
+        field_name = fields.get(name)
+        if field_name is not None:
+            row = queues.setdefault(labels.get("queue_name", ""), {"workers": []})
+            row[field_name] = int(value)
+    for row in queues.values():
+        row["total"] = int(row.get("ready", 0)) + int(row.get("unacked", 0))
+    return queues
 
 
 __all__ = ["MonitorView", "Reading", "HISTORY_SECONDS"]

@@ -102,3 +102,21 @@ def test_real_workers_report_every_task_in_a_few_batched_writes(
                  for s, (v, _) in store.latest().items()
                  if parse_series(s)[0] == "lewis_worker_processes"}
         assert procs["rep-cpu"] >= 3 and procs["rep-io"] >= 1
+
+
+def test_reporting_off_installs_no_reporter(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lewis_tasks.infra import config, reporter
+
+    previous = config.get_settings()
+    config.set_settings(config.load_settings(env={"LEWIS_MONITORING_REPORTING": "false",
+                                                  "LEWIS_STACK_HOME": str(tmp_path)}))
+    try:
+        reporter.uninstall()
+        reporter._on_worker_init(sender=SimpleNamespace(hostname="off@h"))
+        reporter._on_child_start()
+        reporter.note_sent("t", "cpu")
+        assert reporter.current() is None
+    finally:
+        config.set_settings(previous)
