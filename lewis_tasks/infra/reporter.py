@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SENT_HEADER = "lewis_sent_at"
 EVENTS = ("sent", "received", "started", "succeeded", "failed", "retried", "rejected",
           "revoked")
+_MAX_IN_FLIGHT = 100_000  # remembered task starts per process, far above any pool size
 _STATE_EVENT = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
 
 
@@ -89,6 +90,8 @@ class MetricsReporter:
 
     def task_started(self, task_id: str, name: str, queue: str, sent_at: float | None) -> None:
         now = time.time()
+        if len(self._started) > _MAX_IN_FLIGHT:  # starts whose end never came (killed tasks)
+            self._started.clear()
         self._started[task_id] = time.perf_counter()
         metric = "celery_task_started_total"
         series = self._key(metric, name, self.hostname, queue or "")
