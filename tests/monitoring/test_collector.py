@@ -102,3 +102,26 @@ def test_the_beat_collects_every_interval_and_sees_a_queue_fill(
         assert snap["queues"]["io"]["workers"] == []
         assert any(h.startswith("col-control@") and w["up"] for h, w in snap["workers"].items())
     worker_redis.delete("io")
+
+
+def test_the_collector_skips_a_tick_with_one_log_line_when_redis_is_down(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from lewis_tasks.infra import config
+    from lewis_tasks.infra.redis_client import reset_clients
+    from lewis_tasks.infra.redis_server import free_port
+    from lewis_tasks.tasks.control import collect_metrics
+
+    previous = config.get_settings()
+    config.set_settings(config.load_settings(env={
+        "LEWIS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "LEWIS_BROKER_CONNECT_TIMEOUT": "0.2", "LEWIS_STACK_HOME": str(tmp_path)}))
+    reset_clients()
+    try:
+        with caplog.at_level("WARNING", logger="lewis_tasks.tasks.control"):
+            result = collect_metrics.run(slot=7)
+    finally:
+        config.set_settings(previous)
+        reset_clients()
+    assert result == {"slot": 7, "skipped": True}
+    lines = [r for r in caplog.records if r.name == "lewis_tasks.tasks.control"]
+    assert len(lines) == 1 and "collection of slot 7 skipped" in lines[0].getMessage()
