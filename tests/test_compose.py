@@ -26,7 +26,9 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENV_EXAMPLE = ROOT / "docker" / "env.example"
 APP_IMAGE = "lewis-tasks:latest"
 WORKERS = ("worker-io", "worker-cpu", "worker-control")
-REQUIRED = {"redis", "cache", "postgres", "migrate", *WORKERS, "beat", "flower"}
+REQUIRED = {"redis", "cache", "postgres", "migrate", *WORKERS, "beat", "flower", "monitor",
+            "prometheus"}
+NOT_APP = {"redis", "cache", "postgres", "prometheus"}
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}"
                   r"|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -105,7 +107,7 @@ def test_every_required_service_is_there(services: dict[str, dict[str, Any]]) ->
 
 def test_every_app_command_is_a_real_lewis_command(services: dict[str, dict[str, Any]]) -> None:
     apps = app_services(services)
-    assert set(apps) == REQUIRED - {"redis", "cache", "postgres"}
+    assert set(apps) == REQUIRED - NOT_APP
     seen = {}
     for name, service in apps.items():
         ctx = resolve_command(service["command"])
@@ -116,6 +118,7 @@ def test_every_app_command_is_a_real_lewis_command(services: dict[str, dict[str,
     assert seen["migrate"][0] == "lewis db upgrade"
     assert seen["beat"][0] == "lewis beat"
     assert seen["flower"][0] == "lewis flower"
+    assert seen["monitor"][0] == "lewis monitor"
 
 
 def test_the_command_walk_rejects_what_is_not_real() -> None:
@@ -251,3 +254,18 @@ def test_the_image_installs_the_package_with_postgres() -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is missing"
+
+
+def test_prometheus_scrapes_the_monitor_and_both_publish_on_loopback_only(
+        services: dict[str, dict[str, Any]]) -> None:
+    monitor, prometheus = services["monitor"], services["prometheus"]
+    ctx = resolve_command(monitor["command"])
+    port = str(ctx.params["port"])
+    assert [p.split(":") for p in monitor["ports"]] == [["127.0.0.1", "9808", port]]
+    assert all(p.startswith("127.0.0.1:") for p in prometheus["ports"])
+    mount = next(v for v in prometheus["volumes"] if v.endswith(":ro"))
+    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"]
+               for t in sc["targets"]]
+    assert targets == [f"monitor:{port}"]
+    assert set(prometheus["depends_on"]) == {"monitor"}

@@ -140,6 +140,11 @@ def collect_status(timeout: float) -> dict[str, Any]:
     holder, ttl = leader(client)
     report["beat"] = {"alive": holder is not None, "leader": holder, "lease_left_s": round(ttl, 1)}
     report["heartbeat"] = _last_heartbeat()
+    from ..infra.config import read_stack_file
+    from .monitor import metrics_status  # issue 14: the monitor, rates and runtimes
+
+    report["monitor"] = (read_stack_file(settings.home) or {}).get("monitor_url")
+    report["metrics"] = metrics_status(client)
     return report
 
 
@@ -189,6 +194,9 @@ def format_status(report: dict[str, Any]) -> str:
         ago = time.time() - hb["recorded_at"]
         lines.append(f"heartbeat {ago:.0f}s ago: {hb['workers']} workers answered"
                      + (f", rtt max {hb['rtt_ms_max']:.1f} ms" if hb.get("rtt_ms_max") else ""))
+    from .monitor import format_metrics_status
+
+    lines += ["", *format_metrics_status(report)]
     return "\n".join(lines)
 
 

@@ -166,4 +166,5 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 app = create_app()
 
-from . import signals  # noqa: E402,F401  (connects the worker signal handlers)
+# the worker signal handlers, and the task metrics reporter's (reporter.py)
+from . import reporter, signals  # noqa: E402,F401

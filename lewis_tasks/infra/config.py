@@ -130,7 +130,13 @@ class MonitoringSettings:
     health_check_interval: float = _opt(30.0, minimum=0.1)  # the heartbeat's period
     performance_logging: bool = _opt(True)  # one timed line per finished task
     ping_timeout: float = _opt(2.0, minimum=0.05)
-    retention: int = _opt(7 * 86400, minimum=60)  # seconds heartbeats and metrics are kept
+    retention: int = _opt(3600, minimum=60)  # seconds heartbeats and metrics are kept (guide: 1 h)
+    # --- metrics (issue 14): the worker reporters, the collector and `lewis monitor`
+    reporting: bool = _opt(True)  # false: workers and producers count nothing (bench A/B)
+    report_interval: float = _opt(2.0, minimum=0.1)  # seconds between a reporter's Redis writes
+    max_label_sets: int = _opt(2000, minimum=1)  # label sets per metric; more fold into one
+    monitor_port: int = _opt(0, minimum=0, maximum=65535)  # `lewis monitor`/`lewis up`; 0: free
+    monitor_address: str = _opt("127.0.0.1")  # widen only behind a proxy with auth
 
 
 @dataclass(frozen=True)
@@ -459,6 +465,7 @@ def _resolve(settings: Settings, base: Path) -> Settings:
             "setting monitoring.ping_timeout: must be shorter than "
             f"monitoring.health_check_interval ({settings.monitoring.ping_timeout} >= "
             f"{settings.monitoring.health_check_interval})")
+    _check_monitoring(settings.monitoring)
     if settings.tasks.soft_time_limit > settings.tasks.time_limit:
         raise ConfigError("setting tasks.soft_time_limit: must not exceed tasks.time_limit "
                           f"({settings.tasks.soft_time_limit} > {settings.tasks.time_limit})")
@@ -483,6 +490,16 @@ def derived_visibility_timeout(settings: Settings) -> int:
     lt = settings.loadtest
     part = math.ceil(lt.barrier_timeout + lt.max_duration + LOADTEST_PART_OVERHEAD)
     return min(MAX_NUMBER, max(settings.tasks.time_limit, part) + VISIBILITY_MARGIN)
+
+
+def _check_monitoring(m: MonitoringSettings) -> None:
+    """Metric settings that only make sense together (issue 14)."""
+    if m.retention < 2 * m.metrics_interval:
+        raise ConfigError(f"setting monitoring.retention: must hold two metrics intervals "
+                          f"(≥ {2 * m.metrics_interval}s), got {m.retention}")
+    if m.report_interval > m.metrics_interval:
+        raise ConfigError(f"setting monitoring.report_interval: must not exceed "
+                          f"monitoring.metrics_interval ({m.report_interval} > {m.metrics_interval})")
 
 
 def replace_section(settings: Settings, section: str, **changes: Any) -> Settings:
