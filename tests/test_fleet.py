@@ -149,3 +149,52 @@ def test_scan_without_an_io_worker_says_so_at_once_and_waits_only_if_asked(
                           "--wait-for-workers")
         assert code == 0 and "no io worker is online" in out, out
         assert fleet_redis.llen("io") == 1
+
+
+def test_status_lists_standby_beats_says_leader_changing_and_exits_1_when_incomplete(
+        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    import json
+    import os
+    import signal
+
+    # a lease of 10 s (the shortest beat job interval), so a failover lasts long enough to see
+    env = stack_env(redis_url, tmp_path, LEWIS_MONITORING_HEALTH_CHECK_INTERVAL="10",
+                    LEWIS_STACK_BEAT_LOCK_TIMEOUT="10")
+    with io_worker("st", env, tmp_path, "-c", "1"), \
+            lewis_process(["beat"], env, tmp_path / "beat1.log") as first, \
+            lewis_process(["beat"], env, tmp_path / "beat2.log"):
+        def report() -> tuple[int, dict[str, Any]]:
+            code, out = lewis(env, "status", "--json", "--timeout", "0.5")
+            return code, json.loads(out[out.index("{"):]) if "{" in out else {}
+
+        wait_for(lambda: len(report()[1].get("standby_beats") or []) == 1, 60,
+                 what="one leader and one standby")
+        code, rep = report()
+        # Then a cluster with io only exits 1, naming what is missing, and lists the standby
+        assert code == 1 and "queue cpu: no worker" in rep["problems"], rep
+        assert rep["beat"]["alive"] and rep["beat"]["leader"] not in rep["standby_beats"]
+        text = lewis(env, "status", "--timeout", "0.5")[1]
+        assert "standby  " in text and "beat     alive, leader" in text, text
+        # When the leader dies: "leader changing", not "NOT RUNNING", until the standby takes over
+        leader_pid = int(rep["beat"]["leader"].split(":")[1])
+        beat_pids = {first.pid} | {c.pid for c in __import__("psutil").Process(first.pid).children(recursive=True)}
+        if leader_pid not in beat_pids:  # the second beat leads: kill that one
+            os.kill(leader_pid, signal.SIGKILL)
+        else:
+            os.killpg(first.pid, signal.SIGKILL)
+        wait_for(lambda: "leader changing" in lewis(env, "status", "--timeout", "0.2")[1], 30,
+                 interval=0.1, what="'leader changing' during the failover")
+        wait_for(lambda: report()[1].get("beat", {}).get("alive"), 60, what="the standby leading")
+
+
+def test_status_text_shows_draining_workers() -> None:
+    from lewis_tasks.cli.stack import format_status
+
+    report = {"broker": {"url": "redis://h", "up": True, "ping_ms": 1.0},
+              "queues": {"io": {"ready": 3, "unacked": 1, "workers": ["io-2@b"]}},
+              "draining": ["io-1@a"], "beat": {"alive": False, "leader": None},
+              "beat_state": "leader changing (standby h:2:x)", "standby_beats": ["h:2:x"],
+              "heartbeat": None, "metrics": {}}
+    text = format_status(report)
+    assert "draining io-1@a" in text and "beat     leader changing (standby h:2:x)" in text
+    assert "NOT RUNNING" not in text

@@ -66,6 +66,12 @@ class BeatView:
 
     leader: str | None
     beats: tuple[str, ...] = ()
+    leader_silent: bool = False  # the holder stopped renewing (or never said it is alive)
+
+    @property
+    def leading(self) -> bool:
+        """A live beat holds the lease (not a dead one whose lease has yet to run out)."""
+        return self.leader is not None and not self.leader_silent
 
     @property
     def standbys(self) -> tuple[str, ...]:
@@ -73,11 +79,13 @@ class BeatView:
 
     @property
     def describe(self) -> str:
-        if self.leader:
-            return f"leader {self.leader}" + (f", standby {', '.join(self.standbys)}"
-                                              if self.standbys else "")
+        standby = f"standby {', '.join(self.standbys)}" if self.standbys else "no standby"
+        if self.leading:
+            return f"leader {self.leader}" + (f", {standby}" if self.standbys else "")
+        if self.leader:  # the holder went silent: its lease runs out, then a standby takes it
+            return f"leader changing ({self.leader} silent; {standby})"
         if self.standbys:  # the lease lapsed; a standby takes it within one poll
-            return f"leader changing (standby {', '.join(self.standbys)})"
+            return f"leader changing ({standby})"
         return "NOT RUNNING"
 
 
@@ -116,9 +124,9 @@ def cluster_health(workers: Sequence[WorkerRecord], beat: BeatView,
     draining = [w.name for w in workers if w.state == DRAINING]
     if draining:
         reasons.append(f"draining: {', '.join(draining)}")
-    if beat.leader is None:
+    if not beat.leading:
         reasons.append(f"beat: {beat.describe}")
-    missing = any(not names for names in consuming.values()) or beat.leader is None
+    missing = any(not names for names in consuming.values()) or not beat.leading
     return Verdict(Health.DEGRADED if missing else Health.HEALTHY, tuple(reasons))
 
 
@@ -147,9 +155,9 @@ def worker_health(workers: Sequence[WorkerRecord], name: str) -> Verdict:
 
 def beat_health(beat: BeatView) -> Verdict:
     """Healthy while a beat leads, degraded while only standbys are there (failover), else down."""
-    if beat.leader:
+    if beat.leading:
         return Verdict(Health.HEALTHY, (f"beat: {beat.describe}",))
-    if beat.standbys:
+    if beat.standbys or beat.leader:
         return Verdict(Health.DEGRADED, (f"beat: {beat.describe}",))
     return Verdict(Health.DOWN, ("beat: NOT RUNNING",))
 

@@ -197,7 +197,9 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
     def _announce(self, role: str) -> None:
         """This beat's presence record (`lewis status` lists standbys, `lewis health --beat`)."""
         with contextlib.suppress(redis.RedisError):  # reported above, by the lease
-            write_beat(self._lease.client, self._lease.token, role, ttl=2 * self._timing.ttl + 1)
+            every = self._timing.renew_every if role == "leader" else self._timing.standby_poll
+            write_beat(self._lease.client, self._lease.token, role, ttl=2 * self._timing.ttl + 1,
+                       every=every)
 
     def close(self) -> None:
         try:

@@ -38,9 +38,11 @@ def forget_worker(client: redis.Redis, name: str) -> None:
     client.delete(WORKER_KEY.format(name=name))
 
 
-def write_beat(client: redis.Redis, token: str, role: str, ttl: float) -> None:
-    client.set(BEAT_KEY.format(token=token), json.dumps({"token": token, "role": role,
-                                                         "at": time.time()}),
+def write_beat(client: redis.Redis, token: str, role: str, ttl: float, every: float) -> None:
+    """This beat's record: its role and how often it writes (``every`` s), kept ``ttl`` s."""
+    client.set(BEAT_KEY.format(token=token),
+               json.dumps({"token": token, "role": role, "every": every, "ttl": ttl,
+                           "at": time.time()}),
                px=max(1, int(ttl * 1000)))
 
 
@@ -107,10 +109,31 @@ def check_cluster_agreement(url: str, visibility_timeout: int, timeout: float = 
 
 
 def read_beat(client: redis.Redis) -> BeatView:
+    """The lease holder and every beat alive; the holder is *silent* when its record is older
+    than three of its writes and a second (measured on Redis' clock: the record's ttl less its PTTL), i.e.
+    it died and its lease is running out: a failover is under way."""
     holder = client.get(LEADER_KEY)
-    beats = tuple(sorted(str(d.get("token")) for d in _read(client, BEAT_KEY.format(token="*"))
-                         if d.get("token")))
-    return BeatView(leader=holder.decode() if isinstance(holder, bytes) else holder, beats=beats)
+    leader = holder.decode() if isinstance(holder, bytes) else holder
+    keys = sorted(client.scan_iter(match=BEAT_KEY.format(token="*"), count=500))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+        pipe.pttl(key)
+    replies = pipe.execute() if keys else []
+    beats, silent = [], leader is not None
+    for raw, pttl in zip(replies[::2], replies[1::2], strict=True):
+        try:
+            data = json.loads(raw) if raw is not None else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not data.get("token"):
+            continue
+        token = str(data["token"])
+        beats.append(token)
+        if token == leader:
+            age = float(data.get("ttl") or 0) - max(0, pttl) / 1000
+            silent = age > 3 * float(data.get("every") or 0) + 1.0  # a busy host ticks late
+    return BeatView(leader=leader, beats=tuple(beats), leader_silent=silent)
 
 
 __all__ = ["LEADER_KEY", "WORKER_KEY", "BEAT_KEY", "PRESENCE_PERIOD", "PRESENCE_TTL", "presence_period",

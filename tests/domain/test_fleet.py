@@ -67,3 +67,11 @@ def test_beat_leader_standby_or_none() -> None:
 def test_records_round_trip() -> None:
     r = WorkerRecord("io-1@h1", ("io", "cpu"), state=DRAINING, pid=7, concurrency=20)
     assert WorkerRecord.from_dict(r.to_dict()) == r
+
+
+def test_a_silent_leader_is_a_failover_under_way() -> None:
+    dying = BeatView("b1", ("b1", "b2"), leader_silent=True)
+    assert not dying.leading
+    assert dying.describe == "leader changing (b1 silent; standby b2)"
+    assert beat_health(dying).health is Health.DEGRADED
+    assert cluster_health([IO, CPU, CONTROL], dying, QUEUES).health is Health.DEGRADED
