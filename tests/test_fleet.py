@@ -104,7 +104,12 @@ def test_drain_finishes_the_running_task_exits_warm_and_leaves_the_queue(
 
 def test_a_worker_whose_visibility_timeout_differs_from_the_cluster_refuses_to_start(
         redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    from lewis_tasks.domain.fleet import WorkerRecord
+    from lewis_tasks.infra.fleet import write_worker
+
     env = stack_env(redis_url, tmp_path)  # visibility timeout 60 s
+    # a record left by a worker killed a moment ago, with another value: it keeps nobody out
+    write_worker(fleet_redis, WorkerRecord("ghost@gone", ("io",), visibility_timeout=10), 5.0)
     with io_worker("agreed", env, tmp_path, "-c", "1"):
         wait_for(lambda: lewis(env, "health", "--worker", f"agreed@{HOST}")[0] == 0, 60,
                  what="the first worker")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -82,11 +83,14 @@ def slots_online(client: redis.Redis, queue: str) -> int:
     return sum(w.concurrency for w in read_workers(client) if queue in w.consuming)
 
 
-def check_cluster_agreement(url: str, visibility_timeout: int, timeout: float = 2.0) -> None:
+def check_cluster_agreement(url: str, visibility_timeout: int, timeout: float = 2.0,
+                            confirm: Callable[[list[str]], set[str]] | None = None) -> None:
     """ConfigError if a live worker of this broker runs with another visibility timeout.
 
     With two values in one cluster, a task running longer than the shorter one is handed to
-    a second worker by the hosts using it. An unreachable broker is not judged here (the
+    a second worker by the hosts using it. ``confirm(names)`` returns those that answer a
+    ping now: a record outlives a killed worker by a few seconds, and a dead worker's value
+    must not keep its replacement out. An unreachable broker is not judged here (the
     worker's own connection retries report it).
     """
     from ..domain.fleet import disagreeing
@@ -99,6 +103,9 @@ def check_cluster_agreement(url: str, visibility_timeout: int, timeout: float = 
         return
     finally:
         client.close()
+    if others and confirm is not None:
+        alive = confirm([w.name for w in others])
+        others = [w for w in others if w.name in alive]
     if others:
         first = others[0]
         raise ConfigError(

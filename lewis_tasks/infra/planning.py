@@ -155,7 +155,7 @@ def io_slots(settings: Settings) -> int:
 # least SCAN_WAVES waves of every io slot online, a scan keeps all but one wave queued, for
 # whoever joins (BENCHMARKS.md, "Fleet").
 SCAN_WAVES = 8
-MIN_CHUNK_PORTS = 256  # below this a chunk's fixed cost (rows, results, broker) dominates
+MIN_CHUNK_PORTS = 2048  # smaller, a fast scan pays more in chunk rows, results and messages
 
 
 def chunk_ports_for(settings: Settings, rate: float | None, *, hosts: int = 0, ports: int = 0,
@@ -173,7 +173,7 @@ def chunk_ports_for(settings: Settings, rate: float | None, *, hosts: int = 0, p
     fits = max_chunk_ports(settings.tasks.soft_time_limit * SCAN_SHARE, concurrency=share,
                            timeout=s.timeout, retries=s.retries, rate=rate)
     size = max(1, min(s.chunk_ports, fits))
-    if hosts and ports:
+    if hosts and ports and SCAN_WAVES:  # 0: off (bench/fleet.py's A/B)
         wanted = SCAN_WAVES * max(slots_online, io_slots(settings))
         per_host = math.ceil(wanted / hosts)  # chunks each host's ports are cut into
         size = min(size, max(MIN_CHUNK_PORTS, math.ceil(ports / per_host)))

@@ -84,7 +84,15 @@ def startup_checks(app: Celery) -> None:
     check_visibility_timeout(app)
     from .fleet import check_cluster_agreement
 
-    check_cluster_agreement(settings.broker.url, settings.broker.visibility_timeout)
+    check_cluster_agreement(settings.broker.url, settings.broker.visibility_timeout,
+                            confirm=lambda names: _answering(app, names))
+
+
+def _answering(app: Celery, names: list[str]) -> set[str]:
+    """Which of ``names`` answer a ping through the broker now (within a second)."""
+    from .broker import broadcast
+
+    return set(broadcast(app, "ping", timeout=1.0, destination=names, limit=len(names)))
 
 
 @signals.worker_init.connect

@@ -16,17 +16,17 @@ def test_a_scan_makes_waves_of_every_io_slot_online() -> None:
     s = load_settings(env={"LEWIS_SCAN_CHUNK_PORTS": "65535"})
     slots = io_slots(s)
     # one host, every port, one worker: enough chunks for SCAN_WAVES waves of its slots
-    size = chunk_ports_for(s, None, hosts=1, ports=65535)
-    assert chunks(1, 65535, size) >= SCAN_WAVES * slots
+    size = chunk_ports_for(s, None, hosts=8, ports=65535)
+    assert chunks(8, 65535, size) >= SCAN_WAVES * slots
     # three workers online: three times as many (the first ones take a wave each, the rest waits)
-    size3 = chunk_ports_for(s, None, hosts=4, ports=65535, slots_online=3 * slots)
-    assert chunks(4, 65535, size3) >= SCAN_WAVES * 3 * slots
+    size3 = chunk_ports_for(s, None, hosts=16, ports=65535, slots_online=3 * slots)
+    assert chunks(16, 65535, size3) >= SCAN_WAVES * 3 * slots
 
 
 def test_never_below_the_minimum_nor_above_the_setting() -> None:
-    s = load_settings(env={"LEWIS_SCAN_CHUNK_PORTS": "1000"})
-    assert chunk_ports_for(s, None, hosts=1, ports=1000) == MIN_CHUNK_PORTS
-    assert chunk_ports_for(s, None, hosts=4096, ports=1000) == 1000  # many hosts: full chunks
-    assert chunk_ports_for(s, None) == 1000  # no scan given: the setting (and the budget)
+    s = load_settings(env={"LEWIS_SCAN_CHUNK_PORTS": "8192"})
+    assert chunk_ports_for(s, None, hosts=1, ports=65535) == MIN_CHUNK_PORTS
+    assert chunk_ports_for(s, None, hosts=4096, ports=8192) == 8192  # many hosts: full chunks
+    assert chunk_ports_for(s, None) == 8192  # no scan given: the setting (and the budget)
     small = load_settings(env={"LEWIS_SCAN_CHUNK_PORTS": "64"})
     assert chunk_ports_for(small, None, hosts=1, ports=65535) == 64
