@@ -203,7 +203,7 @@ def test_workers_and_beat_have_lewis_health_checks(services: dict[str, dict[str,
             assert ctx.params["beat"] is True
         else:  # this container's worker, by its host name (Celery's %h in the node name)
             assert ctx.params["worker_name"] == "container-host", (name, argv)
-        # the probe's own deadline (0.8 s) fits the healthcheck's timeout
+        # the probe's own deadline (0.6 s) fits the healthcheck's timeout
         assert float(str(check["timeout"]).rstrip("s")) > ctx.params["timeout"], name
         assert check.get("retries", 3) >= 2, name
 
