@@ -117,7 +117,7 @@ def check_cluster_agreement(url: str, visibility_timeout: int, timeout: float = 
 
 def read_beat(client: redis.Redis) -> BeatView:
     """The lease holder and every beat alive; the holder is *silent* when its record is older
-    than three of its writes and a second (measured on Redis' clock: the record's ttl less its PTTL), i.e.
+    than two of its writes (measured on Redis' clock: the record's ttl less its PTTL), i.e.
     it died and its lease is running out: a failover is under way."""
     holder = client.get(LEADER_KEY)
     leader = holder.decode() if isinstance(holder, bytes) else holder
@@ -139,7 +139,8 @@ def read_beat(client: redis.Redis) -> BeatView:
         beats.append(token)
         if token == leader:
             age = float(data.get("ttl") or 0) - max(0, pttl) / 1000
-            silent = age > 3 * float(data.get("every") or 0) + 1.0  # a busy host ticks late
+            # two renewals missed (2/3 of the lease + 0.5 s): seen before the lease runs out
+            silent = age > 2 * float(data.get("every") or 0) + 0.5
     return BeatView(leader=leader, beats=tuple(beats), leader_silent=silent)
 
 
