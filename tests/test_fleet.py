@@ -203,3 +203,19 @@ def test_status_text_shows_draining_workers() -> None:
     text = format_status(report)
     assert "draining io-1@a" in text and "beat     leader changing (standby h:2:x)" in text
     assert "NOT RUNNING" not in text
+
+
+def test_drain_of_one_queue_keeps_the_worker_on_the_others(
+        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    env = stack_env(redis_url, tmp_path)
+    with io_worker("both", env, tmp_path, "-c", "1", "-Q", "io,cpu") as proc:
+        name = f"both@{HOST}"
+        wait_for(lambda: lewis(env, "health", "--queue", "cpu")[0] == 0, 60, what="the worker")
+        # When only its cpu queue is drained
+        code, out = lewis(env, "drain", "--queue", "cpu", "--worker", name)
+        assert code == 0 and "still consuming io" in out, out
+        # Then nobody takes cpu work any more, io still is, and the worker keeps running
+        wait_for(lambda: lewis(env, "health", "--queue", "cpu")[0] == 2, 30, what="cpu dropped")
+        assert lewis(env, "health", "--queue", "io")[0] == 0
+        assert lewis(env, "health", "--worker", name)[0] == 0
+        assert proc.poll() is None
