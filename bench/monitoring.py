@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from .harness import db_url, lewis_env, lewis_worker_argv, median, processes, wait_workers
-from .platform import LEWIS_BROKER, LEWIS_RESULTS, System, bench_drain, bench_latency
+from .platform import LEWIS_BROKER, LEWIS_RESULTS, System, bench_latency
 
 IDLE_SECONDS = 60.0
 
@@ -52,9 +52,11 @@ def overhead(server: Any, home: Path, run: int) -> dict[str, dict[str, float]]:
         system.env["LEWIS_MONITORING_REPORTING"] = str(reporting).lower()
         _use_settings(system.broker, reporting)
         key = "on" if reporting else "off"
+        cpu_queue, io_queue = drain(system, "noop_cpu"), drain(system, "noop_io")
         out[key] = {
-            "drain_cpu_per_s": bench_drain(system, "noop_cpu")["tasks_per_s"],
-            "drain_io_per_s": bench_drain(system, "noop_io")["tasks_per_s"],
+            "drain_cpu_per_s": cpu_queue["tasks_per_s"], "drain_io_per_s": io_queue["tasks_per_s"],
+            "worker_cpu_us_cpu": cpu_queue["worker_cpu_us"],
+            "worker_cpu_us_io": io_queue["worker_cpu_us"],
             "rtt_p50_ms": bench_latency(system)["p50_ms"],
         }
         print(f"  overhead run {run} reporting {key}: {json.dumps(out[key])}", flush=True)
@@ -72,13 +74,38 @@ def _fresh_app() -> Any:
     return configure_app(Celery("lewis-bench-monitoring"), get_settings())
 
 
+def drain(system: System, kind: str, count: int = 10_000) -> dict[str, float]:
+    """The platform suite's no-op drain, plus the workers' CPU µs per task (CPU time holds
+    up on a busy machine where wall-clock rates do not)."""
+    from lewis_tasks.producer.base import submit_many
+
+    from .harness import wait_results
+
+    name, queue = system.task(kind)
+    system.reset()
+    argvs = system.workers(kind)
+    with processes(argvs, system.env, f"{system.name}-mdrain-{kind}") as procs:
+        wait_workers(system.app, len(argvs))
+        time.sleep(1)
+        pids = [p.pid for p in procs]
+        cpu0, began = _tree_cpu(pids), time.monotonic()
+        submit_many(name, (((), {}) for _ in range(count)), app=system.app, queue=queue,
+                    batch=2000)
+        ended = wait_results(system.results_client, 0, count, timeout=count / 50)
+        cpu = _tree_cpu(pids) - cpu0
+    return {"tasks_per_s": count / (ended - began), "worker_cpu_us": cpu / count * 1e6}
+
+
 def _tree_cpu(pids: list[int]) -> float:
-    """CPU seconds (user + system) of each pid and all its descendants, now."""
+    """CPU seconds (user + system) of each pid and all its descendants, now; pool children
+    already recycled and reaped count through their parent's ``children_*`` times."""
     total = 0.0
     for pid in pids:
         try:
             root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
+            times = root.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+            for proc in root.children(recursive=True):
                 times = proc.cpu_times()
                 total += times.user + times.system
         except psutil.Error:
@@ -295,6 +322,10 @@ def render(data: dict[str, Any]) -> str:
     rows = []
     for key, label, higher_better in (("drain_cpu_per_s", "no-op drain, cpu queue (tasks/s)", True),
                                       ("drain_io_per_s", "no-op drain, io queue (tasks/s)", True),
+                                      ("worker_cpu_us_cpu", "workers' CPU per task, cpu drain (µs)",
+                                       False),
+                                      ("worker_cpu_us_io", "workers' CPU per task, io drain (µs)",
+                                       False),
                                       ("rtt_p50_ms", "round trip p50 (ms)", False)):
         on, off = med("on", key), med("off", key)
         loss = (off - on) / off * 100 if higher_better else (on - off) / off * 100

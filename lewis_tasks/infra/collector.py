@@ -18,7 +18,13 @@ from typing import Any
 from celery import Celery
 
 from ..domain.histogram import LatencyHistogram
-from ..domain.metrics import MetricBatch, parse_series, series_key, stats_of_histogram
+from ..domain.metrics import (
+    MetricBatch,
+    parse_series,
+    series_key,
+    stats_of_histogram,
+    window_slots,
+)
 from .broker import WorkerPing, ping_workers, queue_depths, workers_by_queue
 from .metrics_store import MetricStore
 
@@ -106,8 +112,6 @@ def _workers(latest: dict[str, tuple[float, float]], pings: list[WorkerPing], no
 def _rates(store: MetricStore, now: float) -> tuple[dict[str, dict[str, float]],
                                                    dict[str, dict[str, Any]]]:
     """Per-queue done/failed per second and per-task runtimes over the last RATE_WINDOW."""
-    from ..domain.metrics import window_slots
-
     rows = store.slots(window_slots(now, RATE_WINDOW, store.interval))
     span = len(rows) * store.interval
     rates: dict[str, dict[str, float]] = {}

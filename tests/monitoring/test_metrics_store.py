@@ -91,3 +91,24 @@ def test_key_count_stays_flat_over_many_intervals(redis_client: redis.Redis) -> 
     assert max(counts[100:]) == min(counts[100:]), (min(counts[100:]), max(counts[100:]))
     assert max(counts) <= 60 / 10 + 2 + 7
     assert redis_client.zcard("lewis:metrics:slots") <= 60 / 10 + 1
+
+
+def test_get_metric_stats_reads_the_process_settings_store(lewis_settings: object,
+                                                          worker_redis: redis.Redis) -> None:
+    import time
+
+    from lewis_tasks.infra.metrics_store import get_metric_stats, store_from_settings
+
+    store = store_from_settings()
+    for key in worker_redis.scan_iter("lewis:metrics:*"):
+        worker_redis.delete(key)
+    batch = MetricBatch()
+    now = time.time()
+    for v in (0.5, 1.5):
+        batch.observe(slot_of(now, store.interval),
+                      series_key("celery_task_queue_wait_time", {"name": "x"}),
+                      "celery_task_queue_wait_time", v)
+    store.write(batch, now=now)
+    stats = get_metric_stats("celery_task_queue_wait_time", "5m")
+    assert (stats.count, stats.min, stats.max, stats.avg) == (2, 0.5, 1.5, 1.0)
+    assert stats.to_dict()["p99"] == 1.5
