@@ -28,6 +28,9 @@ def jobs(settings: Settings) -> list[PeriodicJob]:
         PeriodicJob("heartbeat", "lewis.control.heartbeat", settings.monitoring.health_check_interval),
         # Drop heartbeats older than the retention, and other expired bookkeeping.
         PeriodicJob("cleanup", "lewis.control.cleanup", float(settings.memory.cleanup_interval)),
+        # Queue depths, workers online, the workers' metric reports rolled up (issue 14).
+        PeriodicJob("metrics", "lewis.control.collect_metrics",
+                    float(settings.monitoring.metrics_interval)),
     ]
 
 

@@ -9,6 +9,8 @@
      ├── TransientError     the network or a service hiccupped; retried with backoff
      │    └── BrokerUnavailable
      ├── StorageError       the database refused or lost a write
+     │    └── DatabaseUnavailable  (also a TransientError) no connection for now: too many
+     │                              clients, a server starting up, the pool exhausted
      └── RedeliveryLimitExceeded  a task kept killing its worker; failed instead of looping
 
 Every message is meant for a person: it names the bad key, token or cap.
@@ -45,6 +47,11 @@ class StorageError(LewisError):
     """The database refused or lost a write."""
 
 
+class DatabaseUnavailable(StorageError, TransientError):
+    """The database had no connection for us now ("too many clients", starting up, the pool
+    exhausted): retried with backoff like any passing failure, not a failed scan."""
+
+
 class RedeliveryLimitExceeded(LewisError):
     """A task was delivered more times than the cap: it keeps killing its worker."""
 
@@ -57,5 +64,6 @@ __all__ = [
     "TransientError",
     "BrokerUnavailable",
     "StorageError",
+    "DatabaseUnavailable",
     "RedeliveryLimitExceeded",
 ]

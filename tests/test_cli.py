@@ -34,7 +34,7 @@ def test_bad_yaml_value_and_unknown_key_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("performance:\n  database:\n    pool_size: -3\n")
     result = lewis("status", env={"LEWIS_CONFIG": str(config), "LEWIS_STACK_HOME": str(tmp_path)})
-    assert result.returncode == 2 and "database.pool_size: must be ≥ 1" in result.stderr
+    assert result.returncode == 2 and "database.pool_size: must be ≥ 0" in result.stderr
     config.write_text("network:\n  max_conections: 5\n")
     result = lewis("status", env={"LEWIS_CONFIG": str(config), "LEWIS_STACK_HOME": str(tmp_path)})
     assert result.returncode == 2 and "network.max_conections: unknown key" in result.stderr

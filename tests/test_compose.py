@@ -26,7 +26,9 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENV_EXAMPLE = ROOT / "docker" / "env.example"
 APP_IMAGE = "lewis-tasks:latest"
 WORKERS = ("worker-io", "worker-cpu", "worker-control")
-REQUIRED = {"redis", "cache", "postgres", "migrate", *WORKERS, "beat", "flower"}
+REQUIRED = {"redis", "cache", "postgres", "migrate", *WORKERS, "beat", "flower", "monitor",
+            "prometheus"}
+NOT_APP = {"redis", "cache", "postgres", "prometheus"}
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}"
                   r"|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -105,7 +107,7 @@ def test_every_required_service_is_there(services: dict[str, dict[str, Any]]) ->
 
 def test_every_app_command_is_a_real_lewis_command(services: dict[str, dict[str, Any]]) -> None:
     apps = app_services(services)
-    assert set(apps) == REQUIRED - {"redis", "cache", "postgres"}
+    assert set(apps) == REQUIRED - NOT_APP
     seen = {}
     for name, service in apps.items():
         ctx = resolve_command(service["command"])
@@ -116,6 +118,7 @@ def test_every_app_command_is_a_real_lewis_command(services: dict[str, dict[str,
     assert seen["migrate"][0] == "lewis db upgrade"
     assert seen["beat"][0] == "lewis beat"
     assert seen["flower"][0] == "lewis flower"
+    assert seen["monitor"][0] == "lewis monitor"
 
 
 def test_the_command_walk_rejects_what_is_not_real() -> None:
@@ -140,8 +143,23 @@ def test_every_lewis_variable_is_a_real_setting(services: dict[str, dict[str, An
         assert settings.database.url.startswith("postgresql+psycopg://"), name
         assert urlsplit(settings.database.url).hostname == "postgres", name
         replicas = 8  # a generous scale-out must still fit postgres' connection limit
-        per_process = settings.database.pool_size + settings.database.max_overflow
+        per_process = _peak_connections(settings, name)
         assert per_process * replicas <= _pg_max_connections(services), name
+
+
+def _peak_connections(settings: Any, service: str) -> int:
+    """The most connections one container of ``service`` opens: its role's pool (every cpu
+    child has one) or the explicit pool_size + max_overflow."""
+    from lewis_tasks.storage.db import pool_for
+    from workers import worker_options
+
+    role = service.removeprefix("worker-") if service.startswith("worker-") else "command"
+    size, overflow = pool_for(settings.database, role)
+    processes = 1
+    if role == "cpu":
+        opts = worker_options("cpu", settings)
+        processes = int(opts[opts.index("-c") + 1])
+    return (size + overflow) * processes
 
 
 def _pg_max_connections(services: dict[str, dict[str, Any]]) -> int:
@@ -162,6 +180,32 @@ def test_workers_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for service in services.values():
         assert set(service.get("depends_on") or {}) <= set(services)
+
+
+def health_command(service: dict[str, Any]) -> list[str]:
+    """The healthcheck's argv as the container would run it (CMD, or CMD-SHELL through sh
+    with ``$(hostname)`` standing for the container's host name)."""
+    test = service["healthcheck"]["test"]
+    if test[0] == "CMD":
+        return list(test[1:])
+    assert test[0] == "CMD-SHELL" and len(test) == 2, test
+    return shlex.split(test[1].replace("$(hostname)", "container-host"))
+
+
+def test_workers_and_beat_have_lewis_health_checks(services: dict[str, dict[str, Any]]) -> None:
+    for name in (*WORKERS, "beat"):
+        check = services[name].get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        argv = health_command(services[name])
+        ctx = resolve_command(argv)
+        assert ctx.command_path == "lewis health", (name, argv)
+        if name == "beat":
+            assert ctx.params["beat"] is True
+        else:  # this container's worker, by its host name (Celery's %h in the node name)
+            assert ctx.params["worker_name"] == "container-host", (name, argv)
+        # the probe's own deadline (0.6 s) fits the healthcheck's timeout
+        assert float(str(check["timeout"]).rstrip("s")) > ctx.params["timeout"], name
+        assert check.get("retries", 3) >= 2, name
 
 
 def test_broker_redis_keeps_messages_and_cache_redis_is_bounded(
@@ -210,3 +254,18 @@ def test_the_image_installs_the_package_with_postgres() -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is missing"
+
+
+def test_prometheus_scrapes_the_monitor_and_both_publish_on_loopback_only(
+        services: dict[str, dict[str, Any]]) -> None:
+    monitor, prometheus = services["monitor"], services["prometheus"]
+    ctx = resolve_command(monitor["command"])
+    port = str(ctx.params["port"])
+    assert [p.split(":") for p in monitor["ports"]] == [["127.0.0.1", "9808", port]]
+    assert all(p.startswith("127.0.0.1:") for p in prometheus["ports"])
+    mount = next(v for v in prometheus["volumes"] if v.endswith(":ro"))
+    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"]
+               for t in sc["targets"]]
+    assert targets == [f"monitor:{port}"]
+    assert set(prometheus["depends_on"]) == {"monitor"}

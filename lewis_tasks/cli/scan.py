@@ -34,12 +34,16 @@ _SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": 
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-wait", is_flag=True, help="Submit, print the scan id, return at once.")
 @click.option("--timeout", type=SECONDS, default=None, help="Give up waiting after this many seconds.")
+@click.option("--wait-for-workers", is_flag=True,
+              help="Submit even when no io worker is online; the scan waits in the queue.")
 def scan(targets: tuple[str, ...], ports: str, rate: float | None, no_services: bool,
-         as_json: bool, no_wait: bool, timeout: float | None) -> None:
+         as_json: bool, no_wait: bool, timeout: float | None, wait_for_workers: bool) -> None:
     """Scan TARGET… (addresses, CIDR blocks, hostnames) inside the configured scope."""
     from ..producer.scan import submit_scan
+    from .fleet import require_workers
 
-    handle = submit_scan(list(targets), ports=ports, rate=rate, services=not no_services)
+    handle = submit_scan(list(targets), ports=ports, rate=rate, services=not no_services,
+                         before_send=lambda: require_workers("io", wait=wait_for_workers))
     if no_wait:
         click.echo(json.dumps({"scan_id": handle.id}) if as_json else handle.id)
         return

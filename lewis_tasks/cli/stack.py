@@ -92,7 +92,11 @@ def down() -> None:
 @click.option("--watch", is_flag=True,
               help="Refresh every monitoring.metrics_interval seconds until Ctrl-C.")
 def status(as_json: bool, timeout: float, watch: bool) -> None:
-    """Broker, workers per queue, queue depth (ready + unacked), beat and the last heartbeat."""
+    """Broker, workers per queue, queue depth (ready + unacked), beat and the last heartbeat.
+
+    Exits 3 when the broker is down, 1 when a queue has no worker or no beat leads (a
+    failover in progress included), else 0. `lewis health` is the probe-fast variant.
+    """
     from ..infra.config import get_settings
 
     while True:
@@ -108,6 +112,8 @@ def status(as_json: bool, timeout: float, watch: bool) -> None:
         time.sleep(get_settings().monitoring.metrics_interval)
     if not report["broker"]["up"]:
         sys.exit(int(Exit.UNAVAILABLE))
+    if report.get("problems"):
+        sys.exit(int(Exit.FAILURE))
 
 
 def collect_status(timeout: float) -> dict[str, Any]:
@@ -139,8 +145,32 @@ def collect_status(timeout: float) -> dict[str, Any]:
     report["workers"] = [p.to_dict() for p in pings]
     holder, ttl = leader(client)
     report["beat"] = {"alive": holder is not None, "leader": holder, "lease_left_s": round(ttl, 1)}
+    report.update(_fleet_status(client, holder, report["queues"]))
     report["heartbeat"] = _last_heartbeat()
+    from ..infra.config import read_stack_file
+    from .monitor import metrics_status  # issue 14: the monitor, rates and runtimes
+
+    report["monitor"] = (read_stack_file(settings.home) or {}).get("monitor_url")
+    report["metrics"] = metrics_status(client)
     return report
+
+
+def _fleet_status(client: Any, holder: str | None,
+                  queues: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Standby beats, draining workers (presence records) and what makes status exit 1."""
+    from ..domain.fleet import DRAINING, BeatView
+    from ..infra.fleet import read_beat, read_workers
+
+    try:
+        view, records = read_beat(client), read_workers(client)
+    except Exception:  # the broker answered a moment ago; a lost record list costs no status
+        view, records = BeatView(holder, ()), []
+    draining = [w.name for w in records if w.state == DRAINING]
+    problems = [f"queue {q}: no worker" for q, row in queues.items() if not row["workers"]]
+    if not view.leading:
+        problems.append(f"beat: {view.describe}")
+    return {"standby_beats": list(view.standbys), "beat_state": view.describe,
+            "beat_leading": view.leading, "draining": draining, "problems": problems}
 
 
 def _last_heartbeat() -> dict[str, Any] | None:
@@ -176,10 +206,17 @@ def format_status(report: dict[str, Any]) -> str:
     for q, row in report["queues"].items():
         names = ", ".join(row["workers"]) or "none online"
         lines.append(f"{q:<9}{row['ready']:>7}{row['unacked']:>9}  {len(row['workers'])}  {names}")
+    if report.get("draining"):
+        lines.append(f"draining {', '.join(report['draining'])} (finishing their tasks, then "
+                     "exiting)")
     beat = report["beat"]
     lines.append("")
-    lines.append(f"beat     {'alive, leader ' + beat['leader'] if beat['alive'] else 'NOT RUNNING'}"
-                 + (f" (lease {beat['lease_left_s']}s left)" if beat["alive"] else ""))
+    if beat["alive"] and report.get("beat_leading", True):
+        lines.append(f"beat     alive, leader {beat['leader']} (lease {beat['lease_left_s']}s left)")
+    else:  # no lease: a standby takes it within one poll, or no beat runs at all
+        lines.append(f"beat     {report.get('beat_state', 'NOT RUNNING')}")
+    if beat["alive"] and report.get("beat_leading", True) and report.get("standby_beats"):
+        lines.append(f"standby  {', '.join(report['standby_beats'])}")
     hb = report.get("heartbeat")
     if not hb:
         lines.append("heartbeat none recorded yet")
@@ -189,6 +226,9 @@ def format_status(report: dict[str, Any]) -> str:
         ago = time.time() - hb["recorded_at"]
         lines.append(f"heartbeat {ago:.0f}s ago: {hb['workers']} workers answered"
                      + (f", rtt max {hb['rtt_ms_max']:.1f} ms" if hb.get("rtt_ms_max") else ""))
+    from .monitor import format_metrics_status
+
+    lines += ["", *format_metrics_status(report)]
     return "\n".join(lines)
 
 

@@ -8,6 +8,19 @@ import click
 
 from . import cli
 
+
+def _loopback(address: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname or interface name: assume it is reachable from outside
+
+
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True,
                 "help_option_names": ["-h", "--help"]}
 
@@ -49,14 +62,23 @@ def beat(ctx: click.Context) -> None:
 @click.option("--port", type=int, default=None, help="Port (default: stack.flower_port or 5555).")
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="Address to bind; widen it (e.g. 0.0.0.0 in a container) only behind auth.")
+@click.option("--unsafe-no-auth", is_flag=True,
+              help="Serve a non-loopback address without basic auth (anyone who reaches it can "
+                   "revoke tasks and shut workers down).")
 @click.pass_context
-def flower(ctx: click.Context, port: int | None, address: str) -> None:
+def flower(ctx: click.Context, port: int | None, address: str, unsafe_no_auth: bool) -> None:
     """Start the Flower monitor (basic auth from stack.flower_user/password)."""
     from workers import flower_argv
     from workers.profiles import flower_env
 
+    from ..errors import ConfigError
     from ..infra.config import get_settings
 
     settings = get_settings()
+    if not _loopback(address) and not flower_env(settings) and not unsafe_no_auth:
+        raise ConfigError(
+            f"Flower on {address} without auth: set stack.flower_user and "
+            "stack.flower_password (LEWIS_STACK_FLOWER_USER / _PASSWORD), bind 127.0.0.1, or "
+            "pass --unsafe-no-auth")
     _exec(flower_argv(settings, port or settings.stack.flower_port or 5555, extra=ctx.args,
                       address=address), env=flower_env(settings))

@@ -21,6 +21,7 @@ slot starts is replaced within 1.25 intervals, so a failover skips at most one s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -36,11 +37,13 @@ import redis
 from celery import beat, schedules
 
 from .config import get_settings
+from .fleet import LEADER_KEY as FLEET_LEADER_KEY
+from .fleet import forget_beat, write_beat
 from .redis_client import get_redis
 
 log = logging.getLogger(__name__)
 
-LEADER_KEY = "lewis:beat:leader"
+LEADER_KEY = FLEET_LEADER_KEY  # one name, kept in fleet.py for probes without Celery
 SLOT_KEY = "lewis:beat:slot:{job}:{slot}"  # who fired a job's slot; lives two intervals + 60 s
 MIN_LEASE = 1.0  # seconds: shorter, a busy machine's scheduling delays would pass the lease on
 
@@ -160,6 +163,7 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
                 for entry in self.schedule.values():
                     entry.last_run_at = datetime.fromtimestamp(0, UTC)
                 self._heap = None  # re-read every entry's due time
+        self._announce("leader" if leading else "standby")
         if not leading:
             return self._timing.standby_poll
         return float(min(super().tick(*args, **kwargs), self.max_interval,
@@ -190,10 +194,18 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
                  owner)
         return False
 
+    def _announce(self, role: str) -> None:
+        """This beat's presence record (`lewis status` lists standbys, `lewis health --beat`)."""
+        with contextlib.suppress(redis.RedisError):  # reported above, by the lease
+            every = self._timing.renew_every if role == "leader" else self._timing.standby_poll
+            write_beat(self._lease.client, self._lease.token, role, ttl=2 * self._timing.ttl + 1,
+                       every=every)
+
     def close(self) -> None:
         try:
             if self._leading:
                 self._lease.release()
+            forget_beat(self._lease.client, self._lease.token)
         except redis.RedisError:
             pass
         super().close()

@@ -185,11 +185,15 @@ def release_result_subscriptions() -> None:
 
 def create_app(settings: Settings | None = None) -> Celery:
     """The configured Celery app."""
+    from .fleet_worker import Presence  # also registers the lewis_drain control command
+
     celery_app = Celery("lewis_tasks", include=TASK_MODULES,
                         task_cls="lewis_tasks.infra.task:LewisTask")
+    celery_app.steps["consumer"].add(Presence)  # the worker's record for `lewis health`
     return configure_app(celery_app, settings or get_settings())
 
 
 app = create_app()
 
-from . import signals  # noqa: E402,F401  (connects the worker signal handlers)
+# the worker signal handlers, and the task metrics reporter's (reporter.py)
+from . import reporter, signals  # noqa: E402,F401

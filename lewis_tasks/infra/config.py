@@ -67,7 +67,9 @@ class BrokerSettings:
     url: str = _opt("", secret=True, schemes=("redis", "rediss"))
     # empty: the broker's Redis
     result_backend: str = _opt("", secret=True, schemes=("redis", "rediss", "unix"))
-    visibility_timeout: int = _opt(600, minimum=1)  # > every hard time limit; a dead worker's task returns after it
+    # a dead worker's task returns after it, so it must exceed every hard time limit; 0: derived,
+    # the longest hard limit + VISIBILITY_MARGIN (390 s by default). Every host must agree.
+    visibility_timeout: int = _opt(0, minimum=0)
     pool_limit: int = _opt(10, minimum=1)  # broker_pool_limit
     max_connections: int = _opt(200, minimum=1)  # redis_max_connections (redis-py caps 100)
     result_expires: int = _opt(86400, minimum=1)
@@ -96,8 +98,10 @@ class CacheSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = _opt("", secret=True)  # empty: SQLite under the stack home
-    pool_size: int = _opt(20, minimum=1)
-    max_overflow: int = _opt(30, minimum=0)
+    # 0: by process role (storage/db.py ROLE_POOLS: io 1+3, cpu child / control / command 1+1);
+    # a number sizes every process alike, with max_overflow more opened for bursts
+    pool_size: int = _opt(0, minimum=0)
+    max_overflow: int = _opt(0, minimum=0)
     pool_timeout: int = _opt(30, minimum=1)
     pool_recycle: int = _opt(3600, minimum=1)
     echo_sql: bool = _opt(False)
@@ -127,7 +131,13 @@ class MonitoringSettings:
     health_check_interval: float = _opt(30.0, minimum=0.1)  # the heartbeat's period
     performance_logging: bool = _opt(True)  # one timed line per finished task
     ping_timeout: float = _opt(2.0, minimum=0.05)
-    retention: int = _opt(7 * 86400, minimum=60)  # seconds heartbeats and metrics are kept
+    retention: int = _opt(3600, minimum=60)  # seconds heartbeats and metrics are kept (guide: 1 h)
+    # --- metrics (issue 14): the worker reporters, the collector and `lewis monitor`
+    reporting: bool = _opt(True)  # false: workers and producers count nothing (bench A/B)
+    report_interval: float = _opt(2.0, minimum=0.1)  # seconds between a reporter's Redis writes
+    max_label_sets: int = _opt(2000, minimum=1)  # label sets per metric; more fold into one
+    monitor_port: int = _opt(0, minimum=0, maximum=65535)  # `lewis monitor`/`lewis up`; 0: free
+    monitor_address: str = _opt("127.0.0.1")  # widen only behind a proxy with auth
 
 
 @dataclass(frozen=True)
@@ -453,10 +463,41 @@ def _resolve(settings: Settings, base: Path) -> Settings:
             "setting monitoring.ping_timeout: must be shorter than "
             f"monitoring.health_check_interval ({settings.monitoring.ping_timeout} >= "
             f"{settings.monitoring.health_check_interval})")
+    _check_monitoring(settings.monitoring)
     if settings.tasks.soft_time_limit > settings.tasks.time_limit:
         raise ConfigError("setting tasks.soft_time_limit: must not exceed tasks.time_limit "
                           f"({settings.tasks.soft_time_limit} > {settings.tasks.time_limit})")
+    if not broker.visibility_timeout:
+        broker = dataclasses.replace(broker, visibility_timeout=derived_visibility_timeout(settings))
     return dataclasses.replace(stack, broker=broker, database=database)
+
+
+# A load-test part's hard limit beyond its run and barrier (planning.py: BARRIER_LEAD + DRAIN
+# + SLACK + HARD_GAP = 12.5 s), and the room left after the longest hard limit before a
+# message is handed out again (the kill, the ack and a loaded machine's delays).
+LOADTEST_PART_OVERHEAD = 12.5
+VISIBILITY_MARGIN = 30
+
+
+def derived_visibility_timeout(settings: Settings) -> int:
+    """The shortest safe visibility timeout: the longest hard time limit any task gets
+    (``tasks.time_limit``, or a load-test part of ``loadtest.max_duration``) + the margin.
+
+    A host that dies holding tasks has them redelivered after this, not after a fixed 600 s.
+    """
+    lt = settings.loadtest
+    part = math.ceil(lt.barrier_timeout + lt.max_duration + LOADTEST_PART_OVERHEAD)
+    return min(MAX_NUMBER, max(settings.tasks.time_limit, part) + VISIBILITY_MARGIN)
+
+
+def _check_monitoring(m: MonitoringSettings) -> None:
+    """Metric settings that only make sense together (issue 14)."""
+    if m.retention < 2 * m.metrics_interval:
+        raise ConfigError(f"setting monitoring.retention: must hold two metrics intervals "
+                          f"(≥ {2 * m.metrics_interval}s), got {m.retention}")
+    if m.report_interval > m.metrics_interval:
+        raise ConfigError(f"setting monitoring.report_interval: must not exceed "
+                          f"monitoring.metrics_interval ({m.report_interval} > {m.metrics_interval})")
 
 
 def replace_section(settings: Settings, section: str, **changes: Any) -> Settings:

@@ -149,8 +149,21 @@ def io_slots(settings: Settings) -> int:
     return 1  # prefork: each child is a process of its own; solo: one at a time
 
 
-def chunk_ports_for(settings: Settings, rate: float | None) -> int:
-    """Ports per chunk: ``scan.chunk_ports``, less if the worst case would outlive the budget.
+# Fair shares (issue 21): an io process runs as many chunks at once as it has slots, all
+# sharing its one event loop, so they finish together in waves; a worker added mid-scan only
+# gets what is still queued (measured: 10 of the 28 left of a 50-chunk scan). Cut into at
+# least SCAN_WAVES waves of every io slot online, a scan keeps all but one wave queued, for
+# whoever joins (BENCHMARKS.md, "Fleet").
+SCAN_WAVES = 8
+MIN_CHUNK_PORTS = 2048  # smaller, a fast scan pays more in chunk rows, results and messages
+
+
+def chunk_ports_for(settings: Settings, rate: float | None, *, hosts: int = 0, ports: int = 0,
+                    slots_online: int = 0) -> int:
+    """Ports per chunk: ``scan.chunk_ports``, less if the worst case would outlive the budget,
+    and less again so a scan of ``hosts`` × ``ports`` makes :data:`SCAN_WAVES` waves of the
+    io slots online (``slots_online``; none known: one worker's), never under
+    :data:`MIN_CHUNK_PORTS`.
 
     The worst case assumes every slot of the io process scans at once (each then gets its
     share of ``scan.concurrency``) and every port is filtered.
@@ -159,9 +172,14 @@ def chunk_ports_for(settings: Settings, rate: float | None) -> int:
     share = max(1, s.concurrency // io_slots(settings))
     fits = max_chunk_ports(settings.tasks.soft_time_limit * SCAN_SHARE, concurrency=share,
                            timeout=s.timeout, retries=s.retries, rate=rate)
-    return max(1, min(s.chunk_ports, fits))
+    size = max(1, min(s.chunk_ports, fits))
+    if hosts and ports and SCAN_WAVES:  # 0: off (bench/fleet.py's A/B)
+        wanted = SCAN_WAVES * max(slots_online, io_slots(settings))
+        per_host = math.ceil(wanted / hosts)  # chunks each host's ports are cut into
+        size = min(size, max(MIN_CHUNK_PORTS, math.ceil(ports / per_host)))
+    return size
 
 
 __all__ = ["url_budget", "chunk_seconds", "chunk_size", "check_batch_size", "LoadtestBudget",
            "loadtest_budget", "check_loadtest", "split", "BARRIER_LEAD", "DRAIN", "SCAN_SHARE",
-           "WORK_SHARE", "io_slots", "chunk_ports_for"]
+           "WORK_SHARE", "io_slots", "chunk_ports_for", "SCAN_WAVES", "MIN_CHUNK_PORTS"]

@@ -82,6 +82,17 @@ def startup_checks(app: Celery) -> None:
                           "`lewis up`")
     app.loader.import_default_modules()  # every task, so every time limit, is known
     check_visibility_timeout(app)
+    from .fleet import check_cluster_agreement
+
+    check_cluster_agreement(settings.broker.url, settings.broker.visibility_timeout,
+                            confirm=lambda names: _answering(app, names))
+
+
+def _answering(app: Celery, names: list[str]) -> set[str]:
+    """Which of ``names`` answer a ping through the broker now (within a second)."""
+    from .broker import broadcast
+
+    return set(broadcast(app, "ping", timeout=1.0, destination=names, limit=len(names)))
 
 
 @signals.worker_init.connect
@@ -99,6 +110,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     from .celery_app import configure_worker
 
     configure_worker(app, settings)
+    _size_database_pools(app)
     from .redis_server import eviction_warning
 
     try:
@@ -108,6 +120,16 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     if warning:
         log.warning(warning)
     tune_gc(settings.memory.gc_young_threshold)
+
+
+def _size_database_pools(app: Celery) -> None:
+    """Database pools sized for what this worker consumes (storage/db.py ROLE_POOLS); prefork
+    children inherit the role."""
+    try:
+        from ..storage.db import role_for_queues, set_role
+    except ImportError:  # storage not installed in this build
+        return
+    set_role(role_for_queues(app.amqp.queues.consume_from))
 
 
 def tune_gc(young: int) -> None:

@@ -118,6 +118,7 @@ class Stack:
     redis_backoff: Backoff = field(default_factory=Backoff)
     broker_url: str = ""
     flower_url: str = ""
+    monitor_url: str = ""
     _stopping: bool = False
 
     @property
@@ -160,6 +161,7 @@ class Stack:
         specs.append(("beat", beat_argv(self.settings, python=self.python), env))
         specs.append(("flower", flower_argv(self.settings, port, python=self.python),
                       {**env, **flower_env(self.settings)}))
+        specs.append(("monitor", self._monitor_argv(), env))
         for name, argv, child_env in specs:
             child = Child(name, argv, child_env, logs / f"{name}.log")
             child.start()
@@ -169,7 +171,15 @@ class Stack:
         for child in self.children:
             on_step(f"{child.name:<8} pid {child.pid}  log {child.log_path}")
         on_step(f"flower   {self.flower_url}")
+        on_step(f"monitor {self.monitor_url}")
         self._write_stack_file(ready=True)
+
+    def _monitor_argv(self) -> list[str]:
+        """`lewis monitor` on loopback (Prometheus /metrics and the dashboard, issue 14)."""
+        port = self.settings.monitoring.monitor_port or free_port()
+        self.monitor_url = f"http://127.0.0.1:{port}"
+        return [self.python, "-m", "lewis_tasks.cli", "monitor", "--address", "127.0.0.1",
+                "--port", str(port)]
 
     def _migrate(self, env: dict[str, str]) -> None:
         """Schema to the newest revision, and the shipped sample CVE feed (a no-op when present)."""
@@ -210,6 +220,7 @@ class Stack:
             "embedded_redis": self.redis is not None,
             "database_url": self.settings.database.url,
             "flower_url": self.flower_url,
+            "monitor_url": self.monitor_url,
             "processes": self._pids(),
             "started_at": time.time(),
             "ready": ready,
@@ -287,7 +298,7 @@ class Stack:
     def stop(self, on_step: Callable[[str], None] = print) -> None:
         """Warm shutdown in order; SIGKILL whatever outlives its grace period."""
         grace = self.settings.workers.shutdown_timeout + 10
-        order = [["flower", "beat"], ["io", "cpu", "control"]]
+        order = [["flower", "beat", "monitor"], ["io", "cpu", "control"]]
         for group in order:
             members = [c for c in self.children if c.name in group and c.alive()]
             for child in members:

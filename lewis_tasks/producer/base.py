@@ -31,6 +31,7 @@ from redis.retry import Retry
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.broker import PRIORITY_SEP
 from ..infra.config import redact_url
+from ..infra.reporter import SENT_HEADER, note_sent
 from ..infra.routing import MAX_PACK, PACKED_TASK, queue_for
 
 
@@ -134,6 +135,7 @@ def submit(name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None
         message = _message(app, name, task_id, args, kwargs or {}, queue, _origin(), priority)
         _subscribe_result(app, task_id)
         _push(app, _queue_key(queue, priority), [message])
+    note_sent(name, queue)
     return TaskHandle(task_id, name, app)
 
 
@@ -179,6 +181,7 @@ def submit_many(name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any
             flush_pack()
         if pending:
             _push(app, key, pending)
+    note_sent(PACKED_TASK if pack > 1 else name, queue, -(-len(handles) // pack))
     return handles
 
 
@@ -230,6 +233,7 @@ def _message(app: Celery, name: str, task_id: str, args: Sequence[Any],
              kwargs: Mapping[str, Any], queue: str, origin: str, priority: int) -> str:
     msg = app.amqp.as_task_v2(task_id, name, list(args), dict(kwargs), origin=origin,
                               argsrepr=None, kwargsrepr=None)
+    msg.headers[SENT_HEADER] = time.time()  # the worker times the queue wait from it
     body = json_dumps(msg.body).encode()
     properties = dict(msg.properties)
     properties.update(

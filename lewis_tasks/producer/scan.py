@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,12 +99,14 @@ def scan_handle(scan_id: str, *, app: Celery | None = None) -> ScanHandle:
 
 def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
                 rate: float | None = None, *, services: bool = True,
-                app: Celery | None = None) -> ScanHandle:
+                app: Celery | None = None,
+                before_send: Callable[[], None] | None = None) -> ScanHandle:
     """Scan ``targets`` (addresses, CIDRs, hostnames) on ``ports`` (an nmap-style spec).
 
     ``rate`` caps connects per second per host across every worker (default
     ``scan.max_rate`` if set); ``services=False`` skips service identification (like nmap
-    without ``-sV``). Refusals (InvalidInput, OutOfScope) happen before anything is enqueued.
+    without ``-sV``). Refusals (InvalidInput, OutOfScope, or whatever ``before_send`` raises
+    once the input is checked and the broker answers) happen before anything is enqueued.
     """
     settings = get_settings()
     tokens = [targets] if isinstance(targets, str) else list(targets)
@@ -114,12 +116,16 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
     hosts = resolve_hosts(parsed, Scope.from_allow(settings.scope.allow))
     from ..infra.planning import chunk_ports_for
 
-    chunks = plan_chunks(hosts, port_list, chunk_ports=chunk_ports_for(settings, rate),
+    size = chunk_ports_for(settings, rate, hosts=len(hosts), ports=len(set(port_list)),
+                           slots_online=_io_slots_online())
+    chunks = plan_chunks(hosts, port_list, chunk_ports=size,
                          max_ports_total=settings.scan.max_ports_total)
     app = _app(app)
     _require_broker(app)
     # a dead broker is found before the scan row is written: no row says "failed: not enqueued"
     reach_broker(app, settings.monitoring.ping_timeout)
+    if before_send is not None:  # the caller's last word (say, no io worker online): no row yet
+        before_send()
     scan_id = uuid.uuid4().hex
     request = {"targets": tokens, "ports": ports, "rate": rate, "services": services,
                "hosts": [h.to_dict() for h in hosts], "target_rows": _target_rows(parsed)}
@@ -130,6 +136,21 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
         _mark_failed(scan_id, f"not enqueued: {exc}")
         raise BrokerUnavailable(f"scan {scan_id}: could not enqueue its tasks ({exc})") from exc
     return ScanHandle(scan_id, app, merge_id)
+
+
+def _io_slots_online() -> int:
+    """io slots of the workers online (their presence records); 0 if the broker cannot say."""
+    import redis
+
+    from ..infra.fleet import slots_online
+    from ..infra.redis_client import get_redis
+
+    if not get_settings().broker.url:
+        return 0  # no broker: _require_broker says so
+    try:
+        return slots_online(get_redis(), "io")
+    except (redis.RedisError, OSError):
+        return 0  # the broker check right after says what is wrong
 
 
 def _rate(rate: float | None, settings: Settings) -> float | None:

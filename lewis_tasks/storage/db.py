@@ -8,6 +8,14 @@ of failing with "database is locked" halfway through.
 
 After a fork a child must not touch its parent's pooled sockets: :func:`dispose_after_fork`
 (registered with ``os.register_at_fork`` and callable from a worker's init) drops them.
+
+Connection budget (issue 21): a process keeps what its role needs (:data:`ROLE_POOLS`) —
+``size`` connections stay open, ``overflow`` more are opened for a burst and closed as soon as
+they are returned — instead of 20 + 30 per process, which exhausted PostgreSQL's 100 at two
+processes. Each connection names its role and pid (``application_name``), so
+``pg_stat_activity`` shows who holds what. A server that refuses a connection for now (too
+many clients, starting up) or a pool that stays exhausted is :class:`DatabaseUnavailable`, a
+TransientError: the task retries with backoff instead of failing the scan.
 """
 
 from __future__ import annotations
@@ -22,12 +30,27 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError, DatabaseUnavailable, StorageError
 from ..infra.config import DatabaseSettings, get_settings, redact_url
 
+# role: (connections kept open, more opened for a burst and closed when returned)
+ROLE_POOLS: dict[str, tuple[int, int]] = {
+    "io": (1, 3),  # many threads, each touching the database briefly at a chunk's start and end
+    "cpu": (1, 1),  # per prefork child: one task at a time (a merge, a report)
+    "control": (1, 1),  # beat jobs: a heartbeat, a prune
+    "command": (1, 1),  # lewis CLI commands, producers, the monitor, the beat
+}
+# SQLSTATEs of a server that refuses new connections for now: too many connections (53300),
+# cannot connect now (57P03: starting or shutting down), configuration limit exceeded (53400)
+UNAVAILABLE_STATES = frozenset({"53300", "57P03", "53400"})
+UNAVAILABLE_TEXT = ("too many clients", "too many connections", "remaining connection slots",
+                    "the database system is starting up", "the database system is shutting down")
+
+_role = "command"
 _engines: dict[str, Engine] = {}
 _engines_pid = os.getpid()
 _lock = threading.Lock()
@@ -44,6 +67,40 @@ def parse_database_url(url: str) -> URL:
     return parsed
 
 
+def set_role(role: str) -> None:
+    """Size this process's pools for ``role`` (a worker calls it at start, before any engine)."""
+    global _role
+    if role not in ROLE_POOLS:
+        raise ValueError(f"unknown process role {role!r} (roles: {', '.join(ROLE_POOLS)})")
+    _role = role
+
+
+def role_for_queues(queues: Any) -> str:
+    """The role of a worker consuming ``queues``: the biggest budget among them."""
+    names = set(queues or ())
+    return next((r for r in ("io", "cpu", "control") if r in names), "command")
+
+
+def pool_for(database: DatabaseSettings, role: str | None = None) -> tuple[int, int]:
+    """(pool size, max overflow): the settings' if ``database.pool_size`` is set, else the
+    role's (:data:`ROLE_POOLS`)."""
+    if database.pool_size:
+        return database.pool_size, database.max_overflow
+    return ROLE_POOLS[role or _role]
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True if ``exc`` says "no connection for now" rather than "this write is wrong"."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state in UNAVAILABLE_STATES:
+        return True
+    text = str(orig if orig is not None else exc).lower()
+    return any(marker in text for marker in UNAVAILABLE_TEXT)
+
+
 def make_engine(database: DatabaseSettings, *, pooled: bool = True) -> Engine:
     """A new engine for ``database.url`` configured as the module docstring says.
 
@@ -57,12 +114,14 @@ def make_engine(database: DatabaseSettings, *, pooled: bool = True) -> Engine:
         return _sqlite_engine(url, database, pooled, kwargs)
     kwargs["pool_pre_ping"] = True  # a server restarted since the last use: reconnect once
     if pooled:
-        kwargs.update(pool_size=database.pool_size, max_overflow=database.max_overflow,
+        size, overflow = pool_for(database)
+        kwargs.update(pool_size=size, max_overflow=overflow,
                       pool_timeout=database.pool_timeout, pool_recycle=database.pool_recycle)
     else:
         kwargs["poolclass"] = NullPool
     if url.get_backend_name() == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": min(database.pool_timeout, 10)}
+        kwargs["connect_args"] = {"connect_timeout": min(database.pool_timeout, 10),
+                                  "application_name": f"lewis-{_role}-{os.getpid()}"}
     try:
         return create_engine(url, **kwargs)
     except (ArgumentError, ImportError) as exc:
@@ -158,7 +217,8 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     except SQLAlchemyError as exc:
         session.rollback()
         url = engine.url.render_as_string(hide_password=True)
-        raise StorageError(describe_error(exc, url)) from exc
+        kind = DatabaseUnavailable if is_unavailable(exc) else StorageError
+        raise kind(describe_error(exc, url)) from exc
     except BaseException:
         session.rollback()
         raise
@@ -166,5 +226,6 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         session.close()
 
 
-__all__ = ["make_engine", "get_engine", "session_scope", "dispose_after_fork",
+__all__ = ["ROLE_POOLS", "set_role", "role_for_queues", "pool_for", "is_unavailable",
+           "make_engine", "get_engine", "session_scope", "dispose_after_fork",
            "dispose_engines", "parse_database_url", "describe_error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from typing import Any
 
@@ -10,6 +11,8 @@ from ..errors import InvalidInput
 from ..infra.broker import ping_workers
 from ..infra.celery_app import app
 from ..infra.config import get_settings
+
+log = logging.getLogger(__name__)
 
 
 @app.task(name="lewis.control.heartbeat", count_runs=True)
@@ -43,3 +46,31 @@ def cleanup(slot: int | None = None) -> dict[str, Any]:
     with session_scope(get_engine()) as session:
         removed = heartbeats.prune_heartbeats(session, older_than=cutoff)
     return {"slot": slot, "removed": removed}
+
+
+@app.task(name="lewis.control.collect_metrics", count_runs=True)
+def collect_metrics(slot: int | None = None) -> dict[str, Any]:
+    """Queue depths, workers online, the workers' reports rolled up (infra/collector.py)."""
+    import redis
+
+    from ..infra.collector import collect, stored_work
+    from ..infra.metrics_store import store_from_settings
+
+    if slot is not None and (isinstance(slot, bool) or not isinstance(slot, int)):
+        raise InvalidInput(f"metrics slot must be an integer, got {slot!r}")
+
+    def work() -> dict[str, Any]:
+        try:
+            return stored_work()
+        except Exception as exc:  # the database is optional here: metrics go on without it
+            log.warning("metrics: stored scans/batches unavailable: %s", exc)
+            return {}
+
+    try:
+        snapshot = collect(app, store_from_settings(),
+                           ping_timeout=get_settings().monitoring.ping_timeout, work=work)
+    except redis.RedisError as exc:
+        log.warning("metrics: Redis unavailable, collection of slot %s skipped: %s", slot, exc)
+        return {"slot": slot, "skipped": True}
+    return {"slot": slot, "queues": {q: v["total"] for q, v in snapshot["queues"].items()},
+            "workers_up": sorted(h for h, w in snapshot["workers"].items() if w["up"])}

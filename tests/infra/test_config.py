@@ -62,7 +62,7 @@ def test_environment_beats_file_beats_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"LEWIS_NETWORK_MAX_CONNECTIONS": "many"}, "network.max_connections: expected an integer"),
-    ({"LEWIS_DATABASE_POOL_SIZE": "-1"}, "database.pool_size: must be ≥ 1"),
+    ({"LEWIS_DATABASE_POOL_SIZE": "-1"}, "database.pool_size: must be ≥ 0"),
     ({"LEWIS_MEMORY_GC_THRESHOLD": "1.5"}, "memory.gc_threshold: must be ≤ 1.0"),
     ({"LEWIS_DATABASE_ECHO_SQL": "perhaps"}, "database.echo_sql: expected true or false"),
     ({"LEWIS_MEMORY_MAX_HEAP_SIZE": "two gigs"}, "memory.max_heap_size: expected a size"),

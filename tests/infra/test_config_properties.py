@@ -30,7 +30,9 @@ FIELDS = [(section, f.name, f, typing.get_type_hints(cls)[f.name])
 # left at their defaults here, and covered by tests/infra/test_config.py
 _COUPLED = {("monitoring", "ping_timeout"), ("monitoring", "health_check_interval"),
             ("tasks", "soft_time_limit"), ("tasks", "time_limit"), ("stack", "home"),
-            ("database", "url")}
+            ("database", "url"), ("broker", "visibility_timeout"),
+            ("monitoring", "metrics_interval"), ("monitoring", "report_interval"),
+            ("monitoring", "retention")}
 
 
 @pytest.fixture(scope="module")

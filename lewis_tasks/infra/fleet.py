@@ -1,0 +1,149 @@
+"""Presence records on the broker: who is in the fleet, what it consumes, whether it drains.
+
+Every worker (from its consumer's event loop, :mod:`.fleet_worker`) and every beat (from its
+tick) writes a small record with a time-to-live of a few periods: a member that stops writing
+(dead, hung, cut off) drops out by itself. Reading them is one SCAN and one MGET on plain
+redis-py, without Celery: ``lewis health`` answers within a probe's second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from ..domain.fleet import BeatView, WorkerRecord
+
+LEADER_KEY = "lewis:beat:leader"  # the beat lease (beat.py, which imports Celery: a probe must not)
+WORKER_KEY = "lewis:fleet:worker:{name}"
+BEAT_KEY = "lewis:fleet:beat:{token}"
+PRESENCE_PERIOD = 2.0  # seconds between a member's writes
+PRESENCE_TTL = 3 * PRESENCE_PERIOD + 1  # two missed writes and the member is gone
+
+
+def presence_period(health_check_interval: float) -> float:
+    """Write at least every :data:`PRESENCE_PERIOD` s (sooner if the heartbeat is faster)."""
+    return max(0.2, min(PRESENCE_PERIOD, health_check_interval))
+
+
+def write_worker(client: redis.Redis, record: WorkerRecord, period: float = PRESENCE_PERIOD) -> None:
+    payload = {**record.to_dict(), "at": time.time()}
+    client.set(WORKER_KEY.format(name=record.name), json.dumps(payload),
+               px=int((3 * period + 1) * 1000))
+
+
+def forget_worker(client: redis.Redis, name: str) -> None:
+    client.delete(WORKER_KEY.format(name=name))
+
+
+def write_beat(client: redis.Redis, token: str, role: str, ttl: float, every: float) -> None:
+    """This beat's record: its role and how often it writes (``every`` s), kept ``ttl`` s."""
+    client.set(BEAT_KEY.format(token=token),
+               json.dumps({"token": token, "role": role, "every": every, "ttl": ttl,
+                           "at": time.time()}),
+               px=max(1, int(ttl * 1000)))
+
+
+def forget_beat(client: redis.Redis, token: str) -> None:
+    client.delete(BEAT_KEY.format(token=token))
+
+
+def _read(client: redis.Redis, pattern: str) -> list[dict[str, Any]]:
+    keys = sorted(client.scan_iter(match=pattern, count=500))
+    if not keys:
+        return []
+    out = []
+    for raw in client.mget(keys):
+        if raw is None:  # expired between SCAN and MGET
+            continue
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            out.append(data)
+    return out
+
+
+def read_workers(client: redis.Redis) -> list[WorkerRecord]:
+    records = []
+    for data in _read(client, WORKER_KEY.format(name="*")):
+        try:
+            records.append(WorkerRecord.from_dict(data))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return sorted(records, key=lambda r: r.name)
+
+
+def slots_online(client: redis.Redis, queue: str) -> int:
+    """Task slots (threads or children) of the workers taking new work from ``queue`` now."""
+    return sum(w.concurrency for w in read_workers(client) if queue in w.consuming)
+
+
+def check_cluster_agreement(url: str, visibility_timeout: int, timeout: float = 2.0,
+                            confirm: Callable[[list[str]], set[str]] | None = None) -> None:
+    """ConfigError if a live worker of this broker runs with another visibility timeout.
+
+    With two values in one cluster, a task running longer than the shorter one is handed to
+    a second worker by the hosts using it. ``confirm(names)`` returns those that answer a
+    ping now: a record outlives a killed worker by a few seconds, and a dead worker's value
+    must not keep its replacement out. An unreachable broker is not judged here (the
+    worker's own connection retries report it).
+    """
+    from ..domain.fleet import disagreeing
+    from ..errors import ConfigError
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        others = disagreeing(read_workers(client), visibility_timeout)
+    except (redis.RedisError, OSError):
+        return
+    finally:
+        client.close()
+    if others and confirm is not None:
+        alive = confirm([w.name for w in others])
+        others = [w for w in others if w.name in alive]
+    if others:
+        first = others[0]
+        raise ConfigError(
+            f"setting broker.visibility_timeout ({visibility_timeout}s) differs from the "
+            f"cluster's ({first.visibility_timeout}s on {first.name}"
+            f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}): every host must use "
+            "the same, or a long task is delivered again to a second worker")
+
+
+def read_beat(client: redis.Redis) -> BeatView:
+    """The lease holder and every beat alive; the holder is *silent* when its record is older
+    than two of its writes (measured on Redis' clock: the record's ttl less its PTTL), i.e.
+    it died and its lease is running out: a failover is under way."""
+    holder = client.get(LEADER_KEY)
+    leader = holder.decode() if isinstance(holder, bytes) else holder
+    keys = sorted(client.scan_iter(match=BEAT_KEY.format(token="*"), count=500))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+        pipe.pttl(key)
+    replies = pipe.execute() if keys else []
+    beats, silent = [], leader is not None
+    for raw, pttl in zip(replies[::2], replies[1::2], strict=True):
+        try:
+            data = json.loads(raw) if raw is not None else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not data.get("token"):
+            continue
+        token = str(data["token"])
+        beats.append(token)
+        if token == leader:
+            age = float(data.get("ttl") or 0) - max(0, pttl) / 1000
+            # two renewals missed (2/3 of the lease + 0.5 s): seen before the lease runs out
+            silent = age > 2 * float(data.get("every") or 0) + 0.5
+    return BeatView(leader=leader, beats=tuple(beats), leader_silent=silent)
+
+
+__all__ = ["LEADER_KEY", "WORKER_KEY", "BEAT_KEY", "PRESENCE_PERIOD", "PRESENCE_TTL", "presence_period",
+           "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers", "slots_online", "check_cluster_agreement",
+           "read_beat"]

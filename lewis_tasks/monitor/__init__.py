@@ -1,0 +1,1 @@
+"""``lewis monitor``: Prometheus ``/metrics``, a live dashboard at ``/`` and its WebSocket."""

@@ -1,0 +1,122 @@
+"""The worker-side reporter: batched writes, counts kept through a Redis outage, real workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from lewis_tasks.domain.metrics import parse_series
+from lewis_tasks.infra.metrics_store import MetricStore
+from lewis_tasks.infra.redis_server import EmbeddedRedis
+from lewis_tasks.infra.reporter import MetricsReporter
+from tests.conftest import stack_env
+from tests.support.procs import lewis_process, wait_for, worker_names
+
+
+def totals_by(store: MetricStore, metric: str, label: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for series, value in store.totals()[0].items():
+        name, labels = parse_series(series)
+        if name == metric:
+            out[labels.get(label, "")] = out.get(labels.get(label, ""), 0) + value
+    return out
+
+
+def test_counts_survive_a_redis_outage_and_are_written_once_it_returns(tmp_path: Path) -> None:
+    # Given a reporter writing to a Redis of its own
+    server = EmbeddedRedis(data_dir=tmp_path, appendonly=True).start()  # keeps data over restart
+    client = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=0.5)
+    store = MetricStore(client, 1, 60, 100)
+    reporter = MetricsReporter(lambda: store, "w@test", interval=1, report_interval=0.2,
+                               retention=60)
+    try:
+        for _ in range(3):
+            reporter.task_started("a", "t", "cpu", None)
+            reporter.task_finished("a", "t", "cpu", "SUCCESS")
+        assert reporter.flush()
+        # When Redis goes away while tasks keep finishing
+        server.stop()
+        for i in range(5):
+            reporter.task_started(f"b{i}", "t", "cpu", None)
+            reporter.task_finished(f"b{i}", "t", "cpu", "FAILURE" if i == 0 else "SUCCESS")
+        assert not reporter.flush()
+        reporter.count("received", "t", "cpu", 2)
+        assert not reporter.flush()
+        # Then, once it is back, nothing counted meanwhile is lost or doubled
+        server.start()
+        assert reporter.flush()
+        assert totals_by(store, "celery_task_succeeded_total", "name") == {"t": 7}
+        assert totals_by(store, "celery_task_failed_total", "name") == {"t": 1}
+        assert totals_by(store, "celery_task_received_total", "queue") == {"cpu": 2}
+        assert store.totals()[1] and sum(h.count for h in store.totals()[1].values()) == 8
+    finally:
+        reporter.stop()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_real_workers_report_every_task_in_a_few_batched_writes(
+        redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any,
+        worker_redis: redis.Redis) -> None:
+    from lewis_tasks.producer.base import submit_many, wait_all
+
+    for key in worker_redis.scan_iter("lewis:metrics:*"):
+        worker_redis.delete(key)
+    env = stack_env(redis_url, tmp_path, LEWIS_DATABASE_URL=lewis_settings.database.url,
+                    LEWIS_MONITORING_METRICS_INTERVAL="1", LEWIS_MONITORING_REPORT_INTERVAL="0.5")
+    # Given a prefork cpu worker with two children and a threads io worker
+    with lewis_process(["worker", "cpu", "-c", "2", "-n", "rep-cpu@%h"], env, tmp_path / "cpu.log"), \
+         lewis_process(["worker", "io", "-c", "4", "-n", "rep-io@%h"], env, tmp_path / "io.log"):
+        wait_for(lambda: {n.split("@")[0] for n in worker_names(celery_app)} >= {"rep-cpu", "rep-io"},
+                 60, what="both workers")
+        worker_redis.config_resetstat()
+        # When 300 no-ops run on each queue
+        handles = submit_many("lewis.bench.noop", [((), {})] * 300)
+        handles += submit_many("lewis.bench.io_noop", [((), {})] * 300)
+        wait_all(handles, timeout=120)
+        store = MetricStore(worker_redis, 1, 3600, 1000)
+        # Then every start and success is counted per queue and worker, in the store
+        wait_for(lambda: totals_by(store, "celery_task_succeeded_total", "queue")
+                 == {"cpu": 300, "io": 300}, 30, what="succeeded counts")
+        assert totals_by(store, "celery_task_started_total", "queue") == {"cpu": 300, "io": 300}
+        received = totals_by(store, "celery_task_received_total", "hostname")
+        assert sorted(received.values()) == [300, 300]
+        # the producer (this process) counted what it sent, on its own timer
+        wait_for(lambda: totals_by(store, "celery_task_sent_total", "name")
+                 == {"lewis.bench.noop": 300, "lewis.bench.io_noop": 300}, 20, what="sent")
+        runtime = store.stats("celery_task_runtime", "10m")
+        wait = store.stats("celery_task_queue_wait_time", "10m")
+        assert runtime.count == 600 and wait.count == 600 and 0 < wait.p50 < 60
+        # and the writes were batched: a counter written per task would cost 600 tasks × 3
+        # events × 2 hashes = 3,600 HINCRBYFLOATs (only the metric store uses that command)
+        calls = worker_redis.info("commandstats").get("cmdstat_hincrbyfloat", {}).get("calls", 0)
+        assert 0 < calls < 1200, calls
+        # and the main processes sampled themselves and their pool children
+        wait_for(lambda: len({parse_series(s)[1]["hostname"] for s in store.latest()
+                              if parse_series(s)[0] == "lewis_worker_rss_bytes"}) == 2,
+                 20, what="worker gauges")
+        procs = {parse_series(s)[1]["hostname"].split("@")[0]: v
+                 for s, (v, _) in store.latest().items()
+                 if parse_series(s)[0] == "lewis_worker_processes"}
+        assert procs["rep-cpu"] >= 3 and procs["rep-io"] >= 1
+
+
+def test_reporting_off_installs_no_reporter(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lewis_tasks.infra import config, reporter
+
+    previous = config.get_settings()
+    config.set_settings(config.load_settings(env={"LEWIS_MONITORING_REPORTING": "false",
+                                                  "LEWIS_STACK_HOME": str(tmp_path)}))
+    try:
+        reporter.uninstall()
+        reporter._on_worker_init(sender=SimpleNamespace(hostname="off@h"))
+        reporter._on_child_start()
+        reporter.note_sent("t", "cpu")
+        assert reporter.current() is None
+    finally:
+        config.set_settings(previous)
