@@ -87,7 +87,7 @@ def _print_report(report: Any, as_json: bool) -> None:
     if not report.findings:
         click.echo("no open ports, no findings")
         return
-    rows = [(f["severity"], f"{_host(f['host'])}:{f['port']}", _service(f), _cves(f["cve_ids"]))
+    rows = [(f["severity"], f"{_host(f['host'])}:{f['port']}", _service(f), _cve_cell(f))
             for f in report.findings]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(_HEADERS, widths, strict=True)).rstrip())
@@ -107,6 +107,20 @@ def _host(address: str) -> str:
 def _service(f: dict[str, Any]) -> str:
     what = " ".join(p for p in (f.get("product"), f.get("version")) if p)
     return f"{f.get('service') or 'unknown'}" + (f" ({what})" if what else "")
+
+
+def _cve_cell(f: dict[str, Any]) -> str:
+    """The CVEs matched on the version (marked so, with the banner's distribution revision, whose
+    backports the version does not show), then how many apply only on an unseen platform."""
+    ids, cell = list(f.get("cve_ids") or []), ""
+    if ids:
+        basis = "; ".join(p for p in ("version only", f.get("revision")) if p)
+        cell = f"{_cves(ids)} [{basis}]"
+    conditional = list(f.get("conditional_cve_ids") or [])
+    if conditional:
+        cell += f"{' ' if cell else ''}(+{len(conditional)} conditional on the OS: " \
+                f"{_cves(conditional, 2)})"
+    return cell
 
 
 def _cves(ids: list[str], shown: int = 3) -> str:

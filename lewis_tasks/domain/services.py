@@ -56,7 +56,10 @@ class ServiceInfo:
 
 @dataclass(frozen=True)
 class Signature:
-    """A regex over a server's answer. Named groups ``product``/``version`` fill those fields."""
+    """A regex over a server's answer. Named groups ``product``/``version`` fill those fields;
+    ``revision`` (the distribution's package revision, ``Debian-2+deb12u10``) goes to
+    ``extra["revision"]``: a backported fix leaves the upstream version as it was, so a CVE
+    matched on that version alone is shown beside it."""
 
     name: str
     pattern: re.Pattern[bytes]
@@ -74,7 +77,8 @@ def _sig(name: str, regex: bytes, product: str | None = None, probes: str | None
 _HTTP = rb"^HTTP/1\.[01] \d{3}.*?\r\nServer: "
 # First match wins: specific before generic within each service.
 SIGNATURES: tuple[Signature, ...] = (
-    _sig("ssh", rb"^SSH-[\d.]+-OpenSSH_(?P<version>[\w.]+)", "OpenSSH"),
+    _sig("ssh", rb"^SSH-[\d.]+-OpenSSH_(?P<version>[\w.]+)(?: (?P<revision>[^\s\r\n]+))?",
+         "OpenSSH"),
     _sig("ssh", rb"^SSH-[\d.]+-dropbear_(?P<version>[\w.]+)", "Dropbear sshd"),
     _sig("ssh", rb"^SSH-[\d.]+-(?P<product>[^\s\r\n]+)"),
     _sig("smtp", rb"^220[ -]\S+ ESMTP Exim (?P<version>[\w.]+)", "Exim"),
@@ -101,7 +105,8 @@ SIGNATURES: tuple[Signature, ...] = (
     _sig("telnet", rb"^\xff[\xfa-\xfe]"),
     _sig("vnc", rb"^RFB (?P<version>\d{3}\.\d{3})"),
     _sig("nats", rb'^INFO \{[^\r\n]*"server_id"[^\r\n]*"version":"(?P<version>[\d.]+)"', "NATS"),
-    _sig("http", _HTTP + rb"Apache/(?P<version>[\d.]+)", "Apache httpd"),
+    _sig("http", _HTTP + rb"Apache/(?P<version>[\d.]+)(?: \((?P<revision>[^)\r\n]+)\))?",
+         "Apache httpd"),
     _sig("http", _HTTP + rb"nginx/(?P<version>[\d.]+)", "nginx"),
     _sig("http", _HTTP + rb"Microsoft-IIS/(?P<version>[\d.]+)", "Microsoft IIS httpd"),
     _sig("http", _HTTP + rb"lighttpd/(?P<version>[\d.]+)", "lighttpd"),
@@ -136,7 +141,10 @@ def match_answer(port: int, data: bytes, probe: str = "banner") -> ServiceInfo |
         return None
     sig, m = found
     groups = m.groupdict()
-    extra = {k: v for k, v in sig.extra.items() if k != "confirm"}
+    extra: dict[str, str | bool | int] = {k: v for k, v in sig.extra.items() if k != "confirm"}
+    revision = _text(groups.get("revision"))
+    if revision:
+        extra["revision"] = revision
     return ServiceInfo(port, sig.name, _text(groups.get("product")) or sig.product,
                        _text(groups.get("version")), excerpt(data), probe, extra)
 

@@ -150,7 +150,9 @@ def _finding(f: Any) -> dict[str, Any]:
     return {"severity": f.severity, "host": f.host, "port": f.port, "service": f.service,
             "product": detail.get("product"), "version": detail.get("version"),
             "score": f.score, "title": detail.get("title", f.title),
-            "cve_ids": list(f.cve_ids or []), "reasons": list(detail.get("reasons") or [])}
+            "cve_ids": list(f.cve_ids or []), "reasons": list(detail.get("reasons") or []),
+            "revision": detail.get("revision"),
+            "conditional_cve_ids": list(detail.get("conditional_cve_ids") or [])}
 
 
 def _chunk_results(session: Any, scan_id: str) -> list[dict[str, Any]]:

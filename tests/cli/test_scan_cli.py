@@ -127,6 +127,7 @@ def test_scan_json_has_hosts_ports_services_and_findings(listeners: ListenerSet,
     assert findings[port_of(listeners, REDIS)]["severity"] == "critical"
     assert findings[port_of(listeners, SSH)]["cve_ids"] == [
         r.cve_id for r in find_cves("OpenSSH", "8.9p1", sample_records())]
+    assert findings[port_of(listeners, SSH)]["revision"] == "Ubuntu-3ubuntu0.6"  # from the banner
     assert {"severity", "host", "port", "service", "product", "version", "cve_ids"} <= set(
         data["findings"][0])
     # and `lewis scans show ID --json` gives the same report
@@ -135,12 +136,17 @@ def test_scan_json_has_hosts_ports_services_and_findings(listeners: ListenerSet,
 
 
 def test_scan_table_and_scans_list(listeners: ListenerSet, stack: None) -> None:
-    result = run("scan", ADDRESS, "-p", str(port_of(listeners, REDIS)))
+    result = run("scan", ADDRESS, "-p", f"{port_of(listeners, REDIS)},{port_of(listeners, SSH)}")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("scan ") and "1 open" in lines[0]
+    assert lines[0].startswith("scan ") and "2 open" in lines[0]
     assert lines[1].split() == ["SEVERITY", "HOST:PORT", "SERVICE", "CVE"]
-    assert lines[2].startswith("critical") and f"{ADDRESS}:{port_of(listeners, REDIS)}" in lines[2]
+    ssh_row = next(line for line in lines if f":{port_of(listeners, SSH)} " in line)
+    # CVEs matched on the banner's version are marked so, beside the distribution revision
+    assert ssh_row.endswith("[version only; Ubuntu-3ubuntu0.6]") and "CVE-2023-38408" in ssh_row
+    assert "critical" in ssh_row.split()[0]
+    redis_row = next(line for line in lines if f":{port_of(listeners, REDIS)} " in line)
+    assert redis_row.startswith("critical")
     scan_id = lines[0].split()[1].rstrip(":")
     listed = json.loads(run("scans", "list", "--json", "--limit", "5").output)
     assert any(item["scan_id"] == scan_id and item["status"] == "done" for item in listed)

@@ -125,7 +125,8 @@ def test_findings_rank_and_cite_cves_from_the_lookup() -> None:
                                            extra={"auth_required": False})),
              OpenPort(ADDRESS, ServiceInfo(9999, "unknown"))]
     findings = assess_ports(ports, lookup)
-    assert findings[0].port == 6379 and findings[0].severity == "critical"
+    # both critical (a CVE at 9.8; a Redis without AUTH), the higher CVSS score first
+    assert [(f.port, f.severity) for f in findings[:2]] == [(22, "critical"), (6379, "critical")]
     ssh = next(f for f in findings if f.port == 22)
     assert ssh.cve_ids and ssh.cve_ids == [r.cve_id for r in find_cves("OpenSSH", "8.9p1", records)]
     assert findings[-1].port == 9999 and findings[-1].severity == "info"
