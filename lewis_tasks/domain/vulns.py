@@ -177,20 +177,19 @@ def compare_versions(a: str, b: str) -> int:
     """-1, 0 or 1 as version ``a`` is before, equal to or after ``b``."""
     ta, tb = version_tokens(a), version_tokens(b)
     for i in range(max(len(ta), len(tb))):
-        x = ta[i] if i < len(ta) else None
-        y = tb[i] if i < len(tb) else None
-        order = _compare_tokens(x, y)
+        if i >= len(ta):
+            order = -_compare_missing(tb[i])
+        elif i >= len(tb):
+            order = _compare_missing(ta[i])
+        else:
+            order = _compare_tokens(ta[i], tb[i])
         if order:
             return order
     return 0
 
 
-def _compare_tokens(x: int | str | None, y: int | str | None) -> int:
-    """One piece against another; None is a piece the shorter version lacks."""
-    if x is None:
-        return -_compare_missing(y) if y is not None else 0
-    if y is None:
-        return _compare_missing(x)
+def _compare_tokens(x: int | str, y: int | str) -> int:
+    """One piece of a version against the other's piece in the same place."""
     if isinstance(x, int) and isinstance(y, int):
         return (x > y) - (x < y)
     if isinstance(x, str) and isinstance(y, str):
@@ -381,18 +380,15 @@ def platform_condition(record: CveRecord, product: str | None,
     ``debian:debian_linux``), none of which a banner shows — the caller reports it as
     conditional rather than as a finding.
     """
-    keys = cpe_products(product)
     if not version:
         return None
-    names: set[str] = set()
-    held = False
-    for r in record.ranges:
-        if r.key in keys and r.matches(version):
-            if not r.platforms:
-                return ()
-            held = True
-            names.update(":".join(p.split(":")[3:5]) for p in r.platforms)
-    return tuple(sorted(names)) if held else None
+    keys = cpe_products(product)
+    held = [r for r in record.ranges if r.key in keys and r.matches(version)]
+    if not held:
+        return None
+    if any(not r.platforms for r in held):
+        return ()
+    return tuple(sorted({":".join(p.split(":")[3:5]) for r in held for p in r.platforms}))
 
 
 def severity_rank(severity: str) -> int:

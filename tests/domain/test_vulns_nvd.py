@@ -24,7 +24,7 @@ from lewis_tasks.domain.vulns import (
 FIXTURE = Path(__file__).parent / "data" / "nvd-configurations.json"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: mutmut maps a function to the tests that call it
 def nvd() -> dict[str, CveRecord]:
     return {r.cve_id: r for r in load_feed(FIXTURE)}
 
@@ -152,6 +152,16 @@ def test_cvss_v4_is_read_before_v3_1(nvd: dict[str, CveRecord]) -> None:
     assert cvss is not None and cvss.version == "4.0"
     assert cvss.vector.startswith("CVSS:4.0/AV:L/AC:H/AT:P/PR:L")
     assert (cvss.base_score, cvss.severity, cvss.feed_score) == (5.7, "medium", 5.7)
+
+
+def test_a_v4_vector_is_scored_as_v4_and_only_a_v4_vector() -> None:
+    from lewis_tasks.domain.vulns import score_vector
+    from lewis_tasks.errors import InvalidInput
+
+    vector = "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N"
+    assert score_vector(vector) == (9.3, "critical")
+    with pytest.raises(InvalidInput):  # a v2 vector declared 4.0 is not read as v2
+        score_vector("AV:N/AC:L/Au:N/C:P/I:P/A:P", "4.0")
 
 
 def test_records_without_v4_keep_their_v3_1(nvd: dict[str, CveRecord]) -> None:
