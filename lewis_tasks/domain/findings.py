@@ -162,6 +162,8 @@ def rank_findings(findings: Iterable[Finding]) -> list[Finding]:
 def _label(info: ServiceInfo) -> str:
     if info.name == UNKNOWN:
         return f"{info.port}/tcp (service unknown)"
+    if info.name.endswith("?"):
+        return f"{info.port}/tcp ({info.name} — named from the port number, no answer said so)"
     what = " ".join(p for p in (info.product, info.version) if p)
     return f"{info.name} ({what})" if what else info.name
 
