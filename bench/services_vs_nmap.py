@@ -47,6 +47,10 @@ def lewis_services(host: str, ports: list[int]) -> dict[int, Any]:
 
 def agree(lewis_name: str, nmap: dict[str, str]) -> str:
     name = nmap.get("name", "")
+    if lewis_name == "unknown" and name in ("", "unknown"):
+        return "yes (neither names it)"
+    if lewis_name == "mqtt" and name.startswith("mosquitto"):
+        return "yes (nmap's name is Mosquitto's $SYS version string)"
     if lewis_name.endswith("?"):
         return "yes (both guess)" if nmap.get("method") == "table" and \
             lewis_name[:-1] == name else "no"
@@ -67,7 +71,7 @@ def table(host: str, ports: list[int], truth: dict[int, Any] | None = None) -> s
     ours = lewis_services(host, ports)
     head = ["port", "nmap -sV", "LEWIS", "names agree"] + (["truth (fixture)"] if truth else [])
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    agreed = 0
+    agreed, right = 0, {"nmap -sV": 0, "LEWIS": 0}
     for port in ports:
         n, info = nmap.get(port, {}), ours[port]
         verdict = agree(info.name, n)
@@ -81,8 +85,17 @@ def table(host: str, ports: list[int], truth: dict[int, Any] | None = None) -> s
             t = truth.get(port)
             cells.append("silent" if t is None else
                          " ".join(p for p in (t["name"], t["product"], t["version"]) if p))
+            want = "unknown" if t is None else t["name"]
+            right["LEWIS"] += info.name.rstrip("?") == want or (t is None and
+                                                                info.name.endswith("?"))
+            got = n.get("name", "unknown") if n.get("method") != "table" else "unknown"
+            right["nmap -sV"] += got == want or (t is None and n.get("method") == "table")
         rows.append("| " + " | ".join(cells) + " |")
     rows.append(f"\n{agreed} of {len(ports)} ports: the same service name.")
+    if truth:
+        rows.append(" · ".join(f"{who} names {n} of {len(ports)} as the fixture serves them"
+                               for who, n in right.items()) + " (a silent port: unknown or "
+                    "a table guess).")
     return "\n".join(rows)
 
 

@@ -41,6 +41,10 @@ _ERLANG_SEND_NAME = (lambda body: struct.pack("!H", len(body)) + body)(
     b"n" + struct.pack("!HI", 5, 0x7FFFD) + b"lewis@probe")
 _MQTT_CONNECT = (lambda body: b"\x10" + bytes([len(body)]) + body)(  # MQTT 3.1.1, clean session
     b"\x00\x04MQTT\x04\x02\x00\x3c" + struct.pack("!H", 5) + b"lewis")
+# After CONNACK 0: SUBSCRIBE (packet id 1, QoS 0) to the topic where Mosquitto keeps its version
+_MQTT_SUBSCRIBE_VERSION = (lambda body: b"\x82" + bytes([len(body)]) + body)(
+    struct.pack("!HH", 1, 19) + b"$SYS/broker/version" + b"\x00")
+_MOSQUITTO_VERSION = re.compile(rb"mosquitto version (?P<version>[\d.]+)")
 
 
 @dataclass(frozen=True)
@@ -342,6 +346,12 @@ async def _probe(host: str, port: int, name: str, payload: bytes,
             if found:
                 info = ServiceInfo(port, info.name, info.product, found.group("version").decode(),
                                    info.banner, info.probe, info.extra)
+        if info is not None and info.name == "mqtt" and answer == b"\x20\x02\x00\x00":
+            writer.write(_MQTT_SUBSCRIBE_VERSION)
+            found = await _read_until(reader, _MOSQUITTO_VERSION, timeout)
+            if found:
+                info = ServiceInfo(port, info.name, "Mosquitto", found.group("version").decode(),
+                                   info.banner, info.probe, info.extra)
         return info, name, answer
     finally:
         _close(writer)
@@ -363,6 +373,21 @@ async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paylo
     except OSError:  # TimeoutError included
         return b""
     return await _read(reader, timeout)
+
+
+async def _read_until(reader: asyncio.StreamReader, pattern: re.Pattern[bytes],
+                      timeout: float, reads: int = 4) -> re.Match[bytes] | None:
+    """Read (a few times at most) until ``pattern`` shows in what came; None if it does not."""
+    data = b""
+    for _ in range(reads):
+        chunk = await _read(reader, timeout)
+        if not chunk:
+            return None
+        data += chunk
+        found = pattern.search(data)
+        if found:
+            return found
+    return None
 
 
 async def _read(reader: asyncio.StreamReader, timeout: float) -> bytes:

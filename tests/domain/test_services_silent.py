@@ -54,8 +54,9 @@ EPMD = Service("epmd", "Erlang Port Mapper Daemon", None,
                close_after_reply=True, extra={"nodes": "rabbit:25672"})
 ERLANG = Service("erlang-dist", "Erlang distribution", None,
                  replies=((b"\x00\x12n\x00\x05", b"\x00\x03sok"),), close_after_reply=True)
-MOSQUITTO = Service("mqtt", None, None, replies=((b"\x10", b"\x20\x02\x00\x00"),),
-                    close_after_reply=True)
+MOSQUITTO = Service("mqtt", "Mosquitto", "2.0.11", replies=(
+    (b"\x10", b"\x20\x02\x00\x00"),  # CONNACK, accepted; then SUBACK and the retained version
+    (b"\x82", b"\x90\x03\x00\x01\x00" b"1-\x00\x13$SYS/broker/versionmosquitto version 2.0.11")))
 
 
 @pytest.mark.parametrize("answer, probe, expected", [
