@@ -17,7 +17,7 @@ from lewis_tasks.domain.scanjob import (
     take_permits,
 )
 from lewis_tasks.domain.scope import Scope
-from lewis_tasks.domain.services import ServiceInfo
+from lewis_tasks.domain.services import ServiceInfo, guess_name
 from lewis_tasks.domain.vulns import find_cves, sample_records
 from lewis_tasks.errors import OutOfScope, TransientError
 from tests.support.listeners import CATALOGUE, ListenerSet, blackhole_port, running_listeners
@@ -53,7 +53,7 @@ def test_run_chunk_finds_open_ports_and_names_their_services(listeners: Listener
     assert set(listeners.ports) <= set(outcome.scan.open)
     named = {s.port: s for s in outcome.services}
     for port, item in listeners.listeners.items():
-        expected = item.service.name if item.service else "unknown"
+        expected = item.service.name if item.service else guess_name(port)
         assert named[port].name == expected, (port, named[port])
     assert outcome.unidentified == ()
     assert outcome.to_dict()["scan"]["ports_total"] == len(ports)
@@ -68,7 +68,7 @@ def test_identification_is_cut_at_the_deadline_not_after(listeners: ListenerSet)
     # Then the chunk ends with them open but unnamed, marked as cut by the deadline
     assert set(outcome.scan.open) == set(silent)
     assert set(outcome.unidentified) == set(silent)
-    assert all(s.name == "unknown" and s.probe == "deadline" for s in outcome.services)
+    assert all(s.name == guess_name(s.port) and s.probe == "deadline" for s in outcome.services)
     assert outcome.seconds < 5.0  # well before even one banner timeout would have passed
 
 
