@@ -242,7 +242,25 @@ async def identify_services(address: str | IPAddress, ports: Iterable[int], *, s
             return await identify_service(host, port, banner_timeout=banner_timeout,
                                           probe_timeout=wait)
 
-    return list(await asyncio.gather(*(one(p) for p in sorted(set(ports)))))
+    return name_erlang_nodes(await asyncio.gather(*(one(p) for p in sorted(set(ports)))))
+
+
+def name_erlang_nodes(services: Iterable[ServiceInfo]) -> list[ServiceInfo]:
+    """Ports that epmd (on the same host, among ``services``) lists as an Erlang node's, named
+    ``erlang-dist`` where nothing else named them: a modern node closes on any handshake but
+    a real one (RabbitMQ's 25672 does), so the port mapper is the one that can tell."""
+    found = list(services)
+    nodes: dict[int, str] = {}
+    for info in found:
+        if info.name == "epmd":
+            for entry in str(info.extra.get("nodes", "")).split():
+                node, _, port = entry.rpartition(":")
+                if port.isdigit():
+                    nodes[int(port)] = node
+    return [ServiceInfo(i.port, "erlang-dist", "Erlang distribution", None, i.banner, "epmd",
+                        {**i.extra, "node": nodes[i.port]})
+            if i.port in nodes and (i.name == UNKNOWN or i.name.endswith("?")) else i
+            for i in found]
 
 
 async def identify_service(host: str, port: int, *, banner_timeout: float,
@@ -407,4 +425,4 @@ def _text(raw: bytes | None) -> str | None:
 
 
 __all__ = ["ServiceInfo", "Signature", "SIGNATURES", "UNKNOWN", "PROBE_COUNT", "match_answer",
-           "excerpt", "guess_name", "identify_services", "identify_service"]
+           "excerpt", "guess_name", "name_erlang_nodes", "identify_services", "identify_service"]

@@ -137,3 +137,31 @@ def test_identification_budget_counts_every_probe() -> None:
     from lewis_tasks.domain.scanjob import IDENTIFY_CONNECTS
 
     assert PROBE_COUNT == 9 and IDENTIFY_CONNECTS == 1 + PROBE_COUNT
+
+
+
+def test_ports_epmd_lists_are_named_erlang_distribution() -> None:
+    """A modern Erlang node closes on every handshake but a real one (RabbitMQ's 25672 does);
+    epmd on the same host says which port is whose."""
+    node = socket.socket()
+    node.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    node.bind(("127.77.0.23", 25672))
+    node.listen(16)
+    try:
+        with running_listeners(1, host="127.77.0.23", banner_share=1.0, seed=None,
+                               services=(EPMD,)) as one:
+            found = identify("127.77.0.23", [one.ports[0], 25672])
+    finally:
+        node.close()
+    assert found[25672].name == "erlang-dist" and found[25672].extra["node"] == "rabbit"
+    assert found[one.ports[0]].name == "epmd"
+
+
+def test_epmd_naming_leaves_identified_ports_alone() -> None:
+    from lewis_tasks.domain.services import name_erlang_nodes
+
+    epmd = ServiceInfo(4369, "epmd", extra={"nodes": "rabbit:25672 web:8080 odd:x"})
+    infos = [epmd, ServiceInfo(25672, UNKNOWN), ServiceInfo(8080, "http"),
+             ServiceInfo(9, "discard?")]
+    named = {i.port: i.name for i in name_erlang_nodes(infos)}
+    assert named == {4369: "epmd", 25672: "erlang-dist", 8080: "http", 9: "discard?"}
