@@ -47,8 +47,8 @@ def lewis_services(host: str, ports: list[int]) -> dict[int, Any]:
 
 def agree(lewis_name: str, nmap: dict[str, str]) -> str:
     name = nmap.get("name", "")
-    if lewis_name == "unknown" and name in ("", "unknown"):
-        return "yes (neither names it)"
+    if name in ("", "unknown"):
+        return "yes (neither names it)" if lewis_name == "unknown" else "LEWIS named it"
     if lewis_name == "mqtt" and name.startswith("mosquitto"):
         return "yes (nmap's name is Mosquitto's $SYS version string)"
     if lewis_name.endswith("?"):
