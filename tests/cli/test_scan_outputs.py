@@ -104,3 +104,17 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     finally:
         os.close(write)
     assert done.stderr == "" and done.returncode == 141
+
+
+def test_ndiff_reads_two_lewis_scans(tmp_path: Path) -> None:
+    """ndiff (nmap's scan comparer) takes the XML: a port closed between scans shows."""
+    if shutil.which("ndiff") is None:
+        pytest.skip("ndiff not installed (Debian: apt-get install ndiff)")
+    before, after = tmp_path / "before.xml", tmp_path / "after.xml"
+    before.write_text(to_nmap_xml(REPORT))
+    host = dict(REPORT["hosts"][0], open_ports=REPORT["hosts"][0]["open_ports"][:1])
+    after.write_text(to_nmap_xml({**REPORT, "hosts": [host, REPORT["hosts"][1]]}))
+    diff = subprocess.run(["ndiff", str(before), str(after)], capture_output=True, text=True,
+                          timeout=60)
+    assert diff.returncode == 1, diff.stderr  # 1: the scans differ
+    assert "-5672/tcp open  amqp" in diff.stdout and "22/tcp" not in diff.stdout
