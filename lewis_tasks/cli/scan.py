@@ -87,7 +87,8 @@ def scan(ctx: click.Context, targets: tuple[str, ...], ports: str, rate: float |
         sys.exit(int(Exit.FAILURE))
     args = _command_args(ctx)
     _write_outputs(report, args, xml_out, grep_out)
-    to_stdout = "-" in (getattr(xml_out, "name", None), getattr(grep_out, "name", None))
+    to_stdout = bool({"-", "<stdout>"} & {getattr(xml_out, "name", None),
+                                           getattr(grep_out, "name", None)})
     if not to_stdout:
         _print_report(report, as_json, min_severity=min_severity, limit=limit)
     if fail_on is not None and _worst_level(report.findings) >= _LEVELS.index(fail_on):

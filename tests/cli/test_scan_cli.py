@@ -194,6 +194,10 @@ def test_scan_outputs_targets_file_exclude_and_fail_on(listeners: ListenerSet, s
     assert ports_line.startswith(f"Host: {ADDRESS} ()")
     assert f"{port_of(listeners, SSH)}/open/tcp//ssh//OpenSSH 8.9p1 Ubuntu-3ubuntu0.6/" \
         in ports_line
+    # "-oX -": the XML on stdout instead of the table
+    piped = run("scan", ADDRESS, "-p", str(port_of(listeners, SSH)), "-oX", "-")
+    assert piped.exit_code == 0 and piped.output.startswith("<?xml")
+    dtd_check(piped.output, tmp_path)
     # below the --fail-on level: exit 0
     quiet = run("scan", ADDRESS, "-p", str(port_of(listeners, REDIS)), "--fail-on", "critical",
                 "--exclude", "127.88.3.9")
