@@ -1,13 +1,16 @@
 """``lewis``: the command line. A click group; each area adds its commands in its own module.
 
 Exit codes are named (:class:`Exit`): a bad setting or bad input is 2, an unreachable broker
-is 3, and every LewisError prints one line — never a traceback.
+is 3, findings at ``lewis scan --fail-on``'s severity are 4, and every LewisError prints one
+line — never a traceback. Output into a pipe closed early (``lewis scans list | head -1``)
+ends quietly with 141, as a tool killed by SIGPIPE does.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -26,7 +29,20 @@ class Exit(enum.IntEnum):
     FAILURE = 1  # the work ran and failed
     USAGE = 2  # bad arguments, bad settings, bad input: fix the command
     UNAVAILABLE = 3  # broker / stack not reachable
+    FINDINGS = 4  # lewis scan --fail-on: a finding at least that severe
     INTERRUPTED = 130
+    BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader went away (`| head`)
+
+
+def quiet_broken_pipe() -> None:
+    """The reader of stdout has gone: point stdout at /dev/null (so Python's own flush at exit
+    says nothing) and exit as a SIGPIPE-killed tool would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(int(Exit.BROKEN_PIPE))
 
 
 def fail(message: str, code: Exit) -> None:
@@ -50,6 +66,8 @@ def handle_errors(func: F) -> F:
             fail(str(exc), Exit.FAILURE)
         except KeyboardInterrupt:
             fail("interrupted", Exit.INTERRUPTED)
+        except BrokenPipeError:
+            quiet_broken_pipe()
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
                 SystemExit):
             raise  # click's own usage errors and exits already speak for themselves
@@ -120,10 +138,19 @@ _register()
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="lewis",
-                 standalone_mode=True)
+        try:
+            cli.main(args=list(argv) if argv is not None else None, prog_name="lewis",
+                     standalone_mode=True)
+        except BrokenPipeError:  # click's own output (--help, usage) into a closed pipe
+            quiet_broken_pipe()
     except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        if code != Exit.BROKEN_PIPE:
+            try:
+                sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+            except BrokenPipeError:
+                quiet_broken_pipe()
+        return code
     finally:
         if "lewis_tasks.infra.celery_app" in sys.modules:  # only if this command used Celery
             from ..infra.celery_app import release_result_subscriptions

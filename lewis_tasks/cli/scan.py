@@ -5,14 +5,22 @@ terminal and ends with a findings table — or, with ``--json``, the scan id, pe
 ports with service/product/version, and the findings with severity and CVE ids. Bad targets
 and port specs exit 2 naming the bad token (nothing is enqueued). Ctrl-C stops waiting, not
 the scan: its id is printed so ``lewis scans show`` can pick it up.
+
+The options nmap users reach for: ``-iL FILE`` (targets from a file, ``-`` for stdin),
+``--exclude``, ``-oX FILE`` / ``-oG FILE`` (nmap XML and grepable, ``-`` for stdout), and for
+CI ``--fail-on SEVERITY`` (exit 4 if a finding is at least that severe). The table takes
+``--min-severity`` and ``--limit``; it is coloured on a terminal, never when piped or with
+``NO_COLOR`` set.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +28,14 @@ import click
 
 from . import SECONDS, Exit, cli
 
+_LEVELS = ("info", "low", "medium", "high", "critical")
+
 _SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": "cyan",
                    "info": None}
 
 
 @cli.command()
-@click.argument("targets", nargs=-1, required=True)
+@click.argument("targets", nargs=-1)
 @click.option("-p", "--ports", "ports", default="top1000", show_default=True,
               help="Port spec: 22,80,443 · 1-1024 · - (all) · top100 / topN.")
 @click.option("--rate", type=float, default=None,
@@ -36,13 +46,35 @@ _SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": 
 @click.option("--timeout", type=SECONDS, default=None, help="Give up waiting after this many seconds.")
 @click.option("--wait-for-workers", is_flag=True,
               help="Submit even when no io worker is online; the scan waits in the queue.")
-def scan(targets: tuple[str, ...], ports: str, rate: float | None, no_services: bool,
-         as_json: bool, no_wait: bool, timeout: float | None, wait_for_workers: bool) -> None:
+@click.option("-iL", "input_list", type=click.File("r"), default=None,
+              help="Read targets from FILE (one or more per line, # comments; - for stdin).")
+@click.option("--exclude", "exclude", multiple=True,
+              help="Leave out these addresses, CIDR blocks or hostnames (comma-separated).")
+@click.option("-oX", "xml_out", type=click.File("w"), default=None,
+              help="Also write the report as nmap XML to FILE (- for stdout).")
+@click.option("-oG", "grep_out", type=click.File("w"), default=None,
+              help="Also write the report in nmap's grepable format to FILE (- for stdout).")
+@click.option("--min-severity", type=click.Choice(_LEVELS), default="info", show_default=True,
+              help="Only show findings at least this severe in the table.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Show at most this many findings in the table (most severe first).")
+@click.option("--fail-on", type=click.Choice(_LEVELS), default=None,
+              help="Exit 4 if any finding is at least this severe (for CI).")
+@click.pass_context
+def scan(ctx: click.Context, targets: tuple[str, ...], ports: str, rate: float | None,
+         no_services: bool, as_json: bool, no_wait: bool, timeout: float | None,
+         wait_for_workers: bool, input_list: Any, exclude: tuple[str, ...], xml_out: Any,
+         grep_out: Any, min_severity: str, limit: int | None, fail_on: str | None) -> None:
     """Scan TARGET… (addresses, CIDR blocks, hostnames) inside the configured scope."""
+    from ..errors import InvalidInput
     from ..producer.scan import submit_scan
     from .fleet import require_workers
 
-    handle = submit_scan(list(targets), ports=ports, rate=rate, services=not no_services,
+    wanted = list(targets) + (_read_targets(input_list) if input_list is not None else [])
+    if not wanted:
+        raise InvalidInput("no targets: give TARGET… or -iL FILE")
+    handle = submit_scan(wanted, ports=ports, rate=rate, services=not no_services,
+                         exclude=list(exclude),
                          before_send=lambda: require_workers("io", wait=wait_for_workers))
     if no_wait:
         click.echo(json.dumps({"scan_id": handle.id}) if as_json else handle.id)
@@ -57,7 +89,50 @@ def scan(targets: tuple[str, ...], ports: str, rate: float | None, no_services: 
     except TimeoutError as exc:
         click.echo(f"lewis: {exc}; `lewis scans show {handle.id}` later", err=True)
         sys.exit(int(Exit.FAILURE))
-    _print_report(report, as_json)
+    args = _command_args(ctx)
+    _write_outputs(report, args, xml_out, grep_out)
+    to_stdout = bool({"-", "<stdout>"} & {getattr(xml_out, "name", None),
+                                           getattr(grep_out, "name", None)})
+    if not to_stdout:
+        _print_report(report, as_json, min_severity=min_severity, limit=limit)
+    if fail_on is not None and _worst_level(report.findings) >= _LEVELS.index(fail_on):
+        sys.exit(int(Exit.FINDINGS))
+
+
+def _read_targets(stream: Any) -> list[str]:
+    """nmap -iL: targets separated by blanks, commas or newlines; ``#`` starts a comment."""
+    out: list[str] = []
+    for line in stream:
+        out.extend(t for t in line.split("#", 1)[0].replace(",", " ").split() if t)
+    return out
+
+
+def _command_args(ctx: click.Context) -> list[str]:
+    """The arguments as given (for the outputs' "as:" line), from the process's argv."""
+    argv = list(sys.argv[1:])
+    return argv[1:] if argv and argv[0] == ctx.info_name else argv
+
+
+def _write_outputs(report: Any, args: Sequence[str], xml_out: Any, grep_out: Any) -> None:
+    from ..producer.scanoutput import to_grepable, to_nmap_xml
+
+    data = report.to_dict()
+    if xml_out is not None:
+        xml_out.write(to_nmap_xml(data, args))
+        xml_out.flush()
+    if grep_out is not None:
+        grep_out.write(to_grepable(data, args))
+        grep_out.flush()
+
+
+def _worst_level(findings: Sequence[dict[str, Any]]) -> int:
+    return max((_LEVELS.index(f["severity"]) for f in findings if f.get("severity") in _LEVELS),
+               default=-1)
+
+
+def _colour() -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def _wait_with_bar(handle: Any, timeout: float | None) -> Any:
@@ -78,7 +153,8 @@ def _wait_with_bar(handle: Any, timeout: float | None) -> Any:
         time.sleep(0.2)
 
 
-def _print_report(report: Any, as_json: bool) -> None:
+def _print_report(report: Any, as_json: bool, *, min_severity: str = "info",
+                  limit: int | None = None) -> None:
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
         return
@@ -91,14 +167,25 @@ def _print_report(report: Any, as_json: bool) -> None:
     if not report.findings:
         click.echo("no open ports, no findings")
         return
-    rows = [(f["severity"], f"{_host(f['host'])}:{f['port']}", _service(f), _cves(f["cve_ids"]))
-            for f in report.findings]
+    floor = _LEVELS.index(min_severity)
+    shown = [f for f in report.findings
+             if _LEVELS.index(f["severity"]) >= floor] if floor else list(report.findings)
+    hidden = len(report.findings) - len(shown)
+    if limit is not None and len(shown) > limit:
+        hidden, shown = hidden + len(shown) - limit, shown[:limit]
+    rows = [(f["severity"], f"{_host(f['host'])}:{f['port']}", _service(f), _cve_cell(f))
+            for f in shown]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS)]
+    colour = _colour()
     click.echo("  ".join(h.ljust(w) for h, w in zip(_HEADERS, widths, strict=True)).rstrip())
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
-        cells[0] = click.style(cells[0], fg=_SEVERITY_STYLE.get(row[0]))
-        click.echo("  ".join(cells).rstrip())
+        cells[0] = click.style(cells[0], fg=_SEVERITY_STYLE.get(row[0]),
+                               bold=row[0] == "critical")
+        click.echo("  ".join(cells).rstrip(), color=colour)
+    if hidden:
+        click.echo(f"({hidden} more finding{'s' * (hidden > 1)} not shown: --min-severity "
+                   f"{min_severity}{f', --limit {limit}' if limit else ''})")
 
 
 _HEADERS = ("SEVERITY", "HOST:PORT", "SERVICE", "CVE")
@@ -111,6 +198,20 @@ def _host(address: str) -> str:
 def _service(f: dict[str, Any]) -> str:
     what = " ".join(p for p in (f.get("product"), f.get("version")) if p)
     return f"{f.get('service') or 'unknown'}" + (f" ({what})" if what else "")
+
+
+def _cve_cell(f: dict[str, Any]) -> str:
+    """The CVEs matched on the version (marked so, with the banner's distribution revision, whose
+    backports the version does not show), then how many apply only on an unseen platform."""
+    ids, cell = list(f.get("cve_ids") or []), ""
+    if ids:
+        basis = "; ".join(p for p in ("version only", f.get("revision")) if p)
+        cell = f"{_cves(ids)} [{basis}]"
+    conditional = list(f.get("conditional_cve_ids") or [])
+    if conditional:
+        cell += f"{' ' if cell else ''}(+{len(conditional)} conditional on the OS: " \
+                f"{_cves(conditional, 2)})"
+    return cell
 
 
 def _cves(ids: list[str], shown: int = 3) -> str:
@@ -149,10 +250,12 @@ def list_scans(limit: int, status: str | None, as_json: bool) -> None:
     if not items:
         click.echo("no scans yet")
         return
+    click.echo(f"{'SCAN ID':<32}  {'STATUS':<8}  {'CREATED (UTC)':<19}  {'CHUNKS':<9}  "
+               f"{'OPEN':>5}  {'WORST':<8}  TARGETS")
     for i in items:
         targets = " ".join(i["targets"] or [])
-        click.echo(f"{i['scan_id']}  {i['status']:<8} {i['created_at'][:19]}  "
-                   f"chunks {i['chunks']:<7} open {i['open']:<5} worst {i['worst'] or '-':<8} "
+        click.echo(f"{i['scan_id']:<32}  {i['status']:<8}  {i['created_at'][:19]:<19}  "
+                   f"{i['chunks']:<9}  {i['open']:>5}  {i['worst'] or '-':<8}  "
                    f"{targets} -p {i['ports']}")
 
 
@@ -160,11 +263,12 @@ def list_scans(limit: int, status: str | None, as_json: bool) -> None:
 @click.argument("scan_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show_scan(scan_id: str, as_json: bool) -> None:
-    """One scan's report (as far as it has come, if it still runs)."""
+    """One scan's report (as far as it has come, if it still runs); a unique prefix of its id
+    will do."""
     from ..errors import InvalidInput
-    from ..producer.scanreport import load_scan_report
+    from ..producer.scanreport import load_scan_report, resolve_scan_id
 
-    report = load_scan_report(scan_id)
+    report = load_scan_report(resolve_scan_id(scan_id))
     if report is None:
         raise InvalidInput(f"scan {scan_id!r}: no such scan (`lewis scans list` shows them)")
     _print_report(report, as_json)

@@ -5,6 +5,12 @@ AUTH is critical, memcached is high), cleartext remote administration (telnet hi
 medium), cleartext mail and exposed databases (low); anything else open is ``info``. Each CVE
 that applies to the identified product/version raises the severity to its CVSS band. Findings
 rank critical first, then by the highest CVSS base score, then by address and port.
+
+Every CVE match rests on the version a banner states, nothing more ("version only"): a
+distribution that backports fixes keeps the upstream version, so the revision a banner adds
+(``OpenSSH_9.2p1 Debian-2+deb12u10``) is kept on the finding and shown beside its CVEs. A CVE
+whose NVD configuration also needs a platform the scanner cannot see (an OS, a packaging) is
+listed as *conditional*, naming that platform, and neither raises the severity nor the score.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .services import UNKNOWN, ServiceInfo
-from .vulns import CveRecord, cpe_products, find_cves
+from .vulns import CveRecord, find_cves, platform_condition
 
 LEVELS = ("info", "low", "medium", "high", "critical")
 
@@ -28,9 +34,15 @@ class CveRef:
     severity: str
     platforms: tuple[str, ...] = ()  # applies only on these (an AND configuration)
 
+    @property
+    def conditional(self) -> bool:
+        """True if it applies only on a platform the scanner cannot see."""
+        return bool(self.platforms)
+
     def to_dict(self) -> dict[str, object]:
         return {"cve_id": self.cve_id, "score": self.score, "severity": self.severity,
-                "platforms": list(self.platforms)}
+                "platforms": list(self.platforms), "conditional": self.conditional,
+                "basis": "version"}
 
 
 @dataclass(frozen=True)
@@ -46,18 +58,26 @@ class Finding:
     score: float  # highest CVSS base score of its CVEs; 0.0 without any
     title: str
     reasons: tuple[str, ...]
-    cves: tuple[CveRef, ...] = ()
+    cves: tuple[CveRef, ...] = ()  # the version matches, conditional ones included
     hostname: str | None = None
+    revision: str | None = None  # the distribution revision the banner adds to the version
 
     @property
     def cve_ids(self) -> list[str]:
-        return [c.cve_id for c in self.cves]
+        """The CVEs that apply on the version alone (conditional ones are not counted)."""
+        return [c.cve_id for c in self.cves if not c.conditional]
+
+    @property
+    def conditional_cve_ids(self) -> list[str]:
+        return [c.cve_id for c in self.cves if c.conditional]
 
     def to_dict(self) -> dict[str, object]:
         return {"address": self.address, "hostname": self.hostname, "port": self.port,
                 "service": self.service, "product": self.product, "version": self.version,
-                "severity": self.severity, "score": self.score, "title": self.title,
-                "reasons": list(self.reasons), "cves": [c.to_dict() for c in self.cves]}
+                "revision": self.revision, "severity": self.severity, "score": self.score,
+                "title": self.title, "reasons": list(self.reasons),
+                "cves": [c.to_dict() for c in self.cves],
+                "conditional_cve_ids": self.conditional_cve_ids}
 
 
 @dataclass(frozen=True)
@@ -104,17 +124,25 @@ def assess(address: str, info: ServiceInfo, cves: Sequence[CveRecord] = (),
     reasons = [rule.title] if rule else [f"Open port: {label}"]
     title = reasons[0]
     refs = tuple(CveRef(c.cve_id, c.score, c.severity if c.severity in LEVELS else "info",
-                        _platforms(c, info)) for c in cves)
-    if refs:
-        worst = max(refs, key=lambda c: (c.score, c.cve_id))
-        reasons.append(f"{label}: {len(refs)} known CVE{'s' * (len(refs) > 1)}, worst "
-                       f"{worst.cve_id} (CVSS {worst.score:.1f}, {worst.severity})")
+                        platform_condition(c, info.product, info.version) or ()) for c in cves)
+    counted = [c for c in refs if not c.conditional]
+    revision = _revision(info)
+    if counted:
+        worst = max(counted, key=lambda c: (c.score, c.cve_id))
+        basis = f"version only, banner says {revision}" if revision else "version only"
+        reasons.append(f"{label}: {len(counted)} known CVE{'s' * (len(counted) > 1)} ({basis}), "
+                       f"worst {worst.cve_id} (CVSS {worst.score:.1f}, {worst.severity})")
         if level_rank(worst.severity) > level_rank(severity):
             severity, title = worst.severity, reasons[-1]
-    score = max((c.score for c in refs), default=0.0)
+    for ref in refs:
+        if ref.conditional:
+            reasons.append(f"{ref.cve_id} (CVSS {ref.score:.1f}) applies only on "
+                           f"{', '.join(ref.platforms)}, which a banner does not show: "
+                           "not counted, check the host")
+    score = max((c.score for c in counted), default=0.0)
     return Finding(address, info.port, info.name, info.product, info.version, severity, score,
                    title, tuple(reasons), tuple(sorted(refs, key=lambda c: (-c.score, c.cve_id))),
-                   hostname)
+                   hostname, revision)
 
 
 def build_findings(address: str, services: Iterable[ServiceInfo], records: Sequence[CveRecord],
@@ -134,17 +162,15 @@ def rank_findings(findings: Iterable[Finding]) -> list[Finding]:
 def _label(info: ServiceInfo) -> str:
     if info.name == UNKNOWN:
         return f"{info.port}/tcp (service unknown)"
+    if info.name.endswith("?"):
+        return f"{info.port}/tcp ({info.name} — named from the port number, no answer said so)"
     what = " ".join(p for p in (info.product, info.version) if p)
     return f"{info.name} ({what})" if what else info.name
 
 
-def _platforms(record: CveRecord, info: ServiceInfo) -> tuple[str, ...]:
-    names: set[str] = set()
-    keys = cpe_products(info.product)
-    for r in record.ranges:
-        if r.key in keys and info.version and r.matches(info.version):
-            names.update(":".join(p.split(":")[3:5]) for p in r.platforms)
-    return tuple(sorted(names))
+def _revision(info: ServiceInfo) -> str | None:
+    value = info.extra.get("revision")
+    return str(value) if value else None
 
 
 def _address_key(address: str) -> tuple[int, int]:

@@ -25,11 +25,17 @@ from ..errors import TransientError
 from .findings import Finding, assess, rank_findings
 from .portscan import ConnectLimiter, PortScanResult, ScanProgress, scan_ports
 from .scope import Scope
-from .services import UNKNOWN, ServiceInfo, identify_service
+from .services import (
+    PROBE_COUNT,
+    ServiceInfo,
+    guess_name,
+    identify_service,
+    name_erlang_nodes,
+)
 from .vulns import CveRecord, find_cves
 
-# Connections one identification may open: the banner wait, then five light probes.
-IDENTIFY_CONNECTS = 6
+# Connections one identification may open: the banner wait, then the light probes.
+IDENTIFY_CONNECTS = 1 + PROBE_COUNT
 _MIN_WAIT = 0.005  # never re-ask a rate limiter sooner than this
 
 
@@ -124,9 +130,9 @@ async def identify_before(address: str, ports: Sequence[int], *, scope: Scope, d
             found.append(task.result())
         else:
             task.cancel()
-            found.append(ServiceInfo(port, UNKNOWN, probe="deadline"))
+            found.append(ServiceInfo(port, guess_name(port), probe="deadline"))
     await asyncio.gather(*tasks.values(), return_exceptions=True)  # let cancelled ones close
-    return tuple(found)
+    return tuple(name_erlang_nodes(found))
 
 
 async def take_permits(limiter: ConnectLimiter, count: int) -> None:

@@ -1,15 +1,23 @@
 """Known vulnerabilities: NVD CVE JSON 2.0 feeds, CVSS scores, CPE version-range matching.
 
 A feed file is ``{"vulnerabilities": [{"cve": {...}}, ...]}`` (the NVD API 2.0 / JSON 2.0
-layout). From each record we keep the CVE id, its English description, one CVSS metric — v3.1,
-else v3.0, else v2; NVD's own ("Primary") before a CNA's — whose base score is *computed from
-the vector* with the ``cvss`` package (the feed's number is kept beside it), and every CPE
-match of its configurations: vendor, product, version/update, the four range bounds and the
-``vulnerable`` flag. A match inside an AND configuration carries the platforms it needs
-(``CVE-2022-0543``: Redis, but only as Debian/Ubuntu packaged it).
+layout). From each record we keep the CVE id, its English description, one CVSS metric — v4.0,
+else v3.1, else v3.0, else v2, as NVD presents them; NVD's own ("Primary") before a CNA's —
+whose base score is *computed from the vector* with the ``cvss`` package (the feed's number is
+kept beside it), and every CPE match of its configurations: vendor, product, version/update,
+the four range bounds and the ``vulnerable`` flag. A match inside an AND configuration carries
+the platforms it needs: such a CVE applies only where the platform holds too, which a banner
+does not show (the OS, how it was packaged), so :func:`platform_condition` names the
+platforms and findings report it as conditional instead of guessing either way.
 
-Versions compare piecewise ("8.9p1" → 8, 9, p, 1): numbers as numbers; a trailing suffix makes
-a version later ("8.9p1" > "8.9") unless it is a pre-release word ("2.4.49-rc1" < "2.4.49").
+CPE versions: ``*`` is any version (then the range bounds decide); ``-`` is "not applicable" —
+NVD's word for a product whose upstream version does not decide (``CVE-2022-0543``: Redis as
+Debian/Ubuntu packaged it, ``redis:-``), so it matches no banner version.
+
+Versions compare piecewise ("8.9p1" → 8, 9, p, 1), as products number their releases: numbers
+as numbers, missing numbers as 0 ("7.0" = "7.0.0"); a letter suffix is a later release
+("1.3.5" < "1.3.5a" < "1.3.5b", "1.1.1" < "1.1.1w", "8.9" < "8.9p1"); the words dev, snapshot,
+alpha, beta, pre, preview and rc mark pre-releases, in that order ("2.4.49-rc1" < "2.4.49").
 An unknown version matches nothing: a finding never claims a CVE it cannot tell applies.
 """
 
@@ -24,14 +32,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cvss import CVSS2, CVSS3
+from cvss import CVSS2, CVSS3, CVSS4
 from cvss.exceptions import CVSSError
 
 from ..errors import InvalidInput
 
 SEVERITIES = ("none", "low", "medium", "high", "critical")
-_METRIC_KEYS = (("cvssMetricV31", "3.1"), ("cvssMetricV30", "3.0"), ("cvssMetricV2", "2.0"))
-_PRE_RELEASE = frozenset({"alpha", "beta", "rc", "pre", "preview", "dev", "snapshot", "a", "b"})
+_METRIC_KEYS = (("cvssMetricV40", "4.0"), ("cvssMetricV31", "3.1"), ("cvssMetricV30", "3.0"),
+                ("cvssMetricV2", "2.0"))
+# Pre-release words, earliest first; any other word ("a", "p", "w") is a later release.
+_PRE_RELEASE: Mapping[str, int] = {"dev": 0, "snapshot": 0, "alpha": 1, "beta": 2, "pre": 3,
+                                   "preview": 3, "rc": 3}
 _TOKEN = re.compile(r"\d+|[a-z]+")
 _CPE_SPLIT = re.compile(r"(?<!\\):")
 _ANY = ("*", "")
@@ -97,9 +108,9 @@ class CpeRange:
 
     def matches(self, version: str) -> bool:
         """True if ``version`` of this vendor:product is inside the range."""
-        if not self.vulnerable:
-            return False
-        if self.version not in _ANY and self.version != "-":
+        if not self.vulnerable or self.version == "-":
+            return False  # "-": no upstream version decides, so no banner version matches
+        if self.version not in _ANY:
             return _exact_match(version, self.version, self.update)
         if self.start_including and compare_versions(version, self.start_including) < 0:
             return False
@@ -165,29 +176,43 @@ def version_tokens(version: str) -> list[int | str]:
 def compare_versions(a: str, b: str) -> int:
     """-1, 0 or 1 as version ``a`` is before, equal to or after ``b``."""
     ta, tb = version_tokens(a), version_tokens(b)
-    for x, y in zip(ta, tb, strict=False):
-        if x == y:
-            continue
-        if isinstance(x, int) and isinstance(y, int):
-            return -1 if x < y else 1
-        if isinstance(x, str) and isinstance(y, str):
-            return _compare_words(x, y)
-        # A letter where the other has a number: a pre-release word or a letter release ("1.0a")
-        # sorts before the numbered one ("1.0.1").
-        return -1 if isinstance(x, str) else 1
-    if len(ta) == len(tb):
-        return 0
-    longer, sign = (ta, 1) if len(ta) > len(tb) else (tb, -1)
-    tail = longer[min(len(ta), len(tb))]
-    # "2.4.49-rc1" comes before "2.4.49"; "8.9p1" after "8.9"
-    return -sign if isinstance(tail, str) and tail in _PRE_RELEASE else sign
+    for i in range(max(len(ta), len(tb))):
+        if i >= len(ta):
+            order = -_compare_missing(tb[i])
+        elif i >= len(tb):
+            order = _compare_missing(ta[i])
+        else:
+            order = _compare_tokens(ta[i], tb[i])
+        if order:
+            return order
+    return 0
+
+
+def _compare_tokens(x: int | str, y: int | str) -> int:
+    """One piece of a version against the other's piece in the same place."""
+    if isinstance(x, int) and isinstance(y, int):
+        return (x > y) - (x < y)
+    if isinstance(x, str) and isinstance(y, str):
+        return _compare_words(x, y)
+    # A word where the other has a number: a pre-release or a letter release ("1.0a") sorts
+    # before the numbered one ("1.0.1").
+    return -1 if isinstance(x, str) else 1
+
+
+def _compare_missing(token: int | str) -> int:
+    """How a version with ``token`` compares to one that stops just before it."""
+    if isinstance(token, int):
+        return 1 if token > 0 else 0  # "7.0.0" = "7.0", "7.0.1" > "7.0"
+    return -1 if token in _PRE_RELEASE else 1  # "2.4.49rc1" < "2.4.49" < "2.4.49a"
 
 
 def _compare_words(x: str, y: str) -> int:
-    px, py = x in _PRE_RELEASE, y in _PRE_RELEASE
-    if px != py:
-        return -1 if px else 1
-    return -1 if x < y else 1
+    rx, ry = _PRE_RELEASE.get(x), _PRE_RELEASE.get(y)
+    if rx is None and ry is None:
+        return (x > y) - (x < y)  # letter releases: "1.3.5a" < "1.3.5b"
+    if rx is None or ry is None:
+        return -1 if ry is None else 1  # a pre-release before any letter release
+    return (rx > ry) - (rx < ry)
 
 
 def _exact_match(version: str, exact: str, update: str) -> bool:
@@ -207,8 +232,11 @@ def _exact_match(version: str, exact: str, update: str) -> bool:
 
 
 def score_vector(vector: str, version: str | None = None) -> tuple[float, str]:
-    """(base score, severity band) computed from a CVSS v2 or v3.x vector."""
+    """(base score, severity band) computed from a CVSS v2, v3.x or v4.0 vector."""
     try:
+        if vector.startswith("CVSS:4") or (version or "").startswith("4"):
+            v4 = CVSS4(vector)
+            return float(v4.base_score), str(v4.severity).lower()
         if vector.startswith("CVSS:3") or (version or "").startswith("3"):
             metric: CVSS2 | CVSS3 = CVSS3(vector)
         else:
@@ -343,6 +371,26 @@ def find_cves(product: str | None, version: str | None,
     return sorted(found, key=lambda rec: (-rec.score, rec.cve_id))
 
 
+def platform_condition(record: CveRecord, product: str | None,
+                       version: str | None) -> tuple[str, ...] | None:
+    """What else must hold for ``record`` to apply to ``version`` of ``product``.
+
+    None: it does not apply (no range holds the version); (): it applies on the version alone;
+    otherwise the vendor:product of the platforms its AND configurations require (say
+    ``debian:debian_linux``), none of which a banner shows — the caller reports it as
+    conditional rather than as a finding.
+    """
+    if not version:
+        return None
+    keys = cpe_products(product)
+    held = [r for r in record.ranges if r.key in keys and r.matches(version)]
+    if not held:
+        return None
+    if any(not r.platforms for r in held):
+        return ()
+    return tuple(sorted({":".join(p.split(":")[3:5]) for r in held for p in r.platforms}))
+
+
 def severity_rank(severity: str) -> int:
     """0 (none) … 4 (critical); unknown words rank as none."""
     return SEVERITIES.index(severity) if severity in SEVERITIES else 0
@@ -351,5 +399,6 @@ def severity_rank(severity: str) -> int:
 __all__ = [
     "SEVERITIES", "PRODUCT_CPES", "Cvss", "CpeRange", "CveRecord", "version_tokens",
     "compare_versions", "score_vector", "parse_feed", "parse_cve", "load_feed",
-    "sample_records", "cpe_products", "match", "find_cves", "severity_rank",
+    "sample_records", "cpe_products", "match", "find_cves", "platform_condition",
+    "severity_rank",
 ]

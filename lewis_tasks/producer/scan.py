@@ -14,6 +14,7 @@ so running them side by side would only stretch each past its time limit.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +27,7 @@ from celery.result import AsyncResult
 from ..domain.scope import Scope
 from ..domain.targets import (
     ScanChunk,
+    ScanHost,
     Target,
     parse_ports,
     parse_targets,
@@ -99,13 +101,14 @@ def scan_handle(scan_id: str, *, app: Celery | None = None) -> ScanHandle:
 
 def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
                 rate: float | None = None, *, services: bool = True,
-                app: Celery | None = None,
+                exclude: Iterable[str] = (), app: Celery | None = None,
                 before_send: Callable[[], None] | None = None) -> ScanHandle:
     """Scan ``targets`` (addresses, CIDRs, hostnames) on ``ports`` (an nmap-style spec).
 
     ``rate`` caps connects per second per host across every worker (default
     ``scan.max_rate`` if set); ``services=False`` skips service identification (like nmap
-    without ``-sV``). Refusals (InvalidInput, OutOfScope, or whatever ``before_send`` raises
+    without ``-sV``). ``exclude`` leaves out addresses, CIDR blocks and hostnames (nmap's
+    ``--exclude``). Refusals (InvalidInput, OutOfScope, or whatever ``before_send`` raises
     once the input is checked and the broker answers) happen before anything is enqueued.
     """
     settings = get_settings()
@@ -114,6 +117,9 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
     port_list = parse_ports(ports)
     rate = _rate(rate, settings)
     hosts = resolve_hosts(parsed, Scope.from_allow(settings.scope.allow))
+    excluded = [str(e) for e in exclude]
+    if excluded:
+        hosts = _without(hosts, excluded)
     from ..infra.planning import chunk_ports_for
 
     size = chunk_ports_for(settings, rate, hosts=len(hosts), ports=len(set(port_list)),
@@ -128,6 +134,7 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
         before_send()
     scan_id = uuid.uuid4().hex
     request = {"targets": tokens, "ports": ports, "rate": rate, "services": services,
+               **({"exclude": excluded} if excluded else {}),
                "hosts": [h.to_dict() for h in hosts], "target_rows": _target_rows(parsed)}
     _record(scan_id, request, chunks, settings)
     try:
@@ -151,6 +158,24 @@ def _io_slots_online() -> int:
         return slots_online(get_redis(), "io")
     except (redis.RedisError, OSError):
         return 0  # the broker check right after says what is wrong
+
+
+def _without(hosts: Sequence[ScanHost], exclude: Sequence[str]) -> list[ScanHost]:
+    """``hosts`` less those ``exclude`` names: an address, a CIDR block holding it, or the
+    hostname it was resolved from. Nothing left is a refusal, not an empty scan."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    names: set[str] = set()
+    for token in (t for item in exclude for t in item.replace(",", " ").split()):
+        try:
+            networks.append(ipaddress.ip_network(token, strict=False))
+        except ValueError:
+            names.add(token.lower().rstrip("."))
+    kept = [h for h in hosts
+            if (h.hostname or "").lower().rstrip(".") not in names
+            and not any(ipaddress.ip_address(h.address) in n for n in networks)]
+    if not kept:
+        raise InvalidInput(f"every target is excluded (--exclude {' '.join(exclude)})")
+    return kept
 
 
 def _rate(rate: float | None, settings: Settings) -> float | None:

@@ -109,6 +109,25 @@ def _live(scan_id: str) -> dict[int, str]:
     return out
 
 
+def resolve_scan_id(text: str) -> str:
+    """The scan id ``text`` names: the id itself, or a unique prefix of one (as git takes a
+    commit's); InvalidInput if none or several match."""
+    from ..storage import scans
+    from ..storage.db import get_engine, session_scope
+
+    key = text.strip().lower()
+    with session_scope(get_engine()) as session:
+        if scans.get_scan(session, key) is not None:
+            return key
+        found = scans.scan_ids_starting(session, key)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InvalidInput(f"scan {text!r}: no such scan (`lewis scans list` shows them)")
+    raise InvalidInput(f"scan {text!r}: the prefix is ambiguous, it starts "
+                       f"{', '.join(found[:3])}{' …' if len(found) > 3 else ''}")
+
+
 def load_scan_report(scan_id: str) -> ScanReport | None:
     """The stored report of scan ``scan_id``, or None if there is no such scan."""
     from ..storage import scans
@@ -150,7 +169,9 @@ def _finding(f: Any) -> dict[str, Any]:
     return {"severity": f.severity, "host": f.host, "port": f.port, "service": f.service,
             "product": detail.get("product"), "version": detail.get("version"),
             "score": f.score, "title": detail.get("title", f.title),
-            "cve_ids": list(f.cve_ids or []), "reasons": list(detail.get("reasons") or [])}
+            "cve_ids": list(f.cve_ids or []), "reasons": list(detail.get("reasons") or []),
+            "revision": detail.get("revision"),
+            "conditional_cve_ids": list(detail.get("conditional_cve_ids") or [])}
 
 
 def _chunk_results(session: Any, scan_id: str) -> list[dict[str, Any]]:
@@ -166,4 +187,4 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-__all__ = ["HostReport", "ScanReport", "read_progress", "load_scan_report"]
+__all__ = ["HostReport", "ScanReport", "read_progress", "load_scan_report", "resolve_scan_id"]

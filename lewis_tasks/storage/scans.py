@@ -132,6 +132,15 @@ def get_scan(session: Session, scan_id: str) -> Scan | None:
     return fetch(session, Scan, scan_id)
 
 
+def scan_ids_starting(session: Session, prefix: str, limit: int = 5) -> list[str]:
+    """Up to ``limit`` scan ids that start with ``prefix`` (the primary key's index serves it:
+    ``LIKE 'abc%'`` on a hex id, no wildcard characters to escape)."""
+    if not prefix or not all(c in "0123456789abcdef" for c in prefix):
+        return []
+    stmt = select(Scan.id).where(Scan.id.like(f"{prefix}%")).order_by(Scan.id).limit(limit)
+    return list(session.scalars(stmt))
+
+
 def list_scans(session: Session, *, status: str | None = None, limit: int = 50) -> list[Scan]:
     """Scans, newest first (uses idx_scans_created_at)."""
     stmt = select(Scan)
@@ -174,6 +183,7 @@ def _port_rows(scan_id: str, ports: Iterable[Mapping[str, Any]]) -> list[dict[st
              **{f: p.get(f) for f in _PORT_FIELDS if f != "state"}} for p in ports]
 
 
-__all__ = ["ScanProgress", "upsert_scan", "record_chunk", "upsert_ports", "upsert_findings",
+__all__ = ["ScanProgress", "scan_ids_starting", "upsert_scan", "record_chunk", "upsert_ports",
+           "upsert_findings",
            "set_scan_status", "scan_progress", "get_scan", "list_scans", "pending_chunks",
            "list_scan_ports", "list_findings", "TERMINAL"]

@@ -26,7 +26,7 @@ from ..domain.findings import LEVELS, Finding, level_rank
 from ..domain.portscan import ScanProgress
 from ..domain.scanjob import ChunkOutcome, OpenPort, assess_ports, run_chunk
 from ..domain.scope import Scope, parse_ip
-from ..domain.services import ServiceInfo
+from ..domain.services import ServiceInfo, guess_name
 from ..domain.targets import ScanChunk, Target, resolve_hosts_async
 from ..errors import InvalidInput, OutOfScope, TransientError
 from ..infra import aio
@@ -154,7 +154,7 @@ def _port_rows(part: ScanChunk, outcome: ChunkOutcome) -> list[dict[str, Any]]:
     named = {s.port: s for s in outcome.services}
     rows = []
     for port in outcome.scan.open:
-        info = named.get(port) or ServiceInfo(port, "unknown", probe="not identified")
+        info = named.get(port) or ServiceInfo(port, guess_name(port), probe="not identified")
         rows.append({"host": part.address, "port": port, "state": "open", "service": info.name,
                      "product": info.product, "version": info.version, "banner": info.banner,
                      "detail": {"probe": info.probe, "extra": dict(info.extra),

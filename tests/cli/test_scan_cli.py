@@ -127,6 +127,7 @@ def test_scan_json_has_hosts_ports_services_and_findings(listeners: ListenerSet,
     assert findings[port_of(listeners, REDIS)]["severity"] == "critical"
     assert findings[port_of(listeners, SSH)]["cve_ids"] == [
         r.cve_id for r in find_cves("OpenSSH", "8.9p1", sample_records())]
+    assert findings[port_of(listeners, SSH)]["revision"] == "Ubuntu-3ubuntu0.6"  # from the banner
     assert {"severity", "host", "port", "service", "product", "version", "cve_ids"} <= set(
         data["findings"][0])
     # and `lewis scans show ID --json` gives the same report
@@ -135,12 +136,17 @@ def test_scan_json_has_hosts_ports_services_and_findings(listeners: ListenerSet,
 
 
 def test_scan_table_and_scans_list(listeners: ListenerSet, stack: None) -> None:
-    result = run("scan", ADDRESS, "-p", str(port_of(listeners, REDIS)))
+    result = run("scan", ADDRESS, "-p", f"{port_of(listeners, REDIS)},{port_of(listeners, SSH)}")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("scan ") and "1 open" in lines[0]
+    assert lines[0].startswith("scan ") and "2 open" in lines[0]
     assert lines[1].split() == ["SEVERITY", "HOST:PORT", "SERVICE", "CVE"]
-    assert lines[2].startswith("critical") and f"{ADDRESS}:{port_of(listeners, REDIS)}" in lines[2]
+    ssh_row = next(line for line in lines if f":{port_of(listeners, SSH)} " in line)
+    # CVEs matched on the banner's version are marked so, beside the distribution revision
+    assert ssh_row.endswith("[version only; Ubuntu-3ubuntu0.6]") and "CVE-2023-38408" in ssh_row
+    assert "critical" in ssh_row.split()[0]
+    redis_row = next(line for line in lines if f":{port_of(listeners, REDIS)} " in line)
+    assert redis_row.startswith("critical")
     scan_id = lines[0].split()[1].rstrip(":")
     listed = json.loads(run("scans", "list", "--json", "--limit", "5").output)
     assert any(item["scan_id"] == scan_id and item["status"] == "done" for item in listed)
@@ -158,3 +164,112 @@ def test_no_wait_prints_the_id_and_the_scan_goes_on(listeners: ListenerSet, stac
 def test_show_of_an_unknown_scan_exits_2(lewis_settings: Any) -> None:
     result = CliRunner().invoke(cli, ["scans", "show", "no-such-scan"])
     assert result.exit_code == 2 and "no such scan" in result.output
+
+
+def test_scan_outputs_targets_file_exclude_and_fail_on(listeners: ListenerSet, stack: None,
+                                                       tmp_path: Path) -> None:
+    from tests.cli.test_scan_outputs import dtd_check
+
+    targets = tmp_path / "targets.txt"
+    targets.write_text(f"# from an inventory\n{ADDRESS}  127.88.3.9\n127.88.3.10, 127.88.3.11\n")
+    ports = ",".join(map(str, listeners.ports))
+    xml, grep = tmp_path / "scan.xml", tmp_path / "scan.gnmap"
+    result = run("scan", "-iL", str(targets), "--exclude", "127.88.3.9,127.88.3.10/32",
+                 "--exclude", "127.88.3.11", "-p", ports, "-oX", str(xml), "-oG", str(grep),
+                 "--fail-on", "high", "--min-severity", "critical", "--limit", "1")
+    assert result.exit_code == 4, result.output  # Redis without AUTH is critical
+    lines = result.output.splitlines()
+    assert "1 hosts" in lines[0]  # the three others were excluded
+    assert len([line for line in lines if line.startswith("critical")]) == 1  # --limit 1
+    assert not any(line.startswith(("info", "low", "medium")) for line in lines)
+    assert "not shown: --min-severity critical, --limit 1" in lines[-1]
+    text = xml.read_text()
+    dtd_check(text, tmp_path)
+    for port in listeners.ports:
+        assert f'portid="{port}"' in text
+    assert f'<address addr="{ADDRESS}" addrtype="ipv4" />' in text
+    assert 'product="OpenSSH" version="8.9p1" extrainfo="Ubuntu-3ubuntu0.6"' in text
+    grepable = grep.read_text().splitlines()
+    ports_line = next(line for line in grepable if "\tPorts: " in line)
+    assert ports_line.startswith(f"Host: {ADDRESS} ()")
+    assert f"{port_of(listeners, SSH)}/open/tcp//ssh//OpenSSH 8.9p1 Ubuntu-3ubuntu0.6/" \
+        in ports_line
+    # "-oX -": the XML on stdout instead of the table
+    piped = run("scan", ADDRESS, "-p", str(port_of(listeners, SSH)), "-oX", "-")
+    assert piped.exit_code == 0 and piped.output.startswith("<?xml")
+    dtd_check(piped.output, tmp_path)
+    # below the --fail-on level: exit 0
+    quiet = run("scan", ADDRESS, "-p", str(port_of(listeners, REDIS)), "--fail-on", "critical",
+                "--exclude", "127.88.3.9")
+    assert quiet.exit_code == 4
+    calm = run("scan", ADDRESS, "-p", str(listeners.ports[0]), "--no-services",
+               "--fail-on", "critical")
+    assert calm.exit_code == 0, calm.output
+
+
+def test_every_target_excluded_and_no_targets_are_refused(stack: None, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["scan", ADDRESS, "--exclude", "127.88.0.0/16"])
+    assert result.exit_code == 2 and "every target is excluded" in result.output
+    empty = tmp_path / "none.txt"
+    empty.write_text("# nothing\n")
+    result = CliRunner().invoke(cli, ["scan", "-iL", str(empty)])
+    assert result.exit_code == 2 and "no targets" in result.output
+
+
+def test_scans_show_takes_a_unique_prefix_and_list_has_a_header(listeners: ListenerSet,
+                                                                 stack: None) -> None:
+    data = json.loads(run("scan", ADDRESS, "-p", str(listeners.ports[0]), "--json",
+                          "--no-services").output)
+    scan_id = data["scan_id"]
+    shown = run("scans", "show", scan_id[:10], "--json")
+    assert shown.exit_code == 0 and json.loads(shown.output)["scan_id"] == scan_id
+    assert CliRunner().invoke(cli, ["scans", "show", "0" * 31 + "g"]).exit_code == 2
+    listed = run("scans", "list").output.splitlines()
+    assert listed[0].split()[:4] == ["SCAN", "ID", "STATUS", "CREATED"]
+    ids = [line.split()[0] for line in listed[1:]]
+    assert scan_id in ids
+    shared = next((a[0] for a in ids for b in ids if a != b and a[0] == b[0]), None)
+    if shared is not None:  # two scans share a first character: that prefix is ambiguous
+        ambiguous = CliRunner().invoke(cli, ["scans", "show", shared])
+        assert ambiguous.exit_code == 2 and "ambiguous" in ambiguous.output
+
+
+def test_the_table_is_coloured_on_a_terminal_only(listeners: ListenerSet, stack: None,
+                                                  tmp_path: Path) -> None:
+    import os
+    import pty
+
+    scan_id = json.loads(run("scan", ADDRESS, "-p", str(port_of(listeners, REDIS)),
+                             "--json").output)["scan_id"]
+    env = lewis_env({"LEWIS_DATABASE_URL": config.get_settings().database.url,
+                     "LEWIS_STACK_HOME": str(tmp_path)})
+    env.pop("NO_COLOR", None)
+
+    def show(extra_env: dict[str, str], tty: bool) -> str:
+        if not tty:
+            return subprocess.run([sys.executable, "-m", "lewis_tasks.cli", "scans", "show",
+                                   scan_id], cwd=ROOT, env={**env, **extra_env},
+                                  capture_output=True, text=True, timeout=120).stdout
+        leader, follower = pty.openpty()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", "scans", "show",
+                                   scan_id], cwd=ROOT, env={**env, **extra_env},
+                                  stdout=follower, stderr=subprocess.PIPE, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            os.close(follower)
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks).decode()
+        finally:
+            os.close(leader)
+
+    assert "\x1b[" in show({}, tty=True) and "critical" in show({}, tty=True)
+    assert "\x1b[" not in show({"NO_COLOR": "1"}, tty=True)
+    assert "\x1b[" not in show({}, tty=False)

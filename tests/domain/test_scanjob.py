@@ -17,7 +17,7 @@ from lewis_tasks.domain.scanjob import (
     take_permits,
 )
 from lewis_tasks.domain.scope import Scope
-from lewis_tasks.domain.services import ServiceInfo
+from lewis_tasks.domain.services import ServiceInfo, guess_name
 from lewis_tasks.domain.vulns import find_cves, sample_records
 from lewis_tasks.errors import OutOfScope, TransientError
 from tests.support.listeners import CATALOGUE, ListenerSet, blackhole_port, running_listeners
@@ -53,7 +53,7 @@ def test_run_chunk_finds_open_ports_and_names_their_services(listeners: Listener
     assert set(listeners.ports) <= set(outcome.scan.open)
     named = {s.port: s for s in outcome.services}
     for port, item in listeners.listeners.items():
-        expected = item.service.name if item.service else "unknown"
+        expected = item.service.name if item.service else guess_name(port)
         assert named[port].name == expected, (port, named[port])
     assert outcome.unidentified == ()
     assert outcome.to_dict()["scan"]["ports_total"] == len(ports)
@@ -68,7 +68,7 @@ def test_identification_is_cut_at_the_deadline_not_after(listeners: ListenerSet)
     # Then the chunk ends with them open but unnamed, marked as cut by the deadline
     assert set(outcome.scan.open) == set(silent)
     assert set(outcome.unidentified) == set(silent)
-    assert all(s.name == "unknown" and s.probe == "deadline" for s in outcome.services)
+    assert all(s.name == guess_name(s.port) and s.probe == "deadline" for s in outcome.services)
     assert outcome.seconds < 5.0  # well before even one banner timeout would have passed
 
 
@@ -103,7 +103,8 @@ class CountingLimiter:
 def test_identification_takes_rate_permits_for_each_connect(listeners: ListenerSet) -> None:
     limiter = CountingLimiter(per_call=4)
     asyncio.run(take_permits(limiter, IDENTIFY_CONNECTS))
-    assert limiter.granted == IDENTIFY_CONNECTS and limiter.asked == [6, 2]
+    assert limiter.granted == IDENTIFY_CONNECTS
+    assert limiter.asked == list(range(IDENTIFY_CONNECTS, 0, -4))  # 4 granted per call
     ports = listeners.service_ports[:3]
     limiter = CountingLimiter(per_call=1000)
     outcome = asyncio.run(run_chunk(ADDRESS, ports, scope=SCOPE, deadline=time.monotonic() + 30,
@@ -125,7 +126,8 @@ def test_findings_rank_and_cite_cves_from_the_lookup() -> None:
                                            extra={"auth_required": False})),
              OpenPort(ADDRESS, ServiceInfo(9999, "unknown"))]
     findings = assess_ports(ports, lookup)
-    assert findings[0].port == 6379 and findings[0].severity == "critical"
+    # both critical (a CVE at 9.8; a Redis without AUTH), the higher CVSS score first
+    assert [(f.port, f.severity) for f in findings[:2]] == [(22, "critical"), (6379, "critical")]
     ssh = next(f for f in findings if f.port == 22)
     assert ssh.cve_ids and ssh.cve_ids == [r.cve_id for r in find_cves("OpenSSH", "8.9p1", records)]
     assert findings[-1].port == 9999 and findings[-1].severity == "info"

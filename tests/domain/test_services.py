@@ -13,6 +13,7 @@ from lewis_tasks.domain.services import (
     UNKNOWN,
     ServiceInfo,
     excerpt,
+    guess_name,
     identify_services,
     match_answer,
 )
@@ -123,10 +124,12 @@ def test_every_service_listener_is_identified(listeners: ListenerSet,
             assert info.extra.get(key) == value, (port, info)
 
 
-def test_silent_listeners_are_unknown(listeners: ListenerSet,
-                                      identified: dict[int, ServiceInfo]) -> None:
+def test_silent_listeners_are_a_guess_from_the_port_number(listeners: ListenerSet,
+                                                           identified: dict[int, ServiceInfo]
+                                                           ) -> None:
     for port in listeners.silent_ports:
-        assert (identified[port].name, identified[port].probe) == (UNKNOWN, "silent")
+        assert (identified[port].name, identified[port].probe) == (guess_name(port), "silent")
+        assert identified[port].name == UNKNOWN or identified[port].name.endswith("?")
 
 
 def test_a_bare_220_is_ftp_unless_it_speaks_smtp() -> None:

@@ -127,3 +127,27 @@ def test_domain_records_round_trip_and_match_the_same(engine: Engine) -> None:
                 for version in versions:
                     found = [r.cve_id for r in find_cves(product, version, back)]
                     assert found == [r.cve_id for r in find_cves(product, version, records)]
+
+
+def test_real_nvd_configurations_survive_the_import(engine: Engine) -> None:
+    """CPE "-" (CVE-2022-0543), letter releases (CVE-2019-12815) and a CVSS v4.0 metric
+    (CVE-2024-7347) come back from the database as the feed had them."""
+    from pathlib import Path
+
+    from lewis_tasks.domain.vulns import find_cves, load_feed
+
+    records = load_feed(Path(__file__).parents[1] / "domain" / "data" / "nvd-configurations.json")
+    with session_scope(engine) as s:
+        vulns.import_vulnerabilities(s, records)
+    by_id = {r.cve_id: r for r in records}
+    with session_scope(engine) as s:
+        redis = vulns.cve_records_for(s, "redis", "redis")
+        proftpd = vulns.cve_records_for(s, "proftpd", "proftpd")
+        v4 = vulns.get_vulnerability(s, "CVE-2024-7347")
+        assert v4 is not None and (v4.cvss_version, v4.cvss_score, v4.severity) == (
+            "4.0", 5.7, "medium")
+    assert [r.ranges for r in redis] == [by_id["CVE-2022-0543"].ranges]
+    assert redis[0].ranges[0].version == "-" and redis[0].ranges[0].platforms
+    assert find_cves("Redis", "7.0.15", redis) == []
+    assert [r.cve_id for r in find_cves("ProFTPD", "1.3.5b", proftpd)] == ["CVE-2019-12815"]
+    assert find_cves("ProFTPD", "1.3.5c", proftpd) == []

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from lewis_tasks.domain.services import guess_name
 from lewis_tasks.domain.targets import format_ports
 from lewis_tasks.domain.vulns import sample_records
 from lewis_tasks.infra.progress import SCAN_LIVE_KEY as LIVE_KEY
@@ -81,7 +82,7 @@ def test_io_worker_killed_mid_chunk_the_scan_completes_once(
     assert report.open_ports() == {ADDRESS: truth}
     named = {p["port"]: p["service"] for p in report.hosts[0].open_ports}
     for port, item in listeners.listeners.items():
-        assert named[port] == (item.service.name if item.service else "unknown")
+        assert named[port] == (item.service.name if item.service else guess_name(port))
     # with the same results as one clean run, each recorded once
     with session_scope(get_engine()) as session:
         progress = scans.scan_progress(session, handle.id)
