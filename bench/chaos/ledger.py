@@ -167,7 +167,31 @@ def tally_sender(ledger: Ledger, queue: str, seconds: float, prefix: str) -> Sen
     return send
 
 
-class SteadyLoad:
+class BackgroundLoad:
+    """A load thread run as a context manager: started on entry, stopped (and joined) on exit.
+    Subclasses set up their state, call ``super().__init__(name)`` and define ``_run``, which
+    returns once ``self._stop`` is set."""
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class SteadyLoad(BackgroundLoad):
     """A thread submitting ``rate`` tasks a second through ``send`` until stopped.
 
     A submit the broker refuses (it is down) is counted as refused and its id dropped: the
@@ -178,19 +202,7 @@ class SteadyLoad:
         self.send, self.rate = send, rate
         self.submitted: set[str] = set()
         self.refused = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="steady-load", daemon=True)
-
-    def __enter__(self) -> SteadyLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
+        super().__init__("steady-load")
 
     def _run(self) -> None:
         period = 1.0 / self.rate

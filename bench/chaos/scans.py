@@ -9,13 +9,12 @@ findings are each stored once (as many as the open ports).
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 from lewis_tasks.errors import LewisError
 
-from .ledger import Figures
+from .ledger import BackgroundLoad, Figures
 
 ADDRESS = "127.88.5.1"
 CLOSED = "1-40"  # closed ports beside the listeners: the chunk connects to them too
@@ -31,7 +30,7 @@ def scan_targets(count: int = 8) -> Iterator[Any]:
         yield listeners
 
 
-class ScanLoad:
+class ScanLoad(BackgroundLoad):
     """A thread submitting one scan of the listeners every ``every`` seconds until stopped."""
 
     def __init__(self, listeners: Any, every: float) -> None:
@@ -42,19 +41,7 @@ class ScanLoad:
         self.handles: list[Any] = []
         self.redelivered: set[str] = set()  # scan ids
         self.refused = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="scan-load", daemon=True)
-
-    def __enter__(self) -> ScanLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
+        super().__init__("scan-load")
 
     def _run(self) -> None:
         from lewis_tasks.producer.scan import submit_scan
