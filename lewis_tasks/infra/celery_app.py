@@ -134,6 +134,8 @@ def configure_app(celery_app: Celery, settings: Settings) -> Celery:
         celery_app._pool = None
         # the producer pool (publishing, broadcasts) was drawn from it: drawn anew when needed
         celery_app.amqp._producer_pool = None
+        if "control" in celery_app.__dict__:  # the mailbox keeps the producer pool it first saw
+            celery_app.control.mailbox.__dict__.pop("producer_pool", None)
     celery_app._backend_cache = None  # the previous result backend
     celery_app._local.__dict__.pop("backend", None)
     return celery_app

@@ -376,10 +376,13 @@ def _on_rejected(message: Any = None, **_: Any) -> None:
 
 
 @signals.task_revoked.connect(weak=False)
-def _on_revoked(request: Any = None, **_: Any) -> None:
+def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    # Celery sends the task as the sender and, from the worker's request, its task Context
+    # (which has no ``name``: the handler raised AttributeError there and counted nothing)
     reporter = current()
     if reporter is not None and request is not None:
-        reporter.count("revoked", request.name, _queue_of(request))
+        name = getattr(sender, "name", None) or getattr(request, "task", None) or "unknown"
+        reporter.count("revoked", str(name), _queue_of(request))
 
 
 __all__ = ["MetricsReporter", "install", "uninstall", "current", "note_sent", "EVENTS",

@@ -23,11 +23,44 @@ def test_an_app_pointed_at_another_broker_publishes_and_broadcasts_there(
     redis.Redis.from_url(second).delete("cpu")
     # When it is pointed at another broker (a stack stopped, another one started)
     configure_app(app, config.replace_section(lewis_settings, "broker", url=second))
-    # Then it broadcasts (its old producer pool was closed) and publishes to the new one
-    assert app.control.ping(timeout=0.05) == []
+    # Then it broadcasts on the new one (its old producer pool was closed) and publishes there
+    assert broadcast_lands(app, second)
     app.send_task("lewis.test.moved", queue="cpu")
     assert redis.Redis.from_url(second).llen("cpu") == 1
     redis.Redis.from_url(second).delete("cpu")
+
+
+def broadcast_lands(app: Any, url: str) -> bool:
+    """A ping broadcast by ``app`` is published on the Redis db at ``url``: the pidbox fanout
+    is a Redis PUBLISH on a channel kombu prefixes with the db (``/3.celery.pidbox``)."""
+    listener = redis.Redis.from_url(url).pubsub()
+    listener.psubscribe(f"/{url.rsplit('/', 1)[1]}.*")
+    try:
+        listener.get_message(timeout=1.0)  # the psubscribe confirmation
+        assert app.control.ping(timeout=0.05) == []
+        message = listener.get_message(timeout=1.0)
+        return message is not None and message["type"] == "pmessage"
+    finally:
+        listener.close()
+
+
+def test_broadcasts_leave_the_producer_pool_closed_with_the_old_broker(
+        lewis_settings: Any) -> None:
+    from lewis_tasks.infra import config
+    from lewis_tasks.infra.celery_app import configure_app, create_app
+
+    base = lewis_settings.broker.url.rsplit("/", 1)[0]
+    app = create_app(config.replace_section(lewis_settings, "broker", url=f"{base}/6"))
+    # Given an app whose remote control has broadcast through its producer pool
+    app.control.ping(timeout=0.05)
+    old = app.control.mailbox.producer_pool
+    # When the app is pointed at another broker (which closes that pool)
+    configure_app(app, config.replace_section(lewis_settings, "broker", url=f"{base}/7"))
+    # Then broadcasts draw from the app's new pool: the closed one ran dry later in a run and
+    # every broadcast failed with 'Acquire on closed pool' (the chaos cluster never saw a worker)
+    assert app.control.mailbox.producer_pool is not old
+    assert app.control.mailbox.producer_pool is app.amqp.producer_pool
+    assert broadcast_lands(app, f"{base}/7")
 
 
 def test_an_app_pointed_away_and_back_publishes_on_its_first_broker_again(
