@@ -18,6 +18,7 @@ import click
 import pytest
 import yaml
 
+from lewis_tasks.errors import ConfigError
 from lewis_tasks.infra.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,9 +77,24 @@ def raw() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+def operator_env() -> dict[str, str]:
+    """The example as an operator fills it in: every placeholder replaced by a real secret."""
+    return {k: f"{k.lower()}-Q7v2" if v == "change-me" else v for k, v in example_env().items()}
+
+
 @pytest.fixture(scope="module")
 def services(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return _walk(raw["services"], example_env())
+    return _walk(raw["services"], operator_env())
+
+
+def test_the_examples_placeholder_passwords_stop_every_app_container(raw: dict[str, Any]) -> None:
+    # Given docker/env.example copied to .env as it is
+    as_shipped = _walk(raw["services"], example_env())
+    # Then every LEWIS container's settings are refused, naming a placeholder secret
+    for name, service in app_services(as_shipped).items():
+        env = {k: str(v) for k, v in service.get("environment", {}).items()}
+        with pytest.raises(ConfigError, match="holds the example's placeholder password"):
+            load_settings(env=env, cwd=ROOT)
 
 
 def app_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -206,6 +222,35 @@ def test_workers_and_beat_have_lewis_health_checks(services: dict[str, dict[str,
         # the probe's own deadline (0.6 s) fits the healthcheck's timeout
         assert float(str(check["timeout"]).rstrip("s")) > ctx.params["timeout"], name
         assert check.get("retries", 3) >= 2, name
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if name != "migrate":  # a one-shot job
+            assert service.get("healthcheck"), f"{name} has no healthcheck"
+
+
+def _seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)([smh])", str(text)))
+
+
+def test_workers_get_the_time_a_warm_shutdown_takes(services: dict[str, dict[str, Any]]) -> None:
+    # A SIGTERM'd worker finishes its running task: up to the hard time limit, then the soft
+    # shutdown. Docker's SIGKILL must not come before that.
+    for name in WORKERS:
+        env = {k: str(v) for k, v in services[name]["environment"].items()}
+        settings = load_settings(env=env, cwd=ROOT)
+        needed = settings.tasks.time_limit + settings.workers.shutdown_timeout
+        grace = _seconds(services[name].get("stop_grace_period", "10s"))  # Docker's default
+        assert grace >= needed, (name, grace, needed)
+
+
+def flower_healthcheck_code(port: int) -> str:
+    """The Python the flower container's healthcheck runs, pointed at ``port``."""
+    argv = health_command(_walk(yaml.safe_load(COMPOSE.read_text())["services"],
+                                operator_env())["flower"])
+    return argv[2].replace("127.0.0.1:5555", f"127.0.0.1:{port}")
 
 
 def test_broker_redis_keeps_messages_and_cache_redis_is_bounded(

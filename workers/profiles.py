@@ -7,11 +7,11 @@ directly. Extra arguments pass through to ``celery worker`` unchanged.
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import Sequence
 
+from lewis_tasks.domain.sysprobe import usable_cores
 from lewis_tasks.errors import ConfigError
 from lewis_tasks.infra.config import Settings
 
@@ -20,7 +20,7 @@ PROFILES = ("io", "cpu", "control")
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()  # the container's CPU quota, not the host's cores
 
 
 def worker_options(profile: str, settings: Settings) -> list[str]:

@@ -397,8 +397,29 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         if section not in SECTIONS or not key:
             raise ConfigError(f"environment {name}: unknown setting "
                               f"(sections: {', '.join(SECTIONS)})")
+        if key.endswith("_file") and key not in _SECTION_FIELDS[section][0]:
+            key, value = _from_file(env, name, section, key.removesuffix("_file"), value)
         layer.setdefault(section, {})[key] = value
     return layer
+
+
+def _from_file(env: Mapping[str, str], name: str, section: str, key: str,
+               path: str) -> tuple[str, str]:
+    """``LEWIS_<SECTION>_<KEY>_FILE=path``: the value of a secret setting read from a file
+    (Docker and Kubernetes secrets), its one trailing newline dropped."""
+    field = _SECTION_FIELDS[section][0].get(key)
+    if field is None or not field.metadata.get("secret"):
+        raise ConfigError(f"environment {name}: only secret settings are read from files "
+                          f"({section}.{key} is not one)")
+    plain = name.removesuffix("_FILE")
+    if plain in env:
+        raise ConfigError(f"environment {name}: {plain} is set too; set one of them")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"environment {name}: cannot read {path}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    return key, text.removesuffix("\n").removesuffix("\r")
 
 
 def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None = None,
@@ -464,12 +485,35 @@ def _resolve(settings: Settings, base: Path) -> Settings:
             f"monitoring.health_check_interval ({settings.monitoring.ping_timeout} >= "
             f"{settings.monitoring.health_check_interval})")
     _check_monitoring(settings.monitoring)
+    _refuse_placeholders(settings)
     if settings.tasks.soft_time_limit > settings.tasks.time_limit:
         raise ConfigError("setting tasks.soft_time_limit: must not exceed tasks.time_limit "
                           f"({settings.tasks.soft_time_limit} > {settings.tasks.time_limit})")
     if not broker.visibility_timeout:
         broker = dataclasses.replace(broker, visibility_timeout=derived_visibility_timeout(settings))
     return dataclasses.replace(stack, broker=broker, database=database)
+
+
+# The passwords docker/env.example ships with: a stack started on them is open to anyone who
+# read the example, so every command refuses them.
+PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme"})
+
+
+def _refuse_placeholders(settings: Settings) -> None:
+    for section, (fields, _) in _SECTION_FIELDS.items():
+        for key, f in fields.items():
+            value = getattr(getattr(settings, section), key)
+            if f.metadata.get("secret") and isinstance(value, str) and _placeholder(value):
+                raise ConfigError(f"setting {section}.{key}: holds the example's placeholder "
+                                  "password; set a real secret (docker/env.example)")
+
+
+def _placeholder(value: str) -> bool:
+    """The value, or the password inside a URL, is one of the example's placeholders."""
+    from urllib.parse import unquote, urlsplit
+
+    password = urlsplit(value).password if "://" in value else value
+    return password is not None and unquote(password).lower() in PLACEHOLDER_SECRETS
 
 
 # A load-test part's hard limit beyond its run and barrier (planning.py: BARRIER_LEAD + DRAIN

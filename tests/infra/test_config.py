@@ -199,3 +199,51 @@ def test_the_setup_scripts_own_variables_are_not_settings(tmp_path: Path) -> Non
     s = load_settings(env={"LEWIS_VENV": "/opt/venv", "LEWIS_EXTRAS": "dev,postgres"},
                       cwd=tmp_path)
     assert s == load_settings(env={}, cwd=tmp_path)
+
+
+def test_a_secret_setting_is_read_from_its_file(tmp_path: Path) -> None:
+    # Given a Docker/Kubernetes secret file holding a broker URL (with the newline editors add)
+    secret = tmp_path / "broker_url"
+    secret.write_text("redis://:Xq9-w2@10.1.2.3:6380/4\n")
+    # When the setting names the file
+    s = load_settings(env={"LEWIS_BROKER_URL_FILE": str(secret),
+                           "LEWIS_STACK_FLOWER_PASSWORD_FILE": str(secret)}, cwd=tmp_path)
+    # Then the value is the file's, without the newline, and stays secret
+    assert s.broker.url == "redis://:Xq9-w2@10.1.2.3:6380/4"
+    assert s.stack.flower_password == "redis://:Xq9-w2@10.1.2.3:6380/4"
+    assert "Xq9-w2" not in str(s.redacted())
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LEWIS_BROKER_URL_FILE": "/nonexistent/lewis-secret"},
+     "environment LEWIS_BROKER_URL_FILE: cannot read /nonexistent/lewis-secret"),
+    ({"LEWIS_SCAN_CONCURRENCY_FILE": "/etc/hostname"},
+     "environment LEWIS_SCAN_CONCURRENCY_FILE: only secret settings are read from files"),
+    ({"LEWIS_DATABASE_URL_FILE": "/etc/hostname", "LEWIS_DATABASE_URL": "sqlite://"},
+     "environment LEWIS_DATABASE_URL_FILE: LEWIS_DATABASE_URL is set too"),
+])
+def test_secret_files_fail_with_one_line_naming_the_variable(
+        tmp_path: Path, env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env, cwd=tmp_path)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("env, key", [
+    ({"LEWIS_BROKER_URL": "redis://:change-me@redis:6379/0"}, "broker.url"),
+    ({"LEWIS_DATABASE_URL": "postgresql+psycopg://lewis:CHANGE-ME@pg/lewis"}, "database.url"),
+    ({"LEWIS_STACK_FLOWER_PASSWORD": "change-me"}, "stack.flower_password"),
+    ({"LEWIS_CACHE_URL": "redis://:change%2Dme@cache:6379/0"}, "cache.url"),
+])
+def test_the_examples_placeholder_passwords_are_refused(
+        tmp_path: Path, env: dict[str, str], key: str) -> None:
+    # docker/env.example ships 'change-me': a stack started on it is open to every reader
+    with pytest.raises(ConfigError, match=f"setting {key}: holds the example's placeholder"):
+        load_settings(env=env, cwd=tmp_path)
+
+
+def test_real_passwords_that_merely_contain_the_placeholder_are_kept(tmp_path: Path) -> None:
+    s = load_settings(env={"LEWIS_BROKER_URL": "redis://:change-me-7Hq2@redis:6379/0",
+                           "LEWIS_STACK_FLOWER_PASSWORD": "xchange-me"}, cwd=tmp_path)
+    assert s.broker.url.endswith("change-me-7Hq2@redis:6379/0")

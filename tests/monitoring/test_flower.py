@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 
 from lewis_tasks.infra.redis_server import free_port
 from tests.conftest import stack_env
+from tests.test_compose import flower_healthcheck_code
 from tests.support.procs import lewis_process, wait_for, worker_names
 
 pytestmark = pytest.mark.slow
@@ -45,6 +48,13 @@ def test_flower_api_lists_the_tasks_our_workers_ran(
         wait_for(lambda: any(n.startswith("flower-cpu@") for n in worker_names(celery_app)), 60,
                  what="the worker")
         wait_for(flower_sees_worker, 60, what="Flower listing the worker")
+        # (and docker-compose's Flower healthcheck passes on it, and fails where none listens)
+        def healthcheck(on: int) -> int:
+            code = flower_healthcheck_code(on)
+            return subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                  timeout=20).returncode
+        assert healthcheck(port) == 0
+        assert healthcheck(free_port()) != 0
 
         def run_and_list() -> bool:
             handles = submit_many("lewis.bench.noop", [((), {})] * 5)
