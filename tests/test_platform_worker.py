@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any
 
 import pytest
@@ -36,13 +38,22 @@ def test_submit_many_messages_are_consumed_by_a_real_worker(celery_worker: Any) 
     assert [r["slot"] for r in results] == [900000 + i for i in range(20)]
 
 
-def test_bad_input_fails_readably_and_the_worker_lives(celery_worker: Any) -> None:
+def test_bad_input_fails_readably_and_the_worker_lives(
+        celery_worker: Any, caplog: pytest.LogCaptureFixture) -> None:
     from lewis_tasks.errors import InvalidInput
 
+    caplog.set_level(logging.INFO, logger="celery.app.trace")
     handle = submit("lewis.control.heartbeat", kwargs={"slot": "not-a-number"})
     with pytest.raises(InvalidInput, match="slot must be an integer"):
         handle.wait(timeout=20)
     assert handle.state == "FAILURE"
+    # logged as a refusal: one INFO line, no ERROR, no traceback (the caller's error, not ours)
+    lines = [r for r in caplog.records if handle.id in r.getMessage()
+             and r.name.startswith("celery")]
+    assert lines and all(r.levelno < logging.WARNING and not r.exc_info for r in lines), [
+        (r.levelname, r.getMessage()) for r in lines]
+    assert any("raised expected" in r.getMessage() and "slot must be an integer" in r.getMessage()
+               for r in lines)
     # the worker still serves the next task
     assert submit("lewis.control.heartbeat", kwargs={"slot": 1}).wait(timeout=20)["slot"] == 1
 

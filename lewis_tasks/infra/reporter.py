@@ -30,6 +30,7 @@ from typing import Any
 from celery import signals
 
 from ..domain.metrics import MetricBatch, series_key, slot_of
+from ..errors import InvalidInput
 from .metrics_store import MetricStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ SENT_HEADER = "lewis_sent_at"
 EVENTS = ("sent", "received", "started", "succeeded", "failed", "retried", "rejected",
           "revoked")
 _MAX_IN_FLIGHT = 100_000  # remembered task starts per process, far above any pool size
-_STATE_EVENT = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
+_STATE_EVENT = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried",
+                "REJECTED": "rejected"}
 
 
 class MetricsReporter:
@@ -360,9 +362,12 @@ def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
 
 
 @signals.task_postrun.connect(weak=False)
-def _on_postrun(task_id: str = "", task: Any = None, state: str | None = None, **_: Any) -> None:
+def _on_postrun(task_id: str = "", task: Any = None, state: str | None = None,
+                retval: Any = None, **_: Any) -> None:
     reporter = current()
     if reporter is not None and task is not None:
+        if state == "FAILURE" and isinstance(retval, InvalidInput):
+            state = "REJECTED"  # a refused request, not a failure of the system
         reporter.task_finished(task_id, task.name, _queue_of(task.request), state)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from ..errors import RedeliveryLimitExceeded, TransientError
+from ..errors import InvalidInput, RedeliveryLimitExceeded, TransientError
 from .config import get_settings
 from .redis_client import get_redis
 
@@ -38,6 +38,9 @@ class LewisTask(Task):  # type: ignore[misc, unused-ignore]
     """Base task: redelivery cap, backoff on TransientError, one log line per run."""
 
     autoretry_for = (TransientError,)
+    # A refused request (bad input, out of scope, an unregistered callable) is the caller's
+    # error: Celery logs it as one INFO line ("raised expected"), no ERROR and no traceback
+    throws = (InvalidInput,)
     retry_backoff = True
     retry_jitter = True
     typing = True

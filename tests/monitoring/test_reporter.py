@@ -81,6 +81,31 @@ def test_a_revoked_task_is_counted_from_the_context_celery_sends(
         module.uninstall()
 
 
+def test_a_refused_request_counts_as_rejected_not_failed(
+        lewis_settings: Any, celery_app: Any) -> None:
+    from celery import signals
+
+    from lewis_tasks.errors import InvalidInput, OutOfScope
+    from lewis_tasks.infra import reporter as module
+
+    mine = module.install("refuse@test", system=False, start=False)
+    task = celery_app.tasks["lewis.bench.noop"]
+    try:
+        # When one run is refused (out of scope) and another fails for a reason of ours
+        for task_id, error in (("a", OutOfScope("10.0.0.1 is out of scope")),
+                               ("b", RuntimeError("bug"))):
+            signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=(),
+                                      kwargs={}, retval=error, state="FAILURE")
+        assert mine.flush()
+        store = MetricStore(redis.Redis.from_url(lewis_settings.broker.url), 1, 3600, 1000)
+        # Then the refusal is a rejection and only the bug a failure (error-rate alerts)
+        assert totals_by(store, "celery_task_rejected_total", "name") == {"lewis.bench.noop": 1}
+        assert totals_by(store, "celery_task_failed_total", "name") == {"lewis.bench.noop": 1}
+        assert isinstance(OutOfScope("x"), InvalidInput)
+    finally:
+        module.uninstall()
+
+
 @pytest.mark.slow
 def test_real_workers_report_every_task_in_a_few_batched_writes(
         redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any,
