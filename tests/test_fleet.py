@@ -219,3 +219,33 @@ def test_drain_of_one_queue_keeps_the_worker_on_the_others(
         assert lewis(env, "health", "--queue", "io")[0] == 0
         assert lewis(env, "health", "--worker", name)[0] == 0
         assert proc.poll() is None
+
+
+def test_status_does_not_pass_off_an_old_heartbeat_as_current(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from lewis_tasks.cli.stack import _date_heartbeat, format_status
+    from lewis_tasks.infra.config import load_settings
+
+    base = {"broker": {"url": "redis://h", "up": True, "ping_ms": 1.0}, "queues": {},
+            "beat": {"alive": True, "leader": "b", "lease_left_s": 3.0}, "metrics": {}}
+    settings = load_settings(env={"LEWIS_STACK_HOME": str(tmp_path),
+                                  "LEWIS_BROKER_URL": "redis://h:1/0"}, cwd=tmp_path)
+    now = time.time()
+    # Given a stack started a minute ago, and the database's last heartbeat from an hour ago
+    (tmp_path / "stack.json").write_text(json.dumps({"started_at": now - 60}))
+    old = {"slot": 1, "recorded_at": now - 3600, "workers": 3, "rtt_ms_max": 1.0}
+    _date_heartbeat(old, settings)
+    # Then status says it was a previous stack's, not '3 workers answered'
+    text = format_status({**base, "heartbeat": old})
+    assert "none since this stack started" in text and "3 workers answered" not in text
+    # A heartbeat of this stack that stopped two periods ago is marked stale
+    period = settings.monitoring.health_check_interval
+    quiet = {"slot": 2, "recorded_at": now - 2.5 * period, "workers": 2, "rtt_ms_max": None}
+    _date_heartbeat(quiet, settings)
+    assert "heartbeat STALE: last " in format_status({**base, "heartbeat": quiet})
+    # and a fresh one is shown as it is
+    fresh = {"slot": 3, "recorded_at": now - 5, "workers": 2, "rtt_ms_max": None}
+    _date_heartbeat(fresh, settings)
+    assert "STALE" not in format_status({**base, "heartbeat": fresh})

@@ -147,6 +147,7 @@ def collect_status(timeout: float) -> dict[str, Any]:
     report["beat"] = {"alive": holder is not None, "leader": holder, "lease_left_s": round(ttl, 1)}
     report.update(_fleet_status(client, holder, report["queues"]))
     report["heartbeat"] = _last_heartbeat()
+    _date_heartbeat(report["heartbeat"], get_settings())
     from ..infra.config import read_stack_file
     from .monitor import metrics_status  # issue 14: the monitor, rates and runtimes
 
@@ -192,6 +193,19 @@ def _last_heartbeat() -> dict[str, Any] | None:
         return {"error": _short(exc)}
 
 
+def _date_heartbeat(hb: dict[str, Any] | None, settings: Any) -> None:
+    """Mark a heartbeat older than this stack (a previous `lewis up` wrote it into the same
+    database) or older than two heartbeat periods: neither is the cluster's current state."""
+    from ..infra.config import read_stack_file
+
+    if not hb or "error" in hb:
+        return
+    started = (read_stack_file(settings.home) or {}).get("started_at")
+    if isinstance(started, (int, float)) and hb["recorded_at"] < started:
+        hb["previous_stack"] = True
+    hb["stale"] = time.time() - hb["recorded_at"] > 2 * settings.monitoring.health_check_interval
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
@@ -222,9 +236,14 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append("heartbeat none recorded yet")
     elif "error" in hb:
         lines.append(f"heartbeat unavailable ({hb['error']})")
+    elif hb.get("previous_stack"):
+        ago = time.time() - hb["recorded_at"]
+        lines.append(f"heartbeat none since this stack started (the last, {ago:.0f}s ago, was "
+                     "a previous stack's)")
     else:
         ago = time.time() - hb["recorded_at"]
-        lines.append(f"heartbeat {ago:.0f}s ago: {hb['workers']} workers answered"
+        lines.append(f"heartbeat {'STALE: last ' if hb.get('stale') else ''}{ago:.0f}s ago: "
+                     f"{hb['workers']} workers answered"
                      + (f", rtt max {hb['rtt_ms_max']:.1f} ms" if hb.get("rtt_ms_max") else ""))
     from .monitor import format_metrics_status
 
