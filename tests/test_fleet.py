@@ -242,6 +242,7 @@ def test_status_does_not_pass_off_an_old_heartbeat_as_current(tmp_path: Path) ->
     assert "none since this stack started" in text and "3 workers answered" not in text
     # A heartbeat of this stack that stopped two periods ago is marked stale
     period = settings.monitoring.health_check_interval
+    (tmp_path / "stack.json").write_text(json.dumps({"started_at": now - 10 * period}))
     quiet = {"slot": 2, "recorded_at": now - 2.5 * period, "workers": 2, "rtt_ms_max": None}
     _date_heartbeat(quiet, settings)
     assert "heartbeat STALE: last " in format_status({**base, "heartbeat": quiet})
