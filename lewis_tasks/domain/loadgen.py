@@ -256,7 +256,9 @@ class _Run:
             await _cancel(tasks)
             if self.pacer is not None:
                 self.pacer.close()
-        self.elapsed = min(time.perf_counter(), self.deadline + self.grace) - self.t0
+        # the run's measured time: up to its deadline, never the grace given to answers still
+        # in flight (those that come are counted; those that do not are 'unfinished')
+        self.elapsed = min(time.perf_counter(), self.deadline) - self.t0
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]  # a bug, not a network error
