@@ -197,7 +197,8 @@ class Kubernetes(Actuator):
     def apply(self, decision: ScalingDecision) -> dict[str, Any]:
         assert decision.desired is not None
         name, ns = self.deployment(decision.queue), self.settings.kubernetes_namespace
-        timeout = self.settings.kubernetes_timeout
+        # a (connect, read) pair: the client ignores a float timeout (it takes int or a tuple)
+        timeout = (self.settings.kubernetes_timeout, self.settings.kubernetes_timeout)
         api = self.api()
         try:
             scale = api.read_namespaced_deployment_scale(name, ns, _request_timeout=timeout)
