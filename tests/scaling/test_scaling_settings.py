@@ -37,6 +37,6 @@ def test_min_above_max_names_the_key(tmp_path: Path) -> None:
      "setting scaling.io_min_workers: must not exceed scaling.io_max_workers (4 > 2)"),
 ])
 def test_bad_value_is_one_line_exit_2(tmp_path: Path, env: dict[str, str], line: str) -> None:
-    result = lewis("config", env={**env, "LEWIS_STACK_HOME": str(tmp_path)})
+    result = lewis("scale", "status", env={**env, "LEWIS_STACK_HOME": str(tmp_path)})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"lewis: configuration error: {line}"]
