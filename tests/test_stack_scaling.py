@@ -100,7 +100,9 @@ def test_a_burst_scales_io_up_and_the_window_brings_it_back(tmp_path: Path) -> N
                 done = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", "status", "--json"],
                                       cwd=ROOT, env=lewis_env(env), capture_output=True,
                                       text=True, timeout=60)
-                return list(json.loads(done.stdout)["queues"]["io"]["workers"])
+                report = json.loads(done.stdout)
+                assert report["scaling"]["io"]["running"][0] == "io"
+                return list(report["queues"]["io"]["workers"])
             wait_for(lambda: sorted(n.split("@")[0].rsplit("-", 1)[0] for n in status_io())
                      == ["io", "io-2", "io-3"], 60, what="the added workers in lewis status")
             # and every task completes, exactly once

@@ -41,7 +41,8 @@ def recent_recommendations(session: Session, queue: str,
     stmt = (select(ScalingDecisionRow.decided_at, ScalingDecisionRow.recommended)
             .where(ScalingDecisionRow.queue == queue, ScalingDecisionRow.decided_at >= since,
                    ScalingDecisionRow.recommended.is_not(None)))
-    return [Recommendation(at.timestamp(), int(n)) for at, n in session.execute(stmt)]
+    return [Recommendation(at.timestamp(), int(n)) for at, n in session.execute(stmt)
+            if n is not None]
 
 
 def latest_decisions(session: Session, queue: str | None = None,

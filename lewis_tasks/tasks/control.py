@@ -40,8 +40,8 @@ def heartbeat(slot: int | None = None) -> dict[str, Any]:
 def cleanup(slot: int | None = None) -> dict[str, Any]:
     """Drop heartbeats and scaling decisions older than the retention window."""
     from ..storage import heartbeats
-    from ..storage.scaling import prune_decisions
     from ..storage.db import get_engine, session_scope
+    from ..storage.scaling import prune_decisions
 
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=get_settings().monitoring.retention)
     with session_scope(get_engine()) as session:
