@@ -154,3 +154,53 @@ def scale_export(keda: bool) -> None:
     from ..infra.keda import keda_yaml
 
     click.echo(keda_yaml(get_settings()), nl=False)
+
+
+@cli.command("size")
+@click.option("--scans-per-hour", type=click.FloatRange(0, 1e9), required=True)
+@click.option("--concurrent-users", type=click.IntRange(0, 10**6), default=1, show_default=True,
+              help="Users who may start a scan at the same moment.")
+@click.option("--retention-days", type=click.FloatRange(0, 36500), default=30, show_default=True)
+@click.option("--network-intensive", is_flag=True, help="Double the io pool (the guide's factor).")
+@click.option("--ports-per-scan", type=click.IntRange(1, 65535 * 4096), default=1000,
+              show_default=True)
+@click.option("--http-requests-per-hour", type=click.FloatRange(0, 1e12), default=0,
+              show_default=True, help="The HTTP share of the job mix.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def size_command(scans_per_hour: float, concurrent_users: int, retention_days: float,
+                 network_intensive: bool, ports_per_scan: int, http_requests_per_hour: float,
+                 as_json: bool) -> None:
+    """Cores, memory, storage and workers per queue for a workload, from the rates the latest
+    stored benchmark runs measured (`lewis bench run`); the derivation is printed."""
+    from ..domain.sizing import Workload, costs_from_runs, size
+    from ..errors import LewisError
+    from ..report.runs import load_benchmark_runs
+
+    try:
+        costs = costs_from_runs(load_benchmark_runs(suite="cluster"), _worker_rss())
+    except ValueError as exc:
+        raise LewisError(str(exc)) from None
+    work = Workload(scans_per_hour, concurrent_users, retention_days, network_intensive,
+                    ports_per_scan, http_requests_per_hour)
+    result = size(work, costs)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(f"cores {result.cores}, memory {result.memory_gb:g} GB, storage "
+               f"{result.storage_gb:g} GB; workers io {result.workers['io']}, cpu "
+               f"{result.workers['cpu']}, control {result.workers['control']}")
+    click.echo("\n".join(f"  {line}" for line in result.derivation))
+
+
+def _worker_rss() -> float | None:
+    """The median resident memory the workers last reported, if a broker answers."""
+    import statistics
+
+    from ..domain.metrics import parse_series
+
+    try:
+        latest = _store().latest()
+    except Exception:  # no broker, or it does not answer: sizing goes on with the assumption
+        return None
+    rss = [v for s, (v, _) in latest.items() if parse_series(s)[0] == "lewis_worker_rss_bytes"]
+    return statistics.median(rss) if rss else None
