@@ -83,6 +83,8 @@ def test_one_decision_per_slot_recorded_exported_and_actuated_once(env: dict[str
     body = render(MonitorView(env["store"], max_age=0)).decode()
     assert 'lewis_desired_workers{queue_name="io"} 5.0' in body
     assert 'lewis_current_workers{queue_name="io"} 1.0' in body
+    # and the dashboard's queue table has it as "wanted"
+    assert MonitorView(env["store"], max_age=0).frame()["queues"]["io"]["desired"] == 5
     # When a second beat fires the same slot (the key wiped to see whether it acts again)
     client.delete(DESIRED_KEY.format(queue="io"))
     again = decide(env, 7, Local(client))
