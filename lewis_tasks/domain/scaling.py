@@ -142,7 +142,10 @@ def recommend(policy: QueuePolicy, load: int, current: int) -> tuple[int, str]:
                    "scale to zero")
     raw = math.ceil(load / policy.target_per_worker)
     why = f"load {load} / target {policy.target_per_worker:g} per worker -> {raw}"
-    if current > 0 and abs(load / (current * policy.target_per_worker) - 1) <= policy.tolerance + 1e-9:
+    capacity = current * policy.target_per_worker
+    # |load / capacity - 1| <= tolerance, multiplied out (11 / 10 - 1 is 0.10000000000000009);
+    # with no worker it holds only for no load, where ceil(0 / target) is 0 as well
+    if abs(load - capacity) <= policy.tolerance * capacity:
         raw = current
         why = (f"load {load} within {policy.tolerance:g} of the target for {current} worker(s) "
                f"({policy.target_per_worker:g} each)")
