@@ -4,6 +4,7 @@ named workers; a scale-down drains the newest while it runs a task — nothing k
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,32 @@ def test_scale_up_starts_named_workers_and_scale_down_drains_without_loss(
     log = Path(newest.log_path).read_text()
     assert "drained: every accepted task finished" in log
     assert socket.gethostname() in newest.node
+
+
+def test_a_worker_that_will_not_start_is_reported_and_retried(
+        redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any) -> None:
+    env = stack_env(redis_url, tmp_path)
+    (tmp_path / "logs").mkdir()
+    # Given a supervisor whose interpreter is gone
+    s = Stack(load_settings(env=env, cwd=tmp_path), broker_url=env["LEWIS_BROKER_URL"],
+              python=str(tmp_path / "no-such-python"))
+    s._env = lewis_env(env)
+    worker_redis.delete(LOCAL_KEY)
+    s._start_pool()
+    try:
+        write_desired(worker_redis, "io", 2)
+        # When it tends the pool
+        s.pool.tend()
+        # Then nothing runs and its report says why (the local actuator records it)
+        report = read_local(worker_redis)
+        assert report is not None and report["queues"]["io"]["running"] == []
+        assert "a new io worker did not start" in report["queues"]["io"]["error"]
+        assert "no-such-python" in report["queues"]["io"]["error"]
+        # and the next tend tries again, the supervisor going on
+        s.python = sys.executable
+        s.pool.tend()
+        assert read_local(worker_redis)["queues"]["io"]["error"] is None
+        assert [c.name for c in s.children] == ["io", "io-2"]
+    finally:
+        s.stop(on_step=lambda _: None)
+        worker_redis.delete(LOCAL_KEY)
