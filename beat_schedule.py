@@ -23,7 +23,7 @@ class PeriodicJob:
 
 
 def jobs(settings: Settings) -> list[PeriodicJob]:
-    return [
+    out = [
         # Ping every worker through the broker; record liveness and round trip.
         PeriodicJob("heartbeat", "lewis.control.heartbeat", settings.monitoring.health_check_interval),
         # Drop heartbeats older than the retention, and other expired bookkeeping.
@@ -32,6 +32,11 @@ def jobs(settings: Settings) -> list[PeriodicJob]:
         PeriodicJob("metrics", "lewis.control.collect_metrics",
                     float(settings.monitoring.metrics_interval)),
     ]
+    if settings.scaling.enabled:
+        # Per queue: workers wanted from the collected load, recorded and actuated (issue 16).
+        out.append(PeriodicJob("scaling", "lewis.control.decide_scaling",
+                               settings.scaling.interval))
+    return out
 
 
 def periodic_jobs(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,8 @@
      ├── InvalidInput       a request is malformed or over a cap; never retried
      │    └── OutOfScope    a target resolves outside the operator's allowlist
      ├── TransientError     the network or a service hiccupped; retried with backoff
-     │    └── BrokerUnavailable
+     │    ├── BrokerUnavailable
+     │    └── ActuatorError  a scaling actuator could not act (the next decision retries)
      ├── StorageError       the database refused or lost a write
      │    └── DatabaseUnavailable  (also a TransientError) no connection for now: too many
      │                              clients, a server starting up, the pool exhausted
@@ -43,6 +44,10 @@ class BrokerUnavailable(TransientError):
     """The Redis broker did not answer."""
 
 
+class ActuatorError(TransientError):
+    """A scaling actuator failed: a process that won't start, an API that refused or timed out."""
+
+
 class StorageError(LewisError):
     """The database refused or lost a write."""
 
@@ -60,6 +65,7 @@ __all__ = [
     "LewisError",
     "ConfigError",
     "InvalidInput",
+    "ActuatorError",
     "OutOfScope",
     "TransientError",
     "BrokerUnavailable",

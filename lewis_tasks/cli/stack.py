@@ -153,7 +153,19 @@ def collect_status(timeout: float) -> dict[str, Any]:
 
     report["monitor"] = (read_stack_file(settings.home) or {}).get("monitor_url")
     report["metrics"] = metrics_status(client)
+    report["scaling"] = _scaling_status(client)
     return report
+
+
+def _scaling_status(client: Any) -> dict[str, Any] | None:
+    """The `lewis up` supervisor's worker pools (issue 16): who runs, who drains, what is wanted."""
+    from ..infra.actuators import read_local
+
+    try:
+        local = read_local(client)
+    except Exception:  # the broker answered a moment ago; a lost report costs no status
+        return None
+    return (local or {}).get("queues")
 
 
 def _fleet_status(client: Any, holder: str | None,
@@ -231,6 +243,11 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"beat     {report.get('beat_state', 'NOT RUNNING')}")
     if beat["alive"] and report.get("beat_leading", True) and report.get("standby_beats"):
         lines.append(f"standby  {', '.join(report['standby_beats'])}")
+    for q, pool in (report.get("scaling") or {}).items():
+        wanted = "" if pool.get("desired") is None else f", wanted {pool['desired']}"
+        lines.append(f"scaling  {q}: {', '.join(pool['running']) or 'none'}{wanted}"
+                     + (f"; draining {', '.join(pool['draining'])}" if pool["draining"] else "")
+                     + (f"; FAILED: {pool['error']}" if pool.get("error") else ""))
     hb = report.get("heartbeat")
     if not hb:
         lines.append("heartbeat none recorded yet")

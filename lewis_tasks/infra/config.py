@@ -228,6 +228,35 @@ class StackSettings:
     beat_lock_timeout: int = _opt(15, minimum=2)
 
 
+ACTUATORS = ("auto", "dryrun", "local", "celery", "kubernetes")
+SCALED_QUEUES = ("io", "cpu")  # control is never scaled: one small worker, never behind a backlog
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    """The scaling decision job (issue 16): per queue bounds and targets, window, actuator."""
+
+    enabled: bool = _opt(True)
+    interval: float = _opt(15.0, minimum=1.0)  # seconds between decisions (HPA's loop: 15 s)
+    # auto: local when a `lewis up` supervisor listens on the broker, else dryrun
+    actuator: str = _opt("auto", choices=ACTUATORS)
+    stabilization_window: float = _opt(300.0, minimum=0.0)  # seconds a scale-down waits (HPA)
+    tolerance: float = _opt(0.1, minimum=0.0, maximum=1.0)  # HPA's: no change this near target
+    # with a queue's min_workers 0: load at or below this keeps (or puts) its pool at zero
+    activation_threshold: int = _opt(0, minimum=0)
+    io_min_workers: int = _opt(1, minimum=0)
+    io_max_workers: int = _opt(4, minimum=1)
+    io_target_per_worker: float = _opt(20.0, minimum=0.01)  # ready+unacked per io worker
+    cpu_min_workers: int = _opt(1, minimum=0)
+    cpu_max_workers: int = _opt(2, minimum=1)
+    cpu_target_per_worker: float = _opt(4.0, minimum=0.01)
+    kubernetes_namespace: str = _opt("lewis")
+    kubernetes_io_deployment: str = _opt("lewis-worker-io")
+    kubernetes_cpu_deployment: str = _opt("lewis-worker-cpu")
+    kubeconfig: str = _opt("")  # empty: the in-cluster service account
+    kubernetes_timeout: float = _opt(5.0, minimum=0.1)  # seconds per API request
+
+
 @dataclass(frozen=True)
 class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
@@ -245,6 +274,7 @@ class Settings:
     loadtest: LoadtestSettings = field(default_factory=LoadtestSettings)
     profiling: ProfilingSettings = field(default_factory=ProfilingSettings)
     stack: StackSettings = field(default_factory=StackSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
 
     @property
     def home(self) -> Path:
@@ -485,6 +515,7 @@ def _resolve(settings: Settings, base: Path) -> Settings:
             f"monitoring.health_check_interval ({settings.monitoring.ping_timeout} >= "
             f"{settings.monitoring.health_check_interval})")
     _check_monitoring(settings.monitoring)
+    _check_scaling(settings.scaling)
     _refuse_placeholders(settings)
     if settings.tasks.soft_time_limit > settings.tasks.time_limit:
         raise ConfigError("setting tasks.soft_time_limit: must not exceed tasks.time_limit "
@@ -542,6 +573,14 @@ def _check_monitoring(m: MonitoringSettings) -> None:
     if m.report_interval > m.metrics_interval:
         raise ConfigError(f"setting monitoring.report_interval: must not exceed "
                           f"monitoring.metrics_interval ({m.report_interval} > {m.metrics_interval})")
+
+
+def _check_scaling(s: ScalingSettings) -> None:
+    for queue in SCALED_QUEUES:
+        lo, hi = getattr(s, f"{queue}_min_workers"), getattr(s, f"{queue}_max_workers")
+        if lo > hi:
+            raise ConfigError(f"setting scaling.{queue}_min_workers: must not exceed "
+                              f"scaling.{queue}_max_workers ({lo} > {hi})")
 
 
 def replace_section(settings: Settings, section: str, **changes: Any) -> Settings:

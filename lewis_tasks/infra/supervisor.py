@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,6 +87,14 @@ class Child:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     backoff: Backoff = field(default_factory=Backoff)
+    profile: str | None = None  # io/cpu/control for workers
+    node: str | None = None  # the worker's Celery node name
+    retiring: bool = False  # drained by a scale-down: not restarted, dropped once it exits
+
+    @property
+    def group(self) -> str:
+        """What it is: a worker's profile (io-2 is an io worker) or the child's name."""
+        return self.profile or self.name
 
     @property
     def restarts(self) -> int:
@@ -119,7 +128,10 @@ class Stack:
     broker_url: str = ""
     flower_url: str = ""
     monitor_url: str = ""
+    worker_extra: list[str] = field(default_factory=list)  # more `celery worker` options
+    pool: Any = None  # the local scaling pool (local_pool.LocalPool) once started
     _stopping: bool = False
+    _env: dict[str, str] = field(default_factory=dict)
 
     @property
     def home(self) -> Path:
@@ -133,7 +145,7 @@ class Stack:
 
     def start(self, ready_timeout: float = 60.0, on_step: Callable[[str], None] = print) -> None:
         """Start every part, wait until all workers answer pings, write stack.json."""
-        from workers import beat_argv, flower_argv, worker_argv
+        from workers import beat_argv, flower_argv
         from workers.profiles import flower_env
 
         self.home.mkdir(parents=True, exist_ok=True)
@@ -156,9 +168,10 @@ class Stack:
                 "loaded)")
         port = self.settings.stack.flower_port or free_port()
         self.flower_url = f"http://127.0.0.1:{port}"
-        specs = [(p, worker_argv(p, self.settings, python=self.python), env)
-                 for p in ("io", "cpu", "control")]
-        specs.append(("beat", beat_argv(self.settings, python=self.python), env))
+        self._env = env
+        for profile in ("io", "cpu", "control"):
+            self.add_worker(profile, name=profile)
+        specs = [("beat", beat_argv(self.settings, python=self.python), env)]
         specs.append(("flower", flower_argv(self.settings, port, python=self.python),
                       {**env, **flower_env(self.settings)}))
         specs.append(("monitor", self._monitor_argv(), env))
@@ -168,11 +181,63 @@ class Stack:
             self.children.append(child)
         self._write_stack_file(ready=False)
         self._wait_ready(ready_timeout)
+        self._start_pool()
         for child in self.children:
             on_step(f"{child.name:<8} pid {child.pid}  log {child.log_path}")
         on_step(f"flower   {self.flower_url}")
         on_step(f"monitor {self.monitor_url}")
         self._write_stack_file(ready=True)
+
+    def add_worker(self, profile: str, name: str | None = None) -> Child:
+        """Start one more ``profile`` worker (io, io-2, io-3…: the first free name), supervised
+        like the first; the local scaling pool calls it."""
+        from workers import worker_argv
+
+        if name is None:
+            taken = {c.name for c in self.children}
+            name = next(n for n in (profile, *(f"{profile}-{i}" for i in range(2, 10_000)))
+                        if n not in taken)
+        node = f"{name}-{secrets.token_hex(3)}@{socket.gethostname()}"
+        argv = worker_argv(profile, self.settings, extra=["-n", node, *self.worker_extra],
+                           python=self.python)
+        child = Child(name, argv, self._env, self.home / "logs" / f"{name}.log", profile=profile,
+                      node=node)
+        child.start()
+        self.children.append(child)
+        if self.pool is not None:
+            self._write_stack_file(ready=True)
+        return child
+
+    def _start_pool(self) -> None:
+        """The local scaling pool (infra/local_pool.py), when scaling is on."""
+        if not self.settings.scaling.enabled:
+            return
+        import redis
+
+        from .local_pool import LocalPool
+
+        client = redis.Redis.from_url(self.broker_url, socket_timeout=2.0,
+                                      socket_connect_timeout=2.0)
+        self.pool = LocalPool(client, lambda: self.children, self.add_worker, self._drain,
+                              cap=self.settings.performance.max_workers)
+
+    def _drain(self, node: str) -> bool:
+        """``lewis_drain`` to one worker node; True when it answered."""
+        from celery import Celery
+
+        from .broker import broadcast
+        from .local_pool import DRAIN_REPLY_TIMEOUT
+
+        probe = Celery("lewis-scaler", broker=self.broker_url)
+        try:
+            replies = broadcast(probe, "lewis_drain", timeout=DRAIN_REPLY_TIMEOUT,
+                                destination=[node], limit=1)
+        except Exception as exc:  # the broker away: the caller falls back to SIGTERM
+            log.warning("lewis_drain to %s not sent: %s", node, exc)
+            return False
+        finally:
+            probe.close()
+        return node in replies
 
     def _monitor_argv(self) -> list[str]:
         """`lewis monitor` on loopback (Prometheus /metrics and the dashboard, issue 14)."""
@@ -253,13 +318,21 @@ class Stack:
             on_ready()
         while not self._stopping:
             self._tend_redis()
-            for child in self.children:
+            for child in list(self.children):
                 self._tend(child)
+            if self.pool is not None:
+                self.pool.tend()
             time.sleep(poll)
 
     def _tend(self, child: Child) -> None:
-        """Restart ``child`` if it died and its backoff delay has passed."""
+        """Restart ``child`` if it died and its backoff delay has passed; a retired (drained)
+        worker that exited leaves the stack instead."""
         if child.alive() or child.process is None:
+            return
+        if child.retiring:
+            log.warning("%s drained and exited (code %s)", child.name, child.process.returncode)
+            self.children.remove(child)
+            self._write_stack_file(ready=True)
             return
         if not child.backoff.ready():
             if child.backoff.due is None:
@@ -300,7 +373,7 @@ class Stack:
         grace = self.settings.workers.shutdown_timeout + 10
         order = [["flower", "beat", "monitor"], ["io", "cpu", "control"]]
         for group in order:
-            members = [c for c in self.children if c.name in group and c.alive()]
+            members = [c for c in self.children if c.group in group and c.alive()]
             for child in members:
                 child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             deadline = time.monotonic() + grace

@@ -35,6 +35,8 @@ HELP = {
     "celery_queue_length": "Messages ready in the queue (all priority sub-lists).",
     "celery_active_worker_count": "Workers consuming from the queue (broker ping).",
     "lewis_queue_unacked": "Messages delivered but not yet acknowledged, per queue.",
+    "lewis_desired_workers": "Workers the last scaling decision wants for the queue.",
+    "lewis_current_workers": "Workers consuming the queue when the last scaling decision was made.",
     "lewis_metrics_stale": "1 when the metric store could not be read (last values shown).",
     "lewis_metrics_snapshot_age_seconds": "Seconds since the collector's last roll-up.",
 }

@@ -115,7 +115,9 @@ def _queues(reading: Reading) -> dict[str, Any]:
     """The snapshot's queues with the newest depth gauges: the collector writes depths
     before it pings the workers, so they are fresher than the snapshot written after."""
     queues = {q: dict(row) for q, row in reading.snapshot.get("queues", {}).items()}
-    fields = {"celery_queue_length": "ready", "lewis_queue_unacked": "unacked"}
+    # wanted: the last scaling decision's count (issue 16)
+    fields = {"celery_queue_length": "ready", "lewis_queue_unacked": "unacked",
+              "lewis_desired_workers": "desired"}
     for series, (value, _) in reading.gauges.items():
         name, labels = parse_series(series)
         field_name = fields.get(name)

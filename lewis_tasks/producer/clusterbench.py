@@ -202,7 +202,9 @@ def benchmark_cluster(suites: Sequence[str] = CLUSTER_SUITES, *,
                                       duration=http_duration, max_seconds=seconds))
     run_ids = _store(settings, queues, latency, throughput, stack,
                      {"suites": list(suites), "samples": samples, "warmup": warmup,
-                      "tasks": tasks, "max_seconds": seconds}) if store else []
+                      "tasks": tasks, "max_seconds": seconds,
+                      # workers per queue while it ran: `lewis size` turns rates into per-process
+                      "consumers": {q: len(v) for q, v in consumers.items()}}) if store else []
     return ClusterBenchmark(started, tuple(latency), tuple(throughput), tuple(stack), skipped,
                             tuple(run_ids))
 

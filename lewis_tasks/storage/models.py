@@ -299,6 +299,27 @@ class BenchmarkRun(Base):
     settings: Mapped[dict[str, Any] | None]
 
 
+class ScalingDecisionRow(Base):
+    """One scaling decision per (slot, queue): two beats deciding the same slot record it once,
+    and only the one that inserted the row actuates (issue 16)."""
+
+    __tablename__ = "scaling_decisions"
+    __table_args__ = (Index("idx_scaling_decisions_queue_decided_at", "queue", "decided_at"),)
+
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    queue: Mapped[str] = mapped_column(String(32), primary_key=True)
+    decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    action: Mapped[str] = mapped_column(String(16))  # up | down | none | hold
+    current: Mapped[int | None] = mapped_column(Integer)
+    desired: Mapped[int | None] = mapped_column(Integer)  # None: no action (stale metrics…)
+    recommended: Mapped[int | None] = mapped_column(Integer)  # what the window remembers
+    reason: Mapped[str] = mapped_column(Text)
+    inputs: Mapped[dict[str, Any] | None]
+    actuator: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[dict[str, Any] | None]  # what the actuator reported
+    error: Mapped[str | None] = mapped_column(Text)  # an actuator failure; the next slot retries
+
+
 __all__ = ["Base", "Json", "UtcDateTime", "utcnow", "Target", "Scan", "ScanChunk", "ScanPort",
            "Finding", "Vulnerability", "VulnMatch", "Heartbeat", "HttpBatch", "HttpResult",
-           "Loadtest", "Profile", "Diagnosis", "BenchmarkRun"]
+           "Loadtest", "Profile", "Diagnosis", "BenchmarkRun", "ScalingDecisionRow"]

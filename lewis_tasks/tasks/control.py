@@ -38,13 +38,15 @@ def heartbeat(slot: int | None = None) -> dict[str, Any]:
 
 @app.task(name="lewis.control.cleanup", count_runs=True)
 def cleanup(slot: int | None = None) -> dict[str, Any]:
-    """Drop heartbeats older than the retention window."""
+    """Drop heartbeats and scaling decisions older than the retention window."""
     from ..storage import heartbeats
     from ..storage.db import get_engine, session_scope
+    from ..storage.scaling import prune_decisions
 
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=get_settings().monitoring.retention)
     with session_scope(get_engine()) as session:
         removed = heartbeats.prune_heartbeats(session, older_than=cutoff)
+        removed += prune_decisions(session, older_than=cutoff)
     return {"slot": slot, "removed": removed}
 
 
@@ -74,3 +76,26 @@ def collect_metrics(slot: int | None = None) -> dict[str, Any]:
         return {"slot": slot, "skipped": True}
     return {"slot": slot, "queues": {q: v["total"] for q, v in snapshot["queues"].items()},
             "workers_up": sorted(h for h, w in snapshot["workers"].items() if w["up"])}
+
+
+@app.task(name="lewis.control.decide_scaling", count_runs=True)
+def decide_scaling(slot: int | None = None) -> dict[str, Any]:
+    """Each scaled queue's decision for this slot, recorded once and actuated (infra/scaling.py)."""
+    import redis
+
+    from ..infra.metrics_store import store_from_settings
+    from ..infra.scaling import decide_and_act
+    from ..storage.db import get_engine, session_scope
+
+    settings = get_settings()
+    if slot is None:
+        slot = int(time.time() // settings.scaling.interval)
+    elif isinstance(slot, bool) or not isinstance(slot, int):
+        raise InvalidInput(f"scaling slot must be an integer, got {slot!r}")
+    try:
+        decisions = decide_and_act(app, settings, store_from_settings(), slot,
+                                   lambda: session_scope(get_engine()))
+    except redis.RedisError as exc:
+        log.warning("scaling: Redis unavailable, slot %s not decided: %s", slot, exc)
+        return {"slot": slot, "skipped": True}
+    return {"slot": slot, "decisions": decisions}

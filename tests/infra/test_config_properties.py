@@ -32,7 +32,9 @@ _COUPLED = {("monitoring", "ping_timeout"), ("monitoring", "health_check_interva
             ("tasks", "soft_time_limit"), ("tasks", "time_limit"), ("stack", "home"),
             ("database", "url"), ("broker", "visibility_timeout"),
             ("monitoring", "metrics_interval"), ("monitoring", "report_interval"),
-            ("monitoring", "retention")}
+            ("monitoring", "retention"), ("scaling", "io_min_workers"),
+            ("scaling", "io_max_workers"), ("scaling", "cpu_min_workers"),
+            ("scaling", "cpu_max_workers")}
 
 
 @pytest.fixture(scope="module")
