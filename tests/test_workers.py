@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lewis_tasks.infra.config import load_settings
@@ -36,14 +38,39 @@ def test_control_profile_can_answer_pings_while_busy() -> None:
     assert _opt(opts, "-P") == "threads" and int(_opt(opts, "-c")) >= 2
 
 
-def test_extra_options_pass_through_and_names_are_unique() -> None:
+def test_extra_options_pass_through_and_names_are_stable() -> None:
     s = load_settings(env={})
     a = worker_argv("io", s, extra=["--loglevel", "DEBUG"])
     b = worker_argv("io", s)
     assert a[-2:] == ["--loglevel", "DEBUG"]
-    assert _opt(a, "-n") != _opt(b, "-n") and _opt(a, "-n").startswith("io-")
+    # the same name on every start (the host's or container's), so series survive a restart
+    assert _opt(a, "-n") == _opt(b, "-n") == "io@%h"
     named = worker_argv("io", s, extra=["-n", "mine@%h"])
     assert named.count("-n") == 1
+
+
+def test_a_second_worker_of_a_profile_on_a_host_takes_the_next_free_name(
+        redis_url: str) -> None:
+    import redis
+
+    from lewis_tasks.infra.fleet import WORKER_KEY, free_node_name
+
+    url = redis_url.rsplit("/", 1)[0] + "/9"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        # Given no worker yet, the plain name; the same again while none holds it
+        assert free_node_name(url, "io", "h1") == "io@h1" == free_node_name(url, "io", "h1")
+        # When io@h1 is alive (its presence record), the next io worker there is io-2@h1
+        for name in ("io@h1", "cpu@h1"):
+            client.set(WORKER_KEY.format(name=name), json.dumps(
+                {"name": name, "queues": [name.split("@")[0]], "consuming": []}))
+        assert free_node_name(url, "io", "h1") == "io-2@h1"
+        assert free_node_name(url, "io", "h2") == "io@h2"  # another host has its own
+        # and without a broker the plain name (the worker then fails on the broker itself)
+        assert free_node_name("redis://127.0.0.1:1/0", "io", "h1", timeout=0.2) == "io@h1"
+    finally:
+        client.flushdb()
 
 
 def test_unknown_profile_is_refused() -> None:

@@ -8,7 +8,6 @@ directly. Extra arguments pass through to ``celery worker`` unchanged.
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Sequence
 
 from lewis_tasks.domain.sysprobe import usable_cores
@@ -65,7 +64,7 @@ def worker_argv(profile: str, settings: Settings, extra: Sequence[str] = (),
             *worker_options(profile, settings), "--without-gossip", "--without-mingle",
             "-l", "INFO"]
     if not any(a in ("-n", "--hostname") or a.startswith("--hostname=") for a in extra):
-        argv += ["-n", f"{profile}-{uuid.uuid4().hex[:6]}@%h"]
+        argv += ["-n", f"{profile}@%h"]  # stable: the container's or host's name (%h)
     return argv + list(extra)
 
 

@@ -40,11 +40,19 @@ def _exec(argv: list[str], env: dict[str, str] | None = None) -> None:
 @click.pass_context
 def worker(ctx: click.Context, profile: str) -> None:
     """Start a worker of PROFILE (io, cpu or control); extra options go to `celery worker`."""
+    import socket
+
     from workers import worker_argv
 
     from ..infra.config import get_settings
+    from ..infra.fleet import free_node_name
 
-    _exec(worker_argv(profile, get_settings(), extra=ctx.args))
+    settings, extra = get_settings(), list(ctx.args)
+    if not any(a in ("-n", "--hostname") or a.startswith("--hostname=") for a in extra):
+        # io@host, or io-2@host beside a live io@host: stable names that survive a restart
+        extra = ["-n", free_node_name(settings.broker.url, profile, socket.gethostname()),
+                 *extra]
+    _exec(worker_argv(profile, settings, extra=extra))
 
 
 @cli.command(context_settings=PASS_THROUGH)

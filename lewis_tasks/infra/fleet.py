@@ -9,6 +9,7 @@ redis-py, without Celery: ``lewis health`` answers within a probe's second.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,27 @@ def check_cluster_agreement(url: str, visibility_timeout: int, timeout: float = 
             "the same, or a long task is delivered again to a second worker")
 
 
+def free_node_name(url: str, profile: str, host: str, timeout: float = 2.0) -> str:
+    """A stable node name for a new ``profile`` worker on ``host``: ``io@host`` or, when a live
+    worker holds that, ``io-2@host``, ``io-3@host``… (the first free one). Stable across
+    restarts, so Flower and Prometheus series continue; without a broker answer, the plain
+    name (the worker will not start without the broker anyway)."""
+    taken: set[str] = set()
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            taken = {r.name for r in read_workers(client)}
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        pass
+    for i in range(1, 10_000):
+        name = f"{profile}@{host}" if i == 1 else f"{profile}-{i}@{host}"
+        if name not in taken:
+            return name
+    return f"{profile}-{os.getpid()}@{host}"
+
+
 def read_beat(client: redis.Redis) -> BeatView:
     """The lease holder and every beat alive; the holder is *silent* when its record is older
     than two of its writes (measured on Redis' clock: the record's ttl less its PTTL), i.e.
@@ -145,5 +167,5 @@ def read_beat(client: redis.Redis) -> BeatView:
 
 
 __all__ = ["LEADER_KEY", "WORKER_KEY", "BEAT_KEY", "PRESENCE_PERIOD", "PRESENCE_TTL", "presence_period",
-           "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers", "slots_online", "check_cluster_agreement",
+           "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers", "slots_online", "check_cluster_agreement", "free_node_name",
            "read_beat"]

@@ -197,7 +197,7 @@ class Stack:
             taken = {c.name for c in self.children}
             name = next(n for n in (profile, *(f"{profile}-{i}" for i in range(2, 10_000)))
                         if n not in taken)
-        node = f"{name}-{secrets.token_hex(3)}@{socket.gethostname()}"
+        node = f"{name}@{socket.gethostname()}"  # stable: a restarted worker keeps its series
         argv = worker_argv(profile, self.settings, extra=["-n", node, *self.worker_extra],
                            python=self.python)
         child = Child(name, argv, self._env, self.home / "logs" / f"{name}.log", profile=profile,
