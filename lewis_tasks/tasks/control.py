@@ -74,3 +74,60 @@ def collect_metrics(slot: int | None = None) -> dict[str, Any]:
         return {"slot": slot, "skipped": True}
     return {"slot": slot, "queues": {q: v["total"] for q, v in snapshot["queues"].items()},
             "workers_up": sorted(h for h, w in snapshot["workers"].items() if w["up"])}
+
+
+def _check_slot(what: str, slot: Any) -> None:
+    if slot is not None and (isinstance(slot, bool) or not isinstance(slot, int)):
+        raise InvalidInput(f"{what} slot must be an integer, got {slot!r}")
+
+
+@app.task(name="lewis.control.evaluate_alerts", count_runs=True)
+def evaluate_alerts(slot: int | None = None) -> dict[str, Any]:
+    """Advance every alert rule one slot (infra/alerting.py); notify off this path."""
+    import redis
+
+    from ..infra.alerting import drain_outbox, engine_from_settings, write_history
+
+    _check_slot("alerts", slot)
+    engine = engine_from_settings()
+    slot = engine.current_slot() if slot is None else slot
+    try:
+        tick = engine.tick(slot)
+    except redis.RedisError as exc:
+        log.warning("alerts: Redis unavailable, evaluation of slot %s skipped: %s", slot, exc)
+        return {"slot": slot, "skipped": True}
+    if tick.committed:
+        notify_alerts.apply_async(kwargs={"slot": slot}, expires=_notify_expiry())
+    try:
+        drain_outbox(engine.client, write_history)
+    except Exception as exc:  # kept in the outbox: the next tick writes them
+        log.warning("alerts: history not written yet (%s: %s)", type(exc).__name__, exc)
+    return tick.to_dict()
+
+
+def _notify_expiry() -> float:
+    s = get_settings()
+    return float(max(s.alerts.resend_delay, s.alerts.evaluation_interval) * 4)
+
+
+@app.task(name="lewis.control.notify_alerts", bind=True, count_runs=True)
+def notify_alerts(self: Any, slot: int | None = None) -> dict[str, Any]:
+    """Send what is due to the log, the webhook and Alertmanager; a receiver that failed is
+    retried with backoff (the others are not sent twice)."""
+    from ..errors import LewisError
+    from ..infra.alerting import engine_from_settings
+    from ..infra.notifiers import notifier_from_settings
+
+    _check_slot("alerts", slot)
+    settings = get_settings()
+    _, alerts = engine_from_settings().load()
+    result = notifier_from_settings().run(alerts)
+    if result.failures:
+        retries = self.request.retries or 0
+        countdown = min(settings.tasks.retry_backoff_max, 2 ** retries)
+        exc = LewisError("; ".join(result.failures))  # not TransientError: no autoretry on top
+        log.warning("alerts: notification failed (retry %d in %ss): %s", retries + 1,
+                    countdown, exc)
+        raise self.retry(exc=exc, countdown=countdown,
+                         max_retries=settings.alerts.notify_retries)
+    return {"slot": slot, **result.to_dict()}
