@@ -157,9 +157,7 @@ def alertmanager_due(alerts: Iterable[Alert], pushed: Mapping[str, float], now: 
     for a in alerts:
         last = pushed.get(a.fingerprint)
         if a.state == FIRING and (last is None or now - last >= resend_delay
-                                  or (a.fired_at or 0) > last):
-            out.append(a)
-        elif a.state == RESOLVED and (last is None or (a.resolved_at or 0) > last):
+                                  or (a.fired_at or 0) > last) or a.state == RESOLVED and (last is None or (a.resolved_at or 0) > last):
             out.append(a)
     return out
 

@@ -15,6 +15,7 @@ Layout (prefix ``lewis:alerts``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -162,10 +163,8 @@ def drain_outbox(client: redis.Redis, write: Callable[[list[dict[str, Any]]], in
             new += write([json.loads(i) for i in items])
             client.ltrim(f"{prefix}:outbox", len(items), -1)
     finally:
-        try:
+        with contextlib.suppress(redis.exceptions.LockError):  # expired: a very slow database
             lock.release()
-        except redis.exceptions.LockError:  # expired under a very slow database
-            pass
 
 
 def engine_from_settings(client: redis.Redis | None = None) -> AlertEngine:

@@ -8,6 +8,7 @@ and a second run (another beat, a restart) finds nothing due. One run at a time 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -112,10 +113,8 @@ class Notifier:
                 self._alertmanager(alerts, now, result)
             return result
         finally:
-            try:
+            with contextlib.suppress(redis.exceptions.LockError):
                 lock.release()
-            except redis.exceptions.LockError:
-                pass
 
     def _send_log(self, notice: GroupNotice) -> None:
         log.warning("%s", log_line(notice))
