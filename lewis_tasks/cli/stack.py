@@ -152,6 +152,9 @@ def collect_status(timeout: float) -> dict[str, Any]:
 
     report["monitor"] = (read_stack_file(settings.home) or {}).get("monitor_url")
     report["metrics"] = metrics_status(client)
+    from .alerts import alerts_status  # issue 15: firing alerts by severity
+
+    report["alerts"] = alerts_status()
     return report
 
 
@@ -226,9 +229,10 @@ def format_status(report: dict[str, Any]) -> str:
         ago = time.time() - hb["recorded_at"]
         lines.append(f"heartbeat {ago:.0f}s ago: {hb['workers']} workers answered"
                      + (f", rtt max {hb['rtt_ms_max']:.1f} ms" if hb.get("rtt_ms_max") else ""))
+    from .alerts import format_alerts_status
     from .monitor import format_metrics_status
 
-    lines += ["", *format_metrics_status(report)]
+    lines += ["", *format_metrics_status(report), *format_alerts_status(report)]
     return "\n".join(lines)
 
 
