@@ -6,49 +6,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from click.testing import CliRunner, Result
 
 from lewis_tasks.cli import cli
-from lewis_tasks.domain.alerts import parse_rules
 from lewis_tasks.infra import config
 from lewis_tasks.infra.alerting import drain_outbox, engine_from_settings, write_history
 from lewis_tasks.infra.metrics_store import store_from_settings
 from tests.alerting.test_engine import put_depth
-
-RULES = [{"name": "Backlog", "metric": "celery_queue_length", "aggregation": "last",
-          "window": "1m", "threshold": 100, "for": "10s", "by": ["queue_name"],
-          "annotations": {"summary": "queue {queue_name} holds {value}"}},
-         {"name": "Slow", "metric": "celery_task_runtime", "aggregation": "p95",
-          "threshold": 2, "keep_firing_for": "1m", "severity": "low", "labels": {"team": "a"}},
-         {"name": "Failing", "metric": "celery_task_failed_total", "aggregation": "count",
-          "denominator": ["celery_task_succeeded_total", "celery_task_failed_total"],
-          "threshold": 0.1, "by": ["name"], "and": {"metric": "celery_queue_length",
-                                                     "aggregation": "max", "threshold": 0}}]
-
-
-@pytest.fixture
-def alert_settings(lewis_settings: Any, worker_redis: redis.Redis) -> Iterator[Any]:
-    """The test stack's settings with our rules; alert and metric keys wiped around the test."""
-    def wipe() -> None:
-        for key in [*worker_redis.scan_iter("lewis:alerts:*"),
-                    *worker_redis.scan_iter("lewis:metrics:*")]:
-            worker_redis.delete(key)
-
-    wipe()
-    settings = config.replace_section(lewis_settings, "alerts", rules=parse_rules(RULES),
-                                      default_rules=False)
-    config.set_settings(settings)
-    try:
-        yield settings
-    finally:
-        config.set_settings(lewis_settings)
-        wipe()
 
 
 def lewis(*args: str) -> Result:
