@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ import redis
 
 from ..domain.alerts import Rule
 from ..domain.alertstate import Alert, Evaluation, Transition, advance_all, dump_states, load_states
-from ..domain.alertvalues import Frame
+from ..domain.alertvalues import BLOCK_SLOTS, Frame, SlotData, SparseHist, parse_slot
 from ..domain.metrics import slot_of, window_slots
 from .metrics_store import MetricStore
 
@@ -46,6 +48,63 @@ redis.call('SET', KEYS[2], ARGV[3])
 for i = 4, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
 return 1
 """
+
+
+FRESH_SLOTS = 2  # the newest slots are read again each tick: reporters still write there
+
+
+class SlotCache:
+    """Parsed slots of the metric store kept between ticks: a finished slot is read and
+    parsed once per process, so a tick over an hour of data reads the last few slots only.
+
+    A reporter that was cut off from Redis flushes its backlog into older slots; a Redis
+    error seen here drops the cache, so the next tick reads everything afresh.
+    """
+
+    def __init__(self) -> None:
+        self.slots: dict[int, SlotData] = {}
+        self.blocks: dict[tuple[Any, ...], Any] = {}  # histogram blocks merged (Frame)
+        self.stable_before = -1  # slots before it are final: read once, merged into blocks
+        self.parsed: dict[str, tuple[str, dict[str, str]]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, store: MetricStore, wanted: range) -> dict[int, SlotData]:
+        with self._lock:
+            need = [s for s in wanted if s not in self.slots or s >= wanted.stop - FRESH_SLOTS]
+            try:
+                rows = store.slots(need, histogram=SparseHist.from_fields)
+            except redis.RedisError:
+                self.slots.clear()
+                self.blocks.clear()
+                raise
+            for slot, counters, hists, gauges in rows:
+                self.slots[slot] = parse_slot(counters, hists, gauges, self.parsed)
+            oldest = wanted.stop - 1 - int(store.retention // store.interval) - 1
+            for old in [s for s in self.slots if s < oldest]:
+                del self.slots[old]
+            for key in [k for k in self.blocks if (k[0] + 1) * BLOCK_SLOTS <= oldest]:
+                del self.blocks[key]
+            self.stable_before = wanted.stop - FRESH_SLOTS
+            if len(self.parsed) > 100_000:  # label sets churned: start over, never grow
+                self.parsed.clear()
+            return {s: self.slots[s] for s in wanted}
+
+
+_caches: dict[tuple[int, str], SlotCache] = {}
+_caches_lock = threading.Lock()
+
+
+def slot_cache(store: MetricStore) -> SlotCache:
+    """This process' cache for ``store`` (by its Redis address and prefix)."""
+    kw = store.client.connection_pool.connection_kwargs
+    key = (os.getpid(), f"{kw.get('host')}:{kw.get('port')}/{kw.get('db')}{kw.get('path', '')}"
+                        f"|{store.prefix}")
+    with _caches_lock:
+        if key not in _caches:
+            for stale in [k for k in _caches if k[0] != os.getpid()]:  # a forked child
+                del _caches[stale]
+            _caches[key] = SlotCache()
+        return _caches[key]
 
 
 @dataclass
@@ -79,8 +138,9 @@ class AlertEngine:
     """Rules over a metric store, state in the store's Redis."""
 
     def __init__(self, store: MetricStore, rules: Sequence[Rule], interval: float,
-                 prefix: str = PREFIX) -> None:
+                 prefix: str = PREFIX, cache: SlotCache | None = None) -> None:
         self.store = store
+        self.cache = cache if cache is not None else SlotCache()
         self.client: redis.Redis = store.client
         self.rules = tuple(rules)
         self.interval = float(interval)
@@ -101,11 +161,14 @@ class AlertEngine:
         return (int(text) if text else None), load_states(state)
 
     def frame(self, now: float, rules: Sequence[Rule] | None = None) -> Frame:
-        """The store's slots for the longest window of ``rules``, read and parsed once."""
+        """The store's slots for the longest window of ``rules``: finished slots from this
+        process' cache, the last few read again."""
         rules = self.rules if rules is None else rules
         longest = max((r.longest_window for r in rules), default=self.store.interval)
-        rows = self.store.slots(window_slots(now, longest, self.store.interval))
-        return Frame(rows, self.store.kinds(), self.store.interval, now)
+        wanted = window_slots(now, longest, self.store.interval)
+        slots = self.cache.read(self.store, wanted)
+        return Frame(slots, self.store.kinds(), self.store.interval, now,
+                     blocks=self.cache.blocks, stable_before=self.cache.stable_before)
 
     def evaluate(self, now: float, rules: Sequence[Rule] | None = None) -> dict[str, Evaluation]:
         rules = self.rules if rules is None else rules
@@ -172,8 +235,9 @@ def engine_from_settings(client: redis.Redis | None = None) -> AlertEngine:
     from .metrics_store import store_from_settings
 
     settings = get_settings()
-    return AlertEngine(store_from_settings(client), settings.alerts.all_rules,
-                       settings.alerts.evaluation_interval)
+    store = store_from_settings(client)
+    return AlertEngine(store, settings.alerts.all_rules, settings.alerts.evaluation_interval,
+                       cache=slot_cache(store))
 
 
 def write_history(transitions: list[dict[str, Any]]) -> int:

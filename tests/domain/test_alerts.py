@@ -197,7 +197,7 @@ def test_frame_values_per_kind_and_label_set() -> None:
     kinds = {"celery_task_succeeded_total": "counter", "celery_task_failed_total": "counter",
              "celery_queue_length": "gauge", "celery_active_worker_count": "gauge",
              "celery_task_runtime": "histogram"}
-    frame = Frame(rows, kinds, interval=10, now=99.0)
+    frame = Frame.from_rows(rows, kinds, interval=10, now=99.0)
     fail = parse_rule(DEFAULT_RULES[4])  # TaskErrorRateHigh: failed / (succeeded + failed)
     assert frame.evaluate(fail).values == {(): 0.1}
     p95 = frame.evaluate(parse_rule(DEFAULT_RULES[3]))
@@ -208,10 +208,10 @@ def test_frame_values_per_kind_and_label_set() -> None:
     # the store knows no cpu metric: its rule says so instead of "ok"
     assert frame.evaluate(parse_rule(DEFAULT_RULES[0])).nodata
     # a gauge not written for more than two slots is stale
-    assert Frame(rows, kinds, interval=10, now=125.0).evaluate(
+    assert Frame.from_rows(rows, kinds, interval=10, now=125.0).evaluate(
         parse_rule(DEFAULT_RULES[-1])).nodata
     # a counter that did not move is 0, not "no data"
-    quiet = Frame(_rows({}), kinds, interval=10, now=99.0).evaluate(fail)
+    quiet = Frame.from_rows(_rows({}), kinds, interval=10, now=99.0).evaluate(fail)
     assert quiet.values == {(): 0.0} and not quiet.nodata
     firing = [a for a in advance(parse_rule({**DEFAULT_RULES[-1], "for": 0}), {}, lonely,
                                  99.0)[0].values() if a.state == FIRING]
