@@ -113,16 +113,21 @@ def _notify_expiry() -> float:
 @app.task(name="lewis.control.notify_alerts", bind=True, count_runs=True)
 def notify_alerts(self: Any, slot: int | None = None) -> dict[str, Any]:
     """Send what is due to the log, the webhook and Alertmanager; a receiver that failed is
-    retried with backoff (the others are not sent twice)."""
+    retried with backoff (the others are not sent twice) until a newer evaluation's notify
+    takes over, so a hanging receiver costs at most one notify per evaluation interval."""
     from ..errors import LewisError
     from ..infra.alerting import engine_from_settings
     from ..infra.notifiers import notifier_from_settings
 
     _check_slot("alerts", slot)
     settings = get_settings()
-    _, alerts = engine_from_settings().load()
+    last, alerts = engine_from_settings().load()
     result = notifier_from_settings().run(alerts)
-    if result.failures:
+    superseded = slot is not None and last is not None and last > slot
+    if result.failures and superseded:  # a newer evaluation's notify sends what is still due
+        log.warning("alerts: notification failed, left to slot %s: %s", last,
+                    "; ".join(result.failures))
+    elif result.failures:
         retries = self.request.retries or 0
         countdown = min(settings.tasks.retry_backoff_max, 2 ** retries)
         exc = LewisError("; ".join(result.failures))  # not TransientError: no autoretry on top

@@ -64,9 +64,14 @@ def test_lewis_alerts_on_metrics(alert_settings: Any) -> None:
     from lewis_tasks.monitor.view import MonitorView
 
     fire()
-    text = render(MonitorView(store_from_settings())).decode()
+    view = MonitorView(store_from_settings())
+    text = render(view).decode()
     assert 'lewis_alerts{alertname="Backlog",alertstate="firing",severity="critical"} 1.0' in text
     assert 'lewis_alerts{alertname="Slow",alertstate="nodata",severity="low"} 1.0' in text
+    # the dashboard's frame lists them, the firing one first
+    shown = view.frame()["alerts"]
+    assert (shown[0]["rule"], shown[0]["state"], shown[0]["summary"]) == (
+        "Backlog", "firing", "queue io holds 500")
 
 
 def test_alerts_test_explains_one_rule_now(alert_settings: Any) -> None:
