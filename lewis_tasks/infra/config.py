@@ -286,6 +286,7 @@ class AlertsSettings:
     notify_timeout: float = _opt(5.0, minimum=0.1)  # per HTTP request
     notify_retries: int = _opt(5, minimum=0)  # of a failed notification, with backoff
     external_url: str = _opt("http://127.0.0.1")  # generatorURL's base (the monitor's URL)
+    history_retention: int = _opt(30 * 86400, minimum=3600)  # seconds alert_history is kept
 
     @property
     def all_rules(self) -> tuple[Any, ...]:

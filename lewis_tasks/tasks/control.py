@@ -38,14 +38,19 @@ def heartbeat(slot: int | None = None) -> dict[str, Any]:
 
 @app.task(name="lewis.control.cleanup", count_runs=True)
 def cleanup(slot: int | None = None) -> dict[str, Any]:
-    """Drop heartbeats older than the retention window."""
+    """Drop heartbeats older than the retention window, alert history past its own."""
     from ..storage import heartbeats
+    from ..storage.alerts import prune_alert_history
     from ..storage.db import get_engine, session_scope
 
-    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=get_settings().monitoring.retention)
+    settings = get_settings()
+    now = dt.datetime.now(dt.UTC)
+    cutoff = now - dt.timedelta(seconds=settings.monitoring.retention)
+    history_cutoff = now - dt.timedelta(seconds=settings.alerts.history_retention)
     with session_scope(get_engine()) as session:
         removed = heartbeats.prune_heartbeats(session, older_than=cutoff)
-    return {"slot": slot, "removed": removed}
+        transitions = prune_alert_history(session, older_than=history_cutoff)
+    return {"slot": slot, "removed": removed, "alert_transitions_removed": transitions}
 
 
 @app.task(name="lewis.control.collect_metrics", count_runs=True)

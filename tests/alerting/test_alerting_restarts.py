@@ -64,3 +64,24 @@ def test_the_evaluation_task_run_twice_for_a_slot_commits_it_once(
     assert second["reason"] == f"slot {slot} already evaluated"
     assert evaluate_alerts.run(slot=slot - 1)["committed"] is False  # a late, older slot too
     worker_redis.delete("control")  # the one notify task the first run queued
+
+
+def test_cleanup_drops_alert_history_past_its_retention(alert_settings: Any) -> None:
+    import datetime as dt
+    import time
+
+    from lewis_tasks.storage.alerts import alert_history, record_transitions
+    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.tasks.control import cleanup
+
+    def move(at: float) -> dict[str, Any]:
+        return {"fingerprint": "R[]", "rule": "R", "labels": {}, "from_state": "pending",
+                "to_state": "firing", "at": at, "value": 1.0, "severity": "low", "summary": ""}
+
+    old, recent = time.time() - 31 * 86400, time.time() - 60
+    with session_scope(get_engine()) as s:
+        assert record_transitions(s, [move(old), move(recent)]) == 2
+    assert cleanup.run()["alert_transitions_removed"] == 1
+    with session_scope(get_engine()) as s:
+        left = alert_history(s, dt.datetime.fromtimestamp(0, dt.UTC))
+        assert [round(r.at.timestamp()) for r in left] == [round(recent)]
