@@ -107,7 +107,9 @@ def test_rule(rule_name: str, as_json: bool) -> None:
     engine = _engine()
     rule = RuleSet(engine.rules).get(rule_name)
     now = time.time()
-    result = engine.evaluate(now, [rule])[rule.name]
+    frame = engine.frame(now, [rule])
+    result = frame.evaluate(rule)
+    extras = [(c, frame.values(c, rule.by) or {}) for c in rule.also]
     _, alerts = engine.load()
     mine = {fp: a for fp, a in alerts.items() if a.rule == rule.name}
     after, moves = advance(rule, mine, result, now)
@@ -119,7 +121,10 @@ def test_rule(rule_name: str, as_json: bool) -> None:
                                            if tuple(sorted(a.labels.items())) == g), "inactive"),
                         "state_next": next((a.state for a in after.values()
                                             if tuple(sorted(a.labels.items())) == g
-                                            and a.state != "nodata"), "inactive")}
+                                            and a.state != "nodata"), "inactive"),
+                        "and": [{"condition": c.describe(), "value": vals.get(g),
+                                 "holds": g in vals and c.holds(vals[g])}
+                                for c, vals in extras]}
                        for g, v in sorted(result.values.items())],
         "would_change": [m.to_dict() for m in moves]}
     if as_json:
@@ -137,6 +142,9 @@ def test_rule(rule_name: str, as_json: bool) -> None:
         verdict = "holds" if row["holds"] else "does not hold"
         click.echo(f"  {labels}: value {_value(row['value'])} — {verdict}; "
                    f"now {row['state_now']}, next evaluation {row['state_next']}")
+        for extra in row["and"]:
+            click.echo(f"    and {extra['condition']}: value {_value(extra['value'])} — "
+                       f"{'holds' if extra['holds'] else 'does not hold'}")
 
 
 @alerts.command("export")

@@ -20,7 +20,10 @@ RULES = [{"name": "Backlog", "metric": "celery_queue_length", "aggregation": "la
          {"name": "Failing", "metric": "celery_task_failed_total", "aggregation": "count",
           "denominator": ["celery_task_succeeded_total", "celery_task_failed_total"],
           "threshold": 0.1, "by": ["name"], "and": {"metric": "celery_queue_length",
-                                                     "aggregation": "max", "threshold": 0}}]
+                                                     "aggregation": "max", "threshold": 0}},
+         {"name": "Lonely", "metric": "celery_queue_length", "aggregation": "last",
+          "threshold": 0, "by": ["queue_name"],
+          "and": {"metric": "celery_active_worker_count", "comparison": "==", "threshold": 0}}]
 
 
 @pytest.fixture

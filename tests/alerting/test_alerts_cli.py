@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from lewis_tasks.cli import cli
+from lewis_tasks.domain.metrics import MetricBatch, series_key
 from lewis_tasks.infra import config
 from lewis_tasks.infra.alerting import drain_outbox, engine_from_settings, write_history
 from lewis_tasks.infra.metrics_store import store_from_settings
@@ -75,9 +77,20 @@ def test_lewis_alerts_on_metrics(alert_settings: Any) -> None:
 
 
 def test_alerts_test_explains_one_rule_now(alert_settings: Any) -> None:
-    put_depth(store_from_settings(), 150, __import__("time").time())
+    put_depth(store_from_settings(), 150, time.time())
     out = lewis("alerts", "test", "Backlog").output
     assert "queue_name=io: value 150 — holds; now inactive, next evaluation pending" in out
+    lonely = lewis("alerts", "test", "Lonely").output  # no worker count reported yet
+    assert "and last(celery_active_worker_count[5m]) == 0: value - — does not hold" in lonely
+    batch = MetricBatch()
+    batch.gauge(series_key("celery_active_worker_count", {"queue_name": "io"}),
+                "celery_active_worker_count", 0.0, time.time())
+    store_from_settings().write(batch)
+    lonely = lewis("alerts", "test", "Lonely").output
+    assert "queue_name=io: value 150 — holds" in lonely
+    assert "and last(celery_active_worker_count[5m]) == 0: value 0 — holds" in lonely
+    failing = json.loads(lewis("alerts", "test", "Failing", "--json").output)
+    assert failing["nodata"] is True  # the task counters were never reported
     report = json.loads(lewis("alerts", "test", "Slow", "--json").output)
     assert report["nodata"] is True and report["label_sets"] == []
     result = CliRunner().invoke(cli, ["alerts", "test", "Nope"])
@@ -96,7 +109,7 @@ def test_export_is_a_rules_file_promtool_accepts(alert_settings: Any, tmp_path: 
     checked = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True,
                              text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    expected = 3 + 3 + (9 + 8 if defaults else 0)  # + a NoData rule per "nodata" rule
+    expected = 4 + 4 + (9 + 8 if defaults else 0)  # + a NoData rule per "nodata" rule
     assert f"SUCCESS: {expected} rules found" in checked.stdout
     text = path.read_text()
     assert "histogram_quantile(0.95, sum by (le) (rate(celery_task_runtime_bucket[5m])))" in text
