@@ -74,7 +74,9 @@ class GroupNotice:
 
     @property
     def firing_fingerprints(self) -> tuple[str, ...]:
-        return tuple(sorted(a.fingerprint for a in self.firing))
+        """Each firing alert as ``fingerprint@fired_at``: an alert that resolved and fired
+        again is news even if its resolve never got out."""
+        return tuple(sorted(f"{a.fingerprint}@{a.fired_at}" for a in self.firing))
 
 
 def group_alerts(alerts: Iterable[Alert], rules: Mapping[str, Rule],
@@ -99,8 +101,8 @@ def due_groups(alerts: Iterable[Alert], rules: Mapping[str, Rule], group_by: Seq
         last = sent.get(key)
         firing = tuple(a for a in members if a.state == FIRING)
         # resolved: only what this receiver was told is firing (Alertmanager's send_resolved)
-        resolved = tuple(a for a in members if a.state == RESOLVED
-                         and last is not None and a.fingerprint in last.firing)
+        told = {k.rsplit("@", 1)[0] for k in last.firing} if last is not None else set()
+        resolved = tuple(a for a in members if a.state == RESOLVED and a.fingerprint in told)
         notice = GroupNotice(key, group, firing, resolved)
         changed = last is None or notice.firing_fingerprints != last.firing
         repeat = bool(firing) and last is not None and now - last.at >= repeat_interval

@@ -120,3 +120,19 @@ def test_a_real_alertmanager_shows_the_alert_and_receives_its_resolve(
                  30, what="the alert ended in alertmanager")
         wait_for(lambda: any(b["status"] == "resolved" for b in hook.accepted("/am")), 30,
                  what="alertmanager's resolved notification")
+
+
+def test_a_refire_whose_resolve_never_got_out_is_sent_again(redis_client: redis.Redis) -> None:
+    t = Timeline(redis_client)
+    with webhook_receiver() as hook:
+        n = notifier(redis_client, webhook_url=f"{hook.url}/hook")
+        t.step(500)
+        t.step(500)  # firing: sent
+        n.run(t.alerts(), now=t.now)
+        t.step(10)  # resolved, but no notify ran (a lost task, a receiver down) …
+        t.step(500)  # … pending again
+        t.step(500)  # firing again
+        n.run(t.alerts(), now=t.now)
+        assert [b["status"] for b in hook.accepted()] == ["firing", "firing"]
+        starts = [b["alerts"][0]["startsAt"] for b in hook.accepted()]
+        assert starts[0] < starts[1]
