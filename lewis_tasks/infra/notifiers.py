@@ -99,7 +99,9 @@ class Notifier:
 
     def run(self, alerts: Mapping[str, Alert], now: float | None = None) -> NotifyResult:
         now = time.time() if now is None else now
-        lock = self.client.lock(f"{self.prefix}:notify:lock", timeout=120, blocking=False)
+        # held at most one run's worth of timeouts: a killed run blocks the next ones no longer
+        lock = self.client.lock(f"{self.prefix}:notify:lock",
+                                timeout=max(10.0, 4 * self.receivers.timeout), blocking=False)
         if not lock.acquire():
             return NotifyResult(skipped=True)  # another run holds it; the next run covers us
         try:
@@ -138,7 +140,7 @@ class Notifier:
             self.client.hset(key, notice.key, Sent(notice.firing_fingerprints, now).to_json())
             count += 1
         live = set(group_alerts(alerts.values(), self.rules, self.receivers.group_by))
-        gone = [k for k, s in sent.items() if k not in live and not s.firing]
+        gone = [k for k in sent if k not in live]  # nothing firing or resolving: nothing to say
         if gone:
             self.client.hdel(key, *gone)
         result.sent[name] = count
