@@ -12,7 +12,10 @@ On each evaluation at time ``ts`` (Prometheus' ``AlertingRule.Eval``):
   ``ts``. A resolved alert is kept :data:`RESOLVED_RETENTION` seconds so the resolve reaches
   the notifiers; holding again afterwards starts a new pending alert.
 * a rule whose metric has no data at all (unknown to the store, no sample in the window, or
-  a stale gauge) also gets one **nodata** alert of its own: visible, never read as "ok".
+  a stale gauge — a stalled collector) gets one **nodata** alert of its own, and its pending
+  and firing alerts are held as they are until data returns: missing data is never read as
+  "ok", so it resolves nothing. (A label set that vanishes while others still report is
+  Prometheus' absent series: the condition no longer holds for it.)
 
 The state is plain data: :func:`dump_states`/:func:`load_states` give JSON, so a restart in
 the middle of ``for`` carries on where it was (Prometheus restores ``ALERTS_FOR_STATE``).
@@ -126,6 +129,9 @@ def advance(rule: Rule, alerts: Mapping[str, Alert], result: Evaluation,
         out[fp] = a
     for fp, old in alerts.items():
         if fp in out or old.state == NODATA:
+            continue
+        if result.nodata and old.state in (PENDING, FIRING):
+            out[fp] = old.copy()  # nothing known: held as it was, never resolved by a gap
             continue
         a = old.copy()
         if a.state == PENDING:

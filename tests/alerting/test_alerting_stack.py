@@ -87,4 +87,5 @@ def test_a_queue_without_consumer_fires_after_for_and_resolves_when_drained(
         moves = [(r.from_state, r.to_state) for r in rows if r.labels == {"queue_name": "io"}]
     # (the rule's own nodata alert may come and go too: a 1 s collector on a busy control
     # worker can miss two slots, and a stale gauge is shown as such)
-    assert moves == [("inactive", "pending"), ("pending", "firing"), ("firing", "resolved")]
+    assert moves == [("inactive", "pending"), ("pending", "firing"), ("firing", "resolved")], [
+        (r.at, r.from_state, r.to_state, r.value, r.fingerprint) for r in rows]

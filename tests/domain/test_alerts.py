@@ -3,8 +3,9 @@
 The scenarios are the ones `promtool test rules` checks for the equivalent Prometheus rule
 (`ALERTS{alertstate=...}` at each evaluation): `for` counted from the first evaluation the
 condition holds, a pending alert dropped when it stops holding, `keep_firing_for` counted from
-the first evaluation without it. A gap (no sample) is the series being absent, as in Prometheus,
-and also raises the rule's own "nodata" alert.
+the first evaluation without it, a label set that vanishes while others report treated as
+Prometheus treats an absent series. Where LEWIS differs on purpose: no data at all (a stalled
+collector) raises the rule's own "nodata" alert and holds its alerts as they were.
 """
 
 from __future__ import annotations
@@ -42,14 +43,20 @@ def rule(**over: object):  # noqa: ANN201
     return parse_rule(raw)
 
 
-def evaluation(r, value: float | None) -> Evaluation:  # noqa: ANN001
+OTHER = (("queue_name", "cpu"),)
+
+
+def evaluation(r, value: float | str | None) -> Evaluation:  # noqa: ANN001
+    """None: no data at all; "gone": this label set absent while another reports."""
     if value is None:
         return Evaluation({}, frozenset(), nodata=True)
+    if value == "gone":
+        return Evaluation({OTHER: 1.0}, frozenset())
     group = (("queue_name", "io"),)
     return Evaluation({group: value}, frozenset({group} if r.condition.holds(value) else ()))
 
 
-def run(r, values: list[float | None], alerts=None, start: float = 0.0):  # noqa: ANN001, ANN201
+def run(r, values: list, alerts=None, start: float = 0.0):  # noqa: ANN001, ANN201
     """The alert's state after each evaluation ("inactive" when it has none)."""
     fp = fingerprint(r.name, {"queue_name": "io"})
     alerts = alerts or {}
@@ -75,17 +82,24 @@ SCENARIOS = [
      ["firing", "firing", "firing", "firing", "firing", "resolved", "firing"]),
     ("keep_firing_for ends exactly at its length", 0, "45s", [H, L, L, L, L],
      ["firing", "firing", "firing", "firing", "resolved"]),
-    ("a gap drops a pending alert", "30s", 0, [H, None, H, H, H],
+    # a label set gone while others still report: Prometheus' absent series
+    ("a vanished series drops a pending alert", "30s", 0, [H, "gone", H, H, H],
      ["pending", "inactive", "pending", "pending", "firing"]),
-    ("a gap resolves a firing alert", 0, 0, [H, None, None],
+    ("a vanished series resolves a firing alert", 0, 0, [H, "gone", "gone"],
      ["firing", "resolved", "resolved"]),
-    ("a gap inside keep_firing_for keeps firing", 0, "30s", [H, None, H, None, None, None],
+    ("a vanished series inside keep_firing_for keeps firing", 0, "30s",
+     [H, "gone", H, "gone", "gone", "gone"],
      ["firing", "firing", "firing", "firing", "firing", "resolved"]),
+    # no data at all (a stalled collector): nothing is known, nothing moves
+    ("no data holds a pending alert, for counts on", "30s", 0, [H, None, H, H],
+     ["pending", "pending", "firing", "firing"]),
+    ("no data holds a firing alert until data says otherwise", 0, 0, [H, None, None, L],
+     ["firing", "firing", "firing", "resolved"]),
 ]
 
 
 @pytest.mark.parametrize("name,for_,keep,values,states", SCENARIOS, ids=[s[0] for s in SCENARIOS])
-def test_state_series(name: str, for_: object, keep: object, values: list[float | None],
+def test_state_series(name: str, for_: object, keep: object, values: list,
                       states: list[str]) -> None:
     r = rule(**{"for": for_, "keep_firing_for": keep})
     assert run(r, values)[0] == states
