@@ -136,3 +136,23 @@ def test_a_refire_whose_resolve_never_got_out_is_sent_again(redis_client: redis.
         assert [b["status"] for b in hook.accepted()] == ["firing", "firing"]
         starts = [b["alerts"][0]["startsAt"] for b in hook.accepted()]
         assert starts[0] < starts[1]
+
+
+def test_a_receiver_down_or_slow_is_a_failure_to_retry_not_a_hang(
+        redis_client: redis.Redis) -> None:
+    from lewis_tasks.infra.redis_server import free_port
+
+    t = Timeline(redis_client)
+    t.step(500)
+    t.step(500)
+    down = notifier(redis_client, webhook_url=f"http://127.0.0.1:{free_port()}/hook")
+    result = down.run(t.alerts(), now=t.now)
+    assert len(result.failures) == 1 and "unreachable" in result.failures[0]
+    with webhook_receiver(delay=2.0) as slow:
+        late = notifier(redis_client, webhook_url=f"{slow.url}/hook", timeout=0.3)
+        result = late.run(t.alerts(), now=t.now)
+        assert len(result.failures) == 1 and "timed out" in result.failures[0]
+    # nothing was recorded as sent: the next run (the retry) sends it
+    with webhook_receiver() as hook:
+        notifier(redis_client, webhook_url=f"{hook.url}/hook").run(t.alerts(), now=t.now + 1)
+        assert [b["status"] for b in hook.accepted()] == ["firing"]

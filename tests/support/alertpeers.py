@@ -3,6 +3,7 @@ a script of status codes, and a real Alertmanager (Debian's ``prometheus-alertma
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -29,6 +30,7 @@ class Receiver:
 
     url: str = ""
     statuses: list[int] = field(default_factory=list)  # answered in order; then 200
+    delay: float = 0.0  # seconds each answer waits (a slow receiver)
     received: list[tuple[str, int, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -45,6 +47,8 @@ class Receiver:
 async def _start(receiver: Receiver) -> Any:
     async def handle(request: web.Request) -> web.Response:
         body = await request.json()
+        if receiver.delay:
+            await asyncio.sleep(receiver.delay)
         with receiver.lock:
             status = receiver.statuses.pop(0) if receiver.statuses else 200
             receiver.received.append((request.path, status, body))
@@ -61,8 +65,8 @@ async def _start(receiver: Receiver) -> Any:
 
 
 @contextlib.contextmanager
-def webhook_receiver(*statuses: int) -> Iterator[Receiver]:
-    receiver = Receiver(statuses=list(statuses))
+def webhook_receiver(*statuses: int, delay: float = 0.0) -> Iterator[Receiver]:
+    receiver = Receiver(statuses=list(statuses), delay=delay)
     with serving() as thread:
         runner = thread.call(_start(receiver))
         try:
