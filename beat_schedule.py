@@ -31,6 +31,9 @@ def jobs(settings: Settings) -> list[PeriodicJob]:
         # Queue depths, workers online, the workers' metric reports rolled up (issue 14).
         PeriodicJob("metrics", "lewis.control.collect_metrics",
                     float(settings.monitoring.metrics_interval)),
+        # Alert rules advanced one slot; notifications go out in their own task (issue 15).
+        PeriodicJob("alerts", "lewis.control.evaluate_alerts",
+                    float(settings.alerts.evaluation_interval)),
     ]
     if settings.scaling.enabled:
         # Per queue: workers wanted from the collected load, recorded and actuated (issue 16).

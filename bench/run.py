@@ -22,7 +22,7 @@ from typing import Any
 from .harness import ROOT, median, private_redis
 
 RESULTS = ROOT / "bench" / "results"
-SUITES = ("platform", "scan", "http", "profiling", "monitoring", "scaling")
+SUITES = ("platform", "scan", "http", "profiling", "monitoring", "scaling", "alerting")
 
 
 def machine() -> dict[str, Any]:

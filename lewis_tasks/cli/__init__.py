@@ -122,7 +122,7 @@ def cli(ctx: click.Context, traceback: bool) -> None:
 
 
 def _register() -> None:
-    from . import db, fleet, monitor, scale, stack, workers  # noqa: F401  (each module adds its commands to `cli`)
+    from . import alerts, db, fleet, monitor, scale, stack, workers  # noqa: F401  (each module adds its commands to `cli`)
 
     for optional in ("scan", "http", "profile"):
         try:

@@ -154,6 +154,9 @@ def collect_status(timeout: float) -> dict[str, Any]:
     report["monitor"] = (read_stack_file(settings.home) or {}).get("monitor_url")
     report["metrics"] = metrics_status(client)
     report["scaling"] = _scaling_status(client)
+    from .alerts import alerts_status  # issue 15: firing alerts by severity
+
+    report["alerts"] = alerts_status()
     return report
 
 
@@ -262,9 +265,10 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"heartbeat {'STALE: last ' if hb.get('stale') else ''}{ago:.0f}s ago: "
                      f"{hb['workers']} workers answered"
                      + (f", rtt max {hb['rtt_ms_max']:.1f} ms" if hb.get("rtt_ms_max") else ""))
+    from .alerts import format_alerts_status
     from .monitor import format_metrics_status
 
-    lines += ["", *format_metrics_status(report)]
+    lines += ["", *format_metrics_status(report), *format_alerts_status(report)]
     return "\n".join(lines)
 
 

@@ -53,9 +53,10 @@ def parse_size(text: str | int, key: str = "size") -> int:
 
 def _opt(default: Any, *, minimum: float | None = None, maximum: float | None = None,
          choices: tuple[str, ...] | None = None, size: bool = False, secret: bool = False,
-         schemes: tuple[str, ...] | None = None) -> Any:
+         schemes: tuple[str, ...] | None = None,
+         parse: typing.Callable[[str, Any], Any] | None = None) -> Any:
     meta = {"minimum": minimum, "maximum": maximum, "choices": choices, "size": size,
-            "secret": secret, "schemes": schemes}
+            "secret": secret, "schemes": schemes, "parse": parse}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -255,6 +256,77 @@ class ScalingSettings:
     kubernetes_cpu_deployment: str = _opt("lewis-worker-cpu")
     kubeconfig: str = _opt("")  # empty: the in-cluster service account
     kubernetes_timeout: float = _opt(5.0, minimum=0.1)  # seconds per API request
+def _structured(key: str, raw: Any) -> Any:
+    """YAML data as given, or JSON text from the environment."""
+    if isinstance(raw, str):
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ConfigError(f"setting {key}: expected JSON in the environment ({exc})") from None
+    return raw
+
+
+def _alert_rules(key: str, raw: Any) -> tuple[Any, ...]:
+    from ..domain.alerts import parse_rules
+    from ..errors import InvalidInput
+
+    raw = _structured(key, raw)
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"setting {key}: expected a list of rules, got {raw!r}"[:200])
+    try:
+        return parse_rules(raw)
+    except InvalidInput as exc:
+        raise ConfigError(f"setting {key}: {exc}") from None
+
+
+def _thresholds(key: str, raw: Any) -> tuple[tuple[str, Any], ...]:
+    raw = _structured(key, raw)
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"setting {key}: expected a mapping like {{cpu_usage: 85}}, got {raw!r}")
+    return tuple(sorted((str(k), v) for k, v in raw.items()))
+
+
+@dataclass(frozen=True)
+class AlertsSettings:
+    """Alerting (issue 15): rules evaluated by beat, notifications off the evaluation path."""
+
+    evaluation_interval: int = _opt(15, minimum=1)  # seconds between evaluations (beat slots)
+    # the operator's rules (README "Alerting"); a same-named default is replaced by one here
+    rules: tuple[Any, ...] = _opt([], parse=_alert_rules)
+    default_rules: bool = _opt(True)  # the guide's five and celery-exporter's three, + one
+    # the guide's alert_thresholds names (cpu_usage, memory_usage, disk_usage, response_time,
+    # error_rate) over the default rules' thresholds
+    thresholds: tuple[Any, ...] = _opt([], parse=_thresholds)
+    alertmanager_url: str = _opt("", secret=True, schemes=("http", "https"))  # pushed to
+    webhook_url: str = _opt("", secret=True, schemes=("http", "https"))  # Alertmanager's format
+    log: bool = _opt(True)  # one log line per notification (the control worker's log)
+    group_by: tuple[str, ...] = _opt(["alertname"])  # one notification per group
+    repeat_interval: int = _opt(14400, minimum=1)  # seconds before a group is sent again (4 h)
+    # seconds between pushes of a firing alert to Alertmanager (Prometheus' resend delay)
+    resend_delay: int = _opt(60, minimum=1)
+    notify_timeout: float = _opt(5.0, minimum=0.1)  # per HTTP request
+    notify_retries: int = _opt(5, minimum=0)  # of a failed notification, with backoff
+    external_url: str = _opt("http://127.0.0.1")  # generatorURL's base (the monitor's URL)
+    history_retention: int = _opt(30 * 86400, minimum=3600)  # seconds alert_history is kept
+
+    @property
+    def all_rules(self) -> tuple[Any, ...]:
+        """The defaults (unless turned off, with the guide's thresholds) and the operator's."""
+        from ..domain.alerts import default_rules, merge_rules
+        from ..errors import InvalidInput
+
+        if not self.default_rules:
+            return self.rules
+        try:
+            return merge_rules(default_rules(dict(self.thresholds)), self.rules)
+        except InvalidInput as exc:
+            raise ConfigError(f"setting alerts.thresholds: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -275,6 +347,7 @@ class Settings:
     profiling: ProfilingSettings = field(default_factory=ProfilingSettings)
     stack: StackSettings = field(default_factory=StackSettings)
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    alerts: AlertsSettings = field(default_factory=AlertsSettings)
 
     @property
     def home(self) -> Path:
@@ -298,7 +371,9 @@ class Settings:
                 value = getattr(obj, f.name)
                 if f.metadata.get("secret") and value:
                     value = redact_url(value) if "://" in str(value) else "***"
-                out[sec.name][f.name] = list(value) if isinstance(value, tuple) else value
+                if isinstance(value, tuple):
+                    value = [v.to_dict() if hasattr(v, "to_dict") else v for v in value]
+                out[sec.name][f.name] = value
         return out
 
 
@@ -313,6 +388,8 @@ _SECTION_FIELDS: dict[str, tuple[dict[str, dataclasses.Field[Any]], dict[str, An
 
 def _coerce(key: str, f: dataclasses.Field[Any], hint: Any, raw: Any) -> Any:
     meta = f.metadata
+    if meta.get("parse"):
+        return meta["parse"](key, raw)
     if meta.get("size"):
         value: Any = parse_size(raw, key)
     elif hint is bool:
@@ -375,7 +452,8 @@ def _number(key: str, hint: type, raw: Any) -> int | float:
 def _check_scheme(key: str, url: str, schemes: tuple[str, ...]) -> None:
     scheme, sep, _ = url.partition("://")
     if not sep or scheme.lower() not in schemes:
-        raise ConfigError(f"setting {key}: {redact_url(url)!r} is not a Redis URL "
+        kind = "an HTTP" if "http" in schemes else "a Redis"
+        raise ConfigError(f"setting {key}: {redact_url(url)!r} is not {kind} URL "
                           f"(expected {' or '.join(s + '://' for s in schemes)})")
 
 
@@ -409,6 +487,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
                 if not isinstance(top, dict):
                     raise ConfigError(f"setting {name}: expected a mapping, got {top!r}")
                 data[name] = {**nested, **top}
+        if "alerting" in perf:  # the guide's alerting block is our `alerts` section
+            nested = perf.pop("alerting")
+            if not isinstance(nested, dict):
+                raise ConfigError("setting performance.alerting: expected a mapping")
+            data["alerts"] = {**nested, **(data.get("alerts") or {})}
         data["performance"] = perf
     return data
 
@@ -517,6 +600,7 @@ def _resolve(settings: Settings, base: Path) -> Settings:
     _check_monitoring(settings.monitoring)
     _check_scaling(settings.scaling)
     _refuse_placeholders(settings)
+    settings.alerts.all_rules  # noqa: B018  (bad thresholds stop here, not at the first tick)
     if settings.tasks.soft_time_limit > settings.tasks.time_limit:
         raise ConfigError("setting tasks.soft_time_limit: must not exceed tasks.time_limit "
                           f"({settings.tasks.soft_time_limit} > {settings.tasks.time_limit})")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis
@@ -243,15 +243,17 @@ class MetricStore:
         """Counters and histograms summed since the store began (for Prometheus)."""
         return _parse_hash(self.client.hgetall(self._total))[:2]
 
-    def slots(self, slots: Iterable[int]) -> list[tuple[int, dict[str, float],
-                                                          dict[str, LatencyHistogram],
-                                                          dict[str, float]]]:
-        """``(slot, counters, histograms, gauges)`` of each slot, one round trip."""
+    def slots(self, slots: Iterable[int],
+              histogram: Callable[[Mapping[str, Any]], Any] = histogram_from_fields,
+              ) -> list[tuple[int, dict[str, float], dict[str, Any], dict[str, float]]]:
+        """``(slot, counters, histograms, gauges)`` of each slot, one round trip; each
+        histogram built from its hash suffixes by ``histogram`` (a LatencyHistogram)."""
         slots = list(slots)
         pipe = self.client.pipeline(transaction=False)
         for s in slots:
             pipe.hgetall(self.slot_key(s))
-        return [(s, *_parse_hash(raw)) for s, raw in zip(slots, pipe.execute(), strict=True)]
+        return [(s, *_parse_hash(raw, histogram))
+                for s, raw in zip(slots, pipe.execute(), strict=True)]
 
     def per_slot(self, name: str, slots: Iterable[int],
                  labels: Mapping[str, str] | None = None) -> list[tuple[int, float]]:
@@ -297,8 +299,9 @@ def _matches(series: str, name: str, labels: Mapping[str, str] | None) -> bool:
     return all(have.get(k) == v for k, v in labels.items())
 
 
-def _parse_hash(raw: Mapping[Any, Any]) -> tuple[dict[str, float], dict[str, LatencyHistogram],
-                                                 dict[str, float]]:
+def _parse_hash(raw: Mapping[Any, Any],
+                histogram: Callable[[Mapping[str, Any]], Any] = histogram_from_fields,
+                ) -> tuple[dict[str, float], dict[str, Any], dict[str, float]]:
     counters: dict[str, float] = {}
     gauges: dict[str, float] = {}
     parts: dict[str, dict[str, Any]] = {}
@@ -311,7 +314,7 @@ def _parse_hash(raw: Mapping[Any, Any]) -> tuple[dict[str, float], dict[str, Lat
         elif kind == "h":
             series, _, suffix = rest.rpartition(SEP)
             parts.setdefault(series, {})[suffix] = value
-    return counters, {s: histogram_from_fields(f) for s, f in parts.items()}, gauges
+    return counters, {s: histogram(f) for s, f in parts.items()}, gauges
 
 
 def store_from_settings(client: redis.Redis | None = None) -> MetricStore:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from ..domain.alertstate import Alert
 from ..domain.metrics import cumulative_buckets, parse_series
 from .view import MonitorView
 
@@ -39,6 +40,7 @@ HELP = {
     "lewis_current_workers": "Workers consuming the queue when the last scaling decision was made.",
     "lewis_metrics_stale": "1 when the metric store could not be read (last values shown).",
     "lewis_metrics_snapshot_age_seconds": "Seconds since the collector's last roll-up.",
+    "lewis_alerts": "LEWIS alerts by rule, state (pending, firing, nodata) and severity.",
 }
 
 
@@ -84,7 +86,20 @@ class StoreCollector(Collector):
         if snap_ts:
             family("lewis_metrics_snapshot_age_seconds", "gauge").add_sample(
                 "lewis_metrics_snapshot_age_seconds", {}, max(0.0, reading.at - float(snap_ts)))
+        _alerts(family("lewis_alerts", "gauge"), reading.alerts)
         yield from families.values()
+
+
+def _alerts(metric: Metric, alerts: list[Alert]) -> None:
+    """``lewis_alerts{alertname,alertstate,severity}``: how many label sets are in that state
+    (Prometheus' own ``ALERTS`` series, folded to three labels)."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for a in alerts:
+        key = (a.rule, a.state, a.severity)
+        counts[key] = counts.get(key, 0) + 1
+    for (name, state, severity), n in sorted(counts.items()):
+        metric.add_sample("lewis_alerts", {"alertname": name, "alertstate": state,
+                                           "severity": severity}, float(n))
 
 
 def render(view: MonitorView) -> bytes:

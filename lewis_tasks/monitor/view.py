@@ -13,8 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..domain.alertstate import Alert, load_states
 from ..domain.histogram import LatencyHistogram
 from ..domain.metrics import parse_series, window_slots
+from ..infra.alerting import PREFIX as ALERTS_PREFIX
+from ..infra.alerting import active_alerts
 from ..infra.metrics_store import MetricStore
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ class Reading:
     gauges: dict[str, tuple[float, float]] = field(default_factory=dict)
     snapshot: dict[str, Any] = field(default_factory=dict)
     history: list[tuple[int, dict[str, float], dict[str, float]]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)  # pending, firing, nodata (issue 15)
 
 
 class MonitorView:
@@ -73,7 +77,8 @@ class MonitorView:
         for old in [s for s in self._slots if s < slots[0]]:
             del self._slots[old]
         history = [(s, *self._slots.get(s, ({}, {}))) for s in slots]
-        return Reading(now, counters, histograms, gauges, snapshot, history)
+        alerts = active_alerts(load_states(self.store.client.get(f"{ALERTS_PREFIX}:state")))
+        return Reading(now, counters, histograms, gauges, snapshot, history, alerts)
 
     def frame(self) -> dict[str, Any]:
         """The dashboard's JSON frame: snapshot, totals, and per-slot history."""
@@ -108,7 +113,16 @@ class MonitorView:
                 "interval": interval, "totals": totals, "queues": _queues(reading),
                 "workers": snap.get("workers", {}), "tasks": snap.get("tasks", {}),
                 "recent": snap.get("recent", {}), "snapshot_ts": snap.get("ts"),
-                "history": history}
+                "history": history,
+                "alerts": [{"rule": a.rule, "labels": a.labels, "state": a.state,
+                            "severity": a.severity, "value": _finite(a.value),
+                            "since": a.fired_at or a.active_at,
+                            "summary": a.annotations.get("summary", "")}
+                           for a in reading.alerts]}
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or abs(value) != float("inf") else None
 
 
 def _queues(reading: Reading) -> dict[str, Any]:

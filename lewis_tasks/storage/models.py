@@ -322,4 +322,22 @@ class ScalingDecisionRow(Base):
 
 __all__ = ["Base", "Json", "UtcDateTime", "utcnow", "Target", "Scan", "ScanChunk", "ScanPort",
            "Finding", "Vulnerability", "VulnMatch", "Heartbeat", "HttpBatch", "HttpResult",
-           "Loadtest", "Profile", "Diagnosis", "BenchmarkRun", "ScalingDecisionRow"]
+           "Loadtest", "Profile", "Diagnosis", "BenchmarkRun", "ScalingDecisionRow", "AlertHistory"]
+
+
+class AlertHistory(Base):
+    """One row per alert transition (issue 15); keyed by alert, time and new state, so the
+    outbox drained twice writes each transition once."""
+
+    __tablename__ = "alert_history"
+    __table_args__ = (Index("idx_alert_history_at", "at"),)
+
+    fingerprint: Mapped[str] = mapped_column(String(512), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    to_state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    from_state: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str] = mapped_column(String(128))
+    labels: Mapped[dict[str, Any] | None]
+    value: Mapped[float | None] = mapped_column(Float)
+    severity: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(Text, default="")

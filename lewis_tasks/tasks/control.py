@@ -38,16 +38,22 @@ def heartbeat(slot: int | None = None) -> dict[str, Any]:
 
 @app.task(name="lewis.control.cleanup", count_runs=True)
 def cleanup(slot: int | None = None) -> dict[str, Any]:
-    """Drop heartbeats and scaling decisions older than the retention window."""
+    """Drop heartbeats and scaling decisions older than the retention window, alert history
+    past its own."""
     from ..storage import heartbeats
+    from ..storage.alerts import prune_alert_history
     from ..storage.db import get_engine, session_scope
     from ..storage.scaling import prune_decisions
 
-    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=get_settings().monitoring.retention)
+    settings = get_settings()
+    now = dt.datetime.now(dt.UTC)
+    cutoff = now - dt.timedelta(seconds=settings.monitoring.retention)
+    history_cutoff = now - dt.timedelta(seconds=settings.alerts.history_retention)
     with session_scope(get_engine()) as session:
         removed = heartbeats.prune_heartbeats(session, older_than=cutoff)
         removed += prune_decisions(session, older_than=cutoff)
-    return {"slot": slot, "removed": removed}
+        transitions = prune_alert_history(session, older_than=history_cutoff)
+    return {"slot": slot, "removed": removed, "alert_transitions_removed": transitions}
 
 
 @app.task(name="lewis.control.collect_metrics", count_runs=True)
@@ -99,3 +105,63 @@ def decide_scaling(slot: int | None = None) -> dict[str, Any]:
         log.warning("scaling: Redis unavailable, slot %s not decided: %s", slot, exc)
         return {"slot": slot, "skipped": True}
     return {"slot": slot, "decisions": decisions}
+def _check_slot(what: str, slot: Any) -> None:
+    if slot is not None and (isinstance(slot, bool) or not isinstance(slot, int)):
+        raise InvalidInput(f"{what} slot must be an integer, got {slot!r}")
+
+
+@app.task(name="lewis.control.evaluate_alerts", count_runs=True)
+def evaluate_alerts(slot: int | None = None) -> dict[str, Any]:
+    """Advance every alert rule one slot (infra/alerting.py); notify off this path."""
+    import redis
+
+    from ..infra.alerting import drain_outbox, engine_from_settings, write_history
+
+    _check_slot("alerts", slot)
+    engine = engine_from_settings()
+    slot = engine.current_slot() if slot is None else slot
+    try:
+        tick = engine.tick(slot)
+    except redis.RedisError as exc:
+        log.warning("alerts: Redis unavailable, evaluation of slot %s skipped: %s", slot, exc)
+        return {"slot": slot, "skipped": True}
+    if tick.committed:
+        notify_alerts.apply_async(kwargs={"slot": slot}, expires=_notify_expiry())
+    try:
+        drain_outbox(engine.client, write_history)
+    except Exception as exc:  # kept in the outbox: the next tick writes them
+        log.warning("alerts: history not written yet (%s: %s)", type(exc).__name__, exc)
+    return tick.to_dict()
+
+
+def _notify_expiry() -> float:
+    s = get_settings()
+    return float(max(s.alerts.resend_delay, s.alerts.evaluation_interval) * 4)
+
+
+@app.task(name="lewis.control.notify_alerts", bind=True, count_runs=True)
+def notify_alerts(self: Any, slot: int | None = None) -> dict[str, Any]:
+    """Send what is due to the log, the webhook and Alertmanager; a receiver that failed is
+    retried with backoff (the others are not sent twice) until a newer evaluation's notify
+    takes over, so a hanging receiver costs at most one notify per evaluation interval."""
+    from ..errors import LewisError
+    from ..infra.alerting import engine_from_settings
+    from ..infra.notifiers import notifier_from_settings
+
+    _check_slot("alerts", slot)
+    settings = get_settings()
+    last, alerts = engine_from_settings().load()
+    result = notifier_from_settings().run(alerts)
+    superseded = slot is not None and last is not None and last > slot
+    if result.failures and superseded:  # a newer evaluation's notify sends what is still due
+        log.warning("alerts: notification failed, left to slot %s: %s", last,
+                    "; ".join(result.failures))
+    elif result.failures:
+        retries = self.request.retries or 0
+        countdown = min(settings.tasks.retry_backoff_max, 2 ** retries)
+        exc = LewisError("; ".join(result.failures))  # not TransientError: no autoretry on top
+        log.warning("alerts: notification failed (retry %d in %ss): %s", retries + 1,
+                    countdown, exc)
+        raise self.retry(exc=exc, countdown=countdown,
+                         max_retries=settings.alerts.notify_retries)
+    return {"slot": slot, **result.to_dict()}
