@@ -103,7 +103,7 @@ def test_a_burst_scales_io_up_and_the_window_brings_it_back(tmp_path: Path) -> N
                 report = json.loads(done.stdout)
                 assert report["scaling"]["io"]["running"][0] == "io"
                 return list(report["queues"]["io"]["workers"])
-            wait_for(lambda: sorted(n.split("@")[0].rsplit("-", 1)[0] for n in status_io())
+            wait_for(lambda: sorted(n.split("@")[0] for n in status_io())
                      == ["io", "io-2", "io-3"], 60, what="the added workers in lewis status")
             # and every task completes, exactly once
             wait_for(lambda: all(app.backend.get_task_meta(t)["status"] == "SUCCESS"

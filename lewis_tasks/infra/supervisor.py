@@ -269,7 +269,7 @@ class Stack:
         probe = Celery("lewis-probe", broker=self.broker_url)
         want = {"io", "cpu", "control"}
         try:
-            wait_for_workers(probe, lambda names: want <= {n.split("-", 1)[0] for n in names},
+            wait_for_workers(probe, lambda names: want <= {n.split("@")[0].split("-")[0] for n in names},
                              timeout, check=children_alive)
         except TimeoutError:
             raise LewisError(f"workers did not answer within {timeout:.0f}s; see "

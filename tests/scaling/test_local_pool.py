@@ -48,7 +48,7 @@ def test_scale_up_starts_named_workers_and_scale_down_drains_without_loss(
     stack.pool.tend()
     io = [c for c in stack.children if c.profile == "io"]
     assert [c.name for c in io] == ["io", "io-2"]
-    assert all(c.node and c.node.startswith(f"{c.name}-") for c in io)
+    assert all(c.node and c.node.startswith(f"{c.name}@") for c in io)  # stable names
     report = read_local(worker_redis)
     assert report is not None and report["queues"]["io"]["running"] == ["io", "io-2"]
     wait_for(lambda: {c.node for c in io} <= worker_names(celery_app), 90,
