@@ -1,4 +1,5 @@
-"""Submitting HTTP batches and load tests: checked against the caps, then sent as chords.
+"""Submitting HTTP batches and load tests: checked against the caps, then sent as chords
+(a batch of one chunk as one task that closes the batch itself).
 
 A request that cannot be fetched (malformed URL, unsupported scheme) is that URL's error
 and the batch goes on; a request that cannot be run at all (too many URLs, a load test over
@@ -155,9 +156,18 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
                             args=(batch_id, start, items[start:start + size], options),
                             task_id=uuid.uuid4().hex)
               for start in range(0, len(items), size)]
+    errback = app.signature("lewis.http.abort", kwargs={"kind": "batch", "run_id": batch_id})
+    if len(header) == 1:  # one chunk pays for no fan-out: it closes the batch itself, no chord
+        single = app.signature("lewis.http.fetch_chunk",
+                               args=(batch_id, 0, items, {**options, "merge": True}),
+                               task_id=header[0].id)
+        single.link_error(errback)
+        with publishing(app):
+            _reach_broker(app)
+            sent = single.apply_async()
+        return HttpBatchHandle(batch_id, sent.id, [sent.id], app, total=len(items), chunks=1)
     callback = app.signature("lewis.http.merge", kwargs={"batch_id": batch_id})
-    callback.link_error(app.signature("lewis.http.abort",
-                                      kwargs={"kind": "batch", "run_id": batch_id}))
+    callback.link_error(errback)
     with publishing(app):  # a broker that is down: one BrokerUnavailable, not kombu's own
         _reach_broker(app)
         result = chord(header, app=app)(callback)

@@ -6,7 +6,8 @@ checked by the scope (OutOfScope), the plan is checked against ``scan.max_ports_
 number of running scans against ``performance.max_concurrent_scans`` (refused, not queued:
 the caller sees at once why, and the running scans are listed by ``lewis scans list``). Then
 the scan row and its planned chunks are written (idempotent upserts keyed by the scan id), and
-the chord is sent: chunk tasks on the io queue, the merge on the cpu queue. Under a rate limit
+the chord is sent: chunk tasks on the io queue, the merge on the cpu queue (a scan of one chunk
+is one task on the io queue that merges in place: no fan-out to pay for). Under a rate limit
 the chunks of one host run one after another (a chain inside the chord): the rate is per host,
 so running them side by side would only stretch each past its time limit.
 """
@@ -50,7 +51,8 @@ class ScanHandle:
 
     id: str
     app: Celery
-    merge_id: str | None = None  # the chord callback's task id (None for a scan looked up by id)
+    merge_id: str | None = None  # the task that merges: the chord's callback, or the only chunk
+    # (None for a scan looked up by id)
 
     def progress(self) -> ScanProgress:
         """Chunks done/total, ports done/total and open ports so far (finished chunks from the
@@ -233,6 +235,15 @@ def _send(app: Celery, scan_id: str, chunks: Sequence[ScanChunk],
         return app.signature("lewis.scan.chunk", args=(scan_id, index, c.to_dict(), options),
                              immutable=True)
 
+    errback = app.signature("lewis.scan.fail", kwargs={"scan_id": scan_id})
+    if len(chunks) == 1:  # one chunk pays for no fan-out: it merges in place, no chord
+        single = app.signature("lewis.scan.chunk",
+                               args=(scan_id, 0, chunks[0].to_dict(), {**options, "merge": True}),
+                               immutable=True)
+        single.link_error(errback)
+        sent = single.apply_async()
+        _unsubscribe(app, sent)
+        return str(sent.id)
     parts = [part(i, c) for i, c in enumerate(chunks)]
     header: list[Any] = parts
     if options.get("rate"):
@@ -241,7 +252,7 @@ def _send(app: Celery, scan_id: str, chunks: Sequence[ScanChunk],
             by_host.setdefault(c.address, []).append(sig)
         header = [chain(*sigs) if len(sigs) > 1 else sigs[0] for sigs in by_host.values()]
     body = app.signature("lewis.scan.merge", kwargs={"scan_id": scan_id})
-    body.link_error(app.signature("lewis.scan.fail", kwargs={"scan_id": scan_id}))
+    body.link_error(errback)
     result = chord(header, app=app)(body)
     _unsubscribe(app, result)
     return str(result.id)

@@ -3,6 +3,8 @@
 A batch is a chord: ``fetch_chunk`` tasks (io) fetch their slice of the URLs on the worker
 process's persistent loop with its one session, persisting per-URL rows as they finish (so
 progress moves while a chunk runs), and ``merge`` (cpu) sums the chunks and closes the batch.
+A batch of one chunk is no chord: that chunk (``options["merge"]``) closes the batch in place,
+and ``abort`` is its errback.
 
 A load test is a chord too: ``loadtest_part`` tasks (io) meet at a Redis barrier so N parts
 on N io processes start together, each returns its LoadResult with its histogram, and
@@ -105,10 +107,13 @@ def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[st
     for outcome in outcomes:
         if outcome.ok:
             latency.record(int(outcome.timings.total_ms * 1000))
-    return {"batch_id": batch_id, "start": start, "count": len(outcomes), "new": new,
-            "summary": summarise(outcomes), "bytes": sum(o.bytes for o in outcomes),
-            "latency": latency.to_dict(), "process": process_id(),
-            "seconds": round(time.monotonic() - began, 3)}
+    result = {"batch_id": batch_id, "start": start, "count": len(outcomes), "new": new,
+              "summary": summarise(outcomes), "bytes": sum(o.bytes for o in outcomes),
+              "latency": latency.to_dict(), "process": process_id(),
+              "seconds": round(time.monotonic() - began, 3)}
+    if options.get("merge"):  # the batch's only chunk: no chord, it closes the batch itself
+        return _merge_batch([result], batch_id)
+    return result
 
 
 async def _fetch(requests: list[Any], budget: float,
@@ -187,6 +192,10 @@ def _save_batch(batch_id: str, total: int, request: Any) -> None:
 @app.task(name="lewis.http.merge")
 def merge(results: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
     """Chord callback: the chunks' counts and latencies summed, the batch closed. Idempotent."""
+    return _merge_batch(results, batch_id)
+
+
+def _merge_batch(results: Any, batch_id: Any) -> dict[str, Any]:
     from ..storage.db import get_engine, session_scope
     from ..storage.http import finish_http_batch, get_http_batch
 
