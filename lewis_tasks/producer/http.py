@@ -35,7 +35,7 @@ from ..infra.planning import (
     url_budget,
 )
 from ..infra.progress import LOADTEST_PROGRESS_KEY
-from .base import _app, _require_broker, publishing
+from .base import FALLBACK_POLL, _app, _require_broker, await_result, publishing
 
 
 @dataclass
@@ -54,10 +54,12 @@ class _ChordHandle:
     def ready(self) -> bool:
         return bool(self.async_result.ready())
 
-    def wait(self, timeout: float | None = None, interval: float = 0.1) -> dict[str, Any]:
-        """The merged result; a failed part's own error (InvalidInput, OutOfScope…) re-raised."""
+    def wait(self, timeout: float | None = None,
+             interval: float = FALLBACK_POLL) -> dict[str, Any]:
+        """The merged result, by push (``interval``: the longest a lost push can delay it); a
+        failed part's own error (InvalidInput, OutOfScope…) re-raised."""
         try:
-            return dict(self.async_result.get(timeout=timeout, interval=interval, propagate=True))
+            return dict(await_result(self.async_result, timeout, interval=interval))
         except ChordError:
             for part_id in self.part_ids:
                 part = AsyncResult(part_id, app=self.app)

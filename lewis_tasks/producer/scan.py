@@ -14,6 +14,7 @@ so running them side by side would only stretch each past its time limit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import time
@@ -39,7 +40,7 @@ from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.config import Settings, get_settings
 from ..infra.task import chord_cause
 from ..storage.scans import TERMINAL, ScanProgress
-from .base import _app, _require_broker, reach_broker
+from .base import FALLBACK_POLL, _app, _require_broker, reach_broker
 from .scanreport import ScanReport, load_scan_report, read_progress
 
 DEFAULT_PORTS = "top1000"
@@ -62,10 +63,13 @@ class ScanHandle:
     def done(self) -> bool:
         return self.progress().status in TERMINAL
 
-    def wait(self, timeout: float | None = None, interval: float = 0.2) -> ScanReport:
+    def wait(self, timeout: float | None = None, interval: float = FALLBACK_POLL) -> ScanReport:
         """Block until the scan is done and return its report; raise why if it failed.
 
-        TimeoutError if it is still running after ``timeout`` seconds (it keeps running).
+        Woken by a push: the merging task's result (the Redis backend publishes it once the
+        scan is stored as done or the merge failed). The database is read again at least every
+        ``interval`` seconds, so a lost push (or a handle without a merge id) costs that much
+        at most. TimeoutError if it is still running after ``timeout`` seconds (it keeps running).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -73,9 +77,20 @@ class ScanHandle:
             if status == "done":
                 return self.result()
             self._raise_failure(status)
-            if deadline is not None and time.monotonic() >= deadline:
+            left = interval if deadline is None else min(interval, deadline - time.monotonic())
+            if left <= 0:
                 raise TimeoutError(f"scan {self.id} still running after {timeout:g} s")
-            time.sleep(interval)
+            self._await_merge(left)
+
+    def _await_merge(self, seconds: float) -> None:
+        """Return when the merging task has a result, or after ``seconds``."""
+        if self.merge_id is None:
+            time.sleep(seconds)
+            return
+        from celery.exceptions import TimeoutError as ResultTimeout
+
+        with contextlib.suppress(ResultTimeout):
+            AsyncResult(self.merge_id, app=self.app).get(timeout=seconds, propagate=False)
 
     def result(self) -> ScanReport:
         """The scan's report as stored now (complete once :meth:`wait` returned)."""
