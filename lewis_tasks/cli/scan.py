@@ -115,6 +115,8 @@ def _command_args(ctx: click.Context) -> list[str]:
 
 
 def _write_outputs(report: Any, args: Sequence[str], xml_out: Any, grep_out: Any) -> None:
+    if xml_out is None and grep_out is None:
+        return
     from ..producer.scanoutput import to_grepable, to_nmap_xml
 
     data = report.to_dict()

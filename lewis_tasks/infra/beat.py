@@ -147,7 +147,9 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
         self._lease = LeaderLease(get_redis(), self._timing.ttl)
 
     def setup_schedule(self) -> None:
-        self.merge_inplace(self.app.conf.beat_schedule)
+        from beat_schedule import periodic_jobs  # read here: only beat needs the jobs
+
+        self.merge_inplace(self.app.conf.beat_schedule or periodic_jobs(get_settings()))
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
