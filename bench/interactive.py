@@ -71,7 +71,7 @@ def timed(argv: Sequence[str]) -> tuple[float, int]:
 def wall_times(runs: int, cmds: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
     samples: dict[str, list[float]] = defaultdict(list)
     codes: dict[str, set[int]] = defaultdict(set)
-    for label, argv in cmds.items():  # one warm-up each: page cache, pyc files, DNS
+    for argv in cmds.values():  # one warm-up each: page cache, pyc files, DNS
         timed(argv)
     for _ in range(runs):
         for label, argv in cmds.items():

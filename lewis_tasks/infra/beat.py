@@ -38,7 +38,7 @@ from celery import beat, schedules
 
 from .config import get_settings
 from .fleet import LEADER_KEY as FLEET_LEADER_KEY
-from .fleet import forget_beat, write_beat
+from .fleet import forget_beat, leader, write_beat  # noqa: F401  (leader: moved to fleet.py, still importable here)
 from .redis_client import get_redis
 
 log = logging.getLogger(__name__)
@@ -122,17 +122,6 @@ class LeaderLease:
     def slot_owner(self, job: str, slot: int) -> str | None:
         owner = self.client.get(SLOT_KEY.format(job=job, slot=slot))
         return owner.decode() if isinstance(owner, bytes) else owner
-
-
-def leader(client: redis.Redis) -> tuple[str | None, float]:
-    """(holder token, seconds left) of the beat lease; (None, 0) when no beat leads."""
-    pipe = client.pipeline(transaction=False)
-    pipe.get(LEADER_KEY)
-    pipe.pttl(LEADER_KEY)
-    holder, pttl = pipe.execute()
-    if holder is None:
-        return None, 0.0
-    return holder.decode(), max(0.0, pttl / 1000)
 
 
 class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
