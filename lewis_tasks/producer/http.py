@@ -78,6 +78,7 @@ class HttpBatchHandle(_ChordHandle):
 
     total: int = 0
     chunks: int = 0
+    _rows: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     def progress(self) -> dict[str, Any]:
         """total, done, ok, failed and status, as persisted so far."""
@@ -91,20 +92,28 @@ class HttpBatchHandle(_ChordHandle):
             return {"total": batch.total, "done": batch.done, "ok": batch.ok,
                     "failed": batch.failed, "status": batch.status}
 
+    def wait(self, timeout: float | None = None,
+             interval: float = FALLBACK_POLL) -> dict[str, Any]:
+        """The batch's summary, by push. A batch of one chunk small enough brings its stored
+        rows along (:meth:`result` then reads no database)."""
+        summary = super().wait(timeout, interval)
+        rows = summary.pop("rows", None)
+        if isinstance(rows, list):
+            self._rows = rows
+        return summary
+
     def result(self, *, offset: int = 0, limit: int = 1000,
                failed_only: bool = False) -> list[dict[str, Any]]:
         """A page of per-URL outcomes in request order (error_class/error set when one failed)."""
+        if self._rows is not None:  # every stored row, as the merge read them back
+            rows = [r for r in self._rows if r["error_class"]] if failed_only else self._rows
+            return [dict(r) for r in rows[offset:offset + limit]]
         from ..storage.db import get_engine, session_scope
-        from ..storage.http import get_http_results
+        from ..storage.http import result_rows
 
         with session_scope(get_engine()) as session:
-            rows = get_http_results(session, self.id, offset=offset, limit=limit,
-                                    failed_only=failed_only)
-            return [{"index": r.idx, "url": r.url, "final_url": r.final_url, "method": r.method,
-                     "status": r.status, "error_class": r.error_class, "error": r.error,
-                     "bytes": r.bytes, "sha256": r.sha256, "truncated": r.truncated,
-                     "timings": r.timings, "redirects": r.redirects, "headers": r.headers}
-                    for r in rows]
+            return result_rows(session, self.id, offset=offset, limit=limit,
+                               failed_only=failed_only)
 
 
 @dataclass

@@ -192,3 +192,29 @@ def test_the_one_chunk_batch_delivered_again_stores_nothing_new(
     assert len(handle.result()) == len(rows) == len(urls)
     assert handle.progress() == {"total": len(urls), "done": len(urls), "ok": summary["ok"],
                                  "failed": summary["failed"], "status": "done"}
+
+
+def test_a_small_one_chunk_batch_brings_its_stored_rows_along(
+        celery_worker: Any, servers: ServerThread) -> None:
+    from lewis_tasks.producer.http import HttpBatchHandle
+
+    urls = _urls(servers)
+    handle, _summary = _batch(urls, chunk_size=100)
+    # Then the rows came with the result (no "rows" in the summary itself) …
+    assert handle._rows is not None and "rows" not in _summary
+    # … and every page of them is what the database holds
+    stored = HttpBatchHandle(handle.id, handle.task_id, handle.part_ids, handle.app)
+    for page in ({}, {"failed_only": True}, {"offset": 2, "limit": 3}):
+        assert handle.result(**page) == stored.result(**page), page
+    assert len(handle.result()) == len(urls) and handle.result(failed_only=True)
+
+
+def test_a_bigger_one_chunk_batch_leaves_its_rows_to_the_database(
+        celery_worker: Any, servers: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lewis_tasks.tasks import http as http_tasks
+
+    monkeypatch.setattr(http_tasks, "ROWS_IN_RESULT", 3)  # the embedded worker's own module
+    urls = _urls(servers)
+    handle, summary = _batch(urls, chunk_size=100)
+    assert handle._rows is None and summary["chunks"] == 1
+    assert [r["index"] for r in handle.result()] == list(range(len(urls)))
