@@ -105,6 +105,40 @@ def import_profile(argv: Sequence[str], runs: int) -> dict[str, Any]:
     return {k: round(median([g.get(k, 0.0) for g in per_run]), 1) for k in keys}
 
 
+# What one `lewis scan HOST -p 80` spends where, in one fresh process: the steps the command
+# takes, timed one after another (the first DB use includes SQLAlchemy's mapper set-up).
+PHASES = """
+import json, sys, time
+t = [time.perf_counter()]
+def mark(): t.append(time.perf_counter())
+import click; import lewis_tasks.cli; mark()
+from lewis_tasks.infra.config import get_settings; get_settings(); mark()
+from lewis_tasks.infra.celery_app import app; mark()
+import sqlalchemy.orm; import lewis_tasks.storage.scans; mark()
+from lewis_tasks.producer.scan import submit_scan; mark()
+handle = submit_scan([sys.argv[1]], ports="80"); mark()
+report = handle.wait(timeout=30); mark()
+names = ["click + lewis_tasks.cli", "settings", "Celery app (celery, kombu, redis)",
+         "SQLAlchemy + models", "the rest of the scan producer", "submit (checks, DB row, send)",
+         "wait (task, push, report from the DB)"]
+print(json.dumps(dict(zip(names, (round((b - a) * 1000, 1) for a, b in zip(t, t[1:]))))))
+"""
+
+
+def scan_breakdown(runs: int) -> dict[str, float]:
+    """Median milliseconds per step of a one-port scan (plus Python's own start-up)."""
+    per_run = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", PHASES, HOST], env=env(), cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+        total = (time.perf_counter() - began) * 1000
+        steps = json.loads(proc.stdout.strip().splitlines()[-1])
+        steps["interpreter start-up and exit"] = round(total - sum(steps.values()), 1)
+        per_run.append(steps)
+    return {k: round(median([r[k] for r in per_run]), 1) for k in per_run[0]}
+
+
 @contextlib.contextmanager
 def http_server() -> Iterator[str]:
     class Quiet(http.server.BaseHTTPRequestHandler):
@@ -145,7 +179,8 @@ def run(runs: int, import_runs: int) -> dict[str, Any]:
                    "lewis http URL": import_profile([*lewis_m, "http", url], import_runs),
                    "lewis status": import_profile([*lewis_m, "status"], import_runs)}
     return {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
-            "cores": os.cpu_count(), "wall": walls, "imports_ms": imports}
+            "cores": os.cpu_count(), "wall": walls, "imports_ms": imports,
+            "scan_steps_ms": scan_breakdown(import_runs)}
 
 
 def render(data: dict[str, Any]) -> str:
@@ -163,6 +198,9 @@ def render(data: dict[str, Any]) -> str:
     lines.append("|---" * (len(cols) + 1) + "|")
     for label, groups in data["imports_ms"].items():
         lines.append(f"| `{label}` | " + " | ".join(f"{groups.get(c, 0):.0f}" for c in cols) + " |")
+    lines += ["", f"`lewis scan {HOST} -p 80` step by step (median ms, one fresh process each):",
+              "", "| step | ms |", "|---|---:|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in data["scan_steps_ms"].items()]
     return "\n".join(lines)
 
 
