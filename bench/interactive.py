@@ -31,6 +31,7 @@ from typing import Any
 from bench.harness import ROOT, median
 
 HOST = "127.0.0.1"
+CODE = ROOT  # the checkout whose `lewis` is timed (--code: another one, say main, as a baseline)
 GROUPS = ("lewis_tasks", "celery", "kombu", "sqlalchemy", "redis", "click", "aiohttp",
           "billiard", "vine", "amqp", "yarl", "multidict")
 
@@ -53,13 +54,13 @@ def commands(url: str) -> dict[str, list[str]]:
 
 def env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT),
+    return {**os.environ, "PYTHONPATH": f"{CODE}{os.pathsep}{path}" if path else str(CODE),
             "NO_COLOR": "1"}
 
 
 def timed(argv: Sequence[str]) -> tuple[float, int]:
     began = time.perf_counter()
-    proc = subprocess.run(argv, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.run(argv, env=env(), cwd=CODE, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, check=False)
     took = time.perf_counter() - began
     if proc.returncode not in (0, 1):  # 1: a finding or a failed URL is still an answer
@@ -91,7 +92,7 @@ def import_profile(argv: Sequence[str], runs: int) -> dict[str, Any]:
     ``python -X importtime``; ``total`` is every import, ``lewis_tasks`` our modules' own."""
     per_run: list[dict[str, float]] = []
     for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-X", "importtime", *argv], env=env(), cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-X", "importtime", *argv], env=env(), cwd=CODE,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         groups: dict[str, float] = defaultdict(float)
         for match in _LINE.finditer(proc.stderr.decode(errors="replace")):
@@ -122,6 +123,7 @@ names = ["click + lewis_tasks.cli", "settings", "Celery app (celery, kombu, redi
          "SQLAlchemy + models", "the rest of the scan producer", "submit (checks, DB row, send)",
          "wait (task, push, report from the DB)"]
 print(json.dumps(dict(zip(names, (round((b - a) * 1000, 1) for a, b in zip(t, t[1:]))))))
+from lewis_tasks.cli import _skip_teardown_collection; _skip_teardown_collection()  # as main()
 """
 
 
@@ -166,7 +168,7 @@ def http_server() -> Iterator[str]:
         server.server_close()
 
 
-def run(runs: int, import_runs: int) -> dict[str, Any]:
+def run(runs: int, import_runs: int, steps: bool = True) -> dict[str, Any]:
     with http_server() as url:
         cmds = commands(url)
         if shutil.which("nmap") is None:
@@ -180,12 +182,12 @@ def run(runs: int, import_runs: int) -> dict[str, Any]:
                    "lewis status": import_profile([*lewis_m, "status"], import_runs)}
     return {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
             "cores": os.cpu_count(), "wall": walls, "imports_ms": imports,
-            "scan_steps_ms": scan_breakdown(import_runs)}
+            "code": str(CODE), "scan_steps_ms": scan_breakdown(import_runs) if steps else {}}
 
 
 def render(data: dict[str, Any]) -> str:
     lines = [f"Medians of {data['runs']} interleaved runs, {data['when']}, {data['cores']} "
-             "cores (shared with other work):", "",
+             f"cores (shared with other work), `lewis` from {data['code']}:", "",
              "| command | median | min | max |", "|---|---|---|---|"]
     for label, w in data["wall"].items():
         lines.append(f"| `{label}` | {w['median_s']:.3f} s | {w['min_s']:.3f} s | "
@@ -198,6 +200,8 @@ def render(data: dict[str, Any]) -> str:
     lines.append("|---" * (len(cols) + 1) + "|")
     for label, groups in data["imports_ms"].items():
         lines.append(f"| `{label}` | " + " | ".join(f"{groups.get(c, 0):.0f}" for c in cols) + " |")
+    if not data["scan_steps_ms"]:
+        return "\n".join(lines)
     lines += ["", f"`lewis scan {HOST} -p 80` step by step (median ms, one fresh process each):",
               "", "| step | ms |", "|---|---:|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in data["scan_steps_ms"].items()]
@@ -209,8 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--importtime", type=int, default=5, help="runs of -X importtime")
     parser.add_argument("--json", type=Path, default=None, help="also write the data here")
+    parser.add_argument("--code", type=Path, default=ROOT,
+                        help="time the `lewis` of this checkout (a baseline; no step table)")
+    parser.add_argument("--no-steps", action="store_true", help="skip the step-by-step table")
     args = parser.parse_args(argv)
-    data = run(args.runs, args.importtime)
+    global CODE
+    CODE = args.code.resolve()
+    data = run(args.runs, args.importtime, steps=not args.no_steps and CODE == ROOT)
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))
     print(render(data))
