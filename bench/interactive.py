@@ -52,15 +52,16 @@ def commands(url: str) -> dict[str, list[str]]:
     }
 
 
-def env() -> dict[str, str]:
+def env(code: Path | None = None) -> dict[str, str]:
+    code = code or CODE
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": f"{CODE}{os.pathsep}{path}" if path else str(CODE),
+    return {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{path}" if path else str(code),
             "NO_COLOR": "1"}
 
 
-def timed(argv: Sequence[str]) -> tuple[float, int]:
+def timed(argv: Sequence[str], code: Path | None = None) -> tuple[float, int]:
     began = time.perf_counter()
-    proc = subprocess.run(argv, env=env(), cwd=CODE, stdout=subprocess.DEVNULL,
+    proc = subprocess.run(argv, env=env(code), cwd=code or CODE, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, check=False)
     took = time.perf_counter() - began
     if proc.returncode not in (0, 1):  # 1: a finding or a failed URL is still an answer
@@ -69,14 +70,17 @@ def timed(argv: Sequence[str]) -> tuple[float, int]:
     return took, proc.returncode
 
 
-def wall_times(runs: int, cmds: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+def wall_times(runs: int, cmds: dict[str, list[str]],
+               checkout: dict[str, Path] | None = None) -> dict[str, dict[str, Any]]:
+    """Label → median/min/max seconds; ``checkout`` names another checkout for some labels."""
+    checkout = checkout or {}
     samples: dict[str, list[float]] = defaultdict(list)
     codes: dict[str, set[int]] = defaultdict(set)
-    for argv in cmds.values():  # one warm-up each: page cache, pyc files, DNS
-        timed(argv)
+    for label, argv in cmds.items():  # one warm-up each: page cache, pyc files, DNS
+        timed(argv, checkout.get(label))
     for _ in range(runs):
         for label, argv in cmds.items():
-            took, code = timed(argv)
+            took, code = timed(argv, checkout.get(label))
             samples[label].append(took)
             codes[label].add(code)
     return {label: {"median_s": round(median(v), 3), "min_s": round(min(v), 3),
@@ -168,12 +172,19 @@ def http_server() -> Iterator[str]:
         server.server_close()
 
 
-def run(runs: int, import_runs: int, steps: bool = True) -> dict[str, Any]:
+def run(runs: int, import_runs: int, steps: bool = True,
+        versus: Path | None = None) -> dict[str, Any]:
     with http_server() as url:
         cmds = commands(url)
         if shutil.which("nmap") is None:
             del cmds[f"nmap -p 80 {HOST}"]
-        walls = wall_times(runs, cmds)
+        checkout: dict[str, Path] = {}
+        if versus is not None:  # the same lewis commands from another checkout, in the same turns
+            for label, argv in list(cmds.items()):
+                if label.startswith("lewis"):
+                    cmds[f"{label} [{versus.name}]"] = argv
+                    checkout[f"{label} [{versus.name}]"] = versus
+        walls = wall_times(runs, cmds, checkout)
         lewis_m = ["-m", "lewis_tasks.cli"]
         imports = {"lewis --help": import_profile([*lewis_m, "--help"], import_runs),
                    f"lewis scan {HOST} -p 80": import_profile(
@@ -216,10 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", type=Path, default=ROOT,
                         help="time the `lewis` of this checkout (a baseline; no step table)")
     parser.add_argument("--no-steps", action="store_true", help="skip the step-by-step table")
+    parser.add_argument("--versus", type=Path, default=None,
+                        help="also time the lewis commands of this checkout, in the same turns")
     args = parser.parse_args(argv)
     global CODE
     CODE = args.code.resolve()
-    data = run(args.runs, args.importtime, steps=not args.no_steps and CODE == ROOT)
+    data = run(args.runs, args.importtime, steps=not args.no_steps and CODE == ROOT,
+               versus=args.versus.resolve() if args.versus else None)
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))
     print(render(data))
