@@ -72,3 +72,20 @@ def test_the_heartbeat_leaves_its_summary_in_redis(celery_app: Any, celery_worke
     assert summary is not None and summary["slot"] == 12345
     assert summary["workers"] == len(result["workers"]) >= 1
     assert _last_heartbeat(client) == summary
+
+
+def test_a_watch_refresh_imports_nothing_new(celery_app: Any, celery_worker: Any,
+                                             lewis_settings: Any) -> None:
+    import sys
+
+    from lewis_tasks.cli.stack import collect_status, format_status
+
+    # Given one refresh of `lewis status --watch` done
+    format_status(collect_status(LONG))
+    loaded = set(sys.modules)
+    # When it refreshes again (the same loop, in the same process)
+    report = collect_status(LONG)
+    format_status(report)
+    # Then it answered again without importing anything
+    assert [w["worker"] for w in report["workers"]] == [celery_worker.hostname]
+    assert set(sys.modules) - loaded == set()
