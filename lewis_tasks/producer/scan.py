@@ -246,15 +246,14 @@ def _check_running(session: Any, settings: Settings) -> None:
 
 def _send(app: Celery, scan_id: str, chunks: Sequence[ScanChunk],
           options: dict[str, Any]) -> str:
-    def part(index: int, c: ScanChunk) -> Any:
-        return app.signature("lewis.scan.chunk", args=(scan_id, index, c.to_dict(), options),
+    def part(index: int, c: ScanChunk, merge: bool = False) -> Any:
+        opts = {**options, "merge": True} if merge else options
+        return app.signature("lewis.scan.chunk", args=(scan_id, index, c.to_dict(), opts),
                              immutable=True)
 
     errback = app.signature("lewis.scan.fail", kwargs={"scan_id": scan_id})
     if len(chunks) == 1:  # one chunk pays for no fan-out: it merges in place, no chord
-        single = app.signature("lewis.scan.chunk",
-                               args=(scan_id, 0, chunks[0].to_dict(), {**options, "merge": True}),
-                               immutable=True)
+        single = part(0, chunks[0], merge=True)
         single.link_error(errback)
         sent = single.apply_async()
         _unsubscribe(app, sent)
