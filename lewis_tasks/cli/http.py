@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-TICK = 0.25  # seconds between progress polls
+TICK = 0.25  # seconds between redraws of the progress line
 WAIT_MARGIN = 15.0  # s beyond the work's own limits: queueing, the merge, the result's return
 
 
@@ -99,9 +99,8 @@ def _finish(handle: Any, line: Callable[[], str], started: Callable[[], bool], s
     from celery.exceptions import TimeoutError as ResultTimeout
 
     deadline = time.monotonic() + seconds
-    _live(handle.ready, line, deadline)
     try:
-        return handle.wait(timeout=max(0.1, deadline - time.monotonic()))
+        return _wait_live(handle, line, deadline)
     except ResultTimeout:
         pass
     try:
@@ -115,19 +114,28 @@ def _finish(handle: Any, line: Callable[[], str], started: Callable[[], bool], s
                          "(`lewis status`)")
 
 
-def _live(ready: Callable[[], bool], line: Callable[[], str], deadline: float) -> None:
-    """Redraw a progress line until ``ready()`` or the deadline (time.monotonic), only when
-    stdout is a terminal."""
+def _wait_live(handle: Any, line: Callable[[], str], deadline: float) -> dict[str, Any]:
+    """The handle's result by push (``handle.wait``), redrawing a progress line every tick
+    meanwhile when stdout is a terminal; Celery's TimeoutError past ``deadline``
+    (time.monotonic)."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
     tty = sys.stdout.isatty()
     width = 0
-    while not ready() and time.monotonic() < deadline:
-        if tty:
+    try:
+        while True:
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                return dict(handle.wait(timeout=min(TICK, left) if tty else left))
+            except ResultTimeout:
+                if time.monotonic() >= deadline:
+                    raise
             text = line()
             click.echo("\r" + text.ljust(width), nl=False)
             width = len(text)
-        time.sleep(TICK)
-    if tty and width:
-        click.echo("\r" + " " * width + "\r", nl=False)
+    finally:
+        if width:
+            click.echo("\r" + " " * width + "\r", nl=False)
 
 
 @cli.command("http")

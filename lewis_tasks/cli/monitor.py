@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -19,6 +18,8 @@ from . import cli
               help="Address to bind (default: monitoring.monitor_address, 127.0.0.1).")
 def monitor(port: int | None, address: str | None) -> None:
     """Serve /metrics (Prometheus), a live dashboard at / and its WebSocket, from Redis."""
+    import asyncio  # here, not at the top: every other command (and --help) goes without it
+
     from ..infra.config import get_settings
     from ..infra.metrics_store import store_from_settings
     from ..monitor.server import serve

@@ -29,6 +29,7 @@ import click
 from . import SECONDS, Exit, cli
 
 _LEVELS = ("info", "low", "medium", "high", "critical")
+BAR_TICK = 0.2  # seconds between redraws of the progress bar
 
 _SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": "cyan",
                    "info": None}
@@ -114,6 +115,8 @@ def _command_args(ctx: click.Context) -> list[str]:
 
 
 def _write_outputs(report: Any, args: Sequence[str], xml_out: Any, grep_out: Any) -> None:
+    if xml_out is None and grep_out is None:
+        return
     from ..producer.scanoutput import to_grepable, to_nmap_xml
 
     data = report.to_dict()
@@ -150,7 +153,12 @@ def _wait_with_bar(handle: Any, timeout: float | None) -> Any:
         if deadline is not None and time.monotonic() >= deadline:
             click.echo("")
             raise TimeoutError(f"scan {handle.id} still running after {timeout:g} s")
-        time.sleep(0.2)
+        try:  # returns on the scan's completion push, else redraws after a tick
+            report = handle.wait(timeout=BAR_TICK)
+        except TimeoutError:
+            continue
+        click.echo("")
+        return report
 
 
 def _print_report(report: Any, as_json: bool, *, min_severity: str = "info",

@@ -88,7 +88,8 @@ def down() -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--timeout", type=SECONDS, default=1.5, show_default=True,
-              help="Seconds to wait for pings.")
+              help="Seconds to wait for the first ping reply (the rest then get a few of its "
+                   "round trips, at most 0.25 s; later ones are marked late).")
 @click.option("--watch", is_flag=True,
               help="Refresh every monitoring.metrics_interval seconds until Ctrl-C.")
 def status(as_json: bool, timeout: float, watch: bool) -> None:
@@ -117,9 +118,9 @@ def status(as_json: bool, timeout: float, watch: bool) -> None:
 
 
 def collect_status(timeout: float) -> dict[str, Any]:
-    from ..infra.beat import leader
-    from ..infra.broker import ping_workers, queue_depths, workers_by_queue
+    from ..infra.broker import ping_round, queue_depths, workers_by_queue
     from ..infra.config import get_settings, redact_url
+    from ..infra.fleet import leader
     from ..infra.redis_client import get_redis
 
     settings = get_settings()
@@ -138,15 +139,22 @@ def collect_status(timeout: float) -> dict[str, Any]:
     report["broker"].update(up=True, ping_ms=round((time.perf_counter() - started) * 1000, 2))
     from ..infra.celery_app import app
 
-    pings = ping_workers(app, timeout=timeout)
-    by_queue = workers_by_queue(pings)
+    records = _worker_records(client)
+    expected = {r.name: r.consuming for r in records}
+    pinged = ping_round(app, expected, timeout=timeout)
+    by_queue = workers_by_queue(pinged.pings)
     depths = queue_depths(client)
-    report["queues"] = {q: {**d.to_dict(), "workers": by_queue.get(q, [])} for q, d in depths.items()}
-    report["workers"] = [p.to_dict() for p in pings]
+    report["queues"] = {q: {**d.to_dict(), "workers": by_queue.get(q, []),
+                            "late": [w for w in pinged.late if q in expected[w]]}
+                        for q, d in depths.items()}
+    report["workers"] = [p.to_dict() for p in pinged.pings]
+    # a worker whose presence record is fresh but whose ping came after the stragglers' window
+    report["late"] = [{"worker": w, "queues": list(expected[w])} for w in pinged.late]
+    report["ping_waited_ms"] = round(pinged.waited_ms, 1)
     holder, ttl = leader(client)
     report["beat"] = {"alive": holder is not None, "leader": holder, "lease_left_s": round(ttl, 1)}
-    report.update(_fleet_status(client, holder, report["queues"]))
-    report["heartbeat"] = _last_heartbeat()
+    report.update(_fleet_status(client, holder, report["queues"], records))
+    report["heartbeat"] = _last_heartbeat(client)
     _date_heartbeat(report["heartbeat"], get_settings())
     from ..infra.config import read_stack_file
     from .monitor import metrics_status  # issue 14: the monitor, rates and runtimes
@@ -171,25 +179,45 @@ def _scaling_status(client: Any) -> dict[str, Any] | None:
     return (local or {}).get("queues")
 
 
-def _fleet_status(client: Any, holder: str | None,
-                  queues: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Standby beats, draining workers (presence records) and what makes status exit 1."""
-    from ..domain.fleet import DRAINING, BeatView
-    from ..infra.fleet import read_beat, read_workers
+def _worker_records(client: Any) -> list[Any]:
+    from ..infra.fleet import read_workers
 
     try:
-        view, records = read_beat(client), read_workers(client)
+        return read_workers(client)
+    except Exception:  # the broker answered a moment ago; without records every reply counts
+        return []
+
+
+def _fleet_status(client: Any, holder: str | None, queues: dict[str, dict[str, Any]],
+                  records: list[Any]) -> dict[str, Any]:
+    """Standby beats, draining workers (presence records) and what makes status exit 1."""
+    from ..domain.fleet import DRAINING, BeatView
+    from ..infra.fleet import read_beat
+
+    try:
+        view = read_beat(client)
     except Exception:  # the broker answered a moment ago; a lost record list costs no status
-        view, records = BeatView(holder, ()), []
+        view = BeatView(holder, ())
     draining = [w.name for w in records if w.state == DRAINING]
-    problems = [f"queue {q}: no worker" for q, row in queues.items() if not row["workers"]]
+    # a late worker (fresh presence record, ping after the window) is marked, not missing
+    problems = [f"queue {q}: no worker" for q, row in queues.items()
+                if not row["workers"] and not row.get("late")]
     if not view.leading:
         problems.append(f"beat: {view.describe}")
     return {"standby_beats": list(view.standbys), "beat_state": view.describe,
             "beat_leading": view.leading, "draining": draining, "problems": problems}
 
 
-def _last_heartbeat() -> dict[str, Any] | None:
+def _last_heartbeat(client: Any) -> dict[str, Any] | None:
+    """The heartbeat job's summary from Redis; from its database rows when Redis has none."""
+    from ..infra.fleet import read_heartbeat
+
+    try:
+        summary = read_heartbeat(client)
+    except Exception:
+        summary = None
+    if summary is not None:
+        return summary
     try:
         from ..storage import heartbeats
         from ..storage.db import get_engine, session_scope
@@ -233,7 +261,9 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [f"broker   {b['url']}  up ({b['ping_ms']} ms)", "",
              f"{'queue':<9}{'ready':>7}{'unacked':>9}  workers"]
     for q, row in report["queues"].items():
-        names = ", ".join(row["workers"]) or "none online"
+        late = [f"{w} (late: no ping within {report.get('ping_waited_ms', 0):.0f} ms)"
+                for w in row.get("late") or ()]
+        names = ", ".join([*row["workers"], *late]) or "none online"
         lines.append(f"{q:<9}{row['ready']:>7}{row['unacked']:>9}  {len(row['workers'])}  {names}")
     if report.get("draining"):
         lines.append(f"draining {', '.join(report['draining'])} (finishing their tasks, then "

@@ -29,8 +29,7 @@ from aiohttp.resolver import DefaultResolver
 
 from ..errors import InvalidInput, OutOfScope
 from .scope import LOCALHOST_ADDRESSES, IPAddress, Scope, is_localhost_alias, parse_ip
-
-SCHEMES = frozenset({"http", "https"})
+from .urlhost import SCHEMES
 
 # Error classes: one word per way a URL can fail.
 TIMEOUT = "timeout"

@@ -20,10 +20,9 @@ from typing import Any
 from yarl import URL
 
 from ..errors import InvalidInput
-from .httpclient import SCHEMES
 from .redact import redact_url
 from .scope import IPAddress, parse_ip, unmap
-from .urlhost import Base, Host, url_host
+from .urlhost import SCHEMES, Base, Host, url_host  # not httpclient's: that imports aiohttp
 
 METHODS = frozenset({"GET", "HEAD", "POST"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 9110)

@@ -38,7 +38,7 @@ from celery import beat, schedules
 
 from .config import get_settings
 from .fleet import LEADER_KEY as FLEET_LEADER_KEY
-from .fleet import forget_beat, write_beat
+from .fleet import forget_beat, leader, write_beat  # noqa: F401  (leader: moved to fleet.py, still importable here)
 from .redis_client import get_redis
 
 log = logging.getLogger(__name__)
@@ -124,17 +124,6 @@ class LeaderLease:
         return owner.decode() if isinstance(owner, bytes) else owner
 
 
-def leader(client: redis.Redis) -> tuple[str | None, float]:
-    """(holder token, seconds left) of the beat lease; (None, 0) when no beat leads."""
-    pipe = client.pipeline(transaction=False)
-    pipe.get(LEADER_KEY)
-    pipe.pttl(LEADER_KEY)
-    holder, pttl = pipe.execute()
-    if holder is None:
-        return None, 0.0
-    return holder.decode(), max(0.0, pttl / 1000)
-
-
 class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
     """Fires periodic jobs only while holding the beat lease; otherwise waits as a standby."""
 
@@ -147,7 +136,9 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
         self._lease = LeaderLease(get_redis(), self._timing.ttl)
 
     def setup_schedule(self) -> None:
-        self.merge_inplace(self.app.conf.beat_schedule)
+        from beat_schedule import periodic_jobs  # read here: only beat needs the jobs
+
+        self.merge_inplace(self.app.conf.beat_schedule or periodic_jobs(get_settings()))
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +115,111 @@ def ping_workers(app: Celery, timeout: float = 1.0, with_queues: bool = True) ->
                             limit=len(rtts))
         queues = {w: tuple(sorted(q["name"] for q in qs)) for w, qs in replies.items()}
     return [WorkerPing(w, rtts[w], queues.get(w, ())) for w in sorted(rtts)]
+
+
+STRAGGLER_FACTOR = 4.0  # after the first reply, the others get this many times its round trip,
+STRAGGLER_FLOOR = 0.05  # at least this long (s): a reply a few ms behind is no straggler,
+STRAGGLER_CAP = 0.25  # and at most this long (s): a slow worker cannot hold up the answer
+
+
+@dataclass(frozen=True)
+class PingRound:
+    """One ping broadcast's outcome: who answered (and how fast), and the expected workers
+    that had not answered when it stopped waiting (``late``)."""
+
+    pings: list[WorkerPing]
+    late: list[str]
+    waited_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workers": [p.to_dict() for p in self.pings], "late": list(self.late),
+                "waited_ms": round(self.waited_ms, 1)}
+
+
+def straggler_window(first_rtt_s: float) -> float:
+    """Seconds the other workers get after the first reply: a few of its round trips, bounded."""
+    return min(STRAGGLER_CAP, max(STRAGGLER_FLOOR, STRAGGLER_FACTOR * first_rtt_s))
+
+
+def ping_round(app: Celery, expected: Mapping[str, Iterable[str]], timeout: float) -> PingRound:
+    """Ping every worker through the broker; stop as soon as every ``expected`` worker (name →
+    the queues it consumes, from its presence record) answered, else once the stragglers'
+    window (:func:`straggler_window`) after the first reply has passed, else after
+    ``timeout`` when nobody answers. Queues come from ``expected``; a worker that answered
+    without a record is asked for its ``active_queues``.
+
+    kombu's broadcast waits ``timeout`` after the LAST reply (it cannot know how many will
+    come): every ``lewis status`` paid it in full. Here kombu's mailbox publishes the ping and
+    :func:`_collect_until` reads the replies with a deadline that moves.
+    """
+    from kombu.utils.uuid import uuid
+
+    rtts: dict[str, float] = {}
+    sent = time.perf_counter()
+
+    def on_reply(reply: dict[str, Any]) -> None:
+        for name in reply:
+            rtts.setdefault(name, time.perf_counter() - sent)
+
+    def deadline() -> float:
+        if not rtts:
+            return sent + timeout
+        first = min(rtts.values())
+        return min(sent + timeout, sent + first + straggler_window(first))
+
+    with app.connection_for_write() as connection:  # its own: see broadcast()
+        mailbox = app.control.mailbox(connection)
+        channel = connection.default_channel
+        ticket = uuid()
+        mailbox._publish("ping", {}, reply_ticket=ticket, channel=channel, timeout=timeout,
+                         serializer=mailbox.serializer)
+        _collect_until(mailbox, connection, channel, ticket, on_reply, deadline,
+                       done=lambda: bool(expected) and set(expected) <= set(rtts))
+    waited = (time.perf_counter() - sent) * 1000
+    queues = {w: tuple(sorted(q)) for w, q in expected.items() if w in rtts}
+    unknown = [w for w in rtts if w not in expected]
+    if unknown:
+        replies = broadcast(app, "active_queues", timeout=timeout, destination=unknown,
+                            limit=len(unknown))
+        queues.update({w: tuple(sorted(q["name"] for q in qs)) for w, qs in replies.items()})
+    pings = [WorkerPing(w, rtts[w] * 1000, queues.get(w, ())) for w in sorted(rtts)]
+    return PingRound(pings, sorted(set(expected) - set(rtts)), waited)
+
+
+def _collect_until(mailbox: Any, connection: Any, channel: Any, ticket: str,
+                   on_reply: Callable[[dict[str, Any]], None], deadline: Callable[[], float],
+                   done: Callable[[], bool]) -> None:
+    """kombu's ``Mailbox._collect`` (the replies to ``ticket`` on the mailbox's reply queue),
+    reading until ``done()`` or ``deadline()`` (time.perf_counter), both asked again after
+    every reply. The reply queue is dropped at the end, as kombu does (replies after it are
+    lost: a second collect on the same ticket would see nothing)."""
+    from kombu import Consumer
+
+    queue = mailbox.reply_queue
+    consumer = Consumer(channel, [queue], accept=mailbox.accept, no_ack=True)
+
+    def on_message(body: Any, message: Any) -> None:
+        header = message.headers.get
+        mailbox.clock.adjust(header("clock") or 0)
+        expires = header("expires")
+        if expires and time.time() > expires:
+            return
+        if header("ticket", ticket) == ticket and isinstance(body, dict):
+            on_reply(body)
+
+    consumer.register_callback(on_message)
+    try:
+        with consumer:
+            while not done():
+                left = deadline() - time.perf_counter()
+                if left <= 0:
+                    break
+                try:
+                    connection.drain_events(timeout=left)
+                except TimeoutError:  # socket.timeout
+                    break
+    finally:
+        channel.after_reply_message_received(queue.name)
 
 
 def live_workers(app: Celery, timeout: float = 0.5) -> set[str]:

@@ -123,12 +123,9 @@ def _rebind_task_defaults(celery_app: Celery, config: dict[str, object]) -> None
 
 def configure_app(celery_app: Celery, settings: Settings) -> Celery:
     """Apply ``settings`` to ``celery_app`` (again, when tests swap settings); drops old pools."""
-    from beat_schedule import periodic_jobs
-
     config = celery_config(settings)
     _rebind_task_defaults(celery_app, config)
     celery_app.conf.update(config)
-    celery_app.conf.beat_schedule = periodic_jobs(settings)
     if celery_app._pool is not None:  # connections to the previous broker
         _drop_pool(celery_app._pool)
         celery_app._pool = None
@@ -170,11 +167,15 @@ def release_result_subscriptions() -> None:
     garbage collection of those results at interpreter exit tries to UNSUBSCRIBE on a
     half-torn-down (or, in tests, already stopped) Redis and prints tracebacks or retries.
     """
-    import gc
+    from celery._state import _get_active_apps
 
-    from celery.backends.redis import ResultConsumer
-
-    for consumer in [o for o in gc.get_objects() if isinstance(o, ResultConsumer)]:
+    # the consumers of every app's result backends (this thread's and the cached ones): a
+    # scan of the garbage collector's objects found the same, at ~50 ms per command
+    backends = [b for a in _get_active_apps()
+                for b in (a._local.__dict__.get("backend"), a._backend_cache) if b is not None]
+    consumers = {id(c): c for c in (getattr(b, "result_consumer", None) for b in backends)
+                 if c is not None and hasattr(c, "subscribed_to")}
+    for consumer in consumers.values():
         try:
             for key in list(consumer.subscribed_to):
                 consumer.cancel_for(key.decode().removeprefix("celery-task-meta-"))
@@ -187,11 +188,11 @@ def release_result_subscriptions() -> None:
 
 def create_app(settings: Settings | None = None) -> Celery:
     """The configured Celery app."""
-    from .fleet_worker import Presence  # also registers the lewis_drain control command
-
     celery_app = Celery("lewis_tasks", include=TASK_MODULES,
                         task_cls="lewis_tasks.infra.task:LewisTask")
-    celery_app.steps["consumer"].add(Presence)  # the worker's record for `lewis health`
+    # the worker's record for `lewis health`, by name: only a worker's consumer loads it (and,
+    # loading it, registers the lewis_drain control command); a producer never imports it
+    celery_app.steps["consumer"].add("lewis_tasks.infra.fleet_worker:Presence")
     return configure_app(celery_app, settings or get_settings())
 
 

@@ -21,6 +21,7 @@ from ..domain.fleet import BeatView, WorkerRecord
 LEADER_KEY = "lewis:beat:leader"  # the beat lease (beat.py, which imports Celery: a probe must not)
 WORKER_KEY = "lewis:fleet:worker:{name}"
 BEAT_KEY = "lewis:fleet:beat:{token}"
+HEARTBEAT_KEY = "lewis:heartbeat:last"  # the last heartbeat's summary, for `lewis status`
 PRESENCE_PERIOD = 2.0  # seconds between a member's writes
 PRESENCE_TTL = 3 * PRESENCE_PERIOD + 1  # two missed writes and the member is gone
 
@@ -77,6 +78,33 @@ def read_workers(client: redis.Redis) -> list[WorkerRecord]:
         except (KeyError, TypeError, ValueError):
             continue
     return sorted(records, key=lambda r: r.name)
+
+
+def leader(client: redis.Redis) -> tuple[str | None, float]:
+    """(holder token, seconds left) of the beat lease; (None, 0) when no beat leads."""
+    pipe = client.pipeline(transaction=False)
+    pipe.get(LEADER_KEY)
+    pipe.pttl(LEADER_KEY)
+    holder, pttl = pipe.execute()
+    if holder is None:
+        return None, 0.0
+    return holder.decode(), max(0.0, pttl / 1000)
+
+
+def write_heartbeat(client: redis.Redis, summary: dict[str, Any], ttl: float) -> None:
+    """The last heartbeat's summary beside its database rows: `lewis status` reads it
+    without a database (and its driver's import) on the way."""
+    client.set(HEARTBEAT_KEY, json.dumps(summary), px=max(1, int(ttl * 1000)))
+
+
+def read_heartbeat(client: redis.Redis) -> dict[str, Any] | None:
+    """The summary :func:`write_heartbeat` left, or None (none yet, expired, or unreadable)."""
+    raw = client.get(HEARTBEAT_KEY)
+    try:
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def slots_online(client: redis.Redis, queue: str) -> int:
@@ -168,4 +196,4 @@ def read_beat(client: redis.Redis) -> BeatView:
 
 __all__ = ["LEADER_KEY", "WORKER_KEY", "BEAT_KEY", "PRESENCE_PERIOD", "PRESENCE_TTL", "presence_period",
            "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers", "slots_online", "check_cluster_agreement", "free_node_name",
-           "read_beat"]
+           "read_beat", "leader", "HEARTBEAT_KEY", "write_heartbeat", "read_heartbeat"]

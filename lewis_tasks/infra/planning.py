@@ -14,8 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..domain.loadgen import LOAD_METHODS
-from ..domain.scanjob import max_chunk_ports
 from ..errors import InvalidInput
 from .config import Settings
 
@@ -91,6 +89,8 @@ def check_loadtest(settings: Settings, *, concurrency: int, duration: float | No
                                    or not math.isfinite(number)):
             raise InvalidInput(f"{name} must be a number of {'seconds' if name == 'duration' else 'requests/s'}, "
                                f"not {number!r}")
+    from ..domain.loadgen import LOAD_METHODS  # aiohttp: only when a load test is checked
+
     if method.upper() not in LOAD_METHODS:
         raise InvalidInput(f"method {method!r} is not one of {', '.join(sorted(LOAD_METHODS))}")
     if workers < 1 or workers > lt.max_workers:
@@ -168,6 +168,8 @@ def chunk_ports_for(settings: Settings, rate: float | None, *, hosts: int = 0, p
     The worst case assumes every slot of the io process scans at once (each then gets its
     share of ``scan.concurrency``) and every port is filtered.
     """
+    from ..domain.scanjob import max_chunk_ports  # the scanner's modules: not for every caller
+
     s = settings.scan
     share = max(1, s.concurrency // io_slots(settings))
     fits = max_chunk_ports(settings.tasks.soft_time_limit * SCAN_SHARE, concurrency=share,

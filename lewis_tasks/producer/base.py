@@ -34,6 +34,27 @@ from ..infra.config import redact_url
 from ..infra.reporter import SENT_HEADER, note_sent
 from ..infra.routing import MAX_PACK, PACKED_TASK, queue_for
 
+FALLBACK_POLL = 1.0  # seconds: a result whose push was lost is still seen this soon
+
+
+def await_result(result: AsyncResult, timeout: float | None, *, interval: float = FALLBACK_POLL,
+                 propagate: bool = True) -> Any:
+    """``result``'s value as soon as the worker stores it: the Redis result backend PUBLISHes
+    every state it stores and ``get`` listens on that channel (a push, no polling). A push can
+    be lost (a reconnect between SUBSCRIBE and PUBLISH): each ``get`` re-reads the stored state
+    first, so waiting in slices of ``interval`` bounds what a lost push costs. Celery's
+    TimeoutError once ``timeout`` has passed."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = interval if deadline is None else min(interval, deadline - time.monotonic())
+        try:
+            return result.get(timeout=max(0.0, step), propagate=propagate)
+        except ResultTimeout:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+
 
 @dataclass
 class TaskHandle:
@@ -54,9 +75,10 @@ class TaskHandle:
     def ready(self) -> bool:
         return bool(self.async_result.ready())
 
-    def wait(self, timeout: float | None = None, interval: float = 0.1) -> Any:
-        """The task's return value; re-raises its failure (a LewisError subclass where it was one)."""
-        return self.async_result.get(timeout=timeout, interval=interval, propagate=True)
+    def wait(self, timeout: float | None = None, interval: float = FALLBACK_POLL) -> Any:
+        """The task's return value, by push; re-raises its failure (a LewisError subclass
+        where it was one). ``interval``: the longest a lost push can delay it."""
+        return await_result(self.async_result, timeout, interval=interval)
 
     def forget(self) -> None:
         self.async_result.forget()

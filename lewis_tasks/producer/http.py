@@ -1,4 +1,5 @@
-"""Submitting HTTP batches and load tests: checked against the caps, then sent as chords.
+"""Submitting HTTP batches and load tests: checked against the caps, then sent as chords
+(a batch of one chunk as one task that closes the batch itself).
 
 A request that cannot be fetched (malformed URL, unsupported scheme) is that URL's error
 and the batch goes on; a request that cannot be run at all (too many URLs, a load test over
@@ -34,7 +35,7 @@ from ..infra.planning import (
     url_budget,
 )
 from ..infra.progress import LOADTEST_PROGRESS_KEY
-from .base import _app, _require_broker, publishing
+from .base import FALLBACK_POLL, _app, _require_broker, await_result, publishing
 
 
 @dataclass
@@ -53,10 +54,12 @@ class _ChordHandle:
     def ready(self) -> bool:
         return bool(self.async_result.ready())
 
-    def wait(self, timeout: float | None = None, interval: float = 0.1) -> dict[str, Any]:
-        """The merged result; a failed part's own error (InvalidInput, OutOfScope…) re-raised."""
+    def wait(self, timeout: float | None = None,
+             interval: float = FALLBACK_POLL) -> dict[str, Any]:
+        """The merged result, by push (``interval``: the longest a lost push can delay it); a
+        failed part's own error (InvalidInput, OutOfScope…) re-raised."""
         try:
-            return dict(self.async_result.get(timeout=timeout, interval=interval, propagate=True))
+            return dict(await_result(self.async_result, timeout, interval=interval))
         except ChordError:
             for part_id in self.part_ids:
                 part = AsyncResult(part_id, app=self.app)
@@ -75,6 +78,7 @@ class HttpBatchHandle(_ChordHandle):
 
     total: int = 0
     chunks: int = 0
+    _rows: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     def progress(self) -> dict[str, Any]:
         """total, done, ok, failed and status, as persisted so far."""
@@ -88,20 +92,28 @@ class HttpBatchHandle(_ChordHandle):
             return {"total": batch.total, "done": batch.done, "ok": batch.ok,
                     "failed": batch.failed, "status": batch.status}
 
+    def wait(self, timeout: float | None = None,
+             interval: float = FALLBACK_POLL) -> dict[str, Any]:
+        """The batch's summary, by push. A batch of one chunk small enough brings its stored
+        rows along (:meth:`result` then reads no database)."""
+        summary = super().wait(timeout, interval)
+        rows = summary.pop("rows", None)
+        if isinstance(rows, list):
+            self._rows = rows
+        return summary
+
     def result(self, *, offset: int = 0, limit: int = 1000,
                failed_only: bool = False) -> list[dict[str, Any]]:
         """A page of per-URL outcomes in request order (error_class/error set when one failed)."""
+        if self._rows is not None:  # every stored row, as the merge read them back
+            rows = [r for r in self._rows if r["error_class"]] if failed_only else self._rows
+            return [dict(r) for r in rows[offset:offset + limit]]
         from ..storage.db import get_engine, session_scope
-        from ..storage.http import get_http_results
+        from ..storage.http import result_rows
 
         with session_scope(get_engine()) as session:
-            rows = get_http_results(session, self.id, offset=offset, limit=limit,
-                                    failed_only=failed_only)
-            return [{"index": r.idx, "url": r.url, "final_url": r.final_url, "method": r.method,
-                     "status": r.status, "error_class": r.error_class, "error": r.error,
-                     "bytes": r.bytes, "sha256": r.sha256, "truncated": r.truncated,
-                     "timings": r.timings, "redirects": r.redirects, "headers": r.headers}
-                    for r in rows]
+            return result_rows(session, self.id, offset=offset, limit=limit,
+                               failed_only=failed_only)
 
 
 @dataclass
@@ -155,9 +167,18 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
                             args=(batch_id, start, items[start:start + size], options),
                             task_id=uuid.uuid4().hex)
               for start in range(0, len(items), size)]
+    errback = app.signature("lewis.http.abort", kwargs={"kind": "batch", "run_id": batch_id})
+    if len(header) == 1:  # one chunk pays for no fan-out: it closes the batch itself, no chord
+        single = app.signature("lewis.http.fetch_chunk",
+                               args=(batch_id, 0, items, {**options, "merge": True}),
+                               task_id=header[0].id)
+        single.link_error(errback)
+        with publishing(app):
+            _reach_broker(app)
+            sent = single.apply_async()
+        return HttpBatchHandle(batch_id, sent.id, [sent.id], app, total=len(items), chunks=1)
     callback = app.signature("lewis.http.merge", kwargs={"batch_id": batch_id})
-    callback.link_error(app.signature("lewis.http.abort",
-                                      kwargs={"kind": "batch", "run_id": batch_id}))
+    callback.link_error(errback)
     with publishing(app):  # a broker that is down: one BrokerUnavailable, not kombu's own
         _reach_broker(app)
         result = chord(header, app=app)(callback)

@@ -6,13 +6,15 @@ checked by the scope (OutOfScope), the plan is checked against ``scan.max_ports_
 number of running scans against ``performance.max_concurrent_scans`` (refused, not queued:
 the caller sees at once why, and the running scans are listed by ``lewis scans list``). Then
 the scan row and its planned chunks are written (idempotent upserts keyed by the scan id), and
-the chord is sent: chunk tasks on the io queue, the merge on the cpu queue. Under a rate limit
+the chord is sent: chunk tasks on the io queue, the merge on the cpu queue (a scan of one chunk
+is one task on the io queue that merges in place: no fan-out to pay for). Under a rate limit
 the chunks of one host run one after another (a chain inside the chord): the rate is per host,
 so running them side by side would only stretch each past its time limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import time
@@ -38,7 +40,7 @@ from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.config import Settings, get_settings
 from ..infra.task import chord_cause
 from ..storage.scans import TERMINAL, ScanProgress
-from .base import _app, _require_broker, reach_broker
+from .base import FALLBACK_POLL, _app, _require_broker, reach_broker
 from .scanreport import ScanReport, load_scan_report, read_progress
 
 DEFAULT_PORTS = "top1000"
@@ -50,7 +52,8 @@ class ScanHandle:
 
     id: str
     app: Celery
-    merge_id: str | None = None  # the chord callback's task id (None for a scan looked up by id)
+    merge_id: str | None = None  # the task that merges: the chord's callback, or the only chunk
+    # (None for a scan looked up by id)
 
     def progress(self) -> ScanProgress:
         """Chunks done/total, ports done/total and open ports so far (finished chunks from the
@@ -60,10 +63,13 @@ class ScanHandle:
     def done(self) -> bool:
         return self.progress().status in TERMINAL
 
-    def wait(self, timeout: float | None = None, interval: float = 0.2) -> ScanReport:
+    def wait(self, timeout: float | None = None, interval: float = FALLBACK_POLL) -> ScanReport:
         """Block until the scan is done and return its report; raise why if it failed.
 
-        TimeoutError if it is still running after ``timeout`` seconds (it keeps running).
+        Woken by a push: the merging task's result (the Redis backend publishes it once the
+        scan is stored as done or the merge failed). The database is read again at least every
+        ``interval`` seconds, so a lost push (or a handle without a merge id) costs that much
+        at most. TimeoutError if it is still running after ``timeout`` seconds (it keeps running).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -71,9 +77,20 @@ class ScanHandle:
             if status == "done":
                 return self.result()
             self._raise_failure(status)
-            if deadline is not None and time.monotonic() >= deadline:
+            left = interval if deadline is None else min(interval, deadline - time.monotonic())
+            if left <= 0:
                 raise TimeoutError(f"scan {self.id} still running after {timeout:g} s")
-            time.sleep(interval)
+            self._await_merge(left)
+
+    def _await_merge(self, seconds: float) -> None:
+        """Return when the merging task has a result, or after ``seconds``."""
+        if self.merge_id is None:
+            time.sleep(seconds)
+            return
+        from celery.exceptions import TimeoutError as ResultTimeout
+
+        with contextlib.suppress(ResultTimeout):
+            AsyncResult(self.merge_id, app=self.app).get(timeout=seconds, propagate=False)
 
     def result(self) -> ScanReport:
         """The scan's report as stored now (complete once :meth:`wait` returned)."""
@@ -229,10 +246,18 @@ def _check_running(session: Any, settings: Settings) -> None:
 
 def _send(app: Celery, scan_id: str, chunks: Sequence[ScanChunk],
           options: dict[str, Any]) -> str:
-    def part(index: int, c: ScanChunk) -> Any:
-        return app.signature("lewis.scan.chunk", args=(scan_id, index, c.to_dict(), options),
+    def part(index: int, c: ScanChunk, merge: bool = False) -> Any:
+        opts = {**options, "merge": True} if merge else options
+        return app.signature("lewis.scan.chunk", args=(scan_id, index, c.to_dict(), opts),
                              immutable=True)
 
+    errback = app.signature("lewis.scan.fail", kwargs={"scan_id": scan_id})
+    if len(chunks) == 1:  # one chunk pays for no fan-out: it merges in place, no chord
+        single = part(0, chunks[0], merge=True)
+        single.link_error(errback)
+        sent = single.apply_async()
+        _unsubscribe(app, sent)
+        return str(sent.id)
     parts = [part(i, c) for i, c in enumerate(chunks)]
     header: list[Any] = parts
     if options.get("rate"):
@@ -241,7 +266,7 @@ def _send(app: Celery, scan_id: str, chunks: Sequence[ScanChunk],
             by_host.setdefault(c.address, []).append(sig)
         header = [chain(*sigs) if len(sigs) > 1 else sigs[0] for sigs in by_host.values()]
     body = app.signature("lewis.scan.merge", kwargs={"scan_id": scan_id})
-    body.link_error(app.signature("lewis.scan.fail", kwargs={"scan_id": scan_id}))
+    body.link_error(errback)
     result = chord(header, app=app)(body)
     _unsubscribe(app, result)
     return str(result.id)

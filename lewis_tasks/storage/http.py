@@ -110,5 +110,16 @@ def get_http_results(session: Session, batch_id: str, *, offset: int = 0,
     return list(session.scalars(stmt.order_by(HttpResult.idx).offset(offset).limit(limit)))
 
 
+def result_rows(session: Session, batch_id: str, *, offset: int = 0, limit: int = 1000,
+                failed_only: bool = False) -> list[dict[str, Any]]:
+    """:func:`get_http_results` as plain dicts (the handles' and the CLI's rows)."""
+    return [{"index": r.idx, "url": r.url, "final_url": r.final_url, "method": r.method,
+             "status": r.status, "error_class": r.error_class, "error": r.error,
+             "bytes": r.bytes, "sha256": r.sha256, "truncated": r.truncated,
+             "timings": r.timings, "redirects": r.redirects, "headers": r.headers}
+            for r in get_http_results(session, batch_id, offset=offset, limit=limit,
+                                      failed_only=failed_only)]
+
+
 __all__ = ["save_http_batch", "save_http_results", "save_http_rows", "save_http_outcomes",
-           "finish_http_batch", "get_http_batch", "get_http_results"]
+           "finish_http_batch", "get_http_batch", "get_http_results", "result_rows"]

@@ -33,7 +33,25 @@ def heartbeat(slot: int | None = None) -> dict[str, Any]:
         for ping in pings:
             new += heartbeats.record_heartbeat(session, slot=slot, worker=ping.worker, alive=True,
                                                rtt_ms=ping.rtt_ms, queues=list(ping.queues))
+    _summarise(slot, pings, settings.monitoring.retention)
     return {"slot": slot, "workers": [p.to_dict() for p in pings], "new": new}
+
+
+def _summarise(slot: int, pings: list[Any], ttl: float) -> None:
+    """The heartbeat in one Redis key as well, for `lewis status` (the rows stay the record)."""
+    import redis
+
+    from ..infra.fleet import write_heartbeat
+    from ..infra.redis_client import get_redis
+
+    rtts = [p.rtt_ms for p in pings]
+    if not pings:
+        return  # as the rows: a slot nobody answered leaves the last one standing
+    try:
+        write_heartbeat(get_redis(), {"slot": slot, "recorded_at": time.time(),
+                                      "workers": len(pings), "rtt_ms_max": max(rtts)}, ttl)
+    except redis.RedisError as exc:  # status then reads the rows
+        log.warning("heartbeat summary not written: %s", exc)
 
 
 @app.task(name="lewis.control.cleanup", count_runs=True)

@@ -3,6 +3,8 @@
 A batch is a chord: ``fetch_chunk`` tasks (io) fetch their slice of the URLs on the worker
 process's persistent loop with its one session, persisting per-URL rows as they finish (so
 progress moves while a chunk runs), and ``merge`` (cpu) sums the chunks and closes the batch.
+A batch of one chunk is no chord: that chunk (``options["merge"]``) closes the batch in place,
+and ``abort`` is its errback.
 
 A load test is a chord too: ``loadtest_part`` tasks (io) meet at a Redis barrier so N parts
 on N io processes start together, each returns its LoadResult with its histogram, and
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY = 0.5  # seconds between writes of a running chunk's finished URLs (progress)
 PROCESSES_KEY = "lewis:loadtest:{run}:processes"  # hash: worker process → the part it runs
 BARRIER_KEY = "lewis:loadtest:{run}:barrier"
+ROWS_IN_RESULT = 100  # a one-chunk batch this small returns its rows: the CLI reads no database
 FINAL_LINE_WAIT = 2.0  # seconds a part waits for its last progress line to be written
 
 
@@ -105,10 +108,13 @@ def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[st
     for outcome in outcomes:
         if outcome.ok:
             latency.record(int(outcome.timings.total_ms * 1000))
-    return {"batch_id": batch_id, "start": start, "count": len(outcomes), "new": new,
-            "summary": summarise(outcomes), "bytes": sum(o.bytes for o in outcomes),
-            "latency": latency.to_dict(), "process": process_id(),
-            "seconds": round(time.monotonic() - began, 3)}
+    result = {"batch_id": batch_id, "start": start, "count": len(outcomes), "new": new,
+              "summary": summarise(outcomes), "bytes": sum(o.bytes for o in outcomes),
+              "latency": latency.to_dict(), "process": process_id(),
+              "seconds": round(time.monotonic() - began, 3)}
+    if options.get("merge"):  # the batch's only chunk: no chord, it closes the batch itself
+        return _merge_batch([result], batch_id, rows_up_to=ROWS_IN_RESULT)
+    return result
 
 
 async def _fetch(requests: list[Any], budget: float,
@@ -187,8 +193,14 @@ def _save_batch(batch_id: str, total: int, request: Any) -> None:
 @app.task(name="lewis.http.merge")
 def merge(results: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
     """Chord callback: the chunks' counts and latencies summed, the batch closed. Idempotent."""
+    return _merge_batch(results, batch_id)
+
+
+def _merge_batch(results: Any, batch_id: Any, rows_up_to: int = 0) -> dict[str, Any]:
+    """The chunks summed and the batch closed; a batch of at most ``rows_up_to`` URLs also
+    returns its stored rows (read back, so a redelivery returns what the first one stored)."""
     from ..storage.db import get_engine, session_scope
-    from ..storage.http import finish_http_batch, get_http_batch
+    from ..storage.http import finish_http_batch, get_http_batch, result_rows
 
     _check_batch_id(batch_id)
     if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
@@ -214,7 +226,9 @@ def merge(results: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
                    "processes": sorted({str(r.get("process")) for r in results}),
                    "slowest_chunk_s": max((float(r.get("seconds", 0)) for r in results), default=0.0)}
         finish_http_batch(session, batch_id, status="done", summary=summary)
-    return {"batch_id": batch_id, **summary}
+        rows = (result_rows(session, batch_id, limit=rows_up_to)
+                if 0 < batch.total <= rows_up_to else None)
+    return {"batch_id": batch_id, **summary, **({"rows": rows} if rows is not None else {})}
 
 
 @app.task(name="lewis.http.abort")

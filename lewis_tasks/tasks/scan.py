@@ -1,6 +1,8 @@
 """Scan tasks: ``lewis.scan.chunk`` (io) scans one host × port range; ``lewis.scan.merge`` (cpu,
 the chord's callback) turns every chunk's open ports into ranked findings; ``lewis.scan.fail``
-(the callback's errback) marks a scan whose chord failed.
+(the callback's errback) marks a scan whose chord failed. A scan of one chunk is no chord: its
+chunk task (``options["merge"]``) merges in place once the chunk is recorded, and
+``lewis.scan.fail`` is that task's errback.
 
 Idempotent throughout: a chunk already recorded is not scanned again (a redelivery returns at
 once), :func:`~lewis_tasks.storage.scans.record_chunk` moves the counters once, and the merge
@@ -52,11 +54,21 @@ FILTERED_LISTED = 1000  # filtered ports listed per chunk result (the count is a
 @app.task(name="lewis.scan.chunk", bind=True)
 def chunk(self: LewisTask, scan_id: str, index: int, chunk: Mapping[str, Any],
           options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Scan one chunk (a host and its port range), identify its services, record it once."""
+    """Scan one chunk (a host and its port range), identify its services, record it once;
+    the only chunk of a scan (``options["merge"]``) then merges the scan in place."""
+    options = options or {}
+    outcome = _record_chunk(self.request.id, scan_id, index, chunk, options)
+    if options.get("merge"):  # no chord: a redelivery merges too (idempotent), so it completes
+        return _merge(scan_id)
+    return outcome
+
+
+def _record_chunk(task_id: str | None, scan_id: str, index: int, chunk: Mapping[str, Any],
+                  options: Mapping[str, Any]) -> dict[str, Any]:
     from ..storage import scans
     from ..storage.db import get_engine, session_scope
 
-    part, rate, identify = _chunk_input(scan_id, index, chunk, options or {})
+    part, rate, identify = _chunk_input(scan_id, index, chunk, options)
     with session_scope(get_engine()) as session:
         if scans.get_scan(session, scan_id) is None:
             raise InvalidInput(f"scan {scan_id!r}: no such scan (submit it with submit_scan)")
@@ -69,7 +81,7 @@ def chunk(self: LewisTask, scan_id: str, index: int, chunk: Mapping[str, Any],
         recorded = scans.record_chunk(session, scan_id, index, result,
                                       ports_scanned=part.port_count,
                                       open_ports=_port_rows(part, outcome),
-                                      task_id=self.request.id, host=part.address)
+                                      task_id=task_id, host=part.address)
     _forget_live(scan_id, index)
     return {"scan_id": scan_id, "chunk": index, "recorded": recorded,
             "address": part.address, "open": result["open"], "filtered": result["filtered"]}
@@ -187,6 +199,10 @@ def _forget_live(scan_id: str, index: int) -> None:
 @app.task(name="lewis.scan.merge")
 def merge(_header_results: Any = None, scan_id: str = "") -> dict[str, Any]:
     """Chord callback: findings from every recorded chunk, persisted once; the scan is done."""
+    return _merge(scan_id)
+
+
+def _merge(scan_id: Any) -> dict[str, Any]:
     from ..storage import scans, targets
     from ..storage.db import get_engine, session_scope
 
