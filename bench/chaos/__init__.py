@@ -65,8 +65,8 @@ def render(data: dict[str, Any]) -> str:
         machine_line(data["machine"]),
         "Each experiment runs on loopback on real "
         "processes (`lewis worker`, `lewis beat`, `lewis up`, redis-server) with the short "
-        "recovery settings of `bench/chaos/cluster.py` (visibility timeout 10 s for io and "
-        "control, 16 s for cpu, hard time limits 1 s below, `tasks.max_redeliveries` 2, "
+        "recovery settings of `bench/chaos/cluster.py` (visibility timeout 16 s for every "
+        "worker, hard time limits 9 s (io, control) and 15 s (cpu), `tasks.max_redeliveries` 2, "
         "heartbeat every 1 s, beat lock timeout 3 s); the cluster is two io workers, a cpu "
         "worker (2 children) and a control worker on a redis-server of its own (AOF on), "
         "`lewis up` for the embedded case. Every task has an id and records its runs in a ledger Redis outside the "

@@ -40,7 +40,10 @@ LOST_CHILD = {**FAST_RECOVERY, "LEWIS_TASKS_TIME_LIMIT": "15", "LEWIS_TASKS_SOFT
 
 # io workers of the chaos cluster run scans too: a silent listener holds a chunk for two
 # banner timeouts (4 s here, time for a kill to land mid-chunk), well inside the time limit.
-SCANNING = {**FAST_RECOVERY, "LEWIS_BROKER_VISIBILITY_TIMEOUT": "10", "LEWIS_TASKS_TIME_LIMIT": "9",
+# Their visibility timeout is the cpu worker's: a worker refuses to join a cluster running
+# another (infra/fleet.py, check_cluster_agreement).
+SCANNING = {**FAST_RECOVERY, "LEWIS_BROKER_VISIBILITY_TIMEOUT": LOST_CHILD[
+                "LEWIS_BROKER_VISIBILITY_TIMEOUT"], "LEWIS_TASKS_TIME_LIMIT": "9",
             "LEWIS_TASKS_SOFT_TIME_LIMIT": "8", "LEWIS_SCAN_BANNER_TIMEOUT": "2"}
 
 TASKS_MODULE = "tests.support.killtasks"
