@@ -102,6 +102,9 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc, unused-ignore]
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
     QoS = QoS
+    from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
+        *kombu_redis.Channel.from_transport_options, "atomic_take")
+    atomic_take = True  # broker.atomic_take; false: kombu's BRPOP
     _shared_client: Any = None
     _shared_client_pool: Any = None
     _recorded_tag: str | None = None  # the message being delivered, already in unacked
@@ -115,7 +118,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
         self._take_pending: tuple[tuple[str, ...], list[str]] | None = None
         super().__init__(*args, **kwargs)  # builds the consuming (asynchronous) pool
         self._connparams(asynchronous=False)  # and, while attached, the other's parameters
-        self._atomic = self.ack_emulation and self._server_takes_atomically()
+        self._atomic = (self.atomic_take and self.ack_emulation
+                        and self._server_takes_atomically())
 
     def _server_takes_atomically(self) -> bool:
         """Redis >= 6.2, asked once per transport; older: kombu's path and one warning."""

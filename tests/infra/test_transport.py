@@ -170,13 +170,13 @@ def test_our_consumer_killed_after_the_take_leaves_the_message_unacked(
 
 
 def _consumer(url: str, queues: list[str], received: list[Any], no_ack: bool = False,
-              ack: bool = True) -> kombu.Connection:
+              ack: bool = True, **options: Any) -> kombu.Connection:
     def on_message(body: Any, message: Any) -> None:
         received.append(body)
         if ack and not no_ack:
             message.ack()
 
-    conn = kombu.Connection(url, transport=OURS)
+    conn = kombu.Connection(url, transport=OURS, transport_options=options)
     kombu.Consumer(conn.default_channel, [kombu.Queue(q, routing_key=q) for q in queues],
                    callbacks=[on_message], no_ack=no_ack).consume()
     return conn
@@ -185,6 +185,17 @@ def _consumer(url: str, queues: list[str], received: list[Any], no_ack: bool = F
 def _drain(conn: kombu.Connection, received: list[Any], count: int) -> None:
     while len(received) < count:
         conn.drain_events(timeout=10)
+
+
+def _wait_blocked_in(conn: kombu.Connection, client: redis.Redis, command: str) -> None:
+    """Until the consumer waits for work blocked in ``command`` (no busy polling)."""
+
+    def blocked() -> bool:
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=0.2)
+        return any(c["cmd"] == command for c in client.client_list())
+
+    wait_for(blocked, timeout=10, what=f"the consumer blocked in {command}")
 
 
 def test_the_take_honours_priorities_and_serves_every_queue(server: EmbeddedRedis) -> None:
@@ -209,12 +220,7 @@ def test_an_idle_consumer_waits_in_redis_and_sees_a_message_on_its_second_queue(
     conn = _consumer(server.url, ["a", "b"], received)
     client = redis.Redis.from_url(server.url)
 
-    def waiting() -> bool:  # blocked in Redis on the first queue: no busy polling
-        with contextlib.suppress(TimeoutError):
-            conn.drain_events(timeout=0.2)
-        return any(c["cmd"] == "blmove" for c in client.client_list())
-
-    wait_for(waiting, timeout=10, what="the consumer blocked in BLMOVE")
+    _wait_blocked_in(conn, client, "blmove")  # on the first queue
     assert client.llen("a") == 0  # the wait takes nothing
     _publish(server.url, "b", {"n": "b"})
     _drain(conn, received, 1)
@@ -282,13 +288,25 @@ def test_a_redis_older_than_6_2_gets_kombus_path_and_one_warning(
     assert "6.0.16 is older than 6.2" in caplog.text
     client = redis.Redis.from_url(server.url)
     assert client.hlen("unacked") == 0  # acked: recorded and removed the kombu way
+    _wait_blocked_in(conn, client, "brpop")
+    conn.close()
+    client.close()
 
-    def waiting_in_brpop() -> bool:
-        with contextlib.suppress(TimeoutError):
-            conn.drain_events(timeout=0.2)
-        return any(c["cmd"] == "brpop" for c in client.client_list())
 
-    wait_for(waiting_in_brpop, timeout=10, what="the consumer blocked in BRPOP")
+def test_broker_atomic_take_false_keeps_kombus_path(server: EmbeddedRedis) -> None:
+    from lewis_tasks.infra.celery_app import celery_config
+    from lewis_tasks.infra.config import load_settings
+
+    settings = load_settings(env={"LEWIS_BROKER_ATOMIC_TAKE": "false"})
+    options = celery_config(settings)["broker_transport_options"]
+    assert isinstance(options, dict) and options["atomic_take"] is False
+    _publish(server.url, "a", {"n": 1})
+    received: list[Any] = []
+    conn = _consumer(server.url, ["a"], received, atomic_take=False)
+    _drain(conn, received, 1)
+    client = redis.Redis.from_url(server.url)
+    _wait_blocked_in(conn, client, "brpop")
+    assert received == [{"n": 1}] and client.hlen("unacked") == 0
     conn.close()
     client.close()
 
