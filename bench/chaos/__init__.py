@@ -54,10 +54,9 @@ def render(data: dict[str, Any]) -> str:
         "redis kill -9 (0–2 of ~136, intermittent) the same window is one candidate (the pop "
         "reached the AOF, the reply never reached the worker); another is Redis postponing "
         "the AOF write behind a slow everysec fsync while it already answered the producer; "
-        "not yet told apart. Closing the first needs an atomic "
-        "fetch-and-record (BLMOVE into a per-consumer list, or a Lua pop that writes "
-        "`unacked` in the same step) in our transport (lewis_tasks/infra/transport.py): not "
-        "done in this branch.",
+        "not yet told apart. The first is closed since branch `atomic`: our transport "
+        "(lewis_tasks/infra/transport.py) takes a message with a Lua script that pops it and "
+        "writes `unacked` in the same step (docs/atomic-unacked.md); the second is Redis' own.",
     ]
     return "\n".join([
         "## Chaos: faults under load",
