@@ -90,4 +90,16 @@ def render(data: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---|---|---|---|---|",
         *rows,
         *findings,
+        *_atomic_take_cost(),
     ])
+
+
+def _atomic_take_cost() -> list[str]:
+    """bench/atomic.py's last run, if any: what closing the BRPOP window costs."""
+    import json
+
+    from ..atomic import cost_lines
+    from ..run import RESULTS
+
+    path = RESULTS / "atomic.json"
+    return cost_lines(json.loads(path.read_text())) if path.exists() else []
