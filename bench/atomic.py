@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -39,7 +40,7 @@ def run(runs: int) -> dict[str, dict[str, list[float]]]:
                 latency = plat.bench_latency(systems[side])
                 drain = plat.bench_drain(systems[side], "noop_io")
                 sample = {"p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
-                          "drain_per_s": drain["tasks_per_s"]}
+                          "drain_per_s": drain["tasks_per_s"], "load1": os.getloadavg()[0]}
                 for key, value in sample.items():
                     figures[side].setdefault(key, []).append(value)
                 print(f"  run {i + 1} {side:<7} {json.dumps({k: round(v, 3) for k, v in sample.items()})}",
@@ -55,6 +56,7 @@ def cost_lines(data: dict[str, Any]) -> list[str]:
            for side, measures in data["figures"].items()}
     atomic, brpop = med["atomic"], med["brpop"]
     runs = len(data["figures"]["atomic"]["p50_ms"])
+    loads = [x for measures in data["figures"].values() for x in measures.get("load1", [0.0])]
 
     def row(name: str, key: str, fmt: str) -> str:
         return (f"| {name} | {atomic[key]:{fmt}} | {brpop[key]:{fmt}} "
@@ -66,8 +68,9 @@ def cost_lines(data: dict[str, Any]) -> list[str]:
         "then `QoS.append`'s pipeline): `lewis worker io` as shipped on one private Redis, sides "
         f"interleaved (AB BA …), medians of {runs} runs each; the platform suite's no-op round "
         "trip (one worker) and io drain (10,000 no-ops, 2 workers). "
-        f"{machine_line(data['machine'])}; the machine was shared with other engineers' runs "
-        "(load average up to ~6 on 2 cores): treat differences under ~15 % as noise. "
+        f"{machine_line(data['machine'])}; the machine was shared with other sessions' runs "
+        f"(load average {min(loads):.1f}–{max(loads):.1f} on 2 cores after the samples): treat "
+        "differences under ~15 % as noise. "
         f"`{COMMAND}` at {data['code']}.",
         "",
         "| measure | atomic take | BRPOP | ratio |",

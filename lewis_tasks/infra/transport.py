@@ -53,16 +53,25 @@ log = logging.getLogger(__name__)
 # them. ARGV[1]: the index score (the consumer's clock, as QoS.append writes it). Pops first:
 # a write after it is never refused for memory (Redis lets a script that wrote go on), and
 # the stored triple is kombu's ``[payload, exchange, routing_key]`` with the payload verbatim.
-# A message without a string delivery tag is returned unrecorded; QoS.append records it.
+# Returns the key's position, the payload, the tag it was recorded under ('' for a message
+# without a string delivery tag: returned unrecorded, QoS.append records it) and whether any
+# list still holds a message (if none, the next take waits first: no empty take in between).
 TAKE = """
 for i = 3, #KEYS do
   local payload = redis.call('RPOP', KEYS[i])
   if payload then
+    local more = 0
+    for j = i, #KEYS do
+      if redis.call('LLEN', KEYS[j]) > 0 then
+        more = 1
+        break
+      end
+    end
     local ok, message = pcall(cjson.decode, payload)
     local properties = ok and type(message) == 'table' and message['properties']
     local tag = type(properties) == 'table' and properties['delivery_tag']
     if type(tag) ~= 'string' then
-      return {i - 2, payload}
+      return {i - 2, payload, '', more}
     end
     local info = properties['delivery_info']
     if type(info) ~= 'table' then
@@ -71,7 +80,7 @@ for i = 3, #KEYS do
     redis.call('ZADD', KEYS[2], ARGV[1], tag)
     redis.call('HSET', KEYS[1], tag, '[' .. payload .. ',' .. cjson.encode(info['exchange'])
                .. ',' .. cjson.encode(info['routing_key']) .. ']')
-    return {i - 2, payload, tag}
+    return {i - 2, payload, tag, more}
   end
 end
 return false
@@ -207,13 +216,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
             connection.disconnect()  # reconnected by the next poll, as after a failed BRPOP
             raise
         self._take_script_loaded = True
-        self._take_idle = not take
+        self._take_idle = not take or not take[3]  # no message left: wait first
         return take
 
     def _deliver_taken(self, reply: list[Any], keys: list[str]) -> None:
         queue = keys[int(reply[0]) - 1].rsplit(self.sep, 1)[0]
         self._queue_cycle.rotate(queue)
-        self._recorded_tag = bytes_to_str(reply[2]) if len(reply) > 2 else None
+        self._recorded_tag = bytes_to_str(reply[2]) or None
         try:
             self.connection._deliver(loads(bytes_to_str(reply[1])), queue)
         finally:
