@@ -28,7 +28,7 @@ and records it under its own delivery tag, so it is at every instant in a queue 
 ``unacked``; an idle consumer waits with ``BLMOVE key key LEFT LEFT`` (moves a message onto
 itself: waits without taking) on the first key for at most a second, then takes again.
 Fanout (pidbox, broadcast) and no-ack consumers keep kombu's path, and so does a Redis older
-than 6.2 (no BLMOVE; one warning).
+than 6.2 (no BLMOVE) or one that refuses the take (an ACL): one warning.
 
 Selected by ``broker_transport`` for ``redis://`` brokers (signals.py, workers only).
 """
@@ -133,14 +133,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
     def _server_takes_atomically(self) -> bool:
         """Redis >= 6.2, asked once per transport; older: kombu's path and one warning."""
         transport = self.connection
-        if transport.atomic_take is None:
-            version = str(self.client.info("server").get("redis_version", ""))
-            transport.atomic_take = redis_version(version) >= MIN_VERSION
-            if not transport.atomic_take:
+        if transport.server_takes is None:
+            try:
+                version = str(self.client.info("server").get("redis_version", ""))
+            except self.ResponseError:  # INFO refused (an ACL): unknown, so kombu's path
+                version = ""
+            transport.server_takes = redis_version(version) >= MIN_VERSION
+            if not transport.server_takes:
                 log.warning("Redis %s is older than 6.2: consuming with kombu's BRPOP, which "
                             "loses a message when a worker dies between taking and recording "
                             "it (docs/atomic-unacked.md)", version or "of unknown version")
-        return bool(transport.atomic_take)
+        return bool(transport.server_takes)
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         no_ack = kwargs.get("no_ack", args[0] if args else False)
@@ -199,25 +202,37 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
             self._flush_brpop_reauth()
 
     def _read_take(self, commands: tuple[str, ...], **options: Any) -> Any:
-        """The take's reply (after the wait's, if one was sent); Empty-like None if none."""
+        """The take's reply (after the wait's, if one was sent); None if it brought nothing."""
         client, connection = self.client, self.client.connection
-        take: Any = None
+        replies: list[Any] = []
         try:
-            for name in commands:
+            for name in commands:  # every reply is read, or the next ones would be out of step
                 try:
-                    take = client.parse_response(connection, name, **options)
-                except NoScriptError:  # a restarted Redis forgot it: EVAL loads it again
-                    self._take_script_loaded = False
-                    return None
-                except self.ResponseError:
-                    if name != "BLMOVE":  # a failed wait is only a shorter one
-                        raise
+                    replies.append(client.parse_response(connection, name, **options))
+                except self.ResponseError as exc:
+                    replies.append(exc)
         except self.connection_errors:
             connection.disconnect()  # reconnected by the next poll, as after a failed BRPOP
             raise
+        take = replies[-1]
+        if isinstance(take, NoScriptError):  # a restarted Redis forgot it: EVAL loads it again
+            self._take_script_loaded = False
+            return None
+        refused = [r for r in replies if isinstance(r, self.ResponseError)]
+        if refused:  # (a take it did run is still delivered)
+            self._give_up_taking(refused[0])
+        if isinstance(take, self.ResponseError):
+            return None
         self._take_script_loaded = True
         self._take_idle = not take or not take[3]  # no message left: wait first
         return take
+
+    def _give_up_taking(self, error: Exception) -> None:
+        """A server that refuses the take or its wait (an ACL, say): kombu's path from now."""
+        self._atomic = False
+        log.warning("Redis refused the atomic take (%s): consuming with kombu's BRPOP, which "
+                    "loses a message when a worker dies between taking and recording it "
+                    "(docs/atomic-unacked.md)", error)
 
     def _deliver_taken(self, reply: list[Any], keys: list[str]) -> None:
         queue = keys[int(reply[0]) - 1].rsplit(self.sep, 1)[0]
@@ -255,4 +270,4 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc, unused-ignore]
     Channel = Channel
-    atomic_take: bool | None = None  # the server has what the take needs (first channel asks)
+    server_takes: bool | None = None  # the server has what the take needs (first channel asks)

@@ -327,3 +327,25 @@ def test_a_real_worker_consumes_through_the_take_and_answers_remote_control(
     # pidbox (fanout) and the reply queue (no ack) on kombu's path: inspect ping answers
     replies = celery_app.control.inspect(destination=[celery_worker.hostname], timeout=5).ping()
     assert replies == {celery_worker.hostname: {"ok": "pong"}}
+
+
+@pytest.mark.parametrize("refused", ["-blmove", "-info"])
+def test_a_server_refusing_the_take_or_its_version_gets_kombus_path(
+        server: EmbeddedRedis, refused: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Given a Redis user that may not wait with BLMOVE, or not ask the server's version (ACL)
+    admin = redis.Redis.from_url(server.url)
+    admin.acl_setuser("worker", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                      commands=["+@all", refused])
+    url = server.url.replace("redis://", "redis://worker:pw@")
+    _publish(server.url, "a", {"n": 1})
+    received: list[Any] = []
+    with caplog.at_level(logging.WARNING, logger=ours.__name__):
+        conn = _consumer(url, ["a"], received)
+        _drain(conn, received, 1)
+        _wait_blocked_in(conn, admin, "brpop")
+    # Then it consumes all the same, the kombu way, and says why once
+    assert received == [{"n": 1}]
+    assert len(caplog.records) == 1 and "kombu's BRPOP" in caplog.text
+    assert admin.hlen("unacked") == 0 and admin.llen("a") == 0
+    conn.close()
+    admin.close()
