@@ -111,3 +111,18 @@ def write_markdown(results_dir: Path, out: Path) -> None:
     if extra.exists():
         parts.append(extra.read_text())
     out.write_text("\n\n".join(p.strip() for p in parts) + "\n")
+
+
+def replace_section(out: Path, section: str) -> None:
+    """Put ``section`` (a rendered ``## …`` block) in place of the block with its heading,
+    leaving every other section of ``out`` as it is (write_markdown drops the sections no
+    stored result renders, such as the hand-written Fleet one)."""
+    heading = section.splitlines()[0]
+    lines = out.read_text().splitlines()
+    if heading not in lines:
+        out.write_text("\n".join(lines).rstrip("\n") + "\n\n" + section.strip() + "\n")
+        return
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = ["", *lines[end:]] if end < len(lines) else []
+    out.write_text("\n".join([*lines[:start], *section.strip().splitlines(), *tail]) + "\n")

@@ -54,10 +54,9 @@ def render(data: dict[str, Any]) -> str:
         "redis kill -9 (0–2 of ~136, intermittent) the same window is one candidate (the pop "
         "reached the AOF, the reply never reached the worker); another is Redis postponing "
         "the AOF write behind a slow everysec fsync while it already answered the producer; "
-        "not yet told apart. Closing the first needs an atomic "
-        "fetch-and-record (BLMOVE into a per-consumer list, or a Lua pop that writes "
-        "`unacked` in the same step) in our transport (lewis_tasks/infra/transport.py): not "
-        "done in this branch.",
+        "not yet told apart. The first is closed since branch `atomic`: our transport "
+        "(lewis_tasks/infra/transport.py) takes a message with a Lua script that pops it and "
+        "writes `unacked` in the same step (docs/atomic-unacked.md); the second is Redis' own.",
     ]
     return "\n".join([
         "## Chaos: faults under load",
@@ -65,8 +64,8 @@ def render(data: dict[str, Any]) -> str:
         machine_line(data["machine"]),
         "Each experiment runs on loopback on real "
         "processes (`lewis worker`, `lewis beat`, `lewis up`, redis-server) with the short "
-        "recovery settings of `bench/chaos/cluster.py` (visibility timeout 10 s for io and "
-        "control, 16 s for cpu, hard time limits 1 s below, `tasks.max_redeliveries` 2, "
+        "recovery settings of `bench/chaos/cluster.py` (visibility timeout 16 s for every "
+        "worker, hard time limits 9 s (io, control) and 15 s (cpu), `tasks.max_redeliveries` 2, "
         "heartbeat every 1 s, beat lock timeout 3 s); the cluster is two io workers, a cpu "
         "worker (2 children) and a control worker on a redis-server of its own (AOF on), "
         "`lewis up` for the embedded case. Every task has an id and records its runs in a ledger Redis outside the "
@@ -91,4 +90,16 @@ def render(data: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---|---|---|---|---|",
         *rows,
         *findings,
+        *_atomic_take_cost(),
     ])
+
+
+def _atomic_take_cost() -> list[str]:
+    """bench/atomic.py's last run, if any: what closing the BRPOP window costs."""
+    import json
+
+    from ..atomic import cost_lines
+    from ..run import RESULTS
+
+    path = RESULTS / "atomic.json"
+    return cost_lines(json.loads(path.read_text())) if path.exists() else []

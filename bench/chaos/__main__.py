@@ -38,8 +38,9 @@ def _store(results: list[Figures]) -> None:
     import subprocess
 
     from ..harness import ROOT
-    from ..report import write_markdown
+    from ..report import replace_section
     from ..run import RESULTS, machine
+    from . import render
 
     code = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
@@ -60,7 +61,7 @@ def _store(results: list[Figures]) -> None:
     data = {"machine": machine(), "results": merged}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
-    write_markdown(RESULTS, ROOT / "BENCHMARKS.md")
+    replace_section(ROOT / "BENCHMARKS.md", render(data))
     print("wrote bench/results/chaos.json and BENCHMARKS.md")
 
 

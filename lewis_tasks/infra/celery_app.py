@@ -41,6 +41,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "retry_on_timeout": True,
         "health_check_interval": 25,
         "max_connections": settings.broker.max_connections,
+        "atomic_take": settings.broker.atomic_take,  # read by our worker transport only
     }
     return {
         "broker_url": settings.broker.url or None,
@@ -69,7 +70,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "result_extended": False,
         "broker_transport_options": transport,
         "result_backend_transport_options": {k: v for k, v in transport.items()
-                                             if k != "visibility_timeout"},
+                                             if k not in ("visibility_timeout", "atomic_take")},
         # redis-py caps a pool at 100 by default; size both pools explicitly.
         "broker_pool_limit": settings.broker.pool_limit,
         "redis_max_connections": settings.broker.max_connections,

@@ -75,6 +75,9 @@ class BrokerSettings:
     max_connections: int = _opt(200, minimum=1)  # redis_max_connections (redis-py caps 100)
     result_expires: int = _opt(86400, minimum=1)
     connect_timeout: float = _opt(3.0, minimum=0.1)
+    # workers take a message and record it as unacked in one step (infra/transport.py); false:
+    # kombu's BRPOP, which loses a message when the worker dies in between (bench A/B)
+    atomic_take: bool = _opt(True)
 
 
 @dataclass(frozen=True)

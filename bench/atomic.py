@@ -1,0 +1,109 @@
+"""The atomic take against kombu's BRPOP: what taking and recording in one step costs.
+
+    python -m bench.atomic          # 4 runs of each side, interleaved (AB BA AB BA), medians
+    python -m bench.atomic -r 6
+
+Both sides are ``lewis worker io`` as shipped on the same private Redis, one with
+``broker.atomic_take`` (the default), one with it off (kombu's BRPOP, then ``QoS.append``'s
+pipeline): the platform suite's no-op round trip (p50 / p99, one worker) and io drain (10,000
+no-ops, 2 workers). Writes ``bench/results/atomic.json``, shown in BENCHMARKS.md's Chaos
+section (docs/atomic-unacked.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import platform as plat
+from .harness import ROOT, median, private_redis
+
+SIDES = {"atomic": "true", "brpop": "false"}
+COMMAND = "python -m bench.atomic"
+
+
+def run(runs: int) -> dict[str, dict[str, list[float]]]:
+    figures: dict[str, dict[str, list[float]]] = {side: {} for side in SIDES}
+    with private_redis() as server, tempfile.TemporaryDirectory() as tmp:
+        systems = {}
+        for side, value in SIDES.items():
+            systems[side] = plat.System("lewis", server, Path(tmp))
+            systems[side].env["LEWIS_BROKER_ATOMIC_TAKE"] = value
+        for i in range(runs):
+            # AB BA …: drift over the run hits both sides alike
+            for side in (list(SIDES) if i % 2 == 0 else list(reversed(SIDES))):
+                latency = plat.bench_latency(systems[side])
+                drain = plat.bench_drain(systems[side], "noop_io")
+                sample = {"p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
+                          "drain_per_s": drain["tasks_per_s"], "load1": os.getloadavg()[0]}
+                for key, value in sample.items():
+                    figures[side].setdefault(key, []).append(value)
+                print(f"  run {i + 1} {side:<7} {json.dumps({k: round(v, 3) for k, v in sample.items()})}",
+                      flush=True)
+    return figures
+
+
+def cost_lines(data: dict[str, Any]) -> list[str]:
+    """The atomic take's cost, for the Chaos section of BENCHMARKS.md."""
+    from .report import machine_line
+
+    med = {side: {k: median(v) for k, v in measures.items()}
+           for side, measures in data["figures"].items()}
+    atomic, brpop = med["atomic"], med["brpop"]
+    runs = len(data["figures"]["atomic"]["p50_ms"])
+    loads = [x for measures in data["figures"].values() for x in measures.get("load1", [0.0])]
+
+    def row(name: str, key: str, fmt: str) -> str:
+        return (f"| {name} | {atomic[key]:{fmt}} | {brpop[key]:{fmt}} "
+                f"| {atomic[key] / brpop[key]:.2f} |")
+
+    return [
+        "",
+        "**The atomic take's cost** (`broker.atomic_take`, on by default; off = kombu's BRPOP "
+        "then `QoS.append`'s pipeline): `lewis worker io` as shipped on one private Redis, sides "
+        f"interleaved (AB BA …), medians of {runs} runs each; the platform suite's no-op round "
+        "trip (one worker) and io drain (10,000 no-ops, 2 workers). "
+        f"{machine_line(data['machine'])}; the machine was shared with other sessions' runs "
+        f"(load average {min(loads):.1f}–{max(loads):.1f} on 2 cores after the samples): treat "
+        "differences under ~15 % as noise. "
+        f"`{COMMAND}` at {data['code']}.",
+        "",
+        "| measure | atomic take | BRPOP | ratio |",
+        "|---|---:|---:|---:|",
+        row("Round trip p50 (ms)", "p50_ms", ".2f"),
+        row("Round trip p99 (ms)", "p99_ms", ".2f"),
+        row("Drain, io queue (tasks/s)", "drain_per_s", ",.0f"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .chaos import render
+    from .report import replace_section
+    from .run import RESULTS, machine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-r", "--runs", type=int, default=4)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    figures = run(args.runs)
+    summary = {side: {k: round(median(v), 3) for k, v in measures.items()}
+               for side, measures in figures.items()}
+    print(json.dumps(summary))
+    if not args.no_write:
+        code = subprocess.run(["git", "log", "-1", "--format=%h"], cwd=ROOT,
+                              capture_output=True, text=True).stdout.strip()
+        data = {"machine": machine(), "code": code, "figures": figures}
+        (RESULTS / "atomic.json").write_text(json.dumps(data, indent=1))
+        chaos = json.loads((RESULTS / "chaos.json").read_text())
+        replace_section(ROOT / "BENCHMARKS.md", render(chaos))
+        print("wrote bench/results/atomic.json and BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
