@@ -27,12 +27,25 @@ _PR_SET_PDEATHSIG = 1
 
 def die_with_parent() -> None:
     """(In a child, between fork and exec) ask the kernel to SIGTERM us when our parent dies,
-    so a SIGKILLed supervisor or test run leaves no redis-server or worker behind."""
+    so a SIGKILLed supervisor or test run leaves no redis-server behind (SIGTERM: it saves)."""
+    _death_signal("SIGTERM")
+
+
+def killed_with_parent() -> None:
+    """As :func:`die_with_parent`, with SIGKILL: for workers, whose warm shutdown on SIGTERM
+    waits for their running task, which may wait for ever on the Redis the dead supervisor
+    owned (seen: control workers left running after a test's `lewis up` was killed). A task
+    cut off this way is redelivered (acks_late): nothing is lost."""
+    _death_signal("SIGKILL")
+
+
+def _death_signal(name: str) -> None:
     import ctypes
     import signal
 
     with contextlib.suppress(OSError):  # not Linux: the supervisor's shutdown still stops them
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG,
+                                                       getattr(signal, name))
 
 
 def find_redis_server() -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import ConfigError, LewisError
 from .config import Settings, read_stack_file, redact_url, stack_file
-from .redis_server import EmbeddedRedis, die_with_parent, free_port, pid_alive
+from .redis_server import EmbeddedRedis, free_port, killed_with_parent, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Child:
         try:
             self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
                                             stdout=log_file, stderr=subprocess.STDOUT,
-                                            start_new_session=True, preexec_fn=die_with_parent)
+                                            start_new_session=True, preexec_fn=killed_with_parent)
         finally:
             log_file.close()
         self.backoff.started()

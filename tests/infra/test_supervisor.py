@@ -3,6 +3,8 @@ ran healthy; the embedded redis-server restarted on its own port, password and d
 
 from __future__ import annotations
 
+import contextlib
+
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import redis
 from lewis_tasks.infra.config import load_settings
 from lewis_tasks.infra.redis_server import EmbeddedRedis
 from lewis_tasks.infra.supervisor import Backoff, Child, Stack
+from tests.support.procs import wait_for
 
 
 class Clock:
@@ -117,3 +120,48 @@ def test_supervisor_restarts_embedded_redis_on_its_port_password_and_data(tmp_pa
             redis.Redis(host="127.0.0.1", port=port).ping()
     finally:
         stack.redis.stop()
+
+
+def test_a_worker_that_ignores_sigterm_dies_with_a_killed_supervisor(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    # Given a supervisor process whose child (a stand-in for a worker stuck in its warm
+    # shutdown: it ignores SIGTERM) runs in its own session, as Child starts workers
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from pathlib import Path
+from lewis_tasks.infra.supervisor import Child
+argv = [sys.executable, "-c",
+        "import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "pathlib.Path({str(tmp_path / 'ready')!r}).touch(); time.sleep(120)"]
+child = Child("io", argv, None, Path({str(tmp_path / 'io.log')!r}))
+child.start()
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+    supervisor = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                  text=True)
+    try:
+        worker = int(supervisor.stdout.readline())  # type: ignore[union-attr]
+        wait_for(lambda: (tmp_path / "ready").exists(), 30, interval=0.05,
+                 what="the worker ignoring SIGTERM")
+        # When the supervisor is SIGKILLed (no shutdown of its own)
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.wait()
+        # Then the kernel kills the worker too: none is left behind, running for ever
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and psutil.pid_exists(worker) and \
+                psutil.Process(worker).status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.05)
+        assert not psutil.pid_exists(worker) or \
+            psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+    finally:
+        supervisor.kill()
+        with contextlib.suppress(ProcessLookupError, NameError):
+            os.kill(worker, signal.SIGKILL)
