@@ -44,7 +44,10 @@ LOST_CHILD = {**FAST_RECOVERY, "LEWIS_TASKS_TIME_LIMIT": "15", "LEWIS_TASKS_SOFT
 # refuses to start, infra/fleet.py), so it is the cpu workers' (LOST_CHILD) here too.
 SCANNING = {**FAST_RECOVERY, "LEWIS_BROKER_VISIBILITY_TIMEOUT": LOST_CHILD["LEWIS_BROKER_VISIBILITY_TIMEOUT"],
             "LEWIS_TASKS_TIME_LIMIT": "9",
-            "LEWIS_TASKS_SOFT_TIME_LIMIT": "8", "LEWIS_SCAN_BANNER_TIMEOUT": "2"}
+            "LEWIS_TASKS_SOFT_TIME_LIMIT": "8", "LEWIS_SCAN_BANNER_TIMEOUT": "2",
+            # three chunks per scan: a chord whose merge runs on the cpu queue (a scan of one
+            # chunk merges in place on its io worker, and the cpu kill would find no merge)
+            "LEWIS_SCAN_CHUNK_PORTS": "16"}
 
 TASKS_MODULE = "tests.support.killtasks"
 
