@@ -430,7 +430,7 @@ class _Run:
 
     def _second(self, failed: bool, size: int, now: float | None = None) -> None:
         """Count a request that ended now in its second (the grace's in the last one)."""
-        at = int(((time.perf_counter() if now is None else now) - self.t0))
+        at = int((time.perf_counter() if now is None else now) - self.t0)
         second = self.timeline[min(max(at, 0), len(self.timeline) - 1)]
         second[0] += 1
         second[1] += failed

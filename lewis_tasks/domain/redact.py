@@ -9,7 +9,7 @@ can still tell the accounts apart. Pure text in, text out.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 MASK = "***"
 # scheme://, then the userinfo: up to the last @ before the authority ends (/ ? # or space)
@@ -28,7 +28,7 @@ def redact_url(text: str) -> str:
     return _USERINFO.sub(_mask, text)
 
 
-def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
+def redact_headers(headers: Iterable[Sequence[str]]) -> list[list[str]]:
     """``[name, value]`` pairs with the value of every credential-bearing header
     (Authorization, Cookie, API keys, tokens…) masked whole, for storing or showing."""
     return [[name, MASK if _SECRET_HEADER.search(name) else value] for name, value in headers]
