@@ -251,14 +251,30 @@ def format_batch(summary: dict[str, Any], rows: Iterable[dict[str, Any]], second
               help="Open loop: requests per second in total, latency from the intended send time.")
 @click.option("-w", "--workers", type=int, default=1, show_default=True,
               help="io worker processes to spread the load over (they start together).")
-@click.option("-m", "--method", default="GET", show_default=True)
+@click.option("-m", "--method", default="GET", show_default=True,
+              help="GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS.")
+@click.option("-H", "--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+              help="A header sent with every request (repeatable). Authorization, Cookie and "
+                   "the like are stored masked.")
+@click.option("--body", default=None, help="The request body, as text (POST, PUT, PATCH, DELETE).")
+@click.option("--body-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Read the request body from this file (UTF-8 text).")
+@click.option("--timeout", type=DURATION, default=None,
+              help="Cut each request after this long; it counts as a 'timeout' error.")
+@click.option("--ramp", type=DURATION, default=None,
+              help="Raise the load linearly to its target over this long: connections one "
+                   "after another, or the rate from 0 with --rate.")
+@click.option("--csv", "csv_prefix", default=None, metavar="PREFIX",
+              help="Also write locust-style PREFIX_stats.csv and PREFIX_stats_history.csv.")
 @click.option("--json", "as_json", is_flag=True, help="Print the merged result as JSON.")
 @click.option("--wait", "wait_s", type=DURATION, default=None,
               help="Give up waiting after this long, exit 3 (default: the start barrier, the "
                    "run and its drain, plus a margin). Parts that could no longer finish "
                    "within it expire unstarted.")
 def loadtest_command(url: str, concurrency: int, duration: float | None, count: int | None,
-                     rate: float | None, workers: int, method: str, as_json: bool,
+                     rate: float | None, workers: int, method: str, headers: tuple[str, ...],
+                     body: str | None, body_file: str | None, timeout: float | None,
+                     ramp: float | None, csv_prefix: str | None, as_json: bool,
                      wait_s: float | None) -> None:
     """Load-test URL from the io workers: requests/s, latency percentiles, status codes.
     Exits 1 when no request was answered, 3 when no result came within --wait."""
@@ -269,6 +285,8 @@ def loadtest_command(url: str, concurrency: int, duration: float | None, count: 
     if duration is None and count is None:
         duration = 10.0
     _check_wait(wait_s)
+    pairs = [parse_header(text) for text in headers]
+    body = _read_body(body, body_file)
     settings = get_settings()
     if wait_s is None:
         wait_s = loadtest_wait(settings, duration)
@@ -277,8 +295,8 @@ def loadtest_command(url: str, concurrency: int, duration: float | None, count: 
     start_within = max(settings.loadtest.barrier_timeout,
                        wait_s - loadtest_budget(settings).time_limits(duration)[1])
     handle = submit_loadtest(url, concurrency=concurrency, duration=duration, requests=count,
-                             rate=rate, workers=workers, method=method,
-                             start_within=start_within)
+                             rate=rate, workers=workers, method=method, headers=pairs,
+                             body=body, timeout=timeout, ramp=ramp, start_within=start_within)
 
     def line() -> str:
         p = handle.progress()
@@ -293,8 +311,37 @@ def loadtest_command(url: str, concurrency: int, duration: float | None, count: 
         click.echo(json.dumps(result, indent=1))
     else:
         click.echo(format_loadtest(result))
+    if csv_prefix is not None:
+        from ..domain.loadcsv import write_csv
+
+        paths = write_csv(result, csv_prefix)
+        click.echo(f"wrote {paths[0]} and {paths[1]}", err=True)
     if result["requests"] == 0:
         sys.exit(int(Exit.FAILURE))
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``("Name", "value")`` from ``-H 'Name: value'`` (curl's and wrk's form); InvalidInput
+    if there is no colon (the name and value are checked with the run)."""
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise InvalidInput(f"-H {text!r}: a header is 'Name: value'")
+    return name.strip(), value.strip(" \t")
+
+
+def _read_body(body: str | None, path: str | None) -> str | None:
+    """The body from --body or --body-file (not both); InvalidInput if it is not UTF-8."""
+    if path is None:
+        return body
+    if body is not None:
+        raise InvalidInput("give --body or --body-file, not both")
+    try:
+        with open(path, "rb") as stream:
+            return stream.read().decode()
+    except UnicodeDecodeError:
+        raise InvalidInput(f"--body-file {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidInput(f"--body-file {path}: {exc.strerror}") from None
 
 
 def _check_wait(seconds: float | None) -> None:
@@ -315,7 +362,8 @@ def format_loadtest(result: dict[str, Any]) -> str:
     rows = [
         ("url", f"{result['method']} {result['url']}"),
         ("load", f"{mode}, {result['concurrency']} connections, {result['parts']} part(s) on "
-                 f"{processes} process(es){' (shared!)' if result.get('shared_process') else ''}"),
+                 f"{processes} process(es){' (shared!)' if result.get('shared_process') else ''}"
+                 + (f", ramp {result['ramp_s']:g} s" if result.get("ramp_s") else "")),
         ("requests", f"{result['requests']:,} in {result['duration_s']:.2f} s"
                      + (f" (+{result['warmup']:,} uncounted, opening the connections first)"
                         if result.get("warmup") else "")),
@@ -334,5 +382,5 @@ def _percentiles(summary: dict[str, Any], names: Iterable[str]) -> str:
     return "  ".join(f"{name} {summary[f'{name}_ms']:,.2f}" for name in names)
 
 
-__all__ = ["http_command", "loadtest_command", "parse_duration", "read_requests",
+__all__ = ["http_command", "loadtest_command", "parse_duration", "parse_header", "read_requests",
            "format_batch", "format_loadtest", "batch_wait", "loadtest_wait"]

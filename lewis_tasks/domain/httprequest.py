@@ -26,6 +26,9 @@ from .urlhost import SCHEMES, Base, Host, url_host  # not httpclient's: that imp
 
 METHODS = frozenset({"GET", "HEAD", "POST"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 9110)
+# a field value (RFC 9110 §5.5): visible characters, obs-text, spaces and tabs inside, never
+# CR, LF, NUL or another control character
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\U0010ffff]*")
 
 
 def normalise_url(text: str | URL) -> URL:
@@ -136,8 +139,7 @@ class HttpRequest:
             raise InvalidInput("headers must be a mapping of name to value")
         headers = tuple((str(k), str(v)) for k, v in raw_headers.items())
         for name, value in headers:
-            if not _TOKEN.fullmatch(name) or any(c in value for c in "\r\n") or not _encodes(value):
-                raise InvalidInput(f"header {name!r} is malformed")
+            check_header(name, value)
         body = item.get("body")
         if isinstance(body, str):
             try:
@@ -150,6 +152,17 @@ class HttpRequest:
         if body is not None and method != "POST":
             raise InvalidInput(f"a {method} request carries no body")
         return cls(str(normalise_url(str(item.get("url", "")))), method, headers, body)
+
+
+def check_header(name: str, value: str) -> None:
+    """InvalidInput saying what is wrong if ``name: value`` is no HTTP header field
+    (RFC 9110: the name a token, the value without CR, LF or other control characters)."""
+    if not _TOKEN.fullmatch(name):
+        raise InvalidInput(f"header {name!r} is malformed: a name is letters, digits and "
+                           "!#$%&'*+-.^_`|~ only")
+    if not _FIELD_VALUE.fullmatch(value) or not _encodes(value):
+        raise InvalidInput(f"header {name!r} is malformed: its value holds a control character "
+                           "(CR, LF, NUL…) or a lone surrogate")
 
 
 def _encodes(text: str) -> bool:
@@ -165,4 +178,4 @@ def _plain_get(text: str) -> HttpRequest:
     return HttpRequest(str(normalise_url(text)))
 
 
-__all__ = ["HttpRequest", "normalise_url", "METHODS"]
+__all__ = ["HttpRequest", "normalise_url", "check_header", "METHODS"]

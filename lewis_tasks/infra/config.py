@@ -209,6 +209,7 @@ class LoadtestSettings:
     max_rate: int = _opt(100_000, minimum=1)
     max_requests: int = _opt(5_000_000, minimum=1)
     max_workers: int = _opt(16, minimum=1)
+    max_body_bytes: int = _opt("64KB", size=True, minimum=1)  # a request body sent by the run
     # how long the parts of a distributed run wait for each other at the start barrier; the
     # part's time limit covers it, so it also bounds max_duration below the visibility timeout
     barrier_timeout: float = _opt(20.0, minimum=1.0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InvalidInput
 from .config import Settings
@@ -78,7 +79,9 @@ def loadtest_budget(settings: Settings) -> LoadtestBudget:
 
 
 def check_loadtest(settings: Settings, *, concurrency: int, duration: float | None,
-                   requests: int | None, rate: float | None, workers: int, method: str) -> None:
+                   requests: int | None, rate: float | None, workers: int, method: str,
+                   headers: Any = None, body: Any = None, timeout: Any = None,
+                   ramp: Any = None) -> None:
     """InvalidInput naming the cap (a ``loadtest.*`` setting) or the parameter that is off."""
     lt = settings.loadtest
     for name, value in (("concurrency", concurrency), ("workers", workers), ("requests", requests)):
@@ -124,6 +127,10 @@ def check_loadtest(settings: Settings, *, concurrency: int, duration: float | No
             raise InvalidInput(f"requests {requests} cannot be split over {workers} workers")
     if rate is not None and (rate <= 0 or rate > lt.max_rate):
         raise InvalidInput(f"rate {rate:g}/s is outside (0, {lt.max_rate}/s] (loadtest.max_rate)")
+    from ..domain.loadgen import check_request_options
+
+    check_request_options(method=method.upper(), headers=headers, body=body, timeout=timeout,
+                          ramp=ramp, duration=duration, max_body=lt.max_body_bytes)
 
 
 def split(total: int, parts: int) -> list[int]:

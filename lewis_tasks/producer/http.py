@@ -22,7 +22,7 @@ from celery.exceptions import ChordError
 from celery.result import AsyncResult
 
 from ..domain.httprequest import HttpRequest, normalise_url
-from ..domain.redact import redact_url
+from ..domain.redact import redact_headers, redact_url
 from ..domain.scope import Scope, is_localhost_alias, parse_ip
 from ..errors import InvalidInput, TransientError
 from ..infra.config import Settings, get_settings
@@ -188,11 +188,18 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
 
 def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None,
                     requests: int | None = None, rate: float | None = None, workers: int = 1,
-                    method: str = "GET", start_within: float | None = None,
+                    method: str = "GET", headers: Any = None, body: str | bytes | None = None,
+                    timeout: float | None = None, ramp: float | None = None,
+                    start_within: float | None = None,
                     app: Celery | None = None) -> LoadtestHandle:
     """Load ``url`` from ``workers`` io processes at once: ``concurrency``, ``requests`` and
     ``rate`` are totals, split between them; ``duration`` in seconds. Closed loop without
     ``rate``, open loop (latency from the intended send time) with it.
+
+    ``headers`` (a mapping or ``[(name, value), …]``) and ``body`` (text or UTF-8 bytes) go
+    with every request, ``timeout`` cuts each one, ``ramp`` seconds raise the load linearly
+    to its target. They travel in the task's JSON; the stored parameters keep the body's size
+    only and mask credential headers (Authorization, Cookie…).
 
     Parts not started within ``start_within`` seconds (default ``loadtest.barrier_timeout``)
     expire unrun — a load test that waited in a busy queue must not hit its target later,
@@ -201,13 +208,19 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
     _require_broker(app)
     settings = get_settings()
     method = str(method).upper()
+    pairs = _header_pairs(headers)
+    text = _body_text(body)
     check_loadtest(settings, concurrency=concurrency, duration=duration, requests=requests,
-                   rate=rate, workers=workers, method=method)
+                   rate=rate, workers=workers, method=method, headers=pairs, body=text,
+                   timeout=timeout, ramp=ramp)
     target = str(normalise_url(url))
     _check_scope(settings, target)
     run_id = uuid.uuid4().hex
     request = {"url": redact_url(target), "method": method, "concurrency": concurrency,
-               "duration": duration, "requests": requests, "rate": rate, "workers": workers}
+               "duration": duration, "requests": requests, "rate": rate, "workers": workers,
+               "headers": redact_headers(pairs or ()),
+               "body_bytes": None if text is None else len(text.encode()),
+               "timeout": timeout, "ramp": ramp}
     soft, hard = loadtest_budget(settings).time_limits(duration)
     if start_within is None:
         start_within = settings.loadtest.barrier_timeout
@@ -220,10 +233,14 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
     for part in range(workers):
         spec = {"url": target, "method": method, "concurrency": shares[part],
                 "duration": duration, "requests": counts[part],
-                "rate": None if rate is None else rate / workers}
+                "rate": None if rate is None else rate / workers,
+                "headers": pairs, "body": text, "timeout": timeout, "ramp": ramp}
+        # what Flower and `celery inspect` show of the arguments: the secrets masked
+        shown = {**spec, "headers": request["headers"], "body": request["body_bytes"]}
         header.append(app.signature("lewis.http.loadtest_part",
                                     args=(run_id, part, workers, spec), task_id=uuid.uuid4().hex,
-                                    soft_time_limit=soft, time_limit=hard, expires=expires))
+                                    soft_time_limit=soft, time_limit=hard, expires=expires,
+                                    argsrepr=repr((run_id, part, workers, shown))))
     callback = app.signature("lewis.http.loadtest_merge",
                              kwargs={"run_id": run_id, "request": request})
     callback.link_error(app.signature("lewis.http.abort",
@@ -233,6 +250,26 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
         result = chord(header, app=app)(callback)
     return LoadtestHandle(run_id, result.id, [s.id for s in header], app, workers=workers,
                           request=request)
+
+
+def _header_pairs(headers: Any) -> list[list[str]] | None:
+    """``[[name, value], …]`` (JSON) from a mapping or pairs; checked with the run."""
+    if headers is None:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    try:
+        return [[str(name), str(value)] for name, value in items]
+    except (TypeError, ValueError):
+        raise InvalidInput("headers must be a mapping or (name, value) pairs") from None
+
+
+def _body_text(body: str | bytes | None) -> str | None:
+    if isinstance(body, bytes | bytearray):
+        try:
+            return bytes(body).decode()
+        except UnicodeDecodeError:
+            raise InvalidInput("the body is not UTF-8 text") from None
+    return body
 
 
 def _reach_broker(app: Celery) -> None:

@@ -290,7 +290,8 @@ def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
     budget = loadtest_budget(settings)
     check_loadtest(settings, concurrency=spec["concurrency"], duration=spec.get("duration"),
                    requests=spec.get("requests"), rate=spec.get("rate"), workers=1,
-                   method=spec.get("method", "GET"))
+                   method=str(spec.get("method", "GET")), headers=spec.get("headers"),
+                   body=spec.get("body"), timeout=spec.get("timeout"), ramp=spec.get("ramp"))
     client = get_redis()
     ttl = int(budget.time_limits(None)[1]) + 60
     shared = False
@@ -337,6 +338,9 @@ async def _load(spec: Mapping[str, Any], start_at: float, max_duration: float,
         return await run_loadtest(session, str(spec["url"]), concurrency=int(spec["concurrency"]),
                                   duration=spec.get("duration"), requests=spec.get("requests"),
                                   rate=spec.get("rate"), method=str(spec.get("method", "GET")),
+                                  headers=spec.get("headers"), body=spec.get("body"),
+                                  timeout=spec.get("timeout"), ramp=spec.get("ramp"),
+                                  max_body=lt.max_body_bytes,
                                   start_at=start_at, max_duration=max_duration,
                                   max_concurrency=lt.max_concurrency, max_rate=lt.max_rate,
                                   max_requests=lt.max_requests, on_progress=report)

@@ -184,7 +184,7 @@ def test_out_of_scope_target_is_refused(servers: ServerThread, app: str) -> None
     ({"concurrency": 1, "requests": 10, "max_requests": 5}, "max_requests"),
     ({"concurrency": 1, "requests": 1, "rate": 10**6}, "max_rate"),
     ({"concurrency": 1}, "duration or a number of requests"),
-    ({"concurrency": 1, "requests": 1, "method": "DELETE"}, "DELETE"),
+    ({"concurrency": 1, "requests": 1, "method": "TRACE"}, "TRACE"),
 ])
 def test_caps_and_bad_parameters_are_invalid_input(app: str, options: dict[str, Any],
                                                    cap: str) -> None:

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import hashlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Iterator
 from concurrent.futures import Future
@@ -52,12 +53,24 @@ def sha256_of(n: int) -> str:
     return hashlib.sha256(body_of(n)).hexdigest()
 
 
+@dataclass(frozen=True)
+class Seen:
+    """One request to ``/record/…``: when it arrived (monotonic), method, headers, body."""
+
+    at: float
+    method: str
+    headers: dict[str, str]
+    body: bytes
+
+
 @dataclass
 class RunningServer:
     kind: str
     host: str
     port: int
     hits: Counter[str] = field(default_factory=Counter)  # connections (raw) or paths (app)
+    # app: every request to /record/… as the server saw it, in arrival order
+    seen: list[Seen] = field(default_factory=list)
     _closer: Any = None
 
     @property
@@ -69,6 +82,7 @@ class RunningServer:
 def build_app(server: RunningServer | None = None) -> web.Application:
     """The well-behaved server's routes; ``server.hits`` counts requests per path."""
     hits: Counter[str] = server.hits if server else Counter()
+    seen: list[Seen] = server.seen if server else []
     flaky: Counter[str] = Counter()
 
     @web.middleware
@@ -122,6 +136,15 @@ def build_app(server: RunningServer | None = None) -> web.Application:
         return web.json_response({"method": request.method, "headers": dict(request.headers),
                                   "body": body.decode("utf-8", "replace")})
 
+    async def record(request: web.Request) -> web.Response:
+        """Keeps what it saw in ``server.seen``; ``/record/<ms>`` answers that late."""
+        arrived = time.monotonic()
+        seen.append(Seen(arrived, request.method, dict(request.headers), await request.read()))
+        delay_ms = request.match_info.get("ms")
+        if delay_ms:
+            await asyncio.sleep(int(delay_ms) / 1000)
+        return web.Response(text="seen")
+
     async def drop_first(request: web.Request) -> web.Response:
         key, n = request.match_info["key"], int(request.match_info["n"])
         flaky[key] += 1
@@ -140,6 +163,8 @@ def build_app(server: RunningServer | None = None) -> web.Application:
     app.router.add_get("/long/{n}", long_location)
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/flaky/{key}/{n}", drop_first)
+    app.router.add_route("*", "/record", record)
+    app.router.add_route("*", "/record/{ms}", record)
     return app
 
 
