@@ -282,6 +282,26 @@ def show_scan(scan_id: str, as_json: bool) -> None:
     _print_report(report, as_json)
 
 
+@scans.command("cancel")
+@click.argument("scan_id")
+def cancel_scan_command(scan_id: str) -> None:
+    """Stop a running scan: queued chunks are dropped, running ones stop within a fraction of
+    a second and keep what they found; the scan ends ``cancelled``. A unique id prefix will do."""
+    from ..producer.scan import cancel_scan
+    from ..producer.scanreport import read_progress, resolve_scan_id
+
+    full = resolve_scan_id(scan_id)
+    if cancel_scan(full):
+        click.echo(f"scan {full} cancelled")
+        return
+    status = read_progress(full).status
+    if status == "cancelled":
+        click.echo(f"scan {full} was cancelled already")
+        return
+    click.echo(f"lewis: scan {full} has ended ({status}): nothing to cancel", err=True)
+    sys.exit(int(Exit.FAILURE))
+
+
 # ---------------------------------------------------------------- lewis vulns
 
 
