@@ -107,6 +107,8 @@ class ScanHandle:
         return report
 
     def _raise_failure(self, status: str) -> None:
+        if status == "cancelled":  # its revoked chunks fail the chord too: the row says why
+            raise LewisError(f"scan {self.id} cancelled: {self.result().error or 'on request'}")
         if self.merge_id is not None:
             merged = AsyncResult(self.merge_id, app=self.app)
             if merged.state == "FAILURE":

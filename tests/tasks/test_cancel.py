@@ -1,0 +1,168 @@
+"""Stopping work (issue 17): a cancelled scan stops sending within a second, keeps what it had
+scanned and ends ``cancelled``; ``lewis scans cancel`` says when there is nothing to cancel.
+
+Real parts: the embedded worker, Redis, SQLite, and a loopback target whose listening ports
+count every connection they accept (the traffic the scan sends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from lewis_tasks.cli import cli
+from lewis_tasks.domain.targets import format_ports
+from lewis_tasks.errors import LewisError
+from lewis_tasks.infra import planning
+from lewis_tasks.producer.scan import ScanHandle, submit_scan
+from tests.support.procs import wait_for
+from tests.tasks.test_scan import settings_changed
+
+ADDRESS = "127.88.5.3"  # a loopback address of its own
+PORTS = 400
+RATE = 40.0  # connects per second: the whole scan would take ~10 s
+
+
+class CountingTarget:
+    """``count`` listening ports on ``address``; :attr:`hits` counts the connections accepted."""
+
+    def __init__(self, address: str, count: int) -> None:
+        self.hits = 0
+        self._selector = selectors.DefaultSelector()
+        self._socks: list[socket.socket] = []
+        self._stop = threading.Event()
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((address, 0))
+            sock.listen(64)
+            sock.setblocking(False)
+            self._socks.append(sock)
+            self._selector.register(sock, selectors.EVENT_READ)
+        self.ports = sorted(s.getsockname()[1] for s in self._socks)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(0.05):
+                try:
+                    conn, _peer = key.fileobj.accept()  # type: ignore[union-attr]
+                except OSError:
+                    continue
+                conn.close()
+                self.hits += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sock in self._socks:
+            sock.close()
+        self._selector.close()
+
+
+@pytest.fixture(scope="module")
+def celery_worker(celery_app: Any, celery_includes: Any, celery_worker_pool: Any,
+                  celery_worker_parameters: Any) -> Iterator[Any]:
+    from celery.contrib.testing import worker
+
+    with worker.start_worker(celery_app, pool=celery_worker_pool,
+                             **celery_worker_parameters) as w:
+        yield w
+
+
+@pytest.fixture
+def target() -> Iterator[CountingTarget]:
+    running = CountingTarget(ADDRESS, PORTS)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def _slow_scan(target: CountingTarget, chunk_ports: int) -> ScanHandle:
+    """A rate-limited scan of every port of ``target`` in chunks of ``chunk_ports`` (one chunk:
+    one task that merges in place; more: a chain per host inside a chord)."""
+    one = chunk_ports >= PORTS
+    # one chunk of the whole ~10 s needs a budget above the tests' 30 s soft limit's share
+    with settings_changed(scan={"chunk_ports": chunk_ports},
+                          tasks={"soft_time_limit": 120, "time_limit": 150} if one else {}), \
+            _waves(0 if one else planning.SCAN_WAVES):
+        return submit_scan([ADDRESS], ports=format_ports(target.ports), rate=RATE,
+                           services=False)
+
+
+@contextlib.contextmanager
+def _waves(waves: int) -> Iterator[None]:
+    # 0 turns off the split into waves of the io slots (as bench/fleet.py's A/B does)
+    previous, planning.SCAN_WAVES = planning.SCAN_WAVES, waves
+    try:
+        yield
+    finally:
+        planning.SCAN_WAVES = previous
+
+
+def _cancel_and_count(handle: ScanHandle, target: CountingTarget) -> tuple[int, int]:
+    """Cancel once the target sees traffic; its hit counts 1 s and 3 s after the cancel."""
+    wait_for(lambda: target.hits >= 20, timeout=30, what="the scan reaching the target")
+    assert handle.cancel() is True
+    time.sleep(1.0)
+    settled = target.hits
+    time.sleep(2.0)
+    return settled, target.hits
+
+
+@pytest.mark.parametrize("chunk_ports", [PORTS, 50], ids=["one-task", "chained-chunks"])
+def test_a_cancelled_scan_stops_its_traffic_within_a_second(
+        target: CountingTarget, celery_worker: Any, chunk_ports: int) -> None:
+    handle = _slow_scan(target, chunk_ports)
+    assert (handle.progress().chunks_total == 1) == (chunk_ports >= PORTS)
+    at_one, at_three = _cancel_and_count(handle, target)
+    # Then nothing reaches the target after the first second, well before the scan's end
+    assert at_three == at_one < PORTS
+    # and the scan ends cancelled, with the ports it had scanned recorded
+    wait_for(lambda: handle.progress().chunks_done >= 1, timeout=10,
+             what="the running chunk recording its part")
+    progress = handle.progress()
+    assert progress.status == "cancelled"
+    assert 0 < progress.ports_done < PORTS and progress.open_count > 0
+    with pytest.raises(LewisError, match="cancelled"):
+        handle.wait(timeout=5)
+    # and a second cancel is harmless: nothing to do, the status stays
+    assert handle.cancel() is False
+    assert handle.progress().status == "cancelled"
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_lewis_scans_cancel_then_show_then_cancel_again(
+        target: CountingTarget, celery_worker: Any) -> None:
+    handle = _slow_scan(target, PORTS)
+    wait_for(lambda: target.hits >= 5, timeout=30, what="the scan reaching the target")
+    first = run("scans", "cancel", handle.id[:12])
+    assert first.exit_code == 0 and first.output.strip() == f"scan {handle.id} cancelled"
+    again = run("scans", "cancel", handle.id)
+    assert again.exit_code == 0 and "cancelled already" in again.output
+    shown = run("scans", "show", handle.id, "--json")
+    assert '"status": "cancelled"' in shown.output
+
+
+def test_lewis_scans_cancel_on_a_finished_scan_says_so(
+        target: CountingTarget, celery_worker: Any) -> None:
+    with settings_changed(scan={"chunk_ports": PORTS}):
+        handle = submit_scan([ADDRESS], ports=format_ports(target.ports[:5]), services=False)
+    handle.wait(timeout=30)
+    result = CliRunner().invoke(cli, ["scans", "cancel", handle.id])
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has ended (done)" in lines[0]
+    assert handle.progress().status == "done"
