@@ -22,7 +22,9 @@ from lewis_tasks.cli import cli
 from lewis_tasks.domain.targets import format_ports
 from lewis_tasks.errors import LewisError
 from lewis_tasks.infra import planning
+from lewis_tasks.producer.http import submit_http_batch
 from lewis_tasks.producer.scan import ScanHandle, submit_scan
+from tests.support.httpservers import RunningServer, serving
 from tests.support.procs import wait_for
 from tests.tasks.test_scan import settings_changed
 
@@ -166,3 +168,51 @@ def test_lewis_scans_cancel_on_a_finished_scan_says_so(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "has ended (done)" in lines[0]
     assert handle.progress().status == "done"
+
+
+# ---------------------------------------------------------------- HTTP batches
+
+URLS = 2000  # of a one-second page, 100 at a time (network.max_connections): ~20 s of work
+
+
+@pytest.fixture(scope="module")
+def slow_server() -> Iterator[RunningServer]:
+    with serving() as thread:
+        yield thread.start("app", "127.0.0.1")
+
+
+def _http_hits(server: RunningServer) -> int:
+    return sum(server.hits.values())
+
+
+def test_a_cancelled_http_batch_stops_its_requests_within_a_second(
+        slow_server: RunningServer, celery_worker: Any) -> None:
+    handle = submit_http_batch([f"{slow_server.url}/delay/1000?i={i}" for i in range(URLS)])
+    wait_for(lambda: _http_hits(slow_server) >= 50, timeout=30,
+             what="the batch reaching the server")
+    assert handle.cancel() is True
+    time.sleep(1.0)
+    at_one = _http_hits(slow_server)
+    time.sleep(2.0)
+    # Then nothing reaches the server after the first second, long before the batch's end
+    assert _http_hits(slow_server) == at_one < URLS
+    # and the batch ends cancelled, the fetched rows kept, the rest marked cancelled
+    with pytest.raises(LewisError, match="cancelled"):
+        handle.wait(timeout=10)
+    assert handle.progress()["status"] == "cancelled"
+    wait_for(lambda: handle.progress()["ok"] > 0, timeout=10, what="the fetched rows")
+    assert handle.cancel() is False  # twice: harmless
+
+
+def test_lewis_http_cancel_then_again_then_on_a_finished_batch(
+        slow_server: RunningServer, celery_worker: Any) -> None:
+    handle = submit_http_batch([f"{slow_server.url}/delay/1000?i={i}" for i in range(URLS)])
+    first = run("http", "cancel", handle.id)
+    assert first.exit_code == 0 and first.output.strip() == f"HTTP batch {handle.id} cancelled"
+    again = run("http", "cancel", handle.id)
+    assert again.exit_code == 0 and "cancelled already" in again.output
+    done = submit_http_batch([f"{slow_server.url}/delay/1"])
+    done.wait(timeout=30)
+    ended = CliRunner().invoke(cli, ["http", "cancel", done.id])
+    assert ended.exit_code != 0
+    assert ended.stderr.strip() == f"lewis: HTTP batch {done.id} has ended (done): nothing to cancel"
