@@ -26,7 +26,7 @@ from typing import Any
 
 import click
 
-from . import SECONDS, Exit, cli
+from . import SECONDS, Exit, cancel_on_interrupt, cli
 
 _LEVELS = ("info", "low", "medium", "high", "critical")
 BAR_TICK = 0.2  # seconds between redraws of the progress bar
@@ -83,10 +83,8 @@ def scan(ctx: click.Context, targets: tuple[str, ...], ports: str, rate: float |
     live = sys.stdout.isatty() and not as_json
     try:
         report = _wait_with_bar(handle, timeout) if live else handle.wait(timeout=timeout)
-    except KeyboardInterrupt:
-        click.echo(f"\nstopped waiting; scan {handle.id} goes on — `lewis scans show "
-                   f"{handle.id}`", err=True)
-        sys.exit(int(Exit.INTERRUPTED))
+    except KeyboardInterrupt:  # as nmap: Ctrl-C stops the scan (twice: leaves it running)
+        cancel_on_interrupt(f"scan {handle.id}", handle.cancel)
     except TimeoutError as exc:
         click.echo(f"lewis: {exc}; `lewis scans show {handle.id}` later", err=True)
         sys.exit(int(Exit.FAILURE))

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import selectors
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +28,7 @@ from lewis_tasks.infra import planning
 from lewis_tasks.producer.http import submit_http_batch
 from lewis_tasks.producer.scan import ScanHandle, submit_scan
 from tests.support.httpservers import RunningServer, serving
-from tests.support.procs import wait_for
+from tests.support.procs import ROOT, lewis_env, wait_for
 from tests.tasks.test_scan import settings_changed
 
 ADDRESS = "127.88.5.3"  # a loopback address of its own
@@ -216,3 +219,48 @@ def test_lewis_http_cancel_then_again_then_on_a_finished_batch(
     ended = CliRunner().invoke(cli, ["http", "cancel", done.id])
     assert ended.exit_code != 0
     assert ended.stderr.strip() == f"lewis: HTTP batch {done.id} has ended (done): nothing to cancel"
+
+
+# ---------------------------------------------------------------- Ctrl-C on `lewis scan`
+
+
+def _scan_process(target: CountingTarget, settings: Any) -> subprocess.Popen[str]:
+    env = lewis_env({"LEWIS_BROKER_URL": settings.broker.url,
+                     "LEWIS_DATABASE_URL": settings.database.url,
+                     "LEWIS_STACK_HOME": str(settings.stack.home)})
+    return subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", "scan", ADDRESS, "-p",
+                             format_ports(target.ports), "--rate", str(RATE), "--no-services"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+
+
+def _latest_scan() -> ScanHandle:
+    from lewis_tasks.producer.scan import scan_handle
+    from lewis_tasks.storage import scans
+    from lewis_tasks.storage.db import get_engine, session_scope
+
+    with session_scope(get_engine()) as session:
+        return scan_handle(scans.list_scans(session, limit=1)[0].id)
+
+
+@pytest.mark.parametrize("presses", [1, 2], ids=["once-cancels", "twice-leaves-running"])
+def test_ctrl_c_on_lewis_scan(target: CountingTarget, celery_worker: Any, lewis_settings: Any,
+                              presses: int) -> None:
+    proc = _scan_process(target, lewis_settings)
+    try:
+        wait_for(lambda: target.hits >= 5, timeout=60, what="the scan reaching the target")
+        for _ in range(presses):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    handle = _latest_scan()
+    assert proc.returncode == 130
+    if presses == 1:
+        assert f"scan {handle.id} cancelled" in err
+        assert handle.progress().status == "cancelled"
+    else:
+        assert f"left running: scan {handle.id}" in err
+        assert handle.progress().status == "running"
+        assert handle.cancel() is True
