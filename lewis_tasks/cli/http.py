@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from ..errors import InvalidInput, TransientError
-from . import Exit, cli
+from . import Exit, cancel_on_interrupt, cli
 
 if TYPE_CHECKING:
     from ..infra.config import Settings
@@ -103,6 +103,10 @@ def _finish(handle: Any, line: Callable[[], str], started: Callable[[], bool], s
         return _wait_live(handle, line, deadline)
     except ResultTimeout:
         pass
+    except KeyboardInterrupt:  # as wrk: Ctrl-C stops the batch (twice: leaves it running)
+        if not hasattr(handle, "cancel"):
+            raise
+        cancel_on_interrupt(f"HTTP {what} {handle.id}", handle.cancel)
     try:
         begun = started()
     except Exception:  # the progress store is down too: say what we know, the wait ran out

@@ -264,3 +264,34 @@ def test_ctrl_c_on_lewis_scan(target: CountingTarget, celery_worker: Any, lewis_
         assert f"left running: scan {handle.id}" in err
         assert handle.progress().status == "running"
         assert handle.cancel() is True
+
+
+def test_ctrl_c_on_lewis_http_cancels_the_batch(slow_server: RunningServer, celery_worker: Any,
+                                                lewis_settings: Any, tmp_path: Any) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(f"{slow_server.url}/delay/1000?i={i}\n" for i in range(URLS)))
+    env = lewis_env({"LEWIS_BROKER_URL": lewis_settings.broker.url,
+                     "LEWIS_DATABASE_URL": lewis_settings.database.url,
+                     "LEWIS_STACK_HOME": str(lewis_settings.stack.home)})
+    before = _http_hits(slow_server)
+    proc = subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", "http", "-f", str(urls)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        wait_for(lambda: _http_hits(slow_server) - before >= 20, timeout=60,
+                 what="the batch reaching the server")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    line = next(x for x in err.splitlines() if x.startswith("HTTP batch "))
+    batch_id = line.split()[2]
+    assert line.endswith("cancelled; what it had done is kept")
+    from lewis_tasks.producer.http import cancel_http_batch
+
+    assert cancel_http_batch(batch_id) is False  # cancelled already
+    time.sleep(1.0)  # the cancel was sent before the command exited
+    at = _http_hits(slow_server)
+    time.sleep(1.0)
+    assert _http_hits(slow_server) == at
