@@ -12,9 +12,10 @@ import enum
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -43,6 +44,28 @@ def quiet_broken_pipe() -> None:
     except (OSError, ValueError):
         pass
     sys.exit(int(Exit.BROKEN_PIPE))
+
+
+CANCEL_GRACE = 0.5  # seconds after a first Ctrl-C in which a second one leaves the job running
+
+
+def cancel_on_interrupt(what: str, cancel: Callable[[], bool]) -> NoReturn:
+    """The first Ctrl-C while waiting on a job (``what``: "scan 42f1…"): cancel it, unless a
+    second Ctrl-C comes within :data:`CANCEL_GRACE`, which leaves it running. Says which, and
+    exits 130 either way."""
+    click.echo(f"\ncancelling {what} (Ctrl-C again to leave it running)", err=True)
+    try:
+        time.sleep(CANCEL_GRACE)
+    except KeyboardInterrupt:
+        click.echo(f"left running: {what}", err=True)
+        sys.exit(int(Exit.INTERRUPTED))
+    try:
+        cancelled = cancel()
+    except KeyboardInterrupt:
+        cancelled = False
+    click.echo(f"{what} cancelled; what it had done is kept" if cancelled
+               else f"{what} had ended or was not cancelled", err=True)
+    sys.exit(int(Exit.INTERRUPTED))
 
 
 def fail(message: str, code: Exit) -> None:

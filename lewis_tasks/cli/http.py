@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from ..errors import InvalidInput, TransientError
-from . import Exit, cli
+from . import Exit, cancel_on_interrupt, cli
 
 if TYPE_CHECKING:
     from ..infra.config import Settings
@@ -103,6 +103,10 @@ def _finish(handle: Any, line: Callable[[], str], started: Callable[[], bool], s
         return _wait_live(handle, line, deadline)
     except ResultTimeout:
         pass
+    except KeyboardInterrupt:  # as wrk: Ctrl-C stops the batch (twice: leaves it running)
+        if not hasattr(handle, "cancel"):
+            raise
+        cancel_on_interrupt(f"HTTP {what} {handle.id}", handle.cancel)
     try:
         begun = started()
     except Exception:  # the progress store is down too: say what we know, the wait ran out
@@ -154,10 +158,13 @@ def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float |
                  limit: int, as_json: bool, wait_s: float | None) -> None:
     """Fetch URLs on the io workers: status, time, bytes and SHA-256 of each, or why not.
     Exits 1 when some URL failed (refused, timed out, out of scope…), 3 when no result
-    came within --wait."""
+    came within --wait. `lewis http cancel BATCH_ID` stops a running batch."""
     from ..infra.config import get_settings
     from ..producer.http import submit_http_batch
 
+    if len(urls) == 2 and urls[0] == "cancel" and source is None:  # not a URL: no scheme
+        _cancel_batch(urls[1])
+        return
     requests: list[Any] = list(urls)
     if source is not None:
         requests += read_requests(source)
@@ -190,6 +197,22 @@ def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float |
         click.echo(format_batch(summary, rows, seconds))
     if summary["failed"]:
         sys.exit(int(Exit.FAILURE))
+
+
+def _cancel_batch(batch_id: str) -> None:
+    """Stop a running batch (queued chunks dropped, running ones end within a fraction of a
+    second and keep their rows); exit 1 in one line if it had ended."""
+    from ..producer.http import HttpBatchHandle, cancel_http_batch
+
+    if cancel_http_batch(batch_id):
+        click.echo(f"HTTP batch {batch_id} cancelled")
+        return
+    status = HttpBatchHandle(batch_id, "", [], None).progress()["status"]  # type: ignore[arg-type]
+    if status == "cancelled":
+        click.echo(f"HTTP batch {batch_id} was cancelled already")
+        return
+    click.echo(f"lewis: HTTP batch {batch_id} has ended ({status}): nothing to cancel", err=True)
+    sys.exit(int(Exit.FAILURE))
 
 
 def _all_rows(handle: Any, page: int = 1000) -> list[dict[str, Any]]:

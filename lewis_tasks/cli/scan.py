@@ -26,7 +26,7 @@ from typing import Any
 
 import click
 
-from . import SECONDS, Exit, cli
+from . import SECONDS, Exit, cancel_on_interrupt, cli
 
 _LEVELS = ("info", "low", "medium", "high", "critical")
 BAR_TICK = 0.2  # seconds between redraws of the progress bar
@@ -83,10 +83,8 @@ def scan(ctx: click.Context, targets: tuple[str, ...], ports: str, rate: float |
     live = sys.stdout.isatty() and not as_json
     try:
         report = _wait_with_bar(handle, timeout) if live else handle.wait(timeout=timeout)
-    except KeyboardInterrupt:
-        click.echo(f"\nstopped waiting; scan {handle.id} goes on — `lewis scans show "
-                   f"{handle.id}`", err=True)
-        sys.exit(int(Exit.INTERRUPTED))
+    except KeyboardInterrupt:  # as nmap: Ctrl-C stops the scan (twice: leaves it running)
+        cancel_on_interrupt(f"scan {handle.id}", handle.cancel)
     except TimeoutError as exc:
         click.echo(f"lewis: {exc}; `lewis scans show {handle.id}` later", err=True)
         sys.exit(int(Exit.FAILURE))
@@ -280,6 +278,26 @@ def show_scan(scan_id: str, as_json: bool) -> None:
     if report is None:
         raise InvalidInput(f"scan {scan_id!r}: no such scan (`lewis scans list` shows them)")
     _print_report(report, as_json)
+
+
+@scans.command("cancel")
+@click.argument("scan_id")
+def cancel_scan_command(scan_id: str) -> None:
+    """Stop a running scan: queued chunks are dropped, running ones stop within a fraction of
+    a second and keep what they found; the scan ends ``cancelled``. A unique id prefix will do."""
+    from ..producer.scan import cancel_scan
+    from ..producer.scanreport import read_progress, resolve_scan_id
+
+    full = resolve_scan_id(scan_id)
+    if cancel_scan(full):
+        click.echo(f"scan {full} cancelled")
+        return
+    status = read_progress(full).status
+    if status == "cancelled":
+        click.echo(f"scan {full} was cancelled already")
+        return
+    click.echo(f"lewis: scan {full} has ended ({status}): nothing to cancel", err=True)
+    sys.exit(int(Exit.FAILURE))
 
 
 # ---------------------------------------------------------------- lewis vulns

@@ -71,6 +71,7 @@ class LoopTally:
     retried: int
     self_connects: int
     seconds: float
+    cancelled: bool = False  # stopped by its cancel check: ports left unscanned
 
 
 def _open_socket(family: int) -> _RawSocket:
@@ -106,7 +107,8 @@ class ConnectLoop:
     def __init__(self, address: IPAddress, ports: Iterable[int], *, concurrency: int,
                  timeout: float, retries: int, limiter: ConnectLimiter | None,
                  on_progress: Callable[[int, int, int], None] | None,
-                 progress_interval: float, stop: threading.Event | None = None) -> None:
+                 progress_interval: float, stop: threading.Event | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> None:
         if concurrency < 1 or timeout <= 0 or retries < 0:
             raise InvalidInput(f"scan parameters: concurrency {concurrency} must be ≥ 1, "
                                f"timeout {timeout} > 0, retries {retries} ≥ 0")
@@ -124,6 +126,7 @@ class ConnectLoop:
         self.timeout, self.retries = timeout, retries
         self.limiter, self.on_progress = limiter, on_progress
         self.progress_interval, self.stop = progress_interval, stop
+        self.cancel_check, self.cancelled = cancelled, False
         self.pending: deque[int] = deque(self.ports)
         self.waiting: dict[int, _Waiting] = {}  # fd → socket still connecting
         self.expiry: deque[_Waiting] = deque()  # same objects, in deadline order
@@ -142,7 +145,7 @@ class ConnectLoop:
         epoll = select.epoll()
         try:
             self._drain(epoll)
-            for _round in range(_MAX_REPROBES):  # sockets of ours that met each other
+            for _round in range(0 if self.cancelled else _MAX_REPROBES):  # sockets of ours that met each other
                 crossed = [p for p, local in self.opens.items()
                            if local != p and self.opens.get(local) == p]
                 if not crossed:
@@ -153,6 +156,8 @@ class ConnectLoop:
                 self.pending.extend(sorted(crossed))
                 self.limit = self.max_limit = 1  # one at a time: they cannot meet again
                 self._drain(epoll)
+                if self.cancelled:
+                    break
         finally:
             for entry in self.waiting.values():
                 entry.sock.close()
@@ -161,7 +166,7 @@ class ConnectLoop:
         self._report(force=True)
         return LoopTally(self.address, len(self.ports), tuple(sorted(self.opens)),
                          tuple(sorted(self.filtered)), self.closed, self.retried,
-                         self.self_connects, time.monotonic() - started)
+                         self.self_connects, time.monotonic() - started, self.cancelled)
 
     def _drain(self, epoll: select.epoll) -> None:
         pending, waiting, expiry = self.pending, self.waiting, self.expiry
@@ -169,6 +174,9 @@ class ConnectLoop:
         while pending or waiting:
             if self.stop is not None and self.stop.is_set():
                 raise _Stopped(f"scan of {self.address} cancelled")
+            if self.cancel_check is not None and self.cancel_check():
+                self.cancelled = True  # what is settled is kept; the rest is not sent
+                return
             now = time.monotonic()
             room = self.limit - len(waiting)
             if room > 0 and pending:
@@ -303,7 +311,7 @@ class ConnectLoop:
             horizon = min(horizon, self.next_ask)
         if self.resource_since is not None:
             horizon = min(horizon, now + 0.01)
-        if self.stop is not None:  # a cancelled scan must notice soon, whatever it waits for
+        if self.stop is not None or self.cancel_check is not None:  # a cancelled scan must notice soon, whatever it waits for
             horizon = min(horizon, now + _STOP_CHECK)
         return max(0.0, horizon - now)
 

@@ -59,6 +59,12 @@ class PortScanResult:
     retried: int  # connects re-tried after a timeout
     self_connects: int  # false opens caught and re-probed
     seconds: float
+    cancelled: bool = False  # the job was cancelled: the ports not settled were not scanned
+
+    @property
+    def ports_done(self) -> int:
+        """Ports settled (all of them unless cancelled)."""
+        return len(self.open) + len(self.filtered) + self.closed_count
 
     def state_of(self, port: int) -> str:
         """open / filtered / closed for a port of this scan."""
@@ -82,11 +88,13 @@ async def scan_ports(address: str | IPAddress, ports: Iterable[int], *, scope: S
                      limiter: ConnectLimiter | None = None,
                      on_progress: Callable[[ScanProgress], None] | None = None,
                      progress_interval: float = 0.25,
-                     executor: Executor | None = None) -> PortScanResult:
+                     executor: Executor | None = None,
+                     cancelled: Callable[[], bool] | None = None) -> PortScanResult:
     """Connect-scan ``ports`` of ``address`` from a worker thread; the event loop stays free.
 
     The address is checked by ``scope`` first (OutOfScope before any packet). ``on_progress``
     runs on the event loop. Cancelling the awaiting task stops the scan within one epoll wait.
+    ``cancelled`` (called on the scanning thread, cheap) ends it early with what has settled.
     """
     loop = asyncio.get_running_loop()
     checked = scope.check_address(address)
@@ -96,7 +104,7 @@ async def scan_ports(address: str | IPAddress, ports: Iterable[int], *, scope: S
             loop.call_soon_threadsafe(on_progress, progress)
     stop = threading.Event()
     job = _job(checked, ports, concurrency, timeout, retries, limiter, report,
-               progress_interval, stop)
+               progress_interval, stop, cancelled)
     try:
         return _result(await loop.run_in_executor(executor, job.run))
     except asyncio.CancelledError:
@@ -118,19 +126,21 @@ def scan_ports_blocking(address: str | IPAddress, ports: Iterable[int], *, scope
 def _job(address: IPAddress, ports: Iterable[int], concurrency: int, timeout: float,
          retries: int, limiter: ConnectLimiter | None,
          on_progress: Callable[[ScanProgress], None] | None, progress_interval: float,
-         stop: threading.Event | None) -> ConnectLoop:
+         stop: threading.Event | None,
+         cancelled: Callable[[], bool] | None = None) -> ConnectLoop:
     progress = None
     if on_progress is not None:
         def progress(done: int, total: int, open_count: int) -> None:
             on_progress(ScanProgress(str(address), done, total, open_count))
     return ConnectLoop(address, ports, concurrency=concurrency, timeout=timeout,
                        retries=retries, limiter=limiter, on_progress=progress,
-                       progress_interval=progress_interval, stop=stop)
+                       progress_interval=progress_interval, stop=stop, cancelled=cancelled)
 
 
 def _result(tally: LoopTally) -> PortScanResult:
     return PortScanResult(tally.address, tally.ports_total, tally.open, tally.filtered,
-                          tally.closed, tally.retried, tally.self_connects, tally.seconds)
+                          tally.closed, tally.retried, tally.self_connects, tally.seconds,
+                          tally.cancelled)
 
 
 __all__ = [

@@ -77,25 +77,28 @@ async def run_chunk(address: str, ports: Iterable[int], *, scope: Scope, deadlin
                     banner_timeout: float = 2.0, identify_concurrency: int = 256,
                     on_progress: Callable[[ScanProgress], None] | None = None,
                     progress_interval: float = 0.5,
-                    executor: Executor | None = None) -> ChunkOutcome:
+                    executor: Executor | None = None,
+                    cancelled: Callable[[], bool] | None = None) -> ChunkOutcome:
     """Scan ``ports`` of ``address``, then identify the open ones, all before ``deadline``.
 
     ``deadline`` is a ``time.monotonic()`` instant. A port scan still running then raises
-    TransientError (the task is retried); identification is cut short instead.
+    TransientError (the task is retried); identification is cut short instead. ``cancelled``
+    stops the port scan early (what settled is kept) and skips identification.
     """
     started = time.monotonic()
     try:
         result = await asyncio.wait_for(
             scan_ports(address, ports, scope=scope, concurrency=concurrency, timeout=timeout,
                        retries=retries, limiter=limiter, on_progress=on_progress,
-                       progress_interval=progress_interval, executor=executor),
+                       progress_interval=progress_interval, executor=executor,
+                       cancelled=cancelled),
             max(0.0, deadline - started))
     except TimeoutError:
         raise TransientError(f"scan of {address}: the port scan did not finish within its "
                              f"{deadline - started:.1f} s budget") from None
     services: tuple[ServiceInfo, ...] = ()
     unnamed: tuple[int, ...] = ()
-    if identify and result.open:
+    if identify and result.open and not result.cancelled:
         services = await identify_before(address, result.open, scope=scope, deadline=deadline,
                                          banner_timeout=banner_timeout,
                                          concurrency=identify_concurrency, limiter=limiter)

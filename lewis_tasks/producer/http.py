@@ -24,7 +24,7 @@ from celery.result import AsyncResult
 from ..domain.httprequest import HttpRequest, normalise_url
 from ..domain.redact import redact_headers, redact_url
 from ..domain.scope import Scope, is_localhost_alias, parse_ip
-from ..errors import InvalidInput, TransientError
+from ..errors import InvalidInput, LewisError, TransientError
 from ..infra.config import Settings, get_settings
 from ..infra.planning import (
     check_batch_size,
@@ -36,6 +36,8 @@ from ..infra.planning import (
 )
 from ..infra.progress import LOADTEST_PROGRESS_KEY
 from .base import FALLBACK_POLL, _app, _require_broker, await_result, publishing
+
+PLAN_KEY = "lewis:http:{batch_id}:plan"  # a batch's size and chunking, for a cancel by id
 
 
 @dataclass
@@ -95,12 +97,22 @@ class HttpBatchHandle(_ChordHandle):
     def wait(self, timeout: float | None = None,
              interval: float = FALLBACK_POLL) -> dict[str, Any]:
         """The batch's summary, by push. A batch of one chunk small enough brings its stored
-        rows along (:meth:`result` then reads no database)."""
-        summary = super().wait(timeout, interval)
+        rows along (:meth:`result` then reads no database). LewisError if it was cancelled
+        (its revoked chunks fail the chord)."""
+        try:
+            summary = super().wait(timeout, interval)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) or self.progress()["status"] != "cancelled":
+                raise
+            raise LewisError(f"HTTP batch {self.id} cancelled") from None
         rows = summary.pop("rows", None)
         if isinstance(rows, list):
             self._rows = rows
         return summary
+
+    def cancel(self) -> bool:
+        """See :func:`cancel_http_batch`."""
+        return cancel_http_batch(self.id, app=self.app)
 
     def result(self, *, offset: int = 0, limit: int = 1000,
                failed_only: bool = False) -> list[dict[str, Any]]:
@@ -165,7 +177,7 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
                "request": {"urls": len(items), "timeout": budget, "chunk_size": size}}
     header = [app.signature("lewis.http.fetch_chunk",
                             args=(batch_id, start, items[start:start + size], options),
-                            task_id=uuid.uuid4().hex)
+                            task_id=chunk_task_id(batch_id, start))
               for start in range(0, len(items), size)]
     errback = app.signature("lewis.http.abort", kwargs={"kind": "batch", "run_id": batch_id})
     if len(header) == 1:  # one chunk pays for no fan-out: it closes the batch itself, no chord
@@ -176,14 +188,60 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
         with publishing(app):
             _reach_broker(app)
             sent = single.apply_async()
+        _record_plan(batch_id, len(items), options["request"])
         return HttpBatchHandle(batch_id, sent.id, [sent.id], app, total=len(items), chunks=1)
     callback = app.signature("lewis.http.merge", kwargs={"batch_id": batch_id})
     callback.link_error(errback)
     with publishing(app):  # a broker that is down: one BrokerUnavailable, not kombu's own
         _reach_broker(app)
         result = chord(header, app=app)(callback)
+    _record_plan(batch_id, len(items), options["request"])
     return HttpBatchHandle(batch_id, result.id, [s.id for s in header], app,
                            total=len(items), chunks=len(header))
+
+
+def chunk_task_id(batch_id: str, start: int) -> str:
+    """The task id of a batch's chunk from index ``start``: known without asking (a revoke)."""
+    return f"{batch_id}-c{start}"
+
+
+def _record_plan(batch_id: str, total: int, request: Mapping[str, Any]) -> None:
+    """What a cancel from any process needs (the chunk ids), kept in Redis for the batch's life."""
+    from ..infra.redis_client import get_redis
+
+    get_redis().set(PLAN_KEY.format(batch_id=batch_id),
+                    json.dumps({"total": total, "request": dict(request)}),
+                    ex=get_settings().broker.result_expires)
+
+
+def cancel_http_batch(batch_id: str, *, app: Celery | None = None) -> bool:
+    """Stop a batch: queued chunks revoked, running ones end their requests within ~0.2 s
+    (rows kept; the unfetched ones marked ``cancelled``), status ``cancelled``. False if it had
+    ended already; InvalidInput if no such batch is known."""
+    from ..infra.cancel import request_cancel
+    from ..infra.redis_client import get_redis
+    from ..storage import http as repo
+    from ..storage.db import get_engine, session_scope
+
+    app = _app(app)
+    _require_broker(app)
+    with publishing(app):
+        raw = get_redis().get(PLAN_KEY.format(batch_id=batch_id))
+    with session_scope(get_engine()) as session:
+        batch = repo.get_http_batch(session, batch_id)
+        if raw is None and batch is None:
+            raise InvalidInput(f"HTTP batch {batch_id!r}: no such batch")
+        plan = json.loads(raw) if raw is not None else {"total": batch.total,  # type: ignore[union-attr]
+                                                        "request": batch.request or {}}  # type: ignore[union-attr]
+        cancelled = repo.cancel_http_batch(session, batch_id, total=int(plan["total"]),
+                                           request=plan["request"])
+    if cancelled:
+        size = max(1, int(plan["request"].get("chunk_size") or plan["total"] or 1))
+        with publishing(app):
+            request_cancel(get_redis(), app, batch_id,
+                           [chunk_task_id(batch_id, s) for s in range(0, int(plan["total"]), size)],
+                           get_settings().broker.result_expires)
+    return cancelled
 
 
 def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None,

@@ -40,7 +40,7 @@ from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.config import Settings, get_settings
 from ..infra.task import chord_cause
 from ..storage.scans import TERMINAL, ScanProgress
-from .base import FALLBACK_POLL, _app, _require_broker, reach_broker
+from .base import FALLBACK_POLL, _app, _require_broker, publishing, reach_broker
 from .scanreport import ScanReport, load_scan_report, read_progress
 
 DEFAULT_PORTS = "top1000"
@@ -92,6 +92,13 @@ class ScanHandle:
         with contextlib.suppress(ResultTimeout):
             AsyncResult(self.merge_id, app=self.app).get(timeout=seconds, propagate=False)
 
+    def cancel(self) -> bool:
+        """Stop the scan: its queued chunks are revoked, running ones stop at their next look
+        at the cancel flag (within ~0.2 s) and record what they had scanned, and the scan ends
+        ``cancelled``. False (and nothing changes) if it had finished already; cancelling twice
+        is harmless. InvalidInput if there is no such scan."""
+        return cancel_scan(self.id, app=self.app)
+
     def result(self) -> ScanReport:
         """The scan's report as stored now (complete once :meth:`wait` returned)."""
         report = load_scan_report(self.id)
@@ -100,6 +107,8 @@ class ScanHandle:
         return report
 
     def _raise_failure(self, status: str) -> None:
+        if status == "cancelled":  # its revoked chunks fail the chord too: the row says why
+            raise LewisError(f"scan {self.id} cancelled: {self.result().error or 'on request'}")
         if self.merge_id is not None:
             merged = AsyncResult(self.merge_id, app=self.app)
             if merged.state == "FAILURE":
@@ -114,6 +123,35 @@ class ScanHandle:
 def scan_handle(scan_id: str, *, app: Celery | None = None) -> ScanHandle:
     """A handle on a scan submitted earlier (by this process or any other)."""
     return ScanHandle(scan_id, _app(app))
+
+
+def chunk_task_id(scan_id: str, index: int) -> str:
+    """The task id of a scan's chunk ``index``: known without asking, so it can be revoked."""
+    return f"{scan_id}-c{index}"
+
+
+def cancel_scan(scan_id: str, *, app: Celery | None = None) -> bool:
+    """See :meth:`ScanHandle.cancel`."""
+    from ..infra.cancel import request_cancel
+    from ..infra.redis_client import get_redis
+    from ..storage import scans
+    from ..storage.db import get_engine, session_scope
+
+    app = _app(app)
+    _require_broker(app)
+    with session_scope(get_engine()) as session:
+        scan = scans.get_scan(session, scan_id)
+        if scan is None:
+            raise InvalidInput(f"scan {scan_id!r}: no such scan")
+        total = scan.chunks_total
+        # the row first: a chunk that sees the flag may merge at once, and must find it cancelled
+        cancelled = scans.cancel_scan(session, scan_id)
+    if cancelled:
+        with publishing(app):
+            request_cancel(get_redis(), app, scan_id,
+                           [chunk_task_id(scan_id, i) for i in range(total)],
+                           get_settings().broker.result_expires)
+    return cancelled
 
 
 def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
@@ -248,8 +286,9 @@ def _send(app: Celery, scan_id: str, chunks: Sequence[ScanChunk],
           options: dict[str, Any]) -> str:
     def part(index: int, c: ScanChunk, merge: bool = False) -> Any:
         opts = {**options, "merge": True} if merge else options
-        return app.signature("lewis.scan.chunk", args=(scan_id, index, c.to_dict(), opts),
-                             immutable=True)
+        sig = app.signature("lewis.scan.chunk", args=(scan_id, index, c.to_dict(), opts),
+                            immutable=True)
+        return sig.set(task_id=chunk_task_id(scan_id, index))
 
     errback = app.signature("lewis.scan.fail", kwargs={"scan_id": scan_id})
     if len(chunks) == 1:  # one chunk pays for no fan-out: it merges in place, no chord
@@ -300,5 +339,5 @@ def _mark_failed(scan_id: str, error: str) -> None:
         scans.set_scan_status(session, scan_id, "failed", error=error[:2000])
 
 
-__all__ = ["ScanHandle", "ScanReport", "submit_scan", "scan_handle", "load_scan_report",
+__all__ = ["ScanHandle", "ScanReport", "submit_scan", "scan_handle", "cancel_scan", "load_scan_report",
            "DEFAULT_PORTS"]

@@ -96,6 +96,16 @@ def finish_http_batch(session: Session, batch_id: str, *, status: str = "done",
     return hit
 
 
+def cancel_http_batch(session: Session, batch_id: str, *, total: int,
+                      request: Mapping[str, Any] | None = None) -> bool:
+    """Move a batch that has not ended to ``cancelled`` (creating its row if no chunk has yet);
+    False if it had ended."""
+    save_http_batch(session, batch_id, total=total, request=request)
+    stmt = (update(HttpBatch).where(HttpBatch.id == batch_id, HttpBatch.status.not_in(TERMINAL))
+            .values(status="cancelled", finished_at=utcnow()))
+    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+
 def get_http_batch(session: Session, batch_id: str) -> HttpBatch | None:
     """One batch with its counters, or None."""
     return fetch(session, HttpBatch, batch_id)

@@ -118,6 +118,13 @@ def set_scan_status(session: Session, scan_id: str, status: str, *,
     return hit
 
 
+def cancel_scan(session: Session, scan_id: str, reason: str = "cancelled on request") -> bool:
+    """Move a scan that has not ended to ``cancelled``; False if it had (or does not exist)."""
+    stmt = (update(Scan).where(Scan.id == scan_id, Scan.status.not_in(TERMINAL))
+            .values(status="cancelled", error=reason, finished_at=utcnow()))
+    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+
 def scan_progress(session: Session, scan_id: str) -> ScanProgress | None:
     """The scan's counters, or None if there is no such scan."""
     scan = fetch(session, Scan, scan_id)
@@ -185,5 +192,5 @@ def _port_rows(scan_id: str, ports: Iterable[Mapping[str, Any]]) -> list[dict[st
 
 __all__ = ["ScanProgress", "scan_ids_starting", "upsert_scan", "record_chunk", "upsert_ports",
            "upsert_findings",
-           "set_scan_status", "scan_progress", "get_scan", "list_scans", "pending_chunks",
+           "set_scan_status", "cancel_scan", "scan_progress", "get_scan", "list_scans", "pending_chunks",
            "list_scan_ports", "list_findings", "TERMINAL"]

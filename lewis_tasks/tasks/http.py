@@ -33,6 +33,7 @@ from ..domain.scope import Scope
 from ..errors import InvalidInput
 from ..infra import aio
 from ..infra.barrier import RedisBarrier
+from ..infra.cancel import CHECK_INTERVAL, CancelCheck
 from ..infra.celery_app import app
 from ..infra.config import get_settings
 from ..infra.planning import (
@@ -51,6 +52,7 @@ from .scanprocess import process_state
 
 log = logging.getLogger(__name__)
 
+CANCELLED = "cancelled"  # error class of a URL that a cancel left unfetched
 FLUSH_EVERY = 0.5  # seconds between writes of a running chunk's finished URLs (progress)
 PROCESSES_KEY = "lewis:loadtest:{run}:processes"  # hash: worker process → the part it runs
 BARRIER_KEY = "lewis:loadtest:{run}:barrier"
@@ -87,19 +89,26 @@ def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[st
     future = asyncio.run_coroutine_threadsafe(
         _fetch(requests, budget, finished.append), aio.runtime().loop)
     deadline = began + chunk_seconds(settings)  # thread pools enforce no time limit: we do
-    new = 0
+    cancelled = CancelCheck(get_redis(), batch_id)
+    new, stopped, flushed = 0, False, time.monotonic()
     while True:
         try:
-            future.result(timeout=FLUSH_EVERY)
+            future.result(timeout=CHECK_INTERVAL)
             break
         except concurrent.futures.TimeoutError:
-            new += _persist(batch_id, start, finished, done)
+            if cancelled():  # in-flight requests end, queued ones are dropped
+                future.cancel()
+                stopped = True
+                break
+            if time.monotonic() - flushed >= FLUSH_EVERY:
+                new += _persist(batch_id, start, finished, done)
+                flushed = time.monotonic()
             if time.monotonic() > deadline:
                 future.cancel()
                 break
     new += _persist(batch_id, start, finished, done)
-    missing = [_out_of_time(i, requests[i], deadline - began) for i in range(len(requests))
-               if i not in done]
+    missing = [(_cancelled if stopped else _out_of_time)(i, requests[i], deadline - began)
+               for i in range(len(requests)) if i not in done]
     if missing:
         finished.extend(missing)
         new += _persist(batch_id, start, finished, done)
@@ -147,6 +156,12 @@ def _out_of_time(index: int, item: Any, seconds: float) -> HttpOutcome:
     url = redact_url(url if len(url) <= cap else url[:cap] + "…")
     return HttpOutcome(index, url, method, error=TIMEOUT, attempts=0,
                        message=f"the chunk's time ({seconds:.0f} s) ran out before this URL")
+
+
+def _cancelled(index: int, item: Any, _seconds: float) -> HttpOutcome:
+    outcome = _out_of_time(index, item, _seconds)
+    return HttpOutcome(index, outcome.url, outcome.method, error=CANCELLED, attempts=0,
+                       message="the batch was cancelled before this URL was fetched")
 
 
 def _persist(batch_id: str, start: int, finished: deque[HttpOutcome],
@@ -225,7 +240,8 @@ def _merge_batch(results: Any, batch_id: Any, rows_up_to: int = 0) -> dict[str, 
                    "latency_ms": latency.summary(), "chunks": len(results),
                    "processes": sorted({str(r.get("process")) for r in results}),
                    "slowest_chunk_s": max((float(r.get("seconds", 0)) for r in results), default=0.0)}
-        finish_http_batch(session, batch_id, status="done", summary=summary)
+        finish_http_batch(session, batch_id, summary=summary,
+                          status="cancelled" if batch.status == "cancelled" else "done")
         rows = (result_rows(session, batch_id, limit=rows_up_to)
                 if 0 < batch.total <= rows_up_to else None)
     return {"batch_id": batch_id, **summary, **({"rows": rows} if rows is not None else {})}
@@ -240,7 +256,9 @@ def abort(failed_task_id: str, kind: str, run_id: str) -> dict[str, Any]:
 
     reason = _failure_of(failed_task_id)
     with session_scope(get_engine()) as session:
-        if kind == "batch":
+        if kind == "batch" and _is_cancelled_batch(session, run_id):
+            pass  # its revoked chunks fail the chord: it stays cancelled
+        elif kind == "batch":
             finish_http_batch(session, run_id, status="failed", summary={"error": reason})
         elif kind == "loadtest":
             save_loadtest(session, run_id, status="failed", result={"error": reason},
@@ -248,6 +266,13 @@ def abort(failed_task_id: str, kind: str, run_id: str) -> dict[str, Any]:
         else:
             raise InvalidInput(f"abort: unknown kind {kind!r}")
     return {"kind": kind, "id": run_id, "error": reason}
+
+
+def _is_cancelled_batch(session: Any, batch_id: str) -> bool:
+    from ..storage.http import get_http_batch
+
+    batch = get_http_batch(session, batch_id)
+    return batch is not None and batch.status == "cancelled"
 
 
 def _failure_of(task_id: str) -> str:

@@ -32,6 +32,7 @@ from ..domain.services import ServiceInfo, guess_name
 from ..domain.targets import ScanChunk, Target, resolve_hosts_async
 from ..errors import InvalidInput, OutOfScope, TransientError
 from ..infra import aio
+from ..infra.cancel import CancelCheck, is_cancelled
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
 from ..infra.planning import WORK_SHARE
@@ -74,12 +75,14 @@ def _record_chunk(task_id: str | None, scan_id: str, index: int, chunk: Mapping[
             raise InvalidInput(f"scan {scan_id!r}: no such scan (submit it with submit_scan)")
         if index not in scans.pending_chunks(session, scan_id):
             return {"scan_id": scan_id, "chunk": index, "recorded": False}  # a redelivery
+    if is_cancelled(get_redis(), scan_id):  # a chunk the revoke missed: not one packet
+        return {"scan_id": scan_id, "chunk": index, "recorded": False, "cancelled": True}
     settings = get_settings()
     outcome = _scan(scan_id, index, part, rate, identify, settings)
     result = _chunk_result(part, outcome)
     with session_scope(get_engine()) as session:
         recorded = scans.record_chunk(session, scan_id, index, result,
-                                      ports_scanned=part.port_count,
+                                      ports_scanned=outcome.scan.ports_done,
                                       open_ports=_port_rows(part, outcome),
                                       task_id=task_id, host=part.address)
     _forget_live(scan_id, index)
@@ -116,11 +119,12 @@ def _scan(scan_id: str, index: int, part: ScanChunk, rate: float | None, identif
         limiter = RedisTokenBucket(get_redis(), rate).for_host(part.address)
     state = process_state()
     publish = _live_publisher(scan_id, index, state["publisher"])
+    cancelled = CancelCheck(get_redis(), scan_id)
     with running_chunk() as running:
         try:
             return aio.run(_resolve_and_run(part, scope, deadline, settings, limiter, identify,
                                             max(64, s.concurrency // running), publish,
-                                            state["executor"]),
+                                            state["executor"], cancelled),
                            timeout=soft * (WORK_SHARE + 1) / 2)
         except FutureTimeout:
             raise TransientError(f"scan chunk {index} of {part.address}: still running after "
@@ -129,7 +133,8 @@ def _scan(scan_id: str, index: int, part: ScanChunk, rate: float | None, identif
 
 async def _resolve_and_run(part: ScanChunk, scope: Scope, deadline: float, settings: Settings,
                            limiter: Any, identify: bool, concurrency: int, publish: Any,
-                           executor: ThreadPoolExecutor) -> ChunkOutcome:
+                           executor: ThreadPoolExecutor,
+                           cancelled: Any = None) -> ChunkOutcome:
     # Checked again here, on the worker's own scope: the producer's may differ, and a name may
     # have moved since it was resolved. The scan then connects to the checked address only.
     if part.hostname is not None:
@@ -149,7 +154,8 @@ async def _resolve_and_run(part: ScanChunk, scope: Scope, deadline: float, setti
                            concurrency=concurrency, timeout=s.timeout, retries=s.retries,
                            limiter=limiter, identify=identify, banner_timeout=s.banner_timeout,
                            identify_concurrency=s.identify_concurrency, on_progress=publish,
-                           progress_interval=PROGRESS_INTERVAL, executor=executor)
+                           progress_interval=PROGRESS_INTERVAL, executor=executor,
+                           cancelled=cancelled)
 
 
 def _chunk_result(part: ScanChunk, outcome: ChunkOutcome) -> dict[str, Any]:
@@ -159,7 +165,8 @@ def _chunk_result(part: ScanChunk, outcome: ChunkOutcome) -> dict[str, Any]:
             "filtered": len(scan.filtered), "filtered_ports": list(scan.filtered[:FILTERED_LISTED]),
             "closed": scan.closed_count, "retried": scan.retried,
             "self_connects": scan.self_connects, "unidentified": list(outcome.unidentified),
-            "seconds": round(outcome.seconds, 3)}
+            "seconds": round(outcome.seconds, 3),
+            **({"cancelled": True, "ports_done": scan.ports_done} if scan.cancelled else {})}
 
 
 def _port_rows(part: ScanChunk, outcome: ChunkOutcome) -> list[dict[str, Any]]:
@@ -213,24 +220,26 @@ def _merge(scan_id: Any) -> dict[str, Any]:
         if scan is None:
             raise InvalidInput(f"scan {scan_id!r}: no such scan")
         missing = scans.pending_chunks(session, scan_id)
-        if missing:
+        cancelled = scan.status == "cancelled"  # merged as far as it came, and stays cancelled
+        if missing and not cancelled:
             raise TransientError(f"scan {scan_id}: {len(missing)} chunks not recorded yet "
                                  f"(first: {missing[0]})")
         ports = [OpenPort(row.host, _service(row), (row.detail or {}).get("hostname"))
                  for row in scans.list_scan_ports(session, scan_id)]
         chunk_results = _chunk_results(session, scan_id)
-        request, first = scan.request or {}, scan.status != "done"
+        request, first = scan.request or {}, scan.status not in ("done", "cancelled")
     findings = assess_ports(ports, cve_records)  # lookups outside the transaction
     summary = _summary(chunk_results, ports, findings)
     with session_scope(get_engine()) as session:
         scans.upsert_findings(session, scan_id, [_finding_row(f) for f in findings])
-        scans.set_scan_status(session, scan_id, "done", summary=summary)
+        scans.set_scan_status(session, scan_id, "cancelled" if cancelled else "done",
+                              summary=summary)
         done = scans.get_scan(session, scan_id)
         values = [t["value"] for t in request.get("target_rows") or ()]
         # only the first merge stamps the targets: a re-merge must not move last_scanned back
         if first and values and done is not None and done.finished_at is not None:
             targets.mark_scanned(session, values, when=done.finished_at)
-    return {"scan_id": scan_id, "status": "done", **summary}
+    return {"scan_id": scan_id, "status": "cancelled" if cancelled else "done", **summary}
 
 
 @app.task(name="lewis.scan.fail")
@@ -245,7 +254,7 @@ def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
         cause = chord_cause(app, cause)
     with session_scope(get_engine()) as session:
         scan = scans.get_scan(session, scan_id)
-        if scan is None or scan.status == "done":
+        if scan is None or scan.status in ("done", "cancelled"):  # a revoked chunk fails the chord
             return {"scan_id": scan_id, "status": scan.status if scan else None}
         missing = scans.pending_chunks(session, scan_id)
         reason = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else \
