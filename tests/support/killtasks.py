@@ -82,7 +82,7 @@ def _merges_die_when_armed() -> None:
     def upsert_findings(session: Any, scan_id: str, findings: Any) -> int:
         from celery import current_task
 
-        if current_task is None or current_task.name != "lewis.scan.merge":
+        if getattr(current_task, "name", None) != "lewis.scan.merge":
             return store(session, scan_id, findings)  # a one-chunk scan merging in place
         client = get_redis()
         if client.getdel(KILL_MERGE_KEY):
