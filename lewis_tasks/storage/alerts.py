@@ -6,11 +6,11 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .models import AlertHistory
-from .rows import upsert
+from .rows import delete_older, upsert
 
 
 def record_transitions(session: Session, transitions: Iterable[Mapping[str, Any]]) -> int:
@@ -40,8 +40,7 @@ def alert_history(session: Session, since: dt.datetime,
 
 
 def prune_alert_history(session: Session, older_than: dt.datetime) -> int:
-    result = session.execute(delete(AlertHistory).where(AlertHistory.at < older_than))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return delete_older(session, AlertHistory, AlertHistory.at, older_than)
 
 
 __all__ = ["record_transitions", "alert_history", "prune_alert_history"]

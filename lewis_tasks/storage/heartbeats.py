@@ -10,11 +10,11 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .models import Heartbeat, utcnow
-from .rows import upsert
+from .rows import delete_older, upsert
 
 
 def heartbeat_slot(timestamp: float, interval: float) -> int:
@@ -54,8 +54,7 @@ def heartbeats_since(session: Session, since: dt.datetime,
 
 def prune_heartbeats(session: Session, older_than: dt.datetime) -> int:
     """Delete heartbeats recorded before ``older_than`` (retention); returns how many went."""
-    result = session.execute(delete(Heartbeat).where(Heartbeat.recorded_at < older_than))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return delete_older(session, Heartbeat, Heartbeat.recorded_at, older_than)
 
 
 __all__ = ["heartbeat_slot", "record_heartbeat", "latest_heartbeats", "heartbeats_since",

@@ -14,7 +14,7 @@ from itertools import chain
 from typing import Any, Literal, TypeVar
 
 import orjson
-from sqlalchemy import Table, or_, update
+from sqlalchemy import Table, delete, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -127,6 +127,12 @@ def increment(session: Session, model: type[Base], key: Mapping[str, Any],
             .where(*(table.c[name] == value for name, value in key.items()))
             .values({name: table.c[name] + delta for name, delta in deltas.items()}))
     return int(session.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
+
+
+def delete_older(session: Session, model: type[Base], column: Any, older_than: Any) -> int:
+    """Delete ``model``'s rows whose ``column`` is before ``older_than`` (retention); how many."""
+    result = session.execute(delete(model).where(column < older_than))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def fetch(session: Session, model: type[M], *key: Any) -> M | None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..domain.scaling import Recommendation, ScalingDecision
 from .models import ScalingDecisionRow, utcnow
-from .rows import upsert
+from .rows import delete_older, upsert
 
 
 def claim_decision(session: Session, slot: int, decision: ScalingDecision, actuator: str,
@@ -56,9 +56,7 @@ def latest_decisions(session: Session, queue: str | None = None,
 
 
 def prune_decisions(session: Session, older_than: dt.datetime) -> int:
-    result = session.execute(delete(ScalingDecisionRow)
-                             .where(ScalingDecisionRow.decided_at < older_than))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return delete_older(session, ScalingDecisionRow, ScalingDecisionRow.decided_at, older_than)
 
 
 __all__ = ["claim_decision", "record_outcome", "recent_recommendations", "latest_decisions",
