@@ -233,20 +233,24 @@ def test_status_does_not_pass_off_an_old_heartbeat_as_current(tmp_path: Path) ->
     settings = load_settings(env={"LEWIS_STACK_HOME": str(tmp_path),
                                   "LEWIS_BROKER_URL": "redis://h:1/0"}, cwd=tmp_path)
     now = time.time()
+    period = settings.monitoring.health_check_interval
+
+    def started() -> float:  # what `lewis status` reads from the stack file
+        return json.loads((tmp_path / "stack.json").read_text())["started_at"]
+
     # Given a stack started a minute ago, and the database's last heartbeat from an hour ago
     (tmp_path / "stack.json").write_text(json.dumps({"started_at": now - 60}))
     old = {"slot": 1, "recorded_at": now - 3600, "workers": 3, "rtt_ms_max": 1.0}
-    _date_heartbeat(old, settings)
+    _date_heartbeat(old, started(), period)
     # Then status says it was a previous stack's, not '3 workers answered'
     text = format_status({**base, "heartbeat": old})
     assert "none since this stack started" in text and "3 workers answered" not in text
     # A heartbeat of this stack that stopped two periods ago is marked stale
-    period = settings.monitoring.health_check_interval
     (tmp_path / "stack.json").write_text(json.dumps({"started_at": now - 10 * period}))
     quiet = {"slot": 2, "recorded_at": now - 2.5 * period, "workers": 2, "rtt_ms_max": None}
-    _date_heartbeat(quiet, settings)
+    _date_heartbeat(quiet, started(), period)
     assert "heartbeat STALE: last " in format_status({**base, "heartbeat": quiet})
     # and a fresh one is shown as it is
     fresh = {"slot": 3, "recorded_at": now - 5, "workers": 2, "rtt_ms_max": None}
-    _date_heartbeat(fresh, settings)
+    _date_heartbeat(fresh, started(), period)
     assert "STALE" not in format_status({**base, "heartbeat": fresh})

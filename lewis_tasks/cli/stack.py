@@ -154,12 +154,14 @@ def collect_status(timeout: float) -> dict[str, Any]:
     holder, ttl = leader(client)
     report["beat"] = {"alive": holder is not None, "leader": holder, "lease_left_s": round(ttl, 1)}
     report.update(_fleet_status(client, holder, report["queues"], records))
-    report["heartbeat"] = _last_heartbeat(client)
-    _date_heartbeat(report["heartbeat"], get_settings())
     from ..infra.config import read_stack_file
     from .monitor import metrics_status  # issue 14: the monitor, rates and runtimes
 
-    report["monitor"] = (read_stack_file(settings.home) or {}).get("monitor_url")
+    stack = read_stack_file(settings.home) or {}
+    report["heartbeat"] = _last_heartbeat(client)
+    _date_heartbeat(report["heartbeat"], stack.get("started_at"),
+                    settings.monitoring.health_check_interval)
+    report["monitor"] = stack.get("monitor_url")
     report["metrics"] = metrics_status(client)
     report["scaling"] = _scaling_status(client)
     from .alerts import alerts_status  # issue 15: firing alerts by severity
@@ -236,17 +238,14 @@ def _last_heartbeat(client: Any) -> dict[str, Any] | None:
         return {"error": _short(exc)}
 
 
-def _date_heartbeat(hb: dict[str, Any] | None, settings: Any) -> None:
-    """Mark a heartbeat older than this stack (a previous `lewis up` wrote it into the same
-    database) or older than two heartbeat periods: neither is the cluster's current state."""
-    from ..infra.config import read_stack_file
-
+def _date_heartbeat(hb: dict[str, Any] | None, started: Any, period: float) -> None:
+    """Mark a heartbeat older than this stack (``started``: a previous `lewis up` wrote it
+    into the same database) or older than two heartbeat periods: neither is current."""
     if not hb or "error" in hb:
         return
-    started = (read_stack_file(settings.home) or {}).get("started_at")
     if isinstance(started, (int, float)) and hb["recorded_at"] < started:
         hb["previous_stack"] = True
-    hb["stale"] = time.time() - hb["recorded_at"] > 2 * settings.monitoring.health_check_interval
+    hb["stale"] = time.time() - hb["recorded_at"] > 2 * period
 
 
 def _short(exc: BaseException) -> str:
