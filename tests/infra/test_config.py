@@ -247,3 +247,21 @@ def test_real_passwords_that_merely_contain_the_placeholder_are_kept(tmp_path: P
     s = load_settings(env={"LEWIS_BROKER_URL": "redis://:change-me-7Hq2@redis:6379/0",
                            "LEWIS_STACK_FLOWER_PASSWORD": "xchange-me"}, cwd=tmp_path)
     assert s.broker.url.endswith("change-me-7Hq2@redis:6379/0")
+
+
+@pytest.mark.parametrize("argv", [["worker", "io"], ["beat"], ["config"]])
+def test_a_real_worker_beat_or_command_refuses_the_placeholder_password(
+        tmp_path: Path, argv: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # the process itself, as compose would start it with docker/env.example unchanged
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEWIS_")},
+           "LEWIS_BROKER_URL": "redis://:change-me@127.0.0.1:1/0",
+           "LEWIS_STACK_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", *argv], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "setting broker.url: holds the example's placeholder password" in done.stderr
+    assert "Traceback" not in done.stderr
