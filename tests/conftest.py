@@ -56,6 +56,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(1800 if slow else 600))
             if slow:  # `-m slow` runs the property tests too, with more examples
                 item.add_marker(pytest.mark.slow)
+    _heavy_modules_first(items)
+
+
+def _heavy_modules_first(items: list[pytest.Item]) -> None:
+    """Modules with slow (subprocess, stack) or property tests run first, each kept whole: in
+    parallel runs (scripts/test, ``--dist loadfile``) the long ones start at once instead of
+    leaving one process busy at the end while the others idle."""
+    heavy = {item.path for item in items
+             if item.get_closest_marker("slow")
+             or getattr(getattr(item, "obj", None), "is_hypothesis_test", False)}
+    items.sort(key=lambda item: item.path not in heavy)  # stable: order inside stays
 
 
 @pytest.fixture(scope="session")

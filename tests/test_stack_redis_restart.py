@@ -100,8 +100,11 @@ def test_up_restarts_a_killed_redis_on_its_port_password_and_data(tmp_path: Path
             wait_for(lambda: up.poll() is not None or _answers(url) and _redis_pid(up.pid)
                      not in (None, old_pid), 120, what="redis to come back")
             assert up.poll() is None, "the stack stopped when its redis died"
+            # the stack file names the new redis once the supervisor has recorded it
+            wait_for(lambda: _info(home).get("processes", {}).get("redis") == _redis_pid(up.pid), 30,
+                     what="stack.json to name the new redis")
             info = _info(home)
-            assert info["broker_url"] == url and info["processes"]["redis"] == _redis_pid(up.pid)
+            assert info["broker_url"] == url and info["processes"]["redis"] != old_pid
             with pytest.raises(redis.AuthenticationError):
                 port = redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]
                 redis.Redis(host="127.0.0.1", port=port).ping()
