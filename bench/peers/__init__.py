@@ -113,13 +113,15 @@ def wait_ready(client: Client, kind: str, processes_expected: int, timeout: floa
     (a short wait returning its pid); every probe has finished when this returns."""
     deadline = time.monotonic() + timeout
     seen: set[int] = set()
+    error: Exception | None = None
     while len(seen) < processes_expected:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(seen)}/{processes_expected} worker processes answered "
-                               f"in {timeout}s")
+                               f"in {timeout}s (last error: {error!r})")
         try:
             seen |= client.probe(kind, 4 * processes_expected, 0.05)
-        except Exception:  # workers still starting: the probe's wait timed out  # noqa: BLE001
+        except Exception as exc:  # each library its own timeout error  # noqa: BLE001
+            error = exc
             time.sleep(0.5)
 
 

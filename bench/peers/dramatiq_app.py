@@ -71,11 +71,11 @@ class Client:
     def round_trips(self, samples: int, warmup: int) -> list[float]:
         noop = self.actors["noop"]
         for _ in range(warmup):
-            noop.send().get_result(block=True, timeout=10_000)
+            noop.send().get_result(backend=self.backend, block=True, timeout=10_000)
         rtts = []
         for _ in range(samples):
             began = time.perf_counter()
-            noop.send().get_result(block=True, timeout=10_000)  # BRPOPLPUSH on the result key
+            noop.send().get_result(backend=self.backend, block=True, timeout=10_000)  # BRPOPLPUSH on the result key
             rtts.append((time.perf_counter() - began) * 1000)
         return rtts
 
@@ -94,7 +94,7 @@ class Client:
     def probe(self, kind: str, count: int, seconds: float) -> set[int]:
         del kind  # one queue serves every shape
         messages = [self.actors["pid"].send(seconds) for _ in range(count)]
-        return {m.get_result(block=True, timeout=60_000) for m in messages}
+        return {m.get_result(backend=self.backend, block=True, timeout=60_000) for m in messages}
 
     def finished(self) -> int:
         return int(self.backend.client.dbsize())
