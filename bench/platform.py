@@ -101,12 +101,12 @@ def _lewis_app(broker: str, results: str) -> Celery:
     return configure_app(app, settings)
 
 
-def bench_latency(system: System, samples: int = 400) -> dict[str, Any]:
+def bench_latency(system: System, samples: int = 400, warmup: int = 30) -> dict[str, Any]:
     name, queue = system.task("noop_io")
     system.reset()
     with processes(system.workers("noop_io")[:1], system.env, f"{system.name}-latency"):
         wait_workers(system.app, 1)
-        for _ in range(30):  # warm-up: connections, result consumer subscription
+        for _ in range(warmup):  # warm-up: connections, result consumer subscription
             system.wait(system.send(name, queue))
         rtts = []
         for _ in range(samples):
