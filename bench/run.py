@@ -2,7 +2,8 @@
 
     python -m bench.run                 # every suite, medians of 3
     python -m bench.run platform -r 1   # one suite, one repetition (quick look)
-    python -m bench.run platform --quick -r 1   # smoke test, tiny N: nothing written (< 1 min)
+    python -m bench.run platform --quick -r 1   # smoke test, tiny N: nothing written (~1-2 min)
+    python -m bench.run platform --quick -r 1 --peers-only   # the peers alone (~30 s)
 
 The platform suite measures the peers (huey, dramatiq, taskiq; bench/peers) in the same run
 when their bench-only packages are installed (scripts/bench-peers); a missing one is left out
@@ -53,10 +54,11 @@ QUICK = {"samples": 50, "warmup": 10, "drain": 200, "enqueue": 500, "batched": 2
          "waits": 200, "pool_waits": 100}
 
 
-def run_platform(runs: int, sizes: dict[str, int] = FULL,
-                 peer_names: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_platform(runs: int, sizes: dict[str, int] = FULL, peer_names: tuple[str, ...] = (),
+                 ours: bool = True) -> dict[str, Any]:
     """LEWIS, bare Celery and the peers (bench.peers) through the same shapes on one private
-    Redis, interleaved: each repetition runs every system through a shape before the next."""
+    Redis, interleaved: each repetition runs every system through a shape before the next.
+    ``ours=False`` runs the peers alone (a smoke test of bench.peers)."""
     from . import peers as peer_bench
     from . import platform as plat
 
@@ -70,7 +72,8 @@ def run_platform(runs: int, sizes: dict[str, int] = FULL,
 
     n = sizes
     with private_redis() as server, tempfile.TemporaryDirectory() as tmp:
-        systems = {name: plat.System(name, server, Path(tmp)) for name in ("baseline", "lewis")}
+        systems = {name: plat.System(name, server, Path(tmp))
+                   for name in (("baseline", "lewis") if ours else ())}
         peers = peer_bench.load(peer_names, server, Path(tmp))
         steps: list[tuple[str, Callable[[plat.System], dict[str, Any]],
                           Callable[[peer_bench.Peer], dict[str, Any] | None] | None]] = [
@@ -92,11 +95,13 @@ def run_platform(runs: int, sizes: dict[str, int] = FULL,
                         record(bench, name, func(system))
                     for name, peer in peers.items() if peer_func else ():
                         record(bench, name, peer_func(peer))  # type: ignore[misc]
-                record("enqueue_batched", "lewis", plat.bench_enqueue(
-                    systems["lewis"], count=n["batched"], batched=True))
                 for name, peer in peers.items():
                     record("enqueue_batched", name,
                            peer_bench.enqueue(peer, n["batched"], batched=True))
+                if not ours:
+                    continue
+                record("enqueue_batched", "lewis", plat.bench_enqueue(
+                    systems["lewis"], count=n["batched"], batched=True))
                 # the same independent waits, 50 calls to a message (submit_many(pack=50))
                 record("io_wait_packed", "lewis",
                        plat.bench_io_wait(systems["lewis"], count=n["waits"], pack=50))
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="platform suite at tiny N (smoke test): prints, writes nothing")
     parser.add_argument("--peers", default=",".join(PEERS),
                         help="peers beside LEWIS in the platform suite (comma list, or none)")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="with --quick: the peers alone, no LEWIS or Celery (a smoke test)")
     args = parser.parse_args(argv)
     peer_names = tuple(p for p in args.peers.split(",") if p and p != "none")
     unknown = set(peer_names) - set(PEERS)
@@ -134,13 +141,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown peers {sorted(unknown)} (peers: {', '.join(PEERS)})")
     if args.quick and args.suites != ["platform"]:
         parser.error("--quick runs the platform suite only: python -m bench.run platform --quick")
+    if args.peers_only and not args.quick:
+        parser.error("--peers-only is a smoke test: use it with --quick")
     RESULTS.mkdir(parents=True, exist_ok=True)
     for suite in args.suites:
         if suite not in SUITES:
             parser.error(f"unknown suite {suite!r} (suites: {', '.join(SUITES)})")
         if suite == "platform":
             runner: Callable[[int], dict[str, Any]] = functools.partial(
-                run_platform, sizes=QUICK if args.quick else FULL, peer_names=peer_names)
+                run_platform, sizes=QUICK if args.quick else FULL, peer_names=peer_names,
+                ours=not args.peers_only)
         else:
             try:
                 runner = importlib.import_module(f"bench.{suite}").run
@@ -152,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:  # figures at tiny N mean nothing: shown, never stored
             from .report import render_platform
 
-            print(render_platform(data))
+            if not args.peers_only:
+                print(render_platform(data))
             return 0
         (RESULTS / f"{suite}.json").write_text(json.dumps(data, indent=1, default=str))
     from .report import write_markdown
