@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -40,9 +41,11 @@ def build(broker_url: str, results_url: str) -> tuple[RedisBroker, dict[str, Any
         time.sleep(seconds)
         return os.getpid()
 
-    actors = {fn.__name__: dramatiq.actor(fn, actor_name=f"bench_{fn.__name__}", broker=broker,
-                                          queue_name=QUEUE, store_results=True, max_retries=0)
-              for fn in (noop, sleep, pid)}
+    def declare(fn: Callable[..., Any]) -> Any:
+        return dramatiq.actor(actor_name=f"bench_{fn.__name__}", broker=broker,
+                              queue_name=QUEUE, store_results=True, max_retries=0)(fn)
+
+    actors = {fn.__name__: declare(fn) for fn in (noop, sleep, pid)}
     return broker, actors
 
 
