@@ -17,6 +17,13 @@ this machine; medians of the runs shown. Reproduce everything with:
     .venv/bin/python -m bench.run            # all suites, 3 runs each (~10 min)
     .venv/bin/python -m bench.run platform   # one suite
 
+The platform suite measures huey, dramatiq and taskiq in the same run when their bench-only
+packages (pinned in `bench/requirements-peers.txt`, never in pyproject) are installed;
+`scripts/bench-peers` puts them in a venv of their own beside the checkout and runs there:
+
+    scripts/bench-peers platform                          # LEWIS, Celery and the peers, 3 runs
+    scripts/bench-peers platform --quick -r 1             # smoke test at tiny N, writes nothing
+
 The machine is shared and has 2 cores: treat differences under ~15 % as noise.
 """
 
