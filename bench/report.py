@@ -128,8 +128,8 @@ def render_platform(data: dict[str, Any]) -> str:
         "`await kiq()`; on the pipelined row each peer shows its fastest way to send many: "
         + "; ".join(f"{p} {how or 'none but one call per task (that figure)'}"
                     for p, how in batched.items()) + "."
-        if batched else "Peers: not measured in this run (their packages were not installed; "
-        "`scripts/bench-peers`).",
+        if batched else "Peers: not measured in this run (`scripts/bench-peers platform` "
+        "installs and measures them).",
         *([f"Not measured in this run: {', '.join(missing)}."] if batched and missing else []),
         "A peer has one queue: its no-op drain stands beside both LEWIS drain rows, and its "
         "unpacked waits beside the packed row.",
