@@ -7,6 +7,8 @@
 
 Completion is counted with DBSIZE on a results-only Redis db: a result key is written when a
 task ends, and DBSIZE costs O(1), so the counting does not slow what it measures.
+The peers (huey, dramatiq, taskiq) go through the same shapes in bench/peers, on dbs 5-10 of
+the same Redis; bench.run interleaves them with these.
 """
 
 from __future__ import annotations
