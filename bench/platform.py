@@ -7,6 +7,8 @@
 
 Completion is counted with DBSIZE on a results-only Redis db: a result key is written when a
 task ends, and DBSIZE costs O(1), so the counting does not slow what it measures.
+The peers (huey, dramatiq, taskiq) go through the same shapes in bench/peers, on dbs 5-10 of
+the same Redis; bench.run interleaves them with these.
 """
 
 from __future__ import annotations
@@ -66,11 +68,13 @@ class System:
     def workers(self, kind: str) -> list[list[str]]:
         """Two worker processes' command lines for a workload."""
         if self.name == "lewis_prefork":  # the io profile on prefork: the pool choice's other side
-            return [lewis_worker_argv("io", "-P", "prefork", "-c", "2") for _ in range(2)]
+            return [lewis_worker_argv("io", "-P", "prefork", "-c", "2", "-n", f"io{i}@%h")
+                    for i in range(2)]
         if self.name == "lewis":
             if kind == "noop_cpu":
                 return [lewis_worker_argv("cpu", "-c", "2")]  # one cpu worker: 2 pool processes
-            return [lewis_worker_argv("io"), lewis_worker_argv("io")]
+            # named apart: started at once, both would take the first free name (io@host)
+            return [lewis_worker_argv("io", "-n", f"io{i}@%h") for i in range(2)]
         if kind == "sleep":  # Celery's own answer to IO: the threads pool
             return [baseline_worker_argv("-P", "threads", "-c", "100", "-n", f"base{i}@%h")
                     for i in range(2)]
@@ -101,12 +105,12 @@ def _lewis_app(broker: str, results: str) -> Celery:
     return configure_app(app, settings)
 
 
-def bench_latency(system: System, samples: int = 400) -> dict[str, Any]:
+def bench_latency(system: System, samples: int = 400, warmup: int = 30) -> dict[str, Any]:
     name, queue = system.task("noop_io")
     system.reset()
     with processes(system.workers("noop_io")[:1], system.env, f"{system.name}-latency"):
         wait_workers(system.app, 1)
-        for _ in range(30):  # warm-up: connections, result consumer subscription
+        for _ in range(warmup):  # warm-up: connections, result consumer subscription
             system.wait(system.send(name, queue))
         rtts = []
         for _ in range(samples):
