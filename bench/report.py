@@ -159,18 +159,22 @@ def render_platform(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_suite(suite: str, data: dict[str, Any]) -> str:
+    """One suite's ``## …`` section from its stored results."""
+    if suite == "platform":
+        return render_platform(data)
+    return str(importlib.import_module(f"bench.{suite}").render(data))
+
+
 def write_markdown(results_dir: Path, out: Path) -> None:
+    """The whole file from stored results alone (hand-written sections are not in them:
+    ``bench.run`` replaces only the sections it measured, with replace_section)."""
     parts = [HEADER]
     for path in sorted(results_dir.glob("*.json")):
-        suite = path.stem
-        data = json.loads(path.read_text())
-        if suite == "platform":
-            parts.append(render_platform(data))
-        else:
-            try:
-                parts.append(importlib.import_module(f"bench.{suite}").render(data))
-            except (ModuleNotFoundError, AttributeError):
-                continue
+        try:
+            parts.append(render_suite(path.stem, json.loads(path.read_text())))
+        except (ModuleNotFoundError, AttributeError):
+            continue
     extra = results_dir / "notes.md"
     if extra.exists():
         parts.append(extra.read_text())
