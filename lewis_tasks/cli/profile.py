@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ..errors import InvalidInput, TransientError
+from ..errors import ConfigError, InvalidInput, TransientError
 from . import SECONDS, cli
 
 WAIT_SLACK = 30.0  # seconds of queueing allowed on top of a run's own bound
@@ -241,7 +241,13 @@ def bench_report(html_file: Path, png_file: Path | None, suite: str | None, limi
                  as_json: bool) -> None:
     """Write a self-contained HTML report (charts of throughput and latency over runs, per
     queue; the latest figures; the machines) and the same charts as a PNG, from stored runs."""
-    from ..report.bench_report import render_report
+    try:
+        from ..report.bench_report import render_report
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in {"matplotlib", "numpy"}:
+            raise
+        raise ConfigError("`lewis bench report` draws its charts with matplotlib, which this "
+                         "install lacks: pip install 'lewis-tasks[report]'") from exc
     from ..report.runs import load_benchmark_runs
 
     png_file = png_file or html_file.with_suffix(".png")
