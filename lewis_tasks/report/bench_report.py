@@ -15,10 +15,12 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -34,8 +36,18 @@ from ..domain.memsites import format_bytes
 from ..errors import InvalidInput
 
 _LATENCY = (("p50_ms", "-", "p50"), ("p99_ms", "--", "p99"))
-_FIRST_COLUMNS = ("throughput_per_s", "p50_ms", "p99_ms")
 _LOG_SPAN = 50.0  # a y-range wider than this factor is drawn on a log scale
+_STACK_UNITS = {"scan": "ports/s", "http": "requests/s"}  # cluster suite's stack figures
+_UNIT_ORDER = ("tasks/s", "ports/s", "requests/s", "calls/s")
+_RUN_UNIQUE = ("scan_id", "run_id")  # options that differ in every run and compare nothing
+# the latest-figures table: these, with readable names; the rest go to "other figures"
+_KEY_FIGURES = (("p50_ms", "p50 (ms)"), ("p99_ms", "p99 (ms)"), ("failures", "failures"))
+_READABLE = {"mean_ms": "mean (ms)", "max_ms": "max (ms)", "min_ms": "min (ms)",
+             "stdev_ms": "stdev (ms)", "success_rate": "success rate", "seconds": "duration (s)",
+             "enqueue_tasks_per_sec": "enqueue (tasks/s)", "stopped_early": "stopped early"}
+# a change within this is noise unless the series' comparable runs measured their own spread
+# (BENCHMARKS.md: on these shared 2-core machines, differences under ~15 % are noise)
+DEFAULT_NOISE = 0.15
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,27 @@ class Run:
     metrics: dict[str, Any]
     machine: dict[str, Any]
     versions: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The run's own options (iterations, tasks, samples, …): what makes two runs comparable."""
+        run = self.settings.get("run")
+        return {k: v for k, v in run.items() if k not in _RUN_UNIQUE} if isinstance(run, Mapping) else {}
+
+    @property
+    def comparable_key(self) -> str:
+        """Equal for runs whose figures may be compared: same options, same kind of machine."""
+        machine = {k: self.machine.get(k) for k in ("cpu_model", "cores_logical")}
+        return json.dumps([self.params, machine], sort_keys=True, default=str)
+
+    def rate_unit(self, metric: str) -> str:
+        """What a ``*_per_s`` metric of this run counts per second."""
+        if metric != "throughput_per_s":
+            return metric.removesuffix("_per_s").replace("_", " ") + "/s"
+        if self.suite == "function":
+            return "calls/s"
+        return _STACK_UNITS.get(self.name, "tasks/s")
 
     @property
     def series(self) -> tuple[str, str, str]:
@@ -71,7 +104,8 @@ class Run:
                    suite=str(data.get("suite") or ""), name=str(data.get("name") or "unnamed"),
                    queue=str(data["queue"]) if data.get("queue") else None,
                    metrics=dict(metrics), machine=dict(data.get("machine") or {}),
-                   versions=dict(data.get("versions") or {}))
+                   versions=dict(data.get("versions") or {}),
+                   settings=dict(data.get("settings") or {}))
 
 
 @dataclass(frozen=True)
@@ -112,26 +146,30 @@ def render_report(runs: Iterable[Mapping[str, Any]], html_path: str | os.PathLik
 
 
 def render_png(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> bytes:
-    """Two stacked charts — throughput, then latency — over time, one colour per series."""
-    fig = Figure(figsize=(12, 8.5), dpi=100, layout="constrained")
+    """Stacked charts over time, one colour per series: one panel per rate unit (tasks/s,
+    ports/s, requests/s, calls/s: rates of different things never share an axis), then
+    latency."""
+    units = _rate_units(by_series)
+    fig = Figure(figsize=(12, 1.5 + 3.4 * (len(units) + 1)), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    thr, lat = fig.subplots(2, 1, sharex=True)
+    axes = fig.subplots(len(units) + 1, 1, sharex=True, squeeze=False)[:, 0]
+    rate_axes, lat = dict(zip(units, axes, strict=False)), axes[-1]
     palette = [f"C{i % 10}" for i in range(len(by_series))]
     for colour, (_, runs) in zip(palette, sorted(by_series.items()), strict=True):
         times = [r.created_at for r in runs]
         for metric in sorted({m for r in runs for m in r.metrics if m.endswith("_per_s")}):
             points = _points(runs, times, metric)
             if points:
-                suffix = "" if metric == "throughput_per_s" else f" {metric}"
-                thr.plot(*zip(*points, strict=True), marker="o", color=colour,
-                         label=runs[0].label + suffix)
+                rate_axes[runs[-1].rate_unit(metric)].plot(  # the panel names the unit
+                    *zip(*points, strict=True), marker="o", color=colour, label=runs[0].label)
         for metric, style, short in _LATENCY:
             points = _points(runs, times, metric)
             if points:
                 lat.plot(*zip(*points, strict=True), style, marker="o", color=colour,
                          label=f"{runs[0].label} {short}")
-    for ax, ylabel, title in ((thr, "per second", "Throughput"),
-                              (lat, "milliseconds", "Latency (p50 solid, p99 dashed)")):
+    panels = [(ax, unit, f"Throughput, {unit}") for unit, ax in rate_axes.items()]
+    panels.append((lat, "milliseconds", "Latency (p50 solid, p99 dashed)"))
+    for ax, ylabel, title in panels:
         ax.set_title(title, loc="left", fontsize=12, fontweight="bold")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
@@ -143,7 +181,7 @@ def render_png(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> bytes
                     transform=ax.transAxes, fontsize=14, color="#888")
             ax.set_xticks([])
             ax.set_yticks([])
-    if any(ax.lines for ax in (thr, lat)):
+    if any(ax.lines for ax in axes):
         locator = AutoDateLocator()
         lat.xaxis.set_major_locator(locator)
         lat.xaxis.set_major_formatter(ConciseDateFormatter(locator))
@@ -151,6 +189,14 @@ def render_png(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> bytes
     out = io.BytesIO()
     fig.savefig(out, format="png", metadata={"Software": None})
     return out.getvalue()
+
+
+def _rate_units(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> list[str]:
+    """The rate units the runs have, known ones first; "tasks/s" alone when there are none."""
+    found = {runs[-1].rate_unit(m) for runs in by_series.values()
+             for r in runs for m in r.metrics if m.endswith("_per_s")}
+    return ([u for u in _UNIT_ORDER if u in found] + sorted(found - set(_UNIT_ORDER))
+            or ["tasks/s"])
 
 
 def _points(runs: Sequence[Run], times: Sequence[datetime], metric: str) -> list[tuple[Any, float]]:
@@ -170,32 +216,69 @@ def _scale(ax: Any) -> None:
 
 
 def _latest_table(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> str:
+    """The newest run of each series: its rate with the unit, the key figures by readable
+    name, the change since the last comparable run, its parameters, and the other figures."""
     if not by_series:
         return '<div class="empty">No benchmark runs stored yet: run <code>lewis bench run</code>.</div>'
-    names = {m for runs in by_series.values() for m in runs[-1].metrics}
-    columns = [m for m in _FIRST_COLUMNS if m in names] + sorted(names - set(_FIRST_COLUMNS))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in
-                   ["queue", "suite", "benchmark", "run at (UTC)", "runs", *columns,
-                    "Δ throughput vs previous"])
+                   ["queue", "suite", "benchmark", "run at (UTC)", "runs", "rate", "unit",
+                    *(name for _, name in _KEY_FIGURES), "Δ rate vs last comparable run",
+                    "parameters", "other figures"])
     rows = []
     for key in sorted(by_series):
         runs = by_series[key]
         last = runs[-1]
         cells = [_td(last.queue or "—"), _td(last.suite or "—"), _td(last.name),
-                 _td(f"{last.created_at:%Y-%m-%d %H:%M:%S}"), _td(str(len(runs)), num=True)]
-        cells += [_td(_fmt(last.metrics.get(c)), num=True) for c in columns]
-        cells.append(_delta(runs))
+                 _td(f"{last.created_at:%Y-%m-%d %H:%M:%S}"), _td(str(len(runs)), num=True),
+                 _td(_fmt(last.metrics.get("throughput_per_s")), num=True),
+                 _td(last.rate_unit("throughput_per_s"))]
+        cells += [_td(_fmt(last.metrics.get(metric)), num=True) for metric, _ in _KEY_FIGURES]
+        cells += [_delta(runs), _td(_params_text(last.params)), _others(last.metrics)]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def rate_change(runs: Sequence[Run]) -> tuple[float, float] | None:
+    """(change, noise) of the newest run's rate against the newest earlier run with the same
+    parameters on the same kind of machine; None when there is no such run. ``noise`` is the
+    relative spread (stdev / mean) of the earlier comparable rates when there are three or
+    more, else :data:`DEFAULT_NOISE`."""
+    if not runs or not _is_number(now := runs[-1].metrics.get("throughput_per_s")):
+        return None
+    key = runs[-1].comparable_key
+    before = [float(v) for r in runs[:-1] if r.comparable_key == key
+              and _is_number(v := r.metrics.get("throughput_per_s"))]
+    if not before or before[-1] == 0:
+        return None
+    mean = statistics.fmean(before)
+    noise = (statistics.stdev(before) / mean if len(before) >= 3 and mean > 0
+             else DEFAULT_NOISE)
+    return float(now) / before[-1] - 1, noise
+
+
 def _delta(runs: Sequence[Run]) -> str:
-    values = [float(v) for r in runs if _is_number(v := r.metrics.get("throughput_per_s"))]
-    if len(values) < 2 or values[-2] == 0:
-        return _td("—", num=True)
-    change = values[-1] / values[-2] - 1
-    css = "up" if change > 0 else "down" if change < 0 else ""
-    return f'<td class="num {css}">{change:+.1%}</td>'
+    found = rate_change(runs)
+    if found is None:
+        return '<td class="num" title="no earlier run with the same parameters">—</td>'
+    change, noise = found
+    if abs(change) <= noise:
+        css, title = "noise", f"within the measured noise (±{noise:.0%})"
+    else:
+        css, title = ("up" if change > 0 else "down"), f"beyond the measured noise (±{noise:.0%})"
+    return f'<td class="num {css}" title="{html.escape(title)}">{change:+.1%}</td>'
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v, sort_keys=True, default=str) if isinstance(v, Mapping | list) else _fmt(v)}"
+                     for k, v in sorted(params.items()) if v is not None) or "—"
+
+
+def _others(metrics: Mapping[str, Any]) -> str:
+    shown = {"throughput_per_s", *(m for m, _ in _KEY_FIGURES)}
+    parts = [f'{html.escape(_READABLE.get(k, k.replace("_", " ")))}: '
+             f'<span class="v">{html.escape(_fmt(v))}</span>'
+             for k, v in sorted(metrics.items()) if k not in shown]
+    return f'<td class="other">{" · ".join(parts) or "—"}</td>'
 
 
 def _machines_table(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> str:
@@ -255,4 +338,4 @@ def _write(target: Path, data: bytes) -> None:
     os.replace(partial, target)
 
 
-__all__ = ["ReportFiles", "Run", "render_png", "render_report"]
+__all__ = ["DEFAULT_NOISE", "ReportFiles", "Run", "rate_change", "render_png", "render_report"]

@@ -116,3 +116,51 @@ def test_malformed_runs_are_refused_by_index(tmp_path: Path, run: object, named:
 def test_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="no directory"):
         render_report(_runs(), tmp_path / "nope" / "r.html", tmp_path / "r.png")
+
+
+def _run(day: int, rate: float, **params: object) -> dict:
+    return {"created_at": (START + timedelta(days=day)).isoformat(), "suite": "cluster",
+            "name": "noop", "queue": "io", "machine": {"cpu_model": "Test CPU", "cores_logical": 2},
+            "metrics": {"throughput_per_s": rate, "p50_ms": 1.5, "enqueue_tasks_per_sec": 900.0},
+            "settings": {"run": {"tasks": 2000, "samples": 200, **params}}}
+
+
+
+def test_rates_of_different_things_get_a_panel_each(tmp_path: Path) -> None:
+    tasks_only = [r for r in _runs() if r["suite"] == "cluster"]
+    render_report(tasks_only, tmp_path / "a.html", tmp_path / "a.png")
+    render_report(_runs(), tmp_path / "b.html", tmp_path / "b.png")  # + a scan in ports/s
+    # one more panel (ports/s) makes the chart taller by one panel's height
+    assert imread(tmp_path / "b.png").shape[0] - imread(tmp_path / "a.png").shape[0] == 340
+    page = (tmp_path / "b.html").read_text("utf-8")
+    assert "<td>ports/s</td>" in page and "<td>tasks/s</td>" in page
+
+
+def test_the_change_compares_only_runs_with_the_same_parameters(tmp_path: Path) -> None:
+    # Given an earlier run with other parameters and no comparable one
+    runs = [_run(0, 1000.0, tasks=500), _run(1, 2000.0)]
+    render_report(runs, tmp_path / "r.html", tmp_path / "r.png")
+    page = (tmp_path / "r.html").read_text("utf-8")
+    # Then no change is shown (a doubling from 500 to 2,000 tasks is no speed-up)
+    assert 'title="no earlier run with the same parameters">—</td>' in page
+    assert "+100.0%" not in page
+    # and the run's parameters are shown, readable names for its figures
+    assert "samples=200, tasks=2,000" in page
+    assert "<th>p50 (ms)</th>" in page and 'enqueue (tasks/s): <span class="v">900.0</span>' in page
+
+
+def test_a_change_within_the_measured_noise_is_greyed_and_one_beyond_it_is_not(tmp_path: Path) -> None:
+    # Given comparable runs whose rates spread ±~10 %
+    history = [_run(d, rate) for d, rate in enumerate((1000.0, 1200.0, 1000.0, 1200.0))]
+    render_report([*history, _run(9, 1260.0)], tmp_path / "a.html", tmp_path / "a.png")
+    within = (tmp_path / "a.html").read_text("utf-8")
+    assert 'class="num noise" title="within the measured noise (±10%)">+5.0%<' in within
+    render_report([*history, _run(9, 1800.0)], tmp_path / "b.html", tmp_path / "b.png")
+    beyond = (tmp_path / "b.html").read_text("utf-8")
+    assert 'class="num up" title="beyond the measured noise (±10%)">+50.0%<' in beyond
+    # with fewer than three comparable runs the noise is the default 15 %
+    render_report([_run(0, 1000.0), _run(1, 880.0)], tmp_path / "c.html", tmp_path / "c.png")
+    assert 'class="num down" title="beyond the measured noise (±15%)">-12.0%<' not in \
+        (tmp_path / "c.html").read_text("utf-8")
+    assert 'class="num noise" title="within the measured noise (±15%)">-12.0%<' in \
+        (tmp_path / "c.html").read_text("utf-8")
