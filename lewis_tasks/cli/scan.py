@@ -7,7 +7,7 @@ and port specs exit 2 naming the bad token (nothing is enqueued). Ctrl-C stops w
 the scan: its id is printed so ``lewis scans show`` can pick it up.
 
 The options nmap users reach for: ``-iL FILE`` (targets from a file, ``-`` for stdin),
-``--exclude``, ``-oX FILE`` / ``-oG FILE`` (nmap XML and grepable, ``-`` for stdout), and for
+``--exclude``, ``--excludefile FILE``, ``-oX FILE`` / ``-oG FILE`` (nmap XML and grepable, ``-`` for stdout), and for
 CI ``--fail-on SEVERITY`` (exit 4 if a finding is at least that severe). The table takes
 ``--min-severity`` and ``--limit``; it is coloured on a terminal, never when piped or with
 ``NO_COLOR`` set.
@@ -51,6 +51,8 @@ _SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": 
               help="Read targets from FILE (one or more per line, # comments; - for stdin).")
 @click.option("--exclude", "exclude", multiple=True,
               help="Leave out these addresses, CIDR blocks or hostnames (comma-separated).")
+@click.option("--excludefile", "exclude_file", type=click.File("r"), default=None,
+              help="Leave out the targets listed in FILE (as -iL reads them).")
 @click.option("-oX", "xml_out", type=click.File("w"), default=None,
               help="Also write the report as nmap XML to FILE (- for stdout).")
 @click.option("-oG", "grep_out", type=click.File("w"), default=None,
@@ -64,8 +66,8 @@ _SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": 
 @click.pass_context
 def scan(ctx: click.Context, targets: tuple[str, ...], ports: str, rate: float | None,
          no_services: bool, as_json: bool, no_wait: bool, timeout: float | None,
-         wait_for_workers: bool, input_list: Any, exclude: tuple[str, ...], xml_out: Any,
-         grep_out: Any, min_severity: str, limit: int | None, fail_on: str | None) -> None:
+         wait_for_workers: bool, input_list: Any, exclude: tuple[str, ...], exclude_file: Any,
+         xml_out: Any, grep_out: Any, min_severity: str, limit: int | None, fail_on: str | None) -> None:
     """Scan TARGET… (addresses, CIDR blocks, hostnames) inside the configured scope."""
     from ..errors import InvalidInput
     from ..producer.scan import submit_scan
@@ -75,7 +77,7 @@ def scan(ctx: click.Context, targets: tuple[str, ...], ports: str, rate: float |
     if not wanted:
         raise InvalidInput("no targets: give TARGET… or -iL FILE")
     handle = submit_scan(wanted, ports=ports, rate=rate, services=not no_services,
-                         exclude=list(exclude),
+                         exclude=[*exclude, *(_read_targets(exclude_file) if exclude_file else [])],
                          before_send=lambda: require_workers("io", wait=wait_for_workers))
     if no_wait:
         click.echo(json.dumps({"scan_id": handle.id}) if as_json else handle.id)

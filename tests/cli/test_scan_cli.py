@@ -210,6 +210,11 @@ def test_scan_outputs_targets_file_exclude_and_fail_on(listeners: ListenerSet, s
 def test_every_target_excluded_and_no_targets_are_refused(stack: None, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["scan", ADDRESS, "--exclude", "127.88.0.0/16"])
     assert result.exit_code == 2 and "every target is excluded" in result.output
+    # nmap's --excludefile: the same, from a file read as -iL reads targets
+    excluded = tmp_path / "exclude.txt"
+    excluded.write_text("# lab hosts\n127.88.0.0/16, 127.99.0.1\n")
+    result = CliRunner().invoke(cli, ["scan", ADDRESS, "--excludefile", str(excluded)])
+    assert result.exit_code == 2 and "every target is excluded" in result.output
     empty = tmp_path / "none.txt"
     empty.write_text("# nothing\n")
     result = CliRunner().invoke(cli, ["scan", "-iL", str(empty)])
