@@ -150,11 +150,11 @@ class LoadtestHandle(_ChordHandle):
     def result(self) -> dict[str, Any] | None:
         """The persisted run (status, request, result), or None before it ended."""
         from ..storage.db import get_engine, session_scope
-        from ..storage.models import Loadtest
+        from ..storage.models import LoadtestRow
         from ..storage.runs import get_run
 
         with session_scope(get_engine()) as session:
-            run = get_run(session, Loadtest, self.id)
+            run = get_run(session, LoadtestRow, self.id)
             if run is None:
                 return None
             return {"id": run.id, "status": run.status, "request": run.request,

@@ -177,9 +177,9 @@ def _finding(f: Any) -> dict[str, Any]:
 def _chunk_results(session: Any, scan_id: str) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
-    from ..storage.models import ScanChunk
+    from ..storage.models import ScanChunkRow
 
-    stmt = select(ScanChunk.result).where(ScanChunk.scan_id == scan_id)
+    stmt = select(ScanChunkRow.result).where(ScanChunkRow.scan_id == scan_id)
     return [r for r in session.scalars(stmt) if r]
 
 

@@ -388,7 +388,7 @@ def loadtest_merge(results: list[dict[str, Any]], run_id: str,
     """Chord callback: the parts as one result (histograms merged bucket by bucket, never
     percentiles averaged), persisted once; a second run returns the stored result."""
     from ..storage.db import get_engine, session_scope
-    from ..storage.models import Loadtest
+    from ..storage.models import LoadtestRow
     from ..storage.runs import get_run, save_loadtest
 
     if not isinstance(results, list) or not results:
@@ -404,7 +404,7 @@ def loadtest_merge(results: list[dict[str, Any]], run_id: str,
                            "p50_ms": p["latency_ms"]["p50_ms"], "p99_ms": p["latency_ms"]["p99_ms"]}
                           for p in parts]}
     with session_scope(get_engine()) as session:
-        stored = get_run(session, Loadtest, run_id)
+        stored = get_run(session, LoadtestRow, run_id)
         if stored is not None and stored.status == "done" and stored.result:
             return dict(stored.result)
         save_loadtest(session, run_id, status="done", request=dict(request or {}),

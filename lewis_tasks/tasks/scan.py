@@ -275,7 +275,7 @@ def _chunk_results(session: Any, scan_id: str) -> list[dict[str, Any]]:
     # storage.scans has no reader for chunk rows; their results hold the closed/filtered counts
     from sqlalchemy import select
 
-    from ..storage.models import ScanChunk as ChunkRow
+    from ..storage.models import ScanChunkRow as ChunkRow
 
     stmt = select(ChunkRow.result).where(ChunkRow.scan_id == scan_id).order_by(ChunkRow.chunk_index)
     return [r or {} for r in session.scalars(stmt)]
