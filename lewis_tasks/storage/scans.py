@@ -8,39 +8,21 @@ counters only when it is the first to record that chunk, in the same transaction
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ..domain.findings import Finding
+from ..domain.scanjob import OpenPort
+from ..domain.scanreport import ChunkResult, ScanProgress
+from ..domain.services import ServiceInfo
 from .models import FindingRow, ScanChunkRow, ScanPortRow, ScanRow, utcnow
 from .rows import fetch, increment, upsert
 
 TERMINAL = ("done", "failed", "cancelled")
 _PORT_FIELDS = ("state", "service", "product", "version", "banner", "detail")
 _FINDING_FIELDS = ("severity", "score", "service", "cve_ids", "detail")
-
-
-@dataclass(frozen=True)
-class ScanProgress:
-    """How far a scan has come, readable while its chunks still run."""
-
-    scan_id: str
-    status: str
-    chunks_total: int
-    chunks_done: int
-    ports_total: int
-    ports_done: int
-    open_count: int
-
-    @property
-    def fraction(self) -> float:
-        """Share of ports done, 0.0–1.0 (1.0 for an empty scan)."""
-        return min(1.0, self.ports_done / self.ports_total) if self.ports_total else 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fraction": self.fraction}
 
 
 def upsert_scan(session: Session, scan_id: str, *, request: Mapping[str, Any] | None = None,
@@ -184,6 +166,61 @@ def list_findings(session: Session, *, scan_id: str | None = None,
     return list(session.scalars(stmt.order_by(*order).limit(limit)))
 
 
+def chunk_results(session: Session, scan_id: str) -> list[ChunkResult]:
+    """What the scan's recorded chunks counted (filtered, closed, unidentified), by chunk."""
+    stmt = (select(ScanChunkRow.result).where(ScanChunkRow.scan_id == scan_id)
+            .order_by(ScanChunkRow.chunk_index))
+    return [ChunkResult.from_dict(r) for r in session.scalars(stmt) if r]
+
+
+def port_row(port: OpenPort) -> dict[str, Any]:
+    """The row of an open port and the service found on it (:func:`record_chunk`'s input)."""
+    info = port.service
+    return {"host": port.address, "port": info.port, "state": "open", "service": info.name,
+            "product": info.product, "version": info.version, "banner": info.banner,
+            "detail": {"probe": info.probe, "extra": dict(info.extra), "hostname": port.hostname}}
+
+
+def open_ports(session: Session, scan_id: str) -> list[OpenPort]:
+    """The scan's open ports, each with its service, as :func:`port_row` stored them."""
+    return [_open_port(row) for row in list_scan_ports(session, scan_id)]
+
+
+def finding_row(f: Finding) -> dict[str, Any]:
+    """The row of a finding (:func:`upsert_findings`' input). Keyed by the first reason (the
+    service's rule, or "Open port: …"), not the display title, which names the worst CVE:
+    new vulnerability data then updates the same row."""
+    return {"host": f.address, "port": f.port, "title": f.reasons[0][:255],
+            "severity": f.severity, "score": f.score, "service": f.service,
+            "cve_ids": f.cve_ids, "detail": f.to_dict()}
+
+
+def save_findings(session: Session, scan_id: str, findings: Iterable[Finding]) -> int:
+    """Add or refresh the scan's findings; rows inserted or changed."""
+    return upsert_findings(session, scan_id, [finding_row(f) for f in findings])
+
+
+def scan_findings(session: Session, scan_id: str) -> list[Finding]:
+    """Every finding of the scan, as :func:`finding_row` stored it (highest score first)."""
+    return [_finding(row) for row in list_findings(session, scan_id=scan_id, limit=1_000_000)]
+
+
+def _open_port(row: ScanPortRow) -> OpenPort:
+    detail = row.detail or {}
+    info = ServiceInfo(row.port, row.service or "unknown", row.product, row.version,
+                       row.banner or "", detail.get("probe", ""), dict(detail.get("extra") or {}))
+    return OpenPort(row.host, info, detail.get("hostname"))
+
+
+def _finding(row: FindingRow) -> Finding:
+    # the columns first: a row whose detail predates a field still reads back
+    cves = [{"cve_id": c, "score": 0.0, "severity": "info"} for c in row.cve_ids or ()]
+    return Finding.from_dict({"address": row.host, "port": row.port,
+                              "service": row.service or "unknown", "severity": row.severity,
+                              "score": row.score, "title": row.title, "cves": cves,
+                              **(row.detail or {})})
+
+
 def _port_rows(scan_id: str, ports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"scan_id": scan_id, "host": p["host"], "port": int(p["port"]),
              "state": p.get("state", "open"),
@@ -191,6 +228,7 @@ def _port_rows(scan_id: str, ports: Iterable[Mapping[str, Any]]) -> list[dict[st
 
 
 __all__ = ["ScanProgress", "scan_ids_starting", "upsert_scan", "record_chunk", "upsert_ports",
-           "upsert_findings",
+           "upsert_findings", "chunk_results", "port_row", "open_ports", "finding_row",
+           "save_findings", "scan_findings",
            "set_scan_status", "cancel_scan", "scan_progress", "get_scan", "list_scans", "pending_chunks",
            "list_scan_ports", "list_findings", "TERMINAL"]
