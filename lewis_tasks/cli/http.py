@@ -75,13 +75,10 @@ def read_requests(stream: IO[str]) -> list[Any]:
 def batch_wait(settings: Settings, count: int, timeout: float | None) -> float:
     """How long ``lewis http`` waits by default for ``count`` URLs of ``timeout`` s each: as
     if one io slot ran the chunks one after another, every URL using its whole budget."""
-    from ..infra.planning import FLUSH_TICK, SLACK, chunk_seconds, chunk_size, url_budget
+    from ..infra.planning import batch_plan
 
-    budget = url_budget(settings, timeout)
-    size = chunk_size(settings, budget)
-    waves = -(-min(size, count) // settings.network.max_connections)
-    per_chunk = min(chunk_seconds(settings), waves * (budget + FLUSH_TICK)) + SLACK
-    return float(math.ceil(-(-count // size) * per_chunk + WAIT_MARGIN))
+    return float(math.ceil(batch_plan(settings, count, timeout).worst_case_seconds()
+                           + WAIT_MARGIN))
 
 
 def loadtest_wait(settings: Settings, duration: float | None) -> float:

@@ -27,12 +27,11 @@ from ..domain.scope import Scope, is_localhost_alias, parse_ip
 from ..errors import InvalidInput, LewisError, TransientError
 from ..infra.config import Settings, get_settings
 from ..infra.planning import (
+    batch_plan,
     check_batch_size,
     check_loadtest,
-    chunk_size,
     loadtest_budget,
     split,
-    url_budget,
 )
 from ..infra.progress import LOADTEST_PROGRESS_KEY
 from .base import FALLBACK_POLL, _app, _require_broker, await_result, publishing
@@ -170,15 +169,15 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
     settings = get_settings()
     items = [_wire(i, item) for i, item in enumerate(requests)]
     check_batch_size(settings, len(items))
-    budget = url_budget(settings, timeout)
-    size = chunk_size(settings, budget)
+    plan = batch_plan(settings, len(items), timeout)
+    size = plan.size
     batch_id = uuid.uuid4().hex
-    options = {"timeout": budget, "total": len(items),
-               "request": {"urls": len(items), "timeout": budget, "chunk_size": size}}
+    options = {"timeout": plan.budget, "total": len(items),
+               "request": {"urls": len(items), "timeout": plan.budget, "chunk_size": size}}
     header = [app.signature("lewis.http.fetch_chunk",
                             args=(batch_id, start, items[start:start + size], options),
                             task_id=chunk_task_id(batch_id, start))
-              for start in range(0, len(items), size)]
+              for start in plan.starts]
     errback = app.signature("lewis.http.abort", kwargs={"kind": "batch", "run_id": batch_id})
     if len(header) == 1:  # one chunk pays for no fan-out: it closes the batch itself, no chord
         single = app.signature("lewis.http.fetch_chunk",
