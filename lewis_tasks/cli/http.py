@@ -173,7 +173,7 @@ def _cancel_batch(batch_id: str) -> None:
     if cancel_http_batch(batch_id):
         click.echo(f"HTTP batch {batch_id} cancelled")
         return
-    status = HttpBatchHandle(batch_id, "", [], None).progress().status  # type: ignore[arg-type]
+    status = HttpBatchHandle(batch_id, "", [], None).progress().status
     if status == "cancelled":
         click.echo(f"HTTP batch {batch_id} was cancelled already")
         return

@@ -38,7 +38,7 @@ class JsonView(Mapping[str, Any]):
         """The typed view of ``data``; InvalidInput if a field is missing."""
         names = [f.name for f in fields(cls) if f.name != "data"]  # type: ignore[arg-type]
         try:
-            return cls(**{n: data[n] for n in names}, data=dict(data))
+            return cls(**{n: data[n] for n in names}, data=dict(data))  # type: ignore[call-arg]
         except KeyError as exc:
             raise InvalidInput(f"not a {cls.__name__}: {exc} missing") from None
 
