@@ -61,15 +61,15 @@ class ScanLoad(BackgroundLoad):
 
         from lewis_tasks.infra.task import redeliveries
         from lewis_tasks.storage.db import get_engine, session_scope
-        from lewis_tasks.storage.models import ScanChunk
+        from lewis_tasks.storage.models import ScanChunkRow
 
         ids = [h.id for h in handles if h.id not in self.redelivered]
         if not ids:
             return
         with contextlib.suppress(Exception):  # a broker or database hiccup: look next time
             with session_scope(get_engine()) as session:
-                rows = session.execute(select(ScanChunk.scan_id, ScanChunk.task_id)
-                                       .where(ScanChunk.scan_id.in_(ids))).all()
+                rows = session.execute(select(ScanChunkRow.scan_id, ScanChunkRow.task_id)
+                                       .where(ScanChunkRow.scan_id.in_(ids))).all()
             self.redelivered |= {scan for scan, task in rows
                                  if task is not None and redeliveries(task) > 0}
 
@@ -83,7 +83,7 @@ def scan_figures(name: str, load: ScanLoad, patience: float) -> Figures:
 
     from lewis_tasks.domain.targets import parse_ports
     from lewis_tasks.storage.db import get_engine, session_scope
-    from lewis_tasks.storage.models import Finding, ScanPort
+    from lewis_tasks.storage.models import FindingRow, ScanPortRow
     from tests.support.listeners import listening_ports
 
     truth = sorted(listening_ports(ADDRESS) & set(parse_ports(load.ports)))
@@ -100,10 +100,10 @@ def scan_figures(name: str, load: ScanLoad, patience: float) -> Figures:
             continue
         figures.completed += 1
         with session_scope(get_engine()) as session:
-            ports = session.scalar(select(func.count()).select_from(ScanPort)
-                                   .where(ScanPort.scan_id == handle.id))
-            found = session.scalar(select(func.count()).select_from(Finding)
-                                   .where(Finding.scan_id == handle.id))
+            ports = session.scalar(select(func.count()).select_from(ScanPortRow)
+                                   .where(ScanPortRow.scan_id == handle.id))
+            found = session.scalar(select(func.count()).select_from(FindingRow)
+                                   .where(FindingRow.scan_id == handle.id))
         if ports != len(truth) or found != len(truth):
             figures.harmless = False
             figures.notes.append(f"scan {handle.id[:8]}: {ports} port rows, {found} findings "

@@ -15,20 +15,23 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from ..domain.httpjobs import HttpBatchProgress, LoadtestProgress
 from ..errors import InvalidInput, TransientError
-from . import Exit, cancel_on_interrupt, cli
+from . import Exit, cli
 
 if TYPE_CHECKING:
     from ..infra.config import Settings
+    from ..producer.handle import JobHandle
+
+P = TypeVar("P")
+R = TypeVar("R")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-TICK = 0.25  # seconds between redraws of the progress line
-WAIT_MARGIN = 15.0  # s beyond the work's own limits: queueing, the merge, the result's return
 
 
 def parse_duration(text: str) -> float:
@@ -73,73 +76,41 @@ def read_requests(stream: IO[str]) -> list[Any]:
 
 
 def batch_wait(settings: Settings, count: int, timeout: float | None) -> float:
-    """How long ``lewis http`` waits by default for ``count`` URLs of ``timeout`` s each: as
-    if one io slot ran the chunks one after another, every URL using its whole budget."""
-    from ..infra.planning import FLUSH_TICK, SLACK, chunk_seconds, chunk_size, url_budget
+    """How long ``lewis http`` waits by default for ``count`` URLs of ``timeout`` s each: the
+    batch's worst case (:func:`~lewis_tasks.producer.http.batch_worst_case`)."""
+    from ..producer.http import batch_worst_case
 
-    budget = url_budget(settings, timeout)
-    size = chunk_size(settings, budget)
-    waves = -(-min(size, count) // settings.network.max_connections)
-    per_chunk = min(chunk_seconds(settings), waves * (budget + FLUSH_TICK)) + SLACK
-    return float(math.ceil(-(-count // size) * per_chunk + WAIT_MARGIN))
+    return batch_worst_case(settings, count, timeout)
 
 
 def loadtest_wait(settings: Settings, duration: float | None) -> float:
-    """How long ``lewis loadtest`` waits by default: a part's hard time limit (start barrier,
-    the run, its drain and slack) plus a margin for the merge."""
-    from ..infra.planning import loadtest_budget
+    """How long ``lewis loadtest`` waits by default: the run's worst case
+    (:func:`~lewis_tasks.producer.http.loadtest_worst_case`)."""
+    from ..producer.http import loadtest_worst_case
 
-    return float(math.ceil(loadtest_budget(settings).time_limits(duration)[1] + WAIT_MARGIN))
+    return loadtest_worst_case(settings, duration)
 
 
-def _finish(handle: Any, line: Callable[[], str], started: Callable[[], bool], seconds: float,
-            what: str) -> dict[str, Any]:
-    """The handle's result, with the live line meanwhile; after ``seconds`` a TransientError
-    saying what is missing (one line and exit 3 on the command line)."""
-    from celery.exceptions import TimeoutError as ResultTimeout
+def _finish(handle: JobHandle[P, R], line: Callable[[P], str], seconds: float) -> R:
+    """The handle's result, with the live line meanwhile on a terminal; after ``seconds`` a
+    TransientError saying what is missing (one line and exit 3 on the command line)."""
+    from ..producer.handle import WaitTimeout
+    from .follow import follow
 
-    deadline = time.monotonic() + seconds
     try:
-        return _wait_live(handle, line, deadline)
-    except ResultTimeout:
+        return follow(handle, seconds, line if sys.stdout.isatty() else None)
+    except WaitTimeout:
         pass
-    except KeyboardInterrupt:  # as wrk: Ctrl-C stops the batch (twice: leaves it running)
-        if not hasattr(handle, "cancel"):
-            raise
-        cancel_on_interrupt(f"HTTP {what} {handle.id}", handle.cancel)
     try:
-        begun = started()
+        begun = handle.started()
     except Exception:  # the progress store is down too: say what we know, the wait ran out
         begun = False
+    what = handle.what.removeprefix("HTTP ")
     if begun:
         raise TransientError(f"the {what} did not finish within {seconds:g} s (it may still "
                              "be running: raise --wait, or see `lewis status`)")
     raise TransientError(f"no io worker answered within {seconds:g} s; is the stack up? "
                          "(`lewis status`)")
-
-
-def _wait_live(handle: Any, line: Callable[[], str], deadline: float) -> dict[str, Any]:
-    """The handle's result by push (``handle.wait``), redrawing a progress line every tick
-    meanwhile when stdout is a terminal; Celery's TimeoutError past ``deadline``
-    (time.monotonic)."""
-    from celery.exceptions import TimeoutError as ResultTimeout
-
-    tty = sys.stdout.isatty()
-    width = 0
-    try:
-        while True:
-            left = max(0.1, deadline - time.monotonic())
-            try:
-                return dict(handle.wait(timeout=min(TICK, left) if tty else left))
-            except ResultTimeout:
-                if time.monotonic() >= deadline:
-                    raise
-            text = line()
-            click.echo("\r" + text.ljust(width), nl=False)
-            width = len(text)
-    finally:
-        if width:
-            click.echo("\r" + " " * width + "\r", nl=False)
 
 
 @cli.command("http")
@@ -159,7 +130,6 @@ def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float |
     """Fetch URLs on the io workers: status, time, bytes and SHA-256 of each, or why not.
     Exits 1 when some URL failed (refused, timed out, out of scope…), 3 when no result
     came within --wait. `lewis http cancel BATCH_ID` stops a running batch."""
-    from ..infra.config import get_settings
     from ..producer.http import submit_http_batch
 
     if len(urls) == 2 and urls[0] == "cancel" and source is None:  # not a URL: no scheme
@@ -171,31 +141,27 @@ def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float |
     if not requests:
         raise InvalidInput("give URLs, or -f FILE with one per line")
     _check_wait(wait_s)
-    if wait_s is None:
-        wait_s = batch_wait(get_settings(), len(requests), timeout)
     began = time.monotonic()
     handle = submit_http_batch(requests, timeout=timeout)
 
-    def line() -> str:
-        p = handle.progress()
-        rate = p["done"] / max(1e-9, time.monotonic() - began)
-        return (f"{p['done']:,}/{p['total']:,} URLs · {p['ok']:,} answered · "
-                f"{p['failed']:,} failed · {rate:,.0f} URLs/s")
+    def line(p: HttpBatchProgress) -> str:
+        rate = p.done / max(1e-9, time.monotonic() - began)
+        return (f"{p.done:,}/{p.total:,} URLs · {p.ok:,} answered · "
+                f"{p.failed:,} failed · {rate:,.0f} URLs/s")
 
-    summary = _finish(handle, line, lambda: handle.progress()["status"] != "pending", wait_s,
-                      "batch")
+    summary = _finish(handle, line, wait_s or handle.worst_case or 0.0)
     seconds = time.monotonic() - began
     if as_json:
         rows = _all_rows(handle)
         click.echo(json.dumps({"batch_id": handle.id, "seconds": round(seconds, 3),
-                               "summary": summary, "results": rows}, indent=1))
+                               "summary": summary.to_dict(), "results": rows}, indent=1))
     else:
         if summary["total"] <= limit:
             rows = handle.result(limit=limit)
         else:
             rows = handle.result(limit=limit, failed_only=True)
-        click.echo(format_batch(summary, rows, seconds))
-    if summary["failed"]:
+        click.echo(format_batch(summary.to_dict(), rows, seconds))
+    if summary.failed:
         sys.exit(int(Exit.FAILURE))
 
 
@@ -207,7 +173,7 @@ def _cancel_batch(batch_id: str) -> None:
     if cancel_http_batch(batch_id):
         click.echo(f"HTTP batch {batch_id} cancelled")
         return
-    status = HttpBatchHandle(batch_id, "", [], None).progress()["status"]  # type: ignore[arg-type]
+    status = HttpBatchHandle(batch_id, "", [], None).progress().status
     if status == "cancelled":
         click.echo(f"HTTP batch {batch_id} was cancelled already")
         return
@@ -321,25 +287,23 @@ def loadtest_command(url: str, concurrency: int, duration: float | None, count: 
                              rate=rate, workers=workers, method=method, headers=pairs,
                              body=body, timeout=timeout, ramp=ramp, start_within=start_within)
 
-    def line() -> str:
-        p = handle.progress()
-        if not p["reporting"]:
-            return f"waiting for {p['parts']} part(s) to start together…"
-        return (f"{p['elapsed_s']:.1f} s · {p['requests']:,} requests · {p['rps']:,.0f} req/s · "
-                f"{p['errors']:,} errors · {p['reporting']}/{p['parts']} parts")
+    def line(p: LoadtestProgress) -> str:
+        if not p.reporting:
+            return f"waiting for {p.parts} part(s) to start together…"
+        return (f"{p.elapsed_s:.1f} s · {p.requests:,} requests · {p.rps:,.0f} req/s · "
+                f"{p.errors:,} errors · {p.reporting}/{p.parts} parts")
 
-    result = _finish(handle, line, lambda: bool(handle.progress()["reporting"]), wait_s,
-                     "load test")
+    result = _finish(handle, line, wait_s)
     if as_json:
-        click.echo(json.dumps(result, indent=1))
+        click.echo(json.dumps(result.to_dict(), indent=1))
     else:
-        click.echo(format_loadtest(result))
+        click.echo(format_loadtest(result.to_dict()))
     if csv_prefix is not None:
         from ..domain.loadcsv import write_csv
 
-        paths = write_csv(result, csv_prefix)
+        paths = write_csv(result.to_dict(), csv_prefix)
         click.echo(f"wrote {paths[0]} and {paths[1]}", err=True)
-    if result["requests"] == 0:
+    if result.requests == 0:
         sys.exit(int(Exit.FAILURE))
 
 

@@ -19,17 +19,16 @@ import json
 import os
 import shutil
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import SECONDS, Exit, cancel_on_interrupt, cli
+from . import SECONDS, Exit, cli
+from .follow import follow
 
 _LEVELS = ("info", "low", "medium", "high", "critical")
-BAR_TICK = 0.2  # seconds between redraws of the progress bar
 
 _SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": "cyan",
                    "info": None}
@@ -83,10 +82,8 @@ def scan(ctx: click.Context, targets: tuple[str, ...], ports: str, rate: float |
         click.echo(json.dumps({"scan_id": handle.id}) if as_json else handle.id)
         return
     live = sys.stdout.isatty() and not as_json
-    try:
-        report = _wait_with_bar(handle, timeout) if live else handle.wait(timeout=timeout)
-    except KeyboardInterrupt:  # as nmap: Ctrl-C stops the scan (twice: leaves it running)
-        cancel_on_interrupt(f"scan {handle.id}", handle.cancel)
+    try:  # as nmap: Ctrl-C stops the scan (twice: leaves it running)
+        report = follow(handle, timeout, _bar() if live else None, keep_line=True)
     except TimeoutError as exc:
         click.echo(f"lewis: {exc}; `lewis scans show {handle.id}` later", err=True)
         sys.exit(int(Exit.FAILURE))
@@ -138,27 +135,17 @@ def _colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def _wait_with_bar(handle: Any, timeout: float | None) -> Any:
-    deadline = None if timeout is None else time.monotonic() + timeout
+def _bar() -> Callable[[Any], str]:
+    """The live progress bar of a scan, drawn from its ScanProgress."""
     width = max(10, min(40, shutil.get_terminal_size((80, 20)).columns - 60))
-    while True:
-        p = handle.progress()
+
+    def draw(p: Any) -> str:
         filled = int(p.fraction * width)
-        click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] {p.fraction * 100:5.1f}%  "
-                   f"chunks {p.chunks_done}/{p.chunks_total}  ports {p.ports_done:,}/"
-                   f"{p.ports_total:,}  open {p.open_count}", nl=False)
-        if p.status != "running":
-            click.echo("")
-            return handle.wait(timeout=0)
-        if deadline is not None and time.monotonic() >= deadline:
-            click.echo("")
-            raise TimeoutError(f"scan {handle.id} still running after {timeout:g} s")
-        try:  # returns on the scan's completion push, else redraws after a tick
-            report = handle.wait(timeout=BAR_TICK)
-        except TimeoutError:
-            continue
-        click.echo("")
-        return report
+        return (f"[{'#' * filled}{'.' * (width - filled)}] {p.fraction * 100:5.1f}%  "
+                f"chunks {p.chunks_done}/{p.chunks_total}  ports {p.ports_done:,}/"
+                f"{p.ports_total:,}  open {p.open_count}")
+
+    return draw
 
 
 def _print_report(report: Any, as_json: bool, *, min_severity: str = "info",

@@ -16,8 +16,9 @@ listed as *conditional*, naming that platform, and neither raises the severity n
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .services import UNKNOWN, ServiceInfo
 from .vulns import CveRecord, find_cves, platform_condition
@@ -70,6 +71,17 @@ class Finding:
     @property
     def conditional_cve_ids(self) -> list[str]:
         return [c.cve_id for c in self.cves if c.conditional]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
+        """The finding :meth:`to_dict` gave (as the merge stored it)."""
+        return cls(str(data["address"]), int(data["port"]), str(data["service"]),
+                   data.get("product"), data.get("version"), str(data["severity"]),
+                   float(data.get("score") or 0.0), str(data["title"]),
+                   tuple(str(r) for r in data.get("reasons") or ()),
+                   tuple(CveRef(str(c["cve_id"]), float(c["score"]), str(c["severity"]),
+                                tuple(c.get("platforms") or ())) for c in data.get("cves") or ()),
+                   data.get("hostname"), data.get("revision"))
 
     def to_dict(self) -> dict[str, object]:
         return {"address": self.address, "hostname": self.hostname, "port": self.port,
@@ -156,7 +168,7 @@ def build_findings(address: str, services: Iterable[ServiceInfo], records: Seque
 def rank_findings(findings: Iterable[Finding]) -> list[Finding]:
     """Most severe first, then by highest CVSS score, then by address and port."""
     return sorted(findings, key=lambda f: (-level_rank(f.severity), -f.score,
-                                           _address_key(f.address), f.port))
+                                           address_key(f.address), f.port))
 
 
 def _label(info: ServiceInfo) -> str:
@@ -173,13 +185,14 @@ def _revision(info: ServiceInfo) -> str | None:
     return str(value) if value else None
 
 
-def _address_key(address: str) -> tuple[int, int]:
+def address_key(address: str) -> tuple[int, int, str]:
+    """Sort key of a host: IPv4 numerically, then IPv6 numerically, then names."""
     try:
         addr = ipaddress.ip_address(address)
     except ValueError:
-        return (9, 0)
-    return (addr.version, int(addr))
+        return (9, 0, address)
+    return (addr.version, int(addr), "")
 
 
 __all__ = ["LEVELS", "CveRef", "Finding", "Rule", "RULES", "level_rank", "assess",
-           "build_findings", "rank_findings"]
+           "build_findings", "rank_findings", "address_key"]

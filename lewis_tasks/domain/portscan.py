@@ -34,7 +34,7 @@ OPEN, CLOSED, FILTERED = "open", "closed", "filtered"
 
 
 @dataclass(frozen=True)
-class ScanProgress:
+class PortScanProgress:
     """Ports settled so far out of ``total``, and how many of them are open."""
 
     address: str
@@ -86,7 +86,7 @@ class PortScanResult:
 async def scan_ports(address: str | IPAddress, ports: Iterable[int], *, scope: Scope,
                      concurrency: int = 4096, timeout: float = 1.0, retries: int = 1,
                      limiter: ConnectLimiter | None = None,
-                     on_progress: Callable[[ScanProgress], None] | None = None,
+                     on_progress: Callable[[PortScanProgress], None] | None = None,
                      progress_interval: float = 0.25,
                      executor: Executor | None = None,
                      cancelled: Callable[[], bool] | None = None) -> PortScanResult:
@@ -100,7 +100,7 @@ async def scan_ports(address: str | IPAddress, ports: Iterable[int], *, scope: S
     checked = scope.check_address(address)
     report = None
     if on_progress is not None:
-        def report(progress: ScanProgress) -> None:
+        def report(progress: PortScanProgress) -> None:
             loop.call_soon_threadsafe(on_progress, progress)
     stop = threading.Event()
     job = _job(checked, ports, concurrency, timeout, retries, limiter, report,
@@ -115,7 +115,7 @@ async def scan_ports(address: str | IPAddress, ports: Iterable[int], *, scope: S
 def scan_ports_blocking(address: str | IPAddress, ports: Iterable[int], *, scope: Scope,
                         concurrency: int = 4096, timeout: float = 1.0, retries: int = 1,
                         limiter: ConnectLimiter | None = None,
-                        on_progress: Callable[[ScanProgress], None] | None = None,
+                        on_progress: Callable[[PortScanProgress], None] | None = None,
                         progress_interval: float = 0.25) -> PortScanResult:
     """:func:`scan_ports` on the calling thread (CLI, benchmarks, sync callers)."""
     checked = scope.check_address(address)
@@ -125,13 +125,13 @@ def scan_ports_blocking(address: str | IPAddress, ports: Iterable[int], *, scope
 
 def _job(address: IPAddress, ports: Iterable[int], concurrency: int, timeout: float,
          retries: int, limiter: ConnectLimiter | None,
-         on_progress: Callable[[ScanProgress], None] | None, progress_interval: float,
+         on_progress: Callable[[PortScanProgress], None] | None, progress_interval: float,
          stop: threading.Event | None,
          cancelled: Callable[[], bool] | None = None) -> ConnectLoop:
     progress = None
     if on_progress is not None:
         def progress(done: int, total: int, open_count: int) -> None:
-            on_progress(ScanProgress(str(address), done, total, open_count))
+            on_progress(PortScanProgress(str(address), done, total, open_count))
     return ConnectLoop(address, ports, concurrency=concurrency, timeout=timeout,
                        retries=retries, limiter=limiter, on_progress=progress,
                        progress_interval=progress_interval, stop=stop, cancelled=cancelled)
@@ -144,6 +144,6 @@ def _result(tally: LoopTally) -> PortScanResult:
 
 
 __all__ = [
-    "OPEN", "CLOSED", "FILTERED", "ConnectLimiter", "ScanProgress", "PortScanResult",
+    "OPEN", "CLOSED", "FILTERED", "ConnectLimiter", "PortScanProgress", "PortScanResult",
     "scan_ports", "scan_ports_blocking",
 ]

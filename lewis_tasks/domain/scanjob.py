@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..errors import TransientError
 from .findings import Finding, assess, rank_findings
-from .portscan import ConnectLimiter, PortScanResult, ScanProgress, scan_ports
+from .portscan import ConnectLimiter, PortScanProgress, PortScanResult, scan_ports
 from .scope import Scope
 from .services import (
     PROBE_COUNT,
@@ -75,7 +75,7 @@ async def run_chunk(address: str, ports: Iterable[int], *, scope: Scope, deadlin
                     concurrency: int = 4096, timeout: float = 1.0, retries: int = 1,
                     limiter: ConnectLimiter | None = None, identify: bool = True,
                     banner_timeout: float = 2.0, identify_concurrency: int = 256,
-                    on_progress: Callable[[ScanProgress], None] | None = None,
+                    on_progress: Callable[[PortScanProgress], None] | None = None,
                     progress_interval: float = 0.5,
                     executor: Executor | None = None,
                     cancelled: Callable[[], bool] | None = None) -> ChunkOutcome:

@@ -148,20 +148,20 @@ def stored_work(limit: int = 5) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from ..storage.db import get_engine, session_scope
-    from ..storage.models import Finding, HttpBatch, Scan
+    from ..storage.models import FindingRow, HttpBatchRow, ScanRow
 
     def grouped(session: Any, column: Any) -> dict[str, int]:
         return {str(k): int(n) for k, n in session.execute(
             select(column, func.count()).group_by(column))}
 
     with session_scope(get_engine()) as session:
-        scans = session.scalars(select(Scan).order_by(Scan.created_at.desc()).limit(limit))
-        batches = session.scalars(select(HttpBatch).order_by(HttpBatch.created_at.desc())
+        scans = session.scalars(select(ScanRow).order_by(ScanRow.created_at.desc()).limit(limit))
+        batches = session.scalars(select(HttpBatchRow).order_by(HttpBatchRow.created_at.desc())
                                   .limit(limit))
         return {
-            "scans_by_status": grouped(session, Scan.status),
-            "batches_by_status": grouped(session, HttpBatch.status),
-            "findings_by_severity": grouped(session, Finding.severity),
+            "scans_by_status": grouped(session, ScanRow.status),
+            "batches_by_status": grouped(session, HttpBatchRow.status),
+            "findings_by_severity": grouped(session, FindingRow.severity),
             "recent_scans": [{"id": s.id, "status": s.status, "created": s.created_at.timestamp(),
                               "ports_done": s.ports_done, "ports_total": s.ports_total,
                               "open": s.open_count} for s in scans],

@@ -15,36 +15,39 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..domain.httpplan import SLACK, HttpBatchPlan, HttpLimits, plan_http_batch
 from ..errors import InvalidInput
 from .config import Settings
 
 BARRIER_LEAD = 0.5  # seconds between the last part arriving and the common start
 DRAIN = 2.0  # loadgen gives in-flight requests this long after the deadline
-SLACK = 5.0  # start-up, session, persisting and returning, beyond the work itself
 HARD_GAP = 5.0  # hard time limit after the soft one
-FLUSH_TICK = 0.2  # a URL overruns its budget by at most the fetcher's watchdog tick (0.1 s)
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    """The numbers an HTTP batch plan reads from ``settings``."""
+    return HttpLimits(settings.http.timeout, settings.http.chunk_size,
+                      settings.network.max_connections, settings.tasks.soft_time_limit)
+
+
+def batch_plan(settings: Settings, count: int, timeout: float | None = None) -> HttpBatchPlan:
+    """The one plan of a batch of ``count`` URLs (:func:`~lewis_tasks.domain.httpplan.plan_http_batch`)."""
+    return plan_http_batch(count, timeout, http_limits(settings))
 
 
 def url_budget(settings: Settings, timeout: float | None = None) -> float:
     """Seconds one URL may take (every hop and retry): ``timeout`` or ``http.timeout``."""
-    budget = settings.http.timeout if timeout is None else float(timeout)
-    if not 0 < budget <= settings.http.timeout:
-        raise InvalidInput(f"timeout {budget:g}s is outside (0, {settings.http.timeout:g}s] "
-                           "(http.timeout)")
-    return min(budget, chunk_seconds(settings))
+    return http_limits(settings).url_budget(timeout)
 
 
 def chunk_seconds(settings: Settings) -> float:
     """How long one chunk task may fetch: its soft time limit less the slack to persist."""
-    return max(1.0, settings.tasks.soft_time_limit - SLACK)
+    return http_limits(settings).chunk_seconds
 
 
 def chunk_size(settings: Settings, budget: float) -> int:
-    """URLs per chunk: ``http.chunk_size``, fewer if a chunk of URLs that all stall (each
-    using its whole ``budget``, ``network.max_connections`` at a time) would outrun the
-    chunk's time limit."""
-    waves = max(1, math.floor(chunk_seconds(settings) / (budget + FLUSH_TICK)))
-    return max(1, min(settings.http.chunk_size, settings.network.max_connections * waves))
+    """URLs per chunk when each may take ``budget`` seconds."""
+    return http_limits(settings).chunk_size(budget)
 
 
 def check_batch_size(settings: Settings, count: int) -> None:
@@ -189,6 +192,6 @@ def chunk_ports_for(settings: Settings, rate: float | None, *, hosts: int = 0, p
     return size
 
 
-__all__ = ["url_budget", "chunk_seconds", "chunk_size", "check_batch_size", "LoadtestBudget",
+__all__ = ["http_limits", "batch_plan", "url_budget", "chunk_seconds", "chunk_size", "check_batch_size", "LoadtestBudget",
            "loadtest_budget", "check_loadtest", "split", "BARRIER_LEAD", "DRAIN", "SCAN_SHARE",
            "WORK_SHARE", "io_slots", "chunk_ports_for", "SCAN_WAVES", "MIN_CHUNK_PORTS"]

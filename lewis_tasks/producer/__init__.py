@@ -9,8 +9,8 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    # any task
-    "TaskHandle": "base", "submit": "base", "submit_many": "base", "wait_all": "base",
+    # any task; any job of many tasks
+    "TaskHandle": "base", "JobHandle": "handle", "WaitTimeout": "handle", "submit": "base", "submit_many": "base", "wait_all": "base",
     # scans
     "submit_scan": "scan", "ScanHandle": "scan", "ScanReport": "scan",
     # HTTP batches and load tests

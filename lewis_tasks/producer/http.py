@@ -15,33 +15,42 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery, chord
 from celery.exceptions import ChordError
+from celery.exceptions import TimeoutError as ResultTimeout
 from celery.result import AsyncResult
 
+from ..domain.httpjobs import (
+    HttpBatchProgress,
+    HttpBatchSummary,
+    LoadtestProgress,
+    LoadtestResult,
+    LoadtestRun,
+)
 from ..domain.httprequest import HttpRequest, normalise_url
 from ..domain.redact import redact_headers, redact_url
 from ..domain.scope import Scope, is_localhost_alias, parse_ip
-from ..errors import InvalidInput, LewisError, TransientError
+from ..errors import InvalidInput, LewisError
 from ..infra.config import Settings, get_settings
 from ..infra.planning import (
+    batch_plan,
     check_batch_size,
     check_loadtest,
-    chunk_size,
     loadtest_budget,
     split,
-    url_budget,
 )
 from ..infra.progress import LOADTEST_PROGRESS_KEY
 from .base import FALLBACK_POLL, _app, _require_broker, await_result, publishing
+from .handle import JobHandle, P, R, WaitTimeout, unwrap_failure
 
 PLAN_KEY = "lewis:http:{batch_id}:plan"  # a batch's size and chunking, for a cancel by id
+WAIT_MARGIN = 15.0  # s beyond the work's own limits: queueing, the merge, the result's return
 
 
 @dataclass
-class _ChordHandle:
+class _ChordHandle(JobHandle[P, R]):
     """What both handles share: the chord's callback result and its parts' task ids."""
 
     id: str
@@ -56,33 +65,28 @@ class _ChordHandle:
     def ready(self) -> bool:
         return bool(self.async_result.ready())
 
-    def wait(self, timeout: float | None = None,
-             interval: float = FALLBACK_POLL) -> dict[str, Any]:
-        """The merged result, by push (``interval``: the longest a lost push can delay it); a
-        failed part's own error (InvalidInput, OutOfScope…) re-raised."""
+    def _merged(self, timeout: float | None, interval: float) -> dict[str, Any]:
+        """The merged result, by push; WaitTimeout past ``timeout``, a failure unwrapped."""
         try:
             return dict(await_result(self.async_result, timeout, interval=interval))
-        except ChordError:
-            for part_id in self.part_ids:
-                part = AsyncResult(part_id, app=self.app)
-                if part.failed() and isinstance(part.result, BaseException):
-                    raise part.result from None
-                if part.state == "REVOKED":
-                    raise TransientError(f"part {part_id} never ran: it expired waiting in the "
-                                         "queue (io workers busy or absent)") from None
-            raise
+        except ResultTimeout:
+            raise self.timed_out(timeout) from None
+        except ChordError as exc:
+            raise unwrap_failure(self.app, exc, self.part_ids) from None
 
 
 @dataclass
-class HttpBatchHandle(_ChordHandle):
+class HttpBatchHandle(_ChordHandle[HttpBatchProgress, HttpBatchSummary]):
     """A submitted batch: ``wait()`` for its summary, ``progress()`` while it runs,
     ``result()`` for its per-URL rows (from the database)."""
 
     total: int = 0
     chunks: int = 0
+    worst_case: float | None = None
     _rows: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+    what: ClassVar[str] = "HTTP batch"
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> HttpBatchProgress:
         """total, done, ok, failed and status, as persisted so far."""
         from ..storage.db import get_engine, session_scope
         from ..storage.http import get_http_batch
@@ -90,25 +94,32 @@ class HttpBatchHandle(_ChordHandle):
         with session_scope(get_engine()) as session:
             batch = get_http_batch(session, self.id)
             if batch is None:  # no chunk has started yet
-                return {"total": self.total, "done": 0, "ok": 0, "failed": 0, "status": "pending"}
-            return {"total": batch.total, "done": batch.done, "ok": batch.ok,
-                    "failed": batch.failed, "status": batch.status}
+                data = {"total": self.total, "done": 0, "ok": 0, "failed": 0, "status": "pending"}
+            else:
+                data = {"total": batch.total, "done": batch.done, "ok": batch.ok,
+                        "failed": batch.failed, "status": batch.status}
+        return HttpBatchProgress.from_dict(data)
+
+    def started(self) -> bool:
+        return self.progress().status != "pending"
 
     def wait(self, timeout: float | None = None,
-             interval: float = FALLBACK_POLL) -> dict[str, Any]:
+             interval: float = FALLBACK_POLL) -> HttpBatchSummary:
         """The batch's summary, by push. A batch of one chunk small enough brings its stored
         rows along (:meth:`result` then reads no database). LewisError if it was cancelled
         (its revoked chunks fail the chord)."""
         try:
-            summary = super().wait(timeout, interval)
+            summary = self._merged(timeout, interval)
         except Exception as exc:
-            if isinstance(exc, TimeoutError) or self.progress()["status"] != "cancelled":
+            # a wait that ran out on a cancelled batch says "cancelled" too
+            if (isinstance(exc, TimeoutError) and not isinstance(exc, WaitTimeout)) \
+                    or self.progress().status != "cancelled":
                 raise
             raise LewisError(f"HTTP batch {self.id} cancelled") from None
         rows = summary.pop("rows", None)
         if isinstance(rows, list):
             self._rows = rows
-        return summary
+        return HttpBatchSummary.from_dict(summary)
 
     def cancel(self) -> bool:
         """See :func:`cancel_http_batch`."""
@@ -129,36 +140,67 @@ class HttpBatchHandle(_ChordHandle):
 
 
 @dataclass
-class LoadtestHandle(_ChordHandle):
+class LoadtestHandle(_ChordHandle[LoadtestProgress, LoadtestResult]):
     """A submitted load test: ``wait()`` for the merged result, ``progress()`` while it runs."""
 
     workers: int = 1
     request: dict[str, Any] = field(default_factory=dict)
+    worst_case: float | None = None
+    what: ClassVar[str] = "load test"
+    cancellable: ClassVar[bool] = False
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> LoadtestProgress:
         """Requests, errors and rate summed over the parts that reported (once a second)."""
         from ..infra.redis_client import get_redis
 
         raw = get_redis(self.app.conf.broker_url).hgetall(LOADTEST_PROGRESS_KEY.format(run=self.id))
         lines = [json.loads(v) for v in raw.values()]
-        return {"parts": self.workers, "reporting": len(lines),
-                "elapsed_s": max((line["elapsed_s"] for line in lines), default=0.0),
-                "requests": sum(line["requests"] for line in lines),
-                "errors": sum(line["errors"] for line in lines),
-                "rps": round(sum(line["rps"] for line in lines), 1)}
+        return LoadtestProgress.from_dict({
+            "parts": self.workers, "reporting": len(lines),
+            "elapsed_s": max((line["elapsed_s"] for line in lines), default=0.0),
+            "requests": sum(line["requests"] for line in lines),
+            "errors": sum(line["errors"] for line in lines),
+            "rps": round(sum(line["rps"] for line in lines), 1)})
 
-    def result(self) -> dict[str, Any] | None:
+    def started(self) -> bool:
+        return bool(self.progress().reporting)
+
+    def wait(self, timeout: float | None = None,
+             interval: float = FALLBACK_POLL) -> LoadtestResult:
+        """The merged result, by push; a failed part's own error (InvalidInput, OutOfScope…)
+        re-raised."""
+        return LoadtestResult.from_dict(self._merged(timeout, interval))
+
+    def cancel(self) -> bool:
+        """A load test is not cancelled: it ends by its duration or request count."""
+        return False
+
+    def result(self) -> LoadtestRun | None:
         """The persisted run (status, request, result), or None before it ended."""
         from ..storage.db import get_engine, session_scope
-        from ..storage.models import Loadtest
+        from ..storage.models import LoadtestRow
         from ..storage.runs import get_run
 
         with session_scope(get_engine()) as session:
-            run = get_run(session, Loadtest, self.id)
+            run = get_run(session, LoadtestRow, self.id)
             if run is None:
                 return None
-            return {"id": run.id, "status": run.status, "request": run.request,
-                    "result": run.result, "finished_at": run.finished_at}
+            return LoadtestRun.from_dict({"id": run.id, "status": run.status,
+                                          "request": run.request, "result": run.result,
+                                          "finished_at": run.finished_at})
+
+
+def batch_worst_case(settings: Settings, count: int, timeout: float | None) -> float:
+    """How long a batch of ``count`` URLs of ``timeout`` s each may take at worst, queueing,
+    the merge and the result's return included (the default wait of ``lewis http``)."""
+    return float(math.ceil(batch_plan(settings, count, timeout).worst_case_seconds()
+                           + WAIT_MARGIN))
+
+
+def loadtest_worst_case(settings: Settings, duration: float | None) -> float:
+    """How long a load test may take at worst: a part's hard time limit (start barrier, the
+    run, its drain and slack) plus a margin for the merge."""
+    return float(math.ceil(loadtest_budget(settings).time_limits(duration)[1] + WAIT_MARGIN))
 
 
 def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest], *,
@@ -170,15 +212,15 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
     settings = get_settings()
     items = [_wire(i, item) for i, item in enumerate(requests)]
     check_batch_size(settings, len(items))
-    budget = url_budget(settings, timeout)
-    size = chunk_size(settings, budget)
+    plan = batch_plan(settings, len(items), timeout)
+    size = plan.size
     batch_id = uuid.uuid4().hex
-    options = {"timeout": budget, "total": len(items),
-               "request": {"urls": len(items), "timeout": budget, "chunk_size": size}}
+    options = {"timeout": plan.budget, "total": len(items),
+               "request": {"urls": len(items), "timeout": plan.budget, "chunk_size": size}}
     header = [app.signature("lewis.http.fetch_chunk",
                             args=(batch_id, start, items[start:start + size], options),
                             task_id=chunk_task_id(batch_id, start))
-              for start in range(0, len(items), size)]
+              for start in plan.starts]
     errback = app.signature("lewis.http.abort", kwargs={"kind": "batch", "run_id": batch_id})
     if len(header) == 1:  # one chunk pays for no fan-out: it closes the batch itself, no chord
         single = app.signature("lewis.http.fetch_chunk",
@@ -189,7 +231,8 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
             _reach_broker(app)
             sent = single.apply_async()
         _record_plan(batch_id, len(items), options["request"])
-        return HttpBatchHandle(batch_id, sent.id, [sent.id], app, total=len(items), chunks=1)
+        return HttpBatchHandle(batch_id, sent.id, [sent.id], app, total=len(items), chunks=1,
+                               worst_case=batch_worst_case(settings, len(items), timeout))
     callback = app.signature("lewis.http.merge", kwargs={"batch_id": batch_id})
     callback.link_error(errback)
     with publishing(app):  # a broker that is down: one BrokerUnavailable, not kombu's own
@@ -197,7 +240,8 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
         result = chord(header, app=app)(callback)
     _record_plan(batch_id, len(items), options["request"])
     return HttpBatchHandle(batch_id, result.id, [s.id for s in header], app,
-                           total=len(items), chunks=len(header))
+                           total=len(items), chunks=len(header),
+                           worst_case=batch_worst_case(settings, len(items), timeout))
 
 
 def chunk_task_id(batch_id: str, start: int) -> str:
@@ -307,7 +351,7 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
         _reach_broker(app)
         result = chord(header, app=app)(callback)
     return LoadtestHandle(run_id, result.id, [s.id for s in header], app, workers=workers,
-                          request=request)
+                          request=request, worst_case=loadtest_worst_case(settings, duration))
 
 
 def _header_pairs(headers: Any) -> list[list[str]] | None:
@@ -378,4 +422,5 @@ def _check_scope(settings: Settings, url: str) -> None:
             scope.check_address(addr, via="localhost")
 
 
-__all__ = ["submit_http_batch", "submit_loadtest", "HttpBatchHandle", "LoadtestHandle"]
+__all__ = ["submit_http_batch", "submit_loadtest", "HttpBatchHandle", "LoadtestHandle",
+           "batch_worst_case", "loadtest_worst_case", "cancel_http_batch"]

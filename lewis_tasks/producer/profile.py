@@ -13,16 +13,18 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery
+from celery.exceptions import TimeoutError as ResultTimeout
 
 from ..domain.benchstats import BenchmarkStats, ConcurrencyStats, TimingSummary
 from ..domain.diagnostics import ClusterDiagnosis, Recommendation, WorkerDiagnosis
 from ..domain.memsites import AllocationSite, MemoryProfile
 from ..domain.profiler import ExceptionInfo, ProfileReport, ProfileRow
 from ..errors import InvalidInput, LewisError
-from .base import TaskHandle, submit
+from .base import FALLBACK_POLL, TaskHandle, submit
+from .handle import JobHandle
 
 PROFILE_TASK = "lewis.profile.run"
 DIAGNOSE_TASK = "lewis.profile.diagnose"
@@ -30,7 +32,38 @@ BENCHMARK_TASK = "lewis.bench.run"
 
 
 @dataclass
-class ProfileHandle(TaskHandle):
+class ReportHandle(TaskHandle, JobHandle[str, dict[str, Any]]):
+    """A submitted one-task job (a profile, diagnosis or benchmark) as a :class:`JobHandle`:
+    its progress is the task's state, ``wait()`` gives its JSON result, ``report()`` the
+    domain object that result describes."""
+
+    what: ClassVar[str] = "task"
+
+    def progress(self) -> str:
+        return self.state
+
+    def wait(self, timeout: float | None = None,
+             interval: float = FALLBACK_POLL) -> dict[str, Any]:
+        try:
+            return dict(super().wait(timeout, interval))
+        except ResultTimeout:
+            raise self.timed_out(timeout) from None
+
+    def result(self) -> dict[str, Any] | None:
+        """The JSON result if the task has succeeded, else None."""
+        done = self.async_result
+        return dict(done.result) if done.successful() else None
+
+    def cancel(self) -> bool:
+        """Revoke the task if it has not ended (a running one finishes); False if it had."""
+        if self.ready():
+            return False
+        self.async_result.revoke()
+        return True
+
+
+@dataclass
+class ProfileHandle(ReportHandle):
     """A submitted profile."""
 
     def report(self, timeout: float | None = None) -> ProfileReport:
@@ -52,7 +85,7 @@ class ProfileHandle(TaskHandle):
 
 
 @dataclass
-class DiagnoseHandle(TaskHandle):
+class DiagnoseHandle(ReportHandle):
     """A submitted cluster diagnosis."""
 
     def report(self, timeout: float | None = None) -> ClusterDiagnosis:
@@ -60,7 +93,7 @@ class DiagnoseHandle(TaskHandle):
 
 
 @dataclass
-class BenchmarkHandle(TaskHandle):
+class BenchmarkHandle(ReportHandle):
     """A submitted function benchmark."""
 
     def report(self, timeout: float | None = None) -> BenchmarkStats | ConcurrencyStats:
@@ -174,6 +207,6 @@ def _build(cls: Any, data: Mapping[str, Any]) -> Any:
     return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
-__all__ = ["BenchmarkHandle", "DiagnoseHandle", "ProfileHandle", "benchmark_stats_from_dict",
+__all__ = ["BenchmarkHandle", "DiagnoseHandle", "ProfileHandle", "ReportHandle", "benchmark_stats_from_dict",
            "cluster_diagnosis_from_dict", "profile_report_from_dict", "submit_benchmark",
            "submit_diagnose", "submit_profile"]

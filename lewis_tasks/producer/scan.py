@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery, chain, chord
 from celery.result import AsyncResult
@@ -38,22 +38,23 @@ from ..domain.targets import (
 )
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.config import Settings, get_settings
-from ..infra.task import chord_cause
-from ..storage.scans import TERMINAL, ScanProgress
+from ..storage.scans import TERMINAL
 from .base import FALLBACK_POLL, _app, _require_broker, publishing, reach_broker
-from .scanreport import ScanReport, load_scan_report, read_progress
+from .handle import JobHandle, unwrap_failure
+from .scanreport import ScanProgress, ScanReport, load_scan_report, read_progress
 
 DEFAULT_PORTS = "top1000"
 
 
 @dataclass
-class ScanHandle:
+class ScanHandle(JobHandle[ScanProgress, ScanReport]):
     """A submitted scan: its progress while it runs, its report when it is done."""
 
     id: str
     app: Celery
     merge_id: str | None = None  # the task that merges: the chord's callback, or the only chunk
     # (None for a scan looked up by id)
+    what: ClassVar[str] = "scan"
 
     def progress(self) -> ScanProgress:
         """Chunks done/total, ports done/total and open ports so far (finished chunks from the
@@ -69,7 +70,8 @@ class ScanHandle:
         Woken by a push: the merging task's result (the Redis backend publishes it once the
         scan is stored as done or the merge failed). The database is read again at least every
         ``interval`` seconds, so a lost push (or a handle without a merge id) costs that much
-        at most. TimeoutError if it is still running after ``timeout`` seconds (it keeps running).
+        at most. WaitTimeout (a TimeoutError) if it is still running after ``timeout`` seconds
+        (it keeps running).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -79,7 +81,7 @@ class ScanHandle:
             self._raise_failure(status)
             left = interval if deadline is None else min(interval, deadline - time.monotonic())
             if left <= 0:
-                raise TimeoutError(f"scan {self.id} still running after {timeout:g} s")
+                raise self.timed_out(timeout)
             self._await_merge(left)
 
     def _await_merge(self, seconds: float) -> None:
@@ -114,7 +116,7 @@ class ScanHandle:
             if merged.state == "FAILURE":
                 cause = merged.result
                 if isinstance(cause, BaseException):
-                    raise chord_cause(self.app, cause)
+                    raise unwrap_failure(self.app, cause)
         if status in TERMINAL:  # failed or cancelled
             report = self.result()
             raise LewisError(f"scan {self.id} {status}: {report.error or 'no reason recorded'}")

@@ -45,12 +45,12 @@ def record_benchmark_run(run_id: str, *, suite: str, name: str, queue: str | Non
 def load_benchmark_runs(*, limit: int = 500, suite: str | None = None) -> list[dict[str, Any]]:
     """The newest ``limit`` stored runs (of ``suite``, if given), oldest first, as report dicts."""
     from ..storage.db import get_engine, session_scope
-    from ..storage.models import BenchmarkRun
+    from ..storage.models import BenchmarkRunRow
     from ..storage.runs import list_runs
 
     where = {"suite": suite} if suite else {}
     with session_scope(get_engine()) as session:
-        rows = list_runs(session, BenchmarkRun, limit=limit, **where)
+        rows = list_runs(session, BenchmarkRunRow, limit=limit, **where)
         runs = [{"id": r.id, "created_at": r.created_at, "suite": r.suite, "name": r.name,
                  "queue": r.queue, "metrics": r.metrics or {}, "machine": r.machine or {},
                  "versions": r.versions or {}, "settings": r.settings or {}} for r in rows]

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import AlertHistory
+from .models import AlertHistoryRow
 from .rows import delete_older, upsert
 
 
@@ -20,7 +20,7 @@ def record_transitions(session: Session, transitions: Iterable[Mapping[str, Any]
              "labels": dict(t.get("labels") or {}), "value": _finite(t.get("value")),
              "severity": t.get("severity") or "low", "summary": t.get("summary") or ""}
             for t in transitions]
-    return len(upsert(session, AlertHistory, rows)) if rows else 0
+    return len(upsert(session, AlertHistoryRow, rows)) if rows else 0
 
 
 def _finite(value: Any) -> float | None:
@@ -31,16 +31,16 @@ def _finite(value: Any) -> float | None:
 
 
 def alert_history(session: Session, since: dt.datetime,
-                  rule: str | None = None) -> list[AlertHistory]:
+                  rule: str | None = None) -> list[AlertHistoryRow]:
     """Transitions at or after ``since``, oldest first (optionally of one rule)."""
-    stmt = select(AlertHistory).where(AlertHistory.at >= since)
+    stmt = select(AlertHistoryRow).where(AlertHistoryRow.at >= since)
     if rule is not None:
-        stmt = stmt.where(AlertHistory.rule == rule)
-    return list(session.scalars(stmt.order_by(AlertHistory.at, AlertHistory.fingerprint)))
+        stmt = stmt.where(AlertHistoryRow.rule == rule)
+    return list(session.scalars(stmt.order_by(AlertHistoryRow.at, AlertHistoryRow.fingerprint)))
 
 
 def prune_alert_history(session: Session, older_than: dt.datetime) -> int:
-    return delete_older(session, AlertHistory, AlertHistory.at, older_than)
+    return delete_older(session, AlertHistoryRow, AlertHistoryRow.at, older_than)
 
 
 __all__ = ["record_transitions", "alert_history", "prune_alert_history"]

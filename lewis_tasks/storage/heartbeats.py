@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .models import Heartbeat, utcnow
+from .models import HeartbeatRow, utcnow
 from .rows import delete_older, upsert
 
 
@@ -30,31 +30,31 @@ def record_heartbeat(session: Session, slot: int, worker: str, *, alive: bool,
     """Record ``worker``'s state for ``slot``; False if that slot was already recorded."""
     row = {"slot": slot, "worker": worker, "alive": alive, "rtt_ms": rtt_ms,
            "queues": list(queues), "recorded_at": recorded_at or utcnow()}
-    return bool(upsert(session, Heartbeat, [row]))
+    return bool(upsert(session, HeartbeatRow, [row]))
 
 
-def latest_heartbeats(session: Session) -> list[Heartbeat]:
+def latest_heartbeats(session: Session) -> list[HeartbeatRow]:
     """The newest heartbeat of every worker, by worker name."""
-    newest = (select(Heartbeat.worker, func.max(Heartbeat.slot).label("slot"))
-              .group_by(Heartbeat.worker).subquery())
-    stmt = (select(Heartbeat)
-            .join(newest, (Heartbeat.worker == newest.c.worker) & (Heartbeat.slot == newest.c.slot))
-            .order_by(Heartbeat.worker))
+    newest = (select(HeartbeatRow.worker, func.max(HeartbeatRow.slot).label("slot"))
+              .group_by(HeartbeatRow.worker).subquery())
+    stmt = (select(HeartbeatRow)
+            .join(newest, (HeartbeatRow.worker == newest.c.worker) & (HeartbeatRow.slot == newest.c.slot))
+            .order_by(HeartbeatRow.worker))
     return list(session.scalars(stmt))
 
 
 def heartbeats_since(session: Session, since: dt.datetime,
-                     worker: str | None = None) -> list[Heartbeat]:
+                     worker: str | None = None) -> list[HeartbeatRow]:
     """Heartbeats recorded at or after ``since``, oldest first (optionally of one worker)."""
-    stmt = select(Heartbeat).where(Heartbeat.recorded_at >= since)
+    stmt = select(HeartbeatRow).where(HeartbeatRow.recorded_at >= since)
     if worker is not None:
-        stmt = stmt.where(Heartbeat.worker == worker)
-    return list(session.scalars(stmt.order_by(Heartbeat.recorded_at, Heartbeat.worker)))
+        stmt = stmt.where(HeartbeatRow.worker == worker)
+    return list(session.scalars(stmt.order_by(HeartbeatRow.recorded_at, HeartbeatRow.worker)))
 
 
 def prune_heartbeats(session: Session, older_than: dt.datetime) -> int:
     """Delete heartbeats recorded before ``older_than`` (retention); returns how many went."""
-    return delete_older(session, Heartbeat, Heartbeat.recorded_at, older_than)
+    return delete_older(session, HeartbeatRow, HeartbeatRow.recorded_at, older_than)
 
 
 __all__ = ["heartbeat_slot", "record_heartbeat", "latest_heartbeats", "heartbeats_since",

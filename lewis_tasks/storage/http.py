@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .models import HttpBatch, HttpResult, utcnow
+from .models import HttpBatchRow, HttpResultRow, utcnow
 from .rows import fetch, increment, insert_new, json_text, upsert
 from .scans import TERMINAL
 
@@ -31,7 +31,7 @@ def save_http_batch(session: Session, batch_id: str, *, total: int,
     """Create the batch once; a second call with the same id changes nothing (returns False)."""
     row = {"id": batch_id, "created_at": utcnow(), "status": status, "total": total,
            "request": dict(request) if request is not None else None}
-    return bool(upsert(session, HttpBatch, [row]))
+    return bool(upsert(session, HttpBatchRow, [row]))
 
 
 def save_http_results(session: Session, batch_id: str,
@@ -73,11 +73,11 @@ def save_http_rows(session: Session, batch_id: str, rows: Iterable[Sequence[Any]
         (failed if error_class else ok)[idx] = (
             batch_id, idx, url, final_url, method or "GET", status, error_class, error, size,
             sha256, bool(truncated), json_text(timings), json_text(redirects), json_text(headers))
-    new_ok = insert_new(session, HttpResult, _COLUMNS, list(ok.values()))
-    new_failed = insert_new(session, HttpResult, _COLUMNS, list(failed.values()))
+    new_ok = insert_new(session, HttpResultRow, _COLUMNS, list(ok.values()))
+    new_failed = insert_new(session, HttpResultRow, _COLUMNS, list(failed.values()))
     new = new_ok + new_failed
     if new:
-        increment(session, HttpBatch, {"id": batch_id}, done=new, ok=new_ok, failed=new_failed)
+        increment(session, HttpBatchRow, {"id": batch_id}, done=new, ok=new_ok, failed=new_failed)
     return new
 
 
@@ -87,11 +87,11 @@ def finish_http_batch(session: Session, batch_id: str, *, status: str = "done",
     values: dict[str, Any] = {"status": status}
     if summary is not None:
         values["summary"] = dict(summary)
-    hit = bool(session.execute(update(HttpBatch).where(HttpBatch.id == batch_id)
+    hit = bool(session.execute(update(HttpBatchRow).where(HttpBatchRow.id == batch_id)
                                .values(values)).rowcount)  # type: ignore[attr-defined]
     if hit and status in TERMINAL:
-        session.execute(update(HttpBatch)
-                        .where(HttpBatch.id == batch_id, HttpBatch.finished_at.is_(None))
+        session.execute(update(HttpBatchRow)
+                        .where(HttpBatchRow.id == batch_id, HttpBatchRow.finished_at.is_(None))
                         .values(finished_at=utcnow()))
     return hit
 
@@ -101,23 +101,23 @@ def cancel_http_batch(session: Session, batch_id: str, *, total: int,
     """Move a batch that has not ended to ``cancelled`` (creating its row if no chunk has yet);
     False if it had ended."""
     save_http_batch(session, batch_id, total=total, request=request)
-    stmt = (update(HttpBatch).where(HttpBatch.id == batch_id, HttpBatch.status.not_in(TERMINAL))
+    stmt = (update(HttpBatchRow).where(HttpBatchRow.id == batch_id, HttpBatchRow.status.not_in(TERMINAL))
             .values(status="cancelled", finished_at=utcnow()))
     return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
 
-def get_http_batch(session: Session, batch_id: str) -> HttpBatch | None:
+def get_http_batch(session: Session, batch_id: str) -> HttpBatchRow | None:
     """One batch with its counters, or None."""
-    return fetch(session, HttpBatch, batch_id)
+    return fetch(session, HttpBatchRow, batch_id)
 
 
 def get_http_results(session: Session, batch_id: str, *, offset: int = 0,
-                     limit: int = 1000, failed_only: bool = False) -> list[HttpResult]:
+                     limit: int = 1000, failed_only: bool = False) -> list[HttpResultRow]:
     """A page of a batch's results in request order."""
-    stmt = select(HttpResult).where(HttpResult.batch_id == batch_id)
+    stmt = select(HttpResultRow).where(HttpResultRow.batch_id == batch_id)
     if failed_only:
-        stmt = stmt.where(HttpResult.error_class.is_not(None))
-    return list(session.scalars(stmt.order_by(HttpResult.idx).offset(offset).limit(limit)))
+        stmt = stmt.where(HttpResultRow.error_class.is_not(None))
+    return list(session.scalars(stmt.order_by(HttpResultRow.idx).offset(offset).limit(limit)))
 
 
 def result_rows(session: Session, batch_id: str, *, offset: int = 0, limit: int = 1000,

@@ -92,7 +92,7 @@ def _fk(target: str) -> ForeignKey:
     return ForeignKey(target, ondelete="CASCADE")
 
 
-class Target(Base):
+class TargetRow(Base):
     __tablename__ = "targets"
     __table_args__ = (Index("idx_targets_status", "status"),)
 
@@ -104,7 +104,7 @@ class Target(Base):
     last_scanned: Mapped[dt.datetime | None]
 
 
-class Scan(Base):
+class ScanRow(Base):
     __tablename__ = "scans"
     __table_args__ = (Index("idx_scans_created_at", "created_at"),)
 
@@ -122,7 +122,7 @@ class Scan(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-class ScanChunk(Base):
+class ScanChunkRow(Base):
     __tablename__ = "scan_chunks"
 
     scan_id: Mapped[str] = mapped_column(_fk("scans.id"), primary_key=True)
@@ -135,7 +135,7 @@ class ScanChunk(Base):
     finished_at: Mapped[dt.datetime | None]
 
 
-class ScanPort(Base):
+class ScanPortRow(Base):
     __tablename__ = "scan_ports"  # keyed (scan_id, host, port): a port is recorded once per scan
 
     scan_id: Mapped[str] = mapped_column(_fk("scans.id"), primary_key=True)
@@ -149,7 +149,7 @@ class ScanPort(Base):
     detail: Mapped[dict[str, Any] | None]
 
 
-class Finding(Base):
+class FindingRow(Base):
     __tablename__ = "findings"
     __table_args__ = (UniqueConstraint("scan_id", "host", "port", "title"),
                       Index("idx_findings_severity", "severity"))
@@ -167,7 +167,7 @@ class Finding(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class Vulnerability(Base):
+class VulnerabilityRow(Base):
     __tablename__ = "vulnerabilities"
 
     cve_id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -181,7 +181,7 @@ class Vulnerability(Base):
     detail: Mapped[dict[str, Any] | None]  # e.g. the full CVSS metric (the feed's own score)
 
 
-class VulnMatch(Base):
+class VulnMatchRow(Base):
     """One CPE range of a CVE. ``match_key`` (a digest of the row's values) makes re-import a no-op:
     NULL bounds defeat a plain unique constraint on the columns themselves."""
 
@@ -201,7 +201,7 @@ class VulnMatch(Base):
     detail: Mapped[dict[str, Any] | None]  # CPE version/update as written, vulnerable, platforms
 
 
-class Heartbeat(Base):
+class HeartbeatRow(Base):
     """One row per (interval slot, worker): two beats firing the same slot record it once."""
 
     __tablename__ = "heartbeats"
@@ -215,7 +215,7 @@ class Heartbeat(Base):
     recorded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class HttpBatch(Base):
+class HttpBatchRow(Base):
     __tablename__ = "http_batches"
     __table_args__ = (Index("idx_http_batches_created_at", "created_at"),)
 
@@ -231,7 +231,7 @@ class HttpBatch(Base):
     summary: Mapped[dict[str, Any] | None]
 
 
-class HttpResult(Base):
+class HttpResultRow(Base):
     __tablename__ = "http_results"
 
     batch_id: Mapped[str] = mapped_column(_fk("http_batches.id"), primary_key=True)
@@ -250,7 +250,7 @@ class HttpResult(Base):
     headers: Mapped[dict[str, Any] | None]
 
 
-class Loadtest(Base):
+class LoadtestRow(Base):
     __tablename__ = "loadtests"
     __table_args__ = (Index("idx_loadtests_created_at", "created_at"),)
 
@@ -262,7 +262,7 @@ class Loadtest(Base):
     result: Mapped[dict[str, Any] | None]
 
 
-class Profile(Base):
+class ProfileRunRow(Base):
     __tablename__ = "profiles"
     __table_args__ = (Index("idx_profiles_created_at", "created_at"),)
 
@@ -274,7 +274,7 @@ class Profile(Base):
     pstats_path: Mapped[str | None] = mapped_column(Text)
 
 
-class Diagnosis(Base):
+class DiagnosisRow(Base):
     __tablename__ = "diagnoses"
     __table_args__ = (Index("idx_diagnoses_created_at", "created_at"),)
 
@@ -284,7 +284,7 @@ class Diagnosis(Base):
     report: Mapped[dict[str, Any] | None]
 
 
-class BenchmarkRun(Base):
+class BenchmarkRunRow(Base):
     __tablename__ = "benchmark_runs"
     __table_args__ = (Index("idx_benchmark_runs_suite_created_at", "suite", "created_at"),)
 
@@ -320,12 +320,7 @@ class ScalingDecisionRow(Base):
     error: Mapped[str | None] = mapped_column(Text)  # an actuator failure; the next slot retries
 
 
-__all__ = ["Base", "Json", "UtcDateTime", "utcnow", "Target", "Scan", "ScanChunk", "ScanPort",
-           "Finding", "Vulnerability", "VulnMatch", "Heartbeat", "HttpBatch", "HttpResult",
-           "Loadtest", "Profile", "Diagnosis", "BenchmarkRun", "ScalingDecisionRow", "AlertHistory"]
-
-
-class AlertHistory(Base):
+class AlertHistoryRow(Base):
     """One row per alert transition (issue 15); keyed by alert, time and new state, so the
     outbox drained twice writes each transition once."""
 
@@ -341,3 +336,9 @@ class AlertHistory(Base):
     value: Mapped[float | None] = mapped_column(Float)
     severity: Mapped[str] = mapped_column(String(16))
     summary: Mapped[str] = mapped_column(Text, default="")
+
+
+__all__ = ["Base", "Json", "UtcDateTime", "utcnow", "TargetRow", "ScanRow", "ScanChunkRow",
+           "ScanPortRow", "FindingRow", "VulnerabilityRow", "VulnMatchRow", "HeartbeatRow",
+           "HttpBatchRow", "HttpResultRow", "LoadtestRow", "ProfileRunRow", "DiagnosisRow",
+           "BenchmarkRunRow", "ScalingDecisionRow", "AlertHistoryRow"]

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .models import BenchmarkRun, Diagnosis, Loadtest, Profile
+from .models import BenchmarkRunRow, DiagnosisRow, LoadtestRow, ProfileRunRow
 from .rows import fetch, upsert
 
-R = TypeVar("R", Loadtest, Profile, Diagnosis, BenchmarkRun)
+R = TypeVar("R", LoadtestRow, ProfileRunRow, DiagnosisRow, BenchmarkRunRow)
 
 
 def save_run(session: Session, model: type[R], run_id: str, **fields: Any) -> R:
@@ -43,24 +43,24 @@ def list_runs(session: Session, model: type[R], *, limit: int = 50, **equal: Any
     return list(session.scalars(stmt.order_by(model.created_at.desc()).limit(limit)))
 
 
-def save_loadtest(session: Session, run_id: str, **fields: Any) -> Loadtest:
+def save_loadtest(session: Session, run_id: str, **fields: Any) -> LoadtestRow:
     """Insert or update a load test (status, request, result, finished_at)."""
-    return save_run(session, Loadtest, run_id, **fields)
+    return save_run(session, LoadtestRow, run_id, **fields)
 
 
-def save_profile(session: Session, run_id: str, **fields: Any) -> Profile:
+def save_profile(session: Session, run_id: str, **fields: Any) -> ProfileRunRow:
     """Insert or update a profile (task_name, status, result, pstats_path)."""
-    return save_run(session, Profile, run_id, **fields)
+    return save_run(session, ProfileRunRow, run_id, **fields)
 
 
-def save_diagnosis(session: Session, run_id: str, **fields: Any) -> Diagnosis:
+def save_diagnosis(session: Session, run_id: str, **fields: Any) -> DiagnosisRow:
     """Insert or update a diagnosis (worker, report)."""
-    return save_run(session, Diagnosis, run_id, **fields)
+    return save_run(session, DiagnosisRow, run_id, **fields)
 
 
-def save_benchmark_run(session: Session, run_id: str, **fields: Any) -> BenchmarkRun:
+def save_benchmark_run(session: Session, run_id: str, **fields: Any) -> BenchmarkRunRow:
     """Insert or update a benchmark run (suite, name, queue, metrics, machine, versions, settings)."""
-    return save_run(session, BenchmarkRun, run_id, **fields)
+    return save_run(session, BenchmarkRunRow, run_id, **fields)
 
 
 def get_run(session: Session, model: type[R], run_id: str) -> R | None:

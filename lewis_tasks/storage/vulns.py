@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from ..domain.vulns import CveRecord
 from ..errors import InvalidInput
-from .models import Vulnerability, VulnMatch
+from .models import VulnerabilityRow, VulnMatchRow
 from .rows import fetch, upsert
 
 CVE_FIELDS = ("description", "cvss_version", "cvss_vector", "cvss_score", "severity",
@@ -91,10 +91,10 @@ def import_vulnerabilities(session: Session, records: Iterable[Any],
 
 def candidate_ranges(session: Session, vendor: str, product: str) -> list[CandidateRange]:
     """Every range recorded for ``vendor``/``product`` (uses idx_vuln_matches_vendor_product)."""
-    stmt = (select(VulnMatch, Vulnerability)
-            .join(Vulnerability, Vulnerability.cve_id == VulnMatch.cve_id)
-            .where(VulnMatch.vendor == vendor.lower(), VulnMatch.product == product.lower())
-            .order_by(VulnMatch.cve_id, VulnMatch.id))
+    stmt = (select(VulnMatchRow, VulnerabilityRow)
+            .join(VulnerabilityRow, VulnerabilityRow.cve_id == VulnMatchRow.cve_id)
+            .where(VulnMatchRow.vendor == vendor.lower(), VulnMatchRow.product == product.lower())
+            .order_by(VulnMatchRow.cve_id, VulnMatchRow.id))
     return [CandidateRange(cve_id=m.cve_id, vendor=m.vendor, product=m.product,
                            **{f: getattr(m, f) for f in RANGE_FIELDS},
                            cvss_score=v.cvss_score, cvss_vector=v.cvss_vector,
@@ -102,21 +102,21 @@ def candidate_ranges(session: Session, vendor: str, product: str) -> list[Candid
             for m, v in session.execute(stmt)]
 
 
-def get_vulnerability(session: Session, cve_id: str) -> Vulnerability | None:
+def get_vulnerability(session: Session, cve_id: str) -> VulnerabilityRow | None:
     """One CVE, or None."""
-    return fetch(session, Vulnerability, cve_id)
+    return fetch(session, VulnerabilityRow, cve_id)
 
 
 def cve_records_for(session: Session, vendor: str, product: str) -> list[CveRecord]:
     """The CVEs with a range on ``vendor``/``product``, as domain records (all their ranges),
     ready for :func:`lewis_tasks.domain.vulns.find_cves`."""
-    ids = select(VulnMatch.cve_id).where(VulnMatch.vendor == vendor.lower(),
-                                         VulnMatch.product == product.lower())
-    cves = session.scalars(select(Vulnerability).where(Vulnerability.cve_id.in_(ids))
-                           .order_by(Vulnerability.cve_id)).all()
+    ids = select(VulnMatchRow.cve_id).where(VulnMatchRow.vendor == vendor.lower(),
+                                         VulnMatchRow.product == product.lower())
+    cves = session.scalars(select(VulnerabilityRow).where(VulnerabilityRow.cve_id.in_(ids))
+                           .order_by(VulnerabilityRow.cve_id)).all()
     ranges: dict[str, list[dict[str, Any]]] = {}
-    for m in session.scalars(select(VulnMatch).where(VulnMatch.cve_id.in_(ids))
-                             .order_by(VulnMatch.id)):
+    for m in session.scalars(select(VulnMatchRow).where(VulnMatchRow.cve_id.in_(ids))
+                             .order_by(VulnMatchRow.id)):
         ranges.setdefault(m.cve_id, []).append(_domain_range(m))
     return [CveRecord.from_dict({
         "cve_id": v.cve_id, "description": v.description or "",
@@ -126,7 +126,7 @@ def cve_records_for(session: Session, vendor: str, product: str) -> list[CveReco
         "last_modified": v.modified.isoformat() if v.modified else None}) for v in cves]
 
 
-def _domain_range(m: VulnMatch) -> dict[str, Any]:
+def _domain_range(m: VulnMatchRow) -> dict[str, Any]:
     detail = m.detail or {}
     return {"cve_id": m.cve_id, "vendor": m.vendor, "product": m.product,
             "version": detail.get("version", m.version_exact or "*"),
@@ -136,7 +136,7 @@ def _domain_range(m: VulnMatch) -> dict[str, Any]:
             "platforms": detail.get("platforms", [])}
 
 
-def _cvss_from_columns(v: Vulnerability) -> dict[str, Any] | None:
+def _cvss_from_columns(v: VulnerabilityRow) -> dict[str, Any] | None:
     if not v.cvss_vector or v.cvss_score is None:
         return None
     return {"version": v.cvss_version or "", "vector": v.cvss_vector,
@@ -146,15 +146,15 @@ def _cvss_from_columns(v: Vulnerability) -> dict[str, Any] | None:
 
 def _import_batch(session: Session, batch: list[dict[str, Any]]) -> tuple[int, int, int]:
     cves = [{"cve_id": r["cve_id"], **{f: r.get(f) for f in CVE_FIELDS}} for r in batch]
-    written = len(upsert(session, Vulnerability, cves, update_cols=list(CVE_FIELDS),
+    written = len(upsert(session, VulnerabilityRow, cves, update_cols=list(CVE_FIELDS),
                          only_changed=True))
     wanted = {r["match_key"]: r for rec in batch for r in rec["matches"]}
     ids = [r["cve_id"] for r in batch]
-    have = set(session.scalars(select(VulnMatch.match_key).where(VulnMatch.cve_id.in_(ids))))
+    have = set(session.scalars(select(VulnMatchRow.match_key).where(VulnMatchRow.cve_id.in_(ids))))
     stale = have - wanted.keys()
     if stale:
-        session.execute(delete(VulnMatch).where(VulnMatch.match_key.in_(stale)))
-    added = len(upsert(session, VulnMatch, [r for k, r in wanted.items() if k not in have],
+        session.execute(delete(VulnMatchRow).where(VulnMatchRow.match_key.in_(stale)))
+    added = len(upsert(session, VulnMatchRow, [r for k, r in wanted.items() if k not in have],
                        on=["match_key"]))
     return written, added, len(stale)
 

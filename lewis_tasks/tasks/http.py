@@ -38,11 +38,10 @@ from ..infra.celery_app import app
 from ..infra.config import get_settings
 from ..infra.planning import (
     BARRIER_LEAD,
+    batch_plan,
     check_batch_size,
     check_loadtest,
-    chunk_seconds,
     loadtest_budget,
-    url_budget,
 )
 from ..infra.progress import LOADTEST_PROGRESS_KEY, ProgressWriter
 from ..infra.redis_client import get_redis
@@ -79,8 +78,9 @@ def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[st
         raise InvalidInput("options must be a mapping")
     settings = get_settings()
     check_batch_size(settings, len(requests))
-    budget = url_budget(settings, options.get("timeout"))
     total = int(options.get("total") or start + len(requests))
+    plan = batch_plan(settings, total, options.get("timeout"))
+    budget = plan.budget
     began = time.monotonic()
     _save_batch(batch_id, total, options.get("request"))
 
@@ -88,7 +88,7 @@ def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[st
     done: dict[int, HttpOutcome] = {}
     future = asyncio.run_coroutine_threadsafe(
         _fetch(requests, budget, finished.append), aio.runtime().loop)
-    deadline = began + chunk_seconds(settings)  # thread pools enforce no time limit: we do
+    deadline = began + plan.chunk_seconds  # thread pools enforce no time limit: we do
     cancelled = CancelCheck(get_redis(), batch_id)
     new, stopped, flushed = 0, False, time.monotonic()
     while True:
@@ -388,7 +388,7 @@ def loadtest_merge(results: list[dict[str, Any]], run_id: str,
     """Chord callback: the parts as one result (histograms merged bucket by bucket, never
     percentiles averaged), persisted once; a second run returns the stored result."""
     from ..storage.db import get_engine, session_scope
-    from ..storage.models import Loadtest
+    from ..storage.models import LoadtestRow
     from ..storage.runs import get_run, save_loadtest
 
     if not isinstance(results, list) or not results:
@@ -404,7 +404,7 @@ def loadtest_merge(results: list[dict[str, Any]], run_id: str,
                            "p50_ms": p["latency_ms"]["p50_ms"], "p99_ms": p["latency_ms"]["p99_ms"]}
                           for p in parts]}
     with session_scope(get_engine()) as session:
-        stored = get_run(session, Loadtest, run_id)
+        stored = get_run(session, LoadtestRow, run_id)
         if stored is not None and stored.status == "done" and stored.result:
             return dict(stored.result)
         save_loadtest(session, run_id, status="done", request=dict(request or {}),

@@ -24,9 +24,9 @@ from typing import Any
 
 import redis
 
-from ..domain.findings import LEVELS, Finding, level_rank
-from ..domain.portscan import ScanProgress
+from ..domain.portscan import PortScanProgress
 from ..domain.scanjob import ChunkOutcome, OpenPort, assess_ports, run_chunk
+from ..domain.scanreport import build_report
 from ..domain.scope import Scope, parse_ip
 from ..domain.services import ServiceInfo, guess_name
 from ..domain.targets import ScanChunk, Target, resolve_hosts_async
@@ -83,7 +83,8 @@ def _record_chunk(task_id: str | None, scan_id: str, index: int, chunk: Mapping[
     with session_scope(get_engine()) as session:
         recorded = scans.record_chunk(session, scan_id, index, result,
                                       ports_scanned=outcome.scan.ports_done,
-                                      open_ports=_port_rows(part, outcome),
+                                      open_ports=[scans.port_row(p)
+                                                  for p in _open_ports(part, outcome)],
                                       task_id=task_id, host=part.address)
     _forget_live(scan_id, index)
     return {"scan_id": scan_id, "chunk": index, "recorded": recorded,
@@ -169,16 +170,11 @@ def _chunk_result(part: ScanChunk, outcome: ChunkOutcome) -> dict[str, Any]:
             **({"cancelled": True, "ports_done": scan.ports_done} if scan.cancelled else {})}
 
 
-def _port_rows(part: ScanChunk, outcome: ChunkOutcome) -> list[dict[str, Any]]:
+def _open_ports(part: ScanChunk, outcome: ChunkOutcome) -> list[OpenPort]:
     named = {s.port: s for s in outcome.services}
-    rows = []
-    for port in outcome.scan.open:
-        info = named.get(port) or ServiceInfo(port, guess_name(port), probe="not identified")
-        rows.append({"host": part.address, "port": port, "state": "open", "service": info.name,
-                     "product": info.product, "version": info.version, "banner": info.banner,
-                     "detail": {"probe": info.probe, "extra": dict(info.extra),
-                                "hostname": part.hostname}})
-    return rows
+    return [OpenPort(part.address,
+                     named.get(port) or ServiceInfo(port, guess_name(port), probe="not identified"),
+                     part.hostname) for port in outcome.scan.open]
 
 
 def _live_publisher(scan_id: str, index: int, publisher: ThreadPoolExecutor) -> Any:
@@ -187,7 +183,7 @@ def _live_publisher(scan_id: str, index: int, publisher: ThreadPoolExecutor) -> 
     writer = ProgressWriter(get_redis(), SCAN_LIVE_KEY.format(scan_id=scan_id), str(index), LIVE_TTL,
                             publisher)
 
-    def publish(progress: ScanProgress) -> None:
+    def publish(progress: PortScanProgress) -> None:
         writer.publish(f"{progress.done},{progress.open}")
 
     return publish
@@ -224,14 +220,13 @@ def _merge(scan_id: Any) -> dict[str, Any]:
         if missing and not cancelled:
             raise TransientError(f"scan {scan_id}: {len(missing)} chunks not recorded yet "
                                  f"(first: {missing[0]})")
-        ports = [OpenPort(row.host, _service(row), (row.detail or {}).get("hostname"))
-                 for row in scans.list_scan_ports(session, scan_id)]
-        chunk_results = _chunk_results(session, scan_id)
+        ports = scans.open_ports(session, scan_id)
+        chunk_results = scans.chunk_results(session, scan_id)
         request, first = scan.request or {}, scan.status not in ("done", "cancelled")
     findings = assess_ports(ports, cve_records)  # lookups outside the transaction
-    summary = _summary(chunk_results, ports, findings)
+    summary = build_report(chunk_results, ports, findings).summary
     with session_scope(get_engine()) as session:
-        scans.upsert_findings(session, scan_id, [_finding_row(f) for f in findings])
+        scans.save_findings(session, scan_id, findings)
         scans.set_scan_status(session, scan_id, "cancelled" if cancelled else "done",
                               summary=summary)
         done = scans.get_scan(session, scan_id)
@@ -263,43 +258,6 @@ def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
                           if missing else "")
         scans.set_scan_status(session, scan_id, "failed", error=error[:2000])
     return {"scan_id": scan_id, "status": "failed", "error": error}
-
-
-def _service(row: Any) -> ServiceInfo:
-    detail = row.detail or {}
-    return ServiceInfo(row.port, row.service or "unknown", row.product, row.version,
-                       row.banner or "", detail.get("probe", ""), dict(detail.get("extra") or {}))
-
-
-def _chunk_results(session: Any, scan_id: str) -> list[dict[str, Any]]:
-    # storage.scans has no reader for chunk rows; their results hold the closed/filtered counts
-    from sqlalchemy import select
-
-    from ..storage.models import ScanChunk as ChunkRow
-
-    stmt = select(ChunkRow.result).where(ChunkRow.scan_id == scan_id).order_by(ChunkRow.chunk_index)
-    return [r or {} for r in session.scalars(stmt)]
-
-
-def _summary(chunks: list[dict[str, Any]], ports: list[OpenPort],
-             findings: list[Finding]) -> dict[str, Any]:
-    by_severity = {level: 0 for level in reversed(LEVELS)}
-    for f in findings:
-        by_severity[f.severity] = by_severity.get(f.severity, 0) + 1
-    return {"hosts": len({c.get("address") for c in chunks}), "open": len(ports),
-            "filtered": sum(int(c.get("filtered") or 0) for c in chunks),
-            "closed": sum(int(c.get("closed") or 0) for c in chunks),
-            "unidentified": sum(len(c.get("unidentified") or ()) for c in chunks),
-            "findings": len(findings), "by_severity": by_severity,
-            "worst": max((f.severity for f in findings), key=level_rank, default=None)}
-
-
-def _finding_row(f: Finding) -> dict[str, Any]:
-    # Keyed by the first reason (the service's rule, or "Open port: …"), not the display
-    # title, which names the worst CVE: new vulnerability data then updates the same row.
-    return {"host": f.address, "port": f.port, "title": f.reasons[0][:255],
-            "severity": f.severity, "score": f.score, "service": f.service,
-            "cve_ids": f.cve_ids, "detail": f.to_dict()}
 
 
 __all__ = ["chunk", "merge", "fail"]

@@ -29,11 +29,11 @@ def lewis(*args: str) -> Any:
 
 def _stored_request(run_id: str) -> dict[str, Any]:
     from lewis_tasks.storage.db import get_engine, session_scope
-    from lewis_tasks.storage.models import Loadtest
+    from lewis_tasks.storage.models import LoadtestRow
     from lewis_tasks.storage.runs import get_run
 
     with session_scope(get_engine()) as session:
-        return dict(get_run(session, Loadtest, run_id).request)  # type: ignore[union-attr]
+        return dict(get_run(session, LoadtestRow, run_id).request)  # type: ignore[union-attr]
 
 
 def test_headers_method_and_body_file_reach_the_server_and_secrets_are_stored_masked(

@@ -20,7 +20,7 @@ from lewis_tasks.domain.portscan import (
     FILTERED,
     OPEN,
     PortScanResult,
-    ScanProgress,
+    PortScanProgress,
     scan_ports,
     scan_ports_blocking,
 )
@@ -82,8 +82,8 @@ def test_the_async_scan_runs_beside_a_live_event_loop(listeners: ListenerSet) ->
     ports = list(range(1, 20001)) + listeners.ports
     expected = {p for p in listeners.ports} | {p for p in listening_ports(ADDRESS) if p <= 20000}
 
-    async def main() -> tuple[PortScanResult, list[ScanProgress], int]:
-        progress: list[ScanProgress] = []
+    async def main() -> tuple[PortScanResult, list[PortScanProgress], int]:
+        progress: list[PortScanProgress] = []
         ticks = 0
 
         async def ticker() -> None:

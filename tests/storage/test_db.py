@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from lewis_tasks.errors import ConfigError, StorageError
 from lewis_tasks.infra.config import DatabaseSettings
 from lewis_tasks.storage import db
-from lewis_tasks.storage.models import Scan
+from lewis_tasks.storage.models import ScanRow
 
 
 def test_sqlite_engine_uses_wal_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
@@ -57,21 +57,21 @@ def test_bare_postgresql_url_means_psycopg3() -> None:
 def test_session_scope_commits_or_rolls_back(engine: Engine) -> None:
     now = dt.datetime.now(dt.UTC)
     with db.session_scope(engine) as session:
-        session.add(Scan(id="kept", created_at=now))
+        session.add(ScanRow(id="kept", created_at=now))
     with pytest.raises(RuntimeError), db.session_scope(engine) as session:
-        session.add(Scan(id="dropped", created_at=now))
+        session.add(ScanRow(id="dropped", created_at=now))
         session.flush()
         raise RuntimeError("caller failed")
     with db.session_scope(engine) as session:
-        assert session.scalars(select(Scan.id)).all() == ["kept"]
+        assert session.scalars(select(ScanRow.id)).all() == ["kept"]
 
 
 def test_database_errors_come_out_as_storage_error(engine: Engine) -> None:
     now = dt.datetime.now(dt.UTC)
     with db.session_scope(engine) as session:
-        session.add(Scan(id="dup", created_at=now))
+        session.add(ScanRow(id="dup", created_at=now))
     with pytest.raises(StorageError) as info, db.session_scope(engine) as session:
-        session.add(Scan(id="dup", created_at=now))
+        session.add(ScanRow(id="dup", created_at=now))
     assert "IntegrityError" in str(info.value) or "UniqueViolation" in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -94,12 +94,12 @@ def test_timestamps_are_utc_aware_and_naive_ones_are_refused(engine: Engine) -> 
     eastern = dt.timezone(dt.timedelta(hours=-5))
     stamp = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=eastern)
     with db.session_scope(engine) as session:
-        session.add(Scan(id="tz", created_at=stamp))
+        session.add(ScanRow(id="tz", created_at=stamp))
     with db.session_scope(engine) as session:
-        back = session.scalars(select(Scan.created_at)).one()
+        back = session.scalars(select(ScanRow.created_at)).one()
     assert back == stamp and back.tzinfo == dt.UTC and back.hour == 8
     with pytest.raises(StorageError, match="naive datetime"), db.session_scope(engine) as s:
-        s.add(Scan(id="naive", created_at=dt.datetime(2026, 1, 1)))
+        s.add(ScanRow(id="naive", created_at=dt.datetime(2026, 1, 1)))
 
 
 def test_get_engine_is_one_per_url_per_process(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from lewis_tasks.errors import StorageError
 from lewis_tasks.storage import scans, targets
 from lewis_tasks.storage.db import session_scope
-from lewis_tasks.storage.models import ScanChunk, ScanPort
+from lewis_tasks.storage.models import ScanChunkRow, ScanPortRow
 
 PLAN = [{"chunk_index": i, "host": "127.0.0.1", "ports": [i * 100 + 1, i * 100 + 100]}
         for i in range(3)]
@@ -56,11 +56,11 @@ def test_a_chunk_recorded_twice_counts_once(engine: Engine) -> None:
         assert progress is not None
         assert (progress.chunks_done, progress.ports_done, progress.open_count) == (1, 100, 2)
         assert progress.to_dict()["fraction"] == pytest.approx(1 / 3)
-        chunk = s.get(ScanChunk, ("s1", 0))
+        chunk = s.get(ScanChunkRow, ("s1", 0))
         assert chunk is not None and chunk.task_id == "t-a" and chunk.status == "done"
         assert chunk.finished_at is not None and chunk.finished_at.tzinfo is not None
         assert scans.pending_chunks(s, "s1") == [1, 2]
-        assert s.scalar(select(func.count()).select_from(ScanPort)) == 2
+        assert s.scalar(select(func.count()).select_from(ScanPortRow)) == 2
 
 
 def test_concurrent_duplicate_chunks_count_once(engine: Engine) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from lewis_tasks.errors import InvalidInput
 from lewis_tasks.storage import vulns
 from lewis_tasks.storage.db import session_scope
-from lewis_tasks.storage.models import VulnMatch
+from lewis_tasks.storage.models import VulnMatchRow
 
 CVE = {
     "cve_id": "CVE-2024-6387",
@@ -42,7 +42,7 @@ class Record:  # what a domain parser would hand over
 
 def _ids(engine: Engine) -> list[int]:
     with session_scope(engine) as s:
-        return list(s.scalars(select(VulnMatch.id).order_by(VulnMatch.id)))
+        return list(s.scalars(select(VulnMatchRow.id).order_by(VulnMatchRow.id)))
 
 
 def test_import_then_reimport_is_a_no_op(engine: Engine) -> None:

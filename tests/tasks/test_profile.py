@@ -29,7 +29,7 @@ def _stored(model: Any, run_id: str) -> Any:
 
 
 def test_profile_of_a_registered_workload_names_its_hot_function(celery_worker: Any) -> None:
-    from lewis_tasks.storage.models import Profile
+    from lewis_tasks.storage.models import ProfileRunRow
 
     # Given the histogram-merge workload, when it is profiled in a worker
     handle = submit_profile("workload.merge_histograms",
@@ -43,7 +43,7 @@ def test_profile_of_a_registered_workload_names_its_hot_function(celery_worker: 
     assert report.memory is not None and report.memory.peak_bytes > 0
     assert report.wall_seconds > 0 and report.total_calls > 20_000
     # and the run is stored under its task id
-    row = _stored(Profile, handle.id)
+    row = _stored(ProfileRunRow, handle.id)
     assert row.status == "ok" and row.task_name == "workload.merge_histograms"
     assert row.result["by_cumulative"] and row.pstats_path is None
 
@@ -57,7 +57,7 @@ def test_an_unregistered_name_is_refused_never_imported(celery_worker: Any, name
 
 
 def test_a_raising_task_still_returns_its_profile_with_the_exception(celery_worker: Any) -> None:
-    from lewis_tasks.storage.models import Profile
+    from lewis_tasks.storage.models import ProfileRunRow
 
     # Given io_sleep asked to wait a negative time (it raises InvalidInput inside)
     handle = submit_profile("lewis.bench.io_sleep", [-1])
@@ -71,7 +71,7 @@ def test_a_raising_task_still_returns_its_profile_with_the_exception(celery_work
     # the run up to the raise is profiled (io_sleep's coroutine runs on a private loop in the
     # profiled thread, so its frames sit below the loop's own in the cumulative ranking)
     assert result["by_cumulative"] and result["by_cumulative"][0]["function"] == "run_task_inline"
-    assert _stored(Profile, handle.id).status == "raised"
+    assert _stored(ProfileRunRow, handle.id).status == "raised"
 
 
 def test_registered_defaults_fill_missing_arguments(celery_worker: Any) -> None:
@@ -107,7 +107,7 @@ def test_pstats_is_saved_under_the_home_and_returned(celery_worker: Any, lewis_s
 
 
 def test_diagnose_reports_the_live_worker_and_an_aggregate(celery_worker: Any) -> None:
-    from lewis_tasks.storage.models import Diagnosis
+    from lewis_tasks.storage.models import DiagnosisRow
 
     handle = submit_diagnose()
     report = handle.report(timeout=TIMEOUT)
@@ -120,7 +120,7 @@ def test_diagnose_reports_the_live_worker_and_an_aggregate(celery_worker: Any) -
     assert worker.snapshot.processes[0].pid == os.getpid()  # the embedded worker's process
     assert worker.snapshot.processes[0].rss_bytes > 0 and worker.snapshot.memory.total_bytes > 0
     assert report.totals["pool_rss_bytes"] == worker.snapshot.pool_rss_bytes
-    stored = _stored(Diagnosis, handle.id)
+    stored = _stored(DiagnosisRow, handle.id)
     assert stored.worker is None and stored.report["totals"]["replied"] == 1
     assert "cluster: 1/1 workers replied" in report.format_table()
 
@@ -136,13 +136,13 @@ def test_diagnose_of_one_named_worker_and_of_an_unknown_one(celery_worker: Any) 
 
 
 def test_a_function_benchmark_is_stored_with_machine_versions_and_settings(celery_worker: Any) -> None:
-    from lewis_tasks.storage.models import BenchmarkRun
+    from lewis_tasks.storage.models import BenchmarkRunRow
 
     handle = submit_benchmark("workload.merge_scan_chunks", iterations=5, warmup=1,
                               kwargs={"chunks": 2, "ports_per_chunk": 1000})
     stats = handle.report(timeout=TIMEOUT)
     assert stats.iterations_run == 5 and stats.success_rate == 1.0 and stats.timings is not None
-    row = _stored(BenchmarkRun, handle.id)
+    row = _stored(BenchmarkRunRow, handle.id)
     assert (row.suite, row.name, row.queue) == ("function", "workload.merge_scan_chunks", "cpu")
     assert row.metrics["throughput_per_s"] > 0 and row.metrics["p99_ms"] >= row.metrics["p50_ms"]
     assert row.machine["cores_logical"] >= 1 and "celery" in row.versions
@@ -176,7 +176,7 @@ def test_a_benchmark_over_a_bound_is_refused_with_the_bound_named(
 
 
 def test_cluster_benchmark_measures_each_queue_through_the_broker(celery_worker: Any) -> None:
-    from lewis_tasks.storage.models import BenchmarkRun
+    from lewis_tasks.storage.models import BenchmarkRunRow
 
     result = benchmark_cluster(["latency", "throughput"], queues=("io", "cpu"), samples=10,
                                warmup=2, tasks=60)
@@ -186,7 +186,7 @@ def test_cluster_benchmark_measures_each_queue_through_the_broker(celery_worker:
     assert [(x.queue, x.done, x.failures) for x in result.throughput] == [("io", 60, 0), ("cpu", 60, 0)]
     assert all(x.throughput_per_s > 0 for x in result.throughput)
     assert len(result.run_ids) == 2 and not result.skipped
-    rows = [_stored(BenchmarkRun, i) for i in result.run_ids]
+    rows = [_stored(BenchmarkRunRow, i) for i in result.run_ids]
     assert [(r.suite, r.name, r.queue) for r in rows] == [("cluster", "noop", "io"),
                                                           ("cluster", "noop", "cpu")]
     for row, lat, thr in zip(rows, result.latency, result.throughput, strict=True):
@@ -208,7 +208,7 @@ def test_cluster_benchmark_skips_a_queue_nobody_consumes(lewis_settings: Any) ->
 
 
 def test_stack_benchmarks_scan_ports_and_http_requests_per_second(celery_worker: Any) -> None:
-    from lewis_tasks.storage.models import BenchmarkRun
+    from lewis_tasks.storage.models import BenchmarkRunRow
 
     # A loopback scan and a one-second load test of a local server, through the producer API
     result = benchmark_cluster(["scan", "http"], scan_ports="1-3000", http_concurrency=8,
@@ -218,7 +218,7 @@ def test_stack_benchmarks_scan_ports_and_http_requests_per_second(celery_worker:
     assert scan.name == "scan" and scan.detail["ports"] == 3000 and scan.rate_per_s > 0
     assert http.name == "http" and http.detail["requests"] > 0 and http.detail["errors"] == 0
     assert http.rate_per_s > 0 and http.detail["p99_ms"] >= http.detail["p50_ms"] > 0
-    rows = [_stored(BenchmarkRun, i) for i in result.run_ids]
+    rows = [_stored(BenchmarkRunRow, i) for i in result.run_ids]
     assert [(r.name, r.queue) for r in rows] == [("scan", "io"), ("http", "io")]
     assert rows[0].metrics["throughput_per_s"] == scan.rate_per_s
     assert "ports/s" in result.format_table() and "req/s" in result.format_table()

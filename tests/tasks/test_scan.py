@@ -23,7 +23,7 @@ from lewis_tasks.producer import submit
 from lewis_tasks.producer.scan import ScanHandle, submit_scan
 from lewis_tasks.storage import scans, vulns
 from lewis_tasks.storage.db import get_engine, session_scope
-from lewis_tasks.storage.models import Finding, Scan, ScanChunk, ScanPort, Target
+from lewis_tasks.storage.models import FindingRow, ScanChunkRow, ScanPortRow, ScanRow, TargetRow
 from lewis_tasks.tasks.vulnlookup import invalidate_vulnerability_cache
 from tests.support.listeners import (
     CATALOGUE,
@@ -90,11 +90,11 @@ def snapshot(scan_id: str) -> dict[str, Any]:
         return [tuple(r) for r in session.execute(stmt)]
 
     with session_scope(get_engine()) as session:
-        return {"scan": rows(Scan, Scan.id == scan_id),
-                "chunks": rows(ScanChunk, ScanChunk.scan_id == scan_id),
-                "ports": rows(ScanPort, ScanPort.scan_id == scan_id),
-                "findings": rows(Finding, Finding.scan_id == scan_id),
-                "targets": rows(Target, Target.value == ADDRESS)}
+        return {"scan": rows(ScanRow, ScanRow.id == scan_id),
+                "chunks": rows(ScanChunkRow, ScanChunkRow.scan_id == scan_id),
+                "ports": rows(ScanPortRow, ScanPortRow.scan_id == scan_id),
+                "findings": rows(FindingRow, FindingRow.scan_id == scan_id),
+                "targets": rows(TargetRow, TargetRow.value == ADDRESS)}
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +155,10 @@ def test_everything_is_persisted_once(scanned: Any, listeners: ListenerSet) -> N
     handle, report, expected = scanned
     with session_scope(get_engine()) as session:
         progress = scans.scan_progress(session, handle.id)
-        ports = session.scalar(select(func.count()).select_from(ScanPort)
-                               .where(ScanPort.scan_id == handle.id))
-        found = session.scalar(select(func.count()).select_from(Finding)
-                               .where(Finding.scan_id == handle.id))
+        ports = session.scalar(select(func.count()).select_from(ScanPortRow)
+                               .where(ScanPortRow.scan_id == handle.id))
+        found = session.scalar(select(func.count()).select_from(FindingRow)
+                               .where(FindingRow.scan_id == handle.id))
     assert progress is not None
     assert progress.ports_done == progress.ports_total == len(set(range(1, 301)) | set(listeners.ports))
     assert progress.open_count == ports == found == len(expected)
@@ -170,7 +170,7 @@ def test_merge_twice_or_a_chunk_again_changes_nothing(scanned: Any, celery_worke
     # When the merge runs again, and a recorded chunk is delivered again
     again = submit("lewis.scan.merge", args=[None], kwargs={"scan_id": handle.id}).wait(timeout=30)
     with session_scope(get_engine()) as session:
-        row = session.get(ScanChunk, (handle.id, 0))
+        row = session.get(ScanChunkRow, (handle.id, 0))
         assert row is not None
         chunk = {"address": row.host, "hostname": None, "ports": ",".join(row.ports or [])}
     redo = submit("lewis.scan.chunk", args=[handle.id, 0, chunk, {"services": True}]).wait(timeout=30)
@@ -231,7 +231,7 @@ def test_a_filtered_target_finishes_within_its_budget(celery_worker: Any, quick:
     assert report.status == "done"
     assert report.hosts[0].filtered == 1 and port not in report.open_ports()[ADDRESS]
     with session_scope(get_engine()) as session:
-        chunk = session.get(ScanChunk, (handle.id, 0))
+        chunk = session.get(ScanChunkRow, (handle.id, 0))
     assert chunk is not None and chunk.result["filtered_ports"] == [port]
     assert chunk.result["seconds"] < budget
 
@@ -298,7 +298,7 @@ def test_a_rate_limited_host_scans_its_chunks_one_after_another(celery_worker: A
     assert took >= (300 - 50) / 500
     # … and each chunk started only after the one before it had finished (a chain per host)
     with session_scope(get_engine()) as session:
-        rows = sorted(session.scalars(select(ScanChunk).where(ScanChunk.scan_id == handle.id)),
+        rows = sorted(session.scalars(select(ScanChunkRow).where(ScanChunkRow.scan_id == handle.id)),
                       key=lambda r: r.chunk_index)
     for before, after in zip(rows, rows[1:], strict=False):
         assert before.finished_at is not None and after.finished_at is not None

@@ -18,7 +18,7 @@ from lewis_tasks.infra.broker import queue_depths
 from lewis_tasks.producer.scan import submit_scan
 from lewis_tasks.storage import scans
 from lewis_tasks.storage.db import get_engine, session_scope
-from lewis_tasks.storage.models import Scan
+from lewis_tasks.storage.models import ScanRow
 
 
 @contextmanager
@@ -34,7 +34,7 @@ def settings_changed(section: str, **values: Any) -> Iterator[None]:
 def state(worker_redis: Any) -> tuple[dict[str, int], int]:
     """Messages waiting or unacked per queue, and scan rows."""
     with session_scope(get_engine()) as session:
-        rows = int(session.scalar(select(func.count()).select_from(Scan)) or 0)
+        rows = int(session.scalar(select(func.count()).select_from(ScanRow)) or 0)
     return {q: d.total for q, d in queue_depths(worker_redis).items()}, rows
 
 

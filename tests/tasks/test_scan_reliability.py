@@ -17,7 +17,7 @@ from lewis_tasks.infra.task import redeliveries
 from lewis_tasks.producer.scan import submit_scan
 from lewis_tasks.storage import scans, vulns
 from lewis_tasks.storage.db import get_engine, session_scope
-from lewis_tasks.storage.models import Finding, ScanChunk, ScanPort
+from lewis_tasks.storage.models import FindingRow, ScanChunkRow, ScanPortRow
 from lewis_tasks.tasks.vulnlookup import invalidate_vulnerability_cache
 from tests.conftest import stack_env
 from tests.support.listeners import ListenerSet, listening_ports, running_listeners
@@ -86,11 +86,11 @@ def test_io_worker_killed_mid_chunk_the_scan_completes_once(
     # with the same results as one clean run, each recorded once
     with session_scope(get_engine()) as session:
         progress = scans.scan_progress(session, handle.id)
-        chunk = session.get(ScanChunk, (handle.id, 0))
-        ports = session.scalar(select(func.count()).select_from(ScanPort)
-                               .where(ScanPort.scan_id == handle.id))
-        found = session.scalar(select(func.count()).select_from(Finding)
-                               .where(Finding.scan_id == handle.id))
+        chunk = session.get(ScanChunkRow, (handle.id, 0))
+        ports = session.scalar(select(func.count()).select_from(ScanPortRow)
+                               .where(ScanPortRow.scan_id == handle.id))
+        found = session.scalar(select(func.count()).select_from(FindingRow)
+                               .where(FindingRow.scan_id == handle.id))
     assert progress is not None and chunk is not None
     assert (progress.chunks_done, progress.ports_done) == (1, len(scanned))
     assert progress.open_count == ports == found == len(truth)

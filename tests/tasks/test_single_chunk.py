@@ -17,7 +17,7 @@ from lewis_tasks.producer import submit
 from lewis_tasks.producer.http import submit_http_batch
 from lewis_tasks.producer.scan import ScanHandle, submit_scan
 from lewis_tasks.storage.db import get_engine, session_scope
-from lewis_tasks.storage.models import ScanChunk
+from lewis_tasks.storage.models import ScanChunkRow
 from tests.support.httpservers import ServerThread, free_port, serving
 from tests.support.listeners import CATALOGUE, ListenerSet, running_listeners
 from tests.tasks.test_scan import sample_feed, settings_changed, snapshot  # noqa: F401
@@ -51,7 +51,7 @@ def _scan(listeners: ListenerSet, chunk_ports: int) -> tuple[ScanHandle, Any]:
 def _chunk_task_ids(scan_id: str) -> list[str | None]:
     with session_scope(get_engine()) as session:
         return [r.task_id for r in session.scalars(
-            select(ScanChunk).where(ScanChunk.scan_id == scan_id).order_by(ScanChunk.chunk_index))]
+            select(ScanChunkRow).where(ScanChunkRow.scan_id == scan_id).order_by(ScanChunkRow.chunk_index))]
 
 
 def _comparable(report: Any) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def test_the_one_chunk_task_delivered_again_changes_nothing(both: Any) -> None:
     (handle, _report), _ = both
     before = snapshot(handle.id)
     with session_scope(get_engine()) as session:
-        row = session.get(ScanChunk, (handle.id, 0))
+        row = session.get(ScanChunkRow, (handle.id, 0))
         assert row is not None
         chunk = {"address": row.host, "hostname": None, "ports": ",".join(row.ports or [])}
     # When the single task is delivered again (it merges again, in place)
