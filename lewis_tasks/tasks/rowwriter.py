@@ -34,7 +34,8 @@ from typing import IO, Any
 import orjson
 
 from ..domain.httpfetch import HttpOutcome, decode_outcomes, encode_outcomes
-from ..errors import InvalidInput, LewisError, StorageError
+from ..errors import (DatabaseConflict, DatabaseUnavailable, InvalidInput, LewisError,
+                      StorageError)
 from ..infra.config import DatabaseSettings
 
 _HEADER = struct.Struct(">I")  # frame length, big-endian
@@ -62,6 +63,11 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
     return payload
 
 
+# the writer's StorageErrors, by name, so a transient one stays a TransientError here
+_KINDS: dict[str, type[StorageError]] = {
+    kind.__name__: kind for kind in (StorageError, DatabaseUnavailable, DatabaseConflict)}
+
+
 class RowWriter:
     """The io process's side: one writer process, shared by the process's chunk threads."""
 
@@ -87,8 +93,8 @@ class RowWriter:
                     self._stop()
                     raise StorageError(f"the row writer process failed twice: {exc}; "
                                        f"{again}") from again
-        if "error" in reply:
-            raise StorageError(f"row writer: {reply['error']}")
+        if "error" in reply:  # a passing failure stays one (the task retries it)
+            raise _KINDS.get(reply.get("kind", ""), StorageError)(f"row writer: {reply['error']}")
         return int(reply["new"])
 
     def _call(self, request: bytes) -> dict[str, Any]:
@@ -178,7 +184,7 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
             reply: dict[str, Any] = {"new": new}
         except Exception as exc:  # answered, not fatal: the next request may well succeed
             reply = {"error": str(exc) if isinstance(exc, LewisError) else
-                     f"{type(exc).__name__}: {exc}"}
+                     f"{type(exc).__name__}: {exc}", "kind": type(exc).__name__}
         _write_frame(out, orjson.dumps(reply))
 
 
