@@ -224,4 +224,4 @@ def test_the_benchmark_targets_the_cli_names_are_the_ones_workers_register() -> 
     from lewis_tasks.tasks.registered import BENCHMARKABLE
 
     assert set(BENCHMARK_TARGETS) <= set(BENCHMARKABLE.names())
-    assert BENCHMARK_TARGETS == tuple(sorted(BENCHMARK_TARGETS))
+    assert tuple(sorted(BENCHMARK_TARGETS)) == BENCHMARK_TARGETS

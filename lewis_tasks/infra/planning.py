@@ -10,8 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from ..domain import planning as plan
-from ..domain.planning import (BARRIER_LEAD, DRAIN, FLUSH_TICK, HARD_GAP, MIN_CHUNK_PORTS,
-                               SCAN_SHARE, SLACK, WORK_SHARE, LoadtestBudget, split)
+from ..domain.planning import (
+    BARRIER_LEAD,
+    DRAIN,
+    FLUSH_TICK,
+    HARD_GAP,
+    MIN_CHUNK_PORTS,
+    SCAN_SHARE,
+    SLACK,
+    WORK_SHARE,
+    LoadtestBudget,
+    split,
+)
 from .config import Settings
 
 # Read at each call of chunk_ports_for, so bench/fleet.py's A/B can set it to 0 (off).
@@ -21,7 +31,7 @@ SCAN_WAVES = plan.SCAN_WAVES
 def url_budget(settings: Settings, timeout: float | None = None) -> float:
     """Seconds one URL may take (every hop and retry): ``timeout`` or ``http.timeout``."""
     return plan.url_budget(timeout, max_timeout=settings.http.timeout,
-                           soft_time_limit=settings.tasks.soft_time_limit)
+    soft_time_limit=settings.tasks.soft_time_limit)
 
 
 def chunk_seconds(settings: Settings) -> float:
@@ -32,8 +42,8 @@ def chunk_seconds(settings: Settings) -> float:
 def chunk_size(settings: Settings, budget: float) -> int:
     """URLs per chunk under ``http.chunk_size`` and ``network.max_connections``."""
     return plan.chunk_size(budget, max_chunk=settings.http.chunk_size,
-                           max_connections=settings.network.max_connections,
-                           soft_time_limit=settings.tasks.soft_time_limit)
+    max_connections=settings.network.max_connections,
+    soft_time_limit=settings.tasks.soft_time_limit)
 
 
 def check_batch_size(settings: Settings, count: int) -> None:
@@ -44,19 +54,19 @@ def check_batch_size(settings: Settings, count: int) -> None:
 def loadtest_budget(settings: Settings) -> LoadtestBudget:
     """The budget of a part under ``settings`` (``loadtest.*``, ``broker.visibility_timeout``)."""
     return plan.loadtest_budget(barrier_timeout=settings.loadtest.barrier_timeout,
-                                max_duration=settings.loadtest.max_duration,
-                                visibility_timeout=settings.broker.visibility_timeout)
+    max_duration=settings.loadtest.max_duration,
+    visibility_timeout=settings.broker.visibility_timeout)
 
 
 def check_loadtest(settings: Settings, *, concurrency: int, duration: float | None,
-                   requests: int | None, rate: float | None, workers: int, method: str,
-                   headers: Any = None, body: Any = None, timeout: Any = None,
-                   ramp: Any = None) -> None:
+    requests: int | None, rate: float | None, workers: int, method: str,
+    headers: Any = None, body: Any = None, timeout: Any = None,
+    ramp: Any = None) -> None:
     """InvalidInput naming the cap (a ``loadtest.*`` setting) or the parameter that is off."""
     plan.check_loadtest(settings.loadtest, loadtest_budget(settings),
-                        settings.broker.visibility_timeout, concurrency=concurrency,
-                        duration=duration, requests=requests, rate=rate, workers=workers,
-                        method=method, headers=headers, body=body, timeout=timeout, ramp=ramp)
+    settings.broker.visibility_timeout, concurrency=concurrency,
+    duration=duration, requests=requests, rate=rate, workers=workers,
+    method=method, headers=headers, body=body, timeout=timeout, ramp=ramp)
 
 
 def io_slots(settings: Settings) -> int:
@@ -69,16 +79,16 @@ def scan_limits(settings: Settings) -> plan.ScanLimits:
     """The ``scan.*`` values, soft time limit and io slots a chunk is sized from."""
     s = settings.scan
     return plan.ScanLimits(chunk_ports=s.chunk_ports, concurrency=s.concurrency,
-                           timeout=s.timeout, retries=s.retries,
-                           soft_time_limit=settings.tasks.soft_time_limit,
-                           io_slots=io_slots(settings))
+    timeout=s.timeout, retries=s.retries,
+    soft_time_limit=settings.tasks.soft_time_limit,
+    io_slots=io_slots(settings))
 
 
 def chunk_ports_for(settings: Settings, rate: float | None, *, hosts: int = 0, ports: int = 0,
-                    slots_online: int = 0) -> int:
+    slots_online: int = 0) -> int:
     """Ports per chunk (see ``domain.planning.chunk_ports_for``) under ``settings``."""
     return plan.chunk_ports_for(scan_limits(settings), rate, hosts=hosts, ports=ports,
-                                slots_online=slots_online, waves=SCAN_WAVES)
+    slots_online=slots_online, waves=SCAN_WAVES)
 
 
 __all__ = ["url_budget", "chunk_seconds", "chunk_size", "check_batch_size", "LoadtestBudget",

@@ -34,8 +34,7 @@ from typing import IO, Any
 import orjson
 
 from ..domain.httpfetch import HttpOutcome, decode_outcomes, encode_outcomes
-from ..errors import (DatabaseConflict, DatabaseUnavailable, InvalidInput, LewisError,
-                      StorageError)
+from ..errors import DatabaseConflict, DatabaseUnavailable, InvalidInput, LewisError, StorageError
 from ..infra.config import DatabaseSettings
 
 _HEADER = struct.Struct(">I")  # frame length, big-endian
@@ -113,10 +112,10 @@ class RowWriter:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "lewis_tasks.tasks.rowwriter"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
             assert self._proc.stdin is not None
             _write_frame(self._proc.stdin,
-                         orjson.dumps({"database": dataclasses.asdict(self.database)}))
+    orjson.dumps({"database": dataclasses.asdict(self.database)}))
         return self._proc
 
     def _stop(self) -> None:
