@@ -102,7 +102,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("lewis_tasks/cli/scan.py", "lewis_tasks.storage.vulns"): "`lewis vulns import`",
     ("lewis_tasks/cli/stack.py", "lewis_tasks.storage.db"): "`lewis status` falls back to stored heartbeats",
     ("lewis_tasks/cli/stack.py", "lewis_tasks.storage.heartbeats"): "`lewis status`",
-    ("lewis_tasks/cli/fleet.py", "redis"): "`lewis fleet` builds a Redis client without retries",
     # -- `python -m workers` is `lewis worker`: the CLI holds the placeholder-password refusal,
     #    node naming and exit codes the entry must share
     ("workers/__main__.py", "lewis_tasks.cli"): "same command as `lewis worker`",
