@@ -59,16 +59,22 @@ def periodic_jobs(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
-def main(argv: list[str]) -> None:
-    """Run ``celery beat`` (options in ``argv``) over :func:`periodic_jobs`."""
+def main(argv: list[str]) -> int:
+    """Run ``celery beat`` (options in ``argv``) over :func:`periodic_jobs`; its exit code."""
+    import click
+
     from lewis_tasks.infra.celery_app import app
     from lewis_tasks.infra.config import get_settings
 
     app.conf.beat_schedule = periodic_jobs(get_settings())
-    app.start(["beat", *argv])
+    try:
+        return int(app.start(["beat", *argv]) or 0)
+    except click.ClickException as exc:  # a bad option: one line and exit 2, as `celery beat`
+        exc.show()
+        return exc.exit_code
 
 
 if __name__ == "__main__":
     import sys
 
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
