@@ -201,6 +201,37 @@ def test_postgres_connection_lost_mid_transaction_is_transient(
         engine.dispose()
 
 
+class _ServerError(Exception):
+    """What psycopg raises, as far as the classification reads it: the SQLSTATE."""
+
+    def __init__(self, sqlstate: str | None, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize("sqlstate, kind", [
+    ("08006", DatabaseUnavailable),  # connection failure (class 08)
+    ("08003", DatabaseUnavailable),  # connection does not exist
+    ("57P01", DatabaseUnavailable),  # admin shutdown
+    ("57P02", DatabaseUnavailable),  # crash shutdown
+    ("57P03", DatabaseUnavailable),  # cannot connect now
+    ("53300", DatabaseUnavailable),  # too many connections
+    ("40001", DatabaseConflict),  # serialization failure
+    ("40P01", DatabaseConflict),  # deadlock detected
+    ("55P03", DatabaseConflict),  # lock not available
+    ("23505", StorageError),  # unique violation: the write is wrong, retrying will not help
+    ("42P01", StorageError),  # undefined table
+])
+def test_sqlstates_the_live_tests_cannot_provoke_are_classified(sqlstate: str,
+                                                                 kind: type[StorageError]) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from lewis_tasks.storage.db import error_kind
+
+    exc = DBAPIError("UPDATE t SET n = 1", {}, _ServerError(sqlstate, "server said no"))
+    assert error_kind(exc) is kind
+
+
 def test_a_plain_bad_statement_is_not_transient(sqlite_path: Path) -> None:
     engine = make_engine(DatabaseSettings(url=f"sqlite:///{sqlite_path}", pool_timeout=1))
     try:
