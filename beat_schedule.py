@@ -1,7 +1,9 @@
 """The periodic jobs, as data: name → task, interval (from settings) and queue.
 
-Read by the Celery app (``beat_schedule`` option) and run by the one leading beat
-(``lewis_tasks.infra.beat.LeaderScheduler``). Each job fires at the start of its wall-clock
+Also the beat's entry: ``python -m beat_schedule [celery beat options]`` (what ``lewis beat``
+execs) hands these jobs to the Celery app (``beat_schedule`` option) and runs ``celery beat``;
+the one leading beat (``lewis_tasks.infra.beat.LeaderScheduler``) fires them. Infra never
+imports this module: the jobs are handed in. Each job fires at the start of its wall-clock
 slot and receives ``slot=<int>`` so a run is keyed by the interval it belongs to.
 Later jobs (metrics, alerts, scaling) are added here, and nowhere else.
 """
@@ -55,3 +57,24 @@ def periodic_jobs(settings: Settings) -> dict[str, dict[str, Any]]:
         }
         for job in jobs(settings)
     }
+
+
+def main(argv: list[str]) -> int:
+    """Run ``celery beat`` (options in ``argv``) over :func:`periodic_jobs`; its exit code."""
+    import click
+
+    from lewis_tasks.infra.celery_app import app
+    from lewis_tasks.infra.config import get_settings
+
+    app.conf.beat_schedule = periodic_jobs(get_settings())
+    try:
+        return int(app.start(["beat", *argv]) or 0)
+    except click.ClickException as exc:  # a bad option: one line and exit 2, as `celery beat`
+        exc.show()
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

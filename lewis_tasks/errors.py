@@ -10,8 +10,12 @@
      │    ├── BrokerUnavailable
      │    └── ActuatorError  a scaling actuator could not act (the next decision retries)
      ├── StorageError       the database refused or lost a write
-     │    └── DatabaseUnavailable  (also a TransientError) no connection for now: too many
-     │                              clients, a server starting up, the pool exhausted
+     │    ├── DatabaseUnavailable  (also a TransientError) no connection for now: too many
+     │    │                         clients, a server starting up or shutting down, the pool
+     │    │                         exhausted, a connection lost
+     │    └── DatabaseConflict     (also a TransientError) the transaction lost a race: a
+     │                              serialization failure, a deadlock, a lock wait timed out,
+     │                              SQLite's "database is locked"
      └── RedeliveryLimitExceeded  a task kept killing its worker; failed instead of looping
 
 Every message is meant for a person: it names the bad key, token or cap.
@@ -57,6 +61,11 @@ class DatabaseUnavailable(StorageError, TransientError):
     exhausted): retried with backoff like any passing failure, not a failed scan."""
 
 
+class DatabaseConflict(StorageError, TransientError):
+    """The transaction lost a race (serialization failure, deadlock, a lock wait that timed
+    out, SQLite's "database is locked"): run again from the start, it will likely pass."""
+
+
 class RedeliveryLimitExceeded(LewisError):
     """A task was delivered more times than the cap: it keeps killing its worker."""
 
@@ -71,5 +80,6 @@ __all__ = [
     "BrokerUnavailable",
     "StorageError",
     "DatabaseUnavailable",
+    "DatabaseConflict",
     "RedeliveryLimitExceeded",
 ]

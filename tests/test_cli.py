@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from lewis_tasks.infra.redis_server import free_port
 from tests.support.procs import ROOT, lewis_env
+from tests.support.wait import wait_for
 
 
 def lewis(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -69,13 +71,14 @@ def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
     pids = [info["supervisor_pid"], *info["processes"].values()]
     try:
         assert "redis://:***@127.0.0.1" in up.stdout  # the password is never printed
-        deadline = time.monotonic() + 30
-        while True:  # the first heartbeat lands within a couple of intervals
+        def after_a_heartbeat() -> tuple[Any, dict[str, Any]] | None:
             status = lewis("status", "--json", env=env)
             report = json.loads(status.stdout)
-            if report.get("heartbeat") and "workers" in report["heartbeat"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+            return (status, report) if report.get("heartbeat") and "workers" in report["heartbeat"] \
+                else None
+
+        # the first heartbeat lands within a couple of intervals
+        status, report = wait_for(after_a_heartbeat, 30, interval=0.5, what="a heartbeat in status")
         assert status.returncode == 0
         assert report["broker"]["up"] and "***" in report["broker"]["url"]
         for queue in ("io", "cpu", "control"):

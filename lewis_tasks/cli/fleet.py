@@ -115,28 +115,17 @@ def _answers_ping(queue: str) -> bool:
 
 
 def _read_fleet(timeout: float) -> tuple[list[Any], Any]:
-    import redis
-
-    from ..infra.config import get_settings, redact_url
-    from ..infra.fleet import read_beat, read_workers
+    from ..errors import BrokerUnavailable
+    from ..infra.config import get_settings
+    from ..infra.fleet import probe_fleet
 
     url = get_settings().broker.url
     if not url:
         raise _Down("no broker: LEWIS_BROKER_URL is not set and no stack runs here")
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    deadline = max(0.05, timeout)
-    # no retries: redis-py's default three (with backoff) would stretch a probe past its second
-    client = redis.Redis.from_url(url, socket_timeout=deadline, socket_connect_timeout=deadline,
-                                  retry=Retry(NoBackoff(), 0))
     try:
-        return read_workers(client), read_beat(client)
-    except (redis.RedisError, OSError) as exc:
-        raise _Down(f"broker {redact_url(url)} does not answer "
-                    f"({type(exc).__name__})") from None
-    finally:
-        client.close()
+        return probe_fleet(url, timeout)
+    except BrokerUnavailable as exc:
+        raise _Down(str(exc)) from None
 
 
 @cli.command()

@@ -304,11 +304,11 @@ def import_feeds(files: tuple[Path, ...], sample: bool) -> None:
     """Load NVD CVE JSON 2.0 feed FILEs; importing the same data again changes nothing."""
     from ..domain.vulns import load_feed, sample_records
     from ..errors import InvalidInput
+    from ..infra.cache import VULN_KEYS, get_cache
     from ..infra.config import get_settings
     from ..storage import vulns as repo
     from ..storage.db import get_engine, session_scope
     from ..storage.migrate import upgrade
-    from ..tasks.vulnlookup import invalidate_vulnerability_cache
 
     if not files and not sample:
         raise InvalidInput("nothing to import: give feed FILEs, or --sample")
@@ -324,4 +324,4 @@ def import_feeds(files: tuple[Path, ...], sample: bool) -> None:
         click.echo(f"{name}: {done.cves_seen} CVEs, {done.cves_written} written, "
                    f"{done.ranges_added} ranges added, {done.ranges_removed} removed")
     if changed:
-        invalidate_vulnerability_cache()
+        get_cache().invalidate(VULN_KEYS)  # the CVE lookups the scan tasks cached

@@ -42,10 +42,9 @@ def worker(ctx: click.Context, profile: str) -> None:
     """Start a worker of PROFILE (io, cpu or control); extra options go to `celery worker`."""
     import socket
 
-    from workers import worker_argv
-
     from ..infra.config import get_settings
     from ..infra.fleet import free_node_name
+    from ..infra.profiles import worker_argv
 
     settings, extra = get_settings(), list(ctx.args)
     if not any(a in ("-n", "--hostname") or a.startswith("--hostname=") for a in extra):
@@ -59,9 +58,8 @@ def worker(ctx: click.Context, profile: str) -> None:
 @click.pass_context
 def beat(ctx: click.Context) -> None:
     """Start a beat; only one leads at a time, the others stand by and take over if it dies."""
-    from workers import beat_argv
-
     from ..infra.config import get_settings
+    from ..infra.profiles import beat_argv
 
     _exec(beat_argv(get_settings(), extra=ctx.args))
 
@@ -76,11 +74,9 @@ def beat(ctx: click.Context) -> None:
 @click.pass_context
 def flower(ctx: click.Context, port: int | None, address: str, unsafe_no_auth: bool) -> None:
     """Start the Flower monitor (basic auth from stack.flower_user/password)."""
-    from workers import flower_argv
-    from workers.profiles import flower_env
-
     from ..errors import ConfigError
     from ..infra.config import get_settings
+    from ..infra.profiles import flower_argv, flower_env
 
     settings = get_settings()
     if not _loopback(address) and not flower_env(settings) and not unsafe_no_auth:

@@ -2,8 +2,10 @@
 
 Every ``lewis beat`` runs this scheduler. One holds the lease key (``SET NX PX``) and renews
 it every third of its length; the others poll as standbys, trying to take the lease, and fire
-nothing. The schedule lives in memory, built from ``beat_schedule.py``: nothing is pickled to a
-shelve file (Celery's default PersistentScheduler would).
+nothing. The schedule lives in memory: the app's ``beat_schedule``, which the beat's entry
+(``python -m beat_schedule``) fills from the jobs in ``beat_schedule.py`` — a beat started
+without it fires nothing. Nothing is pickled to a shelve file (Celery's default
+PersistentScheduler would).
 
 Periodic jobs run on :class:`AlignedSchedule`: they fire at wall-clock multiples of their
 interval and receive ``slot = floor(fire_time / interval)``. Before sending, the beat claims
@@ -136,9 +138,8 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
         self._lease = LeaderLease(get_redis(), self._timing.ttl)
 
     def setup_schedule(self) -> None:
-        from beat_schedule import periodic_jobs  # read here: only beat needs the jobs
-
-        self.merge_inplace(self.app.conf.beat_schedule or periodic_jobs(get_settings()))
+        # handed in by the entry (beat_schedule.py): infra does not import the jobs
+        self.merge_inplace(self.app.conf.beat_schedule or {})
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:

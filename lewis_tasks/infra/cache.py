@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 VALUE_SHARE = 256  # a value may use 1/256 of cache.max_memory: at least 256 of them fit
 _MAX_PART = 64  # longer key parts are hashed
 _UNSAFE = set("*?[]\\ \t\r\n")  # glob and whitespace characters break pattern invalidation
+# Cached CVE lookups (tasks/vulnlookup.py): dropped after a feed import (`lewis vulns import`)
+VULN_KEYS = "vulns:*"
 _MISS: Any = object()
 
 P = ParamSpec("P")
@@ -362,4 +364,4 @@ os.register_at_fork(after_in_child=reset_cache)
 
 
 __all__ = ["Cache", "CacheStats", "cached", "get_cache", "reset_cache", "key_part",
-           "VALUE_SHARE"]
+           "VALUE_SHARE", "VULN_KEYS"]

@@ -88,7 +88,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # Drains: in-flight tasks get this long to finish on a warm shutdown.
         "worker_soft_shutdown_timeout": settings.workers.shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": False,
-        # Beat: our leader-elected scheduler (infra/beat.py) over the jobs in beat_schedule.py.
+        # Beat: our leader-elected scheduler (infra/beat.py) over the jobs beat_schedule.py
+        # hands in (its entry sets beat_schedule).
         "beat_scheduler": "lewis_tasks.infra.beat:LeaderScheduler",
         "beat_max_loop_interval": max(1.0, settings.stack.beat_lock_timeout / 3),
         "worker_hijack_root_logger": False,

@@ -194,6 +194,28 @@ def read_beat(client: redis.Redis) -> BeatView:
     return BeatView(leader=leader, beats=tuple(beats), leader_silent=silent)
 
 
+def probe_fleet(url: str, timeout: float) -> tuple[list[WorkerRecord], BeatView]:
+    """The workers' and the beats' records, read once on a client of its own that never
+    retries (redis-py's default three, with backoff, would stretch a probe past its second);
+    BrokerUnavailable naming the broker if it does not answer."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from ..domain.redact import redact_url
+    from ..errors import BrokerUnavailable
+
+    deadline = max(0.05, timeout)
+    client = redis.Redis.from_url(url, socket_timeout=deadline, socket_connect_timeout=deadline,
+                                  retry=Retry(NoBackoff(), 0))
+    try:
+        return read_workers(client), read_beat(client)
+    except (redis.RedisError, OSError) as exc:
+        raise BrokerUnavailable(f"broker {redact_url(url)} does not answer "
+                                f"({type(exc).__name__})") from None
+    finally:
+        client.close()
+
+
 __all__ = ["LEADER_KEY", "WORKER_KEY", "BEAT_KEY", "PRESENCE_PERIOD", "PRESENCE_TTL", "presence_period",
            "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers", "slots_online", "check_cluster_agreement", "free_node_name",
-           "read_beat", "leader", "HEARTBEAT_KEY", "write_heartbeat", "read_heartbeat"]
+           "read_beat", "probe_fleet", "leader", "HEARTBEAT_KEY", "write_heartbeat", "read_heartbeat"]

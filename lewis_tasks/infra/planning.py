@@ -1,27 +1,30 @@
-"""Planning shared by producers and tasks: how work is cut and how long it may take.
+"""Planning under the settings: ``lewis_tasks.domain.planning`` with the values handed in.
 
-HTTP: how long batches and load tests may take, and the caps they are checked against
-before anything is enqueued. Scans: how many ports a chunk holds.
-
-Both sides need the same numbers: the producer to cut a batch into chunks and refuse an
-over-cap load test, the tasks to bound their own run. Redis has no real acks, so every time
-limit here stays below ``broker.visibility_timeout`` (the worker refuses to start otherwise);
-a load test longer than that leaves room for is refused with the reason named.
+The arithmetic (chunk sizes, time budgets, load-test caps) is pure and lives in the domain;
+these wrappers only read the ``Settings`` fields it needs, so producers, the CLI and tasks
+keep one call each.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
-from ..domain.httpplan import SLACK, HttpBatchPlan, HttpLimits, plan_http_batch
-from ..errors import InvalidInput
+from ..domain import planning as plan
+from ..domain.httpplan import FLUSH_TICK, SLACK, HttpBatchPlan, HttpLimits, plan_http_batch
+from ..domain.planning import (
+    BARRIER_LEAD,
+    DRAIN,
+    HARD_GAP,
+    MIN_CHUNK_PORTS,
+    SCAN_SHARE,
+    WORK_SHARE,
+    LoadtestBudget,
+    split,
+)
 from .config import Settings
 
-BARRIER_LEAD = 0.5  # seconds between the last part arriving and the common start
-DRAIN = 2.0  # loadgen gives in-flight requests this long after the deadline
-HARD_GAP = 5.0  # hard time limit after the soft one
+# Read at each call of chunk_ports_for, so bench/fleet.py's A/B can set it to 0 (off).
+SCAN_WAVES = plan.SCAN_WAVES
 
 
 def http_limits(settings: Settings) -> HttpLimits:
@@ -52,146 +55,50 @@ def chunk_size(settings: Settings, budget: float) -> int:
 
 def check_batch_size(settings: Settings, count: int) -> None:
     """InvalidInput unless 1 ≤ ``count`` ≤ ``http.max_urls``."""
-    if count < 1:
-        raise InvalidInput("an HTTP batch needs at least one URL")
-    if count > settings.http.max_urls:
-        raise InvalidInput(f"{count} URLs is over the cap http.max_urls={settings.http.max_urls}")
-
-
-@dataclass(frozen=True)
-class LoadtestBudget:
-    """Seconds a load-test part may spend: barrier, the run, its drain and the slack."""
-
-    barrier: float
-    max_duration: float  # the longest run allowed: loadtest.max_duration or the broker's room
-
-    def time_limits(self, duration: float | None) -> tuple[float, float]:
-        """(soft, hard) time limit of a part running ``duration`` s (None: up to the maximum)."""
-        run = self.max_duration if duration is None else min(duration, self.max_duration)
-        soft = self.barrier + BARRIER_LEAD + run + DRAIN + SLACK
-        return soft, soft + HARD_GAP
+    plan.check_batch_size(count, settings.http.max_urls)
 
 
 def loadtest_budget(settings: Settings) -> LoadtestBudget:
-    """The budget of a part under ``settings``; the hard limit of the longest run stays a
-    second below ``broker.visibility_timeout``."""
-    barrier = settings.loadtest.barrier_timeout
-    room = (settings.broker.visibility_timeout - 1 - HARD_GAP - SLACK - DRAIN - BARRIER_LEAD
-            - barrier)
-    return LoadtestBudget(barrier, min(settings.loadtest.max_duration, room))
+    """The budget of a part under ``settings`` (``loadtest.*``, ``broker.visibility_timeout``)."""
+    return plan.loadtest_budget(barrier_timeout=settings.loadtest.barrier_timeout,
+    max_duration=settings.loadtest.max_duration,
+    visibility_timeout=settings.broker.visibility_timeout)
 
 
 def check_loadtest(settings: Settings, *, concurrency: int, duration: float | None,
-                   requests: int | None, rate: float | None, workers: int, method: str,
-                   headers: Any = None, body: Any = None, timeout: Any = None,
-                   ramp: Any = None) -> None:
+    requests: int | None, rate: float | None, workers: int, method: str,
+    headers: Any = None, body: Any = None, timeout: Any = None,
+    ramp: Any = None) -> None:
     """InvalidInput naming the cap (a ``loadtest.*`` setting) or the parameter that is off."""
-    lt = settings.loadtest
-    for name, value in (("concurrency", concurrency), ("workers", workers), ("requests", requests)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidInput(f"{name} must be a whole number, not {value!r}")
-    for name, number in (("duration", duration), ("rate", rate)):
-        if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)
-                                   or not math.isfinite(number)):
-            raise InvalidInput(f"{name} must be a number of {'seconds' if name == 'duration' else 'requests/s'}, "
-                               f"not {number!r}")
-    from ..domain.loadgen import LOAD_METHODS  # aiohttp: only when a load test is checked
-
-    if method.upper() not in LOAD_METHODS:
-        raise InvalidInput(f"method {method!r} is not one of {', '.join(sorted(LOAD_METHODS))}")
-    if workers < 1 or workers > lt.max_workers:
-        raise InvalidInput(f"workers {workers} is outside 1..{lt.max_workers} (loadtest.max_workers)")
-    if concurrency < 1 or concurrency > lt.max_concurrency:
-        raise InvalidInput(f"concurrency {concurrency} is outside 1..{lt.max_concurrency} "
-                           "(loadtest.max_concurrency)")
-    if concurrency < workers:
-        raise InvalidInput(f"concurrency {concurrency} cannot be split over {workers} workers "
-                           "(each needs at least 1)")
-    if duration is None and requests is None:
-        raise InvalidInput("give a duration or a number of requests")
-    budget = loadtest_budget(settings)
-    if duration is not None:
-        if duration <= 0 or duration > lt.max_duration:
-            raise InvalidInput(f"duration {duration:g}s is outside (0, {lt.max_duration:g}s] "
-                               "(loadtest.max_duration)")
-        if duration > budget.max_duration:
-            raise InvalidInput(
-                f"duration {duration:g}s does not fit: broker.visibility_timeout="
-                f"{settings.broker.visibility_timeout}s leaves {max(0.0, budget.max_duration):g}s "
-                f"for a run after the start barrier (loadtest.barrier_timeout={budget.barrier:g}s)")
-    elif budget.max_duration <= 0:
-        raise InvalidInput(f"no load test fits in broker.visibility_timeout="
-                           f"{settings.broker.visibility_timeout}s")
-    if requests is not None:
-        if requests < 1 or requests > lt.max_requests:
-            raise InvalidInput(f"requests {requests} is outside 1..{lt.max_requests} "
-                               "(loadtest.max_requests)")
-        if requests < workers:
-            raise InvalidInput(f"requests {requests} cannot be split over {workers} workers")
-    if rate is not None and (rate <= 0 or rate > lt.max_rate):
-        raise InvalidInput(f"rate {rate:g}/s is outside (0, {lt.max_rate}/s] (loadtest.max_rate)")
-    from ..domain.loadgen import check_request_options
-
-    check_request_options(method=method.upper(), headers=headers, body=body, timeout=timeout,
-                          ramp=ramp, duration=duration, max_body=lt.max_body_bytes)
-
-
-def split(total: int, parts: int) -> list[int]:
-    """``total`` cut into ``parts`` whole shares that differ by at most one."""
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-# --- scans --------------------------------------------------------------------------------
-
-# Shares of tasks.soft_time_limit. Chunks are sized so their worst-case port scan takes at
-# most SCAN_SHARE of it; scan plus identification must end by WORK_SHARE (identification is
-# cut short there); the rest is for resolving, the database and the broker.
-SCAN_SHARE = 0.5
-WORK_SHARE = 0.8
+    plan.check_loadtest(settings.loadtest, loadtest_budget(settings),
+    settings.broker.visibility_timeout, concurrency=concurrency,
+    duration=duration, requests=requests, rate=rate, workers=workers,
+    method=method, headers=headers, body=body, timeout=timeout, ramp=ramp)
 
 
 def io_slots(settings: Settings) -> int:
     """How many chunk tasks one io worker process may run at once."""
     w = settings.workers
-    if w.io_pool == "threads":
-        return max(1, w.io_concurrency or settings.performance.thread_pool_size)
-    return 1  # prefork: each child is a process of its own; solo: one at a time
+    return plan.io_slots(w.io_pool, w.io_concurrency, settings.performance.thread_pool_size)
 
 
-# Fair shares (issue 21): an io process runs as many chunks at once as it has slots, all
-# sharing its one event loop, so they finish together in waves; a worker added mid-scan only
-# gets what is still queued (measured: 10 of the 28 left of a 50-chunk scan). Cut into at
-# least SCAN_WAVES waves of every io slot online, a scan keeps all but one wave queued, for
-# whoever joins (BENCHMARKS.md, "Fleet").
-SCAN_WAVES = 8
-MIN_CHUNK_PORTS = 2048  # smaller, a fast scan pays more in chunk rows, results and messages
+def scan_limits(settings: Settings) -> plan.ScanLimits:
+    """The ``scan.*`` values, soft time limit and io slots a chunk is sized from."""
+    s = settings.scan
+    return plan.ScanLimits(chunk_ports=s.chunk_ports, concurrency=s.concurrency,
+    timeout=s.timeout, retries=s.retries,
+    soft_time_limit=settings.tasks.soft_time_limit,
+    io_slots=io_slots(settings))
 
 
 def chunk_ports_for(settings: Settings, rate: float | None, *, hosts: int = 0, ports: int = 0,
-                    slots_online: int = 0) -> int:
-    """Ports per chunk: ``scan.chunk_ports``, less if the worst case would outlive the budget,
-    and less again so a scan of ``hosts`` × ``ports`` makes :data:`SCAN_WAVES` waves of the
-    io slots online (``slots_online``; none known: one worker's), never under
-    :data:`MIN_CHUNK_PORTS`.
-
-    The worst case assumes every slot of the io process scans at once (each then gets its
-    share of ``scan.concurrency``) and every port is filtered.
-    """
-    from ..domain.scanjob import max_chunk_ports  # the scanner's modules: not for every caller
-
-    s = settings.scan
-    share = max(1, s.concurrency // io_slots(settings))
-    fits = max_chunk_ports(settings.tasks.soft_time_limit * SCAN_SHARE, concurrency=share,
-                           timeout=s.timeout, retries=s.retries, rate=rate)
-    size = max(1, min(s.chunk_ports, fits))
-    if hosts and ports and SCAN_WAVES:  # 0: off (bench/fleet.py's A/B)
-        wanted = SCAN_WAVES * max(slots_online, io_slots(settings))
-        per_host = math.ceil(wanted / hosts)  # chunks each host's ports are cut into
-        size = min(size, max(MIN_CHUNK_PORTS, math.ceil(ports / per_host)))
-    return size
+    slots_online: int = 0) -> int:
+    """Ports per chunk (see ``domain.planning.chunk_ports_for``) under ``settings``."""
+    return plan.chunk_ports_for(scan_limits(settings), rate, hosts=hosts, ports=ports,
+    slots_online=slots_online, waves=SCAN_WAVES)
 
 
-__all__ = ["http_limits", "batch_plan", "url_budget", "chunk_seconds", "chunk_size", "check_batch_size", "LoadtestBudget",
-           "loadtest_budget", "check_loadtest", "split", "BARRIER_LEAD", "DRAIN", "SCAN_SHARE",
-           "WORK_SHARE", "io_slots", "chunk_ports_for", "SCAN_WAVES", "MIN_CHUNK_PORTS"]
+__all__ = ["http_limits", "batch_plan", "url_budget", "chunk_seconds", "chunk_size",
+           "check_batch_size", "LoadtestBudget", "loadtest_budget", "check_loadtest", "split",
+           "BARRIER_LEAD", "DRAIN", "SLACK", "HARD_GAP", "FLUSH_TICK", "SCAN_SHARE", "WORK_SHARE",
+           "io_slots", "scan_limits", "chunk_ports_for", "SCAN_WAVES", "MIN_CHUNK_PORTS"]

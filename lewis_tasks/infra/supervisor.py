@@ -145,8 +145,7 @@ class Stack:
 
     def start(self, ready_timeout: float = 60.0, on_step: Callable[[str], None] = print) -> None:
         """Start every part, wait until all workers answer pings, write stack.json."""
-        from workers import beat_argv, flower_argv
-        from workers.profiles import flower_env
+        from .profiles import beat_argv, flower_argv, flower_env
 
         self.home.mkdir(parents=True, exist_ok=True)
         self.check_not_running()
@@ -191,7 +190,7 @@ class Stack:
     def add_worker(self, profile: str, name: str | None = None) -> Child:
         """Start one more ``profile`` worker (io, io-2, io-3…: the first free name), supervised
         like the first; the local scaling pool calls it."""
-        from workers import worker_argv
+        from .profiles import worker_argv
 
         if name is None:
             taken = {c.name for c in self.children}

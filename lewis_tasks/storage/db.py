@@ -15,7 +15,11 @@ they are returned — instead of 20 + 30 per process, which exhausted PostgreSQL
 processes. Each connection names its role and pid (``application_name``), so
 ``pg_stat_activity`` shows who holds what. A server that refuses a connection for now (too
 many clients, starting up) or a pool that stays exhausted is :class:`DatabaseUnavailable`, a
-TransientError: the task retries with backoff instead of failing the scan.
+TransientError: the task retries with backoff instead of failing the scan. So is a connection
+lost mid-transaction (SQLSTATE class 08, an administrator's shutdown 57P01/57P02, or
+SQLAlchemy's ``connection_invalidated``). A transaction that lost a race — serialization
+failure (40001), deadlock (40P01), lock not available (55P03), SQLite busy or locked — is
+:class:`DatabaseConflict`, also a TransientError. Anything else is a plain StorageError.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from ..errors import ConfigError, DatabaseUnavailable, StorageError
+from ..errors import ConfigError, DatabaseConflict, DatabaseUnavailable, StorageError
 from ..infra.config import DatabaseSettings, get_settings, redact_url
 
 # role: (connections kept open, more opened for a burst and closed when returned)
@@ -45,10 +49,21 @@ ROLE_POOLS: dict[str, tuple[int, int]] = {
     "command": (1, 1),  # lewis CLI commands, producers, the monitor, the beat
 }
 # SQLSTATEs of a server that refuses new connections for now: too many connections (53300),
-# cannot connect now (57P03: starting or shutting down), configuration limit exceeded (53400)
-UNAVAILABLE_STATES = frozenset({"53300", "57P03", "53400"})
+# configuration limit exceeded (53400), cannot connect now (57P03: starting or shutting down);
+# or that dropped ours: admin shutdown (57P01), crash shutdown (57P02). Class 08 (connection
+# exception: 08000, 08003, 08006…) is matched by its prefix.
+UNAVAILABLE_STATES = frozenset({"53300", "53400", "57P01", "57P02", "57P03"})
+UNAVAILABLE_CLASSES = ("08",)
 UNAVAILABLE_TEXT = ("too many clients", "too many connections", "remaining connection slots",
-                    "the database system is starting up", "the database system is shutting down")
+                    "the database system is starting up", "the database system is shutting down",
+                    "server closed the connection unexpectedly",
+                    "terminating connection due to administrator command")
+# A lost race: serialization failure (40001), deadlock (40P01), lock not available (55P03:
+# lock_timeout, NOWAIT); SQLite's busy and locked (result codes 5 and 6, extended codes keep
+# them in their low byte) once its busy timeout has run out.
+CONFLICT_STATES = frozenset({"40001", "40P01", "55P03"})
+SQLITE_BUSY_CODES = frozenset({5, 6})
+CONFLICT_TEXT = ("database is locked", "database is busy", "database table is locked")
 
 _role = "command"
 _engines: dict[str, Engine] = {}
@@ -89,16 +104,45 @@ def pool_for(database: DatabaseSettings, role: str | None = None) -> tuple[int, 
     return ROLE_POOLS[role or _role]
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """True if ``exc`` says "no connection for now" rather than "this write is wrong"."""
-    if isinstance(exc, PoolTimeout):
-        return True
+def _sqlstate(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if state in UNAVAILABLE_STATES:
+    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+
+
+def _text(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).lower()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True if ``exc`` says "no connection for now" (refused, lost, the pool exhausted)
+    rather than "this write is wrong"."""
+    if isinstance(exc, PoolTimeout) or getattr(exc, "connection_invalidated", False):
         return True
-    text = str(orig if orig is not None else exc).lower()
-    return any(marker in text for marker in UNAVAILABLE_TEXT)
+    state = _sqlstate(exc)
+    if state in UNAVAILABLE_STATES or state.startswith(UNAVAILABLE_CLASSES):
+        return True
+    return any(marker in _text(exc) for marker in UNAVAILABLE_TEXT)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True if ``exc`` says the transaction lost a race (serialization, deadlock, a lock it
+    waited for too long): the same work run again will likely pass."""
+    if _sqlstate(exc) in CONFLICT_STATES:
+        return True
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in SQLITE_BUSY_CODES:
+        return True
+    return any(marker in _text(exc) for marker in CONFLICT_TEXT)
+
+
+def error_kind(exc: BaseException) -> type[StorageError]:
+    """The StorageError ``exc`` comes out as: a TransientError (retried) when it passes."""
+    if is_unavailable(exc):
+        return DatabaseUnavailable
+    if is_conflict(exc):
+        return DatabaseConflict
+    return StorageError
 
 
 def make_engine(database: DatabaseSettings, *, pooled: bool = True) -> Engine:
@@ -217,8 +261,7 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     except SQLAlchemyError as exc:
         session.rollback()
         url = engine.url.render_as_string(hide_password=True)
-        kind = DatabaseUnavailable if is_unavailable(exc) else StorageError
-        raise kind(describe_error(exc, url)) from exc
+        raise error_kind(exc)(describe_error(exc, url)) from exc
     except BaseException:
         session.rollback()
         raise
@@ -227,5 +270,6 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
 
 
 __all__ = ["ROLE_POOLS", "set_role", "role_for_queues", "pool_for", "is_unavailable",
+           "is_conflict", "error_kind",
            "make_engine", "get_engine", "session_scope", "dispose_after_fork",
            "dispose_engines", "parse_database_url", "describe_error"]

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StorageError
 from ..infra.config import DatabaseSettings, redact_url
-from .db import describe_error, make_engine
+from .db import describe_error, error_kind, make_engine
 from .models import Base
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -73,7 +73,7 @@ def _connection(database_url: str) -> Iterator[Connection]:
         with engine.begin() as conn:
             yield conn
     except SQLAlchemyError as exc:
-        raise StorageError(describe_error(exc, redact_url(database_url))) from exc
+        raise error_kind(exc)(describe_error(exc, redact_url(database_url))) from exc
     except CommandError as exc:
         raise StorageError(f"migration of {redact_url(database_url)} failed: {exc}") from exc
     finally:

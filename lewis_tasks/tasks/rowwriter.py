@@ -34,7 +34,7 @@ from typing import IO, Any
 import orjson
 
 from ..domain.httpfetch import HttpOutcome, decode_outcomes, encode_outcomes
-from ..errors import InvalidInput, LewisError, StorageError
+from ..errors import DatabaseConflict, DatabaseUnavailable, InvalidInput, LewisError, StorageError
 from ..infra.config import DatabaseSettings
 
 _HEADER = struct.Struct(">I")  # frame length, big-endian
@@ -62,6 +62,11 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
     return payload
 
 
+# the writer's StorageErrors, by name, so a transient one stays a TransientError here
+_KINDS: dict[str, type[StorageError]] = {
+    kind.__name__: kind for kind in (StorageError, DatabaseUnavailable, DatabaseConflict)}
+
+
 class RowWriter:
     """The io process's side: one writer process, shared by the process's chunk threads."""
 
@@ -87,8 +92,8 @@ class RowWriter:
                     self._stop()
                     raise StorageError(f"the row writer process failed twice: {exc}; "
                                        f"{again}") from again
-        if "error" in reply:
-            raise StorageError(f"row writer: {reply['error']}")
+        if "error" in reply:  # a passing failure stays one (the task retries it)
+            raise _KINDS.get(reply.get("kind", ""), StorageError)(f"row writer: {reply['error']}")
         return int(reply["new"])
 
     def _call(self, request: bytes) -> dict[str, Any]:
@@ -107,10 +112,10 @@ class RowWriter:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "lewis_tasks.tasks.rowwriter"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
             assert self._proc.stdin is not None
             _write_frame(self._proc.stdin,
-                         orjson.dumps({"database": dataclasses.asdict(self.database)}))
+    orjson.dumps({"database": dataclasses.asdict(self.database)}))
         return self._proc
 
     def _stop(self) -> None:
@@ -178,7 +183,7 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
             reply: dict[str, Any] = {"new": new}
         except Exception as exc:  # answered, not fatal: the next request may well succeed
             reply = {"error": str(exc) if isinstance(exc, LewisError) else
-                     f"{type(exc).__name__}: {exc}"}
+                     f"{type(exc).__name__}: {exc}", "kind": type(exc).__name__}
         _write_frame(out, orjson.dumps(reply))
 
 

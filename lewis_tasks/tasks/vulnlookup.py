@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..domain.vulns import CveRecord, cpe_products
-from ..infra.cache import cached, get_cache, key_part
+from ..infra.cache import VULN_KEYS, cached, get_cache, key_part
 
 VULN_CACHE_TTL = 3600
 
@@ -37,7 +37,7 @@ def cve_records(product: str | None) -> list[CveRecord]:
 
 def invalidate_vulnerability_cache() -> int:
     """Drop cached CVE lookups (after an import); other processes' LRUs expire within seconds."""
-    return get_cache().invalidate("vulns:*")
+    return get_cache().invalidate(VULN_KEYS)
 
 
 __all__ = ["cve_records", "invalidate_vulnerability_cache", "VULN_CACHE_TTL"]

@@ -46,7 +46,7 @@ def test_a_fractional_quota_rounds_up_and_never_exceeds_the_affinity(tmp_path: P
 def test_the_cpu_worker_takes_one_child_per_quota_core(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lewis_tasks.infra.config import load_settings
-    from workers.profiles import worker_options
+    from lewis_tasks.infra.profiles import worker_options
 
     # Given a container limited to half a core, on a host with more
     (tmp_path / "cpu.max").write_text("50000 100000")

@@ -19,6 +19,7 @@ from lewis_tasks.infra import aio, config
 from lewis_tasks.producer.base import submit
 from lewis_tasks.producer.http import submit_http_batch, submit_loadtest
 from tests.support.httpservers import RunningServer, ServerThread, free_port, serving, sha256_of
+from tests.support.wait import wait_for
 
 WAIT = 60
 
@@ -257,10 +258,8 @@ def test_a_load_test_that_waited_past_its_start_window_never_hits_the_target(
             handle.wait(timeout=WAIT)
         assert inside(servers).hits[path] == 0
         # And the run is recorded as failed (the chord's errback ran on the worker)
-        deadline = time.monotonic() + WAIT
-        while (stored := handle.result()) is None or stored["status"] != "failed":
-            assert time.monotonic() < deadline, f"run still {stored}"
-            time.sleep(0.1)
+        wait_for(lambda: (stored := handle.result()) is not None and stored["status"] == "failed",
+                 WAIT, interval=0.1, what="the run recorded as failed")
     with pytest.raises(InvalidInput, match="start_within"):
         submit_loadtest(f"{inside(servers).url}/", concurrency=1, requests=1, start_within=0)
 
@@ -291,7 +290,6 @@ def test_a_failed_chunk_marks_the_batch_failed(celery_worker: Any, lewis_setting
     with pytest.raises(Exception, match="start must be an index"):
         result.get(timeout=WAIT)
     # Then the errback records the batch as failed, with the reason
-    from tests.support.procs import wait_for
 
     def failed() -> bool:
         with session_scope(get_engine()) as session:

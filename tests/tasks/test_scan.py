@@ -32,6 +32,7 @@ from tests.support.listeners import (
     listening_ports,
     running_listeners,
 )
+from tests.support.wait import wait_for
 
 ADDRESS = "127.88.2.1"  # a loopback address of its own: our listeners + wildcard ones
 EXTRA = "1-300"  # mostly closed ports scanned beside the listeners
@@ -268,11 +269,9 @@ def test_a_failed_chunk_fails_the_scan_with_the_reason(celery_worker: Any, quick
     # Then waiting raises the chunk's own error, and the scan is failed with the reason
     with pytest.raises(InvalidInput, match="ports run from 1 to 65535"):
         handle.wait(timeout=60)
-    for _ in range(100):  # the errback runs right after the chord is marked failed
-        report = handle.result()
-        if report.status == "failed":
-            break
-        time.sleep(0.05)
+    # the errback runs right after the chord is marked failed
+    report = wait_for(lambda: (r := handle.result()).status == "failed" and r, 5, interval=0.05,
+                      what="the scan marked failed")
     assert report.status == "failed" and "InvalidInput" in (report.error or "")
 
 

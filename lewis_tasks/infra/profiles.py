@@ -1,7 +1,7 @@
-"""Worker profiles: how an io, cpu or control worker is started.
+"""Worker profiles: how an io, cpu or control worker (and the beat, and Flower) is started.
 
 Each profile turns settings into a ``celery worker`` command line. ``lewis worker PROFILE``
-and ``python -m workers PROFILE`` exec it, so signals (warm shutdown on SIGTERM) reach Celery
+and ``python -m workers PROFILE`` (the thin top-level entry) exec it, so signals (warm shutdown on SIGTERM) reach Celery
 directly. Extra arguments pass through to ``celery worker`` unchanged.
 """
 
@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from lewis_tasks.domain.sysprobe import usable_cores
-from lewis_tasks.errors import ConfigError
-from lewis_tasks.infra.config import Settings
+from ..domain.sysprobe import usable_cores
+from ..errors import ConfigError
+from .config import Settings
 
 APP = "lewis_tasks.infra.celery_app"
+BEAT_ENTRY = "beat_schedule"  # the top-level module with the periodic jobs, as data
 PROFILES = ("io", "cpu", "control")
 
 
@@ -69,7 +70,9 @@ def worker_argv(profile: str, settings: Settings, extra: Sequence[str] = (),
 
 
 def beat_argv(settings: Settings, extra: Sequence[str] = (), python: str | None = None) -> list[str]:
-    return [python or sys.executable, "-m", "celery", "-A", APP, "beat", "-l", "INFO",
+    """``python -m beat_schedule``: the top-level jobs module hands its jobs to the app and
+    runs ``celery beat`` (infra never imports the jobs)."""
+    return [python or sys.executable, "-m", BEAT_ENTRY, "-l", "INFO",
             "--scheduler", "lewis_tasks.infra.beat:LeaderScheduler", *extra]
 
 
