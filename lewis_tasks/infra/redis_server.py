@@ -114,6 +114,9 @@ class EmbeddedRedis:
             with os.fdopen(fd, "w") as fh:
                 fh.write(f"requirepass {self.password}\n")
             cmd.insert(1, str(conf))
+        gone = self.process  # a server that died (or was killed) and is started again
+        if gone is not None and gone.poll() is not None and gone.stderr is not None:
+            gone.stderr.close()
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                         start_new_session=True, preexec_fn=die_with_parent)
@@ -130,14 +133,19 @@ class EmbeddedRedis:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.terminate()  # SIGTERM: redis flushes the AOF and exits
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            if proc.poll() is None:
+                proc.terminate()  # SIGTERM: redis flushes the AOF and exits
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            if proc.stderr is not None:  # the pipe read at start-up: closed with the server
+                proc.stderr.close()
 
 
 def ping(url: str, timeout: float = 1.0) -> bool:
