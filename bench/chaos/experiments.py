@@ -98,7 +98,7 @@ def _migrate(env: dict[str, str]) -> None:
     from lewis_tasks.storage import vulns
     from lewis_tasks.storage.db import get_engine, session_scope
     from lewis_tasks.storage.migrate import upgrade
-    from lewis_tasks.tasks.vulnlookup import invalidate_vulnerability_cache
+    from lewis_tasks.infra.vulnlookup import invalidate_vulnerability_cache
 
     upgrade(env["LEWIS_DATABASE_URL"])
     with session_scope(get_engine()) as session:

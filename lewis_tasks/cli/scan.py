@@ -319,7 +319,7 @@ def import_feeds(files: tuple[Path, ...], sample: bool) -> None:
     from ..storage import vulns as repo
     from ..storage.db import get_engine, session_scope
     from ..storage.migrate import upgrade
-    from ..tasks.vulnlookup import invalidate_vulnerability_cache
+    from ..infra.vulnlookup import invalidate_vulnerability_cache
 
     if not files and not sample:
         raise InvalidInput("nothing to import: give feed FILEs, or --sample")

@@ -27,7 +27,6 @@ import hashlib
 import inspect
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -41,7 +40,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import InvalidInput
-from .config import Settings, get_settings, redact_url
+from .config import Settings, redact_url
+from .runtime import runtime
 
 log = logging.getLogger(__name__)
 
@@ -338,27 +338,14 @@ def cached(ttl: int | None = None, key: str | Callable[..., str] | None = None,
     return decorate
 
 
-_cache: Cache | None = None
-_cache_lock = threading.Lock()
-
-
 def get_cache() -> Cache:
-    """This process's cache, built from the settings on first use."""
-    global _cache
-    with _cache_lock:
-        if _cache is None:
-            _cache = Cache.from_settings(get_settings())
-        return _cache
+    """This process's cache (the runtime's), built from the settings on first use."""
+    return runtime().cache
 
 
 def reset_cache() -> None:
-    """Forget the process's cache (settings changed, tests, or a freshly forked child)."""
-    global _cache, _cache_lock
-    _cache = None
-    _cache_lock = threading.Lock()  # a fork may have copied it held by another thread
-
-
-os.register_at_fork(after_in_child=reset_cache)
+    """Forget the process's cache (settings changed, tests): the next use builds anew."""
+    runtime().forget_cache()
 
 
 __all__ = ["Cache", "CacheStats", "cached", "get_cache", "reset_cache", "key_part",

@@ -6,8 +6,9 @@ mode with a busy timeout and foreign keys on, and every transaction takes the wr
 front (``BEGIN IMMEDIATE``): two worker processes on one file then queue for the lock instead
 of failing with "database is locked" halfway through.
 
-After a fork a child must not touch its parent's pooled sockets: :func:`dispose_after_fork`
-(registered with ``os.register_at_fork`` and callable from a worker's init) drops them.
+The engines live in the process's worker runtime (:mod:`lewis_tasks.infra.runtime`), which
+also says the process's role; after a fork the child's runtime drops the inherited pools
+without touching the parent's sockets.
 
 Connection budget (issue 21): a process keeps what its role needs (:data:`ROLE_POOLS`) —
 ``size`` connections stay open, ``overflow`` more are opened for a burst and closed as soon as
@@ -21,7 +22,6 @@ TransientError: the task retries with backoff instead of failing the scan.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,10 +50,12 @@ UNAVAILABLE_STATES = frozenset({"53300", "57P03", "53400"})
 UNAVAILABLE_TEXT = ("too many clients", "too many connections", "remaining connection slots",
                     "the database system is starting up", "the database system is shutting down")
 
-_role = "command"
-_engines: dict[str, Engine] = {}
-_engines_pid = os.getpid()
-_lock = threading.Lock()
+
+
+def _runtime() -> Any:
+    from ..infra.runtime import runtime
+
+    return runtime()
 
 
 def parse_database_url(url: str) -> URL:
@@ -69,10 +71,15 @@ def parse_database_url(url: str) -> URL:
 
 def set_role(role: str) -> None:
     """Size this process's pools for ``role`` (a worker calls it at start, before any engine)."""
-    global _role
+    check_role(role)
+    _runtime().role = role
+
+
+def check_role(role: str) -> str:
+    """``role`` if it is one of :data:`ROLE_POOLS`, else ValueError."""
     if role not in ROLE_POOLS:
         raise ValueError(f"unknown process role {role!r} (roles: {', '.join(ROLE_POOLS)})")
-    _role = role
+    return role
 
 
 def role_for_queues(queues: Any) -> str:
@@ -86,7 +93,7 @@ def pool_for(database: DatabaseSettings, role: str | None = None) -> tuple[int, 
     role's (:data:`ROLE_POOLS`)."""
     if database.pool_size:
         return database.pool_size, database.max_overflow
-    return ROLE_POOLS[role or _role]
+    return ROLE_POOLS[role or _runtime().role]
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -101,11 +108,14 @@ def is_unavailable(exc: BaseException) -> bool:
     return any(marker in text for marker in UNAVAILABLE_TEXT)
 
 
-def make_engine(database: DatabaseSettings, *, pooled: bool = True) -> Engine:
-    """A new engine for ``database.url`` configured as the module docstring says.
+def make_engine(database: DatabaseSettings, *, pooled: bool = True,
+                role: str | None = None) -> Engine:
+    """A new engine for ``database.url`` configured as the module docstring says, its pool
+    sized for ``role`` (default: this process's).
 
     ``pooled=False`` opens a connection per use (one-shot commands such as migrations).
     """
+    role = role or _runtime().role
     url = parse_database_url(database.url)
     kwargs: dict[str, Any] = {"echo": database.echo_sql}
     if url.get_backend_name() == "sqlite":
@@ -114,14 +124,14 @@ def make_engine(database: DatabaseSettings, *, pooled: bool = True) -> Engine:
         return _sqlite_engine(url, database, pooled, kwargs)
     kwargs["pool_pre_ping"] = True  # a server restarted since the last use: reconnect once
     if pooled:
-        size, overflow = pool_for(database)
+        size, overflow = pool_for(database, role)
         kwargs.update(pool_size=size, max_overflow=overflow,
                       pool_timeout=database.pool_timeout, pool_recycle=database.pool_recycle)
     else:
         kwargs["poolclass"] = NullPool
     if url.get_backend_name() == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": min(database.pool_timeout, 10),
-                                  "application_name": f"lewis-{_role}-{os.getpid()}"}
+                                  "application_name": f"lewis-{role}-{os.getpid()}"}
     try:
         return create_engine(url, **kwargs)
     except (ArgumentError, ImportError) as exc:
@@ -157,40 +167,25 @@ def _sqlite_engine(url: URL, database: DatabaseSettings, pooled: bool,
 
 
 def get_engine(database: DatabaseSettings | None = None) -> Engine:
-    """This process's engine for ``database`` (default: the settings'), created on first use."""
+    """This process's engine for ``database`` (default: the settings'), created on first use
+    and kept in the process's runtime."""
     database = database or get_settings().database
-    with _lock:
-        if os.getpid() != _engines_pid:
-            _forget_engines()
-        engine = _engines.get(database.url)
-        if engine is None:
-            engine = _engines[database.url] = make_engine(database)
-        return engine
+    return _runtime().engine(database, _pooled_engine)  # type: ignore[no-any-return]
 
 
-def _forget_engines() -> None:
-    global _engines_pid
-    for engine in _engines.values():
-        # close=False: the parent still owns those sockets; just stop this process using them.
-        engine.dispose(close=False)
-    _engines.clear()
-    _engines_pid = os.getpid()
+def _pooled_engine(database: DatabaseSettings, role: str) -> Engine:
+    return make_engine(database, role=role)
 
 
 def dispose_after_fork() -> None:
-    """Drop the pooled connections inherited from a parent process (call in a forked child)."""
-    _forget_engines()
+    """Drop the pooled connections inherited from a parent process (call in a forked child);
+    the parent still owns those sockets, so none is closed."""
+    _runtime().dispose_engines(close=False)
 
 
 def dispose_engines() -> None:
     """Close every engine of this process (tests, shutdown)."""
-    with _lock:
-        for engine in _engines.values():
-            engine.dispose()
-        _engines.clear()
-
-
-os.register_at_fork(after_in_child=dispose_after_fork)
+    _runtime().dispose_engines()
 
 
 def describe_error(exc: SQLAlchemyError, url: str | URL | None = None) -> str:
@@ -226,6 +221,6 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         session.close()
 
 
-__all__ = ["ROLE_POOLS", "set_role", "role_for_queues", "pool_for", "is_unavailable",
+__all__ = ["ROLE_POOLS", "set_role", "check_role", "role_for_queues", "pool_for", "is_unavailable",
            "make_engine", "get_engine", "session_scope", "dispose_after_fork",
            "dispose_engines", "parse_database_url", "describe_error"]

@@ -31,16 +31,15 @@ from ..domain.scope import Scope, parse_ip
 from ..domain.services import ServiceInfo, guess_name
 from ..domain.targets import ScanChunk, Target, resolve_hosts_async
 from ..errors import InvalidInput, OutOfScope, TransientError
-from ..infra import aio
 from ..infra.cancel import CancelCheck, is_cancelled
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
 from ..infra.planning import WORK_SHARE
 from ..infra.progress import SCAN_LIVE_KEY, ProgressWriter
 from ..infra.redis_client import get_redis
+from ..infra.runtime import runtime
 from ..infra.task import LewisTask, chord_cause, stored_failure
-from .scanprocess import process_state, running_chunk
-from .vulnlookup import cve_records
+from ..infra.vulnlookup import cve_records
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +116,15 @@ def _scan(scan_id: str, index: int, part: ScanChunk, rate: float | None, identif
         from ..infra.ratelimit import RedisTokenBucket
 
         limiter = RedisTokenBucket(get_redis(), rate).for_host(part.address)
-    state = process_state()
-    publish = _live_publisher(scan_id, index, state["publisher"])
+    rt = runtime()
+    publish = _live_publisher(scan_id, index, rt.scan.publisher)
     cancelled = CancelCheck(get_redis(), scan_id)
-    with running_chunk() as running:
+    with rt.running_chunk() as running:
         try:
-            return aio.run(_resolve_and_run(part, scope, deadline, settings, limiter, identify,
-                                            max(64, s.concurrency // running), publish,
-                                            state["executor"], cancelled),
-                           timeout=soft * (WORK_SHARE + 1) / 2)
+            return rt.run(_resolve_and_run(part, scope, deadline, settings, limiter, identify,
+                                           max(64, s.concurrency // running), publish,
+                                           rt.scan.executor, cancelled),
+                          timeout=soft * (WORK_SHARE + 1) / 2)
         except FutureTimeout:
             raise TransientError(f"scan chunk {index} of {part.address}: still running after "
                                  f"{soft * (WORK_SHARE + 1) / 2:.0f} s; stopped") from None

@@ -24,7 +24,7 @@ from lewis_tasks.producer.scan import ScanHandle, submit_scan
 from lewis_tasks.storage import scans, vulns
 from lewis_tasks.storage.db import get_engine, session_scope
 from lewis_tasks.storage.models import Finding, Scan, ScanChunk, ScanPort, Target
-from lewis_tasks.tasks.vulnlookup import invalidate_vulnerability_cache
+from lewis_tasks.infra.vulnlookup import invalidate_vulnerability_cache
 from tests.support.listeners import (
     CATALOGUE,
     ListenerSet,
