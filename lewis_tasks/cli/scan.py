@@ -316,10 +316,10 @@ def import_feeds(files: tuple[Path, ...], sample: bool) -> None:
     from ..domain.vulns import load_feed, sample_records
     from ..errors import InvalidInput
     from ..infra.config import get_settings
+    from ..infra.vulnlookup import invalidate_vulnerability_cache
     from ..storage import vulns as repo
     from ..storage.db import get_engine, session_scope
     from ..storage.migrate import upgrade
-    from ..infra.vulnlookup import invalidate_vulnerability_cache
 
     if not files and not sample:
         raise InvalidInput("nothing to import: give feed FILEs, or --sample")

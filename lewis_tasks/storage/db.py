@@ -170,7 +170,7 @@ def get_engine(database: DatabaseSettings | None = None) -> Engine:
     """This process's engine for ``database`` (default: the settings'), created on first use
     and kept in the process's runtime."""
     database = database or get_settings().database
-    return _runtime().engine(database, _pooled_engine)  # type: ignore[no-any-return]
+    return _runtime().engine(database, _pooled_engine)
 
 
 def _pooled_engine(database: DatabaseSettings, role: str) -> Engine:
