@@ -313,8 +313,9 @@ def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None
         note_sent(sender, routing_key or "")
 
 
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    """A worker's main process: its reporter, with the system figures (signals.py calls it)."""
+def start_worker_reporter(sender: Any = None) -> None:
+    """A worker's main process: its reporter, with the system figures (signals.py calls it at
+    ``worker_init``; ``sender`` is the worker)."""
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     runtime().hostname = hostname
     if not _enabled():
@@ -328,8 +329,9 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     install(hostname, system=True, active=active)
 
 
-def _on_child_start(**_: Any) -> None:
-    """A prefork child: a reporter of its own, without the system figures (signals.py)."""
+def start_child_reporter() -> None:
+    """A prefork child: a reporter of its own, without the system figures (signals.py calls
+    it at ``worker_process_init``)."""
     if _enabled():
         install(runtime().hostname or socket.gethostname(), system=False)
 
@@ -380,5 +382,6 @@ def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         reporter.count("revoked", str(name), _queue_of(request))
 
 
-__all__ = ["MetricsReporter", "install", "uninstall", "current", "note_sent", "EVENTS",
+__all__ = ["MetricsReporter", "install", "uninstall", "current", "note_sent",
+           "start_worker_reporter", "start_child_reporter", "EVENTS",
            "SENT_HEADER"]

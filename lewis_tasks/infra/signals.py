@@ -145,9 +145,9 @@ def _start_reporter(sender: Any, *, child: bool) -> None:
 
     try:
         if child:
-            reporter._on_child_start()
+            reporter.start_child_reporter()
         else:
-            reporter._on_worker_init(sender=sender)
+            reporter.start_worker_reporter(sender)
     except Exception:
         log.exception("the metrics reporter did not start")
 
