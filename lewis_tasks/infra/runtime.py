@@ -77,7 +77,7 @@ class Presence:
     client: redis.Redis | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # one per process: compared by identity
 class WorkerRuntime:
     """One process's long-lived resources; build with :func:`start_runtime` or :func:`runtime`."""
 
