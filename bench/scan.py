@@ -151,7 +151,7 @@ def _nmap_full() -> tuple[float, set[int]]:
 def _bare(runs: int) -> list[dict[str, Any]]:
     from lewis_tasks.domain.portscan import scan_ports_blocking
     from lewis_tasks.domain.scope import Scope
-    from lewis_tasks.tasks.scanprocess import raise_fd_limit
+    from lewis_tasks.infra.runtime import raise_fd_limit
 
     raise_fd_limit()
     out = []

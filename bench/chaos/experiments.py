@@ -95,10 +95,10 @@ def cluster(profiles: tuple[str, ...] = ("io", "io", "cpu", "control"),
 def _migrate(env: dict[str, str]) -> None:
     """The schema and the sample CVE feed, as `lewis up` prepares them (scans need both)."""
     from lewis_tasks.domain.vulns import sample_records
+    from lewis_tasks.infra.vulnlookup import invalidate_vulnerability_cache
     from lewis_tasks.storage import vulns
     from lewis_tasks.storage.db import get_engine, session_scope
     from lewis_tasks.storage.migrate import upgrade
-    from lewis_tasks.tasks.vulnlookup import invalidate_vulnerability_cache
 
     upgrade(env["LEWIS_DATABASE_URL"])
     with session_scope(get_engine()) as session:

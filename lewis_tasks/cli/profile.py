@@ -195,10 +195,10 @@ def bench_run(suite: str, args: tuple[str, ...], kwarg_pairs: tuple[str, ...],
             click.echo(result.format_table())
         return
     if suite == "functions":
-        from ..infra.routing import BENCHMARK_TARGETS
+        from ..domain.benchtargets import target_names
 
         targets: list[tuple[str, list[Any] | None, dict[str, Any] | None]] = [
-            (name, None, None) for name in BENCHMARK_TARGETS]
+            (name, None, None) for name in target_names()]
         iterations = iterations or 20
     else:
         targets = [(suite, [_value(a) for a in args] if args else None, _kwargs(kwarg_pairs))]

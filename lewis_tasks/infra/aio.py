@@ -2,9 +2,10 @@
 
 Celery has no asyncio pool, and ``asyncio.run()`` per task throws away the loop together with
 every client bound to it. Instead each process runs ONE loop in a daemon thread, created on
-first use; tasks (from any pool thread) hand it coroutines with :func:`run`. Concurrency within
-a task comes from gather/semaphores on that loop; with the threads pool, tasks of several
-threads share it too. The loop is recreated in a forked child.
+first use and held by the process's runtime (:mod:`lewis_tasks.infra.runtime`); tasks (from
+any pool thread) hand it coroutines with :func:`run`. Concurrency within a task comes from
+gather/semaphores on that loop; with the threads pool, tasks of several threads share it too.
+A forked child's runtime starts a loop of its own.
 """
 
 from __future__ import annotations
@@ -97,33 +98,16 @@ async def _new_session() -> Any:
     )
 
 
-_runtime: LoopRuntime | None = None
-_runtime_lock = threading.Lock()
-
-
-def runtime() -> LoopRuntime:
-    """This process's loop runtime, started on first use (and again in a forked child)."""
-    global _runtime
-    with _runtime_lock:
-        if _runtime is None or _runtime.pid != os.getpid():
-            _runtime = LoopRuntime()
-        return _runtime
-
-
 def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run ``coro`` on this process's persistent loop and return its result."""
+    from .runtime import runtime
+
     return runtime().run(coro, timeout)
 
 
-def reset_after_fork() -> None:
-    global _runtime
-    with _runtime_lock:
-        _runtime = None  # the parent's loop thread does not exist in the child
-
-
 def shutdown() -> None:
-    global _runtime
-    with _runtime_lock:
-        rt, _runtime = _runtime, None
-    if rt is not None and rt.pid == os.getpid():
-        rt.close()
+    """Stop this process's loop and close its session; the next :func:`run` starts them anew
+    (with the settings of then)."""
+    from .runtime import runtime
+
+    runtime().close_loop()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -90,21 +89,17 @@ class SlotCache:
             return {s: self.slots[s] for s in wanted}
 
 
-_caches: dict[tuple[int, str], SlotCache] = {}
-_caches_lock = threading.Lock()
-
-
 def slot_cache(store: MetricStore) -> SlotCache:
-    """This process' cache for ``store`` (by its Redis address and prefix)."""
+    """This process' cache for ``store`` (by its Redis address and prefix), in its runtime."""
+    from .runtime import runtime
+
     kw = store.client.connection_pool.connection_kwargs
-    key = (os.getpid(), f"{kw.get('host')}:{kw.get('port')}/{kw.get('db')}{kw.get('path', '')}"
-                        f"|{store.prefix}")
-    with _caches_lock:
-        if key not in _caches:
-            for stale in [k for k in _caches if k[0] != os.getpid()]:  # a forked child
-                del _caches[stale]
-            _caches[key] = SlotCache()
-        return _caches[key]
+    key = f"{kw.get('host')}:{kw.get('port')}/{kw.get('db')}{kw.get('path', '')}|{store.prefix}"
+    caches = runtime().slot_caches
+    cache = caches.get(key)
+    if cache is None:
+        cache = caches.setdefault(key, SlotCache())
+    return cache
 
 
 @dataclass

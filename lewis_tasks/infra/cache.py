@@ -27,7 +27,6 @@ import hashlib
 import inspect
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -41,14 +40,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import InvalidInput
-from .config import Settings, get_settings, redact_url
+from .config import Settings, redact_url
+from .runtime import runtime
 
 log = logging.getLogger(__name__)
 
 VALUE_SHARE = 256  # a value may use 1/256 of cache.max_memory: at least 256 of them fit
 _MAX_PART = 64  # longer key parts are hashed
 _UNSAFE = set("*?[]\\ \t\r\n")  # glob and whitespace characters break pattern invalidation
-# Cached CVE lookups (tasks/vulnlookup.py): dropped after a feed import (`lewis vulns import`)
+# Cached CVE lookups (infra/vulnlookup.py): dropped after a feed import (`lewis vulns import`)
 VULN_KEYS = "vulns:*"
 _MISS: Any = object()
 
@@ -340,27 +340,14 @@ def cached(ttl: int | None = None, key: str | Callable[..., str] | None = None,
     return decorate
 
 
-_cache: Cache | None = None
-_cache_lock = threading.Lock()
-
-
 def get_cache() -> Cache:
-    """This process's cache, built from the settings on first use."""
-    global _cache
-    with _cache_lock:
-        if _cache is None:
-            _cache = Cache.from_settings(get_settings())
-        return _cache
+    """This process's cache (the runtime's), built from the settings on first use."""
+    return runtime().cache
 
 
 def reset_cache() -> None:
-    """Forget the process's cache (settings changed, tests, or a freshly forked child)."""
-    global _cache, _cache_lock
-    _cache = None
-    _cache_lock = threading.Lock()  # a fork may have copied it held by another thread
-
-
-os.register_at_fork(after_in_child=reset_cache)
+    """Forget the process's cache (settings changed, tests): the next use builds anew."""
+    runtime().forget_cache()
 
 
 __all__ = ["Cache", "CacheStats", "cached", "get_cache", "reset_cache", "key_part",

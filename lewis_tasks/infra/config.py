@@ -196,7 +196,7 @@ class HttpSettings:
     timeout: float = _opt(30.0, minimum=0.1)
     # characters; a longer URL (or redirect target) is a per-URL invalid_url, never fetched
     max_url_length: int = _opt(8192, minimum=1)
-    # true: one helper process per io process stores a batch's per-URL rows (tasks/rowwriter.py)
+    # true: one helper process per io process stores a batch's per-URL rows (infra/rowwriter.py)
     # and the io process only fetches — faster when a core is spare beside each io process,
     # slower when io processes fill the cores (BENCHMARKS.md); false: the io process stores them
     row_writer: bool = _opt(False)

@@ -28,28 +28,30 @@ from celery.worker.control import control_command
 from ..domain.fleet import DRAINING, UP, WorkerRecord
 from .config import get_settings
 from .fleet import forget_worker, presence_period, write_worker
+from .runtime import runtime
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL = 0.2  # seconds between checks that a draining worker's tasks have finished
-_state: dict[str, Any] = {"draining": False, "queues": (), "client": None}
 
 
 def _client() -> redis.Redis:
     """A client of its own with short timeouts: a write never holds the event loop long."""
-    if _state["client"] is None:
-        _state["client"] = redis.Redis.from_url(get_settings().broker.url, socket_timeout=1.0,
-                                                socket_connect_timeout=1.0)
-    return _state["client"]  # type: ignore[no-any-return, unused-ignore]
+    presence = runtime().presence
+    if presence.client is None:
+        presence.client = redis.Redis.from_url(get_settings().broker.url, socket_timeout=1.0,
+                                               socket_connect_timeout=1.0)
+    return presence.client
 
 
 def _record(consumer: Any) -> WorkerRecord:
+    presence = runtime().presence
     consuming = tuple(sorted(consumer.app.amqp.queues.consume_from or ()))
-    if not _state["queues"]:
-        _state["queues"] = consuming
-    queues = _state["queues"] if _state["draining"] else consuming
+    if not presence.queues:
+        presence.queues = consuming
+    queues = presence.queues if presence.draining else consuming
     return WorkerRecord(name=consumer.hostname, queues=tuple(queues),
-                        state=DRAINING if _state["draining"] else UP, pid=os.getpid(),
+                        state=DRAINING if presence.draining else UP, pid=os.getpid(),
                         concurrency=int(getattr(consumer.controller, "concurrency", 0) or 0),
                         visibility_timeout=get_settings().broker.visibility_timeout)
 
@@ -104,16 +106,17 @@ def lewis_drain(state: Any, queues: list[str] | str | None = None, **_: Any) -> 
     consumer = state.consumer
     if isinstance(queues, str):
         queues = [q for q in queues.split(",") if q]
+    presence = runtime().presence
     current = set(consumer.app.amqp.queues.consume_from or ())
-    if not _state["queues"]:
-        _state["queues"] = tuple(sorted(current))
+    if not presence.queues:
+        presence.queues = tuple(sorted(current))
     targets = current if not queues else current & set(queues)
     for queue in sorted(targets):
         consumer.call_soon(consumer.cancel_task_queue, queue)
     left = sorted(current - targets)
     exiting = not left
-    if exiting and not _state["draining"]:
-        _state["draining"] = True
+    if exiting and not presence.draining:
+        presence.draining = True
         threading.Thread(target=_exit_when_idle, name="lewis-drain", daemon=True).start()
     publish(consumer)
     return {"ok": f"draining {', '.join(sorted(targets)) or 'nothing'}", "exiting": exiting,

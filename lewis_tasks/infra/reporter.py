@@ -12,8 +12,9 @@ Producers that publish through Celery (``send_task``, chords, beat) count ``sent
 same way; LEWIS' own bulk producer calls :func:`note_sent` once per push. Every message gets
 a ``lewis_sent_at`` header so the worker can time the queue wait.
 
-Self-contained on purpose: it connects its own signals, and the worker runtime (issue 13)
-can own the object later without changing it.
+The process's reporter lives in its worker runtime (:mod:`lewis_tasks.infra.runtime`); the
+worker's start and shutdown hooks (:mod:`lewis_tasks.infra.signals`) install and stop it, and
+this module connects the task signals that feed it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from celery import signals
 from ..domain.metrics import MetricBatch, series_key, slot_of
 from ..errors import InvalidInput
 from .metrics_store import MetricStore
+from .runtime import runtime
 
 log = logging.getLogger(__name__)
 
@@ -239,39 +241,32 @@ class _SystemSampler:
 
 # --- the process's reporter and its signal connections ------------------------------------
 
-_reporter: MetricsReporter | None = None
-_hostname: str = ""
-
-
 def current() -> MetricsReporter | None:
     """This process's reporter (None outside workers until something is sent)."""
-    global _reporter
-    if _reporter is not None and _reporter.pid != os.getpid():
-        _reporter = None  # inherited through a fork: the child builds its own
-    return _reporter
+    return runtime().reporter
 
 
 def install(hostname: str, *, system: bool, active: Callable[[], int] | None = None,
             start: bool = True) -> MetricsReporter:
     """Create (and start) this process's reporter from the settings."""
-    global _reporter
     from .config import get_settings
     from .metrics_store import store_from_settings
 
     m = get_settings().monitoring
-    old = current()
+    rt = runtime()
+    old, rt.reporter = rt.reporter, None
     if old is not None:
         old.stop()
-    _reporter = MetricsReporter(store_from_settings, hostname, interval=m.metrics_interval,
-                                report_interval=m.report_interval, retention=m.retention,
-                                system=system, active=active)
-    return _reporter.start() if start else _reporter
+    reporter = MetricsReporter(store_from_settings, hostname, interval=m.metrics_interval,
+                               report_interval=m.report_interval, retention=m.retention,
+                               system=system, active=active)
+    rt.reporter = reporter
+    return reporter.start() if start else reporter
 
 
 def uninstall() -> None:
-    global _reporter
-    reporter = current()
-    _reporter = None
+    rt = runtime()
+    reporter, rt.reporter = rt.reporter, None
     if reporter is not None:
         reporter.stop()
 
@@ -296,7 +291,8 @@ def note_sent(name: str, queue: str, n: int = 1) -> None:
 
 def _producer_reporter() -> MetricsReporter | None:
     try:
-        reporter = install(_hostname or f"producer@{socket.gethostname()}", system=False)
+        reporter = install(runtime().hostname or f"producer@{socket.gethostname()}",
+                           system=False)
     except Exception:  # no settings, no broker: sending is what matters here
         return None
     atexit.register(reporter.stop)
@@ -317,10 +313,11 @@ def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None
         note_sent(sender, routing_key or "")
 
 
-@signals.worker_init.connect(weak=False)
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    global _hostname
-    _hostname = getattr(sender, "hostname", None) or socket.gethostname()
+def start_worker_reporter(sender: Any = None) -> None:
+    """A worker's main process: its reporter, with the system figures (signals.py calls it at
+    ``worker_init``; ``sender`` is the worker)."""
+    hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    runtime().hostname = hostname
     if not _enabled():
         return
 
@@ -329,19 +326,14 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
         return len(state.active_requests)
 
-    install(_hostname, system=True, active=active)
+    install(hostname, system=True, active=active)
 
 
-@signals.worker_process_init.connect(weak=False)
-def _on_child_start(**_: Any) -> None:
+def start_child_reporter() -> None:
+    """A prefork child: a reporter of its own, without the system figures (signals.py calls
+    it at ``worker_process_init``)."""
     if _enabled():
-        install(_hostname or socket.gethostname(), system=False)
-
-
-@signals.worker_process_shutdown.connect(weak=False)
-@signals.worker_shutdown.connect(weak=False)
-def _on_shutdown(**_: Any) -> None:
-    uninstall()
+        install(runtime().hostname or socket.gethostname(), system=False)
 
 
 @signals.task_received.connect(weak=False)
@@ -390,5 +382,6 @@ def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         reporter.count("revoked", str(name), _queue_of(request))
 
 
-__all__ = ["MetricsReporter", "install", "uninstall", "current", "note_sent", "EVENTS",
+__all__ = ["MetricsReporter", "install", "uninstall", "current", "note_sent",
+           "start_worker_reporter", "start_child_reporter", "EVENTS",
            "SENT_HEADER"]

@@ -14,13 +14,6 @@ PACKED_TASK = "lewis.io.batch"
 MAX_PACK = 1000
 QUEUES: tuple[str, ...] = (IO, CPU, CONTROL)
 
-# What `lewis profile` and `lewis bench` may run in a worker, by name (sorted): the tasks'
-# registry (tasks/registered.py) maps each to its callable; the CLI's "functions" suite runs all.
-BENCHMARK_TARGETS: tuple[str, ...] = (
-    "lewis.bench.io_noop", "lewis.bench.io_sleep", "lewis.bench.noop",
-    "workload.match_services", "workload.merge_histograms", "workload.merge_scan_chunks",
-    "workload.spin")
-
 ROUTES: dict[str, str] = {
     # io: network-bound work on the persistent event loop
     "lewis.scan.chunk": IO,

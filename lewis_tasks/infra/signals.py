@@ -1,4 +1,10 @@
-"""Worker lifecycle hooks: refuse unsafe start-ups, and give each process its own clients."""
+"""Worker lifecycle hooks: refuse unsafe start-ups, and give each process its runtime.
+
+The worker runtime (:mod:`lewis_tasks.infra.runtime`) is built here and nowhere else in a
+worker: at ``worker_init`` in the main process (sized for the queues it consumes), anew in each
+prefork child at ``worker_process_init``, and closed at ``worker_process_shutdown`` /
+``worker_shutdown``; the metrics reporter is started and stopped with it.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from celery import Celery, signals
 
 from ..errors import ConfigError, LewisError
 from .config import get_settings
-from .redis_client import get_redis, reset_clients
+from .runtime import close_runtime, runtime, start_runtime
 
 log = logging.getLogger(__name__)
 
@@ -106,30 +112,44 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings()
+    rt = start_runtime(role=_role_of(app), hostname=getattr(sender, "hostname", "") or "")
     startup_checks(app)
     from .celery_app import configure_worker
 
     configure_worker(app, settings)
-    _size_database_pools(app)
     from .redis_server import eviction_warning
 
     try:
-        warning = eviction_warning(get_redis())
+        warning = eviction_warning(rt.redis())
     except Exception:  # an unreachable broker is reported by Celery's own retry loop
         warning = None
     if warning:
         log.warning(warning)
+    _start_reporter(sender, child=False)
     tune_gc(settings.memory.gc_young_threshold)
 
 
-def _size_database_pools(app: Celery) -> None:
-    """Database pools sized for what this worker consumes (storage/db.py ROLE_POOLS); prefork
-    children inherit the role."""
+def _role_of(app: Celery) -> str:
+    """The process role for what this worker consumes: it sizes the database pools
+    (storage/db.py ROLE_POOLS); prefork children inherit it with the runtime."""
     try:
-        from ..storage.db import role_for_queues, set_role
+        from ..storage.db import role_for_queues
     except ImportError:  # storage not installed in this build
-        return
-    set_role(role_for_queues(app.amqp.queues.consume_from))
+        return "command"
+    return role_for_queues(app.amqp.queues.consume_from)
+
+
+def _start_reporter(sender: Any, *, child: bool) -> None:
+    """The runtime's metrics reporter; a failure costs the metrics, never the worker."""
+    from . import reporter
+
+    try:
+        if child:
+            reporter.start_child_reporter()
+        else:
+            reporter.start_worker_reporter(sender)
+    except Exception:
+        log.exception("the metrics reporter did not start")
 
 
 def tune_gc(young: int) -> None:
@@ -148,29 +168,19 @@ def tune_gc(young: int) -> None:
 @signals.worker_process_init.connect
 @exit_on_failure
 def _on_child_start(**_: Any) -> None:
-    # A forked child must not reuse the parent's sockets, engines or event loop: one that could
-    # not drop them exits (the pool starts another) rather than share them with its parent.
-    reset_clients()
-    from . import aio
-
-    aio.reset_after_fork()
-    try:
-        from ..storage.db import dispose_after_fork
-    except ImportError:  # storage not installed in this build
-        return
-    dispose_after_fork()
+    # A forked child must not reuse the parent's sockets, engines or event loop: the fork gave
+    # it a runtime of its own, with the parent's role and name and none of its resources.
+    runtime()
+    _start_reporter(None, child=True)
 
 
 @signals.worker_process_shutdown.connect
 @signals.worker_shutdown.connect
 def _on_shutdown(**_: Any) -> None:
-    from . import aio
-
-    aio.shutdown()
+    close_runtime()
 
 
 _GC_CHECK_EVERY = 16  # tasks between RSS checks: a check costs ~20 µs, a task far more
-_tasks_since_check = 0
 
 
 @signals.task_postrun.connect
@@ -180,11 +190,11 @@ def _collect_when_near_the_heap_limit(**_: Any) -> None:
     Children are recycled past ``max_heap_size``; collecting a little before that reclaims
     cyclic garbage so a child is recycled for real growth, not for garbage it could free.
     """
-    global _tasks_since_check
-    _tasks_since_check += 1
-    if _tasks_since_check < _GC_CHECK_EVERY:
+    rt = runtime()
+    rt.tasks_since_gc_check += 1
+    if rt.tasks_since_gc_check < _GC_CHECK_EVERY:
         return
-    _tasks_since_check = 0
+    rt.tasks_since_gc_check = 0
     import gc
 
     import psutil

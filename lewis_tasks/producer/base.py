@@ -1,19 +1,16 @@
 """Submitting work: handles, single submits and a pipelined batch submit.
 
-Both build Celery protocol-2 messages, byte-for-byte what kombu's Redis transport writes (any
-Celery worker consumes them), and push them with ONE Redis command: ``send_task`` spends
-three round trips and ~1 ms of Python per task (binding lookup, publish, result subscription
-in series); here the result subscription is sent without waiting and the push is a single
-LPUSH, or for ``submit_many`` one pipelined LPUSH per 500 messages. The queue comes from the
-routing table. Canvas (chords, groups) still goes through Celery's own publish.
+Both push Celery protocol-2 messages straight to the broker (:mod:`lewis_tasks.infra.messages`)
+with ONE Redis command: ``send_task`` spends three round trips and ~1 ms of Python per task
+(binding lookup, publish, result subscription in series); here the result subscription is
+sent without waiting and the push is a single LPUSH, or for ``submit_many`` one pipelined
+LPUSH per 500 messages. The queue comes from the routing table. Canvas (chords, groups) still
+goes through Celery's own publish.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import os
-import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,14 +21,13 @@ import kombu.exceptions
 import redis
 from celery import Celery
 from celery.result import AsyncResult
-from kombu.utils.json import dumps as json_dumps
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
-from ..infra.broker import PRIORITY_SEP
 from ..infra.config import redact_url
-from ..infra.reporter import SENT_HEADER, note_sent
+from ..infra.messages import message_origin, push_messages, queue_key, task_message
+from ..infra.reporter import note_sent
 from ..infra.routing import MAX_PACK, PACKED_TASK, queue_for
 
 FALLBACK_POLL = 1.0  # seconds: a result whose push was lost is still seen this soon
@@ -154,9 +150,10 @@ def submit(name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None
                                    queue=queue, priority=priority, **options)
             return TaskHandle(result.id, name, app)
         task_id = str(uuid.uuid4())
-        message = _message(app, name, task_id, args, kwargs or {}, queue, _origin(), priority)
+        message = task_message(app, name, task_id, args, kwargs or {}, queue, message_origin(),
+                               priority)
         _subscribe_result(app, task_id)
-        _push(app, _queue_key(queue, priority), [message])
+        push_messages(app, queue_key(queue, priority), [message])
     note_sent(name, queue)
     return TaskHandle(task_id, name, app)
 
@@ -175,14 +172,14 @@ def submit_many(name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any
     if batch < 1 or not 1 <= pack <= MAX_PACK:
         raise InvalidInput(f"batch must be ≥ 1 and pack within 1..{MAX_PACK}, got batch={batch}, "
                            f"pack={pack}")
-    key = _queue_key(queue, priority)
-    origin = _origin()
+    key = queue_key(queue, priority)
+    origin = message_origin()
     handles: list[TaskHandle] = []
     pending: list[str] = []
     packed: list[list[Any]] = []
 
     def flush_pack() -> None:
-        pending.append(_message(app, PACKED_TASK, str(uuid.uuid4()), [name, packed[:]], {},
+        pending.append(task_message(app, PACKED_TASK, str(uuid.uuid4()), [name, packed[:]], {},
                                 queue, origin, priority))
         packed.clear()
 
@@ -195,27 +192,17 @@ def submit_many(name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any
                 if len(packed) >= pack:
                     flush_pack()
             else:
-                pending.append(_message(app, name, task_id, args, kwargs, queue, origin, priority))
+                pending.append(task_message(app, name, task_id, args, kwargs, queue, origin,
+                                            priority))
             if len(pending) >= batch:
-                _push(app, key, pending)
+                push_messages(app, key, pending)
                 pending = []
         if packed:
             flush_pack()
         if pending:
-            _push(app, key, pending)
+            push_messages(app, key, pending)
     note_sent(PACKED_TASK if pack > 1 else name, queue, -(-len(handles) // pack))
     return handles
-
-
-def _queue_key(queue: str, priority: int) -> str:
-    # kombu keeps priorities in 4 sub-lists (0, 3, 6, 9), each holding the values from its step
-    # up; mirror that so workers see the same order.
-    step = max(s for s in (0, 3, 6, 9) if s <= max(0, priority))
-    return queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}"
-
-
-def _origin() -> str:
-    return f"gen{os.getpid()}@{socket.gethostname()}"
 
 
 def _subscribe_result(app: Celery, task_id: str) -> None:
@@ -224,52 +211,6 @@ def _subscribe_result(app: Celery, task_id: str) -> None:
     on_task_call = getattr(app.backend, "on_task_call", None)
     if on_task_call is not None:
         on_task_call(None, task_id)
-
-
-def _push(app: Celery, key: str, messages: list[str], attempts: int = 3) -> None:
-    from ..infra.redis_client import get_redis
-
-    client = get_redis(app.conf.broker_url)
-    for attempt in range(attempts):
-        try:
-            pipe = client.pipeline(transaction=False)
-            for start in range(0, len(messages), 500):  # one LPUSH per 500 messages
-                pipe.lpush(key, *messages[start:start + 500])
-            pipe.execute()
-            return
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # A pipeline without MULTI can half-apply; only a connect failure is surely unsent,
-            # so only then retry. Anything else surfaces: at-least-once, never silently twice.
-            if attempt == attempts - 1 or not _never_sent(exc):
-                raise BrokerUnavailable(f"broker {redact_url(str(app.conf.broker_url))} did not "
-                                        f"take the task(s): {exc}") from exc
-            time.sleep(0.2 * 2 ** attempt)
-
-
-def _never_sent(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "connect" in text and ("refused" in text or "error" in text) and "reading" not in text
-
-
-def _message(app: Celery, name: str, task_id: str, args: Sequence[Any],
-             kwargs: Mapping[str, Any], queue: str, origin: str, priority: int) -> str:
-    msg = app.amqp.as_task_v2(task_id, name, list(args), dict(kwargs), origin=origin,
-                              argsrepr=None, kwargsrepr=None)
-    msg.headers[SENT_HEADER] = time.time()  # the worker times the queue wait from it
-    body = json_dumps(msg.body).encode()
-    properties = dict(msg.properties)
-    properties.update(
-        delivery_mode=2, priority=priority, body_encoding="base64",
-        delivery_info={"exchange": "", "routing_key": queue},
-        delivery_tag=str(uuid.uuid4()),
-    )
-    return json_dumps({
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": msg.headers,
-        "properties": properties,
-    })
 
 
 def wait_all(handles: Sequence[TaskHandle], timeout: float | None = None) -> list[Any]:

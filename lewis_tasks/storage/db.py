@@ -6,8 +6,9 @@ mode with a busy timeout and foreign keys on, and every transaction takes the wr
 front (``BEGIN IMMEDIATE``): two worker processes on one file then queue for the lock instead
 of failing with "database is locked" halfway through.
 
-After a fork a child must not touch its parent's pooled sockets: :func:`dispose_after_fork`
-(registered with ``os.register_at_fork`` and callable from a worker's init) drops them.
+The engines live in the process's worker runtime (:mod:`lewis_tasks.infra.runtime`), which
+also says the process's role; after a fork the child's runtime drops the inherited pools
+without touching the parent's sockets.
 
 Connection budget (issue 21): a process keeps what its role needs (:data:`ROLE_POOLS`) —
 ``size`` connections stay open, ``overflow`` more are opened for a burst and closed as soon as
@@ -25,7 +26,6 @@ failure (40001), deadlock (40P01), lock not available (55P03), SQLite busy or lo
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,10 +65,12 @@ CONFLICT_STATES = frozenset({"40001", "40P01", "55P03"})
 SQLITE_BUSY_CODES = frozenset({5, 6})
 CONFLICT_TEXT = ("database is locked", "database is busy", "database table is locked")
 
-_role = "command"
-_engines: dict[str, Engine] = {}
-_engines_pid = os.getpid()
-_lock = threading.Lock()
+
+
+def _runtime() -> Any:
+    from ..infra.runtime import runtime
+
+    return runtime()
 
 
 def parse_database_url(url: str) -> URL:
@@ -84,10 +86,15 @@ def parse_database_url(url: str) -> URL:
 
 def set_role(role: str) -> None:
     """Size this process's pools for ``role`` (a worker calls it at start, before any engine)."""
-    global _role
+    check_role(role)
+    _runtime().role = role
+
+
+def check_role(role: str) -> str:
+    """``role`` if it is one of :data:`ROLE_POOLS`, else ValueError."""
     if role not in ROLE_POOLS:
         raise ValueError(f"unknown process role {role!r} (roles: {', '.join(ROLE_POOLS)})")
-    _role = role
+    return role
 
 
 def role_for_queues(queues: Any) -> str:
@@ -101,7 +108,7 @@ def pool_for(database: DatabaseSettings, role: str | None = None) -> tuple[int, 
     role's (:data:`ROLE_POOLS`)."""
     if database.pool_size:
         return database.pool_size, database.max_overflow
-    return ROLE_POOLS[role or _role]
+    return ROLE_POOLS[role or _runtime().role]
 
 
 def _sqlstate(exc: BaseException) -> str:
@@ -145,11 +152,14 @@ def error_kind(exc: BaseException) -> type[StorageError]:
     return StorageError
 
 
-def make_engine(database: DatabaseSettings, *, pooled: bool = True) -> Engine:
-    """A new engine for ``database.url`` configured as the module docstring says.
+def make_engine(database: DatabaseSettings, *, pooled: bool = True,
+                role: str | None = None) -> Engine:
+    """A new engine for ``database.url`` configured as the module docstring says, its pool
+    sized for ``role`` (default: this process's).
 
     ``pooled=False`` opens a connection per use (one-shot commands such as migrations).
     """
+    role = role or _runtime().role
     url = parse_database_url(database.url)
     kwargs: dict[str, Any] = {"echo": database.echo_sql}
     if url.get_backend_name() == "sqlite":
@@ -158,14 +168,14 @@ def make_engine(database: DatabaseSettings, *, pooled: bool = True) -> Engine:
         return _sqlite_engine(url, database, pooled, kwargs)
     kwargs["pool_pre_ping"] = True  # a server restarted since the last use: reconnect once
     if pooled:
-        size, overflow = pool_for(database)
+        size, overflow = pool_for(database, role)
         kwargs.update(pool_size=size, max_overflow=overflow,
                       pool_timeout=database.pool_timeout, pool_recycle=database.pool_recycle)
     else:
         kwargs["poolclass"] = NullPool
     if url.get_backend_name() == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": min(database.pool_timeout, 10),
-                                  "application_name": f"lewis-{_role}-{os.getpid()}"}
+                                  "application_name": f"lewis-{role}-{os.getpid()}"}
     try:
         return create_engine(url, **kwargs)
     except (ArgumentError, ImportError) as exc:
@@ -201,40 +211,25 @@ def _sqlite_engine(url: URL, database: DatabaseSettings, pooled: bool,
 
 
 def get_engine(database: DatabaseSettings | None = None) -> Engine:
-    """This process's engine for ``database`` (default: the settings'), created on first use."""
+    """This process's engine for ``database`` (default: the settings'), created on first use
+    and kept in the process's runtime."""
     database = database or get_settings().database
-    with _lock:
-        if os.getpid() != _engines_pid:
-            _forget_engines()
-        engine = _engines.get(database.url)
-        if engine is None:
-            engine = _engines[database.url] = make_engine(database)
-        return engine
+    return _runtime().engine(database, _pooled_engine)
 
 
-def _forget_engines() -> None:
-    global _engines_pid
-    for engine in _engines.values():
-        # close=False: the parent still owns those sockets; just stop this process using them.
-        engine.dispose(close=False)
-    _engines.clear()
-    _engines_pid = os.getpid()
+def _pooled_engine(database: DatabaseSettings, role: str) -> Engine:
+    return make_engine(database, role=role)
 
 
 def dispose_after_fork() -> None:
-    """Drop the pooled connections inherited from a parent process (call in a forked child)."""
-    _forget_engines()
+    """Drop the pooled connections inherited from a parent process (call in a forked child);
+    the parent still owns those sockets, so none is closed."""
+    _runtime().dispose_engines(close=False)
 
 
 def dispose_engines() -> None:
     """Close every engine of this process (tests, shutdown)."""
-    with _lock:
-        for engine in _engines.values():
-            engine.dispose()
-        _engines.clear()
-
-
-os.register_at_fork(after_in_child=dispose_after_fork)
+    _runtime().dispose_engines()
 
 
 def describe_error(exc: SQLAlchemyError, url: str | URL | None = None) -> str:
@@ -269,7 +264,7 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         session.close()
 
 
-__all__ = ["ROLE_POOLS", "set_role", "role_for_queues", "pool_for", "is_unavailable",
+__all__ = ["ROLE_POOLS", "set_role", "check_role", "role_for_queues", "pool_for", "is_unavailable",
            "is_conflict", "error_kind",
            "make_engine", "get_engine", "session_scope", "dispose_after_fork",
            "dispose_engines", "parse_database_url", "describe_error"]

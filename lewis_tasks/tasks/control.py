@@ -42,13 +42,13 @@ def _summarise(slot: int, pings: list[Any], ttl: float) -> None:
     import redis
 
     from ..infra.fleet import write_heartbeat
-    from ..infra.redis_client import get_redis
+    from ..infra.runtime import runtime
 
     rtts = [p.rtt_ms for p in pings]
     if not pings:
         return  # as the rows: a slot nobody answered leaves the last one standing
     try:
-        write_heartbeat(get_redis(), {"slot": slot, "recorded_at": time.time(),
+        write_heartbeat(runtime().redis(), {"slot": slot, "recorded_at": time.time(),
                                       "workers": len(pings), "rtt_ms_max": max(rtts)}, ttl)
     except redis.RedisError as exc:  # status then reads the rows
         log.warning("heartbeat summary not written: %s", exc)

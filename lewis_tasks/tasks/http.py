@@ -13,29 +13,23 @@ on N io processes start together, each returns its LoadResult with its histogram
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import os
 import socket
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..domain.histogram import LatencyHistogram
-from ..domain.httpclient import TIMEOUT, create_session
-from ..domain.httpfetch import FetchPool, HttpOutcome, summarise
+from ..domain.httpclient import create_session
+from ..domain.jobsums import chunk_figures, sum_chunks, sum_parts
 from ..domain.loadgen import LoadResult, run_loadtest
-from ..domain.redact import redact_url
 from ..domain.scope import Scope
 from ..errors import InvalidInput
-from ..infra import aio
 from ..infra.barrier import RedisBarrier
-from ..infra.cancel import CHECK_INTERVAL, CancelCheck
+from ..infra.batchfetch import fetch_and_store, save_batch_once
 from ..infra.celery_app import app
 from ..infra.config import get_settings
+from ..infra.loadparts import BARRIER_KEY, claim_process
 from ..infra.planning import (
     BARRIER_LEAD,
     batch_plan,
@@ -44,17 +38,11 @@ from ..infra.planning import (
     loadtest_budget,
 )
 from ..infra.progress import LOADTEST_PROGRESS_KEY, ProgressWriter
-from ..infra.redis_client import get_redis
+from ..infra.runtime import runtime
 from ..infra.task import LewisTask, stored_failure
-from .rowwriter import row_writer
-from .scanprocess import process_state
 
 log = logging.getLogger(__name__)
 
-CANCELLED = "cancelled"  # error class of a URL that a cancel left unfetched
-FLUSH_EVERY = 0.5  # seconds between writes of a running chunk's finished URLs (progress)
-PROCESSES_KEY = "lewis:loadtest:{run}:processes"  # hash: worker process → the part it runs
-BARRIER_KEY = "lewis:loadtest:{run}:barrier"
 ROWS_IN_RESULT = 100  # a one-chunk batch this small returns its rows: the CLI reads no database
 FINAL_LINE_WAIT = 2.0  # seconds a part waits for its last progress line to be written
 
@@ -82,127 +70,17 @@ def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[st
     plan = batch_plan(settings, total, options.get("timeout"))
     budget = plan.budget
     began = time.monotonic()
-    _save_batch(batch_id, total, options.get("request"))
-
-    finished: deque[HttpOutcome] = deque()  # appended on the loop thread, drained here
-    done: dict[int, HttpOutcome] = {}
-    future = asyncio.run_coroutine_threadsafe(
-        _fetch(requests, budget, finished.append), aio.runtime().loop)
-    deadline = began + plan.chunk_seconds  # thread pools enforce no time limit: we do
-    cancelled = CancelCheck(get_redis(), batch_id)
-    new, stopped, flushed = 0, False, time.monotonic()
-    while True:
-        try:
-            future.result(timeout=CHECK_INTERVAL)
-            break
-        except concurrent.futures.TimeoutError:
-            if cancelled():  # in-flight requests end, queued ones are dropped
-                future.cancel()
-                stopped = True
-                break
-            if time.monotonic() - flushed >= FLUSH_EVERY:
-                new += _persist(batch_id, start, finished, done)
-                flushed = time.monotonic()
-            if time.monotonic() > deadline:
-                future.cancel()
-                break
-    new += _persist(batch_id, start, finished, done)
-    missing = [(_cancelled if stopped else _out_of_time)(i, requests[i], deadline - began)
-               for i in range(len(requests)) if i not in done]
-    if missing:
-        finished.extend(missing)
-        new += _persist(batch_id, start, finished, done)
-    outcomes = [done[i] for i in range(len(requests))]
-    latency = LatencyHistogram()
-    for outcome in outcomes:
-        if outcome.ok:
-            latency.record(int(outcome.timings.total_ms * 1000))
-    result = {"batch_id": batch_id, "start": start, "count": len(outcomes), "new": new,
-              "summary": summarise(outcomes), "bytes": sum(o.bytes for o in outcomes),
-              "latency": latency.to_dict(), "process": process_id(),
+    rt = runtime()
+    save_batch_once(rt, batch_id, total, options.get("request"))
+    fetched = fetch_and_store(rt, batch_id, start, requests, budget,
+                              deadline=began + plan.chunk_seconds)
+    figures = chunk_figures(fetched.outcomes)
+    result = {"batch_id": batch_id, "start": start, "count": figures.pop("count"),
+              "new": fetched.new, **figures, "process": process_id(),
               "seconds": round(time.monotonic() - began, 3)}
     if options.get("merge"):  # the batch's only chunk: no chord, it closes the batch itself
         return _merge_batch([result], batch_id, rows_up_to=ROWS_IN_RESULT)
     return result
-
-
-async def _fetch(requests: list[Any], budget: float,
-                 on_result: Callable[[HttpOutcome], None]) -> list[HttpOutcome]:
-    pool = await _process_pool()
-    return await pool.fetch(requests, total_timeout=budget, on_result=on_result)
-
-
-_pool: FetchPool | None = None  # touched on the loop thread only
-
-
-async def _process_pool() -> FetchPool:
-    """The process's one FetchPool on its one session: the chunks running in this process
-    share ``network.max_connections`` fetchers, first chunk first."""
-    global _pool
-    session = await aio.runtime().session()
-    if _pool is None or _pool.session is not session:  # first use, or a new session/process
-        settings = get_settings()
-        _pool = FetchPool(session, concurrency=settings.network.max_connections,
-                          max_body_bytes=settings.http.max_body_bytes,
-                          max_redirects=settings.http.max_redirects, retries=settings.http.retries,
-                          max_url_length=settings.http.max_url_length)
-    return _pool
-
-
-def _out_of_time(index: int, item: Any, seconds: float) -> HttpOutcome:
-    url = str(item.get("url", "")) if isinstance(item, Mapping) else str(item)
-    method = str(item.get("method") or "GET") if isinstance(item, Mapping) else "GET"
-    cap = get_settings().http.max_url_length
-    url = redact_url(url if len(url) <= cap else url[:cap] + "…")
-    return HttpOutcome(index, url, method, error=TIMEOUT, attempts=0,
-                       message=f"the chunk's time ({seconds:.0f} s) ran out before this URL")
-
-
-def _cancelled(index: int, item: Any, _seconds: float) -> HttpOutcome:
-    outcome = _out_of_time(index, item, _seconds)
-    return HttpOutcome(index, outcome.url, outcome.method, error=CANCELLED, attempts=0,
-                       message="the batch was cancelled before this URL was fetched")
-
-
-def _persist(batch_id: str, start: int, finished: deque[HttpOutcome],
-             done: dict[int, HttpOutcome]) -> int:
-    """Store what finished since the last call; how many rows were new."""
-    outcomes = []
-    while finished:
-        outcome = finished.popleft()
-        if outcome.index not in done:
-            done[outcome.index] = outcome
-            outcomes.append(outcome)
-    if not outcomes:
-        return 0
-    settings = get_settings()
-    if settings.http.row_writer:
-        return row_writer(settings.database).store(batch_id, start, outcomes)
-    from ..storage.db import get_engine, session_scope
-    from ..storage.http import save_http_outcomes
-
-    with session_scope(get_engine()) as session:
-        return save_http_outcomes(session, batch_id, start, outcomes)
-
-
-_saved_batches: deque[str] = deque(maxlen=256)  # batches this process has created already
-_saved_lock = threading.Lock()  # pool threads share the deque (`in` must not race an append)
-
-
-def _save_batch(batch_id: str, total: int, request: Any) -> None:
-    """Create the batch row: whichever chunk runs first does; the rest of a process's chunks
-    skip the write (and the database lock it takes)."""
-    from ..storage.db import get_engine, session_scope
-    from ..storage.http import save_http_batch
-
-    with _saved_lock:
-        if batch_id in _saved_batches:
-            return
-    with session_scope(get_engine()) as session:
-        save_http_batch(session, batch_id, total=total,
-                        request=request if isinstance(request, Mapping) else None)
-    with _saved_lock:
-        _saved_batches.append(batch_id)
 
 
 @app.task(name="lewis.http.merge")
@@ -220,26 +98,13 @@ def _merge_batch(results: Any, batch_id: Any, rows_up_to: int = 0) -> dict[str, 
     _check_batch_id(batch_id)
     if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
         raise InvalidInput("merge needs the list of chunk results")
-    statuses: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    latency = LatencyHistogram()
-    for chunk in sorted(results, key=lambda r: int(r.get("start", 0))):
-        for key, n in chunk["summary"]["statuses"].items():
-            statuses[key] = statuses.get(key, 0) + int(n)
-        for key, n in chunk["summary"]["errors"].items():
-            errors[key] = errors.get(key, 0) + int(n)
-        latency.merge(LatencyHistogram.from_dict(chunk["latency"]))
+    sums = sum_chunks(results)
     with session_scope(get_engine()) as session:
         batch = get_http_batch(session, batch_id)
         if batch is None:
             raise InvalidInput(f"no HTTP batch {batch_id!r}")
         summary = {"total": batch.total, "done": batch.done, "ok": batch.ok,
-                   "failed": batch.failed, "statuses": dict(sorted(statuses.items())),
-                   "errors": dict(sorted(errors.items())),
-                   "bytes": sum(int(r.get("bytes", 0)) for r in results),
-                   "latency_ms": latency.summary(), "chunks": len(results),
-                   "processes": sorted({str(r.get("process")) for r in results}),
-                   "slowest_chunk_s": max((float(r.get("seconds", 0)) for r in results), default=0.0)}
+                   "failed": batch.failed, **sums}
         finish_http_batch(session, batch_id, summary=summary,
                           status="cancelled" if batch.status == "cancelled" else "done")
         rows = (result_rows(session, batch_id, limit=rows_up_to)
@@ -317,28 +182,22 @@ def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
                    requests=spec.get("requests"), rate=spec.get("rate"), workers=1,
                    method=str(spec.get("method", "GET")), headers=spec.get("headers"),
                    body=spec.get("body"), timeout=spec.get("timeout"), ramp=spec.get("ramp"))
-    client = get_redis()
+    rt = runtime()
+    client = rt.redis()
     ttl = int(budget.time_limits(None)[1]) + 60
     shared = False
-    if parts > 1:
-        me, key = process_id(), PROCESSES_KEY.format(run=run_id)
-        pipe = client.pipeline(transaction=True)
-        pipe.hsetnx(key, me, part)
-        pipe.hget(key, me)
-        pipe.expire(key, ttl)
-        _, holder, _ = pipe.execute()
-        if int(holder) != part:  # this process runs another part of the run already
-            bounces = self.request.retries or 0
-            if bounces < 2 * parts:
-                raise self.retry(countdown=0, max_retries=2 * parts)
-            shared = True
+    if parts > 1 and not claim_process(client, run_id, process_id(), part, ttl):
+        # this process runs another part of the run already: hand it back, a few times
+        if (self.request.retries or 0) < 2 * parts:
+            raise self.retry(countdown=0, max_retries=2 * parts)
+        shared = True
     barrier = RedisBarrier(client, BARRIER_KEY.format(run=run_id), parties=parts,
                            timeout=budget.barrier, lead=BARRIER_LEAD)
     start_at = barrier.wait(party=f"{self.request.id or run_id}:{part}")
     progress = ProgressWriter(client, LOADTEST_PROGRESS_KEY.format(run=run_id), str(part), ttl,
-                              process_state()["publisher"])
+                              rt.scan.publisher)
     run_for = spec.get("duration")
-    result = aio.run(_load(spec, start_at, budget.max_duration, progress.publish),
+    result = rt.run(_load(spec, start_at, budget.max_duration, progress.publish),
                      timeout=budget.time_limits(run_for)[0])
     progress.publish({"elapsed_s": round(result.duration_s, 3), "requests": result.requests,
                       "errors": sum(result.errors.values()), "rps": round(result.rps, 1),
@@ -393,16 +252,7 @@ def loadtest_merge(results: list[dict[str, Any]], run_id: str,
 
     if not isinstance(results, list) or not results:
         raise InvalidInput("loadtest_merge needs the list of part results")
-    parts = sorted(results, key=lambda r: int(r.get("part", 0)))
-    merged = LoadResult.merge(LoadResult.from_dict(p) for p in parts)
-    processes = sorted({str(p.get("process")) for p in parts})
-    result = {**merged.to_dict(), "run_id": run_id, "processes": processes,
-              "shared_process": len(processes) < len(parts),
-              "handed_back": sum(int(p.get("handed_back", 0)) for p in parts),
-              "by_part": [{"part": p.get("part"), "process": p.get("process"),
-                           "requests": p["requests"], "rps": p["rps"],
-                           "p50_ms": p["latency_ms"]["p50_ms"], "p99_ms": p["latency_ms"]["p99_ms"]}
-                          for p in parts]}
+    result = sum_parts(results, run_id)
     with session_scope(get_engine()) as session:
         stored = get_run(session, LoadtestRow, run_id)
         if stored is not None and stored.status == "done" and stored.result:

@@ -22,9 +22,9 @@ from typing import Any
 from celery import states
 
 from ..errors import InvalidInput
-from ..infra import aio
 from ..infra.celery_app import app
 from ..infra.routing import MAX_PACK, PACKED_TASK
+from ..infra.runtime import runtime
 
 AsyncBody = Callable[..., Coroutine[Any, Any, Any]]
 ASYNC_BODIES: dict[str, AsyncBody] = {}
@@ -37,7 +37,7 @@ def io_task(name: str, **options: Any) -> Callable[[AsyncBody], Any]:
 
         @functools.wraps(body)
         def run(*args: Any, **kwargs: Any) -> Any:
-            return aio.run(body(*args, **kwargs))
+            return runtime().run(body(*args, **kwargs))
 
         return app.task(name=name, **options)(run)
     return decorate
@@ -57,7 +57,7 @@ def run_batch(name: str, calls: list[Any]) -> dict[str, Any]:
         for task_id in ids:
             app.backend.mark_as_failure(task_id, error, call_errbacks=False)
         return {"calls": len(calls), "ok": 0, "failed": len(calls)}
-    outcomes = aio.run(_run_all(body, calls))
+    outcomes = runtime().run(_run_all(body, calls))
     ok = 0
     for task_id, (succeeded, value) in zip(ids, outcomes, strict=True):
         if succeeded:

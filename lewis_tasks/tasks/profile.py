@@ -1,6 +1,7 @@
 """Profiling, diagnosis and function benchmarks as cpu tasks, and the worker-side diagnose command.
 
-* ``lewis.profile.run`` — profile one *registered* callable (:mod:`.registered`) under cProfile
+* ``lewis.profile.run`` — profile one *registered* callable (:data:`PROFILABLE`, built from
+  :mod:`lewis_tasks.domain.benchtargets`) under cProfile
   and tracemalloc; a target that raises still gives its profile, with the exception recorded.
 * ``lewis.profile.diagnose`` — broadcast the ``lewis_diagnose`` remote-control command to every
   live worker (or one), and roll the replies up into one cluster report.
@@ -15,9 +16,11 @@ waits on other tasks would hold the very worker slot they need, so they run in t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,8 @@ from celery.worker import state as worker_state
 from celery.worker.control import inspect_command
 
 from ..domain.benchstats import benchmark_concurrent, benchmark_function
-from ..domain.callables import Limits
+from ..domain.benchtargets import TASK_TARGETS, WORKLOAD_TARGETS, default_args
+from ..domain.callables import Limits, Registry
 from ..domain.diagnostics import aggregate, collect_system, diagnose_worker
 from ..domain.profiler import profile_call
 from ..errors import InvalidInput
@@ -33,13 +37,49 @@ from ..infra.broker import broadcast
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
 from ..report.runs import record_benchmark_run
-from .registered import BENCHMARKABLE, PROFILABLE, default_args
+from . import bench  # noqa: F401  (defines the lewis.bench tasks looked up below)
+from .iobatch import ASYNC_BODIES
 
 DIAGNOSE_COMMAND = "lewis_diagnose"
 MAX_DIAGNOSE_INTERVAL = 2.0  # seconds a diagnose holds each worker's consumer thread
 MAX_PSTATS_INLINE = 8 << 20  # bytes of .pstats returned in a result (it travels through Redis)
 TASK_TIME_SHARE = 0.8  # a run may use this share of the task's soft time limit
 DEFAULT_ITERATIONS = 100
+
+
+# ---------------------------------------------------------------- what may run
+
+
+def _task_function(task_name: str) -> Callable[..., Any]:
+    """Task ``task_name``'s own function, looked up at call time.
+
+    Not at import: binding a task freezes its options (time limits…) from the configuration of
+    that moment, and a process may still reconfigure the app after importing this module. The
+    profile shows this one frame above the task's function.
+    """
+    def run_task_inline(*args: Any, **kwargs: Any) -> Any:
+        body = ASYNC_BODIES.get(task_name)
+        if body is not None:
+            # An async io task's body would run on the worker's loop thread, out of the
+            # profiler's sight; here it runs on a private loop in this (profiled) thread.
+            return asyncio.run(body(*args, **kwargs))
+        return app.tasks[task_name].run(*args, **kwargs)
+
+    run_task_inline.__qualname__ = f"run_task_inline[{task_name}]"
+    return run_task_inline
+
+
+def _registry(kind: str) -> Registry:
+    registry = Registry(kind)
+    for name in TASK_TARGETS:
+        registry.register(name, _task_function(name))
+    for name, func in WORKLOAD_TARGETS.items():
+        registry.register(name, func)
+    return registry
+
+
+PROFILABLE = _registry("profilable task")
+BENCHMARKABLE = _registry("benchmark target")
 
 
 # ---------------------------------------------------------------- bounds and arguments
@@ -255,5 +295,6 @@ def bench_run(self: Any, target: str, iterations: int | None = None, warmup: int
     return {**stored, "kind": kind, "worker": self.request.hostname, "stats": stats.to_dict()}
 
 
-__all__ = ["DIAGNOSE_COMMAND", "bench_run", "call_arguments", "diagnose",
+__all__ = ["BENCHMARKABLE", "PROFILABLE", "DIAGNOSE_COMMAND", "bench_run", "call_arguments",
+           "diagnose",
            "lewis_diagnose", "limits_of", "pool_figures", "profile_run", "run_seconds"]

@@ -31,16 +31,14 @@ from ..domain.scope import Scope, parse_ip
 from ..domain.services import ServiceInfo, guess_name
 from ..domain.targets import ScanChunk, Target, resolve_hosts_async
 from ..errors import InvalidInput, OutOfScope, TransientError
-from ..infra import aio
 from ..infra.cancel import CancelCheck, is_cancelled
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
 from ..infra.planning import WORK_SHARE
 from ..infra.progress import SCAN_LIVE_KEY, ProgressWriter
-from ..infra.redis_client import get_redis
+from ..infra.runtime import runtime
 from ..infra.task import LewisTask, chord_cause, stored_failure
-from .scanprocess import process_state, running_chunk
-from .vulnlookup import cve_records
+from ..infra.vulnlookup import cve_records
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +73,7 @@ def _record_chunk(task_id: str | None, scan_id: str, index: int, chunk: Mapping[
             raise InvalidInput(f"scan {scan_id!r}: no such scan (submit it with submit_scan)")
         if index not in scans.pending_chunks(session, scan_id):
             return {"scan_id": scan_id, "chunk": index, "recorded": False}  # a redelivery
-    if is_cancelled(get_redis(), scan_id):  # a chunk the revoke missed: not one packet
+    if is_cancelled(runtime().redis(), scan_id):  # a chunk the revoke missed: not one packet
         return {"scan_id": scan_id, "chunk": index, "recorded": False, "cancelled": True}
     settings = get_settings()
     outcome = _scan(scan_id, index, part, rate, identify, settings)
@@ -113,20 +111,20 @@ def _scan(scan_id: str, index: int, part: ScanChunk, rate: float | None, identif
     scope = Scope.from_allow(settings.scope.allow)
     soft = settings.tasks.soft_time_limit
     deadline = time.monotonic() + soft * WORK_SHARE
+    rt = runtime()
     limiter = None
     if rate:
         from ..infra.ratelimit import RedisTokenBucket
 
-        limiter = RedisTokenBucket(get_redis(), rate).for_host(part.address)
-    state = process_state()
-    publish = _live_publisher(scan_id, index, state["publisher"])
-    cancelled = CancelCheck(get_redis(), scan_id)
-    with running_chunk() as running:
+        limiter = RedisTokenBucket(rt.redis(), rate).for_host(part.address)
+    publish = _live_publisher(scan_id, index, rt.scan.publisher)
+    cancelled = CancelCheck(rt.redis(), scan_id)
+    with rt.running_chunk() as running:
         try:
-            return aio.run(_resolve_and_run(part, scope, deadline, settings, limiter, identify,
-                                            max(64, s.concurrency // running), publish,
-                                            state["executor"], cancelled),
-                           timeout=soft * (WORK_SHARE + 1) / 2)
+            return rt.run(_resolve_and_run(part, scope, deadline, settings, limiter, identify,
+                                           max(64, s.concurrency // running), publish,
+                                           rt.scan.executor, cancelled),
+                          timeout=soft * (WORK_SHARE + 1) / 2)
         except FutureTimeout:
             raise TransientError(f"scan chunk {index} of {part.address}: still running after "
                                  f"{soft * (WORK_SHARE + 1) / 2:.0f} s; stopped") from None
@@ -180,8 +178,8 @@ def _open_ports(part: ScanChunk, outcome: ChunkOutcome) -> list[OpenPort]:
 def _live_publisher(scan_id: str, index: int, publisher: ThreadPoolExecutor) -> Any:
     """Publish a running chunk's "done,open" counts off the event loop (the readers'
     format: producer.scanreport); a Redis hiccup only makes the bar coarser."""
-    writer = ProgressWriter(get_redis(), SCAN_LIVE_KEY.format(scan_id=scan_id), str(index), LIVE_TTL,
-                            publisher)
+    writer = ProgressWriter(runtime().redis(), SCAN_LIVE_KEY.format(scan_id=scan_id), str(index),
+                            LIVE_TTL, publisher)
 
     def publish(progress: PortScanProgress) -> None:
         writer.publish(f"{progress.done},{progress.open}")
@@ -191,7 +189,7 @@ def _live_publisher(scan_id: str, index: int, publisher: ThreadPoolExecutor) -> 
 
 def _forget_live(scan_id: str, index: int) -> None:
     try:
-        get_redis().hdel(SCAN_LIVE_KEY.format(scan_id=scan_id), str(index))
+        runtime().redis().hdel(SCAN_LIVE_KEY.format(scan_id=scan_id), str(index))
     except redis.RedisError as exc:
         log.debug("live progress of scan %s not cleared: %s", scan_id, exc)
 

@@ -171,8 +171,8 @@ def test_reporting_off_installs_no_reporter(tmp_path: Path) -> None:
                                                   "LEWIS_STACK_HOME": str(tmp_path)}))
     try:
         reporter.uninstall()
-        reporter._on_worker_init(sender=SimpleNamespace(hostname="off@h"))
-        reporter._on_child_start()
+        reporter.start_worker_reporter(SimpleNamespace(hostname="off@h"))
+        reporter.start_child_reporter()
         reporter.note_sent("t", "cpu")
         assert reporter.current() is None
     finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 
-from lewis_tasks.tasks.registered import BENCHMARKABLE
+from lewis_tasks.tasks.profile import BENCHMARKABLE
 
 _calls = itertools.count()
 

@@ -1,6 +1,6 @@
 """The row writer: a batch's rows stored by a helper process, once each, whatever happens to it.
 
-Real pieces throughout: the writer is a real ``python -m lewis_tasks.tasks.rowwriter`` child
+Real pieces throughout: the writer is a real ``python -m lewis_tasks.infra.rowwriter`` child
 on a real pipe, writing the test's SQLite; the batch test runs the embedded worker against the
 loopback servers.
 """
@@ -19,10 +19,10 @@ import pytest
 
 from lewis_tasks.domain.httpfetch import HttpOutcome, Timings
 from lewis_tasks.errors import InvalidInput, StorageError
-from lewis_tasks.infra import aio, config
+from lewis_tasks.infra import aio, config, rowwriter
+from lewis_tasks.infra.runtime import runtime
 from lewis_tasks.producer.base import submit
 from lewis_tasks.producer.http import submit_http_batch
-from lewis_tasks.tasks import rowwriter
 from tests.support.httpservers import ServerThread, serving, sha256_of
 
 WAIT = 60
@@ -175,7 +175,7 @@ def test_a_batch_with_the_row_writer_is_stored_like_any_other(
     assert [r["index"] for r in rows] == list(range(5))
     assert (rows[0]["status"], rows[0]["bytes"], rows[0]["sha256"]) == (200, 512, sha256_of(512))
     assert len(rows[2]["redirects"]) == 2 and rows[3]["error_class"] == "invalid_url"
-    writer = rowwriter._writer
+    writer = runtime()._row_writer
     assert writer is not None and writer._proc is not None and writer._proc.poll() is None
     # And a chunk delivered again stores nothing new
     again = submit("lewis.http.fetch_chunk",

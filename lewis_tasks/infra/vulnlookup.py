@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..domain.vulns import CveRecord, cpe_products
-from ..infra.cache import VULN_KEYS, cached, get_cache, key_part
+from .cache import VULN_KEYS, cached, get_cache, key_part
 
 VULN_CACHE_TTL = 3600
 

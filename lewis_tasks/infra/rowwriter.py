@@ -6,7 +6,7 @@ that GIL from the loop for ~15 % of the process's time. Handing the work to a Ce
 cost more than it saved: a message envelope, events, a result and a pool hand-off per flush
 (~20 µs per row on a machine whose cores were already busy).
 
-So each io worker process starts ONE writer process (``python -m lewis_tasks.tasks.rowwriter``)
+So each io worker process starts ONE writer process (``python -m lewis_tasks.infra.rowwriter``)
 on first use and talks to it over a pipe: length-prefixed JSON frames (orjson, no pickle).
 The io side encodes a flush's outcomes in one C call and waits for the reply on its chunk
 thread; the writer decodes them, stores them with the same repository function, and answers
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import struct
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import orjson
 
 from ..domain.httpfetch import HttpOutcome, decode_outcomes, encode_outcomes
 from ..errors import DatabaseConflict, DatabaseUnavailable, InvalidInput, LewisError, StorageError
-from ..infra.config import DatabaseSettings
+from .config import DatabaseSettings
 
 _HEADER = struct.Struct(">I")  # frame length, big-endian
 MAX_FRAME = 256 << 20  # a flush of a 100k-URL chunk with long URLs stays far below
@@ -72,7 +71,6 @@ class RowWriter:
 
     def __init__(self, database: DatabaseSettings) -> None:
         self.database = database
-        self.pid = os.getpid()  # the process that owns the pipe (a forked child starts anew)
         self._lock = threading.Lock()  # one request on the pipe at a time
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -111,8 +109,8 @@ class RowWriter:
     def _started(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "lewis_tasks.tasks.rowwriter"],
-    stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+                [sys.executable, "-m", "lewis_tasks.infra.rowwriter"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
             assert self._proc.stdin is not None
             _write_frame(self._proc.stdin,
     orjson.dumps({"database": dataclasses.asdict(self.database)}))
@@ -138,27 +136,18 @@ class RowWriter:
             self._stop()
 
 
-_writer: RowWriter | None = None
-_writer_lock = threading.Lock()
-
-
 def row_writer(database: DatabaseSettings) -> RowWriter:
-    """This process's writer for ``database`` (a new one after a fork or a settings change)."""
-    global _writer
-    with _writer_lock:
-        if _writer is None or _writer.pid != os.getpid() or _writer.database != database:
-            if _writer is not None and _writer.pid == os.getpid():
-                _writer.close()
-            _writer = RowWriter(database)
-        return _writer
+    """This process's writer for ``database`` (the runtime's; a new one after a settings
+    change)."""
+    from .runtime import runtime
+
+    return runtime().row_writer(database)
 
 
 def close_row_writer() -> None:
-    global _writer
-    with _writer_lock:
-        if _writer is not None and _writer.pid == os.getpid():
-            _writer.close()
-        _writer = None
+    from .runtime import runtime
+
+    runtime().close_row_writer()
 
 
 # --- the writer process ----------------------------------------------------------------------
