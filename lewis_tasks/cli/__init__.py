@@ -53,6 +53,13 @@ def cancel_on_interrupt(what: str, cancel: Callable[[], bool]) -> NoReturn:
     """The first Ctrl-C while waiting on a job (``what``: "scan 42f1…"): cancel it, unless a
     second Ctrl-C comes within :data:`CANCEL_GRACE`, which leaves it running. Says which, and
     exits 130 either way."""
+    cancel_or_leave(what, cancel)
+    sys.exit(int(Exit.INTERRUPTED))
+
+
+def cancel_or_leave(what: str, cancel: Callable[[], bool]) -> bool:
+    """:func:`cancel_on_interrupt` without the exit: True once the job was cancelled (the
+    caller may then collect what it had done); a second Ctrl-C exits 130, leaving it running."""
     click.echo(f"\ncancelling {what} (Ctrl-C again to leave it running)", err=True)
     try:
         time.sleep(CANCEL_GRACE)
@@ -65,7 +72,7 @@ def cancel_on_interrupt(what: str, cancel: Callable[[], bool]) -> NoReturn:
         cancelled = False
     click.echo(f"{what} cancelled; what it had done is kept" if cancelled
                else f"{what} had ended or was not cancelled", err=True)
-    sys.exit(int(Exit.INTERRUPTED))
+    return cancelled
 
 
 def fail(message: str, code: Exit) -> None:

@@ -25,13 +25,18 @@ R = TypeVar("R")
 
 
 def follow(handle: JobHandle[P, R], timeout: float | None,
-           line: Callable[[P], str] | None = None, *, keep_line: bool = False) -> R:
+           line: Callable[[P], str] | None = None, *, keep_line: bool = False,
+           on_interrupt: Callable[[], R] | None = None) -> R:
     """The job's result once it is done. With ``line`` (stdout is a terminal) its progress is
     drawn on one line meanwhile, wiped at the end (``keep_line``: left on screen). The first
-    Ctrl-C cancels a job that can be cancelled; WaitTimeout after ``timeout`` seconds."""
+    Ctrl-C cancels a job that can be cancelled and exits 130, or returns ``on_interrupt()``
+    when given (say, the partial result of a cancelled load test); WaitTimeout after
+    ``timeout`` seconds."""
     try:
         return _wait_drawing(handle, timeout, line, keep_line)
     except KeyboardInterrupt:
+        if on_interrupt is not None:
+            return on_interrupt()
         if not handle.cancellable:
             raise
         cancel_on_interrupt(f"{handle.what} {handle.id}", handle.cancel)

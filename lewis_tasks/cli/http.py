@@ -19,9 +19,9 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..domain.httpjobs import HttpBatchProgress, LoadtestProgress
+from ..domain.httpjobs import HttpBatchProgress, LoadtestProgress, LoadtestResult
 from ..errors import InvalidInput, TransientError
-from . import Exit, cli
+from . import Exit, cancel_or_leave, cli
 
 if TYPE_CHECKING:
     from ..infra.config import Settings
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 P = TypeVar("P")
 R = TypeVar("R")
+COLLECT_AFTER_CANCEL = 30.0  # s to wait for a cancelled load test's merged result
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -91,14 +92,16 @@ def loadtest_wait(settings: Settings, duration: float | None) -> float:
     return loadtest_worst_case(settings, duration)
 
 
-def _finish(handle: JobHandle[P, R], line: Callable[[P], str], seconds: float) -> R:
+def _finish(handle: JobHandle[P, R], line: Callable[[P], str], seconds: float,
+            on_interrupt: Callable[[], R] | None = None) -> R:
     """The handle's result, with the live line meanwhile on a terminal; after ``seconds`` a
     TransientError saying what is missing (one line and exit 3 on the command line)."""
     from ..producer.handle import WaitTimeout
     from .follow import follow
 
     try:
-        return follow(handle, seconds, line if sys.stdout.isatty() else None)
+        return follow(handle, seconds, line if sys.stdout.isatty() else None,
+                      on_interrupt=on_interrupt)
     except WaitTimeout:
         pass
     try:
@@ -229,7 +232,7 @@ def format_batch(summary: dict[str, Any], rows: Iterable[dict[str, Any]], second
 
 
 @cli.command("loadtest")
-@click.argument("url")
+@click.argument("target", nargs=-1, required=True, metavar="URL | cancel RUN_ID")
 @click.option("-c", "--concurrency", type=int, default=10, show_default=True,
               help="Connections in flight, in total over the workers.")
 @click.option("-d", "--duration", type=DURATION, default=None,
@@ -260,16 +263,25 @@ def format_batch(summary: dict[str, Any], rows: Iterable[dict[str, Any]], second
               help="Give up waiting after this long, exit 3 (default: the start barrier, the "
                    "run and its drain, plus a margin). Parts that could no longer finish "
                    "within it expire unstarted.")
-def loadtest_command(url: str, concurrency: int, duration: float | None, count: int | None,
+def loadtest_command(target: tuple[str, ...], concurrency: int, duration: float | None, count: int | None,
                      rate: float | None, workers: int, method: str, headers: tuple[str, ...],
                      body: str | None, body_file: str | None, timeout: float | None,
                      ramp: float | None, csv_prefix: str | None, as_json: bool,
                      wait_s: float | None) -> None:
     """Load-test URL from the io workers: requests/s, latency percentiles, status codes.
-    Exits 1 when no request was answered, 3 when no result came within --wait."""
+    Exits 1 when no request was answered, 3 when no result came within --wait. Ctrl-C stops
+    the load test and prints what it measured until then (exit 130); `lewis loadtest cancel
+    RUN_ID` stops one from anywhere."""
     from ..infra.config import get_settings
     from ..infra.planning import loadtest_budget
     from ..producer.http import submit_loadtest
+
+    if len(target) == 2 and target[0] == "cancel":  # not a URL: no scheme
+        _cancel_loadtest(target[1])
+        return
+    if len(target) != 1:
+        raise click.UsageError("give one URL (or: lewis loadtest cancel RUN_ID)")
+    url = target[0]
 
     if duration is None and count is None:
         duration = 10.0
@@ -293,7 +305,14 @@ def loadtest_command(url: str, concurrency: int, duration: float | None, count: 
         return (f"{p.elapsed_s:.1f} s · {p.requests:,} requests · {p.rps:,.0f} req/s · "
                 f"{p.errors:,} errors · {p.reporting}/{p.parts} parts")
 
-    result = _finish(handle, line, wait_s)
+    interrupted: list[bool] = []
+
+    def stop_and_collect() -> LoadtestResult:
+        # as wrk and locust: Ctrl-C ends the run and shows what it measured
+        interrupted.append(cancel_or_leave(f"load test {handle.id}", handle.cancel))
+        return handle.wait(timeout=COLLECT_AFTER_CANCEL)
+
+    result = _finish(handle, line, wait_s, on_interrupt=stop_and_collect)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
     else:
@@ -303,8 +322,23 @@ def loadtest_command(url: str, concurrency: int, duration: float | None, count: 
 
         paths = write_csv(result.to_dict(), csv_prefix)
         click.echo(f"wrote {paths[0]} and {paths[1]}", err=True)
+    if interrupted:
+        sys.exit(int(Exit.INTERRUPTED))
     if result.requests == 0:
         sys.exit(int(Exit.FAILURE))
+
+
+def _cancel_loadtest(run_id: str) -> None:
+    """Stop a running load test (its parts end within ~0.1 s, the merged result keeps what
+    they measured); exit 1 in one line if it had ended."""
+    from ..producer.http import cancel_loadtest
+
+    if cancel_loadtest(run_id):
+        click.echo(f"load test {run_id} cancelled")
+        return
+    click.echo(f"lewis: load test {run_id} has ended or was cancelled already: nothing to "
+               "cancel", err=True)
+    sys.exit(int(Exit.FAILURE))
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -353,7 +387,9 @@ def format_loadtest(result: dict[str, Any]) -> str:
                  + (f", ramp {result['ramp_s']:g} s" if result.get("ramp_s") else "")),
         ("requests", f"{result['requests']:,} in {result['duration_s']:.2f} s"
                      + (f" (+{result['warmup']:,} uncounted, opening the connections first)"
-                        if result.get("warmup") else "")),
+                        if result.get("warmup") else "")
+                     + (" — cancelled: the figures cover the time it ran"
+                        if result.get("cancelled") else "")),
         ("rps", f"{result['rps']:,.1f}"),
         ("latency ms", _percentiles(lat, ("p50", "p90", "p95", "p99", "p99.9", "max"))),
         *service,

@@ -306,7 +306,6 @@ def import_feeds(files: tuple[Path, ...], sample: bool) -> None:
     from ..errors import InvalidInput
     from ..infra.cache import VULN_KEYS, get_cache
     from ..infra.config import get_settings
-    from ..infra.vulnlookup import invalidate_vulnerability_cache
     from ..storage import vulns as repo
     from ..storage.db import get_engine, session_scope
     from ..storage.migrate import upgrade

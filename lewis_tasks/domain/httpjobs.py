@@ -106,6 +106,11 @@ class LoadtestResult(JsonView):
     latency_ms: dict[str, Any]
     data: dict[str, Any] = field(repr=False)
 
+    @property
+    def cancelled(self) -> bool:
+        """Stopped early by a cancel (its figures cover the time it ran)."""
+        return bool(self.data.get("cancelled", False))
+
 
 @dataclass(frozen=True, eq=False)
 class LoadtestRun(JsonView):

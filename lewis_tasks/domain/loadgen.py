@@ -49,6 +49,7 @@ LOAD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # those that may carry a body
 UNFINISHED = "unfinished"  # error class: still in flight when the run's time was up
 _DRAIN_GRACE = 2.0  # seconds in-flight requests get after the deadline before cancellation
+STOP_INTERVAL = 0.05  # seconds between cancel checks of a run given ``stop``
 _WARMUP_SECONDS = 1.0  # at most, when no start time gives the run its own lead
 SAFE_METHODS = frozenset({"GET", "HEAD"})  # warm-up requests are sent only for these
 
@@ -78,6 +79,7 @@ class LoadResult:
     ramp_s: float | None = None
     # per second of the run: [requests ended, failures among them, bytes received]
     timeline: tuple[tuple[int, int, int], ...] = ()
+    cancelled: bool = False  # stopped early by a cancel: the figures cover the time it ran
 
     @property
     def service_latency(self) -> LatencyHistogram:
@@ -97,6 +99,7 @@ class LoadResult:
                 "histogram": self.latency.to_dict(),
                 "service_ms": self.service_latency.summary(),
                 "ramp_s": self.ramp_s, "timeline": [list(second) for second in self.timeline],
+                "cancelled": self.cancelled,
                 **({} if self.service is None else {"service_histogram": self.service.to_dict()})}
 
     @classmethod
@@ -114,7 +117,8 @@ class LoadResult:
                        LatencyHistogram.from_dict(data["service_histogram"])
                        if data.get("service_histogram") is not None else None,
                        None if data.get("ramp_s") is None else float(data["ramp_s"]),
-                       tuple((int(a), int(f), int(b)) for a, f, b in data.get("timeline") or ()))
+                       tuple((int(a), int(f), int(b)) for a, f, b in data.get("timeline") or ()),
+                       bool(data.get("cancelled", False)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInput(f"malformed load test result: {exc!r}") from None
 
@@ -136,7 +140,8 @@ class LoadResult:
                    sum(p.parts for p in parts), sum(p.warmup for p in parts),
                    None if any(p.service is None for p in parts)
                    else LatencyHistogram.merged(p.service for p in parts if p.service is not None),
-                   first.ramp_s, _add_timelines(p.timeline for p in parts))
+                   first.ramp_s, _add_timelines(p.timeline for p in parts),
+                   any(p.cancelled for p in parts))
 
 
 def _add_timelines(timelines: Iterable[Sequence[tuple[int, int, int]]]) -> tuple[tuple[int, int, int], ...]:
@@ -221,7 +226,9 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
                        max_requests: int = 5_000_000,
                        on_progress: Callable[[dict[str, Any]], None] | None = None,
                        progress_interval: float = 1.0,
-                       drain_grace: float = _DRAIN_GRACE) -> LoadResult:
+                       drain_grace: float = _DRAIN_GRACE,
+                       stop: Callable[[], bool] | None = None,
+                       stop_interval: float = STOP_INTERVAL) -> LoadResult:
     """Load ``url`` for ``duration`` seconds or ``requests`` requests (whichever ends first).
 
     Without ``rate``: closed loop at ``concurrency``. With it: open loop at ``rate``/s.
@@ -232,6 +239,10 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
 
     ``on_progress`` is called on the loop every ``progress_interval`` s: it must not block
     (hand slow writes to a thread). Its failures are logged once and never end the run.
+
+    ``stop`` (a cancel check; it may block, so it runs in a thread) is asked every
+    ``stop_interval`` s: once it says True, requests in flight are cancelled and no more are
+    sent, and the result covers the time the run had (``cancelled``).
     """
     method = method.upper()
     check_load(concurrency=concurrency, duration=duration, requests=requests, rate=rate,
@@ -249,11 +260,13 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
         warmed = await _warm_up(session, method, target, concurrency, lead, shape)
     if start_at is not None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
+    if stop is not None and await asyncio.to_thread(stop):  # cancelled before it started
+        warmed = 0
     run = _Run(session, method, target, concurrency, requests, rate,
                duration if duration is not None else max_duration, drain_grace, shape)
     ticker = asyncio.create_task(_report(run, on_progress, progress_interval)) if on_progress else None
     try:
-        await run.go()
+        await run.go(stop, stop_interval)
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -264,7 +277,8 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
                       {str(k): n for k, n in sorted(run.statuses.items())},
                       dict(sorted(run.errors.items())), run.latency, warmup=warmed,
                       service=run.service, ramp_s=ramp,
-                      timeline=tuple((a, f, b) for a, f, b in run.timeline))
+                      timeline=tuple((a, f, b) for a, f, b in run.timeline),
+                      cancelled=run.cancelled)
 
 
 @dataclass(frozen=True)
@@ -349,16 +363,22 @@ class _Run:
         self.deadline = self.t0 + seconds
         self.elapsed = 0.0
         self.pacer: Pacer | None = None
+        self.cancelled = False
 
-    async def go(self) -> None:
+    async def go(self, stop: Callable[[], bool] | None = None,
+                 stop_interval: float = STOP_INTERVAL) -> None:
         self.started_at, self.t0 = time.time(), time.perf_counter()
         self.deadline = self.t0 + self.seconds
         worker = self._closed if self.rate is None else self._open
         self.pacer = Pacer() if self.rate is not None else None
         tasks = [asyncio.create_task(worker(i)) for i in range(self.concurrency)]
+        watcher = (asyncio.create_task(self._watch(stop, stop_interval, tasks))
+                   if stop is not None else None)
         try:
             await asyncio.wait(tasks, timeout=self.seconds + self.grace)
         finally:  # the time is up, or the run itself was cancelled: no worker goes on
+            if watcher is not None:
+                await _cancel([watcher])
             await _cancel(tasks)
             if self.pacer is not None:
                 self.pacer.close()
@@ -369,6 +389,16 @@ class _Run:
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]  # a bug, not a network error
+
+    async def _watch(self, stop: Callable[[], bool], interval: float,
+                     tasks: list[asyncio.Task[Any]]) -> None:
+        """Cancel the workers (and what they have in flight) once ``stop()`` says so."""
+        while not await asyncio.to_thread(stop):
+            await asyncio.sleep(interval)
+        self.cancelled = True
+        self.deadline = min(self.deadline, time.perf_counter())  # the run ends now
+        for task in tasks:
+            task.cancel()
 
     async def _closed(self, index: int) -> None:
         perf, deadline, limit = time.perf_counter, self.deadline, self.limit

@@ -46,6 +46,7 @@ from .base import FALLBACK_POLL, _app, _require_broker, await_result, publishing
 from .handle import JobHandle, P, R, WaitTimeout, unwrap_failure
 
 PLAN_KEY = "lewis:http:{batch_id}:plan"  # a batch's size and chunking, for a cancel by id
+LOADTEST_KEY = "lewis:loadtest:{run}:submitted"  # a load test's parts, for a cancel by id
 WAIT_MARGIN = 15.0  # s beyond the work's own limits: queueing, the merge, the result's return
 
 
@@ -147,7 +148,7 @@ class LoadtestHandle(_ChordHandle[LoadtestProgress, LoadtestResult]):
     request: dict[str, Any] = field(default_factory=dict)
     worst_case: float | None = None
     what: ClassVar[str] = "load test"
-    cancellable: ClassVar[bool] = False
+    cancellable: ClassVar[bool] = True
 
     def progress(self) -> LoadtestProgress:
         """Requests, errors and rate summed over the parts that reported (once a second)."""
@@ -172,8 +173,8 @@ class LoadtestHandle(_ChordHandle[LoadtestProgress, LoadtestResult]):
         return LoadtestResult.from_dict(self._merged(timeout, interval))
 
     def cancel(self) -> bool:
-        """A load test is not cancelled: it ends by its duration or request count."""
-        return False
+        """See :func:`cancel_loadtest`."""
+        return cancel_loadtest(self.id, app=self.app)
 
     def result(self) -> LoadtestRun | None:
         """The persisted run (status, request, result), or None before it ended."""
@@ -288,6 +289,28 @@ def cancel_http_batch(batch_id: str, *, app: Celery | None = None) -> bool:
     return cancelled
 
 
+def cancel_loadtest(run_id: str, *, app: Celery | None = None) -> bool:
+    """Stop a running load test: every part stops sending within ~0.1 s (requests in flight
+    are cut), and the merged result covers the time it ran, status ``cancelled``. False if it
+    had ended already; InvalidInput if no such load test is known."""
+    from ..infra.cancel import request_cancel
+    from ..infra.redis_client import get_redis
+
+    app = _app(app)
+    _require_broker(app)
+    with publishing(app):
+        known = get_redis().get(LOADTEST_KEY.format(run=run_id))
+    run = LoadtestHandle(run_id, "", [], app).result()
+    if known is None and run is None:
+        raise InvalidInput(f"load test {run_id!r}: no such load test")
+    if run is not None:  # merged and stored: it has ended
+        return False
+    settings = get_settings()
+    with publishing(app):  # parts are not revoked: each returns what it measured, for the merge
+        return request_cancel(get_redis(), app, run_id, (),
+                              int(loadtest_budget(settings).time_limits(None)[1]) + 60)
+
+
 def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None,
                     requests: int | None = None, rate: float | None = None, workers: int = 1,
                     method: str = "GET", headers: Any = None, body: str | bytes | None = None,
@@ -349,6 +372,9 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
                                       kwargs={"kind": "loadtest", "run_id": run_id}))
     with publishing(app):
         _reach_broker(app)
+        from ..infra.redis_client import get_redis
+
+        get_redis().set(LOADTEST_KEY.format(run=run_id), workers, ex=int(hard) + 60)
         result = chord(header, app=app)(callback)
     return LoadtestHandle(run_id, result.id, [s.id for s in header], app, workers=workers,
                           request=request, worst_case=loadtest_worst_case(settings, duration))
@@ -423,4 +449,5 @@ def _check_scope(settings: Settings, url: str) -> None:
 
 
 __all__ = ["submit_http_batch", "submit_loadtest", "HttpBatchHandle", "LoadtestHandle",
-           "batch_worst_case", "loadtest_worst_case", "cancel_http_batch"]
+           "batch_worst_case", "loadtest_worst_case", "cancel_http_batch",
+           "cancel_loadtest"]

@@ -22,11 +22,12 @@ from typing import Any
 
 from ..domain.httpclient import create_session
 from ..domain.jobsums import chunk_figures, sum_chunks, sum_parts
-from ..domain.loadgen import LoadResult, run_loadtest
+from ..domain.loadgen import STOP_INTERVAL, LoadResult, run_loadtest
 from ..domain.scope import Scope
 from ..errors import InvalidInput
 from ..infra.barrier import RedisBarrier
 from ..infra.batchfetch import fetch_and_store, save_batch_once
+from ..infra.cancel import CancelCheck
 from ..infra.celery_app import app
 from ..infra.config import get_settings
 from ..infra.loadparts import BARRIER_KEY, claim_process
@@ -197,7 +198,8 @@ def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
     progress = ProgressWriter(client, LOADTEST_PROGRESS_KEY.format(run=run_id), str(part), ttl,
                               rt.scan.publisher)
     run_for = spec.get("duration")
-    result = rt.run(_load(spec, start_at, budget.max_duration, progress.publish),
+    stop = CancelCheck(client, run_id, interval=STOP_INTERVAL)  # a cancel ends it within ~0.1 s
+    result = rt.run(_load(spec, start_at, budget.max_duration, progress.publish, stop),
                      timeout=budget.time_limits(run_for)[0])
     progress.publish({"elapsed_s": round(result.duration_s, 3), "requests": result.requests,
                       "errors": sum(result.errors.values()), "rps": round(result.rps, 1),
@@ -208,7 +210,7 @@ def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
 
 
 async def _load(spec: Mapping[str, Any], start_at: float, max_duration: float,
-                report: Callable[[dict[str, Any]], None]) -> LoadResult:
+                report: Callable[[dict[str, Any]], None], stop: Callable[[], bool]) -> LoadResult:
     """The run on this process's loop, with a session of its own sized to the part's
     concurrency: the shared session's per-host limit would throttle it, and a load test
     must not starve the batches sharing that pool."""
@@ -227,7 +229,7 @@ async def _load(spec: Mapping[str, Any], start_at: float, max_duration: float,
                                   max_body=lt.max_body_bytes,
                                   start_at=start_at, max_duration=max_duration,
                                   max_concurrency=lt.max_concurrency, max_rate=lt.max_rate,
-                                  max_requests=lt.max_requests, on_progress=report)
+                                  max_requests=lt.max_requests, on_progress=report, stop=stop)
 
 
 def _check_part(run_id: Any, part: Any, parts: Any, spec: Any) -> None:
@@ -255,10 +257,10 @@ def loadtest_merge(results: list[dict[str, Any]], run_id: str,
     result = sum_parts(results, run_id)
     with session_scope(get_engine()) as session:
         stored = get_run(session, LoadtestRow, run_id)
-        if stored is not None and stored.status == "done" and stored.result:
+        if stored is not None and stored.status in ("done", "cancelled") and stored.result:
             return dict(stored.result)
-        save_loadtest(session, run_id, status="done", request=dict(request or {}),
-                      result=result, finished_at=_now())
+        save_loadtest(session, run_id, status="cancelled" if result["cancelled"] else "done",
+                      request=dict(request or {}), result=result, finished_at=_now())
     return result
 
 

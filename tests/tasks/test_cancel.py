@@ -8,6 +8,7 @@ count every connection they accept (the traffic the scan sends).
 from __future__ import annotations
 
 import contextlib
+import json
 import selectors
 import signal
 import socket
@@ -25,7 +26,7 @@ from lewis_tasks.cli import cli
 from lewis_tasks.domain.targets import format_ports
 from lewis_tasks.errors import LewisError
 from lewis_tasks.infra import planning
-from lewis_tasks.producer.http import submit_http_batch
+from lewis_tasks.producer.http import submit_http_batch, submit_loadtest
 from lewis_tasks.producer.scan import ScanHandle, submit_scan
 from tests.support.httpservers import RunningServer, serving
 from tests.support.procs import ROOT, lewis_env, wait_for
@@ -292,6 +293,74 @@ def test_ctrl_c_on_lewis_http_cancels_the_batch(slow_server: RunningServer, cele
 
     assert cancel_http_batch(batch_id) is False  # cancelled already
     time.sleep(1.0)  # the cancel was sent before the command exited
+    at = _http_hits(slow_server)
+    time.sleep(1.0)
+    assert _http_hits(slow_server) == at
+
+
+# ---------------------------------------------------------------- load tests
+
+
+def test_a_cancelled_load_test_stops_its_traffic_within_a_second(
+        slow_server: RunningServer, celery_worker: Any) -> None:
+    # Given a 60 s load test hitting the server
+    before = _http_hits(slow_server)
+    handle = submit_loadtest(f"{slow_server.url}/delay/20", concurrency=4, duration=60)
+    wait_for(lambda: _http_hits(slow_server) - before >= 40, timeout=30,
+             what="the load test reaching the server")
+    # When it is cancelled
+    assert handle.cancel() is True
+    time.sleep(1.0)
+    at_one = _http_hits(slow_server)
+    time.sleep(2.0)
+    # Then nothing reaches the server after the first second
+    assert _http_hits(slow_server) == at_one
+    # and the result covers the time it ran, marked cancelled, stored as such
+    result = handle.wait(timeout=30)
+    assert result.cancelled is True and result.to_dict()["cancelled"] is True
+    assert 0 < result.requests <= at_one - before
+    assert result.duration_s < 30
+    run = handle.result()
+    assert run is not None and run.status == "cancelled"
+    assert handle.cancel() is False  # it has ended: nothing to cancel
+
+
+def test_lewis_loadtest_cancel_then_on_an_ended_and_an_unknown_run(
+        slow_server: RunningServer, celery_worker: Any) -> None:
+    handle = submit_loadtest(f"{slow_server.url}/delay/20", concurrency=2, duration=60)
+    first = run("loadtest", "cancel", handle.id)
+    assert first.exit_code == 0 and first.output.strip() == f"load test {handle.id} cancelled"
+    assert handle.wait(timeout=30).cancelled is True
+    ended = CliRunner().invoke(cli, ["loadtest", "cancel", handle.id])
+    assert ended.exit_code == 1
+    assert ended.stderr.strip() == (f"lewis: load test {handle.id} has ended or was cancelled "
+                                    "already: nothing to cancel")
+    unknown = CliRunner().invoke(cli, ["loadtest", "cancel", "no-such-run"])
+    assert unknown.exit_code == 2 and "no such load test" in unknown.stderr
+
+
+def test_ctrl_c_on_lewis_loadtest_stops_it_and_prints_what_it_measured(
+        slow_server: RunningServer, celery_worker: Any, lewis_settings: Any) -> None:
+    env = lewis_env({"LEWIS_BROKER_URL": lewis_settings.broker.url,
+                     "LEWIS_DATABASE_URL": lewis_settings.database.url,
+                     "LEWIS_STACK_HOME": str(lewis_settings.stack.home)})
+    before = _http_hits(slow_server)
+    proc = subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", "loadtest",
+                             f"{slow_server.url}/delay/20", "-c", "4", "-d", "60s", "--json"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        wait_for(lambda: _http_hits(slow_server) - before >= 40, timeout=60,
+                 what="the load test reaching the server")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    # as wrk and locust: the run ends, its figures are printed, the exit says interrupted
+    assert proc.returncode == 130, err
+    assert "cancelled; what it had done is kept" in err
+    printed = json.loads(out)
+    assert printed["cancelled"] is True and printed["requests"] > 0
     at = _http_hits(slow_server)
     time.sleep(1.0)
     assert _http_hits(slow_server) == at
