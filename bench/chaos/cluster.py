@@ -59,6 +59,8 @@ class BrokerRedis(EmbeddedRedis):
         assert self.process is not None
         self.process.kill()
         self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
         self.process = None
 
     def restart(self) -> None:

@@ -155,6 +155,8 @@ time.sleep(120)
         wait_for(lambda: _gone_or_zombie(worker), 10, interval=0.05, what="the worker to die")
     finally:
         supervisor.kill()
+        supervisor.wait()
+        supervisor.stdout.close()  # type: ignore[union-attr]
         with contextlib.suppress(ProcessLookupError, NameError):
             os.kill(worker, signal.SIGKILL)
 
