@@ -108,6 +108,7 @@ class RowWriter:
 
     def _started(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
+            self._stop()  # a writer that died: its pipes closed before the next one starts
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "lewis_tasks.infra.rowwriter"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
