@@ -141,9 +141,10 @@ def _bar() -> Callable[[Any], str]:
 
     def draw(p: Any) -> str:
         filled = int(p.fraction * width)
+        doing = "  identifying services…" if p.phase == "identifying" else ""
         return (f"[{'#' * filled}{'.' * (width - filled)}] {p.fraction * 100:5.1f}%  "
                 f"chunks {p.chunks_done}/{p.chunks_total}  ports {p.ports_done:,}/"
-                f"{p.ports_total:,}  open {p.open_count}")
+                f"{p.ports_total:,}  open {p.open_count}{doing}")
 
     return draw
 

@@ -18,6 +18,9 @@ from .findings import LEVELS, Finding, address_key, level_rank, rank_findings
 from .scanjob import OpenPort
 
 
+CONNECT_SHARE = 0.9  # of a scan's progress bar: the connects; the rest, chunks finished
+
+
 @dataclass(frozen=True)
 class ScanProgress:
     """How far a scan has come, readable while its chunks still run."""
@@ -32,11 +35,28 @@ class ScanProgress:
 
     @property
     def fraction(self) -> float:
-        """Share of ports done, 0.0–1.0 (1.0 for an empty scan)."""
-        return min(1.0, self.ports_done / self.ports_total) if self.ports_total else 1.0
+        """Share of the work done, 0.0–1.0 (1.0 for an empty scan): connecting to the ports
+        fills :data:`CONNECT_SHARE` of it, finished chunks (services identified, stored) the
+        rest, so a scan whose ports are all tried but whose services are still being
+        identified does not show 100 %."""
+        if not self.ports_total:
+            return 1.0
+        ports = min(1.0, self.ports_done / self.ports_total)
+        chunks = min(1.0, self.chunks_done / self.chunks_total) if self.chunks_total else ports
+        return CONNECT_SHARE * ports + (1.0 - CONNECT_SHARE) * chunks
+
+    @property
+    def phase(self) -> str:
+        """What the scan is doing: ``connecting``, ``identifying`` (every port tried, chunks
+        still identifying services and storing), or its status once it has ended."""
+        if self.status != "running":
+            return self.status
+        if self.ports_total and self.ports_done >= self.ports_total:
+            return "identifying"
+        return "connecting"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fraction": self.fraction}
+        return {**asdict(self), "fraction": self.fraction, "phase": self.phase}
 
 
 @dataclass(frozen=True)

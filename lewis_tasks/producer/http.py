@@ -216,8 +216,8 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
     plan = batch_plan(settings, len(items), timeout)
     size = plan.size
     batch_id = uuid.uuid4().hex
-    options = {"timeout": plan.budget, "total": len(items),
-               "request": {"urls": len(items), "timeout": plan.budget, "chunk_size": size}}
+    request = {"urls": len(items), "timeout": plan.budget, "chunk_size": size}
+    options: dict[str, Any] = {"timeout": plan.budget, "total": len(items), "request": request}
     header = [app.signature("lewis.http.fetch_chunk",
                             args=(batch_id, start, items[start:start + size], options),
                             task_id=chunk_task_id(batch_id, start))
@@ -231,7 +231,7 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
         with publishing(app):
             _reach_broker(app)
             sent = single.apply_async()
-        _record_plan(batch_id, len(items), options["request"])
+        _record_plan(batch_id, len(items), request)
         return HttpBatchHandle(batch_id, sent.id, [sent.id], app, total=len(items), chunks=1,
                                worst_case=batch_worst_case(settings, len(items), timeout))
     callback = app.signature("lewis.http.merge", kwargs={"batch_id": batch_id})
@@ -239,7 +239,7 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
     with publishing(app):  # a broker that is down: one BrokerUnavailable, not kombu's own
         _reach_broker(app)
         result = chord(header, app=app)(callback)
-    _record_plan(batch_id, len(items), options["request"])
+    _record_plan(batch_id, len(items), request)
     return HttpBatchHandle(batch_id, result.id, [s.id for s in header], app,
                            total=len(items), chunks=len(header),
                            worst_case=batch_worst_case(settings, len(items), timeout))
@@ -276,15 +276,18 @@ def cancel_http_batch(batch_id: str, *, app: Celery | None = None) -> bool:
         batch = repo.get_http_batch(session, batch_id)
         if raw is None and batch is None:
             raise InvalidInput(f"HTTP batch {batch_id!r}: no such batch")
-        plan = json.loads(raw) if raw is not None else {"total": batch.total,  # type: ignore[union-attr]
-                                                        "request": batch.request or {}}  # type: ignore[union-attr]
-        cancelled = repo.cancel_http_batch(session, batch_id, total=int(plan["total"]),
-                                           request=plan["request"])
+        if raw is not None:
+            recorded = json.loads(raw)
+            total, request = int(recorded["total"]), dict(recorded["request"])
+        else:
+            assert batch is not None
+            total, request = int(batch.total), dict(batch.request or {})
+        cancelled = repo.cancel_http_batch(session, batch_id, total=total, request=request)
     if cancelled:
-        size = max(1, int(plan["request"].get("chunk_size") or plan["total"] or 1))
+        size = max(1, int(request.get("chunk_size") or total or 1))
         with publishing(app):
             request_cancel(get_redis(), app, batch_id,
-                           [chunk_task_id(batch_id, s) for s in range(0, int(plan["total"]), size)],
+                           [chunk_task_id(batch_id, s) for s in range(0, total, size)],
                            get_settings().broker.result_expires)
     return cancelled
 

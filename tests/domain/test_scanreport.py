@@ -49,3 +49,21 @@ def test_a_stored_finding_reads_back_as_it_was() -> None:
     f = assess("10.0.0.9", ServiceInfo(6379, "redis", "Redis", "7.0.0",
                                        extra={"auth_required": False}), hostname="db")
     assert type(f).from_dict(f.to_dict()) == f
+
+
+def test_the_progress_bar_does_not_reach_100_while_services_are_identified() -> None:
+    from lewis_tasks.domain.scanreport import ScanProgress
+
+    # Given every port of a one-chunk scan tried, its services still being identified
+    tried = ScanProgress("s", "running", chunks_total=1, chunks_done=0, ports_total=1000,
+                         ports_done=1000, open_count=12)
+    # Then the bar is short of full and says what it waits for
+    assert tried.fraction == 0.9 and tried.phase == "identifying"
+    # until the chunk is stored
+    done = ScanProgress("s", "done", 1, 1, 1000, 1000, 12)
+    assert done.fraction == 1.0 and done.phase == "done"
+    # halfway through the connects, it says so; an empty scan is complete
+    half = ScanProgress("s", "running", 2, 0, 1000, 500, 0)
+    assert half.fraction == 0.45 and half.phase == "connecting"
+    assert ScanProgress("s", "done", 0, 0, 0, 0, 0).fraction == 1.0
+    assert tried.to_dict()["phase"] == "identifying"
