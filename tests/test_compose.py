@@ -91,7 +91,7 @@ def test_the_examples_placeholder_passwords_stop_every_app_container(raw: dict[s
     # Given docker/env.example copied to .env as it is
     as_shipped = _walk(raw["services"], example_env())
     # Then every LEWIS container's settings are refused, naming a placeholder secret
-    for name, service in app_services(as_shipped).items():
+    for service in app_services(as_shipped).values():
         env = {k: str(v) for k, v in service.get("environment", {}).items()}
         with pytest.raises(ConfigError, match="holds the example's placeholder password"):
             load_settings(env=env, cwd=ROOT)

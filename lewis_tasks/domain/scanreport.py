@@ -17,7 +17,6 @@ from typing import Any
 from .findings import LEVELS, Finding, address_key, level_rank, rank_findings
 from .scanjob import OpenPort
 
-
 CONNECT_SHARE = 0.9  # of a scan's progress bar: the connects; the rest, chunks finished
 
 

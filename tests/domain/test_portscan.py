@@ -19,8 +19,8 @@ from lewis_tasks.domain.portscan import (
     CLOSED,
     FILTERED,
     OPEN,
-    PortScanResult,
     PortScanProgress,
+    PortScanResult,
     scan_ports,
     scan_ports_blocking,
 )

@@ -4,7 +4,6 @@ ran healthy; the embedded redis-server restarted on its own port, password and d
 from __future__ import annotations
 
 import contextlib
-
 import sys
 from pathlib import Path
 

@@ -14,8 +14,8 @@ import pytest
 
 from lewis_tasks.infra.redis_server import free_port
 from tests.conftest import stack_env
-from tests.test_compose import flower_healthcheck_code
 from tests.support.procs import lewis_process, wait_for, worker_names
+from tests.test_compose import flower_healthcheck_code
 
 pytestmark = pytest.mark.slow
 
