@@ -27,20 +27,25 @@ class PeriodicJob:
 def jobs(settings: Settings) -> list[PeriodicJob]:
     out = [
         # Ping every worker through the broker; record liveness and round trip.
-        PeriodicJob("heartbeat", "lewis.control.heartbeat", settings.monitoring.health_check_interval),
+        PeriodicJob(
+            "heartbeat", "lewis.control.heartbeat", settings.monitoring.health_check_interval
+        ),
         # Drop heartbeats older than the retention, and other expired bookkeeping.
         PeriodicJob("cleanup", "lewis.control.cleanup", float(settings.memory.cleanup_interval)),
         # Queue depths, workers online, the workers' metric reports rolled up (issue 14).
-        PeriodicJob("metrics", "lewis.control.collect_metrics",
-                    float(settings.monitoring.metrics_interval)),
+        PeriodicJob(
+            "metrics", "lewis.control.collect_metrics", float(settings.monitoring.metrics_interval)
+        ),
         # Alert rules advanced one slot; notifications go out in their own task (issue 15).
-        PeriodicJob("alerts", "lewis.control.evaluate_alerts",
-                    float(settings.alerts.evaluation_interval)),
+        PeriodicJob(
+            "alerts", "lewis.control.evaluate_alerts", float(settings.alerts.evaluation_interval)
+        ),
     ]
     if settings.scaling.enabled:
         # Per queue: workers wanted from the collected load, recorded and actuated (issue 16).
-        out.append(PeriodicJob("scaling", "lewis.control.decide_scaling",
-                               settings.scaling.interval))
+        out.append(
+            PeriodicJob("scaling", "lewis.control.decide_scaling", settings.scaling.interval)
+        )
     return out
 
 

@@ -55,23 +55,40 @@ def fill_hour(client: redis.Redis, now: float) -> Any:
         b = MetricBatch()
         for h in range(8):
             host = {"hostname": f"host{h}"}
-            for name in ("lewis_host_cpu_percent", "lewis_host_memory_percent",
-                         "lewis_host_disk_used_percent", "lewis_worker_cpu_percent",
-                         "lewis_host_load1", "celery_worker_up"):
+            for name in (
+                "lewis_host_cpu_percent",
+                "lewis_host_memory_percent",
+                "lewis_host_disk_used_percent",
+                "lewis_worker_cpu_percent",
+                "lewis_host_load1",
+                "celery_worker_up",
+            ):
                 b.gauge(series_key(name, host), name, rnd.uniform(0, 100), at)
         for q in ("io", "cpu", "control"):
-            for name in ("celery_queue_length", "lewis_queue_unacked",
-                         "celery_active_worker_count"):
+            for name in (
+                "celery_queue_length",
+                "lewis_queue_unacked",
+                "celery_active_worker_count",
+            ):
                 b.gauge(series_key(name, {"queue_name": q}), name, rnd.randint(0, 300), at)
         for t in range(20):
-            labels = {"name": f"lewis.task{t}", "queue": "io" if t % 2 else "cpu",
-                      "hostname": f"host{t % 8}"}
-            for name, n in (("celery_task_succeeded_total", rnd.randint(0, 50)),
-                            ("celery_task_failed_total", rnd.randint(0, 3))):
+            labels = {
+                "name": f"lewis.task{t}",
+                "queue": "io" if t % 2 else "cpu",
+                "hostname": f"host{t % 8}",
+            }
+            for name, n in (
+                ("celery_task_succeeded_total", rnd.randint(0, 50)),
+                ("celery_task_failed_total", rnd.randint(0, 3)),
+            ):
                 b.inc(slot, series_key(name, labels), name, float(n))
             for _ in range(10):
-                b.observe(slot, series_key("celery_task_runtime", labels), "celery_task_runtime",
-                          rnd.expovariate(2.0))
+                b.observe(
+                    slot,
+                    series_key("celery_task_runtime", labels),
+                    "celery_task_runtime",
+                    rnd.expovariate(2.0),
+                )
         store.write(b, now=at)
     return store
 
@@ -80,17 +97,30 @@ def hundred_rules() -> list[Any]:
     from lewis_tasks.domain.alerts import default_rules, parse_rule
 
     rules = list(default_rules())
-    metrics = [("lewis_host_cpu_percent", ["hostname"]), ("celery_queue_length", ["queue_name"]),
-               ("celery_task_runtime", ["name"]), ("celery_task_failed_total", ["queue"]),
-               ("lewis_host_memory_percent", [])]
+    metrics = [
+        ("lewis_host_cpu_percent", ["hostname"]),
+        ("celery_queue_length", ["queue_name"]),
+        ("celery_task_runtime", ["name"]),
+        ("celery_task_failed_total", ["queue"]),
+        ("lewis_host_memory_percent", []),
+    ]
     windows = ("1m", "5m", "15m", "30m", "1h")
     i = 0
     while len(rules) < 100:
         metric, by = metrics[i % len(metrics)]
-        rules.append(parse_rule({"name": f"Variant{i}", "metric": metric,
-                                 "aggregation": AGGS[i % len(AGGS)],
-                                 "window": windows[(i // 3) % len(windows)],
-                                 "threshold": 50 + i, "for": "1m", "by": by}))
+        rules.append(
+            parse_rule(
+                {
+                    "name": f"Variant{i}",
+                    "metric": metric,
+                    "aggregation": AGGS[i % len(AGGS)],
+                    "window": windows[(i // 3) % len(windows)],
+                    "threshold": 50 + i,
+                    "for": "1m",
+                    "by": by,
+                }
+            )
+        )
         i += 1
     return rules
 
@@ -130,12 +160,17 @@ def cost(server: Any) -> dict[str, float]:
     fields = float(client.hlen(store.slot_key(int(now // INTERVAL))))
     client.close()
     cpu_s = median(cpus) + redis_cpu
-    return {"tick_ms": median(walls) * 1000,
-            "tick_p95_ms": sorted(walls)[int(0.95 * len(walls))] * 1000,
-            "read_parse_ms": median(reads) * 1000, "cpu_ms": median(cpus) * 1000,
-            "redis_cpu_ms": redis_cpu * 1000,
-            "core_share_pct": cpu_s / EVAL_EVERY * 100, "fields_per_slot": fields,
-            "cold_tick_ms": cold_ms, "cold_cpu_ms": cold_cpu_ms}
+    return {
+        "tick_ms": median(walls) * 1000,
+        "tick_p95_ms": sorted(walls)[int(0.95 * len(walls))] * 1000,
+        "read_parse_ms": median(reads) * 1000,
+        "cpu_ms": median(cpus) * 1000,
+        "redis_cpu_ms": redis_cpu * 1000,
+        "core_share_pct": cpu_s / EVAL_EVERY * 100,
+        "fields_per_slot": fields,
+        "cold_tick_ms": cold_ms,
+        "cold_cpu_ms": cold_cpu_ms,
+    }
 
 
 @contextlib.contextmanager
@@ -148,10 +183,17 @@ def _alertmanager(tmp: Path) -> Iterator[str | None]:
 
     (tmp / "am.yml").write_text("route:\n  receiver: none\nreceivers:\n  - name: none\n")
     port = free_port()
-    proc = subprocess.Popen([binary, f"--config.file={tmp / 'am.yml'}",
-                             f"--storage.path={tmp / 'am'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--cluster.listen-address="], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp / 'am.yml'}",
+            f"--storage.path={tmp / 'am'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):
@@ -179,9 +221,17 @@ def latency(server: Any, run: int) -> dict[str, float] | None:
     from lewis_tasks.infra.metrics_store import MetricStore
     from lewis_tasks.infra.notifiers import Notifier, Receivers
 
-    rule = parse_rule({"name": "LatencyProbe", "metric": "celery_queue_length",
-                       "aggregation": "last", "threshold": 100, "for": "5s",
-                       "by": ["queue_name"], "window": "10s"})
+    rule = parse_rule(
+        {
+            "name": "LatencyProbe",
+            "metric": "celery_queue_length",
+            "aggregation": "last",
+            "threshold": 100,
+            "for": "5s",
+            "by": ["queue_name"],
+            "window": "10s",
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp, _alertmanager(Path(tmp)) as am:
         if am is None:
             return None
@@ -189,9 +239,12 @@ def latency(server: Any, run: int) -> dict[str, float] | None:
         client.flushdb()
         store = MetricStore(client, 1, 3600, 100)
         engine = AlertEngine(store, [rule], 1.0, prefix=f"lewis:alerts:bench{run}")
-        notifier = Notifier(client, [rule], Receivers(log=False, alertmanager_url=am,
-                                                      evaluation_interval=1.0),
-                            prefix=f"lewis:alerts:bench{run}")
+        notifier = Notifier(
+            client,
+            [rule],
+            Receivers(log=False, alertmanager_url=am, evaluation_interval=1.0),
+            prefix=f"lewis:alerts:bench{run}",
+        )
         crossed = None
         seen = None
         deadline = time.time() + 30
@@ -202,8 +255,12 @@ def latency(server: Any, run: int) -> dict[str, float] | None:
                 time.sleep(max(0.0, slot - 1 + rnd.random() - time.time()))
                 crossed = time.time()
             b = MetricBatch()
-            b.gauge(series_key("celery_queue_length", {"queue_name": "io"}),
-                    "celery_queue_length", 500.0, time.time())
+            b.gauge(
+                series_key("celery_queue_length", {"queue_name": "io"}),
+                "celery_queue_length",
+                500.0,
+                time.time(),
+            )
             store.write(b)
             time.sleep(max(0.0, slot - time.time()))  # the beat fires at the slot's start
             tick = engine.tick(slot)
@@ -238,33 +295,44 @@ def render(data: dict[str, Any]) -> str:
     def med(key: str) -> float:
         return float(statistics.median(c[key] for c in cost_runs))
 
-    lines = ["## Alerting: evaluation cost and notification latency", "",
-             machine_line(data["machine"]),
-             f"Medians of {len(cost_runs)} runs of {TICKS} ticks each (`bench/alerting.py`); "
-             "the machine is shared.", "",
-             "| 100 rules over an hour of data (360 slots) | median | goal |", "|---|---:|---:|",
-             f"| one tick (read + parse + evaluate + commit), ms | {med('tick_ms'):.1f} "
-             f"(p95 {med('tick_p95_ms'):.1f}) | < 50 |",
-             f"| of which reading and parsing the slots, ms | {med('read_parse_ms'):.1f} | |",
-             f"| CPU per tick: engine / redis-server, ms | {med('cpu_ms'):.1f} / "
-             f"{med('redis_cpu_ms'):.1f} | |",
-             f"| share of one core at a 15 s interval | {med('core_share_pct'):.2f} % | < 1 % |",
-             f"| first tick of a new process (the whole hour read and parsed), ms | "
-             f"{med('cold_tick_ms'):.0f} | once |"]
+    lines = [
+        "## Alerting: evaluation cost and notification latency",
+        "",
+        machine_line(data["machine"]),
+        f"Medians of {len(cost_runs)} runs of {TICKS} ticks each (`bench/alerting.py`); "
+        "the machine is shared.",
+        "",
+        "| 100 rules over an hour of data (360 slots) | median | goal |",
+        "|---|---:|---:|",
+        f"| one tick (read + parse + evaluate + commit), ms | {med('tick_ms'):.1f} "
+        f"(p95 {med('tick_p95_ms'):.1f}) | < 50 |",
+        f"| of which reading and parsing the slots, ms | {med('read_parse_ms'):.1f} | |",
+        f"| CPU per tick: engine / redis-server, ms | {med('cpu_ms'):.1f} / "
+        f"{med('redis_cpu_ms'):.1f} | |",
+        f"| share of one core at a 15 s interval | {med('core_share_pct'):.2f} % | < 1 % |",
+        f"| first tick of a new process (the whole hour read and parsed), ms | "
+        f"{med('cold_tick_ms'):.0f} | once |",
+    ]
     if data.get("latency"):
         secs = [x["seconds"] for x in data["latency"]]
-        lines += ["", f"Threshold crossed → alert listed active by a real Alertmanager "
-                  f"(`for: 5s`, 1 s evaluation): median {statistics.median(secs):.2f} s, "
-                  f"max {max(secs):.2f} s over {len(secs)} runs (bound: `for` + one interval "
-                  "= 6 s, plus the push)."]
-    lines += ["", "How to read it: a tick reads again only the newest slots (finished ones stay "
-              "parsed in the control worker between ticks), groups each metric selection once "
-              "for all rules sharing it, and merges histograms as their non-empty buckets; the "
-              "first tick of a new process pays for the whole hour once. Each slot held "
-              f"{med('fields_per_slot'):.0f} hash fields (8 hosts, 3 queues, 20 task names). "
-              "The 91 variant rules cycle 5 metrics × 7 aggregations × 5 windows (1 m to 1 h), "
-              "so rules share roll-ups as real rule sets do; 100 rules on 100 different "
-              "metrics or selections would cost more per tick."]
+        lines += [
+            "",
+            f"Threshold crossed → alert listed active by a real Alertmanager "
+            f"(`for: 5s`, 1 s evaluation): median {statistics.median(secs):.2f} s, "
+            f"max {max(secs):.2f} s over {len(secs)} runs (bound: `for` + one interval "
+            "= 6 s, plus the push).",
+        ]
+    lines += [
+        "",
+        "How to read it: a tick reads again only the newest slots (finished ones stay "
+        "parsed in the control worker between ticks), groups each metric selection once "
+        "for all rules sharing it, and merges histograms as their non-empty buckets; the "
+        "first tick of a new process pays for the whole hour once. Each slot held "
+        f"{med('fields_per_slot'):.0f} hash fields (8 hosts, 3 queues, 20 task names). "
+        "The 91 variant rules cycle 5 metrics × 7 aggregations × 5 windows (1 m to 1 h), "
+        "so rules share roll-ups as real rule sets do; 100 rules on 100 different "
+        "metrics or selections would cost more per tick.",
+    ]
     return "\n".join(lines)
 
 

@@ -36,15 +36,21 @@ def run(runs: int) -> dict[str, dict[str, list[float]]]:
             systems[side].env["LEWIS_BROKER_ATOMIC_TAKE"] = value
         for i in range(runs):
             # AB BA …: drift over the run hits both sides alike
-            for side in (list(SIDES) if i % 2 == 0 else list(reversed(SIDES))):
+            for side in list(SIDES) if i % 2 == 0 else list(reversed(SIDES)):
                 latency = plat.bench_latency(systems[side])
                 drain = plat.bench_drain(systems[side], "noop_io")
-                sample = {"p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
-                          "drain_per_s": drain["tasks_per_s"], "load1": os.getloadavg()[0]}
+                sample = {
+                    "p50_ms": latency["p50_ms"],
+                    "p99_ms": latency["p99_ms"],
+                    "drain_per_s": drain["tasks_per_s"],
+                    "load1": os.getloadavg()[0],
+                }
                 for key, value in sample.items():
                     figures[side].setdefault(key, []).append(value)
-                print(f"  run {i + 1} {side:<7} {json.dumps({k: round(v, 3) for k, v in sample.items()})}",
-                      flush=True)
+                print(
+                    f"  run {i + 1} {side:<7} {json.dumps({k: round(v, 3) for k, v in sample.items()})}",
+                    flush=True,
+                )
     return figures
 
 
@@ -52,15 +58,19 @@ def cost_lines(data: dict[str, Any]) -> list[str]:
     """The atomic take's cost, for the Chaos section of BENCHMARKS.md."""
     from .report import machine_line
 
-    med = {side: {k: median(v) for k, v in measures.items()}
-           for side, measures in data["figures"].items()}
+    med = {
+        side: {k: median(v) for k, v in measures.items()}
+        for side, measures in data["figures"].items()
+    }
     atomic, brpop = med["atomic"], med["brpop"]
     runs = len(data["figures"]["atomic"]["p50_ms"])
     loads = [x for measures in data["figures"].values() for x in measures.get("load1", [0.0])]
 
     def row(name: str, key: str, fmt: str) -> str:
-        return (f"| {name} | {atomic[key]:{fmt}} | {brpop[key]:{fmt}} "
-                f"| {atomic[key] / brpop[key]:.2f} |")
+        return (
+            f"| {name} | {atomic[key]:{fmt}} | {brpop[key]:{fmt}} "
+            f"| {atomic[key] / brpop[key]:.2f} |"
+        )
 
     return [
         "",
@@ -91,12 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     figures = run(args.runs)
-    summary = {side: {k: round(median(v), 3) for k, v in measures.items()}
-               for side, measures in figures.items()}
+    summary = {
+        side: {k: round(median(v), 3) for k, v in measures.items()}
+        for side, measures in figures.items()
+    }
     print(json.dumps(summary))
     if not args.no_write:
-        code = subprocess.run(["git", "log", "-1", "--format=%h"], cwd=ROOT,
-                              capture_output=True, text=True).stdout.strip()
+        code = subprocess.run(
+            ["git", "log", "-1", "--format=%h"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         data = {"machine": machine(), "code": code, "figures": figures}
         (RESULTS / "atomic.json").write_text(json.dumps(data, indent=1))
         chaos = json.loads((RESULTS / "chaos.json").read_text())

@@ -11,8 +11,11 @@ import time
 
 from celery import Celery
 
-app = Celery("baseline", broker=os.environ["BENCH_BROKER_URL"],
-             backend=os.environ.get("BENCH_BACKEND_URL", os.environ["BENCH_BROKER_URL"]))
+app = Celery(
+    "baseline",
+    broker=os.environ["BENCH_BROKER_URL"],
+    backend=os.environ.get("BENCH_BACKEND_URL", os.environ["BENCH_BROKER_URL"]),
+)
 
 
 @app.task(name="baseline.noop")

@@ -32,8 +32,9 @@ from .harness import (
 
 def _lewis_seconds(env: dict[str, str], *args: str) -> tuple[float, int]:
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "lewis_tasks.cli", *args], env=env, cwd=ROOT, capture_output=True
+    )
     return time.perf_counter() - began, done.returncode
 
 
@@ -45,8 +46,9 @@ def _scan(waves: bool) -> tuple[float, int]:
     planning.SCAN_WAVES = saved if waves else 0
     try:
         began = time.perf_counter()
-        report = submit_scan("127.0.0.1", ports="-", services=False).wait(timeout=300,
-                                                                         interval=0.01)
+        report = submit_scan("127.0.0.1", ports="-", services=False).wait(
+            timeout=300, interval=0.01
+        )
         return time.perf_counter() - began, report.progress.chunks_total
     finally:
         planning.SCAN_WAVES = saved
@@ -58,8 +60,13 @@ def run(runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {"load_before": os.getloadavg()[0]}
     with private_redis() as server, tempfile.TemporaryDirectory(prefix="lewis-bench-fleet-") as tmp:
         env = lewis_env(db_url(server, 1), Path(tmp))
-        subprocess.run([sys.executable, "-m", "lewis_tasks.cli", "db", "upgrade"], env=env,
-                       cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "lewis_tasks.cli", "db", "upgrade"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         app = _use_stack(env)
         argvs = [lewis_worker_argv("io"), lewis_worker_argv("io"), lewis_worker_argv("cpu")]
         with processes(argvs, env, "fleet"):
@@ -77,8 +84,9 @@ def run(runs: int) -> dict[str, Any]:
     dead = lewis_env(f"redis://127.0.0.1:{closed.getsockname()[1]}/0", Path(tempfile.gettempdir()))
     down = [_lewis_seconds(dead, "health") for _ in range(10)]
     closed.close()
-    out.update(health=health, cluster=cluster, down=down, scans=scans,
-               load_after=os.getloadavg()[0])
+    out.update(
+        health=health, cluster=cluster, down=down, scans=scans, load_after=os.getloadavg()[0]
+    )
     return out
 
 
@@ -87,18 +95,21 @@ def render(data: dict[str, Any]) -> str:
         return f"{median([r[0] for r in rows]):.3f}"
 
     waves, old = data["scans"]["waves"], data["scans"]["old"]
-    lines = [f"load average {data['load_before']:.2f} before, {data['load_after']:.2f} after; "
-             f"medians of {len(waves)} interleaved scan runs and 10 health calls",
-             "", "| measure | value |", "|---|---:|",
-             f"| `lewis health --queue io` wall (s), process start to exit, code "
-             f"{data['health'][0][1]} | {secs(data['health'])} |",
-             f"| `lewis health` (whole cluster: io and cpu up, no control, no beat), code "
-             f"{data['cluster'][0][1]} | {secs(data['cluster'])} |",
-             f"| `lewis health`, broker port closed, code {data['down'][0][1]} | "
-             f"{secs(data['down'])} |",
-             f"| full `-p -` of 127.0.0.1, 2 io workers, waves (as shipped): wall (s), chunks "
-             f"{waves[0][1]} | {secs(waves)} |",
-             f"| the same, old planning: wall (s), chunks {old[0][1]} | {secs(old)} |"]
+    lines = [
+        f"load average {data['load_before']:.2f} before, {data['load_after']:.2f} after; "
+        f"medians of {len(waves)} interleaved scan runs and 10 health calls",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| `lewis health --queue io` wall (s), process start to exit, code "
+        f"{data['health'][0][1]} | {secs(data['health'])} |",
+        f"| `lewis health` (whole cluster: io and cpu up, no control, no beat), code "
+        f"{data['cluster'][0][1]} | {secs(data['cluster'])} |",
+        f"| `lewis health`, broker port closed, code {data['down'][0][1]} | {secs(data['down'])} |",
+        f"| full `-p -` of 127.0.0.1, 2 io workers, waves (as shipped): wall (s), chunks "
+        f"{waves[0][1]} | {secs(waves)} |",
+        f"| the same, old planning: wall (s), chunks {old[0][1]} | {secs(old)} |",
+    ]
     return "\n".join(lines)
 
 

@@ -54,24 +54,39 @@ def db_url(server: EmbeddedRedis, db: int) -> str:
 
 def lewis_env(broker: str, home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEWIS_")}
-    env.update({"LEWIS_BROKER_URL": broker, "LEWIS_STACK_HOME": str(home),
-                "LEWIS_DATABASE_URL": f"sqlite:///{home / 'lewis.db'}",
-                "LEWIS_MONITORING_PERFORMANCE_LOGGING": "false",
-                "PYTHONPATH": str(ROOT)})
+    env.update(
+        {
+            "LEWIS_BROKER_URL": broker,
+            "LEWIS_STACK_HOME": str(home),
+            "LEWIS_DATABASE_URL": f"sqlite:///{home / 'lewis.db'}",
+            "LEWIS_MONITORING_PERFORMANCE_LOGGING": "false",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     env.update(extra)
     return env
 
 
 @contextlib.contextmanager
-def processes(argvs: Sequence[Sequence[str]], env: dict[str, str], name: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+def processes(
+    argvs: Sequence[Sequence[str]], env: dict[str, str], name: str
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start each argv in its own process group; kill the groups on the way out."""
     LOGS.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
         for i, argv in enumerate(argvs):
             log = open(LOGS / f"{name}-{i}.log", "wb")  # noqa: SIM115  (closed with the process)
-            procs.append(subprocess.Popen(list(argv), env=env, cwd=ROOT, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    list(argv),
+                    env=env,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             log.close()
         yield procs
     finally:
@@ -91,8 +106,17 @@ def lewis_worker_argv(profile: str, *extra: str) -> list[str]:
 
 
 def baseline_worker_argv(*extra: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "bench.baseline_app", "worker", "-l", "WARNING",
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.baseline_app",
+        "worker",
+        "-l",
+        "WARNING",
+        *extra,
+    ]
 
 
 def wait_workers(app: Celery, count: int, timeout: float = 60.0) -> None:
@@ -101,8 +125,9 @@ def wait_workers(app: Celery, count: int, timeout: float = 60.0) -> None:
     wait_for_workers(app, lambda names: len(names) >= count, timeout)
 
 
-def wait_results(client: redis.Redis, baseline_keys: int, count: int, timeout: float,
-                 poll: float = 0.002) -> float:
+def wait_results(
+    client: redis.Redis, baseline_keys: int, count: int, timeout: float, poll: float = 0.002
+) -> float:
     """Block until ``count`` new result keys exist (a result is written when a task ends);
     returns the monotonic time it happened. DBSIZE is O(1), so polling costs the server nothing."""
     deadline = time.monotonic() + timeout
@@ -111,8 +136,9 @@ def wait_results(client: redis.Redis, baseline_keys: int, count: int, timeout: f
         if client.dbsize() >= target:
             return time.monotonic()
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {client.dbsize() - baseline_keys}/{count} tasks finished "
-                               f"in {timeout}s")
+            raise RuntimeError(
+                f"only {client.dbsize() - baseline_keys}/{count} tasks finished in {timeout}s"
+            )
         time.sleep(poll)
 
 

@@ -60,26 +60,45 @@ def nginx(tmp: Path) -> Iterator[Nginx]:
     (root / "www").mkdir(parents=True)
     (root / "www" / PAGE).write_bytes(bytes(range(256)) * 2)
     # nginx started by root serves as "nobody": let it reach the file (and nothing else)
-    for path, mode in ((tmp, 0o711), (root, 0o711), (root / "www", 0o755), (root / "www" / PAGE, 0o644)):
+    for path, mode in (
+        (tmp, 0o711),
+        (root, 0o711),
+        (root / "www", 0o755),
+        (root / "www" / PAGE, 0o644),
+    ):
         path.chmod(mode)
     port = free_port()
-    temps = " ".join(f"{kind}_temp_path {root / kind};" for kind in
-                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temps = " ".join(
+        f"{kind}_temp_path {root / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     (root / "nginx.conf").write_text(f"""
 worker_processes 1;
-pid {root / 'nginx.pid'};
-error_log {root / 'error.log'} warn;
+pid {root / "nginx.pid"};
+error_log {root / "error.log"} warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
   {temps}
-  server {{ listen 127.0.0.1:{port}; root {root / 'www'}; }}
+  server {{ listen 127.0.0.1:{port}; root {root / "www"}; }}
 }}
 """)
-    proc = subprocess.Popen(["nginx", "-p", str(root), "-c", str(root / "nginx.conf"),
-                             "-e", str(root / "error.log"), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            "nginx",
+            "-p",
+            str(root),
+            "-c",
+            str(root / "nginx.conf"),
+            "-e",
+            str(root / "error.log"),
+            "-g",
+            "daemon off;",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/{PAGE}"
     try:
         _wait_http(url)
@@ -92,8 +111,9 @@ http {{
 def children(pid: int) -> list[int]:
     """The processes ``pid`` started (none when it is gone, or not on Linux)."""
     try:
-        return [int(child) for child in
-                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
     except OSError:
         return []
 
@@ -121,8 +141,9 @@ class CpuMeter:
     def per_url(self, urls: int) -> dict[str, float]:
         """µs of CPU per URL for each group since this meter was made."""
         after = self._read()
-        return {f"{name}_cpu_us": (after[name] - self.before[name]) * 1e6 / urls
-                for name in self.pids}
+        return {
+            f"{name}_cpu_us": (after[name] - self.before[name]) * 1e6 / urls for name in self.pids
+        }
 
 
 def _wait_http(url: str, timeout: float = 10.0) -> None:
@@ -162,9 +183,14 @@ class Stack:
         LOGS.mkdir(parents=True, exist_ok=True)
         n = len(self.io_pids) + 1
         with open(LOGS / f"http-io{n}.log", "wb") as log:
-            proc = subprocess.Popen([*self.lewis, "worker", "io", "-n", f"io-{n}@%h"],
-                                    env=self.env, cwd=ROOT, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [*self.lewis, "worker", "io", "-n", f"io-{n}@%h"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.extra.append(proc)
         _wait_io_workers(app, n)
         self.io_pids.append(proc.pid)
@@ -172,8 +198,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(tmp: Path, name: str = "stack",
-          overrides: dict[str, str] | None = None) -> Iterator[Stack]:
+def stack(
+    tmp: Path, name: str = "stack", overrides: dict[str, str] | None = None
+) -> Iterator[Stack]:
     """``lewis up --detach`` (one io process) in a private home ``tmp/name``, with ``overrides``
     (``LEWIS_…`` settings) in its environment; more io workers on demand.
 
@@ -185,13 +212,20 @@ def stack(tmp: Path, name: str = "stack",
 
     home = tmp / name
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEWIS_")}
-    env.update({"LEWIS_STACK_HOME": str(home), "PYTHONPATH": str(ROOT),
-                # the anchor's limit: 100 connections per process, none per host
-                "LEWIS_NETWORK_MAX_CONNECTIONS": str(LIMIT), "LEWIS_NETWORK_LIMIT_PER_HOST": "0",
-                **(overrides or {})})
+    env.update(
+        {
+            "LEWIS_STACK_HOME": str(home),
+            "PYTHONPATH": str(ROOT),
+            # the anchor's limit: 100 connections per process, none per host
+            "LEWIS_NETWORK_MAX_CONNECTIONS": str(LIMIT),
+            "LEWIS_NETWORK_LIMIT_PER_HOST": "0",
+            **(overrides or {}),
+        }
+    )
     running = Stack(home, env)
-    subprocess.run([*running.lewis, "up", "--detach"], env=env, cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*running.lewis, "up", "--detach"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL
+    )
     previous = config.get_settings()
     try:
         settings = config.load_settings(env=env)
@@ -208,8 +242,9 @@ def stack(tmp: Path, name: str = "stack",
             proc.terminate()
         for proc in running.extra:
             proc.wait(30)
-        subprocess.run([*running.lewis, "down"], env=env, cwd=ROOT, check=False,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*running.lewis, "down"], env=env, cwd=ROOT, check=False, stdout=subprocess.DEVNULL
+        )
         config.set_settings(previous)
         reset_clients()
         configure_app(app, previous)
@@ -232,9 +267,15 @@ def bench_batch(url: str, cpu: dict[str, list[int]] | None = None) -> dict[str, 
     used = meter.per_url(BATCH)
     if summary["ok"] != BATCH:
         raise RuntimeError(f"batch: {summary['failed']} of {BATCH} failed: {summary['errors']}")
-    return {"rps": BATCH / seconds, "seconds": seconds, "chunks": summary["chunks"],
-            "processes": len(summary["processes"]), "p50_ms": summary["latency_ms"]["p50_ms"],
-            "p99_ms": summary["latency_ms"]["p99_ms"], **used}
+    return {
+        "rps": BATCH / seconds,
+        "seconds": seconds,
+        "chunks": summary["chunks"],
+        "processes": len(summary["processes"]),
+        "p50_ms": summary["latency_ms"]["p50_ms"],
+        "p99_ms": summary["latency_ms"]["p99_ms"],
+        **used,
+    }
 
 
 def _children_cpu() -> float:
@@ -246,9 +287,13 @@ def _children_cpu() -> float:
 
 def _raw(url: str, count: int) -> tuple[dict[str, Any], float]:
     before = _children_cpu()
-    out = subprocess.run([sys.executable, "-m", "bench.rawhttp", url, str(count),
-                          "--limit", str(LIMIT)], cwd=ROOT, check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.rawhttp", url, str(count), "--limit", str(LIMIT)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout), _children_cpu() - before
 
 
@@ -259,8 +304,12 @@ def bench_raw(url: str, cpu: dict[str, list[int]] | None = None) -> dict[str, An
     data, used = _raw(url, BATCH)
     if data["ok"] != BATCH:
         raise RuntimeError(f"raw aiohttp: {data['errors']} errors")
-    return {"rps": data["rps"], "seconds": data["seconds"],
-            "client_cpu_us": max(0.0, used - startup) * 1e6 / BATCH, **meter.per_url(BATCH)}
+    return {
+        "rps": data["rps"],
+        "seconds": data["seconds"],
+        "client_cpu_us": max(0.0, used - startup) * 1e6 / BATCH,
+        **meter.per_url(BATCH),
+    }
 
 
 def bench_loadtest(url: str, rate: float | None = None) -> dict[str, Any]:
@@ -268,8 +317,13 @@ def bench_loadtest(url: str, rate: float | None = None) -> dict[str, Any]:
 
     handle = submit_loadtest(url, concurrency=LIMIT, duration=DURATION, rate=rate, workers=2)
     result = handle.wait(timeout=DURATION + 120)
-    return {**_latencies(result), "requests": result["requests"], "errors": sum(result["errors"].values()),
-            "processes": len(result["processes"]), "handed_back": result.get("handed_back", 0)}
+    return {
+        **_latencies(result),
+        "requests": result["requests"],
+        "errors": sum(result["errors"].values()),
+        "processes": len(result["processes"]),
+        "handed_back": result.get("handed_back", 0),
+    }
 
 
 def bench_plain(url: str, rate: float, processes: int = 2) -> dict[str, Any]:
@@ -278,10 +332,20 @@ def bench_plain(url: str, rate: float, processes: int = 2) -> dict[str, Any]:
     from lewis_tasks.domain.loadgen import LoadResult
 
     start_at = time.time() + 3.0  # imports and warm-up come first
-    argv = [sys.executable, "-m", "bench.openloop", url, str(rate / processes),
-            str(LIMIT // processes), str(DURATION), str(start_at)]
-    procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-             for _ in range(processes)]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.openloop",
+        url,
+        str(rate / processes),
+        str(LIMIT // processes),
+        str(DURATION),
+        str(start_at),
+    ]
+    procs = [
+        subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
     parts = [json.loads(proc.communicate(timeout=DURATION + 60)[0]) for proc in procs]
     return _latencies(LoadResult.merge(LoadResult.from_dict(p) for p in parts).to_dict())
 
@@ -289,8 +353,13 @@ def bench_plain(url: str, rate: float, processes: int = 2) -> dict[str, Any]:
 def _latencies(result: dict[str, Any]) -> dict[str, Any]:
     """rps, and p50/p99 from the intended and from the actual send, of a load test result."""
     lat, service = result["latency_ms"], result["service_ms"]
-    return {"rps": result["rps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
-            "service_p50_ms": service["p50_ms"], "service_p99_ms": service["p99_ms"]}
+    return {
+        "rps": result["rps"],
+        "p50_ms": lat["p50_ms"],
+        "p99_ms": lat["p99_ms"],
+        "service_p50_ms": service["p50_ms"],
+        "service_p99_ms": service["p99_ms"],
+    }
 
 
 _WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
@@ -321,20 +390,45 @@ def bench_locust(url: str, tmp: Path) -> dict[str, Any]:
     locustfile.write_text(
         "from locust import FastHttpUser, task\n\n\n"
         "class Hammer(FastHttpUser):\n"
-        f"    @task\n    def page(self):\n        self.client.get({path!r})\n")
+        f"    @task\n    def page(self):\n        self.client.get({path!r})\n"
+    )
     prefix = tmp / "locust"
     host = url.split("/" + PAGE)[0]
-    subprocess.run([locust, "-f", str(locustfile), "--headless", "-u", str(LIMIT), "-r",
-                    str(LIMIT), "-t", f"{DURATION:.0f}s", "--host", host, "--csv", str(prefix),
-                    "--only-summary", "--loglevel", "WARNING"], check=True,
-                   capture_output=True, cwd=tmp)
+    subprocess.run(
+        [
+            locust,
+            "-f",
+            str(locustfile),
+            "--headless",
+            "-u",
+            str(LIMIT),
+            "-r",
+            str(LIMIT),
+            "-t",
+            f"{DURATION:.0f}s",
+            "--host",
+            host,
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp,
+    )
     import csv
 
     with open(f"{prefix}_stats.csv") as fh:
         rows = {row["Name"]: row for row in csv.DictReader(fh)}
     total = rows["Aggregated"]
-    return {"rps": float(total["Requests/s"]), "p50_ms": float(total["50%"]),
-            "p99_ms": float(total["99%"]), "failures": int(total["Failure Count"])}
+    return {
+        "rps": float(total["Requests/s"]),
+        "p50_ms": float(total["50%"]),
+        "p99_ms": float(total["99%"]),
+        "failures": int(total["Failure Count"]),
+    }
 
 
 def run(runs: int) -> dict[str, Any]:
@@ -355,8 +449,11 @@ def run(runs: int) -> dict[str, Any]:
                 bench_batch(url)  # warm-up: imports, sessions, connections, DB
                 bench_raw(url)
                 # CPU per URL, by process group: what caps a 2-core machine (see render)
-                ours_cpu = {"io": running.io_pids, "nginx": [server.pid],
-                            "rest": running.other_pids()}
+                ours_cpu = {
+                    "io": running.io_pids,
+                    "nginx": [server.pid],
+                    "rest": running.other_pids(),
+                }
                 for _ in range(runs):  # the task system's cost: one io process beside raw aiohttp
                     record("batch_one", bench_batch(url, ours_cpu))
                     record("batch_raw_one", bench_raw(url, raw_cpu))
@@ -368,26 +465,41 @@ def run(runs: int) -> dict[str, Any]:
                     ours = record("load_ours", bench_loadtest(url))
                     record("load_wrk", bench_wrk(url))
                     record("load_locust", bench_locust(url, tmp))
-                    for name, rate in (("paced", round(ours["rps"])), ("half", round(ours["rps"] / 2))):
+                    for name, rate in (
+                        ("paced", round(ours["rps"])),
+                        ("half", round(ours["rps"] / 2)),
+                    ):
                         record(f"{name}_ours", {**bench_loadtest(url, rate=rate), "offered": rate})
                         # wrk: 100 connections, each pausing d ms before each request, d set so
                         # that 100 / (d + ~0.3 ms) ≈ the offered rate
                         delay = max(1, round(LIMIT * 1000 / rate - 0.3))
-                        record(f"{name}_wrk", {**bench_wrk(url, delay_ms=delay), "offered": rate,
-                                               "delay_ms": delay})
+                        record(
+                            f"{name}_wrk",
+                            {**bench_wrk(url, delay_ms=delay), "offered": rate, "delay_ms": delay},
+                        )
                         if name == "half":  # the same generator in plain processes: no Celery
                             record("half_plain", {**bench_plain(url, rate), "offered": rate})
                 io_processes = len(running.io_pids)
             # the same one-process batch with the rows stored by a writer process beside it
             with stack(tmp, "stack-writer", {"LEWIS_HTTP_ROW_WRITER": "true"}) as writing:
                 bench_batch(url)
-                writer_cpu = {"io": writing.io_pids, "nginx": [server.pid],
-                              "rest": writing.other_pids()}
+                writer_cpu = {
+                    "io": writing.io_pids,
+                    "nginx": [server.pid],
+                    "rest": writing.other_pids(),
+                }
                 for _ in range(runs):
                     record("batch_writer", bench_batch(url, writer_cpu))
                     record("batch_raw_writer", bench_raw(url, raw_cpu))
-    return {"machine": machine(), "runs": runs, "io_processes": io_processes,
-            "batch": BATCH, "limit": LIMIT, "duration_s": DURATION, "results": results}
+    return {
+        "machine": machine(),
+        "runs": runs,
+        "io_processes": io_processes,
+        "batch": BATCH,
+        "limit": LIMIT,
+        "duration_s": DURATION,
+        "results": results,
+    }
 
 
 def _med(data: dict[str, Any], name: str, key: str) -> float:
@@ -404,65 +516,126 @@ def render(data: dict[str, Any]) -> str:
     one, raw_one = med("batch_one", "rps"), med("batch_raw_one", "rps")
     procs = data["io_processes"]
     load, wrk, locust = med("load_ours", "rps"), med("load_wrk", "rps"), med("load_locust", "rps")
+
     def paired(name: str, anchor: str) -> float:
         """The median of each run's own ratio: ours beside the anchor measured right after it,
         so a machine whose speed drifts between runs moves both sides of each pair alike."""
-        return median([a["rps"] / b["rps"] for a, b in zip(data["results"][name],
-                                                            data["results"][anchor], strict=True)])
+        return median(
+            [
+                a["rps"] / b["rps"]
+                for a, b in zip(data["results"][name], data["results"][anchor], strict=True)
+            ]
+        )
 
     rows = [
-        (f"Batch of {data['batch']:,} GETs (req/s), {procs} io processes, rows persisted",
-         f"{ours:,.0f}", f"raw aiohttp 1 process: {raw:,.0f}",
-         f"{ours / raw:.2f} (paired {paired('batch_ours', 'batch_raw'):.2f})", "≥ 1.5"),
-        ("… with one io process (the task system's cost)", f"{one:,.0f}",
-         f"raw aiohttp 1 process: {raw_one:,.0f}",
-         f"{one / raw_one:.2f} (paired {paired('batch_one', 'batch_raw_one'):.2f})", "≥ 0.9"),
+        (
+            f"Batch of {data['batch']:,} GETs (req/s), {procs} io processes, rows persisted",
+            f"{ours:,.0f}",
+            f"raw aiohttp 1 process: {raw:,.0f}",
+            f"{ours / raw:.2f} (paired {paired('batch_ours', 'batch_raw'):.2f})",
+            "≥ 1.5",
+        ),
+        (
+            "… with one io process (the task system's cost)",
+            f"{one:,.0f}",
+            f"raw aiohttp 1 process: {raw_one:,.0f}",
+            f"{one / raw_one:.2f} (paired {paired('batch_one', 'batch_raw_one'):.2f})",
+            "≥ 0.9",
+        ),
     ]
     if data["results"].get("batch_writer"):
         writer, raw_writer = med("batch_writer", "rps"), med("batch_raw_writer", "rps")
-        rows.append(("… with one io process and `http.row_writer=true` (rows stored by a "
-                     "helper process)", f"{writer:,.0f}", f"raw aiohttp 1 process: {raw_writer:,.0f}",
-                     f"{writer / raw_writer:.2f} (paired "
-                     f"{paired('batch_writer', 'batch_raw_writer'):.2f})", "≥ 0.9"))
+        rows.append(
+            (
+                "… with one io process and `http.row_writer=true` (rows stored by a "
+                "helper process)",
+                f"{writer:,.0f}",
+                f"raw aiohttp 1 process: {raw_writer:,.0f}",
+                f"{writer / raw_writer:.2f} (paired "
+                f"{paired('batch_writer', 'batch_raw_writer'):.2f})",
+                "≥ 0.9",
+            )
+        )
     cores = int(m.get("cores") or 2)
-    cpu = all("io_cpu_us" in r for r in data["results"]["batch_ours"] + data["results"]["batch_one"])
+    cpu = all(
+        "io_cpu_us" in r for r in data["results"]["batch_ours"] + data["results"]["batch_one"]
+    )
     if cpu:
         io_one, client = med("batch_one", "io_cpu_us"), med("batch_raw_one", "client_cpu_us")
         io2, nginx2, rest2 = (med("batch_ours", f"{k}_cpu_us") for k in ("io", "nginx", "rest"))
         ceiling = cores * 1e6 / (io2 + nginx2 + rest2)
         need = cores * 1e6 / (1.5 * raw) - nginx2 - rest2
         rows += [
-            ("CPU per URL (µs) in the io process, one io process", f"{io_one:.0f}",
-             f"raw script's client: {client:.0f}", f"{io_one / client:.2f}", "—"),
-            (f"Ceiling on {cores} cores: {cores} s of CPU per s ÷ (io {io2:.0f} + nginx {nginx2:.0f} "
-             f"+ rest of the stack {rest2:.0f} µs per URL, 2 io processes)", f"{ceiling:,.0f}",
-             f"raw aiohttp 1 process: {raw:,.0f}", f"{ceiling / raw:.2f}", "≥ 1.5 needs io ≤ "
-             f"{need:.0f} µs/URL"),
+            (
+                "CPU per URL (µs) in the io process, one io process",
+                f"{io_one:.0f}",
+                f"raw script's client: {client:.0f}",
+                f"{io_one / client:.2f}",
+                "—",
+            ),
+            (
+                f"Ceiling on {cores} cores: {cores} s of CPU per s ÷ (io {io2:.0f} + nginx {nginx2:.0f} "
+                f"+ rest of the stack {rest2:.0f} µs per URL, 2 io processes)",
+                f"{ceiling:,.0f}",
+                f"raw aiohttp 1 process: {raw:,.0f}",
+                f"{ceiling / raw:.2f}",
+                f"≥ 1.5 needs io ≤ {need:.0f} µs/URL",
+            ),
         ]
     rows += [
-        (f"Load test -c{data['limit']} {data['duration_s']:.0f}s, 2 workers (req/s)",
-         f"{load:,.0f}", f"locust FastHttpUser: {locust:,.0f}", f"{load / locust:.2f}", "≥ 1.5"),
-        ("… beside wrk -t2 -c100 (req/s)", f"{load:,.0f}", f"wrk: {wrk:,.0f}", f"{load / wrk:.2f}",
-         "— (wrk is C; anchor 65k)"),
+        (
+            f"Load test -c{data['limit']} {data['duration_s']:.0f}s, 2 workers (req/s)",
+            f"{load:,.0f}",
+            f"locust FastHttpUser: {locust:,.0f}",
+            f"{load / locust:.2f}",
+            "≥ 1.5",
+        ),
+        (
+            "… beside wrk -t2 -c100 (req/s)",
+            f"{load:,.0f}",
+            f"wrk: {wrk:,.0f}",
+            f"{load / wrk:.2f}",
+            "— (wrk is C; anchor 65k)",
+        ),
     ]
     for name, label in (("paced", "the rate our closed loop reached"), ("half", "half that rate")):
         offered, wrk_rate = med(f"{name}_ours", "offered"), med(f"{name}_wrk", "rps")
         for q in ("p50", "p99"):
             ours_q, wrk_q = med(f"{name}_ours", f"{q}_ms"), med(f"{name}_wrk", f"{q}_ms")
-            rows.append((f"{q} open loop at {label}: {offered:,.0f} req/s (ours reached "
-                         f"{med(f'{name}_ours', 'rps'):,.0f}; paced wrk {wrk_rate:,.0f})",
-                         f"{ours_q:.2f} ms", f"wrk: {wrk_q:.2f} ms", f"{ours_q / wrk_q:.2f}", "≤ 1.2"))
+            rows.append(
+                (
+                    f"{q} open loop at {label}: {offered:,.0f} req/s (ours reached "
+                    f"{med(f'{name}_ours', 'rps'):,.0f}; paced wrk {wrk_rate:,.0f})",
+                    f"{ours_q:.2f} ms",
+                    f"wrk: {wrk_q:.2f} ms",
+                    f"{ours_q / wrk_q:.2f}",
+                    "≤ 1.2",
+                )
+            )
             if all("service_p50_ms" in r for r in data["results"][f"{name}_ours"]):
                 service_q = med(f"{name}_ours", f"service_{q}_ms")
-                rows.append((f"… {q} of the same run timed from each actual send, as wrk times",
-                             f"{service_q:.2f} ms", f"wrk: {wrk_q:.2f} ms",
-                             f"{service_q / wrk_q:.2f}", "≤ 1.2"))
+                rows.append(
+                    (
+                        f"… {q} of the same run timed from each actual send, as wrk times",
+                        f"{service_q:.2f} ms",
+                        f"wrk: {wrk_q:.2f} ms",
+                        f"{service_q / wrk_q:.2f}",
+                        "≤ 1.2",
+                    )
+                )
     if data["results"].get("half_plain"):
         for q in ("p50", "p99"):
             plain_q, half_wrk = med("half_plain", f"{q}_ms"), med("half_wrk", f"{q}_ms")
-            rows.append((f"… {q} at half that rate from 2 plain processes running the same load "
-                         "generator (no Celery)", f"{plain_q:.2f} ms", f"wrk: {half_wrk:.2f} ms",
-                         f"{plain_q / half_wrk:.2f}", "—"))
+            rows.append(
+                (
+                    f"… {q} at half that rate from 2 plain processes running the same load "
+                    "generator (no Celery)",
+                    f"{plain_q:.2f} ms",
+                    f"wrk: {half_wrk:.2f} ms",
+                    f"{plain_q / half_wrk:.2f}",
+                    "—",
+                )
+            )
     closed = data["results"]["load_ours"]
     from .report import machine_line
 
@@ -493,7 +666,7 @@ def render(data: dict[str, Any]) -> str:
         "load*: our open loop (`rate=` what the closed loop reached; latency from the intended "
         "send time) beside wrk with 100 connections each pausing d ms (Lua `delay()`) so its "
         "rate comes near; wrk has no open loop, so its latency is from the actual send, which "
-        "leaves out any wait for a request's turn: the \"timed from each actual send\" rows "
+        'leaves out any wait for a request\'s turn: the "timed from each actual send" rows '
         "are ours measured the same way (the run's service-time histogram). At "
         "the closed loop's own maximum the open loop has no headroom: requests fall behind the "
         "schedule and, timed from when they should have gone, carry that queueing (no "

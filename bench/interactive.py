@@ -32,8 +32,20 @@ from bench.harness import ROOT, median
 
 HOST = "127.0.0.1"
 CODE = ROOT  # the checkout whose `lewis` is timed (--code: another one, say main, as a baseline)
-GROUPS = ("lewis_tasks", "celery", "kombu", "sqlalchemy", "redis", "click", "aiohttp",
-          "billiard", "vine", "amqp", "yarl", "multidict")
+GROUPS = (
+    "lewis_tasks",
+    "celery",
+    "kombu",
+    "sqlalchemy",
+    "redis",
+    "click",
+    "aiohttp",
+    "billiard",
+    "vine",
+    "amqp",
+    "yarl",
+    "multidict",
+)
 
 
 def commands(url: str) -> dict[str, list[str]]:
@@ -47,31 +59,50 @@ def commands(url: str) -> dict[str, list[str]]:
         "lewis http URL": [lewis, "http", url],
         "lewis status": [lewis, "status"],
         f"nmap -p 80 {HOST}": ["nmap", "-p", "80", HOST],
-        "celery -A … inspect ping": [celery, "-A", "lewis_tasks.infra.celery_app", "inspect",
-                                     "ping", "--timeout", "1"],
+        "celery -A … inspect ping": [
+            celery,
+            "-A",
+            "lewis_tasks.infra.celery_app",
+            "inspect",
+            "ping",
+            "--timeout",
+            "1",
+        ],
     }
 
 
 def env(code: Path | None = None) -> dict[str, str]:
     code = code or CODE
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{path}" if path else str(code),
-            "NO_COLOR": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{code}{os.pathsep}{path}" if path else str(code),
+        "NO_COLOR": "1",
+    }
 
 
 def timed(argv: Sequence[str], code: Path | None = None) -> tuple[float, int]:
     began = time.perf_counter()
-    proc = subprocess.run(argv, env=env(code), cwd=code or CODE, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, check=False)
+    proc = subprocess.run(
+        argv,
+        env=env(code),
+        cwd=code or CODE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
     took = time.perf_counter() - began
     if proc.returncode not in (0, 1):  # 1: a finding or a failed URL is still an answer
-        sys.stderr.write(f"{' '.join(argv)}: exit {proc.returncode}: "
-                         f"{proc.stderr.decode(errors='replace')[-300:]}\n")
+        sys.stderr.write(
+            f"{' '.join(argv)}: exit {proc.returncode}: "
+            f"{proc.stderr.decode(errors='replace')[-300:]}\n"
+        )
     return took, proc.returncode
 
 
-def wall_times(runs: int, cmds: dict[str, list[str]],
-               checkout: dict[str, Path] | None = None) -> dict[str, dict[str, Any]]:
+def wall_times(
+    runs: int, cmds: dict[str, list[str]], checkout: dict[str, Path] | None = None
+) -> dict[str, dict[str, Any]]:
     """Label → median/min/max seconds; ``checkout`` names another checkout for some labels."""
     checkout = checkout or {}
     samples: dict[str, list[float]] = defaultdict(list)
@@ -83,9 +114,16 @@ def wall_times(runs: int, cmds: dict[str, list[str]],
             took, code = timed(argv, checkout.get(label))
             samples[label].append(took)
             codes[label].add(code)
-    return {label: {"median_s": round(median(v), 3), "min_s": round(min(v), 3),
-                    "max_s": round(max(v), 3), "runs": len(v), "exit": sorted(codes[label])}
-            for label, v in samples.items()}
+    return {
+        label: {
+            "median_s": round(median(v), 3),
+            "min_s": round(min(v), 3),
+            "max_s": round(max(v), 3),
+            "runs": len(v),
+            "exit": sorted(codes[label]),
+        }
+        for label, v in samples.items()
+    }
 
 
 _LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
@@ -96,8 +134,14 @@ def import_profile(argv: Sequence[str], runs: int) -> dict[str, Any]:
     ``python -X importtime``; ``total`` is every import, ``lewis_tasks`` our modules' own."""
     per_run: list[dict[str, float]] = []
     for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-X", "importtime", *argv], env=env(), cwd=CODE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", *argv],
+            env=env(),
+            cwd=CODE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
         groups: dict[str, float] = defaultdict(float)
         for match in _LINE.finditer(proc.stderr.decode(errors="replace")):
             self_us, name = int(match.group(1)), match.group(4)
@@ -105,8 +149,9 @@ def import_profile(argv: Sequence[str], runs: int) -> dict[str, Any]:
             groups[top if top in GROUPS else "other (stdlib, small libraries)"] += self_us / 1e3
             groups["total"] += self_us / 1e3
         per_run.append(groups)
-    keys = sorted({k for g in per_run for k in g}, key=lambda k: -median([g.get(k, 0.0)
-                                                                         for g in per_run]))
+    keys = sorted(
+        {k for g in per_run for k in g}, key=lambda k: -median([g.get(k, 0.0) for g in per_run])
+    )
     return {k: round(median([g.get(k, 0.0) for g in per_run]), 1) for k in keys}
 
 
@@ -136,8 +181,14 @@ def scan_breakdown(runs: int) -> dict[str, float]:
     per_run = []
     for _ in range(runs):
         began = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", PHASES, HOST], env=env(), cwd=ROOT,
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", PHASES, HOST],
+            env=env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         total = (time.perf_counter() - began) * 1000
         steps = json.loads(proc.stdout.strip().splitlines()[-1])
         steps["interpreter start-up and exit"] = round(total - sum(steps.values()), 1)
@@ -172,8 +223,9 @@ def http_server() -> Iterator[str]:
         server.server_close()
 
 
-def run(runs: int, import_runs: int, steps: bool = True,
-        versus: Path | None = None) -> dict[str, Any]:
+def run(
+    runs: int, import_runs: int, steps: bool = True, versus: Path | None = None
+) -> dict[str, Any]:
     with http_server() as url:
         cmds = commands(url)
         if shutil.which("nmap") is None:
@@ -186,35 +238,59 @@ def run(runs: int, import_runs: int, steps: bool = True,
                     checkout[f"{label} [{versus.name}]"] = versus
         walls = wall_times(runs, cmds, checkout)
         lewis_m = ["-m", "lewis_tasks.cli"]
-        imports = {"lewis --help": import_profile([*lewis_m, "--help"], import_runs),
-                   f"lewis scan {HOST} -p 80": import_profile(
-                       [*lewis_m, "scan", HOST, "-p", "80"], import_runs),
-                   "lewis http URL": import_profile([*lewis_m, "http", url], import_runs),
-                   "lewis status": import_profile([*lewis_m, "status"], import_runs)}
-    return {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
-            "cores": os.cpu_count(), "wall": walls, "imports_ms": imports,
-            "code": str(CODE), "scan_steps_ms": scan_breakdown(import_runs) if steps else {}}
+        imports = {
+            "lewis --help": import_profile([*lewis_m, "--help"], import_runs),
+            f"lewis scan {HOST} -p 80": import_profile(
+                [*lewis_m, "scan", HOST, "-p", "80"], import_runs
+            ),
+            "lewis http URL": import_profile([*lewis_m, "http", url], import_runs),
+            "lewis status": import_profile([*lewis_m, "status"], import_runs),
+        }
+    return {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "runs": runs,
+        "cores": os.cpu_count(),
+        "wall": walls,
+        "imports_ms": imports,
+        "code": str(CODE),
+        "scan_steps_ms": scan_breakdown(import_runs) if steps else {},
+    }
 
 
 def render(data: dict[str, Any]) -> str:
-    lines = [f"Medians of {data['runs']} interleaved runs, {data['when']}, {data['cores']} "
-             f"cores (shared with other work), `lewis` from {data['code']}:", "",
-             "| command | median | min | max |", "|---|---|---|---|"]
+    lines = [
+        f"Medians of {data['runs']} interleaved runs, {data['when']}, {data['cores']} "
+        f"cores (shared with other work), `lewis` from {data['code']}:",
+        "",
+        "| command | median | min | max |",
+        "|---|---|---|---|",
+    ]
     for label, w in data["wall"].items():
-        lines.append(f"| `{label}` | {w['median_s']:.3f} s | {w['min_s']:.3f} s | "
-                     f"{w['max_s']:.3f} s |")
-    lines += ["", "Import time by package (`python -X importtime`, self times summed, median, ms):",
-              ""]
-    cols = sorted({k for v in data["imports_ms"].values() for k in v},
-                  key=lambda k: -max(v.get(k, 0) for v in data["imports_ms"].values()))
+        lines.append(
+            f"| `{label}` | {w['median_s']:.3f} s | {w['min_s']:.3f} s | {w['max_s']:.3f} s |"
+        )
+    lines += [
+        "",
+        "Import time by package (`python -X importtime`, self times summed, median, ms):",
+        "",
+    ]
+    cols = sorted(
+        {k for v in data["imports_ms"].values() for k in v},
+        key=lambda k: -max(v.get(k, 0) for v in data["imports_ms"].values()),
+    )
     lines.append("| command | " + " | ".join(cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
     for label, groups in data["imports_ms"].items():
         lines.append(f"| `{label}` | " + " | ".join(f"{groups.get(c, 0):.0f}" for c in cols) + " |")
     if not data["scan_steps_ms"]:
         return "\n".join(lines)
-    lines += ["", f"`lewis scan {HOST} -p 80` step by step (median ms, one fresh process each):",
-              "", "| step | ms |", "|---|---:|"]
+    lines += [
+        "",
+        f"`lewis scan {HOST} -p 80` step by step (median ms, one fresh process each):",
+        "",
+        "| step | ms |",
+        "|---|---:|",
+    ]
     lines += [f"| {k} | {v:.0f} |" for k, v in data["scan_steps_ms"].items()]
     return "\n".join(lines)
 
@@ -224,16 +300,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--importtime", type=int, default=5, help="runs of -X importtime")
     parser.add_argument("--json", type=Path, default=None, help="also write the data here")
-    parser.add_argument("--code", type=Path, default=ROOT,
-                        help="time the `lewis` of this checkout (a baseline; no step table)")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=ROOT,
+        help="time the `lewis` of this checkout (a baseline; no step table)",
+    )
     parser.add_argument("--no-steps", action="store_true", help="skip the step-by-step table")
-    parser.add_argument("--versus", type=Path, default=None,
-                        help="also time the lewis commands of this checkout, in the same turns")
+    parser.add_argument(
+        "--versus",
+        type=Path,
+        default=None,
+        help="also time the lewis commands of this checkout, in the same turns",
+    )
     args = parser.parse_args(argv)
     global CODE
     CODE = args.code.resolve()
-    data = run(args.runs, args.importtime, steps=not args.no_steps and CODE == ROOT,
-               versus=args.versus.resolve() if args.versus else None)
+    data = run(
+        args.runs,
+        args.importtime,
+        steps=not args.no_steps and CODE == ROOT,
+        versus=args.versus.resolve() if args.versus else None,
+    )
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))
     print(render(data))

@@ -39,8 +39,11 @@ def _use_settings(broker: str, reporting: bool) -> None:
     from lewis_tasks.infra.redis_client import reset_clients
 
     reporter.uninstall()
-    config.set_settings(config.load_settings(env={
-        "LEWIS_BROKER_URL": broker, "LEWIS_MONITORING_REPORTING": str(reporting).lower()}))
+    config.set_settings(
+        config.load_settings(
+            env={"LEWIS_BROKER_URL": broker, "LEWIS_MONITORING_REPORTING": str(reporting).lower()}
+        )
+    )
     reset_clients()
 
 
@@ -54,7 +57,8 @@ def overhead(server: Any, home: Path, run: int) -> dict[str, dict[str, float]]:
         key = "on" if reporting else "off"
         cpu_queue, io_queue = drain(system, "noop_cpu"), drain(system, "noop_io")
         out[key] = {
-            "drain_cpu_per_s": cpu_queue["tasks_per_s"], "drain_io_per_s": io_queue["tasks_per_s"],
+            "drain_cpu_per_s": cpu_queue["tasks_per_s"],
+            "drain_io_per_s": io_queue["tasks_per_s"],
             "worker_cpu_us_cpu": cpu_queue["worker_cpu_us"],
             "worker_cpu_us_io": io_queue["worker_cpu_us"],
             "rtt_p50_ms": bench_latency(system)["p50_ms"],
@@ -89,8 +93,7 @@ def drain(system: System, kind: str, count: int = 10_000) -> dict[str, float]:
         time.sleep(1)
         pids = [p.pid for p in procs]
         cpu0, began = _tree_cpu(pids), time.monotonic()
-        submit_many(name, (((), {}) for _ in range(count)), app=system.app, queue=queue,
-                    batch=2000)
+        submit_many(name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000)
         ended = wait_results(system.results_client, 0, count, timeout=count / 50)
         cpu = _tree_cpu(pids) - cpu0
     return {"tasks_per_s": count / (ended - began), "worker_cpu_us": cpu / count * 1e6}
@@ -122,24 +125,27 @@ def _queue_length(text: str, queue: str) -> float | None:
     prefix = f'celery_queue_length{{queue_name="{queue}"}} '
     for line in text.splitlines():
         if line.startswith(prefix):
-            return float(line[len(prefix):])
+            return float(line[len(prefix) :])
     return None
 
 
 def _cluster(env: dict[str, str], port: int, with_io: bool = True) -> list[list[str]]:
     import sys
 
-    argvs = [lewis_worker_argv("cpu", "-c", "2", "-n", "bcpu@%h"),
-             lewis_worker_argv("control", "-n", "bcontrol@%h"),
-             [sys.executable, "-m", "lewis_tasks.cli", "beat"],
-             [sys.executable, "-m", "lewis_tasks.cli", "monitor", "--port", str(port)]]
+    argvs = [
+        lewis_worker_argv("cpu", "-c", "2", "-n", "bcpu@%h"),
+        lewis_worker_argv("control", "-n", "bcontrol@%h"),
+        [sys.executable, "-m", "lewis_tasks.cli", "beat"],
+        [sys.executable, "-m", "lewis_tasks.cli", "monitor", "--port", str(port)],
+    ]
     if with_io:
         argvs.insert(1, lewis_worker_argv("io", "-n", "bio@%h"))
     return argvs
 
 
-async def _watch(url: str, stop: asyncio.Event, seen: dict[str, float], queue: str,
-                 want: int) -> None:
+async def _watch(
+    url: str, stop: asyncio.Event, seen: dict[str, float], queue: str, want: int
+) -> None:
     """A dashboard client: note when a frame first shows ``want`` ready in ``queue``."""
     from aiohttp import ClientSession
 
@@ -164,9 +170,12 @@ def idle_cpu(server: Any, home: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     for reporting in (False, True):
         port = free_port()
-        env = lewis_env(db_url(server, LEWIS_BROKER), home,
-                        LEWIS_BROKER_RESULT_BACKEND=db_url(server, LEWIS_RESULTS),
-                        LEWIS_MONITORING_REPORTING=str(reporting).lower())
+        env = lewis_env(
+            db_url(server, LEWIS_BROKER),
+            home,
+            LEWIS_BROKER_RESULT_BACKEND=db_url(server, LEWIS_RESULTS),
+            LEWIS_MONITORING_REPORTING=str(reporting).lower(),
+        )
         argvs = _cluster(env, port)
         with processes(argvs, env, f"monitoring-idle-{reporting}") as procs:
             _use_settings(db_url(server, LEWIS_BROKER), reporting)
@@ -181,8 +190,9 @@ def idle_cpu(server: Any, home: Path) -> dict[str, float]:
                 out["monitor_cpu_pct"] = 100 * monitor_cpu / span
                 out["collector_cpu_pct"] = _collector_cpu(app)
     out["reporters_cpu_pct"] = out["workers_cpu_pct_on"] - out["workers_cpu_pct_off"]
-    out["total_cpu_pct"] = (max(0.0, out["reporters_cpu_pct"]) + out["monitor_cpu_pct"]
-                            + out["collector_cpu_pct"])
+    out["total_cpu_pct"] = (
+        max(0.0, out["reporters_cpu_pct"]) + out["monitor_cpu_pct"] + out["collector_cpu_pct"]
+    )
     print(f"  idle: {json.dumps({k: round(v, 3) for k, v in out.items()})}", flush=True)
     return out
 
@@ -254,21 +264,28 @@ def freshness(server: Any, home: Path, runs: int) -> list[dict[str, float]]:
                 submit_many("lewis.bench.io_noop", [((), {})] * 1000, app=app, queue="io")
                 pushed = time.time()
                 while "metrics" not in seen or "ws" not in seen:
-                    if "metrics" not in seen and _queue_length(
-                            await asyncio.to_thread(_get, f"{url}/metrics"), "io") == 1000:
+                    if (
+                        "metrics" not in seen
+                        and _queue_length(await asyncio.to_thread(_get, f"{url}/metrics"), "io")
+                        == 1000
+                    ):
                         seen["metrics"] = time.time()
                     if time.time() - pushed > 4 * interval:
                         break
                     await asyncio.sleep(0.05)
                 stop.set()
                 await watcher
-                return {"metrics_s": seen.get("metrics", float("nan")) - pushed,
-                        "ws_s": seen.get("ws", float("nan")) - pushed,
-                        "interval_s": float(interval)}
+                return {
+                    "metrics_s": seen.get("metrics", float("nan")) - pushed,
+                    "ws_s": seen.get("ws", float("nan")) - pushed,
+                    "interval_s": float(interval),
+                }
 
             result = asyncio.run(push_and_watch())
-            print(f"  freshness: {json.dumps({k: round(v, 3) for k, v in result.items()})}",
-                  flush=True)
+            print(
+                f"  freshness: {json.dumps({k: round(v, 3) for k, v in result.items()})}",
+                flush=True,
+            )
             out.append(result)
         get_redis().delete("io")
     return out
@@ -278,8 +295,13 @@ def hot_path(tasks: int = 200_000) -> dict[str, float]:
     """CPU µs one task costs the reporter in the worker: received, started, finished."""
     from lewis_tasks.infra.reporter import MetricsReporter
 
-    reporter = MetricsReporter(lambda: None, "bench@h", interval=10,  # type: ignore[arg-type, return-value]
-                               report_interval=2, retention=3600)
+    reporter = MetricsReporter(
+        lambda: None,
+        "bench@h",
+        interval=10,  # type: ignore[arg-type, return-value]
+        report_interval=2,
+        retention=3600,
+    )
     names = [f"lewis.bench.t{i}" for i in range(8)]
     began = time.process_time()
     for i in range(tasks):
@@ -299,8 +321,11 @@ def run(runs: int) -> dict[str, Any]:
     from .run import machine
 
     load = os.getloadavg()
-    results: dict[str, Any] = {"overhead": [], "load_before": list(load),
-                               "hot_path": [hot_path() for _ in range(runs)]}
+    results: dict[str, Any] = {
+        "overhead": [],
+        "load_before": list(load),
+        "hot_path": [hot_path() for _ in range(runs)],
+    }
     with private_redis() as server, tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         for i in range(runs):
@@ -320,13 +345,13 @@ def render(data: dict[str, Any]) -> str:
         return median([run[mode][key] for run in r["overhead"]])
 
     rows = []
-    for key, label, higher_better in (("drain_cpu_per_s", "no-op drain, cpu queue (tasks/s)", True),
-                                      ("drain_io_per_s", "no-op drain, io queue (tasks/s)", True),
-                                      ("worker_cpu_us_cpu", "workers' CPU per task, cpu drain (µs)",
-                                       False),
-                                      ("worker_cpu_us_io", "workers' CPU per task, io drain (µs)",
-                                       False),
-                                      ("rtt_p50_ms", "round trip p50 (ms)", False)):
+    for key, label, higher_better in (
+        ("drain_cpu_per_s", "no-op drain, cpu queue (tasks/s)", True),
+        ("drain_io_per_s", "no-op drain, io queue (tasks/s)", True),
+        ("worker_cpu_us_cpu", "workers' CPU per task, cpu drain (µs)", False),
+        ("worker_cpu_us_io", "workers' CPU per task, io drain (µs)", False),
+        ("rtt_p50_ms", "round trip p50 (ms)", False),
+    ):
         on, off = med("on", key), med("off", key)
         loss = (off - on) / off * 100 if higher_better else (on - off) / off * 100
         rows.append(f"| {label} | {off:,.1f} | {on:,.1f} | {loss:+.1f} % |")
@@ -362,7 +387,7 @@ def render(data: dict[str, Any]) -> str:
         f"| **together** | **{idle['total_cpu_pct']:.2f}** |",
         "",
         "Freshness: 1,000 tasks pushed to the io queue with no io worker, until "
-        "`celery_queue_length{queue_name=\"io\"}` reads 1000 (goal: within one "
+        '`celery_queue_length{queue_name="io"}` reads 1000 (goal: within one '
         f"`monitoring.metrics_interval`, here {fresh[0]['interval_s']:.0f} s):",
         "",
         "| run | on /metrics (s) | on the WebSocket (s) |",

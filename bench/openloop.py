@@ -15,20 +15,34 @@ import json
 import sys
 
 
-async def load(url: str, rate: float, concurrency: int, duration: float,
-               start_at: float) -> dict[str, object]:
+async def load(
+    url: str, rate: float, concurrency: int, duration: float, start_at: float
+) -> dict[str, object]:
     from lewis_tasks.domain.httpclient import create_session
     from lewis_tasks.domain.loadgen import run_loadtest
     from lewis_tasks.domain.scope import Scope
 
-    session = create_session(Scope.from_allow(["127.0.0.0/8", "::1/128"]),
-                             max_connections=concurrency, limit_per_host=0, connect_timeout=3.0,
-                             read_timeout=None, keep_alive=True)
+    session = create_session(
+        Scope.from_allow(["127.0.0.0/8", "::1/128"]),
+        max_connections=concurrency,
+        limit_per_host=0,
+        connect_timeout=3.0,
+        read_timeout=None,
+        keep_alive=True,
+    )
     async with session:
-        result = await run_loadtest(session, url, concurrency=concurrency, duration=duration,
-                                    rate=rate, start_at=start_at, max_duration=duration + 5,
-                                    max_concurrency=concurrency, max_rate=int(rate) + 1,
-                                    max_requests=10**9)
+        result = await run_loadtest(
+            session,
+            url,
+            concurrency=concurrency,
+            duration=duration,
+            rate=rate,
+            start_at=start_at,
+            max_duration=duration + 5,
+            max_concurrency=concurrency,
+            max_rate=int(rate) + 1,
+            max_requests=10**9,
+        )
     return result.to_dict()
 
 

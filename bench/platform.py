@@ -46,13 +46,20 @@ class System:
         self.home = home
         if name.startswith("lewis"):
             self.broker, self.results = db_url(server, LEWIS_BROKER), db_url(server, LEWIS_RESULTS)
-            self.env = lewis_env(self.broker, home, LEWIS_BROKER_RESULT_BACKEND=self.results,
-                                 LEWIS_WORKERS_IO_CONCURRENCY="100")
+            self.env = lewis_env(
+                self.broker,
+                home,
+                LEWIS_BROKER_RESULT_BACKEND=self.results,
+                LEWIS_WORKERS_IO_CONCURRENCY="100",
+            )
             self.app = _lewis_app(self.broker, self.results)
         else:
             self.broker, self.results = db_url(server, BASE_BROKER), db_url(server, BASE_RESULTS)
-            self.env = {**lewis_env(self.broker, home), "BENCH_BROKER_URL": self.broker,
-                        "BENCH_BACKEND_URL": self.results}
+            self.env = {
+                **lewis_env(self.broker, home),
+                "BENCH_BROKER_URL": self.broker,
+                "BENCH_BACKEND_URL": self.results,
+            }
             self.app = Celery("baseline", broker=self.broker, backend=self.results)
         self.results_client = redis.Redis.from_url(self.results)
         self.broker_client = redis.Redis.from_url(self.broker)
@@ -60,24 +67,34 @@ class System:
     def task(self, kind: str) -> tuple[str, str]:
         """(task name, queue) for 'noop_io', 'noop_cpu' or 'sleep'."""
         if self.name.startswith("lewis"):
-            return {"noop_io": ("lewis.bench.io_noop", "io"), "noop_cpu": ("lewis.bench.noop", "cpu"),
-                    "sleep": ("lewis.bench.io_sleep", "io")}[kind]
-        return {"noop_io": ("baseline.noop", "celery"), "noop_cpu": ("baseline.noop", "celery"),
-                "sleep": ("baseline.sleep", "celery")}[kind]
+            return {
+                "noop_io": ("lewis.bench.io_noop", "io"),
+                "noop_cpu": ("lewis.bench.noop", "cpu"),
+                "sleep": ("lewis.bench.io_sleep", "io"),
+            }[kind]
+        return {
+            "noop_io": ("baseline.noop", "celery"),
+            "noop_cpu": ("baseline.noop", "celery"),
+            "sleep": ("baseline.sleep", "celery"),
+        }[kind]
 
     def workers(self, kind: str) -> list[list[str]]:
         """Two worker processes' command lines for a workload."""
         if self.name == "lewis_prefork":  # the io profile on prefork: the pool choice's other side
-            return [lewis_worker_argv("io", "-P", "prefork", "-c", "2", "-n", f"io{i}@%h")
-                    for i in range(2)]
+            return [
+                lewis_worker_argv("io", "-P", "prefork", "-c", "2", "-n", f"io{i}@%h")
+                for i in range(2)
+            ]
         if self.name == "lewis":
             if kind == "noop_cpu":
                 return [lewis_worker_argv("cpu", "-c", "2")]  # one cpu worker: 2 pool processes
             # named apart: started at once, both would take the first free name (io@host)
             return [lewis_worker_argv("io", "-n", f"io{i}@%h") for i in range(2)]
         if kind == "sleep":  # Celery's own answer to IO: the threads pool
-            return [baseline_worker_argv("-P", "threads", "-c", "100", "-n", f"base{i}@%h")
-                    for i in range(2)]
+            return [
+                baseline_worker_argv("-P", "threads", "-c", "100", "-n", f"base{i}@%h")
+                for i in range(2)
+            ]
         return [baseline_worker_argv("-c", "2")]  # defaults: prefork, 2 children
 
     def send(self, name: str, queue: str) -> Any:
@@ -100,7 +117,9 @@ def _lewis_app(broker: str, results: str) -> Celery:
     from lewis_tasks.infra.celery_app import configure_app
     from lewis_tasks.infra.config import load_settings
 
-    settings = load_settings(env={"LEWIS_BROKER_URL": broker, "LEWIS_BROKER_RESULT_BACKEND": results})
+    settings = load_settings(
+        env={"LEWIS_BROKER_URL": broker, "LEWIS_BROKER_RESULT_BACKEND": results}
+    )
     app = Celery("lewis-bench-producer")
     return configure_app(app, settings)
 
@@ -149,15 +168,22 @@ def bench_enqueue(system: System, count: int = 5_000, batched: bool = False) -> 
     return {"tasks_per_s": count / seconds, "tasks": count}
 
 
-def bench_io_wait(system: System, count: int = 2_000, wait: float = 0.05,
-                  pack: int = 1) -> dict[str, Any]:
+def bench_io_wait(
+    system: System, count: int = 2_000, wait: float = 0.05, pack: int = 1
+) -> dict[str, Any]:
     name, queue = system.task("sleep")
     system.reset()
     argvs = system.workers("sleep")
     with processes(argvs, system.env, f"{system.name}-iowait"):
         wait_workers(system.app, len(argvs))
         began = time.monotonic()
-        submit_many(name, (((wait,), {}) for _ in range(count)), app=system.app, queue=queue,
-                    batch=2000, pack=pack)
+        submit_many(
+            name,
+            (((wait,), {}) for _ in range(count)),
+            app=system.app,
+            queue=queue,
+            batch=2000,
+            pack=pack,
+        )
         ended = wait_results(system.results_client, 0, count, timeout=120)
     return {"seconds": ended - began, "tasks": count, "ideal_s": count * wait / 200}

@@ -73,9 +73,14 @@ def run(runs: int) -> dict[str, Any]:
                 inner = statistics.median(s[0] for s in samples[mode])
                 outer = statistics.median(s[1] for s in samples[mode])
                 results.setdefault(name, {}).setdefault(mode, []).append(
-                    {"call_ms": inner * 1e3, "total_ms": outer * 1e3})
-            print(f"  run {index + 1}: {name:<42} " + "  ".join(
-                f"{m} {results[name][m][-1]['call_ms']:.1f}" for m in MODES) + " ms", flush=True)
+                    {"call_ms": inner * 1e3, "total_ms": outer * 1e3}
+                )
+            print(
+                f"  run {index + 1}: {name:<42} "
+                + "  ".join(f"{m} {results[name][m][-1]['call_ms']:.1f}" for m in MODES)
+                + " ms",
+                flush=True,
+            )
     return {"machine": machine(), "runs": runs, "calls": CALLS, "results": results}
 
 
@@ -93,7 +98,8 @@ def render(data: dict[str, Any]) -> str:
             f"| {name} | {plain:.1f} | {bare:.1f} ({bare / plain:.2f}×) | {ours:.1f} "
             f"({ours / plain:.2f}×) | {ours / bare:.2f} | {bare_mem:.1f} ({bare_mem / plain:.1f}×) "
             f"| {mem:.1f} ({mem / plain:.1f}×) | {mem / bare_mem:.2f} | "
-            f"{med(name, 'ours', 'total_ms'):.1f} / {med(name, 'ours_mem', 'total_ms'):.1f} |")
+            f"{med(name, 'ours', 'total_ms'):.1f} / {med(name, 'ours_mem', 'total_ms'):.1f} |"
+        )
     from .report import machine_line
 
     lines = [

@@ -35,8 +35,13 @@ async def fetch_many(url: str, count: int, limit: int) -> dict[str, float]:
         began = time.perf_counter()
         await asyncio.gather(*(work() for _ in range(limit)))
         seconds = time.perf_counter() - began
-    return {"requests": count, "ok": ok, "errors": errors, "seconds": seconds,
-            "rps": count / seconds}
+    return {
+        "requests": count,
+        "ok": ok,
+        "errors": errors,
+        "seconds": seconds,
+        "rps": count / seconds,
+    }
 
 
 def main() -> None:

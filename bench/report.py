@@ -47,27 +47,76 @@ PEERS = ("huey", "dramatiq", "taskiq")  # bench.peers.PEERS, without importing t
 # measure, LEWIS's (bench, key), Celery's bench, the peers' benches (their best form counts),
 # lower is better, number format, goal
 PLATFORM_ROWS: list[tuple[str, tuple[str, str], str, tuple[str, ...], bool, str, str]] = [
-    ("Round trip p50 (ms), no-op, sequential", ("latency", "p50_ms"), "latency", ("latency",),
-     True, "{:.2f}", "≤ 1.5"),
-    ("Round trip p99 (ms)", ("latency", "p99_ms"), "latency", ("latency",), True, "{:.2f}",
-     "≤ 3"),
-    ("Drain, io queue (tasks/s), 2 io worker processes", ("drain_io", "tasks_per_s"),
-     "drain_io", ("drain_io",), False, "{:,.0f}", "> 1,650"),
-    ("Drain, cpu queue (tasks/s), 1 worker × 2 children", ("drain_cpu", "tasks_per_s"),
-     "drain_cpu", ("drain_io",), False, "{:,.0f}", "> 1,650"),
-    ("Enqueue, one call per task: LEWIS `submit`, Celery `send_task` (tasks/s)",
-     ("enqueue", "tasks_per_s"), "enqueue", ("enqueue",), False, "{:,.0f}", "~2k"),
-    ("Enqueue, `submit_many` pipelined (tasks/s)", ("enqueue_batched", "tasks_per_s"),
-     "enqueue", ("enqueue_batched", "enqueue"), False, "{:,.0f}", "≥ 10,000"),
-    ("2,000 tasks × 50 ms wait (s), ideal 0.5", ("io_wait", "seconds"), "io_wait",
-     ("io_wait",), True, "{:.2f}", "≤ 1"),
-    ("… the same 2,000 tasks packed 50 to a message (s)", ("io_wait_packed", "seconds"),
-     "io_wait", ("io_wait",), True, "{:.2f}", "≤ 1"),
+    (
+        "Round trip p50 (ms), no-op, sequential",
+        ("latency", "p50_ms"),
+        "latency",
+        ("latency",),
+        True,
+        "{:.2f}",
+        "≤ 1.5",
+    ),
+    ("Round trip p99 (ms)", ("latency", "p99_ms"), "latency", ("latency",), True, "{:.2f}", "≤ 3"),
+    (
+        "Drain, io queue (tasks/s), 2 io worker processes",
+        ("drain_io", "tasks_per_s"),
+        "drain_io",
+        ("drain_io",),
+        False,
+        "{:,.0f}",
+        "> 1,650",
+    ),
+    (
+        "Drain, cpu queue (tasks/s), 1 worker × 2 children",
+        ("drain_cpu", "tasks_per_s"),
+        "drain_cpu",
+        ("drain_io",),
+        False,
+        "{:,.0f}",
+        "> 1,650",
+    ),
+    (
+        "Enqueue, one call per task: LEWIS `submit`, Celery `send_task` (tasks/s)",
+        ("enqueue", "tasks_per_s"),
+        "enqueue",
+        ("enqueue",),
+        False,
+        "{:,.0f}",
+        "~2k",
+    ),
+    (
+        "Enqueue, `submit_many` pipelined (tasks/s)",
+        ("enqueue_batched", "tasks_per_s"),
+        "enqueue",
+        ("enqueue_batched", "enqueue"),
+        False,
+        "{:,.0f}",
+        "≥ 10,000",
+    ),
+    (
+        "2,000 tasks × 50 ms wait (s), ideal 0.5",
+        ("io_wait", "seconds"),
+        "io_wait",
+        ("io_wait",),
+        True,
+        "{:.2f}",
+        "≤ 1",
+    ),
+    (
+        "… the same 2,000 tasks packed 50 to a message (s)",
+        ("io_wait_packed", "seconds"),
+        "io_wait",
+        ("io_wait",),
+        True,
+        "{:.2f}",
+        "≤ 1",
+    ),
 ]
 
 
-def _peer_value(r: dict[str, Any], peer: str, benches: tuple[str, ...], key: str,
-                lower: bool) -> float | None:
+def _peer_value(
+    r: dict[str, Any], peer: str, benches: tuple[str, ...], key: str, lower: bool
+) -> float | None:
     """The peer's median for a row: its best form where it has several (enqueue)."""
     values = [_med(r[b][peer], key) for b in benches if r.get(b, {}).get(peer)]
     if not values:
@@ -75,8 +124,9 @@ def _peer_value(r: dict[str, Any], peer: str, benches: tuple[str, ...], key: str
     return min(values) if lower else max(values)
 
 
-def platform_row(r: dict[str, Any], row: tuple[str, tuple[str, str], str, tuple[str, ...],
-                                               bool, str, str]) -> list[str]:
+def platform_row(
+    r: dict[str, Any], row: tuple[str, tuple[str, str], str, tuple[str, ...], bool, str, str]
+) -> list[str]:
     """One table row: LEWIS, Celery, each peer, the best peer named, the ratios, the goal."""
     label, (bench, key), base_bench, peer_benches, lower, fmt, goal = row
     samples = r.get(bench, {}).get("lewis")
@@ -86,11 +136,16 @@ def platform_row(r: dict[str, Any], row: tuple[str, tuple[str, str], str, tuple[
     measured = {p: v for p, v in peers.items() if v is not None}
     best = (min if lower else max)(measured, key=measured.__getitem__) if measured else None
     ratio_fmt = "{:.2f}" if ours / base < 10 else "{:.1f}"
-    cells = [label, fmt.format(ours), fmt.format(base),
-             *(fmt.format(v) if v is not None else "—" for v in peers.values()),
-             f"{best} {fmt.format(measured[best])}" if best else "—",
-             ratio_fmt.format(ours / base),
-             f"{ours / measured[best]:.2f}" if best else "—", goal]
+    cells = [
+        label,
+        fmt.format(ours),
+        fmt.format(base),
+        *(fmt.format(v) if v is not None else "—" for v in peers.values()),
+        f"{best} {fmt.format(measured[best])}" if best else "—",
+        ratio_fmt.format(ours / base),
+        f"{ours / measured[best]:.2f}" if best else "—",
+        goal,
+    ]
     return cells
 
 
@@ -99,10 +154,21 @@ def render_platform(data: dict[str, Any]) -> str:
     m = data["machine"]
     measured = data.get("peers", [])
     dio = _med(r["drain_io"]["lewis"], "tasks_per_s")
-    header = ["measure", "LEWIS", "bare Celery", *PEERS, "best peer (anchor)",
-              "LEWIS ÷ Celery", "LEWIS ÷ best peer", "goal"]
-    table = [f"| {' | '.join(header)} |", "|---|" + "---:|" * 5 + "---|---:|---:|---|",
-             *(f"| {' | '.join(platform_row(r, row))} |" for row in PLATFORM_ROWS)]
+    header = [
+        "measure",
+        "LEWIS",
+        "bare Celery",
+        *PEERS,
+        "best peer (anchor)",
+        "LEWIS ÷ Celery",
+        "LEWIS ÷ best peer",
+        "goal",
+    ]
+    table = [
+        f"| {' | '.join(header)} |",
+        "|---|" + "---:|" * 5 + "---|---:|---:|---|",
+        *(f"| {' | '.join(platform_row(r, row))} |" for row in PLATFORM_ROWS),
+    ]
     batched = data.get("peer_batched", {})
     missing = [p for p in PEERS if p not in measured]
     lines = [
@@ -126,9 +192,12 @@ def render_platform(data: dict[str, Any]) -> str:
         "",
         "Peers' enqueue: one call per task is huey's task call, dramatiq's `send`, taskiq's "
         "`await kiq()`; on the pipelined row each peer shows its fastest way to send many: "
-        + "; ".join(f"{p} {how or 'none but one call per task (that figure)'}"
-                    for p, how in batched.items()) + "."
-        if batched else "Peers: not measured in this run (`scripts/bench-peers platform` "
+        + "; ".join(
+            f"{p} {how or 'none but one call per task (that figure)'}" for p, how in batched.items()
+        )
+        + "."
+        if batched
+        else "Peers: not measured in this run (`scripts/bench-peers platform` "
         "installs and measures them).",
         *([f"Not measured in this run: {', '.join(missing)}."] if batched and missing else []),
         "A peer has one queue: its no-op drain stands beside both LEWIS drain rows, and its "

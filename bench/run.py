@@ -41,21 +41,41 @@ def machine(peers: Any = ()) -> dict[str, Any]:
 
     names = ("celery", "kombu", "redis", "aiohttp", "sqlalchemy")
     info = machine_info(names + tuple(d for p in peers for d in PEER_PACKAGES[p]))
-    return {"cpu": info.cpu_model, "cores": info.cores_logical,
-            "memory_gb": round(info.memory_total_bytes / 2**30, 1), "python": info.python,
-            "os": info.os, "versions": dict(info.packages),
-            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "cpu": info.cpu_model,
+        "cores": info.cores_logical,
+        "memory_gb": round(info.memory_total_bytes / 2**30, 1),
+        "python": info.python,
+        "os": info.os,
+        "versions": dict(info.packages),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 # sizes of the platform suite's shapes: as BENCHMARKS.md reports them, and a smoke-test run
-FULL = {"samples": 400, "warmup": 30, "drain": 10_000, "enqueue": 5_000, "batched": 50_000,
-        "waits": 2_000, "pool_waits": 400}
-QUICK = {"samples": 50, "warmup": 10, "drain": 200, "enqueue": 500, "batched": 2_000,
-         "waits": 200, "pool_waits": 100}
+FULL = {
+    "samples": 400,
+    "warmup": 30,
+    "drain": 10_000,
+    "enqueue": 5_000,
+    "batched": 50_000,
+    "waits": 2_000,
+    "pool_waits": 400,
+}
+QUICK = {
+    "samples": 50,
+    "warmup": 10,
+    "drain": 200,
+    "enqueue": 500,
+    "batched": 2_000,
+    "waits": 200,
+    "pool_waits": 100,
+}
 
 
-def run_platform(runs: int, sizes: dict[str, int] = FULL, peer_names: tuple[str, ...] = (),
-                 ours: bool = True) -> dict[str, Any]:
+def run_platform(
+    runs: int, sizes: dict[str, int] = FULL, peer_names: tuple[str, ...] = (), ours: bool = True
+) -> dict[str, Any]:
     """LEWIS, bare Celery and the peers (bench.peers) through the same shapes on one private
     Redis, interleaved: each repetition runs every system through a shape before the next.
     ``ours=False`` runs the peers alone (a smoke test of bench.peers)."""
@@ -68,25 +88,47 @@ def run_platform(runs: int, sizes: dict[str, int] = FULL, peer_names: tuple[str,
         if value is None:  # a peer without that form (no batched enqueue)
             return
         results.setdefault(bench, {}).setdefault(system, []).append(value)
-        print(f"  {bench:<15} {system:<9} {json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in value.items()})}", flush=True)
+        print(
+            f"  {bench:<15} {system:<9} {json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in value.items()})}",
+            flush=True,
+        )
 
     n = sizes
     with private_redis() as server, tempfile.TemporaryDirectory() as tmp:
-        systems = {name: plat.System(name, server, Path(tmp))
-                   for name in (("baseline", "lewis") if ours else ())}
+        systems = {
+            name: plat.System(name, server, Path(tmp))
+            for name in (("baseline", "lewis") if ours else ())
+        }
         peers = peer_bench.load(peer_names, server, Path(tmp))
-        steps: list[tuple[str, Callable[[plat.System], dict[str, Any]],
-                          Callable[[peer_bench.Peer], dict[str, Any] | None] | None]] = [
-            ("latency", lambda s: plat.bench_latency(s, n["samples"], n["warmup"]),
-             lambda p: peer_bench.round_trip(p, n["samples"], n["warmup"])),
+        steps: list[
+            tuple[
+                str,
+                Callable[[plat.System], dict[str, Any]],
+                Callable[[peer_bench.Peer], dict[str, Any] | None] | None,
+            ]
+        ] = [
+            (
+                "latency",
+                lambda s: plat.bench_latency(s, n["samples"], n["warmup"]),
+                lambda p: peer_bench.round_trip(p, n["samples"], n["warmup"]),
+            ),
             # a peer has one queue: its no-op drain stands beside both LEWIS drain rows
-            ("drain_io", lambda s: plat.bench_drain(s, "noop_io", n["drain"]),
-             lambda p: peer_bench.drain(p, n["drain"])),
+            (
+                "drain_io",
+                lambda s: plat.bench_drain(s, "noop_io", n["drain"]),
+                lambda p: peer_bench.drain(p, n["drain"]),
+            ),
             ("drain_cpu", lambda s: plat.bench_drain(s, "noop_cpu", n["drain"]), None),
-            ("enqueue", lambda s: plat.bench_enqueue(s, n["enqueue"]),
-             lambda p: peer_bench.enqueue(p, n["enqueue"])),
-            ("io_wait", lambda s: plat.bench_io_wait(s, n["waits"]),
-             lambda p: peer_bench.waits(p, n["waits"])),
+            (
+                "enqueue",
+                lambda s: plat.bench_enqueue(s, n["enqueue"]),
+                lambda p: peer_bench.enqueue(p, n["enqueue"]),
+            ),
+            (
+                "io_wait",
+                lambda s: plat.bench_io_wait(s, n["waits"]),
+                lambda p: peer_bench.waits(p, n["waits"]),
+            ),
         ]
         try:
             for _ in range(runs):
@@ -96,27 +138,46 @@ def run_platform(runs: int, sizes: dict[str, int] = FULL, peer_names: tuple[str,
                     for name, peer in peers.items() if peer_func else ():
                         record(bench, name, peer_func(peer))  # type: ignore[misc]
                 for name, peer in peers.items():
-                    record("enqueue_batched", name,
-                           peer_bench.enqueue(peer, n["batched"], batched=True))
+                    record(
+                        "enqueue_batched",
+                        name,
+                        peer_bench.enqueue(peer, n["batched"], batched=True),
+                    )
                 if not ours:
                     continue
-                record("enqueue_batched", "lewis", plat.bench_enqueue(
-                    systems["lewis"], count=n["batched"], batched=True))
+                record(
+                    "enqueue_batched",
+                    "lewis",
+                    plat.bench_enqueue(systems["lewis"], count=n["batched"], batched=True),
+                )
                 # the same independent waits, 50 calls to a message (submit_many(pack=50))
-                record("io_wait_packed", "lewis",
-                       plat.bench_io_wait(systems["lewis"], count=n["waits"], pack=50))
+                record(
+                    "io_wait_packed",
+                    "lewis",
+                    plat.bench_io_wait(systems["lewis"], count=n["waits"], pack=50),
+                )
                 # the io pool choice: the same io profile on prefork (2 workers x 2 children)
                 prefork = plat.System("lewis_prefork", server, Path(tmp))
                 record("io_pool_drain", "prefork", plat.bench_drain(prefork, "noop_io", n["drain"]))
-                record("io_pool_wait", "prefork", plat.bench_io_wait(prefork, count=n["pool_waits"]))
-                record("io_pool_wait", "threads",
-                       plat.bench_io_wait(systems["lewis"], count=n["pool_waits"]))
+                record(
+                    "io_pool_wait", "prefork", plat.bench_io_wait(prefork, count=n["pool_waits"])
+                )
+                record(
+                    "io_pool_wait",
+                    "threads",
+                    plat.bench_io_wait(systems["lewis"], count=n["pool_waits"]),
+                )
         finally:
             for peer in peers.values():
                 peer.close()
-    return {"machine": machine(peers), "runs": runs, "sizes": sizes, "results": results,
-            "peers": sorted(peers), "peer_batched": {name: peer.client.batched
-                                                     for name, peer in peers.items()}}
+    return {
+        "machine": machine(peers),
+        "runs": runs,
+        "sizes": sizes,
+        "results": results,
+        "peers": sorted(peers),
+        "peer_batched": {name: peer.client.batched for name, peer in peers.items()},
+    }
 
 
 def summarise(samples: list[dict[str, Any]]) -> dict[str, float]:
@@ -128,12 +189,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suites", nargs="*", default=list(SUITES))
     parser.add_argument("-r", "--runs", type=int, default=3)
-    parser.add_argument("--quick", action="store_true",
-                        help="platform suite at tiny N (smoke test): prints, writes nothing")
-    parser.add_argument("--peers", default=",".join(PEERS),
-                        help="peers beside LEWIS in the platform suite (comma list, or none)")
-    parser.add_argument("--peers-only", action="store_true",
-                        help="with --quick: the peers alone, no LEWIS or Celery (a smoke test)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="platform suite at tiny N (smoke test): prints, writes nothing",
+    )
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help="peers beside LEWIS in the platform suite (comma list, or none)",
+    )
+    parser.add_argument(
+        "--peers-only",
+        action="store_true",
+        help="with --quick: the peers alone, no LEWIS or Celery (a smoke test)",
+    )
     args = parser.parse_args(argv)
     peer_names = tuple(p for p in args.peers.split(",") if p and p != "none")
     unknown = set(peer_names) - set(PEERS)
@@ -149,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown suite {suite!r} (suites: {', '.join(SUITES)})")
         if suite == "platform":
             runner: Callable[[int], dict[str, Any]] = functools.partial(
-                run_platform, sizes=QUICK if args.quick else FULL, peer_names=peer_names,
-                ours=not args.peers_only)
+                run_platform,
+                sizes=QUICK if args.quick else FULL,
+                peer_names=peer_names,
+                ours=not args.peers_only,
+            )
         else:
             try:
                 runner = importlib.import_module(f"bench.{suite}").run

@@ -31,13 +31,20 @@ from typing import Any
 from .harness import ROOT, median
 
 INTERVAL, WINDOW, BURST, SLEEP = 2.0, 6.0, 32, 1.5
-ENV = {"LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "2", "LEWIS_MONITORING_PING_TIMEOUT": "0.5",
-       "LEWIS_MONITORING_METRICS_INTERVAL": "1", "LEWIS_MONITORING_REPORT_INTERVAL": "0.5",
-       "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "5", "LEWIS_STACK_BEAT_LOCK_TIMEOUT": "3",
-       "LEWIS_WORKERS_IO_CONCURRENCY": "2", "LEWIS_SCALING_INTERVAL": str(INTERVAL),
-       "LEWIS_SCALING_IO_MIN_WORKERS": "1", "LEWIS_SCALING_IO_MAX_WORKERS": "3",
-       "LEWIS_SCALING_IO_TARGET_PER_WORKER": "2",
-       "LEWIS_SCALING_STABILIZATION_WINDOW": str(WINDOW)}
+ENV = {
+    "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "2",
+    "LEWIS_MONITORING_PING_TIMEOUT": "0.5",
+    "LEWIS_MONITORING_METRICS_INTERVAL": "1",
+    "LEWIS_MONITORING_REPORT_INTERVAL": "0.5",
+    "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "5",
+    "LEWIS_STACK_BEAT_LOCK_TIMEOUT": "3",
+    "LEWIS_WORKERS_IO_CONCURRENCY": "2",
+    "LEWIS_SCALING_INTERVAL": str(INTERVAL),
+    "LEWIS_SCALING_IO_MIN_WORKERS": "1",
+    "LEWIS_SCALING_IO_MAX_WORKERS": "3",
+    "LEWIS_SCALING_IO_TARGET_PER_WORKER": "2",
+    "LEWIS_SCALING_STABILIZATION_WINDOW": str(WINDOW),
+}
 
 
 def _info(home: Path) -> dict[str, Any]:
@@ -80,8 +87,9 @@ def burst(app: Any, home: Path, auto: bool) -> dict[str, float]:
     ids = [f"b-{uuid.uuid4().hex[:10]}" for _ in range(BURST)]
     sent, sent_wall = time.perf_counter(), time.time()
     for task_id in ids:
-        app.send_task("lewis.bench.io_sleep", args=(SLEEP,), queue="io", routing_key="io",
-                      task_id=task_id)
+        app.send_task(
+            "lewis.bench.io_sleep", args=(SLEEP,), queue="io", routing_key="io", task_id=task_id
+        )
     out: dict[str, float] = {}
     if auto:
         out["to_process_s"] = _until(lambda: len(_io(home)) > 1, 60, "added io process") - sent
@@ -89,12 +97,24 @@ def burst(app: Any, home: Path, auto: bool) -> dict[str, float]:
         log = home / "logs" / f"{added}.log"
         _until(lambda: (_ready_at(log) or 0.0) > sent_wall, 60, "added worker ready")
         out["to_ready_s"] = float(_ready_at(log) or 0.0) - sent_wall
-        out["to_consuming_s"] = _until(
-            lambda: any(p.worker.startswith(f"{added}-") and "io" in p.queues
-                        for p in ping_workers(app, timeout=0.5)), 60, "added worker answering",
-            poll=0.0) - sent
-    _until(lambda: all(app.backend.get_task_meta(t)["status"] == "SUCCESS" for t in ids), 300,
-           "drained burst", poll=0.1)
+        out["to_consuming_s"] = (
+            _until(
+                lambda: any(
+                    p.worker.startswith(f"{added}-") and "io" in p.queues
+                    for p in ping_workers(app, timeout=0.5)
+                ),
+                60,
+                "added worker answering",
+                poll=0.0,
+            )
+            - sent
+        )
+    _until(
+        lambda: all(app.backend.get_task_meta(t)["status"] == "SUCCESS" for t in ids),
+        300,
+        "drained burst",
+        poll=0.1,
+    )
     out["drain_s"] = time.perf_counter() - sent
     out["workers_max"] = float(max(len(_io(home)), 1))
     return out
@@ -112,17 +132,23 @@ def run(runs: int) -> dict[str, Any]:
         home = Path(tmp) / "stack"
         env = lewis_env({"LEWIS_STACK_HOME": str(home), **ENV})
         with open(Path(tmp) / "up.log", "ab") as log:
-            up = subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", "up"], cwd=ROOT,
-                                  env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+            up = subprocess.Popen(
+                [sys.executable, "-m", "lewis_tasks.cli", "up"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
-            _until(lambda: _info(home).get("ready") or up.poll() is not None, 180, "stack",
-                   poll=0.3)
+            _until(
+                lambda: _info(home).get("ready") or up.poll() is not None, 180, "stack", poll=0.3
+            )
             url = _info(home)["broker_url"]
             client = redis.Redis.from_url(url)
             app = Celery("bench-scaling", broker=url, backend=url)
             for i in range(runs):
-                for mode in (("fixed", "auto") if i % 2 == 0 else ("auto", "fixed")):
+                for mode in ("fixed", "auto") if i % 2 == 0 else ("auto", "fixed"):
                     _until(lambda: _io(home) == ["io"], 120, "pool back to one", poll=0.2)
                     if mode == "fixed":
                         set_override(client, "io", 1, 600)
@@ -138,50 +164,59 @@ def run(runs: int) -> dict[str, Any]:
                 up.wait(90)
     from .run import machine
 
-    return {"machine": machine(), "runs": runs, "samples": samples,
-            "medians": {m: {k: median([s[k] for s in rows]) for k in rows[0]}
-                        for m, rows in samples.items() if rows}}
+    return {
+        "machine": machine(),
+        "runs": runs,
+        "samples": samples,
+        "medians": {
+            m: {k: median([s[k] for s in rows]) for k in rows[0]}
+            for m, rows in samples.items()
+            if rows
+        },
+    }
 
 
 def render(data: dict[str, Any]) -> str:
     med, m = data["medians"], data["machine"]
     fixed, auto = med["fixed"], med["auto"]
-    return "\n".join([
-        "## Scaling: the beat's decisions acting on `lewis up`",
-        "",
-        f"{m['when']}, this machine ({m['cores']} cores, shared with other sessions), medians "
-        f"of {data['runs']} interleaved runs: `python -m bench.run scaling -r {data['runs']}`. "
-        f"One `lewis up`; io workers of 2 threads, target 2 tasks per worker, 1..3 workers, "
-        f"a decision every {INTERVAL:g} s on metrics collected every 1 s, a {WINDOW:g} s "
-        f"scale-down window; a burst of {BURST} io tasks of {SLEEP:g} s each.",
-        "",
-        "| | seconds |",
-        "|---|---:|",
-        f"| backlog → added io process started (supervisor) | {auto['to_process_s']:.1f} |",
-        f"| backlog → added io worker ready (its log's \"ready.\": consumer started) | "
-        f"{auto['to_ready_s']:.1f} |",
-        f"| backlog → added io worker answering a ping with the io queue | "
-        f"{auto['to_consuming_s']:.1f} |",
-        f"| goal: two decision intervals | {2 * INTERVAL:.1f} |",
-        "| KEDA's defaults: polling 30 s, then the HPA's 15 s loop (before a pod starts) | "
-        "up to 45 |",
-        "",
-        "| burst drain | seconds | workers at most |",
-        "|---|---:|---:|",
-        f"| one io worker (`lewis scale set io 1`) | {fixed['drain_s']:.1f} | "
-        f"{fixed['workers_max']:.0f} |",
-        f"| autoscaled (1..3) | {auto['drain_s']:.1f} | {auto['workers_max']:.0f} |",
-        f"| ratio | {fixed['drain_s'] / auto['drain_s']:.2f}× | |",
-        "",
-        "The reaction is bounded by the metric interval (the backlog must be measured), the "
-        "decision interval (it must be decided) and the new worker's start-up: the process "
-        "starts within two decision intervals and consumes "
-        f"{auto['to_ready_s'] - auto['to_process_s']:.1f} s later (two workers start at once "
-        "on this loaded 2-core machine; one alone logs \"ready.\" ~1.1 s after its start "
-        "here). The ping comes later still: a broadcast round trip while the burst runs. "
-        "The drain ratio stays under the 3× of three workers because the first seconds run "
-        "on one worker and the added ones share the same two cores.",
-    ])
+    return "\n".join(
+        [
+            "## Scaling: the beat's decisions acting on `lewis up`",
+            "",
+            f"{m['when']}, this machine ({m['cores']} cores, shared with other sessions), medians "
+            f"of {data['runs']} interleaved runs: `python -m bench.run scaling -r {data['runs']}`. "
+            f"One `lewis up`; io workers of 2 threads, target 2 tasks per worker, 1..3 workers, "
+            f"a decision every {INTERVAL:g} s on metrics collected every 1 s, a {WINDOW:g} s "
+            f"scale-down window; a burst of {BURST} io tasks of {SLEEP:g} s each.",
+            "",
+            "| | seconds |",
+            "|---|---:|",
+            f"| backlog → added io process started (supervisor) | {auto['to_process_s']:.1f} |",
+            f'| backlog → added io worker ready (its log\'s "ready.": consumer started) | '
+            f"{auto['to_ready_s']:.1f} |",
+            f"| backlog → added io worker answering a ping with the io queue | "
+            f"{auto['to_consuming_s']:.1f} |",
+            f"| goal: two decision intervals | {2 * INTERVAL:.1f} |",
+            "| KEDA's defaults: polling 30 s, then the HPA's 15 s loop (before a pod starts) | "
+            "up to 45 |",
+            "",
+            "| burst drain | seconds | workers at most |",
+            "|---|---:|---:|",
+            f"| one io worker (`lewis scale set io 1`) | {fixed['drain_s']:.1f} | "
+            f"{fixed['workers_max']:.0f} |",
+            f"| autoscaled (1..3) | {auto['drain_s']:.1f} | {auto['workers_max']:.0f} |",
+            f"| ratio | {fixed['drain_s'] / auto['drain_s']:.2f}× | |",
+            "",
+            "The reaction is bounded by the metric interval (the backlog must be measured), the "
+            "decision interval (it must be decided) and the new worker's start-up: the process "
+            "starts within two decision intervals and consumes "
+            f"{auto['to_ready_s'] - auto['to_process_s']:.1f} s later (two workers start at once "
+            'on this loaded 2-core machine; one alone logs "ready." ~1.1 s after its start '
+            "here). The ping comes later still: a broadcast round trip while the burst runs. "
+            "The drain ratio stays under the 3× of three workers because the first seconds run "
+            "on one worker and the added ones share the same two cores.",
+        ]
+    )
 
 
 if __name__ == "__main__":

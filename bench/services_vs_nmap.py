@@ -29,8 +29,12 @@ def nmap_services(host: str, ports: list[int]) -> dict[int, dict[str, str]]:
     """Per port: name, product, version, method as nmap -sV reports them."""
     if shutil.which("nmap") is None:
         sys.exit("nmap not installed (Debian: apt-get install nmap)")
-    xml = subprocess.run(["nmap", "-sV", "-Pn", "-n", "-p", ",".join(map(str, ports)), host,
-                          "-oX", "-"], capture_output=True, text=True, check=True).stdout
+    xml = subprocess.run(
+        ["nmap", "-sV", "-Pn", "-n", "-p", ",".join(map(str, ports)), host, "-oX", "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     out: dict[int, dict[str, str]] = {}
     for port in ET.fromstring(xml).iter("port"):
         service = port.find("service")
@@ -52,8 +56,11 @@ def agree(lewis_name: str, nmap: dict[str, str]) -> str:
     if lewis_name == "mqtt" and name.startswith("mosquitto"):
         return "yes (nmap's name is Mosquitto's $SYS version string)"
     if lewis_name.endswith("?"):
-        return "yes (both guess)" if nmap.get("method") == "table" and \
-            lewis_name[:-1] == name else "no"
+        return (
+            "yes (both guess)"
+            if nmap.get("method") == "table" and lewis_name[:-1] == name
+            else "no"
+        )
     if nmap.get("method") == "table":
         return "LEWIS named it" if lewis_name != "unknown" else "no"
     return "yes" if _same(lewis_name, name) else "no"
@@ -83,19 +90,28 @@ def table(host: str, ports: list[int], truth: dict[int, Any] | None = None) -> s
         cells = [str(port), n_text or "—", l_text, verdict]
         if truth:
             t = truth.get(port)
-            cells.append("silent" if t is None else
-                         " ".join(p for p in (t["name"], t["product"], t["version"]) if p))
+            cells.append(
+                "silent"
+                if t is None
+                else " ".join(p for p in (t["name"], t["product"], t["version"]) if p)
+            )
             want = "unknown" if t is None else t["name"]
-            right["LEWIS"] += info.name.rstrip("?") == want or (t is None and
-                                                                info.name.endswith("?"))
+            right["LEWIS"] += info.name.rstrip("?") == want or (
+                t is None and info.name.endswith("?")
+            )
             got = n.get("name", "unknown") if n.get("method") != "table" else "unknown"
             right["nmap -sV"] += got == want or (t is None and n.get("method") == "table")
         rows.append("| " + " | ".join(cells) + " |")
     rows.append(f"\n{agreed} of {len(ports)} ports: the same service name.")
     if truth:
-        rows.append(" · ".join(f"{who} names {n} of {len(ports)} as the fixture serves them"
-                               for who, n in right.items()) + " (a silent port: unknown or "
-                    "a table guess).")
+        rows.append(
+            " · ".join(
+                f"{who} names {n} of {len(ports)} as the fixture serves them"
+                for who, n in right.items()
+            )
+            + " (a silent port: unknown or "
+            "a table guess)."
+        )
     return "\n".join(rows)
 
 
@@ -103,15 +119,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ports", default=None, help="comma-separated ports on --host")
-    parser.add_argument("--listeners", type=int, default=0,
-                        help="start this many fixture listeners (tests/support/listeners.py)")
+    parser.add_argument(
+        "--listeners",
+        type=int,
+        default=0,
+        help="start this many fixture listeners (tests/support/listeners.py)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     if args.listeners:
         from tests.support.listeners import running_listeners
 
-        with running_listeners(args.listeners, host=args.host, seed=args.seed,
-                               banner_share=0.75) as fixture:
+        with running_listeners(
+            args.listeners, host=args.host, seed=args.seed, banner_share=0.75
+        ) as fixture:
             truth = {int(p): t for p, t in fixture.truth()["ports"].items()}  # type: ignore[attr-defined]
             print(table(args.host, sorted(truth), truth))
         return

@@ -26,13 +26,20 @@ from lewis_tasks.infra.redis_server import EmbeddedRedis
 # --hypothesis-profile override both; `mutation` is scripts/mutation's (every mutant reruns
 # them). No per-example deadline: a shared machine stalls.
 _PROPERTY_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
-hypothesis_settings.register_profile("ci", max_examples=2_000, deadline=None,
-                                     suppress_health_check=_PROPERTY_HEALTH, print_blob=True)
-hypothesis_settings.register_profile("slow", max_examples=100_000, deadline=None,
-                                     suppress_health_check=_PROPERTY_HEALTH, print_blob=True)
+hypothesis_settings.register_profile(
+    "ci", max_examples=2_000, deadline=None, suppress_health_check=_PROPERTY_HEALTH, print_blob=True
+)
+hypothesis_settings.register_profile(
+    "slow",
+    max_examples=100_000,
+    deadline=None,
+    suppress_health_check=_PROPERTY_HEALTH,
+    print_blob=True,
+)
 hypothesis_settings.register_profile("dev", max_examples=200, deadline=None)
-hypothesis_settings.register_profile("mutation", max_examples=60, deadline=None,
-                                     suppress_health_check=_PROPERTY_HEALTH)
+hypothesis_settings.register_profile(
+    "mutation", max_examples=60, deadline=None, suppress_health_check=_PROPERTY_HEALTH
+)
 
 
 def _selects_slow(config: pytest.Config) -> bool:
@@ -63,9 +70,12 @@ def _heavy_modules_first(items: list[pytest.Item]) -> None:
     """Modules with slow (subprocess, stack) or property tests run first, each kept whole: in
     parallel runs (scripts/test, ``--dist loadfile``) the long ones start at once instead of
     leaving one process busy at the end while the others idle."""
-    heavy = {item.path for item in items
-             if item.get_closest_marker("slow")
-             or getattr(getattr(item, "obj", None), "is_hypothesis_test", False)}
+    heavy = {
+        item.path
+        for item in items
+        if item.get_closest_marker("slow")
+        or getattr(getattr(item, "obj", None), "is_hypothesis_test", False)
+    }
     items.sort(key=lambda item: item.path not in heavy)  # stable: order inside stays
 
 
@@ -164,8 +174,12 @@ def celery_worker_pool() -> str:
 
 @pytest.fixture(scope="session")
 def celery_worker_parameters() -> dict[str, Any]:
-    return {"queues": ("io", "cpu", "control"), "concurrency": 4,
-            "perform_ping_check": True, "shutdown_timeout": 10.0}
+    return {
+        "queues": ("io", "cpu", "control"),
+        "concurrency": 4,
+        "perform_ping_check": True,
+        "shutdown_timeout": 10.0,
+    }
 
 
 @pytest.fixture

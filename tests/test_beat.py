@@ -59,7 +59,8 @@ def test_aligned_schedule_fires_once_per_slot() -> None:
 
 @pytest.mark.slow
 def test_two_beats_fire_each_slot_once_and_the_standby_takes_over(
-        redis_url: str, tmp_path: Path, worker_redis: Any) -> None:
+    redis_url: str, tmp_path: Path, worker_redis: Any
+) -> None:
     from lewis_tasks.infra.config import load_settings
     from lewis_tasks.storage import heartbeats
     from lewis_tasks.storage.db import make_engine, session_scope
@@ -69,9 +70,11 @@ def test_two_beats_fire_each_slot_once_and_the_standby_takes_over(
     settings = load_settings(env=env)
     upgrade(settings.database.url)
     worker_redis.delete("lewis:stats:runs", LEADER_KEY)
-    with lewis_process(["worker", "control", "-n", "ctl@%h"], env, tmp_path / "ctl.log"), \
-            lewis_process(["beat"], env, tmp_path / "beat-a.log") as beat_a, \
-            lewis_process(["beat"], env, tmp_path / "beat-b.log") as beat_b:
+    with (
+        lewis_process(["worker", "control", "-n", "ctl@%h"], env, tmp_path / "ctl.log"),
+        lewis_process(["beat"], env, tmp_path / "beat-a.log") as beat_a,
+        lewis_process(["beat"], env, tmp_path / "beat-b.log") as beat_b,
+    ):
         # Given two beats, one leads
         wait_for(lambda: leader(worker_redis)[0] is not None, 30, what="a beat to lead")
         first_leader = leader(worker_redis)[0]
@@ -80,11 +83,17 @@ def test_two_beats_fire_each_slot_once_and_the_standby_takes_over(
         victim = beat_a if f":{beat_a.pid}:" in first_leader else beat_b
         kill_group(victim)
         # Then the standby takes the lease and keeps firing
-        wait_for(lambda: (leader(worker_redis)[0] or first_leader) != first_leader, 15,
-                 what="the standby to take over")
+        wait_for(
+            lambda: (leader(worker_redis)[0] or first_leader) != first_leader,
+            15,
+            what="the standby to take over",
+        )
         runs_at_takeover = _runs(worker_redis)
-        wait_for(lambda: _runs(worker_redis) >= runs_at_takeover + 3, 30,
-                 what="heartbeats from the new leader")
+        wait_for(
+            lambda: _runs(worker_redis) >= runs_at_takeover + 3,
+            30,
+            what="heartbeats from the new leader",
+        )
         kill_group(beat_a)
         kill_group(beat_b)
         time.sleep(2.0)  # the worker finishes the last fired heartbeat
@@ -103,7 +112,8 @@ def test_two_beats_fire_each_slot_once_and_the_standby_takes_over(
 @pytest.mark.slow
 @pytest.mark.parametrize("beats", [2, 3])
 def test_a_killed_leader_costs_at_most_one_slot_and_no_slot_is_sent_twice(
-        beats: int, redis_url: str, tmp_path: Path, worker_redis: Any) -> None:
+    beats: int, redis_url: str, tmp_path: Path, worker_redis: Any
+) -> None:
     # No worker consumes: every heartbeat any beat sends stays in the control queue, with its
     # slot, and that queue is the record counted here (not the clock). 1 s slots and a 3 s
     # lock timeout: today's fixed 3 s lease cost three slots per failover.
@@ -114,8 +124,9 @@ def test_a_killed_leader_costs_at_most_one_slot_and_no_slot_is_sent_twice(
     try:
         with contextlib.ExitStack() as stack:
             for i in range(beats):
-                procs.append(stack.enter_context(
-                    lewis_process(["beat"], env, tmp_path / f"beat-{i}.log")))
+                procs.append(
+                    stack.enter_context(lewis_process(["beat"], env, tmp_path / f"beat-{i}.log"))
+                )
             # Given N beats, one leading and sending a heartbeat each slot
             wait_for(lambda: len(_sent_slots(worker_redis)) >= 3, 40, what="3 heartbeats")
             for _ in range(beats - 1):  # kill every leader but the last beat standing
@@ -124,15 +135,25 @@ def test_a_killed_leader_costs_at_most_one_slot_and_no_slot_is_sent_twice(
                 victim = next(p for p in procs if f":{p.pid}:" in holder)
                 # When the leader is killed (-9) just after it sent a slot
                 sent = len(_sent_slots(worker_redis))
-                wait_for(lambda s=sent: len(_sent_slots(worker_redis)) > s, 10,
-                         interval=0.02, what="the leader's next heartbeat")
+                wait_for(
+                    lambda s=sent: len(_sent_slots(worker_redis)) > s,
+                    10,
+                    interval=0.02,
+                    what="the leader's next heartbeat",
+                )
                 kill_group(victim)
                 # Then another beat takes over and sends the following slots
-                wait_for(lambda h=holder: (leader(worker_redis)[0] or h) != h, 15,
-                         what="a standby to take over")
+                wait_for(
+                    lambda h=holder: (leader(worker_redis)[0] or h) != h,
+                    15,
+                    what="a standby to take over",
+                )
                 sent = len(_sent_slots(worker_redis))
-                wait_for(lambda s=sent: len(_sent_slots(worker_redis)) >= s + 3, 20,
-                         what="heartbeats from the new leader")
+                wait_for(
+                    lambda s=sent: len(_sent_slots(worker_redis)) >= s + 3,
+                    20,
+                    what="heartbeats from the new leader",
+                )
         slots = _sent_slots(worker_redis)
     finally:
         _clear_control_queue(worker_redis)

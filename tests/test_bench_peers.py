@@ -23,8 +23,14 @@ def _without(package: str, code: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter where ``package`` cannot be imported (a None entry
     in sys.modules makes Python's import raise ImportError, installed or not)."""
     prelude = f"import sys; sys.modules[{package!r}] = None\n"
-    return subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, text=True,
-                          capture_output=True, timeout=60, check=True)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
 
 
 @pytest.mark.parametrize("peer", PEERS)
@@ -32,7 +38,9 @@ def test_a_missing_peer_is_left_out_with_one_line_naming_the_requirements(peer: 
     # Given the peer's package cannot be imported
     package = LAYOUT[peer][0]
     # When the platform suite loads the peers
-    done = _without(package, f"from bench.peers import load\nprint(len(load(({peer!r},), None, None)))")
+    done = _without(
+        package, f"from bench.peers import load\nprint(len(load(({peer!r},), None, None)))"
+    )
     # Then it runs without that peer and says so in one line naming the file to install
     lines = done.stdout.splitlines()
     assert lines[-1] == "0"
@@ -42,20 +50,31 @@ def test_a_missing_peer_is_left_out_with_one_line_naming_the_requirements(peer: 
 
 
 def test_peers_are_pinned_and_stay_out_of_the_project_extras() -> None:
-    pins = [line for line in REQUIREMENTS.read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
-    assert {p.split("==")[0].split("[")[0] for p in pins} == {"huey", "dramatiq", "taskiq",
-                                                              "taskiq-redis"}
+    pins = [
+        line
+        for line in REQUIREMENTS.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {p.split("==")[0].split("[")[0] for p in pins} == {
+        "huey",
+        "dramatiq",
+        "taskiq",
+        "taskiq-redis",
+    }
     assert all("==" in p for p in pins)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
-    assert not [d for d in declared if d.split("[")[0].split(">")[0].split("=")[0].strip()
-                in {"huey", "dramatiq", "taskiq", "taskiq-redis"}]
+    assert not [
+        d
+        for d in declared
+        if d.split("[")[0].split(">")[0].split("=")[0].strip()
+        in {"huey", "dramatiq", "taskiq", "taskiq-redis"}
+    ]
 
 
-@pytest.mark.parametrize("argv", [["platform", "--peers", "celery2"],
-                                  ["platform", "--peers-only"],
-                                  ["scan", "--quick"]])
+@pytest.mark.parametrize(
+    "argv", [["platform", "--peers", "celery2"], ["platform", "--peers-only"], ["scan", "--quick"]]
+)
 def test_run_refuses_what_it_cannot_do(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(argv)
@@ -65,11 +84,18 @@ def test_run_refuses_what_it_cannot_do(argv: list[str]) -> None:
 def _platform(peers: dict[str, dict[str, float]]) -> dict:
     """A platform result with one sample per system: LEWIS and Celery fixed, peers as given
     (per peer: bench -> the one figure that bench reports)."""
-    keys = {"latency": "p50_ms", "drain_io": "tasks_per_s", "enqueue": "tasks_per_s",
-            "enqueue_batched": "tasks_per_s", "io_wait": "seconds"}
+    keys = {
+        "latency": "p50_ms",
+        "drain_io": "tasks_per_s",
+        "enqueue": "tasks_per_s",
+        "enqueue_batched": "tasks_per_s",
+        "io_wait": "seconds",
+    }
     r: dict[str, dict[str, list[dict[str, float]]]] = {
-        "latency": {"lewis": [{"p50_ms": 1.5, "p99_ms": 3.0}],
-                    "baseline": [{"p50_ms": 3.0, "p99_ms": 6.0}]},
+        "latency": {
+            "lewis": [{"p50_ms": 1.5, "p99_ms": 3.0}],
+            "baseline": [{"p50_ms": 3.0, "p99_ms": 6.0}],
+        },
         "drain_io": {"lewis": [{"tasks_per_s": 1000.0}], "baseline": [{"tasks_per_s": 800.0}]},
         "drain_cpu": {"lewis": [{"tasks_per_s": 700.0}], "baseline": [{"tasks_per_s": 700.0}]},
         "enqueue": {"lewis": [{"tasks_per_s": 3000.0}], "baseline": [{"tasks_per_s": 1500.0}]},
@@ -86,9 +112,15 @@ def _platform(peers: dict[str, dict[str, float]]) -> dict:
                 sample["p99_ms"] = value * 2
             r[bench][peer] = [sample]
     machine = {"when": "now", "cpu": "cpu", "cores": 2, "python": "3.11", "versions": {}}
-    return {"machine": machine, "runs": 1, "results": r, "peers": sorted(peers),
-            "peer_batched": {p: ("gather" if "enqueue_batched" in f else None)
-                             for p, f in peers.items()}}
+    return {
+        "machine": machine,
+        "runs": 1,
+        "results": r,
+        "peers": sorted(peers),
+        "peer_batched": {
+            p: ("gather" if "enqueue_batched" in f else None) for p, f in peers.items()
+        },
+    }
 
 
 def _row(markdown: str, starts: str) -> list[str]:
@@ -98,12 +130,19 @@ def _row(markdown: str, starts: str) -> list[str]:
 
 def test_the_report_names_the_best_peer_of_each_row() -> None:
     # Given huey is fastest on round trips, dramatiq on drains, taskiq on waits and enqueue
-    data = _platform({
-        "huey": {"latency": 0.9, "drain_io": 4000.0, "enqueue": 6000.0, "io_wait": 0.9},
-        "dramatiq": {"latency": 5.0, "drain_io": 5000.0, "enqueue": 4000.0, "io_wait": 0.7},
-        "taskiq": {"latency": 2.0, "drain_io": 1000.0, "enqueue": 3000.0,
-                   "enqueue_batched": 9000.0, "io_wait": 0.6},
-    })
+    data = _platform(
+        {
+            "huey": {"latency": 0.9, "drain_io": 4000.0, "enqueue": 6000.0, "io_wait": 0.9},
+            "dramatiq": {"latency": 5.0, "drain_io": 5000.0, "enqueue": 4000.0, "io_wait": 0.7},
+            "taskiq": {
+                "latency": 2.0,
+                "drain_io": 1000.0,
+                "enqueue": 3000.0,
+                "enqueue_batched": 9000.0,
+                "io_wait": 0.6,
+            },
+        }
+    )
     # When the platform section is rendered
     md = render_platform(json.loads(json.dumps(data)))
     # Then lower wins for times, higher for rates, and each peer's best form counts
@@ -117,6 +156,15 @@ def test_the_report_names_the_best_peer_of_each_row() -> None:
 
 def test_the_report_renders_a_run_without_peers() -> None:
     md = render_platform(_platform({}))
-    assert _row(md, "Round trip p50")[1:] == ["1.50", "3.00", "—", "—", "—", "—", "0.50", "—",
-                                             "≤ 1.5"]
+    assert _row(md, "Round trip p50")[1:] == [
+        "1.50",
+        "3.00",
+        "—",
+        "—",
+        "—",
+        "—",
+        "0.50",
+        "—",
+        "≤ 1.5",
+    ]
     assert "Peers: not measured in this run" in md

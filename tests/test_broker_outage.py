@@ -40,8 +40,11 @@ NAP_S = 6.0  # in-flight tasks finish while Redis is still down: their results w
 # The prefork (cpu) worker cancels its in-flight task when the connection drops
 # (worker_cancel_long_running_tasks_on_connection_loss); the task comes back after the
 # visibility timeout, so that is kept short.
-LIMITS = {"LEWIS_BROKER_VISIBILITY_TIMEOUT": "45", "LEWIS_TASKS_TIME_LIMIT": "30",
-          "LEWIS_TASKS_SOFT_TIME_LIMIT": "25"}
+LIMITS = {
+    "LEWIS_BROKER_VISIBILITY_TIMEOUT": "45",
+    "LEWIS_TASKS_TIME_LIMIT": "30",
+    "LEWIS_TASKS_SOFT_TIME_LIMIT": "25",
+}
 PROFILES = {"io": ["-c", "2"], "cpu": ["-c", "2"], "control": ["-c", "2"]}
 
 
@@ -51,8 +54,9 @@ def _log_text(path: Path) -> str:
 
 def _send(app: Celery, queue: str, key: str, seconds: float) -> str:
     task_id = f"{key}-{uuid.uuid4().hex[:8]}"
-    app.send_task("lewis.testing.nap", args=[key, seconds], queue=queue, routing_key=queue,
-                  task_id=task_id)
+    app.send_task(
+        "lewis.testing.nap", args=[key, seconds], queue=queue, routing_key=queue, task_id=task_id
+    )
     return task_id
 
 
@@ -70,24 +74,38 @@ def test_every_worker_survives_a_redis_outage_with_tasks_in_flight(tmp_path: Pat
     logs = {p: tmp_path / f"{p}.log" for p in PROFILES}
     try:
         with contextlib.ExitStack() as stack:
-            workers = {p: stack.enter_context(lewis_process(
-                ["worker", p, *opts, "-I", "tests.support.killtasks"], env, logs[p]))
-                for p, opts in PROFILES.items()}
+            workers = {
+                p: stack.enter_context(
+                    lewis_process(
+                        ["worker", p, *opts, "-I", "tests.support.killtasks"], env, logs[p]
+                    )
+                )
+                for p, opts in PROFILES.items()
+            }
 
             def all_alive() -> None:
                 for profile, worker in workers.items():
                     assert worker.poll() is None, (
-                        f"the {profile} worker died:\n{_log_text(logs[profile])[-3000:]}")
+                        f"the {profile} worker died:\n{_log_text(logs[profile])[-3000:]}"
+                    )
 
-            wait_for(lambda: all("ready." in _log_text(logs[p]) for p in PROFILES), 120,
-                     what="io, cpu and control workers")
+            wait_for(
+                lambda: all("ready." in _log_text(logs[p]) for p in PROFILES),
+                120,
+                what="io, cpu and control workers",
+            )
             # Given a task in flight on every worker
             with _producer(broker) as producer:
                 in_flight = {p: _send(producer, p, f"before-{p}", NAP_S) for p in PROFILES}
             client = redis.Redis.from_url(broker)
-            wait_for(lambda: client.hlen("unacked") >= len(PROFILES)
-                     and not any(client.llen(p) for p in PROFILES), 30,
-                     what="every task to be delivered")
+            wait_for(
+                lambda: (
+                    client.hlen("unacked") >= len(PROFILES)
+                    and not any(client.llen(p) for p in PROFILES)
+                ),
+                30,
+                what="every task to be delivered",
+            )
             client.close()
             # When Redis is killed, stays down, and comes back on the same port and data
             os.kill(server.process.pid, signal.SIGKILL)  # type: ignore[union-attr]
@@ -95,7 +113,8 @@ def test_every_worker_survives_a_redis_outage_with_tasks_in_flight(tmp_path: Pat
             time.sleep(OUTAGE_S)
             for profile in PROFILES:  # kombu's crash (transport.py) is logged at once
                 assert "Unrecoverable error" not in _log_text(logs[profile]), (
-                    f"the {profile} worker crashed:\n{_log_text(logs[profile])[-3000:]}")
+                    f"the {profile} worker crashed:\n{_log_text(logs[profile])[-3000:]}"
+                )
             all_alive()
             server.start()
             # Then every worker stays up, stores its in-flight task's result, and consumes
@@ -104,10 +123,15 @@ def test_every_worker_survives_a_redis_outage_with_tasks_in_flight(tmp_path: Pat
                 after = {p: _send(producer, p, f"after-{p}", 0) for p in PROFILES}
                 for task_ids in (in_flight, after):
                     for profile, task_id in task_ids.items():
-                        wait_for(lambda t=task_id: _result(producer, t)[0] == "SUCCESS", 120,
-                                 interval=0.5, what=f"task {task_id} on the {profile} worker")
+                        wait_for(
+                            lambda t=task_id: _result(producer, t)[0] == "SUCCESS",
+                            120,
+                            interval=0.5,
+                            what=f"task {task_id} on the {profile} worker",
+                        )
                 assert {_result(producer, t)[1] for t in in_flight.values()} == {
-                    f"before-{p}" for p in PROFILES}
+                    f"before-{p}" for p in PROFILES
+                }
             all_alive()
             for profile in PROFILES:
                 assert "Unrecoverable error" not in _log_text(logs[profile]), profile

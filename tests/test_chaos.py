@@ -48,9 +48,13 @@ def no_loss(figures: Figures) -> None:
 # window was one candidate, Redis answering a write whose AOF write it postponed behind a slow
 # everysec fsync is the other, which no consumer change closes: its assertion runs and reports
 # XFAIL/XPASS, not strict, since most runs lose nothing.
-AOF_WINDOW = pytest.mark.xfail(strict=False, reason=(
-    "a redis-server killed with kill -9 may lose writes it answered but had not yet written to "
-    "its AOF (appendfsync everysec; bench.chaos: redis kill)"))
+AOF_WINDOW = pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "a redis-server killed with kill -9 may lose writes it answered but had not yet written to "
+        "its AOF (appendfsync everysec; bench.chaos: redis kill)"
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,8 @@ def io_kill(chaos: Cluster) -> tuple[Figures, Figures]:
 
 
 def test_io_worker_killed_mid_task_and_mid_scan_recovers_harmlessly(
-        io_kill: tuple[Figures, Figures]) -> None:
+    io_kill: tuple[Figures, Figures],
+) -> None:
     tasks, scans = io_kill
     recovered(tasks)
     assert tasks.rerun >= 1, tasks.line()  # the kill did interrupt work, which ran again

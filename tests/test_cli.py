@@ -19,17 +19,27 @@ from tests.support.procs import ROOT, lewis_env
 from tests.support.wait import wait_for
 
 
-def lewis(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lewis_tasks.cli", *args], cwd=env.get("CWD", ROOT),
-                          env=lewis_env(env), capture_output=True, text=True, timeout=timeout)
+def lewis(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lewis_tasks.cli", *args],
+        cwd=env.get("CWD", ROOT),
+        env=lewis_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_bad_setting_is_one_line_naming_the_key_and_exit_2(tmp_path: Path) -> None:
-    result = lewis("status", env={"LEWIS_NETWORK_MAX_CONNECTIONS": "lots",
-                                  "LEWIS_STACK_HOME": str(tmp_path)})
+    result = lewis(
+        "status", env={"LEWIS_NETWORK_MAX_CONNECTIONS": "lots", "LEWIS_STACK_HOME": str(tmp_path)}
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "lewis: configuration error: setting network.max_connections: expected an integer, got 'lots'"]
+        "lewis: configuration error: setting network.max_connections: expected an integer, got 'lots'"
+    ]
 
 
 def test_bad_yaml_value_and_unknown_key_exit_2(tmp_path: Path) -> None:
@@ -48,8 +58,9 @@ def test_bad_yaml_value_and_unknown_key_exit_2(tmp_path: Path) -> None:
 def test_broker_down_is_reported_quickly_without_traceback(tmp_path: Path) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     began = time.monotonic()
-    result = lewis("status", env={"LEWIS_BROKER_URL": dead, "LEWIS_STACK_HOME": str(tmp_path)},
-                   timeout=30)
+    result = lewis(
+        "status", env={"LEWIS_BROKER_URL": dead, "LEWIS_STACK_HOME": str(tmp_path)}, timeout=30
+    )
     assert result.returncode == 3
     assert "DOWN" in result.stdout and "Traceback" not in result.stdout + result.stderr
     assert time.monotonic() - began < 25  # "within a few seconds"; generous for a busy machine
@@ -62,8 +73,12 @@ def test_worker_without_any_broker_says_how_to_get_one(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
-    env = {"LEWIS_STACK_HOME": str(tmp_path / "stack"), "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "2",
-           "LEWIS_MONITORING_PING_TIMEOUT": "0.5", "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2"}
+    env = {
+        "LEWIS_STACK_HOME": str(tmp_path / "stack"),
+        "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "2",
+        "LEWIS_MONITORING_PING_TIMEOUT": "0.5",
+        "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2",
+    }
     up = lewis("up", "--detach", "--timeout", "90", env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     info = json.loads((tmp_path / "stack" / "stack.json").read_text())
@@ -71,11 +86,15 @@ def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
     pids = [info["supervisor_pid"], *info["processes"].values()]
     try:
         assert "redis://:***@127.0.0.1" in up.stdout  # the password is never printed
+
         def after_a_heartbeat() -> tuple[Any, dict[str, Any]] | None:
             status = lewis("status", "--json", env=env)
             report = json.loads(status.stdout)
-            return (status, report) if report.get("heartbeat") and "workers" in report["heartbeat"] \
+            return (
+                (status, report)
+                if report.get("heartbeat") and "workers" in report["heartbeat"]
                 else None
+            )
 
         # the first heartbeat lands within a couple of intervals
         status, report = wait_for(after_a_heartbeat, 30, interval=0.5, what="a heartbeat in status")
@@ -91,20 +110,35 @@ def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
     finally:
         down = lewis("down", env=env)
     assert down.returncode == 0 and "stopped" in down.stdout
-    everything = set(pids) | {c.pid for p in pids if psutil.pid_exists(p)
-                              for c in psutil.Process(p).children(recursive=True)}
+    everything = set(pids) | {
+        c.pid
+        for p in pids
+        if psutil.pid_exists(p)
+        for c in psutil.Process(p).children(recursive=True)
+    }
     time.sleep(0.5)
-    alive = [p for p in everything if psutil.pid_exists(p)
-             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    alive = [
+        p
+        for p in everything
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert alive == [], f"left behind: {alive}"
     assert not (tmp_path / "stack" / "stack.json").exists()
 
 
 @pytest.mark.slow
 def test_ctrl_c_on_a_foreground_stack_stops_everything(tmp_path: Path) -> None:
-    env = lewis_env({"LEWIS_STACK_HOME": str(tmp_path / "fg"), "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2"})
-    proc = subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", "up"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = lewis_env(
+        {"LEWIS_STACK_HOME": str(tmp_path / "fg"), "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2"}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lewis_tasks.cli", "up"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         for line in proc.stdout:  # type: ignore[union-attr]
@@ -122,6 +156,9 @@ def test_ctrl_c_on_a_foreground_stack_stops_everything(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "stack stopped" in out
     time.sleep(0.5)
-    alive = [p for p in descendants if psutil.pid_exists(p)
-             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    alive = [
+        p
+        for p in descendants
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert alive == [], f"left behind: {alive}"

@@ -27,16 +27,28 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENV_EXAMPLE = ROOT / "docker" / "env.example"
 APP_IMAGE = "lewis-tasks:latest"
 WORKERS = ("worker-io", "worker-cpu", "worker-control")
-REQUIRED = {"redis", "cache", "postgres", "migrate", *WORKERS, "beat", "flower", "monitor",
-            "prometheus"}
+REQUIRED = {
+    "redis",
+    "cache",
+    "postgres",
+    "migrate",
+    *WORKERS,
+    "beat",
+    "flower",
+    "monitor",
+    "prometheus",
+}
 NOT_APP = {"redis", "cache", "postgres", "prometheus"}
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}"
-                  r"|\$([A-Za-z_][A-Za-z0-9_]*)")
+_VAR = re.compile(
+    r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}"
+    r"|\$([A-Za-z_][A-Za-z0-9_]*)"
+)
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
     """Compose's variable syntax: $$, ${V}, ${V:-default}, ${V-default}, ${V:?err}, ${V?err}."""
+
     def one(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
@@ -46,9 +58,11 @@ def interpolate(text: str, env: dict[str, str]) -> str:
         if op in (":-", "-"):
             return value if value or (op == "-" and value is not None) else arg
         if op in (":?", "?") and not value:
-            raise AssertionError(f"compose needs ${{{name}}} ({arg}); docker/env.example "
-                                 "must set it")
+            raise AssertionError(
+                f"compose needs ${{{name}}} ({arg}); docker/env.example must set it"
+            )
         return value or ""
+
     return _VAR.sub(one, text)
 
 
@@ -144,11 +158,15 @@ def test_the_command_walk_rejects_what_is_not_real() -> None:
         resolve_command(["lewis", "worker", "gpu"])
 
 
-def test_every_lewis_variable_is_a_real_setting(services: dict[str, dict[str, Any]],
-                                                tmp_path: Path) -> None:
+def test_every_lewis_variable_is_a_real_setting(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
     for name, service in services.items():
-        env = {k: str(v) for k, v in (service.get("environment") or {}).items()
-               if k.startswith("LEWIS_")}
+        env = {
+            k: str(v)
+            for k, v in (service.get("environment") or {}).items()
+            if k.startswith("LEWIS_")
+        }
         if not env:
             continue
         settings = load_settings(env=env, cwd=tmp_path)  # ConfigError on any unknown name
@@ -248,13 +266,15 @@ def test_workers_get_the_time_a_warm_shutdown_takes(services: dict[str, dict[str
 
 def flower_healthcheck_code(port: int) -> str:
     """The Python the flower container's healthcheck runs, pointed at ``port``."""
-    argv = health_command(_walk(yaml.safe_load(COMPOSE.read_text())["services"],
-                                operator_env())["flower"])
+    argv = health_command(
+        _walk(yaml.safe_load(COMPOSE.read_text())["services"], operator_env())["flower"]
+    )
     return argv[2].replace("127.0.0.1:5555", f"127.0.0.1:{port}")
 
 
 def test_broker_redis_keeps_messages_and_cache_redis_is_bounded(
-        services: dict[str, dict[str, Any]]) -> None:
+    services: dict[str, dict[str, Any]],
+) -> None:
     broker = shlex.split(services["redis"]["command"][-1])
     assert "--appendonly" in broker and broker[broker.index("--appendonly") + 1] == "yes"
     assert broker[broker.index("--maxmemory-policy") + 1] == "noeviction"
@@ -262,18 +282,23 @@ def test_broker_redis_keeps_messages_and_cache_redis_is_bounded(
     cache = shlex.split(services["cache"]["command"][-1])
     assert cache[cache.index("--maxmemory-policy") + 1] == "allkeys-lru"
     assert cache[cache.index("--maxmemory") + 1] == "$LEWIS_CACHE_MAX_MEMORY"
-    assert services["cache"]["environment"]["LEWIS_CACHE_MAX_MEMORY"] == \
-        services["worker-io"]["environment"]["LEWIS_CACHE_MAX_MEMORY"]
+    assert (
+        services["cache"]["environment"]["LEWIS_CACHE_MAX_MEMORY"]
+        == services["worker-io"]["environment"]["LEWIS_CACHE_MAX_MEMORY"]
+    )
 
 
 def test_flower_requires_auth_and_publishes_on_loopback_only(
-        services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
     flower = services["flower"]
     env = {k: v for k, v in flower["environment"].items() if k.startswith("LEWIS_")}
     stack = load_settings(env=env, cwd=tmp_path).stack
     assert stack.flower_user and stack.flower_password
     ctx = resolve_command(flower["command"])
-    assert [p.split(":") for p in flower["ports"]] == [["127.0.0.1", "5555", str(ctx.params["port"])]]
+    assert [p.split(":") for p in flower["ports"]] == [
+        ["127.0.0.1", "5555", str(ctx.params["port"])]
+    ]
 
 
 def test_secrets_come_from_variables_not_the_file(raw: dict[str, Any]) -> None:
@@ -302,7 +327,8 @@ def test_the_image_installs_the_package_with_postgres() -> None:
 
 
 def test_prometheus_scrapes_the_monitor_and_both_publish_on_loopback_only(
-        services: dict[str, dict[str, Any]]) -> None:
+    services: dict[str, dict[str, Any]],
+) -> None:
     monitor, prometheus = services["monitor"], services["prometheus"]
     ctx = resolve_command(monitor["command"])
     port = str(ctx.params["port"])
@@ -310,7 +336,8 @@ def test_prometheus_scrapes_the_monitor_and_both_publish_on_loopback_only(
     assert all(p.startswith("127.0.0.1:") for p in prometheus["ports"])
     mount = next(v for v in prometheus["volumes"] if v.endswith(":ro"))
     config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
-    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"]
-               for t in sc["targets"]]
+    targets = [
+        t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    ]
     assert targets == [f"monitor:{port}"]
     assert set(prometheus["depends_on"]) == {"monitor"}

@@ -22,30 +22,40 @@ TASKS = "tests.support.fleettasks"
 
 
 def lewis(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", *args], cwd=ROOT,
-                          env=lewis_env(env), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "lewis_tasks.cli", *args],
+        cwd=ROOT,
+        env=lewis_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return done.returncode, done.stdout + done.stderr
 
 
 def io_worker(name: str, env: dict[str, str], home: Path, *extra: str) -> Any:
-    return lewis_process(["worker", "io", "-I", TASKS, "-n", f"{name}@%h", *extra], env,
-                         home / f"{name}.log")
+    return lewis_process(
+        ["worker", "io", "-I", TASKS, "-n", f"{name}@%h", *extra], env, home / f"{name}.log"
+    )
 
 
 @pytest.fixture
 def fleet_redis(worker_redis: Any) -> Any:
     """The worker db without presence records or queued messages of earlier tests."""
+
     def wipe() -> None:
         for key in worker_redis.scan_iter("lewis:fleet:*"):
             worker_redis.delete(key)
         worker_redis.delete("io", "lewis:beat:leader")
+
     wipe()
     yield worker_redis
     wipe()
 
 
 def test_health_exit_codes_follow_workers_queues_and_beat(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any
+) -> None:
     env = stack_env(redis_url, tmp_path)
     # Given no worker at all: down
     code, out = lewis(env, "health")
@@ -59,8 +69,11 @@ def test_health_exit_codes_follow_workers_queues_and_beat(
     assert code == 2 and "does not answer" in out, out
     with io_worker("hio", env, tmp_path, "-c", "2"):
         # When an io worker is up
-        wait_for(lambda: lewis(env, "health", "--worker", f"hio@{HOST}")[0] == 0, 60,
-                 what="the io worker's presence")
+        wait_for(
+            lambda: lewis(env, "health", "--worker", f"hio@{HOST}")[0] == 0,
+            60,
+            what="the io worker's presence",
+        )
         # Then io is healthy, the worker and its host answer, cpu has nobody
         assert lewis(env, "health", "--queue", "io")[0] == 0
         assert lewis(env, "health", "--worker", HOST)[0] == 0
@@ -74,8 +87,8 @@ def test_health_exit_codes_follow_workers_queues_and_beat(
 
 
 def test_drain_finishes_the_running_task_exits_warm_and_leaves_the_queue(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any,
-        celery_app: Any) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any, celery_app: Any
+) -> None:
     env = stack_env(redis_url, tmp_path)
     job = "drain"
     fleet_redis.delete(f"test:who:{job}", f"test:started:{job}")
@@ -103,7 +116,8 @@ def test_drain_finishes_the_running_task_exits_warm_and_leaves_the_queue(
 
 
 def test_a_worker_whose_visibility_timeout_differs_from_the_cluster_refuses_to_start(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any
+) -> None:
     from lewis_tasks.domain.fleet import WorkerRecord
     from lewis_tasks.infra.fleet import write_worker
 
@@ -111,8 +125,11 @@ def test_a_worker_whose_visibility_timeout_differs_from_the_cluster_refuses_to_s
     # a record left by a worker killed a moment ago, with another value: it keeps nobody out
     write_worker(fleet_redis, WorkerRecord("ghost@gone", ("io",), visibility_timeout=10), 5.0)
     with io_worker("agreed", env, tmp_path, "-c", "1"):
-        wait_for(lambda: lewis(env, "health", "--worker", f"agreed@{HOST}")[0] == 0, 60,
-                 what="the first worker")
+        wait_for(
+            lambda: lewis(env, "health", "--worker", f"agreed@{HOST}")[0] == 0,
+            60,
+            what="the first worker",
+        )
         # When a second host's worker starts with another visibility timeout
         other = stack_env(redis_url, tmp_path, LEWIS_BROKER_VISIBILITY_TIMEOUT="61")
         code, out = lewis(other, "worker", "io", "-n", "odd@%h", timeout=90)
@@ -124,12 +141,16 @@ def test_a_worker_whose_visibility_timeout_differs_from_the_cluster_refuses_to_s
         assert "Traceback" not in out
         # and the same setting starts
         with io_worker("same", env, tmp_path, "-c", "1"):
-            wait_for(lambda: lewis(env, "health", "--worker", f"same@{HOST}")[0] == 0, 60,
-                     what="a worker that agrees")
+            wait_for(
+                lambda: lewis(env, "health", "--worker", f"same@{HOST}")[0] == 0,
+                60,
+                what="a worker that agrees",
+            )
 
 
-def test_flower_on_a_public_address_without_auth_refuses_to_start(tmp_path: Path,
-                                                                  redis_url: str) -> None:
+def test_flower_on_a_public_address_without_auth_refuses_to_start(
+    tmp_path: Path, redis_url: str
+) -> None:
     env = stack_env(redis_url, tmp_path)
     code, out = lewis(env, "flower", "--address", "0.0.0.0", "--port", "1")
     assert code == 2 and "without auth" in out and "--unsafe-no-auth" in out, out
@@ -138,42 +159,52 @@ def test_flower_on_a_public_address_without_auth_refuses_to_start(tmp_path: Path
 
 
 def test_scan_without_an_io_worker_says_so_at_once_and_waits_only_if_asked(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any
+) -> None:
     env = stack_env(redis_url, tmp_path)
     assert lewis(env, "db", "upgrade")[0] == 0
     # Given only a cpu worker online
-    with lewis_process(["worker", "cpu", "-c", "1", "-n", "onlycpu@%h"], env,
-                       tmp_path / "cpu.log"):
+    with lewis_process(["worker", "cpu", "-c", "1", "-n", "onlycpu@%h"], env, tmp_path / "cpu.log"):
         wait_for(lambda: lewis(env, "health", "--queue", "cpu")[0] == 0, 60, what="the cpu worker")
         # When a scan is asked for: it is refused at once, nothing enqueued
         code, out = lewis(env, "scan", "127.0.0.1", "-p", "80", "--no-wait")
         assert code == 3 and "no io worker is online" in out, out
         assert fleet_redis.llen("io") == 0
         # and with --wait-for-workers it is submitted and waits in the queue
-        code, out = lewis(env, "scan", "127.0.0.1", "-p", "80", "--no-wait",
-                          "--wait-for-workers")
+        code, out = lewis(env, "scan", "127.0.0.1", "-p", "80", "--no-wait", "--wait-for-workers")
         assert code == 0 and "no io worker is online" in out, out
         assert fleet_redis.llen("io") == 1
 
 
 def test_status_lists_standby_beats_says_leader_changing_and_exits_1_when_incomplete(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any
+) -> None:
     import json
     import os
     import signal
 
     # a lease of 10 s (the shortest beat job interval), so a failover lasts long enough to see
-    env = stack_env(redis_url, tmp_path, LEWIS_MONITORING_HEALTH_CHECK_INTERVAL="10",
-                    LEWIS_STACK_BEAT_LOCK_TIMEOUT="10")
-    with io_worker("st", env, tmp_path, "-c", "1"), \
-            lewis_process(["beat"], env, tmp_path / "beat1.log") as first, \
-            lewis_process(["beat"], env, tmp_path / "beat2.log"):
+    env = stack_env(
+        redis_url,
+        tmp_path,
+        LEWIS_MONITORING_HEALTH_CHECK_INTERVAL="10",
+        LEWIS_STACK_BEAT_LOCK_TIMEOUT="10",
+    )
+    with (
+        io_worker("st", env, tmp_path, "-c", "1"),
+        lewis_process(["beat"], env, tmp_path / "beat1.log") as first,
+        lewis_process(["beat"], env, tmp_path / "beat2.log"),
+    ):
+
         def report() -> tuple[int, dict[str, Any]]:
             code, out = lewis(env, "status", "--json", "--timeout", "0.5")
-            return code, json.loads(out[out.index("{"):]) if "{" in out else {}
+            return code, json.loads(out[out.index("{") :]) if "{" in out else {}
 
-        wait_for(lambda: len(report()[1].get("standby_beats") or []) == 1, 60,
-                 what="one leader and one standby")
+        wait_for(
+            lambda: len(report()[1].get("standby_beats") or []) == 1,
+            60,
+            what="one leader and one standby",
+        )
         code, rep = report()
         # Then a cluster with io only exits 1, naming what is missing, and lists the standby
         assert code == 1 and "queue cpu: no worker" in rep["problems"], rep
@@ -182,31 +213,43 @@ def test_status_lists_standby_beats_says_leader_changing_and_exits_1_when_incomp
         assert "standby  " in text and "beat     alive, leader" in text, text
         # When the leader dies: "leader changing", not "NOT RUNNING", until the standby takes over
         leader_pid = int(rep["beat"]["leader"].split(":")[1])
-        beat_pids = {first.pid} | {c.pid for c in __import__("psutil").Process(first.pid).children(recursive=True)}
+        beat_pids = {first.pid} | {
+            c.pid for c in __import__("psutil").Process(first.pid).children(recursive=True)
+        }
         if leader_pid not in beat_pids:  # the second beat leads: kill that one
             os.kill(leader_pid, signal.SIGKILL)
         else:
             os.killpg(first.pid, signal.SIGKILL)
-        wait_for(lambda: "leader changing" in lewis(env, "status", "--timeout", "0.2")[1], 30,
-                 interval=0.1, what="'leader changing' during the failover")
+        wait_for(
+            lambda: "leader changing" in lewis(env, "status", "--timeout", "0.2")[1],
+            30,
+            interval=0.1,
+            what="'leader changing' during the failover",
+        )
         wait_for(lambda: report()[1].get("beat", {}).get("alive"), 60, what="the standby leading")
 
 
 def test_status_text_shows_draining_workers() -> None:
     from lewis_tasks.cli.stack import format_status
 
-    report = {"broker": {"url": "redis://h", "up": True, "ping_ms": 1.0},
-              "queues": {"io": {"ready": 3, "unacked": 1, "workers": ["io-2@b"]}},
-              "draining": ["io-1@a"], "beat": {"alive": False, "leader": None},
-              "beat_state": "leader changing (standby h:2:x)", "standby_beats": ["h:2:x"],
-              "heartbeat": None, "metrics": {}}
+    report = {
+        "broker": {"url": "redis://h", "up": True, "ping_ms": 1.0},
+        "queues": {"io": {"ready": 3, "unacked": 1, "workers": ["io-2@b"]}},
+        "draining": ["io-1@a"],
+        "beat": {"alive": False, "leader": None},
+        "beat_state": "leader changing (standby h:2:x)",
+        "standby_beats": ["h:2:x"],
+        "heartbeat": None,
+        "metrics": {},
+    }
     text = format_status(report)
     assert "draining io-1@a" in text and "beat     leader changing (standby h:2:x)" in text
     assert "NOT RUNNING" not in text
 
 
 def test_drain_of_one_queue_keeps_the_worker_on_the_others(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any
+) -> None:
     env = stack_env(redis_url, tmp_path)
     with io_worker("both", env, tmp_path, "-c", "1", "-Q", "io,cpu") as proc:
         name = f"both@{HOST}"
@@ -228,10 +271,15 @@ def test_status_does_not_pass_off_an_old_heartbeat_as_current(tmp_path: Path) ->
     from lewis_tasks.cli.stack import _date_heartbeat, format_status
     from lewis_tasks.infra.config import load_settings
 
-    base = {"broker": {"url": "redis://h", "up": True, "ping_ms": 1.0}, "queues": {},
-            "beat": {"alive": True, "leader": "b", "lease_left_s": 3.0}, "metrics": {}}
-    settings = load_settings(env={"LEWIS_STACK_HOME": str(tmp_path),
-                                  "LEWIS_BROKER_URL": "redis://h:1/0"}, cwd=tmp_path)
+    base = {
+        "broker": {"url": "redis://h", "up": True, "ping_ms": 1.0},
+        "queues": {},
+        "beat": {"alive": True, "leader": "b", "lease_left_s": 3.0},
+        "metrics": {},
+    }
+    settings = load_settings(
+        env={"LEWIS_STACK_HOME": str(tmp_path), "LEWIS_BROKER_URL": "redis://h:1/0"}, cwd=tmp_path
+    )
     now = time.time()
     period = settings.monitoring.health_check_interval
 

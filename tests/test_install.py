@@ -31,36 +31,44 @@ def test_the_runtime_install_has_no_charting_embedded_redis_or_unused_scheduler(
 def test_what_the_code_patches_has_an_upper_bound() -> None:
     required = _required()
     for name in ("celery", "kombu", "redis"):
-        assert any(spec.operator in {"<", "<=", "==", "~="} for spec in required[name].specifier), name
+        assert any(spec.operator in {"<", "<=", "==", "~="} for spec in required[name].specifier), (
+            name
+        )
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, text=True,
-                          capture_output=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, text=True, capture_output=True, timeout=120
+    )
 
 
 def test_workers_and_commands_import_without_matplotlib() -> None:
     # every task module a worker loads (the profile task stores benchmark runs for the report)
-    done = _python("import sys\n"
-                   "from lewis_tasks.infra import celery_app\n"
-                   "from lewis_tasks.cli import main\n"
-                   "celery_app.app.loader.import_default_modules()\n"
-                   "import lewis_tasks.report.runs\n"
-                   "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-                   "{'matplotlib', 'numpy'}))")
+    done = _python(
+        "import sys\n"
+        "from lewis_tasks.infra import celery_app\n"
+        "from lewis_tasks.cli import main\n"
+        "celery_app.app.loader.import_default_modules()\n"
+        "import lewis_tasks.report.runs\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'matplotlib', 'numpy'}))"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
 
 def test_the_report_without_matplotlib_says_which_extra_to_install(tmp_path: Path) -> None:
     # Given an install without matplotlib (a None entry in sys.modules makes its import fail)
-    done = _python("import sys; sys.modules['matplotlib'] = None\n"
-                   "from lewis_tasks.cli import main\n"
-                   f"sys.argv = ['lewis', 'bench', 'report', '--html', {str(tmp_path / 'r.html')!r}]\n"
-                   "raise SystemExit(main())")  # as the console script does
+    done = _python(
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from lewis_tasks.cli import main\n"
+        f"sys.argv = ['lewis', 'bench', 'report', '--html', {str(tmp_path / 'r.html')!r}]\n"
+        "raise SystemExit(main())"
+    )  # as the console script does
     # Then the command exits 2 with one line naming the extra, and writes nothing
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         "lewis: configuration error: `lewis bench report` draws its charts with matplotlib, which this "
-        "install lacks: pip install 'lewis-tasks[report]'"]
+        "install lacks: pip install 'lewis-tasks[report]'"
+    ]
     assert not (tmp_path / "r.html").exists()

@@ -66,16 +66,22 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("lewis_tasks/infra/scaling.py", "lewis_tasks.storage.scaling"): "decisions recorded",
     ("lewis_tasks/infra/batchfetch.py", "lewis_tasks.storage.db"): "chunk rows as they come",
     ("lewis_tasks/infra/batchfetch.py", "lewis_tasks.storage.http"): "chunk rows as they come",
-    ("lewis_tasks/infra/rowwriter.py", "lewis_tasks.storage.db"):
-        "the row-writer process is a storage client (its own interpreter)",
-    ("lewis_tasks/infra/rowwriter.py", "lewis_tasks.storage.http"):
-        "the row-writer process is a storage client (its own interpreter)",
+    (
+        "lewis_tasks/infra/rowwriter.py",
+        "lewis_tasks.storage.db",
+    ): "the row-writer process is a storage client (its own interpreter)",
+    (
+        "lewis_tasks/infra/rowwriter.py",
+        "lewis_tasks.storage.http",
+    ): "the row-writer process is a storage client (its own interpreter)",
     ("lewis_tasks/infra/vulnlookup.py", "lewis_tasks.storage.db"): "cached CVE reads",
     ("lewis_tasks/infra/vulnlookup.py", "lewis_tasks.storage.vulns"): "cached CVE reads",
     # the engines live in the worker runtime (one per process, rebuilt after a fork)
     ("lewis_tasks/storage/db.py", "lewis_tasks.infra.runtime"): "get_engine() asks the runtime",
-    ("lewis_tasks/infra/signals.py", "lewis_tasks.storage.db"):
-        "worker signals size and dispose the DB pool (runtime branch: the runtime owns it)",
+    (
+        "lewis_tasks/infra/signals.py",
+        "lewis_tasks.storage.db",
+    ): "worker signals size and dispose the DB pool (runtime branch: the runtime owns it)",
     # -- the producer writes rows and runs SQL (the model branch moves chunk-result reads and
     #    job rows behind storage functions the tasks own; transport code moves to infra)
     ("lewis_tasks/producer/http.py", "lewis_tasks.storage.db"): "batch/load-test rows",
@@ -91,11 +97,15 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("lewis_tasks/producer/scanreport.py", "redis"): "RedisError caught reading progress",
     ("lewis_tasks/producer/base.py", "kombu"): "hand-built kombu messages (runtime branch)",
     ("lewis_tasks/producer/base.py", "redis"): "hand-built kombu messages (runtime branch)",
-    ("lewis_tasks/producer/clusterbench.py", "lewis_tasks.report.runs"):
-        "records the cluster bench run through report/ (a storage write)",
+    (
+        "lewis_tasks/producer/clusterbench.py",
+        "lewis_tasks.report.runs",
+    ): "records the cluster bench run through report/ (a storage write)",
     # -- tasks/ reaching past storage
-    ("lewis_tasks/tasks/profile.py", "lewis_tasks.report.runs"):
-        "records a benchmark run through report/ (a storage write)",
+    (
+        "lewis_tasks/tasks/profile.py",
+        "lewis_tasks.report.runs",
+    ): "records a benchmark run through report/ (a storage write)",
     # -- the CLI reads and writes storage directly (listings, imports, migrations) instead of
     #    through producer/
     ("lewis_tasks/cli/alerts.py", "lewis_tasks.storage.alerts"): "`lewis alerts` history",
@@ -103,11 +113,17 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("lewis_tasks/cli/db.py", "lewis_tasks.storage.migrate"): "`lewis db upgrade`",
     ("lewis_tasks/cli/scale.py", "lewis_tasks.storage.db"): "`lewis scale` decision history",
     ("lewis_tasks/cli/scale.py", "lewis_tasks.storage.scaling"): "`lewis scale` history",
-    ("lewis_tasks/cli/scan.py", "lewis_tasks.storage.db"): "`lewis vulns import`, `lewis scans list`",
+    (
+        "lewis_tasks/cli/scan.py",
+        "lewis_tasks.storage.db",
+    ): "`lewis vulns import`, `lewis scans list`",
     ("lewis_tasks/cli/scan.py", "lewis_tasks.storage.migrate"): "`lewis vulns import`",
     ("lewis_tasks/cli/scan.py", "lewis_tasks.storage.scans"): "`lewis scans list`",
     ("lewis_tasks/cli/scan.py", "lewis_tasks.storage.vulns"): "`lewis vulns import`",
-    ("lewis_tasks/cli/stack.py", "lewis_tasks.storage.db"): "`lewis status` falls back to stored heartbeats",
+    (
+        "lewis_tasks/cli/stack.py",
+        "lewis_tasks.storage.db",
+    ): "`lewis status` falls back to stored heartbeats",
     ("lewis_tasks/cli/stack.py", "lewis_tasks.storage.heartbeats"): "`lewis status`",
     # -- `python -m workers` is `lewis worker`: the CLI holds the placeholder-password refusal,
     #    node naming and exit codes the entry must share
@@ -174,8 +190,19 @@ def _excepted(file: str, name: str) -> bool:
 def test_every_layer_is_on_the_allow_list() -> None:
     layers = {layer_of_file(f) for f in layered_files()}
     assert layers <= set(ALLOWED), f"layers without an allow-list: {layers - set(ALLOWED)}"
-    assert {"cli", "producer", "infra", "tasks", "storage", "domain", "monitor", "report",
-            "errors", "workers", "beat_schedule"} <= layers
+    assert {
+        "cli",
+        "producer",
+        "infra",
+        "tasks",
+        "storage",
+        "domain",
+        "monitor",
+        "report",
+        "errors",
+        "workers",
+        "beat_schedule",
+    } <= layers
 
 
 def test_imports_point_one_way() -> None:
@@ -186,27 +213,37 @@ def test_imports_point_one_way() -> None:
 def test_known_exceptions_are_still_needed() -> None:
     # the list only shrinks: an exception whose import is gone must leave it
     arrows = broken_arrows()
-    stale = [key for key in KNOWN_EXCEPTIONS
-             if not any(f == key[0] and (n == key[1] or n.startswith(key[1] + "."))
-                        for f, n in arrows)]
+    stale = [
+        key
+        for key in KNOWN_EXCEPTIONS
+        if not any(f == key[0] and (n == key[1] or n.startswith(key[1] + ".")) for f, n in arrows)
+    ]
     assert stale == []
 
 
 def test_the_check_sees_relative_imports() -> None:
     # `from ..errors import x` inside domain/ resolves to lewis_tasks.errors
-    assert any(n.startswith("lewis_tasks.errors")
-               for n in imported_modules(ROOT / PKG_NAME / "domain" / "scope.py"))
+    assert any(
+        n.startswith("lewis_tasks.errors")
+        for n in imported_modules(ROOT / PKG_NAME / "domain" / "scope.py")
+    )
 
 
-@pytest.mark.parametrize("body, module", [
-    ("def f():\n    from ..infra import config\n", "lewis_tasks.infra.config"),
-    ("def f():\n    import celery.result\n", "celery.result"),
-    ("class C:\n    def m(self):\n        from lewis_tasks.storage.db import get_engine\n",
-     "lewis_tasks.storage.db.get_engine"),
-    ("def f():\n    from .. import tasks\n", "lewis_tasks.tasks"),
-])
-def test_the_check_fails_on_an_import_inside_a_function(tmp_path: Path, body: str,
-                                                         module: str) -> None:
+@pytest.mark.parametrize(
+    "body, module",
+    [
+        ("def f():\n    from ..infra import config\n", "lewis_tasks.infra.config"),
+        ("def f():\n    import celery.result\n", "celery.result"),
+        (
+            "class C:\n    def m(self):\n        from lewis_tasks.storage.db import get_engine\n",
+            "lewis_tasks.storage.db.get_engine",
+        ),
+        ("def f():\n    from .. import tasks\n", "lewis_tasks.tasks"),
+    ],
+)
+def test_the_check_fails_on_an_import_inside_a_function(
+    tmp_path: Path, body: str, module: str
+) -> None:
     # Given a domain module whose only offending import sits inside a function
     domain = tmp_path / PKG_NAME / "domain"
     domain.mkdir(parents=True)
@@ -220,7 +257,8 @@ def test_a_top_level_entry_may_not_skip_infra(tmp_path: Path) -> None:
     (tmp_path / PKG_NAME).mkdir()
     (tmp_path / "workers").mkdir()
     (tmp_path / "workers" / "__main__.py").write_text(
-        "def main():\n    from lewis_tasks.tasks.scan import merge\n")
+        "def main():\n    from lewis_tasks.tasks.scan import merge\n"
+    )
     assert broken_arrows(tmp_path) == [("workers/__main__.py", "lewis_tasks.tasks.scan.merge")]
 
 

@@ -11,7 +11,9 @@ from lewis_tasks.infra.broker import queue_depths
 from lewis_tasks.producer import submit, submit_many
 
 
-def test_heartbeat_records_every_live_worker_once_per_slot(celery_worker: Any, lewis_settings: Any) -> None:
+def test_heartbeat_records_every_live_worker_once_per_slot(
+    celery_worker: Any, lewis_settings: Any
+) -> None:
     from lewis_tasks.storage import heartbeats
     from lewis_tasks.storage.db import get_engine, session_scope
 
@@ -30,15 +32,17 @@ def test_heartbeat_records_every_live_worker_once_per_slot(celery_worker: Any, l
 
 def test_submit_many_messages_are_consumed_by_a_real_worker(celery_worker: Any) -> None:
     # Given 200 heartbeats enqueued through one pipelined batch submit
-    handles = submit_many("lewis.control.heartbeat",
-                          (((), {"slot": 900000 + i}) for i in range(20)), batch=7)
+    handles = submit_many(
+        "lewis.control.heartbeat", (((), {"slot": 900000 + i}) for i in range(20)), batch=7
+    )
     # Then every one runs and returns its own slot
     results = [h.wait(timeout=30) for h in handles]
     assert [r["slot"] for r in results] == [900000 + i for i in range(20)]
 
 
 def test_bad_input_fails_readably_and_the_worker_lives(
-        celery_worker: Any, caplog: pytest.LogCaptureFixture) -> None:
+    celery_worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     from lewis_tasks.errors import InvalidInput
 
     caplog.set_level(logging.INFO, logger="celery.app.trace")
@@ -47,12 +51,16 @@ def test_bad_input_fails_readably_and_the_worker_lives(
         handle.wait(timeout=20)
     assert handle.state == "FAILURE"
     # logged as a refusal: one INFO line, no ERROR, no traceback (the caller's error, not ours)
-    lines = [r for r in caplog.records if handle.id in r.getMessage()
-             and r.name.startswith("celery")]
+    lines = [
+        r for r in caplog.records if handle.id in r.getMessage() and r.name.startswith("celery")
+    ]
     assert lines and all(r.levelno < logging.WARNING and not r.exc_info for r in lines), [
-        (r.levelname, r.getMessage()) for r in lines]
-    assert any("raised expected" in r.getMessage() and "slot must be an integer" in r.getMessage()
-               for r in lines)
+        (r.levelname, r.getMessage()) for r in lines
+    ]
+    assert any(
+        "raised expected" in r.getMessage() and "slot must be an integer" in r.getMessage()
+        for r in lines
+    )
     # the worker still serves the next task
     assert submit("lewis.control.heartbeat", kwargs={"slot": 1}).wait(timeout=20)["slot"] == 1
 

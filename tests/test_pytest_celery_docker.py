@@ -18,8 +18,12 @@ def _docker_engine() -> str | None:
     if shutil.which("docker") is None:
         return "no docker client on PATH"
     try:
-        probe = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
-                               capture_output=True, text=True, timeout=10)
+        probe = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"docker info failed: {exc}"
     if probe.returncode != 0:
@@ -28,8 +32,9 @@ def _docker_engine() -> str | None:
 
 
 WHY_NOT = _docker_engine()
-pytestmark = pytest.mark.skipif(WHY_NOT is not None,
-                                reason=f"pytest-celery's Docker setups need a Docker engine: {WHY_NOT}")
+pytestmark = pytest.mark.skipif(
+    WHY_NOT is not None, reason=f"pytest-celery's Docker setups need a Docker engine: {WHY_NOT}"
+)
 
 
 def test_pytest_celery_is_installed_for_docker_runs() -> None:

@@ -31,7 +31,9 @@ HOST = socket.gethostname()
 HOSTS = 10
 PORTS = 65535
 DONE = re.compile(r"task lewis\.scan\.chunk\[([0-9a-f-]+)\] ok ")
-PG = os.environ.get("LEWIS_TEST_DATABASE_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG = (
+    os.environ.get("LEWIS_TEST_DATABASE_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture
@@ -53,13 +55,20 @@ def pg_url() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def host_process(args: list[str], env: dict[str, str], cwd: Path,
-                 log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def host_process(
+    args: list[str], env: dict[str, str], cwd: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """`lewis ARGS` run from ``cwd``, the way a second machine's checkout would."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", *args], cwd=cwd,
-                                env=lewis_env(env), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lewis_tasks.cli", *args],
+            cwd=cwd,
+            env=lewis_env(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         yield proc
     finally:
@@ -67,8 +76,14 @@ def host_process(args: list[str], env: dict[str, str], cwd: Path,
 
 
 def run_lewis(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", *args], cwd=cwd,
-                          env=lewis_env(env), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "lewis_tasks.cli", *args],
+        cwd=cwd,
+        env=lewis_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -94,10 +109,13 @@ class ConnectionSampler:
     def _run(self) -> None:
         with self.engine.connect() as conn:
             while not self._stop.is_set():
-                rows = conn.execute(text(
-                    "SELECT application_name, count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND application_name LIKE 'lewis-%' "
-                    "GROUP BY application_name")).all()
+                rows = conn.execute(
+                    text(
+                        "SELECT application_name, count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND application_name LIKE 'lewis-%' "
+                        "GROUP BY application_name"
+                    )
+                ).all()
                 for name, count in rows:
                     self.peaks[name] = max(self.peaks.get(name, 0), count)
                 self.total_peak = max(self.total_peak, sum(c for _, c in rows))
@@ -110,7 +128,8 @@ def chunks_run(log: Path) -> set[str]:
 
 
 def test_a_second_host_joins_shares_drains_and_stays_in_budget(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any, pg_url: str) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any, pg_url: str
+) -> None:
     from lewis_tasks.infra import config
     from lewis_tasks.producer.scan import submit_scan
     from lewis_tasks.storage.db import dispose_engines
@@ -119,9 +138,13 @@ def test_a_second_host_joins_shares_drains_and_stays_in_budget(
     a_dir, b_dir = tmp_path / "host-a", tmp_path / "host-b"
     a_dir.mkdir()
     b_dir.mkdir()
-    common = {"LEWIS_DATABASE_URL": pg_url, "LEWIS_TASKS_TIME_LIMIT": "360",
-              "LEWIS_TASKS_SOFT_TIME_LIMIT": "300", "LEWIS_BROKER_VISIBILITY_TIMEOUT": "400",
-              "LEWIS_SCAN_CHUNK_PORTS": str(-(-HOSTS * PORTS // 48))}
+    common = {
+        "LEWIS_DATABASE_URL": pg_url,
+        "LEWIS_TASKS_TIME_LIMIT": "360",
+        "LEWIS_TASKS_SOFT_TIME_LIMIT": "300",
+        "LEWIS_BROKER_VISIBILITY_TIMEOUT": "400",
+        "LEWIS_SCAN_CHUNK_PORTS": str(-(-HOSTS * PORTS // 48)),
+    }
     # each host its own working directory and stack home: no stack.json, everything by URL
     env_a = stack_env(redis_url, a_dir, **common, LEWIS_STACK_HOME=str(a_dir / ".lewis"))
     env_b = stack_env(redis_url, b_dir, **common, LEWIS_STACK_HOME=str(b_dir / ".lewis"))
@@ -131,23 +154,36 @@ def test_a_second_host_joins_shares_drains_and_stays_in_budget(
     config.set_settings(settings)
     a_io, b_io = a_dir / "io.log", b_dir / "io.log"
     try:
-        with ConnectionSampler(pg_url) as sampler, \
-                host_process(["worker", "cpu", "-c", "1", "-n", "a-cpu@%h"], env_a, a_dir,
-                             a_dir / "cpu.log"), \
-                host_process(["worker", "io", "-n", "a-io@%h"], env_a, a_dir, a_io):
-            wait_for(lambda: {n.split("@")[0] for n in worker_names(celery_app)} >= {"a-cpu", "a-io"},
-                     60, what="host A's workers")
+        with (
+            ConnectionSampler(pg_url) as sampler,
+            host_process(
+                ["worker", "cpu", "-c", "1", "-n", "a-cpu@%h"], env_a, a_dir, a_dir / "cpu.log"
+            ),
+            host_process(["worker", "io", "-n", "a-io@%h"], env_a, a_dir, a_io),
+        ):
+            wait_for(
+                lambda: {n.split("@")[0] for n in worker_names(celery_app)} >= {"a-cpu", "a-io"},
+                60,
+                what="host A's workers",
+            )
             targets = [f"127.0.0.{i}" for i in range(1, HOSTS + 1)]
             # Given a long scan running on host A
             first = submit_scan(targets, f"1-{PORTS}", services=False)
             total = first.progress().chunks_total
-            wait_for(lambda: first.progress().chunks_done >= total // 4, 120, interval=0.05,
-                     what="a quarter of the scan")
+            wait_for(
+                lambda: first.progress().chunks_done >= total // 4,
+                120,
+                interval=0.05,
+                what="a quarter of the scan",
+            )
             # When host B's io worker joins a quarter in
             with host_process(["worker", "io", "-n", "b-io@%h"], env_b, b_dir, b_io) as b_proc:
-                wait_for(lambda: run_lewis(env_b, b_dir, "health", "--worker",
-                                           f"b-io@{HOST}")[0] == 0, 60, interval=0.05,
-                         what="host B's io worker")
+                wait_for(
+                    lambda: run_lewis(env_b, b_dir, "health", "--worker", f"b-io@{HOST}")[0] == 0,
+                    60,
+                    interval=0.05,
+                    what="host B's io worker",
+                )
                 done_when_b_came = first.progress().chunks_done
                 # Then `lewis health` answers from host B's directory
                 assert run_lewis(env_b, b_dir, "health", "--queue", "io")[0] == 0
@@ -162,10 +198,15 @@ def test_a_second_host_joins_shares_drains_and_stays_in_budget(
                 # and a second scan, drained on host B halfway: its running chunks finish
                 second = submit_scan(targets, f"1-{PORTS}", services=False)
                 b_before = len(chunks_run(b_io))
-                wait_for(lambda: len(chunks_run(b_io)) > b_before, 120, interval=0.05,
-                         what="host B working on the second scan")
-                code, out = run_lewis(env_b, b_dir, "drain", "--worker", f"b-io@{HOST}",
-                                      "--timeout", "120")
+                wait_for(
+                    lambda: len(chunks_run(b_io)) > b_before,
+                    120,
+                    interval=0.05,
+                    what="host B working on the second scan",
+                )
+                code, out = run_lewis(
+                    env_b, b_dir, "drain", "--worker", f"b-io@{HOST}", "--timeout", "120"
+                )
                 assert code == 0 and "drained: 1 worker(s) exited" in out, out
                 assert b_proc.wait(30) == 0  # warm exit
             report = second.wait(timeout=300)
@@ -180,8 +221,12 @@ def test_a_second_host_joins_shares_drains_and_stays_in_budget(
         dispose_engines()
     # every process within its role's budget; the whole fleet within their sum
     budget = {role: size + overflow for role, (size, overflow) in ROLE_POOLS.items()}
-    print("peak connections per process:", dict(sorted(sampler.peaks.items())),
-          "total peak:", sampler.total_peak)
+    print(
+        "peak connections per process:",
+        dict(sorted(sampler.peaks.items())),
+        "total peak:",
+        sampler.total_peak,
+    )
     assert sampler.peaks, "no lewis connection was ever seen"
     for name, peak in sampler.peaks.items():
         role = name.split("-")[1]

@@ -51,8 +51,9 @@ def _answers(url: str) -> bool:
         client.close()
 
 
-def _send(app: Celery, count: int, label: str, task: str = "lewis.bench.noop",
-          args: tuple[Any, ...] = ()) -> list[str]:
+def _send(
+    app: Celery, count: int, label: str, task: str = "lewis.bench.noop", args: tuple[Any, ...] = ()
+) -> list[str]:
     ids = []
     for i in range(count):
         queue = QUEUES[i % len(QUEUES)]
@@ -68,16 +69,24 @@ def _succeeded(app: Celery, task_ids: list[str]) -> bool:
 
 def test_up_restarts_a_killed_redis_on_its_port_password_and_data(tmp_path: Path) -> None:
     home = tmp_path / "stack"
-    env = {"LEWIS_STACK_HOME": str(home), "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "2",
-           "LEWIS_MONITORING_PING_TIMEOUT": "0.5", "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2",
-           "LEWIS_STACK_BEAT_LOCK_TIMEOUT": "3",
-           # a task cut off by the crash comes back after the visibility timeout: keep it short
-           "LEWIS_BROKER_VISIBILITY_TIMEOUT": "30", "LEWIS_TASKS_TIME_LIMIT": "20",
-           "LEWIS_TASKS_SOFT_TIME_LIMIT": "15"}
+    env = {
+        "LEWIS_STACK_HOME": str(home),
+        "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "2",
+        "LEWIS_MONITORING_PING_TIMEOUT": "0.5",
+        "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2",
+        "LEWIS_STACK_BEAT_LOCK_TIMEOUT": "3",
+        # a task cut off by the crash comes back after the visibility timeout: keep it short
+        "LEWIS_BROKER_VISIBILITY_TIMEOUT": "30",
+        "LEWIS_TASKS_TIME_LIMIT": "20",
+        "LEWIS_TASKS_SOFT_TIME_LIMIT": "15",
+    }
     with lewis_process(["up", "--timeout", "120"], env, tmp_path / "up.log") as up:
         try:
-            wait_for(lambda: _info(home).get("ready") or up.poll() is not None, 150,
-                     what="the stack to be ready")
+            wait_for(
+                lambda: _info(home).get("ready") or up.poll() is not None,
+                150,
+                what="the stack to be ready",
+            )
             assert up.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
             info = _info(home)
             url, old_pid = info["broker_url"], _redis_pid(up.pid)
@@ -97,12 +106,22 @@ def test_up_restarts_a_killed_redis_on_its_port_password_and_data(tmp_path: Path
             # When the embedded redis-server is killed with SIGKILL
             os.kill(old_pid, signal.SIGKILL)
             # Then the supervisor starts it again, on the same port with the same password
-            wait_for(lambda: up.poll() is not None or _answers(url) and _redis_pid(up.pid)
-                     not in (None, old_pid), 120, what="redis to come back")
+            wait_for(
+                lambda: (
+                    up.poll() is not None
+                    or _answers(url)
+                    and _redis_pid(up.pid) not in (None, old_pid)
+                ),
+                120,
+                what="redis to come back",
+            )
             assert up.poll() is None, "the stack stopped when its redis died"
             # the stack file names the new redis once the supervisor has recorded it
-            wait_for(lambda: _info(home).get("processes", {}).get("redis") == _redis_pid(up.pid), 30,
-                     what="stack.json to name the new redis")
+            wait_for(
+                lambda: _info(home).get("processes", {}).get("redis") == _redis_pid(up.pid),
+                30,
+                what="stack.json to name the new redis",
+            )
             info = _info(home)
             assert info["broker_url"] == url and info["processes"]["redis"] != old_pid
             with pytest.raises(redis.AuthenticationError):
@@ -117,8 +136,11 @@ def test_up_restarts_a_killed_redis_on_its_port_password_and_data(tmp_path: Path
             wait_for(lambda: _succeeded(app, after), 180, what="tasks sent after the restart")
             assert _succeeded(app, done_before)  # results from before the crash survived
             # nothing was lost: what ran or waited at the crash completes too
-            wait_for(lambda: _succeeded(app, running + queued), 180,
-                     what="tasks running or queued at the crash")
+            wait_for(
+                lambda: _succeeded(app, running + queued),
+                180,
+                what="tasks running or queued at the crash",
+            )
             app.close()
             status = _status(env)
             assert status["beat"]["alive"], status
@@ -141,9 +163,14 @@ def _status(env: dict[str, str]) -> dict[str, Any]:
 
     def beat_alive() -> bool:
         nonlocal result
-        done = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", "status", "--json"],
-                              cwd=ROOT, env=lewis_env(env), capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "lewis_tasks.cli", "status", "--json"],
+            cwd=ROOT,
+            env=lewis_env(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         result = json.loads(done.stdout) if done.stdout.strip() else {}
         return bool(result.get("beat", {}).get("alive"))
 

@@ -25,7 +25,8 @@ STARTUP_DB = 5  # a db of its own: no other test's worker consumes this queue
 
 
 def test_worker_refuses_a_visibility_timeout_below_a_hard_time_limit(
-        redis_url: str, tmp_path: Path) -> None:
+    redis_url: str, tmp_path: Path
+) -> None:
     broker = with_db(redis_url, STARTUP_DB)
     client = redis.Redis.from_url(broker)
     client.flushdb()
@@ -37,13 +38,24 @@ def test_worker_refuses_a_visibility_timeout_below_a_hard_time_limit(
         producer.close()
     assert client.llen("io") == 1
     # When an io worker starts with a visibility timeout shorter than the hard time limit
-    env = stack_env(redis_url, tmp_path, LEWIS_BROKER_URL=broker,
-                    LEWIS_BROKER_VISIBILITY_TIMEOUT="10", LEWIS_TASKS_TIME_LIMIT="20",
-                    LEWIS_TASKS_SOFT_TIME_LIMIT="15")
+    env = stack_env(
+        redis_url,
+        tmp_path,
+        LEWIS_BROKER_URL=broker,
+        LEWIS_BROKER_VISIBILITY_TIMEOUT="10",
+        LEWIS_TASKS_TIME_LIMIT="20",
+        LEWIS_TASKS_SOFT_TIME_LIMIT="15",
+    )
     try:
-        done = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", "worker", "io"],
-                              cwd=ROOT, env=lewis_env(env), capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=90)
+        done = subprocess.run(
+            [sys.executable, "-m", "lewis_tasks.cli", "worker", "io"],
+            cwd=ROOT,
+            env=lewis_env(env),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=90,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("the worker started despite the unsafe visibility timeout")
     try:
@@ -65,11 +77,13 @@ def _raises(exc: Exception) -> Any:
     @exit_on_failure
     def handler(**_: Any) -> None:
         raise exc
+
     return handler
 
 
 def test_a_failing_start_up_handler_ends_the_process_through_celerys_signal(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # Celery's Signal.send swallows Exception; SystemExit must come through it
     signal = Signal(name="test_startup")
     handler = _raises(ConfigError("setting a.b: bad\nsecond line"))

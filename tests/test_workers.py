@@ -15,9 +15,13 @@ def _opt(argv: list[str], flag: str) -> str:
 
 
 def test_cpu_profile_recycles_children_by_count_and_memory() -> None:
-    s = load_settings(env={"LEWIS_MEMORY_MAX_HEAP_SIZE": "512MB",
-                           "LEWIS_WORKERS_CPU_MAX_TASKS_PER_CHILD": "77",
-                           "LEWIS_WORKERS_CPU_CONCURRENCY": "3"})
+    s = load_settings(
+        env={
+            "LEWIS_MEMORY_MAX_HEAP_SIZE": "512MB",
+            "LEWIS_WORKERS_CPU_MAX_TASKS_PER_CHILD": "77",
+            "LEWIS_WORKERS_CPU_CONCURRENCY": "3",
+        }
+    )
     opts = worker_options("cpu", s)
     assert _opt(opts, "-P") == "prefork" and _opt(opts, "-c") == "3"
     assert _opt(opts, "--max-memory-per-child") == str(512 * 1024)  # KiB, as Celery wants
@@ -49,8 +53,7 @@ def test_extra_options_pass_through_and_names_are_stable() -> None:
     assert named.count("-n") == 1
 
 
-def test_a_second_worker_of_a_profile_on_a_host_takes_the_next_free_name(
-        redis_url: str) -> None:
+def test_a_second_worker_of_a_profile_on_a_host_takes_the_next_free_name(redis_url: str) -> None:
     import redis
 
     from lewis_tasks.infra.fleet import WORKER_KEY, free_node_name
@@ -63,8 +66,10 @@ def test_a_second_worker_of_a_profile_on_a_host_takes_the_next_free_name(
         assert free_node_name(url, "io", "h1") == "io@h1" == free_node_name(url, "io", "h1")
         # When io@h1 is alive (its presence record), the next io worker there is io-2@h1
         for name in ("io@h1", "cpu@h1"):
-            client.set(WORKER_KEY.format(name=name), json.dumps(
-                {"name": name, "queues": [name.split("@")[0]], "consuming": []}))
+            client.set(
+                WORKER_KEY.format(name=name),
+                json.dumps({"name": name, "queues": [name.split("@")[0]], "consuming": []}),
+            )
         assert free_node_name(url, "io", "h1") == "io-2@h1"
         assert free_node_name(url, "io", "h2") == "io@h2"  # another host has its own
         # and without a broker the plain name (the worker then fails on the broker itself)

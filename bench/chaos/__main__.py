@@ -12,14 +12,21 @@ from .suite import NAMES, run_experiments
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("names", nargs="*", default=list(NAMES), metavar="EXPERIMENT",
-                        help=f"any of {', '.join(NAMES)} (default: all)")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        default=list(NAMES),
+        metavar="EXPERIMENT",
+        help=f"any of {', '.join(NAMES)} (default: all)",
+    )
     parser.add_argument("--short", action="store_true", help="the shortened forms the tests run")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in NAMES]
     if unknown:
-        parser.error(f"unknown experiment(s) {', '.join(unknown)} (experiments: {', '.join(NAMES)})")
+        parser.error(
+            f"unknown experiment(s) {', '.join(unknown)} (experiments: {', '.join(NAMES)})"
+        )
     began = time.monotonic()
 
     def show(figures: Figures) -> None:
@@ -27,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results = run_experiments(args.names, args.short, show)
     failed = [f.experiment for f in results if not f.passed]
-    print(f"{len(results) - len(failed)}/{len(results)} experiments passed"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"{len(results) - len(failed)}/{len(results)} experiments passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     if not args.no_write and not args.short:
         _store(results)
     return 1 if failed else 0
@@ -42,8 +51,9 @@ def _store(results: list[Figures]) -> None:
     from ..run import RESULTS, machine
     from . import render
 
-    code = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
+    code = subprocess.run(
+        ["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     path = RESULTS / "chaos.json"
     # a run of some experiments replaces their rows and keeps the others' last figures
     old = json.loads(path.read_text()) if path.exists() else {"results": []}

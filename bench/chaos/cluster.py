@@ -35,19 +35,27 @@ FAST_RECOVERY = {
 # (10 s; billiard's _join_exited_workers); with a hard limit under that, a loaded machine
 # sometimes ended the task as TimeLimitExceeded first (seen once in CI). Experiments with
 # children that die use limits above it.
-LOST_CHILD = {**FAST_RECOVERY, "LEWIS_TASKS_TIME_LIMIT": "15", "LEWIS_TASKS_SOFT_TIME_LIMIT": "14",
-              "LEWIS_BROKER_VISIBILITY_TIMEOUT": "16"}
+LOST_CHILD = {
+    **FAST_RECOVERY,
+    "LEWIS_TASKS_TIME_LIMIT": "15",
+    "LEWIS_TASKS_SOFT_TIME_LIMIT": "14",
+    "LEWIS_BROKER_VISIBILITY_TIMEOUT": "16",
+}
 
 # io workers of the chaos cluster run scans too: a silent listener holds a chunk for two
 # banner timeouts (4 s here, time for a kill to land mid-chunk), well inside the time limit.
 # The visibility timeout is the cluster's (every worker must agree: a worker with another one
 # refuses to start, infra/fleet.py), so it is the cpu workers' (LOST_CHILD) here too.
-SCANNING = {**FAST_RECOVERY, "LEWIS_BROKER_VISIBILITY_TIMEOUT": LOST_CHILD["LEWIS_BROKER_VISIBILITY_TIMEOUT"],
-            "LEWIS_TASKS_TIME_LIMIT": "9",
-            "LEWIS_TASKS_SOFT_TIME_LIMIT": "8", "LEWIS_SCAN_BANNER_TIMEOUT": "2",
-            # three chunks per scan: a chord whose merge runs on the cpu queue (a scan of one
-            # chunk merges in place on its io worker, and the cpu kill would find no merge)
-            "LEWIS_SCAN_CHUNK_PORTS": "16"}
+SCANNING = {
+    **FAST_RECOVERY,
+    "LEWIS_BROKER_VISIBILITY_TIMEOUT": LOST_CHILD["LEWIS_BROKER_VISIBILITY_TIMEOUT"],
+    "LEWIS_TASKS_TIME_LIMIT": "9",
+    "LEWIS_TASKS_SOFT_TIME_LIMIT": "8",
+    "LEWIS_SCAN_BANNER_TIMEOUT": "2",
+    # three chunks per scan: a chord whose merge runs on the cpu queue (a scan of one
+    # chunk merges in place on its io worker, and the cpu kill would find no merge)
+    "LEWIS_SCAN_CHUNK_PORTS": "16",
+}
 
 TASKS_MODULE = "tests.support.killtasks"
 
@@ -117,12 +125,16 @@ def _use_settings(settings: Any) -> Any:
     return configure_app(app, settings)
 
 
-def worker(profile: str, name: str, env: dict[str, str], logs: Path,
-           extra: Sequence[str] = ()) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+def worker(
+    profile: str, name: str, env: dict[str, str], logs: Path, extra: Sequence[str] = ()
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """``lewis worker PROFILE`` with the chaos tasks loaded, named ``name@host``, logging to
     ``logs/name.log``."""
-    return lewis_process(["worker", profile, "-I", TASKS_MODULE, "-n", f"{name}@%h", *extra],
-                         env, logs / f"{name}.log")
+    return lewis_process(
+        ["worker", profile, "-I", TASKS_MODULE, "-n", f"{name}@%h", *extra],
+        env,
+        logs / f"{name}.log",
+    )
 
 
 def answering(app: Any, timeout: float = 1.0) -> set[str]:
@@ -174,7 +186,8 @@ class Respawning:
     def start(self) -> subprocess.Popen[bytes]:
         self.generation += 1
         self.process = self._stack.enter_context(
-            worker(self.profile, self.current, self.env, self.logs))
+            worker(self.profile, self.current, self.env, self.logs)
+        )
         return self.process
 
     def kill(self) -> None:

@@ -62,8 +62,11 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(profiles: tuple[str, ...] = ("io", "io", "cpu", "control"),
-            startup: float = 60.0, logs: Path = LOGS) -> Iterator[Cluster]:
+def cluster(
+    profiles: tuple[str, ...] = ("io", "io", "cpu", "control"),
+    startup: float = 60.0,
+    logs: Path = LOGS,
+) -> Iterator[Cluster]:
     """Start the broker, the ledger and one worker per entry of ``profiles``; yield when all
     answer pings. Workers are named ``<profile><index>-<generation>``; their logs (kept after
     the run) go to ``logs``."""
@@ -81,8 +84,9 @@ def cluster(profiles: tuple[str, ...] = ("io", "io", "cpu", "control"),
         found = Cluster(home, redis, ledger, app, env, cpu_env)
         try:
             for i, profile in enumerate(profiles):
-                w = Respawning(profile, f"{profile}{i}-", cpu_env if profile == "cpu" else env,
-                               logs)
+                w = Respawning(
+                    profile, f"{profile}{i}-", cpu_env if profile == "cpu" else env, logs
+                )
                 w.start()
                 found.workers[f"{profile}{i}"] = w
             wait_answering(app, found.names(), startup)
@@ -113,9 +117,16 @@ def _drain(c: Cluster, load: SteadyLoad, patience: float) -> set[str]:
     return submitted
 
 
-def io_worker_kill(c: Cluster, kills: int = 5, every: float = 6.0, rate: float = 10.0,
-                   seconds: float = 1.0, victim: str = "io1",
-                   scan_every: float = 2.0, slack: float = 30.0) -> list[Figures]:
+def io_worker_kill(
+    c: Cluster,
+    kills: int = 5,
+    every: float = 6.0,
+    rate: float = 10.0,
+    seconds: float = 1.0,
+    victim: str = "io1",
+    scan_every: float = 2.0,
+    slack: float = 30.0,
+) -> list[Figures]:
     """kill -9 one io worker (its whole process) mid-task ``kills`` times under a steady io
     load and a scan every ``scan_every`` seconds, starting it again each time; its tasks and
     scan chunks come back after the visibility timeout. Two rows: the tasks, the scans."""
@@ -124,8 +135,11 @@ def io_worker_kill(c: Cluster, kills: int = 5, every: float = 6.0, rate: float =
     c.ledger.clear()
     target = c.workers[victim]
     recoveries, notes = [], []
-    with scan_targets() as listeners, ScanLoad(listeners, scan_every) as scans, \
-            SteadyLoad(tally_sender(c.ledger, "io", seconds, "io-kill"), rate) as load:
+    with (
+        scan_targets() as listeners,
+        ScanLoad(listeners, scan_every) as scans,
+        SteadyLoad(tally_sender(c.ledger, "io", seconds, "io-kill"), rate) as load,
+    ):
         for n in range(kills):
             time.sleep(every)
             assert target.process is not None
@@ -140,17 +154,30 @@ def io_worker_kill(c: Cluster, kills: int = 5, every: float = 6.0, rate: float =
             if not interrupted:
                 notes.append("a kill found no task running")
                 continue
-            done = until(lambda keys=interrupted: c.ledger.last_completion_of(keys) is not None,
-                         c.visibility() + c.sweep() + slack)
+            done = until(
+                lambda keys=interrupted: c.ledger.last_completion_of(keys) is not None,
+                c.visibility() + c.sweep() + slack,
+            )
             last = c.ledger.last_completion_of(interrupted)
             recoveries.append(None if done is None or last is None else last - fault)
         scans.stop()
         # what can still complete has by then: a lost task costs this wait, no more
         submitted = _drain(c, load, c.visibility() + c.sweep() + slack)
-        scanned = scan_figures("io worker kill -9: scans", scans, c.visibility() + c.sweep() + slack)
+        scanned = scan_figures(
+            "io worker kill -9: scans", scans, c.visibility() + c.sweep() + slack
+        )
     bound = c.visibility() + c.sweep() + seconds
-    tasks = _figures(c, "io worker kill -9", submitted, load, kills, recoveries, bound=bound,
-                     bound_name="visibility timeout + sweep + task", notes=notes)
+    tasks = _figures(
+        c,
+        "io worker kill -9",
+        submitted,
+        load,
+        kills,
+        recoveries,
+        bound=bound,
+        bound_name="visibility timeout + sweep + task",
+        notes=notes,
+    )
     scanned.faults, scanned.recovery_s = kills, tasks.recovery_s
     scanned.bound_s, scanned.bound_name = bound, tasks.bound_name
     return [tasks, scanned]
@@ -162,13 +189,23 @@ def _running(c: Cluster, worker: str, task: str) -> bool:
         active = c.app.control.inspect(timeout=0.5).active() or {}
     except Exception:  # the broker hiccuped: not seen
         return False
-    return any(t.get("name") == task for name, tasks in active.items()
-               if name.split("@")[0] == worker for t in tasks or ())
+    return any(
+        t.get("name") == task
+        for name, tasks in active.items()
+        if name.split("@")[0] == worker
+        for t in tasks or ()
+    )
 
 
-def cpu_child_kill(c: Cluster, kills: int = 5, every: float = 4.0, rate: float = 1.5,
-                   seconds: float = 1.0, victim: str = "cpu2",
-                   scan_every: float = 2.0) -> list[Figures]:
+def cpu_child_kill(
+    c: Cluster,
+    kills: int = 5,
+    every: float = 4.0,
+    rate: float = 1.5,
+    seconds: float = 1.0,
+    victim: str = "cpu2",
+    scan_every: float = 2.0,
+) -> list[Figures]:
     """kill -9 a prefork pool child ``kills`` times under a steady cpu load and a scan every
     ``scan_every`` seconds: every other kill lands in the middle of a scan's merge (armed
     in tests/support/killtasks.py), the rest on a child running a task. Celery sees the child
@@ -180,8 +217,11 @@ def cpu_child_kill(c: Cluster, kills: int = 5, every: float = 4.0, rate: float =
     recoveries: list[float | None] = []
     merges: list[float | None] = []
     notes: list[str] = []
-    with scan_targets() as listeners, ScanLoad(listeners, scan_every) as scans, \
-            SteadyLoad(tally_sender(c.ledger, "cpu", seconds, "cpu-kill"), rate) as load:
+    with (
+        scan_targets() as listeners,
+        ScanLoad(listeners, scan_every) as scans,
+        SteadyLoad(tally_sender(c.ledger, "cpu", seconds, "cpu-kill"), rate) as load,
+    ):
         for n in range(kills):
             time.sleep(every)
             assert target.process is not None
@@ -191,16 +231,27 @@ def cpu_child_kill(c: Cluster, kills: int = 5, every: float = 4.0, rate: float =
                 recoveries.append(_kill_busy_child(c, pool_children(target.process), notes))
         scans.stop()
         submitted = _drain(c, load, c.visibility(c.cpu_env) + 30)
-        scanned = scan_figures("cpu pool child kill -9: scans (mid-merge)", scans,
-                               c.visibility(c.cpu_env) + 30)
+        scanned = scan_figures(
+            "cpu pool child kill -9: scans (mid-merge)", scans, c.visibility(c.cpu_env) + 30
+        )
     # Celery notices a lost child within worker_lost_wait (10 s), then the task runs again
     bound = c.visibility(c.cpu_env)
-    tasks = _figures(c, "cpu pool child kill -9", submitted, load, len(recoveries), recoveries,
-                     bound=bound, bound_name="cpu visibility timeout", notes=notes)
+    tasks = _figures(
+        c,
+        "cpu pool child kill -9",
+        submitted,
+        load,
+        len(recoveries),
+        recoveries,
+        bound=bound,
+        bound_name="cpu visibility timeout",
+        notes=notes,
+    )
     scanned.faults = len(merges)
     scanned.rerun += sum(1 for m in merges if m is not None)  # each killed merge ran again
-    scanned.recovery_s = (None if not merges or None in merges
-                          else max(m for m in merges if m is not None))
+    scanned.recovery_s = (
+        None if not merges or None in merges else max(m for m in merges if m is not None)
+    )
     scanned.bound_s, scanned.bound_name = bound, tasks.bound_name
     return [tasks, scanned]
 
@@ -220,8 +271,7 @@ def _kill_busy_child(c: Cluster, children: list[int], notes: list[str]) -> float
     fault = time.time()
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    until(lambda: c.ledger.last_completion_of(busy[pid]) is not None,
-          c.visibility(c.cpu_env) + 30)
+    until(lambda: c.ledger.last_completion_of(busy[pid]) is not None, c.visibility(c.cpu_env) + 30)
     last = c.ledger.last_completion_of(busy[pid])
     return None if last is None else last - fault
 
@@ -251,24 +301,62 @@ def _kill_mid_merge(c: Cluster) -> float | None:
     return None if finished is None else finished - float(when)
 
 
-def redis_kill(c: Cluster, down: float = 3.0, before: float = 4.0, after: float = 6.0,
-               rate: float = 5.0, seconds: float = 0.3, patience: float = 60.0) -> Figures:
+def redis_kill(
+    c: Cluster,
+    down: float = 3.0,
+    before: float = 4.0,
+    after: float = 6.0,
+    rate: float = 5.0,
+    seconds: float = 0.3,
+    patience: float = 60.0,
+) -> Figures:
     """kill -9 the broker under io and cpu load, restart it ``down`` seconds later on the same
     port and AOF; workers must reconnect and nothing accepted may be lost."""
-    return _broker_fault(c, "redis kill -9", before, after, rate, seconds,
-                         fault=lambda: c.redis.outage(down), patience=patience)
+    return _broker_fault(
+        c,
+        "redis kill -9",
+        before,
+        after,
+        rate,
+        seconds,
+        fault=lambda: c.redis.outage(down),
+        patience=patience,
+    )
 
 
-def redis_pause(c: Cluster, paused: float = 7.0, before: float = 4.0, after: float = 6.0,
-                rate: float = 5.0, seconds: float = 0.3, patience: float = 60.0) -> Figures:
+def redis_pause(
+    c: Cluster,
+    paused: float = 7.0,
+    before: float = 4.0,
+    after: float = 6.0,
+    rate: float = 5.0,
+    seconds: float = 0.3,
+    patience: float = 60.0,
+) -> Figures:
     """SIGSTOP the broker for ``paused`` seconds (longer than the clients' socket timeouts)
     under load, then SIGCONT."""
-    return _broker_fault(c, f"redis SIGSTOP {paused:.0f}s", before, after, rate, seconds,
-                         fault=lambda: c.redis.stall(paused), patience=patience)
+    return _broker_fault(
+        c,
+        f"redis SIGSTOP {paused:.0f}s",
+        before,
+        after,
+        rate,
+        seconds,
+        fault=lambda: c.redis.stall(paused),
+        patience=patience,
+    )
 
 
-def _broker_fault(c: Cluster, name: str, before: float, after: float, rate: float,
-                  seconds: float, fault: Any, patience: float = 60.0) -> Figures:
+def _broker_fault(
+    c: Cluster,
+    name: str,
+    before: float,
+    after: float,
+    rate: float,
+    seconds: float,
+    fault: Any,
+    patience: float = 60.0,
+) -> Figures:
     c.ledger.clear()
     io = SteadyLoad(tally_sender(c.ledger, "io", seconds, "io"), rate)
     cpu = SteadyLoad(tally_sender(c.ledger, "cpu", seconds, "cpu"), rate)
@@ -298,8 +386,17 @@ def _broker_fault(c: Cluster, name: str, before: float, after: float, rate: floa
     notes = [f"fault lasted {ended - began:.1f}s"]
     if not c.names() <= alive:
         notes.append(f"not answering after: {', '.join(sorted(c.names() - alive))}")
-    figures = _figures(c, name, submitted, io, 1, [recovery], bound=c.visibility(),
-                       bound_name="visibility timeout", notes=notes)
+    figures = _figures(
+        c,
+        name,
+        submitted,
+        io,
+        1,
+        [recovery],
+        bound=c.visibility(),
+        bound_name="visibility timeout",
+        notes=notes,
+    )
     figures.refused += cpu.refused
     return figures
 
@@ -315,25 +412,42 @@ def _where_lost(c: Cluster, keys: set[str]) -> str:
     client = redis.Redis.from_url(c.env["LEWIS_BROKER_URL"])
     try:
         unacked = sum(1 for raw in client.hvals("unacked") if any(i.encode() in raw for i in ids))
-        queued = sum(1 for q in ("io", "cpu") for raw in client.lrange(q, 0, -1)
-                     if any(i.encode() in raw for i in ids))
+        queued = sum(
+            1
+            for q in ("io", "cpu")
+            for raw in client.lrange(q, 0, -1)
+            if any(i.encode() in raw for i in ids)
+        )
     except redis.RedisError as exc:
         return f"broker unreadable: {exc}"
     finally:
         client.close()
-    return (f"their messages now: {unacked} unacked, {queued} queued, "
-            f"{len(ids) - unacked - queued} nowhere")
+    return (
+        f"their messages now: {unacked} unacked, {queued} queued, "
+        f"{len(ids) - unacked - queued} nowhere"
+    )
 
 
-def _figures(c: Cluster, name: str, submitted: set[str], load: SteadyLoad, faults: int,
-             recoveries: list[float | None], bound: float, bound_name: str,
-             notes: list[str]) -> Figures:
+def _figures(
+    c: Cluster,
+    name: str,
+    submitted: set[str],
+    load: SteadyLoad,
+    faults: int,
+    recoveries: list[float | None],
+    bound: float,
+    bound_name: str,
+    notes: list[str],
+) -> Figures:
     figures = c.ledger.figures(name, submitted)
     figures.faults, figures.refused = faults, load.refused
     figures.notes = notes + figures.notes
     if figures.lost:
         figures.notes.append(_where_lost(c, submitted - c.ledger.completed()))
     figures.bound_s, figures.bound_name = bound, bound_name
-    figures.recovery_s = (None if not recoveries or any(r is None for r in recoveries)
-                          else max(r for r in recoveries if r is not None))
+    figures.recovery_s = (
+        None
+        if not recoveries or any(r is None for r in recoveries)
+        else max(r for r in recoveries if r is not None)
+    )
     return figures

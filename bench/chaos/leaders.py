@@ -51,8 +51,9 @@ def beat_failover(c: Cluster, beats: int = 2, kills: int = 3, between: float = 5
         procs: list[subprocess.Popen[bytes]] = []
 
         def start_beat() -> None:
-            procs.append(stack.enter_context(lewis_process(
-                ["beat"], c.env, LOGS / f"beat-{len(procs)}.log")))
+            procs.append(
+                stack.enter_context(lewis_process(["beat"], c.env, LOGS / f"beat-{len(procs)}.log"))
+            )
 
         for _ in range(beats):
             start_beat()
@@ -78,15 +79,27 @@ def beat_failover(c: Cluster, beats: int = 2, kills: int = 3, between: float = 5
     runs = heartbeat_runs(client)
     client.close()
     expected = (max(slots) - min(slots) + 1) if slots else 0
-    figures = Figures(f"{beats} beats, leader kill -9", submitted=expected,
-                      completed=len(slots), duplicates=max(0, runs - len(slots)),
-                      harmless=runs == len(slots), faults=kills, allowed_lost=kills,
-                      bound_s=lease + interval, bound_name="beat lease + interval")
+    figures = Figures(
+        f"{beats} beats, leader kill -9",
+        submitted=expected,
+        completed=len(slots),
+        duplicates=max(0, runs - len(slots)),
+        harmless=runs == len(slots),
+        faults=kills,
+        allowed_lost=kills,
+        bound_s=lease + interval,
+        bound_name="beat lease + interval",
+    )
     figures.rerun = figures.duplicates
-    figures.recovery_s = (None if not recoveries or None in recoveries
-                          else max(r for r in recoveries if r is not None))
-    figures.notes.append(f"{runs} heartbeat runs for {len(slots)} slots; "
-                         f"{expected - len(slots)} slots skipped in {kills} failovers")
+    figures.recovery_s = (
+        None
+        if not recoveries or None in recoveries
+        else max(r for r in recoveries if r is not None)
+    )
+    figures.notes.append(
+        f"{runs} heartbeat runs for {len(slots)} slots; "
+        f"{expected - len(slots)} slots skipped in {kills} failovers"
+    )
     return figures
 
 
@@ -101,8 +114,9 @@ def _heartbeat_slots(c: Cluster, since: datetime) -> set[int]:
 # ------------------------------------------------------------------------- poison
 
 
-def poison_task(c: Cluster, neighbours: int = 10, seconds: float = 0.5,
-                worker: str = "cpu2") -> Figures:
+def poison_task(
+    c: Cluster, neighbours: int = 10, seconds: float = 0.5, worker: str = "cpu2"
+) -> Figures:
     """A task that SIGKILLs the pool child running it, every time, among ``neighbours`` normal
     tasks: it must end as failed after tasks.max_redeliveries, never loop; the neighbours
     complete and the worker stays up."""
@@ -147,15 +161,23 @@ def poison_task(c: Cluster, neighbours: int = 10, seconds: float = 0.5,
 # ------------------------------------------------------------------------- lewis up
 
 
-def embedded_redis_kill(down_patience: float = 60.0, before: float = 4.0, after: float = 6.0,
-                        rate: float = 5.0, seconds: float = 0.3) -> Figures:
+def embedded_redis_kill(
+    down_patience: float = 60.0,
+    before: float = 4.0,
+    after: float = 6.0,
+    rate: float = 5.0,
+    seconds: float = 0.3,
+) -> Figures:
     """``lewis up`` with its own Redis; kill -9 that redis-server under an io load. The
     supervisor must restart it (same port, password, AOF) and the workers resume."""
     with tempfile.TemporaryDirectory(prefix="lewis-chaos-up-") as tmp:
         home = Path(tmp)
         # the chaos settings, without a broker URL: `lewis up` then runs its own Redis
-        env = {k: v for k, v in broker_env("redis://127.0.0.1:1/0", home).items()
-               if k != "LEWIS_BROKER_URL"}
+        env = {
+            k: v
+            for k, v in broker_env("redis://127.0.0.1:1/0", home).items()
+            if k != "LEWIS_BROKER_URL"
+        }
         with _stack(env, home) as (supervisor, app):
             broker_url = str(app.conf.broker_url)
             results = _Results(broker_url)
@@ -173,7 +195,8 @@ def embedded_redis_kill(down_patience: float = 60.0, before: float = 4.0, after:
                 while time.time() < fault + max(after, down_patience):
                     results.completed(set(load.submitted))
                     if answered is None and {"io", "cpu", "control"} <= {
-                            n.split("-")[0] for n in answering(app)}:
+                        n.split("-")[0] for n in answering(app)
+                    }:
                         answered = time.time()
                     if time.time() >= fault + after:
                         load.stop()
@@ -182,19 +205,20 @@ def embedded_redis_kill(down_patience: float = 60.0, before: float = 4.0, after:
                     time.sleep(0.5)
             submitted = set(load.submitted)
             if supervisor.poll() is None:  # else nothing runs them any more
-                until(lambda: results.completed(submitted) == submitted, down_patience,
-                      interval=0.5)
+                until(
+                    lambda: results.completed(submitted) == submitted, down_patience, interval=0.5
+                )
             exited = supervisor.poll()
             if exited is None:
                 figures = results.figures("embedded redis kill -9 (lewis up)", submitted)
         if exited is not None:  # the stack is gone: count from its AOF, as a restart would see it
             with _reopened(home, broker_url):
                 figures = _Results(broker_url, stale=results.done).figures(
-                    "embedded redis kill -9 (lewis up)", submitted)
+                    "embedded redis kill -9 (lewis up)", submitted
+                )
             figures.notes.append(f"`lewis up` exited (code {exited}); counted from its AOF")
     first = results.first_completion_after(fault)
-    figures.recovery_s = (None if answered is None or first is None
-                          else max(answered, first) - fault)
+    figures.recovery_s = None if answered is None or first is None else max(answered, first) - fault
     figures.refused, figures.faults = load.refused, 1
     figures.bound_s = float(env["LEWIS_BROKER_VISIBILITY_TIMEOUT"])
     figures.bound_name = "visibility timeout"
@@ -274,11 +298,20 @@ class _Results:
         completed = self.completed(submitted)
         notes = []
         try:
-            rerun = sum(1 for t in submitted
-                        if self.client.exists(DELIVERIES_KEY.format(task_id=t, retries=0)))
+            rerun = sum(
+                1
+                for t in submitted
+                if self.client.exists(DELIVERIES_KEY.format(task_id=t, retries=0))
+            )
         except redis.RedisError:
             rerun = 0
             notes.append("the broker is gone: completions as last seen, re-runs unknown")
-        return Figures(name, submitted=len(submitted), completed=len(completed), rerun=rerun,
-                       duplicates=rerun, harmless=True, notes=notes)
-
+        return Figures(
+            name,
+            submitted=len(submitted),
+            completed=len(completed),
+            rerun=rerun,
+            duplicates=rerun,
+            harmless=True,
+            notes=notes,
+        )

@@ -61,20 +61,26 @@ class Figures:
 
     @property
     def passed(self) -> bool:
-        return (self.lost <= self.allowed_lost and self.harmless and self.recovery_s is not None
-                and self.recovery_s <= self.bound_s)
+        return (
+            self.lost <= self.allowed_lost
+            and self.harmless
+            and self.recovery_s is not None
+            and self.recovery_s <= self.bound_s
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "lost": self.lost, "passed": self.passed}
 
     def line(self) -> str:
         recovery = "never" if self.recovery_s is None else f"{self.recovery_s:.1f}s"
-        return (f"{self.experiment:<26} submitted {self.submitted:>5}  completed "
-                f"{self.completed:>5}  lost {self.lost:>4}  run>1 {self.rerun:>3} "
-                f"(duplicates {self.duplicates}, {'harmless' if self.harmless else 'HARMFUL'})  "
-                f"recovery {recovery} (≤ {self.bound_s:.0f}s {self.bound_name})  "
-                f"{'ok' if self.passed else 'FAILED'}"
-                + (f"  [{'; '.join(self.notes)}]" if self.notes else ""))
+        return (
+            f"{self.experiment:<26} submitted {self.submitted:>5}  completed "
+            f"{self.completed:>5}  lost {self.lost:>4}  run>1 {self.rerun:>3} "
+            f"(duplicates {self.duplicates}, {'harmless' if self.harmless else 'HARMFUL'})  "
+            f"recovery {recovery} (≤ {self.bound_s:.0f}s {self.bound_name})  "
+            f"{'ok' if self.passed else 'FAILED'}"
+            + (f"  [{'; '.join(self.notes)}]" if self.notes else "")
+        )
 
 
 class Ledger:
@@ -85,8 +91,9 @@ class Ledger:
         self.client = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
 
     def clear(self) -> None:
-        self.client.delete(TALLY_STARTS, TALLY_RUNS, TALLY_RECORDS, TALLY_WHERE, TALLY_DONE,
-                           TASK_IDS)
+        self.client.delete(
+            TALLY_STARTS, TALLY_RUNS, TALLY_RECORDS, TALLY_WHERE, TALLY_DONE, TASK_IDS
+        )
 
     def starts(self, key: str) -> int:
         return int(self.client.hget(TALLY_STARTS, key) or 0)
@@ -105,8 +112,11 @@ class Ledger:
     def running_on(self, pids: set[int]) -> set[str]:
         """Ids last started by one of ``pids`` and not completed: what a kill interrupts."""
         done = self.completed()
-        return {k for k, v in self.client.hgetall(TALLY_WHERE).items()
-                if int(v) in pids and k not in done}
+        return {
+            k
+            for k, v in self.client.hgetall(TALLY_WHERE).items()
+            if int(v) in pids and k not in done
+        }
 
     def figures(self, name: str, submitted: set[str]) -> Figures:
         starts = {k: int(v) for k, v in self.client.hgetall(TALLY_STARTS).items()}
@@ -118,14 +128,21 @@ class Ledger:
         if lost:  # where they were lost: before any run, or in a run that never completed
             never = sum(1 for k in lost if not starts.get(k))
             example = sorted(lost)[0]
-            notes.append(f"lost: {never} never started, {len(lost) - never} started and "
-                         f"never completed (e.g. {example}, task "
-                         f"{self.client.hget(TASK_IDS, example)})")
-        return Figures(name, submitted=len(submitted), completed=len(completed), notes=notes,
-                       rerun=sum(1 for k in submitted if starts.get(k, 0) > 1),
-                       duplicates=sum(1 for k in submitted if runs.get(k, 0) > 1),
-                       harmless=all(runs.get(k, 0) >= 1 for k in completed)
-                       and self.client.hlen(TALLY_RECORDS) == len(records))
+            notes.append(
+                f"lost: {never} never started, {len(lost) - never} started and "
+                f"never completed (e.g. {example}, task "
+                f"{self.client.hget(TASK_IDS, example)})"
+            )
+        return Figures(
+            name,
+            submitted=len(submitted),
+            completed=len(completed),
+            notes=notes,
+            rerun=sum(1 for k in submitted if starts.get(k, 0) > 1),
+            duplicates=sum(1 for k in submitted if runs.get(k, 0) > 1),
+            harmless=all(runs.get(k, 0) >= 1 for k in completed)
+            and self.client.hlen(TALLY_RECORDS) == len(records),
+        )
 
     def first_completion_after(self, when: float, among: set[str] | None = None) -> float | None:
         times = [t for t, k in self.completions() if t > when and (among is None or k in among)]

@@ -68,10 +68,14 @@ class ScanLoad(BackgroundLoad):
             return
         with contextlib.suppress(Exception):  # a broker or database hiccup: look next time
             with session_scope(get_engine()) as session:
-                rows = session.execute(select(ScanChunkRow.scan_id, ScanChunkRow.task_id)
-                                       .where(ScanChunkRow.scan_id.in_(ids))).all()
-            self.redelivered |= {scan for scan, task in rows
-                                 if task is not None and redeliveries(task) > 0}
+                rows = session.execute(
+                    select(ScanChunkRow.scan_id, ScanChunkRow.task_id).where(
+                        ScanChunkRow.scan_id.in_(ids)
+                    )
+                ).all()
+            self.redelivered |= {
+                scan for scan, task in rows if task is not None and redeliveries(task) > 0
+            }
 
 
 def scan_figures(name: str, load: ScanLoad, patience: float) -> Figures:
@@ -100,14 +104,20 @@ def scan_figures(name: str, load: ScanLoad, patience: float) -> Figures:
             continue
         figures.completed += 1
         with session_scope(get_engine()) as session:
-            ports = session.scalar(select(func.count()).select_from(ScanPortRow)
-                                   .where(ScanPortRow.scan_id == handle.id))
-            found = session.scalar(select(func.count()).select_from(FindingRow)
-                                   .where(FindingRow.scan_id == handle.id))
+            ports = session.scalar(
+                select(func.count())
+                .select_from(ScanPortRow)
+                .where(ScanPortRow.scan_id == handle.id)
+            )
+            found = session.scalar(
+                select(func.count()).select_from(FindingRow).where(FindingRow.scan_id == handle.id)
+            )
         if ports != len(truth) or found != len(truth):
             figures.harmless = False
-            figures.notes.append(f"scan {handle.id[:8]}: {ports} port rows, {found} findings "
-                                 f"for {len(truth)} open ports")
+            figures.notes.append(
+                f"scan {handle.id[:8]}: {ports} port rows, {found} findings "
+                f"for {len(truth)} open ports"
+            )
     load.note_redeliveries(load.handles)
     # (whether a killed run had finished, a scan cannot tell: no "completed twice" here)
     figures.rerun = len(load.redelivered)

@@ -11,8 +11,16 @@ from .ledger import Figures
 
 Runner = Callable[[Any], "Figures | list[Figures]"]
 
-NAMES = ("io_kill", "cpu_kill", "poison", "beats2", "beats3", "redis_pause", "redis_kill",
-         "redis_kill_embedded")
+NAMES = (
+    "io_kill",
+    "cpu_kill",
+    "poison",
+    "beats2",
+    "beats3",
+    "redis_pause",
+    "redis_kill",
+    "redis_kill_embedded",
+)
 
 
 def experiments(short: bool) -> dict[str, Runner]:
@@ -23,31 +31,40 @@ def experiments(short: bool) -> dict[str, Runner]:
     patience = 20.0 if short else 60.0
     before, after = (1.5, 2.0) if short else (4.0, 6.0)  # load before and after a broker fault
     return {
-        "io_kill": lambda c: io_worker_kill(c, kills=1 if short else 8, every=3.0 if short else 4.0,
-                                      slack=8.0 if short else 30.0),
+        "io_kill": lambda c: io_worker_kill(
+            c, kills=1 if short else 8, every=3.0 if short else 4.0, slack=8.0 if short else 30.0
+        ),
         "cpu_kill": lambda c: cpu_child_kill(c, kills=2 if short else 8, every=3.0),
         "poison": lambda c: poison_task(c, neighbours=6 if short else 20),
-        "beats2": lambda c: beat_failover(c, beats=2, kills=1 if short else 3,
-                                          between=1.0 if short else 5.0),
-        "beats3": lambda c: beat_failover(c, beats=3, kills=1 if short else 3,
-                                          between=1.0 if short else 5.0),
+        "beats2": lambda c: beat_failover(
+            c, beats=2, kills=1 if short else 3, between=1.0 if short else 5.0
+        ),
+        "beats3": lambda c: beat_failover(
+            c, beats=3, kills=1 if short else 3, between=1.0 if short else 5.0
+        ),
         # longer than every client timeout: the app's Redis clients (5 s), kombu's (30 s)
-        "redis_pause": lambda c: redis_pause(c, paused=6.0 if short else 35.0, before=before,
-                                             after=after, patience=patience),
-        "redis_kill": lambda c: redis_kill(c, down=2.0 if short else 5.0, before=before,
-                                           after=after, patience=patience),
+        "redis_pause": lambda c: redis_pause(
+            c, paused=6.0 if short else 35.0, before=before, after=after, patience=patience
+        ),
+        "redis_kill": lambda c: redis_kill(
+            c, down=2.0 if short else 5.0, before=before, after=after, patience=patience
+        ),
     }
 
 
 def run_embedded(short: bool) -> Figures:
     from .leaders import embedded_redis_kill
 
-    return embedded_redis_kill(down_patience=20.0 if short else 60.0,
-                               before=1.5 if short else 4.0, after=2.0 if short else 6.0)
+    return embedded_redis_kill(
+        down_patience=20.0 if short else 60.0,
+        before=1.5 if short else 4.0,
+        after=2.0 if short else 6.0,
+    )
 
 
-def run_experiments(names: list[str], short: bool,
-                    on_result: Callable[[Figures], None] = lambda f: None) -> list[Figures]:
+def run_experiments(
+    names: list[str], short: bool, on_result: Callable[[Figures], None] = lambda f: None
+) -> list[Figures]:
     """Run ``names`` in order; a broker experiment is the last on its cluster."""
     from .experiments import cluster
 

@@ -64,8 +64,10 @@ def missing(name: str) -> str | None:
         importlib.import_module(package)
     except ImportError:
         rel = REQUIREMENTS.relative_to(ROOT)
-        return (f"bench: peer {name} skipped: {package} is not installed "
-                f"(pip install -r {rel}, or scripts/bench-peers)")
+        return (
+            f"bench: peer {name} skipped: {package} is not installed "
+            f"(pip install -r {rel}, or scripts/bench-peers)"
+        )
     return None
 
 
@@ -79,9 +81,13 @@ class Peer:
         self.broker, self.results = db_url(server, broker_db), db_url(server, results_db)
         self.module = importlib.import_module(f"bench.peers.{name}_app")
         self.client: Client = self.module.Client(self.broker, self.results)
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEWIS_")},
-                    "PYTHONPATH": str(ROOT), "BENCH_BROKER_URL": self.broker,
-                    "BENCH_BACKEND_URL": self.results, **getattr(self.module, "WORKER_ENV", {})}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("LEWIS_")},
+            "PYTHONPATH": str(ROOT),
+            "BENCH_BROKER_URL": self.broker,
+            "BENCH_BACKEND_URL": self.results,
+            **getattr(self.module, "WORKER_ENV", {}),
+        }
         import redis
 
         self.broker_client = redis.Redis.from_url(self.broker)
@@ -108,7 +114,9 @@ class Peer:
         self.results_client.close()
 
 
-def wait_ready(client: Client, kind: str, processes_expected: int, timeout: float = READY_TIMEOUT) -> None:
+def wait_ready(
+    client: Client, kind: str, processes_expected: int, timeout: float = READY_TIMEOUT
+) -> None:
     """Block until ``processes_expected`` distinct worker processes have each run a probe task
     (a short wait returning its pid); every probe has finished when this returns."""
     deadline = time.monotonic() + timeout
@@ -116,8 +124,10 @@ def wait_ready(client: Client, kind: str, processes_expected: int, timeout: floa
     error: Exception | None = None
     while len(seen) < processes_expected:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(seen)}/{processes_expected} worker processes answered "
-                               f"in {timeout}s (last error: {error!r})")
+            raise RuntimeError(
+                f"{len(seen)}/{processes_expected} worker processes answered "
+                f"in {timeout}s (last error: {error!r})"
+            )
         try:
             seen |= client.probe(kind, 4 * processes_expected, 0.05)
         except Exception as exc:  # each library its own timeout error  # noqa: BLE001
@@ -185,7 +195,8 @@ def _wait_finished(peer: Peer, count: int, timeout: float, poll: float = 0.002) 
     deadline = time.monotonic() + timeout
     while peer.client.finished() < count:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{peer.name}: only {peer.client.finished()}/{count} tasks "
-                               f"finished in {timeout}s")
+            raise RuntimeError(
+                f"{peer.name}: only {peer.client.finished()}/{count} tasks finished in {timeout}s"
+            )
         time.sleep(poll)
     return time.monotonic()

@@ -42,8 +42,13 @@ def build(broker_url: str, results_url: str) -> tuple[RedisBroker, dict[str, Any
         return os.getpid()
 
     def declare(fn: Callable[..., Any]) -> Any:
-        return dramatiq.actor(actor_name=f"bench_{fn.__name__}", broker=broker,
-                              queue_name=QUEUE, store_results=True, max_retries=0)(fn)
+        return dramatiq.actor(
+            actor_name=f"bench_{fn.__name__}",
+            broker=broker,
+            queue_name=QUEUE,
+            store_results=True,
+            max_retries=0,
+        )(fn)
 
     actors = {fn.__name__: declare(fn) for fn in (noop, sleep, pid)}
     return broker, actors
@@ -58,8 +63,18 @@ if "BENCH_BROKER_URL" in os.environ:
 def worker_argvs(kind: str) -> tuple[list[list[str]], int]:
     """(command lines, worker processes expected) for 'latency', 'noop' or 'sleep'."""
     threads = "100" if kind == "sleep" else "8"
-    return [[sys.executable, "-m", "dramatiq", "bench.peers.dramatiq_app", "--processes", "2",
-             "--threads", threads]], 2
+    return [
+        [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "bench.peers.dramatiq_app",
+            "--processes",
+            "2",
+            "--threads",
+            threads,
+        ]
+    ], 2
 
 
 class Client:
@@ -78,7 +93,9 @@ class Client:
         rtts = []
         for _ in range(samples):
             began = time.perf_counter()
-            noop.send().get_result(backend=self.backend, block=True, timeout=10_000)  # BRPOPLPUSH on the result key
+            noop.send().get_result(
+                backend=self.backend, block=True, timeout=10_000
+            )  # BRPOPLPUSH on the result key
             rtts.append((time.perf_counter() - began) * 1000)
         return rtts
 

@@ -20,8 +20,9 @@ from huey import RedisHuey
 
 def build(url: str, notify: bool = False) -> tuple[RedisHuey, dict[str, Any]]:
     """A huey instance on ``url`` and its bench tasks (named, so producer and consumer agree)."""
-    huey = RedisHuey("bench-notify" if notify else "bench", url=url, store_none=True,
-                     notify_result=notify)
+    huey = RedisHuey(
+        "bench-notify" if notify else "bench", url=url, store_none=True, notify_result=notify
+    )
 
     @huey.task(name="noop")
     def noop() -> None:
@@ -50,8 +51,9 @@ def worker_argvs(kind: str) -> tuple[list[list[str]], int]:
     """(command lines, worker processes expected) for 'latency', 'noop' or 'sleep'."""
     consumer = [sys.executable, "-m", "huey.bin.huey_consumer", "-q", "-n"]
     if kind == "sleep":  # 2 consumers x 100 threads: 200 waits in flight, as the others
-        return [[*consumer, "bench.peers.huey_app.huey", "-k", "thread", "-w", "100"]
-                for _ in range(2)], 2
+        return [
+            [*consumer, "bench.peers.huey_app.huey", "-k", "thread", "-w", "100"] for _ in range(2)
+        ], 2
     instance = "huey_notify" if kind == "latency" else "huey"
     return [[*consumer, f"bench.peers.huey_app.{instance}", "-k", "process", "-w", "2"]], 2
 

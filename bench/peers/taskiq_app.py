@@ -26,7 +26,8 @@ T = TypeVar("T")
 def build(broker_url: str, results_url: str) -> tuple[ListQueueBroker, dict[str, Any]]:
     """A broker with results on ``results_url`` and its bench tasks."""
     broker = ListQueueBroker(broker_url, queue_name=QUEUE).with_result_backend(
-        RedisAsyncResultBackend(results_url))
+        RedisAsyncResultBackend(results_url)
+    )
 
     async def noop() -> None:
         return None
@@ -39,8 +40,10 @@ def build(broker_url: str, results_url: str) -> tuple[ListQueueBroker, dict[str,
         await asyncio.sleep(seconds)
         return os.getpid()
 
-    tasks = {fn.__name__: broker.register_task(fn, task_name=f"bench_{fn.__name__}")
-             for fn in (noop, sleep, pid)}
+    tasks = {
+        fn.__name__: broker.register_task(fn, task_name=f"bench_{fn.__name__}")
+        for fn in (noop, sleep, pid)
+    }
     return broker, tasks
 
 
@@ -52,8 +55,19 @@ if "BENCH_BROKER_URL" in os.environ:
 def worker_argvs(kind: str) -> tuple[list[list[str]], int]:
     """(command lines, worker processes expected) for 'latency', 'noop' or 'sleep'."""
     del kind  # one setup serves every shape: async tasks, 100 in flight per process
-    return [[sys.executable, "-m", "taskiq", "worker", "bench.peers.taskiq_app:broker",
-             "--workers", "2", "--log-level", "WARNING"]], 2
+    return [
+        [
+            sys.executable,
+            "-m",
+            "taskiq",
+            "worker",
+            "bench.peers.taskiq_app:broker",
+            "--workers",
+            "2",
+            "--log-level",
+            "WARNING",
+        ]
+    ], 2
 
 
 class Client:
@@ -110,6 +124,7 @@ class Client:
 
     def probe(self, kind: str, count: int, seconds: float) -> set[int]:
         del kind  # one queue serves every shape
+
         async def ask() -> set[int]:
             handles = await self._gather(count, lambda: self.tasks["pid"].kiq(seconds))
             results = [await h.wait_result(check_interval=0.005, timeout=60) for h in handles]

@@ -70,8 +70,12 @@ def cancel_or_leave(what: str, cancel: Callable[[], bool]) -> bool:
         cancelled = cancel()
     except KeyboardInterrupt:
         cancelled = False
-    click.echo(f"{what} cancelled; what it had done is kept" if cancelled
-               else f"{what} had ended or was not cancelled", err=True)
+    click.echo(
+        f"{what} cancelled; what it had done is kept"
+        if cancelled
+        else f"{what} had ended or was not cancelled",
+        err=True,
+    )
     return cancelled
 
 
@@ -82,6 +86,7 @@ def fail(message: str, code: Exit) -> None:
 
 def handle_errors(func: F) -> F:
     """Turn LewisErrors into one readable line and the matching exit code."""
+
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -98,16 +103,23 @@ def handle_errors(func: F) -> F:
             fail("interrupted", Exit.INTERRUPTED)
         except BrokenPipeError:
             quiet_broken_pipe()
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
-                SystemExit):
+        except (
+            click.exceptions.ClickException,
+            click.exceptions.Exit,
+            click.exceptions.Abort,
+            SystemExit,
+        ):
             raise  # click's own usage errors and exits already speak for themselves
         except Exception as exc:
             ctx = click.get_current_context(silent=True)
             if ctx is not None and (ctx.find_root().obj or {}).get("traceback"):
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            fail(f"unexpected {type(exc).__name__}: {first} (`lewis --traceback …` shows where)",
-                 Exit.FAILURE)
+            fail(
+                f"unexpected {type(exc).__name__}: {first} (`lewis --traceback …` shows where)",
+                Exit.FAILURE,
+            )
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -120,8 +132,7 @@ class Seconds(click.FloatRange):
     def __init__(self) -> None:
         super().__init__(min=0.0, max=float(MAX_NUMBER))  # as settings: OS timers overflow past it
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = super().convert(value, param, ctx)
         if math.isnan(number):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
@@ -169,8 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point."""
     try:
         try:
-            cli.main(args=list(argv) if argv is not None else None, prog_name="lewis",
-                     standalone_mode=True)
+            cli.main(
+                args=list(argv) if argv is not None else None,
+                prog_name="lewis",
+                standalone_mode=True,
+            )
         except BrokenPipeError:  # click's own output (--help, usage) into a closed pipe
             quiet_broken_pipe()
     except SystemExit as exc:

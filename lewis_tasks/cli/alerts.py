@@ -42,9 +42,18 @@ def active_rows() -> list[dict[str, Any]]:
     from ..infra.alerting import active_alerts
 
     _, alerts = _engine().load()
-    return [{"rule": a.rule, "labels": a.labels, "state": a.state, "severity": a.severity,
-             "since": a.fired_at if a.state == "firing" else a.active_at, "value": a.value,
-             "summary": a.annotations.get("summary", "")} for a in active_alerts(alerts)]
+    return [
+        {
+            "rule": a.rule,
+            "labels": a.labels,
+            "state": a.state,
+            "severity": a.severity,
+            "since": a.fired_at if a.state == "firing" else a.active_at,
+            "value": a.value,
+            "summary": a.annotations.get("summary", ""),
+        }
+        for a in active_alerts(alerts)
+    ]
 
 
 @cli.group(invoke_without_command=True)
@@ -64,14 +73,17 @@ def alerts(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"{'state':<9}{'severity':<10}{'since':<10}{'value':>10}  alert")
     for r in rows:
         labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
-        click.echo(f"{r['state']:<9}{r['severity']:<10}{_ago(r['since']):<10}"
-                   f"{_value(r['value']):>10}  {r['rule']}{'{' + labels + '}' if labels else ''}"
-                   f" — {r['summary']}")
+        click.echo(
+            f"{r['state']:<9}{r['severity']:<10}{_ago(r['since']):<10}"
+            f"{_value(r['value']):>10}  {r['rule']}{'{' + labels + '}' if labels else ''}"
+            f" — {r['summary']}"
+        )
 
 
 @alerts.command("history")
-@click.option("--since", "since", default="1h", show_default=True,
-              help="How far back: 90s, 30m, 1h, 2d.")
+@click.option(
+    "--since", "since", default="1h", show_default=True, help="How far back: 90s, 30m, 1h, 2d."
+)
 @click.option("--rule", default=None, help="Only this rule.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def history(since: str, rule: str | None, as_json: bool) -> None:
@@ -90,9 +102,11 @@ def history(since: str, rule: str | None, as_json: bool) -> None:
         click.echo(f"no alert transitions in the last {since}")
     for r in rows:
         labels = ",".join(f"{k}={v}" for k, v in sorted((r["labels"] or {}).items()))
-        click.echo(f"{r['at'][:19]}  {r['rule']}{'{' + labels + '}' if labels else ''}  "
-                   f"{r['from_state']} -> {r['to_state']}  [{r['severity']}] "
-                   f"value {_value(r['value'])}  {r['summary']}")
+        click.echo(
+            f"{r['at'][:19]}  {r['rule']}{'{' + labels + '}' if labels else ''}  "
+            f"{r['from_state']} -> {r['to_state']}  [{r['severity']}] "
+            f"value {_value(r['value'])}  {r['summary']}"
+        )
 
 
 @alerts.command("test")
@@ -114,44 +128,81 @@ def test_rule(rule_name: str, as_json: bool) -> None:
     mine = {fp: a for fp, a in alerts.items() if a.rule == rule.name}
     after, moves = advance(rule, mine, result, now)
     report = {
-        "rule": rule.to_dict(), "condition": rule.condition.describe(),
+        "rule": rule.to_dict(),
+        "condition": rule.condition.describe(),
         "nodata": result.nodata,
-        "label_sets": [{"labels": dict(g), "value": v, "holds": g in result.active,
-                        "state_now": next((a.state for a in mine.values()
-                                           if tuple(sorted(a.labels.items())) == g), "inactive"),
-                        "state_next": next((a.state for a in after.values()
-                                            if tuple(sorted(a.labels.items())) == g
-                                            and a.state != "nodata"), "inactive"),
-                        "and": [{"condition": c.describe(), "value": vals.get(g),
-                                 "holds": g in vals and c.holds(vals[g])}
-                                for c, vals in extras]}
-                       for g, v in sorted(result.values.items())],
-        "would_change": [m.to_dict() for m in moves]}
+        "label_sets": [
+            {
+                "labels": dict(g),
+                "value": v,
+                "holds": g in result.active,
+                "state_now": next(
+                    (a.state for a in mine.values() if tuple(sorted(a.labels.items())) == g),
+                    "inactive",
+                ),
+                "state_next": next(
+                    (
+                        a.state
+                        for a in after.values()
+                        if tuple(sorted(a.labels.items())) == g and a.state != "nodata"
+                    ),
+                    "inactive",
+                ),
+                "and": [
+                    {
+                        "condition": c.describe(),
+                        "value": vals.get(g),
+                        "holds": g in vals and c.holds(vals[g]),
+                    }
+                    for c, vals in extras
+                ],
+            }
+            for g, v in sorted(result.values.items())
+        ],
+        "would_change": [m.to_dict() for m in moves],
+    }
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    click.echo(f"{rule.name}: {report['condition']}, for {rule.for_:g}s, "
-               f"keep_firing_for {rule.keep_firing_for:g}s, severity {rule.severity}")
+    click.echo(
+        f"{rule.name}: {report['condition']}, for {rule.for_:g}s, "
+        f"keep_firing_for {rule.keep_firing_for:g}s, severity {rule.severity}"
+    )
     if result.nodata:
-        click.echo(f"  no data: {', '.join(sorted(rule.metrics))} has no sample in the window "
-                   "(or is stale, or was never reported) — shown as 'nodata', not ok")
+        click.echo(
+            f"  no data: {', '.join(sorted(rule.metrics))} has no sample in the window "
+            "(or is stale, or was never reported) — shown as 'nodata', not ok"
+        )
     elif not result.values:
         click.echo("  no label set has a value in the window")
     for row in report["label_sets"]:
         labels = ",".join(f"{k}={v}" for k, v in sorted(row["labels"].items())) or "(all)"
         verdict = "holds" if row["holds"] else "does not hold"
-        click.echo(f"  {labels}: value {_value(row['value'])} — {verdict}; "
-                   f"now {row['state_now']}, next evaluation {row['state_next']}")
+        click.echo(
+            f"  {labels}: value {_value(row['value'])} — {verdict}; "
+            f"now {row['state_now']}, next evaluation {row['state_next']}"
+        )
         for extra in row["and"]:
-            click.echo(f"    and {extra['condition']}: value {_value(extra['value'])} — "
-                       f"{'holds' if extra['holds'] else 'does not hold'}")
+            click.echo(
+                f"    and {extra['condition']}: value {_value(extra['value'])} — "
+                f"{'holds' if extra['holds'] else 'does not hold'}"
+            )
 
 
 @alerts.command("export")
-@click.option("--prometheus", is_flag=True, required=True,
-              help="Write a Prometheus rules file (the only format for now).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="File to write (default: stdout).")
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    required=True,
+    help="Write a Prometheus rules file (the only format for now).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="File to write (default: stdout).",
+)
 def export(prometheus: bool, output: str | None) -> None:
     """The rules as a Prometheus rules file over the /metrics names (`promtool check rules`)."""
     import yaml
@@ -168,7 +219,8 @@ def export(prometheus: bool, output: str | None) -> None:
             kinds = {}
     doc = prometheus_rules(settings.alerts.all_rules, kinds, settings.alerts.evaluation_interval)
     text = "# generated by `lewis alerts export --prometheus`\n" + yaml.safe_dump(
-        doc, sort_keys=False, allow_unicode=True, width=100)
+        doc, sort_keys=False, allow_unicode=True, width=100
+    )
     if output:
         with open(output, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -187,8 +239,11 @@ def alerts_status() -> dict[str, Any]:
     for r in rows:
         if r["state"] == "firing":
             firing[r["severity"]] = firing.get(r["severity"], 0) + 1
-    return {"firing": firing, "pending": sum(r["state"] == "pending" for r in rows),
-            "nodata": sum(r["state"] == "nodata" for r in rows)}
+    return {
+        "firing": firing,
+        "pending": sum(r["state"] == "pending" for r in rows),
+        "nodata": sum(r["state"] == "nodata" for r in rows),
+    }
 
 
 def format_alerts_status(report: dict[str, Any]) -> list[str]:
@@ -198,5 +253,7 @@ def format_alerts_status(report: dict[str, Any]) -> list[str]:
     order = ("critical", "high", "medium", "low")
     firing = a.get("firing") or {}
     counts = ", ".join(f"{firing[s]} {s}" for s in order if firing.get(s)) or "none firing"
-    return [f"alerts   {counts}; {a.get('pending', 0)} pending, {a.get('nodata', 0)} no data "
-            "(`lewis alerts`)"]
+    return [
+        f"alerts   {counts}; {a.get('pending', 0)} pending, {a.get('nodata', 0)} no data "
+        "(`lewis alerts`)"
+    ]

@@ -20,17 +20,32 @@ from . import SECONDS, Exit, cli
 
 
 @cli.command()
-@click.option("--queue", type=click.Choice(QUEUES), default=None,
-              help="Only this queue: is any worker taking new work from it?")
-@click.option("--worker", "worker_name", default=None, metavar="NAME",
-              help="Only this worker: a node name (io-1a2b3c@host) or a host (all nodes on it), "
-                   "e.g. --worker \"$(hostname)\" in a container.")
+@click.option(
+    "--queue",
+    type=click.Choice(QUEUES),
+    default=None,
+    help="Only this queue: is any worker taking new work from it?",
+)
+@click.option(
+    "--worker",
+    "worker_name",
+    default=None,
+    metavar="NAME",
+    help="Only this worker: a node name (io-1a2b3c@host) or a host (all nodes on it), "
+    'e.g. --worker "$(hostname)" in a container.',
+)
 @click.option("--beat", is_flag=True, help="Only the beat: does one lead?")
-@click.option("--timeout", type=SECONDS, default=0.6, show_default=True,
-              help="Seconds to wait for the broker (start-up takes ~0.25 s more).")
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    default=0.6,
+    show_default=True,
+    help="Seconds to wait for the broker (start-up takes ~0.25 s more).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def health(queue: str | None, worker_name: str | None, beat: bool, timeout: float,
-           as_json: bool) -> None:
+def health(
+    queue: str | None, worker_name: str | None, beat: bool, timeout: float, as_json: bool
+) -> None:
     """Exit 0 healthy, 1 degraded, 2 down: for liveness/readiness probes and healthchecks.
 
     Without options, the whole cluster: down if the broker does not answer or no worker
@@ -62,8 +77,15 @@ def health(queue: str | None, worker_name: str | None, beat: bool, timeout: floa
             verdicts.append(cluster_health(workers, beat_view, QUEUES))
     worst = max(v.health for v in verdicts)
     if as_json:
-        click.echo(json.dumps({"health": worst.name.lower(), "code": int(worst),
-                               "reasons": [r for v in verdicts for r in v.reasons]}))
+        click.echo(
+            json.dumps(
+                {
+                    "health": worst.name.lower(),
+                    "code": int(worst),
+                    "reasons": [r for v in verdicts for r in v.reasons],
+                }
+            )
+        )
     else:
         word = {Health.HEALTHY: "healthy", Health.DEGRADED: "degraded", Health.DOWN: "down"}
         reasons = [r for v in verdicts for r in v.reasons]
@@ -96,13 +118,13 @@ def require_workers(queue: str, *, wait: bool) -> None:
         return
     if not workers and _answers_ping(queue):  # no records at all: workers of an older version
         return
-    message = (f"no {queue} worker is online (`lewis status`; start one with "
-               f"`lewis worker {queue}`)")
+    message = f"no {queue} worker is online (`lewis status`; start one with `lewis worker {queue}`)"
     if wait:
         click.echo(f"lewis: {message}; submitting anyway, the work waits in the queue", err=True)
         return
-    raise BrokerUnavailable(f"{message}; nothing was submitted (--wait-for-workers submits "
-                            "and waits for one)")
+    raise BrokerUnavailable(
+        f"{message}; nothing was submitted (--wait-for-workers submits and waits for one)"
+    )
 
 
 def _answers_ping(queue: str) -> bool:
@@ -129,15 +151,30 @@ def _read_fleet(timeout: float) -> tuple[list[Any], Any]:
 
 
 @cli.command()
-@click.option("--queue", "queues", type=click.Choice(QUEUES), multiple=True,
-              help="Stop consuming only this queue (repeatable); a worker left with no queue "
-                   "exits once idle.")
-@click.option("--worker", "worker_name", default=None, metavar="NAME",
-              help="Only this worker: a node name or a host (all nodes on it).")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until the drained workers have exited.")
-@click.option("--timeout", type=SECONDS, default=600.0, show_default=True,
-              help="Seconds to wait for them.")
+@click.option(
+    "--queue",
+    "queues",
+    type=click.Choice(QUEUES),
+    multiple=True,
+    help="Stop consuming only this queue (repeatable); a worker left with no queue "
+    "exits once idle.",
+)
+@click.option(
+    "--worker",
+    "worker_name",
+    default=None,
+    metavar="NAME",
+    help="Only this worker: a node name or a host (all nodes on it).",
+)
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until the drained workers have exited.",
+)
+@click.option(
+    "--timeout", type=SECONDS, default=600.0, show_default=True, help="Seconds to wait for them."
+)
 def drain(queues: tuple[str, ...], worker_name: str | None, wait: bool, timeout: float) -> None:
     """Stop taking new work, let running tasks finish, exit warm (deploys, scale-down).
 
@@ -156,20 +193,33 @@ def drain(queues: tuple[str, ...], worker_name: str | None, wait: bool, timeout:
     if queues:
         chosen = [w for w in chosen if set(queues) & set(w.queues)]
     if not chosen:
-        raise LewisError(f"no worker matches{' ' + worker_name if worker_name else ''}"
-                         f"{' on ' + ', '.join(queues) if queues else ''} (`lewis status` lists them)")
+        raise LewisError(
+            f"no worker matches{' ' + worker_name if worker_name else ''}"
+            f"{' on ' + ', '.join(queues) if queues else ''} (`lewis status` lists them)"
+        )
     names = [w.name for w in chosen]
-    replies = broadcast(app, "lewis_drain", timeout=2.0, destination=names, limit=len(names),
-                        arguments={"queues": list(queues)})
+    replies = broadcast(
+        app,
+        "lewis_drain",
+        timeout=2.0,
+        destination=names,
+        limit=len(names),
+        arguments={"queues": list(queues)},
+    )
     exiting = []
     for name in names:
         reply = replies.get(name)
         if reply is None:
             click.echo(f"{name}: no answer (already gone, or not a LEWIS worker of this version)")
             continue
-        click.echo(f"{name}: {reply.get('ok', reply)}"
-                   + ("; exits when idle" if reply.get("exiting") else
-                      f"; still consuming {', '.join(reply.get('consuming') or [])}"))
+        click.echo(
+            f"{name}: {reply.get('ok', reply)}"
+            + (
+                "; exits when idle"
+                if reply.get("exiting")
+                else f"; still consuming {', '.join(reply.get('consuming') or [])}"
+            )
+        )
         if reply.get("exiting"):
             exiting.append(name)
     if not wait or not exiting:

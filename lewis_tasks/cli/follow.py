@@ -24,9 +24,14 @@ P = TypeVar("P")
 R = TypeVar("R")
 
 
-def follow(handle: JobHandle[P, R], timeout: float | None,
-           line: Callable[[P], str] | None = None, *, keep_line: bool = False,
-           on_interrupt: Callable[[], R] | None = None) -> R:
+def follow(
+    handle: JobHandle[P, R],
+    timeout: float | None,
+    line: Callable[[P], str] | None = None,
+    *,
+    keep_line: bool = False,
+    on_interrupt: Callable[[], R] | None = None,
+) -> R:
     """The job's result once it is done. With ``line`` (stdout is a terminal) its progress is
     drawn on one line meanwhile, wiped at the end (``keep_line``: left on screen). The first
     Ctrl-C cancels a job that can be cancelled and exits 130, or returns ``on_interrupt()``
@@ -42,8 +47,9 @@ def follow(handle: JobHandle[P, R], timeout: float | None,
         cancel_on_interrupt(f"{handle.what} {handle.id}", handle.cancel)
 
 
-def _wait_drawing(handle: JobHandle[P, R], timeout: float | None,
-                  line: Callable[[P], str] | None, keep_line: bool) -> R:
+def _wait_drawing(
+    handle: JobHandle[P, R], timeout: float | None, line: Callable[[P], str] | None, keep_line: bool
+) -> R:
     from ..producer.handle import WaitTimeout  # Celery: only once a command waits
 
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -46,7 +46,9 @@ def parse_duration(text: str) -> float:
 class Duration(click.ParamType):
     name = "duration"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
         if isinstance(value, int | float):
             return float(value)
         try:
@@ -92,16 +94,21 @@ def loadtest_wait(settings: Settings, duration: float | None) -> float:
     return loadtest_worst_case(settings, duration)
 
 
-def _finish(handle: JobHandle[P, R], line: Callable[[P], str], seconds: float,
-            on_interrupt: Callable[[], R] | None = None) -> R:
+def _finish(
+    handle: JobHandle[P, R],
+    line: Callable[[P], str],
+    seconds: float,
+    on_interrupt: Callable[[], R] | None = None,
+) -> R:
     """The handle's result, with the live line meanwhile on a terminal; after ``seconds`` a
     TransientError saying what is missing (one line and exit 3 on the command line)."""
     from ..producer.handle import WaitTimeout
     from .follow import follow
 
     try:
-        return follow(handle, seconds, line if sys.stdout.isatty() else None,
-                      on_interrupt=on_interrupt)
+        return follow(
+            handle, seconds, line if sys.stdout.isatty() else None, on_interrupt=on_interrupt
+        )
     except WaitTimeout:
         pass
     try:
@@ -110,26 +117,53 @@ def _finish(handle: JobHandle[P, R], line: Callable[[P], str], seconds: float,
         begun = False
     what = handle.what.removeprefix("HTTP ")
     if begun:
-        raise TransientError(f"the {what} did not finish within {seconds:g} s (it may still "
-                             "be running: raise --wait, or see `lewis status`)")
-    raise TransientError(f"no io worker answered within {seconds:g} s; is the stack up? "
-                         "(`lewis status`)")
+        raise TransientError(
+            f"the {what} did not finish within {seconds:g} s (it may still "
+            "be running: raise --wait, or see `lewis status`)"
+        )
+    raise TransientError(
+        f"no io worker answered within {seconds:g} s; is the stack up? (`lewis status`)"
+    )
 
 
 @cli.command("http")
 @click.argument("urls", nargs=-1)
-@click.option("-f", "--file", "source", type=click.File("r"),
-              help="Read requests from FILE ('-': stdin): a URL or a JSON object per line.")
-@click.option("--timeout", type=DURATION, default=None,
-              help="Each URL's budget, all hops and retries (default: http.timeout).")
-@click.option("--limit", default=200, show_default=True,
-              help="Rows in the table (failed rows first when there are more).")
+@click.option(
+    "-f",
+    "--file",
+    "source",
+    type=click.File("r"),
+    help="Read requests from FILE ('-': stdin): a URL or a JSON object per line.",
+)
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default=None,
+    help="Each URL's budget, all hops and retries (default: http.timeout).",
+)
+@click.option(
+    "--limit",
+    default=200,
+    show_default=True,
+    help="Rows in the table (failed rows first when there are more).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and every URL as JSON.")
-@click.option("--wait", "wait_s", type=DURATION, default=None,
-              help="Give up waiting after this long, exit 3 (default: the batch's worst case, "
-                   "from its size and the timeout).")
-def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float | None,
-                 limit: int, as_json: bool, wait_s: float | None) -> None:
+@click.option(
+    "--wait",
+    "wait_s",
+    type=DURATION,
+    default=None,
+    help="Give up waiting after this long, exit 3 (default: the batch's worst case, "
+    "from its size and the timeout).",
+)
+def http_command(
+    urls: tuple[str, ...],
+    source: IO[str] | None,
+    timeout: float | None,
+    limit: int,
+    as_json: bool,
+    wait_s: float | None,
+) -> None:
     """Fetch URLs on the io workers: status, time, bytes and SHA-256 of each, or why not.
     Exits 1 when some URL failed (refused, timed out, out of scope…), 3 when no result
     came within --wait. `lewis http cancel BATCH_ID` stops a running batch."""
@@ -149,15 +183,26 @@ def http_command(urls: tuple[str, ...], source: IO[str] | None, timeout: float |
 
     def line(p: HttpBatchProgress) -> str:
         rate = p.done / max(1e-9, time.monotonic() - began)
-        return (f"{p.done:,}/{p.total:,} URLs · {p.ok:,} answered · "
-                f"{p.failed:,} failed · {rate:,.0f} URLs/s")
+        return (
+            f"{p.done:,}/{p.total:,} URLs · {p.ok:,} answered · "
+            f"{p.failed:,} failed · {rate:,.0f} URLs/s"
+        )
 
     summary = _finish(handle, line, wait_s or handle.worst_case or 0.0)
     seconds = time.monotonic() - began
     if as_json:
         rows = _all_rows(handle)
-        click.echo(json.dumps({"batch_id": handle.id, "seconds": round(seconds, 3),
-                               "summary": summary.to_dict(), "results": rows}, indent=1))
+        click.echo(
+            json.dumps(
+                {
+                    "batch_id": handle.id,
+                    "seconds": round(seconds, 3),
+                    "summary": summary.to_dict(),
+                    "results": rows,
+                },
+                indent=1,
+            )
+        )
     else:
         if summary["total"] <= limit:
             rows = handle.result(limit=limit)
@@ -212,12 +257,15 @@ def format_batch(summary: dict[str, Any], rows: Iterable[dict[str, Any]], second
             detail += f"  → {row.get('final_url')} ({len(row['redirects'])} redirects)"
         if row.get("truncated"):
             detail += "  (body truncated)"
-        lines.append(f"{row['index']:>5}  {status:>6}  "
-                     f"{'-' if total_ms is None else f'{total_ms:,.1f}':>9}  "
-                     f"{row.get('bytes') or 0:>9,}  {(row.get('sha256') or '-')[:12]:<12}  {detail}")
+        lines.append(
+            f"{row['index']:>5}  {status:>6}  "
+            f"{'-' if total_ms is None else f'{total_ms:,.1f}':>9}  "
+            f"{row.get('bytes') or 0:>9,}  {(row.get('sha256') or '-')[:12]:<12}  {detail}"
+        )
     if shown < summary["total"]:
-        lines.append(f"  … the failed URLs only, {summary['total'] - shown:,} more (--json "
-                     "shows every URL)")
+        lines.append(
+            f"  … the failed URLs only, {summary['total'] - shown:,} more (--json shows every URL)"
+        )
     lat = summary.get("latency_ms") or {}
     lines += [
         "",
@@ -233,41 +281,114 @@ def format_batch(summary: dict[str, Any], rows: Iterable[dict[str, Any]], second
 
 @cli.command("loadtest")
 @click.argument("target", nargs=-1, required=True, metavar="URL | cancel RUN_ID")
-@click.option("-c", "--concurrency", type=int, default=10, show_default=True,
-              help="Connections in flight, in total over the workers.")
-@click.option("-d", "--duration", type=DURATION, default=None,
-              help="How long, like 10s, 1m, 500ms (default 10s unless --requests).")
-@click.option("-n", "--requests", "count", type=int, default=None,
-              help="Stop after this many requests (in total).")
-@click.option("-R", "--rate", type=float, default=None,
-              help="Open loop: requests per second in total, latency from the intended send time.")
-@click.option("-w", "--workers", type=int, default=1, show_default=True,
-              help="io worker processes to spread the load over (they start together).")
-@click.option("-m", "--method", default="GET", show_default=True,
-              help="GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS.")
-@click.option("-H", "--header", "headers", multiple=True, metavar="'NAME: VALUE'",
-              help="A header sent with every request (repeatable). Authorization, Cookie and "
-                   "the like are stored masked.")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Connections in flight, in total over the workers.",
+)
+@click.option(
+    "-d",
+    "--duration",
+    type=DURATION,
+    default=None,
+    help="How long, like 10s, 1m, 500ms (default 10s unless --requests).",
+)
+@click.option(
+    "-n",
+    "--requests",
+    "count",
+    type=int,
+    default=None,
+    help="Stop after this many requests (in total).",
+)
+@click.option(
+    "-R",
+    "--rate",
+    type=float,
+    default=None,
+    help="Open loop: requests per second in total, latency from the intended send time.",
+)
+@click.option(
+    "-w",
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="io worker processes to spread the load over (they start together).",
+)
+@click.option(
+    "-m",
+    "--method",
+    default="GET",
+    show_default=True,
+    help="GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS.",
+)
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="A header sent with every request (repeatable). Authorization, Cookie and "
+    "the like are stored masked.",
+)
 @click.option("--body", default=None, help="The request body, as text (POST, PUT, PATCH, DELETE).")
-@click.option("--body-file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Read the request body from this file (UTF-8 text).")
-@click.option("--timeout", type=DURATION, default=None,
-              help="Cut each request after this long; it counts as a 'timeout' error.")
-@click.option("--ramp", type=DURATION, default=None,
-              help="Raise the load linearly to its target over this long: connections one "
-                   "after another, or the rate from 0 with --rate.")
-@click.option("--csv", "csv_prefix", default=None, metavar="PREFIX",
-              help="Also write locust-style PREFIX_stats.csv and PREFIX_stats_history.csv.")
+@click.option(
+    "--body-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Read the request body from this file (UTF-8 text).",
+)
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default=None,
+    help="Cut each request after this long; it counts as a 'timeout' error.",
+)
+@click.option(
+    "--ramp",
+    type=DURATION,
+    default=None,
+    help="Raise the load linearly to its target over this long: connections one "
+    "after another, or the rate from 0 with --rate.",
+)
+@click.option(
+    "--csv",
+    "csv_prefix",
+    default=None,
+    metavar="PREFIX",
+    help="Also write locust-style PREFIX_stats.csv and PREFIX_stats_history.csv.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the merged result as JSON.")
-@click.option("--wait", "wait_s", type=DURATION, default=None,
-              help="Give up waiting after this long, exit 3 (default: the start barrier, the "
-                   "run and its drain, plus a margin). Parts that could no longer finish "
-                   "within it expire unstarted.")
-def loadtest_command(target: tuple[str, ...], concurrency: int, duration: float | None, count: int | None,
-                     rate: float | None, workers: int, method: str, headers: tuple[str, ...],
-                     body: str | None, body_file: str | None, timeout: float | None,
-                     ramp: float | None, csv_prefix: str | None, as_json: bool,
-                     wait_s: float | None) -> None:
+@click.option(
+    "--wait",
+    "wait_s",
+    type=DURATION,
+    default=None,
+    help="Give up waiting after this long, exit 3 (default: the start barrier, the "
+    "run and its drain, plus a margin). Parts that could no longer finish "
+    "within it expire unstarted.",
+)
+def loadtest_command(
+    target: tuple[str, ...],
+    concurrency: int,
+    duration: float | None,
+    count: int | None,
+    rate: float | None,
+    workers: int,
+    method: str,
+    headers: tuple[str, ...],
+    body: str | None,
+    body_file: str | None,
+    timeout: float | None,
+    ramp: float | None,
+    csv_prefix: str | None,
+    as_json: bool,
+    wait_s: float | None,
+) -> None:
     """Load-test URL from the io workers: requests/s, latency percentiles, status codes.
     Exits 1 when no request was answered, 3 when no result came within --wait. Ctrl-C stops
     the load test and prints what it measured until then (exit 130); `lewis loadtest cancel
@@ -293,17 +414,32 @@ def loadtest_command(target: tuple[str, ...], concurrency: int, duration: float 
         wait_s = loadtest_wait(settings, duration)
     # parts that have not started while a run could still end within --wait expire unrun:
     # giving up waiting must not leave a load test queued to hit its target later
-    start_within = max(settings.loadtest.barrier_timeout,
-                       wait_s - loadtest_budget(settings).time_limits(duration)[1])
-    handle = submit_loadtest(url, concurrency=concurrency, duration=duration, requests=count,
-                             rate=rate, workers=workers, method=method, headers=pairs,
-                             body=body, timeout=timeout, ramp=ramp, start_within=start_within)
+    start_within = max(
+        settings.loadtest.barrier_timeout,
+        wait_s - loadtest_budget(settings).time_limits(duration)[1],
+    )
+    handle = submit_loadtest(
+        url,
+        concurrency=concurrency,
+        duration=duration,
+        requests=count,
+        rate=rate,
+        workers=workers,
+        method=method,
+        headers=pairs,
+        body=body,
+        timeout=timeout,
+        ramp=ramp,
+        start_within=start_within,
+    )
 
     def line(p: LoadtestProgress) -> str:
         if not p.reporting:
             return f"waiting for {p.parts} part(s) to start together…"
-        return (f"{p.elapsed_s:.1f} s · {p.requests:,} requests · {p.rps:,.0f} req/s · "
-                f"{p.errors:,} errors · {p.reporting}/{p.parts} parts")
+        return (
+            f"{p.elapsed_s:.1f} s · {p.requests:,} requests · {p.rps:,.0f} req/s · "
+            f"{p.errors:,} errors · {p.reporting}/{p.parts} parts"
+        )
 
     interrupted: list[bool] = []
 
@@ -336,8 +472,9 @@ def _cancel_loadtest(run_id: str) -> None:
     if cancel_loadtest(run_id):
         click.echo(f"load test {run_id} cancelled")
         return
-    click.echo(f"lewis: load test {run_id} has ended or was cancelled already: nothing to "
-               "cancel", err=True)
+    click.echo(
+        f"lewis: load test {run_id} has ended or was cancelled already: nothing to cancel", err=True
+    )
     sys.exit(int(Exit.FAILURE))
 
 
@@ -373,23 +510,42 @@ def _check_wait(seconds: float | None) -> None:
 def format_loadtest(result: dict[str, Any]) -> str:
     """The final table of ``lewis loadtest``."""
     lat = result["latency_ms"]
-    mode = ("closed loop" if result["mode"] == "closed"
-            else f"open loop at {result['rate']:,.0f} req/s")
+    mode = (
+        "closed loop" if result["mode"] == "closed" else f"open loop at {result['rate']:,.0f} req/s"
+    )
     processes = len(result.get("processes") or [])
     # an open loop's latency from each actual send (a closed loop's is the latency row itself)
-    service = ([("service ms", _percentiles(result["service_ms"], ("p50", "p99", "max"))
-                 + "  (from the actual send)")]
-               if result["mode"] == "open" and "service_ms" in result else [])
+    service = (
+        [
+            (
+                "service ms",
+                _percentiles(result["service_ms"], ("p50", "p99", "max"))
+                + "  (from the actual send)",
+            )
+        ]
+        if result["mode"] == "open" and "service_ms" in result
+        else []
+    )
     rows = [
         ("url", f"{result['method']} {result['url']}"),
-        ("load", f"{mode}, {result['concurrency']} connections, {result['parts']} part(s) on "
-                 f"{processes} process(es){' (shared!)' if result.get('shared_process') else ''}"
-                 + (f", ramp {result['ramp_s']:g} s" if result.get("ramp_s") else "")),
-        ("requests", f"{result['requests']:,} in {result['duration_s']:.2f} s"
-                     + (f" (+{result['warmup']:,} uncounted, opening the connections first)"
-                        if result.get("warmup") else "")
-                     + (" — cancelled: the figures cover the time it ran"
-                        if result.get("cancelled") else "")),
+        (
+            "load",
+            f"{mode}, {result['concurrency']} connections, {result['parts']} part(s) on "
+            f"{processes} process(es){' (shared!)' if result.get('shared_process') else ''}"
+            + (f", ramp {result['ramp_s']:g} s" if result.get("ramp_s") else ""),
+        ),
+        (
+            "requests",
+            f"{result['requests']:,} in {result['duration_s']:.2f} s"
+            + (
+                f" (+{result['warmup']:,} uncounted, opening the connections first)"
+                if result.get("warmup")
+                else ""
+            )
+            + (
+                " — cancelled: the figures cover the time it ran" if result.get("cancelled") else ""
+            ),
+        ),
         ("rps", f"{result['rps']:,.1f}"),
         ("latency ms", _percentiles(lat, ("p50", "p90", "p95", "p99", "p99.9", "max"))),
         *service,
@@ -405,5 +561,14 @@ def _percentiles(summary: dict[str, Any], names: Iterable[str]) -> str:
     return "  ".join(f"{name} {summary[f'{name}_ms']:,.2f}" for name in names)
 
 
-__all__ = ["http_command", "loadtest_command", "parse_duration", "parse_header", "read_requests",
-           "format_batch", "format_loadtest", "batch_wait", "loadtest_wait"]
+__all__ = [
+    "http_command",
+    "loadtest_command",
+    "parse_duration",
+    "parse_header",
+    "read_requests",
+    "format_batch",
+    "format_loadtest",
+    "batch_wait",
+    "loadtest_wait",
+]

@@ -12,10 +12,17 @@ from . import cli
 
 
 @cli.command()
-@click.option("--port", type=int, default=None,
-              help="Port (default: monitoring.monitor_port; 0 picks a free one).")
-@click.option("--address", default=None,
-              help="Address to bind (default: monitoring.monitor_address, 127.0.0.1).")
+@click.option(
+    "--port",
+    type=int,
+    default=None,
+    help="Port (default: monitoring.monitor_port; 0 picks a free one).",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Address to bind (default: monitoring.monitor_address, 127.0.0.1).",
+)
 def monitor(port: int | None, address: str | None) -> None:
     """Serve /metrics (Prometheus), a live dashboard at / and its WebSocket, from Redis."""
     import asyncio  # here, not at the top: every other command (and --help) goes without it
@@ -39,8 +46,9 @@ def monitor(port: int | None, address: str | None) -> None:
     try:
         asyncio.run(serve(view, host, chosen, on_ready=ready))
     except OSError as exc:
-        raise ConfigError(f"setting monitoring.monitor_port: cannot listen on {host}:{chosen} "
-                          f"({exc.strerror})") from None
+        raise ConfigError(
+            f"setting monitoring.monitor_port: cannot listen on {host}:{chosen} ({exc.strerror})"
+        ) from None
     except KeyboardInterrupt:
         pass
 
@@ -76,8 +84,9 @@ def metrics(name: str | None, window: str, labels: tuple[str, ...], as_json: boo
         click.echo(json.dumps(stats.to_dict(), indent=2))
         return
     unit = "s" if stats.kind == "histogram" else ""
-    click.echo(f"{stats.name} ({stats.kind}) over {window}: count {stats.count}, "
-               f"sum {stats.sum:.6g}{unit}")
+    click.echo(
+        f"{stats.name} ({stats.kind}) over {window}: count {stats.count}, sum {stats.sum:.6g}{unit}"
+    )
     click.echo(f"  min {stats.min:.6g}{unit}  avg {stats.avg:.6g}{unit}  max {stats.max:.6g}{unit}")
     click.echo(f"  p50 {stats.p50:.6g}{unit}  p95 {stats.p95:.6g}{unit}  p99 {stats.p99:.6g}{unit}")
 
@@ -89,17 +98,24 @@ def metrics_status(client: object) -> dict[str, object]:
 
     m = get_settings().monitoring
     try:
-        snap = MetricStore(client, m.metrics_interval, m.retention,  # type: ignore[arg-type]
-                           m.max_label_sets).snapshot()
+        snap = MetricStore(
+            client,  # type: ignore[arg-type]
+            m.metrics_interval,
+            m.retention,
+            m.max_label_sets,
+        ).snapshot()
     except Exception as exc:  # status prints even if the store is unreadable
         return {"error": f"{type(exc).__name__}: {exc}"[:200]}
     if not snap:
         return {}
-    return {"collected_at": snap.get("ts"),
-            "rates": {q: {"done_per_s": r.get("done_per_s", 0.0),
-                          "failed_per_s": r.get("failed_per_s", 0.0)}
-                      for q, r in snap.get("queues", {}).items()},
-            "tasks": snap.get("tasks", {})}
+    return {
+        "collected_at": snap.get("ts"),
+        "rates": {
+            q: {"done_per_s": r.get("done_per_s", 0.0), "failed_per_s": r.get("failed_per_s", 0.0)}
+            for q, r in snap.get("queues", {}).items()
+        },
+        "tasks": snap.get("tasks", {}),
+    }
 
 
 def format_metrics_status(report: dict[str, object]) -> list[str]:
@@ -121,6 +137,8 @@ def format_metrics_status(report: dict[str, object]) -> list[str]:
         lines.append(f"{'task':<36}{'done':>7}{'failed':>8}{'p50 ms':>9}{'p95 ms':>9}")
         for name, t in sorted(tasks.items()):
             p50, p95 = t.get("runtime_p50"), t.get("runtime_p95")
-            lines.append(f"{name[:35]:<36}{t.get('succeeded', 0):>7}{t.get('failed', 0):>8}"
-                         + (f"{p50 * 1000:>9.1f}{p95 * 1000:>9.1f}" if p50 is not None else ""))
+            lines.append(
+                f"{name[:35]:<36}{t.get('succeeded', 0):>7}{t.get('failed', 0):>8}"
+                + (f"{p50 * 1000:>9.1f}{p95 * 1000:>9.1f}" if p50 is not None else "")
+            )
     return lines

@@ -30,43 +30,117 @@ from .follow import follow
 
 _LEVELS = ("info", "low", "medium", "high", "critical")
 
-_SEVERITY_STYLE = {"critical": "red", "high": "red", "medium": "yellow", "low": "cyan",
-                   "info": None}
+_SEVERITY_STYLE = {
+    "critical": "red",
+    "high": "red",
+    "medium": "yellow",
+    "low": "cyan",
+    "info": None,
+}
 
 
 @cli.command()
 @click.argument("targets", nargs=-1)
-@click.option("-p", "--ports", "ports", default="top1000", show_default=True,
-              help="Port spec: 22,80,443 · 1-1024 · - (all) · top100 / topN.")
-@click.option("--rate", type=float, default=None,
-              help="Connections per second per host, across all workers (nmap --max-rate).")
-@click.option("--no-services", is_flag=True, help="Skip service identification (like nmap without -sV).")
+@click.option(
+    "-p",
+    "--ports",
+    "ports",
+    default="top1000",
+    show_default=True,
+    help="Port spec: 22,80,443 · 1-1024 · - (all) · top100 / topN.",
+)
+@click.option(
+    "--rate",
+    type=float,
+    default=None,
+    help="Connections per second per host, across all workers (nmap --max-rate).",
+)
+@click.option(
+    "--no-services", is_flag=True, help="Skip service identification (like nmap without -sV)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-wait", is_flag=True, help="Submit, print the scan id, return at once.")
-@click.option("--timeout", type=SECONDS, default=None, help="Give up waiting after this many seconds.")
-@click.option("--wait-for-workers", is_flag=True,
-              help="Submit even when no io worker is online; the scan waits in the queue.")
-@click.option("-iL", "input_list", type=click.File("r"), default=None,
-              help="Read targets from FILE (one or more per line, # comments; - for stdin).")
-@click.option("--exclude", "exclude", multiple=True,
-              help="Leave out these addresses, CIDR blocks or hostnames (comma-separated).")
-@click.option("--excludefile", "exclude_file", type=click.File("r"), default=None,
-              help="Leave out the targets listed in FILE (as -iL reads them).")
-@click.option("-oX", "xml_out", type=click.File("w"), default=None,
-              help="Also write the report as nmap XML to FILE (- for stdout).")
-@click.option("-oG", "grep_out", type=click.File("w"), default=None,
-              help="Also write the report in nmap's grepable format to FILE (- for stdout).")
-@click.option("--min-severity", type=click.Choice(_LEVELS), default="info", show_default=True,
-              help="Only show findings at least this severe in the table.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Show at most this many findings in the table (most severe first).")
-@click.option("--fail-on", type=click.Choice(_LEVELS), default=None,
-              help="Exit 4 if any finding is at least this severe (for CI).")
+@click.option(
+    "--timeout", type=SECONDS, default=None, help="Give up waiting after this many seconds."
+)
+@click.option(
+    "--wait-for-workers",
+    is_flag=True,
+    help="Submit even when no io worker is online; the scan waits in the queue.",
+)
+@click.option(
+    "-iL",
+    "input_list",
+    type=click.File("r"),
+    default=None,
+    help="Read targets from FILE (one or more per line, # comments; - for stdin).",
+)
+@click.option(
+    "--exclude",
+    "exclude",
+    multiple=True,
+    help="Leave out these addresses, CIDR blocks or hostnames (comma-separated).",
+)
+@click.option(
+    "--excludefile",
+    "exclude_file",
+    type=click.File("r"),
+    default=None,
+    help="Leave out the targets listed in FILE (as -iL reads them).",
+)
+@click.option(
+    "-oX",
+    "xml_out",
+    type=click.File("w"),
+    default=None,
+    help="Also write the report as nmap XML to FILE (- for stdout).",
+)
+@click.option(
+    "-oG",
+    "grep_out",
+    type=click.File("w"),
+    default=None,
+    help="Also write the report in nmap's grepable format to FILE (- for stdout).",
+)
+@click.option(
+    "--min-severity",
+    type=click.Choice(_LEVELS),
+    default="info",
+    show_default=True,
+    help="Only show findings at least this severe in the table.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Show at most this many findings in the table (most severe first).",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(_LEVELS),
+    default=None,
+    help="Exit 4 if any finding is at least this severe (for CI).",
+)
 @click.pass_context
-def scan(ctx: click.Context, targets: tuple[str, ...], ports: str, rate: float | None,
-         no_services: bool, as_json: bool, no_wait: bool, timeout: float | None,
-         wait_for_workers: bool, input_list: Any, exclude: tuple[str, ...], exclude_file: Any,
-         xml_out: Any, grep_out: Any, min_severity: str, limit: int | None, fail_on: str | None) -> None:
+def scan(
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    ports: str,
+    rate: float | None,
+    no_services: bool,
+    as_json: bool,
+    no_wait: bool,
+    timeout: float | None,
+    wait_for_workers: bool,
+    input_list: Any,
+    exclude: tuple[str, ...],
+    exclude_file: Any,
+    xml_out: Any,
+    grep_out: Any,
+    min_severity: str,
+    limit: int | None,
+    fail_on: str | None,
+) -> None:
     """Scan TARGET… (addresses, CIDR blocks, hostnames) inside the configured scope."""
     from ..errors import InvalidInput
     from ..producer.scan import submit_scan
@@ -75,9 +149,14 @@ def scan(ctx: click.Context, targets: tuple[str, ...], ports: str, rate: float |
     wanted = list(targets) + (_read_targets(input_list) if input_list is not None else [])
     if not wanted:
         raise InvalidInput("no targets: give TARGET… or -iL FILE")
-    handle = submit_scan(wanted, ports=ports, rate=rate, services=not no_services,
-                         exclude=[*exclude, *(_read_targets(exclude_file) if exclude_file else [])],
-                         before_send=lambda: require_workers("io", wait=wait_for_workers))
+    handle = submit_scan(
+        wanted,
+        ports=ports,
+        rate=rate,
+        services=not no_services,
+        exclude=[*exclude, *(_read_targets(exclude_file) if exclude_file else [])],
+        before_send=lambda: require_workers("io", wait=wait_for_workers),
+    )
     if no_wait:
         click.echo(json.dumps({"scan_id": handle.id}) if as_json else handle.id)
         return
@@ -89,8 +168,9 @@ def scan(ctx: click.Context, targets: tuple[str, ...], ports: str, rate: float |
         sys.exit(int(Exit.FAILURE))
     args = _command_args(ctx)
     _write_outputs(report, args, xml_out, grep_out)
-    to_stdout = bool({"-", "<stdout>"} & {getattr(xml_out, "name", None),
-                                           getattr(grep_out, "name", None)})
+    to_stdout = bool(
+        {"-", "<stdout>"} & {getattr(xml_out, "name", None), getattr(grep_out, "name", None)}
+    )
     if not to_stdout:
         _print_report(report, as_json, min_severity=min_severity, limit=limit)
     if fail_on is not None and _worst_level(report.findings) >= _LEVELS.index(fail_on):
@@ -126,8 +206,9 @@ def _write_outputs(report: Any, args: Sequence[str], xml_out: Any, grep_out: Any
 
 
 def _worst_level(findings: Sequence[dict[str, Any]]) -> int:
-    return max((_LEVELS.index(f["severity"]) for f in findings if f.get("severity") in _LEVELS),
-               default=-1)
+    return max(
+        (_LEVELS.index(f["severity"]) for f in findings if f.get("severity") in _LEVELS), default=-1
+    )
 
 
 def _colour() -> bool:
@@ -142,46 +223,56 @@ def _bar() -> Callable[[Any], str]:
     def draw(p: Any) -> str:
         filled = int(p.fraction * width)
         doing = "  identifying services…" if p.phase == "identifying" else ""
-        return (f"[{'#' * filled}{'.' * (width - filled)}] {p.fraction * 100:5.1f}%  "
-                f"chunks {p.chunks_done}/{p.chunks_total}  ports {p.ports_done:,}/"
-                f"{p.ports_total:,}  open {p.open_count}{doing}")
+        return (
+            f"[{'#' * filled}{'.' * (width - filled)}] {p.fraction * 100:5.1f}%  "
+            f"chunks {p.chunks_done}/{p.chunks_total}  ports {p.ports_done:,}/"
+            f"{p.ports_total:,}  open {p.open_count}{doing}"
+        )
 
     return draw
 
 
-def _print_report(report: Any, as_json: bool, *, min_severity: str = "info",
-                  limit: int | None = None) -> None:
+def _print_report(
+    report: Any, as_json: bool, *, min_severity: str = "info", limit: int | None = None
+) -> None:
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
         return
     s = report.summary
-    click.echo(f"scan {report.scan_id}: {report.status} — {s.get('hosts', 0)} hosts, "
-               f"{s.get('open', 0)} open, {s.get('filtered', 0)} filtered, "
-               f"{s.get('closed', 0)} closed")
+    click.echo(
+        f"scan {report.scan_id}: {report.status} — {s.get('hosts', 0)} hosts, "
+        f"{s.get('open', 0)} open, {s.get('filtered', 0)} filtered, "
+        f"{s.get('closed', 0)} closed"
+    )
     if report.error:
         click.echo(f"error: {report.error}")
     if not report.findings:
         click.echo("no open ports, no findings")
         return
     floor = _LEVELS.index(min_severity)
-    shown = [f for f in report.findings
-             if _LEVELS.index(f["severity"]) >= floor] if floor else list(report.findings)
+    shown = (
+        [f for f in report.findings if _LEVELS.index(f["severity"]) >= floor]
+        if floor
+        else list(report.findings)
+    )
     hidden = len(report.findings) - len(shown)
     if limit is not None and len(shown) > limit:
         hidden, shown = hidden + len(shown) - limit, shown[:limit]
-    rows = [(f["severity"], f"{_host(f['host'])}:{f['port']}", _service(f), _cve_cell(f))
-            for f in shown]
+    rows = [
+        (f["severity"], f"{_host(f['host'])}:{f['port']}", _service(f), _cve_cell(f)) for f in shown
+    ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS)]
     colour = _colour()
     click.echo("  ".join(h.ljust(w) for h, w in zip(_HEADERS, widths, strict=True)).rstrip())
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
-        cells[0] = click.style(cells[0], fg=_SEVERITY_STYLE.get(row[0]),
-                               bold=row[0] == "critical")
+        cells[0] = click.style(cells[0], fg=_SEVERITY_STYLE.get(row[0]), bold=row[0] == "critical")
         click.echo("  ".join(cells).rstrip(), color=colour)
     if hidden:
-        click.echo(f"({hidden} more finding{'s' * (hidden > 1)} not shown: --min-severity "
-                   f"{min_severity}{f', --limit {limit}' if limit else ''})")
+        click.echo(
+            f"({hidden} more finding{'s' * (hidden > 1)} not shown: --min-severity "
+            f"{min_severity}{f', --limit {limit}' if limit else ''})"
+        )
 
 
 _HEADERS = ("SEVERITY", "HOST:PORT", "SERVICE", "CVE")
@@ -205,8 +296,10 @@ def _cve_cell(f: dict[str, Any]) -> str:
         cell = f"{_cves(ids)} [{basis}]"
     conditional = list(f.get("conditional_cve_ids") or [])
     if conditional:
-        cell += f"{' ' if cell else ''}(+{len(conditional)} conditional on the OS: " \
-                f"{_cves(conditional, 2)})"
+        cell += (
+            f"{' ' if cell else ''}(+{len(conditional)} conditional on the OS: "
+            f"{_cves(conditional, 2)})"
+        )
     return cell
 
 
@@ -235,24 +328,36 @@ def list_scans(limit: int, status: str | None, as_json: bool) -> None:
 
     with session_scope(get_engine()) as session:
         rows = repo.list_scans(session, status=status, limit=limit)
-    items: list[dict[str, Any]] = [{"scan_id": r.id, "status": r.status,
-              "created_at": r.created_at.isoformat(),
-              "targets": (r.request or {}).get("targets"), "ports": (r.request or {}).get("ports"),
-              "chunks": f"{r.chunks_done}/{r.chunks_total}", "open": r.open_count,
-              "worst": (r.summary or {}).get("worst")} for r in rows]
+    items: list[dict[str, Any]] = [
+        {
+            "scan_id": r.id,
+            "status": r.status,
+            "created_at": r.created_at.isoformat(),
+            "targets": (r.request or {}).get("targets"),
+            "ports": (r.request or {}).get("ports"),
+            "chunks": f"{r.chunks_done}/{r.chunks_total}",
+            "open": r.open_count,
+            "worst": (r.summary or {}).get("worst"),
+        }
+        for r in rows
+    ]
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
     if not items:
         click.echo("no scans yet")
         return
-    click.echo(f"{'SCAN ID':<32}  {'STATUS':<8}  {'CREATED (UTC)':<19}  {'CHUNKS':<9}  "
-               f"{'OPEN':>5}  {'WORST':<8}  TARGETS")
+    click.echo(
+        f"{'SCAN ID':<32}  {'STATUS':<8}  {'CREATED (UTC)':<19}  {'CHUNKS':<9}  "
+        f"{'OPEN':>5}  {'WORST':<8}  TARGETS"
+    )
     for i in items:
         targets = " ".join(i["targets"] or [])
-        click.echo(f"{i['scan_id']:<32}  {i['status']:<8}  {i['created_at'][:19]:<19}  "
-                   f"{i['chunks']:<9}  {i['open']:>5}  {i['worst'] or '-':<8}  "
-                   f"{targets} -p {i['ports']}")
+        click.echo(
+            f"{i['scan_id']:<32}  {i['status']:<8}  {i['created_at'][:19]:<19}  "
+            f"{i['chunks']:<9}  {i['open']:>5}  {i['worst'] or '-':<8}  "
+            f"{targets} -p {i['ports']}"
+        )
 
 
 @scans.command("show")
@@ -322,7 +427,9 @@ def import_feeds(files: tuple[Path, ...], sample: bool) -> None:
         with session_scope(get_engine()) as session:
             done = repo.import_vulnerabilities(session, records)
         changed = changed or bool(done.cves_written or done.ranges_added or done.ranges_removed)
-        click.echo(f"{name}: {done.cves_seen} CVEs, {done.cves_written} written, "
-                   f"{done.ranges_added} ranges added, {done.ranges_removed} removed")
+        click.echo(
+            f"{name}: {done.cves_seen} CVEs, {done.cves_written} written, "
+            f"{done.ranges_added} ranges added, {done.ranges_removed} removed"
+        )
     if changed:
         get_cache().invalidate(VULN_KEYS)  # the CVE lookups the scan tasks cached

@@ -17,8 +17,13 @@ from . import SECONDS, Exit, cli
 
 @cli.command()
 @click.option("--detach", "-d", is_flag=True, help="Run in the background; `lewis down` stops it.")
-@click.option("--timeout", type=SECONDS, default=90.0, show_default=True,
-              help="Seconds to wait for readiness.")
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    default=90.0,
+    show_default=True,
+    help="Seconds to wait for readiness.",
+)
 def up(detach: bool, timeout: float) -> None:
     """Run the whole stack here: Redis (unless LEWIS_BROKER_URL is set), io, cpu and control
     workers, beat and Flower, SQLite under the stack home. Ctrl-C stops everything."""
@@ -35,9 +40,12 @@ def up(detach: bool, timeout: float) -> None:
     began = time.monotonic()
     try:
         stack.start(ready_timeout=timeout, on_step=click.echo)
-        stack.supervise(on_ready=lambda: click.echo(
-            f"ready in {time.monotonic() - began:.1f}s — `lewis status` in another terminal; "
-            "Ctrl-C stops the stack"))
+        stack.supervise(
+            on_ready=lambda: click.echo(
+                f"ready in {time.monotonic() - began:.1f}s — `lewis status` in another terminal; "
+                "Ctrl-C stops the stack"
+            )
+        )
     finally:
         click.echo("stopping the stack…")
         stack.stop(on_step=click.echo)
@@ -49,10 +57,14 @@ def _up_detached(home: Any, timeout: float) -> None:
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "stack.log"
     with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", "up",
-                                 "--timeout", str(timeout)],
-                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lewis_tasks.cli", "up", "--timeout", str(timeout)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     deadline = time.monotonic() + timeout + 5
     while time.monotonic() < deadline:
         info = read_stack_file(home)
@@ -68,7 +80,9 @@ def _up_detached(home: Any, timeout: float) -> None:
         proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
-    raise LewisError(f"the stack was not ready within {timeout:.0f}s and was stopped; see {log_path}")
+    raise LewisError(
+        f"the stack was not ready within {timeout:.0f}s and was stopped; see {log_path}"
+    )
 
 
 @cli.command()
@@ -87,11 +101,17 @@ def down() -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--timeout", type=SECONDS, default=1.5, show_default=True,
-              help="Seconds to wait for the first ping reply (the rest then get a few of its "
-                   "round trips, at most 0.25 s; later ones are marked late).")
-@click.option("--watch", is_flag=True,
-              help="Refresh every monitoring.metrics_interval seconds until Ctrl-C.")
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    default=1.5,
+    show_default=True,
+    help="Seconds to wait for the first ping reply (the rest then get a few of its "
+    "round trips, at most 0.25 s; later ones are marked late).",
+)
+@click.option(
+    "--watch", is_flag=True, help="Refresh every monitoring.metrics_interval seconds until Ctrl-C."
+)
 def status(as_json: bool, timeout: float, watch: bool) -> None:
     """Broker, workers per queue, queue depth (ready + unacked), beat and the last heartbeat.
 
@@ -126,8 +146,10 @@ def collect_status(timeout: float) -> dict[str, Any]:
     settings = get_settings()
     url = settings.broker.url
     if not url:
-        raise BrokerUnavailable(f"no stack is running from {settings.home} and LEWIS_BROKER_URL "
-                                "is not set; `lewis up` starts one")
+        raise BrokerUnavailable(
+            f"no stack is running from {settings.home} and LEWIS_BROKER_URL "
+            "is not set; `lewis up` starts one"
+        )
     report: dict[str, Any] = {"broker": {"url": redact_url(url), "up": False}}
     client = get_redis(url, timeout=min(2.0, settings.broker.connect_timeout))
     started = time.perf_counter()
@@ -144,9 +166,14 @@ def collect_status(timeout: float) -> dict[str, Any]:
     pinged = ping_round(app, expected, timeout=timeout)
     by_queue = workers_by_queue(pinged.pings)
     depths = queue_depths(client)
-    report["queues"] = {q: {**d.to_dict(), "workers": by_queue.get(q, []),
-                            "late": [w for w in pinged.late if q in expected[w]]}
-                        for q, d in depths.items()}
+    report["queues"] = {
+        q: {
+            **d.to_dict(),
+            "workers": by_queue.get(q, []),
+            "late": [w for w in pinged.late if q in expected[w]],
+        }
+        for q, d in depths.items()
+    }
     report["workers"] = [p.to_dict() for p in pinged.pings]
     # a worker whose presence record is fresh but whose ping came after the stragglers' window
     report["late"] = [{"worker": w, "queues": list(expected[w])} for w in pinged.late]
@@ -159,8 +186,9 @@ def collect_status(timeout: float) -> dict[str, Any]:
 
     stack = read_stack_file(settings.home) or {}
     report["heartbeat"] = _last_heartbeat(client)
-    _date_heartbeat(report["heartbeat"], stack.get("started_at"),
-                    settings.monitoring.health_check_interval)
+    _date_heartbeat(
+        report["heartbeat"], stack.get("started_at"), settings.monitoring.health_check_interval
+    )
     report["monitor"] = stack.get("monitor_url")
     report["metrics"] = metrics_status(client)
     report["scaling"] = _scaling_status(client)
@@ -190,8 +218,9 @@ def _worker_records(client: Any) -> list[Any]:
         return []
 
 
-def _fleet_status(client: Any, holder: str | None, queues: dict[str, dict[str, Any]],
-                  records: list[Any]) -> dict[str, Any]:
+def _fleet_status(
+    client: Any, holder: str | None, queues: dict[str, dict[str, Any]], records: list[Any]
+) -> dict[str, Any]:
     """Standby beats, draining workers (presence records) and what makes status exit 1."""
     from ..domain.fleet import DRAINING, BeatView
     from ..infra.fleet import read_beat
@@ -202,12 +231,20 @@ def _fleet_status(client: Any, holder: str | None, queues: dict[str, dict[str, A
         view = BeatView(holder, ())
     draining = [w.name for w in records if w.state == DRAINING]
     # a late worker (fresh presence record, ping after the window) is marked, not missing
-    problems = [f"queue {q}: no worker" for q, row in queues.items()
-                if not row["workers"] and not row.get("late")]
+    problems = [
+        f"queue {q}: no worker"
+        for q, row in queues.items()
+        if not row["workers"] and not row.get("late")
+    ]
     if not view.leading:
         problems.append(f"beat: {view.describe}")
-    return {"standby_beats": list(view.standbys), "beat_state": view.describe,
-            "beat_leading": view.leading, "draining": draining, "problems": problems}
+    return {
+        "standby_beats": list(view.standbys),
+        "beat_state": view.describe,
+        "beat_leading": view.leading,
+        "draining": draining,
+        "problems": problems,
+    }
 
 
 def _last_heartbeat(client: Any) -> dict[str, Any] | None:
@@ -231,9 +268,12 @@ def _last_heartbeat(client: Any) -> dict[str, Any] | None:
             last_slot = max(r.slot for r in rows)
             current = [r for r in rows if r.slot == last_slot]
             rtts = [r.rtt_ms for r in current if r.rtt_ms is not None]
-            return {"slot": last_slot,
-                    "recorded_at": max(r.recorded_at for r in current).timestamp(),
-                    "workers": len(current), "rtt_ms_max": max(rtts) if rtts else None}
+            return {
+                "slot": last_slot,
+                "recorded_at": max(r.recorded_at for r in current).timestamp(),
+                "workers": len(current),
+                "rtt_ms_max": max(rtts) if rtts else None,
+            }
     except Exception as exc:  # status must print even if the database is unreachable
         return {"error": _short(exc)}
 
@@ -257,29 +297,39 @@ def format_status(report: dict[str, Any]) -> str:
     b = report["broker"]
     if not b["up"]:
         return f"broker   {b['url']}  DOWN ({b.get('error', 'no answer')})"
-    lines = [f"broker   {b['url']}  up ({b['ping_ms']} ms)", "",
-             f"{'queue':<9}{'ready':>7}{'unacked':>9}  workers"]
+    lines = [
+        f"broker   {b['url']}  up ({b['ping_ms']} ms)",
+        "",
+        f"{'queue':<9}{'ready':>7}{'unacked':>9}  workers",
+    ]
     for q, row in report["queues"].items():
-        late = [f"{w} (late: no ping within {report.get('ping_waited_ms', 0):.0f} ms)"
-                for w in row.get("late") or ()]
+        late = [
+            f"{w} (late: no ping within {report.get('ping_waited_ms', 0):.0f} ms)"
+            for w in row.get("late") or ()
+        ]
         names = ", ".join([*row["workers"], *late]) or "none online"
         lines.append(f"{q:<9}{row['ready']:>7}{row['unacked']:>9}  {len(row['workers'])}  {names}")
     if report.get("draining"):
-        lines.append(f"draining {', '.join(report['draining'])} (finishing their tasks, then "
-                     "exiting)")
+        lines.append(
+            f"draining {', '.join(report['draining'])} (finishing their tasks, then exiting)"
+        )
     beat = report["beat"]
     lines.append("")
     if beat["alive"] and report.get("beat_leading", True):
-        lines.append(f"beat     alive, leader {beat['leader']} (lease {beat['lease_left_s']}s left)")
+        lines.append(
+            f"beat     alive, leader {beat['leader']} (lease {beat['lease_left_s']}s left)"
+        )
     else:  # no lease: a standby takes it within one poll, or no beat runs at all
         lines.append(f"beat     {report.get('beat_state', 'NOT RUNNING')}")
     if beat["alive"] and report.get("beat_leading", True) and report.get("standby_beats"):
         lines.append(f"standby  {', '.join(report['standby_beats'])}")
     for q, pool in (report.get("scaling") or {}).items():
         wanted = "" if pool.get("desired") is None else f", wanted {pool['desired']}"
-        lines.append(f"scaling  {q}: {', '.join(pool['running']) or 'none'}{wanted}"
-                     + (f"; draining {', '.join(pool['draining'])}" if pool["draining"] else "")
-                     + (f"; FAILED: {pool['error']}" if pool.get("error") else ""))
+        lines.append(
+            f"scaling  {q}: {', '.join(pool['running']) or 'none'}{wanted}"
+            + (f"; draining {', '.join(pool['draining'])}" if pool["draining"] else "")
+            + (f"; FAILED: {pool['error']}" if pool.get("error") else "")
+        )
     hb = report.get("heartbeat")
     if not hb:
         lines.append("heartbeat none recorded yet")
@@ -287,13 +337,17 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"heartbeat unavailable ({hb['error']})")
     elif hb.get("previous_stack"):
         ago = time.time() - hb["recorded_at"]
-        lines.append(f"heartbeat none since this stack started (the last, {ago:.0f}s ago, was "
-                     "a previous stack's)")
+        lines.append(
+            f"heartbeat none since this stack started (the last, {ago:.0f}s ago, was "
+            "a previous stack's)"
+        )
     else:
         ago = time.time() - hb["recorded_at"]
-        lines.append(f"heartbeat {'STALE: last ' if hb.get('stale') else ''}{ago:.0f}s ago: "
-                     f"{hb['workers']} workers answered"
-                     + (f", rtt max {hb['rtt_ms_max']:.1f} ms" if hb.get("rtt_ms_max") else ""))
+        lines.append(
+            f"heartbeat {'STALE: last ' if hb.get('stale') else ''}{ago:.0f}s ago: "
+            f"{hb['workers']} workers answered"
+            + (f", rtt max {hb['rtt_ms_max']:.1f} ms" if hb.get("rtt_ms_max") else "")
+        )
     from .alerts import format_alerts_status
     from .monitor import format_metrics_status
 

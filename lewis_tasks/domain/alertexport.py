@@ -41,11 +41,15 @@ def _series(kind: str, metric: str, c: Condition, by: tuple[str, ...]) -> str:
     if kind == "histogram":
         if a in ("p95", "max", "min", "last"):
             q = {"p95": "0.95", "last": "0.95", "max": "1", "min": "0"}[a]
-            return (f"histogram_quantile({q}, sum{_by(by, 'le')} "
-                    f"(rate({_selector(metric + '_bucket', c)}[{w}])))")
+            return (
+                f"histogram_quantile({q}, sum{_by(by, 'le')} "
+                f"(rate({_selector(metric + '_bucket', c)}[{w}])))"
+            )
         if a == "avg":
-            return (f"sum{grp} (rate({_selector(metric + '_sum', c)}[{w}])) / "
-                    f"sum{grp} (rate({_selector(metric + '_count', c)}[{w}]))")
+            return (
+                f"sum{grp} (rate({_selector(metric + '_sum', c)}[{w}])) / "
+                f"sum{grp} (rate({_selector(metric + '_count', c)}[{w}]))"
+            )
         fn = "increase" if a == "count" else "rate"
         return f"sum{grp} ({fn}({_selector(metric + '_count', c)}[{w}]))"
     if kind == "counter":
@@ -69,12 +73,12 @@ def _series(kind: str, metric: str, c: Condition, by: tuple[str, ...]) -> str:
     return f"max{grp} ({a}_over_time({sel}[{w}]))"
 
 
-def condition_expr(c: Condition, by: tuple[str, ...], kinds: dict[str, str],
-                   compare: bool = True) -> str:
+def condition_expr(
+    c: Condition, by: tuple[str, ...], kinds: dict[str, str], compare: bool = True
+) -> str:
     top = _series(kinds.get(c.metric) or guess_kind(c.metric), c.metric, c, by)
     if c.denominator:
-        below = " + ".join(_series(kinds.get(m) or guess_kind(m), m, c, by)
-                           for m in c.denominator)
+        below = " + ".join(_series(kinds.get(m) or guess_kind(m), m, c, by) for m in c.denominator)
         top = f"({top}) / ({below})"
     return f"({top}) {c.comparison} {c.threshold!r}" if compare else top
 
@@ -114,6 +118,7 @@ def _template(text: str, rule: Rule) -> str:
         if key == "name":
             return rule.name
         return f"{{{{ $labels.{key} }}}}"
+
     return _FIELD.sub(sub, text)
 
 
@@ -139,8 +144,12 @@ def guess_kind(metric: str) -> str:
     return "histogram" if metric in HISTOGRAMS else "gauge"
 
 
-def prometheus_rules(rules: list[Rule] | tuple[Rule, ...], kinds: dict[str, str],
-                     interval: float, group: str = "lewis") -> dict[str, Any]:
+def prometheus_rules(
+    rules: list[Rule] | tuple[Rule, ...],
+    kinds: dict[str, str],
+    interval: float,
+    group: str = "lewis",
+) -> dict[str, Any]:
     """The ``groups:`` document ``promtool check rules`` reads; a rule that reads missing data
     as "nodata" also gets ``<name>NoData`` on ``absent()`` of its metric."""
     out = []
@@ -154,10 +163,14 @@ def prometheus_rules(rules: list[Rule] | tuple[Rule, ...], kinds: dict[str, str]
 def _absent_rule(rule: Rule, kinds: dict[str, str]) -> dict[str, Any]:
     metric = rule.condition.metric
     kind = kinds.get(metric) or guess_kind(metric)
-    name = {"counter": metric if metric.endswith("_total") else metric + "_total",
-            "histogram": metric + "_count"}.get(kind, metric)
-    out: dict[str, Any] = {"alert": f"{rule.name}NoData",
-                           "expr": f"absent({_selector(name, rule.condition)})"}
+    name = {
+        "counter": metric if metric.endswith("_total") else metric + "_total",
+        "histogram": metric + "_count",
+    }.get(kind, metric)
+    out: dict[str, Any] = {
+        "alert": f"{rule.name}NoData",
+        "expr": f"absent({_selector(name, rule.condition)})",
+    }
     if rule.for_:
         out["for"] = _dur(rule.for_)
     out["labels"] = {**dict(rule.labels), "severity": "low"}

@@ -29,14 +29,21 @@ ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end" in the webhook pay
 
 
 def rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return (
+        dt.datetime.fromtimestamp(ts, dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def alert_labels(alert: Alert, rule: Rule | None) -> dict[str, str]:
     """The labels a receiver sees: the rule's, the label set's, alertname and severity."""
-    return {**(dict(rule.labels) if rule else {}), **alert.labels, "alertname": alert.rule,
-            "severity": alert.severity}
+    return {
+        **(dict(rule.labels) if rule else {}),
+        **alert.labels,
+        "alertname": alert.rule,
+        "severity": alert.severity,
+    }
 
 
 def label_fingerprint(labels: Mapping[str, str]) -> str:
@@ -79,8 +86,9 @@ class GroupNotice:
         return tuple(sorted(f"{a.fingerprint}@{a.fired_at}" for a in self.firing))
 
 
-def group_alerts(alerts: Iterable[Alert], rules: Mapping[str, Rule],
-                 group_by: Sequence[str]) -> dict[str, tuple[dict[str, str], list[Alert]]]:
+def group_alerts(
+    alerts: Iterable[Alert], rules: Mapping[str, Rule], group_by: Sequence[str]
+) -> dict[str, tuple[dict[str, str], list[Alert]]]:
     """Firing and resolved alerts by group key (the ``group_by`` label values)."""
     out: dict[str, tuple[dict[str, str], list[Alert]]] = {}
     for a in alerts:
@@ -93,8 +101,14 @@ def group_alerts(alerts: Iterable[Alert], rules: Mapping[str, Rule],
     return out
 
 
-def due_groups(alerts: Iterable[Alert], rules: Mapping[str, Rule], group_by: Sequence[str],
-               sent: Mapping[str, Sent], now: float, repeat_interval: float) -> list[GroupNotice]:
+def due_groups(
+    alerts: Iterable[Alert],
+    rules: Mapping[str, Rule],
+    group_by: Sequence[str],
+    sent: Mapping[str, Sent],
+    now: float,
+    repeat_interval: float,
+) -> list[GroupNotice]:
     """The groups a grouped receiver must be sent now, given its last sends."""
     due = []
     for key, (group, members) in sorted(group_alerts(alerts, rules, group_by).items()):
@@ -113,12 +127,15 @@ def due_groups(alerts: Iterable[Alert], rules: Mapping[str, Rule], group_by: Seq
 
 def _webhook_alert(a: Alert, rule: Rule | None, base: str) -> dict[str, Any]:
     labels = alert_labels(a, rule)
-    return {"status": "resolved" if a.state == RESOLVED else "firing", "labels": labels,
-            "annotations": dict(a.annotations),
-            "startsAt": rfc3339(a.fired_at or a.active_at),
-            "endsAt": rfc3339(a.resolved_at) if a.resolved_at and a.state == RESOLVED
-            else ZERO_TIME,
-            "generatorURL": generator_url(base, a.rule), "fingerprint": label_fingerprint(labels)}
+    return {
+        "status": "resolved" if a.state == RESOLVED else "firing",
+        "labels": labels,
+        "annotations": dict(a.annotations),
+        "startsAt": rfc3339(a.fired_at or a.active_at),
+        "endsAt": rfc3339(a.resolved_at) if a.resolved_at and a.state == RESOLVED else ZERO_TIME,
+        "generatorURL": generator_url(base, a.rule),
+        "fingerprint": label_fingerprint(labels),
+    }
 
 
 def _common(maps: list[dict[str, str]]) -> dict[str, str]:
@@ -128,18 +145,26 @@ def _common(maps: list[dict[str, str]]) -> dict[str, str]:
     return {k: v for k, v in first.items() if all(m.get(k) == v for m in maps[1:])}
 
 
-def webhook_payload(notice: GroupNotice, rules: Mapping[str, Rule], receiver: str,
-                    base: str) -> dict[str, Any]:
+def webhook_payload(
+    notice: GroupNotice, rules: Mapping[str, Rule], receiver: str, base: str
+) -> dict[str, Any]:
     """Alertmanager's webhook body (version 4) for one group."""
-    alerts = [_webhook_alert(a, rules.get(a.rule), base) for a in (*notice.firing,
-                                                                   *notice.resolved)]
+    alerts = [
+        _webhook_alert(a, rules.get(a.rule), base) for a in (*notice.firing, *notice.resolved)
+    ]
     group_text = ",".join(f'{k}="{v}"' for k, v in sorted(notice.group_labels.items()))
-    return {"version": "4", "groupKey": f"{{}}:{{{group_text}}}", "truncatedAlerts": 0,
-            "status": "firing" if notice.firing else "resolved", "receiver": receiver,
-            "groupLabels": notice.group_labels,
-            "commonLabels": _common([x["labels"] for x in alerts]),
-            "commonAnnotations": _common([x["annotations"] for x in alerts]),
-            "externalURL": base, "alerts": alerts}
+    return {
+        "version": "4",
+        "groupKey": f"{{}}:{{{group_text}}}",
+        "truncatedAlerts": 0,
+        "status": "firing" if notice.firing else "resolved",
+        "receiver": receiver,
+        "groupLabels": notice.group_labels,
+        "commonLabels": _common([x["labels"] for x in alerts]),
+        "commonAnnotations": _common([x["annotations"] for x in alerts]),
+        "externalURL": base,
+        "alerts": alerts,
+    }
 
 
 def log_line(notice: GroupNotice) -> str:
@@ -148,37 +173,64 @@ def log_line(notice: GroupNotice) -> str:
     parts += [f"resolved: {a.annotations.get('summary', a.rule)}" for a in notice.resolved]
     group = ",".join(f"{k}={v}" for k, v in sorted(notice.group_labels.items()))
     return f"alerts {group}: {len(notice.firing)} firing, {len(notice.resolved)} resolved — " + (
-        "; ".join(parts))
+        "; ".join(parts)
+    )
 
 
-def alertmanager_due(alerts: Iterable[Alert], pushed: Mapping[str, float], now: float,
-                     resend_delay: float) -> list[Alert]:
+def alertmanager_due(
+    alerts: Iterable[Alert], pushed: Mapping[str, float], now: float, resend_delay: float
+) -> list[Alert]:
     """Alerts to push to Alertmanager now: firing ones not pushed within ``resend_delay`` (or
     fired since), resolved ones not pushed since they resolved."""
     out = []
     for a in alerts:
         last = pushed.get(a.fingerprint)
-        if a.state == FIRING and (last is None or now - last >= resend_delay
-                                  or (a.fired_at or 0) > last) or a.state == RESOLVED and (last is None or (a.resolved_at or 0) > last):
+        if (
+            a.state == FIRING
+            and (last is None or now - last >= resend_delay or (a.fired_at or 0) > last)
+            or a.state == RESOLVED
+            and (last is None or (a.resolved_at or 0) > last)
+        ):
             out.append(a)
     return out
 
 
-def alertmanager_alerts(alerts: Iterable[Alert], rules: Mapping[str, Rule], now: float,
-                        resend_delay: float, evaluation_interval: float,
-                        base: str) -> list[dict[str, Any]]:
+def alertmanager_alerts(
+    alerts: Iterable[Alert],
+    rules: Mapping[str, Rule],
+    now: float,
+    resend_delay: float,
+    evaluation_interval: float,
+    base: str,
+) -> list[dict[str, Any]]:
     """``POST /api/v2/alerts`` body: postable alerts with startsAt/endsAt/generatorURL."""
     valid_for = 4 * max(resend_delay, evaluation_interval)
     out = []
     for a in alerts:
         ends = a.resolved_at if a.state == RESOLVED and a.resolved_at else now + valid_for
-        out.append({"labels": alert_labels(a, rules.get(a.rule)),
-                    "annotations": dict(a.annotations),
-                    "startsAt": rfc3339(a.fired_at or a.active_at), "endsAt": rfc3339(ends),
-                    "generatorURL": generator_url(base, a.rule)})
+        out.append(
+            {
+                "labels": alert_labels(a, rules.get(a.rule)),
+                "annotations": dict(a.annotations),
+                "startsAt": rfc3339(a.fired_at or a.active_at),
+                "endsAt": rfc3339(ends),
+                "generatorURL": generator_url(base, a.rule),
+            }
+        )
     return out
 
 
-__all__ = ["Sent", "GroupNotice", "due_groups", "group_alerts", "webhook_payload", "log_line",
-           "alertmanager_due", "alertmanager_alerts", "alert_labels", "label_fingerprint",
-           "rfc3339", "generator_url"]
+__all__ = [
+    "Sent",
+    "GroupNotice",
+    "due_groups",
+    "group_alerts",
+    "webhook_payload",
+    "log_line",
+    "alertmanager_due",
+    "alertmanager_alerts",
+    "alert_labels",
+    "label_fingerprint",
+    "rfc3339",
+    "generator_url",
+]

@@ -23,16 +23,43 @@ from .metrics import parse_window, series_key
 
 AGGREGATIONS = ("avg", "max", "min", "p95", "rate", "count", "last")
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
-    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
-    "==": operator.eq, "!=": operator.ne}
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 SEVERITIES = ("critical", "high", "medium", "low")
 AUTO = "auto"
 NO_DATA_MODES = ("nodata", "ok")  # "ok": no data means nothing is wrong (an idle histogram)
-_RULE_KEYS = {"name", "metric", "aggregation", "window", "comparison", "threshold", "for",
-              "keep_firing_for", "labels", "annotations", "severity", "by", "match",
-              "denominator", "and", "no_data"}
-_CONDITION_KEYS = {"metric", "aggregation", "window", "comparison", "threshold", "match",
-                   "denominator"}
+_RULE_KEYS = {
+    "name",
+    "metric",
+    "aggregation",
+    "window",
+    "comparison",
+    "threshold",
+    "for",
+    "keep_firing_for",
+    "labels",
+    "annotations",
+    "severity",
+    "by",
+    "match",
+    "denominator",
+    "and",
+    "no_data",
+}
+_CONDITION_KEYS = {
+    "metric",
+    "aggregation",
+    "window",
+    "comparison",
+    "threshold",
+    "match",
+    "denominator",
+}
 
 
 @dataclass(frozen=True)
@@ -85,14 +112,23 @@ class Rule:
         return max(c.window for c in (self.condition, *self.also))
 
     def severity_of(self, value: float) -> str:
-        return self.severity if self.severity != AUTO else severity_band(
-            value, self.condition.threshold, self.condition.comparison)
+        return (
+            self.severity
+            if self.severity != AUTO
+            else severity_band(value, self.condition.threshold, self.condition.comparison)
+        )
 
     def annotate(self, group: Mapping[str, str], value: float | None) -> dict[str, str]:
         """Annotations with ``{value}``, ``{threshold}``, ``{name}`` and label names filled in."""
-        values = _Blank({**dict(self.labels), **group, "name": self.name,
-                         "threshold": f"{self.condition.threshold:g}",
-                         "value": "no data" if value is None else f"{value:.4g}"})
+        values = _Blank(
+            {
+                **dict(self.labels),
+                **group,
+                "name": self.name,
+                "threshold": f"{self.condition.threshold:g}",
+                "value": "no data" if value is None else f"{value:.4g}",
+            }
+        )
         out = {}
         for key, text in self.annotations:
             try:
@@ -103,11 +139,18 @@ class Rule:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **_condition_dict(self.condition), "for": self.for_,
-                "keep_firing_for": self.keep_firing_for, "by": list(self.by),
-                "severity": self.severity, "labels": dict(self.labels),
-                "annotations": dict(self.annotations),
-                "and": [_condition_dict(c) for c in self.also], "no_data": self.no_data}
+        return {
+            "name": self.name,
+            **_condition_dict(self.condition),
+            "for": self.for_,
+            "keep_firing_for": self.keep_firing_for,
+            "by": list(self.by),
+            "severity": self.severity,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "and": [_condition_dict(c) for c in self.also],
+            "no_data": self.no_data,
+        }
 
 
 class _Blank(dict[str, str]):
@@ -116,9 +159,15 @@ class _Blank(dict[str, str]):
 
 
 def _condition_dict(c: Condition) -> dict[str, Any]:
-    return {"metric": c.metric, "aggregation": c.aggregation, "window": c.window,
-            "comparison": c.comparison, "threshold": c.threshold, "match": dict(c.match),
-            "denominator": list(c.denominator)}
+    return {
+        "metric": c.metric,
+        "aggregation": c.aggregation,
+        "window": c.window,
+        "comparison": c.comparison,
+        "threshold": c.threshold,
+        "match": dict(c.match),
+        "denominator": list(c.denominator),
+    }
 
 
 def _dur(seconds: float) -> str:
@@ -143,6 +192,7 @@ def severity_band(value: float, threshold: float, comparison: str = ">") -> str:
 
 
 # --- parsing ------------------------------------------------------------------------------
+
 
 def _err(name: str, message: str) -> InvalidInput:
     return InvalidInput(f"alert rule {name!r}: {message}")
@@ -207,11 +257,15 @@ def _condition(name: str, raw: Mapping[str, Any], defaults: Condition | None = N
     if "threshold" not in raw:
         raise _err(name, "threshold is required")
     window = raw.get("window", defaults.window if defaults else "5m")
-    return Condition(metric=metric, aggregation=agg,
-                     window=_duration(name, "window", window, zero_ok=False),
-                     comparison=cmp_, threshold=_number(name, "threshold", raw["threshold"]),
-                     match=_pairs(name, "match", raw.get("match")),
-                     denominator=_names(name, "denominator", raw.get("denominator")))
+    return Condition(
+        metric=metric,
+        aggregation=agg,
+        window=_duration(name, "window", window, zero_ok=False),
+        comparison=cmp_,
+        threshold=_number(name, "threshold", raw["threshold"]),
+        match=_pairs(name, "match", raw.get("match")),
+        denominator=_names(name, "denominator", raw.get("denominator")),
+    )
 
 
 def parse_rule(raw: Any) -> Rule:
@@ -223,7 +277,9 @@ def parse_rule(raw: Any) -> Rule:
         raise InvalidInput(f"alert rule {name!r}: name must be letters, digits, _ or -")
     unknown = set(raw) - _RULE_KEYS
     if unknown:
-        raise _err(name, f"unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_RULE_KEYS))})")
+        raise _err(
+            name, f"unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_RULE_KEYS))})"
+        )
     condition = _condition(name, raw)
     also_raw = raw.get("and") or []
     if isinstance(also_raw, Mapping):
@@ -237,8 +293,9 @@ def parse_rule(raw: Any) -> Rule:
         also.append(_condition(name, extra, defaults=condition))
     severity = raw.get("severity", AUTO)
     if severity not in (*SEVERITIES, AUTO):
-        raise _err(name, f"severity must be auto or one of {', '.join(SEVERITIES)}, "
-                         f"got {severity!r}")
+        raise _err(
+            name, f"severity must be auto or one of {', '.join(SEVERITIES)}, got {severity!r}"
+        )
     no_data = raw.get("no_data", "nodata")
     if no_data not in NO_DATA_MODES:
         raise _err(name, f"no_data must be one of {', '.join(NO_DATA_MODES)}, got {no_data!r}")
@@ -246,13 +303,20 @@ def parse_rule(raw: Any) -> Rule:
     reserved = {"alertname", "severity", "alertstate"} & {k for k, _ in labels}
     if reserved:
         raise _err(name, f"labels may not set {sorted(reserved)[0]!r} (LEWIS sets it)")
-    return Rule(name=name, condition=condition,
-                for_=_duration(name, "for", raw.get("for", 0), zero_ok=True),
-                keep_firing_for=_duration(name, "keep_firing_for", raw.get("keep_firing_for", 0),
-                                          zero_ok=True),
-                by=_names(name, "by", raw.get("by")), severity=severity, labels=labels,
-                annotations=_pairs(name, "annotations", raw.get("annotations")),
-                also=tuple(also), no_data=no_data)
+    return Rule(
+        name=name,
+        condition=condition,
+        for_=_duration(name, "for", raw.get("for", 0), zero_ok=True),
+        keep_firing_for=_duration(
+            name, "keep_firing_for", raw.get("keep_firing_for", 0), zero_ok=True
+        ),
+        by=_names(name, "by", raw.get("by")),
+        severity=severity,
+        labels=labels,
+        annotations=_pairs(name, "annotations", raw.get("annotations")),
+        also=tuple(also),
+        no_data=no_data,
+    )
 
 
 def parse_rules(raws: Iterable[Any]) -> tuple[Rule, ...]:
@@ -271,46 +335,115 @@ def parse_rules(raws: Iterable[Any]) -> tuple[Rule, ...]:
 # --- the default rules --------------------------------------------------------------------
 
 # The guide's PerformanceAlerting thresholds, by the guide's names (alerting.thresholds)
-GUIDE_THRESHOLDS = {"cpu_usage": "HostCpuHigh", "memory_usage": "HostMemoryHigh",
-                    "disk_usage": "HostDiskFull", "response_time": "TaskRuntimeP95High",
-                    "error_rate": "TaskErrorRateHigh"}
+GUIDE_THRESHOLDS = {
+    "cpu_usage": "HostCpuHigh",
+    "memory_usage": "HostMemoryHigh",
+    "disk_usage": "HostDiskFull",
+    "response_time": "TaskRuntimeP95High",
+    "error_rate": "TaskErrorRateHigh",
+}
 
 DEFAULT_RULES: tuple[dict[str, Any], ...] = (
     # the guide's five, with its ratio bands
-    {"name": "HostCpuHigh", "metric": "lewis_host_cpu_percent", "aggregation": "avg",
-     "window": "5m", "threshold": 85, "for": "5m", "by": ["hostname"],
-     "annotations": {"summary": "CPU on {hostname} at {value} % (threshold {threshold} %)"}},
-    {"name": "HostMemoryHigh", "metric": "lewis_host_memory_percent", "aggregation": "avg",
-     "window": "5m", "threshold": 90, "for": "5m", "by": ["hostname"],
-     "annotations": {"summary": "memory on {hostname} at {value} % (threshold {threshold} %)"}},
-    {"name": "HostDiskFull", "metric": "lewis_host_disk_used_percent", "aggregation": "last",
-     "window": "5m", "threshold": 95, "for": "5m", "by": ["hostname"],
-     "annotations": {"summary": "disk on {hostname} {value} % full (threshold {threshold} %)"}},
-    {"name": "TaskRuntimeP95High", "metric": "celery_task_runtime", "aggregation": "p95",
-     "window": "5m", "threshold": 5, "for": "5m", "no_data": "ok",  # idle: no runtimes
-     "annotations": {"summary": "task runtime p95 {value} s (threshold {threshold} s)"}},
-    {"name": "TaskErrorRateHigh", "metric": "celery_task_failed_total", "aggregation": "count",
-     "denominator": ["celery_task_succeeded_total", "celery_task_failed_total"],
-     "window": "5m", "threshold": 0.05, "for": "5m",
-     "annotations": {"summary": "{value} of tasks failed over 5m (threshold {threshold})"}},
+    {
+        "name": "HostCpuHigh",
+        "metric": "lewis_host_cpu_percent",
+        "aggregation": "avg",
+        "window": "5m",
+        "threshold": 85,
+        "for": "5m",
+        "by": ["hostname"],
+        "annotations": {"summary": "CPU on {hostname} at {value} % (threshold {threshold} %)"},
+    },
+    {
+        "name": "HostMemoryHigh",
+        "metric": "lewis_host_memory_percent",
+        "aggregation": "avg",
+        "window": "5m",
+        "threshold": 90,
+        "for": "5m",
+        "by": ["hostname"],
+        "annotations": {"summary": "memory on {hostname} at {value} % (threshold {threshold} %)"},
+    },
+    {
+        "name": "HostDiskFull",
+        "metric": "lewis_host_disk_used_percent",
+        "aggregation": "last",
+        "window": "5m",
+        "threshold": 95,
+        "for": "5m",
+        "by": ["hostname"],
+        "annotations": {"summary": "disk on {hostname} {value} % full (threshold {threshold} %)"},
+    },
+    {
+        "name": "TaskRuntimeP95High",
+        "metric": "celery_task_runtime",
+        "aggregation": "p95",
+        "window": "5m",
+        "threshold": 5,
+        "for": "5m",
+        "no_data": "ok",  # idle: no runtimes
+        "annotations": {"summary": "task runtime p95 {value} s (threshold {threshold} s)"},
+    },
+    {
+        "name": "TaskErrorRateHigh",
+        "metric": "celery_task_failed_total",
+        "aggregation": "count",
+        "denominator": ["celery_task_succeeded_total", "celery_task_failed_total"],
+        "window": "5m",
+        "threshold": 0.05,
+        "for": "5m",
+        "annotations": {"summary": "{value} of tasks failed over 5m (threshold {threshold})"},
+    },
     # celery-exporter's mixin
-    {"name": "CeleryTaskHighFailRate", "metric": "celery_task_failed_total",
-     "aggregation": "count", "denominator": ["celery_task_succeeded_total",
-                                             "celery_task_failed_total"],
-     "window": "10m", "threshold": 0.05, "for": "1m", "by": ["name", "queue"],
-     "severity": "high",
-     "annotations": {"summary": "task {name} failing: {value} of runs over 10m"}},
-    {"name": "CeleryHighQueueLength", "metric": "celery_queue_length", "aggregation": "last",
-     "window": "1m", "threshold": 100, "for": "20m", "by": ["queue_name"], "severity": "high",
-     "annotations": {"summary": "queue {queue_name} holds {value} messages (over {threshold})"}},
-    {"name": "CeleryWorkerDown", "metric": "celery_worker_up", "aggregation": "last",
-     "window": "1m", "comparison": "<", "threshold": 1, "for": "15m", "by": ["hostname"],
-     "severity": "critical", "annotations": {"summary": "worker {hostname} is down"}},
+    {
+        "name": "CeleryTaskHighFailRate",
+        "metric": "celery_task_failed_total",
+        "aggregation": "count",
+        "denominator": ["celery_task_succeeded_total", "celery_task_failed_total"],
+        "window": "10m",
+        "threshold": 0.05,
+        "for": "1m",
+        "by": ["name", "queue"],
+        "severity": "high",
+        "annotations": {"summary": "task {name} failing: {value} of runs over 10m"},
+    },
+    {
+        "name": "CeleryHighQueueLength",
+        "metric": "celery_queue_length",
+        "aggregation": "last",
+        "window": "1m",
+        "threshold": 100,
+        "for": "20m",
+        "by": ["queue_name"],
+        "severity": "high",
+        "annotations": {"summary": "queue {queue_name} holds {value} messages (over {threshold})"},
+    },
+    {
+        "name": "CeleryWorkerDown",
+        "metric": "celery_worker_up",
+        "aggregation": "last",
+        "window": "1m",
+        "comparison": "<",
+        "threshold": 1,
+        "for": "15m",
+        "by": ["hostname"],
+        "severity": "critical",
+        "annotations": {"summary": "worker {hostname} is down"},
+    },
     # ours: messages wait and nobody takes them
-    {"name": "QueueWithoutConsumer", "metric": "celery_queue_length", "aggregation": "last",
-     "window": "1m", "threshold": 0, "for": "2m", "by": ["queue_name"], "severity": "critical",
-     "and": {"metric": "celery_active_worker_count", "comparison": "==", "threshold": 0},
-     "annotations": {"summary": "queue {queue_name} has {value} messages and no worker"}},
+    {
+        "name": "QueueWithoutConsumer",
+        "metric": "celery_queue_length",
+        "aggregation": "last",
+        "window": "1m",
+        "threshold": 0,
+        "for": "2m",
+        "by": ["queue_name"],
+        "severity": "critical",
+        "and": {"metric": "celery_active_worker_count", "comparison": "==", "threshold": 0},
+        "annotations": {"summary": "queue {queue_name} has {value} messages and no worker"},
+    },
 )
 
 
@@ -319,14 +452,17 @@ def default_rules(thresholds: Mapping[str, float] | None = None) -> tuple[Rule, 
     rules = list(parse_rules(DEFAULT_RULES))
     for guide_name, value in (thresholds or {}).items():
         if guide_name not in GUIDE_THRESHOLDS:
-            raise InvalidInput(f"alerts.thresholds: unknown {guide_name!r} "
-                               f"(known: {', '.join(GUIDE_THRESHOLDS)})")
+            raise InvalidInput(
+                f"alerts.thresholds: unknown {guide_name!r} (known: {', '.join(GUIDE_THRESHOLDS)})"
+            )
         target = GUIDE_THRESHOLDS[guide_name]
         number = _number(target, f"threshold ({guide_name})", value)
         if guide_name == "error_rate" and number > 1:
             number /= 100  # the guide writes 5.0 meaning 5 %
-        rules = [replace(r, condition=replace(r.condition, threshold=number))
-                 if r.name == target else r for r in rules]
+        rules = [
+            replace(r, condition=replace(r.condition, threshold=number)) if r.name == target else r
+            for r in rules
+        ]
     return tuple(rules)
 
 
@@ -347,10 +483,25 @@ class RuleSet:
         for rule in self.rules:
             if rule.name == name:
                 return rule
-        raise InvalidInput(f"no alert rule named {name!r} "
-                           f"(rules: {', '.join(r.name for r in self.rules) or 'none'})")
+        raise InvalidInput(
+            f"no alert rule named {name!r} "
+            f"(rules: {', '.join(r.name for r in self.rules) or 'none'})"
+        )
 
 
-__all__ = ["AGGREGATIONS", "COMPARISONS", "SEVERITIES", "AUTO", "Condition", "Rule", "RuleSet",
-           "severity_band", "parse_rule", "parse_rules", "default_rules", "merge_rules",
-           "DEFAULT_RULES", "GUIDE_THRESHOLDS"]
+__all__ = [
+    "AGGREGATIONS",
+    "COMPARISONS",
+    "SEVERITIES",
+    "AUTO",
+    "Condition",
+    "Rule",
+    "RuleSet",
+    "severity_band",
+    "parse_rule",
+    "parse_rules",
+    "default_rules",
+    "merge_rules",
+    "DEFAULT_RULES",
+    "GUIDE_THRESHOLDS",
+]

@@ -100,16 +100,28 @@ def fingerprint(rule: str, labels: Mapping[str, str], nodata: bool = False) -> s
     return rule + json.dumps(sorted(labels.items()), separators=(",", ":"))
 
 
-def advance(rule: Rule, alerts: Mapping[str, Alert], result: Evaluation,
-            ts: float) -> tuple[dict[str, Alert], list[Transition]]:
+def advance(
+    rule: Rule, alerts: Mapping[str, Alert], result: Evaluation, ts: float
+) -> tuple[dict[str, Alert], list[Transition]]:
     """The rule's alerts after the evaluation at ``ts``, and the transitions it made."""
     out: dict[str, Alert] = {}
     moves: list[Transition] = []
 
     def move(a: Alert, old: str) -> None:
         if old != a.state:
-            moves.append(Transition(a.rule, a.fingerprint, dict(a.labels), old, a.state, ts,
-                                    a.value, a.severity, a.annotations.get("summary", "")))
+            moves.append(
+                Transition(
+                    a.rule,
+                    a.fingerprint,
+                    dict(a.labels),
+                    old,
+                    a.state,
+                    ts,
+                    a.value,
+                    a.severity,
+                    a.annotations.get("summary", ""),
+                )
+            )
 
     for group in sorted(result.active):
         labels = dict(group)
@@ -155,16 +167,24 @@ def advance(rule: Rule, alerts: Mapping[str, Alert], result: Evaluation,
     return out, moves
 
 
-def _advance_nodata(rule: Rule, alerts: Mapping[str, Alert], result: Evaluation, ts: float,
-                    out: dict[str, Alert], move: Any) -> None:
+def _advance_nodata(
+    rule: Rule,
+    alerts: Mapping[str, Alert],
+    result: Evaluation,
+    ts: float,
+    out: dict[str, Alert],
+    move: Any,
+) -> None:
     fp = fingerprint(rule.name, {}, nodata=True)
     old = alerts.get(fp)
     if result.nodata:
         severity = rule.severity if rule.severity != AUTO else "low"
-        a = old if old is not None else Alert(rule.name, {}, NODATA, active_at=ts,
-                                              severity=severity)
-        a.annotations = {"summary": f"{rule.name}: no data for "
-                                    f"{', '.join(sorted(rule.metrics))}"}
+        a = (
+            old
+            if old is not None
+            else Alert(rule.name, {}, NODATA, active_at=ts, severity=severity)
+        )
+        a.annotations = {"summary": f"{rule.name}: no data for {', '.join(sorted(rule.metrics))}"}
         if old is None:
             move(a, INACTIVE)
         out[fp] = a
@@ -172,9 +192,9 @@ def _advance_nodata(rule: Rule, alerts: Mapping[str, Alert], result: Evaluation,
         move(old.copy(state=INACTIVE), NODATA)
 
 
-def advance_all(rules: Iterable[Rule], alerts: Mapping[str, Alert],
-                results: Mapping[str, Evaluation],
-                ts: float) -> tuple[dict[str, Alert], list[Transition]]:
+def advance_all(
+    rules: Iterable[Rule], alerts: Mapping[str, Alert], results: Mapping[str, Evaluation], ts: float
+) -> tuple[dict[str, Alert], list[Transition]]:
     """Every rule advanced; alerts of rules no longer configured are dropped."""
     by_rule: dict[str, dict[str, Alert]] = {}
     for fp, a in alerts.items():
@@ -198,6 +218,21 @@ def load_states(text: str | bytes | None) -> dict[str, Alert]:
     return {fp: Alert(**raw) for fp, raw in json.loads(text).items()}
 
 
-__all__ = ["Alert", "Transition", "Evaluation", "Group", "advance", "advance_all", "fingerprint",
-           "dump_states", "load_states", "STATES", "INACTIVE", "PENDING", "FIRING", "RESOLVED",
-           "NODATA", "RESOLVED_RETENTION"]
+__all__ = [
+    "Alert",
+    "Transition",
+    "Evaluation",
+    "Group",
+    "advance",
+    "advance_all",
+    "fingerprint",
+    "dump_states",
+    "load_states",
+    "STATES",
+    "INACTIVE",
+    "PENDING",
+    "FIRING",
+    "RESOLVED",
+    "NODATA",
+    "RESOLVED_RETENTION",
+]

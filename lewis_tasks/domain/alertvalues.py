@@ -103,8 +103,9 @@ class SlotData:
             self.by_metric.setdefault(name, []).append((labels, value))
         self.groups: dict[tuple[Any, ...], dict[Group, Any]] = {}
 
-    def grouped(self, metric: str, kind: str, by: tuple[str, ...],
-                match: tuple[tuple[str, str], ...]) -> dict[Group, Any]:
+    def grouped(
+        self, metric: str, kind: str, by: tuple[str, ...], match: tuple[tuple[str, str], ...]
+    ) -> dict[Group, Any]:
         """Per label set of ``by``: the gauge's max, the counter's sum, the merged histogram."""
         key = (metric, kind, by, match)
         out = self.groups.get(key)
@@ -128,9 +129,12 @@ class SlotData:
         return out
 
 
-def parse_slot(counters: Mapping[str, float], hists: Mapping[str, Any],
-               gauges: Mapping[str, float],
-               parsed: dict[str, tuple[str, dict[str, str]]] | None = None) -> SlotData:
+def parse_slot(
+    counters: Mapping[str, float],
+    hists: Mapping[str, Any],
+    gauges: Mapping[str, float],
+    parsed: dict[str, tuple[str, dict[str, str]]] | None = None,
+) -> SlotData:
     """One slot's series as points; ``parsed`` remembers series names across calls."""
     parsed = {} if parsed is None else parsed
     out: list[Point] = []
@@ -147,9 +151,15 @@ class Frame:
     """The slots of one tick; window roll-ups memoised for the tick, shared by every rule
     with the same metric, selection and window."""
 
-    def __init__(self, slots: Mapping[int, SlotData], kinds: Mapping[str, str],
-                 interval: float, now: float, blocks: dict[tuple[Any, ...], Any] | None = None,
-                 stable_before: int | None = None) -> None:
+    def __init__(
+        self,
+        slots: Mapping[int, SlotData],
+        kinds: Mapping[str, str],
+        interval: float,
+        now: float,
+        blocks: dict[tuple[Any, ...], Any] | None = None,
+        stable_before: int | None = None,
+    ) -> None:
         self.slots = slots
         self.kinds = dict(kinds)
         self.interval = interval
@@ -162,12 +172,14 @@ class Frame:
         self.stable_before = stable_before if stable_before is not None else -1
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Row], kinds: Mapping[str, str], interval: float,
-                  now: float) -> Frame:
+    def from_rows(
+        cls, rows: Iterable[Row], kinds: Mapping[str, str], interval: float, now: float
+    ) -> Frame:
         """From ``MetricStore.slots()`` rows (tests, one-off evaluations)."""
         parsed: dict[str, tuple[str, dict[str, str]]] = {}
-        return cls({slot: parse_slot(c, h, g, parsed) for slot, c, h, g in rows}, kinds,
-                   interval, now)
+        return cls(
+            {slot: parse_slot(c, h, g, parsed) for slot, c, h, g in rows}, kinds, interval, now
+        )
 
     def evaluate(self, rule: Rule) -> Evaluation:
         """The rule's value per label set, where its conditions all hold, and no-data."""
@@ -193,8 +205,14 @@ class Frame:
                 below[g] = below.get(g, 0.0) + v
         return {g: _ratio(top.get(g, 0.0), below.get(g, 0.0)) for g in set(top) | set(below)}
 
-    def _window(self, metric: str, kind: str, by: tuple[str, ...],
-                match: tuple[tuple[str, str], ...], slots: range) -> dict[Group, Any]:
+    def _window(
+        self,
+        metric: str,
+        kind: str,
+        by: tuple[str, ...],
+        match: tuple[tuple[str, str], ...],
+        slots: range,
+    ) -> dict[Group, Any]:
         """Per label set over the window: the merged histogram, or slot → value."""
         key = (metric, by, match, slots.start, slots.stop)
         out = self._windows.get(key)
@@ -217,8 +235,9 @@ class Frame:
         self._windows[key] = out
         return out
 
-    def _hist_parts(self, metric: str, by: tuple[str, ...], match: tuple[tuple[str, str], ...],
-                    slots: range) -> Iterator[dict[Group, SparseHist]]:
+    def _hist_parts(
+        self, metric: str, by: tuple[str, ...], match: tuple[tuple[str, str], ...], slots: range
+    ) -> Iterator[dict[Group, SparseHist]]:
         """The window's per-slot roll-ups, whole stable blocks taken pre-merged."""
         s = slots.start
         while s < slots.stop:
@@ -233,8 +252,9 @@ class Frame:
                 yield data.grouped(metric, HISTOGRAM, by, match)
             s += 1
 
-    def _block(self, metric: str, by: tuple[str, ...], match: tuple[tuple[str, str], ...],
-               block: int) -> dict[Group, SparseHist]:
+    def _block(
+        self, metric: str, by: tuple[str, ...], match: tuple[tuple[str, str], ...], block: int
+    ) -> dict[Group, SparseHist]:
         key = (block, metric, by, match)
         merged = self.blocks.get(key)
         if merged is None:
@@ -251,7 +271,9 @@ class Frame:
             self.blocks[key] = merged
         return merged
 
-    def _aggregate(self, c: Condition, metric: str, by: tuple[str, ...]) -> dict[Group, float] | None:
+    def _aggregate(
+        self, c: Condition, metric: str, by: tuple[str, ...]
+    ) -> dict[Group, float] | None:
         kind = self.kinds.get(metric)
         if kind is None:
             return None
@@ -294,8 +316,9 @@ def _pick(agg: str, samples: list[float]) -> float:
     raise ValueError(agg)  # pragma: no cover - the parser admits only known names
 
 
-def _of_gauge(c: Condition, per_slot: Mapping[int, float], current: int,
-              interval: float) -> float | None:
+def _of_gauge(
+    c: Condition, per_slot: Mapping[int, float], current: int, interval: float
+) -> float | None:
     if not per_slot:
         return None
     if c.aggregation == "last":

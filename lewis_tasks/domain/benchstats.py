@@ -75,17 +75,25 @@ class TimingSummary:
         """The summary of ``seconds``; None when there are none (nothing succeeded)."""
         if not seconds:
             return None
-        return cls(count=len(seconds), min_s=min(seconds), max_s=max(seconds),
-                   mean_s=statistics.fmean(seconds), median_s=statistics.median(seconds),
-                   stdev_s=statistics.stdev(seconds) if len(seconds) > 1 else 0.0,
-                   p95_s=percentile(seconds, 95), p99_s=percentile(seconds, 99))
+        return cls(
+            count=len(seconds),
+            min_s=min(seconds),
+            max_s=max(seconds),
+            mean_s=statistics.fmean(seconds),
+            median_s=statistics.median(seconds),
+            stdev_s=statistics.stdev(seconds) if len(seconds) > 1 else 0.0,
+            p95_s=percentile(seconds, 95),
+            p99_s=percentile(seconds, 99),
+        )
 
     def format_line(self) -> str:
         ms = 1000.0
-        return (f"min {self.min_s * ms:.3f} ms, median {self.median_s * ms:.3f} ms, mean "
-                f"{self.mean_s * ms:.3f} ms, p95 {self.p95_s * ms:.3f} ms, p99 "
-                f"{self.p99_s * ms:.3f} ms, max {self.max_s * ms:.3f} ms, stdev "
-                f"{self.stdev_s * ms:.3f} ms")
+        return (
+            f"min {self.min_s * ms:.3f} ms, median {self.median_s * ms:.3f} ms, mean "
+            f"{self.mean_s * ms:.3f} ms, p95 {self.p95_s * ms:.3f} ms, p99 "
+            f"{self.p99_s * ms:.3f} ms, max {self.max_s * ms:.3f} ms, stdev "
+            f"{self.stdev_s * ms:.3f} ms"
+        )
 
 
 @dataclass(frozen=True)
@@ -109,9 +117,11 @@ class BenchmarkStats:
         return asdict(self)
 
     def format_table(self) -> str:
-        out = [f"benchmark {self.name}: {self.iterations_run}/{self.iterations_requested} "
-               f"iterations (+{self.warmup} warm-up) in {self.total_seconds:.3f} s, success "
-               f"{self.success_rate:.1%}"]
+        out = [
+            f"benchmark {self.name}: {self.iterations_run}/{self.iterations_requested} "
+            f"iterations (+{self.warmup} warm-up) in {self.total_seconds:.3f} s, success "
+            f"{self.success_rate:.1%}"
+        ]
         if self.stopped_early:
             out.append(f"STOPPED at max_seconds={self.max_seconds}")
         out.append(self.timings.format_line() if self.timings else "no successful iteration")
@@ -141,9 +151,11 @@ class ConcurrencyStats:
         return asdict(self)
 
     def format_table(self) -> str:
-        out = [f"concurrent benchmark {self.name}: {self.tasks_run}/{self.tasks_requested} tasks "
-               f"on {self.max_workers} threads in {self.wall_seconds:.3f} s = "
-               f"{self.tasks_per_s:,.1f} tasks/s, success {self.success_rate:.1%}"]
+        out = [
+            f"concurrent benchmark {self.name}: {self.tasks_run}/{self.tasks_requested} tasks "
+            f"on {self.max_workers} threads in {self.wall_seconds:.3f} s = "
+            f"{self.tasks_per_s:,.1f} tasks/s, success {self.success_rate:.1%}"
+        ]
         if self.stopped_early:
             out.append(f"STOPPED: {self.skipped} tasks not started before max_seconds")
         out.append(self.latency.format_line() if self.latency else "no successful task")
@@ -193,11 +205,19 @@ def benchmark_function(
             times.append(time.perf_counter() - t0)
         run += 1
     return BenchmarkStats(
-        name=name or qualified_name(func), iterations_requested=iterations, iterations_run=run,
-        warmup=warmup, successes=len(times), failures=run - len(times),
-        errors_by_type=dict(errors), success_rate=len(times) / run if run else 0.0,
-        total_seconds=time.perf_counter() - started, timings=TimingSummary.of(times),
-        stopped_early=stopped, max_seconds=float(max_seconds))
+        name=name or qualified_name(func),
+        iterations_requested=iterations,
+        iterations_run=run,
+        warmup=warmup,
+        successes=len(times),
+        failures=run - len(times),
+        errors_by_type=dict(errors),
+        success_rate=len(times) / run if run else 0.0,
+        total_seconds=time.perf_counter() - started,
+        timings=TimingSummary.of(times),
+        stopped_early=stopped,
+        max_seconds=float(max_seconds),
+    )
 
 
 def benchmark_concurrent(
@@ -213,9 +233,14 @@ def benchmark_concurrent(
 ) -> ConcurrencyStats:
     """Run ``tasks`` calls of ``func`` on ``max_workers`` threads; throughput and latency."""
     tasks = _check_count("tasks", tasks, limits)
-    max_workers = int(require_within("max_workers", max_workers,
-                                     limits.max_concurrent if limits else None,
-                                     "profiling.max_concurrent"))
+    max_workers = int(
+        require_within(
+            "max_workers",
+            max_workers,
+            limits.max_concurrent if limits else None,
+            "profiling.max_concurrent",
+        )
+    )
     _check_seconds(max_seconds, limits)
     kwargs = dict(kwargs or {})
     lock = threading.Lock()
@@ -248,23 +273,36 @@ def benchmark_concurrent(
     wall = time.perf_counter() - started
     run = tasks - skipped
     return ConcurrencyStats(
-        name=name or qualified_name(func), tasks_requested=tasks, tasks_run=run, skipped=skipped,
-        max_workers=max_workers, successes=len(times), failures=run - len(times),
-        errors_by_type=dict(errors), success_rate=len(times) / run if run else 0.0,
-        wall_seconds=wall, tasks_per_s=run / wall if wall > 0 else 0.0,
-        latency=TimingSummary.of(times), stopped_early=skipped > 0)
+        name=name or qualified_name(func),
+        tasks_requested=tasks,
+        tasks_run=run,
+        skipped=skipped,
+        max_workers=max_workers,
+        successes=len(times),
+        failures=run - len(times),
+        errors_by_type=dict(errors),
+        success_rate=len(times) / run if run else 0.0,
+        wall_seconds=wall,
+        tasks_per_s=run / wall if wall > 0 else 0.0,
+        latency=TimingSummary.of(times),
+        stopped_early=skipped > 0,
+    )
 
 
 def _check_count(what: str, value: int, limits: Limits | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{what} must be a whole number, got {value!r}")
-    return int(require_within(what, value, limits.max_iterations if limits else None,
-                              "profiling.max_iterations"))
+    return int(
+        require_within(
+            what, value, limits.max_iterations if limits else None, "profiling.max_iterations"
+        )
+    )
 
 
 def _check_seconds(seconds: float, limits: Limits | None) -> None:
-    require_within("max_seconds", seconds, limits.max_seconds if limits else None,
-                   "profiling.max_seconds")
+    require_within(
+        "max_seconds", seconds, limits.max_seconds if limits else None, "profiling.max_seconds"
+    )
 
 
 @dataclass(frozen=True)
@@ -293,12 +331,15 @@ def machine_info(packages: Sequence[str] = DEFAULT_PACKAGES) -> MachineInfo:
         except importlib.metadata.PackageNotFoundError:
             continue
     return MachineInfo(
-        hostname=socket.gethostname(), cpu_model=_cpu_model(),
+        hostname=socket.gethostname(),
+        cpu_model=_cpu_model(),
         cores_logical=psutil.cpu_count() or os.cpu_count() or 1,
         cores_physical=psutil.cpu_count(logical=False),
-        memory_total_bytes=psutil.virtual_memory().total, os=platform.platform(),
+        memory_total_bytes=psutil.virtual_memory().total,
+        os=platform.platform(),
         python=f"{platform.python_implementation()} {platform.python_version()}",
-        packages=versions)
+        packages=versions,
+    )
 
 
 def _cpu_model() -> str:
@@ -313,7 +354,15 @@ def _cpu_model() -> str:
 
 
 __all__ = [
-    "DEFAULT_PACKAGES", "BenchmarkStats", "ConcurrencyStats", "MachineInfo", "TimingSummary",
-    "benchmark_concurrent", "benchmark_function", "machine_info", "median_of_runs",
-    "percentile", "ratio",
+    "DEFAULT_PACKAGES",
+    "BenchmarkStats",
+    "ConcurrencyStats",
+    "MachineInfo",
+    "TimingSummary",
+    "benchmark_concurrent",
+    "benchmark_function",
+    "machine_info",
+    "median_of_runs",
+    "percentile",
+    "ratio",
 ]

@@ -37,15 +37,17 @@ class Registry:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise InvalidInput(
                 f"{self.kind} name {name!r} is not allowed: use letters, digits and . _ - : "
-                "starting with a letter, at most 128 characters")
+                "starting with a letter, at most 128 characters"
+            )
 
         def add(target: F) -> F:
             if not callable(target):
                 raise InvalidInput(f"{self.kind} {name!r}: {target!r} is not callable")
             known = self._items.get(name)
             if known is not None and known is not target:
-                raise InvalidInput(f"{self.kind} name {name!r} is already registered to "
-                                   f"{qualified_name(known)}")
+                raise InvalidInput(
+                    f"{self.kind} name {name!r} is already registered to {qualified_name(known)}"
+                )
             self._items[name] = target
             return target
 
@@ -103,8 +105,9 @@ class Limits:
         return int(require_within(what, count, self.max_iterations, "profiling.max_iterations"))
 
     def check_concurrent(self, workers: int) -> int:
-        return int(require_within("max_workers", workers, self.max_concurrent,
-                                  "profiling.max_concurrent"))
+        return int(
+            require_within("max_workers", workers, self.max_concurrent, "profiling.max_concurrent")
+        )
 
 
 def require_within(what: str, value: float, cap: float | None, cap_name: str) -> float:

@@ -43,8 +43,9 @@ from .scope import IPAddress, never_allowed, unmap
 _STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _LINGER_RST = struct.pack("ii", 1, 0)  # close → RST: no TIME_WAIT here, no half-open peer
 # Errors that say "this machine is out of something", not anything about the target.
-_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
-                              errno.EADDRNOTAVAIL, errno.EAGAIN})
+_RESOURCE_ERRORS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL, errno.EAGAIN}
+)
 _FD_HEADROOM = 64  # descriptors left for the rest of the process (Redis, logs, sessions)
 _RESOURCE_GIVE_UP = 5.0  # seconds of nothing but resource errors before failing the scan
 _MAX_REPROBES = 3  # self-connect re-probes of one port before calling it closed
@@ -104,14 +105,25 @@ class _Waiting:
 class ConnectLoop:
     """One scan of one address: the epoll loop and its bookkeeping."""
 
-    def __init__(self, address: IPAddress, ports: Iterable[int], *, concurrency: int,
-                 timeout: float, retries: int, limiter: ConnectLimiter | None,
-                 on_progress: Callable[[int, int, int], None] | None,
-                 progress_interval: float, stop: threading.Event | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        address: IPAddress,
+        ports: Iterable[int],
+        *,
+        concurrency: int,
+        timeout: float,
+        retries: int,
+        limiter: ConnectLimiter | None,
+        on_progress: Callable[[int, int, int], None] | None,
+        progress_interval: float,
+        stop: threading.Event | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         if concurrency < 1 or timeout <= 0 or retries < 0:
-            raise InvalidInput(f"scan parameters: concurrency {concurrency} must be ≥ 1, "
-                               f"timeout {timeout} > 0, retries {retries} ≥ 0")
+            raise InvalidInput(
+                f"scan parameters: concurrency {concurrency} must be ≥ 1, "
+                f"timeout {timeout} > 0, retries {retries} ≥ 0"
+            )
         reason = never_allowed(unmap(address))  # the last line of defence, whatever the scope
         if reason:
             raise OutOfScope(f"{address} is out of scope: {reason}es are never allowed")
@@ -145,9 +157,14 @@ class ConnectLoop:
         epoll = select.epoll()
         try:
             self._drain(epoll)
-            for _round in range(0 if self.cancelled else _MAX_REPROBES):  # sockets of ours that met each other
-                crossed = [p for p, local in self.opens.items()
-                           if local != p and self.opens.get(local) == p]
+            for _round in range(
+                0 if self.cancelled else _MAX_REPROBES
+            ):  # sockets of ours that met each other
+                crossed = [
+                    p
+                    for p, local in self.opens.items()
+                    if local != p and self.opens.get(local) == p
+                ]
                 if not crossed:
                     break
                 for port in crossed:
@@ -164,9 +181,17 @@ class ConnectLoop:
             self.waiting.clear()
             epoll.close()
         self._report(force=True)
-        return LoopTally(self.address, len(self.ports), tuple(sorted(self.opens)),
-                         tuple(sorted(self.filtered)), self.closed, self.retried,
-                         self.self_connects, time.monotonic() - started, self.cancelled)
+        return LoopTally(
+            self.address,
+            len(self.ports),
+            tuple(sorted(self.opens)),
+            tuple(sorted(self.filtered)),
+            self.closed,
+            self.retried,
+            self.self_connects,
+            time.monotonic() - started,
+            self.cancelled,
+        )
 
     def _drain(self, epoll: select.epoll) -> None:
         pending, waiting, expiry = self.pending, self.waiting, self.expiry
@@ -301,8 +326,12 @@ class ConnectLoop:
 
     def _poll_timeout(self, now: float) -> float:
         can_launch = self.limiter is None or self.tokens > 0 or now >= self.next_ask
-        if (self.pending and len(self.waiting) < self.limit and self.resource_since is None
-                and can_launch):
+        if (
+            self.pending
+            and len(self.waiting) < self.limit
+            and self.resource_since is None
+            and can_launch
+        ):
             return 0.0
         horizon = now + self.progress_interval if self.on_progress else now + self.timeout
         if self.expiry:
@@ -311,7 +340,9 @@ class ConnectLoop:
             horizon = min(horizon, self.next_ask)
         if self.resource_since is not None:
             horizon = min(horizon, now + 0.01)
-        if self.stop is not None or self.cancel_check is not None:  # a cancelled scan must notice soon, whatever it waits for
+        if (
+            self.stop is not None or self.cancel_check is not None
+        ):  # a cancelled scan must notice soon, whatever it waits for
             horizon = min(horizon, now + _STOP_CHECK)
         return max(0.0, horizon - now)
 
@@ -320,8 +351,10 @@ class ConnectLoop:
         if self.resource_since is None:
             self.resource_since = now
         elif not self.waiting and now - self.resource_since > _RESOURCE_GIVE_UP:
-            raise TransientError(f"scan of {self.address}: out of local resources "
-                                 f"({exc.strerror}) for {_RESOURCE_GIVE_UP:.0f} s") from exc
+            raise TransientError(
+                f"scan of {self.address}: out of local resources "
+                f"({exc.strerror}) for {_RESOURCE_GIVE_UP:.0f} s"
+            ) from exc
         self.limit = max(1, len(self.waiting))  # back off to what is already in flight
 
     def _report(self, force: bool = False) -> None:

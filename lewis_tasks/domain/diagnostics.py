@@ -42,8 +42,14 @@ class Recommendation:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recommendation:
-        return cls(str(data["code"]), str(data["severity"]), str(data["subject"]),
-                   float(data["value"]), float(data["threshold"]), str(data["message"]))
+        return cls(
+            str(data["code"]),
+            str(data["severity"]),
+            str(data["subject"]),
+            float(data["value"]),
+            float(data["threshold"]),
+            str(data["message"]),
+        )
 
 
 def recommend(
@@ -66,20 +72,35 @@ def recommend(
     ``queue_wait_trend`` maps a queue to its recent waits in seconds, oldest first.
     """
     host, out = snapshot.hostname, []
-    if (r := _percent("cpu_high", host, snapshot.cpu_percent, cpu,
-                      f"CPU at {snapshot.cpu_percent:.0f}% on {host}: the pools here are "
-                      "saturated; add workers on another machine, or lower this host's "
-                      "cpu/io concurrency if both pools share it.")):
+    if r := _percent(
+        "cpu_high",
+        host,
+        snapshot.cpu_percent,
+        cpu,
+        f"CPU at {snapshot.cpu_percent:.0f}% on {host}: the pools here are "
+        "saturated; add workers on another machine, or lower this host's "
+        "cpu/io concurrency if both pools share it.",
+    ):
         out.append(r)
-    if (r := _percent("memory_high", host, snapshot.memory.percent, memory,
-                      f"Memory at {snapshot.memory.percent:.0f}% on {host} "
-                      f"({format_bytes(snapshot.memory.free_bytes)} available): lower the cpu "
-                      "pool's concurrency or its recycle limit (memory.max_heap_size), or add RAM.")):
+    if r := _percent(
+        "memory_high",
+        host,
+        snapshot.memory.percent,
+        memory,
+        f"Memory at {snapshot.memory.percent:.0f}% on {host} "
+        f"({format_bytes(snapshot.memory.free_bytes)} available): lower the cpu "
+        "pool's concurrency or its recycle limit (memory.max_heap_size), or add RAM.",
+    ):
         out.append(r)
-    if (r := _percent("disk_high", snapshot.disk_path, snapshot.disk.percent, disk,
-                      f"Disk {snapshot.disk_path} on {host} is {snapshot.disk.percent:.0f}% full "
-                      f"({format_bytes(snapshot.disk.free_bytes)} free): delete old results and "
-                      "benchmark runs, or grow the volume; Redis stops writing its AOF when it is full.")):
+    if r := _percent(
+        "disk_high",
+        snapshot.disk_path,
+        snapshot.disk.percent,
+        disk,
+        f"Disk {snapshot.disk_path} on {host} is {snapshot.disk.percent:.0f}% full "
+        f"({format_bytes(snapshot.disk.free_bytes)} free): delete old results and "
+        "benchmark runs, or grow the volume; Redis stops writing its AOF when it is full.",
+    ):
         out.append(r)
     out += _load(snapshot, load_per_core)
     out += _descriptors(snapshot, fd_share)
@@ -87,15 +108,23 @@ def recommend(
         out += _recycle(snapshot, recycle_limit_bytes, recycle_share)
     out += queue_wait_findings(queue_wait_trend or {}, floor=queue_wait_floor)
     if pool_size and pool_busy is not None and pool_busy >= pool_size:
-        out.append(Recommendation(
-            "pool_saturated", "info", host, float(pool_busy), float(pool_size),
-            f"All {pool_size} pool slots on {host} were busy when sampled; if queue waits grow "
-            "too, add workers (raise the scaler's max) rather than concurrency on this host."))
+        out.append(
+            Recommendation(
+                "pool_saturated",
+                "info",
+                host,
+                float(pool_busy),
+                float(pool_size),
+                f"All {pool_size} pool slots on {host} were busy when sampled; if queue waits grow "
+                "too, add workers (raise the scaler's max) rather than concurrency on this host.",
+            )
+        )
     return sorted(out, key=lambda r: -_RANK[r.severity])
 
 
-def queue_wait_findings(trend: Mapping[str, Sequence[float]], *,
-                        floor: float = 1.0) -> list[Recommendation]:
+def queue_wait_findings(
+    trend: Mapping[str, Sequence[float]], *, floor: float = 1.0
+) -> list[Recommendation]:
     """A finding per queue whose wait grows: the least-squares line rises, and the latest wait
     is at least ``floor`` seconds and 1.5 × the line's start (so one past blip does not count).
 
@@ -110,11 +139,18 @@ def queue_wait_findings(trend: Mapping[str, Sequence[float]], *,
         if last <= first or waits[-1] < floor or waits[-1] < 1.5 * max(first, 0.0):
             continue
         severity = "critical" if waits[-1] >= 10 * floor else "warning"
-        out.append(Recommendation(
-            "queue_wait_growing", severity, queue, waits[-1], floor,
-            f"Queue {queue!r}: wait rising from {waits[0]:.1f} s to {waits[-1]:.1f} s over "
-            f"the last {len(waits)} samples; tasks arrive faster than they finish. Add workers "
-            "for this queue (or raise its scaler max) and check no worker is stuck."))
+        out.append(
+            Recommendation(
+                "queue_wait_growing",
+                severity,
+                queue,
+                waits[-1],
+                floor,
+                f"Queue {queue!r}: wait rising from {waits[0]:.1f} s to {waits[-1]:.1f} s over "
+                f"the last {len(waits)} samples; tasks arrive faster than they finish. Add workers "
+                "for this queue (or raise its scaler max) and check no worker is stuck.",
+            )
+        )
     return out
 
 
@@ -127,14 +163,16 @@ def _fitted_ends(values: Sequence[float]) -> tuple[float, float]:
     return mean_y - slope * mean_x, mean_y + slope * (n - 1 - mean_x)
 
 
-def _percent(code: str, subject: str, value: float, threshold: float,
-             message: str) -> Recommendation | None:
+def _percent(
+    code: str, subject: str, value: float, threshold: float, message: str
+) -> Recommendation | None:
     if value <= threshold:
         return None
     critical_at = threshold + (100.0 - threshold) * 2 / 3
     severity = "critical" if value >= critical_at else "warning"
-    return Recommendation(code, severity, subject, value, threshold,
-                          f"{message} (threshold {threshold:g}%)")
+    return Recommendation(
+        code, severity, subject, value, threshold, f"{message} (threshold {threshold:g}%)"
+    )
 
 
 def _load(snap: SystemSnapshot, per_core: float) -> list[Recommendation]:
@@ -143,27 +181,42 @@ def _load(snap: SystemSnapshot, per_core: float) -> list[Recommendation]:
     ratio = snap.load_average[0] / max(snap.cpu_count, 1)
     if ratio <= per_core:
         return []
-    return [Recommendation(
-        "load_high", "critical" if ratio >= 2 * per_core else "warning", snap.hostname,
-        round(ratio, 2), per_core,
-        f"Load {snap.load_average[0]:.1f} on {snap.cpu_count} cores of {snap.hostname}: "
-        f"{ratio:.1f} runnable processes per core wait for CPU; run fewer worker processes "
-        "here or move a pool to another machine.")]
+    return [
+        Recommendation(
+            "load_high",
+            "critical" if ratio >= 2 * per_core else "warning",
+            snap.hostname,
+            round(ratio, 2),
+            per_core,
+            f"Load {snap.load_average[0]:.1f} on {snap.cpu_count} cores of {snap.hostname}: "
+            f"{ratio:.1f} runnable processes per core wait for CPU; run fewer worker processes "
+            "here or move a pool to another machine.",
+        )
+    ]
 
 
 def _descriptors(snap: SystemSnapshot, share: float) -> list[Recommendation]:
     if not snap.fd_limit:
         return []
-    worst: ProcessUsage | None = max((p for p in snap.processes if p.num_fds is not None),
-                                     key=lambda p: p.num_fds or 0, default=None)
+    worst: ProcessUsage | None = max(
+        (p for p in snap.processes if p.num_fds is not None),
+        key=lambda p: p.num_fds or 0,
+        default=None,
+    )
     if worst is None or worst.num_fds is None or worst.num_fds < share * snap.fd_limit:
         return []
     used = worst.num_fds / snap.fd_limit
-    return [Recommendation(
-        "fds_near_limit", "critical" if used >= 0.95 else "warning", f"pid {worst.pid}",
-        float(worst.num_fds), float(snap.fd_limit),
-        f"Process {worst.pid} on {snap.hostname} holds {worst.num_fds} of {snap.fd_limit} file "
-        "descriptors: raise `ulimit -n` for the workers, or lower scan/http concurrency.")]
+    return [
+        Recommendation(
+            "fds_near_limit",
+            "critical" if used >= 0.95 else "warning",
+            f"pid {worst.pid}",
+            float(worst.num_fds),
+            float(snap.fd_limit),
+            f"Process {worst.pid} on {snap.hostname} holds {worst.num_fds} of {snap.fd_limit} file "
+            "descriptors: raise `ulimit -n` for the workers, or lower scan/http concurrency.",
+        )
+    ]
 
 
 def _recycle(snap: SystemSnapshot, limit: int, share: float) -> list[Recommendation]:
@@ -172,13 +225,19 @@ def _recycle(snap: SystemSnapshot, limit: int, share: float) -> list[Recommendat
         return []
     top = max(near, key=lambda p: p.rss_bytes)
     over = sum(p.rss_bytes >= limit for p in near)
-    return [Recommendation(
-        "recycle_limit_near", "critical" if over else "warning", f"pid {top.pid}",
-        float(top.rss_bytes), float(limit),
-        f"{len(near)} of {len(snap.children)} pool children on {snap.hostname} are near the "
-        f"{format_bytes(limit)} recycle limit (largest: pid {top.pid} at "
-        f"{format_bytes(top.rss_bytes)}); they are replaced after their task, costing a restart "
-        "each. Profile the heavy task's memory (`lewis profile`) or raise memory.max_heap_size.")]
+    return [
+        Recommendation(
+            "recycle_limit_near",
+            "critical" if over else "warning",
+            f"pid {top.pid}",
+            float(top.rss_bytes),
+            float(limit),
+            f"{len(near)} of {len(snap.children)} pool children on {snap.hostname} are near the "
+            f"{format_bytes(limit)} recycle limit (largest: pid {top.pid} at "
+            f"{format_bytes(top.rss_bytes)}); they are replaced after their task, costing a restart "
+            "each. Profile the heavy task's memory (`lewis profile`) or raise memory.max_heap_size.",
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -199,23 +258,37 @@ class WorkerDiagnosis:
         return max((r.severity for r in self.recommendations), key=_RANK.__getitem__)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"worker": self.worker, "severity": self.severity,
-                "snapshot": self.snapshot.to_dict(),
-                "recommendations": [r.to_dict() for r in self.recommendations],
-                "pool_size": self.pool_size, "pool_busy": self.pool_busy}
+        return {
+            "worker": self.worker,
+            "severity": self.severity,
+            "snapshot": self.snapshot.to_dict(),
+            "recommendations": [r.to_dict() for r in self.recommendations],
+            "pool_size": self.pool_size,
+            "pool_busy": self.pool_busy,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerDiagnosis:
         try:
-            return cls(str(data["worker"]), SystemSnapshot.from_dict(data["snapshot"]),
-                       tuple(Recommendation.from_dict(r) for r in data["recommendations"]),
-                       data.get("pool_size"), data.get("pool_busy"))
+            return cls(
+                str(data["worker"]),
+                SystemSnapshot.from_dict(data["snapshot"]),
+                tuple(Recommendation.from_dict(r) for r in data["recommendations"]),
+                data.get("pool_size"),
+                data.get("pool_busy"),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"not a worker diagnosis: {exc!r}") from exc
 
 
-def diagnose_worker(worker: str, snapshot: SystemSnapshot, *, pool_size: int | None = None,
-                    pool_busy: int | None = None, **thresholds: Any) -> WorkerDiagnosis:
+def diagnose_worker(
+    worker: str,
+    snapshot: SystemSnapshot,
+    *,
+    pool_size: int | None = None,
+    pool_busy: int | None = None,
+    **thresholds: Any,
+) -> WorkerDiagnosis:
     """A worker's snapshot with its findings; ``thresholds`` are :func:`recommend`'s keywords."""
     found = recommend(snapshot, pool_size=pool_size, pool_busy=pool_busy, **thresholds)
     return WorkerDiagnosis(worker, snapshot, tuple(found), pool_size, pool_busy)
@@ -232,51 +305,77 @@ class ClusterDiagnosis:
     totals: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"taken_at": self.taken_at, "totals": self.totals, "missing": list(self.missing),
-                "cluster_findings": [r.to_dict() for r in self.cluster_findings],
-                "workers": [w.to_dict() for w in self.workers]}
+        return {
+            "taken_at": self.taken_at,
+            "totals": self.totals,
+            "missing": list(self.missing),
+            "cluster_findings": [r.to_dict() for r in self.cluster_findings],
+            "workers": [w.to_dict() for w in self.workers],
+        }
 
     def format_table(self) -> str:
         """The cluster report for a terminal: totals, one row per worker, then the advice."""
         t = self.totals
-        out = [f"cluster: {t['replied']}/{t['workers']} workers replied on {t['hosts']} hosts, "
-               f"pool RSS {format_bytes(t['pool_rss_bytes'])}, findings: {t['critical']} critical, "
-               f"{t['warning']} warning, {t['info']} info"]
+        out = [
+            f"cluster: {t['replied']}/{t['workers']} workers replied on {t['hosts']} hosts, "
+            f"pool RSS {format_bytes(t['pool_rss_bytes'])}, findings: {t['critical']} critical, "
+            f"{t['warning']} warning, {t['info']} info"
+        ]
         if self.missing:
             out.append(f"NO REPLY: {', '.join(self.missing)}")
-        out += ["", f"{'worker':<32} {'state':<9} {'cpu%':>5} {'mem%':>5} {'disk%':>6} "
-                f"{'load1':>6} {'procs':>5} {'pool rss':>10} {'busy':>7}"]
+        out += [
+            "",
+            f"{'worker':<32} {'state':<9} {'cpu%':>5} {'mem%':>5} {'disk%':>6} "
+            f"{'load1':>6} {'procs':>5} {'pool rss':>10} {'busy':>7}",
+        ]
         for w in self.workers:
             s, busy = w.snapshot, (f"{w.pool_busy}/{w.pool_size}" if w.pool_size else "-")
             load = f"{s.load_average[0]:.2f}" if s.load_average else "-"
-            out.append(f"{w.worker[:32]:<32} {w.severity:<9} {s.cpu_percent:>5.0f} "
-                       f"{s.memory.percent:>5.0f} {s.disk.percent:>6.0f} {load:>6} "
-                       f"{len(s.processes):>5} {format_bytes(s.pool_rss_bytes):>10} {busy:>7}")
+            out.append(
+                f"{w.worker[:32]:<32} {w.severity:<9} {s.cpu_percent:>5.0f} "
+                f"{s.memory.percent:>5.0f} {s.disk.percent:>6.0f} {load:>6} "
+                f"{len(s.processes):>5} {format_bytes(s.pool_rss_bytes):>10} {busy:>7}"
+            )
         findings = [(None, r) for r in self.cluster_findings] + [
-            (w.worker, r) for w in self.workers for r in w.recommendations]
+            (w.worker, r) for w in self.workers for r in w.recommendations
+        ]
         if findings:
             out += ["", "recommendations"]
-            out += [f"  [{r.severity}] {who + ': ' if who else ''}{r.message}" for who, r in findings]
+            out += [
+                f"  [{r.severity}] {who + ': ' if who else ''}{r.message}" for who, r in findings
+            ]
         return "\n".join(out)
 
 
-def aggregate(reports_by_worker: Mapping[str, WorkerDiagnosis | Mapping[str, Any] | None], *,
-              queue_wait_trend: Mapping[str, Sequence[float]] | None = None,
-              queue_wait_floor: float = 1.0) -> ClusterDiagnosis:
+def aggregate(
+    reports_by_worker: Mapping[str, WorkerDiagnosis | Mapping[str, Any] | None],
+    *,
+    queue_wait_trend: Mapping[str, Sequence[float]] | None = None,
+    queue_wait_floor: float = 1.0,
+) -> ClusterDiagnosis:
     """One report from every worker's reply (a diagnosis, its ``to_dict()``, or None: no reply)."""
     replied, missing = [], []
     for name, report in sorted(reports_by_worker.items()):
         if report is None:
             missing.append(name)
         else:
-            replied.append(report if isinstance(report, WorkerDiagnosis)
-                           else WorkerDiagnosis.from_dict(report))
-    replied.sort(key=lambda w: (-_RANK.get(w.severity, -1), -len(w.recommendations),
-                                -w.snapshot.cpu_percent, w.worker))
+            replied.append(
+                report if isinstance(report, WorkerDiagnosis) else WorkerDiagnosis.from_dict(report)
+            )
+    replied.sort(
+        key=lambda w: (
+            -_RANK.get(w.severity, -1),
+            -len(w.recommendations),
+            -w.snapshot.cpu_percent,
+            w.worker,
+        )
+    )
     cluster = tuple(queue_wait_findings(queue_wait_trend or {}, floor=queue_wait_floor))
     every = [r for w in replied for r in w.recommendations] + list(cluster)
     totals: dict[str, Any] = {
-        "workers": len(replied) + len(missing), "replied": len(replied), "missing": len(missing),
+        "workers": len(replied) + len(missing),
+        "replied": len(replied),
+        "missing": len(missing),
         "hosts": len({w.snapshot.hostname for w in replied}),
         "processes": sum(len(w.snapshot.processes) for w in replied),
         "pool_rss_bytes": sum(w.snapshot.pool_rss_bytes for w in replied),
@@ -291,7 +390,16 @@ def aggregate(reports_by_worker: Mapping[str, WorkerDiagnosis | Mapping[str, Any
 
 
 __all__ = [
-    "SEVERITIES", "ClusterDiagnosis", "ProcessUsage", "Recommendation", "SpaceUsage",
-    "SystemSnapshot", "WorkerDiagnosis", "aggregate", "collect_system", "diagnose_worker",
-    "queue_wait_findings", "recommend",
+    "SEVERITIES",
+    "ClusterDiagnosis",
+    "ProcessUsage",
+    "Recommendation",
+    "SpaceUsage",
+    "SystemSnapshot",
+    "WorkerDiagnosis",
+    "aggregate",
+    "collect_system",
+    "diagnose_worker",
+    "queue_wait_findings",
+    "recommend",
 ]

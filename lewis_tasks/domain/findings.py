@@ -41,9 +41,14 @@ class CveRef:
         return bool(self.platforms)
 
     def to_dict(self) -> dict[str, object]:
-        return {"cve_id": self.cve_id, "score": self.score, "severity": self.severity,
-                "platforms": list(self.platforms), "conditional": self.conditional,
-                "basis": "version"}
+        return {
+            "cve_id": self.cve_id,
+            "score": self.score,
+            "severity": self.severity,
+            "platforms": list(self.platforms),
+            "conditional": self.conditional,
+            "basis": "version",
+        }
 
 
 @dataclass(frozen=True)
@@ -75,21 +80,45 @@ class Finding:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Finding:
         """The finding :meth:`to_dict` gave (as the merge stored it)."""
-        return cls(str(data["address"]), int(data["port"]), str(data["service"]),
-                   data.get("product"), data.get("version"), str(data["severity"]),
-                   float(data.get("score") or 0.0), str(data["title"]),
-                   tuple(str(r) for r in data.get("reasons") or ()),
-                   tuple(CveRef(str(c["cve_id"]), float(c["score"]), str(c["severity"]),
-                                tuple(c.get("platforms") or ())) for c in data.get("cves") or ()),
-                   data.get("hostname"), data.get("revision"))
+        return cls(
+            str(data["address"]),
+            int(data["port"]),
+            str(data["service"]),
+            data.get("product"),
+            data.get("version"),
+            str(data["severity"]),
+            float(data.get("score") or 0.0),
+            str(data["title"]),
+            tuple(str(r) for r in data.get("reasons") or ()),
+            tuple(
+                CveRef(
+                    str(c["cve_id"]),
+                    float(c["score"]),
+                    str(c["severity"]),
+                    tuple(c.get("platforms") or ()),
+                )
+                for c in data.get("cves") or ()
+            ),
+            data.get("hostname"),
+            data.get("revision"),
+        )
 
     def to_dict(self) -> dict[str, object]:
-        return {"address": self.address, "hostname": self.hostname, "port": self.port,
-                "service": self.service, "product": self.product, "version": self.version,
-                "revision": self.revision, "severity": self.severity, "score": self.score,
-                "title": self.title, "reasons": list(self.reasons),
-                "cves": [c.to_dict() for c in self.cves],
-                "conditional_cve_ids": self.conditional_cve_ids}
+        return {
+            "address": self.address,
+            "hostname": self.hostname,
+            "port": self.port,
+            "service": self.service,
+            "product": self.product,
+            "version": self.version,
+            "revision": self.revision,
+            "severity": self.severity,
+            "score": self.score,
+            "title": self.title,
+            "reasons": list(self.reasons),
+            "cves": [c.to_dict() for c in self.cves],
+            "conditional_cve_ids": self.conditional_cve_ids,
+        }
 
 
 @dataclass(frozen=True)
@@ -103,16 +132,27 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("redis", "critical", "Redis answers without authentication: anyone reaching it can "
-         "read and write all data and, through CONFIG/MODULE, run code",
-         lambda info: info.extra.get("auth_required") is False),
+    Rule(
+        "redis",
+        "critical",
+        "Redis answers without authentication: anyone reaching it can "
+        "read and write all data and, through CONFIG/MODULE, run code",
+        lambda info: info.extra.get("auth_required") is False,
+    ),
     Rule("redis", "low", "Redis reachable from the network (AUTH required)"),
-    Rule("memcached", "high", "memcached has no authentication: data readable and writable "
-         "by anyone reaching it"),
-    Rule("telnet", "high", "Cleartext remote administration (telnet): credentials cross "
-         "the network unencrypted"),
-    Rule("ftp", "medium", "Cleartext file transfer (FTP): credentials cross the network "
-         "unencrypted"),
+    Rule(
+        "memcached",
+        "high",
+        "memcached has no authentication: data readable and writable by anyone reaching it",
+    ),
+    Rule(
+        "telnet",
+        "high",
+        "Cleartext remote administration (telnet): credentials cross the network unencrypted",
+    ),
+    Rule(
+        "ftp", "medium", "Cleartext file transfer (FTP): credentials cross the network unencrypted"
+    ),
     Rule("vnc", "medium", "Remote desktop (VNC) reachable from the network"),
     Rule("mysql", "low", "Database server reachable from the network"),
     Rule("postgresql", "low", "Database server reachable from the network"),
@@ -127,48 +167,78 @@ def level_rank(severity: str) -> int:
     return LEVELS.index(severity) if severity in LEVELS else 0
 
 
-def assess(address: str, info: ServiceInfo, cves: Sequence[CveRecord] = (),
-           hostname: str | None = None) -> Finding:
+def assess(
+    address: str, info: ServiceInfo, cves: Sequence[CveRecord] = (), hostname: str | None = None
+) -> Finding:
     """The finding for one open port from its service and the CVEs that apply to it."""
     rule = next((r for r in RULES if r.service == info.name and r.applies(info)), None)
     label = _label(info)
     severity = rule.severity if rule else "info"
     reasons = [rule.title] if rule else [f"Open port: {label}"]
     title = reasons[0]
-    refs = tuple(CveRef(c.cve_id, c.score, c.severity if c.severity in LEVELS else "info",
-                        platform_condition(c, info.product, info.version) or ()) for c in cves)
+    refs = tuple(
+        CveRef(
+            c.cve_id,
+            c.score,
+            c.severity if c.severity in LEVELS else "info",
+            platform_condition(c, info.product, info.version) or (),
+        )
+        for c in cves
+    )
     counted = [c for c in refs if not c.conditional]
     revision = _revision(info)
     if counted:
         worst = max(counted, key=lambda c: (c.score, c.cve_id))
         basis = f"version only, banner says {revision}" if revision else "version only"
-        reasons.append(f"{label}: {len(counted)} known CVE{'s' * (len(counted) > 1)} ({basis}), "
-                       f"worst {worst.cve_id} (CVSS {worst.score:.1f}, {worst.severity})")
+        reasons.append(
+            f"{label}: {len(counted)} known CVE{'s' * (len(counted) > 1)} ({basis}), "
+            f"worst {worst.cve_id} (CVSS {worst.score:.1f}, {worst.severity})"
+        )
         if level_rank(worst.severity) > level_rank(severity):
             severity, title = worst.severity, reasons[-1]
     for ref in refs:
         if ref.conditional:
-            reasons.append(f"{ref.cve_id} (CVSS {ref.score:.1f}) applies only on "
-                           f"{', '.join(ref.platforms)}, which a banner does not show: "
-                           "not counted, check the host")
+            reasons.append(
+                f"{ref.cve_id} (CVSS {ref.score:.1f}) applies only on "
+                f"{', '.join(ref.platforms)}, which a banner does not show: "
+                "not counted, check the host"
+            )
     score = max((c.score for c in counted), default=0.0)
-    return Finding(address, info.port, info.name, info.product, info.version, severity, score,
-                   title, tuple(reasons), tuple(sorted(refs, key=lambda c: (-c.score, c.cve_id))),
-                   hostname, revision)
+    return Finding(
+        address,
+        info.port,
+        info.name,
+        info.product,
+        info.version,
+        severity,
+        score,
+        title,
+        tuple(reasons),
+        tuple(sorted(refs, key=lambda c: (-c.score, c.cve_id))),
+        hostname,
+        revision,
+    )
 
 
-def build_findings(address: str, services: Iterable[ServiceInfo], records: Sequence[CveRecord],
-                   hostname: str | None = None) -> list[Finding]:
+def build_findings(
+    address: str,
+    services: Iterable[ServiceInfo],
+    records: Sequence[CveRecord],
+    hostname: str | None = None,
+) -> list[Finding]:
     """A ranked finding per service, CVEs looked up in ``records``."""
-    findings = [assess(address, info, find_cves(info.product, info.version, records), hostname)
-                for info in services]
+    findings = [
+        assess(address, info, find_cves(info.product, info.version, records), hostname)
+        for info in services
+    ]
     return rank_findings(findings)
 
 
 def rank_findings(findings: Iterable[Finding]) -> list[Finding]:
     """Most severe first, then by highest CVSS score, then by address and port."""
-    return sorted(findings, key=lambda f: (-level_rank(f.severity), -f.score,
-                                           address_key(f.address), f.port))
+    return sorted(
+        findings, key=lambda f: (-level_rank(f.severity), -f.score, address_key(f.address), f.port)
+    )
 
 
 def _label(info: ServiceInfo) -> str:
@@ -194,5 +264,15 @@ def address_key(address: str) -> tuple[int, int, str]:
     return (addr.version, int(addr), "")
 
 
-__all__ = ["LEVELS", "CveRef", "Finding", "Rule", "RULES", "level_rank", "assess",
-           "build_findings", "rank_findings", "address_key"]
+__all__ = [
+    "LEVELS",
+    "CveRef",
+    "Finding",
+    "Rule",
+    "RULES",
+    "level_rank",
+    "assess",
+    "build_findings",
+    "rank_findings",
+    "address_key",
+]

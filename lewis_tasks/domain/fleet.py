@@ -49,15 +49,24 @@ class WorkerRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerRecord:
-        return cls(name=str(data["name"]), queues=tuple(str(q) for q in data.get("queues") or ()),
-                   state=str(data.get("state") or UP), pid=int(data.get("pid") or 0),
-                   concurrency=int(data.get("concurrency") or 0),
-                   visibility_timeout=int(data.get("visibility_timeout") or 0))
+        return cls(
+            name=str(data["name"]),
+            queues=tuple(str(q) for q in data.get("queues") or ()),
+            state=str(data.get("state") or UP),
+            pid=int(data.get("pid") or 0),
+            concurrency=int(data.get("concurrency") or 0),
+            visibility_timeout=int(data.get("visibility_timeout") or 0),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "queues": list(self.queues), "state": self.state,
-                "pid": self.pid, "concurrency": self.concurrency,
-                "visibility_timeout": self.visibility_timeout}
+        return {
+            "name": self.name,
+            "queues": list(self.queues),
+            "state": self.state,
+            "pid": self.pid,
+            "concurrency": self.concurrency,
+            "visibility_timeout": self.visibility_timeout,
+        }
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,9 @@ class Verdict:
 def disagreeing(workers: Iterable[WorkerRecord], visibility_timeout: int) -> list[WorkerRecord]:
     """Workers whose visibility timeout is not ``visibility_timeout`` (records that do not say
     are left out)."""
-    return [w for w in workers if w.visibility_timeout and w.visibility_timeout != visibility_timeout]
+    return [
+        w for w in workers if w.visibility_timeout and w.visibility_timeout != visibility_timeout
+    ]
 
 
 def by_queue(workers: Iterable[WorkerRecord], queues: Sequence[str]) -> dict[str, list[str]]:
@@ -114,8 +125,9 @@ def by_queue(workers: Iterable[WorkerRecord], queues: Sequence[str]) -> dict[str
     return out
 
 
-def cluster_health(workers: Sequence[WorkerRecord], beat: BeatView,
-                   queues: Sequence[str]) -> Verdict:
+def cluster_health(
+    workers: Sequence[WorkerRecord], beat: BeatView, queues: Sequence[str]
+) -> Verdict:
     """Down without any worker consuming; degraded if a queue has none or no beat leads."""
     consuming = by_queue(workers, queues)
     if not any(consuming.values()):
@@ -162,5 +174,17 @@ def beat_health(beat: BeatView) -> Verdict:
     return Verdict(Health.DOWN, ("beat: NOT RUNNING",))
 
 
-__all__ = ["Health", "WorkerRecord", "BeatView", "Verdict", "by_queue", "cluster_health",
-           "queue_health", "worker_health", "beat_health", "disagreeing", "UP", "DRAINING"]
+__all__ = [
+    "Health",
+    "WorkerRecord",
+    "BeatView",
+    "Verdict",
+    "by_queue",
+    "cluster_health",
+    "queue_health",
+    "worker_health",
+    "beat_health",
+    "disagreeing",
+    "UP",
+    "DRAINING",
+]

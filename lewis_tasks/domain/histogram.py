@@ -57,8 +57,12 @@ class LatencyHistogram:
     def record(self, value_us: int) -> None:
         """Add one latency in microseconds (negative values count as 0)."""
         value = value_us if value_us > 0 else 0
-        index = value if value < _SUB else \
-            (value.bit_length() - SUB_BITS) * _HALF + (value >> (value.bit_length() - SUB_BITS))
+        index = (
+            value
+            if value < _SUB
+            else (value.bit_length() - SUB_BITS) * _HALF
+            + (value >> (value.bit_length() - SUB_BITS))
+        )
         counts = self.counts
         if index >= len(counts):
             counts.extend([0] * (index + 1 - len(counts)))
@@ -117,8 +121,11 @@ class LatencyHistogram:
 
     def summary(self) -> dict[str, Any]:
         """count, min, mean, p50…p99.9 and max in milliseconds, for tables and results."""
-        result: dict[str, Any] = {"count": self.count, "min_ms": self.min / 1000,
-                                  "mean_ms": round(self.mean / 1000, 3)}
+        result: dict[str, Any] = {
+            "count": self.count,
+            "min_ms": self.min / 1000,
+            "mean_ms": round(self.mean / 1000, 3),
+        }
         for p in PERCENTILES:
             result[f"p{p:g}_ms"] = self.percentile(p) / 1000
         result["max_ms"] = self.max / 1000
@@ -126,9 +133,16 @@ class LatencyHistogram:
 
     def to_dict(self) -> dict[str, Any]:
         """Compact JSON: the non-empty buckets as ``[[index, count], …]`` plus exact stats."""
-        return {"format": _FORMAT, "unit": "us", "sub_bits": SUB_BITS, "count": self.count,
-                "total": self.total, "min": self.min, "max": self.max,
-                "buckets": [[i, n] for i, n in enumerate(self.counts) if n]}
+        return {
+            "format": _FORMAT,
+            "unit": "us",
+            "sub_bits": SUB_BITS,
+            "count": self.count,
+            "total": self.total,
+            "min": self.min,
+            "max": self.max,
+            "buckets": [[i, n] for i, n in enumerate(self.counts) if n],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyHistogram:
@@ -158,9 +172,17 @@ class LatencyHistogram:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return (f"LatencyHistogram(count={self.count}, p50={self.percentile(50)}us, "
-                f"p99={self.percentile(99)}us, max={self.max}us)")
+        return (
+            f"LatencyHistogram(count={self.count}, p50={self.percentile(50)}us, "
+            f"p99={self.percentile(99)}us, max={self.max}us)"
+        )
 
 
-__all__ = ["LatencyHistogram", "bucket_of", "bucket_bounds", "MAX_RELATIVE_ERROR",
-           "PERCENTILES", "SUB_BITS"]
+__all__ = [
+    "LatencyHistogram",
+    "bucket_of",
+    "bucket_bounds",
+    "MAX_RELATIVE_ERROR",
+    "PERCENTILES",
+    "SUB_BITS",
+]

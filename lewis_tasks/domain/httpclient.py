@@ -45,7 +45,6 @@ CONNECTION_ERROR = "connection_error"
 TRANSIENT = frozenset({TIMEOUT, CONNECTION_REFUSED, CONNECTION_ERROR})
 
 
-
 class ScopedResolver(AbstractResolver):
     """Resolves names like the system does, then refuses the lot if any address is out of scope.
 
@@ -57,8 +56,9 @@ class ScopedResolver(AbstractResolver):
         self._scope = scope
         self._inner = inner or DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         literal = parse_ip(host)  # 0x7f000001, 127.1 …: glibc would read them as addresses
         if literal is not None:
             results = [_result(host, literal, port)]
@@ -80,8 +80,14 @@ class ScopedResolver(AbstractResolver):
 
 def _result(hostname: str, addr: IPAddress, port: int) -> ResolveResult:
     family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
-    return ResolveResult(hostname=hostname, host=str(addr), port=port, family=family,
-                         proto=0, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+    return ResolveResult(
+        hostname=hostname,
+        host=str(addr),
+        port=port,
+        family=family,
+        proto=0,
+        flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+    )
 
 
 def guarded_socket_factory(scope: Scope) -> Callable[[Any], socket.socket]:
@@ -118,7 +124,9 @@ class ScopedConnector(aiohttp.TCPConnector):
 
     async def connect(self, req: Any, *args: Any, **kwargs: Any) -> Any:
         if req.proxy is not None:  # the socket would go to the proxy, vouched for by the target
-            raise OutOfScope(f"proxy {req.proxy} refused: LEWIS connects directly, never through one")
+            raise OutOfScope(
+                f"proxy {req.proxy} refused: LEWIS connects directly, never through one"
+            )
         host = req.url.raw_host
         self._check_literal(host)  # before the pool: no pooled connection serves a refused peer
         token = _PEER_HOST.set(host)
@@ -151,9 +159,16 @@ class ScopedConnector(aiohttp.TCPConnector):
             raise OutOfScope(str(refusal))
 
 
-def create_session(scope: Scope, *, max_connections: int, limit_per_host: int,
-                   connect_timeout: float, read_timeout: float | None, keep_alive: bool,
-                   verify_tls: bool = True) -> aiohttp.ClientSession:
+def create_session(
+    scope: Scope,
+    *,
+    max_connections: int,
+    limit_per_host: int,
+    connect_timeout: float,
+    read_timeout: float | None,
+    keep_alive: bool,
+    verify_tls: bool = True,
+) -> aiohttp.ClientSession:
     """The io worker's session: keep-alive pool, connect/read timeouts and the SSRF guard.
 
     Call it on the loop that will use it (from a coroutine, or with the loop running):
@@ -175,7 +190,9 @@ def create_session(scope: Scope, *, max_connections: int, limit_per_host: int,
     )
     # No total: a caller bounds the whole exchange itself (fetch_all per URL, loadgen per run);
     # pool waits are not connect time, so only sock_connect/sock_read are set.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=connect_timeout, sock_read=read_timeout
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
@@ -255,8 +272,23 @@ def _where(exc: BaseException) -> str:
 
 
 __all__ = [
-    "create_session", "classify_error", "is_localhost_alias", "ScopedResolver",
-    "ScopedConnector", "guarded_socket_factory", "HopTimings", "stop_timing", "SCHEMES", "TRANSIENT",
-    "TIMEOUT", "CONNECTION_REFUSED", "TLS", "TOO_LARGE", "OUT_OF_SCOPE", "INVALID_URL",
-    "INVALID_REQUEST", "TOO_MANY_REDIRECTS", "CONNECTION_ERROR",
+    "create_session",
+    "classify_error",
+    "is_localhost_alias",
+    "ScopedResolver",
+    "ScopedConnector",
+    "guarded_socket_factory",
+    "HopTimings",
+    "stop_timing",
+    "SCHEMES",
+    "TRANSIENT",
+    "TIMEOUT",
+    "CONNECTION_REFUSED",
+    "TLS",
+    "TOO_LARGE",
+    "OUT_OF_SCOPE",
+    "INVALID_URL",
+    "INVALID_REQUEST",
+    "TOO_MANY_REDIRECTS",
+    "CONNECTION_ERROR",
 ]

@@ -30,9 +30,20 @@ from .redact import redact_url
 
 IDEMPOTENT = frozenset({"GET", "HEAD"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
-SELECTED_HEADERS = ("server", "content-type", "content-length", "content-encoding", "location",
-                    "last-modified", "etag", "cache-control", "x-powered-by",
-                    "strict-transport-security", "content-security-policy", "www-authenticate")
+SELECTED_HEADERS = (
+    "server",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "location",
+    "last-modified",
+    "etag",
+    "cache-control",
+    "x-powered-by",
+    "strict-transport-security",
+    "content-security-policy",
+    "www-authenticate",
+)
 _MAX_HEADER_VALUE = 1024
 # (name, case-insensitive key): lookups by istr skip case-folding the name on every response
 _SELECTED_KEYS = tuple((name, istr(name)) for name in SELECTED_HEADERS)
@@ -43,6 +54,7 @@ MAX_URL_LENGTH = 8192  # characters; the default of http.max_url_length
 
 # The result types are NamedTuples, not frozen dataclasses: a batch builds one per URL on the
 # event loop, and a frozen dataclass costs ~4× as much to construct (setattr per field).
+
 
 class RedirectHop(NamedTuple):
     url: str
@@ -64,8 +76,12 @@ class Timings(NamedTuple):
     total_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dns_ms": self.dns_ms, "connect_ms": self.connect_ms,
-                "ttfb_ms": self.ttfb_ms, "total_ms": self.total_ms}
+        return {
+            "dns_ms": self.dns_ms,
+            "connect_ms": self.connect_ms,
+            "ttfb_ms": self.ttfb_ms,
+            "total_ms": self.total_ms,
+        }
 
 
 class HttpOutcome(NamedTuple):
@@ -91,12 +107,22 @@ class HttpOutcome(NamedTuple):
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "url": self.url, "method": self.method,
-                "final_url": self.final_url, "status": self.status,
-                "redirects": [hop.to_dict() for hop in self.redirects],
-                "timings": self.timings.to_dict(), "bytes": self.bytes, "sha256": self.sha256,
-                "truncated": self.truncated, "headers": dict(self.headers),
-                "error": self.error, "message": self.message, "attempts": self.attempts}
+        return {
+            "index": self.index,
+            "url": self.url,
+            "method": self.method,
+            "final_url": self.final_url,
+            "status": self.status,
+            "redirects": [hop.to_dict() for hop in self.redirects],
+            "timings": self.timings.to_dict(),
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "truncated": self.truncated,
+            "headers": dict(self.headers),
+            "error": self.error,
+            "message": self.message,
+            "attempts": self.attempts,
+        }
 
 
 class _Failed(Exception):
@@ -107,20 +133,33 @@ class _Failed(Exception):
         self.error, self.message = error, message
 
 
-async def fetch_all(session: aiohttp.ClientSession,
-                    requests: Iterable[str | Mapping[str, Any] | HttpRequest], *,
-                    concurrency: int, max_body_bytes: int, max_redirects: int, retries: int,
-                    total_timeout: float, on_result: Callable[[HttpOutcome], None] | None = None,
-                    backoff: float = 0.1,
-                    max_url_length: int = MAX_URL_LENGTH) -> list[HttpOutcome]:
+async def fetch_all(
+    session: aiohttp.ClientSession,
+    requests: Iterable[str | Mapping[str, Any] | HttpRequest],
+    *,
+    concurrency: int,
+    max_body_bytes: int,
+    max_redirects: int,
+    retries: int,
+    total_timeout: float,
+    on_result: Callable[[HttpOutcome], None] | None = None,
+    backoff: float = 0.1,
+    max_url_length: int = MAX_URL_LENGTH,
+) -> list[HttpOutcome]:
     """One HttpOutcome per request, in order; at most ``concurrency`` in flight.
 
     ``total_timeout`` bounds each URL (hops and retries included); ``on_result`` is called
     as each URL finishes, for progress. A one-off :class:`FetchPool`.
     """
-    pool = FetchPool(session, concurrency=concurrency, max_body_bytes=max_body_bytes,
-                     max_redirects=max_redirects, retries=retries, backoff=backoff,
-                     max_url_length=max_url_length)
+    pool = FetchPool(
+        session,
+        concurrency=concurrency,
+        max_body_bytes=max_body_bytes,
+        max_redirects=max_redirects,
+        retries=retries,
+        backoff=backoff,
+        max_url_length=max_url_length,
+    )
     return await pool.fetch(requests, total_timeout=total_timeout, on_result=on_result)
 
 
@@ -133,13 +172,24 @@ class FetchPool:
     wake-up per request. Fetchers start with work and end when the queue is empty.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, *, concurrency: int, max_body_bytes: int,
-                 max_redirects: int, retries: int, backoff: float = 0.1,
-                 max_url_length: int = MAX_URL_LENGTH) -> None:
-        for name, value, low in (("concurrency", concurrency, 1),
-                                 ("max_body_bytes", max_body_bytes, 0),
-                                 ("max_redirects", max_redirects, 0), ("retries", retries, 0),
-                                 ("max_url_length", max_url_length, 1)):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        concurrency: int,
+        max_body_bytes: int,
+        max_redirects: int,
+        retries: int,
+        backoff: float = 0.1,
+        max_url_length: int = MAX_URL_LENGTH,
+    ) -> None:
+        for name, value, low in (
+            ("concurrency", concurrency, 1),
+            ("max_body_bytes", max_body_bytes, 0),
+            ("max_redirects", max_redirects, 0),
+            ("retries", retries, 0),
+            ("max_url_length", max_url_length, 1),
+        ):
             if value < low:
                 raise InvalidInput(f"{name} must be ≥ {low}, not {value}")
         self.session = session
@@ -156,9 +206,13 @@ class FetchPool:
         """Requests waiting for a fetcher."""
         return len(self._queue)
 
-    async def fetch(self, requests: Iterable[str | Mapping[str, Any] | HttpRequest], *,
-                    total_timeout: float,
-                    on_result: Callable[[HttpOutcome], None] | None = None) -> list[HttpOutcome]:
+    async def fetch(
+        self,
+        requests: Iterable[str | Mapping[str, Any] | HttpRequest],
+        *,
+        total_timeout: float,
+        on_result: Callable[[HttpOutcome], None] | None = None,
+    ) -> list[HttpOutcome]:
         """One HttpOutcome per request, in order, each URL within ``total_timeout`` seconds of
         its start. Cancelling this call drops its queued requests and ends its in-flight ones."""
         if total_timeout <= 0:
@@ -191,9 +245,20 @@ class FetchPool:
                     continue
                 job.running.add(slot)
                 try:
-                    outcome = await _fetch_one(self.session, me, slot, i, job.items[i],
-                                               max_body, max_redirects, retries,
-                                               self._watchdog, job.budget, backoff, max_url)
+                    outcome = await _fetch_one(
+                        self.session,
+                        me,
+                        slot,
+                        i,
+                        job.items[i],
+                        max_body,
+                        max_redirects,
+                        retries,
+                        self._watchdog,
+                        job.budget,
+                        backoff,
+                        max_url,
+                    )
                 finally:
                     job.running.discard(slot)
                 job.finish(i, outcome)
@@ -208,9 +273,13 @@ class _Job:
 
     __slots__ = ("items", "budget", "on_result", "done", "results", "left", "running")
 
-    def __init__(self, items: list[Any], budget: float,
-                 on_result: Callable[[HttpOutcome], None] | None,
-                 done: asyncio.Future[list[HttpOutcome]]) -> None:
+    def __init__(
+        self,
+        items: list[Any],
+        budget: float,
+        on_result: Callable[[HttpOutcome], None] | None,
+        done: asyncio.Future[list[HttpOutcome]],
+    ) -> None:
         self.items, self.budget, self.on_result, self.done = items, budget, on_result, done
         self.results: list[HttpOutcome | None] = [None] * len(items)
         self.left = len(items)
@@ -289,10 +358,20 @@ class _Watchdog:
                 self.expire(slot)
 
 
-async def _fetch_one(session: aiohttp.ClientSession, task: asyncio.Task[Any], slot: int,
-                     index: int, item: Any, max_body: int, max_redirects: int, retries: int,
-                     watchdog: _Watchdog, budget: float, backoff: float,
-                     max_url: int) -> HttpOutcome:
+async def _fetch_one(
+    session: aiohttp.ClientSession,
+    task: asyncio.Task[Any],
+    slot: int,
+    index: int,
+    item: Any,
+    max_body: int,
+    max_redirects: int,
+    retries: int,
+    watchdog: _Watchdog,
+    budget: float,
+    backoff: float,
+    max_url: int,
+) -> HttpOutcome:
     started = time.perf_counter()
     try:
         _check_length(_url_of(item), max_url)
@@ -307,8 +386,9 @@ async def _fetch_one(session: aiohttp.ClientSession, task: asyncio.Task[Any], sl
             error = hc.INVALID_URL
         method = str(item.get("method") or "GET") if isinstance(item, Mapping) else "GET"
         shown = url if len(url) <= max_url else url[:max_url] + "…"
-        return HttpOutcome(index, redact_url(shown), method, error=error,
-                           message=redact_url(str(exc)), attempts=0)
+        return HttpOutcome(
+            index, redact_url(shown), method, error=error, message=redact_url(str(exc)), attempts=0
+        )
     attempt = 0
     hops: list[RedirectHop] = []  # of the current attempt, kept when it fails
     watchdog.arm(slot, started + budget, task)
@@ -317,8 +397,17 @@ async def _fetch_one(session: aiohttp.ClientSession, task: asyncio.Task[Any], sl
             attempt += 1
             hops = []
             try:
-                outcome = await _follow(session, index, request, max_body, max_redirects,
-                                        max_url, started, attempt, hops)
+                outcome = await _follow(
+                    session,
+                    index,
+                    request,
+                    max_body,
+                    max_redirects,
+                    max_url,
+                    started,
+                    attempt,
+                    hops,
+                )
                 if watchdog.disarm(slot):  # ended in the same step as the sweep fired
                     task.uncancel()
                 return outcome
@@ -326,8 +415,11 @@ async def _fetch_one(session: aiohttp.ClientSession, task: asyncio.Task[Any], sl
                 raise
             except Exception as exc:
                 error, message = hc.classify_error(exc)
-                if (error not in hc.TRANSIENT or request.method not in IDEMPOTENT
-                        or attempt > retries):
+                if (
+                    error not in hc.TRANSIENT
+                    or request.method not in IDEMPOTENT
+                    or attempt > retries
+                ):
                     raise _Failed(error, message) from exc
                 pause = backoff * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
                 await asyncio.sleep(pause)
@@ -339,9 +431,16 @@ async def _fetch_one(session: aiohttp.ClientSession, task: asyncio.Task[Any], sl
             raise  # not (only) the watchdog: the fetcher itself is being stopped
         error, message = hc.TIMEOUT, f"no complete answer within {budget:g} s"
     total = _ms(time.perf_counter() - started)
-    return HttpOutcome(index, redact_url(request.url), request.method, redirects=tuple(hops),
-                       timings=Timings(total_ms=total), error=error,
-                       message=redact_url(message), attempts=attempt)
+    return HttpOutcome(
+        index,
+        redact_url(request.url),
+        request.method,
+        redirects=tuple(hops),
+        timings=Timings(total_ms=total),
+        error=error,
+        message=redact_url(message),
+        attempts=attempt,
+    )
 
 
 def _check_length(url: str, cap: int) -> None:
@@ -349,9 +448,17 @@ def _check_length(url: str, cap: int) -> None:
         raise InvalidInput(f"the URL is {len(url):,} characters long, over the cap of {cap:,}")
 
 
-async def _follow(session: aiohttp.ClientSession, index: int, request: HttpRequest,
-                  max_body: int, max_redirects: int, max_url: int, started: float, attempt: int,
-                  hops: list[RedirectHop]) -> HttpOutcome:
+async def _follow(
+    session: aiohttp.ClientSession,
+    index: int,
+    request: HttpRequest,
+    max_body: int,
+    max_redirects: int,
+    max_url: int,
+    started: float,
+    attempt: int,
+    hops: list[RedirectHop],
+) -> HttpOutcome:
     url, method, body = normalise_url(request.url), request.method, request.body
     headers = dict(request.headers) if request.headers else None
     while True:
@@ -359,16 +466,18 @@ async def _follow(session: aiohttp.ClientSession, index: int, request: HttpReque
         token = marks.active()
         sent = time.perf_counter()
         try:
-            resp = await session.request(method, url, headers=headers, data=body,
-                                         allow_redirects=False)
+            resp = await session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            )
         finally:
             hc.stop_timing(token)
         async with resp:
             ttfb = time.perf_counter() - sent
             location = resp.headers.get("Location")
             if resp.status in REDIRECTS and location:
-                hops.append(RedirectHop(redact_url(str(url)), resp.status,
-                                        redact_url(location[:max_url])))
+                hops.append(
+                    RedirectHop(redact_url(str(url)), resp.status, redact_url(location[:max_url]))
+                )
                 if len(hops) > max_redirects:
                     raise _Failed(hc.TOO_MANY_REDIRECTS, f"more than {max_redirects} redirects")
                 try:
@@ -376,12 +485,16 @@ async def _follow(session: aiohttp.ClientSession, index: int, request: HttpReque
                     target = resolve_location(url, location)
                     _check_length(str(target), max_url)
                 except (InvalidInput, ValueError) as exc:
-                    raise _Failed(hc.INVALID_URL, f"redirect to {location[:200]!r}: {exc}") from None
+                    raise _Failed(
+                        hc.INVALID_URL, f"redirect to {location[:200]!r}: {exc}"
+                    ) from None
                 if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
                     method = "GET" if method != "HEAD" else "HEAD"
                     body = None
                 if headers and target.origin() != url.origin():
-                    headers = {k: v for k, v in headers.items() if k.lower() not in _DROP_CROSS_ORIGIN}
+                    headers = {
+                        k: v for k, v in headers.items() if k.lower() not in _DROP_CROSS_ORIGIN
+                    }
                 url = target
                 continue
             size, digest, truncated = await _read_capped(resp, max_body)
@@ -392,12 +505,27 @@ async def _follow(session: aiohttp.ClientSession, index: int, request: HttpReque
                 if value is not None:
                     selected.append((name, value[:_MAX_HEADER_VALUE]))
             ttfb -= (marks.dns or 0.0) + (marks.connect or 0.0)  # phases of their own
-            timings = Timings(_ms_if(marks.dns), _ms_if(marks.connect), _ms(max(0.0, ttfb)),
-                              _ms(time.perf_counter() - started))
+            timings = Timings(
+                _ms_if(marks.dns),
+                _ms_if(marks.connect),
+                _ms(max(0.0, ttfb)),
+                _ms(time.perf_counter() - started),
+            )
             final = redact_url(str(url) if hops else request.url)
-            return HttpOutcome(index, redact_url(request.url), request.method, final, resp.status,
-                               tuple(hops), timings, size, digest, truncated, tuple(selected),
-                               attempts=attempt)
+            return HttpOutcome(
+                index,
+                redact_url(request.url),
+                request.method,
+                final,
+                resp.status,
+                tuple(hops),
+                timings,
+                size,
+                digest,
+                truncated,
+                tuple(selected),
+                attempts=attempt,
+            )
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> tuple[int, str, bool]:
@@ -445,8 +573,11 @@ def _ms_if(seconds: float | None) -> float | None:
 # pays one orjson call (~1 µs per outcome) and a reader of another version fails with a
 # clear message instead of storing columns in the wrong places.
 
-WIRE_SCHEMA = {"outcome": list(HttpOutcome._fields), "timings": list(Timings._fields),
-               "hop": list(RedirectHop._fields)}
+WIRE_SCHEMA = {
+    "outcome": list(HttpOutcome._fields),
+    "timings": list(Timings._fields),
+    "hop": list(RedirectHop._fields),
+}
 
 
 def encode_outcomes(outcomes: Iterable[HttpOutcome]) -> bytes:
@@ -463,23 +594,52 @@ def decode_outcomes(text: str | bytes) -> list[HttpOutcome]:
     if not isinstance(data, dict) or not isinstance(data.get("outcomes"), list):
         raise InvalidInput("shipped outcomes must be an object with a list of outcomes")
     if data.get("schema") != WIRE_SCHEMA:
-        raise InvalidInput(f"shipped outcomes have fields {data.get('schema')!r}; this version "
-                           f"reads {WIRE_SCHEMA!r} (written by another version?)")
+        raise InvalidInput(
+            f"shipped outcomes have fields {data.get('schema')!r}; this version "
+            f"reads {WIRE_SCHEMA!r} (written by another version?)"
+        )
     width = len(HttpOutcome._fields)
     out = []
     for n, row in enumerate(data["outcomes"]):
         try:
             if len(row) != width:
                 raise ValueError(f"{len(row)} fields, not {width}")
-            (index, url, method, final_url, status, redirects, timings, size, sha256, truncated,
-             headers, error, message, attempts) = row
+            (
+                index,
+                url,
+                method,
+                final_url,
+                status,
+                redirects,
+                timings,
+                size,
+                sha256,
+                truncated,
+                headers,
+                error,
+                message,
+                attempts,
+            ) = row
             if isinstance(index, bool) or not isinstance(index, int) or index < 0:
                 raise ValueError(f"index {index!r}")
-            out.append(HttpOutcome(index, url, method, final_url, status,
-                                   tuple(RedirectHop(*hop) for hop in redirects),
-                                   Timings(*timings), size, sha256, truncated,
-                                   tuple((name, value) for name, value in headers),
-                                   error, message, attempts))
+            out.append(
+                HttpOutcome(
+                    index,
+                    url,
+                    method,
+                    final_url,
+                    status,
+                    tuple(RedirectHop(*hop) for hop in redirects),
+                    Timings(*timings),
+                    size,
+                    sha256,
+                    truncated,
+                    tuple((name, value) for name, value in headers),
+                    error,
+                    message,
+                    attempts,
+                )
+            )
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"shipped outcome {n} is malformed: {exc}") from None
     return out
@@ -495,10 +655,26 @@ def summarise(outcomes: Sequence[HttpOutcome]) -> dict[str, Any]:
         else:
             key = str(outcome.status)
             statuses[key] = statuses.get(key, 0) + 1
-    return {"total": len(outcomes), "ok": len(outcomes) - sum(errors.values()),
-            "statuses": statuses, "errors": errors}
+    return {
+        "total": len(outcomes),
+        "ok": len(outcomes) - sum(errors.values()),
+        "statuses": statuses,
+        "errors": errors,
+    }
 
 
-__all__ = ["fetch_all", "FetchPool", "encode_outcomes", "decode_outcomes", "normalise_url",
-           "summarise", "HttpRequest", "HttpOutcome", "RedirectHop", "Timings", "METHODS",
-           "IDEMPOTENT", "SELECTED_HEADERS"]
+__all__ = [
+    "fetch_all",
+    "FetchPool",
+    "encode_outcomes",
+    "decode_outcomes",
+    "normalise_url",
+    "summarise",
+    "HttpRequest",
+    "HttpOutcome",
+    "RedirectHop",
+    "Timings",
+    "METHODS",
+    "IDEMPOTENT",
+    "SELECTED_HEADERS",
+]

@@ -124,5 +124,11 @@ class LoadtestRun(JsonView):
     data: dict[str, Any] = field(repr=False)
 
 
-__all__ = ["JsonView", "HttpBatchProgress", "HttpBatchSummary", "LoadtestProgress",
-           "LoadtestResult", "LoadtestRun"]
+__all__ = [
+    "JsonView",
+    "HttpBatchProgress",
+    "HttpBatchSummary",
+    "LoadtestProgress",
+    "LoadtestResult",
+    "LoadtestRun",
+]

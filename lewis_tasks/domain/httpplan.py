@@ -37,8 +37,9 @@ class HttpLimits:
         """Seconds one URL may take: ``timeout`` or ``http.timeout``; InvalidInput past it."""
         budget = self.url_timeout if timeout is None else float(timeout)
         if not 0 < budget <= self.url_timeout:
-            raise InvalidInput(f"timeout {budget:g}s is outside (0, {self.url_timeout:g}s] "
-                               "(http.timeout)")
+            raise InvalidInput(
+                f"timeout {budget:g}s is outside (0, {self.url_timeout:g}s] (http.timeout)"
+            )
         return min(budget, self.chunk_seconds)
 
     def chunk_size(self, budget: float) -> int:
@@ -77,8 +78,9 @@ class HttpBatchPlan:
 def plan_http_batch(count: int, timeout: float | None, limits: HttpLimits) -> HttpBatchPlan:
     """The plan of a batch of ``count`` URLs of ``timeout`` seconds each (None: http.timeout)."""
     budget = limits.url_budget(timeout)
-    return HttpBatchPlan(count, budget, limits.chunk_size(budget), limits.chunk_seconds,
-                         limits.max_connections)
+    return HttpBatchPlan(
+        count, budget, limits.chunk_size(budget), limits.chunk_seconds, limits.max_connections
+    )
 
 
 __all__ = ["SLACK", "FLUSH_TICK", "HttpLimits", "HttpBatchPlan", "plan_http_batch"]

@@ -84,8 +84,7 @@ def _normalise(text: str) -> URL:
     addr = parse_ip(host)
     if addr is not None:
         return url if str(addr) == host else url.with_host(str(addr))
-    if (not all(c.isascii() and (c.isalnum() or c in "-._") for c in host)
-            or host.strip(".") == ""):
+    if not all(c.isascii() and (c.isalnum() or c in "-._") for c in host) or host.strip(".") == "":
         raise InvalidInput(f"{text!r}: {host!r} is not a valid host name")
     return url
 
@@ -102,8 +101,10 @@ def _same_host(text: str, ours: Host, standard: Host) -> None:
     else:
         same = unmap(ours) == unmap(standard)
     if not same:
-        raise InvalidInput(f"{text!r}: its host reads as {_shown(ours)} to this client but "
-                           f"{_shown(standard)} under the URL Standard; refused")
+        raise InvalidInput(
+            f"{text!r}: its host reads as {_shown(ours)} to this client but "
+            f"{_shown(standard)} under the URL Standard; refused"
+        )
 
 
 def _shown(host: Host) -> str:
@@ -145,8 +146,9 @@ class HttpRequest:
             try:
                 body = body.encode()
             except UnicodeEncodeError as exc:  # a lone surrogate: no bytes say it
-                raise InvalidInput(f"the body is not encodable text: {exc.reason} at "
-                                   f"position {exc.start}") from None
+                raise InvalidInput(
+                    f"the body is not encodable text: {exc.reason} at position {exc.start}"
+                ) from None
         if body is not None and not isinstance(body, bytes):
             raise InvalidInput("body must be text or bytes")
         if body is not None and method != "POST":
@@ -158,11 +160,14 @@ def check_header(name: str, value: str) -> None:
     """InvalidInput saying what is wrong if ``name: value`` is no HTTP header field
     (RFC 9110: the name a token, the value without CR, LF or other control characters)."""
     if not _TOKEN.fullmatch(name):
-        raise InvalidInput(f"header {name!r} is malformed: a name is letters, digits and "
-                           "!#$%&'*+-.^_`|~ only")
+        raise InvalidInput(
+            f"header {name!r} is malformed: a name is letters, digits and !#$%&'*+-.^_`|~ only"
+        )
     if not _FIELD_VALUE.fullmatch(value) or not _encodes(value):
-        raise InvalidInput(f"header {name!r} is malformed: its value holds a control character "
-                           "(CR, LF, NUL…) or a lone surrogate")
+        raise InvalidInput(
+            f"header {name!r} is malformed: its value holds a control character "
+            "(CR, LF, NUL…) or a lone surrogate"
+        )
 
 
 def _encodes(text: str) -> bool:

@@ -20,8 +20,12 @@ def chunk_figures(outcomes: Sequence[HttpOutcome]) -> dict[str, Any]:
     for outcome in outcomes:
         if outcome.ok:
             latency.record(int(outcome.timings.total_ms * 1000))
-    return {"count": len(outcomes), "summary": summarise(outcomes),
-            "bytes": sum(o.bytes for o in outcomes), "latency": latency.to_dict()}
+    return {
+        "count": len(outcomes),
+        "summary": summarise(outcomes),
+        "bytes": sum(o.bytes for o in outcomes),
+        "latency": latency.to_dict(),
+    }
 
 
 def sum_chunks(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -36,11 +40,15 @@ def sum_chunks(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for key, n in chunk["summary"]["errors"].items():
             errors[key] = errors.get(key, 0) + int(n)
         latency.merge(LatencyHistogram.from_dict(chunk["latency"]))
-    return {"statuses": dict(sorted(statuses.items())), "errors": dict(sorted(errors.items())),
-            "bytes": sum(int(r.get("bytes", 0)) for r in results),
-            "latency_ms": latency.summary(), "chunks": len(results),
-            "processes": sorted({str(r.get("process")) for r in results}),
-            "slowest_chunk_s": max((float(r.get("seconds", 0)) for r in results), default=0.0)}
+    return {
+        "statuses": dict(sorted(statuses.items())),
+        "errors": dict(sorted(errors.items())),
+        "bytes": sum(int(r.get("bytes", 0)) for r in results),
+        "latency_ms": latency.summary(),
+        "chunks": len(results),
+        "processes": sorted({str(r.get("process")) for r in results}),
+        "slowest_chunk_s": max((float(r.get("seconds", 0)) for r in results), default=0.0),
+    }
 
 
 def sum_parts(results: Sequence[Mapping[str, Any]], run_id: str) -> dict[str, Any]:
@@ -48,13 +56,24 @@ def sum_parts(results: Sequence[Mapping[str, Any]], run_id: str) -> dict[str, An
     parts = sorted(results, key=lambda r: int(r.get("part", 0)))
     merged = LoadResult.merge(LoadResult.from_dict(p) for p in parts)
     processes = sorted({str(p.get("process")) for p in parts})
-    return {**merged.to_dict(), "run_id": run_id, "processes": processes,
-            "shared_process": len(processes) < len(parts),
-            "handed_back": sum(int(p.get("handed_back", 0)) for p in parts),
-            "by_part": [{"part": p.get("part"), "process": p.get("process"),
-                         "requests": p["requests"], "rps": p["rps"],
-                         "p50_ms": p["latency_ms"]["p50_ms"], "p99_ms": p["latency_ms"]["p99_ms"]}
-                        for p in parts]}
+    return {
+        **merged.to_dict(),
+        "run_id": run_id,
+        "processes": processes,
+        "shared_process": len(processes) < len(parts),
+        "handed_back": sum(int(p.get("handed_back", 0)) for p in parts),
+        "by_part": [
+            {
+                "part": p.get("part"),
+                "process": p.get("process"),
+                "requests": p["requests"],
+                "rps": p["rps"],
+                "p50_ms": p["latency_ms"]["p50_ms"],
+                "p99_ms": p["latency_ms"]["p99_ms"],
+            }
+            for p in parts
+        ],
+    }
 
 
 __all__ = ["chunk_figures", "sum_chunks", "sum_parts"]

@@ -20,18 +20,40 @@ from typing import IO, Any
 from .histogram import LatencyHistogram
 
 CSV_PERCENTILES = (50, 66, 75, 80, 90, 95, 98, 99, 99.9, 99.99, 100)
-STATS_COLUMNS = ("Type", "Name", "Request Count", "Failure Count", "Median Response Time",
-                 "Average Response Time", "Min Response Time", "Max Response Time",
-                 "Average Content Size", "Requests/s", "Failures/s",
-                 *(f"{p:g}%" for p in CSV_PERCENTILES))
-HISTORY_COLUMNS = ("Timestamp", "User Count", "Type", "Name", "Requests/s", "Failures/s",
-                   "Total Request Count", "Total Failure Count", "Total Average Content Size")
+STATS_COLUMNS = (
+    "Type",
+    "Name",
+    "Request Count",
+    "Failure Count",
+    "Median Response Time",
+    "Average Response Time",
+    "Min Response Time",
+    "Max Response Time",
+    "Average Content Size",
+    "Requests/s",
+    "Failures/s",
+    *(f"{p:g}%" for p in CSV_PERCENTILES),
+)
+HISTORY_COLUMNS = (
+    "Timestamp",
+    "User Count",
+    "Type",
+    "Name",
+    "Requests/s",
+    "Failures/s",
+    "Total Request Count",
+    "Total Failure Count",
+    "Total Average Content Size",
+)
 
 
 def failures(result: Mapping[str, Any]) -> int:
     """Requests without an answer plus answers with a status ≥ 400."""
-    bad = sum(int(n) for status, n in result["status_counts"].items()
-              if str(status).isdigit() and int(status) >= 400)
+    bad = sum(
+        int(n)
+        for status, n in result["status_counts"].items()
+        if str(status).isdigit() and int(status) >= 400
+    )
     return sum(int(n) for n in result["errors"].values()) + bad
 
 
@@ -41,11 +63,18 @@ def stats_rows(result: Mapping[str, Any]) -> list[list[Any]]:
     total = int(result["requests"]) + sum(int(n) for n in result["errors"].values())
     failed = failures(result)
     seconds = float(result["duration_s"]) or 1.0
-    figures = [total, failed, _ms(latency.percentile(50)), round(latency.mean / 1000, 3),
-               _ms(latency.min), _ms(latency.max),
-               round(int(result["bytes"]) / total, 1) if total else 0,
-               round(total / seconds, 3), round(failed / seconds, 3),
-               *(_ms(latency.percentile(p)) for p in CSV_PERCENTILES)]
+    figures = [
+        total,
+        failed,
+        _ms(latency.percentile(50)),
+        round(latency.mean / 1000, 3),
+        _ms(latency.min),
+        _ms(latency.max),
+        round(int(result["bytes"]) / total, 1) if total else 0,
+        round(total / seconds, 3),
+        round(failed / seconds, 3),
+        *(_ms(latency.percentile(p)) for p in CSV_PERCENTILES),
+    ]
     return [[result["method"], result["url"], *figures], ["", "Aggregated", *figures]]
 
 
@@ -56,8 +85,19 @@ def history_rows(result: Mapping[str, Any]) -> list[list[Any]]:
     total = failed = size = 0
     for second, (ended, bad, received) in enumerate(result.get("timeline") or ()):
         total, failed, size = total + ended, failed + bad, size + received
-        rows.append([start + second + 1, users_at(result, second + 1), "", "Aggregated",
-                     ended, bad, total, failed, round(size / total, 1) if total else 0])
+        rows.append(
+            [
+                start + second + 1,
+                users_at(result, second + 1),
+                "",
+                "Aggregated",
+                ended,
+                bad,
+                total,
+                failed,
+                round(size / total, 1) if total else 0,
+            ]
+        )
     return rows
 
 
@@ -90,5 +130,12 @@ def _ms(us: int | float) -> float:
     return round(us / 1000, 3)
 
 
-__all__ = ["write_csv", "stats_rows", "history_rows", "failures", "STATS_COLUMNS",
-           "HISTORY_COLUMNS", "CSV_PERCENTILES"]
+__all__ = [
+    "write_csv",
+    "stats_rows",
+    "history_rows",
+    "failures",
+    "STATS_COLUMNS",
+    "HISTORY_COLUMNS",
+    "CSV_PERCENTILES",
+]

@@ -90,35 +90,56 @@ class LoadResult:
         return self.requests / self.duration_s if self.duration_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "method": self.method, "mode": self.mode,
-                "concurrency": self.concurrency, "rate": self.rate,
-                "started_at": self.started_at, "duration_s": self.duration_s,
-                "requests": self.requests, "rps": round(self.rps, 1), "bytes": self.bytes,
-                "status_counts": dict(self.status_counts), "errors": dict(self.errors),
-                "parts": self.parts, "warmup": self.warmup, "latency_ms": self.latency.summary(),
-                "histogram": self.latency.to_dict(),
-                "service_ms": self.service_latency.summary(),
-                "ramp_s": self.ramp_s, "timeline": [list(second) for second in self.timeline],
-                "cancelled": self.cancelled,
-                **({} if self.service is None else {"service_histogram": self.service.to_dict()})}
+        return {
+            "url": self.url,
+            "method": self.method,
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "rate": self.rate,
+            "started_at": self.started_at,
+            "duration_s": self.duration_s,
+            "requests": self.requests,
+            "rps": round(self.rps, 1),
+            "bytes": self.bytes,
+            "status_counts": dict(self.status_counts),
+            "errors": dict(self.errors),
+            "parts": self.parts,
+            "warmup": self.warmup,
+            "latency_ms": self.latency.summary(),
+            "histogram": self.latency.to_dict(),
+            "service_ms": self.service_latency.summary(),
+            "ramp_s": self.ramp_s,
+            "timeline": [list(second) for second in self.timeline],
+            "cancelled": self.cancelled,
+            **({} if self.service is None else {"service_histogram": self.service.to_dict()}),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoadResult:
         """The result :meth:`to_dict` gave (say, from a part task's JSON)."""
         try:
-            return cls(str(data["url"]), str(data["method"]), str(data["mode"]),
-                       int(data["concurrency"]), None if data["rate"] is None else float(data["rate"]),
-                       float(data["started_at"]), float(data["duration_s"]),
-                       int(data["requests"]), int(data["bytes"]),
-                       {str(k): int(v) for k, v in data["status_counts"].items()},
-                       {str(k): int(v) for k, v in data["errors"].items()},
-                       LatencyHistogram.from_dict(data["histogram"]), int(data.get("parts", 1)),
-                       int(data.get("warmup", 0)),
-                       LatencyHistogram.from_dict(data["service_histogram"])
-                       if data.get("service_histogram") is not None else None,
-                       None if data.get("ramp_s") is None else float(data["ramp_s"]),
-                       tuple((int(a), int(f), int(b)) for a, f, b in data.get("timeline") or ()),
-                       bool(data.get("cancelled", False)))
+            return cls(
+                str(data["url"]),
+                str(data["method"]),
+                str(data["mode"]),
+                int(data["concurrency"]),
+                None if data["rate"] is None else float(data["rate"]),
+                float(data["started_at"]),
+                float(data["duration_s"]),
+                int(data["requests"]),
+                int(data["bytes"]),
+                {str(k): int(v) for k, v in data["status_counts"].items()},
+                {str(k): int(v) for k, v in data["errors"].items()},
+                LatencyHistogram.from_dict(data["histogram"]),
+                int(data.get("parts", 1)),
+                int(data.get("warmup", 0)),
+                LatencyHistogram.from_dict(data["service_histogram"])
+                if data.get("service_histogram") is not None
+                else None,
+                None if data.get("ramp_s") is None else float(data["ramp_s"]),
+                tuple((int(a), int(f), int(b)) for a, f, b in data.get("timeline") or ()),
+                bool(data.get("cancelled", False)),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInput(f"malformed load test result: {exc!r}") from None
 
@@ -131,20 +152,33 @@ class LoadResult:
             raise InvalidInput("nothing to merge: no load test parts")
         first = parts[0]
         rates = [p.rate for p in parts]
-        return cls(first.url, first.method, first.mode, sum(p.concurrency for p in parts),
-                   None if None in rates else sum(r for r in rates if r is not None),
-                   min(p.started_at for p in parts), max(p.duration_s for p in parts),
-                   sum(p.requests for p in parts), sum(p.bytes for p in parts),
-                   _add(p.status_counts for p in parts), _add(p.errors for p in parts),
-                   LatencyHistogram.merged(p.latency for p in parts),
-                   sum(p.parts for p in parts), sum(p.warmup for p in parts),
-                   None if any(p.service is None for p in parts)
-                   else LatencyHistogram.merged(p.service for p in parts if p.service is not None),
-                   first.ramp_s, _add_timelines(p.timeline for p in parts),
-                   any(p.cancelled for p in parts))
+        return cls(
+            first.url,
+            first.method,
+            first.mode,
+            sum(p.concurrency for p in parts),
+            None if None in rates else sum(r for r in rates if r is not None),
+            min(p.started_at for p in parts),
+            max(p.duration_s for p in parts),
+            sum(p.requests for p in parts),
+            sum(p.bytes for p in parts),
+            _add(p.status_counts for p in parts),
+            _add(p.errors for p in parts),
+            LatencyHistogram.merged(p.latency for p in parts),
+            sum(p.parts for p in parts),
+            sum(p.warmup for p in parts),
+            None
+            if any(p.service is None for p in parts)
+            else LatencyHistogram.merged(p.service for p in parts if p.service is not None),
+            first.ramp_s,
+            _add_timelines(p.timeline for p in parts),
+            any(p.cancelled for p in parts),
+        )
 
 
-def _add_timelines(timelines: Iterable[Sequence[tuple[int, int, int]]]) -> tuple[tuple[int, int, int], ...]:
+def _add_timelines(
+    timelines: Iterable[Sequence[tuple[int, int, int]]],
+) -> tuple[tuple[int, int, int], ...]:
     """Second by second sums (parts start together, so their seconds line up)."""
     total: list[list[int]] = []
     for timeline in timelines:
@@ -164,71 +198,113 @@ def _add(counters: Iterable[Mapping[str, int]]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def check_request_options(*, method: str, headers: Sequence[Sequence[str]] | None,
-                          body: str | None, timeout: float | None, ramp: float | None,
-                          duration: float | None, max_body: int) -> None:
+def check_request_options(
+    *,
+    method: str,
+    headers: Sequence[Sequence[str]] | None,
+    body: str | None,
+    timeout: float | None,
+    ramp: float | None,
+    duration: float | None,
+    max_body: int,
+) -> None:
     """InvalidInput naming the flaw in a run's headers (``[[name, value], …]``), body (text,
     at most ``max_body`` bytes in UTF-8), per-request ``timeout`` or ``ramp`` (seconds)."""
     if headers is not None:
         if not isinstance(headers, list | tuple):
             raise InvalidInput("headers must be a list of [name, value] pairs")
         for pair in headers:
-            if (not isinstance(pair, list | tuple) or len(pair) != 2
-                    or not all(isinstance(part, str) for part in pair)):
+            if (
+                not isinstance(pair, list | tuple)
+                or len(pair) != 2
+                or not all(isinstance(part, str) for part in pair)
+            ):
                 raise InvalidInput(f"a header is a [name, value] pair of text, not {pair!r}")
             check_header(pair[0], pair[1])
     if body is not None:
         if not isinstance(body, str):
             raise InvalidInput("the body must be text")
         if method not in BODY_METHODS:
-            raise InvalidInput(f"a {method} request carries no body "
-                               f"(use one of {', '.join(sorted(BODY_METHODS))})")
+            raise InvalidInput(
+                f"a {method} request carries no body (use one of {', '.join(sorted(BODY_METHODS))})"
+            )
         try:
             size = len(body.encode())
         except UnicodeEncodeError as exc:
             raise InvalidInput(f"the body is not encodable text: {exc.reason}") from None
         if size > max_body:
-            raise InvalidInput(f"the body is {size:,} bytes, over the cap of {max_body:,} "
-                               "(loadtest.max_body_bytes)")
+            raise InvalidInput(
+                f"the body is {size:,} bytes, over the cap of {max_body:,} "
+                "(loadtest.max_body_bytes)"
+            )
     for name, value in (("timeout", timeout), ("ramp", ramp)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not math.isfinite(value) or value <= 0):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise InvalidInput(f"{name} must be a number of seconds > 0, not {value!r}")
     if ramp is not None and duration is not None and ramp >= duration:
         raise InvalidInput(f"the ramp ({ramp:g}s) must end before the run does ({duration:g}s)")
 
 
-def check_load(*, concurrency: int, duration: float | None, requests: int | None,
-               rate: float | None, method: str, max_duration: float, max_concurrency: int,
-               max_rate: float, max_requests: int) -> None:
+def check_load(
+    *,
+    concurrency: int,
+    duration: float | None,
+    requests: int | None,
+    rate: float | None,
+    method: str,
+    max_duration: float,
+    max_concurrency: int,
+    max_rate: float,
+    max_requests: int,
+) -> None:
     """InvalidInput naming the cap or parameter if this run may not go ahead."""
     if method not in LOAD_METHODS:
         raise InvalidInput(f"method {method!r} is not one of {', '.join(sorted(LOAD_METHODS))}")
     if not 1 <= concurrency <= max_concurrency:
-        raise InvalidInput(f"concurrency {concurrency} is outside 1..{max_concurrency} (max_concurrency)")
+        raise InvalidInput(
+            f"concurrency {concurrency} is outside 1..{max_concurrency} (max_concurrency)"
+        )
     if duration is None and requests is None:
         raise InvalidInput("give a duration or a number of requests")
     if duration is not None and not 0 < duration <= max_duration:
-        raise InvalidInput(f"duration {duration:g}s is outside (0, {max_duration:g}s] (max_duration)")
+        raise InvalidInput(
+            f"duration {duration:g}s is outside (0, {max_duration:g}s] (max_duration)"
+        )
     if requests is not None and not 1 <= requests <= max_requests:
         raise InvalidInput(f"requests {requests} is outside 1..{max_requests} (max_requests)")
     if rate is not None and not 0 < rate <= max_rate:
         raise InvalidInput(f"rate {rate:g}/s is outside (0, {max_rate:g}/s] (max_rate)")
 
 
-async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency: int,
-                       duration: float | None = None, requests: int | None = None,
-                       rate: float | None = None, method: str = "GET",
-                       headers: Sequence[Sequence[str]] | None = None, body: str | None = None,
-                       timeout: float | None = None, ramp: float | None = None,
-                       max_body: int = 1 << 20, start_at: float | None = None, max_duration: float = 60.0,
-                       max_concurrency: int = 1000, max_rate: float = 100_000,
-                       max_requests: int = 5_000_000,
-                       on_progress: Callable[[dict[str, Any]], None] | None = None,
-                       progress_interval: float = 1.0,
-                       drain_grace: float = _DRAIN_GRACE,
-                       stop: Callable[[], bool] | None = None,
-                       stop_interval: float = STOP_INTERVAL) -> LoadResult:
+async def run_loadtest(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    concurrency: int,
+    duration: float | None = None,
+    requests: int | None = None,
+    rate: float | None = None,
+    method: str = "GET",
+    headers: Sequence[Sequence[str]] | None = None,
+    body: str | None = None,
+    timeout: float | None = None,
+    ramp: float | None = None,
+    max_body: int = 1 << 20,
+    start_at: float | None = None,
+    max_duration: float = 60.0,
+    max_concurrency: int = 1000,
+    max_rate: float = 100_000,
+    max_requests: int = 5_000_000,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    progress_interval: float = 1.0,
+    drain_grace: float = _DRAIN_GRACE,
+    stop: Callable[[], bool] | None = None,
+    stop_interval: float = STOP_INTERVAL,
+) -> LoadResult:
     """Load ``url`` for ``duration`` seconds or ``requests`` requests (whichever ends first).
 
     Without ``rate``: closed loop at ``concurrency``. With it: open loop at ``rate``/s.
@@ -245,14 +321,32 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
     sent, and the result covers the time the run had (``cancelled``).
     """
     method = method.upper()
-    check_load(concurrency=concurrency, duration=duration, requests=requests, rate=rate,
-               method=method, max_duration=max_duration, max_concurrency=max_concurrency,
-               max_rate=max_rate, max_requests=max_requests)
-    check_request_options(method=method, headers=headers, body=body, timeout=timeout, ramp=ramp,
-                          duration=duration, max_body=max_body)
-    shape = _Shape(tuple((str(k), str(v)) for k, v in headers or ()),
-                   None if body is None else body.encode(),
-                   None if timeout is None else aiohttp.ClientTimeout(total=timeout), ramp)
+    check_load(
+        concurrency=concurrency,
+        duration=duration,
+        requests=requests,
+        rate=rate,
+        method=method,
+        max_duration=max_duration,
+        max_concurrency=max_concurrency,
+        max_rate=max_rate,
+        max_requests=max_requests,
+    )
+    check_request_options(
+        method=method,
+        headers=headers,
+        body=body,
+        timeout=timeout,
+        ramp=ramp,
+        duration=duration,
+        max_body=max_body,
+    )
+    shape = _Shape(
+        tuple((str(k), str(v)) for k, v in headers or ()),
+        None if body is None else body.encode(),
+        None if timeout is None else aiohttp.ClientTimeout(total=timeout),
+        ramp,
+    )
     target = normalise_url(url)
     warmed = 0
     if method in SAFE_METHODS:  # within the lead a common start time leaves, if there is one
@@ -262,9 +356,20 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
         await asyncio.sleep(max(0.0, start_at - time.time()))
     if stop is not None and await asyncio.to_thread(stop):  # cancelled before it started
         warmed = 0
-    run = _Run(session, method, target, concurrency, requests, rate,
-               duration if duration is not None else max_duration, drain_grace, shape)
-    ticker = asyncio.create_task(_report(run, on_progress, progress_interval)) if on_progress else None
+    run = _Run(
+        session,
+        method,
+        target,
+        concurrency,
+        requests,
+        rate,
+        duration if duration is not None else max_duration,
+        drain_grace,
+        shape,
+    )
+    ticker = (
+        asyncio.create_task(_report(run, on_progress, progress_interval)) if on_progress else None
+    )
     try:
         await run.go(stop, stop_interval)
     finally:
@@ -272,13 +377,25 @@ async def run_loadtest(session: aiohttp.ClientSession, url: str, *, concurrency:
             ticker.cancel()
     if run.refused is not None:
         raise OutOfScope(f"load test refused: {redact_url(run.refused)}")
-    return LoadResult(redact_url(str(target)), method, "closed" if rate is None else "open", concurrency,
-                      rate, run.started_at, run.elapsed, run.answered, run.bytes,
-                      {str(k): n for k, n in sorted(run.statuses.items())},
-                      dict(sorted(run.errors.items())), run.latency, warmup=warmed,
-                      service=run.service, ramp_s=ramp,
-                      timeline=tuple((a, f, b) for a, f, b in run.timeline),
-                      cancelled=run.cancelled)
+    return LoadResult(
+        redact_url(str(target)),
+        method,
+        "closed" if rate is None else "open",
+        concurrency,
+        rate,
+        run.started_at,
+        run.elapsed,
+        run.answered,
+        run.bytes,
+        {str(k): n for k, n in sorted(run.statuses.items())},
+        dict(sorted(run.errors.items())),
+        run.latency,
+        warmup=warmed,
+        service=run.service,
+        ramp_s=ramp,
+        timeline=tuple((a, f, b) for a, f, b in run.timeline),
+        cancelled=run.cancelled,
+    )
 
 
 @dataclass(frozen=True)
@@ -313,8 +430,14 @@ def ramp_offset(n: int, rate: float, ramp: float | None) -> float:
     return ramp + (n - in_ramp) / rate
 
 
-async def _warm_up(session: aiohttp.ClientSession, method: str, target: Any, connections: int,
-                   seconds: float, shape: _Shape) -> int:
+async def _warm_up(
+    session: aiohttp.ClientSession,
+    method: str,
+    target: Any,
+    connections: int,
+    seconds: float,
+    shape: _Shape,
+) -> int:
     """Open up to ``connections`` keep-alive connections, one request each, within ``seconds``;
     how many answered. Failures are left for the run itself to count."""
     if seconds <= 0:
@@ -344,9 +467,18 @@ async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
 class _Run:
     """The state one run's worker coroutines share (single-threaded: no locks needed)."""
 
-    def __init__(self, session: aiohttp.ClientSession, method: str, target: Any,
-                 concurrency: int, requests: int | None, rate: float | None,
-                 seconds: float, grace: float, shape: _Shape) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        target: Any,
+        concurrency: int,
+        requests: int | None,
+        rate: float | None,
+        seconds: float,
+        grace: float,
+        shape: _Shape,
+    ) -> None:
         self.session, self.method, self.target = session, method, target
         self.shape, self.kwargs = shape, shape.kwargs()
         self.timeline: list[list[int]] = [[0, 0, 0] for _ in range(max(1, math.ceil(seconds)))]
@@ -365,15 +497,19 @@ class _Run:
         self.pacer: Pacer | None = None
         self.cancelled = False
 
-    async def go(self, stop: Callable[[], bool] | None = None,
-                 stop_interval: float = STOP_INTERVAL) -> None:
+    async def go(
+        self, stop: Callable[[], bool] | None = None, stop_interval: float = STOP_INTERVAL
+    ) -> None:
         self.started_at, self.t0 = time.time(), time.perf_counter()
         self.deadline = self.t0 + self.seconds
         worker = self._closed if self.rate is None else self._open
         self.pacer = Pacer() if self.rate is not None else None
         tasks = [asyncio.create_task(worker(i)) for i in range(self.concurrency)]
-        watcher = (asyncio.create_task(self._watch(stop, stop_interval, tasks))
-                   if stop is not None else None)
+        watcher = (
+            asyncio.create_task(self._watch(stop, stop_interval, tasks))
+            if stop is not None
+            else None
+        )
         try:
             await asyncio.wait(tasks, timeout=self.seconds + self.grace)
         finally:  # the time is up, or the run itself was cancelled: no worker goes on
@@ -390,8 +526,9 @@ class _Run:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]  # a bug, not a network error
 
-    async def _watch(self, stop: Callable[[], bool], interval: float,
-                     tasks: list[asyncio.Task[Any]]) -> None:
+    async def _watch(
+        self, stop: Callable[[], bool], interval: float, tasks: list[asyncio.Task[Any]]
+    ) -> None:
         """Cancel the workers (and what they have in flight) once ``stop()`` says so."""
         while not await asyncio.to_thread(stop):
             await asyncio.sleep(interval)
@@ -404,7 +541,9 @@ class _Run:
         perf, deadline, limit = time.perf_counter, self.deadline, self.limit
         held = b""
         if self.shape.ramp:  # connection ``index`` of ``concurrency`` joins this far in
-            await asyncio.sleep(max(0.0, self.t0 + self.shape.ramp * index / self.concurrency - perf()))
+            await asyncio.sleep(
+                max(0.0, self.t0 + self.shape.ramp * index / self.concurrency - perf())
+            )
         while self.issued < limit and self.refused is None:
             sent = perf()
             if sent >= deadline:
@@ -494,15 +633,32 @@ async def _report(run: _Run, on_progress: Callable[[dict[str, Any]], None], ever
         await asyncio.sleep(every)
         elapsed = time.perf_counter() - run.t0
         try:
-            on_progress({"elapsed_s": round(elapsed, 3), "requests": run.answered,
-                         "errors": sum(run.errors.values()),
-                         "rps": round(run.answered / elapsed, 1) if elapsed > 0 else 0.0})
+            on_progress(
+                {
+                    "elapsed_s": round(elapsed, 3),
+                    "requests": run.answered,
+                    "errors": sum(run.errors.values()),
+                    "rps": round(run.answered / elapsed, 1) if elapsed > 0 else 0.0,
+                }
+            )
         except Exception as exc:  # a progress line is a nicety: the run goes on without it
             if not failed:
                 failed = True
-                log.warning("load test of %s: progress not reported (%r); the run goes on, "
-                            "further failures are not logged", run.target, exc)
+                log.warning(
+                    "load test of %s: progress not reported (%r); the run goes on, "
+                    "further failures are not logged",
+                    run.target,
+                    exc,
+                )
 
 
-__all__ = ["run_loadtest", "check_load", "check_request_options", "ramp_offset", "LoadResult",
-           "LOAD_METHODS", "BODY_METHODS", "UNFINISHED"]
+__all__ = [
+    "run_loadtest",
+    "check_load",
+    "check_request_options",
+    "ramp_offset",
+    "LoadResult",
+    "LOAD_METHODS",
+    "BODY_METHODS",
+    "UNFINISHED",
+]

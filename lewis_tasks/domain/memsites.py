@@ -52,7 +52,8 @@ class MemoryProfile:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "retained_bytes": self.retained_bytes, "peak_bytes": self.peak_bytes,
+            "retained_bytes": self.retained_bytes,
+            "peak_bytes": self.peak_bytes,
             "current_sites": [s.to_dict() for s in self.current_sites],
             "peak_sites": [s.to_dict() for s in self.peak_sites],
             "peak_sites_at_bytes": self.peak_sites_at_bytes,
@@ -61,16 +62,23 @@ class MemoryProfile:
 
     def format_lines(self, width: int = 110) -> list[str]:
         """Fixed-width lines for a terminal table."""
-        out = [f"memory: peak {format_bytes(self.peak_bytes)}, retained at return "
-               f"{format_bytes(self.retained_bytes)}"]
+        out = [
+            f"memory: peak {format_bytes(self.peak_bytes)}, retained at return "
+            f"{format_bytes(self.retained_bytes)}"
+        ]
         for title, sites in (
-                (f"top {len(self.peak_sites)} allocation sites at the sampled peak "
-                 f"({format_bytes(self.peak_sites_at_bytes)})", self.peak_sites),
-                (f"top {len(self.current_sites)} allocation sites alive at return",
-                 self.current_sites)):
+            (
+                f"top {len(self.peak_sites)} allocation sites at the sampled peak "
+                f"({format_bytes(self.peak_sites_at_bytes)})",
+                self.peak_sites,
+            ),
+            (f"top {len(self.current_sites)} allocation sites alive at return", self.current_sites),
+        ):
             out += ["", title, f"{'size':>10} {'blocks':>8}  site"]
-            out += [f"{format_bytes(s.size_bytes):>10} {s.count:>8}  "
-                    f"{clip(s.location, width - 22)}" for s in sites]
+            out += [
+                f"{format_bytes(s.size_bytes):>10} {s.count:>8}  {clip(s.location, width - 22)}"
+                for s in sites
+            ]
         return out
 
 
@@ -126,19 +134,29 @@ class MemoryWatch:
         if not peak_sites or retained >= peak_at:  # the end was the highest moment seen
             peak_sites, peak_at = current_sites, retained
         return MemoryProfile(
-            retained_bytes=retained, peak_bytes=max(peak - self._base, 0),
-            current_sites=current_sites, peak_sites=peak_sites, peak_sites_at_bytes=peak_at,
-            sample_interval=self._interval)
+            retained_bytes=retained,
+            peak_bytes=max(peak - self._base, 0),
+            current_sites=current_sites,
+            peak_sites=peak_sites,
+            peak_sites_at_bytes=peak_at,
+            sample_interval=self._interval,
+        )
 
     def _sites(self, snapshot: tracemalloc.Snapshot) -> tuple[AllocationSite, ...]:
         assert self._baseline is not None, "start() first"
         diffs = _own_filtered(snapshot).compare_to(self._baseline, "lineno")
-        grown = sorted((d for d in diffs if d.size_diff > 0), key=lambda d: d.size_diff,
-                       reverse=True)[: self._top_n]
+        grown = sorted(
+            (d for d in diffs if d.size_diff > 0), key=lambda d: d.size_diff, reverse=True
+        )[: self._top_n]
         return tuple(
-            AllocationSite(file=d.traceback[0].filename, line=d.traceback[0].lineno,
-                           size_bytes=d.size_diff, count=max(d.count_diff, 0))
-            for d in grown)
+            AllocationSite(
+                file=d.traceback[0].filename,
+                line=d.traceback[0].lineno,
+                size_bytes=d.size_diff,
+                count=max(d.count_diff, 0),
+            )
+            for d in grown
+        )
 
 
 def _own_filtered(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
@@ -159,7 +177,7 @@ def format_bytes(size: float) -> str:
 def clip(text: str, width: int) -> str:
     """``text`` cut from the left to ``width`` characters, marked with an ellipsis."""
     width = max(width, 20)
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 __all__ = ["AllocationSite", "MemoryProfile", "MemoryWatch", "clip", "format_bytes"]

@@ -27,8 +27,25 @@ _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _WINDOW_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 # Prometheus `le` bounds (seconds) the exact histograms are folded onto for exposition
-DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0, 30.0, 60.0, 120.0, 300.0)
+DEFAULT_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
 
 Labels = Mapping[str, str]
 
@@ -102,8 +119,7 @@ class MetricStats:
     p99: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) else v)
-                for k, v in self.__dict__.items()}
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
 def _nearest_rank(ordered: list[float], p: float) -> float:
@@ -117,21 +133,42 @@ def stats_of_samples(name: str, kind: str, window: float, values: Iterable[float
     if not ordered:
         return MetricStats(name, kind, window, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     total = float(sum(ordered))
-    return MetricStats(name, kind, window, len(ordered), total, ordered[0], ordered[-1],
-                       total / len(ordered), _nearest_rank(ordered, 50),
-                       _nearest_rank(ordered, 95), _nearest_rank(ordered, 99))
+    return MetricStats(
+        name,
+        kind,
+        window,
+        len(ordered),
+        total,
+        ordered[0],
+        ordered[-1],
+        total / len(ordered),
+        _nearest_rank(ordered, 50),
+        _nearest_rank(ordered, 95),
+        _nearest_rank(ordered, 99),
+    )
 
 
 def stats_of_histogram(name: str, window: float, hist: LatencyHistogram) -> MetricStats:
     """Statistics of a merged histogram of µs observations, reported in seconds."""
     us = 1e6
-    return MetricStats(name, HISTOGRAM, window, hist.count, hist.total / us, hist.min / us,
-                       hist.max / us, hist.mean / us, hist.percentile(50) / us,
-                       hist.percentile(95) / us, hist.percentile(99) / us)
+    return MetricStats(
+        name,
+        HISTOGRAM,
+        window,
+        hist.count,
+        hist.total / us,
+        hist.min / us,
+        hist.max / us,
+        hist.mean / us,
+        hist.percentile(50) / us,
+        hist.percentile(95) / us,
+        hist.percentile(99) / us,
+    )
 
 
-def cumulative_buckets(hist: LatencyHistogram,
-                       bounds: Iterable[float] = DEFAULT_BUCKETS) -> list[tuple[float, int]]:
+def cumulative_buckets(
+    hist: LatencyHistogram, bounds: Iterable[float] = DEFAULT_BUCKETS
+) -> list[tuple[float, int]]:
     """``[(le_seconds, observations ≤ le), …, (inf, count)]`` for a Prometheus histogram.
 
     A fine bucket counts under the first bound its upper edge fits, so a count may land one
@@ -159,13 +196,18 @@ def cumulative_buckets(hist: LatencyHistogram,
 
 # --- histograms as hash fields ------------------------------------------------------------
 
+
 def histogram_fields(hist: LatencyHistogram) -> list[tuple[str, str, int]]:
     """``(op, suffix, value)`` that add ``hist`` to a stored one: ``+`` adds, ``<``/``>`` keep
     the minimum/maximum. Suffixes: a bucket index, or ``#count``, ``#total``, ``#min``, ``#max``."""
     ops: list[tuple[str, str, int]] = [("+", str(i), n) for i, n in enumerate(hist.counts) if n]
     if hist.count:
-        ops += [("+", "#count", hist.count), ("+", "#total", hist.total),
-                ("<", "#min", hist.min), (">", "#max", hist.max)]
+        ops += [
+            ("+", "#count", hist.count),
+            ("+", "#total", hist.total),
+            ("<", "#min", hist.min),
+            (">", "#max", hist.max),
+        ]
     return ops
 
 
@@ -191,6 +233,7 @@ def histogram_from_fields(fields: Mapping[str, Any]) -> LatencyHistogram:
 
 
 # --- a batch of points, as a reporter gathers them between writes -------------------------
+
 
 @dataclass
 class MetricBatch:
@@ -261,14 +304,33 @@ class MetricBatch:
                 renamed.histograms[key] = hist
         for s, point in self.gauges.items():
             renamed.gauges[mapping.get(s, s)] = point
-        self.counters, self.histograms, self.gauges = (renamed.counters, renamed.histograms,
-                                                      renamed.gauges)
+        self.counters, self.histograms, self.gauges = (
+            renamed.counters,
+            renamed.histograms,
+            renamed.gauges,
+        )
 
     def __bool__(self) -> bool:
         return bool(self.counters or self.histograms or self.gauges)
 
 
-__all__ = ["COUNTER", "GAUGE", "HISTOGRAM", "KINDS", "DEFAULT_BUCKETS", "MetricBatch",
-           "MetricStats", "series_key", "parse_series", "overflow_key", "slot_of",
-           "window_slots", "parse_window", "stats_of_samples", "stats_of_histogram",
-           "cumulative_buckets", "histogram_fields", "histogram_from_fields"]
+__all__ = [
+    "COUNTER",
+    "GAUGE",
+    "HISTOGRAM",
+    "KINDS",
+    "DEFAULT_BUCKETS",
+    "MetricBatch",
+    "MetricStats",
+    "series_key",
+    "parse_series",
+    "overflow_key",
+    "slot_of",
+    "window_slots",
+    "parse_window",
+    "stats_of_samples",
+    "stats_of_histogram",
+    "cumulative_buckets",
+    "histogram_fields",
+    "histogram_from_fields",
+]

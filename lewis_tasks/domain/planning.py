@@ -47,11 +47,12 @@ class LoadtestBudget:
         return soft, soft + HARD_GAP
 
 
-def loadtest_budget(*, barrier_timeout: float, max_duration: float,
-                    visibility_timeout: float) -> LoadtestBudget:
+def loadtest_budget(
+    *, barrier_timeout: float, max_duration: float, visibility_timeout: float
+) -> LoadtestBudget:
     """The budget of a part; the hard limit of the longest run stays a second below
     ``visibility_timeout``."""
-    room = (visibility_timeout - 1 - HARD_GAP - SLACK - DRAIN - BARRIER_LEAD - barrier_timeout)
+    room = visibility_timeout - 1 - HARD_GAP - SLACK - DRAIN - BARRIER_LEAD - barrier_timeout
     return LoadtestBudget(barrier_timeout, min(max_duration, room))
 
 
@@ -72,22 +73,38 @@ class LoadtestCaps(Protocol):
     def max_body_bytes(self) -> int: ...
 
 
-def _check_numbers(concurrency: Any, duration: Any, requests: Any, rate: Any,
-                   workers: Any) -> None:
+def _check_numbers(concurrency: Any, duration: Any, requests: Any, rate: Any, workers: Any) -> None:
     for name, value in (("concurrency", concurrency), ("workers", workers), ("requests", requests)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidInput(f"{name} must be a whole number, not {value!r}")
     for name, number in (("duration", duration), ("rate", rate)):
-        if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)
-                                   or not math.isfinite(number)):
-            raise InvalidInput(f"{name} must be a number of {'seconds' if name == 'duration' else 'requests/s'}, "
-                               f"not {number!r}")
+        if number is not None and (
+            isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or not math.isfinite(number)
+        ):
+            raise InvalidInput(
+                f"{name} must be a number of {'seconds' if name == 'duration' else 'requests/s'}, "
+                f"not {number!r}"
+            )
 
 
-def check_loadtest(lt: LoadtestCaps, budget: LoadtestBudget, visibility_timeout: float, *,
-                   concurrency: int, duration: float | None, requests: int | None,
-                   rate: float | None, workers: int, method: str, headers: Any = None,
-                   body: Any = None, timeout: Any = None, ramp: Any = None) -> None:
+def check_loadtest(
+    lt: LoadtestCaps,
+    budget: LoadtestBudget,
+    visibility_timeout: float,
+    *,
+    concurrency: int,
+    duration: float | None,
+    requests: int | None,
+    rate: float | None,
+    workers: int,
+    method: str,
+    headers: Any = None,
+    body: Any = None,
+    timeout: Any = None,
+    ramp: Any = None,
+) -> None:
     """InvalidInput naming the cap (a ``loadtest.*`` setting) or the parameter that is off."""
     _check_numbers(concurrency, duration, requests, rate, workers)
     from .loadgen import LOAD_METHODS  # aiohttp: only when a load test is checked
@@ -95,38 +112,55 @@ def check_loadtest(lt: LoadtestCaps, budget: LoadtestBudget, visibility_timeout:
     if method.upper() not in LOAD_METHODS:
         raise InvalidInput(f"method {method!r} is not one of {', '.join(sorted(LOAD_METHODS))}")
     if workers < 1 or workers > lt.max_workers:
-        raise InvalidInput(f"workers {workers} is outside 1..{lt.max_workers} (loadtest.max_workers)")
+        raise InvalidInput(
+            f"workers {workers} is outside 1..{lt.max_workers} (loadtest.max_workers)"
+        )
     if concurrency < 1 or concurrency > lt.max_concurrency:
-        raise InvalidInput(f"concurrency {concurrency} is outside 1..{lt.max_concurrency} "
-                           "(loadtest.max_concurrency)")
+        raise InvalidInput(
+            f"concurrency {concurrency} is outside 1..{lt.max_concurrency} "
+            "(loadtest.max_concurrency)"
+        )
     if concurrency < workers:
-        raise InvalidInput(f"concurrency {concurrency} cannot be split over {workers} workers "
-                           "(each needs at least 1)")
+        raise InvalidInput(
+            f"concurrency {concurrency} cannot be split over {workers} workers "
+            "(each needs at least 1)"
+        )
     if duration is None and requests is None:
         raise InvalidInput("give a duration or a number of requests")
     if duration is not None:
         if duration <= 0 or duration > lt.max_duration:
-            raise InvalidInput(f"duration {duration:g}s is outside (0, {lt.max_duration:g}s] "
-                               "(loadtest.max_duration)")
+            raise InvalidInput(
+                f"duration {duration:g}s is outside (0, {lt.max_duration:g}s] "
+                "(loadtest.max_duration)"
+            )
         if duration > budget.max_duration:
             raise InvalidInput(
                 f"duration {duration:g}s does not fit: broker.visibility_timeout="
                 f"{visibility_timeout}s leaves {max(0.0, budget.max_duration):g}s "
-                f"for a run after the start barrier (loadtest.barrier_timeout={budget.barrier:g}s)")
+                f"for a run after the start barrier (loadtest.barrier_timeout={budget.barrier:g}s)"
+            )
     elif budget.max_duration <= 0:
         raise InvalidInput(f"no load test fits in broker.visibility_timeout={visibility_timeout}s")
     if requests is not None:
         if requests < 1 or requests > lt.max_requests:
-            raise InvalidInput(f"requests {requests} is outside 1..{lt.max_requests} "
-                               "(loadtest.max_requests)")
+            raise InvalidInput(
+                f"requests {requests} is outside 1..{lt.max_requests} (loadtest.max_requests)"
+            )
         if requests < workers:
             raise InvalidInput(f"requests {requests} cannot be split over {workers} workers")
     if rate is not None and (rate <= 0 or rate > lt.max_rate):
         raise InvalidInput(f"rate {rate:g}/s is outside (0, {lt.max_rate}/s] (loadtest.max_rate)")
     from .loadgen import check_request_options
 
-    check_request_options(method=method.upper(), headers=headers, body=body, timeout=timeout,
-                          ramp=ramp, duration=duration, max_body=lt.max_body_bytes)
+    check_request_options(
+        method=method.upper(),
+        headers=headers,
+        body=body,
+        timeout=timeout,
+        ramp=ramp,
+        duration=duration,
+        max_body=lt.max_body_bytes,
+    )
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -171,8 +205,15 @@ class ScanLimits:
     io_slots: int
 
 
-def chunk_ports_for(limits: ScanLimits, rate: float | None, *, hosts: int = 0, ports: int = 0,
-                    slots_online: int = 0, waves: int = SCAN_WAVES) -> int:
+def chunk_ports_for(
+    limits: ScanLimits,
+    rate: float | None,
+    *,
+    hosts: int = 0,
+    ports: int = 0,
+    slots_online: int = 0,
+    waves: int = SCAN_WAVES,
+) -> int:
     """Ports per chunk: ``chunk_ports``, less if the worst case would outlive the budget,
     and less again so a scan of ``hosts`` × ``ports`` makes ``waves`` waves of the io slots
     online (``slots_online``; none known: one worker's), never under :data:`MIN_CHUNK_PORTS`.
@@ -183,8 +224,13 @@ def chunk_ports_for(limits: ScanLimits, rate: float | None, *, hosts: int = 0, p
     from .scanjob import max_chunk_ports  # the scanner's modules: not for every caller
 
     share = max(1, limits.concurrency // limits.io_slots)
-    fits = max_chunk_ports(limits.soft_time_limit * SCAN_SHARE, concurrency=share,
-                           timeout=limits.timeout, retries=limits.retries, rate=rate)
+    fits = max_chunk_ports(
+        limits.soft_time_limit * SCAN_SHARE,
+        concurrency=share,
+        timeout=limits.timeout,
+        retries=limits.retries,
+        rate=rate,
+    )
     size = max(1, min(limits.chunk_ports, fits))
     if hosts and ports and waves:  # 0: off (bench/fleet.py's A/B)
         wanted = waves * max(slots_online, limits.io_slots)

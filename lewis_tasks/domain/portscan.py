@@ -43,8 +43,7 @@ class PortScanProgress:
     open: int
 
     def to_dict(self) -> dict[str, object]:
-        return {"address": self.address, "done": self.done, "total": self.total,
-                "open": self.open}
+        return {"address": self.address, "done": self.done, "total": self.total, "open": self.open}
 
 
 @dataclass(frozen=True)
@@ -77,19 +76,32 @@ class PortScanResult:
         return self.ports_total / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, object]:
-        return {"address": self.address, "ports_total": self.ports_total,
-                "open": list(self.open), "filtered": list(self.filtered),
-                "closed_count": self.closed_count, "retried": self.retried,
-                "self_connects": self.self_connects, "seconds": round(self.seconds, 4)}
+        return {
+            "address": self.address,
+            "ports_total": self.ports_total,
+            "open": list(self.open),
+            "filtered": list(self.filtered),
+            "closed_count": self.closed_count,
+            "retried": self.retried,
+            "self_connects": self.self_connects,
+            "seconds": round(self.seconds, 4),
+        }
 
 
-async def scan_ports(address: str | IPAddress, ports: Iterable[int], *, scope: Scope,
-                     concurrency: int = 4096, timeout: float = 1.0, retries: int = 1,
-                     limiter: ConnectLimiter | None = None,
-                     on_progress: Callable[[PortScanProgress], None] | None = None,
-                     progress_interval: float = 0.25,
-                     executor: Executor | None = None,
-                     cancelled: Callable[[], bool] | None = None) -> PortScanResult:
+async def scan_ports(
+    address: str | IPAddress,
+    ports: Iterable[int],
+    *,
+    scope: Scope,
+    concurrency: int = 4096,
+    timeout: float = 1.0,
+    retries: int = 1,
+    limiter: ConnectLimiter | None = None,
+    on_progress: Callable[[PortScanProgress], None] | None = None,
+    progress_interval: float = 0.25,
+    executor: Executor | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> PortScanResult:
     """Connect-scan ``ports`` of ``address`` from a worker thread; the event loop stays free.
 
     The address is checked by ``scope`` first (OutOfScope before any packet). ``on_progress``
@@ -100,11 +112,23 @@ async def scan_ports(address: str | IPAddress, ports: Iterable[int], *, scope: S
     checked = scope.check_address(address)
     report = None
     if on_progress is not None:
+
         def report(progress: PortScanProgress) -> None:
             loop.call_soon_threadsafe(on_progress, progress)
+
     stop = threading.Event()
-    job = _job(checked, ports, concurrency, timeout, retries, limiter, report,
-               progress_interval, stop, cancelled)
+    job = _job(
+        checked,
+        ports,
+        concurrency,
+        timeout,
+        retries,
+        limiter,
+        report,
+        progress_interval,
+        stop,
+        cancelled,
+    )
     try:
         return _result(await loop.run_in_executor(executor, job.run))
     except asyncio.CancelledError:
@@ -112,38 +136,88 @@ async def scan_ports(address: str | IPAddress, ports: Iterable[int], *, scope: S
         raise
 
 
-def scan_ports_blocking(address: str | IPAddress, ports: Iterable[int], *, scope: Scope,
-                        concurrency: int = 4096, timeout: float = 1.0, retries: int = 1,
-                        limiter: ConnectLimiter | None = None,
-                        on_progress: Callable[[PortScanProgress], None] | None = None,
-                        progress_interval: float = 0.25) -> PortScanResult:
+def scan_ports_blocking(
+    address: str | IPAddress,
+    ports: Iterable[int],
+    *,
+    scope: Scope,
+    concurrency: int = 4096,
+    timeout: float = 1.0,
+    retries: int = 1,
+    limiter: ConnectLimiter | None = None,
+    on_progress: Callable[[PortScanProgress], None] | None = None,
+    progress_interval: float = 0.25,
+) -> PortScanResult:
     """:func:`scan_ports` on the calling thread (CLI, benchmarks, sync callers)."""
     checked = scope.check_address(address)
-    return _result(_job(checked, ports, concurrency, timeout, retries, limiter, on_progress,
-                        progress_interval, None).run())
+    return _result(
+        _job(
+            checked,
+            ports,
+            concurrency,
+            timeout,
+            retries,
+            limiter,
+            on_progress,
+            progress_interval,
+            None,
+        ).run()
+    )
 
 
-def _job(address: IPAddress, ports: Iterable[int], concurrency: int, timeout: float,
-         retries: int, limiter: ConnectLimiter | None,
-         on_progress: Callable[[PortScanProgress], None] | None, progress_interval: float,
-         stop: threading.Event | None,
-         cancelled: Callable[[], bool] | None = None) -> ConnectLoop:
+def _job(
+    address: IPAddress,
+    ports: Iterable[int],
+    concurrency: int,
+    timeout: float,
+    retries: int,
+    limiter: ConnectLimiter | None,
+    on_progress: Callable[[PortScanProgress], None] | None,
+    progress_interval: float,
+    stop: threading.Event | None,
+    cancelled: Callable[[], bool] | None = None,
+) -> ConnectLoop:
     progress = None
     if on_progress is not None:
+
         def progress(done: int, total: int, open_count: int) -> None:
             on_progress(PortScanProgress(str(address), done, total, open_count))
-    return ConnectLoop(address, ports, concurrency=concurrency, timeout=timeout,
-                       retries=retries, limiter=limiter, on_progress=progress,
-                       progress_interval=progress_interval, stop=stop, cancelled=cancelled)
+
+    return ConnectLoop(
+        address,
+        ports,
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        limiter=limiter,
+        on_progress=progress,
+        progress_interval=progress_interval,
+        stop=stop,
+        cancelled=cancelled,
+    )
 
 
 def _result(tally: LoopTally) -> PortScanResult:
-    return PortScanResult(tally.address, tally.ports_total, tally.open, tally.filtered,
-                          tally.closed, tally.retried, tally.self_connects, tally.seconds,
-                          tally.cancelled)
+    return PortScanResult(
+        tally.address,
+        tally.ports_total,
+        tally.open,
+        tally.filtered,
+        tally.closed,
+        tally.retried,
+        tally.self_connects,
+        tally.seconds,
+        tally.cancelled,
+    )
 
 
 __all__ = [
-    "OPEN", "CLOSED", "FILTERED", "ConnectLimiter", "PortScanProgress", "PortScanResult",
-    "scan_ports", "scan_ports_blocking",
+    "OPEN",
+    "CLOSED",
+    "FILTERED",
+    "ConnectLimiter",
+    "PortScanProgress",
+    "PortScanResult",
+    "scan_ports",
+    "scan_ports_blocking",
 ]

@@ -84,8 +84,9 @@ class ExceptionInfo:
     @classmethod
     def of(cls, exc: BaseException) -> ExceptionInfo:
         text = "".join(traceback.format_exception(exc))
-        return cls(type=qualified_name(type(exc)), message=str(exc),
-                   traceback=text[-_TRACEBACK_CHARS:])
+        return cls(
+            type=qualified_name(type(exc)), message=str(exc), traceback=text[-_TRACEBACK_CHARS:]
+        )
 
 
 @dataclass(frozen=True)
@@ -113,36 +114,54 @@ class ProfileReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "started_at": self.started_at, "ok": self.ok,
-            "wall_seconds": self.wall_seconds, "cpu_seconds": self.cpu_seconds,
-            "thread_cpu_seconds": self.thread_cpu_seconds, "total_calls": self.total_calls,
+            "name": self.name,
+            "started_at": self.started_at,
+            "ok": self.ok,
+            "wall_seconds": self.wall_seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "thread_cpu_seconds": self.thread_cpu_seconds,
+            "total_calls": self.total_calls,
             "primitive_calls": self.primitive_calls,
             "by_cumulative": [r.to_dict() for r in self.by_cumulative],
             "by_tottime": [r.to_dict() for r in self.by_tottime],
             "memory": self.memory.to_dict() if self.memory else None,
             "exception": asdict(self.exception) if self.exception else None,
-            "timed_out": self.timed_out, "max_seconds": self.max_seconds,
+            "timed_out": self.timed_out,
+            "max_seconds": self.max_seconds,
             "pstats_path": self.pstats_path,
         }
 
     def format_table(self, width: int = 110) -> str:
         """The report as fixed-width text for a terminal."""
-        out = [f"profile of {self.name}: wall {self.wall_seconds:.3f} s, cpu {self.cpu_seconds:.3f} s "
-               f"(this thread {self.thread_cpu_seconds:.3f} s), {self.total_calls} calls "
-               f"({self.primitive_calls} primitive)"]
+        out = [
+            f"profile of {self.name}: wall {self.wall_seconds:.3f} s, cpu {self.cpu_seconds:.3f} s "
+            f"(this thread {self.thread_cpu_seconds:.3f} s), {self.total_calls} calls "
+            f"({self.primitive_calls} primitive)"
+        ]
         if self.timed_out:
-            out.append(f"STOPPED after max_seconds={self.max_seconds}: the profile covers the run so far")
+            out.append(
+                f"STOPPED after max_seconds={self.max_seconds}: the profile covers the run so far"
+            )
         elif self.exception:
             out.append(f"RAISED {self.exception.type}: {self.exception.message}")
         for title, rows in (("cumulative", self.by_cumulative), ("own (tottime)", self.by_tottime)):
-            out += ["", f"top {len(rows)} by {title} time",
-                    f"{'ncalls':>12} {'tottime':>9} {'percall':>9} {'cumtime':>9} {'percall':>9}  function"]
-            out += [f"{_ncalls(r):>12} {r.tottime:9.4f} {r.percall_tottime:9.6f} {r.cumtime:9.4f} "
-                    f"{r.percall_cumtime:9.6f}  {clip(r.location, width - 54)}" for r in rows]
+            out += [
+                "",
+                f"top {len(rows)} by {title} time",
+                f"{'ncalls':>12} {'tottime':>9} {'percall':>9} {'cumtime':>9} {'percall':>9}  function",
+            ]
+            out += [
+                f"{_ncalls(r):>12} {r.tottime:9.4f} {r.percall_tottime:9.6f} {r.cumtime:9.4f} "
+                f"{r.percall_cumtime:9.6f}  {clip(r.location, width - 54)}"
+                for r in rows
+            ]
         if self.memory:
             out += ["", *self.memory.format_lines(width)]
         if self.pstats_path:
-            out += ["", f"pstats file: {self.pstats_path} (open with `python -m pstats` or snakeviz)"]
+            out += [
+                "",
+                f"pstats file: {self.pstats_path} (open with `python -m pstats` or snakeviz)",
+            ]
         return "\n".join(out)
 
 
@@ -165,41 +184,55 @@ def profile_call(
     stopped past ``max_seconds`` (see the module doc). Exceptions raised by ``func`` are recorded
     in the report, not re-raised; ``KeyboardInterrupt`` and ``SystemExit`` still propagate.
     """
-    require_within("max_seconds", max_seconds, limits.max_seconds if limits else None,
-                   "profiling.max_seconds")
+    require_within(
+        "max_seconds", max_seconds, limits.max_seconds if limits else None, "profiling.max_seconds"
+    )
     top_n = int(require_within("top_n", top_n, limits.top_n if limits else None, "profiling.top_n"))
     require_within("sample_interval", sample_interval, None, "")
     if not callable(func):
         raise InvalidInput(f"{func!r} is not callable")
     target = Path(pstats_path) if pstats_path is not None else None
     if target is not None and not target.parent.is_dir():
-        raise InvalidInput(f"pstats_path {str(target)!r}: directory {str(target.parent)!r} does not exist")
+        raise InvalidInput(
+            f"pstats_path {str(target)!r}: directory {str(target.parent)!r} does not exist"
+        )
     kwargs = dict(kwargs or {})
 
     # tracemalloc is process-wide: two memory-traced profiles at once would spoil each other
     if trace_memory and not _TRACING.acquire(timeout=max_seconds):
         raise TransientError("another memory-traced profile is running in this process")
     try:
-        outcome = _run(func, args, kwargs, max_seconds, top_n if trace_memory else 0, sample_interval)
+        outcome = _run(
+            func, args, kwargs, max_seconds, top_n if trace_memory else 0, sample_interval
+        )
     finally:
         if trace_memory:
             _TRACING.release()
     profiler, exception = outcome.profiler, outcome.exception
 
     stats = pstats.Stats(profiler)
-    rows = [_row(key, value) for key, value in stats.stats.items()  # type: ignore[attr-defined]
-            if key[0] != _THIS_FILE and "_lsprof.Profiler" not in key[2]]
+    rows = [
+        _row(key, value)
+        for key, value in stats.stats.items()  # type: ignore[attr-defined]
+        if key[0] != _THIS_FILE and "_lsprof.Profiler" not in key[2]
+    ]
     written = _dump(profiler, target) if target is not None else None
     return ProfileReport(
-        name=name or qualified_name(func), started_at=outcome.started_at,
-        wall_seconds=outcome.wall, cpu_seconds=outcome.cpu, thread_cpu_seconds=outcome.thread_cpu,
-        total_calls=stats.total_calls, primitive_calls=stats.prim_calls,  # type: ignore[attr-defined]
+        name=name or qualified_name(func),
+        started_at=outcome.started_at,
+        wall_seconds=outcome.wall,
+        cpu_seconds=outcome.cpu,
+        thread_cpu_seconds=outcome.thread_cpu,
+        total_calls=stats.total_calls,  # type: ignore[attr-defined]
+        primitive_calls=stats.prim_calls,  # type: ignore[attr-defined]
         by_cumulative=tuple(sorted(rows, key=lambda r: r.cumtime, reverse=True)[:top_n]),
         by_tottime=tuple(sorted(rows, key=lambda r: r.tottime, reverse=True)[:top_n]),
         memory=outcome.memory,
         exception=ExceptionInfo.of(exception) if exception is not None else None,
-        timed_out=isinstance(exception, DeadlineExceeded), max_seconds=float(max_seconds),
-        pstats_path=written)
+        timed_out=isinstance(exception, DeadlineExceeded),
+        max_seconds=float(max_seconds),
+        pstats_path=written,
+    )
 
 
 @dataclass
@@ -213,8 +246,14 @@ class _Outcome:
     memory: MemoryProfile | None
 
 
-def _run(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
-         max_seconds: float, memory_top_n: int, sample_interval: float) -> _Outcome:
+def _run(
+    func: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    max_seconds: float,
+    memory_top_n: int,
+    sample_interval: float,
+) -> _Outcome:
     """Call ``func`` once under the profilers and the deadline; ``memory_top_n=0``: no tracemalloc."""
     memory = MemoryWatch(memory_top_n, sample_interval) if memory_top_n else None
     watch = _Deadline(threading.get_ident(), memory, min(sample_interval, max_seconds))
@@ -246,8 +285,11 @@ def _run(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
         raise
     finally:
         watch.disarm(drain=False)
-    wall, cpu, thread_cpu = (time.perf_counter() - t0, time.process_time() - c0,
-                             time.thread_time() - th0)
+    wall, cpu, thread_cpu = (
+        time.perf_counter() - t0,
+        time.process_time() - c0,
+        time.thread_time() - th0,
+    )
     memory_profile = memory.finish() if memory else None
     del result  # kept alive until the memory snapshot above, so it counts as retained
     return _Outcome(profiler, exception, started_at, wall, cpu, thread_cpu, memory_profile)
@@ -305,10 +347,16 @@ def _set_async_exc(tid: int, exc: type[BaseException]) -> None:
 def _row(key: tuple[str, int, str], value: tuple[Any, ...]) -> ProfileRow:
     primitive, ncalls, tottime, cumtime = value[:4]
     return ProfileRow(
-        file=key[0], line=key[1], function=key[2], ncalls=ncalls, primitive_calls=primitive,
-        tottime=tottime, cumtime=cumtime,
+        file=key[0],
+        line=key[1],
+        function=key[2],
+        ncalls=ncalls,
+        primitive_calls=primitive,
+        tottime=tottime,
+        cumtime=cumtime,
         percall_tottime=tottime / ncalls if ncalls else 0.0,
-        percall_cumtime=cumtime / primitive if primitive else 0.0)
+        percall_cumtime=cumtime / primitive if primitive else 0.0,
+    )
 
 
 def _dump(profiler: cProfile.Profile, target: Path) -> str:
@@ -326,6 +374,14 @@ def _ncalls(row: ProfileRow) -> str:
 
 
 __all__ = [
-    "AllocationSite", "DeadlineExceeded", "ExceptionInfo", "Limits", "MemoryProfile",
-    "ProfileReport", "ProfileRow", "Registry", "format_bytes", "profile_call",
+    "AllocationSite",
+    "DeadlineExceeded",
+    "ExceptionInfo",
+    "Limits",
+    "MemoryProfile",
+    "ProfileReport",
+    "ProfileRow",
+    "Registry",
+    "format_bytes",
+    "profile_call",
 ]

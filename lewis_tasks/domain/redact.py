@@ -15,8 +15,7 @@ MASK = "***"
 # scheme://, then the userinfo: up to the last @ before the authority ends (/ ? # or space)
 # header names whose values are credentials: Authorization, Proxy-Authorization, Cookie,
 # Set-Cookie, X-Api-Key, X-Auth-Token, X-CSRF-Token, anything naming a secret or password
-_SECRET_HEADER = re.compile(r"auth|cookie|token|secret|passw|api-?key|session|csrf",
-                            re.IGNORECASE)
+_SECRET_HEADER = re.compile(r"auth|cookie|token|secret|passw|api-?key|session|csrf", re.IGNORECASE)
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#\s]*)@")
 
 

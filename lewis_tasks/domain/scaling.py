@@ -43,8 +43,10 @@ class QueuePolicy:
 
     def __post_init__(self) -> None:
         if self.min_workers < 0 or self.max_workers < max(1, self.min_workers):
-            raise ValueError(f"{self.queue}: need 0 <= min_workers <= max_workers, max >= 1 "
-                             f"(got {self.min_workers}..{self.max_workers})")
+            raise ValueError(
+                f"{self.queue}: need 0 <= min_workers <= max_workers, max >= 1 "
+                f"(got {self.min_workers}..{self.max_workers})"
+            )
         if self.target_per_worker <= 0:
             raise ValueError(f"{self.queue}: target_per_worker must be > 0")
 
@@ -92,28 +94,60 @@ class ScalingDecision:
         return asdict(self)
 
 
-def decide_scale(policy: QueuePolicy, load: QueueLoad, history: Iterable[Recommendation],
-                 now: float, max_age: float, override: int | None = None) -> ScalingDecision:
+def decide_scale(
+    policy: QueuePolicy,
+    load: QueueLoad,
+    history: Iterable[Recommendation],
+    now: float,
+    max_age: float,
+    override: int | None = None,
+) -> ScalingDecision:
     """The decision for one queue now; ``history``: this queue's earlier recommendations,
     ``max_age``: seconds after which a reading is too old to act on, ``override``: a
     manual count (``lewis scale set``) that replaces the policy while it lasts."""
-    inputs = {"ready": load.ready, "unacked": load.unacked, "workers": load.workers,
-              "measured_at": load.measured_at, "now": now, "policy": asdict(policy)}
+    inputs = {
+        "ready": load.ready,
+        "unacked": load.unacked,
+        "workers": load.workers,
+        "measured_at": load.measured_at,
+        "now": now,
+        "policy": asdict(policy),
+    }
     missing = [n for n in ("ready", "unacked", "workers") if getattr(load, n) is None]
     if missing or load.measured_at is None:
-        return ScalingDecision(policy.queue, NONE, load.workers, None, None,
-                               f"no action: no {', '.join(missing) or 'timestamp'} measured for "
-                               f"queue {policy.queue} yet (the collector writes them)", inputs)
+        return ScalingDecision(
+            policy.queue,
+            NONE,
+            load.workers,
+            None,
+            None,
+            f"no action: no {', '.join(missing) or 'timestamp'} measured for "
+            f"queue {policy.queue} yet (the collector writes them)",
+            inputs,
+        )
     age = now - load.measured_at
     if age > max_age:
-        return ScalingDecision(policy.queue, NONE, load.workers, None, None,
-                               f"no action: metrics are stale ({age:.0f}s old, limit "
-                               f"{max_age:.0f}s; is the collector running?)", inputs)
+        return ScalingDecision(
+            policy.queue,
+            NONE,
+            load.workers,
+            None,
+            None,
+            f"no action: metrics are stale ({age:.0f}s old, limit "
+            f"{max_age:.0f}s; is the collector running?)",
+            inputs,
+        )
     current = int(load.workers or 0)
     if override is not None:
         inputs["override"] = override
-        return _finish(policy.queue, current, override, override,
-                       f"manual override: {override} worker(s) (`lewis scale set`)", inputs)
+        return _finish(
+            policy.queue,
+            current,
+            override,
+            override,
+            f"manual override: {override} worker(s) (`lewis scale set`)",
+            inputs,
+        )
     recommended, why = recommend(policy, load.total, current)
     if recommended > current:
         limit = current + max(current, SCALE_UP_PODS)
@@ -122,15 +156,23 @@ def decide_scale(policy: QueuePolicy, load: QueueLoad, history: Iterable[Recomme
             why += f"; scale-up limited to {desired} (+100 % or +{SCALE_UP_PODS} per period)"
         return _finish(policy.queue, current, desired, recommended, why, inputs)
     if recommended < current:
-        window = [h.recommended for h in history
-                  if now - h.at < policy.stabilization_window]
+        window = [h.recommended for h in history if now - h.at < policy.stabilization_window]
         highest = max([recommended, *window])
         desired = min(current, highest)
         if desired > recommended:
-            why += (f"; scale-down held at {desired}: the highest recommendation of the last "
-                    f"{policy.stabilization_window:g}s")
-            return ScalingDecision(policy.queue, HOLD if desired == current else DOWN, current,
-                                   desired, recommended, why, inputs)
+            why += (
+                f"; scale-down held at {desired}: the highest recommendation of the last "
+                f"{policy.stabilization_window:g}s"
+            )
+            return ScalingDecision(
+                policy.queue,
+                HOLD if desired == current else DOWN,
+                current,
+                desired,
+                recommended,
+                why,
+                inputs,
+            )
         return _finish(policy.queue, current, desired, recommended, why, inputs)
     return _finish(policy.queue, current, current, recommended, why, inputs)
 
@@ -138,8 +180,9 @@ def decide_scale(policy: QueuePolicy, load: QueueLoad, history: Iterable[Recomme
 def recommend(policy: QueuePolicy, load: int, current: int) -> tuple[int, str]:
     """The count this load asks for (tolerance and bounds applied), and why."""
     if policy.min_workers == 0 and load <= policy.activation:
-        return 0, (f"load {load} at or below the activation threshold {policy.activation}: "
-                   "scale to zero")
+        return 0, (
+            f"load {load} at or below the activation threshold {policy.activation}: scale to zero"
+        )
     raw = math.ceil(load / policy.target_per_worker)
     why = f"load {load} / target {policy.target_per_worker:g} per worker -> {raw}"
     capacity = current * policy.target_per_worker
@@ -147,8 +190,10 @@ def recommend(policy: QueuePolicy, load: int, current: int) -> tuple[int, str]:
     # with no worker it holds only for no load, where ceil(0 / target) is 0 as well
     if abs(load - capacity) <= policy.tolerance * capacity:
         raw = current
-        why = (f"load {load} within {policy.tolerance:g} of the target for {current} worker(s) "
-               f"({policy.target_per_worker:g} each)")
+        why = (
+            f"load {load} within {policy.tolerance:g} of the target for {current} worker(s) "
+            f"({policy.target_per_worker:g} each)"
+        )
     floor = max(policy.min_workers, 1)  # past the activation threshold a zero pool wakes
     clamped = min(max(raw, floor), policy.max_workers)
     if clamped != raw:
@@ -156,8 +201,9 @@ def recommend(policy: QueuePolicy, load: int, current: int) -> tuple[int, str]:
     return clamped, why
 
 
-def _finish(queue: str, current: int, desired: int, recommended: int, why: str,
-            inputs: dict[str, Any]) -> ScalingDecision:
+def _finish(
+    queue: str, current: int, desired: int, recommended: int, why: str, inputs: dict[str, Any]
+) -> ScalingDecision:
     action = UP if desired > current else DOWN if desired < current else NONE
     return ScalingDecision(queue, action, current, desired, recommended, why, inputs)
 
@@ -187,21 +233,42 @@ def advise_pool(worker: str, cpu_percent: float, memory_percent: float) -> Verti
     """Pool advice for a worker from its CPU (% of its cores) and memory (% of the host's).
 
     Memory pressure comes first: a bigger pool would only add resident children."""
+
     def advice(kind: str, reason: str) -> VerticalAdvice:
         return VerticalAdvice(worker, kind, reason, cpu_percent, memory_percent)
 
     if memory_percent > MEMORY_HIGH:
-        return advice(SHRINK, f"memory {memory_percent:.0f}% > {MEMORY_HIGH:.0f}%: fewer pool "
-                              "processes")
+        return advice(
+            SHRINK, f"memory {memory_percent:.0f}% > {MEMORY_HIGH:.0f}%: fewer pool processes"
+        )
     if cpu_percent > CPU_HIGH:
-        return advice(GROW, f"cpu {cpu_percent:.0f}% > {CPU_HIGH:.0f}%: saturated, more pool "
-                            "processes (or cores)")
+        return advice(
+            GROW,
+            f"cpu {cpu_percent:.0f}% > {CPU_HIGH:.0f}%: saturated, more pool processes (or cores)",
+        )
     if cpu_percent < CPU_LOW and memory_percent < MEMORY_LOW:
-        return advice(SHRINK, f"cpu {cpu_percent:.0f}% < {CPU_LOW:.0f}% and memory "
-                              f"{memory_percent:.0f}% < {MEMORY_LOW:.0f}%: mostly idle")
+        return advice(
+            SHRINK,
+            f"cpu {cpu_percent:.0f}% < {CPU_LOW:.0f}% and memory "
+            f"{memory_percent:.0f}% < {MEMORY_LOW:.0f}%: mostly idle",
+        )
     return advice(KEEP, f"cpu {cpu_percent:.0f}%, memory {memory_percent:.0f}%: within bounds")
 
 
-__all__ = ["QueuePolicy", "QueueLoad", "Recommendation", "ScalingDecision", "decide_scale",
-           "recommend", "VerticalAdvice", "advise_pool", "UP", "DOWN", "NONE", "HOLD", "GROW",
-           "SHRINK", "KEEP"]
+__all__ = [
+    "QueuePolicy",
+    "QueueLoad",
+    "Recommendation",
+    "ScalingDecision",
+    "decide_scale",
+    "recommend",
+    "VerticalAdvice",
+    "advise_pool",
+    "UP",
+    "DOWN",
+    "NONE",
+    "HOLD",
+    "GROW",
+    "SHRINK",
+    "KEEP",
+]

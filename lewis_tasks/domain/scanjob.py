@@ -39,8 +39,9 @@ IDENTIFY_CONNECTS = 1 + PROBE_COUNT
 _MIN_WAIT = 0.005  # never re-ask a rate limiter sooner than this
 
 
-def max_chunk_ports(seconds: float, *, concurrency: int, timeout: float, retries: int,
-                    rate: float | None = None) -> int:
+def max_chunk_ports(
+    seconds: float, *, concurrency: int, timeout: float, retries: int, rate: float | None = None
+) -> int:
     """The most ports a chunk may hold so that scanning it takes at most ``seconds``.
 
     Worst case: every port is filtered, so each takes ``retries + 1`` attempts of ``timeout``
@@ -67,18 +68,32 @@ class ChunkOutcome:
     seconds: float
 
     def to_dict(self) -> dict[str, object]:
-        return {"scan": self.scan.to_dict(), "services": [s.to_dict() for s in self.services],
-                "unidentified": list(self.unidentified), "seconds": round(self.seconds, 4)}
+        return {
+            "scan": self.scan.to_dict(),
+            "services": [s.to_dict() for s in self.services],
+            "unidentified": list(self.unidentified),
+            "seconds": round(self.seconds, 4),
+        }
 
 
-async def run_chunk(address: str, ports: Iterable[int], *, scope: Scope, deadline: float,
-                    concurrency: int = 4096, timeout: float = 1.0, retries: int = 1,
-                    limiter: ConnectLimiter | None = None, identify: bool = True,
-                    banner_timeout: float = 2.0, identify_concurrency: int = 256,
-                    on_progress: Callable[[PortScanProgress], None] | None = None,
-                    progress_interval: float = 0.5,
-                    executor: Executor | None = None,
-                    cancelled: Callable[[], bool] | None = None) -> ChunkOutcome:
+async def run_chunk(
+    address: str,
+    ports: Iterable[int],
+    *,
+    scope: Scope,
+    deadline: float,
+    concurrency: int = 4096,
+    timeout: float = 1.0,
+    retries: int = 1,
+    limiter: ConnectLimiter | None = None,
+    identify: bool = True,
+    banner_timeout: float = 2.0,
+    identify_concurrency: int = 256,
+    on_progress: Callable[[PortScanProgress], None] | None = None,
+    progress_interval: float = 0.5,
+    executor: Executor | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> ChunkOutcome:
     """Scan ``ports`` of ``address``, then identify the open ones, all before ``deadline``.
 
     ``deadline`` is a ``time.monotonic()`` instant. A port scan still running then raises
@@ -88,27 +103,52 @@ async def run_chunk(address: str, ports: Iterable[int], *, scope: Scope, deadlin
     started = time.monotonic()
     try:
         result = await asyncio.wait_for(
-            scan_ports(address, ports, scope=scope, concurrency=concurrency, timeout=timeout,
-                       retries=retries, limiter=limiter, on_progress=on_progress,
-                       progress_interval=progress_interval, executor=executor,
-                       cancelled=cancelled),
-            max(0.0, deadline - started))
+            scan_ports(
+                address,
+                ports,
+                scope=scope,
+                concurrency=concurrency,
+                timeout=timeout,
+                retries=retries,
+                limiter=limiter,
+                on_progress=on_progress,
+                progress_interval=progress_interval,
+                executor=executor,
+                cancelled=cancelled,
+            ),
+            max(0.0, deadline - started),
+        )
     except TimeoutError:
-        raise TransientError(f"scan of {address}: the port scan did not finish within its "
-                             f"{deadline - started:.1f} s budget") from None
+        raise TransientError(
+            f"scan of {address}: the port scan did not finish within its "
+            f"{deadline - started:.1f} s budget"
+        ) from None
     services: tuple[ServiceInfo, ...] = ()
     unnamed: tuple[int, ...] = ()
     if identify and result.open and not result.cancelled:
-        services = await identify_before(address, result.open, scope=scope, deadline=deadline,
-                                         banner_timeout=banner_timeout,
-                                         concurrency=identify_concurrency, limiter=limiter)
+        services = await identify_before(
+            address,
+            result.open,
+            scope=scope,
+            deadline=deadline,
+            banner_timeout=banner_timeout,
+            concurrency=identify_concurrency,
+            limiter=limiter,
+        )
         unnamed = tuple(s.port for s in services if s.probe == "deadline")
     return ChunkOutcome(result, services, unnamed, time.monotonic() - started)
 
 
-async def identify_before(address: str, ports: Sequence[int], *, scope: Scope, deadline: float,
-                          banner_timeout: float, concurrency: int,
-                          limiter: ConnectLimiter | None = None) -> tuple[ServiceInfo, ...]:
+async def identify_before(
+    address: str,
+    ports: Sequence[int],
+    *,
+    scope: Scope,
+    deadline: float,
+    banner_timeout: float,
+    concurrency: int,
+    limiter: ConnectLimiter | None = None,
+) -> tuple[ServiceInfo, ...]:
     """:func:`.services.identify_service` on each port, ``concurrency`` at once, until ``deadline``.
 
     Ports not identified by then come back ``unknown`` with probe ``"deadline"``.
@@ -120,8 +160,9 @@ async def identify_before(address: str, ports: Sequence[int], *, scope: Scope, d
         async with gate:
             if limiter is not None:
                 await take_permits(limiter, IDENTIFY_CONNECTS)
-            return await identify_service(host, port, banner_timeout=banner_timeout,
-                                          probe_timeout=banner_timeout)
+            return await identify_service(
+                host, port, banner_timeout=banner_timeout, probe_timeout=banner_timeout
+            )
 
     tasks = {port: asyncio.ensure_future(one(port)) for port in sorted(set(ports))}
     left = deadline - time.monotonic()
@@ -157,17 +198,29 @@ class OpenPort:
     hostname: str | None = None
 
 
-def assess_ports(ports: Iterable[OpenPort],
-                 records_for: Callable[[str | None], Sequence[CveRecord]]) -> list[Finding]:
+def assess_ports(
+    ports: Iterable[OpenPort], records_for: Callable[[str | None], Sequence[CveRecord]]
+) -> list[Finding]:
     """One finding per open port, ranked; ``records_for(product)`` gives the candidate CVEs."""
     findings = []
     for item in ports:
         info = item.service
         records = records_for(info.product) if info.product and info.version else ()
-        findings.append(assess(item.address, info, find_cves(info.product, info.version, records),
-                               item.hostname))
+        findings.append(
+            assess(
+                item.address, info, find_cves(info.product, info.version, records), item.hostname
+            )
+        )
     return rank_findings(findings)
 
 
-__all__ = ["IDENTIFY_CONNECTS", "max_chunk_ports", "ChunkOutcome", "run_chunk",
-           "identify_before", "take_permits", "OpenPort", "assess_ports"]
+__all__ = [
+    "IDENTIFY_CONNECTS",
+    "max_chunk_ports",
+    "ChunkOutcome",
+    "run_chunk",
+    "identify_before",
+    "take_permits",
+    "OpenPort",
+    "assess_ports",
+]

@@ -70,9 +70,12 @@ class ChunkResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChunkResult:
         address = data.get("address")
-        return cls(None if address is None else str(address), int(data.get("filtered") or 0),
-                   int(data.get("closed") or 0),
-                   tuple(int(p) for p in data.get("unidentified") or ()))
+        return cls(
+            None if address is None else str(address),
+            int(data.get("filtered") or 0),
+            int(data.get("closed") or 0),
+            tuple(int(p) for p in data.get("unidentified") or ()),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,13 @@ class HostReport:
     closed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "hostname": self.hostname,
-                "open_ports": [dict(p) for p in self.open_ports], "filtered": self.filtered,
-                "closed": self.closed}
+        return {
+            "address": self.address,
+            "hostname": self.hostname,
+            "open_ports": [dict(p) for p in self.open_ports],
+            "filtered": self.filtered,
+            "closed": self.closed,
+        }
 
 
 @dataclass(frozen=True)
@@ -121,16 +128,26 @@ class ScanReport:
 
     def to_dict(self) -> dict[str, Any]:
         request = {k: v for k, v in self.request.items() if k != "target_rows"}
-        return {"scan_id": self.scan_id, "status": self.status, "request": request,
-                "created_at": self.created_at, "finished_at": self.finished_at,
-                "progress": self.progress.to_dict(), "summary": dict(self.summary),
-                "error": self.error, "hosts": [h.to_dict() for h in self.hosts],
-                "findings": [dict(f) for f in self.findings]}
+        return {
+            "scan_id": self.scan_id,
+            "status": self.status,
+            "request": request,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "progress": self.progress.to_dict(),
+            "summary": dict(self.summary),
+            "error": self.error,
+            "hosts": [h.to_dict() for h in self.hosts],
+            "findings": [dict(f) for f in self.findings],
+        }
 
 
-def build_report(chunks: Sequence[ChunkResult], ports: Sequence[OpenPort],
-                 findings: Iterable[Finding],
-                 planned: Sequence[tuple[str, str | None]] = ()) -> ReportBody:
+def build_report(
+    chunks: Sequence[ChunkResult],
+    ports: Sequence[OpenPort],
+    findings: Iterable[Finding],
+    planned: Sequence[tuple[str, str | None]] = (),
+) -> ReportBody:
     """The report of a scan: every planned host (``(address, hostname)``) and every host with a
     recorded chunk or open port, in address order, each with its open ports and its
     filtered/closed counts; the findings ranked; the summary the merge stores."""
@@ -144,19 +161,34 @@ def build_report(chunks: Sequence[ChunkResult], ports: Sequence[OpenPort],
     by_host: dict[str, list[OpenPort]] = {address: [] for address in names}
     for port in ports:
         by_host.setdefault(port.address, []).append(port)
-    hosts = tuple(HostReport(address, names.get(address),
-                             tuple(_port_entry(p) for p in sorted(found, key=_port_number)),
-                             *counts.get(address, [0, 0]))
-                  for address, found in sorted(by_host.items(), key=lambda i: address_key(i[0])))
+    hosts = tuple(
+        HostReport(
+            address,
+            names.get(address),
+            tuple(_port_entry(p) for p in sorted(found, key=_port_number)),
+            *counts.get(address, [0, 0]),
+        )
+        for address, found in sorted(by_host.items(), key=lambda i: address_key(i[0]))
+    )
     return ReportBody(hosts, ranked, _summary(chunks, ports, ranked))
 
 
 def finding_entry(f: Finding) -> dict[str, Any]:
     """A finding as the report lists it (JSON)."""
-    return {"severity": f.severity, "host": f.address, "port": f.port, "service": f.service,
-            "product": f.product, "version": f.version, "score": f.score, "title": f.title,
-            "cve_ids": f.cve_ids, "reasons": list(f.reasons), "revision": f.revision,
-            "conditional_cve_ids": f.conditional_cve_ids}
+    return {
+        "severity": f.severity,
+        "host": f.address,
+        "port": f.port,
+        "service": f.service,
+        "product": f.product,
+        "version": f.version,
+        "score": f.score,
+        "title": f.title,
+        "cve_ids": f.cve_ids,
+        "reasons": list(f.reasons),
+        "revision": f.revision,
+        "conditional_cve_ids": f.conditional_cve_ids,
+    }
 
 
 def _port_number(port: OpenPort) -> int:
@@ -165,22 +197,40 @@ def _port_number(port: OpenPort) -> int:
 
 def _port_entry(port: OpenPort) -> dict[str, Any]:
     s = port.service
-    return {"port": s.port, "state": "open", "service": s.name, "product": s.product,
-            "version": s.version, "banner": s.banner}
+    return {
+        "port": s.port,
+        "state": "open",
+        "service": s.name,
+        "product": s.product,
+        "version": s.version,
+        "banner": s.banner,
+    }
 
 
-def _summary(chunks: Sequence[ChunkResult], ports: Sequence[OpenPort],
-             findings: Sequence[Finding]) -> dict[str, Any]:
+def _summary(
+    chunks: Sequence[ChunkResult], ports: Sequence[OpenPort], findings: Sequence[Finding]
+) -> dict[str, Any]:
     by_severity = {level: 0 for level in reversed(LEVELS)}
     for f in findings:
         by_severity[f.severity] = by_severity.get(f.severity, 0) + 1
-    return {"hosts": len({c.address for c in chunks}), "open": len(ports),
-            "filtered": sum(c.filtered for c in chunks),
-            "closed": sum(c.closed for c in chunks),
-            "unidentified": sum(len(c.unidentified) for c in chunks),
-            "findings": len(findings), "by_severity": by_severity,
-            "worst": max((f.severity for f in findings), key=level_rank, default=None)}
+    return {
+        "hosts": len({c.address for c in chunks}),
+        "open": len(ports),
+        "filtered": sum(c.filtered for c in chunks),
+        "closed": sum(c.closed for c in chunks),
+        "unidentified": sum(len(c.unidentified) for c in chunks),
+        "findings": len(findings),
+        "by_severity": by_severity,
+        "worst": max((f.severity for f in findings), key=level_rank, default=None),
+    }
 
 
-__all__ = ["ScanProgress", "ChunkResult", "HostReport", "ReportBody", "ScanReport",
-           "build_report", "finding_entry"]
+__all__ = [
+    "ScanProgress",
+    "ChunkResult",
+    "HostReport",
+    "ReportBody",
+    "ScanReport",
+    "build_report",
+    "finding_entry",
+]

@@ -118,10 +118,14 @@ class Scope:
                 net = ipaddress.ip_network(entry, strict=False)
             except ValueError:
                 if _name(entry) == "*":  # every name would vouch: DNS would decide the scope
-                    raise InvalidInput(f"scope entry {entry!r}: a wildcard needs a domain "
-                                       "(*.lab.example); list CIDRs to widen the scope") from None
+                    raise InvalidInput(
+                        f"scope entry {entry!r}: a wildcard needs a domain "
+                        "(*.lab.example); list CIDRs to widen the scope"
+                    ) from None
                 if not _is_hostname_pattern(entry):
-                    raise InvalidInput(f"scope entry {entry!r}: not a CIDR, address or hostname") from None
+                    raise InvalidInput(
+                        f"scope entry {entry!r}: not a CIDR, address or hostname"
+                    ) from None
                 hostnames.append(_name(entry))
                 continue
             # ::ffff:10.0.0.0/104 is 10.0.0.0/8. A network address is mapped only with a
@@ -172,8 +176,10 @@ class Scope:
             return addr
         if not self.allows_address(addr):
             named = f" ({via} resolves there)" if via and via != str(addr) else ""
-            raise OutOfScope(f"{addr}{named} is out of scope: not in the allowlist "
-                             f"{', '.join(map(str, self.networks)) or '(empty)'}")
+            raise OutOfScope(
+                f"{addr}{named} is out of scope: not in the allowlist "
+                f"{', '.join(map(str, self.networks)) or '(empty)'}"
+            )
         return addr
 
     def resolve(self, host: str, port: int = 0) -> list[IPAddress]:
@@ -245,5 +251,14 @@ def _is_hostname_pattern(text: str) -> bool:
     return True
 
 
-__all__ = ["Scope", "DEFAULT_ALLOW", "LOCALHOST_ADDRESSES", "IPAddress", "IPNetwork", "parse_ip",
-           "unmap", "never_allowed", "is_localhost_alias"]
+__all__ = [
+    "Scope",
+    "DEFAULT_ALLOW",
+    "LOCALHOST_ADDRESSES",
+    "IPAddress",
+    "IPNetwork",
+    "parse_ip",
+    "unmap",
+    "never_allowed",
+    "is_localhost_alias",
+]

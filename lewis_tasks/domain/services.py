@@ -33,17 +33,21 @@ _BANNER_CHARS = 160
 _READ_BYTES = 4096
 _PG_SSL_REQUEST = struct.pack("!II", 8, 80877103)
 _PG_STARTUP = (lambda body: struct.pack("!I", len(body) + 4) + body)(
-    struct.pack("!I", 196608) + b"user\x00lewis\x00database\x00lewis\x00\x00")
+    struct.pack("!I", 196608) + b"user\x00lewis\x00database\x00lewis\x00\x00"
+)
 _AMQP_HEADER = b"AMQP\x00\x00\x09\x01"  # AMQP 0-9-1: the server answers Connection.Start
 _EPMD_NAMES = b"\x00\x01n"  # NAMES_REQ: epmd answers its port and "name N at port P" lines
 # Erlang distribution send_name (protocol version 5): a node answers "s" + a status, or closes
 _ERLANG_SEND_NAME = (lambda body: struct.pack("!H", len(body)) + body)(
-    b"n" + struct.pack("!HI", 5, 0x7FFFD) + b"lewis@probe")
+    b"n" + struct.pack("!HI", 5, 0x7FFFD) + b"lewis@probe"
+)
 _MQTT_CONNECT = (lambda body: b"\x10" + bytes([len(body)]) + body)(  # MQTT 3.1.1, clean session
-    b"\x00\x04MQTT\x04\x02\x00\x3c" + struct.pack("!H", 5) + b"lewis")
+    b"\x00\x04MQTT\x04\x02\x00\x3c" + struct.pack("!H", 5) + b"lewis"
+)
 # After CONNACK 0: SUBSCRIBE (packet id 1, QoS 0) to the topic where Mosquitto keeps its version
 _MQTT_SUBSCRIBE_VERSION = (lambda body: b"\x82" + bytes([len(body)]) + body)(
-    struct.pack("!HH", 1, 19) + b"$SYS/broker/version" + b"\x00")
+    struct.pack("!HH", 1, 19) + b"$SYS/broker/version" + b"\x00"
+)
 _MOSQUITTO_VERSION = re.compile(rb"mosquitto version (?P<version>[\d.]+)")
 
 
@@ -60,16 +64,27 @@ class ServiceInfo:
     extra: Mapping[str, str | bool | int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        return {"port": self.port, "name": self.name, "product": self.product,
-                "version": self.version, "banner": self.banner, "probe": self.probe,
-                "extra": dict(self.extra)}
+        return {
+            "port": self.port,
+            "name": self.name,
+            "product": self.product,
+            "version": self.version,
+            "banner": self.banner,
+            "probe": self.probe,
+            "extra": dict(self.extra),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> ServiceInfo:
-        return cls(int(data["port"]), str(data["name"]),  # type: ignore[call-overload]
-                   data.get("product"), data.get("version"),  # type: ignore[arg-type]
-                   str(data.get("banner") or ""), str(data.get("probe") or ""),
-                   dict(data.get("extra") or {}))  # type: ignore[call-overload]
+        return cls(
+            int(data["port"]),  # type: ignore[call-overload]
+            str(data["name"]),
+            data.get("product"),  # type: ignore[arg-type]
+            data.get("version"),  # type: ignore[arg-type]
+            str(data.get("banner") or ""),
+            str(data.get("probe") or ""),
+            dict(data.get("extra") or {}),  # type: ignore[call-overload]
+        )
 
 
 @dataclass(frozen=True)
@@ -86,17 +101,28 @@ class Signature:
     extra: Mapping[str, str | bool | int] = field(default_factory=dict)
 
 
-def _sig(name: str, regex: bytes, product: str | None = None, probes: str | None = None,
-         **extra: str | bool | int) -> Signature:
-    return Signature(name, re.compile(regex, re.DOTALL), product,
-                     frozenset(probes.split()) if probes else None, extra)
+def _sig(
+    name: str,
+    regex: bytes,
+    product: str | None = None,
+    probes: str | None = None,
+    **extra: str | bool | int,
+) -> Signature:
+    return Signature(
+        name,
+        re.compile(regex, re.DOTALL),
+        product,
+        frozenset(probes.split()) if probes else None,
+        extra,
+    )
 
 
 _HTTP = rb"^HTTP/1\.[01] \d{3}.*?\r\nServer: "
 # First match wins: specific before generic within each service.
 SIGNATURES: tuple[Signature, ...] = (
-    _sig("ssh", rb"^SSH-[\d.]+-OpenSSH_(?P<version>[\w.]+)(?: (?P<revision>[^\s\r\n]+))?",
-         "OpenSSH"),
+    _sig(
+        "ssh", rb"^SSH-[\d.]+-OpenSSH_(?P<version>[\w.]+)(?: (?P<revision>[^\s\r\n]+))?", "OpenSSH"
+    ),
     _sig("ssh", rb"^SSH-[\d.]+-dropbear_(?P<version>[\w.]+)", "Dropbear sshd"),
     _sig("ssh", rb"^SSH-[\d.]+-(?P<product>[^\s\r\n]+)"),
     _sig("smtp", rb"^220[ -]\S+ ESMTP Exim (?P<version>[\w.]+)", "Exim"),
@@ -106,15 +132,21 @@ SIGNATURES: tuple[Signature, ...] = (
     _sig("ftp", rb"^220[ -][^\r\n]*\(vsFTPd (?P<version>[\d.]+)\)", "vsftpd"),
     _sig("ftp", rb"^220[ -]ProFTPD (?P<version>[\d.]+[a-z]?\d*)", "ProFTPD"),
     _sig("ftp", rb"^220[ -][^\r\n]*Pure-FTPd", "Pure-FTPd"),
-    _sig("ftp", rb"^220[ -][^\r\n]*FileZilla Server(?: version)? (?P<version>[\d.]+\w*)",
-         "FileZilla ftpd"),
+    _sig(
+        "ftp",
+        rb"^220[ -][^\r\n]*FileZilla Server(?: version)? (?P<version>[\d.]+\w*)",
+        "FileZilla ftpd",
+    ),
     _sig("ftp", rb"^220[ -][^\r\n]*\bftp\b|^220[ -][^\r\n]*\bFTP\b"),
     _sig("ftp", rb"^220[ -]?", probes="banner", confirm="ehlo"),  # bare greeting: ask EHLO
     _sig("mysql", rb"^.\x00\x00\x00\x0a5\.5\.5-(?P<version>[\d.]+)-MariaDB", "MariaDB"),
     _sig("mysql", rb"^.\x00\x00\x00\x0a(?P<version>[\d.]+)[^\x00]*-MariaDB", "MariaDB"),
     _sig("mysql", rb"^.\x00\x00\x00\x0a(?P<version>\d+\.\d+\.\d+)[^\x00]*\x00", "MySQL"),
-    _sig("mysql", rb"^.\x00\x00\x00\xff..Host .{0,80} is not allowed to connect to this "
-                  rb"(?P<product>MySQL|MariaDB) server"),
+    _sig(
+        "mysql",
+        rb"^.\x00\x00\x00\xff..Host .{0,80} is not allowed to connect to this "
+        rb"(?P<product>MySQL|MariaDB) server",
+    ),
     _sig("imap", rb"^\* OK [^\r\n]*Dovecot", "Dovecot imapd"),
     _sig("imap", rb"^\* OK [^\r\n]*Courier-IMAP", "Courier Imapd"),
     _sig("imap", rb"^\* OK [^\r\n]*IMAP4"),
@@ -123,34 +155,56 @@ SIGNATURES: tuple[Signature, ...] = (
     _sig("telnet", rb"^\xff[\xfa-\xfe]"),
     _sig("vnc", rb"^RFB (?P<version>\d{3}\.\d{3})"),
     _sig("nats", rb'^INFO \{[^\r\n]*"server_id"[^\r\n]*"version":"(?P<version>[\d.]+)"', "NATS"),
-    _sig("http", _HTTP + rb"Apache/(?P<version>[\d.]+)(?: \((?P<revision>[^)\r\n]+)\))?",
-         "Apache httpd"),
+    _sig(
+        "http",
+        _HTTP + rb"Apache/(?P<version>[\d.]+)(?: \((?P<revision>[^)\r\n]+)\))?",
+        "Apache httpd",
+    ),
     _sig("http", _HTTP + rb"nginx/(?P<version>[\d.]+)", "nginx"),
     _sig("http", _HTTP + rb"Microsoft-IIS/(?P<version>[\d.]+)", "Microsoft IIS httpd"),
     _sig("http", _HTTP + rb"lighttpd/(?P<version>[\d.]+)", "lighttpd"),
     _sig("http", _HTTP + rb"(?P<product>[^\r\n/ ]+)(?:/(?P<version>[\w.\-]+))?"),
     _sig("http", rb"^HTTP/1\.[01] \d{3}"),
     _sig("redis", rb"^\+PONG", "Redis", probes="redis", auth_required=False),
-    _sig("redis", rb"^-NOAUTH", "Redis", probes="redis http generic memcached",
-         auth_required=True),
+    _sig("redis", rb"^-NOAUTH", "Redis", probes="redis http generic memcached", auth_required=True),
     _sig("redis", rb"^-DENIED Redis", "Redis", auth_required=True, protected_mode=True),
-    _sig("redis", rb"^-ERR operation not permitted", "Redis", probes="redis",
-         auth_required=True),
-    _sig("redis", rb"^-ERR (?:unknown command|wrong number of arguments)", "Redis",
-         probes="http generic memcached"),
+    _sig("redis", rb"^-ERR operation not permitted", "Redis", probes="redis", auth_required=True),
+    _sig(
+        "redis",
+        rb"^-ERR (?:unknown command|wrong number of arguments)",
+        "Redis",
+        probes="http generic memcached",
+    ),
     _sig("memcached", rb"^VERSION (?P<version>[\d.]+)", "memcached", probes="memcached"),
-    _sig("postgresql", rb"^(?:R\x00\x00\x00[\x08-\x30]\x00\x00\x00[\x00-\x0c]|E\x00\x00..S"
-                       rb"(?:FATAL|ERROR))", "PostgreSQL", probes="postgresql"),
+    _sig(
+        "postgresql",
+        rb"^(?:R\x00\x00\x00[\x08-\x30]\x00\x00\x00[\x00-\x0c]|E\x00\x00..S"
+        rb"(?:FATAL|ERROR))",
+        "PostgreSQL",
+        probes="postgresql",
+    ),
     # Connection.Start (frame type 1, channel 0, class 10 method 10); its server-properties
     # table carries product and version as long strings ("S", 4-byte length, text).
-    _sig("amqp", rb"^\x01\x00\x00.{4}\x00\x0a\x00\x0a"
-                 rb"(?:.*?\x07productS.{4}(?P<product>[\x20-\x7e]+))?"
-                 rb"(?:.*?\x07versionS.{4}(?P<version>[\d.]+))?", probes="amqp"),
+    _sig(
+        "amqp",
+        rb"^\x01\x00\x00.{4}\x00\x0a\x00\x0a"
+        rb"(?:.*?\x07productS.{4}(?P<product>[\x20-\x7e]+))?"
+        rb"(?:.*?\x07versionS.{4}(?P<version>[\d.]+))?",
+        probes="amqp",
+    ),
     _sig("amqp", rb"^AMQP[\x00-\x03]\x00?[\x00-\x0a]"),  # the header back: "not that version"
-    _sig("epmd", rb"^\x00\x00[\x00-\xff]{2}(?:name [^\n]{1,255} at port \d{1,5}\n)*$",
-         "Erlang Port Mapper Daemon", probes="epmd"),
-    _sig("erlang-dist", rb"^\x00[\x02-\x40]s(?:ok|nok|not_allowed|alive|named:)",
-         "Erlang distribution", probes="erlang"),
+    _sig(
+        "epmd",
+        rb"^\x00\x00[\x00-\xff]{2}(?:name [^\n]{1,255} at port \d{1,5}\n)*$",
+        "Erlang Port Mapper Daemon",
+        probes="epmd",
+    ),
+    _sig(
+        "erlang-dist",
+        rb"^\x00[\x02-\x40]s(?:ok|nok|not_allowed|alive|named:)",
+        "Erlang distribution",
+        probes="erlang",
+    ),
     _sig("mqtt", rb"^\x20\x02[\x00\x01][\x00-\x05]$", probes="mqtt"),
 )
 _REDIS_VERSION = re.compile(rb"redis_version:(?P<version>[\d.]+)")
@@ -168,9 +222,12 @@ _PROBES: tuple[tuple[str, bytes], ...] = (
 _PAYLOADS = dict(_PROBES)
 # Probes of protocols that never answer the common ones, and the ports they live on: sent with
 # the first wave there, in a second wave elsewhere (see _waves).
-_HINTS: Mapping[str, frozenset[int]] = {"amqp": frozenset({5672}), "epmd": frozenset({4369}),
-                                        "erlang": frozenset({25672}),
-                                        "mqtt": frozenset({1883})}
+_HINTS: Mapping[str, frozenset[int]] = {
+    "amqp": frozenset({5672}),
+    "epmd": frozenset({4369}),
+    "erlang": frozenset({25672}),
+    "mqtt": frozenset({1883}),
+}
 PROBE_COUNT = len(_PROBES)  # connections one silent port may cost beyond its banner wait
 _EPMD_NODE = re.compile(rb"name ([^\n]{1,255}) at port (\d{1,5})\n")
 
@@ -208,8 +265,15 @@ def match_answer(port: int, data: bytes, probe: str = "banner") -> ServiceInfo |
         nodes = [f"{n.decode('latin-1')}:{p.decode()}" for n, p in _EPMD_NODE.findall(data)]
         if nodes:
             extra["nodes"] = " ".join(nodes)
-    return ServiceInfo(port, sig.name, _text(groups.get("product")) or sig.product,
-                       _text(groups.get("version")), excerpt(data), probe, extra)
+    return ServiceInfo(
+        port,
+        sig.name,
+        _text(groups.get("product")) or sig.product,
+        _text(groups.get("version")),
+        excerpt(data),
+        probe,
+        extra,
+    )
 
 
 def _match(data: bytes, probe: str) -> tuple[Signature, re.Match[bytes]] | None:
@@ -229,9 +293,15 @@ def excerpt(data: bytes) -> str:
     return printable[:_BANNER_CHARS]
 
 
-async def identify_services(address: str | IPAddress, ports: Iterable[int], *, scope: Scope,
-                            concurrency: int = 64, banner_timeout: float = 2.0,
-                            probe_timeout: float | None = None) -> list[ServiceInfo]:
+async def identify_services(
+    address: str | IPAddress,
+    ports: Iterable[int],
+    *,
+    scope: Scope,
+    concurrency: int = 64,
+    banner_timeout: float = 2.0,
+    probe_timeout: float | None = None,
+) -> list[ServiceInfo]:
     """Identify the service on each of ``ports`` (open ones), at most ``concurrency`` at once."""
     host = str(scope.check_address(address))
     limit = asyncio.Semaphore(max(1, concurrency))
@@ -239,8 +309,9 @@ async def identify_services(address: str | IPAddress, ports: Iterable[int], *, s
 
     async def one(port: int) -> ServiceInfo:
         async with limit:
-            return await identify_service(host, port, banner_timeout=banner_timeout,
-                                          probe_timeout=wait)
+            return await identify_service(
+                host, port, banner_timeout=banner_timeout, probe_timeout=wait
+            )
 
     return name_erlang_nodes(await asyncio.gather(*(one(p) for p in sorted(set(ports)))))
 
@@ -257,14 +328,25 @@ def name_erlang_nodes(services: Iterable[ServiceInfo]) -> list[ServiceInfo]:
                 node, _, port = entry.rpartition(":")
                 if port.isdigit():
                     nodes[int(port)] = node
-    return [ServiceInfo(i.port, "erlang-dist", "Erlang distribution", None, i.banner, "epmd",
-                        {**i.extra, "node": nodes[i.port]})
-            if i.port in nodes and (i.name == UNKNOWN or i.name.endswith("?")) else i
-            for i in found]
+    return [
+        ServiceInfo(
+            i.port,
+            "erlang-dist",
+            "Erlang distribution",
+            None,
+            i.banner,
+            "epmd",
+            {**i.extra, "node": nodes[i.port]},
+        )
+        if i.port in nodes and (i.name == UNKNOWN or i.name.endswith("?"))
+        else i
+        for i in found
+    ]
 
 
-async def identify_service(host: str, port: int, *, banner_timeout: float,
-                           probe_timeout: float) -> ServiceInfo:
+async def identify_service(
+    host: str, port: int, *, banner_timeout: float, probe_timeout: float
+) -> ServiceInfo:
     """One port: banner first, then the probes in parallel. ``host`` must be scope-checked."""
     data = b""
     conn = await _connect(host, port, banner_timeout)
@@ -299,13 +381,16 @@ def _waves(port: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return first, tuple(name for name, _ in _PROBES if name not in first)
 
 
-async def _probe_wave(host: str, port: int, names: tuple[str, ...], timeout: float,
-                      answers: list[tuple[str, bytes]]) -> ServiceInfo | None:
+async def _probe_wave(
+    host: str, port: int, names: tuple[str, ...], timeout: float, answers: list[tuple[str, bytes]]
+) -> ServiceInfo | None:
     """Send ``names`` at once; the first recognised answer, or None (answers kept)."""
     if not names:
         return None
-    tasks = {name: asyncio.ensure_future(_probe(host, port, name, _PAYLOADS[name], timeout))
-             for name in names}
+    tasks = {
+        name: asyncio.ensure_future(_probe(host, port, name, _PAYLOADS[name], timeout))
+        for name in names
+    }
     try:
         for finished in asyncio.as_completed(list(tasks.values())):
             info, name, answer = await finished
@@ -314,7 +399,8 @@ async def _probe_wave(host: str, port: int, names: tuple[str, ...], timeout: flo
                 # less than its own probe will (AUTH, version): ask that one, it is as quick.
                 if info.probe != info.name and info.name in _PAYLOADS:
                     own = tasks.get(info.name) or asyncio.ensure_future(
-                        _probe(host, port, info.name, _PAYLOADS[info.name], timeout))
+                        _probe(host, port, info.name, _PAYLOADS[info.name], timeout)
+                    )
                     tasks[info.name] = own
                     better = (await own)[0]
                     if better is not None and better.name == info.name:
@@ -329,8 +415,13 @@ async def _probe_wave(host: str, port: int, names: tuple[str, ...], timeout: flo
     return None
 
 
-async def _from_banner(port: int, data: bytes, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter, timeout: float) -> ServiceInfo:
+async def _from_banner(
+    port: int,
+    data: bytes,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    timeout: float,
+) -> ServiceInfo:
     found = _match(data, "banner")
     if found is None:
         return ServiceInfo(port, guess_name(port), banner=excerpt(data), probe="banner")
@@ -340,13 +431,15 @@ async def _from_banner(port: int, data: bytes, reader: asyncio.StreamReader,
         answer = await _ask(reader, writer, b"EHLO lewis.invalid\r\n", timeout)
         if answer.startswith(b"250"):
             return ServiceInfo(port, "smtp", banner=info.banner, probe="banner+ehlo")
-        return ServiceInfo(port, "ftp", banner=info.banner, probe="banner+ehlo",
-                           extra={"bare_greeting": True})
+        return ServiceInfo(
+            port, "ftp", banner=info.banner, probe="banner+ehlo", extra={"bare_greeting": True}
+        )
     return info
 
 
-async def _probe(host: str, port: int, name: str, payload: bytes,
-                 timeout: float) -> tuple[ServiceInfo | None, str, bytes]:
+async def _probe(
+    host: str, port: int, name: str, payload: bytes, timeout: float
+) -> tuple[ServiceInfo | None, str, bytes]:
     conn = await _connect(host, port, timeout)
     if conn is None:
         return None, name, b""
@@ -354,37 +447,56 @@ async def _probe(host: str, port: int, name: str, payload: bytes,
     try:
         answer = await _ask(reader, writer, payload, timeout)
         if name == "postgresql" and answer == b"S":
-            return ServiceInfo(port, "postgresql", "PostgreSQL", None, "S", name,
-                               {"ssl": True}), name, answer
+            return (
+                ServiceInfo(port, "postgresql", "PostgreSQL", None, "S", name, {"ssl": True}),
+                name,
+                answer,
+            )
         if name == "postgresql" and answer == b"N":  # no TLS: a startup packet confirms it
             answer = await _ask(reader, writer, _PG_STARTUP, timeout)
         info = match_answer(port, answer, name) if answer else None
         if info is not None and info.name == "redis" and info.extra.get("auth_required") is False:
             found = _REDIS_VERSION.search(await _ask(reader, writer, b"INFO server\r\n", timeout))
             if found:
-                info = ServiceInfo(port, info.name, info.product, found.group("version").decode(),
-                                   info.banner, info.probe, info.extra)
+                info = ServiceInfo(
+                    port,
+                    info.name,
+                    info.product,
+                    found.group("version").decode(),
+                    info.banner,
+                    info.probe,
+                    info.extra,
+                )
         if info is not None and info.name == "mqtt" and answer == b"\x20\x02\x00\x00":
             writer.write(_MQTT_SUBSCRIBE_VERSION)
             found = await _read_until(reader, _MOSQUITTO_VERSION, timeout)
             if found:
-                info = ServiceInfo(port, info.name, "Mosquitto", found.group("version").decode(),
-                                   info.banner, info.probe, info.extra)
+                info = ServiceInfo(
+                    port,
+                    info.name,
+                    "Mosquitto",
+                    found.group("version").decode(),
+                    info.banner,
+                    info.probe,
+                    info.extra,
+                )
         return info, name, answer
     finally:
         _close(writer)
 
 
-async def _connect(host: str, port: int,
-                   timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+async def _connect(
+    host: str, port: int, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
     try:
         return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except OSError:  # TimeoutError included
         return None
 
 
-async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes,
-               timeout: float) -> bytes:
+async def _ask(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes, timeout: float
+) -> bytes:
     try:
         writer.write(payload)
         await asyncio.wait_for(writer.drain(), timeout)
@@ -393,8 +505,9 @@ async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paylo
     return await _read(reader, timeout)
 
 
-async def _read_until(reader: asyncio.StreamReader, pattern: re.Pattern[bytes],
-                      timeout: float, reads: int = 4) -> re.Match[bytes] | None:
+async def _read_until(
+    reader: asyncio.StreamReader, pattern: re.Pattern[bytes], timeout: float, reads: int = 4
+) -> re.Match[bytes] | None:
     """Read (a few times at most) until ``pattern`` shows in what came; None if it does not."""
     data = b""
     for _ in range(reads):
@@ -424,5 +537,16 @@ def _text(raw: bytes | None) -> str | None:
     return raw.decode("latin-1") if raw else None
 
 
-__all__ = ["ServiceInfo", "Signature", "SIGNATURES", "UNKNOWN", "PROBE_COUNT", "match_answer",
-           "excerpt", "guess_name", "name_erlang_nodes", "identify_services", "identify_service"]
+__all__ = [
+    "ServiceInfo",
+    "Signature",
+    "SIGNATURES",
+    "UNKNOWN",
+    "PROBE_COUNT",
+    "match_answer",
+    "excerpt",
+    "guess_name",
+    "name_erlang_nodes",
+    "identify_services",
+    "identify_service",
+]

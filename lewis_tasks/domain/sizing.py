@@ -70,39 +70,54 @@ def size(work: Workload, costs: Costs) -> Sizing:
     steps: list[str] = []
     ports_h = work.scans_per_hour * work.ports_per_scan
     tasks_h = work.scans_per_hour * math.ceil(work.ports_per_scan / CHUNK_PORTS)
-    io_s = (ports_h / costs.scan_ports_per_s + work.http_requests_per_hour
-            / costs.http_requests_per_s + tasks_h / costs.io_tasks_per_s)
-    steps.append(f"io: {ports_h:,.0f} ports/h / {costs.scan_ports_per_s:,.0f} ports/s + "
-                 f"{work.http_requests_per_hour:,.0f} requests/h / "
-                 f"{costs.http_requests_per_s:,.0f} req/s + {tasks_h:,.0f} chunk tasks/h / "
-                 f"{costs.io_tasks_per_s:,.0f} tasks/s = {io_s:,.1f} worker-s/h")
+    io_s = (
+        ports_h / costs.scan_ports_per_s
+        + work.http_requests_per_hour / costs.http_requests_per_s
+        + tasks_h / costs.io_tasks_per_s
+    )
+    steps.append(
+        f"io: {ports_h:,.0f} ports/h / {costs.scan_ports_per_s:,.0f} ports/s + "
+        f"{work.http_requests_per_hour:,.0f} requests/h / "
+        f"{costs.http_requests_per_s:,.0f} req/s + {tasks_h:,.0f} chunk tasks/h / "
+        f"{costs.io_tasks_per_s:,.0f} tasks/s = {io_s:,.1f} worker-s/h"
+    )
     steady = io_s / 3600 / UTILISATION
     peak = work.concurrent_users * work.ports_per_scan / costs.scan_ports_per_s / PEAK_SECONDS
-    io = max(1, math.ceil(max(steady, peak) * (NETWORK_HEADROOM if work.network_intensive
-                                                else 1.0)))
-    steps.append(f"io workers: max(steady {io_s:,.1f}/3600/{UTILISATION:g} = {steady:.2f}, "
-                 f"peak {work.concurrent_users} users x {work.ports_per_scan} ports within "
-                 f"{PEAK_SECONDS:g}s = {peak:.2f})"
-                 + (f" x {NETWORK_HEADROOM:g} (network intensive)" if work.network_intensive
-                    else "") + f" -> {io}")
+    io = max(
+        1, math.ceil(max(steady, peak) * (NETWORK_HEADROOM if work.network_intensive else 1.0))
+    )
+    steps.append(
+        f"io workers: max(steady {io_s:,.1f}/3600/{UTILISATION:g} = {steady:.2f}, "
+        f"peak {work.concurrent_users} users x {work.ports_per_scan} ports within "
+        f"{PEAK_SECONDS:g}s = {peak:.2f})"
+        + (f" x {NETWORK_HEADROOM:g} (network intensive)" if work.network_intensive else "")
+        + f" -> {io}"
+    )
     cpu_s = work.scans_per_hour / costs.cpu_tasks_per_s
     cpu = max(1, math.ceil(cpu_s / 3600 / UTILISATION))
-    steps.append(f"cpu workers: {work.scans_per_hour:,.0f} merges/h / "
-                 f"{costs.cpu_tasks_per_s:,.0f} tasks/s = {cpu_s:,.2f} worker-s/h -> {cpu}")
+    steps.append(
+        f"cpu workers: {work.scans_per_hour:,.0f} merges/h / "
+        f"{costs.cpu_tasks_per_s:,.0f} tasks/s = {cpu_s:,.2f} worker-s/h -> {cpu}"
+    )
     workers = {"io": io, "cpu": cpu, "control": 1}
     processes = io + cpu + 1
     cores = processes + 1  # + Redis, beat and the monitor
-    steps.append(f"cores: one per worker process ({processes}) + 1 for Redis, beat, monitor "
-                 f"= {cores}")
+    steps.append(
+        f"cores: one per worker process ({processes}) + 1 for Redis, beat, monitor = {cores}"
+    )
     memory = (processes * costs.process_rss_bytes + 0.5e9) / 1e9
-    steps.append(f"memory: {processes} processes x {costs.process_rss_bytes / 1e6:,.0f} MB + "
-                 f"0.5 GB (Redis, beat, monitor) = {memory:.1f} GB")
+    steps.append(
+        f"memory: {processes} processes x {costs.process_rss_bytes / 1e6:,.0f} MB + "
+        f"0.5 GB (Redis, beat, monitor) = {memory:.1f} GB"
+    )
     per_scan = SCAN_ROW_BYTES + work.ports_per_scan * work.open_port_ratio * PORT_ROW_BYTES
     per_day = 24 * (work.scans_per_hour * per_scan + work.http_requests_per_hour * HTTP_ROW_BYTES)
     storage = per_day * work.retention_days / 1e9 * 1.5  # indexes and free pages
-    steps.append(f"storage: ({work.scans_per_hour:g} scans x {per_scan:,.0f} B + "
-                 f"{work.http_requests_per_hour:g} URLs x {HTTP_ROW_BYTES} B) x 24 h x "
-                 f"{work.retention_days:g} days x 1.5 (indexes) = {storage:.2f} GB")
+    steps.append(
+        f"storage: ({work.scans_per_hour:g} scans x {per_scan:,.0f} B + "
+        f"{work.http_requests_per_hour:g} URLs x {HTTP_ROW_BYTES} B) x 24 h x "
+        f"{work.retention_days:g} days x 1.5 (indexes) = {storage:.2f} GB"
+    )
     steps += [f"cost {k}: {v}" for k, v in sorted(costs.sources.items())]
     return Sizing(cores, round(memory, 1), round(storage, 2), workers, tuple(steps))
 
@@ -114,8 +129,12 @@ def costs_from_runs(runs: list[dict[str, Any]], process_rss_bytes: float | None 
     for run in sorted(runs, key=lambda r: str(r.get("created_at"))):
         if run.get("suite") == "cluster" and (run.get("metrics") or {}).get("throughput_per_s"):
             newest[(str(run.get("name")), str(run.get("queue")))] = run
-    wanted = {"scan_ports_per_s": ("scan", "io"), "http_requests_per_s": ("http", "io"),
-              "io_tasks_per_s": ("noop", "io"), "cpu_tasks_per_s": ("noop", "cpu")}
+    wanted = {
+        "scan_ports_per_s": ("scan", "io"),
+        "http_requests_per_s": ("http", "io"),
+        "io_tasks_per_s": ("noop", "io"),
+        "cpu_tasks_per_s": ("noop", "cpu"),
+    }
     values: dict[str, float] = {}
     sources: dict[str, str] = {}
     for cost, key in wanted.items():
@@ -126,8 +145,10 @@ def costs_from_runs(runs: list[dict[str, Any]], process_rss_bytes: float | None 
         n = max(1, int(consumers.get(key[1]) or 1))
         rate = float(found["metrics"]["throughput_per_s"]) / n
         values[cost] = rate
-        sources[cost] = (f"{rate:,.1f}/s per process (run {str(found.get('id'))[:8]} of "
-                         f"{str(found.get('created_at'))[:19]}, {n} {key[1]} worker(s))")
+        sources[cost] = (
+            f"{rate:,.1f}/s per process (run {str(found.get('id'))[:8]} of "
+            f"{str(found.get('created_at'))[:19]}, {n} {key[1]} worker(s))"
+        )
     if process_rss_bytes:
         sources["process_rss_bytes"] = f"{process_rss_bytes / 1e6:,.0f} MB (the workers' median)"
         return Costs(**values, process_rss_bytes=process_rss_bytes, sources=sources)
@@ -135,4 +156,12 @@ def costs_from_runs(runs: list[dict[str, Any]], process_rss_bytes: float | None 
     return Costs(**values, sources=sources)
 
 
-__all__ = ["Workload", "Costs", "Sizing", "size", "costs_from_runs", "UTILISATION", "NETWORK_HEADROOM"]
+__all__ = [
+    "Workload",
+    "Costs",
+    "Sizing",
+    "size",
+    "costs_from_runs",
+    "UTILISATION",
+    "NETWORK_HEADROOM",
+]

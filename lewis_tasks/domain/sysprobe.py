@@ -36,8 +36,12 @@ class SpaceUsage:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SpaceUsage:
-        return cls(int(data["total_bytes"]), int(data["used_bytes"]), int(data["free_bytes"]),
-                   float(data["percent"]))
+        return cls(
+            int(data["total_bytes"]),
+            int(data["used_bytes"]),
+            int(data["free_bytes"]),
+            float(data["percent"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -93,14 +97,19 @@ class SystemSnapshot:
         try:
             load = data["load_average"]
             return cls(
-                taken_at=float(data["taken_at"]), hostname=str(data["hostname"]),
-                cpu_count=int(data["cpu_count"]), cpu_percent=float(data["cpu_percent"]),
+                taken_at=float(data["taken_at"]),
+                hostname=str(data["hostname"]),
+                cpu_count=int(data["cpu_count"]),
+                cpu_percent=float(data["cpu_percent"]),
                 per_core=tuple(float(c) for c in data["per_core"]),
                 load_average=(float(load[0]), float(load[1]), float(load[2])) if load else None,
-                memory=SpaceUsage.from_dict(data["memory"]), swap=SpaceUsage.from_dict(data["swap"]),
-                disk_path=str(data["disk_path"]), disk=SpaceUsage.from_dict(data["disk"]),
+                memory=SpaceUsage.from_dict(data["memory"]),
+                swap=SpaceUsage.from_dict(data["swap"]),
+                disk_path=str(data["disk_path"]),
+                disk=SpaceUsage.from_dict(data["disk"]),
                 processes=tuple(ProcessUsage.from_dict(p) for p in data["processes"]),
-                fd_limit=data["fd_limit"])
+                fd_limit=data["fd_limit"],
+            )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidInput(f"not a system snapshot: {exc!r}") from exc
 
@@ -119,14 +128,17 @@ class SystemSnapshot:
             f"fd limit {self.fd_limit if self.fd_limit is not None else 'n/a'}",
             f"{'pid':>8} {'role':<7} {'rss':>10} {'cpu%':>6} {'fds':>6} {'files':>6} {'threads':>8}",
         ]
-        out += [f"{p.pid:>8} {p.role:<7} {format_bytes(p.rss_bytes):>10} {p.cpu_percent:>6.1f} "
-                f"{_opt(p.num_fds):>6} {_opt(p.open_files):>6} {p.num_threads:>8}"
-                for p in self.processes]
+        out += [
+            f"{p.pid:>8} {p.role:<7} {format_bytes(p.rss_bytes):>10} {p.cpu_percent:>6.1f} "
+            f"{_opt(p.num_fds):>6} {_opt(p.open_files):>6} {p.num_threads:>8}"
+            for p in self.processes
+        ]
         return "\n".join(out)
 
 
-def collect_system(*, disk_path: str = "/", pool_pid: int | None = None,
-                   interval: float = 0.2) -> SystemSnapshot:
+def collect_system(
+    *, disk_path: str = "/", pool_pid: int | None = None, interval: float = 0.2
+) -> SystemSnapshot:
     """Sample the host and the process tree rooted at ``pool_pid`` (default: this process).
 
     CPU figures, the host's and each process's, are measured over the same ``interval`` (at
@@ -145,17 +157,24 @@ def collect_system(*, disk_path: str = "/", pool_pid: int | None = None,
     for _, proc in tree:
         _quietly(proc.cpu_percent, None)  # first call starts each process's CPU clock
     per_core = tuple(psutil.cpu_percent(interval=interval, percpu=True))
-    processes = tuple(usage for role, proc in tree
-                      if (usage := _process_usage(proc, role)) is not None)
+    processes = tuple(
+        usage for role, proc in tree if (usage := _process_usage(proc, role)) is not None
+    )
     mem, swap, disk = psutil.virtual_memory(), psutil.swap_memory(), psutil.disk_usage(disk_path)
     return SystemSnapshot(
-        taken_at=time.time(), hostname=socket.gethostname(), cpu_count=psutil.cpu_count() or 1,
+        taken_at=time.time(),
+        hostname=socket.gethostname(),
+        cpu_count=psutil.cpu_count() or 1,
         cpu_percent=round(sum(per_core) / len(per_core), 1) if per_core else 0.0,
-        per_core=per_core, load_average=_load_average(),
+        per_core=per_core,
+        load_average=_load_average(),
         memory=SpaceUsage(mem.total, mem.total - mem.available, mem.available, mem.percent),
         swap=SpaceUsage(swap.total, swap.used, swap.free, swap.percent),
-        disk_path=disk_path, disk=SpaceUsage(disk.total, disk.used, disk.free, disk.percent),
-        processes=processes, fd_limit=_fd_limit(root))
+        disk_path=disk_path,
+        disk=SpaceUsage(disk.total, disk.used, disk.free, disk.percent),
+        processes=processes,
+        fd_limit=_fd_limit(root),
+    )
 
 
 def _children(root: psutil.Process) -> list[psutil.Process]:
@@ -218,7 +237,9 @@ def usable_cores(cgroup: Path | None = None) -> int:
     """The cores this process may use: its CPU affinity, capped by a container's CPU quota
     (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), rounded up.
     A container limited to 1.5 CPUs on a 32-core host gets 2, not 32."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     quota = cpu_quota(CGROUP if cgroup is None else cgroup)
     return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
 
@@ -229,8 +250,10 @@ def cpu_quota(cgroup: Path = CGROUP) -> float | None:
     if v2 is not None:
         quota, _, period = v2.partition(" ")
         return _ratio(quota, period)
-    return _ratio(_read(cgroup / "cpu" / "cpu.cfs_quota_us") or "",
-                  _read(cgroup / "cpu" / "cpu.cfs_period_us") or "")
+    return _ratio(
+        _read(cgroup / "cpu" / "cpu.cfs_quota_us") or "",
+        _read(cgroup / "cpu" / "cpu.cfs_period_us") or "",
+    )
 
 
 def _read(path: Path) -> str | None:
@@ -247,4 +270,3 @@ def _ratio(quota: str, period: str) -> float | None:
     except ValueError:
         return None
     return q / p if q > 0 and p > 0 else None
-

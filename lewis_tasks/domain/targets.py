@@ -72,15 +72,23 @@ class ScanChunk:
         return parse_ports(self.ports)
 
     def to_dict(self) -> dict[str, object]:
-        return {"address": self.address, "hostname": self.hostname, "ports": self.ports,
-                "port_count": self.port_count}
+        return {
+            "address": self.address,
+            "hostname": self.hostname,
+            "ports": self.ports,
+            "port_count": self.port_count,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ScanChunk:
         ports = str(data["ports"])
         hostname = data.get("hostname")
-        return cls(str(data["address"]), None if hostname is None else str(hostname), ports,
-                   int(data.get("port_count") or len(parse_ports(ports))))  # type: ignore[call-overload]
+        return cls(
+            str(data["address"]),
+            None if hostname is None else str(hostname),
+            ports,
+            int(data.get("port_count") or len(parse_ports(ports))),  # type: ignore[call-overload]
+        )
 
 
 def parse_targets(tokens: Iterable[str], *, max_hosts: int) -> list[Target]:
@@ -91,8 +99,10 @@ def parse_targets(tokens: Iterable[str], *, max_hosts: int) -> list[Target]:
         target = parse_target(token, max_hosts=max_hosts)
         total += len(target.addresses) or 1
         if total > max_hosts:
-            raise InvalidInput(f"targets: {total} hosts or more, over the cap of {max_hosts} "
-                               f"(scan.max_hosts), reached at {token!r}")
+            raise InvalidInput(
+                f"targets: {total} hosts or more, over the cap of {max_hosts} "
+                f"(scan.max_hosts), reached at {token!r}"
+            )
         targets.append(target)
     if not targets:
         raise InvalidInput("targets: none given")
@@ -124,8 +134,9 @@ def _expand_network(text: str, max_hosts: int) -> tuple[str, ...]:
     try:
         net = ipaddress.ip_network(f"{addr}/{_bounded_int(prefix, 128)}", strict=False)
     except ValueError:
-        raise InvalidInput(f"target {text!r}: prefix /{prefix} is too long for "
-                           f"IPv{addr.version}") from None
+        raise InvalidInput(
+            f"target {text!r}: prefix /{prefix} is too long for IPv{addr.version}"
+        ) from None
     # Network and broadcast addresses of an IPv4 block take no TCP connection: skip them,
     # as ipaddress.hosts() does (a /31 or /32 keeps every address).
     count = net.num_addresses
@@ -134,8 +145,9 @@ def _expand_network(text: str, max_hosts: int) -> tuple[str, ...]:
     elif net.version == 6 and net.prefixlen < 127:
         count -= 1  # the subnet-router anycast address
     if count > max_hosts:
-        raise InvalidInput(f"target {text!r}: {count} hosts, over the cap of {max_hosts} "
-                           f"(scan.max_hosts)")
+        raise InvalidInput(
+            f"target {text!r}: {count} hosts, over the cap of {max_hosts} (scan.max_hosts)"
+        )
     return tuple(str(h) for h in net.hosts())  # only after the cap: never enumerate a /64
 
 
@@ -145,8 +157,13 @@ def _is_hostname(name: str) -> bool:
     labels = name.split(".")
     if all(_is_decimal(label) for label in labels):
         return False  # 300.1.1.1 and friends are broken addresses, not names
-    return all(0 < len(label) <= 63 and not label.startswith("-") and not label.endswith("-")
-               and set(label) <= _HOSTNAME_CHARS for label in labels)
+    return all(
+        0 < len(label) <= 63
+        and not label.startswith("-")
+        and not label.endswith("-")
+        and set(label) <= _HOSTNAME_CHARS
+        for label in labels
+    )
 
 
 def _split_tokens(tokens: Iterable[str]) -> list[str]:
@@ -159,9 +176,11 @@ def _split_tokens(tokens: Iterable[str]) -> list[str]:
 def resolve_hosts(targets: Sequence[Target], scope: Scope) -> list[ScanHost]:
     """Every address of ``targets``, each checked by ``scope``; OutOfScope names the first refused."""
     return _unique_hosts(
-        [(str(a), t.hostname) for a in scope.resolve(t.hostname)] if t.hostname is not None
+        [(str(a), t.hostname) for a in scope.resolve(t.hostname)]
+        if t.hostname is not None
         else [(str(scope.check_address(a)), None) for a in t.addresses]
-        for t in targets)
+        for t in targets
+    )
 
 
 async def resolve_hosts_async(targets: Sequence[Target], scope: Scope) -> list[ScanHost]:
@@ -216,8 +235,9 @@ def _parse_port_token(token: str, spec: str) -> Iterable[int]:
         count = lowered[3:].lstrip("-")
         ranked = ranked_top_ports()
         if not _is_decimal(count) or not 1 <= _bounded_int(count, len(ranked)) <= len(ranked):
-            raise InvalidInput(f"port spec {spec!r}: bad token {token!r} "
-                               f"(topN takes N from 1 to {len(ranked)})")
+            raise InvalidInput(
+                f"port spec {spec!r}: bad token {token!r} (topN takes N from 1 to {len(ranked)})"
+            )
         return ranked[: int(count)]
     if token == "-":
         return range(1, MAX_PORT + 1)
@@ -234,12 +254,14 @@ def _parse_port_token(token: str, spec: str) -> Iterable[int]:
 def _port_number(text: str, token: str, spec: str) -> int:
     text = text.strip()
     if not _is_decimal(text):
-        raise InvalidInput(f"port spec {spec!r}: bad token {token!r} "
-                           "(expected N, N-M, N-, -M, - or topN)")
+        raise InvalidInput(
+            f"port spec {spec!r}: bad token {token!r} (expected N, N-M, N-, -M, - or topN)"
+        )
     port = _bounded_int(text, MAX_PORT)
     if not 1 <= port <= MAX_PORT:
-        raise InvalidInput(f"port spec {spec!r}: bad token {token!r} "
-                           f"(ports run from 1 to {MAX_PORT})")
+        raise InvalidInput(
+            f"port spec {spec!r}: bad token {token!r} (ports run from 1 to {MAX_PORT})"
+        )
     return port
 
 
@@ -257,26 +279,38 @@ def format_ports(ports: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def plan_chunks(hosts: Sequence[ScanHost], ports: Sequence[int], *, chunk_ports: int,
-                max_ports_total: int) -> list[ScanChunk]:
+def plan_chunks(
+    hosts: Sequence[ScanHost], ports: Sequence[int], *, chunk_ports: int, max_ports_total: int
+) -> list[ScanChunk]:
     """hosts × ports as chunks of at most ``chunk_ports`` ports; refused over ``max_ports_total``."""
     if chunk_ports < 1:
         raise InvalidInput(f"chunk size {chunk_ports}: must be at least 1")
     ordered = sorted(set(ports))
     total = len(hosts) * len(ordered)
     if total > max_ports_total:
-        raise InvalidInput(f"scan of {len(hosts)} hosts × {len(ordered)} ports = {total} probes "
-                           f"is over the cap of {max_ports_total} (scan.max_ports_total)")
+        raise InvalidInput(
+            f"scan of {len(hosts)} hosts × {len(ordered)} ports = {total} probes "
+            f"is over the cap of {max_ports_total} (scan.max_ports_total)"
+        )
     chunks: list[ScanChunk] = []
     for host in hosts:
         for start in range(0, len(ordered), chunk_ports):
-            part = ordered[start:start + chunk_ports]
+            part = ordered[start : start + chunk_ports]
             chunks.append(ScanChunk(host.address, host.hostname, format_ports(part), len(part)))
     return chunks
 
 
 __all__ = [
-    "Target", "ScanHost", "ScanChunk", "parse_targets", "parse_target", "resolve_hosts",
-    "resolve_hosts_async", "ranked_top_ports", "parse_ports",
-    "format_ports", "plan_chunks", "MAX_PORT",
+    "Target",
+    "ScanHost",
+    "ScanChunk",
+    "parse_targets",
+    "parse_target",
+    "resolve_hosts",
+    "resolve_hosts_async",
+    "ranked_top_ports",
+    "parse_ports",
+    "format_ports",
+    "plan_chunks",
+    "MAX_PORT",
 ]

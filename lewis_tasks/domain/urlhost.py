@@ -34,8 +34,11 @@ _SLASHES = "/\\"
 _AUTHORITY_END = re.compile(r"[/\\?#]")
 # forbidden domain code points: the forbidden host code points, C0 controls, % and DEL
 _FORBIDDEN_DOMAIN = frozenset(" #/:<>?@[\\]^|%\x7f" + "".join(map(chr, range(0x20))))
-_DIGITS = {10: frozenset("0123456789"), 8: frozenset("01234567"),
-           16: frozenset("0123456789abcdefABCDEF")}
+_DIGITS = {
+    10: frozenset("0123456789"),
+    8: frozenset("01234567"),
+    16: frozenset("0123456789abcdefABCDEF"),
+}
 
 
 class Base(NamedTuple):
@@ -54,7 +57,7 @@ def url_host(text: str, base: Base | None = None) -> Host:
     s = text.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
     match = _SCHEME.match(s)
     if match:
-        scheme, rest = match.group()[:-1].lower(), s[match.end():]
+        scheme, rest = match.group()[:-1].lower(), s[match.end() :]
         if scheme not in SCHEMES:
             raise InvalidInput(f"{text!r}: not an http(s) URL")
         # the same scheme as the base: "http:path" is relative to it unless two slashes follow
@@ -68,7 +71,7 @@ def url_host(text: str, base: Base | None = None) -> Host:
         return base.host
     rest = rest.lstrip(_SLASHES)  # a special scheme's authority ignores any run of slashes
     end = _AUTHORITY_END.search(rest)
-    authority = rest[:end.start()] if end else rest
+    authority = rest[: end.start()] if end else rest
     host_and_port = authority.rpartition("@")[2]  # the last @ ends the userinfo
     try:
         return parse_host(_host_part(host_and_port, text))
@@ -96,7 +99,7 @@ def _host_part(host_and_port: str, text: str) -> str:
         elif c == "]":
             inside = False
         elif c == ":" and not inside:
-            host, port = host_and_port[:i], host_and_port[i + 1:]
+            host, port = host_and_port[:i], host_and_port[i + 1 :]
             if port and (not port.isascii() or not port.isdigit() or int(port) > 65535):
                 raise InvalidInput(f"{text!r}: port {port!r} is not a port number")
             return host
@@ -211,5 +214,12 @@ def _ipv4_number(text: str) -> int | None:
     return int(text, radix)
 
 
-__all__ = ["url_host", "parse_host", "parse_ipv4", "domain_to_ascii", "ends_in_number",
-           "Base", "Host"]
+__all__ = [
+    "url_host",
+    "parse_host",
+    "parse_ipv4",
+    "domain_to_ascii",
+    "ends_in_number",
+    "Base",
+    "Host",
+]

@@ -38,11 +38,22 @@ from cvss.exceptions import CVSSError
 from ..errors import InvalidInput
 
 SEVERITIES = ("none", "low", "medium", "high", "critical")
-_METRIC_KEYS = (("cvssMetricV40", "4.0"), ("cvssMetricV31", "3.1"), ("cvssMetricV30", "3.0"),
-                ("cvssMetricV2", "2.0"))
+_METRIC_KEYS = (
+    ("cvssMetricV40", "4.0"),
+    ("cvssMetricV31", "3.1"),
+    ("cvssMetricV30", "3.0"),
+    ("cvssMetricV2", "2.0"),
+)
 # Pre-release words, earliest first; any other word ("a", "p", "w") is a later release.
-_PRE_RELEASE: Mapping[str, int] = {"dev": 0, "snapshot": 0, "alpha": 1, "beta": 2, "pre": 3,
-                                   "preview": 3, "rc": 3}
+_PRE_RELEASE: Mapping[str, int] = {
+    "dev": 0,
+    "snapshot": 0,
+    "alpha": 1,
+    "beta": 2,
+    "pre": 3,
+    "preview": 3,
+    "rc": 3,
+}
 _TOKEN = re.compile(r"\d+|[a-z]+")
 _CPE_SPLIT = re.compile(r"(?<!\\):")
 _ANY = ("*", "")
@@ -82,8 +93,13 @@ class Cvss:
     feed_score: float | None = None  # what the feed says, kept to spot disagreements
 
     def to_dict(self) -> dict[str, object]:
-        return {"version": self.version, "vector": self.vector, "base_score": self.base_score,
-                "severity": self.severity, "feed_score": self.feed_score}
+        return {
+            "version": self.version,
+            "vector": self.vector,
+            "base_score": self.base_score,
+            "severity": self.severity,
+            "feed_score": self.feed_score,
+        }
 
 
 @dataclass(frozen=True)
@@ -121,11 +137,19 @@ class CpeRange:
         return not (self.end_excluding and compare_versions(version, self.end_excluding) >= 0)
 
     def to_dict(self) -> dict[str, object]:
-        return {"cve_id": self.cve_id, "vendor": self.vendor, "product": self.product,
-                "version": self.version, "update": self.update,
-                "start_including": self.start_including, "start_excluding": self.start_excluding,
-                "end_including": self.end_including, "end_excluding": self.end_excluding,
-                "vulnerable": self.vulnerable, "platforms": list(self.platforms)}
+        return {
+            "cve_id": self.cve_id,
+            "vendor": self.vendor,
+            "product": self.product,
+            "version": self.version,
+            "update": self.update,
+            "start_including": self.start_including,
+            "start_excluding": self.start_excluding,
+            "end_including": self.end_including,
+            "end_excluding": self.end_excluding,
+            "vulnerable": self.vulnerable,
+            "platforms": list(self.platforms),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CpeRange:
@@ -152,24 +176,33 @@ class CveRecord:
         return self.cvss.base_score if self.cvss else 0.0
 
     def to_dict(self) -> dict[str, object]:
-        return {"cve_id": self.cve_id, "description": self.description,
-                "cvss": self.cvss.to_dict() if self.cvss else None,
-                "ranges": [r.to_dict() for r in self.ranges], "published": self.published,
-                "last_modified": self.last_modified}
+        return {
+            "cve_id": self.cve_id,
+            "description": self.description,
+            "cvss": self.cvss.to_dict() if self.cvss else None,
+            "ranges": [r.to_dict() for r in self.ranges],
+            "published": self.published,
+            "last_modified": self.last_modified,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CveRecord:
         cvss = data.get("cvss")
-        return cls(data["cve_id"], data.get("description", ""), Cvss(**cvss) if cvss else None,
-                   tuple(CpeRange.from_dict(r) for r in data.get("ranges") or ()),
-                   data.get("published"), data.get("last_modified"))
+        return cls(
+            data["cve_id"],
+            data.get("description", ""),
+            Cvss(**cvss) if cvss else None,
+            tuple(CpeRange.from_dict(r) for r in data.get("ranges") or ()),
+            data.get("published"),
+            data.get("last_modified"),
+        )
 
 
 # ---------------------------------------------------------------- versions
 
 
 def version_tokens(version: str) -> list[int | str]:
-    """"8.9p1" → [8, 9, "p", 1]: the pieces compared by :func:`compare_versions`."""
+    """ "8.9p1" → [8, 9, "p", 1]: the pieces compared by :func:`compare_versions`."""
     return [int(t) if t.isdigit() else t for t in _TOKEN.findall(version.lower())]
 
 
@@ -260,8 +293,7 @@ def _pick_cvss(metrics: Mapping[str, Any]) -> Cvss | None:
         declared = str(data.get("version", version))  # the metric's own word over its list's
         score, severity = score_vector(vector, declared)
         feed = data.get("baseScore")
-        return Cvss(declared, vector, score, severity,
-                    None if feed is None else float(feed))
+        return Cvss(declared, vector, score, severity, None if feed is None else float(feed))
     return None
 
 
@@ -289,8 +321,9 @@ def parse_feed(feed: Mapping[str, Any] | str | bytes, *, source: str = "feed") -
 def parse_cve(cve: Mapping[str, Any], *, source: str = "feed") -> CveRecord:
     """One ``cve`` object of a feed → :class:`CveRecord`."""
     cve_id = cve["id"]
-    description = next((d.get("value", "") for d in cve.get("descriptions") or ()
-                        if d.get("lang") == "en"), "")
+    description = next(
+        (d.get("value", "") for d in cve.get("descriptions") or () if d.get("lang") == "en"), ""
+    )
     try:
         cvss = _pick_cvss(cve.get("metrics") or {})
     except InvalidInput as exc:
@@ -302,27 +335,42 @@ def parse_cve(cve: Mapping[str, Any], *, source: str = "feed") -> CveRecord:
         for node in nodes:
             platforms: tuple[str, ...] = ()
             if and_config:
-                platforms = tuple(m["criteria"] for other in nodes if other is not node
-                                  for m in other.get("cpeMatch") or ())
+                platforms = tuple(
+                    m["criteria"]
+                    for other in nodes
+                    if other is not node
+                    for m in other.get("cpeMatch") or ()
+                )
             for match in node.get("cpeMatch") or ():
                 parsed = _parse_match(cve_id, match, platforms, source)
                 if parsed is not None:
                     ranges.append(parsed)
-    return CveRecord(cve_id, description, cvss, tuple(ranges), cve.get("published"),
-                     cve.get("lastModified"))
+    return CveRecord(
+        cve_id, description, cvss, tuple(ranges), cve.get("published"), cve.get("lastModified")
+    )
 
 
-def _parse_match(cve_id: str, match: Mapping[str, Any], platforms: tuple[str, ...],
-                 source: str) -> CpeRange | None:
+def _parse_match(
+    cve_id: str, match: Mapping[str, Any], platforms: tuple[str, ...], source: str
+) -> CpeRange | None:
     parts = _CPE_SPLIT.split(str(match.get("criteria", "")))
     if len(parts) < 7 or parts[:2] != ["cpe", "2.3"]:
         raise InvalidInput(f"{source}: {cve_id}: bad CPE {match.get('criteria')!r}")
     if parts[2] != "a" or not match.get("vulnerable", True):
         return None  # operating systems and hardware, and non-vulnerable context entries
-    return CpeRange(cve_id, parts[3], parts[4], parts[5], parts[6],
-                    match.get("versionStartIncluding"), match.get("versionStartExcluding"),
-                    match.get("versionEndIncluding"), match.get("versionEndExcluding"),
-                    True, platforms)  # vulnerable: the others were dropped above
+    return CpeRange(
+        cve_id,
+        parts[3],
+        parts[4],
+        parts[5],
+        parts[6],
+        match.get("versionStartIncluding"),
+        match.get("versionStartExcluding"),
+        match.get("versionEndIncluding"),
+        match.get("versionEndExcluding"),
+        True,
+        platforms,
+    )  # vulnerable: the others were dropped above
 
 
 def load_feed(path: str | Path) -> list[CveRecord]:
@@ -358,8 +406,9 @@ def match(product_key: str, version: str | None, ranges: Iterable[CpeRange]) -> 
     return sorted({r.cve_id for r in ranges if r.key == key and r.matches(version)})
 
 
-def find_cves(product: str | None, version: str | None,
-              records: Sequence[CveRecord]) -> list[CveRecord]:
+def find_cves(
+    product: str | None, version: str | None, records: Sequence[CveRecord]
+) -> list[CveRecord]:
     """The records that apply to an identified product/version, most severe first."""
     keys = cpe_products(product)
     if not keys or not version:
@@ -371,8 +420,9 @@ def find_cves(product: str | None, version: str | None,
     return sorted(found, key=lambda rec: (-rec.score, rec.cve_id))
 
 
-def platform_condition(record: CveRecord, product: str | None,
-                       version: str | None) -> tuple[str, ...] | None:
+def platform_condition(
+    record: CveRecord, product: str | None, version: str | None
+) -> tuple[str, ...] | None:
     """What else must hold for ``record`` to apply to ``version`` of ``product``.
 
     None: it does not apply (no range holds the version); (): it applies on the version alone;
@@ -397,8 +447,21 @@ def severity_rank(severity: str) -> int:
 
 
 __all__ = [
-    "SEVERITIES", "PRODUCT_CPES", "Cvss", "CpeRange", "CveRecord", "version_tokens",
-    "compare_versions", "score_vector", "parse_feed", "parse_cve", "load_feed",
-    "sample_records", "cpe_products", "match", "find_cves", "platform_condition",
+    "SEVERITIES",
+    "PRODUCT_CPES",
+    "Cvss",
+    "CpeRange",
+    "CveRecord",
+    "version_tokens",
+    "compare_versions",
+    "score_vector",
+    "parse_feed",
+    "parse_cve",
+    "load_feed",
+    "sample_records",
+    "cpe_products",
+    "match",
+    "find_cves",
+    "platform_condition",
     "severity_rank",
 ]

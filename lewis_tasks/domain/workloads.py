@@ -32,7 +32,9 @@ def _count(what: str, value: Any, cap: int) -> int:
     return value
 
 
-def merge_histograms(parts: int = 16, values_per_part: int = 2_000, seed: int = 7) -> dict[str, Any]:
+def merge_histograms(
+    parts: int = 16, values_per_part: int = 2_000, seed: int = 7
+) -> dict[str, Any]:
     """Record ``parts`` latency histograms, ship each as JSON data, merge them: the summary.
 
     The shape of a distributed load test's final step (one histogram per load-test part).
@@ -52,8 +54,9 @@ def merge_histograms(parts: int = 16, values_per_part: int = 2_000, seed: int = 
     return merged.summary()
 
 
-def merge_scan_chunks(chunks: int = 64, ports_per_chunk: int = 4_096, open_share: float = 0.05,
-                      seed: int = 7) -> dict[str, Any]:
+def merge_scan_chunks(
+    chunks: int = 64, ports_per_chunk: int = 4_096, open_share: float = 0.05, seed: int = 7
+) -> dict[str, Any]:
     """Merge ``chunks`` synthetic chunk results (as JSON data) into one scan's port states.
 
     The shape of a scan's chord callback: union the open and filtered ports of every chunk per
@@ -61,8 +64,11 @@ def merge_scan_chunks(chunks: int = 64, ports_per_chunk: int = 4_096, open_share
     """
     chunks = _count("chunks", chunks, MAX_CHUNKS)
     ports_per_chunk = _count("ports_per_chunk", ports_per_chunk, MAX_PORTS_PER_CHUNK)
-    if isinstance(open_share, bool) or not isinstance(open_share, int | float) \
-            or not 0 <= open_share <= 1:
+    if (
+        isinstance(open_share, bool)
+        or not isinstance(open_share, int | float)
+        or not 0 <= open_share <= 1
+    ):
         raise InvalidInput(f"open_share must be a number in 0..1, got {open_share!r}")
     rng = random.Random(seed)
     opened = round(ports_per_chunk * open_share)
@@ -70,11 +76,21 @@ def merge_scan_chunks(chunks: int = 64, ports_per_chunk: int = 4_096, open_share
     results: list[dict[str, Any]] = []
     for index in range(chunks):
         start = (index * ports_per_chunk) % 65_535  # chunks tile 1..65535, wrapping round
-        picked = [p % 65_535 + 1 for p in rng.sample(range(start, start + ports_per_chunk),
-                                                     min(opened + filtered, ports_per_chunk))]
-        results.append({"address": f"127.0.0.{1 + index % 8}", "ports_total": ports_per_chunk,
-                        "open": picked[:opened], "filtered": picked[opened:],
-                        "closed_count": ports_per_chunk - len(picked)})
+        picked = [
+            p % 65_535 + 1
+            for p in rng.sample(
+                range(start, start + ports_per_chunk), min(opened + filtered, ports_per_chunk)
+            )
+        ]
+        results.append(
+            {
+                "address": f"127.0.0.{1 + index % 8}",
+                "ports_total": ports_per_chunk,
+                "open": picked[:opened],
+                "filtered": picked[opened:],
+                "closed_count": ports_per_chunk - len(picked),
+            }
+        )
     by_host: dict[str, dict[str, set[int]]] = {}
     closed = 0
     for result in results:
@@ -83,7 +99,8 @@ def merge_scan_chunks(chunks: int = 64, ports_per_chunk: int = 4_096, open_share
         host["filtered"].update(result["filtered"])
         closed += int(result["closed_count"])
     return {
-        "hosts": len(by_host), "ports_total": sum(int(r["ports_total"]) for r in results),
+        "hosts": len(by_host),
+        "ports_total": sum(int(r["ports_total"]) for r in results),
         "closed": closed,
         "open": {addr: format_ports(h["open"]) for addr, h in sorted(by_host.items())},
         "open_count": sum(len(h["open"]) for h in by_host.values()),
@@ -91,8 +108,25 @@ def merge_scan_chunks(chunks: int = 64, ports_per_chunk: int = 4_096, open_share
     }
 
 
-_VERSIONS = ("2.4.49", "2.4.50", "7.4", "8.9p1", "9.6p1", "5.0.7", "6.2.6", "7.0.11",
-             "1.4.28", "2.3.4", "1.3.5", "4.92", "4.96", "5.6.1", "8.0.30", "13.4", "15.2")
+_VERSIONS = (
+    "2.4.49",
+    "2.4.50",
+    "7.4",
+    "8.9p1",
+    "9.6p1",
+    "5.0.7",
+    "6.2.6",
+    "7.0.11",
+    "1.4.28",
+    "2.3.4",
+    "1.3.5",
+    "4.92",
+    "4.96",
+    "5.6.1",
+    "8.0.30",
+    "13.4",
+    "15.2",
+)
 
 
 def match_services(services: int = 500, seed: int = 7) -> dict[str, Any]:
@@ -123,5 +157,15 @@ def spin(loops: int = 200_000) -> int:
     return total
 
 
-__all__ = ["MAX_CHUNKS", "MAX_LOOP", "MAX_PARTS", "MAX_PORTS_PER_CHUNK", "MAX_SERVICES",
-           "MAX_VALUES", "match_services", "merge_histograms", "merge_scan_chunks", "spin"]
+__all__ = [
+    "MAX_CHUNKS",
+    "MAX_LOOP",
+    "MAX_PARTS",
+    "MAX_PORTS_PER_CHUNK",
+    "MAX_SERVICES",
+    "MAX_VALUES",
+    "match_services",
+    "merge_histograms",
+    "merge_scan_chunks",
+    "spin",
+]

@@ -49,6 +49,7 @@ class DryRun(Actuator):
 
 # --- local: the lewis up supervisor ----------------------------------------------------------
 
+
 def read_local(client: redis.Redis) -> dict[str, Any] | None:
     """The supervisor's last report ({pid, at, queues: {q: {running, draining, error}}})."""
     raw = client.get(LOCAL_KEY)
@@ -60,8 +61,7 @@ def read_local(client: redis.Redis) -> dict[str, Any] | None:
 
 
 def write_desired(client: redis.Redis, queue: str, desired: int) -> None:
-    client.set(DESIRED_KEY.format(queue=queue), json.dumps({"desired": desired,
-                                                            "at": time.time()}))
+    client.set(DESIRED_KEY.format(queue=queue), json.dumps({"desired": desired, "at": time.time()}))
 
 
 def read_desired(client: redis.Redis, queue: str) -> int | None:
@@ -85,18 +85,25 @@ class Local(Actuator):
         assert decision.desired is not None
         report = read_local(self.client)
         if report is None:
-            raise ActuatorError("local: no `lewis up` supervisor reports on this broker "
-                                f"(nothing under {LOCAL_KEY} for {LOCAL_TTL:.0f}s)")
+            raise ActuatorError(
+                "local: no `lewis up` supervisor reports on this broker "
+                f"(nothing under {LOCAL_KEY} for {LOCAL_TTL:.0f}s)"
+            )
         write_desired(self.client, decision.queue, decision.desired)
         pool = (report.get("queues") or {}).get(decision.queue) or {}
-        outcome = {"applied": True, "supervisor_pid": report.get("pid"),
-                   "running": pool.get("running", []), "draining": pool.get("draining", [])}
+        outcome = {
+            "applied": True,
+            "supervisor_pid": report.get("pid"),
+            "running": pool.get("running", []),
+            "draining": pool.get("draining", []),
+        }
         if pool.get("error"):  # the supervisor's last attempt failed (e.g. a start refused)
             raise ActuatorError(f"local: {pool['error']}")
         return outcome
 
 
 # --- celery: remote control on running workers ----------------------------------------------
+
 
 class CeleryControl(Actuator):
     """Consumers and pools of running workers, through Celery's remote control."""
@@ -114,26 +121,26 @@ class CeleryControl(Actuator):
         workers = [w for w in read_workers(self.client) if w.state == "up"]
         consuming = sorted(w.name for w in workers if q in w.consuming)
         idle = sorted(w.name for w in workers if q not in w.consuming)
-        outcome: dict[str, Any] = {"consuming": consuming, "added": [], "cancelled": [],
-                                   "pool": {}}
+        outcome: dict[str, Any] = {"consuming": consuming, "added": [], "cancelled": [], "pool": {}}
         if decision.desired > len(consuming):
-            for name in idle[:decision.desired - len(consuming)]:
+            for name in idle[: decision.desired - len(consuming)]:
                 self._control("add_consumer", name, queue=q)
                 outcome["added"].append(name)
         elif decision.desired < len(consuming):
             # the newest names last: cancel from the end, never below the decision
-            for name in consuming[decision.desired:][::-1]:
+            for name in consuming[decision.desired :][::-1]:
                 self._control("cancel_consumer", name, queue=q)
                 outcome["cancelled"].append(name)
         outcome["pool"] = self._pools(decision, {w.name: w for w in workers})
         missing = decision.desired - len(consuming) - len(outcome["added"])
         if missing > 0:
-            raise ActuatorError(f"celery: {missing} more {q} consumer(s) wanted, but no running "
-                                f"worker is left to add one to (outcome: {outcome})")
+            raise ActuatorError(
+                f"celery: {missing} more {q} consumer(s) wanted, but no running "
+                f"worker is left to add one to (outcome: {outcome})"
+            )
         return outcome
 
-    def _pools(self, decision: ScalingDecision,
-               workers: dict[str, WorkerRecord]) -> dict[str, Any]:
+    def _pools(self, decision: ScalingDecision, workers: dict[str, WorkerRecord]) -> dict[str, Any]:
         done: dict[str, Any] = {}
         for advice in decision.inputs.get("pool_advice") or []:
             worker = workers.get(advice["worker"])
@@ -145,20 +152,27 @@ class CeleryControl(Actuator):
             done[worker.name] = self._control(command, worker.name, n=1, strict=False)
         return done
 
-    def _control(self, command: str, worker: str, strict: bool = True,
-                 **arguments: Any) -> Any:
+    def _control(self, command: str, worker: str, strict: bool = True, **arguments: Any) -> Any:
         from .broker import broadcast
 
-        replies = broadcast(self.app, command, timeout=self.timeout, destination=[worker],
-                            limit=1, arguments=arguments)
+        replies = broadcast(
+            self.app,
+            command,
+            timeout=self.timeout,
+            destination=[worker],
+            limit=1,
+            arguments=arguments,
+        )
         reply = replies.get(worker)
         if strict and (reply is None or "error" in reply):
-            raise ActuatorError(f"celery: {command} on {worker}: "
-                                f"{reply.get('error') if reply else 'no answer'}")
+            raise ActuatorError(
+                f"celery: {command} on {worker}: {reply.get('error') if reply else 'no answer'}"
+            )
         return reply
 
 
 # --- kubernetes: the Deployment's scale subresource ------------------------------------------
+
 
 class Kubernetes(Actuator):
     """``replicas`` of the queue's Deployment, with the official client (read, then patch)."""
@@ -180,13 +194,16 @@ class Kubernetes(Actuator):
             try:
                 from kubernetes import client, config
             except ImportError:
-                raise ActuatorError("kubernetes: the client is not installed "
-                                    "(pip install 'lewis-tasks[kubernetes]')") from None
+                raise ActuatorError(
+                    "kubernetes: the client is not installed "
+                    "(pip install 'lewis-tasks[kubernetes]')"
+                ) from None
             configuration = client.Configuration()
             try:
                 if self.settings.kubeconfig:
-                    config.load_kube_config(config_file=self.settings.kubeconfig,
-                                            client_configuration=configuration)
+                    config.load_kube_config(
+                        config_file=self.settings.kubeconfig, client_configuration=configuration
+                    )
                 else:
                     config.load_incluster_config(client_configuration=configuration)
             except Exception as exc:  # the loaders raise ConfigException, OSError, YAML errors
@@ -205,14 +222,22 @@ class Kubernetes(Actuator):
             before = int(scale.spec.replicas or 0)
             if before != decision.desired:
                 api.patch_namespaced_deployment_scale(
-                    name, ns, {"spec": {"replicas": decision.desired}}, _request_timeout=timeout)
+                    name, ns, {"spec": {"replicas": decision.desired}}, _request_timeout=timeout
+                )
         except Exception as exc:  # ApiException, urllib3's timeouts and refusals
             status = getattr(exc, "status", None)
-            detail = f"HTTP {status} {getattr(exc, 'reason', '')}".strip() if status else \
-                f"{type(exc).__name__}: {str(exc)[:200]}"
+            detail = (
+                f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
+                if status
+                else f"{type(exc).__name__}: {str(exc)[:200]}"
+            )
             raise ActuatorError(f"kubernetes: deployment {ns}/{name}: {detail}") from None
-        return {"applied": before != decision.desired, "deployment": f"{ns}/{name}",
-                "replicas_before": before, "replicas": decision.desired}
+        return {
+            "applied": before != decision.desired,
+            "deployment": f"{ns}/{name}",
+            "replicas_before": before,
+            "replicas": decision.desired,
+        }
 
 
 def build_actuator(settings: ScalingSettings, app: Celery, client: redis.Redis) -> Actuator:
@@ -229,6 +254,17 @@ def build_actuator(settings: ScalingSettings, app: Celery, client: redis.Redis) 
     return DryRun()
 
 
-__all__ = ["Actuator", "DryRun", "Local", "CeleryControl", "Kubernetes", "build_actuator",
-           "DESIRED_KEY", "LOCAL_KEY", "LOCAL_TTL", "read_local", "write_desired",
-           "read_desired"]
+__all__ = [
+    "Actuator",
+    "DryRun",
+    "Local",
+    "CeleryControl",
+    "Kubernetes",
+    "build_actuator",
+    "DESIRED_KEY",
+    "LOCAL_KEY",
+    "LOCAL_TTL",
+    "read_local",
+    "write_desired",
+    "read_desired",
+]

@@ -118,9 +118,14 @@ class Tick:
         counts: dict[str, int] = {}
         for a in self.alerts.values():
             counts[a.state] = counts.get(a.state, 0) + 1
-        return {"slot": self.slot, "committed": self.committed, "reason": self.reason,
-                "states": counts, "transitions": [t.to_dict() for t in self.transitions],
-                "seconds": round(self.seconds, 6)}
+        return {
+            "slot": self.slot,
+            "committed": self.committed,
+            "reason": self.reason,
+            "states": counts,
+            "transitions": [t.to_dict() for t in self.transitions],
+            "seconds": round(self.seconds, 6),
+        }
 
 
 def _text(value: Any) -> str | None:
@@ -132,8 +137,14 @@ def _text(value: Any) -> str | None:
 class AlertEngine:
     """Rules over a metric store, state in the store's Redis."""
 
-    def __init__(self, store: MetricStore, rules: Sequence[Rule], interval: float,
-                 prefix: str = PREFIX, cache: SlotCache | None = None) -> None:
+    def __init__(
+        self,
+        store: MetricStore,
+        rules: Sequence[Rule],
+        interval: float,
+        prefix: str = PREFIX,
+        cache: SlotCache | None = None,
+    ) -> None:
         self.store = store
         self.cache = cache if cache is not None else SlotCache()
         self.client: redis.Redis = store.client
@@ -162,8 +173,14 @@ class AlertEngine:
         longest = max((r.longest_window for r in rules), default=self.store.interval)
         wanted = window_slots(now, longest, self.store.interval)
         slots = self.cache.read(self.store, wanted)
-        return Frame(slots, self.store.kinds(), self.store.interval, now,
-                     blocks=self.cache.blocks, stable_before=self.cache.stable_before)
+        return Frame(
+            slots,
+            self.store.kinds(),
+            self.store.interval,
+            now,
+            blocks=self.cache.blocks,
+            stable_before=self.cache.stable_before,
+        )
 
     def evaluate(self, now: float, rules: Sequence[Rule] | None = None) -> dict[str, Evaluation]:
         rules = self.rules if rules is None else rules
@@ -181,14 +198,33 @@ class AlertEngine:
         results = self.evaluate(now)
         ts = slot * self.interval
         new, moves = advance_all(self.rules, alerts, results, ts)
-        ok = self._commit(keys=list(self.keys),
-                          args=["" if last is None else str(last), slot, dump_states(new),
-                                *[json.dumps(_jsonable(m.to_dict())) for m in moves]])
-        tick = Tick(slot, bool(ok), new if ok else alerts, moves if ok else [], results,
-                    time.perf_counter() - began, "" if ok else "another evaluation committed first")
+        ok = self._commit(
+            keys=list(self.keys),
+            args=[
+                "" if last is None else str(last),
+                slot,
+                dump_states(new),
+                *[json.dumps(_jsonable(m.to_dict())) for m in moves],
+            ],
+        )
+        tick = Tick(
+            slot,
+            bool(ok),
+            new if ok else alerts,
+            moves if ok else [],
+            results,
+            time.perf_counter() - began,
+            "" if ok else "another evaluation committed first",
+        )
         for m in tick.transitions:
-            log.info("alert %s %s: %s -> %s (value %s)", m.rule, m.labels or "", m.from_state,
-                     m.to_state, m.value)
+            log.info(
+                "alert %s %s: %s -> %s (value %s)",
+                m.rule,
+                m.labels or "",
+                m.from_state,
+                m.to_state,
+                m.value,
+            )
         return tick
 
     def current_slot(self, now: float | None = None) -> int:
@@ -202,8 +238,12 @@ def _jsonable(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def drain_outbox(client: redis.Redis, write: Callable[[list[dict[str, Any]]], int],
-                 prefix: str = PREFIX, lock_seconds: int = 60) -> int:
+def drain_outbox(
+    client: redis.Redis,
+    write: Callable[[list[dict[str, Any]]], int],
+    prefix: str = PREFIX,
+    lock_seconds: int = 60,
+) -> int:
     """Move committed transitions to the database; returns how many were written new.
 
     One drainer at a time (a lock), the items removed only after ``write`` returned, and
@@ -231,8 +271,12 @@ def engine_from_settings(client: redis.Redis | None = None) -> AlertEngine:
 
     settings = get_settings()
     store = store_from_settings(client)
-    return AlertEngine(store, settings.alerts.all_rules, settings.alerts.evaluation_interval,
-                       cache=slot_cache(store))
+    return AlertEngine(
+        store,
+        settings.alerts.all_rules,
+        settings.alerts.evaluation_interval,
+        cache=slot_cache(store),
+    )
 
 
 def write_history(transitions: list[dict[str, Any]]) -> int:
@@ -248,9 +292,23 @@ def active_alerts(alerts: Mapping[str, Alert]) -> list[Alert]:
     """Pending, firing and nodata alerts, the worst first."""
     order = {"critical": 0, "high": 1, "medium": 2, "low": 3}
     live = [a for a in alerts.values() if a.state in ("pending", "firing", "nodata")]
-    return sorted(live, key=lambda a: ({"firing": 0, "nodata": 1, "pending": 2}[a.state],
-                                       order.get(a.severity, 4), a.active_at, a.fingerprint))
+    return sorted(
+        live,
+        key=lambda a: (
+            {"firing": 0, "nodata": 1, "pending": 2}[a.state],
+            order.get(a.severity, 4),
+            a.active_at,
+            a.fingerprint,
+        ),
+    )
 
 
-__all__ = ["AlertEngine", "Tick", "drain_outbox", "engine_from_settings", "write_history",
-           "active_alerts", "PREFIX"]
+__all__ = [
+    "AlertEngine",
+    "Tick",
+    "drain_outbox",
+    "engine_from_settings",
+    "write_history",
+    "active_alerts",
+    "PREFIX",
+]

@@ -24,8 +24,9 @@ _SLICE = 0.25  # longest single BLPOP, so a client socket_timeout never cuts one
 class RedisBarrier:
     """``RedisBarrier(client, key, parties, timeout).wait()`` → the shared start (local epoch s)."""
 
-    def __init__(self, client: redis.Redis, key: str, parties: int, timeout: float,
-                 lead: float = 0.5) -> None:
+    def __init__(
+        self, client: redis.Redis, key: str, parties: int, timeout: float, lead: float = 0.5
+    ) -> None:
         if parties < 1:
             raise InvalidInput(f"a barrier needs at least 1 party, not {parties}")
         if timeout <= 0 or lead < 0:
@@ -76,8 +77,10 @@ class RedisBarrier:
         if start is not None:
             return self._local(start)
         arrived = self.client.scard(members)
-        raise TransientError(f"barrier {self.key}: {arrived} of {self.parties} parties arrived "
-                             f"within {self.timeout:g} s")
+        raise TransientError(
+            f"barrier {self.key}: {arrived} of {self.parties} parties arrived "
+            f"within {self.timeout:g} s"
+        )
 
     def _release(self) -> None:
         seconds, micros = self.client.time()

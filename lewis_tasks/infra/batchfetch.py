@@ -36,15 +36,22 @@ class FetchedChunk:
     new: int
 
 
-def fetch_and_store(rt: WorkerRuntime, batch_id: str, start: int, requests: list[Any],
-                    budget: float, deadline: float) -> FetchedChunk:
+def fetch_and_store(
+    rt: WorkerRuntime,
+    batch_id: str,
+    start: int,
+    requests: list[Any],
+    budget: float,
+    deadline: float,
+) -> FetchedChunk:
     """Fetch ``requests`` (indexes ``start``…) of ``batch_id`` until done, cancelled or past
     ``deadline`` (monotonic), storing each URL's row once as it finishes."""
     began = time.monotonic()
     finished: deque[HttpOutcome] = deque()  # appended on the loop thread, drained here
     done: dict[int, HttpOutcome] = {}
     future = asyncio.run_coroutine_threadsafe(
-        _fetch(rt, requests, budget, finished.append), rt.loop_runtime.loop)
+        _fetch(rt, requests, budget, finished.append), rt.loop_runtime.loop
+    )
     cancelled = CancelCheck(rt.redis(), batch_id)
     new, stopped, flushed = 0, False, time.monotonic()
     while True:
@@ -63,16 +70,20 @@ def fetch_and_store(rt: WorkerRuntime, batch_id: str, start: int, requests: list
                 future.cancel()
                 break
     new += _persist(rt, batch_id, start, finished, done)
-    missing = [(_cancelled if stopped else _out_of_time)(i, requests[i], deadline - began)
-               for i in range(len(requests)) if i not in done]
+    missing = [
+        (_cancelled if stopped else _out_of_time)(i, requests[i], deadline - began)
+        for i in range(len(requests))
+        if i not in done
+    ]
     if missing:
         finished.extend(missing)
         new += _persist(rt, batch_id, start, finished, done)
     return FetchedChunk([done[i] for i in range(len(requests))], new)
 
 
-async def _fetch(rt: WorkerRuntime, requests: list[Any], budget: float,
-                 on_result: Callable[[HttpOutcome], None]) -> list[HttpOutcome]:
+async def _fetch(
+    rt: WorkerRuntime, requests: list[Any], budget: float, on_result: Callable[[HttpOutcome], None]
+) -> list[HttpOutcome]:
     pool = await rt.fetch_pool()
     return await pool.fetch(requests, total_timeout=budget, on_result=on_result)
 
@@ -82,18 +93,35 @@ def _out_of_time(index: int, item: Any, seconds: float) -> HttpOutcome:
     method = str(item.get("method") or "GET") if isinstance(item, Mapping) else "GET"
     cap = get_settings().http.max_url_length
     url = redact_url(url if len(url) <= cap else url[:cap] + "…")
-    return HttpOutcome(index, url, method, error=TIMEOUT, attempts=0,
-                       message=f"the chunk's time ({seconds:.0f} s) ran out before this URL")
+    return HttpOutcome(
+        index,
+        url,
+        method,
+        error=TIMEOUT,
+        attempts=0,
+        message=f"the chunk's time ({seconds:.0f} s) ran out before this URL",
+    )
 
 
 def _cancelled(index: int, item: Any, _seconds: float) -> HttpOutcome:
     outcome = _out_of_time(index, item, _seconds)
-    return HttpOutcome(index, outcome.url, outcome.method, error=CANCELLED, attempts=0,
-                       message="the batch was cancelled before this URL was fetched")
+    return HttpOutcome(
+        index,
+        outcome.url,
+        outcome.method,
+        error=CANCELLED,
+        attempts=0,
+        message="the batch was cancelled before this URL was fetched",
+    )
 
 
-def _persist(rt: WorkerRuntime, batch_id: str, start: int, finished: deque[HttpOutcome],
-             done: dict[int, HttpOutcome]) -> int:
+def _persist(
+    rt: WorkerRuntime,
+    batch_id: str,
+    start: int,
+    finished: deque[HttpOutcome],
+    done: dict[int, HttpOutcome],
+) -> int:
     """Store what finished since the last call; how many rows were new."""
     outcomes = []
     while finished:
@@ -122,8 +150,12 @@ def save_batch_once(rt: WorkerRuntime, batch_id: str, total: int, request: Any) 
     if rt.batch_saved(batch_id):
         return
     with session_scope(get_engine()) as session:
-        save_http_batch(session, batch_id, total=total,
-                        request=request if isinstance(request, Mapping) else None)
+        save_http_batch(
+            session,
+            batch_id,
+            total=total,
+            request=request if isinstance(request, Mapping) else None,
+        )
     rt.note_batch_saved(batch_id)
 
 

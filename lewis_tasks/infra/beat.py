@@ -132,9 +132,14 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._leading = False
         super().__init__(*args, **kwargs)
-        self._timing = lease_timing(get_settings().stack.beat_lock_timeout, [
-            e.schedule.seconds for e in self.schedule.values()
-            if isinstance(e.schedule, AlignedSchedule)])
+        self._timing = lease_timing(
+            get_settings().stack.beat_lock_timeout,
+            [
+                e.schedule.seconds
+                for e in self.schedule.values()
+                if isinstance(e.schedule, AlignedSchedule)
+            ],
+        )
         self._lease = LeaderLease(get_redis(), self._timing.ttl)
 
     def setup_schedule(self) -> None:
@@ -149,8 +154,11 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
             leading = False
         if leading != self._leading:
             self._leading = leading
-            log.info("beat %s: %s", self._lease.token,
-                     "took the lease, now leading" if leading else "lost the lease, standing by")
+            log.info(
+                "beat %s: %s",
+                self._lease.token,
+                "took the lease, now leading" if leading else "lost the lease, standing by",
+            )
             if leading:  # the current slot is due unless claimed: a takeover skips no more
                 for entry in self.schedule.values():
                     entry.last_run_at = datetime.fromtimestamp(0, UTC)
@@ -158,11 +166,13 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
         self._announce("leader" if leading else "standby")
         if not leading:
             return self._timing.standby_poll
-        return float(min(super().tick(*args, **kwargs), self.max_interval,
-                         self._timing.renew_every))
+        return float(
+            min(super().tick(*args, **kwargs), self.max_interval, self._timing.renew_every)
+        )
 
-    def apply_async(self, entry: beat.ScheduleEntry, producer: Any = None, advance: bool = True,
-                    **kwargs: Any) -> Any:
+    def apply_async(
+        self, entry: beat.ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any
+    ) -> Any:
         if isinstance(entry.schedule, AlignedSchedule):
             slot = entry.schedule.slot_of(time.time())
             if not self._claim(entry.name, slot, entry.schedule.seconds):
@@ -179,19 +189,30 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
                 return True
             owner = self._lease.slot_owner(job, slot)
         except redis.RedisError as exc:
-            log.warning("beat %s: cannot claim %s slot %d (%s); not firing it",
-                        self._lease.token, job, slot, exc)
+            log.warning(
+                "beat %s: cannot claim %s slot %d (%s); not firing it",
+                self._lease.token,
+                job,
+                slot,
+                exc,
+            )
             return False
-        log.info("beat %s: %s slot %d was fired by %s; not again", self._lease.token, job, slot,
-                 owner)
+        log.info(
+            "beat %s: %s slot %d was fired by %s; not again", self._lease.token, job, slot, owner
+        )
         return False
 
     def _announce(self, role: str) -> None:
         """This beat's presence record (`lewis status` lists standbys, `lewis health --beat`)."""
         with contextlib.suppress(redis.RedisError):  # reported above, by the lease
             every = self._timing.renew_every if role == "leader" else self._timing.standby_poll
-            write_beat(self._lease.client, self._lease.token, role, ttl=2 * self._timing.ttl + 1,
-                       every=every)
+            write_beat(
+                self._lease.client,
+                self._lease.token,
+                role,
+                ttl=2 * self._timing.ttl + 1,
+                every=every,
+            )
 
     def close(self) -> None:
         try:
@@ -204,8 +225,10 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
 
     @property
     def info(self) -> str:
-        return (f"    . lease: {LEADER_KEY} ({self._lease.token}), {self._timing.ttl:g} s, "
-                f"renewed every {self._timing.renew_every:.2f} s")
+        return (
+            f"    . lease: {LEADER_KEY} ({self._lease.token}), {self._timing.ttl:g} s, "
+            f"renewed every {self._timing.renew_every:.2f} s"
+        )
 
 
 def every(seconds: float) -> AlignedSchedule:

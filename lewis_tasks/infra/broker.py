@@ -38,8 +38,12 @@ class QueueDepth:
         return self.ready + self.unacked
 
     def to_dict(self) -> dict[str, Any]:
-        return {"queue": self.queue, "ready": self.ready, "unacked": self.unacked,
-                "total": self.total}
+        return {
+            "queue": self.queue,
+            "ready": self.ready,
+            "unacked": self.unacked,
+            "total": self.total,
+        }
 
 
 def queue_depths(client: redis.Redis, queues: Iterable[str] = QUEUES) -> dict[str, QueueDepth]:
@@ -50,8 +54,10 @@ def queue_depths(client: redis.Redis, queues: Iterable[str] = QUEUES) -> dict[st
         for pri in PRIORITY_STEPS:
             pipe.llen(q if pri == 0 else f"{q}{PRIORITY_SEP}{pri}")
     lengths = pipe.execute()
-    ready = {q: sum(lengths[i * len(PRIORITY_STEPS):(i + 1) * len(PRIORITY_STEPS)])
-             for i, q in enumerate(queues)}
+    ready = {
+        q: sum(lengths[i * len(PRIORITY_STEPS) : (i + 1) * len(PRIORITY_STEPS)])
+        for i, q in enumerate(queues)
+    }
     unacked = dict.fromkeys(queues, 0)
     for _tag, raw in client.hscan_iter(UNACKED_KEY, count=1000):
         queue = _queue_of_unacked(raw)
@@ -79,9 +85,16 @@ class WorkerPing:
         return {"worker": self.worker, "rtt_ms": round(self.rtt_ms, 3), "queues": list(self.queues)}
 
 
-def broadcast(app: Celery, command: str, *, timeout: float, arguments: dict[str, Any] | None = None,
-              destination: list[str] | None = None, limit: int | None = None,
-              callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def broadcast(
+    app: Celery,
+    command: str,
+    *,
+    timeout: float,
+    arguments: dict[str, Any] | None = None,
+    destination: list[str] | None = None,
+    limit: int | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """``{worker: reply}`` of a remote-control broadcast, sent on a connection of its own.
 
     Its own, because on kombu's Redis transport a broadcast that ends by timeout (as one to
@@ -90,9 +103,19 @@ def broadcast(app: Celery, command: str, *, timeout: float, arguments: dict[str,
     connection answered by nobody).
     """
     with app.connection_for_write() as connection:
-        replies = app.control.broadcast(
-            command, arguments=arguments or {}, destination=destination, reply=True,
-            timeout=timeout, limit=limit, connection=connection, callback=callback) or []
+        replies = (
+            app.control.broadcast(
+                command,
+                arguments=arguments or {},
+                destination=destination,
+                reply=True,
+                timeout=timeout,
+                limit=limit,
+                connection=connection,
+                callback=callback,
+            )
+            or []
+        )
     out: dict[str, Any] = {}
     for reply in replies:
         out.update(reply)
@@ -111,8 +134,9 @@ def ping_workers(app: Celery, timeout: float = 1.0, with_queues: bool = True) ->
     broadcast(app, "ping", timeout=timeout, callback=on_reply)
     queues: dict[str, tuple[str, ...]] = {}
     if with_queues and rtts:
-        replies = broadcast(app, "active_queues", timeout=timeout, destination=list(rtts),
-                            limit=len(rtts))
+        replies = broadcast(
+            app, "active_queues", timeout=timeout, destination=list(rtts), limit=len(rtts)
+        )
         queues = {w: tuple(sorted(q["name"] for q in qs)) for w, qs in replies.items()}
     return [WorkerPing(w, rtts[w], queues.get(w, ())) for w in sorted(rtts)]
 
@@ -132,8 +156,11 @@ class PingRound:
     waited_ms: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"workers": [p.to_dict() for p in self.pings], "late": list(self.late),
-                "waited_ms": round(self.waited_ms, 1)}
+        return {
+            "workers": [p.to_dict() for p in self.pings],
+            "late": list(self.late),
+            "waited_ms": round(self.waited_ms, 1),
+        }
 
 
 def straggler_window(first_rtt_s: float) -> float:
@@ -171,24 +198,44 @@ def ping_round(app: Celery, expected: Mapping[str, Iterable[str]], timeout: floa
         mailbox = app.control.mailbox(connection)
         channel = connection.default_channel
         ticket = uuid()
-        mailbox._publish("ping", {}, reply_ticket=ticket, channel=channel, timeout=timeout,
-                         serializer=mailbox.serializer)
-        _collect_until(mailbox, connection, channel, ticket, on_reply, deadline,
-                       done=lambda: bool(expected) and set(expected) <= set(rtts))
+        mailbox._publish(
+            "ping",
+            {},
+            reply_ticket=ticket,
+            channel=channel,
+            timeout=timeout,
+            serializer=mailbox.serializer,
+        )
+        _collect_until(
+            mailbox,
+            connection,
+            channel,
+            ticket,
+            on_reply,
+            deadline,
+            done=lambda: bool(expected) and set(expected) <= set(rtts),
+        )
     waited = (time.perf_counter() - sent) * 1000
     queues = {w: tuple(sorted(q)) for w, q in expected.items() if w in rtts}
     unknown = [w for w in rtts if w not in expected]
     if unknown:
-        replies = broadcast(app, "active_queues", timeout=timeout, destination=unknown,
-                            limit=len(unknown))
+        replies = broadcast(
+            app, "active_queues", timeout=timeout, destination=unknown, limit=len(unknown)
+        )
         queues.update({w: tuple(sorted(q["name"] for q in qs)) for w, qs in replies.items()})
     pings = [WorkerPing(w, rtts[w] * 1000, queues.get(w, ())) for w in sorted(rtts)]
     return PingRound(pings, sorted(set(expected) - set(rtts)), waited)
 
 
-def _collect_until(mailbox: Any, connection: Any, channel: Any, ticket: str,
-                   on_reply: Callable[[dict[str, Any]], None], deadline: Callable[[], float],
-                   done: Callable[[], bool]) -> None:
+def _collect_until(
+    mailbox: Any,
+    connection: Any,
+    channel: Any,
+    ticket: str,
+    on_reply: Callable[[dict[str, Any]], None],
+    deadline: Callable[[], float],
+    done: Callable[[], bool],
+) -> None:
     """kombu's ``Mailbox._collect`` (the replies to ``ticket`` on the mailbox's reply queue),
     reading until ``done()`` or ``deadline()`` (time.perf_counter), both asked again after
     every reply. The reply queue is dropped at the end, as kombu does (replies after it are
@@ -227,8 +274,13 @@ def live_workers(app: Celery, timeout: float = 0.5) -> set[str]:
     return set(broadcast(app, "ping", timeout=timeout))
 
 
-def wait_for_workers(app: Celery, ready: Callable[[set[str]], bool], timeout: float,
-                     check: Callable[[], None] | None = None, poll: float = 0.3) -> set[str]:
+def wait_for_workers(
+    app: Celery,
+    ready: Callable[[set[str]], bool],
+    timeout: float,
+    check: Callable[[], None] | None = None,
+    poll: float = 0.3,
+) -> set[str]:
     """Ping until ``ready(names)`` holds; TimeoutError after ``timeout`` seconds.
 
     ``check`` runs between pings and may raise (e.g. a child process that already died).
@@ -241,8 +293,10 @@ def wait_for_workers(app: Celery, ready: Callable[[set[str]], bool], timeout: fl
         if ready(names):
             return names
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"workers not ready within {timeout:.0f}s (answering: "
-                               f"{', '.join(sorted(names)) or 'none'})")
+            raise TimeoutError(
+                f"workers not ready within {timeout:.0f}s (answering: "
+                f"{', '.join(sorted(names)) or 'none'})"
+            )
         time.sleep(poll)
 
 

@@ -88,10 +88,19 @@ def key_part(value: Any) -> str:
 class Cache:
     """A namespaced JSON cache on Redis that degrades to misses when Redis is away."""
 
-    def __init__(self, url: str | None, *, namespace: str = "lewis:cache",
-                 default_ttl: int = 3600, max_memory: int = 512 * 1024**2,
-                 local_size: int = 0, local_ttl: float = 10.0, timeout: float = 0.25,
-                 retry_after: float = 1.0, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        namespace: str = "lewis:cache",
+        default_ttl: int = 3600,
+        max_memory: int = 512 * 1024**2,
+        local_size: int = 0,
+        local_ttl: float = 10.0,
+        timeout: float = 0.25,
+        retry_after: float = 1.0,
+        enabled: bool = True,
+    ) -> None:
         self.namespace = namespace.rstrip(":")
         self.default_ttl = default_ttl
         self.max_value_bytes = max(1, max_memory // VALUE_SHARE)
@@ -102,29 +111,44 @@ class Cache:
         self._client: redis.Redis | None = None
         if enabled and url:
             self._client = redis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+                health_check_interval=0,
+            )
         self._local: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._lock = threading.Lock()
         self._down = False
         self._down_until = 0.0
         self._warned: set[str] = set()
-        self._counts = dict.fromkeys(("hits", "local_hits", "misses", "writes",
-                                      "skipped_large", "errors"), 0)
+        self._counts = dict.fromkeys(
+            ("hits", "local_hits", "misses", "writes", "skipped_large", "errors"), 0
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Cache:
         """The cache the settings describe (its own URL, else the broker's)."""
         c = settings.cache
-        return cls(settings.cache_url, namespace=c.namespace, default_ttl=c.default_ttl,
-                   max_memory=c.max_memory, local_size=c.local_lru_size, enabled=c.enabled)
+        return cls(
+            settings.cache_url,
+            namespace=c.namespace,
+            default_ttl=c.default_ttl,
+            max_memory=c.max_memory,
+            local_size=c.local_lru_size,
+            enabled=c.enabled,
+        )
 
     # -- keys --------------------------------------------------------------------------------
 
     def make_key(self, name: str, *args: Any, **kwargs: Any) -> str:
         """A key (relative to the namespace): ``name:arg:arg:k=v``, readable where possible."""
-        parts = [name, *(key_part(a) for a in args),
-                 *(f"{k}={key_part(v)}" for k, v in sorted(kwargs.items()))]
+        parts = [
+            name,
+            *(key_part(a) for a in args),
+            *(f"{k}={key_part(v)}" for k, v in sorted(kwargs.items())),
+        ]
         return ":".join(parts)
 
     def full_key(self, key: str) -> str:
@@ -146,8 +170,11 @@ class Cache:
         try:
             value = json.loads(raw)
         except ValueError:
-            self._warn_once("json", f"cache key {self.full_key(key)!r} holds non-JSON data; "
-                                    "treating it (and any like it) as a miss")
+            self._warn_once(
+                "json",
+                f"cache key {self.full_key(key)!r} holds non-JSON data; "
+                "treating it (and any like it) as a miss",
+            )
             self._count("misses")
             return default
         self._count("hits")
@@ -163,12 +190,17 @@ class Cache:
         try:
             raw = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"cache key {key!r}: value is not JSON data "
-                               f"({type(value).__name__}: {exc})") from None
+            raise InvalidInput(
+                f"cache key {key!r}: value is not JSON data ({type(value).__name__}: {exc})"
+            ) from None
         if len(raw) > self.max_value_bytes:
             self._count("skipped_large")
-            log.debug("cache key %s: %d bytes over the per-value cap %d, not cached",
-                      key, len(raw), self.max_value_bytes)
+            log.debug(
+                "cache key %s: %d bytes over the per-value cap %d, not cached",
+                key,
+                len(raw),
+                self.max_value_bytes,
+            )
             return False
         ttl = ttl or self.default_ttl
         if local and self.local_size:
@@ -212,8 +244,12 @@ class Cache:
             self._recovered()
         return removed
 
-    def cached(self, ttl: int | None = None, key: str | Callable[..., str] | None = None,
-               local: bool = False) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    def cached(
+        self,
+        ttl: int | None = None,
+        key: str | Callable[..., str] | None = None,
+        local: bool = False,
+    ) -> Callable[[Callable[P, T]], Callable[P, T]]:
         """Decorate a function whose result (JSON data) is cached per arguments."""
         return cached(ttl=ttl, key=key, local=local, cache=lambda: self)
 
@@ -264,8 +300,12 @@ class Cache:
             if self._down:
                 return
             self._down = True
-        log.warning("cache unavailable at %s (%s: %s): serving misses until it returns",
-                    redact_url(self._url), type(exc).__name__, exc)
+        log.warning(
+            "cache unavailable at %s (%s: %s): serving misses until it returns",
+            redact_url(self._url),
+            type(exc).__name__,
+            exc,
+        )
 
     def _recovered(self) -> None:
         if not self._down:
@@ -306,15 +346,19 @@ class Cache:
                 self._local.popitem(last=False)
 
 
-def cached(ttl: int | None = None, key: str | Callable[..., str] | None = None,
-           local: bool = False,
-           cache: Callable[[], Cache] | None = None) -> Callable[[Callable[P, T]], Callable[P, T]]:
+def cached(
+    ttl: int | None = None,
+    key: str | Callable[..., str] | None = None,
+    local: bool = False,
+    cache: Callable[[], Cache] | None = None,
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
     """Cache a function's JSON result per arguments (the process cache unless ``cache`` given).
 
     ``key`` is the key's name (default: ``module.qualname``) or a function of the call's
     arguments returning the whole relative key. Arguments are bound to the signature first,
     so ``f(1)`` and ``f(x=1)`` share an entry. JSON turns tuples into lists on a hit.
     """
+
     def decorate(func: Callable[P, T]) -> Callable[P, T]:
         signature = inspect.signature(func)
         name = key if isinstance(key, str) else f"{func.__module__}.{func.__qualname__}"
@@ -350,5 +394,13 @@ def reset_cache() -> None:
     runtime().forget_cache()
 
 
-__all__ = ["Cache", "CacheStats", "cached", "get_cache", "reset_cache", "key_part",
-           "VALUE_SHARE", "VULN_KEYS"]
+__all__ = [
+    "Cache",
+    "CacheStats",
+    "cached",
+    "get_cache",
+    "reset_cache",
+    "key_part",
+    "VALUE_SHARE",
+    "VULN_KEYS",
+]

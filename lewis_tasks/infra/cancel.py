@@ -27,8 +27,9 @@ def cancel_key(job_id: str) -> str:
     return CANCEL_KEY.format(job=job_id)
 
 
-def request_cancel(client: redis.Redis, app: Celery, job_id: str, task_ids: Sequence[str],
-                   ttl: int) -> bool:
+def request_cancel(
+    client: redis.Redis, app: Celery, job_id: str, task_ids: Sequence[str], ttl: int
+) -> bool:
     """Set the job's flag and revoke ``task_ids``; False if it was cancelled already."""
     first = bool(client.set(cancel_key(job_id), "1", ex=max(1, ttl), nx=True))
     if task_ids:
@@ -62,5 +63,11 @@ class CancelCheck:
         return self._cancelled
 
 
-__all__ = ["CANCEL_KEY", "CHECK_INTERVAL", "CancelCheck", "cancel_key", "is_cancelled",
-           "request_cancel"]
+__all__ = [
+    "CANCEL_KEY",
+    "CHECK_INTERVAL",
+    "CancelCheck",
+    "cancel_key",
+    "is_cancelled",
+    "request_cancel",
+]

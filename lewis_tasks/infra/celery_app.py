@@ -69,8 +69,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # Not extended: arguments (HTTP headers and bodies, say) stay out of stored results.
         "result_extended": False,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {k: v for k, v in transport.items()
-                                             if k not in ("visibility_timeout", "atomic_take")},
+        "result_backend_transport_options": {
+            k: v for k, v in transport.items() if k not in ("visibility_timeout", "atomic_take")
+        },
         # redis-py caps a pool at 100 by default; size both pools explicitly.
         "broker_pool_limit": settings.broker.pool_limit,
         "redis_max_connections": settings.broker.max_connections,
@@ -144,8 +145,12 @@ def configure_app(celery_app: Celery, settings: Settings) -> Celery:
 # gives up after 20 retries one second apart and, once Redis returns, records the task as
 # failed with a ConnectionError although it ran (issue 12, item 7). Producers keep the
 # default: a command must fail on a broker outage, not wait for it.
-WORKER_RESULT_RETRY = {"max_retries": None, "interval_start": 0, "interval_step": 1,
-                       "interval_max": 2}
+WORKER_RESULT_RETRY = {
+    "max_retries": None,
+    "interval_start": 0,
+    "interval_step": 1,
+    "interval_max": 2,
+}
 WORKER_TRANSPORT = "lewis_tasks.infra.transport:Transport"
 
 
@@ -156,8 +161,10 @@ def configure_worker(celery_app: Celery, settings: Settings) -> None:
         # outage with a task in flight (transport.py). Flower and producers keep the stock one.
         celery_app.conf.broker_transport = WORKER_TRANSPORT
     options = dict(celery_app.conf.result_backend_transport_options or {})
-    celery_app.conf.result_backend_transport_options = {**options,
-                                                        "retry_policy": WORKER_RESULT_RETRY}
+    celery_app.conf.result_backend_transport_options = {
+        **options,
+        "retry_policy": WORKER_RESULT_RETRY,
+    }
     celery_app._backend_cache = None  # a backend built before this would keep the old policy
     celery_app._local.__dict__.pop("backend", None)
 
@@ -173,10 +180,17 @@ def release_result_subscriptions() -> None:
 
     # the consumers of every app's result backends (this thread's and the cached ones): a
     # scan of the garbage collector's objects found the same, at ~50 ms per command
-    backends = [b for a in _get_active_apps()
-                for b in (a._local.__dict__.get("backend"), a._backend_cache) if b is not None]
-    consumers = {id(c): c for c in (getattr(b, "result_consumer", None) for b in backends)
-                 if c is not None and hasattr(c, "subscribed_to")}
+    backends = [
+        b
+        for a in _get_active_apps()
+        for b in (a._local.__dict__.get("backend"), a._backend_cache)
+        if b is not None
+    ]
+    consumers = {
+        id(c): c
+        for c in (getattr(b, "result_consumer", None) for b in backends)
+        if c is not None and hasattr(c, "subscribed_to")
+    }
     for consumer in consumers.values():
         try:
             for key in list(consumer.subscribed_to):
@@ -190,8 +204,9 @@ def release_result_subscriptions() -> None:
 
 def create_app(settings: Settings | None = None) -> Celery:
     """The configured Celery app."""
-    celery_app = Celery("lewis_tasks", include=TASK_MODULES,
-                        task_cls="lewis_tasks.infra.task:LewisTask")
+    celery_app = Celery(
+        "lewis_tasks", include=TASK_MODULES, task_cls="lewis_tasks.infra.task:LewisTask"
+    )
     # the worker's record for `lewis health`, by name: only a worker's consumer loads it (and,
     # loading it, registers the lewis_drain control command); a producer never imports it
     celery_app.steps["consumer"].add("lewis_tasks.infra.fleet_worker:Presence")

@@ -34,9 +34,15 @@ RATE_WINDOW = 60.0  # seconds the per-queue rates and per-task runtimes are take
 DOWN_AFTER_INTERVALS = 2
 
 
-def collect(app: Celery, store: MetricStore, *, ping_timeout: float, now: float | None = None,
-            pinger: Callable[[], list[WorkerPing]] | None = None,
-            work: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+def collect(
+    app: Celery,
+    store: MetricStore,
+    *,
+    ping_timeout: float,
+    now: float | None = None,
+    pinger: Callable[[], list[WorkerPing]] | None = None,
+    work: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Probe, roll up, write gauges and the snapshot, prune; returns the snapshot."""
     now = time.time() if now is None else now
     interval = store.interval
@@ -54,26 +60,34 @@ def collect(app: Celery, store: MetricStore, *, ping_timeout: float, now: float 
     workers = _workers(latest, pings, now, DOWN_AFTER_INTERVALS * interval)
     batch = MetricBatch()
     for queue in depths:
-        _gauge(batch, "celery_active_worker_count", len(by_queue.get(queue, [])), now,
-               queue_name=queue)
+        _gauge(
+            batch, "celery_active_worker_count", len(by_queue.get(queue, [])), now, queue_name=queue
+        )
     for hostname, info in workers.items():
         _gauge(batch, "celery_worker_up", 1.0 if info["up"] else 0.0, now, hostname=hostname)
     done = work() if work is not None else {}
-    for metric, label, counts in (("lewis_scans", "status", done.get("scans_by_status", {})),
-                                  ("lewis_http_batches", "status",
-                                   done.get("batches_by_status", {})),
-                                  ("lewis_findings", "severity",
-                                   done.get("findings_by_severity", {}))):
+    for metric, label, counts in (
+        ("lewis_scans", "status", done.get("scans_by_status", {})),
+        ("lewis_http_batches", "status", done.get("batches_by_status", {})),
+        ("lewis_findings", "severity", done.get("findings_by_severity", {})),
+    ):
         for value, n in counts.items():
             _gauge(batch, metric, n, now, **{label: value})
     store.write(batch, now=now)
     rates, tasks = _rates(store, now)
     snapshot = {
-        "ts": now, "interval": interval,
-        "queues": {q: {**d.to_dict(), "workers": by_queue.get(q, []),
-                       **rates.get(q, {"done_per_s": 0.0, "failed_per_s": 0.0})}
-                   for q, d in depths.items()},
-        "workers": workers, "tasks": tasks,
+        "ts": now,
+        "interval": interval,
+        "queues": {
+            q: {
+                **d.to_dict(),
+                "workers": by_queue.get(q, []),
+                **rates.get(q, {"done_per_s": 0.0, "failed_per_s": 0.0}),
+            }
+            for q, d in depths.items()
+        },
+        "workers": workers,
+        "tasks": tasks,
         "recent": {k: v for k, v in done.items() if k.startswith("recent_")},
     }
     store.put_snapshot(snapshot)
@@ -85,8 +99,9 @@ def _gauge(batch: MetricBatch, metric: str, value: float, now: float, **labels: 
     batch.gauge(series_key(metric, labels), metric, float(value), now)
 
 
-def _workers(latest: dict[str, tuple[float, float]], pings: list[WorkerPing], now: float,
-             down_after: float) -> dict[str, dict[str, Any]]:
+def _workers(
+    latest: dict[str, tuple[float, float]], pings: list[WorkerPing], now: float, down_after: float
+) -> dict[str, dict[str, Any]]:
     """Every worker seen reporting within the retention or answering the ping, with its
     figures; a reporter silent for ``down_after`` seconds is down even if a ping came back."""
     out: dict[str, dict[str, Any]] = {}
@@ -109,8 +124,9 @@ def _workers(latest: dict[str, tuple[float, float]], pings: list[WorkerPing], no
     return out
 
 
-def _rates(store: MetricStore, now: float) -> tuple[dict[str, dict[str, float]],
-                                                   dict[str, dict[str, Any]]]:
+def _rates(
+    store: MetricStore, now: float
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
     """Per-queue done/failed per second and per-task runtimes over the last RATE_WINDOW."""
     rows = store.slots(window_slots(now, RATE_WINDOW, store.interval))
     span = len(rows) * store.interval
@@ -120,12 +136,15 @@ def _rates(store: MetricStore, now: float) -> tuple[dict[str, dict[str, float]],
     for _, counters, hists, _ in rows:
         for series, value in counters.items():
             name, labels = parse_series(series)
-            key = {"celery_task_succeeded_total": "done_per_s",
-                   "celery_task_failed_total": "failed_per_s"}.get(name)
+            key = {
+                "celery_task_succeeded_total": "done_per_s",
+                "celery_task_failed_total": "failed_per_s",
+            }.get(name)
             if key is None:
                 continue
-            row = rates.setdefault(labels.get("queue", ""), {"done_per_s": 0.0,
-                                                              "failed_per_s": 0.0})
+            row = rates.setdefault(
+                labels.get("queue", ""), {"done_per_s": 0.0, "failed_per_s": 0.0}
+            )
             row[key] += value / span
             t = tasks.setdefault(labels.get("name", ""), {"succeeded": 0, "failed": 0})
             t["succeeded" if key == "done_per_s" else "failed"] += int(value)
@@ -136,7 +155,8 @@ def _rates(store: MetricStore, now: float) -> tuple[dict[str, dict[str, float]],
     for task, hist in runtimes.items():
         s = stats_of_histogram("celery_task_runtime", RATE_WINDOW, hist)
         tasks.setdefault(task, {"succeeded": 0, "failed": 0}).update(
-            runtime_p50=s.p50, runtime_p95=s.p95, runtime_max=s.max)
+            runtime_p50=s.p50, runtime_p95=s.p95, runtime_max=s.max
+        )
     for row in rates.values():
         for k in row:
             row[k] = round(row[k], 3)
@@ -151,24 +171,43 @@ def stored_work(limit: int = 5) -> dict[str, Any]:
     from ..storage.models import FindingRow, HttpBatchRow, ScanRow
 
     def grouped(session: Any, column: Any) -> dict[str, int]:
-        return {str(k): int(n) for k, n in session.execute(
-            select(column, func.count()).group_by(column))}
+        return {
+            str(k): int(n)
+            for k, n in session.execute(select(column, func.count()).group_by(column))
+        }
 
     with session_scope(get_engine()) as session:
         scans = session.scalars(select(ScanRow).order_by(ScanRow.created_at.desc()).limit(limit))
-        batches = session.scalars(select(HttpBatchRow).order_by(HttpBatchRow.created_at.desc())
-                                  .limit(limit))
+        batches = session.scalars(
+            select(HttpBatchRow).order_by(HttpBatchRow.created_at.desc()).limit(limit)
+        )
         return {
             "scans_by_status": grouped(session, ScanRow.status),
             "batches_by_status": grouped(session, HttpBatchRow.status),
             "findings_by_severity": grouped(session, FindingRow.severity),
-            "recent_scans": [{"id": s.id, "status": s.status, "created": s.created_at.timestamp(),
-                              "ports_done": s.ports_done, "ports_total": s.ports_total,
-                              "open": s.open_count} for s in scans],
-            "recent_batches": [{"id": b.id, "status": b.status,
-                                "created": b.created_at.timestamp(), "done": b.done,
-                                "total": b.total, "ok": b.ok, "failed": b.failed}
-                               for b in batches],
+            "recent_scans": [
+                {
+                    "id": s.id,
+                    "status": s.status,
+                    "created": s.created_at.timestamp(),
+                    "ports_done": s.ports_done,
+                    "ports_total": s.ports_total,
+                    "open": s.open_count,
+                }
+                for s in scans
+            ],
+            "recent_batches": [
+                {
+                    "id": b.id,
+                    "status": b.status,
+                    "created": b.created_at.timestamp(),
+                    "done": b.done,
+                    "total": b.total,
+                    "ok": b.ok,
+                    "failed": b.failed,
+                }
+                for b in batches
+            ],
         }
 
 

@@ -51,12 +51,26 @@ def parse_size(text: str | int, key: str = "size") -> int:
     return int(number)
 
 
-def _opt(default: Any, *, minimum: float | None = None, maximum: float | None = None,
-         choices: tuple[str, ...] | None = None, size: bool = False, secret: bool = False,
-         schemes: tuple[str, ...] | None = None,
-         parse: typing.Callable[[str, Any], Any] | None = None) -> Any:
-    meta = {"minimum": minimum, "maximum": maximum, "choices": choices, "size": size,
-            "secret": secret, "schemes": schemes, "parse": parse}
+def _opt(
+    default: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    size: bool = False,
+    secret: bool = False,
+    schemes: tuple[str, ...] | None = None,
+    parse: typing.Callable[[str, Any], Any] | None = None,
+) -> Any:
+    meta = {
+        "minimum": minimum,
+        "maximum": maximum,
+        "choices": choices,
+        "size": size,
+        "secret": secret,
+        "schemes": schemes,
+        "parse": parse,
+    }
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -260,6 +274,8 @@ class ScalingSettings:
     kubernetes_cpu_deployment: str = _opt("lewis-worker-cpu")
     kubeconfig: str = _opt("")  # empty: the in-cluster service account
     kubernetes_timeout: float = _opt(5.0, minimum=0.1)  # seconds per API request
+
+
 def _structured(key: str, raw: Any) -> Any:
     """YAML data as given, or JSON text from the environment."""
     if isinstance(raw, str):
@@ -387,7 +403,8 @@ _GUIDE_NESTED = ("cache", "database", "network", "memory", "monitoring")
 # each section's fields and resolved type hints, once (get_type_hints was 3/4 of a load)
 _SECTION_FIELDS: dict[str, tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]] = {
     name: ({f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls))
-    for name, cls in SECTIONS.items()}
+    for name, cls in SECTIONS.items()
+}
 
 
 def _coerce(key: str, f: dataclasses.Field[Any], hint: Any, raw: Any) -> Any:
@@ -440,8 +457,11 @@ def _number(key: str, hint: type, raw: Any) -> int | float:
     what = "an integer" if hint is int else "a number"
     allowed: tuple[type, ...] = (int, str) if hint is int else (int, float, str)
     # int() and float() read any Unicode digits ('١٢' is 12): only ASCII text is a number here
-    if (isinstance(raw, bool) or not isinstance(raw, allowed)
-            or (isinstance(raw, str) and not raw.isascii())):
+    if (
+        isinstance(raw, bool)
+        or not isinstance(raw, allowed)
+        or (isinstance(raw, str) and not raw.isascii())
+    ):
         raise ConfigError(f"setting {key}: expected {what}, got {raw!r}")
     try:
         value = hint(raw)
@@ -457,8 +477,10 @@ def _check_scheme(key: str, url: str, schemes: tuple[str, ...]) -> None:
     scheme, sep, _ = url.partition("://")
     if not sep or scheme.lower() not in schemes:
         kind = "an HTTP" if "http" in schemes else "a Redis"
-        raise ConfigError(f"setting {key}: {redact_url(url)!r} is not {kind} URL "
-                          f"(expected {' or '.join(s + '://' for s in schemes)})")
+        raise ConfigError(
+            f"setting {key}: {redact_url(url)!r} is not {kind} URL "
+            f"(expected {' or '.join(s + '://' for s in schemes)})"
+        )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -469,8 +491,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
-                          f"at offset {exc.start})") from None
+        raise ConfigError(
+            f"config file {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+            f"at offset {exc.start})"
+        ) from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -504,43 +528,56 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     layer: dict[str, dict[str, Any]] = {}
     # not settings: the file's path, the test suite's services, the set-up script's own knobs
     # (scripts/_venv.sh: where the venv lives and which extras it installs)
-    skip = {"LEWIS_CONFIG", "LEWIS_TEST_REDIS_URL", "LEWIS_TEST_DATABASE_URL", "LEWIS_VENV",
-            "LEWIS_EXTRAS"}
+    skip = {
+        "LEWIS_CONFIG",
+        "LEWIS_TEST_REDIS_URL",
+        "LEWIS_TEST_DATABASE_URL",
+        "LEWIS_VENV",
+        "LEWIS_EXTRAS",
+    }
     for name, value in env.items():
         if not name.startswith("LEWIS_") or name in skip:
             continue
-        rest = name[len("LEWIS_"):].lower()
+        rest = name[len("LEWIS_") :].lower()
         section, _, key = rest.partition("_")
         if section not in SECTIONS or not key:
-            raise ConfigError(f"environment {name}: unknown setting "
-                              f"(sections: {', '.join(SECTIONS)})")
+            raise ConfigError(
+                f"environment {name}: unknown setting (sections: {', '.join(SECTIONS)})"
+            )
         if key.endswith("_file") and key not in _SECTION_FIELDS[section][0]:
             key, value = _from_file(env, name, section, key.removesuffix("_file"), value)
         layer.setdefault(section, {})[key] = value
     return layer
 
 
-def _from_file(env: Mapping[str, str], name: str, section: str, key: str,
-               path: str) -> tuple[str, str]:
+def _from_file(
+    env: Mapping[str, str], name: str, section: str, key: str, path: str
+) -> tuple[str, str]:
     """``LEWIS_<SECTION>_<KEY>_FILE=path``: the value of a secret setting read from a file
     (Docker and Kubernetes secrets), its one trailing newline dropped."""
     field = _SECTION_FIELDS[section][0].get(key)
     if field is None or not field.metadata.get("secret"):
-        raise ConfigError(f"environment {name}: only secret settings are read from files "
-                          f"({section}.{key} is not one)")
+        raise ConfigError(
+            f"environment {name}: only secret settings are read from files "
+            f"({section}.{key} is not one)"
+        )
     plain = name.removesuffix("_FILE")
     if plain in env:
         raise ConfigError(f"environment {name}: {plain} is set too; set one of them")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"environment {name}: cannot read {path}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise ConfigError(
+            f"environment {name}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     return key, text.removesuffix("\n").removesuffix("\r")
 
 
-def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None = None,
-                  cwd: str | Path | None = None) -> Settings:
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    path: str | Path | None = None,
+    cwd: str | Path | None = None,
+) -> Settings:
     """Build :class:`Settings` from defaults, the YAML file and the environment; raise ConfigError."""
     env = os.environ if env is None else env
     base = Path(cwd) if cwd else Path.cwd()
@@ -557,8 +594,9 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
     for origin, layer in layers:
         for section, values in layer.items():
             if section not in SECTIONS:
-                raise ConfigError(f"{origin}: unknown section {section!r} "
-                                  f"(sections: {', '.join(SECTIONS)})")
+                raise ConfigError(
+                    f"{origin}: unknown section {section!r} (sections: {', '.join(SECTIONS)})"
+                )
             if values is None:
                 continue
             if not isinstance(values, dict):
@@ -571,8 +609,9 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
         kwargs: dict[str, Any] = {}
         for key, raw in merged.get(section, {}).items():
             if key not in fields:
-                raise ConfigError(f"setting {section}.{key}: unknown key "
-                                  f"(known: {', '.join(fields)})")
+                raise ConfigError(
+                    f"setting {section}.{key}: unknown key (known: {', '.join(fields)})"
+                )
             kwargs[key] = _coerce(f"{section}.{key}", fields[key], hints[key], raw)
         for name, f in fields.items():  # size defaults are written as text
             if name not in kwargs and f.metadata.get("size") and isinstance(f.default, str):
@@ -600,16 +639,21 @@ def _resolve(settings: Settings, base: Path) -> Settings:
         raise ConfigError(
             "setting monitoring.ping_timeout: must be shorter than "
             f"monitoring.health_check_interval ({settings.monitoring.ping_timeout} >= "
-            f"{settings.monitoring.health_check_interval})")
+            f"{settings.monitoring.health_check_interval})"
+        )
     _check_monitoring(settings.monitoring)
     _check_scaling(settings.scaling)
     _refuse_placeholders(settings)
     settings.alerts.all_rules  # noqa: B018  (bad thresholds stop here, not at the first tick)
     if settings.tasks.soft_time_limit > settings.tasks.time_limit:
-        raise ConfigError("setting tasks.soft_time_limit: must not exceed tasks.time_limit "
-                          f"({settings.tasks.soft_time_limit} > {settings.tasks.time_limit})")
+        raise ConfigError(
+            "setting tasks.soft_time_limit: must not exceed tasks.time_limit "
+            f"({settings.tasks.soft_time_limit} > {settings.tasks.time_limit})"
+        )
     if not broker.visibility_timeout:
-        broker = dataclasses.replace(broker, visibility_timeout=derived_visibility_timeout(settings))
+        broker = dataclasses.replace(
+            broker, visibility_timeout=derived_visibility_timeout(settings)
+        )
     return dataclasses.replace(stack, broker=broker, database=database)
 
 
@@ -623,8 +667,10 @@ def _refuse_placeholders(settings: Settings) -> None:
         for key, f in fields.items():
             value = getattr(getattr(settings, section), key)
             if f.metadata.get("secret") and isinstance(value, str) and _placeholder(value):
-                raise ConfigError(f"setting {section}.{key}: holds the example's placeholder "
-                                  "password; set a real secret (docker/env.example)")
+                raise ConfigError(
+                    f"setting {section}.{key}: holds the example's placeholder "
+                    "password; set a real secret (docker/env.example)"
+                )
 
 
 def _placeholder(value: str) -> bool:
@@ -656,25 +702,32 @@ def derived_visibility_timeout(settings: Settings) -> int:
 def _check_monitoring(m: MonitoringSettings) -> None:
     """Metric settings that only make sense together (issue 14)."""
     if m.retention < 2 * m.metrics_interval:
-        raise ConfigError(f"setting monitoring.retention: must hold two metrics intervals "
-                          f"(≥ {2 * m.metrics_interval}s), got {m.retention}")
+        raise ConfigError(
+            f"setting monitoring.retention: must hold two metrics intervals "
+            f"(≥ {2 * m.metrics_interval}s), got {m.retention}"
+        )
     if m.report_interval > m.metrics_interval:
-        raise ConfigError(f"setting monitoring.report_interval: must not exceed "
-                          f"monitoring.metrics_interval ({m.report_interval} > {m.metrics_interval})")
+        raise ConfigError(
+            f"setting monitoring.report_interval: must not exceed "
+            f"monitoring.metrics_interval ({m.report_interval} > {m.metrics_interval})"
+        )
 
 
 def _check_scaling(s: ScalingSettings) -> None:
     for queue in SCALED_QUEUES:
         lo, hi = getattr(s, f"{queue}_min_workers"), getattr(s, f"{queue}_max_workers")
         if lo > hi:
-            raise ConfigError(f"setting scaling.{queue}_min_workers: must not exceed "
-                              f"scaling.{queue}_max_workers ({lo} > {hi})")
+            raise ConfigError(
+                f"setting scaling.{queue}_min_workers: must not exceed "
+                f"scaling.{queue}_max_workers ({lo} > {hi})"
+            )
 
 
 def replace_section(settings: Settings, section: str, **changes: Any) -> Settings:
     """A copy of ``settings`` with some keys of one section changed (settings are frozen)."""
     return dataclasses.replace(
-        settings, **{section: dataclasses.replace(getattr(settings, section), **changes)})
+        settings, **{section: dataclasses.replace(getattr(settings, section), **changes)}
+    )
 
 
 def stack_file(home: Path) -> Path:
@@ -707,5 +760,14 @@ def set_settings(settings: Settings | None) -> None:
     _settings = settings
 
 
-__all__ = ["Settings", "load_settings", "get_settings", "set_settings", "parse_size",
-           "redact_url", "replace_section", "read_stack_file", "stack_file"]
+__all__ = [
+    "Settings",
+    "load_settings",
+    "get_settings",
+    "set_settings",
+    "parse_size",
+    "redact_url",
+    "replace_section",
+    "read_stack_file",
+    "stack_file",
+]

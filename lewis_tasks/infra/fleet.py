@@ -31,10 +31,13 @@ def presence_period(health_check_interval: float) -> float:
     return max(0.2, min(PRESENCE_PERIOD, health_check_interval))
 
 
-def write_worker(client: redis.Redis, record: WorkerRecord, period: float = PRESENCE_PERIOD) -> None:
+def write_worker(
+    client: redis.Redis, record: WorkerRecord, period: float = PRESENCE_PERIOD
+) -> None:
     payload = {**record.to_dict(), "at": time.time()}
-    client.set(WORKER_KEY.format(name=record.name), json.dumps(payload),
-               px=int((3 * period + 1) * 1000))
+    client.set(
+        WORKER_KEY.format(name=record.name), json.dumps(payload), px=int((3 * period + 1) * 1000)
+    )
 
 
 def forget_worker(client: redis.Redis, name: str) -> None:
@@ -43,10 +46,11 @@ def forget_worker(client: redis.Redis, name: str) -> None:
 
 def write_beat(client: redis.Redis, token: str, role: str, ttl: float, every: float) -> None:
     """This beat's record: its role and how often it writes (``every`` s), kept ``ttl`` s."""
-    client.set(BEAT_KEY.format(token=token),
-               json.dumps({"token": token, "role": role, "every": every, "ttl": ttl,
-                           "at": time.time()}),
-               px=max(1, int(ttl * 1000)))
+    client.set(
+        BEAT_KEY.format(token=token),
+        json.dumps({"token": token, "role": role, "every": every, "ttl": ttl, "at": time.time()}),
+        px=max(1, int(ttl * 1000)),
+    )
 
 
 def forget_beat(client: redis.Redis, token: str) -> None:
@@ -112,8 +116,12 @@ def slots_online(client: redis.Redis, queue: str) -> int:
     return sum(w.concurrency for w in read_workers(client) if queue in w.consuming)
 
 
-def check_cluster_agreement(url: str, visibility_timeout: int, timeout: float = 2.0,
-                            confirm: Callable[[list[str]], set[str]] | None = None) -> None:
+def check_cluster_agreement(
+    url: str,
+    visibility_timeout: int,
+    timeout: float = 2.0,
+    confirm: Callable[[list[str]], set[str]] | None = None,
+) -> None:
     """ConfigError if a live worker of this broker runs with another visibility timeout.
 
     With two values in one cluster, a task running longer than the shorter one is handed to
@@ -141,7 +149,8 @@ def check_cluster_agreement(url: str, visibility_timeout: int, timeout: float = 
             f"setting broker.visibility_timeout ({visibility_timeout}s) differs from the "
             f"cluster's ({first.visibility_timeout}s on {first.name}"
             f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}): every host must use "
-            "the same, or a long task is delivered again to a second worker")
+            "the same, or a long task is delivered again to a second worker"
+        )
 
 
 def free_node_name(url: str, profile: str, host: str, timeout: float = 2.0) -> str:
@@ -205,17 +214,38 @@ def probe_fleet(url: str, timeout: float) -> tuple[list[WorkerRecord], BeatView]
     from ..errors import BrokerUnavailable
 
     deadline = max(0.05, timeout)
-    client = redis.Redis.from_url(url, socket_timeout=deadline, socket_connect_timeout=deadline,
-                                  retry=Retry(NoBackoff(), 0))
+    client = redis.Redis.from_url(
+        url, socket_timeout=deadline, socket_connect_timeout=deadline, retry=Retry(NoBackoff(), 0)
+    )
     try:
         return read_workers(client), read_beat(client)
     except (redis.RedisError, OSError) as exc:
-        raise BrokerUnavailable(f"broker {redact_url(url)} does not answer "
-                                f"({type(exc).__name__})") from None
+        raise BrokerUnavailable(
+            f"broker {redact_url(url)} does not answer ({type(exc).__name__})"
+        ) from None
     finally:
         client.close()
 
 
-__all__ = ["LEADER_KEY", "WORKER_KEY", "BEAT_KEY", "PRESENCE_PERIOD", "PRESENCE_TTL", "presence_period",
-           "write_worker", "forget_worker", "write_beat", "forget_beat", "read_workers", "slots_online", "check_cluster_agreement", "free_node_name",
-           "read_beat", "probe_fleet", "leader", "HEARTBEAT_KEY", "write_heartbeat", "read_heartbeat"]
+__all__ = [
+    "LEADER_KEY",
+    "WORKER_KEY",
+    "BEAT_KEY",
+    "PRESENCE_PERIOD",
+    "PRESENCE_TTL",
+    "presence_period",
+    "write_worker",
+    "forget_worker",
+    "write_beat",
+    "forget_beat",
+    "read_workers",
+    "slots_online",
+    "check_cluster_agreement",
+    "free_node_name",
+    "read_beat",
+    "probe_fleet",
+    "leader",
+    "HEARTBEAT_KEY",
+    "write_heartbeat",
+    "read_heartbeat",
+]

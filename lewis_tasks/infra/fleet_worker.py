@@ -39,8 +39,9 @@ def _client() -> redis.Redis:
     """A client of its own with short timeouts: a write never holds the event loop long."""
     presence = runtime().presence
     if presence.client is None:
-        presence.client = redis.Redis.from_url(get_settings().broker.url, socket_timeout=1.0,
-                                               socket_connect_timeout=1.0)
+        presence.client = redis.Redis.from_url(
+            get_settings().broker.url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
     return presence.client
 
 
@@ -50,10 +51,14 @@ def _record(consumer: Any) -> WorkerRecord:
     if not presence.queues:
         presence.queues = consuming
     queues = presence.queues if presence.draining else consuming
-    return WorkerRecord(name=consumer.hostname, queues=tuple(queues),
-                        state=DRAINING if presence.draining else UP, pid=os.getpid(),
-                        concurrency=int(getattr(consumer.controller, "concurrency", 0) or 0),
-                        visibility_timeout=get_settings().broker.visibility_timeout)
+    return WorkerRecord(
+        name=consumer.hostname,
+        queues=tuple(queues),
+        state=DRAINING if presence.draining else UP,
+        pid=os.getpid(),
+        concurrency=int(getattr(consumer.controller, "concurrency", 0) or 0),
+        visibility_timeout=get_settings().broker.visibility_timeout,
+    )
 
 
 def publish(consumer: Any) -> None:
@@ -119,8 +124,11 @@ def lewis_drain(state: Any, queues: list[str] | str | None = None, **_: Any) -> 
         presence.draining = True
         threading.Thread(target=_exit_when_idle, name="lewis-drain", daemon=True).start()
     publish(consumer)
-    return {"ok": f"draining {', '.join(sorted(targets)) or 'nothing'}", "exiting": exiting,
-            "consuming": left}
+    return {
+        "ok": f"draining {', '.join(sorted(targets)) or 'nothing'}",
+        "exiting": exiting,
+        "consuming": left,
+    }
 
 
 __all__ = ["Presence", "publish", "lewis_drain"]

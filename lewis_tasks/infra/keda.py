@@ -45,30 +45,59 @@ def scaled_objects(settings: Settings) -> list[dict[str, Any]]:
     out = []
     for q in SCALED_QUEUES:
         deployment = getattr(s, f"kubernetes_{q}_deployment")
-        triggers = [{"type": "redis", "authenticationRef": {"name": AUTH_NAME},
-                     "metadata": {**target, "listName": name,
-                                  "listLength": f"{getattr(s, f'{q}_target_per_worker'):g}",
-                                  "activationListLength": str(s.activation_threshold)}}
-                    for name in list_names(q)]
-        out.append({
-            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-            "metadata": {"name": deployment, "namespace": s.kubernetes_namespace},
-            "spec": {
-                "scaleTargetRef": {"name": deployment},
-                "pollingInterval": int(s.interval),
-                "cooldownPeriod": int(s.stabilization_window),
-                "minReplicaCount": getattr(s, f"{q}_min_workers"),
-                "maxReplicaCount": getattr(s, f"{q}_max_workers"),
-                "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
-                    "scaleDown": {"stabilizationWindowSeconds": int(s.stabilization_window)},
-                    "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
-                                "policies": [{"type": "Percent", "value": 100,
-                                              "periodSeconds": int(s.interval)},
-                                             {"type": "Pods", "value": 4,
-                                              "periodSeconds": int(s.interval)}]}}}},
-                "triggers": triggers,
-            },
-        })
+        triggers = [
+            {
+                "type": "redis",
+                "authenticationRef": {"name": AUTH_NAME},
+                "metadata": {
+                    **target,
+                    "listName": name,
+                    "listLength": f"{getattr(s, f'{q}_target_per_worker'):g}",
+                    "activationListLength": str(s.activation_threshold),
+                },
+            }
+            for name in list_names(q)
+        ]
+        out.append(
+            {
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "ScaledObject",
+                "metadata": {"name": deployment, "namespace": s.kubernetes_namespace},
+                "spec": {
+                    "scaleTargetRef": {"name": deployment},
+                    "pollingInterval": int(s.interval),
+                    "cooldownPeriod": int(s.stabilization_window),
+                    "minReplicaCount": getattr(s, f"{q}_min_workers"),
+                    "maxReplicaCount": getattr(s, f"{q}_max_workers"),
+                    "advanced": {
+                        "horizontalPodAutoscalerConfig": {
+                            "behavior": {
+                                "scaleDown": {
+                                    "stabilizationWindowSeconds": int(s.stabilization_window)
+                                },
+                                "scaleUp": {
+                                    "stabilizationWindowSeconds": 0,
+                                    "selectPolicy": "Max",
+                                    "policies": [
+                                        {
+                                            "type": "Percent",
+                                            "value": 100,
+                                            "periodSeconds": int(s.interval),
+                                        },
+                                        {
+                                            "type": "Pods",
+                                            "value": 4,
+                                            "periodSeconds": int(s.interval),
+                                        },
+                                    ],
+                                },
+                            }
+                        }
+                    },
+                    "triggers": triggers,
+                },
+            }
+        )
     return out
 
 
@@ -79,7 +108,8 @@ def keda_yaml(settings: Settings) -> str:
         "# (parameter: password) and set LEWIS_SCALING_ACTUATOR=dryrun so LEWIS only records.\n"
         "# One trigger per Redis list: kombu keeps priority messages in sub-lists\n"
         "# '<queue>\\x06\\x16<priority>'. The HPA takes the highest per-list recommendation\n"
-        "# (LEWIS sums them), and KEDA cannot see unacked (running) tasks.\n")
+        "# (LEWIS sums them), and KEDA cannot see unacked (running) tasks.\n"
+    )
     return header + yaml.safe_dump_all(scaled_objects(settings), sort_keys=False)
 
 

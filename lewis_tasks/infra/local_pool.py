@@ -44,9 +44,15 @@ class LocalPool:
     profile and returns it, ``drain(node)`` asks a worker to drain (True if it answered).
     """
 
-    def __init__(self, client: redis.Redis, children: Callable[[], list[Any]],
-                 add: Callable[[str], Any], drain: Callable[[str], bool],
-                 cap: int, queues: tuple[str, ...] = SCALED_QUEUES) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        children: Callable[[], list[Any]],
+        add: Callable[[str], Any],
+        drain: Callable[[str], bool],
+        cap: int,
+        queues: tuple[str, ...] = SCALED_QUEUES,
+    ) -> None:
         self.client, self.children, self.add, self.drain = client, children, add, drain
         self.cap, self.queues = cap, queues
         self.errors: dict[str, str | None] = {}
@@ -79,8 +85,13 @@ class LocalPool:
                 self.errors[queue] = f"a new {queue} worker did not start: {exc}"
                 log.error("local pool: %s", self.errors[queue])
                 return
-            log.warning("scaling %s up: started %s (pid %s, node %s)", queue, child.name,
-                        child.pid, child.node)
+            log.warning(
+                "scaling %s up: started %s (pid %s, node %s)",
+                queue,
+                child.name,
+                child.pid,
+                child.node,
+            )
             members.append(child)
         for child in members[desired:][::-1]:  # the newest go first; the first stays longest
             self.retire(child)
@@ -92,17 +103,25 @@ class LocalPool:
         if not answered and child.alive():  # not consuming yet, or not answering: warm stop
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGTERM)
-        log.warning("scaling %s down: draining %s (pid %s, %s)", child.profile, child.name,
-                    child.pid, "lewis_drain" if answered else "SIGTERM")
+        log.warning(
+            "scaling %s down: draining %s (pid %s, %s)",
+            child.profile,
+            child.name,
+            child.pid,
+            "lewis_drain" if answered else "SIGTERM",
+        )
 
     def report(self, wanted: dict[str, int | None]) -> dict[str, Any]:
         queues = {}
         for q in self.queues:
             mine = [c for c in self.children() if c.profile == q]
-            queues[q] = {"desired": wanted.get(q), "error": self.errors.get(q),
-                         "running": [c.name for c in mine if not c.retiring],
-                         "nodes": [c.node for c in mine if not c.retiring],
-                         "draining": [c.name for c in mine if c.retiring]}
+            queues[q] = {
+                "desired": wanted.get(q),
+                "error": self.errors.get(q),
+                "running": [c.name for c in mine if not c.retiring],
+                "nodes": [c.node for c in mine if not c.retiring],
+                "draining": [c.name for c in mine if c.retiring],
+            }
         return {"pid": os.getpid(), "at": time.time(), "cap": self.cap, "queues": queues}
 
 

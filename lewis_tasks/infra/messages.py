@@ -43,26 +43,39 @@ def message_origin() -> str:
     return f"gen{os.getpid()}@{socket.gethostname()}"
 
 
-def task_message(app: Celery, name: str, task_id: str, args: Sequence[Any],
-                 kwargs: Mapping[str, Any], queue: str, origin: str, priority: int) -> str:
+def task_message(
+    app: Celery,
+    name: str,
+    task_id: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    queue: str,
+    origin: str,
+    priority: int,
+) -> str:
     """The message kombu's Redis transport would LPUSH for this call, as JSON text."""
-    msg = app.amqp.as_task_v2(task_id, name, list(args), dict(kwargs), origin=origin,
-                              argsrepr=None, kwargsrepr=None)
+    msg = app.amqp.as_task_v2(
+        task_id, name, list(args), dict(kwargs), origin=origin, argsrepr=None, kwargsrepr=None
+    )
     msg.headers[SENT_HEADER] = time.time()  # the worker times the queue wait from it
     body = json_dumps(msg.body).encode()
     properties = dict(msg.properties)
     properties.update(
-        delivery_mode=2, priority=priority, body_encoding="base64",
+        delivery_mode=2,
+        priority=priority,
+        body_encoding="base64",
         delivery_info={"exchange": "", "routing_key": queue},
         delivery_tag=str(uuid.uuid4()),
     )
-    return json_dumps({
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": msg.headers,
-        "properties": properties,
-    })
+    return json_dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": msg.headers,
+            "properties": properties,
+        }
+    )
 
 
 def push_messages(app: Celery, key: str, messages: list[str], attempts: int = 3) -> None:
@@ -73,16 +86,17 @@ def push_messages(app: Celery, key: str, messages: list[str], attempts: int = 3)
         try:
             pipe = client.pipeline(transaction=False)
             for start in range(0, len(messages), LPUSH_SIZE):
-                pipe.lpush(key, *messages[start:start + LPUSH_SIZE])
+                pipe.lpush(key, *messages[start : start + LPUSH_SIZE])
             pipe.execute()
             return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # A pipeline without MULTI can half-apply; only a connect failure is surely unsent,
             # so only then retry.
             if attempt == attempts - 1 or not _never_sent(exc):
-                raise BrokerUnavailable(f"broker {redact_url(str(app.conf.broker_url))} did not "
-                                        f"take the task(s): {exc}") from exc
-            time.sleep(0.2 * 2 ** attempt)
+                raise BrokerUnavailable(
+                    f"broker {redact_url(str(app.conf.broker_url))} did not take the task(s): {exc}"
+                ) from exc
+            time.sleep(0.2 * 2**attempt)
 
 
 def _never_sent(exc: Exception) -> bool:

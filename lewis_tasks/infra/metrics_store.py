@@ -110,8 +110,14 @@ def _text(value: Any) -> str:
 class MetricStore:
     """Batches in, statistics out; ``interval``/``retention`` in seconds (settings)."""
 
-    def __init__(self, client: redis.Redis, interval: float, retention: float,
-                 max_label_sets: int, prefix: str = PREFIX) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        interval: float,
+        retention: float,
+        max_label_sets: int,
+        prefix: str = PREFIX,
+    ) -> None:
         self.client = client
         self.interval = float(interval)
         self.retention = float(retention)
@@ -178,8 +184,11 @@ class MetricStore:
             return key_index[name]
 
         current = slot_of(now, self.interval)
-        slots = sorted({s for s, _ in batch.counters} | {s for s, _ in batch.histograms}
-                       | ({current} if batch.gauges else set()))
+        slots = sorted(
+            {s for s, _ in batch.counters}
+            | {s for s, _ in batch.histograms}
+            | ({current} if batch.gauges else set())
+        )
         for s in slots:
             k(self.slot_key(s))
         ops: list[Any] = []
@@ -243,28 +252,37 @@ class MetricStore:
         """Counters and histograms summed since the store began (for Prometheus)."""
         return _parse_hash(self.client.hgetall(self._total))[:2]
 
-    def slots(self, slots: Iterable[int],
-              histogram: Callable[[Mapping[str, Any]], Any] = histogram_from_fields,
-              ) -> list[tuple[int, dict[str, float], dict[str, Any], dict[str, float]]]:
+    def slots(
+        self,
+        slots: Iterable[int],
+        histogram: Callable[[Mapping[str, Any]], Any] = histogram_from_fields,
+    ) -> list[tuple[int, dict[str, float], dict[str, Any], dict[str, float]]]:
         """``(slot, counters, histograms, gauges)`` of each slot, one round trip; each
         histogram built from its hash suffixes by ``histogram`` (a LatencyHistogram)."""
         slots = list(slots)
         pipe = self.client.pipeline(transaction=False)
         for s in slots:
             pipe.hgetall(self.slot_key(s))
-        return [(s, *_parse_hash(raw, histogram))
-                for s, raw in zip(slots, pipe.execute(), strict=True)]
+        return [
+            (s, *_parse_hash(raw, histogram)) for s, raw in zip(slots, pipe.execute(), strict=True)
+        ]
 
-    def per_slot(self, name: str, slots: Iterable[int],
-                 labels: Mapping[str, str] | None = None) -> list[tuple[int, float]]:
+    def per_slot(
+        self, name: str, slots: Iterable[int], labels: Mapping[str, str] | None = None
+    ) -> list[tuple[int, float]]:
         """A counter's increase per slot, summed over the series matching ``labels``."""
         out = []
         for slot, counters, _, _ in self.slots(slots):
             out.append((slot, sum(v for s, v in counters.items() if _matches(s, name, labels))))
         return out
 
-    def stats(self, name: str, window: str | float,
-              labels: Mapping[str, str] | None = None, now: float | None = None) -> MetricStats:
+    def stats(
+        self,
+        name: str,
+        window: str | float,
+        labels: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> MetricStats:
         """count/sum/min/max/avg/p50/p95/p99 of ``name`` over the last ``window``."""
         seconds = parse_window(window)
         now = time.time() if now is None else now
@@ -274,7 +292,8 @@ class MetricStore:
         rows = self.slots(window_slots(now, seconds, self.interval))
         if kind == HISTOGRAM:
             merged = LatencyHistogram.merged(
-                h for _, _, hists, _ in rows for s, h in hists.items() if _matches(s, name, labels))
+                h for _, _, hists, _ in rows for s, h in hists.items() if _matches(s, name, labels)
+            )
             return stats_of_histogram(name, seconds, merged)
         samples: list[float] = []
         for _, counters, _, gauges in rows:
@@ -282,8 +301,7 @@ class MetricStore:
             hits = [v for s, v in source.items() if _matches(s, name, labels)]
             if hits:
                 samples.append(sum(hits) if kind == COUNTER else max(hits))
-        return stats_of_samples(name, kind if kind in (COUNTER, GAUGE) else GAUGE, seconds,
-                                samples)
+        return stats_of_samples(name, kind if kind in (COUNTER, GAUGE) else GAUGE, seconds, samples)
 
     def key_count(self) -> int:
         """Keys under this store's prefix (tests and `lewis metrics` use it)."""
@@ -299,9 +317,10 @@ def _matches(series: str, name: str, labels: Mapping[str, str] | None) -> bool:
     return all(have.get(k) == v for k, v in labels.items())
 
 
-def _parse_hash(raw: Mapping[Any, Any],
-                histogram: Callable[[Mapping[str, Any]], Any] = histogram_from_fields,
-                ) -> tuple[dict[str, float], dict[str, Any], dict[str, float]]:
+def _parse_hash(
+    raw: Mapping[Any, Any],
+    histogram: Callable[[Mapping[str, Any]], Any] = histogram_from_fields,
+) -> tuple[dict[str, float], dict[str, Any], dict[str, float]]:
     counters: dict[str, float] = {}
     gauges: dict[str, float] = {}
     parts: dict[str, dict[str, Any]] = {}
@@ -326,11 +345,18 @@ def store_from_settings(client: redis.Redis | None = None) -> MetricStore:
     return MetricStore(client or get_redis(), m.metrics_interval, m.retention, m.max_label_sets)
 
 
-def get_metric_stats(name: str, window: str | float = "5m",
-                     labels: Mapping[str, str] | None = None) -> MetricStats:
+def get_metric_stats(
+    name: str, window: str | float = "5m", labels: Mapping[str, str] | None = None
+) -> MetricStats:
     """The guide's ``get_metric_stats(name, window)``, answered from Redis by any process."""
     return store_from_settings().stats(name, window, labels)
 
 
-__all__ = ["MetricStore", "store_from_settings", "get_metric_stats", "COUNTER", "GAUGE",
-           "HISTOGRAM"]
+__all__ = [
+    "MetricStore",
+    "store_from_settings",
+    "get_metric_stats",
+    "COUNTER",
+    "GAUGE",
+    "HISTOGRAM",
+]

@@ -43,9 +43,12 @@ Post = Callable[[str, Any, float], None]
 
 def post_json(url: str, body: Any, timeout: float) -> None:
     """POST ``body`` as JSON; TransientError on anything but a 2xx answer."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "lewis-tasks-alerts"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "lewis-tasks-alerts"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             response.read()
@@ -81,16 +84,30 @@ class Receivers:
 
     @classmethod
     def from_settings(cls, a: Any) -> Receivers:
-        return cls(a.log, a.webhook_url, a.alertmanager_url, tuple(a.group_by),
-                   float(a.repeat_interval), float(a.resend_delay),
-                   float(a.evaluation_interval), float(a.notify_timeout), a.external_url)
+        return cls(
+            a.log,
+            a.webhook_url,
+            a.alertmanager_url,
+            tuple(a.group_by),
+            float(a.repeat_interval),
+            float(a.resend_delay),
+            float(a.evaluation_interval),
+            float(a.notify_timeout),
+            a.external_url,
+        )
 
 
 class Notifier:
     """One notification run over the committed alert state."""
 
-    def __init__(self, client: redis.Redis, rules: Sequence[Rule], receivers: Receivers,
-                 post: Post = post_json, prefix: str = PREFIX) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        rules: Sequence[Rule],
+        receivers: Receivers,
+        post: Post = post_json,
+        prefix: str = PREFIX,
+    ) -> None:
         self.client = client
         self.rules = {r.name: r for r in rules}
         self.receivers = receivers
@@ -100,8 +117,11 @@ class Notifier:
     def run(self, alerts: Mapping[str, Alert], now: float | None = None) -> NotifyResult:
         now = time.time() if now is None else now
         # held at most one run's worth of timeouts: a killed run blocks the next ones no longer
-        lock = self.client.lock(f"{self.prefix}:notify:lock",
-                                timeout=max(10.0, 4 * self.receivers.timeout), blocking=False)
+        lock = self.client.lock(
+            f"{self.prefix}:notify:lock",
+            timeout=max(10.0, 4 * self.receivers.timeout),
+            blocking=False,
+        )
         if not lock.acquire():
             return NotifyResult(skipped=True)  # another run holds it; the next run covers us
         try:
@@ -125,13 +145,25 @@ class Notifier:
         body = webhook_payload(notice, self.rules, "lewis", self.receivers.external_url)
         self.post(self.receivers.webhook_url, body, self.receivers.timeout)
 
-    def _grouped(self, name: str, alerts: Mapping[str, Alert], now: float,
-                 result: NotifyResult, send: Callable[[GroupNotice], None]) -> None:
+    def _grouped(
+        self,
+        name: str,
+        alerts: Mapping[str, Alert],
+        now: float,
+        result: NotifyResult,
+        send: Callable[[GroupNotice], None],
+    ) -> None:
         key = f"{self.prefix}:sent:{name}"
         sent = {_text(k): Sent.from_json(v) for k, v in self.client.hgetall(key).items()}
         count = 0
-        for notice in due_groups(alerts.values(), self.rules, self.receivers.group_by, sent,
-                                 now, self.receivers.repeat_interval):
+        for notice in due_groups(
+            alerts.values(),
+            self.rules,
+            self.receivers.group_by,
+            sent,
+            now,
+            self.receivers.repeat_interval,
+        ):
             try:
                 send(notice)
             except TransientError as exc:
@@ -145,15 +177,19 @@ class Notifier:
             self.client.hdel(key, *gone)
         result.sent[name] = count
 
-    def _alertmanager(self, alerts: Mapping[str, Alert], now: float,
-                      result: NotifyResult) -> None:
+    def _alertmanager(self, alerts: Mapping[str, Alert], now: float, result: NotifyResult) -> None:
         key = f"{self.prefix}:sent:alertmanager"
         pushed = {_text(k): float(v) for k, v in self.client.hgetall(key).items()}
         due = alertmanager_due(alerts.values(), pushed, now, self.receivers.resend_delay)
         if due:
-            body = alertmanager_alerts(due, self.rules, now, self.receivers.resend_delay,
-                                       self.receivers.evaluation_interval,
-                                       self.receivers.external_url)
+            body = alertmanager_alerts(
+                due,
+                self.rules,
+                now,
+                self.receivers.resend_delay,
+                self.receivers.evaluation_interval,
+                self.receivers.external_url,
+            )
             url = self.receivers.alertmanager_url.rstrip("/") + "/api/v2/alerts"
             try:
                 self.post(url, body, self.receivers.timeout)
@@ -176,8 +212,9 @@ def notifier_from_settings(client: redis.Redis | None = None) -> Notifier:
     from .redis_client import get_redis
 
     settings = get_settings()
-    return Notifier(client or get_redis(), settings.alerts.all_rules,
-                    Receivers.from_settings(settings.alerts))
+    return Notifier(
+        client or get_redis(), settings.alerts.all_rules, Receivers.from_settings(settings.alerts)
+    )
 
 
 __all__ = ["Notifier", "NotifyResult", "Receivers", "post_json", "notifier_from_settings"]

@@ -29,8 +29,12 @@ SCAN_WAVES = plan.SCAN_WAVES
 
 def http_limits(settings: Settings) -> HttpLimits:
     """The numbers an HTTP batch plan reads from ``settings``."""
-    return HttpLimits(settings.http.timeout, settings.http.chunk_size,
-                      settings.network.max_connections, settings.tasks.soft_time_limit)
+    return HttpLimits(
+        settings.http.timeout,
+        settings.http.chunk_size,
+        settings.network.max_connections,
+        settings.tasks.soft_time_limit,
+    )
 
 
 def batch_plan(settings: Settings, count: int, timeout: float | None = None) -> HttpBatchPlan:
@@ -60,20 +64,43 @@ def check_batch_size(settings: Settings, count: int) -> None:
 
 def loadtest_budget(settings: Settings) -> LoadtestBudget:
     """The budget of a part under ``settings`` (``loadtest.*``, ``broker.visibility_timeout``)."""
-    return plan.loadtest_budget(barrier_timeout=settings.loadtest.barrier_timeout,
-    max_duration=settings.loadtest.max_duration,
-    visibility_timeout=settings.broker.visibility_timeout)
+    return plan.loadtest_budget(
+        barrier_timeout=settings.loadtest.barrier_timeout,
+        max_duration=settings.loadtest.max_duration,
+        visibility_timeout=settings.broker.visibility_timeout,
+    )
 
 
-def check_loadtest(settings: Settings, *, concurrency: int, duration: float | None,
-    requests: int | None, rate: float | None, workers: int, method: str,
-    headers: Any = None, body: Any = None, timeout: Any = None,
-    ramp: Any = None) -> None:
+def check_loadtest(
+    settings: Settings,
+    *,
+    concurrency: int,
+    duration: float | None,
+    requests: int | None,
+    rate: float | None,
+    workers: int,
+    method: str,
+    headers: Any = None,
+    body: Any = None,
+    timeout: Any = None,
+    ramp: Any = None,
+) -> None:
     """InvalidInput naming the cap (a ``loadtest.*`` setting) or the parameter that is off."""
-    plan.check_loadtest(settings.loadtest, loadtest_budget(settings),
-    settings.broker.visibility_timeout, concurrency=concurrency,
-    duration=duration, requests=requests, rate=rate, workers=workers,
-    method=method, headers=headers, body=body, timeout=timeout, ramp=ramp)
+    plan.check_loadtest(
+        settings.loadtest,
+        loadtest_budget(settings),
+        settings.broker.visibility_timeout,
+        concurrency=concurrency,
+        duration=duration,
+        requests=requests,
+        rate=rate,
+        workers=workers,
+        method=method,
+        headers=headers,
+        body=body,
+        timeout=timeout,
+        ramp=ramp,
+    )
 
 
 def io_slots(settings: Settings) -> int:
@@ -85,20 +112,51 @@ def io_slots(settings: Settings) -> int:
 def scan_limits(settings: Settings) -> plan.ScanLimits:
     """The ``scan.*`` values, soft time limit and io slots a chunk is sized from."""
     s = settings.scan
-    return plan.ScanLimits(chunk_ports=s.chunk_ports, concurrency=s.concurrency,
-    timeout=s.timeout, retries=s.retries,
-    soft_time_limit=settings.tasks.soft_time_limit,
-    io_slots=io_slots(settings))
+    return plan.ScanLimits(
+        chunk_ports=s.chunk_ports,
+        concurrency=s.concurrency,
+        timeout=s.timeout,
+        retries=s.retries,
+        soft_time_limit=settings.tasks.soft_time_limit,
+        io_slots=io_slots(settings),
+    )
 
 
-def chunk_ports_for(settings: Settings, rate: float | None, *, hosts: int = 0, ports: int = 0,
-    slots_online: int = 0) -> int:
+def chunk_ports_for(
+    settings: Settings, rate: float | None, *, hosts: int = 0, ports: int = 0, slots_online: int = 0
+) -> int:
     """Ports per chunk (see ``domain.planning.chunk_ports_for``) under ``settings``."""
-    return plan.chunk_ports_for(scan_limits(settings), rate, hosts=hosts, ports=ports,
-    slots_online=slots_online, waves=SCAN_WAVES)
+    return plan.chunk_ports_for(
+        scan_limits(settings),
+        rate,
+        hosts=hosts,
+        ports=ports,
+        slots_online=slots_online,
+        waves=SCAN_WAVES,
+    )
 
 
-__all__ = ["http_limits", "batch_plan", "url_budget", "chunk_seconds", "chunk_size",
-           "check_batch_size", "LoadtestBudget", "loadtest_budget", "check_loadtest", "split",
-           "BARRIER_LEAD", "DRAIN", "SLACK", "HARD_GAP", "FLUSH_TICK", "SCAN_SHARE", "WORK_SHARE",
-           "io_slots", "scan_limits", "chunk_ports_for", "SCAN_WAVES", "MIN_CHUNK_PORTS"]
+__all__ = [
+    "http_limits",
+    "batch_plan",
+    "url_budget",
+    "chunk_seconds",
+    "chunk_size",
+    "check_batch_size",
+    "LoadtestBudget",
+    "loadtest_budget",
+    "check_loadtest",
+    "split",
+    "BARRIER_LEAD",
+    "DRAIN",
+    "SLACK",
+    "HARD_GAP",
+    "FLUSH_TICK",
+    "SCAN_SHARE",
+    "WORK_SHARE",
+    "io_slots",
+    "scan_limits",
+    "chunk_ports_for",
+    "SCAN_WAVES",
+    "MIN_CHUNK_PORTS",
+]

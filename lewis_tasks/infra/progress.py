@@ -33,8 +33,14 @@ class ProgressWriter:
     must never stall the loop nor fail the work it reports on.
     """
 
-    def __init__(self, client: redis.Redis, key: str, field: str, ttl: int,
-                 executor: concurrent.futures.Executor) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        field: str,
+        ttl: int,
+        executor: concurrent.futures.Executor,
+    ) -> None:
         self._client, self._key, self._field, self._ttl = client, key, field, ttl
         self._executor = executor
         self._lock = threading.Lock()
@@ -60,8 +66,9 @@ class ProgressWriter:
         try:
             self._executor.submit(_nothing).result(timeout)  # one thread: runs after them
         except (concurrent.futures.TimeoutError, RuntimeError):
-            log.debug("progress %s[%s] still being written after %g s", self._key,
-                      self._field, timeout)
+            log.debug(
+                "progress %s[%s] still being written after %g s", self._key, self._field, timeout
+            )
 
     def _write(self) -> None:
         with self._lock:
@@ -76,8 +83,13 @@ class ProgressWriter:
         except Exception as exc:  # logged here: a future nobody reads would swallow it
             if not self._failed:
                 self._failed = True
-                log.warning("progress %s[%s] not published (%s); the work goes on, further "
-                            "failures are logged at debug level", self._key, self._field, exc)
+                log.warning(
+                    "progress %s[%s] not published (%s); the work goes on, further "
+                    "failures are logged at debug level",
+                    self._key,
+                    self._field,
+                    exc,
+                )
             else:
                 log.debug("progress %s[%s] not published: %s", self._key, self._field, exc)
 

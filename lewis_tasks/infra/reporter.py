@@ -38,19 +38,30 @@ from .runtime import runtime
 log = logging.getLogger(__name__)
 
 SENT_HEADER = "lewis_sent_at"
-EVENTS = ("sent", "received", "started", "succeeded", "failed", "retried", "rejected",
-          "revoked")
+EVENTS = ("sent", "received", "started", "succeeded", "failed", "retried", "rejected", "revoked")
 _MAX_IN_FLIGHT = 100_000  # remembered task starts per process, far above any pool size
-_STATE_EVENT = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried",
-                "REJECTED": "rejected"}
+_STATE_EVENT = {
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "RETRY": "retried",
+    "REJECTED": "rejected",
+}
 
 
 class MetricsReporter:
     """Counts task events and samples process figures; writes them in batches."""
 
-    def __init__(self, store_factory: Callable[[], MetricStore], hostname: str, *,
-                 interval: float, report_interval: float, retention: float,
-                 system: bool = False, active: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        store_factory: Callable[[], MetricStore],
+        hostname: str,
+        *,
+        interval: float,
+        report_interval: float,
+        retention: float,
+        system: bool = False,
+        active: Callable[[], int] | None = None,
+    ) -> None:
         self.hostname = hostname
         self.interval = interval  # slot width (monitoring.metrics_interval)
         self.report_interval = report_interval
@@ -104,8 +115,9 @@ class MetricsReporter:
             self._batch.inc(slot, series, metric)
             if sent_at is not None:
                 wait = self._key("celery_task_queue_wait_time", name, self.hostname)
-                self._batch.observe(slot, wait, "celery_task_queue_wait_time",
-                                    max(0.0, now - sent_at))
+                self._batch.observe(
+                    slot, wait, "celery_task_queue_wait_time", max(0.0, now - sent_at)
+                )
 
     def task_finished(self, task_id: str, name: str, queue: str, state: str | None) -> None:
         began = self._started.pop(task_id, None)
@@ -116,8 +128,12 @@ class MetricsReporter:
                 metric = f"celery_task_{event}_total"
                 self._batch.inc(slot, self._key(metric, name, self.hostname, queue or ""), metric)
             if began is not None:
-                self._batch.observe(slot, self._key("celery_task_runtime", name, self.hostname),
-                                    "celery_task_runtime", time.perf_counter() - began)
+                self._batch.observe(
+                    slot,
+                    self._key("celery_task_runtime", name, self.hostname),
+                    "celery_task_runtime",
+                    time.perf_counter() - began,
+                )
 
     def gauge(self, metric: str, value: float, **labels: str) -> None:
         with self._lock:
@@ -145,8 +161,9 @@ class MetricsReporter:
                 batch.drop_before(slot_of(now - self.retention, self.interval))
                 self._batch = batch
             if not self._failing:
-                log.warning("metrics: Redis unavailable (%s); counting locally until it returns",
-                            exc)
+                log.warning(
+                    "metrics: Redis unavailable (%s); counting locally until it returns", exc
+                )
             self._failing = True
             return False
         if self._failing:
@@ -156,8 +173,7 @@ class MetricsReporter:
 
     def start(self) -> MetricsReporter:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="lewis-metrics",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="lewis-metrics", daemon=True)
             self._thread.start()
         return self
 
@@ -193,8 +209,9 @@ class _SystemSampler:
         psutil.cpu_percent()
         self._host = socket.gethostname()
 
-    def sample(self, hostname: str,
-               active: Callable[[], int] | None) -> list[tuple[str, float, dict[str, str]]]:
+    def sample(
+        self, hostname: str, active: Callable[[], int] | None
+    ) -> list[tuple[str, float, dict[str, str]]]:
         ps = self._psutil
         procs = [self._me]
         try:
@@ -221,33 +238,41 @@ class _SystemSampler:
                 continue
         w = {"hostname": hostname}
         h = {"host": self._host}
-        out = [("lewis_worker_cpu_percent", cpu, w), ("lewis_worker_rss_bytes", rss, w),
-               ("lewis_worker_open_fds", fds, w), ("lewis_worker_threads", threads, w),
-               ("lewis_worker_processes", float(len(procs)), w),
-               ("lewis_worker_last_report_timestamp", time.time(), w)]
+        out = [
+            ("lewis_worker_cpu_percent", cpu, w),
+            ("lewis_worker_rss_bytes", rss, w),
+            ("lewis_worker_open_fds", fds, w),
+            ("lewis_worker_threads", threads, w),
+            ("lewis_worker_processes", float(len(procs)), w),
+            ("lewis_worker_last_report_timestamp", time.time(), w),
+        ]
         if active is not None:
             out.append(("celery_worker_tasks_active", float(active()), w))
         mem = ps.virtual_memory()
         net = ps.net_io_counters()
-        out += [("lewis_host_cpu_percent", ps.cpu_percent(), h),
-                ("lewis_host_memory_used_bytes", float(mem.total - mem.available), h),
-                ("lewis_host_memory_percent", mem.percent, h),
-                ("lewis_host_disk_used_percent", ps.disk_usage("/").percent, h),
-                ("lewis_host_network_sent_bytes", float(net.bytes_sent), h),
-                ("lewis_host_network_received_bytes", float(net.bytes_recv), h),
-                ("lewis_host_load1", os.getloadavg()[0], h)]
+        out += [
+            ("lewis_host_cpu_percent", ps.cpu_percent(), h),
+            ("lewis_host_memory_used_bytes", float(mem.total - mem.available), h),
+            ("lewis_host_memory_percent", mem.percent, h),
+            ("lewis_host_disk_used_percent", ps.disk_usage("/").percent, h),
+            ("lewis_host_network_sent_bytes", float(net.bytes_sent), h),
+            ("lewis_host_network_received_bytes", float(net.bytes_recv), h),
+            ("lewis_host_load1", os.getloadavg()[0], h),
+        ]
         return out
 
 
 # --- the process's reporter and its signal connections ------------------------------------
+
 
 def current() -> MetricsReporter | None:
     """This process's reporter (None outside workers until something is sent)."""
     return runtime().reporter
 
 
-def install(hostname: str, *, system: bool, active: Callable[[], int] | None = None,
-            start: bool = True) -> MetricsReporter:
+def install(
+    hostname: str, *, system: bool, active: Callable[[], int] | None = None, start: bool = True
+) -> MetricsReporter:
     """Create (and start) this process's reporter from the settings."""
     from .config import get_settings
     from .metrics_store import store_from_settings
@@ -257,9 +282,15 @@ def install(hostname: str, *, system: bool, active: Callable[[], int] | None = N
     old, rt.reporter = rt.reporter, None
     if old is not None:
         old.stop()
-    reporter = MetricsReporter(store_from_settings, hostname, interval=m.metrics_interval,
-                               report_interval=m.report_interval, retention=m.retention,
-                               system=system, active=active)
+    reporter = MetricsReporter(
+        store_from_settings,
+        hostname,
+        interval=m.metrics_interval,
+        report_interval=m.report_interval,
+        retention=m.retention,
+        system=system,
+        active=active,
+    )
     rt.reporter = reporter
     return reporter.start() if start else reporter
 
@@ -291,8 +322,7 @@ def note_sent(name: str, queue: str, n: int = 1) -> None:
 
 def _producer_reporter() -> MetricsReporter | None:
     try:
-        reporter = install(runtime().hostname or f"producer@{socket.gethostname()}",
-                           system=False)
+        reporter = install(runtime().hostname or f"producer@{socket.gethostname()}", system=False)
     except Exception:  # no settings, no broker: sending is what matters here
         return None
     atexit.register(reporter.stop)
@@ -305,8 +335,12 @@ def _queue_of(request: Any) -> str:
 
 
 @signals.before_task_publish.connect(weak=False)
-def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None,
-                routing_key: str | None = None, **_: Any) -> None:
+def _on_publish(
+    sender: str | None = None,
+    headers: dict[str, Any] | None = None,
+    routing_key: str | None = None,
+    **_: Any,
+) -> None:
     if headers is not None:
         headers.setdefault(SENT_HEADER, time.time())
     if sender:
@@ -349,13 +383,18 @@ def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
     if reporter is not None and task is not None:
         request = task.request
         sent = getattr(request, SENT_HEADER, None)
-        reporter.task_started(task_id, task.name, _queue_of(request),
-                              float(sent) if isinstance(sent, (int, float)) else None)
+        reporter.task_started(
+            task_id,
+            task.name,
+            _queue_of(request),
+            float(sent) if isinstance(sent, (int, float)) else None,
+        )
 
 
 @signals.task_postrun.connect(weak=False)
-def _on_postrun(task_id: str = "", task: Any = None, state: str | None = None,
-                retval: Any = None, **_: Any) -> None:
+def _on_postrun(
+    task_id: str = "", task: Any = None, state: str | None = None, retval: Any = None, **_: Any
+) -> None:
     reporter = current()
     if reporter is not None and task is not None:
         if state == "FAILURE" and isinstance(retval, InvalidInput):
@@ -382,6 +421,14 @@ def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         reporter.count("revoked", str(name), _queue_of(request))
 
 
-__all__ = ["MetricsReporter", "install", "uninstall", "current", "note_sent",
-           "start_worker_reporter", "start_child_reporter", "EVENTS",
-           "SENT_HEADER"]
+__all__ = [
+    "MetricsReporter",
+    "install",
+    "uninstall",
+    "current",
+    "note_sent",
+    "start_worker_reporter",
+    "start_child_reporter",
+    "EVENTS",
+    "SENT_HEADER",
+]

@@ -43,15 +43,24 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         super().__init__(*args, **kwargs)
         self._store_script = self.client.register_script(_STORE)
 
-    def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
-                      request: Any = None, **kwargs: Any) -> Any:
-        meta = self._get_result_meta(result=result, state=state, traceback=traceback,
-                                     request=request)
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
         meta["task_id"] = bytes_to_str(task_id)
         value = self.encode(meta)
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
-            raise BackendStoreError("value too large for Redis backend", state=state,
-                                    task_id=task_id)
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
         expires = self.failure_expires if state == states.FAILURE else self.expires
         key = self.get_key_for_task(task_id)
         self.ensure(self._store, (key, value, int(expires or 0)))

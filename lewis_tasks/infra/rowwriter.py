@@ -63,7 +63,8 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
 
 # the writer's StorageErrors, by name, so a transient one stays a TransientError here
 _KINDS: dict[str, type[StorageError]] = {
-    kind.__name__: kind for kind in (StorageError, DatabaseUnavailable, DatabaseConflict)}
+    kind.__name__: kind for kind in (StorageError, DatabaseUnavailable, DatabaseConflict)
+}
 
 
 class RowWriter:
@@ -77,8 +78,9 @@ class RowWriter:
     def store(self, batch_id: str, start: int, outcomes: Sequence[HttpOutcome]) -> int:
         """Store ``outcomes`` (indexes from ``start``); how many rows were new."""
         # a line of JSON for the batch, then the outcomes as they encode (no JSON in JSON)
-        request = orjson.dumps({"batch_id": batch_id, "start": start}) + b"\n" + \
-            encode_outcomes(outcomes)
+        request = (
+            orjson.dumps({"batch_id": batch_id, "start": start}) + b"\n" + encode_outcomes(outcomes)
+        )
         with self._lock:
             try:
                 reply = self._call(request)
@@ -88,8 +90,9 @@ class RowWriter:
                     reply = self._call(request)
                 except (OSError, EOFError, ValueError) as again:
                     self._stop()
-                    raise StorageError(f"the row writer process failed twice: {exc}; "
-                                       f"{again}") from again
+                    raise StorageError(
+                        f"the row writer process failed twice: {exc}; {again}"
+                    ) from again
         if "error" in reply:  # a passing failure stays one (the task retries it)
             raise _KINDS.get(reply.get("kind", ""), StorageError)(f"row writer: {reply['error']}")
         return int(reply["new"])
@@ -111,10 +114,14 @@ class RowWriter:
             self._stop()  # a writer that died: its pipes closed before the next one starts
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "lewis_tasks.infra.rowwriter"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+            )
             assert self._proc.stdin is not None
-            _write_frame(self._proc.stdin,
-    orjson.dumps({"database": dataclasses.asdict(self.database)}))
+            _write_frame(
+                self._proc.stdin, orjson.dumps({"database": dataclasses.asdict(self.database)})
+            )
         return self._proc
 
     def _stop(self) -> None:
@@ -153,6 +160,7 @@ def close_row_writer() -> None:
 
 # --- the writer process ----------------------------------------------------------------------
 
+
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     """Answer store requests from ``inp`` until it closes; the first frame is the database."""
     from ..storage.db import get_engine, session_scope
@@ -172,8 +180,12 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
                 new = save_http_outcomes(session, request["batch_id"], request["start"], stored)
             reply: dict[str, Any] = {"new": new}
         except Exception as exc:  # answered, not fatal: the next request may well succeed
-            reply = {"error": str(exc) if isinstance(exc, LewisError) else
-                     f"{type(exc).__name__}: {exc}", "kind": type(exc).__name__}
+            reply = {
+                "error": str(exc)
+                if isinstance(exc, LewisError)
+                else f"{type(exc).__name__}: {exc}",
+                "kind": type(exc).__name__,
+            }
         _write_frame(out, orjson.dumps(reply))
 
 

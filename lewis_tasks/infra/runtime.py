@@ -96,8 +96,9 @@ class WorkerRuntime:
     _cache: Cache | None = field(default=None, repr=False)
     _row_writer: RowWriter | None = field(default=None, repr=False)
     _scan: ScanSlots | None = field(default=None, repr=False)
-    _saved_batches: deque[str] = field(default_factory=lambda: deque(maxlen=SAVED_BATCHES),
-                                       repr=False)
+    _saved_batches: deque[str] = field(
+        default_factory=lambda: deque(maxlen=SAVED_BATCHES), repr=False
+    )
 
     # --- the event loop, its session and fetch pool -------------------------------------------
 
@@ -123,10 +124,13 @@ class WorkerRuntime:
         if pool is None or pool.session is not session:  # first use, or a new session
             settings = get_settings()
             pool = self._fetch_pool = FetchPool(
-                session, concurrency=settings.network.max_connections,
+                session,
+                concurrency=settings.network.max_connections,
                 max_body_bytes=settings.http.max_body_bytes,
-                max_redirects=settings.http.max_redirects, retries=settings.http.retries,
-                max_url_length=settings.http.max_url_length)
+                max_redirects=settings.http.max_redirects,
+                retries=settings.http.retries,
+                max_url_length=settings.http.max_url_length,
+            )
         return pool
 
     def close_loop(self) -> None:
@@ -149,8 +153,12 @@ class WorkerRuntime:
             if client is None:
                 timeout = timeout or settings.broker.connect_timeout
                 client = self._redis[url] = redis.Redis.from_url(
-                    url, socket_timeout=max(timeout, 5.0), socket_connect_timeout=timeout,
-                    max_connections=settings.broker.max_connections, health_check_interval=25)
+                    url,
+                    socket_timeout=max(timeout, 5.0),
+                    socket_connect_timeout=timeout,
+                    max_connections=settings.broker.max_connections,
+                    health_check_interval=25,
+                )
             return client
 
     def forget_redis(self) -> None:
@@ -160,8 +168,9 @@ class WorkerRuntime:
 
     # --- the database ------------------------------------------------------------------------
 
-    def engine(self, database: DatabaseSettings, make: Callable[[DatabaseSettings, str], Engine]
-               ) -> Engine:
+    def engine(
+        self, database: DatabaseSettings, make: Callable[[DatabaseSettings, str], Engine]
+    ) -> Engine:
         """This process's engine for ``database``, made by ``make(database, role)`` once."""
         with self._lock:
             engine = self._engines.get(database.url)
@@ -224,7 +233,8 @@ class WorkerRuntime:
                 slots = io_slots(get_settings())
                 self._scan = ScanSlots(
                     ThreadPoolExecutor(slots + 1, thread_name_prefix="lewis-scan"),
-                    ThreadPoolExecutor(1, thread_name_prefix="lewis-progress"))
+                    ThreadPoolExecutor(1, thread_name_prefix="lewis-progress"),
+                )
             return self._scan
 
     @contextmanager
@@ -316,6 +326,7 @@ def _quietly(close: Callable[[], Any]) -> None:
 
 # --- the process's runtime ---------------------------------------------------------------------
 
+
 class _Holder:
     """The one slot the process's runtime lives in (with its lock, replaced after a fork: a
     fork may copy it held by another thread)."""
@@ -373,5 +384,12 @@ def close_runtime() -> None:
         rt.close()
 
 
-__all__ = ["WorkerRuntime", "ScanSlots", "Presence", "runtime", "start_runtime", "close_runtime",
-           "raise_fd_limit"]
+__all__ = [
+    "WorkerRuntime",
+    "ScanSlots",
+    "Presence",
+    "runtime",
+    "start_runtime",
+    "close_runtime",
+    "raise_fd_limit",
+]

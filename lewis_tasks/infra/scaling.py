@@ -47,12 +47,18 @@ MAX_OVERRIDE_SECONDS = 7 * 86400
 def policies(settings: Settings) -> list[QueuePolicy]:
     """Each scaled queue's policy from ``scaling.*``."""
     s = settings.scaling
-    return [QueuePolicy(q, min_workers=getattr(s, f"{q}_min_workers"),
-                        max_workers=getattr(s, f"{q}_max_workers"),
-                        target_per_worker=getattr(s, f"{q}_target_per_worker"),
-                        stabilization_window=s.stabilization_window,
-                        activation=s.activation_threshold, tolerance=s.tolerance)
-            for q in SCALED_QUEUES]
+    return [
+        QueuePolicy(
+            q,
+            min_workers=getattr(s, f"{q}_min_workers"),
+            max_workers=getattr(s, f"{q}_max_workers"),
+            target_per_worker=getattr(s, f"{q}_target_per_worker"),
+            stabilization_window=s.stabilization_window,
+            activation=s.activation_threshold,
+            tolerance=s.tolerance,
+        )
+        for q in SCALED_QUEUES
+    ]
 
 
 def max_age(settings: Settings) -> float:
@@ -61,23 +67,30 @@ def max_age(settings: Settings) -> float:
     return DOWN_AFTER_INTERVALS * m.metrics_interval + m.ping_timeout + 1.0
 
 
-def read_loads(latest: dict[str, tuple[float, float]], queues: tuple[str, ...] = SCALED_QUEUES
-               ) -> dict[str, QueueLoad]:
+def read_loads(
+    latest: dict[str, tuple[float, float]], queues: tuple[str, ...] = SCALED_QUEUES
+) -> dict[str, QueueLoad]:
     """Each queue's ready, unacked and workers from the collector's gauges (None: unmeasured)."""
     out = {}
     for q in queues:
-        got = [latest.get(series_key(m, {"queue_name": q}))
-               for m in ("celery_queue_length", "lewis_queue_unacked",
-                         "celery_active_worker_count")]
+        got = [
+            latest.get(series_key(m, {"queue_name": q}))
+            for m in ("celery_queue_length", "lewis_queue_unacked", "celery_active_worker_count")
+        ]
         stamps = [r[1] for r in got if r is not None]
         ready, unacked, workers = (int(r[0]) if r is not None else None for r in got)
-        out[q] = QueueLoad(q, ready, unacked, workers,
-                           min(stamps) if len(stamps) == len(got) else None)
+        out[q] = QueueLoad(
+            q, ready, unacked, workers, min(stamps) if len(stamps) == len(got) else None
+        )
     return out
 
 
-def pool_advice(latest: dict[str, tuple[float, float]], workers: dict[str, tuple[str, ...]],
-                cores: int, memory_total: float) -> dict[str, list[VerticalAdvice]]:
+def pool_advice(
+    latest: dict[str, tuple[float, float]],
+    workers: dict[str, tuple[str, ...]],
+    cores: int,
+    memory_total: float,
+) -> dict[str, list[VerticalAdvice]]:
     """Vertical advice per queue for each reporting worker (cpu: % of this host's cores;
     memory: its resident set as % of this host's memory)."""
     figures: dict[str, dict[str, float]] = {}
@@ -89,14 +102,18 @@ def pool_advice(latest: dict[str, tuple[float, float]], workers: dict[str, tuple
     for host, f in sorted(figures.items()):
         if len(f) < 2 or host not in workers:
             continue
-        advice = advise_pool(host, f["lewis_worker_cpu_percent"] / max(1, cores),
-                             100.0 * f["lewis_worker_rss_bytes"] / max(1.0, memory_total))
+        advice = advise_pool(
+            host,
+            f["lewis_worker_cpu_percent"] / max(1, cores),
+            100.0 * f["lewis_worker_rss_bytes"] / max(1.0, memory_total),
+        )
         for q in workers[host]:
             out.setdefault(q, []).append(advice)
     return out
 
 
 # --- manual override (`lewis scale set`) -----------------------------------------------------
+
 
 def set_override(client: redis.Redis, queue: str, workers: int, seconds: float) -> float:
     """Run ``workers`` for ``queue`` for ``seconds``, whatever the load; returns the end."""
@@ -105,11 +122,16 @@ def set_override(client: redis.Redis, queue: str, workers: int, seconds: float) 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InvalidInput(f"workers must be a whole number >= 0, got {workers!r}")
     if not 0 < seconds <= MAX_OVERRIDE_SECONDS:
-        raise InvalidInput(f"an override lasts between 1 s and {MAX_OVERRIDE_SECONDS // 86400} "
-                           f"days, got {seconds:g}s")
+        raise InvalidInput(
+            f"an override lasts between 1 s and {MAX_OVERRIDE_SECONDS // 86400} "
+            f"days, got {seconds:g}s"
+        )
     until = time.time() + seconds
-    client.set(OVERRIDE_KEY.format(queue=queue), json.dumps({"workers": workers, "until": until}),
-               px=int(seconds * 1000))
+    client.set(
+        OVERRIDE_KEY.format(queue=queue),
+        json.dumps({"workers": workers, "until": until}),
+        px=int(seconds * 1000),
+    )
     return until
 
 
@@ -131,8 +153,9 @@ def read_override(client: redis.Redis, queue: str) -> dict[str, Any] | None:
 History = Callable[[str, float], list[Recommendation]]
 
 
-def plan(settings: Settings, store: MetricStore, history: History,
-         now: float | None = None) -> list[ScalingDecision]:
+def plan(
+    settings: Settings, store: MetricStore, history: History, now: float | None = None
+) -> list[ScalingDecision]:
     """Every scaled queue's decision now, nothing recorded or done (``lewis scale plan``)."""
     from .fleet import read_workers
 
@@ -140,15 +163,20 @@ def plan(settings: Settings, store: MetricStore, history: History,
     latest = store.latest()
     loads = read_loads(latest)
     consuming = {w.name: w.queues for w in read_workers(store.client)}
-    advice = pool_advice(latest, consuming, psutil.cpu_count() or 1,
-                         float(psutil.virtual_memory().total))
+    advice = pool_advice(
+        latest, consuming, psutil.cpu_count() or 1, float(psutil.virtual_memory().total)
+    )
     out = []
     for policy in policies(settings):
         override = read_override(store.client, policy.queue)
-        decision = decide_scale(policy, loads[policy.queue],
-                                history(policy.queue, now - policy.stabilization_window), now,
-                                max_age(settings),
-                                override=override["workers"] if override else None)
+        decision = decide_scale(
+            policy,
+            loads[policy.queue],
+            history(policy.queue, now - policy.stabilization_window),
+            now,
+            max_age(settings),
+            override=override["workers"] if override else None,
+        )
         decision.inputs["pool_advice"] = [a.to_dict() for a in advice.get(policy.queue, [])]
         if override:
             decision.inputs["override_until"] = override.get("until")
@@ -161,14 +189,19 @@ def db_history(session_factory: Callable[[], Any]) -> History:
 
     def history(queue: str, since: float) -> list[Recommendation]:
         with session_factory() as session:
-            return recent_recommendations(session, queue,
-                                          dt.datetime.fromtimestamp(since, dt.UTC))
+            return recent_recommendations(session, queue, dt.datetime.fromtimestamp(since, dt.UTC))
+
     return history
 
 
-def decide_and_act(app: Celery, settings: Settings, store: MetricStore, slot: int,
-                   session_factory: Callable[[], Any],
-                   actuator: Actuator | None = None) -> list[dict[str, Any]]:
+def decide_and_act(
+    app: Celery,
+    settings: Settings,
+    store: MetricStore,
+    slot: int,
+    session_factory: Callable[[], Any],
+    actuator: Actuator | None = None,
+) -> list[dict[str, Any]]:
     """The decision job: plan, claim each (slot, queue) once, export, actuate, record."""
     from ..storage.scaling import claim_decision, record_outcome
 
@@ -179,9 +212,14 @@ def decide_and_act(app: Celery, settings: Settings, store: MetricStore, slot: in
     for decision in plan(settings, store, db_history(session_factory), now):
         with session_factory() as session:
             claimed = claim_decision(session, slot, decision, actuator.name)
-        row: dict[str, Any] = {"queue": decision.queue, "action": decision.action,
-                               "current": decision.current, "desired": decision.desired,
-                               "reason": decision.reason, "actuator": actuator.name}
+        row: dict[str, Any] = {
+            "queue": decision.queue,
+            "action": decision.action,
+            "current": decision.current,
+            "desired": decision.desired,
+            "reason": decision.reason,
+            "actuator": actuator.name,
+        }
         if not claimed:  # another beat decided this slot: it actuates, not us
             results.append({**row, "skipped": f"slot {slot} already decided"})
             continue
@@ -200,15 +238,21 @@ def decide_and_act(app: Celery, settings: Settings, store: MetricStore, slot: in
     return results
 
 
-def _actuate(actuator: Actuator, decision: ScalingDecision
-             ) -> tuple[dict[str, Any] | None, str | None]:
+def _actuate(
+    actuator: Actuator, decision: ScalingDecision
+) -> tuple[dict[str, Any] | None, str | None]:
     if decision.desired is None:
         return None, None
     try:
         return actuator.apply(decision), None
     except Exception as exc:  # any actuator failure: recorded, retried next slot
-        log.warning("scaling: %s actuator failed for %s (desired %s): %s", actuator.name,
-                    decision.queue, decision.desired, exc)
+        log.warning(
+            "scaling: %s actuator failed for %s (desired %s): %s",
+            actuator.name,
+            decision.queue,
+            decision.desired,
+            exc,
+        )
         return None, f"{type(exc).__name__}: {exc}"[:1000]
 
 
@@ -216,5 +260,16 @@ def _gauge(batch: MetricBatch, metric: str, value: float, now: float, queue: str
     batch.gauge(series_key(metric, {"queue_name": queue}), metric, float(value), now)
 
 
-__all__ = ["policies", "max_age", "read_loads", "pool_advice", "plan", "decide_and_act",
-           "db_history", "set_override", "clear_override", "read_override", "OVERRIDE_KEY"]
+__all__ = [
+    "policies",
+    "max_age",
+    "read_loads",
+    "pool_advice",
+    "plan",
+    "decide_and_act",
+    "db_history",
+    "set_override",
+    "clear_override",
+    "read_override",
+    "OVERRIDE_KEY",
+]

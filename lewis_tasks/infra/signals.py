@@ -37,13 +37,16 @@ def check_visibility_timeout(app: Celery, visibility_timeout: int | None = None)
         if limit > worst:
             worst_name, worst = f"the time limit of task {name}", limit
     if not worst:
-        raise ConfigError("no hard time limit is set (tasks.time_limit): a stuck task would be "
-                          "redelivered forever")
+        raise ConfigError(
+            "no hard time limit is set (tasks.time_limit): a stuck task would be "
+            "redelivered forever"
+        )
     if worst >= vt:
         raise ConfigError(
             f"setting broker.visibility_timeout ({vt:g}s) must exceed every hard time limit, "
             f"but {worst_name} is {worst:g}s: a running task would be delivered again to "
-            "another worker")
+            "another worker"
+        )
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,6 +64,7 @@ def exit_on_failure(func: F) -> F:
     so the worker exits before it consumes anything. A bad setting exits 2, like every other
     ``lewis`` command; anything else 1.
     """
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -71,6 +75,7 @@ def exit_on_failure(func: F) -> F:
             kind = "" if isinstance(exc, LewisError) else f"{type(exc).__name__}: "
             log.exception("worker start-up failed")
             _exit(f"worker start-up failed: {kind}{exc}", FAILURE_EXIT)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -84,14 +89,18 @@ def startup_checks(app: Celery) -> None:
     """Every check a worker must pass before it consumes; ConfigError names the setting."""
     settings = get_settings()
     if not settings.broker.url:
-        raise ConfigError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
-                          "`lewis up`")
+        raise ConfigError(
+            "no broker: set LEWIS_BROKER_URL, or start the embedded stack with `lewis up`"
+        )
     app.loader.import_default_modules()  # every task, so every time limit, is known
     check_visibility_timeout(app)
     from .fleet import check_cluster_agreement
 
-    check_cluster_agreement(settings.broker.url, settings.broker.visibility_timeout,
-                            confirm=lambda names: _answering(app, names))
+    check_cluster_agreement(
+        settings.broker.url,
+        settings.broker.visibility_timeout,
+        confirm=lambda names: _answering(app, names),
+    )
 
 
 def _answering(app: Celery, names: list[str]) -> set[str]:
@@ -203,5 +212,10 @@ def _collect_when_near_the_heap_limit(**_: Any) -> None:
     rss = psutil.Process().memory_info().rss
     if rss > memory.gc_threshold * memory.max_heap_size:
         freed = gc.collect()
-        log.info("RSS %.0f MiB past memory.gc_threshold (%.0f%% of %.0f MiB): collected %d objects",
-                 rss / 2**20, memory.gc_threshold * 100, memory.max_heap_size / 2**20, freed)
+        log.info(
+            "RSS %.0f MiB past memory.gc_threshold (%.0f%% of %.0f MiB): collected %d objects",
+            rss / 2**20,
+            memory.gc_threshold * 100,
+            memory.max_heap_size / 2**20,
+            freed,
+        )

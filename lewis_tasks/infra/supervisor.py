@@ -103,9 +103,15 @@ class Child:
     def start(self) -> None:
         log_file = self.log_path.open("ab")
         try:
-            self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
-                                            stdout=log_file, stderr=subprocess.STDOUT,
-                                            start_new_session=True, preexec_fn=killed_with_parent)
+            self.process = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=killed_with_parent,
+            )
         finally:
             log_file.close()
         self.backoff.started()
@@ -140,8 +146,10 @@ class Stack:
     def check_not_running(self) -> None:
         info = read_stack_file(self.home)
         if info and pid_alive(int(info.get("supervisor_pid", 0))):
-            raise ConfigError(f"a stack is already running from {self.home} (pid "
-                              f"{info['supervisor_pid']}); `lewis down` stops it")
+            raise ConfigError(
+                f"a stack is already running from {self.home} (pid "
+                f"{info['supervisor_pid']}); `lewis down` stops it"
+            )
 
     def start(self, ready_timeout: float = 60.0, on_step: Callable[[str], None] = print) -> None:
         """Start every part, wait until all workers answer pings, write stack.json."""
@@ -157,22 +165,34 @@ class Stack:
             self.redis.start()
             self.redis_backoff.started()
             self.broker_url = self.redis.url
-            on_step(f"redis    {redact_url(self.broker_url)}  (pid {self.redis.process.pid}, "  # type: ignore[union-attr]
-                    f"data {self.home / 'redis'}, AOF on, noeviction)")
-        env = {**os.environ, "LEWIS_BROKER_URL": self.broker_url,
-               "LEWIS_DATABASE_URL": self.settings.database.url,
-               "LEWIS_STACK_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+            on_step(
+                f"redis    {redact_url(self.broker_url)}  (pid {self.redis.process.pid}, "  # type: ignore[union-attr]
+                f"data {self.home / 'redis'}, AOF on, noeviction)"
+            )
+        env = {
+            **os.environ,
+            "LEWIS_BROKER_URL": self.broker_url,
+            "LEWIS_DATABASE_URL": self.settings.database.url,
+            "LEWIS_STACK_HOME": str(self.home),
+            "PYTHONUNBUFFERED": "1",
+        }
         self._migrate(env)
-        on_step(f"database {redact_url(self.settings.database.url)}  (migrated, sample CVE feed "
-                "loaded)")
+        on_step(
+            f"database {redact_url(self.settings.database.url)}  (migrated, sample CVE feed loaded)"
+        )
         port = self.settings.stack.flower_port or free_port()
         self.flower_url = f"http://127.0.0.1:{port}"
         self._env = env
         for profile in ("io", "cpu", "control"):
             self.add_worker(profile, name=profile)
         specs = [("beat", beat_argv(self.settings, python=self.python), env)]
-        specs.append(("flower", flower_argv(self.settings, port, python=self.python),
-                      {**env, **flower_env(self.settings)}))
+        specs.append(
+            (
+                "flower",
+                flower_argv(self.settings, port, python=self.python),
+                {**env, **flower_env(self.settings)},
+            )
+        )
         specs.append(("monitor", self._monitor_argv(), env))
         for name, argv, child_env in specs:
             child = Child(name, argv, child_env, logs / f"{name}.log")
@@ -194,13 +214,18 @@ class Stack:
 
         if name is None:
             taken = {c.name for c in self.children}
-            name = next(n for n in (profile, *(f"{profile}-{i}" for i in range(2, 10_000)))
-                        if n not in taken)
+            name = next(
+                n
+                for n in (profile, *(f"{profile}-{i}" for i in range(2, 10_000)))
+                if n not in taken
+            )
         node = f"{name}@{socket.gethostname()}"  # stable: a restarted worker keeps its series
-        argv = worker_argv(profile, self.settings, extra=["-n", node, *self.worker_extra],
-                           python=self.python)
-        child = Child(name, argv, self._env, self.home / "logs" / f"{name}.log", profile=profile,
-                      node=node)
+        argv = worker_argv(
+            profile, self.settings, extra=["-n", node, *self.worker_extra], python=self.python
+        )
+        child = Child(
+            name, argv, self._env, self.home / "logs" / f"{name}.log", profile=profile, node=node
+        )
         child.start()
         self.children.append(child)
         if self.pool is not None:
@@ -215,10 +240,16 @@ class Stack:
 
         from .local_pool import LocalPool
 
-        client = redis.Redis.from_url(self.broker_url, socket_timeout=2.0,
-                                      socket_connect_timeout=2.0)
-        self.pool = LocalPool(client, lambda: self.children, self.add_worker, self._drain,
-                              cap=self.settings.performance.max_workers)
+        client = redis.Redis.from_url(
+            self.broker_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self.pool = LocalPool(
+            client,
+            lambda: self.children,
+            self.add_worker,
+            self._drain,
+            cap=self.settings.performance.max_workers,
+        )
 
     def _drain(self, node: str) -> bool:
         """``lewis_drain`` to one worker node; True when it answered."""
@@ -229,8 +260,9 @@ class Stack:
 
         probe = Celery("lewis-scaler", broker=self.broker_url)
         try:
-            replies = broadcast(probe, "lewis_drain", timeout=DRAIN_REPLY_TIMEOUT,
-                                destination=[node], limit=1)
+            replies = broadcast(
+                probe, "lewis_drain", timeout=DRAIN_REPLY_TIMEOUT, destination=[node], limit=1
+            )
         except Exception as exc:  # the broker away: the caller falls back to SIGTERM
             log.warning("lewis_drain to %s not sent: %s", node, exc)
             return False
@@ -242,15 +274,29 @@ class Stack:
         """`lewis monitor` on loopback (Prometheus /metrics and the dashboard, issue 14)."""
         port = self.settings.monitoring.monitor_port or free_port()
         self.monitor_url = f"http://127.0.0.1:{port}"
-        return [self.python, "-m", "lewis_tasks.cli", "monitor", "--address", "127.0.0.1",
-                "--port", str(port)]
+        return [
+            self.python,
+            "-m",
+            "lewis_tasks.cli",
+            "monitor",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
 
     def _migrate(self, env: dict[str, str]) -> None:
         """Schema to the newest revision, and the shipped sample CVE feed (a no-op when present)."""
-        for step, args in (("database migration", ["db", "upgrade"]),
-                           ("sample vulnerability import", ["vulns", "import", "--sample"])):
-            result = subprocess.run([self.python, "-m", "lewis_tasks.cli", *args], env=env,
-                                    capture_output=True, text=True)
+        for step, args in (
+            ("database migration", ["db", "upgrade"]),
+            ("sample vulnerability import", ["vulns", "import", "--sample"]),
+        ):
+            result = subprocess.run(
+                [self.python, "-m", "lewis_tasks.cli", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if result.returncode != 0:
                 raise LewisError(f"{step} failed: {result.stderr.strip()[-500:]}")
 
@@ -262,17 +308,24 @@ class Stack:
         def children_alive() -> None:
             for child in self.children:
                 if child.process is not None and child.process.poll() is not None:
-                    raise LewisError(f"{child.name} exited at start (code "
-                                     f"{child.process.returncode}); see {child.log_path}")
+                    raise LewisError(
+                        f"{child.name} exited at start (code "
+                        f"{child.process.returncode}); see {child.log_path}"
+                    )
 
         probe = Celery("lewis-probe", broker=self.broker_url)
         want = {"io", "cpu", "control"}
         try:
-            wait_for_workers(probe, lambda names: want <= {n.split("@")[0].split("-")[0] for n in names},
-                             timeout, check=children_alive)
+            wait_for_workers(
+                probe,
+                lambda names: want <= {n.split("@")[0].split("-")[0] for n in names},
+                timeout,
+                check=children_alive,
+            )
         except TimeoutError:
-            raise LewisError(f"workers did not answer within {timeout:.0f}s; see "
-                             f"{self.home / 'logs'}") from None
+            raise LewisError(
+                f"workers did not answer within {timeout:.0f}s; see {self.home / 'logs'}"
+            ) from None
         finally:
             probe.close()
 
@@ -308,6 +361,7 @@ class Stack:
 
         ``on_ready`` runs once SIGINT/SIGTERM request a warm stop: a Ctrl-C right after the
         "ready" line it prints is a stop like any other, not a KeyboardInterrupt."""
+
         def request_stop(signum: int, _frame: Any) -> None:
             self._stopping = True
 
@@ -336,8 +390,12 @@ class Stack:
         if not child.backoff.ready():
             if child.backoff.due is None:
                 delay = child.backoff.died()
-                log.warning("%s exited (code %s); restarting in %.0fs", child.name,
-                            child.process.returncode, delay)
+                log.warning(
+                    "%s exited (code %s); restarting in %.0fs",
+                    child.name,
+                    child.process.returncode,
+                    delay,
+                )
             return
         child.start()
         self._write_stack_file(ready=True)
@@ -352,8 +410,12 @@ class Stack:
             if backoff.due is None:
                 code = redis.process.returncode if redis.process is not None else None
                 delay = backoff.died()
-                log.error("the embedded redis-server exited (code %s); restarting it on port "
-                          "%d in %.0fs", code, redis.port, delay)
+                log.error(
+                    "the embedded redis-server exited (code %s); restarting it on port %d in %.0fs",
+                    code,
+                    redis.port,
+                    delay,
+                )
             return
         try:
             redis.start(timeout=REDIS_START_TIMEOUT)
@@ -363,8 +425,11 @@ class Stack:
             log.error("the embedded redis-server did not restart: %s", exc)
             return
         backoff.started()
-        log.warning("the embedded redis-server is back on port %d (pid %d)", redis.port,
-                    redis.process.pid)  # type: ignore[union-attr]
+        log.warning(
+            "the embedded redis-server is back on port %d (pid %d)",
+            redis.port,
+            redis.process.pid,  # type: ignore[union-attr]
+        )
         self._write_stack_file(ready=True)
 
     def stop(self, on_step: Callable[[str], None] = print) -> None:

@@ -70,8 +70,13 @@ class LewisTask(Task):  # type: ignore[misc, unused-ignore]
             raise
         finally:
             if get_settings().monitoring.performance_logging:
-                log.info("task %s[%s] %s in %.3fs", self.name, request.id, outcome,
-                         time.perf_counter() - started)
+                log.info(
+                    "task %s[%s] %s in %.3fs",
+                    self.name,
+                    request.id,
+                    outcome,
+                    time.perf_counter() - started,
+                )
 
     def _count_redelivery(self, task_id: str, retries: int) -> None:
         settings = get_settings()
@@ -89,7 +94,8 @@ class LewisTask(Task):  # type: ignore[misc, unused-ignore]
             raise RedeliveryLimitExceeded(
                 f"task {self.name}[{task_id}] was delivered {count + 1} times (cap: "
                 f"tasks.max_redeliveries={cap}); it probably kills its worker, so it fails instead "
-                "of running again")
+                "of running again"
+            )
 
     def _count_run(self) -> None:
         try:

@@ -112,7 +112,9 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc, unused-ignore]
 class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
     QoS = QoS
     from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
-        *kombu_redis.Channel.from_transport_options, "atomic_take")
+        *kombu_redis.Channel.from_transport_options,
+        "atomic_take",
+    )
     atomic_take = True  # broker.atomic_take; false: kombu's BRPOP
     _shared_client: Any = None
     _shared_client_pool: Any = None
@@ -127,8 +129,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
         self._take_pending: tuple[tuple[str, ...], list[str]] | None = None
         super().__init__(*args, **kwargs)  # builds the consuming (asynchronous) pool
         self._connparams(asynchronous=False)  # and, while attached, the other's parameters
-        self._atomic = (self.atomic_take and self.ack_emulation
-                        and self._server_takes_atomically())
+        self._atomic = self.atomic_take and self.ack_emulation and self._server_takes_atomically()
 
     def _server_takes_atomically(self) -> bool:
         """Redis >= 6.2, asked once per transport; older: kombu's path and one warning."""
@@ -140,9 +141,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
                 version = ""
             transport.server_takes = redis_version(version) >= MIN_VERSION
             if not transport.server_takes:
-                log.warning("Redis %s is older than 6.2: consuming with kombu's BRPOP, which "
-                            "loses a message when a worker dies between taking and recording "
-                            "it (docs/atomic-unacked.md)", version or "of unknown version")
+                log.warning(
+                    "Redis %s is older than 6.2: consuming with kombu's BRPOP, which "
+                    "loses a message when a worker dies between taking and recording "
+                    "it (docs/atomic-unacked.md)",
+                    version or "of unknown version",
+                )
         return bool(transport.server_takes)
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
@@ -182,8 +186,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
         return None
 
     def _take_command(self, keys: list[str]) -> tuple[Any, ...]:
-        names = [self.global_keyprefix + key
-                 for key in (self.unacked_key, self.unacked_index_key, *keys)]
+        names = [
+            self.global_keyprefix + key for key in (self.unacked_key, self.unacked_index_key, *keys)
+        ]
         script = ("EVALSHA", TAKE_SHA) if self._take_script_loaded else ("EVAL", TAKE)
         return (*script, len(names), *names, repr(time()))
 
@@ -230,9 +235,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
     def _give_up_taking(self, error: Exception) -> None:
         """A server that refuses the take or its wait (an ACL, say): kombu's path from now."""
         self._atomic = False
-        log.warning("Redis refused the atomic take (%s): consuming with kombu's BRPOP, which "
-                    "loses a message when a worker dies between taking and recording it "
-                    "(docs/atomic-unacked.md)", error)
+        log.warning(
+            "Redis refused the atomic take (%s): consuming with kombu's BRPOP, which "
+            "loses a message when a worker dies between taking and recording it "
+            "(docs/atomic-unacked.md)",
+            error,
+        )
 
     def _deliver_taken(self, reply: list[Any], keys: list[str]) -> None:
         queue = keys[int(reply[0]) - 1].rsplit(self.sep, 1)[0]

@@ -13,8 +13,9 @@ from .cache import VULN_KEYS, cached, get_cache, key_part
 VULN_CACHE_TTL = 3600
 
 
-@cached(ttl=VULN_CACHE_TTL, local=True,
-        key=lambda cpe: get_cache().make_key("vulns:cpe", key_part(cpe)))
+@cached(
+    ttl=VULN_CACHE_TTL, local=True, key=lambda cpe: get_cache().make_key("vulns:cpe", key_part(cpe))
+)
 def _records_for_cpe(cpe: str) -> list[dict[str, Any]]:
     from ..storage import vulns
     from ..storage.db import get_engine, session_scope

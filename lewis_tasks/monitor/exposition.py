@@ -80,12 +80,14 @@ class StoreCollector(Collector):
             if name in families and families[name].type != "gauge":
                 continue  # a name reused with another kind would make the output invalid
             family(name, "gauge").add_sample(name, labels, value)
-        family("lewis_metrics_stale", "gauge").add_sample("lewis_metrics_stale", {},
-                                                          1.0 if stale else 0.0)
+        family("lewis_metrics_stale", "gauge").add_sample(
+            "lewis_metrics_stale", {}, 1.0 if stale else 0.0
+        )
         snap_ts = reading.snapshot.get("ts")
         if snap_ts:
             family("lewis_metrics_snapshot_age_seconds", "gauge").add_sample(
-                "lewis_metrics_snapshot_age_seconds", {}, max(0.0, reading.at - float(snap_ts)))
+                "lewis_metrics_snapshot_age_seconds", {}, max(0.0, reading.at - float(snap_ts))
+            )
         _alerts(family("lewis_alerts", "gauge"), reading.alerts)
         yield from families.values()
 
@@ -98,8 +100,9 @@ def _alerts(metric: Metric, alerts: list[Alert]) -> None:
         key = (a.rule, a.state, a.severity)
         counts[key] = counts.get(key, 0) + 1
     for (name, state, severity), n in sorted(counts.items()):
-        metric.add_sample("lewis_alerts", {"alertname": name, "alertstate": state,
-                                           "severity": severity}, float(n))
+        metric.add_sample(
+            "lewis_alerts", {"alertname": name, "alertstate": state, "severity": severity}, float(n)
+        )
 
 
 def render(view: MonitorView) -> bytes:

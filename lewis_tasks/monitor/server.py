@@ -40,9 +40,11 @@ async def metrics(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(render, view)
     except Exception as exc:  # never a 500 to the scraper: say it is stale
         log.exception("monitor: /metrics failed")
-        body = (f"# HELP lewis_metrics_stale 1 when the metric store could not be read.\n"
-                f"# TYPE lewis_metrics_stale gauge\nlewis_metrics_stale 1.0\n"
-                f"# {type(exc).__name__}\n").encode()
+        body = (
+            f"# HELP lewis_metrics_stale 1 when the metric store could not be read.\n"
+            f"# TYPE lewis_metrics_stale gauge\nlewis_metrics_stale 1.0\n"
+            f"# {type(exc).__name__}\n"
+        ).encode()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -139,8 +141,7 @@ def make_app(view: MonitorView) -> web.Application:
     return app
 
 
-async def serve(view: MonitorView, host: str, port: int,
-                on_ready: Any = None) -> None:
+async def serve(view: MonitorView, host: str, port: int, on_ready: Any = None) -> None:
     """Run until cancelled; ``on_ready(port)`` once listening (port 0 picks a free one)."""
     runner = web.AppRunner(make_app(view), access_log=None)
     await runner.setup()

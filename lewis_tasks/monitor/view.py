@@ -105,20 +105,38 @@ class MonitorView:
                 name, labels = parse_series(series)
                 if name == "celery_queue_length":
                     history["depth"].setdefault(labels.get("queue_name", ""), {})[slot] = value
-        depth = {q: [by_slot.get(s) for s, _, _ in reading.history]
-                 for q, by_slot in history["depth"].items()}
+        depth = {
+            q: [by_slot.get(s) for s, _, _ in reading.history]
+            for q, by_slot in history["depth"].items()
+        }
         history["depth"] = depth
         snap = reading.snapshot
-        return {"ts": time.time(), "read_at": reading.at, "stale": stale, "error": self.error,
-                "interval": interval, "totals": totals, "queues": _queues(reading),
-                "workers": snap.get("workers", {}), "tasks": snap.get("tasks", {}),
-                "recent": snap.get("recent", {}), "snapshot_ts": snap.get("ts"),
-                "history": history,
-                "alerts": [{"rule": a.rule, "labels": a.labels, "state": a.state,
-                            "severity": a.severity, "value": _finite(a.value),
-                            "since": a.fired_at or a.active_at,
-                            "summary": a.annotations.get("summary", "")}
-                           for a in reading.alerts]}
+        return {
+            "ts": time.time(),
+            "read_at": reading.at,
+            "stale": stale,
+            "error": self.error,
+            "interval": interval,
+            "totals": totals,
+            "queues": _queues(reading),
+            "workers": snap.get("workers", {}),
+            "tasks": snap.get("tasks", {}),
+            "recent": snap.get("recent", {}),
+            "snapshot_ts": snap.get("ts"),
+            "history": history,
+            "alerts": [
+                {
+                    "rule": a.rule,
+                    "labels": a.labels,
+                    "state": a.state,
+                    "severity": a.severity,
+                    "value": _finite(a.value),
+                    "since": a.fired_at or a.active_at,
+                    "summary": a.annotations.get("summary", ""),
+                }
+                for a in reading.alerts
+            ],
+        }
 
 
 def _finite(value: float | None) -> float | None:
@@ -130,8 +148,11 @@ def _queues(reading: Reading) -> dict[str, Any]:
     before it pings the workers, so they are fresher than the snapshot written after."""
     queues = {q: dict(row) for q, row in reading.snapshot.get("queues", {}).items()}
     # wanted: the last scaling decision's count (issue 16)
-    fields = {"celery_queue_length": "ready", "lewis_queue_unacked": "unacked",
-              "lewis_desired_workers": "desired"}
+    fields = {
+        "celery_queue_length": "ready",
+        "lewis_queue_unacked": "unacked",
+        "lewis_desired_workers": "desired",
+    }
     for series, (value, _) in reading.gauges.items():
         name, labels = parse_series(series)
         field_name = fields.get(name)

@@ -10,17 +10,30 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     # any task; any job of many tasks
-    "TaskHandle": "base", "JobHandle": "handle", "WaitTimeout": "handle", "submit": "base", "submit_many": "base", "wait_all": "base",
+    "TaskHandle": "base",
+    "JobHandle": "handle",
+    "WaitTimeout": "handle",
+    "submit": "base",
+    "submit_many": "base",
+    "wait_all": "base",
     # scans
-    "submit_scan": "scan", "ScanHandle": "scan", "ScanReport": "scan",
+    "submit_scan": "scan",
+    "ScanHandle": "scan",
+    "ScanReport": "scan",
     # HTTP batches and load tests
-    "submit_http_batch": "http", "HttpBatchHandle": "http",
-    "submit_loadtest": "http", "LoadtestHandle": "http",
+    "submit_http_batch": "http",
+    "HttpBatchHandle": "http",
+    "submit_loadtest": "http",
+    "LoadtestHandle": "http",
     # profiling, diagnostics, benchmarks
-    "submit_profile": "profile", "ProfileHandle": "profile",
-    "submit_diagnose": "profile", "DiagnoseHandle": "profile",
-    "submit_benchmark": "profile", "BenchmarkHandle": "profile",
-    "benchmark_cluster": "clusterbench", "ClusterBenchmark": "clusterbench",
+    "submit_profile": "profile",
+    "ProfileHandle": "profile",
+    "submit_diagnose": "profile",
+    "DiagnoseHandle": "profile",
+    "submit_benchmark": "profile",
+    "BenchmarkHandle": "profile",
+    "benchmark_cluster": "clusterbench",
+    "ClusterBenchmark": "clusterbench",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -33,8 +33,13 @@ from ..infra.routing import MAX_PACK, PACKED_TASK, queue_for
 FALLBACK_POLL = 1.0  # seconds: a result whose push was lost is still seen this soon
 
 
-def await_result(result: AsyncResult, timeout: float | None, *, interval: float = FALLBACK_POLL,
-                 propagate: bool = True) -> Any:
+def await_result(
+    result: AsyncResult,
+    timeout: float | None,
+    *,
+    interval: float = FALLBACK_POLL,
+    propagate: bool = True,
+) -> Any:
     """``result``'s value as soon as the worker stores it: the Redis result backend PUBLISHes
     every state it stores and ``get`` listens on that channel (a push, no polling). A push can
     be lost (a reconnect between SUBSCRIBE and PUBLISH): each ``get`` re-reads the stored state
@@ -90,8 +95,10 @@ def _app(app: Celery | None) -> Celery:
 
 def _require_broker(app: Celery) -> None:
     if not app.conf.broker_url:
-        raise LewisError("no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
-                         "`lewis up` (other commands then find it by themselves)")
+        raise LewisError(
+            "no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
+            "`lewis up` (other commands then find it by themselves)"
+        )
 
 
 def reach_broker(app: Celery, timeout: float) -> None:
@@ -100,16 +107,20 @@ def reach_broker(app: Celery, timeout: float) -> None:
     publish ask this first, since Celery's publish and result backend retry a dead Redis for
     ~20 s and end in a multi-line RuntimeError."""
     url = str(app.conf.broker_url)
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
-                                  retry=Retry(NoBackoff(), 0))
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
     try:
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise BrokerUnavailable(f"broker {redact_url(url)} is unreachable (no answer within "
-                                f"{timeout:g} s): {_first_line(exc)}") from None
+        raise BrokerUnavailable(
+            f"broker {redact_url(url)} is unreachable (no answer within "
+            f"{timeout:g} s): {_first_line(exc)}"
+        ) from None
     except redis.RedisError as exc:
-        raise BrokerUnavailable(f"broker {redact_url(url)} refused a PING: "
-                                f"{_first_line(exc)}") from None
+        raise BrokerUnavailable(
+            f"broker {redact_url(url)} refused a PING: {_first_line(exc)}"
+        ) from None
     finally:
         client.close()
 
@@ -130,15 +141,27 @@ def publishing(app: Celery) -> Iterator[None]:
         yield
     except BrokerUnavailable:
         raise
-    except (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError,
-            ConnectionError, TimeoutError) as exc:
-        raise BrokerUnavailable(f"broker {redact_url(str(app.conf.broker_url))} is unreachable: "
-                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-                                ) from exc
+    except (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        kombu.exceptions.OperationalError,
+        ConnectionError,
+        TimeoutError,
+    ) as exc:
+        raise BrokerUnavailable(
+            f"broker {redact_url(str(app.conf.broker_url))} is unreachable: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        ) from exc
 
 
-def submit(name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
-           app: Celery | None = None, **options: Any) -> TaskHandle:
+def submit(
+    name: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    app: Celery | None = None,
+    **options: Any,
+) -> TaskHandle:
     """Send task ``name`` to its queue (from the routing table) and return its handle."""
     app = _app(app)
     _require_broker(app)
@@ -146,21 +169,35 @@ def submit(name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None
     priority = int(options.pop("priority", 0) or 0)
     with publishing(app):
         if options:  # eta, countdown, expires, link…: Celery's publish knows them all
-            result = app.send_task(name, args=list(args), kwargs=dict(kwargs or {}),
-                                   queue=queue, priority=priority, **options)
+            result = app.send_task(
+                name,
+                args=list(args),
+                kwargs=dict(kwargs or {}),
+                queue=queue,
+                priority=priority,
+                **options,
+            )
             return TaskHandle(result.id, name, app)
         task_id = str(uuid.uuid4())
-        message = task_message(app, name, task_id, args, kwargs or {}, queue, message_origin(),
-                               priority)
+        message = task_message(
+            app, name, task_id, args, kwargs or {}, queue, message_origin(), priority
+        )
         _subscribe_result(app, task_id)
         push_messages(app, queue_key(queue, priority), [message])
     note_sent(name, queue)
     return TaskHandle(task_id, name, app)
 
 
-def submit_many(name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]], *,
-                app: Celery | None = None, queue: str | None = None, batch: int = 1000,
-                priority: int = 0, pack: int = 1) -> list[TaskHandle]:
+def submit_many(
+    name: str,
+    calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+    *,
+    app: Celery | None = None,
+    queue: str | None = None,
+    batch: int = 1000,
+    priority: int = 0,
+    pack: int = 1,
+) -> list[TaskHandle]:
     """Enqueue one task per ``(args, kwargs)`` in ``calls``, pipelined ``batch`` messages at a time.
 
     ``pack > 1`` (async io tasks only, see tasks/iobatch.py) puts up to ``pack`` calls in one
@@ -170,8 +207,9 @@ def submit_many(name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any
     _require_broker(app)
     queue = queue or queue_for(name)
     if batch < 1 or not 1 <= pack <= MAX_PACK:
-        raise InvalidInput(f"batch must be ≥ 1 and pack within 1..{MAX_PACK}, got batch={batch}, "
-                           f"pack={pack}")
+        raise InvalidInput(
+            f"batch must be ≥ 1 and pack within 1..{MAX_PACK}, got batch={batch}, pack={pack}"
+        )
     key = queue_key(queue, priority)
     origin = message_origin()
     handles: list[TaskHandle] = []
@@ -179,8 +217,11 @@ def submit_many(name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any
     packed: list[list[Any]] = []
 
     def flush_pack() -> None:
-        pending.append(task_message(app, PACKED_TASK, str(uuid.uuid4()), [name, packed[:]], {},
-                                queue, origin, priority))
+        pending.append(
+            task_message(
+                app, PACKED_TASK, str(uuid.uuid4()), [name, packed[:]], {}, queue, origin, priority
+            )
+        )
         packed.clear()
 
     with publishing(app):
@@ -192,8 +233,9 @@ def submit_many(name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any
                 if len(packed) >= pack:
                     flush_pack()
             else:
-                pending.append(task_message(app, name, task_id, args, kwargs, queue, origin,
-                                            priority))
+                pending.append(
+                    task_message(app, name, task_id, args, kwargs, queue, origin, priority)
+                )
             if len(pending) >= batch:
                 push_messages(app, key, pending)
                 pending = []

@@ -56,9 +56,15 @@ class QueueLatency:
 
     def metrics(self) -> dict[str, Any]:
         """As stored: p50_ms/p99_ms (what the report charts), the rest prefixed ``latency_``."""
-        return {"p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "mean_ms": self.mean_ms,
-                "max_ms": self.max_ms, "latency_samples": self.samples,
-                "latency_failures": self.failures, "latency_stopped_early": self.stopped_early}
+        return {
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "mean_ms": self.mean_ms,
+            "max_ms": self.max_ms,
+            "latency_samples": self.samples,
+            "latency_failures": self.failures,
+            "latency_stopped_early": self.stopped_early,
+        }
 
 
 @dataclass(frozen=True)
@@ -77,11 +83,15 @@ class QueueThroughput:
 
     def metrics(self) -> dict[str, Any]:
         """As stored: throughput_per_s (what the report charts), the rest prefixed ``throughput_``."""
-        return {"throughput_per_s": self.throughput_per_s,
-                "enqueue_tasks_per_sec": self.enqueue_tasks_per_sec,
-                "throughput_tasks": self.tasks, "throughput_done": self.done,
-                "throughput_failures": self.failures, "throughput_seconds": self.seconds,
-                "throughput_stopped_early": self.stopped_early}
+        return {
+            "throughput_per_s": self.throughput_per_s,
+            "enqueue_tasks_per_sec": self.enqueue_tasks_per_sec,
+            "throughput_tasks": self.tasks,
+            "throughput_done": self.done,
+            "throughput_failures": self.failures,
+            "throughput_seconds": self.seconds,
+            "throughput_stopped_early": self.stopped_early,
+        }
 
 
 @dataclass(frozen=True)
@@ -96,38 +106,58 @@ class ClusterBenchmark:
     run_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"started_at": self.started_at, "latency": [asdict(x) for x in self.latency],
-                "throughput": [asdict(x) for x in self.throughput],
-                "stack": [x.to_dict() for x in self.stack], "skipped": self.skipped,
-                "run_ids": list(self.run_ids)}
+        return {
+            "started_at": self.started_at,
+            "latency": [asdict(x) for x in self.latency],
+            "throughput": [asdict(x) for x in self.throughput],
+            "stack": [x.to_dict() for x in self.stack],
+            "skipped": self.skipped,
+            "run_ids": list(self.run_ids),
+        }
 
     def format_table(self) -> str:
         out: list[str] = []
         if self.latency:
-            out += ["", "round trip (sequential no-op submit → result)",
-                    f"{'queue':<9}{'samples':>8}{'fail':>6}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"]
-            out += [f"{x.queue:<9}{x.samples:>8}{x.failures:>6}{_ms(x.p50_ms)}{_ms(x.p99_ms)}"
-                    f"{_ms(x.max_ms)}" + ("  STOPPED at max_seconds" if x.stopped_early else "")
-                    for x in self.latency]
+            out += [
+                "",
+                "round trip (sequential no-op submit → result)",
+                f"{'queue':<9}{'samples':>8}{'fail':>6}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}",
+            ]
+            out += [
+                f"{x.queue:<9}{x.samples:>8}{x.failures:>6}{_ms(x.p50_ms)}{_ms(x.p99_ms)}"
+                f"{_ms(x.max_ms)}" + ("  STOPPED at max_seconds" if x.stopped_early else "")
+                for x in self.latency
+            ]
         if self.throughput:
-            out += ["", "throughput (no-ops pushed at once, until the last result)",
-                    f"{'queue':<9}{'tasks':>7}{'done':>7}{'fail':>6}{'seconds':>9}{'tasks/s':>10}"
-                    f"{'enqueue/s':>11}"]
-            out += [f"{x.queue:<9}{x.tasks:>7}{x.done:>7}{x.failures:>6}{x.seconds:>9.3f}"
-                    f"{x.throughput_per_s:>10,.0f}{x.enqueue_tasks_per_sec:>11,.0f}"
-                    + ("  STOPPED at max_seconds" if x.stopped_early else "")
-                    for x in self.throughput]
+            out += [
+                "",
+                "throughput (no-ops pushed at once, until the last result)",
+                f"{'queue':<9}{'tasks':>7}{'done':>7}{'fail':>6}{'seconds':>9}{'tasks/s':>10}"
+                f"{'enqueue/s':>11}",
+            ]
+            out += [
+                f"{x.queue:<9}{x.tasks:>7}{x.done:>7}{x.failures:>6}{x.seconds:>9.3f}"
+                f"{x.throughput_per_s:>10,.0f}{x.enqueue_tasks_per_sec:>11,.0f}"
+                + ("  STOPPED at max_seconds" if x.stopped_early else "")
+                for x in self.throughput
+            ]
         for fig in self.stack:
             d = fig.detail
             if fig.name == "scan":
-                out += ["", f"scan: {d['ports']:,} ports of {d['target']} in {d['chunks']} chunks, "
-                            f"{fig.seconds:.2f} s = {fig.rate_per_s:,.0f} ports/s ({d['open']} open)"]
+                out += [
+                    "",
+                    f"scan: {d['ports']:,} ports of {d['target']} in {d['chunks']} chunks, "
+                    f"{fig.seconds:.2f} s = {fig.rate_per_s:,.0f} ports/s ({d['open']} open)",
+                ]
             else:
-                out += ["", f"http: {d['requests']:,} requests in {fig.seconds:.2f} s = "
-                            f"{fig.rate_per_s:,.0f} req/s, p50 {_ms(d['p50_ms']).strip()} ms, "
-                            f"p99 {_ms(d['p99_ms']).strip()} ms, {d['errors']} errors "
-                            f"(concurrency {d['concurrency']}, {d['workers']} io process(es); "
-                            f"target: {d['target']})"]
+                out += [
+                    "",
+                    f"http: {d['requests']:,} requests in {fig.seconds:.2f} s = "
+                    f"{fig.rate_per_s:,.0f} req/s, p50 {_ms(d['p50_ms']).strip()} ms, "
+                    f"p99 {_ms(d['p99_ms']).strip()} ms, {d['errors']} errors "
+                    f"(concurrency {d['concurrency']}, {d['workers']} io process(es); "
+                    f"target: {d['target']})",
+                ]
         if self.skipped:
             out.append("")
         out += [f"skipped {what}: {why}" for what, why in sorted(self.skipped.items())]
@@ -138,13 +168,22 @@ def _ms(value: float | None) -> str:
     return f"{'-':>9}" if value is None else f"{value:>9.2f}"
 
 
-def benchmark_cluster(suites: Sequence[str] = CLUSTER_SUITES, *,
-                      queues: Sequence[str] = ("io", "cpu"), samples: int = 200,
-                      tasks: int = 2_000, warmup: int = 10, max_seconds: float | None = None,
-                      scan_ports: str = "1-20000", http_url: str | None = None,
-                      http_concurrency: int = 100, http_duration: float = 5.0,
-                      store: bool = True, app: Celery | None = None,
-                      on_step: Callable[[str], None] | None = None) -> ClusterBenchmark:
+def benchmark_cluster(
+    suites: Sequence[str] = CLUSTER_SUITES,
+    *,
+    queues: Sequence[str] = ("io", "cpu"),
+    samples: int = 200,
+    tasks: int = 2_000,
+    warmup: int = 10,
+    max_seconds: float | None = None,
+    scan_ports: str = "1-20000",
+    http_url: str | None = None,
+    http_concurrency: int = 100,
+    http_duration: float = 5.0,
+    store: bool = True,
+    app: Celery | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> ClusterBenchmark:
     """Measure the running stack through its broker; each figure stored as a ``cluster`` run.
 
     ``latency`` and ``throughput`` run per queue in ``queues``; ``scan`` and ``http`` once,
@@ -157,11 +196,15 @@ def benchmark_cluster(suites: Sequence[str] = CLUSTER_SUITES, *,
     limits = Limits(p.max_seconds, p.top_n, p.max_iterations, p.max_concurrent)
     unknown = [s for s in suites if s not in CLUSTER_SUITES]
     if unknown or not suites:
-        raise InvalidInput(f"unknown cluster suite {', '.join(unknown) or '(none)'}; "
-                           f"suites: {', '.join(CLUSTER_SUITES)}")
+        raise InvalidInput(
+            f"unknown cluster suite {', '.join(unknown) or '(none)'}; "
+            f"suites: {', '.join(CLUSTER_SUITES)}"
+        )
     bad = [q for q in queues if q not in QUEUES]
     if bad or not queues:
-        raise InvalidInput(f"unknown queue {', '.join(bad) or '(none)'}; queues: {', '.join(QUEUES)}")
+        raise InvalidInput(
+            f"unknown queue {', '.join(bad) or '(none)'}; queues: {', '.join(QUEUES)}"
+        )
     samples = limits.check_iterations(samples, "samples")
     tasks = limits.check_iterations(tasks, "tasks")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
@@ -178,7 +221,9 @@ def benchmark_cluster(suites: Sequence[str] = CLUSTER_SUITES, *,
     for queue in queues:
         per_queue = [s for s in suites if s in ("latency", "throughput")]
         if per_queue and not consumers.get(queue):
-            skipped.update({f"{s}:{queue}": "no live worker consumes this queue" for s in per_queue})
+            skipped.update(
+                {f"{s}:{queue}": "no live worker consumes this queue" for s in per_queue}
+            )
             continue
         task = NOOP_TASKS.get(queue, DEFAULT_NOOP)
         if "latency" in suites:
@@ -198,20 +243,48 @@ def benchmark_cluster(suites: Sequence[str] = CLUSTER_SUITES, *,
             stack.append(measure_scan(app, ports=scan_ports, max_seconds=seconds))
         else:
             step(f"http load test for {http_duration:g} s at concurrency {http_concurrency}")
-            stack.append(measure_http(app, url=http_url, concurrency=http_concurrency,
-                                      duration=http_duration, max_seconds=seconds))
-    run_ids = _store(settings, queues, latency, throughput, stack,
-                     {"suites": list(suites), "samples": samples, "warmup": warmup,
-                      "tasks": tasks, "max_seconds": seconds,
-                      # workers per queue while it ran: `lewis size` turns rates into per-process
-                      "consumers": {q: len(v) for q, v in consumers.items()}}) if store else []
-    return ClusterBenchmark(started, tuple(latency), tuple(throughput), tuple(stack), skipped,
-                            tuple(run_ids))
+            stack.append(
+                measure_http(
+                    app,
+                    url=http_url,
+                    concurrency=http_concurrency,
+                    duration=http_duration,
+                    max_seconds=seconds,
+                )
+            )
+    run_ids = (
+        _store(
+            settings,
+            queues,
+            latency,
+            throughput,
+            stack,
+            {
+                "suites": list(suites),
+                "samples": samples,
+                "warmup": warmup,
+                "tasks": tasks,
+                "max_seconds": seconds,
+                # workers per queue while it ran: `lewis size` turns rates into per-process
+                "consumers": {q: len(v) for q, v in consumers.items()},
+            },
+        )
+        if store
+        else []
+    )
+    return ClusterBenchmark(
+        started, tuple(latency), tuple(throughput), tuple(stack), skipped, tuple(run_ids)
+    )
 
 
-def _store(settings: Any, queues: Sequence[str], latency: Sequence[QueueLatency],
-           throughput: Sequence[QueueThroughput], stack: Sequence[StackFigure],
-           options: dict[str, Any]) -> list[str]:
+def _store(
+    settings: Any,
+    queues: Sequence[str],
+    latency: Sequence[QueueLatency],
+    throughput: Sequence[QueueThroughput],
+    stack: Sequence[StackFigure],
+    options: dict[str, Any],
+) -> list[str]:
     """One run per queue with both no-op figures (one series, one colour per queue in the
     report), and one per stack figure."""
     from ..report.runs import record_benchmark_run
@@ -229,8 +302,16 @@ def _store(settings: Any, queues: Sequence[str], latency: Sequence[QueueLatency]
     run_ids = []
     for name, queue, metrics, extra in rows:
         run_id = uuid.uuid4().hex
-        record_benchmark_run(run_id, suite="cluster", name=name, queue=queue, metrics=metrics,
-                             settings=settings, **options, **extra)
+        record_benchmark_run(
+            run_id,
+            suite="cluster",
+            name=name,
+            queue=queue,
+            metrics=metrics,
+            settings=settings,
+            **options,
+            **extra,
+        )
         run_ids.append(run_id)
     return run_ids
 
@@ -248,8 +329,9 @@ def queue_consumers(app: Celery, timeout: float) -> dict[str, list[str]]:
     return out
 
 
-def measure_latency(app: Celery, queue: str, task: str, samples: int, warmup: int,
-                    max_seconds: float) -> QueueLatency:
+def measure_latency(
+    app: Celery, queue: str, task: str, samples: int, warmup: int, max_seconds: float
+) -> QueueLatency:
     """``samples`` sequential round trips of ``task`` on ``queue`` after ``warmup`` untimed ones."""
     deadline = time.monotonic() + max_seconds
     rtts: list[float] = []
@@ -272,14 +354,21 @@ def measure_latency(app: Celery, queue: str, task: str, samples: int, warmup: in
         if index >= warmup:
             rtts.append((time.perf_counter() - began) * 1000)
     return QueueLatency(
-        queue=queue, task=task, samples=len(rtts), failures=failures,
-        p50_ms=percentile(rtts, 50) if rtts else None, p99_ms=percentile(rtts, 99) if rtts else None,
-        mean_ms=sum(rtts) / len(rtts) if rtts else None, max_ms=max(rtts) if rtts else None,
-        stopped_early=stopped)
+        queue=queue,
+        task=task,
+        samples=len(rtts),
+        failures=failures,
+        p50_ms=percentile(rtts, 50) if rtts else None,
+        p99_ms=percentile(rtts, 99) if rtts else None,
+        mean_ms=sum(rtts) / len(rtts) if rtts else None,
+        max_ms=max(rtts) if rtts else None,
+        stopped_early=stopped,
+    )
 
 
-def measure_throughput(app: Celery, queue: str, task: str, tasks: int,
-                       max_seconds: float) -> QueueThroughput:
+def measure_throughput(
+    app: Celery, queue: str, task: str, tasks: int, max_seconds: float
+) -> QueueThroughput:
     """Push ``tasks`` no-ops at once with :func:`submit_many`; time until the last result."""
     began = time.monotonic()
     handles = submit_many(task, (((), {}) for _ in range(tasks)), app=app, queue=queue, batch=2000)
@@ -287,13 +376,21 @@ def measure_throughput(app: Celery, queue: str, task: str, tasks: int,
     done, failures, last = _poll_results(app, handles, began + max_seconds)
     seconds = max((last or enqueued) - began, 1e-9)
     return QueueThroughput(
-        queue=queue, task=task, tasks=tasks, done=done, failures=failures, seconds=seconds,
-        throughput_per_s=done / seconds, enqueue_tasks_per_sec=tasks / max(enqueued - began, 1e-9),
-        stopped_early=done < tasks)
+        queue=queue,
+        task=task,
+        tasks=tasks,
+        done=done,
+        failures=failures,
+        seconds=seconds,
+        throughput_per_s=done / seconds,
+        enqueue_tasks_per_sec=tasks / max(enqueued - began, 1e-9),
+        stopped_early=done < tasks,
+    )
 
 
-def _poll_results(app: Celery, handles: Sequence[TaskHandle],
-                  deadline: float) -> tuple[int, int, float | None]:
+def _poll_results(
+    app: Celery, handles: Sequence[TaskHandle], deadline: float
+) -> tuple[int, int, float | None]:
     """(finished, failed, when the last finished): MGET on the result keys, then delete them.
 
     Only a window of the oldest pending keys is read per poll: a queue runs roughly in order,
@@ -326,7 +423,7 @@ def _poll_results(app: Celery, handles: Sequence[TaskHandle],
                 time.sleep(_POLL)
     finally:
         for start in range(0, len(every), _MGET):
-            client.delete(*every[start:start + _MGET])
+            client.delete(*every[start : start + _MGET])
     return done, failures, last
 
 
@@ -348,5 +445,13 @@ def _wait_each(handles: Sequence[TaskHandle], deadline: float) -> tuple[int, int
     return done, failures, last
 
 
-__all__ = ["CLUSTER_SUITES", "ClusterBenchmark", "QueueLatency", "QueueThroughput",
-           "benchmark_cluster", "measure_latency", "measure_throughput", "queue_consumers"]
+__all__ = [
+    "CLUSTER_SUITES",
+    "ClusterBenchmark",
+    "QueueLatency",
+    "QueueThroughput",
+    "benchmark_cluster",
+    "measure_latency",
+    "measure_throughput",
+    "queue_consumers",
+]

@@ -40,8 +40,10 @@ def unwrap_failure(app: Celery, exc: BaseException, part_ids: Iterable[str] = ()
             if part.failed() and isinstance(part.result, BaseException):
                 return part.result
             if part.state == "REVOKED":
-                return TransientError(f"part {part_id} never ran: it expired waiting in the "
-                                      "queue (io workers busy or absent)")
+                return TransientError(
+                    f"part {part_id} never ran: it expired waiting in the "
+                    "queue (io workers busy or absent)"
+                )
     return chord_cause(app, exc)
 
 

@@ -97,15 +97,21 @@ class HttpBatchHandle(_ChordHandle[HttpBatchProgress, HttpBatchSummary]):
             if batch is None:  # no chunk has started yet
                 data = {"total": self.total, "done": 0, "ok": 0, "failed": 0, "status": "pending"}
             else:
-                data = {"total": batch.total, "done": batch.done, "ok": batch.ok,
-                        "failed": batch.failed, "status": batch.status}
+                data = {
+                    "total": batch.total,
+                    "done": batch.done,
+                    "ok": batch.ok,
+                    "failed": batch.failed,
+                    "status": batch.status,
+                }
         return HttpBatchProgress.from_dict(data)
 
     def started(self) -> bool:
         return self.progress().status != "pending"
 
-    def wait(self, timeout: float | None = None,
-             interval: float = FALLBACK_POLL) -> HttpBatchSummary:
+    def wait(
+        self, timeout: float | None = None, interval: float = FALLBACK_POLL
+    ) -> HttpBatchSummary:
         """The batch's summary, by push. A batch of one chunk small enough brings its stored
         rows along (:meth:`result` then reads no database). LewisError if it was cancelled
         (its revoked chunks fail the chord)."""
@@ -113,8 +119,9 @@ class HttpBatchHandle(_ChordHandle[HttpBatchProgress, HttpBatchSummary]):
             summary = self._merged(timeout, interval)
         except Exception as exc:
             # a wait that ran out on a cancelled batch says "cancelled" too
-            if (isinstance(exc, TimeoutError) and not isinstance(exc, WaitTimeout)) \
-                    or self.progress().status != "cancelled":
+            if (
+                isinstance(exc, TimeoutError) and not isinstance(exc, WaitTimeout)
+            ) or self.progress().status != "cancelled":
                 raise
             raise LewisError(f"HTTP batch {self.id} cancelled") from None
         rows = summary.pop("rows", None)
@@ -126,18 +133,20 @@ class HttpBatchHandle(_ChordHandle[HttpBatchProgress, HttpBatchSummary]):
         """See :func:`cancel_http_batch`."""
         return cancel_http_batch(self.id, app=self.app)
 
-    def result(self, *, offset: int = 0, limit: int = 1000,
-               failed_only: bool = False) -> list[dict[str, Any]]:
+    def result(
+        self, *, offset: int = 0, limit: int = 1000, failed_only: bool = False
+    ) -> list[dict[str, Any]]:
         """A page of per-URL outcomes in request order (error_class/error set when one failed)."""
         if self._rows is not None:  # every stored row, as the merge read them back
             rows = [r for r in self._rows if r["error_class"]] if failed_only else self._rows
-            return [dict(r) for r in rows[offset:offset + limit]]
+            return [dict(r) for r in rows[offset : offset + limit]]
         from ..storage.db import get_engine, session_scope
         from ..storage.http import result_rows
 
         with session_scope(get_engine()) as session:
-            return result_rows(session, self.id, offset=offset, limit=limit,
-                               failed_only=failed_only)
+            return result_rows(
+                session, self.id, offset=offset, limit=limit, failed_only=failed_only
+            )
 
 
 @dataclass
@@ -156,18 +165,21 @@ class LoadtestHandle(_ChordHandle[LoadtestProgress, LoadtestResult]):
 
         raw = get_redis(self.app.conf.broker_url).hgetall(LOADTEST_PROGRESS_KEY.format(run=self.id))
         lines = [json.loads(v) for v in raw.values()]
-        return LoadtestProgress.from_dict({
-            "parts": self.workers, "reporting": len(lines),
-            "elapsed_s": max((line["elapsed_s"] for line in lines), default=0.0),
-            "requests": sum(line["requests"] for line in lines),
-            "errors": sum(line["errors"] for line in lines),
-            "rps": round(sum(line["rps"] for line in lines), 1)})
+        return LoadtestProgress.from_dict(
+            {
+                "parts": self.workers,
+                "reporting": len(lines),
+                "elapsed_s": max((line["elapsed_s"] for line in lines), default=0.0),
+                "requests": sum(line["requests"] for line in lines),
+                "errors": sum(line["errors"] for line in lines),
+                "rps": round(sum(line["rps"] for line in lines), 1),
+            }
+        )
 
     def started(self) -> bool:
         return bool(self.progress().reporting)
 
-    def wait(self, timeout: float | None = None,
-             interval: float = FALLBACK_POLL) -> LoadtestResult:
+    def wait(self, timeout: float | None = None, interval: float = FALLBACK_POLL) -> LoadtestResult:
         """The merged result, by push; a failed part's own error (InvalidInput, OutOfScope…)
         re-raised."""
         return LoadtestResult.from_dict(self._merged(timeout, interval))
@@ -186,16 +198,21 @@ class LoadtestHandle(_ChordHandle[LoadtestProgress, LoadtestResult]):
             run = get_run(session, LoadtestRow, self.id)
             if run is None:
                 return None
-            return LoadtestRun.from_dict({"id": run.id, "status": run.status,
-                                          "request": run.request, "result": run.result,
-                                          "finished_at": run.finished_at})
+            return LoadtestRun.from_dict(
+                {
+                    "id": run.id,
+                    "status": run.status,
+                    "request": run.request,
+                    "result": run.result,
+                    "finished_at": run.finished_at,
+                }
+            )
 
 
 def batch_worst_case(settings: Settings, count: int, timeout: float | None) -> float:
     """How long a batch of ``count`` URLs of ``timeout`` s each may take at worst, queueing,
     the merge and the result's return included (the default wait of ``lewis http``)."""
-    return float(math.ceil(batch_plan(settings, count, timeout).worst_case_seconds()
-                           + WAIT_MARGIN))
+    return float(math.ceil(batch_plan(settings, count, timeout).worst_case_seconds() + WAIT_MARGIN))
 
 
 def loadtest_worst_case(settings: Settings, duration: float | None) -> float:
@@ -204,8 +221,12 @@ def loadtest_worst_case(settings: Settings, duration: float | None) -> float:
     return float(math.ceil(loadtest_budget(settings).time_limits(duration)[1] + WAIT_MARGIN))
 
 
-def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest], *,
-                      timeout: float | None = None, app: Celery | None = None) -> HttpBatchHandle:
+def submit_http_batch(
+    requests: Iterable[str | Mapping[str, Any] | HttpRequest],
+    *,
+    timeout: float | None = None,
+    app: Celery | None = None,
+) -> HttpBatchHandle:
     """Fetch every request (a URL, or ``{"url", "method", "headers", "body"}``) on the io
     workers, in chunks; ``timeout`` is each URL's budget (default and cap: http.timeout)."""
     app = _app(app)
@@ -218,31 +239,50 @@ def submit_http_batch(requests: Iterable[str | Mapping[str, Any] | HttpRequest],
     batch_id = uuid.uuid4().hex
     request = {"urls": len(items), "timeout": plan.budget, "chunk_size": size}
     options: dict[str, Any] = {"timeout": plan.budget, "total": len(items), "request": request}
-    header = [app.signature("lewis.http.fetch_chunk",
-                            args=(batch_id, start, items[start:start + size], options),
-                            task_id=chunk_task_id(batch_id, start))
-              for start in plan.starts]
+    header = [
+        app.signature(
+            "lewis.http.fetch_chunk",
+            args=(batch_id, start, items[start : start + size], options),
+            task_id=chunk_task_id(batch_id, start),
+        )
+        for start in plan.starts
+    ]
     errback = app.signature("lewis.http.abort", kwargs={"kind": "batch", "run_id": batch_id})
     if len(header) == 1:  # one chunk pays for no fan-out: it closes the batch itself, no chord
-        single = app.signature("lewis.http.fetch_chunk",
-                               args=(batch_id, 0, items, {**options, "merge": True}),
-                               task_id=header[0].id)
+        single = app.signature(
+            "lewis.http.fetch_chunk",
+            args=(batch_id, 0, items, {**options, "merge": True}),
+            task_id=header[0].id,
+        )
         single.link_error(errback)
         with publishing(app):
             _reach_broker(app)
             sent = single.apply_async()
         _record_plan(batch_id, len(items), request)
-        return HttpBatchHandle(batch_id, sent.id, [sent.id], app, total=len(items), chunks=1,
-                               worst_case=batch_worst_case(settings, len(items), timeout))
+        return HttpBatchHandle(
+            batch_id,
+            sent.id,
+            [sent.id],
+            app,
+            total=len(items),
+            chunks=1,
+            worst_case=batch_worst_case(settings, len(items), timeout),
+        )
     callback = app.signature("lewis.http.merge", kwargs={"batch_id": batch_id})
     callback.link_error(errback)
     with publishing(app):  # a broker that is down: one BrokerUnavailable, not kombu's own
         _reach_broker(app)
         result = chord(header, app=app)(callback)
     _record_plan(batch_id, len(items), request)
-    return HttpBatchHandle(batch_id, result.id, [s.id for s in header], app,
-                           total=len(items), chunks=len(header),
-                           worst_case=batch_worst_case(settings, len(items), timeout))
+    return HttpBatchHandle(
+        batch_id,
+        result.id,
+        [s.id for s in header],
+        app,
+        total=len(items),
+        chunks=len(header),
+        worst_case=batch_worst_case(settings, len(items), timeout),
+    )
 
 
 def chunk_task_id(batch_id: str, start: int) -> str:
@@ -254,9 +294,11 @@ def _record_plan(batch_id: str, total: int, request: Mapping[str, Any]) -> None:
     """What a cancel from any process needs (the chunk ids), kept in Redis for the batch's life."""
     from ..infra.redis_client import get_redis
 
-    get_redis().set(PLAN_KEY.format(batch_id=batch_id),
-                    json.dumps({"total": total, "request": dict(request)}),
-                    ex=get_settings().broker.result_expires)
+    get_redis().set(
+        PLAN_KEY.format(batch_id=batch_id),
+        json.dumps({"total": total, "request": dict(request)}),
+        ex=get_settings().broker.result_expires,
+    )
 
 
 def cancel_http_batch(batch_id: str, *, app: Celery | None = None) -> bool:
@@ -286,9 +328,13 @@ def cancel_http_batch(batch_id: str, *, app: Celery | None = None) -> bool:
     if cancelled:
         size = max(1, int(request.get("chunk_size") or total or 1))
         with publishing(app):
-            request_cancel(get_redis(), app, batch_id,
-                           [chunk_task_id(batch_id, s) for s in range(0, total, size)],
-                           get_settings().broker.result_expires)
+            request_cancel(
+                get_redis(),
+                app,
+                batch_id,
+                [chunk_task_id(batch_id, s) for s in range(0, total, size)],
+                get_settings().broker.result_expires,
+            )
     return cancelled
 
 
@@ -310,16 +356,27 @@ def cancel_loadtest(run_id: str, *, app: Celery | None = None) -> bool:
         return False
     settings = get_settings()
     with publishing(app):  # parts are not revoked: each returns what it measured, for the merge
-        return request_cancel(get_redis(), app, run_id, (),
-                              int(loadtest_budget(settings).time_limits(None)[1]) + 60)
+        return request_cancel(
+            get_redis(), app, run_id, (), int(loadtest_budget(settings).time_limits(None)[1]) + 60
+        )
 
 
-def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None,
-                    requests: int | None = None, rate: float | None = None, workers: int = 1,
-                    method: str = "GET", headers: Any = None, body: str | bytes | None = None,
-                    timeout: float | None = None, ramp: float | None = None,
-                    start_within: float | None = None,
-                    app: Celery | None = None) -> LoadtestHandle:
+def submit_loadtest(
+    url: str,
+    *,
+    concurrency: int,
+    duration: float | None = None,
+    requests: int | None = None,
+    rate: float | None = None,
+    workers: int = 1,
+    method: str = "GET",
+    headers: Any = None,
+    body: str | bytes | None = None,
+    timeout: float | None = None,
+    ramp: float | None = None,
+    start_within: float | None = None,
+    app: Celery | None = None,
+) -> LoadtestHandle:
     """Load ``url`` from ``workers`` io processes at once: ``concurrency``, ``requests`` and
     ``rate`` are totals, split between them; ``duration`` in seconds. Closed loop without
     ``rate``, open loop (latency from the intended send time) with it.
@@ -338,17 +395,35 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
     method = str(method).upper()
     pairs = _header_pairs(headers)
     text = _body_text(body)
-    check_loadtest(settings, concurrency=concurrency, duration=duration, requests=requests,
-                   rate=rate, workers=workers, method=method, headers=pairs, body=text,
-                   timeout=timeout, ramp=ramp)
+    check_loadtest(
+        settings,
+        concurrency=concurrency,
+        duration=duration,
+        requests=requests,
+        rate=rate,
+        workers=workers,
+        method=method,
+        headers=pairs,
+        body=text,
+        timeout=timeout,
+        ramp=ramp,
+    )
     target = str(normalise_url(url))
     _check_scope(settings, target)
     run_id = uuid.uuid4().hex
-    request = {"url": redact_url(target), "method": method, "concurrency": concurrency,
-               "duration": duration, "requests": requests, "rate": rate, "workers": workers,
-               "headers": redact_headers(pairs or ()),
-               "body_bytes": None if text is None else len(text.encode()),
-               "timeout": timeout, "ramp": ramp}
+    request = {
+        "url": redact_url(target),
+        "method": method,
+        "concurrency": concurrency,
+        "duration": duration,
+        "requests": requests,
+        "rate": rate,
+        "workers": workers,
+        "headers": redact_headers(pairs or ()),
+        "body_bytes": None if text is None else len(text.encode()),
+        "timeout": timeout,
+        "ramp": ramp,
+    }
     soft, hard = loadtest_budget(settings).time_limits(duration)
     if start_within is None:
         start_within = settings.loadtest.barrier_timeout
@@ -359,28 +434,52 @@ def submit_loadtest(url: str, *, concurrency: int, duration: float | None = None
     counts = split(requests, workers) if requests is not None else [None] * workers
     header = []
     for part in range(workers):
-        spec = {"url": target, "method": method, "concurrency": shares[part],
-                "duration": duration, "requests": counts[part],
-                "rate": None if rate is None else rate / workers,
-                "headers": pairs, "body": text, "timeout": timeout, "ramp": ramp}
+        spec = {
+            "url": target,
+            "method": method,
+            "concurrency": shares[part],
+            "duration": duration,
+            "requests": counts[part],
+            "rate": None if rate is None else rate / workers,
+            "headers": pairs,
+            "body": text,
+            "timeout": timeout,
+            "ramp": ramp,
+        }
         # what Flower and `celery inspect` show of the arguments: the secrets masked
         shown = {**spec, "headers": request["headers"], "body": request["body_bytes"]}
-        header.append(app.signature("lewis.http.loadtest_part",
-                                    args=(run_id, part, workers, spec), task_id=uuid.uuid4().hex,
-                                    soft_time_limit=soft, time_limit=hard, expires=expires,
-                                    argsrepr=repr((run_id, part, workers, shown))))
-    callback = app.signature("lewis.http.loadtest_merge",
-                             kwargs={"run_id": run_id, "request": request})
-    callback.link_error(app.signature("lewis.http.abort",
-                                      kwargs={"kind": "loadtest", "run_id": run_id}))
+        header.append(
+            app.signature(
+                "lewis.http.loadtest_part",
+                args=(run_id, part, workers, spec),
+                task_id=uuid.uuid4().hex,
+                soft_time_limit=soft,
+                time_limit=hard,
+                expires=expires,
+                argsrepr=repr((run_id, part, workers, shown)),
+            )
+        )
+    callback = app.signature(
+        "lewis.http.loadtest_merge", kwargs={"run_id": run_id, "request": request}
+    )
+    callback.link_error(
+        app.signature("lewis.http.abort", kwargs={"kind": "loadtest", "run_id": run_id})
+    )
     with publishing(app):
         _reach_broker(app)
         from ..infra.redis_client import get_redis
 
         get_redis().set(LOADTEST_KEY.format(run=run_id), workers, ex=int(hard) + 60)
         result = chord(header, app=app)(callback)
-    return LoadtestHandle(run_id, result.id, [s.id for s in header], app, workers=workers,
-                          request=request, worst_case=loadtest_worst_case(settings, duration))
+    return LoadtestHandle(
+        run_id,
+        result.id,
+        [s.id for s in header],
+        app,
+        workers=workers,
+        request=request,
+        worst_case=loadtest_worst_case(settings, duration),
+    )
 
 
 def _header_pairs(headers: Any) -> list[list[str]] | None:
@@ -416,8 +515,12 @@ def _wire(index: int, item: Any) -> Any:
     if isinstance(item, str):
         return item
     if isinstance(item, HttpRequest):
-        item = {"url": item.url, "method": item.method, "headers": dict(item.headers),
-                "body": item.body}
+        item = {
+            "url": item.url,
+            "method": item.method,
+            "headers": dict(item.headers),
+            "body": item.body,
+        }
     if isinstance(item, Mapping):
         wired = dict(item)
         body = wired.get("body")
@@ -431,8 +534,9 @@ def _wire(index: int, item: Any) -> Any:
         try:
             json.dumps(wired)
         except (TypeError, ValueError):
-            raise InvalidInput(f"request {index} is not plain data (URL, method, headers, "
-                               "body as text)") from None
+            raise InvalidInput(
+                f"request {index} is not plain data (URL, method, headers, body as text)"
+            ) from None
         return wired
     return str(item)
 
@@ -451,6 +555,13 @@ def _check_scope(settings: Settings, url: str) -> None:
             scope.check_address(addr, via="localhost")
 
 
-__all__ = ["submit_http_batch", "submit_loadtest", "HttpBatchHandle", "LoadtestHandle",
-           "batch_worst_case", "loadtest_worst_case", "cancel_http_batch",
-           "cancel_loadtest"]
+__all__ = [
+    "submit_http_batch",
+    "submit_loadtest",
+    "HttpBatchHandle",
+    "LoadtestHandle",
+    "batch_worst_case",
+    "loadtest_worst_case",
+    "cancel_http_batch",
+    "cancel_loadtest",
+]

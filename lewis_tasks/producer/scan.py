@@ -150,16 +150,26 @@ def cancel_scan(scan_id: str, *, app: Celery | None = None) -> bool:
         cancelled = scans.cancel_scan(session, scan_id)
     if cancelled:
         with publishing(app):
-            request_cancel(get_redis(), app, scan_id,
-                           [chunk_task_id(scan_id, i) for i in range(total)],
-                           get_settings().broker.result_expires)
+            request_cancel(
+                get_redis(),
+                app,
+                scan_id,
+                [chunk_task_id(scan_id, i) for i in range(total)],
+                get_settings().broker.result_expires,
+            )
     return cancelled
 
 
-def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
-                rate: float | None = None, *, services: bool = True,
-                exclude: Iterable[str] = (), app: Celery | None = None,
-                before_send: Callable[[], None] | None = None) -> ScanHandle:
+def submit_scan(
+    targets: str | Iterable[str],
+    ports: str = DEFAULT_PORTS,
+    rate: float | None = None,
+    *,
+    services: bool = True,
+    exclude: Iterable[str] = (),
+    app: Celery | None = None,
+    before_send: Callable[[], None] | None = None,
+) -> ScanHandle:
     """Scan ``targets`` (addresses, CIDRs, hostnames) on ``ports`` (an nmap-style spec).
 
     ``rate`` caps connects per second per host across every worker (default
@@ -179,10 +189,12 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
         hosts = _without(hosts, excluded)
     from ..infra.planning import chunk_ports_for
 
-    size = chunk_ports_for(settings, rate, hosts=len(hosts), ports=len(set(port_list)),
-                           slots_online=_io_slots_online())
-    chunks = plan_chunks(hosts, port_list, chunk_ports=size,
-                         max_ports_total=settings.scan.max_ports_total)
+    size = chunk_ports_for(
+        settings, rate, hosts=len(hosts), ports=len(set(port_list)), slots_online=_io_slots_online()
+    )
+    chunks = plan_chunks(
+        hosts, port_list, chunk_ports=size, max_ports_total=settings.scan.max_ports_total
+    )
     app = _app(app)
     _require_broker(app)
     # a dead broker is found before the scan row is written: no row says "failed: not enqueued"
@@ -190,9 +202,15 @@ def submit_scan(targets: str | Iterable[str], ports: str = DEFAULT_PORTS,
     if before_send is not None:  # the caller's last word (say, no io worker online): no row yet
         before_send()
     scan_id = uuid.uuid4().hex
-    request = {"targets": tokens, "ports": ports, "rate": rate, "services": services,
-               **({"exclude": excluded} if excluded else {}),
-               "hosts": [h.to_dict() for h in hosts], "target_rows": _target_rows(parsed)}
+    request = {
+        "targets": tokens,
+        "ports": ports,
+        "rate": rate,
+        "services": services,
+        **({"exclude": excluded} if excluded else {}),
+        "hosts": [h.to_dict() for h in hosts],
+        "target_rows": _target_rows(parsed),
+    }
     _record(scan_id, request, chunks, settings)
     try:
         merge_id = _send(app, scan_id, chunks, {"rate": rate, "services": services})
@@ -227,9 +245,12 @@ def _without(hosts: Sequence[ScanHost], exclude: Sequence[str]) -> list[ScanHost
             networks.append(ipaddress.ip_network(token, strict=False))
         except ValueError:
             names.add(token.lower().rstrip("."))
-    kept = [h for h in hosts
-            if (h.hostname or "").lower().rstrip(".") not in names
-            and not any(ipaddress.ip_address(h.address) in n for n in networks)]
+    kept = [
+        h
+        for h in hosts
+        if (h.hostname or "").lower().rstrip(".") not in names
+        and not any(ipaddress.ip_address(h.address) in n for n in networks)
+    ]
     if not kept:
         raise InvalidInput(f"every target is excluded (--exclude {' '.join(exclude)})")
     return kept
@@ -255,19 +276,26 @@ def _target_rows(targets: Sequence[Target]) -> list[dict[str, str]]:
     return rows
 
 
-def _record(scan_id: str, request: dict[str, Any], chunks: Sequence[ScanChunk],
-            settings: Settings) -> None:
+def _record(
+    scan_id: str, request: dict[str, Any], chunks: Sequence[ScanChunk], settings: Settings
+) -> None:
     from ..storage import scans, targets
     from ..storage.db import get_engine, session_scope
 
     with session_scope(get_engine()) as session:
         _check_running(session, settings)
-        scans.upsert_scan(session, scan_id, request=request, chunks_total=len(chunks),
-                          ports_total=sum(c.port_count for c in chunks),
-                          chunks=[{"chunk_index": i, "host": c.address,
-                                   "ports": c.ports.split(",")} for i, c in enumerate(chunks)])
-        targets.upsert_targets(session, [(r["value"], r["kind"])
-                                         for r in request["target_rows"]])
+        scans.upsert_scan(
+            session,
+            scan_id,
+            request=request,
+            chunks_total=len(chunks),
+            ports_total=sum(c.port_count for c in chunks),
+            chunks=[
+                {"chunk_index": i, "host": c.address, "ports": c.ports.split(",")}
+                for i, c in enumerate(chunks)
+            ],
+        )
+        targets.upsert_targets(session, [(r["value"], r["kind"]) for r in request["target_rows"]])
 
 
 def _check_running(session: Any, settings: Settings) -> None:
@@ -277,19 +305,24 @@ def _check_running(session: Any, settings: Settings) -> None:
     # A scan older than the result lifetime can never complete (its chord's results are gone):
     # it no longer holds a slot.
     horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.broker.result_expires)
-    running = [s for s in scans.list_scans(session, status="running", limit=cap + 50)
-               if s.created_at >= horizon]
+    running = [
+        s
+        for s in scans.list_scans(session, status="running", limit=cap + 50)
+        if s.created_at >= horizon
+    ]
     if len(running) >= cap:
-        raise InvalidInput(f"{len(running)} scans are running, the cap is {cap} "
-                           "(performance.max_concurrent_scans); wait for one to finish")
+        raise InvalidInput(
+            f"{len(running)} scans are running, the cap is {cap} "
+            "(performance.max_concurrent_scans); wait for one to finish"
+        )
 
 
-def _send(app: Celery, scan_id: str, chunks: Sequence[ScanChunk],
-          options: dict[str, Any]) -> str:
+def _send(app: Celery, scan_id: str, chunks: Sequence[ScanChunk], options: dict[str, Any]) -> str:
     def part(index: int, c: ScanChunk, merge: bool = False) -> Any:
         opts = {**options, "merge": True} if merge else options
-        sig = app.signature("lewis.scan.chunk", args=(scan_id, index, c.to_dict(), opts),
-                            immutable=True)
+        sig = app.signature(
+            "lewis.scan.chunk", args=(scan_id, index, c.to_dict(), opts), immutable=True
+        )
         return sig.set(task_id=chunk_task_id(scan_id, index))
 
     errback = app.signature("lewis.scan.fail", kwargs={"scan_id": scan_id})
@@ -341,5 +374,12 @@ def _mark_failed(scan_id: str, error: str) -> None:
         scans.set_scan_status(session, scan_id, "failed", error=error[:2000])
 
 
-__all__ = ["ScanHandle", "ScanReport", "submit_scan", "scan_handle", "cancel_scan", "load_scan_report",
-           "DEFAULT_PORTS"]
+__all__ = [
+    "ScanHandle",
+    "ScanReport",
+    "submit_scan",
+    "scan_handle",
+    "cancel_scan",
+    "load_scan_report",
+    "DEFAULT_PORTS",
+]

@@ -55,9 +55,11 @@ def _ports_scanned(report: Mapping[str, Any]) -> str:
 def _service_attrs(port: Mapping[str, Any]) -> dict[str, str]:
     name = str(port.get("service") or "unknown")
     guessed = name.endswith("?") or name == "unknown"
-    attrs = {"name": name.rstrip("?") or "unknown",
-             "method": "table" if guessed else "probed",
-             "conf": _GUESS_CONF if guessed else _PROBED_CONF}
+    attrs = {
+        "name": name.rstrip("?") or "unknown",
+        "method": "table" if guessed else "probed",
+        "conf": _GUESS_CONF if guessed else _PROBED_CONF,
+    }
     for key in ("product", "version"):
         if port.get(key):
             attrs[key] = str(port[key])
@@ -90,8 +92,9 @@ def _findings_by_port(report: Mapping[str, Any]) -> dict[tuple[str, int], Mappin
     return {(str(f["host"]), int(f["port"])): f for f in report.get("findings") or ()}
 
 
-def _open_ports(host: Mapping[str, Any],
-                findings: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _open_ports(
+    host: Mapping[str, Any], findings: Mapping[tuple[str, int], Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     """The host's open ports, each with the distribution revision its finding kept."""
     out = []
     for port in host.get("open_ports") or ():
@@ -105,18 +108,28 @@ def to_nmap_xml(report: Mapping[str, Any], args: Sequence[str] = ()) -> str:
     start = _epoch(report.get("created_at"))
     end = _epoch(report.get("finished_at")) if report.get("finished_at") else start
     ports = _ports_scanned(report)
-    root = ET.Element("nmaprun", {
-        "scanner": "nmap", "args": " ".join(["lewis", "scan", *args]).strip(),
-        "start": str(start), "startstr": _timestr(start), "version": _version(),
-        "xmloutputversion": XML_OUTPUT_VERSION})
+    root = ET.Element(
+        "nmaprun",
+        {
+            "scanner": "nmap",
+            "args": " ".join(["lewis", "scan", *args]).strip(),
+            "start": str(start),
+            "startstr": _timestr(start),
+            "version": _version(),
+            "xmloutputversion": XML_OUTPUT_VERSION,
+        },
+    )
     from ..domain.targets import parse_ports
 
     try:
         count = len(parse_ports(ports)) if ports else 0
     except Exception:  # a stored spec this version no longer reads: say what it was
         count = 0
-    ET.SubElement(root, "scaninfo", {"type": "connect", "protocol": "tcp",
-                                     "numservices": str(count), "services": ports})
+    ET.SubElement(
+        root,
+        "scaninfo",
+        {"type": "connect", "protocol": "tcp", "numservices": str(count), "services": ports},
+    )
     ET.SubElement(root, "verbose", {"level": "0"})
     ET.SubElement(root, "debugging", {"level": "0"})
     findings = _findings_by_port(report)
@@ -125,28 +138,39 @@ def to_nmap_xml(report: Mapping[str, Any], args: Sequence[str] = ()) -> str:
         _host_element(root, host, findings, start, end)
     runstats = ET.SubElement(root, "runstats")
     status = str(report.get("status") or "")
-    ET.SubElement(runstats, "finished", {
-        "time": str(end), "timestr": _timestr(end), "elapsed": f"{max(0, end - start):.2f}",
-        "summary": f"LEWIS scan {report.get('scan_id')} {status}: {len(hosts)} "
-                   f"IP address{'es' * (len(hosts) != 1)} scanned",
-        "exit": "success" if status == "done" else "error",
-        **({"errormsg": str(report["error"])} if report.get("error") else {})})
-    ET.SubElement(runstats, "hosts", {"up": str(len(hosts)), "down": "0",
-                                      "total": str(len(hosts))})
+    ET.SubElement(
+        runstats,
+        "finished",
+        {
+            "time": str(end),
+            "timestr": _timestr(end),
+            "elapsed": f"{max(0, end - start):.2f}",
+            "summary": f"LEWIS scan {report.get('scan_id')} {status}: {len(hosts)} "
+            f"IP address{'es' * (len(hosts) != 1)} scanned",
+            "exit": "success" if status == "done" else "error",
+            **({"errormsg": str(report["error"])} if report.get("error") else {}),
+        },
+    )
+    ET.SubElement(runstats, "hosts", {"up": str(len(hosts)), "down": "0", "total": str(len(hosts))})
     ET.indent(root)
     body = ET.tostring(root, encoding="unicode")
-    return ('<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE nmaprun>\n' + body + "\n")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE nmaprun>\n' + body + "\n"
 
 
-def _host_element(root: ET.Element, host: Mapping[str, Any],
-                  findings: Mapping[tuple[str, int], Mapping[str, Any]], start: int,
-                  end: int) -> None:
+def _host_element(
+    root: ET.Element,
+    host: Mapping[str, Any],
+    findings: Mapping[tuple[str, int], Mapping[str, Any]],
+    start: int,
+    end: int,
+) -> None:
     address = str(host["address"])
     node = ET.SubElement(root, "host", {"starttime": str(start), "endtime": str(end)})
     # connect() answered on some port or was refused: the host is up (a "user-set" target)
     ET.SubElement(node, "status", {"state": "up", "reason": "user-set", "reason_ttl": "0"})
-    ET.SubElement(node, "address", {"addr": address,
-                                    "addrtype": "ipv6" if ":" in address else "ipv4"})
+    ET.SubElement(
+        node, "address", {"addr": address, "addrtype": "ipv6" if ":" in address else "ipv4"}
+    )
     names = ET.SubElement(node, "hostnames")
     if host.get("hostname"):
         ET.SubElement(names, "hostname", {"name": str(host["hostname"]), "type": "user"})
@@ -160,15 +184,15 @@ def _host_element(root: ET.Element, host: Mapping[str, Any],
         number = int(port["port"])
         finding = findings.get((address, number))
         element = ET.SubElement(ports, "port", {"protocol": "tcp", "portid": str(number)})
-        ET.SubElement(element, "state", {"state": "open", "reason": "syn-ack",
-                                         "reason_ttl": "0"})
+        ET.SubElement(element, "state", {"state": "open", "reason": "syn-ack", "reason_ttl": "0"})
         service = ET.SubElement(element, "service", _service_attrs(port))
         cpe = _cpe(port)
         if cpe:
             ET.SubElement(service, "cpe").text = cpe
         if finding is not None:
-            ET.SubElement(element, "script", {"id": "lewis-findings",
-                                              "output": _finding_text(finding)})
+            ET.SubElement(
+                element, "script", {"id": "lewis-findings", "output": _finding_text(finding)}
+            )
 
 
 def to_grepable(report: Mapping[str, Any], args: Sequence[str] = ()) -> str:
@@ -190,9 +214,11 @@ def to_grepable(report: Mapping[str, Any], args: Sequence[str] = ()) -> str:
             state, count = max(ignored, key=lambda item: item[1])
             line += f"\tIgnored State: {state} ({count})"
         lines.append(line)
-    lines.append(f"# LEWIS done at {_timestr(end)} -- {len(hosts)} IP address"
-                 f"{'es' * (len(hosts) != 1)} ({len(hosts)} host{'s' * (len(hosts) != 1)} up) "
-                 f"scanned in {max(0, end - start):.2f} seconds")
+    lines.append(
+        f"# LEWIS done at {_timestr(end)} -- {len(hosts)} IP address"
+        f"{'es' * (len(hosts) != 1)} ({len(hosts)} host{'s' * (len(hosts) != 1)} up) "
+        f"scanned in {max(0, end - start):.2f} seconds"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -200,8 +226,9 @@ def _grepable_port(port: Mapping[str, Any]) -> str:
     def clean(text: object) -> str:  # nmap's own escaping: "/" would end the field
         return str(text or "").replace("/", "|").replace(",", " ")
 
-    what = " ".join(str(p) for p in (port.get("product"), port.get("version"),
-                                     port.get("revision")) if p)
+    what = " ".join(
+        str(p) for p in (port.get("product"), port.get("version"), port.get("revision")) if p
+    )
     return f"{port['port']}/open/tcp//{clean(port.get('service') or 'unknown')}//{clean(what)}/"
 
 

@@ -41,9 +41,11 @@ def read_progress(scan_id: str) -> ScanProgress:
         if index in pending:
             d, _, o = value.partition(",")
             done, opened = done + int(d or 0), opened + int(o or 0)
-    return dataclasses.replace(progress,
-                               ports_done=min(progress.ports_total, progress.ports_done + done),
-                               open_count=progress.open_count + opened)
+    return dataclasses.replace(
+        progress,
+        ports_done=min(progress.ports_total, progress.ports_done + done),
+        open_count=progress.open_count + opened,
+    )
 
 
 def _live(scan_id: str) -> dict[int, str]:
@@ -79,8 +81,10 @@ def resolve_scan_id(text: str) -> str:
         return found[0]
     if not found:
         raise InvalidInput(f"scan {text!r}: no such scan (`lewis scans list` shows them)")
-    raise InvalidInput(f"scan {text!r}: the prefix is ambiguous, it starts "
-                       f"{', '.join(found[:3])}{' …' if len(found) > 3 else ''}")
+    raise InvalidInput(
+        f"scan {text!r}: the prefix is ambiguous, it starts "
+        f"{', '.join(found[:3])}{' …' if len(found) > 3 else ''}"
+    )
 
 
 def load_scan_report(scan_id: str) -> ScanReport | None:
@@ -100,10 +104,18 @@ def load_scan_report(scan_id: str) -> ScanReport | None:
     planned = [(h["address"], h.get("hostname")) for h in request.get("hosts") or ()]
     body = build_report(chunks, ports, findings, planned)
     assert progress is not None
-    return ScanReport(scan.id, scan.status, request, _iso(scan.created_at),
-                      _iso(scan.finished_at), progress, body.hosts,
-                      tuple(finding_entry(f) for f in body.findings), dict(scan.summary or {}),
-                      scan.error)
+    return ScanReport(
+        scan.id,
+        scan.status,
+        request,
+        _iso(scan.created_at),
+        _iso(scan.finished_at),
+        progress,
+        body.hosts,
+        tuple(finding_entry(f) for f in body.findings),
+        dict(scan.summary or {}),
+        scan.error,
+    )
 
 
 def _iso(value: Any) -> str | None:

@@ -44,8 +44,9 @@ class StackFigure:
         return asdict(self)
 
 
-def measure_scan(app: Celery, *, ports: str = "1-20000", target: str = "127.0.0.1",
-                 max_seconds: float) -> StackFigure:
+def measure_scan(
+    app: Celery, *, ports: str = "1-20000", target: str = "127.0.0.1", max_seconds: float
+) -> StackFigure:
     """Connect-scan ``ports`` of ``target`` (no service probes); ports/s from submit to report."""
     from .scan import submit_scan
 
@@ -54,28 +55,57 @@ def measure_scan(app: Celery, *, ports: str = "1-20000", target: str = "127.0.0.
     report = handle.wait(timeout=max_seconds, interval=0.05)
     seconds = time.monotonic() - began
     progress = report.progress
-    return StackFigure("scan", "io", progress.ports_total / seconds, seconds, {
-        "ports": progress.ports_total, "chunks": progress.chunks_total,
-        "open": progress.open_count, "target": target, "scan_id": handle.id})
+    return StackFigure(
+        "scan",
+        "io",
+        progress.ports_total / seconds,
+        seconds,
+        {
+            "ports": progress.ports_total,
+            "chunks": progress.chunks_total,
+            "open": progress.open_count,
+            "target": target,
+            "scan_id": handle.id,
+        },
+    )
 
 
-def measure_http(app: Celery, *, url: str | None = None, concurrency: int = 100,
-                 duration: float = 5.0, workers: int = 1, max_seconds: float) -> StackFigure:
+def measure_http(
+    app: Celery,
+    *,
+    url: str | None = None,
+    concurrency: int = 100,
+    duration: float = 5.0,
+    workers: int = 1,
+    max_seconds: float,
+) -> StackFigure:
     """A closed-loop load test of ``url`` (default: a local 512-byte server) for ``duration`` s."""
     from .http import submit_loadtest
 
     if duration > max_seconds:
         raise InvalidInput(f"duration={duration} is over the bound max_seconds={max_seconds}")
     with _target(url) as target:
-        handle = submit_loadtest(target, concurrency=concurrency, duration=duration,
-                                 workers=workers, app=app)
+        handle = submit_loadtest(
+            target, concurrency=concurrency, duration=duration, workers=workers, app=app
+        )
         result = handle.wait(timeout=max_seconds + 30)
     latency = result.get("latency_ms") or {}
-    return StackFigure("http", "io", float(result["rps"]), float(result["duration_s"]), {
-        "p50_ms": latency.get("p50_ms"), "p99_ms": latency.get("p99_ms"),
-        "requests": result["requests"], "errors": sum((result.get("errors") or {}).values()),
-        "concurrency": concurrency, "workers": workers,
-        "target": url or "built-in aiohttp server in the producer", "loadtest_id": handle.id})
+    return StackFigure(
+        "http",
+        "io",
+        float(result["rps"]),
+        float(result["duration_s"]),
+        {
+            "p50_ms": latency.get("p50_ms"),
+            "p99_ms": latency.get("p99_ms"),
+            "requests": result["requests"],
+            "errors": sum((result.get("errors") or {}).values()),
+            "concurrency": concurrency,
+            "workers": workers,
+            "target": url or "built-in aiohttp server in the producer",
+            "loadtest_id": handle.id,
+        },
+    )
 
 
 @contextlib.contextmanager

@@ -42,9 +42,16 @@ _UNIT_ORDER = ("tasks/s", "ports/s", "requests/s", "calls/s")
 _RUN_UNIQUE = ("scan_id", "run_id")  # options that differ in every run and compare nothing
 # the latest-figures table: these, with readable names; the rest go to "other figures"
 _KEY_FIGURES = (("p50_ms", "p50 (ms)"), ("p99_ms", "p99 (ms)"), ("failures", "failures"))
-_READABLE = {"mean_ms": "mean (ms)", "max_ms": "max (ms)", "min_ms": "min (ms)",
-             "stdev_ms": "stdev (ms)", "success_rate": "success rate", "seconds": "duration (s)",
-             "enqueue_tasks_per_sec": "enqueue (tasks/s)", "stopped_early": "stopped early"}
+_READABLE = {
+    "mean_ms": "mean (ms)",
+    "max_ms": "max (ms)",
+    "min_ms": "min (ms)",
+    "stdev_ms": "stdev (ms)",
+    "success_rate": "success rate",
+    "seconds": "duration (s)",
+    "enqueue_tasks_per_sec": "enqueue (tasks/s)",
+    "stopped_early": "stopped early",
+}
 # a change within this is noise unless the series' comparable runs measured their own spread
 # (BENCHMARKS.md: on these shared 2-core machines, differences under ~15 % are noise)
 DEFAULT_NOISE = 0.15
@@ -67,7 +74,11 @@ class Run:
     def params(self) -> dict[str, Any]:
         """The run's own options (iterations, tasks, samples, …): what makes two runs comparable."""
         run = self.settings.get("run")
-        return {k: v for k, v in run.items() if k not in _RUN_UNIQUE} if isinstance(run, Mapping) else {}
+        return (
+            {k: v for k, v in run.items() if k not in _RUN_UNIQUE}
+            if isinstance(run, Mapping)
+            else {}
+        )
 
     @property
     def comparable_key(self) -> str:
@@ -100,12 +111,16 @@ class Run:
         metrics = data.get("metrics")
         if not isinstance(metrics, Mapping):
             raise InvalidInput(f"run {index}: 'metrics' must be a mapping of name → number")
-        return cls(created_at=_when(index, data.get("created_at")),
-                   suite=str(data.get("suite") or ""), name=str(data.get("name") or "unnamed"),
-                   queue=str(data["queue"]) if data.get("queue") else None,
-                   metrics=dict(metrics), machine=dict(data.get("machine") or {}),
-                   versions=dict(data.get("versions") or {}),
-                   settings=dict(data.get("settings") or {}))
+        return cls(
+            created_at=_when(index, data.get("created_at")),
+            suite=str(data.get("suite") or ""),
+            name=str(data.get("name") or "unnamed"),
+            queue=str(data["queue"]) if data.get("queue") else None,
+            metrics=dict(metrics),
+            machine=dict(data.get("machine") or {}),
+            versions=dict(data.get("versions") or {}),
+            settings=dict(data.get("settings") or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -118,9 +133,13 @@ class ReportFiles:
     series: int
 
 
-def render_report(runs: Iterable[Mapping[str, Any]], html_path: str | os.PathLike[str],
-                  png_path: str | os.PathLike[str], *,
-                  title: str = "LEWIS tasks — benchmarks") -> ReportFiles:
+def render_report(
+    runs: Iterable[Mapping[str, Any]],
+    html_path: str | os.PathLike[str],
+    png_path: str | os.PathLike[str],
+    *,
+    title: str = "LEWIS tasks — benchmarks",
+) -> ReportFiles:
     """Write the HTML report and the PNG chart for ``runs`` (any order; none gives an empty report)."""
     parsed = sorted((Run.of(i, r) for i, r in enumerate(runs)), key=lambda r: r.created_at)
     by_series: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
@@ -132,15 +151,25 @@ def render_report(runs: Iterable[Mapping[str, Any]], html_path: str | os.PathLik
     png = render_png(by_series)
     _write(Path(png_path), png)
     page = Template(resources.files(__package__).joinpath("bench_report.html").read_text("utf-8"))
-    chart = (f'<img class="chart" alt="throughput and latency over runs, per queue" '
-             f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
-    span = (f"{parsed[0].created_at:%Y-%m-%d %H:%M} → {parsed[-1].created_at:%Y-%m-%d %H:%M} UTC"
-            if parsed else "no runs stored yet")
+    chart = (
+        f'<img class="chart" alt="throughput and latency over runs, per queue" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    )
+    span = (
+        f"{parsed[0].created_at:%Y-%m-%d %H:%M} → {parsed[-1].created_at:%Y-%m-%d %H:%M} UTC"
+        if parsed
+        else "no runs stored yet"
+    )
     text = page.substitute(
         title=html.escape(title),
-        summary=html.escape(f"{len(parsed)} runs in {len(by_series)} series, {span}; "
-                            f"generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"),
-        charts=chart, latest=_latest_table(by_series), machines=_machines_table(by_series))
+        summary=html.escape(
+            f"{len(parsed)} runs in {len(by_series)} series, {span}; "
+            f"generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        ),
+        charts=chart,
+        latest=_latest_table(by_series),
+        machines=_machines_table(by_series),
+    )
     _write(Path(html_path), text.encode("utf-8"))
     return ReportFiles(str(html_path), str(png_path), len(parsed), len(by_series))
 
@@ -161,12 +190,18 @@ def render_png(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> bytes
             points = _points(runs, times, metric)
             if points:
                 rate_axes[runs[-1].rate_unit(metric)].plot(  # the panel names the unit
-                    *zip(*points, strict=True), marker="o", color=colour, label=runs[0].label)
+                    *zip(*points, strict=True), marker="o", color=colour, label=runs[0].label
+                )
         for metric, style, short in _LATENCY:
             points = _points(runs, times, metric)
             if points:
-                lat.plot(*zip(*points, strict=True), style, marker="o", color=colour,
-                         label=f"{runs[0].label} {short}")
+                lat.plot(
+                    *zip(*points, strict=True),
+                    style,
+                    marker="o",
+                    color=colour,
+                    label=f"{runs[0].label} {short}",
+                )
     panels = [(ax, unit, f"Throughput, {unit}") for unit, ax in rate_axes.items()]
     panels.append((lat, "milliseconds", "Latency (p50 solid, p99 dashed)"))
     for ax, ylabel, title in panels:
@@ -177,8 +212,16 @@ def render_png(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> bytes
             _scale(ax)
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         else:
-            ax.text(0.5, 0.5, "no data yet", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=14, color="#888")
+            ax.text(
+                0.5,
+                0.5,
+                "no data yet",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=14,
+                color="#888",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
     if any(ax.lines for ax in axes):
@@ -193,15 +236,22 @@ def render_png(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> bytes
 
 def _rate_units(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> list[str]:
     """The rate units the runs have, known ones first; "tasks/s" alone when there are none."""
-    found = {runs[-1].rate_unit(m) for runs in by_series.values()
-             for r in runs for m in r.metrics if m.endswith("_per_s")}
-    return ([u for u in _UNIT_ORDER if u in found] + sorted(found - set(_UNIT_ORDER))
-            or ["tasks/s"])
+    found = {
+        runs[-1].rate_unit(m)
+        for runs in by_series.values()
+        for r in runs
+        for m in r.metrics
+        if m.endswith("_per_s")
+    }
+    return [u for u in _UNIT_ORDER if u in found] + sorted(found - set(_UNIT_ORDER)) or ["tasks/s"]
 
 
 def _points(runs: Sequence[Run], times: Sequence[datetime], metric: str) -> list[tuple[Any, float]]:
-    return [(t, float(r.metrics[metric])) for t, r in zip(times, runs, strict=True)
-            if _is_number(r.metrics.get(metric))]
+    return [
+        (t, float(r.metrics[metric]))
+        for t, r in zip(times, runs, strict=True)
+        if _is_number(r.metrics.get(metric))
+    ]
 
 
 def _scale(ax: Any) -> None:
@@ -209,7 +259,9 @@ def _scale(ax: Any) -> None:
     if ys and max(ys) / min(ys) > _LOG_SPAN:
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+        ax.yaxis.set_major_formatter(
+            FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+        )
         ax.yaxis.set_minor_formatter(NullFormatter())
     else:
         ax.set_ylim(bottom=0)
@@ -220,18 +272,35 @@ def _latest_table(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> st
     name, the change since the last comparable run, its parameters, and the other figures."""
     if not by_series:
         return '<div class="empty">No benchmark runs stored yet: run <code>lewis bench run</code>.</div>'
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in
-                   ["queue", "suite", "benchmark", "run at (UTC)", "runs", "rate", "unit",
-                    *(name for _, name in _KEY_FIGURES), "Δ rate vs last comparable run",
-                    "parameters", "other figures"])
+    head = "".join(
+        f"<th>{html.escape(c)}</th>"
+        for c in [
+            "queue",
+            "suite",
+            "benchmark",
+            "run at (UTC)",
+            "runs",
+            "rate",
+            "unit",
+            *(name for _, name in _KEY_FIGURES),
+            "Δ rate vs last comparable run",
+            "parameters",
+            "other figures",
+        ]
+    )
     rows = []
     for key in sorted(by_series):
         runs = by_series[key]
         last = runs[-1]
-        cells = [_td(last.queue or "—"), _td(last.suite or "—"), _td(last.name),
-                 _td(f"{last.created_at:%Y-%m-%d %H:%M:%S}"), _td(str(len(runs)), num=True),
-                 _td(_fmt(last.metrics.get("throughput_per_s")), num=True),
-                 _td(last.rate_unit("throughput_per_s"))]
+        cells = [
+            _td(last.queue or "—"),
+            _td(last.suite or "—"),
+            _td(last.name),
+            _td(f"{last.created_at:%Y-%m-%d %H:%M:%S}"),
+            _td(str(len(runs)), num=True),
+            _td(_fmt(last.metrics.get("throughput_per_s")), num=True),
+            _td(last.rate_unit("throughput_per_s")),
+        ]
         cells += [_td(_fmt(last.metrics.get(metric)), num=True) for metric, _ in _KEY_FIGURES]
         cells += [_delta(runs), _td(_params_text(last.params)), _others(last.metrics)]
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -246,13 +315,15 @@ def rate_change(runs: Sequence[Run]) -> tuple[float, float] | None:
     if not runs or not _is_number(now := runs[-1].metrics.get("throughput_per_s")):
         return None
     key = runs[-1].comparable_key
-    before = [float(v) for r in runs[:-1] if r.comparable_key == key
-              and _is_number(v := r.metrics.get("throughput_per_s"))]
+    before = [
+        float(v)
+        for r in runs[:-1]
+        if r.comparable_key == key and _is_number(v := r.metrics.get("throughput_per_s"))
+    ]
     if not before or before[-1] == 0:
         return None
     mean = statistics.fmean(before)
-    noise = (statistics.stdev(before) / mean if len(before) >= 3 and mean > 0
-             else DEFAULT_NOISE)
+    noise = statistics.stdev(before) / mean if len(before) >= 3 and mean > 0 else DEFAULT_NOISE
     return float(now) / before[-1] - 1, noise
 
 
@@ -269,15 +340,24 @@ def _delta(runs: Sequence[Run]) -> str:
 
 
 def _params_text(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(v, sort_keys=True, default=str) if isinstance(v, Mapping | list) else _fmt(v)}"
-                     for k, v in sorted(params.items()) if v is not None) or "—"
+    return (
+        ", ".join(
+            f"{k}={json.dumps(v, sort_keys=True, default=str) if isinstance(v, Mapping | list) else _fmt(v)}"
+            for k, v in sorted(params.items())
+            if v is not None
+        )
+        or "—"
+    )
 
 
 def _others(metrics: Mapping[str, Any]) -> str:
     shown = {"throughput_per_s", *(m for m, _ in _KEY_FIGURES)}
-    parts = [f'{html.escape(_READABLE.get(k, k.replace("_", " ")))}: '
-             f'<span class="v">{html.escape(_fmt(v))}</span>'
-             for k, v in sorted(metrics.items()) if k not in shown]
+    parts = [
+        f"{html.escape(_READABLE.get(k, k.replace('_', ' ')))}: "
+        f'<span class="v">{html.escape(_fmt(v))}</span>'
+        for k, v in sorted(metrics.items())
+        if k not in shown
+    ]
     return f'<td class="other">{" · ".join(parts) or "—"}</td>'
 
 
@@ -285,9 +365,14 @@ def _machines_table(by_series: Mapping[tuple[str, str, str], Sequence[Run]]) -> 
     seen: dict[str, tuple[str, str]] = {}
     for key in sorted(by_series):
         last = by_series[key][-1]
-        machine = ", ".join(f"{k}: {format_bytes(v) if k.endswith('_bytes') and _is_number(v) else _fmt(v)}"
-                            for k, v in sorted(last.machine.items())
-                            if not isinstance(v, Mapping)) or "—"
+        machine = (
+            ", ".join(
+                f"{k}: {format_bytes(v) if k.endswith('_bytes') and _is_number(v) else _fmt(v)}"
+                for k, v in sorted(last.machine.items())
+                if not isinstance(v, Mapping)
+            )
+            or "—"
+        )
         versions = ", ".join(f"{k} {v}" for k, v in sorted(last.versions.items())) or "—"
         seen.setdefault(machine + versions, (machine, versions))
     if not seen:
@@ -306,7 +391,13 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.3g}" if abs(value) < 1 else f"{value:,.1f}"
+        return (
+            f"{value:,.0f}"
+            if abs(value) >= 1000
+            else f"{value:,.3g}"
+            if abs(value) < 1
+            else f"{value:,.1f}"
+        )
     return str(value)
 
 
@@ -326,8 +417,9 @@ def _when(index: int, value: Any) -> datetime:
         else:
             raise ValueError(f"{value!r}")
     except (ValueError, OverflowError, OSError) as exc:
-        raise InvalidInput(f"run {index}: created_at {value!r} is not a time "
-                           "(ISO 8601, epoch seconds or datetime)") from exc
+        raise InvalidInput(
+            f"run {index}: created_at {value!r} is not a time (ISO 8601, epoch seconds or datetime)"
+        ) from exc
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 

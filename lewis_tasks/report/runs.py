@@ -19,14 +19,23 @@ _SHAPING = ("profiling", "workers", "tasks", "performance")
 def benchmark_settings(settings: Settings, **extra: Any) -> dict[str, Any]:
     """The settings that shape benchmark figures (secrets masked), plus the run's own options."""
     shown = settings.redacted()
-    return {**{k: shown[k] for k in _SHAPING},
-            "broker": {k: shown["broker"][k] for k in ("pool_limit", "max_connections")},
-            "run": extra}
+    return {
+        **{k: shown[k] for k in _SHAPING},
+        "broker": {k: shown["broker"][k] for k in ("pool_limit", "max_connections")},
+        "run": extra,
+    }
 
 
-def record_benchmark_run(run_id: str, *, suite: str, name: str, queue: str | None,
-                         metrics: dict[str, Any], settings: Settings | None = None,
-                         **options: Any) -> dict[str, Any]:
+def record_benchmark_run(
+    run_id: str,
+    *,
+    suite: str,
+    name: str,
+    queue: str | None,
+    metrics: dict[str, Any],
+    settings: Settings | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Store one run (an upsert keyed by ``run_id``) with this machine and versions; its dict."""
     from ..storage.db import get_engine, session_scope
     from ..storage.runs import save_benchmark_run
@@ -34,8 +43,15 @@ def record_benchmark_run(run_id: str, *, suite: str, name: str, queue: str | Non
     settings = settings or get_settings()
     machine = machine_info().to_dict()
     versions = machine.pop("packages")
-    row = {"suite": suite, "name": name, "queue": queue, "metrics": metrics, "machine": machine,
-           "versions": versions, "settings": benchmark_settings(settings, **options)}
+    row = {
+        "suite": suite,
+        "name": name,
+        "queue": queue,
+        "metrics": metrics,
+        "machine": machine,
+        "versions": versions,
+        "settings": benchmark_settings(settings, **options),
+    }
     with session_scope(get_engine()) as session:
         stored = save_benchmark_run(session, run_id, **row)
         created = stored.created_at
@@ -51,9 +67,20 @@ def load_benchmark_runs(*, limit: int = 500, suite: str | None = None) -> list[d
     where = {"suite": suite} if suite else {}
     with session_scope(get_engine()) as session:
         rows = list_runs(session, BenchmarkRunRow, limit=limit, **where)
-        runs = [{"id": r.id, "created_at": r.created_at, "suite": r.suite, "name": r.name,
-                 "queue": r.queue, "metrics": r.metrics or {}, "machine": r.machine or {},
-                 "versions": r.versions or {}, "settings": r.settings or {}} for r in rows]
+        runs = [
+            {
+                "id": r.id,
+                "created_at": r.created_at,
+                "suite": r.suite,
+                "name": r.name,
+                "queue": r.queue,
+                "metrics": r.metrics or {},
+                "machine": r.machine or {},
+                "versions": r.versions or {},
+                "settings": r.settings or {},
+            }
+            for r in rows
+        ]
     return runs[::-1]
 
 

@@ -15,11 +15,20 @@ from .rows import delete_older, upsert
 
 def record_transitions(session: Session, transitions: Iterable[Mapping[str, Any]]) -> int:
     """Store transitions (``Transition.to_dict()`` form); returns how many were new."""
-    rows = [{"fingerprint": t["fingerprint"], "at": dt.datetime.fromtimestamp(t["at"], dt.UTC),
-             "to_state": t["to_state"], "from_state": t["from_state"], "rule": t["rule"],
-             "labels": dict(t.get("labels") or {}), "value": _finite(t.get("value")),
-             "severity": t.get("severity") or "low", "summary": t.get("summary") or ""}
-            for t in transitions]
+    rows = [
+        {
+            "fingerprint": t["fingerprint"],
+            "at": dt.datetime.fromtimestamp(t["at"], dt.UTC),
+            "to_state": t["to_state"],
+            "from_state": t["from_state"],
+            "rule": t["rule"],
+            "labels": dict(t.get("labels") or {}),
+            "value": _finite(t.get("value")),
+            "severity": t.get("severity") or "low",
+            "summary": t.get("summary") or "",
+        }
+        for t in transitions
+    ]
     return len(upsert(session, AlertHistoryRow, rows)) if rows else 0
 
 
@@ -30,8 +39,9 @@ def _finite(value: Any) -> float | None:
     return float(value)
 
 
-def alert_history(session: Session, since: dt.datetime,
-                  rule: str | None = None) -> list[AlertHistoryRow]:
+def alert_history(
+    session: Session, since: dt.datetime, rule: str | None = None
+) -> list[AlertHistoryRow]:
     """Transitions at or after ``since``, oldest first (optionally of one rule)."""
     stmt = select(AlertHistoryRow).where(AlertHistoryRow.at >= since)
     if rule is not None:

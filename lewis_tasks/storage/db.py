@@ -54,17 +54,21 @@ ROLE_POOLS: dict[str, tuple[int, int]] = {
 # exception: 08000, 08003, 08006…) is matched by its prefix.
 UNAVAILABLE_STATES = frozenset({"53300", "53400", "57P01", "57P02", "57P03"})
 UNAVAILABLE_CLASSES = ("08",)
-UNAVAILABLE_TEXT = ("too many clients", "too many connections", "remaining connection slots",
-                    "the database system is starting up", "the database system is shutting down",
-                    "server closed the connection unexpectedly",
-                    "terminating connection due to administrator command")
+UNAVAILABLE_TEXT = (
+    "too many clients",
+    "too many connections",
+    "remaining connection slots",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "server closed the connection unexpectedly",
+    "terminating connection due to administrator command",
+)
 # A lost race: serialization failure (40001), deadlock (40P01), lock not available (55P03:
 # lock_timeout, NOWAIT); SQLite's busy and locked (result codes 5 and 6, extended codes keep
 # them in their low byte) once its busy timeout has run out.
 CONFLICT_STATES = frozenset({"40001", "40P01", "55P03"})
 SQLITE_BUSY_CODES = frozenset({5, 6})
 CONFLICT_TEXT = ("database is locked", "database is busy", "database table is locked")
-
 
 
 def _runtime() -> Any:
@@ -78,7 +82,9 @@ def parse_database_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(f"setting database.url: not a database URL: {redact_url(url)!r}") from None
+        raise ConfigError(
+            f"setting database.url: not a database URL: {redact_url(url)!r}"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -152,8 +158,9 @@ def error_kind(exc: BaseException) -> type[StorageError]:
     return StorageError
 
 
-def make_engine(database: DatabaseSettings, *, pooled: bool = True,
-                role: str | None = None) -> Engine:
+def make_engine(
+    database: DatabaseSettings, *, pooled: bool = True, role: str | None = None
+) -> Engine:
     """A new engine for ``database.url`` configured as the module docstring says, its pool
     sized for ``role`` (default: this process's).
 
@@ -169,21 +176,28 @@ def make_engine(database: DatabaseSettings, *, pooled: bool = True,
     kwargs["pool_pre_ping"] = True  # a server restarted since the last use: reconnect once
     if pooled:
         size, overflow = pool_for(database, role)
-        kwargs.update(pool_size=size, max_overflow=overflow,
-                      pool_timeout=database.pool_timeout, pool_recycle=database.pool_recycle)
+        kwargs.update(
+            pool_size=size,
+            max_overflow=overflow,
+            pool_timeout=database.pool_timeout,
+            pool_recycle=database.pool_recycle,
+        )
     else:
         kwargs["poolclass"] = NullPool
     if url.get_backend_name() == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": min(database.pool_timeout, 10),
-                                  "application_name": f"lewis-{role}-{os.getpid()}"}
+        kwargs["connect_args"] = {
+            "connect_timeout": min(database.pool_timeout, 10),
+            "application_name": f"lewis-{role}-{os.getpid()}",
+        }
     try:
         return create_engine(url, **kwargs)
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(f"setting database.url {redact_url(database.url)!r}: {exc}") from None
 
 
-def _sqlite_engine(url: URL, database: DatabaseSettings, pooled: bool,
-                   kwargs: dict[str, Any]) -> Engine:
+def _sqlite_engine(
+    url: URL, database: DatabaseSettings, pooled: bool, kwargs: dict[str, Any]
+) -> Engine:
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     # pool_timeout doubles as the busy timeout: both say how long to wait for the database.
@@ -264,7 +278,20 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         session.close()
 
 
-__all__ = ["ROLE_POOLS", "set_role", "check_role", "role_for_queues", "pool_for", "is_unavailable",
-           "is_conflict", "error_kind",
-           "make_engine", "get_engine", "session_scope", "dispose_after_fork",
-           "dispose_engines", "parse_database_url", "describe_error"]
+__all__ = [
+    "ROLE_POOLS",
+    "set_role",
+    "check_role",
+    "role_for_queues",
+    "pool_for",
+    "is_unavailable",
+    "is_conflict",
+    "error_kind",
+    "make_engine",
+    "get_engine",
+    "session_scope",
+    "dispose_after_fork",
+    "dispose_engines",
+    "parse_database_url",
+    "describe_error",
+]

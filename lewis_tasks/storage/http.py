@@ -20,39 +20,83 @@ from .scans import TERMINAL
 if TYPE_CHECKING:
     from ..domain.httpfetch import HttpOutcome
 
-RESULT_FIELDS = ("url", "final_url", "method", "status", "error_class", "error", "bytes",
-                 "sha256", "truncated", "timings", "redirects", "headers")
+RESULT_FIELDS = (
+    "url",
+    "final_url",
+    "method",
+    "status",
+    "error_class",
+    "error",
+    "bytes",
+    "sha256",
+    "truncated",
+    "timings",
+    "redirects",
+    "headers",
+)
 _DEFAULTS = {"method": "GET", "truncated": False}
 _COLUMNS = ("batch_id", "idx", *RESULT_FIELDS)
 
 
-def save_http_batch(session: Session, batch_id: str, *, total: int,
-                    request: Mapping[str, Any] | None = None, status: str = "running") -> bool:
+def save_http_batch(
+    session: Session,
+    batch_id: str,
+    *,
+    total: int,
+    request: Mapping[str, Any] | None = None,
+    status: str = "running",
+) -> bool:
     """Create the batch once; a second call with the same id changes nothing (returns False)."""
-    row = {"id": batch_id, "created_at": utcnow(), "status": status, "total": total,
-           "request": dict(request) if request is not None else None}
+    row = {
+        "id": batch_id,
+        "created_at": utcnow(),
+        "status": status,
+        "total": total,
+        "request": dict(request) if request is not None else None,
+    }
     return bool(upsert(session, HttpBatchRow, [row]))
 
 
-def save_http_results(session: Session, batch_id: str,
-                      results: Iterable[Mapping[str, Any]]) -> int:
+def save_http_results(session: Session, batch_id: str, results: Iterable[Mapping[str, Any]]) -> int:
     """Store results (mappings with ``idx``, ``url`` and any of RESULT_FIELDS); returns how
     many were new. See :func:`save_http_rows`."""
-    return save_http_rows(session, batch_id,
-                          ((int(r["idx"]), *(r.get(name, _DEFAULTS.get(name))
-                                             for name in RESULT_FIELDS))
-                           for r in results))
+    return save_http_rows(
+        session,
+        batch_id,
+        (
+            (int(r["idx"]), *(r.get(name, _DEFAULTS.get(name)) for name in RESULT_FIELDS))
+            for r in results
+        ),
+    )
 
 
-def save_http_outcomes(session: Session, batch_id: str, start: int,
-                       outcomes: Iterable[HttpOutcome]) -> int:
+def save_http_outcomes(
+    session: Session, batch_id: str, start: int, outcomes: Iterable[HttpOutcome]
+) -> int:
     """Store a chunk's outcomes, their indexes counted from ``start``; returns how many were
     new. The io worker's path: each outcome goes straight to a row tuple, no dict per row."""
-    return save_http_rows(session, batch_id, (
-        (start + o.index, o.url, o.final_url, o.method, o.status, o.error, o.message, o.bytes,
-         o.sha256, o.truncated, o.timings.to_dict(), [hop.to_dict() for hop in o.redirects],
-         dict(o.headers))
-        for o in outcomes))
+    return save_http_rows(
+        session,
+        batch_id,
+        (
+            (
+                start + o.index,
+                o.url,
+                o.final_url,
+                o.method,
+                o.status,
+                o.error,
+                o.message,
+                o.bytes,
+                o.sha256,
+                o.truncated,
+                o.timings.to_dict(),
+                [hop.to_dict() for hop in o.redirects],
+                dict(o.headers),
+            )
+            for o in outcomes
+        ),
+    )
 
 
 def save_http_rows(session: Session, batch_id: str, rows: Iterable[Sequence[Any]]) -> int:
@@ -66,13 +110,39 @@ def save_http_rows(session: Session, batch_id: str, rows: Iterable[Sequence[Any]
     """
     ok: dict[int, tuple[Any, ...]] = {}
     failed: dict[int, tuple[Any, ...]] = {}
-    for (idx, url, final_url, method, status, error_class, error, size, sha256, truncated,
-         timings, redirects, headers) in rows:
+    for (
+        idx,
+        url,
+        final_url,
+        method,
+        status,
+        error_class,
+        error,
+        size,
+        sha256,
+        truncated,
+        timings,
+        redirects,
+        headers,
+    ) in rows:
         if idx in ok or idx in failed:
             continue
         (failed if error_class else ok)[idx] = (
-            batch_id, idx, url, final_url, method or "GET", status, error_class, error, size,
-            sha256, bool(truncated), json_text(timings), json_text(redirects), json_text(headers))
+            batch_id,
+            idx,
+            url,
+            final_url,
+            method or "GET",
+            status,
+            error_class,
+            error,
+            size,
+            sha256,
+            bool(truncated),
+            json_text(timings),
+            json_text(redirects),
+            json_text(headers),
+        )
     new_ok = insert_new(session, HttpResultRow, _COLUMNS, list(ok.values()))
     new_failed = insert_new(session, HttpResultRow, _COLUMNS, list(failed.values()))
     new = new_ok + new_failed
@@ -81,28 +151,41 @@ def save_http_rows(session: Session, batch_id: str, rows: Iterable[Sequence[Any]
     return new
 
 
-def finish_http_batch(session: Session, batch_id: str, *, status: str = "done",
-                      summary: Mapping[str, Any] | None = None) -> bool:
+def finish_http_batch(
+    session: Session,
+    batch_id: str,
+    *,
+    status: str = "done",
+    summary: Mapping[str, Any] | None = None,
+) -> bool:
     """Set the batch's status and summary; a terminal status stamps ``finished_at`` once."""
     values: dict[str, Any] = {"status": status}
     if summary is not None:
         values["summary"] = dict(summary)
-    hit = bool(session.execute(update(HttpBatchRow).where(HttpBatchRow.id == batch_id)
-                               .values(values)).rowcount)  # type: ignore[attr-defined]
+    changed = session.execute(
+        update(HttpBatchRow).where(HttpBatchRow.id == batch_id).values(values)
+    )
+    hit = bool(changed.rowcount)  # type: ignore[attr-defined]
     if hit and status in TERMINAL:
-        session.execute(update(HttpBatchRow)
-                        .where(HttpBatchRow.id == batch_id, HttpBatchRow.finished_at.is_(None))
-                        .values(finished_at=utcnow()))
+        session.execute(
+            update(HttpBatchRow)
+            .where(HttpBatchRow.id == batch_id, HttpBatchRow.finished_at.is_(None))
+            .values(finished_at=utcnow())
+        )
     return hit
 
 
-def cancel_http_batch(session: Session, batch_id: str, *, total: int,
-                      request: Mapping[str, Any] | None = None) -> bool:
+def cancel_http_batch(
+    session: Session, batch_id: str, *, total: int, request: Mapping[str, Any] | None = None
+) -> bool:
     """Move a batch that has not ended to ``cancelled`` (creating its row if no chunk has yet);
     False if it had ended."""
     save_http_batch(session, batch_id, total=total, request=request)
-    stmt = (update(HttpBatchRow).where(HttpBatchRow.id == batch_id, HttpBatchRow.status.not_in(TERMINAL))
-            .values(status="cancelled", finished_at=utcnow()))
+    stmt = (
+        update(HttpBatchRow)
+        .where(HttpBatchRow.id == batch_id, HttpBatchRow.status.not_in(TERMINAL))
+        .values(status="cancelled", finished_at=utcnow())
+    )
     return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
 
@@ -111,8 +194,14 @@ def get_http_batch(session: Session, batch_id: str) -> HttpBatchRow | None:
     return fetch(session, HttpBatchRow, batch_id)
 
 
-def get_http_results(session: Session, batch_id: str, *, offset: int = 0,
-                     limit: int = 1000, failed_only: bool = False) -> list[HttpResultRow]:
+def get_http_results(
+    session: Session,
+    batch_id: str,
+    *,
+    offset: int = 0,
+    limit: int = 1000,
+    failed_only: bool = False,
+) -> list[HttpResultRow]:
     """A page of a batch's results in request order."""
     stmt = select(HttpResultRow).where(HttpResultRow.batch_id == batch_id)
     if failed_only:
@@ -120,16 +209,44 @@ def get_http_results(session: Session, batch_id: str, *, offset: int = 0,
     return list(session.scalars(stmt.order_by(HttpResultRow.idx).offset(offset).limit(limit)))
 
 
-def result_rows(session: Session, batch_id: str, *, offset: int = 0, limit: int = 1000,
-                failed_only: bool = False) -> list[dict[str, Any]]:
+def result_rows(
+    session: Session,
+    batch_id: str,
+    *,
+    offset: int = 0,
+    limit: int = 1000,
+    failed_only: bool = False,
+) -> list[dict[str, Any]]:
     """:func:`get_http_results` as plain dicts (the handles' and the CLI's rows)."""
-    return [{"index": r.idx, "url": r.url, "final_url": r.final_url, "method": r.method,
-             "status": r.status, "error_class": r.error_class, "error": r.error,
-             "bytes": r.bytes, "sha256": r.sha256, "truncated": r.truncated,
-             "timings": r.timings, "redirects": r.redirects, "headers": r.headers}
-            for r in get_http_results(session, batch_id, offset=offset, limit=limit,
-                                      failed_only=failed_only)]
+    return [
+        {
+            "index": r.idx,
+            "url": r.url,
+            "final_url": r.final_url,
+            "method": r.method,
+            "status": r.status,
+            "error_class": r.error_class,
+            "error": r.error,
+            "bytes": r.bytes,
+            "sha256": r.sha256,
+            "truncated": r.truncated,
+            "timings": r.timings,
+            "redirects": r.redirects,
+            "headers": r.headers,
+        }
+        for r in get_http_results(
+            session, batch_id, offset=offset, limit=limit, failed_only=failed_only
+        )
+    ]
 
 
-__all__ = ["save_http_batch", "save_http_results", "save_http_rows", "save_http_outcomes",
-           "finish_http_batch", "get_http_batch", "get_http_results", "result_rows"]
+__all__ = [
+    "save_http_batch",
+    "save_http_results",
+    "save_http_rows",
+    "save_http_outcomes",
+    "finish_http_batch",
+    "get_http_batch",
+    "get_http_results",
+    "result_rows",
+]

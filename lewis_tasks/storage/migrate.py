@@ -80,5 +80,11 @@ def _connection(database_url: str) -> Iterator[Connection]:
         engine.dispose()
 
 
-__all__ = ["upgrade", "current_revision", "head_revision", "schema_diff", "alembic_config",
-           "MIGRATIONS"]
+__all__ = [
+    "upgrade",
+    "current_revision",
+    "head_revision",
+    "schema_diff",
+    "alembic_config",
+    "MIGRATIONS",
+]

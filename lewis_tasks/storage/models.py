@@ -64,8 +64,9 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value: dt.datetime | None,
-                             dialect: Dialect) -> dt.datetime | None:
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -75,8 +76,7 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dt.datetime: UtcDateTime(), dict[str, Any]: Json,
-                           list[Any]: Json}
+    type_annotation_map = {dt.datetime: UtcDateTime(), dict[str, Any]: Json, list[Any]: Json}
 
     def to_dict(self) -> dict[str, Any]:
         """The row's columns as JSON-safe data (timestamps as ISO 8601 strings)."""
@@ -151,8 +151,10 @@ class ScanPortRow(Base):
 
 class FindingRow(Base):
     __tablename__ = "findings"
-    __table_args__ = (UniqueConstraint("scan_id", "host", "port", "title"),
-                      Index("idx_findings_severity", "severity"))
+    __table_args__ = (
+        UniqueConstraint("scan_id", "host", "port", "title"),
+        Index("idx_findings_severity", "severity"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     scan_id: Mapped[str] = mapped_column(_fk("scans.id"))
@@ -338,7 +340,25 @@ class AlertHistoryRow(Base):
     summary: Mapped[str] = mapped_column(Text, default="")
 
 
-__all__ = ["Base", "Json", "UtcDateTime", "utcnow", "TargetRow", "ScanRow", "ScanChunkRow",
-           "ScanPortRow", "FindingRow", "VulnerabilityRow", "VulnMatchRow", "HeartbeatRow",
-           "HttpBatchRow", "HttpResultRow", "LoadtestRow", "ProfileRunRow", "DiagnosisRow",
-           "BenchmarkRunRow", "ScalingDecisionRow", "AlertHistoryRow"]
+__all__ = [
+    "Base",
+    "Json",
+    "UtcDateTime",
+    "utcnow",
+    "TargetRow",
+    "ScanRow",
+    "ScanChunkRow",
+    "ScanPortRow",
+    "FindingRow",
+    "VulnerabilityRow",
+    "VulnMatchRow",
+    "HeartbeatRow",
+    "HttpBatchRow",
+    "HttpResultRow",
+    "LoadtestRow",
+    "ProfileRunRow",
+    "DiagnosisRow",
+    "BenchmarkRunRow",
+    "ScalingDecisionRow",
+    "AlertHistoryRow",
+]

@@ -32,11 +32,16 @@ def primary_key(model: type[Base]) -> list[str]:
     return [c.name for c in _table(model).primary_key.columns]
 
 
-def upsert(session: Session, model: type[Base], rows: Iterable[Mapping[str, Any]], *,
-           on: Sequence[str] | None = None,
-           update_cols: Sequence[str] | Literal["row"] = (),
-           only_changed: bool = False,
-           where: ColumnElement[bool] | None = None) -> list[tuple[Any, ...]]:
+def upsert(
+    session: Session,
+    model: type[Base],
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    on: Sequence[str] | None = None,
+    update_cols: Sequence[str] | Literal["row"] = (),
+    only_changed: bool = False,
+    where: ColumnElement[bool] | None = None,
+) -> list[tuple[Any, ...]]:
     """Insert ``rows``; on a conflict over ``on`` (default: the primary key) update ``update_cols``.
 
     ``update_cols=()`` keeps the existing row (DO NOTHING); ``"row"`` updates every column the
@@ -59,17 +64,18 @@ def upsert(session: Session, model: type[Base], rows: Iterable[Mapping[str, Any]
             if only_changed:
                 changed = or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in cols))
                 condition = changed if condition is None else condition & changed
-            stmt = stmt.on_conflict_do_update(index_elements=keys,
-                                              set_={c: stmt.excluded[c] for c in cols},
-                                              where=condition)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=keys, set_={c: stmt.excluded[c] for c in cols}, where=condition
+            )
         else:
             stmt = stmt.on_conflict_do_nothing(index_elements=keys)
         touched.extend(tuple(r) for r in session.execute(stmt.returning(*pk_cols), batch))
     return touched
 
 
-def insert_new(session: Session, model: type[Base], columns: Sequence[str],
-               values: Sequence[Sequence[Any]]) -> int:
+def insert_new(
+    session: Session, model: type[Base], columns: Sequence[str], values: Sequence[Sequence[Any]]
+) -> int:
     """Insert rows given as value tuples in ``columns`` order, skipping every row whose key
     exists already; how many were inserted.
 
@@ -89,8 +95,10 @@ def insert_new(session: Session, model: type[Base], columns: Sequence[str],
     dialect = bind.dialect
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
     if mark is None or dialect.name not in ("sqlite", "postgresql"):
-        raise NotImplementedError(f"insert_new: database {dialect.name!r} "
-                                  f"(paramstyle {dialect.paramstyle}) is not supported")
+        raise NotImplementedError(
+            f"insert_new: database {dialect.name!r} "
+            f"(paramstyle {dialect.paramstyle}) is not supported"
+        )
     for name in columns:
         table.c[name]  # KeyError for a column the table does not have, before any SQL
     quote = dialect.identifier_preparer.quote
@@ -99,7 +107,7 @@ def insert_new(session: Session, model: type[Base], columns: Sequence[str],
     step = max(1, _MAX_PARAMS // len(columns))
     inserted = 0
     for start in range(0, len(values), step):
-        part = values[start:start + step]
+        part = values[start : start + step]
         sql = f"{head}{', '.join([row] * len(part))} ON CONFLICT DO NOTHING"
         params = tuple(chain.from_iterable(part))
         inserted += int(bind.exec_driver_sql(sql, params).rowcount or 0)
@@ -117,15 +125,18 @@ def json_text(value: Any) -> str | None:
         return json.dumps(value, separators=(",", ":"))
 
 
-def increment(session: Session, model: type[Base], key: Mapping[str, Any],
-              **deltas: int | float) -> int:
+def increment(
+    session: Session, model: type[Base], key: Mapping[str, Any], **deltas: int | float
+) -> int:
     """Add ``deltas`` to counters of the row at ``key`` in one UPDATE (no lost updates); rows hit."""
     table = _table(model)
     if not deltas:
         return 0
-    stmt = (update(table)
-            .where(*(table.c[name] == value for name, value in key.items()))
-            .values({name: table.c[name] + delta for name, delta in deltas.items()}))
+    stmt = (
+        update(table)
+        .where(*(table.c[name] == value for name, value in key.items()))
+        .values({name: table.c[name] + delta for name, delta in deltas.items()})
+    )
     return int(session.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -152,12 +163,14 @@ def _insert(session: Session, table: Table) -> Any:
         return postgresql.insert(table)
     if dialect == "sqlite":
         return sqlite.insert(table)
-    raise NotImplementedError(f"upsert: database {dialect!r} is not supported "
-                              "(SQLite and PostgreSQL are)")
+    raise NotImplementedError(
+        f"upsert: database {dialect!r} is not supported (SQLite and PostgreSQL are)"
+    )
 
 
-def _dedupe(rows: Iterable[Mapping[str, Any]], keys: Sequence[str],
-            keep_last: bool) -> list[dict[str, Any]]:
+def _dedupe(
+    rows: Iterable[Mapping[str, Any]], keys: Sequence[str], keep_last: bool
+) -> list[dict[str, Any]]:
     # One statement may not hit the same row twice (PostgreSQL refuses): keep one per key.
     seen: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
@@ -175,7 +188,7 @@ def _batches(rows: list[dict[str, Any]], keys: Sequence[str]) -> Iterable[list[d
     for columns, group in groups.items():
         size = max(1, _MAX_PARAMS // max(1, len(columns)))
         for start in range(0, len(group), size):
-            yield group[start:start + size]
+            yield group[start : start + size]
 
 
 __all__ = ["upsert", "insert_new", "json_text", "increment", "fetch", "primary_key"]

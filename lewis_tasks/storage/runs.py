@@ -74,5 +74,13 @@ def _check_columns(model: type[R], fields: dict[str, Any]) -> None:
         raise TypeError(f"{model.__tablename__} has no column {', '.join(sorted(unknown))}")
 
 
-__all__ = ["save_run", "update_run", "list_runs", "get_run", "save_loadtest", "save_profile",
-           "save_diagnosis", "save_benchmark_run"]
+__all__ = [
+    "save_run",
+    "update_run",
+    "list_runs",
+    "get_run",
+    "save_loadtest",
+    "save_profile",
+    "save_diagnosis",
+    "save_benchmark_run",
+]

@@ -25,67 +25,145 @@ _PORT_FIELDS = ("state", "service", "product", "version", "banner", "detail")
 _FINDING_FIELDS = ("severity", "score", "service", "cve_ids", "detail")
 
 
-def upsert_scan(session: Session, scan_id: str, *, request: Mapping[str, Any] | None = None,
-                chunks_total: int = 0, ports_total: int = 0, status: str = "running",
-                chunks: Iterable[Mapping[str, Any]] = ()) -> bool:
+def upsert_scan(
+    session: Session,
+    scan_id: str,
+    *,
+    request: Mapping[str, Any] | None = None,
+    chunks_total: int = 0,
+    ports_total: int = 0,
+    status: str = "running",
+    chunks: Iterable[Mapping[str, Any]] = (),
+) -> bool:
     """Create the scan (and its planned chunks: ``chunk_index``, ``host``, ``ports``) once.
 
     A second call with the same id changes nothing and returns False: the first plan wins.
     """
-    row = {"id": scan_id, "created_at": utcnow(), "status": status,
-           "request": dict(request) if request is not None else None,
-           "chunks_total": chunks_total, "ports_total": ports_total}
+    row = {
+        "id": scan_id,
+        "created_at": utcnow(),
+        "status": status,
+        "request": dict(request) if request is not None else None,
+        "chunks_total": chunks_total,
+        "ports_total": ports_total,
+    }
     created = bool(upsert(session, ScanRow, [row]))
-    plan = [{"scan_id": scan_id, "chunk_index": c["chunk_index"], "host": c.get("host"),
-             "ports": c.get("ports"), "status": "pending"} for c in chunks]
+    plan = [
+        {
+            "scan_id": scan_id,
+            "chunk_index": c["chunk_index"],
+            "host": c.get("host"),
+            "ports": c.get("ports"),
+            "status": "pending",
+        }
+        for c in chunks
+    ]
     upsert(session, ScanChunkRow, plan)
     return created
 
 
-def record_chunk(session: Session, scan_id: str, chunk_index: int, result: Mapping[str, Any], *,
-                 ports_scanned: int, open_ports: Sequence[Mapping[str, Any]] = (),
-                 task_id: str | None = None, host: str | None = None) -> bool:
+def record_chunk(
+    session: Session,
+    scan_id: str,
+    chunk_index: int,
+    result: Mapping[str, Any],
+    *,
+    ports_scanned: int,
+    open_ports: Sequence[Mapping[str, Any]] = (),
+    task_id: str | None = None,
+    host: str | None = None,
+) -> bool:
     """Store a finished chunk and its open ports, and advance the scan's counters.
 
     Returns False, and changes nothing, when that chunk was already recorded (a redelivered
     or duplicated task). The scan row must exist (:func:`upsert_scan` first).
     """
-    row = {"scan_id": scan_id, "chunk_index": chunk_index, "status": "done",
-           "result": dict(result), "task_id": task_id, "finished_at": utcnow()}
+    row = {
+        "scan_id": scan_id,
+        "chunk_index": chunk_index,
+        "status": "done",
+        "result": dict(result),
+        "task_id": task_id,
+        "finished_at": utcnow(),
+    }
     if host is not None:
         row["host"] = host
     done_cols = [k for k in row if k not in ("scan_id", "chunk_index")]
-    first = upsert(session, ScanChunkRow, [row], update_cols=done_cols,
-                   where=ScanChunkRow.status != "done")
+    first = upsert(
+        session, ScanChunkRow, [row], update_cols=done_cols, where=ScanChunkRow.status != "done"
+    )
     if not first:
         return False
-    inserted = {(host, port) for _, host, port in
-                upsert(session, ScanPortRow, _port_rows(scan_id, open_ports))}
-    opened = sum(1 for p in open_ports if p.get("state", "open") == "open"
-                 and (p["host"], int(p["port"])) in inserted)
-    increment(session, ScanRow, {"id": scan_id}, chunks_done=1, ports_done=ports_scanned,
-              open_count=opened)
+    inserted = {
+        (host, port)
+        for _, host, port in upsert(session, ScanPortRow, _port_rows(scan_id, open_ports))
+    }
+    opened = sum(
+        1
+        for p in open_ports
+        if p.get("state", "open") == "open" and (p["host"], int(p["port"])) in inserted
+    )
+    increment(
+        session,
+        ScanRow,
+        {"id": scan_id},
+        chunks_done=1,
+        ports_done=ports_scanned,
+        open_count=opened,
+    )
     return True
 
 
 def upsert_ports(session: Session, scan_id: str, ports: Iterable[Mapping[str, Any]]) -> int:
     """Add or refresh ports of a scan (e.g. after service identification); rows changed."""
-    return len(upsert(session, ScanPortRow, _port_rows(scan_id, ports),
-                      update_cols=[f for f in _PORT_FIELDS], only_changed=True))
+    return len(
+        upsert(
+            session,
+            ScanPortRow,
+            _port_rows(scan_id, ports),
+            update_cols=[f for f in _PORT_FIELDS],
+            only_changed=True,
+        )
+    )
 
 
 def upsert_findings(session: Session, scan_id: str, findings: Iterable[Mapping[str, Any]]) -> int:
     """Add or refresh findings keyed (scan, host, port, title); rows inserted or changed."""
-    rows = [{"scan_id": scan_id, "host": f["host"], "port": f.get("port") or 0,
-             "title": f["title"], "severity": f["severity"], "score": f.get("score"),
-             "service": f.get("service"), "cve_ids": list(f.get("cve_ids") or []),
-             "detail": f.get("detail"), "created_at": utcnow()} for f in findings]
-    return len(upsert(session, FindingRow, rows, on=["scan_id", "host", "port", "title"],
-                      update_cols=list(_FINDING_FIELDS), only_changed=True))
+    rows = [
+        {
+            "scan_id": scan_id,
+            "host": f["host"],
+            "port": f.get("port") or 0,
+            "title": f["title"],
+            "severity": f["severity"],
+            "score": f.get("score"),
+            "service": f.get("service"),
+            "cve_ids": list(f.get("cve_ids") or []),
+            "detail": f.get("detail"),
+            "created_at": utcnow(),
+        }
+        for f in findings
+    ]
+    return len(
+        upsert(
+            session,
+            FindingRow,
+            rows,
+            on=["scan_id", "host", "port", "title"],
+            update_cols=list(_FINDING_FIELDS),
+            only_changed=True,
+        )
+    )
 
 
-def set_scan_status(session: Session, scan_id: str, status: str, *,
-                    summary: Mapping[str, Any] | None = None, error: str | None = None) -> bool:
+def set_scan_status(
+    session: Session,
+    scan_id: str,
+    status: str,
+    *,
+    summary: Mapping[str, Any] | None = None,
+    error: str | None = None,
+) -> bool:
     """Move a scan to ``status``; a terminal status stamps ``finished_at`` once. False: no scan."""
     values: dict[str, Any] = {"status": status}
     if summary is not None:
@@ -95,15 +173,21 @@ def set_scan_status(session: Session, scan_id: str, status: str, *,
     stmt = update(ScanRow).where(ScanRow.id == scan_id).values(values)
     hit = bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
     if hit and status in TERMINAL:
-        session.execute(update(ScanRow).where(ScanRow.id == scan_id, ScanRow.finished_at.is_(None))
-                        .values(finished_at=utcnow()))
+        session.execute(
+            update(ScanRow)
+            .where(ScanRow.id == scan_id, ScanRow.finished_at.is_(None))
+            .values(finished_at=utcnow())
+        )
     return hit
 
 
 def cancel_scan(session: Session, scan_id: str, reason: str = "cancelled on request") -> bool:
     """Move a scan that has not ended to ``cancelled``; False if it had (or does not exist)."""
-    stmt = (update(ScanRow).where(ScanRow.id == scan_id, ScanRow.status.not_in(TERMINAL))
-            .values(status="cancelled", error=reason, finished_at=utcnow()))
+    stmt = (
+        update(ScanRow)
+        .where(ScanRow.id == scan_id, ScanRow.status.not_in(TERMINAL))
+        .values(status="cancelled", error=reason, finished_at=utcnow())
+    )
     return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
 
@@ -112,8 +196,15 @@ def scan_progress(session: Session, scan_id: str) -> ScanProgress | None:
     scan = fetch(session, ScanRow, scan_id)
     if scan is None:
         return None
-    return ScanProgress(scan.id, scan.status, scan.chunks_total, scan.chunks_done,
-                        scan.ports_total, scan.ports_done, scan.open_count)
+    return ScanProgress(
+        scan.id,
+        scan.status,
+        scan.chunks_total,
+        scan.chunks_done,
+        scan.ports_total,
+        scan.ports_done,
+        scan.open_count,
+    )
 
 
 def get_scan(session: Session, scan_id: str) -> ScanRow | None:
@@ -140,13 +231,17 @@ def list_scans(session: Session, *, status: str | None = None, limit: int = 50) 
 
 def pending_chunks(session: Session, scan_id: str) -> list[int]:
     """Indexes of the scan's planned chunks not recorded yet."""
-    stmt = (select(ScanChunkRow.chunk_index)
-            .where(ScanChunkRow.scan_id == scan_id, ScanChunkRow.status != "done")
-            .order_by(ScanChunkRow.chunk_index))
+    stmt = (
+        select(ScanChunkRow.chunk_index)
+        .where(ScanChunkRow.scan_id == scan_id, ScanChunkRow.status != "done")
+        .order_by(ScanChunkRow.chunk_index)
+    )
     return list(session.scalars(stmt))
 
 
-def list_scan_ports(session: Session, scan_id: str, state: str | None = "open") -> list[ScanPortRow]:
+def list_scan_ports(
+    session: Session, scan_id: str, state: str | None = "open"
+) -> list[ScanPortRow]:
     """A scan's ports (default: the open ones), by host then port."""
     stmt = select(ScanPortRow).where(ScanPortRow.scan_id == scan_id)
     if state is not None:
@@ -154,31 +249,51 @@ def list_scan_ports(session: Session, scan_id: str, state: str | None = "open") 
     return list(session.scalars(stmt.order_by(ScanPortRow.host, ScanPortRow.port)))
 
 
-def list_findings(session: Session, *, scan_id: str | None = None,
-                  severities: Sequence[str] | None = None, limit: int = 1000) -> list[FindingRow]:
+def list_findings(
+    session: Session,
+    *,
+    scan_id: str | None = None,
+    severities: Sequence[str] | None = None,
+    limit: int = 1000,
+) -> list[FindingRow]:
     """Findings, highest score first (uses idx_findings_severity when filtering by severity)."""
     stmt = select(FindingRow)
     if scan_id is not None:
         stmt = stmt.where(FindingRow.scan_id == scan_id)
     if severities:
         stmt = stmt.where(FindingRow.severity.in_(list(severities)))
-    order = (FindingRow.score.desc().nulls_last(), FindingRow.host, FindingRow.port, FindingRow.title)
+    order = (
+        FindingRow.score.desc().nulls_last(),
+        FindingRow.host,
+        FindingRow.port,
+        FindingRow.title,
+    )
     return list(session.scalars(stmt.order_by(*order).limit(limit)))
 
 
 def chunk_results(session: Session, scan_id: str) -> list[ChunkResult]:
     """What the scan's recorded chunks counted (filtered, closed, unidentified), by chunk."""
-    stmt = (select(ScanChunkRow.result).where(ScanChunkRow.scan_id == scan_id)
-            .order_by(ScanChunkRow.chunk_index))
+    stmt = (
+        select(ScanChunkRow.result)
+        .where(ScanChunkRow.scan_id == scan_id)
+        .order_by(ScanChunkRow.chunk_index)
+    )
     return [ChunkResult.from_dict(r) for r in session.scalars(stmt) if r]
 
 
 def port_row(port: OpenPort) -> dict[str, Any]:
     """The row of an open port and the service found on it (:func:`record_chunk`'s input)."""
     info = port.service
-    return {"host": port.address, "port": info.port, "state": "open", "service": info.name,
-            "product": info.product, "version": info.version, "banner": info.banner,
-            "detail": {"probe": info.probe, "extra": dict(info.extra), "hostname": port.hostname}}
+    return {
+        "host": port.address,
+        "port": info.port,
+        "state": "open",
+        "service": info.name,
+        "product": info.product,
+        "version": info.version,
+        "banner": info.banner,
+        "detail": {"probe": info.probe, "extra": dict(info.extra), "hostname": port.hostname},
+    }
 
 
 def open_ports(session: Session, scan_id: str) -> list[OpenPort]:
@@ -190,9 +305,16 @@ def finding_row(f: Finding) -> dict[str, Any]:
     """The row of a finding (:func:`upsert_findings`' input). Keyed by the first reason (the
     service's rule, or "Open port: …"), not the display title, which names the worst CVE:
     new vulnerability data then updates the same row."""
-    return {"host": f.address, "port": f.port, "title": f.reasons[0][:255],
-            "severity": f.severity, "score": f.score, "service": f.service,
-            "cve_ids": f.cve_ids, "detail": f.to_dict()}
+    return {
+        "host": f.address,
+        "port": f.port,
+        "title": f.reasons[0][:255],
+        "severity": f.severity,
+        "score": f.score,
+        "service": f.service,
+        "cve_ids": f.cve_ids,
+        "detail": f.to_dict(),
+    }
 
 
 def save_findings(session: Session, scan_id: str, findings: Iterable[Finding]) -> int:
@@ -207,28 +329,68 @@ def scan_findings(session: Session, scan_id: str) -> list[Finding]:
 
 def _open_port(row: ScanPortRow) -> OpenPort:
     detail = row.detail or {}
-    info = ServiceInfo(row.port, row.service or "unknown", row.product, row.version,
-                       row.banner or "", detail.get("probe", ""), dict(detail.get("extra") or {}))
+    info = ServiceInfo(
+        row.port,
+        row.service or "unknown",
+        row.product,
+        row.version,
+        row.banner or "",
+        detail.get("probe", ""),
+        dict(detail.get("extra") or {}),
+    )
     return OpenPort(row.host, info, detail.get("hostname"))
 
 
 def _finding(row: FindingRow) -> Finding:
     # the columns first: a row whose detail predates a field still reads back
     cves = [{"cve_id": c, "score": 0.0, "severity": "info"} for c in row.cve_ids or ()]
-    return Finding.from_dict({"address": row.host, "port": row.port,
-                              "service": row.service or "unknown", "severity": row.severity,
-                              "score": row.score, "title": row.title, "cves": cves,
-                              **(row.detail or {})})
+    return Finding.from_dict(
+        {
+            "address": row.host,
+            "port": row.port,
+            "service": row.service or "unknown",
+            "severity": row.severity,
+            "score": row.score,
+            "title": row.title,
+            "cves": cves,
+            **(row.detail or {}),
+        }
+    )
 
 
 def _port_rows(scan_id: str, ports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [{"scan_id": scan_id, "host": p["host"], "port": int(p["port"]),
-             "state": p.get("state", "open"),
-             **{f: p.get(f) for f in _PORT_FIELDS if f != "state"}} for p in ports]
+    return [
+        {
+            "scan_id": scan_id,
+            "host": p["host"],
+            "port": int(p["port"]),
+            "state": p.get("state", "open"),
+            **{f: p.get(f) for f in _PORT_FIELDS if f != "state"},
+        }
+        for p in ports
+    ]
 
 
-__all__ = ["ScanProgress", "scan_ids_starting", "upsert_scan", "record_chunk", "upsert_ports",
-           "upsert_findings", "chunk_results", "port_row", "open_ports", "finding_row",
-           "save_findings", "scan_findings",
-           "set_scan_status", "cancel_scan", "scan_progress", "get_scan", "list_scans", "pending_chunks",
-           "list_scan_ports", "list_findings", "TERMINAL"]
+__all__ = [
+    "ScanProgress",
+    "scan_ids_starting",
+    "upsert_scan",
+    "record_chunk",
+    "upsert_ports",
+    "upsert_findings",
+    "chunk_results",
+    "port_row",
+    "open_ports",
+    "finding_row",
+    "save_findings",
+    "scan_findings",
+    "set_scan_status",
+    "cancel_scan",
+    "scan_progress",
+    "get_scan",
+    "list_scans",
+    "pending_chunks",
+    "list_scan_ports",
+    "list_findings",
+    "TERMINAL",
+]

@@ -12,18 +12,24 @@ from .models import TargetRow, utcnow
 from .rows import upsert
 
 
-def upsert_targets(session: Session, targets: Iterable[tuple[str, str]],
-                   status: str = "active") -> int:
+def upsert_targets(
+    session: Session, targets: Iterable[tuple[str, str]], status: str = "active"
+) -> int:
     """Record ``(value, kind)`` pairs (kind: ip, cidr, hostname); returns how many were new."""
-    rows = [{"value": value, "kind": kind, "status": status, "first_seen": utcnow()}
-            for value, kind in targets]
+    rows = [
+        {"value": value, "kind": kind, "status": status, "first_seen": utcnow()}
+        for value, kind in targets
+    ]
     return len(upsert(session, TargetRow, rows, on=["value"]))
 
 
 def mark_scanned(session: Session, values: Iterable[str], when: dt.datetime | None = None) -> int:
     """Stamp ``last_scanned`` on the given targets; returns how many rows changed."""
-    stmt = (update(TargetRow).where(TargetRow.value.in_(list(values)))
-            .values(last_scanned=when or utcnow()))
+    stmt = (
+        update(TargetRow)
+        .where(TargetRow.value.in_(list(values)))
+        .values(last_scanned=when or utcnow())
+    )
     return int(session.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
 
 

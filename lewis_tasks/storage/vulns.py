@@ -27,10 +27,23 @@ from ..errors import InvalidInput
 from .models import VulnerabilityRow, VulnMatchRow
 from .rows import fetch, upsert
 
-CVE_FIELDS = ("description", "cvss_version", "cvss_vector", "cvss_score", "severity",
-              "published", "modified", "detail")
-RANGE_FIELDS = ("version_exact", "version_start_including", "version_start_excluding",
-                "version_end_including", "version_end_excluding")
+CVE_FIELDS = (
+    "description",
+    "cvss_version",
+    "cvss_vector",
+    "cvss_score",
+    "severity",
+    "published",
+    "modified",
+    "detail",
+)
+RANGE_FIELDS = (
+    "version_exact",
+    "version_start_including",
+    "version_start_excluding",
+    "version_end_including",
+    "version_end_excluding",
+)
 _BOUNDS = ("start_including", "start_excluding", "end_including", "end_excluding")
 _RANGE_DETAIL = ("version", "update", "vulnerable", "platforms")  # the domain's CPE fields
 
@@ -68,8 +81,9 @@ class CandidateRange:
         return asdict(self)
 
 
-def import_vulnerabilities(session: Session, records: Iterable[Any],
-                           batch_size: int = 500) -> ImportSummary:
+def import_vulnerabilities(
+    session: Session, records: Iterable[Any], batch_size: int = 500
+) -> ImportSummary:
     """Upsert CVE records (mappings, or objects with ``to_dict()``) and their ``matches``.
 
     A record needs ``cve_id``; ``matches`` lists ranges with ``vendor``, ``product`` and the
@@ -91,15 +105,24 @@ def import_vulnerabilities(session: Session, records: Iterable[Any],
 
 def candidate_ranges(session: Session, vendor: str, product: str) -> list[CandidateRange]:
     """Every range recorded for ``vendor``/``product`` (uses idx_vuln_matches_vendor_product)."""
-    stmt = (select(VulnMatchRow, VulnerabilityRow)
-            .join(VulnerabilityRow, VulnerabilityRow.cve_id == VulnMatchRow.cve_id)
-            .where(VulnMatchRow.vendor == vendor.lower(), VulnMatchRow.product == product.lower())
-            .order_by(VulnMatchRow.cve_id, VulnMatchRow.id))
-    return [CandidateRange(cve_id=m.cve_id, vendor=m.vendor, product=m.product,
-                           **{f: getattr(m, f) for f in RANGE_FIELDS},
-                           cvss_score=v.cvss_score, cvss_vector=v.cvss_vector,
-                           severity=v.severity)
-            for m, v in session.execute(stmt)]
+    stmt = (
+        select(VulnMatchRow, VulnerabilityRow)
+        .join(VulnerabilityRow, VulnerabilityRow.cve_id == VulnMatchRow.cve_id)
+        .where(VulnMatchRow.vendor == vendor.lower(), VulnMatchRow.product == product.lower())
+        .order_by(VulnMatchRow.cve_id, VulnMatchRow.id)
+    )
+    return [
+        CandidateRange(
+            cve_id=m.cve_id,
+            vendor=m.vendor,
+            product=m.product,
+            **{f: getattr(m, f) for f in RANGE_FIELDS},
+            cvss_score=v.cvss_score,
+            cvss_vector=v.cvss_vector,
+            severity=v.severity,
+        )
+        for m, v in session.execute(stmt)
+    ]
 
 
 def get_vulnerability(session: Session, cve_id: str) -> VulnerabilityRow | None:
@@ -110,52 +133,76 @@ def get_vulnerability(session: Session, cve_id: str) -> VulnerabilityRow | None:
 def cve_records_for(session: Session, vendor: str, product: str) -> list[CveRecord]:
     """The CVEs with a range on ``vendor``/``product``, as domain records (all their ranges),
     ready for :func:`lewis_tasks.domain.vulns.find_cves`."""
-    ids = select(VulnMatchRow.cve_id).where(VulnMatchRow.vendor == vendor.lower(),
-                                         VulnMatchRow.product == product.lower())
-    cves = session.scalars(select(VulnerabilityRow).where(VulnerabilityRow.cve_id.in_(ids))
-                           .order_by(VulnerabilityRow.cve_id)).all()
+    ids = select(VulnMatchRow.cve_id).where(
+        VulnMatchRow.vendor == vendor.lower(), VulnMatchRow.product == product.lower()
+    )
+    cves = session.scalars(
+        select(VulnerabilityRow)
+        .where(VulnerabilityRow.cve_id.in_(ids))
+        .order_by(VulnerabilityRow.cve_id)
+    ).all()
     ranges: dict[str, list[dict[str, Any]]] = {}
-    for m in session.scalars(select(VulnMatchRow).where(VulnMatchRow.cve_id.in_(ids))
-                             .order_by(VulnMatchRow.id)):
+    for m in session.scalars(
+        select(VulnMatchRow).where(VulnMatchRow.cve_id.in_(ids)).order_by(VulnMatchRow.id)
+    ):
         ranges.setdefault(m.cve_id, []).append(_domain_range(m))
-    return [CveRecord.from_dict({
-        "cve_id": v.cve_id, "description": v.description or "",
-        "cvss": (v.detail or {}).get("cvss") or _cvss_from_columns(v),
-        "ranges": ranges.get(v.cve_id, []),
-        "published": v.published.isoformat() if v.published else None,
-        "last_modified": v.modified.isoformat() if v.modified else None}) for v in cves]
+    return [
+        CveRecord.from_dict(
+            {
+                "cve_id": v.cve_id,
+                "description": v.description or "",
+                "cvss": (v.detail or {}).get("cvss") or _cvss_from_columns(v),
+                "ranges": ranges.get(v.cve_id, []),
+                "published": v.published.isoformat() if v.published else None,
+                "last_modified": v.modified.isoformat() if v.modified else None,
+            }
+        )
+        for v in cves
+    ]
 
 
 def _domain_range(m: VulnMatchRow) -> dict[str, Any]:
     detail = m.detail or {}
-    return {"cve_id": m.cve_id, "vendor": m.vendor, "product": m.product,
-            "version": detail.get("version", m.version_exact or "*"),
-            "update": detail.get("update", "*"),
-            **{b: getattr(m, f"version_{b}") for b in _BOUNDS},
-            "vulnerable": detail.get("vulnerable", True),
-            "platforms": detail.get("platforms", [])}
+    return {
+        "cve_id": m.cve_id,
+        "vendor": m.vendor,
+        "product": m.product,
+        "version": detail.get("version", m.version_exact or "*"),
+        "update": detail.get("update", "*"),
+        **{b: getattr(m, f"version_{b}") for b in _BOUNDS},
+        "vulnerable": detail.get("vulnerable", True),
+        "platforms": detail.get("platforms", []),
+    }
 
 
 def _cvss_from_columns(v: VulnerabilityRow) -> dict[str, Any] | None:
     if not v.cvss_vector or v.cvss_score is None:
         return None
-    return {"version": v.cvss_version or "", "vector": v.cvss_vector,
-            "base_score": v.cvss_score, "severity": (v.severity or "").lower(),
-            "feed_score": None}
+    return {
+        "version": v.cvss_version or "",
+        "vector": v.cvss_vector,
+        "base_score": v.cvss_score,
+        "severity": (v.severity or "").lower(),
+        "feed_score": None,
+    }
 
 
 def _import_batch(session: Session, batch: list[dict[str, Any]]) -> tuple[int, int, int]:
     cves = [{"cve_id": r["cve_id"], **{f: r.get(f) for f in CVE_FIELDS}} for r in batch]
-    written = len(upsert(session, VulnerabilityRow, cves, update_cols=list(CVE_FIELDS),
-                         only_changed=True))
+    written = len(
+        upsert(session, VulnerabilityRow, cves, update_cols=list(CVE_FIELDS), only_changed=True)
+    )
     wanted = {r["match_key"]: r for rec in batch for r in rec["matches"]}
     ids = [r["cve_id"] for r in batch]
     have = set(session.scalars(select(VulnMatchRow.match_key).where(VulnMatchRow.cve_id.in_(ids))))
     stale = have - wanted.keys()
     if stale:
         session.execute(delete(VulnMatchRow).where(VulnMatchRow.match_key.in_(stale)))
-    added = len(upsert(session, VulnMatchRow, [r for k, r in wanted.items() if k not in have],
-                       on=["match_key"]))
+    added = len(
+        upsert(
+            session, VulnMatchRow, [r for k, r in wanted.items() if k not in have], on=["match_key"]
+        )
+    )
     return written, added, len(stale)
 
 
@@ -167,9 +214,13 @@ def _normalise(record: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"cve_id": cve_id, **{f: data.get(f) for f in CVE_FIELDS}}
     cvss = data.get("cvss")
     if isinstance(cvss, Mapping):  # the domain's layout: one CVSS metric
-        out.update(cvss_version=cvss.get("version"), cvss_vector=cvss.get("vector"),
-                   cvss_score=cvss.get("base_score"), severity=cvss.get("severity"),
-                   detail={**(out["detail"] or {}), "cvss": dict(cvss)})
+        out.update(
+            cvss_version=cvss.get("version"),
+            cvss_vector=cvss.get("vector"),
+            cvss_score=cvss.get("base_score"),
+            severity=cvss.get("severity"),
+            detail={**(out["detail"] or {}), "cvss": dict(cvss)},
+        )
     if out["modified"] is None:
         out["modified"] = data.get("last_modified")
     for name in ("published", "modified"):
@@ -188,9 +239,13 @@ def _range(cve_id: str, match: Mapping[str, Any]) -> dict[str, Any]:
     exact = match.get("version_exact")
     if exact is None and version not in (None, "", "*", "-"):
         exact = version  # a CPE naming one version
-    row = {"cve_id": cve_id, "vendor": str(match["vendor"]).lower(),
-           "product": str(match["product"]).lower(), "version_exact": exact,
-           **{f"version_{b}": match.get(f"version_{b}", match.get(b)) for b in _BOUNDS}}
+    row = {
+        "cve_id": cve_id,
+        "vendor": str(match["vendor"]).lower(),
+        "product": str(match["product"]).lower(),
+        "version_exact": exact,
+        **{f"version_{b}": match.get(f"version_{b}", match.get(b)) for b in _BOUNDS},
+    }
     for field in RANGE_FIELDS:
         row[field] = str(row[field]) if row[field] not in (None, "") else None
     detail = {k: match[k] for k in _RANGE_DETAIL if k in match}
@@ -214,5 +269,11 @@ def _timestamp(value: Any, cve_id: str, name: str) -> dt.datetime | None:
     return stamp
 
 
-__all__ = ["ImportSummary", "CandidateRange", "import_vulnerabilities", "candidate_ranges",
-           "cve_records_for", "get_vulnerability"]
+__all__ = [
+    "ImportSummary",
+    "CandidateRange",
+    "import_vulnerabilities",
+    "candidate_ranges",
+    "cve_records_for",
+    "get_vulnerability",
+]

@@ -29,6 +29,10 @@ def io_noop(*_args: object) -> None:
 @io_task(name="lewis.bench.io_sleep")
 async def io_sleep(seconds: float) -> float:
     """Wait ``seconds`` on the process's event loop (not in the pool thread's own sleep)."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_SLEEP:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not 0 <= seconds <= MAX_SLEEP
+    ):
         raise InvalidInput(f"seconds must be a number in [0, {MAX_SLEEP}], got {seconds!r}")
     return await asyncio.sleep(seconds, result=float(seconds))

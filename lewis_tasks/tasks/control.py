@@ -31,8 +31,14 @@ def heartbeat(slot: int | None = None) -> dict[str, Any]:
     new = 0
     with session_scope(get_engine()) as session:
         for ping in pings:
-            new += heartbeats.record_heartbeat(session, slot=slot, worker=ping.worker, alive=True,
-                                               rtt_ms=ping.rtt_ms, queues=list(ping.queues))
+            new += heartbeats.record_heartbeat(
+                session,
+                slot=slot,
+                worker=ping.worker,
+                alive=True,
+                rtt_ms=ping.rtt_ms,
+                queues=list(ping.queues),
+            )
     _summarise(slot, pings, settings.monitoring.retention)
     return {"slot": slot, "workers": [p.to_dict() for p in pings], "new": new}
 
@@ -48,8 +54,16 @@ def _summarise(slot: int, pings: list[Any], ttl: float) -> None:
     if not pings:
         return  # as the rows: a slot nobody answered leaves the last one standing
     try:
-        write_heartbeat(runtime().redis(), {"slot": slot, "recorded_at": time.time(),
-                                      "workers": len(pings), "rtt_ms_max": max(rtts)}, ttl)
+        write_heartbeat(
+            runtime().redis(),
+            {
+                "slot": slot,
+                "recorded_at": time.time(),
+                "workers": len(pings),
+                "rtt_ms_max": max(rtts),
+            },
+            ttl,
+        )
     except redis.RedisError as exc:  # status then reads the rows
         log.warning("heartbeat summary not written: %s", exc)
 
@@ -93,13 +107,20 @@ def collect_metrics(slot: int | None = None) -> dict[str, Any]:
             return {}
 
     try:
-        snapshot = collect(app, store_from_settings(),
-                           ping_timeout=get_settings().monitoring.ping_timeout, work=work)
+        snapshot = collect(
+            app,
+            store_from_settings(),
+            ping_timeout=get_settings().monitoring.ping_timeout,
+            work=work,
+        )
     except redis.RedisError as exc:
         log.warning("metrics: Redis unavailable, collection of slot %s skipped: %s", slot, exc)
         return {"slot": slot, "skipped": True}
-    return {"slot": slot, "queues": {q: v["total"] for q, v in snapshot["queues"].items()},
-            "workers_up": sorted(h for h, w in snapshot["workers"].items() if w["up"])}
+    return {
+        "slot": slot,
+        "queues": {q: v["total"] for q, v in snapshot["queues"].items()},
+        "workers_up": sorted(h for h, w in snapshot["workers"].items() if w["up"]),
+    }
 
 
 @app.task(name="lewis.control.decide_scaling", count_runs=True)
@@ -117,12 +138,15 @@ def decide_scaling(slot: int | None = None) -> dict[str, Any]:
     elif isinstance(slot, bool) or not isinstance(slot, int):
         raise InvalidInput(f"scaling slot must be an integer, got {slot!r}")
     try:
-        decisions = decide_and_act(app, settings, store_from_settings(), slot,
-                                   lambda: session_scope(get_engine()))
+        decisions = decide_and_act(
+            app, settings, store_from_settings(), slot, lambda: session_scope(get_engine())
+        )
     except redis.RedisError as exc:
         log.warning("scaling: Redis unavailable, slot %s not decided: %s", slot, exc)
         return {"slot": slot, "skipped": True}
     return {"slot": slot, "decisions": decisions}
+
+
 def _check_slot(what: str, slot: Any) -> None:
     if slot is not None and (isinstance(slot, bool) or not isinstance(slot, int)):
         raise InvalidInput(f"{what} slot must be an integer, got {slot!r}")
@@ -172,14 +196,15 @@ def notify_alerts(self: Any, slot: int | None = None) -> dict[str, Any]:
     result = notifier_from_settings().run(alerts)
     superseded = slot is not None and last is not None and last > slot
     if result.failures and superseded:  # a newer evaluation's notify sends what is still due
-        log.warning("alerts: notification failed, left to slot %s: %s", last,
-                    "; ".join(result.failures))
+        log.warning(
+            "alerts: notification failed, left to slot %s: %s", last, "; ".join(result.failures)
+        )
     elif result.failures:
         retries = self.request.retries or 0
-        countdown = min(settings.tasks.retry_backoff_max, 2 ** retries)
+        countdown = min(settings.tasks.retry_backoff_max, 2**retries)
         exc = LewisError("; ".join(result.failures))  # not TransientError: no autoretry on top
-        log.warning("alerts: notification failed (retry %d in %ss): %s", retries + 1,
-                    countdown, exc)
-        raise self.retry(exc=exc, countdown=countdown,
-                         max_retries=settings.alerts.notify_retries)
+        log.warning(
+            "alerts: notification failed (retry %d in %ss): %s", retries + 1, countdown, exc
+        )
+        raise self.retry(exc=exc, countdown=countdown, max_retries=settings.alerts.notify_retries)
     return {"slot": slot, **result.to_dict()}

@@ -55,8 +55,11 @@ def process_id() -> str:
 
 # --- batches ---------------------------------------------------------------------------------
 
+
 @app.task(name="lewis.http.fetch_chunk")
-def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[str, Any]) -> dict[str, Any]:
+def fetch_chunk(
+    batch_id: str, start: int, requests: list[Any], options: dict[str, Any]
+) -> dict[str, Any]:
     """Fetch ``requests`` (indexes ``start``…) of batch ``batch_id``; rows persisted once each."""
     _check_batch_id(batch_id)
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
@@ -73,12 +76,19 @@ def fetch_chunk(batch_id: str, start: int, requests: list[Any], options: dict[st
     began = time.monotonic()
     rt = runtime()
     save_batch_once(rt, batch_id, total, options.get("request"))
-    fetched = fetch_and_store(rt, batch_id, start, requests, budget,
-                              deadline=began + plan.chunk_seconds)
+    fetched = fetch_and_store(
+        rt, batch_id, start, requests, budget, deadline=began + plan.chunk_seconds
+    )
     figures = chunk_figures(fetched.outcomes)
-    result = {"batch_id": batch_id, "start": start, "count": figures.pop("count"),
-              "new": fetched.new, **figures, "process": process_id(),
-              "seconds": round(time.monotonic() - began, 3)}
+    result = {
+        "batch_id": batch_id,
+        "start": start,
+        "count": figures.pop("count"),
+        "new": fetched.new,
+        **figures,
+        "process": process_id(),
+        "seconds": round(time.monotonic() - began, 3),
+    }
     if options.get("merge"):  # the batch's only chunk: no chord, it closes the batch itself
         return _merge_batch([result], batch_id, rows_up_to=ROWS_IN_RESULT)
     return result
@@ -104,12 +114,24 @@ def _merge_batch(results: Any, batch_id: Any, rows_up_to: int = 0) -> dict[str, 
         batch = get_http_batch(session, batch_id)
         if batch is None:
             raise InvalidInput(f"no HTTP batch {batch_id!r}")
-        summary = {"total": batch.total, "done": batch.done, "ok": batch.ok,
-                   "failed": batch.failed, **sums}
-        finish_http_batch(session, batch_id, summary=summary,
-                          status="cancelled" if batch.status == "cancelled" else "done")
-        rows = (result_rows(session, batch_id, limit=rows_up_to)
-                if 0 < batch.total <= rows_up_to else None)
+        summary = {
+            "total": batch.total,
+            "done": batch.done,
+            "ok": batch.ok,
+            "failed": batch.failed,
+            **sums,
+        }
+        finish_http_batch(
+            session,
+            batch_id,
+            summary=summary,
+            status="cancelled" if batch.status == "cancelled" else "done",
+        )
+        rows = (
+            result_rows(session, batch_id, limit=rows_up_to)
+            if 0 < batch.total <= rows_up_to
+            else None
+        )
     return {"batch_id": batch_id, **summary, **({"rows": rows} if rows is not None else {})}
 
 
@@ -127,8 +149,9 @@ def abort(failed_task_id: str, kind: str, run_id: str) -> dict[str, Any]:
         elif kind == "batch":
             finish_http_batch(session, run_id, status="failed", summary={"error": reason})
         elif kind == "loadtest":
-            save_loadtest(session, run_id, status="failed", result={"error": reason},
-                          finished_at=_now())
+            save_loadtest(
+                session, run_id, status="failed", result={"error": reason}, finished_at=_now()
+            )
         else:
             raise InvalidInput(f"abort: unknown kind {kind!r}")
     return {"kind": kind, "id": run_id, "error": reason}
@@ -154,6 +177,7 @@ def _check_batch_id(batch_id: Any) -> None:
 
 # --- load tests ------------------------------------------------------------------------------
 
+
 class LoadtestPartTask(LewisTask):
     """Time limits that cover the barrier, the longest allowed run and its drain, read from
     the settings each time (a part is checked against the visibility timeout at start-up)."""
@@ -168,8 +192,9 @@ class LoadtestPartTask(LewisTask):
 
 
 @app.task(name="lewis.http.loadtest_part", bind=True, base=LoadtestPartTask)
-def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
-                  spec: dict[str, Any]) -> dict[str, Any]:
+def loadtest_part(
+    self: LoadtestPartTask, run_id: str, part: int, parts: int, spec: dict[str, Any]
+) -> dict[str, Any]:
     """One part of load test ``run_id``: wait for the other parts, then load the URL.
 
     Parts belong on different io processes: a part that arrives in a process already running
@@ -179,10 +204,19 @@ def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
     _check_part(run_id, part, parts, spec)
     settings = get_settings()
     budget = loadtest_budget(settings)
-    check_loadtest(settings, concurrency=spec["concurrency"], duration=spec.get("duration"),
-                   requests=spec.get("requests"), rate=spec.get("rate"), workers=1,
-                   method=str(spec.get("method", "GET")), headers=spec.get("headers"),
-                   body=spec.get("body"), timeout=spec.get("timeout"), ramp=spec.get("ramp"))
+    check_loadtest(
+        settings,
+        concurrency=spec["concurrency"],
+        duration=spec.get("duration"),
+        requests=spec.get("requests"),
+        rate=spec.get("rate"),
+        workers=1,
+        method=str(spec.get("method", "GET")),
+        headers=spec.get("headers"),
+        body=spec.get("body"),
+        timeout=spec.get("timeout"),
+        ramp=spec.get("ramp"),
+    )
     rt = runtime()
     client = rt.redis()
     ttl = int(budget.time_limits(None)[1]) + 60
@@ -192,44 +226,84 @@ def loadtest_part(self: LoadtestPartTask, run_id: str, part: int, parts: int,
         if (self.request.retries or 0) < 2 * parts:
             raise self.retry(countdown=0, max_retries=2 * parts)
         shared = True
-    barrier = RedisBarrier(client, BARRIER_KEY.format(run=run_id), parties=parts,
-                           timeout=budget.barrier, lead=BARRIER_LEAD)
+    barrier = RedisBarrier(
+        client,
+        BARRIER_KEY.format(run=run_id),
+        parties=parts,
+        timeout=budget.barrier,
+        lead=BARRIER_LEAD,
+    )
     start_at = barrier.wait(party=f"{self.request.id or run_id}:{part}")
-    progress = ProgressWriter(client, LOADTEST_PROGRESS_KEY.format(run=run_id), str(part), ttl,
-                              rt.scan.publisher)
+    progress = ProgressWriter(
+        client, LOADTEST_PROGRESS_KEY.format(run=run_id), str(part), ttl, rt.scan.publisher
+    )
     run_for = spec.get("duration")
     stop = CancelCheck(client, run_id, interval=STOP_INTERVAL)  # a cancel ends it within ~0.1 s
-    result = rt.run(_load(spec, start_at, budget.max_duration, progress.publish, stop),
-                     timeout=budget.time_limits(run_for)[0])
-    progress.publish({"elapsed_s": round(result.duration_s, 3), "requests": result.requests,
-                      "errors": sum(result.errors.values()), "rps": round(result.rps, 1),
-                      "done": True})
+    result = rt.run(
+        _load(spec, start_at, budget.max_duration, progress.publish, stop),
+        timeout=budget.time_limits(run_for)[0],
+    )
+    progress.publish(
+        {
+            "elapsed_s": round(result.duration_s, 3),
+            "requests": result.requests,
+            "errors": sum(result.errors.values()),
+            "rps": round(result.rps, 1),
+            "done": True,
+        }
+    )
     progress.flush(FINAL_LINE_WAIT)
-    return {**result.to_dict(), "part": part, "process": process_id(), "shared": shared,
-            "handed_back": self.request.retries or 0}
+    return {
+        **result.to_dict(),
+        "part": part,
+        "process": process_id(),
+        "shared": shared,
+        "handed_back": self.request.retries or 0,
+    }
 
 
-async def _load(spec: Mapping[str, Any], start_at: float, max_duration: float,
-                report: Callable[[dict[str, Any]], None], stop: Callable[[], bool]) -> LoadResult:
+async def _load(
+    spec: Mapping[str, Any],
+    start_at: float,
+    max_duration: float,
+    report: Callable[[dict[str, Any]], None],
+    stop: Callable[[], bool],
+) -> LoadResult:
     """The run on this process's loop, with a session of its own sized to the part's
     concurrency: the shared session's per-host limit would throttle it, and a load test
     must not starve the batches sharing that pool."""
     settings = get_settings()
     lt = settings.loadtest
-    session = create_session(Scope.from_allow(settings.scope.allow),
-                             max_connections=int(spec["concurrency"]), limit_per_host=0,
-                             connect_timeout=settings.network.connection_timeout,
-                             read_timeout=None, keep_alive=settings.network.keep_alive)
+    session = create_session(
+        Scope.from_allow(settings.scope.allow),
+        max_connections=int(spec["concurrency"]),
+        limit_per_host=0,
+        connect_timeout=settings.network.connection_timeout,
+        read_timeout=None,
+        keep_alive=settings.network.keep_alive,
+    )
     async with session:
-        return await run_loadtest(session, str(spec["url"]), concurrency=int(spec["concurrency"]),
-                                  duration=spec.get("duration"), requests=spec.get("requests"),
-                                  rate=spec.get("rate"), method=str(spec.get("method", "GET")),
-                                  headers=spec.get("headers"), body=spec.get("body"),
-                                  timeout=spec.get("timeout"), ramp=spec.get("ramp"),
-                                  max_body=lt.max_body_bytes,
-                                  start_at=start_at, max_duration=max_duration,
-                                  max_concurrency=lt.max_concurrency, max_rate=lt.max_rate,
-                                  max_requests=lt.max_requests, on_progress=report, stop=stop)
+        return await run_loadtest(
+            session,
+            str(spec["url"]),
+            concurrency=int(spec["concurrency"]),
+            duration=spec.get("duration"),
+            requests=spec.get("requests"),
+            rate=spec.get("rate"),
+            method=str(spec.get("method", "GET")),
+            headers=spec.get("headers"),
+            body=spec.get("body"),
+            timeout=spec.get("timeout"),
+            ramp=spec.get("ramp"),
+            max_body=lt.max_body_bytes,
+            start_at=start_at,
+            max_duration=max_duration,
+            max_concurrency=lt.max_concurrency,
+            max_rate=lt.max_rate,
+            max_requests=lt.max_requests,
+            on_progress=report,
+            stop=stop,
+        )
 
 
 def _check_part(run_id: Any, part: Any, parts: Any, spec: Any) -> None:
@@ -244,8 +318,9 @@ def _check_part(run_id: Any, part: Any, parts: Any, spec: Any) -> None:
 
 
 @app.task(name="lewis.http.loadtest_merge")
-def loadtest_merge(results: list[dict[str, Any]], run_id: str,
-                   request: dict[str, Any]) -> dict[str, Any]:
+def loadtest_merge(
+    results: list[dict[str, Any]], run_id: str, request: dict[str, Any]
+) -> dict[str, Any]:
     """Chord callback: the parts as one result (histograms merged bucket by bucket, never
     percentiles averaged), persisted once; a second run returns the stored result."""
     from ..storage.db import get_engine, session_scope
@@ -259,8 +334,14 @@ def loadtest_merge(results: list[dict[str, Any]], run_id: str,
         stored = get_run(session, LoadtestRow, run_id)
         if stored is not None and stored.status in ("done", "cancelled") and stored.result:
             return dict(stored.result)
-        save_loadtest(session, run_id, status="cancelled" if result["cancelled"] else "done",
-                      request=dict(request or {}), result=result, finished_at=_now())
+        save_loadtest(
+            session,
+            run_id,
+            status="cancelled" if result["cancelled"] else "done",
+            request=dict(request or {}),
+            result=result,
+            finished_at=_now(),
+        )
     return result
 
 

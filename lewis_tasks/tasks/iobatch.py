@@ -32,6 +32,7 @@ ASYNC_BODIES: dict[str, AsyncBody] = {}
 
 def io_task(name: str, **options: Any) -> Callable[[AsyncBody], Any]:
     """Declare an io task by its coroutine body; it then runs alone or packed."""
+
     def decorate(body: AsyncBody) -> Any:
         ASYNC_BODIES[name] = body
 
@@ -40,6 +41,7 @@ def io_task(name: str, **options: Any) -> Callable[[AsyncBody], Any]:
             return runtime().run(body(*args, **kwargs))
 
         return app.task(name=name, **options)(run)
+
     return decorate
 
 
@@ -52,8 +54,10 @@ def run_batch(name: str, calls: list[Any]) -> dict[str, Any]:
     ids = [_task_id(call) for call in calls]
     body = ASYNC_BODIES.get(name)
     if body is None:  # every call gets the answer, or its handle would wait forever
-        error = InvalidInput(f"{name!r} cannot run packed: it is not an async io task "
-                             f"(packable: {', '.join(sorted(ASYNC_BODIES)) or 'none'})")
+        error = InvalidInput(
+            f"{name!r} cannot run packed: it is not an async io task "
+            f"(packable: {', '.join(sorted(ASYNC_BODIES)) or 'none'})"
+        )
         for task_id in ids:
             app.backend.mark_as_failure(task_id, error, call_errbacks=False)
         return {"calls": len(calls), "ok": 0, "failed": len(calls)}
@@ -69,8 +73,13 @@ def run_batch(name: str, calls: list[Any]) -> dict[str, Any]:
 
 
 def _task_id(call: Any) -> str:
-    if (not isinstance(call, list) or len(call) != 3 or not isinstance(call[0], str)
-            or not isinstance(call[1], list) or not isinstance(call[2], dict)):
+    if (
+        not isinstance(call, list)
+        or len(call) != 3
+        or not isinstance(call[0], str)
+        or not isinstance(call[1], list)
+        or not isinstance(call[2], dict)
+    ):
         raise InvalidInput(f"a packed call is [task_id, args, kwargs], got {call!r:.80}")
     return call[0]
 

@@ -57,6 +57,7 @@ def _task_function(task_name: str) -> Callable[..., Any]:
     that moment, and a process may still reconfigure the app after importing this module. The
     profile shows this one frame above the task's function.
     """
+
     def run_task_inline(*args: Any, **kwargs: Any) -> Any:
         body = ASYNC_BODIES.get(task_name)
         if body is not None:
@@ -88,8 +89,12 @@ BENCHMARKABLE = _registry("benchmark target")
 def limits_of(settings: Settings) -> Limits:
     """The profiling bounds of ``settings``."""
     p = settings.profiling
-    return Limits(max_seconds=p.max_seconds, top_n=p.top_n, max_iterations=p.max_iterations,
-                  max_concurrent=p.max_concurrent)
+    return Limits(
+        max_seconds=p.max_seconds,
+        top_n=p.top_n,
+        max_iterations=p.max_iterations,
+        max_concurrent=p.max_concurrent,
+    )
 
 
 def run_seconds(requested: float | None, settings: Settings) -> float:
@@ -101,7 +106,8 @@ def run_seconds(requested: float | None, settings: Settings) -> float:
     if requested > room:
         raise InvalidInput(
             f"max_seconds={requested} is over the bound {room:g} s ({TASK_TIME_SHARE:.0%} of "
-            f"tasks.soft_time_limit={settings.tasks.soft_time_limit}): the task would be killed")
+            f"tasks.soft_time_limit={settings.tasks.soft_time_limit}): the task would be killed"
+        )
     return float(requested)
 
 
@@ -132,10 +138,17 @@ def _flag(name: str, value: Any) -> bool:
 
 
 @app.task(name="lewis.profile.run", bind=True)
-def profile_run(self: Any, name: str, args: list[Any] | None = None,
-                kwargs: dict[str, Any] | None = None, top_n: int | None = None,
-                trace_memory: bool = True, max_seconds: float | None = None,
-                save_pstats: bool = False, return_pstats: bool = False) -> dict[str, Any]:
+def profile_run(
+    self: Any,
+    name: str,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    top_n: int | None = None,
+    trace_memory: bool = True,
+    max_seconds: float | None = None,
+    save_pstats: bool = False,
+    return_pstats: bool = False,
+) -> dict[str, Any]:
     """Profile registered callable ``name`` once; the stored report (and optionally its .pstats)."""
     from ..storage.db import get_engine, session_scope
     from ..storage.runs import save_profile
@@ -153,13 +166,28 @@ def profile_run(self: Any, name: str, args: list[Any] | None = None,
         folder = settings.home / "profiles"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{run_id}.pstats"
-    report = profile_call(func, call_args, call_kwargs, top_n=top, max_seconds=seconds,
-                          trace_memory=trace, pstats_path=target, limits=limits, name=name)
+    report = profile_call(
+        func,
+        call_args,
+        call_kwargs,
+        top_n=top,
+        max_seconds=seconds,
+        trace_memory=trace,
+        pstats_path=target,
+        limits=limits,
+        name=name,
+    )
     status = "timed_out" if report.timed_out else "ok" if report.ok else "raised"
     result = report.to_dict()
     with session_scope(get_engine()) as session:
-        save_profile(session, run_id, task_name=name, status=status, result=result,
-                     pstats_path=report.pstats_path)
+        save_profile(
+            session,
+            run_id,
+            task_name=name,
+            status=status,
+            result=result,
+            pstats_path=report.pstats_path,
+        )
     out = {"id": run_id, "status": status, "worker": self.request.hostname, **result}
     if return_pstats and report.pstats_path:
         out.update(_inline_pstats(Path(report.pstats_path)))
@@ -169,9 +197,11 @@ def profile_run(self: Any, name: str, args: list[Any] | None = None,
 def _inline_pstats(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     if size > MAX_PSTATS_INLINE:
-        return {"pstats_b64": None,
-                "pstats_note": f"{size} bytes is over the {MAX_PSTATS_INLINE} inline cap; "
-                               f"the file stays on the worker at {path}"}
+        return {
+            "pstats_b64": None,
+            "pstats_note": f"{size} bytes is over the {MAX_PSTATS_INLINE} inline cap; "
+            f"the file stays on the worker at {path}",
+        }
     return {"pstats_b64": base64.b64encode(path.read_bytes()).decode("ascii")}
 
 
@@ -185,12 +215,17 @@ def lewis_diagnose(state: Any, interval: float = 0.2, **_: Any) -> dict[str, Any
     interval = min(max(float(interval), 0.05), MAX_DIAGNOSE_INTERVAL)
     size, busy, recycle = pool_figures(state.consumer, settings)
     home = str(settings.home)
-    snapshot = collect_system(disk_path=home if os.path.isdir(home) else "/",
-                              pool_pid=os.getpid(), interval=interval)
-    report = diagnose_worker(state.hostname, snapshot, pool_size=size, pool_busy=busy,
-                             recycle_limit_bytes=recycle)
-    return {**report.to_dict(), "pool": type(state.consumer.pool).__module__.rsplit(".", 1)[-1],
-            "recycle_limit_bytes": recycle}
+    snapshot = collect_system(
+        disk_path=home if os.path.isdir(home) else "/", pool_pid=os.getpid(), interval=interval
+    )
+    report = diagnose_worker(
+        state.hostname, snapshot, pool_size=size, pool_busy=busy, recycle_limit_bytes=recycle
+    )
+    return {
+        **report.to_dict(),
+        "pool": type(state.consumer.pool).__module__.rsplit(".", 1)[-1],
+        "recycle_limit_bytes": recycle,
+    }
 
 
 def pool_figures(consumer: Any, settings: Settings) -> tuple[int | None, int, int | None]:
@@ -220,19 +255,32 @@ def diagnose(self: Any, worker: str | None = None, interval: float = 0.2) -> dic
     from ..storage.runs import save_diagnosis
 
     settings = get_settings()
-    if isinstance(interval, bool) or not isinstance(interval, int | float) \
-            or not 0 < interval <= MAX_DIAGNOSE_INTERVAL:
-        raise InvalidInput(f"interval must be in (0, {MAX_DIAGNOSE_INTERVAL}] seconds, got {interval!r}")
+    if (
+        isinstance(interval, bool)
+        or not isinstance(interval, int | float)
+        or not 0 < interval <= MAX_DIAGNOSE_INTERVAL
+    ):
+        raise InvalidInput(
+            f"interval must be in (0, {MAX_DIAGNOSE_INTERVAL}] seconds, got {interval!r}"
+        )
     if worker is not None and not isinstance(worker, str):
         raise InvalidInput(f"worker must be a worker name, got {worker!r}")
     wait = settings.monitoring.ping_timeout
     live = sorted(broadcast(app, "ping", timeout=wait))
     if worker is not None:
         if worker not in live:
-            raise InvalidInput(f"no live worker named {worker!r}; live: {', '.join(live) or 'none'}")
+            raise InvalidInput(
+                f"no live worker named {worker!r}; live: {', '.join(live) or 'none'}"
+            )
         live = [worker]
-    replies = broadcast(app, DIAGNOSE_COMMAND, arguments={"interval": float(interval)},
-                                destination=live, limit=len(live), timeout=interval + wait + 2.0)
+    replies = broadcast(
+        app,
+        DIAGNOSE_COMMAND,
+        arguments={"interval": float(interval)},
+        destination=live,
+        limit=len(live),
+        timeout=interval + wait + 2.0,
+    )
     by_worker: dict[str, Any] = dict.fromkeys(live)
     errors: dict[str, str] = {}
     for name, data in replies.items():
@@ -254,10 +302,16 @@ def diagnose(self: Any, worker: str | None = None, interval: float = 0.2) -> dic
 
 
 @app.task(name="lewis.bench.run", bind=True)
-def bench_run(self: Any, target: str, iterations: int | None = None, warmup: int = 0,
-              concurrency: int | None = None, args: list[Any] | None = None,
-              kwargs: dict[str, Any] | None = None,
-              max_seconds: float | None = None) -> dict[str, Any]:
+def bench_run(
+    self: Any,
+    target: str,
+    iterations: int | None = None,
+    warmup: int = 0,
+    concurrency: int | None = None,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    max_seconds: float | None = None,
+) -> dict[str, Any]:
     """Benchmark registered callable ``target``: serially, or on ``concurrency`` threads.
 
     Failing iterations are counted in the success rate, never abort the run. Stored with the
@@ -267,34 +321,77 @@ def bench_run(self: Any, target: str, iterations: int | None = None, warmup: int
     limits = limits_of(settings)
     func = BENCHMARKABLE.get(target)
     call_args, call_kwargs = call_arguments(target, args, kwargs)
-    count = iterations if iterations is not None else min(DEFAULT_ITERATIONS,
-                                                          limits.max_iterations)
+    count = iterations if iterations is not None else min(DEFAULT_ITERATIONS, limits.max_iterations)
     seconds = run_seconds(max_seconds, settings)
     if concurrency is None:
-        stats: Any = benchmark_function(func, count, args=call_args, kwargs=call_kwargs,
-                                        warmup=warmup, max_seconds=seconds, limits=limits,
-                                        name=target)
+        stats: Any = benchmark_function(
+            func,
+            count,
+            args=call_args,
+            kwargs=call_kwargs,
+            warmup=warmup,
+            max_seconds=seconds,
+            limits=limits,
+            name=target,
+        )
         kind, timings = "serial", stats.timings
         throughput = stats.iterations_run / stats.total_seconds if stats.total_seconds else 0.0
     else:
-        stats = benchmark_concurrent(func, count, concurrency, args=call_args,
-                                     kwargs=call_kwargs, max_seconds=seconds, limits=limits,
-                                     name=target)
+        stats = benchmark_concurrent(
+            func,
+            count,
+            concurrency,
+            args=call_args,
+            kwargs=call_kwargs,
+            max_seconds=seconds,
+            limits=limits,
+            name=target,
+        )
         kind, timings, throughput = "concurrent", stats.latency, stats.tasks_per_s
-    metrics: dict[str, Any] = {"throughput_per_s": throughput, "success_rate": stats.success_rate,
-                               "failures": stats.failures, "stopped_early": stats.stopped_early}
+    metrics: dict[str, Any] = {
+        "throughput_per_s": throughput,
+        "success_rate": stats.success_rate,
+        "failures": stats.failures,
+        "stopped_early": stats.stopped_early,
+    }
     if timings is not None:
-        metrics.update(p50_ms=timings.median_s * 1e3, p99_ms=timings.p99_s * 1e3,
-                       mean_ms=timings.mean_s * 1e3, min_ms=timings.min_s * 1e3,
-                       max_ms=timings.max_s * 1e3, stdev_ms=timings.stdev_s * 1e3)
+        metrics.update(
+            p50_ms=timings.median_s * 1e3,
+            p99_ms=timings.p99_s * 1e3,
+            mean_ms=timings.mean_s * 1e3,
+            min_ms=timings.min_s * 1e3,
+            max_ms=timings.max_s * 1e3,
+            stdev_ms=timings.stdev_s * 1e3,
+        )
     queue = (self.request.delivery_info or {}).get("routing_key") or "cpu"
-    stored = record_benchmark_run(_run_id(self), suite="function", name=target, queue=queue,
-                                  metrics=metrics, settings=settings, kind=kind,
-                                  iterations=count, warmup=warmup, concurrency=concurrency,
-                                  args=call_args, kwargs=call_kwargs, max_seconds=seconds)
+    stored = record_benchmark_run(
+        _run_id(self),
+        suite="function",
+        name=target,
+        queue=queue,
+        metrics=metrics,
+        settings=settings,
+        kind=kind,
+        iterations=count,
+        warmup=warmup,
+        concurrency=concurrency,
+        args=call_args,
+        kwargs=call_kwargs,
+        max_seconds=seconds,
+    )
     return {**stored, "kind": kind, "worker": self.request.hostname, "stats": stats.to_dict()}
 
 
-__all__ = ["BENCHMARKABLE", "PROFILABLE", "DIAGNOSE_COMMAND", "bench_run", "call_arguments",
-           "diagnose",
-           "lewis_diagnose", "limits_of", "pool_figures", "profile_run", "run_seconds"]
+__all__ = [
+    "BENCHMARKABLE",
+    "PROFILABLE",
+    "DIAGNOSE_COMMAND",
+    "bench_run",
+    "call_arguments",
+    "diagnose",
+    "lewis_diagnose",
+    "limits_of",
+    "pool_figures",
+    "profile_run",
+    "run_seconds",
+]

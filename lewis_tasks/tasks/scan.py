@@ -51,8 +51,13 @@ FILTERED_LISTED = 1000  # filtered ports listed per chunk result (the count is a
 
 
 @app.task(name="lewis.scan.chunk", bind=True)
-def chunk(self: LewisTask, scan_id: str, index: int, chunk: Mapping[str, Any],
-          options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def chunk(
+    self: LewisTask,
+    scan_id: str,
+    index: int,
+    chunk: Mapping[str, Any],
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Scan one chunk (a host and its port range), identify its services, record it once;
     the only chunk of a scan (``options["merge"]``) then merges the scan in place."""
     options = options or {}
@@ -62,8 +67,13 @@ def chunk(self: LewisTask, scan_id: str, index: int, chunk: Mapping[str, Any],
     return outcome
 
 
-def _record_chunk(task_id: str | None, scan_id: str, index: int, chunk: Mapping[str, Any],
-                  options: Mapping[str, Any]) -> dict[str, Any]:
+def _record_chunk(
+    task_id: str | None,
+    scan_id: str,
+    index: int,
+    chunk: Mapping[str, Any],
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
     from ..storage import scans
     from ..storage.db import get_engine, session_scope
 
@@ -79,18 +89,30 @@ def _record_chunk(task_id: str | None, scan_id: str, index: int, chunk: Mapping[
     outcome = _scan(scan_id, index, part, rate, identify, settings)
     result = _chunk_result(part, outcome)
     with session_scope(get_engine()) as session:
-        recorded = scans.record_chunk(session, scan_id, index, result,
-                                      ports_scanned=outcome.scan.ports_done,
-                                      open_ports=[scans.port_row(p)
-                                                  for p in _open_ports(part, outcome)],
-                                      task_id=task_id, host=part.address)
+        recorded = scans.record_chunk(
+            session,
+            scan_id,
+            index,
+            result,
+            ports_scanned=outcome.scan.ports_done,
+            open_ports=[scans.port_row(p) for p in _open_ports(part, outcome)],
+            task_id=task_id,
+            host=part.address,
+        )
     _forget_live(scan_id, index)
-    return {"scan_id": scan_id, "chunk": index, "recorded": recorded,
-            "address": part.address, "open": result["open"], "filtered": result["filtered"]}
+    return {
+        "scan_id": scan_id,
+        "chunk": index,
+        "recorded": recorded,
+        "address": part.address,
+        "open": result["open"],
+        "filtered": result["filtered"],
+    }
 
 
-def _chunk_input(scan_id: Any, index: Any, chunk: Any,
-                 options: Mapping[str, Any]) -> tuple[ScanChunk, float | None, bool]:
+def _chunk_input(
+    scan_id: Any, index: Any, chunk: Any, options: Mapping[str, Any]
+) -> tuple[ScanChunk, float | None, bool]:
     if not isinstance(scan_id, str) or not scan_id:
         raise InvalidInput(f"scan id must be a non-empty string, got {scan_id!r}")
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
@@ -99,14 +121,21 @@ def _chunk_input(scan_id: Any, index: Any, chunk: Any,
         raise InvalidInput(f"chunk must be a mapping with address and ports, got {chunk!r}")
     part = ScanChunk.from_dict(dict(chunk))  # parse_ports names a bad spec
     rate = options.get("rate")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
-                             or rate <= 0):
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0
+    ):
         raise InvalidInput(f"rate must be a number of connections per second > 0, got {rate!r}")
     return part, (float(rate) if rate is not None else None), bool(options.get("services", True))
 
 
-def _scan(scan_id: str, index: int, part: ScanChunk, rate: float | None, identify: bool,
-          settings: Settings) -> ChunkOutcome:
+def _scan(
+    scan_id: str,
+    index: int,
+    part: ScanChunk,
+    rate: float | None,
+    identify: bool,
+    settings: Settings,
+) -> ChunkOutcome:
     s = settings.scan
     scope = Scope.from_allow(settings.scope.allow)
     soft = settings.tasks.soft_time_limit
@@ -121,19 +150,40 @@ def _scan(scan_id: str, index: int, part: ScanChunk, rate: float | None, identif
     cancelled = CancelCheck(rt.redis(), scan_id)
     with rt.running_chunk() as running:
         try:
-            return rt.run(_resolve_and_run(part, scope, deadline, settings, limiter, identify,
-                                           max(64, s.concurrency // running), publish,
-                                           rt.scan.executor, cancelled),
-                          timeout=soft * (WORK_SHARE + 1) / 2)
+            return rt.run(
+                _resolve_and_run(
+                    part,
+                    scope,
+                    deadline,
+                    settings,
+                    limiter,
+                    identify,
+                    max(64, s.concurrency // running),
+                    publish,
+                    rt.scan.executor,
+                    cancelled,
+                ),
+                timeout=soft * (WORK_SHARE + 1) / 2,
+            )
         except FutureTimeout:
-            raise TransientError(f"scan chunk {index} of {part.address}: still running after "
-                                 f"{soft * (WORK_SHARE + 1) / 2:.0f} s; stopped") from None
+            raise TransientError(
+                f"scan chunk {index} of {part.address}: still running after "
+                f"{soft * (WORK_SHARE + 1) / 2:.0f} s; stopped"
+            ) from None
 
 
-async def _resolve_and_run(part: ScanChunk, scope: Scope, deadline: float, settings: Settings,
-                           limiter: Any, identify: bool, concurrency: int, publish: Any,
-                           executor: ThreadPoolExecutor,
-                           cancelled: Any = None) -> ChunkOutcome:
+async def _resolve_and_run(
+    part: ScanChunk,
+    scope: Scope,
+    deadline: float,
+    settings: Settings,
+    limiter: Any,
+    identify: bool,
+    concurrency: int,
+    publish: Any,
+    executor: ThreadPoolExecutor,
+    cancelled: Any = None,
+) -> ChunkOutcome:
     # Checked again here, on the worker's own scope: the producer's may differ, and a name may
     # have moved since it was resolved. The scan then connects to the checked address only.
     if part.hostname is not None:
@@ -142,44 +192,71 @@ async def _resolve_and_run(part: ScanChunk, scope: Scope, deadline: float, setti
         if parse_ip(part.address) not in resolved:
             # A name vouches only for its own addresses: a chunk naming "localhost" with
             # another address must not borrow the name's standing.
-            raise OutOfScope(f"{part.address} is not an address of {part.hostname} "
-                             f"({', '.join(sorted(h.address for h in hosts))})")
+            raise OutOfScope(
+                f"{part.address} is not an address of {part.hostname} "
+                f"({', '.join(sorted(h.address for h in hosts))})"
+            )
         checked = scope.check_address(part.address, via=part.hostname)
     else:
         checked = scope.check_address(part.address)
     only = Scope((ipaddress.ip_network(checked),), ())
     s = settings.scan
-    return await run_chunk(str(checked), part.port_list(), scope=only, deadline=deadline,
-                           concurrency=concurrency, timeout=s.timeout, retries=s.retries,
-                           limiter=limiter, identify=identify, banner_timeout=s.banner_timeout,
-                           identify_concurrency=s.identify_concurrency, on_progress=publish,
-                           progress_interval=PROGRESS_INTERVAL, executor=executor,
-                           cancelled=cancelled)
+    return await run_chunk(
+        str(checked),
+        part.port_list(),
+        scope=only,
+        deadline=deadline,
+        concurrency=concurrency,
+        timeout=s.timeout,
+        retries=s.retries,
+        limiter=limiter,
+        identify=identify,
+        banner_timeout=s.banner_timeout,
+        identify_concurrency=s.identify_concurrency,
+        on_progress=publish,
+        progress_interval=PROGRESS_INTERVAL,
+        executor=executor,
+        cancelled=cancelled,
+    )
 
 
 def _chunk_result(part: ScanChunk, outcome: ChunkOutcome) -> dict[str, Any]:
     scan = outcome.scan
-    return {"address": part.address, "hostname": part.hostname, "ports": part.ports,
-            "ports_total": scan.ports_total, "open": list(scan.open),
-            "filtered": len(scan.filtered), "filtered_ports": list(scan.filtered[:FILTERED_LISTED]),
-            "closed": scan.closed_count, "retried": scan.retried,
-            "self_connects": scan.self_connects, "unidentified": list(outcome.unidentified),
-            "seconds": round(outcome.seconds, 3),
-            **({"cancelled": True, "ports_done": scan.ports_done} if scan.cancelled else {})}
+    return {
+        "address": part.address,
+        "hostname": part.hostname,
+        "ports": part.ports,
+        "ports_total": scan.ports_total,
+        "open": list(scan.open),
+        "filtered": len(scan.filtered),
+        "filtered_ports": list(scan.filtered[:FILTERED_LISTED]),
+        "closed": scan.closed_count,
+        "retried": scan.retried,
+        "self_connects": scan.self_connects,
+        "unidentified": list(outcome.unidentified),
+        "seconds": round(outcome.seconds, 3),
+        **({"cancelled": True, "ports_done": scan.ports_done} if scan.cancelled else {}),
+    }
 
 
 def _open_ports(part: ScanChunk, outcome: ChunkOutcome) -> list[OpenPort]:
     named = {s.port: s for s in outcome.services}
-    return [OpenPort(part.address,
-                     named.get(port) or ServiceInfo(port, guess_name(port), probe="not identified"),
-                     part.hostname) for port in outcome.scan.open]
+    return [
+        OpenPort(
+            part.address,
+            named.get(port) or ServiceInfo(port, guess_name(port), probe="not identified"),
+            part.hostname,
+        )
+        for port in outcome.scan.open
+    ]
 
 
 def _live_publisher(scan_id: str, index: int, publisher: ThreadPoolExecutor) -> Any:
     """Publish a running chunk's "done,open" counts off the event loop (the readers'
     format: producer.scanreport); a Redis hiccup only makes the bar coarser."""
-    writer = ProgressWriter(runtime().redis(), SCAN_LIVE_KEY.format(scan_id=scan_id), str(index),
-                            LIVE_TTL, publisher)
+    writer = ProgressWriter(
+        runtime().redis(), SCAN_LIVE_KEY.format(scan_id=scan_id), str(index), LIVE_TTL, publisher
+    )
 
     def publish(progress: PortScanProgress) -> None:
         writer.publish(f"{progress.done},{progress.open}")
@@ -216,8 +293,9 @@ def _merge(scan_id: Any) -> dict[str, Any]:
         missing = scans.pending_chunks(session, scan_id)
         cancelled = scan.status == "cancelled"  # merged as far as it came, and stays cancelled
         if missing and not cancelled:
-            raise TransientError(f"scan {scan_id}: {len(missing)} chunks not recorded yet "
-                                 f"(first: {missing[0]})")
+            raise TransientError(
+                f"scan {scan_id}: {len(missing)} chunks not recorded yet (first: {missing[0]})"
+            )
         ports = scans.open_ports(session, scan_id)
         chunk_results = scans.chunk_results(session, scan_id)
         request, first = scan.request or {}, scan.status not in ("done", "cancelled")
@@ -225,8 +303,9 @@ def _merge(scan_id: Any) -> dict[str, Any]:
     summary = build_report(chunk_results, ports, findings).summary
     with session_scope(get_engine()) as session:
         scans.save_findings(session, scan_id, findings)
-        scans.set_scan_status(session, scan_id, "cancelled" if cancelled else "done",
-                              summary=summary)
+        scans.set_scan_status(
+            session, scan_id, "cancelled" if cancelled else "done", summary=summary
+        )
         done = scans.get_scan(session, scan_id)
         values = [t["value"] for t in request.get("target_rows") or ()]
         # only the first merge stamps the targets: a re-merge must not move last_scanned back
@@ -250,10 +329,14 @@ def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
         if scan is None or scan.status in ("done", "cancelled"):  # a revoked chunk fails the chord
             return {"scan_id": scan_id, "status": scan.status if scan else None}
         missing = scans.pending_chunks(session, scan_id)
-        reason = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else \
-            "the scan's chord failed"
-        error = reason + (f" ({len(missing)} of {scan.chunks_total} chunks unfinished)"
-                          if missing else "")
+        reason = (
+            f"{type(cause).__name__}: {cause}"
+            if isinstance(cause, BaseException)
+            else "the scan's chord failed"
+        )
+        error = reason + (
+            f" ({len(missing)} of {scan.chunks_total} chunks unfinished)" if missing else ""
+        )
         scans.set_scan_status(session, scan_id, "failed", error=error[:2000])
     return {"scan_id": scan_id, "status": "failed", "error": error}
 

@@ -16,7 +16,8 @@ from tests.support.alertpeers import webhook_receiver
 
 
 def test_a_redis_restart_in_the_middle_of_for_loses_no_transition_and_doubles_nothing(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     server = EmbeddedRedis(data_dir=tmp_path / "redis", appendonly=True).start()
     try:
         with webhook_receiver() as hook:
@@ -27,7 +28,8 @@ def test_a_redis_restart_in_the_middle_of_for_loses_no_transition_and_doubles_no
                 try:
                     put_depth(store_of(client), depth, slot * STEP + 1)
                     result = AlertEngine(store_of(client), [BACKLOG], STEP).tick(
-                        slot, now=slot * STEP + 2)
+                        slot, now=slot * STEP + 2
+                    )
                     Notifier(client, [BACKLOG], receivers).run(result.alerts, now=slot * STEP + 3)
                     return result
                 finally:
@@ -54,7 +56,8 @@ def test_a_redis_restart_in_the_middle_of_for_loses_no_transition_and_doubles_no
 
 
 def test_the_evaluation_task_run_twice_for_a_slot_commits_it_once(
-        alert_settings: Any, worker_redis: redis.Redis) -> None:
+    alert_settings: Any, worker_redis: redis.Redis
+) -> None:
     from lewis_tasks.tasks.control import evaluate_alerts
 
     slot = int(__import__("time").time() // alert_settings.alerts.evaluation_interval)
@@ -75,8 +78,17 @@ def test_cleanup_drops_alert_history_past_its_retention(alert_settings: Any) -> 
     from lewis_tasks.tasks.control import cleanup
 
     def move(at: float) -> dict[str, Any]:
-        return {"fingerprint": "R[]", "rule": "R", "labels": {}, "from_state": "pending",
-                "to_state": "firing", "at": at, "value": 1.0, "severity": "low", "summary": ""}
+        return {
+            "fingerprint": "R[]",
+            "rule": "R",
+            "labels": {},
+            "from_state": "pending",
+            "to_state": "firing",
+            "at": at,
+            "value": 1.0,
+            "severity": "low",
+            "summary": "",
+        }
 
     old, recent = time.time() - 31 * 86400, time.time() - 60
     with session_scope(get_engine()) as s:

@@ -47,18 +47,20 @@ def test_active_alerts_history_and_status(alert_settings: Any) -> None:
     rows = json.loads(lewis("alerts", "--json").output)
     firing = [r for r in rows if r["state"] == "firing"]
     assert [(r["rule"], r["severity"], r["value"]) for r in firing] == [
-        ("Backlog", "critical", 500.0)]  # 500 / 100 ≥ 1.5
+        ("Backlog", "critical", 500.0)
+    ]  # 500 / 100 ≥ 1.5
     # the runtime histogram and the task counters were never reported: "no data", not ok
     assert {r["rule"] for r in rows if r["state"] == "nodata"} == {"Slow", "Failing"}
     history = json.loads(lewis("alerts", "history", "--since", "1h", "--json").output)
-    assert [(h["rule"], h["from_state"], h["to_state"]) for h in history
-            if h["rule"] == "Backlog"] == [("Backlog", "inactive", "pending"),
-                                           ("Backlog", "pending", "firing")]
+    assert [
+        (h["rule"], h["from_state"], h["to_state"]) for h in history if h["rule"] == "Backlog"
+    ] == [("Backlog", "inactive", "pending"), ("Backlog", "pending", "firing")]
     assert "pending -> firing" in lewis("alerts", "history").output
     from lewis_tasks.cli.alerts import alerts_status, format_alerts_status
 
     assert format_alerts_status({"alerts": alerts_status()}) == [
-        "alerts   1 critical; 0 pending, 2 no data (`lewis alerts`)"]
+        "alerts   1 critical; 0 pending, 2 no data (`lewis alerts`)"
+    ]
 
 
 def test_lewis_alerts_on_metrics(alert_settings: Any) -> None:
@@ -73,7 +75,10 @@ def test_lewis_alerts_on_metrics(alert_settings: Any) -> None:
     # the dashboard's frame lists them, the firing one first
     shown = view.frame()["alerts"]
     assert (shown[0]["rule"], shown[0]["state"], shown[0]["summary"]) == (
-        "Backlog", "firing", "queue io holds 500")
+        "Backlog",
+        "firing",
+        "queue io holds 500",
+    )
 
 
 def test_alerts_test_explains_one_rule_now(alert_settings: Any) -> None:
@@ -83,8 +88,12 @@ def test_alerts_test_explains_one_rule_now(alert_settings: Any) -> None:
     lonely = lewis("alerts", "test", "Lonely").output  # no worker count reported yet
     assert "and last(celery_active_worker_count[5m]) == 0: value - — does not hold" in lonely
     batch = MetricBatch()
-    batch.gauge(series_key("celery_active_worker_count", {"queue_name": "io"}),
-                "celery_active_worker_count", 0.0, time.time())
+    batch.gauge(
+        series_key("celery_active_worker_count", {"queue_name": "io"}),
+        "celery_active_worker_count",
+        0.0,
+        time.time(),
+    )
     store_from_settings().write(batch)
     lonely = lewis("alerts", "test", "Lonely").output
     assert "queue_name=io: value 150 — holds" in lonely
@@ -98,16 +107,20 @@ def test_alerts_test_explains_one_rule_now(alert_settings: Any) -> None:
     assert engine_from_settings().load() == (None, {})  # trying a rule stores nothing
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed "
-                    "(scripts/ci-deps installs prometheus)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool not installed (scripts/ci-deps installs prometheus)",
+)
 @pytest.mark.parametrize("defaults", [True, False])
-def test_export_is_a_rules_file_promtool_accepts(alert_settings: Any, tmp_path: Path,
-                                                 defaults: bool) -> None:
+def test_export_is_a_rules_file_promtool_accepts(
+    alert_settings: Any, tmp_path: Path, defaults: bool
+) -> None:
     config.set_settings(config.replace_section(alert_settings, "alerts", default_rules=defaults))
     path = tmp_path / "lewis.rules.yml"
     lewis("alerts", "export", "--prometheus", "-o", str(path))
-    checked = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True,
-                             text=True, timeout=60)
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     expected = 4 + 4 + (9 + 8 if defaults else 0)  # + a NoData rule per "nodata" rule
     assert f"SUCCESS: {expected} rules found" in checked.stdout

@@ -19,9 +19,18 @@ from lewis_tasks.storage.db import make_engine, session_scope
 from lewis_tasks.storage.migrate import upgrade
 
 STEP = 10
-BACKLOG = parse_rule({"name": "Backlog", "metric": "celery_queue_length", "aggregation": "last",
-                      "window": "30s", "threshold": 100, "for": "20s", "by": ["queue_name"],
-                      "annotations": {"summary": "queue {queue_name}: {value}"}})
+BACKLOG = parse_rule(
+    {
+        "name": "Backlog",
+        "metric": "celery_queue_length",
+        "aggregation": "last",
+        "window": "30s",
+        "threshold": 100,
+        "for": "20s",
+        "by": ["queue_name"],
+        "annotations": {"summary": "queue {queue_name}: {value}"},
+    }
+)
 
 
 def store_of(client: redis.Redis) -> MetricStore:
@@ -30,8 +39,9 @@ def store_of(client: redis.Redis) -> MetricStore:
 
 def put_depth(store: MetricStore, depth: float, at: float, queue: str = "io") -> None:
     batch = MetricBatch()
-    batch.gauge(series_key("celery_queue_length", {"queue_name": queue}), "celery_queue_length",
-                depth, at)
+    batch.gauge(
+        series_key("celery_queue_length", {"queue_name": queue}), "celery_queue_length", depth, at
+    )
     store.write(batch, now=at)
 
 
@@ -51,7 +61,13 @@ def test_pending_then_firing_then_resolved_from_the_store(redis_client: redis.Re
         seen.append(states(e.tick(slot, now=slot * STEP + 2)))
     key = "Backlog{'queue_name': 'io'}"
     assert [s.get(key, "inactive") for s in seen] == [
-        "pending", "pending", "firing", "firing", "resolved", "resolved"]
+        "pending",
+        "pending",
+        "firing",
+        "firing",
+        "resolved",
+        "resolved",
+    ]
 
 
 def test_a_slot_is_committed_once_by_two_beats(redis_client: redis.Redis) -> None:
@@ -94,14 +110,18 @@ def test_a_new_process_in_the_middle_of_for_fires_on_time(redis_client: redis.Re
         engine(redis_client).tick(slot, now=slot * STEP + 2)
     # a new process (new engine, new client) takes over at slot 102: 20 s after active_at
     put_depth(store, 500, 102 * STEP + 1)
-    fresh = AlertEngine(store_of(redis.Redis(connection_pool=redis_client.connection_pool)),
-                        [BACKLOG], interval=STEP)
+    fresh = AlertEngine(
+        store_of(redis.Redis(connection_pool=redis_client.connection_pool)),
+        [BACKLOG],
+        interval=STEP,
+    )
     tick = fresh.tick(102, now=102 * STEP + 2)
     assert [(t.from_state, t.to_state) for t in tick.transitions] == [("pending", "firing")]
 
 
 def test_outbox_drained_to_history_once_even_when_drained_twice(
-        redis_client: redis.Redis, tmp_path: Path) -> None:
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
     url = f"sqlite:///{tmp_path / 'h.db'}"
     upgrade(url)
     db = make_engine(DatabaseSettings(url=url))

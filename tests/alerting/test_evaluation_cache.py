@@ -20,12 +20,24 @@ STEP = 10
 def rules() -> list:
     out = []
     for i, agg in enumerate(AGGREGATIONS):
-        for metric, by in (("celery_task_runtime", ["name"]), ("celery_queue_length", []),
-                           ("celery_task_failed_total", ["queue"])):
+        for metric, by in (
+            ("celery_task_runtime", ["name"]),
+            ("celery_queue_length", []),
+            ("celery_task_failed_total", ["queue"]),
+        ):
             for window in ("1m", "5m", "30m"):
-                out.append(parse_rule({"name": f"R{len(out)}", "metric": metric,
-                                       "aggregation": agg, "window": window,
-                                       "threshold": i, "by": by}))
+                out.append(
+                    parse_rule(
+                        {
+                            "name": f"R{len(out)}",
+                            "metric": metric,
+                            "aggregation": agg,
+                            "window": window,
+                            "threshold": i,
+                            "by": by,
+                        }
+                    )
+                )
     return out
 
 
@@ -34,13 +46,25 @@ def write_slot(store: MetricStore, slot: int, rnd: random.Random) -> None:
     at = slot * STEP + 1
     for t in range(3):
         labels = {"name": f"t{t}", "queue": "io" if t else "cpu"}
-        b.inc(slot, series_key("celery_task_failed_total", labels), "celery_task_failed_total",
-              float(rnd.randint(0, 3)))
+        b.inc(
+            slot,
+            series_key("celery_task_failed_total", labels),
+            "celery_task_failed_total",
+            float(rnd.randint(0, 3)),
+        )
         for _ in range(rnd.randint(0, 5)):
-            b.observe(slot, series_key("celery_task_runtime", labels), "celery_task_runtime",
-                      rnd.expovariate(3.0))
-    b.gauge(series_key("celery_queue_length", {"queue_name": "io"}), "celery_queue_length",
-            float(rnd.randint(0, 200)), at)
+            b.observe(
+                slot,
+                series_key("celery_task_runtime", labels),
+                "celery_task_runtime",
+                rnd.expovariate(3.0),
+            )
+    b.gauge(
+        series_key("celery_queue_length", {"queue_name": "io"}),
+        "celery_queue_length",
+        float(rnd.randint(0, 200)),
+        at,
+    )
     store.write(b, now=at)
 
 
@@ -56,9 +80,12 @@ def test_cached_ticks_equal_fresh_evaluations(redis_client: redis.Redis) -> None
         write_slot(store, slot, rnd)
         if slot % 7 == 0:  # a late write into the slot before: still read again
             late = MetricBatch()
-            late.inc(slot - 1, series_key("celery_task_failed_total", {"name": "t1",
-                                                                       "queue": "io"}),
-                     "celery_task_failed_total", 5.0)
+            late.inc(
+                slot - 1,
+                series_key("celery_task_failed_total", {"name": "t1", "queue": "io"}),
+                "celery_task_failed_total",
+                5.0,
+            )
             store.write(late, now=slot * STEP + 2)
         now = slot * STEP + 3
         fresh = AlertEngine(store, rs, STEP, cache=SlotCache()).evaluate(now)
@@ -79,6 +106,10 @@ def test_sparse_histograms_answer_as_latency_histograms() -> None:
         for p in parts:
             sparse.merge(SparseHist.of(p))
         assert (sparse.count, sparse.total, sparse.min, sparse.max) == (
-            whole.count, whole.total, whole.min, whole.max)
+            whole.count,
+            whole.total,
+            whole.min,
+            whole.max,
+        )
         for q in (0, 1, 50, 95, 99, 100):
             assert sparse.percentile(q) == whole.percentile(q)

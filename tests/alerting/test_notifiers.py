@@ -15,10 +15,20 @@ from tests.alerting.test_engine import STEP, put_depth, store_of
 from tests.support.alertpeers import ALERTMANAGER, alertmanager, am_alerts, webhook_receiver
 from tests.support.procs import wait_for
 
-RULE = parse_rule({"name": "Backlog", "metric": "celery_queue_length", "aggregation": "last",
-                   "window": "30s", "threshold": 100, "for": "10s", "by": ["queue_name"],
-                   "severity": "high", "labels": {"team": "ops"},
-                   "annotations": {"summary": "queue {queue_name} holds {value}"}})
+RULE = parse_rule(
+    {
+        "name": "Backlog",
+        "metric": "celery_queue_length",
+        "aggregation": "last",
+        "window": "30s",
+        "threshold": 100,
+        "for": "10s",
+        "by": ["queue_name"],
+        "severity": "high",
+        "labels": {"team": "ops"},
+        "annotations": {"summary": "queue {queue_name} holds {value}"},
+    }
+)
 
 
 class Timeline:
@@ -62,8 +72,12 @@ def test_webhook_gets_firing_once_then_repeat_then_resolved(redis_client: redis.
         body = bodies[0]
         assert body["version"] == "4" and body["groupLabels"] == {"alertname": "Backlog"}
         alert = body["alerts"][0]
-        assert alert["labels"] == {"alertname": "Backlog", "queue_name": "io",
-                                   "severity": "high", "team": "ops"}
+        assert alert["labels"] == {
+            "alertname": "Backlog",
+            "queue_name": "io",
+            "severity": "high",
+            "team": "ops",
+        }
         assert alert["annotations"]["summary"] == "queue io holds 500"
         assert alert["endsAt"] == "0001-01-01T00:00:00Z" and alert["startsAt"].endswith("Z")
         # repeat_interval later, still firing: sent again
@@ -76,7 +90,8 @@ def test_webhook_gets_firing_once_then_repeat_then_resolved(redis_client: redis.
 
 
 def test_a_receiver_answering_500_is_sent_again_and_the_others_are_not(
-        redis_client: redis.Redis) -> None:
+    redis_client: redis.Redis,
+) -> None:
     t = Timeline(redis_client)
     with webhook_receiver(500) as hook, webhook_receiver() as am:
         n = notifier(redis_client, webhook_url=f"{hook.url}/hook", alertmanager_url=am.url)
@@ -91,10 +106,13 @@ def test_a_receiver_answering_500_is_sent_again_and_the_others_are_not(
         assert len(am.accepted("/api/v2/alerts")) == 1  # pushed again only after resend_delay
 
 
-@pytest.mark.skipif(ALERTMANAGER is None, reason="prometheus-alertmanager not installed "
-                    "(scripts/ci-deps installs it)")
+@pytest.mark.skipif(
+    ALERTMANAGER is None,
+    reason="prometheus-alertmanager not installed (scripts/ci-deps installs it)",
+)
 def test_a_real_alertmanager_shows_the_alert_and_receives_its_resolve(
-        redis_client: redis.Redis, tmp_path: Path) -> None:
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
     t = Timeline(redis_client, slot=int(time.time() // STEP) - 3)  # Alertmanager reads clocks
     with webhook_receiver() as hook, alertmanager(tmp_path, hook.url) as am_url:
         n = notifier(redis_client, alertmanager_url=am_url, external_url="http://127.0.0.1:9999")
@@ -104,22 +122,35 @@ def test_a_real_alertmanager_shows_the_alert_and_receives_its_resolve(
         shown = am_alerts(am_url)
         assert len(shown) == 1
         alert = shown[0]
-        assert alert["labels"] == {"alertname": "Backlog", "queue_name": "io",
-                                   "severity": "high", "team": "ops"}
+        assert alert["labels"] == {
+            "alertname": "Backlog",
+            "queue_name": "io",
+            "severity": "high",
+            "team": "ops",
+        }
         assert alert["status"]["state"] == "active"
         assert alert["generatorURL"] == "http://127.0.0.1:9999/#alert=Backlog"
         assert alert["annotations"]["summary"] == "queue io holds 500"
         # Alertmanager routes it to its own receiver
-        wait_for(lambda: any(b["status"] == "firing" for b in hook.accepted("/am")), 30,
-                 what="alertmanager's firing notification")
+        wait_for(
+            lambda: any(b["status"] == "firing" for b in hook.accepted("/am")),
+            30,
+            what="alertmanager's firing notification",
+        )
         # When the queue drains and the resolve is pushed
         t.step(10)
         assert n.run(t.alerts(), now=t.now).sent == {"alertmanager": 1}
         # Then Alertmanager no longer lists it active and sends the resolve on
-        wait_for(lambda: not [a for a in am_alerts(am_url) if a["status"]["state"] == "active"],
-                 30, what="the alert ended in alertmanager")
-        wait_for(lambda: any(b["status"] == "resolved" for b in hook.accepted("/am")), 30,
-                 what="alertmanager's resolved notification")
+        wait_for(
+            lambda: not [a for a in am_alerts(am_url) if a["status"]["state"] == "active"],
+            30,
+            what="the alert ended in alertmanager",
+        )
+        wait_for(
+            lambda: any(b["status"] == "resolved" for b in hook.accepted("/am")),
+            30,
+            what="alertmanager's resolved notification",
+        )
 
 
 def test_a_refire_whose_resolve_never_got_out_is_sent_again(redis_client: redis.Redis) -> None:
@@ -139,7 +170,8 @@ def test_a_refire_whose_resolve_never_got_out_is_sent_again(redis_client: redis.
 
 
 def test_a_receiver_down_or_slow_is_a_failure_to_retry_not_a_hang(
-        redis_client: redis.Redis) -> None:
+    redis_client: redis.Redis,
+) -> None:
     from lewis_tasks.infra.redis_server import free_port
 
     t = Timeline(redis_client)

@@ -27,7 +27,8 @@ def lewis(*args: str) -> Any:
 
 
 def test_http_json_gives_every_url_and_exits_0_when_all_answered(
-        celery_worker: Any, server: str) -> None:
+    celery_worker: Any, server: str
+) -> None:
     result = lewis("http", f"{server}/bytes/100", f"{server}/status/503", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -41,7 +42,8 @@ def test_http_json_gives_every_url_and_exits_0_when_all_answered(
 
 
 def test_http_table_from_a_file_exits_1_when_a_url_failed(
-        celery_worker: Any, server: str, tmp_path: Path) -> None:
+    celery_worker: Any, server: str, tmp_path: Path
+) -> None:
     source = tmp_path / "urls.txt"
     refused = f"http://127.0.0.1:{free_port()}/"
     source.write_text(f"# two URLs\n{server}/bytes/10\n\n{refused}\n")
@@ -66,7 +68,9 @@ def test_http_over_the_cap_exits_2_naming_it(lewis_settings: Any) -> None:
 
     config.set_settings(config.replace_section(lewis_settings, "http", max_urls=2))
     try:
-        result = lewis("http", "http://127.0.0.1:1/a", "http://127.0.0.1:1/b", "http://127.0.0.1:1/c")
+        result = lewis(
+            "http", "http://127.0.0.1:1/a", "http://127.0.0.1:1/b", "http://127.0.0.1:1/c"
+        )
     finally:
         config.set_settings(lewis_settings)
     assert result.exit_code == 2
@@ -102,20 +106,25 @@ def test_loadtest_with_no_answer_exits_1(celery_worker: Any) -> None:
     assert json.loads(result.output)["errors"] == {"connection_refused": 3}
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["-c", "100000"], "loadtest.max_concurrency"),
-    (["-d", "1h"], "loadtest.max_duration"),
-    (["-d", "ten"], "not a duration"),
-    (["-w", "3", "-c", "2"], "cannot be split over 3 workers"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-c", "100000"], "loadtest.max_concurrency"),
+        (["-d", "1h"], "loadtest.max_duration"),
+        (["-d", "ten"], "not a duration"),
+        (["-w", "3", "-c", "2"], "cannot be split over 3 workers"),
+    ],
+)
 def test_loadtest_refusals_exit_2(lewis_settings: Any, args: list[str], message: str) -> None:
     result = lewis("loadtest", "http://127.0.0.1:1/", *args)
     assert result.exit_code == 2
     assert message in result.output
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("10s", 10), ("1m", 60), ("500ms", 0.5),
-                                               ("2", 2), ("1.5h", 5400), (" 3 S ", 3)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10s", 10), ("1m", 60), ("500ms", 0.5), ("2", 2), ("1.5h", 5400), (" 3 S ", 3)],
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -128,18 +137,21 @@ def test_bad_durations(text: str) -> None:
 
 def test_request_files_take_urls_json_lines_and_comments(tmp_path: Path) -> None:
     source = tmp_path / "urls.txt"
-    source.write_text('# comment\n\nhttp://127.0.0.1:1/a\n{"url": "http://127.0.0.1:1/b", '
-                      '"method": "HEAD"}\n')
+    source.write_text(
+        '# comment\n\nhttp://127.0.0.1:1/a\n{"url": "http://127.0.0.1:1/b", "method": "HEAD"}\n'
+    )
     with source.open() as stream:
-        assert read_requests(stream) == ["http://127.0.0.1:1/a",
-                                         {"url": "http://127.0.0.1:1/b", "method": "HEAD"}]
+        assert read_requests(stream) == [
+            "http://127.0.0.1:1/a",
+            {"url": "http://127.0.0.1:1/b", "method": "HEAD"},
+        ]
     source.write_text("{broken\n")
     with source.open() as stream, pytest.raises(InvalidInput, match="line 1"):
         read_requests(stream)
 
 
-
 # --- no io worker: a bounded wait, one line, exit 3 -------------------------------------------
+
 
 @pytest.fixture
 def unconsumed(worker_redis: Any) -> Iterator[None]:
@@ -151,16 +163,21 @@ def unconsumed(worker_redis: Any) -> Iterator[None]:
         worker_redis.lrem("io", 0, message)
 
 
-@pytest.mark.parametrize("command", [
-    ["http", "http://127.0.0.1:1/", "--wait", "1"],
-    ["loadtest", "http://127.0.0.1:1/", "-n", "1", "--wait", "1s"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["http", "http://127.0.0.1:1/", "--wait", "1"],
+        ["loadtest", "http://127.0.0.1:1/", "-n", "1", "--wait", "1s"],
+    ],
+)
 def test_without_an_io_worker_the_wait_ends_in_one_line_and_exit_3(
-        lewis_settings: Any, unconsumed: None, command: list[str]) -> None:
+    lewis_settings: Any, unconsumed: None, command: list[str]
+) -> None:
     result = lewis(*command)
     assert result.exit_code == 3, result.output
-    assert result.output.strip() == ("lewis: no io worker answered within 1 s; is the stack up? "
-                                     "(`lewis status`)")
+    assert result.output.strip() == (
+        "lewis: no io worker answered within 1 s; is the stack up? (`lewis status`)"
+    )
 
 
 def test_a_bad_wait_exits_2(lewis_settings: Any) -> None:

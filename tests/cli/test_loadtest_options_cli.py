@@ -37,13 +37,33 @@ def _stored_request(run_id: str) -> dict[str, Any]:
 
 
 def test_headers_method_and_body_file_reach_the_server_and_secrets_are_stored_masked(
-        celery_worker: Any, server: RunningServer, tmp_path: Path) -> None:
+    celery_worker: Any, server: RunningServer, tmp_path: Path
+) -> None:
     body = tmp_path / "body.json"
     body.write_text('{"hello": "wörld"}')
-    result = lewis("loadtest", f"{server.url}/record", "-m", "patch", "-c", "2", "-n", "10",
-                   "-H", "X-Trace: abc: def", "-H", "Authorization: Bearer s3cret",
-                   "-H", "Cookie: sid=42", "--body-file", str(body), "--timeout", "5s",
-                   "--csv", str(tmp_path / "run"), "--json")
+    result = lewis(
+        "loadtest",
+        f"{server.url}/record",
+        "-m",
+        "patch",
+        "-c",
+        "2",
+        "-n",
+        "10",
+        "-H",
+        "X-Trace: abc: def",
+        "-H",
+        "Authorization: Bearer s3cret",
+        "-H",
+        "Cookie: sid=42",
+        "--body-file",
+        str(body),
+        "--timeout",
+        "5s",
+        "--csv",
+        str(tmp_path / "run"),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["requests"] == 10 and data["method"] == "PATCH"
@@ -54,8 +74,11 @@ def test_headers_method_and_body_file_reach_the_server_and_secrets_are_stored_ma
         assert seen.headers["Authorization"] == "Bearer s3cret"
         assert seen.headers["Cookie"] == "sid=42"
     stored = _stored_request(data["run_id"])
-    assert stored["headers"] == [["X-Trace", "abc: def"], ["Authorization", "***"],
-                                 ["Cookie", "***"]]
+    assert stored["headers"] == [
+        ["X-Trace", "abc: def"],
+        ["Authorization", "***"],
+        ["Cookie", "***"],
+    ]
     assert stored["body_bytes"] == len(body.read_bytes()) and "body" not in stored
     assert stored["timeout"] == 5.0 and stored["method"] == "PATCH"
     assert "s3cret" not in json.dumps(stored) and "sid=42" not in json.dumps(stored)
@@ -70,24 +93,41 @@ def test_headers_method_and_body_file_reach_the_server_and_secrets_are_stored_ma
 
 
 def test_a_ramp_and_a_timeout_show_in_the_table(celery_worker: Any, server: RunningServer) -> None:
-    result = lewis("loadtest", f"{server.url}/record/3000", "-m", "POST", "--body", "x",
-                   "-c", "2", "-d", "1500ms", "--ramp", "500ms", "--timeout", "200ms")
+    result = lewis(
+        "loadtest",
+        f"{server.url}/record/3000",
+        "-m",
+        "POST",
+        "--body",
+        "x",
+        "-c",
+        "2",
+        "-d",
+        "1500ms",
+        "--ramp",
+        "500ms",
+        "--timeout",
+        "200ms",
+    )
     assert result.exit_code == 1, result.output  # nothing answered in time
     rows = dict(line.split(None, 1) for line in result.output.splitlines())
     assert "ramp 0.5 s" in rows["load"]
     assert "timeout: " in rows["errors"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["-H", "NoColon"], "a header is 'Name: value'"),
-    (["-H", "Bad Name: x"], "'Bad Name' is malformed"),
-    (["-H", "X-A: a\x01b"], "control character"),
-    (["--body", "x"], "GET request carries no body"),
-    (["-m", "POST", "--body", "x", "--body-file", "/etc/hostname"], "not both"),
-    (["-m", "TRACE"], "TRACE"),
-    (["--ramp", "20s", "-d", "10s"], "must end before"),
-    (["--timeout", "0s"], "timeout must be"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-H", "NoColon"], "a header is 'Name: value'"),
+        (["-H", "Bad Name: x"], "'Bad Name' is malformed"),
+        (["-H", "X-A: a\x01b"], "control character"),
+        (["--body", "x"], "GET request carries no body"),
+        (["-m", "POST", "--body", "x", "--body-file", "/etc/hostname"], "not both"),
+        (["-m", "TRACE"], "TRACE"),
+        (["--ramp", "20s", "-d", "10s"], "must end before"),
+        (["--timeout", "0s"], "timeout must be"),
+    ],
+)
 def test_bad_request_options_exit_2(lewis_settings: Any, args: list[str], message: str) -> None:
     result = lewis("loadtest", "http://127.0.0.1:1/", *args)
     assert result.exit_code == 2, result.output

@@ -30,8 +30,18 @@ def test_profile_prints_tables_with_the_hot_function(celery_worker: Any) -> None
 
 def test_profile_json_and_pstats_file(celery_worker: Any, tmp_path: Path) -> None:
     target = tmp_path / "merge.pstats"
-    result = lewis("profile", "workload.merge_histograms", "-k", "parts=2", "-k",
-                   "values_per_part=1000", "--no-memory", "--pstats", str(target), "--json")
+    result = lewis(
+        "profile",
+        "workload.merge_histograms",
+        "-k",
+        "parts=2",
+        "-k",
+        "values_per_part=1000",
+        "--no-memory",
+        "--pstats",
+        str(target),
+        "--json",
+    )
     assert result.exit_code == Exit.OK, result.output
     data = json.loads(result.output)
     assert data["status"] == "ok" and data["memory"] is None and "pstats_b64" not in data
@@ -45,14 +55,22 @@ def test_profile_of_a_raising_target_shows_the_exception(celery_worker: Any) -> 
     assert "RAISED lewis_tasks.errors.InvalidInput: seconds must be a number" in result.output
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["profile", "os.system", "true"], "unknown profilable task 'os.system'"),
-    (["profile", "workload.spin", "--top", "9999"], "profiling.top_n"),
-    (["profile", "workload.spin", "-k", "oops"], "expected KEY=VALUE"),
-    (["bench", "run", "workload.spin", "--iterations", "999999999"], "profiling.max_iterations"),
-    (["diagnose", "--worker", "ghost@nowhere"], "no live worker named 'ghost@nowhere'"),
-])
-def test_bad_requests_exit_2_with_one_line(celery_worker: Any, args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["profile", "os.system", "true"], "unknown profilable task 'os.system'"),
+        (["profile", "workload.spin", "--top", "9999"], "profiling.top_n"),
+        (["profile", "workload.spin", "-k", "oops"], "expected KEY=VALUE"),
+        (
+            ["bench", "run", "workload.spin", "--iterations", "999999999"],
+            "profiling.max_iterations",
+        ),
+        (["diagnose", "--worker", "ghost@nowhere"], "no live worker named 'ghost@nowhere'"),
+    ],
+)
+def test_bad_requests_exit_2_with_one_line(
+    celery_worker: Any, args: list[str], message: str
+) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == Exit.USAGE
     assert message in result.output and "Traceback" not in result.output
@@ -71,15 +89,21 @@ def test_bench_run_function_and_cluster_then_report(celery_worker: Any, tmp_path
     # A function benchmark, in a worker
     function = lewis("bench", "run", "workload.spin", "2000", "--iterations", "5")
     assert function.exit_code == Exit.OK, function.output
-    assert "benchmark workload.spin: 5/5 iterations" in function.output and "stored" in function.output
+    assert (
+        "benchmark workload.spin: 5/5 iterations" in function.output and "stored" in function.output
+    )
     # A cluster benchmark, from here through the broker
-    cluster = json.loads(lewis("bench", "run", "latency", "--queue", "io", "--samples", "5",
-                               "--json").output)
-    assert [x["queue"] for x in cluster["latency"]] == ["io"] and cluster["latency"][0]["samples"] == 5
+    cluster = json.loads(
+        lewis("bench", "run", "latency", "--queue", "io", "--samples", "5", "--json").output
+    )
+    assert [x["queue"] for x in cluster["latency"]] == ["io"] and cluster["latency"][0][
+        "samples"
+    ] == 5
     # Then a report of the stored runs: a self-contained page and a PNG
     html, png = tmp_path / "report.html", tmp_path / "report.png"
-    report = lewis("bench", "report", "--html", str(html), "--png", str(png), "--suite", "all",
-                   "--json")
+    report = lewis(
+        "bench", "report", "--html", str(html), "--png", str(png), "--suite", "all", "--json"
+    )
     assert report.exit_code == Exit.OK, report.output
     written = json.loads(report.output)
     assert written["runs"] >= 2 and written["series"] >= 2
@@ -89,7 +113,9 @@ def test_bench_run_function_and_cluster_then_report(celery_worker: Any, tmp_path
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched from outside
 
 
-def test_bench_report_default_png_sits_next_to_the_html(lewis_settings: Any, tmp_path: Path) -> None:
+def test_bench_report_default_png_sits_next_to_the_html(
+    lewis_settings: Any, tmp_path: Path
+) -> None:
     result = lewis("bench", "report", "--html", str(tmp_path / "r.html"), "--suite", "nothing-here")
     assert result.exit_code == Exit.OK, result.output
     assert (tmp_path / "r.png").exists() and "0 runs in 0 series" in result.output

@@ -27,22 +27,32 @@ SSH, REDIS = CATALOGUE[0], CATALOGUE[4]  # OpenSSH 8.9p1; Redis answering PING w
 
 
 def lewis(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lewis_tasks.cli", *args], cwd=ROOT,
-                          env=lewis_env(env), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lewis_tasks.cli", *args],
+        cwd=ROOT,
+        env=lewis_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # ---------------------------------------------------------------- without a stack
 
 
-@pytest.mark.parametrize(("args", "named"), [
-    (["scan", "300.1.2.3"], "'300.1.2.3'"),
-    (["scan", "127.0.0.1", "-p", "22,x"], "'x'"),
-    (["scan", "127.0.0.1", "-p", "70000"], "'70000'"),
-    (["scan", "127.0.0.1", "10.0.0.1"], "10.0.0.1 is out of scope"),
-    (["scan", "127.0.0.1", "--rate", "0"], "rate 0.0"),
-])
-def test_bad_input_exits_2_naming_the_bad_token(tmp_path: Path, args: list[str],
-                                                named: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["scan", "300.1.2.3"], "'300.1.2.3'"),
+        (["scan", "127.0.0.1", "-p", "22,x"], "'x'"),
+        (["scan", "127.0.0.1", "-p", "70000"], "'70000'"),
+        (["scan", "127.0.0.1", "10.0.0.1"], "10.0.0.1 is out of scope"),
+        (["scan", "127.0.0.1", "--rate", "0"], "rate 0.0"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_bad_token(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
     result = lewis(*args, env={"LEWIS_STACK_HOME": str(tmp_path)})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -82,8 +92,9 @@ def test_vulns_import_of_a_bad_file_exits_2_naming_it_and_writes_nothing(tmp_pat
 
 @pytest.fixture(scope="module")
 def listeners() -> Iterator[ListenerSet]:
-    with running_listeners(3, host=ADDRESS, seed=9, banner_share=2 / 3,
-                           services=(SSH, REDIS)) as running:
+    with running_listeners(
+        3, host=ADDRESS, seed=9, banner_share=2 / 3, services=(SSH, REDIS)
+    ) as running:
         yield running
 
 
@@ -108,8 +119,9 @@ def port_of(listeners: ListenerSet, service: Any) -> int:
     return next(p for p, item in listeners.listeners.items() if item.service is service)
 
 
-def test_scan_json_has_hosts_ports_services_and_findings(listeners: ListenerSet,
-                                                         stack: None) -> None:
+def test_scan_json_has_hosts_ports_services_and_findings(
+    listeners: ListenerSet, stack: None
+) -> None:
     result = run("scan", ADDRESS, "-p", ",".join(map(str, listeners.ports)), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -126,10 +138,12 @@ def test_scan_json_has_hosts_ports_services_and_findings(listeners: ListenerSet,
     assert data["findings"][0]["severity"] == "critical"
     assert findings[port_of(listeners, REDIS)]["severity"] == "critical"
     assert findings[port_of(listeners, SSH)]["cve_ids"] == [
-        r.cve_id for r in find_cves("OpenSSH", "8.9p1", sample_records())]
+        r.cve_id for r in find_cves("OpenSSH", "8.9p1", sample_records())
+    ]
     assert findings[port_of(listeners, SSH)]["revision"] == "Ubuntu-3ubuntu0.6"  # from the banner
     assert {"severity", "host", "port", "service", "product", "version", "cve_ids"} <= set(
-        data["findings"][0])
+        data["findings"][0]
+    )
     # and `lewis scans show ID --json` gives the same report
     shown = run("scans", "show", data["scan_id"], "--json")
     assert shown.exit_code == 0 and json.loads(shown.output) == data
@@ -153,8 +167,9 @@ def test_scan_table_and_scans_list(listeners: ListenerSet, stack: None) -> None:
 
 
 def test_no_wait_prints_the_id_and_the_scan_goes_on(listeners: ListenerSet, stack: None) -> None:
-    result = run("scan", ADDRESS, "-p", str(listeners.ports[0]), "--no-wait", "--json",
-                 "--no-services")
+    result = run(
+        "scan", ADDRESS, "-p", str(listeners.ports[0]), "--no-wait", "--json", "--no-services"
+    )
     assert result.exit_code == 0
     scan_id = json.loads(result.output)["scan_id"]
     report = scan_handle(scan_id).wait(timeout=60)
@@ -166,17 +181,36 @@ def test_show_of_an_unknown_scan_exits_2(lewis_settings: Any) -> None:
     assert result.exit_code == 2 and "no such scan" in result.output
 
 
-def test_scan_outputs_targets_file_exclude_and_fail_on(listeners: ListenerSet, stack: None,
-                                                       tmp_path: Path) -> None:
+def test_scan_outputs_targets_file_exclude_and_fail_on(
+    listeners: ListenerSet, stack: None, tmp_path: Path
+) -> None:
     from tests.cli.test_scan_outputs import dtd_check
 
     targets = tmp_path / "targets.txt"
     targets.write_text(f"# from an inventory\n{ADDRESS}  127.88.3.9\n127.88.3.10, 127.88.3.11\n")
     ports = ",".join(map(str, listeners.ports))
     xml, grep = tmp_path / "scan.xml", tmp_path / "scan.gnmap"
-    result = run("scan", "-iL", str(targets), "--exclude", "127.88.3.9,127.88.3.10/32",
-                 "--exclude", "127.88.3.11", "-p", ports, "-oX", str(xml), "-oG", str(grep),
-                 "--fail-on", "high", "--min-severity", "critical", "--limit", "1")
+    result = run(
+        "scan",
+        "-iL",
+        str(targets),
+        "--exclude",
+        "127.88.3.9,127.88.3.10/32",
+        "--exclude",
+        "127.88.3.11",
+        "-p",
+        ports,
+        "-oX",
+        str(xml),
+        "-oG",
+        str(grep),
+        "--fail-on",
+        "high",
+        "--min-severity",
+        "critical",
+        "--limit",
+        "1",
+    )
     assert result.exit_code == 4, result.output  # Redis without AUTH is critical
     lines = result.output.splitlines()
     assert "1 hosts" in lines[0]  # the three others were excluded
@@ -192,18 +226,28 @@ def test_scan_outputs_targets_file_exclude_and_fail_on(listeners: ListenerSet, s
     grepable = grep.read_text().splitlines()
     ports_line = next(line for line in grepable if "\tPorts: " in line)
     assert ports_line.startswith(f"Host: {ADDRESS} ()")
-    assert f"{port_of(listeners, SSH)}/open/tcp//ssh//OpenSSH 8.9p1 Ubuntu-3ubuntu0.6/" \
-        in ports_line
+    assert (
+        f"{port_of(listeners, SSH)}/open/tcp//ssh//OpenSSH 8.9p1 Ubuntu-3ubuntu0.6/" in ports_line
+    )
     # "-oX -": the XML on stdout instead of the table
     piped = run("scan", ADDRESS, "-p", str(port_of(listeners, SSH)), "-oX", "-")
     assert piped.exit_code == 0 and piped.output.startswith("<?xml")
     dtd_check(piped.output, tmp_path)
     # below the --fail-on level: exit 0
-    quiet = run("scan", ADDRESS, "-p", str(port_of(listeners, REDIS)), "--fail-on", "critical",
-                "--exclude", "127.88.3.9")
+    quiet = run(
+        "scan",
+        ADDRESS,
+        "-p",
+        str(port_of(listeners, REDIS)),
+        "--fail-on",
+        "critical",
+        "--exclude",
+        "127.88.3.9",
+    )
     assert quiet.exit_code == 4
-    calm = run("scan", ADDRESS, "-p", str(listeners.ports[0]), "--no-services",
-               "--fail-on", "critical")
+    calm = run(
+        "scan", ADDRESS, "-p", str(listeners.ports[0]), "--no-services", "--fail-on", "critical"
+    )
     assert calm.exit_code == 0, calm.output
 
 
@@ -221,10 +265,12 @@ def test_every_target_excluded_and_no_targets_are_refused(stack: None, tmp_path:
     assert result.exit_code == 2 and "no targets" in result.output
 
 
-def test_scans_show_takes_a_unique_prefix_and_list_has_a_header(listeners: ListenerSet,
-                                                                 stack: None) -> None:
-    data = json.loads(run("scan", ADDRESS, "-p", str(listeners.ports[0]), "--json",
-                          "--no-services").output)
+def test_scans_show_takes_a_unique_prefix_and_list_has_a_header(
+    listeners: ListenerSet, stack: None
+) -> None:
+    data = json.loads(
+        run("scan", ADDRESS, "-p", str(listeners.ports[0]), "--json", "--no-services").output
+    )
     scan_id = data["scan_id"]
     shown = run("scans", "show", scan_id[:10], "--json")
     assert shown.exit_code == 0 and json.loads(shown.output)["scan_id"] == scan_id
@@ -239,27 +285,43 @@ def test_scans_show_takes_a_unique_prefix_and_list_has_a_header(listeners: Liste
         assert ambiguous.exit_code == 2 and "ambiguous" in ambiguous.output
 
 
-def test_the_table_is_coloured_on_a_terminal_only(listeners: ListenerSet, stack: None,
-                                                  tmp_path: Path) -> None:
+def test_the_table_is_coloured_on_a_terminal_only(
+    listeners: ListenerSet, stack: None, tmp_path: Path
+) -> None:
     import os
     import pty
 
-    scan_id = json.loads(run("scan", ADDRESS, "-p", str(port_of(listeners, REDIS)),
-                             "--json").output)["scan_id"]
-    env = lewis_env({"LEWIS_DATABASE_URL": config.get_settings().database.url,
-                     "LEWIS_STACK_HOME": str(tmp_path)})
+    scan_id = json.loads(
+        run("scan", ADDRESS, "-p", str(port_of(listeners, REDIS)), "--json").output
+    )["scan_id"]
+    env = lewis_env(
+        {
+            "LEWIS_DATABASE_URL": config.get_settings().database.url,
+            "LEWIS_STACK_HOME": str(tmp_path),
+        }
+    )
     env.pop("NO_COLOR", None)
 
     def show(extra_env: dict[str, str], tty: bool) -> str:
         if not tty:
-            return subprocess.run([sys.executable, "-m", "lewis_tasks.cli", "scans", "show",
-                                   scan_id], cwd=ROOT, env={**env, **extra_env},
-                                  capture_output=True, text=True, timeout=120).stdout
+            return subprocess.run(
+                [sys.executable, "-m", "lewis_tasks.cli", "scans", "show", scan_id],
+                cwd=ROOT,
+                env={**env, **extra_env},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
         leader, follower = pty.openpty()
         try:
-            proc = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", "scans", "show",
-                                   scan_id], cwd=ROOT, env={**env, **extra_env},
-                                  stdout=follower, stderr=subprocess.PIPE, timeout=120)
+            proc = subprocess.run(
+                [sys.executable, "-m", "lewis_tasks.cli", "scans", "show", scan_id],
+                cwd=ROOT,
+                env={**env, **extra_env},
+                stdout=follower,
+                stderr=subprocess.PIPE,
+                timeout=120,
+            )
             assert proc.returncode == 0, proc.stderr
             os.close(follower)
             chunks = []

@@ -26,30 +26,56 @@ def dtd_check(xml: str, tmp_path: Path) -> None:
         pytest.skip(f"{NMAP_DTD} absent (Debian: apt-get install nmap)")
     path = tmp_path / "scan.xml"
     path.write_text(xml)
-    checked = subprocess.run(["xmllint", "--noout", "--dtdvalid", str(NMAP_DTD), str(path)],
-                             capture_output=True, text=True, timeout=60)
+    checked = subprocess.run(
+        ["xmllint", "--noout", "--dtdvalid", str(NMAP_DTD), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert checked.returncode == 0, checked.stderr
 
 
 REPORT: dict[str, Any] = {
-    "scan_id": "4f" * 16, "status": "done", "request": {"ports": "22,5672,6379"},
-    "created_at": "2026-12-04T18:00:00+00:00", "finished_at": "2026-12-04T18:00:03.5+00:00",
+    "scan_id": "4f" * 16,
+    "status": "done",
+    "request": {"ports": "22,5672,6379"},
+    "created_at": "2026-12-04T18:00:00+00:00",
+    "finished_at": "2026-12-04T18:00:03.5+00:00",
     "error": None,
     "hosts": [
-        {"address": "127.0.0.1", "hostname": "localhost", "filtered": 0, "closed": 1,
-         "open_ports": [{"port": 22, "service": "ssh", "product": "OpenSSH",
-                         "version": "9.2p1", "banner": "SSH-2.0-OpenSSH_9.2p1"},
-                        {"port": 5672, "service": "amqp?", "product": None, "version": None}]},
+        {
+            "address": "127.0.0.1",
+            "hostname": "localhost",
+            "filtered": 0,
+            "closed": 1,
+            "open_ports": [
+                {
+                    "port": 22,
+                    "service": "ssh",
+                    "product": "OpenSSH",
+                    "version": "9.2p1",
+                    "banner": "SSH-2.0-OpenSSH_9.2p1",
+                },
+                {"port": 5672, "service": "amqp?", "product": None, "version": None},
+            ],
+        },
         {"address": "::1", "hostname": None, "filtered": 3, "closed": 0, "open_ports": []},
     ],
-    "findings": [{"host": "127.0.0.1", "port": 22, "severity": "critical",
-                  "title": "ssh <OpenSSH> & co", "cve_ids": ["CVE-2023-38408"],
-                  "revision": "Debian-2+deb12u10", "conditional_cve_ids": ["CVE-2099-0001"]}],
+    "findings": [
+        {
+            "host": "127.0.0.1",
+            "port": 22,
+            "severity": "critical",
+            "title": "ssh <OpenSSH> & co",
+            "cve_ids": ["CVE-2023-38408"],
+            "revision": "Debian-2+deb12u10",
+            "conditional_cve_ids": ["CVE-2099-0001"],
+        }
+    ],
 }
 
 
-def test_xml_is_valid_against_nmaps_dtd_and_says_what_nmap_readers_look_for(
-        tmp_path: Path) -> None:
+def test_xml_is_valid_against_nmaps_dtd_and_says_what_nmap_readers_look_for(tmp_path: Path) -> None:
     import xml.etree.ElementTree as ET
 
     xml = to_nmap_xml(REPORT, ["127.0.0.1", "::1", "-p", "22,5672,6379"])
@@ -59,13 +85,20 @@ def test_xml_is_valid_against_nmaps_dtd_and_says_what_nmap_readers_look_for(
     hosts = root.findall("host")
     assert [h.find("address").get("addrtype") for h in hosts] == ["ipv4", "ipv6"]  # type: ignore[union-attr]
     ssh = hosts[0].find("ports/port[@portid='22']/service")
-    assert ssh is not None and (ssh.get("name"), ssh.get("product"), ssh.get("version"),
-                                ssh.get("method"), ssh.get("extrainfo")) == (
-        "ssh", "OpenSSH", "9.2p1", "probed", "Debian-2+deb12u10")
+    assert ssh is not None and (
+        ssh.get("name"),
+        ssh.get("product"),
+        ssh.get("version"),
+        ssh.get("method"),
+        ssh.get("extrainfo"),
+    ) == ("ssh", "OpenSSH", "9.2p1", "probed", "Debian-2+deb12u10")
     assert ssh.findtext("cpe") == "cpe:/a:openbsd:openssh:9.2p1"
     guess = hosts[0].find("ports/port[@portid='5672']/service")
     assert guess is not None and (guess.get("name"), guess.get("method"), guess.get("conf")) == (
-        "amqp", "table", "3")  # a name from the port number: nmap's own mark of a guess
+        "amqp",
+        "table",
+        "3",
+    )  # a name from the port number: nmap's own mark of a guess
     script = hosts[0].find("ports/port[@portid='22']/script")
     assert script is not None and "CVE-2023-38408" in script.get("output", "")
     assert "version only" in script.get("output", "")
@@ -75,8 +108,14 @@ def test_xml_is_valid_against_nmaps_dtd_and_says_what_nmap_readers_look_for(
 
 
 def test_xml_of_a_failed_scan_with_no_hosts_is_valid_too(tmp_path: Path) -> None:
-    failed = {**REPORT, "status": "failed", "error": "broker went away", "hosts": [],
-              "findings": [], "finished_at": None}
+    failed = {
+        **REPORT,
+        "status": "failed",
+        "error": "broker went away",
+        "hosts": [],
+        "findings": [],
+        "finished_at": None,
+    }
     xml = to_nmap_xml(failed)
     dtd_check(xml, tmp_path)
     assert 'exit="error"' in xml and 'errormsg="broker went away"' in xml
@@ -86,9 +125,11 @@ def test_grepable_lines_are_nmaps() -> None:
     lines = to_grepable(REPORT, ["127.0.0.1"]).splitlines()
     assert lines[0].startswith("# LEWIS ") and lines[0].endswith("as: lewis scan 127.0.0.1")
     assert lines[1] == "Host: 127.0.0.1 (localhost)\tStatus: Up"
-    assert lines[2] == ("Host: 127.0.0.1 (localhost)\tPorts: 22/open/tcp//ssh//OpenSSH 9.2p1 "
-                        "Debian-2+deb12u10/, "
-                        "5672/open/tcp//amqp?///\tIgnored State: closed (1)")
+    assert lines[2] == (
+        "Host: 127.0.0.1 (localhost)\tPorts: 22/open/tcp//ssh//OpenSSH 9.2p1 "
+        "Debian-2+deb12u10/, "
+        "5672/open/tcp//amqp?///\tIgnored State: closed (1)"
+    )
     assert lines[4] == "Host: ::1 ()\tIgnored State: filtered (3)"
     assert lines[-1].startswith("# LEWIS done at ") and "2 IP addresses (2 hosts up)" in lines[-1]
     assert lines[-1].endswith("scanned in 3.00 seconds")
@@ -98,9 +139,15 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     read, write = os.pipe()
     os.close(read)  # the reader is gone before anything is written, as `| head` after its line
     try:
-        done = subprocess.run([sys.executable, "-m", "lewis_tasks.cli", "config"], cwd=ROOT,
-                              env=lewis_env({"LEWIS_STACK_HOME": str(tmp_path)}),
-                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "lewis_tasks.cli", "config"],
+            cwd=ROOT,
+            env=lewis_env({"LEWIS_STACK_HOME": str(tmp_path)}),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     finally:
         os.close(write)
     assert done.stderr == "" and done.returncode == 141
@@ -114,7 +161,8 @@ def test_ndiff_reads_two_lewis_scans(tmp_path: Path) -> None:
     before.write_text(to_nmap_xml(REPORT))
     host = dict(REPORT["hosts"][0], open_ports=REPORT["hosts"][0]["open_ports"][:1])
     after.write_text(to_nmap_xml({**REPORT, "hosts": [host, REPORT["hosts"][1]]}))
-    diff = subprocess.run(["ndiff", str(before), str(after)], capture_output=True, text=True,
-                          timeout=60)
+    diff = subprocess.run(
+        ["ndiff", str(before), str(after)], capture_output=True, text=True, timeout=60
+    )
     assert diff.returncode == 1, diff.stderr  # 1: the scans differ
     assert "-5672/tcp open  amqp" in diff.stdout and "22/tcp" not in diff.stdout

@@ -71,8 +71,16 @@ def test_summary_helpers() -> None:
 
 def test_failures_are_counted_and_never_abort_the_run() -> None:
     target = EveryNthFails(4)
-    stats = benchmark_function(target, 100, args=(1,), kwargs={"k": 2}, warmup=3,
-                               max_seconds=5, limits=LIMITS, name="every-4th")
+    stats = benchmark_function(
+        target,
+        100,
+        args=(1,),
+        kwargs={"k": 2},
+        warmup=3,
+        max_seconds=5,
+        limits=LIMITS,
+        name="every-4th",
+    )
 
     assert target.calls == 103  # 3 warm-up calls, then all 100, failures included
     # calls 4..103 are timed; every 4th of all calls fails: 4, 8, … 100
@@ -110,7 +118,10 @@ def test_a_run_reaching_max_seconds_stops_between_iterations() -> None:
     [
         ({"iterations": 501}, r"iterations=501 is over the bound profiling\.max_iterations=500"),
         ({"iterations": 10, "max_seconds": 6}, r"profiling\.max_seconds=5\.0"),
-        ({"iterations": 10, "warmup": 501}, r"warmup=501 is over the bound profiling\.max_iterations"),
+        (
+            {"iterations": 10, "warmup": 501},
+            r"warmup=501 is over the bound profiling\.max_iterations",
+        ),
         ({"iterations": 0}, "iterations must be greater than 0"),
         ({"iterations": 2.5}, "whole number"),
         ({"iterations": True}, "whole number"),
@@ -131,7 +142,9 @@ def test_concurrent_counts_failures_and_uses_the_workers() -> None:
     target = EveryNthFails(2)
 
     def call() -> int:
-        if next(arrivals) < 4:  # the first four calls wait for each other: 4 threads must run at once
+        if (
+            next(arrivals) < 4
+        ):  # the first four calls wait for each other: 4 threads must run at once
             barrier.wait()
         return target()
 
@@ -152,9 +165,13 @@ def test_concurrent_stops_starting_tasks_after_max_seconds() -> None:
 
 
 def test_concurrent_bounds_refused_by_name() -> None:
-    with pytest.raises(InvalidInput, match=r"max_workers=9 is over the bound profiling\.max_concurrent=8"):
+    with pytest.raises(
+        InvalidInput, match=r"max_workers=9 is over the bound profiling\.max_concurrent=8"
+    ):
         benchmark_concurrent(time.sleep, 10, 9, args=(0,), max_seconds=1, limits=LIMITS)
-    with pytest.raises(InvalidInput, match=r"tasks=501 is over the bound profiling\.max_iterations"):
+    with pytest.raises(
+        InvalidInput, match=r"tasks=501 is over the bound profiling\.max_iterations"
+    ):
         benchmark_concurrent(time.sleep, 501, 2, args=(0,), max_seconds=1, limits=LIMITS)
 
 
@@ -162,6 +179,8 @@ def test_machine_info_names_this_machine_and_installed_packages() -> None:
     info = machine_info(("celery", "redis", "no-such-package-for-lewis"))
     assert info.cores_logical >= 1 and info.memory_total_bytes > 0 and info.cpu_model
     assert info.python.endswith(platform.python_version())
-    assert info.packages == {"celery": importlib.metadata.version("celery"),
-                             "redis": importlib.metadata.version("redis")}
+    assert info.packages == {
+        "celery": importlib.metadata.version("celery"),
+        "redis": importlib.metadata.version("redis"),
+    }
     assert json.loads(json.dumps(info.to_dict()))["packages"]["celery"]

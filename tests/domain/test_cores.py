@@ -13,10 +13,17 @@ from lewis_tasks.domain.sysprobe import cpu_quota, usable_cores
 AFFINITY = len(os.sched_getaffinity(0))
 
 
-@pytest.mark.parametrize("cpu_max, quota", [
-    ("max 100000", None), ("150000 100000", 1.5), ("50000 100000", 0.5), ("200000 50000", 4.0),
-    ("garbage", None), ("0 100000", None),
-])
+@pytest.mark.parametrize(
+    "cpu_max, quota",
+    [
+        ("max 100000", None),
+        ("150000 100000", 1.5),
+        ("50000 100000", 0.5),
+        ("200000 50000", 4.0),
+        ("garbage", None),
+        ("0 100000", None),
+    ],
+)
 def test_cgroup_v2_quota(tmp_path: Path, cpu_max: str, quota: float | None) -> None:
     (tmp_path / "cpu.max").write_text(cpu_max + "\n")
     assert cpu_quota(tmp_path) == quota
@@ -44,7 +51,8 @@ def test_a_fractional_quota_rounds_up_and_never_exceeds_the_affinity(tmp_path: P
 
 
 def test_the_cpu_worker_takes_one_child_per_quota_core(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lewis_tasks.infra.config import load_settings
     from lewis_tasks.infra.profiles import worker_options
 

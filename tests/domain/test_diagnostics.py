@@ -42,15 +42,23 @@ def child() -> Iterator[subprocess.Popen[bytes]]:
 def _healthy(**changes: object) -> SystemSnapshot:
     """A calm host: 2 cores, 30 % cpu, half the memory, a fifth of the disk, two children."""
     base = SystemSnapshot(
-        taken_at=1_700_000_000.0, hostname="w1", cpu_count=2, cpu_percent=30.0,
-        per_core=(25.0, 35.0), load_average=(0.8, 0.7, 0.6),
+        taken_at=1_700_000_000.0,
+        hostname="w1",
+        cpu_count=2,
+        cpu_percent=30.0,
+        per_core=(25.0, 35.0),
+        load_average=(0.8, 0.7, 0.6),
         memory=SpaceUsage(16 * GiB, 8 * GiB, 8 * GiB, 50.0),
-        swap=SpaceUsage(0, 0, 0, 0.0), disk_path="/",
+        swap=SpaceUsage(0, 0, 0, 0.0),
+        disk_path="/",
         disk=SpaceUsage(100 * GiB, 20 * GiB, 80 * GiB, 20.0),
-        processes=(ProcessUsage(100, "parent", 80 << 20, 1.0, 20, 3, 4),
-                   ProcessUsage(101, "child", 300 << 20, 20.0, 12, 1, 1),
-                   ProcessUsage(102, "child", 500 << 20, 10.0, 12, 1, 1)),
-        fd_limit=1024)
+        processes=(
+            ProcessUsage(100, "parent", 80 << 20, 1.0, 20, 3, 4),
+            ProcessUsage(101, "child", 300 << 20, 20.0, 12, 1, 1),
+            ProcessUsage(102, "child", 500 << 20, 10.0, 12, 1, 1),
+        ),
+        fd_limit=1024,
+    )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -103,8 +111,16 @@ def test_snapshot_request_checks() -> None:
 
 
 def test_a_calm_host_gets_no_advice() -> None:
-    assert recommend(_healthy(), recycle_limit_bytes=2 * GiB, pool_size=4, pool_busy=1,
-                     queue_wait_trend={"io": [0.2, 0.1, 0.3, 0.2]}) == []
+    assert (
+        recommend(
+            _healthy(),
+            recycle_limit_bytes=2 * GiB,
+            pool_size=4,
+            pool_busy=1,
+            queue_wait_trend={"io": [0.2, 0.1, 0.3, 0.2]},
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,8 +140,9 @@ def test_a_calm_host_gets_no_advice() -> None:
         ({"load_average": (7.0, 1.0, 1.0)}, "load_high", "critical"),
     ],
 )
-def test_host_thresholds_fire_past_the_line_only(changes: dict, code: str,
-                                                 severity: str | None) -> None:
+def test_host_thresholds_fire_past_the_line_only(
+    changes: dict, code: str, severity: str | None
+) -> None:
     found = _codes(recommend(_healthy(**changes)))
     assert found.get(code) == severity
     assert set(found) <= {code}
@@ -140,14 +157,25 @@ def test_descriptors_near_the_limit() -> None:
 
 
 def test_children_near_the_recycle_limit() -> None:
-    near = _healthy(processes=(ProcessUsage(100, "parent", 3 * GiB, 1.0, 20, 3, 4),  # parent: not recycled
-                               ProcessUsage(101, "child", int(1.7 * GiB), 50.0, 12, 1, 1),
-                               ProcessUsage(102, "child", 300 << 20, 10.0, 12, 1, 1)))
+    near = _healthy(
+        processes=(
+            ProcessUsage(100, "parent", 3 * GiB, 1.0, 20, 3, 4),  # parent: not recycled
+            ProcessUsage(101, "child", int(1.7 * GiB), 50.0, 12, 1, 1),
+            ProcessUsage(102, "child", 300 << 20, 10.0, 12, 1, 1),
+        )
+    )
     [finding] = recommend(near, recycle_limit_bytes=2 * GiB)
-    assert (finding.code, finding.severity, finding.subject) == ("recycle_limit_near", "warning", "pid 101")
+    assert (finding.code, finding.severity, finding.subject) == (
+        "recycle_limit_near",
+        "warning",
+        "pid 101",
+    )
     assert "1 of 2 pool children" in finding.message
-    over = dataclasses.replace(near, processes=near.processes[:2] + (
-        ProcessUsage(103, "child", int(2.2 * GiB), 50.0, 12, 1, 1),))
+    over = dataclasses.replace(
+        near,
+        processes=near.processes[:2]
+        + (ProcessUsage(103, "child", int(2.2 * GiB), 50.0, 12, 1, 1),),
+    )
     [finding] = recommend(over, recycle_limit_bytes=2 * GiB)
     assert finding.severity == "critical" and finding.subject == "pid 103"
     assert recommend(near) == []  # no limit configured: nothing to be near
@@ -182,13 +210,20 @@ def test_pool_saturation_and_ordering_worst_first() -> None:
 
 def test_cluster_report_worst_first_with_missing_workers() -> None:
     calm = diagnose_worker("celery@calm", _healthy(hostname="h1"), pool_size=2, pool_busy=0)
-    hot = diagnose_worker("celery@hot", _healthy(hostname="h2", cpu_percent=97.0), pool_size=2,
-                          pool_busy=2)
+    hot = diagnose_worker(
+        "celery@hot", _healthy(hostname="h2", cpu_percent=97.0), pool_size=2, pool_busy=2
+    )
     warm = diagnose_worker("celery@warm", _healthy(hostname="h2", cpu_percent=85.0))
 
-    report = aggregate({"celery@calm": calm, "celery@warm": warm.to_dict(),  # dicts, as broadcast
-                        "celery@hot": json.loads(json.dumps(hot.to_dict())), "celery@gone": None},
-                       queue_wait_trend={"io": [1.0, 2.0, 4.0]})
+    report = aggregate(
+        {
+            "celery@calm": calm,
+            "celery@warm": warm.to_dict(),  # dicts, as broadcast
+            "celery@hot": json.loads(json.dumps(hot.to_dict())),
+            "celery@gone": None,
+        },
+        queue_wait_trend={"io": [1.0, 2.0, 4.0]},
+    )
 
     assert [w.worker for w in report.workers] == ["celery@hot", "celery@warm", "celery@calm"]
     assert [w.severity for w in report.workers] == ["critical", "warning", "ok"]

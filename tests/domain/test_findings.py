@@ -20,21 +20,24 @@ from lewis_tasks.domain.vulns import find_cves, sample_records
 HOST = "127.0.0.1"
 
 
-@pytest.mark.parametrize("info, severity", [
-    (ServiceInfo(6379, "redis", "Redis", None, extra={"auth_required": False}), "critical"),
-    (ServiceInfo(6379, "redis", "Redis", None, extra={"auth_required": True}), "low"),
-    (ServiceInfo(6379, "redis", "Redis"), "low"),  # AUTH unknown: not claimed open
-    (ServiceInfo(11211, "memcached", "memcached", "1.6.14"), "high"),
-    (ServiceInfo(23, "telnet"), "high"),
-    (ServiceInfo(21, "ftp"), "medium"),
-    (ServiceInfo(5900, "vnc"), "medium"),
-    (ServiceInfo(3306, "mysql", "MySQL", "8.0.36"), "low"),
-    (ServiceInfo(5432, "postgresql", "PostgreSQL"), "low"),
-    (ServiceInfo(110, "pop3"), "low"),
-    (ServiceInfo(22, "ssh", "OpenSSH", "9.9p1"), "info"),
-    (ServiceInfo(80, "http", "nginx", "1.27.0"), "info"),
-    (ServiceInfo(4444, "unknown"), "info"),
-])
+@pytest.mark.parametrize(
+    "info, severity",
+    [
+        (ServiceInfo(6379, "redis", "Redis", None, extra={"auth_required": False}), "critical"),
+        (ServiceInfo(6379, "redis", "Redis", None, extra={"auth_required": True}), "low"),
+        (ServiceInfo(6379, "redis", "Redis"), "low"),  # AUTH unknown: not claimed open
+        (ServiceInfo(11211, "memcached", "memcached", "1.6.14"), "high"),
+        (ServiceInfo(23, "telnet"), "high"),
+        (ServiceInfo(21, "ftp"), "medium"),
+        (ServiceInfo(5900, "vnc"), "medium"),
+        (ServiceInfo(3306, "mysql", "MySQL", "8.0.36"), "low"),
+        (ServiceInfo(5432, "postgresql", "PostgreSQL"), "low"),
+        (ServiceInfo(110, "pop3"), "low"),
+        (ServiceInfo(22, "ssh", "OpenSSH", "9.9p1"), "info"),
+        (ServiceInfo(80, "http", "nginx", "1.27.0"), "info"),
+        (ServiceInfo(4444, "unknown"), "info"),
+    ],
+)
 def test_exposure_rules(info: ServiceInfo, severity: str) -> None:
     finding = assess(HOST, info)
     assert finding.severity == severity
@@ -43,8 +46,9 @@ def test_exposure_rules(info: ServiceInfo, severity: str) -> None:
 
 
 def test_a_redis_without_auth_is_critical_and_says_why() -> None:
-    finding = assess(HOST, ServiceInfo(6379, "redis", "Redis", None,
-                                       extra={"auth_required": False}))
+    finding = assess(
+        HOST, ServiceInfo(6379, "redis", "Redis", None, extra={"auth_required": False})
+    )
     assert "without authentication" in finding.title
 
 
@@ -85,23 +89,39 @@ def test_findings_rank_critical_first_then_score_then_address_and_port() -> None
     ]
     ranked = build_findings(HOST, services, sample_records())
     assert [(f.severity, f.port) for f in ranked] == [
-        ("critical", 21), ("critical", 11211), ("critical", 6379),
-        ("high", 80), ("high", 23), ("info", 22)]
+        ("critical", 21),
+        ("critical", 11211),
+        ("critical", 6379),
+        ("high", 80),
+        ("high", 23),
+        ("info", 22),
+    ]
 
 
 def test_ties_break_on_numeric_address_then_port() -> None:
     def finding(address: str, port: int) -> Finding:
         return assess(address, ServiceInfo(port, "telnet"))
 
-    ranked = rank_findings([finding("::1", 23), finding("127.0.0.10", 23),
-                            finding("127.0.0.9", 2323), finding("127.0.0.9", 23)])
+    ranked = rank_findings(
+        [
+            finding("::1", 23),
+            finding("127.0.0.10", 23),
+            finding("127.0.0.9", 2323),
+            finding("127.0.0.9", 23),
+        ]
+    )
     assert [(f.address, f.port) for f in ranked] == [
-        ("127.0.0.9", 23), ("127.0.0.9", 2323), ("127.0.0.10", 23), ("::1", 23)]
+        ("127.0.0.9", 23),
+        ("127.0.0.9", 2323),
+        ("127.0.0.10", 23),
+        ("::1", 23),
+    ]
 
 
 def test_findings_are_json() -> None:
-    ranked = build_findings(HOST, [ServiceInfo(22, "ssh", "OpenSSH", "8.9p1")],
-                            sample_records(), hostname="localhost")
+    ranked = build_findings(
+        HOST, [ServiceInfo(22, "ssh", "OpenSSH", "8.9p1")], sample_records(), hostname="localhost"
+    )
     data = json.loads(json.dumps([f.to_dict() for f in ranked]))
     assert data[0]["hostname"] == "localhost" and data[0]["severity"] == "critical"
     assert [c["cve_id"] for c in data[0]["cves"]] == ["CVE-2023-38408", "CVE-2024-6387"]

@@ -34,7 +34,9 @@ def samples(seed: int, n: int = 20_000) -> list[int]:
     rng = random.Random(seed)
     # lognormal around ~2 ms with a long tail, plus a few huge outliers and tiny values
     values = [int(rng.lognormvariate(7.5, 1.2)) for _ in range(n)]
-    values += [rng.randrange(0, 200) for _ in range(200)] + [rng.randrange(10**8, 10**10) for _ in range(5)]
+    values += [rng.randrange(0, 200) for _ in range(200)] + [
+        rng.randrange(10**8, 10**10) for _ in range(5)
+    ]
     return values
 
 
@@ -56,7 +58,11 @@ def test_percentiles_within_stated_relative_error(seed: int) -> None:
         exact = exact_percentile(values, p)
         got = histogram.percentile(p)
         assert abs(got - exact) <= exact * MAX_RELATIVE_ERROR, (p, got, exact)
-    assert (histogram.min, histogram.max, histogram.count) == (min(values), max(values), len(values))
+    assert (histogram.min, histogram.max, histogram.count) == (
+        min(values),
+        max(values),
+        len(values),
+    )
     assert histogram.mean == sum(values) / len(values)
 
 

@@ -23,11 +23,27 @@ def histogram_of(*values: int) -> LatencyHistogram:
 
 def test_an_empty_histogram_is_all_zeros_in_every_form() -> None:
     empty = LatencyHistogram()
-    assert empty.to_dict() == {"format": 1, "unit": "us", "sub_bits": 7, "count": 0, "total": 0,
-                               "min": 0, "max": 0, "buckets": []}
-    assert empty.summary() == {"count": 0, "min_ms": 0.0, "mean_ms": 0.0, "p50_ms": 0.0,
-                               "p90_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "p99.9_ms": 0.0,
-                               "max_ms": 0.0}
+    assert empty.to_dict() == {
+        "format": 1,
+        "unit": "us",
+        "sub_bits": 7,
+        "count": 0,
+        "total": 0,
+        "min": 0,
+        "max": 0,
+        "buckets": [],
+    }
+    assert empty.summary() == {
+        "count": 0,
+        "min_ms": 0.0,
+        "mean_ms": 0.0,
+        "p50_ms": 0.0,
+        "p90_ms": 0.0,
+        "p95_ms": 0.0,
+        "p99_ms": 0.0,
+        "p99.9_ms": 0.0,
+        "max_ms": 0.0,
+    }
     assert repr(empty) == "LatencyHistogram(count=0, p50=0us, p99=0us, max=0us)"
 
 
@@ -59,9 +75,17 @@ def test_a_percentile_is_a_whole_bucket_midpoint() -> None:
 
 def test_summary_is_exact_to_the_microsecond_and_rounds_the_mean_to_it() -> None:
     summary = histogram_of(1, 2, 5_000).summary()  # mean 1667.67 µs
-    assert summary == {"count": 3, "min_ms": 0.001, "mean_ms": 1.668, "p50_ms": 0.002,
-                       "p90_ms": 5.0, "p95_ms": 5.0, "p99_ms": 5.0, "p99.9_ms": 5.0,
-                       "max_ms": 5.0}
+    assert summary == {
+        "count": 3,
+        "min_ms": 0.001,
+        "mean_ms": 1.668,
+        "p50_ms": 0.002,
+        "p90_ms": 5.0,
+        "p95_ms": 5.0,
+        "p99_ms": 5.0,
+        "p99.9_ms": 5.0,
+        "max_ms": 5.0,
+    }
 
 
 def test_buckets_are_made_up_front_and_grow_exactly_to_a_larger_value() -> None:
@@ -83,8 +107,15 @@ def test_merge_grows_exactly_to_the_larger_side() -> None:
 
 def test_from_dict_grows_exactly_and_adds_repeated_buckets() -> None:
     far = bucket_of(2**29)
-    data = {"format": 1, "sub_bits": 7, "count": 6, "total": 2**29 + 5, "min": 0, "max": 2**29,
-            "buckets": [[0, 2], [PREALLOCATED, 0], [far, 1], [0, 3], [7, 0]]}
+    data = {
+        "format": 1,
+        "sub_bits": 7,
+        "count": 6,
+        "total": 2**29 + 5,
+        "min": 0,
+        "max": 2**29,
+        "buckets": [[0, 2], [PREALLOCATED, 0], [far, 1], [0, 3], [7, 0]],
+    }
     histogram = LatencyHistogram.from_dict(data)
     assert len(histogram.counts) == far + 1
     assert histogram.to_dict()["buckets"] == [[0, 5], [far, 1]]
@@ -94,8 +125,15 @@ def test_from_dict_grows_exactly_and_adds_repeated_buckets() -> None:
 
 @pytest.mark.parametrize("buckets", [[[-1, 1]], [[3, -1], [4, 2]]])
 def test_negative_buckets_are_refused_with_their_message(buckets: list[list[int]]) -> None:
-    data = {"format": 1, "sub_bits": 7, "count": 1, "total": 3, "min": 3, "max": 3,
-            "buckets": buckets}
+    data = {
+        "format": 1,
+        "sub_bits": 7,
+        "count": 1,
+        "total": 3,
+        "min": 3,
+        "max": 3,
+        "buckets": buckets,
+    }
     with pytest.raises(InvalidInput) as err:
         LatencyHistogram.from_dict(data)
     assert str(err.value) == "malformed histogram: negative bucket"

@@ -56,15 +56,23 @@ def inside(servers: ServerThread) -> RunningServer:
 
 def run_with_session(scope: Scope, use: Callable[[aiohttp.ClientSession], Awaitable[T]]) -> T:
     async def main() -> T:
-        session = create_session(scope, max_connections=10, limit_per_host=5,
-                                 connect_timeout=2, read_timeout=5, keep_alive=True)
+        session = create_session(
+            scope,
+            max_connections=10,
+            limit_per_host=5,
+            connect_timeout=2,
+            read_timeout=5,
+            keep_alive=True,
+        )
         async with session:
             return await use(session)
+
     return asyncio.run(main())
 
 
 def get(url: str, scope: Scope = NARROW) -> tuple[int | None, str | None, str]:
     """(status, None, body) or (None, error class, message)."""
+
     async def use(session: aiohttp.ClientSession) -> tuple[int | None, str | None, str]:
         try:
             async with session.get(url, allow_redirects=False) as resp:
@@ -72,16 +80,31 @@ def get(url: str, scope: Scope = NARROW) -> tuple[int | None, str | None, str]:
         except Exception as exc:
             error, message = classify_error(exc)
             return None, error, message
+
     return run_with_session(scope, use)
 
 
-SPELLINGS = ["127.0.0.1", "2130706433", "0x7f000001", "0x7f.1", "127.1", "0177.0.0.1",
-             "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "localhost", "LOCALHOST", "localhost.",
-             "localhost.localdomain", "foo.localhost"]
+SPELLINGS = [
+    "127.0.0.1",
+    "2130706433",
+    "0x7f000001",
+    "0x7f.1",
+    "127.1",
+    "0177.0.0.1",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+    "localhost",
+    "LOCALHOST",
+    "localhost.",
+    "localhost.localdomain",
+    "foo.localhost",
+]
 
 
 @pytest.mark.parametrize("host", SPELLINGS)
-def test_every_spelling_of_an_out_of_scope_address_is_refused(servers: ServerThread, host: str) -> None:
+def test_every_spelling_of_an_out_of_scope_address_is_refused(
+    servers: ServerThread, host: str
+) -> None:
     # Given a server on 127.0.0.1 and a scope that only allows 127.0.0.2
     target = outside(servers)
     before = sum(target.hits.values())
@@ -89,7 +112,9 @@ def test_every_spelling_of_an_out_of_scope_address_is_refused(servers: ServerThr
     status, error, message = get(f"http://{host}:{target.port}/")
     # Then nothing is fetched and the server never sees a request
     assert status is None
-    assert error in (OUT_OF_SCOPE, INVALID_URL), message  # aiohttp rejects 127.1 / 2130706433 itself
+    assert error in (OUT_OF_SCOPE, INVALID_URL), (
+        message
+    )  # aiohttp rejects 127.1 / 2130706433 itself
     assert sum(target.hits.values()) == before
 
 
@@ -121,8 +146,9 @@ def test_only_http_and_https_are_spoken(servers: ServerThread, scheme: str) -> N
 
 
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy"])
-def test_proxies_from_the_environment_are_ignored(servers: ServerThread, variable: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_proxies_from_the_environment_are_ignored(
+    servers: ServerThread, variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     proxy, target = servers.servers[2], inside(servers)
     monkeypatch.setenv(variable, proxy.url)
     monkeypatch.delenv("NO_PROXY", raising=False)
@@ -133,16 +159,18 @@ def test_proxies_from_the_environment_are_ignored(servers: ServerThread, variabl
     assert sum(proxy.hits.values()) == proxied_before
 
 
-def test_https_proxy_from_the_environment_is_ignored(servers: ServerThread,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_https_proxy_from_the_environment_is_ignored(
+    servers: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
     proxy, target = servers.servers[2], inside(servers)
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     monkeypatch.setenv("https_proxy", proxy.url)
     before = sum(proxy.hits.values())
     # the target speaks plain HTTP, so a direct https:// attempt fails in the TLS handshake;
     # through the proxy it would have been a CONNECT the proxy counts
-    status, error, _ = get(target.url.replace("http://", "https://") + "/",
-                           Scope.from_allow(["127.0.0.0/8"]))
+    status, error, _ = get(
+        target.url.replace("http://", "https://") + "/", Scope.from_allow(["127.0.0.0/8"])
+    )
     assert (status, error) == (None, TLS)
     assert sum(proxy.hits.values()) == before
 
@@ -161,6 +189,7 @@ def test_resolver_answers_localhost_aliases_without_dns() -> None:
             return await resolver.resolve("localhost.localdomain", 80)
         finally:
             await resolver.close()
+
     hosts = {result["host"] for result in asyncio.run(main())}
     assert hosts == {"127.0.0.1", "::1"}
 
@@ -172,22 +201,32 @@ def test_resolver_refuses_numeric_names_outside_scope() -> None:
             await resolver.resolve("0x7f000001", 80)
         finally:
             await resolver.close()
+
     with pytest.raises(OutOfScope, match="127.0.0.1"):
         asyncio.run(main())
 
 
 def test_localhost_aliases() -> None:
-    assert all(map(is_localhost_alias, ["localhost", "LocalHost.", "a.localhost", "localhost.localdomain"]))
+    assert all(
+        map(is_localhost_alias, ["localhost", "LocalHost.", "a.localhost", "localhost.localdomain"])
+    )
     assert not any(map(is_localhost_alias, ["localhostx", "localhost.example", "mylocalhost"]))
 
 
 def test_session_must_be_created_on_a_running_loop() -> None:
     with pytest.raises(RuntimeError):
-        create_session(NARROW, max_connections=1, limit_per_host=1, connect_timeout=1,
-                       read_timeout=1, keep_alive=True)
+        create_session(
+            NARROW,
+            max_connections=1,
+            limit_per_host=1,
+            connect_timeout=1,
+            read_timeout=1,
+            keep_alive=True,
+        )
 
 
 # --- a name's permission belongs to its own request (issue 12, item 1) ---------------------
+
 
 def test_a_name_opens_its_addresses_for_its_own_requests_only(servers: ServerThread) -> None:
     # Given a scope that names localhost but allows only 127.0.0.2 by address
@@ -197,9 +236,14 @@ def test_a_name_opens_its_addresses_for_its_own_requests_only(servers: ServerThr
 
     async def use(session: aiohttp.ClientSession) -> list[tuple[int | None, str | None, str]]:
         seen = []
-        for url in [f"http://localhost:{port}/", f"http://127.0.0.1:{port}/",
-                    f"http://[::ffff:127.0.0.1]:{port}/", f"http://[::ffff:7f00:1]:{port}/",
-                    f"http://[::1]:{port}/", f"http://localhost:{port}/"]:
+        for url in [
+            f"http://localhost:{port}/",
+            f"http://127.0.0.1:{port}/",
+            f"http://[::ffff:127.0.0.1]:{port}/",
+            f"http://[::ffff:7f00:1]:{port}/",
+            f"http://[::1]:{port}/",
+            f"http://localhost:{port}/",
+        ]:
             try:
                 async with session.get(url, allow_redirects=False) as resp:
                     seen.append((resp.status, None, await resp.text()))
@@ -218,16 +262,27 @@ def test_a_name_opens_its_addresses_for_its_own_requests_only(servers: ServerThr
     assert sum(target.hits.values()) == before + 2  # the two by name, nothing else
 
 
-@pytest.mark.parametrize("answers", [["0.0.0.0"], ["224.0.0.1"], ["::"], ["255.255.255.255"],
-                                     ["0.0.0.0", "::"]])
+@pytest.mark.parametrize(
+    "answers", [["0.0.0.0"], ["224.0.0.1"], ["::"], ["255.255.255.255"], ["0.0.0.0", "::"]]
+)
 def test_the_socket_factory_refuses_never_allowed_peers_whatever_names_them(
-        servers: ServerThread, answers: list[str]) -> None:
+    servers: ServerThread, answers: list[str]
+) -> None:
     # Given a resolver that is no guard at all: it answers never-allowed addresses for a name
     # the allowlist names, so only the socket factory stands between the name and connect()
     class Lying(AbstractResolver):
         async def resolve(self, host: str, port: int = 0, family: Any = 0) -> list[Any]:
-            return [{"hostname": host, "host": a, "port": port, "proto": 0, "flags": 0,
-                     "family": socket.AF_INET6 if ":" in a else socket.AF_INET} for a in answers]
+            return [
+                {
+                    "hostname": host,
+                    "host": a,
+                    "port": port,
+                    "proto": 0,
+                    "flags": 0,
+                    "family": socket.AF_INET6 if ":" in a else socket.AF_INET,
+                }
+                for a in answers
+            ]
 
         async def close(self) -> None:
             pass
@@ -237,14 +292,16 @@ def test_the_socket_factory_refuses_never_allowed_peers_whatever_names_them(
     before = sum(target.hits.values())
 
     async def main() -> tuple[str, str]:
-        connector = ScopedConnector(scope, resolver=Lying(),
-                                    socket_factory=guarded_socket_factory(scope))
+        connector = ScopedConnector(
+            scope, resolver=Lying(), socket_factory=guarded_socket_factory(scope)
+        )
         async with aiohttp.ClientSession(connector=connector) as session:
             try:
                 await session.get(f"http://db.lab.test:{target.port}/")
             except Exception as exc:
                 return classify_error(exc)
         return "", "fetched"
+
     error, message = asyncio.run(main())
     # Then no address gets a socket (0.0.0.0 and :: would reach the server on loopback)
     assert message != "fetched" and sum(target.hits.values()) == before
@@ -264,6 +321,7 @@ def test_a_proxy_is_refused_rather_than_vouched_for(servers: ServerThread) -> No
         except Exception as exc:
             return classify_error(exc)
         return "", "fetched"
+
     error, message = run_with_session(Scope.from_allow(["127.0.0.2/32", "127.0.0.3/32"]), use)
     assert error == OUT_OF_SCOPE and message.startswith(f"proxy {proxy.url} refused"), message
     assert sum(proxy.hits.values()) == before
@@ -276,10 +334,13 @@ def test_the_resolver_keeps_nothing_between_requests() -> None:
         state = dict(vars(resolver))
         await resolver.close()
         return state
+
     assert set(asyncio.run(main())) == {"_scope", "_inner"}
 
 
-def test_the_connector_refuses_an_out_of_scope_literal_before_its_pool(servers: ServerThread) -> None:
+def test_the_connector_refuses_an_out_of_scope_literal_before_its_pool(
+    servers: ServerThread,
+) -> None:
     # Given a connector whose socket factory guards nothing (plain sockets), so only the
     # connector's own look at the request's host stands in the way
     target = outside(servers)
@@ -296,6 +357,7 @@ def test_the_connector_refuses_an_out_of_scope_literal_before_its_pool(servers: 
                 except Exception as exc:
                     seen.append(classify_error(exc))
         return seen
+
     results = asyncio.run(main())
     assert [error for error, _ in results] == [OUT_OF_SCOPE] * 3, results
     assert results[0][1] == "127.0.0.1 is out of scope: not in the allowlist 127.0.0.2/32"

@@ -27,8 +27,11 @@ def test_more_urls_or_longer_budgets_wait_longer() -> None:
     one = plan_http_batch(1, None, LIMITS).worst_case_seconds()
     assert one > 10.0 and plan_http_batch(1, 1.0, LIMITS).worst_case_seconds() < one
     size = plan_http_batch(1, None, LIMITS).size
-    assert (plan_http_batch(3 * size, None, LIMITS).worst_case_seconds()
-            > plan_http_batch(size, None, LIMITS).worst_case_seconds() >= one)
+    assert (
+        plan_http_batch(3 * size, None, LIMITS).worst_case_seconds()
+        > plan_http_batch(size, None, LIMITS).worst_case_seconds()
+        >= one
+    )
 
 
 def test_a_budget_over_http_timeout_is_refused() -> None:

@@ -41,12 +41,21 @@ def app(servers: ServerThread) -> str:
 
 def load(url: str, scope: Scope = LOOPBACK, parts: int = 1, **options: Any) -> list[LoadResult]:
     """``parts`` load tests side by side on one session (as N processes would, but in one)."""
+
     async def main() -> list[LoadResult]:
-        session = create_session(scope, max_connections=100, limit_per_host=0, connect_timeout=2,
-                                 read_timeout=None, keep_alive=True)
+        session = create_session(
+            scope,
+            max_connections=100,
+            limit_per_host=0,
+            connect_timeout=2,
+            read_timeout=None,
+            keep_alive=True,
+        )
         async with session:
-            return list(await asyncio.gather(*(run_loadtest(session, url, **options)
-                                               for _ in range(parts))))
+            return list(
+                await asyncio.gather(*(run_loadtest(session, url, **options) for _ in range(parts)))
+            )
+
     return asyncio.run(main())
 
 
@@ -88,7 +97,9 @@ def test_open_loop_parts_merge_their_service_times_too(app: str) -> None:
     merged = LoadResult.merge(parts)
     assert merged.service == LatencyHistogram.merged(p.service for p in parts if p.service)
     assert merged.service is not None and merged.service.count == 40
-    again = LoadResult.merge(LoadResult.from_dict(json.loads(json.dumps(p.to_dict()))) for p in parts)
+    again = LoadResult.merge(
+        LoadResult.from_dict(json.loads(json.dumps(p.to_dict()))) for p in parts
+    )
     assert again == merged
 
 
@@ -104,7 +115,8 @@ def test_open_loop_stops_at_the_duration(app: str) -> None:
 
 
 def test_connections_open_before_the_clock_with_one_uncounted_request_each(
-        servers: ServerThread, app: str) -> None:
+    servers: ServerThread, app: str
+) -> None:
     server = servers.servers[0]
     got, echoed = server.hits["/bytes/37"], server.hits["/echo"]
     # When a GET run starts, its 4 connections are opened first, one request each
@@ -119,17 +131,25 @@ def test_connections_open_before_the_clock_with_one_uncounted_request_each(
 
 
 @pytest.mark.parametrize("rate", [None, 200])
-def test_a_cancelled_run_sends_nothing_more(servers: ServerThread, app: str,
-                                            rate: float | None) -> None:
+def test_a_cancelled_run_sends_nothing_more(
+    servers: ServerThread, app: str, rate: float | None
+) -> None:
     server = servers.servers[0]
     path = f"/bytes/{41 if rate is None else 43}"
 
     async def main() -> tuple[int, int]:
-        session = create_session(LOOPBACK, max_connections=10, limit_per_host=0,
-                                 connect_timeout=2, read_timeout=None, keep_alive=True)
+        session = create_session(
+            LOOPBACK,
+            max_connections=10,
+            limit_per_host=0,
+            connect_timeout=2,
+            read_timeout=None,
+            keep_alive=True,
+        )
         async with session:
-            run = asyncio.ensure_future(run_loadtest(session, app + path, concurrency=4,
-                                                     duration=30, rate=rate))
+            run = asyncio.ensure_future(
+                run_loadtest(session, app + path, concurrency=4, duration=30, rate=rate)
+            )
             await asyncio.sleep(1.5)  # past the warm-up, well into the run
             run.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -172,22 +192,30 @@ def test_out_of_scope_target_is_refused(servers: ServerThread, app: str) -> None
     before = sum(server.hits.values())
     for host in ("127.0.0.1", "localhost", "2130706433", "[::ffff:127.0.0.1]"):
         with pytest.raises(OutOfScope):
-            load(f"http://{host}:{server.port}/", Scope.from_allow(["127.0.0.2/32"]),
-                 concurrency=4, requests=100)
+            load(
+                f"http://{host}:{server.port}/",
+                Scope.from_allow(["127.0.0.2/32"]),
+                concurrency=4,
+                requests=100,
+            )
     assert sum(server.hits.values()) == before
 
 
-@pytest.mark.parametrize("options, cap", [
-    ({"concurrency": 2000, "requests": 1}, "max_concurrency"),
-    ({"concurrency": 0, "requests": 1}, "max_concurrency"),
-    ({"concurrency": 1, "duration": 61.0}, "max_duration"),
-    ({"concurrency": 1, "requests": 10, "max_requests": 5}, "max_requests"),
-    ({"concurrency": 1, "requests": 1, "rate": 10**6}, "max_rate"),
-    ({"concurrency": 1}, "duration or a number of requests"),
-    ({"concurrency": 1, "requests": 1, "method": "TRACE"}, "TRACE"),
-])
-def test_caps_and_bad_parameters_are_invalid_input(app: str, options: dict[str, Any],
-                                                   cap: str) -> None:
+@pytest.mark.parametrize(
+    "options, cap",
+    [
+        ({"concurrency": 2000, "requests": 1}, "max_concurrency"),
+        ({"concurrency": 0, "requests": 1}, "max_concurrency"),
+        ({"concurrency": 1, "duration": 61.0}, "max_duration"),
+        ({"concurrency": 1, "requests": 10, "max_requests": 5}, "max_requests"),
+        ({"concurrency": 1, "requests": 1, "rate": 10**6}, "max_rate"),
+        ({"concurrency": 1}, "duration or a number of requests"),
+        ({"concurrency": 1, "requests": 1, "method": "TRACE"}, "TRACE"),
+    ],
+)
+def test_caps_and_bad_parameters_are_invalid_input(
+    app: str, options: dict[str, Any], cap: str
+) -> None:
     with pytest.raises(InvalidInput, match=cap):
         load(app + "/", **options)
 
@@ -208,7 +236,9 @@ def test_parts_start_together_and_merge_exactly(app: str) -> None:
     assert merged.latency == LatencyHistogram.merged(p.latency for p in parts)
     assert merged.duration_s == max(p.duration_s for p in parts)
     # through JSON, as part tasks return them
-    again = LoadResult.merge(LoadResult.from_dict(json.loads(json.dumps(p.to_dict()))) for p in parts)
+    again = LoadResult.merge(
+        LoadResult.from_dict(json.loads(json.dumps(p.to_dict()))) for p in parts
+    )
     assert again == merged
     summary = merged.to_dict()["latency_ms"]
     assert set(summary) >= {"p50_ms", "p90_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms"}
@@ -222,16 +252,19 @@ def test_progress_is_reported(app: str) -> None:
 
 
 def test_a_failing_progress_callback_is_logged_once_and_the_run_goes_on(
-        app: str, caplog: pytest.LogCaptureFixture) -> None:
+    app: str, caplog: pytest.LogCaptureFixture
+) -> None:
     calls: list[dict[str, Any]] = []
 
     def broken(progress: dict[str, Any]) -> None:
         calls.append(progress)
         raise TransientError("progress store unavailable")
+
     # When every progress line fails to be stored
     with caplog.at_level(logging.WARNING, logger="lewis_tasks.domain.loadgen"):
-        [result] = load(app + "/", concurrency=1, duration=0.5, on_progress=broken,
-                        progress_interval=0.02)
+        [result] = load(
+            app + "/", concurrency=1, duration=0.5, on_progress=broken, progress_interval=0.02
+        )
     # Then the run still gives its result, progress kept being offered, and one warning says so
     assert result.requests > 0 and result.errors == {}
     assert len(calls) >= 2
@@ -247,6 +280,7 @@ BLOCK = bytes(range(256)) * 256  # 64 KiB, sent again and again: the server hold
 async def _streaming_server() -> tuple[asyncio.Server, int]:
     """GET /length/{n} answers n bytes with a Content-Length, /chunked/{n} in chunked
     encoding; keep-alive; memory on this side is one shared block whatever n is."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -256,7 +290,7 @@ async def _streaming_server() -> tuple[asyncio.Server, int]:
                 length = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % left
                 writer.write(b"HTTP/1.1 200 OK\r\n" + length + b"\r\n\r\n")
                 while left:
-                    block = BLOCK[:min(left, len(BLOCK))]
+                    block = BLOCK[: min(left, len(BLOCK))]
                     writer.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
                     await writer.drain()
                     left -= len(block)

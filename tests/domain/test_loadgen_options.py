@@ -34,17 +34,30 @@ def server() -> Iterator[RunningServer]:
 
 def load(url: str, **options: Any) -> LoadResult:
     async def main() -> LoadResult:
-        session = create_session(LOOPBACK, max_connections=100, limit_per_host=0,
-                                 connect_timeout=2, read_timeout=None, keep_alive=True)
+        session = create_session(
+            LOOPBACK,
+            max_connections=100,
+            limit_per_host=0,
+            connect_timeout=2,
+            read_timeout=None,
+            keep_alive=True,
+        )
         async with session:
             return await run_loadtest(session, url, **options)
+
     return asyncio.run(main())
 
 
 def test_every_request_carries_the_headers_method_and_body(server: RunningServer) -> None:
     headers = [["X-Trace", "run-42"], ["Authorization", "Bearer s3cret"]]
-    result = load(server.url + "/record", concurrency=3, requests=30, method="PUT",
-                  headers=headers, body='{"k": "é"}')
+    result = load(
+        server.url + "/record",
+        concurrency=3,
+        requests=30,
+        method="PUT",
+        headers=headers,
+        body='{"k": "é"}',
+    )
     assert result.requests == 30 and result.method == "PUT"
     assert len(server.seen) == 30  # no warm-up requests: PUT is not safe to repeat
     for seen in server.seen:
@@ -55,25 +68,30 @@ def test_every_request_carries_the_headers_method_and_body(server: RunningServer
 
 def test_the_per_request_timeout_cuts_a_slow_servers_requests(server: RunningServer) -> None:
     # a server answering after 5 s, requests cut at 200 ms, a 1 s run
-    result = load(server.url + "/record/5000", concurrency=2, duration=1.0, method="POST",
-                  timeout=0.2)
+    result = load(
+        server.url + "/record/5000", concurrency=2, duration=1.0, method="POST", timeout=0.2
+    )
     assert result.requests == 0
     assert result.errors.get("timeout", 0) >= 4  # each connection got to try again and again
     assert len(server.seen) >= 4
 
 
-def _counts(server: RunningServer, first: tuple[float, float], last: tuple[float, float]) -> tuple[int, int]:
+def _counts(
+    server: RunningServer, first: tuple[float, float], last: tuple[float, float]
+) -> tuple[int, int]:
     t0 = min(seen.at for seen in server.seen)
     times = [seen.at - t0 for seen in server.seen]
-    return (sum(first[0] <= t < first[1] for t in times),
-            sum(last[0] <= t < last[1] for t in times))
+    return (
+        sum(first[0] <= t < first[1] for t in times),
+        sum(last[0] <= t < last[1] for t in times),
+    )
 
 
 def test_a_closed_loop_ramp_starts_with_fewer_requests_than_at_full_load(
-        server: RunningServer) -> None:
+    server: RunningServer,
+) -> None:
     # 8 connections joining one after another over 2 s of a 3 s run; 20 ms per answer
-    result = load(server.url + "/record/20", concurrency=8, duration=3.0, ramp=2.0,
-                  method="POST")
+    result = load(server.url + "/record/20", concurrency=8, duration=3.0, ramp=2.0, method="POST")
     assert result.ramp_s == 2.0 and result.errors.get("timeout", 0) == 0
     early, late = _counts(server, (0.0, 0.5), (2.3, 2.8))
     # 1–2 connections early against 8 late: four times as many at full load, 1.5 times is plenty
@@ -81,8 +99,9 @@ def test_a_closed_loop_ramp_starts_with_fewer_requests_than_at_full_load(
 
 
 def test_an_open_loop_ramp_raises_the_rate_from_zero(server: RunningServer) -> None:
-    result = load(server.url + "/record", concurrency=20, duration=3.0, rate=200, ramp=2.0,
-                  method="POST")
+    result = load(
+        server.url + "/record", concurrency=20, duration=3.0, rate=200, ramp=2.0, method="POST"
+    )
     early, late = _counts(server, (0.0, 0.5), (2.3, 2.8))
     # due in the first 0.5 s: 200·0.5²/(2·2) ≈ 12; in 0.5 s at full rate: 100
     assert late > 3 * early, (early, late)
@@ -103,7 +122,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_the_csv_files_parse_and_their_totals_are_the_results(
-        server: RunningServer, tmp_path: Path) -> None:
+    server: RunningServer, tmp_path: Path
+) -> None:
     ok = load(server.url + "/bytes/100", concurrency=2, duration=1.2)
     failing = load(server.url + "/status/503", concurrency=2, requests=40)
     for name, result in (("ok", ok), ("failing", failing)):
@@ -122,10 +142,12 @@ def test_the_csv_files_parse_and_their_totals_are_the_results(
         assert int(history[-1]["Total Request Count"]) == total
         assert float(endpoint["100%"]) == pytest.approx(result.latency.max / 1000)
         assert float(endpoint["Median Response Time"]) == pytest.approx(
-            result.latency.percentile(50) / 1000)
+            result.latency.percentile(50) / 1000
+        )
     assert int(_rows(tmp_path / "ok_stats.csv")[0]["Failure Count"]) == sum(ok.errors.values())
     assert float(_rows(tmp_path / "ok_stats.csv")[0]["Average Content Size"]) == pytest.approx(
-        ok.bytes / (ok.requests + sum(ok.errors.values())), abs=0.1)
+        ok.bytes / (ok.requests + sum(ok.errors.values())), abs=0.1
+    )
     failed = _rows(tmp_path / "failing_stats_history.csv")
     assert int(failed[-1]["Total Failure Count"]) == 40  # a 503 is a failure, as locust counts it
 
@@ -139,21 +161,32 @@ def json_round_trip(result: LoadResult) -> dict[str, Any]:
     return json.loads(json.dumps(merged.to_dict()))
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"headers": [["Bad Name", "x"]]}, "'Bad Name' is malformed"),
-    ({"headers": [["X-A", "a\r\nX-Injected: 1"]]}, "control character"),
-    ({"headers": [["X-A", "a\x00b"]]}, "control character"),
-    ({"headers": [["X-A"]]}, "pair"),
-    ({"headers": {"X-A": "b"}}, "list of"),
-    ({"body": "x", "method": "GET"}, "GET request carries no body"),
-    ({"body": "x" * 101}, "loadtest.max_body_bytes"),
-    ({"timeout": 0}, "timeout must be"),
-    ({"timeout": float("nan")}, "timeout must be"),
-    ({"ramp": 5.0, "duration": 5.0}, "must end before"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"headers": [["Bad Name", "x"]]}, "'Bad Name' is malformed"),
+        ({"headers": [["X-A", "a\r\nX-Injected: 1"]]}, "control character"),
+        ({"headers": [["X-A", "a\x00b"]]}, "control character"),
+        ({"headers": [["X-A"]]}, "pair"),
+        ({"headers": {"X-A": "b"}}, "list of"),
+        ({"body": "x", "method": "GET"}, "GET request carries no body"),
+        ({"body": "x" * 101}, "loadtest.max_body_bytes"),
+        ({"timeout": 0}, "timeout must be"),
+        ({"timeout": float("nan")}, "timeout must be"),
+        ({"ramp": 5.0, "duration": 5.0}, "must end before"),
+    ],
+)
 def test_bad_request_options_are_invalid_input(options: dict[str, Any], message: str) -> None:
-    arguments: dict[str, Any] = {"method": "POST", "headers": None, "body": None, "timeout": None,
-                                 "ramp": None, "duration": 10.0, "max_body": 100, **options}
+    arguments: dict[str, Any] = {
+        "method": "POST",
+        "headers": None,
+        "body": None,
+        "timeout": None,
+        "ramp": None,
+        "duration": 10.0,
+        "max_body": 100,
+        **options,
+    }
     with pytest.raises(InvalidInput, match=message):
         check_request_options(**arguments)
 
@@ -165,8 +198,19 @@ def test_a_bad_header_is_refused_before_any_request(server: RunningServer) -> No
 
 
 def test_credential_headers_are_masked_for_storing() -> None:
-    shown = redact_headers([("Authorization", "Bearer s3cret"), ("cookie", "sid=1"),
-                            ("X-Api-Key", "k"), ("Proxy-Authorization", "Basic eA=="),
-                            ("Accept", "text/html")])
-    assert shown == [["Authorization", MASK], ["cookie", MASK], ["X-Api-Key", MASK],
-                     ["Proxy-Authorization", MASK], ["Accept", "text/html"]]
+    shown = redact_headers(
+        [
+            ("Authorization", "Bearer s3cret"),
+            ("cookie", "sid=1"),
+            ("X-Api-Key", "k"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("Accept", "text/html"),
+        ]
+    )
+    assert shown == [
+        ["Authorization", MASK],
+        ["cookie", MASK],
+        ["X-Api-Key", MASK],
+        ["Proxy-Authorization", MASK],
+        ["Accept", "text/html"],
+    ]

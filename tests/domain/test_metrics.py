@@ -63,7 +63,11 @@ def test_histogram_fields_round_trip_exactly(values: list[int]) -> None:
             fields[suffix] = fields.get(suffix, 0) + value
         else:
             fields[suffix] = value
-    assert histogram_from_fields(fields) == hist if values else histogram_from_fields(fields).count == 0
+    assert (
+        histogram_from_fields(fields) == hist
+        if values
+        else histogram_from_fields(fields).count == 0
+    )
 
 
 def test_cumulative_buckets_end_with_count_and_never_count_early() -> None:

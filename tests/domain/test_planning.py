@@ -22,8 +22,9 @@ def test_url_budget_is_checked_against_the_cap() -> None:
 
 
 def test_loadtest_budget_stays_below_the_visibility_timeout() -> None:
-    budget = planning.loadtest_budget(barrier_timeout=20.0, max_duration=1e9,
-                                      visibility_timeout=600)
+    budget = planning.loadtest_budget(
+        barrier_timeout=20.0, max_duration=1e9, visibility_timeout=600
+    )
     _, hard = budget.time_limits(None)
     assert hard == 599
 

@@ -44,14 +44,16 @@ def listeners() -> Iterator[ListenerSet]:
 def full_scan(listeners: ListenerSet) -> tuple[PortScanResult, set[int], set[int]]:
     """One full scan of ADDRESS with the kernel's listening set taken before and after."""
     before = listening_ports(ADDRESS)
-    result = scan_ports_blocking(ADDRESS, range(1, 65536), scope=SCOPE, concurrency=4096,
-                                 timeout=1.0, retries=1)
+    result = scan_ports_blocking(
+        ADDRESS, range(1, 65536), scope=SCOPE, concurrency=4096, timeout=1.0, retries=1
+    )
     after = listening_ports(ADDRESS)
     return result, before & after, before ^ after
 
 
 def test_full_scan_finds_exactly_the_listening_ports(
-        listeners: ListenerSet, full_scan: tuple[PortScanResult, set[int], set[int]]) -> None:
+    listeners: ListenerSet, full_scan: tuple[PortScanResult, set[int], set[int]]
+) -> None:
     # Given 300 listeners of ours on random ports, and whatever listens on the wildcard
     result, stable, changing = full_scan
     truth = set(listeners.ports) | stable
@@ -64,8 +66,9 @@ def test_full_scan_finds_exactly_the_listening_ports(
     assert result.closed_count == 65535 - len(result.open)
 
 
-def test_closed_ports_are_closed(listeners: ListenerSet,
-                                 full_scan: tuple[PortScanResult, set[int], set[int]]) -> None:
+def test_closed_ports_are_closed(
+    listeners: ListenerSet, full_scan: tuple[PortScanResult, set[int], set[int]]
+) -> None:
     result, stable, changing = full_scan
     quiet = [p for p in range(1, 65536) if p not in stable and p not in changing][:2000]
     assert all(result.state_of(p) == CLOSED for p in quiet)
@@ -93,8 +96,14 @@ def test_the_async_scan_runs_beside_a_live_event_loop(listeners: ListenerSet) ->
                 ticks += 1
 
         task = asyncio.create_task(ticker())
-        result = await scan_ports(ADDRESS, ports, scope=SCOPE, timeout=1.0,
-                                  on_progress=progress.append, progress_interval=0.01)
+        result = await scan_ports(
+            ADDRESS,
+            ports,
+            scope=SCOPE,
+            timeout=1.0,
+            on_progress=progress.append,
+            progress_interval=0.01,
+        )
         await asyncio.sleep(0)  # the last progress callback was scheduled with call_soon
         task.cancel()
         return result, progress, ticks
@@ -111,8 +120,9 @@ def test_an_unanswered_port_ends_filtered_within_its_budget(listeners: ListenerS
     # Given a port whose listener's accept queue is full: SYNs to it are dropped
     with blackhole_port(ADDRESS) as silent:
         started = time.monotonic()
-        result = scan_ports_blocking(ADDRESS, [silent, *listeners.ports[:5]], scope=SCOPE,
-                                     timeout=0.3, retries=1)
+        result = scan_ports_blocking(
+            ADDRESS, [silent, *listeners.ports[:5]], scope=SCOPE, timeout=0.3, retries=1
+        )
         elapsed = time.monotonic() - started
     # Then it is filtered after one retry, the open ones stay open, and nothing hangs
     assert result.filtered == (silent,)
@@ -129,8 +139,9 @@ def test_retries_zero_gives_up_after_one_timeout() -> None:
 
 
 @pytest.mark.parametrize("bind_every_time", [False, True])
-def test_self_connects_are_never_reported_open(monkeypatch: pytest.MonkeyPatch,
-                                               bind_every_time: bool) -> None:
+def test_self_connects_are_never_reported_open(
+    monkeypatch: pytest.MonkeyPatch, bind_every_time: bool
+) -> None:
     # Given the kernel hands the scanner's socket the very port it scans (forced here by
     # binding it; in a real scan it happens now and then in the ephemeral range)
     port = free_port()
@@ -183,18 +194,39 @@ def test_out_of_scope_addresses_are_refused_before_any_packet() -> None:
         scan_ports_blocking("0.0.0.0", [80], scope=Scope.from_allow(["0.0.0.0/0"]))
 
 
-@pytest.mark.parametrize("address", ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255",
-                                     "::ffff:0.0.0.0"])
+@pytest.mark.parametrize(
+    "address", ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255", "::ffff:0.0.0.0"]
+)
 def test_the_connect_loop_itself_refuses_never_allowed_addresses(address: str) -> None:
     # The scope check before it is the first line; the loop that opens the sockets is the
     # second, and takes no scope at all: these classes are refused whatever anyone allowed.
     listening = ipaddress.ip_address(address)
-    with pytest.raises(OutOfScope, match=f"^{re.escape(str(listening))} is out of scope: .*es are never allowed"):
-        connectloop.ConnectLoop(listening, [free_port("127.0.0.1")], concurrency=1, timeout=0.1,
-                                retries=0, limiter=None, on_progress=None, progress_interval=1)
-    assert connectloop.ConnectLoop(ipaddress.ip_address("127.0.0.1"), [80], concurrency=1,
-                                   timeout=0.1, retries=0, limiter=None, on_progress=None,
-                                   progress_interval=1).address == "127.0.0.1"
+    with pytest.raises(
+        OutOfScope, match=f"^{re.escape(str(listening))} is out of scope: .*es are never allowed"
+    ):
+        connectloop.ConnectLoop(
+            listening,
+            [free_port("127.0.0.1")],
+            concurrency=1,
+            timeout=0.1,
+            retries=0,
+            limiter=None,
+            on_progress=None,
+            progress_interval=1,
+        )
+    assert (
+        connectloop.ConnectLoop(
+            ipaddress.ip_address("127.0.0.1"),
+            [80],
+            concurrency=1,
+            timeout=0.1,
+            retries=0,
+            limiter=None,
+            on_progress=None,
+            progress_interval=1,
+        ).address
+        == "127.0.0.1"
+    )
 
 
 @pytest.mark.parametrize("kwargs", [{"concurrency": 0}, {"timeout": 0}, {"retries": -1}])
@@ -213,8 +245,9 @@ def test_cancelling_the_scan_stops_its_thread() -> None:
     pool = ThreadPoolExecutor(max_workers=1)
 
     async def main(silent: int) -> None:
-        task = asyncio.create_task(scan_ports(ADDRESS, [silent], scope=SCOPE, timeout=100,
-                                              executor=pool))
+        task = asyncio.create_task(
+            scan_ports(ADDRESS, [silent], scope=SCOPE, timeout=100, executor=pool)
+        )
         await asyncio.sleep(0.2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -85,7 +85,9 @@ def test_hot_function_tops_own_time_and_appears_in_cumulative() -> None:
 def test_rows_hide_the_profiler_itself() -> None:
     report = profile_call(_hot, top_n=50, max_seconds=10)
     files = {r.file for r in report.by_cumulative}
-    assert files and not any(f.endswith(("domain/profiler.py", "domain/memsites.py")) for f in files)
+    assert files and not any(
+        f.endswith(("domain/profiler.py", "domain/memsites.py")) for f in files
+    )
     assert not any("_lsprof" in r.function for r in report.by_cumulative)
 
 
@@ -208,8 +210,12 @@ def test_memory_traced_profiles_in_two_threads_take_turns() -> None:
         return kept
 
     reports: list = []
-    threads = [threading.Thread(target=lambda: reports.append(
-        profile_call(keep_big_slowly, top_n=3, max_seconds=10))) for _ in range(2)]
+    threads = [
+        threading.Thread(
+            target=lambda: reports.append(profile_call(keep_big_slowly, top_n=3, max_seconds=10))
+        )
+        for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -261,7 +267,9 @@ def test_registry_gives_registered_callables_and_refuses_others() -> None:
     assert registry.get("lewis.test.hot") is hot
     assert registry.names() == ("lewis.test.burn", "lewis.test.hot")
     assert "lewis.test.burn" in registry and len(registry) == 2
-    with pytest.raises(InvalidInput, match=r"unknown profilable task 'os\.system'.*lewis\.test\.burn"):
+    with pytest.raises(
+        InvalidInput, match=r"unknown profilable task 'os\.system'.*lewis\.test\.burn"
+    ):
         registry.get("os.system")
     with pytest.raises(InvalidInput, match="unknown"):
         registry.get(None)  # type: ignore[arg-type]

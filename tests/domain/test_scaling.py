@@ -21,34 +21,43 @@ from lewis_tasks.domain.scaling import (
 )
 
 NOW = 10_000.0
-POLICY = QueuePolicy("io", min_workers=1, max_workers=10, target_per_worker=10,
-                     stabilization_window=300)
+POLICY = QueuePolicy(
+    "io", min_workers=1, max_workers=10, target_per_worker=10, stabilization_window=300
+)
 
 
 def load(total: int, workers: int, *, unacked: int = 0, age: float = 1.0) -> QueueLoad:
     return QueueLoad("io", total - unacked, unacked, workers, NOW - age)
 
 
-def decide(total: int, workers: int, history: tuple[tuple[float, int], ...] = (),
-           policy: QueuePolicy = POLICY, **kw: int) -> ScalingDecision:
+def decide(
+    total: int,
+    workers: int,
+    history: tuple[tuple[float, int], ...] = (),
+    policy: QueuePolicy = POLICY,
+    **kw: int,
+) -> ScalingDecision:
     past = [Recommendation(NOW - ago, n) for ago, n in history]
     return decide_scale(policy, load(total, workers, **kw), past, NOW, max_age=20)
 
 
-@pytest.mark.parametrize(("total", "workers", "action", "desired"), [
-    (0, 1, NONE, 1),      # idle, at the floor
-    (10, 1, NONE, 1),     # exactly the target
-    (11, 1, NONE, 1),     # 1.1: inside the 0.1 tolerance
-    (12, 1, UP, 2),       # 1.2: outside it
-    (30, 1, UP, 3),       # ceil(30/10)
-    (25, 2, UP, 3),       # ceil(2.5)
-    (21, 2, NONE, 2),     # 1.05 of target: tolerance
-    (1000, 3, UP, 7),     # capped by +4 (3 -> 7), larger than +100 %
-    (1000, 6, UP, 10),    # +100 % would be 12: max_workers 10 wins
-    (1000, 10, NONE, 10),  # at the ceiling
-    (50, 1, UP, 5),       # +4 from 1 is exactly 5
-    (5, 3, DOWN, 1),      # no history: the window holds nothing higher
-])
+@pytest.mark.parametrize(
+    ("total", "workers", "action", "desired"),
+    [
+        (0, 1, NONE, 1),  # idle, at the floor
+        (10, 1, NONE, 1),  # exactly the target
+        (11, 1, NONE, 1),  # 1.1: inside the 0.1 tolerance
+        (12, 1, UP, 2),  # 1.2: outside it
+        (30, 1, UP, 3),  # ceil(30/10)
+        (25, 2, UP, 3),  # ceil(2.5)
+        (21, 2, NONE, 2),  # 1.05 of target: tolerance
+        (1000, 3, UP, 7),  # capped by +4 (3 -> 7), larger than +100 %
+        (1000, 6, UP, 10),  # +100 % would be 12: max_workers 10 wins
+        (1000, 10, NONE, 10),  # at the ceiling
+        (50, 1, UP, 5),  # +4 from 1 is exactly 5
+        (5, 3, DOWN, 1),  # no history: the window holds nothing higher
+    ],
+)
 def test_horizontal_table(total: int, workers: int, action: str, desired: int) -> None:
     d = decide(total, workers)
     assert (d.action, d.desired) == (action, desired), d.reason
@@ -80,17 +89,21 @@ def test_scale_up_ignores_the_window() -> None:
     assert decide(40, 1, history=((10, 1), (5, 1))).desired == 4
 
 
-@pytest.mark.parametrize(("total", "workers", "activation", "desired"), [
-    (0, 1, 0, 0),     # min 0, nothing queued: to zero (no history holds it)
-    (3, 1, 5, 0),     # at or below the activation threshold: still zero
-    (5, 0, 5, 0),     # a zero pool stays asleep at the threshold
-    (6, 0, 5, 1),     # past it: wakes
-    (35, 0, 5, 4),    # wakes straight to what the load needs (+4 from 0)
-    (1, 0, 0, 1),     # threshold 0: one message wakes it
-])
+@pytest.mark.parametrize(
+    ("total", "workers", "activation", "desired"),
+    [
+        (0, 1, 0, 0),  # min 0, nothing queued: to zero (no history holds it)
+        (3, 1, 5, 0),  # at or below the activation threshold: still zero
+        (5, 0, 5, 0),  # a zero pool stays asleep at the threshold
+        (6, 0, 5, 1),  # past it: wakes
+        (35, 0, 5, 4),  # wakes straight to what the load needs (+4 from 0)
+        (1, 0, 0, 1),  # threshold 0: one message wakes it
+    ],
+)
 def test_scale_to_and_from_zero(total: int, workers: int, activation: int, desired: int) -> None:
-    policy = QueuePolicy("io", min_workers=0, max_workers=10, target_per_worker=10,
-                         activation=activation)
+    policy = QueuePolicy(
+        "io", min_workers=0, max_workers=10, target_per_worker=10, activation=activation
+    )
     assert decide(total, workers, policy=policy).desired == desired
 
 
@@ -122,8 +135,9 @@ def test_oscillating_load_does_not_flap_the_pool() -> None:
     """Load swings 0 <-> 40 every period for ten minutes: one step up, no step down, then
     down once the load stays low for a whole window."""
     period, window = 15.0, 300.0
-    policy = QueuePolicy("io", min_workers=1, max_workers=10, target_per_worker=10,
-                         stabilization_window=window)
+    policy = QueuePolicy(
+        "io", min_workers=1, max_workers=10, target_per_worker=10, stabilization_window=window
+    )
     workers, history, changes = 1, [], []
     t = 0.0
     series = [40 if i % 2 else 0 for i in range(40)] + [0] * 25
@@ -141,10 +155,19 @@ def test_oscillating_load_does_not_flap_the_pool() -> None:
     assert to == 1 and down_at >= last_high + window
 
 
-@pytest.mark.parametrize(("cpu", "mem", "advice"), [
-    (95, 50, GROW), (50, 50, KEEP), (10, 20, SHRINK), (10, 60, KEEP),
-    (95, 90, SHRINK), (81, 39, GROW), (29, 39, SHRINK), (30, 39, KEEP),
-])
+@pytest.mark.parametrize(
+    ("cpu", "mem", "advice"),
+    [
+        (95, 50, GROW),
+        (50, 50, KEEP),
+        (10, 20, SHRINK),
+        (10, 60, KEEP),
+        (95, 90, SHRINK),
+        (81, 39, GROW),
+        (29, 39, SHRINK),
+        (30, 39, KEEP),
+    ],
+)
 def test_vertical_advice(cpu: float, mem: float, advice: str) -> None:
     a = advise_pool("io-1@h", cpu, mem)
     assert a.advice == advice and a.reason

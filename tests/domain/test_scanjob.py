@@ -30,8 +30,9 @@ SCOPE = Scope.from_allow()
 def listeners() -> Iterator[ListenerSet]:
     # every catalogue service once, plus six silent listeners
     count = len(CATALOGUE) + 6
-    with running_listeners(count, host=ADDRESS, seed=5,
-                           banner_share=len(CATALOGUE) / count) as running:
+    with running_listeners(
+        count, host=ADDRESS, seed=5, banner_share=len(CATALOGUE) / count
+    ) as running:
         yield running
 
 
@@ -48,8 +49,9 @@ def test_chunk_size_keeps_the_worst_case_inside_the_budget() -> None:
 
 def test_run_chunk_finds_open_ports_and_names_their_services(listeners: ListenerSet) -> None:
     ports = sorted(set(listeners.ports) | set(range(1, 200)))
-    outcome = asyncio.run(run_chunk(ADDRESS, ports, scope=SCOPE, deadline=time.monotonic() + 30,
-                                    banner_timeout=1.0))
+    outcome = asyncio.run(
+        run_chunk(ADDRESS, ports, scope=SCOPE, deadline=time.monotonic() + 30, banner_timeout=1.0)
+    )
     assert set(listeners.ports) <= set(outcome.scan.open)
     named = {s.port: s for s in outcome.services}
     for port, item in listeners.listeners.items():
@@ -63,8 +65,9 @@ def test_identification_is_cut_at_the_deadline_not_after(listeners: ListenerSet)
     # Given silent listeners that would each hold identification for 2 × 5 s
     silent = listeners.silent_ports
     began = time.monotonic()
-    outcome = asyncio.run(run_chunk(ADDRESS, silent, scope=SCOPE, deadline=began + 1.5,
-                                    banner_timeout=5.0))
+    outcome = asyncio.run(
+        run_chunk(ADDRESS, silent, scope=SCOPE, deadline=began + 1.5, banner_timeout=5.0)
+    )
     # Then the chunk ends with them open but unnamed, marked as cut by the deadline
     assert set(outcome.scan.open) == set(silent)
     assert set(outcome.unidentified) == set(silent)
@@ -74,12 +77,23 @@ def test_identification_is_cut_at_the_deadline_not_after(listeners: ListenerSet)
 
 def test_a_filtered_port_ends_as_filtered_and_an_overrun_is_transient() -> None:
     with blackhole_port(ADDRESS) as port:
-        outcome = asyncio.run(run_chunk(ADDRESS, [port], scope=SCOPE, timeout=0.3, retries=1,
-                                        deadline=time.monotonic() + 10))
+        outcome = asyncio.run(
+            run_chunk(
+                ADDRESS, [port], scope=SCOPE, timeout=0.3, retries=1, deadline=time.monotonic() + 10
+            )
+        )
         assert outcome.scan.filtered == (port,) and outcome.scan.open == ()
         with pytest.raises(TransientError, match="budget"):
-            asyncio.run(run_chunk(ADDRESS, [port], scope=SCOPE, timeout=2.0, retries=1,
-                                  deadline=time.monotonic() + 0.5))
+            asyncio.run(
+                run_chunk(
+                    ADDRESS,
+                    [port],
+                    scope=SCOPE,
+                    timeout=2.0,
+                    retries=1,
+                    deadline=time.monotonic() + 0.5,
+                )
+            )
 
 
 def test_out_of_scope_address_is_refused_before_any_connect() -> None:
@@ -107,8 +121,16 @@ def test_identification_takes_rate_permits_for_each_connect(listeners: ListenerS
     assert limiter.asked == list(range(IDENTIFY_CONNECTS, 0, -4))  # 4 granted per call
     ports = listeners.service_ports[:3]
     limiter = CountingLimiter(per_call=1000)
-    outcome = asyncio.run(run_chunk(ADDRESS, ports, scope=SCOPE, deadline=time.monotonic() + 30,
-                                    banner_timeout=1.0, limiter=limiter))
+    outcome = asyncio.run(
+        run_chunk(
+            ADDRESS,
+            ports,
+            scope=SCOPE,
+            deadline=time.monotonic() + 30,
+            banner_timeout=1.0,
+            limiter=limiter,
+        )
+    )
     # every scan connect and IDENTIFY_CONNECTS per identified port went through the limiter
     assert limiter.granted >= len(ports) + IDENTIFY_CONNECTS * len(outcome.services)
 
@@ -121,10 +143,13 @@ def test_findings_rank_and_cite_cves_from_the_lookup() -> None:
         asked.append(product)
         return list(records)
 
-    ports = [OpenPort(ADDRESS, ServiceInfo(22, "ssh", "OpenSSH", "8.9p1")),
-             OpenPort(ADDRESS, ServiceInfo(6379, "redis", "Redis", "6.0.16",
-                                           extra={"auth_required": False})),
-             OpenPort(ADDRESS, ServiceInfo(9999, "unknown"))]
+    ports = [
+        OpenPort(ADDRESS, ServiceInfo(22, "ssh", "OpenSSH", "8.9p1")),
+        OpenPort(
+            ADDRESS, ServiceInfo(6379, "redis", "Redis", "6.0.16", extra={"auth_required": False})
+        ),
+        OpenPort(ADDRESS, ServiceInfo(9999, "unknown")),
+    ]
     findings = assess_ports(ports, lookup)
     # both critical (a CVE at 9.8; a Redis without AUTH), the higher CVSS score first
     assert [(f.port, f.severity) for f in findings[:2]] == [(22, "critical"), (6379, "critical")]

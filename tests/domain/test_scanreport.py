@@ -31,23 +31,37 @@ def test_hosts_and_equal_findings_sort_by_address_numerically() -> None:
 def test_severity_ranks_before_address_and_the_summary_counts_chunks() -> None:
     redis = OpenPort("10.0.0.10", ServiceInfo(6379, "redis", extra={"auth_required": False}))
     plain = _port("10.0.0.9")
-    chunks = [ChunkResult("10.0.0.10", 5, 10, (6379,)), ChunkResult("10.0.0.9", 1, 2),
-              ChunkResult("10.0.0.9", 1, 2)]
-    body = build_report(chunks, [plain, redis],
-                        [assess(p.address, p.service) for p in (plain, redis)])
+    chunks = [
+        ChunkResult("10.0.0.10", 5, 10, (6379,)),
+        ChunkResult("10.0.0.9", 1, 2),
+        ChunkResult("10.0.0.9", 1, 2),
+    ]
+    body = build_report(
+        chunks, [plain, redis], [assess(p.address, p.service) for p in (plain, redis)]
+    )
     assert [f.address for f in body.findings] == ["10.0.0.10", "10.0.0.9"]
     assert [(h.address, h.filtered, h.closed) for h in body.hosts] == [
-        ("10.0.0.9", 2, 4), ("10.0.0.10", 5, 10)]
-    assert body.summary == {"hosts": 2, "open": 2, "filtered": 7, "closed": 14,
-                            "unidentified": 1, "findings": 2,
-                            "by_severity": {"critical": 1, "high": 0, "medium": 0, "low": 0,
-                                            "info": 1},
-                            "worst": "critical"}
+        ("10.0.0.9", 2, 4),
+        ("10.0.0.10", 5, 10),
+    ]
+    assert body.summary == {
+        "hosts": 2,
+        "open": 2,
+        "filtered": 7,
+        "closed": 14,
+        "unidentified": 1,
+        "findings": 2,
+        "by_severity": {"critical": 1, "high": 0, "medium": 0, "low": 0, "info": 1},
+        "worst": "critical",
+    }
 
 
 def test_a_stored_finding_reads_back_as_it_was() -> None:
-    f = assess("10.0.0.9", ServiceInfo(6379, "redis", "Redis", "7.0.0",
-                                       extra={"auth_required": False}), hostname="db")
+    f = assess(
+        "10.0.0.9",
+        ServiceInfo(6379, "redis", "Redis", "7.0.0", extra={"auth_required": False}),
+        hostname="db",
+    )
     assert type(f).from_dict(f.to_dict()) == f
 
 
@@ -55,8 +69,15 @@ def test_the_progress_bar_does_not_reach_100_while_services_are_identified() -> 
     from lewis_tasks.domain.scanreport import ScanProgress
 
     # Given every port of a one-chunk scan tried, its services still being identified
-    tried = ScanProgress("s", "running", chunks_total=1, chunks_done=0, ports_total=1000,
-                         ports_done=1000, open_count=12)
+    tried = ScanProgress(
+        "s",
+        "running",
+        chunks_total=1,
+        chunks_done=0,
+        ports_total=1000,
+        ports_done=1000,
+        open_count=12,
+    )
     # Then the bar is short of full and says what it waits for
     assert tried.fraction == 0.9 and tried.phase == "identifying"
     # until the chunk is stored

@@ -31,9 +31,14 @@ def properties(*strategies: st.SearchStrategy[Any]) -> Callable[[Callable[..., N
     """A property test at five times the run's Hypothesis profile (tests/conftest.py: 10,000
     examples by default, 500,000 under ``-m slow``): the scope guard is what LEWIS may touch,
     and these are cheap. No example database (the corpus is the code)."""
+
     def wrap(check: Callable[..., None]) -> Any:
-        return settings(max_examples=5 * settings.default.max_examples, database=None,
-                        suppress_health_check=list(HealthCheck))(given(*strategies)(check))
+        return settings(
+            max_examples=5 * settings.default.max_examples,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )(given(*strategies)(check))
+
     return wrap
 
 
@@ -41,8 +46,11 @@ def properties(*strategies: st.SearchStrategy[Any]) -> Callable[[Callable[..., N
 
 MAPPED = int(IPv6("::ffff:0:0"))
 NAMES = ["localhost", "LocalHost.", "db.lab.test", "a.localhost", "xn--bcher-kva.test", "h-1.test"]
-NOISE = ("0123456789abcdefxX.:%[]@\\/?#-_ \t。．０１２７①\u00e4\udc80" + string.ascii_letters
-         + "!$&'()*+,;=~\x00\x7f")
+NOISE = (
+    "0123456789abcdefxX.:%[]@\\/?#-_ \t。．０１２７①\u00e4\udc80"
+    + string.ascii_letters
+    + "!$&'()*+,;=~\x00\x7f"
+)
 
 
 class Bytes:
@@ -72,7 +80,9 @@ class Bytes:
         kind = self.byte() % 4
         if kind == 3:  # IPv4-compatible, NAT64, 6to4: IPv6 addresses, whatever they embed
             v4 = IPv4(self.number(4))
-            text = self.pick([f"::{v4}", f"64:ff9b::{v4}", f"2002:{int(v4) >> 16:x}:{int(v4) & 0xFFFF:x}::"])
+            text = self.pick(
+                [f"::{v4}", f"64:ff9b::{v4}", f"2002:{int(v4) >> 16:x}:{int(v4) & 0xFFFF:x}::"]
+            )
             return text, IPv6(text)
         if kind == 2:
             v6 = IPv6(self.number(16))
@@ -84,8 +94,14 @@ class Bytes:
 
     def ipv4_spelling(self, address: IPv4) -> str:
         n = int(address)
-        numbers = self.pick([list(address.packed), [n >> 24, (n >> 16) & 0xFF, n & 0xFFFF],
-                             [n >> 24, n & 0xFFFFFF], [n]])
+        numbers = self.pick(
+            [
+                list(address.packed),
+                [n >> 24, (n >> 16) & 0xFF, n & 0xFFFF],
+                [n >> 24, n & 0xFFFFFF],
+                [n],
+            ]
+        )
         spelled = []
         for number in numbers:
             radix = self.byte() % 4
@@ -125,19 +141,28 @@ class Bytes:
             return self.url()
         if kind == 1:
             return self.noise()
-        return self.data[self.at:].decode("utf-8", "surrogateescape")
+        return self.data[self.at :].decode("utf-8", "surrogateescape")
 
 
 choices = st.binary(max_size=48).map(Bytes)
 
 
-SCOPES = [Scope.from_allow(entries) for entries in (
-    ["127.0.0.2/32"], ["127.0.0.0/8", "::1", "localhost"], ["10.0.0.0/8", "fd00::/8"],
-    ["0.0.0.0/0", "::/0"], ["::ffff:192.168.0.0/112", "*.lab.test"], [])]
+SCOPES = [
+    Scope.from_allow(entries)
+    for entries in (
+        ["127.0.0.2/32"],
+        ["127.0.0.0/8", "::1", "localhost"],
+        ["10.0.0.0/8", "fd00::/8"],
+        ["0.0.0.0/0", "::/0"],
+        ["::ffff:192.168.0.0/112", "*.lab.test"],
+        [],
+    )
+]
 scopes = st.sampled_from(SCOPES)
 
 
 # The oracles below are written apart from the code under test (no unmap, no never_allowed).
+
 
 def plain(address: IPv4 | IPv6) -> IPv4 | IPv6:
     """The address a socket connects to: IPv4-mapped IPv6 is IPv4, nothing else is."""
@@ -156,7 +181,8 @@ def inside(scope: Scope, address: IPv4 | IPv6) -> bool:
     """In one of the scope's networks, and of no never-allowed class."""
     address = plain(address)
     return not forbidden(address) and any(
-        address in net for net in scope.networks if net.version == address.version)
+        address in net for net in scope.networks if net.version == address.version
+    )
 
 
 def same_host(ours: Any, standard: Any) -> bool:
@@ -205,8 +231,11 @@ def _address_checks(drawn: tuple[Scope, tuple[str, Any], str | None]) -> None:
         assert accepted == address and not forbidden(accepted)
         name = (host or "").lower().rstrip(".")
         alias = name in ("localhost", "localhost.localdomain") or name.endswith(".localhost")
-        vouched = host is not None and parse_ip(host) is None and scope.allows_name(
-            "localhost" if alias else host)
+        vouched = (
+            host is not None
+            and parse_ip(host) is None
+            and scope.allows_name("localhost" if alias else host)
+        )
         assert inside(scope, accepted) or vouched
 
 
@@ -233,9 +262,13 @@ def _allowlists_parse_or_say_why(entries: list[str]) -> None:
     except InvalidInput as exc:
         assert str(exc).startswith("scope entry ")
         return
-    assert all(isinstance(net, ipaddress.IPv4Network | ipaddress.IPv6Network) for net in scope.networks)
-    assert all(name == name.lower() and not name.endswith(".") and len(name) <= 253
-               for name in scope.hostnames)
+    assert all(
+        isinstance(net, ipaddress.IPv4Network | ipaddress.IPv6Network) for net in scope.networks
+    )
+    assert all(
+        name == name.lower() and not name.endswith(".") and len(name) <= 253
+        for name in scope.hostnames
+    )
 
 
 test_allowlists_parse_or_say_why = _allowlists_parse_or_say_why
@@ -287,8 +320,22 @@ def request_item(b: Bytes) -> Any:
     item = {}
     for _ in range(b.byte() % 5):
         key = b.pick(["url", "method", "headers", "body", "extra", "url", "body"])
-        item[key] = b.pick([None, 7, "text", "noise", b"\xff\xfe", ["x"], "headers", "GET", "post",
-                            "HEAD", "PUT", "url"])
+        item[key] = b.pick(
+            [
+                None,
+                7,
+                "text",
+                "noise",
+                b"\xff\xfe",
+                ["x"],
+                "headers",
+                "GET",
+                "post",
+                "HEAD",
+                "PUT",
+                "url",
+            ]
+        )
         if item[key] == "text":
             item[key] = b.text()
         elif item[key] == "noise":
@@ -321,8 +368,12 @@ def credentials(b: Bytes) -> tuple[str, str, str, str]:
     """(user, secret, host, tail): a user without ':', a secret of any URL-safe characters."""
     user = "".join(b.pick(SECRET_CHARS.replace(":", "")) for _ in range(b.byte() % 12))
     secret = "".join(b.pick(SECRET_CHARS) for _ in range(1 + b.byte() % 16))
-    return (user, secret, b.pick(["127.0.0.2:8", "h.test", "[::1]"]),
-            b.pick(["", "/", "/p?q=1#f@x"]))
+    return (
+        user,
+        secret,
+        b.pick(["127.0.0.2:8", "h.test", "[::1]"]),
+        b.pick(["", "/", "/p?q=1#f@x"]),
+    )
 
 
 @properties(choices.map(credentials))

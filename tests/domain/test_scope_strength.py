@@ -30,20 +30,37 @@ def addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 # --- reading the allowlist ---------------------------------------------------------------
 
+
 def test_blank_entries_are_skipped_and_the_entries_after_them_still_read() -> None:
-    scope = Scope.from_allow(["", "10.1.1.1", "  ", "192.168.0.0/16", "", "db.lab.test", "\t",
-                              "fd00::/64"])
+    scope = Scope.from_allow(
+        ["", "10.1.1.1", "  ", "192.168.0.0/16", "", "db.lab.test", "\t", "fd00::/64"]
+    )
     assert scope.networks == (V4("10.1.1.1/32"), V4("192.168.0.0/16"), V6("fd00::/64"))
     assert scope.hostnames == ("db.lab.test",)
 
 
 def test_a_single_address_entry_in_any_spelling_is_its_own_host_network() -> None:
     # every form parse_ip reads, not only what ipaddress.ip_network would take
-    scope = Scope.from_allow(["0x0a.7", "3232235777", "0300.0250.1.2", "[fd00::9]",
-                              "fe80::1%eth0", "::ffff:10.0.0.5", "172.16.0.3."])
-    assert scope.networks == (V4("10.0.0.7/32"), V4("192.168.1.1/32"), V4("192.168.1.2/32"),
-                              V6("fd00::9/128"), V6("fe80::1/128"), V4("10.0.0.5/32"),
-                              V4("172.16.0.3/32"))
+    scope = Scope.from_allow(
+        [
+            "0x0a.7",
+            "3232235777",
+            "0300.0250.1.2",
+            "[fd00::9]",
+            "fe80::1%eth0",
+            "::ffff:10.0.0.5",
+            "172.16.0.3.",
+        ]
+    )
+    assert scope.networks == (
+        V4("10.0.0.7/32"),
+        V4("192.168.1.1/32"),
+        V4("192.168.1.2/32"),
+        V6("fd00::9/128"),
+        V6("fe80::1/128"),
+        V4("10.0.0.5/32"),
+        V4("172.16.0.3/32"),
+    )
     assert scope.hostnames == ()
     assert scope.check_address("10.7") == addr("10.0.0.7")
     with pytest.raises(OutOfScope):
@@ -67,13 +84,16 @@ def test_a_cidr_entry_with_host_bits_is_its_whole_network() -> None:
             scope.check_address(outside)
 
 
-@pytest.mark.parametrize(("entry", "network"), [
-    ("::ffff:0.0.0.0/96", V4("0.0.0.0/0")),  # the whole mapped space: every IPv4 address
-    ("::ffff:10.0.0.0/104", V4("10.0.0.0/8")),
-    ("::ffff:10.9.8.7/104", V4("10.0.0.0/8")),  # host bits dropped, as for any CIDR
-    ("::ffff:192.168.4.0/120", V4("192.168.4.0/24")),
-    ("::ffff:10.0.0.5/128", V4("10.0.0.5/32")),
-])
+@pytest.mark.parametrize(
+    ("entry", "network"),
+    [
+        ("::ffff:0.0.0.0/96", V4("0.0.0.0/0")),  # the whole mapped space: every IPv4 address
+        ("::ffff:10.0.0.0/104", V4("10.0.0.0/8")),
+        ("::ffff:10.9.8.7/104", V4("10.0.0.0/8")),  # host bits dropped, as for any CIDR
+        ("::ffff:192.168.4.0/120", V4("192.168.4.0/24")),
+        ("::ffff:10.0.0.5/128", V4("10.0.0.5/32")),
+    ],
+)
 def test_a_mapped_cidr_entry_is_the_ipv4_network_it_maps(entry: str, network: V4) -> None:
     assert Scope.from_allow([entry]).networks == (network,)
 
@@ -85,8 +105,11 @@ def test_a_mapped_prefix_below_96_stays_ipv6_and_allows_no_ipv4() -> None:
     assert scope.networks == (V6("::fffe:0:0/95"),)
     assert scope.check_address("::fffe:1:2") == addr("::fffe:1:2")
     for ipv4 in ("10.0.0.1", "::ffff:10.0.0.1"):
-        with pytest.raises(OutOfScope, match=r"^10\.0\.0\.1 is out of scope: not in the allowlist "
-                                             r"::fffe:0:0/95$"):
+        with pytest.raises(
+            OutOfScope,
+            match=r"^10\.0\.0\.1 is out of scope: not in the allowlist "
+            r"::fffe:0:0/95$",
+        ):
             scope.check_address(ipv4)
 
 
@@ -97,8 +120,20 @@ def test_hostname_entries_lose_case_and_trailing_dots() -> None:
     assert not scope.allows_name("db.lab.test.x") and not scope.allows_name("apps.test")
 
 
-@pytest.mark.parametrize("entry", ["lab_1.test.", "lab.test-.", "-lab.test.", "a..", "x.y_.",
-                                   "*.lab_1.test", "*.-lab.test", "*.lab.test-", "*..test"])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "lab_1.test.",
+        "lab.test-.",
+        "-lab.test.",
+        "a..",
+        "x.y_.",
+        "*.lab_1.test",
+        "*.-lab.test",
+        "*.lab.test-",
+        "*..test",
+    ],
+)
 def test_a_bad_name_is_refused_with_a_trailing_dot_or_after_a_wildcard(entry: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         Scope.from_allow(["127.0.0.0/8", entry])
@@ -109,34 +144,51 @@ def test_a_bad_name_is_refused_with_a_trailing_dot_or_after_a_wildcard(entry: st
 def test_a_bare_wildcard_is_refused_since_dns_would_decide_the_scope(entry: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         Scope.from_allow(["10.0.0.0/8", entry])
-    assert str(refused.value) == (f"scope entry {entry.strip()!r}: a wildcard needs a domain "
-                                  "(*.lab.example); list CIDRs to widen the scope")
+    assert str(refused.value) == (
+        f"scope entry {entry.strip()!r}: a wildcard needs a domain "
+        "(*.lab.example); list CIDRs to widen the scope"
+    )
 
 
 def test_a_wildcard_name_vouches_for_its_names_only_never_for_no_name() -> None:
     scope = Scope.from_allow(["*.lab.test"])
     assert scope.check_peer("10.3.3.3", "any.lab.test") == addr("10.3.3.3")
     for host in (None, "10.3.3.3", "[fd00::3]", "lab.test", "any.lab.test.evil"):
-        with pytest.raises(OutOfScope, match=r"^10\.3\.3\.3 .*is out of scope: not in the "
-                                             r"allowlist \(empty\)$"):
+        with pytest.raises(
+            OutOfScope,
+            match=r"^10\.3\.3\.3 .*is out of scope: not in the "
+            r"allowlist \(empty\)$",
+        ):
             scope.check_peer("10.3.3.3", host)
 
 
 # --- never-allowed classes and the refusal messages -------------------------------------
 
-@pytest.mark.parametrize(("address", "reason"), [
-    ("0.0.0.0", "unspecified address"), ("::", "unspecified address"),
-    ("239.1.2.3", "multicast address"), ("ff05::2", "multicast address"),
-    ("255.255.255.255", "broadcast address"),
-])
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("0.0.0.0", "unspecified address"),
+        ("::", "unspecified address"),
+        ("239.1.2.3", "multicast address"),
+        ("ff05::2", "multicast address"),
+        ("255.255.255.255", "broadcast address"),
+    ],
+)
 def test_each_never_allowed_class_is_named(address: str, reason: str) -> None:
     assert never_allowed(addr(address)) == reason
     scope = Scope.from_allow(["0.0.0.0/0", "::/0"])
-    with pytest.raises(OutOfScope, match=rf"^{re.escape(address)} is out of scope: {reason}es are never "
-                                         r"allowed$"):
+    with pytest.raises(
+        OutOfScope,
+        match=rf"^{re.escape(address)} is out of scope: {reason}es are never "
+        r"allowed$",
+    ):
         scope.check_address(address)
-    with pytest.raises(OutOfScope, match=rf"^{re.escape(address)} is out of scope: {reason}es are never "
-                                         r"allowed$"):
+    with pytest.raises(
+        OutOfScope,
+        match=rf"^{re.escape(address)} is out of scope: {reason}es are never "
+        r"allowed$",
+    ):
         scope.check_peer(address, "db.lab.test")
 
 
@@ -151,8 +203,9 @@ def test_the_refusal_lists_the_allowlist_or_says_it_is_empty() -> None:
     assert str(empty.value) == "127.0.0.1 is out of scope: not in the allowlist (empty)"
     with pytest.raises(OutOfScope) as listed:
         Scope.from_allow(["10.0.0.0/8", "fd00::/64", "lab.test"]).check_address("192.0.2.1")
-    assert str(listed.value) == ("192.0.2.1 is out of scope: not in the allowlist "
-                                 "10.0.0.0/8, fd00::/64")
+    assert str(listed.value) == (
+        "192.0.2.1 is out of scope: not in the allowlist 10.0.0.0/8, fd00::/64"
+    )
 
 
 def test_the_name_is_shown_only_when_it_is_not_the_address_itself() -> None:
@@ -162,14 +215,17 @@ def test_the_name_is_shown_only_when_it_is_not_the_address_itself() -> None:
     assert str(same.value) == "192.0.2.7 is out of scope: not in the allowlist 10.0.0.0/8"
     with pytest.raises(OutOfScope) as named:
         scope.check_address("192.0.2.7", via="printer.lan")
-    assert str(named.value) == ("192.0.2.7 (printer.lan resolves there) is out of scope: "
-                                "not in the allowlist 10.0.0.0/8")
+    assert str(named.value) == (
+        "192.0.2.7 (printer.lan resolves there) is out of scope: not in the allowlist 10.0.0.0/8"
+    )
 
 
 # --- parse_ip's brackets and zones --------------------------------------------------------
 
-@pytest.mark.parametrize("text", ["[fd00::1", "fd00::1]", "[10.0.0.1", "10.0.0.1]", "[::1",
-                                  "[[::1]]"])
+
+@pytest.mark.parametrize(
+    "text", ["[fd00::1", "fd00::1]", "[10.0.0.1", "10.0.0.1]", "[::1", "[[::1]]"]
+)
 def test_an_unbalanced_bracket_is_no_address(text: str) -> None:
     assert parse_ip(text) is None
 
@@ -181,6 +237,7 @@ def test_only_the_first_percent_starts_the_zone() -> None:
 
 
 # --- check_peer with address objects, and who vouches -------------------------------------
+
 
 def test_check_peer_takes_address_objects_and_unmaps_them() -> None:
     scope = Scope.from_allow(["10.0.0.0/8"])
@@ -197,11 +254,13 @@ def test_a_localhost_alias_vouches_and_is_reported_as_localhost() -> None:
     narrow = Scope.from_allow(["127.0.0.2/32"])
     with pytest.raises(OutOfScope) as refused:
         narrow.check_peer("127.0.0.1", "api.localhost")
-    assert str(refused.value) == ("127.0.0.1 (localhost resolves there) is out of scope: "
-                                  "not in the allowlist 127.0.0.2/32")
+    assert str(refused.value) == (
+        "127.0.0.1 (localhost resolves there) is out of scope: not in the allowlist 127.0.0.2/32"
+    )
 
 
 # --- the resolvers: what they ask the system, and what they never ask ---------------------
+
 
 class Recorder:
     """A system resolver, sync and async: answers every name with ``answer`` (or fails) and
@@ -212,17 +271,38 @@ class Recorder:
         self.answer, self.error = answer, error
         recorder = self
 
-        def getaddrinfo(host: Any, port: Any, family: Any = 0, type: Any = 0,  # noqa: A002
-                        proto: Any = 0, flags: Any = 0) -> list[Any]:
+        def getaddrinfo(
+            host: Any,
+            port: Any,
+            family: Any = 0,
+            type: Any = 0,  # noqa: A002
+            proto: Any = 0,
+            flags: Any = 0,
+        ) -> list[Any]:
             recorder.asked.append((host, port, type))
             if recorder.error:
                 raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-            return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
-                     (a, port or 0)) for a in recorder.answer]
+            return [
+                (
+                    socket.AF_INET6 if ":" in a else socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    6,
+                    "",
+                    (a, port or 0),
+                )
+                for a in recorder.answer
+            ]
 
-        async def loop_getaddrinfo(self: Any, host: Any, port: Any, *, family: Any = 0,
-                                   type: Any = 0, proto: Any = 0,  # noqa: A002
-                                   flags: Any = 0) -> list[Any]:
+        async def loop_getaddrinfo(
+            self: Any,
+            host: Any,
+            port: Any,
+            *,
+            family: Any = 0,
+            type: Any = 0,
+            proto: Any = 0,  # noqa: A002
+            flags: Any = 0,
+        ) -> list[Any]:
             return getaddrinfo(host, port, family, type, proto, flags)
 
         monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
@@ -236,24 +316,37 @@ def test_resolve_asks_for_the_port_given_and_tcp_only(monkeypatch: pytest.Monkey
     system = Recorder(monkeypatch, "10.0.0.4", "fd00::4", "10.0.0.4")
     assert SCOPE.resolve("app.test", 8443) == [addr("10.0.0.4"), addr("fd00::4")]
     assert SCOPE.resolve("app.test") == [addr("10.0.0.4"), addr("fd00::4")]
-    assert system.asked == [("app.test", 8443, socket.SOCK_STREAM),
-                            ("app.test", 0, socket.SOCK_STREAM)]
+    assert system.asked == [
+        ("app.test", 8443, socket.SOCK_STREAM),
+        ("app.test", 0, socket.SOCK_STREAM),
+    ]
 
 
-def test_resolve_async_asks_for_the_port_given_and_tcp_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolve_async_asks_for_the_port_given_and_tcp_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     system = Recorder(monkeypatch, "fd00::4", "10.0.0.4", "fd00::4")
     assert asyncio.run(SCOPE.resolve_async("app.test", 8443)) == [addr("fd00::4"), addr("10.0.0.4")]
     assert asyncio.run(SCOPE.resolve_async("app.test")) == [addr("fd00::4"), addr("10.0.0.4")]
-    assert system.asked == [("app.test", 8443, socket.SOCK_STREAM),
-                            ("app.test", 0, socket.SOCK_STREAM)]
+    assert system.asked == [
+        ("app.test", 8443, socket.SOCK_STREAM),
+        ("app.test", 0, socket.SOCK_STREAM),
+    ]
 
 
-@pytest.mark.parametrize(("literal", "address"), [
-    ("10.0.0.9", "10.0.0.9"), ("0x0a.9", "10.0.0.9"), ("167772169", "10.0.0.9"),
-    ("[fd00::9]", "fd00::9"), ("::ffff:10.0.0.9", "10.0.0.9"),
-])
-def test_both_resolvers_answer_a_literal_themselves(monkeypatch: pytest.MonkeyPatch,
-                                                     literal: str, address: str) -> None:
+@pytest.mark.parametrize(
+    ("literal", "address"),
+    [
+        ("10.0.0.9", "10.0.0.9"),
+        ("0x0a.9", "10.0.0.9"),
+        ("167772169", "10.0.0.9"),
+        ("[fd00::9]", "fd00::9"),
+        ("::ffff:10.0.0.9", "10.0.0.9"),
+    ],
+)
+def test_both_resolvers_answer_a_literal_themselves(
+    monkeypatch: pytest.MonkeyPatch, literal: str, address: str
+) -> None:
     system = Recorder(monkeypatch, "10.0.0.1")  # would answer something else
     assert SCOPE.resolve(literal, 80) == [addr(address)]
     assert asyncio.run(SCOPE.resolve_async(literal, 80)) == [addr(address)]
@@ -261,15 +354,18 @@ def test_both_resolvers_answer_a_literal_themselves(monkeypatch: pytest.MonkeyPa
 
 
 def test_both_resolvers_let_a_listed_localhost_vouch_for_its_aliases(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     system = Recorder(monkeypatch, "10.0.0.1")
     scope = Scope.from_allow(["localhost"])  # no loopback network: only the name allows them
     loopback = [addr("127.0.0.1"), addr("::1")]
     assert scope.resolve("svc.localhost") == loopback
     assert asyncio.run(scope.resolve_async("svc.localhost")) == loopback
     narrow = Scope.from_allow(["::1"])
-    for refused in (lambda: narrow.resolve("localhost"),
-                    lambda: asyncio.run(narrow.resolve_async("localhost"))):
+    for refused in (
+        lambda: narrow.resolve("localhost"),
+        lambda: asyncio.run(narrow.resolve_async("localhost")),
+    ):
         with pytest.raises(OutOfScope, match=r"^127\.0\.0\.1 \(localhost resolves there\)"):
             refused()
     assert system.asked == []
@@ -284,8 +380,10 @@ def test_both_resolvers_name_a_failed_or_empty_lookup(monkeypatch: pytest.Monkey
         asyncio.run(SCOPE.resolve_async("gone.test"))
     assert str(failed_async.value) == "cannot resolve 'gone.test': Name or service not known"
     Recorder(monkeypatch)
-    for empty in (lambda: SCOPE.resolve("void.test"),
-                  lambda: asyncio.run(SCOPE.resolve_async("void.test"))):
+    for empty in (
+        lambda: SCOPE.resolve("void.test"),
+        lambda: asyncio.run(SCOPE.resolve_async("void.test")),
+    ):
         with pytest.raises(InvalidInput) as nothing:
             empty()
         assert str(nothing.value) == "'void.test' resolves to no address"

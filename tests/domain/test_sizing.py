@@ -6,8 +6,13 @@ import pytest
 
 from lewis_tasks.domain.sizing import Costs, Workload, size
 
-COSTS = Costs(scan_ports_per_s=10_000, http_requests_per_s=500, io_tasks_per_s=1000,
-              cpu_tasks_per_s=200, process_rss_bytes=100e6)
+COSTS = Costs(
+    scan_ports_per_s=10_000,
+    http_requests_per_s=500,
+    io_tasks_per_s=1000,
+    cpu_tasks_per_s=200,
+    process_rss_bytes=100e6,
+)
 
 
 def test_a_small_workload_needs_the_floor() -> None:
@@ -19,8 +24,9 @@ def test_a_small_workload_needs_the_floor() -> None:
 
 def test_io_workers_follow_the_measured_rate_and_the_peak() -> None:
     # 1,000 scans/h of 65,535 ports: 65.5 M ports/h at 10 k/s = 6,553 s/h -> 2.6 at 70 %
-    heavy = Workload(scans_per_hour=1000, concurrent_users=1, retention_days=1,
-                     ports_per_scan=65_535)
+    heavy = Workload(
+        scans_per_hour=1000, concurrent_users=1, retention_days=1, ports_per_scan=65_535
+    )
     assert size(heavy, COSTS).workers["io"] == 3
     # the same at half the measured rate needs about twice the workers
     slow = Costs(5_000, 500, 1000, 200)

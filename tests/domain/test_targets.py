@@ -26,20 +26,23 @@ from lewis_tasks.errors import InvalidInput, OutOfScope
 # ---------------------------------------------------------------- targets
 
 
-@pytest.mark.parametrize("token, addresses", [
-    ("127.0.0.1", ("127.0.0.1",)),
-    ("2130706433", ("127.0.0.1",)),  # libc's decimal form
-    ("0x7f.1", ("127.0.0.1",)),
-    ("::1", ("::1",)),
-    ("[::1]", ("::1",)),
-    ("::ffff:127.0.0.5", ("127.0.0.5",)),  # mapped IPv6 is the IPv4 it carries
-    ("10.0.0.0/30", ("10.0.0.1", "10.0.0.2")),  # network and broadcast skipped
-    ("10.0.0.0/31", ("10.0.0.0", "10.0.0.1")),
-    ("10.0.0.7/32", ("10.0.0.7",)),
-    ("10.0.0.5/30", ("10.0.0.5", "10.0.0.6")),  # host bits ignored
-    ("fd00::/126", ("fd00::1", "fd00::2", "fd00::3")),
-    ("::1/128", ("::1",)),
-])
+@pytest.mark.parametrize(
+    "token, addresses",
+    [
+        ("127.0.0.1", ("127.0.0.1",)),
+        ("2130706433", ("127.0.0.1",)),  # libc's decimal form
+        ("0x7f.1", ("127.0.0.1",)),
+        ("::1", ("::1",)),
+        ("[::1]", ("::1",)),
+        ("::ffff:127.0.0.5", ("127.0.0.5",)),  # mapped IPv6 is the IPv4 it carries
+        ("10.0.0.0/30", ("10.0.0.1", "10.0.0.2")),  # network and broadcast skipped
+        ("10.0.0.0/31", ("10.0.0.0", "10.0.0.1")),
+        ("10.0.0.7/32", ("10.0.0.7",)),
+        ("10.0.0.5/30", ("10.0.0.5", "10.0.0.6")),  # host bits ignored
+        ("fd00::/126", ("fd00::1", "fd00::2", "fd00::3")),
+        ("::1/128", ("::1",)),
+    ],
+)
 def test_addresses_and_blocks_expand(token: str, addresses: tuple[str, ...]) -> None:
     target = parse_target(token, max_hosts=16)
     assert target.addresses == addresses and target.hostname is None
@@ -50,17 +53,20 @@ def test_hostnames_stay_names_until_scan_time() -> None:
     assert target.hostname == "scanme.example.test" and target.addresses == ()
 
 
-@pytest.mark.parametrize("token, fragment", [
-    ("300.1.1.1", "'300.1.1.1'"),
-    ("-bad.example", "'-bad.example'"),
-    ("a..b", "'a..b'"),
-    ("bad host!", "'bad host!'"),
-    ("10.0.0.0/33", "/33"),
-    ("::1/129", "/129"),
-    ("10.0.0.0/x", "'10.0.0.0/x'"),
-    ("nothere/24", "'nothere/24'"),
-    ("   ", "empty"),
-])
+@pytest.mark.parametrize(
+    "token, fragment",
+    [
+        ("300.1.1.1", "'300.1.1.1'"),
+        ("-bad.example", "'-bad.example'"),
+        ("a..b", "'a..b'"),
+        ("bad host!", "'bad host!'"),
+        ("10.0.0.0/33", "/33"),
+        ("::1/129", "/129"),
+        ("10.0.0.0/x", "'10.0.0.0/x'"),
+        ("nothere/24", "'nothere/24'"),
+        ("   ", "empty"),
+    ],
+)
 def test_malformed_targets_name_the_token(token: str, fragment: str) -> None:
     with pytest.raises(InvalidInput) as err:
         parse_target(token, max_hosts=1000)
@@ -92,7 +98,10 @@ def test_resolution_checks_every_address_against_the_scope() -> None:
     scope = Scope.from_allow()
     targets = parse_targets(["127.0.0.1", "localhost", "::1", "127.0.0.1"], max_hosts=10)
     hosts = resolve_hosts(targets, scope)
-    assert {h.address for h in hosts} == {"127.0.0.1", "::1"}  # localhost is loopback, both families
+    assert {h.address for h in hosts} == {
+        "127.0.0.1",
+        "::1",
+    }  # localhost is loopback, both families
     assert len({h.address for h in hosts}) == len(hosts)  # each address once
     assert ScanHost("127.0.0.1") in hosts  # named first as a literal, so no hostname
     assert asyncio.run(resolve_hosts_async(targets, scope)) == hosts
@@ -117,15 +126,18 @@ def test_a_narrow_scope_refuses_the_rest_of_loopback() -> None:
 # ---------------------------------------------------------------- ports
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("22,80,443", [22, 80, 443]),
-    ("443, 22 ,80,22", [22, 80, 443]),
-    ("1-5", [1, 2, 3, 4, 5]),
-    ("65530-", list(range(65530, 65536))),
-    ("-3", [1, 2, 3]),
-    ("1-3,2-4", [1, 2, 3, 4]),
-    ("top3", [23, 80, 443]),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("22,80,443", [22, 80, 443]),
+        ("443, 22 ,80,22", [22, 80, 443]),
+        ("1-5", [1, 2, 3, 4, 5]),
+        ("65530-", list(range(65530, 65536))),
+        ("-3", [1, 2, 3]),
+        ("1-3,2-4", [1, 2, 3, 4]),
+        ("top3", [23, 80, 443]),
+    ],
+)
 def test_port_specs(spec: str, expected: list[int]) -> None:
     assert parse_ports(spec) == expected
 
@@ -143,20 +155,23 @@ def test_top_ports_follow_nmaps_ranking() -> None:
     assert parse_ports("TOP1000") == sorted(ranked)
 
 
-@pytest.mark.parametrize("spec, token", [
-    ("22,,80", "empty token"),
-    ("22,", "empty token"),
-    ("0", "'0'"),
-    ("65536", "'65536'"),
-    ("80-22", "'80-22'"),
-    ("1-2-3", "'1-2-3'"),
-    ("ssh", "'ssh'"),
-    ("8o", "'8o'"),
-    ("top0", "'top0'"),
-    ("top1001", "'top1001'"),
-    ("topx", "'topx'"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "spec, token",
+    [
+        ("22,,80", "empty token"),
+        ("22,", "empty token"),
+        ("0", "'0'"),
+        ("65536", "'65536'"),
+        ("80-22", "'80-22'"),
+        ("1-2-3", "'1-2-3'"),
+        ("ssh", "'ssh'"),
+        ("8o", "'8o'"),
+        ("top0", "'top0'"),
+        ("top1001", "'top1001'"),
+        ("topx", "'topx'"),
+        ("", "empty"),
+    ],
+)
 def test_malformed_port_specs_name_the_token(spec: str, token: str) -> None:
     with pytest.raises(InvalidInput) as err:
         parse_ports(spec)
@@ -185,8 +200,12 @@ def test_chunks_cover_hosts_times_ports_exactly_once() -> None:
 
 
 def test_chunks_travel_as_json() -> None:
-    chunks = plan_chunks([ScanHost("127.0.0.1", "localhost")], [22, 80, 81, 82, 443],
-                         chunk_ports=3, max_ports_total=10)
+    chunks = plan_chunks(
+        [ScanHost("127.0.0.1", "localhost")],
+        [22, 80, 81, 82, 443],
+        chunk_ports=3,
+        max_ports_total=10,
+    )
     wire = json.loads(json.dumps([c.to_dict() for c in chunks]))
     assert [ScanChunk.from_dict(d) for d in wire] == chunks
     assert [c.ports for c in chunks] == ["22,80-81", "82,443"]
@@ -204,16 +223,19 @@ def test_over_cap_scans_are_refused_naming_the_cap() -> None:
 # ---------------------------------------------------------------- non-ASCII digits and long numbers
 
 
-@pytest.mark.parametrize("spec, token", [
-    ("١٢٣", "'١٢٣'"),  # Arabic-Indic digits: str.isdigit() is true and int() reads 123
-    ("²", "'²'"),  # superscript two: isdigit() is true and int() raises ValueError
-    ("22-٨٠", "'22-٨٠'"),
-    ("top١٠٠", "'top١٠٠'"),
-    ("top²", "'top²'"),
-    ("9" * 5000, "ports run from 1 to 65535"),  # int() refuses past 4300 digits
-    ("top" + "9" * 5000, "topN takes N"),
-    ("0" * 40 + "80-" + "0" * 40 + "81", None),  # leading zeros are still the number
-])
+@pytest.mark.parametrize(
+    "spec, token",
+    [
+        ("١٢٣", "'١٢٣'"),  # Arabic-Indic digits: str.isdigit() is true and int() reads 123
+        ("²", "'²'"),  # superscript two: isdigit() is true and int() raises ValueError
+        ("22-٨٠", "'22-٨٠'"),
+        ("top١٠٠", "'top١٠٠'"),
+        ("top²", "'top²'"),
+        ("9" * 5000, "ports run from 1 to 65535"),  # int() refuses past 4300 digits
+        ("top" + "9" * 5000, "topN takes N"),
+        ("0" * 40 + "80-" + "0" * 40 + "81", None),  # leading zeros are still the number
+    ],
+)
 def test_port_specs_take_ascii_digits_only(spec: str, token: str | None) -> None:
     if token is None:
         assert parse_ports(spec) == [80, 81]

@@ -29,12 +29,14 @@ from lewis_tasks.errors import InvalidInput
 # ---------------------------------------------------------------- strategies
 
 # the characters port specs are made of, Unicode digits and look-alikes among them
-_SPEC_CHARS = st.sampled_from(list("0123456789--,, topTOP") +
-                              ["١", "٢", "²", "߀", "８", "\u2003", "\u00a0", "\t", "+", "_", "."])
+_SPEC_CHARS = st.sampled_from(
+    list("0123456789--,, topTOP")
+    + ["١", "٢", "²", "߀", "８", "\u2003", "\u00a0", "\t", "+", "_", "."]
+)
 SPEC_LIKE = st.text(_SPEC_CHARS, max_size=24)
 ANY_TEXT = st.text(max_size=40)
 PORT = st.integers(1, MAX_PORT)
-NUMBER_TEXT = st.integers(-10**6, 10**30).map(str)
+NUMBER_TEXT = st.integers(-(10**6), 10**30).map(str)
 
 
 def _sample_ports(seed: int, count: int) -> set[int]:
@@ -43,8 +45,10 @@ def _sample_ports(seed: int, count: int) -> set[int]:
 
 # small sets drawn port by port (Hypothesis shrinks those well), large ones from a seed (a
 # draw per port made a 10,000-example run take a minute)
-PORT_SETS = st.one_of(st.sets(PORT, min_size=1, max_size=4),
-                      st.builds(_sample_ports, st.integers(0, 2**32), st.integers(1, 150)))
+PORT_SETS = st.one_of(
+    st.sets(PORT, min_size=1, max_size=4),
+    st.builds(_sample_ports, st.integers(0, 2**32), st.integers(1, 150)),
+)
 
 
 @st.composite
@@ -65,8 +69,9 @@ def spec_tokens(draw: st.DrawFn) -> tuple[str, set[int]]:
         hi = draw(st.integers(1, 100))
         return f"-{hi}", set(range(1, hi + 1))
     count = draw(st.integers(1, 40))  # (top1000: the explicit examples)
-    return draw(st.sampled_from([f"top{count}", f"TOP{count}", f"top-{count}"])), \
-        set(ranked_top_ports()[:count])
+    return draw(st.sampled_from([f"top{count}", f"TOP{count}", f"top-{count}"])), set(
+        ranked_top_ports()[:count]
+    )
 
 
 # ---------------------------------------------------------------- port specs
@@ -89,8 +94,9 @@ def test_any_text_is_a_sorted_in_range_port_list_or_invalid_input(spec: str) -> 
 
 @given(st.lists(spec_tokens(), min_size=1, max_size=5), st.sampled_from([",", ", ", " ,"]))
 @example([("top1000", set(ranked_top_ports())), ("-", set(range(1, MAX_PORT + 1)))], ",")
-def test_valid_specs_mean_exactly_the_union_of_their_tokens(tokens: list[tuple[str, set[int]]],
-                                                            sep: str) -> None:
+def test_valid_specs_mean_exactly_the_union_of_their_tokens(
+    tokens: list[tuple[str, set[int]]], sep: str
+) -> None:
     spec = sep.join(text for text, _ in tokens)
     expected = set().union(*(ports for _, ports in tokens))
     assert parse_ports(spec) == sorted(expected)
@@ -130,8 +136,9 @@ def test_the_formatted_spec_is_canonical(spec: str) -> None:
 # ---------------------------------------------------------------- targets
 
 
-@given(st.one_of(ANY_TEXT, st.text("0123456789abcdefx.:/[]%-١²", max_size=30)),
-       st.integers(1, 4096))
+@given(
+    st.one_of(ANY_TEXT, st.text("0123456789abcdefx.:/[]%-١²", max_size=30)), st.integers(1, 4096)
+)
 @example("10.0.0.0/٢٤", 4096)
 @example("\u212aali.example", 1)
 @example("1.2.3.4/" + "9" * 5000, 10)
@@ -158,26 +165,38 @@ def test_any_text_is_a_target_within_the_cap_or_invalid_input(token: str, max_ho
 
 
 @given(st.ip_addresses())
-def test_every_address_parses_to_itself(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+def test_every_address_parses_to_itself(
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
     # (IPv4 embedded in IPv6 is the scope's business: how it is read is tested there)
-    assume(not (addr.version == 6 and (addr in ipaddress.ip_network("::/96")
-                                       or addr.ipv4_mapped is not None)))
+    assume(
+        not (
+            addr.version == 6
+            and (addr in ipaddress.ip_network("::/96") or addr.ipv4_mapped is not None)
+        )
+    )
     for spelling in (addr.exploded, f"[{addr}]" if addr.version == 6 else str(addr)):
         assert parse_target(spelling, max_hosts=1).addresses == (str(addr),)
 
 
-@given(st.one_of(st.integers(0, 2**32 - 1).map(lambda n: (ipaddress.IPv4Address(n), 32)),
-                 st.integers(2**96, 2**128 - 1).map(lambda n: (ipaddress.IPv6Address(n), 128))),
-       st.integers(0, 8), st.integers(1, 256))
+@given(
+    st.one_of(
+        st.integers(0, 2**32 - 1).map(lambda n: (ipaddress.IPv4Address(n), 32)),
+        st.integers(2**96, 2**128 - 1).map(lambda n: (ipaddress.IPv6Address(n), 128)),
+    ),
+    st.integers(0, 8),
+    st.integers(1, 256),
+)
 def test_a_block_expands_to_its_hosts_or_is_refused_over_the_cap(
-        base: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], host_bits: int,
-        max_hosts: int) -> None:
+    base: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], host_bits: int, max_hosts: int
+) -> None:
     addr, width = base  # (no IPv6 below 2**96: IPv4 embedded in IPv6 is the scope's business)
     prefix = width - host_bits
     net = ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
     # hosts: IPv4 blocks skip network and broadcast, IPv6 ones the subnet-router anycast
-    count = net.num_addresses - (2 if width == 32 and prefix < 31 else
-                                 1 if width == 128 and prefix < 127 else 0)
+    count = net.num_addresses - (
+        2 if width == 32 and prefix < 31 else 1 if width == 128 and prefix < 127 else 0
+    )
     try:
         target = parse_target(f"{addr}/{prefix}", max_hosts=max_hosts)
     except InvalidInput as exc:
@@ -190,10 +209,17 @@ def test_a_block_expands_to_its_hosts_or_is_refused_over_the_cap(
         assert net.network_address not in hosts and net.broadcast_address not in hosts
 
 
-@given(st.lists(st.one_of(st.text(max_size=12), st.ip_addresses().map(str),
-                          st.builds("{}/{}".format, st.ip_addresses(v=4),
-                                    st.integers(26, 32))), max_size=3),
-       st.integers(1, 600))
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=12),
+            st.ip_addresses().map(str),
+            st.builds("{}/{}".format, st.ip_addresses(v=4), st.integers(26, 32)),
+        ),
+        max_size=3,
+    ),
+    st.integers(1, 600),
+)
 def test_many_tokens_together_never_pass_the_cap(tokens: list[str], max_hosts: int) -> None:
     try:
         targets = parse_targets(tokens, max_hosts=max_hosts)
@@ -207,9 +233,14 @@ def test_many_tokens_together_never_pass_the_cap(tokens: list[str], max_hosts: i
 
 @given(st.integers(1, 3), PORT_SETS, st.integers(1, 64), st.integers(1, 400))
 def test_chunks_cover_hosts_times_ports_exactly_once_and_travel_as_dicts(
-        host_count: int, ports: set[int], chunk_ports: int, max_total: int) -> None:
-    hosts = [ScanHost(a, n) for a, n in [("127.0.0.1", None), ("::1", "localhost"),
-                                         ("10.1.2.3", "x.example")][:host_count]]
+    host_count: int, ports: set[int], chunk_ports: int, max_total: int
+) -> None:
+    hosts = [
+        ScanHost(a, n)
+        for a, n in [("127.0.0.1", None), ("::1", "localhost"), ("10.1.2.3", "x.example")][
+            :host_count
+        ]
+    ]
     try:
         chunks = plan_chunks(hosts, list(ports), chunk_ports=chunk_ports, max_ports_total=max_total)
     except InvalidInput as exc:

@@ -35,31 +35,40 @@ def refused(token: str) -> str:
     return str(err.value)
 
 
-@pytest.mark.parametrize("token, name", [
-    ("A.Example.TEST", "a.example.test"),  # one-character label
-    (f"{LABEL_63.upper()}.test", f"{LABEL_63}.test"),  # 63 characters: the longest label
-    (NAME_253.upper() + ".", NAME_253),  # 253 characters (and a root dot): the longest name
-    ("x-1.example", "x-1.example"),  # an inner hyphen
-    ("_srv.example", "_srv.example"),  # underscores occur in real DNS names
-    # one label made of every allowed character: the whole alphabet is accepted, not a part
-    ("ABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789_.test", "abcdefghijklmnopqrstuvwxyz-0123456789_.test"),
-])
+@pytest.mark.parametrize(
+    "token, name",
+    [
+        ("A.Example.TEST", "a.example.test"),  # one-character label
+        (f"{LABEL_63.upper()}.test", f"{LABEL_63}.test"),  # 63 characters: the longest label
+        (NAME_253.upper() + ".", NAME_253),  # 253 characters (and a root dot): the longest name
+        ("x-1.example", "x-1.example"),  # an inner hyphen
+        ("_srv.example", "_srv.example"),  # underscores occur in real DNS names
+        # one label made of every allowed character: the whole alphabet is accepted, not a part
+        (
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789_.test",
+            "abcdefghijklmnopqrstuvwxyz-0123456789_.test",
+        ),
+    ],
+)
 def test_rfc1123_names_at_their_limits_are_accepted(token: str, name: str) -> None:
     target = parse_target(token, max_hosts=1)
     assert target == Target(token, hostname=name)
 
 
-@pytest.mark.parametrize("token", [
-    "-lead.example",  # leading hyphen
-    "trail-.example",  # trailing hyphen
-    "mid.trail-",  # trailing hyphen on the last label
-    "a..example",  # empty label
-    ".",  # the root alone: no name left
-    f"{'c' * 64}.test",  # 64-character label
-    NAME_253 + "b",  # 254 characters
-    "sp ace.example",
-    "bang!.example",
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "-lead.example",  # leading hyphen
+        "trail-.example",  # trailing hyphen
+        "mid.trail-",  # trailing hyphen on the last label
+        "a..example",  # empty label
+        ".",  # the root alone: no name left
+        f"{'c' * 64}.test",  # 64-character label
+        NAME_253 + "b",  # 254 characters
+        "sp ace.example",
+        "bang!.example",
+    ],
+)
 def test_names_breaking_rfc1123_are_refused_naming_the_token(token: str) -> None:
     assert refused(token) == (f"target {token!r}: not an IP address, CIDR block or hostname")
 
@@ -78,19 +87,23 @@ def test_an_empty_target_says_so() -> None:
 # ---------------------------------------------------------------- caps at the boundary
 
 
-@pytest.mark.parametrize("block, hosts", [
-    ("10.9.8.0/24", 254),  # network and broadcast skipped
-    ("10.9.8.6/31", 2),  # a /31 keeps both (RFC 3021)
-    ("10.9.8.6/32", 1),
-    ("fd00::/120", 255),  # the subnet-router anycast address skipped
-    ("fd00::4/127", 2),  # a /127 keeps both (RFC 6164)
-    ("fd00::9/128", 1),
-])
+@pytest.mark.parametrize(
+    "block, hosts",
+    [
+        ("10.9.8.0/24", 254),  # network and broadcast skipped
+        ("10.9.8.6/31", 2),  # a /31 keeps both (RFC 3021)
+        ("10.9.8.6/32", 1),
+        ("fd00::/120", 255),  # the subnet-router anycast address skipped
+        ("fd00::4/127", 2),  # a /127 keeps both (RFC 6164)
+        ("fd00::9/128", 1),
+    ],
+)
 def test_the_host_cap_is_exact_at_the_boundary(block: str, hosts: int) -> None:
     target = parse_target(block, max_hosts=hosts)
     assert len(target.addresses) == hosts and target.text == block
     assert refused_at(block, hosts - 1) == (
-        f"target {block!r}: {hosts} hosts, over the cap of {hosts - 1} (scan.max_hosts)")
+        f"target {block!r}: {hosts} hosts, over the cap of {hosts - 1} (scan.max_hosts)"
+    )
 
 
 def refused_at(block: str, cap: int) -> str:
@@ -106,16 +119,20 @@ def test_small_blocks_expand_to_exactly_their_hosts() -> None:
     assert parse_target("fd00::4/126", max_hosts=3).addresses == ("fd00::5", "fd00::6", "fd00::7")
 
 
-@pytest.mark.parametrize("block, hosts", [
-    ("fd00::/64", 2**64 - 1),
-    ("fd00::/16", 2**112 - 1),
-    ("::/0", 2**128 - 1),
-    ("10.0.0.0/8", 2**24 - 2),
-])
+@pytest.mark.parametrize(
+    "block, hosts",
+    [
+        ("fd00::/64", 2**64 - 1),
+        ("fd00::/16", 2**112 - 1),
+        ("::/0", 2**128 - 1),
+        ("10.0.0.0/8", 2**24 - 2),
+    ],
+)
 def test_huge_blocks_are_refused_at_once_without_enumerating(block: str, hosts: int) -> None:
     # Enumerating 2**64 addresses would never finish: reaching the assertion is the proof.
     assert refused_at(block, 65_536) == (
-        f"target {block!r}: {hosts} hosts, over the cap of 65536 (scan.max_hosts)")
+        f"target {block!r}: {hosts} hosts, over the cap of 65536 (scan.max_hosts)"
+    )
 
 
 def test_the_cap_over_all_tokens_is_exact_and_counts_a_name_as_one_host() -> None:
@@ -123,8 +140,9 @@ def test_the_cap_over_all_tokens_is_exact_and_counts_a_name_as_one_host() -> Non
     assert [t.text for t in parse_targets(tokens, max_hosts=9)] == tokens
     with pytest.raises(InvalidInput) as err:
         parse_targets(tokens, max_hosts=8)
-    assert str(err.value) == ("targets: 9 hosts or more, over the cap of 8 (scan.max_hosts), "
-                              "reached at '10.2.0.0/30'")
+    assert str(err.value) == (
+        "targets: 9 hosts or more, over the cap of 8 (scan.max_hosts), reached at '10.2.0.0/30'"
+    )
     assert len(parse_targets(["a.example", "b.example"], max_hosts=2)) == 2
 
 
@@ -136,11 +154,19 @@ def test_no_tokens_at_all_is_refused_with_its_message() -> None:
 
 def test_targets_and_hosts_travel_as_plain_dicts() -> None:
     assert parse_target("10.4.4.4/31", max_hosts=2).to_dict() == {
-        "text": "10.4.4.4/31", "addresses": ["10.4.4.4", "10.4.4.5"], "hostname": None}
+        "text": "10.4.4.4/31",
+        "addresses": ["10.4.4.4", "10.4.4.5"],
+        "hostname": None,
+    }
     assert parse_target("Web.Example", max_hosts=1).to_dict() == {
-        "text": "Web.Example", "addresses": [], "hostname": "web.example"}
+        "text": "Web.Example",
+        "addresses": [],
+        "hostname": "web.example",
+    }
     assert ScanHost("10.4.4.9", "web.example").to_dict() == {
-        "address": "10.4.4.9", "hostname": "web.example"}
+        "address": "10.4.4.9",
+        "hostname": "web.example",
+    }
 
 
 def test_hosts_from_a_name_carry_that_name() -> None:
@@ -158,25 +184,31 @@ def port_error(spec: str) -> str:
     return str(err.value)
 
 
-@pytest.mark.parametrize("spec, token", [
-    ("22,x-5", "x-5"),  # bad low end
-    ("22,5-y", "5-y"),  # bad high end
-    ("22,http", "http"),  # a lone token
-    ("443,1-2-3", "1-2-3"),
-    ("22,XX-XX", "XX-XX"),  # letters around a dash are no range, nor "every port"
-])
+@pytest.mark.parametrize(
+    "spec, token",
+    [
+        ("22,x-5", "x-5"),  # bad low end
+        ("22,5-y", "5-y"),  # bad high end
+        ("22,http", "http"),  # a lone token
+        ("443,1-2-3", "1-2-3"),
+        ("22,XX-XX", "XX-XX"),  # letters around a dash are no range, nor "every port"
+    ],
+)
 def test_a_bad_token_is_named_apart_from_its_spec(spec: str, token: str) -> None:
-    assert port_error(spec) == (f"port spec {spec!r}: bad token {token!r} "
-                                "(expected N, N-M, N-, -M, - or topN)")
+    assert port_error(spec) == (
+        f"port spec {spec!r}: bad token {token!r} (expected N, N-M, N-, -M, - or topN)"
+    )
 
 
 def test_out_of_range_and_backwards_tokens_say_why() -> None:
     assert port_error("22,0-5") == "port spec '22,0-5': bad token '0-5' (ports run from 1 to 65535)"
-    assert port_error("22,0-1-2") == ("port spec '22,0-1-2': bad token '0-1-2' "
-                                      "(ports run from 1 to 65535)")  # read left to right
+    assert port_error("22,0-1-2") == (
+        "port spec '22,0-1-2': bad token '0-1-2' (ports run from 1 to 65535)"
+    )  # read left to right
     assert port_error("22,9-7") == "port spec '22,9-7': bad token '9-7' (range runs backwards)"
-    assert port_error("80,top0") == ("port spec '80,top0': bad token 'top0' "
-                                     "(topN takes N from 1 to 1000)")
+    assert port_error("80,top0") == (
+        "port spec '80,top0': bad token 'top0' (topN takes N from 1 to 1000)"
+    )
 
 
 @pytest.mark.parametrize("spec", ["   ", "\t"])
@@ -187,7 +219,9 @@ def test_a_blank_spec_is_empty_not_a_stray_comma(spec: str) -> None:
 def test_one_port_ranges_and_top_one() -> None:
     assert parse_ports("5-5") == [5]
     assert parse_ports("top1") == [80]
-    assert parse_ports("TOP-3") == parse_ports("top3") == [23, 80, 443]  # nmap's --top-ports spelling
+    assert (
+        parse_ports("TOP-3") == parse_ports("top3") == [23, 80, 443]
+    )  # nmap's --top-ports spelling
 
 
 # ---------------------------------------------------------------- chunks
@@ -203,26 +237,33 @@ def test_the_probe_cap_is_exact_and_chunk_size_is_checked() -> None:
     assert len(plan_chunks(hosts, range(1, 6), chunk_ports=5, max_ports_total=10)) == 2
     with pytest.raises(InvalidInput) as err:
         plan_chunks(hosts, range(1, 6), chunk_ports=5, max_ports_total=9)
-    assert str(err.value) == ("scan of 2 hosts × 5 ports = 10 probes is over the cap of 9 "
-                              "(scan.max_ports_total)")
+    assert str(err.value) == (
+        "scan of 2 hosts × 5 ports = 10 probes is over the cap of 9 (scan.max_ports_total)"
+    )
     with pytest.raises(InvalidInput) as err:
         plan_chunks(hosts, [1], chunk_ports=0, max_ports_total=10)
     assert str(err.value) == "chunk size 0: must be at least 1"
 
 
 def test_chunks_keep_the_hostname_and_travel_as_dicts() -> None:
-    [chunk] = plan_chunks([ScanHost("10.3.3.3", "db.example")], [5432, 5433], chunk_ports=4,
-                          max_ports_total=2)
+    [chunk] = plan_chunks(
+        [ScanHost("10.3.3.3", "db.example")], [5432, 5433], chunk_ports=4, max_ports_total=2
+    )
     assert chunk == ScanChunk("10.3.3.3", "db.example", "5432-5433", 2)
-    assert chunk.to_dict() == {"address": "10.3.3.3", "hostname": "db.example",
-                               "ports": "5432-5433", "port_count": 2}
+    assert chunk.to_dict() == {
+        "address": "10.3.3.3",
+        "hostname": "db.example",
+        "ports": "5432-5433",
+        "port_count": 2,
+    }
 
 
 def test_a_chunk_from_the_wire_keeps_its_count_and_its_missing_hostname() -> None:
     sent = ScanChunk.from_dict({"address": "10.3.3.3", "ports": "1-4", "port_count": 9})
     assert sent == ScanChunk("10.3.3.3", None, "1-4", 9)  # the sender's count, not recomputed
-    assert ScanChunk.from_dict({"address": "10.3.3.3", "hostname": None, "ports": "1-4,9"}) \
-        == ScanChunk("10.3.3.3", None, "1-4,9", 5)
+    assert ScanChunk.from_dict(
+        {"address": "10.3.3.3", "hostname": None, "ports": "1-4,9"}
+    ) == ScanChunk("10.3.3.3", None, "1-4,9", 5)
 
 
 def test_format_ports_joins_runs_and_singles() -> None:

@@ -37,8 +37,9 @@ def ranges(records: dict[str, CveRecord]) -> list[CpeRange]:
 
 
 @pytest.mark.parametrize("version", ["7.0.15", "6.0.16", "5.0.7", "2.8.0"])
-def test_cve_2022_0543_does_not_match_a_bare_redis_banner(nvd: dict[str, CveRecord],
-                                                         version: str) -> None:
+def test_cve_2022_0543_does_not_match_a_bare_redis_banner(
+    nvd: dict[str, CveRecord], version: str
+) -> None:
     record = nvd["CVE-2022-0543"]
     assert find_cves("Redis", version, [record]) == []
     assert platform_condition(record, "Redis", version) is None
@@ -66,14 +67,40 @@ def and_record(app_bounds: dict[str, str]) -> CveRecord:
     non-vulnerable OS entry it runs on (the shape of CVE-2022-0543, with a version range)."""
     from lewis_tasks.domain.vulns import parse_cve
 
-    return parse_cve({"id": "CVE-2099-0001", "metrics": {}, "configurations": [{
-        "operator": "AND", "nodes": [
-            {"operator": "OR", "negate": False, "cpeMatch": [
-                {"vulnerable": True, "criteria": "cpe:2.3:a:openbsd:openssh:*:*:*:*:*:*:*:*",
-                 **app_bounds}]},
-            {"operator": "OR", "negate": False, "cpeMatch": [
-                {"vulnerable": False,
-                 "criteria": "cpe:2.3:o:debian:debian_linux:12.0:*:*:*:*:*:*:*"}]}]}]})
+    return parse_cve(
+        {
+            "id": "CVE-2099-0001",
+            "metrics": {},
+            "configurations": [
+                {
+                    "operator": "AND",
+                    "nodes": [
+                        {
+                            "operator": "OR",
+                            "negate": False,
+                            "cpeMatch": [
+                                {
+                                    "vulnerable": True,
+                                    "criteria": "cpe:2.3:a:openbsd:openssh:*:*:*:*:*:*:*:*",
+                                    **app_bounds,
+                                }
+                            ],
+                        },
+                        {
+                            "operator": "OR",
+                            "negate": False,
+                            "cpeMatch": [
+                                {
+                                    "vulnerable": False,
+                                    "criteria": "cpe:2.3:o:debian:debian_linux:12.0:*:*:*:*:*:*:*",
+                                }
+                            ],
+                        },
+                    ],
+                }
+            ],
+        }
+    )
 
 
 def test_a_versioned_and_configuration_is_conditional_on_its_platform() -> None:
@@ -82,8 +109,11 @@ def test_a_versioned_and_configuration_is_conditional_on_its_platform() -> None:
     assert platform_condition(record, "OpenSSH", "9.3p1") is None
     assert platform_condition(record, "OpenSSH", None) is None
     assert platform_condition(record, "nginx", "9.2") is None
-    finding = assess("127.0.0.1", ServiceInfo(22, "ssh", "OpenSSH", "9.2p1"),
-                     find_cves("OpenSSH", "9.2p1", [record]))
+    finding = assess(
+        "127.0.0.1",
+        ServiceInfo(22, "ssh", "OpenSSH", "9.2p1"),
+        find_cves("OpenSSH", "9.2p1", [record]),
+    )
     # said, but not counted: the scanner cannot see the OS
     assert finding.severity == "info" and finding.score == 0.0 and finding.cve_ids == []
     assert finding.conditional_cve_ids == ["CVE-2099-0001"]
@@ -102,30 +132,64 @@ def test_an_unconditional_range_beside_a_conditional_one_counts() -> None:
 # ---------------------------------------------------------------- version numbering
 
 
-@pytest.mark.parametrize("lower, higher", [
-    ("1.3.5", "1.3.5a"), ("1.3.5a", "1.3.5b"), ("1.3.5b", "1.3.6"), ("1.3.5rc4", "1.3.5"),
-    ("1.1.1", "1.1.1a"), ("1.1.1t", "1.1.1w"), ("1.0.2z", "1.0.2zg"), ("8.9", "8.9p1"),
-    ("2.4.49-rc1", "2.4.49"), ("1.0-dev", "1.0-alpha"), ("1.0alpha", "1.0beta"),
-    ("1.0beta2", "1.0rc1"), ("1.0rc1", "1.0"), ("1.0-snapshot", "1.0-alpha"), ("7.0", "7.0.1"),
-    ("1.0a", "1.0.1"), ("1.0rc1", "1.0a"), ("6.9", "7.0"),
-])
+@pytest.mark.parametrize(
+    "lower, higher",
+    [
+        ("1.3.5", "1.3.5a"),
+        ("1.3.5a", "1.3.5b"),
+        ("1.3.5b", "1.3.6"),
+        ("1.3.5rc4", "1.3.5"),
+        ("1.1.1", "1.1.1a"),
+        ("1.1.1t", "1.1.1w"),
+        ("1.0.2z", "1.0.2zg"),
+        ("8.9", "8.9p1"),
+        ("2.4.49-rc1", "2.4.49"),
+        ("1.0-dev", "1.0-alpha"),
+        ("1.0alpha", "1.0beta"),
+        ("1.0beta2", "1.0rc1"),
+        ("1.0rc1", "1.0"),
+        ("1.0-snapshot", "1.0-alpha"),
+        ("7.0", "7.0.1"),
+        ("1.0a", "1.0.1"),
+        ("1.0rc1", "1.0a"),
+        ("6.9", "7.0"),
+    ],
+)
 def test_versions_order_as_products_number_them(lower: str, higher: str) -> None:
     assert compare_versions(lower, higher) == -1
     assert compare_versions(higher, lower) == 1
 
 
-@pytest.mark.parametrize("a, b", [("7.0", "7.0.0"), ("7", "7.0.0.0"), ("1.3.5a", "1.3.5a"),
-                                  ("1.0RC1", "1.0rc1"), ("1.0pre", "1.0rc")])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("7.0", "7.0.0"),
+        ("7", "7.0.0.0"),
+        ("1.3.5a", "1.3.5a"),
+        ("1.0RC1", "1.0rc1"),
+        ("1.0pre", "1.0rc"),
+    ],
+)
 def test_equal_versions(a: str, b: str) -> None:
     assert compare_versions(a, b) == 0 and compare_versions(b, a) == 0
 
 
-@pytest.mark.parametrize("version, hit", [
-    ("1.3.5", True), ("1.3.5a", True), ("1.3.5b", True), ("1.3.5c", False), ("1.3.6", False),
-    ("1.3.6rc1", False), ("1.3.5rc3", True), ("1.3.3", True),
-])
-def test_cve_2019_12815_proftpd_up_to_1_3_5b(nvd: dict[str, CveRecord], version: str,
-                                             hit: bool) -> None:
+@pytest.mark.parametrize(
+    "version, hit",
+    [
+        ("1.3.5", True),
+        ("1.3.5a", True),
+        ("1.3.5b", True),
+        ("1.3.5c", False),
+        ("1.3.6", False),
+        ("1.3.6rc1", False),
+        ("1.3.5rc3", True),
+        ("1.3.3", True),
+    ],
+)
+def test_cve_2019_12815_proftpd_up_to_1_3_5b(
+    nvd: dict[str, CveRecord], version: str, hit: bool
+) -> None:
     assert (find_cves("ProFTPD", version, [nvd["CVE-2019-12815"]]) != []) is hit
 
 
@@ -134,13 +198,25 @@ def test_cve_2019_12815_keeps_only_application_entries(nvd: dict[str, CveRecord]
     assert [r.key for r in nvd["CVE-2019-12815"].ranges] == ["proftpd:proftpd"]
 
 
-@pytest.mark.parametrize("version, hit", [
-    ("1.1.1", True), ("1.1.1s", True), ("1.1.1t", False), ("1.1.1w", False),
-    ("1.1.0l", False), ("1.0.2zf", True), ("1.0.2zg", False), ("3.0.7", True), ("3.0.8", False),
-    ("3.0", True), ("3.0.0-alpha1", False),
-])
-def test_cve_2023_0286_openssl_letter_releases(nvd: dict[str, CveRecord], version: str,
-                                               hit: bool) -> None:
+@pytest.mark.parametrize(
+    "version, hit",
+    [
+        ("1.1.1", True),
+        ("1.1.1s", True),
+        ("1.1.1t", False),
+        ("1.1.1w", False),
+        ("1.1.0l", False),
+        ("1.0.2zf", True),
+        ("1.0.2zg", False),
+        ("3.0.7", True),
+        ("3.0.8", False),
+        ("3.0", True),
+        ("3.0.0-alpha1", False),
+    ],
+)
+def test_cve_2023_0286_openssl_letter_releases(
+    nvd: dict[str, CveRecord], version: str, hit: bool
+) -> None:
     assert (match("openssl:openssl", version, nvd["CVE-2023-0286"].ranges) != []) is hit
 
 
@@ -167,20 +243,27 @@ def test_a_v4_vector_is_scored_as_v4_and_only_a_v4_vector() -> None:
 def test_records_without_v4_keep_their_v3_1(nvd: dict[str, CveRecord]) -> None:
     cvss = nvd["CVE-2019-12815"].cvss
     assert cvss is not None and (cvss.version, cvss.base_score, cvss.severity) == (
-        "3.1", 9.8, "critical")
+        "3.1",
+        9.8,
+        "critical",
+    )
 
 
 # ---------------------------------------------------------------- distribution revision
 
 
-@pytest.mark.parametrize("banner, version, revision", [
-    (b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u10\r\n", "9.2p1", "Debian-2+deb12u10"),
-    (b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.6\r\n", "8.9p1", "Ubuntu-3ubuntu0.6"),
-    (b"SSH-2.0-OpenSSH_9.9\r\n", "9.9", None),
-    (b"HTTP/1.1 200 OK\r\nServer: Apache/2.4.62 (Debian)\r\n\r\n", "2.4.62", "Debian"),
-])
-def test_a_distribution_revision_is_kept_on_the_service(banner: bytes, version: str,
-                                                        revision: str | None) -> None:
+@pytest.mark.parametrize(
+    "banner, version, revision",
+    [
+        (b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u10\r\n", "9.2p1", "Debian-2+deb12u10"),
+        (b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.6\r\n", "8.9p1", "Ubuntu-3ubuntu0.6"),
+        (b"SSH-2.0-OpenSSH_9.9\r\n", "9.9", None),
+        (b"HTTP/1.1 200 OK\r\nServer: Apache/2.4.62 (Debian)\r\n\r\n", "2.4.62", "Debian"),
+    ],
+)
+def test_a_distribution_revision_is_kept_on_the_service(
+    banner: bytes, version: str, revision: str | None
+) -> None:
     info = match_answer(22, banner, "banner" if banner.startswith(b"SSH") else "http")
     assert info is not None and info.version == version
     assert info.extra.get("revision") == revision

@@ -35,8 +35,9 @@ def cpe(product: str = "openssh", version: str = "*", update: str = "*", part: s
     return f"cpe:2.3:{part}:openbsd:{product}:{version}:{update}:*:*:*:*:*"
 
 
-def cve(cve_id: str = "CVE-2099-0001", *, matches: list[dict[str, Any]] | None = None,
-        **extra: Any) -> dict[str, Any]:
+def cve(
+    cve_id: str = "CVE-2099-0001", *, matches: list[dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {"id": cve_id, "descriptions": [{"lang": "en", "value": "a flaw"}]}
     if matches is not None:
         body["configurations"] = [{"nodes": [{"operator": "OR", "cpeMatch": matches}]}]
@@ -55,14 +56,21 @@ def one_range(**fields: Any) -> CpeRange:
 def test_version_start_excluding_leaves_out_the_start_itself() -> None:
     rng = one_range(versionStartExcluding="8.5", versionEndIncluding="9.1")
     assert rng.start_excluding == "8.5" and rng.start_including is None
-    assert [v for v in ("8.4", "8.5", "8.5p1", "8.6", "9.1", "9.1p1") if rng.matches(v)] \
-        == ["8.5p1", "8.6", "9.1"]
+    assert [v for v in ("8.4", "8.5", "8.5p1", "8.6", "9.1", "9.1p1") if rng.matches(v)] == [
+        "8.5p1",
+        "8.6",
+        "9.1",
+    ]
 
 
 def test_start_excluding_alone_holds_everything_after() -> None:
     rng = CpeRange("CVE-2099-0002", "openbsd", "openssh", start_excluding="2.0")
-    assert (rng.matches("1.9"), rng.matches("2.0"), rng.matches("2.0.1"), rng.matches("31")) \
-        == (False, False, True, True)
+    assert (rng.matches("1.9"), rng.matches("2.0"), rng.matches("2.0.1"), rng.matches("31")) == (
+        False,
+        False,
+        True,
+        True,
+    )
     assert match("openbsd:openssh", "2.1", [rng]) == ["CVE-2099-0002"]
     assert match("openbsd:openssh", "2.0", [rng]) == []
 
@@ -92,26 +100,32 @@ def test_a_version_without_a_number_matches_no_exact_release() -> None:
 # ---------------------------------------------------------------- version words
 
 
-@pytest.mark.parametrize("a, b, expected", [
-    ("2.0beta", "2.0rc", -1),  # two pre-release words: alphabetical
-    ("2.0rc", "2.0beta", 1),
-    ("1.0b", "1.0a", 1),
-    ("1.0rc1", "1.0p1", -1),  # a pre-release word before a release word
-    ("1.0p1", "1.0rc1", 1),
-    ("8.9p1", "8.9q1", -1),  # two release words: alphabetical
-    ("8.9q1", "8.9p1", 1),
-    ("1.0p", "1.0.1", -1),  # a letter release before the next number
-    ("1.0.1", "1.0p", 1),
-])
-def test_words_compare_pre_releases_first_then_alphabetically(a: str, b: str, expected: int) -> None:
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ("2.0beta", "2.0rc", -1),  # two pre-release words: alphabetical
+        ("2.0rc", "2.0beta", 1),
+        ("1.0b", "1.0a", 1),
+        ("1.0rc1", "1.0p1", -1),  # a pre-release word before a release word
+        ("1.0p1", "1.0rc1", 1),
+        ("8.9p1", "8.9q1", -1),  # two release words: alphabetical
+        ("8.9q1", "8.9p1", 1),
+        ("1.0p", "1.0.1", -1),  # a letter release before the next number
+        ("1.0.1", "1.0p", 1),
+    ],
+)
+def test_words_compare_pre_releases_first_then_alphabetically(
+    a: str, b: str, expected: int
+) -> None:
     assert compare_versions(a, b) == expected
 
 
 # ---------------------------------------------------------------- CVSS picking
 
 
-def metric(vector: str, *, kind: str = "Primary", version: str | None = "3.1",
-           score: float | None = 9.8) -> dict[str, Any]:
+def metric(
+    vector: str, *, kind: str = "Primary", version: str | None = "3.1", score: float | None = 9.8
+) -> dict[str, Any]:
     data: dict[str, Any] = {"vectorString": vector}
     if version is not None:
         data["version"] = version
@@ -121,14 +135,21 @@ def metric(vector: str, *, kind: str = "Primary", version: str | None = "3.1",
 
 
 def test_the_primary_metric_wins_wherever_it_sits() -> None:
-    rec = parse_cve(cve(metrics={"cvssMetricV31": [metric(V31_LOW, kind="Secondary", score=1.8),
-                                                   metric(V31)]}))
+    rec = parse_cve(
+        cve(metrics={"cvssMetricV31": [metric(V31_LOW, kind="Secondary", score=1.8), metric(V31)]})
+    )
     assert rec.cvss is not None and (rec.cvss.vector, rec.severity) == (V31, "critical")
 
 
 def test_a_metric_list_without_a_vector_falls_through_to_the_next() -> None:
-    rec = parse_cve(cve(metrics={"cvssMetricV31": [{"type": "Primary", "cvssData": {}}],
-                                 "cvssMetricV2": [metric(V2, version="2.0", score=7.5)]}))
+    rec = parse_cve(
+        cve(
+            metrics={
+                "cvssMetricV31": [{"type": "Primary", "cvssData": {}}],
+                "cvssMetricV2": [metric(V2, version="2.0", score=7.5)],
+            }
+        )
+    )
     assert rec.cvss is not None
     assert (rec.cvss.version, rec.score, rec.severity) == ("2.0", 7.5, "high")
 
@@ -142,8 +163,10 @@ def test_a_metric_without_its_own_version_takes_its_lists_and_may_lack_a_score()
 def test_the_declared_version_decides_the_parser() -> None:
     # A v2 vector declared 3.1 is a malformed v3 metric, never quietly scored as v2.
     with pytest.raises(InvalidInput) as err:
-        parse_cve(cve("CVE-2099-0010", metrics={"cvssMetricV2": [metric(V2, version="3.1")]}),
-                  source="nvd-2099.json")
+        parse_cve(
+            cve("CVE-2099-0010", metrics={"cvssMetricV2": [metric(V2, version="3.1")]}),
+            source="nvd-2099.json",
+        )
     message = str(err.value)
     assert message.startswith(f"nvd-2099.json: CVE-2099-0010: CVSS vector {V2!r}: ")
     assert "CVSS3" in message  # the cvss package's own words follow
@@ -158,8 +181,10 @@ def test_descriptions_default_to_empty_without_english() -> None:
 
 
 def test_only_and_configurations_of_several_nodes_carry_platforms() -> None:
-    nodes = [{"cpeMatch": [{"vulnerable": True, "criteria": cpe(version="6.0")}]},
-             {"cpeMatch": [{"vulnerable": False, "criteria": cpe("debian_linux", part="o")}]}]
+    nodes = [
+        {"cpeMatch": [{"vulnerable": True, "criteria": cpe(version="6.0")}]},
+        {"cpeMatch": [{"vulnerable": False, "criteria": cpe("debian_linux", part="o")}]},
+    ]
     or_rec = parse_cve(cve(configurations=[{"operator": "OR", "nodes": nodes}]))
     and_rec = parse_cve(cve(configurations=[{"operator": "AND", "nodes": nodes}]))
     assert [r.platforms for r in or_rec.ranges] == [()]
@@ -214,8 +239,10 @@ def test_find_cves_needs_both_a_known_product_and_a_version() -> None:
     assert find_cves(None, "7.4", records) == []
 
 
-@pytest.mark.parametrize("word, rank", [("none", 0), ("low", 1), ("medium", 2), ("high", 3),
-                                        ("critical", 4), ("severe", 0), ("", 0)])
+@pytest.mark.parametrize(
+    "word, rank",
+    [("none", 0), ("low", 1), ("medium", 2), ("high", 3), ("critical", 4), ("severe", 0), ("", 0)],
+)
 def test_severity_rank_orders_the_bands(word: str, rank: int) -> None:
     assert severity_rank(word) == rank
     assert sorted(SEVERITIES, key=severity_rank) == list(SEVERITIES)

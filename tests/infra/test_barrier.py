@@ -15,9 +15,15 @@ from lewis_tasks.errors import InvalidInput, TransientError
 from lewis_tasks.infra.barrier import RedisBarrier
 
 
-def run_parties(client: redis.Redis, n: int, parties: int, timeout: float = 5.0,
-                delays: list[float] | None = None, named: bool = True,
-                **options: Any) -> list[Any]:
+def run_parties(
+    client: redis.Redis,
+    n: int,
+    parties: int,
+    timeout: float = 5.0,
+    delays: list[float] | None = None,
+    named: bool = True,
+    **options: Any,
+) -> list[Any]:
     """Start ``n`` threads waiting on one barrier of ``parties``; each result or error."""
     results: list[Any] = [None] * n
     barriers: list[RedisBarrier] = []
@@ -32,6 +38,7 @@ def run_parties(client: redis.Redis, n: int, parties: int, timeout: float = 5.0,
             results[i] = (start, barrier.start_server, time.time())
         except Exception as exc:  # the test inspects it
             results[i] = exc
+
     threads = [threading.Thread(target=party, args=(i,)) for i in range(n)]
     for thread in threads:
         thread.start()
@@ -66,8 +73,11 @@ def test_timeout_when_a_party_is_missing(redis_client: redis.Redis) -> None:
 def test_a_redelivered_party_counts_once(redis_client: redis.Redis) -> None:
     # Given the first delivery of party "a" waiting on a barrier of 2
     first: list[Any] = []
-    waiter = threading.Thread(target=lambda: first.append(
-        RedisBarrier(redis_client, "lewis:test:barrier", 2, 5.0).wait("a")))
+    waiter = threading.Thread(
+        target=lambda: first.append(
+            RedisBarrier(redis_client, "lewis:test:barrier", 2, 5.0).wait("a")
+        )
+    )
     waiter.start()
     time.sleep(0.1)
     # When "a" arrives again (a redelivery) it does not complete the barrier
@@ -104,7 +114,8 @@ def test_single_party_and_bad_parameters(redis_client: redis.Redis) -> None:
 
 
 def test_redis_down_is_transient() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2,
-                       retry=Retry(NoBackoff(), 0))
+    dead = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     with pytest.raises(TransientError, match="Redis failed"):
         RedisBarrier(dead, "k", 2, 0.5).wait()

@@ -26,7 +26,8 @@ def cache(redis_client: redis.Redis, redis_url: str) -> Iterator[Cache]:
 
 
 def test_values_are_stored_as_json_under_the_namespace_with_a_ttl(
-        cache: Cache, redis_client: redis.Redis) -> None:
+    cache: Cache, redis_client: redis.Redis
+) -> None:
     value = {"cve": ["CVE-2024-6387"], "score": 8.1, "ok": True, "none": None}
     assert cache.set("vuln:openssh:9.6", value)
     assert cache.get("vuln:openssh:9.6") == value
@@ -56,7 +57,8 @@ def test_keys_are_readable_and_hash_only_long_or_unsafe_parts(cache: Cache) -> N
 
 
 def test_invalidate_by_pattern_uses_scan_and_stays_in_the_namespace(
-        cache: Cache, redis_client: redis.Redis, redis_url: str) -> None:
+    cache: Cache, redis_client: redis.Redis, redis_url: str
+) -> None:
     other = Cache(redis_url, namespace="other")
     for i in range(1200):
         cache.set(f"vuln:openssh:{i}", i)
@@ -96,8 +98,9 @@ def test_decorator_caches_per_bound_arguments(cache: Cache, redis_client: redis.
     assert redis_client.exists("t:cache:banner:127.0.0.1:22")
 
 
-def test_values_over_the_memory_share_are_not_cached(redis_client: redis.Redis,
-                                                     redis_url: str) -> None:
+def test_values_over_the_memory_share_are_not_cached(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
     cache = Cache(redis_url, namespace="t:cache", max_memory=VALUE_SHARE * 100)
     assert cache.max_value_bytes == 100
     assert cache.set("small", "x" * 50)
@@ -106,8 +109,9 @@ def test_values_over_the_memory_share_are_not_cached(redis_client: redis.Redis,
     assert cache.stats().skipped_large == 1
 
 
-def test_local_lru_serves_hot_keys_and_keeps_its_own_copy(redis_client: redis.Redis,
-                                                          redis_url: str) -> None:
+def test_local_lru_serves_hot_keys_and_keeps_its_own_copy(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
     cache = Cache(redis_url, namespace="t:cache", local_size=2, local_ttl=3600)
     cache.set("a", {"v": [1]}, local=True)
     redis_client.delete("t:cache:a")  # gone from Redis: only the local copy can answer
@@ -149,10 +153,15 @@ def test_disabled_or_unconfigured_cache_is_always_a_miss(redis_url: str) -> None
 
 
 def test_from_settings_reads_the_cache_section(redis_url: str) -> None:
-    settings = load_settings(env={"LEWIS_BROKER_URL": redis_url,
-                                  "LEWIS_CACHE_NAMESPACE": "ns", "LEWIS_CACHE_DEFAULT_TTL": "42",
-                                  "LEWIS_CACHE_MAX_MEMORY": "1MB",
-                                  "LEWIS_CACHE_LOCAL_LRU_SIZE": "7"})
+    settings = load_settings(
+        env={
+            "LEWIS_BROKER_URL": redis_url,
+            "LEWIS_CACHE_NAMESPACE": "ns",
+            "LEWIS_CACHE_DEFAULT_TTL": "42",
+            "LEWIS_CACHE_MAX_MEMORY": "1MB",
+            "LEWIS_CACHE_LOCAL_LRU_SIZE": "7",
+        }
+    )
     cache = Cache.from_settings(settings)
     assert (cache.namespace, cache.default_ttl, cache.local_size) == ("ns", 42, 7)
     assert cache.max_value_bytes == 1024**2 // VALUE_SHARE
@@ -160,8 +169,9 @@ def test_from_settings_reads_the_cache_section(redis_url: str) -> None:
     cache.close()
 
 
-def test_module_level_decorator_uses_the_process_cache(redis_client: redis.Redis,
-                                                       redis_url: str) -> None:
+def test_module_level_decorator_uses_the_process_cache(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
     mine = Cache(redis_url, namespace="t:cache")
 
     @cached(key="sq", cache=lambda: mine)
@@ -173,6 +183,7 @@ def test_module_level_decorator_uses_the_process_cache(redis_client: redis.Redis
 
 # -- outages -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     """A private Redis this test may stop and restart (AOF on, so data survives a restart)."""
@@ -182,7 +193,8 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 
 
 def test_outage_is_a_miss_logged_once_and_the_cache_recovers(
-        own_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture) -> None:
+    own_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="lewis_tasks.infra.cache")
     cache = Cache(own_redis.url, namespace="t", retry_after=0)
     calls: list[int] = []
@@ -228,8 +240,9 @@ def test_after_a_failure_redis_is_left_alone_for_retry_after(own_redis: Embedded
     assert cache.get("k") == 1
 
 
-def test_redis_refusing_a_write_is_not_an_outage(own_redis: EmbeddedRedis,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_redis_refusing_a_write_is_not_an_outage(
+    own_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="lewis_tasks.infra.cache")
     client = redis.Redis.from_url(own_redis.url)
     cache = Cache(own_redis.url, namespace="t")

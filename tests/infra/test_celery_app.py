@@ -8,7 +8,8 @@ import redis
 
 
 def test_an_app_pointed_at_another_broker_publishes_and_broadcasts_there(
-        lewis_settings: Any) -> None:
+    lewis_settings: Any,
+) -> None:
     from lewis_tasks.infra import config
     from lewis_tasks.infra.celery_app import configure_app, create_app
 
@@ -44,8 +45,7 @@ def broadcast_lands(app: Any, url: str) -> bool:
         listener.close()
 
 
-def test_broadcasts_leave_the_producer_pool_closed_with_the_old_broker(
-        lewis_settings: Any) -> None:
+def test_broadcasts_leave_the_producer_pool_closed_with_the_old_broker(lewis_settings: Any) -> None:
     from lewis_tasks.infra import config
     from lewis_tasks.infra.celery_app import configure_app, create_app
 
@@ -64,7 +64,8 @@ def test_broadcasts_leave_the_producer_pool_closed_with_the_old_broker(
 
 
 def test_an_app_pointed_away_and_back_publishes_on_its_first_broker_again(
-        lewis_settings: Any) -> None:
+    lewis_settings: Any,
+) -> None:
     from lewis_tasks.infra import config
     from lewis_tasks.infra.celery_app import configure_app, create_app
 

@@ -24,17 +24,29 @@ from lewis_tasks.errors import ConfigError
 from lewis_tasks.infra.config import MAX_NUMBER, MAX_SIZE, SECTIONS, Settings, load_settings
 
 # (section, key, field, type hint) of every setting
-FIELDS = [(section, f.name, f, typing.get_type_hints(cls)[f.name])
-          for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+FIELDS = [
+    (section, f.name, f, typing.get_type_hints(cls)[f.name])
+    for section, cls in SECTIONS.items()
+    for f in dataclasses.fields(cls)
+]
 # keys another key constrains, or that are filled in when empty (load_settings's _resolve):
 # left at their defaults here, and covered by tests/infra/test_config.py
-_COUPLED = {("monitoring", "ping_timeout"), ("monitoring", "health_check_interval"),
-            ("tasks", "soft_time_limit"), ("tasks", "time_limit"), ("stack", "home"),
-            ("database", "url"), ("broker", "visibility_timeout"),
-            ("monitoring", "metrics_interval"), ("monitoring", "report_interval"),
-            ("monitoring", "retention"), ("scaling", "io_min_workers"),
-            ("scaling", "io_max_workers"), ("scaling", "cpu_min_workers"),
-            ("scaling", "cpu_max_workers")}
+_COUPLED = {
+    ("monitoring", "ping_timeout"),
+    ("monitoring", "health_check_interval"),
+    ("tasks", "soft_time_limit"),
+    ("tasks", "time_limit"),
+    ("stack", "home"),
+    ("database", "url"),
+    ("broker", "visibility_timeout"),
+    ("monitoring", "metrics_interval"),
+    ("monitoring", "report_interval"),
+    ("monitoring", "retention"),
+    ("scaling", "io_min_workers"),
+    ("scaling", "io_max_workers"),
+    ("scaling", "cpu_min_workers"),
+    ("scaling", "cpu_max_workers"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +77,11 @@ def _assert_in_range(settings: Settings) -> None:
             assert math.isfinite(value), (section, key, value)
             lo, hi = meta.get("minimum"), meta.get("maximum")
             ceiling = MAX_SIZE if meta.get("size") else MAX_NUMBER
-            assert (lo is None or value >= lo) and value <= (ceiling if hi is None else hi), \
-                (section, key, value)
+            assert (lo is None or value >= lo) and value <= (ceiling if hi is None else hi), (
+                section,
+                key,
+                value,
+            )
         if meta.get("choices"):
             assert value in meta["choices"]
         if meta.get("schemes") and value and (section, key) != ("broker", "url"):
@@ -77,22 +92,58 @@ def _assert_in_range(settings: Settings) -> None:
 
 SETTING_NAMES = st.sampled_from([_env_name(s, k) for s, k, _, _ in FIELDS])
 NUMBERISH = st.one_of(
-    st.integers(-10**12, 10**12).map(str),
+    st.integers(-(10**12), 10**12).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["nan", "NaN", "-nan", "inf", "+inf", "-Infinity", "1e999", "1_000", "0x10",
-                     "١٢", "²", "٣.٥", " 7 ", "", "1e9", "1000000001", "512MB", "9" * 400 + "GB",
-                     "redis://h/0", "rediss://h/0", "foo://h/0", "unix:///tmp/s", "true", "0"]),
-    st.text(max_size=12))
+    st.sampled_from(
+        [
+            "nan",
+            "NaN",
+            "-nan",
+            "inf",
+            "+inf",
+            "-Infinity",
+            "1e999",
+            "1_000",
+            "0x10",
+            "١٢",
+            "²",
+            "٣.٥",
+            " 7 ",
+            "",
+            "1e9",
+            "1000000001",
+            "512MB",
+            "9" * 400 + "GB",
+            "redis://h/0",
+            "rediss://h/0",
+            "foo://h/0",
+            "unix:///tmp/s",
+            "true",
+            "0",
+        ]
+    ),
+    st.text(max_size=12),
+)
 
 
-@given(env=st.dictionaries(st.one_of(SETTING_NAMES, st.just("LEWIS_VENV"), st.just("LEWIS_EXTRAS"),
-                                 st.from_regex(r"LEWIS_[A-Z_]{0,12}", fullmatch=True)),
-                       NUMBERISH, max_size=4))
+@given(
+    env=st.dictionaries(
+        st.one_of(
+            SETTING_NAMES,
+            st.just("LEWIS_VENV"),
+            st.just("LEWIS_EXTRAS"),
+            st.from_regex(r"LEWIS_[A-Z_]{0,12}", fullmatch=True),
+        ),
+        NUMBERISH,
+        max_size=4,
+    )
+)
 @example(env={"LEWIS_NETWORK_READ_TIMEOUT": "nan"})
 @example(env={"LEWIS_CACHE_MAX_MEMORY": "9" * 400 + "GB"})
 @example(env={"LEWIS_BROKER_URL": "foo://h/0"})
-def test_any_environment_loads_in_range_settings_or_is_a_config_error(env: dict[str, str],
-                                                                       workdir: Path) -> None:
+def test_any_environment_loads_in_range_settings_or_is_a_config_error(
+    env: dict[str, str], workdir: Path
+) -> None:
     try:
         settings = load_settings(env=env, cwd=workdir)
     except ConfigError as exc:
@@ -105,9 +156,20 @@ def test_any_environment_loads_in_range_settings_or_is_a_config_error(env: dict[
 def valid_values(draw: st.DrawFn) -> dict[tuple[str, str], Any]:
     """Some settings with values their keys accept (the ones a person would write)."""
     # structured settings (alert rules) have tests of their own (tests/alerting)
-    chosen = draw(st.lists(st.sampled_from([x for x in FIELDS if (x[0], x[1]) not in _COUPLED
-                                            and not x[2].metadata.get("parse")]),
-                           min_size=1, max_size=5, unique_by=lambda x: (x[0], x[1])))
+    chosen = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    x
+                    for x in FIELDS
+                    if (x[0], x[1]) not in _COUPLED and not x[2].metadata.get("parse")
+                ]
+            ),
+            min_size=1,
+            max_size=5,
+            unique_by=lambda x: (x[0], x[1]),
+        )
+    )
     values: dict[tuple[str, str], Any] = {}
     for section, key, f, hint in chosen:
         meta = f.metadata
@@ -118,25 +180,49 @@ def valid_values(draw: st.DrawFn) -> dict[tuple[str, str], Any]:
         elif hint is bool:
             value = draw(st.booleans())
         elif hint is int:
-            value = draw(st.integers(int(lo if lo is not None else -MAX_NUMBER),
-                                     int(hi if hi is not None else MAX_NUMBER)))
+            value = draw(
+                st.integers(
+                    int(lo if lo is not None else -MAX_NUMBER),
+                    int(hi if hi is not None else MAX_NUMBER),
+                )
+            )
         elif hint is float:
-            value = draw(st.floats(lo if lo is not None else -MAX_NUMBER,
-                                   hi if hi is not None else MAX_NUMBER))
+            value = draw(
+                st.floats(
+                    lo if lo is not None else -MAX_NUMBER, hi if hi is not None else MAX_NUMBER
+                )
+            )
         elif meta.get("choices"):
             value = draw(st.sampled_from(meta["choices"]))
         elif meta.get("schemes"):
             first, last = meta["schemes"][0], meta["schemes"][-1]
-            value = draw(st.sampled_from(["", f"{first}://127.0.0.1:6379/0",
-                                          f"{last}://:pw@h.example:6380/1"]))
+            value = draw(
+                st.sampled_from(
+                    ["", f"{first}://127.0.0.1:6379/0", f"{last}://:pw@h.example:6380/1"]
+                )
+            )
         elif hint is str:
-            value = draw(st.text(st.characters(min_codepoint=33, max_codepoint=126,
-                                               exclude_characters=","), max_size=10))
+            value = draw(
+                st.text(
+                    st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=","),
+                    max_size=10,
+                )
+            )
         else:  # tuple of strings: comma-separated in the environment
-            value = tuple(draw(st.lists(st.text(st.characters(min_codepoint=33,
-                                                               max_codepoint=126,
-                                                               exclude_characters=","),
-                                                 min_size=1, max_size=8), max_size=3)))
+            value = tuple(
+                draw(
+                    st.lists(
+                        st.text(
+                            st.characters(
+                                min_codepoint=33, max_codepoint=126, exclude_characters=","
+                            ),
+                            min_size=1,
+                            max_size=8,
+                        ),
+                        max_size=3,
+                    )
+                )
+            )
         values[(section, key)] = value
     return values
 
@@ -150,8 +236,9 @@ def _as_env_text(value: Any) -> str:
 
 
 @given(values=valid_values())
-def test_valid_values_survive_the_environment_unchanged(values: dict[tuple[str, str], Any],
-                                                        workdir: Path) -> None:
+def test_valid_values_survive_the_environment_unchanged(
+    values: dict[tuple[str, str], Any], workdir: Path
+) -> None:
     env = {_env_name(s, k): _as_env_text(v) for (s, k), v in values.items()}
     settings = load_settings(env=env, cwd=workdir)
     for (section, key), value in values.items():
@@ -161,8 +248,9 @@ def test_valid_values_survive_the_environment_unchanged(values: dict[tuple[str, 
 
 @FILE_EXAMPLES
 @given(values=valid_values())
-def test_valid_values_survive_a_yaml_file_unchanged(values: dict[tuple[str, str], Any],
-                                                    workdir: Path) -> None:
+def test_valid_values_survive_a_yaml_file_unchanged(
+    values: dict[tuple[str, str], Any], workdir: Path
+) -> None:
     document: dict[str, dict[str, Any]] = {}
     for (section, key), value in values.items():
         document.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
@@ -173,26 +261,42 @@ def test_valid_values_survive_a_yaml_file_unchanged(values: dict[tuple[str, str]
         assert getattr(getattr(settings, section), key) == value, (section, key)
 
 
-YAML_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                         st.text(max_size=8))
-YAML_VALUES = st.recursive(YAML_SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-    max_leaves=8)
+YAML_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8))
+YAML_VALUES = st.recursive(
+    YAML_SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 SECTION_NAMES = st.one_of(st.sampled_from([*SECTIONS, "performance"]), st.text(max_size=6))
 KEY_NAMES = st.one_of(st.sampled_from(sorted({k for _, k, _, _ in FIELDS})), st.text(max_size=6))
 
 
 @FILE_EXAMPLES
-@given(document=st.one_of(
-    YAML_VALUES,
-    st.dictionaries(SECTION_NAMES, st.one_of(YAML_VALUES, st.dictionaries(
-        KEY_NAMES, st.one_of(YAML_SCALARS, st.sampled_from(["nan", ".inf", "1e999", "١٢"])),
-        max_size=3)), max_size=3)))
+@given(
+    document=st.one_of(
+        YAML_VALUES,
+        st.dictionaries(
+            SECTION_NAMES,
+            st.one_of(
+                YAML_VALUES,
+                st.dictionaries(
+                    KEY_NAMES,
+                    st.one_of(YAML_SCALARS, st.sampled_from(["nan", ".inf", "1e999", "١٢"])),
+                    max_size=3,
+                ),
+            ),
+            max_size=3,
+        ),
+    )
+)
 @example(document={"cache": [1], "performance": {"cache": {"enabled": True}}})
 @example(document={"scan": {"timeout": float("nan")}})
 @example(document={"scan": {"timeout": 10**400}})
-def test_any_yaml_document_loads_in_range_settings_or_is_a_config_error(document: Any,
-                                                                        workdir: Path) -> None:
+def test_any_yaml_document_loads_in_range_settings_or_is_a_config_error(
+    document: Any, workdir: Path
+) -> None:
     path = workdir / "any.yaml"
     path.write_text(yaml.dump(document, Dumper=_DUMPER))
     try:

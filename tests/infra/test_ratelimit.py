@@ -99,8 +99,9 @@ def test_a_scan_through_the_shared_bucket_stays_exact(redis_client: redis.Redis)
     bucket = RedisTokenBucket(redis_client, rate=20_000, burst=10)
     with running_listeners(5, host="127.77.0.6", seed=2) as few:
         ports = list(range(30000, 30200)) + few.ports
-        result = scan_ports_blocking("127.77.0.6", ports, scope=Scope.from_allow(),
-                                     limiter=bucket.for_host("127.77.0.6"))
+        result = scan_ports_blocking(
+            "127.77.0.6", ports, scope=Scope.from_allow(), limiter=bucket.for_host("127.77.0.6")
+        )
     # Then the scan finishes with every listener open and nothing else lost
     assert set(few.ports) <= set(result.open)
     assert result.filtered == ()

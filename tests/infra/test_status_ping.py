@@ -22,7 +22,8 @@ def test_every_expected_worker_answered_ends_the_round(celery_app: Any, celery_w
 
 
 def test_a_worker_that_never_answers_is_late_after_the_stragglers_window(
-        celery_app: Any, celery_worker: Any) -> None:
+    celery_app: Any, celery_worker: Any
+) -> None:
     name = celery_worker.hostname
     # Given a presence record of a worker that will not answer
     pinged = ping_round(celery_app, {name: ("io",), "ghost@nowhere": ("cpu",)}, timeout=LONG)
@@ -32,8 +33,9 @@ def test_a_worker_that_never_answers_is_late_after_the_stragglers_window(
     assert pinged.waited_ms < LONG * 1000
 
 
-def test_a_worker_without_a_record_is_asked_for_its_queues(celery_app: Any,
-                                                           celery_worker: Any) -> None:
+def test_a_worker_without_a_record_is_asked_for_its_queues(
+    celery_app: Any, celery_worker: Any
+) -> None:
     pinged = ping_round(celery_app, {}, timeout=LONG)
     assert [p.worker for p in pinged.pings] == [celery_worker.hostname]
     assert set(pinged.pings[0].queues) == {"io", "cpu", "control"} and pinged.late == []
@@ -48,18 +50,26 @@ def test_the_stragglers_window_is_a_few_round_trips_within_bounds() -> None:
 def test_a_late_worker_is_marked_and_is_no_missing_worker() -> None:
     from lewis_tasks.cli.stack import _fleet_status, format_status
 
-    queues = {"io": {"ready": 0, "unacked": 0, "workers": [], "late": ["io-1@a"]},
-              "cpu": {"ready": 0, "unacked": 0, "workers": [], "late": []}}
+    queues = {
+        "io": {"ready": 0, "unacked": 0, "workers": [], "late": ["io-1@a"]},
+        "cpu": {"ready": 0, "unacked": 0, "workers": [], "late": []},
+    }
     fleet = _fleet_status(None, None, queues, [])
     assert fleet["problems"][0] == "queue cpu: no worker" and len(fleet["problems"]) == 2
-    report = {"broker": {"url": "redis://h", "up": True, "ping_ms": 1.0}, "queues": queues,
-              "ping_waited_ms": 80.0, "beat": {"alive": False, "leader": None},
-              "heartbeat": None, "metrics": {}}
+    report = {
+        "broker": {"url": "redis://h", "up": True, "ping_ms": 1.0},
+        "queues": queues,
+        "ping_waited_ms": 80.0,
+        "beat": {"alive": False, "leader": None},
+        "heartbeat": None,
+        "metrics": {},
+    }
     assert "io-1@a (late: no ping within 80 ms)" in format_status(report)
 
 
-def test_the_heartbeat_leaves_its_summary_in_redis(celery_app: Any, celery_worker: Any,
-                                                   lewis_settings: Any) -> None:
+def test_the_heartbeat_leaves_its_summary_in_redis(
+    celery_app: Any, celery_worker: Any, lewis_settings: Any
+) -> None:
     from lewis_tasks.cli.stack import _last_heartbeat
     from lewis_tasks.infra.fleet import read_heartbeat
     from lewis_tasks.infra.redis_client import get_redis
@@ -74,8 +84,9 @@ def test_the_heartbeat_leaves_its_summary_in_redis(celery_app: Any, celery_worke
     assert _last_heartbeat(client) == summary
 
 
-def test_a_watch_refresh_imports_nothing_new(celery_app: Any, celery_worker: Any,
-                                             lewis_settings: Any) -> None:
+def test_a_watch_refresh_imports_nothing_new(
+    celery_app: Any, celery_worker: Any, lewis_settings: Any
+) -> None:
     import sys
 
     from lewis_tasks.cli.stack import collect_status, format_status

@@ -72,8 +72,13 @@ def test_a_death_is_counted_once_and_waits_its_delay() -> None:
 def test_supervisor_restarts_a_dead_child_after_its_backoff(tmp_path: Path) -> None:
     clock = Clock()
     stack = Stack(load_settings(env={"LEWIS_STACK_HOME": str(tmp_path)}))
-    child = Child("crasher", [sys.executable, "-c", "raise SystemExit(3)"], {},
-                  tmp_path / "crasher.log", backoff=Backoff(clock=clock))
+    child = Child(
+        "crasher",
+        [sys.executable, "-c", "raise SystemExit(3)"],
+        {},
+        tmp_path / "crasher.log",
+        backoff=Backoff(clock=clock),
+    )
     stack.children.append(child)
     child.start()
     first = child.process
@@ -91,8 +96,9 @@ def test_supervisor_restarts_a_dead_child_after_its_backoff(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_supervisor_restarts_embedded_redis_on_its_port_password_and_data(tmp_path: Path) -> None:
     clock = Clock()
-    stack = Stack(load_settings(env={"LEWIS_STACK_HOME": str(tmp_path)}),
-                  redis_backoff=Backoff(clock=clock))
+    stack = Stack(
+        load_settings(env={"LEWIS_STACK_HOME": str(tmp_path)}), redis_backoff=Backoff(clock=clock)
+    )
     stack.redis = EmbeddedRedis(tmp_path / "redis", password="s3cret").start()
     stack.redis_backoff.started()
     url, port = stack.redis.url, stack.redis.port
@@ -135,18 +141,21 @@ from pathlib import Path
 from lewis_tasks.infra.supervisor import Child
 argv = [sys.executable, "-c",
         "import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        "pathlib.Path({str(tmp_path / 'ready')!r}).touch(); time.sleep(120)"]
-child = Child("io", argv, None, Path({str(tmp_path / 'io.log')!r}))
+        "pathlib.Path({str(tmp_path / "ready")!r}).touch(); time.sleep(120)"]
+child = Child("io", argv, None, Path({str(tmp_path / "io.log")!r}))
 child.start()
 print(child.pid, flush=True)
 time.sleep(120)
 """
-    supervisor = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                                  text=True)
+    supervisor = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         worker = int(supervisor.stdout.readline())  # type: ignore[union-attr]
-        wait_for(lambda: (tmp_path / "ready").exists(), 30, interval=0.05,
-                 what="the worker ignoring SIGTERM")
+        wait_for(
+            lambda: (tmp_path / "ready").exists(),
+            30,
+            interval=0.05,
+            what="the worker ignoring SIGTERM",
+        )
         # When the supervisor is SIGKILLed (no shutdown of its own)
         os.kill(supervisor.pid, signal.SIGKILL)
         supervisor.wait()

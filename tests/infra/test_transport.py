@@ -48,10 +48,14 @@ def _consume_one_unacked(url: str, transport: str | None) -> tuple[kombu.Connect
         producer.Producer().publish({"n": 1}, routing_key="work", declare=[queue])
     conn = kombu.Connection(url, transport=transport)
     received: list[Any] = []
-    broadcast = kombu.Queue("work.broadcast", kombu.Exchange("work.broadcast", "fanout"),
-                            auto_delete=True)
-    kombu.Consumer(conn.default_channel, [queue, broadcast],
-                   callbacks=[lambda body, message: received.append(message)]).consume()
+    broadcast = kombu.Queue(
+        "work.broadcast", kombu.Exchange("work.broadcast", "fanout"), auto_delete=True
+    )
+    kombu.Consumer(
+        conn.default_channel,
+        [queue, broadcast],
+        callbacks=[lambda body, message: received.append(message)],
+    ).consume()
     conn.drain_events(timeout=5)
     assert len(received) == 1
     waiting = False
@@ -78,8 +82,7 @@ def test_kombus_channel_crashes_closing_after_a_lost_broker(server: EmbeddedRedi
         conn.close()
 
 
-def test_our_channel_restores_the_unacked_message_once_redis_is_back(
-        server: EmbeddedRedis) -> None:
+def test_our_channel_restores_the_unacked_message_once_redis_is_back(server: EmbeddedRedis) -> None:
     conn, _ = _consume_one_unacked(server.url, OURS)
     client = redis.Redis.from_url(server.url)
     assert client.hlen("unacked") == 1 and client.llen("work") == 0
@@ -97,7 +100,8 @@ def test_our_channel_restores_the_unacked_message_once_redis_is_back(
 
 
 def test_our_channel_closes_with_a_connection_error_while_redis_is_down(
-        server: EmbeddedRedis) -> None:
+    server: EmbeddedRedis,
+) -> None:
     conn, _ = _consume_one_unacked(server.url, OURS)
     _kill(server)
     conn.collect()
@@ -125,15 +129,19 @@ conn.drain_events(timeout=10)
 
 def _publish(url: str, queue: str, body: dict[str, Any], **options: Any) -> None:
     with kombu.Connection(url) as producer:
-        producer.Producer().publish(body, routing_key=queue, declare=[
-            kombu.Queue(queue, routing_key=queue)], **options)
+        producer.Producer().publish(
+            body, routing_key=queue, declare=[kombu.Queue(queue, routing_key=queue)], **options
+        )
 
 
 def _killed_on_delivery(url: str, transport: str | None) -> redis.Redis:
     """Publish one message to ``work``; a consumer takes it and is killed at once."""
     _publish(url, "work", {"n": 1})
-    done = subprocess.run([sys.executable, "-c", KILLED_ON_DELIVERY, url, transport or ""],
-                          timeout=60, capture_output=True)
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_ON_DELIVERY, url, transport or ""],
+        timeout=60,
+        capture_output=True,
+    )
     assert done.returncode == -9, done.stderr.decode()[-2000:]
     return redis.Redis.from_url(url)
 
@@ -146,7 +154,8 @@ def test_kombus_consumer_killed_after_brpop_loses_the_message(server: EmbeddedRe
 
 
 def test_our_consumer_killed_after_the_take_leaves_the_message_unacked(
-        server: EmbeddedRedis) -> None:
+    server: EmbeddedRedis,
+) -> None:
     client = _killed_on_delivery(server.url, OURS)
     # Then the message is in unacked and its index, as kombu's QoS.append would write it
     assert client.llen("work") == 0
@@ -157,11 +166,13 @@ def test_our_consumer_killed_after_the_take_leaves_the_message_unacked(
     assert (exchange, routing_key) == ("", "work")
     client.close()
     # and a consumer past the visibility timeout gets it again, marked redelivered
-    conn = kombu.Connection(server.url, transport=OURS,
-                            transport_options={"visibility_timeout": 0})
+    conn = kombu.Connection(server.url, transport=OURS, transport_options={"visibility_timeout": 0})
     received: list[Any] = []
-    kombu.Consumer(conn.default_channel, [kombu.Queue("work", routing_key="work")],
-                   callbacks=[lambda body, message: received.append(message)]).consume()
+    kombu.Consumer(
+        conn.default_channel,
+        [kombu.Queue("work", routing_key="work")],
+        callbacks=[lambda body, message: received.append(message)],
+    ).consume()
     while not received:  # the first empty poll runs the restore sweep
         with contextlib.suppress(TimeoutError):
             conn.drain_events(timeout=1)
@@ -169,16 +180,26 @@ def test_our_consumer_killed_after_the_take_leaves_the_message_unacked(
     conn.close()
 
 
-def _consumer(url: str, queues: list[str], received: list[Any], no_ack: bool = False,
-              ack: bool = True, **options: Any) -> kombu.Connection:
+def _consumer(
+    url: str,
+    queues: list[str],
+    received: list[Any],
+    no_ack: bool = False,
+    ack: bool = True,
+    **options: Any,
+) -> kombu.Connection:
     def on_message(body: Any, message: Any) -> None:
         received.append(body)
         if ack and not no_ack:
             message.ack()
 
     conn = kombu.Connection(url, transport=OURS, transport_options=options)
-    kombu.Consumer(conn.default_channel, [kombu.Queue(q, routing_key=q) for q in queues],
-                   callbacks=[on_message], no_ack=no_ack).consume()
+    kombu.Consumer(
+        conn.default_channel,
+        [kombu.Queue(q, routing_key=q) for q in queues],
+        callbacks=[on_message],
+        no_ack=no_ack,
+    ).consume()
     return conn
 
 
@@ -215,7 +236,8 @@ def test_the_take_honours_priorities_and_serves_every_queue(server: EmbeddedRedi
 
 
 def test_an_idle_consumer_waits_in_redis_and_sees_a_message_on_its_second_queue(
-        server: EmbeddedRedis) -> None:
+    server: EmbeddedRedis,
+) -> None:
     received: list[Any] = []
     conn = _consumer(server.url, ["a", "b"], received)
     client = redis.Redis.from_url(server.url)
@@ -255,8 +277,7 @@ def test_closing_restores_a_taken_unacked_message(server: EmbeddedRedis) -> None
     client.close()
 
 
-def test_the_take_survives_a_redis_restart_that_forgot_the_script(
-        server: EmbeddedRedis) -> None:
+def test_the_take_survives_a_redis_restart_that_forgot_the_script(server: EmbeddedRedis) -> None:
     received: list[Any] = []
     conn = _consumer(server.url, ["a"], received)
     _publish(server.url, "a", {"n": 1})
@@ -271,12 +292,15 @@ def test_the_take_survives_a_redis_restart_that_forgot_the_script(
 
 
 def test_a_redis_older_than_6_2_gets_kombus_path_and_one_warning(
-        server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     # (no old redis-server here: the version the server reports is the one thing replaced)
     info = redis.Redis.info
-    monkeypatch.setattr(redis.Redis, "info", lambda self, *a, **k: {
-        **info(self, *a, **k), "redis_version": "6.0.16"})
+    monkeypatch.setattr(
+        redis.Redis,
+        "info",
+        lambda self, *a, **k: {**info(self, *a, **k), "redis_version": "6.0.16"},
+    )
     _publish(server.url, "a", {"n": 1})
     received: list[Any] = []
     with caplog.at_level(logging.WARNING, logger=ours.__name__):
@@ -318,12 +342,15 @@ def test_redis_version_reads_the_numeric_prefix() -> None:
 
 
 def test_a_real_worker_consumes_through_the_take_and_answers_remote_control(
-        celery_worker: Any, celery_app: Any) -> None:
+    celery_worker: Any, celery_app: Any
+) -> None:
     from lewis_tasks.producer import submit
 
     channel = celery_worker.consumer.task_consumer.channel
     assert isinstance(channel, ours.Channel) and channel._takes()
-    assert submit("lewis.control.heartbeat", kwargs={"slot": 31337}).wait(timeout=20)["slot"] == 31337
+    assert (
+        submit("lewis.control.heartbeat", kwargs={"slot": 31337}).wait(timeout=20)["slot"] == 31337
+    )
     # pidbox (fanout) and the reply queue (no ack) on kombu's path: inspect ping answers
     replies = celery_app.control.inspect(destination=[celery_worker.hostname], timeout=5).ping()
     assert replies == {celery_worker.hostname: {"ok": "pong"}}
@@ -331,11 +358,18 @@ def test_a_real_worker_consumes_through_the_take_and_answers_remote_control(
 
 @pytest.mark.parametrize("refused", ["-blmove", "-info"])
 def test_a_server_refusing_the_take_or_its_version_gets_kombus_path(
-        server: EmbeddedRedis, refused: str, caplog: pytest.LogCaptureFixture) -> None:
+    server: EmbeddedRedis, refused: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # Given a Redis user that may not wait with BLMOVE, or not ask the server's version (ACL)
     admin = redis.Redis.from_url(server.url)
-    admin.acl_setuser("worker", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-                      commands=["+@all", refused])
+    admin.acl_setuser(
+        "worker",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", refused],
+    )
     url = server.url.replace("redis://", "redis://worker:pw@")
     _publish(server.url, "a", {"n": 1})
     received: list[Any] = []

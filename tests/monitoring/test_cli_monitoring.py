@@ -18,16 +18,31 @@ from tests.support.procs import wait_for
 from tests.test_cli import lewis
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("LEWIS_MONITORING_METRICS_INTERVAL", "0", "setting monitoring.metrics_interval: must be ≥ 1"),
-    ("LEWIS_MONITORING_RETENTION", "soon", "setting monitoring.retention: expected an integer"),
-    ("LEWIS_MONITORING_REPORT_INTERVAL", "30",
-     "setting monitoring.report_interval: must not exceed monitoring.metrics_interval"),
-    ("LEWIS_MONITORING_MONITOR_PORT", "70000", "setting monitoring.monitor_port: must be ≤ 65535"),
-    ("LEWIS_MONITORING_MAX_LABEL_SETS", "0", "setting monitoring.max_label_sets: must be ≥ 1"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "LEWIS_MONITORING_METRICS_INTERVAL",
+            "0",
+            "setting monitoring.metrics_interval: must be ≥ 1",
+        ),
+        ("LEWIS_MONITORING_RETENTION", "soon", "setting monitoring.retention: expected an integer"),
+        (
+            "LEWIS_MONITORING_REPORT_INTERVAL",
+            "30",
+            "setting monitoring.report_interval: must not exceed monitoring.metrics_interval",
+        ),
+        (
+            "LEWIS_MONITORING_MONITOR_PORT",
+            "70000",
+            "setting monitoring.monitor_port: must be ≤ 65535",
+        ),
+        ("LEWIS_MONITORING_MAX_LABEL_SETS", "0", "setting monitoring.max_label_sets: must be ≥ 1"),
+    ],
+)
 def test_a_bad_monitoring_value_is_one_line_naming_the_key_and_exit_2(
-        tmp_path: Path, name: str, value: str, message: str) -> None:
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
     result = lewis("metrics", env={name: value, "LEWIS_STACK_HOME": str(tmp_path)})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -35,25 +50,39 @@ def test_a_bad_monitoring_value_is_one_line_naming_the_key_and_exit_2(
 
 
 def test_retention_must_hold_two_intervals(tmp_path: Path) -> None:
-    result = lewis("monitor", env={"LEWIS_MONITORING_RETENTION": "60",
-                                   "LEWIS_MONITORING_METRICS_INTERVAL": "40",
-                                   "LEWIS_MONITORING_REPORT_INTERVAL": "1",
-                                   "LEWIS_STACK_HOME": str(tmp_path)})
+    result = lewis(
+        "monitor",
+        env={
+            "LEWIS_MONITORING_RETENTION": "60",
+            "LEWIS_MONITORING_METRICS_INTERVAL": "40",
+            "LEWIS_MONITORING_REPORT_INTERVAL": "1",
+            "LEWIS_STACK_HOME": str(tmp_path),
+        },
+    )
     assert result.returncode == 2 and "monitoring.retention: must hold two" in result.stderr
 
 
-def test_lewis_metrics_lists_names_and_prints_stats(redis_client: redis.Redis, redis_url: str,
-                                                   tmp_path: Path) -> None:
+def test_lewis_metrics_lists_names_and_prints_stats(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
     import time
 
     store = MetricStore(redis_client, 10, 3600, 100)
     batch = MetricBatch()
     now = time.time()
     for v in (0.1, 0.2, 0.3, 0.4):
-        batch.observe(slot_of(now, 10), series_key("celery_task_runtime", {"name": "a"}),
-                      "celery_task_runtime", v)
-    batch.inc(slot_of(now, 10), series_key("celery_task_failed_total", {"name": "a"}),
-              "celery_task_failed_total", 2)
+        batch.observe(
+            slot_of(now, 10),
+            series_key("celery_task_runtime", {"name": "a"}),
+            "celery_task_runtime",
+            v,
+        )
+    batch.inc(
+        slot_of(now, 10),
+        series_key("celery_task_failed_total", {"name": "a"}),
+        "celery_task_failed_total",
+        2,
+    )
     store.write(batch, now=now)
     env = {"LEWIS_BROKER_URL": with_db(redis_url, 0), "LEWIS_STACK_HOME": str(tmp_path)}
     listed = lewis("metrics", env=env)
@@ -72,9 +101,14 @@ def test_lewis_metrics_lists_names_and_prints_stats(redis_client: redis.Redis, r
 
 @pytest.mark.slow
 def test_up_starts_the_monitor_status_shows_it_down_stops_it(tmp_path: Path) -> None:
-    env = {"LEWIS_STACK_HOME": str(tmp_path / "stack"), "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "2",
-           "LEWIS_MONITORING_PING_TIMEOUT": "0.5", "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2",
-           "LEWIS_MONITORING_METRICS_INTERVAL": "1", "LEWIS_MONITORING_REPORT_INTERVAL": "0.5"}
+    env = {
+        "LEWIS_STACK_HOME": str(tmp_path / "stack"),
+        "LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "2",
+        "LEWIS_MONITORING_PING_TIMEOUT": "0.5",
+        "LEWIS_WORKERS_SHUTDOWN_TIMEOUT": "2",
+        "LEWIS_MONITORING_METRICS_INTERVAL": "1",
+        "LEWIS_MONITORING_REPORT_INTERVAL": "0.5",
+    }
     up = lewis("up", "--detach", "--timeout", "90", env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     info: dict[str, Any] = json.loads((tmp_path / "stack" / "stack.json").read_text())
@@ -95,8 +129,14 @@ def test_up_starts_the_monitor_status_shows_it_down_stops_it(tmp_path: Path) -> 
         assert set(report["metrics"]["rates"]) == {"io", "cpu", "control"}
         text = lewis("status", env=env).stdout
         assert f"monitor  {url}" in text and "done/s" in text
-        wait_for(lambda: "celery_worker_up" in urllib.request.urlopen(
-            f"{url}/metrics", timeout=10).read().decode(), 30, what="worker up gauges")
+        wait_for(
+            lambda: (
+                "celery_worker_up"
+                in urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+            ),
+            30,
+            what="worker up gauges",
+        )
     finally:
         down = lewis("down", env=env)
     assert down.returncode == 0

@@ -22,10 +22,18 @@ T0 = 1_800_000_000.0
 
 def report(store: MetricStore, hostname: str, now: float) -> None:
     batch = MetricBatch()
-    batch.gauge(series_key("lewis_worker_last_report_timestamp", {"hostname": hostname}),
-                "lewis_worker_last_report_timestamp", now, now)
-    batch.gauge(series_key("lewis_worker_rss_bytes", {"hostname": hostname}),
-                "lewis_worker_rss_bytes", 1e6, now)
+    batch.gauge(
+        series_key("lewis_worker_last_report_timestamp", {"hostname": hostname}),
+        "lewis_worker_last_report_timestamp",
+        now,
+        now,
+    )
+    batch.gauge(
+        series_key("lewis_worker_rss_bytes", {"hostname": hostname}),
+        "lewis_worker_rss_bytes",
+        1e6,
+        now,
+    )
     store.write(batch, now=now)
 
 
@@ -41,7 +49,8 @@ def gauges(store: MetricStore, metric: str) -> dict[str, float]:
 
 
 def test_a_worker_that_stops_reporting_is_down_within_two_intervals(
-        redis_client: redis.Redis) -> None:
+    redis_client: redis.Redis,
+) -> None:
     store = MetricStore(redis_client, 10, 3600, 100)
     pings = [WorkerPing("a@h", 1.0, ("cpu",)), WorkerPing("b@h", 1.0, ("cpu", "io"))]
     # Given two workers reporting at T0, and only "a" reporting after that
@@ -52,8 +61,13 @@ def test_a_worker_that_stops_reporting_is_down_within_two_intervals(
     for tick in range(1, 4):
         report(store, "a@h", T0 + tick * 10)
         # b still answers pings (a stuck reporter), but its reports stopped
-        snap = collect(None, store, ping_timeout=0.1, now=T0 + tick * 10 + 1,  # type: ignore[arg-type]
-                       pinger=lambda: pings)
+        snap = collect(
+            None,
+            store,
+            ping_timeout=0.1,
+            now=T0 + tick * 10 + 1,  # type: ignore[arg-type]
+            pinger=lambda: pings,
+        )
         if tick >= 2:  # then: down at the second interval without a report, not later
             assert snap["workers"]["b@h"]["up"] is False
     assert snap["workers"]["a@h"]["up"] is True
@@ -76,27 +90,49 @@ def test_queue_length_counts_every_priority_sub_list_and_unacked(redis_client: r
 
 @pytest.mark.slow
 def test_the_beat_collects_every_interval_and_sees_a_queue_fill(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: redis.Redis) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: redis.Redis
+) -> None:
     from lewis_tasks.producer.base import submit_many
 
     for key in worker_redis.scan_iter("lewis:metrics:*"):
         worker_redis.delete(key)
     worker_redis.delete("io")
-    env = stack_env(redis_url, tmp_path, LEWIS_DATABASE_URL=lewis_settings.database.url,
-                    LEWIS_MONITORING_METRICS_INTERVAL="1", LEWIS_MONITORING_REPORT_INTERVAL="0.5")
+    env = stack_env(
+        redis_url,
+        tmp_path,
+        LEWIS_DATABASE_URL=lewis_settings.database.url,
+        LEWIS_MONITORING_METRICS_INTERVAL="1",
+        LEWIS_MONITORING_REPORT_INTERVAL="0.5",
+    )
     store = MetricStore(worker_redis, 1, 3600, 1000)
     # Given a control worker and the beat, and no io worker at all
-    with lewis_process(["worker", "control", "-n", "col-control@%h"], env, tmp_path / "c.log"), \
-         lewis_process(["beat"], env, tmp_path / "beat.log"):
-        wait_for(lambda: (store.snapshot() or {}).get("workers", {}).get(
-            next(iter([h for h in (store.snapshot() or {}).get("workers", {})] or ["-"])),
-            {}).get("up") is True, 60, what="a first snapshot with the control worker up")
+    with (
+        lewis_process(["worker", "control", "-n", "col-control@%h"], env, tmp_path / "c.log"),
+        lewis_process(["beat"], env, tmp_path / "beat.log"),
+    ):
+        wait_for(
+            lambda: (
+                (store.snapshot() or {})
+                .get("workers", {})
+                .get(
+                    next(iter([h for h in (store.snapshot() or {}).get("workers", {})] or ["-"])),
+                    {},
+                )
+                .get("up")
+                is True
+            ),
+            60,
+            what="a first snapshot with the control worker up",
+        )
         # When 1,000 tasks are pushed to the io queue
         submit_many("lewis.bench.io_noop", [((), {})] * 1000)
         pushed = time.time()
         # Then a later snapshot shows them all waiting
-        wait_for(lambda: (store.snapshot() or {}).get("queues", {}).get("io", {}).get("ready")
-                 == 1000, 30, what="io depth 1000 in the snapshot")
+        wait_for(
+            lambda: (store.snapshot() or {}).get("queues", {}).get("io", {}).get("ready") == 1000,
+            30,
+            what="io depth 1000 in the snapshot",
+        )
         snap = store.snapshot() or {}
         assert snap["ts"] >= pushed - 1
         assert snap["queues"]["io"]["workers"] == []
@@ -105,16 +141,23 @@ def test_the_beat_collects_every_interval_and_sees_a_queue_fill(
 
 
 def test_the_collector_skips_a_tick_with_one_log_line_when_redis_is_down(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from lewis_tasks.infra import config
     from lewis_tasks.infra.redis_client import reset_clients
     from lewis_tasks.infra.redis_server import free_port
     from lewis_tasks.tasks.control import collect_metrics
 
     previous = config.get_settings()
-    config.set_settings(config.load_settings(env={
-        "LEWIS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
-        "LEWIS_BROKER_CONNECT_TIMEOUT": "0.2", "LEWIS_STACK_HOME": str(tmp_path)}))
+    config.set_settings(
+        config.load_settings(
+            env={
+                "LEWIS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+                "LEWIS_BROKER_CONNECT_TIMEOUT": "0.2",
+                "LEWIS_STACK_HOME": str(tmp_path),
+            }
+        )
+    )
     reset_clients()
     try:
         with caplog.at_level("WARNING", logger="lewis_tasks.tasks.control"):

@@ -46,14 +46,18 @@ def test_stalled_websocket_clients_never_hold_up_a_live_one(redis_client: redis.
             # Given ten clients that open a WebSocket and then never read a byte
             for _ in range(10):
                 sock = socket.create_connection(("127.0.0.1", port))
-                sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                             b"Sec-WebSocket-Version: 13\r\n\r\n")
+                sock.sendall(
+                    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n\r\n"
+                )
                 stalled.append(sock)
             # When a live client connects
             frames = 0
-            async with ClientSession() as session, \
-                    session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+            async with (
+                ClientSession() as session,
+                session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws,
+            ):
                 for _ in range(3):  # then it gets a frame every second regardless
                     msg = await asyncio.wait_for(ws.receive(), 10)
                     frame = json.loads(msg.data)
@@ -72,12 +76,14 @@ def test_stalled_websocket_clients_never_hold_up_a_live_one(redis_client: redis.
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                    reason="Debian's chromium and chromium-driver are not installed "
-                           "(scripts/ci-deps installs them)")
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="Debian's chromium and chromium-driver are not installed "
+    "(scripts/ci-deps installs them)",
+)
 def test_the_page_shows_tasks_and_workers_change_live(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any,
-        worker_redis: redis.Redis) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any, worker_redis: redis.Redis
+) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -86,21 +92,39 @@ def test_the_page_shows_tasks_and_workers_change_live(
 
     for key in worker_redis.scan_iter("lewis:metrics:*"):
         worker_redis.delete(key)
-    env = stack_env(redis_url, tmp_path, LEWIS_DATABASE_URL=lewis_settings.database.url,
-                    LEWIS_MONITORING_METRICS_INTERVAL="1", LEWIS_MONITORING_REPORT_INTERVAL="0.5")
+    env = stack_env(
+        redis_url,
+        tmp_path,
+        LEWIS_DATABASE_URL=lewis_settings.database.url,
+        LEWIS_MONITORING_METRICS_INTERVAL="1",
+        LEWIS_MONITORING_REPORT_INTERVAL="0.5",
+    )
     port = free_port()
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM  # type: ignore[assignment]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chrome'}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
         options.add_argument(arg)
     # Given a cpu worker, the control worker and beat (collection), and the monitor
-    with lewis_process(["worker", "cpu", "-c", "2", "-n", "dash-cpu@%h"], env, tmp_path / "cpu.log"), \
-         lewis_process(["worker", "control", "-n", "dash-control@%h"], env, tmp_path / "c.log"), \
-         lewis_process(["beat"], env, tmp_path / "beat.log"), \
-         lewis_process(["monitor", "--port", str(port)], env, tmp_path / "monitor.log"):
-        wait_for(lambda: {n.split("@")[0] for n in worker_names(celery_app)}
-                 >= {"dash-cpu", "dash-control"}, 60, what="workers")
+    with (
+        lewis_process(["worker", "cpu", "-c", "2", "-n", "dash-cpu@%h"], env, tmp_path / "cpu.log"),
+        lewis_process(["worker", "control", "-n", "dash-control@%h"], env, tmp_path / "c.log"),
+        lewis_process(["beat"], env, tmp_path / "beat.log"),
+        lewis_process(["monitor", "--port", str(port)], env, tmp_path / "monitor.log"),
+    ):
+        wait_for(
+            lambda: (
+                {n.split("@")[0] for n in worker_names(celery_app)} >= {"dash-cpu", "dash-control"}
+            ),
+            60,
+            what="workers",
+        )
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # type: ignore[arg-type]
         try:
             driver.get(f"http://127.0.0.1:{port}/")
@@ -113,15 +137,21 @@ def test_the_page_shows_tasks_and_workers_change_live(
                 return int(value) if value.isdigit() else -1
 
             wait_for(lambda: text("state") == "live", 30, what="the page's live state")
-            wait_for(lambda: "dash-cpu" in text("workers") and "up" in text("workers"), 30,
-                     what="the cpu worker listed as up")
+            wait_for(
+                lambda: "dash-cpu" in text("workers") and "up" in text("workers"),
+                30,
+                what="the cpu worker listed as up",
+            )
             before = number("total-succeeded")
             assert before >= 0
             # When 300 tasks run
             wait_all(submit_many("lewis.bench.noop", [((), {})] * 300), timeout=120)
             # Then the page's numbers follow without a reload
-            wait_for(lambda: number("total-succeeded") >= before + 300, 30,
-                     what="succeeded +300 on the page")
+            wait_for(
+                lambda: number("total-succeeded") >= before + 300,
+                30,
+                what="succeeded +300 on the page",
+            )
             wait_for(lambda: "lewis.bench.noop" in text("tasks"), 30, what="the task table")
             assert number("q-cpu-ready") >= 0
             shot = Path(os.environ.get("DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))

@@ -12,8 +12,9 @@ T0 = 1_700_000_000.0
 
 
 def store(client: redis.Redis, **kw: float) -> MetricStore:
-    return MetricStore(client, kw.get("interval", 10), kw.get("retention", 3600),
-                       int(kw.get("cap", 50)))
+    return MetricStore(
+        client, kw.get("interval", 10), kw.get("retention", 3600), int(kw.get("cap", 50))
+    )
 
 
 def test_stats_come_from_redis_for_any_client(redis_client: redis.Redis, redis_url: str) -> None:
@@ -24,8 +25,9 @@ def test_stats_come_from_redis_for_any_client(redis_client: redis.Redis, redis_u
         batch = MetricBatch()
         for i, v in enumerate(values):
             slot = slot_of(T0 + i * 10, 10)
-            batch.observe(slot, series_key("celery_task_runtime", {"name": "t"}),
-                          "celery_task_runtime", v)
+            batch.observe(
+                slot, series_key("celery_task_runtime", {"name": "t"}), "celery_task_runtime", v
+            )
             exact.record_seconds(v)
         writer.write(batch, now=T0)
     # When a third client asks for the last five minutes
@@ -39,7 +41,8 @@ def test_stats_come_from_redis_for_any_client(redis_client: redis.Redis, redis_u
 
 
 def test_counter_stats_are_per_slot_increases_and_totals_are_monotonic(
-        redis_client: redis.Redis) -> None:
+    redis_client: redis.Redis,
+) -> None:
     s = store(redis_client)
     series = series_key("celery_task_succeeded_total", {"name": "t", "hostname": "w"})
     for i in range(6):
@@ -78,12 +81,23 @@ def test_key_count_stays_flat_over_many_intervals(redis_client: redis.Redis) -> 
         now = T0 + i * 10
         batch = MetricBatch()
         slot = slot_of(now, 10)
-        batch.inc(slot, series_key("celery_task_received_total", {"name": f"t{i % 3}"}),
-                  "celery_task_received_total")
-        batch.observe(slot, series_key("celery_task_runtime", {"name": "t"}),
-                      "celery_task_runtime", 0.001 * (i % 50))
-        batch.gauge(series_key("lewis_worker_rss_bytes", {"hostname": f"w{i % 4}"}),
-                  "lewis_worker_rss_bytes", i, now)
+        batch.inc(
+            slot,
+            series_key("celery_task_received_total", {"name": f"t{i % 3}"}),
+            "celery_task_received_total",
+        )
+        batch.observe(
+            slot,
+            series_key("celery_task_runtime", {"name": "t"}),
+            "celery_task_runtime",
+            0.001 * (i % 50),
+        )
+        batch.gauge(
+            series_key("lewis_worker_rss_bytes", {"hostname": f"w{i % 4}"}),
+            "lewis_worker_rss_bytes",
+            i,
+            now,
+        )
         s.write(batch, now=now)
         s.prune(now)
         counts.append(s.key_count())
@@ -93,8 +107,9 @@ def test_key_count_stays_flat_over_many_intervals(redis_client: redis.Redis) -> 
     assert redis_client.zcard("lewis:metrics:slots") <= 60 / 10 + 1
 
 
-def test_get_metric_stats_reads_the_process_settings_store(lewis_settings: object,
-                                                          worker_redis: redis.Redis) -> None:
+def test_get_metric_stats_reads_the_process_settings_store(
+    lewis_settings: object, worker_redis: redis.Redis
+) -> None:
     import time
 
     from lewis_tasks.infra.metrics_store import get_metric_stats, store_from_settings
@@ -105,9 +120,12 @@ def test_get_metric_stats_reads_the_process_settings_store(lewis_settings: objec
     batch = MetricBatch()
     now = time.time()
     for v in (0.5, 1.5):
-        batch.observe(slot_of(now, store.interval),
-                      series_key("celery_task_queue_wait_time", {"name": "x"}),
-                      "celery_task_queue_wait_time", v)
+        batch.observe(
+            slot_of(now, store.interval),
+            series_key("celery_task_queue_wait_time", {"name": "x"}),
+            "celery_task_queue_wait_time",
+            v,
+        )
     store.write(batch, now=now)
     stats = get_metric_stats("celery_task_queue_wait_time", "5m")
     assert (stats.count, stats.min, stats.max, stats.avg) == (2, 0.5, 1.5, 1.0)

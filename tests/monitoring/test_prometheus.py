@@ -26,11 +26,14 @@ from tests.support.procs import lewis_process, wait_for
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 needs_prometheus = pytest.mark.skipif(
     PROMETHEUS is None or PROMTOOL is None,
-    reason="Debian's prometheus package is not installed (scripts/ci-deps installs it)")
+    reason="Debian's prometheus package is not installed (scripts/ci-deps installs it)",
+)
 
 
-EXPORTER_LINT = ('celery_active_worker_count non-histogram and non-summary metrics should not '
-                 'have "_count" suffix')
+EXPORTER_LINT = (
+    "celery_active_worker_count non-histogram and non-summary metrics should not "
+    'have "_count" suffix'
+)
 
 
 def seed(client: redis.Redis) -> None:
@@ -38,20 +41,37 @@ def seed(client: redis.Redis) -> None:
     store = MetricStore(client, 1, 3600, 100)
     batch = MetricBatch()
     for host, n in (("w1@h", 3), ("w2@h", 2)):
-        s = series_key("celery_task_succeeded_total", {"name": "t", "hostname": host, "queue": "cpu"})
+        s = series_key(
+            "celery_task_succeeded_total", {"name": "t", "hostname": host, "queue": "cpu"}
+        )
         batch.inc(1, s, "celery_task_succeeded_total", n)
         for i in range(n):
-            batch.observe(1, series_key("celery_task_runtime", {"name": "t", "hostname": host}),
-                          "celery_task_runtime", 0.01 * (i + 1))
-        batch.gauge(series_key("lewis_worker_last_report_timestamp", {"hostname": host}),
-                    "lewis_worker_last_report_timestamp", 1.0, 9e9)
-    batch.inc(1, series_key("celery_task_failed_total", {"name": "t", "hostname": "w1@h",
-                                                         "queue": "cpu"}),
-              "celery_task_failed_total", 1)
+            batch.observe(
+                1,
+                series_key("celery_task_runtime", {"name": "t", "hostname": host}),
+                "celery_task_runtime",
+                0.01 * (i + 1),
+            )
+        batch.gauge(
+            series_key("lewis_worker_last_report_timestamp", {"hostname": host}),
+            "lewis_worker_last_report_timestamp",
+            1.0,
+            9e9,
+        )
+    batch.inc(
+        1,
+        series_key("celery_task_failed_total", {"name": "t", "hostname": "w1@h", "queue": "cpu"}),
+        "celery_task_failed_total",
+        1,
+    )
     store.write(batch)
     client.lpush("cpu", *["m"] * 7)
-    collect(None, store, ping_timeout=0.1,  # type: ignore[arg-type]
-            pinger=lambda: [WorkerPing("w1@h", 1.0, ("cpu",)), WorkerPing("w2@h", 1.0, ("cpu",))])
+    collect(
+        None,
+        store,
+        ping_timeout=0.1,  # type: ignore[arg-type]
+        pinger=lambda: [WorkerPing("w1@h", 1.0, ("cpu",)), WorkerPing("w2@h", 1.0, ("cpu",))],
+    )
 
 
 def get(url: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -73,8 +93,12 @@ def monitor(tmp_path: Path, redis_url: str, worker_redis: redis.Redis) -> Iterat
     worker_redis.delete("cpu")
     seed(worker_redis)
     port = free_port()
-    env = stack_env(redis_url, tmp_path, LEWIS_MONITORING_METRICS_INTERVAL="1",
-                    LEWIS_MONITORING_REPORT_INTERVAL="0.5")
+    env = stack_env(
+        redis_url,
+        tmp_path,
+        LEWIS_MONITORING_METRICS_INTERVAL="1",
+        LEWIS_MONITORING_REPORT_INTERVAL="0.5",
+    )
     with lewis_process(["monitor", "--port", str(port)], env, tmp_path / "monitor.log"):
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _up(url), 30, what="lewis monitor")
@@ -106,18 +130,28 @@ def test_metrics_use_celery_exporter_names(monitor: str) -> None:
 @needs_prometheus
 def test_promtool_accepts_the_output(monitor: str) -> None:
     _, text = get(f"{monitor}/metrics")
-    check = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(),  # type: ignore[list-item]
-                           capture_output=True, timeout=30)
+    check = subprocess.run(
+        [PROMTOOL, "check", "metrics"],
+        input=text.encode(),  # type: ignore[list-item]
+        capture_output=True,
+        timeout=30,
+    )
     problems = [line for line in (check.stdout + check.stderr).decode().splitlines() if line]
     # celery-exporter's own name breaks one naming lint (a gauge ending in _count); we keep
     # the name so its dashboards work, and accept exactly that lint and nothing else
     allowed = {EXPORTER_LINT}
     assert set(problems) <= allowed, problems
     assert "error while linting" not in " ".join(problems)
-    without = "\n".join(line for line in text.splitlines()
-                        if "celery_active_worker_count" not in line) + "\n"
-    clean = subprocess.run([PROMTOOL, "check", "metrics"], input=without.encode(),  # type: ignore[list-item]
-                           capture_output=True, timeout=30)
+    without = (
+        "\n".join(line for line in text.splitlines() if "celery_active_worker_count" not in line)
+        + "\n"
+    )
+    clean = subprocess.run(
+        [PROMTOOL, "check", "metrics"],
+        input=without.encode(),  # type: ignore[list-item]
+        capture_output=True,
+        timeout=30,
+    )
     assert clean.returncode == 0, clean.stdout.decode() + clean.stderr.decode()
 
 
@@ -129,14 +163,22 @@ def test_a_real_prometheus_scrapes_it_and_answers_queries(monitor: str, tmp_path
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: lewis\n    static_configs:\n"
-        f"      - targets: ['{target}']\n")
+        f"      - targets: ['{target}']\n"
+    )
     with open(tmp_path / "prometheus.log", "wb") as log:
-        proc = subprocess.Popen([PROMETHEUS, f"--config.file={config}",  # type: ignore[list-item]
-                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={config}",  # type: ignore[list-item]
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
+
         def query(expr: str) -> list[Any]:
             try:
                 _, body = get(f"{api}/query?query={urllib.parse.quote(expr)}", 3)
@@ -144,8 +186,11 @@ def test_a_real_prometheus_scrapes_it_and_answers_queries(monitor: str, tmp_path
                 return []
             return json.loads(body)["data"]["result"]
 
-        wait_for(lambda: query('up{job="lewis"}') and query('up{job="lewis"}')[0]["value"][1] == "1",
-                 60, what="Prometheus scraping lewis monitor")
+        wait_for(
+            lambda: query('up{job="lewis"}') and query('up{job="lewis"}')[0]["value"][1] == "1",
+            60,
+            what="Prometheus scraping lewis monitor",
+        )
         wait_for(lambda: bool(query("celery_queue_length")), 30, what="a scraped queue length")
         assert float(query('celery_queue_length{queue_name="cpu"}')[0]["value"][1]) == 7
         succeeded = query('sum(celery_task_succeeded_total{name="t"})')
@@ -165,9 +210,13 @@ def test_metrics_answer_last_values_and_stale_when_redis_is_down(tmp_path: Path)
     server.start()
     seed(redis.Redis.from_url(server.url))
     port = free_port()
-    env = {"LEWIS_BROKER_URL": server.url, "LEWIS_STACK_HOME": str(tmp_path),
-           "LEWIS_MONITORING_METRICS_INTERVAL": "1", "LEWIS_MONITORING_REPORT_INTERVAL": "0.5",
-           "LEWIS_BROKER_CONNECT_TIMEOUT": "0.5"}
+    env = {
+        "LEWIS_BROKER_URL": server.url,
+        "LEWIS_STACK_HOME": str(tmp_path),
+        "LEWIS_MONITORING_METRICS_INTERVAL": "1",
+        "LEWIS_MONITORING_REPORT_INTERVAL": "0.5",
+        "LEWIS_BROKER_CONNECT_TIMEOUT": "0.5",
+    }
     try:
         with lewis_process(["monitor", "--port", str(port)], env, tmp_path / "monitor.log"):
             url = f"http://127.0.0.1:{port}"
@@ -175,8 +224,11 @@ def test_metrics_answer_last_values_and_stale_when_redis_is_down(tmp_path: Path)
             _, text = get(f"{url}/metrics")
             assert sample(text, "lewis_metrics_stale ") == 0
             server.stop()
-            wait_for(lambda: "lewis_metrics_stale 1.0" in get(f"{url}/metrics", 10)[1], 30,
-                     what="a stale answer")
+            wait_for(
+                lambda: "lewis_metrics_stale 1.0" in get(f"{url}/metrics", 10)[1],
+                30,
+                what="a stale answer",
+            )
             status, text = get(f"{url}/metrics", 10)
             assert status == 200
             assert sample(text, 'celery_queue_length{queue_name="cpu"}') == 7

@@ -30,8 +30,9 @@ def test_counts_survive_a_redis_outage_and_are_written_once_it_returns(tmp_path:
     server = EmbeddedRedis(data_dir=tmp_path, appendonly=True).start()  # keeps data over restart
     client = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=0.5)
     store = MetricStore(client, 1, 60, 100)
-    reporter = MetricsReporter(lambda: store, "w@test", interval=1, report_interval=0.2,
-                               retention=60)
+    reporter = MetricsReporter(
+        lambda: store, "w@test", interval=1, report_interval=0.2, retention=60
+    )
     try:
         for _ in range(3):
             reporter.task_started("a", "t", "cpu", None)
@@ -58,7 +59,8 @@ def test_counts_survive_a_redis_outage_and_are_written_once_it_returns(tmp_path:
 
 
 def test_a_revoked_task_is_counted_from_the_context_celery_sends(
-        tmp_path: Path, redis_url: str, lewis_settings: Any, celery_app: Any) -> None:
+    tmp_path: Path, redis_url: str, lewis_settings: Any, celery_app: Any
+) -> None:
     from celery import signals
     from celery.app.task import Context
 
@@ -71,23 +73,31 @@ def test_a_revoked_task_is_counted_from_the_context_celery_sends(
     mine = module.install("revoke@test", system=False, start=False)
     try:
         # When Celery's worker reports a revoked request (sender: the task; request: its Context)
-        context = Context({"id": "r1", "task": "lewis.bench.noop",
-                           "delivery_info": {"routing_key": "cpu"}})
-        signals.task_revoked.send(sender=celery_app.tasks["lewis.bench.noop"], request=context,
-                                  terminated=False, signum=None, expired=False)
+        context = Context(
+            {"id": "r1", "task": "lewis.bench.noop", "delivery_info": {"routing_key": "cpu"}}
+        )
+        signals.task_revoked.send(
+            sender=celery_app.tasks["lewis.bench.noop"],
+            request=context,
+            terminated=False,
+            signum=None,
+            expired=False,
+        )
         # Then it is counted under the task's name and queue
         assert mine.flush()
         for by, counted in (("name", "lewis.bench.noop"), ("queue", "cpu")):
             after = totals_by(store, "celery_task_revoked_total", by)
-            grown = {k: v - before[by].get(k, 0) for k, v in after.items()
-                     if v != before[by].get(k, 0)}
+            grown = {
+                k: v - before[by].get(k, 0) for k, v in after.items() if v != before[by].get(k, 0)
+            }
             assert grown == {counted: 1}
     finally:
         module.uninstall()
 
 
 def test_a_refused_request_counts_as_rejected_not_failed(
-        lewis_settings: Any, celery_app: Any) -> None:
+    lewis_settings: Any, celery_app: Any
+) -> None:
     from celery import signals
 
     from lewis_tasks.errors import InvalidInput, OutOfScope
@@ -98,16 +108,27 @@ def test_a_refused_request_counts_as_rejected_not_failed(
     store = MetricStore(redis.Redis.from_url(lewis_settings.broker.url), 1, 3600, 1000)
 
     def counts() -> tuple[float, float]:
-        return (totals_by(store, "celery_task_rejected_total", "name").get(task.name, 0),
-                totals_by(store, "celery_task_failed_total", "name").get(task.name, 0))
+        return (
+            totals_by(store, "celery_task_rejected_total", "name").get(task.name, 0),
+            totals_by(store, "celery_task_failed_total", "name").get(task.name, 0),
+        )
 
     before = counts()
     try:
         # When one run is refused (out of scope) and another fails for a reason of ours
-        for task_id, error in (("a", OutOfScope("10.0.0.1 is out of scope")),
-                               ("b", RuntimeError("bug"))):
-            signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=(),
-                                      kwargs={}, retval=error, state="FAILURE")
+        for task_id, error in (
+            ("a", OutOfScope("10.0.0.1 is out of scope")),
+            ("b", RuntimeError("bug")),
+        ):
+            signals.task_postrun.send(
+                sender=task,
+                task_id=task_id,
+                task=task,
+                args=(),
+                kwargs={},
+                retval=error,
+                state="FAILURE",
+            )
         assert mine.flush()
         # Then the refusal is a rejection and only the bug a failure (error-rate alerts)
         after = counts()
@@ -119,19 +140,29 @@ def test_a_refused_request_counts_as_rejected_not_failed(
 
 @pytest.mark.slow
 def test_real_workers_report_every_task_in_a_few_batched_writes(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any,
-        worker_redis: redis.Redis) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any, worker_redis: redis.Redis
+) -> None:
     from lewis_tasks.producer.base import submit_many, wait_all
 
     for key in worker_redis.scan_iter("lewis:metrics:*"):
         worker_redis.delete(key)
-    env = stack_env(redis_url, tmp_path, LEWIS_DATABASE_URL=lewis_settings.database.url,
-                    LEWIS_MONITORING_METRICS_INTERVAL="1", LEWIS_MONITORING_REPORT_INTERVAL="0.5")
+    env = stack_env(
+        redis_url,
+        tmp_path,
+        LEWIS_DATABASE_URL=lewis_settings.database.url,
+        LEWIS_MONITORING_METRICS_INTERVAL="1",
+        LEWIS_MONITORING_REPORT_INTERVAL="0.5",
+    )
     # Given a prefork cpu worker with two children and a threads io worker
-    with lewis_process(["worker", "cpu", "-c", "2", "-n", "rep-cpu@%h"], env, tmp_path / "cpu.log"), \
-         lewis_process(["worker", "io", "-c", "4", "-n", "rep-io@%h"], env, tmp_path / "io.log"):
-        wait_for(lambda: {n.split("@")[0] for n in worker_names(celery_app)} >= {"rep-cpu", "rep-io"},
-                 60, what="both workers")
+    with (
+        lewis_process(["worker", "cpu", "-c", "2", "-n", "rep-cpu@%h"], env, tmp_path / "cpu.log"),
+        lewis_process(["worker", "io", "-c", "4", "-n", "rep-io@%h"], env, tmp_path / "io.log"),
+    ):
+        wait_for(
+            lambda: {n.split("@")[0] for n in worker_names(celery_app)} >= {"rep-cpu", "rep-io"},
+            60,
+            what="both workers",
+        )
         worker_redis.config_resetstat()
         # When 300 no-ops run on each queue
         handles = submit_many("lewis.bench.noop", [((), {})] * 300)
@@ -139,16 +170,32 @@ def test_real_workers_report_every_task_in_a_few_batched_writes(
         wait_all(handles, timeout=120)
         store = MetricStore(worker_redis, 1, 3600, 1000)
         # Then every start and success is counted per queue and worker, in the store
-        wait_for(lambda: totals_by(store, "celery_task_succeeded_total", "queue")
-                 == {"cpu": 300, "io": 300}, 30, what="succeeded counts")
+        wait_for(
+            lambda: (
+                totals_by(store, "celery_task_succeeded_total", "queue") == {"cpu": 300, "io": 300}
+            ),
+            30,
+            what="succeeded counts",
+        )
         assert totals_by(store, "celery_task_started_total", "queue") == {"cpu": 300, "io": 300}
         # (a prefork worker counts receipts in its main process, which flushes on its own timer)
-        wait_for(lambda: sorted(totals_by(store, "celery_task_received_total",
-                                          "hostname").values()) == [300, 300], 20,
-                 what="received counts per worker")
+        wait_for(
+            lambda: (
+                sorted(totals_by(store, "celery_task_received_total", "hostname").values())
+                == [300, 300]
+            ),
+            20,
+            what="received counts per worker",
+        )
         # the producer (this process) counted what it sent, on its own timer
-        wait_for(lambda: totals_by(store, "celery_task_sent_total", "name")
-                 == {"lewis.bench.noop": 300, "lewis.bench.io_noop": 300}, 20, what="sent")
+        wait_for(
+            lambda: (
+                totals_by(store, "celery_task_sent_total", "name")
+                == {"lewis.bench.noop": 300, "lewis.bench.io_noop": 300}
+            ),
+            20,
+            what="sent",
+        )
         runtime = store.stats("celery_task_runtime", "10m")
         wait = store.stats("celery_task_queue_wait_time", "10m")
         assert runtime.count == 600 and wait.count == 600 and 0 < wait.p50 < 60
@@ -157,12 +204,25 @@ def test_real_workers_report_every_task_in_a_few_batched_writes(
         calls = worker_redis.info("commandstats").get("cmdstat_hincrbyfloat", {}).get("calls", 0)
         assert 0 < calls < 1200, calls
         # and the main processes sampled themselves and their pool children
-        wait_for(lambda: len({parse_series(s)[1]["hostname"] for s in store.latest()
-                              if parse_series(s)[0] == "lewis_worker_rss_bytes"}) == 2,
-                 20, what="worker gauges")
-        procs = {parse_series(s)[1]["hostname"].split("@")[0]: v
-                 for s, (v, _) in store.latest().items()
-                 if parse_series(s)[0] == "lewis_worker_processes"}
+        wait_for(
+            lambda: (
+                len(
+                    {
+                        parse_series(s)[1]["hostname"]
+                        for s in store.latest()
+                        if parse_series(s)[0] == "lewis_worker_rss_bytes"
+                    }
+                )
+                == 2
+            ),
+            20,
+            what="worker gauges",
+        )
+        procs = {
+            parse_series(s)[1]["hostname"].split("@")[0]: v
+            for s, (v, _) in store.latest().items()
+            if parse_series(s)[0] == "lewis_worker_processes"
+        }
         assert procs["rep-cpu"] >= 3 and procs["rep-io"] >= 1
 
 
@@ -172,8 +232,11 @@ def test_reporting_off_installs_no_reporter(tmp_path: Path) -> None:
     from lewis_tasks.infra import config, reporter
 
     previous = config.get_settings()
-    config.set_settings(config.load_settings(env={"LEWIS_MONITORING_REPORTING": "false",
-                                                  "LEWIS_STACK_HOME": str(tmp_path)}))
+    config.set_settings(
+        config.load_settings(
+            env={"LEWIS_MONITORING_REPORTING": "false", "LEWIS_STACK_HOME": str(tmp_path)}
+        )
+    )
     try:
         reporter.uninstall()
         reporter.start_worker_reporter(SimpleNamespace(hostname="off@h"))

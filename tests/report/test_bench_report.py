@@ -26,13 +26,33 @@ def _runs() -> list[dict]:
         when = START + timedelta(days=day)
         forms = (when.isoformat(), when.timestamp(), when, when.strftime("%Y-%m-%dT%H:%M:%SZ"))
         for queue, base in (("io", 1000.0), ("cpu", 700.0)):
-            runs.append({"created_at": forms[day], "suite": "cluster", "name": "roundtrip",
-                         "queue": queue, "machine": machine, "versions": versions,
-                         "metrics": {"throughput_per_s": base + 100 * day, "p50_ms": 2.0 + day / 10,
-                                     "p99_ms": 4.5, "tasks": 20000}})
-    runs.append({"created_at": START.isoformat(), "suite": "stack", "name": "scan", "queue": "io",
-                 "machine": machine, "versions": versions,
-                 "metrics": {"ports_per_s": 21345.0, "p99_ms": 9.0}})
+            runs.append(
+                {
+                    "created_at": forms[day],
+                    "suite": "cluster",
+                    "name": "roundtrip",
+                    "queue": queue,
+                    "machine": machine,
+                    "versions": versions,
+                    "metrics": {
+                        "throughput_per_s": base + 100 * day,
+                        "p50_ms": 2.0 + day / 10,
+                        "p99_ms": 4.5,
+                        "tasks": 20000,
+                    },
+                }
+            )
+    runs.append(
+        {
+            "created_at": START.isoformat(),
+            "suite": "stack",
+            "name": "scan",
+            "queue": "io",
+            "machine": machine,
+            "versions": versions,
+            "metrics": {"ports_per_s": 21345.0, "p99_ms": 9.0},
+        }
+    )
     return runs
 
 
@@ -43,8 +63,11 @@ def test_report_files_exist_and_html_is_self_contained(tmp_path: Path) -> None:
 
     assert (written.runs, written.series) == (9, 3)
     page = html_path.read_text("utf-8")
-    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|<link\b|<script\b|@import|url\(",
-                         page, flags=re.IGNORECASE)
+    assert not re.search(
+        r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|<link\b|<script\b|@import|url\(",
+        page,
+        flags=re.IGNORECASE,
+    )
     sources = re.findall(r'src="([^"]+)"', page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     embedded = base64.b64decode(sources[0].split(",", 1)[1])
@@ -76,8 +99,15 @@ def test_png_is_a_valid_image(tmp_path: Path) -> None:
 
 
 def test_text_from_storage_is_escaped(tmp_path: Path) -> None:
-    runs = [{"created_at": START.isoformat(), "suite": "s", "name": "<script>alert(1)</script>",
-             "queue": "io", "metrics": {"throughput_per_s": 1.0}}]
+    runs = [
+        {
+            "created_at": START.isoformat(),
+            "suite": "s",
+            "name": "<script>alert(1)</script>",
+            "queue": "io",
+            "metrics": {"throughput_per_s": 1.0},
+        }
+    ]
     html_path = tmp_path / "r.html"
     render_report(runs, html_path, tmp_path / "r.png")
     page = html_path.read_text("utf-8")
@@ -103,7 +133,10 @@ def test_a_single_run_renders(tmp_path: Path) -> None:
     [
         ({"created_at": "yesterday", "metrics": {}}, "run 0: created_at 'yesterday'"),
         ({"created_at": None, "metrics": {}}, "run 0: created_at None"),
-        ({"created_at": START.isoformat(), "metrics": [1, 2]}, "run 0: 'metrics' must be a mapping"),
+        (
+            {"created_at": START.isoformat(), "metrics": [1, 2]},
+            "run 0: 'metrics' must be a mapping",
+        ),
         ("not a run", "run 0: expected a mapping"),
     ],
 )
@@ -119,11 +152,15 @@ def test_missing_directory_is_refused(tmp_path: Path) -> None:
 
 
 def _run(day: int, rate: float, **params: object) -> dict:
-    return {"created_at": (START + timedelta(days=day)).isoformat(), "suite": "cluster",
-            "name": "noop", "queue": "io", "machine": {"cpu_model": "Test CPU", "cores_logical": 2},
-            "metrics": {"throughput_per_s": rate, "p50_ms": 1.5, "enqueue_tasks_per_sec": 900.0},
-            "settings": {"run": {"tasks": 2000, "samples": 200, **params}}}
-
+    return {
+        "created_at": (START + timedelta(days=day)).isoformat(),
+        "suite": "cluster",
+        "name": "noop",
+        "queue": "io",
+        "machine": {"cpu_model": "Test CPU", "cores_logical": 2},
+        "metrics": {"throughput_per_s": rate, "p50_ms": 1.5, "enqueue_tasks_per_sec": 900.0},
+        "settings": {"run": {"tasks": 2000, "samples": 200, **params}},
+    }
 
 
 def test_rates_of_different_things_get_a_panel_each(tmp_path: Path) -> None:
@@ -149,7 +186,9 @@ def test_the_change_compares_only_runs_with_the_same_parameters(tmp_path: Path) 
     assert "<th>p50 (ms)</th>" in page and 'enqueue (tasks/s): <span class="v">900.0</span>' in page
 
 
-def test_a_change_within_the_measured_noise_is_greyed_and_one_beyond_it_is_not(tmp_path: Path) -> None:
+def test_a_change_within_the_measured_noise_is_greyed_and_one_beyond_it_is_not(
+    tmp_path: Path,
+) -> None:
     # Given comparable runs whose rates spread ±~10 %
     history = [_run(d, rate) for d, rate in enumerate((1000.0, 1200.0, 1000.0, 1200.0))]
     render_report([*history, _run(9, 1260.0)], tmp_path / "a.html", tmp_path / "a.png")
@@ -160,7 +199,9 @@ def test_a_change_within_the_measured_noise_is_greyed_and_one_beyond_it_is_not(t
     assert 'class="num up" title="beyond the measured noise (±10%)">+50.0%<' in beyond
     # with fewer than three comparable runs the noise is the default 15 %
     render_report([_run(0, 1000.0), _run(1, 880.0)], tmp_path / "c.html", tmp_path / "c.png")
-    assert 'class="num down" title="beyond the measured noise (±15%)">-12.0%<' not in \
-        (tmp_path / "c.html").read_text("utf-8")
-    assert 'class="num noise" title="within the measured noise (±15%)">-12.0%<' in \
-        (tmp_path / "c.html").read_text("utf-8")
+    assert 'class="num down" title="beyond the measured noise (±15%)">-12.0%<' not in (
+        tmp_path / "c.html"
+    ).read_text("utf-8")
+    assert 'class="num noise" title="within the measured noise (±15%)">-12.0%<' in (
+        tmp_path / "c.html"
+    ).read_text("utf-8")

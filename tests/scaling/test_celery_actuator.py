@@ -26,21 +26,27 @@ def consuming(client: Any, queue: str) -> set[str]:
 
 
 def decision(desired: int, advice: list[dict[str, Any]] | None = None) -> ScalingDecision:
-    return ScalingDecision("io", "up", None, desired, desired, "test",
-                           {"pool_advice": advice or []})
+    return ScalingDecision(
+        "io", "up", None, desired, desired, "test", {"pool_advice": advice or []}
+    )
 
 
 def test_consumers_follow_the_decision_and_the_pool_grows(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any,
-        celery_app: Any) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any, celery_app: Any
+) -> None:
     env = stack_env(redis_url, tmp_path)
     for key in worker_redis.scan_iter("lewis:fleet:*"):
         worker_redis.delete(key)
     a, b = f"ca@{HOST}", f"cb@{HOST}"
-    with lewis_process(["worker", "io", "-n", "ca@%h", "-c", "1"], env, tmp_path / "a.log"), \
-            lewis_process(["worker", "cpu", "-n", "cb@%h", "-c", "1"], env, tmp_path / "b.log"):
-        wait_for(lambda: {a, b} <= {w.name for w in read_workers(worker_redis)}, 90,
-                 what="both workers' presence")
+    with (
+        lewis_process(["worker", "io", "-n", "ca@%h", "-c", "1"], env, tmp_path / "a.log"),
+        lewis_process(["worker", "cpu", "-n", "cb@%h", "-c", "1"], env, tmp_path / "b.log"),
+    ):
+        wait_for(
+            lambda: {a, b} <= {w.name for w in read_workers(worker_redis)},
+            90,
+            what="both workers' presence",
+        )
         actuator = CeleryControl(celery_app, worker_redis, timeout=3.0)
         # When io wants two consumers and only ca consumes it
         out = actuator.apply(decision(2))
@@ -60,5 +66,15 @@ def test_consumers_follow_the_decision_and_the_pool_grows(
         out = actuator.apply(decision(1, [{"worker": b, "advice": "grow", "reason": "cpu 95%"}]))
         assert "ok" in out["pool"][b], out
         grown = len(before["pool"]["processes"]) + 1
-        wait_for(lambda: len(broadcast(celery_app, "stats", timeout=3.0, destination=[b])[b]
-                             ["pool"]["processes"]) == grown, 30, what="a grown pool")
+        wait_for(
+            lambda: (
+                len(
+                    broadcast(celery_app, "stats", timeout=3.0, destination=[b])[b]["pool"][
+                        "processes"
+                    ]
+                )
+                == grown
+            ),
+            30,
+            what="a grown pool",
+        )

@@ -30,16 +30,25 @@ from lewis_tasks.storage.scaling import latest_decisions
 
 @pytest.fixture
 def env(tmp_path: Path, redis_client: redis.Redis) -> Iterator[dict[str, Any]]:
-    settings = load_settings(env={"LEWIS_STACK_HOME": str(tmp_path),
-                                  "LEWIS_SCALING_IO_TARGET_PER_WORKER": "10",
-                                  "LEWIS_SCALING_IO_MAX_WORKERS": "8",
-                                  "LEWIS_SCALING_STABILIZATION_WINDOW": "60",
-                                  "LEWIS_BROKER_URL": "redis://127.0.0.1:1/0"}, cwd=tmp_path)
+    settings = load_settings(
+        env={
+            "LEWIS_STACK_HOME": str(tmp_path),
+            "LEWIS_SCALING_IO_TARGET_PER_WORKER": "10",
+            "LEWIS_SCALING_IO_MAX_WORKERS": "8",
+            "LEWIS_SCALING_STABILIZATION_WINDOW": "60",
+            "LEWIS_BROKER_URL": "redis://127.0.0.1:1/0",
+        },
+        cwd=tmp_path,
+    )
     upgrade(settings.database.url)
     engine = get_engine(settings.database)
     store = MetricStore(redis_client, settings.monitoring.metrics_interval, 3600, 100)
-    yield {"settings": settings, "store": store, "client": redis_client,
-           "session": lambda: session_scope(engine)}
+    yield {
+        "settings": settings,
+        "store": store,
+        "client": redis_client,
+        "session": lambda: session_scope(engine),
+    }
 
 
 def measure(e: dict[str, Any], io_ready: int, io_workers: int, now: float | None = None) -> None:
@@ -50,19 +59,39 @@ def measure(e: dict[str, Any], io_ready: int, io_workers: int, now: float | None
         client.rpush("io", *[json.dumps({"n": i}) for i in range(io_ready)])
     pings = [WorkerPing(f"io-{i}@h", 1.0, ("io",)) for i in range(io_workers)]
     pings.append(WorkerPing("cpu-0@h", 1.0, ("cpu",)))
-    collect(None, e["store"], ping_timeout=0.1, now=now or time.time(),  # type: ignore[arg-type]
-            pinger=lambda: pings)
+    collect(
+        None,
+        e["store"],
+        ping_timeout=0.1,
+        now=now or time.time(),  # type: ignore[arg-type]
+        pinger=lambda: pings,
+    )
 
 
 def decide(e: dict[str, Any], slot: int, actuator: Actuator) -> dict[str, dict[str, Any]]:
-    out = decide_and_act(None, e["settings"], e["store"], slot, e["session"],  # type: ignore[arg-type]
-                         actuator=actuator)
+    out = decide_and_act(
+        None,
+        e["settings"],
+        e["store"],
+        slot,
+        e["session"],  # type: ignore[arg-type]
+        actuator=actuator,
+    )
     return {d["queue"]: d for d in out}
 
 
 def supervisor_report(client: redis.Redis, error: str | None = None) -> None:
-    client.set(LOCAL_KEY, json.dumps({"pid": 1, "at": time.time(), "queues": {
-        "io": {"running": ["io"], "draining": [], "error": error}}}), ex=10)
+    client.set(
+        LOCAL_KEY,
+        json.dumps(
+            {
+                "pid": 1,
+                "at": time.time(),
+                "queues": {"io": {"running": ["io"], "draining": [], "error": error}},
+            }
+        ),
+        ex=10,
+    )
 
 
 def test_one_decision_per_slot_recorded_exported_and_actuated_once(env: dict[str, Any]) -> None:

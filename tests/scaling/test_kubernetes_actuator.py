@@ -27,29 +27,39 @@ def kube(tmp_path: Path) -> Iterator[tuple[FakeKube, Kubernetes]]:
         server = start(thread, fake)
         path = tmp_path / "kubeconfig"
         path.write_text(kubeconfig(server.port))
-        settings = load_settings(env={"LEWIS_SCALING_KUBECONFIG": str(path),
-                                      "LEWIS_SCALING_KUBERNETES_TIMEOUT": "1"}, cwd=tmp_path)
+        settings = load_settings(
+            env={"LEWIS_SCALING_KUBECONFIG": str(path), "LEWIS_SCALING_KUBERNETES_TIMEOUT": "1"},
+            cwd=tmp_path,
+        )
         yield fake, Kubernetes(settings.scaling)
 
 
 def decision(queue: str, desired: int, current: int = 1) -> ScalingDecision:
-    return ScalingDecision(queue, "up" if desired > current else "down", current, desired,
-                           desired, "test")
+    return ScalingDecision(
+        queue, "up" if desired > current else "down", current, desired, desired, "test"
+    )
 
 
 def test_patches_the_scale_subresource_and_skips_a_patch_that_changes_nothing(
-        kube: tuple[FakeKube, Kubernetes]) -> None:
+    kube: tuple[FakeKube, Kubernetes],
+) -> None:
     fake, actuator = kube
     out = actuator.apply(decision("io", 3))
-    assert out == {"applied": True, "deployment": "lewis/lewis-worker-io",
-                   "replicas_before": 1, "replicas": 3}
+    assert out == {
+        "applied": True,
+        "deployment": "lewis/lewis-worker-io",
+        "replicas_before": 1,
+        "replicas": 3,
+    }
     assert fake.replicas[("lewis", "lewis-worker-io")] == 3
     get, patch = fake.requests
     assert (get["method"], get["path"], get["body"]) == ("GET", SCALE, None)
     assert (patch["method"], patch["path"]) == ("PATCH", SCALE)
     assert patch["body"] == {"spec": {"replicas": 3}}
-    assert patch["content_type"] in ("application/merge-patch+json",
-                                     "application/strategic-merge-patch+json")
+    assert patch["content_type"] in (
+        "application/merge-patch+json",
+        "application/strategic-merge-patch+json",
+    )
     assert {r["authorization"] for r in fake.requests} == {f"Bearer {TOKEN}"}
     # the same count again: read, no patch
     fake.requests.clear()
@@ -73,8 +83,9 @@ def test_a_refusal_or_a_timeout_is_an_actuator_error(kube: tuple[FakeKube, Kuber
 
 
 def test_no_configuration_is_an_actuator_error(tmp_path: Path) -> None:
-    settings = load_settings(env={"LEWIS_SCALING_KUBECONFIG": str(tmp_path / "missing")},
-                             cwd=tmp_path)
+    settings = load_settings(
+        env={"LEWIS_SCALING_KUBECONFIG": str(tmp_path / "missing")}, cwd=tmp_path
+    )
     with pytest.raises(ActuatorError, match="kubernetes: no configuration"):
         Kubernetes(settings.scaling).apply(decision("io", 2))
     in_cluster: Any = load_settings(env={}, cwd=tmp_path).scaling  # not in a pod here

@@ -22,13 +22,18 @@ TASKS = "tests.support.fleettasks"
 
 
 @pytest.fixture
-def stack(redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any
-          ) -> Iterator[Stack]:
-    env = stack_env(redis_url, tmp_path, LEWIS_WORKERS_IO_CONCURRENCY="1",
-                    LEWIS_WORKERS_SHUTDOWN_TIMEOUT="30")
+def stack(
+    redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any
+) -> Iterator[Stack]:
+    env = stack_env(
+        redis_url, tmp_path, LEWIS_WORKERS_IO_CONCURRENCY="1", LEWIS_WORKERS_SHUTDOWN_TIMEOUT="30"
+    )
     (tmp_path / "logs").mkdir()
-    s = Stack(load_settings(env=env, cwd=tmp_path), broker_url=env["LEWIS_BROKER_URL"],
-              worker_extra=["-I", TASKS])
+    s = Stack(
+        load_settings(env=env, cwd=tmp_path),
+        broker_url=env["LEWIS_BROKER_URL"],
+        worker_extra=["-I", TASKS],
+    )
     s._env = lewis_env(env)
     worker_redis.delete("io", LOCAL_KEY)
     s._start_pool()
@@ -40,7 +45,8 @@ def stack(redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any
 
 
 def test_scale_up_starts_named_workers_and_scale_down_drains_without_loss(
-        stack: Stack, worker_redis: Any, celery_app: Any) -> None:
+    stack: Stack, worker_redis: Any, celery_app: Any
+) -> None:
     job = "scaledown"
     worker_redis.delete(f"test:who:{job}", f"test:started:{job}")
     # Given the supervisor's pool asked for two io workers
@@ -51,13 +57,19 @@ def test_scale_up_starts_named_workers_and_scale_down_drains_without_loss(
     assert all(c.node and c.node.startswith(f"{c.name}@") for c in io)  # stable names
     report = read_local(worker_redis)
     assert report is not None and report["queues"]["io"]["running"] == ["io", "io-2"]
-    wait_for(lambda: {c.node for c in io} <= worker_names(celery_app), 90,
-             what="both io workers answering")
+    wait_for(
+        lambda: {c.node for c in io} <= worker_names(celery_app),
+        90,
+        what="both io workers answering",
+    )
     # and four 3-second tasks, so each worker (concurrency 1) holds one while it runs
     for index in range(4):
         celery_app.send_task("lewis.testing.who", args=[job, index, 3.0], queue="io")
-    wait_for(lambda: worker_redis.llen(f"test:started:{job}") >= 2, 60,
-             what="both workers running a task")
+    wait_for(
+        lambda: worker_redis.llen(f"test:started:{job}") >= 2,
+        60,
+        what="both workers running a task",
+    )
     # When the wanted count drops to one
     write_desired(worker_redis, "io", 1)
     stack.pool.tend()
@@ -79,12 +91,16 @@ def test_scale_up_starts_named_workers_and_scale_down_drains_without_loss(
 
 
 def test_a_worker_that_will_not_start_is_reported_and_retried(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any
+) -> None:
     env = stack_env(redis_url, tmp_path)
     (tmp_path / "logs").mkdir()
     # Given a supervisor whose interpreter is gone
-    s = Stack(load_settings(env=env, cwd=tmp_path), broker_url=env["LEWIS_BROKER_URL"],
-              python=str(tmp_path / "no-such-python"))
+    s = Stack(
+        load_settings(env=env, cwd=tmp_path),
+        broker_url=env["LEWIS_BROKER_URL"],
+        python=str(tmp_path / "no-such-python"),
+    )
     s._env = lewis_env(env)
     worker_redis.delete(LOCAL_KEY)
     s._start_pool()

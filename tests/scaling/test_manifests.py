@@ -52,8 +52,10 @@ def test_the_actuator_targets_what_the_manifests_define_and_rbac_allows(tmp_path
     assert control["serviceAccountName"] == "lewis-scaler"
     env = {e["name"]: e["value"] for e in control["containers"][0]["env"]}
     assert env["LEWIS_SCALING_ACTUATOR"] == "kubernetes"
-    assert {env["LEWIS_SCALING_KUBERNETES_IO_DEPLOYMENT"],
-            env["LEWIS_SCALING_KUBERNETES_CPU_DEPLOYMENT"]} == names
+    assert {
+        env["LEWIS_SCALING_KUBERNETES_IO_DEPLOYMENT"],
+        env["LEWIS_SCALING_KUBERNETES_CPU_DEPLOYMENT"],
+    } == names
     assert env["LEWIS_SCALING_KUBERNETES_NAMESPACE"] == s.kubernetes_namespace
     load_settings(env=env, cwd=tmp_path)  # every variable is a real setting
 

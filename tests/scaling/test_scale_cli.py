@@ -17,8 +17,9 @@ def env_of(redis_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
     return stack_env(redis_url, tmp_path, **extra)
 
 
-def test_set_plan_status_with_json(redis_url: str, tmp_path: Path, lewis_settings: Any,
-                                   worker_redis: Any) -> None:
+def test_set_plan_status_with_json(
+    redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any
+) -> None:
     env = env_of(redis_url, tmp_path)
     assert lewis("db", "upgrade", env=env).returncode == 0
     worker_redis.delete(OVERRIDE_KEY.format(queue="io"))
@@ -27,7 +28,10 @@ def test_set_plan_status_with_json(redis_url: str, tmp_path: Path, lewis_setting
         done = lewis("scale", "set", "io", "3", "--for", "10m", "--json", env=env)
         assert done.returncode == 0, done.stderr
         out = json.loads(done.stdout)
-        assert out["override"] == 3 and 590 < worker_redis.pttl(OVERRIDE_KEY.format(queue="io")) / 1000 <= 600
+        assert (
+            out["override"] == 3
+            and 590 < worker_redis.pttl(OVERRIDE_KEY.format(queue="io")) / 1000 <= 600
+        )
         # plan: nothing measured here (or only an earlier test's snapshot, long stale), so no
         # action, and it says why; the override is an input
         done = lewis("scale", "plan", "--json", env=env)
@@ -52,18 +56,24 @@ def test_set_plan_status_with_json(redis_url: str, tmp_path: Path, lewis_setting
 
 def test_bad_override_is_one_line_exit_2(redis_url: str, tmp_path: Path) -> None:
     env = env_of(redis_url, tmp_path)
-    for args, text in ((("io", "two"), "whole number or 'auto'"),
-                       (("io", "2", "--for", "soon"), "expected a duration"),
-                       (("control", "2"), "'control' is not one of")):
+    for args, text in (
+        (("io", "two"), "whole number or 'auto'"),
+        (("io", "2", "--for", "soon"), "expected a duration"),
+        (("control", "2"), "'control' is not one of"),
+    ):
         done = lewis("scale", "set", *args, env=env)
         assert done.returncode == 2 and text in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
 
 
 def test_export_keda_names_the_real_lists_and_the_same_targets(tmp_path: Path) -> None:
-    env = {"LEWIS_STACK_HOME": str(tmp_path), "LEWIS_BROKER_URL": "rediss://:secret@broker:6380/2",
-           "LEWIS_SCALING_IO_MAX_WORKERS": "7", "LEWIS_SCALING_IO_TARGET_PER_WORKER": "15",
-           "LEWIS_SCALING_ACTIVATION_THRESHOLD": "2"}
+    env = {
+        "LEWIS_STACK_HOME": str(tmp_path),
+        "LEWIS_BROKER_URL": "rediss://:secret@broker:6380/2",
+        "LEWIS_SCALING_IO_MAX_WORKERS": "7",
+        "LEWIS_SCALING_IO_TARGET_PER_WORKER": "15",
+        "LEWIS_SCALING_ACTIVATION_THRESHOLD": "2",
+    }
     done = lewis("scale", "export", "--keda", env=env)
     assert done.returncode == 0, done.stderr
     assert "secret" not in done.stdout
@@ -73,6 +83,12 @@ def test_export_keda_names_the_real_lists_and_the_same_targets(tmp_path: Path) -
     lists = [t["metadata"]["listName"] for t in io["triggers"]]
     assert lists == ["io", "io\x06\x163", "io\x06\x166", "io\x06\x169"]
     first = io["triggers"][0]["metadata"]
-    assert first == {"address": "broker:6380", "databaseIndex": "2", "enableTLS": "true",
-                     "listName": "io", "listLength": "15", "activationListLength": "2"}
+    assert first == {
+        "address": "broker:6380",
+        "databaseIndex": "2",
+        "enableTLS": "true",
+        "listName": "io",
+        "listLength": "15",
+        "activationListLength": "2",
+    }
     assert objs["lewis-worker-cpu"]["spec"]["triggers"][0]["metadata"]["listName"] == "cpu"

@@ -14,11 +14,21 @@ from tests.test_cli import lewis
 def test_defaults_and_environment(tmp_path: Path) -> None:
     s = load_settings(env={}, cwd=tmp_path).scaling
     assert (s.interval, s.actuator, s.stabilization_window) == (15.0, "auto", 300.0)
-    s = load_settings(env={"LEWIS_SCALING_IO_MAX_WORKERS": "3", "LEWIS_SCALING_ACTUATOR": "local",
-                           "LEWIS_SCALING_STABILIZATION_WINDOW": "5",
-                           "LEWIS_SCALING_KUBERNETES_NAMESPACE": "ops"}, cwd=tmp_path).scaling
-    assert (s.io_max_workers, s.actuator, s.stabilization_window,
-            s.kubernetes_namespace) == (3, "local", 5.0, "ops")
+    s = load_settings(
+        env={
+            "LEWIS_SCALING_IO_MAX_WORKERS": "3",
+            "LEWIS_SCALING_ACTUATOR": "local",
+            "LEWIS_SCALING_STABILIZATION_WINDOW": "5",
+            "LEWIS_SCALING_KUBERNETES_NAMESPACE": "ops",
+        },
+        cwd=tmp_path,
+    ).scaling
+    assert (s.io_max_workers, s.actuator, s.stabilization_window, s.kubernetes_namespace) == (
+        3,
+        "local",
+        5.0,
+        "ops",
+    )
 
 
 def test_min_above_max_names_the_key(tmp_path: Path) -> None:
@@ -26,16 +36,25 @@ def test_min_above_max_names_the_key(tmp_path: Path) -> None:
         load_settings(env={"LEWIS_SCALING_CPU_MIN_WORKERS": "5"}, cwd=tmp_path)
 
 
-@pytest.mark.parametrize(("env", "line"), [
-    ({"LEWIS_SCALING_ACTUATOR": "magic"},
-     "setting scaling.actuator: must be one of auto, dryrun, local, celery, kubernetes, "
-     "got 'magic'"),
-    ({"LEWIS_SCALING_INTERVAL": "0.5"}, "setting scaling.interval: must be ≥ 1.0, got '0.5'"),
-    ({"LEWIS_SCALING_IO_TARGET_PER_WORKER": "many"},
-     "setting scaling.io_target_per_worker: expected a number, got 'many'"),
-    ({"LEWIS_SCALING_IO_MIN_WORKERS": "4", "LEWIS_SCALING_IO_MAX_WORKERS": "2"},
-     "setting scaling.io_min_workers: must not exceed scaling.io_max_workers (4 > 2)"),
-])
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"LEWIS_SCALING_ACTUATOR": "magic"},
+            "setting scaling.actuator: must be one of auto, dryrun, local, celery, kubernetes, "
+            "got 'magic'",
+        ),
+        ({"LEWIS_SCALING_INTERVAL": "0.5"}, "setting scaling.interval: must be ≥ 1.0, got '0.5'"),
+        (
+            {"LEWIS_SCALING_IO_TARGET_PER_WORKER": "many"},
+            "setting scaling.io_target_per_worker: expected a number, got 'many'",
+        ),
+        (
+            {"LEWIS_SCALING_IO_MIN_WORKERS": "4", "LEWIS_SCALING_IO_MAX_WORKERS": "2"},
+            "setting scaling.io_min_workers: must not exceed scaling.io_max_workers (4 > 2)",
+        ),
+    ],
+)
 def test_bad_value_is_one_line_exit_2(tmp_path: Path, env: dict[str, str], line: str) -> None:
     result = lewis("scale", "status", env={**env, "LEWIS_STACK_HOME": str(tmp_path)})
     assert result.returncode == 2

@@ -56,8 +56,9 @@ class Stage:
         return sum(sum(sink.hits.values()) for sink in self.sinks)
 
     def fill(self, template: str, port: int | None = None) -> str:
-        return (template.replace("{port}", str(port or self.sinks[0].port))
-                .replace("{allowed}", f"{ALLOWED_HOST}:{self.allowed.port}"))
+        return template.replace("{port}", str(port or self.sinks[0].port)).replace(
+            "{allowed}", f"{ALLOWED_HOST}:{self.allowed.port}"
+        )
 
     def via_redirect(self, target: str, code: int, hops: int = 1) -> str:
         url = target
@@ -86,11 +87,25 @@ def _sinks_on_one_port(thread: ServerThread) -> list[RunningServer]:
 
 def fetch(urls: list[str], scope: Scope, concurrency: int = 8) -> list[HttpOutcome]:
     async def main() -> list[HttpOutcome]:
-        session = create_session(scope, max_connections=20, limit_per_host=10,
-                                 connect_timeout=2, read_timeout=5, keep_alive=True)
+        session = create_session(
+            scope,
+            max_connections=20,
+            limit_per_host=10,
+            connect_timeout=2,
+            read_timeout=5,
+            keep_alive=True,
+        )
         async with session:
-            return await fetch_all(session, urls, concurrency=concurrency, max_body_bytes=1 << 16,
-                                   max_redirects=5, retries=0, total_timeout=10.0)
+            return await fetch_all(
+                session,
+                urls,
+                concurrency=concurrency,
+                max_body_bytes=1 << 16,
+                max_redirects=5,
+                retries=0,
+                total_timeout=10.0,
+            )
+
     return asyncio.run(main())
 
 
@@ -109,7 +124,8 @@ def test_the_corpus_is_large_and_well_formed() -> None:
 
 
 def test_every_direct_spelling_is_refused_and_nothing_reaches_a_forbidden_server(
-        stage: Stage) -> None:
+    stage: Stage,
+) -> None:
     # Given a scope that allows only the server on 127.0.0.2
     templates = read_corpus()["direct"]
     urls = [stage.fill(t) for t in templates]
@@ -128,12 +144,17 @@ def test_every_spelling_as_a_redirect_is_refused_at_the_hop(stage: Stage) -> Non
     before = stage.hits
     # When the allowed server redirects to each, with every redirect code, and (for every
     # third) behind a second redirect of its own
-    urls = [stage.via_redirect(t, CODES[i % len(CODES)], hops=1 + (i % 3 == 0))
-            for i, t in enumerate(targets)]
+    urls = [
+        stage.via_redirect(t, CODES[i % len(CODES)], hops=1 + (i % 3 == 0))
+        for i, t in enumerate(targets)
+    ]
     outcomes = fetch(urls, Scope.from_allow([f"{ALLOWED_HOST}/32"]))
     # Then each ends refused or on the allowed server, and no forbidden server saw a thing
-    wrong = [(t, o.error, o.message, o.final_url) for t, o in zip(targets, outcomes, strict=True)
-             if not stayed_allowed(o)]
+    wrong = [
+        (t, o.error, o.message, o.final_url)
+        for t, o in zip(targets, outcomes, strict=True)
+        if not stayed_allowed(o)
+    ]
     assert wrong == []
     assert sum(bool(o.redirects) for o in outcomes) == len(outcomes)  # each hop was answered
     assert stage.hits == before
@@ -149,8 +170,12 @@ def test_a_named_localhost_opens_nothing_to_literal_spellings(stage: Stage) -> N
     before, requests_before = stage.hits, stage.sinks[0].hits["requests"]
     # When the name is fetched first, then every literal spelling and redirect to one, then
     # the name again — one session, one at a time, so a pooled connection is there to reuse
-    urls = ([named_first] + [stage.fill(t) for t in literal]
-            + [stage.via_redirect(stage.fill(t), 302) for t in literal] + [named_first])
+    urls = (
+        [named_first]
+        + [stage.fill(t) for t in literal]
+        + [stage.via_redirect(stage.fill(t), 302) for t in literal]
+        + [named_first]
+    )
     outcomes = fetch(urls, scope, concurrency=1)
     # Then the name is answered both times (the sink on 127.0.0.1 counts exactly those) and
     # nothing else reached any forbidden server
@@ -171,16 +196,26 @@ def _names_localhost(url: str) -> bool:
 
 # --- a subset through a real io worker ----------------------------------------------------
 
-WORKER_SUBSET = ["http://127.0.0.1:{port}/", "http://2130706433:{port}/", "http://0x7f.1:{port}/",
-                 "http://[::ffff:127.0.0.1]:{port}/", "http://[::1]:{port}/",
-                 "http://[::127.0.0.1]:{port}/", "http://127%1:{port}/",
-                 "http://127.0.0.1%2e.lewis.invalid:{port}/", "http://0.0.0.0:{port}/",
-                 "http://localhost:{port}/", "http://{allowed}@127.0.0.1:{port}/",
-                 "http://127.0.0.3:{port}/", "http://1.2.3.4.5:{port}/"]
+WORKER_SUBSET = [
+    "http://127.0.0.1:{port}/",
+    "http://2130706433:{port}/",
+    "http://0x7f.1:{port}/",
+    "http://[::ffff:127.0.0.1]:{port}/",
+    "http://[::1]:{port}/",
+    "http://[::127.0.0.1]:{port}/",
+    "http://127%1:{port}/",
+    "http://127.0.0.1%2e.lewis.invalid:{port}/",
+    "http://0.0.0.0:{port}/",
+    "http://localhost:{port}/",
+    "http://{allowed}@127.0.0.1:{port}/",
+    "http://127.0.0.3:{port}/",
+    "http://1.2.3.4.5:{port}/",
+]
 
 
-def test_a_subset_through_a_real_io_worker(celery_worker: Any, lewis_settings: Any,
-                                           stage: Stage) -> None:
+def test_a_subset_through_a_real_io_worker(
+    celery_worker: Any, lewis_settings: Any, stage: Stage
+) -> None:
     from lewis_tasks.infra import aio, config
     from lewis_tasks.producer.http import submit_http_batch
 
@@ -194,12 +229,15 @@ def test_a_subset_through_a_real_io_worker(celery_worker: Any, lewis_settings: A
     secret = f"http://mallory:0p3n-s3same@{allowed.removeprefix('http://')}/status/203"
     try:
         direct = [stage.fill(t) for t in WORKER_SUBSET]
-        redirected = [stage.via_redirect(u, code) for u, code in zip(direct, CODES * 3, strict=False)]
+        redirected = [
+            stage.via_redirect(u, code) for u, code in zip(direct, CODES * 3, strict=False)
+        ]
         # When a batch mixes them with an allowed URL, one over the cap, one with a password
         # and a POST whose body no bytes can say (a lone surrogate)
         unsayable = {"url": allowed + "/echo", "method": "POST", "body": "caf\udce9"}
-        handle = submit_http_batch([allowed + "/", too_long, secret, unsayable, *direct,
-                                    *redirected], timeout=30)
+        handle = submit_http_batch(
+            [allowed + "/", too_long, secret, unsayable, *direct, *redirected], timeout=30
+        )
         summary = handle.wait(timeout=60)
         rows = handle.result()
     finally:
@@ -208,11 +246,15 @@ def test_a_subset_through_a_real_io_worker(celery_worker: Any, lewis_settings: A
     # Then the worker refused each per URL, stored no password, and no forbidden server was hit
     assert rows[0]["status"] == 200
     assert (rows[1]["error_class"], rows[1]["error"]) == (
-        INVALID_URL, "the URL is 201 characters long, over the cap of 200")
+        INVALID_URL,
+        "the URL is 201 characters long, over the cap of 200",
+    )
     assert rows[2]["status"] == 203 and "0p3n-s3same" not in str(rows[2])
     assert rows[2]["url"].startswith("http://mallory:***@")
     assert (rows[3]["error_class"], rows[3]["error"]) == (
-        "invalid_request", "the body is not encodable text: surrogates not allowed at position 3")
+        "invalid_request",
+        "the body is not encodable text: surrogates not allowed at position 3",
+    )
     assert [(r["url"], r["error_class"]) for r in rows[4:] if r["error_class"] not in REFUSED] == []
     assert summary["failed"] == 2 + len(direct) + len(redirected)
     assert stage.hits == before

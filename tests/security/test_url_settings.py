@@ -12,8 +12,10 @@ from lewis_tasks.infra.config import load_settings
 
 def test_the_url_length_cap_defaults_to_8_kib(tmp_path: Path) -> None:
     assert load_settings(env={}, cwd=tmp_path).http.max_url_length == 8192
-    assert load_settings(env={"LEWIS_HTTP_MAX_URL_LENGTH": "2048"},
-                         cwd=tmp_path).http.max_url_length == 2048
+    assert (
+        load_settings(env={"LEWIS_HTTP_MAX_URL_LENGTH": "2048"}, cwd=tmp_path).http.max_url_length
+        == 2048
+    )
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "lots"])

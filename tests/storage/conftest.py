@@ -38,8 +38,10 @@ def pg_server_url() -> str:
             conn.execute(text("SELECT 1"))
     except Exception as exc:  # any failure to reach it means: skip, and say why
         shown = parsed.render_as_string(hide_password=True)
-        pytest.skip(f"PostgreSQL unreachable at {shown}: {type(exc).__name__}: "
-                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        pytest.skip(
+            f"PostgreSQL unreachable at {shown}: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        )
     finally:
         engine.dispose()
     return parsed.render_as_string(hide_password=False)

@@ -38,7 +38,8 @@ def test_pools_follow_the_process_role_unless_a_size_is_set(role: None) -> None:
 
 @pytest.mark.postgres
 def test_too_many_connections_is_transient_and_connections_name_their_role(
-        pg_server_url: str, pg_migrated_url: str, role: None) -> None:
+    pg_server_url: str, pg_migrated_url: str, role: None
+) -> None:
     admin = create_engine(pg_server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     user = f"lewis_limited_{secrets.token_hex(4)}"
     database = make_url(pg_migrated_url).database
@@ -47,16 +48,24 @@ def test_too_many_connections_is_transient_and_connections_name_their_role(
         conn.execute(text(f'GRANT ALL ON DATABASE "{database}" TO "{user}"'))
     url = make_url(pg_migrated_url).set(username=user, password=None)
     db.set_role("io")
-    engine = make_engine(DatabaseSettings(url=url.render_as_string(hide_password=False),
-                                          pool_timeout=2))
-    other = make_engine(DatabaseSettings(url=url.render_as_string(hide_password=False),
-                                         pool_timeout=2))
+    engine = make_engine(
+        DatabaseSettings(url=url.render_as_string(hide_password=False), pool_timeout=2)
+    )
+    other = make_engine(
+        DatabaseSettings(url=url.render_as_string(hide_password=False), pool_timeout=2)
+    )
     try:
         with session_scope(engine) as session:
             session.execute(text("SELECT 1"))
             with admin.connect() as conn:  # the connection names its role and process
-                names = conn.execute(text("SELECT application_name FROM pg_stat_activity "
-                                          "WHERE usename = :u"), {"u": user}).scalars().all()
+                names = (
+                    conn.execute(
+                        text("SELECT application_name FROM pg_stat_activity WHERE usename = :u"),
+                        {"u": user},
+                    )
+                    .scalars()
+                    .all()
+                )
             assert len(names) == 1 and names[0].startswith("lewis-io-")
             # Given the role's one connection in use, a second one is refused by the server
             with pytest.raises(DatabaseUnavailable) as refused, session_scope(other) as second:

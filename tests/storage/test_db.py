@@ -32,8 +32,14 @@ def test_sqlite_engine_uses_wal_busy_timeout_and_foreign_keys(tmp_path: Path) ->
 
 
 def test_server_engine_gets_the_pool_settings(pg_migrated_url: str) -> None:
-    settings = DatabaseSettings(url=pg_migrated_url, pool_size=3, max_overflow=5,
-                                pool_timeout=9, pool_recycle=1234, echo_sql=True)
+    settings = DatabaseSettings(
+        url=pg_migrated_url,
+        pool_size=3,
+        max_overflow=5,
+        pool_timeout=9,
+        pool_recycle=1234,
+        echo_sql=True,
+    )
     engine = db.make_engine(settings)
     try:
         pool = engine.pool
@@ -78,8 +84,9 @@ def test_database_errors_come_out_as_storage_error(engine: Engine) -> None:
 
 def test_unreachable_server_error_is_readable_and_hides_the_password() -> None:
     # Port 1 on loopback: nothing listens, the connection is refused at once
-    engine = db.make_engine(DatabaseSettings(
-        url="postgresql+psycopg://lewis:hunter2@127.0.0.1:1/lewis", pool_timeout=2))
+    engine = db.make_engine(
+        DatabaseSettings(url="postgresql+psycopg://lewis:hunter2@127.0.0.1:1/lewis", pool_timeout=2)
+    )
     try:
         with pytest.raises(StorageError) as info, db.session_scope(engine) as session:
             session.execute(text("SELECT 1"))

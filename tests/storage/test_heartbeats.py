@@ -23,17 +23,27 @@ def test_slot_is_the_interval_the_time_falls_in() -> None:
 
 def test_a_slot_is_recorded_once_even_if_two_beats_fire_it(engine: Engine) -> None:
     with session_scope(engine) as s:
-        assert hb.record_heartbeat(s, 7, "io@a", alive=True, rtt_ms=1.5, queues=["io"],
-                                   recorded_at=T0)
+        assert hb.record_heartbeat(
+            s, 7, "io@a", alive=True, rtt_ms=1.5, queues=["io"], recorded_at=T0
+        )
     with session_scope(engine) as s:  # the second beat, a moment later
         assert not hb.record_heartbeat(s, 7, "io@a", alive=False, recorded_at=T0)
         assert hb.record_heartbeat(s, 7, "cpu@a", alive=True, recorded_at=T0)
-        assert hb.record_heartbeat(s, 8, "io@a", alive=True, rtt_ms=2.0, queues=["io"],
-                                   recorded_at=T0 + dt.timedelta(seconds=30))
+        assert hb.record_heartbeat(
+            s,
+            8,
+            "io@a",
+            alive=True,
+            rtt_ms=2.0,
+            queues=["io"],
+            recorded_at=T0 + dt.timedelta(seconds=30),
+        )
     with session_scope(engine) as s:
         latest = hb.latest_heartbeats(s)
-        assert [(r.worker, r.slot, r.alive) for r in latest] == [("cpu@a", 7, True),
-                                                                 ("io@a", 8, True)]
+        assert [(r.worker, r.slot, r.alive) for r in latest] == [
+            ("cpu@a", 7, True),
+            ("io@a", 8, True),
+        ]
         assert latest[1].queues == ["io"] and latest[1].rtt_ms == 2.0
         since = hb.heartbeats_since(s, T0, worker="io@a")
         assert [(r.slot, r.alive, r.rtt_ms) for r in since] == [(7, True, 1.5), (8, True, 2.0)]

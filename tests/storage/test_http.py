@@ -8,11 +8,23 @@ from lewis_tasks.storage import http
 from lewis_tasks.storage.db import session_scope
 
 RESULTS = [
-    {"idx": 0, "url": "http://127.0.0.1:8080/", "status": 200, "bytes": 12, "sha256": "ab" * 32,
-     "timings": {"total_ms": 3.2}, "headers": {"server": "test"}, "redirects": []},
+    {
+        "idx": 0,
+        "url": "http://127.0.0.1:8080/",
+        "status": 200,
+        "bytes": 12,
+        "sha256": "ab" * 32,
+        "timings": {"total_ms": 3.2},
+        "headers": {"server": "test"},
+        "redirects": [],
+    },
     {"idx": 1, "url": "http://127.0.0.1:8080/missing", "status": 404, "bytes": 0},
-    {"idx": 2, "url": "http://127.0.0.1:1/", "error_class": "ConnectionRefused",
-     "error": "connection refused"},
+    {
+        "idx": 2,
+        "url": "http://127.0.0.1:1/",
+        "error_class": "ConnectionRefused",
+        "error": "connection refused",
+    },
 ]
 
 

@@ -15,8 +15,11 @@ from lewis_tasks.storage import migrate
 from lewis_tasks.storage.db import parse_database_url
 from lewis_tasks.storage.models import Base
 
-GUIDE_INDEXES = {("scans", "idx_scans_created_at"), ("findings", "idx_findings_severity"),
-                 ("targets", "idx_targets_status")}
+GUIDE_INDEXES = {
+    ("scans", "idx_scans_created_at"),
+    ("findings", "idx_findings_severity"),
+    ("targets", "idx_targets_status"),
+}
 
 
 def _inspect(url: str) -> tuple[set[str], set[tuple[str, str]]]:
@@ -39,8 +42,9 @@ def test_upgrade_creates_every_table_and_named_index(empty_database_url: str) ->
     assert wanted <= indexes
 
 
-def test_second_upgrade_is_a_no_op(empty_database_url: str,
-                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_second_upgrade_is_a_no_op(
+    empty_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # Given a migrated database holding a row
     caplog.set_level(logging.INFO, logger="alembic.runtime.migration")
     migrate.upgrade(empty_database_url)
@@ -48,10 +52,14 @@ def test_second_upgrade_is_a_no_op(empty_database_url: str,
     engine = create_engine(parse_database_url(empty_database_url), poolclass=NullPool)
     try:
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO scans (id, created_at, status, chunks_total, "
-                              "chunks_done, ports_total, ports_done, open_count) VALUES "
-                              "('s1', :t, 'done', 0, 0, 0, 0, 0)"),
-                         {"t": dt.datetime(2026, 1, 1)})
+            conn.execute(
+                text(
+                    "INSERT INTO scans (id, created_at, status, chunks_total, "
+                    "chunks_done, ports_total, ports_done, open_count) VALUES "
+                    "('s1', :t, 'done', 0, 0, 0, 0, 0)"
+                ),
+                {"t": dt.datetime(2026, 1, 1)},
+            )
         # When upgrade runs again
         caplog.clear()
         assert migrate.upgrade(empty_database_url) == migrate.head_revision()

@@ -16,16 +16,20 @@ def test_a_rerun_overwrites_instead_of_duplicating(engine: Engine) -> None:
         runs.save_loadtest(s, "lt1", status="running", request={"rate": 100})
     with session_scope(engine) as s:
         saved = runs.save_loadtest(s, "lt1", status="done", result={"p50_ms": 1.2})
-        assert (saved.status, saved.request, saved.result) == ("done", {"rate": 100},
-                                                               {"p50_ms": 1.2})
+        assert (saved.status, saved.request, saved.result) == (
+            "done",
+            {"rate": 100},
+            {"p50_ms": 1.2},
+        )
         assert s.scalar(select(func.count()).select_from(LoadtestRow)) == 1
 
 
 def test_profiles_diagnoses_and_benchmarks(engine: Engine) -> None:
     with session_scope(engine) as s:
         runs.save_profile(s, "p1", task_name="lewis.scan.chunk")
-        assert runs.update_run(s, ProfileRunRow, "p1", status="done", result={"top": []},
-                               pstats_path="/tmp/p1.pstats")
+        assert runs.update_run(
+            s, ProfileRunRow, "p1", status="done", result={"top": []}, pstats_path="/tmp/p1.pstats"
+        )
         assert not runs.update_run(s, ProfileRunRow, "nope", status="done")
         runs.save_diagnosis(s, "d1", worker="io@a", report={"ok": True})
         runs.save_benchmark_run(s, "r1", suite="broker", name="rtt", metrics={"p50_ms": 0.9})

@@ -14,8 +14,9 @@ from lewis_tasks.storage import scans, targets
 from lewis_tasks.storage.db import session_scope
 from lewis_tasks.storage.models import ScanChunkRow, ScanPortRow
 
-PLAN = [{"chunk_index": i, "host": "127.0.0.1", "ports": [i * 100 + 1, i * 100 + 100]}
-        for i in range(3)]
+PLAN = [
+    {"chunk_index": i, "host": "127.0.0.1", "ports": [i * 100 + 1, i * 100 + 100]} for i in range(3)
+]
 
 
 def _open(port: int, **extra: Any) -> dict[str, Any]:
@@ -24,8 +25,14 @@ def _open(port: int, **extra: Any) -> dict[str, Any]:
 
 def _start(engine: Engine, scan_id: str = "s1") -> None:
     with session_scope(engine) as s:
-        assert scans.upsert_scan(s, scan_id, request={"targets": ["127.0.0.1"]},
-                                 chunks_total=3, ports_total=300, chunks=PLAN)
+        assert scans.upsert_scan(
+            s,
+            scan_id,
+            request={"targets": ["127.0.0.1"]},
+            chunks_total=3,
+            ports_total=300,
+            chunks=PLAN,
+        )
 
 
 def test_upsert_scan_creates_once_and_keeps_the_first_plan(engine: Engine) -> None:
@@ -34,8 +41,11 @@ def test_upsert_scan_creates_once_and_keeps_the_first_plan(engine: Engine) -> No
         assert not scans.upsert_scan(s, "s1", request={"other": 1}, chunks_total=9)
     with session_scope(engine) as s:
         scan = scans.get_scan(s, "s1")
-        assert scan is not None and scan.chunks_total == 3 and scan.request == {
-            "targets": ["127.0.0.1"]}
+        assert (
+            scan is not None
+            and scan.chunks_total == 3
+            and scan.request == {"targets": ["127.0.0.1"]}
+        )
         assert scans.pending_chunks(s, "s1") == [0, 1, 2]
 
 
@@ -45,11 +55,13 @@ def test_a_chunk_recorded_twice_counts_once(engine: Engine) -> None:
     ports = [_open(22, service="ssh"), _open(80)]
     # When the same chunk is recorded twice (a redelivered task)
     with session_scope(engine) as s:
-        assert scans.record_chunk(s, "s1", 0, result, ports_scanned=100, open_ports=ports,
-                                  task_id="t-a")
+        assert scans.record_chunk(
+            s, "s1", 0, result, ports_scanned=100, open_ports=ports, task_id="t-a"
+        )
     with session_scope(engine) as s:
-        assert not scans.record_chunk(s, "s1", 0, result, ports_scanned=100,
-                                      open_ports=ports, task_id="t-b")
+        assert not scans.record_chunk(
+            s, "s1", 0, result, ports_scanned=100, open_ports=ports, task_id="t-b"
+        )
     # Then the counters moved once, and the first run's record stands
     with session_scope(engine) as s:
         progress = scans.scan_progress(s, "s1")
@@ -72,8 +84,9 @@ def test_concurrent_duplicate_chunks_count_once(engine: Engine) -> None:
     def record() -> None:
         barrier.wait()
         with session_scope(engine) as s:
-            outcomes.append(scans.record_chunk(s, "s1", 1, {}, ports_scanned=100,
-                                               open_ports=[_open(111)]))
+            outcomes.append(
+                scans.record_chunk(s, "s1", 1, {}, ports_scanned=100, open_ports=[_open(111)])
+            )
 
     threads = [threading.Thread(target=record) for _ in range(8)]
     for t in threads:
@@ -97,21 +110,37 @@ def test_ports_and_findings_upsert_by_their_keys(engine: Engine) -> None:
     with session_scope(engine) as s:
         assert scans.upsert_ports(s, "s1", [_open(22), _open(6379)]) == 2
         # identification later fills in the service; an unchanged port is not rewritten
-        assert scans.upsert_ports(s, "s1", [_open(22, service="ssh", product="OpenSSH",
-                                                  version="9.6"), _open(6379)]) == 1
-        finding = {"host": "127.0.0.1", "port": 6379, "title": "Redis without AUTH",
-                   "severity": "critical", "score": 9.8, "service": "redis"}
+        assert (
+            scans.upsert_ports(
+                s, "s1", [_open(22, service="ssh", product="OpenSSH", version="9.6"), _open(6379)]
+            )
+            == 1
+        )
+        finding = {
+            "host": "127.0.0.1",
+            "port": 6379,
+            "title": "Redis without AUTH",
+            "severity": "critical",
+            "score": 9.8,
+            "service": "redis",
+        }
         assert scans.upsert_findings(s, "s1", [finding]) == 1
         assert scans.upsert_findings(s, "s1", [finding]) == 0
         assert scans.upsert_findings(s, "s1", [{**finding, "score": 10.0}]) == 1
-        assert scans.upsert_findings(s, "s1", [{"host": "127.0.0.1", "title": "host note",
-                                                 "severity": "info"}]) == 1
+        assert (
+            scans.upsert_findings(
+                s, "s1", [{"host": "127.0.0.1", "title": "host note", "severity": "info"}]
+            )
+            == 1
+        )
     with session_scope(engine) as s:
         ssh = scans.list_scan_ports(s, "s1")[0]
         assert (ssh.port, ssh.service, ssh.product, ssh.version) == (22, "ssh", "OpenSSH", "9.6")
         found = scans.list_findings(s, scan_id="s1")
         assert [(f.title, f.score, f.port) for f in found] == [
-            ("Redis without AUTH", 10.0, 6379), ("host note", None, 0)]
+            ("Redis without AUTH", 10.0, 6379),
+            ("host note", None, 0),
+        ]
         assert [f.title for f in scans.list_findings(s, severities=["info"])] == ["host note"]
         assert found[0].to_dict()["cve_ids"] == []
 

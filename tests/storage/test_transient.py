@@ -67,8 +67,11 @@ def sqlite_settings(sqlite_path: Path, lewis_settings: Any) -> Iterator[Any]:
     from lewis_tasks.infra import config
     from lewis_tasks.storage.db import dispose_engines
 
-    config.set_settings(config.replace_section(
-        lewis_settings, "database", url=f"sqlite:///{sqlite_path}", pool_timeout=1))
+    config.set_settings(
+        config.replace_section(
+            lewis_settings, "database", url=f"sqlite:///{sqlite_path}", pool_timeout=1
+        )
+    )
     try:
         yield config.get_settings()
     finally:
@@ -77,7 +80,8 @@ def sqlite_settings(sqlite_path: Path, lewis_settings: Any) -> Iterator[Any]:
 
 
 def test_a_task_retries_on_a_locked_database_instead_of_failing(
-        sqlite_path: Path, sqlite_settings: Any) -> None:
+    sqlite_path: Path, sqlite_settings: Any
+) -> None:
     from celery.signals import task_retry
 
     from lewis_tasks.tasks.control import cleanup
@@ -140,8 +144,9 @@ def pg_table(pg_migrated_url: str) -> Iterator[tuple[Engine, str]]:
 
 
 @pytest.mark.postgres
-def test_postgres_lock_timeout_is_transient(pg_migrated_url: str,
-                                            pg_table: tuple[Engine, str]) -> None:
+def test_postgres_lock_timeout_is_transient(
+    pg_migrated_url: str, pg_table: tuple[Engine, str]
+) -> None:
     admin, table = pg_table
     engine = make_engine(DatabaseSettings(url=pg_migrated_url, pool_size=1, max_overflow=0))
     try:
@@ -161,8 +166,9 @@ def test_postgres_lock_timeout_is_transient(pg_migrated_url: str,
 
 
 @pytest.mark.postgres
-def test_postgres_serialization_failure_is_transient(pg_migrated_url: str,
-                                                     pg_table: tuple[Engine, str]) -> None:
+def test_postgres_serialization_failure_is_transient(
+    pg_migrated_url: str, pg_table: tuple[Engine, str]
+) -> None:
     admin, table = pg_table
     engine = make_engine(DatabaseSettings(url=pg_migrated_url, pool_size=1, max_overflow=0))
     try:
@@ -183,7 +189,8 @@ def test_postgres_serialization_failure_is_transient(pg_migrated_url: str,
 
 @pytest.mark.postgres
 def test_postgres_connection_lost_mid_transaction_is_transient(
-        pg_migrated_url: str, pg_table: tuple[Engine, str]) -> None:
+    pg_migrated_url: str, pg_table: tuple[Engine, str]
+) -> None:
     admin, table = pg_table
     engine = make_engine(DatabaseSettings(url=pg_migrated_url, pool_size=1, max_overflow=0))
     try:
@@ -209,21 +216,25 @@ class _ServerError(Exception):
         self.sqlstate = sqlstate
 
 
-@pytest.mark.parametrize("sqlstate, kind", [
-    ("08006", DatabaseUnavailable),  # connection failure (class 08)
-    ("08003", DatabaseUnavailable),  # connection does not exist
-    ("57P01", DatabaseUnavailable),  # admin shutdown
-    ("57P02", DatabaseUnavailable),  # crash shutdown
-    ("57P03", DatabaseUnavailable),  # cannot connect now
-    ("53300", DatabaseUnavailable),  # too many connections
-    ("40001", DatabaseConflict),  # serialization failure
-    ("40P01", DatabaseConflict),  # deadlock detected
-    ("55P03", DatabaseConflict),  # lock not available
-    ("23505", StorageError),  # unique violation: the write is wrong, retrying will not help
-    ("42P01", StorageError),  # undefined table
-])
-def test_sqlstates_the_live_tests_cannot_provoke_are_classified(sqlstate: str,
-                                                                 kind: type[StorageError]) -> None:
+@pytest.mark.parametrize(
+    "sqlstate, kind",
+    [
+        ("08006", DatabaseUnavailable),  # connection failure (class 08)
+        ("08003", DatabaseUnavailable),  # connection does not exist
+        ("57P01", DatabaseUnavailable),  # admin shutdown
+        ("57P02", DatabaseUnavailable),  # crash shutdown
+        ("57P03", DatabaseUnavailable),  # cannot connect now
+        ("53300", DatabaseUnavailable),  # too many connections
+        ("40001", DatabaseConflict),  # serialization failure
+        ("40P01", DatabaseConflict),  # deadlock detected
+        ("55P03", DatabaseConflict),  # lock not available
+        ("23505", StorageError),  # unique violation: the write is wrong, retrying will not help
+        ("42P01", StorageError),  # undefined table
+    ],
+)
+def test_sqlstates_the_live_tests_cannot_provoke_are_classified(
+    sqlstate: str, kind: type[StorageError]
+) -> None:
     from sqlalchemy.exc import DBAPIError
 
     from lewis_tasks.storage.db import error_kind

@@ -25,8 +25,12 @@ CVE = {
     "published": "2024-07-01T13:15:06.467",
     "modified": "2024-11-21T09:49:29.803",
     "matches": [
-        {"vendor": "OpenBSD", "product": "OpenSSH", "version_start_including": "8.5",
-         "version_end_excluding": "9.8"},
+        {
+            "vendor": "OpenBSD",
+            "product": "OpenSSH",
+            "version_start_including": "8.5",
+            "version_end_excluding": "9.8",
+        },
         {"vendor": "openbsd", "product": "openssh", "version_end_excluding": "4.4"},
     ],
 }
@@ -48,8 +52,12 @@ def _ids(engine: Engine) -> list[int]:
 def test_import_then_reimport_is_a_no_op(engine: Engine) -> None:
     with session_scope(engine) as s:
         first = vulns.import_vulnerabilities(s, [CVE])
-    assert first.to_dict() == {"cves_seen": 1, "cves_written": 1, "ranges_added": 2,
-                               "ranges_removed": 0}
+    assert first.to_dict() == {
+        "cves_seen": 1,
+        "cves_written": 1,
+        "ranges_added": 2,
+        "ranges_removed": 0,
+    }
     before = _ids(engine)
     with session_scope(engine) as s:
         again = vulns.import_vulnerabilities(s, [Record(CVE)])
@@ -70,14 +78,18 @@ def test_changed_cve_and_ranges_are_updated(engine: Engine) -> None:
     assert (summary.cves_written, summary.ranges_added, summary.ranges_removed) == (1, 0, 1)
     with session_scope(engine) as s:
         ranges = vulns.candidate_ranges(s, "OPENBSD", "openssh")
-    assert [(r.version_start_including, r.version_end_excluding, r.cvss_score)
-            for r in ranges] == [("8.5", "9.8", 8.2)]
+    assert [(r.version_start_including, r.version_end_excluding, r.cvss_score) for r in ranges] == [
+        ("8.5", "9.8", 8.2)
+    ]
     assert ranges[0].to_dict()["cve_id"] == "CVE-2024-6387"
 
 
 def test_candidate_ranges_by_vendor_and_product(engine: Engine) -> None:
-    other = {"cve_id": "CVE-2023-0001", "cvss_score": 5.0,
-             "matches": [{"vendor": "redis", "product": "redis", "version_exact": "7.0.0"}]}
+    other = {
+        "cve_id": "CVE-2023-0001",
+        "cvss_score": 5.0,
+        "matches": [{"vendor": "redis", "product": "redis", "version_exact": "7.0.0"}],
+    }
     with session_scope(engine) as s:
         vulns.import_vulnerabilities(s, [CVE, other], batch_size=1)
     with session_scope(engine) as s:
@@ -87,11 +99,14 @@ def test_candidate_ranges_by_vendor_and_product(engine: Engine) -> None:
         assert vulns.candidate_ranges(s, "nobody", "nothing") == []
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"description": "no id"}, "without a cve_id"),
-    ({"cve_id": "CVE-1", "published": "yesterday"}, "published is not an ISO 8601"),
-    ({"cve_id": "CVE-1", "matches": [{"product": "x"}]}, "needs vendor and product"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"description": "no id"}, "without a cve_id"),
+        ({"cve_id": "CVE-1", "published": "yesterday"}, "published is not an ISO 8601"),
+        ({"cve_id": "CVE-1", "matches": [{"product": "x"}]}, "needs vendor and product"),
+    ],
+)
 def test_bad_records_are_refused_readably(bad: dict[str, Any], match: str) -> None:
     with pytest.raises(InvalidInput, match=match):
         vulns.import_vulnerabilities(None, [bad])  # type: ignore[arg-type]  # fails before any SQL
@@ -118,11 +133,18 @@ def test_domain_records_round_trip_and_match_the_same(engine: Engine) -> None:
                 for rec in back:
                     original = by_id[rec.cve_id]
                     assert (rec.cvss, rec.ranges, rec.description) == (
-                        original.cvss, original.ranges, original.description)
+                        original.cvss,
+                        original.ranges,
+                        original.description,
+                    )
                 # and matching on them finds what matching on the feed finds
-                versions = {b for rec in back for r in rec.ranges
-                            for b in (r.version, r.start_including, r.end_including,
-                                      r.end_excluding) if b and b not in ("*", "-")}
+                versions = {
+                    b
+                    for rec in back
+                    for r in rec.ranges
+                    for b in (r.version, r.start_including, r.end_including, r.end_excluding)
+                    if b and b not in ("*", "-")
+                }
                 assert versions or not back
                 for version in versions:
                     found = [r.cve_id for r in find_cves(product, version, back)]
@@ -145,7 +167,10 @@ def test_real_nvd_configurations_survive_the_import(engine: Engine) -> None:
         proftpd = vulns.cve_records_for(s, "proftpd", "proftpd")
         v4 = vulns.get_vulnerability(s, "CVE-2024-7347")
         assert v4 is not None and (v4.cvss_version, v4.cvss_score, v4.severity) == (
-            "4.0", 5.7, "medium")
+            "4.0",
+            5.7,
+            "medium",
+        )
     assert [r.ranges for r in redis] == [by_id["CVE-2022-0543"].ranges]
     assert redis[0].ranges[0].version == "-" and redis[0].ranges[0].platforms
     assert find_cves("Redis", "7.0.15", redis) == []

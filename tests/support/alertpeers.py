@@ -36,8 +36,9 @@ class Receiver:
 
     def accepted(self, path: str = "") -> list[Any]:
         with self.lock:
-            return [body for p, status, body in self.received
-                    if status == 200 and p.startswith(path)]
+            return [
+                body for p, status, body in self.received if status == 200 and p.startswith(path)
+            ]
 
     def answered(self, status: int) -> int:
         with self.lock:
@@ -103,11 +104,19 @@ def alertmanager(tmp: Path, hook: str) -> Iterator[str]:
     config.write_text(AM_CONFIG.format(hook=hook))
     port = free_port()
     log = open(tmp / "alertmanager.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([ALERTMANAGER, f"--config.file={config}",
-                             f"--storage.path={tmp / 'am-data'}",
-                             f"--web.listen-address=127.0.0.1:{port}",
-                             "--cluster.listen-address=", "--log.level=info"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            ALERTMANAGER,
+            f"--config.file={config}",
+            f"--storage.path={tmp / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=info",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _ready(url), 30, what="alertmanager ready")

@@ -96,8 +96,9 @@ def build_app(server: RunningServer | None = None) -> web.Application:
         return web.Response(text="hello")
 
     async def some_bytes(request: web.Request) -> web.Response:
-        return web.Response(body=body_of(int(request.match_info["n"])),
-                            content_type="application/octet-stream")
+        return web.Response(
+            body=body_of(int(request.match_info["n"])), content_type="application/octet-stream"
+        )
 
     async def big(request: web.Request) -> web.StreamResponse:
         n = int(request.match_info["n"])
@@ -105,7 +106,7 @@ def build_app(server: RunningServer | None = None) -> web.Application:
         await response.prepare(request)
         data = body_of(n)
         for start in range(0, n, 65536):
-            await response.write(data[start:start + 65536])
+            await response.write(data[start : start + 65536])
         await response.write_eof()
         return response
 
@@ -133,8 +134,13 @@ def build_app(server: RunningServer | None = None) -> web.Application:
 
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
-        return web.json_response({"method": request.method, "headers": dict(request.headers),
-                                  "body": body.decode("utf-8", "replace")})
+        return web.json_response(
+            {
+                "method": request.method,
+                "headers": dict(request.headers),
+                "body": body.decode("utf-8", "replace"),
+            }
+        )
 
     async def record(request: web.Request) -> web.Response:
         """Keeps what it saw in ``server.seen``; ``/record/<ms>`` answers that late."""
@@ -173,7 +179,9 @@ class ServerThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="httpservers", daemon=True)
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="httpservers", daemon=True
+        )
         self._thread.start()
         self.servers: list[RunningServer] = []
 
@@ -181,8 +189,9 @@ class ServerThread:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
         return future.result(timeout)
 
-    def start(self, kind: str = "app", host: str = "127.0.0.1", port: int = 0,
-              interval: float = 1.0) -> RunningServer:
+    def start(
+        self, kind: str = "app", host: str = "127.0.0.1", port: int = 0, interval: float = 1.0
+    ) -> RunningServer:
         if not host.startswith(LOOPBACK):
             raise ValueError(f"test servers bind loopback only, not {host}")
         if kind == "app":
@@ -254,13 +263,19 @@ async def _start_raw(kind: str, host: str, port: int, interval: float) -> Runnin
                     writer.write(b"X-Slow-%d: y\r\n" % i)
                     await writer.drain()
             elif kind == "huge_headers":
-                writer.write(b"HTTP/1.1 200 OK\r\nX-Huge: " + b"h" * 20000
-                             + b"\r\nContent-Length: 0\r\n\r\n")
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nX-Huge: " + b"h" * 20000 + b"\r\nContent-Length: 0\r\n\r\n"
+                )
                 await writer.drain()
             else:
                 raise ValueError(f"unknown server kind {kind!r}")
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError,
-                asyncio.LimitOverrunError, TimeoutError):
+        except (
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.CancelledError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+        ):
             pass
         finally:
             handlers.discard(task)
@@ -280,8 +295,6 @@ async def _start_raw(kind: str, host: str, port: int, interval: float) -> Runnin
 
     server._closer = close
     return server
-
-
 
 
 def main() -> None:

@@ -36,24 +36,37 @@ class FakeKube:
 
     def scale(self, ns: str, name: str) -> dict[str, Any]:
         n = self.replicas[(ns, name)]
-        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
-                "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
-                "spec": {"replicas": n}, "status": {"replicas": n, "selector": f"app={name}"}}
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
+            "spec": {"replicas": n},
+            "status": {"replicas": n, "selector": f"app={name}"},
+        }
 
     async def handle(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
         body = await request.read()
-        self.requests.append({"method": request.method, "path": request.path,
-                              "content_type": request.headers.get("Content-Type"),
-                              "authorization": request.headers.get("Authorization"),
-                              "body": json.loads(body) if body else None})
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "content_type": request.headers.get("Content-Type"),
+                "authorization": request.headers.get("Authorization"),
+                "body": json.loads(body) if body else None,
+            }
+        )
         if self.delay:
             await asyncio.sleep(self.delay)
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return self.status(401, "Unauthorized")
         if self.refuse:
-            return self.status(403, f'deployments.apps "{name}" is forbidden: cannot patch '
-                                    'resource "deployments/scale"', "Forbidden")
+            return self.status(
+                403,
+                f'deployments.apps "{name}" is forbidden: cannot patch '
+                'resource "deployments/scale"',
+                "Forbidden",
+            )
         if (ns, name) not in self.replicas:
             return self.status(404, f'deployments.apps "{name}" not found', "NotFound")
         if request.method == "PATCH":
@@ -62,9 +75,17 @@ class FakeKube:
 
     @staticmethod
     def status(code: int, message: str, reason: str = "") -> web.Response:
-        return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                  "message": message, "reason": reason or message,
-                                  "code": code}, status=code)
+        return web.json_response(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "message": message,
+                "reason": reason or message,
+                "code": code,
+            },
+            status=code,
+        )
 
 
 def start(thread: ServerThread, kube: FakeKube) -> RunningServer:

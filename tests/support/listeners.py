@@ -47,76 +47,179 @@ class Service:
 
 def _mysql_greeting(version: str) -> bytes:
     # Protocol::HandshakeV10, as a 5.7/8.0 server or MariaDB sends it before any client byte.
-    salt1, salt2 = b"\x2a\x5f\x41\x3c\x1e\x6b\x33\x7e", b"\x4d\x21\x68\x2f\x5a\x3b\x77\x19\x55\x62\x24\x46"
-    body = (b"\x0a" + version.encode() + b"\x00" + struct.pack("<I", 8) + salt1 + b"\x00"
-            + struct.pack("<H", 0xFFFF) + b"\x21" + struct.pack("<H", 0x0002)
-            + struct.pack("<H", 0xC1FF) + bytes([21]) + bytes(10) + salt2 + b"\x00"
-            + b"mysql_native_password\x00")
+    salt1, salt2 = (
+        b"\x2a\x5f\x41\x3c\x1e\x6b\x33\x7e",
+        b"\x4d\x21\x68\x2f\x5a\x3b\x77\x19\x55\x62\x24\x46",
+    )
+    body = (
+        b"\x0a"
+        + version.encode()
+        + b"\x00"
+        + struct.pack("<I", 8)
+        + salt1
+        + b"\x00"
+        + struct.pack("<H", 0xFFFF)
+        + b"\x21"
+        + struct.pack("<H", 0x0002)
+        + struct.pack("<H", 0xC1FF)
+        + bytes([21])
+        + bytes(10)
+        + salt2
+        + b"\x00"
+        + b"mysql_native_password\x00"
+    )
     return struct.pack("<I", len(body))[:3] + b"\x00" + body
 
 
 def _redis_info(version: str) -> bytes:
-    text = (f"# Server\r\nredis_version:{version}\r\nredis_git_sha1:00000000\r\n"
-            "redis_mode:standalone\r\nos:Linux 5.15.0-91-generic x86_64\r\narch_bits:64\r\n"
-            "tcp_port:6379\r\n").encode()
+    text = (
+        f"# Server\r\nredis_version:{version}\r\nredis_git_sha1:00000000\r\n"
+        "redis_mode:standalone\r\nos:Linux 5.15.0-91-generic x86_64\r\narch_bits:64\r\n"
+        "tcp_port:6379\r\n"
+    ).encode()
     return b"$%d\r\n%s\r\n" % (len(text), text)
 
 
 _HTTP_DATE = b"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
 _PG_SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 _PG_AUTH_MD5 = b"R\x00\x00\x00\x0c\x00\x00\x00\x05\x8f\x1a\x3b\x44"
-_PG_ERROR = (b"E\x00\x00\x00\x54SFATAL\x00VFATAL\x00C0A000\x00Munsupported frontend protocol"
-             b"\x00Fpostmaster.c\x00L2146\x00RProcessStartupPacket\x00\x00")
+_PG_ERROR = (
+    b"E\x00\x00\x00\x54SFATAL\x00VFATAL\x00C0A000\x00Munsupported frontend protocol"
+    b"\x00Fpostmaster.c\x00L2146\x00RProcessStartupPacket\x00\x00"
+)
 
 CATALOGUE: tuple[Service, ...] = (
-    Service("ssh", "OpenSSH", "8.9p1", b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.6\r\n",
-            default_reply=b"Invalid SSH identification string.\r\n", close_after_reply=True),
-    Service("ftp", "vsftpd", "2.3.4", b"220 (vsFTPd 2.3.4)\r\n",
-            replies=((b"USER", b"331 Please specify the password.\r\n"),),
-            default_reply=b"530 Please login with USER and PASS.\r\n"),
-    Service("smtp", "Exim", "4.90_1",
-            b"220 mail.example.test ESMTP Exim 4.90_1 Ubuntu Mon, 01 Jan 2024 00:00:00 +0000\r\n",
-            replies=((b"EHLO", b"250-mail.example.test Hello\r\n250-SIZE 52428800\r\n"
-                               b"250-PIPELINING\r\n250 HELP\r\n"),),
-            default_reply=b"500 unrecognized command\r\n"),
-    Service("http", "Apache httpd", "2.4.49",
-            replies=((b"", b"HTTP/1.1 200 OK\r\n" + _HTTP_DATE + b"Server: Apache/2.4.49 (Unix)\r\n"
-                           b"Content-Length: 0\r\nConnection: close\r\n\r\n"),),
-            close_after_reply=True),
-    Service("redis", "Redis", "6.0.16",
-            replies=((b"PING", b"+PONG\r\n"), (b"INFO", _redis_info("6.0.16"))),
-            default_reply=b"-ERR unknown command, with args beginning with: \r\n",
-            extra={"auth_required": False}),
+    Service(
+        "ssh",
+        "OpenSSH",
+        "8.9p1",
+        b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.6\r\n",
+        default_reply=b"Invalid SSH identification string.\r\n",
+        close_after_reply=True,
+    ),
+    Service(
+        "ftp",
+        "vsftpd",
+        "2.3.4",
+        b"220 (vsFTPd 2.3.4)\r\n",
+        replies=((b"USER", b"331 Please specify the password.\r\n"),),
+        default_reply=b"530 Please login with USER and PASS.\r\n",
+    ),
+    Service(
+        "smtp",
+        "Exim",
+        "4.90_1",
+        b"220 mail.example.test ESMTP Exim 4.90_1 Ubuntu Mon, 01 Jan 2024 00:00:00 +0000\r\n",
+        replies=(
+            (
+                b"EHLO",
+                b"250-mail.example.test Hello\r\n250-SIZE 52428800\r\n"
+                b"250-PIPELINING\r\n250 HELP\r\n",
+            ),
+        ),
+        default_reply=b"500 unrecognized command\r\n",
+    ),
+    Service(
+        "http",
+        "Apache httpd",
+        "2.4.49",
+        replies=(
+            (
+                b"",
+                b"HTTP/1.1 200 OK\r\n" + _HTTP_DATE + b"Server: Apache/2.4.49 (Unix)\r\n"
+                b"Content-Length: 0\r\nConnection: close\r\n\r\n",
+            ),
+        ),
+        close_after_reply=True,
+    ),
+    Service(
+        "redis",
+        "Redis",
+        "6.0.16",
+        replies=((b"PING", b"+PONG\r\n"), (b"INFO", _redis_info("6.0.16"))),
+        default_reply=b"-ERR unknown command, with args beginning with: \r\n",
+        extra={"auth_required": False},
+    ),
     Service("mysql", "MySQL", "5.7.33", _mysql_greeting("5.7.33-0ubuntu0.16.04.1")),
-    Service("postgresql", "PostgreSQL",
-            replies=((_PG_SSL_REQUEST, b"N"), (b"\x00\x00\x00", _PG_AUTH_MD5)),
-            default_reply=_PG_ERROR, close_after_reply=False),
-    Service("imap", "Dovecot imapd", None,
-            b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ "
-            b"STARTTLS AUTH=PLAIN] Dovecot (Ubuntu) ready.\r\n",
-            default_reply=b"* BAD Error in IMAP command received by server.\r\n"),
-    Service("pop3", "Dovecot pop3d", None, b"+OK Dovecot (Ubuntu) ready.\r\n",
-            default_reply=b"-ERR Unknown command.\r\n"),
-    Service("memcached", "memcached", "1.6.14",
-            replies=((b"version", b"VERSION 1.6.14\r\n"), (b"stats", b"STAT pid 1\r\nEND\r\n")),
-            default_reply=b"ERROR\r\n"),
-    Service("ftp", None, None, b"220 \r\n", default_reply=b"530 Please login with USER and PASS.\r\n"),
-    Service("ssh", "OpenSSH", "9.6p1", b"SSH-2.0-OpenSSH_9.6p1\r\n",
-            default_reply=b"Invalid SSH identification string.\r\n", close_after_reply=True),
-    Service("ftp", "ProFTPD", "1.3.5",
-            b"220 ProFTPD 1.3.5 Server (ProFTPD Default Installation) [127.0.0.1]\r\n",
-            default_reply=b"530 Please login with USER and PASS\r\n"),
-    Service("smtp", "Postfix smtpd", None, b"220 mx.example.test ESMTP Postfix (Ubuntu)\r\n",
-            replies=((b"EHLO", b"250-mx.example.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"),),
-            default_reply=b"502 5.5.2 Error: command not recognized\r\n"),
-    Service("http", "nginx", "1.18.0",
-            replies=((b"", b"HTTP/1.1 404 Not Found\r\nServer: nginx/1.18.0 (Ubuntu)\r\n" + _HTTP_DATE
-                           + b"Content-Type: text/html\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),),
-            close_after_reply=True),
-    Service("redis", "Redis", None,
-            replies=((b"", b"-NOAUTH Authentication required.\r\n"),),
-            extra={"auth_required": True}),
-    Service("mysql", "MariaDB", "10.6.12", _mysql_greeting("5.5.5-10.6.12-MariaDB-0ubuntu0.22.04.1")),
+    Service(
+        "postgresql",
+        "PostgreSQL",
+        replies=((_PG_SSL_REQUEST, b"N"), (b"\x00\x00\x00", _PG_AUTH_MD5)),
+        default_reply=_PG_ERROR,
+        close_after_reply=False,
+    ),
+    Service(
+        "imap",
+        "Dovecot imapd",
+        None,
+        b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ "
+        b"STARTTLS AUTH=PLAIN] Dovecot (Ubuntu) ready.\r\n",
+        default_reply=b"* BAD Error in IMAP command received by server.\r\n",
+    ),
+    Service(
+        "pop3",
+        "Dovecot pop3d",
+        None,
+        b"+OK Dovecot (Ubuntu) ready.\r\n",
+        default_reply=b"-ERR Unknown command.\r\n",
+    ),
+    Service(
+        "memcached",
+        "memcached",
+        "1.6.14",
+        replies=((b"version", b"VERSION 1.6.14\r\n"), (b"stats", b"STAT pid 1\r\nEND\r\n")),
+        default_reply=b"ERROR\r\n",
+    ),
+    Service(
+        "ftp", None, None, b"220 \r\n", default_reply=b"530 Please login with USER and PASS.\r\n"
+    ),
+    Service(
+        "ssh",
+        "OpenSSH",
+        "9.6p1",
+        b"SSH-2.0-OpenSSH_9.6p1\r\n",
+        default_reply=b"Invalid SSH identification string.\r\n",
+        close_after_reply=True,
+    ),
+    Service(
+        "ftp",
+        "ProFTPD",
+        "1.3.5",
+        b"220 ProFTPD 1.3.5 Server (ProFTPD Default Installation) [127.0.0.1]\r\n",
+        default_reply=b"530 Please login with USER and PASS\r\n",
+    ),
+    Service(
+        "smtp",
+        "Postfix smtpd",
+        None,
+        b"220 mx.example.test ESMTP Postfix (Ubuntu)\r\n",
+        replies=((b"EHLO", b"250-mx.example.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"),),
+        default_reply=b"502 5.5.2 Error: command not recognized\r\n",
+    ),
+    Service(
+        "http",
+        "nginx",
+        "1.18.0",
+        replies=(
+            (
+                b"",
+                b"HTTP/1.1 404 Not Found\r\nServer: nginx/1.18.0 (Ubuntu)\r\n"
+                + _HTTP_DATE
+                + b"Content-Type: text/html\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            ),
+        ),
+        close_after_reply=True,
+    ),
+    Service(
+        "redis",
+        "Redis",
+        None,
+        replies=((b"", b"-NOAUTH Authentication required.\r\n"),),
+        extra={"auth_required": True},
+    ),
+    Service(
+        "mysql", "MariaDB", "10.6.12", _mysql_greeting("5.5.5-10.6.12-MariaDB-0ubuntu0.22.04.1")
+    ),
     Service("telnet", None, None, b"\xff\xfd\x18\xff\xfd\x20\xff\xfd\x23\xff\xfd\x27"),
 )
 
@@ -132,8 +235,14 @@ class Listener:
 class ListenerSet:
     """Running listeners on one address; use as a context manager (or call :meth:`close`)."""
 
-    def __init__(self, address: str, listeners: dict[int, Listener], loop: asyncio.AbstractEventLoop,
-                 thread: threading.Thread, servers: list[asyncio.base_events.Server]) -> None:
+    def __init__(
+        self,
+        address: str,
+        listeners: dict[int, Listener],
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        servers: list[asyncio.base_events.Server],
+    ) -> None:
         self.address, self.listeners = address, listeners
         self._loop, self._thread, self._servers = loop, thread, servers
 
@@ -151,11 +260,19 @@ class ListenerSet:
 
     def truth(self) -> dict[str, object]:
         """JSON-ready: each port with the service name, product and version it should get."""
-        return {"address": self.address, "ports": {
-            str(p): None if item.service is None else
-            {"name": item.service.name, "product": item.service.product,
-             "version": item.service.version}
-            for p, item in sorted(self.listeners.items())}}
+        return {
+            "address": self.address,
+            "ports": {
+                str(p): None
+                if item.service is None
+                else {
+                    "name": item.service.name,
+                    "product": item.service.product,
+                    "version": item.service.version,
+                }
+                for p, item in sorted(self.listeners.items())
+            },
+        }
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -180,9 +297,16 @@ class ListenerSet:
         self.close()
 
 
-def start_listeners(count: int = 300, *, host: str = "127.0.0.1", banner_share: float = 1 / 3,
-                    seed: int | None = None, low: int = 1025, high: int = 65535,
-                    services: Sequence[Service] = CATALOGUE) -> ListenerSet:
+def start_listeners(
+    count: int = 300,
+    *,
+    host: str = "127.0.0.1",
+    banner_share: float = 1 / 3,
+    seed: int | None = None,
+    low: int = 1025,
+    high: int = 65535,
+    services: Sequence[Service] = CATALOGUE,
+) -> ListenerSet:
     """Bind ``count`` random free ports on ``host`` (loopback only) and serve them on a thread.
 
     The first ``banner_share`` of them (in random order) speak ``services``, cycling.
@@ -212,8 +336,10 @@ def start_listeners(count: int = 300, *, host: str = "127.0.0.1", banner_share: 
     ports = list(socks)
     rng.shuffle(ports)
     with_service = round(count * banner_share)
-    listeners = {port: Listener(port, services[i % len(services)] if i < with_service else None)
-                 for i, port in enumerate(ports)}
+    listeners = {
+        port: Listener(port, services[i % len(services)] if i < with_service else None)
+        for i, port in enumerate(ports)
+    }
 
     loop = asyncio.new_event_loop()
     servers: list[asyncio.base_events.Server] = []
@@ -221,8 +347,7 @@ def start_listeners(count: int = 300, *, host: str = "127.0.0.1", banner_share: 
 
     async def serve_all() -> None:
         for port, item in listeners.items():
-            servers.append(await asyncio.start_server(
-                _handler(item.service), sock=socks[port]))
+            servers.append(await asyncio.start_server(_handler(item.service), sock=socks[port]))
         ready.set()
 
     def run() -> None:
@@ -249,8 +374,9 @@ def running_listeners(count: int = 300, **kwargs: object) -> Iterator[ListenerSe
         listeners.close()
 
 
-def _handler(service: Service | None) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                                Awaitable[None]]:
+def _handler(
+    service: Service | None,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             if service is not None and service.banner:
@@ -335,7 +461,7 @@ def _proc_address(hex_addr: str, version: int) -> ipaddress.IPv4Address | ipaddr
     raw = bytes.fromhex(hex_addr)
     if version == 4:
         return ipaddress.IPv4Address(raw[::-1])
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
     addr = ipaddress.IPv6Address(words)
     return addr.ipv4_mapped or addr
 
@@ -347,8 +473,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--banner-share", type=float, default=1 / 3)
     args = parser.parse_args()
-    with running_listeners(args.count, host=args.host, seed=args.seed,
-                           banner_share=args.banner_share) as listeners:
+    with running_listeners(
+        args.count, host=args.host, seed=args.seed, banner_share=args.banner_share
+    ) as listeners:
         print(json.dumps(listeners.truth()), flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

@@ -21,13 +21,21 @@ def lewis_env(env: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def lewis_process(args: Sequence[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def lewis_process(
+    args: Sequence[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``lewis ARGS`` in its own process group; SIGKILL the group on the way out."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", *args], cwd=ROOT,
-                                env=lewis_env(env), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lewis_tasks.cli", *args],
+            cwd=ROOT,
+            env=lewis_env(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         yield proc
     finally:

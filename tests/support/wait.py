@@ -9,8 +9,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.2,
-             what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T], timeout: float, interval: float = 0.2, what: str = "condition"
+) -> T:
     """Call ``predicate`` every ``interval`` seconds until it returns something truthy, and
     return that; AssertionError naming ``what`` once ``timeout`` seconds have passed."""
     deadline = time.monotonic() + timeout

@@ -75,12 +75,12 @@ class CountingTarget:
 
 
 @pytest.fixture(scope="module")
-def celery_worker(celery_app: Any, celery_includes: Any, celery_worker_pool: Any,
-                  celery_worker_parameters: Any) -> Iterator[Any]:
+def celery_worker(
+    celery_app: Any, celery_includes: Any, celery_worker_pool: Any, celery_worker_parameters: Any
+) -> Iterator[Any]:
     from celery.contrib.testing import worker
 
-    with worker.start_worker(celery_app, pool=celery_worker_pool,
-                             **celery_worker_parameters) as w:
+    with worker.start_worker(celery_app, pool=celery_worker_pool, **celery_worker_parameters) as w:
         yield w
 
 
@@ -98,11 +98,14 @@ def _slow_scan(target: CountingTarget, chunk_ports: int) -> ScanHandle:
     one task that merges in place; more: a chain per host inside a chord)."""
     one = chunk_ports >= PORTS
     # one chunk of the whole ~10 s needs a budget above the tests' 30 s soft limit's share
-    with settings_changed(scan={"chunk_ports": chunk_ports},
-                          tasks={"soft_time_limit": 120, "time_limit": 150} if one else {}), \
-            _waves(0 if one else planning.SCAN_WAVES):
-        return submit_scan([ADDRESS], ports=format_ports(target.ports), rate=RATE,
-                           services=False)
+    with (
+        settings_changed(
+            scan={"chunk_ports": chunk_ports},
+            tasks={"soft_time_limit": 120, "time_limit": 150} if one else {},
+        ),
+        _waves(0 if one else planning.SCAN_WAVES),
+    ):
+        return submit_scan([ADDRESS], ports=format_ports(target.ports), rate=RATE, services=False)
 
 
 @contextlib.contextmanager
@@ -127,15 +130,19 @@ def _cancel_and_count(handle: ScanHandle, target: CountingTarget) -> tuple[int, 
 
 @pytest.mark.parametrize("chunk_ports", [PORTS, 50], ids=["one-task", "chained-chunks"])
 def test_a_cancelled_scan_stops_its_traffic_within_a_second(
-        target: CountingTarget, celery_worker: Any, chunk_ports: int) -> None:
+    target: CountingTarget, celery_worker: Any, chunk_ports: int
+) -> None:
     handle = _slow_scan(target, chunk_ports)
     assert (handle.progress().chunks_total == 1) == (chunk_ports >= PORTS)
     at_one, at_three = _cancel_and_count(handle, target)
     # Then nothing reaches the target after the first second, well before the scan's end
     assert at_three == at_one < PORTS
     # and the scan ends cancelled, with the ports it had scanned recorded
-    wait_for(lambda: handle.progress().chunks_done >= 1, timeout=10,
-             what="the running chunk recording its part")
+    wait_for(
+        lambda: handle.progress().chunks_done >= 1,
+        timeout=10,
+        what="the running chunk recording its part",
+    )
     progress = handle.progress()
     assert progress.status == "cancelled"
     assert 0 < progress.ports_done < PORTS and progress.open_count > 0
@@ -151,7 +158,8 @@ def run(*args: str) -> Any:
 
 
 def test_lewis_scans_cancel_then_show_then_cancel_again(
-        target: CountingTarget, celery_worker: Any) -> None:
+    target: CountingTarget, celery_worker: Any
+) -> None:
     handle = _slow_scan(target, PORTS)
     wait_for(lambda: target.hits >= 5, timeout=30, what="the scan reaching the target")
     first = run("scans", "cancel", handle.id[:12])
@@ -163,7 +171,8 @@ def test_lewis_scans_cancel_then_show_then_cancel_again(
 
 
 def test_lewis_scans_cancel_on_a_finished_scan_says_so(
-        target: CountingTarget, celery_worker: Any) -> None:
+    target: CountingTarget, celery_worker: Any
+) -> None:
     with settings_changed(scan={"chunk_ports": PORTS}):
         handle = submit_scan([ADDRESS], ports=format_ports(target.ports[:5]), services=False)
     handle.wait(timeout=30)
@@ -190,10 +199,12 @@ def _http_hits(server: RunningServer) -> int:
 
 
 def test_a_cancelled_http_batch_stops_its_requests_within_a_second(
-        slow_server: RunningServer, celery_worker: Any) -> None:
+    slow_server: RunningServer, celery_worker: Any
+) -> None:
     handle = submit_http_batch([f"{slow_server.url}/delay/1000?i={i}" for i in range(URLS)])
-    wait_for(lambda: _http_hits(slow_server) >= 50, timeout=30,
-             what="the batch reaching the server")
+    wait_for(
+        lambda: _http_hits(slow_server) >= 50, timeout=30, what="the batch reaching the server"
+    )
     assert handle.cancel() is True
     time.sleep(1.0)
     at_one = _http_hits(slow_server)
@@ -209,7 +220,8 @@ def test_a_cancelled_http_batch_stops_its_requests_within_a_second(
 
 
 def test_lewis_http_cancel_then_again_then_on_a_finished_batch(
-        slow_server: RunningServer, celery_worker: Any) -> None:
+    slow_server: RunningServer, celery_worker: Any
+) -> None:
     handle = submit_http_batch([f"{slow_server.url}/delay/1000?i={i}" for i in range(URLS)])
     first = run("http", "cancel", handle.id)
     assert first.exit_code == 0 and first.output.strip() == f"HTTP batch {handle.id} cancelled"
@@ -219,20 +231,42 @@ def test_lewis_http_cancel_then_again_then_on_a_finished_batch(
     done.wait(timeout=30)
     ended = CliRunner().invoke(cli, ["http", "cancel", done.id])
     assert ended.exit_code != 0
-    assert ended.stderr.strip() == f"lewis: HTTP batch {done.id} has ended (done): nothing to cancel"
+    assert (
+        ended.stderr.strip() == f"lewis: HTTP batch {done.id} has ended (done): nothing to cancel"
+    )
 
 
 # ---------------------------------------------------------------- Ctrl-C on `lewis scan`
 
 
 def _scan_process(target: CountingTarget, settings: Any) -> subprocess.Popen[str]:
-    env = lewis_env({"LEWIS_BROKER_URL": settings.broker.url,
-                     "LEWIS_DATABASE_URL": settings.database.url,
-                     "LEWIS_STACK_HOME": str(settings.stack.home)})
-    return subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", "scan", ADDRESS, "-p",
-                             format_ports(target.ports), "--rate", str(RATE), "--no-services"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+    env = lewis_env(
+        {
+            "LEWIS_BROKER_URL": settings.broker.url,
+            "LEWIS_DATABASE_URL": settings.database.url,
+            "LEWIS_STACK_HOME": str(settings.stack.home),
+        }
+    )
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lewis_tasks.cli",
+            "scan",
+            ADDRESS,
+            "-p",
+            format_ports(target.ports),
+            "--rate",
+            str(RATE),
+            "--no-services",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def _latest_scan() -> ScanHandle:
@@ -245,8 +279,9 @@ def _latest_scan() -> ScanHandle:
 
 
 @pytest.mark.parametrize("presses", [1, 2], ids=["once-cancels", "twice-leaves-running"])
-def test_ctrl_c_on_lewis_scan(target: CountingTarget, celery_worker: Any, lewis_settings: Any,
-                              presses: int) -> None:
+def test_ctrl_c_on_lewis_scan(
+    target: CountingTarget, celery_worker: Any, lewis_settings: Any, presses: int
+) -> None:
     proc = _scan_process(target, lewis_settings)
     try:
         wait_for(lambda: target.hits >= 5, timeout=60, what="the scan reaching the target")
@@ -267,20 +302,34 @@ def test_ctrl_c_on_lewis_scan(target: CountingTarget, celery_worker: Any, lewis_
         assert handle.cancel() is True
 
 
-def test_ctrl_c_on_lewis_http_cancels_the_batch(slow_server: RunningServer, celery_worker: Any,
-                                                lewis_settings: Any, tmp_path: Any) -> None:
+def test_ctrl_c_on_lewis_http_cancels_the_batch(
+    slow_server: RunningServer, celery_worker: Any, lewis_settings: Any, tmp_path: Any
+) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(f"{slow_server.url}/delay/1000?i={i}\n" for i in range(URLS)))
-    env = lewis_env({"LEWIS_BROKER_URL": lewis_settings.broker.url,
-                     "LEWIS_DATABASE_URL": lewis_settings.database.url,
-                     "LEWIS_STACK_HOME": str(lewis_settings.stack.home)})
+    env = lewis_env(
+        {
+            "LEWIS_BROKER_URL": lewis_settings.broker.url,
+            "LEWIS_DATABASE_URL": lewis_settings.database.url,
+            "LEWIS_STACK_HOME": str(lewis_settings.stack.home),
+        }
+    )
     before = _http_hits(slow_server)
-    proc = subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", "http", "-f", str(urls)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lewis_tasks.cli", "http", "-f", str(urls)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
-        wait_for(lambda: _http_hits(slow_server) - before >= 20, timeout=60,
-                 what="the batch reaching the server")
+        wait_for(
+            lambda: _http_hits(slow_server) - before >= 20,
+            timeout=60,
+            what="the batch reaching the server",
+        )
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=30)
     finally:
@@ -302,12 +351,16 @@ def test_ctrl_c_on_lewis_http_cancels_the_batch(slow_server: RunningServer, cele
 
 
 def test_a_cancelled_load_test_stops_its_traffic_within_a_second(
-        slow_server: RunningServer, celery_worker: Any) -> None:
+    slow_server: RunningServer, celery_worker: Any
+) -> None:
     # Given a 20 s load test hitting the server
     before = _http_hits(slow_server)
     handle = submit_loadtest(f"{slow_server.url}/delay/20", concurrency=4, duration=20)
-    wait_for(lambda: _http_hits(slow_server) - before >= 40, timeout=30,
-             what="the load test reaching the server")
+    wait_for(
+        lambda: _http_hits(slow_server) - before >= 40,
+        timeout=30,
+        what="the load test reaching the server",
+    )
     # When it is cancelled
     assert handle.cancel() is True
     time.sleep(1.0)
@@ -326,32 +379,58 @@ def test_a_cancelled_load_test_stops_its_traffic_within_a_second(
 
 
 def test_lewis_loadtest_cancel_then_on_an_ended_and_an_unknown_run(
-        slow_server: RunningServer, celery_worker: Any) -> None:
+    slow_server: RunningServer, celery_worker: Any
+) -> None:
     handle = submit_loadtest(f"{slow_server.url}/delay/20", concurrency=2, duration=20)
     first = run("loadtest", "cancel", handle.id)
     assert first.exit_code == 0 and first.output.strip() == f"load test {handle.id} cancelled"
     assert handle.wait(timeout=30).cancelled is True
     ended = CliRunner().invoke(cli, ["loadtest", "cancel", handle.id])
     assert ended.exit_code == 1
-    assert ended.stderr.strip() == (f"lewis: load test {handle.id} has ended or was cancelled "
-                                    "already: nothing to cancel")
+    assert ended.stderr.strip() == (
+        f"lewis: load test {handle.id} has ended or was cancelled already: nothing to cancel"
+    )
     unknown = CliRunner().invoke(cli, ["loadtest", "cancel", "no-such-run"])
     assert unknown.exit_code == 2 and "no such load test" in unknown.stderr
 
 
 def test_ctrl_c_on_lewis_loadtest_stops_it_and_prints_what_it_measured(
-        slow_server: RunningServer, celery_worker: Any, lewis_settings: Any) -> None:
-    env = lewis_env({"LEWIS_BROKER_URL": lewis_settings.broker.url,
-                     "LEWIS_DATABASE_URL": lewis_settings.database.url,
-                     "LEWIS_STACK_HOME": str(lewis_settings.stack.home)})
+    slow_server: RunningServer, celery_worker: Any, lewis_settings: Any
+) -> None:
+    env = lewis_env(
+        {
+            "LEWIS_BROKER_URL": lewis_settings.broker.url,
+            "LEWIS_DATABASE_URL": lewis_settings.database.url,
+            "LEWIS_STACK_HOME": str(lewis_settings.stack.home),
+        }
+    )
     before = _http_hits(slow_server)
-    proc = subprocess.Popen([sys.executable, "-m", "lewis_tasks.cli", "loadtest",
-                             f"{slow_server.url}/delay/20", "-c", "4", "-d", "20s", "--json"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lewis_tasks.cli",
+            "loadtest",
+            f"{slow_server.url}/delay/20",
+            "-c",
+            "4",
+            "-d",
+            "20s",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
-        wait_for(lambda: _http_hits(slow_server) - before >= 40, timeout=60,
-                 what="the load test reaching the server")
+        wait_for(
+            lambda: _http_hits(slow_server) - before >= 40,
+            timeout=60,
+            what="the load test reaching the server",
+        )
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:

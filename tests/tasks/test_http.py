@@ -54,6 +54,7 @@ def trickle(servers: ServerThread) -> RunningServer:
 def swap_settings(lewis_settings: Any) -> Iterator[Any]:
     """Change sections of the process settings for one test (the embedded worker reads them
     too); the io loop's session is rebuilt so it takes a new scope."""
+
     def swap(section: str, **changes: Any) -> Any:
         settings = config.replace_section(config.get_settings(), section, **changes)
         config.set_settings(settings)
@@ -67,12 +68,19 @@ def swap_settings(lewis_settings: Any) -> Iterator[Any]:
         aio.shutdown()
 
 
-def test_a_batch_gives_each_url_its_outcome_persisted_once(celery_worker: Any,
-                                                           servers: ServerThread) -> None:
+def test_a_batch_gives_each_url_its_outcome_persisted_once(
+    celery_worker: Any, servers: ServerThread
+) -> None:
     base = inside(servers).url
-    urls: list[Any] = [f"{base}/bytes/512", f"{base}/status/404", f"{base}/redirect/2",
-            f"http://127.0.0.2:{free_port('127.0.0.2')}/", "ftp://127.0.0.2/file", "not a url",
-            {"url": f"{base}/echo", "method": "POST", "body": "hi"}]
+    urls: list[Any] = [
+        f"{base}/bytes/512",
+        f"{base}/status/404",
+        f"{base}/redirect/2",
+        f"http://127.0.0.2:{free_port('127.0.0.2')}/",
+        "ftp://127.0.0.2/file",
+        "not a url",
+        {"url": f"{base}/echo", "method": "POST", "body": "hi"},
+    ]
     # When the batch runs
     handle = submit_http_batch(urls)
     summary = handle.wait(timeout=WAIT)
@@ -85,26 +93,33 @@ def test_a_batch_gives_each_url_its_outcome_persisted_once(celery_worker: Any,
     assert (rows[0]["status"], rows[0]["bytes"], rows[0]["sha256"]) == (200, 512, sha256_of(512))
     assert rows[1]["status"] == 404 and rows[1]["error_class"] is None
     assert len(rows[2]["redirects"]) == 2 and rows[2]["final_url"].endswith("/redirect/0")
-    assert [r["error_class"] for r in rows[3:6]] == ["connection_refused", "invalid_url",
-                                                     "invalid_url"]
+    assert [r["error_class"] for r in rows[3:6]] == [
+        "connection_refused",
+        "invalid_url",
+        "invalid_url",
+    ]
     assert "ftp" in rows[4]["error"]
     assert rows[6]["status"] == 200 and rows[6]["method"] == "POST"
     assert handle.progress() == {"total": 7, "done": 7, "ok": 4, "failed": 3, "status": "done"}
 
     # When a chunk is delivered again, and the merge runs again
-    again = submit("lewis.http.fetch_chunk",
-                   args=[handle.id, 0, urls, {"total": 7}]).wait(timeout=WAIT)
-    merged = submit("lewis.http.merge", args=[[again]],
-                    kwargs={"batch_id": handle.id}).wait(timeout=WAIT)
+    again = submit("lewis.http.fetch_chunk", args=[handle.id, 0, urls, {"total": 7}]).wait(
+        timeout=WAIT
+    )
+    merged = submit("lewis.http.merge", args=[[again]], kwargs={"batch_id": handle.id}).wait(
+        timeout=WAIT
+    )
     # Then no row is stored twice and the counters stand
     assert again["new"] == 0 and again["count"] == 7
     assert handle.progress()["done"] == 7 and len(handle.result()) == 7
-    assert {k: merged[k] for k in ("total", "done", "ok", "failed", "statuses", "errors")} == \
-        {k: summary[k] for k in ("total", "done", "ok", "failed", "statuses", "errors")}
+    assert {k: merged[k] for k in ("total", "done", "ok", "failed", "statuses", "errors")} == {
+        k: summary[k] for k in ("total", "done", "ok", "failed", "statuses", "errors")
+    }
 
 
 def test_stalling_servers_time_out_within_their_budget_while_progress_moves(
-        celery_worker: Any, servers: ServerThread) -> None:
+    celery_worker: Any, servers: ServerThread
+) -> None:
     fast = [f"{inside(servers).url}/bytes/{n}" for n in range(10)]
     stuck = [f"{stall(servers).url}/never", f"{trickle(servers).url}/drip"]
     # Given a batch where one URL hits a server that accepts and never answers, and one a
@@ -127,7 +142,8 @@ def test_stalling_servers_time_out_within_their_budget_while_progress_moves(
 
 
 def test_a_read_timeout_shorter_than_the_budget_still_ends_a_silent_read(
-        celery_worker: Any, servers: ServerThread, swap_settings: Any) -> None:
+    celery_worker: Any, servers: ServerThread, swap_settings: Any
+) -> None:
     # Given network.read_timeout well under the URL's budget (the io session drops its read
     # timer only when the budget would always end a stall first)
     swap_settings("network", read_timeout=0.3)
@@ -141,19 +157,29 @@ def test_a_read_timeout_shorter_than_the_budget_still_ends_a_silent_read(
     assert "20 s" not in row["error"]
 
 
-SPELLINGS = ["127.0.0.1", "2130706433", "0x7f000001", "0x7f.1", "[::ffff:127.0.0.1]",
-             "localhost", "LOCALHOST."]
+SPELLINGS = [
+    "127.0.0.1",
+    "2130706433",
+    "0x7f000001",
+    "0x7f.1",
+    "[::ffff:127.0.0.1]",
+    "localhost",
+    "LOCALHOST.",
+]
 
 
 def test_out_of_scope_urls_are_refused_one_by_one_and_the_batch_goes_on(
-        celery_worker: Any, servers: ServerThread, swap_settings: Any) -> None:
+    celery_worker: Any, servers: ServerThread, swap_settings: Any
+) -> None:
     # Given a scope that only allows 127.0.0.2, and a server on 127.0.0.1
     swap_settings("scope", allow=("127.0.0.2/32",))
     target = outside(servers)
     before = sum(target.hits.values())
     spelled = [f"http://{host}:{target.port}/" for host in SPELLINGS]
-    via_redirect = [f"{inside(servers).url}/to?url=http://127.0.0.1:{target.port}/",
-                    f"{inside(servers).url}/to?url=http://2130706433:{target.port}/&code=307"]
+    via_redirect = [
+        f"{inside(servers).url}/to?url=http://127.0.0.1:{target.port}/",
+        f"{inside(servers).url}/to?url=http://2130706433:{target.port}/&code=307",
+    ]
     # When a batch mixes them with an allowed URL
     handle = submit_http_batch([f"{inside(servers).url}/", *spelled, *via_redirect])
     summary = handle.wait(timeout=WAIT)
@@ -161,15 +187,17 @@ def test_out_of_scope_urls_are_refused_one_by_one_and_the_batch_goes_on(
     rows = handle.result()
     assert rows[0]["status"] == 200
     refused = rows[1:]
-    assert [r["error_class"] for r in refused] == ["out_of_scope"] * len(refused), \
-        [(r["url"], r["error"]) for r in refused]
+    assert [r["error_class"] for r in refused] == ["out_of_scope"] * len(refused), [
+        (r["url"], r["error"]) for r in refused
+    ]
     assert all(len(r["redirects"]) == 1 for r in refused[-2:])
     assert summary["ok"] == 1 and summary["failed"] == len(refused)
     assert sum(target.hits.values()) == before
 
 
 def test_an_over_cap_batch_is_refused_before_anything_is_enqueued(
-        lewis_settings: Any, worker_redis: Any, swap_settings: Any) -> None:
+    lewis_settings: Any, worker_redis: Any, swap_settings: Any
+) -> None:
     swap_settings("http", max_urls=5)
     queued = worker_redis.llen("io")
     with pytest.raises(InvalidInput, match=r"http\.max_urls=5"):
@@ -181,18 +209,22 @@ def test_an_over_cap_batch_is_refused_before_anything_is_enqueued(
     assert worker_redis.llen("io") == queued
 
 
-@pytest.mark.parametrize(("options", "cap"), [
-    ({"concurrency": 10**6, "duration": 1}, "loadtest.max_concurrency"),
-    ({"concurrency": 1, "duration": 10**6}, "loadtest.max_duration"),
-    ({"concurrency": 1, "duration": 1, "rate": 10**9}, "loadtest.max_rate"),
-    ({"concurrency": 1, "requests": 10**9}, "loadtest.max_requests"),
-    ({"concurrency": 100, "duration": 1, "workers": 99}, "loadtest.max_workers"),
-    ({"concurrency": 1, "duration": 50}, "broker.visibility_timeout"),  # 60 s in tests
-    ({"concurrency": 1}, "a duration or a number of requests"),
-    ({"concurrency": 1, "duration": 1, "workers": 2}, "cannot be split over 2 workers"),
-])
+@pytest.mark.parametrize(
+    ("options", "cap"),
+    [
+        ({"concurrency": 10**6, "duration": 1}, "loadtest.max_concurrency"),
+        ({"concurrency": 1, "duration": 10**6}, "loadtest.max_duration"),
+        ({"concurrency": 1, "duration": 1, "rate": 10**9}, "loadtest.max_rate"),
+        ({"concurrency": 1, "requests": 10**9}, "loadtest.max_requests"),
+        ({"concurrency": 100, "duration": 1, "workers": 99}, "loadtest.max_workers"),
+        ({"concurrency": 1, "duration": 50}, "broker.visibility_timeout"),  # 60 s in tests
+        ({"concurrency": 1}, "a duration or a number of requests"),
+        ({"concurrency": 1, "duration": 1, "workers": 2}, "cannot be split over 2 workers"),
+    ],
+)
 def test_an_over_cap_load_test_is_refused_naming_the_cap(
-        lewis_settings: Any, worker_redis: Any, options: dict[str, Any], cap: str) -> None:
+    lewis_settings: Any, worker_redis: Any, options: dict[str, Any], cap: str
+) -> None:
     queued = worker_redis.llen("io")
     with pytest.raises(InvalidInput, match=cap.replace(".", r"\.")):
         submit_loadtest("http://127.0.0.1:1/", **options)
@@ -200,7 +232,8 @@ def test_an_over_cap_load_test_is_refused_naming_the_cap(
 
 
 def test_a_load_test_target_outside_the_scope_is_refused_before_enqueue(
-        lewis_settings: Any, swap_settings: Any) -> None:
+    lewis_settings: Any, swap_settings: Any
+) -> None:
     swap_settings("scope", allow=("127.0.0.2/32",))
     for url in ("http://127.0.0.1:8080/", "http://0x7f000001:8080/", "http://localhost:8080/"):
         with pytest.raises(OutOfScope):
@@ -210,10 +243,12 @@ def test_a_load_test_target_outside_the_scope_is_refused_before_enqueue(
 
 
 def test_a_two_part_load_test_merges_its_histograms_exactly(
-        celery_worker: Any, servers: ServerThread) -> None:
+    celery_worker: Any, servers: ServerThread
+) -> None:
     # Given a server that answers after 20 ms, loaded by 2 parts of 2 connections each
-    handle = submit_loadtest(f"{inside(servers).url}/delay/20", concurrency=4, requests=60,
-                             workers=2)
+    handle = submit_loadtest(
+        f"{inside(servers).url}/delay/20", concurrency=4, requests=60, workers=2
+    )
     result = handle.wait(timeout=WAIT)
     parts = [submit_result(part_id) for part_id in handle.part_ids]
     # Then the merge holds every request of every part, bucket for bucket
@@ -234,32 +269,45 @@ def test_a_two_part_load_test_merges_its_histograms_exactly(
     stored = handle.result()
     assert stored is not None and stored["status"] == "done"
     assert stored["result"]["requests"] == 60
-    again = submit("lewis.http.loadtest_merge", args=[parts],
-                   kwargs={"run_id": handle.id, "request": {}}).wait(timeout=WAIT)
+    again = submit(
+        "lewis.http.loadtest_merge", args=[parts], kwargs={"run_id": handle.id, "request": {}}
+    ).wait(timeout=WAIT)
     assert again == stored["result"]
 
 
 def test_a_load_test_that_waited_past_its_start_window_never_hits_the_target(
-        celery_app: Any, servers: ServerThread) -> None:
+    celery_app: Any, servers: ServerThread
+) -> None:
     from celery.contrib.testing.worker import start_worker
 
     from lewis_tasks.errors import TransientError
 
     # Given a load test submitted while no io worker is there to start it
     path = "/expiry-probe"
-    handle = submit_loadtest(f"{inside(servers).url}{path}", concurrency=2, requests=10,
-                             workers=2, start_within=0.3)
+    handle = submit_loadtest(
+        f"{inside(servers).url}{path}", concurrency=2, requests=10, workers=2, start_within=0.3
+    )
     time.sleep(0.8)
     # When a worker turns up after the parts' start window closed
-    with start_worker(celery_app, pool="threads", concurrency=2, queues=("io", "cpu"),
-                      perform_ping_check=False, shutdown_timeout=10.0):
+    with start_worker(
+        celery_app,
+        pool="threads",
+        concurrency=2,
+        queues=("io", "cpu"),
+        perform_ping_check=False,
+        shutdown_timeout=10.0,
+    ):
         # Then the wait says the parts expired unrun, and the target saw not one request
         with pytest.raises(TransientError, match="expired waiting in the queue"):
             handle.wait(timeout=WAIT)
         assert inside(servers).hits[path] == 0
         # And the run is recorded as failed (the chord's errback ran on the worker)
-        wait_for(lambda: (stored := handle.result()) is not None and stored["status"] == "failed",
-                 WAIT, interval=0.1, what="the run recorded as failed")
+        wait_for(
+            lambda: (stored := handle.result()) is not None and stored["status"] == "failed",
+            WAIT,
+            interval=0.1,
+            what="the run recorded as failed",
+        )
     with pytest.raises(InvalidInput, match="start_within"):
         submit_loadtest(f"{inside(servers).url}/", concurrency=1, requests=1, start_within=0)
 
@@ -283,10 +331,12 @@ def test_a_failed_chunk_marks_the_batch_failed(celery_worker: Any, lewis_setting
         save_http_batch(session, "doomed", total=1)
     # Given a chord whose only chunk is malformed (start is not an index)
     callback = app.signature("lewis.http.merge", kwargs={"batch_id": "doomed"})
-    callback.link_error(app.signature("lewis.http.abort",
-                                      kwargs={"kind": "batch", "run_id": "doomed"}))
-    result = chord([app.signature("lewis.http.fetch_chunk",
-                                  args=("doomed", -1, ["http://127.0.0.1:1/"], {}))])(callback)
+    callback.link_error(
+        app.signature("lewis.http.abort", kwargs={"kind": "batch", "run_id": "doomed"})
+    )
+    result = chord(
+        [app.signature("lewis.http.fetch_chunk", args=("doomed", -1, ["http://127.0.0.1:1/"], {}))]
+    )(callback)
     with pytest.raises(Exception, match="start must be an index"):
         result.get(timeout=WAIT)
     # Then the errback records the batch as failed, with the reason
@@ -320,8 +370,10 @@ def test_chunks_and_parts_fit_their_time_limits(lewis_settings: Any) -> None:
 
 # --- load-test progress: off the loop, never fatal -------------------------------------------
 
+
 def test_a_part_whose_progress_cannot_be_written_still_runs_and_returns(
-        celery_worker: Any, servers: ServerThread, worker_redis: Any) -> None:
+    celery_worker: Any, servers: ServerThread, worker_redis: Any
+) -> None:
     from lewis_tasks.infra.progress import LOADTEST_PROGRESS_KEY as PROGRESS_KEY
 
     # Given a run whose progress hash cannot take an HSET (the key holds a string: WRONGTYPE)
@@ -337,8 +389,9 @@ def test_a_part_whose_progress_cannot_be_written_still_runs_and_returns(
     worker_redis.delete(key)
 
 
-def test_a_part_leaves_its_final_progress_line(celery_worker: Any, servers: ServerThread,
-                                               worker_redis: Any) -> None:
+def test_a_part_leaves_its_final_progress_line(
+    celery_worker: Any, servers: ServerThread, worker_redis: Any
+) -> None:
     import json
 
     from lewis_tasks.infra.progress import LOADTEST_PROGRESS_KEY as PROGRESS_KEY
@@ -362,8 +415,9 @@ def one_thread() -> Iterator[Any]:
     executor.shutdown(wait=True)
 
 
-def test_progress_lines_are_written_latest_first_with_a_ttl(redis_client: Any,
-                                                            one_thread: Any) -> None:
+def test_progress_lines_are_written_latest_first_with_a_ttl(
+    redis_client: Any, one_thread: Any
+) -> None:
     import json
     import threading
 
@@ -392,7 +446,8 @@ def _hset_calls(client: Any) -> int:
 
 
 def test_publishing_progress_never_waits_for_redis_nor_raises(
-        servers: ServerThread, one_thread: Any, caplog: pytest.LogCaptureFixture) -> None:
+    servers: ServerThread, one_thread: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     import asyncio
     import logging
     import threading
@@ -404,12 +459,19 @@ def test_publishing_progress_never_waits_for_redis_nor_raises(
     from lewis_tasks.infra.progress import ProgressWriter
 
     # Given a "Redis" that accepts connections and never answers, and one that refuses them
-    silent = redis.Redis(host="127.0.0.1", port=stall(servers).port, socket_timeout=0.5,
-                         socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    refused = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5,
-                          retry=Retry(NoBackoff(), 0))
-    writers = [ProgressWriter(client, "progress:x", "0", 60, one_thread)
-               for client in (silent, refused)]
+    silent = redis.Redis(
+        host="127.0.0.1",
+        port=stall(servers).port,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+    )
+    refused = redis.Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    writers = [
+        ProgressWriter(client, "progress:x", "0", 60, one_thread) for client in (silent, refused)
+    ]
     ours = "lewis_tasks.infra.progress"  # where ProgressWriter logs
 
     async def on_the_loop() -> None:
@@ -449,8 +511,10 @@ def test_a_broker_that_is_down_is_one_broker_unavailable(lewis_settings: Any) ->
     from lewis_tasks.infra.celery_app import configure_app
 
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    app = configure_app(Celery("lewis-dead-broker", set_as_current=False),
-                        config.replace_section(lewis_settings, "broker", url=dead))
+    app = configure_app(
+        Celery("lewis-dead-broker", set_as_current=False),
+        config.replace_section(lewis_settings, "broker", url=dead),
+    )
     with pytest.raises(BrokerUnavailable, match="unreachable"):
         submit_http_batch(["http://127.0.0.1:1/"], app=app)
     with pytest.raises(BrokerUnavailable, match="unreachable"):

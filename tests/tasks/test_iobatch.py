@@ -12,8 +12,9 @@ from lewis_tasks.producer import submit_many
 
 def test_packed_calls_each_get_their_own_result(celery_worker: Any) -> None:
     # Given 120 waits packed 50 to a message (3 messages)
-    handles = submit_many("lewis.bench.io_sleep", [((0.001 * (i % 5),), {}) for i in range(120)],
-                          pack=50)
+    handles = submit_many(
+        "lewis.bench.io_sleep", [((0.001 * (i % 5),), {}) for i in range(120)], pack=50
+    )
     # Then each call's handle has its own answer
     assert len({h.id for h in handles}) == 120
     assert [h.wait(timeout=30) for h in handles] == [0.001 * (i % 5) for i in range(120)]

@@ -32,8 +32,9 @@ def test_profile_of_a_registered_workload_names_its_hot_function(celery_worker: 
     from lewis_tasks.storage.models import ProfileRunRow
 
     # Given the histogram-merge workload, when it is profiled in a worker
-    handle = submit_profile("workload.merge_histograms",
-                            kwargs={"parts": 4, "values_per_part": 5000}, top_n=15)
+    handle = submit_profile(
+        "workload.merge_histograms", kwargs={"parts": 4, "values_per_part": 5000}, top_n=15
+    )
     report = handle.report(timeout=TIMEOUT)
     # Then the rows name the function its time goes to: recording 20,000 latencies
     assert report.ok and report.name == "workload.merge_histograms"
@@ -48,8 +49,9 @@ def test_profile_of_a_registered_workload_names_its_hot_function(celery_worker: 
     assert row.result["by_cumulative"] and row.pstats_path is None
 
 
-@pytest.mark.parametrize("name", ["os.system", "lewis_tasks.domain.workloads.spin",
-                                  "lewis.control.cleanup"])
+@pytest.mark.parametrize(
+    "name", ["os.system", "lewis_tasks.domain.workloads.spin", "lewis.control.cleanup"]
+)
 def test_an_unregistered_name_is_refused_never_imported(celery_worker: Any, name: str) -> None:
     # A dotted path to a real function, or a real task that is not registered, is still refused
     with pytest.raises(InvalidInput, match=f"unknown profilable task '{name}'.*workload.spin"):
@@ -80,19 +82,24 @@ def test_registered_defaults_fill_missing_arguments(celery_worker: Any) -> None:
     assert result["status"] == "ok" and result["memory"] is None
 
 
-@pytest.mark.parametrize(("options", "bound"), [
-    ({"top_n": 10_000}, "profiling.top_n"),
-    ({"max_seconds": 10_000}, "profiling.max_seconds"),
-    ({"max_seconds": 50}, "tasks.soft_time_limit"),  # the test stack's soft limit is 30 s
-])
+@pytest.mark.parametrize(
+    ("options", "bound"),
+    [
+        ({"top_n": 10_000}, "profiling.top_n"),
+        ({"max_seconds": 10_000}, "profiling.max_seconds"),
+        ({"max_seconds": 50}, "tasks.soft_time_limit"),  # the test stack's soft limit is 30 s
+    ],
+)
 def test_a_profile_over_a_bound_is_refused_with_the_bound_named(
-        celery_worker: Any, options: dict[str, Any], bound: str) -> None:
+    celery_worker: Any, options: dict[str, Any], bound: str
+) -> None:
     with pytest.raises(InvalidInput, match=bound.replace(".", r"\.")):
         submit_profile("workload.spin", **options).wait(timeout=TIMEOUT)
 
 
-def test_pstats_is_saved_under_the_home_and_returned(celery_worker: Any, lewis_settings: Any,
-                                                     tmp_path: Path) -> None:
+def test_pstats_is_saved_under_the_home_and_returned(
+    celery_worker: Any, lewis_settings: Any, tmp_path: Path
+) -> None:
     handle = submit_profile("workload.spin", kwargs={"loops": 50_000}, return_pstats=True)
     copy = handle.save_pstats(tmp_path / "spin.pstats")
     result = handle.wait(timeout=TIMEOUT)
@@ -135,11 +142,17 @@ def test_diagnose_of_one_named_worker_and_of_an_unknown_one(celery_worker: Any) 
 # ---------------------------------------------------------------- benchmarks
 
 
-def test_a_function_benchmark_is_stored_with_machine_versions_and_settings(celery_worker: Any) -> None:
+def test_a_function_benchmark_is_stored_with_machine_versions_and_settings(
+    celery_worker: Any,
+) -> None:
     from lewis_tasks.storage.models import BenchmarkRunRow
 
-    handle = submit_benchmark("workload.merge_scan_chunks", iterations=5, warmup=1,
-                              kwargs={"chunks": 2, "ports_per_chunk": 1000})
+    handle = submit_benchmark(
+        "workload.merge_scan_chunks",
+        iterations=5,
+        warmup=1,
+        kwargs={"chunks": 2, "ports_per_chunk": 1000},
+    )
     stats = handle.report(timeout=TIMEOUT)
     assert stats.iterations_run == 5 and stats.success_rate == 1.0 and stats.timings is not None
     row = _stored(BenchmarkRunRow, handle.id)
@@ -160,17 +173,23 @@ def test_a_failing_target_counts_in_the_success_rate(celery_worker: Any) -> None
     threaded = submit_benchmark("test.flaky", iterations=20, concurrency=4).report(timeout=TIMEOUT)
     assert threaded.tasks_run == 20 and threaded.success_rate == 0.5  # type: ignore[union-attr]
     # and a target that fails every time gives a 0 % run, not a failed task
-    never = submit_benchmark("lewis.bench.io_sleep", iterations=3, args=[-1]).report(timeout=TIMEOUT)
+    never = submit_benchmark("lewis.bench.io_sleep", iterations=3, args=[-1]).report(
+        timeout=TIMEOUT
+    )
     assert never.success_rate == 0.0 and never.timings is None  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(("options", "bound"), [
-    ({"iterations": 10**9}, "profiling.max_iterations"),
-    ({"iterations": 2, "concurrency": 10**6}, "profiling.max_concurrent"),
-    ({"max_seconds": 10_000}, "profiling.max_seconds"),
-])
+@pytest.mark.parametrize(
+    ("options", "bound"),
+    [
+        ({"iterations": 10**9}, "profiling.max_iterations"),
+        ({"iterations": 2, "concurrency": 10**6}, "profiling.max_concurrent"),
+        ({"max_seconds": 10_000}, "profiling.max_seconds"),
+    ],
+)
 def test_a_benchmark_over_a_bound_is_refused_with_the_bound_named(
-        celery_worker: Any, options: dict[str, Any], bound: str) -> None:
+    celery_worker: Any, options: dict[str, Any], bound: str
+) -> None:
     with pytest.raises(InvalidInput, match=bound.replace(".", r"\.")):
         submit_benchmark("workload.spin", **options).wait(timeout=TIMEOUT)
 
@@ -178,17 +197,25 @@ def test_a_benchmark_over_a_bound_is_refused_with_the_bound_named(
 def test_cluster_benchmark_measures_each_queue_through_the_broker(celery_worker: Any) -> None:
     from lewis_tasks.storage.models import BenchmarkRunRow
 
-    result = benchmark_cluster(["latency", "throughput"], queues=("io", "cpu"), samples=10,
-                               warmup=2, tasks=60)
+    result = benchmark_cluster(
+        ["latency", "throughput"], queues=("io", "cpu"), samples=10, warmup=2, tasks=60
+    )
     assert [x.queue for x in result.latency] == ["io", "cpu"]
-    assert all(x.samples == 10 and x.failures == 0 and x.p99_ms >= x.p50_ms > 0  # type: ignore[operator]
-               for x in result.latency)
-    assert [(x.queue, x.done, x.failures) for x in result.throughput] == [("io", 60, 0), ("cpu", 60, 0)]
+    assert all(
+        x.samples == 10 and x.failures == 0 and x.p99_ms >= x.p50_ms > 0  # type: ignore[operator]
+        for x in result.latency
+    )
+    assert [(x.queue, x.done, x.failures) for x in result.throughput] == [
+        ("io", 60, 0),
+        ("cpu", 60, 0),
+    ]
     assert all(x.throughput_per_s > 0 for x in result.throughput)
     assert len(result.run_ids) == 2 and not result.skipped
     rows = [_stored(BenchmarkRunRow, i) for i in result.run_ids]
-    assert [(r.suite, r.name, r.queue) for r in rows] == [("cluster", "noop", "io"),
-                                                          ("cluster", "noop", "cpu")]
+    assert [(r.suite, r.name, r.queue) for r in rows] == [
+        ("cluster", "noop", "io"),
+        ("cluster", "noop", "cpu"),
+    ]
     for row, lat, thr in zip(rows, result.latency, result.throughput, strict=True):
         assert row.metrics["p50_ms"] == lat.p50_ms and row.metrics["latency_samples"] == 10
         assert row.metrics["throughput_per_s"] == thr.throughput_per_s
@@ -201,18 +228,21 @@ def test_cluster_benchmark_skips_a_queue_nobody_consumes(lewis_settings: Any) ->
     result = benchmark_cluster(queues=("cpu",), samples=5, tasks=5)
     assert result.latency == () and result.throughput == () and result.stack == ()
     assert result.run_ids == ()
-    assert result.skipped == {"latency:cpu": "no live worker consumes this queue",
-                              "throughput:cpu": "no live worker consumes this queue",
-                              "scan": "no live worker consumes io and cpu",
-                              "http": "no live worker consumes io and cpu"}
+    assert result.skipped == {
+        "latency:cpu": "no live worker consumes this queue",
+        "throughput:cpu": "no live worker consumes this queue",
+        "scan": "no live worker consumes io and cpu",
+        "http": "no live worker consumes io and cpu",
+    }
 
 
 def test_stack_benchmarks_scan_ports_and_http_requests_per_second(celery_worker: Any) -> None:
     from lewis_tasks.storage.models import BenchmarkRunRow
 
     # A loopback scan and a one-second load test of a local server, through the producer API
-    result = benchmark_cluster(["scan", "http"], scan_ports="1-3000", http_concurrency=8,
-                               http_duration=1.0)
+    result = benchmark_cluster(
+        ["scan", "http"], scan_ports="1-3000", http_concurrency=8, http_duration=1.0
+    )
     assert not result.skipped, result.skipped
     scan, http = result.stack
     assert scan.name == "scan" and scan.detail["ports"] == 3000 and scan.rate_per_s > 0

@@ -15,14 +15,19 @@ pytestmark = pytest.mark.slow
 
 
 def test_diagnose_answers_once_per_real_worker_with_its_pool(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any) -> None:
+    redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any
+) -> None:
     env = stack_env(redis_url, tmp_path, LEWIS_DATABASE_URL=lewis_settings.database.url)
     # Given a prefork cpu worker with one child and a threads io worker
-    with lewis_process(["worker", "cpu", "-c", "1", "-n", "diag-cpu@%h"], env,
-                       tmp_path / "cpu.log"), \
-         lewis_process(["worker", "io", "-c", "3", "-n", "diag-io@%h"], env, tmp_path / "io.log"):
-        wait_for(lambda: {n.split("@")[0] for n in worker_names(celery_app)} >= {"diag-cpu", "diag-io"},
-                 60, what="both workers")
+    with (
+        lewis_process(["worker", "cpu", "-c", "1", "-n", "diag-cpu@%h"], env, tmp_path / "cpu.log"),
+        lewis_process(["worker", "io", "-c", "3", "-n", "diag-io@%h"], env, tmp_path / "io.log"),
+    ):
+        wait_for(
+            lambda: {n.split("@")[0] for n in worker_names(celery_app)} >= {"diag-cpu", "diag-io"},
+            60,
+            what="both workers",
+        )
         # When the cluster is diagnosed
         report = submit_diagnose().wait(timeout=60)
         # Then each live worker answered once, and the roll-up counts both
@@ -40,7 +45,8 @@ def test_diagnose_answers_once_per_real_worker_with_its_pool(
         assert io["pool"] == "thread" and io["pool_size"] == 3 and io["pool_busy"] == 0
         assert io["recycle_limit_bytes"] is None
         assert report["totals"]["pool_rss_bytes"] == sum(
-            w["snapshot"]["pool_rss_bytes"] for w in report["workers"])
+            w["snapshot"]["pool_rss_bytes"] for w in report["workers"]
+        )
 
         # And a profile runs in the forked child: memory traced, io_sleep on the child's own loop
         hot = submit_profile("workload.match_services", kwargs={"services": 300}).report(timeout=60)

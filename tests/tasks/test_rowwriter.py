@@ -29,9 +29,13 @@ WAIT = 60
 
 
 def outcome(index: int, **changes: Any) -> HttpOutcome:
-    fields: dict[str, Any] = {"status": 200, "bytes": 3, "sha256": "ab" * 32,
-                              "timings": Timings(None, 0.2, 0.3, 0.6),
-                              "headers": (("server", "test"),)}
+    fields: dict[str, Any] = {
+        "status": 200,
+        "bytes": 3,
+        "sha256": "ab" * 32,
+        "timings": Timings(None, 0.2, 0.3, 0.6),
+        "headers": (("server", "test"),),
+    }
     fields.update(changes)
     return HttpOutcome(index, f"http://127.0.0.1/{index}", "GET", **fields)
 
@@ -72,8 +76,11 @@ def test_rows_are_stored_by_the_writer_process_once_each(writer: rowwriter.RowWr
 
     new_batch("w-once", 4)
     # When three outcomes are stored, then again with one more
-    first = writer.store("w-once", 10, [outcome(0), outcome(1, error="timeout", status=None,
-                                                             message="no answer"), outcome(2)])
+    first = writer.store(
+        "w-once",
+        10,
+        [outcome(0), outcome(1, error="timeout", status=None, message="no answer"), outcome(2)],
+    )
     second = writer.store("w-once", 10, [outcome(2), outcome(3)])
     # Then each row went in once, from another process, counters moved by new rows only
     assert (first, second) == (3, 1)
@@ -82,14 +89,23 @@ def test_rows_are_stored_by_the_writer_process_once_each(writer: rowwriter.RowWr
     with session_scope(get_engine()) as session:
         rows = get_http_results(session, "w-once")
         assert [r.idx for r in rows] == [10, 11, 12, 13]
-        assert rows[0].timings == {"dns_ms": None, "connect_ms": 0.2, "ttfb_ms": 0.3,
-                                   "total_ms": 0.6}
+        assert rows[0].timings == {
+            "dns_ms": None,
+            "connect_ms": 0.2,
+            "ttfb_ms": 0.3,
+            "total_ms": 0.6,
+        }
         assert rows[0].headers == {"server": "test"} and rows[0].redirects == []
-        assert (rows[1].error_class, rows[1].error, rows[1].status) == ("timeout", "no answer", None)
+        assert (rows[1].error_class, rows[1].error, rows[1].status) == (
+            "timeout",
+            "no answer",
+            None,
+        )
 
 
 def test_a_writer_that_died_is_started_again_and_nothing_is_stored_twice(
-        writer: rowwriter.RowWriter) -> None:
+    writer: rowwriter.RowWriter,
+) -> None:
     new_batch("w-died", 6)
     assert writer.store("w-died", 0, [outcome(i) for i in range(3)]) == 3
     # Given the writer process killed between two flushes
@@ -104,7 +120,8 @@ def test_a_writer_that_died_is_started_again_and_nothing_is_stored_twice(
 
 
 def test_a_failed_write_is_a_storage_error_and_the_writer_goes_on(
-        writer: rowwriter.RowWriter) -> None:
+    writer: rowwriter.RowWriter,
+) -> None:
     new_batch("w-error", 1)
     assert writer.store("w-error", 0, [outcome(0)]) == 1
     pid = writer_pid(writer)
@@ -142,6 +159,7 @@ def test_frames_that_are_cut_or_oversized_are_refused() -> None:
 
 # --- through the worker ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def app_server() -> Iterator[ServerThread]:
     with serving() as thread:
@@ -162,10 +180,16 @@ def with_writer(lewis_settings: Any) -> Iterator[None]:
 
 
 def test_a_batch_with_the_row_writer_is_stored_like_any_other(
-        celery_worker: Any, app_server: ServerThread, with_writer: None) -> None:
+    celery_worker: Any, app_server: ServerThread, with_writer: None
+) -> None:
     base = app_server.servers[0].url
-    urls: list[Any] = [f"{base}/bytes/512", f"{base}/status/404", f"{base}/redirect/2",
-                       "not a url", {"url": f"{base}/echo", "method": "POST", "body": "hi"}]
+    urls: list[Any] = [
+        f"{base}/bytes/512",
+        f"{base}/status/404",
+        f"{base}/redirect/2",
+        "not a url",
+        {"url": f"{base}/echo", "method": "POST", "body": "hi"},
+    ]
     # When a batch runs with http.row_writer on
     handle = submit_http_batch(urls)
     summary = handle.wait(timeout=WAIT)
@@ -178,6 +202,7 @@ def test_a_batch_with_the_row_writer_is_stored_like_any_other(
     writer = runtime()._row_writer
     assert writer is not None and writer._proc is not None and writer._proc.poll() is None
     # And a chunk delivered again stores nothing new
-    again = submit("lewis.http.fetch_chunk",
-                   args=[handle.id, 0, urls, {"total": 5}]).wait(timeout=WAIT)
+    again = submit("lewis.http.fetch_chunk", args=[handle.id, 0, urls, {"total": 5}]).wait(
+        timeout=WAIT
+    )
     assert again["new"] == 0 and handle.progress()["done"] == 5

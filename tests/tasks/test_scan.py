@@ -55,8 +55,9 @@ def settings_changed(**sections: dict[str, Any]) -> Iterator[config.Settings]:
 @pytest.fixture(scope="module")
 def listeners() -> Iterator[ListenerSet]:
     count = len(CATALOGUE) + 6  # every catalogue service once, and six silent listeners
-    with running_listeners(count, host=ADDRESS, seed=3,
-                           banner_share=len(CATALOGUE) / count) as running:
+    with running_listeners(
+        count, host=ADDRESS, seed=3, banner_share=len(CATALOGUE) / count
+    ) as running:
         yield running
 
 
@@ -85,17 +86,20 @@ def truth(listeners: ListenerSet) -> list[int]:
 
 def snapshot(scan_id: str) -> dict[str, Any]:
     """Every row the scan wrote, as plain values."""
+
     def rows(model: Any, *where: Any) -> list[tuple[Any, ...]]:
         cols = list(model.__table__.columns)
         stmt = select(*cols).where(*where).order_by(*model.__table__.primary_key.columns)
         return [tuple(r) for r in session.execute(stmt)]
 
     with session_scope(get_engine()) as session:
-        return {"scan": rows(ScanRow, ScanRow.id == scan_id),
-                "chunks": rows(ScanChunkRow, ScanChunkRow.scan_id == scan_id),
-                "ports": rows(ScanPortRow, ScanPortRow.scan_id == scan_id),
-                "findings": rows(FindingRow, FindingRow.scan_id == scan_id),
-                "targets": rows(TargetRow, TargetRow.value == ADDRESS)}
+        return {
+            "scan": rows(ScanRow, ScanRow.id == scan_id),
+            "chunks": rows(ScanChunkRow, ScanChunkRow.scan_id == scan_id),
+            "ports": rows(ScanPortRow, ScanPortRow.scan_id == scan_id),
+            "findings": rows(FindingRow, FindingRow.scan_id == scan_id),
+            "targets": rows(TargetRow, TargetRow.value == ADDRESS),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +117,18 @@ def scanned(request: pytest.FixtureRequest, listeners: ListenerSet, sample_feed:
 
 # celery_worker is function-scoped; the module fixture above needs it while it runs
 @pytest.fixture(scope="module")
-def celery_worker(celery_app: Any, celery_includes: Any, celery_worker_pool: Any,
-                  celery_worker_parameters: Any) -> Iterator[Any]:
+def celery_worker(
+    celery_app: Any, celery_includes: Any, celery_worker_pool: Any, celery_worker_parameters: Any
+) -> Iterator[Any]:
     from celery.contrib.testing import worker
 
-    with worker.start_worker(celery_app, pool=celery_worker_pool,
-                             **celery_worker_parameters) as w:
+    with worker.start_worker(celery_app, pool=celery_worker_pool, **celery_worker_parameters) as w:
         yield w
 
 
-def test_scan_gives_exactly_the_open_set_with_services_and_findings(scanned: Any,
-                                                                     listeners: ListenerSet) -> None:
+def test_scan_gives_exactly_the_open_set_with_services_and_findings(
+    scanned: Any, listeners: ListenerSet
+) -> None:
     handle, report, expected = scanned
     # Then the open ports are exactly what listens there, in several chunks
     assert report.status == "done"
@@ -140,13 +145,16 @@ def test_scan_gives_exactly_the_open_set_with_services_and_findings(scanned: Any
             assert by_port[port]["version"] == item.service.version
     # and the findings: the unauthenticated Redis is critical, OpenSSH 8.9p1 cites its CVEs
     findings = {f["port"]: f for f in report.findings}
-    redis_port = next(p for p, i in listeners.listeners.items()
-                      if i.service and i.service.name == "redis"
-                      and i.service.extra.get("auth_required") is False)
+    redis_port = next(
+        p
+        for p, i in listeners.listeners.items()
+        if i.service and i.service.name == "redis" and i.service.extra.get("auth_required") is False
+    )
     assert findings[redis_port]["severity"] == "critical"
     assert report.findings[0]["severity"] == "critical"
-    ssh_port = next(p for p, i in listeners.listeners.items()
-                    if i.service and i.service.version == "8.9p1")
+    ssh_port = next(
+        p for p, i in listeners.listeners.items() if i.service and i.service.version == "8.9p1"
+    )
     want_cves = [r.cve_id for r in find_cves("OpenSSH", "8.9p1", sample_records())]
     assert want_cves and findings[ssh_port]["cve_ids"] == want_cves
     assert len(report.findings) == len(expected)  # one per open port
@@ -156,12 +164,18 @@ def test_everything_is_persisted_once(scanned: Any, listeners: ListenerSet) -> N
     handle, report, expected = scanned
     with session_scope(get_engine()) as session:
         progress = scans.scan_progress(session, handle.id)
-        ports = session.scalar(select(func.count()).select_from(ScanPortRow)
-                               .where(ScanPortRow.scan_id == handle.id))
-        found = session.scalar(select(func.count()).select_from(FindingRow)
-                               .where(FindingRow.scan_id == handle.id))
+        ports = session.scalar(
+            select(func.count()).select_from(ScanPortRow).where(ScanPortRow.scan_id == handle.id)
+        )
+        found = session.scalar(
+            select(func.count()).select_from(FindingRow).where(FindingRow.scan_id == handle.id)
+        )
     assert progress is not None
-    assert progress.ports_done == progress.ports_total == len(set(range(1, 301)) | set(listeners.ports))
+    assert (
+        progress.ports_done
+        == progress.ports_total
+        == len(set(range(1, 301)) | set(listeners.ports))
+    )
     assert progress.open_count == ports == found == len(expected)
 
 
@@ -174,25 +188,34 @@ def test_merge_twice_or_a_chunk_again_changes_nothing(scanned: Any, celery_worke
         row = session.get(ScanChunkRow, (handle.id, 0))
         assert row is not None
         chunk = {"address": row.host, "hostname": None, "ports": ",".join(row.ports or [])}
-    redo = submit("lewis.scan.chunk", args=[handle.id, 0, chunk, {"services": True}]).wait(timeout=30)
+    redo = submit("lewis.scan.chunk", args=[handle.id, 0, chunk, {"services": True}]).wait(
+        timeout=30
+    )
     # Then not one row changed
     assert again["status"] == "done" and redo["recorded"] is False
     assert snapshot(handle.id) == before
 
 
-def test_a_chunk_run_twice_at_once_is_recorded_once(listeners: ListenerSet, celery_worker: Any,
-                                                    quick: Any) -> None:
+def test_a_chunk_run_twice_at_once_is_recorded_once(
+    listeners: ListenerSet, celery_worker: Any, quick: Any
+) -> None:
     from lewis_tasks.producer.scan import _record
 
     # Given a planned scan of one chunk that nobody has run yet
     scan_id = f"twice-{time.monotonic_ns()}"
     ports = format_ports(listeners.ports)
-    _record(scan_id, {"targets": [ADDRESS], "ports": ports, "target_rows": []},
-            [_chunk(ports, len(listeners.ports))], quick)
+    _record(
+        scan_id,
+        {"targets": [ADDRESS], "ports": ports, "target_rows": []},
+        [_chunk(ports, len(listeners.ports))],
+        quick,
+    )
     # When two deliveries of it run side by side (both past the "already recorded?" check)
     args = [scan_id, 0, {"address": ADDRESS, "ports": ports}, {"services": False}]
-    results = [h.wait(timeout=60) for h in (submit("lewis.scan.chunk", args=args),
-                                            submit("lewis.scan.chunk", args=args))]
+    results = [
+        h.wait(timeout=60)
+        for h in (submit("lewis.scan.chunk", args=args), submit("lewis.scan.chunk", args=args))
+    ]
     # Then exactly one of them recorded it, and the counters moved once
     assert [r["recorded"] for r in results].count(True) == 1
     with session_scope(get_engine()) as session:
@@ -208,8 +231,9 @@ def _chunk(ports: str, count: int) -> Any:
     return Chunk(ADDRESS, None, ports, count)
 
 
-def test_progress_is_readable_while_the_scan_runs(listeners: ListenerSet, celery_worker: Any,
-                                                  quick: Any) -> None:
+def test_progress_is_readable_while_the_scan_runs(
+    listeners: ListenerSet, celery_worker: Any, quick: Any
+) -> None:
     # Given a scan held to 150 connects/s: 450 ports take ~3 s
     with settings_changed(scan={"chunk_ports": 8192}):
         handle = submit_scan(ADDRESS, ports="1-450", rate=150, services=False)
@@ -237,14 +261,18 @@ def test_a_filtered_target_finishes_within_its_budget(celery_worker: Any, quick:
     assert chunk.result["seconds"] < budget
 
 
-def test_the_scan_completes_with_the_redis_cache_down(listeners: ListenerSet, celery_worker: Any,
-                                                      quick: Any, sample_feed: None) -> None:
+def test_the_scan_completes_with_the_redis_cache_down(
+    listeners: ListenerSet, celery_worker: Any, quick: Any, sample_feed: None
+) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     with settings_changed(cache={"url": dead, "local_lru_size": 0}):
         reset_cache()
         try:
-            ssh = next(p for p, i in listeners.listeners.items()
-                       if i.service and i.service.version == "8.9p1")
+            ssh = next(
+                p
+                for p, i in listeners.listeners.items()
+                if i.service and i.service.version == "8.9p1"
+            )
             report = submit_scan(ADDRESS, ports=str(ssh)).wait(timeout=60)
             cache = get_cache()
             assert not cache.available and cache.stats().errors > 0  # it really was down
@@ -253,7 +281,8 @@ def test_the_scan_completes_with_the_redis_cache_down(listeners: ListenerSet, ce
     # Then the CVEs still came from the database
     assert report.status == "done"
     assert report.findings[0]["cve_ids"] == [
-        r.cve_id for r in find_cves("OpenSSH", "8.9p1", sample_records())]
+        r.cve_id for r in find_cves("OpenSSH", "8.9p1", sample_records())
+    ]
 
 
 def test_a_failed_chunk_fails_the_scan_with_the_reason(celery_worker: Any, quick: Any) -> None:
@@ -270,8 +299,12 @@ def test_a_failed_chunk_fails_the_scan_with_the_reason(celery_worker: Any, quick
     with pytest.raises(InvalidInput, match="ports run from 1 to 65535"):
         handle.wait(timeout=60)
     # the errback runs right after the chord is marked failed
-    report = wait_for(lambda: (r := handle.result()).status == "failed" and r, 5, interval=0.05,
-                      what="the scan marked failed")
+    report = wait_for(
+        lambda: (r := handle.result()).status == "failed" and r,
+        5,
+        interval=0.05,
+        what="the scan marked failed",
+    )
     assert report.status == "failed" and "InvalidInput" in (report.error or "")
 
 
@@ -284,8 +317,9 @@ def test_dataclass_reports_are_json(scanned: Any) -> None:
     assert dataclasses.is_dataclass(report)
 
 
-def test_a_rate_limited_host_scans_its_chunks_one_after_another(celery_worker: Any,
-                                                                 quick: Any) -> None:
+def test_a_rate_limited_host_scans_its_chunks_one_after_another(
+    celery_worker: Any, quick: Any
+) -> None:
     # Given 300 ports in chunks of 100 at 500 connects/s (the bucket holds 50 at the start)
     with settings_changed(scan={"chunk_ports": 100}):
         began = time.monotonic()
@@ -297,8 +331,10 @@ def test_a_rate_limited_host_scans_its_chunks_one_after_another(celery_worker: A
     assert took >= (300 - 50) / 500
     # … and each chunk started only after the one before it had finished (a chain per host)
     with session_scope(get_engine()) as session:
-        rows = sorted(session.scalars(select(ScanChunkRow).where(ScanChunkRow.scan_id == handle.id)),
-                      key=lambda r: r.chunk_index)
+        rows = sorted(
+            session.scalars(select(ScanChunkRow).where(ScanChunkRow.scan_id == handle.id)),
+            key=lambda r: r.chunk_index,
+        )
     for before, after in zip(rows, rows[1:], strict=False):
         assert before.finished_at is not None and after.finished_at is not None
         started = after.finished_at.timestamp() - after.result["seconds"]
@@ -307,8 +343,9 @@ def test_a_rate_limited_host_scans_its_chunks_one_after_another(celery_worker: A
 
 def test_a_hostname_target_is_resolved_and_named(celery_worker: Any, quick: Any) -> None:
     with running_listeners(2, host="127.0.0.1", seed=13, banner_share=0) as local:
-        report = submit_scan("localhost", ports=format_ports(local.ports),
-                             services=False).wait(timeout=60)
+        report = submit_scan("localhost", ports=format_ports(local.ports), services=False).wait(
+            timeout=60
+        )
     hosts = {h.address: h for h in report.hosts}
     assert "127.0.0.1" in hosts and hosts["127.0.0.1"].hostname == "localhost"
     assert report.open_ports()["127.0.0.1"] == local.ports

@@ -38,18 +38,26 @@ def state(worker_redis: Any) -> tuple[dict[str, int], int]:
     return {q: d.total for q, d in queue_depths(worker_redis).items()}, rows
 
 
-@pytest.mark.parametrize(("targets", "ports", "error", "named"), [
-    (["127.0.0.1", "10.9.8.7"], "22", OutOfScope, "10.9.8.7"),
-    (["0.0.0.0"], "22", OutOfScope, "0.0.0.0"),
-    (["300.1.2.3"], "22", InvalidInput, "'300.1.2.3'"),
-    (["127.0.0.1", "bad_host!"], "22", InvalidInput, "'bad_host!'"),
-    (["127.0.0.1"], "22,99999", InvalidInput, "'99999'"),
-    (["127.0.0.1"], "80-20", InvalidInput, "'80-20'"),
-    (["127.0.0.1"], "top0", InvalidInput, "'top0'"),
-])
+@pytest.mark.parametrize(
+    ("targets", "ports", "error", "named"),
+    [
+        (["127.0.0.1", "10.9.8.7"], "22", OutOfScope, "10.9.8.7"),
+        (["0.0.0.0"], "22", OutOfScope, "0.0.0.0"),
+        (["300.1.2.3"], "22", InvalidInput, "'300.1.2.3'"),
+        (["127.0.0.1", "bad_host!"], "22", InvalidInput, "'bad_host!'"),
+        (["127.0.0.1"], "22,99999", InvalidInput, "'99999'"),
+        (["127.0.0.1"], "80-20", InvalidInput, "'80-20'"),
+        (["127.0.0.1"], "top0", InvalidInput, "'top0'"),
+    ],
+)
 def test_bad_and_out_of_scope_input_is_refused_naming_the_token(
-        lewis_settings: Any, worker_redis: Any, targets: list[str], ports: str,
-        error: type[Exception], named: str) -> None:
+    lewis_settings: Any,
+    worker_redis: Any,
+    targets: list[str],
+    ports: str,
+    error: type[Exception],
+    named: str,
+) -> None:
     before = state(worker_redis)
     with pytest.raises(error, match=named.replace(".", r"\.")):
         submit_scan(targets, ports=ports)
@@ -63,19 +71,23 @@ def test_a_rate_of_zero_is_refused(lewis_settings: Any, worker_redis: Any) -> No
     assert state(worker_redis) == before
 
 
-def test_over_cap_scans_are_refused_with_the_cap_named(lewis_settings: Any,
-                                                       worker_redis: Any) -> None:
+def test_over_cap_scans_are_refused_with_the_cap_named(
+    lewis_settings: Any, worker_redis: Any
+) -> None:
     before = state(worker_redis)
-    with settings_changed("scan", max_ports_total=1000), \
-            pytest.raises(InvalidInput, match=r"over the cap of 1000 \(scan\.max_ports_total\)"):
+    with (
+        settings_changed("scan", max_ports_total=1000),
+        pytest.raises(InvalidInput, match=r"over the cap of 1000 \(scan\.max_ports_total\)"),
+    ):
         submit_scan(["127.0.0.1", "127.0.0.2"], ports="1-600")
     with pytest.raises(InvalidInput, match=r"scan\.max_hosts"):
         submit_scan("127.0.0.0/16", ports="22")
     assert state(worker_redis) == before
 
 
-def test_past_max_concurrent_scans_a_new_scan_is_refused(lewis_settings: Any, worker_redis: Any,
-                                                         celery_app: Any) -> None:
+def test_past_max_concurrent_scans_a_new_scan_is_refused(
+    lewis_settings: Any, worker_redis: Any, celery_app: Any
+) -> None:
     with session_scope(get_engine()) as session:
         running = len(scans.list_scans(session, status="running", limit=1000))
     first = None
@@ -85,7 +97,9 @@ def test_past_max_concurrent_scans_a_new_scan_is_refused(lewis_settings: Any, wo
             first = submit_scan("127.0.0.1", ports="22", services=False)
             before = state(worker_redis)
             # Then the next one is refused, naming the cap, and nothing more is queued
-            with pytest.raises(InvalidInput, match=r"cap is \d+ \(performance\.max_concurrent_scans\)"):
+            with pytest.raises(
+                InvalidInput, match=r"cap is \d+ \(performance\.max_concurrent_scans\)"
+            ):
                 submit_scan("127.0.0.1", ports="22")
             assert state(worker_redis) == before
         finally:
@@ -96,8 +110,9 @@ def test_past_max_concurrent_scans_a_new_scan_is_refused(lewis_settings: Any, wo
 
 
 @pytest.mark.parametrize("address", ["10.0.0.5", "192.0.2.7", "::ffff:10.0.0.5"])
-def test_a_chunk_cannot_borrow_a_names_standing_for_another_address(lewis_settings: Any,
-                                                                     address: str) -> None:
+def test_a_chunk_cannot_borrow_a_names_standing_for_another_address(
+    lewis_settings: Any, address: str
+) -> None:
     # Given a hand-made chunk message that pairs the allowed name "localhost" with a foreign
     # address (anyone who can publish to the broker could send one)
     import asyncio
@@ -110,11 +125,23 @@ def test_a_chunk_cannot_borrow_a_names_standing_for_another_address(lewis_settin
     part = ScanChunk(address=address, hostname="localhost", ports="22", port_count=1)
     scope = Scope.from_allow(lewis_settings.scope.allow)
     # Then the worker refuses it before any connection, naming both
-    with ThreadPoolExecutor(1) as executor, \
-            pytest.raises(OutOfScope, match="is not an address of localhost"):
-        asyncio.run(_resolve_and_run(part, scope, deadline=1e18, settings=lewis_settings,
-                                     limiter=None, identify=False, concurrency=1,
-                                     publish=None, executor=executor))
+    with (
+        ThreadPoolExecutor(1) as executor,
+        pytest.raises(OutOfScope, match="is not an address of localhost"),
+    ):
+        asyncio.run(
+            _resolve_and_run(
+                part,
+                scope,
+                deadline=1e18,
+                settings=lewis_settings,
+                limiter=None,
+                identify=False,
+                concurrency=1,
+                publish=None,
+                executor=executor,
+            )
+        )
 
 
 def test_localhost_means_loopback_whatever_the_resolver_says() -> None:

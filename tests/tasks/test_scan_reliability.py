@@ -36,18 +36,27 @@ def listeners() -> Iterator[ListenerSet]:
 
 
 def env_for(redis_url: str, home: Path, settings: Any) -> dict[str, str]:
-    return stack_env(redis_url, home,
-                     LEWIS_DATABASE_URL=settings.database.url,  # the test's own database
-                     # a killed worker's message comes back after the visibility timeout
-                     LEWIS_BROKER_VISIBILITY_TIMEOUT="10",
-                     LEWIS_TASKS_TIME_LIMIT="9", LEWIS_TASKS_SOFT_TIME_LIMIT="8",
-                     # silent listeners hold identification 2 × 2 s: time to kill the worker
-                     LEWIS_SCAN_BANNER_TIMEOUT="2")
+    return stack_env(
+        redis_url,
+        home,
+        LEWIS_DATABASE_URL=settings.database.url,  # the test's own database
+        # a killed worker's message comes back after the visibility timeout
+        LEWIS_BROKER_VISIBILITY_TIMEOUT="10",
+        LEWIS_TASKS_TIME_LIMIT="9",
+        LEWIS_TASKS_SOFT_TIME_LIMIT="8",
+        # silent listeners hold identification 2 × 2 s: time to kill the worker
+        LEWIS_SCAN_BANNER_TIMEOUT="2",
+    )
 
 
 def test_io_worker_killed_mid_chunk_the_scan_completes_once(
-        redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: Any,
-        celery_app: Any, listeners: ListenerSet) -> None:
+    redis_url: str,
+    tmp_path: Path,
+    lewis_settings: Any,
+    worker_redis: Any,
+    celery_app: Any,
+    listeners: ListenerSet,
+) -> None:
     with session_scope(get_engine()) as session:
         vulns.import_vulnerabilities(session, sample_records())
     invalidate_vulnerability_cache()
@@ -55,14 +64,16 @@ def test_io_worker_killed_mid_chunk_the_scan_completes_once(
     env = env_for(redis_url, tmp_path, lewis_settings)
     scanned = set(range(1, 201)) | set(listeners.ports)
     truth = sorted(listening_ports(ADDRESS) & scanned)
-    with lewis_process(["worker", "cpu", "-c", "1", "-n", "merger@%h"], env,
-                       tmp_path / "cpu.log"):
+    with lewis_process(["worker", "cpu", "-c", "1", "-n", "merger@%h"], env, tmp_path / "cpu.log"):
         # Given an io worker that takes the scan's one chunk
-        with lewis_process(["worker", "io", "-n", "victim@%h"], env,
-                           tmp_path / "victim.log") as victim:
-            wait_for(lambda: {"victim", "merger"} <= {n.split("@")[0] for n in
-                                                      worker_names(celery_app)},
-                     30, what="the workers")
+        with lewis_process(
+            ["worker", "io", "-n", "victim@%h"], env, tmp_path / "victim.log"
+        ) as victim:
+            wait_for(
+                lambda: {"victim", "merger"} <= {n.split("@")[0] for n in worker_names(celery_app)},
+                30,
+                what="the workers",
+            )
             handle = submit_scan(ADDRESS, ports=f"{EXTRA},{format_ports(listeners.ports)}")
             key = LIVE_KEY.format(scan_id=handle.id)
 
@@ -87,10 +98,12 @@ def test_io_worker_killed_mid_chunk_the_scan_completes_once(
     with session_scope(get_engine()) as session:
         progress = scans.scan_progress(session, handle.id)
         chunk = session.get(ScanChunkRow, (handle.id, 0))
-        ports = session.scalar(select(func.count()).select_from(ScanPortRow)
-                               .where(ScanPortRow.scan_id == handle.id))
-        found = session.scalar(select(func.count()).select_from(FindingRow)
-                               .where(FindingRow.scan_id == handle.id))
+        ports = session.scalar(
+            select(func.count()).select_from(ScanPortRow).where(ScanPortRow.scan_id == handle.id)
+        )
+        found = session.scalar(
+            select(func.count()).select_from(FindingRow).where(FindingRow.scan_id == handle.id)
+        )
     assert progress is not None and chunk is not None
     assert (progress.chunks_done, progress.ports_done) == (1, len(scanned))
     assert progress.open_count == ports == found == len(truth)

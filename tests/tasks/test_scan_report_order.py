@@ -21,14 +21,23 @@ def test_the_report_orders_hosts_and_findings_numerically(lewis_settings: Any) -
     scan_id = uuid.uuid4().hex
     ports = [OpenPort(a, ServiceInfo(8080, "http-alt", probe="banner")) for a in HOSTS]
     with session_scope(get_engine()) as session:
-        scans.upsert_scan(session, scan_id, request={"hosts": [{"address": a, "hostname": None}
-                                                               for a in HOSTS]},
-                          chunks_total=2, ports_total=2,
-                          chunks=[{"chunk_index": i, "host": a, "ports": ["8080"]}
-                                  for i, a in enumerate(HOSTS)])
+        scans.upsert_scan(
+            session,
+            scan_id,
+            request={"hosts": [{"address": a, "hostname": None} for a in HOSTS]},
+            chunks_total=2,
+            ports_total=2,
+            chunks=[{"chunk_index": i, "host": a, "ports": ["8080"]} for i, a in enumerate(HOSTS)],
+        )
         for i, port in enumerate(ports):
-            scans.record_chunk(session, scan_id, i, {"address": port.address, "closed": 0},
-                               ports_scanned=1, open_ports=[scans.port_row(port)])
+            scans.record_chunk(
+                session,
+                scan_id,
+                i,
+                {"address": port.address, "closed": 0},
+                ports_scanned=1,
+                open_ports=[scans.port_row(port)],
+            )
         scans.save_findings(session, scan_id, [assess(p.address, p.service) for p in ports])
     # When it is read back
     report = load_scan_report(scan_id)

@@ -33,12 +33,12 @@ def listeners() -> Iterator[ListenerSet]:
 
 
 @pytest.fixture(scope="module")
-def celery_worker(celery_app: Any, celery_includes: Any, celery_worker_pool: Any,
-                  celery_worker_parameters: Any) -> Iterator[Any]:
+def celery_worker(
+    celery_app: Any, celery_includes: Any, celery_worker_pool: Any, celery_worker_parameters: Any
+) -> Iterator[Any]:
     from celery.contrib.testing import worker
 
-    with worker.start_worker(celery_app, pool=celery_worker_pool,
-                             **celery_worker_parameters) as w:
+    with worker.start_worker(celery_app, pool=celery_worker_pool, **celery_worker_parameters) as w:
         yield w
 
 
@@ -50,8 +50,14 @@ def _scan(listeners: ListenerSet, chunk_ports: int) -> tuple[ScanHandle, Any]:
 
 def _chunk_task_ids(scan_id: str) -> list[str | None]:
     with session_scope(get_engine()) as session:
-        return [r.task_id for r in session.scalars(
-            select(ScanChunkRow).where(ScanChunkRow.scan_id == scan_id).order_by(ScanChunkRow.chunk_index))]
+        return [
+            r.task_id
+            for r in session.scalars(
+                select(ScanChunkRow)
+                .where(ScanChunkRow.scan_id == scan_id)
+                .order_by(ScanChunkRow.chunk_index)
+            )
+        ]
 
 
 def _comparable(report: Any) -> dict[str, Any]:
@@ -81,16 +87,22 @@ def test_a_big_scan_keeps_its_chord(both: Any) -> None:
     assert handle.merge_id not in ids  # the chord's callback merged, not a chunk
 
 
-def test_the_one_chunk_scan_reports_and_stores_what_the_chord_does(both: Any,
-                                                                   listeners: ListenerSet) -> None:
+def test_the_one_chunk_scan_reports_and_stores_what_the_chord_does(
+    both: Any, listeners: ListenerSet
+) -> None:
     (single, one), (chorded, many) = both
     assert one.open_ports() == many.open_ports() == {ADDRESS: listeners.ports}
     assert _comparable(one) == _comparable(many)
 
     def rows(scan_id: str) -> dict[str, Any]:  # every row without its ids and times
         snap = snapshot(scan_id)
-        bare = [[tuple(v for v in r if not hasattr(v, "isoformat") and v != scan_id)
-                 for r in snap[kind]] for kind in ("ports", "findings")]
+        bare = [
+            [
+                tuple(v for v in r if not hasattr(v, "isoformat") and v != scan_id)
+                for r in snap[kind]
+            ]
+            for kind in ("ports", "findings")
+        ]
         return {"ports": bare[0], "findings": sorted(r[1:] for r in bare[1])}  # [0]: row id
 
     assert rows(single.id) == rows(chorded.id)
@@ -104,29 +116,36 @@ def test_the_one_chunk_task_delivered_again_changes_nothing(both: Any) -> None:
         assert row is not None
         chunk = {"address": row.host, "hostname": None, "ports": ",".join(row.ports or [])}
     # When the single task is delivered again (it merges again, in place)
-    again = submit("lewis.scan.chunk",
-                   args=[handle.id, 0, chunk, {"services": True, "merge": True}]).wait(timeout=WAIT)
+    again = submit(
+        "lewis.scan.chunk", args=[handle.id, 0, chunk, {"services": True, "merge": True}]
+    ).wait(timeout=WAIT)
     # Then it answers with the merged scan, and not one row changed
     assert again["status"] == "done" and again["scan_id"] == handle.id
     assert snapshot(handle.id) == before
 
 
 def test_a_redelivery_after_the_chunk_was_recorded_completes_the_scan(
-        listeners: ListenerSet, celery_worker: Any) -> None:
+    listeners: ListenerSet, celery_worker: Any
+) -> None:
     from lewis_tasks.domain.targets import ScanChunk as Chunk
     from lewis_tasks.producer.scan import _record
 
     # Given a one-chunk scan whose task recorded its chunk and died before merging
     scan_id = f"half-{time.monotonic_ns()}"
     ports = format_ports(listeners.ports)
-    _record(scan_id, {"targets": [ADDRESS], "ports": ports, "target_rows": []},
-            [Chunk(ADDRESS, None, ports, len(listeners.ports))], config.get_settings())
+    _record(
+        scan_id,
+        {"targets": [ADDRESS], "ports": ports, "target_rows": []},
+        [Chunk(ADDRESS, None, ports, len(listeners.ports))],
+        config.get_settings(),
+    )
     args = [scan_id, 0, {"address": ADDRESS, "ports": ports}, {"services": False}]
     assert submit("lewis.scan.chunk", args=args).wait(timeout=WAIT)["recorded"] is True
     assert ScanHandle(scan_id, celery_worker.app).progress().status == "running"
     # When it is delivered again, now with its merge
-    merged = submit("lewis.scan.chunk", args=[*args[:3], {"services": False, "merge": True}]
-                    ).wait(timeout=WAIT)
+    merged = submit("lewis.scan.chunk", args=[*args[:3], {"services": False, "merge": True}]).wait(
+        timeout=WAIT
+    )
     # Then the scan is done, with one finding per open port, recorded once
     report = ScanHandle(scan_id, celery_worker.app).result()
     assert merged["status"] == "done" and report.status == "done"
@@ -147,9 +166,14 @@ def servers() -> Iterator[ServerThread]:
 
 def _urls(servers: ServerThread) -> list[Any]:
     base = servers.servers[0].url
-    return [f"{base}/bytes/512", f"{base}/status/404", f"{base}/redirect/2",
-            f"http://127.0.0.1:{free_port('127.0.0.1')}/", "not a url",
-            {"url": f"{base}/echo", "method": "POST", "body": "hi"}]
+    return [
+        f"{base}/bytes/512",
+        f"{base}/status/404",
+        f"{base}/redirect/2",
+        f"http://127.0.0.1:{free_port('127.0.0.1')}/",
+        "not a url",
+        {"url": f"{base}/echo", "method": "POST", "body": "hi"},
+    ]
 
 
 def _batch(urls: list[Any], chunk_size: int) -> tuple[Any, dict[str, Any]]:
@@ -159,12 +183,22 @@ def _batch(urls: list[Any], chunk_size: int) -> tuple[Any, dict[str, Any]]:
 
 
 _COUNTS = ("total", "done", "ok", "failed", "statuses", "errors", "bytes")
-_ROW = ("index", "url", "final_url", "method", "status", "error_class", "bytes", "sha256",
-        "truncated")
+_ROW = (
+    "index",
+    "url",
+    "final_url",
+    "method",
+    "status",
+    "error_class",
+    "bytes",
+    "sha256",
+    "truncated",
+)
 
 
 def test_a_one_chunk_batch_is_one_task_with_the_chords_summary_and_rows(
-        celery_worker: Any, servers: ServerThread) -> None:
+    celery_worker: Any, servers: ServerThread
+) -> None:
     urls = _urls(servers)
     single, one = _batch(urls, chunk_size=100)
     chorded, many = _batch(urls, chunk_size=2)
@@ -173,29 +207,37 @@ def test_a_one_chunk_batch_is_one_task_with_the_chords_summary_and_rows(
     assert chorded.chunks == 3 == many["chunks"] and chorded.task_id not in chorded.part_ids
     # … with the chord's counts and the same rows
     assert {k: one[k] for k in _COUNTS} == {k: many[k] for k in _COUNTS}
-    assert [{k: r[k] for k in _ROW} for r in single.result()] == \
-        [{k: r[k] for k in _ROW} for r in chorded.result()]
+    assert [{k: r[k] for k in _ROW} for r in single.result()] == [
+        {k: r[k] for k in _ROW} for r in chorded.result()
+    ]
     assert single.progress()["status"] == "done"
 
 
 def test_the_one_chunk_batch_delivered_again_stores_nothing_new(
-        celery_worker: Any, servers: ServerThread) -> None:
+    celery_worker: Any, servers: ServerThread
+) -> None:
     urls = _urls(servers)
     handle, summary = _batch(urls, chunk_size=100)
     rows = handle.result()
     # When its one task is delivered again
-    again = submit("lewis.http.fetch_chunk",
-                   args=[handle.id, 0, urls, {"total": len(urls), "merge": True}]
-                   ).wait(timeout=WAIT)
+    again = submit(
+        "lewis.http.fetch_chunk", args=[handle.id, 0, urls, {"total": len(urls), "merge": True}]
+    ).wait(timeout=WAIT)
     # Then it closes the batch with the same counts, and no row is stored twice
     assert {k: again[k] for k in _COUNTS} == {k: summary[k] for k in _COUNTS}
     assert len(handle.result()) == len(rows) == len(urls)
-    assert handle.progress() == {"total": len(urls), "done": len(urls), "ok": summary["ok"],
-                                 "failed": summary["failed"], "status": "done"}
+    assert handle.progress() == {
+        "total": len(urls),
+        "done": len(urls),
+        "ok": summary["ok"],
+        "failed": summary["failed"],
+        "status": "done",
+    }
 
 
 def test_a_small_one_chunk_batch_brings_its_stored_rows_along(
-        celery_worker: Any, servers: ServerThread) -> None:
+    celery_worker: Any, servers: ServerThread
+) -> None:
     from lewis_tasks.producer.http import HttpBatchHandle
 
     urls = _urls(servers)
@@ -210,7 +252,8 @@ def test_a_small_one_chunk_batch_brings_its_stored_rows_along(
 
 
 def test_a_bigger_one_chunk_batch_leaves_its_rows_to_the_database(
-        celery_worker: Any, servers: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    celery_worker: Any, servers: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lewis_tasks.tasks import http as http_tasks
 
     monkeypatch.setattr(http_tasks, "ROWS_IN_RESULT", 3)  # the embedded worker's own module

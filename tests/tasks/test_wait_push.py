@@ -25,12 +25,12 @@ NO_FALLBACK = 3600.0  # longer than WAIT: only a push can end these waits in tim
 
 
 @pytest.fixture(scope="module")
-def celery_worker(celery_app: Any, celery_includes: Any, celery_worker_pool: Any,
-                  celery_worker_parameters: Any) -> Iterator[Any]:
+def celery_worker(
+    celery_app: Any, celery_includes: Any, celery_worker_pool: Any, celery_worker_parameters: Any
+) -> Iterator[Any]:
     from celery.contrib.testing import worker
 
-    with worker.start_worker(celery_app, pool=celery_worker_pool,
-                             **celery_worker_parameters) as w:
+    with worker.start_worker(celery_app, pool=celery_worker_pool, **celery_worker_parameters) as w:
         yield w
 
 
@@ -50,13 +50,21 @@ def test_a_task_result_stored_without_its_push_still_ends_the_wait(celery_app: A
     # Given a task whose result is stored but never published (a lost push)
     task_id = uuid.uuid4().hex
     backend = celery_app.backend
-    meta = {"status": "SUCCESS", "result": 42, "traceback": None, "children": [],
-            "date_done": None, "task_id": task_id}
-    stored = later(lambda: backend.client.set(backend.get_key_for_task(task_id),
-                                              backend.encode(meta)))
+    meta = {
+        "status": "SUCCESS",
+        "result": 42,
+        "traceback": None,
+        "children": [],
+        "date_done": None,
+        "task_id": task_id,
+    }
+    stored = later(
+        lambda: backend.client.set(backend.get_key_for_task(task_id), backend.encode(meta))
+    )
     # Then the wait still ends, with the result, by its fallback re-read
-    assert TaskHandle(task_id, "lewis.bench.noop", celery_app).wait(timeout=WAIT,
-                                                                     interval=0.2) == 42
+    assert (
+        TaskHandle(task_id, "lewis.bench.noop", celery_app).wait(timeout=WAIT, interval=0.2) == 42
+    )
     stored.join()
 
 
@@ -64,23 +72,31 @@ def test_a_task_result_stored_without_its_push_still_ends_the_wait(celery_app: A
 def test_a_scan_wait_ends_on_the_push(celery_worker: Any, ports: str) -> None:
     from tests.tasks.test_scan import settings_changed
 
-    with running_listeners(2, host="127.88.2.9", seed=7, banner_share=0) as listening, \
-            settings_changed(scan={"chunk_ports": 100}):
-        handle = submit_scan("127.88.2.9", ports=f"{ports},{','.join(map(str, listening.ports))}",
-                             services=False)
+    with (
+        running_listeners(2, host="127.88.2.9", seed=7, banner_share=0) as listening,
+        settings_changed(scan={"chunk_ports": 100}),
+    ):
+        handle = submit_scan(
+            "127.88.2.9", ports=f"{ports},{','.join(map(str, listening.ports))}", services=False
+        )
         report = handle.wait(timeout=WAIT, interval=NO_FALLBACK)
     assert report.status == "done"
     assert report.open_ports()["127.88.2.9"] == listening.ports
 
 
-def test_a_scan_done_without_its_push_still_ends_the_wait(celery_app: Any,
-                                                          lewis_settings: Any) -> None:
+def test_a_scan_done_without_its_push_still_ends_the_wait(
+    celery_app: Any, lewis_settings: Any
+) -> None:
     from lewis_tasks.domain.targets import ScanChunk as Chunk
 
     # Given a scan whose merging task never reports (its push is lost)
     scan_id = f"quiet-{time.monotonic_ns()}"
-    _record(scan_id, {"targets": ["127.0.0.1"], "ports": "1", "target_rows": []},
-            [Chunk("127.0.0.1", None, "1", 1)], lewis_settings)
+    _record(
+        scan_id,
+        {"targets": ["127.0.0.1"], "ports": "1", "target_rows": []},
+        [Chunk("127.0.0.1", None, "1", 1)],
+        lewis_settings,
+    )
 
     def finish() -> None:
         with session_scope(get_engine()) as session:

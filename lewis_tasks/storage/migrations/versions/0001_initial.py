@@ -29,8 +29,9 @@ def _ts() -> sa.DateTime:
 
 
 def _json() -> sa.types.TypeEngine[Any]:
-    return sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True),
-                                                   "postgresql")
+    return sa.JSON(none_as_null=True).with_variant(
+        postgresql.JSONB(none_as_null=True), "postgresql"
+    )
 
 
 def _pk(table: str, *cols: str) -> sa.PrimaryKeyConstraint:
@@ -38,8 +39,9 @@ def _pk(table: str, *cols: str) -> sa.PrimaryKeyConstraint:
 
 
 def _fk(table: str, col: str, target: str, target_col: str) -> sa.ForeignKeyConstraint:
-    return sa.ForeignKeyConstraint([col], [f"{target}.{target_col}"], ondelete="CASCADE",
-                                   name=f"fk_{table}_{col}_{target}")
+    return sa.ForeignKeyConstraint(
+        [col], [f"{target}.{target_col}"], ondelete="CASCADE", name=f"fk_{table}_{col}_{target}"
+    )
 
 
 def _str(n: int) -> sa.String:
@@ -122,8 +124,9 @@ def upgrade() -> None:
         sa.Column("created_at", _ts(), nullable=False),
         _fk("findings", "scan_id", "scans", "id"),
         _pk("findings", "id"),
-        sa.UniqueConstraint("scan_id", "host", "port", "title",
-                            name="uq_findings_scan_id_host_port_title"),
+        sa.UniqueConstraint(
+            "scan_id", "host", "port", "title", name="uq_findings_scan_id_host_port_title"
+        ),
     )
     op.create_index("idx_findings_severity", "findings", ["severity"])
 
@@ -255,13 +258,27 @@ def upgrade() -> None:
         sa.Column("settings", _json(), nullable=True),
         _pk("benchmark_runs", "id"),
     )
-    op.create_index("idx_benchmark_runs_suite_created_at", "benchmark_runs",
-                    ["suite", "created_at"])
+    op.create_index(
+        "idx_benchmark_runs_suite_created_at", "benchmark_runs", ["suite", "created_at"]
+    )
 
 
 def downgrade() -> None:
     # Children before parents, so foreign keys never point at a dropped table.
-    for table in ("benchmark_runs", "diagnoses", "profiles", "loadtests", "http_results",
-                  "http_batches", "heartbeats", "vuln_matches", "vulnerabilities", "findings",
-                  "scan_ports", "scan_chunks", "scans", "targets"):
+    for table in (
+        "benchmark_runs",
+        "diagnoses",
+        "profiles",
+        "loadtests",
+        "http_results",
+        "http_batches",
+        "heartbeats",
+        "vuln_matches",
+        "vulnerabilities",
+        "findings",
+        "scan_ports",
+        "scan_chunks",
+        "scans",
+        "targets",
+    ):
         op.drop_table(table)

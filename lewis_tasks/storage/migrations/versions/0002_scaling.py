@@ -23,8 +23,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def _json() -> sa.types.TypeEngine[Any]:
-    return sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True),
-                                                   "postgresql")
+    return sa.JSON(none_as_null=True).with_variant(
+        postgresql.JSONB(none_as_null=True), "postgresql"
+    )
 
 
 def upgrade() -> None:
@@ -44,8 +45,9 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("slot", "queue", name="pk_scaling_decisions"),
     )
-    op.create_index("idx_scaling_decisions_queue_decided_at", "scaling_decisions",
-                    ["queue", "decided_at"])
+    op.create_index(
+        "idx_scaling_decisions_queue_decided_at", "scaling_decisions", ["queue", "decided_at"]
+    )
 
 
 def downgrade() -> None:

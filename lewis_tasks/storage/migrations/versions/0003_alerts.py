@@ -21,8 +21,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def _json() -> sa.types.TypeEngine[Any]:
-    return sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True),
-                                                   "postgresql")
+    return sa.JSON(none_as_null=True).with_variant(
+        postgresql.JSONB(none_as_null=True), "postgresql"
+    )
 
 
 def upgrade() -> None:
