@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -74,6 +77,53 @@ def test_a_second_worker_of_a_profile_on_a_host_takes_the_next_free_name(redis_u
         assert free_node_name(url, "io", "h2") == "io@h2"  # another host has its own
         # and without a broker the plain name (the worker then fails on the broker itself)
         assert free_node_name("redis://127.0.0.1:1/0", "io", "h1", timeout=0.2) == "io@h1"
+    finally:
+        client.flushdb()
+
+
+def test_workers_started_at_the_same_moment_take_different_names(redis_url: str) -> None:
+    import redis
+
+    from lewis_tasks.infra.fleet import CLAIM_KEY
+
+    url = redis_url.rsplit("/", 1)[0] + "/9"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    script = (
+        "import sys, time\n"
+        "from lewis_tasks.infra.fleet import free_node_name\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "print(free_node_name(sys.argv[1], 'io', 'h1'), flush=True)\n"
+        "sys.stdin.read()\n"  # alive until told: its claim stands while it starts
+    )
+    try:
+        # Given four workers choosing their names at the same instant, none alive yet
+        at = time.time() + 1.5
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, url, str(at)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        names = [p.stdout.readline().strip() for p in procs]  # type: ignore[union-attr]
+        # Then each has a name of its own
+        assert sorted(names) == ["io-2@h1", "io-3@h1", "io-4@h1", "io@h1"]
+        for p in procs:
+            p.communicate("", timeout=10)
+        # and a worker restarted after its process died takes its old name again
+        holder = client.get(CLAIM_KEY.format(name="io@h1"))
+        assert holder is not None and int(holder) in {p.pid for p in procs}
+        again = subprocess.run(
+            [sys.executable, "-c", script, url, "0"],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert again.stdout.strip() == "io@h1"
     finally:
         client.flushdb()
 

@@ -24,6 +24,10 @@ BEAT_KEY = "lewis:fleet:beat:{token}"
 HEARTBEAT_KEY = "lewis:heartbeat:last"  # the last heartbeat's summary, for `lewis status`
 PRESENCE_PERIOD = 2.0  # seconds between a member's writes
 PRESENCE_TTL = 3 * PRESENCE_PERIOD + 1  # two missed writes and the member is gone
+# a node name chosen by a starting worker, held by its pid until its presence record shows:
+# two workers started at the same moment on one host never take the same name
+CLAIM_KEY = "lewis:fleet:claim:{name}"
+CLAIM_TTL = 300
 
 
 def presence_period(health_check_interval: float) -> float:
@@ -158,20 +162,50 @@ def free_node_name(url: str, profile: str, host: str, timeout: float = 2.0) -> s
     worker holds that, ``io-2@host``, ``io-3@host``… (the first free one). Stable across
     restarts, so Flower and Prometheus series continue; without a broker answer, the plain
     name (the worker will not start without the broker anyway)."""
-    taken: set[str] = set()
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
             taken = {r.name for r in read_workers(client)}
+            for i in range(1, 10_000):
+                name = f"{profile}@{host}" if i == 1 else f"{profile}-{i}@{host}"
+                if name not in taken and _claim(client, name):
+                    return name
         finally:
             client.close()
     except (redis.RedisError, OSError, ValueError):
-        pass
-    for i in range(1, 10_000):
-        name = f"{profile}@{host}" if i == 1 else f"{profile}-{i}@{host}"
-        if name not in taken:
-            return name
+        return f"{profile}@{host}"
     return f"{profile}-{os.getpid()}@{host}"
+
+
+def _claim(client: redis.Redis, name: str) -> bool:
+    """Hold ``name`` for this process: free, already ours, or held by a process of this host
+    that has died (a worker restarted after a crash keeps its name)."""
+    key, me = CLAIM_KEY.format(name=name), str(os.getpid())
+    if client.set(key, me, nx=True, ex=CLAIM_TTL):
+        return True
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            raw = pipe.get(key)
+            holder = raw.decode() if isinstance(raw, bytes) else raw
+            if holder is not None and holder != me and _alive(holder):
+                return False
+            pipe.multi()
+            pipe.set(key, me, ex=CLAIM_TTL)
+            pipe.execute()
+            return True
+        except redis.WatchError:  # another process claimed it this instant
+            return False
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True  # someone else's process, or not ours to judge: leave the name to it
+    return True
 
 
 def read_beat(client: redis.Redis) -> BeatView:
