@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -239,7 +239,11 @@ def test_lewis_http_cancel_then_again_then_on_a_finished_batch(
 # ---------------------------------------------------------------- Ctrl-C on `lewis scan`
 
 
-def _scan_process(target: CountingTarget, settings: Any) -> subprocess.Popen[str]:
+def _interrupted(
+    settings: Any, args: list[str], reached: Callable[[], bool], what: str, presses: int = 1
+) -> tuple[int, str, str]:
+    """Run ``lewis ARGS`` against the test stack; once ``reached()``, press Ctrl-C ``presses``
+    times. (exit code, stdout, stderr)."""
     env = lewis_env(
         {
             "LEWIS_BROKER_URL": settings.broker.url,
@@ -247,19 +251,8 @@ def _scan_process(target: CountingTarget, settings: Any) -> subprocess.Popen[str
             "LEWIS_STACK_HOME": str(settings.stack.home),
         }
     )
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lewis_tasks.cli",
-            "scan",
-            ADDRESS,
-            "-p",
-            format_ports(target.ports),
-            "--rate",
-            str(RATE),
-            "--no-services",
-        ],
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lewis_tasks.cli", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -267,6 +260,15 @@ def _scan_process(target: CountingTarget, settings: Any) -> subprocess.Popen[str
         stdin=subprocess.DEVNULL,
         text=True,
     )
+    try:
+        wait_for(reached, timeout=60, what=what)
+        for _ in range(presses):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
 
 
 def _latest_scan() -> ScanHandle:
@@ -282,17 +284,15 @@ def _latest_scan() -> ScanHandle:
 def test_ctrl_c_on_lewis_scan(
     target: CountingTarget, celery_worker: Any, lewis_settings: Any, presses: int
 ) -> None:
-    proc = _scan_process(target, lewis_settings)
-    try:
-        wait_for(lambda: target.hits >= 5, timeout=60, what="the scan reaching the target")
-        for _ in range(presses):
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.05)
-        _out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
+    code, _out, err = _interrupted(
+        lewis_settings,
+        ["scan", ADDRESS, "-p", format_ports(target.ports), "--rate", str(RATE), "--no-services"],
+        lambda: target.hits >= 5,
+        "the scan reaching the target",
+        presses,
+    )
     handle = _latest_scan()
-    assert proc.returncode == 130
+    assert code == 130
     if presses == 1:
         assert f"scan {handle.id} cancelled" in err
         assert handle.progress().status == "cancelled"
@@ -307,34 +307,14 @@ def test_ctrl_c_on_lewis_http_cancels_the_batch(
 ) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(f"{slow_server.url}/delay/1000?i={i}\n" for i in range(URLS)))
-    env = lewis_env(
-        {
-            "LEWIS_BROKER_URL": lewis_settings.broker.url,
-            "LEWIS_DATABASE_URL": lewis_settings.database.url,
-            "LEWIS_STACK_HOME": str(lewis_settings.stack.home),
-        }
-    )
     before = _http_hits(slow_server)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lewis_tasks.cli", "http", "-f", str(urls)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
+    code, _out, err = _interrupted(
+        lewis_settings,
+        ["http", "-f", str(urls)],
+        lambda: _http_hits(slow_server) - before >= 20,
+        "the batch reaching the server",
     )
-    try:
-        wait_for(
-            lambda: _http_hits(slow_server) - before >= 20,
-            timeout=60,
-            what="the batch reaching the server",
-        )
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130
+    assert code == 130
     line = next(x for x in err.splitlines() if x.startswith("HTTP batch "))
     batch_id = line.split()[2]
     assert line.endswith("cancelled; what it had done is kept")
@@ -397,46 +377,15 @@ def test_lewis_loadtest_cancel_then_on_an_ended_and_an_unknown_run(
 def test_ctrl_c_on_lewis_loadtest_stops_it_and_prints_what_it_measured(
     slow_server: RunningServer, celery_worker: Any, lewis_settings: Any
 ) -> None:
-    env = lewis_env(
-        {
-            "LEWIS_BROKER_URL": lewis_settings.broker.url,
-            "LEWIS_DATABASE_URL": lewis_settings.database.url,
-            "LEWIS_STACK_HOME": str(lewis_settings.stack.home),
-        }
-    )
     before = _http_hits(slow_server)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lewis_tasks.cli",
-            "loadtest",
-            f"{slow_server.url}/delay/20",
-            "-c",
-            "4",
-            "-d",
-            "20s",
-            "--json",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
+    code, out, err = _interrupted(
+        lewis_settings,
+        ["loadtest", f"{slow_server.url}/delay/20", "-c", "4", "-d", "20s", "--json"],
+        lambda: _http_hits(slow_server) - before >= 40,
+        "the load test reaching the server",
     )
-    try:
-        wait_for(
-            lambda: _http_hits(slow_server) - before >= 40,
-            timeout=60,
-            what="the load test reaching the server",
-        )
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
     # as wrk and locust: the run ends, its figures are printed, the exit says interrupted
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert "cancelled; what it had done is kept" in err
     printed = json.loads(out)
     assert printed["cancelled"] is True and printed["requests"] > 0
