@@ -5,6 +5,7 @@ poison task, and ``lewis up`` losing its embedded Redis.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import tempfile
 import time
@@ -217,7 +218,10 @@ def embedded_redis_kill(
                     "embedded redis kill -9 (lewis up)", submitted
                 )
             figures.notes.append(f"`lewis up` exited (code {exited}); counted from its AOF")
-    first = results.first_completion_after(fault)
+        first = results.first_completion_after(fault)
+        if (answered is None or first is None) and (home / "logs").is_dir():
+            # keep the stack's own logs (its home is a temporary directory) to see why
+            shutil.copytree(home / "logs", LOGS / "lewis-up-stack-logs", dirs_exist_ok=True)
     figures.recovery_s = None if answered is None or first is None else max(answered, first) - fault
     figures.refused, figures.faults = load.refused, 1
     figures.bound_s = float(env["LEWIS_BROKER_VISIBILITY_TIMEOUT"])
