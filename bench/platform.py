@@ -81,15 +81,13 @@ class System:
     def workers(self, kind: str) -> list[list[str]]:
         """Two worker processes' command lines for a workload."""
         if self.name == "lewis_prefork":  # the io profile on prefork: the pool choice's other side
-            return [
-                lewis_worker_argv("io", "-P", "prefork", "-c", "2", "-n", f"io{i}@%h")
-                for i in range(2)
-            ]
+            return [lewis_worker_argv("io", "-P", "prefork", "-c", "2") for _ in range(2)]
         if self.name == "lewis":
             if kind == "noop_cpu":
                 return [lewis_worker_argv("cpu", "-c", "2")]  # one cpu worker: 2 pool processes
-            # named apart: started at once, both would take the first free name (io@host)
-            return [lewis_worker_argv("io", "-n", f"io{i}@%h") for i in range(2)]
+            # started at once, they still get names of their own (io@host, io-2@host: the claim
+            # in infra/fleet.free_node_name)
+            return [lewis_worker_argv("io") for _ in range(2)]
         if kind == "sleep":  # Celery's own answer to IO: the threads pool
             return [
                 baseline_worker_argv("-P", "threads", "-c", "100", "-n", f"base{i}@%h")

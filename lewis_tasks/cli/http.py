@@ -441,11 +441,13 @@ def loadtest_command(
             f"{p.errors:,} errors · {p.reporting}/{p.parts} parts"
         )
 
-    interrupted: list[bool] = []
+    interrupted = False
 
     def stop_and_collect() -> LoadtestResult:
         # as wrk and locust: Ctrl-C ends the run and shows what it measured
-        interrupted.append(cancel_or_leave(f"load test {handle.id}", handle.cancel))
+        nonlocal interrupted
+        interrupted = True
+        cancel_or_leave(f"load test {handle.id}", handle.cancel)
         return handle.wait(timeout=COLLECT_AFTER_CANCEL)
 
     result = _finish(handle, line, wait_s, on_interrupt=stop_and_collect)
