@@ -404,8 +404,6 @@ def _kill_mid_merge(c: Cluster) -> float | None:
     """Arm the next merge to die in its middle; seconds from that death until its scan is done."""
     import redis
 
-    from lewis_tasks.storage import scans
-    from lewis_tasks.storage.db import get_engine, session_scope
     from tests.support.killtasks import KILL_MERGE_KEY, KILLED_MERGE_KEY
 
     client = redis.Redis.from_url(c.env["LEWIS_BROKER_URL"], decode_responses=True)
@@ -415,13 +413,7 @@ def _kill_mid_merge(c: Cluster) -> float | None:
         client.delete(KILL_MERGE_KEY)
         return None
     when, scan_id = str(client.get(KILLED_MERGE_KEY)).split(" ", 1)
-
-    def done() -> bool:
-        with session_scope(get_engine()) as session:
-            scan = scans.get_scan(session, scan_id)
-            return scan is not None and scan.status == "done"
-
-    finished = until(done, c.visibility(c.cpu_env) + 30, interval=0.2)
+    finished = until(lambda: _scans_done({scan_id}), c.visibility(c.cpu_env) + 30, interval=0.2)
     return None if finished is None else finished - float(when)
 
 
