@@ -208,3 +208,24 @@ def test_a_slot_is_claimed_by_one_beat_only(redis_client: redis.Redis) -> None:
 def _runs(client: redis.Redis) -> int:
     value = client.hget("lewis:stats:runs", "lewis.control.heartbeat")
     return int(value) if value else 0
+
+
+def test_the_beat_banner_names_the_lease_the_scheduler_holds(lewis_settings: Any) -> None:
+    from beat_schedule import periodic_jobs
+    from lewis_tasks.infra.beat import LeaderScheduler
+    from lewis_tasks.infra.celery_app import app
+
+    previous = app.conf.beat_schedule
+    app.conf.beat_schedule = periodic_jobs(lewis_settings)  # as `lewis beat` hands them in
+    try:
+        # celery beat prints its banner from a lazy scheduler (its schedule not yet read)
+        banner = LeaderScheduler(app=app, lazy=True)
+        running = LeaderScheduler(app=app)
+    finally:
+        app.conf.beat_schedule = previous
+    # before: the banner said 15 s (the lock timeout) while the lease was 10 s
+    assert banner._timing == running._timing
+    assert running._timing.ttl == min(
+        lewis_settings.stack.beat_lock_timeout, lewis_settings.monitoring.health_check_interval
+    )
+    assert f"{running._timing.ttl:g} s" in banner.info

@@ -212,7 +212,8 @@ def test_status_lists_standby_beats_says_leader_changing_and_exits_1_when_incomp
         text = lewis(env, "status", "--timeout", "0.5")[1]
         assert "standby  " in text and "beat     alive, leader" in text, text
         # When the leader dies: "leader changing", not "NOT RUNNING", until the standby takes over
-        leader_pid = int(rep["beat"]["leader"].split(":")[1])
+        dead = rep["beat"]["leader"]
+        leader_pid = int(dead.split(":")[1])
         beat_pids = {first.pid} | {
             c.pid for c in __import__("psutil").Process(first.pid).children(recursive=True)
         }
@@ -227,6 +228,17 @@ def test_status_lists_standby_beats_says_leader_changing_and_exits_1_when_incomp
             what="'leader changing' during the failover",
         )
         wait_for(lambda: report()[1].get("beat", {}).get("alive"), 60, what="the standby leading")
+
+        def taken_over() -> dict[str, Any] | None:
+            rep = report()[1]
+            new = rep.get("beat", {}).get("leader")
+            return rep if rep.get("beat_leading") and new not in (None, dead) else None
+
+        # and once the standby leads, the dead beat is no standby (before: it was listed as one
+        # until its record expired, two leases after its death)
+        wait_for(taken_over, 60, what="the standby holding the lease")
+        rep = report()[1]
+        assert rep["standby_beats"] == [] and rep["beat"]["leader"] != dead, rep
 
 
 def test_status_text_shows_draining_workers() -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from lewis_tasks.storage.db import ROLE_POOLS
 from tests.conftest import stack_env
-from tests.support.procs import kill_group, lewis_env, wait_for, worker_names
+from tests.support.procs import lewis_env, lewis_process, wait_for, worker_names
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -54,25 +54,11 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
 
 
-@contextlib.contextmanager
 def host_process(
     args: list[str], env: dict[str, str], cwd: Path, log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """`lewis ARGS` run from ``cwd``, the way a second machine's checkout would."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lewis_tasks.cli", *args],
-            cwd=cwd,
-            env=lewis_env(env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        kill_group(proc)
+    return lewis_process(args, env, log, cwd=cwd)
 
 
 def run_lewis(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str]:

@@ -91,8 +91,11 @@ def render(data: dict[str, Any]) -> str:
             "findings are stored once; their *run > 1* counts scans with a chunk delivered again "
             "or a merge killed and run again. In the cpu experiment every other kill lands in a "
             "merge (after it read the chunks, before it stored the findings; armed in "
-            "tests/support/killtasks.py). Recovery: worker kills, from the "
-            "kill to the completion of the tasks it interrupted (worst of the kills); broker "
+            'tests/support/killtasks.py). In the host kill a second "host" (two io workers '
+            "started from another working directory on the same broker and database) is killed "
+            "whole (kill -9 of every process at once) while a scan chunk runs on it, and not "
+            "started again. Recovery: worker and host kills, from the "
+            "kill to the completion of the tasks (scans) it interrupted (worst of the kills); broker "
             "faults, from the fault's end until every worker answers a ping and a task completed; "
             "beats, from the kill to the new leader's first heartbeat; poison, from submit to its "
             "failure. Submits the broker refused during an outage (the caller got "

@@ -126,14 +126,20 @@ def _use_settings(settings: Any) -> Any:
 
 
 def worker(
-    profile: str, name: str, env: dict[str, str], logs: Path, extra: Sequence[str] = ()
+    profile: str,
+    name: str,
+    env: dict[str, str],
+    logs: Path,
+    extra: Sequence[str] = (),
+    cwd: Path | None = None,
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """``lewis worker PROFILE`` with the chaos tasks loaded, named ``name@host``, logging to
-    ``logs/name.log``."""
+    ``logs/name.log``; started from ``cwd`` (another "host"), else from the checkout."""
     return lewis_process(
         ["worker", profile, "-I", TASKS_MODULE, "-n", f"{name}@%h", *extra],
         env,
         logs / f"{name}.log",
+        **({"cwd": cwd} if cwd is not None else {}),
     )
 
 

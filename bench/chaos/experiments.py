@@ -32,6 +32,7 @@ from .cluster import (
     producing_for,
     until,
     wait_answering,
+    worker,
 )
 from .ledger import Figures, Ledger, SteadyLoad, ledger_redis, tally_sender, wait_drained
 
@@ -49,6 +50,7 @@ class Cluster:
     env: dict[str, str]  # the io and control workers' (and the producer's)
     cpu_env: dict[str, str]  # pool children die: limits above worker_lost_wait
     workers: dict[str, Respawning] = field(default_factory=dict)
+    logs: Path = LOGS
 
     def visibility(self, env: dict[str, str] | None = None) -> float:
         return float((env or self.env)["LEWIS_BROKER_VISIBILITY_TIMEOUT"])
@@ -81,7 +83,7 @@ def cluster(
         cpu_env = broker_env(redis.url, home, **LOST_CHILD)
         app = stack.enter_context(producing_for(env))
         _migrate(env)
-        found = Cluster(home, redis, ledger, app, env, cpu_env)
+        found = Cluster(home, redis, ledger, app, env, cpu_env, logs=logs)
         try:
             for i, profile in enumerate(profiles):
                 w = Respawning(
@@ -185,16 +187,138 @@ def io_worker_kill(
 
 def _running(c: Cluster, worker: str, task: str) -> bool:
     """True if ``worker`` (a name before the @) reports ``task`` among its active tasks."""
+    return bool(_active(c, {worker}, task))
+
+
+def _active(c: Cluster, workers: set[str], task: str) -> list[dict[str, Any]]:
+    """The active ``task`` requests of ``workers`` (names before the @), as they report them."""
     try:
         active = c.app.control.inspect(timeout=0.5).active() or {}
     except Exception:  # the broker hiccuped: not seen
-        return False
-    return any(
-        t.get("name") == task
+        return []
+    return [
+        t
         for name, tasks in active.items()
-        if name.split("@")[0] == worker
+        if name.split("@")[0] in workers
         for t in tasks or ()
+        if t.get("name") == task
+    ]
+
+
+def host_kill(
+    c: Cluster,
+    rounds: int = 3,
+    workers: int = 2,
+    rate: float = 10.0,
+    seconds: float = 1.0,
+    scan_every: float = 2.0,
+    slack: float = 30.0,
+) -> list[Figures]:
+    """A second host dies: ``workers`` io workers started from another working directory on
+    the same broker and database are killed whole (kill -9 of every process at once) while a
+    scan chunk runs on one of them, under a steady io load and a scan every ``scan_every`` s.
+    The host is not started again: what it held comes back to the first host's workers after
+    the visibility timeout (issue 21, item 5). ``rounds`` hosts, one after the other. Two
+    rows: the tasks, the scans; recovery, from the kill to the completion of the tasks (the
+    scans) it interrupted."""
+    from .scans import ScanLoad, scan_figures, scan_targets
+
+    c.ledger.clear()
+    task_recoveries: list[float | None] = []
+    scan_recoveries: list[float | None] = []
+    notes: list[str] = []
+    patience = c.visibility() + c.sweep() + slack
+    with (
+        scan_targets() as listeners,
+        ScanLoad(listeners, scan_every) as scans,
+        SteadyLoad(tally_sender(c.ledger, "io", seconds, "host-kill"), rate) as load,
+    ):
+        for n in range(rounds):
+            _kill_a_host(c, f"host{n + 2}", workers, patience, task_recoveries, scan_recoveries)
+        scans.stop()
+        submitted = _drain(c, load, patience)
+        scan_row = scan_figures("second host kill -9: scans", scans, patience)
+    if not task_recoveries:
+        notes.append("no kill found a task running")
+    if not scan_recoveries:
+        notes.append("no kill found a scan chunk running")
+    task_row = _figures(
+        c,
+        "second host kill -9",
+        submitted,
+        load,
+        rounds,
+        task_recoveries,
+        bound=c.visibility() + c.sweep() + seconds,
+        bound_name="visibility timeout + sweep + task",
+        notes=notes,
     )
+    scan_row.faults = rounds
+    scan_row.recovery_s = (
+        None
+        if not scan_recoveries or None in scan_recoveries
+        else max(r for r in scan_recoveries if r is not None)
+    )
+    # the interrupted chunk runs again whole (at most its deadline's cap), then the merge
+    scan_row.bound_s = c.visibility() + c.sweep() + float(c.env["LEWIS_TASKS_SOFT_TIME_LIMIT"])
+    scan_row.bound_name = "visibility timeout + sweep + chunk"
+    return [task_row, scan_row]
+
+
+def _kill_a_host(
+    c: Cluster,
+    host: str,
+    count: int,
+    patience: float,
+    task_recoveries: list[float | None],
+    scan_recoveries: list[float | None],
+) -> None:
+    """Start ``count`` io workers as ``host`` (their own working directory), wait for a scan
+    chunk on one of them, kill them all at once; add the seconds until the tasks (the scans)
+    they held completed elsewhere (None: not within ``patience``) to the recoveries."""
+    cwd = c.home / host
+    cwd.mkdir(exist_ok=True)
+    names = {f"{host}-io{i}" for i in range(count)}
+    chunks: list[dict[str, Any]] = []
+
+    def chunk_running() -> bool:
+        chunks[:] = _active(c, names, "lewis.scan.chunk")
+        return bool(chunks)
+
+    with contextlib.ExitStack() as running:
+        procs = [running.enter_context(worker("io", n, c.env, c.logs, cwd=cwd)) for n in names]
+        wait_answering(c.app, names, 60.0)
+        until(chunk_running, 30)
+        pids = {pid for p in procs for pid in group_pids(p)}
+        interrupted = c.ledger.running_on(pids)
+        fault = time.time()
+        for pid in pids:  # the whole host at once: every worker process, no goodbye
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    if interrupted:
+        until(lambda: c.ledger.last_completion_of(interrupted) is not None, patience)
+        last = c.ledger.last_completion_of(interrupted)
+        task_recoveries.append(None if last is None else last - fault)
+    held = {i for i in map(_scan_of, chunks) if i is not None}
+    if held:
+        finished = until(lambda: _scans_done(held), patience, interval=0.2)
+        scan_recoveries.append(None if finished is None else finished - fault)
+
+
+def _scan_of(request: dict[str, Any]) -> str | None:
+    """The scan id of an active ``lewis.scan.chunk`` request (its first argument)."""
+    args = request.get("args")
+    return str(args[0]) if isinstance(args, list | tuple) and args else None
+
+
+def _scans_done(ids: set[str]) -> bool:
+    from lewis_tasks.storage import scans
+    from lewis_tasks.storage.db import get_engine, session_scope
+
+    with session_scope(get_engine()) as session:
+        return all(
+            (scan := scans.get_scan(session, i)) is not None and scan.status == "done" for i in ids
+        )
 
 
 def cpu_child_kill(
@@ -280,8 +404,6 @@ def _kill_mid_merge(c: Cluster) -> float | None:
     """Arm the next merge to die in its middle; seconds from that death until its scan is done."""
     import redis
 
-    from lewis_tasks.storage import scans
-    from lewis_tasks.storage.db import get_engine, session_scope
     from tests.support.killtasks import KILL_MERGE_KEY, KILLED_MERGE_KEY
 
     client = redis.Redis.from_url(c.env["LEWIS_BROKER_URL"], decode_responses=True)
@@ -291,13 +413,7 @@ def _kill_mid_merge(c: Cluster) -> float | None:
         client.delete(KILL_MERGE_KEY)
         return None
     when, scan_id = str(client.get(KILLED_MERGE_KEY)).split(" ", 1)
-
-    def done() -> bool:
-        with session_scope(get_engine()) as session:
-            scan = scans.get_scan(session, scan_id)
-            return scan is not None and scan.status == "done"
-
-    finished = until(done, c.visibility(c.cpu_env) + 30, interval=0.2)
+    finished = until(lambda: _scans_done({scan_id}), c.visibility(c.cpu_env) + 30, interval=0.2)
     return None if finished is None else finished - float(when)
 
 

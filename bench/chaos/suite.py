@@ -13,6 +13,7 @@ Runner = Callable[[Any], "Figures | list[Figures]"]
 
 NAMES = (
     "io_kill",
+    "host_kill",
     "cpu_kill",
     "poison",
     "beats2",
@@ -25,7 +26,7 @@ NAMES = (
 
 def experiments(short: bool) -> dict[str, Runner]:
     """Each experiment on a :class:`~bench.chaos.experiments.Cluster`."""
-    from .experiments import cpu_child_kill, io_worker_kill, redis_kill, redis_pause
+    from .experiments import cpu_child_kill, host_kill, io_worker_kill, redis_kill, redis_pause
     from .leaders import beat_failover, poison_task
 
     patience = 20.0 if short else 60.0
@@ -34,6 +35,8 @@ def experiments(short: bool) -> dict[str, Runner]:
         "io_kill": lambda c: io_worker_kill(
             c, kills=1 if short else 8, every=3.0 if short else 4.0, slack=8.0 if short else 30.0
         ),
+        # a second host (two io workers of another working directory) killed whole, mid-scan
+        "host_kill": lambda c: host_kill(c, rounds=1 if short else 3, slack=8.0 if short else 30.0),
         "cpu_kill": lambda c: cpu_child_kill(c, kills=2 if short else 8, every=3.0),
         "poison": lambda c: poison_task(c, neighbours=6 if short else 20),
         "beats2": lambda c: beat_failover(

@@ -246,6 +246,8 @@ def _print_report(
     )
     if report.error:
         click.echo(f"error: {report.error}")
+    if s.get("timed_out"):
+        click.echo(f"partial: {s['timed_out']} chunk(s) stopped at their deadline, ports unscanned")
     if not report.findings:
         click.echo("no open ports, no findings")
         return

@@ -237,3 +237,52 @@ def chunk_ports_for(
         per_host = math.ceil(wanted / hosts)  # chunks each host's ports are cut into
         size = min(size, max(MIN_CHUNK_PORTS, math.ceil(ports / per_host)))
     return size
+
+
+# A chunk's deadline (issue 21, item 5): from its planned work, not a fixed share of the soft
+# limit, so a stuck or oversized chunk ends (with what settled, marked timed out) when its
+# plan is overrun, not minutes later; the soft limit's WORK_SHARE stays the cap.
+CHUNK_FLOOR = 10.0  # seconds: never less (resolving, the database, a busy machine)
+PLAN_MARGIN = 2.0  # the plan is the network's worst case; the margin is for the machine's
+IDENTIFY_WAITS = 3  # a silent open port holds identification for its banner and two probe waves
+
+
+@dataclass(frozen=True)
+class ChunkWork:
+    """What one scan chunk will do: its ports, connects in flight, and the ``scan.*`` values.
+
+    ``rate_sharers``: how many chunks share the host's rate limit (the bucket is per host);
+    0 = not known, and a rate-limited chunk then gets the cap.
+    """
+
+    ports: int
+    concurrency: int
+    timeout: float
+    retries: int
+    banner_timeout: float
+    identify: bool = True
+    rate: float | None = None
+    rate_sharers: int = 0
+
+
+def planned_chunk_seconds(work: ChunkWork) -> float:
+    """The worst case of ``work`` on the network: every port filtered (``retries + 1``
+    timeouts each, ``concurrency`` at a time), every connect waiting for a rate permit shared
+    with ``rate_sharers`` chunks, then one round of identification of silent ports. Infinite
+    when a rate is shared with chunks not counted."""
+    attempts = work.retries + 1
+    seconds = math.ceil(work.ports / max(1, work.concurrency)) * attempts * work.timeout
+    if work.rate:
+        if work.rate_sharers < 1:
+            return math.inf
+        seconds += work.ports * attempts * work.rate_sharers / work.rate
+    if work.identify:
+        seconds += IDENTIFY_WAITS * work.banner_timeout
+    return seconds
+
+
+def chunk_deadline(work: ChunkWork, soft_time_limit: float) -> float:
+    """Seconds a scan chunk may run: its planned work × :data:`PLAN_MARGIN`, at least
+    :data:`CHUNK_FLOOR`, at most ``soft_time_limit`` × :data:`WORK_SHARE`."""
+    planned = PLAN_MARGIN * planned_chunk_seconds(work)
+    return min(soft_time_limit * WORK_SHARE, max(CHUNK_FLOOR, planned))

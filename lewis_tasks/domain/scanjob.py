@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import TransientError
 from .findings import Finding, assess, rank_findings
@@ -37,6 +37,7 @@ from .vulns import CveRecord, find_cves
 # Connections one identification may open: the banner wait, then the light probes.
 IDENTIFY_CONNECTS = 1 + PROBE_COUNT
 _MIN_WAIT = 0.005  # never re-ask a rate limiter sooner than this
+STOP_GRACE = 2.0  # a connect loop looks at its stop check every 0.15 s: this is plenty
 
 
 def max_chunk_ports(
@@ -66,6 +67,7 @@ class ChunkOutcome:
     services: tuple[ServiceInfo, ...]
     unidentified: tuple[int, ...]  # open ports the deadline left unnamed
     seconds: float
+    timed_out: bool = False  # the deadline stopped the port scan: ports not settled unscanned
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -73,6 +75,7 @@ class ChunkOutcome:
             "services": [s.to_dict() for s in self.services],
             "unidentified": list(self.unidentified),
             "seconds": round(self.seconds, 4),
+            **({"timed_out": True} if self.timed_out else {}),
         }
 
 
@@ -96,11 +99,14 @@ async def run_chunk(
 ) -> ChunkOutcome:
     """Scan ``ports`` of ``address``, then identify the open ones, all before ``deadline``.
 
-    ``deadline`` is a ``time.monotonic()`` instant. A port scan still running then raises
-    TransientError (the task is retried); identification is cut short instead. ``cancelled``
-    stops the port scan early (what settled is kept) and skips identification.
+    ``deadline`` is a ``time.monotonic()`` instant. A port scan still running then stops with
+    what has settled (the outcome is ``timed_out``; its open ports are listed unnamed);
+    identification is cut short the same way. Only a scan that does not stop within
+    :data:`STOP_GRACE` of the deadline raises TransientError. ``cancelled`` stops the port
+    scan early (what settled is kept) and skips identification.
     """
     started = time.monotonic()
+    stop = _Stop(deadline, cancelled)
     try:
         result = await asyncio.wait_for(
             scan_ports(
@@ -114,15 +120,17 @@ async def run_chunk(
                 on_progress=on_progress,
                 progress_interval=progress_interval,
                 executor=executor,
-                cancelled=cancelled,
+                cancelled=stop,
             ),
-            max(0.0, deadline - started),
+            max(0.0, deadline - started) + STOP_GRACE,
         )
     except TimeoutError:
         raise TransientError(
-            f"scan of {address}: the port scan did not finish within its "
+            f"scan of {address}: the port scan did not stop within {STOP_GRACE:g} s of its "
             f"{deadline - started:.1f} s budget"
         ) from None
+    if stop.timed_out:  # not cancelled by the user: the deadline ended it
+        result = replace(result, cancelled=False)
     services: tuple[ServiceInfo, ...] = ()
     unnamed: tuple[int, ...] = ()
     if identify and result.open and not result.cancelled:
@@ -136,7 +144,21 @@ async def run_chunk(
             limiter=limiter,
         )
         unnamed = tuple(s.port for s in services if s.probe == "deadline")
-    return ChunkOutcome(result, services, unnamed, time.monotonic() - started)
+    return ChunkOutcome(result, services, unnamed, time.monotonic() - started, stop.timed_out)
+
+
+class _Stop:
+    """The connect loop's stop check: the user's cancel, or the deadline (remembered apart)."""
+
+    def __init__(self, deadline: float, cancelled: Callable[[], bool] | None) -> None:
+        self.deadline, self.cancelled, self.timed_out = deadline, cancelled, False
+
+    def __call__(self) -> bool:
+        if self.cancelled is not None and self.cancelled():
+            return True
+        if time.monotonic() >= self.deadline:
+            self.timed_out = True
+        return self.timed_out
 
 
 async def identify_before(

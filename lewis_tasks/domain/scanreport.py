@@ -66,6 +66,7 @@ class ChunkResult:
     filtered: int = 0
     closed: int = 0
     unidentified: tuple[int, ...] = ()
+    timed_out: bool = False  # its deadline stopped the port scan: some ports were not settled
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChunkResult:
@@ -75,6 +76,7 @@ class ChunkResult:
             int(data.get("filtered") or 0),
             int(data.get("closed") or 0),
             tuple(int(p) for p in data.get("unidentified") or ()),
+            bool(data.get("timed_out")),
         )
 
 
@@ -219,6 +221,7 @@ def _summary(
         "filtered": sum(c.filtered for c in chunks),
         "closed": sum(c.closed for c in chunks),
         "unidentified": sum(len(c.unidentified) for c in chunks),
+        "timed_out": sum(1 for c in chunks if c.timed_out),  # chunks cut by their deadline
         "findings": len(findings),
         "by_severity": by_severity,
         "worst": max((f.severity for f in findings), key=level_rank, default=None),

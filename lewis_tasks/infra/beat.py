@@ -132,13 +132,12 @@ class LeaderScheduler(beat.Scheduler):  # type: ignore[misc, unused-ignore]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._leading = False
         super().__init__(*args, **kwargs)
+        # from the app's jobs, not self.schedule: celery beat's banner comes from a lazy
+        # scheduler whose schedule is still empty (it printed the 15 s cap, not the lease)
+        jobs = (self.app.conf.beat_schedule or {}).values()
         self._timing = lease_timing(
             get_settings().stack.beat_lock_timeout,
-            [
-                e.schedule.seconds
-                for e in self.schedule.values()
-                if isinstance(e.schedule, AlignedSchedule)
-            ],
+            [j["schedule"].seconds for j in jobs if isinstance(j.get("schedule"), AlignedSchedule)],
         )
         self._lease = LeaderLease(get_redis(), self._timing.ttl)
 

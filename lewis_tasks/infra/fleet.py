@@ -209,9 +209,10 @@ def _alive(pid: str) -> bool:
 
 
 def read_beat(client: redis.Redis) -> BeatView:
-    """The lease holder and every beat alive; the holder is *silent* when its record is older
-    than two of its writes (measured on Redis' clock: the record's ttl less its PTTL), i.e.
-    it died and its lease is running out: a failover is under way."""
+    """The lease holder and every beat alive; a beat is *silent* when its record is older than
+    two of its writes (measured on Redis' clock: the record's ttl less its PTTL). A silent
+    holder died and its lease is running out: a failover is under way. A silent other beat
+    is dead (its record outlives it by up to two leases), not a standby."""
     holder = client.get(LEADER_KEY)
     leader = holder.decode() if isinstance(holder, bytes) else holder
     keys = sorted(client.scan_iter(match=BEAT_KEY.format(token="*"), count=500))
@@ -229,11 +230,14 @@ def read_beat(client: redis.Redis) -> BeatView:
         if not isinstance(data, dict) or not data.get("token"):
             continue
         token = str(data["token"])
-        beats.append(token)
+        age = float(data.get("ttl") or 0) - max(0, pttl) / 1000
+        # two writes missed (a leader's: 2/3 of the lease + 0.5 s, seen before it runs out)
+        quiet = age > 2 * float(data.get("every") or 0) + 0.5
         if token == leader:
-            age = float(data.get("ttl") or 0) - max(0, pttl) / 1000
-            # two renewals missed (2/3 of the lease + 0.5 s): seen before the lease runs out
-            silent = age > 2 * float(data.get("every") or 0) + 0.5
+            silent = quiet
+        elif quiet:
+            continue
+        beats.append(token)
     return BeatView(leader=leader, beats=tuple(beats), leader_silent=silent)
 
 

@@ -21,6 +21,7 @@ from ..domain.planning import (
     LoadtestBudget,
     split,
 )
+from ..domain.targets import ScanChunk
 from .config import Settings
 
 # Read at each call of chunk_ports_for, so bench/fleet.py's A/B can set it to 0 (off).
@@ -136,7 +137,28 @@ def chunk_ports_for(
     )
 
 
+def chunk_deadline(
+    settings: Settings, part: ScanChunk, concurrency: int, rate: float | None, identify: bool
+) -> float:
+    """Seconds the scan chunk ``part`` may run (``domain.planning.chunk_deadline``): from its
+    ports at ``concurrency`` connects in flight, ``scan.*`` and ``tasks.soft_time_limit``. A
+    chunk knows neither the other chunks of its host nor their share of the per-host rate, so
+    a rate-limited chunk gets the cap."""
+    s = settings.scan
+    work = plan.ChunkWork(
+        ports=part.port_count,
+        concurrency=concurrency,
+        timeout=s.timeout,
+        retries=s.retries,
+        banner_timeout=s.banner_timeout,
+        identify=identify,
+        rate=rate,
+    )
+    return plan.chunk_deadline(work, settings.tasks.soft_time_limit)
+
+
 __all__ = [
+    "chunk_deadline",
     "http_limits",
     "batch_plan",
     "url_budget",

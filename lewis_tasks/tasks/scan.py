@@ -34,7 +34,7 @@ from ..errors import InvalidInput, OutOfScope, TransientError
 from ..infra.cancel import CancelCheck, is_cancelled
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
-from ..infra.planning import WORK_SHARE
+from ..infra.planning import WORK_SHARE, chunk_deadline
 from ..infra.progress import SCAN_LIVE_KEY, ProgressWriter
 from ..infra.runtime import runtime
 from ..infra.task import LewisTask, chord_cause, stored_failure
@@ -139,7 +139,6 @@ def _scan(
     s = settings.scan
     scope = Scope.from_allow(settings.scope.allow)
     soft = settings.tasks.soft_time_limit
-    deadline = time.monotonic() + soft * WORK_SHARE
     rt = runtime()
     limiter = None
     if rate:
@@ -149,6 +148,8 @@ def _scan(
     publish = _live_publisher(scan_id, index, rt.scan.publisher)
     cancelled = CancelCheck(rt.redis(), scan_id)
     with rt.running_chunk() as running:
+        concurrency = max(64, s.concurrency // running)
+        deadline = time.monotonic() + chunk_deadline(settings, part, concurrency, rate, identify)
         try:
             return rt.run(
                 _resolve_and_run(
@@ -158,7 +159,7 @@ def _scan(
                     settings,
                     limiter,
                     identify,
-                    max(64, s.concurrency // running),
+                    concurrency,
                     publish,
                     rt.scan.executor,
                     cancelled,
@@ -236,6 +237,7 @@ def _chunk_result(part: ScanChunk, outcome: ChunkOutcome) -> dict[str, Any]:
         "unidentified": list(outcome.unidentified),
         "seconds": round(outcome.seconds, 3),
         **({"cancelled": True, "ports_done": scan.ports_done} if scan.cancelled else {}),
+        **({"timed_out": True, "ports_done": scan.ports_done} if outcome.timed_out else {}),
     }
 
 

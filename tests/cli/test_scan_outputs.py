@@ -166,3 +166,17 @@ def test_ndiff_reads_two_lewis_scans(tmp_path: Path) -> None:
     )
     assert diff.returncode == 1, diff.stderr  # 1: the scans differ
     assert "-5672/tcp open  amqp" in diff.stdout and "22/tcp" not in diff.stdout
+
+
+def test_a_scan_with_a_chunk_cut_by_its_deadline_says_it_is_partial(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lewis_tasks.cli.scan import _print_report
+    from lewis_tasks.domain.scanreport import ChunkResult, ScanProgress, ScanReport, build_report
+
+    chunks = [ChunkResult.from_dict({"address": "10.0.0.9", "closed": 5, "timed_out": True})]
+    summary = build_report(chunks, [], []).summary
+    progress = ScanProgress("s1", "done", 1, 1, 100, 5, 0)
+    _print_report(ScanReport("s1", "done", {}, None, None, progress, summary=summary), False)
+    out = capsys.readouterr().out
+    assert "partial: 1 chunk(s) stopped at their deadline, ports unscanned" in out, out

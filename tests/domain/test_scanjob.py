@@ -19,7 +19,7 @@ from lewis_tasks.domain.scanjob import (
 from lewis_tasks.domain.scope import Scope
 from lewis_tasks.domain.services import ServiceInfo, guess_name
 from lewis_tasks.domain.vulns import find_cves, sample_records
-from lewis_tasks.errors import OutOfScope, TransientError
+from lewis_tasks.errors import OutOfScope
 from tests.support.listeners import CATALOGUE, ListenerSet, blackhole_port, running_listeners
 
 ADDRESS = "127.88.1.1"
@@ -75,25 +75,37 @@ def test_identification_is_cut_at_the_deadline_not_after(listeners: ListenerSet)
     assert outcome.seconds < 5.0  # well before even one banner timeout would have passed
 
 
-def test_a_filtered_port_ends_as_filtered_and_an_overrun_is_transient() -> None:
+def test_a_filtered_port_ends_as_filtered(listeners: ListenerSet) -> None:
     with blackhole_port(ADDRESS) as port:
         outcome = asyncio.run(
             run_chunk(
                 ADDRESS, [port], scope=SCOPE, timeout=0.3, retries=1, deadline=time.monotonic() + 10
             )
         )
-        assert outcome.scan.filtered == (port,) and outcome.scan.open == ()
-        with pytest.raises(TransientError, match="budget"):
-            asyncio.run(
-                run_chunk(
-                    ADDRESS,
-                    [port],
-                    scope=SCOPE,
-                    timeout=2.0,
-                    retries=1,
-                    deadline=time.monotonic() + 0.5,
-                )
+    assert outcome.scan.filtered == (port,) and outcome.scan.open == ()
+    assert not outcome.timed_out
+
+
+def test_a_chunk_overrunning_its_deadline_ends_with_what_settled(listeners: ListenerSet) -> None:
+    # Given a listener and a black-holed port whose connects (2 × 30 s) outlive a 0.5 s deadline
+    listening = listeners.ports[0]
+    with blackhole_port(ADDRESS) as port:
+        outcome = asyncio.run(
+            run_chunk(
+                ADDRESS,
+                [listening, port],
+                scope=SCOPE,
+                timeout=30.0,
+                retries=1,
+                deadline=time.monotonic() + 0.5,
             )
+        )
+    # Then (before: TransientError, and the task retried into the same wall) the chunk ends
+    # timed out: the open port kept but unnamed, the stalled one left unsettled
+    assert outcome.timed_out and not outcome.scan.cancelled
+    assert outcome.scan.open == (listening,) and outcome.scan.filtered == ()
+    assert outcome.scan.ports_done == 1 and outcome.unidentified == (listening,)
+    assert outcome.to_dict()["timed_out"] is True
 
 
 def test_out_of_scope_address_is_refused_before_any_connect() -> None:

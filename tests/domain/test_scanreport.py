@@ -34,7 +34,9 @@ def test_severity_ranks_before_address_and_the_summary_counts_chunks() -> None:
     chunks = [
         ChunkResult("10.0.0.10", 5, 10, (6379,)),
         ChunkResult("10.0.0.9", 1, 2),
-        ChunkResult("10.0.0.9", 1, 2),
+        ChunkResult.from_dict(
+            {"address": "10.0.0.9", "filtered": 1, "closed": 2, "timed_out": True}
+        ),
     ]
     body = build_report(
         chunks, [plain, redis], [assess(p.address, p.service) for p in (plain, redis)]
@@ -50,6 +52,7 @@ def test_severity_ranks_before_address_and_the_summary_counts_chunks() -> None:
         "filtered": 7,
         "closed": 14,
         "unidentified": 1,
+        "timed_out": 1,  # chunks their deadline cut short
         "findings": 2,
         "by_severity": {"critical": 1, "high": 0, "medium": 0, "low": 0, "info": 1},
         "worst": "critical",

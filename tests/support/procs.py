@@ -22,14 +22,15 @@ def lewis_env(env: dict[str, str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def lewis_process(
-    args: Sequence[str], env: dict[str, str], log: Path
+    args: Sequence[str], env: dict[str, str], log: Path, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``lewis ARGS`` in its own process group; SIGKILL the group on the way out."""
+    """Run ``lewis ARGS`` from ``cwd`` in its own process group; SIGKILL the group on the way
+    out. Another ``cwd`` (no lewis.yaml, no .lewis/stack.json) is how tests play a second host."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lewis_tasks.cli", *args],
-            cwd=ROOT,
+            cwd=cwd,
             env=lewis_env(env),
             stdout=out,
             stderr=subprocess.STDOUT,
