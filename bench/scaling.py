@@ -100,7 +100,7 @@ def burst(app: Any, home: Path, auto: bool) -> dict[str, float]:
         out["to_consuming_s"] = (
             _until(
                 lambda: any(
-                    p.worker.startswith(f"{added}-") and "io" in p.queues
+                    p.worker.partition("@")[0] == added and "io" in p.queues
                     for p in ping_workers(app, timeout=0.5)
                 ),
                 60,

@@ -6,7 +6,7 @@ supervisor through the broker's Redis: it writes the wanted count per queue
 of its loop, reconciles:
 
 * fewer workers of the queue's profile than wanted: start more, each a child of its own
-  named ``io-2``, ``io-3``… (Celery node ``io-2-<hex>@host``), supervised and listed in
+  named ``io-2``, ``io-3``… (Celery node ``io-2@host``), supervised and listed in
   stack.json like the first, and visible in ``lewis status`` by their pings;
 * more than wanted: retire the newest — ``lewis_drain`` (stop consuming, finish what it
   holds, warm exit) or, when it does not answer yet, SIGTERM (Celery's warm shutdown); a
