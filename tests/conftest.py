@@ -136,10 +136,10 @@ def stack_env(redis_url: str, home: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def lewis_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Process settings pointing at the test Redis (db 1) and a fresh migrated SQLite."""
+    from lewis_tasks.cli.db import upgrade_database as upgrade
     from lewis_tasks.infra import config
     from lewis_tasks.infra.celery_app import app, configure_app, release_result_subscriptions
     from lewis_tasks.infra.redis_client import reset_clients
-    from lewis_tasks.storage.migrate import upgrade
 
     home = tmp_path_factory.mktemp("lewis-home")
     settings = config.load_settings(env=stack_env(redis_url, home))

@@ -52,10 +52,6 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 # (file, imported module) → why it is still there. Remove an entry when its import goes.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # -- storage reads its settings ("receives its settings, never reads them"): being
-    #    reworked on the runtime branch (the engine built from settings by the worker runtime)
-    ("lewis_tasks/storage/db.py", "lewis_tasks.infra.config"): "get_engine() reads settings",
-    ("lewis_tasks/storage/migrate.py", "lewis_tasks.infra.config"): "upgrade() reads settings",
     # -- infra persists: the beat jobs' orchestration (collect, alert, scale) and the worker's
     #    pool sizing live in infra but write rows; they belong beside the tasks that run them
     #    (or take a repository handed in by the runtime)
@@ -76,12 +72,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ): "the row-writer process is a storage client (its own interpreter)",
     ("lewis_tasks/infra/vulnlookup.py", "lewis_tasks.storage.db"): "cached CVE reads",
     ("lewis_tasks/infra/vulnlookup.py", "lewis_tasks.storage.vulns"): "cached CVE reads",
-    # the engines live in the worker runtime (one per process, rebuilt after a fork)
-    ("lewis_tasks/storage/db.py", "lewis_tasks.infra.runtime"): "get_engine() asks the runtime",
-    (
-        "lewis_tasks/infra/signals.py",
-        "lewis_tasks.storage.db",
-    ): "worker signals size and dispose the DB pool (runtime branch: the runtime owns it)",
     # -- the producer writes rows and runs SQL (the model branch moves chunk-result reads and
     #    job rows behind storage functions the tasks own; transport code moves to infra)
     ("lewis_tasks/producer/http.py", "lewis_tasks.storage.db"): "batch/load-test rows",
@@ -117,7 +107,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
         "lewis_tasks/cli/scan.py",
         "lewis_tasks.storage.db",
     ): "`lewis vulns import`, `lewis scans list`",
-    ("lewis_tasks/cli/scan.py", "lewis_tasks.storage.migrate"): "`lewis vulns import`",
     ("lewis_tasks/cli/scan.py", "lewis_tasks.storage.scans"): "`lewis scans list`",
     ("lewis_tasks/cli/scan.py", "lewis_tasks.storage.vulns"): "`lewis vulns import`",
     (

@@ -14,8 +14,9 @@ from lewis_tasks.producer import submit, submit_many
 def test_heartbeat_records_every_live_worker_once_per_slot(
     celery_worker: Any, lewis_settings: Any
 ) -> None:
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.storage import heartbeats
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.db import session_scope
 
     # Given a running worker, when the heartbeat for one slot runs twice (a failover re-fire)
     first = submit("lewis.control.heartbeat", kwargs={"slot": 424242}).wait(timeout=20)

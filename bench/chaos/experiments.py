@@ -98,11 +98,12 @@ def cluster(
 
 def _migrate(env: dict[str, str]) -> None:
     """The schema and the sample CVE feed, as `lewis up` prepares them (scans need both)."""
+    from lewis_tasks.cli.db import upgrade_database as upgrade
     from lewis_tasks.domain.vulns import sample_records
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.infra.vulnlookup import invalidate_vulnerability_cache
     from lewis_tasks.storage import vulns
-    from lewis_tasks.storage.db import get_engine, session_scope
-    from lewis_tasks.storage.migrate import upgrade
+    from lewis_tasks.storage.db import session_scope
 
     upgrade(env["LEWIS_DATABASE_URL"])
     with session_scope(get_engine()) as session:
@@ -280,8 +281,9 @@ def _kill_mid_merge(c: Cluster) -> float | None:
     """Arm the next merge to die in its middle; seconds from that death until its scan is done."""
     import redis
 
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.storage import scans
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.db import session_scope
     from tests.support.killtasks import KILL_MERGE_KEY, KILLED_MERGE_KEY
 
     client = redis.Redis.from_url(c.env["LEWIS_BROKER_URL"], decode_responses=True)

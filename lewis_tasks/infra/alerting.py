@@ -282,7 +282,8 @@ def engine_from_settings(client: redis.Redis | None = None) -> AlertEngine:
 def write_history(transitions: list[dict[str, Any]]) -> int:
     """The database half of :func:`drain_outbox`."""
     from ..storage.alerts import record_transitions
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
+    from .database import get_engine
 
     with session_scope(get_engine()) as session:
         return record_transitions(session, transitions)

@@ -167,8 +167,9 @@ def stored_work(limit: int = 5) -> dict[str, Any]:
     """Counts of scans and HTTP batches by status, findings by severity, the newest few."""
     from sqlalchemy import func, select
 
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
     from ..storage.models import FindingRow, HttpBatchRow, ScanRow
+    from .database import get_engine
 
     def grouped(session: Any, column: Any) -> dict[str, int]:
         return {

@@ -37,7 +37,8 @@ def record_benchmark_run(
     **options: Any,
 ) -> dict[str, Any]:
     """Store one run (an upsert keyed by ``run_id``) with this machine and versions; its dict."""
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
     from ..storage.runs import save_benchmark_run
 
     settings = settings or get_settings()
@@ -60,7 +61,8 @@ def record_benchmark_run(
 
 def load_benchmark_runs(*, limit: int = 500, suite: str | None = None) -> list[dict[str, Any]]:
     """The newest ``limit`` stored runs (of ``suite``, if given), oldest first, as report dicts."""
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
     from ..storage.models import BenchmarkRunRow
     from ..storage.runs import list_runs
 

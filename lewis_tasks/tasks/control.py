@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 @app.task(name="lewis.control.heartbeat", count_runs=True)
 def heartbeat(slot: int | None = None) -> dict[str, Any]:
     """Ping every worker through the broker; record who answered and how fast, once per slot."""
+    from ..infra.database import get_engine
     from ..storage import heartbeats
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     settings = get_settings()
     interval = settings.monitoring.health_check_interval
@@ -72,9 +73,10 @@ def _summarise(slot: int, pings: list[Any], ttl: float) -> None:
 def cleanup(slot: int | None = None) -> dict[str, Any]:
     """Drop heartbeats and scaling decisions older than the retention window, alert history
     past its own."""
+    from ..infra.database import get_engine
     from ..storage import heartbeats
     from ..storage.alerts import prune_alert_history
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
     from ..storage.scaling import prune_decisions
 
     settings = get_settings()
@@ -128,9 +130,10 @@ def decide_scaling(slot: int | None = None) -> dict[str, Any]:
     """Each scaled queue's decision for this slot, recorded once and actuated (infra/scaling.py)."""
     import redis
 
+    from ..infra.database import get_engine
     from ..infra.metrics_store import store_from_settings
     from ..infra.scaling import decide_and_act
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     settings = get_settings()
     if slot is None:

@@ -150,7 +150,8 @@ def profile_run(
     return_pstats: bool = False,
 ) -> dict[str, Any]:
     """Profile registered callable ``name`` once; the stored report (and optionally its .pstats)."""
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
     from ..storage.runs import save_profile
 
     settings = get_settings()
@@ -251,7 +252,8 @@ def diagnose(self: Any, worker: str | None = None, interval: float = 0.2) -> dic
     Queue-wait trends are not measured yet (the broker keeps no enqueue times), so the
     queue-wait rule gets no input.
     """
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
     from ..storage.runs import save_diagnosis
 
     settings = get_settings()

@@ -28,7 +28,8 @@ def lewis(*args: str) -> Any:
 
 
 def _stored_request(run_id: str) -> dict[str, Any]:
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.models import LoadtestRow
     from lewis_tasks.storage.runs import get_run
 

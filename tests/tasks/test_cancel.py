@@ -272,9 +272,10 @@ def _interrupted(
 
 
 def _latest_scan() -> ScanHandle:
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.producer.scan import scan_handle
     from lewis_tasks.storage import scans
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.db import session_scope
 
     with session_scope(get_engine()) as session:
         return scan_handle(scans.list_scans(session, limit=1)[0].id)

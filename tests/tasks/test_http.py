@@ -324,7 +324,8 @@ def test_a_failed_chunk_marks_the_batch_failed(celery_worker: Any, lewis_setting
     from celery import chord
 
     from lewis_tasks.infra.celery_app import app
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.http import get_http_batch, save_http_batch
 
     with session_scope(get_engine()) as session:

@@ -18,7 +18,8 @@ TIMEOUT = 60
 
 
 def _stored(model: Any, run_id: str) -> Any:
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.runs import get_run
 
     with session_scope(get_engine()) as session:

@@ -13,10 +13,11 @@ from sqlalchemy import select
 
 from lewis_tasks.domain.targets import format_ports
 from lewis_tasks.infra import config
+from lewis_tasks.infra.database import get_engine
 from lewis_tasks.producer import submit
 from lewis_tasks.producer.http import submit_http_batch
 from lewis_tasks.producer.scan import ScanHandle, submit_scan
-from lewis_tasks.storage.db import get_engine, session_scope
+from lewis_tasks.storage.db import session_scope
 from lewis_tasks.storage.models import ScanChunkRow
 from tests.support.httpservers import ServerThread, free_port, serving
 from tests.support.listeners import CATALOGUE, ListenerSet, running_listeners
