@@ -17,6 +17,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from lewis_tasks.infra.redis_server import EmbeddedRedis
+from tests.support.httpservers import ServerThread, serving
 
 # --- property tests (Hypothesis) ------------------------------------------------------------
 # `ci` (the default): 2,000 examples per property test — 20 of them make ~70,000 examples a
@@ -190,3 +191,13 @@ def worker_redis(lewis_settings: Any) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def serve() -> Iterator[ServerThread]:
+    """Loopback servers for a module's tests: ``serve.start(spec, host="127.0.0.1")`` serves
+    ``spec`` (a kind of tests/support/httpservers.py — "app", "stall", "trickle"… — or any
+    aiohttp ``web.Application``) on a free port and returns it (``.url``, ``.port``,
+    ``.hits``); every server is closed, its sockets too, when the module's tests are done."""
+    with serving() as thread:
+        yield thread

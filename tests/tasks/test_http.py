@@ -18,20 +18,19 @@ from lewis_tasks.errors import InvalidInput, OutOfScope
 from lewis_tasks.infra import aio, config
 from lewis_tasks.producer.base import submit
 from lewis_tasks.producer.http import submit_http_batch, submit_loadtest
-from tests.support.httpservers import RunningServer, ServerThread, free_port, serving, sha256_of
+from tests.support.httpservers import RunningServer, ServerThread, free_port, sha256_of
 from tests.support.wait import wait_for
 
 WAIT = 60
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[ServerThread]:
-    with serving() as thread:
-        thread.start("app", "127.0.0.1")  # outside the narrowed scope
-        thread.start("app", "127.0.0.2")  # inside it
-        thread.start("stall", "127.0.0.1")
-        thread.start("trickle", "127.0.0.1", interval=0.2)
-        yield thread
+def servers(serve: ServerThread) -> ServerThread:
+    serve.start("app", "127.0.0.1")  # outside the narrowed scope
+    serve.start("app", "127.0.0.2")  # inside it
+    serve.start("stall", "127.0.0.1")
+    serve.start("trickle", "127.0.0.1", interval=0.2)
+    return serve
 
 
 def outside(servers: ServerThread) -> RunningServer:

@@ -23,7 +23,7 @@ from lewis_tasks.infra import aio, config, rowwriter
 from lewis_tasks.infra.runtime import runtime
 from lewis_tasks.producer.base import submit
 from lewis_tasks.producer.http import submit_http_batch
-from tests.support.httpservers import ServerThread, serving, sha256_of
+from tests.support.httpservers import ServerThread, sha256_of
 
 WAIT = 60
 
@@ -164,10 +164,9 @@ def test_frames_that_are_cut_or_oversized_are_refused() -> None:
 
 
 @pytest.fixture(scope="module")
-def app_server() -> Iterator[ServerThread]:
-    with serving() as thread:
-        thread.start("app", "127.0.0.1")
-        yield thread
+def app_server(serve: ServerThread) -> ServerThread:
+    serve.start("app", "127.0.0.1")
+    return serve
 
 
 @pytest.fixture
