@@ -91,11 +91,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
         "lewis_tasks/producer/clusterbench.py",
         "lewis_tasks.report.runs",
     ): "records the cluster bench run through report/ (a storage write)",
-    # -- tasks/ reaching past storage
-    (
-        "lewis_tasks/tasks/profile.py",
-        "lewis_tasks.report.runs",
-    ): "records a benchmark run through report/ (a storage write)",
     # -- the CLI reads and writes storage directly (listings, imports, migrations) instead of
     #    through producer/
     ("lewis_tasks/cli/alerts.py", "lewis_tasks.storage.alerts"): "`lewis alerts` history",
