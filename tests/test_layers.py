@@ -59,7 +59,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("lewis_tasks/infra/alerting.py", "lewis_tasks.storage.db"): "alert engine opens sessions",
     ("lewis_tasks/infra/collector.py", "lewis_tasks.storage.db"): "collector opens sessions",
     ("lewis_tasks/infra/collector.py", "lewis_tasks.storage.models"): "collector writes rows",
-    ("lewis_tasks/infra/scaling.py", "lewis_tasks.storage.scaling"): "decisions recorded",
     ("lewis_tasks/infra/batchfetch.py", "lewis_tasks.storage.db"): "chunk rows as they come",
     ("lewis_tasks/infra/batchfetch.py", "lewis_tasks.storage.http"): "chunk rows as they come",
     (

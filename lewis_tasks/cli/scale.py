@@ -133,10 +133,12 @@ def scale_plan(as_json: bool) -> None:
     """What a decision would do now; nothing recorded, nothing done."""
     from ..infra.config import get_settings
     from ..infra.database import get_engine
-    from ..infra.scaling import db_history, plan
+    from ..infra.scaling import plan
     from ..storage.db import session_scope
+    from ..storage.scaling import DecisionLedger
 
-    decisions = plan(get_settings(), _store(), db_history(lambda: session_scope(get_engine())))
+    ledger = DecisionLedger(lambda: session_scope(get_engine()))
+    decisions = plan(get_settings(), _store(), ledger.history)
     if as_json:
         click.echo(json.dumps([d.to_dict() for d in decisions], indent=2, default=str))
         return

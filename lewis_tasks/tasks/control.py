@@ -134,6 +134,7 @@ def decide_scaling(slot: int | None = None) -> dict[str, Any]:
     from ..infra.metrics_store import store_from_settings
     from ..infra.scaling import decide_and_act
     from ..storage.db import session_scope
+    from ..storage.scaling import DecisionLedger
 
     settings = get_settings()
     if slot is None:
@@ -141,9 +142,8 @@ def decide_scaling(slot: int | None = None) -> dict[str, Any]:
     elif isinstance(slot, bool) or not isinstance(slot, int):
         raise InvalidInput(f"scaling slot must be an integer, got {slot!r}")
     try:
-        decisions = decide_and_act(
-            app, settings, store_from_settings(), slot, lambda: session_scope(get_engine())
-        )
+        ledger = DecisionLedger(lambda: session_scope(get_engine()))
+        decisions = decide_and_act(app, settings, store_from_settings(), slot, ledger)
     except redis.RedisError as exc:
         log.warning("scaling: Redis unavailable, slot %s not decided: %s", slot, exc)
         return {"slot": slot, "skipped": True}

@@ -26,7 +26,7 @@ from lewis_tasks.infra.scaling import decide_and_act, set_override
 from lewis_tasks.monitor.exposition import render
 from lewis_tasks.monitor.view import MonitorView
 from lewis_tasks.storage.db import session_scope
-from lewis_tasks.storage.scaling import latest_decisions
+from lewis_tasks.storage.scaling import DecisionLedger, latest_decisions
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def decide(e: dict[str, Any], slot: int, actuator: Actuator) -> dict[str, dict[s
         e["settings"],
         e["store"],
         slot,
-        e["session"],  # type: ignore[arg-type]
+        DecisionLedger(e["session"]),
         actuator=actuator,
     )
     return {d["queue"]: d for d in out}
