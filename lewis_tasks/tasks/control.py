@@ -95,15 +95,19 @@ def collect_metrics(slot: int | None = None) -> dict[str, Any]:
     """Queue depths, workers online, the workers' reports rolled up (infra/collector.py)."""
     import redis
 
-    from ..infra.collector import collect, stored_work
+    from ..infra.collector import collect
+    from ..infra.database import get_engine
     from ..infra.metrics_store import store_from_settings
+    from ..storage.db import session_scope
+    from ..storage.summary import stored_work
 
     if slot is not None and (isinstance(slot, bool) or not isinstance(slot, int)):
         raise InvalidInput(f"metrics slot must be an integer, got {slot!r}")
 
     def work() -> dict[str, Any]:
         try:
-            return stored_work()
+            with session_scope(get_engine()) as session:
+                return stored_work(session)
         except Exception as exc:  # the database is optional here: metrics go on without it
             log.warning("metrics: stored scans/batches unavailable: %s", exc)
             return {}
@@ -160,7 +164,7 @@ def evaluate_alerts(slot: int | None = None) -> dict[str, Any]:
     """Advance every alert rule one slot (infra/alerting.py); notify off this path."""
     import redis
 
-    from ..infra.alerting import drain_outbox, engine_from_settings, write_history
+    from ..infra.alerting import drain_outbox, engine_from_settings
 
     _check_slot("alerts", slot)
     engine = engine_from_settings()
@@ -177,6 +181,16 @@ def evaluate_alerts(slot: int | None = None) -> dict[str, Any]:
     except Exception as exc:  # kept in the outbox: the next tick writes them
         log.warning("alerts: history not written yet (%s: %s)", type(exc).__name__, exc)
     return tick.to_dict()
+
+
+def write_history(transitions: list[dict[str, Any]]) -> int:
+    """The database half of the alert outbox's drain (infra/alerting.py drain_outbox)."""
+    from ..infra.database import get_engine
+    from ..storage.alerts import record_transitions
+    from ..storage.db import session_scope
+
+    with session_scope(get_engine()) as session:
+        return record_transitions(session, transitions)
 
 
 def _notify_expiry() -> float:
