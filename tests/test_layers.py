@@ -83,10 +83,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("lewis_tasks/producer/scanreport.py", "redis"): "RedisError caught reading progress",
     ("lewis_tasks/producer/base.py", "kombu"): "hand-built kombu messages (runtime branch)",
     ("lewis_tasks/producer/base.py", "redis"): "hand-built kombu messages (runtime branch)",
-    (
-        "lewis_tasks/producer/clusterbench.py",
-        "lewis_tasks.report.runs",
-    ): "records the cluster bench run through report/ (a storage write)",
     # -- the CLI reads and writes storage directly (listings, imports, migrations) instead of
     #    through producer/
     ("lewis_tasks/cli/alerts.py", "lewis_tasks.storage.alerts"): "`lewis alerts` history",
