@@ -17,6 +17,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from lewis_tasks.infra.redis_server import EmbeddedRedis
+from tests.support.httpservers import ServerThread, serving
 
 # --- property tests (Hypothesis) ------------------------------------------------------------
 # `ci` (the default): 2,000 examples per property test — 20 of them make ~70,000 examples a
@@ -136,10 +137,10 @@ def stack_env(redis_url: str, home: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def lewis_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Process settings pointing at the test Redis (db 1) and a fresh migrated SQLite."""
+    from lewis_tasks.cli.db import upgrade_database as upgrade
     from lewis_tasks.infra import config
     from lewis_tasks.infra.celery_app import app, configure_app, release_result_subscriptions
     from lewis_tasks.infra.redis_client import reset_clients
-    from lewis_tasks.storage.migrate import upgrade
 
     home = tmp_path_factory.mktemp("lewis-home")
     settings = config.load_settings(env=stack_env(redis_url, home))
@@ -190,3 +191,13 @@ def worker_redis(lewis_settings: Any) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def serve() -> Iterator[ServerThread]:
+    """Loopback servers for a module's tests: ``serve.start(spec, host="127.0.0.1")`` serves
+    ``spec`` (a kind of tests/support/httpservers.py — "app", "stall", "trickle"… — or any
+    aiohttp ``web.Application``) on a free port and returns it (``.url``, ``.port``,
+    ``.hits``); every server is closed, its sockets too, when the module's tests are done."""
+    with serving() as thread:
+        yield thread

@@ -61,10 +61,11 @@ def test_aligned_schedule_fires_once_per_slot() -> None:
 def test_two_beats_fire_each_slot_once_and_the_standby_takes_over(
     redis_url: str, tmp_path: Path, worker_redis: Any
 ) -> None:
+    from lewis_tasks.cli.db import upgrade_database as upgrade
     from lewis_tasks.infra.config import load_settings
+    from lewis_tasks.infra.database import make_engine
     from lewis_tasks.storage import heartbeats
-    from lewis_tasks.storage.db import make_engine, session_scope
-    from lewis_tasks.storage.migrate import upgrade
+    from lewis_tasks.storage.db import session_scope
 
     env = stack_env(redis_url, tmp_path)
     settings = load_settings(env=env)

@@ -184,7 +184,7 @@ def test_every_lewis_variable_is_a_real_setting(
 def _peak_connections(settings: Any, service: str) -> int:
     """The most connections one container of ``service`` opens: its role's pool (every cpu
     child has one) or the explicit pool_size + max_overflow."""
-    from lewis_tasks.storage.db import pool_for
+    from lewis_tasks.infra.database import pool_for
     from workers import worker_options
 
     role = service.removeprefix("worker-") if service.startswith("worker-") else "command"

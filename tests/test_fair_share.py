@@ -30,9 +30,9 @@ def chunks_run(log: Path) -> set[str]:
 def test_worker_added_a_quarter_in_takes_its_share_of_the_rest(
     redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any
 ) -> None:
+    from lewis_tasks.cli.db import upgrade_database as upgrade
     from lewis_tasks.infra import config
     from lewis_tasks.producer.scan import submit_scan
-    from lewis_tasks.storage.migrate import upgrade
 
     # the case: chunks as large as the settings allow, about 48 of them
     extra = {

@@ -16,7 +16,8 @@ def test_heartbeat_records_every_live_worker_once_per_slot(
 ) -> None:
     from sqlalchemy import select
 
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.models import HeartbeatRow
 
     # Given a running worker, when the heartbeat for one slot runs twice (a failover re-fire)

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from lewis_tasks.storage.db import ROLE_POOLS
+from lewis_tasks.infra.database import ROLE_POOLS
 from tests.conftest import stack_env
 from tests.support.procs import lewis_env, lewis_process, wait_for, worker_names
 
@@ -116,10 +116,10 @@ def chunks_run(log: Path) -> set[str]:
 def test_a_second_host_joins_shares_drains_and_stays_in_budget(
     redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any, pg_url: str
 ) -> None:
+    from lewis_tasks.cli.db import upgrade_database as upgrade
     from lewis_tasks.infra import config
+    from lewis_tasks.infra.database import dispose_engines
     from lewis_tasks.producer.scan import submit_scan
-    from lewis_tasks.storage.db import dispose_engines
-    from lewis_tasks.storage.migrate import upgrade
 
     a_dir, b_dir = tmp_path / "host-a", tmp_path / "host-b"
     a_dir.mkdir()

@@ -100,11 +100,12 @@ def cluster(
 
 def _migrate(env: dict[str, str]) -> None:
     """The schema and the sample CVE feed, as `lewis up` prepares them (scans need both)."""
+    from lewis_tasks.cli.db import upgrade_database as upgrade
     from lewis_tasks.domain.vulns import sample_records
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.infra.vulnlookup import invalidate_vulnerability_cache
     from lewis_tasks.storage import vulns
-    from lewis_tasks.storage.db import get_engine, session_scope
-    from lewis_tasks.storage.migrate import upgrade
+    from lewis_tasks.storage.db import session_scope
 
     upgrade(env["LEWIS_DATABASE_URL"])
     with session_scope(get_engine()) as session:
@@ -312,8 +313,9 @@ def _scan_of(request: dict[str, Any]) -> str | None:
 
 
 def _scans_done(ids: set[str]) -> bool:
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.storage import scans
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.db import session_scope
 
     with session_scope(get_engine()) as session:
         return all(

@@ -105,8 +105,9 @@ def beat_failover(c: Cluster, beats: int = 2, kills: int = 3, between: float = 5
 
 
 def _heartbeat_slots(c: Cluster, since: datetime) -> set[int]:
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.storage import heartbeats
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.db import session_scope
 
     with session_scope(get_engine()) as session:
         return {r.slot for r in heartbeats.heartbeats_since(session, since)}

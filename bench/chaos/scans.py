@@ -59,8 +59,9 @@ class ScanLoad(BackgroundLoad):
         expires them after 4 × the visibility timeout)."""
         from sqlalchemy import select
 
+        from lewis_tasks.infra.database import get_engine
         from lewis_tasks.infra.task import redeliveries
-        from lewis_tasks.storage.db import get_engine, session_scope
+        from lewis_tasks.storage.db import session_scope
         from lewis_tasks.storage.models import ScanChunkRow
 
         ids = [h.id for h in handles if h.id not in self.redelivered]
@@ -86,7 +87,8 @@ def scan_figures(name: str, load: ScanLoad, patience: float) -> Figures:
     from sqlalchemy import func, select
 
     from lewis_tasks.domain.targets import parse_ports
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.models import FindingRow, ScanPortRow
     from tests.support.listeners import listening_ports
 

@@ -89,8 +89,9 @@ def alerts(ctx: click.Context, as_json: bool) -> None:
 def history(since: str, rule: str | None, as_json: bool) -> None:
     """Every transition (pending, firing, resolved, nodata) stored in the database."""
     from ..domain.metrics import parse_window
+    from ..infra.database import get_engine
     from ..storage.alerts import alert_history
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_window(since))
     with session_scope(get_engine()) as session:

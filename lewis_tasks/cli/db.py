@@ -16,8 +16,17 @@ def db() -> None:
 def upgrade() -> None:
     """Create or migrate every table and index to the newest revision (a no-op when current)."""
     from ..infra.config import get_settings, redact_url
-    from ..storage.migrate import upgrade as run_upgrade
 
     url = get_settings().database.url
-    run_upgrade(url)
+    upgrade_database(url)
     click.echo(f"database {redact_url(url)} is at the newest revision")
+
+
+def upgrade_database(url: str, revision: str = "head") -> str | None:
+    """Migrate the database at ``url`` to ``revision`` on a one-shot engine (a no-op when it is
+    there already); returns the revision it is at."""
+    from ..infra.database import one_shot_engine
+    from ..storage.migrate import upgrade as run_upgrade
+
+    with one_shot_engine(url) as engine:
+        return run_upgrade(engine, revision)

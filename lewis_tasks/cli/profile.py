@@ -288,6 +288,7 @@ def bench_run(
     from here), one of those four, `functions` (every registered target, in a cpu worker), or
     the name of one registered target, with its ARGS."""
     from ..producer.clusterbench import CLUSTER_SUITES, benchmark_cluster
+    from ..report.runs import record_benchmark_run
 
     if suite in ("cluster", *CLUSTER_SUITES):
         chosen = CLUSTER_SUITES if suite == "cluster" else (suite,)
@@ -302,6 +303,7 @@ def bench_run(
             http_duration=duration,
             max_seconds=max_seconds,
             on_step=_note,
+            record=record_benchmark_run,
         )
         if as_json:
             _echo_json(result.to_dict())

@@ -54,8 +54,9 @@ def scale_status(last: int, as_json: bool) -> None:
 def collect_scale_status(store: Any, last: int = 3) -> dict[str, Any]:
     from ..infra.actuators import read_local
     from ..infra.config import get_settings
+    from ..infra.database import get_engine
     from ..infra.scaling import read_loads, read_override
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
     from ..storage.scaling import latest_decisions
 
     settings = get_settings()
@@ -131,10 +132,13 @@ def format_scale_status(report: dict[str, Any]) -> str:
 def scale_plan(as_json: bool) -> None:
     """What a decision would do now; nothing recorded, nothing done."""
     from ..infra.config import get_settings
-    from ..infra.scaling import db_history, plan
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..infra.scaling import plan
+    from ..storage.db import session_scope
+    from ..storage.scaling import DecisionLedger
 
-    decisions = plan(get_settings(), _store(), db_history(lambda: session_scope(get_engine())))
+    ledger = DecisionLedger(lambda: session_scope(get_engine()))
+    decisions = plan(get_settings(), _store(), ledger.history)
     if as_json:
         click.echo(json.dumps([d.to_dict() for d in decisions], indent=2, default=str))
         return

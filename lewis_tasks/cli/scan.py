@@ -325,8 +325,9 @@ def scans() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_scans(limit: int, status: str | None, as_json: bool) -> None:
     """The newest scans: id, status, progress, open ports, worst finding."""
+    from ..infra.database import get_engine
     from ..storage import scans as repo
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     with session_scope(get_engine()) as session:
         rows = repo.list_scans(session, status=status, limit=limit)
@@ -414,9 +415,10 @@ def import_feeds(files: tuple[Path, ...], sample: bool) -> None:
     from ..errors import InvalidInput
     from ..infra.cache import VULN_KEYS, get_cache
     from ..infra.config import get_settings
+    from ..infra.database import get_engine
     from ..storage import vulns as repo
-    from ..storage.db import get_engine, session_scope
-    from ..storage.migrate import upgrade
+    from ..storage.db import session_scope
+    from .db import upgrade_database as upgrade
 
     if not files and not sample:
         raise InvalidInput("nothing to import: give feed FILEs, or --sample")

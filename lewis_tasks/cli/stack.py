@@ -258,8 +258,9 @@ def _last_heartbeat(client: Any) -> dict[str, Any] | None:
     if summary is not None:
         return summary
     try:
+        from ..infra.database import get_engine
         from ..storage import heartbeats
-        from ..storage.db import get_engine, session_scope
+        from ..storage.db import session_scope
 
         with session_scope(get_engine()) as session:
             rows = heartbeats.latest_heartbeats(session)

@@ -342,6 +342,39 @@ def machine_info(packages: Sequence[str] = DEFAULT_PACKAGES) -> MachineInfo:
     )
 
 
+# the settings sections that shape benchmark figures, stored with every run
+SHAPING_SETTINGS = ("profiling", "workers", "tasks", "performance")
+
+
+def benchmark_run_row(
+    *,
+    suite: str,
+    name: str,
+    queue: str | None,
+    metrics: dict[str, Any],
+    settings: Mapping[str, Any],
+    **options: Any,
+) -> dict[str, Any]:
+    """A benchmark run's stored fields: its figures, this machine and its package versions, and
+    the settings that shape the figures (from ``settings``, already redacted) plus the run's
+    own ``options``."""
+    machine = machine_info().to_dict()
+    versions = machine.pop("packages")
+    return {
+        "suite": suite,
+        "name": name,
+        "queue": queue,
+        "metrics": metrics,
+        "machine": machine,
+        "versions": versions,
+        "settings": {
+            **{k: settings[k] for k in SHAPING_SETTINGS},
+            "broker": {k: settings["broker"][k] for k in ("pool_limit", "max_connections")},
+            "run": options,
+        },
+    }
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
@@ -359,8 +392,10 @@ __all__ = [
     "ConcurrencyStats",
     "MachineInfo",
     "TimingSummary",
+    "SHAPING_SETTINGS",
     "benchmark_concurrent",
     "benchmark_function",
+    "benchmark_run_row",
     "machine_info",
     "median_of_runs",
     "percentile",

@@ -279,15 +279,6 @@ def engine_from_settings(client: redis.Redis | None = None) -> AlertEngine:
     )
 
 
-def write_history(transitions: list[dict[str, Any]]) -> int:
-    """The database half of :func:`drain_outbox`."""
-    from ..storage.alerts import record_transitions
-    from ..storage.db import get_engine, session_scope
-
-    with session_scope(get_engine()) as session:
-        return record_transitions(session, transitions)
-
-
 def active_alerts(alerts: Mapping[str, Alert]) -> list[Alert]:
     """Pending, firing and nodata alerts, the worst first."""
     order = {"critical": 0, "high": 1, "medium": 2, "low": 3}
@@ -308,7 +299,6 @@ __all__ = [
     "Tick",
     "drain_outbox",
     "engine_from_settings",
-    "write_history",
     "active_alerts",
     "PREFIX",
 ]

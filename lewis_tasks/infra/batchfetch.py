@@ -134,8 +134,9 @@ def _persist(
     settings = get_settings()
     if settings.http.row_writer:
         return rt.row_writer(settings.database).store(batch_id, start, outcomes)
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
     from ..storage.http import save_http_outcomes
+    from .database import get_engine
 
     with session_scope(get_engine()) as session:
         return save_http_outcomes(session, batch_id, start, outcomes)
@@ -144,8 +145,9 @@ def _persist(
 def save_batch_once(rt: WorkerRuntime, batch_id: str, total: int, request: Any) -> None:
     """Create the batch row: whichever chunk runs first does; the rest of a process's chunks
     skip the write (and the database lock it takes)."""
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
     from ..storage.http import save_http_batch
+    from .database import get_engine
 
     if rt.batch_saved(batch_id):
         return

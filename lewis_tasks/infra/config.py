@@ -116,7 +116,7 @@ class CacheSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = _opt("", secret=True)  # empty: SQLite under the stack home
-    # 0: by process role (storage/db.py ROLE_POOLS: io 1+3, cpu child / control / command 1+1);
+    # 0: by process role (infra/database.py ROLE_POOLS: io 1+3, cpu child / control / command 1+1);
     # a number sizes every process alike, with max_overflow more opened for bursts
     pool_size: int = _opt(0, minimum=0)
     max_overflow: int = _opt(0, minimum=0)

@@ -163,8 +163,9 @@ def close_row_writer() -> None:
 
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     """Answer store requests from ``inp`` until it closes; the first frame is the database."""
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
     from ..storage.http import save_http_outcomes
+    from .database import get_engine
 
     first = _read_frame(inp)
     if first is None:

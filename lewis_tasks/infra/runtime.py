@@ -81,7 +81,7 @@ class Presence:
 class WorkerRuntime:
     """One process's long-lived resources; build with :func:`start_runtime` or :func:`runtime`."""
 
-    role: str = "command"  # sizes the database pools (storage/db.py ROLE_POOLS)
+    role: str = "command"  # sizes the database pools (infra/database.py ROLE_POOLS)
     hostname: str = ""  # the worker's name (metrics labels), "" outside a worker
     pid: int = field(default_factory=os.getpid)
     reporter: MetricsReporter | None = None

@@ -11,12 +11,11 @@ recorded on the decision and retried by the next slot; nothing else stops.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 import redis
@@ -153,6 +152,24 @@ def read_override(client: redis.Redis, queue: str) -> dict[str, Any] | None:
 History = Callable[[str, float], list[Recommendation]]
 
 
+class Ledger(Protocol):
+    """Where the decision job keeps its decisions (storage/scaling.py's DecisionLedger)."""
+
+    def history(self, queue: str, since: float) -> list[Recommendation]:
+        """The queue's recommendations since ``since`` (epoch seconds): the scale-down window."""
+        ...
+
+    def claim(self, slot: int, decision: ScalingDecision, actuator: str) -> bool:
+        """Record ``decision`` for ``slot``; False when that slot's was taken already."""
+        ...
+
+    def record(
+        self, slot: int, queue: str, *, outcome: dict[str, Any] | None, error: str | None
+    ) -> None:
+        """Add the actuator's word (or its error) to the slot's decision."""
+        ...
+
+
 def plan(
     settings: Settings, store: MetricStore, history: History, now: float | None = None
 ) -> list[ScalingDecision]:
@@ -184,34 +201,22 @@ def plan(
     return out
 
 
-def db_history(session_factory: Callable[[], Any]) -> History:
-    from ..storage.scaling import recent_recommendations
-
-    def history(queue: str, since: float) -> list[Recommendation]:
-        with session_factory() as session:
-            return recent_recommendations(session, queue, dt.datetime.fromtimestamp(since, dt.UTC))
-
-    return history
-
-
 def decide_and_act(
     app: Celery,
     settings: Settings,
     store: MetricStore,
     slot: int,
-    session_factory: Callable[[], Any],
+    ledger: Ledger,
     actuator: Actuator | None = None,
 ) -> list[dict[str, Any]]:
-    """The decision job: plan, claim each (slot, queue) once, export, actuate, record."""
-    from ..storage.scaling import claim_decision, record_outcome
-
+    """The decision job: plan, claim each (slot, queue) once in ``ledger``, export, actuate,
+    record."""
     actuator = actuator or build_actuator(settings.scaling, app, store.client)
     now = time.time()
     results = []
     batch = MetricBatch()
-    for decision in plan(settings, store, db_history(session_factory), now):
-        with session_factory() as session:
-            claimed = claim_decision(session, slot, decision, actuator.name)
+    for decision in plan(settings, store, ledger.history, now):
+        claimed = ledger.claim(slot, decision, actuator.name)
         row: dict[str, Any] = {
             "queue": decision.queue,
             "action": decision.action,
@@ -228,8 +233,7 @@ def decide_and_act(
         if decision.desired is not None:
             _gauge(batch, "lewis_desired_workers", decision.desired, now, decision.queue)
         outcome, error = _actuate(actuator, decision)
-        with session_factory() as session:
-            record_outcome(session, slot, decision.queue, outcome=outcome, error=error)
+        ledger.record(slot, decision.queue, outcome=outcome, error=error)
         results.append({**row, "outcome": outcome, "error": error})
     try:
         store.write(batch, now=now)
@@ -267,7 +271,7 @@ __all__ = [
     "pool_advice",
     "plan",
     "decide_and_act",
-    "db_history",
+    "Ledger",
     "set_override",
     "clear_override",
     "read_override",

@@ -140,11 +140,9 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 def _role_of(app: Celery) -> str:
     """The process role for what this worker consumes: it sizes the database pools
-    (storage/db.py ROLE_POOLS); prefork children inherit it with the runtime."""
-    try:
-        from ..storage.db import role_for_queues
-    except ImportError:  # storage not installed in this build
-        return "command"
+    (infra/database.py ROLE_POOLS); prefork children inherit it with the runtime."""
+    from .database import role_for_queues
+
     return role_for_queues(app.amqp.queues.consume_from)
 
 

@@ -18,7 +18,8 @@ VULN_CACHE_TTL = 3600
 )
 def _records_for_cpe(cpe: str) -> list[dict[str, Any]]:
     from ..storage import vulns
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
+    from .database import get_engine
 
     vendor, _, product = cpe.partition(":")
     with session_scope(get_engine()) as session:

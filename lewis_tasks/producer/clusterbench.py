@@ -2,7 +2,9 @@
 
 They run here, in the producer process, and not inside a task: a task that waits on other tasks
 holds a worker slot they may need (on a one-slot cpu worker it would wait for itself until
-its time limit). Stored as runs of suite ``cluster`` (one per queue for the no-op figures):
+its time limit). Stored as runs of suite ``cluster`` (one per queue for the no-op figures)
+through the recorder the caller hands in (``lewis bench``: report/runs.py's
+``record_benchmark_run``; the producer writes no rows itself):
 
 * ``latency`` — sequential submit → result round trips of a no-op on each queue (p50/p99);
 * ``throughput`` — N no-ops pushed at once with :func:`submit_many`, timed from the first push
@@ -38,6 +40,8 @@ DEFAULT_NOOP = "lewis.bench.noop"
 _POLL = 0.005  # seconds between result polls when none finished: the figure's resolution
 _MGET = 1000  # keys per DEL at the end
 _WINDOW = 64  # oldest pending result keys read per poll
+# stores one run: (run_id, *, suite, name, queue, metrics, settings, **options) -> the run
+Recorder = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -180,11 +184,12 @@ def benchmark_cluster(
     http_url: str | None = None,
     http_concurrency: int = 100,
     http_duration: float = 5.0,
-    store: bool = True,
+    record: Recorder | None = None,
     app: Celery | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> ClusterBenchmark:
-    """Measure the running stack through its broker; each figure stored as a ``cluster`` run.
+    """Measure the running stack through its broker; each figure stored as a ``cluster`` run
+    by ``record`` (report.runs.record_benchmark_run; None: nothing stored).
 
     ``latency`` and ``throughput`` run per queue in ``queues``; ``scan`` and ``http`` once,
     on the io and cpu workers (see :mod:`.stackbench`). Bounded by the ``profiling``
@@ -254,6 +259,7 @@ def benchmark_cluster(
             )
     run_ids = (
         _store(
+            record,
             settings,
             queues,
             latency,
@@ -269,7 +275,7 @@ def benchmark_cluster(
                 "consumers": {q: len(v) for q, v in consumers.items()},
             },
         )
-        if store
+        if record
         else []
     )
     return ClusterBenchmark(
@@ -278,6 +284,7 @@ def benchmark_cluster(
 
 
 def _store(
+    record: Recorder,
     settings: Any,
     queues: Sequence[str],
     latency: Sequence[QueueLatency],
@@ -287,8 +294,6 @@ def _store(
 ) -> list[str]:
     """One run per queue with both no-op figures (one series, one colour per queue in the
     report), and one per stack figure."""
-    from ..report.runs import record_benchmark_run
-
     rows: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
     for queue in queues:
         metrics: dict[str, Any] = {}
@@ -302,7 +307,7 @@ def _store(
     run_ids = []
     for name, queue, metrics, extra in rows:
         run_id = uuid.uuid4().hex
-        record_benchmark_run(
+        record(
             run_id,
             suite="cluster",
             name=name,

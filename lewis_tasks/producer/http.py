@@ -89,7 +89,8 @@ class HttpBatchHandle(_ChordHandle[HttpBatchProgress, HttpBatchSummary]):
 
     def progress(self) -> HttpBatchProgress:
         """total, done, ok, failed and status, as persisted so far."""
-        from ..storage.db import get_engine, session_scope
+        from ..infra.database import get_engine
+        from ..storage.db import session_scope
         from ..storage.http import get_http_batch
 
         with session_scope(get_engine()) as session:
@@ -140,7 +141,8 @@ class HttpBatchHandle(_ChordHandle[HttpBatchProgress, HttpBatchSummary]):
         if self._rows is not None:  # every stored row, as the merge read them back
             rows = [r for r in self._rows if r["error_class"]] if failed_only else self._rows
             return [dict(r) for r in rows[offset : offset + limit]]
-        from ..storage.db import get_engine, session_scope
+        from ..infra.database import get_engine
+        from ..storage.db import session_scope
         from ..storage.http import result_rows
 
         with session_scope(get_engine()) as session:
@@ -190,7 +192,8 @@ class LoadtestHandle(_ChordHandle[LoadtestProgress, LoadtestResult]):
 
     def result(self) -> LoadtestRun | None:
         """The persisted run (status, request, result), or None before it ended."""
-        from ..storage.db import get_engine, session_scope
+        from ..infra.database import get_engine
+        from ..storage.db import session_scope
         from ..storage.models import LoadtestRow
         from ..storage.runs import get_run
 
@@ -306,9 +309,10 @@ def cancel_http_batch(batch_id: str, *, app: Celery | None = None) -> bool:
     (rows kept; the unfetched ones marked ``cancelled``), status ``cancelled``. False if it had
     ended already; InvalidInput if no such batch is known."""
     from ..infra.cancel import request_cancel
+    from ..infra.database import get_engine
     from ..infra.redis_client import get_redis
     from ..storage import http as repo
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     app = _app(app)
     _require_broker(app)

@@ -135,9 +135,10 @@ def chunk_task_id(scan_id: str, index: int) -> str:
 def cancel_scan(scan_id: str, *, app: Celery | None = None) -> bool:
     """See :meth:`ScanHandle.cancel`."""
     from ..infra.cancel import request_cancel
+    from ..infra.database import get_engine
     from ..infra.redis_client import get_redis
     from ..storage import scans
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     app = _app(app)
     _require_broker(app)
@@ -279,8 +280,9 @@ def _target_rows(targets: Sequence[Target]) -> list[dict[str, str]]:
 def _record(
     scan_id: str, request: dict[str, Any], chunks: Sequence[ScanChunk], settings: Settings
 ) -> None:
+    from ..infra.database import get_engine
     from ..storage import scans, targets
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     with session_scope(get_engine()) as session:
         _check_running(session, settings)
@@ -367,8 +369,9 @@ def _unsubscribe(app: Celery, result: Any) -> None:
 
 
 def _mark_failed(scan_id: str, error: str) -> None:
+    from ..infra.database import get_engine
     from ..storage import scans
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     with session_scope(get_engine()) as session:
         scans.set_scan_status(session, scan_id, "failed", error=error[:2000])

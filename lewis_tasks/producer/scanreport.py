@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 def read_progress(scan_id: str) -> ScanProgress:
     """The scan's progress: database counters plus the live counters of unfinished chunks."""
+    from ..infra.database import get_engine
     from ..storage import scans
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     # Live counters first: a chunk deletes its own after recording itself, so read in this
     # order a finished chunk is counted from the database, never dropped between the two reads.
@@ -69,8 +70,9 @@ def _live(scan_id: str) -> dict[int, str]:
 def resolve_scan_id(text: str) -> str:
     """The scan id ``text`` names: the id itself, or a unique prefix of one (as git takes a
     commit's); InvalidInput if none or several match."""
+    from ..infra.database import get_engine
     from ..storage import scans
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     key = text.strip().lower()
     with session_scope(get_engine()) as session:
@@ -89,8 +91,9 @@ def resolve_scan_id(text: str) -> str:
 
 def load_scan_report(scan_id: str) -> ScanReport | None:
     """The stored report of scan ``scan_id``, or None if there is no such scan."""
+    from ..infra.database import get_engine
     from ..storage import scans
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     with session_scope(get_engine()) as session:
         scan = scans.get_scan(session, scan_id)

@@ -10,20 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..domain.benchstats import machine_info
+from ..domain.benchstats import benchmark_run_row
 from ..infra.config import Settings, get_settings
-
-_SHAPING = ("profiling", "workers", "tasks", "performance")
-
-
-def benchmark_settings(settings: Settings, **extra: Any) -> dict[str, Any]:
-    """The settings that shape benchmark figures (secrets masked), plus the run's own options."""
-    shown = settings.redacted()
-    return {
-        **{k: shown[k] for k in _SHAPING},
-        "broker": {k: shown["broker"][k] for k in ("pool_limit", "max_connections")},
-        "run": extra,
-    }
 
 
 def record_benchmark_run(
@@ -37,30 +25,22 @@ def record_benchmark_run(
     **options: Any,
 ) -> dict[str, Any]:
     """Store one run (an upsert keyed by ``run_id``) with this machine and versions; its dict."""
-    from ..storage.db import get_engine, session_scope
-    from ..storage.runs import save_benchmark_run
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
+    from ..storage.runs import store_benchmark_run
 
-    settings = settings or get_settings()
-    machine = machine_info().to_dict()
-    versions = machine.pop("packages")
-    row = {
-        "suite": suite,
-        "name": name,
-        "queue": queue,
-        "metrics": metrics,
-        "machine": machine,
-        "versions": versions,
-        "settings": benchmark_settings(settings, **options),
-    }
+    shown = (settings or get_settings()).redacted()
+    row = benchmark_run_row(
+        suite=suite, name=name, queue=queue, metrics=metrics, settings=shown, **options
+    )
     with session_scope(get_engine()) as session:
-        stored = save_benchmark_run(session, run_id, **row)
-        created = stored.created_at
-    return {"id": run_id, "created_at": created.isoformat(), **row}
+        return store_benchmark_run(session, run_id, row)
 
 
 def load_benchmark_runs(*, limit: int = 500, suite: str | None = None) -> list[dict[str, Any]]:
     """The newest ``limit`` stored runs (of ``suite``, if given), oldest first, as report dicts."""
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
     from ..storage.models import BenchmarkRunRow
     from ..storage.runs import list_runs
 
@@ -84,4 +64,4 @@ def load_benchmark_runs(*, limit: int = 500, suite: str | None = None) -> list[d
     return runs[::-1]
 
 
-__all__ = ["benchmark_settings", "load_benchmark_runs", "record_benchmark_run"]
+__all__ = ["load_benchmark_runs", "record_benchmark_run"]

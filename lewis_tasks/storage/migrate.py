@@ -1,6 +1,9 @@
 """Schema migrations (Alembic), driven from code: ``lewis db upgrade`` and ``lewis up`` call
 :func:`upgrade`. The migration scripts ship inside the package, so an installed copy migrates
 without an alembic.ini or a source checkout.
+
+Each function takes the engine to migrate (``infra.database.one_shot_engine(url)`` makes one
+from a URL, configured like every other: on SQLite ``BEGIN IMMEDIATE`` serialises two upgrades).
 """
 
 from __future__ import annotations
@@ -16,12 +19,11 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StorageError
-from ..infra.config import DatabaseSettings, redact_url
-from .db import describe_error, error_kind, make_engine
+from .db import describe_error, error_kind
 from .models import Base
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -43,41 +45,39 @@ def head_revision() -> str:
     return head
 
 
-def upgrade(database_url: str, revision: str = "head") -> str | None:
-    """Bring the database at ``database_url`` up to ``revision``; returns the revision it is at.
+def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    """Bring ``engine``'s database up to ``revision``; returns the revision it is at.
 
     Running it again is a no-op. Errors come out as StorageError with a readable message.
     """
-    with _connection(database_url) as conn:
+    with _connection(engine) as conn:
         command.upgrade(alembic_config(conn), revision)
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def current_revision(database_url: str) -> str | None:
+def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (None: never migrated)."""
-    with _connection(database_url) as conn:
+    with _connection(engine) as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def schema_diff(database_url: str) -> list[Any]:
+def schema_diff(engine: Engine) -> list[Any]:
     """Differences between the database's schema and the models; ``[]`` when they agree."""
-    with _connection(database_url) as conn:
+    with _connection(engine) as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         return list(compare_metadata(context, Base.metadata))
 
 
 @contextmanager
-def _connection(database_url: str) -> Iterator[Connection]:
-    engine = make_engine(DatabaseSettings(url=database_url), pooled=False)
+def _connection(engine: Engine) -> Iterator[Connection]:
+    url = engine.url.render_as_string(hide_password=True)
     try:
         with engine.begin() as conn:
             yield conn
     except SQLAlchemyError as exc:
-        raise error_kind(exc)(describe_error(exc, redact_url(database_url))) from exc
+        raise error_kind(exc)(describe_error(exc, url)) from exc
     except CommandError as exc:
-        raise StorageError(f"migration of {redact_url(database_url)} failed: {exc}") from exc
-    finally:
-        engine.dispose()
+        raise StorageError(f"migration of {url} failed: {exc}") from exc
 
 
 __all__ = [

@@ -63,6 +63,13 @@ def save_benchmark_run(session: Session, run_id: str, **fields: Any) -> Benchmar
     return save_run(session, BenchmarkRunRow, run_id, **fields)
 
 
+def store_benchmark_run(session: Session, run_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Insert or update benchmark run ``run_id`` with ``row``; the run as a dict (its id and
+    creation time first)."""
+    stored = save_benchmark_run(session, run_id, **row)
+    return {"id": run_id, "created_at": stored.created_at.isoformat(), **row}
+
+
 def get_run(session: Session, model: type[R], run_id: str) -> R | None:
     """One row of ``model`` by id, or None."""
     return fetch(session, model, run_id)
@@ -83,4 +90,5 @@ __all__ = [
     "save_profile",
     "save_diagnosis",
     "save_benchmark_run",
+    "store_benchmark_run",
 ]

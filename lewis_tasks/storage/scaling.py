@@ -8,6 +8,9 @@ actuate — once. :func:`record_outcome` adds what the actuator said (or its err
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -65,6 +68,28 @@ def recent_recommendations(
     ]
 
 
+@dataclass(frozen=True)
+class DecisionLedger:
+    """The decision job's record of its decisions (infra/scaling.py's Ledger), each call in a
+    session of its own from ``sessions``."""
+
+    sessions: Callable[[], AbstractContextManager[Session]]
+
+    def history(self, queue: str, since: float) -> list[Recommendation]:
+        with self.sessions() as session:
+            return recent_recommendations(session, queue, dt.datetime.fromtimestamp(since, dt.UTC))
+
+    def claim(self, slot: int, decision: ScalingDecision, actuator: str) -> bool:
+        with self.sessions() as session:
+            return claim_decision(session, slot, decision, actuator)
+
+    def record(
+        self, slot: int, queue: str, *, outcome: dict[str, Any] | None, error: str | None
+    ) -> None:
+        with self.sessions() as session:
+            record_outcome(session, slot, queue, outcome=outcome, error=error)
+
+
 def latest_decisions(
     session: Session, queue: str | None = None, limit: int = 10
 ) -> list[ScalingDecisionRow]:
@@ -86,6 +111,7 @@ def prune_decisions(session: Session, older_than: dt.datetime) -> int:
 
 
 __all__ = [
+    "DecisionLedger",
     "claim_decision",
     "record_outcome",
     "recent_recommendations",

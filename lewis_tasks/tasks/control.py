@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 @app.task(name="lewis.control.heartbeat", count_runs=True)
 def heartbeat(slot: int | None = None) -> dict[str, Any]:
     """Ping every worker through the broker; record who answered and how fast, once per slot."""
+    from ..infra.database import get_engine
     from ..storage import heartbeats
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     settings = get_settings()
     interval = settings.monitoring.health_check_interval
@@ -72,9 +73,10 @@ def _summarise(slot: int, pings: list[Any], ttl: float) -> None:
 def cleanup(slot: int | None = None) -> dict[str, Any]:
     """Drop heartbeats and scaling decisions older than the retention window, alert history
     past its own."""
+    from ..infra.database import get_engine
     from ..storage import heartbeats
     from ..storage.alerts import prune_alert_history
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
     from ..storage.scaling import prune_decisions
 
     settings = get_settings()
@@ -93,15 +95,19 @@ def collect_metrics(slot: int | None = None) -> dict[str, Any]:
     """Queue depths, workers online, the workers' reports rolled up (infra/collector.py)."""
     import redis
 
-    from ..infra.collector import collect, stored_work
+    from ..infra.collector import collect
+    from ..infra.database import get_engine
     from ..infra.metrics_store import store_from_settings
+    from ..storage.db import session_scope
+    from ..storage.summary import stored_work
 
     if slot is not None and (isinstance(slot, bool) or not isinstance(slot, int)):
         raise InvalidInput(f"metrics slot must be an integer, got {slot!r}")
 
     def work() -> dict[str, Any]:
         try:
-            return stored_work()
+            with session_scope(get_engine()) as session:
+                return stored_work(session)
         except Exception as exc:  # the database is optional here: metrics go on without it
             log.warning("metrics: stored scans/batches unavailable: %s", exc)
             return {}
@@ -128,9 +134,11 @@ def decide_scaling(slot: int | None = None) -> dict[str, Any]:
     """Each scaled queue's decision for this slot, recorded once and actuated (infra/scaling.py)."""
     import redis
 
+    from ..infra.database import get_engine
     from ..infra.metrics_store import store_from_settings
     from ..infra.scaling import decide_and_act
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
+    from ..storage.scaling import DecisionLedger
 
     settings = get_settings()
     if slot is None:
@@ -138,9 +146,8 @@ def decide_scaling(slot: int | None = None) -> dict[str, Any]:
     elif isinstance(slot, bool) or not isinstance(slot, int):
         raise InvalidInput(f"scaling slot must be an integer, got {slot!r}")
     try:
-        decisions = decide_and_act(
-            app, settings, store_from_settings(), slot, lambda: session_scope(get_engine())
-        )
+        ledger = DecisionLedger(lambda: session_scope(get_engine()))
+        decisions = decide_and_act(app, settings, store_from_settings(), slot, ledger)
     except redis.RedisError as exc:
         log.warning("scaling: Redis unavailable, slot %s not decided: %s", slot, exc)
         return {"slot": slot, "skipped": True}
@@ -157,7 +164,7 @@ def evaluate_alerts(slot: int | None = None) -> dict[str, Any]:
     """Advance every alert rule one slot (infra/alerting.py); notify off this path."""
     import redis
 
-    from ..infra.alerting import drain_outbox, engine_from_settings, write_history
+    from ..infra.alerting import drain_outbox, engine_from_settings
 
     _check_slot("alerts", slot)
     engine = engine_from_settings()
@@ -174,6 +181,16 @@ def evaluate_alerts(slot: int | None = None) -> dict[str, Any]:
     except Exception as exc:  # kept in the outbox: the next tick writes them
         log.warning("alerts: history not written yet (%s: %s)", type(exc).__name__, exc)
     return tick.to_dict()
+
+
+def write_history(transitions: list[dict[str, Any]]) -> int:
+    """The database half of the alert outbox's drain (infra/alerting.py drain_outbox)."""
+    from ..infra.database import get_engine
+    from ..storage.alerts import record_transitions
+    from ..storage.db import session_scope
+
+    with session_scope(get_engine()) as session:
+        return record_transitions(session, transitions)
 
 
 def _notify_expiry() -> float:

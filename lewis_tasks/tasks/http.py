@@ -103,7 +103,8 @@ def merge(results: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
 def _merge_batch(results: Any, batch_id: Any, rows_up_to: int = 0) -> dict[str, Any]:
     """The chunks summed and the batch closed; a batch of at most ``rows_up_to`` URLs also
     returns its stored rows (read back, so a redelivery returns what the first one stored)."""
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
     from ..storage.http import finish_http_batch, get_http_batch, result_rows
 
     _check_batch_id(batch_id)
@@ -138,7 +139,8 @@ def _merge_batch(results: Any, batch_id: Any, rows_up_to: int = 0) -> dict[str, 
 @app.task(name="lewis.http.abort")
 def abort(failed_task_id: str, kind: str, run_id: str) -> dict[str, Any]:
     """Errback of a failed batch or load test chord: record the run as failed, with why."""
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
     from ..storage.http import finish_http_batch
     from ..storage.runs import save_loadtest
 
@@ -323,7 +325,8 @@ def loadtest_merge(
 ) -> dict[str, Any]:
     """Chord callback: the parts as one result (histograms merged bucket by bucket, never
     percentiles averaged), persisted once; a second run returns the stored result."""
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
     from ..storage.models import LoadtestRow
     from ..storage.runs import get_run, save_loadtest
 

@@ -27,7 +27,7 @@ from typing import Any
 from celery.worker import state as worker_state
 from celery.worker.control import inspect_command
 
-from ..domain.benchstats import benchmark_concurrent, benchmark_function
+from ..domain.benchstats import benchmark_concurrent, benchmark_function, benchmark_run_row
 from ..domain.benchtargets import TASK_TARGETS, WORKLOAD_TARGETS, default_args
 from ..domain.callables import Limits, Registry
 from ..domain.diagnostics import aggregate, collect_system, diagnose_worker
@@ -36,7 +36,6 @@ from ..errors import InvalidInput
 from ..infra.broker import broadcast
 from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
-from ..report.runs import record_benchmark_run
 from . import bench  # noqa: F401  (defines the lewis.bench tasks looked up below)
 from .iobatch import ASYNC_BODIES
 
@@ -150,7 +149,8 @@ def profile_run(
     return_pstats: bool = False,
 ) -> dict[str, Any]:
     """Profile registered callable ``name`` once; the stored report (and optionally its .pstats)."""
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
     from ..storage.runs import save_profile
 
     settings = get_settings()
@@ -251,7 +251,8 @@ def diagnose(self: Any, worker: str | None = None, interval: float = 0.2) -> dic
     Queue-wait trends are not measured yet (the broker keeps no enqueue times), so the
     queue-wait rule gets no input.
     """
-    from ..storage.db import get_engine, session_scope
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
     from ..storage.runs import save_diagnosis
 
     settings = get_settings()
@@ -317,6 +318,10 @@ def bench_run(
     Failing iterations are counted in the success rate, never abort the run. Stored with the
     machine, package versions and the settings that shape the figures.
     """
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
+    from ..storage.runs import store_benchmark_run
+
     settings = get_settings()
     limits = limits_of(settings)
     func = BENCHMARKABLE.get(target)
@@ -364,13 +369,12 @@ def bench_run(
             stdev_ms=timings.stdev_s * 1e3,
         )
     queue = (self.request.delivery_info or {}).get("routing_key") or "cpu"
-    stored = record_benchmark_run(
-        _run_id(self),
+    row = benchmark_run_row(
         suite="function",
         name=target,
         queue=queue,
         metrics=metrics,
-        settings=settings,
+        settings=settings.redacted(),
         kind=kind,
         iterations=count,
         warmup=warmup,
@@ -379,6 +383,8 @@ def bench_run(
         kwargs=call_kwargs,
         max_seconds=seconds,
     )
+    with session_scope(get_engine()) as session:
+        stored = store_benchmark_run(session, _run_id(self), row)
     return {**stored, "kind": kind, "worker": self.request.hostname, "stats": stats.to_dict()}
 
 

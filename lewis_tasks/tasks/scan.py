@@ -74,8 +74,9 @@ def _record_chunk(
     chunk: Mapping[str, Any],
     options: Mapping[str, Any],
 ) -> dict[str, Any]:
+    from ..infra.database import get_engine
     from ..storage import scans
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     part, rate, identify = _chunk_input(scan_id, index, chunk, options)
     with session_scope(get_engine()) as session:
@@ -283,8 +284,9 @@ def merge(_header_results: Any = None, scan_id: str = "") -> dict[str, Any]:
 
 
 def _merge(scan_id: Any) -> dict[str, Any]:
+    from ..infra.database import get_engine
     from ..storage import scans, targets
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     if not isinstance(scan_id, str) or not scan_id:
         raise InvalidInput(f"scan id must be a non-empty string, got {scan_id!r}")
@@ -319,8 +321,9 @@ def _merge(scan_id: Any) -> dict[str, Any]:
 @app.task(name="lewis.scan.fail")
 def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
     """Errback of the merge: the chord failed (a chunk gave up, or the merge did); say why."""
+    from ..infra.database import get_engine
     from ..storage import scans
-    from ..storage.db import get_engine, session_scope
+    from ..storage.db import session_scope
 
     # waiting for the stored failure also means a handle that sees "failed" finds it stored
     cause = stored_failure(app, task_id) if task_id else None

@@ -55,8 +55,9 @@ RULES = [
 @pytest.fixture
 def alert_settings(lewis_settings: Any, worker_redis: redis.Redis) -> Iterator[Any]:
     """The test stack's settings with our rules; alert and metric keys wiped around the test."""
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.storage.alerts import prune_alert_history
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.db import session_scope
 
     def wipe() -> None:
         for key in [

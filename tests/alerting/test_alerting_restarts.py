@@ -73,8 +73,9 @@ def test_cleanup_drops_alert_history_past_its_retention(alert_settings: Any) -> 
     import datetime as dt
     import time
 
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.storage.alerts import alert_history, record_transitions
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.tasks.control import cleanup
 
     def move(at: float) -> dict[str, Any]:

@@ -48,9 +48,10 @@ def _state(engine: AlertEngine) -> dict[str, Any]:
 def test_a_queue_without_consumer_fires_after_for_and_resolves_when_drained(
     redis_url: str, tmp_path: Path, lewis_settings: Any, worker_redis: redis.Redis
 ) -> None:
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.producer.base import submit_many
     from lewis_tasks.storage.alerts import alert_history
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.db import session_scope
 
     for key in [
         *worker_redis.scan_iter("lewis:metrics:*"),

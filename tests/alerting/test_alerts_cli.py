@@ -16,8 +16,9 @@ from click.testing import CliRunner, Result
 from lewis_tasks.cli import cli
 from lewis_tasks.domain.metrics import MetricBatch, series_key
 from lewis_tasks.infra import config
-from lewis_tasks.infra.alerting import drain_outbox, engine_from_settings, write_history
+from lewis_tasks.infra.alerting import drain_outbox, engine_from_settings
 from lewis_tasks.infra.metrics_store import store_from_settings
+from lewis_tasks.tasks.control import write_history
 from tests.alerting.test_engine import put_depth
 
 

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import redis
 
+from lewis_tasks.cli.db import upgrade_database as upgrade
 from lewis_tasks.domain.alerts import parse_rule
 from lewis_tasks.domain.metrics import MetricBatch, series_key
 from lewis_tasks.infra.alerting import AlertEngine, drain_outbox
 from lewis_tasks.infra.config import DatabaseSettings
+from lewis_tasks.infra.database import make_engine
 from lewis_tasks.infra.metrics_store import MetricStore
 from lewis_tasks.storage.alerts import alert_history, record_transitions
-from lewis_tasks.storage.db import make_engine, session_scope
-from lewis_tasks.storage.migrate import upgrade
+from lewis_tasks.storage.db import session_scope
 
 STEP = 10
 BACKLOG = parse_rule(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lewis_tasks.cli.db import upgrade_database as upgrade
 from lewis_tasks.infra.redis_server import free_port
-from lewis_tasks.storage.migrate import upgrade
 from tests.test_cli import lewis
 
 

@@ -13,13 +13,12 @@ from click.testing import CliRunner
 from lewis_tasks.cli import cli
 from lewis_tasks.cli.http import parse_duration, read_requests
 from lewis_tasks.errors import InvalidInput
-from tests.support.httpservers import free_port, serving, sha256_of
+from tests.support.httpservers import ServerThread, free_port, sha256_of
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with serving() as thread:
-        yield thread.start("app", "127.0.0.1").url
+def server(serve: ServerThread) -> str:
+    return serve.start("app", "127.0.0.1").url
 
 
 def lewis(*args: str) -> Any:

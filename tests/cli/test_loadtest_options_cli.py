@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,12 @@ from click.testing import CliRunner
 from lewis_tasks.cli import cli
 from lewis_tasks.cli.http import parse_header
 from lewis_tasks.errors import InvalidInput
-from tests.support.httpservers import RunningServer, serving
+from tests.support.httpservers import RunningServer, ServerThread
 
 
 @pytest.fixture
-def server() -> Iterator[RunningServer]:
-    with serving() as thread:
-        yield thread.start("app", "127.0.0.1")
+def server(serve: ServerThread) -> RunningServer:
+    return serve.start("app", "127.0.0.1")
 
 
 def lewis(*args: str) -> Any:
@@ -28,7 +26,8 @@ def lewis(*args: str) -> Any:
 
 
 def _stored_request(run_id: str) -> dict[str, Any]:
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.models import LoadtestRow
     from lewis_tasks.storage.runs import get_run
 

@@ -15,10 +15,11 @@ from click.testing import CliRunner
 from lewis_tasks.cli import cli
 from lewis_tasks.domain.vulns import find_cves, sample_records
 from lewis_tasks.infra import config
+from lewis_tasks.infra.database import get_engine
 from lewis_tasks.infra.vulnlookup import invalidate_vulnerability_cache
 from lewis_tasks.producer.scan import scan_handle
 from lewis_tasks.storage import vulns
-from lewis_tasks.storage.db import get_engine, session_scope
+from lewis_tasks.storage.db import session_scope
 from tests.support.listeners import CATALOGUE, ListenerSet, running_listeners
 from tests.support.procs import ROOT, lewis_env
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -30,20 +30,19 @@ from lewis_tasks.domain.httpclient import (
 )
 from lewis_tasks.domain.scope import Scope
 from lewis_tasks.errors import OutOfScope
-from tests.support.httpservers import RunningServer, ServerThread, free_port, serving
+from tests.support.httpservers import RunningServer, ServerThread, free_port
 
 T = TypeVar("T")
 NARROW = Scope.from_allow(["127.0.0.2/32"])
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[ServerThread]:
-    with serving() as thread:
-        thread.start("app", "127.0.0.1")
-        thread.start("app", "127.0.0.2")
-        thread.start("app", "127.0.0.3")  # plays the proxy
-        thread.start("huge_headers", "127.0.0.2")
-        yield thread
+def servers(serve: ServerThread) -> ServerThread:
+    serve.start("app", "127.0.0.1")
+    serve.start("app", "127.0.0.2")
+    serve.start("app", "127.0.0.3")  # plays the proxy
+    serve.start("huge_headers", "127.0.0.2")
+    return serve
 
 
 def outside(servers: ServerThread) -> RunningServer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -24,21 +24,20 @@ from lewis_tasks.domain.httpfetch import (
 )
 from lewis_tasks.domain.scope import Scope
 from lewis_tasks.errors import InvalidInput, TransientError
-from tests.support.httpservers import ServerThread, body_of, free_port, serving
+from tests.support.httpservers import ServerThread, body_of, free_port
 
 LOOPBACK = Scope.from_allow(["127.0.0.0/8"])
 NARROW = Scope.from_allow(["127.0.0.2/32"])
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[ServerThread]:
-    with serving() as thread:
-        thread.start("app", "127.0.0.1")
-        thread.start("app", "127.0.0.2")
-        thread.start("stall", "127.0.0.2")
-        thread.start("trickle", "127.0.0.2", interval=0.5)
-        thread.start("slow_headers", "127.0.0.2", interval=0.5)
-        yield thread
+def servers(serve: ServerThread) -> ServerThread:
+    serve.start("app", "127.0.0.1")
+    serve.start("app", "127.0.0.2")
+    serve.start("stall", "127.0.0.2")
+    serve.start("trickle", "127.0.0.2", interval=0.5)
+    serve.start("slow_headers", "127.0.0.2", interval=0.5)
+    return serve
 
 
 @pytest.fixture(scope="module")

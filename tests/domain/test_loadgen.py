@@ -21,17 +21,16 @@ from lewis_tasks.domain.httpclient import create_session
 from lewis_tasks.domain.loadgen import LoadResult, run_loadtest
 from lewis_tasks.domain.scope import Scope
 from lewis_tasks.errors import InvalidInput, OutOfScope, TransientError
-from tests.support.httpservers import ServerThread, free_port, serving
+from tests.support.httpservers import ServerThread, free_port
 
 LOOPBACK = Scope.from_allow(["127.0.0.0/8"])
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[ServerThread]:
-    with serving() as thread:
-        thread.start("app", "127.0.0.1")
-        thread.start("stall", "127.0.0.1")
-        yield thread
+def servers(serve: ServerThread) -> ServerThread:
+    serve.start("app", "127.0.0.1")
+    serve.start("stall", "127.0.0.1")
+    return serve
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,14 @@ from lewis_tasks.domain.loadgen import LoadResult, check_request_options, ramp_o
 from lewis_tasks.domain.redact import MASK, redact_headers
 from lewis_tasks.domain.scope import Scope
 from lewis_tasks.errors import InvalidInput
-from tests.support.httpservers import RunningServer, serving
+from tests.support.httpservers import RunningServer, ServerThread
 
 LOOPBACK = Scope.from_allow(["127.0.0.0/8"])
 
 
 @pytest.fixture
-def server() -> Iterator[RunningServer]:
-    with serving() as thread:
-        yield thread.start("app", "127.0.0.1")
+def server(serve: ServerThread) -> RunningServer:
+    return serve.start("app", "127.0.0.1")
 
 
 def load(url: str, **options: Any) -> LoadResult:

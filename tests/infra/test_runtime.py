@@ -7,9 +7,9 @@ import multiprocessing
 from typing import Any
 
 from lewis_tasks.infra.cache import get_cache
+from lewis_tasks.infra.database import get_engine
 from lewis_tasks.infra.redis_client import get_redis
 from lewis_tasks.infra.runtime import close_runtime, runtime, start_runtime
-from lewis_tasks.storage.db import get_engine
 
 
 def test_the_process_resources_are_the_runtimes(lewis_settings: Any) -> None:

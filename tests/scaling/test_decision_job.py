@@ -12,20 +12,21 @@ from typing import Any
 import pytest
 import redis
 
+from lewis_tasks.cli.db import upgrade_database as upgrade
 from lewis_tasks.domain.fleet import WorkerRecord
 from lewis_tasks.domain.scaling import ScalingDecision
 from lewis_tasks.infra.actuators import DESIRED_KEY, LOCAL_KEY, Actuator, Local, read_desired
 from lewis_tasks.infra.broker import WorkerPing
 from lewis_tasks.infra.collector import collect
 from lewis_tasks.infra.config import load_settings
+from lewis_tasks.infra.database import get_engine
 from lewis_tasks.infra.fleet import write_worker
 from lewis_tasks.infra.metrics_store import MetricStore
 from lewis_tasks.infra.scaling import decide_and_act, set_override
 from lewis_tasks.monitor.exposition import render
 from lewis_tasks.monitor.view import MonitorView
-from lewis_tasks.storage.db import get_engine, session_scope
-from lewis_tasks.storage.migrate import upgrade
-from lewis_tasks.storage.scaling import latest_decisions
+from lewis_tasks.storage.db import session_scope
+from lewis_tasks.storage.scaling import DecisionLedger, latest_decisions
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def decide(e: dict[str, Any], slot: int, actuator: Actuator) -> dict[str, dict[s
         e["settings"],
         e["store"],
         slot,
-        e["session"],  # type: ignore[arg-type]
+        DecisionLedger(e["session"]),
         actuator=actuator,
     )
     return {d["queue"]: d for d in out}

@@ -3,7 +3,6 @@ requests it really sends (GET then PATCH of the scale subresource), refusals and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +12,24 @@ from lewis_tasks.domain.scaling import ScalingDecision
 from lewis_tasks.errors import ActuatorError
 from lewis_tasks.infra.actuators import Kubernetes
 from lewis_tasks.infra.config import load_settings
-from tests.support.httpservers import serving
-from tests.support.kubeapi import TOKEN, FakeKube, kubeconfig, start
+from tests.support.httpservers import ServerThread
+from tests.support.kubeapi import TOKEN, FakeKube, kubeconfig
 
 pytest.importorskip("kubernetes")
 SCALE = "/apis/apps/v1/namespaces/lewis/deployments/lewis-worker-io/scale"
 
 
 @pytest.fixture
-def kube(tmp_path: Path) -> Iterator[tuple[FakeKube, Kubernetes]]:
+def kube(tmp_path: Path, serve: ServerThread) -> tuple[FakeKube, Kubernetes]:
     fake = FakeKube(replicas={("lewis", "lewis-worker-io"): 1, ("lewis", "lewis-worker-cpu"): 1})
-    with serving() as thread:
-        server = start(thread, fake)
-        path = tmp_path / "kubeconfig"
-        path.write_text(kubeconfig(server.port))
-        settings = load_settings(
-            env={"LEWIS_SCALING_KUBECONFIG": str(path), "LEWIS_SCALING_KUBERNETES_TIMEOUT": "1"},
-            cwd=tmp_path,
-        )
-        yield fake, Kubernetes(settings.scaling)
+    server = serve.start(fake.app())
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig(server.port))
+    settings = load_settings(
+        env={"LEWIS_SCALING_KUBECONFIG": str(path), "LEWIS_SCALING_KUBERNETES_TIMEOUT": "1"},
+        cwd=tmp_path,
+    )
+    return fake, Kubernetes(settings.scaling)
 
 
 def decision(queue: str, desired: int, current: int = 1) -> ScalingDecision:

@@ -12,7 +12,6 @@ open its addresses to literal spellings on the same session, pooled connection o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from yarl import URL
 from lewis_tasks.domain.httpclient import INVALID_URL, OUT_OF_SCOPE, create_session
 from lewis_tasks.domain.httpfetch import HttpOutcome, fetch_all
 from lewis_tasks.domain.scope import Scope, is_localhost_alias
-from tests.support.httpservers import RunningServer, ServerThread, free_port, serving
+from tests.support.httpservers import RunningServer, ServerThread, free_port
 
 CORPUS = Path(__file__).with_name("ssrf_corpus.txt")
 REFUSED = {OUT_OF_SCOPE, INVALID_URL}
@@ -68,9 +67,8 @@ class Stage:
 
 
 @pytest.fixture(scope="module")
-def stage() -> Iterator[Stage]:
-    with serving() as thread:
-        yield Stage(_sinks_on_one_port(thread), thread.start("app", ALLOWED_HOST))
+def stage(serve: ServerThread) -> Stage:
+    return Stage(_sinks_on_one_port(serve), serve.start("app", ALLOWED_HOST))
 
 
 def _sinks_on_one_port(thread: ServerThread) -> list[RunningServer]:

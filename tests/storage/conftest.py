@@ -18,9 +18,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from lewis_tasks.cli.db import upgrade_database as upgrade
 from lewis_tasks.infra.config import DatabaseSettings
-from lewis_tasks.storage.db import make_engine, parse_database_url
-from lewis_tasks.storage.migrate import upgrade
+from lewis_tasks.infra.database import make_engine, parse_database_url
 from lewis_tasks.storage.models import Base
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

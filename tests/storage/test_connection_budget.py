@@ -12,9 +12,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from lewis_tasks.errors import DatabaseUnavailable, StorageError, TransientError
+from lewis_tasks.infra import database as db
 from lewis_tasks.infra.config import DatabaseSettings
-from lewis_tasks.storage import db
-from lewis_tasks.storage.db import ROLE_POOLS, make_engine, pool_for, role_for_queues, session_scope
+from lewis_tasks.infra.database import ROLE_POOLS, make_engine, pool_for, role_for_queues
+from lewis_tasks.storage.db import session_scope
 
 
 @pytest.fixture

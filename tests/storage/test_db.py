@@ -11,6 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from lewis_tasks.errors import ConfigError, StorageError
+from lewis_tasks.infra import database
 from lewis_tasks.infra.config import DatabaseSettings
 from lewis_tasks.storage import db
 from lewis_tasks.storage.models import ScanRow
@@ -19,7 +20,7 @@ from lewis_tasks.storage.models import ScanRow
 def test_sqlite_engine_uses_wal_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
     # Given a SQLite URL whose directory does not exist yet
     path = tmp_path / "deep" / "er" / "lewis.db"
-    engine = db.make_engine(DatabaseSettings(url=f"sqlite:///{path}", pool_timeout=7))
+    engine = database.make_engine(DatabaseSettings(url=f"sqlite:///{path}", pool_timeout=7))
     try:
         with engine.connect() as conn:
             # Then the directory was made and every connection is configured
@@ -40,7 +41,7 @@ def test_server_engine_gets_the_pool_settings(pg_migrated_url: str) -> None:
         pool_recycle=1234,
         echo_sql=True,
     )
-    engine = db.make_engine(settings)
+    engine = database.make_engine(settings)
     try:
         pool = engine.pool
         assert pool.size() == 3  # type: ignore[attr-defined]
@@ -55,9 +56,11 @@ def test_server_engine_gets_the_pool_settings(pg_migrated_url: str) -> None:
 
 
 def test_bare_postgresql_url_means_psycopg3() -> None:
-    assert db.parse_database_url("postgresql://u@127.0.0.1/x").drivername == "postgresql+psycopg"
+    assert (
+        database.parse_database_url("postgresql://u@127.0.0.1/x").drivername == "postgresql+psycopg"
+    )
     with pytest.raises(ConfigError, match="not a database URL"):
-        db.parse_database_url("not a url")
+        database.parse_database_url("not a url")
 
 
 def test_session_scope_commits_or_rolls_back(engine: Engine) -> None:
@@ -84,7 +87,7 @@ def test_database_errors_come_out_as_storage_error(engine: Engine) -> None:
 
 def test_unreachable_server_error_is_readable_and_hides_the_password() -> None:
     # Port 1 on loopback: nothing listens, the connection is refused at once
-    engine = db.make_engine(
+    engine = database.make_engine(
         DatabaseSettings(url="postgresql+psycopg://lewis:hunter2@127.0.0.1:1/lewis", pool_timeout=2)
     )
     try:
@@ -113,15 +116,15 @@ def test_get_engine_is_one_per_url_per_process(tmp_path: Path) -> None:
     a = DatabaseSettings(url=f"sqlite:///{tmp_path / 'a.db'}")
     b = DatabaseSettings(url=f"sqlite:///{tmp_path / 'b.db'}")
     try:
-        assert db.get_engine(a) is db.get_engine(a)
-        assert db.get_engine(a) is not db.get_engine(b)
+        assert database.get_engine(a) is database.get_engine(a)
+        assert database.get_engine(a) is not database.get_engine(b)
     finally:
-        db.dispose_engines()
+        database.dispose_engines()
 
 
 def _child_query(url: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     try:
-        engine = db.get_engine(DatabaseSettings(url=url))
+        engine = database.get_engine(DatabaseSettings(url=url))
         with engine.connect() as conn:
             queue.put(conn.execute(text("SELECT pg_backend_pid()")).scalar())
     except Exception as exc:  # report, do not hang the parent
@@ -131,7 +134,7 @@ def _child_query(url: str, queue: multiprocessing.Queue) -> None:  # type: ignor
 def test_forked_child_gets_its_own_connections(pg_migrated_url: str) -> None:
     # Given a parent whose pool holds an open PostgreSQL connection
     settings = DatabaseSettings(url=pg_migrated_url, pool_size=2)
-    parent = db.get_engine(settings)
+    parent = database.get_engine(settings)
     try:
         with parent.connect() as conn:
             parent_backend = conn.execute(text("SELECT pg_backend_pid()")).scalar()
@@ -146,8 +149,8 @@ def test_forked_child_gets_its_own_connections(pg_migrated_url: str) -> None:
         # and the parent's pooled connection is still the same, working one
         assert isinstance(answer, int), answer
         assert answer != parent_backend
-        assert db.get_engine(settings) is parent
+        assert database.get_engine(settings) is parent
         with parent.connect() as conn:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() == parent_backend
     finally:
-        db.dispose_engines()
+        database.dispose_engines()

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
 
 import pytest
 from setuptools import find_packages
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from lewis_tasks.errors import StorageError
+from lewis_tasks.infra.database import one_shot_engine, parse_database_url
 from lewis_tasks.storage import migrate
-from lewis_tasks.storage.db import parse_database_url
 from lewis_tasks.storage.models import Base
 
 GUIDE_INDEXES = {
@@ -20,6 +22,13 @@ GUIDE_INDEXES = {
     ("findings", "idx_findings_severity"),
     ("targets", "idx_targets_status"),
 }
+
+
+@pytest.fixture
+def empty_database(empty_database_url: str) -> Iterator[Engine]:
+    """A one-shot engine on the empty database (what `lewis db upgrade` migrates with)."""
+    with one_shot_engine(empty_database_url) as engine:
+        yield engine
 
 
 def _inspect(url: str) -> tuple[set[str], set[tuple[str, str]]]:
@@ -33,8 +42,10 @@ def _inspect(url: str) -> tuple[set[str], set[tuple[str, str]]]:
         engine.dispose()
 
 
-def test_upgrade_creates_every_table_and_named_index(empty_database_url: str) -> None:
-    assert migrate.upgrade(empty_database_url) == migrate.head_revision()
+def test_upgrade_creates_every_table_and_named_index(
+    empty_database: Engine, empty_database_url: str
+) -> None:
+    assert migrate.upgrade(empty_database) == migrate.head_revision()
     tables, indexes = _inspect(empty_database_url)
     assert tables == set(Base.metadata.tables) | {"alembic_version"}
     wanted = {(t.name, ix.name) for t in Base.metadata.sorted_tables for ix in t.indexes}
@@ -43,11 +54,11 @@ def test_upgrade_creates_every_table_and_named_index(empty_database_url: str) ->
 
 
 def test_second_upgrade_is_a_no_op(
-    empty_database_url: str, caplog: pytest.LogCaptureFixture
+    empty_database: Engine, empty_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a migrated database holding a row
     caplog.set_level(logging.INFO, logger="alembic.runtime.migration")
-    migrate.upgrade(empty_database_url)
+    migrate.upgrade(empty_database)
     assert "Running upgrade  -> 0001" in caplog.text
     engine = create_engine(parse_database_url(empty_database_url), poolclass=NullPool)
     try:
@@ -62,7 +73,7 @@ def test_second_upgrade_is_a_no_op(
             )
         # When upgrade runs again
         caplog.clear()
-        assert migrate.upgrade(empty_database_url) == migrate.head_revision()
+        assert migrate.upgrade(empty_database) == migrate.head_revision()
         # Then no migration step ran, and the data is untouched
         assert "Running upgrade" not in caplog.text
         with engine.connect() as conn:
@@ -71,24 +82,24 @@ def test_second_upgrade_is_a_no_op(
         engine.dispose()
 
 
-def test_migrations_and_models_do_not_drift(empty_database_url: str) -> None:
+def test_migrations_and_models_do_not_drift(empty_database: Engine) -> None:
     # An empty database differs from the models (so the comparison can fail) ...
-    assert migrate.schema_diff(empty_database_url) != []
+    assert migrate.schema_diff(empty_database) != []
     # ... and after the migrations it differs in nothing: no table, column, type, index,
     # unique constraint or foreign key exists in one and not the other.
-    migrate.upgrade(empty_database_url)
-    assert migrate.schema_diff(empty_database_url) == []
+    migrate.upgrade(empty_database)
+    assert migrate.schema_diff(empty_database) == []
 
 
-def test_current_revision_before_and_after(empty_database_url: str) -> None:
-    assert migrate.current_revision(empty_database_url) is None
-    migrate.upgrade(empty_database_url)
-    assert migrate.current_revision(empty_database_url) == migrate.head_revision()
+def test_current_revision_before_and_after(empty_database: Engine) -> None:
+    assert migrate.current_revision(empty_database) is None
+    migrate.upgrade(empty_database)
+    assert migrate.current_revision(empty_database) == migrate.head_revision()
 
 
-def test_unknown_revision_is_a_readable_storage_error(empty_database_url: str) -> None:
+def test_unknown_revision_is_a_readable_storage_error(empty_database: Engine) -> None:
     with pytest.raises(StorageError, match="migration of .* failed"):
-        migrate.upgrade(empty_database_url, revision="nonexistent")
+        migrate.upgrade(empty_database, revision="nonexistent")
 
 
 def test_migration_scripts_ship_inside_the_package() -> None:

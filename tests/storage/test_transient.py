@@ -18,11 +18,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+from lewis_tasks.cli.db import upgrade_database as upgrade
 from lewis_tasks.errors import DatabaseConflict, DatabaseUnavailable, StorageError, TransientError
 from lewis_tasks.infra.config import DatabaseSettings
+from lewis_tasks.infra.database import make_engine
 from lewis_tasks.storage import heartbeats
-from lewis_tasks.storage.db import make_engine, session_scope
-from lewis_tasks.storage.migrate import upgrade
+from lewis_tasks.storage.db import session_scope
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def sqlite_settings(sqlite_path: Path, lewis_settings: Any) -> Iterator[Any]:
     """The test settings (the app configured from them before any task is bound: binding
     freezes a task's time limits) on ``sqlite_path`` with a 1 s busy timeout."""
     from lewis_tasks.infra import config
-    from lewis_tasks.storage.db import dispose_engines
+    from lewis_tasks.infra.database import dispose_engines
 
     config.set_settings(
         config.replace_section(

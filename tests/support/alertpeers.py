@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from lewis_tasks.infra.redis_server import free_port
-from tests.support.httpservers import ServerThread, serving
+from tests.support.httpservers import serving
 from tests.support.procs import wait_for
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -45,7 +45,7 @@ class Receiver:
             return sum(1 for _, s, _ in self.received if s == status)
 
 
-async def _start(receiver: Receiver) -> Any:
+def _receiver_app(receiver: Receiver) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
         body = await request.json()
         if receiver.delay:
@@ -57,28 +57,15 @@ async def _start(receiver: Receiver) -> Any:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    return runner
+    return app
 
 
 @contextlib.contextmanager
 def webhook_receiver(*statuses: int, delay: float = 0.0) -> Iterator[Receiver]:
     receiver = Receiver(statuses=list(statuses), delay=delay)
     with serving() as thread:
-        runner = thread.call(_start(receiver))
-        try:
-            yield receiver
-        finally:
-            _stop(thread, runner)
-
-
-def _stop(thread: ServerThread, runner: Any) -> None:
-    with contextlib.suppress(Exception):
-        thread.call(runner.cleanup())
+        receiver.url = thread.start(_receiver_app(receiver)).url
+        yield receiver
 
 
 AM_CONFIG = """

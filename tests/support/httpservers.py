@@ -17,6 +17,10 @@ client code on any other loop can use them. Servers bind to loopback only (127.0
                 request on it (``hits["requests"]``), answering 200 and keeping the
                 connection open: the forbidden peer of the SSRF tests
 
+Any other aiohttp ``web.Application`` is served the same way (``start(app)``: the Kubernetes
+stand-in, the webhook receiver). Tests take the ``serve`` fixture (tests/conftest.py): a
+ServerThread whose servers are closed, sockets and all, when the module's tests are done.
+
 Run standalone for a benchmark: ``python tests/support/httpservers.py --port 8080``.
 """
 
@@ -190,14 +194,23 @@ class ServerThread:
         return future.result(timeout)
 
     def start(
-        self, kind: str = "app", host: str = "127.0.0.1", port: int = 0, interval: float = 1.0
+        self,
+        spec: str | web.Application = "app",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        interval: float = 1.0,
     ) -> RunningServer:
+        """Serve ``spec`` — a ``kind`` above, or an aiohttp app — on ``host``:``port`` (0: a
+        free port); it is closed with this thread."""
         if not host.startswith(LOOPBACK):
             raise ValueError(f"test servers bind loopback only, not {host}")
-        if kind == "app":
-            server = self.call(_start_app(host, port))
+        if isinstance(spec, web.Application):
+            server = self.call(_start_app(RunningServer("custom", host, port), spec))
+        elif spec == "app":
+            server = RunningServer("app", host, port)
+            server = self.call(_start_app(server, build_app(server)))
         else:
-            server = self.call(_start_raw(kind, host, port, interval))
+            server = self.call(_start_raw(spec, host, port, interval))
         self.servers.append(server)
         return server
 
@@ -220,11 +233,10 @@ def serving() -> Iterator[ServerThread]:
         thread.close()
 
 
-async def _start_app(host: str, port: int) -> RunningServer:
-    server = RunningServer("app", host, port)
-    runner = web.AppRunner(build_app(server), access_log=None)
+async def _start_app(server: RunningServer, app: web.Application) -> RunningServer:
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, server.host, server.port)
     await site.start()
     server.port = runner.addresses[0][1]
     server._closer = runner.cleanup

@@ -15,8 +15,6 @@ from typing import Any
 
 from aiohttp import web
 
-from .httpservers import RunningServer, ServerThread
-
 TOKEN = "test-token"
 
 
@@ -86,22 +84,6 @@ class FakeKube:
             },
             status=code,
         )
-
-
-def start(thread: ServerThread, kube: FakeKube) -> RunningServer:
-    async def run() -> RunningServer:
-        server = RunningServer("kube", "127.0.0.1", 0)
-        runner = web.AppRunner(kube.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        server.port = runner.addresses[0][1]
-        server._closer = runner.cleanup
-        return server
-
-    server = thread.call(run())
-    thread.servers.append(server)
-    return server
 
 
 def kubeconfig(port: int) -> str:

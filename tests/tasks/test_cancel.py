@@ -28,7 +28,7 @@ from lewis_tasks.errors import LewisError
 from lewis_tasks.infra import planning
 from lewis_tasks.producer.http import submit_http_batch, submit_loadtest
 from lewis_tasks.producer.scan import ScanHandle, submit_scan
-from tests.support.httpservers import RunningServer, serving
+from tests.support.httpservers import RunningServer, ServerThread
 from tests.support.procs import ROOT, lewis_env, wait_for
 from tests.tasks.test_scan import settings_changed
 
@@ -189,9 +189,8 @@ URLS = 2000  # of a one-second page, 100 at a time (network.max_connections): ~2
 
 
 @pytest.fixture(scope="module")
-def slow_server() -> Iterator[RunningServer]:
-    with serving() as thread:
-        yield thread.start("app", "127.0.0.1")
+def slow_server(serve: ServerThread) -> RunningServer:
+    return serve.start("app", "127.0.0.1")
 
 
 def _http_hits(server: RunningServer) -> int:
@@ -272,9 +271,10 @@ def _interrupted(
 
 
 def _latest_scan() -> ScanHandle:
+    from lewis_tasks.infra.database import get_engine
     from lewis_tasks.producer.scan import scan_handle
     from lewis_tasks.storage import scans
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.storage.db import session_scope
 
     with session_scope(get_engine()) as session:
         return scan_handle(scans.list_scans(session, limit=1)[0].id)

@@ -18,20 +18,19 @@ from lewis_tasks.errors import InvalidInput, OutOfScope
 from lewis_tasks.infra import aio, config
 from lewis_tasks.producer.base import submit
 from lewis_tasks.producer.http import submit_http_batch, submit_loadtest
-from tests.support.httpservers import RunningServer, ServerThread, free_port, serving, sha256_of
+from tests.support.httpservers import RunningServer, ServerThread, free_port, sha256_of
 from tests.support.wait import wait_for
 
 WAIT = 60
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[ServerThread]:
-    with serving() as thread:
-        thread.start("app", "127.0.0.1")  # outside the narrowed scope
-        thread.start("app", "127.0.0.2")  # inside it
-        thread.start("stall", "127.0.0.1")
-        thread.start("trickle", "127.0.0.1", interval=0.2)
-        yield thread
+def servers(serve: ServerThread) -> ServerThread:
+    serve.start("app", "127.0.0.1")  # outside the narrowed scope
+    serve.start("app", "127.0.0.2")  # inside it
+    serve.start("stall", "127.0.0.1")
+    serve.start("trickle", "127.0.0.1", interval=0.2)
+    return serve
 
 
 def outside(servers: ServerThread) -> RunningServer:
@@ -324,7 +323,8 @@ def test_a_failed_chunk_marks_the_batch_failed(celery_worker: Any, lewis_setting
     from celery import chord
 
     from lewis_tasks.infra.celery_app import app
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.http import get_http_batch, save_http_batch
 
     with session_scope(get_engine()) as session:

@@ -9,26 +9,25 @@ import pytest
 
 from lewis_tasks.producer.http import submit_loadtest
 from tests.conftest import stack_env
-from tests.support.httpservers import serving
+from tests.support.httpservers import ServerThread
 from tests.support.procs import lewis_process, wait_for, worker_names
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_parts_run_on_two_io_processes(
-    redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any
+    redis_url: str, tmp_path: Path, lewis_settings: Any, celery_app: Any, serve: ServerThread
 ) -> None:
     env = stack_env(redis_url, tmp_path, LEWIS_DATABASE_URL=lewis_settings.database.url)
     names = ("ioa", "iob", "merger")
     with (
-        serving() as servers,
         lewis_process(["worker", "io", "-c", "4", "-n", "ioa@%h"], env, tmp_path / "ioa.log"),
         lewis_process(["worker", "io", "-c", "4", "-n", "iob@%h"], env, tmp_path / "iob.log"),
         lewis_process(
             ["worker", "cpu", "-c", "1", "-n", "merger@%h"], env, tmp_path / "merger.log"
         ),
     ):
-        url = servers.start("app", "127.0.0.1").url
+        url = serve.start("app", "127.0.0.1").url
         wait_for(
             lambda: {n.split("@")[0] for n in worker_names(celery_app)} >= set(names),
             60,

@@ -12,13 +12,15 @@ import pytest
 from lewis_tasks.errors import InvalidInput
 from lewis_tasks.producer.clusterbench import benchmark_cluster
 from lewis_tasks.producer.profile import submit_benchmark, submit_diagnose, submit_profile
+from lewis_tasks.report.runs import record_benchmark_run
 from tests.support import profiletargets
 
 TIMEOUT = 60
 
 
 def _stored(model: Any, run_id: str) -> Any:
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.runs import get_run
 
     with session_scope(get_engine()) as session:
@@ -198,7 +200,12 @@ def test_cluster_benchmark_measures_each_queue_through_the_broker(celery_worker:
     from lewis_tasks.storage.models import BenchmarkRunRow
 
     result = benchmark_cluster(
-        ["latency", "throughput"], queues=("io", "cpu"), samples=10, warmup=2, tasks=60
+        ["latency", "throughput"],
+        queues=("io", "cpu"),
+        samples=10,
+        warmup=2,
+        tasks=60,
+        record=record_benchmark_run,
     )
     assert [x.queue for x in result.latency] == ["io", "cpu"]
     assert all(
@@ -225,7 +232,7 @@ def test_cluster_benchmark_measures_each_queue_through_the_broker(celery_worker:
 
 def test_cluster_benchmark_skips_a_queue_nobody_consumes(lewis_settings: Any) -> None:
     # No worker runs in this test: every queue is named as skipped, nothing waits or is stored
-    result = benchmark_cluster(queues=("cpu",), samples=5, tasks=5)
+    result = benchmark_cluster(queues=("cpu",), samples=5, tasks=5, record=record_benchmark_run)
     assert result.latency == () and result.throughput == () and result.stack == ()
     assert result.run_ids == ()
     assert result.skipped == {
@@ -241,7 +248,11 @@ def test_stack_benchmarks_scan_ports_and_http_requests_per_second(celery_worker:
 
     # A loopback scan and a one-second load test of a local server, through the producer API
     result = benchmark_cluster(
-        ["scan", "http"], scan_ports="1-3000", http_concurrency=8, http_duration=1.0
+        ["scan", "http"],
+        scan_ports="1-3000",
+        http_concurrency=8,
+        http_duration=1.0,
+        record=record_benchmark_run,
     )
     assert not result.skipped, result.skipped
     scan, http = result.stack

@@ -23,7 +23,7 @@ from lewis_tasks.infra import aio, config, rowwriter
 from lewis_tasks.infra.runtime import runtime
 from lewis_tasks.producer.base import submit
 from lewis_tasks.producer.http import submit_http_batch
-from tests.support.httpservers import ServerThread, serving, sha256_of
+from tests.support.httpservers import ServerThread, sha256_of
 
 WAIT = 60
 
@@ -41,7 +41,8 @@ def outcome(index: int, **changes: Any) -> HttpOutcome:
 
 
 def new_batch(batch_id: str, total: int) -> None:
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.http import save_http_batch
 
     with session_scope(get_engine()) as session:
@@ -49,7 +50,8 @@ def new_batch(batch_id: str, total: int) -> None:
 
 
 def counters(batch_id: str) -> tuple[int, int, int]:
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.http import get_http_batch
 
     with session_scope(get_engine()) as session:
@@ -71,7 +73,8 @@ def writer_pid(made: rowwriter.RowWriter) -> int:
 
 
 def test_rows_are_stored_by_the_writer_process_once_each(writer: rowwriter.RowWriter) -> None:
-    from lewis_tasks.storage.db import get_engine, session_scope
+    from lewis_tasks.infra.database import get_engine
+    from lewis_tasks.storage.db import session_scope
     from lewis_tasks.storage.http import get_http_results
 
     new_batch("w-once", 4)
@@ -161,10 +164,9 @@ def test_frames_that_are_cut_or_oversized_are_refused() -> None:
 
 
 @pytest.fixture(scope="module")
-def app_server() -> Iterator[ServerThread]:
-    with serving() as thread:
-        thread.start("app", "127.0.0.1")
-        yield thread
+def app_server(serve: ServerThread) -> ServerThread:
+    serve.start("app", "127.0.0.1")
+    return serve
 
 
 @pytest.fixture

@@ -18,12 +18,13 @@ from lewis_tasks.domain.vulns import find_cves, sample_records
 from lewis_tasks.errors import InvalidInput
 from lewis_tasks.infra import config
 from lewis_tasks.infra.cache import get_cache, reset_cache
+from lewis_tasks.infra.database import get_engine
 from lewis_tasks.infra.redis_server import free_port
 from lewis_tasks.infra.vulnlookup import invalidate_vulnerability_cache
 from lewis_tasks.producer import submit
 from lewis_tasks.producer.scan import ScanHandle, submit_scan
 from lewis_tasks.storage import scans, vulns
-from lewis_tasks.storage.db import get_engine, session_scope
+from lewis_tasks.storage.db import session_scope
 from lewis_tasks.storage.models import FindingRow, ScanChunkRow, ScanPortRow, ScanRow, TargetRow
 from tests.support.listeners import (
     CATALOGUE,

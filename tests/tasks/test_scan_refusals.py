@@ -15,9 +15,10 @@ from sqlalchemy import func, select
 from lewis_tasks.errors import InvalidInput, OutOfScope
 from lewis_tasks.infra import config
 from lewis_tasks.infra.broker import queue_depths
+from lewis_tasks.infra.database import get_engine
 from lewis_tasks.producer.scan import submit_scan
 from lewis_tasks.storage import scans
-from lewis_tasks.storage.db import get_engine, session_scope
+from lewis_tasks.storage.db import session_scope
 from lewis_tasks.storage.models import ScanRow
 
 

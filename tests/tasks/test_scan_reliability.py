@@ -12,12 +12,13 @@ from sqlalchemy import func, select
 from lewis_tasks.domain.services import guess_name
 from lewis_tasks.domain.targets import format_ports
 from lewis_tasks.domain.vulns import sample_records
+from lewis_tasks.infra.database import get_engine
 from lewis_tasks.infra.progress import SCAN_LIVE_KEY as LIVE_KEY
 from lewis_tasks.infra.task import redeliveries
 from lewis_tasks.infra.vulnlookup import invalidate_vulnerability_cache
 from lewis_tasks.producer.scan import submit_scan
 from lewis_tasks.storage import scans, vulns
-from lewis_tasks.storage.db import get_engine, session_scope
+from lewis_tasks.storage.db import session_scope
 from lewis_tasks.storage.models import FindingRow, ScanChunkRow, ScanPortRow
 from tests.conftest import stack_env
 from tests.support.listeners import ListenerSet, listening_ports, running_listeners

@@ -9,9 +9,10 @@ from typing import Any
 from lewis_tasks.domain.findings import assess
 from lewis_tasks.domain.scanjob import OpenPort
 from lewis_tasks.domain.services import ServiceInfo
+from lewis_tasks.infra.database import get_engine
 from lewis_tasks.producer.scanreport import load_scan_report
 from lewis_tasks.storage import scans
-from lewis_tasks.storage.db import get_engine, session_scope
+from lewis_tasks.storage.db import session_scope
 
 HOSTS = ["10.0.0.10", "10.0.0.9"]  # the string order, which is not the address order
 

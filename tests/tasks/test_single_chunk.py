@@ -13,12 +13,13 @@ from sqlalchemy import select
 
 from lewis_tasks.domain.targets import format_ports
 from lewis_tasks.infra import config
+from lewis_tasks.infra.database import get_engine
 from lewis_tasks.producer import submit
 from lewis_tasks.producer.http import submit_http_batch
 from lewis_tasks.producer.scan import ScanHandle, submit_scan
-from lewis_tasks.storage.db import get_engine, session_scope
+from lewis_tasks.storage.db import session_scope
 from lewis_tasks.storage.models import ScanChunkRow
-from tests.support.httpservers import ServerThread, free_port, serving
+from tests.support.httpservers import ServerThread, free_port
 from tests.support.listeners import CATALOGUE, ListenerSet, running_listeners
 from tests.tasks.test_scan import sample_feed, settings_changed, snapshot  # noqa: F401
 
@@ -158,10 +159,9 @@ def test_a_redelivery_after_the_chunk_was_recorded_completes_the_scan(
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[ServerThread]:
-    with serving() as thread:
-        thread.start("app", "127.0.0.1")
-        yield thread
+def servers(serve: ServerThread) -> ServerThread:
+    serve.start("app", "127.0.0.1")
+    return serve
 
 
 def _urls(servers: ServerThread) -> list[Any]:

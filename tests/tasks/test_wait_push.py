@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from lewis_tasks.infra.database import get_engine
 from lewis_tasks.producer.base import TaskHandle, submit
 from lewis_tasks.producer.scan import ScanHandle, _record, submit_scan
 from lewis_tasks.storage import scans
-from lewis_tasks.storage.db import get_engine, session_scope
+from lewis_tasks.storage.db import session_scope
 from tests.support.listeners import running_listeners
 
 WAIT = 30
