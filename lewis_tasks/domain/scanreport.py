@@ -17,6 +17,7 @@ from typing import Any
 from .findings import LEVELS, Finding, address_key, level_rank, rank_findings
 from .scanjob import OpenPort
 
+TERMINAL = ("done", "failed", "cancelled")  # a scan's statuses once it has ended
 CONNECT_SHARE = 0.9  # of a scan's progress bar: the connects; the rest, chunks finished
 
 
@@ -126,6 +127,32 @@ class ScanReport:
         """Address → sorted open ports."""
         return {h.address: [int(p["port"]) for p in h.open_ports] for h in self.hosts}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScanReport:
+        """The report :meth:`to_dict` gave (a task's result carries it back to the caller)."""
+        progress = {k: v for k, v in data["progress"].items() if k not in ("fraction", "phase")}
+        return cls(
+            str(data["scan_id"]),
+            str(data["status"]),
+            dict(data.get("request") or {}),
+            data.get("created_at"),
+            data.get("finished_at"),
+            ScanProgress(**progress),
+            tuple(
+                HostReport(
+                    h["address"],
+                    h.get("hostname"),
+                    tuple(dict(p) for p in h.get("open_ports") or ()),
+                    int(h.get("filtered") or 0),
+                    int(h.get("closed") or 0),
+                )
+                for h in data.get("hosts") or ()
+            ),
+            tuple(dict(f) for f in data.get("findings") or ()),
+            dict(data.get("summary") or {}),
+            data.get("error"),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         request = {k: v for k, v in self.request.items() if k != "target_rows"}
         return {
@@ -226,6 +253,7 @@ def _summary(
 
 
 __all__ = [
+    "TERMINAL",
     "ScanProgress",
     "ChunkResult",
     "HostReport",

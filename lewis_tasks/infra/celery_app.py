@@ -217,3 +217,5 @@ app = create_app()
 
 # the worker signal handlers, and the task metrics reporter's (reporter.py)
 from . import reporter, signals  # noqa: E402,F401
+
+reporter.connect_signals()

@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import select
 
 from lewis_tasks.domain.targets import format_ports
-from lewis_tasks.infra import config
 from lewis_tasks.producer import submit
 from lewis_tasks.producer.http import submit_http_batch
 from lewis_tasks.producer.scan import ScanHandle, submit_scan
@@ -137,7 +136,6 @@ def test_a_redelivery_after_the_chunk_was_recorded_completes_the_scan(
         scan_id,
         {"targets": [ADDRESS], "ports": ports, "target_rows": []},
         [Chunk(ADDRESS, None, ports, len(listeners.ports))],
-        config.get_settings(),
     )
     args = [scan_id, 0, {"address": ADDRESS, "ports": ports}, {"services": False}]
     assert submit("lewis.scan.chunk", args=args).wait(timeout=WAIT)["recorded"] is True
