@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .findings import LEVELS, Finding, address_key, level_rank, rank_findings
-from .scanjob import OpenPort
+if TYPE_CHECKING:  # the ranking is imported where it ranks: a reader of a finished report
+    # (``lewis scan``'s one-chunk path) loads no scanning or CVE-matching code
+    from .findings import Finding
+    from .scanjob import OpenPort
 
 TERMINAL = ("done", "failed", "cancelled")  # a scan's statuses once it has ended
 CONNECT_SHARE = 0.9  # of a scan's progress bar: the connects; the rest, chunks finished
@@ -178,6 +180,8 @@ def build_report(
     """The report of a scan: every planned host (``(address, hostname)``) and every host with a
     recorded chunk or open port, in address order, each with its open ports and its
     filtered/closed counts; the findings ranked; the summary the merge stores."""
+    from .findings import address_key, rank_findings
+
     ranked = tuple(rank_findings(findings))
     names: dict[str, str | None] = {address: hostname for address, hostname in planned}
     counts: dict[str, list[int]] = {}
@@ -237,6 +241,8 @@ def _port_entry(port: OpenPort) -> dict[str, Any]:
 def _summary(
     chunks: Sequence[ChunkResult], ports: Sequence[OpenPort], findings: Sequence[Finding]
 ) -> dict[str, Any]:
+    from .findings import LEVELS, level_rank
+
     by_severity = {level: 0 for level in reversed(LEVELS)}
     for f in findings:
         by_severity[f.severity] = by_severity.get(f.severity, 0) + 1

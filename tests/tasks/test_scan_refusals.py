@@ -88,13 +88,19 @@ def test_over_cap_scans_are_refused_with_the_cap_named(
 def test_past_max_concurrent_scans_a_new_scan_is_refused(
     lewis_settings: Any, worker_redis: Any, celery_app: Any
 ) -> None:
-    with session_scope(get_engine()) as session:
-        running = len(scans.list_scans(session, status="running", limit=1000))
-    first = None
-    with settings_changed("performance", max_concurrent_scans=running + 1):
+    from lewis_tasks.infra.runningscans import release_scan_slot, running_scans
+
+    lifetime = lewis_settings.broker.result_expires
+    running = len(running_scans(worker_redis, lifetime))
+    submitted = []
+    with settings_changed("performance", max_concurrent_scans=running + 2):
         try:
-            # Given as many running scans as the cap allows (no worker: this one stays running)
-            first = submit_scan("127.0.0.1", ports="22", services=False)
+            # Given as many running scans as the cap allows (no worker: they stay running), a
+            # one-chunk scan (which no database row counts yet) and a chorded one
+            submitted.append(submit_scan("127.0.0.1", ports="22", services=False))
+            with settings_changed("scan", chunk_ports=1):
+                submitted.append(submit_scan("127.0.0.1", ports="22,80", services=False))
+            assert len(running_scans(worker_redis, lifetime)) == running + 2
             before = state(worker_redis)
             # Then the next one is refused, naming the cap, and nothing more is queued
             with pytest.raises(
@@ -104,9 +110,10 @@ def test_past_max_concurrent_scans_a_new_scan_is_refused(
             assert state(worker_redis) == before
         finally:
             celery_app.control.purge()
-            if first is not None:
+            for handle in submitted:
+                release_scan_slot(worker_redis, handle.id)
                 with session_scope(get_engine()) as session:
-                    scans.set_scan_status(session, first.id, "cancelled", error="test over")
+                    scans.set_scan_status(session, handle.id, "cancelled", error="test over")
 
 
 @pytest.mark.parametrize("address", ["10.0.0.5", "192.0.2.7", "::ffff:10.0.0.5"])
