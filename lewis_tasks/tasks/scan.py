@@ -69,6 +69,8 @@ def chunk(
     the only chunk of a scan (``options["merge"]``) then merges the scan in place and returns
     its report too."""
     options = options or {}
+    if options.get("record"):  # the scan's only chunk records the scan (once), before anything
+        _record_scan(scan_id, options["record"])  # can fail: a failure is then recorded too
     outcome = _record_chunk(self.request.id, scan_id, index, chunk, options)
     if options.get("merge"):  # no chord: a redelivery merges too (idempotent), so it completes
         return {**_merge(scan_id), "report": _report(scan_id)}
@@ -88,8 +90,6 @@ def _record_chunk(
     part, rate, identify = _chunk_input(scan_id, index, chunk, options)
     cancelled = is_cancelled(runtime().redis(), scan_id)
     with session_scope(get_engine()) as session:
-        if options.get("record"):  # the scan's only chunk records the scan (once)
-            _record_scan(session, scan_id, options["record"])
         if scans.get_scan(session, scan_id) is None:
             raise InvalidInput(f"scan {scan_id!r}: no such scan (submit it with submit_scan)")
         if cancelled:  # cancelled before its row existed: the row says so too
@@ -123,30 +123,34 @@ def _record_chunk(
     }
 
 
-def _record_scan(session: Any, scan_id: str, record: Any) -> None:
+def _record_scan(scan_id: Any, record: Any) -> None:
     """The scan row, its planned chunk and its targets, as the producer planned them
-    (``record``: request, chunks, ports_total, created_at); nothing changes if it exists."""
+    (``record``: request, chunks, ports_total, created_at); nothing changes if it exists.
+    Committed before the chunk looks at the cancel flag: a cancel that found no row yet has
+    set the flag by then, or finds this row and cancels it itself."""
     import datetime as dt
 
     from ..storage import scans, targets
+    from ..storage.db import get_engine, session_scope
 
+    if not isinstance(scan_id, str) or not scan_id:
+        raise InvalidInput(f"scan id must be a non-empty string, got {scan_id!r}")
     if not isinstance(record, Mapping) or not isinstance(record.get("request"), Mapping):
         raise InvalidInput(f"scan {scan_id!r}: record must hold the scan's request")
-    request = dict(record["request"])
+    request, chunks = dict(record["request"]), list(record.get("chunks") or ())
     created = record.get("created_at")
-    created_at = dt.datetime.fromtimestamp(float(created), dt.UTC) if created else None
-    chunks = list(record.get("chunks") or ())
-    if scans.upsert_scan(
-        session,
-        scan_id,
-        request=request,
-        chunks_total=len(chunks),
-        ports_total=int(record.get("ports_total") or 0),
-        chunks=chunks,
-        created_at=created_at,
-    ):
-        rows = request.get("target_rows") or ()
-        targets.upsert_targets(session, [(r["value"], r["kind"]) for r in rows])
+    with session_scope(get_engine()) as session:
+        if scans.upsert_scan(
+            session,
+            scan_id,
+            request=request,
+            chunks_total=len(chunks),
+            ports_total=int(record.get("ports_total") or 0),
+            chunks=chunks,
+            created_at=dt.datetime.fromtimestamp(float(created), dt.UTC) if created else None,
+        ):
+            rows = request.get("target_rows") or ()
+            targets.upsert_targets(session, [(r["value"], r["kind"]) for r in rows])
 
 
 def _report(scan_id: str) -> dict[str, Any] | None:
