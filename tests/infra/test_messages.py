@@ -101,3 +101,13 @@ def test_a_result_stored_before_or_after_the_wait_began_is_seen(redis_client: An
         waiter.close()
     assert meta is not None and meta["status"] == "FAILURE"
     assert decode_meta(None) is None
+
+
+def test_long_arguments_are_shown_cut_and_sent_whole() -> None:
+    ports = ",".join(str(p) for p in range(1, 4000))
+    message = json.loads(
+        task_message("lewis.scan.chunk", "t", ["s", 0, {"ports": ports}], {}, "io", "o", 0)
+    )
+    assert len(message["headers"]["argsrepr"]) <= 1024
+    args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert args[2]["ports"] == ports
