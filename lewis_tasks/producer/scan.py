@@ -69,10 +69,12 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
             return self._report.progress
         try:
             return read_progress(self.id)
-        except InvalidInput:
-            if self.planned is None:  # a one-chunk scan no worker has taken yet has no row
+        except InvalidInput:  # a one-chunk scan no worker has taken yet has no row
+            if self.planned is not None:
+                return self.planned
+            if not _holds_slot(self.id):
                 raise
-            return self.planned
+            return ScanProgress(self.id, "running", 1, 0, 0, 0, 0)
 
     def done(self) -> bool:
         return self.progress().status in TERMINAL
