@@ -73,7 +73,7 @@ def task_message(
     """The message kombu's Redis transport would LPUSH for this call (Celery's ``as_task_v2``
     headers and body, ``errbacks`` as ``link_error`` adds them), as JSON text."""
     args, kwargs = list(args), dict(kwargs)
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py",
         "task": name,
         "id": task_id,

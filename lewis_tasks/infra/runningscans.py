@@ -33,7 +33,7 @@ def claim_scan_slot(client: redis.Redis, scan_id: str, cap: int, lifetime: int) 
     """Take a slot for ``scan_id`` if fewer than ``cap`` scans submitted within ``lifetime``
     seconds are still running: (taken, how many were running). Taking it twice is harmless."""
     now = time.time()
-    taken, running = client.eval(  # type: ignore[misc]
+    taken, running = client.eval(
         _CLAIM, 1, RUNNING_KEY, scan_id, now, now - lifetime, cap, max(1, int(lifetime))
     )
     return bool(taken), int(running)
