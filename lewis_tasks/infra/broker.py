@@ -19,13 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .routing import QUEUES
+from .routing import PRIORITY_SEP, PRIORITY_STEPS, QUEUES
 
 if TYPE_CHECKING:
     from celery import Celery
 
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED_KEY = "unacked"
 
 

@@ -23,8 +23,8 @@ from typing import Any
 import redis
 
 from ..errors import BrokerUnavailable
-from .broker import PRIORITY_SEP
 from .config import redact_url
+from .routing import PRIORITY_SEP, PRIORITY_STEPS
 from .runtime import runtime
 
 LPUSH_SIZE = 500  # messages per LPUSH
@@ -36,7 +36,7 @@ def queue_key(queue: str, priority: int) -> str:
     """The Redis list a message of ``priority`` waits in: kombu keeps priorities in 4
     sub-lists (0, 3, 6, 9), each holding the values from its step up; mirrored here so workers
     see the same order."""
-    step = max(s for s in (0, 3, 6, 9) if s <= max(0, priority))
+    step = max(s for s in PRIORITY_STEPS if s <= max(0, priority))
     return queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}"
 
 

@@ -54,7 +54,8 @@ def listener() -> Iterator[tuple[str, int]]:
 
 
 def lewis(settings: Any, tmp_path: Path, *args: str) -> tuple[Any, set[str]]:
-    """Run ``lewis ARGS`` in a fresh process: (the finished process, the modules it loaded)."""
+    """Run ``lewis ARGS`` in a fresh process: (the finished process, the top-level packages
+    and the ``lewis_tasks.cli`` modules it loaded)."""
     env = lewis_env(
         {
             "LEWIS_BROKER_URL": settings.broker.url,
@@ -71,7 +72,10 @@ def lewis(settings: Any, tmp_path: Path, *args: str) -> tuple[Any, set[str]]:
         text=True,
         timeout=120,
     )
-    loaded = {name.split(".")[0] for name in json.loads(modules.read_text())}
+    names = json.loads(modules.read_text())
+    loaded = {n.split(".")[0] for n in names} | {
+        n for n in names if n.startswith("lewis_tasks.cli.")
+    }
     return proc, loaded
 
 
@@ -95,8 +99,9 @@ def test_a_one_chunk_lewis_scan_loads_neither_celery_nor_sqlalchemy(
     # Then the report is exact …
     assert report["status"] == "done" and report["progress"]["chunks_total"] == 1
     assert [p["port"] for h in report["hosts"] for p in h["open_ports"]] == [port]
-    # … the command loaded no Celery and no SQLAlchemy …
+    # … the command loaded no Celery and no SQLAlchemy, nor other commands' modules …
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    assert "lewis_tasks.cli.http" not in loaded and "lewis_tasks.cli.profile" not in loaded
     # … and the scan is stored as `lewis scans list` and `lewis scans show` read it
     with session_scope(get_engine()) as session:
         listed = [s.id for s in scans.list_scans(session, limit=1000)]
@@ -117,3 +122,11 @@ def test_lewis_http_of_one_url_loads_neither_celery_nor_sqlalchemy(
     assert (row["status"], row["bytes"], row["sha256"]) == (200, 100, sha256_of(100))
     assert data["summary"]["ok"] == 1
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_every_command_is_looked_up_in_the_module_that_adds_it() -> None:
+    from lewis_tasks.cli import COMMAND_MODULES, _load_all, cli
+
+    _load_all()
+    added = {name: c.callback.__module__ for name, c in cli.commands.items() if c.callback}
+    assert {n: f"lewis_tasks.cli.{m}" for n, m in COMMAND_MODULES.items()} == added
