@@ -96,9 +96,9 @@ class TaskHandle:
 def _app(app: Celery | None) -> Celery:
     if app is not None:
         return app
-    from ..infra.celery_app import app as default_app
+    from ..infra.celery_app import get_app
 
-    return default_app
+    return get_app()
 
 
 def _require_broker(app: Celery) -> None:
