@@ -204,6 +204,12 @@ def cancel_scan(scan_id: str, *, app: Celery | None = None) -> bool:
     return cancelled
 
 
+def is_queued(scan_id: str) -> bool:
+    """A one-chunk scan submitted that no worker has recorded yet (it has no row, and holds
+    its running slot)."""
+    return load_scan_report(scan_id) is None and _holds_slot(scan_id)
+
+
 def _holds_slot(scan_id: str) -> bool:
     """A scan submitted and not ended (a one-chunk scan no worker has recorded yet, say)."""
     from ..infra.redis_client import get_redis
@@ -468,6 +474,7 @@ __all__ = [
     "submit_scan",
     "scan_handle",
     "cancel_scan",
+    "is_queued",
     "load_scan_report",
     "DEFAULT_PORTS",
 ]

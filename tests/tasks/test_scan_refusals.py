@@ -5,6 +5,7 @@ No worker runs in this module, so a message that slipped through would still sit
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 from lewis_tasks.errors import InvalidInput, OutOfScope
 from lewis_tasks.infra import config
 from lewis_tasks.infra.broker import queue_depths
-from lewis_tasks.producer.scan import submit_scan
+from lewis_tasks.producer.scan import scan_handle, submit_scan
 from lewis_tasks.storage import scans
 from lewis_tasks.storage.db import get_engine, session_scope
 from lewis_tasks.storage.models import ScanRow
@@ -157,3 +158,27 @@ def test_localhost_means_loopback_whatever_the_resolver_says() -> None:
     scope = Scope.from_allow(DEFAULT_ALLOW)
     for name in ("localhost", "LOCALHOST.", "api.localhost", "localhost.localdomain"):
         assert {str(a) for a in scope.resolve(name)} == {"127.0.0.1", "::1"}
+
+
+def test_a_one_chunk_scan_no_worker_took_is_shown_queued(
+    lewis_settings: Any, worker_redis: Any, celery_app: Any
+) -> None:
+    from click.testing import CliRunner
+
+    from lewis_tasks.cli import cli
+    from lewis_tasks.infra.runningscans import release_scan_slot
+
+    # Given a one-chunk scan waiting in the queue (no worker runs here: it has no row yet)
+    handle = submit_scan("127.0.0.1", ports="22", services=False)
+    try:
+        # Then `lewis scans show` says it is queued, and waiting on it by id reads it running
+        shown = CliRunner().invoke(cli, ["scans", "show", handle.id, "--json"])
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output) == {"scan_id": handle.id, "status": "queued"}
+        assert scan_handle(handle.id).progress().status == "running"
+    finally:
+        celery_app.control.purge()
+        release_scan_slot(worker_redis, handle.id)
+    # And once it holds no slot, it is no scan at all
+    gone = CliRunner().invoke(cli, ["scans", "show", handle.id])
+    assert gone.exit_code == 2 and "no such scan" in gone.output
