@@ -81,7 +81,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("lewis_tasks/producer/scanreport.py", "lewis_tasks.storage.db"): "report read from rows",
     ("lewis_tasks/producer/scanreport.py", "lewis_tasks.storage.scans"): "report read from rows",
     ("lewis_tasks/producer/scanreport.py", "redis"): "RedisError caught reading progress",
-    ("lewis_tasks/producer/base.py", "kombu"): "hand-built kombu messages (runtime branch)",
     ("lewis_tasks/producer/base.py", "redis"): "hand-built kombu messages (runtime branch)",
     # -- the CLI reads and writes storage directly (listings, imports, migrations) instead of
     #    through producer/

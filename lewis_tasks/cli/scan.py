@@ -370,11 +370,24 @@ def show_scan(scan_id: str, as_json: bool) -> None:
     """One scan's report (as far as it has come, if it still runs); a unique prefix of its id
     will do."""
     from ..errors import InvalidInput
+    from ..producer.scan import is_queued
     from ..producer.scanreport import load_scan_report, resolve_scan_id
 
-    report = load_scan_report(resolve_scan_id(scan_id))
+    try:
+        report = load_scan_report(resolve_scan_id(scan_id))
+    except InvalidInput:
+        if not is_queued(scan_id):
+            raise
+        report = None
     if report is None:
-        raise InvalidInput(f"scan {scan_id!r}: no such scan (`lewis scans list` shows them)")
+        if not is_queued(scan_id):
+            raise InvalidInput(f"scan {scan_id!r}: no such scan (`lewis scans list` shows them)")
+        click.echo(
+            json.dumps({"scan_id": scan_id, "status": "queued"})
+            if as_json
+            else f"scan {scan_id}: queued, no worker has taken it yet"
+        )
+        return
     _print_report(report, as_json)
 
 

@@ -205,6 +205,25 @@ class ScanLimits:
     io_slots: int
 
 
+def max_chunk_ports(
+    seconds: float, *, concurrency: int, timeout: float, retries: int, rate: float | None = None
+) -> int:
+    """The most ports a chunk may hold so that scanning it takes at most ``seconds``.
+
+    Worst case: every port is filtered, so each takes ``retries + 1`` attempts of ``timeout``
+    seconds, ``concurrency`` at a time; with a ``rate`` (connects/s) every attempt also waits
+    for a permit. Both costs are added (an upper bound), plus one timeout for the last wave.
+    """
+    attempts = retries + 1
+    per_port = attempts * timeout / max(1, concurrency)
+    if rate:
+        per_port += attempts / rate
+    usable = seconds - timeout
+    if usable <= 0:
+        return 1
+    return max(1, math.floor(usable / per_port))
+
+
 def chunk_ports_for(
     limits: ScanLimits,
     rate: float | None,
@@ -221,8 +240,6 @@ def chunk_ports_for(
     The worst case assumes every slot of the io process scans at once (each then gets its
     share of ``concurrency``) and every port is filtered.
     """
-    from .scanjob import max_chunk_ports  # the scanner's modules: not for every caller
-
     share = max(1, limits.concurrency // limits.io_slots)
     fits = max_chunk_ports(
         limits.soft_time_limit * SCAN_SHARE,

@@ -1,8 +1,9 @@
 """The pure parts of a distributed scan job: chunk sizing, one chunk's work, the findings.
 
-* :func:`max_chunk_ports` — how many ports one chunk may hold so that its worst case (every
-  port silent, each connect retried, every attempt waiting for a rate permit) still fits the
-  seconds it is given. A chunk task that outlives its time limit is killed and redelivered,
+* :func:`max_chunk_ports` (kept in :mod:`.planning`, which sizes chunks without loading the
+  scanner) — how many ports one chunk may hold so that its worst case (every port silent,
+  each connect retried, every attempt waiting for a rate permit) still fits the seconds it
+  is given. A chunk task that outlives its time limit is killed and redelivered,
   so sizing is what keeps a filtered target from hanging a worker.
 * :func:`run_chunk` — the connect scan of one address's ports (:func:`.portscan.scan_ports`),
   then service identification of the open ones (:mod:`.services`), both inside one deadline:
@@ -15,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import TransientError
 from .findings import Finding, assess, rank_findings
+from .planning import max_chunk_ports
 from .portscan import ConnectLimiter, PortScanProgress, PortScanResult, scan_ports
 from .scope import Scope
 from .services import (
@@ -38,25 +39,6 @@ from .vulns import CveRecord, find_cves
 IDENTIFY_CONNECTS = 1 + PROBE_COUNT
 _MIN_WAIT = 0.005  # never re-ask a rate limiter sooner than this
 STOP_GRACE = 2.0  # a connect loop looks at its stop check every 0.15 s: this is plenty
-
-
-def max_chunk_ports(
-    seconds: float, *, concurrency: int, timeout: float, retries: int, rate: float | None = None
-) -> int:
-    """The most ports a chunk may hold so that scanning it takes at most ``seconds``.
-
-    Worst case: every port is filtered, so each takes ``retries + 1`` attempts of ``timeout``
-    seconds, ``concurrency`` at a time; with a ``rate`` (connects/s) every attempt also waits
-    for a permit. Both costs are added (an upper bound), plus one timeout for the last wave.
-    """
-    attempts = retries + 1
-    per_port = attempts * timeout / max(1, concurrency)
-    if rate:
-        per_port += attempts / rate
-    usable = seconds - timeout
-    if usable <= 0:
-        return 1
-    return max(1, math.floor(usable / per_port))
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .findings import LEVELS, Finding, address_key, level_rank, rank_findings
-from .scanjob import OpenPort
+if TYPE_CHECKING:  # the ranking is imported where it ranks: a reader of a finished report
+    # (``lewis scan``'s one-chunk path) loads no scanning or CVE-matching code
+    from .findings import Finding
+    from .scanjob import OpenPort
 
+TERMINAL = ("done", "failed", "cancelled")  # a scan's statuses once it has ended
 CONNECT_SHARE = 0.9  # of a scan's progress bar: the connects; the rest, chunks finished
 
 
@@ -128,6 +131,32 @@ class ScanReport:
         """Address → sorted open ports."""
         return {h.address: [int(p["port"]) for p in h.open_ports] for h in self.hosts}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScanReport:
+        """The report :meth:`to_dict` gave (a task's result carries it back to the caller)."""
+        progress = {k: v for k, v in data["progress"].items() if k not in ("fraction", "phase")}
+        return cls(
+            str(data["scan_id"]),
+            str(data["status"]),
+            dict(data.get("request") or {}),
+            data.get("created_at"),
+            data.get("finished_at"),
+            ScanProgress(**progress),
+            tuple(
+                HostReport(
+                    h["address"],
+                    h.get("hostname"),
+                    tuple(dict(p) for p in h.get("open_ports") or ()),
+                    int(h.get("filtered") or 0),
+                    int(h.get("closed") or 0),
+                )
+                for h in data.get("hosts") or ()
+            ),
+            tuple(dict(f) for f in data.get("findings") or ()),
+            dict(data.get("summary") or {}),
+            data.get("error"),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         request = {k: v for k, v in self.request.items() if k != "target_rows"}
         return {
@@ -153,6 +182,8 @@ def build_report(
     """The report of a scan: every planned host (``(address, hostname)``) and every host with a
     recorded chunk or open port, in address order, each with its open ports and its
     filtered/closed counts; the findings ranked; the summary the merge stores."""
+    from .findings import address_key, rank_findings
+
     ranked = tuple(rank_findings(findings))
     names: dict[str, str | None] = {address: hostname for address, hostname in planned}
     counts: dict[str, list[int]] = {}
@@ -212,6 +243,8 @@ def _port_entry(port: OpenPort) -> dict[str, Any]:
 def _summary(
     chunks: Sequence[ChunkResult], ports: Sequence[OpenPort], findings: Sequence[Finding]
 ) -> dict[str, Any]:
+    from .findings import LEVELS, level_rank
+
     by_severity = {level: 0 for level in reversed(LEVELS)}
     for f in findings:
         by_severity[f.severity] = by_severity.get(f.severity, 0) + 1
@@ -229,6 +262,7 @@ def _summary(
 
 
 __all__ = [
+    "TERMINAL",
     "ScanProgress",
     "ChunkResult",
     "HostReport",

@@ -14,7 +14,6 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 
 from ..errors import InvalidInput
 from .scope import Scope, parse_ip
@@ -212,6 +211,8 @@ def _unique_hosts(groups: Iterable[Sequence[tuple[str, str | None]]]) -> list[Sc
 @cache
 def ranked_top_ports() -> tuple[int, ...]:
     """The shipped ranked list (most often open first), from nmap's nmap-services."""
+    from importlib import resources  # only a scan of topN ports reads it
+
     text = resources.files(__package__).joinpath("data/top-ports.txt").read_text()
     return tuple(int(line) for line in text.splitlines() if line and not line.startswith("#"))
 

@@ -15,15 +15,15 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-from celery import Celery
 
-from .routing import QUEUES
+from .routing import PRIORITY_SEP, PRIORITY_STEPS, QUEUES
 
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
+if TYPE_CHECKING:
+    from celery import Celery
+
 UNACKED_KEY = "unacked"
 
 

@@ -1,11 +1,16 @@
 """The Celery app: every option set in one place, each with its reason.
 
 Workers start it with ``celery -A lewis_tasks.infra.celery_app worker`` (see ``workers/``);
-producers import :data:`app`. Settings are read once, at import.
+producers import :data:`app` or call :func:`get_app`. The app is built from the settings on
+first use, not as a side effect of importing this module: ``from …celery_app import app``
+(and Celery's ``-A``, which reads ``app``) builds it then, while a process that only needs a
+helper here (``release_result_subscriptions``, ``celery_config``) builds none.
 """
 
 from __future__ import annotations
 
+import threading
+from functools import cache
 from typing import Any
 
 from celery import Celery
@@ -213,7 +218,29 @@ def create_app(settings: Settings | None = None) -> Celery:
     return configure_app(celery_app, settings or get_settings())
 
 
-app = create_app()
+_building = threading.Lock()
 
-# the worker signal handlers, and the task metrics reporter's (reporter.py)
-from . import reporter, signals  # noqa: E402,F401
+
+def get_app() -> Celery:
+    """This process's Celery app, built from the settings the first time it is asked for
+    (tests re-point it with :func:`configure_app`); the worker's and the reporter's signal
+    handlers are connected with it."""
+    with _building:
+        return _build_app()
+
+
+@cache
+def _build_app() -> Celery:
+    celery_app = create_app()
+    # the worker signal handlers, and the task metrics reporter's (reporter.py)
+    from . import reporter, signals  # noqa: F401
+
+    reporter.connect_signals()
+    return celery_app
+
+
+def __getattr__(name: str) -> Celery:
+    """``app``: :func:`get_app` (PEP 562), so ``from …celery_app import app`` keeps working."""
+    if name == "app":
+        return get_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,16 +28,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import signals
-
 from ..domain.metrics import MetricBatch, series_key, slot_of
 from ..errors import InvalidInput
+from .messages import SENT_HEADER
 from .metrics_store import MetricStore
 from .runtime import runtime
 
 log = logging.getLogger(__name__)
 
-SENT_HEADER = "lewis_sent_at"
 EVENTS = ("sent", "received", "started", "succeeded", "failed", "retried", "rejected", "revoked")
 _MAX_IN_FLIGHT = 100_000  # remembered task starts per process, far above any pool size
 _STATE_EVENT = {
@@ -334,7 +332,6 @@ def _queue_of(request: Any) -> str:
     return str(info.get("routing_key") or "")
 
 
-@signals.before_task_publish.connect(weak=False)
 def _on_publish(
     sender: str | None = None,
     headers: dict[str, Any] | None = None,
@@ -370,14 +367,12 @@ def start_child_reporter() -> None:
         install(runtime().hostname or socket.gethostname(), system=False)
 
 
-@signals.task_received.connect(weak=False)
 def _on_received(request: Any = None, **_: Any) -> None:
     reporter = current()
     if reporter is not None and request is not None:
         reporter.count("received", request.name, _queue_of(request))
 
 
-@signals.task_prerun.connect(weak=False)
 def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
     reporter = current()
     if reporter is not None and task is not None:
@@ -391,7 +386,6 @@ def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
         )
 
 
-@signals.task_postrun.connect(weak=False)
 def _on_postrun(
     task_id: str = "", task: Any = None, state: str | None = None, retval: Any = None, **_: Any
 ) -> None:
@@ -402,7 +396,6 @@ def _on_postrun(
         reporter.task_finished(task_id, task.name, _queue_of(task.request), state)
 
 
-@signals.task_rejected.connect(weak=False)
 def _on_rejected(message: Any = None, **_: Any) -> None:
     reporter = current()
     if reporter is not None:
@@ -411,7 +404,6 @@ def _on_rejected(message: Any = None, **_: Any) -> None:
         reporter.count("rejected", str(headers.get("task", "")), str(info.get("routing_key", "")))
 
 
-@signals.task_revoked.connect(weak=False)
 def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     # Celery sends the task as the sender and, from the worker's request, its task Context
     # (which has no ``name``: the handler raised AttributeError there and counted nothing)
@@ -421,8 +413,26 @@ def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         reporter.count("revoked", str(name), _queue_of(request))
 
 
+def connect_signals() -> None:
+    """Count what Celery does in this process: sends (``before_task_publish``), and in a
+    worker every task received, run, rejected or revoked. Called where the Celery app is built
+    (infra/celery_app.py), so a producer that never builds it imports no Celery for this."""
+    from celery import signals
+
+    for signal, handler in (
+        (signals.before_task_publish, _on_publish),
+        (signals.task_received, _on_received),
+        (signals.task_prerun, _on_prerun),
+        (signals.task_postrun, _on_postrun),
+        (signals.task_rejected, _on_rejected),
+        (signals.task_revoked, _on_revoked),
+    ):
+        signal.connect(handler, weak=False, dispatch_uid=f"lewis-reporter-{handler.__name__}")
+
+
 __all__ = [
     "MetricsReporter",
+    "connect_signals",
     "install",
     "uninstall",
     "current",

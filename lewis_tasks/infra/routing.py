@@ -13,6 +13,10 @@ IO, CPU, CONTROL = "io", "cpu", "control"
 PACKED_TASK = "lewis.io.batch"
 MAX_PACK = 1000
 QUEUES: tuple[str, ...] = (IO, CPU, CONTROL)
+# kombu's Redis transport keeps a queue's priorities in 4 lists: the queue itself (0) and
+# "<queue>\x06\x16<step>" for steps 3, 6 and 9, each holding the priorities from its step up
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
 
 ROUTES: dict[str, str] = {
     # io: network-bound work on the persistent event loop

@@ -6,29 +6,35 @@ with ONE Redis command: ``send_task`` spends three round trips and ~1 ms of Pyth
 sent without waiting and the push is a single LPUSH, or for ``submit_many`` one pipelined
 LPUSH per 500 messages. The queue comes from the routing table. Canvas (chords, groups) still
 goes through Celery's own publish.
+
+:func:`send_one` sends without a Celery app at all (nor an import of Celery): the one-task jobs
+of the CLI (a one-chunk scan, a one-chunk HTTP batch) send with it and wait on their result with
+:class:`~lewis_tasks.infra.results.ResultWaiter`; the app is built only when something needs it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import kombu.exceptions
 import redis
-from celery import Celery
-from celery.result import AsyncResult
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
-from ..infra.config import redact_url
+from ..infra.config import get_settings, redact_url
 from ..infra.messages import message_origin, push_messages, queue_key, task_message
 from ..infra.reporter import note_sent
 from ..infra.routing import MAX_PACK, PACKED_TASK, queue_for
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.result import AsyncResult
 
 FALLBACK_POLL = 1.0  # seconds: a result whose push was lost is still seen this soon
 
@@ -67,6 +73,8 @@ class TaskHandle:
 
     @property
     def async_result(self) -> AsyncResult:
+        from celery.result import AsyncResult
+
         return AsyncResult(self.id, app=self.app)
 
     @property
@@ -88,25 +96,40 @@ class TaskHandle:
 def _app(app: Celery | None) -> Celery:
     if app is not None:
         return app
-    from ..infra.celery_app import app as default_app
+    from ..infra.celery_app import get_app
 
-    return default_app
+    return get_app()
 
 
 def _require_broker(app: Celery) -> None:
-    if not app.conf.broker_url:
+    broker_url(app)
+
+
+def broker_url(app: Celery | None = None) -> str:
+    """The broker of ``app`` (default: the settings'); LewisError if there is none."""
+    url = str(app.conf.broker_url or "") if app is not None else get_settings().broker.url
+    if not url:
         raise LewisError(
             "no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
             "`lewis up` (other commands then find it by themselves)"
         )
+    return url
 
 
-def reach_broker(app: Celery, timeout: float) -> None:
+def result_url(app: Celery | None = None) -> str:
+    """The Redis that stores ``app``'s task results (default: the settings')."""
+    if app is None:
+        return get_settings().result_backend
+    url = str(app.conf.result_backend or "") or broker_url(app)
+    scheme = url.split("://", 1)[0]
+    return url.split("+", 1)[1] if "+" in scheme else url  # result_backend.backend_url's form
+
+
+def reach_broker(url: str, timeout: float) -> None:
     """One PING of the broker, ``timeout`` seconds for connect and reply and no retry:
     BrokerUnavailable in one line within ``timeout``. Producers that write rows before they
     publish ask this first, since Celery's publish and result backend retry a dead Redis for
     ~20 s and end in a multi-line RuntimeError."""
-    url = str(app.conf.broker_url)
     client = redis.Redis.from_url(
         url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
     )
@@ -131,8 +154,9 @@ def _first_line(exc: Exception) -> str:
 
 
 @contextlib.contextmanager
-def publishing(app: Celery) -> Iterator[None]:
-    """Turn a broker that cannot be reached while publishing into one readable BrokerUnavailable.
+def publishing(app: Celery | str) -> Iterator[None]:
+    """Turn a broker that cannot be reached while publishing into one readable BrokerUnavailable
+    (``app``: the Celery app, or the broker's URL).
 
     For every way of sending (our pushes, Celery's ``send_task``, chords): redis-py, kombu and
     the socket layer each raise their own connection errors.
@@ -141,17 +165,42 @@ def publishing(app: Celery) -> Iterator[None]:
         yield
     except BrokerUnavailable:
         raise
-    except (
-        redis.ConnectionError,
-        redis.TimeoutError,
-        kombu.exceptions.OperationalError,
-        ConnectionError,
-        TimeoutError,
-    ) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _unreachable_errors()):
+            raise
+        url = app if isinstance(app, str) else str(app.conf.broker_url)
         raise BrokerUnavailable(
-            f"broker {redact_url(str(app.conf.broker_url))} is unreachable: "
+            f"broker {redact_url(url)} is unreachable: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
         ) from exc
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        ConnectionError,
+        TimeoutError,
+    )
+    kombu_errors = sys.modules.get("kombu.exceptions")  # only a process that loaded kombu
+    return errors if kombu_errors is None else (*errors, kombu_errors.OperationalError)
+
+
+def send_one(
+    url: str,
+    name: str,
+    task_id: str,
+    args: Sequence[Any],
+    *,
+    errbacks: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """Send task ``name`` (to its queue, from the routing table) to the broker at ``url`` with
+    ``errbacks`` linked, without building a Celery app; BrokerUnavailable if it is not taken."""
+    queue = queue_for(name)
+    message = task_message(name, task_id, args, {}, queue, message_origin(), 0, errbacks=errbacks)
+    with publishing(url):
+        push_messages(url, queue_key(queue, 0), [message])
+    note_sent(name, queue)
 
 
 def submit(
@@ -179,11 +228,9 @@ def submit(
             )
             return TaskHandle(result.id, name, app)
         task_id = str(uuid.uuid4())
-        message = task_message(
-            app, name, task_id, args, kwargs or {}, queue, message_origin(), priority
-        )
+        message = task_message(name, task_id, args, kwargs or {}, queue, message_origin(), priority)
         _subscribe_result(app, task_id)
-        push_messages(app, queue_key(queue, priority), [message])
+        push_messages(str(app.conf.broker_url), queue_key(queue, priority), [message])
     note_sent(name, queue)
     return TaskHandle(task_id, name, app)
 
@@ -219,7 +266,7 @@ def submit_many(
     def flush_pack() -> None:
         pending.append(
             task_message(
-                app, PACKED_TASK, str(uuid.uuid4()), [name, packed[:]], {}, queue, origin, priority
+                PACKED_TASK, str(uuid.uuid4()), [name, packed[:]], {}, queue, origin, priority
             )
         )
         packed.clear()
@@ -233,16 +280,14 @@ def submit_many(
                 if len(packed) >= pack:
                     flush_pack()
             else:
-                pending.append(
-                    task_message(app, name, task_id, args, kwargs, queue, origin, priority)
-                )
+                pending.append(task_message(name, task_id, args, kwargs, queue, origin, priority))
             if len(pending) >= batch:
-                push_messages(app, key, pending)
+                push_messages(str(app.conf.broker_url), key, pending)
                 pending = []
         if packed:
             flush_pack()
         if pending:
-            push_messages(app, key, pending)
+            push_messages(str(app.conf.broker_url), key, pending)
     note_sent(PACKED_TASK if pack > 1 else name, queue, -(-len(handles) // pack))
     return handles
 

@@ -10,30 +10,32 @@ error is re-raised (:func:`unwrap_failure`), the same for every job.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from celery import Celery
-from celery.exceptions import ChordError
-from celery.exceptions import TimeoutError as ResultTimeout
-from celery.result import AsyncResult
+from ..errors import LewisError, TransientError
+from .base import FALLBACK_POLL, _app, result_url
 
-from ..errors import TransientError
-from ..infra.task import chord_cause
-from .base import FALLBACK_POLL
+if TYPE_CHECKING:
+    from celery import Celery
 
 P = TypeVar("P")
 R = TypeVar("R")
 
 
-class WaitTimeout(ResultTimeout, TimeoutError):
-    """The job is still running after the wait (it keeps running). Both Celery's TimeoutError,
-    which waiting on a result raises, and the builtin one."""
+class WaitTimeout(TimeoutError):
+    """The job is still running after the wait (it keeps running). The builtin TimeoutError
+    (not Celery's: a handle waits without importing Celery where it can)."""
 
 
 def unwrap_failure(app: Celery, exc: BaseException, part_ids: Iterable[str] = ()) -> BaseException:
     """The error to raise for a job that failed with ``exc``: a failed part's own error
     (InvalidInput, OutOfScope…) behind a ChordError, a TransientError for a part that expired
     unrun in the queue, else ``exc`` itself."""
+    from celery.exceptions import ChordError
+    from celery.result import AsyncResult
+
+    from ..infra.task import chord_cause
+
     if isinstance(exc, ChordError):
         for part_id in part_ids:
             part = AsyncResult(part_id, app=app)
@@ -51,7 +53,7 @@ class JobHandle(Generic[P, R]):
     """A submitted job of many tasks (subclasses are dataclasses with ``id`` and ``app``)."""
 
     id: str
-    app: Celery
+    app: Celery | None  # None: built when first needed (a job sent without Celery's app)
     what: ClassVar[str] = "job"  # how messages name it: "scan", "HTTP batch", "load test"
     worst_case: float | None = None  # seconds it may take at worst, queueing included
     cancellable: ClassVar[bool] = True  # False: cancel() always says no (it ends by itself)
@@ -76,6 +78,31 @@ class JobHandle(Generic[P, R]):
     def started(self) -> bool:
         """True once some part of it runs (or ran): a worker took it."""
         return True
+
+    def celery_app(self) -> Celery:
+        """The Celery app this job was sent with, built now if it was sent without one."""
+        self.app = _app(self.app)
+        return self.app
+
+    def await_task(self, task_id: str, timeout: float | None, interval: float) -> Any:
+        """The return value of the job's one task (a job of one task, sent without Celery), by
+        push from the result store; WaitTimeout after ``timeout``; its failure re-raised as
+        :func:`unwrap_failure` gives it, a revoked task as "cancelled"."""
+        from ..infra.results import ResultWaiter
+
+        waiter = self.__dict__.get("_waiter")
+        if waiter is None:
+            waiter = self.__dict__["_waiter"] = ResultWaiter(result_url(self.app), task_id)
+        meta = waiter.wait(timeout, interval)
+        if meta is None:
+            raise self.timed_out(timeout)
+        waiter.close()
+        if meta["status"] == "SUCCESS":
+            return meta.get("result")
+        if meta["status"] == "REVOKED":
+            raise LewisError(f"{self.what} {self.id} cancelled")
+        app = self.celery_app()  # a failure: Celery turns the stored error back into one
+        raise unwrap_failure(app, app.backend.exception_to_python(meta.get("result")), [task_id])
 
     def timed_out(self, timeout: float | None) -> WaitTimeout:
         """The error for a wait of ``timeout`` seconds that ran out."""

@@ -15,12 +15,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
-
-from celery import Celery, chord
-from celery.exceptions import ChordError
-from celery.exceptions import TimeoutError as ResultTimeout
-from celery.result import AsyncResult
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..domain.httpjobs import (
     HttpBatchProgress,
@@ -34,6 +29,7 @@ from ..domain.redact import redact_headers, redact_url
 from ..domain.scope import Scope, is_localhost_alias, parse_ip
 from ..errors import InvalidInput, LewisError
 from ..infra.config import Settings, get_settings
+from ..infra.messages import signature
 from ..infra.planning import (
     batch_plan,
     check_batch_size,
@@ -42,8 +38,20 @@ from ..infra.planning import (
     split,
 )
 from ..infra.progress import LOADTEST_PROGRESS_KEY
-from .base import FALLBACK_POLL, _app, _require_broker, await_result, publishing
+from .base import (
+    FALLBACK_POLL,
+    _app,
+    _require_broker,
+    await_result,
+    broker_url,
+    publishing,
+    send_one,
+)
 from .handle import JobHandle, P, R, WaitTimeout, unwrap_failure
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.result import AsyncResult
 
 PLAN_KEY = "lewis:http:{batch_id}:plan"  # a batch's size and chunking, for a cancel by id
 LOADTEST_KEY = "lewis:loadtest:{run}:submitted"  # a load test's parts, for a cancel by id
@@ -57,23 +65,31 @@ class _ChordHandle(JobHandle[P, R]):
     id: str
     task_id: str
     part_ids: list[str]
-    app: Celery
+    app: Celery | None  # None: sent without Celery's app (one task), built when needed
+    one_task: bool = field(default=False, kw_only=True)  # sent by send_one: no Celery to wait
 
     @property
     def async_result(self) -> AsyncResult:
-        return AsyncResult(self.task_id, app=self.app)
+        from celery.result import AsyncResult
+
+        return AsyncResult(self.task_id, app=self.celery_app())
 
     def ready(self) -> bool:
         return bool(self.async_result.ready())
 
     def _merged(self, timeout: float | None, interval: float) -> dict[str, Any]:
         """The merged result, by push; WaitTimeout past ``timeout``, a failure unwrapped."""
+        if self.one_task:
+            return dict(self.await_task(self.task_id, timeout, interval))
+        from celery.exceptions import ChordError
+        from celery.exceptions import TimeoutError as ResultTimeout
+
         try:
             return dict(await_result(self.async_result, timeout, interval=interval))
         except ResultTimeout:
             raise self.timed_out(timeout) from None
         except ChordError as exc:
-            raise unwrap_failure(self.app, exc, self.part_ids) from None
+            raise unwrap_failure(self.celery_app(), exc, self.part_ids) from None
 
 
 @dataclass
@@ -165,7 +181,8 @@ class LoadtestHandle(_ChordHandle[LoadtestProgress, LoadtestResult]):
         """Requests, errors and rate summed over the parts that reported (once a second)."""
         from ..infra.redis_client import get_redis
 
-        raw = get_redis(self.app.conf.broker_url).hgetall(LOADTEST_PROGRESS_KEY.format(run=self.id))
+        url = self.celery_app().conf.broker_url
+        raw = get_redis(url).hgetall(LOADTEST_PROGRESS_KEY.format(run=self.id))
         lines = [json.loads(v) for v in raw.values()]
         return LoadtestProgress.from_dict(
             {
@@ -232,8 +249,7 @@ def submit_http_batch(
 ) -> HttpBatchHandle:
     """Fetch every request (a URL, or ``{"url", "method", "headers", "body"}``) on the io
     workers, in chunks; ``timeout`` is each URL's budget (default and cap: http.timeout)."""
-    app = _app(app)
-    _require_broker(app)
+    url = broker_url(app)
     settings = get_settings()
     items = [_wire(i, item) for i, item in enumerate(requests)]
     check_batch_size(settings, len(items))
@@ -242,6 +258,10 @@ def submit_http_batch(
     batch_id = uuid.uuid4().hex
     request = {"urls": len(items), "timeout": plan.budget, "chunk_size": size}
     options: dict[str, Any] = {"timeout": plan.budget, "total": len(items), "request": request}
+    worst_case = batch_worst_case(settings, len(items), timeout)
+    if len(plan.starts) == 1:  # one chunk pays for no fan-out: it closes the batch itself
+        return _send_one_chunk(url, batch_id, items, options, app, worst_case)
+    app = _app(app)
     header = [
         app.signature(
             "lewis.http.fetch_chunk",
@@ -251,30 +271,12 @@ def submit_http_batch(
         for start in plan.starts
     ]
     errback = app.signature("lewis.http.abort", kwargs={"kind": "batch", "run_id": batch_id})
-    if len(header) == 1:  # one chunk pays for no fan-out: it closes the batch itself, no chord
-        single = app.signature(
-            "lewis.http.fetch_chunk",
-            args=(batch_id, 0, items, {**options, "merge": True}),
-            task_id=header[0].id,
-        )
-        single.link_error(errback)
-        with publishing(app):
-            _reach_broker(app)
-            sent = single.apply_async()
-        _record_plan(batch_id, len(items), request)
-        return HttpBatchHandle(
-            batch_id,
-            sent.id,
-            [sent.id],
-            app,
-            total=len(items),
-            chunks=1,
-            worst_case=batch_worst_case(settings, len(items), timeout),
-        )
     callback = app.signature("lewis.http.merge", kwargs={"batch_id": batch_id})
     callback.link_error(errback)
     with publishing(app):  # a broker that is down: one BrokerUnavailable, not kombu's own
-        _reach_broker(app)
+        _reach_broker(url)
+        from celery import chord
+
         result = chord(header, app=app)(callback)
     _record_plan(batch_id, len(items), request)
     return HttpBatchHandle(
@@ -284,7 +286,40 @@ def submit_http_batch(
         app,
         total=len(items),
         chunks=len(header),
-        worst_case=batch_worst_case(settings, len(items), timeout),
+        worst_case=worst_case,
+    )
+
+
+def _send_one_chunk(
+    url: str,
+    batch_id: str,
+    items: list[Any],
+    options: dict[str, Any],
+    app: Celery | None,
+    worst_case: float,
+) -> HttpBatchHandle:
+    """The batch as its one chunk task, which closes the batch itself (``lewis.http.abort``
+    its errback); sent and waited on without Celery's app."""
+    task_id = chunk_task_id(batch_id, 0)
+    with publishing(url):
+        _reach_broker(url)
+        send_one(
+            url,
+            "lewis.http.fetch_chunk",
+            task_id,
+            [batch_id, 0, items, {**options, "merge": True}],
+            errbacks=[signature("lewis.http.abort", kwargs={"kind": "batch", "run_id": batch_id})],
+        )
+    _record_plan(batch_id, len(items), options["request"])
+    return HttpBatchHandle(
+        batch_id,
+        task_id,
+        [task_id],
+        app,
+        total=len(items),
+        chunks=1,
+        worst_case=worst_case,
+        one_task=True,
     )
 
 
@@ -470,10 +505,12 @@ def submit_loadtest(
         app.signature("lewis.http.abort", kwargs={"kind": "loadtest", "run_id": run_id})
     )
     with publishing(app):
-        _reach_broker(app)
+        _reach_broker(str(app.conf.broker_url))
         from ..infra.redis_client import get_redis
 
         get_redis().set(LOADTEST_KEY.format(run=run_id), workers, ex=int(hard) + 60)
+        from celery import chord
+
         result = chord(header, app=app)(callback)
     return LoadtestHandle(
         run_id,
@@ -506,12 +543,12 @@ def _body_text(body: str | bytes | None) -> str | None:
     return body
 
 
-def _reach_broker(app: Celery) -> None:
+def _reach_broker(url: str) -> None:
     """One PING first: a chord subscribes to its result before it publishes, and Celery's
     result backend retries a dead Redis for ~20 s, then gives up with a RuntimeError."""
     from ..infra.redis_client import get_redis
 
-    get_redis(app.conf.broker_url).ping()
+    get_redis(url).ping()
 
 
 def _wire(index: int, item: Any) -> Any:

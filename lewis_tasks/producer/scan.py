@@ -5,26 +5,27 @@ the port spec are parsed (InvalidInput naming the bad token), every address is r
 checked by the scope (OutOfScope), the plan is checked against ``scan.max_ports_total`` and the
 number of running scans against ``performance.max_concurrent_scans`` (refused, not queued:
 the caller sees at once why, and the running scans are listed by ``lewis scans list``). Then
-the scan row and its planned chunks are written (idempotent upserts keyed by the scan id), and
-the chord is sent: chunk tasks on the io queue, the merge on the cpu queue (a scan of one chunk
-is one task on the io queue that merges in place: no fan-out to pay for). Under a rate limit
-the chunks of one host run one after another (a chain inside the chord): the rate is per host,
-so running them side by side would only stretch each past its time limit.
+the scan takes a running slot (counted in Redis: :mod:`lewis_tasks.infra.runningscans`), its
+row and planned chunks are written (idempotent upserts keyed by the scan id), and the chord is
+sent: chunk tasks on the io queue, the merge on the cpu queue. Under a rate limit the chunks of
+one host run one after another (a chain inside the chord): the rate is per host, so running
+them side by side would only stretch each past its time limit.
+
+A scan of one chunk pays for no fan-out: it is one task on the io queue that records the scan
+row itself, merges in place and returns the scan's report with its result. It is sent and
+waited on without Celery's app and without the database (``lewis scan HOST -p 80`` loads
+neither Celery nor SQLAlchemy); its row appears once a worker takes it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import ipaddress
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from celery import Celery, chain, chord
-from celery.result import AsyncResult
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..domain.scope import Scope
 from ..domain.targets import (
@@ -38,10 +39,13 @@ from ..domain.targets import (
 )
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.config import Settings, get_settings
-from ..storage.scans import TERMINAL
-from .base import FALLBACK_POLL, _app, _require_broker, publishing, reach_broker
+from ..infra.messages import signature
+from .base import FALLBACK_POLL, _app, broker_url, publishing, reach_broker, send_one
 from .handle import JobHandle, unwrap_failure
-from .scanreport import ScanProgress, ScanReport, load_scan_report, read_progress
+from .scanreport import TERMINAL, ScanProgress, ScanReport, load_scan_report, read_progress
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 DEFAULT_PORTS = "top1000"
 
@@ -51,15 +55,26 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
     """A submitted scan: its progress while it runs, its report when it is done."""
 
     id: str
-    app: Celery
+    app: Celery | None = None  # None: Celery's app is built when something needs it
     merge_id: str | None = None  # the task that merges: the chord's callback, or the only chunk
     # (None for a scan looked up by id)
+    planned: ScanProgress | None = None  # a one-chunk scan: its progress until its task runs
+    _report: ScanReport | None = field(default=None, repr=False, compare=False)
     what: ClassVar[str] = "scan"
 
     def progress(self) -> ScanProgress:
         """Chunks done/total, ports done/total and open ports so far (finished chunks from the
         database, running ones from their live counters)."""
-        return read_progress(self.id)
+        if self._report is not None:
+            return self._report.progress
+        try:
+            return read_progress(self.id)
+        except InvalidInput:  # a one-chunk scan no worker has taken yet has no row
+            if self.planned is not None:
+                return self.planned
+            if not _holds_slot(self.id):
+                raise
+            return ScanProgress(self.id, "running", 1, 0, 0, 0, 0)
 
     def done(self) -> bool:
         return self.progress().status in TERMINAL
@@ -67,12 +82,16 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
     def wait(self, timeout: float | None = None, interval: float = FALLBACK_POLL) -> ScanReport:
         """Block until the scan is done and return its report; raise why if it failed.
 
+        A one-chunk scan's report comes with its task's result, by push (no database read).
+
         Woken by a push: the merging task's result (the Redis backend publishes it once the
         scan is stored as done or the merge failed). The database is read again at least every
         ``interval`` seconds, so a lost push (or a handle without a merge id) costs that much
         at most. WaitTimeout (a TimeoutError) if it is still running after ``timeout`` seconds
         (it keeps running).
         """
+        if self.planned is not None and self.merge_id is not None:
+            return self._wait_one(timeout, interval)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.progress().status
@@ -84,15 +103,32 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
                 raise self.timed_out(timeout)
             self._await_merge(left)
 
+    def _wait_one(self, timeout: float | None, interval: float) -> ScanReport:
+        """The one-chunk scan's report from its task's result (the database if a worker of an
+        older version sent none); why it did not end done, raised."""
+        assert self.merge_id is not None
+        result = self.await_task(self.merge_id, timeout, interval)
+        carried = result.get("report") if isinstance(result, dict) else None
+        report = ScanReport.from_dict(carried) if carried else self.result()
+        self._report = report
+        if report.status == "cancelled":
+            raise LewisError(f"scan {self.id} cancelled: {report.error or 'on request'}")
+        if report.status != "done":
+            raise LewisError(
+                f"scan {self.id} {report.status}: {report.error or 'no reason recorded'}"
+            )
+        return report
+
     def _await_merge(self, seconds: float) -> None:
         """Return when the merging task has a result, or after ``seconds``."""
         if self.merge_id is None:
             time.sleep(seconds)
             return
         from celery.exceptions import TimeoutError as ResultTimeout
+        from celery.result import AsyncResult
 
         with contextlib.suppress(ResultTimeout):
-            AsyncResult(self.merge_id, app=self.app).get(timeout=seconds, propagate=False)
+            AsyncResult(self.merge_id, app=self.celery_app()).get(timeout=seconds, propagate=False)
 
     def cancel(self) -> bool:
         """Stop the scan: its queued chunks are revoked, running ones stop at their next look
@@ -103,6 +139,8 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
 
     def result(self) -> ScanReport:
         """The scan's report as stored now (complete once :meth:`wait` returned)."""
+        if self._report is not None:  # the one-chunk scan's, as its task read it back
+            return self._report
         report = load_scan_report(self.id)
         if report is None:
             raise InvalidInput(f"scan {self.id!r}: no such scan")
@@ -112,11 +150,13 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
         if status == "cancelled":  # its revoked chunks fail the chord too: the row says why
             raise LewisError(f"scan {self.id} cancelled: {self.result().error or 'on request'}")
         if self.merge_id is not None:
-            merged = AsyncResult(self.merge_id, app=self.app)
+            from celery.result import AsyncResult
+
+            merged = AsyncResult(self.merge_id, app=self.celery_app())
             if merged.state == "FAILURE":
                 cause = merged.result
                 if isinstance(cause, BaseException):
-                    raise unwrap_failure(self.app, cause)
+                    raise unwrap_failure(self.celery_app(), cause)
         if status in TERMINAL:  # failed or cancelled
             report = self.result()
             raise LewisError(f"scan {self.id} {status}: {report.error or 'no reason recorded'}")
@@ -124,7 +164,7 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
 
 def scan_handle(scan_id: str, *, app: Celery | None = None) -> ScanHandle:
     """A handle on a scan submitted earlier (by this process or any other)."""
-    return ScanHandle(scan_id, _app(app))
+    return ScanHandle(scan_id, app)
 
 
 def chunk_task_id(scan_id: str, index: int) -> str:
@@ -141,14 +181,14 @@ def cancel_scan(scan_id: str, *, app: Celery | None = None) -> bool:
     from ..storage.db import session_scope
 
     app = _app(app)
-    _require_broker(app)
+    broker_url(app)
     with session_scope(get_engine()) as session:
         scan = scans.get_scan(session, scan_id)
-        if scan is None:
+        if scan is None and not _holds_slot(scan_id):
             raise InvalidInput(f"scan {scan_id!r}: no such scan")
-        total = scan.chunks_total
+        total = scan.chunks_total if scan is not None else 1  # no row yet: a one-chunk scan
         # the row first: a chunk that sees the flag may merge at once, and must find it cancelled
-        cancelled = scans.cancel_scan(session, scan_id)
+        cancelled = scans.cancel_scan(session, scan_id) if scan is not None else True
     if cancelled:
         with publishing(app):
             request_cancel(
@@ -158,7 +198,49 @@ def cancel_scan(scan_id: str, *, app: Celery | None = None) -> bool:
                 [chunk_task_id(scan_id, i) for i in range(total)],
                 get_settings().broker.result_expires,
             )
+        if scan is None:  # its task may have recorded it meanwhile (it then checks the flag too)
+            with session_scope(get_engine()) as session:
+                scans.cancel_scan(session, scan_id)
+        _free_slot(scan_id)
     return cancelled
+
+
+def is_queued(scan_id: str) -> bool:
+    """A one-chunk scan submitted that no worker has recorded yet (it has no row, and holds
+    its running slot)."""
+    return load_scan_report(scan_id) is None and _holds_slot(scan_id)
+
+
+def _holds_slot(scan_id: str) -> bool:
+    """A scan submitted and not ended (a one-chunk scan no worker has recorded yet, say)."""
+    from ..infra.redis_client import get_redis
+    from ..infra.runningscans import running_scans
+
+    return scan_id in running_scans(get_redis(), get_settings().broker.result_expires)
+
+
+def _take_slot(scan_id: str, settings: Settings) -> None:
+    """A running slot for the scan, or InvalidInput naming the cap (nothing is enqueued)."""
+    from ..infra.redis_client import get_redis
+    from ..infra.runningscans import claim_scan_slot
+
+    cap = settings.performance.max_concurrent_scans
+    # A scan older than the result lifetime can never complete (its chord's results are gone):
+    # it no longer holds a slot.
+    with publishing(settings.broker.url):
+        taken, running = claim_scan_slot(get_redis(), scan_id, cap, settings.broker.result_expires)
+    if not taken:
+        raise InvalidInput(
+            f"{running} scans are running, the cap is {cap} "
+            "(performance.max_concurrent_scans); wait for one to finish"
+        )
+
+
+def _free_slot(scan_id: str) -> None:
+    from ..infra.redis_client import get_redis
+    from ..infra.runningscans import release_scan_slot
+
+    release_scan_slot(get_redis(), scan_id)
 
 
 def submit_scan(
@@ -196,10 +278,9 @@ def submit_scan(
     chunks = plan_chunks(
         hosts, port_list, chunk_ports=size, max_ports_total=settings.scan.max_ports_total
     )
-    app = _app(app)
-    _require_broker(app)
+    url = broker_url(app)
     # a dead broker is found before the scan row is written: no row says "failed: not enqueued"
-    reach_broker(app, settings.monitoring.ping_timeout)
+    reach_broker(url, settings.monitoring.ping_timeout)
     if before_send is not None:  # the caller's last word (say, no io worker online): no row yet
         before_send()
     scan_id = uuid.uuid4().hex
@@ -212,13 +293,55 @@ def submit_scan(
         "hosts": [h.to_dict() for h in hosts],
         "target_rows": _target_rows(parsed),
     }
-    _record(scan_id, request, chunks, settings)
+    options = {"rate": rate, "services": services}
+    _take_slot(scan_id, settings)
+    if len(chunks) == 1:  # one chunk pays for no fan-out: one task, no Celery app, no database
+        return _send_one(url, scan_id, request, chunks[0], options, app)
+    _record(scan_id, request, chunks)
+    app = _app(app)
     try:
-        merge_id = _send(app, scan_id, chunks, {"rate": rate, "services": services})
+        merge_id = _send(app, scan_id, chunks, options)
     except Exception as exc:  # the broker refused: say so, and leave no scan "running"
         _mark_failed(scan_id, f"not enqueued: {exc}")
         raise BrokerUnavailable(f"scan {scan_id}: could not enqueue its tasks ({exc})") from exc
     return ScanHandle(scan_id, app, merge_id)
+
+
+def _send_one(
+    url: str,
+    scan_id: str,
+    request: dict[str, Any],
+    chunk: ScanChunk,
+    options: dict[str, Any],
+    app: Celery | None,
+) -> ScanHandle:
+    """The scan's only chunk, sent as the one task that records the scan, scans, merges in
+    place and returns the report; ``lewis.scan.fail`` is its errback."""
+    task_id = chunk_task_id(scan_id, 0)
+    record = {
+        "request": request,
+        "chunks": [_planned(0, chunk)],
+        "ports_total": chunk.port_count,
+        "created_at": time.time(),
+    }
+    args = [scan_id, 0, chunk.to_dict(), {**options, "merge": True, "record": record}]
+    try:
+        send_one(
+            url,
+            "lewis.scan.chunk",
+            task_id,
+            args,
+            errbacks=[signature("lewis.scan.fail", kwargs={"scan_id": scan_id})],
+        )
+    except Exception as exc:  # not enqueued: no row was written, the slot is given back
+        _free_slot(scan_id)
+        raise BrokerUnavailable(f"scan {scan_id}: could not enqueue its task ({exc})") from exc
+    planned = ScanProgress(scan_id, "running", 1, 0, chunk.port_count, 0, 0)
+    return ScanHandle(scan_id, app, task_id, planned)
+
+
+def _planned(index: int, chunk: ScanChunk) -> dict[str, Any]:
+    return {"chunk_index": index, "host": chunk.address, "ports": chunk.ports.split(",")}
 
 
 def _io_slots_online() -> int:
@@ -277,63 +400,33 @@ def _target_rows(targets: Sequence[Target]) -> list[dict[str, str]]:
     return rows
 
 
-def _record(
-    scan_id: str, request: dict[str, Any], chunks: Sequence[ScanChunk], settings: Settings
-) -> None:
+def _record(scan_id: str, request: dict[str, Any], chunks: Sequence[ScanChunk]) -> None:
     from ..infra.database import get_engine
     from ..storage import scans, targets
     from ..storage.db import session_scope
 
     with session_scope(get_engine()) as session:
-        _check_running(session, settings)
         scans.upsert_scan(
             session,
             scan_id,
             request=request,
             chunks_total=len(chunks),
             ports_total=sum(c.port_count for c in chunks),
-            chunks=[
-                {"chunk_index": i, "host": c.address, "ports": c.ports.split(",")}
-                for i, c in enumerate(chunks)
-            ],
+            chunks=[_planned(i, c) for i, c in enumerate(chunks)],
         )
         targets.upsert_targets(session, [(r["value"], r["kind"]) for r in request["target_rows"]])
 
 
-def _check_running(session: Any, settings: Settings) -> None:
-    from ..storage import scans
-
-    cap = settings.performance.max_concurrent_scans
-    # A scan older than the result lifetime can never complete (its chord's results are gone):
-    # it no longer holds a slot.
-    horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.broker.result_expires)
-    running = [
-        s
-        for s in scans.list_scans(session, status="running", limit=cap + 50)
-        if s.created_at >= horizon
-    ]
-    if len(running) >= cap:
-        raise InvalidInput(
-            f"{len(running)} scans are running, the cap is {cap} "
-            "(performance.max_concurrent_scans); wait for one to finish"
-        )
-
-
 def _send(app: Celery, scan_id: str, chunks: Sequence[ScanChunk], options: dict[str, Any]) -> str:
-    def part(index: int, c: ScanChunk, merge: bool = False) -> Any:
-        opts = {**options, "merge": True} if merge else options
+    from celery import chain, chord
+
+    def part(index: int, c: ScanChunk) -> Any:
         sig = app.signature(
-            "lewis.scan.chunk", args=(scan_id, index, c.to_dict(), opts), immutable=True
+            "lewis.scan.chunk", args=(scan_id, index, c.to_dict(), options), immutable=True
         )
         return sig.set(task_id=chunk_task_id(scan_id, index))
 
     errback = app.signature("lewis.scan.fail", kwargs={"scan_id": scan_id})
-    if len(chunks) == 1:  # one chunk pays for no fan-out: it merges in place, no chord
-        single = part(0, chunks[0], merge=True)
-        single.link_error(errback)
-        sent = single.apply_async()
-        _unsubscribe(app, sent)
-        return str(sent.id)
     parts = [part(i, c) for i, c in enumerate(chunks)]
     header: list[Any] = parts
     if options.get("rate"):
@@ -375,6 +468,7 @@ def _mark_failed(scan_id: str, error: str) -> None:
 
     with session_scope(get_engine()) as session:
         scans.set_scan_status(session, scan_id, "failed", error=error[:2000])
+    _free_slot(scan_id)
 
 
 __all__ = [
@@ -383,6 +477,7 @@ __all__ = [
     "submit_scan",
     "scan_handle",
     "cancel_scan",
+    "is_queued",
     "load_scan_report",
     "DEFAULT_PORTS",
 ]

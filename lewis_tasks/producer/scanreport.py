@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
 import redis
 
-from ..domain.scanreport import HostReport, ScanProgress, ScanReport, build_report, finding_entry
+from ..domain.scanreport import TERMINAL, HostReport, ScanProgress, ScanReport
 from ..errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -96,33 +95,14 @@ def load_scan_report(scan_id: str) -> ScanReport | None:
     from ..storage.db import session_scope
 
     with session_scope(get_engine()) as session:
-        scan = scans.get_scan(session, scan_id)
-        if scan is None:
-            return None
-        progress = scans.scan_progress(session, scan_id)
-        ports = scans.open_ports(session, scan_id)
-        findings = scans.scan_findings(session, scan_id)
-        chunks = scans.chunk_results(session, scan_id)
-    request = dict(scan.request or {})
-    planned = [(h["address"], h.get("hostname")) for h in request.get("hosts") or ()]
-    body = build_report(chunks, ports, findings, planned)
-    assert progress is not None
-    return ScanReport(
-        scan.id,
-        scan.status,
-        request,
-        _iso(scan.created_at),
-        _iso(scan.finished_at),
-        progress,
-        body.hosts,
-        tuple(finding_entry(f) for f in body.findings),
-        dict(scan.summary or {}),
-        scan.error,
-    )
+        return scans.read_report(session, scan_id)
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-__all__ = ["HostReport", "ScanReport", "read_progress", "load_scan_report", "resolve_scan_id"]
+__all__ = [
+    "TERMINAL",
+    "HostReport",
+    "ScanReport",
+    "read_progress",
+    "load_scan_report",
+    "resolve_scan_id",
+]

@@ -8,6 +8,7 @@ counters only when it is the first to record that chunk, in the same transaction
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -15,12 +16,18 @@ from sqlalchemy.orm import Session
 
 from ..domain.findings import Finding
 from ..domain.scanjob import OpenPort
-from ..domain.scanreport import ChunkResult, ScanProgress
+from ..domain.scanreport import (
+    TERMINAL,
+    ChunkResult,
+    ScanProgress,
+    ScanReport,
+    build_report,
+    finding_entry,
+)
 from ..domain.services import ServiceInfo
 from .models import FindingRow, ScanChunkRow, ScanPortRow, ScanRow, utcnow
 from .rows import fetch, increment, upsert
 
-TERMINAL = ("done", "failed", "cancelled")
 _PORT_FIELDS = ("state", "service", "product", "version", "banner", "detail")
 _FINDING_FIELDS = ("severity", "score", "service", "cve_ids", "detail")
 
@@ -34,14 +41,16 @@ def upsert_scan(
     ports_total: int = 0,
     status: str = "running",
     chunks: Iterable[Mapping[str, Any]] = (),
+    created_at: datetime | None = None,
 ) -> bool:
-    """Create the scan (and its planned chunks: ``chunk_index``, ``host``, ``ports``) once.
+    """Create the scan (and its planned chunks: ``chunk_index``, ``host``, ``ports``) once;
+    ``created_at`` defaults to now (a scan recorded by its task: when it was submitted).
 
     A second call with the same id changes nothing and returns False: the first plan wins.
     """
     row = {
         "id": scan_id,
-        "created_at": utcnow(),
+        "created_at": created_at or utcnow(),
         "status": status,
         "request": dict(request) if request is not None else None,
         "chunks_total": chunks_total,
@@ -325,6 +334,40 @@ def save_findings(session: Session, scan_id: str, findings: Iterable[Finding]) -
 def scan_findings(session: Session, scan_id: str) -> list[Finding]:
     """Every finding of the scan, as :func:`finding_row` stored it (highest score first)."""
     return [_finding(row) for row in list_findings(session, scan_id=scan_id, limit=1_000_000)]
+
+
+def read_report(session: Session, scan_id: str) -> ScanReport | None:
+    """The stored report of scan ``scan_id`` (as far as it has come), or None if there is no
+    such scan: the domain's :func:`~lewis_tasks.domain.scanreport.build_report` over its rows,
+    the one the merge computes its summary with."""
+    scan = get_scan(session, scan_id)
+    progress = scan_progress(session, scan_id)
+    if scan is None or progress is None:
+        return None
+    request = dict(scan.request or {})
+    planned = [(h["address"], h.get("hostname")) for h in request.get("hosts") or ()]
+    body = build_report(
+        chunk_results(session, scan_id),
+        open_ports(session, scan_id),
+        scan_findings(session, scan_id),
+        planned,
+    )
+    return ScanReport(
+        scan.id,
+        scan.status,
+        request,
+        _iso(scan.created_at),
+        _iso(scan.finished_at),
+        progress,
+        body.hosts,
+        tuple(finding_entry(f) for f in body.findings),
+        dict(scan.summary or {}),
+        scan.error,
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def _open_port(row: ScanPortRow) -> OpenPort:

@@ -10,6 +10,12 @@ upserts findings keyed (scan, host, port, title) with titles that depend on the 
 so a second merge writes nothing. Progress inside a running chunk is published to a Redis hash
 (``infra.progress.SCAN_LIVE_KEY``) for :meth:`~lewis_tasks.producer.scan.ScanHandle.progress`;
 the database holds the counters of finished chunks.
+
+The only chunk of a scan also records the scan itself (``options["record"]``: the request and
+plan the producer would have written; an upsert keyed by the scan id, so a redelivery finds it
+and changes nothing) and returns the scan's stored report with its result: the producer then
+needs no database at all (``lewis scan HOST -p 80`` loads no SQLAlchemy). Every scan gives
+its running slot back (:mod:`lewis_tasks.infra.runningscans`) when it ends.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
 from ..infra.planning import WORK_SHARE, chunk_deadline
 from ..infra.progress import SCAN_LIVE_KEY, ProgressWriter
+from ..infra.runningscans import release_scan_slot
 from ..infra.runtime import runtime
 from ..infra.task import LewisTask, chord_cause, stored_failure
 from ..infra.vulnlookup import cve_records
@@ -59,11 +66,14 @@ def chunk(
     options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Scan one chunk (a host and its port range), identify its services, record it once;
-    the only chunk of a scan (``options["merge"]``) then merges the scan in place."""
+    the only chunk of a scan (``options["merge"]``) then merges the scan in place and returns
+    its report too."""
     options = options or {}
+    if options.get("record"):  # the scan's only chunk records the scan (once), before anything
+        _record_scan(scan_id, options["record"])  # can fail: a failure is then recorded too
     outcome = _record_chunk(self.request.id, scan_id, index, chunk, options)
     if options.get("merge"):  # no chord: a redelivery merges too (idempotent), so it completes
-        return _merge(scan_id)
+        return {**_merge(scan_id), "report": _report(scan_id)}
     return outcome
 
 
@@ -79,12 +89,15 @@ def _record_chunk(
     from ..storage.db import session_scope
 
     part, rate, identify = _chunk_input(scan_id, index, chunk, options)
+    cancelled = is_cancelled(runtime().redis(), scan_id)
     with session_scope(get_engine()) as session:
         if scans.get_scan(session, scan_id) is None:
             raise InvalidInput(f"scan {scan_id!r}: no such scan (submit it with submit_scan)")
+        if cancelled:  # cancelled before its row existed: the row says so too
+            scans.cancel_scan(session, scan_id)
         if index not in scans.pending_chunks(session, scan_id):
             return {"scan_id": scan_id, "chunk": index, "recorded": False}  # a redelivery
-    if is_cancelled(runtime().redis(), scan_id):  # a chunk the revoke missed: not one packet
+    if cancelled:  # a chunk the revoke missed: not one packet
         return {"scan_id": scan_id, "chunk": index, "recorded": False, "cancelled": True}
     settings = get_settings()
     outcome = _scan(scan_id, index, part, rate, identify, settings)
@@ -109,6 +122,56 @@ def _record_chunk(
         "open": result["open"],
         "filtered": result["filtered"],
     }
+
+
+def _record_scan(scan_id: Any, record: Any) -> None:
+    """The scan row, its planned chunk and its targets, as the producer planned them
+    (``record``: request, chunks, ports_total, created_at); nothing changes if it exists.
+    Committed before the chunk looks at the cancel flag: a cancel that found no row yet has
+    set the flag by then, or finds this row and cancels it itself."""
+    import datetime as dt
+
+    from ..infra.database import get_engine
+    from ..storage import scans, targets
+    from ..storage.db import session_scope
+
+    if not isinstance(scan_id, str) or not scan_id:
+        raise InvalidInput(f"scan id must be a non-empty string, got {scan_id!r}")
+    if not isinstance(record, Mapping) or not isinstance(record.get("request"), Mapping):
+        raise InvalidInput(f"scan {scan_id!r}: record must hold the scan's request")
+    request, chunks = dict(record["request"]), list(record.get("chunks") or ())
+    created = record.get("created_at")
+    with session_scope(get_engine()) as session:
+        if scans.upsert_scan(
+            session,
+            scan_id,
+            request=request,
+            chunks_total=len(chunks),
+            ports_total=int(record.get("ports_total") or 0),
+            chunks=chunks,
+            created_at=dt.datetime.fromtimestamp(float(created), dt.UTC) if created else None,
+        ):
+            rows = request.get("target_rows") or ()
+            targets.upsert_targets(session, [(r["value"], r["kind"]) for r in rows])
+
+
+def _report(scan_id: str) -> dict[str, Any] | None:
+    """The scan's stored report, as the caller reads it (the one-chunk scan returns it)."""
+    from ..infra.database import get_engine
+    from ..storage import scans
+    from ..storage.db import session_scope
+
+    with session_scope(get_engine()) as session:
+        report = scans.read_report(session, scan_id)
+    return None if report is None else report.to_dict()
+
+
+def _free_slot(scan_id: str) -> None:
+    """The scan has ended: its running slot is free (a Redis hiccup leaves it to expire)."""
+    try:
+        release_scan_slot(runtime().redis(), scan_id)
+    except redis.RedisError as exc:
+        log.warning("scan %s: running slot not released (it expires): %s", scan_id, exc)
 
 
 def _chunk_input(
@@ -315,6 +378,7 @@ def _merge(scan_id: Any) -> dict[str, Any]:
         # only the first merge stamps the targets: a re-merge must not move last_scanned back
         if first and values and done is not None and done.finished_at is not None:
             targets.mark_scanned(session, values, when=done.finished_at)
+    _free_slot(scan_id)
     return {"scan_id": scan_id, "status": "cancelled" if cancelled else "done", **summary}
 
 
@@ -343,6 +407,7 @@ def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
             f" ({len(missing)} of {scan.chunks_total} chunks unfinished)" if missing else ""
         )
         scans.set_scan_status(session, scan_id, "failed", error=error[:2000])
+    _free_slot(scan_id)
     return {"scan_id": scan_id, "status": "failed", "error": error}
 
 

@@ -22,7 +22,7 @@ from lewis_tasks.infra.database import get_engine
 from lewis_tasks.infra.redis_server import free_port
 from lewis_tasks.infra.vulnlookup import invalidate_vulnerability_cache
 from lewis_tasks.producer import submit
-from lewis_tasks.producer.scan import ScanHandle, submit_scan
+from lewis_tasks.producer.scan import submit_scan
 from lewis_tasks.storage import scans, vulns
 from lewis_tasks.storage.db import session_scope
 from lewis_tasks.storage.models import FindingRow, ScanChunkRow, ScanPortRow, ScanRow, TargetRow
@@ -209,7 +209,6 @@ def test_a_chunk_run_twice_at_once_is_recorded_once(
         scan_id,
         {"targets": [ADDRESS], "ports": ports, "target_rows": []},
         [_chunk(ports, len(listeners.ports))],
-        quick,
     )
     # When two deliveries of it run side by side (both past the "already recorded?" check)
     args = [scan_id, 0, {"address": ADDRESS, "ports": ports}, {"services": False}]
@@ -288,14 +287,14 @@ def test_the_scan_completes_with_the_redis_cache_down(
 
 def test_a_failed_chunk_fails_the_scan_with_the_reason(celery_worker: Any, quick: Any) -> None:
     from lewis_tasks.domain.targets import ScanChunk as Chunk
-    from lewis_tasks.infra.celery_app import app
-    from lewis_tasks.producer.scan import _record, _send
+    from lewis_tasks.producer.base import broker_url
+    from lewis_tasks.producer.scan import _send_one
 
     # Given a scan whose one chunk carries a port spec no worker accepts
     scan_id = f"broken-{time.monotonic_ns()}"
     bad = Chunk(ADDRESS, None, "0", 1)
-    _record(scan_id, {"targets": [ADDRESS], "ports": "0", "target_rows": []}, [bad], quick)
-    handle = ScanHandle(scan_id, app, _send(app, scan_id, [bad], {"services": False}))
+    request = {"targets": [ADDRESS], "ports": "0", "target_rows": []}
+    handle = _send_one(broker_url(), scan_id, request, bad, {"services": False}, None)
     # Then waiting raises the chunk's own error, and the scan is failed with the reason
     with pytest.raises(InvalidInput, match="ports run from 1 to 65535"):
         handle.wait(timeout=60)

@@ -5,6 +5,7 @@ No worker runs in this module, so a message that slipped through would still sit
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,7 +17,7 @@ from lewis_tasks.errors import InvalidInput, OutOfScope
 from lewis_tasks.infra import config
 from lewis_tasks.infra.broker import queue_depths
 from lewis_tasks.infra.database import get_engine
-from lewis_tasks.producer.scan import submit_scan
+from lewis_tasks.producer.scan import scan_handle, submit_scan
 from lewis_tasks.storage import scans
 from lewis_tasks.storage.db import session_scope
 from lewis_tasks.storage.models import ScanRow
@@ -89,13 +90,19 @@ def test_over_cap_scans_are_refused_with_the_cap_named(
 def test_past_max_concurrent_scans_a_new_scan_is_refused(
     lewis_settings: Any, worker_redis: Any, celery_app: Any
 ) -> None:
-    with session_scope(get_engine()) as session:
-        running = len(scans.list_scans(session, status="running", limit=1000))
-    first = None
-    with settings_changed("performance", max_concurrent_scans=running + 1):
+    from lewis_tasks.infra.runningscans import release_scan_slot, running_scans
+
+    lifetime = lewis_settings.broker.result_expires
+    running = len(running_scans(worker_redis, lifetime))
+    submitted = []
+    with settings_changed("performance", max_concurrent_scans=running + 2):
         try:
-            # Given as many running scans as the cap allows (no worker: this one stays running)
-            first = submit_scan("127.0.0.1", ports="22", services=False)
+            # Given as many running scans as the cap allows (no worker: they stay running), a
+            # one-chunk scan (which no database row counts yet) and a chorded one
+            submitted.append(submit_scan("127.0.0.1", ports="22", services=False))
+            with settings_changed("scan", chunk_ports=1):
+                submitted.append(submit_scan("127.0.0.1", ports="22,80", services=False))
+            assert len(running_scans(worker_redis, lifetime)) == running + 2
             before = state(worker_redis)
             # Then the next one is refused, naming the cap, and nothing more is queued
             with pytest.raises(
@@ -105,9 +112,10 @@ def test_past_max_concurrent_scans_a_new_scan_is_refused(
             assert state(worker_redis) == before
         finally:
             celery_app.control.purge()
-            if first is not None:
+            for handle in submitted:
+                release_scan_slot(worker_redis, handle.id)
                 with session_scope(get_engine()) as session:
-                    scans.set_scan_status(session, first.id, "cancelled", error="test over")
+                    scans.set_scan_status(session, handle.id, "cancelled", error="test over")
 
 
 @pytest.mark.parametrize("address", ["10.0.0.5", "192.0.2.7", "::ffff:10.0.0.5"])
@@ -151,3 +159,27 @@ def test_localhost_means_loopback_whatever_the_resolver_says() -> None:
     scope = Scope.from_allow(DEFAULT_ALLOW)
     for name in ("localhost", "LOCALHOST.", "api.localhost", "localhost.localdomain"):
         assert {str(a) for a in scope.resolve(name)} == {"127.0.0.1", "::1"}
+
+
+def test_a_one_chunk_scan_no_worker_took_is_shown_queued(
+    lewis_settings: Any, worker_redis: Any, celery_app: Any
+) -> None:
+    from click.testing import CliRunner
+
+    from lewis_tasks.cli import cli
+    from lewis_tasks.infra.runningscans import release_scan_slot
+
+    # Given a one-chunk scan waiting in the queue (no worker runs here: it has no row yet)
+    handle = submit_scan("127.0.0.1", ports="22", services=False)
+    try:
+        # Then `lewis scans show` says it is queued, and waiting on it by id reads it running
+        shown = CliRunner().invoke(cli, ["scans", "show", handle.id, "--json"])
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output) == {"scan_id": handle.id, "status": "queued"}
+        assert scan_handle(handle.id).progress().status == "running"
+    finally:
+        celery_app.control.purge()
+        release_scan_slot(worker_redis, handle.id)
+    # And once it holds no slot, it is no scan at all
+    gone = CliRunner().invoke(cli, ["scans", "show", handle.id])
+    assert gone.exit_code == 2 and "no such scan" in gone.output

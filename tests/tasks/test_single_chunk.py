@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import select
 
 from lewis_tasks.domain.targets import format_ports
-from lewis_tasks.infra import config
 from lewis_tasks.infra.database import get_engine
 from lewis_tasks.producer import submit
 from lewis_tasks.producer.http import submit_http_batch
@@ -138,7 +137,6 @@ def test_a_redelivery_after_the_chunk_was_recorded_completes_the_scan(
         scan_id,
         {"targets": [ADDRESS], "ports": ports, "target_rows": []},
         [Chunk(ADDRESS, None, ports, len(listeners.ports))],
-        config.get_settings(),
     )
     args = [scan_id, 0, {"address": ADDRESS, "ports": ports}, {"services": False}]
     assert submit("lewis.scan.chunk", args=args).wait(timeout=WAIT)["recorded"] is True
@@ -153,6 +151,58 @@ def test_a_redelivery_after_the_chunk_was_recorded_completes_the_scan(
     assert report.open_ports() == {ADDRESS: listeners.ports}
     assert len(report.findings) == len(listeners.ports) == merged["open"]
     assert report.progress.chunks_done == 1
+
+
+def test_the_one_chunk_scan_brings_its_stored_report_and_frees_its_slot(
+    both: Any, lewis_settings: Any
+) -> None:
+    from lewis_tasks.infra.redis_client import get_redis
+    from lewis_tasks.infra.runningscans import running_scans
+    from lewis_tasks.producer.scanreport import load_scan_report
+
+    (handle, report), (chorded, _) = both
+    # Then the report came with the task's result, and it is the one stored
+    assert handle._report is report
+    stored = load_scan_report(handle.id)
+    assert stored is not None and stored.to_dict() == report.to_dict()
+    # And neither scan holds a running slot any more
+    assert not {handle.id, chorded.id} & set(
+        running_scans(get_redis(), lewis_settings.broker.result_expires)
+    )
+
+
+def test_a_one_chunk_scan_cancelled_before_a_worker_took_it_ends_cancelled(
+    listeners: ListenerSet, celery_worker: Any, lewis_settings: Any
+) -> None:
+    from lewis_tasks.infra.redis_client import get_redis
+    from lewis_tasks.infra.runningscans import claim_scan_slot, running_scans
+    from lewis_tasks.producer.scan import cancel_scan
+    from lewis_tasks.producer.scanreport import load_scan_report
+
+    # Given a one-chunk scan submitted (it holds a slot) that no worker has recorded yet
+    scan_id = f"early-{time.monotonic_ns()}"
+    lifetime = lewis_settings.broker.result_expires
+    assert claim_scan_slot(get_redis(), scan_id, 1000, lifetime)[0]
+    assert load_scan_report(scan_id) is None
+    # When it is cancelled, then its task is delivered anyway (the revoke missed it)
+    assert cancel_scan(scan_id) is True
+    assert scan_id not in running_scans(get_redis(), lifetime)
+    ports = format_ports(listeners.ports)
+    record = {
+        "request": {"targets": [ADDRESS], "ports": ports, "target_rows": []},
+        "chunks": [{"chunk_index": 0, "host": ADDRESS, "ports": ports.split(",")}],
+        "ports_total": len(listeners.ports),
+        "created_at": time.time(),
+    }
+    options = {"services": False, "merge": True, "record": record}
+    result = submit(
+        "lewis.scan.chunk", args=[scan_id, 0, {"address": ADDRESS, "ports": ports}, options]
+    ).wait(timeout=WAIT)
+    # Then it records the scan as cancelled, without scanning, and says so
+    assert result["status"] == "cancelled" and result["report"]["status"] == "cancelled"
+    stored = load_scan_report(scan_id)
+    assert stored is not None and stored.status == "cancelled"
+    assert stored.progress.ports_done == 0 and stored.progress.chunks_total == 1
 
 
 # ---------------------------------------------------------------- HTTP batches

@@ -96,7 +96,6 @@ def test_a_scan_done_without_its_push_still_ends_the_wait(
         scan_id,
         {"targets": ["127.0.0.1"], "ports": "1", "target_rows": []},
         [Chunk("127.0.0.1", None, "1", 1)],
-        lewis_settings,
     )
 
     def finish() -> None:
