@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import stack_env
-from tests.support.procs import lewis_process, wait_for, worker_names
+from tests.support.procs import lewis_process, logs_on_failure, wait_for, worker_names
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +52,7 @@ def test_worker_added_a_quarter_in_takes_its_share_of_the_rest(
     first, second = tmp_path / "first.log", tmp_path / "second.log"
     try:
         with (
+            logs_on_failure(tmp_path),
             lewis_process(
                 ["worker", "cpu", "-c", "1", "-n", "merge@%h"], env, tmp_path / "cpu.log"
             ),

@@ -21,6 +21,19 @@ def lewis_env(env: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def logs_on_failure(folder: Path, lines: int = 40) -> Iterator[None]:
+    """On an exception, print the last ``lines`` of every ``*.log`` under ``folder`` (the
+    processes' own accounts of a failure pytest shows with the captured output)."""
+    try:
+        yield
+    except BaseException:
+        for log in sorted(folder.rglob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            print(f"----- {log.name} (last {len(tail)} lines) -----", *tail, sep="\n")
+        raise
+
+
+@contextlib.contextmanager
 def lewis_process(
     args: Sequence[str], env: dict[str, str], log: Path, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
