@@ -100,11 +100,14 @@ def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
         status, report = wait_for(after_a_heartbeat, 30, interval=0.5, what="a heartbeat in status")
         assert status.returncode == 0
         assert report["broker"]["up"] and "***" in report["broker"]["url"]
-        for queue in ("io", "cpu", "control"):
-            assert len(report["queues"][queue]["workers"]) == 1, report["queues"]
-            assert report["queues"][queue]["ready"] == 0
+        # one io worker per core (up to 4), one cpu worker (its children per core), one control
+        io_workers = min(len(os.sched_getaffinity(0)), 4)
+        for queue, count in (("io", io_workers), ("cpu", 1), ("control", 1)):
+            assert len(report["queues"][queue]["workers"]) == count, report["queues"]
+            if queue != "control":  # control: beat jobs come and go on a loaded machine
+                assert report["queues"][queue]["ready"] == 0, report["queues"]
         assert report["beat"]["alive"]
-        assert report["heartbeat"]["workers"] == 3
+        assert report["heartbeat"]["workers"] == io_workers + 2
         text = lewis("status", env=env).stdout
         assert "beat     alive" in text and "heartbeat" in text
     finally:

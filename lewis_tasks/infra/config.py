@@ -61,8 +61,12 @@ def _opt(
     secret: bool = False,
     schemes: tuple[str, ...] | None = None,
     parse: typing.Callable[[str, Any], Any] | None = None,
+    derive: typing.Callable[[Mapping[str, Any]], Any] | None = None,
 ) -> Any:
+    """A setting's field. ``derive``: when the key is not given, its value from the section's
+    given keys (e.g. one io worker per core, but never past the given maximum)."""
     meta = {
+        "derive": derive,
         "minimum": minimum,
         "maximum": maximum,
         "choices": choices,
@@ -251,6 +255,23 @@ ACTUATORS = ("auto", "dryrun", "local", "celery", "kubernetes")
 SCALED_QUEUES = ("io", "cpu")  # control is never scaled: one small worker, never behind a backlog
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; all of them where that is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+IO_MAX_WORKERS = max(4, usable_cores())
+IO_WORKERS_PER_CORE = min(usable_cores(), IO_MAX_WORKERS)
+
+
+def _io_workers_per_core(given: Mapping[str, Any]) -> int:
+    """scaling.io_min_workers when not set: one io worker per core (an io worker's event loop
+    uses one core: a full-range scan is CPU-bound on loopback), within io_max_workers."""
+    return min(usable_cores(), given.get("io_max_workers", IO_MAX_WORKERS))
+
+
 @dataclass(frozen=True)
 class ScalingSettings:
     """The scaling decision job (issue 16): per queue bounds and targets, window, actuator."""
@@ -263,8 +284,9 @@ class ScalingSettings:
     tolerance: float = _opt(0.1, minimum=0.0, maximum=1.0)  # HPA's: no change this near target
     # with a queue's min_workers 0: load at or below this keeps (or puts) its pool at zero
     activation_threshold: int = _opt(0, minimum=0)
-    io_min_workers: int = _opt(1, minimum=0)
-    io_max_workers: int = _opt(4, minimum=1)
+    # default: one per core (`lewis up` starts them all), within io_max_workers
+    io_min_workers: int = _opt(IO_WORKERS_PER_CORE, minimum=0, derive=_io_workers_per_core)
+    io_max_workers: int = _opt(IO_MAX_WORKERS, minimum=1)  # default: 4, or one per core if more
     io_target_per_worker: float = _opt(20.0, minimum=0.01)  # ready+unacked per io worker
     cpu_min_workers: int = _opt(1, minimum=0)
     cpu_max_workers: int = _opt(2, minimum=1)
@@ -613,9 +635,12 @@ def load_settings(
                     f"setting {section}.{key}: unknown key (known: {', '.join(fields)})"
                 )
             kwargs[key] = _coerce(f"{section}.{key}", fields[key], hints[key], raw)
+        given = dict(kwargs)
         for name, f in fields.items():  # size defaults are written as text
             if name not in kwargs and f.metadata.get("size") and isinstance(f.default, str):
                 kwargs[name] = parse_size(f.default, f"{section}.{name}")
+            if name not in given and f.metadata.get("derive"):
+                kwargs[name] = f.metadata["derive"](given)
         built[section] = cls(**kwargs)
     settings = Settings(**built)
     return _resolve(settings, base)

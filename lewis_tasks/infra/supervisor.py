@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, LewisError
-from .config import Settings, read_stack_file, redact_url, stack_file
+from .config import SCALED_QUEUES, Settings, read_stack_file, redact_url, stack_file
 from .redis_server import EmbeddedRedis, free_port, killed_with_parent, pid_alive
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,8 @@ class Stack:
         self._env = env
         for profile in ("io", "cpu", "control"):
             self.add_worker(profile, name=profile)
+            for _ in range(1, self._first_workers(profile)):
+                self.add_worker(profile)  # io-2, io-3…
         specs = [("beat", beat_argv(self.settings, python=self.python), env)]
         specs.append(
             (
@@ -206,6 +208,13 @@ class Stack:
         on_step(f"flower   {self.flower_url}")
         on_step(f"monitor {self.monitor_url}")
         self._write_stack_file(ready=True)
+
+    def _first_workers(self, profile: str) -> int:
+        """How many ``profile`` workers the stack starts with: the scaling floor
+        (scaling.io_min_workers: one per core by default), at least one; control: one."""
+        if profile not in SCALED_QUEUES:
+            return 1
+        return max(1, getattr(self.settings.scaling, f"{profile}_min_workers"))
 
     def add_worker(self, profile: str, name: str | None = None) -> Child:
         """Start one more ``profile`` worker (io, io-2, io-3…: the first free name), supervised

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,18 @@ def test_defaults_and_environment(tmp_path: Path) -> None:
         5.0,
         "ops",
     )
+
+
+def test_io_workers_default_to_one_per_core_within_the_maximum(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    s = load_settings(env={}, cwd=tmp_path).scaling
+    assert (s.io_min_workers, s.io_max_workers) == (min(cores, max(4, cores)), max(4, cores))
+    # a maximum below the core count caps the derived minimum instead of refusing it
+    s = load_settings(env={"LEWIS_SCALING_IO_MAX_WORKERS": "1"}, cwd=tmp_path).scaling
+    assert (s.io_min_workers, s.io_max_workers) == (1, 1)
+    # given, it is what was given (0: the io pool may sleep at zero)
+    s = load_settings(env={"LEWIS_SCALING_IO_MIN_WORKERS": "0"}, cwd=tmp_path).scaling
+    assert s.io_min_workers == 0
 
 
 def test_min_above_max_names_the_key(tmp_path: Path) -> None:
