@@ -61,11 +61,8 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("lewis_tasks/producer/scan.py", "lewis_tasks.storage.db"): "scan job rows",
     ("lewis_tasks/producer/scan.py", "lewis_tasks.storage.scans"): "scan job rows",
     ("lewis_tasks/producer/scan.py", "lewis_tasks.storage.targets"): "scope targets read",
-    ("lewis_tasks/producer/scan.py", "redis"): "RedisError caught reading the io slots online",
     ("lewis_tasks/producer/scanreport.py", "lewis_tasks.storage.db"): "report read from rows",
     ("lewis_tasks/producer/scanreport.py", "lewis_tasks.storage.scans"): "report read from rows",
-    ("lewis_tasks/producer/scanreport.py", "redis"): "RedisError caught reading progress",
-    ("lewis_tasks/producer/base.py", "redis"): "hand-built kombu messages (runtime branch)",
     # -- the CLI reads and writes storage directly (listings, imports, migrations) instead of
     #    through producer/
     ("lewis_tasks/cli/alerts.py", "lewis_tasks.storage.alerts"): "`lewis alerts` history",
