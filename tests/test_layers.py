@@ -52,22 +52,6 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 # (file, imported module) → why it is still there. Remove an entry when its import goes.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # -- infra persists: an HTTP batch's chunk rows, written as they come (from the loop thread
-    #    or the row-writer process), and the cached CVE reads; they would take a repository
-    #    handed in by the task (as the scaling decision job's Ledger is), but their callers
-    #    are tasks/http.py and tasks/scan.py, being reworked on the interactive branch
-    ("lewis_tasks/infra/batchfetch.py", "lewis_tasks.storage.db"): "chunk rows as they come",
-    ("lewis_tasks/infra/batchfetch.py", "lewis_tasks.storage.http"): "chunk rows as they come",
-    (
-        "lewis_tasks/infra/rowwriter.py",
-        "lewis_tasks.storage.db",
-    ): "the row-writer process is a storage client (its own interpreter)",
-    (
-        "lewis_tasks/infra/rowwriter.py",
-        "lewis_tasks.storage.http",
-    ): "the row-writer process is a storage client (its own interpreter)",
-    ("lewis_tasks/infra/vulnlookup.py", "lewis_tasks.storage.db"): "cached CVE reads",
-    ("lewis_tasks/infra/vulnlookup.py", "lewis_tasks.storage.vulns"): "cached CVE reads",
     # -- the producer writes rows and runs SQL (the model branch moves chunk-result reads and
     #    job rows behind storage functions the tasks own; transport code moves to infra)
     ("lewis_tasks/producer/http.py", "lewis_tasks.storage.db"): "batch/load-test rows",
@@ -77,11 +61,8 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("lewis_tasks/producer/scan.py", "lewis_tasks.storage.db"): "scan job rows",
     ("lewis_tasks/producer/scan.py", "lewis_tasks.storage.scans"): "scan job rows",
     ("lewis_tasks/producer/scan.py", "lewis_tasks.storage.targets"): "scope targets read",
-    ("lewis_tasks/producer/scan.py", "redis"): "RedisError caught reading the io slots online",
     ("lewis_tasks/producer/scanreport.py", "lewis_tasks.storage.db"): "report read from rows",
     ("lewis_tasks/producer/scanreport.py", "lewis_tasks.storage.scans"): "report read from rows",
-    ("lewis_tasks/producer/scanreport.py", "redis"): "RedisError caught reading progress",
-    ("lewis_tasks/producer/base.py", "redis"): "hand-built kombu messages (runtime branch)",
     # -- the CLI reads and writes storage directly (listings, imports, migrations) instead of
     #    through producer/
     ("lewis_tasks/cli/alerts.py", "lewis_tasks.storage.alerts"): "`lewis alerts` history",

@@ -5,6 +5,10 @@ thread persists the finished URLs every :data:`FLUSH_EVERY` seconds, so progress
 chunk runs, and watches the batch's cancel flag and the chunk's deadline (a thread pool
 enforces no time limit: this does). A URL the deadline or a cancel left unfetched gets an
 outcome saying so, so every index of the chunk ends with exactly one stored row.
+
+The rows go where the task says: it hands in its :class:`BatchRows` (storage/http.py's
+HttpRows) and, for the chunk's rows, either the same or this process's row writer
+(infra/rowwriter.py); both are a :class:`ChunkRows`.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import asyncio
 import concurrent.futures
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..domain.httpclient import TIMEOUT
 from ..domain.httpfetch import HttpOutcome
@@ -28,6 +32,22 @@ CANCELLED = "cancelled"  # error class of a URL that a cancel left unfetched
 FLUSH_EVERY = 0.5  # seconds between writes of a running chunk's finished URLs (progress)
 
 
+class ChunkRows(Protocol):
+    """Where a chunk's per-URL rows go (storage/http.py's HttpRows, or the row writer)."""
+
+    def store(self, batch_id: str, start: int, outcomes: Sequence[HttpOutcome]) -> int:
+        """Store ``outcomes`` (indexes from ``start``) once each; how many rows were new."""
+        ...
+
+
+class BatchRows(ChunkRows, Protocol):
+    """A batch's own row too (storage/http.py's HttpRows)."""
+
+    def save_batch(self, batch_id: str, *, total: int, request: Mapping[str, Any] | None) -> bool:
+        """Create the batch's row once; False when it was there already."""
+        ...
+
+
 @dataclass(frozen=True)
 class FetchedChunk:
     """A chunk's outcomes in index order and how many of their rows were new."""
@@ -38,6 +58,7 @@ class FetchedChunk:
 
 def fetch_and_store(
     rt: WorkerRuntime,
+    rows: ChunkRows,
     batch_id: str,
     start: int,
     requests: list[Any],
@@ -45,7 +66,7 @@ def fetch_and_store(
     deadline: float,
 ) -> FetchedChunk:
     """Fetch ``requests`` (indexes ``start``…) of ``batch_id`` until done, cancelled or past
-    ``deadline`` (monotonic), storing each URL's row once as it finishes."""
+    ``deadline`` (monotonic), storing each URL's row once in ``rows`` as it finishes."""
     began = time.monotonic()
     finished: deque[HttpOutcome] = deque()  # appended on the loop thread, drained here
     done: dict[int, HttpOutcome] = {}
@@ -64,12 +85,12 @@ def fetch_and_store(
                 stopped = True
                 break
             if time.monotonic() - flushed >= FLUSH_EVERY:
-                new += _persist(rt, batch_id, start, finished, done)
+                new += _persist(rows, batch_id, start, finished, done)
                 flushed = time.monotonic()
             if time.monotonic() > deadline:
                 future.cancel()
                 break
-    new += _persist(rt, batch_id, start, finished, done)
+    new += _persist(rows, batch_id, start, finished, done)
     missing = [
         (_cancelled if stopped else _out_of_time)(i, requests[i], deadline - began)
         for i in range(len(requests))
@@ -77,7 +98,7 @@ def fetch_and_store(
     ]
     if missing:
         finished.extend(missing)
-        new += _persist(rt, batch_id, start, finished, done)
+        new += _persist(rows, batch_id, start, finished, done)
     return FetchedChunk([done[i] for i in range(len(requests))], new)
 
 
@@ -116,7 +137,7 @@ def _cancelled(index: int, item: Any, _seconds: float) -> HttpOutcome:
 
 
 def _persist(
-    rt: WorkerRuntime,
+    rows: ChunkRows,
     batch_id: str,
     start: int,
     finished: deque[HttpOutcome],
@@ -131,34 +152,28 @@ def _persist(
             outcomes.append(outcome)
     if not outcomes:
         return 0
-    settings = get_settings()
-    if settings.http.row_writer:
-        return rt.row_writer(settings.database).store(batch_id, start, outcomes)
-    from ..storage.db import session_scope
-    from ..storage.http import save_http_outcomes
-    from .database import get_engine
-
-    with session_scope(get_engine()) as session:
-        return save_http_outcomes(session, batch_id, start, outcomes)
+    return rows.store(batch_id, start, outcomes)
 
 
-def save_batch_once(rt: WorkerRuntime, batch_id: str, total: int, request: Any) -> None:
+def save_batch_once(
+    rt: WorkerRuntime, rows: BatchRows, batch_id: str, total: int, request: Any
+) -> None:
     """Create the batch row: whichever chunk runs first does; the rest of a process's chunks
     skip the write (and the database lock it takes)."""
-    from ..storage.db import session_scope
-    from ..storage.http import save_http_batch
-    from .database import get_engine
-
     if rt.batch_saved(batch_id):
         return
-    with session_scope(get_engine()) as session:
-        save_http_batch(
-            session,
-            batch_id,
-            total=total,
-            request=request if isinstance(request, Mapping) else None,
-        )
+    rows.save_batch(
+        batch_id, total=total, request=request if isinstance(request, Mapping) else None
+    )
     rt.note_batch_saved(batch_id)
 
 
-__all__ = ["CANCELLED", "FLUSH_EVERY", "FetchedChunk", "fetch_and_store", "save_batch_once"]
+__all__ = [
+    "CANCELLED",
+    "FLUSH_EVERY",
+    "BatchRows",
+    "ChunkRows",
+    "FetchedChunk",
+    "fetch_and_store",
+    "save_batch_once",
+]

@@ -9,9 +9,12 @@ cost more than it saved: a message envelope, events, a result and a pool hand-of
 So each io worker process starts ONE writer process (``python -m lewis_tasks.infra.rowwriter``)
 on first use and talks to it over a pipe: length-prefixed JSON frames (orjson, no pickle).
 The io side encodes a flush's outcomes in one C call and waits for the reply on its chunk
-thread; the writer decodes them, stores them with the same repository function, and answers
-how many rows were new, so exactly-once counters, progress and the chunk's result are what
-they were. The writer reads nothing but its pipe and exits when the pipe closes (its worker
+thread; the writer decodes them, stores them with the same repository the task would store
+with, and answers how many rows were new, so exactly-once counters, progress and the chunk's
+result are what they were. Infra does not import storage: the task names that repository by
+import path (``module:function``, a function of an Engine giving a
+:class:`~lewis_tasks.infra.batchfetch.ChunkRows`: storage/http.py's ``http_rows``), and the
+writer resolves it once at start. The writer reads nothing but its pipe and exits when the pipe closes (its worker
 process ended) or on a frame it cannot parse.
 
 Failures stay per call: an error in the writer comes back as :class:`StorageError` with its
@@ -23,18 +26,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
-from typing import IO, Any
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import orjson
 
 from ..domain.httpfetch import HttpOutcome, decode_outcomes, encode_outcomes
 from ..errors import DatabaseConflict, DatabaseUnavailable, InvalidInput, LewisError, StorageError
 from .config import DatabaseSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from .batchfetch import ChunkRows
 
 _HEADER = struct.Struct(">I")  # frame length, big-endian
 MAX_FRAME = 256 << 20  # a flush of a 100k-URL chunk with long URLs stays far below
@@ -68,10 +77,14 @@ _KINDS: dict[str, type[StorageError]] = {
 
 
 class RowWriter:
-    """The io process's side: one writer process, shared by the process's chunk threads."""
+    """The io process's side: one writer process, shared by the process's chunk threads.
 
-    def __init__(self, database: DatabaseSettings) -> None:
+    ``rows`` names (``module:function``) what the writer stores with: see the module's doc."""
+
+    def __init__(self, database: DatabaseSettings, rows: str) -> None:
+        check_rows_path(rows)
         self.database = database
+        self.rows = rows
         self._lock = threading.Lock()  # one request on the pipe at a time
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -120,7 +133,8 @@ class RowWriter:
             )
             assert self._proc.stdin is not None
             _write_frame(
-                self._proc.stdin, orjson.dumps({"database": dataclasses.asdict(self.database)})
+                self._proc.stdin,
+                orjson.dumps({"database": dataclasses.asdict(self.database), "rows": self.rows}),
             )
         return self._proc
 
@@ -144,12 +158,12 @@ class RowWriter:
             self._stop()
 
 
-def row_writer(database: DatabaseSettings) -> RowWriter:
-    """This process's writer for ``database`` (the runtime's; a new one after a settings
-    change)."""
+def row_writer(database: DatabaseSettings, rows: str) -> RowWriter:
+    """This process's writer for ``database`` storing with ``rows`` (the runtime's; a new one
+    after a settings change)."""
     from .runtime import runtime
 
-    return runtime().row_writer(database)
+    return runtime().row_writer(database, rows)
 
 
 def close_row_writer() -> None:
@@ -158,27 +172,45 @@ def close_row_writer() -> None:
     runtime().close_row_writer()
 
 
+def check_rows_path(path: str) -> str:
+    """``path`` if it has the ``module:function`` form, else InvalidInput."""
+    module, _, name = path.partition(":")
+    if not module or not name:
+        raise InvalidInput(f"the row writer's rows must be 'module:function', not {path!r}")
+    return path
+
+
+def resolve_rows(path: str) -> Callable[[Engine], ChunkRows]:
+    """The function ``path`` (``module:function``) names."""
+    module, _, name = check_rows_path(path).partition(":")
+    found: Any = importlib.import_module(module)
+    for part in name.split("."):
+        found = getattr(found, part)
+    if not callable(found):
+        raise InvalidInput(f"the row writer's rows {path!r} is not callable")
+    return cast("Callable[[Engine], ChunkRows]", found)
+
+
 # --- the writer process ----------------------------------------------------------------------
 
 
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
-    """Answer store requests from ``inp`` until it closes; the first frame is the database."""
-    from ..storage.db import session_scope
-    from ..storage.http import save_http_outcomes
+    """Answer store requests from ``inp`` until it closes; the first frame is the database and
+    the ``module:function`` that makes the repository it stores with."""
     from .database import get_engine
 
     first = _read_frame(inp)
     if first is None:
         return
-    database = DatabaseSettings(**orjson.loads(first)["database"])
-    engine = get_engine(database)
+    start = orjson.loads(first)
+    database = DatabaseSettings(**start["database"])
+    rows = resolve_rows(start["rows"])(get_engine(database))
     while (payload := _read_frame(inp)) is not None:
         try:
             head, _, outcomes = payload.partition(b"\n")
             request = orjson.loads(head)
             stored = decode_outcomes(outcomes)
-            with session_scope(engine) as session:
-                new = save_http_outcomes(session, request["batch_id"], request["start"], stored)
+            new = rows.store(request["batch_id"], request["start"], stored)
             reply: dict[str, Any] = {"new": new}
         except Exception as exc:  # answered, not fatal: the next request may well succeed
             reply = {

@@ -203,16 +203,17 @@ class WorkerRuntime:
         with self._lock:
             self._cache = None
 
-    def row_writer(self, database: DatabaseSettings) -> RowWriter:
-        """The process's row writer for ``database`` (a new one after a settings change)."""
+    def row_writer(self, database: DatabaseSettings, rows: str) -> RowWriter:
+        """The process's row writer for ``database``, storing with ``rows`` (``module:function``,
+        see infra/rowwriter.py); a new one after a settings change."""
         with self._lock:
             writer = self._row_writer
-            if writer is None or writer.database != database:
+            if writer is None or writer.database != database or writer.rows != rows:
                 from .rowwriter import RowWriter
 
                 if writer is not None:
                     writer.close()
-                writer = self._row_writer = RowWriter(database)
+                writer = self._row_writer = RowWriter(database, rows)
             return writer
 
     def close_row_writer(self) -> None:

@@ -1,11 +1,14 @@
 """Candidate CVEs of an identified product, cached as the guide's cached_vulnerability_lookup
 meant: this process's LRU, then the Redis cache, then the database. A Redis outage only costs
 lookups (the cache degrades to misses), never a scan.
+
+The database is read through the :class:`CveSource` the task hands in (storage/vulns.py's
+StoredCves): infra does not import storage.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from ..domain.vulns import CveRecord, cpe_products
 from .cache import VULN_KEYS, cached, get_cache, key_part
@@ -13,25 +16,30 @@ from .cache import VULN_KEYS, cached, get_cache, key_part
 VULN_CACHE_TTL = 3600
 
 
+class CveSource(Protocol):
+    """Where the CVEs are stored (storage/vulns.py's StoredCves)."""
+
+    def records_for(self, vendor: str, product: str) -> list[CveRecord]:
+        """The CVEs with a range on ``vendor``/``product``, all their ranges."""
+        ...
+
+
 @cached(
-    ttl=VULN_CACHE_TTL, local=True, key=lambda cpe: get_cache().make_key("vulns:cpe", key_part(cpe))
+    ttl=VULN_CACHE_TTL,
+    local=True,
+    key=lambda cpe, source: get_cache().make_key("vulns:cpe", key_part(cpe)),
 )
-def _records_for_cpe(cpe: str) -> list[dict[str, Any]]:
-    from ..storage import vulns
-    from ..storage.db import session_scope
-    from .database import get_engine
-
+def _records_for_cpe(cpe: str, source: CveSource) -> list[dict[str, Any]]:
     vendor, _, product = cpe.partition(":")
-    with session_scope(get_engine()) as session:
-        return [r.to_dict() for r in vulns.cve_records_for(session, vendor, product)]
+    return [r.to_dict() for r in source.records_for(vendor, product)]
 
 
-def cve_records(product: str | None) -> list[CveRecord]:
+def cve_records(product: str | None, source: CveSource) -> list[CveRecord]:
     """Candidate CVEs of an identified product: this process's LRU, then the Redis cache, then
-    the database (the guide's cached_vulnerability_lookup). A Redis outage only costs lookups."""
+    ``source`` (the guide's cached_vulnerability_lookup). A Redis outage only costs lookups."""
     records: dict[str, CveRecord] = {}
     for cpe in cpe_products(product):
-        for data in _records_for_cpe(cpe):
+        for data in _records_for_cpe(cpe, source):
             record = CveRecord.from_dict(data)
             records.setdefault(record.cve_id, record)
     return list(records.values())
@@ -42,4 +50,4 @@ def invalidate_vulnerability_cache() -> int:
     return get_cache().invalidate(VULN_KEYS)
 
 
-__all__ = ["cve_records", "invalidate_vulnerability_cache", "VULN_CACHE_TTL"]
+__all__ = ["CveSource", "cve_records", "invalidate_vulnerability_cache", "VULN_CACHE_TTL"]

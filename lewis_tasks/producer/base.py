@@ -15,20 +15,16 @@ of the CLI (a one-chunk scan, a one-chunk HTTP batch) send with it and wait on t
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.config import get_settings, redact_url
 from ..infra.messages import message_origin, push_messages, queue_key, task_message
+from ..infra.redis_client import first_line, unreachable_errors
 from ..infra.reporter import note_sent
 from ..infra.routing import MAX_PACK, PACKED_TASK, queue_for
 
@@ -125,34 +121,6 @@ def result_url(app: Celery | None = None) -> str:
     return url.split("+", 1)[1] if "+" in scheme else url  # result_backend.backend_url's form
 
 
-def reach_broker(url: str, timeout: float) -> None:
-    """One PING of the broker, ``timeout`` seconds for connect and reply and no retry:
-    BrokerUnavailable in one line within ``timeout``. Producers that write rows before they
-    publish ask this first, since Celery's publish and result backend retry a dead Redis for
-    ~20 s and end in a multi-line RuntimeError."""
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
-    )
-    try:
-        client.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise BrokerUnavailable(
-            f"broker {redact_url(url)} is unreachable (no answer within "
-            f"{timeout:g} s): {_first_line(exc)}"
-        ) from None
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(
-            f"broker {redact_url(url)} refused a PING: {_first_line(exc)}"
-        ) from None
-    finally:
-        client.close()
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 @contextlib.contextmanager
 def publishing(app: Celery | str) -> Iterator[None]:
     """Turn a broker that cannot be reached while publishing into one readable BrokerUnavailable
@@ -166,24 +134,12 @@ def publishing(app: Celery | str) -> Iterator[None]:
     except BrokerUnavailable:
         raise
     except Exception as exc:
-        if not isinstance(exc, _unreachable_errors()):
+        if not isinstance(exc, unreachable_errors()):
             raise
         url = app if isinstance(app, str) else str(app.conf.broker_url)
         raise BrokerUnavailable(
-            f"broker {redact_url(url)} is unreachable: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            f"broker {redact_url(url)} is unreachable: {first_line(exc)}"
         ) from exc
-
-
-def _unreachable_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (
-        redis.ConnectionError,
-        redis.TimeoutError,
-        ConnectionError,
-        TimeoutError,
-    )
-    kombu_errors = sys.modules.get("kombu.exceptions")  # only a process that loaded kombu
-    return errors if kombu_errors is None else (*errors, kombu_errors.OperationalError)
 
 
 def send_one(

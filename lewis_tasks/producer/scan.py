@@ -40,7 +40,8 @@ from ..domain.targets import (
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.config import Settings, get_settings
 from ..infra.messages import signature
-from .base import FALLBACK_POLL, _app, broker_url, publishing, reach_broker, send_one
+from ..infra.redis_client import reach_broker
+from .base import FALLBACK_POLL, _app, broker_url, publishing, send_one
 from .handle import JobHandle, unwrap_failure
 from .scanreport import TERMINAL, ScanProgress, ScanReport, load_scan_report, read_progress
 
@@ -346,16 +347,15 @@ def _planned(index: int, chunk: ScanChunk) -> dict[str, Any]:
 
 def _io_slots_online() -> int:
     """io slots of the workers online (their presence records); 0 if the broker cannot say."""
-    import redis
-
     from ..infra.fleet import slots_online
-    from ..infra.redis_client import get_redis
+    from ..infra.redis_client import broker_errors, get_redis
 
     if not get_settings().broker.url:
         return 0  # no broker: _require_broker says so
     try:
-        return slots_online(get_redis(), "io")
-    except (redis.RedisError, OSError):
+        with broker_errors():
+            return slots_online(get_redis(), "io")
+    except BrokerUnavailable:
         return 0  # the broker check right after says what is wrong
 
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import redis
-
 from ..domain.scanreport import TERMINAL, HostReport, ScanProgress, ScanReport
-from ..errors import InvalidInput
+from ..errors import BrokerUnavailable, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +48,12 @@ def read_progress(scan_id: str) -> ScanProgress:
 
 def _live(scan_id: str) -> dict[int, str]:
     from ..infra.progress import SCAN_LIVE_KEY
-    from ..infra.redis_client import get_redis
+    from ..infra.redis_client import broker_errors, get_redis
 
     try:
-        raw = get_redis().hgetall(SCAN_LIVE_KEY.format(scan_id=scan_id))
-    except (redis.RedisError, OSError) as exc:
+        with broker_errors():
+            raw = get_redis().hgetall(SCAN_LIVE_KEY.format(scan_id=scan_id))
+    except BrokerUnavailable as exc:
         log.debug("live progress of scan %s unavailable: %s", scan_id, exc)
         return {}
     out: dict[int, str] = {}

@@ -7,12 +7,16 @@ were really new, in the same transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from .db import session_scope
 from .models import HttpBatchRow, HttpResultRow, utcnow
 from .rows import fetch, increment, insert_new, json_text, upsert
 from .scans import TERMINAL
@@ -97,6 +101,27 @@ def save_http_outcomes(
             for o in outcomes
         ),
     )
+
+
+@dataclass(frozen=True)
+class HttpRows:
+    """A batch's row and its chunks' rows as an io chunk writes them (infra/batchfetch.py's
+    BatchRows), each call in a session of its own from ``sessions``."""
+
+    sessions: Callable[[], AbstractContextManager[Session]]
+
+    def save_batch(self, batch_id: str, *, total: int, request: Mapping[str, Any] | None) -> bool:
+        with self.sessions() as session:
+            return save_http_batch(session, batch_id, total=total, request=request)
+
+    def store(self, batch_id: str, start: int, outcomes: Sequence[HttpOutcome]) -> int:
+        with self.sessions() as session:
+            return save_http_outcomes(session, batch_id, start, outcomes)
+
+
+def http_rows(engine: Engine) -> HttpRows:
+    """:class:`HttpRows` on ``engine`` (what the row-writer process stores with)."""
+    return HttpRows(lambda: session_scope(engine))
 
 
 def save_http_rows(session: Session, batch_id: str, rows: Iterable[Sequence[Any]]) -> int:
@@ -241,6 +266,8 @@ def result_rows(
 
 
 __all__ = [
+    "HttpRows",
+    "http_rows",
     "save_http_batch",
     "save_http_results",
     "save_http_rows",

@@ -15,7 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -123,6 +124,18 @@ def candidate_ranges(session: Session, vendor: str, product: str) -> list[Candid
         )
         for m, v in session.execute(stmt)
     ]
+
+
+@dataclass(frozen=True)
+class StoredCves:
+    """The stored CVEs as a scan's merge looks them up (infra/vulnlookup.py's CveSource), each
+    call in a session of its own from ``sessions``."""
+
+    sessions: Callable[[], AbstractContextManager[Session]]
+
+    def records_for(self, vendor: str, product: str) -> list[CveRecord]:
+        with self.sessions() as session:
+            return cve_records_for(session, vendor, product)
 
 
 def get_vulnerability(session: Session, cve_id: str) -> VulnerabilityRow | None:
@@ -276,4 +289,5 @@ __all__ = [
     "candidate_ranges",
     "cve_records_for",
     "get_vulnerability",
+    "StoredCves",
 ]

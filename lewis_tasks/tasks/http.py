@@ -26,7 +26,7 @@ from ..domain.loadgen import STOP_INTERVAL, LoadResult, run_loadtest
 from ..domain.scope import Scope
 from ..errors import InvalidInput
 from ..infra.barrier import RedisBarrier
-from ..infra.batchfetch import fetch_and_store, save_batch_once
+from ..infra.batchfetch import BatchRows, fetch_and_store, save_batch_once
 from ..infra.cancel import CancelCheck
 from ..infra.celery_app import app
 from ..infra.config import get_settings
@@ -44,6 +44,8 @@ from ..infra.task import LewisTask, stored_failure
 
 log = logging.getLogger(__name__)
 
+# what the row-writer process (http.row_writer, infra/rowwriter.py) stores a chunk's rows with
+ROW_WRITER_ROWS = "lewis_tasks.storage.http:http_rows"
 ROWS_IN_RESULT = 100  # a one-chunk batch this small returns its rows: the CLI reads no database
 FINAL_LINE_WAIT = 2.0  # seconds a part waits for its last progress line to be written
 
@@ -75,9 +77,16 @@ def fetch_chunk(
     budget = plan.budget
     began = time.monotonic()
     rt = runtime()
-    save_batch_once(rt, batch_id, total, options.get("request"))
+    rows = _batch_rows()
+    save_batch_once(rt, rows, batch_id, total, options.get("request"))
     fetched = fetch_and_store(
-        rt, batch_id, start, requests, budget, deadline=began + plan.chunk_seconds
+        rt,
+        rt.row_writer(settings.database, ROW_WRITER_ROWS) if settings.http.row_writer else rows,
+        batch_id,
+        start,
+        requests,
+        budget,
+        deadline=began + plan.chunk_seconds,
     )
     figures = chunk_figures(fetched.outcomes)
     result = {
@@ -92,6 +101,15 @@ def fetch_chunk(
     if options.get("merge"):  # the batch's only chunk: no chord, it closes the batch itself
         return _merge_batch([result], batch_id, rows_up_to=ROWS_IN_RESULT)
     return result
+
+
+def _batch_rows() -> BatchRows:
+    """The batch's rows in this process's database, a session per write."""
+    from ..infra.database import get_engine
+    from ..storage.db import session_scope
+    from ..storage.http import HttpRows
+
+    return HttpRows(lambda: session_scope(get_engine()))
 
 
 @app.task(name="lewis.http.merge")

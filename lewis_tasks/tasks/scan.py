@@ -348,7 +348,7 @@ def merge(_header_results: Any = None, scan_id: str = "") -> dict[str, Any]:
 
 def _merge(scan_id: Any) -> dict[str, Any]:
     from ..infra.database import get_engine
-    from ..storage import scans, targets
+    from ..storage import scans, targets, vulns
     from ..storage.db import session_scope
 
     if not isinstance(scan_id, str) or not scan_id:
@@ -366,7 +366,9 @@ def _merge(scan_id: Any) -> dict[str, Any]:
         ports = scans.open_ports(session, scan_id)
         chunk_results = scans.chunk_results(session, scan_id)
         request, first = scan.request or {}, scan.status not in ("done", "cancelled")
-    findings = assess_ports(ports, cve_records)  # lookups outside the transaction
+    cves = vulns.StoredCves(lambda: session_scope(get_engine()))
+    # lookups outside the transaction
+    findings = assess_ports(ports, lambda product: cve_records(product, cves))
     summary = build_report(chunk_results, ports, findings).summary
     with session_scope(get_engine()) as session:
         scans.save_findings(session, scan_id, findings)

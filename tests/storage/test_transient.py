@@ -111,9 +111,12 @@ def test_a_task_retries_on_a_locked_database_instead_of_failing(
 def test_the_row_writer_process_keeps_a_locked_database_transient(sqlite_path: Path) -> None:
     from lewis_tasks.domain.httpfetch import HttpOutcome
     from lewis_tasks.infra.rowwriter import RowWriter
+    from lewis_tasks.tasks.http import ROW_WRITER_ROWS
 
     # Given the io process's row writer (a child process) and the write lock held elsewhere
-    writer = RowWriter(DatabaseSettings(url=f"sqlite:///{sqlite_path}", pool_timeout=1))
+    writer = RowWriter(
+        DatabaseSettings(url=f"sqlite:///{sqlite_path}", pool_timeout=1), ROW_WRITER_ROWS
+    )
     holder = hold_write_lock(sqlite_path)
     try:
         # When it stores a chunk's rows, then the error crosses the pipe still transient

@@ -23,6 +23,7 @@ from lewis_tasks.infra import aio, config, rowwriter
 from lewis_tasks.infra.runtime import runtime
 from lewis_tasks.producer.base import submit
 from lewis_tasks.producer.http import submit_http_batch
+from lewis_tasks.tasks.http import ROW_WRITER_ROWS
 from tests.support.httpservers import ServerThread, sha256_of
 
 WAIT = 60
@@ -62,7 +63,7 @@ def counters(batch_id: str) -> tuple[int, int, int]:
 
 @pytest.fixture
 def writer(lewis_settings: Any) -> Iterator[rowwriter.RowWriter]:
-    made = rowwriter.RowWriter(lewis_settings.database)
+    made = rowwriter.RowWriter(lewis_settings.database, ROW_WRITER_ROWS)
     yield made
     made.close()
 
@@ -158,6 +159,14 @@ def test_frames_that_are_cut_or_oversized_are_refused() -> None:
     out = io.BytesIO()
     rowwriter.serve(io.BytesIO(b""), out)  # a pipe closed before its first frame: done
     assert out.getvalue() == b""
+
+
+def test_the_writer_stores_with_what_the_task_names() -> None:
+    from lewis_tasks.storage.http import http_rows
+
+    assert rowwriter.resolve_rows(ROW_WRITER_ROWS) is http_rows
+    with pytest.raises(InvalidInput, match="module:function"):
+        rowwriter.RowWriter(config.DatabaseSettings(url="sqlite://"), "no_colon")
 
 
 # --- through the worker ----------------------------------------------------------------------
