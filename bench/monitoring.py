@@ -98,7 +98,9 @@ def drain(system: System, kind: str, count: int = 10_000) -> dict[str, float]:
         pids = [p.pid for p in procs]
         system.broker_client.config_resetstat()
         cpu0, began = _tree_cpu(pids), time.monotonic()
-        submit_many(name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000)
+        submit_many(
+            name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000, pack=1
+        )
         ended = wait_results(system.results_client, 0, count, timeout=count / 50)
         cpu = _tree_cpu(pids) - cpu0
         # Redis' own count of the commands it ran (those inside Lua scripts too) and the time
@@ -274,7 +276,7 @@ def freshness(server: Any, home: Path, runs: int) -> list[dict[str, float]]:
                 seen: dict[str, float] = {}
                 watcher = asyncio.create_task(_watch(url, stop, seen, "io", 1000))
                 await asyncio.sleep(1.5)
-                submit_many("lewis.bench.io_noop", [((), {})] * 1000, app=app, queue="io")
+                submit_many("lewis.bench.io_noop", [((), {})] * 1000, app=app, queue="io", pack=1)
                 pushed = time.time()
                 while "metrics" not in seen or "ws" not in seen:
                     if (

@@ -43,7 +43,9 @@ def drain(server: Any, home: Path, reporting: bool, per_child: str, count: int) 
         pids = [p.pid for p in procs]
         system.broker_client.config_resetstat()
         cpu0, began = _tree_cpu(pids), time.monotonic()
-        submit_many(name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000)
+        submit_many(
+            name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000, pack=1
+        )
         ended = wait_results(system.results_client, 0, count, timeout=count / 20)
         cpu = _tree_cpu(pids) - cpu0
         stats = system.broker_client.info("commandstats").values()

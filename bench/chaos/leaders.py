@@ -278,7 +278,7 @@ class _Results:
         from lewis_tasks.producer import submit_many
 
         def send(_n: int) -> str:
-            return submit_many("lewis.bench.io_sleep", [((seconds,), {})], queue="io")[0].id
+            return submit_many("lewis.bench.io_sleep", [((seconds,), {})], queue="io", pack=1)[0].id
 
         return send
 

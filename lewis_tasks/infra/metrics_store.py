@@ -352,7 +352,18 @@ def get_metric_stats(
     return store_from_settings().stats(name, window, labels)
 
 
+def recent_runtime_p95(name: str, window: str | float = "5m") -> float | None:
+    """p95 of task ``name``'s runtime over the last ``window``, from the workers' reports;
+    None when it has not run there (or the store cannot answer: no measurement)."""
+    try:
+        stats = store_from_settings().stats("celery_task_runtime", window, {"name": name})
+    except (InvalidInput, redis.RedisError, OSError):
+        return None
+    return stats.p95 if stats.count else None
+
+
 __all__ = [
+    "recent_runtime_p95",
     "MetricStore",
     "store_from_settings",
     "get_metric_stats",

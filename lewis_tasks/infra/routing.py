@@ -12,6 +12,9 @@ IO, CPU, CONTROL = "io", "cpu", "control"
 # calls one envelope may carry; producers and workers agree on both.
 PACKED_TASK = "lewis.io.batch"
 MAX_PACK = 1000
+# The io tasks declared with tasks/iobatch.py's io_task: submit_many packs their calls by
+# default (domain/packing.py sizes the packs); io_task refuses a name missing here.
+PACKABLE: frozenset[str] = frozenset({"lewis.bench.io_noop", "lewis.bench.io_sleep"})
 QUEUES: tuple[str, ...] = (IO, CPU, CONTROL)
 # kombu's Redis transport keeps a queue's priorities in 4 lists: the queue itself (0) and
 # "<queue>\x06\x16<step>" for steps 3, 6 and 9, each holding the priorities from its step up

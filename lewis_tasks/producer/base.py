@@ -26,7 +26,7 @@ from ..infra.config import get_settings, redact_url
 from ..infra.messages import message_origin, push_messages, queue_key, task_message
 from ..infra.redis_client import first_line, unreachable_errors
 from ..infra.reporter import note_sent
-from ..infra.routing import MAX_PACK, PACKED_TASK, queue_for
+from ..infra.routing import IO, MAX_PACK, PACKABLE, PACKED_TASK, queue_for
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -199,16 +199,20 @@ def submit_many(
     queue: str | None = None,
     batch: int = 1000,
     priority: int = 0,
-    pack: int = 1,
+    pack: int | None = None,
 ) -> list[TaskHandle]:
     """Enqueue one task per ``(args, kwargs)`` in ``calls``, pipelined ``batch`` messages at a time.
 
-    ``pack > 1`` (async io tasks only, see tasks/iobatch.py) puts up to ``pack`` calls in one
-    message; each call keeps its own id, handle and result.
+    ``pack > 1`` (packable io tasks only, see tasks/iobatch.py) puts up to ``pack`` calls in
+    one message; each call keeps its own id, handle, result and retries. ``None`` (the default)
+    packs a packable task by its measured runtime (:func:`default_pack`), anything else one
+    call to a message; ``pack=1`` never packs.
     """
     app = _app(app)
     _require_broker(app)
     queue = queue or queue_for(name)
+    if pack is None:
+        pack = default_pack(name, queue)
     if batch < 1 or not 1 <= pack <= MAX_PACK:
         raise InvalidInput(
             f"batch must be ≥ 1 and pack within 1..{MAX_PACK}, got batch={batch}, pack={pack}"
@@ -246,6 +250,18 @@ def submit_many(
             push_messages(str(app.conf.broker_url), key, pending)
     note_sent(PACKED_TASK if pack > 1 else name, queue, -(-len(handles) // pack))
     return handles
+
+
+def default_pack(name: str, queue: str) -> int:
+    """Calls per message for ``submit_many(name, …)``: a packable io task's measured runtime
+    (p95 over the last 5 minutes of the workers' reports) sized by domain/packing.py, so a
+    message holds at most ~50 ms of work; 1 for every other task, or one never measured."""
+    if name not in PACKABLE or queue != IO:
+        return 1
+    from ..domain.packing import pack_size
+    from ..infra.metrics_store import recent_runtime_p95
+
+    return pack_size(recent_runtime_p95(name), get_settings().broker.visibility_timeout)
 
 
 def _subscribe_result(app: Celery, task_id: str) -> None:

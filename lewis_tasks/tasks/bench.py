@@ -21,9 +21,9 @@ def noop(*_args: object) -> None:
     """Nothing, on the cpu queue."""
 
 
-@app.task(name="lewis.bench.io_noop")
+@io_task(name="lewis.bench.io_noop")
 def io_noop(*_args: object) -> None:
-    """Nothing, on the io queue."""
+    """Nothing, on the io queue (packable: submit_many packs many into one message)."""
 
 
 @io_task(name="lewis.bench.io_sleep")

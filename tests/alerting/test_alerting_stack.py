@@ -85,7 +85,7 @@ def test_a_queue_without_consumer_fires_after_for_and_resolves_when_drained(
             # Given evaluations running under one of two beats, and no worker on io
             wait_for(lambda: engine.load()[0] is not None, 60, what="a first evaluation")
             # When the io queue fills up
-            submit_many("lewis.bench.io_noop", [((), {})] * 200)
+            submit_many("lewis.bench.io_noop", [((), {})] * 200, pack=1)  # 200 messages
             # and the leading beat is killed while the alert is pending
             wait_for(
                 lambda: getattr(_state(engine).get("IoBacklog"), "state", "") == "pending",

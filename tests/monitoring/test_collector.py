@@ -125,7 +125,7 @@ def test_the_beat_collects_every_interval_and_sees_a_queue_fill(
             what="a first snapshot with the control worker up",
         )
         # When 1,000 tasks are pushed to the io queue
-        submit_many("lewis.bench.io_noop", [((), {})] * 1000)
+        submit_many("lewis.bench.io_noop", [((), {})] * 1000, pack=1)
         pushed = time.time()
         # Then a later snapshot shows them all waiting
         wait_for(

@@ -166,7 +166,7 @@ def test_real_workers_report_every_task_in_a_few_batched_writes(
         worker_redis.config_resetstat()
         # When 300 no-ops run on each queue
         handles = submit_many("lewis.bench.noop", [((), {})] * 300)
-        handles += submit_many("lewis.bench.io_noop", [((), {})] * 300)
+        handles += submit_many("lewis.bench.io_noop", [((), {})] * 300, pack=1)
         wait_all(handles, timeout=120)
         store = MetricStore(worker_redis, 1, 3600, 1000)
         # Then every start and success is counted per queue and worker, in the store

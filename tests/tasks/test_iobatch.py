@@ -38,3 +38,84 @@ def test_a_task_that_cannot_be_packed_fails_every_call_readably(celery_worker: A
 def test_pack_bounds_are_checked_before_sending(lewis_settings: Any) -> None:
     with pytest.raises(InvalidInput, match="pack within 1..1000"):
         submit_many("lewis.bench.io_sleep", [((0,), {})], pack=5000)
+
+
+def test_default_pack_is_one_unless_packable_on_io_and_measured(
+    lewis_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lewis_tasks.infra import metrics_store
+    from lewis_tasks.producer.base import default_pack
+
+    # Given a packable io task measured at 1 ms a call
+    monkeypatch.setattr(metrics_store, "recent_runtime_p95", lambda name, window="5m": 0.001)
+    # Then 50 calls fill a message's 50 ms of work
+    assert default_pack("lewis.bench.io_sleep", "io") == 50
+    # and a task that cannot be packed, or sent to another queue, travels one to a message
+    assert default_pack("lewis.bench.noop", "cpu") == 1
+    assert default_pack("lewis.bench.noop", "io") == 1
+    assert default_pack("lewis.bench.io_sleep", "cpu") == 1
+    # and so does a packable task never measured
+    monkeypatch.setattr(metrics_store, "recent_runtime_p95", lambda name, window="5m": None)
+    assert default_pack("lewis.bench.io_sleep", "io") == 1
+
+
+def test_packed_calls_report_their_own_runtime_and_size_the_next_packs(
+    celery_worker: Any, lewis_settings: Any
+) -> None:
+    from lewis_tasks.domain.packing import pack_size
+    from lewis_tasks.errors import InvalidInput as NoMetric
+    from lewis_tasks.infra import reporter as module
+    from lewis_tasks.infra.metrics_store import recent_runtime_p95, store_from_settings
+    from lewis_tasks.producer import wait_all
+    from lewis_tasks.producer.base import default_pack
+
+    name = "lewis.bench.io_noop"
+
+    def runs() -> int:
+        try:
+            return store_from_settings().stats("celery_task_runtime", "5m", {"name": name}).count
+        except NoMetric:  # no runtime reported yet in this store
+            return 0
+
+    mine = module.install("pack@test", system=False, start=False)
+    try:
+        before = runs()
+        # Given 40 no-ops run packed 20 to a message
+        assert wait_all(submit_many(name, [((), {})] * 40, pack=20), timeout=30) == [None] * 40
+        # Then each call's runtime is reported under its own name, not only the envelope's
+        assert mine.flush()
+        assert runs() - before >= 40
+        # and the default packs the next calls by that measurement: many to a message
+        n = default_pack(name, "io")
+        p95 = recent_runtime_p95(name)
+        assert n == pack_size(p95, lewis_settings.broker.visibility_timeout) and n > 1
+        # and every call of a default submit still gets its own stored result
+        handles = submit_many(name, [((), {})] * (2 * n + 3))
+        assert len({h.id for h in handles}) == 2 * n + 3
+        assert wait_all(handles, timeout=60) == [None] * (2 * n + 3)
+    finally:
+        module.uninstall()
+
+
+def test_a_call_failing_transiently_in_a_pack_is_retried_alone_under_its_id(
+    celery_worker: Any,
+) -> None:
+    import uuid
+
+    from lewis_tasks.errors import TransientError
+    from lewis_tasks.producer.base import TaskHandle
+    from lewis_tasks.tasks.iobatch import _settle
+
+    # Given a packed call of a wait that failed with a passing error
+    task_id = str(uuid.uuid4())
+    call = [task_id, [0.001], {}]
+    outcome = _settle("lewis.bench.io_sleep", call, False, TransientError("connection reset"))
+    # Then it left the pack: sent again alone under its own id, its handle gets the result
+    assert outcome == "retried"
+    assert TaskHandle(task_id, "lewis.bench.io_sleep", None).wait(timeout=30) == 0.001
+    # while a failure that is no passing error is stored as the call's failure at once
+    other = str(uuid.uuid4())
+    bad = _settle("lewis.bench.io_sleep", [other, [-1], {}], False, InvalidInput("bad"))
+    assert bad == "failed"
+    with pytest.raises(InvalidInput, match="bad"):
+        TaskHandle(other, "lewis.bench.io_sleep", None).wait(timeout=30)
