@@ -151,6 +151,34 @@ def bench_drain(system: System, kind: str, count: int = 10_000) -> dict[str, Any
     return {"tasks_per_s": count / (ended - began), "tasks": count, "seconds": ended - began}
 
 
+def bench_drain_default(system: System, count: int = 10_000) -> dict[str, Any]:
+    """io no-ops through ``submit_many`` as shipped: packed by the task's measured runtime.
+    A warm-up of 500 unpacked no-ops gives the workers' reports a runtime to measure; then
+    ``count`` calls are pushed at once and timed until the last call's own result exists."""
+    from lewis_tasks.infra.metrics_store import recent_runtime_p95
+    from lewis_tasks.producer.base import default_pack
+
+    name, queue = system.task("noop_io")
+    system.reset()
+    argvs = system.workers("noop_io")
+    with processes(argvs, system.env, f"{system.name}-drain-default"):
+        wait_workers(system.app, len(argvs))
+        submit_many(name, [((), {})] * 500, app=system.app, queue=queue, pack=1)
+        wait_results(system.results_client, 0, 500, timeout=60)
+        deadline = time.monotonic() + 30  # the workers' reporters flush every 2 s
+        while recent_runtime_p95(name, broker_url=system.broker) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no runtime of the no-op reported within 30 s")
+            time.sleep(0.2)
+        pack = default_pack(name, queue, system.broker)
+        system.results_client.flushdb()
+        began = time.monotonic()
+        submit_many(name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000)
+        ended = wait_results(system.results_client, 0, count, timeout=count / 50)
+    seconds = ended - began
+    return {"tasks_per_s": count / seconds, "tasks": count, "seconds": seconds, "pack": pack}
+
+
 def bench_enqueue(system: System, count: int = 5_000, batched: bool = False) -> dict[str, Any]:
     name, queue = system.task("noop_cpu")
     system.reset()

@@ -119,6 +119,12 @@ def run_platform(
                 lambda p: peer_bench.drain(p, n["drain"]),
             ),
             ("drain_cpu", lambda s: plat.bench_drain(s, "noop_cpu", n["drain"]), None),
+            # submit_many as shipped: io no-ops packed by their measured runtime (LEWIS only)
+            (
+                "drain_io_default",
+                lambda s: plat.bench_drain_default(s, n["drain"]) if s.name == "lewis" else None,
+                None,
+            ),
             (
                 "enqueue",
                 lambda s: plat.bench_enqueue(s, n["enqueue"]),

@@ -352,11 +352,17 @@ def get_metric_stats(
     return store_from_settings().stats(name, window, labels)
 
 
-def recent_runtime_p95(name: str, window: str | float = "5m") -> float | None:
-    """p95 of task ``name``'s runtime over the last ``window``, from the workers' reports;
-    None when it has not run there (or the store cannot answer: no measurement)."""
+def recent_runtime_p95(
+    name: str, window: str | float = "5m", broker_url: str | None = None
+) -> float | None:
+    """p95 of task ``name``'s runtime over the last ``window``, from the workers' reports in
+    the store on ``broker_url`` (None: the settings' broker); None when it has not run there
+    (or the store cannot answer: no measurement)."""
+    from .redis_client import get_redis
+
     try:
-        stats = store_from_settings().stats("celery_task_runtime", window, {"name": name})
+        store = store_from_settings(get_redis(broker_url) if broker_url else None)
+        stats = store.stats("celery_task_runtime", window, {"name": name})
     except (InvalidInput, redis.RedisError, OSError):
         return None
     return stats.p95 if stats.count else None

@@ -212,7 +212,7 @@ def submit_many(
     _require_broker(app)
     queue = queue or queue_for(name)
     if pack is None:
-        pack = default_pack(name, queue)
+        pack = default_pack(name, queue, str(app.conf.broker_url))
     if batch < 1 or not 1 <= pack <= MAX_PACK:
         raise InvalidInput(
             f"batch must be ≥ 1 and pack within 1..{MAX_PACK}, got batch={batch}, pack={pack}"
@@ -252,16 +252,18 @@ def submit_many(
     return handles
 
 
-def default_pack(name: str, queue: str) -> int:
+def default_pack(name: str, queue: str, broker_url: str | None = None) -> int:
     """Calls per message for ``submit_many(name, …)``: a packable io task's measured runtime
-    (p95 over the last 5 minutes of the workers' reports) sized by domain/packing.py, so a
-    message holds at most ~50 ms of work; 1 for every other task, or one never measured."""
+    (p95 over the last 5 minutes of the workers' reports on ``broker_url``) sized by
+    domain/packing.py, so a message holds at most ~50 ms of work; 1 for every other task, or
+    one never measured."""
     if name not in PACKABLE or queue != IO:
         return 1
     from ..domain.packing import pack_size
     from ..infra.metrics_store import recent_runtime_p95
 
-    return pack_size(recent_runtime_p95(name), get_settings().broker.visibility_timeout)
+    p95 = recent_runtime_p95(name, broker_url=broker_url)
+    return pack_size(p95, get_settings().broker.visibility_timeout)
 
 
 def _subscribe_result(app: Celery, task_id: str) -> None:

@@ -47,7 +47,9 @@ def test_default_pack_is_one_unless_packable_on_io_and_measured(
     from lewis_tasks.producer.base import default_pack
 
     # Given a packable io task measured at 1 ms a call
-    monkeypatch.setattr(metrics_store, "recent_runtime_p95", lambda name, window="5m": 0.001)
+    monkeypatch.setattr(
+        metrics_store, "recent_runtime_p95", lambda name, window="5m", broker_url=None: 0.001
+    )
     # Then 50 calls fill a message's 50 ms of work
     assert default_pack("lewis.bench.io_sleep", "io") == 50
     # and a task that cannot be packed, or sent to another queue, travels one to a message
@@ -55,7 +57,9 @@ def test_default_pack_is_one_unless_packable_on_io_and_measured(
     assert default_pack("lewis.bench.noop", "io") == 1
     assert default_pack("lewis.bench.io_sleep", "cpu") == 1
     # and so does a packable task never measured
-    monkeypatch.setattr(metrics_store, "recent_runtime_p95", lambda name, window="5m": None)
+    monkeypatch.setattr(
+        metrics_store, "recent_runtime_p95", lambda name, window="5m", broker_url=None: None
+    )
     assert default_pack("lewis.bench.io_sleep", "io") == 1
 
 
