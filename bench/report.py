@@ -231,10 +231,20 @@ def render_platform(data: dict[str, Any]) -> str:
         "with no worker running, and 50,000 through `submit_many`; 50 ms waits = 2,000 tasks "
         "pushed at once, timed until the last result; packed = `submit_many(..., pack=50)`: "
         "each task keeps its own id, handle and stored result, 50 travel in one message "
-        "and run concurrently on the io worker's event loop. Reproduce, peers included: "
+        "and run concurrently on the io worker's event loop; as shipped = 500 no-ops sent "
+        "one to a message first (so the workers report a runtime), then 10,000 through "
+        "`submit_many` without `pack`, packed by that measurement"
+        + _packs(r)
+        + ", every call's own result counted. Reproduce, peers included: "
         "`scripts/bench-peers platform`.",
     ]
     return "\n".join(lines)
+
+
+def _packs(r: dict[str, Any]) -> str:
+    """The pack sizes the default chose in the as-shipped drain runs."""
+    packs = sorted({run["pack"] for run in r.get("drain_io_default", {}).get("lewis", [])})
+    return f" ({', '.join(map(str, packs))} calls to a message)" if packs else ""
 
 
 def render_suite(suite: str, data: dict[str, Any]) -> str:
