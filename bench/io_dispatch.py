@@ -1,0 +1,165 @@
+"""The io worker's dispatch path, per message (issue 18.2): threads pool vs no hand-off.
+
+    python -m bench.io_dispatch [--runs 3] [--count 15000] [--py-spy PATH]
+
+One `lewis worker io` on a private Redis drains ``count`` unpacked io no-ops
+(``submit_many(..., pack=1)``), once with the io profile's threads pool (Celery's consumer
+thread hands each message to a pool thread) and once with ``-P solo`` (the consumer runs the
+task itself: no hand-off at all, the lower bound of what any in-thread or event-loop pool can
+save on dispatch); interleaved ``runs`` times. Reported: drain rate, and CPU microseconds per
+message of the worker process and of redis-server (psutil, before and after). With
+``--py-spy`` a GIL-holding profile (``py-spy record --gil``) of one threads-pool drain is
+summarised by package and function: where a message's CPU goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from bench.harness import (
+    db_url,
+    lewis_env,
+    lewis_worker_argv,
+    median,
+    private_redis,
+    processes,
+    wait_workers,
+)
+from bench.platform import _lewis_app
+
+NAME = "lewis.bench.io_noop"
+POOLS = {"threads": [], "solo": ["-P", "solo"]}
+PACKAGES = ("lewis_tasks", "celery", "kombu", "redis", "billiard", "vine", "json", "concurrent")
+
+
+def _cpu(proc: psutil.Process) -> float:
+    return sum(
+        t.user + t.system for t in (p.cpu_times() for p in [proc, *proc.children(recursive=True)])
+    )
+
+
+def drain(server: Any, home: Path, pool: str, count: int, spy: str | None = None) -> dict[str, Any]:
+    broker, results = db_url(server, 1), db_url(server, 2)
+    env = lewis_env(
+        broker, home, LEWIS_BROKER_RESULT_BACKEND=results, LEWIS_WORKERS_IO_CONCURRENCY="100"
+    )
+    app = _lewis_app(broker, results)
+    from lewis_tasks.producer.base import submit_many
+
+    redis.Redis.from_url(broker).flushdb()
+    rc = redis.Redis.from_url(results)
+    with processes([lewis_worker_argv("io", *POOLS[pool])], env, f"iodispatch-{pool}") as procs:
+        wait_workers(app, 1)
+        submit_many(NAME, [((), {})] * 500, app=app, queue="io", pack=1)  # warm-up
+        deadline = time.monotonic() + 60
+        while rc.dbsize() < 500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rc.flushdb()
+        worker, server_proc = psutil.Process(procs[0].pid), psutil.Process(server.process.pid)
+        w0, r0, began = _cpu(worker), _cpu(server_proc), time.monotonic()
+        submit_many(NAME, (((), {}) for _ in range(count)), app=app, queue="io", pack=1, batch=2000)
+        profiler = None
+        if spy:
+            profiler = subprocess.Popen(
+                [spy, "record", "--gil", "-r", "250", "-d", "6", "-f", "raw", "-o",
+                 str(home / "spy.txt"), "-p", str(procs[0].pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        while rc.dbsize() < count and time.monotonic() - began < 300:
+            time.sleep(0.02)
+        seconds = time.monotonic() - began
+        w1, r1 = _cpu(worker), _cpu(server_proc)
+        out = {
+            "pool": pool,
+            "tasks_per_s": count / seconds,
+            "worker_us": 1e6 * (w1 - w0) / count,
+            "redis_us": 1e6 * (r1 - r0) / count,
+        }
+        if profiler is not None:
+            profiler.wait()
+            out["profile"] = summarise(home / "spy.txt")
+    return out
+
+
+def _package(frame: str) -> str:
+    path = re.search(r"\((.*?):\d+\)", frame)
+    file = path.group(1) if path else frame
+    file = "/" + file.lstrip("/")  # py-spy names files relative to their sys.path entry
+    return next((p for p in PACKAGES if f"/{p}/" in file or file.endswith(f"/{p}.py")), "other")
+
+
+def summarise(raw: Path, top: int = 25) -> dict[str, Any]:
+    """py-spy raw (collapsed) stacks → self and inclusive shares by package, top functions."""
+    total = 0
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    functions: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n_text = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(n_text)
+        total += n
+        frames = stack.split(";")[1:]
+        own[_package(frames[-1])] += n
+        for pkg in {_package(f) for f in frames}:
+            inclusive[pkg] += n
+        for fn in {re.sub(r":\d+\)", ")", f) for f in frames}:
+            functions[fn] += n
+
+    def share(c: collections.Counter[str], k: int) -> list[tuple[str, float]]:
+        return [(name, round(100 * v / total, 1)) for name, v in c.most_common(k)]
+
+    return {
+        "samples": total,
+        "self_by_package": share(own, 10),
+        "inclusive_by_package": share(inclusive, 10),
+        "functions": share(functions, top + 20),  # the first ~20 are the same entry frames
+    }
+
+
+def main() -> None:
+    from bench.run import machine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--count", type=int, default=15_000)
+    parser.add_argument("--py-spy", dest="spy", default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    runs: dict[str, list[dict[str, Any]]] = {pool: [] for pool in POOLS}
+    with private_redis() as server, tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.runs):
+            for pool in POOLS:  # interleaved
+                got = drain(server, Path(tmp), pool, args.count)
+                runs[pool].append(got)
+                print(json.dumps({k: round(v, 1) if isinstance(v, float) else v
+                                  for k, v in got.items()}), flush=True)  # fmt: skip
+        profile = drain(server, Path(tmp), "threads", args.count, args.spy) if args.spy else None
+    data = {"machine": machine(), "count": args.count, "runs": runs, "profile": profile}
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2))
+    for pool, rows in runs.items():
+        print(
+            f"{pool:8} {median([r['tasks_per_s'] for r in rows]):7,.0f}/s  worker "
+            f"{median([r['worker_us'] for r in rows]):5.0f} us/msg  redis "
+            f"{median([r['redis_us'] for r in rows]):4.0f} us/msg"
+        )
+    if profile:
+        print(json.dumps(profile["profile"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
