@@ -148,6 +148,39 @@ def test_a_worker_whose_visibility_timeout_differs_from_the_cluster_refuses_to_s
             )
 
 
+def test_a_process_on_another_database_than_the_cluster_refuses_before_it_works(
+    redis_url: str, tmp_path: Path, lewis_settings: Any, fleet_redis: Any
+) -> None:
+    from lewis_tasks.cli.db import upgrade_database
+
+    env = stack_env(redis_url, tmp_path)  # the cluster's database: tmp_path/lewis.db
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    for url in (env["LEWIS_DATABASE_URL"], elsewhere):
+        upgrade_database(url)
+    with io_worker("keeper", env, tmp_path, "-c", "1"):
+        wait_for(
+            lambda: lewis(env, "health", "--worker", f"keeper@{HOST}")[0] == 0,
+            60,
+            what="the first worker",
+        )
+        other = {**env, "LEWIS_DATABASE_URL": elsewhere}
+        # When a worker starts with another database than the live one writes to
+        code, out = lewis(other, "worker", "io", "-n", "stray@%h", timeout=90)
+        # Then it exits 2 with one line naming the setting and the worker it disagrees with
+        assert code == 2, out[-2000:]
+        ours = [line for line in out.splitlines() if line.startswith("lewis:")]
+        assert len(ours) == 1 and "database.url" in ours[0] and "keeper@" in ours[0], out[-2000:]
+        # and a scan sent from a process on that other database is refused, nothing queued
+        code, out = lewis(other, "scan", "127.0.0.1", "-p", "80", timeout=60)
+        assert code == 2 and "database.url" in out and "nothing was submitted" in out, out
+        assert "Traceback" not in out
+        # while the same command on the cluster's database runs: the first chunk keeper ran
+        assert "lewis.scan.chunk[" not in (tmp_path / "keeper.log").read_text()
+        code, out = lewis(env, "scan", "127.0.0.1", "-p", "80", "--json", timeout=60)
+        assert code == 0, out
+        assert "lewis.scan.chunk[" in (tmp_path / "keeper.log").read_text()
+
+
 def test_flower_on_a_public_address_without_auth_refuses_to_start(
     tmp_path: Path, redis_url: str
 ) -> None:

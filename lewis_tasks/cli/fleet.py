@@ -114,7 +114,9 @@ def require_workers(queue: str, *, wait: bool) -> None:
         workers, _ = _read_fleet(settings.monitoring.ping_timeout)
     except _Down:
         return  # the submit's own broker check reports it
-    if any(queue in w.consuming for w in workers):
+    consumers = [w for w in workers if queue in w.consuming]
+    if consumers:
+        _require_same_database(consumers, settings.database.url)
         return
     if not workers and _answers_ping(queue):  # no records at all: workers of an older version
         return
@@ -125,6 +127,21 @@ def require_workers(queue: str, *, wait: bool) -> None:
     raise BrokerUnavailable(
         f"{message}; nothing was submitted (--wait-for-workers submits and waits for one)"
     )
+
+
+def _require_same_database(consumers: list[Any], url: str) -> None:
+    """ConfigError (exit 2, nothing submitted) when a worker that would take this job writes
+    to another database than this command reads its result from."""
+    from ..domain.fleet import other_databases
+    from ..errors import ConfigError
+    from ..infra.fleet import database_fingerprint, database_mismatch
+
+    others = other_databases(consumers, database_fingerprint(url))
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise ConfigError(
+            database_mismatch(f"worker {others[0].name}{more}") + "; nothing was submitted"
+        )
 
 
 def _answers_ping(queue: str) -> bool:

@@ -33,6 +33,7 @@ class WorkerRecord:
     pid: int = 0
     concurrency: int = 0
     visibility_timeout: int = 0  # its broker.visibility_timeout: every host must agree
+    database: str = ""  # which database it writes to (infra.fleet.database_fingerprint)
 
     @property
     def host(self) -> str:
@@ -56,6 +57,7 @@ class WorkerRecord:
             pid=int(data.get("pid") or 0),
             concurrency=int(data.get("concurrency") or 0),
             visibility_timeout=int(data.get("visibility_timeout") or 0),
+            database=str(data.get("database") or ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +68,7 @@ class WorkerRecord:
             "pid": self.pid,
             "concurrency": self.concurrency,
             "visibility_timeout": self.visibility_timeout,
+            "database": self.database,
         }
 
 
@@ -114,6 +117,12 @@ def disagreeing(workers: Iterable[WorkerRecord], visibility_timeout: int) -> lis
     return [
         w for w in workers if w.visibility_timeout and w.visibility_timeout != visibility_timeout
     ]
+
+
+def other_databases(workers: Iterable[WorkerRecord], database: str) -> list[WorkerRecord]:
+    """Workers writing to another database than ``database`` (a fingerprint; records and
+    callers that do not say are left out)."""
+    return [w for w in workers if w.database and database and w.database != database]
 
 
 def by_queue(workers: Iterable[WorkerRecord], queues: Sequence[str]) -> dict[str, list[str]]:

@@ -8,15 +8,19 @@ redis-py, without Celery: ``lewis health`` answers within a probe's second.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
 from ..domain.fleet import BeatView, WorkerRecord
+from ..errors import ConfigError
 
 LEADER_KEY = "lewis:beat:leader"  # the beat lease (beat.py, which imports Celery: a probe must not)
 WORKER_KEY = "lewis:fleet:worker:{name}"
@@ -120,41 +124,74 @@ def slots_online(client: redis.Redis, queue: str) -> int:
     return sum(w.concurrency for w in read_workers(client) if queue in w.consuming)
 
 
+def database_fingerprint(url: str, host: str | None = None) -> str:
+    """Which database ``url`` names, as 12 hex digits another process can compare without
+    seeing the URL: its scheme, host, port and database, no user or password. A SQLite file
+    is one machine's own, so its fingerprint includes this host's name: the same path on two
+    hosts is two databases."""
+    parts = urlsplit(url)
+    where = f"{parts.hostname or ''}:{parts.port or ''}{parts.path}"
+    if parts.scheme.startswith("sqlite"):
+        where = f"{host or socket.gethostname()}|{parts.path}"
+    return hashlib.sha256(f"{parts.scheme.split('+')[0]}|{where}".encode()).hexdigest()[:12]
+
+
 def check_cluster_agreement(
     url: str,
     visibility_timeout: int,
     timeout: float = 2.0,
     confirm: Callable[[list[str]], set[str]] | None = None,
+    database: str = "",
 ) -> None:
-    """ConfigError if a live worker of this broker runs with another visibility timeout.
+    """ConfigError if a live worker of this broker runs with another visibility timeout, or
+    writes to another database (``database``: this process's fingerprint).
 
-    With two values in one cluster, a task running longer than the shorter one is handed to
-    a second worker by the hosts using it. ``confirm(names)`` returns those that answer a
-    ping now: a record outlives a killed worker by a few seconds, and a dead worker's value
-    must not keep its replacement out. An unreachable broker is not judged here (the
-    worker's own connection retries report it).
+    With two visibility timeouts in one cluster, a task running longer than the shorter one is
+    handed to a second worker by the hosts using it; with two databases, a scan's chunks land
+    where its merge never reads them. ``confirm(names)`` returns those that answer a ping now:
+    a record outlives a killed worker by a few seconds, and a dead worker's value must not
+    keep its replacement out. An unreachable broker is not judged here (the worker's own
+    connection retries report it).
     """
-    from ..domain.fleet import disagreeing
-    from ..errors import ConfigError
+    from ..domain.fleet import disagreeing, other_databases
 
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
-        others = disagreeing(read_workers(client), visibility_timeout)
+        workers = read_workers(client)
     except (redis.RedisError, OSError):
         return
     finally:
         client.close()
-    if others and confirm is not None:
-        alive = confirm([w.name for w in others])
-        others = [w for w in others if w.name in alive]
-    if others:
-        first = others[0]
-        raise ConfigError(
+    for others, what in (
+        (disagreeing(workers, visibility_timeout), "timeout"),
+        (other_databases(workers, database), "database"),
+    ):
+        if others and confirm is not None:
+            alive = confirm([w.name for w in others])
+            others = [w for w in others if w.name in alive]
+        if others:
+            raise _disagreement(what, others, visibility_timeout)
+
+
+def _disagreement(what: str, others: list[WorkerRecord], visibility_timeout: int) -> ConfigError:
+    first = others[0]
+    more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+    if what == "timeout":
+        return ConfigError(
             f"setting broker.visibility_timeout ({visibility_timeout}s) differs from the "
-            f"cluster's ({first.visibility_timeout}s on {first.name}"
-            f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}): every host must use "
-            "the same, or a long task is delivered again to a second worker"
+            f"cluster's ({first.visibility_timeout}s on {first.name}{more}): every host must "
+            "use the same, or a long task is delivered again to a second worker"
         )
+    return ConfigError(database_mismatch(first.name + more))
+
+
+def database_mismatch(who: str) -> str:
+    """The one line for a process whose database.url is not the cluster's."""
+    return (
+        f"setting database.url names another database than {who} writes to: every process "
+        "of a cluster must set the same LEWIS_DATABASE_URL, or results land where the others "
+        "never read them (a SQLite file is one host's own: across hosts use PostgreSQL)"
+    )
 
 
 def free_node_name(url: str, profile: str, host: str, timeout: float = 2.0) -> str:
@@ -279,6 +316,8 @@ __all__ = [
     "read_workers",
     "slots_online",
     "check_cluster_agreement",
+    "database_fingerprint",
+    "database_mismatch",
     "free_node_name",
     "read_beat",
     "probe_fleet",

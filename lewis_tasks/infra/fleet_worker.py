@@ -27,7 +27,7 @@ from celery.worker.control import control_command
 
 from ..domain.fleet import DRAINING, UP, WorkerRecord
 from .config import get_settings
-from .fleet import forget_worker, presence_period, write_worker
+from .fleet import database_fingerprint, forget_worker, presence_period, write_worker
 from .runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,17 @@ def _record(consumer: Any) -> WorkerRecord:
         pid=os.getpid(),
         concurrency=int(getattr(consumer.controller, "concurrency", 0) or 0),
         visibility_timeout=get_settings().broker.visibility_timeout,
+        database=_database(),
     )
+
+
+def _database() -> str:
+    """This worker's database fingerprint, computed once (the record is written every few
+    seconds)."""
+    presence = runtime().presence
+    if not presence.database:
+        presence.database = database_fingerprint(get_settings().database.url)
+    return str(presence.database)
 
 
 def publish(consumer: Any) -> None:

@@ -94,12 +94,13 @@ def startup_checks(app: Celery) -> None:
         )
     app.loader.import_default_modules()  # every task, so every time limit, is known
     check_visibility_timeout(app)
-    from .fleet import check_cluster_agreement
+    from .fleet import check_cluster_agreement, database_fingerprint
 
     check_cluster_agreement(
         settings.broker.url,
         settings.broker.visibility_timeout,
         confirm=lambda names: _answering(app, names),
+        database=database_fingerprint(settings.database.url),
     )
 
 

@@ -9,6 +9,7 @@ from lewis_tasks.domain.fleet import (
     WorkerRecord,
     beat_health,
     cluster_health,
+    other_databases,
     queue_health,
     worker_health,
 )
@@ -65,8 +66,20 @@ def test_beat_leader_standby_or_none() -> None:
 
 
 def test_records_round_trip() -> None:
-    r = WorkerRecord("io-1@h1", ("io", "cpu"), state=DRAINING, pid=7, concurrency=20)
+    r = WorkerRecord(
+        "io-1@h1", ("io", "cpu"), state=DRAINING, pid=7, concurrency=20, database="0a1b2c3d4e5f"
+    )
     assert WorkerRecord.from_dict(r.to_dict()) == r
+
+
+def test_workers_on_another_database_are_named_and_silent_ones_left_out() -> None:
+    same, other, silent = (
+        WorkerRecord("a@h", ("io",), database="aaa"),
+        WorkerRecord("b@h", ("io",), database="bbb"),
+        WorkerRecord("c@h", ("io",)),
+    )
+    assert other_databases([same, other, silent], "aaa") == [other]
+    assert other_databases([same, other, silent], "") == []  # a caller that does not say
 
 
 def test_a_silent_leader_is_a_failover_under_way() -> None:
