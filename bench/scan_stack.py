@@ -51,21 +51,26 @@ def _stack(home: Path, extra: dict[str, str]) -> Iterator[dict[str, str]]:
         subprocess.run([LEWIS, "down"], env=env, cwd=ROOT, capture_output=True)
 
 
-def _stack_cpu(home: Path) -> float:
-    """User+system seconds of every process of the stack so far (workers' children too)."""
+def _stack_cpu(home: Path) -> dict[str, float]:
+    """User+system seconds so far of the stack's processes (workers' children too), by group:
+    io (every io worker), cpu, and the rest (supervisor, Redis, control, beat, Flower, monitor)."""
     import psutil
 
     info = json.loads((home / "stack.json").read_text())
-    total = 0.0
-    for pid in [info["supervisor_pid"], *info["processes"].values()]:
+    out = {"io": 0.0, "cpu": 0.0, "rest": 0.0}
+    seen: set[int] = set()  # the supervisor's children are the other processes: count once
+    for name, pid in [*info["processes"].items(), ("supervisor", info["supervisor_pid"])]:
+        group = name.split("-")[0] if name.split("-")[0] in out else "rest"
         try:
             proc = psutil.Process(pid)
             for p in [proc, *proc.children(recursive=True)]:
-                t = p.cpu_times()
-                total += t.user + t.system
+                if p.pid not in seen:
+                    seen.add(p.pid)
+                    t = p.cpu_times()
+                    out[group] += t.user + t.system
         except psutil.Error:
             continue
-    return total
+    return out
 
 
 def _children_cpu() -> float:
@@ -75,7 +80,7 @@ def _children_cpu() -> float:
 
 def _lewis_scan(env: dict[str, str], home: Path) -> dict[str, Any]:
     before = _listening()
-    cpu0, kids0 = _stack_cpu(home), _children_cpu()
+    stack0, kids0 = _stack_cpu(home), _children_cpu()
     began = time.perf_counter()
     done = subprocess.run(
         [LEWIS, "scan", ADDRESS, "-p", "-", "--no-services", "--json"],
@@ -85,13 +90,22 @@ def _lewis_scan(env: dict[str, str], home: Path) -> dict[str, Any]:
         text=True,
     )
     seconds = time.perf_counter() - began
-    cpu = _stack_cpu(home) - cpu0 + _children_cpu() - kids0
+    stack1, command = _stack_cpu(home), _children_cpu() - kids0
+    parts = {group: stack1[group] - stack0[group] for group in stack0}
+    parts["command"] = command
+    cpu = sum(parts.values())
     if done.returncode != 0:
         raise RuntimeError(f"lewis scan failed ({done.returncode}): {done.stderr[-500:]}")
     report = json.loads(done.stdout)
     ours = {p["port"] for h in report["hosts"] for p in h["open_ports"]}
     stable = before & _listening()
-    return {"seconds": seconds, "cpu_s": cpu, "open": len(ours), "exact": ours == stable}
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "cpu_parts": parts,
+        "open": len(ours),
+        "exact": ours == stable,
+    }
 
 
 def _nmap() -> dict[str, Any]:
@@ -147,7 +161,11 @@ def render(data: dict[str, Any]) -> str:
         "| exact runs |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
+    parts = []
     for name, runs in res.items():
+        if name != "nmap":
+            split = {g: median([r["cpu_parts"][g] for r in runs]) for g in runs[0]["cpu_parts"]}
+            parts.append(f"{name}: " + ", ".join(f"{g} {v:.2f}" for g, v in split.items()))
         wall = median([r["seconds"] for r in runs])
         cpu = median([r["cpu_s"] for r in runs])
         exact = sum(r["exact"] for r in runs)
@@ -157,7 +175,7 @@ def render(data: dict[str, Any]) -> str:
             f"| {label} | {workers} | {wall:.2f} | {wall / nmap_s:.2f} | {cpu:.2f} | "
             f"{cpu / nmap_cpu:.2f} | {exact}/{len(runs)} |"
         )
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n\nCPU seconds by process group (medians): " + "; ".join(parts)
 
 
 def main() -> None:
