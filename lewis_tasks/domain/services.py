@@ -454,7 +454,9 @@ async def _probe(
             )
         if name == "postgresql" and answer == b"N":  # no TLS: a startup packet confirms it
             answer = await _ask(reader, writer, _PG_STARTUP, timeout)
-        info = match_answer(port, answer, name) if answer else None
+        info = (
+            (match_answer(port, answer, name) or _late_greeting(port, answer)) if answer else None
+        )
         if info is not None and info.name == "redis" and info.extra.get("auth_required") is False:
             found = _REDIS_VERSION.search(await _ask(reader, writer, b"INFO server\r\n", timeout))
             if found:
@@ -483,6 +485,17 @@ async def _probe(
         return info, name, answer
     finally:
         _close(writer)
+
+
+def _late_greeting(port: int, answer: bytes) -> ServiceInfo | None:
+    """A server that speaks first but greeted after the banner wait (a busy host): its
+    greeting then opens every probe's answer, ahead of its reply to the probe. Named from the
+    greeting, as the banner would have been; a greeting that needs a confirming question
+    (a bare "220": ftp or smtp) is left to the probes."""
+    found = _match(answer, "banner")
+    if found is None or found[0].probes is None or "confirm" in found[0].extra:
+        return None  # only signatures of greetings (probes="banner"), not any-answer ones
+    return match_answer(port, answer, "banner")
 
 
 async def _connect(

@@ -27,7 +27,8 @@ SCOPE = Scope.from_allow()
 def identify(address: str, ports: list[int]) -> list[ServiceInfo]:
     """Short timeouts: loopback answers in microseconds; silent ports cost the timeout."""
     return asyncio.run(
-        identify_services(address, ports, scope=SCOPE, banner_timeout=0.3, concurrency=128)
+        # 1 s: at 0.3 s a loaded CI machine once missed connects and late greetings
+        identify_services(address, ports, scope=SCOPE, banner_timeout=1.0, concurrency=128)
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from typing import Any
 
 import pytest
 
@@ -216,3 +217,50 @@ def test_epmd_naming_leaves_identified_ports_alone() -> None:
     ]
     named = {i.port: i.name for i in name_erlang_nodes(infos)}
     assert named == {4369: "epmd", 25672: "erlang-dist", 8080: "http", 9: "discard?"}
+
+
+def _late_greeter(greeting: bytes, delay: float) -> Any:
+    """A connection handler that greets ``delay`` seconds after the connect (a busy host), then
+    answers every line with an error, as Dovecot's pop3 does to a probe it does not know."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(delay)
+        writer.write(greeting)
+        try:
+            while await reader.read(1024):
+                writer.write(b"-ERR Unknown command.\r\n")
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    return serve
+
+
+@pytest.mark.parametrize(
+    ("greeting", "named"),
+    [
+        (b"+OK Dovecot (Ubuntu) ready.\r\n", ("pop3", "Dovecot pop3d")),
+        (b"220 bare greeting\r\n", None),  # ftp or smtp: a bare 220 needs its question
+    ],
+)
+def test_a_greeting_later_than_the_banner_wait_is_named_from_the_probe_answers(
+    greeting: bytes, named: tuple[str, str] | None
+) -> None:
+    from lewis_tasks.domain.services import identify_service
+
+    async def run() -> ServiceInfo:
+        server = await asyncio.start_server(_late_greeter(greeting, 0.3), ADDRESS, 0)
+        port = server.sockets[0].getsockname()[1]
+        try:  # the banner wait (0.1 s) ends before the greeting; the probes' answers start with it
+            return await identify_service(ADDRESS, port, banner_timeout=0.1, probe_timeout=1.0)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    info = asyncio.run(run())
+    if named is None:
+        assert info.name not in ("ftp", "smtp"), info
+    else:
+        assert (info.name, info.product) == named, info
+        assert info.probe == "banner"
