@@ -137,46 +137,51 @@ def bench_latency(system: System, samples: int = 400, warmup: int = 30) -> dict[
     return {"p50_ms": percentile(rtts, 50), "p99_ms": percentile(rtts, 99), "samples": samples}
 
 
-def bench_drain(system: System, kind: str, count: int = 10_000) -> dict[str, Any]:
+def bench_drain(
+    system: System, kind: str, count: int = 10_000, pack: int | None = 1
+) -> dict[str, Any]:
+    """``count`` no-ops pushed at once into running workers, timed until the last result.
+    ``pack=1``: one call to a message, the dispatch path itself; ``None``: ``submit_many`` as
+    shipped, packed by the task's measured runtime (a warm-up of 500 unpacked calls first gives
+    the workers' reports a runtime to measure)."""
     name, queue = system.task(kind)
     system.reset()
     argvs = system.workers(kind)
-    with processes(argvs, system.env, f"{system.name}-drain-{kind}"):
+    label = f"{system.name}-drain-{kind}" + ("-default" if pack is None else "")
+    out: dict[str, Any] = {}
+    with processes(argvs, system.env, label):
         wait_workers(system.app, len(argvs))
+        if pack is None:
+            out["pack"] = _measured_pack(system, name, queue)
         began = time.monotonic()
-        submit_many(  # one call to a message: the dispatch path itself
-            name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000, pack=1
+        submit_many(
+            name,
+            (((), {}) for _ in range(count)),
+            app=system.app,
+            queue=queue,
+            batch=2000,
+            pack=pack,
         )
         ended = wait_results(system.results_client, 0, count, timeout=count / 50)
-    return {"tasks_per_s": count / (ended - began), "tasks": count, "seconds": ended - began}
+    seconds = ended - began
+    return {"tasks_per_s": count / seconds, "tasks": count, "seconds": seconds, **out}
 
 
-def bench_drain_default(system: System, count: int = 10_000) -> dict[str, Any]:
-    """io no-ops through ``submit_many`` as shipped: packed by the task's measured runtime.
-    A warm-up of 500 unpacked no-ops gives the workers' reports a runtime to measure; then
-    ``count`` calls are pushed at once and timed until the last call's own result exists."""
+def _measured_pack(system: System, name: str, queue: str) -> int:
+    """Run 500 unpacked calls, wait for the workers to report their runtime, clear their
+    results; the pack size submit_many will then choose."""
     from lewis_tasks.infra.metrics_store import recent_runtime_p95
     from lewis_tasks.producer.base import default_pack
 
-    name, queue = system.task("noop_io")
-    system.reset()
-    argvs = system.workers("noop_io")
-    with processes(argvs, system.env, f"{system.name}-drain-default"):
-        wait_workers(system.app, len(argvs))
-        submit_many(name, [((), {})] * 500, app=system.app, queue=queue, pack=1)
-        wait_results(system.results_client, 0, 500, timeout=60)
-        deadline = time.monotonic() + 30  # the workers' reporters flush every 2 s
-        while recent_runtime_p95(name, broker_url=system.broker) is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError("no runtime of the no-op reported within 30 s")
-            time.sleep(0.2)
-        pack = default_pack(name, queue, system.broker)
-        system.results_client.flushdb()
-        began = time.monotonic()
-        submit_many(name, (((), {}) for _ in range(count)), app=system.app, queue=queue, batch=2000)
-        ended = wait_results(system.results_client, 0, count, timeout=count / 50)
-    seconds = ended - began
-    return {"tasks_per_s": count / seconds, "tasks": count, "seconds": seconds, "pack": pack}
+    submit_many(name, [((), {})] * 500, app=system.app, queue=queue, pack=1)
+    wait_results(system.results_client, 0, 500, timeout=60)
+    deadline = time.monotonic() + 30  # the workers' reporters flush every 2 s
+    while recent_runtime_p95(name, broker_url=system.broker) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no runtime of {name} reported within 30 s")
+        time.sleep(0.2)
+    system.results_client.flushdb()
+    return default_pack(name, queue, system.broker)
 
 
 def bench_enqueue(system: System, count: int = 5_000, batched: bool = False) -> dict[str, Any]:

@@ -122,7 +122,11 @@ def run_platform(
             # submit_many as shipped: io no-ops packed by their measured runtime (LEWIS only)
             (
                 "drain_io_default",
-                lambda s: plat.bench_drain_default(s, n["drain"]) if s.name == "lewis" else None,
+                lambda s: (
+                    plat.bench_drain(s, "noop_io", n["drain"], pack=None)
+                    if s.name == "lewis"
+                    else None
+                ),
                 None,
             ),
             (

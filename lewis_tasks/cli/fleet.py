@@ -138,10 +138,7 @@ def _require_same_database(consumers: list[Any], url: str) -> None:
 
     others = other_databases(consumers, database_fingerprint(url))
     if others:
-        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
-        raise ConfigError(
-            database_mismatch(f"worker {others[0].name}{more}") + "; nothing was submitted"
-        )
+        raise ConfigError(database_mismatch(others) + "; nothing was submitted")
 
 
 def _answers_ping(queue: str) -> bool:

@@ -253,9 +253,11 @@ def guess_name(port: int) -> str:
 def match_answer(port: int, data: bytes, probe: str = "banner") -> ServiceInfo | None:
     """The service ``data`` (an answer to ``probe``) reveals, from the table; None if none does."""
     found = _match(data, probe)
-    if found is None:
-        return None
-    sig, m = found
+    return None if found is None else _named(port, data, probe, *found)
+
+
+def _named(port: int, data: bytes, probe: str, sig: Signature, m: re.Match[bytes]) -> ServiceInfo:
+    """The ServiceInfo signature ``sig`` (matched as ``m``) gives ``data``."""
     groups = m.groupdict()
     extra: dict[str, str | bool | int] = {k: v for k, v in sig.extra.items() if k != "confirm"}
     revision = _text(groups.get("revision"))
@@ -495,7 +497,7 @@ def _late_greeting(port: int, answer: bytes) -> ServiceInfo | None:
     found = _match(answer, "banner")
     if found is None or found[0].probes is None or "confirm" in found[0].extra:
         return None  # only signatures of greetings (probes="banner"), not any-answer ones
-    return match_answer(port, answer, "banner")
+    return _named(port, answer, "banner", *found)
 
 
 async def _connect(

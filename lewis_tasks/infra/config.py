@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..domain.cores import usable_cores
 from ..domain.redact import redact_url
 from ..errors import ConfigError
 
@@ -255,20 +256,13 @@ ACTUATORS = ("auto", "dryrun", "local", "celery", "kubernetes")
 SCALED_QUEUES = ("io", "cpu")  # control is never scaled: one small worker, never behind a backlog
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity; all of them where that is unknown)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 IO_MAX_WORKERS = max(4, usable_cores())
-IO_WORKERS_PER_CORE = min(usable_cores(), IO_MAX_WORKERS)
 
 
 def _io_workers_per_core(given: Mapping[str, Any]) -> int:
-    """scaling.io_min_workers when not set: one io worker per core (an io worker's event loop
-    uses one core: a full-range scan is CPU-bound on loopback), within io_max_workers."""
+    """scaling.io_min_workers when not set: one io worker per usable core (an io worker's
+    event loop uses one core: a full-range scan is CPU-bound on loopback), within
+    io_max_workers."""
     return min(usable_cores(), given.get("io_max_workers", IO_MAX_WORKERS))
 
 
@@ -285,7 +279,7 @@ class ScalingSettings:
     # with a queue's min_workers 0: load at or below this keeps (or puts) its pool at zero
     activation_threshold: int = _opt(0, minimum=0)
     # default: one per core (`lewis up` starts them all), within io_max_workers
-    io_min_workers: int = _opt(IO_WORKERS_PER_CORE, minimum=0, derive=_io_workers_per_core)
+    io_min_workers: int = _opt(_io_workers_per_core({}), minimum=0, derive=_io_workers_per_core)
     io_max_workers: int = _opt(IO_MAX_WORKERS, minimum=1)  # default: 4, or one per core if more
     io_target_per_worker: float = _opt(20.0, minimum=0.01)  # ready+unacked per io worker
     cpu_min_workers: int = _opt(1, minimum=0)

@@ -162,35 +162,40 @@ def check_cluster_agreement(
         return
     finally:
         client.close()
-    for others, what in (
-        (disagreeing(workers, visibility_timeout), "timeout"),
-        (other_databases(workers, database), "database"),
-    ):
+    checks: list[tuple[list[WorkerRecord], Callable[[list[WorkerRecord]], str]]] = [
+        (
+            disagreeing(workers, visibility_timeout),
+            lambda others: _timeout_mismatch(others, visibility_timeout),
+        ),
+        (other_databases(workers, database), database_mismatch),
+    ]
+    for others, line in checks:
         if others and confirm is not None:
             alive = confirm([w.name for w in others])
             others = [w for w in others if w.name in alive]
         if others:
-            raise _disagreement(what, others, visibility_timeout)
+            raise ConfigError(line(others))
 
 
-def _disagreement(what: str, others: list[WorkerRecord], visibility_timeout: int) -> ConfigError:
-    first = others[0]
-    more = f" and {len(others) - 1} more" if len(others) > 1 else ""
-    if what == "timeout":
-        return ConfigError(
-            f"setting broker.visibility_timeout ({visibility_timeout}s) differs from the "
-            f"cluster's ({first.visibility_timeout}s on {first.name}{more}): every host must "
-            "use the same, or a long task is delivered again to a second worker"
-        )
-    return ConfigError(database_mismatch(first.name + more))
+def _named(others: list[WorkerRecord]) -> str:
+    """The first worker's name, and how many more there are."""
+    return others[0].name + (f" and {len(others) - 1} more" if len(others) > 1 else "")
 
 
-def database_mismatch(who: str) -> str:
-    """The one line for a process whose database.url is not the cluster's."""
+def _timeout_mismatch(others: list[WorkerRecord], visibility_timeout: int) -> str:
     return (
-        f"setting database.url names another database than {who} writes to: every process "
-        "of a cluster must set the same LEWIS_DATABASE_URL, or results land where the others "
-        "never read them (a SQLite file is one host's own: across hosts use PostgreSQL)"
+        f"setting broker.visibility_timeout ({visibility_timeout}s) differs from the "
+        f"cluster's ({others[0].visibility_timeout}s on {_named(others)}): every host must "
+        "use the same, or a long task is delivered again to a second worker"
+    )
+
+
+def database_mismatch(others: list[WorkerRecord]) -> str:
+    """The one line for a process whose database.url is not the one ``others`` write to."""
+    return (
+        f"setting database.url names another database than {_named(others)} writes to: every "
+        "process of a cluster must set the same LEWIS_DATABASE_URL, or results land where the "
+        "others never read them (a SQLite file is one host's own: across hosts use PostgreSQL)"
     )
 
 

@@ -58,17 +58,8 @@ def _record(consumer: Any) -> WorkerRecord:
         pid=os.getpid(),
         concurrency=int(getattr(consumer.controller, "concurrency", 0) or 0),
         visibility_timeout=get_settings().broker.visibility_timeout,
-        database=_database(),
+        database=database_fingerprint(get_settings().database.url),
     )
-
-
-def _database() -> str:
-    """This worker's database fingerprint, computed once (the record is written every few
-    seconds)."""
-    presence = runtime().presence
-    if not presence.database:
-        presence.database = database_fingerprint(get_settings().database.url)
-    return str(presence.database)
 
 
 def publish(consumer: Any) -> None:

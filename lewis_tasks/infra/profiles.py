@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ..domain.sysprobe import usable_cores
+from ..domain.cores import usable_cores
 from ..errors import ConfigError
 from .config import Settings
 

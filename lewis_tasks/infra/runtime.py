@@ -70,12 +70,11 @@ class ScanSlots:
 @dataclass
 class Presence:
     """The worker's side of the fleet (infra/fleet_worker.py): draining or not, the queues it
-    consumed before a drain, its own short-timeout Redis client and its database fingerprint."""
+    consumed before a drain, and its own short-timeout Redis client."""
 
     draining: bool = False
     queues: tuple[str, ...] = ()
     client: redis.Redis | None = None
-    database: str = ""  # infra.fleet.database_fingerprint of its database.url, once known
 
 
 @dataclass(eq=False)  # one per process: compared by identity

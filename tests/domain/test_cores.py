@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lewis_tasks.domain import sysprobe
-from lewis_tasks.domain.sysprobe import cpu_quota, usable_cores
+from lewis_tasks.domain import cores
+from lewis_tasks.domain.cores import cpu_quota, usable_cores
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -58,7 +58,7 @@ def test_the_cpu_worker_takes_one_child_per_quota_core(
 
     # Given a container limited to half a core, on a host with more
     (tmp_path / "cpu.max").write_text("50000 100000")
-    monkeypatch.setattr(sysprobe, "CGROUP", tmp_path)
+    monkeypatch.setattr(cores, "CGROUP", tmp_path)
     # Then the cpu worker starts one child, not one per host core
     opts = worker_options("cpu", load_settings(env={}, cwd=tmp_path))
     assert opts[opts.index("-c") + 1] == "1"
