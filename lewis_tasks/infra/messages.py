@@ -59,6 +59,22 @@ def signature(
     }
 
 
+def chord_callback(
+    name: str,
+    kwargs: Mapping[str, Any],
+    *,
+    task_id: str,
+    group_id: str,
+    errbacks: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The chord's body as Celery freezes it into every header message (its id, the group it
+    waits on, ``errbacks`` as ``link_error`` adds them)."""
+    options: dict[str, Any] = {"group_id": group_id, "task_id": task_id}
+    if errbacks:
+        options["link_error"] = [dict(e) for e in errbacks]
+    return {**signature(name, (), kwargs), "options": options}
+
+
 def task_message(
     name: str,
     task_id: str,
@@ -69,10 +85,14 @@ def task_message(
     priority: int,
     *,
     errbacks: Sequence[Mapping[str, Any]] = (),
+    chord: tuple[Mapping[str, Any], int] | None = None,
 ) -> str:
     """The message kombu's Redis transport would LPUSH for this call (Celery's ``as_task_v2``
-    headers and body, ``errbacks`` as ``link_error`` adds them), as JSON text."""
+    headers and body, ``errbacks`` as ``link_error`` adds them), as JSON text. ``chord``:
+    (its :func:`chord_callback`, this message's index in the header) for a part of a chord,
+    whose size :func:`lewis_tasks.infra.results.set_chord_size` stores."""
     args, kwargs = list(args), dict(kwargs)
+    callback, index = chord if chord is not None else (None, None)
     headers: dict[str, Any] = {
         "lang": "py",
         "task": name,
@@ -80,8 +100,8 @@ def task_message(
         "shadow": None,
         "eta": None,
         "expires": None,
-        "group": None,
-        "group_index": None,
+        "group": callback["options"]["group_id"] if callback is not None else None,
+        "group_index": index,
         "retries": 0,
         "timelimit": [None, None],
         "root_id": task_id,
@@ -89,7 +109,7 @@ def task_message(
         "argsrepr": _short_repr(args),
         "kwargsrepr": _short_repr(kwargs),
         "origin": origin,
-        "ignore_result": False,
+        "ignore_result": None if callback is not None else False,  # as Celery's chord sends
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
@@ -99,7 +119,7 @@ def task_message(
         "callbacks": None,
         "errbacks": [dict(e) for e in errbacks] or None,
         "chain": None,
-        "chord": None,
+        "chord": dict(callback) if callback is not None else None,
     }
     body = json.dumps([args, kwargs, embed]).encode()
     return json.dumps(
@@ -159,6 +179,7 @@ __all__ = [
     "queue_key",
     "message_origin",
     "signature",
+    "chord_callback",
     "task_message",
     "push_messages",
 ]

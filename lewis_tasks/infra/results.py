@@ -26,6 +26,9 @@ import redis
 from .runtime import runtime
 
 RESULT_KEY = "celery-task-meta-{task_id}"
+# A chord's size, as Celery's Redis backend keeps it (``set_chord_size``): the header parts'
+# on_chord_part_return compare their count with it to send the body.
+CHORD_SIZE_KEY = "celery-taskset-meta-{group_id}.s"
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})  # Celery's READY_STATES
 
 _DECODERS: dict[str, Any] = {
@@ -51,6 +54,12 @@ def decode_meta(raw: bytes | str | None) -> dict[str, Any] | None:
         return None
     meta = json.loads(raw, object_hook=_revive)
     return meta if isinstance(meta, dict) else None
+
+
+def set_chord_size(url: str, group_id: str, size: int, expires: int) -> None:
+    """Store chord ``group_id``'s header size in the result store at ``url`` (kept ``expires``
+    seconds, Celery's ``chord_expires``), as Celery's chord does before sending its parts."""
+    runtime().redis(url).set(CHORD_SIZE_KEY.format(group_id=group_id), size, ex=expires or None)
 
 
 class ResultWaiter:
@@ -105,4 +114,4 @@ class ResultWaiter:
                 pubsub.close()
 
 
-__all__ = ["RESULT_KEY", "READY", "ResultWaiter", "decode_meta"]
+__all__ = ["RESULT_KEY", "CHORD_SIZE_KEY", "READY", "ResultWaiter", "decode_meta", "set_chord_size"]

@@ -84,10 +84,17 @@ class JobHandle(Generic[P, R]):
         self.app = _app(self.app)
         return self.app
 
-    def await_task(self, task_id: str, timeout: float | None, interval: float) -> Any:
-        """The return value of the job's one task (a job of one task, sent without Celery), by
-        push from the result store; WaitTimeout after ``timeout``; its failure re-raised as
-        :func:`unwrap_failure` gives it, a revoked task as "cancelled"."""
+    def await_task(
+        self,
+        task_id: str,
+        timeout: float | None,
+        interval: float,
+        parts: Iterable[str] | None = None,
+    ) -> Any:
+        """The return value of the job's last task (sent without Celery: its only task, or a
+        chord's body), by push from the result store; WaitTimeout after ``timeout``; its
+        failure re-raised as :func:`unwrap_failure` gives it (``parts``: the tasks whose own
+        error to look for, default the task itself), a revoked task as "cancelled"."""
         from ..infra.results import ResultWaiter
 
         waiter = self.__dict__.get("_waiter")
@@ -102,7 +109,8 @@ class JobHandle(Generic[P, R]):
         if meta["status"] == "REVOKED":
             raise LewisError(f"{self.what} {self.id} cancelled")
         app = self.celery_app()  # a failure: Celery turns the stored error back into one
-        raise unwrap_failure(app, app.backend.exception_to_python(meta.get("result")), [task_id])
+        error = app.backend.exception_to_python(meta.get("result"))
+        raise unwrap_failure(app, error, [task_id] if parts is None else parts)
 
     def timed_out(self, timeout: float | None) -> WaitTimeout:
         """The error for a wait of ``timeout`` seconds that ran out."""

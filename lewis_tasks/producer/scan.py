@@ -12,9 +12,13 @@ one host run one after another (a chain inside the chord): the rate is per host,
 them side by side would only stretch each past its time limit.
 
 A scan of one chunk pays for no fan-out: it is one task on the io queue that records the scan
-row itself, merges in place and returns the scan's report with its result. It is sent and
-waited on without Celery's app and without the database (``lewis scan HOST -p 80`` loads
-neither Celery nor SQLAlchemy); its row appears once a worker takes it.
+row itself, merges in place and returns the scan's report with its result. A scan of many
+chunks without a rate limit is the same chord Celery's canvas sends, written by hand
+(``infra.messages``); its plan waits in Redis and its first chunk a worker takes records the
+scan from it, and the merge returns the report with its result. Either is sent and waited on
+without Celery's app and without the database (``lewis scan HOST -p-`` loads neither Celery
+nor SQLAlchemy); its row appears once a worker takes it. A rate-limited scan chains each
+host's chunks inside the chord: that one is recorded here and sent by Celery's canvas.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
     app: Celery | None = None  # None: Celery's app is built when something needs it
     merge_id: str | None = None  # the task that merges: the chord's callback, or the only chunk
     # (None for a scan looked up by id)
-    planned: ScanProgress | None = None  # a one-chunk scan: its progress until its task runs
+    planned: ScanProgress | None = None  # sent without Celery: its progress until it is recorded
     _report: ScanReport | None = field(default=None, repr=False, compare=False)
     what: ClassVar[str] = "scan"
 
@@ -70,7 +74,7 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
             return self._report.progress
         try:
             return read_progress(self.id)
-        except InvalidInput:  # a one-chunk scan no worker has taken yet has no row
+        except InvalidInput:  # a scan no worker has taken yet has no row
             if self.planned is not None:
                 return self.planned
             if not _holds_slot(self.id):
@@ -83,7 +87,8 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
     def wait(self, timeout: float | None = None, interval: float = FALLBACK_POLL) -> ScanReport:
         """Block until the scan is done and return its report; raise why if it failed.
 
-        A one-chunk scan's report comes with its task's result, by push (no database read).
+        A scan sent without Celery's app (``planned``) has its report come with its last
+        task's result, by push (no database read).
 
         Woken by a push: the merging task's result (the Redis backend publishes it once the
         scan is stored as done or the merge failed). The database is read again at least every
@@ -105,10 +110,22 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
             self._await_merge(left)
 
     def _wait_one(self, timeout: float | None, interval: float) -> ScanReport:
-        """The one-chunk scan's report from its task's result (the database if a worker of an
-        older version sent none); why it did not end done, raised."""
-        assert self.merge_id is not None
-        result = self.await_task(self.merge_id, timeout, interval)
+        """The report of a scan sent without Celery's app, from its last task's result (the
+        only chunk's, or the merge's; the database if a worker of an older version sent
+        none); why it did not end done, raised."""
+        assert self.merge_id is not None and self.planned is not None
+        parts = [chunk_task_id(self.id, i) for i in range(self.planned.chunks_total)]
+        try:
+            result = self.await_task(self.merge_id, timeout, interval, parts)
+        except TimeoutError:
+            raise
+        except Exception:  # a cancel fails a chord too (its revoked parts): say cancelled
+            stored = load_scan_report(self.id)
+            if stored is not None and stored.status == "cancelled":
+                raise LewisError(
+                    f"scan {self.id} cancelled: {stored.error or 'on request'}"
+                ) from None
+            raise
         carried = result.get("report") if isinstance(result, dict) else None
         report = ScanReport.from_dict(carried) if carried else self.result()
         self._report = report
@@ -140,7 +157,7 @@ class ScanHandle(JobHandle[ScanProgress, ScanReport]):
 
     def result(self) -> ScanReport:
         """The scan's report as stored now (complete once :meth:`wait` returned)."""
-        if self._report is not None:  # the one-chunk scan's, as its task read it back
+        if self._report is not None:  # as its last task read it back
             return self._report
         report = load_scan_report(self.id)
         if report is None:
@@ -187,7 +204,7 @@ def cancel_scan(scan_id: str, *, app: Celery | None = None) -> bool:
         scan = scans.get_scan(session, scan_id)
         if scan is None and not _holds_slot(scan_id):
             raise InvalidInput(f"scan {scan_id!r}: no such scan")
-        total = scan.chunks_total if scan is not None else 1  # no row yet: a one-chunk scan
+        total = scan.chunks_total if scan is not None else _planned_total(scan_id)
         # the row first: a chunk that sees the flag may merge at once, and must find it cancelled
         cancelled = scans.cancel_scan(session, scan_id) if scan is not None else True
     if cancelled:
@@ -206,14 +223,22 @@ def cancel_scan(scan_id: str, *, app: Celery | None = None) -> bool:
     return cancelled
 
 
+def _planned_total(scan_id: str) -> int:
+    """Chunks of a scan no worker has recorded yet: its plan's count (none: one chunk)."""
+    from ..infra.redis_client import get_redis
+    from ..infra.runningscans import planned_chunks
+
+    return planned_chunks(get_redis(), scan_id) or 1
+
+
 def is_queued(scan_id: str) -> bool:
-    """A one-chunk scan submitted that no worker has recorded yet (it has no row, and holds
-    its running slot)."""
+    """A scan submitted without the database that no worker has recorded yet (it has no row,
+    and holds its running slot)."""
     return load_scan_report(scan_id) is None and _holds_slot(scan_id)
 
 
 def _holds_slot(scan_id: str) -> bool:
-    """A scan submitted and not ended (a one-chunk scan no worker has recorded yet, say)."""
+    """A scan submitted and not ended (one no worker has recorded yet, say)."""
     from ..infra.redis_client import get_redis
     from ..infra.runningscans import running_scans
 
@@ -298,7 +323,9 @@ def submit_scan(
     _take_slot(scan_id, settings)
     if len(chunks) == 1:  # one chunk pays for no fan-out: one task, no Celery app, no database
         return _send_one(url, scan_id, request, chunks[0], options, app)
-    _record(scan_id, request, chunks)
+    if not rate:  # a chord written by hand: no Celery app, no database either
+        return _send_chord(url, scan_id, request, chunks, options, app, settings)
+    _record(scan_id, request, chunks)  # chains per host inside the chord: Celery's canvas
     app = _app(app)
     try:
         merge_id = _send(app, scan_id, chunks, options)
@@ -339,6 +366,79 @@ def _send_one(
         raise BrokerUnavailable(f"scan {scan_id}: could not enqueue its task ({exc})") from exc
     planned = ScanProgress(scan_id, "running", 1, 0, chunk.port_count, 0, 0)
     return ScanHandle(scan_id, app, task_id, planned)
+
+
+def _send_chord(
+    url: str,
+    scan_id: str,
+    request: dict[str, Any],
+    chunks: Sequence[ScanChunk],
+    options: dict[str, Any],
+    app: Celery | None,
+    settings: Settings,
+) -> ScanHandle:
+    """The scan's chunks as the chord Celery's canvas would send (parts on the io queue, the
+    merge as its body, ``lewis.scan.fail`` the body's errback), written by hand. The scan row
+    is not written here: its plan waits in Redis and the first chunk a worker takes records
+    it (``options["planned"]``); the merge returns the report with its result."""
+    from ..infra.messages import (
+        chord_callback,
+        message_origin,
+        push_messages,
+        queue_key,
+        task_message,
+    )
+    from ..infra.redis_client import get_redis
+    from ..infra.reporter import note_sent
+    from ..infra.results import set_chord_size
+    from ..infra.routing import queue_for
+    from ..infra.runningscans import drop_plan, save_plan
+
+    group_id, merge_id = str(uuid.uuid4()), str(uuid.uuid4())
+    body = chord_callback(
+        "lewis.scan.merge",
+        {"scan_id": scan_id, "report": True},
+        task_id=merge_id,
+        group_id=group_id,
+        errbacks=[signature("lewis.scan.fail", kwargs={"scan_id": scan_id})],
+    )
+    queue, origin = queue_for("lewis.scan.chunk"), message_origin()
+    part_options = {**options, "planned": True}
+    messages = [
+        task_message(
+            "lewis.scan.chunk",
+            chunk_task_id(scan_id, i),
+            [scan_id, i, c.to_dict(), part_options],
+            {},
+            queue,
+            origin,
+            0,
+            chord=(body, i),
+        )
+        for i, c in enumerate(chunks)
+    ]
+    ports_total = sum(c.port_count for c in chunks)
+    record = {
+        "request": request,
+        "chunks": [_planned(i, c) for i, c in enumerate(chunks)],
+        "ports_total": ports_total,
+        "created_at": time.time(),
+    }
+    lifetime = settings.broker.result_expires
+    try:
+        with publishing(url):
+            save_plan(get_redis(), scan_id, record, len(chunks), lifetime)
+            set_chord_size(settings.result_backend, group_id, len(chunks), lifetime)
+            push_messages(url, queue_key(queue, 0), messages)
+    except Exception as exc:  # not enqueued (or not surely): nothing is left "running"
+        with contextlib.suppress(Exception):
+            drop_plan(get_redis(), scan_id)
+        with contextlib.suppress(Exception):
+            _free_slot(scan_id)
+        raise BrokerUnavailable(f"scan {scan_id}: could not enqueue its tasks ({exc})") from exc
+    note_sent("lewis.scan.chunk", queue, len(messages))
+    planned = ScanProgress(scan_id, "running", len(chunks), 0, ports_total, 0, 0)
+    return ScanHandle(scan_id, app, merge_id, planned)
 
 
 def _planned(index: int, chunk: ScanChunk) -> dict[str, Any]:

@@ -21,6 +21,7 @@ its running slot back (:mod:`lewis_tasks.infra.runningscans`) when it ends.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -42,7 +43,12 @@ from ..infra.celery_app import app
 from ..infra.config import Settings, get_settings
 from ..infra.planning import WORK_SHARE, chunk_deadline
 from ..infra.progress import SCAN_LIVE_KEY, ProgressWriter
-from ..infra.runningscans import release_scan_slot
+from ..infra.runningscans import (
+    drop_plan,
+    mark_plan_recorded,
+    plan_to_record,
+    release_scan_slot,
+)
 from ..infra.runtime import runtime
 from ..infra.task import LewisTask, chord_cause, stored_failure
 from ..infra.vulnlookup import cve_records
@@ -52,6 +58,7 @@ log = logging.getLogger(__name__)
 LIVE_TTL = 86400
 PROGRESS_INTERVAL = 0.5
 FILTERED_LISTED = 1000  # filtered ports listed per chunk result (the count is always kept)
+CARRIED_REPORT_BYTES = 1 << 20  # a merge's result carries the report up to this size
 
 
 # ---------------------------------------------------------------- lewis.scan.chunk
@@ -71,6 +78,8 @@ def chunk(
     options = options or {}
     if options.get("record"):  # the scan's only chunk records the scan (once), before anything
         _record_scan(scan_id, options["record"])  # can fail: a failure is then recorded too
+    elif options.get("planned"):  # a chord sent without the database: its plan is in Redis
+        _record_planned(scan_id)
     outcome = _record_chunk(self.request.id, scan_id, index, chunk, options)
     if options.get("merge"):  # no chord: a redelivery merges too (idempotent), so it completes
         return {**_merge(scan_id), "report": _report(scan_id)}
@@ -155,6 +164,24 @@ def _record_scan(scan_id: Any, record: Any) -> None:
             targets.upsert_targets(session, [(r["value"], r["kind"]) for r in rows])
 
 
+def _record_planned(scan_id: Any) -> None:
+    """Record the scan from the plan its producer left in Redis, unless a chunk has already
+    (several first chunks at once each record it: upserts, the first plan wins)."""
+    client = runtime().redis()
+    record = plan_to_record(client, scan_id) if isinstance(scan_id, str) else None
+    if record is None:
+        return
+    _record_scan(scan_id, record)
+    if is_cancelled(client, scan_id):  # cancelled before its row existed: the row says so
+        from ..infra.database import get_engine
+        from ..storage import scans
+        from ..storage.db import session_scope
+
+        with session_scope(get_engine()) as session:
+            scans.cancel_scan(session, scan_id)
+    mark_plan_recorded(client, scan_id)
+
+
 def _report(scan_id: str) -> dict[str, Any] | None:
     """The scan's stored report, as the caller reads it (the one-chunk scan returns it)."""
     from ..infra.database import get_engine
@@ -167,9 +194,11 @@ def _report(scan_id: str) -> dict[str, Any] | None:
 
 
 def _free_slot(scan_id: str) -> None:
-    """The scan has ended: its running slot is free (a Redis hiccup leaves it to expire)."""
+    """The scan has ended: its running slot is free and its plan gone (a Redis hiccup leaves
+    them to expire)."""
     try:
         release_scan_slot(runtime().redis(), scan_id)
+        drop_plan(runtime().redis(), scan_id)
     except redis.RedisError as exc:
         log.warning("scan %s: running slot not released (it expires): %s", scan_id, exc)
 
@@ -341,9 +370,17 @@ def _forget_live(scan_id: str, index: int) -> None:
 
 
 @app.task(name="lewis.scan.merge")
-def merge(_header_results: Any = None, scan_id: str = "") -> dict[str, Any]:
-    """Chord callback: findings from every recorded chunk, persisted once; the scan is done."""
-    return _merge(scan_id)
+def merge(_header_results: Any = None, scan_id: str = "", report: bool = False) -> dict[str, Any]:
+    """Chord callback: findings from every recorded chunk, persisted once; the scan is done.
+    ``report``: its stored report comes with the result too, unless it is larger than
+    :data:`CARRIED_REPORT_BYTES` (the caller reads that one from the database)."""
+    merged = _merge(scan_id)
+    if not report:
+        return merged
+    stored = _report(scan_id)
+    if stored is None or len(json.dumps(stored)) > CARRIED_REPORT_BYTES:
+        return merged
+    return {**merged, "report": stored}
 
 
 def _merge(scan_id: Any) -> dict[str, Any]:
@@ -395,6 +432,7 @@ def fail(task_id: str, scan_id: str = "") -> dict[str, Any]:
     cause = stored_failure(app, task_id) if task_id else None
     if cause is not None:
         cause = chord_cause(app, cause)
+    _record_planned(scan_id)  # failed before any chunk recorded it: the row says why too
     with session_scope(get_engine()) as session:
         scan = scans.get_scan(session, scan_id)
         if scan is None or scan.status in ("done", "cancelled"):  # a revoked chunk fails the chord

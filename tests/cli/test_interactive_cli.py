@@ -1,5 +1,6 @@
-"""Issue 20: `lewis scan HOST -p PORTS` of one chunk and `lewis http URL` start like command-line
-tools — they load neither Celery nor SQLAlchemy — and still answer and store what they did.
+"""Issue 20: `lewis scan HOST -p PORTS` (one chunk or a chord of them, issue 18) and `lewis http
+URL` start like command-line tools — they load neither Celery nor SQLAlchemy — and still answer
+and store what they did.
 
 Each command runs as its own process (as from the shell) against the embedded worker, and at
 exit reports the modules it had loaded; the scan is then read back as `lewis scans list` and
@@ -79,8 +80,8 @@ def lewis(settings: Any, tmp_path: Path, *args: str) -> tuple[Any, set[str]]:
     return proc, loaded
 
 
-@pytest.mark.parametrize("ports", ["one", "three"])
-def test_a_one_chunk_lewis_scan_loads_neither_celery_nor_sqlalchemy(
+@pytest.mark.parametrize("ports", ["one", "three", "chord"])
+def test_a_lewis_scan_loads_neither_celery_nor_sqlalchemy(
     celery_worker: Any,
     lewis_settings: Any,
     listener: tuple[str, int],
@@ -93,13 +94,21 @@ def test_a_one_chunk_lewis_scan_loads_neither_celery_nor_sqlalchemy(
     from lewis_tasks.storage.db import session_scope
 
     address, port = listener
-    spec = str(port) if ports == "one" else f"{port - 1},{port},{port + 1}"
-    proc, loaded = lewis(lewis_settings, tmp_path, "scan", address, "-p", spec, "--json")
+    spec = {
+        "one": str(port),
+        "three": f"{port - 1},{port},{port + 1}",
+        "chord": f"{port - 4999}-{port}",  # chunks of at least 2,048 ports: a chord of 3
+    }[ports]
+    proc, loaded = lewis(
+        lewis_settings, tmp_path, "scan", address, "-p", spec, "--no-services", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     # Then the report is exact …
-    assert report["status"] == "done" and report["progress"]["chunks_total"] == 1
-    assert [p["port"] for h in report["hosts"] for p in h["open_ports"]] == [port]
+    assert report["status"] == "done"
+    assert (report["progress"]["chunks_total"] > 1) == (ports == "chord")
+    found = [p["port"] for h in report["hosts"] for p in h["open_ports"]]
+    assert found == [port] if ports != "chord" else port in found
     # … the command loaded no Celery and no SQLAlchemy, nor other commands' modules …
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
     assert "lewis_tasks.cli.http" not in loaded and "lewis_tasks.cli.profile" not in loaded

@@ -12,8 +12,20 @@ from typing import Any
 
 import pytest
 
-from lewis_tasks.infra.messages import SENT_HEADER, signature, task_message
-from lewis_tasks.infra.results import RESULT_KEY, ResultWaiter, decode_meta
+from lewis_tasks.infra.messages import (
+    SENT_HEADER,
+    chord_callback,
+    message_origin,
+    signature,
+    task_message,
+)
+from lewis_tasks.infra.results import (
+    CHORD_SIZE_KEY,
+    RESULT_KEY,
+    ResultWaiter,
+    decode_meta,
+    set_chord_size,
+)
 
 VARYING = {SENT_HEADER}  # set at send time
 VARYING_PROPERTIES = {"delivery_tag"}
@@ -68,6 +80,82 @@ def test_a_hand_written_message_is_what_celery_writes(with_errback: bool) -> Non
         "body_encoding": "base64",
         "delivery_info": {"exchange": "", "routing_key": "io"},
     }
+
+
+def _decoded(raw: bytes) -> dict[str, Any]:
+    message = json.loads(raw)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    return message
+
+
+def test_a_hand_written_chord_is_what_celerys_canvas_sends(
+    redis_client: Any, redis_url: str, tmp_path: Any
+) -> None:
+    from lewis_tasks.domain.targets import ScanChunk
+    from lewis_tasks.infra import config
+    from lewis_tasks.infra.celery_app import create_app
+    from lewis_tasks.producer.scan import _send, chunk_task_id
+
+    settings = config.load_settings(
+        env={
+            "LEWIS_BROKER_URL": redis_url,  # db 0: wiped around this test, no worker reads it
+            "LEWIS_DATABASE_URL": f"sqlite:///{tmp_path / 'lewis.db'}",
+        }
+    )
+    chunks = [ScanChunk.from_dict({"address": "127.0.0.1", "ports": p}) for p in ("1-9", "10-20")]
+    options = {"rate": None, "services": False}
+    # Given the chord Celery's canvas sends for a scan of two chunks (the rate-limited path)
+    app = create_app(settings)
+    try:
+        merge_id = _send(app, "scan-1", chunks, options)
+    finally:
+        app.close()
+    celery = [_decoded(m) for m in reversed(redis_client.lrange("io", 0, -1))]
+    (size_key,) = redis_client.keys("celery-taskset-meta-*.s")
+    group_id = size_key.decode().removeprefix("celery-taskset-meta-").removesuffix(".s")
+    # When the same chord is written by hand
+    body = chord_callback(
+        "lewis.scan.merge",
+        {"scan_id": "scan-1"},
+        task_id=merge_id,
+        group_id=group_id,
+        errbacks=[signature("lewis.scan.fail", kwargs={"scan_id": "scan-1"})],
+    )
+    ours = [
+        json.loads(
+            task_message(
+                "lewis.scan.chunk",
+                chunk_task_id("scan-1", i),
+                ["scan-1", i, c.to_dict(), options],
+                {},
+                "io",
+                message_origin(),
+                0,
+                chord=(body, i),
+            )
+        )
+        for i, c in enumerate(chunks)
+    ]
+    # Then every part is Celery's, but for what is set at send time, the reply queue of
+    # Celery's result consumer (nobody reads it: results come by pub/sub) and the arguments'
+    # display (the canvas shows them as a tuple, Flower only shows it)
+    assert len(celery) == len(ours) == 2
+    shown = VARYING | {"argsrepr"}
+    for theirs, mine in zip(celery, ours, strict=True):
+        theirs["body"][2]["chord"]["options"].pop("reply_to")
+        assert {k: v for k, v in mine["headers"].items() if k not in shown} == {
+            k: v for k, v in theirs["headers"].items() if k not in shown
+        }
+        assert json.loads(base64.b64decode(mine["body"])) == theirs["body"]
+        drop = VARYING_PROPERTIES | {"reply_to"}
+        assert {k: v for k, v in mine["properties"].items() if k not in drop} == {
+            k: v for k, v in theirs["properties"].items() if k not in drop
+        }
+    # And the chord's size is stored as Celery stores it, for as long
+    set_chord_size(redis_url, "ours", 2, settings.broker.result_expires)
+    mine_key = CHORD_SIZE_KEY.format(group_id="ours")
+    assert redis_client.get(mine_key) == redis_client.get(size_key) == b"2"
+    assert abs(redis_client.ttl(mine_key) - redis_client.ttl(size_key)) <= 1
 
 
 def test_a_result_stored_before_or_after_the_wait_began_is_seen(redis_client: Any) -> None:

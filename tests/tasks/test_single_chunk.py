@@ -205,6 +205,58 @@ def test_a_one_chunk_scan_cancelled_before_a_worker_took_it_ends_cancelled(
     assert stored.progress.ports_done == 0 and stored.progress.chunks_total == 1
 
 
+def test_a_chord_scan_cancelled_before_a_worker_took_it_ends_cancelled(
+    listeners: ListenerSet, celery_worker: Any, lewis_settings: Any
+) -> None:
+    from celery.worker import state
+
+    from lewis_tasks.infra.redis_client import get_redis
+    from lewis_tasks.infra.runningscans import claim_scan_slot, running_scans, save_plan
+    from lewis_tasks.producer.scan import cancel_scan, chunk_task_id
+    from lewis_tasks.producer.scanreport import load_scan_report
+
+    # Given a scan of two chunks sent without the database: its plan waits in Redis, it holds
+    # a slot, and no worker has recorded it yet
+    scan_id = f"early-chord-{time.monotonic_ns()}"
+    lifetime = lewis_settings.broker.result_expires
+    halves = [
+        listeners.ports[: len(listeners.ports) // 2],
+        listeners.ports[len(listeners.ports) // 2 :],
+    ]
+    specs = [format_ports(h) for h in halves]
+    record = {
+        "request": {"targets": [ADDRESS], "ports": ",".join(specs), "target_rows": []},
+        "chunks": [
+            {"chunk_index": i, "host": ADDRESS, "ports": spec.split(",")}
+            for i, spec in enumerate(specs)
+        ],
+        "ports_total": len(listeners.ports),
+        "created_at": time.time(),
+    }
+    assert claim_scan_slot(get_redis(), scan_id, 1000, lifetime)[0]
+    save_plan(get_redis(), scan_id, record, len(specs), lifetime)
+    assert load_scan_report(scan_id) is None
+    # When it is cancelled
+    assert cancel_scan(scan_id) is True
+    assert scan_id not in running_scans(get_redis(), lifetime)
+    # Then every one of its chunks is revoked, the plan's count of them, not only the first
+    wanted = {chunk_task_id(scan_id, i) for i in range(len(specs))}
+    deadline = time.monotonic() + WAIT
+    while not wanted <= set(state.revoked) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wanted <= set(state.revoked)
+    # And chunks delivered anyway (the revoke missed them) record it cancelled, scanning nothing
+    for i, spec in enumerate(specs):
+        options = {"services": False, "planned": True}
+        result = submit(
+            "lewis.scan.chunk", args=[scan_id, i, {"address": ADDRESS, "ports": spec}, options]
+        ).wait(timeout=WAIT)
+        assert result["cancelled"] is True and result["recorded"] is False
+    stored = load_scan_report(scan_id)
+    assert stored is not None and stored.status == "cancelled"
+    assert stored.progress.ports_done == 0 and stored.progress.chunks_total == len(specs)
+
+
 # ---------------------------------------------------------------- HTTP batches
 
 
