@@ -141,8 +141,16 @@ def test_a_hand_written_chord_is_what_celerys_canvas_sends(
     # display (the canvas shows them as a tuple, Flower only shows it)
     assert len(celery) == len(ours) == 2
     shown = VARYING | {"argsrepr"}
+    limits = [settings.tasks.time_limit, settings.tasks.soft_time_limit]
     for theirs, mine in zip(celery, ours, strict=True):
         theirs["body"][2]["chord"]["options"].pop("reply_to")
+        # The canvas copies the task's own time limits and ignore_result into the message
+        # when this process has imported the task's module (another test may have), else
+        # sends None, as ours does: a worker reads None as its task's own value.
+        assert theirs["headers"].pop("timelimit") in ([None, None], limits)
+        assert theirs["headers"].pop("ignore_result") in (None, False)
+        assert mine["headers"].pop("timelimit") == [None, None]
+        assert mine["headers"].pop("ignore_result") is None
         assert {k: v for k, v in mine["headers"].items() if k not in shown} == {
             k: v for k, v in theirs["headers"].items() if k not in shown
         }
