@@ -219,6 +219,9 @@ def stack(
             # the anchor's limit: 100 connections per process, none per host
             "LEWIS_NETWORK_MAX_CONNECTIONS": str(LIMIT),
             "LEWIS_NETWORK_LIMIT_PER_HOST": "0",
+            # one io process to start with (`lewis up` now starts one per core): the second is
+            # added by add_io_worker, and every io process is one the meters count
+            "LEWIS_SCALING_IO_MIN_WORKERS": "1",
             **(overrides or {}),
         }
     )
@@ -253,7 +256,11 @@ def stack(
 def _wait_io_workers(app: Any, count: int, timeout: float = 60.0) -> None:
     from lewis_tasks.infra.broker import wait_for_workers
 
-    wait_for_workers(app, lambda names: sum(n.startswith("io-") for n in names) >= count, timeout)
+    wait_for_workers(
+        app,
+        lambda names: sum(n.split("@")[0].split("-")[0] == "io" for n in names) >= count,
+        timeout,
+    )
 
 
 def bench_batch(url: str, cpu: dict[str, list[int]] | None = None) -> dict[str, Any]:

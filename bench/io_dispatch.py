@@ -40,7 +40,19 @@ from bench.platform import _lewis_app
 
 NAME = "lewis.bench.io_noop"
 POOLS = {"threads": [], "solo": ["-P", "solo"]}
-PACKAGES = ("lewis_tasks", "celery", "kombu", "redis", "billiard", "vine", "json", "concurrent")
+PACKAGES = (
+    "lewis_tasks",
+    "aiohttp",
+    "asyncio",
+    "sqlalchemy",
+    "celery",
+    "kombu",
+    "redis",
+    "billiard",
+    "vine",
+    "json",
+    "concurrent",
+)
 
 
 def _cpu(proc: psutil.Process) -> float:
