@@ -542,12 +542,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     layer: dict[str, dict[str, Any]] = {}
-    # not settings: the file's path, the test suite's services, the set-up script's own knobs
-    # (scripts/_venv.sh: where the venv lives and which extras it installs)
+    # not settings: the file's path, the test suite's services and processes (scripts/test),
+    # the set-up script's own knobs (scripts/_venv.sh: where the venv lives, which extras)
     skip = {
         "LEWIS_CONFIG",
         "LEWIS_TEST_REDIS_URL",
         "LEWIS_TEST_DATABASE_URL",
+        "LEWIS_TEST_PROCESSES",
         "LEWIS_VENV",
         "LEWIS_EXTRAS",
     }

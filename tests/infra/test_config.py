@@ -229,8 +229,10 @@ def test_redis_urls_of_every_supported_scheme_load(tmp_path: Path) -> None:
 
 
 def test_the_setup_scripts_own_variables_are_not_settings(tmp_path: Path) -> None:
-    # scripts/_venv.sh reads LEWIS_VENV and LEWIS_EXTRAS; a user who sets them runs lewis too
-    s = load_settings(env={"LEWIS_VENV": "/opt/venv", "LEWIS_EXTRAS": "dev,postgres"}, cwd=tmp_path)
+    # scripts/_venv.sh reads LEWIS_VENV and LEWIS_EXTRAS, scripts/test LEWIS_TEST_PROCESSES; a
+    # user who sets them runs lewis too (and the suite's own processes see them)
+    env = {"LEWIS_VENV": "/opt/venv", "LEWIS_EXTRAS": "dev,postgres", "LEWIS_TEST_PROCESSES": "3"}
+    s = load_settings(env=env, cwd=tmp_path)
     assert s == load_settings(env={}, cwd=tmp_path)
 
 

@@ -132,6 +132,7 @@ NUMBERISH = st.one_of(
             SETTING_NAMES,
             st.just("LEWIS_VENV"),
             st.just("LEWIS_EXTRAS"),
+            st.just("LEWIS_TEST_PROCESSES"),
             st.from_regex(r"LEWIS_[A-Z_]{0,12}", fullmatch=True),
         ),
         NUMBERISH,
