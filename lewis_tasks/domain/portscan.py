@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from .connectloop import ConnectLimiter, ConnectLoop, LoopTally
+from .connectloop import ConnectLimiter, ConnectLoop, LoopTally, Turns
 from .scope import IPAddress, Scope
 
 OPEN, CLOSED, FILTERED = "open", "closed", "filtered"
@@ -101,12 +101,14 @@ async def scan_ports(
     progress_interval: float = 0.25,
     executor: Executor | None = None,
     cancelled: Callable[[], bool] | None = None,
+    turns: Turns | None = None,
 ) -> PortScanResult:
     """Connect-scan ``ports`` of ``address`` from a worker thread; the event loop stays free.
 
     The address is checked by ``scope`` first (OutOfScope before any packet). ``on_progress``
     runs on the event loop. Cancelling the awaiting task stops the scan within one epoll wait.
     ``cancelled`` (called on the scanning thread, cheap) ends it early with what has settled.
+    ``turns``: the process's :class:`~.connectloop.Turns`, shared by scans run side by side.
     """
     loop = asyncio.get_running_loop()
     checked = scope.check_address(address)
@@ -128,6 +130,7 @@ async def scan_ports(
         progress_interval,
         stop,
         cancelled,
+        turns,
     )
     try:
         return _result(await loop.run_in_executor(executor, job.run))
@@ -176,6 +179,7 @@ def _job(
     progress_interval: float,
     stop: threading.Event | None,
     cancelled: Callable[[], bool] | None = None,
+    turns: Turns | None = None,
 ) -> ConnectLoop:
     progress = None
     if on_progress is not None:
@@ -194,6 +198,7 @@ def _job(
         progress_interval=progress_interval,
         stop=stop,
         cancelled=cancelled,
+        turns=turns,
     )
 
 

@@ -22,6 +22,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
 from ..errors import TransientError
+from .connectloop import Turns
 from .findings import Finding, assess, rank_findings
 from .planning import max_chunk_ports
 from .portscan import ConnectLimiter, PortScanProgress, PortScanResult, scan_ports
@@ -78,6 +79,7 @@ async def run_chunk(
     progress_interval: float = 0.5,
     executor: Executor | None = None,
     cancelled: Callable[[], bool] | None = None,
+    turns: Turns | None = None,
 ) -> ChunkOutcome:
     """Scan ``ports`` of ``address``, then identify the open ones, all before ``deadline``.
 
@@ -85,7 +87,8 @@ async def run_chunk(
     what has settled (the outcome is ``timed_out``; its open ports are listed unnamed);
     identification is cut short the same way. Only a scan that does not stop within
     :data:`STOP_GRACE` of the deadline raises TransientError. ``cancelled`` stops the port
-    scan early (what settled is kept) and skips identification.
+    scan early (what settled is kept) and skips identification. ``turns``: the process's
+    :class:`~.connectloop.Turns` (chunks scanned side by side take turns launching connects).
     """
     started = time.monotonic()
     stop = _Stop(deadline, cancelled)
@@ -103,6 +106,7 @@ async def run_chunk(
                 progress_interval=progress_interval,
                 executor=executor,
                 cancelled=stop,
+                turns=turns,
             ),
             max(0.0, deadline - started) + STOP_GRACE,
         )

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
+from ..domain.connectloop import Turns
 from .aio import LoopRuntime
 from .config import get_settings
 
@@ -55,12 +56,14 @@ class ScanSlots:
     """What a scanning process keeps: a thread pool the connect loops run in (sized to the io
     pool's slots, so a chunk never queues behind others and eats its budget waiting), a
     one-thread publisher for live progress, the chunks running here (they share
-    ``scan.concurrency``), and whether the soft RLIMIT_NOFILE was lifted already."""
+    ``scan.concurrency``), whether the soft RLIMIT_NOFILE was lifted already, and the turn
+    their connect loops take to launch connects (:class:`~lewis_tasks.domain.connectloop.Turns`)."""
 
     executor: ThreadPoolExecutor
     publisher: ThreadPoolExecutor
     active: int = 0
     fd_raised: bool = False
+    turns: Turns = field(default_factory=Turns)  # the connect loops launch in turns
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -31,6 +31,7 @@ from typing import Any
 
 import redis
 
+from ..domain.connectloop import Turns
 from ..domain.portscan import PortScanProgress
 from ..domain.scanjob import ChunkOutcome, OpenPort, assess_ports, run_chunk
 from ..domain.scanreport import build_report
@@ -256,6 +257,7 @@ def _scan(
                     publish,
                     rt.scan.executor,
                     cancelled,
+                    rt.scan.turns,
                 ),
                 timeout=soft * (WORK_SHARE + 1) / 2,
             )
@@ -277,6 +279,7 @@ async def _resolve_and_run(
     publish: Any,
     executor: ThreadPoolExecutor,
     cancelled: Any = None,
+    turns: Turns | None = None,
 ) -> ChunkOutcome:
     # Checked again here, on the worker's own scope: the producer's may differ, and a name may
     # have moved since it was resolved. The scan then connects to the checked address only.
@@ -311,6 +314,7 @@ async def _resolve_and_run(
         progress_interval=PROGRESS_INTERVAL,
         executor=executor,
         cancelled=cancelled,
+        turns=turns,
     )
 
 

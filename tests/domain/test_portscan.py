@@ -116,6 +116,46 @@ def test_the_async_scan_runs_beside_a_live_event_loop(listeners: ListenerSet) ->
     assert progress[-1].open == len(result.open)
 
 
+def test_scans_side_by_side_take_turns_and_stay_exact(listeners: ListenerSet) -> None:
+    # Given one process's scans running side by side, each in its own thread, as the chunks
+    # of an io worker do, sharing the process's turns
+    class Counted(connectloop.Turns):
+        holding = most = 0
+
+        def __enter__(self) -> None:
+            super().__enter__()
+            Counted.holding += 1
+            Counted.most = max(Counted.most, Counted.holding)
+
+        def __exit__(self, *exc: object) -> None:
+            Counted.holding -= 1
+            super().__exit__(*exc)
+
+    turns = Counted()
+    parts = [range(1 + i * 8192, min(65536, 1 + (i + 1) * 8192)) for i in range(8)]
+    before = listening_ports(ADDRESS)
+
+    async def main() -> list[PortScanResult]:
+        with ThreadPoolExecutor(len(parts)) as executor:
+            return await asyncio.gather(
+                *(
+                    scan_ports(
+                        ADDRESS, part, scope=SCOPE, concurrency=512, executor=executor, turns=turns
+                    )
+                    for part in parts
+                )
+            )
+
+    results = asyncio.run(main())
+    stable = before & listening_ports(ADDRESS)
+    # Then together they found exactly what listens, launching their connects in turns (one
+    # loop at a time), many turns each
+    found = {p for r in results for p in r.open}
+    assert set(listeners.ports) <= found and found - set(listeners.ports) <= stable
+    assert Counted.most == 1
+    assert turns.taken >= len(parts)
+
+
 def test_an_unanswered_port_ends_filtered_within_its_budget(listeners: ListenerSet) -> None:
     # Given a port whose listener's accept queue is full: SYNs to it are dropped
     with blackhole_port(ADDRESS) as silent:

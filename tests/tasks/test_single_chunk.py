@@ -87,6 +87,21 @@ def test_a_big_scan_keeps_its_chord(both: Any) -> None:
     assert handle.merge_id not in ids  # the chord's callback merged, not a chunk
 
 
+def test_a_workers_chunks_launch_their_connects_in_the_processs_turns(
+    listeners: ListenerSet, celery_worker: Any
+) -> None:
+    from lewis_tasks.infra.runtime import runtime
+
+    # Given the embedded worker (it runs in this process, so it shares this runtime)
+    before = runtime().scan.turns.taken
+    # When it scans a chord of chunks
+    handle, report = _scan(listeners, chunk_ports=8)
+    # Then the scan is exact, and its connect loops took the process's turns to launch
+    assert report.status == "done" and report.progress.chunks_total > 1
+    assert report.open_ports() == {ADDRESS: listeners.ports}
+    assert runtime().scan.turns.taken > before
+
+
 def test_the_one_chunk_scan_reports_and_stores_what_the_chord_does(
     both: Any, listeners: ListenerSet
 ) -> None:
