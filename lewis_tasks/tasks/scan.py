@@ -14,8 +14,11 @@ the database holds the counters of finished chunks.
 The only chunk of a scan also records the scan itself (``options["record"]``: the request and
 plan the producer would have written; an upsert keyed by the scan id, so a redelivery finds it
 and changes nothing) and returns the scan's stored report with its result: the producer then
-needs no database at all (``lewis scan HOST -p 80`` loads no SQLAlchemy). Every scan gives
-its running slot back (:mod:`lewis_tasks.infra.runningscans`) when it ends.
+needs no database at all (``lewis scan HOST -p 80`` loads no SQLAlchemy). A chord sent the
+same way (``options["planned"]``) leaves its plan in Redis instead: the first of its chunks a
+worker takes records the scan from it, and the merge (``report=True``) returns the report with
+its result. Every scan gives its running slot back (:mod:`lewis_tasks.infra.runningscans`) and
+drops its plan when it ends.
 """
 
 from __future__ import annotations
@@ -382,7 +385,7 @@ def merge(_header_results: Any = None, scan_id: str = "", report: bool = False) 
     if not report:
         return merged
     stored = _report(scan_id)
-    if stored is None or len(json.dumps(stored)) > CARRIED_REPORT_BYTES:
+    if stored is None or len(json.dumps(stored, default=str)) > CARRIED_REPORT_BYTES:
         return merged
     return {**merged, "report": stored}
 
