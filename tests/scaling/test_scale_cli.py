@@ -33,8 +33,7 @@ def test_set_plan_status_with_json(
             out["override"] == 3
             and 590 < worker_redis.pttl(OVERRIDE_KEY.format(queue="io")) / 1000 <= 600
         )
-        # plan: nothing measured here (or only an earlier test's snapshot, long stale), so no
-        # action, and it says why; the override is an input
+        # plan: nothing measured here, so no action, and it says why; the override is an input
         done = lewis("scale", "plan", "--json", env=env)
         assert done.returncode == 0, done.stderr
         plan = {d["queue"]: d for d in json.loads(done.stdout)}
