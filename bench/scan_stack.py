@@ -126,7 +126,9 @@ def run(runs: int) -> dict[str, Any]:
 
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in [*STACKS, "nmap"]}
     io_workers: dict[str, int] = {}
-    with _listeners(), ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+    # the homes outlive the stacks: `lewis down` finds a stack by its home's stack.json (the
+    # other order removed the homes first and left both stacks running after the bench)
+    with _listeners(), tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         envs = {}
         for name, extra in STACKS.items():
             home = Path(tmp) / name.replace(" ", "-")
