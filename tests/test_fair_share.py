@@ -6,28 +6,19 @@ the worker that ran them, from each worker's own log (LewisTask's one line per f
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import stack_env
-from tests.support.procs import lewis_process, logs_on_failure, wait_for, worker_names
+from tests.support.procs import chunks_run, lewis_process, logs_on_failure, wait_for, worker_names
 
 pytestmark = pytest.mark.slow
 
 CHUNKS = 48
 HOSTS = 10  # × every port: ~30 s of one io worker here, long enough to add one
 PORTS = 65535
-DONE = re.compile(r"task lewis\.scan\.chunk\[([0-9a-f-]+)\] ok ")
-
-
-def chunks_run(log: Path, scan_id: str) -> set[str]:
-    """This scan's chunks the worker logged as done (a worker on the shared test Redis may
-    also take a message another test left queued; it is not this scan's)."""
-    found = set(DONE.findall(log.read_text())) if log.exists() else set()
-    return {task_id for task_id in found if task_id.startswith(f"{scan_id}-c")}
 
 
 def test_worker_added_a_quarter_in_takes_its_share_of_the_rest(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import socket
 import subprocess
@@ -24,14 +23,13 @@ from sqlalchemy.pool import NullPool
 from lewis_tasks.domain.planning import MIN_CHUNK_PORTS
 from lewis_tasks.infra.database import ROLE_POOLS
 from tests.conftest import stack_env
-from tests.support.procs import lewis_env, lewis_process, wait_for, worker_names
+from tests.support.procs import chunks_run, lewis_env, lewis_process, wait_for, worker_names
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 HOST = socket.gethostname()
 HOSTS = 10
 PORTS = 65535
-DONE = re.compile(r"task lewis\.scan\.chunk\[([0-9a-f-]+)\] ok ")
 PG = (
     os.environ.get("LEWIS_TEST_DATABASE_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -108,13 +106,6 @@ class ConnectionSampler:
                 self.total_peak = max(self.total_peak, sum(c for _, c in rows))
                 conn.rollback()
                 self._stop.wait(0.1)
-
-
-def chunks_run(log: Path, scan_id: str) -> set[str]:
-    """The chunks of scan ``scan_id`` a worker's log says it ran (the shared test broker may
-    hand it another test's chunk too)."""
-    found = set(DONE.findall(log.read_text())) if log.exists() else set()
-    return {task_id for task_id in found if task_id.startswith(f"{scan_id}-c")}
 
 
 def test_a_second_host_joins_shares_drains_and_stays_in_budget(

@@ -346,12 +346,7 @@ def _send_one(
     """The scan's only chunk, sent as the one task that records the scan, scans, merges in
     place and returns the report; ``lewis.scan.fail`` is its errback."""
     task_id = chunk_task_id(scan_id, 0)
-    record = {
-        "request": request,
-        "chunks": [_planned(0, chunk)],
-        "ports_total": chunk.port_count,
-        "created_at": time.time(),
-    }
+    record = _plan_record(request, [chunk])
     args = [scan_id, 0, chunk.to_dict(), {**options, "merge": True, "record": record}]
     try:
         send_one(
@@ -417,13 +412,7 @@ def _send_chord(
         )
         for i, c in enumerate(chunks)
     ]
-    ports_total = sum(c.port_count for c in chunks)
-    record = {
-        "request": request,
-        "chunks": [_planned(i, c) for i, c in enumerate(chunks)],
-        "ports_total": ports_total,
-        "created_at": time.time(),
-    }
+    record = _plan_record(request, chunks)
     lifetime = settings.broker.result_expires
     try:
         with publishing(url):
@@ -437,8 +426,19 @@ def _send_chord(
             _free_slot(scan_id)
         raise BrokerUnavailable(f"scan {scan_id}: could not enqueue its tasks ({exc})") from exc
     note_sent("lewis.scan.chunk", queue, len(messages))
-    planned = ScanProgress(scan_id, "running", len(chunks), 0, ports_total, 0, 0)
+    planned = ScanProgress(scan_id, "running", len(chunks), 0, record["ports_total"], 0, 0)
     return ScanHandle(scan_id, app, merge_id, planned)
+
+
+def _plan_record(request: dict[str, Any], chunks: Sequence[ScanChunk]) -> dict[str, Any]:
+    """What a worker records for a scan sent without the database (``tasks.scan``'s
+    ``_record_scan``): the request, the planned chunks, the port total, when it was sent."""
+    return {
+        "request": request,
+        "chunks": [_planned(i, c) for i, c in enumerate(chunks)],
+        "ports_total": sum(c.port_count for c in chunks),
+        "created_at": time.time(),
+    }
 
 
 def _planned(index: int, chunk: ScanChunk) -> dict[str, Any]:

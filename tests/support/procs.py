@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,3 +68,13 @@ def worker_names(app, timeout: float = 0.5) -> set[str]:  # type: ignore[no-unty
     from lewis_tasks.infra.broker import live_workers
 
     return live_workers(app, timeout)
+
+
+_CHUNK_DONE = re.compile(r"task lewis\.scan\.chunk\[([0-9a-f-]+)\] ok ")
+
+
+def chunks_run(log: Path, scan_id: str) -> set[str]:
+    """The chunks of scan ``scan_id`` a worker's log says it ran (the shared test broker may
+    hand it another test's chunk too)."""
+    found = set(_CHUNK_DONE.findall(log.read_text())) if log.exists() else set()
+    return {task_id for task_id in found if task_id.startswith(f"{scan_id}-c")}
