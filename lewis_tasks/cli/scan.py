@@ -263,13 +263,17 @@ def _print_report(
     rows = [
         (f["severity"], f"{_host(f['host'])}:{f['port']}", _service(f), _cve_cell(f)) for f in shown
     ]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS)]
-    colour = _colour()
-    click.echo("  ".join(h.ljust(w) for h, w in zip(_HEADERS, widths, strict=True)).rstrip())
-    for row in rows:
-        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
-        cells[0] = click.style(cells[0], fg=_SEVERITY_STYLE.get(row[0]), bold=row[0] == "critical")
-        click.echo("  ".join(cells).rstrip(), color=colour)
+    if rows:  # none at --min-severity or above: no table, only what was left out
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS)]
+        colour = _colour()
+        click.echo("  ".join(h.ljust(w) for h, w in zip(_HEADERS, widths, strict=True)).rstrip())
+        for row in rows:
+            cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+            severity = row[0]
+            cells[0] = click.style(
+                cells[0], fg=_SEVERITY_STYLE.get(severity), bold=severity == "critical"
+            )
+            click.echo("  ".join(cells).rstrip(), color=colour)
     if hidden:
         click.echo(
             f"({hidden} more finding{'s' * (hidden > 1)} not shown: --min-severity "

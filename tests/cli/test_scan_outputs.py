@@ -180,3 +180,23 @@ def test_a_scan_with_a_chunk_cut_by_its_deadline_says_it_is_partial(
     _print_report(ScanReport("s1", "done", {}, None, None, progress, summary=summary), False)
     out = capsys.readouterr().out
     assert "partial: 1 chunk(s) stopped at their deadline, ports unscanned" in out, out
+
+
+def test_a_severity_floor_above_every_finding_says_what_it_left_out(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lewis_tasks.cli.scan import _print_report
+    from lewis_tasks.domain.scanreport import ScanProgress, ScanReport
+
+    # Given a scan whose findings are all below the floor asked for (`--min-severity medium`)
+    findings = tuple(
+        {"severity": level, "host": "127.0.0.1", "port": port, "service": "x", "cves": []}
+        for level, port in (("low", 3306), ("info", 4222))
+    )
+    progress = ScanProgress("s1", "done", 1, 1, 1000, 1000, 2)
+    report = ScanReport("s1", "done", {}, None, None, progress, findings=findings)
+    # When the table is printed, then it has no rows (and no header) and says what it left out
+    _print_report(report, False, min_severity="medium")
+    lines = capsys.readouterr().out.splitlines()
+    assert not any(line.startswith(("SEVERITY", "low", "info")) for line in lines), lines
+    assert lines[-1] == "(2 more findings not shown: --min-severity medium)", lines
