@@ -386,11 +386,17 @@ def _kill_busy_child(c: Cluster, children: list[int], notes: list[str]) -> float
     """kill -9 a child running a task (one never killed before: three kills make any task a
     poison); seconds until the task it ran completed again, None if it never did."""
     busy: dict[int, set[str]] = {}
-    for pid in children:
-        fresh = {k for k in c.ledger.running_on({pid}) if c.ledger.starts(k) == 1}
-        if fresh:
-            busy[pid] = fresh
-    if not busy:
+
+    def find_busy() -> bool:
+        busy.clear()
+        for pid in children:
+            fresh = {k for k in c.ledger.running_on({pid}) if c.ledger.starts(k) == 1}
+            if fresh:
+                busy[pid] = fresh
+        return bool(busy)
+
+    # a loaded machine may have both children between tasks at this instant: wait for one
+    if until(find_busy, 10, interval=0.05) is None:
         notes.append("a kill found no child busy")
         return 0.0
     pid = random.choice(sorted(busy))
