@@ -23,20 +23,25 @@ from typing import Any
 from . import platform as plat
 from .harness import ROOT, median, private_redis
 
-SIDES = {"atomic": "true", "brpop": "false"}
+SIDES = {
+    "atomic": {"LEWIS_BROKER_ATOMIC_TAKE": "true"},
+    "brpop": {"LEWIS_BROKER_ATOMIC_TAKE": "false"},
+}
 COMMAND = "python -m bench.atomic"
 
 
-def run(runs: int) -> dict[str, dict[str, list[float]]]:
-    figures: dict[str, dict[str, list[float]]] = {side: {} for side in SIDES}
+def run(runs: int, sides: dict[str, dict[str, str]] = SIDES) -> dict[str, dict[str, list[float]]]:
+    """The platform suite's round trip and io drain for each side (``lewis worker io`` as
+    shipped, with that side's settings), sides interleaved: AB BA … (ABC CBA … for more)."""
+    figures: dict[str, dict[str, list[float]]] = {side: {} for side in sides}
     with private_redis() as server, tempfile.TemporaryDirectory() as tmp:
         systems = {}
-        for side, value in SIDES.items():
+        for side, env in sides.items():
             systems[side] = plat.System("lewis", server, Path(tmp))
-            systems[side].env["LEWIS_BROKER_ATOMIC_TAKE"] = value
+            systems[side].env.update(env)
         for i in range(runs):
             # AB BA …: drift over the run hits both sides alike
-            for side in list(SIDES) if i % 2 == 0 else list(reversed(SIDES)):
+            for side in list(sides) if i % 2 == 0 else list(reversed(sides)):
                 latency = plat.bench_latency(systems[side])
                 drain = plat.bench_drain(systems[side], "noop_io")
                 sample = {

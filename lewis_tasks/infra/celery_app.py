@@ -31,6 +31,10 @@ TASK_MODULES = [
 ]
 
 
+# transport options only our worker transport reads (infra/transport.py)
+WORKER_ONLY = ("atomic_take", "take_batch", "settle_with_result")
+
+
 def celery_config(settings: Settings) -> dict[str, object]:
     """The Celery options LEWIS uses, derived from ``settings``; nothing else is changed."""
     transport = {
@@ -46,7 +50,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "retry_on_timeout": True,
         "health_check_interval": 25,
         "max_connections": settings.broker.max_connections,
-        "atomic_take": settings.broker.atomic_take,  # read by our worker transport only
+        # read by our worker transport only
+        "atomic_take": settings.broker.atomic_take,
+        "take_batch": settings.broker.take_batch,
+        "settle_with_result": settings.broker.settle_with_result,
     }
     return {
         "broker_url": settings.broker.url or None,
@@ -75,7 +82,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "result_extended": False,
         "broker_transport_options": transport,
         "result_backend_transport_options": {
-            k: v for k, v in transport.items() if k not in ("visibility_timeout", "atomic_take")
+            k: v for k, v in transport.items() if k not in ("visibility_timeout", *WORKER_ONLY)
         },
         # redis-py caps a pool at 100 by default; size both pools explicitly.
         "broker_pool_limit": settings.broker.pool_limit,

@@ -97,6 +97,11 @@ class BrokerSettings:
     # workers take a message and record it as unacked in one step (infra/transport.py); false:
     # kombu's BRPOP, which loses a message when the worker dies in between (bench A/B)
     atomic_take: bool = _opt(True)
+    # the most messages one take brings (within the worker's prefetch); 1: one per round trip
+    take_batch: int = _opt(16, minimum=1)
+    # a task's SUCCESS stored on the broker's Redis also acks its message, in the same round
+    # trip (infra/transport.py Settlements); false: Celery's ack, a round trip of its own
+    settle_with_result: bool = _opt(True)
 
 
 @dataclass(frozen=True)

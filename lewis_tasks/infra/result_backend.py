@@ -3,8 +3,10 @@
 Celery's key-value backend reads a task's current state before writing the new one (so a
 lost duplicate cannot overwrite a SUCCESS), then writes and publishes it: two round trips
 per task, and a window between them. Here one Lua script does the read, the conditional
-write and the publish atomically — same rule, no window, half the round trips. Everything
-else (chords, groups, result consumers, expiry) is Celery's RedisBackend unchanged.
+write and the publish atomically — same rule, no window, half the round trips. A task's
+SUCCESS stored on the broker's own Redis also settles its message's late ack in that script
+(transport.Settlements): one round trip fewer per task. Everything else (chords, groups,
+result consumers, expiry) is Celery's RedisBackend unchanged.
 
 Selected with ``result_backend = "lewis_tasks.infra.result_backend.LewisRedisBackend+redis://…"``.
 """
@@ -18,21 +20,38 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-# KEYS[1] result key; ARGV: payload, expiry seconds (0: none)
+from .transport import redis_where, settlements
+
+# KEYS[1] result key; with KEYS[2], KEYS[3] (the broker's unacked hash and index) the task's
+# message, tagged ARGV[3], is taken out of unacked too: its late ack, settled in this round
+# trip (transport.Settlements). ARGV: payload, expiry seconds (0: none)[, tag, the broker's
+# database, the results' database]: on another database of the same server the script selects
+# the broker's for the ack and then the results' again (a script's SELECT leaves the caller's
+# connection alone since Redis 7; before, the second SELECT restores it).
 _STORE = """
+local stored = 1
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then stored = 0 end
 end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('SETEX', KEYS[1], ttl, ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
+if stored == 1 then
+  local ttl = tonumber(ARGV[2])
+  if ttl > 0 then
+    redis.call('SETEX', KEYS[1], ttl, ARGV[1])
+  else
+    redis.call('SET', KEYS[1], ARGV[1])
+  end
+  redis.call('PUBLISH', KEYS[1], ARGV[1])
 end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
+if #KEYS == 3 then
+  local moved = ARGV[4] ~= ARGV[5]
+  if moved then redis.call('SELECT', ARGV[4]) end
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  if moved then redis.call('SELECT', ARGV[5]) end
+end
+return stored
 """
 
 
@@ -42,6 +61,7 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._store_script = self.client.register_script(_STORE)
+        self._server, self._db = redis_where(self.client.connection_pool.connection_kwargs)
 
     def _store_result(
         self,
@@ -63,11 +83,27 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
             )
         expires = self.failure_expires if state == states.FAILURE else self.expires
         key = self.get_key_for_task(task_id)
-        self.ensure(self._store, (key, value, int(expires or 0)))
+        settle = None
+        if state == states.SUCCESS and getattr(request, "id", None) == task_id:
+            settle = settlements.claim(task_id, self._server)  # this task's own message
+        self.ensure(self._store, (key, value, int(expires or 0), settle))
+        if settle is not None:
+            settlements.settled(settle[2])
         return result
 
-    def _store(self, key: str, value: str, expires: int) -> Any:
-        return self._store_script(keys=[key], args=[value, expires])
+    def _store(
+        self,
+        key: str,
+        value: str,
+        expires: int,
+        settle: tuple[str, str, str, int] | None = None,
+    ) -> Any:
+        if settle is None:
+            return self._store_script(keys=[key], args=[value, expires])
+        unacked, index, tag, db = settle
+        return self._store_script(
+            keys=[key, unacked, index], args=[value, expires, tag, db, self._db]
+        )
 
 
 def backend_url(url: str) -> str:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from queue import Empty
 from time import monotonic, time
 from typing import Any
@@ -50,40 +51,52 @@ from redis.exceptions import NoScriptError
 log = logging.getLogger(__name__)
 
 # KEYS: the unacked hash, the unacked index, then the queue lists in the order BRPOP would try
-# them. ARGV[1]: the index score (the consumer's clock, as QoS.append writes it). Pops first:
-# a write after it is never refused for memory (Redis lets a script that wrote go on), and
-# the stored triple is kombu's ``[payload, exchange, routing_key]`` with the payload verbatim.
-# Returns the key's position, the payload, the tag it was recorded under ('' for a message
-# without a string delivery tag: returned unrecorded, QoS.append records it) and whether any
-# list still holds a message (if none, the next take waits first: no empty take in between).
+# them. ARGV[1]: the index score (the consumer's clock, as QoS.append writes it); ARGV[2]: the
+# most messages to take (what the consumer's prefetch still allows, capped by take_batch).
+# Pops first: a write after it is never refused for memory (Redis lets a script that wrote go
+# on), and the stored triple is kombu's ``[payload, exchange, routing_key]`` with the payload
+# verbatim. Returns whether any list still holds a message (if none, the next take waits
+# first: no empty take in between), then for each message taken its key's position, the
+# payload and the tag it was recorded under ('' for a message without a string delivery tag:
+# returned unrecorded, QoS.append records it); false if every list was empty.
 TAKE = """
-for i = 3, #KEYS do
+local most = tonumber(ARGV[2]) or 1
+local taken = {0}
+local i = 3
+while i <= #KEYS and #taken < 1 + 3 * most do
   local payload = redis.call('RPOP', KEYS[i])
   if payload then
-    local more = 0
-    for j = i, #KEYS do
-      if redis.call('LLEN', KEYS[j]) > 0 then
-        more = 1
-        break
-      end
-    end
     local ok, message = pcall(cjson.decode, payload)
     local properties = ok and type(message) == 'table' and message['properties']
     local tag = type(properties) == 'table' and properties['delivery_tag']
     if type(tag) ~= 'string' then
-      return {i - 2, payload, '', more}
+      tag = ''
+    else
+      local info = properties['delivery_info']
+      if type(info) ~= 'table' then
+        info = {}
+      end
+      redis.call('ZADD', KEYS[2], ARGV[1], tag)
+      redis.call('HSET', KEYS[1], tag, '[' .. payload .. ',' .. cjson.encode(info['exchange'])
+                 .. ',' .. cjson.encode(info['routing_key']) .. ']')
     end
-    local info = properties['delivery_info']
-    if type(info) ~= 'table' then
-      info = {}
-    end
-    redis.call('ZADD', KEYS[2], ARGV[1], tag)
-    redis.call('HSET', KEYS[1], tag, '[' .. payload .. ',' .. cjson.encode(info['exchange'])
-               .. ',' .. cjson.encode(info['routing_key']) .. ']')
-    return {i - 2, payload, tag, more}
+    taken[#taken + 1] = i - 2
+    taken[#taken + 1] = payload
+    taken[#taken + 1] = tag
+  else
+    i = i + 1
   end
 end
-return false
+if #taken == 1 then
+  return false
+end
+for j = i, #KEYS do
+  if redis.call('LLEN', KEYS[j]) > 0 then
+    taken[1] = 1
+    break
+  end
+end
+return taken
 """
 TAKE_SHA = hashlib.sha1(TAKE.encode()).hexdigest()
 MIN_VERSION = (6, 2)  # BLMOVE
@@ -100,6 +113,72 @@ def redis_version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def redis_where(params: dict[str, Any]) -> tuple[tuple[Any, ...], int]:
+    """Which Redis server, and which of its databases, connection ``params`` (redis-py's) reach."""
+    server = (params.get("path"), params.get("host"), params.get("port"))
+    return server, int(params.get("db") or 0)
+
+
+class Settlements:
+    """Late acks made by the result store's own round trip (issue 18.2).
+
+    A task message acked late costs its worker three Redis round trips: the take, the result
+    store, the ack. The channel names each message it delivers here under its task id; the
+    result backend, storing that task's SUCCESS on the broker's own Redis server (any of its
+    databases), takes the message out of ``unacked`` in the same script (``claim``, then
+    ``settled``), and
+    Celery's ack that follows skips its Redis round trip (``QoS.ack``). The message leaves
+    ``unacked`` once its result is stored, as before, only one round trip sooner.
+    Only the process that took the message settles it (a prefork child forked with a copy of
+    this table stores its results apart), and only a SUCCESS: a failure may still be rejected
+    and requeued. An entry lives until the message is acked or rejected, or its channel closes.
+    """
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._tasks: dict[str, tuple[Channel, str]] = {}  # task id -> its channel, its tag
+        self._tags: dict[str, str] = {}  # tag -> task id
+        self._settled: set[str] = set()  # tags the store took out of unacked
+
+    def expect(self, task_id: str, channel: Channel, tag: str) -> None:
+        self._tasks[task_id] = (channel, tag)
+        self._tags[tag] = task_id
+
+    def claim(self, task_id: str, server: tuple[Any, ...]) -> tuple[str, str, str, int] | None:
+        """The unacked hash, index, tag and database of ``task_id``'s message, if it can be
+        settled on the Redis ``server``."""
+        entry = self._tasks.get(task_id)
+        if entry is None or os.getpid() != self._pid:
+            return None
+        channel, tag = entry
+        if channel.settle_where[0] != server:
+            return None
+        return (*channel.settle_keys, tag, channel.settle_where[1])
+
+    def settled(self, tag: str) -> None:
+        self._settled.add(tag)
+
+    def done(self, tag: str) -> bool:
+        """Forget ``tag`` (acked or rejected); whether its store took it out of unacked."""
+        task_id = self._tags.pop(tag, None)
+        if task_id is not None:
+            self._tasks.pop(task_id, None)
+        if tag in self._settled:
+            self._settled.discard(tag)
+            return True
+        return False
+
+    def forget(self, channel: Channel) -> None:
+        for task_id, (owner, tag) in list(self._tasks.items()):
+            if owner is channel:
+                self._tasks.pop(task_id, None)
+                self._tags.pop(tag, None)
+                self._settled.discard(tag)
+
+
+settlements = Settlements()
+
+
 class QoS(kombu_redis.QoS):  # type: ignore[misc, unused-ignore]
     def append(self, message: Any, delivery_tag: str) -> None:
         """Skip the Redis write for the message the take recorded already."""
@@ -108,14 +187,31 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc, unused-ignore]
         else:
             super().append(message, delivery_tag)
 
+    def ack(self, delivery_tag: str) -> None:
+        """Skip the Redis write for a message its result's store took out of unacked."""
+        if settlements.done(delivery_tag):
+            virtual.QoS.ack(self, delivery_tag)
+        else:
+            super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        settlements.done(delivery_tag)
+        super().reject(delivery_tag, requeue=requeue)
+
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
     QoS = QoS
     from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
         *kombu_redis.Channel.from_transport_options,
         "atomic_take",
+        "take_batch",
+        "settle_with_result",
     )
     atomic_take = True  # broker.atomic_take; false: kombu's BRPOP
+    take_batch = 1  # broker.take_batch: the most messages one take brings
+    settle_with_result = False  # broker.settle_with_result: the result store acks (Settlements)
+    settle_where: tuple[tuple[Any, ...], int] = ((), 0)
+    settle_keys: tuple[str, str] = ("", "")
     _shared_client: Any = None
     _shared_client_pool: Any = None
     _recorded_tag: str | None = None  # the message being delivered, already in unacked
@@ -128,8 +224,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
         # the commands sent and the keys the take tried, while its replies are due
         self._take_pending: tuple[tuple[str, ...], list[str]] | None = None
         super().__init__(*args, **kwargs)  # builds the consuming (asynchronous) pool
-        self._connparams(asynchronous=False)  # and, while attached, the other's parameters
+        params = self._connparams(asynchronous=False)  # and, while attached, the other's
         self._atomic = self.atomic_take and self.ack_emulation and self._server_takes_atomically()
+        self.settle_where = redis_where(params)
+        self.settle_keys = (
+            self.global_keyprefix + self.unacked_key,
+            self.global_keyprefix + self.unacked_index_key,
+        )
 
     def _server_takes_atomically(self) -> bool:
         """Redis >= 6.2, asked once per transport; older: kombu's path and one warning."""
@@ -190,7 +291,14 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
             self.global_keyprefix + key for key in (self.unacked_key, self.unacked_index_key, *keys)
         ]
         script = ("EVALSHA", TAKE_SHA) if self._take_script_loaded else ("EVAL", TAKE)
-        return (*script, len(names), *names, repr(time()))
+        return (*script, len(names), *names, repr(time()), self._take_count())
+
+    def _take_count(self) -> int:
+        """As many messages as prefetch still allows (kombu polls only when it allows one),
+        at most ``take_batch``: one round trip brings a deep queue's next few."""
+        allowed = self.qos.can_consume_max_estimate()
+        most = max(1, int(self.take_batch))
+        return max(1, min(most, allowed)) if allowed is not None else most
 
     def _brpop_read(self, **options: Any) -> bool:
         pending, self._take_pending = self._take_pending, None
@@ -229,7 +337,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
         if isinstance(take, self.ResponseError):
             return None
         self._take_script_loaded = True
-        self._take_idle = not take or not take[3]  # no message left: wait first
+        self._take_idle = not take or not take[0]  # no message left: wait first
         return take
 
     def _give_up_taking(self, error: Exception) -> None:
@@ -243,11 +351,28 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
         )
 
     def _deliver_taken(self, reply: list[Any], keys: list[str]) -> None:
-        queue = keys[int(reply[0]) - 1].rsplit(self.sep, 1)[0]
+        """Deliver every message the take brought, in order; an error raised by one delivery is
+        raised after the rest were delivered (each is in ``unacked`` already)."""
+        error: BaseException | None = None
+        for at in range(1, len(reply) - 2, 3):
+            try:
+                self._deliver_one(reply[at : at + 3], keys)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the others
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _deliver_one(self, taken: list[Any], keys: list[str]) -> None:
+        queue = keys[int(taken[0]) - 1].rsplit(self.sep, 1)[0]
         self._queue_cycle.rotate(queue)
-        self._recorded_tag = bytes_to_str(reply[2]) or None
+        self._recorded_tag = tag = bytes_to_str(taken[2]) or None
+        message = loads(bytes_to_str(taken[1]))
+        if tag is not None and self.settle_with_result:
+            task_id = (message.get("headers") or {}).get("id")
+            if isinstance(task_id, str):
+                settlements.expect(task_id, self, tag)
         try:
-            self.connection._deliver(loads(bytes_to_str(reply[1])), queue)
+            self.connection._deliver(message, queue)
         finally:
             self._recorded_tag = None
 
@@ -271,6 +396,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
         try:
             super().close()
         finally:
+            settlements.forget(self)
             # kombu drops the pools before restoring unacked messages, and the restore builds
             # one again: drop that too, or each lost connection leaks one.
             self._disconnect_pools()
