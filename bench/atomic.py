@@ -30,9 +30,12 @@ SIDES = {
 COMMAND = "python -m bench.atomic"
 
 
-def run(runs: int, sides: dict[str, dict[str, str]] = SIDES) -> dict[str, dict[str, list[float]]]:
+def run(
+    runs: int, sides: dict[str, dict[str, str]] = SIDES, waits: bool = False
+) -> dict[str, dict[str, list[float]]]:
     """The platform suite's round trip and io drain for each side (``lewis worker io`` as
-    shipped, with that side's settings), sides interleaved: AB BA … (ABC CBA … for more)."""
+    shipped, with that side's settings), sides interleaved: AB BA … (ABC CBA … for more);
+    ``waits``: also its 2,000 unpacked 50 ms waits (2 io workers)."""
     figures: dict[str, dict[str, list[float]]] = {side: {} for side in sides}
     with private_redis() as server, tempfile.TemporaryDirectory() as tmp:
         systems = {}
@@ -48,8 +51,10 @@ def run(runs: int, sides: dict[str, dict[str, str]] = SIDES) -> dict[str, dict[s
                     "p50_ms": latency["p50_ms"],
                     "p99_ms": latency["p99_ms"],
                     "drain_per_s": drain["tasks_per_s"],
-                    "load1": os.getloadavg()[0],
                 }
+                if waits:
+                    sample["waits_s"] = plat.bench_io_wait(systems[side])["seconds"]
+                sample["load1"] = os.getloadavg()[0]
                 for key, value in sample.items():
                     figures[side].setdefault(key, []).append(value)
                 print(

@@ -8,7 +8,7 @@ changed: *shipped* (``broker.take_batch`` 16, ``broker.settle_with_result`` on),
 (``take_batch=1``: a message per take), *own ack* (``settle_with_result=false``: Celery's
 late ack, a round trip of its own) and *neither* (both off: the path before issue 18.2's
 cuts). Measures: the platform suite's no-op round trip (p50 / p99, one worker) and io drain
-(10,000 no-ops, 2 workers). Writes ``bench/results/settle.json``; BENCHMARKS.md's issue 18.2
+(10,000 no-ops, 2 workers), and its 2,000 unpacked 50 ms waits (2 workers). Writes ``bench/results/settle.json``; BENCHMARKS.md's issue 18.2
 section quotes it.
 """
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     sides = {name: SIDES[name] for name in args.sides.split(",")}
-    figures = run(args.runs, sides)
+    figures = run(args.runs, sides, waits=True)
     summary = {
         side: {k: round(median(v), 3) for k, v in measures.items()}
         for side, measures in figures.items()
