@@ -1,6 +1,6 @@
 """The io worker's dispatch path, per message (issue 18.2): threads pool vs no hand-off.
 
-    python -m bench.io_dispatch [--runs 3] [--count 15000] [--py-spy PATH]
+    python -m bench.io_dispatch [--runs 3] [--count 15000] [--py-spy PATH] [--task sleep]
 
 One `lewis worker io` on a private Redis drains ``count`` unpacked io no-ops
 (``submit_many(..., pack=1)``), once with the io profile's threads pool (Celery's consumer
@@ -38,7 +38,8 @@ from bench.harness import (
 )
 from bench.platform import _lewis_app
 
-NAME = "lewis.bench.io_noop"
+# the workload: a no-op (the dispatch path alone), or a 50 ms wait on the event loop
+TASKS = {"noop": ("lewis.bench.io_noop", ()), "sleep": ("lewis.bench.io_sleep", (0.05,))}
 POOLS = {"threads": [], "solo": ["-P", "solo"]}
 PACKAGES = (
     "lewis_tasks",
@@ -61,7 +62,10 @@ def _cpu(proc: psutil.Process) -> float:
     )
 
 
-def drain(server: Any, home: Path, pool: str, count: int, spy: str | None = None) -> dict[str, Any]:
+def drain(
+    server: Any, home: Path, pool: str, count: int, spy: str | None = None, task: str = "noop"
+) -> dict[str, Any]:
+    name, call = TASKS[task][0], (TASKS[task][1], {})
     broker, results = db_url(server, 1), db_url(server, 2)
     env = lewis_env(
         broker, home, LEWIS_BROKER_RESULT_BACKEND=results, LEWIS_WORKERS_IO_CONCURRENCY="100"
@@ -73,14 +77,14 @@ def drain(server: Any, home: Path, pool: str, count: int, spy: str | None = None
     rc = redis.Redis.from_url(results)
     with processes([lewis_worker_argv("io", *POOLS[pool])], env, f"iodispatch-{pool}") as procs:
         wait_workers(app, 1)
-        submit_many(NAME, [((), {})] * 500, app=app, queue="io", pack=1)  # warm-up
+        submit_many(name, [call] * 500, app=app, queue="io", pack=1)  # warm-up
         deadline = time.monotonic() + 60
         while rc.dbsize() < 500 and time.monotonic() < deadline:
             time.sleep(0.05)
         rc.flushdb()
         worker, server_proc = psutil.Process(procs[0].pid), psutil.Process(server.process.pid)
         w0, r0, began = _cpu(worker), _cpu(server_proc), time.monotonic()
-        submit_many(NAME, (((), {}) for _ in range(count)), app=app, queue="io", pack=1, batch=2000)
+        submit_many(name, (call for _ in range(count)), app=app, queue="io", pack=1, batch=2000)
         profiler = None
         if spy:
             profiler = subprocess.Popen(
@@ -149,17 +153,22 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--count", type=int, default=15_000)
     parser.add_argument("--py-spy", dest="spy", default=None)
+    parser.add_argument("--task", choices=sorted(TASKS), default="noop")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {pool: [] for pool in POOLS}
     with private_redis() as server, tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.runs):
             for pool in POOLS:  # interleaved
-                got = drain(server, Path(tmp), pool, args.count)
+                got = drain(server, Path(tmp), pool, args.count, task=args.task)
                 runs[pool].append(got)
                 print(json.dumps({k: round(v, 1) if isinstance(v, float) else v
                                   for k, v in got.items()}), flush=True)  # fmt: skip
-        profile = drain(server, Path(tmp), "threads", args.count, args.spy) if args.spy else None
+        profile = (
+            drain(server, Path(tmp), "threads", args.count, args.spy, args.task)
+            if args.spy
+            else None
+        )
     data = {"machine": machine(), "count": args.count, "runs": runs, "profile": profile}
     if args.json:
         args.json.write_text(json.dumps(data, indent=2))
