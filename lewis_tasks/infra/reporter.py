@@ -71,7 +71,9 @@ class MetricsReporter:
         self._lock = threading.Lock()
         self._batch = MetricBatch()
         self._series: dict[tuple[str, ...], str] = {}
-        self._started: dict[str, float] = {}  # task id → perf_counter at start
+        # task id → its runtime clock (the task's ``runtime_clock``, else perf_counter) and
+        # that clock's reading at the start
+        self._started: dict[str, tuple[Callable[[], float], float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -101,11 +103,21 @@ class MetricsReporter:
         with self._lock:
             self._batch.observe(slot, series, metric, seconds)
 
-    def task_started(self, task_id: str, name: str, queue: str, sent_at: float | None) -> None:
+    def task_started(
+        self,
+        task_id: str,
+        name: str,
+        queue: str,
+        sent_at: float | None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """``clock`` times the task's runtime: wall time, or the thread's CPU time for a task
+        that never waits (a packable io task's plain body: its cost, not its wait for the GIL
+        behind the pool's other threads)."""
         now = time.time()
         if len(self._started) > _MAX_IN_FLIGHT:  # starts whose end never came (killed tasks)
             self._started.clear()
-        self._started[task_id] = time.perf_counter()
+        self._started[task_id] = (clock, clock())
         metric = "celery_task_started_total"
         series = self._key(metric, name, self.hostname, queue or "")
         slot = int(now // self.interval)
@@ -118,19 +130,20 @@ class MetricsReporter:
                 )
 
     def task_finished(self, task_id: str, name: str, queue: str, state: str | None) -> None:
-        began = self._started.pop(task_id, None)
+        started = self._started.pop(task_id, None)
         event = _STATE_EVENT.get(state or "")
         slot = int(time.time() // self.interval)
         with self._lock:
             if event is not None:
                 metric = f"celery_task_{event}_total"
                 self._batch.inc(slot, self._key(metric, name, self.hostname, queue or ""), metric)
-            if began is not None:
+            if started is not None:
+                clock, began = started
                 self._batch.observe(
                     slot,
                     self._key("celery_task_runtime", name, self.hostname),
                     "celery_task_runtime",
-                    time.perf_counter() - began,
+                    clock() - began,
                 )
 
     def gauge(self, metric: str, value: float, **labels: str) -> None:
@@ -383,6 +396,7 @@ def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
             task.name,
             _queue_of(request),
             float(sent) if isinstance(sent, (int, float)) else None,
+            getattr(task, "runtime_clock", None) or time.perf_counter,
         )
 
 

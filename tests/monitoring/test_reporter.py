@@ -245,3 +245,46 @@ def test_reporting_off_installs_no_reporter(tmp_path: Path) -> None:
         assert reporter.current() is None
     finally:
         config.set_settings(previous)
+
+
+def test_a_task_that_never_waits_is_timed_in_cpu_time_others_in_wall_time(
+    lewis_settings: Any, celery_app: Any
+) -> None:
+    """A packable io task's plain body (io_noop) reports its thread's CPU time: its runtime
+    sizes packs, and run side by side with the pool's other threads its wall time would be
+    mostly a wait for the GIL. Every other task reports wall time."""
+    import time
+
+    from celery import signals
+
+    from lewis_tasks.infra import reporter as module
+
+    host = f"clock-{time.monotonic_ns()}@test"
+    mine = module.install(host, system=False, start=False)
+    store = MetricStore(redis.Redis.from_url(lewis_settings.broker.url), 1, 3600, 1000)
+    try:
+        for name in ("lewis.bench.io_noop", "lewis.bench.noop"):
+            task = celery_app.tasks[name]
+            signals.task_prerun.send(
+                sender=task, task_id=f"{name}-1", task=task, args=(), kwargs={}
+            )
+            time.sleep(0.2)  # waiting, as behind other threads: no CPU
+            signals.task_postrun.send(
+                sender=task,
+                task_id=f"{name}-1",
+                task=task,
+                args=(),
+                kwargs={},
+                retval=None,
+                state="SUCCESS",
+            )
+        assert mine.flush()
+        runtimes = {}
+        for series, histogram in store.totals()[1].items():
+            metric, labels = parse_series(series)
+            if metric == "celery_task_runtime" and labels.get("hostname") == host:
+                runtimes[labels["name"]] = histogram.total / 1e6  # microseconds
+        assert runtimes["lewis.bench.noop"] >= 0.2
+        assert runtimes["lewis.bench.io_noop"] < 0.05
+    finally:
+        module.uninstall()
