@@ -63,7 +63,13 @@ def _cpu(proc: psutil.Process) -> float:
 
 
 def drain(
-    server: Any, home: Path, pool: str, count: int, spy: str | None = None, task: str = "noop"
+    server: Any,
+    home: Path,
+    pool: str,
+    count: int,
+    spy: str | None = None,
+    task: str = "noop",
+    keep_raw: Path | None = None,
 ) -> dict[str, Any]:
     name, call = TASKS[task][0], (TASKS[task][1], {})
     broker, results = db_url(server, 1), db_url(server, 2)
@@ -106,6 +112,8 @@ def drain(
         if profiler is not None:
             profiler.wait()
             out["profile"] = summarise(home / "spy.txt")
+            if keep_raw is not None:
+                keep_raw.write_bytes((home / "spy.txt").read_bytes())
     return out
 
 
@@ -154,18 +162,20 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=15_000)
     parser.add_argument("--py-spy", dest="spy", default=None)
     parser.add_argument("--task", choices=sorted(TASKS), default="noop")
+    parser.add_argument("--pools", default=",".join(POOLS), help="comma-separated subset")
+    parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's raw stacks here")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    runs: dict[str, list[dict[str, Any]]] = {pool: [] for pool in POOLS}
+    runs: dict[str, list[dict[str, Any]]] = {pool: [] for pool in args.pools.split(",")}
     with private_redis() as server, tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.runs):
-            for pool in POOLS:  # interleaved
+            for pool in runs:  # interleaved
                 got = drain(server, Path(tmp), pool, args.count, task=args.task)
                 runs[pool].append(got)
                 print(json.dumps({k: round(v, 1) if isinstance(v, float) else v
                                   for k, v in got.items()}), flush=True)  # fmt: skip
         profile = (
-            drain(server, Path(tmp), "threads", args.count, args.spy, args.task)
+            drain(server, Path(tmp), "threads", args.count, args.spy, args.task, args.raw)
             if args.spy
             else None
         )
