@@ -101,30 +101,40 @@ def cost_lines(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def save(figures: dict[str, dict[str, list[float]]], name: str, write: bool = True) -> bool:
+    """Print each side's medians; with ``write``, keep the samples in bench/results/``name``
+    with the machine and the commit measured."""
+    from .run import RESULTS, machine
+
+    summary = {
+        side: {k: round(median(v), 3) for k, v in measures.items()}
+        for side, measures in figures.items()
+    }
+    print(json.dumps(summary))
+    if write:
+        code = subprocess.run(
+            ["git", "log", "-1", "--format=%h"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        data = {"machine": machine(), "code": code, "figures": figures}
+        (RESULTS / name).write_text(json.dumps(data, indent=1))
+        print(f"wrote bench/results/{name}")
+    return write
+
+
 def main(argv: list[str] | None = None) -> int:
     from .chaos import render
     from .report import replace_section
-    from .run import RESULTS, machine
+    from .run import RESULTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-r", "--runs", type=int, default=4)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     figures = run(args.runs)
-    summary = {
-        side: {k: round(median(v), 3) for k, v in measures.items()}
-        for side, measures in figures.items()
-    }
-    print(json.dumps(summary))
-    if not args.no_write:
-        code = subprocess.run(
-            ["git", "log", "-1", "--format=%h"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        data = {"machine": machine(), "code": code, "figures": figures}
-        (RESULTS / "atomic.json").write_text(json.dumps(data, indent=1))
+    if save(figures, "atomic.json", write=not args.no_write):
         chaos = json.loads((RESULTS / "chaos.json").read_text())
         replace_section(ROOT / "BENCHMARKS.md", render(chaos))
-        print("wrote bench/results/atomic.json and BENCHMARKS.md")
+        print("wrote BENCHMARKS.md")
     return 0
 
 

@@ -15,11 +15,8 @@ section quotes it.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 
-from .atomic import run
-from .harness import ROOT, median
+from .atomic import run, save
 
 SIDES = {
     "shipped": {},
@@ -30,27 +27,13 @@ SIDES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .run import RESULTS, machine
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-r", "--runs", type=int, default=4)
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     sides = {name: SIDES[name] for name in args.sides.split(",")}
-    figures = run(args.runs, sides, waits=True)
-    summary = {
-        side: {k: round(median(v), 3) for k, v in measures.items()}
-        for side, measures in figures.items()
-    }
-    print(json.dumps(summary))
-    if not args.no_write:
-        code = subprocess.run(
-            ["git", "log", "-1", "--format=%h"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        data = {"machine": machine(), "code": code, "figures": figures}
-        (RESULTS / "settle.json").write_text(json.dumps(data, indent=1))
-        print("wrote bench/results/settle.json")
+    save(run(args.runs, sides, waits=True), "settle.json", write=not args.no_write)
     return 0
 
 
