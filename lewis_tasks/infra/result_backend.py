@@ -13,14 +13,18 @@ Selected with ``result_backend = "lewis_tasks.infra.result_backend.LewisRedisBac
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
+from redis.exceptions import ResponseError
 
 from .transport import redis_where, settlements
+
+log = logging.getLogger(__name__)
 
 # KEYS[1] result key; with KEYS[2], KEYS[3] (the broker's unacked hash and index) the task's
 # message, tagged ARGV[3], is taken out of unacked too: its late ack, settled in this round
@@ -62,6 +66,7 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         super().__init__(*args, **kwargs)
         self._store_script = self.client.register_script(_STORE)
         self._server, self._db = redis_where(self.client.connection_pool.connection_kwargs)
+        self._settles = True  # until the server refuses the ack's part (an ACL, say)
 
     def _store_result(
         self,
@@ -84,11 +89,10 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         expires = self.failure_expires if state == states.FAILURE else self.expires
         key = self.get_key_for_task(task_id)
         settle = None
-        if state == states.SUCCESS and getattr(request, "id", None) == task_id:
+        if self._settles and state == states.SUCCESS and getattr(request, "id", None) == task_id:
             settle = settlements.claim(task_id, self._server)  # this task's own message
-        self.ensure(self._store, (key, value, int(expires or 0), settle))
-        if settle is not None:
-            settlements.settled(settle[2])
+        if self.ensure(self._store, (key, value, int(expires or 0), settle)):
+            settlements.settled(settle[2])  # type: ignore[index]
         return result
 
     def _store(
@@ -97,13 +101,25 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         value: str,
         expires: int,
         settle: tuple[str, str, str, int] | None = None,
-    ) -> Any:
+    ) -> bool:
+        """Store; True if the message's ack was settled too."""
         if settle is None:
-            return self._store_script(keys=[key], args=[value, expires])
+            self._store_script(keys=[key], args=[value, expires])
+            return False
         unacked, index, tag, db = settle
-        return self._store_script(
-            keys=[key, unacked, index], args=[value, expires, tag, db, self._db]
-        )
+        try:
+            self._store_script(keys=[key, unacked, index], args=[value, expires, tag, db, self._db])
+        except ResponseError as exc:  # the ack's part refused (NOPERM: the results' user may
+            # not touch the broker's keys or database) if the store alone then succeeds
+            self._store_script(keys=[key], args=[value, expires])
+            self._settles = False
+            log.warning(
+                "Redis refused to ack a task's message with its result (%s): results are "
+                "stored alone from now, and Celery acks each message itself",
+                exc,
+            )
+            return False
+        return True
 
 
 def backend_url(url: str) -> str:

@@ -13,6 +13,7 @@ channel without the option) keeps Celery's ack.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,38 @@ def test_a_real_io_worker_settles_every_ack_with_its_result(
     assert pipelines["false"] >= count > 4 * pipelines["true"], pipelines
     client.close()
     results.close()
+
+
+def test_a_results_user_that_may_not_ack_stores_alone_and_says_so_once(
+    server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given results stored by a Redis user limited to the result keys (an ACL)
+    admin = redis.Redis.from_url(server.url)
+    admin.acl_setuser(
+        "results",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["celery-task-meta-*"],
+        channels=["*"],
+        commands=["+@all"],
+    )
+    backend = _backend(server.url.replace("redis://", "redis://results:pw@"))
+    received: list[Any] = []
+    _publish(server.url, "io", [{"task": "t"}], headers={"id": "task-1"})
+    _publish(server.url, "io", [{"task": "t"}], headers={"id": "task-2"})
+    conn = _consumer(server.url, ["io"], received, settle_with_result=True, take_batch=2)
+    conn.drain_events(timeout=5)
+    assert len(received) == 2
+    with caplog.at_level(logging.WARNING, logger="lewis_tasks.infra.result_backend"):
+        for task_id in ("task-1", "task-2"):
+            backend.store_result(task_id, task_id, states.SUCCESS, request=_Request(task_id))
+    # Then every result is stored, the messages wait for Celery's acks, and one line says why
+    for task_id in ("task-1", "task-2"):
+        assert backend.get_task_meta(task_id, cache=False)["result"] == task_id
+    assert admin.hlen("unacked") == 2
+    assert len(caplog.records) == 1 and "Celery acks each message itself" in caplog.text
+    for message in received:
+        message.ack()
+    assert admin.hlen("unacked") == 0
+    conn.close()
+    admin.close()
