@@ -126,19 +126,22 @@ class Settlements:
     store, the ack. The channel names each message it delivers here under its task id; the
     result backend, storing that task's SUCCESS on the broker's own Redis server (any of its
     databases), takes the message out of ``unacked`` in the same script (``claim``, then
-    ``settled``), and
-    Celery's ack that follows skips its Redis round trip (``QoS.ack``). The message leaves
-    ``unacked`` once its result is stored, as before, only one round trip sooner.
-    Only the process that took the message settles it (a prefork child forked with a copy of
-    this table stores its results apart), and only a SUCCESS: a failure may still be rejected
-    and requeued. An entry lives until the message is acked or rejected, or its channel closes.
+    ``settled``), and Celery's ack that follows skips its Redis round trip (``QoS.ack``). The
+    message leaves ``unacked`` once its result is stored, as before, only one round trip
+    sooner. Only the process that took the message settles it (a forked child, a prefork pool
+    process say, starts with an empty table), and only a SUCCESS: a failure may still be
+    rejected and requeued. An entry lives until the message is acked or rejected, or its
+    channel closes.
     """
 
     def __init__(self) -> None:
-        self._pid = os.getpid()
         self._tasks: dict[str, tuple[Channel, str]] = {}  # task id -> its channel, its tag
         self._tags: dict[str, str] = {}  # tag -> task id
         self._settled: set[str] = set()  # tags the store took out of unacked
+        os.register_at_fork(after_in_child=self._clear)
+
+    def _clear(self) -> None:
+        self._tasks, self._tags, self._settled = {}, {}, set()
 
     def expect(self, task_id: str, channel: Channel, tag: str) -> None:
         self._tasks[task_id] = (channel, tag)
@@ -148,7 +151,7 @@ class Settlements:
         """The unacked hash, index, tag and database of ``task_id``'s message, if it can be
         settled on the Redis ``server``."""
         entry = self._tasks.get(task_id)
-        if entry is None or os.getpid() != self._pid:
+        if entry is None:
             return None
         channel, tag = entry
         if channel.settle_where[0] != server:
@@ -367,8 +370,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
         self._queue_cycle.rotate(queue)
         self._recorded_tag = tag = bytes_to_str(taken[2]) or None
         message = loads(bytes_to_str(taken[1]))
-        if tag is not None and self.settle_with_result:
-            task_id = (message.get("headers") or {}).get("id")
+        if tag is not None and self.settle_with_result and isinstance(message, dict):
+            headers = message.get("headers")
+            task_id = headers.get("id") if isinstance(headers, dict) else None
             if isinstance(task_id, str):
                 settlements.expect(task_id, self, tag)
         try:

@@ -325,3 +325,24 @@ def test_a_results_user_that_may_not_ack_stores_alone_and_says_so_once(
     assert admin.hlen("unacked") == 0
     conn.close()
     admin.close()
+
+
+def test_a_forked_child_cannot_settle_its_parents_messages(server: EmbeddedRedis) -> None:
+    """A prefork pool process stores its tasks' results; the message is its parent's to ack."""
+    import os
+
+    conn, message = _taken(server, "task-1", settle_with_result=True)
+    where = conn.default_channel.settle_where[0]
+    assert ours.settlements.claim("task-1", where) is not None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it could claim, and leave at once
+        os.write(write, b"none" if ours.settlements.claim("task-1", where) is None else b"some")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 8) == b"none"
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert ours.settlements.claim("task-1", where) is not None  # the parent still can
+    message.ack()
+    conn.close()
