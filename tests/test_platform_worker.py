@@ -9,6 +9,7 @@ import pytest
 
 from lewis_tasks.infra.broker import queue_depths
 from lewis_tasks.producer import submit, submit_many
+from tests.support.wait import wait_for
 
 
 def test_heartbeat_records_every_live_worker_once_per_slot(
@@ -55,10 +56,17 @@ def test_bad_input_fails_readably_and_the_worker_lives(
     with pytest.raises(InvalidInput, match="slot must be an integer"):
         handle.wait(timeout=20)
     assert handle.state == "FAILURE"
-    # logged as a refusal: one INFO line, no ERROR, no traceback (the caller's error, not ours)
-    lines = [
-        r for r in caplog.records if handle.id in r.getMessage() and r.name.startswith("celery")
-    ]
+
+    # logged as a refusal: one INFO line, no ERROR, no traceback (the caller's error, not ours).
+    # Celery's trace stores the failure (which wakes this wait) before it logs the line: wait
+    # for the line rather than race the worker thread to it.
+    def lines_of_the_task() -> list[logging.LogRecord]:
+        return [
+            r for r in caplog.records if handle.id in r.getMessage() and r.name.startswith("celery")
+        ]
+
+    wait_for(lambda: bool(lines_of_the_task()), timeout=10, what="the task's log line")
+    lines = lines_of_the_task()
     assert lines and all(r.levelno < logging.WARNING and not r.exc_info for r in lines), [
         (r.levelname, r.getMessage()) for r in lines
     ]
