@@ -52,7 +52,10 @@ log = logging.getLogger(__name__)
 
 # KEYS: the unacked hash, the unacked index, then the queue lists in the order BRPOP would try
 # them. ARGV[1]: the index score (the consumer's clock, as QoS.append writes it); ARGV[2]: the
-# most messages to take (what the consumer's prefetch still allows, capped by take_batch).
+# most messages to take (what the consumer's prefetch still allows, capped by take_batch);
+# ARGV[3]: the share, a take bringing at most 1/share of what waits on its keys (at least one),
+# so a short queue (a scan's few chunks) is left for the other idle workers, woken by the same
+# push, to share, while a deep one (a drain) goes ``take_batch`` at a time.
 # Pops first: a write after it is never refused for memory (Redis lets a script that wrote go
 # on), and the stored triple is kombu's ``[payload, exchange, routing_key]`` with the payload
 # verbatim. Returns whether any list still holds a message (if none, the next take waits
@@ -61,6 +64,14 @@ log = logging.getLogger(__name__)
 # returned unrecorded, QoS.append records it); false if every list was empty.
 TAKE = """
 local most = tonumber(ARGV[2]) or 1
+local share = tonumber(ARGV[3]) or 1
+if most > 1 and share > 1 then
+  local waiting = 0
+  for j = 3, #KEYS do
+    waiting = waiting + redis.call('LLEN', KEYS[j])
+  end
+  most = math.max(1, math.min(most, math.floor(waiting / share)))
+end
 local taken = {0}
 local i = 3
 while i <= #KEYS and #taken < 1 + 3 * most do
@@ -100,6 +111,7 @@ return taken
 """
 TAKE_SHA = hashlib.sha1(TAKE.encode()).hexdigest()
 MIN_VERSION = (6, 2)  # BLMOVE
+TAKE_SHARE = 4  # a take brings at most a quarter of what waits (see TAKE)
 IDLE_WAIT_S = 1.0  # an idle consumer looks at every key at least this often
 
 
@@ -294,7 +306,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc, unused-ignore]
             self.global_keyprefix + key for key in (self.unacked_key, self.unacked_index_key, *keys)
         ]
         script = ("EVALSHA", TAKE_SHA) if self._take_script_loaded else ("EVAL", TAKE)
-        return (*script, len(names), *names, repr(time()), self._take_count())
+        return (*script, len(names), *names, repr(time()), self._take_count(), TAKE_SHARE)
 
     def _take_count(self) -> int:
         """As many messages as prefetch still allows (kombu polls only when it allows one),

@@ -80,7 +80,8 @@ def _calls(client: redis.Redis, command: str) -> int:
 def test_one_take_brings_what_prefetch_allows_at_most_take_batch(
     server: EmbeddedRedis, batch: int, prefetch: int, expected: int
 ) -> None:
-    _publish(server.url, "a", [{"n": n} for n in range(20)])
+    total = 40  # deep enough for a take of 8 (a take brings at most a quarter of the queue)
+    _publish(server.url, "a", [{"n": n} for n in range(total)])
     client = redis.Redis.from_url(server.url)
     received: list[Any] = []
     conn = _consumer(server.url, ["a"], received, prefetch=prefetch, take_batch=batch)
@@ -91,9 +92,9 @@ def test_one_take_brings_what_prefetch_allows_at_most_take_batch(
     assert [m.decode()["n"] for m in received] == list(range(expected))
     tags = {m.delivery_tag.encode() for m in received}
     assert set(client.hkeys("unacked")) == tags == set(client.zrange("unacked_index", 0, -1))
-    assert client.llen("a") == 20 - expected
+    assert client.llen("a") == total - expected
     # and acking them empties unacked; the rest follow in order, prefetch respected
-    while len(received) < 20:
+    while len(received) < total:
         for message in received:
             if not message.acknowledged:
                 message.ack()
@@ -102,32 +103,47 @@ def test_one_take_brings_what_prefetch_allows_at_most_take_batch(
     for message in received:
         if not message.acknowledged:
             message.ack()
-    assert [m.decode()["n"] for m in received] == list(range(20))
+    assert [m.decode()["n"] for m in received] == list(range(total))
     assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
     conn.close()
     client.close()
 
 
-def test_a_batch_keeps_priorities_and_reports_the_rest(server: EmbeddedRedis) -> None:
-    _publish(server.url, "a", [{"n": "a9"}], priority=9)
-    _publish(server.url, "a", [{"n": "a0"}], priority=0)
-    _publish(server.url, "b", [{"n": "b0"}])
+@pytest.mark.parametrize(("queued", "expected"), [(8, 2), (3, 1), (100, 16)])
+def test_a_take_leaves_most_of_a_short_queue_to_the_other_workers(
+    server: EmbeddedRedis, queued: int, expected: int
+) -> None:
+    """A scan's few chunks, pushed at once, wake every idle io worker: the first take must not
+    carry them all off to one process (a quarter of what waits at most; a drain's deep queue
+    still goes ``take_batch`` at a time)."""
+    _publish(server.url, "a", [{"n": n} for n in range(queued)])
     received: list[Any] = []
-    conn = _consumer(server.url, ["a", "b"], received, take_batch=2)
+    conn = _consumer(server.url, ["a"], received, take_batch=16)
     conn.drain_events(timeout=5)
-    # priority 0 of every queue first; the priority-9 message waits for the next take, which
-    # runs at once (the script said a list still holds one: no idle wait first)
-    assert sorted(m.decode()["n"] for m in received) == ["a0", "b0"]
+    assert len(received) == expected
+    conn.close()
+
+
+def test_a_batch_keeps_priorities_and_reports_the_rest(server: EmbeddedRedis) -> None:
+    _publish(server.url, "a", [{"n": "a9"}], priority=9)  # first, but of a lower priority
+    _publish(server.url, "a", [{"n": f"a0-{i}"} for i in range(8)], priority=0)
+    received: list[Any] = []
+    conn = _consumer(server.url, ["a"], received, take_batch=16)
+    conn.drain_events(timeout=5)
+    # a quarter of the 9 waiting, priority 0 first; the next take runs at once (the script
+    # said a list still holds one: no idle wait first)
+    assert [m.decode()["n"] for m in received] == ["a0-0", "a0-1"]
     assert conn.default_channel._take_idle is False
-    conn.drain_events(timeout=5)
-    assert received[2].decode() == {"n": "a9"} and conn.default_channel._take_idle is True
+    while len(received) < 9:
+        conn.drain_events(timeout=5)
+    assert received[-1].decode() == {"n": "a9"} and conn.default_channel._take_idle is True
     conn.close()
 
 
 def test_a_delivery_that_raises_does_not_strand_the_rest_of_its_batch(
     server: EmbeddedRedis,
 ) -> None:
-    _publish(server.url, "a", [{"n": n} for n in range(3)])
+    _publish(server.url, "a", [{"n": n} for n in range(12)])
     seen: list[Any] = []
 
     def on_message(body: Any, message: Any) -> None:
@@ -144,7 +160,7 @@ def test_a_delivery_that_raises_does_not_strand_the_rest_of_its_batch(
     assert seen == [0, 1, 2]  # the error came after every message of the take was delivered
     conn.close()  # and closing restores all three, as it restores any unacked message
     client = redis.Redis.from_url(server.url)
-    assert client.llen("a") == 3 and client.hlen("unacked") == 0
+    assert client.llen("a") == 12 and client.hlen("unacked") == 0
     client.close()
 
 
@@ -309,9 +325,9 @@ def test_a_results_user_that_may_not_ack_stores_alone_and_says_so_once(
     received: list[Any] = []
     _publish(server.url, "io", [{"task": "t"}], headers={"id": "task-1"})
     _publish(server.url, "io", [{"task": "t"}], headers={"id": "task-2"})
-    conn = _consumer(server.url, ["io"], received, settle_with_result=True, take_batch=2)
-    conn.drain_events(timeout=5)
-    assert len(received) == 2
+    conn = _consumer(server.url, ["io"], received, settle_with_result=True)
+    while len(received) < 2:
+        conn.drain_events(timeout=5)
     with caplog.at_level(logging.WARNING, logger="lewis_tasks.infra.result_backend"):
         for task_id in ("task-1", "task-2"):
             backend.store_result(task_id, task_id, states.SUCCESS, request=_Request(task_id))
