@@ -449,6 +449,8 @@ def _coerce(key: str, f: dataclasses.Field[Any], hint: Any, raw: Any) -> Any:
         if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
             raise ConfigError(f"setting {key}: expected a string, got {raw!r}")
         value = str(raw)
+        if "\x00" in value:  # no path, URL or name holds one (os calls raise ValueError)
+            raise ConfigError(f"setting {key}: contains a NUL character, got {raw!r}")
     elif typing.get_origin(hint) is tuple:
         if isinstance(raw, str):
             raw = [part.strip() for part in raw.split(",") if part.strip()]

@@ -88,6 +88,8 @@ def test_environment_beats_file_beats_defaults(tmp_path: Path) -> None:
             {"LEWIS_MONITORING_HEALTH_CHECK_INTERVAL": "1"},  # the default ping waits 2 s
             "monitoring.ping_timeout: must be shorter than monitoring.health_check_interval",
         ),
+        # (Hypothesis found it: the path's resolve raised ValueError, not a ConfigError)
+        ({"LEWIS_STACK_HOME": "\x00"}, "stack.home: contains a NUL character"),
     ],
 )
 def test_a_bad_value_names_the_key_and_the_problem(
