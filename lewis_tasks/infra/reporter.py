@@ -396,7 +396,7 @@ def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
             task.name,
             _queue_of(request),
             float(sent) if isinstance(sent, (int, float)) else None,
-            getattr(task, "runtime_clock", None) or time.perf_counter,
+            getattr(task, "runtime_clock", time.perf_counter),
         )
 
 

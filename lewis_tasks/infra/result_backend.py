@@ -91,8 +91,7 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         settle = None
         if self._settles and state == states.SUCCESS and getattr(request, "id", None) == task_id:
             settle = settlements.claim(task_id, self._server)  # this task's own message
-        if self.ensure(self._store, (key, value, int(expires or 0), settle)):
-            settlements.settled(settle[2])  # type: ignore[index]
+        self.ensure(self._store, (key, value, int(expires or 0), settle))
         return result
 
     def _store(
@@ -101,11 +100,11 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         value: str,
         expires: int,
         settle: tuple[str, str, str, int] | None = None,
-    ) -> bool:
-        """Store; True if the message's ack was settled too."""
+    ) -> None:
+        """Store, and settle the message's ack too when ``settle`` names it."""
         if settle is None:
             self._store_script(keys=[key], args=[value, expires])
-            return False
+            return
         unacked, index, tag, db = settle
         try:
             self._store_script(keys=[key, unacked, index], args=[value, expires, tag, db, self._db])
@@ -118,8 +117,8 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
                 "stored alone from now, and Celery acks each message itself",
                 exc,
             )
-            return False
-        return True
+            return
+        settlements.settled(tag)
 
 
 def backend_url(url: str) -> str:

@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 # KEYS: the unacked hash, the unacked index, then the queue lists in the order BRPOP would try
 # them. ARGV[1]: the index score (the consumer's clock, as QoS.append writes it); ARGV[2]: the
 # most messages to take (what the consumer's prefetch still allows, capped by take_batch);
-# ARGV[3]: the share, a take bringing at most 1/share of what waits on its keys (at least one),
+# ARGV[3]: the share, a take bringing at most 1/share of what waits on its keys (at least one:
+# the count taken first also tells whether any list still holds a message afterwards),
 # so a short queue (a scan's few chunks) is left for the other idle workers, woken by the same
 # push, to share, while a deep one (a drain) goes ``take_batch`` at a time.
 # Pops first: a write after it is never refused for memory (Redis lets a script that wrote go
@@ -63,15 +64,13 @@ log = logging.getLogger(__name__)
 # payload and the tag it was recorded under ('' for a message without a string delivery tag:
 # returned unrecorded, QoS.append records it); false if every list was empty.
 TAKE = """
+local waiting = 0
+for j = 3, #KEYS do
+  waiting = waiting + redis.call('LLEN', KEYS[j])
+end
 local most = tonumber(ARGV[2]) or 1
 local share = tonumber(ARGV[3]) or 1
-if most > 1 and share > 1 then
-  local waiting = 0
-  for j = 3, #KEYS do
-    waiting = waiting + redis.call('LLEN', KEYS[j])
-  end
-  most = math.max(1, math.min(most, math.floor(waiting / share)))
-end
+most = math.max(1, math.min(most, math.floor(waiting / share)))
 local taken = {0}
 local i = 3
 while i <= #KEYS and #taken < 1 + 3 * most do
@@ -101,11 +100,8 @@ end
 if #taken == 1 then
   return false
 end
-for j = i, #KEYS do
-  if redis.call('LLEN', KEYS[j]) > 0 then
-    taken[1] = 1
-    break
-  end
+if waiting > (#taken - 1) / 3 then
+  taken[1] = 1
 end
 return taken
 """
@@ -178,10 +174,11 @@ class Settlements:
         task_id = self._tags.pop(tag, None)
         if task_id is not None:
             self._tasks.pop(task_id, None)
-        if tag in self._settled:
-            self._settled.discard(tag)
-            return True
-        return False
+        try:
+            self._settled.remove(tag)
+        except KeyError:
+            return False
+        return True
 
     def forget(self, channel: Channel) -> None:
         for task_id, (owner, tag) in list(self._tasks.items()):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,6 @@ from lewis_tasks.infra.result_backend import LewisRedisBackend, backend_url
 from tests.support.procs import lewis_process, logs_on_failure, wait_for
 
 OURS = "lewis_tasks.infra.transport:Transport"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _db(server: EmbeddedRedis, db: int) -> str:

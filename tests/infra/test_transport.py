@@ -18,8 +18,6 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import kombu
@@ -31,15 +29,6 @@ from lewis_tasks.infra.redis_server import EmbeddedRedis
 from tests.support.procs import wait_for
 
 OURS = "lewis_tasks.infra.transport:Transport"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _consume_one_unacked(url: str, transport: str | None) -> tuple[kombu.Connection, list[Any]]:
