@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -152,12 +152,22 @@ def push_messages(broker_url: str, key: str, messages: list[str], attempts: int 
     failure (surely unsent) is retried, anything else is BrokerUnavailable: at-least-once,
     never silently twice."""
     client = runtime().redis(broker_url)
+
+    def send() -> None:
+        pipe = client.pipeline(transaction=False)
+        for start in range(0, len(messages), LPUSH_SIZE):
+            pipe.lpush(key, *messages[start : start + LPUSH_SIZE])
+        pipe.execute()
+
+    sending(broker_url, send, attempts)
+
+
+def sending(broker_url: str, send: Callable[[], None], attempts: int = 3) -> None:
+    """Run ``send`` (a write to the broker at ``broker_url``), again after a connect failure
+    (surely unsent); any other connection error is BrokerUnavailable."""
     for attempt in range(attempts):
         try:
-            pipe = client.pipeline(transaction=False)
-            for start in range(0, len(messages), LPUSH_SIZE):
-                pipe.lpush(key, *messages[start : start + LPUSH_SIZE])
-            pipe.execute()
+            send()
             return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # A pipeline without MULTI can half-apply; only a connect failure is surely unsent,
@@ -182,4 +192,5 @@ __all__ = [
     "chord_callback",
     "task_message",
     "push_messages",
+    "sending",
 ]

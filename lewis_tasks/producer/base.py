@@ -2,14 +2,15 @@
 
 Both push Celery protocol-2 messages straight to the broker (:mod:`lewis_tasks.infra.messages`)
 with ONE Redis command: ``send_task`` spends three round trips and ~1 ms of Python per task
-(binding lookup, publish, result subscription in series); here the result subscription is
-sent without waiting and the push is a single LPUSH, or for ``submit_many`` one pipelined
-LPUSH per 500 messages. The queue comes from the routing table. Canvas (chords, groups) still
+(binding lookup, publish, result subscription in series); here ``submit`` writes the result's
+SUBSCRIBE and the LPUSH in one write on its thread's result connection, and waits on that
+connection (:mod:`lewis_tasks.infra.result_listener`); ``submit_many`` pipelines one LPUSH per
+500 messages. The queue comes from the routing table. Canvas (chords, groups) still
 goes through Celery's own publish.
 
 :func:`send_one` sends without a Celery app at all (nor an import of Celery): the one-task jobs
 of the CLI (a one-chunk scan, a one-chunk HTTP batch) send with it and wait on their result with
-:class:`~lewis_tasks.infra.results.ResultWaiter`; the app is built only when something needs it.
+:mod:`~lewis_tasks.infra.result_listener`; the app is built only when something needs it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BrokerUnavailable, InvalidInput, LewisError
 from ..infra.config import get_settings, redact_url
-from ..infra.messages import message_origin, push_messages, queue_key, task_message
+from ..infra.messages import message_origin, push_messages, queue_key, sending, task_message
 from ..infra.redis_client import first_line, unreachable_errors
 from ..infra.reporter import note_sent
+from ..infra.result_listener import ResultListener, listener
 from ..infra.routing import IO, MAX_PACK, PACKABLE, PACKED_TASK, queue_for
 
 if TYPE_CHECKING:
@@ -82,8 +84,19 @@ class TaskHandle:
 
     def wait(self, timeout: float | None = None, interval: float = FALLBACK_POLL) -> Any:
         """The task's return value, by push; re-raises its failure (a LewisError subclass
-        where it was one). ``interval``: the longest a lost push can delay it."""
-        return await_result(self.async_result, timeout, interval=interval)
+        where it was one); Celery's TimeoutError after ``timeout`` seconds. ``interval``: the
+        longest a lost push can delay it."""
+        from celery.exceptions import TimeoutError as ResultTimeout
+        from celery.result import assert_will_not_block
+
+        assert_will_not_block()  # as Celery's get: a task waiting on a task can deadlock
+        app = _app(self.app)
+        meta = _listener(app).wait(self.id, timeout, interval)
+        if meta is None:
+            raise ResultTimeout("The operation timed out.")
+        if meta["status"] == "SUCCESS":
+            return meta.get("result")
+        raise app.backend.exception_to_python(meta.get("result"))
 
     def forget(self) -> None:
         self.async_result.forget()
@@ -112,11 +125,12 @@ def broker_url(app: Celery | None = None) -> str:
     return url
 
 
-def result_url(app: Celery | None = None) -> str:
-    """The Redis that stores ``app``'s task results (default: the settings')."""
+def result_url(app: Celery | None = None, broker: str | None = None) -> str:
+    """The Redis that stores ``app``'s task results (default: the settings'); ``broker``:
+    ``app``'s broker URL, if the caller has it."""
     if app is None:
         return get_settings().result_backend
-    url = str(app.conf.result_backend or "") or broker_url(app)
+    url = str(app.conf.result_backend or "") or broker or broker_url(app)
     scheme = url.split("://", 1)[0]
     return url.split("+", 1)[1] if "+" in scheme else url  # result_backend.backend_url's form
 
@@ -169,7 +183,7 @@ def submit(
 ) -> TaskHandle:
     """Send task ``name`` to its queue (from the routing table) and return its handle."""
     app = _app(app)
-    _require_broker(app)
+    broker = broker_url(app)
     queue = options.pop("queue", None) or queue_for(name)
     priority = int(options.pop("priority", 0) or 0)
     with publishing(app):
@@ -185,8 +199,12 @@ def submit(
             return TaskHandle(result.id, name, app)
         task_id = str(uuid.uuid4())
         message = task_message(name, task_id, args, kwargs or {}, queue, message_origin(), priority)
-        _subscribe_result(app, task_id)
-        push_messages(str(app.conf.broker_url), queue_key(queue, priority), [message])
+        key = queue_key(queue, priority)
+        results = _listener(app, broker)
+        if results.pushes:  # results on the broker's server: subscribed and pushed in one write
+            sending(broker, lambda: results.push(key, message, task_id))
+        else:  # the wait subscribes and reads
+            push_messages(broker, key, [message])
     note_sent(name, queue)
     return TaskHandle(task_id, name, app)
 
@@ -266,12 +284,12 @@ def default_pack(name: str, queue: str, broker_url: str | None = None) -> int:
     return pack_size(p95, get_settings().broker.visibility_timeout)
 
 
-def _subscribe_result(app: Celery, task_id: str) -> None:
-    """Let the result backend listen for this task's result before it can arrive (as
-    ``send_task`` does); the Redis backend sends SUBSCRIBE without waiting for the reply."""
-    on_task_call = getattr(app.backend, "on_task_call", None)
-    if on_task_call is not None:
-        on_task_call(None, task_id)
+def _listener(app: Celery, broker: str | None = None) -> ResultListener:
+    """This thread's result listener for ``app``'s results and broker (``broker``: its URL,
+    when the caller has read it already)."""
+    broker = broker or str(app.conf.broker_url or "") or None
+    results = result_url(app, broker)
+    return listener(results, broker, get_settings().broker.connect_timeout)
 
 
 def wait_all(handles: Sequence[TaskHandle], timeout: float | None = None) -> list[Any]:

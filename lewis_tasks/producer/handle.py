@@ -95,15 +95,11 @@ class JobHandle(Generic[P, R]):
         chord's body), by push from the result store; WaitTimeout after ``timeout``; its
         failure re-raised as :func:`unwrap_failure` gives it (``parts``: the tasks whose own
         error to look for, default the task itself), a revoked task as "cancelled"."""
-        from ..infra.results import ResultWaiter
+        from ..infra.result_listener import listener
 
-        waiter = self.__dict__.get("_waiter")
-        if waiter is None:
-            waiter = self.__dict__["_waiter"] = ResultWaiter(result_url(self.app), task_id)
-        meta = waiter.wait(timeout, interval)
+        meta = listener(result_url(self.app)).wait(task_id, timeout, interval)
         if meta is None:
             raise self.timed_out(timeout)
-        waiter.close()
         if meta["status"] == "SUCCESS":
             return meta.get("result")
         if meta["status"] == "REVOKED":

@@ -19,10 +19,10 @@ from lewis_tasks.infra.messages import (
     signature,
     task_message,
 )
+from lewis_tasks.infra.result_listener import listener
 from lewis_tasks.infra.results import (
     CHORD_SIZE_KEY,
     RESULT_KEY,
-    ResultWaiter,
     decode_meta,
     set_chord_size,
 )
@@ -176,10 +176,10 @@ def test_a_result_stored_before_or_after_the_wait_began_is_seen(redis_client: An
     }
     # Given a result stored before anyone waits
     redis_client.set(RESULT_KEY.format(task_id="early"), json.dumps(stored))
-    assert ResultWaiter(address, "early").wait(timeout=1.0)["result"] == {"at": when}
+    waiter = listener(address)
+    assert waiter.wait("early", timeout=1.0)["result"] == {"at": when}
     # And one stored (and published) while the waiter listens, long before its re-read
-    waiter = ResultWaiter(address, "late")
-    assert waiter.wait(timeout=0.05) is None  # nothing yet: subscribed, still running
+    assert waiter.wait("late", timeout=0.05) is None  # nothing yet: subscribed, still running
 
     def store() -> None:
         time.sleep(0.2)
@@ -191,10 +191,9 @@ def test_a_result_stored_before_or_after_the_wait_began_is_seen(redis_client: An
     thread = threading.Thread(target=store)
     thread.start()
     try:
-        meta = waiter.wait(timeout=30.0, interval=30.0)
+        meta = waiter.wait("late", timeout=30.0, interval=30.0)
     finally:
         thread.join()
-        waiter.close()
     assert meta is not None and meta["status"] == "FAILURE"
     assert decode_meta(None) is None
 
