@@ -102,8 +102,11 @@ class System:
         return self.app.send_task(name, queue=queue)
 
     def wait(self, handle: Any) -> Any:
+        """As each system's users wait: LEWIS by push with ``wait()``'s default (the key read
+        again only after 1 s without the push); Celery's ``get`` (its Redis backend listens
+        too) with a 0.5 ms interval."""
         if self.name.startswith("lewis"):
-            return handle.wait(timeout=10, interval=0.0005)
+            return handle.wait(timeout=10)
         return handle.get(timeout=10, interval=0.0005)
 
     def reset(self) -> None:
