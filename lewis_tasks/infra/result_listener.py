@@ -175,7 +175,11 @@ class ResultListener:
         subscribe = len(self._subscribed) < SUBSCRIBED_MAX
         try:
             conn = self._connection()
-            self._drain(conn)  # a connection the server closed fails here, before sending
+            try:
+                self._drain(conn)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._reset()  # closed while idle (a Redis restart): nothing sent yet, anew
+                conn = self._connection()
             commands: list[tuple[Any, ...]] = [("SUBSCRIBE", chan)] if subscribe else []
             self._send(conn, [*commands, ("LPUSH", key, message)])
             try:

@@ -348,7 +348,7 @@ def measure_latency(
             break
         began = time.perf_counter()
         try:
-            submit(task, app=app, queue=queue).wait(timeout=left, interval=0.0005)
+            submit(task, app=app, queue=queue).wait(timeout=left)
         except ResultTimeout:
             stopped = True
             break

@@ -153,6 +153,18 @@ def test_a_dropped_connection_loses_no_result(server: EmbeddedRedis) -> None:
     client.close()
 
 
+def test_a_connection_closed_while_idle_is_replaced_before_sending(server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(server.url)
+    listener = ResultListener(server.url, server.url)
+    listener.push("io", "m1", "t1")
+    assert client.client_kill_filter(_type="pubsub") == 1  # as a Redis restart would
+    listener.push("io", "m2", "t2")  # nothing was sent on the dead one: sent once, anew
+    assert client.lrange("io", 0, -1) == [b"m2", b"m1"]
+    _store(client, "t2")
+    assert (listener.wait("t2", timeout=10, interval=30) or {}).get("result") == "t2"
+    client.close()
+
+
 def test_a_forked_child_waits_on_its_own_connection(server: EmbeddedRedis) -> None:
     client = redis.Redis.from_url(server.url)
     listener = ResultListener(server.url, server.url)
