@@ -77,6 +77,7 @@ class ResultListener:
         self._results_db = int(_kwargs(results_url).get("db") or 0)
         self._connect_timeout = connect_timeout
         self._conn: Any = None
+        self._pool: Any = None
         self._pid = os.getpid()
         self._subscribed: set[bytes] = set()
         self._kept: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
@@ -102,7 +103,7 @@ class ResultListener:
             conn: Any = pool.make_connection()
             conn.connect()
             conn._parser.set_pubsub_push_handler(self._on_push)  # as redis-py's own PubSub
-            self._conn = conn
+            self._conn, self._pool = conn, pool  # the pool kept with its one connection
         return self._conn
 
     def _reset(self) -> None:
@@ -120,7 +121,7 @@ class ResultListener:
         elif len(response) >= 3 and response[0] in (b"message", "message"):
             try:
                 meta = decode_meta(response[2])
-            except ValueError:  # not kombu's JSON: not a state of ours
+            except (ValueError, TypeError):  # not kombu's JSON: not a state of ours
                 meta = None
             if meta is not None and meta.get("status") in READY:
                 chan = response[1] if isinstance(response[1], bytes) else str(response[1]).encode()

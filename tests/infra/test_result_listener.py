@@ -124,6 +124,17 @@ def test_results_of_tasks_not_yet_awaited_are_kept_and_let_go(server: EmbeddedRe
     client.close()
 
 
+def test_what_is_not_a_stored_state_on_the_channel_is_ignored(server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(server.url)
+    listener = ResultListener(server.url, server.url)
+    listener.push("io", "m", "t1")
+    for junk in ("not json", '{"__type__": "uuid", "__value__": "x"}', '{"status": "STARTED"}'):
+        client.publish(channel("t1"), junk)
+    _store(client, "t1")
+    assert (listener.wait("t1", timeout=10, interval=30) or {}).get("result") == "t1"
+    client.close()
+
+
 def test_a_result_no_longer_kept_is_read_again(
     server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
