@@ -165,6 +165,6 @@ def test_the_report_renders_a_run_without_peers() -> None:
         "—",
         "0.50",
         "—",
-        "≤ 1.5",
+        "≤ 1.2",
     ]
     assert "Peers: not measured in this run" in md
