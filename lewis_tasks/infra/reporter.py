@@ -332,7 +332,11 @@ def note_sent(name: str, queue: str, n: int = 1) -> None:
 
 
 def _producer_reporter() -> MetricsReporter | None:
+    from .config import get_settings
+
     try:
+        if not get_settings().broker.url:  # an app given its URLs by hand: nowhere to report
+            return None
         reporter = install(runtime().hostname or f"producer@{socket.gethostname()}", system=False)
     except Exception:  # no settings, no broker: sending is what matters here
         return None

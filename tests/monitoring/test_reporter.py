@@ -247,6 +247,26 @@ def test_reporting_off_installs_no_reporter(tmp_path: Path) -> None:
         config.set_settings(previous)
 
 
+def test_a_producer_whose_settings_name_no_broker_starts_no_reporter(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app given its URLs by hand (the benches), in a process whose own settings find no
+    broker (no LEWIS_BROKER_URL, no stack running): its sends have nowhere to be reported, so
+    no reporter starts and nothing warns about an unreachable Redis."""
+    from lewis_tasks.infra import config, reporter
+
+    previous = config.get_settings()
+    config.set_settings(config.load_settings(env={"LEWIS_STACK_HOME": str(tmp_path)}))
+    try:
+        reporter.uninstall()
+        assert config.get_settings().broker.url == ""
+        reporter.note_sent("t", "io")
+        assert reporter.current() is None
+        assert "metrics: Redis unavailable" not in caplog.text
+    finally:
+        config.set_settings(previous)
+
+
 def test_a_task_that_never_waits_is_timed_in_cpu_time_others_in_wall_time(
     lewis_settings: Any, celery_app: Any
 ) -> None:
