@@ -96,7 +96,10 @@ class TaskHandle:
             raise ResultTimeout("The operation timed out.")
         if meta["status"] == "SUCCESS":
             return meta.get("result")
-        raise app.backend.exception_to_python(meta.get("result"))
+        error = app.backend.exception_to_python(meta.get("result"))
+        if isinstance(error, BaseException):
+            raise error
+        raise LewisError(f"task {self.id} ended {meta['status']}")  # stored without its error
 
     def forget(self) -> None:
         self.async_result.forget()

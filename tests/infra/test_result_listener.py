@@ -278,3 +278,28 @@ def test_a_real_io_worker_round_trip_reads_no_key(server: EmbeddedRedis, tmp_pat
         # the store's script reads the key once per task (Celery's wait: once more each)
         assert _calls(client, "get") - gets < count * 5 // 4
     client.close()
+
+
+def test_a_handles_wait_raises_the_stored_error_or_says_how_the_task_ended(
+    server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    from lewis_tasks.errors import LewisError
+    from lewis_tasks.infra.celery_app import configure_app
+    from lewis_tasks.infra.config import load_settings
+    from lewis_tasks.producer.base import TaskHandle
+
+    env = {"LEWIS_BROKER_URL": server.url, "LEWIS_STACK_HOME": str(tmp_path)}
+    app = configure_app(Celery("listener-errors"), load_settings(env=env))
+    client = redis.Redis.from_url(server.url)
+    error = {"exc_type": "ValueError", "exc_message": ["bad"], "exc_module": "builtins"}
+    client.set(channel("failed"), json.dumps({"status": "FAILURE", "result": error}))
+    client.set(channel("revoked"), json.dumps({"status": "REVOKED", "result": None}))
+    with pytest.raises(ValueError, match="bad"):
+        TaskHandle("failed", "t", app).wait(timeout=5)
+    with pytest.raises(LewisError, match="revoked ended REVOKED"):
+        TaskHandle("revoked", "t", app).wait(timeout=5)
+    with pytest.raises(ResultTimeout):
+        TaskHandle("never", "t", app).wait(timeout=0.1)
+    client.close()
