@@ -1,6 +1,6 @@
 """CPU per URL of one io process during an HTTP batch, beside the raw aiohttp script (issue 18.5).
 
-    python -m bench.http_cpu [--runs 3] [--py-spy PATH] [--json FILE]
+    python -m bench.http_cpu [--runs 3] [--py-spy PATH [--raw FILE]] [--json FILE]
 
 The private nginx of ``bench.http`` (a 512-byte file) and one ``lewis up --detach`` stack with
 one io process (``bench.http.stack``). Each run, interleaved: ``submit_http_batch`` of 20,000
@@ -27,7 +27,7 @@ from bench.http import BATCH, bench_batch, bench_raw, nginx, stack
 from bench.io_dispatch import summarise
 
 
-def run(runs: int, spy: str | None) -> dict[str, Any]:
+def run(runs: int, spy: str | None, keep_raw: Path | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"lewis": [], "raw": [], "profile": None}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -59,6 +59,8 @@ def run(runs: int, spy: str | None) -> dict[str, Any]:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             profiler.wait(60)
             out["profile"] = summarise(raw_file)
+            if keep_raw is not None:  # py-spy's raw stacks, for a closer look
+                keep_raw.write_bytes(raw_file.read_bytes())
     return out
 
 
@@ -87,8 +89,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--py-spy", dest="spy", default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's raw stacks here")
     args = parser.parse_args()
-    data = {"machine": machine(), **run(args.runs, args.spy)}
+    data = {"machine": machine(), **run(args.runs, args.spy, args.raw)}
     if args.json:
         args.json.write_text(json.dumps(data, indent=2))
     print(render(data))
