@@ -280,6 +280,47 @@ def test_a_real_io_worker_round_trip_reads_no_key(server: EmbeddedRedis, tmp_pat
     client.close()
 
 
+def test_threads_sending_and_waiting_at_once_each_get_their_own_results(
+    server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Four threads against a real io worker, each sending and awaiting tasks whose results
+    differ (io_sleep returns its argument), and each also awaiting a neighbour's handle: every
+    wait returns its own task's result."""
+    from lewis_tasks.infra.celery_app import configure_app
+    from lewis_tasks.infra.config import load_settings
+    from lewis_tasks.producer import submit
+
+    env = {
+        "LEWIS_BROKER_URL": server.url,
+        "LEWIS_BROKER_RESULT_BACKEND": _db(server, 1),
+        "LEWIS_STACK_HOME": str(tmp_path / "home"),
+        "LEWIS_MONITORING_REPORTING": "false",
+    }
+    app = configure_app(Celery("listener-threads"), load_settings(env=env))
+    handed: list[Any] = [None] * 4
+    wrong: list[Any] = []
+
+    def producer(t: int) -> None:
+        for i in range(25):
+            value = round(t * 0.001 + i * 0.00001, 6)
+            got = submit("lewis.bench.io_sleep", args=[value], app=app).wait(timeout=30)
+            if got != value:
+                wrong.append((t, i, value, got))
+        handed[t] = submit("lewis.bench.io_sleep", args=[t + 0.5], app=app)
+
+    log = tmp_path / "worker.log"
+    with logs_on_failure(tmp_path), lewis_process(["worker", "io"], env, log):
+        wait_for(lambda: "ready" in log.read_text(), timeout=60, what="the io worker")
+        threads = [threading.Thread(target=producer, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert wrong == []
+        # each thread's last handle, awaited from here: another thread than its sender
+        assert [h.wait(timeout=30) for h in handed] == [0.5, 1.5, 2.5, 3.5]
+
+
 def test_a_handles_wait_raises_the_stored_error_or_says_how_the_task_ended(
     server: EmbeddedRedis, tmp_path: Path
 ) -> None:
