@@ -30,15 +30,14 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from lewis_tasks.infra.messages import message_origin, push_messages, queue_key, task_message
 from lewis_tasks.producer.base import await_result, submit
 
 from . import platform as plat
-from .harness import ROOT, median, percentile, private_redis, processes, wait_workers
+from .atomic import save
+from .harness import percentile, private_redis, processes, wait_workers
 
-COMMAND = "python -m bench.result_wait"
 SAMPLES, WARMUP = 400, 30
 
 
@@ -103,23 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-r", "--runs", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    figures = run(args.runs)
-    medians: dict[str, Any] = {
-        side: {key: round(median(values), 3) for key, values in figs.items()}
-        for side, figs in figures.items()
-    }
-    for side, values in medians.items():
-        print(f"{side:<11} medians {json.dumps(values)}")
-    if not args.no_write:
-        out = ROOT / "bench" / "results" / "result_wait.json"
-        out.write_text(
-            json.dumps(
-                {"command": COMMAND, "runs": args.runs, "medians": medians, "samples": figures},
-                indent=2,
-            )
-            + "\n"
-        )
-        print(f"wrote {out.relative_to(ROOT)}")
+    save(run(args.runs), "result_wait.json", write=not args.no_write)
     return 0
 
 

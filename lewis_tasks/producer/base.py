@@ -91,7 +91,7 @@ class TaskHandle:
 
         assert_will_not_block()  # as Celery's get: a task waiting on a task can deadlock
         app = _app(self.app)
-        meta = _listener(app).wait(self.id, timeout, interval)
+        meta = results_listener(app).wait(self.id, timeout, interval)
         if meta is None:
             raise ResultTimeout("The operation timed out.")
         if meta["status"] == "SUCCESS":
@@ -203,7 +203,7 @@ def submit(
         task_id = str(uuid.uuid4())
         message = task_message(name, task_id, args, kwargs or {}, queue, message_origin(), priority)
         key = queue_key(queue, priority)
-        results = _listener(app, broker)
+        results = results_listener(app, broker)
         if results.pushes:  # results on the broker's server: subscribed and pushed in one write
             sending(broker, lambda: results.push(key, message, task_id))
         else:  # the wait subscribes and reads
@@ -287,12 +287,12 @@ def default_pack(name: str, queue: str, broker_url: str | None = None) -> int:
     return pack_size(p95, get_settings().broker.visibility_timeout)
 
 
-def _listener(app: Celery, broker: str | None = None) -> ResultListener:
-    """This thread's result listener for ``app``'s results and broker (``broker``: its URL,
-    when the caller has read it already)."""
-    broker = broker or str(app.conf.broker_url or "") or None
-    results = result_url(app, broker)
-    return listener(results, broker, get_settings().broker.connect_timeout)
+def results_listener(app: Celery | None, broker: str | None = None) -> ResultListener:
+    """This thread's result listener for ``app``'s results and broker (``None``: the
+    settings' results); ``broker``: the broker's URL, when the caller has read it already."""
+    if app is not None:
+        broker = broker or str(app.conf.broker_url or "") or None
+    return listener(result_url(app, broker), broker, get_settings().broker.connect_timeout)
 
 
 def wait_all(handles: Sequence[TaskHandle], timeout: float | None = None) -> list[Any]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..errors import LewisError, TransientError
-from .base import FALLBACK_POLL, _app, result_url
+from .base import FALLBACK_POLL, _app, results_listener
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -95,9 +95,7 @@ class JobHandle(Generic[P, R]):
         chord's body), by push from the result store; WaitTimeout after ``timeout``; its
         failure re-raised as :func:`unwrap_failure` gives it (``parts``: the tasks whose own
         error to look for, default the task itself), a revoked task as "cancelled"."""
-        from ..infra.result_listener import listener
-
-        meta = listener(result_url(self.app)).wait(task_id, timeout, interval)
+        meta = results_listener(self.app).wait(task_id, timeout, interval)
         if meta is None:
             raise self.timed_out(timeout)
         if meta["status"] == "SUCCESS":

@@ -44,6 +44,20 @@ def _subscribers(client: redis.Redis, task_id: str) -> int:
     return int(dict(client.pubsub_numsub(channel(task_id)))[channel(task_id)])
 
 
+def _worker_env_and_app(server: EmbeddedRedis, tmp_path: Path) -> tuple[dict[str, str], Celery]:
+    """An io worker's environment (results on db 1, no reporting) and a producer app for it."""
+    from lewis_tasks.infra.celery_app import configure_app
+    from lewis_tasks.infra.config import load_settings
+
+    env = {
+        "LEWIS_BROKER_URL": server.url,
+        "LEWIS_BROKER_RESULT_BACKEND": _db(server, 1),
+        "LEWIS_STACK_HOME": str(tmp_path / "home"),
+        "LEWIS_MONITORING_REPORTING": "false",
+    }
+    return env, configure_app(Celery("listener-producer"), load_settings(env=env))
+
+
 @pytest.mark.parametrize("results_db", [0, 1])
 def test_a_pushed_task_is_subscribed_before_it_exists_and_awaited_without_a_read(
     server: EmbeddedRedis, results_db: int
@@ -254,19 +268,11 @@ def test_a_real_io_worker_round_trip_reads_no_key(server: EmbeddedRedis, tmp_pat
     """``submit`` then ``wait`` against ``lewis worker io``: every result by push, one
     SUBSCRIBE per task and no read of the key by the producer (Celery's wait reads it before
     every wait)."""
-    from lewis_tasks.infra.celery_app import configure_app
-    from lewis_tasks.infra.config import load_settings
     from lewis_tasks.producer import submit
 
     count = 40
     client = redis.Redis.from_url(server.url)
-    env = {
-        "LEWIS_BROKER_URL": server.url,
-        "LEWIS_BROKER_RESULT_BACKEND": _db(server, 1),
-        "LEWIS_STACK_HOME": str(tmp_path / "home"),
-        "LEWIS_MONITORING_REPORTING": "false",
-    }
-    app = configure_app(Celery("listener-producer"), load_settings(env=env))
+    env, app = _worker_env_and_app(server, tmp_path)
     log = tmp_path / "worker.log"
     with logs_on_failure(tmp_path), lewis_process(["worker", "io"], env, log):
         wait_for(lambda: "ready" in log.read_text(), timeout=60, what="the io worker")
@@ -286,17 +292,9 @@ def test_threads_sending_and_waiting_at_once_each_get_their_own_results(
     """Four threads against a real io worker, each sending and awaiting tasks whose results
     differ (io_sleep returns its argument), and each also awaiting a neighbour's handle: every
     wait returns its own task's result."""
-    from lewis_tasks.infra.celery_app import configure_app
-    from lewis_tasks.infra.config import load_settings
     from lewis_tasks.producer import submit
 
-    env = {
-        "LEWIS_BROKER_URL": server.url,
-        "LEWIS_BROKER_RESULT_BACKEND": _db(server, 1),
-        "LEWIS_STACK_HOME": str(tmp_path / "home"),
-        "LEWIS_MONITORING_REPORTING": "false",
-    }
-    app = configure_app(Celery("listener-threads"), load_settings(env=env))
+    env, app = _worker_env_and_app(server, tmp_path)
     handed: list[Any] = [None] * 4
     wrong: list[Any] = []
 
