@@ -40,7 +40,7 @@ from bench.platform import _lewis_app
 
 # the workload: a no-op (the dispatch path alone), or a 50 ms wait on the event loop
 TASKS = {"noop": ("lewis.bench.io_noop", ()), "sleep": ("lewis.bench.io_sleep", (0.05,))}
-POOLS = {"threads": [], "solo": ["-P", "solo"]}
+POOLS = {"threads": [], "solo": ["-P", "solo"], "loop": ["-P", "custom"], "loop2": ["-P", "custom", "--prefetch-multiplier", "2"], "threads2": ["--prefetch-multiplier", "2"], "loopm": ["-P", "custom"], "threadsm": []}
 PACKAGES = (
     "lewis_tasks",
     "aiohttp",
@@ -76,6 +76,9 @@ def drain(
     env = lewis_env(
         broker, home, LEWIS_BROKER_RESULT_BACKEND=results, LEWIS_WORKERS_IO_CONCURRENCY="100"
     )
+    if pool.endswith("m"):
+        env["XLEWIS_TAKE_MIN"] = "16"
+    env["CELERY_CUSTOM_WORKER_POOL"] = "lewis_tasks.infra.loop_pool:TaskPool"
     app = _lewis_app(broker, results)
     from lewis_tasks.producer.base import submit_many
 
@@ -89,6 +92,7 @@ def drain(
             time.sleep(0.05)
         rc.flushdb()
         worker, server_proc = psutil.Process(procs[0].pid), psutil.Process(server.process.pid)
+        c0 = _commands(rc)
         w0, r0, began = _cpu(worker), _cpu(server_proc), time.monotonic()
         submit_many(name, (call for _ in range(count)), app=app, queue="io", pack=1, batch=2000)
         profiler = None
@@ -103,11 +107,14 @@ def drain(
             time.sleep(0.02)
         seconds = time.monotonic() - began
         w1, r1 = _cpu(worker), _cpu(server_proc)
+        calls = {k: v - c0.get(k, 0) for k, v in _commands(rc).items()}
         out = {
             "pool": pool,
             "tasks_per_s": count / seconds,
             "worker_us": 1e6 * (w1 - w0) / count,
             "redis_us": 1e6 * (r1 - r0) / count,
+            "redis_commands": round(sum(calls.values()) / count, 2),
+            "by_command": {k: round(v / count, 2) for k, v in calls.items() if v >= count / 20},
         }
         if profiler is not None:
             profiler.wait()
@@ -115,6 +122,12 @@ def drain(
             if keep_raw is not None:
                 keep_raw.write_bytes((home / "spy.txt").read_bytes())
     return out
+
+
+def _commands(client: Any) -> dict[str, int]:
+    """Redis's command counts so far (INFO commandstats), by command."""
+    return {k.removeprefix("cmdstat_"): int(v["calls"])
+            for k, v in client.info("commandstats").items()}  # fmt: skip
 
 
 def _package(frame: str) -> str:
@@ -136,7 +149,7 @@ def summarise(raw: Path, top: int = 25) -> dict[str, Any]:
             continue
         n = int(n_text)
         total += n
-        frames = stack.split(";")[1:]
+        frames = stack.split(";")[1:] or ["(no Python frame)"]
         own[_package(frames[-1])] += n
         for pkg in {_package(f) for f in frames}:
             inclusive[pkg] += n
@@ -163,6 +176,7 @@ def main() -> None:
     parser.add_argument("--py-spy", dest="spy", default=None)
     parser.add_argument("--task", choices=sorted(TASKS), default="noop")
     parser.add_argument("--pools", default=",".join(POOLS), help="comma-separated subset")
+    parser.add_argument("--spy-pool", default="threads", choices=sorted(POOLS))
     parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's raw stacks here")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -175,7 +189,7 @@ def main() -> None:
                 print(json.dumps({k: round(v, 1) if isinstance(v, float) else v
                                   for k, v in got.items()}), flush=True)  # fmt: skip
         profile = (
-            drain(server, Path(tmp), "threads", args.count, args.spy, args.task, args.raw)
+            drain(server, Path(tmp), args.spy_pool, args.count, args.spy, args.task, args.raw)
             if args.spy
             else None
         )
