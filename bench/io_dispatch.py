@@ -40,7 +40,7 @@ from bench.platform import _lewis_app
 
 # the workload: a no-op (the dispatch path alone), or a 50 ms wait on the event loop
 TASKS = {"noop": ("lewis.bench.io_noop", ()), "sleep": ("lewis.bench.io_sleep", (0.05,))}
-POOLS = {"threads": [], "solo": ["-P", "solo"], "loop": ["-P", "custom"], "loop2": ["-P", "custom", "--prefetch-multiplier", "2"], "threads2": ["--prefetch-multiplier", "2"], "loopm": ["-P", "custom"], "threadsm": []}
+POOLS = {"threads": [], "solo": ["-P", "solo"]}
 PACKAGES = (
     "lewis_tasks",
     "aiohttp",
@@ -76,9 +76,6 @@ def drain(
     env = lewis_env(
         broker, home, LEWIS_BROKER_RESULT_BACKEND=results, LEWIS_WORKERS_IO_CONCURRENCY="100"
     )
-    if pool.endswith("m"):
-        env["XLEWIS_TAKE_MIN"] = "16"
-    env["CELERY_CUSTOM_WORKER_POOL"] = "lewis_tasks.infra.loop_pool:TaskPool"
     app = _lewis_app(broker, results)
     from lewis_tasks.producer.base import submit_many
 
@@ -113,6 +110,7 @@ def drain(
             "tasks_per_s": count / seconds,
             "worker_us": 1e6 * (w1 - w0) / count,
             "redis_us": 1e6 * (r1 - r0) / count,
+            # Redis commands per message (a script's own calls included), and the common ones
             "redis_commands": round(sum(calls.values()) / count, 2),
             "by_command": {k: round(v / count, 2) for k, v in calls.items() if v >= count / 20},
         }
@@ -149,7 +147,7 @@ def summarise(raw: Path, top: int = 25) -> dict[str, Any]:
             continue
         n = int(n_text)
         total += n
-        frames = stack.split(";")[1:] or ["(no Python frame)"]
+        frames = stack.split(";")[1:] or ["(no Python frame)"]  # a thread py-spy saw no frame of
         own[_package(frames[-1])] += n
         for pkg in {_package(f) for f in frames}:
             inclusive[pkg] += n

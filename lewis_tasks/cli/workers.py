@@ -37,7 +37,7 @@ def _exec(argv: list[str], env: dict[str, str] | None = None) -> None:
             "no broker: set LEWIS_BROKER_URL, or start the embedded stack with "
             "`lewis up` (its broker is then found by itself)"
         )
-    os.execvpe(argv[0], argv, {"CELERY_CUSTOM_WORKER_POOL": "lewis_tasks.infra.loop_pool:TaskPool", **os.environ, **(env or {})})
+    os.execvpe(argv[0], argv, {**os.environ, **(env or {})})
 
 
 @cli.command(context_settings=PASS_THROUGH)

@@ -42,12 +42,7 @@ class LoopRuntime:
         self.loop.run_forever()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for its result: from any thread but the loop's, or
-        from a task's greenlet on the loop (:mod:`lewis_tasks.infra.loop_pool`)."""
-        if threading.get_ident() == self.thread.ident:
-            from .loop_pool import await_on_loop
-
-            return await_on_loop(coro if timeout is None else asyncio.wait_for(coro, timeout))  # type: ignore[no-any-return]
+        """Run ``coro`` on the loop and wait for its result (from any thread but the loop's)."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)

@@ -175,7 +175,7 @@ class ScopeSettings:
 
 @dataclass(frozen=True)
 class WorkersSettings:
-    io_pool: str = _opt("threads", choices=("threads", "prefork", "solo", "loop"))
+    io_pool: str = _opt("threads", choices=("threads", "prefork", "solo"))
     io_concurrency: int = _opt(0, minimum=0)  # 0: cores (prefork) / thread_pool_size (threads)
     io_prefetch_multiplier: int = _opt(1, minimum=1)  # long tasks: no hoarding (DESIGN)
     cpu_concurrency: int = _opt(0, minimum=0)  # 0: cores

@@ -30,10 +30,7 @@ def worker_options(profile: str, settings: Settings) -> list[str]:
         # Network-bound: tasks wait on the process's one event loop; threads keep many in
         # flight per process (prefork would give one per child). Chosen by bench/ (BENCHMARKS.md).
         pool = w.io_pool
-        if pool == "loop":
-            pool = "custom"
-            concurrency = w.io_concurrency or settings.performance.thread_pool_size
-        elif pool == "threads":
+        if pool == "threads":
             concurrency = w.io_concurrency or settings.performance.thread_pool_size
         elif pool == "prefork":
             concurrency = w.io_concurrency or _cores()

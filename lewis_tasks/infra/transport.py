@@ -199,16 +199,6 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc, unused-ignore]
         else:
             super().append(message, delivery_tag)
 
-    def can_consume(self) -> bool:
-        import os as _os
-
-        least = int(_os.environ.get("XLEWIS_TAKE_MIN", "1"))
-        allowed = self.can_consume_max_estimate()
-        if allowed is None:
-            return True
-        inflight = self.prefetch_count - allowed
-        return allowed >= (least if inflight >= least else 1)
-
     def ack(self, delivery_tag: str) -> None:
         """Skip the Redis write for a message its result's store took out of unacked."""
         if settlements.done(delivery_tag):

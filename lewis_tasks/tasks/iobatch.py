@@ -32,7 +32,6 @@ from celery import states
 
 from ..errors import InvalidInput, TransientError
 from ..infra.celery_app import app
-from ..infra.loop_pool import ON_LOOP
 from ..infra.reporter import current as current_reporter
 from ..infra.routing import IO, MAX_PACK, PACKABLE, PACKED_TASK
 from ..infra.runtime import runtime
@@ -60,7 +59,6 @@ def io_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
                 body
             )
         ASYNC_BODIES[name] = body
-        ON_LOOP.add(name)
 
         @functools.wraps(body)
         def run(*args: Any, **kwargs: Any) -> Any:
