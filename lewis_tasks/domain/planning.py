@@ -184,6 +184,12 @@ WORK_SHARE = 0.8
 # whoever joins (BENCHMARKS.md, "Fleet").
 SCAN_WAVES = 8
 MIN_CHUNK_PORTS = 2048  # smaller, a fast scan pays more in chunk rows, results and messages
+# A scan that fits in one wave of the slots online is taken whole at once: no chunk stays
+# queued for a worker that joins, so the waves buy nothing, and each chunk costs its io process
+# ~6 ms of CPU (its task, rows, result, events; BENCHMARKS.md, issue 18.4). Such a scan is cut
+# only into this many chunks per io process online (so a process that took more than its share
+# still leaves the others work), at most ``chunk_ports`` each.
+PROCESS_SHARES = 2
 
 
 def io_slots(io_pool: str, io_concurrency: int, thread_pool_size: int) -> int:
@@ -232,10 +238,14 @@ def chunk_ports_for(
     ports: int = 0,
     slots_online: int = 0,
     waves: int = SCAN_WAVES,
+    processes_online: int = 0,
 ) -> int:
     """Ports per chunk: ``chunk_ports``, less if the worst case would outlive the budget,
     and less again so a scan of ``hosts`` × ``ports`` makes ``waves`` waves of the io slots
     online (``slots_online``; none known: one worker's), never under :data:`MIN_CHUNK_PORTS`.
+    A scan that fits in one wave of those slots is cut into :data:`PROCESS_SHARES` chunks per
+    io process online instead (``processes_online``; 0, not known: the waves), never more
+    than the first size allows.
 
     The worst case assumes every slot of the io process scans at once (each then gets its
     share of ``concurrency``) and every port is filtered.
@@ -248,11 +258,14 @@ def chunk_ports_for(
         retries=limits.retries,
         rate=rate,
     )
-    size = max(1, min(limits.chunk_ports, fits))
+    most = size = max(1, min(limits.chunk_ports, fits))
     if hosts and ports and waves:  # 0: off (bench/fleet.py's A/B)
-        wanted = waves * max(slots_online, limits.io_slots)
-        per_host = math.ceil(wanted / hosts)  # chunks each host's ports are cut into
+        slots = max(slots_online, limits.io_slots)
+        per_host = math.ceil(waves * slots / hosts)  # chunks each host's ports are cut into
         size = min(size, max(MIN_CHUNK_PORTS, math.ceil(ports / per_host)))
+        if processes_online and hosts * math.ceil(ports / size) <= slots:  # one wave
+            per_host = math.ceil(PROCESS_SHARES * processes_online / hosts)
+            size = min(most, max(size, math.ceil(ports / per_host)))
     return size
 
 

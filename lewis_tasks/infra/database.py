@@ -11,7 +11,8 @@ each checkout, so a database restart costs one reconnect, not a failed task. SQL
 mode with a busy timeout and foreign keys on, and every transaction takes the write lock up
 front (``BEGIN IMMEDIATE``): two worker processes on one file then queue for the lock instead
 of failing with "database is locked" halfway through (and two migrations run one after the
-other).
+other). A block that only reads, on ``get_engine(read_only=True)``, takes a plain
+``BEGIN`` instead: a WAL snapshot, no lock.
 
 Connection budget (issue 21): a process keeps what its role needs (:data:`ROLE_POOLS`) —
 ``size`` connections stay open, ``overflow`` more are opened for a burst and closed as soon as
@@ -36,6 +37,8 @@ from sqlalchemy.pool import NullPool
 from ..errors import ConfigError
 from .config import DatabaseSettings, get_settings, redact_url
 from .runtime import runtime
+
+READ_ONLY = "lewis_read_only"  # the execution option of get_engine(read_only=True)
 
 # role: (connections kept open, more opened for a burst and closed when returned)
 ROLE_POOLS: dict[str, tuple[int, int]] = {
@@ -146,7 +149,11 @@ def _sqlite_engine(
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # a read-only block takes a snapshot and no lock: scan chunks starting together each
+        # check their scan first, and queued for the write lock they slept in SQLite's busy
+        # handler before their first connect (BENCHMARKS.md, issue 18.4)
+        read_only = conn.get_execution_options().get(READ_ONLY)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -164,10 +171,14 @@ def one_shot_engine(database: DatabaseSettings | str) -> Iterator[Engine]:
         engine.dispose()
 
 
-def get_engine(database: DatabaseSettings | None = None) -> Engine:
+def get_engine(database: DatabaseSettings | None = None, *, read_only: bool = False) -> Engine:
     """This process's engine for ``database`` (default: the settings'), made on first use and
-    kept in the process's runtime."""
-    return runtime().engine(database or get_settings().database, _pooled_engine)
+    kept in the process's runtime. ``read_only``: the same engine and pool for blocks that only
+    read; on SQLite their transactions take no write lock (a plain ``BEGIN``: a WAL snapshot,
+    which neither waits for a writer nor holds one up). A write through it may fail with
+    "database is locked" at once instead of queueing for the lock."""
+    engine = runtime().engine(database or get_settings().database, _pooled_engine)
+    return engine.execution_options(**{READ_ONLY: True}) if read_only else engine
 
 
 def _pooled_engine(database: DatabaseSettings, role: str) -> Engine:

@@ -121,7 +121,13 @@ def read_heartbeat(client: redis.Redis) -> dict[str, Any] | None:
 
 def slots_online(client: redis.Redis, queue: str) -> int:
     """Task slots (threads or children) of the workers taking new work from ``queue`` now."""
-    return sum(w.concurrency for w in read_workers(client) if queue in w.consuming)
+    return capacity_online(client, queue)[0]
+
+
+def capacity_online(client: redis.Redis, queue: str) -> tuple[int, int]:
+    """Task slots, and worker processes, taking new work from ``queue`` now."""
+    taking = [w for w in read_workers(client) if queue in w.consuming]
+    return sum(w.concurrency for w in taking), len(taking)
 
 
 def database_fingerprint(url: str, host: str | None = None) -> str:
@@ -320,6 +326,7 @@ __all__ = [
     "forget_beat",
     "read_workers",
     "slots_online",
+    "capacity_online",
     "check_cluster_agreement",
     "database_fingerprint",
     "database_mismatch",

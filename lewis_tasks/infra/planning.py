@@ -26,6 +26,7 @@ from .config import Settings
 
 # Read at each call of chunk_ports_for, so bench/fleet.py's A/B can set it to 0 (off).
 SCAN_WAVES = plan.SCAN_WAVES
+PROCESS_SHARES = plan.PROCESS_SHARES
 
 
 def http_limits(settings: Settings) -> HttpLimits:
@@ -124,7 +125,13 @@ def scan_limits(settings: Settings) -> plan.ScanLimits:
 
 
 def chunk_ports_for(
-    settings: Settings, rate: float | None, *, hosts: int = 0, ports: int = 0, slots_online: int = 0
+    settings: Settings,
+    rate: float | None,
+    *,
+    hosts: int = 0,
+    ports: int = 0,
+    slots_online: int = 0,
+    processes_online: int = 0,
 ) -> int:
     """Ports per chunk (see ``domain.planning.chunk_ports_for``) under ``settings``."""
     return plan.chunk_ports_for(
@@ -134,6 +141,7 @@ def chunk_ports_for(
         ports=ports,
         slots_online=slots_online,
         waves=SCAN_WAVES,
+        processes_online=processes_online,
     )
 
 
@@ -180,5 +188,6 @@ __all__ = [
     "scan_limits",
     "chunk_ports_for",
     "SCAN_WAVES",
+    "PROCESS_SHARES",
     "MIN_CHUNK_PORTS",
 ]

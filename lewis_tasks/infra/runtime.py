@@ -57,13 +57,17 @@ class ScanSlots:
     pool's slots, so a chunk never queues behind others and eats its budget waiting), a
     one-thread publisher for live progress, the chunks running here (they share
     ``scan.concurrency``), whether the soft RLIMIT_NOFILE was lifted already, and the turn
-    their connect loops take to launch connects (:class:`~lewis_tasks.domain.connectloop.Turns`)."""
+    their connect loops take to launch connects (:class:`~lewis_tasks.domain.connectloop.Turns`),
+    and the lock its chunks record a planned scan under."""
 
     executor: ThreadPoolExecutor
     publisher: ThreadPoolExecutor
     active: int = 0
     fd_raised: bool = False
     turns: Turns = field(default_factory=Turns)  # the connect loops launch in turns
+    # a scan's first chunks arrive together and each would record the scan from its plan;
+    # in turn, only the first of this process writes and the rest find the plan recorded
+    recording: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -298,8 +298,14 @@ def submit_scan(
         hosts = _without(hosts, excluded)
     from ..infra.planning import chunk_ports_for
 
+    slots, processes = _io_capacity_online()
     size = chunk_ports_for(
-        settings, rate, hosts=len(hosts), ports=len(set(port_list)), slots_online=_io_slots_online()
+        settings,
+        rate,
+        hosts=len(hosts),
+        ports=len(set(port_list)),
+        slots_online=slots,
+        processes_online=processes,
     )
     chunks = plan_chunks(
         hosts, port_list, chunk_ports=size, max_ports_total=settings.scan.max_ports_total
@@ -445,18 +451,19 @@ def _planned(index: int, chunk: ScanChunk) -> dict[str, Any]:
     return {"chunk_index": index, "host": chunk.address, "ports": chunk.ports.split(",")}
 
 
-def _io_slots_online() -> int:
-    """io slots of the workers online (their presence records); 0 if the broker cannot say."""
-    from ..infra.fleet import slots_online
+def _io_capacity_online() -> tuple[int, int]:
+    """io slots and io processes of the workers online (their presence records); 0, 0 if the
+    broker cannot say."""
+    from ..infra.fleet import capacity_online
     from ..infra.redis_client import broker_errors, get_redis
 
     if not get_settings().broker.url:
-        return 0  # no broker: _require_broker says so
+        return 0, 0  # no broker: _require_broker says so
     try:
         with broker_errors():
-            return slots_online(get_redis(), "io")
+            return capacity_online(get_redis(), "io")
     except BrokerUnavailable:
-        return 0  # the broker check right after says what is wrong
+        return 0, 0  # the broker check right after says what is wrong
 
 
 def _without(hosts: Sequence[ScanHost], exclude: Sequence[str]) -> list[ScanHost]:

@@ -46,7 +46,8 @@ def upsert_scan(
     """Create the scan (and its planned chunks: ``chunk_index``, ``host``, ``ports``) once;
     ``created_at`` defaults to now (a scan recorded by its task: when it was submitted).
 
-    A second call with the same id changes nothing and returns False: the first plan wins.
+    A second call with the same id changes nothing and returns False: the first plan wins
+    (it was written with the scan's row, in the same transaction, so it is not written again).
     """
     row = {
         "id": scan_id,
@@ -57,6 +58,8 @@ def upsert_scan(
         "ports_total": ports_total,
     }
     created = bool(upsert(session, ScanRow, [row]))
+    if not created:
+        return False
     plan = [
         {
             "scan_id": scan_id,
@@ -68,7 +71,7 @@ def upsert_scan(
         for c in chunks
     ]
     upsert(session, ScanChunkRow, plan)
-    return created
+    return True
 
 
 def record_chunk(
@@ -236,6 +239,25 @@ def list_scans(session: Session, *, status: str | None = None, limit: int = 50) 
     if status is not None:
         stmt = stmt.where(ScanRow.status == status)
     return list(session.scalars(stmt.order_by(ScanRow.created_at.desc(), ScanRow.id).limit(limit)))
+
+
+def scan_exists(session: Session, scan_id: str) -> bool:
+    """Whether the scan has a row (its id alone is read: no request, no JSON)."""
+    return session.scalar(select(ScanRow.id).where(ScanRow.id == scan_id)) is not None
+
+
+def chunk_pending(session: Session, scan_id: str, chunk_index: int) -> bool | None:
+    """Whether the scan's chunk is planned and not recorded yet: True, False (recorded, or
+    not in the plan), or None when the scan itself does not exist. One primary-key lookup in
+    the common case, a chunk that is planned."""
+    status = session.scalar(
+        select(ScanChunkRow.status).where(
+            ScanChunkRow.scan_id == scan_id, ScanChunkRow.chunk_index == chunk_index
+        )
+    )
+    if status is not None:
+        return bool(status != "done")
+    return False if scan_exists(session, scan_id) else None
 
 
 def pending_chunks(session: Session, scan_id: str) -> list[int]:
@@ -433,6 +455,8 @@ __all__ = [
     "get_scan",
     "list_scans",
     "pending_chunks",
+    "chunk_pending",
+    "scan_exists",
     "list_scan_ports",
     "list_findings",
     "TERMINAL",

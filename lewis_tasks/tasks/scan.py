@@ -103,13 +103,16 @@ def _record_chunk(
 
     part, rate, identify = _chunk_input(scan_id, index, chunk, options)
     cancelled = is_cancelled(runtime().redis(), scan_id)
-    with session_scope(get_engine()) as session:
-        if scans.get_scan(session, scan_id) is None:
-            raise InvalidInput(f"scan {scan_id!r}: no such scan (submit it with submit_scan)")
-        if cancelled:  # cancelled before its row existed: the row says so too
+    # only reads: the chunks of a scan start together, and none waits for another's lock here
+    with session_scope(get_engine(read_only=True)) as session:
+        pending = scans.chunk_pending(session, scan_id, index)
+    if pending is None:
+        raise InvalidInput(f"scan {scan_id!r}: no such scan (submit it with submit_scan)")
+    if cancelled:  # cancelled before its row existed: the row says so too
+        with session_scope(get_engine()) as session:
             scans.cancel_scan(session, scan_id)
-        if index not in scans.pending_chunks(session, scan_id):
-            return {"scan_id": scan_id, "chunk": index, "recorded": False}  # a redelivery
+    if not pending:
+        return {"scan_id": scan_id, "chunk": index, "recorded": False}  # a redelivery
     if cancelled:  # a chunk the revoke missed: not one packet
         return {"scan_id": scan_id, "chunk": index, "recorded": False, "cancelled": True}
     settings = get_settings()
@@ -169,20 +172,33 @@ def _record_scan(scan_id: Any, record: Any) -> None:
 
 
 def _record_planned(scan_id: Any) -> None:
-    """Record the scan from the plan its producer left in Redis, unless a chunk has already
-    (several first chunks at once each record it: upserts, the first plan wins)."""
-    client = runtime().redis()
-    record = plan_to_record(client, scan_id) if isinstance(scan_id, str) else None
+    """Record the scan from the plan its producer left in Redis, unless a chunk has already.
+    A process's chunks take turns, so one of them writes and the rest find the plan marked
+    recorded; first chunks of other processes may record it too (upserts: the first plan
+    wins)."""
+    rt = runtime()
+    client = rt.redis()
+    if not isinstance(scan_id, str):
+        return
+    with rt.scan.recording:
+        _record_plan(client, scan_id)
+
+
+def _record_plan(client: redis.Redis, scan_id: str) -> None:
+    from ..infra.database import get_engine
+    from ..storage import scans
+    from ..storage.db import session_scope
+
+    record = plan_to_record(client, scan_id)
     if record is None:
         return
-    _record_scan(scan_id, record)
-    if is_cancelled(client, scan_id):  # cancelled before its row existed: the row says so
-        from ..infra.database import get_engine
-        from ..storage import scans
-        from ..storage.db import session_scope
-
-        with session_scope(get_engine()) as session:
-            scans.cancel_scan(session, scan_id)
+    with session_scope(get_engine(read_only=True)) as session:
+        exists = scans.scan_exists(session, scan_id)  # another process's chunk wrote it
+    if not exists:
+        _record_scan(scan_id, record)
+        if is_cancelled(client, scan_id):  # cancelled before its row existed: the row says so
+            with session_scope(get_engine()) as session:
+                scans.cancel_scan(session, scan_id)
     mark_plan_recorded(client, scan_id)
 
 

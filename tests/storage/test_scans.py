@@ -38,7 +38,9 @@ def _start(engine: Engine, scan_id: str = "s1") -> None:
 def test_upsert_scan_creates_once_and_keeps_the_first_plan(engine: Engine) -> None:
     _start(engine)
     with session_scope(engine) as s:
-        assert not scans.upsert_scan(s, "s1", request={"other": 1}, chunks_total=9)
+        assert not scans.upsert_scan(
+            s, "s1", request={"other": 1}, chunks_total=9, chunks=[{"chunk_index": 7}]
+        )
     with session_scope(engine) as s:
         scan = scans.get_scan(s, "s1")
         assert (
@@ -47,6 +49,22 @@ def test_upsert_scan_creates_once_and_keeps_the_first_plan(engine: Engine) -> No
             and scan.request == {"targets": ["127.0.0.1"]}
         )
         assert scans.pending_chunks(s, "s1") == [0, 1, 2]
+
+
+def test_a_chunk_is_pending_until_recorded_and_a_missing_scan_says_so(engine: Engine) -> None:
+    # Given a scan of three planned chunks
+    _start(engine)
+    with session_scope(engine) as s:
+        # Then its chunks are pending, an index outside its plan is not, and another scan is
+        # not there at all
+        assert [scans.chunk_pending(s, "s1", i) for i in (0, 1, 2, 3)] == [True, True, True, False]
+        assert scans.chunk_pending(s, "nope", 0) is None
+        assert scans.scan_exists(s, "s1") and not scans.scan_exists(s, "nope")
+    # And once chunk 1 is recorded, it is no longer pending
+    with session_scope(engine) as s:
+        assert scans.record_chunk(s, "s1", 1, {"open": []}, ports_scanned=100)
+    with session_scope(engine) as s:
+        assert [scans.chunk_pending(s, "s1", i) for i in (0, 1, 2)] == [True, False, True]
 
 
 def test_a_chunk_recorded_twice_counts_once(engine: Engine) -> None:

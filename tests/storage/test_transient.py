@@ -61,6 +61,31 @@ def test_sqlite_locked_past_the_busy_timeout_is_transient(sqlite_path: Path) -> 
         engine.dispose()
 
 
+def test_a_read_only_block_reads_while_another_connection_holds_the_write_lock(
+    sqlite_path: Path,
+) -> None:
+    # Given a 1 s busy timeout, a heartbeat on record, and another connection holding the
+    # write lock (a scan chunk recording its ports, say)
+    from lewis_tasks.infra.database import dispose_engines, get_engine
+
+    database = DatabaseSettings(url=f"sqlite:///{sqlite_path}", pool_timeout=1)
+    with session_scope(get_engine(database)) as session:
+        assert heartbeats.record_heartbeat(session, slot=1, worker="w@h", alive=True)
+    holder = hold_write_lock(sqlite_path)
+    try:
+        # When a block that only reads runs on the read-only engine
+        with session_scope(get_engine(database, read_only=True)) as session:
+            seen = heartbeats.latest_heartbeats(session)
+        # Then it reads the committed state without waiting for the lock
+        assert [h.worker for h in seen] == ["w@h"]
+        # while the same read on the engine that writes queues for the lock and gives up
+        with pytest.raises(DatabaseConflict), session_scope(get_engine(database)) as session:
+            heartbeats.latest_heartbeats(session)
+    finally:
+        holder.close()
+        dispose_engines()
+
+
 @pytest.fixture
 def sqlite_settings(sqlite_path: Path, lewis_settings: Any) -> Iterator[Any]:
     """The test settings (the app configured from them before any task is bound: binding
