@@ -20,4 +20,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q "${pins[@]}" -e "$ROOT[${LEWIS_EXTRAS:-dev}]"
   echo "$want" > "$stamp"
 fi
+# Bytecode for the project's own modules, as a regular (non-editable) install has: an editable
+# install compiles them in every process that imports them when the environment sets
+# PYTHONDONTWRITEBYTECODE (~60-90 ms per `lewis` command on a 2-core machine; BENCHMARKS.md,
+# issue 18.4). Python checks each .pyc against its source, so an edited module is compiled
+# afresh; this only refreshes what changed.
+"$VENV/bin/python" -m compileall -q "$ROOT/lewis_tasks" "$ROOT/workers" "$ROOT/beat_schedule.py" >/dev/null
 export PATH="$VENV/bin:$PATH"

@@ -269,6 +269,8 @@ def _port_number(text: str, token: str, spec: str) -> int:
 def format_ports(ports: Iterable[int]) -> str:
     """Sorted ports → the shortest spec of ranges ("1-3,80"); the inverse of :func:`parse_ports`."""
     ordered = sorted(set(ports))
+    if ordered and ordered[-1] - ordered[0] + 1 == len(ordered):  # one range: `-p -`'s chunks
+        return str(ordered[0]) if len(ordered) == 1 else f"{ordered[0]}-{ordered[-1]}"
     parts: list[str] = []
     i = 0
     while i < len(ordered):

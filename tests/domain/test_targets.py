@@ -184,6 +184,7 @@ def test_format_ports_is_the_inverse_of_parse_ports() -> None:
         ports = sorted(set(rng.sample(range(1, 65536), rng.randint(1, 400))))
         assert parse_ports(format_ports(ports)) == ports
     assert format_ports([5, 1, 2, 3, 80]) == "1-3,5,80"
+    assert format_ports(range(65535, 0, -1)) == "1-65535" and format_ports([7, 7]) == "7"
 
 
 # ---------------------------------------------------------------- chunks
