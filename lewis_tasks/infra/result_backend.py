@@ -14,6 +14,7 @@ Selected with ``result_backend = "lewis_tasks.infra.result_backend.LewisRedisBac
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import states
@@ -93,6 +94,37 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
             settle = settlements.claim(task_id, self._server)  # this task's own message
         self.ensure(self._store, (key, value, int(expires or 0), settle))
         return result
+
+    def store_successes(self, results: Sequence[tuple[str, Any]]) -> list[tuple[str, Exception]]:
+        """Store many tasks' SUCCESS in one round trip (a packed message's calls): each by the
+        same script as :meth:`store_result`, pipelined. Returns the calls it could not store
+        (a value over Redis's size), each with its error, for the caller to fail alone."""
+        items: list[tuple[str, str, int]] = []
+        refused: list[tuple[str, Exception]] = []
+        expires = int(self.expires or 0)
+        for task_id, result in results:
+            meta = self._get_result_meta(
+                result=self.encode_result(result, states.SUCCESS), state=states.SUCCESS,
+                traceback=None, request=None,
+            )  # fmt: skip
+            meta["task_id"] = bytes_to_str(task_id)
+            value = self.encode(meta)
+            if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+                error = BackendStoreError(
+                    "value too large for Redis backend", state=states.SUCCESS, task_id=task_id
+                )
+                refused.append((task_id, error))
+                continue
+            items.append((self.get_key_for_task(task_id), value, expires))
+        if items:
+            self.ensure(self._store_many, (items,))
+        return refused
+
+    def _store_many(self, items: Sequence[tuple[str, str, int]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, value, expires in items:
+            self._store_script(keys=[key], args=[value, expires], client=pipe)
+        pipe.execute()
 
     def _store(
         self,

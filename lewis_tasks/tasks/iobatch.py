@@ -89,20 +89,40 @@ def run_batch(name: str, calls: list[Any]) -> dict[str, Any]:
         for task_id, _, _ in calls:
             app.backend.mark_as_failure(task_id, error, call_errbacks=False)
         return {"calls": len(calls), "ok": 0, "failed": len(calls), "retried": 0}
+    events: dict[str, str] = {}  # task id → ok, failed or retried
+    successes: list[tuple[str, Any]] = []
+    for call, (succeeded, value, _) in zip(calls, outcomes, strict=True):
+        if succeeded:
+            successes.append((call[0], value))
+            events[call[0]] = "ok"
+        else:
+            events[call[0]] = _settle_failure(name, call, value)
+    for task_id in _store_successes(successes):  # the store refused it (too large): failed
+        events[task_id] = "failed"
     counts = {"ok": 0, "failed": 0, "retried": 0}
-    for call, (succeeded, value, seconds) in zip(calls, outcomes, strict=True):
-        event = _settle(name, call, succeeded, value)
-        counts[event] += 1
-        _report(name, event, seconds)
+    for call, (_, _, seconds) in zip(calls, outcomes, strict=True):
+        counts[events[call[0]]] += 1
+        _report(name, events[call[0]], seconds)
     return {"calls": len(calls), **counts}
 
 
-def _settle(name: str, call: list[Any], succeeded: bool, value: Any) -> str:
-    """Store one call's result or failure, or send it again alone (a passing error)."""
+def _store_successes(results: list[tuple[str, Any]]) -> list[str]:
+    """Store the calls' results: in one round trip where the backend can (ours), else one by
+    one. Returns the ids of those failed instead (the store refused them: too large)."""
+    store_many = getattr(app.backend, "store_successes", None)
+    if store_many is None:
+        for task_id, value in results:
+            app.backend.store_result(task_id, value, states.SUCCESS)
+        return []
+    refused = store_many(results)
+    for task_id, error in refused:
+        app.backend.mark_as_failure(task_id, error, call_errbacks=False)
+    return [task_id for task_id, _ in refused]
+
+
+def _settle_failure(name: str, call: list[Any], value: Any) -> str:
+    """Store one call's failure, or send it again alone (a passing error)."""
     task_id, args, kwargs = call
-    if succeeded:
-        app.backend.store_result(task_id, value, states.SUCCESS)
-        return "ok"
     if isinstance(value, TransientError) and _retry_alone(name, task_id, args, kwargs):
         return "retried"
     app.backend.mark_as_failure(task_id, value, call_errbacks=False)

@@ -28,3 +28,38 @@ def test_store_publishes_to_waiting_consumers(celery_app: Any) -> None:
     backend.on_task_call(None, "rb-2")  # subscribe first, as submit() does
     backend.store_result("rb-2", [1, 2, 3], states.SUCCESS)
     assert result.get(timeout=5) == [1, 2, 3]
+
+
+def test_a_packs_successes_are_stored_together_as_one_by_one(
+    celery_app: Any, worker_redis: Any
+) -> None:
+    import time
+
+    backend = celery_app.backend
+    base = f"rb-many-{time.monotonic_ns()}"
+    ids = [f"{base}-{i}" for i in range(5)]
+    # Given one of them already ended in success (a redelivered pack's first run)
+    backend.store_result(ids[0], "first run", states.SUCCESS)
+    subscriber = worker_redis.pubsub()
+    subscriber.subscribe(backend.get_key_for_task(ids[1]))
+    assert subscriber.get_message(timeout=2)["type"] == "subscribe"
+    # When a pack's successes are stored, one of them too large for Redis
+    huge = "x" * (backend._MAX_STR_VALUE_SIZE + 1)
+    refused = backend.store_successes(
+        [(ids[0], "second run"), (ids[1], {"n": 1}), (ids[2], [2]), (ids[3], None), (ids[4], huge)]
+    )
+    # Then each is stored as store_result would have (state, result, its expiry) and published
+    # to whoever waits; the first success stands; the one too large is handed back, not stored
+    metas = [backend.get_task_meta(i, cache=False) for i in ids]
+    assert [m["status"] for m in metas[:4]] == [states.SUCCESS] * 4
+    assert [m["result"] for m in metas[:4]] == ["first run", {"n": 1}, [2], None]
+    assert all(m["task_id"] == i for m, i in zip(metas[:4], ids, strict=False))
+    for task_id in ids[1:4]:
+        ttl = worker_redis.ttl(backend.get_key_for_task(task_id))
+        assert 0 < ttl <= celery_app.conf.result_expires
+    pushed = subscriber.get_message(timeout=2)
+    assert pushed is not None and b'"n": 1' in pushed["data"]
+    subscriber.close()
+    assert [task_id for task_id, _ in refused] == [ids[4]]
+    assert "too large" in str(refused[0][1])
+    assert worker_redis.get(backend.get_key_for_task(ids[4])) is None

@@ -108,18 +108,42 @@ def test_a_call_failing_transiently_in_a_pack_is_retried_alone_under_its_id(
 
     from lewis_tasks.errors import TransientError
     from lewis_tasks.producer.base import TaskHandle
-    from lewis_tasks.tasks.iobatch import _settle
+    from lewis_tasks.tasks.iobatch import _settle_failure
 
     # Given a packed call of a wait that failed with a passing error
     task_id = str(uuid.uuid4())
     call = [task_id, [0.001], {}]
-    outcome = _settle("lewis.bench.io_sleep", call, False, TransientError("connection reset"))
+    outcome = _settle_failure("lewis.bench.io_sleep", call, TransientError("connection reset"))
     # Then it left the pack: sent again alone under its own id, its handle gets the result
     assert outcome == "retried"
     assert TaskHandle(task_id, "lewis.bench.io_sleep", None).wait(timeout=30) == 0.001
     # while a failure that is no passing error is stored as the call's failure at once
     other = str(uuid.uuid4())
-    bad = _settle("lewis.bench.io_sleep", [other, [-1], {}], False, InvalidInput("bad"))
+    bad = _settle_failure("lewis.bench.io_sleep", [other, [-1], {}], InvalidInput("bad"))
     assert bad == "failed"
     with pytest.raises(InvalidInput, match="bad"):
         TaskHandle(other, "lewis.bench.io_sleep", None).wait(timeout=30)
+
+
+def test_a_packed_result_too_large_to_store_fails_alone(
+    lewis_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from celery.result import AsyncResult
+
+    from lewis_tasks.infra.celery_app import app
+    from lewis_tasks.tasks import iobatch
+
+    # Given a packable body whose second call returns more than Redis may store
+    huge = "x" * (app.backend._MAX_STR_VALUE_SIZE + 1)
+    monkeypatch.setitem(iobatch.SYNC_BODIES, "lewis.bench.io_noop", lambda n: huge if n == 1 else n)
+    base = f"pack-large-{time.monotonic_ns()}"
+    calls = [[f"{base}-{i}", [i], {}] for i in range(3)]
+    # When the pack runs (the worker's step, in this process)
+    counts = iobatch.run_batch.run("lewis.bench.io_noop", calls)
+    # Then its neighbours' results are stored together, and it fails alone, saying why
+    assert counts == {"calls": 3, "ok": 2, "failed": 1, "retried": 0}
+    results = [AsyncResult(f"{base}-{i}", app=app) for i in range(3)]
+    assert [results[0].get(timeout=5), results[2].get(timeout=5)] == [0, 2]
+    assert results[1].state == "FAILURE" and "too large" in str(results[1].result)
