@@ -78,15 +78,7 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        meta = self._get_result_meta(
-            result=result, state=state, traceback=traceback, request=request
-        )
-        meta["task_id"] = bytes_to_str(task_id)
-        value = self.encode(meta)
-        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
-            raise BackendStoreError(
-                "value too large for Redis backend", state=state, task_id=task_id
-            )
+        value = self._value(task_id, result, state, traceback, request)
         expires = self.failure_expires if state == states.FAILURE else self.expires
         key = self.get_key_for_task(task_id)
         settle = None
@@ -99,28 +91,38 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         """Store many tasks' SUCCESS in one round trip (a packed message's calls): each by the
         same script as :meth:`store_result`, pipelined. Returns the calls it could not store
         (a value over Redis's size), each with its error, for the caller to fail alone."""
-        items: list[tuple[str, str, int]] = []
+        items: list[tuple[str, Any, int]] = []
         refused: list[tuple[str, Exception]] = []
         expires = int(self.expires or 0)
         for task_id, result in results:
-            meta = self._get_result_meta(
-                result=self.encode_result(result, states.SUCCESS), state=states.SUCCESS,
-                traceback=None, request=None,
-            )  # fmt: skip
-            meta["task_id"] = bytes_to_str(task_id)
-            value = self.encode(meta)
-            if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
-                error = BackendStoreError(
-                    "value too large for Redis backend", state=states.SUCCESS, task_id=task_id
-                )
-                refused.append((task_id, error))
+            try:
+                value = self._value(task_id, self.encode_result(result, states.SUCCESS))
+            except BackendStoreError as exc:
+                refused.append((task_id, exc))
                 continue
             items.append((self.get_key_for_task(task_id), value, expires))
         if items:
             self.ensure(self._store_many, (items,))
         return refused
 
-    def _store_many(self, items: Sequence[tuple[str, str, int]]) -> None:
+    def _value(
+        self, task_id: str, result: Any, state: str = states.SUCCESS, traceback: Any = None,
+        request: Any = None,
+    ) -> Any:  # fmt: skip
+        """The stored form of a task's state: Celery's meta, encoded; too large for Redis: a
+        BackendStoreError, as Celery's own backend raises."""
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        return value
+
+    def _store_many(self, items: Sequence[tuple[str, Any, int]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for key, value, expires in items:
             self._store_script(keys=[key], args=[value, expires], client=pipe)
