@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import platform as plat
-from .harness import ROOT, median, private_redis
+from .harness import ROOT, interleaved, median, private_redis
 
 SIDES = {
     "atomic": {"LEWIS_BROKER_ATOMIC_TAKE": "true"},
@@ -43,8 +43,7 @@ def run(
             systems[side] = plat.System("lewis", server, Path(tmp))
             systems[side].env.update(env)
         for i in range(runs):
-            # AB BA …: drift over the run hits both sides alike
-            for side in list(sides) if i % 2 == 0 else list(reversed(sides)):
+            for side in interleaved(list(sides), i):
                 latency = plat.bench_latency(systems[side])
                 drain = plat.bench_drain(systems[side], "noop_io")
                 sample = {

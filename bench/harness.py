@@ -12,12 +12,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import Celery
 
 from lewis_tasks.infra.redis_server import EmbeddedRedis
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGS = ROOT / "bench" / "logs"
@@ -144,3 +146,9 @@ def wait_results(
 
 def repeat(runs: int, func: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
     return [func() for _ in range(runs)]
+
+
+def interleaved(sides: Sequence[T], run: int) -> list[T]:
+    """``sides`` in run ``run``'s order: AB BA AB … (ABC CBA … for more), so drift over a
+    run hits every side alike."""
+    return list(sides) if run % 2 == 0 else list(reversed(sides))

@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import median, private_redis, processes, wait_results, wait_workers
+from .harness import (
+    interleaved,
+    median,
+    private_redis,
+    processes,
+    wait_results,
+    wait_workers,
+)
 from .monitoring import _tree_cpu, _use_settings
 from .platform import System
 
@@ -65,7 +72,7 @@ def run(pairs: int, tasks: int) -> dict[str, Any]:
         for label, per_child in RECYCLE.items():
             rows = []
             for i in range(pairs):
-                for reporting in (True, False) if i % 2 == 0 else (False, True):
+                for reporting in interleaved((True, False), i):
                     rows.append(drain(server, Path(tmp), reporting, per_child, tasks))
                     print(f"  {label} pair {i + 1}: {json.dumps(rows[-1])}", flush=True)
             out["series"][label] = rows

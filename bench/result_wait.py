@@ -36,7 +36,7 @@ from lewis_tasks.producer.base import await_result, submit
 
 from . import platform as plat
 from .atomic import save
-from .harness import percentile, private_redis, processes, wait_workers
+from .harness import interleaved, percentile, private_redis, processes, wait_workers
 
 SAMPLES, WARMUP = 400, 30
 
@@ -88,7 +88,7 @@ def run(runs: int) -> dict[str, dict[str, list[float]]]:
         with processes(system.workers("noop_io")[:1], system.env, "result-wait"):
             wait_workers(system.app, 1)
             for i in range(runs):
-                for side in list(SIDES) if i % 2 == 0 else list(reversed(SIDES)):
+                for side in interleaved(list(SIDES), i):
                     sample = _sample(lambda side=side: SIDES[side](system, name, queue))  # type: ignore[misc]
                     for key, value in sample.items():
                         figures[side].setdefault(key, []).append(value)

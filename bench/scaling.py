@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .harness import ROOT, median
+from .harness import ROOT, interleaved, median
 
 INTERVAL, WINDOW, BURST, SLEEP = 2.0, 6.0, 32, 1.5
 ENV = {
@@ -182,7 +182,7 @@ def run(runs: int) -> dict[str, Any]:
             client = redis.Redis.from_url(url)
             app = Celery("bench-scaling", broker=url, backend=url)
             for i in range(runs):
-                for mode in ("fixed", "auto") if i % 2 == 0 else ("auto", "fixed"):
+                for mode in interleaved(("fixed", "auto"), i):
                     _until(lambda: _io(home) == ["io"], 120, "pool back to one", poll=0.2)
                     if mode == "fixed":
                         set_override(client, "io", 1, 600)

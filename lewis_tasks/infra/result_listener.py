@@ -35,6 +35,7 @@ from collections import OrderedDict
 from typing import Any
 
 import redis
+from redis.connection import parse_url
 
 from .results import READY, RESULT_KEY, decode_meta
 
@@ -50,19 +51,17 @@ def channel(task_id: str) -> bytes:
     return RESULT_KEY.format(task_id=task_id).encode()
 
 
-def _kwargs(url: str) -> dict[str, Any]:
-    return dict(redis.ConnectionPool.from_url(url).connection_kwargs)
+_SERVER_KEYS = ("host", "port", "path", "username", "password", "connection_class")
 
 
-_SERVER_KEYS = ("host", "port", "path", "username", "password")
+def _same(ka: dict[str, Any], kb: dict[str, Any]) -> bool:
+    return all(ka.get(k) == kb.get(k) for k in _SERVER_KEYS)
 
 
 def same_server(a: str, b: str) -> bool:
-    """True if Redis URLs ``a`` and ``b`` name one server as one user (the db may differ)."""
-    ka, kb = _kwargs(a), _kwargs(b)
-    return all(ka.get(k) == kb.get(k) for k in _SERVER_KEYS) and (
-        a.startswith("rediss://") == b.startswith("rediss://")
-    )
+    """True if Redis URLs ``a`` and ``b`` name one server as one user, over the same
+    transport (TCP, TLS or a Unix socket); the db may differ."""
+    return _same(parse_url(a), parse_url(b))
 
 
 class ResultListener:
@@ -71,10 +70,13 @@ class ResultListener:
     def __init__(
         self, results_url: str, broker_url: str | None = None, connect_timeout: float = 5.0
     ) -> None:
-        self.pushes = broker_url is not None and same_server(results_url, broker_url)
+        results = parse_url(results_url)
+        broker = parse_url(broker_url) if broker_url is not None else None
+        self.pushes = broker is not None and _same(results, broker)
         self.url = broker_url if self.pushes and broker_url else results_url
-        self._db = int(_kwargs(self.url).get("db") or 0)
-        self._results_db = int(_kwargs(results_url).get("db") or 0)
+        connected = broker if self.pushes and broker is not None else results
+        self._db = int(connected.get("db") or 0)
+        self._results_db = int(results.get("db") or 0)
         self._connect_timeout = connect_timeout
         self._conn: Any = None
         self._pool: Any = None

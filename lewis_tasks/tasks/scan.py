@@ -176,12 +176,11 @@ def _record_planned(scan_id: Any) -> None:
     A process's chunks take turns, so one of them writes and the rest find the plan marked
     recorded; first chunks of other processes may record it too (upserts: the first plan
     wins)."""
-    rt = runtime()
-    client = rt.redis()
     if not isinstance(scan_id, str):
         return
+    rt = runtime()
     with rt.scan.recording:
-        _record_plan(client, scan_id)
+        _record_plan(rt.redis(), scan_id)
 
 
 def _record_plan(client: redis.Redis, scan_id: str) -> None:
