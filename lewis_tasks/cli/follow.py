@@ -33,10 +33,13 @@ def follow(
     on_interrupt: Callable[[], R] | None = None,
 ) -> R:
     """The job's result once it is done. With ``line`` (stdout is a terminal) its progress is
-    drawn on one line meanwhile, wiped at the end (``keep_line``: left on screen). The first
+    drawn on one line meanwhile, wiped at the end (``keep_line``: left on screen), under a
+    line naming the job (what ``lewis … cancel`` takes from another shell). The first
     Ctrl-C cancels a job that can be cancelled and exits 130, or returns ``on_interrupt()``
     when given (say, the partial result of a cancelled load test); WaitTimeout after
     ``timeout`` seconds."""
+    if line is not None and handle.cancellable:  # its id, for `lewis … cancel ID` elsewhere
+        click.echo(f"{handle.what} {handle.id} (Ctrl-C cancels it)")
     try:
         return _wait_drawing(handle, timeout, line, keep_line)
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from lewis_tasks.infra.vulnlookup import invalidate_vulnerability_cache
 from lewis_tasks.producer.scan import scan_handle
 from lewis_tasks.storage import vulns
 from lewis_tasks.storage.db import session_scope
+from tests.conftest import stack_env
 from tests.support.listeners import CATALOGUE, ListenerSet, running_listeners
 from tests.support.procs import ROOT, lewis_env
 
@@ -286,12 +288,56 @@ def test_scans_show_takes_a_unique_prefix_and_list_has_a_header(
         assert ambiguous.exit_code == 2 and "ambiguous" in ambiguous.output
 
 
-def test_the_table_is_coloured_on_a_terminal_only(
-    listeners: ListenerSet, stack: None, tmp_path: Path
-) -> None:
+def on_terminal(args: list[str], env: dict[str, str]) -> str:
+    """What ``lewis ARGS`` writes to a terminal (a pty); it must exit 0."""
     import os
     import pty
 
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lewis_tasks.cli", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(leader)
+
+
+def test_a_scan_followed_on_a_terminal_names_itself_first(
+    listeners: ListenerSet, stack: None, redis_url: str, tmp_path: Path
+) -> None:
+    # the environment of the test stack (its broker and database) for a `lewis` process
+    database = config.get_settings().database.url
+    env = lewis_env(stack_env(redis_url, tmp_path, LEWIS_DATABASE_URL=database))
+    # When a scan runs in the foreground of a terminal
+    shown = on_terminal(["scan", ADDRESS, "-p", str(port_of(listeners, REDIS))], env)
+    # Then its first line names it, with the id `lewis scans cancel` takes from another shell,
+    # the same id its report ends with
+    first = shown.lstrip().splitlines()[0]
+    match = re.match(r"scan ([0-9a-f]{32}) \(Ctrl-C cancels it\)", first)
+    assert match is not None, shown
+    assert f"scan {match.group(1)}: done" in shown
+
+
+def test_the_table_is_coloured_on_a_terminal_only(
+    listeners: ListenerSet, stack: None, tmp_path: Path
+) -> None:
     scan_id = json.loads(
         run("scan", ADDRESS, "-p", str(port_of(listeners, REDIS)), "--json").output
     )["scan_id"]
@@ -313,30 +359,7 @@ def test_the_table_is_coloured_on_a_terminal_only(
                 text=True,
                 timeout=120,
             ).stdout
-        leader, follower = pty.openpty()
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "lewis_tasks.cli", "scans", "show", scan_id],
-                cwd=ROOT,
-                env={**env, **extra_env},
-                stdout=follower,
-                stderr=subprocess.PIPE,
-                timeout=120,
-            )
-            assert proc.returncode == 0, proc.stderr
-            os.close(follower)
-            chunks = []
-            while True:
-                try:
-                    chunk = os.read(leader, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            return b"".join(chunks).decode()
-        finally:
-            os.close(leader)
+        return on_terminal(["scans", "show", scan_id], {**env, **extra_env})
 
     assert "\x1b[" in show({}, tty=True) and "critical" in show({}, tty=True)
     assert "\x1b[" not in show({"NO_COLOR": "1"}, tty=True)
