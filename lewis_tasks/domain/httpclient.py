@@ -28,6 +28,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from ..errors import InvalidInput, OutOfScope
+from .httplane import LeanLane
 from .scope import LOCALHOST_ADDRESSES, IPAddress, Scope, is_localhost_alias, parse_ip
 from .urlhost import SCHEMES
 
@@ -121,6 +122,12 @@ class ScopedConnector(aiohttp.TCPConnector):
         super().__init__(**kwargs)
         self._scope = scope
         self._literals: dict[str, OutOfScope | None] = {}  # IP-literal host → refusal, if any
+        self.lane: LeanLane | None = None  # the batch fetcher's plain-http lane, if any
+
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        if self.lane is not None:
+            await self.lane.close()
+        await super().close(abort_ssl=abort_ssl)
 
     async def connect(self, req: Any, *args: Any, **kwargs: Any) -> Any:
         if req.proxy is not None:  # the socket would go to the proxy, vouched for by the target
@@ -178,11 +185,12 @@ def create_session(
     asyncio.get_running_loop()  # fail here, not at the first request, when called off-loop
     if max_connections < 1:
         raise InvalidInput(f"max_connections must be ≥ 1, not {max_connections}")
+    resolver = ScopedResolver(scope)
     connector = ScopedConnector(
         scope,
         limit=max_connections,
         limit_per_host=max(0, limit_per_host),
-        resolver=ScopedResolver(scope),
+        resolver=resolver,
         socket_factory=guarded_socket_factory(scope),
         force_close=not keep_alive,
         ssl=verify_tls,
@@ -193,6 +201,15 @@ def create_session(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=connect_timeout, sock_read=read_timeout
     )
+    if keep_alive:  # the lane only keeps connections alive: without, the session serves all
+        connector.lane = LeanLane(
+            scope,
+            resolver,
+            limit=max_connections,
+            limit_per_host=max(0, limit_per_host),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,

@@ -25,6 +25,7 @@ from multidict import istr
 
 from ..errors import InvalidInput
 from . import httpclient as hc
+from .httplane import LeanResponse
 from .httprequest import METHODS, HttpRequest, normalise_url, resolve_location
 from .redact import redact_url
 
@@ -461,14 +462,19 @@ async def _follow(
 ) -> HttpOutcome:
     url, method, body = normalise_url(request.url), request.method, request.body
     headers = dict(request.headers) if request.headers else None
+    lane = getattr(session.connector, "lane", None)
     while True:
         marks = hc.HopTimings()
         token = marks.active()
         sent = time.perf_counter()
+        resp: aiohttp.ClientResponse | LeanResponse
         try:
-            resp = await session.request(
-                method, url, headers=headers, data=body, allow_redirects=False
-            )
+            if lane is not None and lane.serves(url, method, body):
+                resp = await lane.request(method, url, headers, marks)
+            else:
+                resp = await session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
         finally:
             hc.stop_timing(token)
         async with resp:
@@ -528,7 +534,9 @@ async def _follow(
             )
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> tuple[int, str, bool]:
+async def _read_capped(
+    resp: aiohttp.ClientResponse | LeanResponse, cap: int
+) -> tuple[int, str, bool]:
     """Bytes read, SHA-256 of them, and whether the body went on past ``cap`` (then unread)."""
     length = resp.content_length
     if length is not None and length <= cap and _CONTENT_ENCODING not in resp.headers:
