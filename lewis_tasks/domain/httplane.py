@@ -228,6 +228,8 @@ class LeanLane:
                 waiter.set_result(proto)
                 return
         self._idle.setdefault(key, []).append((proto, time.monotonic()))
+        if self._waiters:  # a request to another host may wait for room: this idle one makes it
+            self._wake(key)
         if self._sweep is None:
             self._sweep = asyncio.get_running_loop().call_later(self.keepalive, self._expire)
 

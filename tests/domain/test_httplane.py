@@ -150,7 +150,15 @@ def _without_timings(outcome: HttpOutcome) -> HttpOutcome:
 
 
 def test_the_lane_answers_what_the_session_answers() -> None:
-    requests: list[Any] = [*(f"PATH{p}" for p in CANNED), {"url": "PATH/length", "method": "HEAD"}]
+    requests: list[Any] = [
+        *(f"PATH{p}" for p in CANNED),
+        {"url": "PATH/length", "method": "HEAD"},
+        {
+            "url": "PATH/length",
+            "headers": {"X-One": "1", "accept": "text/html", "User-Agent": "me"},
+        },
+        {"url": "PATH/length", "headers": {"Host": "example.test", "X-Two": "zwei ü"}},
+    ]
 
     async def main() -> tuple[list[HttpOutcome], list[HttpOutcome], int, list[str], list[str]]:
         server, base, heads = await _canned_server()
@@ -381,6 +389,23 @@ def test_the_lane_keeps_its_total_limit_by_closing_idle_connections_of_other_hos
     seen1, seen2, kept = asyncio.run(main())
     assert seen1["now"] == 0 and seen1["total"] == 2  # closed to make room for the second host
     assert seen2["peak"] == 2 and kept == 2
+
+
+def test_a_request_waiting_for_room_gets_it_when_another_host_goes_idle() -> None:
+    # Given one connection in all, and two hosts asked for at once: each request to one host
+    # waits for the other's connection to go idle and be closed for it (not for the keepalive)
+    async def main() -> tuple[list[HttpOutcome], dict[str, int], dict[str, int]]:
+        one, base1, seen1 = await _counting_server(0.01)
+        two, base2, seen2 = await _counting_server(0.01)
+        async with one, two, _session(max_connections=1, limit_per_host=0) as session:
+            outcomes = await _fetch(
+                session, [base1 + "/", base2 + "/"] * 3, concurrency=2, total_timeout=3.0
+            )
+            return outcomes, dict(seen1), dict(seen2)
+
+    outcomes, seen1, seen2 = asyncio.run(main())
+    assert [o.status for o in outcomes] == [200] * 6, outcomes
+    assert seen1["peak"] == seen2["peak"] == 1 and seen1["requests"] == seen2["requests"] == 3
 
 
 def test_idle_connections_close_after_the_keepalive() -> None:
