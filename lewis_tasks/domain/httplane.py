@@ -21,6 +21,7 @@ bound its own (a request waits for one to free); idle connections close after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections import deque
@@ -180,12 +181,14 @@ class LeanLane:
             waiters.append(waiter)
             try:
                 handed = await waiter
-            except BaseException:
-                handed = waiter.result() if waiter.done() and not waiter.cancelled() else None
-                if handed is not None:
-                    self.release(key, handed)  # handed over as we were cancelled
-                elif not waiter.done():
-                    waiters.remove(waiter)
+            except BaseException:  # cancelled: what came for this request goes to the next
+                if not waiter.done() or waiter.cancelled():
+                    with contextlib.suppress(ValueError):
+                        waiters.remove(waiter)
+                elif (handed := waiter.result()) is not None:
+                    self.release(key, handed)  # a connection, handed over
+                else:
+                    self._wake(key)  # a turn to open one
                 raise
             if handed is not None:
                 return handed

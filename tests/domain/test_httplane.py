@@ -408,6 +408,41 @@ def test_a_request_waiting_for_room_gets_it_when_another_host_goes_idle() -> Non
     assert seen1["peak"] == seen2["peak"] == 1 and seen1["requests"] == seen2["requests"] == 3
 
 
+@pytest.mark.parametrize("reusable", [True, False])
+def test_a_waiting_request_cancelled_as_its_turn_came_passes_the_turn_on(reusable: bool) -> None:
+    # Given one connection per host, held, and two requests waiting for it
+    async def main() -> int:
+        server, base, seen = await _counting_server(0.0)
+        async with server:
+            lane = LeanLane(
+                LOOPBACK,
+                ScopedResolver(LOOPBACK),
+                limit=10,
+                limit_per_host=1,
+                connect_timeout=2,
+                read_timeout=2,
+            )
+            try:
+                held = await lane.request("GET", URL(base + "/"), None)
+                await held.read()
+                first = asyncio.create_task(lane.request("GET", URL(base + "/"), None))
+                second = asyncio.create_task(lane.request("GET", URL(base + "/"), None))
+                await asyncio.sleep(0.01)  # both wait now
+                # When the connection comes back (or is closed) and the first waiter is
+                # cancelled before it could take its turn
+                held.release(reusable=reusable)
+                first.cancel()
+                # Then the second gets the connection, or the room to open one
+                answer = await asyncio.wait_for(second, 2)
+                await answer.read()
+                answer.release()
+                return answer.status
+            finally:
+                await lane.close()
+
+    assert asyncio.run(main()) == 200
+
+
 def test_idle_connections_close_after_the_keepalive() -> None:
     async def main() -> tuple[int, int, dict[str, int]]:
         server, base, seen = await _counting_server(0.0)
