@@ -28,7 +28,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from ..errors import InvalidInput, OutOfScope
-from .httplane import LeanLane
+from .httplane import LeanLane, LiteralCheck
 from .scope import LOCALHOST_ADDRESSES, IPAddress, Scope, is_localhost_alias, parse_ip
 from .urlhost import SCHEMES
 
@@ -121,7 +121,7 @@ class ScopedConnector(aiohttp.TCPConnector):
     def __init__(self, scope: Scope, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._scope = scope
-        self._literals: dict[str, OutOfScope | None] = {}  # IP-literal host → refusal, if any
+        self._literals = LiteralCheck(scope)  # IP-literal host → refusal, if any
         self.lane: LeanLane | None = None  # the batch fetcher's plain-http lane, if any
 
     async def close(self, *, abort_ssl: bool = False) -> None:
@@ -135,7 +135,7 @@ class ScopedConnector(aiohttp.TCPConnector):
                 f"proxy {req.proxy} refused: LEWIS connects directly, never through one"
             )
         host = req.url.raw_host
-        self._check_literal(host)  # before the pool: no pooled connection serves a refused peer
+        self._literals.check(host)  # before the pool: no pooled connection serves a refused peer
         token = _PEER_HOST.set(host)
         try:
             connection = await super().connect(req, *args, **kwargs)
@@ -145,25 +145,6 @@ class ScopedConnector(aiohttp.TCPConnector):
         if marks is not None and marks.connect_started is not None:  # a new socket was made
             marks.connect = time.perf_counter() - marks.connect_started
         return connection
-
-    def _check_literal(self, host: str | None) -> None:
-        """OutOfScope for a host that is an address outside the scope (cached per host)."""
-        if host is None:
-            return
-        try:
-            refusal = self._literals[host]
-        except KeyError:
-            refusal = None
-            if parse_ip(host) is not None:
-                try:
-                    self._scope.check_peer(host, None)
-                except OutOfScope as exc:
-                    refusal = exc
-            if len(self._literals) >= 4096:
-                self._literals.clear()
-            self._literals[host] = refusal
-        if refusal is not None:
-            raise OutOfScope(str(refusal))
 
 
 def create_session(

@@ -48,6 +48,33 @@ _AUTO: tuple[tuple[str, str], ...] = (
 )
 
 
+class LiteralCheck:
+    """OutOfScope for a host that is an address outside the scope, before any pool is asked:
+    the refusal (or its absence) is kept per host, for up to 4,096 hosts."""
+
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+        self._seen: dict[str, OutOfScope | None] = {}
+
+    def check(self, host: str | None) -> None:
+        if host is None:
+            return
+        try:
+            refusal = self._seen[host]
+        except KeyError:
+            refusal = None
+            if parse_ip(host) is not None:
+                try:
+                    self._scope.check_peer(host, None)
+                except OutOfScope as exc:
+                    refusal = exc
+            if len(self._seen) >= 4096:
+                self._seen.clear()
+            self._seen[host] = refusal
+        if refusal is not None:
+            raise OutOfScope(str(refusal))
+
+
 class LeanLane:
     """Kept-alive plain-http connections for GET and HEAD; see the module's docstring."""
 
@@ -71,7 +98,7 @@ class LeanLane:
         self._open: dict[_Key, int] = {}  # connections per key, in use or idle
         self._total = 0
         self._waiters: dict[_Key, deque[asyncio.Future[ResponseHandler | None]]] = {}
-        self._literals: dict[str, OutOfScope | None] = {}
+        self._literals = LiteralCheck(scope)
         self._sweep: asyncio.TimerHandle | None = None
         self.closed = False
         self.served = 0  # requests sent by this lane
@@ -96,7 +123,7 @@ class LeanLane:
         A failure to connect is not retried here."""
         host = url.raw_host or ""
         key = (host, url.port or 80)
-        self._check_literal(host)  # before the pool, as the connector does
+        self._literals.check(host)  # before the pool, as the connector does
         head = _head(method, url, headers)
         retry = True
         while True:
@@ -275,22 +302,6 @@ class LeanLane:
 
     # -- a new connection ----------------------------------------------------------------
 
-    def _check_literal(self, host: str) -> None:
-        try:
-            refusal = self._literals[host]
-        except KeyError:
-            refusal = None
-            if parse_ip(host) is not None:
-                try:
-                    self._scope.check_peer(host, None)
-                except OutOfScope as exc:
-                    refusal = exc
-            if len(self._literals) >= 4096:
-                self._literals.clear()
-            self._literals[host] = refusal
-        if refusal is not None:
-            raise OutOfScope(str(refusal))
-
     async def _connect(self, key: _Key, url: URL, marks: Any) -> ResponseHandler:
         host, port = key
         loop = asyncio.get_running_loop()
@@ -398,4 +409,4 @@ def _conn_key(host: str, port: int) -> Any:
     return ConnectionKey(host, port, False, True, None, None, None)
 
 
-__all__ = ["LeanLane", "LeanResponse", "LANE_METHODS", "KEEPALIVE"]
+__all__ = ["LeanLane", "LeanResponse", "LiteralCheck", "LANE_METHODS", "KEEPALIVE"]

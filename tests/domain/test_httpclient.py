@@ -7,13 +7,11 @@ spelling 127.0.0.1 must be refused before a byte reaches that server.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver
 
 from lewis_tasks.domain.httpclient import (
     CONNECTION_REFUSED,
@@ -31,6 +29,7 @@ from lewis_tasks.domain.httpclient import (
 from lewis_tasks.domain.scope import Scope
 from lewis_tasks.errors import OutOfScope
 from tests.support.httpservers import RunningServer, ServerThread, free_port
+from tests.support.resolvers import LyingResolver
 
 T = TypeVar("T")
 NARROW = Scope.from_allow(["127.0.0.2/32"])
@@ -269,22 +268,6 @@ def test_the_socket_factory_refuses_never_allowed_peers_whatever_names_them(
 ) -> None:
     # Given a resolver that is no guard at all: it answers never-allowed addresses for a name
     # the allowlist names, so only the socket factory stands between the name and connect()
-    class Lying(AbstractResolver):
-        async def resolve(self, host: str, port: int = 0, family: Any = 0) -> list[Any]:
-            return [
-                {
-                    "hostname": host,
-                    "host": a,
-                    "port": port,
-                    "proto": 0,
-                    "flags": 0,
-                    "family": socket.AF_INET6 if ":" in a else socket.AF_INET,
-                }
-                for a in answers
-            ]
-
-        async def close(self) -> None:
-            pass
 
     scope = Scope.from_allow(["0.0.0.0/0", "::/0", "*.lab.test"])
     target = outside(servers)
@@ -292,7 +275,7 @@ def test_the_socket_factory_refuses_never_allowed_peers_whatever_names_them(
 
     async def main() -> tuple[str, str]:
         connector = ScopedConnector(
-            scope, resolver=Lying(), socket_factory=guarded_socket_factory(scope)
+            scope, resolver=LyingResolver(answers), socket_factory=guarded_socket_factory(scope)
         )
         async with aiohttp.ClientSession(connector=connector) as session:
             try:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from lewis_tasks.domain import httpclient as hc
@@ -22,6 +20,7 @@ from lewis_tasks.domain.httplane import LeanLane
 from lewis_tasks.domain.scope import Scope
 from lewis_tasks.errors import OutOfScope
 from tests.support.httpservers import ServerThread
+from tests.support.resolvers import LyingResolver
 
 LOOPBACK = Scope.from_allow(["127.0.0.0/8"])
 
@@ -273,29 +272,17 @@ def test_the_lane_refuses_never_allowed_peers_whatever_names_them(
     # allowlist names: only the lane's own check before each socket stands in the way
     target = serve.start("app", "127.0.0.1")
 
-    class Lying(AbstractResolver):
-        async def resolve(self, host: str, port: int = 0, family: Any = 0) -> list[Any]:
-            return [
-                {
-                    "hostname": host,
-                    "host": a,
-                    "port": port,
-                    "proto": 0,
-                    "flags": 0,
-                    "family": socket.AF_INET6 if ":" in a else socket.AF_INET,
-                }
-                for a in answers
-            ]
-
-        async def close(self) -> None:
-            pass
-
     scope = Scope.from_allow(["0.0.0.0/0", "::/0", "*.lab.test"])
     before = sum(target.hits.values())
 
     async def main() -> str:
         lane = LeanLane(
-            scope, Lying(), limit=4, limit_per_host=0, connect_timeout=2, read_timeout=2
+            scope,
+            LyingResolver(answers),
+            limit=4,
+            limit_per_host=0,
+            connect_timeout=2,
+            read_timeout=2,
         )
         try:
             await lane.request("GET", URL(f"http://db.lab.test:{target.port}/"), None)
