@@ -7,7 +7,9 @@ One `lewis worker io` on a private Redis drains ``count`` unpacked io no-ops
 thread hands each message to a pool thread) and once with ``-P solo`` (the consumer runs the
 task itself: no hand-off at all, the lower bound of what any in-thread or event-loop pool can
 save on dispatch); interleaved ``runs`` times. Reported: drain rate, and CPU microseconds per
-message of the worker process and of redis-server (psutil, before and after). With
+message of the worker process and of redis-server (psutil, before and after), and the
+worker's split by thread from /proc: the consumer (main) thread's user and system CPU and
+context switches per message, and the other threads' (the pool's and the event loop's). With
 ``--py-spy`` a GIL-holding profile (``py-spy record --gil``) of one threads-pool drain is
 summarised by package and function: where a message's CPU goes.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -56,6 +59,50 @@ PACKAGES = (
 )
 
 
+def _threads(proc: psutil.Process) -> dict[int, tuple[float, float, int, int]]:
+    """Per thread of the worker's process (the one with the pool's threads): user and system
+    seconds, voluntary and involuntary context switches, from /proc."""
+    worker = max([proc, *proc.children(recursive=True)], key=lambda p: p.num_threads())
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir(f"/proc/{worker.pid}/task"):
+        try:
+            stat = Path(f"/proc/{worker.pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+            status = Path(f"/proc/{worker.pid}/task/{tid}/status").read_text()
+        except OSError:  # the thread ended
+            continue
+        fields = stat.split()
+        switches = dict(
+            line.split(":\t") for line in status.splitlines() if "ctxt_switches" in line
+        )
+        out[int(tid) if int(tid) != worker.pid else 0] = (  # 0: the main (consumer) thread
+            int(fields[11]) / tick,
+            int(fields[12]) / tick,
+            int(switches["voluntary_ctxt_switches"]),
+            int(switches["nonvoluntary_ctxt_switches"]),
+        )
+    return out
+
+
+def _split(
+    before: dict[int, tuple[float, float, int, int]],
+    after: dict[int, tuple[float, float, int, int]],
+    count: int,
+) -> dict[str, float]:
+    """CPU µs and context switches per message: the consumer (main) thread, the others."""
+    out: dict[str, float] = {}
+    for part, tids in (("consumer", [0]), ("other_threads", [t for t in after if t])):
+        deltas = [
+            [a - b for a, b in zip(after[t], before.get(t, (0, 0, 0, 0)), strict=True)]
+            for t in tids
+        ]
+        out[f"{part}_user_us"] = round(1e6 * sum(d[0] for d in deltas) / count, 1)
+        out[f"{part}_system_us"] = round(1e6 * sum(d[1] for d in deltas) / count, 1)
+        out[f"{part}_voluntary_switches"] = round(sum(d[2] for d in deltas) / count, 2)
+        out[f"{part}_involuntary_switches"] = round(sum(d[3] for d in deltas) / count, 2)
+    return out
+
+
 def _cpu(proc: psutil.Process) -> float:
     return sum(
         t.user + t.system for t in (p.cpu_times() for p in [proc, *proc.children(recursive=True)])
@@ -90,6 +137,7 @@ def drain(
         rc.flushdb()
         worker, server_proc = psutil.Process(procs[0].pid), psutil.Process(server.process.pid)
         c0 = _commands(rc)
+        t0 = _threads(worker)
         w0, r0, began = _cpu(worker), _cpu(server_proc), time.monotonic()
         submit_many(name, (call for _ in range(count)), app=app, queue="io", pack=1, batch=2000)
         profiler = None
@@ -103,7 +151,7 @@ def drain(
         while rc.dbsize() < count and time.monotonic() - began < 300:
             time.sleep(0.02)
         seconds = time.monotonic() - began
-        w1, r1 = _cpu(worker), _cpu(server_proc)
+        w1, r1, t1 = _cpu(worker), _cpu(server_proc), _threads(worker)
         calls = {k: v - c0.get(k, 0) for k, v in _commands(rc).items()}
         out = {
             "pool": pool,
@@ -113,6 +161,8 @@ def drain(
             # Redis commands per message (a script's own calls included), and the common ones
             "redis_commands": round(sum(calls.values()) / count, 2),
             "by_command": {k: round(v / count, 2) for k, v in calls.items() if v >= count / 20},
+            # where the worker's CPU goes by thread, and how often its threads block and wake
+            "threads": _split(t0, t1, count),
         }
         if profiler is not None:
             profiler.wait()
