@@ -481,3 +481,13 @@ def test_a_closed_lane_refuses_new_requests_and_keeps_nothing_open() -> None:
 
     open_, message = asyncio.run(main())
     assert open_ == 0 and "closed" in message
+
+
+def test_without_keep_alive_every_request_takes_the_session() -> None:
+    async def main() -> tuple[list[HttpOutcome], Any]:
+        server, base, seen = await _counting_server(0.0)
+        async with server, _session(keep_alive=False) as session:
+            return await _fetch(session, [base + "/"] * 2), session.connector.lane  # type: ignore[union-attr]
+
+    outcomes, lane = asyncio.run(main())
+    assert [o.status for o in outcomes] == [200, 200] and lane is None
