@@ -2,9 +2,9 @@
 
     python -m bench.loop_handoff [--rounds 3] [--threads 100] [--calls 100] [--sleep 0.005]
 
-In this process, no task system: a uvloop loop in its own thread, as ``infra.aio.LoopRuntime``
-runs it, and ``--threads`` threads each handing it ``--calls`` coroutines that sleep
-``--sleep`` s, waiting for each result. *future* is what ``LoopRuntime.run`` does
+In this process, no task system: an ``infra.aio.LoopRuntime`` (the io worker's loop in its own
+thread), and ``--threads`` threads each handing it ``--calls`` coroutines that sleep
+``--sleep`` s, waiting for each result. *future* is ``LoopRuntime.run`` as shipped
 (``asyncio.run_coroutine_threadsafe`` and the ``concurrent.futures.Future`` it returns);
 *lock* blocks on a plain lock that the task's done-callback releases (measured, not shipped:
 BENCHMARKS.md). Reported per way, alternated ``--rounds`` times: CPU µs of this process and
@@ -22,24 +22,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bench.harness import median
+from lewis_tasks.infra.aio import LoopRuntime
 
 
-def _loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
-
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    return loop
+def by_future(runtime: LoopRuntime, coro: Coroutine[Any, Any, Any]) -> Any:
+    return runtime.run(coro)
 
 
-def by_future(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-
-def by_lock(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
+def by_lock(runtime: LoopRuntime, coro: Coroutine[Any, Any, Any]) -> Any:
+    loop = runtime.loop
     done = threading.Lock()
     done.acquire()
     box: list[asyncio.Task[Any]] = []
@@ -54,14 +45,14 @@ def by_lock(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> 
     return box[0].result()
 
 
-WAYS: dict[str, Callable[[asyncio.AbstractEventLoop, Coroutine[Any, Any, Any]], Any]] = {
+WAYS: dict[str, Callable[[LoopRuntime, Coroutine[Any, Any, Any]], Any]] = {
     "future": by_future,
     "lock": by_lock,
 }
 
 
 def measure(
-    loop: asyncio.AbstractEventLoop, way: str, threads: int, calls: int, sleep: float
+    runtime: LoopRuntime, way: str, threads: int, calls: int, sleep: float
 ) -> dict[str, float]:
     handoff = WAYS[way]
 
@@ -71,7 +62,7 @@ def measure(
 
     def worker() -> None:
         for _ in range(calls):
-            handoff(loop, work())
+            handoff(runtime, work())
 
     workers = [threading.Thread(target=worker) for _ in range(threads)]
     r0, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -96,11 +87,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--sleep", type=float, default=0.005)
     args = parser.parse_args()
-    loop = _loop()
+    runtime = LoopRuntime()
     runs: dict[str, list[dict[str, float]]] = {way: [] for way in WAYS}
     for _ in range(args.rounds):
         for way in WAYS:  # alternated
-            got = measure(loop, way, args.threads, args.calls, args.sleep)
+            got = measure(runtime, way, args.threads, args.calls, args.sleep)
             runs[way].append(got)
             print(f"  {way:7} {got['cpu_us']:6.1f} us/call  "
                   f"{got['voluntary_switches']:5.2f} switches/call  "
@@ -110,7 +101,7 @@ def main() -> None:
             f"{way:7} median {median([r['cpu_us'] for r in rows]):6.1f} us/call, "
             f"{median([r['calls_per_s'] for r in rows]):8,.0f} calls/s"
         )
-    loop.call_soon_threadsafe(loop.stop)
+    runtime.close()
 
 
 if __name__ == "__main__":

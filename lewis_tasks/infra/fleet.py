@@ -119,13 +119,9 @@ def read_heartbeat(client: redis.Redis) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def slots_online(client: redis.Redis, queue: str) -> int:
-    """Task slots (threads or children) of the workers taking new work from ``queue`` now."""
-    return capacity_online(client, queue)[0]
-
-
 def capacity_online(client: redis.Redis, queue: str) -> tuple[int, int]:
-    """Task slots, and worker processes, taking new work from ``queue`` now."""
+    """Task slots (threads or children), and worker processes, taking new work from ``queue``
+    now."""
     taking = [w for w in read_workers(client) if queue in w.consuming]
     return sum(w.concurrency for w in taking), len(taking)
 
@@ -325,7 +321,6 @@ __all__ = [
     "write_beat",
     "forget_beat",
     "read_workers",
-    "slots_online",
     "capacity_online",
     "check_cluster_agreement",
     "database_fingerprint",
