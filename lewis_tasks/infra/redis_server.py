@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -66,9 +67,41 @@ def find_redis_server() -> str:
     )
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PICK = 10_000  # below it sit well-known and registered services
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of automatic local ports (Linux's default where it cannot be read)."""
+    try:
+        lo, hi = (int(n) for n in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return lo, hi
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
+    """A port nothing is bound to now, for a server started next (redis-server, Flower, the
+    monitor), chosen at random *below* the kernel's ephemeral range.
+
+    Binding port 0 would pick from that range, which every outgoing connection draws its local
+    port from: in the time a server takes to start (a second for Flower), or between a killed
+    redis-server and its restart on the same port, any connection on the machine could take
+    it, and the server would exit with "address already in use" (seen once in CI, under the
+    suite's parallel stacks). Ports below the range are only ever taken by a bind."""
+    lo, _ = ephemeral_range()
+    if lo - _LOWEST_PICK >= 1024:
+        rng = secrets.SystemRandom()
+        for _ in range(64):
+            port = rng.randrange(_LOWEST_PICK, lo)
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))  # a machine whose range starts low: the kernel's pick
         return int(sock.getsockname()[1])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,22 @@ def test_an_evicting_redis_is_warned_about(redis_client: redis.Redis) -> None:
         assert warning is not None and "allkeys-lru" in warning
     finally:
         redis_client.config_set("maxmemory-policy", before)
+
+
+def test_a_free_port_is_never_one_an_outgoing_connection_could_take_first() -> None:
+    # Given the kernel's range of automatic local ports (outgoing connections draw from it)
+    lo, hi = redis_server.ephemeral_range()
+    held = []
+    try:
+        for _ in range(50):
+            port = redis_server.free_port()
+            # Then every port picked for a server to bind lies outside that range...
+            assert not lo <= port <= hi, (port, lo, hi)
+            # ...and is free: a listener binds it (and holds it, so the next pick differs)
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+            held.append(sock)
+    finally:
+        for sock in held:
+            sock.close()
