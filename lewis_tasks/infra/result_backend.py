@@ -14,6 +14,8 @@ Selected with ``result_backend = "lewis_tasks.infra.result_backend.LewisRedisBac
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +23,7 @@ from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .transport import redis_where, settlements
 
@@ -60,12 +62,35 @@ return stored
 """
 
 
+class _Own:
+    """A connection of one thread's, closed when the thread ends (its locals are dropped)."""
+
+    __slots__ = ("conn", "pid")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn, self.pid = conn, os.getpid()
+
+    def __del__(self) -> None:
+        self.conn.disconnect()
+
+
+class _Held(threading.local):
+    """A thread's own connection to the results' Redis, made in this process."""
+
+    own: _Own | None = None
+
+    @property
+    def conn(self) -> Any:
+        return self.own.conn if self.own is not None else None
+
+
 class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
     """RedisBackend whose task results are stored by one atomic script call."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._store_script = self.client.register_script(_STORE)
+        self._held = _Held()
         self._server, self._db = redis_where(self.client.connection_pool.connection_kwargs)
         self._settles = True  # until the server refuses the ack's part (an ACL, say)
 
@@ -122,6 +147,32 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
             )
         return value
 
+    def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
+        """The store script, called on this thread's own connection: one command per task
+        needs none of the client's per-command work (a connection taken from the pool and
+        given back under its lock, retry and event hooks): ~70 of the ~170 µs of CPU a call
+        costs through it (redis-py 8.2; BENCHMARKS.md 18.2). Celery's ``ensure`` still retries
+        a lost connection; the next call connects afresh."""
+        held = self._held
+        own = held.own
+        if own is None or own.pid != os.getpid():  # a new thread, or a forked child
+            pool = self.client.connection_pool  # its settings; the pool does not own it
+            own = held.own = _Own(pool.connection_class(**pool.connection_kwargs))
+        conn = own.conn
+        try:
+            try:
+                conn.send_command("EVALSHA", self._store_script.sha, len(keys), *keys, *args)
+                return conn.read_response()
+            except NoScriptError:  # a restarted server, or SCRIPT FLUSH: load it, call again
+                self.client.script_load(_STORE)
+                conn.send_command("EVALSHA", self._store_script.sha, len(keys), *keys, *args)
+                return conn.read_response()
+        except ResponseError:  # the server's answer, read whole: the connection stays good
+            raise
+        except BaseException:  # lost, timed out or cut off mid-reply: never reused
+            held.own = None  # (disconnects it)
+            raise
+
     def _store_many(self, items: Sequence[tuple[str, Any, int]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for key, value, expires in items:
@@ -137,14 +188,14 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
     ) -> None:
         """Store, and settle the message's ack too when ``settle`` names it."""
         if settle is None:
-            self._store_script(keys=[key], args=[value, expires])
+            self._evalsha([key], [value, expires])
             return
         unacked, index, tag, db = settle
         try:
-            self._store_script(keys=[key, unacked, index], args=[value, expires, tag, db, self._db])
+            self._evalsha([key, unacked, index], [value, expires, tag, db, self._db])
         except ResponseError as exc:  # the ack's part refused (NOPERM: the results' user may
             # not touch the broker's keys or database) if the store alone then succeeds
-            self._store_script(keys=[key], args=[value, expires])
+            self._evalsha([key], [value, expires])
             self._settles = False
             log.warning(
                 "Redis refused to ack a task's message with its result (%s): results are "

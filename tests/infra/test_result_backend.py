@@ -63,3 +63,50 @@ def test_a_packs_successes_are_stored_together_as_one_by_one(
     assert [task_id for task_id, _ in refused] == [ids[4]]
     assert "too large" in str(refused[0][1])
     assert worker_redis.get(backend.get_key_for_task(ids[4])) is None
+
+
+def test_a_thread_whose_connection_died_or_whose_script_was_flushed_still_stores(
+    celery_app: Any, worker_redis: Any
+) -> None:
+    # Given a result stored on this thread's own connection to the results' Redis
+    backend = celery_app.backend
+    backend.store_result("rb-held-1", 1, states.SUCCESS)
+    held = backend._held.conn
+    assert held is not None
+    # When the server drops that connection (a restart, a timeout, CLIENT KILL)
+    host, port = held._sock.getsockname()[:2]
+    worker_redis.client_kill(f"{host}:{port}")
+    backend.store_result("rb-held-2", 2, states.SUCCESS)
+    # Then the next store connects afresh and lands; the dead connection is not kept
+    assert backend._held.conn is not held
+    # And when the server forgets the script (SCRIPT FLUSH, or a restart without it)
+    worker_redis.script_flush()
+    backend.store_result("rb-held-3", 3, states.SUCCESS)
+    for n in (1, 2, 3):
+        meta = backend.get_task_meta(f"rb-held-{n}", cache=False)
+        assert (meta["status"], meta["result"]) == (states.SUCCESS, n)
+
+
+def test_each_thread_stores_on_a_connection_of_its_own(celery_app: Any) -> None:
+    import threading
+
+    backend = celery_app.backend
+    conns: dict[int, Any] = {}
+
+    def store(n: int) -> None:
+        backend.store_result(f"rb-thread-{n}", n, states.SUCCESS)
+        conns[n] = backend._held.conn
+
+    threads = [threading.Thread(target=store, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # a connection is never shared by two threads (its replies would cross)
+    assert len({id(c) for c in conns.values()}) == 4
+    assert [backend.get_task_meta(f"rb-thread-{n}", cache=False)["result"] for n in range(4)] == [
+        0,
+        1,
+        2,
+        3,
+    ]
