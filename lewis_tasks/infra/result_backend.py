@@ -13,6 +13,7 @@ Selected with ``result_backend = "lewis_tasks.infra.result_backend.LewisRedisBac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -71,7 +72,8 @@ class _Own:
         self.conn, self.pid = conn, os.getpid()
 
     def __del__(self) -> None:
-        self.conn.disconnect()
+        with contextlib.suppress(Exception):  # at interpreter exit, say
+            self.conn.disconnect()
 
 
 class _Held(threading.local):
