@@ -13,11 +13,10 @@ Selected with ``result_backend = "lewis_tasks.infra.result_backend.LewisRedisBac
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import logging
 import os
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import states
@@ -63,27 +62,28 @@ return stored
 """
 
 
-class _Own:
-    """A connection of one thread's, closed when the thread ends (its locals are dropped)."""
+class _Spare:
+    """Connections to the results' Redis that no thread is using, for any thread to take.
 
-    __slots__ = ("conn", "pid")
+    A deque's ``pop`` and ``append`` are atomic, so taking one needs no lock (redis-py's pool
+    takes one per command, which 100 io threads queue on). As many are made as were ever in
+    use at once, as with that pool; a forked child starts with none of its parent's."""
 
-    def __init__(self, conn: Any) -> None:
-        self.conn, self.pid = conn, os.getpid()
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._free: collections.deque[Any] = collections.deque()
+        self._pid = os.getpid()
 
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter exit, say
-            self.conn.disconnect()
+    def take(self) -> Any:
+        if self._pid != os.getpid():
+            self._free, self._pid = collections.deque(), os.getpid()
+        try:
+            return self._free.pop()
+        except IndexError:
+            return self._make()
 
-
-class _Held(threading.local):
-    """A thread's own connection to the results' Redis, made in this process."""
-
-    own: _Own | None = None
-
-    @property
-    def conn(self) -> Any:
-        return self.own.conn if self.own is not None else None
+    def give(self, conn: Any) -> None:
+        self._free.append(conn)
 
 
 class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
@@ -92,7 +92,8 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._store_script = self.client.register_script(_STORE)
-        self._held = _Held()
+        pool = self.client.connection_pool  # its settings; the spares are not its connections
+        self._spare = _Spare(lambda: pool.connection_class(**pool.connection_kwargs))
         self._server, self._db = redis_where(self.client.connection_pool.connection_kwargs)
         self._settles = True  # until the server refuses the ack's part (an ACL, say)
 
@@ -150,30 +151,29 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         return value
 
     def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
-        """The store script, called on this thread's own connection: one command per task
-        needs none of the client's per-command work (a connection taken from the pool and
-        given back under its lock, retry and event hooks): ~70 of the ~170 µs of CPU a call
-        costs through it (redis-py 8.2; BENCHMARKS.md 18.2). Celery's ``ensure`` still retries
-        a lost connection; the next call connects afresh."""
-        held = self._held
-        own = held.own
-        if own is None or own.pid != os.getpid():  # a new thread, or a forked child
-            pool = self.client.connection_pool  # its settings; the pool does not own it
-            own = held.own = _Own(pool.connection_class(**pool.connection_kwargs))
-        conn = own.conn
+        """The store script, sent and read on a spare connection: one command per task needs
+        none of the client's per-command work (a connection taken from its pool and given back
+        under a lock, retry and event hooks): ~70 of the ~170 µs of CPU a call costs through it
+        (redis-py 8.2; BENCHMARKS.md 18.2). Celery's ``ensure`` still retries a lost
+        connection; the next call takes or makes another."""
+        conn = self._spare.take()
+        command = ("EVALSHA", self._store_script.sha, len(keys), *keys, *args)
         try:
             try:
-                conn.send_command("EVALSHA", self._store_script.sha, len(keys), *keys, *args)
-                return conn.read_response()
+                conn.send_command(*command)
+                reply = conn.read_response()
             except NoScriptError:  # a restarted server, or SCRIPT FLUSH: load it, call again
                 self.client.script_load(_STORE)
-                conn.send_command("EVALSHA", self._store_script.sha, len(keys), *keys, *args)
-                return conn.read_response()
+                conn.send_command(*command)
+                reply = conn.read_response()
         except ResponseError:  # the server's answer, read whole: the connection stays good
+            self._spare.give(conn)
             raise
         except BaseException:  # lost, timed out or cut off mid-reply: never reused
-            held.own = None  # (disconnects it)
+            conn.disconnect()
             raise
+        self._spare.give(conn)
+        return reply
 
     def _store_many(self, items: Sequence[tuple[str, Any, int]]) -> None:
         pipe = self.client.pipeline(transaction=False)

@@ -65,20 +65,21 @@ def test_a_packs_successes_are_stored_together_as_one_by_one(
     assert worker_redis.get(backend.get_key_for_task(ids[4])) is None
 
 
-def test_a_thread_whose_connection_died_or_whose_script_was_flushed_still_stores(
+def test_a_store_whose_connection_died_or_whose_script_was_flushed_still_lands(
     celery_app: Any, worker_redis: Any
 ) -> None:
-    # Given a result stored on this thread's own connection to the results' Redis
+    # Given a result stored on a spare connection to the results' Redis (kept for the next)
     backend = celery_app.backend
     backend.store_result("rb-held-1", 1, states.SUCCESS)
-    held = backend._held.conn
-    assert held is not None
-    # When the server drops that connection (a restart, a timeout, CLIENT KILL)
-    host, port = held._sock.getsockname()[:2]
-    worker_redis.client_kill(f"{host}:{port}")
+    spares = list(backend._spare._free)
+    assert spares
+    # When the server drops those connections (a restart, a timeout, CLIENT KILL)
+    for conn in spares:
+        host, port = conn._sock.getsockname()[:2]
+        worker_redis.client_kill(f"{host}:{port}")
     backend.store_result("rb-held-2", 2, states.SUCCESS)
-    # Then the next store connects afresh and lands; the dead connection is not kept
-    assert backend._held.conn is not held
+    # Then the next store lands on a fresh connection; the dead one is not kept
+    assert not {id(c) for c in spares} & {id(c) for c in backend._spare._free}
     # And when the server forgets the script (SCRIPT FLUSH, or a restart without it)
     worker_redis.script_flush()
     backend.store_result("rb-held-3", 3, states.SUCCESS)
@@ -87,26 +88,60 @@ def test_a_thread_whose_connection_died_or_whose_script_was_flushed_still_stores
         assert (meta["status"], meta["result"]) == (states.SUCCESS, n)
 
 
-def test_each_thread_stores_on_a_connection_of_its_own(celery_app: Any) -> None:
+def test_threads_storing_at_once_never_share_a_connection(celery_app: Any) -> None:
     import threading
+    import time
 
     backend = celery_app.backend
-    conns: dict[int, Any] = {}
+    made: list[Any] = []
+    overlaps: list[int] = []
+    make = backend._spare._make
 
-    def store(n: int) -> None:
-        backend.store_result(f"rb-thread-{n}", n, states.SUCCESS)
-        conns[n] = backend._held.conn
+    def watched() -> Any:  # a connection that notes a command sent by another thread while
+        conn = make()  # one is in flight
+        send, read = conn.send_command, conn.read_response
+        owner: list[int] = []
 
-    threads = [threading.Thread(target=store, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    # a connection is never shared by two threads (its replies would cross)
-    assert len({id(c) for c in conns.values()}) == 4
-    assert [backend.get_task_meta(f"rb-thread-{n}", cache=False)["result"] for n in range(4)] == [
-        0,
-        1,
-        2,
-        3,
-    ]
+        def send_command(*args: Any, **kwargs: Any) -> Any:
+            me = threading.get_ident()
+            if owner and owner[0] != me:
+                overlaps.append(me)
+            owner[:] = [me]
+            return send(*args, **kwargs)
+
+        def read_response(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.001)  # the reply is slow to come: other threads run meanwhile
+            try:
+                return read(*args, **kwargs)
+            finally:
+                owner.clear()
+
+        conn.send_command, conn.read_response = send_command, read_response
+        made.append(conn)
+        return conn
+
+    backend._spare._make = watched
+    start = threading.Barrier(8)
+
+    def store(t: int) -> None:
+        start.wait()
+        for n in range(40):
+            backend.store_result(f"rb-thread-{t}-{n}", [t, n], states.SUCCESS)
+
+    try:
+        threads = [threading.Thread(target=store, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        backend._spare._make = make
+    # every store landed whole (two threads on one connection would cross their bytes and
+    # replies), on no more connections than threads, each of them spare again
+    for t in range(8):
+        for n in range(40):
+            meta = backend.get_task_meta(f"rb-thread-{t}-{n}", cache=False)
+            assert (meta["status"], meta["result"]) == (states.SUCCESS, [t, n])
+    assert not overlaps
+    assert 1 <= len(made) <= 8
+    assert {id(c) for c in made} <= {id(c) for c in backend._spare._free}
