@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -85,6 +86,11 @@ class _Spare:
     def give(self, conn: Any) -> None:
         self._free.append(conn)
 
+    def close(self) -> None:
+        """Disconnect every spare (its backend is gone)."""
+        while self._free:
+            self._free.pop().disconnect()
+
 
 class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
     """RedisBackend whose task results are stored by one atomic script call."""
@@ -94,6 +100,7 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         self._store_script = self.client.register_script(_STORE)
         pool = self.client.connection_pool  # its settings; the spares are not its connections
         self._spare = _Spare(lambda: pool.connection_class(**pool.connection_kwargs))
+        weakref.finalize(self, self._spare.close)  # not left for the GC to close unannounced
         self._server, self._db = redis_where(self.client.connection_pool.connection_kwargs)
         self._settles = True  # until the server refuses the ack's part (an ACL, say)
 

@@ -145,3 +145,20 @@ def test_threads_storing_at_once_never_share_a_connection(celery_app: Any) -> No
     assert not overlaps
     assert 1 <= len(made) <= 8
     assert {id(c) for c in made} <= {id(c) for c in backend._spare._free}
+
+
+def test_a_backend_let_go_closes_its_spare_connections(celery_app: Any) -> None:
+    import gc
+
+    from lewis_tasks.infra.result_backend import LewisRedisBackend
+
+    # Given a second backend on the same store, which stored a result (one spare connection)
+    backend = LewisRedisBackend(app=celery_app, url=celery_app.backend.url)
+    backend.store_result("rb-let-go", 1, states.SUCCESS)
+    spares = list(backend._spare._free)
+    assert spares and all(c._sock is not None for c in spares)
+    # When nothing holds it any more
+    del backend
+    gc.collect()
+    # Then its connections are closed, not left open for the GC to find
+    assert all(c._sock is None for c in spares)
