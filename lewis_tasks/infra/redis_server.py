@@ -89,18 +89,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     redis-server and its restart on the same port, any connection on the machine could take
     it, and the server would exit with "address already in use" (seen once in CI, under the
     suite's parallel stacks). Ports below the range are only ever taken by a bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     lo, _ = ephemeral_range()
     if lo - _LOWEST_PICK >= 1024:
         rng = secrets.SystemRandom()
         for _ in range(64):
             port = rng.randrange(_LOWEST_PICK, lo)
-            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            with socket.socket(family) as sock:
                 try:
                     sock.bind((host, port))
                 except OSError:
                     continue
                 return port
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+    with socket.socket(family) as sock:
         sock.bind((host, 0))  # a machine whose range starts low: the kernel's pick
         return int(sock.getsockname()[1])
 

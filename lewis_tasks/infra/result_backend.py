@@ -101,7 +101,7 @@ class LewisRedisBackend(RedisBackend):  # type: ignore[misc, unused-ignore]
         pool = self.client.connection_pool  # its settings; the spares are not its connections
         self._spare = _Spare(lambda: pool.connection_class(**pool.connection_kwargs))
         weakref.finalize(self, self._spare.close)  # not left for the GC to close unannounced
-        self._server, self._db = redis_where(self.client.connection_pool.connection_kwargs)
+        self._server, self._db = redis_where(pool.connection_kwargs)
         self._settles = True  # until the server refuses the ack's part (an ACL, say)
 
     def _store_result(
